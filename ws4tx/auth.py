@@ -1,0 +1,78 @@
+"""The seam between a WebSocket handshake and an identity.
+
+An authenticator turns the handshake request into an :class:`~ws4tx.naming.Identity` (user,
+groups, session key), possibly asynchronously (a database look-up in a thread, say). It may
+refuse the connection by raising :class:`HandshakeDenied`, which is answered with that HTTP
+status and reason. The identity decides which user, group and session channels a client
+gets: a client never names them itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from http.cookies import CookieError, SimpleCookie
+from typing import Mapping, Union
+
+from twisted.internet import defer
+from zope.interface import Interface, implementer
+
+from ws4tx.naming import ANONYMOUS, Flags, Identity
+
+
+class HandshakeDenied(Exception):
+    """Refuse a WebSocket handshake with an HTTP status (403 by default) and a reason."""
+
+    def __init__(self, reason: str, status: int = 403) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True)
+class HandshakeRequest:
+    """What an authenticator knows of a connecting client.
+
+    ``headers`` has lower-case names; ``params`` is the parsed query string (blank values
+    kept); ``facility`` and ``flags`` are what the URL asks for.
+    """
+
+    peer: str
+    host: str
+    path: str
+    query: str
+    params: Mapping[str, list[str]]
+    headers: Mapping[str, str]
+    facility: str
+    flags: Flags = field(default_factory=Flags)
+
+    @property
+    def origin(self) -> str | None:
+        """The Origin header, if the client sent one."""
+        return self.headers.get("origin")
+
+    @cached_property
+    def cookies(self) -> dict[str, str]:
+        """The cookies of the request (empty when the header is missing or malformed)."""
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(self.headers.get("cookie", ""))
+        except CookieError:
+            return {}
+        return {name: morsel.value for name, morsel in jar.items()}
+
+
+class IAuthenticator(Interface):
+    """Turns a handshake request into an identity."""
+
+    def authenticate(request: HandshakeRequest) -> Union[Identity, "defer.Deferred[Identity]"]:
+        """The identity behind ``request``; may raise or fail with
+        :class:`HandshakeDenied` to refuse the connection."""
+
+
+@implementer(IAuthenticator)
+class AnonymousAuthenticator:
+    """Every client is anonymous: broadcast channels only. The default without Django."""
+
+    def authenticate(self, request: HandshakeRequest) -> Identity:
+        return ANONYMOUS

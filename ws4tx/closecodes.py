@@ -1,0 +1,12 @@
+"""The WebSocket close codes ws4tx uses, in one place (see docs/protocol.md)."""
+
+NORMAL = 1000
+#: The server is shutting down or draining: reconnect, possibly to another node.
+GOING_AWAY = 1001
+PROTOCOL_ERROR = 1002
+UNSUPPORTED_DATA = 1003
+INVALID_PAYLOAD = 1007
+#: The client broke a rule (a refused event, say); do not retry as is.
+POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
+INTERNAL_ERROR = 1011

@@ -1,0 +1,81 @@
+"""The server's configuration: one immutable value, validated once at startup.
+
+Values come from, in rising order of precedence: the defaults here, the Django settings
+(``WS4TX_*`` then ``WS4REDIS_*``), the command line. :func:`check` raises ``ValueError``
+naming the option of a bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ws4tx.naming import DEFAULT_MAX_FACILITY_LENGTH, DEFAULT_PREFIX
+from ws4tx.redis_address import RedisAddress
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the WebSocket server needs to know; see the README's configuration table."""
+
+    #: Where Redis is.
+    redis: RedisAddress = field(default_factory=RedisAddress)
+    #: The URL path under which WebSocket clients connect; the facility follows it.
+    websocket_url: str = "/ws/"
+    #: Prefix of channel names (None or "" for none).
+    prefix: Optional[str] = DEFAULT_PREFIX
+    #: Seconds a client-published message is stored for replay (0: not stored).
+    expire: int = 3600
+    #: The heartbeat string of ws4redis clients (answered, never published), or None.
+    heartbeat: Optional[str] = None
+    #: Largest message a client may send, in bytes (close 1009 past it).
+    max_message_size: int = 64 * 1024
+    #: Largest frame a client may send, in bytes.
+    max_frame_size: int = 64 * 1024
+    #: Seconds between WebSocket pings to each client (0: none).
+    ping_interval: float = 25.0
+    #: Seconds a client has to answer a ping before it is dropped.
+    ping_timeout: float = 10.0
+    #: Seconds a client has to finish its opening handshake.
+    handshake_timeout: float = 5.0
+    #: Most WebSocket connections at once in this process (0: no limit); 503 past it.
+    max_connections: int = 0
+    #: Longest facility name.
+    max_facility_length: int = DEFAULT_MAX_FACILITY_LENGTH
+    #: Longest query string, in bytes (414 past it).
+    max_query_length: int = 2048
+    #: Allowed Origin values (``scheme://host[:port]``, ``*`` wildcards); empty: any.
+    allowed_origins: tuple[str, ...] = ()
+    #: Seconds between PINGs on the Redis subscriber connection.
+    redis_ping_interval: float = 5.0
+    #: Seconds Redis has to answer a command or PING before its connection is replaced.
+    redis_timeout: float = 5.0
+    #: Path of the health endpoint (empty: none).
+    health_url: str = "/ws4tx/health"
+
+    def replace(self, **changes: object) -> "ServerConfig":
+        """A copy with ``changes`` applied (and checked)."""
+        return check(dataclasses.replace(self, **changes))  # type: ignore[arg-type]
+
+
+def check(config: ServerConfig) -> ServerConfig:
+    """Return ``config`` if every value is usable, else raise ``ValueError`` naming it."""
+    url = config.websocket_url
+    if not (url.startswith("/") and url.endswith("/")):
+        raise ValueError(f"websocket-url must start and end with '/', not {url!r}")
+    if config.expire < 0:
+        raise ValueError("expire must be >= 0")
+    for name in ("max_message_size", "max_frame_size", "max_facility_length",
+                 "max_query_length"):
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{name.replace('_', '-')} must be > 0")
+    for name in ("ping_interval", "ping_timeout", "handshake_timeout", "max_connections",
+                 "redis_ping_interval"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name.replace('_', '-')} must be >= 0")
+    if config.redis_timeout <= 0:
+        raise ValueError("redis-timeout must be > 0")
+    if config.heartbeat == "":
+        raise ValueError("heartbeat must not be empty (leave it unset for none)")
+    return config

@@ -1,0 +1,150 @@
+"""Server-side event handlers: a class per facility with ``on_connect``, ``on_close`` and
+``on_<event>`` methods.
+
+::
+
+    class Chat(EventHandler):
+        facility = "chat"
+
+        def on_connect(self, client):
+            client.emit("welcome", {"user": client.identity.user})
+
+        async def on_message(self, client, data):
+            await self.server.emit("message", data, facility="chat", broadcast=True)
+            return {"delivered": True}          # answers the sender's acknowledgement
+
+A method may return a value, a Deferred or be a coroutine; what it returns answers the
+event's acknowledgement. An exception is logged and answered to that client alone (an
+error ack, or a ``ws4tx.error`` event); the connection and the server live on. Register
+handlers with ``twistd ws4tx --handlers dotted.path.Chat`` or the ``WS4TX_HANDLERS``
+setting.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Any, Callable, ClassVar, Iterable, Optional, Protocol, TypeVar
+
+from twisted.internet import defer, threads
+
+from ws4tx import envelope
+from ws4tx.broker import IBroker
+from ws4tx.naming import BROADCAST, GROUP, SESSION, USER, Identity, broadcast_channel, channel
+
+T = TypeVar("T")
+
+#: Event names a client may emit to a handler method (``on_<name>``).
+_EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}\Z")
+_RESERVED = frozenset({"connect", "close"})
+
+
+class Client(Protocol):
+    """What a handler sees of one connection."""
+
+    identity: Identity
+    facility: str
+    peer: str
+
+    def emit(self, event: str, data: Any = None) -> None:
+        """Send an event to this client alone."""
+
+
+class Server:
+    """What a handler may do beyond its client: publish to audiences on every node
+    (through the broker) and run blocking code (the Django ORM) in a thread."""
+
+    def __init__(
+        self,
+        broker: IBroker,
+        prefix: Optional[str],
+        run_in_thread: Optional[Callable[..., "defer.Deferred[Any]"]] = None,
+    ) -> None:
+        self._broker = broker
+        self._prefix = prefix
+        self._run_in_thread = run_in_thread or threads.deferToThread
+
+    def channels(
+        self,
+        facility: str,
+        broadcast: bool = False,
+        users: Iterable[str] = (),
+        groups: Iterable[str] = (),
+        sessions: Iterable[str] = (),
+    ) -> list[str]:
+        """The channels of an audience of ``facility``."""
+        names = [broadcast_channel(self._prefix, facility)] if broadcast else []
+        for audience, members in ((USER, users), (GROUP, groups), (SESSION, sessions)):
+            names += [channel(self._prefix, audience, facility, m) for m in members]
+        return names
+
+    def publish(
+        self, facility: str, message: bytes | str, *, expire: int = 0, **audience: Any
+    ) -> "defer.Deferred[int]":
+        """Publish a raw message to an audience (``broadcast=True``, ``users=[...]``,
+        ``groups=[...]``, ``sessions=[...]``); fires with the number of receiving nodes."""
+        payload = message.encode() if isinstance(message, str) else message
+        ds = [self._broker.publish(ch, payload, expire)
+              for ch in self.channels(facility, **audience)]
+        return defer.gatherResults(ds, consumeErrors=True).addCallback(sum)
+
+    def emit(
+        self, event: str, data: Any = None, *, facility: str, expire: int = 0, **audience: Any
+    ) -> "defer.Deferred[int]":
+        """Emit an event to an audience of ``facility`` on every ws4tx node."""
+        return self.publish(facility, envelope.encode_event(event, data), expire=expire,
+                            **audience)
+
+    def run_in_thread(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> "defer.Deferred[T]":
+        """Run ``f`` in the thread pool (with Django's connection hygiene when Django is
+        set up); never call the ORM from the reactor thread."""
+        return self._run_in_thread(f, *args, **kwargs)
+
+
+class EventHandler:
+    """Base class of the handlers of one facility; one instance per server process."""
+
+    #: The facility whose events this class handles.
+    facility: ClassVar[str] = ""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def on_connect(self, client: Client) -> Any:
+        """A client connected to this facility."""
+
+    def on_close(self, client: Client) -> Any:
+        """A client of this facility went away."""
+
+
+class UnknownEvent(LookupError):
+    """No handler method for an event."""
+
+
+def handler_method(handler: Optional[EventHandler], event: str) -> Optional[Callable[..., Any]]:
+    """The method of ``handler`` for a client's ``event``, or None.
+
+    Only names of letters, digits and ``_`` reach a method, and never ``on_connect`` or
+    ``on_close``: a client cannot call anything but event methods.
+    """
+    if handler is None or event in _RESERVED or not _EVENT_NAME.match(event):
+        return None
+    method = getattr(handler, f"on_{event}", None)
+    return method if callable(method) else None
+
+
+def load_handler_classes(paths: Iterable[str]) -> list[type[EventHandler]]:
+    """Import ``module.Class`` paths; raise ValueError naming a bad one."""
+    classes = []
+    for path in paths:
+        module_name, _, name = path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise ValueError(f"handlers: cannot import {path!r}: {e}") from None
+        if not (isinstance(cls, type) and issubclass(cls, EventHandler)):
+            raise ValueError(f"handlers: {path!r} is not an EventHandler subclass")
+        if not cls.facility:
+            raise ValueError(f"handlers: {path!r} does not set its facility")
+        classes.append(cls)
+    return classes

@@ -1,0 +1,75 @@
+"""The hub: which local clients listen to which channels. No I/O, no Twisted.
+
+The hub is the single source of truth about the channels this process needs: the router
+subscribes the broker to a channel when the hub reports its first member, unsubscribes when
+it reports the last one gone, and resubscribes everything the hub lists after the broker
+reconnects.
+"""
+
+from __future__ import annotations
+
+from typing import AbstractSet, Generic, Hashable, Iterable, KeysView, TypeVar
+
+C = TypeVar("C", bound=Hashable)
+
+_EMPTY: frozenset = frozenset()
+
+
+class Hub(Generic[C]):
+    """Members of channels, kept both ways round for O(1) joins, leaves and lookups."""
+
+    def __init__(self) -> None:
+        self._members: dict[str, set[C]] = {}
+        self._channels: dict[C, tuple[str, ...]] = {}
+
+    def join(self, client: C, channels: Iterable[str]) -> list[str]:
+        """Add ``client`` to ``channels``; return the channels that had no member before.
+
+        A client joins once, with all its channels; joining again is an error.
+        """
+        if client in self._channels:
+            raise ValueError(f"{client!r} has already joined")
+        mine = tuple(dict.fromkeys(channels))
+        self._channels[client] = mine
+        opened = []
+        for channel in mine:
+            members = self._members.get(channel)
+            if members is None:
+                self._members[channel] = {client}
+                opened.append(channel)
+            else:
+                members.add(client)
+        return opened
+
+    def leave(self, client: C) -> list[str]:
+        """Remove ``client`` from all its channels; return those left without members.
+
+        Leaving without having joined (or twice) does nothing and returns ``[]``.
+        """
+        closed = []
+        for channel in self._channels.pop(client, ()):
+            members = self._members[channel]
+            members.discard(client)
+            if not members:
+                del self._members[channel]
+                closed.append(channel)
+        return closed
+
+    def members(self, channel: str) -> AbstractSet[C]:
+        """The clients in ``channel`` (a live view: copy it before changing the hub)."""
+        return self._members.get(channel, _EMPTY)
+
+    def channels_of(self, client: C) -> tuple[str, ...]:
+        """The channels ``client`` joined."""
+        return self._channels.get(client, ())
+
+    def channels(self) -> KeysView[str]:
+        """Every channel with at least one member."""
+        return self._members.keys()
+
+    def clients(self) -> KeysView[C]:
+        """Every client that has joined."""
+        return self._channels.keys()
+
+    def __len__(self) -> int:
+        return len(self._channels)

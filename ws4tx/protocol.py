@@ -1,0 +1,314 @@
+"""The WebSocket protocol: ws4redis's URL scheme, flags, replay, publishing, echo and
+heartbeat, plus the ws4tx event envelope for clients that ask for it.
+
+A connection's channels are decided once, during the handshake, from the facility in its
+path, the flags in its query string and the identity its authenticator gives: a client
+only ever gets its own user, group and session channels.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import Counter
+from typing import Any, Optional
+from urllib.parse import parse_qs, urlsplit
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ws4tx import closecodes, envelope
+from ws4tx._origin import origin_allowed
+from ws4tx.auth import AnonymousAuthenticator, HandshakeDenied, HandshakeRequest, IAuthenticator
+from ws4tx.broker import IBroker
+from ws4tx.config import ServerConfig
+from ws4tx.handlers import EventHandler, Server, handler_method
+from ws4tx.naming import (
+    ANONYMOUS,
+    Identity,
+    InvalidFacility,
+    audience_channels,
+    check_facility,
+    parse_flags,
+)
+from ws4tx.router import Router, is_text
+
+#: How many of its own messages a client without ``echo`` may have in flight.
+_MAX_UNECHOED = 256
+
+
+class PushProtocol(WebSocketServerProtocol):
+    """One browser connection."""
+
+    log = Logger()
+    factory: "PushFactory"
+
+    identity: Identity = ANONYMOUS
+    facility: str = ""
+    speaks_events: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._channels: list[str] = []
+        self._publish_to: list[str] = []
+        self._echo = False
+        self._unechoed: Counter[tuple[str, bytes]] = Counter()
+        self._joined = False
+
+    # Handshake
+
+    def onConnect(self, request: ConnectionRequest) -> defer.Deferred[Any]:
+        return defer.ensureDeferred(self._accept(request))
+
+    async def _accept(self, request: ConnectionRequest) -> Optional[str]:
+        factory, config = self.factory, self.factory.config
+        query = urlsplit(self.http_request_uri).query
+        if len(query) > config.max_query_length:
+            raise ConnectionDeny(414, "the query string is too long")
+        path = request.path
+        if not path.startswith(config.websocket_url):
+            raise ConnectionDeny(404, f"WebSocket URLs start with {config.websocket_url}")
+        try:
+            facility = check_facility(path[len(config.websocket_url):],
+                                      config.max_facility_length)
+        except InvalidFacility as e:
+            raise ConnectionDeny(400, str(e)) from None
+        origin = request.headers.get("origin")
+        if origin and config.allowed_origins and not origin_allowed(
+            origin, config.allowed_origins
+        ):
+            raise ConnectionDeny(403, "this Origin is not allowed")
+        flags = parse_flags(query)
+        handshake = HandshakeRequest(
+            peer=request.peer,
+            host=request.host,
+            path=path,
+            query=query,
+            params=parse_qs(query, keep_blank_values=True),
+            headers=request.headers,
+            facility=facility,
+            flags=flags,
+        )
+        try:
+            identity = await defer.maybeDeferred(factory.authenticator.authenticate, handshake)
+        except HandshakeDenied as e:
+            raise ConnectionDeny(e.status, e.reason) from None
+        prefix = config.prefix
+        self.identity, self.facility = identity, facility
+        self._channels = audience_channels(prefix, facility, flags.subscribe, identity)
+        self._publish_to = audience_channels(prefix, facility, flags.publish, identity)
+        self._echo = flags.echo
+        if envelope.SUBPROTOCOL in request.protocols:
+            self.speaks_events = True
+            return envelope.SUBPROTOCOL
+        # ws4redis answers any requested subprotocol by echoing it.
+        return request.protocols[0] if request.protocols else None
+
+    def onOpen(self) -> None:
+        self._joined = True
+        self.factory.router.join(self, self._channels).addCallback(self._replay)
+        handler = self.factory.handlers.get(self.facility)
+        if handler is not None:
+            self._call(handler.on_connect, None, self)
+
+    def _replay(self, _: object) -> None:
+        for channel in self._channels:
+            self.factory.broker.fetch(channel).addCallbacks(self._sendStored, self._noReplay)
+
+    def _sendStored(self, payload: Optional[bytes]) -> None:
+        if payload is not None and self.state == self.STATE_OPEN:
+            self.sendMessage(payload, isBinary=not is_text(payload))
+
+    def _noReplay(self, failure: Failure) -> None:
+        self.log.debug("no replay for {peer}: {error}", peer=self.peer,
+                       error=failure.getErrorMessage())
+
+    # Delivery (the hot path: nothing here that could be done once per message)
+
+    def deliver(self, prepared: Any, channel: str, payload: bytes) -> None:
+        """Write a prepared frame; skip a message this client sent itself without echo."""
+        unechoed = self._unechoed
+        if unechoed:
+            key = (channel, payload)
+            if unechoed[key]:
+                unechoed[key] -= 1
+                if not unechoed[key]:
+                    del unechoed[key]
+                return
+        self.sendPreparedMessage(prepared)
+
+    def deliveryInterrupted(self) -> None:
+        self._unechoed.clear()
+
+    def deliveryResumed(self) -> None:
+        pass
+
+    def emit(self, event: str, data: Any = None) -> None:
+        """Send an event to this client (only to clients that speak the envelope)."""
+        if self.speaks_events and self.state == self.STATE_OPEN:
+            self.sendMessage(envelope.encode_event(event, data).encode())
+
+    # Incoming
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        config = self.factory.config
+        if not isBinary and config.heartbeat is not None and payload == self.factory.heartbeat:
+            self.sendMessage(payload)
+            return
+        if self.speaks_events and not isBinary and envelope.is_envelope(payload):
+            self._onEnvelope(payload)
+            return
+        self._publish(payload)
+
+    def _publish(self, payload: bytes) -> defer.Deferred[int]:
+        if not self._publish_to:
+            self.log.debug("{peer} sent a message but has no publish flag", peer=self.peer)
+            return defer.succeed(0)
+        broker, expire = self.factory.broker, self.factory.config.expire
+        ds = []
+        for channel in self._publish_to:
+            if not self._echo and channel in self._channels:
+                self._remember(channel, payload)
+            ds.append(broker.publish(channel, payload, expire))
+        return defer.gatherResults(ds, consumeErrors=True).addCallbacks(
+            sum, self._publishFailed, errbackArgs=(payload,))
+
+    def _remember(self, channel: str, payload: bytes) -> None:
+        if len(self._unechoed) >= _MAX_UNECHOED:
+            self._unechoed.clear()
+        self._unechoed[(channel, payload)] += 1
+
+    def _publishFailed(self, failure: Failure, payload: bytes) -> Failure:
+        for channel in self._publish_to:
+            key = (channel, payload)
+            if self._unechoed[key] > 1:
+                self._unechoed[key] -= 1
+            else:
+                self._unechoed.pop(key, None)
+        self.log.warn("publishing for {peer} failed: {error}", peer=self.peer,
+                      error=failure.value)
+        return failure
+
+    def _onEnvelope(self, payload: bytes) -> None:
+        try:
+            message = envelope.decode(payload)
+        except envelope.InvalidEnvelope as e:
+            self.emit(envelope.ERROR_EVENT, {"message": f"invalid envelope: {e}"})
+            return
+        if not isinstance(message, envelope.Event):
+            self.emit(envelope.ERROR_EVENT, {"message": "clients may only send events"})
+            return
+        handler = self.factory.handlers.get(self.facility)
+        method = handler_method(handler, message.event)
+        if method is not None:
+            self._call(method, message.id, self, message.data)
+        elif self._publish_to:
+            forwarded = envelope.encode_event(message.event, message.data).encode()
+            d = self._publish(forwarded).addCallback(lambda _: None)
+            self._answer(d, message.id)
+        else:
+            self._answer(defer.fail(LookupError(f"no handler for event {message.event!r}")),
+                         message.id)
+
+    def _call(self, method: Any, ack_id: Optional[int], *args: Any) -> None:
+        d = defer.maybeDeferred(method, *args)
+        d.addCallback(lambda r: defer.ensureDeferred(r) if inspect.iscoroutine(r) else r)
+        self._answer(d, ack_id)
+
+    def _answer(self, d: defer.Deferred[Any], ack_id: Optional[int]) -> None:
+        def ok(result: Any) -> None:
+            if ack_id is not None:
+                self._sendEnvelope(envelope.encode_ack(ack_id, result))
+
+        def failed(failure: Failure) -> None:
+            if not failure.check(LookupError):
+                self.log.failure("event handler failed for {peer}", failure, peer=self.peer)
+            message = str(failure.value) if failure.check(LookupError) else "internal error"
+            if ack_id is not None:
+                self._sendEnvelope(envelope.encode_ack(ack_id, error=message))
+            else:
+                self.emit(envelope.ERROR_EVENT, {"message": message})
+
+        d.addCallbacks(ok, failed).addErrback(
+            lambda f: self.log.failure("answering {peer} failed", f, peer=self.peer))
+
+    def _sendEnvelope(self, text: str) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(text.encode())
+
+    # Closing
+
+    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        if self._joined:
+            self._joined = False
+            self.factory.router.leave(self)
+            self.factory.clientLeft()
+            handler = self.factory.handlers.get(self.facility)
+            if handler is not None:
+                self._call(handler.on_close, None, self)
+
+
+class PushFactory(WebSocketServerFactory):
+    """Builds :class:`PushProtocol` and holds what all connections share."""
+
+    protocol = PushProtocol
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        broker: IBroker,
+        authenticator: Optional[IAuthenticator] = None,
+        handlers: tuple[type[EventHandler], ...] = (),
+        server: Optional[Server] = None,
+        reactor: Optional[IReactorTime] = None,
+    ) -> None:
+        super().__init__(reactor=reactor)
+        self.config = config
+        self.broker = broker
+        self.authenticator = authenticator or AnonymousAuthenticator()
+        self.heartbeat = config.heartbeat.encode() if config.heartbeat is not None else None
+        self.router = Router(broker, self.prepareMessage)
+        self.server = server or Server(broker, config.prefix)
+        self.handlers: dict[str, EventHandler] = {h.facility: h(self.server) for h in handlers}
+        self._drain_waiters: list[defer.Deferred[None]] = []
+        self.setProtocolOptions(
+            webStatus=False,
+            maxMessagePayloadSize=config.max_message_size,
+            maxFramePayloadSize=config.max_frame_size,
+            autoPingInterval=config.ping_interval,
+            autoPingTimeout=config.ping_timeout,
+            openHandshakeTimeout=config.handshake_timeout,
+            maxConnections=config.max_connections,
+            # Origin is checked by ws4tx itself (Autobahn's check trips on default ports).
+            allowNullOrigin=True,
+        )
+
+    def closeAll(self, code: int = closecodes.GOING_AWAY, reason: str = "server shutting down") -> int:
+        """Start the closing handshake with every client; return how many there are."""
+        clients = list(self.router.hub.clients())
+        for client in clients:
+            client.sendClose(code, reason)  # type: ignore[attr-defined]
+        return len(clients)
+
+    def dropAll(self) -> None:
+        """Drop every client's connection at once."""
+        for client in list(self.router.hub.clients()):
+            client.dropConnection(abort=True)  # type: ignore[attr-defined]
+
+    def whenDrained(self) -> defer.Deferred[None]:
+        """Fires once no client is connected."""
+        if not self.router.memberCount():
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._drain_waiters.append(d)
+        return d
+
+    def clientLeft(self) -> None:
+        """Called by a protocol after it left the router."""
+        if self._drain_waiters and not self.router.memberCount():
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for d in waiters:
+                d.callback(None)

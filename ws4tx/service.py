@@ -1,0 +1,87 @@
+"""The ws4tx service: a broker, the WebSocket factory, and the ports it listens on.
+
+Add it to any Twisted application (``service.setServiceParent(multiService)``), or mount
+``service.resource`` (everything) or ``service.websocket_resource`` (the WebSocket endpoint
+alone) in an existing ``twisted.web`` Site. On stop it refuses new connections, closes the
+clients with 1001 (going away), waits for them up to ``drain_timeout``, then closes Redis.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+from twisted.application import service, strports
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import resource
+from twisted.web.server import Site
+
+from ws4tx import closecodes
+from ws4tx.auth import IAuthenticator
+from ws4tx.broker import IBroker
+from ws4tx.config import ServerConfig
+from ws4tx.handlers import EventHandler, Server
+from ws4tx.protocol import PushFactory
+from ws4tx.redis_broker import RedisBroker
+from ws4tx.web import Root
+
+
+class PushService(service.MultiService):
+    """Serves ws4tx WebSockets from a broker (Redis unless given another)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        listen: Iterable[str] = (),
+        authenticator: Optional[IAuthenticator] = None,
+        handlers: Iterable[type[EventHandler]] = (),
+        broker: Optional[IBroker] = None,
+        fallback: Optional[resource.Resource] = None,
+        run_in_thread: Any = None,
+        drain_timeout: float = 10.0,
+        reactor: Any = None,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.config = config
+        self.reactor = reactor
+        self.drain_timeout = drain_timeout
+        self.broker: IBroker = broker or RedisBroker(
+            config.redis, reactor, ping_interval=config.redis_ping_interval,
+            timeout=config.redis_timeout)
+        self.server = Server(self.broker, config.prefix, run_in_thread)
+        self.factory = PushFactory(config, self.broker, authenticator, tuple(handlers),
+                                   self.server, reactor)
+        #: The whole tree (WebSocket endpoint, health check, fallback) for a Site.
+        self.resource = Root(self.factory, fallback)
+        #: The WebSocket endpoint alone, to mount at ``websocket_url`` in another Site.
+        self.websocket_resource = self.resource.websocket
+        self.site = Site(self.resource)
+        self.site.displayTracebacks = False
+        for description in listen:
+            strports.service(description, self.site, reactor=reactor).setServiceParent(self)
+
+    def startService(self) -> None:
+        self.broker.start(self.factory.router)
+        super().startService()
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        # Stop listening first (MultiService stops its children), then drain.
+        yield super().stopService()
+        closing = self.factory.closeAll(closecodes.GOING_AWAY, "server shutting down")
+        if closing:
+            self.log.info("closing {n} WebSocket clients (1001)", n=closing)
+            try:
+                yield self.factory.whenDrained().addTimeout(self.drain_timeout, self.reactor)
+            except defer.TimeoutError:
+                self.log.warn("{n} clients did not close within {t} s; dropping them",
+                              n=self.factory.router.memberCount(), t=self.drain_timeout)
+                self.factory.dropAll()
+        yield self.broker.stop()

@@ -1,0 +1,232 @@
+"""``twistd ws4tx``: the command-line options and the service they make.
+
+Command-line options override the Django settings (``--django-settings``), which override
+the defaults. A bad value stops the start with a message naming the option.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from ws4tx import _settings
+from ws4tx.config import ServerConfig, check
+from ws4tx.embedded import EmbeddedRedis, EmbeddedRedisError
+from ws4tx.handlers import load_handler_classes
+from ws4tx.redis_address import InvalidRedisAddress, RedisAddress
+from ws4tx.service import PushService
+
+DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
+
+# option name -> (ServerConfig field, type)
+_TUNABLES: dict[str, tuple[str, type]] = {
+    "websocket-url": ("websocket_url", str),
+    "prefix": ("prefix", str),
+    "expire": ("expire", int),
+    "heartbeat": ("heartbeat", str),
+    "max-message-size": ("max_message_size", int),
+    "ping-interval": ("ping_interval", float),
+    "ping-timeout": ("ping_timeout", float),
+    "max-connections": ("max_connections", int),
+    "redis-timeout": ("redis_timeout", float),
+    "health-url": ("health_url", str),
+}
+
+
+class Options(usage.Options):
+    """Options of ``twistd ws4tx``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve django-websocket-redis compatible WebSockets (and ws4tx events) from Redis. "
+        "Clients connect to ws://HOST{websocket-url}{facility}?subscribe-broadcast&... ; "
+        "Django publishes with ws4tx.publisher.RedisPublisher or ws4tx.api."
+    )
+    optParameters = [
+        ["redis", "r", None,
+         "Redis URL: redis://[user:password@]host:port/db, rediss://... (TLS), "
+         "unix:///path/redis.sock?db=N, or 'embedded' to start a private Redis-compatible "
+         "server. Default: the Django settings, then $WS4TX_REDIS_URL, then "
+         "redis://localhost:6379/0."],
+        ["django-settings", "d", None,
+         "Django settings module: authenticate clients by their Django session and read "
+         "WEBSOCKET_URL and the WS4TX_*/WS4REDIS_* settings."],
+        ["wsgi", "w", None,
+         "Also serve this WSGI application (e.g. mysite.wsgi.application) on the same "
+         "port for every path outside the WebSocket URL, in Twisted's thread pool."],
+        ["websocket-url", None, None, "URL path of the WebSocket endpoint [default: /ws/]."],
+        ["prefix", None, None, "Prefix of Redis channel names [default: ws4tx]."],
+        ["expire", None, None,
+         "Seconds a client-published message is kept for replay; 0 keeps nothing "
+         "[default: 3600]."],
+        ["heartbeat", None, None,
+         "Heartbeat string of ws4redis clients, answered and never published "
+         "[default: none]."],
+        ["max-message-size", None, None,
+         "Largest message a client may send, in bytes; larger ones close with 1009 "
+         "[default: 65536]."],
+        ["ping-interval", None, None,
+         "Seconds between WebSocket pings to each client; 0 turns them off [default: 25]."],
+        ["ping-timeout", None, None,
+         "Seconds a client has to answer a ping before it is dropped [default: 10]."],
+        ["max-connections", None, None,
+         "Most WebSocket connections at once; 503 past it; 0 for no limit [default: 0]."],
+        ["redis-timeout", None, None,
+         "Seconds Redis has to answer a command or PING before its connection is "
+         "replaced [default: 5]."],
+        ["health-url", None, None,
+         "Path of the health check, 200 while Redis delivers, else 503 "
+         "[default: /ws4tx/health]."],
+        ["drain-timeout", None, "10",
+         "Seconds to wait for clients to close on shutdown.", float],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["handlers"] = []
+        self["allowed-origins"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Listen on this server endpoint (tcp:8000, tcp:8000:interface=127.0.0.1,
+        unix:/path, ssl:443:privateKey=...); repeatable [default: tcp:8000:interface=127.0.0.1]."""
+        try:
+            from twisted.internet import reactor
+
+            endpoints.serverFromString(reactor, description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise usage.UsageError(f"--listen {description!r}: {e}") from None
+        self["listen"].append(description)
+
+    opt_l = opt_listen
+
+    def opt_handlers(self, path: str) -> None:
+        """Event handler class (module.Class, an ws4tx.handlers.EventHandler subclass);
+        repeatable."""
+        self["handlers"].append(path)
+
+    def opt_allowed_origin(self, origin: str) -> None:
+        """Allowed Origin (scheme://host[:port], '*' wildcards); repeatable
+        [default: any]."""
+        self["allowed-origins"].append(origin)
+
+    def postOptions(self) -> None:
+        for option, (_, kind) in _TUNABLES.items():
+            value = self[option]
+            if value is not None and kind is not str:
+                try:
+                    self[option] = kind(value)
+                except ValueError:
+                    raise usage.UsageError(
+                        f"--{option} must be a number, not {value!r}") from None
+        redis = self["redis"]
+        if redis is not None and redis != "embedded":
+            try:
+                RedisAddress.from_url(redis)
+            except InvalidRedisAddress as e:
+                raise usage.UsageError(f"--redis: {e}") from None
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def makeService(options: Options, reactor: Any = None) -> service.IService:
+    """The service ``twistd ws4tx`` runs."""
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    values: dict[str, Any] = {}
+    settings = None
+    if options["django-settings"]:
+        from ws4tx import _django
+
+        try:
+            settings = _django.setup(options["django-settings"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        values.update(_django.options_from_settings(settings))
+    for option, (name, _) in _TUNABLES.items():
+        if options[option] is not None:
+            values[name] = options[option]
+    if options["allowed-origins"]:
+        values["allowed_origins"] = options["allowed-origins"]
+    if "allowed_origins" in values:
+        values["allowed_origins"] = tuple(values["allowed_origins"])
+    handler_paths = list(values.pop("handlers", ())) + options["handlers"]
+    if values.get("prefix") == "":
+        values["prefix"] = None
+
+    top = service.MultiService()
+    embedded = None
+    redis = options["redis"]
+    try:
+        if redis == "embedded":
+            embedded = EmbeddedRedis()
+            embedded.start()
+            _EmbeddedRedisService(embedded).setServiceParent(top)
+            address = embedded.address
+            _say(f"ws4tx: embedded Redis ({embedded.binary}) at {address.url}; "
+                 f"publishers elsewhere: export {_settings.REDIS_URL_ENV}={address.url}")
+        elif redis:
+            address = RedisAddress.from_url(redis)
+        else:
+            address = _settings.redis_address(settings if settings is not None else object())
+    except (EmbeddedRedisError, InvalidRedisAddress) as e:
+        raise usage.UsageError(f"--redis: {e}") from None
+
+    try:
+        config = check(ServerConfig(redis=address, **values))
+        handlers = load_handler_classes(handler_paths)
+    except (TypeError, ValueError) as e:
+        if embedded is not None:
+            embedded.stop()
+        raise usage.UsageError(str(e)) from None
+
+    authenticator = fallback = run_in_thread = None
+    if settings is not None:
+        from ws4tx import _django
+
+        authenticator = _django.SessionAuthenticator()
+        run_in_thread = _django.run_in_thread
+        _django.share_redis_with_publishers(address.url)
+        if options["wsgi"]:
+            try:
+                fallback = _django.wsgi_resource(options["wsgi"], reactor)
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+    elif options["wsgi"]:
+        raise usage.UsageError("--wsgi needs --django-settings")
+
+    push = PushService(
+        config,
+        listen=options["listen"],
+        authenticator=authenticator,
+        handlers=handlers,
+        fallback=fallback,
+        run_in_thread=run_in_thread,
+        drain_timeout=options["drain-timeout"],
+        reactor=reactor,
+    )
+    push.setServiceParent(top)
+    for description in options["listen"]:
+        _say(f"ws4tx: listening on {description}, WebSocket URL {config.websocket_url}")
+    return top
+
+
+class _EmbeddedRedisService(service.Service):
+    """Stops the embedded Redis after everything else (it is the first child)."""
+
+    def __init__(self, redis: EmbeddedRedis) -> None:
+        self.redis = redis
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.redis.stop()
