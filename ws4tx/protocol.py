@@ -109,7 +109,9 @@ class PushProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._joined = True
-        self.factory.router.join(self, self._channels).addCallback(self._replay)
+        #: Fires once this client's channels are subscribed (and its replay is on the way).
+        self.subscribed = self.factory.router.join(self, self._channels)
+        self.subscribed.addCallback(self._replay)
         handler = self.factory.handlers.get(self.facility)
         if handler is not None:
             self._call(handler.on_connect, None, self)
@@ -276,6 +278,8 @@ class PushFactory(WebSocketServerFactory):
         self._drain_waiters: list[defer.Deferred[None]] = []
         self.setProtocolOptions(
             webStatus=False,
+            # Send a close frame with the reason on a protocol violation (not just a drop).
+            failByDrop=False,
             maxMessagePayloadSize=config.max_message_size,
             maxFramePayloadSize=config.max_frame_size,
             autoPingInterval=config.ping_interval,

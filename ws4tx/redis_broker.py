@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, endpoints
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -37,7 +38,14 @@ def client_endpoint(reactor: Any, address: RedisAddress, timeout: float) -> IStr
     """A Twisted client endpoint for ``address`` (TCP, TLS or unix socket)."""
     if address.unix_socket_path:
         return endpoints.UNIXClientEndpoint(reactor, address.unix_socket_path, timeout=timeout)
-    endpoint = endpoints.HostnameEndpoint(reactor, address.host, address.port, timeout=timeout)
+    endpoint: IStreamClientEndpoint
+    if isIPAddress(address.host):
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, address.host, address.port, timeout)
+    elif isIPv6Address(address.host):
+        endpoint = endpoints.TCP6ClientEndpoint(reactor, address.host, address.port, timeout)
+    else:
+        endpoint = endpoints.HostnameEndpoint(reactor, address.host, address.port,
+                                              timeout=timeout)
     if address.ssl:
         from twisted.internet.ssl import optionsForClientTLS
 
@@ -75,6 +83,7 @@ class _RedisFactory(Factory):
         proto.factory = self
         proto.broker = self.broker
         proto.callLater = self.broker.clock.callLater
+        self.broker._connectionMade(self.role, proto)
         return proto
 
     def stopTrying(self) -> None:
@@ -133,12 +142,10 @@ class RedisBroker:
         self._down_since = self.clock.seconds()
         self._services = [
             ClientService(self._endpoint, _RedisFactory(self, _Subscriber, "subscriber"),
-                          retryPolicy=self._retry, clock=self.clock,
-                          prepareConnection=self._subscriberConnected),
+                          retryPolicy=self._retry, clock=self.clock),
             ClientService(self._endpoint,
                           _RedisFactory(self, txredisapi.RedisProtocol, "command"),
-                          retryPolicy=self._retry, clock=self.clock,
-                          prepareConnection=self._commandConnected),
+                          retryPolicy=self._retry, clock=self.clock),
         ]
         for service in self._services:
             service.startService()
@@ -157,15 +164,21 @@ class RedisBroker:
 
     # Connections
 
-    def _ready(self, proto: Any) -> defer.Deferred[Any]:
-        """Fires with the txredisapi protocol once AUTH/SELECT are done; fails if the
-        connection is lost first or takes longer than the timeout."""
-        proto = getattr(proto, "_protocol", proto)  # ClientService hands a proxy
+    def _connectionMade(self, role: str, proto: Any) -> None:
+        """A new connection (not usable before AUTH/SELECT are done): get it ready."""
         d: defer.Deferred[Any] = defer.Deferred()
-        proto.whenConnected().addCallback(lambda p: d.called or d.callback(p))
+        # A connection without AUTH/SELECT is ready inside makeConnection(), before the
+        # ClientService knows it exists: go on one reactor turn later.
+        proto.whenConnected().addCallback(
+            lambda p: self.clock.callLater(0, lambda: d.called or d.callback(p)))
         proto.whenDisconnected().addCallback(
             lambda p: d.called or d.errback(BrokerUnavailable("lost while connecting")))
-        return self._bounded(d, proto)
+        ready = self._subscriberReady if role == "subscriber" else self._commandReady
+        self._bounded(d, proto).addCallback(ready).addErrback(self._notReady, role)
+
+    def _notReady(self, failure: Failure, role: str) -> None:
+        self.log.debug("Redis {role} connection not ready: {error}", role=role,
+                       error=failure.getErrorMessage())
 
     def _bounded(self, d: defer.Deferred[Any], proto: Any) -> defer.Deferred[Any]:
         """Fail ``d`` and drop ``proto``'s connection if ``d`` takes longer than the timeout."""
@@ -179,14 +192,15 @@ class RedisBroker:
         return d.addTimeout(self.timeout, self.clock).addErrback(timedOut)
 
     @defer.inlineCallbacks
-    def _subscriberConnected(self, proxy: Any) -> Any:
-        proto = yield self._ready(proxy)
+    def _subscriberReady(self, proto: Any) -> Any:
         proto.whenDisconnected().addCallback(self._subscriberLost)
         assert self._listener is not None
         channels = list(self._listener.wantedChannels())
         # Written all at once, before anything else can be: replies come back in order.
         subscribed = [proto.subscribe(channel) for channel in channels]
         yield self._bounded(defer.gatherResults(subscribed, consumeErrors=True), proto)
+        if not proto.connected or self._stopping:
+            return
         self._sub = proto
         self._refusal_logged.discard("subscriber")
         if self._down_since is not None:
@@ -213,9 +227,7 @@ class RedisBroker:
         assert self._listener is not None
         self._listener.brokerDisconnected()
 
-    @defer.inlineCallbacks
-    def _commandConnected(self, proxy: Any) -> Any:
-        proto = yield self._ready(proxy)
+    def _commandReady(self, proto: Any) -> None:
         self._cmd = proto
         self._refusal_logged.discard("command")
         proto.whenDisconnected().addCallback(self._commandLost)
@@ -268,7 +280,7 @@ class RedisBroker:
         def run(proto: Any) -> defer.Deferred[int]:
             d = proto.execute_command("PUBLISH", channel, payload)
             if expire > 0:
-                stored = proto.execute_command("SETEX", channel, expire, payload)
+                stored = proto.execute_command("SET", channel, payload, "EX", expire)
                 d = defer.gatherResults([d, stored], consumeErrors=True).addCallback(
                     lambda results: results[0])
             return d

@@ -1,0 +1,130 @@
+"""A ws4tx server on a free port, against a real Redis the test starts, for integration
+tests."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import redis
+from twisted.internet import defer, endpoints, reactor, task
+from twisted.trial import unittest
+
+from ws4tx.auth import HandshakeRequest
+from ws4tx.config import ServerConfig
+from ws4tx.embedded import EmbeddedRedis
+from ws4tx.naming import ANONYMOUS, Identity
+from ws4tx.protocol import PushProtocol
+from ws4tx.service import PushService
+from ws4tx.testing import StaticAuthenticator
+
+from test._wsclient import TIMEOUT, WSClient, connect
+
+#: The header by which test clients say who they are (see :func:`identity_header`).
+IDENTITY_HEADER = "x-test-identity"
+
+
+def identity_header(user: Optional[str] = None, groups: tuple[str, ...] = (),
+                    session: Optional[str] = None) -> dict[str, str]:
+    """Headers that make the test authenticator give this identity."""
+    return {IDENTITY_HEADER: f"{user or ''};{','.join(groups)};{session or ''}"}
+
+
+def identity_from_header(request: HandshakeRequest) -> Identity:
+    value = request.headers.get(IDENTITY_HEADER)
+    if not value:
+        return ANONYMOUS
+    user, groups, session = value.split(";")
+    return Identity(user=user or None,
+                    groups=frozenset(g for g in groups.split(",") if g),
+                    session=session or None)
+
+
+class _Observed(PushProtocol):
+    """Tells the test when each client's subscriptions are in place."""
+
+    def onOpen(self) -> None:
+        super().onOpen()
+        self.subscribed.addCallback(lambda _: self.factory.test_joined.put(self))
+
+
+def _autobahn_timers_fired() -> defer.Deferred[None]:
+    """Wait for Autobahn's batched timers (txaio buckets of close-handshake timeouts),
+    which outlive their connections by up to a second and would make trial call the reactor
+    unclean."""
+    pending = [c for c in reactor.getDelayedCalls()
+               if getattr(c.func, "__name__", "") == "_notify_bucket"]
+    if not pending:
+        return defer.succeed(None)
+    last = max(c.getTime() for c in pending)
+    return task.deferLater(reactor, max(0.0, last - reactor.seconds()) + 0.01, lambda: None)
+
+
+class ServerTestCase(unittest.TestCase):
+    """Starts a Redis and a ws4tx server per test; ``self.redis`` is a redis-py client."""
+
+    config = ServerConfig(ping_interval=0, redis_ping_interval=1.0, redis_timeout=2.0)
+    redis_args: tuple[str, ...] = ()
+
+    def startRedis(self) -> EmbeddedRedis:
+        server = EmbeddedRedis(extra_args=self.redis_args)
+        server.start()
+        self.addCleanup(server.stop)
+        return server
+
+    def setUp(self) -> defer.Deferred[None]:
+        self.addCleanup(_autobahn_timers_fired)
+        return defer.ensureDeferred(self._setUp())
+
+    async def _setUp(self) -> None:
+        self.redis_server = self.startRedis()
+        self.redis = redis.Redis.from_url(self.redis_server.url, socket_timeout=5)
+        self.addCleanup(self.redis.close)
+        await self.startServer()
+
+    async def startServer(self, **kwargs: Any) -> None:
+        config = self.config.replace(redis=self.redis_server.address,
+                                     **kwargs.pop("config", {}))
+        kwargs.setdefault("authenticator", StaticAuthenticator(identity_from_header))
+        self.service = PushService(config, **kwargs)
+        self.factory = self.service.factory
+        self.factory.protocol = _Observed
+        self.factory.test_joined = defer.DeferredQueue()
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        port = await endpoints.TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1").listen(self.service.site)
+        self.addCleanup(port.stopListening)
+        self.port = port.getHost().port
+        await self.whenRedisConnected()
+
+    async def whenRedisConnected(self) -> None:
+        """Wait (bounded) for the broker's subscriber to be connected."""
+        router = self.factory.router
+        if self.service.broker.connected:
+            return
+        d: defer.Deferred[None] = defer.Deferred()
+        original = router.brokerConnected
+
+        def connected() -> None:
+            original()
+            if not d.called:
+                d.callback(None)
+
+        router.brokerConnected = connected  # type: ignore[method-assign]
+        try:
+            await d.addTimeout(TIMEOUT, reactor)
+        finally:
+            router.brokerConnected = original  # type: ignore[method-assign]
+
+    async def client(self, path: str, headers: Optional[dict[str, str]] = None,
+                     protocols: tuple[str, ...] = (), subscribed: bool = True) -> WSClient:
+        """A connected client whose subscriptions are in place when this returns."""
+        client = await connect(self.port, path, protocols=protocols, headers=headers)
+        self.addCleanup(client.close)
+        if subscribed:
+            await self.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
+        return client
+
+    def publish(self, channel: str, message: bytes | str) -> int:
+        """Publish with redis-py, as another process would."""
+        return int(self.redis.publish(channel, message))

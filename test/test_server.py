@@ -1,0 +1,291 @@
+"""The WebSocket server against a real Redis, through real WebSocket clients."""
+
+from __future__ import annotations
+
+from twisted.internet import defer, reactor
+
+from ws4tx import closecodes, envelope
+
+from test._server import ServerTestCase, identity_header
+from test._wsclient import TIMEOUT, connect, handshake_request, raw_request, status_of
+
+JOHN = identity_header("john", ("chatusers",), "s-john")
+MARY = identity_header("mary", ("chatusers",), "s-mary")
+ADMIN = identity_header("admin", (), "s-admin")
+ALL_FLAGS = "?subscribe-broadcast&subscribe-user&subscribe-group&subscribe-session"
+
+
+async def nothing_more(client, timeout: float = 0.3) -> None:
+    """Assert that ``client`` receives nothing more within ``timeout`` (a bound, not a wait
+    for an event: used only to prove that something does NOT arrive)."""
+    try:
+        payload, _ = await client.next(timeout)
+    except defer.TimeoutError:
+        return
+    raise AssertionError(f"unexpected message {payload!r}")
+
+
+class AudienceTests(ServerTestCase):
+    """Each audience delivers to exactly its members."""
+
+    async def _clients(self):
+        return {
+            name: await self.client("/ws/foobar" + ALL_FLAGS, headers)
+            for name, headers in (("john", JOHN), ("mary", MARY), ("admin", ADMIN))
+        }
+
+    async def _expect(self, clients, channel, recipients):
+        self.publish(channel, f"to {channel}")
+        for name in sorted(recipients):
+            self.assertEqual(await clients[name].text(), f"to {channel}")
+        for name, client in clients.items():
+            if name not in recipients:
+                await nothing_more(client)
+
+    async def test_broadcastReachesEverybody(self):
+        """A broadcast reaches every subscribed client."""
+        clients = await self._clients()
+        await self._expect(clients, "ws4tx:broadcast:foobar", {"john", "mary", "admin"})
+
+    async def test_userReachesOnlyThatUser(self):
+        """A user message reaches that user alone."""
+        clients = await self._clients()
+        await self._expect(clients, "ws4tx:user:mary:foobar", {"mary"})
+
+    async def test_groupReachesOnlyItsMembers(self):
+        """A group message reaches the group's members alone."""
+        clients = await self._clients()
+        await self._expect(clients, "ws4tx:group:chatusers:foobar", {"john", "mary"})
+
+    async def test_sessionReachesOnlyThatSession(self):
+        """A session message reaches the client of that session alone."""
+        clients = await self._clients()
+        await self._expect(clients, "ws4tx:session:s-admin:foobar", {"admin"})
+
+    async def test_otherFacilityReachesNobody(self):
+        """A message to another facility reaches nobody."""
+        clients = await self._clients()
+        await self._expect(clients, "ws4tx:broadcast:other", set())
+
+    async def test_anonymousGetsBroadcastOnly(self):
+        """An anonymous client asking for every audience gets broadcast channels only."""
+        await self.client("/ws/foobar" + ALL_FLAGS)
+        channels = sorted(c.decode() for c in self.redis.pubsub_channels())
+        self.assertEqual(channels, ["ws4tx:broadcast:foobar"])
+
+    async def test_flagsAreCaseInsensitiveAndUnknownIgnored(self):
+        """Flags in any case and order work; unknown flags are ignored."""
+        client = await self.client("/ws/foobar?Bogus&SUBSCRIBE-User&x=1", JOHN)
+        self.assertEqual([c.decode() for c in self.redis.pubsub_channels()],
+                         ["ws4tx:user:john:foobar"])
+        self.publish("ws4tx:user:john:foobar", "hi")
+        self.assertEqual(await client.text(), "hi")
+
+    async def test_binaryPayloadIsABinaryFrame(self):
+        """A payload that is not UTF-8 arrives as a binary frame, byte for byte."""
+        client = await self.client("/ws/foobar?subscribe-broadcast")
+        self.publish("ws4tx:broadcast:foobar", b"\xff\x00\xfe")
+        self.assertEqual(await client.next(), (b"\xff\x00\xfe", True))
+
+    async def test_numbersAreNotConverted(self):
+        """A payload that looks like a number arrives exactly as published."""
+        client = await self.client("/ws/foobar?subscribe-broadcast")
+        for text in ("12345", "1.5e3", "007"):
+            self.publish("ws4tx:broadcast:foobar", text)
+            self.assertEqual(await client.text(), text)
+
+
+class ReplayTests(ServerTestCase):
+    """ws4redis's replay of the stored message on connect."""
+
+    async def test_storedMessageIsReplayed(self):
+        """A client gets the message stored under each of its channels when it connects."""
+        self.redis.set("ws4tx:broadcast:foobar", "stored broadcast", ex=60)
+        self.redis.set("ws4tx:user:john:foobar", "stored for john", ex=60)
+        client = await self.client("/ws/foobar?subscribe-broadcast&subscribe-user", JOHN)
+        got = {await client.text(), await client.text()}
+        self.assertEqual(got, {"stored broadcast", "stored for john"})
+
+    async def test_expiredMessageIsNotReplayed(self):
+        """Once its expiry has passed, a stored message is no longer replayed."""
+        self.redis.set("ws4tx:broadcast:foobar", "old", px=1)
+        # Redis expires the key itself; wait for that event with a bound.
+        for _ in range(200):
+            if not self.redis.exists("ws4tx:broadcast:foobar"):
+                break
+            await defer.succeed(None)
+        client = await self.client("/ws/foobar?subscribe-broadcast")
+        self.publish("ws4tx:broadcast:foobar", "live")
+        self.assertEqual(await client.text(), "live")
+
+
+class PublishTests(ServerTestCase):
+    """Clients publishing with publish-* flags."""
+
+    async def test_clientPublishReachesOthersAndIsStored(self):
+        """A client's message is published to its channel and stored for replay."""
+        listener = await self.client("/ws/foobar?subscribe-broadcast")
+        sender = await self.client("/ws/foobar?publish-broadcast", subscribed=True)
+        sender.send("hello all")
+        self.assertEqual(await listener.text(), "hello all")
+        self.assertEqual(self.redis.get("ws4tx:broadcast:foobar"), b"hello all")
+        self.assertTrue(0 < self.redis.ttl("ws4tx:broadcast:foobar") <= 3600)
+
+    async def test_withoutEchoTheSenderDoesNotGetItsMessage(self):
+        """Without echo, a client does not receive back the message it just sent."""
+        sender = await self.client("/ws/foobar?subscribe-broadcast&publish-broadcast")
+        other = await self.client("/ws/foobar?subscribe-broadcast")
+        sender.send("mine")
+        self.assertEqual(await other.text(), "mine")
+        self.publish("ws4tx:broadcast:foobar", "theirs")
+        self.assertEqual(await sender.text(), "theirs")
+
+    async def test_withEchoTheSenderGetsItsMessage(self):
+        """With echo, the sender receives its own message too."""
+        sender = await self.client("/ws/foobar?subscribe-broadcast&publish-broadcast&echo")
+        sender.send("mine")
+        self.assertEqual(await sender.text(), "mine")
+
+    async def test_userPublishGoesToOwnChannelOnly(self):
+        """publish-user publishes to the sender's own user channel, never a chosen one."""
+        john_listener = await self.client("/ws/foobar?subscribe-user", JOHN)
+        mary = await self.client("/ws/foobar?subscribe-user", MARY)
+        sender = await self.client("/ws/foobar?publish-user", JOHN)
+        sender.send("note to self")
+        self.assertEqual(await john_listener.text(), "note to self")
+        await nothing_more(mary)
+
+    async def test_binaryFramesArePublishedAsBytes(self):
+        """A binary frame is published and stored as bytes."""
+        listener = await self.client("/ws/foobar?subscribe-broadcast")
+        sender = await self.client("/ws/foobar?publish-broadcast")
+        sender.send(b"\x00\xff", binary=True)
+        self.assertEqual(await listener.next(), (b"\x00\xff", True))
+        self.assertEqual(self.redis.get("ws4tx:broadcast:foobar"), b"\x00\xff")
+
+    async def test_expireZeroStoresNothing(self):
+        """With expire 0 a client's message is published but not stored."""
+        await self.service.stopService()
+        await self.startServer(config={"expire": 0})
+        listener = await self.client("/ws/foobar?subscribe-broadcast")
+        sender = await self.client("/ws/foobar?publish-broadcast")
+        sender.send("fleeting")
+        self.assertEqual(await listener.text(), "fleeting")
+        self.assertIsNone(self.redis.get("ws4tx:broadcast:foobar"))
+
+
+class HeartbeatTests(ServerTestCase):
+    """ws4redis's heartbeat: answered with the same string, never published."""
+
+    config = ServerTestCase.config.replace(heartbeat="--heartbeat--")
+
+    async def test_heartbeatIsAnsweredNotPublished(self):
+        """The heartbeat comes back to its sender and reaches nobody else."""
+        listener = await self.client("/ws/foobar?subscribe-broadcast")
+        sender = await self.client("/ws/foobar?subscribe-broadcast&publish-broadcast&echo")
+        sender.send("--heartbeat--")
+        self.assertEqual(await sender.text(), "--heartbeat--")
+        await nothing_more(listener)
+        self.assertIsNone(self.redis.get("ws4tx:broadcast:foobar"))
+
+
+class SubscriptionTests(ServerTestCase):
+    """One shared subscriber connection with reference-counted subscriptions."""
+
+    async def test_subscriptionReleasedWhenLastClientLeaves(self):
+        """A channel stays subscribed while a client uses it, and is released after."""
+        a = await self.client("/ws/foobar?subscribe-broadcast")
+        b = await self.client("/ws/foobar?subscribe-broadcast")
+        numsub = lambda: dict(self.redis.pubsub_numsub("ws4tx:broadcast:foobar"))
+        self.assertEqual(numsub(), {b"ws4tx:broadcast:foobar": 1})
+        await a.close()
+        self.assertEqual(self.factory.router.memberCount(), 1)
+        self.assertEqual(numsub(), {b"ws4tx:broadcast:foobar": 1})
+        await b.close()
+        await self.factory.whenDrained().addTimeout(TIMEOUT, reactor)
+        # UNSUBSCRIBE was written before the drain; a round trip on the same server orders it.
+        await self.service.broker.fetch("sync")
+        self.assertEqual(numsub(), {b"ws4tx:broadcast:foobar": 0})
+
+    async def test_manyClientsShareOneRedisConnection(self):
+        """200 clients on one channel use one Redis subscriber connection."""
+        clients = await defer.gatherResults([
+            defer.ensureDeferred(self.client("/ws/foobar?subscribe-broadcast"))
+            for _ in range(200)])
+        subscribers = [c for c in self.redis.client_list() if int(c["sub"]) > 0]
+        self.assertEqual(len(subscribers), 1)
+        self.assertEqual(self.publish("ws4tx:broadcast:foobar", "fan-out"), 1)
+        texts = await defer.gatherResults([defer.ensureDeferred(c.text()) for c in clients])
+        self.assertEqual(set(texts), {"fan-out"})
+
+
+class HandshakeTests(ServerTestCase):
+    """Bad handshakes get an HTTP status with a reason; subprotocols are echoed."""
+
+    async def _status(self, request: bytes):
+        return status_of(await raw_request(self.port, request))
+
+    async def test_plainGetAnswers400SayingUpgrade(self):
+        """A plain GET on the WebSocket URL answers 400 saying to upgrade."""
+        status, rest = await self._status(b"GET /ws/foobar HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(status, 400)
+        self.assertIn("WebSocket", rest)
+        self.assertIn("Upgrade", rest)
+
+    async def test_nonGetAnswers400(self):
+        """A POST on the WebSocket URL answers 400."""
+        status, _ = await self._status(
+            b"POST /ws/foobar HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(status, 400)
+
+    async def test_badFacilityAnswers400(self):
+        """A facility with a colon (or empty) is refused with 400 and the reason."""
+        for path in ("/ws/a:b", "/ws/", "/ws/%20x"):
+            status, rest = await self._status(handshake_request(path))
+            self.assertEqual(status, 400, path)
+            self.assertIn("facility", rest)
+
+    async def test_longQueryAnswers414(self):
+        """A query string over the limit is refused with 414."""
+        status, _ = await self._status(handshake_request("/ws/foobar?" + "x" * 5000))
+        self.assertEqual(status, 414)
+
+    async def test_subprotocolIsEchoed(self):
+        """A requested subprotocol is answered by echoing it."""
+        client = await self.client("/ws/foobar?subscribe-broadcast", protocols=("chat",))
+        self.assertEqual(client.protocol, "chat")
+
+    async def test_eventSubprotocolIsPreferred(self):
+        """A client offering ws4tx.v1 among others gets ws4tx.v1."""
+        client = await self.client("/ws/foobar", protocols=("chat", envelope.SUBPROTOCOL))
+        self.assertEqual(client.protocol, envelope.SUBPROTOCOL)
+
+    async def test_healthSaysRedisIsConnected(self):
+        """The health check answers 200 while Redis is connected."""
+        status, rest = await self._status(
+            b"GET /ws4tx/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertEqual(status, 200)
+        self.assertIn('"redis": "connected"', rest)
+
+
+class FrameTests(ServerTestCase):
+    """Bad frames close that client with the right code; others are unharmed."""
+
+    config = ServerTestCase.config.replace(max_message_size=1024, max_frame_size=1024)
+
+    async def test_oversizedMessageCloses1009(self):
+        """A message over the size cap closes its connection with 1009."""
+        other = await self.client("/ws/foobar?subscribe-broadcast")
+        big = await self.client("/ws/foobar?publish-broadcast")
+        big.send("x" * 2048)
+        code, _ = await big.closed.addTimeout(TIMEOUT, reactor)
+        self.assertEqual(code, closecodes.MESSAGE_TOO_BIG)
+        self.publish("ws4tx:broadcast:foobar", "still here")
+        self.assertEqual(await other.text(), "still here")
+
+    async def test_invalidUtf8Closes1007(self):
+        """A text frame with invalid UTF-8 closes its connection with 1007."""
+        client = await self.client("/ws/foobar?publish-broadcast")
+        client.proto.sendMessage(b"\xff\xfe", isBinary=False)
+        code, _ = await client.closed.addTimeout(TIMEOUT, reactor)
+        self.assertEqual(code, closecodes.INVALID_PAYLOAD)
