@@ -81,7 +81,7 @@ class ServerTestCase(unittest.TestCase):
         self.addCleanup(self.redis.close)
         await self.startServer()
 
-    async def startServer(self, **kwargs: Any) -> None:
+    async def startServer(self, wait: bool = True, **kwargs: Any) -> None:
         config = self.config.replace(redis=self.redis_server.address,
                                      **kwargs.pop("config", {}))
         kwargs.setdefault("authenticator", StaticAuthenticator(identity_from_header))
@@ -89,32 +89,38 @@ class ServerTestCase(unittest.TestCase):
         self.factory = self.service.factory
         self.factory.protocol = _Observed
         self.factory.test_joined = defer.DeferredQueue()
+        self._observeBroker()
         self.service.startService()
         self.addCleanup(self.service.stopService)
         port = await endpoints.TCP4ServerEndpoint(
             reactor, 0, interface="127.0.0.1").listen(self.service.site)
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
-        await self.whenRedisConnected()
+        if wait:
+            await self.whenRedisConnected()
+
+    def _observeBroker(self) -> None:
+        """Queue the router's broker events ("connected", "disconnected") for the test."""
+        self.broker_events: defer.DeferredQueue[str] = defer.DeferredQueue()
+        router = self.factory.router
+        for name, event in (("brokerConnected", "connected"),
+                            ("brokerDisconnected", "disconnected")):
+            original = getattr(router, name)
+
+            def observed(original: Any = original, event: str = event) -> None:
+                original()
+                self.broker_events.put(event)
+
+            setattr(router, name, observed)
+
+    async def brokerEvent(self, expected: str, timeout: float = TIMEOUT) -> None:
+        """Wait (bounded) for the next broker event and check it is ``expected``."""
+        event = await self.broker_events.get().addTimeout(timeout, reactor)
+        self.assertEqual(event, expected)
 
     async def whenRedisConnected(self) -> None:
-        """Wait (bounded) for the broker's subscriber to be connected."""
-        router = self.factory.router
-        if self.service.broker.connected:
-            return
-        d: defer.Deferred[None] = defer.Deferred()
-        original = router.brokerConnected
-
-        def connected() -> None:
-            original()
-            if not d.called:
-                d.callback(None)
-
-        router.brokerConnected = connected  # type: ignore[method-assign]
-        try:
-            await d.addTimeout(TIMEOUT, reactor)
-        finally:
-            router.brokerConnected = original  # type: ignore[method-assign]
+        """Wait (bounded) for the broker's first connection."""
+        await self.brokerEvent("connected")
 
     async def client(self, path: str, headers: Optional[dict[str, str]] = None,
                      protocols: tuple[str, ...] = (), subscribed: bool = True) -> WSClient:

@@ -163,7 +163,9 @@ class PushProtocol(WebSocketServerProtocol):
         if self.speaks_events and not isBinary and envelope.is_envelope(payload):
             self._onEnvelope(payload)
             return
-        self._publish(payload)
+        # A raw client cannot be told of a failure without changing its payloads:
+        # _publishFailed logs it.
+        self._publish(payload).addErrback(lambda _: None)
 
     def _publish(self, payload: bytes) -> defer.Deferred[int]:
         if not self._publish_to:
