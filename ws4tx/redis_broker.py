@@ -181,15 +181,26 @@ class RedisBroker:
                        error=failure.getErrorMessage())
 
     def _bounded(self, d: defer.Deferred[Any], proto: Any) -> defer.Deferred[Any]:
-        """Fail ``d`` and drop ``proto``'s connection if ``d`` takes longer than the timeout."""
-        def timedOut(failure: Failure) -> Failure:
-            if failure.check(defer.TimeoutError):
-                self.log.warn("Redis did not answer within {timeout} s; replacing the "
-                              "connection", timeout=self.timeout)
-                proto.transport.abortConnection()
-            return failure
+        """``d``, or a TimeoutError (and ``proto``'s connection dropped) if Redis takes
+        longer than the timeout to answer."""
+        bounded: defer.Deferred[Any] = defer.Deferred()
 
-        return d.addTimeout(self.timeout, self.clock).addErrback(timedOut)
+        def expire() -> None:
+            self.log.warn("Redis did not answer within {timeout} s; replacing the "
+                          "connection", timeout=self.timeout)
+            proto.transport.abortConnection()
+            bounded.errback(defer.TimeoutError(f"Redis did not answer within {self.timeout} s"))
+
+        timer = self.clock.callLater(self.timeout, expire)
+
+        def done(result: Any) -> None:
+            if timer.active():
+                timer.cancel()
+                bounded.callback(result)
+            # else: too late, the caller has its TimeoutError already
+
+        d.addBoth(done)
+        return bounded
 
     @defer.inlineCallbacks
     def _subscriberReady(self, proto: Any) -> Any:

@@ -1,0 +1,155 @@
+"""The Redis broker's timing, driven by a Clock over in-memory transports: connection
+readiness, resubscription, the PING watchdog and command timeouts."""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from ws4tx.broker import BrokerUnavailable
+from ws4tx.redis_address import RedisAddress
+from ws4tx.redis_broker import RedisBroker
+
+
+class FakeEndpoint:
+    """Connects every attempt to a new StringTransport at once."""
+
+    def __init__(self) -> None:
+        self.connections: list = []
+
+    def connect(self, factory):
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        self.connections.append((proto, transport))
+        return defer.succeed(proto)
+
+
+class Listener:
+    def __init__(self, channels=()) -> None:
+        self.channels = list(channels)
+        self.events: list = []
+        self.messages: list = []
+
+    def wantedChannels(self):
+        return self.channels
+
+    def brokerConnected(self):
+        self.events.append("connected")
+
+    def brokerDisconnected(self):
+        self.events.append("disconnected")
+
+    def messageReceived(self, channel, payload):
+        self.messages.append((channel, payload))
+
+
+def subscribed(channel: bytes, count: int = 1) -> bytes:
+    return b"*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:%d\r\n" % (len(channel), channel, count)
+
+
+class BrokerTimingTests(SynchronousTestCase):
+    """Everything the broker does on a timer, with a Clock."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.endpoint = FakeEndpoint()
+        self.listener = Listener(["a", "b"])
+        self.broker = RedisBroker(RedisAddress(), reactor=self.clock, clock=self.clock,
+                                  ping_interval=5, timeout=2, endpoint=self.endpoint,
+                                  retry_policy=lambda attempt: 1.0)
+        self.broker.start(self.listener)
+        self.clock.advance(0)
+        (self.sub, self.sub_t), (self.cmd, self.cmd_t) = self.endpoint.connections
+
+    def tearDown(self) -> None:
+        self.broker.stop()
+        self.clock.advance(10)
+
+    def _ready(self) -> None:
+        self.sub.dataReceived(subscribed(b"a") + subscribed(b"b", 2))
+
+    def test_resubscribesOneChannelPerCommand(self):
+        """On connection each wanted channel is subscribed with its own command, and the
+        broker says it is connected only once all are confirmed."""
+        self.assertEqual(self.sub_t.value(),
+                         b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nb\r\n")
+        self.assertEqual(self.listener.events, [])
+        self._ready()
+        self.assertEqual(self.listener.events, ["connected"])
+        self.assertTrue(self.broker.connected)
+
+    def test_unconfirmedSubscriptionReplacesConnection(self):
+        """A SUBSCRIBE not confirmed within the timeout drops the connection."""
+        self.clock.advance(1.9)
+        self.assertFalse(self.sub_t.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(self.sub_t.disconnecting)
+
+    def test_pingEveryIntervalAndAnsweredPingKeepsConnection(self):
+        """A PING goes out every interval; an answer keeps the connection."""
+        self._ready()
+        self.sub_t.clear()
+        self.clock.advance(4.9)
+        self.assertEqual(self.sub_t.value(), b"")
+        self.clock.advance(0.1)
+        self.assertEqual(self.sub_t.value(), b"*1\r\n$4\r\nPING\r\n")
+        self.sub.dataReceived(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n")
+        self.clock.advance(2)
+        self.assertFalse(self.sub_t.disconnecting)
+        self.assertEqual(self.broker.stats["deaf"], 0)
+
+    def test_unansweredPingReplacesConnection(self):
+        """No answer to PING within the timeout: the connection is dropped and counted."""
+        self._ready()
+        self.clock.advance(5)
+        self.clock.advance(1.9)
+        self.assertFalse(self.sub_t.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(self.sub_t.disconnecting)
+        self.assertEqual(self.broker.stats["deaf"], 1)
+
+    def test_lostSubscriberReconnectsAndResubscribes(self):
+        """A lost subscriber is reported, and a new connection after the retry delay
+        subscribes the channels wanted then."""
+        self._ready()
+        self.sub.connectionLost(Exception("gone"))
+        self.assertEqual(self.listener.events, ["connected", "disconnected"])
+        self.assertFalse(self.broker.connected)
+        self.listener.channels = ["c"]
+        self.clock.advance(1.0)
+        sub2, t2 = self.endpoint.connections[-1]
+        self.clock.advance(0)
+        self.assertIn(b"SUBSCRIBE\r\n$1\r\nc\r\n", t2.value())
+        sub2.dataReceived(subscribed(b"c"))
+        self.assertEqual(self.listener.events, ["connected", "disconnected", "connected"])
+
+    def test_payloadsAreBytesAndNotConverted(self):
+        """Messages reach the listener as bytes, numbers unconverted."""
+        self._ready()
+        self.sub.dataReceived(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$5\r\n12345\r\n")
+        self.assertEqual(self.listener.messages, [("a", b"12345")])
+
+    def test_commandTimesOut(self):
+        """A command without an answer fails with BrokerUnavailable after the timeout."""
+        self._ready()
+        d = self.broker.fetch("k")
+        self.assertNoResult(d)
+        self.clock.advance(2)
+        self.failureResultOf(d, BrokerUnavailable)
+
+    def test_publishAndStore(self):
+        """publish writes PUBLISH then SET EX, and fires with the receivers."""
+        d = self.broker.publish("ch", b"hi", expire=60)
+        self.assertEqual(self.cmd_t.value(),
+                         b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$2\r\nhi\r\n"
+                         b"*5\r\n$3\r\nSET\r\n$2\r\nch\r\n$2\r\nhi\r\n$2\r\nEX\r\n$2\r\n60\r\n")
+        self.cmd.dataReceived(b":3\r\n+OK\r\n")
+        self.assertEqual(self.successResultOf(d), 3)
+
+    def test_commandWithoutConnectionFailsAtOnce(self):
+        """With no command connection, a command fails at once."""
+        self.cmd.connectionLost(Exception("gone"))
+        self.failureResultOf(self.broker.publish("ch", b"x"), BrokerUnavailable)
