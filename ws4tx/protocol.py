@@ -36,6 +36,8 @@ from ws4tx.naming import (
 )
 from ws4tx.router import Router, is_text
 
+_log = Logger()
+
 #: How many of its own messages a client without ``echo`` may have in flight.
 _MAX_UNECHOED = 256
 
@@ -43,7 +45,6 @@ _MAX_UNECHOED = 256
 class PushProtocol(WebSocketServerProtocol):
     """One browser connection."""
 
-    log = Logger()
     factory: "PushFactory"
 
     identity: Identity = ANONYMOUS
@@ -125,7 +126,7 @@ class PushProtocol(WebSocketServerProtocol):
             self.sendMessage(payload, isBinary=not is_text(payload))
 
     def _noReplay(self, failure: Failure) -> None:
-        self.log.debug("no replay for {peer}: {error}", peer=self.peer,
+        _log.debug("no replay for {peer}: {error}", peer=self.peer,
                        error=failure.getErrorMessage())
 
     # Delivery (the hot path: nothing here that could be done once per message)
@@ -169,7 +170,7 @@ class PushProtocol(WebSocketServerProtocol):
 
     def _publish(self, payload: bytes) -> defer.Deferred[int]:
         if not self._publish_to:
-            self.log.debug("{peer} sent a message but has no publish flag", peer=self.peer)
+            _log.debug("{peer} sent a message but has no publish flag", peer=self.peer)
             return defer.succeed(0)
         broker, expire = self.factory.broker, self.factory.config.expire
         ds = []
@@ -192,7 +193,7 @@ class PushProtocol(WebSocketServerProtocol):
                 self._unechoed[key] -= 1
             else:
                 self._unechoed.pop(key, None)
-        self.log.warn("publishing for {peer} failed: {error}", peer=self.peer,
+        _log.warn("publishing for {peer} failed: {error}", peer=self.peer,
                       error=failure.value)
         return failure
 
@@ -229,7 +230,7 @@ class PushProtocol(WebSocketServerProtocol):
 
         def failed(failure: Failure) -> None:
             if not failure.check(LookupError):
-                self.log.failure("event handler failed for {peer}", failure, peer=self.peer)
+                _log.failure("event handler failed for {peer}", failure, peer=self.peer)
             message = str(failure.value) if failure.check(LookupError) else "internal error"
             if ack_id is not None:
                 self._sendEnvelope(envelope.encode_ack(ack_id, error=message))
@@ -237,13 +238,19 @@ class PushProtocol(WebSocketServerProtocol):
                 self.emit(envelope.ERROR_EVENT, {"message": message})
 
         d.addCallbacks(ok, failed).addErrback(
-            lambda f: self.log.failure("answering {peer} failed", f, peer=self.peer))
+            lambda f: _log.failure("answering {peer} failed", f, peer=self.peer))
 
     def _sendEnvelope(self, text: str) -> None:
         if self.state == self.STATE_OPEN:
             self.sendMessage(text.encode())
 
     # Closing
+
+    def closeWith(self, code: int, reason: str) -> None:
+        """Start the closing handshake with any code (Autobahn's sendClose() refuses the
+        protocol-level ones such as 1001, going away)."""
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:120])
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
         if self._joined:
@@ -296,7 +303,7 @@ class PushFactory(WebSocketServerFactory):
         """Start the closing handshake with every client; return how many there are."""
         clients = list(self.router.hub.clients())
         for client in clients:
-            client.sendClose(code, reason)  # type: ignore[attr-defined]
+            client.closeWith(code, reason)  # type: ignore[attr-defined]
         return len(clients)
 
     def dropAll(self) -> None:

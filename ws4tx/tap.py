@@ -6,11 +6,13 @@ the defaults. A bad value stops the start with a message naming the option.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any, Optional
 
+import txaio
 from twisted.application import service
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.python import usage
 
 from ws4tx import _settings
@@ -81,7 +83,7 @@ class Options(usage.Options):
         ["health-url", None, None,
          "Path of the health check, 200 while Redis delivers, else 503 "
          "[default: /ws4tx/health]."],
-        ["drain-timeout", None, "10",
+        ["drain-timeout", None, 10.0,
          "Seconds to wait for clients to close on shutdown.", float],
     ]
 
@@ -164,7 +166,9 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     if values.get("prefix") == "":
         values["prefix"] = None
 
-    top = service.MultiService()
+    # Autobahn logs every frame at debug level, which twistd would print.
+    txaio.set_global_log_level("info")
+    top = _ServerProcess(reactor)
     embedded = None
     redis = options["redis"]
     try:
@@ -219,6 +223,25 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     for description in options["listen"]:
         _say(f"ws4tx: listening on {description}, WebSocket URL {config.websocket_url}")
     return top
+
+
+class _ServerProcess(service.MultiService):
+    """The top service of ``twistd ws4tx``: stops its children one after the other (the
+    WebSocket server drains before the embedded Redis stops), and, once that went well,
+    lets twistd exit with status 0 after SIGTERM or SIGINT instead of re-raising the signal
+    (a graceful drain is a clean exit)."""
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__()
+        self._reactor = reactor
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        service.Service.stopService(self)
+        for child in reversed(list(self)):
+            yield defer.maybeDeferred(child.stopService)
+        if getattr(self._reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
+            self._reactor._exitSignal = None
 
 
 class _EmbeddedRedisService(service.Service):

@@ -1,0 +1,88 @@
+"""``twistd ws4tx`` end to end, in a child process."""
+
+from __future__ import annotations
+
+import socket
+
+import redis
+from twisted.trial import unittest
+
+from ws4tx.embedded import EmbeddedRedis, free_port
+
+from test._process import Twistd
+from test._wsclient import connect
+
+
+class TwistdTests(unittest.TestCase):
+    """The plugin runs, serves, publishes from Django reach clients, SIGTERM drains."""
+
+    async def _serve(self, *args: str) -> tuple[Twistd, int]:
+        port = free_port()
+        child = Twistd().start("--listen", f"tcp:{port}:interface=127.0.0.1", *args)
+        self.addCleanup(child.stop, "KILL")
+        await child.waitFor("Redis subscriber connected")
+        await child.waitFor(f"Site starting on {port}")
+        return child, port
+
+    async def test_publishFromDjangoReachesClientAndSigtermCloses1001(self):
+        """A RedisPublisher message reaches a client; SIGTERM closes it with 1001, exit 0."""
+        server = EmbeddedRedis()
+        server.start()
+        self.addCleanup(server.stop)
+        store = redis.Redis.from_url(server.url)
+        self.addCleanup(store.close)
+        # The stored message comes back once the subscription is in place.
+        store.set("ws4tx:broadcast:foobar", "stored", ex=60)
+        child, port = await self._serve("--redis", server.url)
+        client = await connect(port, "/ws/foobar?subscribe-broadcast")
+        self.assertEqual(await client.text(), "stored")
+
+        from test._django import setup_django
+        from ws4tx import _sync_redis
+        from ws4tx.publisher import RedisPublisher
+
+        setup_django()
+        _sync_redis.use_url(server.url)
+        self.addCleanup(_sync_redis.reset)
+        RedisPublisher(facility="foobar", broadcast=True).publish_message("from django")
+        self.assertEqual(await client.text(), "from django")
+
+        exit_code = await child.stop("TERM")
+        code, _ = await client.closed
+        self.assertEqual(code, 1001)
+        self.assertEqual(exit_code, 0)
+
+    async def test_embeddedRedisStartsAndStopsWithTheServer(self):
+        """--redis embedded prints the URL of a private Redis that ends with the server."""
+        child, port = await self._serve("--redis", "embedded")
+        url = (await child.waitFor(r"embedded Redis \(.*\) at (redis://\S+)")).group(1)
+        store = redis.Redis.from_url(url)
+        self.addCleanup(store.close)
+        client = await connect(port, "/ws/foobar?subscribe-broadcast&publish-broadcast&echo")
+        client.send("through the embedded redis")
+        self.assertEqual(await client.text(), "through the embedded redis")
+        self.assertEqual(store.get("ws4tx:broadcast:foobar"), b"through the embedded redis")
+        store.close()
+        self.assertEqual(await child.stop("TERM"), 0, child.output)
+        redis_port = int(url.rsplit(":", 1)[1].split("/")[0])
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", redis_port), timeout=5)
+
+    async def test_badListenFailsNamingTheOption(self):
+        """A bad --listen description stops twistd with a message naming --listen."""
+        child = Twistd().start("--listen", "bogus:1234")
+        self.assertNotEqual(await child.stop("KILL") if False else await child.ended, 0)
+        self.assertIn("--listen", child.output)
+
+    async def test_wrongRedisPasswordIsReportedClearly(self):
+        """A wrong Redis password is logged as such, and the server stays up."""
+        server = EmbeddedRedis(password="right")
+        server.start()
+        self.addCleanup(server.stop)
+        wrong = server.url.replace("right", "wrong")
+        port = free_port()
+        child = Twistd().start("--listen", f"tcp:{port}:interface=127.0.0.1", "--redis", wrong)
+        self.addCleanup(child.stop, "KILL")
+        await child.waitFor("refused the subscriber connection")
+        self.assertNotIn("wrong", child.output.split("refused")[0].rsplit("\n", 1)[-1])
+        self.assertNotIn(":wrong@", child.output)
