@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
+from twisted.internet import defer
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
 
@@ -57,3 +59,17 @@ class IBroker(Interface):
 
     def fetch(key: str) -> "Deferred[Optional[bytes]]":  # noqa: F821
         """The message stored under ``key``, or None."""
+
+
+def publish_to(
+    broker: IBroker, channels: Iterable[str], payload: bytes, expire: int = 0
+) -> "defer.Deferred[int]":
+    """Publish ``payload`` on each of ``channels``; fires with the total number of
+    receivers, or fails with the first failure (BrokerUnavailable, say)."""
+    d = defer.gatherResults([broker.publish(c, payload, expire) for c in channels],
+                            consumeErrors=True)
+
+    def first(failure: Failure) -> Failure:
+        return failure.value.subFailure if failure.check(defer.FirstError) else failure
+
+    return d.addCallbacks(sum, first)

@@ -26,6 +26,11 @@ ACK = "ack"
 
 #: Sent to one client when its event could not be handled (``data``: ``{"message": ...}``).
 ERROR_EVENT = "ws4tx.error"
+#: Sent to every client when the server lost Redis: messages may be missed until
+#: :data:`RESUMED_EVENT` (``data``: null). An application resyncs on resumption.
+INTERRUPTED_EVENT = "ws4tx.interrupted"
+#: Sent to every client that got :data:`INTERRUPTED_EVENT` once delivery is back.
+RESUMED_EVENT = "ws4tx.resumed"
 
 _MARK = '{"ws4tx":'
 _MAX_ID = 2**53 - 1  # what a JavaScript number holds exactly

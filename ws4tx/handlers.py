@@ -14,8 +14,9 @@
             return {"delivered": True}          # answers the sender's acknowledgement
 
 A method may return a value, a Deferred or be a coroutine; what it returns answers the
-event's acknowledgement. An exception is logged and answered to that client alone (an
-error ack, or a ``ws4tx.error`` event); the connection and the server live on. Register
+event's acknowledgement. :class:`EventRefused` answers that client alone with its message
+(an error ack, or a ``ws4tx.error`` event); any other exception is logged and answered with
+"internal error". The connection and the server live on. Register
 handlers with ``twistd ws4tx --handlers dotted.path.Chat`` or the ``WS4TX_HANDLERS``
 setting.
 """
@@ -29,7 +30,7 @@ from typing import Any, Callable, ClassVar, Iterable, Optional, Protocol, TypeVa
 from twisted.internet import defer, threads
 
 from ws4tx import envelope
-from ws4tx.broker import IBroker
+from ws4tx.broker import IBroker, publish_to
 from ws4tx.naming import BROADCAST, GROUP, SESSION, USER, Identity, broadcast_channel, channel
 
 T = TypeVar("T")
@@ -84,9 +85,7 @@ class Server:
         """Publish a raw message to an audience (``broadcast=True``, ``users=[...]``,
         ``groups=[...]``, ``sessions=[...]``); fires with the number of receiving nodes."""
         payload = message.encode() if isinstance(message, str) else message
-        ds = [self._broker.publish(ch, payload, expire)
-              for ch in self.channels(facility, **audience)]
-        return defer.gatherResults(ds, consumeErrors=True).addCallback(sum)
+        return publish_to(self._broker, self.channels(facility, **audience), payload, expire)
 
     def emit(
         self, event: str, data: Any = None, *, facility: str, expire: int = 0, **audience: Any
@@ -117,8 +116,10 @@ class EventHandler:
         """A client of this facility went away."""
 
 
-class UnknownEvent(LookupError):
-    """No handler method for an event."""
+class EventRefused(Exception):
+    """Raise it in a handler to refuse an event with a message for the client (an error
+    acknowledgement, or a ``ws4tx.error`` event); unlike other exceptions it is not logged
+    as a server error."""
 
 
 def handler_method(handler: Optional[EventHandler], event: str) -> Optional[Callable[..., Any]]:

@@ -23,9 +23,9 @@ from twisted.python.failure import Failure
 from ws4tx import closecodes, envelope
 from ws4tx._origin import origin_allowed
 from ws4tx.auth import AnonymousAuthenticator, HandshakeDenied, HandshakeRequest, IAuthenticator
-from ws4tx.broker import IBroker
+from ws4tx.broker import BrokerUnavailable, IBroker, publish_to
 from ws4tx.config import ServerConfig
-from ws4tx.handlers import EventHandler, Server, handler_method
+from ws4tx.handlers import EventHandler, EventRefused, Server, handler_method
 from ws4tx.naming import (
     ANONYMOUS,
     Identity,
@@ -58,6 +58,7 @@ class PushProtocol(WebSocketServerProtocol):
         self._echo = False
         self._unechoed: Counter[tuple[str, bytes]] = Counter()
         self._joined = False
+        self._interrupted = False
 
     # Handshake
 
@@ -113,6 +114,8 @@ class PushProtocol(WebSocketServerProtocol):
         #: Fires once this client's channels are subscribed (and its replay is on the way).
         self.subscribed = self.factory.router.join(self, self._channels)
         self.subscribed.addCallback(self._replay)
+        if not self.factory.broker.connected:
+            self.deliveryInterrupted()
         handler = self.factory.handlers.get(self.facility)
         if handler is not None:
             self._call(handler.on_connect, None, self)
@@ -144,10 +147,16 @@ class PushProtocol(WebSocketServerProtocol):
         self.sendPreparedMessage(prepared)
 
     def deliveryInterrupted(self) -> None:
+        """The server lost Redis: tell an event client (raw payloads must not change)."""
         self._unechoed.clear()
+        if not self._interrupted:
+            self._interrupted = True
+            self.emit(envelope.INTERRUPTED_EVENT)
 
     def deliveryResumed(self) -> None:
-        pass
+        if self._interrupted:
+            self._interrupted = False
+            self.emit(envelope.RESUMED_EVENT)
 
     def emit(self, event: str, data: Any = None) -> None:
         """Send an event to this client (only to clients that speak the envelope)."""
@@ -172,14 +181,12 @@ class PushProtocol(WebSocketServerProtocol):
         if not self._publish_to:
             _log.debug("{peer} sent a message but has no publish flag", peer=self.peer)
             return defer.succeed(0)
-        broker, expire = self.factory.broker, self.factory.config.expire
-        ds = []
-        for channel in self._publish_to:
-            if not self._echo and channel in self._channels:
-                self._remember(channel, payload)
-            ds.append(broker.publish(channel, payload, expire))
-        return defer.gatherResults(ds, consumeErrors=True).addCallbacks(
-            sum, self._publishFailed, errbackArgs=(payload,))
+        if not self._echo:
+            for channel in self._publish_to:
+                if channel in self._channels:
+                    self._remember(channel, payload)
+        d = publish_to(self.factory.broker, self._publish_to, payload, self.factory.config.expire)
+        return d.addErrback(self._publishFailed, payload)
 
     def _remember(self, channel: str, payload: bytes) -> None:
         if len(self._unechoed) >= _MAX_UNECHOED:
@@ -215,7 +222,7 @@ class PushProtocol(WebSocketServerProtocol):
             d = self._publish(forwarded).addCallback(lambda _: None)
             self._answer(d, message.id)
         else:
-            self._answer(defer.fail(LookupError(f"no handler for event {message.event!r}")),
+            self._answer(defer.fail(EventRefused(f"no handler for event {message.event!r}")),
                          message.id)
 
     def _call(self, method: Any, ack_id: Optional[int], *args: Any) -> None:
@@ -229,9 +236,11 @@ class PushProtocol(WebSocketServerProtocol):
                 self._sendEnvelope(envelope.encode_ack(ack_id, result))
 
         def failed(failure: Failure) -> None:
-            if not failure.check(LookupError):
+            if failure.check(EventRefused, BrokerUnavailable):
+                message = str(failure.value)
+            else:
                 _log.failure("event handler failed for {peer}", failure, peer=self.peer)
-            message = str(failure.value) if failure.check(LookupError) else "internal error"
+                message = "internal error"
             if ack_id is not None:
                 self._sendEnvelope(envelope.encode_ack(ack_id, error=message))
             else:

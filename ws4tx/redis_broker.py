@@ -22,7 +22,13 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -53,6 +59,14 @@ def client_endpoint(reactor: Any, address: RedisAddress, timeout: float) -> IStr
     return endpoint
 
 
+class _ClientService(ClientService):
+    """A ClientService that logs its warnings but not each retry: the broker logs an outage
+    once when it starts and once when it ends."""
+
+    _log = Logger(observer=FilteringLogObserver(
+        globalLogPublisher, [LogLevelFilterPredicate(LogLevel.warn)]))
+
+
 class _Subscriber(txredisapi.SubscriberProtocol):
     broker: "RedisBroker"
 
@@ -65,6 +79,7 @@ class _RedisFactory(Factory):
 
     # what txredisapi's protocol expects of its factory
     isLazy = True
+    noisy = False
 
     def __init__(self, broker: "RedisBroker", protocol: type, role: str) -> None:
         self.broker = broker
@@ -141,9 +156,9 @@ class RedisBroker:
         self._listener = listener
         self._down_since = self.clock.seconds()
         self._services = [
-            ClientService(self._endpoint, _RedisFactory(self, _Subscriber, "subscriber"),
+            _ClientService(self._endpoint, _RedisFactory(self, _Subscriber, "subscriber"),
                           retryPolicy=self._retry, clock=self.clock),
-            ClientService(self._endpoint,
+            _ClientService(self._endpoint,
                           _RedisFactory(self, txredisapi.RedisProtocol, "command"),
                           retryPolicy=self._retry, clock=self.clock),
         ]

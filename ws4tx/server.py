@@ -15,7 +15,7 @@ Site (and add ``push`` to a service parent without ``listen`` so that it connect
 from ws4tx.auth import AnonymousAuthenticator, HandshakeDenied, HandshakeRequest, IAuthenticator
 from ws4tx.broker import BrokerUnavailable, IBroker, IBrokerListener
 from ws4tx.config import ServerConfig
-from ws4tx.handlers import Client, EventHandler, Server
+from ws4tx.handlers import Client, EventHandler, EventRefused, Server
 from ws4tx.hub import Hub
 from ws4tx.naming import Identity
 from ws4tx.protocol import PushFactory, PushProtocol
@@ -29,6 +29,7 @@ __all__ = [
     "BrokerUnavailable",
     "Client",
     "EventHandler",
+    "EventRefused",
     "HandshakeDenied",
     "HandshakeRequest",
     "Hub",
