@@ -62,12 +62,23 @@ class HandshakeRequest:
         return {name: morsel.value for name, morsel in jar.items()}
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What an authenticator may return instead of a bare identity: the identity and the
+    flags it allows (None: the flags the client asked for)."""
+
+    identity: Identity
+    flags: Flags | None = None
+
+
 class IAuthenticator(Interface):
     """Turns a handshake request into an identity."""
 
-    def authenticate(request: HandshakeRequest) -> Union[Identity, "defer.Deferred[Identity]"]:
-        """The identity behind ``request``; may raise or fail with
-        :class:`HandshakeDenied` to refuse the connection."""
+    def authenticate(
+        request: HandshakeRequest,
+    ) -> Union[Identity, Grant, "defer.Deferred[Identity | Grant]"]:
+        """The identity behind ``request`` (or a :class:`Grant` that also narrows the
+        flags); may raise or fail with :class:`HandshakeDenied` to refuse the connection."""
 
 
 @implementer(IAuthenticator)

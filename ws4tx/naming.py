@@ -145,6 +145,13 @@ def parse_flags(query: str) -> Flags:
     return Flags(frozenset(subscribe), frozenset(publish), echo)
 
 
+def flag_names(flags: Flags) -> list[str]:
+    """The flags as ws4redis names them (``subscribe-broadcast``, ..., ``echo``)."""
+    names = [f"subscribe-{a}" for a in AUDIENCES if a in flags.subscribe]
+    names += [f"publish-{a}" for a in AUDIENCES if a in flags.publish]
+    return names + ["echo"] if flags.echo else names
+
+
 def audience_channels(
     prefix: Optional[str], facility: str, audiences: Iterable[str], identity: Identity
 ) -> list[str]:

@@ -22,7 +22,13 @@ from twisted.python.failure import Failure
 
 from ws4tx import closecodes, envelope
 from ws4tx._origin import origin_allowed
-from ws4tx.auth import AnonymousAuthenticator, HandshakeDenied, HandshakeRequest, IAuthenticator
+from ws4tx.auth import (
+    AnonymousAuthenticator,
+    Grant,
+    HandshakeDenied,
+    HandshakeRequest,
+    IAuthenticator,
+)
 from ws4tx.broker import BrokerUnavailable, IBroker, publish_to
 from ws4tx.config import ServerConfig
 from ws4tx.handlers import EventHandler, EventRefused, Server, handler_method
@@ -98,6 +104,8 @@ class PushProtocol(WebSocketServerProtocol):
             identity = await defer.maybeDeferred(factory.authenticator.authenticate, handshake)
         except HandshakeDenied as e:
             raise ConnectionDeny(e.status, e.reason) from None
+        if isinstance(identity, Grant):
+            identity, flags = identity.identity, identity.flags or flags
         prefix = config.prefix
         self.identity, self.facility = identity, facility
         self._channels = audience_channels(prefix, facility, flags.subscribe, identity)

@@ -198,14 +198,15 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     if settings is not None:
         from ws4tx import _django
 
-        authenticator = _django.SessionAuthenticator()
+        try:
+            authenticator = _django.SessionAuthenticator(
+                settings, check_origin=not config.allowed_origins)
+            if options["wsgi"]:
+                fallback = _django.wsgi_resource(options["wsgi"], reactor)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         run_in_thread = _django.run_in_thread
         _django.share_redis_with_publishers(address.url)
-        if options["wsgi"]:
-            try:
-                fallback = _django.wsgi_resource(options["wsgi"], reactor)
-            except ValueError as e:
-                raise usage.UsageError(str(e)) from None
     elif options["wsgi"]:
         raise usage.UsageError("--wsgi needs --django-settings")
 

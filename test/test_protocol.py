@@ -1,0 +1,120 @@
+"""The protocol without sockets (StringTransport, memory broker), and ws4tx embedded in
+another twisted.web Site."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+from twisted.internet import endpoints, reactor
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from twisted.web import resource
+from twisted.web.server import Site
+
+from ws4tx.config import ServerConfig
+from ws4tx.embedded import EmbeddedRedis
+from ws4tx.protocol import PushFactory
+from ws4tx.service import PushService
+from ws4tx.testing import MemoryBroker
+
+from test._wsclient import connect
+
+
+def handshake(path: str, extra: str = "") -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (f"GET {path} HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n{extra}\r\n").encode()
+
+
+def masked_text(text: str) -> bytes:
+    """A client text frame (clients must mask)."""
+    payload = text.encode()
+    mask = b"\x01\x02\x03\x04"
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x81, 0x80 | len(payload)]) + mask + body
+
+
+class StringTransportTests(unittest.SynchronousTestCase):
+    """One connection over a StringTransport, routed by the memory broker."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.broker = MemoryBroker()
+        config = ServerConfig(ping_interval=0, heartbeat="--hb--", handshake_timeout=0)
+        self.factory = PushFactory(config, self.broker, reactor=self.clock)
+        self.broker.start(self.factory.router)
+        self.proto = self.factory.buildProtocol(("127.0.0.1", 1))
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+
+    def _open(self, path: str) -> bytes:
+        """Shake hands; return what the server sent after its 101 response."""
+        self.proto.dataReceived(handshake(path))
+        head, _, rest = self.transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+        self.transport.clear()
+        return rest
+
+    def test_handshakeSubscribesAndDeliversFrames(self):
+        """After the handshake the client is subscribed and gets published frames."""
+        self._open("/ws/foobar?subscribe-broadcast")
+        self.assertEqual(self.broker.subscribed, {"ws4tx:broadcast:foobar"})
+        self.broker.bus.publish("ws4tx:broadcast:foobar", b"hi")
+        self.assertEqual(self.transport.value(), b"\x81\x02hi")
+
+    def test_replaySendsStoredMessage(self):
+        """The message stored under a channel is sent right after the handshake."""
+        self.broker.bus.publish("ws4tx:broadcast:foobar", b"kept", expire=60)
+        self.assertEqual(self._open("/ws/foobar?subscribe-broadcast"), b"\x81\x04kept")
+
+    def test_heartbeatAnsweredNotPublished(self):
+        """The heartbeat is answered with itself and never published."""
+        self._open("/ws/foobar?publish-broadcast")
+        self.proto.dataReceived(masked_text("--hb--"))
+        self.assertEqual(self.transport.value(), b"\x81\x06--hb--")
+        self.assertEqual(self.broker.published, [])
+
+    def test_publishWithExpire(self):
+        """A client message is published to its publish channel with the expiry."""
+        self._open("/ws/foobar?publish-broadcast")
+        self.proto.dataReceived(masked_text("yo"))
+        self.assertEqual(self.broker.published, [("ws4tx:broadcast:foobar", b"yo", 3600)])
+
+    def test_closeReleasesSubscriptions(self):
+        """Losing the connection unsubscribes its channels."""
+        self._open("/ws/foobar?subscribe-broadcast")
+        self.proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.broker.subscribed, set())
+
+
+class EmbeddingTests(unittest.TestCase):
+    """ws4tx mounted in an application's own twisted.web Site."""
+
+    async def test_websocketResourceMountedInAnotherSite(self):
+        """service.websocket_resource serves /ws/ beside the application's own pages."""
+        redis = EmbeddedRedis()
+        redis.start()
+        self.addCleanup(redis.stop)
+        push = PushService(ServerConfig(redis=redis.address, ping_interval=0))
+        push.startService()
+        self.addCleanup(push.stopService)
+
+        root = resource.Resource()
+        root.putChild(b"ws", push.websocket_resource)
+        page = resource.Resource()
+        page.render_GET = lambda request: b"my app"
+        root.putChild(b"", page)
+        port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Site(root))
+        self.addCleanup(port.stopListening)
+
+        client = await connect(port.getHost().port, "/ws/foobar?subscribe-broadcast&"
+                               "publish-broadcast&echo")
+        self.addCleanup(client.close)
+        client.send("mounted")
+        self.assertEqual(await client.text(), "mounted")
