@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import tempfile
 
 import redis
 from twisted.trial import unittest
 
 from ws4tx.embedded import EmbeddedRedis, free_port
 
-from test._process import Twistd
+from test._process import Twistd, twistd_path
 from test._wsclient import connect
+
+
+class PluginTests(unittest.SynchronousTestCase):
+    """The installed package exposes the plugin."""
+
+    def test_twistdListsTheInstalledPlugin(self):
+        """`twistd --help`, run away from the source tree, lists ws4tx."""
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        with tempfile.TemporaryDirectory() as elsewhere:
+            out = subprocess.run([twistd_path(), "--help"], cwd=elsewhere, env=env,
+                                 capture_output=True, text=True, timeout=60).stdout
+        self.assertRegex(out, r"\n\s+ws4tx\s+WebSocket push server")
 
 
 class TwistdTests(unittest.TestCase):
@@ -71,7 +86,8 @@ class TwistdTests(unittest.TestCase):
     async def test_badListenFailsNamingTheOption(self):
         """A bad --listen description stops twistd with a message naming --listen."""
         child = Twistd().start("--listen", "bogus:1234")
-        self.assertNotEqual(await child.stop("KILL") if False else await child.ended, 0)
+        self.addCleanup(child.stop, "KILL")
+        self.assertNotEqual(await child.ended, 0)
         self.assertIn("--listen", child.output)
 
     async def test_wrongRedisPasswordIsReportedClearly(self):
