@@ -46,6 +46,10 @@ class _Observed(PushProtocol):
         super().onOpen()
         self.subscribed.addCallback(lambda _: self.factory.test_joined.put(self))
 
+    def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
+        super().onClose(wasClean, code, reason)
+        self.factory.test_left.put(self)
+
 
 def _autobahn_timers_fired() -> defer.Deferred[None]:
     """Wait for Autobahn's batched timers (txaio buckets of close-handshake timeouts),
@@ -89,6 +93,7 @@ class ServerTestCase(unittest.TestCase):
         self.factory = self.service.factory
         self.factory.protocol = _Observed
         self.factory.test_joined = defer.DeferredQueue()
+        self.factory.test_left = defer.DeferredQueue()
         self._observeBroker()
         self.service.startService()
         self.addCleanup(self.service.stopService)

@@ -10,3 +10,5 @@ INVALID_PAYLOAD = 1007
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
+#: The client did not read its messages fast enough (its send queue overflowed).
+SLOW_CONSUMER = 4008

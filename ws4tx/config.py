@@ -37,6 +37,12 @@ class ServerConfig:
     ping_interval: float = 25.0
     #: Seconds a client has to answer a ping before it is dropped.
     ping_timeout: float = 10.0
+    #: A client whose socket stops draining is dropped once this many bytes wait for it...
+    max_queue_bytes: int = 1024 * 1024
+    #: ... or this many messages ...
+    max_queue_messages: int = 1000
+    #: ... or it has not drained for this many seconds while messages wait.
+    slow_timeout: float = 10.0
     #: Seconds a client has to finish its opening handshake.
     handshake_timeout: float = 5.0
     #: Most WebSocket connections at once in this process (0: no limit); 503 past it.
@@ -67,7 +73,8 @@ def check(config: ServerConfig) -> ServerConfig:
     if config.expire < 0:
         raise ValueError("expire must be >= 0")
     for name in ("max_message_size", "max_frame_size", "max_facility_length",
-                 "max_query_length"):
+                 "max_query_length", "max_queue_bytes", "max_queue_messages",
+                 "slow_timeout"):
         if getattr(config, name) <= 0:
             raise ValueError(f"{name.replace('_', '-')} must be > 0")
     for name in ("ping_interval", "ping_timeout", "handshake_timeout", "max_connections",

@@ -65,6 +65,9 @@ class PushProtocol(WebSocketServerProtocol):
         self._unechoed: Counter[tuple[str, bytes]] = Counter()
         self._joined = False
         self._interrupted = False
+        self._paused_at: Optional[float] = None
+        self._queued_bytes = self._queued_messages = 0
+        self._dropped = False
 
     # Handshake
 
@@ -119,6 +122,11 @@ class PushProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._joined = True
+        transport = self.transport
+        if getattr(transport, "producer", None) is not None:
+            # Behind twisted.web the HTTP channel is still registered as the producer.
+            transport.unregisterProducer()
+        transport.registerProducer(self, True)
         #: Fires once this client's channels are subscribed (and its replay is on the way).
         self.subscribed = self.factory.router.join(self, self._channels)
         self.subscribed.addCallback(self._replay)
@@ -152,7 +160,42 @@ class PushProtocol(WebSocketServerProtocol):
                 if not unechoed[key]:
                     del unechoed[key]
                 return
+        if self._paused_at is not None and self._overflows(len(payload)):
+            return
         self.sendPreparedMessage(prepared)
+
+    # Backpressure: the transport pauses us when its buffer is full.
+
+    def pauseProducing(self) -> None:
+        self._paused_at = self.factory.reactor.seconds()
+
+    def resumeProducing(self) -> None:
+        self._paused_at = None
+        self._queued_bytes = self._queued_messages = 0
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _overflows(self, size: int) -> bool:
+        """Count a message written while the socket does not drain; drop a slow client."""
+        if self._dropped:
+            return True
+        config = self.factory.config
+        self._queued_bytes += size
+        self._queued_messages += 1
+        assert self._paused_at is not None
+        if (self._queued_bytes <= config.max_queue_bytes
+                and self._queued_messages <= config.max_queue_messages
+                and self.factory.reactor.seconds() - self._paused_at <= config.slow_timeout):
+            return False
+        self.factory.stats["slow_consumers"] += 1
+        _log.warn("dropping slow client {peer}: {bytes} bytes in {n} messages waiting, not "
+                  "drained for {t:.1f} s", peer=self.peer, bytes=self._queued_bytes,
+                  n=self._queued_messages, t=self.factory.reactor.seconds() - self._paused_at)
+        self._dropped = True
+        self.closeWith(closecodes.SLOW_CONSUMER, "too slow: messages were not read in time")
+        self.dropConnection(abort=True)
+        return True
 
     def deliveryInterrupted(self) -> None:
         """The server lost Redis: tell an event client (raw payloads must not change)."""
@@ -302,6 +345,8 @@ class PushFactory(WebSocketServerFactory):
         self.server = server or Server(broker, config.prefix)
         self.handlers: dict[str, EventHandler] = {h.facility: h(self.server) for h in handlers}
         self._drain_waiters: list[defer.Deferred[None]] = []
+        #: Counters: clients dropped for not reading.
+        self.stats = {"slow_consumers": 0}
         self.setProtocolOptions(
             webStatus=False,
             # Send a close frame with the reason on a protocol violation (not just a drop).
