@@ -51,6 +51,26 @@ class _Observed(PushProtocol):
         self.factory.test_left.put(self)
 
 
+def observe_broker(router: Any) -> defer.DeferredQueue[str]:
+    """Queue the router's broker events ("connected", "disconnected") for a test."""
+    events: defer.DeferredQueue[str] = defer.DeferredQueue()
+    for name, event in (("brokerConnected", "connected"),
+                        ("brokerDisconnected", "disconnected")):
+        original = getattr(router, name)
+
+        def observed(original: Any = original, event: str = event) -> None:
+            original()
+            events.put(event)
+
+        setattr(router, name, observed)
+    return events
+
+
+def non_probe(channels: list[bytes]) -> list[str]:
+    """Channel names without the broker's own delivery probe."""
+    return sorted(c.decode() for c in channels if not c.startswith(b"__ws4tx_probe__"))
+
+
 def _autobahn_timers_fired() -> defer.Deferred[None]:
     """Wait for Autobahn's batched timers (txaio buckets of close-handshake timeouts),
     which outlive their connections by up to a second and would make trial call the reactor
@@ -105,18 +125,7 @@ class ServerTestCase(unittest.TestCase):
             await self.whenRedisConnected()
 
     def _observeBroker(self) -> None:
-        """Queue the router's broker events ("connected", "disconnected") for the test."""
-        self.broker_events: defer.DeferredQueue[str] = defer.DeferredQueue()
-        router = self.factory.router
-        for name, event in (("brokerConnected", "connected"),
-                            ("brokerDisconnected", "disconnected")):
-            original = getattr(router, name)
-
-            def observed(original: Any = original, event: str = event) -> None:
-                original()
-                self.broker_events.put(event)
-
-            setattr(router, name, observed)
+        self.broker_events = observe_broker(self.factory.router)
 
     async def brokerEvent(self, expected: str, timeout: float = TIMEOUT) -> None:
         """Wait (bounded) for the next broker event and check it is ``expected``."""

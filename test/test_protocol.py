@@ -21,6 +21,7 @@ from ws4tx.protocol import PushFactory
 from ws4tx.service import PushService
 from ws4tx.testing import MemoryBroker
 
+from test._server import observe_broker
 from test._wsclient import connect
 
 
@@ -101,8 +102,10 @@ class EmbeddingTests(unittest.TestCase):
         redis.start()
         self.addCleanup(redis.stop)
         push = PushService(ServerConfig(redis=redis.address, ping_interval=0))
+        events = observe_broker(push.factory.router)
         push.startService()
         self.addCleanup(push.stopService)
+        self.assertEqual(await events.get(), "connected")
 
         root = resource.Resource()
         root.putChild(b"ws", push.websocket_resource)

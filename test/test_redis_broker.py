@@ -68,13 +68,18 @@ class BrokerTimingTests(SynchronousTestCase):
         self.broker.stop()
         self.clock.advance(10)
 
-    def _ready(self) -> None:
-        self.sub.dataReceived(subscribed(b"a") + subscribed(b"b", 2))
+    def _ready(self, sub=None) -> None:
+        probe = self.broker._probe_channel.encode()
+        (sub or self.sub).dataReceived(subscribed(probe) + subscribed(b"a", 2) +
+                                       subscribed(b"b", 3))
 
     def test_resubscribesOneChannelPerCommand(self):
-        """On connection each wanted channel is subscribed with its own command, and the
-        broker says it is connected only once all are confirmed."""
+        """On connection each wanted channel (and the broker's probe channel) is
+        subscribed with its own command, and the broker says it is connected only once
+        all are confirmed."""
+        probe = self.broker._probe_channel.encode()
         self.assertEqual(self.sub_t.value(),
+                         b"*2\r\n$9\r\nSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(probe), probe) +
                          b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nb\r\n")
         self.assertEqual(self.listener.events, [])
         self._ready()
@@ -123,7 +128,8 @@ class BrokerTimingTests(SynchronousTestCase):
         sub2, t2 = self.endpoint.connections[-1]
         self.clock.advance(0)
         self.assertIn(b"SUBSCRIBE\r\n$1\r\nc\r\n", t2.value())
-        sub2.dataReceived(subscribed(b"c"))
+        probe = self.broker._probe_channel.encode()
+        sub2.dataReceived(subscribed(probe) + subscribed(b"c", 2))
         self.assertEqual(self.listener.events, ["connected", "disconnected", "connected"])
 
     def test_payloadsAreBytesAndNotConverted(self):
@@ -153,3 +159,17 @@ class BrokerTimingTests(SynchronousTestCase):
         """With no command connection, a command fails at once."""
         self.cmd.connectionLost(Exception("gone"))
         self.failureResultOf(self.broker.publish("ch", b"x"), BrokerUnavailable)
+
+    def test_deliveringFollowsTheProbe(self):
+        """delivering is True once the probe published on connection came back through
+        the subscriber, and False again when it has not for three ping intervals."""
+        self._ready()
+        self.assertIn(b"PUBLISH", self.cmd_t.value())
+        self.assertFalse(self.broker.delivering)
+        probe = self.broker._probe_channel.encode()
+        self.sub.dataReceived(b"*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$5\r\nprobe\r\n"
+                              % (len(probe), probe))
+        self.assertTrue(self.broker.delivering)
+        self.assertEqual(self.listener.messages, [])  # the probe is the broker's own
+        self.clock.advance(15.1)
+        self.assertFalse(self.broker.delivering)

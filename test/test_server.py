@@ -6,7 +6,7 @@ from twisted.internet import defer, reactor
 
 from ws4tx import closecodes, envelope
 
-from test._server import ServerTestCase, identity_header
+from test._server import ServerTestCase, identity_header, non_probe
 from test._wsclient import TIMEOUT, connect, handshake_request, raw_request, status_of
 
 JOHN = identity_header("john", ("chatusers",), "s-john")
@@ -70,14 +70,12 @@ class AudienceTests(ServerTestCase):
     async def test_anonymousGetsBroadcastOnly(self):
         """An anonymous client asking for every audience gets broadcast channels only."""
         await self.client("/ws/foobar" + ALL_FLAGS)
-        channels = sorted(c.decode() for c in self.redis.pubsub_channels())
-        self.assertEqual(channels, ["ws4tx:broadcast:foobar"])
+        self.assertEqual(non_probe(self.redis.pubsub_channels()), ["ws4tx:broadcast:foobar"])
 
     async def test_flagsAreCaseInsensitiveAndUnknownIgnored(self):
         """Flags in any case and order work; unknown flags are ignored."""
         client = await self.client("/ws/foobar?Bogus&SUBSCRIBE-User&x=1", JOHN)
-        self.assertEqual([c.decode() for c in self.redis.pubsub_channels()],
-                         ["ws4tx:user:john:foobar"])
+        self.assertEqual(non_probe(self.redis.pubsub_channels()), ["ws4tx:user:john:foobar"])
         self.publish("ws4tx:user:john:foobar", "hi")
         self.assertEqual(await client.text(), "hi")
 
@@ -260,12 +258,22 @@ class HandshakeTests(ServerTestCase):
         client = await self.client("/ws/foobar", protocols=("chat", envelope.SUBPROTOCOL))
         self.assertEqual(client.protocol, envelope.SUBPROTOCOL)
 
-    async def test_healthSaysRedisIsConnected(self):
-        """The health check answers 200 while Redis is connected."""
-        status, rest = await self._status(
-            b"GET /ws4tx/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    async def test_healthFollowsDelivery(self):
+        """The health check answers 200 once a probe has made the trip through Redis,
+        and 503 when Redis is gone."""
+        health = b"GET /ws4tx/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        client = await self.client("/ws/foobar?subscribe-broadcast")
+        # Published after the probe on the same connection, so it arrives after it.
+        await self.service.broker.publish("ws4tx:broadcast:foobar", b"after the probe")
+        self.assertEqual(await client.text(), "after the probe")
+        status, rest = await self._status(health)
         self.assertEqual(status, 200)
-        self.assertIn('"redis": "connected"', rest)
+        self.assertIn('"redis": "delivering"', rest)
+        self.redis_server.stop()
+        await self.brokerEvent("disconnected")
+        status, rest = await self._status(health)
+        self.assertEqual(status, 503)
+        self.assertIn('"redis": "disconnected"', rest)
 
 
 class FrameTests(ServerTestCase):

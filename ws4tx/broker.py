@@ -38,7 +38,9 @@ class IBrokerListener(Interface):
 class IBroker(Interface):
     """A message bus with per-channel subscriptions and a last-message store."""
 
-    connected = Attribute("True while the subscriber delivers messages.")
+    connected = Attribute("True while the subscriber is connected and subscribed.")
+    delivering = Attribute(
+        "True while messages are known to flow (a probe made the whole trip lately).")
 
     def start(listener: IBrokerListener) -> None:
         """Connect, and report to ``listener`` from now on."""

@@ -47,6 +47,13 @@ class ServerConfig:
     handshake_timeout: float = 5.0
     #: Most WebSocket connections at once in this process (0: no limit); 503 past it.
     max_connections: int = 0
+    #: Most WebSocket connections at once from one IP address (0: no limit); 429 past it.
+    max_connections_per_ip: int = 0
+    #: Messages and events a client may send per second (0: no limit), ...
+    rate_limit: float = 20.0
+    #: ... with bursts up to this many; a client over the limit is told (event clients)
+    #: and its message dropped; past three times the burst it is closed with 1008.
+    rate_burst: int = 40
     #: Longest facility name.
     max_facility_length: int = DEFAULT_MAX_FACILITY_LENGTH
     #: Longest query string, in bytes (414 past it).
@@ -78,11 +85,13 @@ def check(config: ServerConfig) -> ServerConfig:
         if getattr(config, name) <= 0:
             raise ValueError(f"{name.replace('_', '-')} must be > 0")
     for name in ("ping_interval", "ping_timeout", "handshake_timeout", "max_connections",
-                 "redis_ping_interval"):
+                 "redis_ping_interval", "max_connections_per_ip", "rate_limit"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name.replace('_', '-')} must be >= 0")
     if config.redis_timeout <= 0:
         raise ValueError("redis-timeout must be > 0")
+    if config.rate_limit and config.rate_burst < 1:
+        raise ValueError("rate-burst must be >= 1")
     if config.heartbeat == "":
         raise ValueError("heartbeat must not be empty (leave it unset for none)")
     return config

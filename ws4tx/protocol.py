@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from ws4tx import closecodes, envelope
 from ws4tx._origin import origin_allowed
+from ws4tx._ratelimit import TokenBucket
 from ws4tx.auth import (
     AnonymousAuthenticator,
     Grant,
@@ -68,14 +69,32 @@ class PushProtocol(WebSocketServerProtocol):
         self._paused_at: Optional[float] = None
         self._queued_bytes = self._queued_messages = 0
         self._dropped = False
+        self._bucket: Optional[TokenBucket] = None
+        self._over_limit = 0
+        self._ip = ""
 
     # Handshake
+
+    def connectionMade(self) -> None:
+        self._ip = getattr(self.transport.getPeer(), "host", "")
+        self.factory.per_ip[self._ip] += 1
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure) -> None:
+        per_ip = self.factory.per_ip
+        per_ip[self._ip] -= 1
+        if not per_ip[self._ip]:
+            del per_ip[self._ip]
+        super().connectionLost(reason)
 
     def onConnect(self, request: ConnectionRequest) -> defer.Deferred[Any]:
         return defer.ensureDeferred(self._accept(request))
 
     async def _accept(self, request: ConnectionRequest) -> Optional[str]:
         factory, config = self.factory, self.factory.config
+        if config.max_connections_per_ip and \
+                factory.per_ip[self._ip] > config.max_connections_per_ip:
+            raise ConnectionDeny(429, "too many connections from your address")
         query = urlsplit(self.http_request_uri).query
         if len(query) > config.max_query_length:
             raise ConnectionDeny(414, "the query string is too long")
@@ -122,6 +141,10 @@ class PushProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._joined = True
+        config = self.factory.config
+        if config.rate_limit:
+            self._bucket = TokenBucket(config.rate_limit, config.rate_burst,
+                                       self.factory.reactor)
         transport = self.transport
         if getattr(transport, "producer", None) is not None:
             # Behind twisted.web the HTTP channel is still registered as the producer.
@@ -221,12 +244,27 @@ class PushProtocol(WebSocketServerProtocol):
         if not isBinary and config.heartbeat is not None and payload == self.factory.heartbeat:
             self.sendMessage(payload)
             return
+        if self._bucket is not None and not self._bucket.take():
+            self._overLimit()
+            return
         if self.speaks_events and not isBinary and envelope.is_envelope(payload):
             self._onEnvelope(payload)
             return
         # A raw client cannot be told of a failure without changing its payloads:
         # _publishFailed logs it.
         self._publish(payload).addErrback(lambda _: None)
+
+    def _overLimit(self) -> None:
+        """A message over the rate limit is dropped; the sender is told (if it speaks
+        events) and, past three times the burst, closed with 1008."""
+        self._over_limit += 1
+        self.factory.stats["rate_limited"] += 1
+        if self._over_limit == 1:
+            _log.warn("{peer} is over the rate limit", peer=self.peer)
+        if self._over_limit > 3 * self.factory.config.rate_burst:
+            self.closeWith(closecodes.POLICY_VIOLATION, "rate limit exceeded")
+            return
+        self.emit(envelope.ERROR_EVENT, {"message": "rate limit exceeded: message dropped"})
 
     def _publish(self, payload: bytes) -> defer.Deferred[int]:
         if not self._publish_to:
@@ -346,7 +384,9 @@ class PushFactory(WebSocketServerFactory):
         self.handlers: dict[str, EventHandler] = {h.facility: h(self.server) for h in handlers}
         self._drain_waiters: list[defer.Deferred[None]] = []
         #: Counters: clients dropped for not reading.
-        self.stats = {"slow_consumers": 0}
+        self.stats = {"slow_consumers": 0, "rate_limited": 0}
+        #: Open connections per peer address.
+        self.per_ip: Counter[str] = Counter()
         self.setProtocolOptions(
             webStatus=False,
             # Send a close frame with the reason on a protocol violation (not just a drop).

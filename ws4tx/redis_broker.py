@@ -13,6 +13,7 @@ its connection.
 from __future__ import annotations
 
 import random
+import uuid
 from typing import Any, Callable, Optional
 
 import txredisapi
@@ -143,12 +144,26 @@ class RedisBroker:
         self._down_since: Optional[float] = None
         self._refusal_logged: set[str] = set()
         self._stopping = False
+        self._probe_channel = f"__ws4tx_probe__:{uuid.uuid4().hex}"
+        self._probe_seen: Optional[float] = None
         #: Counters: reconnections of the subscriber, and deaf connections replaced.
         self.stats = {"reconnects": 0, "deaf": 0}
 
     @property
     def connected(self) -> bool:
         return self._sub is not None
+
+    @property
+    def delivering(self) -> bool:
+        """Whether a probe message published through the command connection came back
+        through the subscriber lately (within three ping intervals): the whole path a
+        message takes works, not just the sockets."""
+        if self._sub is None:
+            return False
+        if self.ping_interval <= 0:
+            return True
+        return (self._probe_seen is not None
+                and self.clock.seconds() - self._probe_seen <= 3 * self.ping_interval)
 
     # Lifecycle
 
@@ -223,7 +238,7 @@ class RedisBroker:
         assert self._listener is not None
         channels = list(self._listener.wantedChannels())
         # Written all at once, before anything else can be: replies come back in order.
-        subscribed = [proto.subscribe(channel) for channel in channels]
+        subscribed = [proto.subscribe(channel) for channel in [self._probe_channel, *channels]]
         yield self._bounded(defer.gatherResults(subscribed, consumeErrors=True), proto)
         if not proto.connected or self._stopping:
             return
@@ -239,6 +254,7 @@ class RedisBroker:
                 self.log.info("Redis subscriber connected to {url}",
                               url=self.address.safe_url)
         self._listener.brokerConnected()
+        self._probe()
 
     def _subscriberLost(self, proto: Any) -> None:
         if self._sub is not proto:
@@ -270,10 +286,12 @@ class RedisBroker:
                            url=self.address.safe_url, role=role, message=message)
 
     def _ping(self) -> None:
-        """Notice a deaf subscriber: no answer to PING within the timeout -> reconnect."""
+        """Notice a deaf subscriber: no answer to PING within the timeout -> reconnect.
+        Also send the delivery probe (see :attr:`delivering`)."""
         proto = self._sub
         if proto is None:
             return
+        self._probe()
 
         def deaf(failure: Failure) -> None:
             if failure.check(defer.TimeoutError):
@@ -281,11 +299,18 @@ class RedisBroker:
 
         self._bounded(proto.execute_command("PING"), proto).addErrback(deaf)
 
+    def _probe(self) -> None:
+        self.publish(self._probe_channel, b"probe").addErrback(lambda _: None)
+
     # Messages
 
     def _messageReceived(self, channel: bytes, message: bytes) -> None:
         assert self._listener is not None
-        self._listener.messageReceived(channel.decode("utf-8", "replace"), message)
+        name = channel.decode("utf-8", "replace")
+        if name == self._probe_channel:
+            self._probe_seen = self.clock.seconds()
+            return
+        self._listener.messageReceived(name, message)
 
     # IBroker commands
 

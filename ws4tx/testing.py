@@ -67,6 +67,10 @@ class MemoryBroker:
         #: Every publish made through this broker: (channel, payload, expire).
         self.published: list[tuple[str, bytes, int]] = []
 
+    @property
+    def delivering(self) -> bool:
+        return self.connected
+
     def start(self, listener: IBrokerListener) -> None:
         self.listener = listener
         self.bus.brokers.append(self)

@@ -47,7 +47,8 @@ class WebSocketEndpoint(resource.Resource):
 
 
 class HealthCheck(resource.Resource):
-    """200 while the Redis subscriber delivers, 503 otherwise (for load balancers)."""
+    """200 while messages flow from Redis (a probe message made the trip lately), 503
+    otherwise, for load balancers."""
 
     isLeaf = True
 
@@ -56,10 +57,12 @@ class HealthCheck(resource.Resource):
         self.factory = factory
 
     def render_GET(self, request: Request) -> bytes:
-        up = bool(self.factory.broker.connected)
+        broker = self.factory.broker
+        up = bool(broker.delivering)
         body = {
             "status": "ok" if up else "unavailable",
-            "redis": "connected" if up else "disconnected",
+            "redis": "delivering" if up else (
+                "connected" if broker.connected else "disconnected"),
             "clients": self.factory.router.memberCount(),
         }
         request.setHeader(b"content-type", b"application/json")
