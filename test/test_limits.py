@@ -1,0 +1,101 @@
+"""Limits: connection caps, rate limits, and the token bucket on a Clock."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from ws4tx import closecodes, envelope
+from ws4tx._ratelimit import TokenBucket
+
+from test._server import ServerTestCase
+from test._wsclient import TIMEOUT, connect, handshake_request, raw_request, status_of
+
+
+class TokenBucketTests(SynchronousTestCase):
+    """The token bucket, driven by a Clock."""
+
+    def test_burstThenRate(self):
+        """A full bucket allows a burst, then one token per 1/rate seconds."""
+        clock = Clock()
+        bucket = TokenBucket(rate=2, burst=3, clock=clock)
+        self.assertEqual([bucket.take() for _ in range(4)], [True, True, True, False])
+        clock.advance(0.49)
+        self.assertFalse(bucket.take())
+        clock.advance(0.01)
+        self.assertTrue(bucket.take())
+        clock.advance(100)
+        self.assertEqual([bucket.take() for _ in range(4)], [True, True, True, False])
+
+
+class ConnectionLimitTests(ServerTestCase):
+    """Caps on connections."""
+
+    config = ServerTestCase.config.replace(max_connections=3, max_connections_per_ip=2)
+
+    async def test_perAddressCapAnswers429(self):
+        """Past the per-address cap a handshake gets 429; closing one makes room."""
+        a = await self.client("/ws/foobar")
+        await self.client("/ws/foobar")
+        status, text = status_of(await raw_request(self.port, handshake_request("/ws/foobar")))
+        self.assertEqual(status, 429)
+        self.assertIn("too many connections", text)
+        await a.close()
+        await self.factory.test_left.get().addTimeout(TIMEOUT, reactor)
+        await self.client("/ws/foobar")
+
+    async def test_processCapAnswers503(self):
+        """Past the process-wide cap a handshake gets 503."""
+        await self.service.stopService()
+        await self.startServer(config={"max_connections": 2, "max_connections_per_ip": 0})
+        await self.client("/ws/foobar")
+        await self.client("/ws/foobar")
+        status, _ = status_of(await raw_request(self.port, handshake_request("/ws/foobar")))
+        self.assertEqual(status, 503)
+
+
+class RateLimitTests(ServerTestCase):
+    """A flood of publishes past the rate limit."""
+
+    config = ServerTestCase.config.replace(rate_limit=5, rate_burst=5)
+
+    async def test_floodIsToldThenClosed(self):
+        """Messages past the burst are dropped with an error event; past three times the
+        burst the client is closed with 1008; other clients are unaffected."""
+        listener = await self.client("/ws/foobar?subscribe-broadcast")
+        flooder = await self.client("/ws/foobar?publish-broadcast",
+                                    protocols=(envelope.SUBPROTOCOL,))
+        for i in range(100):
+            flooder.send(f"m{i}")
+        errors = 0
+        while True:
+            try:
+                payload, _ = await flooder.next()
+            except defer.TimeoutError:
+                self.fail("no close")
+            message = json.loads(payload)
+            if message.get("event") == envelope.ERROR_EVENT:
+                errors += 1
+                if errors == 15:
+                    break
+        code, reason = await flooder.closed.addTimeout(TIMEOUT, reactor)
+        self.assertEqual(code, closecodes.POLICY_VIOLATION)
+        self.assertIn("rate limit", reason)
+        received = [await listener.text() for _ in range(5)]
+        self.assertEqual(received, [f"m{i}" for i in range(5)])
+        self.assertGreater(self.factory.stats["rate_limited"], 15)
+        # the listener was not harmed
+        self.publish("ws4tx:broadcast:foobar", "still fine")
+        self.assertEqual(await listener.text(), "still fine")
+
+    async def test_heartbeatsAreNotRateLimited(self):
+        """Heartbeats are answered whatever the rate."""
+        await self.service.stopService()
+        await self.startServer(config={"heartbeat": "--hb--", "rate_limit": 1, "rate_burst": 1})
+        client = await self.client("/ws/foobar")
+        for _ in range(20):
+            client.send("--hb--")
+        self.assertEqual([await client.text() for _ in range(20)], ["--hb--"] * 20)
