@@ -23,7 +23,10 @@ from ws4tx.config import ServerConfig
 from ws4tx.handlers import EventHandler, Server
 from ws4tx.protocol import PushFactory
 from ws4tx.redis_broker import RedisBroker
-from ws4tx.web import Root
+from ws4tx.web import HeadDeadlineFactory, Root
+
+#: Seconds an idle HTTP keep-alive connection (not a WebSocket) is kept.
+_IDLE_HTTP_TIMEOUT = 60
 
 
 class PushService(service.MultiService):
@@ -62,10 +65,15 @@ class PushService(service.MultiService):
         self.resource = Root(self.factory, fallback)
         #: The WebSocket endpoint alone, to mount at ``websocket_url`` in another Site.
         self.websocket_resource = self.resource.websocket
-        self.site = Site(self.resource)
+        self.site = Site(self.resource, timeout=_IDLE_HTTP_TIMEOUT, reactor=reactor)
         self.site.displayTracebacks = False
+        #: What listens: the site, with a deadline on each connection's request head.
+        self.listening_factory = HeadDeadlineFactory(self.site, config.handshake_timeout,
+                                                     reactor) \
+            if config.handshake_timeout else self.site
         for description in listen:
-            strports.service(description, self.site, reactor=reactor).setServiceParent(self)
+            strports.service(description, self.listening_factory,
+                             reactor=reactor).setServiceParent(self)
 
     def startService(self) -> None:
         self.broker.start(self.factory.router)

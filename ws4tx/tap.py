@@ -22,7 +22,7 @@ from ws4tx.handlers import load_handler_classes
 from ws4tx.redis_address import InvalidRedisAddress, RedisAddress
 from ws4tx.service import PushService
 
-DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
+DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1:backlog=1024"
 
 # option name -> (ServerConfig field, type)
 _TUNABLES: dict[str, tuple[str, type]] = {

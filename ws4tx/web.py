@@ -7,8 +7,10 @@ import json
 from typing import Any, Optional
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.web import resource
-from twisted.web.server import Request
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.web import pages, resource
+from twisted.web.server import Request, Site
 
 from ws4tx.protocol import PushFactory
 
@@ -93,9 +95,65 @@ class Root(resource.Resource):
             # Hand the fallback the whole path, as if it were the root.
             request.postpath.insert(0, request.prepath.pop())
             return self.fallback
-        return resource.NoResource()
+        return pages.notFound()
 
     def render(self, request: Request) -> Any:
         if self.fallback is not None:
             return self.fallback.render(request)
-        return resource.NoResource().render(request)
+        return pages.notFound().render(request)
+
+
+class _HeadDeadline(ProtocolWrapper):
+    """Drops a connection whose first request head (request line and headers) has not
+    arrived within the deadline: a handshake that never ends (slowloris) costs a socket for
+    seconds, not hours. After the head it is a plain pass-through."""
+
+    factory: "HeadDeadlineFactory"
+
+    def __init__(self, factory: "HeadDeadlineFactory", wrapped: Any) -> None:
+        super().__init__(factory, wrapped)
+        self._timer: Optional[IDelayedCall] = None
+        self._tail = b""
+
+    def makeConnection(self, transport: Any) -> None:
+        self._timer = self.factory.clock.callLater(self.factory.deadline, self._expire)
+        super().makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._timer is not None:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen:
+                self._cancel()
+            else:
+                self._tail = seen[-3:]
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel()
+        super().connectionLost(reason)
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        self.transport.abortConnection()
+
+
+class HeadDeadlineFactory(WrappingFactory):
+    """Wraps a Site so that every connection must send its request head in time."""
+
+    protocol = _HeadDeadline
+    noisy = False
+
+    def __init__(self, site: Site, deadline: float, clock: IReactorTime) -> None:
+        super().__init__(site)
+        self.deadline = deadline
+        self.clock = clock
+
+    def logPrefix(self) -> str:
+        """Log as the site itself ("Site starting on 8000")."""
+        return self.wrappedFactory.logPrefix()  # type: ignore[no-any-return]

@@ -1,0 +1,208 @@
+"""Hostile input: each answered with the right status or close code, the server unharmed
+and other clients unaffected."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer, endpoints, reactor
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from ws4tx import closecodes
+from ws4tx.config import ServerConfig
+from ws4tx.service import PushService
+from ws4tx.testing import MemoryBroker
+
+from test._server import ServerTestCase
+from test._wsclient import TIMEOUT, handshake_request, raw_request, status_of
+
+
+class RawClient(Protocol):
+    """Writes what it is told; collects what comes back; ``lost`` fires at the end."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost: defer.Deferred[bytes] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason) -> None:
+        self.lost.callback(self.data)
+
+
+class OpenThenClose(RawClient):
+    """Shakes hands, and closes as soon as the server accepted."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(handshake_request("/ws/foobar?subscribe-broadcast"))
+
+    def dataReceived(self, data: bytes) -> None:
+        first = not self.data
+        super().dataReceived(data)
+        if first and b" 101 " in data:
+            self.transport.write(client_frame(0x8, struct.pack("!H", 1000)))
+        elif b"\x88" in data:  # the server's close frame: the handshake is over
+            self.transport.loseConnection()
+
+
+def client_frame(opcode: int, payload: bytes = b"", masked: bool = True,
+                 claimed_length: int | None = None) -> bytes:
+    """A WebSocket frame from a client, optionally unmasked or lying about its length."""
+    length = len(payload) if claimed_length is None else claimed_length
+    head = bytes([0x80 | opcode])
+    mask_bit = 0x80 if masked else 0
+    if length < 126:
+        head += bytes([mask_bit | length])
+    elif length < 2**16:
+        head += bytes([mask_bit | 126]) + struct.pack("!H", length)
+    else:
+        head += bytes([mask_bit | 127]) + struct.pack("!Q", length)
+    if not masked:
+        return head + payload
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class HostileInputTests(ServerTestCase):
+    """Each attack against a live server beside a normal client."""
+
+    config = ServerTestCase.config.replace(handshake_timeout=1.0)
+
+    async def _setUp(self) -> None:
+        await super()._setUp()
+        self.bystander = await self.client("/ws/foobar?subscribe-broadcast")
+
+    async def _bystanderFine(self) -> None:
+        self.publish("ws4tx:broadcast:foobar", "still here")
+        self.assertEqual(await self.bystander.text(), "still here")
+
+    async def _raw(self, data: bytes) -> RawClient:
+        raw = RawClient()
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        await endpoints.connectProtocol(endpoint, raw)
+        self.addCleanup(raw.transport.abortConnection)
+        raw.transport.write(data)
+        return raw
+
+    async def _opened(self, path: str = "/ws/foobar?publish-broadcast") -> RawClient:
+        raw = await self._raw(handshake_request(path))
+        await self.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
+        return raw
+
+    def _closeCode(self, data: bytes) -> int:
+        """The code of the close frame the server sent after its 101 response."""
+        frames = data.partition(b"\r\n\r\n")[2]
+        index = frames.find(b"\x88")
+        self.assertNotEqual(index, -1, data)
+        return struct.unpack("!H", frames[index + 2:index + 4])[0]
+
+    async def test_garbageBeforeHandshake(self):
+        """Random bytes instead of an HTTP request get 400 and a closed connection."""
+        raw = await self._raw(os.urandom(300).replace(b"\n", b"x") + b"\r\n\r\n")
+        answer = await raw.lost.addTimeout(TIMEOUT, reactor)
+        self.assertIn(b"400", answer.split(b"\r\n", 1)[0])
+        await self._bystanderFine()
+
+    async def test_slowlorisIsCutOff(self):
+        """A handshake whose head never ends is dropped after the handshake timeout."""
+        raw = await self._raw(b"GET /ws/foobar HTTP/1.1\r\nHost: x\r\n")
+        for i in range(3):
+            raw.transport.write(b"X-Slow-%d: 1\r\n" % i)
+        await raw.lost.addTimeout(5, reactor)
+        await self._bystanderFine()
+
+    async def test_tenThousandHeaders(self):
+        """A request with 10,000 headers is refused with a 4xx status."""
+        headers = b"".join(b"X-H%d: v\r\n" % i for i in range(10000))
+        raw = await self._raw(b"GET /ws/foobar HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+        answer = await raw.lost.addTimeout(TIMEOUT, reactor)
+        self.assertRegex(answer.split(b"\r\n", 1)[0], rb" 4\d\d ")
+        await self._bystanderFine()
+
+    async def test_megabyteQueryString(self):
+        """A 1 MB query string is refused: 4xx, or the connection is cut while the client
+        is still sending (the kernel may then reset it before the answer is read)."""
+        answer = await raw_request(self.port, handshake_request("/ws/foobar?" + "a" * 2**20))
+        if answer:
+            self.assertGreaterEqual(status_of(answer)[0], 400)
+        await self._bystanderFine()
+
+    async def test_frameClaimingTwoToTheSixtyThreeBytes(self):
+        """A frame header announcing 2^63 - 1 bytes closes with 1009 at once."""
+        raw = await self._opened()
+        raw.transport.write(client_frame(0x1, b"", claimed_length=2**63 - 1))
+        data = await raw.lost.addTimeout(TIMEOUT, reactor)
+        self.assertEqual(self._closeCode(data), closecodes.MESSAGE_TOO_BIG)
+        await self._bystanderFine()
+
+    async def test_unmaskedClientFrame(self):
+        """An unmasked client frame is a protocol error (1002)."""
+        raw = await self._opened()
+        raw.transport.write(client_frame(0x1, b"hello", masked=False))
+        data = await raw.lost.addTimeout(TIMEOUT, reactor)
+        self.assertEqual(self._closeCode(data), closecodes.PROTOCOL_ERROR)
+        await self._bystanderFine()
+
+    async def test_pingFlood(self):
+        """Thousands of pings are answered and harm nobody."""
+        raw = await self._opened()
+        raw.transport.write(client_frame(0x9, b"p") * 5000)
+        raw.transport.write(client_frame(0x8, struct.pack("!H", 1000)))
+        data = await raw.lost.addTimeout(TIMEOUT, reactor)
+        self.assertEqual(data.count(b"\x8a\x01p"), 5000)  # 5000 pongs
+        await self._bystanderFine()
+
+    async def test_manyConnectsAndDisconnectsLeakNothing(self):
+        """5,000 connections opened and closed leave no member, counter or descriptor."""
+        fds = len(os.listdir("/proc/self/fd"))
+
+        async def once() -> None:
+            raw = OpenThenClose()
+            endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+            await endpoints.connectProtocol(endpoint, raw)
+            self.assertIn(b" 101 ", await raw.lost.addTimeout(TIMEOUT, reactor))
+
+        for _ in range(50):
+            await defer.gatherResults([defer.ensureDeferred(once()) for _ in range(100)])
+        while self.factory.router.memberCount() > 1:
+            await self.factory.test_left.get().addTimeout(TIMEOUT, reactor)
+        self.assertEqual(self.factory.router.memberCount(), 1)  # the bystander
+        self.assertEqual(sum(self.factory.per_ip.values()), 1)
+        self.assertLessEqual(len(os.listdir("/proc/self/fd")), fds + 5)
+        await self._bystanderFine()
+
+
+class HandshakeFuzzTests(SynchronousTestCase):
+    """Random bytes into the HTTP/WebSocket stack, with no sockets: nothing escapes."""
+
+    def setUp(self) -> None:
+        clock = Clock()
+        self.service = PushService(ServerConfig(ping_interval=0), broker=MemoryBroker(),
+                                   reactor=clock)
+        self.service.broker.start(self.service.factory.router)
+
+    @settings(max_examples=300, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.one_of(
+        st.binary(max_size=2048),
+        st.builds(lambda path, junk: handshake_request(path) + junk,
+                  st.text(max_size=200).map(lambda t: "/ws/" + t.replace("\r", "").replace("\n", "")),
+                  st.binary(max_size=512)),
+    ))
+    def test_randomBytesNeverCrash(self, data: bytes):
+        """Whatever arrives, the server answers or closes; no exception escapes."""
+        proto = self.service.listening_factory.buildProtocol(("127.0.0.1", 1))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(data)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.flushLoggedErrors(), [])
