@@ -13,6 +13,7 @@ from ws4tx.auth import HandshakeRequest
 from ws4tx.config import ServerConfig
 from ws4tx.embedded import EmbeddedRedis
 from ws4tx.naming import ANONYMOUS, Identity
+from ws4tx.redis_address import RedisAddress
 from ws4tx.protocol import PushProtocol
 from ws4tx.service import PushService
 from ws4tx.testing import StaticAuthenticator
@@ -105,8 +106,12 @@ class ServerTestCase(unittest.TestCase):
         self.addCleanup(self.redis.close)
         await self.startServer()
 
+    async def redisAddress(self) -> RedisAddress:
+        """Where the server under test finds Redis."""
+        return self.redis_server.address
+
     async def startServer(self, wait: bool = True, **kwargs: Any) -> None:
-        config = self.config.replace(redis=self.redis_server.address,
+        config = self.config.replace(redis=await self.redisAddress(),
                                      **kwargs.pop("config", {}))
         kwargs.setdefault("authenticator", StaticAuthenticator(identity_from_header))
         self.service = PushService(config, **kwargs)
