@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 
 import redis
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from ws4tx.embedded import EmbeddedRedis, free_port
@@ -102,3 +103,26 @@ class TwistdTests(unittest.TestCase):
         await child.waitFor("refused the subscriber connection")
         self.assertNotIn("wrong", child.output.split("refused")[0].rsplit("\n", 1)[-1])
         self.assertNotIn(":wrong@", child.output)
+
+
+class DrainTests(unittest.TestCase):
+    """Graceful drain of a loaded server."""
+
+    async def test_sigtermClosesFiveHundredClientsWith1001(self):
+        """SIGTERM with 500 clients: every one gets 1001 and twistd exits 0 in time."""
+        port = free_port()
+        child = Twistd().start("--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+                               "--redis", "embedded", "--drain-timeout", "10")
+        self.addCleanup(child.stop, "KILL")
+        await child.waitFor("Redis subscriber connected")
+        await child.waitFor(f"Site starting on {port}")
+        clients = []
+        for _ in range(5):
+            clients += await defer.gatherResults([
+                defer.ensureDeferred(connect(port, "/ws/foobar?subscribe-broadcast"))
+                for _ in range(100)])
+        started = reactor.seconds()
+        self.assertEqual(await child.stop("TERM"), 0, child.output[-2000:])
+        self.assertLess(reactor.seconds() - started, 10)
+        codes = await defer.gatherResults([c.closed for c in clients])
+        self.assertEqual({code for code, _ in codes}, {1001})
