@@ -1,0 +1,351 @@
+"""The pure modules both halves share: naming and flags, settings resolution, Redis
+addresses and the event envelope."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from hypothesis import given, settings as hypothesis_settings, strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from ws4tx import _settings, envelope, naming
+from ws4tx.naming import Flags, Identity, parse_flags
+from ws4tx.redis_address import InvalidRedisAddress, RedisAddress
+
+
+class ChannelNameTests(SynchronousTestCase):
+    """Channel names are ws4redis's, with an optional prefix."""
+
+    def test_everyAudienceWithAPrefix(self):
+        """prefix:broadcast:f, prefix:user:NAME:f, prefix:group:NAME:f, prefix:session:KEY:f."""
+        self.assertEqual(naming.broadcast_channel("ws4tx", "f"), "ws4tx:broadcast:f")
+        self.assertEqual(naming.channel("ws4tx", naming.BROADCAST, "f"), "ws4tx:broadcast:f")
+        self.assertEqual(naming.channel("p", naming.USER, "f", "john"), "p:user:john:f")
+        self.assertEqual(naming.channel("p", naming.GROUP, "f", "staff"), "p:group:staff:f")
+        self.assertEqual(naming.channel("p", naming.SESSION, "f", "k1"), "p:session:k1:f")
+
+    def test_everyAudienceWithoutAPrefix(self):
+        """None or "" as prefix gives ws4redis's unprefixed names."""
+        for prefix in (None, ""):
+            self.assertEqual(naming.broadcast_channel(prefix, "f"), "broadcast:f")
+            self.assertEqual(naming.channel(prefix, naming.USER, "f", "u"), "user:u:f")
+            self.assertEqual(naming.channel(prefix, naming.GROUP, "f", "g"), "group:g:f")
+            self.assertEqual(naming.channel(prefix, naming.SESSION, "f", "s"), "session:s:f")
+
+    def test_namedAudiencesNeedANameAndAudiencesAreKnown(self):
+        """A user/group/session channel without a name, or an unknown audience, is refused."""
+        for audience in (naming.USER, naming.GROUP, naming.SESSION):
+            with self.assertRaises(ValueError):
+                naming.channel("p", audience, "f")
+        with self.assertRaises(ValueError):
+            naming.channel("p", "everybody", "f", "x")
+
+    def test_identityNamesAreItsOwnOnly(self):
+        """An identity names itself; an anonymous one has no user and no groups."""
+        john = Identity("john", frozenset({"b", "a"}), "k")
+        self.assertEqual(john.names(naming.USER), ("john",))
+        self.assertEqual(john.names(naming.GROUP), ("a", "b"))
+        self.assertEqual(john.names(naming.SESSION), ("k",))
+        anonymous = Identity(None, frozenset({"a"}), "k")
+        self.assertEqual(anonymous.names(naming.USER), ())
+        self.assertEqual(anonymous.names(naming.GROUP), ())
+        self.assertEqual(naming.ANONYMOUS.names(naming.SESSION), ())
+
+    def test_audienceChannelsOfAnIdentity(self):
+        """audience_channels lists the identity's channels of the given audiences."""
+        john = Identity("john", frozenset({"g"}), "k")
+        self.assertEqual(
+            naming.audience_channels("p", "f", naming.AUDIENCES, john),
+            ["p:broadcast:f", "p:user:john:f", "p:group:g:f", "p:session:k:f"])
+        self.assertEqual(naming.audience_channels("p", "f", [naming.USER, naming.GROUP],
+                                                  naming.ANONYMOUS), [])
+
+
+class FacilityTests(SynchronousTestCase):
+    """Facility names are checked."""
+
+    def test_validFacilitiesAreKept(self):
+        """Letters, digits and _ . ~ / - are accepted."""
+        for facility in ("foobar", "a", "_x", "9", "chat/room-1.v2~x"):
+            self.assertEqual(naming.check_facility(facility), facility)
+
+    def test_colonAndOtherCharactersAreRefused(self):
+        """':' (it would reach another audience's names), spaces, odd starts are refused."""
+        for facility in ("a:b", ":", "a b", "", "-a", ".a", "/a", "a\n", "é", "a\x00"):
+            with self.assertRaises(naming.InvalidFacility):
+                naming.check_facility(facility)
+
+    def test_lengthIsBounded(self):
+        """Facilities longer than the maximum are refused."""
+        naming.check_facility("a" * naming.DEFAULT_MAX_FACILITY_LENGTH)
+        with self.assertRaises(naming.InvalidFacility):
+            naming.check_facility("a" * (naming.DEFAULT_MAX_FACILITY_LENGTH + 1))
+        with self.assertRaises(naming.InvalidFacility):
+            naming.check_facility("abcd", max_length=3)
+
+
+class FlagTests(SynchronousTestCase):
+    """ws4redis URL flags."""
+
+    def test_flagsInAnyCaseAndOrder(self):
+        """Flags are case-insensitive and order-free."""
+        flags = parse_flags("Publish-User&SUBSCRIBE-broadcast&subscribe-group&ECHO")
+        self.assertEqual(flags, Flags(frozenset({"broadcast", "group"}),
+                                      frozenset({"user"}), True))
+        self.assertEqual(flags, parse_flags("echo&subscribe-group&publish-user&"
+                                            "subscribe-broadcast"))
+
+    def test_unknownFlagsAreIgnored(self):
+        """Unknown flags and malformed items change nothing."""
+        self.assertEqual(parse_flags("subscribe-everybody&publish&foo&&=&subscribe-"), Flags())
+        self.assertEqual(parse_flags(""), Flags())
+
+    def test_flagValuesAreIgnored(self):
+        """A flag may carry a value, which is ignored (echo=0 is still echo)."""
+        self.assertEqual(parse_flags("subscribe-session=1&echo=0"),
+                         Flags(frozenset({"session"}), frozenset(), True))
+
+    def test_flagNamesRoundTrip(self):
+        """flag_names gives ws4redis's names, which parse back to the same flags."""
+        flags = parse_flags("publish-session&subscribe-user&echo&subscribe-broadcast")
+        names = naming.flag_names(flags)
+        self.assertEqual(names, ["subscribe-broadcast", "subscribe-user", "publish-session",
+                                 "echo"])
+        self.assertEqual(parse_flags("&".join(names)), flags)
+
+    def test_withoutDropsAudiences(self):
+        """Flags.without removes audiences from subscribe and publish, keeps echo."""
+        flags = parse_flags("subscribe-user&publish-user&subscribe-broadcast&echo")
+        self.assertEqual(flags.without(["user"]),
+                         Flags(frozenset({"broadcast"}), frozenset(), True))
+
+
+class SettingsTests(SynchronousTestCase):
+    """Settings are read as WS4TX_ then WS4REDIS_; the Redis address from a URL, a
+    CONNECTION dictionary, the environment or the default."""
+
+    def test_ws4txNameWinsOverWs4redisName(self):
+        """WS4TX_X is used before WS4REDIS_X, which is used before the default."""
+        both = SimpleNamespace(WS4TX_EXPIRE=1, WS4REDIS_EXPIRE=2)
+        self.assertEqual(_settings.lookup(both, "EXPIRE", 3), 1)
+        self.assertEqual(_settings.lookup(SimpleNamespace(WS4REDIS_EXPIRE=2), "EXPIRE", 3), 2)
+        self.assertEqual(_settings.lookup(SimpleNamespace(), "EXPIRE", 3), 3)
+        self.assertEqual(_settings.lookup(SimpleNamespace(WS4TX_PREFIX=""), "PREFIX", "x"), "")
+
+    def test_urlSettingComesFirst(self):
+        """The WS4TX_REDIS_URL setting wins over CONNECTION and the environment."""
+        settings = SimpleNamespace(WS4TX_REDIS_URL="redis://a:1/2",
+                                   WS4REDIS_CONNECTION={"host": "b"})
+        found = _settings.redis_address(settings, {"WS4TX_REDIS_URL": "redis://c/0"})
+        self.assertEqual((found.host, found.port, found.db), ("a", 1, 2))
+
+    def test_connectionDictionaryComesNext(self):
+        """WS4TX_CONNECTION, else WS4REDIS_CONNECTION, wins over the environment."""
+        env = {"WS4TX_REDIS_URL": "redis://c/0"}
+        settings = SimpleNamespace(WS4TX_CONNECTION={"host": "t", "port": 7},
+                                   WS4REDIS_CONNECTION={"host": "r"})
+        self.assertEqual(_settings.redis_address(settings, env),
+                         RedisAddress(host="t", port=7))
+        settings = SimpleNamespace(WS4REDIS_CONNECTION={
+            "host": "r", "db": 4, "password": "pw", "unix_socket_path": None})
+        self.assertEqual(_settings.redis_address(settings, env),
+                         RedisAddress(host="r", db=4, password="pw"))
+
+    def test_environmentThenDefault(self):
+        """The WS4TX_REDIS_URL environment variable, else redis://localhost:6379/0."""
+        self.assertEqual(_settings.redis_address(SimpleNamespace(),
+                                                 {"WS4TX_REDIS_URL": "redis://e:9/1"}),
+                         RedisAddress(host="e", port=9, db=1))
+        self.assertEqual(_settings.redis_address(SimpleNamespace(), {}), RedisAddress())
+
+    def test_badValuesNameWhereTheyCameFrom(self):
+        """A bad URL setting, CONNECTION dictionary or environment variable is named."""
+        cases = [
+            (SimpleNamespace(WS4TX_REDIS_URL="http://x"), {}, "setting WS4TX_REDIS_URL"),
+            (SimpleNamespace(WS4REDIS_CONNECTION={"hots": "x"}), {}, "CONNECTION"),
+            (SimpleNamespace(WS4TX_CONNECTION={"port": "many"}), {}, "CONNECTION"),
+            (SimpleNamespace(), {"WS4TX_REDIS_URL": "redis://x/-1"}, "environment variable"),
+        ]
+        for settings, env, named in cases:
+            with self.assertRaises(InvalidRedisAddress) as caught:
+                _settings.redis_address(settings, env)
+            self.assertIn(named, str(caught.exception))
+
+
+class RedisAddressTests(SynchronousTestCase):
+    """Redis URLs parse to addresses and back."""
+
+    def _roundTrip(self, url: str) -> RedisAddress:
+        address = RedisAddress.from_url(url)
+        self.assertEqual(RedisAddress.from_url(address.url), address)
+        return address
+
+    def test_redisUrl(self):
+        """redis://host:port/db, with defaults for the missing parts."""
+        self.assertEqual(self._roundTrip("redis://example.com:6380/3"),
+                         RedisAddress(host="example.com", port=6380, db=3))
+        self.assertEqual(self._roundTrip("redis://example.com"), RedisAddress("example.com"))
+        self.assertEqual(RedisAddress().url, "redis://localhost:6379/0")
+
+    def test_tlsUrl(self):
+        """rediss:// is TLS."""
+        address = self._roundTrip("rediss://example.com/1")
+        self.assertTrue(address.ssl)
+        self.assertTrue(address.url.startswith("rediss://"))
+
+    def test_unixUrl(self):
+        """unix:///path?db=N is a Unix socket."""
+        address = self._roundTrip("unix:///run/redis/redis.sock?db=2")
+        self.assertEqual((address.unix_socket_path, address.db), ("/run/redis/redis.sock", 2))
+        with self.assertRaises(InvalidRedisAddress):
+            RedisAddress.from_url("unix://")
+
+    def test_credentialsRoundTrip(self):
+        """User names and passwords with URL-special characters survive a round trip."""
+        address = self._roundTrip("redis://us%40er:p%3Aa%2Fss%40@h:1/0")
+        self.assertEqual((address.username, address.password), ("us@er", "p:a/ss@"))
+        self.assertEqual(self._roundTrip("redis://:only@h/0").password, "only")
+
+    def test_ipv6Host(self):
+        """An IPv6 host is bracketed in the URL."""
+        address = self._roundTrip("redis://[::1]:7000/0")
+        self.assertEqual((address.host, address.port), ("::1", 7000))
+        self.assertIn("[::1]:7000", address.url)
+
+    def test_badUrlsAreRefused(self):
+        """Unknown schemes, bad ports and bad database numbers are InvalidRedisAddress."""
+        for url in ("http://h/0", "h:6379", "redis://h:port/0", "redis://h:99999/0",
+                    "redis://h/x", "redis://h/-1", "unix:///s?db=x"):
+            with self.assertRaises(InvalidRedisAddress, msg=url):
+                RedisAddress.from_url(url)
+
+    def test_safeUrlMasksThePassword(self):
+        """safe_url never contains the password."""
+        address = RedisAddress.from_url("redis://user:hunter2@h:1/0")
+        self.assertNotIn("hunter2", address.safe_url)
+        self.assertIn("hunter2", address.url)
+        self.assertIn("user", address.safe_url)
+        self.assertEqual(RedisAddress("h").safe_url, RedisAddress("h").url)
+
+    def test_fromConnectionDictionary(self):
+        """A ws4redis CONNECTION dictionary, with unknown keys refused."""
+        self.assertEqual(
+            RedisAddress.from_connection({"host": "h", "port": "7", "db": 2, "ssl": True}),
+            RedisAddress(host="h", port=7, db=2, ssl=True))
+        self.assertEqual(
+            RedisAddress.from_connection({"unix_socket_path": "/s"}).unix_socket_path, "/s")
+        with self.assertRaises(InvalidRedisAddress):
+            RedisAddress.from_connection({"hostname": "h"})
+
+
+class EnvelopeTests(SynchronousTestCase):
+    """The JSON envelope of events."""
+
+    def test_eventRoundTrip(self):
+        """An event, with or without an id, decodes to what was encoded."""
+        for event in (envelope.Event("chat", {"text": "hé"}), envelope.Event("x"),
+                      envelope.Event("n", [1, None], id=7)):
+            self.assertEqual(envelope.decode(envelope.encode_event(
+                event.event, event.data, event.id)), event)
+
+    def test_ackRoundTrip(self):
+        """An ack with data or an error decodes to what was encoded."""
+        self.assertEqual(envelope.decode(envelope.encode_ack(3, {"ok": 1})),
+                         envelope.Ack(3, {"ok": 1}))
+        self.assertEqual(envelope.decode(envelope.encode_ack(4, error="no")),
+                         envelope.Ack(4, None, "no"))
+
+    def test_ws4txIsTheFirstKey(self):
+        """The encoded envelope starts with {"ws4tx": so that a cheap test finds it."""
+        self.assertTrue(envelope.encode_event("e").startswith('{"ws4tx":"event"'))
+        self.assertTrue(envelope.is_envelope(envelope.encode_event("e").encode()))
+
+    def test_rawPayloadsAreNotEnvelopes(self):
+        """Frames that do not start with {"ws4tx": are raw, even JSON ones."""
+        for raw in ("hello", '{"event":"x","ws4tx":"event"}', "[1]", "", b"\xff\x00",
+                    '{ "ws4tx":"event","event":"x"}'):
+            self.assertIsNone(envelope.decode(raw))
+
+    def test_badEnvelopesAreInvalid(self):
+        """A frame that claims to be an envelope but is not valid is InvalidEnvelope."""
+        for bad in ('{"ws4tx":', '{"ws4tx":"other"}', '{"ws4tx":"event"}',
+                    '{"ws4tx":"event","event":""}', '{"ws4tx":"event","event":"x","id":-1}',
+                    '{"ws4tx":"event","event":"x","id":1.5}',
+                    '{"ws4tx":"event","event":"x","id":true}',
+                    '{"ws4tx":"event","event":"x","id":9007199254740992}',
+                    '{"ws4tx":"ack"}', '{"ws4tx":"ack","id":1,"error":5}',
+                    b'{"ws4tx":"event","event":"\xff"}'):
+            with self.assertRaises(envelope.InvalidEnvelope, msg=bad):
+                envelope.decode(bad)
+
+    def test_deeplyNestedEnvelopeIsInvalid(self):
+        """A deeply nested frame is InvalidEnvelope, not a RecursionError."""
+        with self.assertRaises(envelope.InvalidEnvelope):
+            envelope.decode('{"ws4tx":"event","event":"x","data":' + "[" * 100000)
+
+
+def _first_key_is_ws4tx(text: str) -> bool:
+    """Whether ``text`` is a JSON object whose first key is "ws4tx"."""
+    try:
+        pairs = json.loads(text, object_pairs_hook=lambda pairs: pairs)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(pairs, list) and bool(pairs) and pairs[0][0] == "ws4tx"
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+class EnvelopePropertyTests(SynchronousTestCase):
+    """decode never raises anything but InvalidEnvelope and never misreads a raw payload."""
+
+    def _check(self, text: str) -> None:
+        try:
+            found = envelope.decode(text)
+        except envelope.InvalidEnvelope:
+            self.assertTrue(envelope.is_envelope(text))
+            return
+        if not envelope.is_envelope(text):
+            self.assertIsNone(found)
+        if found is not None:
+            self.assertTrue(_first_key_is_ws4tx(text), text)
+
+    @hypothesis_settings(max_examples=300, deadline=None)
+    @given(st.text())
+    def test_arbitraryText(self, text):
+        """Any text is a raw payload (None), an envelope, or InvalidEnvelope."""
+        self._check(text)
+
+    @hypothesis_settings(max_examples=300, deadline=None)
+    @given(st.text(max_size=60))
+    def test_textAfterTheMark(self, tail):
+        """Text that starts like an envelope is an envelope or InvalidEnvelope."""
+        self._check('{"ws4tx":' + tail)
+
+    @hypothesis_settings(max_examples=300, deadline=None)
+    @given(st.sampled_from(["event", "ack", "other", 1, None]),
+           st.dictionaries(st.sampled_from(["event", "id", "data", "error", "x"]), _json,
+                           max_size=5))
+    def test_jsonObjectsThatClaimToBeEnvelopes(self, kind, rest):
+        """JSON objects with ws4tx first are decoded or refused, never crash."""
+        self._check(json.dumps({"ws4tx": kind, **rest}))
+
+    @hypothesis_settings(max_examples=200, deadline=None)
+    @given(st.text(min_size=1), _json, st.none() | st.integers(0, 2**53 - 1))
+    def test_encodedEventsRoundTrip(self, name, data, msg_id):
+        """Every event encode_event makes decodes to itself."""
+        self.assertEqual(envelope.decode(envelope.encode_event(name, data, msg_id)),
+                         envelope.Event(name, data, msg_id))
+
+    @hypothesis_settings(max_examples=200, deadline=None)
+    @given(st.text().filter(lambda t: not t.lstrip().startswith('{"ws4tx":')))
+    def test_rawTextIsDeliveredUnread(self, text):
+        """Text that does not start with the mark is a raw payload: decode gives None."""
+        self.assertIsNone(envelope.decode(text))
+        self.assertIsNone(envelope.decode(text.encode("utf-8")))

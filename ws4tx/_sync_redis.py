@@ -1,0 +1,116 @@
+"""The process's one redis-py client, for the Django side.
+
+Built on first use (never at import time) from, in order: the URL given to :func:`use_url`,
+the ``WS4TX_REDIS_URL`` setting, the ``WS4TX_``/``WS4REDIS_CONNECTION`` dictionary, the
+``WS4TX_REDIS_URL`` environment variable, ``redis://localhost:6379/0``.
+
+Every Redis call is bounded by the ``PUBLISH_TIMEOUT`` setting (default 5 s): connecting
+and each answer time out, and a broken connection is retried once on a fresh one (a Redis
+restart is then invisible), never more, so that a request never hangs on a Redis that is
+down. The client's connection pool is thread-safe and survives ``fork``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+
+from ws4tx import _conf, _settings
+from ws4tx.redis_address import RedisAddress
+
+#: Settings whose change (``override_settings``) makes the next call build a new client.
+WATCHED_SETTINGS = frozenset(
+    {_settings.REDIS_URL_ENV}
+    | set(_settings.setting_names("CONNECTION"))
+    | set(_settings.setting_names("PUBLISH_TIMEOUT"))
+)
+
+_lock = threading.Lock()
+_client: Optional[redis.Redis] = None
+_address: Optional[RedisAddress] = None
+_forced_url: Optional[str] = None
+_watching = False
+
+
+def use_url(url: str) -> None:
+    """Make every later client of this process use ``url``, whatever the settings say.
+
+    The Twisted server calls it when it hosts the Django site, so that both halves use the
+    same Redis (an embedded one included). Raises ``InvalidRedisAddress`` for a bad URL.
+    """
+    global _forced_url
+    RedisAddress.from_url(url)  # refuse a bad URL here, not at the first publish
+    with _lock:
+        _forced_url = url
+        _drop()
+
+
+def reset() -> None:
+    """Forget :func:`use_url` and close the client; the next call builds a new one.
+    For tests."""
+    global _forced_url
+    with _lock:
+        _forced_url = None
+        _drop()
+
+
+def address() -> RedisAddress:
+    """Where this process's client connects (or will connect)."""
+    with _lock:
+        if _address is not None:
+            return _address
+        return _resolve()
+
+
+def client() -> redis.Redis:
+    """The process's redis-py client, built on first use."""
+    global _client, _address
+    with _lock:
+        if _client is None:
+            _watch_settings()
+            found = _resolve()
+            timeout = _conf.publish_timeout()
+            _client = redis.Redis.from_url(
+                found.url,
+                socket_connect_timeout=timeout,
+                socket_timeout=timeout,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            )
+            _address = found
+        return _client
+
+
+def _resolve() -> RedisAddress:
+    if _forced_url is not None:
+        return RedisAddress.from_url(_forced_url)
+    return _settings.redis_address(_conf.django_settings())
+
+
+def _drop() -> None:
+    """Close and forget the client (the caller holds the lock)."""
+    global _client, _address
+    old, _client, _address = _client, None, None
+    if old is not None:
+        old.close()
+
+
+def _watch_settings() -> None:
+    """Rebuild the client when a test changes a setting it depends on."""
+    global _watching
+    if _watching:
+        return
+    from django.core.signals import setting_changed
+
+    setting_changed.connect(_setting_changed, weak=False, dispatch_uid="ws4tx._sync_redis")
+    _watching = True
+
+
+def _setting_changed(setting: str = "", **kwargs: Any) -> None:
+    if setting in WATCHED_SETTINGS:
+        with _lock:
+            _drop()

@@ -1,0 +1,186 @@
+"""Messages and the publishing logic of the Django side (ws4redis's ``ws4redis.redis_store``).
+
+:class:`RedisStore` turns a facility and audiences into channel names (with
+:mod:`ws4tx.naming`, the one place names are made) and publishes a message to them in one
+Redis round trip: ``PUBLISH channel payload`` for each, plus ``SETEX channel expire payload``
+(sent as ``SET channel payload EX expire``, the same command in redis-py 8's non-deprecated
+spelling) so that a client connecting later gets it (ws4redis's replay).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union
+
+import redis
+from redis.exceptions import RedisError
+
+from ws4tx import _audience, _conf, _sync_redis, naming
+from ws4tx.redis_address import RedisAddress
+
+#: In ``users``, ``groups`` or ``sessions``: the current request's own user name, groups
+#: (from the database) or session key. An anonymous request has no user and no groups.
+SELF = _audience.SELF
+
+T = TypeVar("T")
+
+#: What a message may be made from.
+MessageValue = Union[str, bytes, bytearray, memoryview, Sequence[Any]]
+
+
+class PublishError(redis.exceptions.ConnectionError):
+    """Redis could not be reached or refused the command (it names the Redis address,
+    password masked). A subclass of redis-py's ``ConnectionError``, so that code written
+    for ws4redis that catches it keeps working."""
+
+
+class RedisMessage(bytes):
+    """A message, as bytes: a str is UTF-8 encoded, bytes are kept.
+
+    ``RedisMessage(value)`` is None (falsy, never published) when ``value`` is empty or is
+    the configured heartbeat (setting ``HEARTBEAT``). As in ws4redis, a pub/sub reply
+    ``[b"message", ..., data]`` gives its data.
+    """
+
+    def __new__(cls, value: MessageValue) -> "RedisMessage":
+        if isinstance(value, RedisMessage):
+            return value
+        if isinstance(value, (list, tuple)):
+            if len(value) >= 2 and value[0] in (b"message", "message"):
+                return cls(value[-1])
+            return None  # type: ignore[return-value]
+        if isinstance(value, str):
+            data = value.encode("utf-8")
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            data = bytes(value)
+        else:
+            raise TypeError(f"a message is str or bytes, not {type(value).__name__}")
+        if not data:
+            return None  # type: ignore[return-value]
+        heartbeat = _conf.heartbeat()
+        if heartbeat is not None and data == heartbeat.encode("utf-8"):
+            return None  # type: ignore[return-value]
+        return super().__new__(cls, data)
+
+
+def as_message(message: Any) -> Optional[RedisMessage]:
+    """``message`` as a :class:`RedisMessage` (None: nothing to publish)."""
+    if message is None:
+        return None
+    return RedisMessage(message)
+
+
+class RedisStore:
+    """The publisher's logic: the channels of an audience, and publishing to them.
+
+    ``connection`` is a redis-py client; by default the process's shared one, built on
+    first use from the settings (:mod:`ws4tx._sync_redis`).
+    """
+
+    def __init__(self, connection: Optional[redis.Redis] = None) -> None:
+        self._own_connection = connection
+        #: The channels a message is published to (ws4redis's name).
+        self._publishers: list[str] = []
+
+    @property
+    def _connection(self) -> redis.Redis:
+        """The redis-py client this store talks to."""
+        if self._own_connection is not None:
+            return self._own_connection
+        return _sync_redis.client()
+
+    @_connection.setter
+    def _connection(self, connection: Optional[redis.Redis]) -> None:
+        self._own_connection = connection
+
+    @staticmethod
+    def get_prefix() -> str:
+        """The prefix of channel names, with its colon (``ws4tx:``), or ``""`` for none."""
+        prefix = _conf.prefix()
+        return f"{prefix}:" if prefix else ""
+
+    @property
+    def channels(self) -> list[str]:
+        """The channels :meth:`publish_message` publishes to."""
+        return list(self._publishers)
+
+    def _get_message_channels(
+        self,
+        request: Any = None,
+        facility: Optional[str] = None,
+        broadcast: bool = False,
+        groups: Any = (),
+        users: Any = (),
+        sessions: Any = (),
+    ) -> list[str]:
+        """The channels of an audience of ``facility`` (SELF resolved from ``request``)."""
+        users_ = _audience.users(users, request)
+        groups_ = _audience.groups(groups, request)
+        sessions_ = _audience.sessions(sessions, request)
+        if not (broadcast or users_ or groups_ or sessions_):
+            return []
+        if facility is None:
+            raise ValueError("a facility is needed to publish")
+        naming.check_facility(facility)
+        prefix = _conf.prefix()
+        found = [naming.broadcast_channel(prefix, facility)] if broadcast else []
+        for audience, names in ((naming.USER, users_), (naming.GROUP, groups_),
+                                (naming.SESSION, sessions_)):
+            found.extend(naming.channel(prefix, audience, facility, name) for name in names)
+        return list(dict.fromkeys(found))
+
+    def publish_message(self, message: Any, expire: Optional[int] = None) -> int:
+        """Publish ``message`` to this store's channels, and store it for ``expire`` seconds
+        (default: setting ``EXPIRE``, 3600; 0 stores nothing), in one round trip.
+
+        ``message`` is a :class:`RedisMessage`, a str or bytes. A heartbeat or empty message
+        is not published. Returns how many Redis subscribers received it (with ws4tx, the
+        server processes subscribed to a channel, not browsers); raises
+        :class:`PublishError` when Redis is unreachable, after at most ``PUBLISH_TIMEOUT``.
+        """
+        expire = _conf.expire() if expire is None else _conf.check_expire(expire)
+        data = as_message(message)
+        if not data or not self._publishers:
+            return 0
+        return self._send(self._publishers, data, expire)
+
+    def _send(self, channels: Sequence[str], data: bytes, expire: int) -> int:
+        def _commands(connection: redis.Redis) -> list[Any]:
+            pipe = connection.pipeline(transaction=False)
+            for channel in channels:
+                pipe.publish(channel, data)
+                if expire > 0:
+                    pipe.set(channel, data, ex=expire)  # SETEX, as redis-py 8 spells it
+            return pipe.execute()
+
+        replies = self._call("publish to", _commands)
+        step = 2 if expire > 0 else 1
+        return sum(int(count) for count in replies[::step])
+
+    def _get_first(self, channels: Sequence[str]) -> Optional[bytes]:
+        """The first non-empty value stored under ``channels`` (one round trip)."""
+        if not channels:
+            return None
+        values = self._call("read from", lambda connection: connection.mget(channels))
+        return next((value for value in values if value), None)
+
+    def _call(self, action: str, run: Callable[[redis.Redis], T]) -> T:
+        connection = self._connection
+        try:
+            return run(connection)
+        except RedisError as e:
+            raise PublishError(f"could not {action} Redis at {self._where()}: {e}") from e
+
+    def _where(self) -> str:
+        if self._own_connection is None:
+            return _sync_redis.address().safe_url
+        kwargs = self._own_connection.connection_pool.connection_kwargs
+        try:
+            return RedisAddress(
+                host=str(kwargs.get("host", "localhost")),
+                port=int(kwargs.get("port", 6379)),
+                db=int(kwargs.get("db", 0)),
+                password=kwargs.get("password"),
+                unix_socket_path=kwargs.get("path"),
+            ).safe_url
+        except (TypeError, ValueError):
+            return "the given connection"

@@ -1,0 +1,1 @@
+"""Template tags of ws4tx (``{% load ws4tx %}``)."""

@@ -1,0 +1,120 @@
+"""Short-lived signed connection tokens, for sites whose WebSocket host cannot see the
+Django session cookie (another domain or port, a cookie with a narrow path, ...).
+
+A page asks Django for a token (:func:`token_for_request`, or ``{% ws4tx_token %}`` after
+``{% load ws4tx %}``) and puts it in the WebSocket URL as the query parameter ``token``::
+
+    ws://push.example.com/ws/foobar?subscribe-user&subscribe-group&token=<token>
+
+The server then reads the identity from the token with :func:`read_token` instead of from
+the session cookie: the user name, its group names and the session key, as they were when
+the token was made. Reading a token never touches the database: it is signed with the
+site's ``SECRET_KEY`` (``django.core.signing``, salt ``ws4tx.token``) and valid for
+``TOKEN_MAX_AGE`` seconds (default 300) after it was made. The token only opens a
+connection: a connection stays open after its token expires.
+
+Anybody who holds a token can connect as its user until it expires: serve it only to that
+user (in a page behind login, over HTTPS) and keep ``TOKEN_MAX_AGE`` short.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+from django.core import signing
+
+from ws4tx import _audience, _conf, naming
+
+#: The salt of ws4tx's signatures: a token is valid for nothing else in the site.
+SALT = "ws4tx.token"
+
+#: Longest token accepted (the server caps query strings anyway).
+MAX_TOKEN_LENGTH = 4096
+
+
+class InvalidToken(ValueError):
+    """A token that cannot be used; ``expired`` tells an expired token from a tampered or
+    malformed one."""
+
+    def __init__(self, reason: str, expired: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.expired = expired
+
+
+def make_token(
+    user: Any = None,
+    groups: Optional[Iterable[Any]] = None,
+    session_key: Optional[str] = None,
+) -> str:
+    """A token for ``user`` (a user name or a User object; None or an anonymous user:
+    anonymous), its ``groups`` (names or Group objects; None: none, or for a User object
+    its groups from the database) and ``session_key``."""
+    name: Optional[str] = None
+    if isinstance(user, str):
+        if not user:
+            raise ValueError("a user name must not be empty")
+        name = user
+    elif getattr(user, "is_authenticated", False):
+        name = user.get_username()
+        manager = getattr(user, "groups", None)
+        if groups is None and manager is not None:
+            groups = manager.values_list("name", flat=True)
+    group_names = sorted({getattr(g, "name", g) for g in groups or ()})
+    if group_names and name is None:
+        raise ValueError("groups need a user: an anonymous connection has no groups")
+    if any(not isinstance(g, str) or not g for g in group_names):
+        raise ValueError(f"group names must be non-empty strings: {group_names!r}")
+    if session_key is not None and (not isinstance(session_key, str) or not session_key):
+        raise ValueError(f"session_key must be a non-empty string: {session_key!r}")
+    payload: dict[str, Any] = {}
+    if name is not None:
+        payload["u"] = name
+    if group_names:
+        payload["g"] = group_names
+    if session_key is not None:
+        payload["s"] = session_key
+    return signing.dumps(payload, salt=SALT, compress=True)
+
+
+def token_for_request(request: Any) -> str:
+    """A token for the request's identity: its user name (if authenticated), the user's
+    group names from the database, and the session key (if the session is saved)."""
+    identity = _audience.identity(request)
+    return make_token(identity.user, sorted(identity.groups), identity.session)
+
+
+def read_token(token: str, max_age: Optional[float] = None) -> naming.Identity:
+    """The identity in ``token``, verified without the database; ``max_age`` defaults to
+    the setting ``TOKEN_MAX_AGE`` (300 s). Raises :class:`InvalidToken`."""
+    if max_age is None:
+        max_age = _conf.token_max_age()
+    if not isinstance(token, str) or not token:
+        raise InvalidToken("malformed: no token")
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidToken("malformed: too long")
+    try:
+        payload = signing.loads(token, salt=SALT, max_age=max_age)
+    except signing.SignatureExpired:
+        reason = f"expired (tokens are valid for {max_age} s)"
+        raise InvalidToken(reason, expired=True) from None
+    except signing.BadSignature:
+        raise InvalidToken("bad signature (tampered with or malformed)") from None
+    except (ValueError, TypeError):  # a signed payload that does not decode
+        raise InvalidToken("malformed payload") from None
+    return _identity(payload)
+
+
+def _identity(payload: Any) -> naming.Identity:
+    if not isinstance(payload, dict) or set(payload) - {"u", "g", "s"}:
+        raise InvalidToken("malformed payload")
+    user, groups, session = payload.get("u"), payload.get("g", []), payload.get("s")
+    if not (
+        (user is None or (isinstance(user, str) and user))
+        and isinstance(groups, list)
+        and all(isinstance(g, str) and g for g in groups)
+        and (session is None or (isinstance(session, str) and session))
+        and (user is not None or not groups)
+    ):
+        raise InvalidToken("malformed payload")
+    return naming.Identity(user=user, groups=frozenset(groups), session=session)
