@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 
-from twisted.internet import defer
 
 from ws4tx import envelope
 from ws4tx.handlers import EventHandler, EventRefused

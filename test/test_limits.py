@@ -12,7 +12,7 @@ from ws4tx import closecodes, envelope
 from ws4tx._ratelimit import TokenBucket
 
 from test._server import ServerTestCase
-from test._wsclient import TIMEOUT, connect, handshake_request, raw_request, status_of
+from test._wsclient import TIMEOUT, handshake_request, raw_request, status_of
 
 
 class TokenBucketTests(SynchronousTestCase):

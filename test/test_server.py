@@ -7,7 +7,7 @@ from twisted.internet import defer, reactor
 from ws4tx import closecodes, envelope
 
 from test._server import ServerTestCase, identity_header, non_probe
-from test._wsclient import TIMEOUT, connect, handshake_request, raw_request, status_of
+from test._wsclient import TIMEOUT, handshake_request, raw_request, status_of
 
 JOHN = identity_header("john", ("chatusers",), "s-john")
 MARY = identity_header("mary", ("chatusers",), "s-mary")

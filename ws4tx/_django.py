@@ -15,9 +15,9 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ws4tx import _settings
+from ws4tx import _audience, _settings
 from ws4tx.auth import Grant, HandshakeDenied, HandshakeRequest, IAuthenticator
-from ws4tx.naming import Identity, flag_names, parse_flags
+from ws4tx.naming import flag_names, parse_flags
 from ws4tx.redis_address import RedisAddress
 
 T = TypeVar("T")
@@ -142,18 +142,6 @@ def _process_request(request: Any) -> None:
     request.user = get_user(request)
 
 
-def _identity(request: Any) -> Identity:
-    """The identity of a processed request: the user's name and groups (from the database,
-    now) when authenticated, and the session key when the session exists."""
-    session = getattr(request, "session", None)
-    key = getattr(session, "session_key", None) if session is not None else None
-    user = getattr(request, "user", None)
-    if user is None or not user.is_authenticated:
-        return Identity(session=key)
-    groups = frozenset(user.groups.values_list("name", flat=True))
-    return Identity(user=user.get_username(), groups=groups, session=key)
-
-
 class _OriginPolicy:
     """Which Origins may open a cookie-authenticated connection when no ALLOWED_ORIGINS is
     set: the site's own hosts (ALLOWED_HOSTS, as Django validates Host) and
@@ -233,6 +221,6 @@ class SessionAuthenticator:
                 requested = flag_names(flags)
                 allowed = self._allowed_channels(request, list(requested))
                 flags = parse_flags("&".join(allowed or ()))
-            return Grant(_identity(request), flags)
+            return Grant(_audience.identity(request), flags)
         except PermissionDenied as e:
             raise HandshakeDenied(str(e) or "permission denied") from None

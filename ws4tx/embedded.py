@@ -109,6 +109,7 @@ class EmbeddedRedis:
         """Start the server and wait until it accepts connections; return its URL."""
         if self.process is not None:
             raise EmbeddedRedisError("already started")
+        self.log = b""
         self._dir = tempfile.mkdtemp(prefix="ws4tx-redis-")
         args = [
             self.binary,

@@ -99,6 +99,10 @@ def decode(text: Union[str, bytes]) -> Union[Event, Ack, None]:
         obj = json.loads(text)
     except ValueError as e:
         raise InvalidEnvelope(f"not JSON: {e}") from None
+    except RecursionError:
+        raise InvalidEnvelope("nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise InvalidEnvelope("not a JSON object")
     kind = obj.get("ws4tx")
     msg_id = obj.get("id")
     if msg_id is not None and not (

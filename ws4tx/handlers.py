@@ -31,7 +31,7 @@ from twisted.internet import defer, threads
 
 from ws4tx import envelope
 from ws4tx.broker import IBroker, publish_to
-from ws4tx.naming import BROADCAST, GROUP, SESSION, USER, Identity, broadcast_channel, channel
+from ws4tx.naming import GROUP, SESSION, USER, Identity, broadcast_channel, channel
 
 T = TypeVar("T")
 

@@ -97,14 +97,14 @@ class RedisAddress:
     @property
     def safe_url(self) -> str:
         """This address as a URL with the password masked, for logs and messages."""
-        return self._url("***" if self.password else None)
+        return self._url("***" if self.password else None, masked=True)
 
-    def _url(self, password: Optional[str]) -> str:
+    def _url(self, password: Optional[str], masked: bool = False) -> str:
         auth = ""
         if self.username or password:
             auth = quote(self.username or "", safe="")
             if password:
-                auth += ":" + quote(password, safe="")
+                auth += ":" + (password if masked else quote(password, safe=""))
             auth += "@"
         if self.unix_socket_path:
             return f"unix://{auth}{quote(self.unix_socket_path)}?db={self.db}"

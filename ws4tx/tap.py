@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import txaio
 from twisted.application import service

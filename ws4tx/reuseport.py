@@ -1,0 +1,61 @@
+"""A TCP server endpoint with SO_REUSEPORT, so that several worker processes listen on one
+port and the kernel spreads connections between them.
+
+Usable as an endpoint description once the plugin in ``twisted/plugins`` is installed:
+``reuseport:8000:interface=127.0.0.1:backlog=1024`` (the arguments of ``tcp:``).
+``twistd ws4tx --workers N`` gives its workers such descriptions.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IStreamServerEndpoint,
+    IStreamServerEndpointStringParser,
+)
+from twisted.internet.protocol import Factory
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+
+@implementer(IStreamServerEndpoint)
+class ReusePortEndpoint:
+    """Listens on ``interface:port`` with SO_REUSEADDR and SO_REUSEPORT set."""
+
+    def __init__(self, reactor: Any, port: int, backlog: int = 50, interface: str = "") -> None:
+        self.reactor = reactor
+        self.port = port
+        self.backlog = backlog
+        self.interface = interface
+
+    def listen(self, factory: Factory) -> "defer.Deferred[IListeningPort]":
+        return defer.execute(self._listen, factory)
+
+    def _listen(self, factory: Factory) -> IListeningPort:
+        family = socket.AF_INET6 if ":" in self.interface else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((self.interface, self.port))
+            sock.listen(self.backlog)
+            sock.setblocking(False)
+            # The reactor takes a duplicate of the descriptor.
+            return self.reactor.adoptStreamPort(sock.fileno(), family, factory)
+        finally:
+            sock.close()
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class ReusePortParser:
+    """Parses ``reuseport:PORT[:interface=...][:backlog=...]``."""
+
+    prefix = "reuseport"
+
+    def parseStreamServer(self, reactor: Any, port: str, backlog: str = "50",
+                          interface: str = "") -> ReusePortEndpoint:
+        return ReusePortEndpoint(reactor, int(port), int(backlog), interface)
