@@ -109,3 +109,22 @@ class ConfigTests(SynchronousTestCase):
         """A negative expire is refused naming it."""
         e = self.assertRaises(ValueError, check, ServerConfig(expire=-1))
         self.assertIn("expire", str(e))
+
+
+class WorkerOptionsTests(SynchronousTestCase):
+    """What --workers passes on to its workers."""
+
+    def test_workerArgumentsShareThePortAndTheRedis(self):
+        """Workers get the same options less --workers, the ports as reuseport:, and
+        the resolved Redis (an embedded one is started once, by the supervisor)."""
+        options = parse("--workers", "3", "-l", "tcp:9000:backlog=9", "--redis=redis://h:1/0",
+                        "--prefix", "p", "--heartbeat=--hb--")
+        argv = tap._worker_argv(options, tap.RedisAddress.from_url("redis://h:1/0"))
+        self.assertEqual(argv, ["--prefix", "p", "--heartbeat=--hb--",
+                                "--listen=reuseport:9000:backlog=9", "--redis=redis://h:1/0"])
+
+    def test_workersNeedTcp(self):
+        """--workers refuses listen descriptions it cannot share."""
+        e = self.assertRaises(usage.UsageError, parse, "--workers", "2",
+                              "--listen", "unix:/tmp/x.sock")
+        self.assertIn("--workers", str(e))

@@ -126,3 +126,39 @@ class DrainTests(unittest.TestCase):
         self.assertLess(reactor.seconds() - started, 10)
         codes = await defer.gatherResults([c.closed for c in clients])
         self.assertEqual({code for code, _ in codes}, {1001})
+
+
+class WorkerTests(unittest.TestCase):
+    """--workers N: processes sharing one port, each with its own subscriber."""
+
+    async def test_twoWorkersShareThePortAndDrain(self):
+        """Two workers serve one port; each has its own Redis subscriber; a publish
+        reaches clients of both; SIGTERM drains both (1001) and exits 0."""
+        server = EmbeddedRedis()
+        server.start()
+        self.addCleanup(server.stop)
+        store = redis.Redis.from_url(server.url)
+        self.addCleanup(store.close)
+        port = free_port()
+        child = Twistd().start("--workers", "2", "--listen",
+                               f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+                               "--redis", server.url)
+        self.addCleanup(child.stop, "KILL")
+        for _ in range(2):
+            await child.waitFor(f"Site starting on {port}")
+        # each worker logs its own line; wait until both subscribers are there
+        await child.waitFor(r"(?s)Redis subscriber connected.*Redis subscriber connected")
+        subscribers = [c for c in store.client_list() if int(c["sub"])]
+        self.assertEqual(len(subscribers), 2)
+        store.set("ws4tx:broadcast:foobar", "stored", ex=60)
+        clients = []
+        for _ in range(20):
+            client = await connect(port, "/ws/foobar?subscribe-broadcast")
+            self.assertEqual(await client.text(), "stored")  # replayed: subscribed
+            clients.append(client)
+        self.assertEqual(store.publish("ws4tx:broadcast:foobar", "to all"), 2)
+        for client in clients:
+            self.assertEqual(await client.text(), "to all")
+        self.assertEqual(await child.stop("TERM"), 0, child.output[-3000:])
+        codes = await defer.gatherResults([c.closed for c in clients])
+        self.assertEqual({code for code, _ in codes}, {1001})

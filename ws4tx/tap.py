@@ -6,13 +6,15 @@ the defaults. A bad value stops the start with a message naming the option.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
-from typing import Any
+from typing import Any, Optional
 
 import txaio
 from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, protocol
+from twisted.logger import Logger
 from twisted.python import usage
 
 from ws4tx import _settings
@@ -21,6 +23,8 @@ from ws4tx.embedded import EmbeddedRedis, EmbeddedRedisError
 from ws4tx.handlers import load_handler_classes
 from ws4tx.redis_address import InvalidRedisAddress, RedisAddress
 from ws4tx.service import PushService
+
+_log = Logger()
 
 DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1:backlog=1024"
 
@@ -85,6 +89,9 @@ class Options(usage.Options):
          "[default: /ws4tx/health]."],
         ["drain-timeout", None, 10.0,
          "Seconds to wait for clients to close on shutdown.", float],
+        ["workers", None, 1,
+         "Worker processes sharing the listening TCP ports (SO_REUSEPORT), each with its "
+         "own Redis subscriber, restarted if they die; this process supervises them.", int],
     ]
 
     def __init__(self) -> None:
@@ -92,6 +99,11 @@ class Options(usage.Options):
         self["listen"] = []
         self["handlers"] = []
         self["allowed-origins"] = []
+
+    def parseOptions(self, options: Optional[list[str]] = None) -> None:
+        """Parse, remembering the arguments (``--workers`` passes them on)."""
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_listen(self, description: str) -> None:
         """Listen on this server endpoint (tcp:8000, tcp:8000:interface=127.0.0.1,
@@ -133,6 +145,13 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--redis: {e}") from None
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        if self["workers"] < 1:
+            raise usage.UsageError("--workers must be at least 1")
+        if self["workers"] > 1:
+            for description in self["listen"]:
+                if not description.startswith("tcp:"):
+                    raise usage.UsageError(
+                        f"--workers shares tcp: ports only, not --listen {description!r}")
 
 
 def _say(message: str) -> None:
@@ -194,6 +213,12 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
             embedded.stop()
         raise usage.UsageError(str(e)) from None
 
+    if options["workers"] > 1:
+        _Workers(_worker_argv(options, address), options["workers"],
+                 options["drain-timeout"], reactor).setServiceParent(top)
+        _say(f"ws4tx: {options['workers']} workers on {', '.join(options['listen'])}")
+        return top
+
     authenticator = fallback = run_in_thread = None
     if settings is not None:
         from ws4tx import _django
@@ -243,6 +268,79 @@ class _ServerProcess(service.MultiService):
             yield defer.maybeDeferred(child.stopService)
         if getattr(self._reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
             self._reactor._exitSignal = None
+
+
+def _worker_argv(options: Options, address: RedisAddress) -> list[str]:
+    """A worker's ``twistd ws4tx`` arguments: the supervisor's, less ``--workers`` and
+    ``--listen``, plus the same ports with SO_REUSEPORT and the resolved Redis."""
+    argv, skip = [], False
+    for arg in options.argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--workers", "--listen", "-l", "--redis", "-r"):
+            skip = "=" not in arg and name == arg
+            continue
+        argv.append(arg)
+    for description in options["listen"]:
+        argv.append("--listen=reuseport:" + description[len("tcp:"):])
+    return argv + ["--redis=" + address.url]
+
+
+class _Workers(service.Service):
+    """Runs ``count`` ``twistd ws4tx`` workers, restarts one that dies, and on stop sends
+    them SIGTERM and waits for their drain (SIGKILL after the drain timeout)."""
+
+    def __init__(self, argv: list[str], count: int, drain_timeout: float, reactor: Any) -> None:
+        self.argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                     "-n", "--pidfile=", "ws4tx", *argv]
+        self.count = count
+        self.drain_timeout = drain_timeout
+        self.reactor = reactor
+        self.processes: dict[int, Any] = {}
+        self._ended: dict[int, defer.Deferred[None]] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        for number in range(self.count):
+            self._spawn(number)
+
+    def _spawn(self, number: int) -> None:
+        worker = _Worker(self, number)
+        self._ended[number] = worker.ended
+        self.processes[number] = self.reactor.spawnProcess(
+            worker, sys.executable, self.argv, env=os.environ,
+            childFDs={0: "w", 1: 1, 2: 2})
+
+    def workerEnded(self, number: int, status: Any) -> None:
+        self.processes.pop(number, None)
+        if self.running:
+            _log.warn("worker {n} ended ({status}); restarting it in 1 s", n=number,
+                      status=status)
+            self.reactor.callLater(1.0, lambda: self.running and self._spawn(number))
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        super().stopService()
+        for process in list(self.processes.values()):
+            process.signalProcess("TERM")
+        ended = defer.gatherResults(list(self._ended.values()))
+        try:
+            yield ended.addTimeout(self.drain_timeout + 5, self.reactor)
+        except defer.TimeoutError:
+            for process in list(self.processes.values()):
+                process.signalProcess("KILL")
+
+
+class _Worker(protocol.ProcessProtocol):
+    def __init__(self, workers: _Workers, number: int) -> None:
+        self.workers, self.number = workers, number
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def processEnded(self, reason: Any) -> None:
+        self.workers.workerEnded(self.number, reason.value)
+        self.ended.callback(None)
 
 
 class _EmbeddedRedisService(service.Service):
