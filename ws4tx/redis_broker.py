@@ -60,6 +60,14 @@ def client_endpoint(reactor: Any, address: RedisAddress, timeout: float) -> IStr
     return endpoint
 
 
+def _keepAlive(proto: Any) -> Any:
+    """TCP keepalive on a Redis connection: the kernel, too, notices a peer that vanished."""
+    set_keep_alive = getattr(proto.transport, "setTcpKeepAlive", None)
+    if set_keep_alive is not None:
+        set_keep_alive(True)
+    return proto
+
+
 class _ClientService(ClientService):
     """A ClientService that logs its warnings but not each retry: the broker logs an outage
     once when it starts and once when it ends."""
@@ -204,7 +212,8 @@ class RedisBroker:
         proto.whenDisconnected().addCallback(
             lambda p: d.called or d.errback(BrokerUnavailable("lost while connecting")))
         ready = self._subscriberReady if role == "subscriber" else self._commandReady
-        self._bounded(d, proto).addCallback(ready).addErrback(self._notReady, role)
+        self._bounded(d, proto).addCallback(_keepAlive).addCallback(ready).addErrback(
+            self._notReady, role)
 
     def _notReady(self, failure: Failure, role: str) -> None:
         self.log.debug("Redis {role} connection not ready: {error}", role=role,
