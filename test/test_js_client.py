@@ -1,0 +1,769 @@
+"""ws4tx.js's logic in headless Chromium: the event client (WS4TX) and the ws4redis.js
+compatible constructor (WS4Redis), against a fake ``WebSocket`` the test drives, on
+Playwright's paused fake clock (time moves only when a test says so).
+
+The real server is not involved here: the end-to-end browser tests are test_browser_*.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from test import _browser
+from ws4tx import envelope
+
+STATIC = Path(__file__).resolve().parent.parent / "ws4tx" / "static"
+SCRIPT = STATIC / "ws4tx" / "ws4tx.js"
+PAGE_URL = "http://ws4tx.test/"
+URI = "ws://ws4tx.test/ws/chat?subscribe-broadcast"
+HEARTBEAT = "--heartbeat--"
+
+#: Runs before any script of the page: a WebSocket the test drives (__sockets[i].open(),
+#: .receive(data), .serverClose(code, reason)) and a recorder of client events (__log).
+FAKE_WEBSOCKET = r"""
+(() => {
+  const sockets = window.__sockets = [];
+  class FakeWebSocket {
+    constructor(url, protocols) {
+      this.url = url;
+      this.argCount = arguments.length;
+      this.protocols = protocols === undefined ? [] : [].concat(protocols);
+      this.readyState = FakeWebSocket.CONNECTING;
+      this.protocol = '';
+      this.binaryType = 'blob';
+      this.sent = [];
+      this.closedWith = null;
+      this.onopen = this.onmessage = this.onerror = this.onclose = null;
+      sockets.push(this);
+    }
+    send(data) {
+      if (this.readyState === FakeWebSocket.CONNECTING) {
+        throw new DOMException('still connecting', 'InvalidStateError');
+      }
+      if (this.readyState === FakeWebSocket.OPEN) this.sent.push(data);
+    }
+    close(code, reason) {
+      if (this.readyState >= FakeWebSocket.CLOSING) return;
+      this.closedWith = {code: code === undefined ? null : code, reason: reason || ''};
+      this.readyState = FakeWebSocket.CLOSING;
+      // As a browser does: the close event comes later (a client that abandoned the
+      // socket has removed its handler by then).
+      queueMicrotask(() => this._dispatchClose(code || 1005, reason || '', true));
+    }
+    // Driven by the tests:
+    open(protocol) {
+      this.readyState = FakeWebSocket.OPEN;
+      this.protocol = protocol === undefined ? (this.protocols[0] || '') : protocol;
+      if (this.onopen) this.onopen({type: 'open', target: this});
+    }
+    receive(data) {
+      if (this.onmessage) this.onmessage({type: 'message', data: data, target: this});
+    }
+    serverClose(code, reason) {
+      this._dispatchClose(code, reason || '', code !== 1006);
+    }
+    _dispatchClose(code, reason, wasClean) {
+      if (this.readyState === FakeWebSocket.CLOSED) return;
+      if (!wasClean && this.onerror) this.onerror({type: 'error', target: this});
+      this.readyState = FakeWebSocket.CLOSED;
+      if (this.onclose) {
+        this.onclose({type: 'close', code: code, reason: reason, wasClean: wasClean,
+                      target: this});
+      }
+    }
+  }
+  FakeWebSocket.CONNECTING = 0;
+  FakeWebSocket.OPEN = 1;
+  FakeWebSocket.CLOSING = 2;
+  FakeWebSocket.CLOSED = 3;
+  window.WebSocket = FakeWebSocket;
+
+  window.__log = [];
+  window.__record = (client, names) => {
+    for (const name of names) {
+      client.on(name, (data) => window.__log.push([name, data === undefined ? null : data]));
+    }
+    return client;
+  };
+  window.__lastSocket = () => sockets[sockets.length - 1];
+  window.__describe = (v) => v instanceof ArrayBuffer ? {arrayBuffer: v.byteLength} : v;
+})();
+"""
+
+LIFECYCLE = ["connecting", "connected", "disconnected", "reconnecting"]
+
+
+class _PageTestCase(SynchronousTestCase):
+    """One Chromium per test class; each test gets a fresh context and page, with the fake
+    WebSocket and a paused clock installed before ws4tx.js loads."""
+
+    handle: ClassVar[Any] = None
+    page: Any
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.handle = _browser.launch()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        handle, cls.handle = cls.handle, None
+        if handle is not None:
+            handle.close()
+
+    def setUp(self) -> None:
+        context = self.handle.browser.new_context()
+        self.addCleanup(context.close)
+        page = self.page = context.new_page()
+        self.pageErrors: list[str] = []
+        page.on("pageerror", lambda error: self.pageErrors.append(str(error)))
+        page.clock.install(time=0)
+        page.clock.pause_at(1000)
+        page.add_init_script(FAKE_WEBSOCKET)
+        page.route(PAGE_URL, lambda route: route.fulfill(
+            body="<!doctype html><title>ws4tx.js</title>", content_type="text/html"))
+        page.goto(PAGE_URL)
+        page.add_script_tag(path=str(SCRIPT))
+        self.addCleanup(self._noUnexpectedPageErrors)
+
+    def _noUnexpectedPageErrors(self) -> None:
+        self.assertEqual(self.pageErrors, [])
+
+    # Helpers
+
+    def js(self, script: str, arg: Any = None) -> Any:
+        """Evaluate ``script`` (an expression or a function of ``arg``) in the page."""
+        return self.page.evaluate(script, arg)
+
+    def advance(self, ms: float) -> None:
+        """Let ``ms`` milliseconds of page time pass, firing the timers due."""
+        self.page.clock.run_for(ms)
+
+    def socketCount(self) -> int:
+        return self.js("__sockets.length")
+
+    def socket(self, index: int = -1) -> dict[str, Any]:
+        """What socket ``index`` was made with and what it was sent."""
+        return self.js("""([i]) => {
+          const s = __sockets[i < 0 ? __sockets.length + i : i];
+          return {url: s.url, protocols: s.protocols, argCount: s.argCount,
+                  sent: s.sent.map(__describe), readyState: s.readyState,
+                  closedWith: s.closedWith};
+        }""", [index])
+
+    def open(self, index: int = -1) -> None:
+        self.js("([i]) => __sockets[i < 0 ? __sockets.length + i : i].open()", [index])
+
+    def receive(self, data: Any, index: int = -1) -> None:
+        self.js("([i, d]) => __sockets[i < 0 ? __sockets.length + i : i].receive(d)",
+                [index, data])
+
+    def serverClose(self, code: int, reason: str = "", index: int = -1) -> None:
+        self.js("([i, c, r]) => __sockets[i < 0 ? __sockets.length + i : i].serverClose(c, r)",
+                [index, code, reason])
+
+    def log(self, clear: bool = True) -> list[Any]:
+        """The client events recorded since the last call."""
+        return self.js("([clear]) => { const l = __log.slice(); if (clear) __log.length = 0; "
+                       "return l; }", [clear])
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.log()]
+
+    def connect(self, options: Optional[dict[str, Any]] = None,
+                events: Optional[list[str]] = None, open: bool = True) -> None:
+        """``window.c``: a WS4TX on URI with ``options``, recording ``events`` (the
+        lifecycle ones by default); its first socket opened unless ``open`` is false."""
+        self.js("([uri, options, events]) => { window.c = __record(new WS4TX(uri, options), "
+                "events); }", [URI, options or {}, LIFECYCLE if events is None else events])
+        if open:
+            self.open()
+            self.log()
+
+
+class EventClientTests(_PageTestCase):
+    """WS4TX: the envelope, acknowledgements and handlers."""
+
+    def test_requestsTheSubprotocol(self) -> None:
+        """WS4TX asks for ws4tx.v1 first, then the extra subprotocols, on the URI as given."""
+        self.connect({"protocols": ["chat.v2"]}, open=False)
+        socket = self.socket()
+        self.assertEqual(socket["url"], URI)
+        self.assertEqual(socket["protocols"], [envelope.SUBPROTOCOL, "chat.v2"])
+        self.assertEqual(self.js("WS4TX.SUBPROTOCOL"), envelope.SUBPROTOCOL)
+
+    def test_lifecycleEventsAndState(self) -> None:
+        """connecting then connected fire (handlers added after the constructor see them),
+        and state follows."""
+        self.connect(open=False)
+        self.assertEqual(self.log(), [["connecting", {"attempt": 0}]])
+        self.assertEqual(self.js("c.state"), "connecting")
+        self.assertEqual(self.js("c.readyState"), 0)
+        self.open()
+        self.assertEqual(self.log(), [["connected", {"protocol": envelope.SUBPROTOCOL}]])
+        self.assertEqual(self.js("c.state"), "connected")
+        self.assertEqual(self.js("c.readyState"), 1)
+
+    def test_emitSendsTheExactEnvelope(self) -> None:
+        """emit() sends the envelope envelope.py encodes, data null when there is none."""
+        self.connect()
+        self.assertTrue(self.js("c.emit('chat', {text: 'héllo', n: [1, 2]})"))
+        self.js("c.emit('typing')")
+        sent = self.socket()["sent"]
+        self.assertEqual(sent, [
+            envelope.encode_event("chat", {"text": "héllo", "n": [1, 2]}),
+            envelope.encode_event("typing"),
+        ])
+        self.assertEqual(envelope.decode(sent[0]),
+                         envelope.Event("chat", {"text": "héllo", "n": [1, 2]}))
+
+    def test_emitWhileNotConnectedSendsNothing(self) -> None:
+        """emit() before the socket opens returns false and sends nothing later."""
+        self.connect(open=False)
+        self.assertFalse(self.js("c.emit('early', 1)"))
+        self.open()
+        self.assertEqual(self.socket()["sent"], [])
+
+    def test_emitRejectsABadEventName(self) -> None:
+        """An empty or non-string event name is a TypeError."""
+        self.connect()
+        self.assertEqual(
+            self.js("(() => { try { c.emit(''); } catch (e) { return e.name; } })()"),
+            "TypeError")
+
+    def test_emitWithCallbackSettlesOnTheMatchingAck(self) -> None:
+        """emit() with a callback sends increasing ids and gets (null, data) from its ack."""
+        self.connect()
+        self.js("window.answers = []; "
+                "c.emit('a', 1, (err, data) => answers.push(['a', err, data])); "
+                "c.emit('b', 2, (err, data) => answers.push(['b', err, data]));")
+        sent = self.socket()["sent"]
+        self.assertEqual(sent, [envelope.encode_event("a", 1, id=1),
+                                envelope.encode_event("b", 2, id=2)])
+        self.receive(envelope.encode_ack(2, {"ok": True}))
+        self.receive(envelope.encode_ack(1, None))
+        self.assertEqual(self.js("answers"), [["b", None, {"ok": True}], ["a", None, None]])
+
+    def test_emitWithCallbackGetsAnErrorAck(self) -> None:
+        """An error ack calls the callback with an AckError carrying the server's message."""
+        self.connect()
+        self.js("window.answers = []; c.emit('a', 1, (err, data) => answers.push("
+                "[err instanceof WS4TX.AckError, err.message, err.code, err.event, data]))")
+        self.receive(envelope.encode_ack(1, error="no handler for event 'a'"))
+        self.assertEqual(self.js("answers"),
+                         [[True, "no handler for event 'a'", "error", "a", None]])
+
+    def _request(self, event: str = "ask", data: Any = None) -> None:
+        """window.outcome: what c.request(event, data) settles with."""
+        self.js("""([event, data]) => {
+          window.outcome = null;
+          c.request(event, data).then(
+            (reply) => { outcome = {resolved: reply}; },
+            (error) => { outcome = {rejected: error.message, code: error.code,
+                                    isAckError: error instanceof WS4TX.AckError}; });
+        }""", [event, data])
+
+    def test_requestResolvesOnTheAck(self) -> None:
+        """request() resolves with the ack's data."""
+        self.connect()
+        self._request("ask", {"q": 1})
+        self.assertEqual(self.socket()["sent"], [envelope.encode_event("ask", {"q": 1}, id=1)])
+        self.assertIsNone(self.js("outcome"))
+        self.receive(envelope.encode_ack(1, {"delivered": True}))
+        self.assertEqual(self.js("outcome"), {"resolved": {"delivered": True}})
+
+    def test_requestRejectsOnAnErrorAck(self) -> None:
+        """request() rejects with the error ack's message."""
+        self.connect()
+        self._request()
+        self.receive(envelope.encode_ack(1, error="internal error"))
+        self.assertEqual(self.js("outcome"),
+                         {"rejected": "internal error", "code": "error", "isAckError": True})
+
+    def test_requestRejectsOnTimeout(self) -> None:
+        """request() rejects after ackTimeout; a late ack changes nothing."""
+        self.connect({"ackTimeout": 2000})
+        self._request()
+        self.advance(1999)
+        self.assertIsNone(self.js("outcome"))
+        self.advance(1)
+        outcome = self.js("outcome")
+        self.assertEqual(outcome["code"], "timeout")
+        self.receive(envelope.encode_ack(1, "late"))
+        self.assertEqual(self.js("outcome"), outcome)
+        self.assertEqual(self.log(), [])  # the late ack is not a message either
+
+    def test_requestRejectsWhenTheConnectionDrops(self) -> None:
+        """Pending acks fail when the socket closes (callbacks before 'disconnected')."""
+        self.connect(events=[])
+        self._request()
+        self.js("c.emit('b', 2, (err) => __log.push(['callback', err.code])); "
+                "c.on('disconnected', (info) => __log.push(['disconnected', info]));")
+        self.serverClose(1001, "server shutting down")
+        outcome = self.js("outcome")
+        self.assertEqual(outcome["code"], "disconnected")
+        self.assertTrue(outcome["isAckError"])
+        self.assertEqual(self.log(), [
+            ["callback", "disconnected"],
+            ["disconnected", {"code": 1001, "reason": "server shutting down",
+                              "wasClean": True, "reconnect": True}],
+        ])
+
+    def test_requestWhileNotConnectedRejects(self) -> None:
+        """request() without an open socket rejects at once with 'not-connected'."""
+        self.connect(open=False)
+        self._request()
+        self.assertEqual(self.js("outcome")["code"], "not-connected")
+        self.open()
+        self.assertEqual(self.socket()["sent"], [])
+
+    def test_ackIdsStayUniqueAcrossReconnects(self) -> None:
+        """Ack ids keep increasing on a new connection."""
+        self.connect({"minDelay": 100})
+        self.js("c.emit('a', null, () => {}); Math.random = () => 0;")
+        self.serverClose(1001)
+        self.advance(0)
+        self.open()
+        self.js("c.emit('b', null, () => {})")
+        self.assertEqual(self.socket(0)["sent"], [envelope.encode_event("a", None, id=1)])
+        self.assertEqual(self.socket(1)["sent"], [envelope.encode_event("b", None, id=2)])
+
+    def test_serverEventCallsItsHandlersWithData(self) -> None:
+        """An event envelope calls the handlers of its name with its data, in order."""
+        self.connect(events=[])
+        self.js("window.calls = []; "
+                "c.on('ws4tx.error', (d) => calls.push(['first', d])); "
+                "c.on('ws4tx.error', (d) => calls.push(['second', d])); "
+                "c.on('other', (d) => calls.push(['other', d]));")
+        self.receive(envelope.encode_event("ws4tx.error", {"message": "refused"}))
+        self.receive(envelope.encode_event("ws4tx.resumed"))
+        self.assertEqual(self.js("calls"), [["first", {"message": "refused"}],
+                                            ["second", {"message": "refused"}]])
+
+    def test_offAndOnce(self) -> None:
+        """off(event, fn) removes one handler, off(event) all of them; once fires once and
+        off removes it by the original function."""
+        self.connect(events=[])
+        self.js("""
+          window.calls = [];
+          window.f = (d) => calls.push('f' + d);
+          window.g = (d) => calls.push('g' + d);
+          window.h = (d) => calls.push('h' + d);
+          c.on('e', f).on('e', g).once('e', h);
+          c.once('other', f); c.off('other', f);
+        """)
+        frame = envelope.encode_event
+        self.receive(frame("e", 1))
+        self.js("c.off('e', g)")
+        self.receive(frame("e", 2))
+        self.receive(frame("other", 3))
+        self.js("c.off('e')")
+        self.receive(frame("e", 4))
+        self.assertEqual(self.js("calls"), ["f1", "g1", "h1", "f2"])
+
+    def test_handlerExceptionDoesNotStopTheOthers(self) -> None:
+        """A throwing handler is reported; the next handler still runs."""
+        self.connect(events=[])
+        self.js("window.calls = []; c.on('e', () => { throw new Error('boom'); }); "
+                "c.on('e', (d) => calls.push(d));")
+        self.receive(envelope.encode_event("e", "data"))
+        self.assertEqual(self.js("calls"), ["data"])
+        self.assertEqual(len(self.pageErrors), 1)
+        self.assertIn("boom", self.pageErrors.pop())
+
+    def test_rawFramesFireMessage(self) -> None:
+        """Text that is not an envelope, other JSON, invalid envelopes and binary frames all
+        fire 'message' with the raw data."""
+        self.connect(events=["message"])
+        texts = ["hello", '{"a":1}', ' {"ws4tx" : "event"}', '{"ws4tx":"bogus"}',
+                 '{"ws4tx":"event","event":""}', '{"ws4tx":not json']
+        for text in texts:
+            self.receive(text)
+        self.js("__lastSocket().receive(new Uint8Array([1, 2, 3]).buffer)")
+        log = self.js("__log.map(([n, d]) => [n, __describe(d)])")
+        self.assertEqual(log, [["message", t] for t in texts] +
+                         [["message", {"arrayBuffer": 3}]])
+
+    def test_envelopeEventNamedMessageAlsoFiresMessage(self) -> None:
+        """An event called 'message' reaches the 'message' handlers with its data."""
+        self.connect(events=["message"])
+        self.receive(envelope.encode_event("message", {"user": "john", "text": "hi"}))
+        self.assertEqual(self.log(), [["message", {"user": "john", "text": "hi"}]])
+
+    def test_sendSendsRawFrames(self) -> None:
+        """send() hands text and binary frames to the socket unchanged."""
+        self.connect()
+        self.assertTrue(self.js("c.send('raw text')"))
+        self.js("c.send(new Uint8Array([9, 8]).buffer)")
+        self.assertEqual(self.socket()["sent"], ["raw text", {"arrayBuffer": 2}])
+        self.serverClose(1006)
+        self.assertFalse(self.js("c.send('lost')"))
+
+    def test_binaryTypeOption(self) -> None:
+        """The binaryType option is set on every socket."""
+        self.connect({"binaryType": "arraybuffer"}, open=False)
+        self.assertEqual(self.js("__lastSocket().binaryType"), "arraybuffer")
+
+    def test_connectHelper(self) -> None:
+        """ws4tx.connect(uri, options) makes a WS4TX."""
+        self.js("window.c = ws4tx.connect('ws://x/ws/f', {heartbeat: null})")
+        self.assertTrue(self.js("c instanceof WS4TX"))
+        self.assertEqual(self.socket()["url"], "ws://x/ws/f")
+
+    def test_commonJsExport(self) -> None:
+        """With a CommonJS `module` in scope the script also fills module.exports."""
+        self.js("window.module = {exports: {}}")
+        self.page.add_script_tag(path=str(SCRIPT))
+        self.assertEqual(self.js("Object.keys(module.exports).sort()"),
+                         ["AckError", "SUBPROTOCOL", "WS4Redis", "WS4TX", "connect"])
+
+
+class HeartbeatTests(_PageTestCase):
+    """The heartbeat: sent every interval, echoes swallowed, missed ones drop the socket."""
+
+    def test_sentEveryIntervalAndEchoSwallowed(self) -> None:
+        """With echoes, a heartbeat goes out every heartbeatInterval and never reaches
+        'message'; the connection stays."""
+        self.connect({"heartbeat": HEARTBEAT, "heartbeatInterval": 5000},
+                     events=LIFECYCLE + ["message"])
+        self.advance(4999)
+        self.assertEqual(self.socket()["sent"], [])
+        for beat in range(1, 11):
+            self.advance(1 if beat == 1 else 5000)
+            self.assertEqual(self.socket()["sent"], [HEARTBEAT] * beat)
+            self.receive(HEARTBEAT)
+        self.assertEqual(self.log(), [])
+        self.assertEqual(self.socketCount(), 1)
+        self.assertEqual(self.js("c.state"), "connected")
+
+    def test_noHeartbeatByDefault(self) -> None:
+        """Without the heartbeat option nothing is sent."""
+        self.connect()
+        self.advance(60_000)
+        self.assertEqual(self.socket()["sent"], [])
+
+    def test_threeMissedHeartbeatsReconnect(self) -> None:
+        """After maxMissedHeartbeats unanswered, the socket is closed (4000) and a new one
+        follows the backoff delay."""
+        self.connect({"heartbeat": HEARTBEAT})
+        self.js("Math.random = () => 0.5")
+        self.advance(15_000)
+        self.assertEqual(self.socket()["sent"], [HEARTBEAT] * 3)
+        self.assertEqual(self.log(), [])
+        self.advance(5000)
+        self.assertEqual(self.socket()["closedWith"],
+                         {"code": 4000, "reason": "missed heartbeats"})
+        self.assertEqual(self.log(), [
+            ["disconnected", {"code": 4000, "reason": "missed heartbeats", "wasClean": False,
+                              "reconnect": True}],
+            ["reconnecting", {"attempt": 1, "delay": 250}],
+        ])
+        self.advance(250)
+        self.assertEqual(self.socketCount(), 2)
+        self.assertEqual(self.log(), [["connecting", {"attempt": 1}]])
+
+    def test_anEchoResetsTheMissedCount(self) -> None:
+        """Two missed, one answered, two missed again: still connected."""
+        self.connect({"heartbeat": HEARTBEAT})
+        self.advance(10_000)
+        self.receive(HEARTBEAT)
+        self.advance(15_000)
+        self.assertEqual(self.socketCount(), 1)
+        self.assertEqual(self.socket()["sent"], [HEARTBEAT] * 5)
+        self.assertEqual(self.socket()["closedWith"], None)
+
+    def test_heartbeatStopsWithTheSocket(self) -> None:
+        """No heartbeat is sent while disconnected."""
+        self.connect({"heartbeat": HEARTBEAT, "reconnect": False})
+        self.serverClose(1001)
+        self.advance(60_000)
+        self.assertEqual(self.socket()["sent"], [])
+
+
+class ReconnectTests(_PageTestCase):
+    """Full-jitter exponential backoff, final close codes and close()."""
+
+    def test_backoffDelaysAreWithinTheirBounds(self) -> None:
+        """Each retry waits random * min(maxDelay, minDelay * 2 ** attempt), and the next
+        socket comes exactly then."""
+        self.connect({"minDelay": 500, "maxDelay": 30_000}, open=False)
+        self.log()
+        randoms = [0.999, 0.5, 0, 0.25, 0.999, 0.5, 0.75, 1 - 2 ** -52, 0.5]
+        for attempt, random in enumerate(randoms):
+            self.js("([r]) => { Math.random = () => r; }", [random])
+            self.serverClose(1006)
+            cap = min(30_000, 500 * 2 ** attempt)
+            log = self.log()
+            self.assertEqual([name for name, _ in log], ["disconnected", "reconnecting"])
+            info = log[1][1]
+            self.assertEqual(info["attempt"], attempt + 1)
+            self.assertTrue(0 <= info["delay"] < cap, (info, cap))
+            self.assertAlmostEqual(info["delay"], random * cap)
+            self.assertEqual(self.js("c.state"), "reconnecting")
+            sockets = self.socketCount()
+            due = math.ceil(info["delay"])  # the first whole millisecond not before it
+            if due > 0:
+                self.advance(due - 1)
+                self.assertEqual(self.socketCount(), sockets)
+            self.advance(1)
+            self.assertEqual(self.socketCount(), sockets + 1)
+            self.assertEqual(self.log(), [["connecting", {"attempt": attempt + 1}]])
+
+    def test_backoffResetsAfterASuccessfulConnect(self) -> None:
+        """Once a socket opens the next drop starts again from minDelay."""
+        self.connect({"minDelay": 1000}, open=False)
+        self.js("Math.random = () => 0.5")
+        delays = []
+        for _ in range(3):
+            self.serverClose(1006)
+            delays.append(self.log()[-1][1]["delay"])
+            self.advance(10_000)
+        self.assertEqual(delays, [500, 1000, 2000])
+        self.open()
+        self.log()
+        self.serverClose(1006)
+        self.assertEqual(self.log()[-1], ["reconnecting", {"attempt": 1, "delay": 500}])
+
+    def test_goingAwayReconnects(self) -> None:
+        """1001 (server going away) is followed by a new connection."""
+        self.connect({"minDelay": 500})
+        self.js("Math.random = () => 0.5")
+        self.serverClose(1001, "server shutting down")
+        self.assertEqual(self.names(), ["disconnected", "reconnecting"])
+        self.advance(250)
+        self.assertEqual(self.socketCount(), 2)
+        self.open()
+        self.assertEqual(self.names(), ["connecting", "connected"])
+
+    def test_policyViolationStopsReconnecting(self) -> None:
+        """1008, 4401 and 4403 stop the client for good, reported in 'disconnected'."""
+        for code in (1008, 4401, 4403):
+            self.connect()
+            before = self.socketCount()
+            self.serverClose(code, "go away")
+            self.assertEqual(self.log(), [["disconnected", {
+                "code": code, "reason": "go away", "wasClean": True, "reconnect": False}]])
+            self.assertEqual(self.js("c.state"), "closed")
+            self.advance(120_000)
+            self.assertEqual(self.socketCount(), before)
+            self.assertEqual(self.log(), [])
+
+    def test_closeStopsForGood(self) -> None:
+        """close() closes the socket with 1000, fires 'disconnected' once, fails pending
+        acks and never reconnects."""
+        self.connect()
+        self.js("window.acks = []; c.emit('a', 1, (err) => acks.push(err.code))")
+        self.js("c.close()")
+        self.assertEqual(self.socket()["closedWith"], {"code": 1000, "reason": ""})
+        self.assertEqual(self.js("acks"), ["disconnected"])
+        self.assertEqual(self.log(), [["disconnected", {
+            "code": 1000, "reason": "", "wasClean": True, "reconnect": False}]])
+        self.assertEqual(self.js("c.state"), "closed")
+        self.advance(120_000)
+        self.js("c.close()")
+        self.assertEqual(self.socketCount(), 1)
+        self.assertEqual(self.log(), [])
+
+    def test_closeWhileWaitingToReconnect(self) -> None:
+        """close() during the backoff wait cancels the retry."""
+        self.connect()
+        self.serverClose(1006)
+        self.js("c.close()")
+        self.advance(120_000)
+        self.assertEqual(self.socketCount(), 1)
+        self.assertEqual(self.js("c.state"), "closed")
+
+    def test_closeBeforeTheFirstAttempt(self) -> None:
+        """close() right after the constructor opens no socket at all."""
+        self.js("window.c = new WS4TX('ws://x/ws/f'); c.close();")
+        self.advance(60_000)
+        self.assertEqual(self.socketCount(), 0)
+        self.assertEqual(self.js("c.state"), "closed")
+
+    def test_reconnectOptionOff(self) -> None:
+        """With reconnect: false a drop is final."""
+        self.connect({"reconnect": False})
+        self.serverClose(1001)
+        self.assertEqual(self.log(), [["disconnected", {
+            "code": 1001, "reason": "", "wasClean": True, "reconnect": False}]])
+        self.advance(120_000)
+        self.assertEqual(self.socketCount(), 1)
+
+    def test_uriFunctionIsCalledForEveryAttempt(self) -> None:
+        """A function as uri gives each attempt its URL (a fresh token, say)."""
+        self.js("Math.random = () => 0; window.n = 0; "
+                "window.c = new WS4TX(() => 'ws://x/ws/f?token=t' + (++n));")
+        self.serverClose(1006)
+        self.advance(0)
+        self.assertEqual([self.socket(0)["url"], self.socket(1)["url"]],
+                         ["ws://x/ws/f?token=t1", "ws://x/ws/f?token=t2"])
+
+    def test_uriPromise(self) -> None:
+        """A function returning a Promise of the URL is waited for; a rejection retries."""
+        self.js("""
+          Math.random = () => 0;
+          window.attempts = 0;
+          window.c = __record(new WS4TX(() => {
+            attempts++;
+            return attempts === 1 ? Promise.reject(new Error('no token'))
+                                  : Promise.resolve('ws://x/ws/f?token=ok');
+          }), ['connecting', 'disconnected', 'reconnecting']);
+        """)
+        self.assertEqual(self.socketCount(), 0)
+        self.assertEqual(len(self.pageErrors), 1)
+        self.assertIn("no token", self.pageErrors.pop())
+        self.advance(0)
+        self.assertEqual(self.socketCount(), 1)
+        self.assertEqual(self.socket()["url"], "ws://x/ws/f?token=ok")
+        self.assertEqual(self.names(), ["connecting", "disconnected", "reconnecting",
+                                        "connecting"])
+
+
+class WS4RedisTests(_PageTestCase):
+    """The ws4redis.js compatible constructor."""
+
+    OPTIONS_JS = """
+      window.calls = [];
+      window.options = {
+        uri: 'ws://x/ws/foobar?subscribe-broadcast&publish-broadcast&echo',
+        connecting: function () { calls.push(['connecting', __sockets.length]); },
+        connected: function () { calls.push(['connected']); },
+        receive_message: function (msg) { calls.push(['receive_message', __describe(msg)]); },
+        disconnected: function (evt) {
+          calls.push(['disconnected', {code: evt.code, reason: evt.reason}]);
+        },
+        heartbeat_msg: %s,
+      };
+    """
+
+    def start(self, heartbeat: Optional[str] = HEARTBEAT, call: str = "WS4Redis(options)",
+              open: bool = True) -> None:
+        """``window.r``: a WS4Redis made with ``call``; its socket opened."""
+        self.js(self.OPTIONS_JS % json.dumps(heartbeat) + f"window.r = {call};")
+        if open:
+            self.open()
+
+    def calls(self) -> list[Any]:
+        return self.js("(() => { const c = calls.slice(); calls.length = 0; return c; })()")
+
+    def test_callbacksInOrder(self) -> None:
+        """connecting (before the socket exists), connected, receive_message, disconnected."""
+        self.start(open=False)
+        self.assertEqual(self.calls(), [["connecting", 0]])
+        self.open()
+        self.receive("hello")
+        self.serverClose(1001, "server shutting down")
+        self.assertEqual(self.calls(), [
+            ["connected"],
+            ["receive_message", "hello"],
+            ["disconnected", {"code": 1001, "reason": "server shutting down"}],
+        ])
+
+    def test_receiveMessageGetsRawDataNeverTheHeartbeat(self) -> None:
+        """The heartbeat echo is swallowed; text (even envelope-shaped) and binary frames
+        arrive as they are."""
+        self.start()
+        event = envelope.encode_event("message", {"text": "hi"})
+        self.receive(HEARTBEAT)
+        self.receive(event)
+        self.js("__lastSocket().receive(new Uint8Array([1]).buffer)")
+        self.assertEqual(self.calls(), [
+            ["connecting", 0], ["connected"], ["receive_message", event],
+            ["receive_message", {"arrayBuffer": 1}]])
+
+    def test_sendMessageSendsRaw(self) -> None:
+        """send_message() sends the message itself, not an envelope."""
+        self.start()
+        self.js("r.send_message('john: hello')")
+        self.assertEqual(self.socket()["sent"], ["john: hello"])
+
+    def test_callableWithOrWithoutNew(self) -> None:
+        """WS4Redis(options, $) and new WS4Redis(options) both make a client; the second
+        argument is ignored."""
+        self.start(call="WS4Redis(options, {fake: 'jQuery'})")
+        self.assertTrue(self.js("r instanceof WS4Redis"))
+        self.js("window.r2 = new WS4Redis(options)")
+        self.assertTrue(self.js("r2 instanceof WS4Redis"))
+        self.assertEqual(self.socketCount(), 2)
+        self.assertEqual(self.js("typeof r.send_message + typeof r2.close"), "functionfunction")
+
+    def test_noSubprotocolRequested(self) -> None:
+        """WS4Redis opens its socket with the URI alone: it never asks for ws4tx.v1."""
+        self.start(open=False)
+        socket = self.socket()
+        self.assertEqual(socket["argCount"], 1)
+        self.assertEqual(socket["protocols"], [])
+        self.assertEqual(socket["url"], self.js("options.uri"))
+
+    def test_stateAccessors(self) -> None:
+        """get_state() is the socket's readyState; is_connected() follows it."""
+        self.start(open=False)
+        self.assertEqual(self.js("[r.get_state(), r.is_connected(), r.is_connecting()]"),
+                         [0, False, True])
+        self.open()
+        self.assertEqual(self.js("[r.get_state(), r.is_connected()]"), [1, True])
+        self.js("r.close()")
+        self.assertEqual(self.js("[r.get_state(), r.is_connected(), r.is_closed()]"),
+                         [3, False, True])
+
+    def test_heartbeatEveryFiveSecondsAndReconnect(self) -> None:
+        """ws4redis.js's defaults: a heartbeat every 5 s; after 3 missed the socket is
+        dropped, disconnected() called and a new attempt made."""
+        self.start()
+        self.js("Math.random = () => 0")
+        self.advance(15_000)
+        self.assertEqual(self.socket()["sent"], [HEARTBEAT] * 3)
+        self.assertEqual(self.calls(), [["connecting", 0], ["connected"]])
+        self.advance(5000)
+        self.advance(1)  # a zero delay set in a timer callback is run a tick later
+        self.assertEqual(self.calls(), [
+            ["disconnected", {"code": 4000, "reason": "missed heartbeats"}],
+            ["connecting", 1],
+        ])
+        self.assertEqual(self.socketCount(), 2)
+
+    def test_nullHeartbeatSendsNothing(self) -> None:
+        """heartbeat_msg: null (the context processor's value without a heartbeat)."""
+        self.start(heartbeat=None)
+        self.advance(60_000)
+        self.assertEqual(self.socket()["sent"], [])
+
+    def test_closeStopsReconnecting(self) -> None:
+        """close() calls disconnected() and no new socket follows."""
+        self.start()
+        self.calls()
+        self.js("r.close()")
+        self.advance(120_000)
+        self.assertEqual(self.calls(), [["disconnected", {"code": 1000, "reason": ""}]])
+        self.assertEqual(self.socketCount(), 1)
+
+    def test_reconnectsAfterAServerClose(self) -> None:
+        """Like ws4redis.js, a dropped client comes back (connecting() called again)."""
+        self.start()
+        self.js("Math.random = () => 0.5")
+        self.calls()
+        self.serverClose(1006)
+        self.advance(250)
+        self.assertEqual(self.calls(), [["disconnected", {"code": 1006, "reason": ""}],
+                                        ["connecting", 1]])
+
+    def test_missingUriThrows(self) -> None:
+        """Without options.uri the constructor throws, as ws4redis.js did."""
+        self.assertIn("uri", self.js(
+            "(() => { try { WS4Redis({}); } catch (e) { return e.message; } })()"))
+
+
+class StaticFilesTests(SynchronousTestCase):
+    """The files templates load."""
+
+    def test_ws4redisJsIsARelativeSymlinkToWs4txJs(self) -> None:
+        """js/ws4redis.js (ws4redis's template path) is ws4tx.js, by a relative link."""
+        link = STATIC / "js" / "ws4redis.js"
+        self.assertTrue(link.is_symlink())
+        self.assertEqual(os.readlink(link), "../ws4tx/ws4tx.js")
+        self.assertEqual(link.resolve(), SCRIPT.resolve())

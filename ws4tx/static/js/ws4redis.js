@@ -1,0 +1,1 @@
+../ws4tx/ws4tx.js

@@ -1,0 +1,563 @@
+/*!
+ * ws4tx.js: the browser client of ws4tx (a WebSocket push server for Django sites).
+ * One plain script, no dependencies. Wire protocol: docs/protocol.md.
+ *
+ * Event API (subprotocol "ws4tx.v1", JSON envelopes):
+ *
+ *   const client = new WS4TX('wss://example.com/ws/chat?subscribe-broadcast', {
+ *     heartbeat: null,          // string sent every heartbeatInterval and echoed by the server
+ *     heartbeatInterval: 5000,  // ms
+ *     maxMissedHeartbeats: 3,   // unanswered heartbeats before the socket is dropped
+ *     reconnect: true,          // reconnect after a drop (full-jitter exponential backoff)
+ *     minDelay: 500,            // ms, cap of the first retry's delay
+ *     maxDelay: 30000,          // ms, largest cap
+ *     ackTimeout: 10000,        // ms an acknowledgement may take (0 or null: no limit)
+ *     protocols: [],            // extra subprotocols, after "ws4tx.v1"
+ *     binaryType: undefined,    // 'blob' (the browser's default) or 'arraybuffer'
+ *   });
+ *   // Also: ws4tx.connect(uri, options). `uri` may be a function returning the URL, or a
+ *   // Promise of it, called before every attempt (e.g. to fetch a fresh ?token=...).
+ *
+ *   client.on(name, fn) / client.once(name, fn) / client.off(name?, fn?)   (chainable)
+ *     server events: fn(data) for {"ws4tx":"event","event":name,"data":data}
+ *     'message'      fn(raw)  any frame that is not an envelope (string, Blob or ArrayBuffer)
+ *     'connecting'   fn({attempt})             a socket is being opened
+ *     'connected'    fn({protocol})            it is open
+ *     'disconnected' fn({code, reason, wasClean, reconnect})   every socket that closes
+ *     'reconnecting' fn({attempt, delay})      the next attempt (1, 2, ...) in `delay` ms
+ *   client.emit(name, data)              -> true when sent (nothing is queued while offline)
+ *   client.emit(name, data, (err, reply) => ...)   with an acknowledgement
+ *   client.request(name, data)           -> Promise of the reply; rejects with a
+ *                                           WS4TX.AckError (code 'error', 'timeout',
+ *                                           'disconnected' or 'not-connected')
+ *   client.send(raw)                     -> true when sent: a raw frame (string/ArrayBuffer/Blob)
+ *   client.close()                       for good: no reconnecting
+ *   client.state                         'connecting' | 'connected' | 'reconnecting' | 'closed'
+ *   client.readyState                    the current socket's readyState (3 without one)
+ *
+ * ws4redis.js compatibility (raw payloads only, no subprotocol requested):
+ *
+ *   const ws4redis = WS4Redis({uri, connecting, connected, disconnected, receive_message,
+ *                              heartbeat_msg});      // `new` optional, 2nd argument ignored
+ *   ws4redis.send_message(msg); ws4redis.close(); ws4redis.get_state(); ws4redis.is_connected();
+ *
+ * Close codes 1008, 4401 and 4403 from the server stop reconnecting; every other close
+ * (1001 going away included) is followed by a reconnect unless close() was called.
+ */
+(function (root, factory) {
+  'use strict';
+  var api = factory(root);
+  if (typeof module === 'object' && module && module.exports) {
+    module.exports = api;
+  }
+  if (root) {
+    root.WS4TX = api.WS4TX;
+    root.WS4Redis = api.WS4Redis;
+    root.ws4tx = api;
+  }
+})(typeof window !== 'undefined' ? window : (typeof globalThis !== 'undefined' ? globalThis : this),
+function (root) {
+  'use strict';
+
+  var SUBPROTOCOL = 'ws4tx.v1';
+  /** Server close codes after which coming back is pointless: policy violation, auth. */
+  var FINAL_CODES = [1008, 4401, 4403];
+  /** The code ws4tx.js closes a socket with when its heartbeats go unanswered. */
+  var HEARTBEAT_TIMEOUT = 4000;
+  var ENVELOPE_MARK = '{"ws4tx":';
+  var OPEN = 1;
+  var CLOSED = 3;
+
+  var DEFAULTS = {
+    heartbeat: null,
+    heartbeatInterval: 5000,
+    maxMissedHeartbeats: 3,
+    reconnect: true,
+    minDelay: 500,
+    maxDelay: 30000,
+    ackTimeout: 10000,
+    protocols: [],
+    binaryType: undefined,
+    WebSocket: undefined,  // a WebSocket constructor to use instead of the global one
+  };
+
+  var later = typeof queueMicrotask === 'function'
+    ? queueMicrotask
+    : function (fn) { Promise.resolve().then(fn); };
+
+  /** Report an exception thrown by application code without stopping ws4tx.js. */
+  function report(error) {
+    if (typeof root.reportError === 'function') {
+      root.reportError(error);
+    } else if (typeof console !== 'undefined') {
+      console.error(error);
+    }
+  }
+
+  /** Why an acknowledgement did not come: `code` is 'error' (the server answered with an
+   *  error: `message` is its text), 'timeout', 'disconnected' or 'not-connected'. */
+  class AckError extends Error {
+    constructor(message, code, event) {
+      super(message);
+      this.name = 'AckError';
+      this.code = code;
+      this.event = event;
+    }
+  }
+
+  /**
+   * The connection machinery both clients share: one socket at a time, the heartbeat and
+   * reconnecting with full-jitter exponential backoff. Subclasses get the hooks
+   * _onConnecting(info), _onConnected(info, evt), _onFrame(data), _onDisconnected(info, evt)
+   * and _onReconnecting(info).
+   */
+  class Connection {
+    constructor(uri, options, protocols) {
+      this._uri = uri;
+      this._opts = Object.assign({}, DEFAULTS, options || {});
+      this._protocols = protocols;
+      this._ws = null;
+      this._state = 'connecting';
+      this._stopped = false;
+      this._attempt = 0;          // reconnect attempts since the last successful connect
+      this._retryTimer = null;
+      this._beatTimer = null;
+      this._missed = 0;
+      this._dial = 0;             // counts attempts, so that a late URL promise is ignored
+    }
+
+    get state() { return this._state; }
+
+    get readyState() { return this._ws ? this._ws.readyState : CLOSED; }
+
+    /** Send a raw frame on the open socket; false (and nothing sent) otherwise. */
+    send(raw) {
+      var ws = this._ws;
+      if (!ws || ws.readyState !== OPEN) return false;
+      ws.send(raw);
+      return true;
+    }
+
+    /** Close for good: no more reconnecting. The 'disconnected' hook runs at once when a
+     *  socket was connecting or open. */
+    close(code, reason) {
+      if (this._stopped) return;
+      this._stopped = true;
+      clearTimeout(this._retryTimer);
+      this._retryTimer = null;
+      this._dial++;
+      var ws = this._ws;
+      if (ws) {
+        code = code === undefined ? 1000 : code;
+        reason = reason === undefined ? '' : String(reason);
+        this._abandon(ws, code, reason);
+        this._lost({code: code, reason: reason, wasClean: true}, null);
+      } else {
+        this._state = 'closed';
+      }
+    }
+
+    /** Start an attempt: resolve the URL, then open a socket. */
+    _connect() {
+      this._retryTimer = null;
+      if (this._stopped) return;
+      this._state = 'connecting';
+      var dial = ++this._dial;
+      this._onConnecting({attempt: this._attempt});
+      if (this._stopped || dial !== this._dial) return;  // a hook closed us
+      var uri;
+      try {
+        uri = typeof this._uri === 'function' ? this._uri() : this._uri;
+      } catch (error) {
+        this._failedAttempt(error);
+        return;
+      }
+      if (uri && typeof uri.then === 'function') {
+        var self = this;
+        uri.then(function (resolved) {
+          if (dial === self._dial) self._open(resolved);
+        }, function (error) {
+          if (dial === self._dial) self._failedAttempt(error);
+        });
+      } else {
+        this._open(uri);
+      }
+    }
+
+    _open(uri) {
+      var Socket = this._opts.WebSocket || root.WebSocket;
+      var ws;
+      try {
+        ws = this._protocols.length ? new Socket(uri, this._protocols) : new Socket(uri);
+      } catch (error) {
+        this._failedAttempt(error);
+        return;
+      }
+      if (this._opts.binaryType) ws.binaryType = this._opts.binaryType;
+      this._ws = ws;
+      var self = this;
+      ws.onopen = function (evt) { if (self._ws === ws) self._opened(evt); };
+      ws.onmessage = function (evt) { if (self._ws === ws) self._received(evt.data); };
+      // An error is always followed by a close event, which says what can be said.
+      ws.onerror = function () {};
+      ws.onclose = function (evt) {
+        if (self._ws !== ws) return;
+        self._lost({code: evt.code, reason: evt.reason, wasClean: evt.wasClean}, evt);
+      };
+    }
+
+    /** No socket could even be made (bad URL, the URL function failed): retry like a drop. */
+    _failedAttempt(error) {
+      report(error);
+      this._lost({code: 1006, reason: String((error && error.message) || error),
+                  wasClean: false}, null);
+    }
+
+    _opened(evt) {
+      this._attempt = 0;
+      this._state = 'connected';
+      this._startHeartbeat();
+      this._onConnected({protocol: this._ws.protocol || ''}, evt);
+    }
+
+    _received(data) {
+      var beat = this._opts.heartbeat;
+      if (beat !== null && beat !== undefined && data === beat) {
+        this._missed = 0;  // the server answered: it is alive
+        return;
+      }
+      this._onFrame(data);
+    }
+
+    _startHeartbeat() {
+      var beat = this._opts.heartbeat;
+      if (beat === null || beat === undefined || beat === '') return;
+      this._missed = 0;
+      var self = this;
+      this._beatTimer = setInterval(function () { self._beat(); },
+                                    this._opts.heartbeatInterval);
+    }
+
+    _stopHeartbeat() {
+      clearInterval(this._beatTimer);
+      this._beatTimer = null;
+    }
+
+    _beat() {
+      var ws = this._ws;
+      if (!ws) return;
+      if (this._missed >= this._opts.maxMissedHeartbeats) {
+        // The server (or the network) is gone without a close: do not wait for the
+        // closing handshake, which would never complete.
+        this._abandon(ws, HEARTBEAT_TIMEOUT, 'missed heartbeats');
+        this._lost({code: HEARTBEAT_TIMEOUT, reason: 'missed heartbeats', wasClean: false},
+                   null);
+        return;
+      }
+      this._missed++;
+      try {
+        ws.send(this._opts.heartbeat);
+      } catch (error) {
+        report(error);
+      }
+    }
+
+    /** Forget a socket: no more events from it, and close it if it is not closed. */
+    _abandon(ws, code, reason) {
+      ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+      if (ws.readyState < 2) {
+        try {
+          ws.close(code, reason);
+        } catch (error) {
+          ws.close();  // a code the browser does not let a page send
+        }
+      }
+    }
+
+    /** The current socket is gone (or never came): tell, then retry or stop. */
+    _lost(info, evt) {
+      this._ws = null;
+      this._stopHeartbeat();
+      var final = this._stopped || !this._opts.reconnect || FINAL_CODES.indexOf(info.code) >= 0;
+      if (final) {
+        this._stopped = true;
+        this._state = 'closed';
+      }
+      info.reconnect = !final;
+      this._onDisconnected(info, evt);
+      if (!this._stopped && this._ws === null && this._retryTimer === null) {
+        this._scheduleRetry();
+      }
+    }
+
+    /** Full jitter: wait random(0, min(maxDelay, minDelay * 2 ** attempt)). */
+    _scheduleRetry() {
+      var exponent = Math.min(this._attempt, 30);
+      var cap = Math.min(this._opts.maxDelay, this._opts.minDelay * Math.pow(2, exponent));
+      var delay = Math.random() * cap;
+      this._attempt++;
+      this._state = 'reconnecting';
+      var self = this;
+      this._retryTimer = setTimeout(function () { self._connect(); }, delay);
+      this._onReconnecting({attempt: this._attempt, delay: delay});
+    }
+
+    // Hooks
+    _onConnecting() {}
+    _onConnected() {}
+    _onFrame() {}
+    _onDisconnected() {}
+    _onReconnecting() {}
+  }
+
+  /** The envelope in a text frame, or null for a raw payload (or an invalid envelope). */
+  function parseEnvelope(text) {
+    if (typeof text !== 'string') return null;
+    var start = text.trimStart ? text.trimStart() : text.replace(/^\s+/, '');
+    if (start.slice(0, ENVELOPE_MARK.length) !== ENVELOPE_MARK) return null;
+    var obj;
+    try {
+      obj = JSON.parse(text);
+    } catch (error) {
+      return null;
+    }
+    if (!obj || typeof obj !== 'object' || Array.isArray(obj)) return null;
+    if (obj.ws4tx === 'event' && typeof obj.event === 'string' && obj.event) return obj;
+    if (obj.ws4tx === 'ack' && Number.isInteger(obj.id) && obj.id >= 0) return obj;
+    return null;
+  }
+
+  /** The event client: see the header. */
+  class WS4TX extends Connection {
+    constructor(uri, options) {
+      options = Object.assign({}, options || {});
+      var extra = [].concat(options.protocols || []).filter(function (p) {
+        return p !== SUBPROTOCOL;
+      });
+      super(uri, options, [SUBPROTOCOL].concat(extra));
+      this._handlers = new Map();
+      this._pending = new Map();  // ack id -> {event, callback, timer}
+      this._nextId = 1;
+      // Connect once the caller had a chance to add its handlers ('connecting' included).
+      var self = this;
+      later(function () { self._connect(); });
+    }
+
+    on(event, fn) {
+      if (typeof fn !== 'function') throw new TypeError('WS4TX.on: a handler is a function');
+      var list = this._handlers.get(event);
+      if (!list) this._handlers.set(event, list = []);
+      list.push(fn);
+      return this;
+    }
+
+    once(event, fn) {
+      if (typeof fn !== 'function') throw new TypeError('WS4TX.once: a handler is a function');
+      var self = this;
+      var wrapper = function (data) {
+        self.off(event, wrapper);
+        return fn.call(this, data);
+      };
+      wrapper.listener = fn;  // so that off(event, fn) removes it too
+      return this.on(event, wrapper);
+    }
+
+    /** off(): every handler; off(event): that event's; off(event, fn): that one. */
+    off(event, fn) {
+      if (event === undefined) {
+        this._handlers.clear();
+      } else if (fn === undefined) {
+        this._handlers.delete(event);
+      } else {
+        var list = this._handlers.get(event);
+        if (list) {
+          var kept = list.filter(function (h) { return h !== fn && h.listener !== fn; });
+          if (kept.length) this._handlers.set(event, kept);
+          else this._handlers.delete(event);
+        }
+      }
+      return this;
+    }
+
+    /**
+     * Send event `event` with JSON `data`. With a `callback(err, reply)`, the server is asked
+     * for an acknowledgement. Returns whether the event was sent: while not connected nothing
+     * is sent or queued (the callback then gets a 'not-connected' AckError).
+     */
+    emit(event, data, callback) {
+      if (typeof event !== 'string' || !event) {
+        throw new TypeError('WS4TX.emit: an event name is a non-empty string');
+      }
+      // Key order matters: the server knows an envelope by its first key, "ws4tx".
+      var frame = {ws4tx: 'event', event: event, data: data === undefined ? null : data};
+      if (typeof callback !== 'function') {
+        return this.send(JSON.stringify(frame));
+      }
+      if (!this._ws || this._ws.readyState !== OPEN) {
+        var error = new AckError('not connected', 'not-connected', event);
+        later(function () { callback(error); });
+        return false;
+      }
+      var id = this._nextId++;
+      frame.id = id;
+      var text = JSON.stringify(frame);  // throws (before anything is pending) on bad data
+      var pending = {event: event, callback: callback, timer: null};
+      var timeout = this._opts.ackTimeout;
+      if (timeout && timeout > 0) {
+        var self = this;
+        pending.timer = setTimeout(function () {
+          self._settle(id, new AckError('no acknowledgement within ' + timeout + ' ms',
+                                        'timeout', event));
+        }, timeout);
+      }
+      this._pending.set(id, pending);
+      this._ws.send(text);
+      return true;
+    }
+
+    /** emit() with an acknowledgement, as a Promise of the reply. */
+    request(event, data) {
+      var self = this;
+      return new Promise(function (resolve, reject) {
+        self.emit(event, data, function (error, reply) {
+          if (error) reject(error);
+          else resolve(reply);
+        });
+      });
+    }
+
+    _fire(event, data) {
+      var list = this._handlers.get(event);
+      if (!list) return;
+      list = list.slice();  // handlers may add or remove handlers
+      for (var i = 0; i < list.length; i++) {
+        try {
+          list[i].call(this, data);
+        } catch (error) {
+          report(error);
+        }
+      }
+    }
+
+    /** Settle the pending emit `id` (error or reply); unknown and late ids are ignored. */
+    _settle(id, error, reply) {
+      var pending = this._pending.get(id);
+      if (!pending) return;
+      this._pending.delete(id);
+      clearTimeout(pending.timer);
+      try {
+        if (error) pending.callback(error);
+        else pending.callback(null, reply);
+      } catch (e) {
+        report(e);
+      }
+    }
+
+    _failPending(reason) {
+      var ids = Array.from(this._pending.keys());
+      for (var i = 0; i < ids.length; i++) {
+        var pending = this._pending.get(ids[i]);
+        if (pending) this._settle(ids[i], new AckError(reason, 'disconnected', pending.event));
+      }
+    }
+
+    _onConnecting(info) { this._fire('connecting', info); }
+
+    _onConnected(info) { this._fire('connected', info); }
+
+    _onFrame(data) {
+      var envelope = parseEnvelope(data);
+      if (envelope === null) {
+        this._fire('message', data);
+      } else if (envelope.ws4tx === 'event') {
+        this._fire(envelope.event, envelope.data === undefined ? null : envelope.data);
+      } else if (envelope.error !== undefined && envelope.error !== null) {
+        var pending = this._pending.get(envelope.id);
+        this._settle(envelope.id, new AckError(String(envelope.error), 'error',
+                                               pending && pending.event));
+      } else {
+        this._settle(envelope.id, null, envelope.data === undefined ? null : envelope.data);
+      }
+    }
+
+    _onDisconnected(info) {
+      this._failPending('disconnected before the acknowledgement (code ' + info.code + ')');
+      this._fire('disconnected', info);
+    }
+
+    _onReconnecting(info) { this._fire('reconnecting', info); }
+  }
+
+  WS4TX.SUBPROTOCOL = SUBPROTOCOL;
+  WS4TX.FINAL_CODES = FINAL_CODES.slice();
+  WS4TX.HEARTBEAT_TIMEOUT = HEARTBEAT_TIMEOUT;
+  WS4TX.AckError = AckError;
+
+  /** The connection of a WS4Redis: raw frames, the callbacks of ws4redis.js's options. */
+  class RawConnection extends Connection {
+    constructor(options) {
+      var settings = Object.assign({}, options);
+      settings.heartbeat = options.heartbeat_msg === undefined ? null : options.heartbeat_msg;
+      super(options.uri, settings, [].concat(options.protocols || []).filter(function (p) {
+        return p !== SUBPROTOCOL;  // a ws4redis client never speaks the envelope
+      }));
+      this._callbacks = options;
+    }
+
+    _call(name, arg) {
+      var fn = this._callbacks[name];
+      if (typeof fn !== 'function') return;
+      try {
+        if (arguments.length > 1) fn.call(this._callbacks, arg);
+        else fn.call(this._callbacks);
+      } catch (error) {
+        report(error);
+      }
+    }
+
+    _onConnecting() { this._call('connecting'); }
+
+    _onConnected() { this._call('connected'); }
+
+    _onFrame(data) { this._call('receive_message', data); }
+
+    _onDisconnected(info, evt) {
+      // ws4redis.js passed the CloseEvent; when the client dropped the socket itself
+      // (close(), missed heartbeats) there is none: an object with the same fields.
+      this._call('disconnected', evt || {type: 'close', code: info.code, reason: info.reason,
+                                        wasClean: info.wasClean});
+    }
+  }
+
+  /**
+   * ws4redis.js's constructor: WS4Redis({uri, connecting, connected, disconnected,
+   * receive_message, heartbeat_msg}), with or without `new`; a second argument (jQuery, for
+   * ws4redis.js) is ignored. Connects at once.
+   */
+  function WS4Redis(options, ignored) {
+    if (!(this instanceof WS4Redis)) return new WS4Redis(options, ignored);
+    if (!options || !options.uri) throw new Error('WS4Redis: no WebSocket URI in options.uri');
+    var connection = new RawConnection(options);
+    this._connection = connection;
+    this.send_message = function (message) { return connection.send(message); };
+    this.close = function () { connection.close(); };
+    this.get_state = function () { return connection.readyState; };
+    this.is_connecting = function () { return connection.readyState === 0; };
+    this.is_connected = function () { return connection.readyState === OPEN; };
+    this.is_closing = function () { return connection.readyState === 2; };
+    this.is_closed = function () { return connection.readyState === CLOSED; };
+    connection._connect();
+  }
+
+  function connect(uri, options) {
+    return new WS4TX(uri, options);
+  }
+
+  return {
+    WS4TX: WS4TX,
+    WS4Redis: WS4Redis,
+    AckError: AckError,
+    connect: connect,
+    SUBPROTOCOL: SUBPROTOCOL,
+  };
+});
