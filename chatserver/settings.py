@@ -1,0 +1,99 @@
+"""Django settings of the ws4tx demo chat.
+
+Development settings: DEBUG on, an SQLite file next to this module (``CHATSERVER_DB``
+overrides its path, which is how the browser tests give every server a fresh database),
+and the secret key from ``DJANGO_SECRET_KEY`` with a fallback that is only fit for a demo.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent
+
+SECRET_KEY = os.environ.get(
+    "DJANGO_SECRET_KEY", "django-insecure-ws4tx-demo-only-never-use-this-key-in-production"
+)
+DEBUG = os.environ.get("CHATSERVER_DEBUG", "1") != "0"
+ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
+
+INSTALLED_APPS = [
+    # Before the admin, so that its registration/ templates win.
+    "chatserver",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "ws4tx",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "chatserver.urls"
+WSGI_APPLICATION = "chatserver.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                # WEBSOCKET_URI and the heartbeat (WS4REDIS_HEARTBEAT / WS4TX_HEARTBEAT)
+                "ws4tx.context_processors.default",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        # *.sqlite3 is gitignored.
+        "NAME": os.environ.get("CHATSERVER_DB", str(BASE_DIR / "db.sqlite3")),
+    }
+}
+
+AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat"
+LOGOUT_REDIRECT_URL = "chat"
+
+# ws4tx (django-websocket-redis names keep working: WS4REDIS_* is read after WS4TX_*)
+
+#: WebSocket URLs are ws://HOST/ws/{facility}?flags; ``twistd ws4tx --wsgi`` serves both.
+WEBSOCKET_URL = "/ws/"
+#: ws4redis's name on purpose: a ws4redis settings file works unchanged.
+WS4REDIS_HEARTBEAT = "--heartbeat--"
+#: Seconds the last message of a channel is kept, replayed to a page that (re)connects.
+WS4TX_EXPIRE = 600
+#: Anonymous visitors may listen, never publish (see chatserver.channels).
+WS4REDIS_ALLOWED_CHANNELS = "chatserver.channels.allowed_channels"
+
+#: The facility of the ws4redis-style chats (the name ws4redis's demo used).
+CHAT_FACILITY = "foobar"
+#: The facility of the event chat (chatserver.handlers.EventChat).
+EVENT_FACILITY = "eventchat"

@@ -1,0 +1,107 @@
+"""The demo's pages.
+
+``/chat/`` sends over the WebSocket itself (ws4redis's ``publish-broadcast``); ``/userchat/``
+and ``/groupchat/`` send with a form POST that Django publishes with ws4redis's
+``RedisPublisher``; ``/eventchat/`` uses only ws4tx's event API (``chatserver.handlers``).
+Sending requires a logged-in user; the POST views keep CSRF protection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect
+from django.utils.decorators import method_decorator
+from django.views.generic import TemplateView
+
+from ws4tx.publisher import RedisPublisher
+from ws4tx.redis_store import RedisMessage
+
+from chatserver.forms import GroupMessageForm, UserMessageForm
+
+
+def chat_line(sender: str, text: str) -> str:
+    """A message as the receivers see it: who sent it, and what."""
+    return f"{sender}: {text}"
+
+
+def wants_json(request: HttpRequest) -> bool:
+    """Whether the POST came from the page's script (which asks for JSON), not a plain form."""
+    return "application/json" in request.headers.get("Accept", "")
+
+
+class BroadcastChatView(TemplateView):
+    """Everybody's chat: the page publishes over its WebSocket (old ws4redis.js API)."""
+
+    template_name = "chatserver/broadcast_chat.html"
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        return super().get_context_data(facility=settings.CHAT_FACILITY, **kwargs)
+
+
+class _PublishingChatView(TemplateView):
+    """A page subscribed to one audience, with a form that publishes to a chosen member of
+    it. GET is open to anybody; POST needs a logged-in user and a CSRF token."""
+
+    form_class: type[forms.Form]
+    #: The form field that names the receiver (``user`` or ``group``).
+    target_field: str
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        kwargs.setdefault("form", self.form_class())
+        return super().get_context_data(facility=settings.CHAT_FACILITY, **kwargs)
+
+    def publisher(self, target: str) -> RedisPublisher:
+        """The publisher of a message to ``target``."""
+        raise NotImplementedError
+
+    @method_decorator(login_required)
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        form = self.form_class(request.POST)
+        if not form.is_valid():
+            if wants_json(request):
+                return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
+            return self.render_to_response(self.get_context_data(form=form), status=400)
+        target = str(form.cleaned_data[self.target_field])
+        text = chat_line(request.user.get_username(), form.cleaned_data["message"])
+        self.publisher(target).publish_message(RedisMessage(text))
+        if wants_json(request):
+            return JsonResponse({"sent": True, self.target_field: target})
+        messages.success(request, f"Sent to {target}.")
+        return redirect(request.path)
+
+
+class UserChatView(_PublishingChatView):
+    """Messages to one user: the page subscribes with ``?subscribe-user``."""
+
+    template_name = "chatserver/user_chat.html"
+    form_class = UserMessageForm
+    target_field = "user"
+
+    def publisher(self, target: str) -> RedisPublisher:
+        return RedisPublisher(facility=settings.CHAT_FACILITY, users=[target])
+
+
+class GroupChatView(_PublishingChatView):
+    """Messages to a group: the page subscribes with ``?subscribe-group``."""
+
+    template_name = "chatserver/group_chat.html"
+    form_class = GroupMessageForm
+    target_field = "group"
+
+    def publisher(self, target: str) -> RedisPublisher:
+        return RedisPublisher(facility=settings.CHAT_FACILITY, groups=[target])
+
+
+class EventChatView(TemplateView):
+    """The event chat: ws4tx.js only, no POST (the server-side handler publishes)."""
+
+    template_name = "chatserver/event_chat.html"
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        return super().get_context_data(facility=settings.EVENT_FACILITY, **kwargs)

@@ -1,0 +1,223 @@
+"""The event chat (ws4tx.js and chatserver.handlers.EventChat) and the connection's life in
+real browsers: acknowledgements, the typing indicator, refusals, reconnecting after a server
+restart, and ws4redis.js's heartbeat keeping /chat/ connected."""
+
+from __future__ import annotations
+
+import re
+import signal
+import uuid
+from typing import TYPE_CHECKING
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from ws4tx.embedded import EmbeddedRedis
+
+from test._demo import (
+    EVENT_FACILITY,
+    HEARTBEAT,
+    BrowserSession,
+    DemoServer,
+    broadcast,
+    event,
+)
+
+if TYPE_CHECKING:
+    from playwright.sync_api import BrowserContext, Locator, Page, WebSocket
+try:
+    from playwright.sync_api import expect
+except ImportError:  # test._browser.launch() skips these tests (and fails them under CI)
+    pass
+
+ANONYMOUS = "anonymous"
+WAIT_MS = 15_000
+#: ws4tx.js backs off between attempts: allow for a few of them.
+RECONNECT_MS = 40_000
+#: ws4redis.js's heartbeat period.
+HEARTBEAT_PERIOD_MS = 5_000
+
+
+def welcome(text: str) -> list[tuple[str, str]]:
+    """A stored event chat message: replayed to a page once it is subscribed."""
+    return [(broadcast(EVENT_FACILITY), event("message", {"user": "ws4tx", "text": text}))]
+
+
+class EventChatTests(SynchronousTestCase):
+    """/eventchat/ between john, mary and an anonymous visitor."""
+
+    server: DemoServer
+    session: BrowserSession
+    contexts: dict[str, BrowserContext]
+    pages: dict[str, Page]
+    redis: list[EmbeddedRedis]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.server = DemoServer()
+        cls.session = BrowserSession()
+        cls.redis = []
+        try:
+            cls.session.start()
+            cls.server.start()
+            cls.server.seed(welcome("welcome"))
+            cls.contexts, cls.pages = {}, {}
+            for who in ("john", "mary", ANONYMOUS):
+                context = cls.contexts[who] = cls.session.new_context(cls.server.url)
+                if who != ANONYMOUS:
+                    cls.session.log_in(context, who)
+                page = cls.pages[who] = context.new_page()
+                page.goto("/eventchat/")
+            for page in cls.pages.values():
+                expect(page.locator("#ws-state")).to_have_text("connected", timeout=WAIT_MS)
+                # The replayed welcome: the page is subscribed.
+                expect(page.locator("#messages")).to_contain_text("ws4tx: welcome",
+                                                                  timeout=WAIT_MS)
+        except BaseException:
+            cls._cleanUp()
+            raise
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls._cleanUp()
+
+    @classmethod
+    def _cleanUp(cls) -> None:
+        try:
+            cls.session.stop()
+        finally:
+            try:
+                cls.server.close()
+            finally:
+                for redis in cls.redis:
+                    redis.stop()
+
+    # Helpers
+
+    def unique(self, what: str) -> str:
+        """A message text no other message contains."""
+        return f"{what} #{uuid.uuid4().hex[:10]}"
+
+    def send(self, who: str, text: str) -> None:
+        """Type ``text`` into the page of ``who`` and send it."""
+        page = self.pages[who]
+        page.locator("#text").fill(text)
+        page.locator("#send").click()
+
+    def line(self, who: str, text: str) -> Locator:
+        """The line(s) of the page of ``who`` that contain ``text``."""
+        return self.pages[who].locator("#messages li", has_text=text)
+
+    def sendAndDeliver(self, sender: str, text: str) -> None:
+        """``sender`` sends ``text``: it gets the tick, and the others get the line."""
+        self.send(sender, text)
+        expect(self.line(sender, text).locator(".tick")).to_have_text("✓", timeout=WAIT_MS)
+        for who in self.pages:
+            if who != sender:
+                expect(self.line(who, f"{sender}: {text}")).to_have_count(1, timeout=WAIT_MS)
+
+    # Tests
+
+    def test_requestIsAcknowledgedWithATick(self) -> None:
+        """A sent message gets its tick and reaches everybody; the sender sees it once."""
+        first, second = self.unique("first"), self.unique("second")
+        self.sendAndDeliver("john", first)
+        expect(self.line("john", first)).to_have_class(re.compile(r"\bdelivered\b"))
+        # The second acknowledgement comes after the first message's broadcast copy.
+        self.sendAndDeliver("john", second)
+        expect(self.line("john", first)).to_have_count(1)
+        expect(self.line("john", second)).to_have_count(1)
+
+    def test_typingIndicatorReachesTheOthers(self) -> None:
+        """Typing shows "john is typing…" to mary and to watchers, until john's message."""
+        john, mary = self.pages["john"], self.pages["mary"]
+        john.locator("#text").press_sequentially("hel")
+        for who in ("mary", ANONYMOUS):
+            expect(self.pages[who].locator("#typing")).to_have_text("john is typing…",
+                                                                    timeout=WAIT_MS)
+        john.locator("#text").fill("")
+        self.sendAndDeliver("john", self.unique("hello"))
+        expect(mary.locator("#typing")).to_have_text("")
+
+    def test_anonymousVisitorIsRefused(self) -> None:
+        """An anonymous visitor's message is refused with an error shown; nobody gets it."""
+        text = self.unique("from nobody")
+        self.send(ANONYMOUS, text)
+        expect(self.pages[ANONYMOUS].locator("#send-error")).to_have_text(
+            "log in to send messages", timeout=WAIT_MS)
+        expect(self.line(ANONYMOUS, text).locator(".tick")).to_have_text("✗")
+        # A message sent after it reaches everybody; the refused one reached nobody.
+        self.sendAndDeliver("mary", self.unique("after the refusal"))
+        for who in ("john", "mary"):
+            expect(self.line(who, text)).to_have_count(0)
+
+    def test_pagesReconnectAfterTheServerRestarts(self) -> None:
+        """After a server restart the pages show reconnecting, then connected, and chat."""
+        self.assertEqual(self.server.stop(signal.SIGTERM), 0, self.server.output)
+        for page in self.pages.values():
+            expect(page.locator("#ws-state")).to_have_text("reconnecting", timeout=WAIT_MS)
+
+        # A new Redis, seeded before the server starts, so that the replay tells when each
+        # page has subscribed again.
+        redis = EmbeddedRedis()
+        redis.start()
+        self.redis.append(redis)
+        self.server.seed(welcome("welcome back"), redis_url=redis.url)
+        self.server.start(redis_url=redis.url)
+        for page in self.pages.values():
+            expect(page.locator("#ws-state")).to_have_text("connected", timeout=RECONNECT_MS)
+            expect(page.locator("#messages")).to_contain_text("ws4tx: welcome back",
+                                                              timeout=WAIT_MS)
+        self.sendAndDeliver("john", self.unique("after the restart"))
+
+    def test_heartbeatKeepsChatConnected(self) -> None:
+        """Answered (never published) heartbeats keep /chat/'s WebSocket open for 5 periods."""
+        # ws4redis.js sends its heartbeat every 5 s and drops the socket after 3 unanswered
+        # ones; the page's clock is Playwright's, moved on by hand.
+        self.server.seed([(broadcast(), "ready")])
+        # Another visitor of /chat/, to see that heartbeats are answered, not published.
+        observer = self.contexts[ANONYMOUS].new_page()
+        beats = {"sent": 0, "received": 0}
+
+        def watch(socket: WebSocket) -> None:
+            socket.on("framesent", lambda payload: count(payload, "sent"))
+            socket.on("framereceived", lambda payload: count(payload, "received"))
+
+        def count(payload: object, direction: str) -> None:
+            if payload == HEARTBEAT:
+                beats[direction] += 1
+
+        observer.on("websocket", watch)
+        context = self.session.new_context(self.server.url)
+        try:
+            observer.goto("/chat/")
+            self.session.log_in(context, "john")
+            page = context.new_page()
+            page.clock.install()
+            with page.expect_websocket() as opened:
+                page.goto("/chat/")
+            socket = opened.value
+            for each in (page, observer):
+                expect(each.locator("#ws-state")).to_have_text("connected", timeout=WAIT_MS)
+                expect(each.locator("#messages")).to_contain_text("ready", timeout=WAIT_MS)
+            others: list[WebSocket] = []
+            page.on("websocket", lambda other: others.append(other))
+
+            for _ in range(5):
+                with socket.expect_event("framereceived", predicate=lambda p: p == HEARTBEAT,
+                                         timeout=WAIT_MS):
+                    page.clock.run_for(HEARTBEAT_PERIOD_MS)
+            self.assertFalse(socket.is_closed())
+            self.assertEqual(others, [])
+            expect(page.locator("#ws-state")).to_have_text("connected")
+
+            # A broadcast after the heartbeats reaches the observer after them, had they
+            # been published: it got no heartbeat but the answers to its own.
+            text = self.unique("after the heartbeats")
+            page.locator("#text").fill(text)
+            page.locator("#send").click()
+            expect(observer.locator("#messages li", has_text=f"john: {text}")) \
+                .to_have_count(1, timeout=WAIT_MS)
+            self.assertLessEqual(beats["received"], beats["sent"])
+        finally:
+            context.close()
+            observer.close()
