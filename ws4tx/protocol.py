@@ -127,7 +127,9 @@ class PushProtocol(WebSocketServerProtocol):
         except HandshakeDenied as e:
             raise ConnectionDeny(e.status, e.reason) from None
         if isinstance(identity, Grant):
-            identity, flags = identity.identity, identity.flags or flags
+            if identity.flags is not None:
+                flags = identity.flags
+            identity = identity.identity
         prefix = config.prefix
         self.identity, self.facility = identity, facility
         self._channels = audience_channels(prefix, facility, flags.subscribe, identity)
