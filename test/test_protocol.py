@@ -46,7 +46,8 @@ class StringTransportTests(unittest.SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.broker = MemoryBroker()
-        config = ServerConfig(ping_interval=0, heartbeat="--hb--", handshake_timeout=0)
+        config = ServerConfig(ping_interval=0, heartbeat="--hb--", handshake_timeout=0,
+                              anonymous_publish=True)
         self.factory = PushFactory(config, self.broker, reactor=self.clock)
         self.broker.start(self.factory.router)
         self.proto = self.factory.buildProtocol(("127.0.0.1", 1))
@@ -101,7 +102,8 @@ class EmbeddingTests(unittest.TestCase):
         redis = EmbeddedRedis()
         redis.start()
         self.addCleanup(redis.stop)
-        push = PushService(ServerConfig(redis=redis.address, ping_interval=0))
+        push = PushService(ServerConfig(redis=redis.address, ping_interval=0,
+                                        anonymous_publish=True))
         events = observe_broker(push.factory.router)
         push.startService()
         self.addCleanup(push.stopService)

@@ -161,6 +161,19 @@ class PublishTests(ServerTestCase):
         self.assertEqual(await listener.next(), (b"\x00\xff", True))
         self.assertEqual(self.redis.get("ws4tx:broadcast:foobar"), b"\x00\xff")
 
+    async def test_anonymousClientsDoNotPublishByDefault(self):
+        """A default server drops the publish flags of clients without a user; a user's
+        publish goes through."""
+        await self.service.stopService()
+        await self.startServer(config={"anonymous_publish": False})
+        listener = await self.client("/ws/foobar?subscribe-broadcast")
+        anonymous = await self.client("/ws/foobar?publish-broadcast")
+        anonymous.send("from nobody")
+        john = await self.client("/ws/foobar?publish-broadcast", JOHN)
+        john.send("from john")
+        self.assertEqual(await listener.text(), "from john")
+        self.assertEqual(self.redis.get("ws4tx:broadcast:foobar"), b"from john")
+
     async def test_expireZeroStoresNothing(self):
         """With expire 0 a client's message is published but not stored."""
         await self.service.stopService()

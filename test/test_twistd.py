@@ -70,7 +70,7 @@ class TwistdTests(unittest.TestCase):
 
     async def test_embeddedRedisStartsAndStopsWithTheServer(self):
         """--redis embedded prints the URL of a private Redis that ends with the server."""
-        child, port = await self._serve("--redis", "embedded")
+        child, port = await self._serve("--redis", "embedded", "--anonymous-publish")
         url = (await child.waitFor(r"embedded Redis \(.*\) at (redis://\S+)")).group(1)
         store = redis.Redis.from_url(url)
         self.addCleanup(store.close)

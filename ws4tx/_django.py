@@ -43,7 +43,8 @@ def options_from_settings(settings: Any) -> dict[str, Any]:
     if hasattr(settings, "WEBSOCKET_URL"):
         found["websocket_url"] = settings.WEBSOCKET_URL
     for name in ("PREFIX", "EXPIRE", "HEARTBEAT", "MAX_MESSAGE_SIZE", "PING_INTERVAL",
-                 "PING_TIMEOUT", "MAX_CONNECTIONS", "ALLOWED_ORIGINS", "HANDLERS"):
+                 "PING_TIMEOUT", "MAX_CONNECTIONS", "ALLOWED_ORIGINS", "HANDLERS",
+                 "ANONYMOUS_PUBLISH"):
         value = _settings.lookup(settings, name, _UNSET)
         if value is not _UNSET:
             found[name.lower()] = value

@@ -25,6 +25,9 @@ class ServerConfig:
     websocket_url: str = "/ws/"
     #: Prefix of channel names (None or "" for none).
     prefix: Optional[str] = DEFAULT_PREFIX
+    #: Whether clients without a user may publish (publish-* flags, raw events); off by
+    #: default: an anonymous client's publish flags are dropped.
+    anonymous_publish: bool = False
     #: Seconds a client-published message is stored for replay (0: not stored).
     expire: int = 3600
     #: The heartbeat string of ws4redis clients (answered, never published), or None.

@@ -35,6 +35,7 @@ from ws4tx.config import ServerConfig
 from ws4tx.handlers import EventHandler, EventRefused, Server, handler_method
 from ws4tx.naming import (
     ANONYMOUS,
+    Flags,
     Identity,
     InvalidFacility,
     audience_channels,
@@ -130,6 +131,8 @@ class PushProtocol(WebSocketServerProtocol):
             if identity.flags is not None:
                 flags = identity.flags
             identity = identity.identity
+        if identity.user is None and not config.anonymous_publish:
+            flags = Flags(flags.subscribe, frozenset(), flags.echo)
         prefix = config.prefix
         self.identity, self.facility = identity, facility
         self._channels = audience_channels(prefix, facility, flags.subscribe, identity)

@@ -52,6 +52,11 @@ class Options(usage.Options):
         "Clients connect to ws://HOST{websocket-url}{facility}?subscribe-broadcast&... ; "
         "Django publishes with ws4tx.publisher.RedisPublisher or ws4tx.api."
     )
+    optFlags = [
+        ["anonymous-publish", None,
+         "Let clients without a user publish (publish-* flags); by default their publish "
+         "flags are dropped."],
+    ]
     optParameters = [
         ["redis", "r", None,
          "Redis URL: redis://[user:password@]host:port/db, rediss://... (TLS), "
@@ -177,6 +182,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     for option, (name, _) in _TUNABLES.items():
         if options[option] is not None:
             values[name] = options[option]
+    if options["anonymous-publish"]:
+        values["anonymous_publish"] = True
     if options["allowed-origins"]:
         values["allowed_origins"] = options["allowed-origins"]
     if "allowed_origins" in values:
