@@ -88,7 +88,7 @@ class ServerTestCase(unittest.TestCase):
     """Starts a Redis and a ws4tx server per test; ``self.redis`` is a redis-py client."""
 
     # Most tests publish from anonymous clients, which a default server refuses.
-    config = ServerConfig(ping_interval=0, redis_ping_interval=1.0, redis_timeout=2.0,
+    config = ServerConfig(ping_interval=0, redis_ping_interval=1.0, redis_timeout=5.0,
                           anonymous_publish=True)
     redis_args: tuple[str, ...] = ()
 
