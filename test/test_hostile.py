@@ -161,6 +161,17 @@ class HostileInputTests(ServerTestCase):
         self.assertEqual(data.count(b"\x8a\x01p"), 5000)  # 5000 pongs
         await self._bystanderFine()
 
+    async def test_peerThatStopsAnsweringPingsIsDropped(self):
+        """A peer that reads but never answers WebSocket pings is dropped once the ping
+        timeout has passed (here 0.5 s after a 0.5 s interval)."""
+        await self.service.stopService()
+        await self.startServer(config={"ping_interval": 0.5, "ping_timeout": 0.5})
+        raw = await self._opened("/ws/foobar?subscribe-broadcast")
+        started = reactor.seconds()
+        data = await raw.lost.addTimeout(TIMEOUT, reactor)
+        self.assertIn(b"\x89", data.partition(b"\r\n\r\n")[2])  # it was pinged
+        self.assertLess(reactor.seconds() - started, 3)
+
     async def test_manyConnectsAndDisconnectsLeakNothing(self):
         """5,000 connections opened and closed leave no member, counter or descriptor."""
         fds = len(os.listdir("/proc/self/fd"))

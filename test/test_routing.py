@@ -96,6 +96,17 @@ class RouterTests(SynchronousTestCase):
         self.assertTrue(is_text("héllo".encode()))
         self.assertFalse(is_text(b"\xc3"))
 
+    def test_oversizedMessageIsDroppedAndCounted(self):
+        """A message over the outgoing limit reaches nobody and is counted."""
+        small = Router(self.broker, self.prepare, max_size=4)
+        client = FakeClient()
+        small.join(client, ["ch"])
+        small.messageReceived("ch", b"12345")
+        small.messageReceived("ch", b"1234")
+        self.assertEqual(len(client.frames), 1)
+        self.assertEqual(small.stats["oversized"], 1)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
     def test_messageForNobodyIsNotPrepared(self):
         """A message on a channel without local members builds no frame."""
         self.router.messageReceived("nobody", b"x")

@@ -34,6 +34,9 @@ class ServerConfig:
     heartbeat: Optional[str] = None
     #: Largest message a client may send, in bytes (close 1009 past it).
     max_message_size: int = 64 * 1024
+    #: Largest message the server forwards to clients, in bytes; a larger one published
+    #: to Redis is dropped (logged, counted) instead of being sent to every client.
+    max_outgoing_size: int = 1024 * 1024
     #: Largest frame a client may send, in bytes.
     max_frame_size: int = 64 * 1024
     #: Seconds between WebSocket pings to each client (0: none).
@@ -83,6 +86,7 @@ def check(config: ServerConfig) -> ServerConfig:
     if config.expire < 0:
         raise ValueError("expire must be >= 0")
     for name in ("max_message_size", "max_frame_size", "max_facility_length",
+                 "max_outgoing_size",
                  "max_query_length", "max_queue_bytes", "max_queue_messages",
                  "slow_timeout"):
         if getattr(config, name) <= 0:

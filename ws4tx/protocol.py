@@ -384,7 +384,7 @@ class PushFactory(WebSocketServerFactory):
         self.broker = broker
         self.authenticator = authenticator or AnonymousAuthenticator()
         self.heartbeat = config.heartbeat.encode() if config.heartbeat is not None else None
-        self.router = Router(broker, self.prepareMessage)
+        self.router = Router(broker, self.prepareMessage, config.max_outgoing_size)
         self.server = server or Server(broker, config.prefix)
         self.handlers: dict[str, EventHandler] = {h.facility: h(self.server) for h in handlers}
         self._drain_waiters: list[defer.Deferred[None]] = []

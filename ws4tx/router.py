@@ -52,12 +52,14 @@ class Router:
 
     log = Logger()
 
-    def __init__(self, broker: IBroker, prepare: Callable[[bytes, bool], Any]) -> None:
+    def __init__(self, broker: IBroker, prepare: Callable[[bytes, bool], Any],
+                 max_size: int = 1024 * 1024) -> None:
         self.hub: Hub[Member] = Hub()
         self.broker = broker
         self._prepare = prepare
+        self._max_size = max_size
         #: Counters for health and metrics.
-        self.stats = {"messages": 0, "frames": 0, "outages": 0}
+        self.stats = {"messages": 0, "frames": 0, "outages": 0, "oversized": 0}
 
     # Clients
 
@@ -93,6 +95,12 @@ class Router:
         members = self.hub.members(channel)
         self.stats["messages"] += 1
         if not members:
+            return
+        if len(payload) > self._max_size:
+            self.stats["oversized"] += 1
+            self.log.warn("dropped a message of {size} bytes on {channel}: over the "
+                          "{limit} byte limit", size=len(payload), channel=channel,
+                          limit=self._max_size)
             return
         prepared = self._prepare(payload, not is_text(payload))
         self.stats["frames"] += len(members)
