@@ -48,13 +48,22 @@ class _PublishingChatView(TemplateView):
     """A page subscribed to one audience, with a form that publishes to a chosen member of
     it. GET is open to anybody; POST needs a logged-in user and a CSRF token."""
 
+    template_name = "chatserver/audience_chat.html"
     form_class: type[forms.Form]
     #: The form field that names the receiver (``user`` or ``group``).
     target_field: str
+    #: The page's texts, and the flag its WebSocket subscribes with.
+    heading: str
+    hint: str
+    placeholder: str
+    subscribe_flag: str
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
-        kwargs.setdefault("form", self.form_class())
-        return super().get_context_data(facility=settings.CHAT_FACILITY, **kwargs)
+        form = kwargs.setdefault("form", self.form_class())
+        return super().get_context_data(
+            facility=settings.CHAT_FACILITY, heading=self.heading, hint=self.hint,
+            placeholder=self.placeholder, subscribe_flag=self.subscribe_flag,
+            form_id=f"{self.target_field}chat-form", target=form[self.target_field], **kwargs)
 
     def publisher(self, target: str) -> RedisPublisher:
         """The publisher of a message to ``target``."""
@@ -79,9 +88,13 @@ class _PublishingChatView(TemplateView):
 class UserChatView(_PublishingChatView):
     """Messages to one user: the page subscribes with ``?subscribe-user``."""
 
-    template_name = "chatserver/user_chat.html"
     form_class = UserMessageForm
     target_field = "user"
+    heading = "User chat"
+    hint = ("Messages sent to you alone. Send one to any user: Django publishes it with "
+            "RedisPublisher(users=[user]).")
+    placeholder = "Private message"
+    subscribe_flag = "subscribe-user"
 
     def publisher(self, target: str) -> RedisPublisher:
         return RedisPublisher(facility=settings.CHAT_FACILITY, users=[target])
@@ -90,9 +103,13 @@ class UserChatView(_PublishingChatView):
 class GroupChatView(_PublishingChatView):
     """Messages to a group: the page subscribes with ``?subscribe-group``."""
 
-    template_name = "chatserver/group_chat.html"
     form_class = GroupMessageForm
     target_field = "group"
+    heading = "Group chat"
+    hint = ("Messages to the groups you are in. Send one to a group: Django publishes it "
+            "with RedisPublisher(groups=[group]).")
+    placeholder = "Message to the group"
+    subscribe_flag = "subscribe-group"
 
     def publisher(self, target: str) -> RedisPublisher:
         return RedisPublisher(facility=settings.CHAT_FACILITY, groups=[target])
