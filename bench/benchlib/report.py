@@ -1,0 +1,385 @@
+"""Markdown tables from the JSON lines of one invocation: medians over runs, every system
+side by side, ratios against the ceiling and against ws4tx, and the issue's targets."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Iterable, Optional
+
+from benchlib.systems import ALL, ORDER
+
+BASES = ("ceiling", "ws4tx")
+
+
+def _systems(records: list[dict]) -> list[str]:
+    seen = {r["system"] for r in records}
+    return [s for s in ORDER if s in seen]
+
+
+def _median(values: Iterable[Any]) -> Optional[float]:
+    nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return statistics.median(nums) if nums else None
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _ratio(v: Optional[float], base: Optional[float]) -> str:
+    if v is None or base is None or base == 0:
+        return "–"
+    return f"{v / base:.2f}×"
+
+
+def _pct(v: Optional[float], digits: int = 2) -> str:
+    return "–" if v is None else f"{100 * v:.{digits}f} %"
+
+
+def _group(records: list[dict], scenario: str, keys: tuple[str, ...]) -> dict:
+    """(param values..., system) -> list of records."""
+    out: dict = {}
+    for r in records:
+        if r["scenario"] != scenario or any(x not in r["params"] for x in keys):
+            continue
+        k = tuple(r["params"].get(x) for x in keys) + (r["system"],)
+        out.setdefault(k, []).append(r)
+    return out
+
+
+def _med(rs: list[dict], key: str) -> Optional[float]:
+    return _median(r["metrics"].get(key) for r in rs if r["status"] == "ok")
+
+
+def _status_note(rs: list[dict]) -> str:
+    bad = [r for r in rs if r["status"] != "ok"]
+    if not bad:
+        return ""
+    reasons = sorted({f"{r['status']}: {r.get('reason', '')}".strip() for r in bad})
+    return "; ".join(reasons)
+
+
+def fanout_table(records: list[dict]) -> list[str]:
+    g = _group(records, "fanout", ("clients", "rate"))
+    if not g:
+        return []
+    systems = _systems([r for r in records if r["scenario"] == "fanout"])
+    cells = sorted({k[:2] for k in g})
+    lines = [
+        "| clients | msg/s | system | delivered frames/s | loss | p50 ms | p90 ms | p99 ms | max ms "
+        "| server CPU | µs/frame | server RSS MB | generator CPU | server waited for CPU "
+        "| p99 × ceiling | p99 × ws4tx | delivered × ceiling | notes |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for n, rate in cells:
+        base = {b: g.get((n, rate, b), []) for b in BASES}
+        for s in systems:
+            rs = g.get((n, rate, s))
+            if not rs:
+                continue
+            ok = [r for r in rs if r["status"] == "ok"]
+            notes = []
+            closes: dict[str, int] = {}
+            silent = 0
+            for r in ok:
+                for code, c in (r["metrics"].get("closed_by_server") or {}).items():
+                    closes[code] = closes.get(code, 0) + c
+                silent += r["metrics"].get("lost_open") or 0
+            if closes:
+                notes.append("closed by server: " + ", ".join(f"{c}×{code}" for code, c in sorted(closes.items())))
+            if any((r["metrics"].get("publish_rate") or 0) < 0.97 * rate for r in ok):
+                notes.append("publisher fell behind")
+            if silent:
+                notes.append(f"missing at the end of the window on clients left open (late or lost): {silent:,}")
+            st = _status_note(rs)
+            if st:
+                notes.append(st)
+            if not ok:
+                lines.append(f"| {n:,} | {rate:,} | {s} | " + " | ".join(["–"] * 14) + f" | {'; '.join(notes)} |")
+                continue
+            p99 = _med(rs, "p99_ms")
+            delivered = _med(rs, "delivered_per_s")
+            lines.append(
+                f"| {n:,} | {rate:,} | {s} | {_fmt(delivered, 0)} | {_pct(_med(rs, 'loss'))} "
+                f"| {_fmt(_med(rs, 'p50_ms'))} | {_fmt(_med(rs, 'p90_ms'))} | {_fmt(p99)} "
+                f"| {_fmt(_med(rs, 'max_ms'))} | {_pct(_med(rs, 'server_cpu'), 0)} "
+                f"| {_fmt(_med(rs, 'server_cpu_us_per_frame'))} | {_fmt(_med(rs, 'server_rss_mb'))} "
+                f"| {_pct(_med(rs, 'generator_cpu'), 0)} | {_pct(_med(rs, 'server_cpu_wait'), 0)} "
+                f"| {_ratio(p99, _med(base['ceiling'], 'p99_ms'))} "
+                f"| {_ratio(p99, _med(base['ws4tx'], 'p99_ms'))} "
+                f"| {_ratio(delivered, _med(base['ceiling'], 'delivered_per_s'))} "
+                f"| {'; '.join(notes)} |")
+    return lines
+
+
+def maxrate_table(records: list[dict]) -> list[str]:
+    rs_all = [r for r in records if r["scenario"] == "maxrate"]
+    if not rs_all:
+        return []
+    systems = _systems(rs_all)
+
+    def best(s: str) -> tuple[Optional[float], list[dict]]:
+        rs = [r for r in rs_all if r["system"] == s]
+        vals = [r["metrics"].get("max_rate") or 0 for r in rs if r["status"] == "ok"]
+        return (statistics.median(vals) if vals else None), rs
+
+    base = {b: best(b)[0] for b in BASES}
+    lines = [
+        "| system | max msg/s to all clients (median) | frames/s | × ceiling | × ws4tx | per run "
+        "| probes of the first run (msg/s: result) | generator CPU (max) |",
+        "|---|---:|---:|---:|---:|---|---|---:|",
+    ]
+    for s in systems:
+        value, rs = best(s)
+        ok = [r for r in rs if r["status"] == "ok"]
+        per_run = ", ".join(
+            (str(r["metrics"].get("max_rate")) if r["metrics"].get("max_rate")
+             else f"< {r['metrics'].get('lowest_tried')}") for r in ok)
+        lowest = min((r["metrics"].get("lowest_tried") or 0) for r in ok) if ok else None
+        probes = ""
+        if ok:
+            probes = "; ".join(
+                f"{p['rate']}: {'pass' if p['pass'] else 'fail'} ({p['why']})"
+                for p in ok[0]["metrics"].get("probes", []))
+        clients = ok[0]["params"]["clients"] if ok else 0
+        shown = (_fmt(value, 0) if value else f"< {lowest}") if ok else "–"
+        lines.append(
+            f"| {s} | {shown} | {_fmt(value * clients if value else None, 0)} "
+            f"| {_ratio(value, base['ceiling'])} | {_ratio(value, base['ws4tx'])} | {per_run} "
+            f"| {probes or _status_note(rs)} | {_pct(_median(r['metrics'].get('generator_cpu_max') for r in ok), 0)} |")
+    return lines
+
+
+def idle_table(records: list[dict]) -> list[str]:
+    g = _group(records, "idle", ("clients",))
+    if not g:
+        return []
+    systems = _systems([r for r in records if r["scenario"] == "idle"])
+    lines = [
+        "| connections | system | KB per connection | connects/s | RSS before → after MB "
+        "| KB × ceiling | KB × ws4tx | connects × ceiling | connects × ws4tx | notes |",
+        "|---:|---|---:|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for (n,) in sorted({k[:1] for k in g}):
+        base = {b: g.get((n, b), []) for b in BASES}
+        for s in systems:
+            rs = g.get((n, s))
+            if not rs:
+                continue
+            kb, rate = _med(rs, "rss_per_conn_kb"), _med(rs, "connect_rate")
+            lines.append(
+                f"| {n:,} | {s} | {_fmt(kb)} | {_fmt(rate, 0)} "
+                f"| {_fmt(_med(rs, 'rss_before_mb'))} → {_fmt(_med(rs, 'rss_after_mb'))} "
+                f"| {_ratio(kb, _med(base['ceiling'], 'rss_per_conn_kb'))} "
+                f"| {_ratio(kb, _med(base['ws4tx'], 'rss_per_conn_kb'))} "
+                f"| {_ratio(rate, _med(base['ceiling'], 'connect_rate'))} "
+                f"| {_ratio(rate, _med(base['ws4tx'], 'connect_rate'))} | {_status_note(rs)} |")
+    return lines
+
+
+def channels_table(records: list[dict]) -> list[str]:
+    rs_all = [r for r in records if r["scenario"] == "channels"]
+    if not rs_all:
+        return []
+    by = {s: [r for r in rs_all if r["system"] == s] for s in _systems(rs_all)}
+    base = {b: by.get(b, []) for b in BASES}
+    lines = [
+        "| system | clients (one channel each) | msg/s published | delivered/s | loss | p50 ms "
+        "| p99 ms | max ms | server CPU | µs/frame | generator CPU | p99 × ceiling | p99 × ws4tx | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s, rs in by.items():
+        ok = [r for r in rs if r["status"] == "ok"]
+        n = ok[0]["params"]["clients"] if ok else (rs[0]["params"].get("clients") if rs else 0)
+        pub = _median(r["metrics"].get("published_messages", 0) / max(r["metrics"].get("publish_seconds", 1), 1e-9) for r in ok)
+        p99 = _med(rs, "p99_ms")
+        lines.append(
+            f"| {s} | {_fmt(n)} | {_fmt(pub, 0)} | {_fmt(_med(rs, 'delivered_per_s'), 0)} "
+            f"| {_pct(_med(rs, 'loss'))} | {_fmt(_med(rs, 'p50_ms'))} | {_fmt(p99)} "
+            f"| {_fmt(_med(rs, 'max_ms'))} | {_pct(_med(rs, 'server_cpu'), 0)} "
+            f"| {_fmt(_med(rs, 'server_cpu_us_per_frame'))} | {_pct(_med(rs, 'generator_cpu'), 0)} "
+            f"| {_ratio(p99, _med(base['ceiling'], 'p99_ms'))} | {_ratio(p99, _med(base['ws4tx'], 'p99_ms'))} "
+            f"| {_status_note(rs)} |")
+    return lines
+
+
+def replay_table(records: list[dict]) -> list[str]:
+    rs_all = [r for r in records if r["scenario"] == "replay"]
+    if not rs_all:
+        return []
+    by = {s: [r for r in rs_all if r["system"] == s] for s in _systems(rs_all)}
+    base = {b: _med(by.get(b, []), "seconds_to_all") for b in BASES}
+    lines = [
+        "| system | clients | got the stored message | seconds until all have it | × ceiling "
+        "| vs ws4redis's published 1.5 s | notes |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for s, rs in by.items():
+        ok = [r for r in rs if r["status"] == "ok"]
+        secs = _med(rs, "seconds_to_all")
+        n = rs[0]["params"].get("clients")
+        lines.append(
+            f"| {s} | {_fmt(n)} | {_fmt(_med(rs, 'with_message'), 0)} | {_fmt(secs, 3)} "
+            f"| {_ratio(secs, base['ceiling'])} "
+            f"| {('faster' if secs < 1.5 else 'slower') if secs is not None else '–'} "
+            f"| {_status_note(rs)} |")
+    return lines
+
+
+def profile_section(records: list[dict], top: int = 15) -> list[str]:
+    out: list[str] = []
+    for scenario in ("profile", "profile-connect"):
+        rs = [r for r in records if r["scenario"] == scenario and r["status"] == "ok"]
+        if not rs:
+            continue
+        m = rs[0]["metrics"]
+        p = rs[0]["params"]
+        if scenario == "profile":
+            f = m.get("fanout", {})
+            what = (f"during fan-out to {p.get('clients')} clients × {p.get('rate')} msg/s for "
+                    f"{p.get('duration')} s; that phase: delivered {f.get('delivered_per_s')} "
+                    f"frames/s, p99 {f.get('p99_ms')} ms, server CPU "
+                    f"{_pct(f.get('server_cpu'), 0)}, {f.get('server_cpu_us_per_frame')} µs per frame")
+        else:
+            c = m.get("connect", {})
+            what = (f"while {c.get('clients')} clients connect ({c.get('connected')} in "
+                    f"{c.get('seconds')} s, {c.get('connect_rate')}/s)")
+        out += ["", f"**{'Fan-out' if scenario == 'profile' else 'Connecting'}** — py-spy "
+                f"(200 Hz, --nonblocking, samples of the active thread only): "
+                f"{m.get('samples'):,} samples of the ws4tx server {what}. Raw collapsed "
+                f"stacks: `{m.get('raw_file')}`.", "",
+                "| self % | function (where the CPU is spent) | | inclusive % | function (with its callees; the reactor loop left out) |",
+                "|---:|---|---|---:|---|"]
+        own, incl = m.get("self_top", [])[:top], m.get("inclusive_top", [])[:top]
+        for i in range(max(len(own), len(incl))):
+            a = own[i] if i < len(own) else ["", ""]
+            b = incl[i] if i < len(incl) else ["", ""]
+            out.append(f"| {a[1]} | `{a[0]}` | | {b[1]} | `{b[0]}` |")
+        by_line = m.get("self_lines_top", [])
+        if by_line:
+            out += ["", "Hottest lines (self):", "", "| self % | line |", "|---:|---|"]
+            out += [f"| {pct} | `{name}` |" for name, pct in by_line[:12]]
+    return out[1:]
+
+
+def targets(records: list[dict]) -> list[str]:
+    lines = ["| target | measured | result |", "|---|---|---|"]
+
+    def verdict(ok: Optional[bool]) -> str:
+        return "not measured" if ok is None else ("**met**" if ok else "**missed**")
+
+    # 1. max rate
+    mr = [r for r in records if r["scenario"] == "maxrate" and r["status"] == "ok"]
+    if mr:
+        best = {}
+        lowest = min((r["metrics"].get("lowest_tried") or 0) for r in mr)
+        for s in _systems(mr):
+            vals = [r["metrics"].get("max_rate") or 0 for r in mr if r["system"] == s]
+            best[s] = statistics.median(vals)
+
+        def shown(v: Any) -> str:
+            return f"< {lowest}" if not v else f"{v:g}"
+        ws, ce = best.get("ws4tx"), best.get("ceiling")
+        peers = {s: v for s, v in best.items() if s not in BASES}
+        ok = None
+        if ws is not None and ce:
+            ok = ws >= 0.5 * ce and all(ws > v for v in peers.values())
+        n = mr[0]["params"].get("clients")
+        lines.append(f"| max fan-out rate to {n:,} clients (≥ 99.9 %, p99 < 100 ms) ≥ ½ ceiling and above every peer "
+                     f"| ws4tx {shown(ws)} msg/s, ceiling {shown(ce)} (½ = {ce / 2 if ce else '–'}), peers: "
+                     f"{', '.join(f'{k} {shown(v)}' for k, v in peers.items()) or '–'} | {verdict(ok)} |")
+    # 2. p99 at 1000 x 10
+    fo = _group(records, "fanout", ("clients", "rate"))
+    ws = _med(fo.get((1000, 10, "ws4tx"), []), "p99_ms")
+    ce = _med(fo.get((1000, 10, "ceiling"), []), "p99_ms")
+    ok = None if ws is None or ce is None else ws <= 1.5 * ce
+    lines.append(f"| p99 latency at 1000 clients × 10 msg/s ≤ 1.5 × ceiling | ws4tx {_fmt(ws)} ms, ceiling {_fmt(ce)} ms "
+                 f"({_ratio(ws, ce)}) | {verdict(ok)} |")
+    # 3/4. idle
+    idle = _group(records, "idle", ("clients",))
+    counts = sorted({k[0] for k in idle})
+    n = 10000 if 10000 in counts else (counts[-1] if counts else None)
+    if n is not None:
+        ws = _med(idle.get((n, "ws4tx"), []), "rss_per_conn_kb")
+        ce = _med(idle.get((n, "ceiling"), []), "rss_per_conn_kb")
+        ok = None if ws is None or ce is None else ws <= 1.5 * ce
+        lines.append(f"| idle memory per connection at {n:,} ≤ 1.5 × ceiling | ws4tx {_fmt(ws)} KB, ceiling {_fmt(ce)} KB "
+                     f"({_ratio(ws, ce)}) | {verdict(ok)} |")
+        ws = _med(idle.get((n, "ws4tx"), []), "connect_rate")
+        ce = _med(idle.get((n, "ceiling"), []), "connect_rate")
+        ok = None if ws is None or ce is None else ws >= 0.7 * ce
+        lines.append(f"| connect rate (handshake + subscription, anonymous), {n:,} clients, ≥ 70 % of ceiling "
+                     f"| ws4tx {_fmt(ws, 0)}/s, ceiling {_fmt(ce, 0)}/s ({_ratio(ws, ce)}) | {verdict(ok)} |")
+    # 5. replay
+    rp = [r for r in records if r["scenario"] == "replay" and r["system"] == "ws4tx"]
+    if rp:
+        secs = _med(rp, "seconds_to_all")
+        n = rp[0]["params"].get("clients")
+        ok = None if secs is None else secs < 1.5
+        lines.append(f"| replay of a stored message to {n:,} connecting clients < 1.5 s (ws4redis) "
+                     f"| ws4tx {_fmt(secs, 3)} s | {verdict(ok)} |")
+    # 6. silent loss
+    ws_cells = [r for r in records if r["system"] == "ws4tx" and r["status"] == "ok"
+                and r["scenario"] in ("fanout", "channels", "maxrate-probe")]
+    if ws_cells:
+        lossy = [r for r in ws_cells if (r["metrics"].get("lost") or 0) > 0]
+        silent = sum(r["metrics"].get("lost_open") or 0 for r in ws_cells)
+        closed = sum(r["metrics"].get("lost_closed") or 0 for r in ws_cells)
+        codes: dict[str, int] = {}
+        for r in ws_cells:
+            for code, c in (r["metrics"].get("closed_by_server") or {}).items():
+                codes[code] = codes.get(code, 0) + c
+        logged = sum(r["metrics"].get("server_logged_slow_drops") or 0 for r in ws_cells)
+        ok = silent == 0 and codes.get("4008", 0) == logged
+        lines.append(
+            f"| no silent loss: what is lost is on clients the server closed, and the server counts them "
+            f"| {len(lossy)} of {len(ws_cells)} ws4tx phases lost messages; missing on clients left open: "
+            f"{silent:,}; on clients closed by the server: {closed:,}; closes seen by clients: "
+            f"{', '.join(f'{c}×{k}' for k, c in sorted(codes.items())) or 'none'}; slow clients ws4tx logged: {logged} "
+            f"| {verdict(ok)} |")
+    return lines
+
+
+def render(records: list[dict], header: list[str]) -> str:
+    out = list(header)
+    sections = [
+        ("Fan-out: N clients on one broadcast channel", fanout_table(records),
+         "Medians of the runs. delivered = frames received by all clients per second of "
+         "publishing; loss = missing sequence numbers at the end of the drain window (5 s "
+         "after the last publish); latency = receive time − send time; CPU as a share of one "
+         "core; 'server waited for CPU' = share of the window the server was runnable but "
+         "another process had its core (other load on the machine). Higher rates at a client "
+         "count are skipped once a rate loses ≥ 1 % or has p99 ≥ 1 s."),
+        ("Max rate: the highest publish rate at which ≥ 99.9 % reaches every client with p99 < 100 ms",
+         maxrate_table(records),
+         "Bisection over the bounded set of rates given by --maxrate-rates; a probe passes when "
+         "≥ 99.9 % of the frames arrive, p99 < 100 ms and the publisher kept the rate."),
+        ("Idle connections", idle_table(records),
+         "Clients are added in steps on one server (to 1000, then 5000, then 10000). KB per "
+         "connection = (server RSS at N − RSS before the first client) / N; connects/s = the "
+         "step's new connections / the time until its last handshake (and, for Socket.IO, "
+         "namespace connect) finished."),
+        ("Many channels: each client on its own user channel", channels_table(records), ""),
+        ("Replay: clients connecting to a channel with a stored message", replay_table(records), ""),
+        ("Where the time goes (ws4tx)", profile_section(records), ""),
+        ("Targets of the issue (ratios to what this run measured)", targets(records), ""),
+    ]
+    for title, lines, note in sections:
+        if not lines:
+            continue
+        out += ["", f"### {title}", ""]
+        if note:
+            out += [note, ""]
+        out += lines
+    return "\n".join(out) + "\n"
+
+
+def labels() -> list[str]:
+    return [f"- `{name}`: {ALL[name].label}" for name in ORDER]

