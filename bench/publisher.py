@@ -30,7 +30,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Awaitable, Callable, Optional, Union
+from typing import Any, Awaitable, Callable, Union
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

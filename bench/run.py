@@ -2,7 +2,7 @@
 """The ws4tx benchmark suite: ws4tx side by side with Django Channels, python-socketio and
 a bare-Autobahn ceiling, on loopback, each system with its own Redis.
 
-    python bench/run.py                  # everything, 3 runs (about half an hour)
+    python bench/run.py                  # everything, 3 runs (about 40 minutes)
     python bench/run.py --smoke          # seconds: ws4tx and the ceiling, tiny, one run
     python bench/run.py --scenarios fanout,idle --systems ws4tx,ceiling --runs 1
 
@@ -84,6 +84,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "the ceiling and the load generator (default of --smoke)")
     p.add_argument("--refresh", action="store_true", help="rebuild the virtualenvs")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    p.add_argument("--render", metavar="JSONL",
+                   help="only print the tables again from a results file (and its header)")
     p.add_argument("--out", default=os.path.join(HERE, "results"),
                    help="where the .jsonl, .md and logs go [default: bench/results]")
     a = p.parse_args(argv)
@@ -177,8 +179,25 @@ def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def render_only(path: str) -> int:
+    """Tables again from ``<stamp>.jsonl`` (and the ``<stamp>-header.md`` beside it)."""
+    import json
+
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    header_path = path[:-len(".jsonl")] + "-header.md"
+    header: list[str] = []
+    if os.path.exists(header_path):
+        with open(header_path) as f:
+            header = f.read().rstrip("\n").split("\n")
+    print(report.render(records, header), end="")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render_only(args.render)
     say = lambda text: print(text, flush=True)  # noqa: E731
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-smoke" if args.smoke else "")
     os.makedirs(args.out, exist_ok=True)
@@ -255,6 +274,8 @@ def main(argv: list[str]) -> int:
         "- Systems:",
         *report.labels(),
     ]
+    with open(os.path.join(args.out, f"{stamp}-header.md"), "w") as f:
+        f.write("\n".join(header) + "\n")
     text = report.render(suite.records, header)
     md_path = os.path.join(args.out, f"{stamp}.md")
     with open(md_path, "w") as f:

@@ -222,7 +222,6 @@ def replay_table(records: list[dict]) -> list[str]:
         "|---|---:|---:|---:|---:|---|---|",
     ]
     for s, rs in by.items():
-        ok = [r for r in rs if r["status"] == "ok"]
         secs = _med(rs, "seconds_to_all")
         n = rs[0]["params"].get("clients")
         lines.append(
@@ -338,12 +337,19 @@ def targets(records: list[dict]) -> list[str]:
                 codes[code] = codes.get(code, 0) + c
         logged = sum(r["metrics"].get("server_logged_slow_drops") or 0 for r in ws_cells)
         ok = silent == 0 and codes.get("4008", 0) == logged
+        where: dict[str, int] = {}
+        for r in lossy:
+            p = r["params"]
+            key = f"{r['scenario']} {p.get('clients')}×{p.get('rate', p.get('rounds_per_s'))}"
+            where[key] = where.get(key, 0) + 1
         lines.append(
             f"| no silent loss: what is lost is on clients the server closed, and the server counts them "
-            f"| {len(lossy)} of {len(ws_cells)} ws4tx phases lost messages; missing on clients left open: "
-            f"{silent:,}; on clients closed by the server: {closed:,}; closes seen by clients: "
-            f"{', '.join(f'{c}×{k}' for k, c in sorted(codes.items())) or 'none'}; slow clients ws4tx logged: {logged} "
-            f"| {verdict(ok)} |")
+            f"| {len(lossy)} of {len(ws_cells)} ws4tx phases ended with messages missing "
+            f"({', '.join(f'{k} msg/s: {c}' for k, c in sorted(where.items())) or 'none'}); "
+            f"missing on clients left open (late or lost, nothing said): {silent:,}; on clients the "
+            f"server closed: {closed:,}; closes seen by clients: "
+            f"{', '.join(f'{c}×{k}' for k, c in sorted(codes.items())) or 'none'}; slow clients "
+            f"ws4tx logged: {logged} | {verdict(ok)} |")
     return lines
 
 

@@ -8,7 +8,6 @@ import json
 import os
 import random
 import string
-import subprocess
 import time
 import traceback
 from typing import Any, Callable, Optional

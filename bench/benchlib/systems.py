@@ -5,9 +5,8 @@ which has none)."""
 from __future__ import annotations
 
 import os
-import sys
 import time
-from typing import Any, Optional
+from typing import Optional
 
 from benchlib.procs import BenchError, Proc, free_port, http_status, redis_ping, wait_port
 from benchlib.venvs import BENCH, REPO, Venv
