@@ -4,6 +4,7 @@ another twisted.web Site."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 
 from twisted.internet import endpoints, reactor
@@ -86,6 +87,17 @@ class StringTransportTests(unittest.SynchronousTestCase):
         self._open("/ws/foobar?publish-broadcast")
         self.proto.dataReceived(masked_text("yo"))
         self.assertEqual(self.broker.published, [("ws4tx:broadcast:foobar", b"yo", 3600)])
+
+    def test_eventClientIsToldOfDroppedMessages(self):
+        """When the server fell behind and dropped messages, an event client gets
+        ws4tx.dropped with the count once it has caught up (a raw client nothing)."""
+        self.proto.dataReceived(handshake("/ws/foobar?subscribe-broadcast",
+                                          "Sec-WebSocket-Protocol: ws4tx.v1\r\n"))
+        self.transport.clear()
+        self.proto.messagesDropped(3)
+        self.assertEqual(self.transport.value()[2:], json.dumps(
+            {"ws4tx": "event", "event": "ws4tx.dropped", "data": {"messages": 3}},
+            separators=(",", ":")).encode())
 
     def test_closeReleasesSubscriptions(self):
         """Losing the connection unsubscribes its channels."""

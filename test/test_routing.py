@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from ws4tx import router as router_module
 from ws4tx.hub import Hub
 from ws4tx.router import Router, is_text
 from ws4tx.testing import MemoryBroker, MemoryBus
@@ -43,6 +46,7 @@ class FakeClient:
         self.frames: list = []
         self.interruptions = 0
         self.resumptions = 0
+        self.dropped: list[int] = []
 
     def deliver(self, prepared, channel, payload) -> None:
         self.frames.append(prepared)
@@ -53,14 +57,18 @@ class FakeClient:
     def deliveryResumed(self) -> None:
         self.resumptions += 1
 
+    def messagesDropped(self, count: int) -> None:
+        self.dropped.append(count)
+
 
 class RouterTests(SynchronousTestCase):
     """The router keeps the broker's subscriptions equal to the hub's channels."""
 
     def setUp(self) -> None:
         self.prepared: list = []
+        self.clock = Clock()
         self.broker = MemoryBroker()
-        self.router = Router(self.broker, self.prepare)
+        self.router = Router(self.broker, self.prepare, clock=self.clock)
         self.broker.start(self.router)
 
     def prepare(self, payload: bytes, binary: bool):
@@ -98,7 +106,7 @@ class RouterTests(SynchronousTestCase):
 
     def test_oversizedMessageIsDroppedAndCounted(self):
         """A message over the outgoing limit reaches nobody and is counted."""
-        small = Router(self.broker, self.prepare, max_size=4)
+        small = Router(self.broker, self.prepare, max_size=4, clock=self.clock)
         client = FakeClient()
         small.join(client, ["ch"])
         small.messageReceived("ch", b"12345")
@@ -138,13 +146,80 @@ class RouterTests(SynchronousTestCase):
     def test_twoNodesOnOneBus(self):
         """Two routers on one bus (two ws4tx nodes on one Redis) both deliver."""
         other_broker = MemoryBroker(self.broker.bus)
-        other = Router(other_broker, self.prepare)
+        other = Router(other_broker, self.prepare, clock=self.clock)
         other_broker.start(other)
         here, there = FakeClient(), FakeClient()
         self.router.join(here, ["ch"])
         other.join(there, ["ch"])
         self.assertEqual(self.broker.bus.publish("ch", b"m"), 2)
         self.assertEqual((len(here.frames), len(there.frames)), (1, 1))
+
+
+def one_turn(clock: Clock) -> None:
+    """Run the calls due now, not those they schedule: one iteration of a real reactor
+    (``Clock.advance`` would also run what the calls schedule for now)."""
+    due = [call for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+        call.func(*call.args, **call.kw)
+
+
+class BacklogTests(SynchronousTestCase):
+    """Fan-out is bounded per reactor turn, and a backlog the server cannot work off is
+    dropped loudly (counted, logged, clients told), never silently."""
+
+    def setUp(self) -> None:
+        self.patch(router_module, "FRAMES_PER_TURN", 4)
+        self.clock = Clock()
+        self.router = Router(MemoryBroker(), lambda p, b: p, clock=self.clock,
+                             max_lag=2.0, max_backlog=5)
+        self.clients = [FakeClient(), FakeClient()]
+        for client in self.clients:
+            self.router.join(client, ["ch"])
+
+    def test_workPerTurnIsBounded(self):
+        """Past the frame budget of a turn, messages wait for the next turn, in order."""
+        for n in range(5):
+            self.router.messageReceived("ch", b"%d" % n)
+        self.assertEqual(self.clients[0].frames, [b"0", b"1"])
+        self.assertEqual(self.router.backlog, 3)
+        one_turn(self.clock)
+        self.assertEqual(self.clients[0].frames, [b"0", b"1", b"2", b"3"])
+        one_turn(self.clock)
+        self.assertEqual(self.clients[1].frames, [b"0", b"1", b"2", b"3", b"4"])
+        self.assertEqual((self.router.backlog, self.router.stats["lagged"]), (0, 0))
+        one_turn(self.clock)  # resets the budget, schedules nothing more
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_lateMessagesAreDroppedCountedAndReported(self):
+        """A message that waited over max_lag is dropped; each client is told how many
+        it missed once the server has caught up, and the episode is logged."""
+        with capturedLogs() as logged:
+            for n in range(4):
+                self.router.messageReceived("ch", b"%d" % n)
+            # The reactor comes back to the backlog 2.5 s later (busy elsewhere): the two
+            # waiting messages are too old by then.
+            self.clock.advance(2.5)
+            self.router.messageReceived("ch", b"fresh")
+            self.clock.advance(0)
+        self.assertEqual(self.clients[0].frames, [b"0", b"1", b"fresh"])
+        self.assertEqual(self.router.stats["lagged"], 2)
+        self.assertEqual(self.router.stats["lagged_frames"], 4)
+        self.assertEqual([c.dropped for c in self.clients], [[2], [2]])
+        texts = [e["log_format"] for e in logged]
+        self.assertEqual(len(texts), 2, texts)
+        self.assertIn("falling behind", texts[0])
+        self.assertIn("caught up", texts[1])
+
+    def test_backlogIsBoundedInMessages(self):
+        """Past max_backlog waiting messages the oldest is dropped and counted."""
+        for n in range(2 + 7):
+            self.router.messageReceived("ch", b"%d" % n)
+        self.assertEqual(self.router.backlog, 5)
+        self.assertEqual(self.router.stats["lagged"], 2)
+        self.clock.advance(0)
+        self.assertEqual(self.clients[0].frames, [b"0", b"1", b"4", b"5", b"6", b"7", b"8"])
+        self.assertEqual(self.clients[0].dropped, [2])
 
 
 class MemoryBrokerTests(SynchronousTestCase):
@@ -154,7 +229,7 @@ class MemoryBrokerTests(SynchronousTestCase):
         """publish with expire stores the message until the clock passes the expiry."""
         bus = MemoryBus()
         broker = MemoryBroker(bus)
-        broker.start(Router(broker, lambda p, b: p))
+        broker.start(Router(broker, lambda p, b: p, clock=bus.clock))
         self.successResultOf(broker.publish("k", b"v", expire=10))
         self.assertEqual(self.successResultOf(broker.fetch("k")), b"v")
         bus.clock.advance(10)

@@ -44,7 +44,7 @@ def options_from_settings(settings: Any) -> dict[str, Any]:
         found["websocket_url"] = settings.WEBSOCKET_URL
     for name in ("PREFIX", "EXPIRE", "HEARTBEAT", "MAX_MESSAGE_SIZE", "PING_INTERVAL",
                  "PING_TIMEOUT", "MAX_CONNECTIONS", "ALLOWED_ORIGINS", "HANDLERS",
-                 "ANONYMOUS_PUBLISH"):
+                 "ANONYMOUS_PUBLISH", "MAX_LAG"):
         value = _settings.lookup(settings, name, _UNSET)
         if value is not _UNSET:
             found[name.lower()] = value

@@ -49,6 +49,11 @@ class ServerConfig:
     max_queue_messages: int = 1000
     #: ... or it has not drained for this many seconds while messages wait.
     slow_timeout: float = 10.0
+    #: A message that waited this many seconds in the server's fan-out backlog (the
+    #: server could not keep up) is dropped, counted and reported, not sent late...
+    max_lag: float = 10.0
+    #: ... and so is the oldest one once this many messages wait.
+    max_backlog: int = 10_000
     #: Seconds a client has to finish its opening handshake.
     handshake_timeout: float = 5.0
     #: Most WebSocket connections at once in this process (0: no limit); 503 past it.
@@ -88,7 +93,7 @@ def check(config: ServerConfig) -> ServerConfig:
     for name in ("max_message_size", "max_frame_size", "max_facility_length",
                  "max_outgoing_size",
                  "max_query_length", "max_queue_bytes", "max_queue_messages",
-                 "slow_timeout"):
+                 "slow_timeout", "max_lag", "max_backlog"):
         if getattr(config, name) <= 0:
             raise ValueError(f"{name.replace('_', '-')} must be > 0")
     for name in ("ping_interval", "ping_timeout", "handshake_timeout", "max_connections",

@@ -31,6 +31,9 @@ ERROR_EVENT = "ws4tx.error"
 INTERRUPTED_EVENT = "ws4tx.interrupted"
 #: Sent to every client that got :data:`INTERRUPTED_EVENT` once delivery is back.
 RESUMED_EVENT = "ws4tx.resumed"
+#: Sent when the server fell behind and dropped messages of this client's channels
+#: (``data``: ``{"messages": n}``), once it has caught up. An application resyncs.
+DROPPED_EVENT = "ws4tx.dropped"
 
 _MARK = '{"ws4tx":'
 _MAX_ID = 2**53 - 1  # what a JavaScript number holds exactly

@@ -243,6 +243,10 @@ class PushProtocol(WebSocketServerProtocol):
             self._interrupted = False
             self.emit(envelope.RESUMED_EVENT)
 
+    def messagesDropped(self, count: int) -> None:
+        """The server fell behind and dropped ``count`` messages meant for this client."""
+        self.emit(envelope.DROPPED_EVENT, {"messages": count})
+
     def emit(self, event: str, data: Any = None) -> None:
         """Send an event to this client (only to clients that speak the envelope)."""
         if self.speaks_events and self.state == self.STATE_OPEN:
@@ -390,7 +394,9 @@ class PushFactory(WebSocketServerFactory):
         self.broker = broker
         self.authenticator = authenticator or AnonymousAuthenticator()
         self.heartbeat = config.heartbeat.encode() if config.heartbeat is not None else None
-        self.router = Router(broker, self.prepareMessage, config.max_outgoing_size)
+        self.router = Router(broker, self.prepareMessage, config.max_outgoing_size,
+                             clock=self.reactor, max_lag=config.max_lag,
+                             max_backlog=config.max_backlog)
         self.server = server or Server(broker, config.prefix)
         self.handlers: dict[str, EventHandler] = {h.facility: h(self.server) for h in handlers}
         self._drain_waiters: list[defer.Deferred[None]] = []
@@ -411,6 +417,10 @@ class PushFactory(WebSocketServerFactory):
             # Origin is checked by ws4tx itself (Autobahn's check trips on default ports).
             allowNullOrigin=True,
         )
+
+    def counters(self) -> dict[str, int]:
+        """Every counter of this process: the router's, the broker's and the clients'."""
+        return {**self.router.stats, **getattr(self.broker, "stats", {}), **self.stats}
 
     def closeAll(self, code: int = closecodes.GOING_AWAY, reason: str = "server shutting down") -> int:
         """Start the closing handshake with every client; return how many there are."""

@@ -4,13 +4,21 @@ It subscribes the broker to a channel when the channel gets its first local clie
 unsubscribes after its last one leaves; on every message it builds the WebSocket frame once
 and writes it to each local member. It is the broker's listener, and the hub is what the
 broker resubscribes from after a reconnect.
+
+Fan-out is bounded per reactor turn: past :data:`FRAMES_PER_TURN` frames the rest waits in
+a backlog for the next turn, so that sockets are flushed and Redis is read in between. When
+the server cannot keep up, the backlog is bounded too: a message that waited longer than
+``max_lag`` seconds (or pushed the backlog past ``max_backlog``) is dropped, counted,
+logged once per episode, and the clients of its channel are told how many they missed.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Protocol
+from collections import Counter, deque
+from typing import Any, Callable, Iterable, Optional, Protocol
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -30,6 +38,14 @@ class Member(Protocol):
     def deliveryResumed(self) -> None:
         """The broker is back and resubscribed: delivery goes on."""
 
+    def messagesDropped(self, count: int) -> None:
+        """``count`` messages of one of this client's channels were dropped because the
+        server fell behind (told once the server has caught up)."""
+
+
+#: Frames written in one reactor turn before the rest of the messages wait for the next.
+FRAMES_PER_TURN = 8192
+
 
 def is_text(payload: bytes) -> bool:
     """Whether ``payload`` goes out as a text frame (valid UTF-8) rather than binary."""
@@ -47,19 +63,35 @@ class Router:
     """Routes broker messages to local clients; keeps broker subscriptions = hub channels.
 
     ``prepare(payload, is_binary)`` builds a frame once for many clients (Autobahn's
-    ``factory.prepareMessage``).
+    ``factory.prepareMessage``); ``clock`` schedules the next turn's fan-out and dates
+    the backlog.
     """
 
     log = Logger()
 
     def __init__(self, broker: IBroker, prepare: Callable[[bytes, bool], Any],
-                 max_size: int = 1024 * 1024) -> None:
+                 max_size: int = 1024 * 1024, clock: Optional[IReactorTime] = None,
+                 max_lag: float = 10.0, max_backlog: int = 10_000) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
         self.hub: Hub[Member] = Hub()
         self.broker = broker
         self._prepare = prepare
         self._max_size = max_size
-        #: Counters for health and metrics.
-        self.stats = {"messages": 0, "frames": 0, "outages": 0, "oversized": 0}
+        self._clock: IReactorTime = clock  # type: ignore[assignment]
+        self._max_lag = max_lag
+        self._max_backlog = max_backlog
+        #: (arrival time, channel, payload) of messages waiting for a later turn.
+        self._backlog: deque[tuple[float, str, bytes]] = deque()
+        self._spent = 0
+        self._turn: Optional[IDelayedCall] = None
+        self._missed: Counter[str] = Counter()
+        self._behind_since = 0.0
+        #: Counters for health and metrics: messages from the broker, frames written,
+        #: broker outages, oversized messages dropped, messages (and their frames) dropped
+        #: because the server fell behind.
+        self.stats = {"messages": 0, "frames": 0, "outages": 0, "oversized": 0,
+                      "lagged": 0, "lagged_frames": 0}
 
     # Clients
 
@@ -92,9 +124,8 @@ class Router:
         return list(self.hub.channels())
 
     def messageReceived(self, channel: str, payload: bytes) -> None:
-        members = self.hub.members(channel)
         self.stats["messages"] += 1
-        if not members:
+        if not self.hub.members(channel):
             return
         if len(payload) > self._max_size:
             self.stats["oversized"] += 1
@@ -102,10 +133,69 @@ class Router:
                           "{limit} byte limit", size=len(payload), channel=channel,
                           limit=self._max_size)
             return
-        prepared = self._prepare(payload, not is_text(payload))
-        self.stats["frames"] += len(members)
-        for member in tuple(members):
-            member.deliver(prepared, channel, payload)
+        backlog = self._backlog
+        if not backlog and self._spent < FRAMES_PER_TURN:
+            self._spent += self._fanOut(channel, payload)
+        else:
+            backlog.append((self._clock.seconds(), channel, payload))
+            if len(backlog) > self._max_backlog:
+                self._drop(backlog.popleft()[1])
+        if self._turn is None:
+            self._turn = self._clock.callLater(0, self._nextTurn)
+
+    @property
+    def backlog(self) -> int:
+        """How many messages wait for a later reactor turn."""
+        return len(self._backlog)
+
+    def _fanOut(self, channel: str, payload: bytes) -> int:
+        """Write one message to the channel's members; return how many frames."""
+        members = tuple(self.hub.members(channel))
+        if members:
+            prepared = self._prepare(payload, not is_text(payload))
+            for member in members:
+                member.deliver(prepared, channel, payload)
+            self.stats["frames"] += len(members)
+        return len(members)
+
+    def _nextTurn(self) -> None:
+        self._turn = None
+        self._spent = 0
+        backlog = self._backlog
+        if not backlog:
+            return
+        too_old = self._clock.seconds() - self._max_lag
+        while backlog and self._spent < FRAMES_PER_TURN:
+            arrived, channel, payload = backlog.popleft()
+            if arrived < too_old:
+                self._drop(channel)
+            else:
+                self._spent += self._fanOut(channel, payload)
+        if backlog or self._spent:
+            self._turn = self._clock.callLater(0, self._nextTurn)
+        if not backlog and self._missed:
+            self._caughtUp()
+
+    def _drop(self, channel: str) -> None:
+        """Drop a message the server could not send in time."""
+        members = self.hub.members(channel)
+        self.stats["lagged"] += 1
+        self.stats["lagged_frames"] += len(members)
+        if not self._missed:
+            self._behind_since = self._clock.seconds()
+            self.log.warn("fan-out is falling behind: dropping messages that waited over "
+                          "{max_lag} s or past {max_backlog} waiting", max_lag=self._max_lag,
+                          max_backlog=self._max_backlog)
+        self._missed[channel] += 1
+
+    def _caughtUp(self) -> None:
+        missed, self._missed = self._missed, Counter()
+        self.log.warn("fan-out caught up after {seconds:.1f} s; dropped {messages} messages "
+                      "on {channels} channels", seconds=self._clock.seconds() - self._behind_since,
+                      messages=sum(missed.values()), channels=len(missed))
+        for channel, count in missed.items():
+            for member in tuple(self.hub.members(channel)):
+                member.messagesDropped(count)
 
     def brokerDisconnected(self) -> None:
         self.stats["outages"] += 1

@@ -40,6 +40,7 @@ _TUNABLES: dict[str, tuple[str, type]] = {
     "max-connections": ("max_connections", int),
     "redis-timeout": ("redis_timeout", float),
     "health-url": ("health_url", str),
+    "max-lag": ("max_lag", float),
 }
 
 
@@ -89,6 +90,10 @@ class Options(usage.Options):
         ["redis-timeout", None, None,
          "Seconds Redis has to answer a command or PING before its connection is "
          "replaced [default: 5]."],
+        ["max-lag", None, None,
+         "Seconds a message may wait for the server to fan it out when it cannot keep up; "
+         "older ones are dropped, counted, logged, and event clients are told "
+         "[default: 10]."],
         ["health-url", None, None,
          "Path of the health check, 200 while Redis delivers, else 503 "
          "[default: /ws4tx/health]."],

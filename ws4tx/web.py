@@ -50,7 +50,7 @@ class WebSocketEndpoint(resource.Resource):
 
 class HealthCheck(resource.Resource):
     """200 while messages flow from Redis (a probe message made the trip lately), 503
-    otherwise, for load balancers."""
+    otherwise, for load balancers; the body (JSON) adds the counters of the process."""
 
     isLeaf = True
 
@@ -66,6 +66,8 @@ class HealthCheck(resource.Resource):
             "redis": "delivering" if up else (
                 "connected" if broker.connected else "disconnected"),
             "clients": self.factory.router.memberCount(),
+            "backlog": self.factory.router.backlog,
+            "counters": self.factory.counters(),
         }
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
