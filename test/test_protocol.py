@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pprint
 
 from twisted.internet import endpoints, reactor
 from twisted.internet.error import ConnectionDone
@@ -16,6 +17,7 @@ from twisted.trial import unittest
 from twisted.web import resource
 from twisted.web.server import Site
 
+from ws4tx import _autobahn
 from ws4tx.config import ServerConfig
 from ws4tx.embedded import EmbeddedRedis
 from ws4tx.protocol import PushFactory
@@ -104,6 +106,26 @@ class StringTransportTests(unittest.SynchronousTestCase):
         self._open("/ws/foobar?subscribe-broadcast")
         self.proto.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.broker.subscribed, set())
+
+
+class LazyDebugFormattingTests(unittest.SynchronousTestCase):
+    """Autobahn's per-connection debug values cost nothing unless a line is printed."""
+
+    def test_formattedOnlyWhenPrinted(self):
+        """The value is pretty-printed when formatted into a line, exactly as before,
+        and never while nobody formats it."""
+        calls = []
+
+        class Watched:
+            def __repr__(self) -> str:
+                calls.append(1)
+                return "watched"
+
+        value = [("maxFramePayloadSize", 65536, "PushFactory"), Watched()]
+        lazy = _autobahn._Pretty(value)
+        self.assertEqual(calls, [])
+        self.assertEqual("{attrs}".format(attrs=lazy), pprint.pformat(value))
+        self.assertEqual(str(lazy), pprint.pformat(value))
 
 
 class EmbeddingTests(unittest.TestCase):

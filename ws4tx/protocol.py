@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ws4tx import closecodes, envelope
+from ws4tx import _autobahn, closecodes, envelope
 from ws4tx._origin import origin_allowed
 from ws4tx._ratelimit import TokenBucket
 from ws4tx.auth import (
@@ -88,10 +88,23 @@ class PushProtocol(WebSocketServerProtocol):
             del per_ip[self._ip]
         super().connectionLost(reason)
 
-    def onConnect(self, request: ConnectionRequest) -> defer.Deferred[Any]:
-        return defer.ensureDeferred(self._accept(request))
+    def onConnect(self, request: ConnectionRequest) -> Any:
+        """Check the handshake and authenticate it; the answer (the subprotocol) comes
+        at once for an authenticator that answers at once, else as a Deferred."""
+        handshake = self._checkHandshake(request)
+        try:
+            identity = self.factory.authenticator.authenticate(handshake)
+        except HandshakeDenied as e:
+            raise ConnectionDeny(e.status, e.reason) from None
+        if inspect.iscoroutine(identity):
+            identity = defer.Deferred.fromCoroutine(identity)
+        if isinstance(identity, defer.Deferred):
+            return identity.addCallbacks(self._admit, _denied,
+                                         callbackArgs=(request, handshake))
+        return self._admit(identity, request, handshake)
 
-    async def _accept(self, request: ConnectionRequest) -> Optional[str]:
+    def _checkHandshake(self, request: ConnectionRequest) -> HandshakeRequest:
+        """What the authenticator gets, once the limits, the URL and the Origin passed."""
         factory, config = self.factory, self.factory.config
         if config.max_connections_per_ip and \
                 factory.per_ip[self._ip] > config.max_connections_per_ip:
@@ -112,8 +125,7 @@ class PushProtocol(WebSocketServerProtocol):
             origin, config.allowed_origins
         ):
             raise ConnectionDeny(403, "this Origin is not allowed")
-        flags = parse_flags(query)
-        handshake = HandshakeRequest(
+        return HandshakeRequest(
             peer=request.peer,
             host=request.host,
             path=path,
@@ -121,12 +133,15 @@ class PushProtocol(WebSocketServerProtocol):
             params=parse_qs(query, keep_blank_values=True),
             headers=request.headers,
             facility=facility,
-            flags=flags,
+            flags=parse_flags(query),
         )
-        try:
-            identity = await defer.maybeDeferred(factory.authenticator.authenticate, handshake)
-        except HandshakeDenied as e:
-            raise ConnectionDeny(e.status, e.reason) from None
+
+    def _admit(self, identity: Identity | Grant, request: ConnectionRequest,
+               handshake: HandshakeRequest) -> Optional[str]:
+        """Take the identity the authenticator gave: decide the channels; return the
+        subprotocol to answer."""
+        config = self.factory.config
+        flags = handshake.flags
         if isinstance(identity, Grant):
             if identity.flags is not None:
                 flags = identity.flags
@@ -134,9 +149,9 @@ class PushProtocol(WebSocketServerProtocol):
         if identity.user is None and not config.anonymous_publish:
             flags = Flags(flags.subscribe, frozenset(), flags.echo)
         prefix = config.prefix
-        self.identity, self.facility = identity, facility
-        self._channels = audience_channels(prefix, facility, flags.subscribe, identity)
-        self._publish_to = audience_channels(prefix, facility, flags.publish, identity)
+        self.identity, self.facility = identity, handshake.facility
+        self._channels = audience_channels(prefix, self.facility, flags.subscribe, identity)
+        self._publish_to = audience_channels(prefix, self.facility, flags.publish, identity)
         self._echo = flags.echo
         if envelope.SUBPROTOCOL in request.protocols:
             self.speaks_events = True
@@ -375,6 +390,12 @@ class PushProtocol(WebSocketServerProtocol):
                 self._call(handler.on_close, None, self)
 
 
+def _denied(failure: Failure) -> Failure:
+    """An authenticator's HandshakeDenied, as the HTTP answer Autobahn sends."""
+    failure.trap(HandshakeDenied)
+    raise ConnectionDeny(failure.value.status, failure.value.reason)
+
+
 class PushFactory(WebSocketServerFactory):
     """Builds :class:`PushProtocol` and holds what all connections share."""
 
@@ -390,6 +411,7 @@ class PushFactory(WebSocketServerFactory):
         reactor: Optional[IReactorTime] = None,
     ) -> None:
         super().__init__(reactor=reactor)
+        _autobahn.format_lazily()
         self.config = config
         self.broker = broker
         self.authenticator = authenticator or AnonymousAuthenticator()
