@@ -125,7 +125,7 @@ class ServerTestCase(unittest.TestCase):
         self.service.startService()
         self.addCleanup(self.service.stopService)
         port = await endpoints.TCP4ServerEndpoint(
-            reactor, 0, backlog=1024, interface="127.0.0.1").listen(self.service.listening_factory)
+            reactor, 0, backlog=1024, interface="127.0.0.1").listen(self.service.site)
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
         if wait:

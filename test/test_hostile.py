@@ -20,6 +20,7 @@ from ws4tx import closecodes
 from ws4tx.config import ServerConfig
 from ws4tx.service import PushService
 from ws4tx.testing import MemoryBroker
+from ws4tx.web import HeadDeadlines
 
 from test._server import ServerTestCase
 from test._wsclient import TIMEOUT, handshake_request, raw_request, status_of
@@ -211,9 +212,52 @@ class HandshakeFuzzTests(SynchronousTestCase):
     ))
     def test_randomBytesNeverCrash(self, data: bytes):
         """Whatever arrives, the server answers or closes; no exception escapes."""
-        proto = self.service.listening_factory.buildProtocol(("127.0.0.1", 1))
+        proto = self.service.site.buildProtocol(("127.0.0.1", 1))
         transport = StringTransport()
+        transport.protocol = proto  # as a TCP transport has (Autobahn takes it over)
         proto.makeConnection(transport)
         proto.dataReceived(data)
         proto.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class _Connection:
+    def __init__(self) -> None:
+        self.transport = StringTransport()
+        self.aborted = False
+        self.transport.abortConnection = self._abort  # type: ignore[method-assign]
+
+    def _abort(self) -> None:
+        self.aborted = True
+
+
+class HeadDeadlineTests(SynchronousTestCase):
+    """One timer serves every connection that still owes its request head."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.deadlines = HeadDeadlines(5.0, self.clock)
+
+    def test_onlyLateConnectionsAreAborted(self):
+        """A connection is aborted when its own deadline passes, unless released."""
+        first, second, released = _Connection(), _Connection(), _Connection()
+        self.deadlines.watch(first)
+        self.clock.advance(2)
+        self.deadlines.watch(second)
+        self.deadlines.watch(released)
+        self.deadlines.release(released)
+        self.clock.advance(3)
+        self.assertEqual((first.aborted, second.aborted), (True, False))
+        self.clock.advance(1.9)
+        self.assertFalse(second.aborted)
+        self.clock.advance(0.1)
+        self.assertTrue(second.aborted)
+        self.assertFalse(released.aborted)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_noTimerLeftWhenAllReleased(self):
+        """Once every watched connection is released, no timer is pending."""
+        connection = _Connection()
+        self.deadlines.watch(connection)
+        self.deadlines.release(connection)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

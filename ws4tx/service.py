@@ -14,7 +14,6 @@ from twisted.application import service, strports
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource
-from twisted.web.server import Site
 
 from ws4tx import closecodes
 from ws4tx.auth import IAuthenticator
@@ -23,7 +22,7 @@ from ws4tx.config import ServerConfig
 from ws4tx.handlers import EventHandler, Server
 from ws4tx.protocol import PushFactory
 from ws4tx.redis_broker import RedisBroker
-from ws4tx.web import HeadDeadlineFactory, Root
+from ws4tx.web import PushSite, Root
 
 #: Seconds an idle HTTP keep-alive connection (not a WebSocket) is kept.
 _IDLE_HTTP_TIMEOUT = 60
@@ -65,14 +64,12 @@ class PushService(service.MultiService):
         self.resource = Root(self.factory, fallback)
         #: The WebSocket endpoint alone, to mount at ``websocket_url`` in another Site.
         self.websocket_resource = self.resource.websocket
-        self.site = Site(self.resource, timeout=_IDLE_HTTP_TIMEOUT, reactor=reactor)
+        #: What listens: a Site with a deadline on each connection's request head.
+        self.site = PushSite(self.resource, config.handshake_timeout, reactor,
+                             timeout=_IDLE_HTTP_TIMEOUT)
         self.site.displayTracebacks = False
-        #: What listens: the site, with a deadline on each connection's request head.
-        self.listening_factory = HeadDeadlineFactory(self.site, config.handshake_timeout,
-                                                     reactor) \
-            if config.handshake_timeout else self.site
         for description in listen:
-            strports.service(description, self.listening_factory,
+            strports.service(description, self.site,
                              reactor=reactor).setServiceParent(self)
 
     def startService(self) -> None:

@@ -8,8 +8,8 @@ from typing import Any, Optional
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web import pages, resource
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from ws4tx.protocol import PushFactory
@@ -105,57 +105,75 @@ class Root(resource.Resource):
         return pages.notFound().render(request)
 
 
-class _HeadDeadline(ProtocolWrapper):
-    """Drops a connection whose first request head (request line and headers) has not
-    arrived within the deadline: a handshake that never ends (slowloris) costs a socket for
-    seconds, not hours. After the head it is a plain pass-through."""
+class HeadDeadlines:
+    """Connections that must send their first request head by a deadline, on one timer.
 
-    factory: "HeadDeadlineFactory"
+    A handshake that never ends (slowloris) costs a socket for seconds, not hours. The
+    watched connections expire in the order they came, so one timer, set for the oldest,
+    serves them all: no timer and no wrapping protocol per connection.
+    """
 
-    def __init__(self, factory: "HeadDeadlineFactory", wrapped: Any) -> None:
-        super().__init__(factory, wrapped)
+    def __init__(self, deadline: float, clock: IReactorTime) -> None:
+        self.deadline = deadline
+        self._clock = clock
+        #: connection -> when its head is due, oldest first.
+        self._due: dict[Any, float] = {}
         self._timer: Optional[IDelayedCall] = None
-        self._tail = b""
 
-    def makeConnection(self, transport: Any) -> None:
-        self._timer = self.factory.clock.callLater(self.factory.deadline, self._expire)
-        super().makeConnection(transport)
+    def watch(self, connection: Any) -> None:
+        """Abort ``connection`` unless :meth:`release` is called within the deadline."""
+        self._due[connection] = self._clock.seconds() + self.deadline
+        if self._timer is None:
+            self._timer = self._clock.callLater(self.deadline, self._expire)
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._timer is not None:
-            seen = self._tail + data
-            if b"\r\n\r\n" in seen:
-                self._cancel()
-            else:
-                self._tail = seen[-3:]
-        super().dataReceived(data)
-
-    def connectionLost(self, reason: Any) -> None:
-        self._cancel()
-        super().connectionLost(reason)
-
-    def _cancel(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
+    def release(self, connection: Any) -> None:
+        """``connection``'s head is in (or it is gone)."""
+        self._due.pop(connection, None)
+        if not self._due and self._timer is not None:
+            self._timer.cancel()
             self._timer = None
 
     def _expire(self) -> None:
         self._timer = None
-        self.transport.abortConnection()
+        now, due = self._clock.seconds(), self._due
+        while due:
+            connection, when = next(iter(due.items()))
+            if when > now:
+                self._timer = self._clock.callLater(when - now, self._expire)
+                return
+            del due[connection]
+            connection.transport.abortConnection()
 
 
-class HeadDeadlineFactory(WrappingFactory):
-    """Wraps a Site so that every connection must send its request head in time."""
+class _DeadlineChannel(HTTPChannel):
+    """An HTTP connection that must send its first request head in time."""
 
-    protocol = _HeadDeadline
-    noisy = False
+    factory: "PushSite"
 
-    def __init__(self, site: Site, deadline: float, clock: IReactorTime) -> None:
-        super().__init__(site)
-        self.deadline = deadline
-        self.clock = clock
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.factory.head_deadlines is not None:
+            self.factory.head_deadlines.watch(self)
 
-    def logPrefix(self) -> str:
-        """Log as the site itself ("Site starting on 8000")."""
-        return self.wrappedFactory.logPrefix()  # type: ignore[no-any-return]
+    def allHeadersReceived(self) -> None:
+        if self.factory.head_deadlines is not None:
+            self.factory.head_deadlines.release(self)
+        super().allHeadersReceived()
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.factory.head_deadlines is not None:
+            self.factory.head_deadlines.release(self)
+        super().connectionLost(reason)
+
+
+class PushSite(Site):
+    """The Site ws4tx listens with: every connection must send its request head within
+    ``head_deadline`` seconds (0: no deadline). HTTP/1.1 only (WebSockets upgrade from
+    it; Autobahn does not speak WebSocket over HTTP/2)."""
+
+    protocol = _DeadlineChannel
+
+    def __init__(self, resource: resource.Resource, head_deadline: float,
+                 reactor: IReactorTime, **kwargs: Any) -> None:
+        super().__init__(resource, reactor=reactor, **kwargs)
+        self.head_deadlines = HeadDeadlines(head_deadline, reactor) if head_deadline else None
