@@ -63,7 +63,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--fanout-rates", type=_ints, default=None, help="msg/s [default: 10,100,1000]")
     p.add_argument("--maxrate-clients", type=int, default=None, help="[default: 1000]")
     p.add_argument("--maxrate-rates", type=_ints, default=None,
-                   help="the bounded set bisected [default: 1,2,5,10,20,30,50,70,100,150,200,300]")
+                   help="the bounded set bisected [default: 1,2,5,10,20,30,50,70,100,150,200,300,500,700,1000]")
     p.add_argument("--probe-duration", type=float, default=None,
                    help="seconds per max-rate probe [default: 5]")
     p.add_argument("--idle-counts", type=_ints, default=None, help="[default: 1000,5000,10000]")
@@ -98,7 +98,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "fanout_clients": [50] if smoke else [100, 1000, 5000],
         "fanout_rates": [20] if smoke else [10, 100, 1000],
         "maxrate_clients": 50 if smoke else 1000,
-        "maxrate_rates": [20] if smoke else [1, 2, 5, 10, 20, 30, 50, 70, 100, 150, 200, 300],
+        "maxrate_rates": [20] if smoke else [1, 2, 5, 10, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000],
         "probe_duration": 1.0 if smoke else 5.0,
         "idle_counts": [50] if smoke else [1000, 5000, 10000],
         "users": 50 if smoke else 1000,
@@ -233,8 +233,10 @@ def main(argv: list[str]) -> int:
                 if scenario == "profile":
                     continue
                 for name in S.ORDER:
-                    if name in args.systems:
-                        run_scenario(suite, scenario, S.ALL[name], run)
+                    system = S.ALL[name]
+                    if name in args.systems and (system.scenarios is None
+                                                 or scenario in system.scenarios):
+                        run_scenario(suite, scenario, system, run)
         if "profile" in args.scenarios and "ws4tx" in args.systems:
             say("bench: profiling the ws4tx server (not part of the medians)")
             run_scenario(suite, "profile", S.ALL["ws4tx"], 0)

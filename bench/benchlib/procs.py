@@ -42,6 +42,24 @@ def _child_setup() -> None:  # pragma: no cover - runs in the child before exec
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def tree(pid: int) -> list[int]:
+    """A process and its descendants (a supervisor's workers), from /proc/PID/task/*/children."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        try:
+            tids = os.listdir(f"/proc/{pids[i]}/task")
+        except OSError:
+            tids = []
+        for tid in tids:
+            try:
+                with open(f"/proc/{pids[i]}/task/{tid}/children") as f:
+                    pids.extend(int(c) for c in f.read().split())
+            except OSError:
+                pass
+        i += 1
+    return pids
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (0 if it is gone)."""
     try:
@@ -108,7 +126,7 @@ REGISTRY = Registry()
 class Proc:
     """A child process; its stdout and stderr go to ``log_path`` unless it talks JSON."""
 
-    def __init__(self, name: str, argv: list[str], *, cpu: Optional[int], pin: bool,
+    def __init__(self, name: str, argv: list[str], *, cpu: Optional[int | str], pin: bool,
                  log_path: str, env: Optional[dict[str, str]] = None,
                  cwd: Optional[str] = None, json_io: bool = False) -> None:
         self.name = name
@@ -175,14 +193,16 @@ class Proc:
                 raise BenchError(f"{self.name}: {command.get('cmd')}: {answer['error']}")
             return answer
 
+    # Measured over the process and its children (the workers of ws4tx --workers N).
+
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
+        return sum(cpu_seconds(pid) for pid in tree(self.pid))
 
     def rss_kb(self) -> int:
-        return rss_kb(self.pid)
+        return sum(rss_kb(pid) for pid in tree(self.pid))
 
     def runqueue_wait_seconds(self) -> float:
-        return runqueue_wait_seconds(self.pid)
+        return sum(runqueue_wait_seconds(pid) for pid in tree(self.pid))
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout``; only this process (its own id)."""
@@ -241,6 +261,21 @@ def http_status(port: int, path: str, timeout: float = 2.0) -> int:
         return status
     except OSError:
         return 0
+
+
+def http_json(port: int, path: str, timeout: float = 2.0) -> Optional[dict]:
+    """The JSON body of a plain HTTP GET on 127.0.0.1:``port`` (None when it fails)."""
+    import http.client
+    import json
+
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        conn.request("GET", path)
+        body = conn.getresponse().read()
+        conn.close()
+        return json.loads(body)
+    except (OSError, ValueError):
+        return None
 
 
 def redis_ping(port: int, timeout: float = 1.0) -> bool:

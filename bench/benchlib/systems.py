@@ -8,11 +8,21 @@ import os
 import time
 from typing import Optional
 
-from benchlib.procs import BenchError, Proc, free_port, http_status, redis_ping, wait_port
+from benchlib.procs import (
+    BenchError,
+    Proc,
+    free_port,
+    http_json,
+    http_status,
+    redis_ping,
+    tree,
+    wait_port,
+)
 from benchlib.venvs import BENCH, REPO, Venv
 
 SERVERS = os.path.join(BENCH, "servers")
 SERVER_CPU, LOAD_CPU = 0, 1
+BOTH_CPUS = "0,1"
 
 
 class System:
@@ -23,6 +33,10 @@ class System:
     needs_redis = True
     publisher_system = ""
     env: dict[str, str] = {}
+    #: The CPUs its server may run on (taskset -c).
+    server_cpus: int | str = SERVER_CPU
+    #: The scenarios it takes part in (None: all).
+    scenarios: Optional[frozenset[str]] = None
 
     def server_argv(self, venv: Venv, port: int, redis_url: str, users: bool,
                     aux_port: int) -> tuple[list[str], dict[str, str], str]:
@@ -30,6 +44,11 @@ class System:
 
     def ready(self, proc: Proc, port: int, timeout: float = 30.0) -> None:
         wait_port(port, proc, timeout)
+
+    def counters(self, port: int) -> Optional[dict[str, int]]:
+        """The server's own counters (ws4tx's health URL: dropped messages, slow clients,
+        its fan-out backlog), or None for a system that has none."""
+        return None
 
     def broadcast_url(self, port: int, facility: str) -> str:
         raise NotImplementedError
@@ -78,6 +97,12 @@ class Ws4tx(System):
             time.sleep(0.1)
         raise BenchError(f"ws4tx health did not turn 200 within {timeout:.0f} s; see {proc.log_path}")
 
+    def counters(self, port):
+        health = http_json(port, "/ws4tx/health", timeout=10.0)
+        if not health or "counters" not in health:
+            return None
+        return {**health["counters"], "backlog": health.get("backlog", 0)}
+
     def broadcast_url(self, port, facility):
         return f"ws://127.0.0.1:{port}/ws/{facility}?subscribe-broadcast"
 
@@ -89,6 +114,32 @@ class Ws4tx(System):
 
     def user_target(self, user):
         return user
+
+
+class Ws4txWorkers(Ws4tx):
+    """ws4tx with two worker processes on one port (--workers 2), each with its own Redis
+    subscriber, allowed on both CPUs: on this 2-core machine the second worker shares
+    CPU 1 with the load generator, the publisher and Redis."""
+
+    name = "ws4tx-2w"
+    label = "ws4tx, twistd ws4tx --workers 2 (server on CPUs 0 and 1)"
+    server_cpus = BOTH_CPUS
+    scenarios = frozenset({"fanout", "maxrate"})
+
+    def server_argv(self, venv, port, redis_url, users, aux_port):
+        argv, env, cwd = super().server_argv(venv, port, redis_url, users, aux_port)
+        return argv + ["--workers", "2"], env, cwd
+
+    def ready(self, proc, port, timeout=30.0):
+        super().ready(proc, port, timeout)
+        # The health URL answers from whichever worker the kernel picks: wait for both.
+        deadline = time.monotonic() + timeout
+        while len(tree(proc.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def counters(self, port):
+        # One worker's counters, not the sum: not used for the no-silent-loss verdict.
+        return None
 
 
 class Ceiling(System):
@@ -175,8 +226,9 @@ class SocketIO(System):
         return f"u.{user}"
 
 
-ALL = {s.name: s for s in (Ws4tx(), Ceiling(), Channels("core"), Channels("pubsub"), SocketIO())}
-ORDER = ["ceiling", "ws4tx", "channels-core", "channels-pubsub", "socketio"]
+ALL = {s.name: s for s in (Ws4tx(), Ws4txWorkers(), Ceiling(), Channels("core"),
+                           Channels("pubsub"), SocketIO())}
+ORDER = ["ceiling", "ws4tx", "ws4tx-2w", "channels-core", "channels-pubsub", "socketio"]
 
 
 def redis_binary(ws4tx_venv: Venv) -> str:
