@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from twisted.internet import defer, reactor
 
 from ws4tx import closecodes, envelope
@@ -273,7 +275,7 @@ class HandshakeTests(ServerTestCase):
 
     async def test_healthFollowsDelivery(self):
         """The health check answers 200 once a probe has made the trip through Redis,
-        and 503 when Redis is gone."""
+        and 503 when Redis is gone; its body carries the process's counters."""
         health = b"GET /ws4tx/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         client = await self.client("/ws/foobar?subscribe-broadcast")
         # Published after the probe on the same connection, so it arrives after it.
@@ -281,7 +283,10 @@ class HandshakeTests(ServerTestCase):
         self.assertEqual(await client.text(), "after the probe")
         status, rest = await self._status(health)
         self.assertEqual(status, 200)
-        self.assertIn('"redis": "delivering"', rest)
+        body = json.loads(rest.split("\r\n\r\n", 1)[1])
+        self.assertEqual((body["redis"], body["clients"], body["backlog"]), ("delivering", 1, 0))
+        self.assertGreaterEqual(body["counters"]["frames"], 1)
+        self.assertEqual(body["counters"]["lagged"], 0)
         self.redis_server.stop()
         await self.brokerEvent("disconnected")
         status, rest = await self._status(health)
