@@ -376,9 +376,11 @@ def render(records: list[dict], header: list[str]) -> str:
     out = list(header)
     sections = [
         ("Fan-out: N clients on one broadcast channel", fanout_table(records),
-         "Medians of the runs. delivered = frames received by all clients per second of "
-         "publishing; loss = missing sequence numbers at the end of the drain window (5 s "
-         "after the last publish); latency = receive time − send time; CPU as a share of one "
+         "Medians of the runs. delivered = frames received by all clients, up to the end of "
+         "the drain window, per second of publishing (in overload more than the server can "
+         "sustain: the latency shows how late); loss = missing sequence numbers at the end of "
+         "the drain window (nothing new for 1 s and, for ws4tx, an empty fan-out backlog; at "
+         "most 15 s after the last publish); latency = receive time − send time; CPU as a share of one "
          "core; 'server waited for CPU' = share of the window the server was runnable but "
          "another process had its core (other load on the machine). Higher rates at a client "
          "count are skipped once a rate loses ≥ 1 % or has p99 ≥ 1 s."),
