@@ -221,6 +221,8 @@ def report(directory: Path, target: Path) -> None:
         "`twistd ws4tx` (embedded Redis), admin, john and mary log in, and every row of the",
         "acceptance matrix is sent as a user does it (broadcast over the WebSocket, user and",
         "group chat through the forms); exactly the listed recipients must get each message.",
+        "The pairs are Python 3.11-3.13 (those present on the machine) x Django 5.2, 6.0 and",
+        "6.1 where Django supports that Python (Django 6 needs Python 3.12 or newer).",
         "",
         "| Python | Django | Web server works? | Channels work? | Does it work? |",
         "|---|---|---|---|---|",
