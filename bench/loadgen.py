@@ -20,13 +20,13 @@ import array
 import asyncio
 import base64
 import collections
-import json
 import os
 import sys
-import threading
 import time
 from typing import Any, Optional
 from urllib.parse import urlsplit
+
+from _commands import serve
 
 try:  # pragma: no cover - depends on the virtualenv
     import uvloop
@@ -458,33 +458,8 @@ class Generator:
 
 
 async def main() -> None:
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-
-    def reader() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(queue.put_nowait, line)
-        loop.call_soon_threadsafe(queue.put_nowait, None)
-
-    threading.Thread(target=reader, daemon=True).start()
     gen = Generator()
-    while True:
-        line = await queue.get()
-        if line is None:
-            break
-        line = line.strip()
-        if not line:
-            continue
-        c = json.loads(line)
-        name = c.get("cmd")
-        if name == "quit":
-            break
-        try:
-            answer = await getattr(gen, "cmd_" + name)(c)
-        except Exception as e:  # noqa: BLE001 - reported to the suite
-            answer = {"error": f"{type(e).__name__}: {e}"}
-        sys.stdout.write(json.dumps(answer) + "\n")
-        sys.stdout.flush()
+    await serve(lambda command: getattr(gen, "cmd_" + command.get("cmd", ""))(command))
     for k in CLIENTS:
         try:
             k.close()

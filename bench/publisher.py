@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import socket
 import sys
-import threading
 import time
 from typing import Any, Awaitable, Callable, Union
+
+from _commands import serve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -184,42 +184,22 @@ async def main() -> None:
     args = parser.parse_args()
     publish, versions = ADAPTERS[args.system](args)
     pub = Publisher(publish, args.size)
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
 
-    def reader() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(queue.put_nowait, line)
-        loop.call_soon_threadsafe(queue.put_nowait, None)
-
-    threading.Thread(target=reader, daemon=True).start()
-    while True:
-        line = await queue.get()
-        if line is None:
-            break
-        if not line.strip():
-            continue
-        c = json.loads(line)
+    async def handle(c: dict[str, Any]) -> dict[str, Any]:
         name = c.get("cmd")
-        try:
-            if name == "quit":
-                break
-            if name == "hello":
-                answer: dict[str, Any] = {"ok": True, "pid": os.getpid(), "versions": versions}
-            elif name == "once":
-                await pub.round(c["tag"], int(c.get("seq", 0)), c["targets"])
-                answer = {"ok": True}
-            elif name == "run":
-                answer = await pub.run(c["tag"], float(c["rate"]), float(c["duration"]),
-                                       c["targets"], int(c.get("start_seq", 0)))
-            elif name == "tokens":
-                answer = {"tokens": ws4tx_tokens(c["users"])}
-            else:
-                answer = {"error": f"unknown command {name!r}"}
-        except Exception as e:  # noqa: BLE001 - reported to the suite
-            answer = {"error": f"{type(e).__name__}: {e}"}
-        sys.stdout.write(json.dumps(answer) + "\n")
-        sys.stdout.flush()
+        if name == "hello":
+            return {"ok": True, "pid": os.getpid(), "versions": versions}
+        if name == "once":
+            await pub.round(c["tag"], int(c.get("seq", 0)), c["targets"])
+            return {"ok": True}
+        if name == "run":
+            return await pub.run(c["tag"], float(c["rate"]), float(c["duration"]),
+                                 c["targets"], int(c.get("start_seq", 0)))
+        if name == "tokens":
+            return {"tokens": ws4tx_tokens(c["users"])}
+        return {"error": f"unknown command {name!r}"}
+
+    await serve(handle)
 
 
 if __name__ == "__main__":

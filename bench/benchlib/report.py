@@ -39,6 +39,11 @@ def _ratio(v: Optional[float], base: Optional[float]) -> str:
     return f"{v / base:.2f}×"
 
 
+def _vs_bases(v: Optional[float], base: dict[str, list[dict]], key: str) -> str:
+    """The "× ceiling | × ws4tx" cells: ``v`` against each base system's median of ``key``."""
+    return " | ".join(_ratio(v, _med(base[b], key)) for b in BASES)
+
+
 def _pct(v: Optional[float], digits: int = 2) -> str:
     return "–" if v is None else f"{100 * v:.{digits}f} %"
 
@@ -115,8 +120,7 @@ def fanout_table(records: list[dict]) -> list[str]:
                 f"| {_fmt(_med(rs, 'max_ms'))} | {_pct(_med(rs, 'server_cpu'), 0)} "
                 f"| {_fmt(_med(rs, 'server_cpu_us_per_frame'))} | {_fmt(_med(rs, 'server_rss_mb'))} "
                 f"| {_pct(_med(rs, 'generator_cpu'), 0)} | {_pct(_med(rs, 'server_cpu_wait'), 0)} "
-                f"| {_ratio(p99, _med(base['ceiling'], 'p99_ms'))} "
-                f"| {_ratio(p99, _med(base['ws4tx'], 'p99_ms'))} "
+                f"| {_vs_bases(p99, base, 'p99_ms')} "
                 f"| {_ratio(delivered, _med(base['ceiling'], 'delivered_per_s'))} "
                 f"| {'; '.join(notes)} |")
     return lines
@@ -180,10 +184,8 @@ def idle_table(records: list[dict]) -> list[str]:
             lines.append(
                 f"| {n:,} | {s} | {_fmt(kb)} | {_fmt(rate, 0)} "
                 f"| {_fmt(_med(rs, 'rss_before_mb'))} → {_fmt(_med(rs, 'rss_after_mb'))} "
-                f"| {_ratio(kb, _med(base['ceiling'], 'rss_per_conn_kb'))} "
-                f"| {_ratio(kb, _med(base['ws4tx'], 'rss_per_conn_kb'))} "
-                f"| {_ratio(rate, _med(base['ceiling'], 'connect_rate'))} "
-                f"| {_ratio(rate, _med(base['ws4tx'], 'connect_rate'))} | {_status_note(rs)} |")
+                f"| {_vs_bases(kb, base, 'rss_per_conn_kb')} "
+                f"| {_vs_bases(rate, base, 'connect_rate')} | {_status_note(rs)} |")
     return lines
 
 
@@ -208,7 +210,7 @@ def channels_table(records: list[dict]) -> list[str]:
             f"| {_pct(_med(rs, 'loss'))} | {_fmt(_med(rs, 'p50_ms'))} | {_fmt(p99)} "
             f"| {_fmt(_med(rs, 'max_ms'))} | {_pct(_med(rs, 'server_cpu'), 0)} "
             f"| {_fmt(_med(rs, 'server_cpu_us_per_frame'))} | {_pct(_med(rs, 'generator_cpu'), 0)} "
-            f"| {_ratio(p99, _med(base['ceiling'], 'p99_ms'))} | {_ratio(p99, _med(base['ws4tx'], 'p99_ms'))} "
+            f"| {_vs_bases(p99, base, 'p99_ms')} "
             f"| {_status_note(rs)} |")
     return lines
 
