@@ -7,13 +7,14 @@ import json
 import os
 import signal
 
-from twisted.internet import endpoints, protocol, reactor, task
+from twisted.internet import defer, endpoints, protocol, reactor, task
 
 from ws4tx import envelope
 from ws4tx.config import ServerConfig
 from ws4tx.redis_address import RedisAddress
 
 from test._server import ServerTestCase, non_probe
+from test._wsclient import TIMEOUT
 
 
 class KillUnderLoadTests(ServerTestCase):
@@ -28,6 +29,8 @@ class KillUnderLoadTests(ServerTestCase):
                                      protocols=(envelope.SUBPROTOCOL,)) for _ in range(20)]
         fds = len(os.listdir("/proc/self/fd"))
         seq = [0]
+        #: sequence number -> fired once that many messages have been published
+        published: dict[int, defer.Deferred[None]] = {}
 
         def publish() -> None:
             try:
@@ -35,6 +38,8 @@ class KillUnderLoadTests(ServerTestCase):
             except Exception:
                 pass  # Redis is down: this one is lost, as pub/sub loses it
             seq[0] += 1
+            if seq[0] in published:
+                published.pop(seq[0]).callback(None)
 
         loop = task.LoopingCall(publish)
         loop.start(0.01)
@@ -46,8 +51,8 @@ class KillUnderLoadTests(ServerTestCase):
             await self.brokerEvent("connected")
             first = seq[0]
             marker = first + 10  # wait until ten more have been published
-            while seq[0] < marker:
-                await task.deferLater(reactor, 0.01, lambda: None)
+            published[marker] = defer.Deferred()
+            await published[marker].addTimeout(TIMEOUT, reactor)
             for client in raw + evented:
                 await self._receivedFrom(client, first, marker)
         loop.stop()
