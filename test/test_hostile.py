@@ -3,8 +3,10 @@ and other clients unaffected."""
 
 from __future__ import annotations
 
+import json
 import os
 import struct
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,7 +19,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx import closecodes
+from ws4tx.auth import HandshakeRequest
 from ws4tx.config import ServerConfig
+from ws4tx.naming import Identity
 from ws4tx.service import PushService
 from ws4tx.testing import MemoryBroker
 from ws4tx.web import HeadDeadlines
@@ -261,3 +265,62 @@ class HeadDeadlineTests(SynchronousTestCase):
         self.deadlines.watch(connection)
         self.deadlines.release(connection)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class _HeldAuthenticator:
+    """Answers each handshake with a Deferred the test fires (a slow session look-up)."""
+
+    def __init__(self) -> None:
+        #: One-tuples (a Deferred in a DeferredQueue would chain) of pending answers.
+        self.pending: defer.DeferredQueue[tuple[defer.Deferred[Identity]]] = \
+            defer.DeferredQueue()
+
+    def authenticate(self, request: HandshakeRequest) -> defer.Deferred[Identity]:
+        d: defer.Deferred[Identity] = defer.Deferred()
+        self.pending.put((d,))
+        return d
+
+
+class ResetDuringAuthenticationTests(ServerTestCase):
+    """A client that resets its connection while it is being authenticated is never
+    opened: no member, no Redis subscription, nothing for a drain to wait for."""
+
+    config = ServerTestCase.config.replace(max_connections_per_ip=0)
+    clients = 1000
+
+    async def startServer(self, wait: bool = True, **kwargs: Any) -> None:
+        self.authenticator = _HeldAuthenticator()
+        await super().startServer(wait, authenticator=self.authenticator, **kwargs)
+
+    async def test_resetWhileAuthenticatingLeaksNothing(self):
+        """1,000 handshakes reset while their authentication is pending, then answered:
+        0 members, 0 subscriptions in Redis, 0 clients on the health URL, and a drain that
+        has nothing to wait for."""
+        channel = "ws4tx:user:john:foobar"
+        request = handshake_request("/ws/foobar?subscribe-broadcast&subscribe-user")
+        raws = [await self._raw(request) for _ in range(self.clients)]
+        answers = [await self.authenticator.pending.get().addTimeout(TIMEOUT, reactor)
+                   for _ in raws]
+        for raw in raws:
+            raw.transport.abortConnection()
+        for _ in raws:  # the server saw every connection go
+            await self.factory.test_left.get().addTimeout(TIMEOUT, reactor)
+        for (answer,) in answers:
+            answer.callback(Identity(user="john"))
+        self.assertEqual(self.factory.router.memberCount(), 0)
+        self.assertEqual(self.factory.test_joined.pending, [])
+        self.assertEqual(dict(self.redis.pubsub_numsub(channel, "ws4tx:broadcast:foobar")),
+                         {channel.encode(): 0, b"ws4tx:broadcast:foobar": 0})
+        self.assertEqual(sum(self.factory.per_ip.values()), 0)
+        health = await raw_request(self.port, b"GET /ws4tx/health HTTP/1.0\r\n\r\n")
+        self.assertEqual(json.loads(health.partition(b"\r\n\r\n")[2])["clients"], 0)
+        self.assertTrue(self.factory.whenDrained().called)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    async def _raw(self, data: bytes) -> RawClient:
+        raw = RawClient()
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        await endpoints.connectProtocol(endpoint, raw)
+        self.addCleanup(raw.transport.abortConnection)
+        raw.transport.write(data)
+        return raw

@@ -73,6 +73,9 @@ class PushProtocol(WebSocketServerProtocol):
         self._bucket: Optional[TokenBucket] = None
         self._over_limit = 0
         self._ip = ""
+        #: The authentication under way (an authenticator that answers later), if any.
+        self._authenticating: Optional[defer.Deferred[Any]] = None
+        self._lost = False
 
     # Handshake
 
@@ -82,6 +85,11 @@ class PushProtocol(WebSocketServerProtocol):
         super().connectionMade()
 
     def connectionLost(self, reason: Failure) -> None:
+        # A client that goes away while it is being authenticated is never opened: Autobahn
+        # would answer the handshake (and call onOpen) once the authenticator answers.
+        self._lost = True
+        if self._authenticating is not None:
+            self._authenticating.cancel()
         per_ip = self.factory.per_ip
         per_ip[self._ip] -= 1
         if not per_ip[self._ip]:
@@ -99,9 +107,21 @@ class PushProtocol(WebSocketServerProtocol):
         if inspect.iscoroutine(identity):
             identity = defer.Deferred.fromCoroutine(identity)
         if isinstance(identity, defer.Deferred):
+            self._authenticating = identity
+            identity.addBoth(self._authenticated)
             return identity.addCallbacks(self._admit, _denied,
                                          callbackArgs=(request, handshake))
         return self._admit(identity, request, handshake)
+
+    def _authenticated(self, result: Any) -> Any:
+        self._authenticating = None
+        return result
+
+    def succeedHandshake(self, res: Any) -> None:
+        """Answer the handshake, unless the client went away while it was authenticated
+        (then nothing more happens: no 101, no onOpen, no subscription)."""
+        if not self._lost:
+            super().succeedHandshake(res)
 
     def _checkHandshake(self, request: ConnectionRequest) -> HandshakeRequest:
         """What the authenticator gets, once the limits, the URL and the Origin passed."""
@@ -390,8 +410,12 @@ class PushProtocol(WebSocketServerProtocol):
                 self._call(handler.on_close, None, self)
 
 
-def _denied(failure: Failure) -> Failure:
-    """An authenticator's HandshakeDenied, as the HTTP answer Autobahn sends."""
+def _denied(failure: Failure) -> None:
+    """An authenticator's HandshakeDenied, as the HTTP answer Autobahn sends; an
+    authentication cancelled because the client went away ends quietly (see
+    :meth:`PushProtocol.succeedHandshake`)."""
+    if failure.check(defer.CancelledError):
+        return None
     failure.trap(HandshakeDenied)
     raise ConnectionDeny(failure.value.status, failure.value.reason)
 
