@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import signal
 
-
-from ws4tx import envelope
+from ws4tx import closecodes, envelope
 from ws4tx.handlers import EventHandler, EventRefused
 
+from twisted.internet import reactor
+
 from test._server import ServerTestCase, identity_header
+from test._wsclient import TIMEOUT
 
 EVENTS = (envelope.SUBPROTOCOL,)
 JOHN = identity_header("john", ("chatusers",), "s-john")
@@ -167,7 +169,8 @@ class EventTests(ServerTestCase):
     async def test_interruptionAndResumptionAreAnnounced(self):
         """Event clients are told when delivery is interrupted and when it resumes, and
         an event published during the outage fails with an error ack."""
-        client = await self._client("?subscribe-broadcast&publish-broadcast")
+        client = await self.client("/ws/other?subscribe-broadcast&publish-broadcast", JOHN,
+                                   protocols=EVENTS)
         self.redis_server.stop(signal.SIGKILL)
         await self.brokerEvent("disconnected")
         self.assertEqual(await next_envelope(client),
@@ -180,3 +183,131 @@ class EventTests(ServerTestCase):
         await self.brokerEvent("connected")
         self.assertEqual(await next_envelope(client),
                          {"ws4tx": "event", "event": envelope.RESUMED_EVENT, "data": None})
+
+
+class ServerVoiceTests(ServerTestCase):
+    """Nobody but the server speaks with its voice to event clients: no forged
+    acknowledgements, no ws4tx.* events, no raw payload read as an event."""
+
+    async def _setUp(self) -> None:
+        await super()._setUp()
+        self.listener = await self.client("/ws/other?subscribe-broadcast", JOHN,
+                                          protocols=EVENTS)
+
+    async def _nextIsSentinel(self) -> None:
+        """What the listener gets next is a sentinel published now: nothing came before."""
+        self.publish("ws4tx:broadcast:other", "sentinel")
+        self.assertEqual(await self.listener.text(), "sentinel")
+
+    async def test_rawEnvelopesAreNeverPublished(self):
+        """A raw client whose messages look like envelopes (an ack settling another user's
+        request, a server event, a chat message in the event format; text or binary, with
+        leading white space a browser skips) is closed with 1008; nothing is published
+        or stored."""
+        forgeries = [
+            (envelope.encode_ack(1, {"delivered": True}).encode(), False),
+            (event("ws4tx.interrupted").encode(), False),
+            (event("message", {"user": "admin", "text": "hi"}).encode(), False),
+            (b" \n" + event("message").encode(), False),
+            ("\u00a0\ufeff".encode() + envelope.encode_ack(2).encode(), False),
+            (envelope.encode_ack(3).encode(), True),
+        ]
+        for payload, binary in forgeries:
+            raw = await self.client("/ws/other?publish-broadcast", JOHN)
+            raw.send(payload, binary=binary)
+            code, _ = await raw.closed.addTimeout(TIMEOUT, reactor)
+            self.assertEqual(code, closecodes.POLICY_VIOLATION, payload)
+        await self._nextIsSentinel()
+        self.assertIsNone(self.redis.get("ws4tx:broadcast:other"))
+        self.assertEqual(self.factory.counters()["raw_envelopes"], len(forgeries))
+
+    async def test_clientsCannotEmitServerEvents(self):
+        """An event client's ws4tx.* event is refused with an error ack, not forwarded."""
+        sender = await self.client("/ws/other?publish-broadcast", JOHN, protocols=EVENTS)
+        sender.send(event("ws4tx.dropped", {"messages": 5}, id=4))
+        reply = await next_envelope(sender)
+        self.assertEqual(reply["id"], 4)
+        self.assertIn("server's", reply["error"])
+        await self._nextIsSentinel()
+
+    async def test_forgedEnvelopesFromRedisAreDropped(self):
+        """Acknowledgements and ws4tx.* events that arrive through Redis (a site that
+        publishes a user's text verbatim, say), even spelled in ways only a browser
+        parses, are dropped and counted; the site's own events pass."""
+        forgeries = [envelope.encode_ack(1, "x"), event("ws4tx.error", {"message": "x"}),
+                     '{"ws4tx":"event","event":"chat","event":"ws4tx.resumed"}',
+                     '{"ws4tx":"ack","id":1,"data":' + "[" * 5000 + "]" * 5000 + "}"]
+        for forgery in forgeries:
+            self.publish("ws4tx:broadcast:other", forgery)
+        self.publish("ws4tx:broadcast:other", event("news", 1))
+        self.assertEqual(await next_envelope(self.listener),
+                         {"ws4tx": "event", "event": "news", "data": 1})
+        self.assertEqual(self.factory.counters()["forged"], len(forgeries))
+
+    async def test_forgedStoredMessageIsNotReplayed(self):
+        """A forged envelope stored under a channel is not replayed to a new client."""
+        self.redis.set("ws4tx:broadcast:stored", envelope.encode_ack(7, "x"))
+        client = await self.client("/ws/stored?subscribe-broadcast", JOHN, protocols=EVENTS)
+        self.publish("ws4tx:broadcast:stored", "sentinel")
+        self.assertEqual(await client.text(), "sentinel")
+
+    async def test_handlerFacilityDropsPublishFlags(self):
+        """On a facility a server handler speaks for, clients' publish flags are dropped
+        (a raw client cannot post past the handler), unless the site allows them."""
+        await self.service.stopService()
+        await self.startServer(handlers=[Chat])
+        listener = await self.client("/ws/chat?subscribe-broadcast", JOHN)
+        raw = await self.client("/ws/chat?publish-broadcast", JOHN)
+        raw.send("from admin")
+        self.publish("ws4tx:broadcast:chat", "sentinel")
+        self.assertEqual(await listener.text(), "sentinel")
+
+        await self.service.stopService()
+        await self.startServer(handlers=[Chat], config={"handler_facility_publish": True})
+        listener = await self.client("/ws/chat?subscribe-broadcast", JOHN)
+        raw = await self.client("/ws/chat?publish-broadcast", JOHN)
+        raw.send("allowed")
+        self.assertEqual(await listener.text(), "allowed")
+
+    def test_handlersCannotEmitServerEvents(self):
+        """A handler's server.emit refuses the server's own event names."""
+        with self.assertRaises(ValueError):
+            self.service.server.emit("ws4tx.resumed", facility="other", broadcast=True)
+
+
+class BadJSONTests(ServerTestCase):
+    """Event data JSON cannot carry to a browser gets a clean error, and the connection,
+    the server and the log stay clean."""
+
+    async def _setUp(self) -> None:
+        await super()._setUp()
+        await self.service.stopService()
+        await self.startServer(handlers=[Chat])
+
+    async def test_loneSurrogateAndNonFiniteNumbers(self):
+        """A lone surrogate, NaN or Infinity in an event is answered with ws4tx.error;
+        the client stays connected."""
+        sender = await self.client("/ws/other?publish-broadcast", JOHN, protocols=EVENTS)
+        for bad in ('{"ws4tx":"event","event":"note","data":"\\ud800"}',
+                    '{"ws4tx":"event","event":"note","data":NaN}',
+                    '{"ws4tx":"event","event":"note","data":[-Infinity]}'):
+            sender.send(bad)
+            reply = await next_envelope(sender)
+            self.assertEqual(reply["event"], envelope.ERROR_EVENT, bad)
+            self.assertIn("invalid envelope", reply["data"]["message"])
+        sender.send(event("note", "\U0001f600", id=2))  # a surrogate pair is fine
+        self.assertEqual(await next_envelope(sender), {"ws4tx": "ack", "id": 2, "data": None})
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    async def test_handlerResultJSONCannotCarry(self):
+        """A handler that answers NaN gets its client an 'internal error' ack (logged)."""
+        client = await self.client("/ws/chat?subscribe-broadcast", JOHN, protocols=EVENTS)
+        await next_envelope(client)  # welcome
+        client.send(event("echo", 1.5, id=1))
+        self.assertEqual(await next_envelope(client), {"ws4tx": "ack", "id": 1, "data": 1.5})
+        Chat.on_nan = lambda self, client, data: float("nan")
+        self.addCleanup(delattr, Chat, "on_nan")
+        client.send(event("nan", None, id=2))
+        self.assertEqual(await next_envelope(client),
+                         {"ws4tx": "ack", "id": 2, "error": "internal error"})
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)

@@ -295,7 +295,7 @@ def _first_key_is_ws4tx(text: str) -> bool:
 
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
@@ -344,8 +344,53 @@ class EnvelopePropertyTests(SynchronousTestCase):
                          envelope.Event(name, data, msg_id))
 
     @hypothesis_settings(max_examples=200, deadline=None)
-    @given(st.text().filter(lambda t: not t.lstrip().startswith('{"ws4tx":')))
+    @given(st.text().filter(lambda t: not envelope.is_envelope(t)))
     def test_rawTextIsDeliveredUnread(self, text):
         """Text that does not start with the mark is a raw payload: decode gives None."""
         self.assertIsNone(envelope.decode(text))
         self.assertIsNone(envelope.decode(text.encode("utf-8")))
+
+
+class ServerVoiceTests(SynchronousTestCase):
+    """What ws4tx.js would take for the server's own words is recognised as such."""
+
+    def test_browserWhiteSpaceBeforeTheMark(self):
+        """The mark counts after any white space a browser's trimStart() removes."""
+        for space in ("", " \t\r\n", "\u00a0", "\ufeff", "\u2028\u3000"):
+            text = space + envelope.encode_ack(1)
+            self.assertTrue(envelope.is_envelope(text), repr(space))
+            self.assertTrue(envelope.is_envelope(text.encode("utf-8")), repr(space))
+        self.assertFalse(envelope.is_envelope("x" + envelope.encode_ack(1)))
+
+    def test_serverVoice(self):
+        """Acks, ws4tx.* events (however spelled) and unparsable envelopes are the
+        server's; application events and raw payloads are not."""
+        table = [
+            (envelope.encode_ack(1, "x"), "an acknowledgement"),
+            (envelope.encode_event("ws4tx.error"), "the server event 'ws4tx.error'"),
+            ('{"ws4tx" :"ack","id":1}', None),  # not the mark: a browser reads it raw
+            ('{"ws4tx":"event","event":"a","event":"ws4tx.dropped"}',
+             "the server event 'ws4tx.dropped'"),
+            ('{"ws4tx":"ack"' + "," * 3, "an envelope that is not valid JSON"),
+            (envelope.encode_event("chat", {"ws4tx": "ack"}), None),
+            ("hello", None),
+            ("\u00a0" + envelope.encode_ack(2), "an envelope that is not valid JSON"),
+        ]
+        for text, expected in table:
+            self.assertEqual(envelope.server_voice(text.encode("utf-8")), expected, text)
+
+    def test_checkEventName(self):
+        """Applications may not use empty names or the server's ws4tx.* names."""
+        self.assertEqual(envelope.check_event_name("chat"), "chat")
+        for bad in ("", "ws4tx.error", None):
+            with self.assertRaises(ValueError):
+                envelope.check_event_name(bad)
+
+    def test_jsonABrowserCannotRead(self):
+        """NaN and Infinity are refused on the way out as on the way in."""
+        for data in (float("nan"), float("inf"), [float("-inf")]):
+            with self.assertRaises(ValueError):
+                envelope.encode_event("x", data)
+            with self.assertRaises(envelope.InvalidEnvelope):
+                envelope.decode('{"ws4tx":"event","event":"x","data":%s}'
+                                % str(data).replace("nan", "NaN").replace("inf", "Infinity"))

@@ -28,6 +28,10 @@ class ServerConfig:
     #: Whether clients without a user may publish (publish-* flags, raw events); off by
     #: default: an anonymous client's publish flags are dropped.
     anonymous_publish: bool = False
+    #: Whether clients may publish raw messages (publish-* flags) on a facility that has
+    #: a server-side event handler; off: their publish flags are dropped (the handler
+    #: speaks for the facility).
+    handler_facility_publish: bool = False
     #: Seconds a client-published message is stored for replay (0: not stored).
     expire: int = 3600
     #: The heartbeat string of ws4redis clients (answered, never published), or None.

@@ -7,7 +7,9 @@ frame is a raw ws4redis payload and is delivered unchanged. Kinds:
   acknowledgement;
 - ``{"ws4tx":"ack","id":N,"data":DATA}`` or ``{"ws4tx":"ack","id":N,"error":MESSAGE}``.
 
-Event names starting with ``ws4tx.`` are the server's own (``ws4tx.error``, ...).
+Event names starting with ``ws4tx.`` are the server's own (``ws4tx.error``, ...), and
+acknowledgements come only from the server, on the connection that asked: no publisher may
+speak with that voice (:func:`check_event_name`, :func:`server_voice`).
 A connection speaks envelopes when it asks for the :data:`SUBPROTOCOL` subprotocol.
 See docs/protocol.md.
 """
@@ -15,6 +17,7 @@ See docs/protocol.md.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -35,8 +38,19 @@ RESUMED_EVENT = "ws4tx.resumed"
 #: (``data``: ``{"messages": n}``), once it has caught up. An application resyncs.
 DROPPED_EVENT = "ws4tx.dropped"
 
+#: The prefix of the server's own event names.
+RESERVED_PREFIX = "ws4tx."
+
 _MARK = '{"ws4tx":'
+_MARK_BYTES = _MARK.encode()
 _MAX_ID = 2**53 - 1  # what a JavaScript number holds exactly
+#: What a browser's ``trimStart()`` removes before ws4tx.js looks for the mark
+#: (ECMAScript's WhiteSpace and LineTerminator): the two sides agree on what an envelope is.
+_SPACES = ("\t\n\x0b\x0c\r \u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
+           + "\u2028\u2029\u202f\u205f\u3000\ufeff")
+_ASCII_SPACES = _SPACES[:6].encode()
+#: ``\uD800``-``\uDFFF`` escapes: JSON can spell lone surrogates, which no UTF-8 text holds.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class InvalidEnvelope(ValueError):
@@ -62,7 +76,24 @@ class Ack:
 
 
 def _dumps(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON, as the browser's JSON.parse reads it: no NaN or Infinity (ValueError)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def is_reserved(event: str) -> bool:
+    """Whether ``event`` is one of the server's own event names (``ws4tx.*``)."""
+    return event.startswith(RESERVED_PREFIX)
+
+
+def check_event_name(event: Any) -> str:
+    """``event`` if an application may emit it; ``ValueError`` for an empty name or one of
+    the server's own ``ws4tx.*`` names."""
+    if not isinstance(event, str) or not event:
+        raise ValueError(f"an event name is a non-empty string, not {event!r}")
+    if is_reserved(event):
+        raise ValueError(f"event names starting with {RESERVED_PREFIX!r} are the server's: "
+                         f"{event!r}")
+    return event
 
 
 def encode_event(event: str, data: Any = None, id: Optional[int] = None) -> str:
@@ -84,10 +115,36 @@ def encode_ack(id: int, data: Any = None, error: Optional[str] = None) -> str:
 
 
 def is_envelope(text: Union[str, bytes]) -> bool:
-    """Whether ``text`` is meant as an envelope (a cheap test on its first bytes)."""
+    """Whether ``text`` is meant as an envelope (a cheap test on its first bytes), as
+    ws4tx.js decides it: its first key is ``ws4tx``, after any white space."""
     if isinstance(text, bytes):
-        return text.lstrip()[:9] == _MARK.encode()
-    return text.lstrip()[:9] == _MARK
+        start = text.lstrip(_ASCII_SPACES)
+        if not start or start[0] < 0x80:
+            return start.startswith(_MARK_BYTES)
+        text = text.decode("utf-8", "replace")  # rare: non-ASCII (white space?) first
+    return text.lstrip(_SPACES).startswith(_MARK)
+
+
+def server_voice(payload: bytes) -> Optional[str]:
+    """Why ``payload``, met on a channel, would speak with the server's voice to ws4tx.js
+    clients (an acknowledgement, a ``ws4tx.*`` event, or an envelope ws4tx.js might read
+    differently from this module), or None when it may be delivered. Only the server
+    sends those, directly to one connection: one that arrives through the broker is
+    forged."""
+    if not is_envelope(payload):
+        return None
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        return "an envelope that is not valid JSON"
+    if not isinstance(obj, dict):
+        return None
+    kind, name = obj.get("ws4tx"), obj.get("event")
+    if kind == ACK:
+        return "an acknowledgement"
+    if kind == EVENT and isinstance(name, str) and is_reserved(name):
+        return f"the server event {name!r}"
+    return None
 
 
 def decode(text: Union[str, bytes]) -> Union[Event, Ack, None]:
@@ -99,7 +156,11 @@ def decode(text: Union[str, bytes]) -> Union[Event, Ack, None]:
     if not is_envelope(text):
         return None
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_no_constant)
+        if _SURROGATE_ESCAPE.search(text if isinstance(text, str) else text.decode()):
+            _dumps(obj).encode("utf-8")  # a lone surrogate cannot be encoded
+    except UnicodeEncodeError:
+        raise InvalidEnvelope("a string holds a lone surrogate (\\ud800-\\udfff)") from None
     except ValueError as e:
         raise InvalidEnvelope(f"not JSON: {e}") from None
     except RecursionError:
@@ -125,3 +186,7 @@ def decode(text: Union[str, bytes]) -> Union[Event, Ack, None]:
             raise InvalidEnvelope("an ack's error must be a string")
         return Ack(msg_id, obj.get("data"), error)
     raise InvalidEnvelope(f"unknown kind {kind!r}")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

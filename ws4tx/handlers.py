@@ -90,7 +90,9 @@ class Server:
     def emit(
         self, event: str, data: Any = None, *, facility: str, expire: int = 0, **audience: Any
     ) -> "defer.Deferred[int]":
-        """Emit an event to an audience of ``facility`` on every ws4tx node."""
+        """Emit an event to an audience of ``facility`` on every ws4tx node (``ValueError``
+        for one of the server's own ``ws4tx.*`` names)."""
+        envelope.check_event_name(event)
         return self.publish(facility, envelope.encode_event(event, data), expire=expire,
                             **audience)
 

@@ -166,7 +166,11 @@ class PushProtocol(WebSocketServerProtocol):
             if identity.flags is not None:
                 flags = identity.flags
             identity = identity.identity
-        if identity.user is None and not config.anonymous_publish:
+        if (identity.user is None and not config.anonymous_publish) or (
+                handshake.facility in self.factory.handlers
+                and not config.handler_facility_publish):
+            # Anonymous clients, and clients of a facility a server handler speaks for,
+            # publish nothing unless the site says so.
             flags = Flags(flags.subscribe, frozenset(), flags.echo)
         prefix = config.prefix
         self.identity, self.facility = identity, handshake.facility
@@ -204,8 +208,14 @@ class PushProtocol(WebSocketServerProtocol):
             self.factory.broker.fetch(channel).addCallbacks(self._sendStored, self._noReplay)
 
     def _sendStored(self, payload: Optional[bytes]) -> None:
-        if payload is not None and self.state == self.STATE_OPEN:
-            self.sendMessage(payload, isBinary=not is_text(payload))
+        if payload is None or self.state != self.STATE_OPEN:
+            return
+        forged = envelope.server_voice(payload)
+        if forged is not None:
+            _log.warn("not replaying a stored message to {peer}: it is {what}",
+                      peer=self.peer, what=forged)
+            return
+        self.sendMessage(payload, isBinary=not is_text(payload))
 
     def _noReplay(self, failure: Failure) -> None:
         _log.debug("no replay for {peer}: {error}", peer=self.peer,
@@ -300,6 +310,13 @@ class PushProtocol(WebSocketServerProtocol):
         if self.speaks_events and not isBinary and envelope.is_envelope(payload):
             self._onEnvelope(payload)
             return
+        if self._publish_to and envelope.is_envelope(payload):
+            # Only the server speaks in envelopes to event clients; a raw payload that
+            # they would read as one (an event, an acknowledgement) is never published.
+            self.factory.stats["raw_envelopes"] += 1
+            self.closeWith(closecodes.POLICY_VIOLATION,
+                           "raw messages may not look like ws4tx envelopes")
+            return
         # A raw client cannot be told of a failure without changing its payloads:
         # _publishFailed logs it.
         self._publish(payload).addErrback(lambda _: None)
@@ -356,6 +373,10 @@ class PushProtocol(WebSocketServerProtocol):
         method = handler_method(handler, message.event)
         if method is not None:
             self._call(method, message.id, self, message.data)
+        elif envelope.is_reserved(message.event):
+            self._answer(defer.fail(EventRefused(
+                f"event names starting with {envelope.RESERVED_PREFIX!r} are the "
+                "server's")), message.id)
         elif self._publish_to:
             forwarded = envelope.encode_event(message.event, message.data).encode()
             d = self._publish(forwarded).addCallback(lambda _: None)
@@ -372,7 +393,7 @@ class PushProtocol(WebSocketServerProtocol):
     def _answer(self, d: defer.Deferred[Any], ack_id: Optional[int]) -> None:
         def ok(result: Any) -> None:
             if ack_id is not None:
-                self._sendEnvelope(envelope.encode_ack(ack_id, result))
+                self._sendEnvelope(envelope.encode_ack(ack_id, result))  # may raise: failed()
 
         def failed(failure: Failure) -> None:
             if failure.check(EventRefused, BrokerUnavailable):
@@ -385,7 +406,7 @@ class PushProtocol(WebSocketServerProtocol):
             else:
                 self.emit(envelope.ERROR_EVENT, {"message": message})
 
-        d.addCallbacks(ok, failed).addErrback(
+        d.addCallback(ok).addErrback(failed).addErrback(
             lambda f: _log.failure("answering {peer} failed", f, peer=self.peer))
 
     def _sendEnvelope(self, text: str) -> None:
@@ -446,8 +467,9 @@ class PushFactory(WebSocketServerFactory):
         self.server = server or Server(broker, config.prefix)
         self.handlers: dict[str, EventHandler] = {h.facility: h(self.server) for h in handlers}
         self._drain_waiters: list[defer.Deferred[None]] = []
-        #: Counters: clients dropped for not reading.
-        self.stats = {"slow_consumers": 0, "rate_limited": 0}
+        #: Counters: clients dropped for not reading, messages over the rate limit, raw
+        #: messages refused because they looked like the server's envelopes.
+        self.stats = {"slow_consumers": 0, "rate_limited": 0, "raw_envelopes": 0}
         #: Open connections per peer address.
         self.per_ip: Counter[str] = Counter()
         self.setProtocolOptions(

@@ -20,12 +20,9 @@ FETCH_AUDIENCES = ("broadcast", "group", "user", "session", "any")
 
 def event_message(event: str, data: Any = None) -> str:
     """The envelope of an application event (``ValueError`` for an empty name or one of
-    the server's own ``ws4tx.*`` names; ``TypeError`` for data JSON cannot encode)."""
-    if not isinstance(event, str) or not event:
-        raise ValueError(f"an event name is a non-empty string, not {event!r}")
-    if event.startswith("ws4tx."):
-        raise ValueError(f"event names starting with 'ws4tx.' are the server's: {event!r}")
-    return envelope.encode_event(event, data)
+    the server's own ``ws4tx.*`` names or for NaN and infinities in ``data``; ``TypeError``
+    for data JSON cannot encode)."""
+    return envelope.encode_event(envelope.check_event_name(event), data)
 
 
 class RedisPublisher(RedisStore):

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ws4tx.broker import IBroker, IBrokerListener
+from ws4tx.envelope import server_voice
 from ws4tx.hub import Hub
 
 
@@ -88,10 +89,11 @@ class Router:
         self._missed: Counter[str] = Counter()
         self._behind_since = 0.0
         #: Counters for health and metrics: messages from the broker, frames written,
-        #: broker outages, oversized messages dropped, messages (and their frames) dropped
+        #: broker outages, oversized messages dropped, messages dropped because they spoke
+        #: with the server's voice (see envelope.server_voice), messages (and their frames) dropped
         #: because the server fell behind.
         self.stats = {"messages": 0, "frames": 0, "outages": 0, "oversized": 0,
-                      "lagged": 0, "lagged_frames": 0}
+                      "forged": 0, "lagged": 0, "lagged_frames": 0}
 
     # Clients
 
@@ -132,6 +134,12 @@ class Router:
             self.log.warn("dropped a message of {size} bytes on {channel}: over the "
                           "{limit} byte limit", size=len(payload), channel=channel,
                           limit=self._max_size)
+            return
+        forged = server_voice(payload)
+        if forged is not None:
+            self.stats["forged"] += 1
+            self.log.warn("dropped a message on {channel}: it is {what}, which only the "
+                          "server sends, to one client", channel=channel, what=forged)
             return
         backlog = self._backlog
         if not backlog and self._spent < FRAMES_PER_TURN:
