@@ -324,3 +324,31 @@ class ResetDuringAuthenticationTests(ServerTestCase):
         self.addCleanup(raw.transport.abortConnection)
         raw.transport.write(data)
         return raw
+
+
+class _HeadClient(RawClient):
+    """``head`` fires with the response head once it is in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head: defer.Deferred[bytes] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if b"\r\n\r\n" in self.data and not self.head.called:
+            self.head.callback(self.data.partition(b"\r\n\r\n")[0])
+
+
+class ServerHeaderTests(ServerTestCase):
+    """The 101 answer says nothing of the server's software or memory."""
+
+    async def test_noServerHeaderIn101(self):
+        """No Server header (it once carried a Python object's repr, a heap address)."""
+        raw = _HeadClient()
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        await endpoints.connectProtocol(endpoint, raw)
+        self.addCleanup(raw.transport.abortConnection)
+        raw.transport.write(handshake_request("/ws/foobar?subscribe-broadcast"))
+        head = (await raw.head.addTimeout(TIMEOUT, reactor)).lower()
+        self.assertIn(b" 101 ", head)
+        self.assertNotIn(b"\r\nserver:", head)

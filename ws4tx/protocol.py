@@ -455,7 +455,8 @@ class PushFactory(WebSocketServerFactory):
         server: Optional[Server] = None,
         reactor: Optional[IReactorTime] = None,
     ) -> None:
-        super().__init__(reactor=reactor)
+        # No Server header in the 101 answer (Autobahn sends its name and version).
+        super().__init__(reactor=reactor, server=None)
         _autobahn.format_lazily()
         self.config = config
         self.broker = broker
@@ -464,8 +465,11 @@ class PushFactory(WebSocketServerFactory):
         self.router = Router(broker, self.prepareMessage, config.max_outgoing_size,
                              clock=self.reactor, max_lag=config.max_lag,
                              max_backlog=config.max_backlog)
-        self.server = server or Server(broker, config.prefix)
-        self.handlers: dict[str, EventHandler] = {h.facility: h(self.server) for h in handlers}
+        #: What event handlers may do beyond their client (not Autobahn's ``server``,
+        #: the string of the Server header).
+        self.handler_server = server or Server(broker, config.prefix)
+        self.handlers: dict[str, EventHandler] = {
+            h.facility: h(self.handler_server) for h in handlers}
         self._drain_waiters: list[defer.Deferred[None]] = []
         #: Counters: clients dropped for not reading, messages over the rate limit, raw
         #: messages refused because they looked like the server's envelopes.
