@@ -60,10 +60,10 @@ class OpenThenClose(RawClient):
 
 
 def client_frame(opcode: int, payload: bytes = b"", masked: bool = True,
-                 claimed_length: int | None = None) -> bytes:
+                 claimed_length: int | None = None, fin: bool = True) -> bytes:
     """A WebSocket frame from a client, optionally unmasked or lying about its length."""
     length = len(payload) if claimed_length is None else claimed_length
-    head = bytes([0x80 | opcode])
+    head = bytes([(0x80 if fin else 0) | opcode])
     mask_bit = 0x80 if masked else 0
     if length < 126:
         head += bytes([mask_bit | length])
@@ -75,6 +75,13 @@ def client_frame(opcode: int, payload: bytes = b"", masked: bool = True,
         return head + payload
     mask = os.urandom(4)
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def fragmented(payload: bytes) -> bytes:
+    """A text message from a client, one frame per byte."""
+    frames = [client_frame(0x1 if i == 0 else 0x0, payload[i:i + 1],
+                           fin=i == len(payload) - 1) for i in range(len(payload))]
+    return b"".join(frames)
 
 
 class HostileInputTests(ServerTestCase):
@@ -155,6 +162,18 @@ class HostileInputTests(ServerTestCase):
         raw.transport.write(client_frame(0x1, b"hello", masked=False))
         data = await raw.lost.addTimeout(TIMEOUT, reactor)
         self.assertEqual(self._closeCode(data), closecodes.PROTOCOL_ERROR)
+        await self._bystanderFine()
+
+    async def test_messageInThousandsOfFragments(self):
+        """A message in 60,000 one-byte fragments (CPU, not bytes) is refused with 1008
+        once it passes max_fragments; nothing of it is published. A message in fewer
+        fragments goes through."""
+        raw = await self._opened()
+        raw.transport.write(fragmented(b"x" * 100))
+        self.assertEqual(await self.bystander.text(), "x" * 100)
+        raw.transport.write(fragmented(b"y" * 60000))
+        data = await raw.lost.addTimeout(TIMEOUT, reactor)
+        self.assertEqual(self._closeCode(data), closecodes.POLICY_VIOLATION)
         await self._bystanderFine()
 
     async def test_pingFlood(self):

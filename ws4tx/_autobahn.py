@@ -1,4 +1,6 @@
-"""Cheaper connections with Autobahn: its debug lines, formatted only when printed.
+"""Where ws4tx reaches below Autobahn's public API, in one place.
+
+Cheaper connections: Autobahn's debug lines, formatted only when printed.
 
 Autobahn's WebSocket protocol logs its options and the transport's details at debug level
 on every connection, and builds those messages with ``pprint.pformat`` before the logger
@@ -14,6 +16,7 @@ import pprint
 from typing import Any
 
 from autobahn.websocket import protocol as _protocol
+from autobahn.websocket.protocol import WebSocketProtocol
 
 
 class _Pretty:
@@ -35,3 +38,10 @@ def format_lazily() -> None:
     """Make Autobahn's WebSocket protocol pretty-print its debug values only when a
     debug line is really emitted (idempotent)."""
     _protocol.pformat = _Pretty  # type: ignore[assignment]
+
+
+def fail_connection(proto: WebSocketProtocol, code: int, reason: str) -> None:
+    """Fail ``proto``'s connection as Autobahn does on a protocol violation: send a close
+    frame with ``code`` and ``reason``, and ignore whatever the peer sends after it
+    (Autobahn's public ``sendClose`` refuses codes below 3000 but 1000)."""
+    proto._fail_connection(code, reason)

@@ -43,6 +43,8 @@ class ServerConfig:
     max_outgoing_size: int = 1024 * 1024
     #: Largest frame a client may send, in bytes.
     max_frame_size: int = 64 * 1024
+    #: Most frames (fragments) one client message may arrive in; more close with 1008.
+    max_fragments: int = 128
     #: Seconds between WebSocket pings to each client (0: none).
     ping_interval: float = 25.0
     #: Seconds a client has to answer a ping before it is dropped.
@@ -94,7 +96,7 @@ def check(config: ServerConfig) -> ServerConfig:
         raise ValueError(f"websocket-url must start and end with '/', not {url!r}")
     if config.expire < 0:
         raise ValueError("expire must be >= 0")
-    for name in ("max_message_size", "max_frame_size", "max_facility_length",
+    for name in ("max_message_size", "max_frame_size", "max_fragments", "max_facility_length",
                  "max_outgoing_size",
                  "max_query_length", "max_queue_bytes", "max_queue_messages",
                  "slow_timeout", "max_lag", "max_backlog"):

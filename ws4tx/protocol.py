@@ -72,6 +72,7 @@ class PushProtocol(WebSocketServerProtocol):
         self._dropped = False
         self._bucket: Optional[TokenBucket] = None
         self._over_limit = 0
+        self._fragments = 0
         self._ip = ""
         #: The authentication under way (an authenticator that answers later), if any.
         self._authenticating: Optional[defer.Deferred[Any]] = None
@@ -298,6 +299,20 @@ class PushProtocol(WebSocketServerProtocol):
             self.sendMessage(envelope.encode_event(event, data).encode())
 
     # Incoming
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self._fragments = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        """Count the frames of a message: a message in thousands of tiny fragments costs
+        the server far more than its size says."""
+        super().onMessageFrameBegin(length)
+        self._fragments += 1
+        if self._fragments > self.factory.config.max_fragments:
+            _autobahn.fail_connection(
+                self, closecodes.POLICY_VIOLATION,
+                f"a message may arrive in at most {self.factory.config.max_fragments} frames")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         config = self.factory.config
