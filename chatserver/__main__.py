@@ -1,8 +1,11 @@
-"""``python -m chatserver [--port 8000]``: run the demo chat on http://127.0.0.1:PORT/.
+"""``python -m chatserver [--port 8000] [--debug] [--admin]``: run the demo chat on
+http://127.0.0.1:PORT/.
 
 Migrates the SQLite database (quietly), loads the demo users if they are missing, then
 replaces itself with ``twistd ws4tx`` serving the Django site, the WebSockets, the event
-handler and an embedded Redis on one port.
+handler and an embedded Redis on one port. Django's DEBUG is off unless ``--debug``; the
+admin is served at /admin/ only with ``--admin`` (the demo users' password is "secret").
+The settings read both from the environment (``CHATSERVER_DEBUG``, ``CHATSERVER_ADMIN``).
 """
 
 from __future__ import annotations
@@ -55,6 +58,16 @@ def twistd_argv(port: int) -> list[str]:
     ]
 
 
+def server_environment(debug: bool, admin: bool) -> dict[str, str]:
+    """The environment variables that tell ``chatserver.settings`` what was asked for."""
+    return {"CHATSERVER_DEBUG": "1" if debug else "0",
+            "CHATSERVER_ADMIN": "1" if admin else "0"}
+
+
+ADMIN_WARNING = ("WARNING: --admin serves the Django admin at /admin/, and every demo user's "
+                 "password is 'secret' (admin is a superuser): keep this server to yourself.")
+
+
 def port_is_free(port: int) -> bool:
     """Whether nothing listens on 127.0.0.1:``port`` (connections of a server that just
     ended, in TIME_WAIT, do not count: twistd can listen all the same)."""
@@ -75,12 +88,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         prog="python -m chatserver", description="Run the ws4tx demo chat.")
     parser.add_argument("--port", type=int, default=8000,
                         help="TCP port on 127.0.0.1 to serve on [default: 8000]")
+    parser.add_argument("--debug", action="store_true",
+                        help="turn Django's DEBUG on (error pages with tracebacks)")
+    parser.add_argument("--admin", action="store_true",
+                        help="serve the Django admin at /admin/ (password: secret!)")
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error(f"--port {args.port}: not a TCP port")
     if not port_is_free(args.port):
         parser.error(f"port {args.port} is in use: pick another one with --port")
 
+    os.environ.update(server_environment(args.debug, args.admin))
     prepare_database()
     # twistd must import chatserver from here, installed or not.
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -88,6 +106,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     os.chdir(ROOT)
     print(f"Open http://127.0.0.1:{args.port}/ and log in as john, mary or admin "
           f"(password: secret)", flush=True)
+    if args.admin:
+        print(ADMIN_WARNING, file=sys.stderr, flush=True)
     argv_ = twistd_argv(args.port)
     os.execv(argv_[0], argv_)
 

@@ -1,8 +1,12 @@
 """Django settings of the ws4tx demo chat.
 
-Development settings: DEBUG on, an SQLite file next to this module (``CHATSERVER_DB``
-overrides its path, which is how the browser tests give every server a fresh database),
-and the secret key from ``DJANGO_SECRET_KEY`` with a fallback that is only fit for a demo.
+Demo settings: an SQLite file next to this module (``CHATSERVER_DB`` overrides its path,
+which is how the browser tests give every server a fresh database), and the secret key from
+``DJANGO_SECRET_KEY`` with a fallback that is only fit for a demo.
+
+Safe unless asked otherwise: ``DEBUG`` is off unless ``CHATSERVER_DEBUG=1`` (what
+``python -m chatserver --debug`` sets), and the admin is served at ``/admin/`` only with
+``CHATSERVER_ADMIN=1`` (``--admin``), since every demo user's password is "secret".
 """
 
 from __future__ import annotations
@@ -15,7 +19,18 @@ BASE_DIR = Path(__file__).resolve().parent
 SECRET_KEY = os.environ.get(
     "DJANGO_SECRET_KEY", "django-insecure-ws4tx-demo-only-never-use-this-key-in-production"
 )
-DEBUG = os.environ.get("CHATSERVER_DEBUG", "1") != "0"
+
+
+def _switch(name: str) -> bool:
+    """Whether the environment variable ``name`` is set to 1 (anything else: off)."""
+    return os.environ.get(name, "0").strip() == "1"
+
+
+#: Off unless asked for: with DEBUG on, an error page shows a traceback and the settings.
+DEBUG = _switch("CHATSERVER_DEBUG")
+#: Whether /admin/ is served (chatserver.urls): the fixture's users share one password.
+CHATSERVER_ADMIN = _switch("CHATSERVER_ADMIN")
+#: The demo listens on 127.0.0.1 only; DEBUG off needs these all the same.
 ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
 
 INSTALLED_APPS = [

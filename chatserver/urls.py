@@ -1,9 +1,12 @@
-"""URLs of the demo chat (ws4redis's demo URLs, plus /eventchat/)."""
+"""URLs of the demo chat (ws4redis's demo URLs, plus /eventchat/ and /static/); /admin/
+only with ``CHATSERVER_ADMIN`` (``python -m chatserver --admin``)."""
 
 from __future__ import annotations
 
-from django.contrib import admin
-from django.urls import include, path
+import re
+
+from django.conf import settings
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
 from chatserver import views
@@ -15,5 +18,10 @@ urlpatterns = [
     path("groupchat/", views.GroupChatView.as_view(), name="groupchat"),
     path("eventchat/", views.EventChatView.as_view(), name="eventchat"),
     path("accounts/", include("django.contrib.auth.urls")),
-    path("admin/", admin.site.urls),
+    re_path(r"^%s(?P<path>.*)$" % re.escape(settings.STATIC_URL.lstrip("/")), views.static_file),
 ]
+
+if settings.CHATSERVER_ADMIN:
+    from django.contrib import admin
+
+    urlpatterns.append(path("admin/", admin.site.urls))

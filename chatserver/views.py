@@ -3,7 +3,8 @@
 ``/chat/`` sends over the WebSocket itself (ws4redis's ``publish-broadcast``); ``/userchat/``
 and ``/groupchat/`` send with a form POST that Django publishes with ws4redis's
 ``RedisPublisher``; ``/eventchat/`` uses only ws4tx's event API (``chatserver.handlers``).
-Sending requires a logged-in user; the POST views keep CSRF protection.
+Sending requires a logged-in user; the POST views keep CSRF protection. :func:`static_file`
+serves ``/static/`` whether DEBUG is on or not, since the demo runs without a web server.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.contrib.staticfiles import views as staticfiles_views
+from django.core.exceptions import SuspiciousFileOperation
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.utils.decorators import method_decorator
 from django.views.generic import TemplateView
@@ -28,6 +31,19 @@ from chatserver.forms import GroupMessageForm, UserMessageForm
 def chat_line(sender: str, text: str) -> str:
     """A message as the receivers see it: who sent it, and what."""
     return f"{sender}: {text}"
+
+
+def static_file(request: HttpRequest, path: str) -> HttpResponse:
+    """A file of an app's ``static/`` directory (what ``collectstatic`` would gather), found
+    as ``staticfiles`` finds it; 404 for anything else: a path with a ``.`` or ``..``
+    segment, a backslash or a NUL, a directory, a missing file."""
+    parts = path.split("/")
+    if any(part in (".", "..") for part in parts) or "\\" in path or "\0" in path:
+        raise Http404("not a static file")
+    try:
+        return staticfiles_views.serve(request, path, insecure=True)
+    except SuspiciousFileOperation:  # outside every static directory
+        raise Http404("not a static file") from None
 
 
 def wants_json(request: HttpRequest) -> bool:

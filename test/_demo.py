@@ -85,10 +85,13 @@ class DemoServer:
     """A ``twistd ws4tx`` child serving the demo chat on ``url``.
 
     Every instance has its own copy of the database and port; :meth:`start` can be called
-    again after :meth:`stop` (same port, same database: a server restart).
+    again after :meth:`stop` (same port, same database: a server restart). With
+    ``launcher_args`` (a list, maybe empty) it starts as a person does, with
+    ``python -m chatserver --port PORT *launcher_args`` (which execs the same twistd).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, launcher_args: Optional[list[str]] = None) -> None:
+        self.launcher_args = launcher_args
         self.directory = tempfile.mkdtemp(prefix="ws4tx-demo-")
         self.database = os.path.join(self.directory, "db.sqlite3")
         shutil.copyfile(template_database(), self.database)
@@ -107,7 +110,13 @@ class DemoServer:
         serves HTTP and its Redis subscriber is connected."""
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError("the demo server is running already")
-        argv = twistd_argv(self.port)
+        if self.launcher_args is not None:
+            if redis_url is not None:
+                raise ValueError("the launcher always runs an embedded Redis")
+            argv = [sys.executable, "-m", "chatserver", "--port", str(self.port),
+                    *self.launcher_args]
+        else:
+            argv = twistd_argv(self.port)
         if redis_url is not None:
             argv[argv.index("embedded")] = redis_url
         with self._changed:

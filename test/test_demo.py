@@ -1,0 +1,237 @@
+"""The demo chat's safety, against the demo as ``python -m chatserver`` runs it (a real
+``twistd ws4tx`` with its embedded Redis, real HTTP and WebSocket clients):
+
+- by default DEBUG is off (error pages without tracebacks), /admin/ is not served (every demo
+  user's password is "secret"), and ``/static/`` serves the app's static files but answers
+  404 to any path that leaves them; ``--debug`` and ``--admin`` turn the first two on;
+- the ``ALLOWED_CHANNELS`` hook (``chatserver.channels``) keeps only the flags the demo's
+  pages use: a logged-in user with a raw WebSocket cannot publish into the group, user or
+  event chats (where it could sign a message with another user's name).
+
+"Nothing delivered" is checked without waiting for a while: the attacker's connection sends a
+heartbeat after its message, and the server answers in order, so once the answer is in, the
+message has gone to Redis if it was going to; then a legitimate marker is published to the
+same audience, and the victim reads up to the marker: the forged message would be before it.
+"""
+
+from __future__ import annotations
+
+import html
+import http.client
+import http.cookies
+import json
+import re
+import urllib.parse
+import uuid
+from typing import Any, Optional
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from test._demo import CHAT_FACILITY, EVENT_FACILITY, HEARTBEAT, PASSWORD, TIMEOUT, DemoServer
+
+#: Paths under /static/ that leave the static directories (chatserver/settings.py is one
+#: directory up from chatserver/static/), each as sent on the wire.
+TRAVERSALS = (
+    "/static/../settings.py",
+    "/static/%2e%2e/settings.py",
+    "/static/%2E%2E/settings.py",
+    "/static/..%2fsettings.py",
+    "/static/chatserver/../../settings.py",
+    "/static/chatserver/%2e%2e/%2e%2e/settings.py",
+    "/static/..%5csettings.py",
+    "/static/./chatserver/chat.js",
+    "/static//etc/passwd",
+    "/static/chatserver/chat.js%00",
+    "/static/chatserver/",
+    "/static/",
+)
+
+
+class Client:
+    """One person's HTTP session with the demo (cookies kept), as a browser would have it."""
+
+    def __init__(self, server: DemoServer) -> None:
+        self.server = server
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method: str, path: str, body: Optional[dict[str, str]] = None,
+                headers: Optional[dict[str, str]] = None) -> tuple[int, dict[str, str], str]:
+        """Send ``path`` exactly as given; the status, headers and body of the answer."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=TIMEOUT)
+        try:
+            sent = dict(headers or {})
+            if self.cookies:
+                sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+            data = None
+            if body is not None:
+                data = urllib.parse.urlencode(body)
+                sent["Content-Type"] = "application/x-www-form-urlencoded"
+                sent["Referer"] = self.server.url + path
+            connection.request(method, path, body=data, headers=sent)
+            response = connection.getresponse()
+            text = response.read().decode("utf-8", "replace")
+            for value in response.headers.get_all("Set-Cookie") or ():
+                for name, morsel in http.cookies.SimpleCookie(value).items():
+                    self.cookies[name] = morsel.value
+            return response.status, dict(response.headers.items()), text
+        finally:
+            connection.close()
+
+    def get(self, path: str) -> tuple[int, str]:
+        status, _, text = self.request("GET", path)
+        return status, text
+
+    def post(self, path: str, **fields: str) -> int:
+        """POST a form of ``path`` with the CSRF token of its page."""
+        _, page = self.get(path)
+        match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+        assert match, f"no CSRF token on {path}"
+        fields["csrfmiddlewaretoken"] = html.unescape(match.group(1))
+        status, _, _ = self.request("POST", path, fields)
+        return status
+
+    def log_in(self, user: str) -> "Client":
+        status = self.post("/accounts/login/", username=user, password=PASSWORD)
+        assert status == 302 and "sessionid" in self.cookies, f"{user} could not log in"
+        return self
+
+    def websocket(self, facility: str, flags: str, events: bool = False) -> Any:
+        """A WebSocket with this session's cookie: raw, or an event client (``ws4tx.v1``)."""
+        from websockets.sync.client import connect
+        from websockets.typing import Subprotocol
+
+        return connect(
+            f"ws://127.0.0.1:{self.server.port}/ws/{facility}?{flags}",
+            additional_headers={"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items()),
+                                "Origin": self.server.url},
+            subprotocols=[Subprotocol("ws4tx.v1")] if events else None, open_timeout=TIMEOUT)
+
+
+def settle(ws: Any) -> None:
+    """Send a heartbeat and wait for its answer: the server has handled everything ``ws``
+    sent before (published it, if it was going to)."""
+    ws.send(HEARTBEAT)
+    while ws.recv(timeout=TIMEOUT) != HEARTBEAT:
+        pass
+
+
+def read_until(ws: Any, marker: str) -> list[str]:
+    """The frames ``ws`` gets before one that contains ``marker`` (bounded wait)."""
+    frames: list[str] = []
+    while True:
+        frame = ws.recv(timeout=TIMEOUT)
+        if marker in frame:
+            return frames
+        frames.append(frame)
+
+
+class DemoDefaultsTests(SynchronousTestCase):
+    """``python -m chatserver`` without options: DEBUG off, no admin, safe static files,
+    and only the pages' WebSocket flags."""
+
+    server: DemoServer
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.server = DemoServer(launcher_args=[])
+        try:
+            cls.server.start()
+        except BaseException:
+            cls.server.close()
+            raise
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.server.close()
+
+    def assertNoTraceback(self) -> None:
+        output = self.server.output
+        self.assertNotIn("Traceback", output)
+        self.assertNotIn("Internal Server Error", output)
+
+    # A: the defaults
+
+    def test_debug_is_off(self) -> None:
+        """A missing page is a plain 404: no URLconf listing, no settings, no traceback."""
+        status, text = Client(self.server).get("/no-such-page/")
+        self.assertEqual(status, 404)
+        self.assertNotIn("URLconf", text)
+        self.assertNotIn("DEBUG = True", text)
+        self.assertNotIn("Traceback", text)
+
+    def test_static_files_are_served(self) -> None:
+        """The pages' scripts and styles are served with DEBUG off."""
+        client = Client(self.server)
+        for path, needle in (("/static/chatserver/chat.js", "var Chat"),
+                             ("/static/chatserver/style.css", "{"),
+                             ("/static/ws4tx/ws4tx.js", "WS4TX"),
+                             ("/static/js/ws4redis.js", "WS4Redis")):
+            status, text = client.get(path)
+            self.assertEqual((path, status), (path, 200))
+            self.assertIn(needle, text)
+        status, page = client.get("/chat/")
+        self.assertEqual(status, 200)
+        self.assertIn("/static/chatserver/chat.js", page)
+
+    def test_static_path_traversal_is_404(self) -> None:
+        """A path that leaves the static directories is 404, never 500 nor the file."""
+        client = Client(self.server)
+        for path in TRAVERSALS:
+            status, text = client.get(path)
+            self.assertEqual((path, status), (path, 404))
+            self.assertNotIn("SECRET_KEY", text)
+            self.assertNotIn("root:", text)
+        self.assertNoTraceback()
+
+    def test_admin_is_not_served(self) -> None:
+        """/admin/ is 404 (its users' password is "secret") and the pages do not link it."""
+        client = Client(self.server)
+        for path in ("/admin/", "/admin/login/", "/admin/auth/user/"):
+            status, _ = client.get(path)
+            self.assertEqual((path, status), (path, 404))
+        status, page = client.log_in("admin").get("/chat/")
+        self.assertEqual(status, 200)
+        self.assertNotIn("/admin/", page)
+        self.assertNotIn("--admin serves the Django admin", self.server.output)
+
+
+class DemoDebugAdminTests(SynchronousTestCase):
+    """``python -m chatserver --debug --admin``: what a developer asks for, with a warning."""
+
+    server: DemoServer
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.server = DemoServer(launcher_args=["--debug", "--admin"])
+        try:
+            cls.server.start()
+        except BaseException:
+            cls.server.close()
+            raise
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.server.close()
+
+    def test_debug_is_on(self) -> None:
+        status, text = Client(self.server).get("/no-such-page/")
+        self.assertEqual(status, 404)
+        self.assertIn("URLconf", text)
+
+    def test_admin_is_served_with_a_warning(self) -> None:
+        self.assertIn("WARNING: --admin serves the Django admin at /admin/", self.server.output)
+        client = Client(self.server)
+        status, text = client.get("/admin/login/")
+        self.assertEqual(status, 200)
+        self.assertIn("csrfmiddlewaretoken", text)
+        status, page = client.get("/chat/")
+        self.assertIn('href="/admin/"', page)
+
+    def test_static_path_traversal_is_404_with_debug(self) -> None:
+        """DEBUG on serves static files the same way: traversal is 404 there too."""
+        client = Client(self.server)
+        self.assertEqual(client.get("/static/admin/css/base.css")[0], 200)
+        for path in TRAVERSALS:
+            status, _ = client.get(path)
+            self.assertEqual((path, status), (path, 404))
+        self.assertNotIn("Internal Server Error", self.server.output)
