@@ -12,7 +12,9 @@ from typing import Any
 
 from ws4tx.handlers import Client, EventHandler, EventRefused
 
-FACILITY = "eventchat"
+from chatserver.channels import EVENT_FACILITY
+
+FACILITY = EVENT_FACILITY
 MAX_TEXT_LENGTH = 1000
 MAX_CLIENT_ID_LENGTH = 64
 LOGIN_REQUIRED = "log in to send messages"

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from chatserver import channels as _channels
+
 BASE_DIR = Path(__file__).resolve().parent
 
 SECRET_KEY = os.environ.get(
@@ -105,10 +107,12 @@ WEBSOCKET_URL = "/ws/"
 WS4REDIS_HEARTBEAT = "--heartbeat--"
 #: Seconds the last message of a channel is kept, replayed to a page that (re)connects.
 WS4TX_EXPIRE = 600
-#: Anonymous visitors may listen, never publish (see chatserver.channels).
+#: Only the flags the demo's pages use, per facility and login (deny by default; see
+#: chatserver.channels): anonymous visitors listen, and nobody publishes to a group or user.
 WS4REDIS_ALLOWED_CHANNELS = "chatserver.channels.allowed_channels"
 
-#: The facility of the ws4redis-style chats (the name ws4redis's demo used).
-CHAT_FACILITY = "foobar"
+#: The facility of the ws4redis-style chats (the name ws4redis's demo used); chatserver.channels
+#: names the demo's facilities, since it allows each page's flags on its own facility only.
+CHAT_FACILITY = _channels.CHAT_FACILITY
 #: The facility of the event chat (chatserver.handlers.EventChat).
-EVENT_FACILITY = "eventchat"
+EVENT_FACILITY = _channels.EVENT_FACILITY

@@ -194,6 +194,62 @@ class DemoDefaultsTests(SynchronousTestCase):
         self.assertNotIn("/admin/", page)
         self.assertNotIn("--admin serves the Django admin", self.server.output)
 
+    # B: the ALLOWED_CHANNELS hook
+
+    def test_raw_client_cannot_publish_to_group_or_user_chat(self) -> None:
+        """john's raw WebSocket on the chat facility asking to publish to his group, user
+        and session gets nothing to mary's group chat (nor to his own user chat)."""
+        john, mary = Client(self.server).log_in("john"), Client(self.server).log_in("mary")
+        forged = f"admin: forged {uuid.uuid4()}"
+        marker = f"marker {uuid.uuid4()}"
+        with mary.websocket(CHAT_FACILITY, "subscribe-group") as mary_group, \
+                john.websocket(CHAT_FACILITY, "subscribe-user") as john_user, \
+                john.websocket(CHAT_FACILITY, "publish-group&publish-user&publish-session"
+                                              "&subscribe-broadcast&echo") as attacker:
+            settle(mary_group)
+            settle(john_user)
+            attacker.send(forged)
+            settle(attacker)
+            self.assertEqual(john.post("/groupchat/", group="chatusers", message=marker), 302)
+            self.assertEqual(john.post("/userchat/", user="john", message=marker), 302)
+            self.assertNotIn(forged, read_until(mary_group, marker))
+            self.assertNotIn(forged, read_until(john_user, marker))
+
+    def test_raw_client_cannot_forge_event_chat_messages(self) -> None:
+        """john's raw WebSocket on the event chat asking to publish sends an envelope that
+        would show as admin's message: mary's event client never gets it; the handler's
+        messages (which name the sender itself) still arrive."""
+        john, mary = Client(self.server).log_in("john"), Client(self.server).log_in("mary")
+        text = f"forged {uuid.uuid4()}"
+        forged = json.dumps({"ws4tx": "event", "event": "message",
+                             "data": {"user": "admin", "text": text}}, separators=(",", ":"))
+        marker = f"marker {uuid.uuid4()}"
+        flags = "subscribe-broadcast&publish-broadcast&publish-user&publish-group&publish-session"
+        with mary.websocket(EVENT_FACILITY, "subscribe-broadcast", events=True) as watcher, \
+                john.websocket(EVENT_FACILITY, "subscribe-broadcast", events=True) as sender, \
+                john.websocket(EVENT_FACILITY, flags) as attacker:
+            settle(watcher)
+            attacker.send(forged)
+            settle(attacker)
+            sender.send(json.dumps({"ws4tx": "event", "event": "message",
+                                    "data": {"text": marker}, "id": 1}))
+            frames = read_until(watcher, marker)
+            self.assertFalse([f for f in frames if text in f], frames)
+
+    def test_anonymous_and_logged_in_pages_keep_their_flags(self) -> None:
+        """The broadcast chat still works as its page uses it: a logged-in user publishes
+        with publish-broadcast&echo; an anonymous visitor listens."""
+        john, anonymous = Client(self.server).log_in("john"), Client(self.server)
+        line = f"john: hello {uuid.uuid4()}"
+        with anonymous.websocket(CHAT_FACILITY, "subscribe-broadcast") as listener, \
+                john.websocket(CHAT_FACILITY,
+                               "subscribe-broadcast&publish-broadcast&echo") as page:
+            settle(listener)
+            settle(page)
+            page.send(line)
+            read_until(page, line)
+            read_until(listener, line)
+
 
 class DemoDebugAdminTests(SynchronousTestCase):
     """``python -m chatserver --debug --admin``: what a developer asks for, with a warning."""
@@ -235,3 +291,33 @@ class DemoDebugAdminTests(SynchronousTestCase):
             status, _ = client.get(path)
             self.assertEqual((path, status), (path, 404))
         self.assertNotIn("Internal Server Error", self.server.output)
+
+
+class AllowedFlagsTests(SynchronousTestCase):
+    """The table of ``chatserver.channels``: deny by default (pure logic)."""
+
+    EVERY_FLAG = [f"{verb}-{audience}" for verb in ("subscribe", "publish")
+                  for audience in ("broadcast", "user", "group", "session")] + ["echo"]
+
+    def test_chat_facility(self) -> None:
+        from chatserver.channels import allowed_flags
+
+        self.assertEqual(allowed_flags(CHAT_FACILITY, False, self.EVERY_FLAG),
+                         ["subscribe-broadcast"])
+        self.assertEqual(
+            allowed_flags(CHAT_FACILITY, True, self.EVERY_FLAG),
+            ["subscribe-broadcast", "subscribe-user", "subscribe-group",
+             "publish-broadcast", "echo"])
+
+    def test_event_facility(self) -> None:
+        from chatserver.channels import allowed_flags
+
+        for authenticated in (False, True):
+            self.assertEqual(allowed_flags(EVENT_FACILITY, authenticated, self.EVERY_FLAG),
+                             ["subscribe-broadcast"])
+
+    def test_other_facilities_get_nothing(self) -> None:
+        from chatserver.channels import allowed_flags
+
+        for facility in ("other", "FOOBAR", "foobar/", "", "eventchat/x"):
+            self.assertEqual(allowed_flags(facility, True, self.EVERY_FLAG), [])
