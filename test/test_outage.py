@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 
+import redis
+from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
 
+from ws4tx import closecodes
 from ws4tx.config import ServerConfig
+from ws4tx.redis_address import RedisAddress
 
 from test._server import ServerTestCase, non_probe
+from test._wsclient import TIMEOUT, connect, raw_request, status_of
 
 
 class LogCapture:
@@ -120,3 +127,76 @@ class PauseTests(ServerTestCase):
         await self.brokerEvent("connected")
         self.publish("ws4tx:broadcast:foobar", "again")
         self.assertEqual(await client.text(), "again")
+
+
+class PausedDuringSetupTests(ServerTestCase):
+    """Redis is paused (SIGSTOP) while the server sets up its subscriber connection: the
+    TCP connection is accepted, the SUBSCRIBEs wait for an answer."""
+
+    async def _setUp(self) -> None:
+        self.redis_server = self.startRedis()
+        self.redis = redis.Redis.from_url(self.redis_server.url, socket_timeout=5)
+        self.addCleanup(self.redis.close)
+        pid = self.redis_server.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        self.addCleanup(os.kill, pid, signal.SIGCONT)
+        await self.startServer(wait=False)
+
+    async def test_clientJoiningDuringSetupIsSubscribed(self):
+        """A client that joins while the SUBSCRIBEs are unanswered is subscribed once
+        Redis answers, and gets what is published."""
+        client = await self.client("/ws/foobar?subscribe-broadcast", subscribed=False)
+        self.assertEqual(self.factory.router.memberCount(), 1)
+        os.kill(self.redis_server.process.pid, signal.SIGCONT)
+        await self.brokerEvent("connected")
+        await self.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
+        self.assertEqual(non_probe(self.redis.pubsub_channels()), ["ws4tx:broadcast:foobar"])
+        self.publish("ws4tx:broadcast:foobar", "subscribed after all")
+        self.assertEqual(await client.text(), "subscribed after all")
+
+
+class AclTests(ServerTestCase):
+    """The server connects as a Redis ACL user whose channels are restricted."""
+
+    async def redisAddress(self) -> RedisAddress:
+        self.redis.execute_command("ACL", "SETUSER", "ws4tx", "on", ">secret", "~*",
+                                   "+@all", "allchannels")
+        return dataclasses.replace(self.redis_server.address, username="ws4tx",
+                                   password="secret")
+
+    async def _health(self) -> tuple[int, dict]:
+        request = b"GET /ws4tx/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        status, rest = status_of(await raw_request(self.port, request))
+        return status, json.loads(rest.split("\r\n\r\n", 1)[1])
+
+    async def test_refusedResubscriptionFailsOnlyThatChannel(self):
+        """The ACL is narrowed to ws4tx:broadcast:allowed (and the probe channels): Redis
+        drops the subscriber, the resubscription of the other channel is refused
+        (NOPERM). Its client is closed with 4503, a warning is logged, and everything
+        else works: the allowed client gets messages, health is 200, a new client is
+        subscribed; a new client of the refused channel is closed the same way."""
+        log = LogCapture(self)
+        allowed = await self.client("/ws/allowed?subscribe-broadcast")
+        denied = await self.client("/ws/denied?subscribe-broadcast")
+        self.redis.execute_command("ACL", "SETUSER", "ws4tx", "resetchannels",
+                                   "&ws4tx:broadcast:allowed", "&__ws4tx_probe__:*")
+        await self.brokerEvent("disconnected")
+        await self.brokerEvent("connected")
+        code, reason = await denied.closed.addTimeout(TIMEOUT, reactor)
+        self.assertEqual((code, reason),
+                         (closecodes.SUBSCRIPTION_REFUSED, "subscription refused by Redis"))
+        self.assertEqual(log.count("Redis refused to subscribe"), 1)
+        self.assertEqual(self.publish("ws4tx:broadcast:allowed", "still here"), 1)
+        self.assertEqual(await allowed.text(), "still here")
+        await self.service.broker.publish("ws4tx:broadcast:allowed", b"after the probe")
+        self.assertEqual(await allowed.text(), "after the probe")
+        status, body = await self._health()
+        self.assertEqual(status, 200, body)
+        newcomer = await self.client("/ws/allowed?subscribe-broadcast")
+        self.publish("ws4tx:broadcast:allowed", "welcome")
+        self.assertEqual(await newcomer.text(), "welcome")
+        late = await connect(self.port, "/ws/denied?subscribe-broadcast")
+        self.addCleanup(late.close)
+        code, _ = await late.closed.addTimeout(TIMEOUT, reactor)
+        self.assertEqual(code, closecodes.SUBSCRIPTION_REFUSED)
+        self.assertEqual(non_probe(self.redis.pubsub_channels()), ["ws4tx:broadcast:allowed"])

@@ -3,12 +3,16 @@ readiness, resubscription, the PING watchdog and command timeouts."""
 
 from __future__ import annotations
 
+from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from ws4tx.broker import BrokerUnavailable
+from ws4tx.broker import BrokerUnavailable, NotStored, SubscriptionRefused, publish_to
 from ws4tx.redis_address import RedisAddress
 from ws4tx.redis_broker import RedisBroker
 
@@ -45,13 +49,16 @@ class Listener:
     def messageReceived(self, channel, payload):
         self.messages.append((channel, payload))
 
+    def subscriptionRefused(self, channel, reason):
+        self.events.append(("refused", channel))
+
 
 def subscribed(channel: bytes, count: int = 1) -> bytes:
     return b"*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:%d\r\n" % (len(channel), channel, count)
 
 
-class BrokerTimingTests(SynchronousTestCase):
-    """Everything the broker does on a timer, with a Clock."""
+class _BrokerCase(SynchronousTestCase):
+    """A broker on a Clock whose two connections are made at once."""
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -81,6 +88,10 @@ class BrokerTimingTests(SynchronousTestCase):
         probe = self.broker._probe_channel.encode()
         self._feed(sub or self.sub, subscribed(probe) + subscribed(b"a", 2) +
                    subscribed(b"b", 3))
+
+
+class BrokerTimingTests(_BrokerCase):
+    """Everything the broker does on a timer, with a Clock."""
 
     def test_resubscribesOneChannelPerCommand(self):
         """On connection each wanted channel (and the broker's probe channel) is
@@ -156,13 +167,47 @@ class BrokerTimingTests(SynchronousTestCase):
         self.failureResultOf(d, BrokerUnavailable)
 
     def test_publishAndStore(self):
-        """publish writes PUBLISH then SET EX, and fires with the receivers."""
+        """publish writes PUBLISH, then SET EX once PUBLISH succeeded, and fires with the
+        receivers."""
         d = self.broker.publish("ch", b"hi", expire=60)
+        self.assertEqual(self.cmd_t.value(), b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$2\r\nhi\r\n")
+        self.cmd_t.clear()
+        self._feed(self.cmd, b":3\r\n")
         self.assertEqual(self.cmd_t.value(),
-                         b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$2\r\nhi\r\n"
                          b"*5\r\n$3\r\nSET\r\n$2\r\nch\r\n$2\r\nhi\r\n$2\r\nEX\r\n$2\r\n60\r\n")
-        self._feed(self.cmd, b":3\r\n+OK\r\n")
+        self.assertNoResult(d)
+        self._feed(self.cmd, b"+OK\r\n")
         self.assertEqual(self.successResultOf(d), 3)
+
+    def test_publishedButNotStoredIsNotAFailureToDeliver(self):
+        """PUBLISH succeeds and SET is refused (maxmemory): the publish fails with
+        NotStored, carrying the receivers and Redis's reason, never BrokerUnavailable;
+        the failure is counted."""
+        d = self.broker.publish("ch", b"hi", expire=60)
+        self._feed(self.cmd, b":3\r\n")
+        self._feed(self.cmd, b"-OOM command not allowed when used memory > 'maxmemory'.\r\n")
+        failure = self.failureResultOf(d, NotStored)
+        self.assertFalse(failure.check(BrokerUnavailable))
+        self.assertEqual(failure.value.receivers, 3)
+        self.assertIn("OOM", failure.value.reason)
+        self.assertEqual(self.broker.stats["store_failures"], 1)
+
+    def test_refusedPublishIsNotStored(self):
+        """PUBLISH refused (an ACL without the channel): no SET is sent at all."""
+        d = self.broker.publish("ch", b"hi", expire=60)
+        self.cmd_t.clear()
+        self._feed(self.cmd, b"-NOPERM this user has no permissions to access the 'ch' "
+                             b"channel\r\n")
+        self.failureResultOf(d)
+        self.assertEqual(self.cmd_t.value(), b"")
+        self.assertEqual(self.broker.stats["store_failures"], 0)
+
+    def test_publishToSumsReceiversOfNotStored(self):
+        """publish_to over several channels reports NotStored with every receiver."""
+        d = publish_to(self.broker, ["x", "y"], b"hi", expire=60)
+        self._feed(self.cmd, b":2\r\n:1\r\n")
+        self._feed(self.cmd, b"+OK\r\n-OOM no memory\r\n")
+        self.assertEqual(self.failureResultOf(d, NotStored).value.receivers, 3)
 
     def test_commandWithoutConnectionFailsAtOnce(self):
         """With no command connection, a command fails at once."""
@@ -182,3 +227,133 @@ class BrokerTimingTests(SynchronousTestCase):
         self.assertEqual(self.listener.messages, [])  # the probe is the broker's own
         self.clock.advance(15.1)
         self.assertFalse(self.broker.delivering)
+
+
+def noperm(channel: bytes) -> bytes:
+    return (b"-NOPERM this user has no permissions to access the '%s' channel\r\n"
+            % channel)
+
+
+class SetupTests(_BrokerCase):
+    """What happens while the subscriber connection is being set up."""
+
+    def test_joinDuringSetupIsSubscribedOnTheNewConnection(self):
+        """A channel wanted while the subscriber's SUBSCRIBEs are in flight is subscribed
+        on that connection, and the connection is ready only once it is confirmed."""
+        d = self.broker.subscribe("late")
+        self.assertTrue(self.sub_t.value().endswith(b"SUBSCRIBE\r\n$4\r\nlate\r\n"))
+        self._ready()
+        self.assertNoResult(d)
+        self.assertFalse(self.broker.connected)
+        self._feed(self.sub, subscribed(b"late", 4))
+        self.successResultOf(d)
+        self.assertTrue(self.broker.connected)
+        self.assertEqual(self.listener.events, ["connected"])
+
+    def test_refusedResubscriptionFailsOnlyThatChannel(self):
+        """A NOPERM for one channel at resubscription: that channel is reported refused,
+        the others are subscribed, and the broker is connected."""
+        probe = self.broker._probe_channel.encode()
+        self._feed(self.sub, subscribed(probe) + noperm(b"a") + subscribed(b"b", 2))
+        self.assertEqual(self.listener.events, [("refused", "a"), "connected"])
+        self.assertTrue(self.broker.connected)
+        self.assertFalse(self.sub_t.disconnecting)
+
+    def test_refusedSubscriptionFailsWithSubscriptionRefused(self):
+        """A live SUBSCRIBE that Redis refuses fails with SubscriptionRefused; the
+        connection goes on (its replies stay in step)."""
+        self._ready()
+        d = self.broker.subscribe("c")
+        self._feed(self.sub, noperm(b"c"))
+        self.assertEqual(self.failureResultOf(d, SubscriptionRefused).value.channel, "c")
+        d2 = self.broker.subscribe("d")
+        self._feed(self.sub, subscribed(b"d", 3))
+        self.successResultOf(d2)
+
+    def test_refusedProbeFallsBackToConnected(self):
+        """An ACL without the probe channel: delivering follows the connection (and a
+        warning says which channels to allow)."""
+        probe = self.broker._probe_channel.encode()
+        with capturedLogs() as logged:
+            self._feed(self.sub, noperm(probe) + subscribed(b"a", 1) + subscribed(b"b", 2))
+        self.assertTrue(self.broker.delivering)
+        self.assertTrue(any("__ws4tx_probe__:*" in (e.get("log_format") or "")
+                            for e in logged))
+
+
+class AbortingTransport(StringTransport):
+    """A transport whose loseConnection and abortConnection end the connection on the
+    next turn, as TCP's do."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def loseConnection(self) -> None:
+        if not self.disconnecting:
+            super().loseConnection()
+            self.clock.callLater(0, self.protocol.connectionLost,
+                                 Failure(ConnectionDone("closed")))
+
+    abortConnection = loseConnection
+
+
+class SilentEndpoint:
+    """Every attempt connects (TCP accepted) to a Redis that never answers."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.connections: list = []
+
+    def connect(self, factory):
+        proto = factory.buildProtocol(None)
+        transport = AbortingTransport(self.clock)
+        transport.protocol = proto
+        proto.makeConnection(transport)
+        self.connections.append((proto, transport))
+        return defer.succeed(proto)
+
+
+class BackoffTests(SynchronousTestCase):
+    """A Redis that accepts TCP but never gets a connection ready."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.endpoint = SilentEndpoint(self.clock)
+        self.attempts: list[int] = []
+        policy = backoffPolicy(initialDelay=0.5, maxDelay=10.0, factor=2.0, jitter=lambda: 0)
+
+        def retry(attempt: int) -> float:
+            self.attempts.append(attempt)
+            return policy(attempt)
+
+        self.broker = RedisBroker(RedisAddress(), reactor=self.clock, clock=self.clock,
+                                  ping_interval=5, timeout=2, endpoint=self.endpoint,
+                                  retry_policy=retry)
+        self.broker.start(Listener(["a"]))
+
+    def test_backoffGrowsWhileConnectionsNeverGetReady(self):
+        """Each connection that is not ready within the timeout is dropped and counts as
+        a failed attempt: the delays grow (1, 2, 4, 8 s...) instead of repeating the
+        first one, and the SUBSCRIBEs are resent once per attempt only."""
+        for _ in range(60):
+            self.clock.advance(1)
+        self.assertEqual(self.attempts[:6], [1, 2, 3, 4, 5, 6])
+        # 60 s: connects at 0, 3, 7, 13, 23, 35, 47, 59 (timeout 2 s + the delay)
+        subscribers = [t for _, t in self.endpoint.connections if b"SUBSCRIBE" in t.value()]
+        self.assertLessEqual(len(subscribers), 8)
+        self.assertTrue(all(t.disconnecting for t in subscribers[:-1]))
+        self.broker.stop()
+
+    def test_stopWhileSettingUpDropsTheConnection(self):
+        """Stopping while a connection is being set up drops it and stops retrying,
+        without an error (ClientService cancels the preparation)."""
+        self.clock.advance(0.5)
+        d = self.broker.stop()
+        self.clock.advance(0)
+        self.successResultOf(d)
+        self.assertTrue(all(t.disconnecting for _, t in self.endpoint.connections))
+        count = len(self.endpoint.connections)
+        self.clock.advance(60)
+        self.assertEqual(len(self.endpoint.connections), count)
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from ws4tx import closecodes
 from ws4tx import router as router_module
+from ws4tx.broker import BrokerUnavailable, SubscriptionRefused
 from ws4tx.hub import Hub
 from ws4tx.router import Router, is_text
 from ws4tx.testing import MemoryBroker, MemoryBus
@@ -59,6 +62,22 @@ class FakeClient:
 
     def messagesDropped(self, count: int) -> None:
         self.dropped.append(count)
+
+    def closeWith(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+class SlowBroker(MemoryBroker):
+    """A memory broker whose SUBSCRIBEs stay in flight until the test answers them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inflight: list[tuple[str, defer.Deferred[None]]] = []
+
+    def subscribe(self, channel: str) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self.inflight.append((channel, d))
+        return d
 
 
 class RouterTests(SynchronousTestCase):
@@ -153,6 +172,63 @@ class RouterTests(SynchronousTestCase):
         other.join(there, ["ch"])
         self.assertEqual(self.broker.bus.publish("ch", b"m"), 2)
         self.assertEqual((len(here.frames), len(there.frames)), (1, 1))
+
+
+class InFlightTests(SynchronousTestCase):
+    """A join is subscribed only once the channel's SUBSCRIBE is answered, whoever sent it."""
+
+    def setUp(self) -> None:
+        self.broker = SlowBroker()
+        self.router = Router(self.broker, lambda p, b: p, clock=Clock())
+        self.broker.start(self.router)
+
+    def test_secondJoinWaitsForTheSubscribeInFlight(self):
+        """B joins while A's SUBSCRIBE is in flight: neither is told it is subscribed
+        before the SUBSCRIBE is answered; both are after."""
+        a, b = FakeClient(), FakeClient()
+        da = self.router.join(a, ["ch"])
+        db = self.router.join(b, ["ch"])
+        self.assertEqual([c for c, _ in self.broker.inflight], ["ch"])
+        self.assertEqual((da.called, db.called), (False, False))
+        self.broker.inflight[0][1].callback(None)
+        self.assertEqual((da.called, db.called), (True, True))
+        # the channel is subscribed now: a third join is told at once
+        self.assertTrue(self.router.join(FakeClient(), ["ch"]).called)
+
+    def test_failedSubscribeReleasesTheWaitingJoins(self):
+        """A SUBSCRIBE that fails (Redis down) releases every join waiting for it; the
+        channel is resubscribed on reconnection."""
+        a, b = FakeClient(), FakeClient()
+        da = self.router.join(a, ["ch"])
+        db = self.router.join(b, ["ch", "other"])
+        self.broker.inflight[0][1].errback(BrokerUnavailable("down"))
+        self.successResultOf(da)
+        self.assertNoResult(db)  # "other" is still in flight
+        self.broker.inflight[1][1].callback(None)
+        self.successResultOf(db)
+
+    def test_refusedSubscriptionClosesOnlyThatChannelsClients(self):
+        """A refused SUBSCRIBE closes the channel's clients with SUBSCRIPTION_REFUSED and
+        a clear reason, logs a warning, and leaves other channels' clients alone."""
+        a, b, other = FakeClient(), FakeClient(), FakeClient()
+        self.router.join(a, ["secret"])
+        self.router.join(b, ["secret"])
+        self.router.join(other, ["fine"])
+        with capturedLogs() as logged:
+            self.broker.inflight[0][1].errback(SubscriptionRefused("secret", "NOPERM no"))
+        self.broker.inflight[1][1].callback(None)
+        expected = (closecodes.SUBSCRIPTION_REFUSED, "subscription refused by Redis")
+        self.assertEqual((a.closed, b.closed), (expected, expected))
+        self.assertFalse(hasattr(other, "closed"))
+        self.assertEqual([e["log_level"].name for e in logged], ["warn"])
+        self.assertEqual(self.router.stats["refused"], 1)
+
+    def test_refusedResubscriptionClosesThatChannelsClients(self):
+        """The broker reports a channel refused at resubscription: same treatment."""
+        a = FakeClient()
+        self.router.join(a, ["secret"])
+        self.router.subscriptionRefused("secret", "NOPERM no")
+        self.assertEqual(a.closed[0], closecodes.SUBSCRIPTION_REFUSED)
 
 
 def one_turn(clock: Clock) -> None:

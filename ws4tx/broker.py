@@ -7,15 +7,35 @@ stores the last message of a channel under the channel's name (ws4redis's replay
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from twisted.internet import defer
-from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
 
 class BrokerUnavailable(ConnectionError):
     """The broker cannot carry out a command now (Redis is down or does not answer)."""
+
+
+class SubscriptionRefused(Exception):
+    """The broker refused to subscribe a channel (a Redis ACL without it: NOPERM). Only
+    that channel is affected."""
+
+    def __init__(self, channel: str, reason: str) -> None:
+        super().__init__(f"Redis refused to subscribe {channel}: {reason}")
+        self.channel = channel
+        self.reason = reason
+
+
+class NotStored(Exception):
+    """A message was delivered to ``receivers`` subscribers but was not stored (for
+    replay) because ``reason``: the broker refused the write (Redis out of memory, say)
+    or a storage budget was exhausted. Retrying would deliver it twice."""
+
+    def __init__(self, receivers: int, reason: str) -> None:
+        super().__init__(f"delivered to {receivers} subscribers but not stored: {reason}")
+        self.receivers = receivers
+        self.reason = reason
 
 
 class IBrokerListener(Interface):
@@ -26,6 +46,10 @@ class IBrokerListener(Interface):
 
     def wantedChannels() -> Iterable[str]:
         """The channels to (re)subscribe after the broker (re)connects."""
+
+    def subscriptionRefused(channel: str, reason: str) -> None:
+        """The broker refused to subscribe ``channel`` when it resubscribed after
+        (re)connecting; the other channels are subscribed."""
 
     def brokerConnected() -> None:
         """The broker's subscriber is connected and subscribed to the wanted channels."""
@@ -49,7 +73,10 @@ class IBroker(Interface):
         """Disconnect; fires when every connection is closed."""
 
     def subscribe(channel: str) -> "Deferred[None]":  # noqa: F821
-        """Start receiving ``channel``; fires once the subscription is in place."""
+        """Start receiving ``channel``; fires once the subscription is in place, fails
+        with :class:`SubscriptionRefused` if the broker refuses it, or with
+        :class:`BrokerUnavailable` (the channel is then subscribed with the listener's
+        wanted channels once the broker is back)."""
 
     def unsubscribe(channel: str) -> "Deferred[None]":  # noqa: F821
         """Stop receiving ``channel``."""
@@ -57,7 +84,9 @@ class IBroker(Interface):
     def publish(channel: str, payload: bytes, expire: int = 0) -> "Deferred[int]":  # noqa: F821
         """Publish ``payload`` on ``channel`` and, when ``expire`` > 0, store it under the
         channel's name for ``expire`` seconds. Fires with the number of receivers, or fails
-        with :class:`BrokerUnavailable` within a bounded time."""
+        with :class:`BrokerUnavailable` within a bounded time; fails with
+        :class:`NotStored` when the message was published but not stored (it is stored
+        only once published)."""
 
     def fetch(key: str) -> "Deferred[Optional[bytes]]":  # noqa: F821
         """The message stored under ``key``, or None."""
@@ -67,11 +96,24 @@ def publish_to(
     broker: IBroker, channels: Iterable[str], payload: bytes, expire: int = 0
 ) -> "defer.Deferred[int]":
     """Publish ``payload`` on each of ``channels``; fires with the total number of
-    receivers, or fails with the first failure (BrokerUnavailable, say)."""
-    d = defer.gatherResults([broker.publish(c, payload, expire) for c in channels],
-                            consumeErrors=True)
+    receivers, or fails with the first failure that is not :class:`NotStored`
+    (BrokerUnavailable, say), or, when every channel got it but some did not store it,
+    with a :class:`NotStored` of the total receivers."""
+    d = defer.DeferredList([broker.publish(c, payload, expire) for c in channels],
+                           consumeErrors=True)
 
-    def first(failure: Failure) -> Failure:
-        return failure.value.subFailure if failure.check(defer.FirstError) else failure
+    def combine(results: list[tuple[bool, Any]]) -> int:
+        receivers, not_stored = 0, None
+        for ok, result in results:
+            if ok:
+                receivers += result
+            elif result.check(NotStored):
+                receivers += result.value.receivers
+                not_stored = not_stored or result.value
+            else:
+                result.raiseException()
+        if not_stored is not None:
+            raise NotStored(receivers, not_stored.reason)
+        return receivers
 
-    return d.addCallbacks(sum, first)
+    return d.addCallback(combine)

@@ -12,3 +12,5 @@ MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 #: The client did not read its messages fast enough (its send queue overflowed).
 SLOW_CONSUMER = 4008
+#: Redis refused to subscribe one of the client's channels (an ACL without it).
+SUBSCRIPTION_REFUSED = 4503

@@ -21,7 +21,7 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, endpoints
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import (
     FilteringLogObserver,
@@ -33,7 +33,13 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ws4tx.broker import BrokerUnavailable, IBroker, IBrokerListener
+from ws4tx.broker import (
+    BrokerUnavailable,
+    IBroker,
+    IBrokerListener,
+    NotStored,
+    SubscriptionRefused,
+)
 from ws4tx.redis_address import RedisAddress
 
 #: Retry delays: 0.5 s doubling to 10 s, each with up to 50 % random jitter.
@@ -76,11 +82,79 @@ class _ClientService(ClientService):
         globalLogPublisher, [LogLevelFilterPredicate(LogLevel.warn)]))
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
-    broker: "RedisBroker"
+class _Prepared:
+    """What the broker's txredisapi protocols add: whether the connection was made ready
+    (``prepared``), and a way to end one that never was without telling ClientService."""
 
+    broker: "RedisBroker"
+    #: Set once the broker's prepareConnection succeeded (ClientService then uses it).
+    prepared = False
+
+    def lostUnprepared(self, reason: Failure) -> None:
+        """The connection ended before it was ready: clean up the protocol only."""
+        self.connectionLost(reason)  # type: ignore[attr-defined]
+
+
+class _Subscriber(_Prepared, txredisapi.SubscriberProtocol):
     def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
         self.broker._messageReceived(channel, message)
+
+
+class _Command(_Prepared, txredisapi.RedisProtocol):
+    pass
+
+
+class _Guard(Protocol):
+    """Stands between a transport and ClientService's protocol proxy.
+
+    ClientService counts a connection its ``prepareConnection`` rejected as a failed
+    attempt, but it neither closes it nor expects to hear of it again: it has no transition
+    for a connection lost while it is being prepared or after it was rejected (automat's
+    NoTransition). The broker closes such connections itself; their loss reaches the Redis
+    protocol only, not ClientService.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+        self.inner.makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.inner.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.inner.prepared:
+            self.inner.connectionLost(reason)
+        else:
+            self.inner.lostUnprepared(reason)
+
+
+class _GuardFactory(Factory):
+    """Wraps each protocol ClientService builds in a :class:`_Guard`."""
+
+    noisy = False
+
+    def __init__(self, wrapped: Any) -> None:
+        self.wrapped = wrapped
+
+    def buildProtocol(self, addr: Any) -> Optional[_Guard]:
+        inner = self.wrapped.buildProtocol(addr)
+        return None if inner is None else _Guard(inner)
+
+
+@implementer(IStreamClientEndpoint)
+class _GuardedEndpoint:
+    """An endpoint whose connections are :class:`_Guard`\\ ed; fires with the protocol
+    ClientService built, as ClientService expects."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        return self._endpoint.connect(_GuardFactory(factory)).addCallback(
+            lambda guard: guard.inner)
 
 
 class _RedisFactory(Factory):
@@ -107,7 +181,6 @@ class _RedisFactory(Factory):
         proto.factory = self
         proto.broker = self.broker
         proto.callLater = self.broker.clock.callLater
-        self.broker._connectionMade(self.role, proto)
         return proto
 
     def stopTrying(self) -> None:
@@ -116,6 +189,119 @@ class _RedisFactory(Factory):
 
     def connectionError(self, message: str) -> None:
         self.broker._refused(self.role, message)
+
+
+class _Preparation:
+    """Gets one new connection ready, for ClientService's ``prepareConnection``.
+
+    Ready means: connected, AUTH and SELECT done and, for the subscriber, every SUBSCRIBE
+    confirmed (refused ones included: a refusal is an answer), each step within the
+    broker's timeout. A connection that is not ready in time, or is lost on the way, is
+    dropped and :attr:`done` fails: ClientService counts a failed attempt and backs off.
+    Cancelling :attr:`done` (ClientService does when it is stopped meanwhile) drops it too.
+    """
+
+    def __init__(self, broker: "RedisBroker", role: str, proto: Any) -> None:
+        self.broker = broker
+        self.role = role
+        self.proto = proto
+        self.done: defer.Deferred[None] = defer.Deferred(self._cancelled)
+        #: Whether SUBSCRIBEs are being sent on this connection (then a channel wanted
+        #: meanwhile is subscribed on it too).
+        self.subscribing = False
+        self._outstanding = 0
+        self._refused: list[tuple[str, str]] = []
+        self._timer = broker.clock.callLater(broker.timeout, self._expire)
+        proto.whenDisconnected().addCallback(
+            lambda _: self._fail(BrokerUnavailable("the connection was lost while it was "
+                                                   "being set up")))
+        proto.whenConnected().addCallback(self._connected)
+
+    def _connected(self, proto: Any) -> None:
+        if self.done.called:
+            return
+        # The protocol itself (ClientService gave prepareConnection a proxy of it): the
+        # one whenDisconnected() reports.
+        self.proto = proto
+        _keepAlive(proto)
+        if self.role != "subscriber":
+            self._succeed()
+            return
+        self._restartTimer()
+        broker = self.broker
+        assert broker._listener is not None
+        self.subscribing = True
+        # Written all at once, before anything else can be: replies come back in order.
+        self.subscribe(broker._probe_channel).addErrback(broker._probeRefused)
+        for channel in list(broker._listener.wantedChannels()):
+            self.subscribe(channel).addErrback(self._resubscriptionRefused, channel)
+        self._check()
+
+    def subscribe(self, channel: str) -> defer.Deferred[None]:
+        """SUBSCRIBE ``channel`` on this connection; a refusal fails the result with
+        :class:`SubscriptionRefused`, anything else fails the whole preparation."""
+        self._outstanding += 1
+        d = self.proto.subscribe(channel)
+        result: defer.Deferred[None] = defer.Deferred()
+
+        def answered(reply: Any) -> None:
+            self._outstanding -= 1
+            result.callback(None)
+            self._check()
+
+        def failed(failure: Failure) -> None:
+            self._outstanding -= 1
+            if failure.check(txredisapi.ResponseError):
+                result.errback(SubscriptionRefused(channel, failure.getErrorMessage()))
+                self._check()
+            else:
+                result.errback(BrokerUnavailable(
+                    f"subscribing {channel} failed: {failure.getErrorMessage()}"))
+                self._fail(failure.value)
+
+        d.addCallbacks(answered, failed)
+        return result
+
+    def _resubscriptionRefused(self, failure: Failure, channel: str) -> None:
+        if failure.check(SubscriptionRefused):
+            self._refused.append((channel, failure.value.reason))
+
+    def _check(self) -> None:
+        if self.subscribing and not self._outstanding and not self.done.called:
+            self._succeed()
+
+    def _restartTimer(self) -> None:
+        if self._timer.active():
+            self._timer.cancel()
+        self._timer = self.broker.clock.callLater(self.broker.timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._fail(defer.TimeoutError(f"Redis did not answer within {self.broker.timeout} s"))
+
+    def _drop(self) -> None:
+        if self._timer.active():
+            self._timer.cancel()
+        self.subscribing = False
+        if self.proto.transport is not None:
+            self.proto.transport.abortConnection()
+
+    def _fail(self, error: BaseException) -> None:
+        if self.done.called:
+            return
+        self._drop()
+        self.broker._notReady(self.role, error)
+        self.done.errback(error)
+
+    def _cancelled(self, d: defer.Deferred[None]) -> None:
+        self._drop()
+
+    def _succeed(self) -> None:
+        if self._timer.active():
+            self._timer.cancel()
+        self.subscribing = False
+        self.proto.prepared = True
+        self.done.callback(None)
+        self.broker._ready(self.role, self.proto, self._refused)
 
 
 @implementer(IBroker)
@@ -146,6 +332,9 @@ class RedisBroker:
         self._endpoint = endpoint or client_endpoint(reactor, address, timeout)
         self._listener: Optional[IBrokerListener] = None
         self._sub: Optional[_Subscriber] = None
+        #: The subscriber connection being set up, if any.
+        self._preparing: Optional[_Preparation] = None
+        self._probe_refused = False
         self._cmd: Optional[txredisapi.BaseRedisProtocol] = None
         self._services: list[ClientService] = []
         self._pinger: Optional[LoopingCall] = None
@@ -154,8 +343,9 @@ class RedisBroker:
         self._stopping = False
         self._probe_channel = f"__ws4tx_probe__:{uuid.uuid4().hex}"
         self._probe_seen: Optional[float] = None
-        #: Counters: reconnections of the subscriber, and deaf connections replaced.
-        self.stats = {"reconnects": 0, "deaf": 0}
+        #: Counters: reconnections of the subscriber, deaf connections replaced, and
+        #: messages published but not stored (Redis refused the SET).
+        self.stats = {"reconnects": 0, "deaf": 0, "store_failures": 0}
 
     @property
     def connected(self) -> bool:
@@ -168,7 +358,7 @@ class RedisBroker:
         message takes works, not just the sockets."""
         if self._sub is None:
             return False
-        if self.ping_interval <= 0:
+        if self.ping_interval <= 0 or self._probe_refused:
             return True
         return (self._probe_seen is not None
                 and self.clock.seconds() - self._probe_seen <= 3 * self.ping_interval)
@@ -178,12 +368,14 @@ class RedisBroker:
     def start(self, listener: IBrokerListener) -> None:
         self._listener = listener
         self._down_since = self.clock.seconds()
+        endpoint = _GuardedEndpoint(self._endpoint)
         self._services = [
-            _ClientService(self._endpoint, _RedisFactory(self, _Subscriber, "subscriber"),
-                          retryPolicy=self._retry, clock=self.clock),
-            _ClientService(self._endpoint,
-                          _RedisFactory(self, txredisapi.RedisProtocol, "command"),
-                          retryPolicy=self._retry, clock=self.clock),
+            _ClientService(endpoint, _RedisFactory(self, _Subscriber, "subscriber"),
+                           retryPolicy=self._retry, clock=self.clock,
+                           prepareConnection=lambda p: self._prepare("subscriber", p)),
+            _ClientService(endpoint, _RedisFactory(self, _Command, "command"),
+                           retryPolicy=self._retry, clock=self.clock,
+                           prepareConnection=lambda p: self._prepare("command", p)),
         ]
         for service in self._services:
             service.startService()
@@ -202,22 +394,31 @@ class RedisBroker:
 
     # Connections
 
-    def _connectionMade(self, role: str, proto: Any) -> None:
-        """A new connection (not usable before AUTH/SELECT are done): get it ready."""
-        d: defer.Deferred[Any] = defer.Deferred()
-        # A connection without AUTH/SELECT is ready inside makeConnection(), before the
-        # ClientService knows it exists: go on one reactor turn later.
-        proto.whenConnected().addCallback(
-            lambda p: self.clock.callLater(0, lambda: d.called or d.callback(p)))
-        proto.whenDisconnected().addCallback(
-            lambda p: d.called or d.errback(BrokerUnavailable("lost while connecting")))
-        ready = self._subscriberReady if role == "subscriber" else self._commandReady
-        self._bounded(d, proto).addCallback(_keepAlive).addCallback(ready).addErrback(
-            self._notReady, role)
+    def _prepare(self, role: str, proto: Any) -> defer.Deferred[None]:
+        """ClientService's ``prepareConnection``: fires once ``proto`` is ready (see
+        :class:`_Preparation`); until then ClientService does not count it as a
+        connection, so that one that never gets ready makes the backoff grow."""
+        preparation = _Preparation(self, role, proto)
+        if role == "subscriber":
+            self._preparing = preparation
+        return preparation.done
 
-    def _notReady(self, failure: Failure, role: str) -> None:
-        self.log.debug("Redis {role} connection not ready: {error}", role=role,
-                       error=failure.getErrorMessage())
+    def _notReady(self, role: str, error: BaseException) -> None:
+        if role == "subscriber":
+            self._preparing = None
+        if isinstance(error, defer.TimeoutError):
+            self.log.warn("Redis did not get the {role} connection ready within {timeout} s; "
+                          "retrying with backoff", role=role, timeout=self.timeout)
+        else:
+            self.log.debug("Redis {role} connection not ready: {error}", role=role,
+                           error=error)
+
+    def _ready(self, role: str, proto: Any, refused: list[tuple[str, str]]) -> None:
+        if role == "subscriber":
+            self._preparing = None
+            self._subscriberReady(proto, refused)
+        else:
+            self._commandReady(proto)
 
     def _bounded(self, d: defer.Deferred[Any], proto: Any) -> defer.Deferred[Any]:
         """``d``, or a TimeoutError (and ``proto``'s connection dropped) if Redis takes
@@ -241,16 +442,11 @@ class RedisBroker:
         d.addBoth(done)
         return bounded
 
-    @defer.inlineCallbacks
-    def _subscriberReady(self, proto: Any) -> Any:
+    def _subscriberReady(self, proto: Any, refused: list[tuple[str, str]]) -> None:
+        if self._stopping:
+            return
         proto.whenDisconnected().addCallback(self._subscriberLost)
         assert self._listener is not None
-        channels = list(self._listener.wantedChannels())
-        # Written all at once, before anything else can be: replies come back in order.
-        subscribed = [proto.subscribe(channel) for channel in [self._probe_channel, *channels]]
-        yield self._bounded(defer.gatherResults(subscribed, consumeErrors=True), proto)
-        if not proto.connected or self._stopping:
-            return
         self._sub = proto
         self._refusal_logged.discard("subscriber")
         if self._down_since is not None:
@@ -258,12 +454,25 @@ class RedisBroker:
             self._down_since = None
             if self.stats["reconnects"]:
                 self.log.warn("Redis subscriber connection restored after {down:.1f} s; "
-                              "{n} channels resubscribed", down=down, n=len(channels))
+                              "channels resubscribed", down=down)
             else:
                 self.log.info("Redis subscriber connected to {url}",
                               url=self.address.safe_url)
+        for channel, reason in refused:
+            self._listener.subscriptionRefused(channel, reason)
         self._listener.brokerConnected()
         self._probe()
+
+    def _probeRefused(self, failure: Failure) -> None:
+        """Redis refused the probe channel (an ACL without it): delivery cannot be
+        checked; :attr:`delivering` follows the connection instead."""
+        if failure.check(SubscriptionRefused):
+            if not self._probe_refused:
+                self.log.warn("Redis refused the delivery probe channel {channel} ({reason}); "
+                              "allow the channels __ws4tx_probe__:* to this user for the "
+                              "health check to test delivery", channel=self._probe_channel,
+                              reason=failure.value.reason)
+            self._probe_refused = True
 
     def _subscriberLost(self, proto: Any) -> None:
         if self._sub is not proto:
@@ -326,9 +535,19 @@ class RedisBroker:
     def subscribe(self, channel: str) -> defer.Deferred[None]:
         proto = self._sub
         if proto is None:
+            preparing = self._preparing
+            if preparing is not None and preparing.subscribing:
+                # The new connection's SUBSCRIBEs are on their way: add this one to them.
+                return preparing.subscribe(channel)
             # Subscribed on (re)connection: the listener lists it.
             return defer.fail(BrokerUnavailable("not connected to Redis"))
-        return proto.subscribe(channel).addCallback(lambda _: None)
+
+        def refused(failure: Failure) -> Failure:
+            if failure.check(txredisapi.ResponseError):
+                raise SubscriptionRefused(channel, failure.getErrorMessage())
+            return failure
+
+        return proto.subscribe(channel).addCallbacks(lambda _: None, refused)
 
     def unsubscribe(self, channel: str) -> defer.Deferred[None]:
         proto = self._sub
@@ -337,15 +556,27 @@ class RedisBroker:
         return proto.unsubscribe(channel).addCallback(lambda _: None)
 
     def publish(self, channel: str, payload: bytes, expire: int = 0) -> defer.Deferred[int]:
-        def run(proto: Any) -> defer.Deferred[int]:
-            d = proto.execute_command("PUBLISH", channel, payload)
-            if expire > 0:
-                stored = proto.execute_command("SET", channel, payload, "EX", expire)
-                d = defer.gatherResults([d, stored], consumeErrors=True).addCallback(
-                    lambda results: results[0])
-            return d
+        """PUBLISH, then (``expire`` > 0) SET EX once PUBLISH succeeded: a message Redis
+        refused to publish is never stored, and a message published but not stored fails
+        with :class:`~ws4tx.broker.NotStored` (never as undelivered)."""
+        d = self._command(lambda proto: proto.execute_command("PUBLISH", channel, payload))
+        if expire > 0:
+            d.addCallback(self._store, channel, payload, expire)
+        return d
 
-        return self._command(run)
+    def _store(self, receivers: int, channel: str, payload: bytes,
+               expire: int) -> defer.Deferred[int]:
+        def failed(failure: Failure) -> None:
+            self.stats["store_failures"] += 1
+            reason = failure.getErrorMessage()
+            self.log.warn("a message on {channel} reached {receivers} subscribers but was "
+                          "not stored: {reason}", channel=channel, receivers=receivers,
+                          reason=reason)
+            raise NotStored(receivers, reason)
+
+        d = self._command(
+            lambda proto: proto.execute_command("SET", channel, payload, "EX", expire))
+        return d.addCallbacks(lambda _: receivers, failed)
 
     def fetch(self, key: str) -> defer.Deferred[Optional[bytes]]:
         return self._command(lambda proto: proto.execute_command("GET", key))

@@ -22,7 +22,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ws4tx.broker import IBroker, IBrokerListener
+from ws4tx import closecodes
+from ws4tx.broker import IBroker, IBrokerListener, SubscriptionRefused
 from ws4tx.envelope import server_voice
 from ws4tx.hub import Hub
 
@@ -42,6 +43,9 @@ class Member(Protocol):
     def messagesDropped(self, count: int) -> None:
         """``count`` messages of one of this client's channels were dropped because the
         server fell behind (told once the server has caught up)."""
+
+    def closeWith(self, code: int, reason: str) -> None:
+        """Close the client's connection with ``code`` and ``reason``."""
 
 
 #: Frames written in one reactor turn before the rest of the messages wait for the next.
@@ -88,30 +92,52 @@ class Router:
         self._turn: Optional[IDelayedCall] = None
         self._missed: Counter[str] = Counter()
         self._behind_since = 0.0
+        #: channel -> joins waiting for its SUBSCRIBE, while it is in flight.
+        self._inflight: dict[str, list[defer.Deferred[None]]] = {}
         #: Counters for health and metrics: messages from the broker, frames written,
         #: broker outages, oversized messages dropped, messages dropped because they spoke
-        #: with the server's voice (see envelope.server_voice), messages (and their frames) dropped
-        #: because the server fell behind.
+        #: with the server's voice (see envelope.server_voice), messages (and their frames)
+        #: dropped because the server fell behind, subscriptions Redis refused.
         self.stats = {"messages": 0, "frames": 0, "outages": 0, "oversized": 0,
-                      "forged": 0, "lagged": 0, "lagged_frames": 0}
+                      "forged": 0, "lagged": 0, "lagged_frames": 0, "refused": 0}
 
     # Clients
 
     def join(self, client: Member, channels: Iterable[str]) -> defer.Deferred[None]:
         """Add ``client`` to ``channels``; fires when every channel is subscribed (or
-        failed to be: the broker resubscribes the hub's channels once it reconnects)."""
-        opened = self.hub.join(client, channels)
-        waits = [self._subscribe(channel) for channel in self.hub.channels_of(client)
-                 if channel in opened]
+        failed to be: the broker resubscribes the hub's channels once it reconnects; a
+        refused channel closes its clients), including channels whose SUBSCRIBE another
+        client's join sent and that is still in flight."""
+        opened = set(self.hub.join(client, channels))
+        waits = []
+        for channel in self.hub.channels_of(client):
+            if channel in opened:
+                self._subscribe(channel)
+            waiting = self._inflight.get(channel)
+            if waiting is not None:
+                d: defer.Deferred[None] = defer.Deferred()
+                waiting.append(d)
+                waits.append(d)
         return defer.gatherResults(waits).addCallback(lambda _: None) if waits \
             else defer.succeed(None)
 
-    def _subscribe(self, channel: str) -> defer.Deferred[None]:
-        d = self.broker.subscribe(channel)
-        d.addErrback(self._subscribeFailed, channel)
-        return d
+    def _subscribe(self, channel: str) -> None:
+        waiters: list[defer.Deferred[None]] = []
+        self._inflight[channel] = waiters
+        self.broker.subscribe(channel).addErrback(self._subscribeFailed, channel) \
+            .addBoth(self._subscribeDone, channel, waiters)
+
+    def _subscribeDone(self, _: object, channel: str,
+                       waiters: list[defer.Deferred[None]]) -> None:
+        if self._inflight.get(channel) is waiters:
+            del self._inflight[channel]
+        for d in waiters:
+            d.callback(None)
 
     def _subscribeFailed(self, failure: Any, channel: str) -> None:
+        if failure.check(SubscriptionRefused):
+            self.subscriptionRefused(channel, failure.value.reason)
+            return
         self.log.debug("subscribing {channel} failed: {error}; it will be resubscribed on "
                        "reconnect", channel=channel, error=failure.getErrorMessage())
 
@@ -204,6 +230,16 @@ class Router:
         for channel, count in missed.items():
             for member in tuple(self.hub.members(channel)):
                 member.messagesDropped(count)
+
+    def subscriptionRefused(self, channel: str, reason: str) -> None:
+        """The broker refused ``channel`` (a Redis ACL without it): its clients are closed
+        with :data:`~ws4tx.closecodes.SUBSCRIPTION_REFUSED`; other channels go on."""
+        members = tuple(self.hub.members(channel))
+        self.stats["refused"] += 1
+        self.log.warn("Redis refused to subscribe {channel} ({reason}); closing its {n} "
+                      "clients", channel=channel, reason=reason, n=len(members))
+        for member in members:
+            member.closeWith(closecodes.SUBSCRIPTION_REFUSED, "subscription refused by Redis")
 
     def brokerDisconnected(self) -> None:
         self.stats["outages"] += 1
