@@ -6,12 +6,14 @@ import dataclasses
 import socket
 import time
 
+import redis
+
 from test._djangoredis import (
     DjangoRedisTestCase, DjangoTestCase, make_request, make_user,
 )
 from ws4tx import api, envelope, naming
 from ws4tx.publisher import RedisPublisher
-from ws4tx.redis_store import SELF, PublishError, RedisMessage
+from ws4tx.redis_store import SELF, NotStored, PublishError, RedisMessage
 
 ALL = [
     "ws4tx:broadcast:foobar",
@@ -236,6 +238,40 @@ class StoreTests(DjangoRedisTestCase):
         payload = bytes(range(256))
         RedisPublisher(facility="foobar", broadcast=True).publish_message(payload)
         self.assertEqual(self.store.get("ws4tx:broadcast:foobar"), payload)
+
+
+class RefusedWriteTests(DjangoRedisTestCase):
+    """Redis delivers but refuses to store (maxmemory with noeviction), or refuses to
+    publish (an ACL): the caller learns which."""
+
+    def test_deliveredButNotStoredRaisesNotStoredNotPublishError(self):
+        """PUBLISH succeeds, SET is refused: NotStored with the receivers (not a
+        PublishError, so that nobody retries a delivered message)."""
+        listener = self.listen("ws4tx:broadcast:foobar")
+        self.store.config_set("maxmemory-policy", "noeviction")
+        self.store.config_set("maxmemory", 1)
+        self.addCleanup(self.store.config_set, "maxmemory", 0)
+        with self.assertRaises(NotStored) as caught:
+            api.publish("foobar", "once", broadcast=True, expire=60)
+        self.assertNotIsInstance(caught.exception, PublishError)
+        self.assertEqual(caught.exception.receivers, 1)
+        self.assertIn("maxmemory", caught.exception.reason)
+        self.assertIs(api.NotStored, NotStored)
+        self.assertEqual(listener.received(), [("ws4tx:broadcast:foobar", b"once")])
+        self.store.config_set("maxmemory", 0)
+        self.assertIsNone(self.store.get("ws4tx:broadcast:foobar"))
+
+    def test_refusedPublishStoresNothing(self):
+        """Without PUBLISH permission: PublishError, and nothing is stored either."""
+        self.store.execute_command("ACL", "SETUSER", "nopub", "on", ">pw", "~*", "+@all",
+                                   "resetchannels")
+        address = dataclasses.replace(self.redis.address, username="nopub", password="pw")
+        restricted = redis.Redis.from_url(address.url)
+        self.addCleanup(restricted.close)
+        with self.assertRaises(PublishError):
+            RedisPublisher(facility="foobar", broadcast=True,
+                           connection=restricted).publish_message("secret", expire=60)
+        self.assertIsNone(self.store.get("ws4tx:broadcast:foobar"))
 
 
 class FetchTests(DjangoRedisTestCase):

@@ -315,3 +315,78 @@ class FrameTests(ServerTestCase):
         client.proto.sendMessage(b"\xff\xfe", isBinary=False)
         code, _ = await client.closed.addTimeout(TIMEOUT, reactor)
         self.assertEqual(code, closecodes.INVALID_PAYLOAD)
+
+
+class NotStoredTests(ServerTestCase):
+    """Redis refuses writes (maxmemory with noeviction): PUBLISH goes through, SET does
+    not. The sender is told what happened: delivered, not stored."""
+
+    health = b"GET /ws4tx/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+    def _refuseWrites(self) -> None:
+        self.redis.config_set("maxmemory-policy", "noeviction")
+        self.redis.config_set("maxmemory", 1)
+        self.addCleanup(self.redis.config_set, "maxmemory", 0)
+
+    async def test_eventIsAcknowledgedAsDeliveredNotStored(self):
+        """An event client's forwarded event is acknowledged with stored: false and the
+        reason (not an error); the other client got it; the health URL counts it."""
+        sender = await self.client("/ws/foobar?publish-broadcast",
+                                   protocols=(envelope.SUBPROTOCOL,))
+        receiver = await self.client("/ws/foobar?subscribe-broadcast")
+        self._refuseWrites()
+        sender.send(envelope.encode_event("chat", {"text": "hi"}, id=7))
+        ack = envelope.decode(await sender.text())
+        self.assertIsInstance(ack, envelope.Ack)
+        self.assertIsNone(ack.error)
+        self.assertEqual(ack.data["stored"], False)
+        self.assertIn("maxmemory", ack.data["reason"])
+        self.assertEqual(json.loads(await receiver.text())["data"], {"text": "hi"})
+        status, rest = status_of(await raw_request(self.port, self.health))
+        body = json.loads(rest.split("\r\n\r\n", 1)[1])
+        self.assertEqual(body["counters"]["store_failures"], 1)
+
+    async def test_rawPublishNotStoredIsLogged(self):
+        """A raw client cannot be answered: the not-stored message is logged as such."""
+        from test.test_outage import LogCapture
+
+        log = LogCapture(self)
+        sender = await self.client("/ws/foobar?publish-broadcast&subscribe-broadcast&echo")
+        self._refuseWrites()
+        sender.send("raw")
+        self.assertEqual(await sender.text(), "raw")
+        for _ in range(500):  # 5 s at most
+            if log.count("but was not stored"):
+                break
+            await task_turn()
+        self.assertEqual(log.count("but was not stored"), 1)
+        self.assertEqual(log.count("publishing for {peer} failed"), 0)
+
+
+async def task_turn() -> None:
+    """Let the reactor run once (bounded by the test's timeout)."""
+    from twisted.internet import task
+
+    await task.deferLater(reactor, 0.01, lambda: None)
+
+
+class HealthLogTests(ServerTestCase):
+    """The health URL's changes are logged once each, with the reason."""
+
+    async def test_turning503IsLoggedOnceWithTheReason(self):
+        from test.test_outage import LogCapture
+
+        health = b"GET /ws4tx/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        client = await self.client("/ws/foobar?subscribe-broadcast")
+        await self.service.broker.publish("ws4tx:broadcast:foobar", b"after the probe")
+        await client.text()
+        log = LogCapture(self)
+        self.assertEqual(status_of(await raw_request(self.port, health))[0], 200)
+        self.redis_server.stop()
+        await self.brokerEvent("disconnected")
+        for _ in range(3):
+            self.assertEqual(status_of(await raw_request(self.port, health))[0], 503)
+        warnings = [e for e in log.events if "health check: 503" in (e.get("log_format") or "")]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(warnings[0]["log_level"].name, "warn")
+        self.assertIn("not connected to Redis", warnings[0]["log_format"])

@@ -19,9 +19,9 @@ from typing import Any, Callable, Optional
 
 from ws4tx import _conf
 from ws4tx.publisher import RedisPublisher, event_message
-from ws4tx.redis_store import SELF, PublishError, RedisMessage, as_message
+from ws4tx.redis_store import SELF, NotStored, PublishError, RedisMessage, as_message
 
-__all__ = ["publish", "emit", "PublishError", "SELF", "RedisMessage"]
+__all__ = ["publish", "emit", "PublishError", "NotStored", "SELF", "RedisMessage"]
 
 
 def _publisher(
@@ -60,8 +60,9 @@ def publish(
     ``expire`` seconds (default: setting ``EXPIRE``; 0 stores nothing).
 
     Returns the number of Redis subscribers that got it, or None when ``on_commit`` defers
-    it. Raises :class:`PublishError` when Redis is unreachable (with ``on_commit``, from
-    the commit).
+    it. Raises :class:`PublishError` when Redis is unreachable or refused to publish (with
+    ``on_commit``, from the commit), and :class:`NotStored` (with ``.receivers``) when the
+    message was delivered but could not be stored: do not retry that one.
     """
     publisher = _publisher(facility, broadcast, users, groups, sessions, request)
     data = as_message(message)

@@ -30,7 +30,7 @@ from ws4tx.auth import (
     HandshakeRequest,
     IAuthenticator,
 )
-from ws4tx.broker import BrokerUnavailable, IBroker, publish_to
+from ws4tx.broker import BrokerUnavailable, IBroker, NotStored, publish_to
 from ws4tx.config import ServerConfig
 from ws4tx.handlers import EventHandler, EventRefused, Server, handler_method
 from ws4tx.naming import (
@@ -365,6 +365,12 @@ class PushProtocol(WebSocketServerProtocol):
         self._unechoed[(channel, payload)] += 1
 
     def _publishFailed(self, failure: Failure, payload: bytes) -> Failure:
+        if failure.check(NotStored):
+            # Delivered (its echo, if any, is on the way): only the replay copy is missing.
+            _log.warn("the message of {peer} reached {receivers} subscribers but was not "
+                      "stored: {reason}", peer=self.peer, receivers=failure.value.receivers,
+                      reason=failure.value.reason)
+            return failure
         for channel in self._publish_to:
             key = (channel, payload)
             if self._unechoed[key] > 1:
@@ -394,7 +400,7 @@ class PushProtocol(WebSocketServerProtocol):
                 "server's")), message.id)
         elif self._publish_to:
             forwarded = envelope.encode_event(message.event, message.data).encode()
-            d = self._publish(forwarded).addCallback(lambda _: None)
+            d = self._publish(forwarded).addCallbacks(lambda _: None, _notStored)
             self._answer(d, message.id)
         else:
             self._answer(defer.fail(EventRefused(f"no handler for event {message.event!r}")),
@@ -444,6 +450,13 @@ class PushProtocol(WebSocketServerProtocol):
             handler = self.factory.handlers.get(self.facility)
             if handler is not None:
                 self._call(handler.on_close, None, self)
+
+
+def _notStored(failure: Failure) -> dict[str, Any]:
+    """A forwarded event that was delivered but not stored is acknowledged (not an error:
+    a retry would deliver it twice) with ``{"stored": false, "reason": ...}``."""
+    failure.trap(NotStored)
+    return {"stored": False, "reason": failure.value.reason}
 
 
 def _denied(failure: Failure) -> None:

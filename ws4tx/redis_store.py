@@ -4,7 +4,9 @@
 :mod:`ws4tx.naming`, the one place names are made) and publishes a message to them in one
 Redis round trip: ``PUBLISH channel payload`` for each, plus ``SETEX channel expire payload``
 (sent as ``SET channel payload EX expire``, the same command in redis-py 8's non-deprecated
-spelling) so that a client connecting later gets it (ws4redis's replay).
+spelling) so that a client connecting later gets it (ws4redis's replay). The SETs go in a
+second round trip, once every PUBLISH succeeded: what Redis refused to publish is never
+stored, and a message published but not stored raises :class:`NotStored`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,18 @@ class PublishError(redis.exceptions.ConnectionError):
     """Redis could not be reached or refused the command (it names the Redis address,
     password masked). A subclass of redis-py's ``ConnectionError``, so that code written
     for ws4redis that catches it keeps working."""
+
+
+class NotStored(Exception):
+    """The message WAS published (``receivers`` Redis subscribers got it) but Redis refused
+    to store it for replay (``reason``: out of memory under ``maxmemory`` with
+    ``noeviction``, say). Not a :class:`PublishError`: do not retry, that would deliver it
+    twice."""
+
+    def __init__(self, receivers: int, reason: str) -> None:
+        super().__init__(f"delivered to {receivers} subscribers but not stored: {reason}")
+        self.receivers = receivers
+        self.reason = reason
 
 
 class RedisMessage(bytes):
@@ -135,7 +149,9 @@ class RedisStore:
         ``message`` is a :class:`RedisMessage`, a str or bytes. A heartbeat or empty message
         is not published. Returns how many Redis subscribers received it (with ws4tx, the
         server processes subscribed to a channel, not browsers); raises
-        :class:`PublishError` when Redis is unreachable, after at most ``PUBLISH_TIMEOUT``.
+        :class:`PublishError` when Redis is unreachable or refuses the PUBLISH (nothing
+        was delivered nor stored), after at most ``PUBLISH_TIMEOUT``, and
+        :class:`NotStored` when the message was delivered but Redis refused to store it.
         """
         expire = _conf.expire() if expire is None else _conf.check_expire(expire)
         data = as_message(message)
@@ -144,17 +160,35 @@ class RedisStore:
         return self._send(self._publishers, data, expire)
 
     def _send(self, channels: Sequence[str], data: bytes, expire: int) -> int:
-        def _commands(connection: redis.Redis) -> list[Any]:
+        """PUBLISH to every channel in one round trip, then (``expire`` > 0) SET them in a
+        second one: a message Redis refused to publish is never stored, and a failed SET
+        after a successful PUBLISH raises :class:`NotStored`, not :class:`PublishError`."""
+        def _publish(connection: redis.Redis) -> list[Any]:
             pipe = connection.pipeline(transaction=False)
             for channel in channels:
                 pipe.publish(channel, data)
-                if expire > 0:
-                    pipe.set(channel, data, ex=expire)  # SETEX, as redis-py 8 spells it
             return pipe.execute()
 
-        replies = self._call("publish to", _commands)
-        step = 2 if expire > 0 else 1
-        return sum(int(count) for count in replies[::step])
+        receivers = sum(int(count) for count in self._call("publish to", _publish))
+        if expire > 0:
+            self._store(channels, data, expire, receivers)
+        return receivers
+
+    def _store(self, channels: Sequence[str], data: bytes, expire: int,
+               receivers: int) -> None:
+        def _set(connection: redis.Redis) -> list[Any]:
+            pipe = connection.pipeline(transaction=False)
+            for channel in channels:
+                pipe.set(channel, data, ex=expire)  # SETEX, as redis-py 8 spells it
+            return pipe.execute(raise_on_error=False)
+
+        try:
+            replies = _set(self._connection)
+        except RedisError as e:
+            raise NotStored(receivers, f"Redis at {self._where()}: {e}") from e
+        errors = [reply for reply in replies if isinstance(reply, Exception)]
+        if errors:
+            raise NotStored(receivers, f"Redis at {self._where()}: {errors[0]}")
 
     def _get_first(self, channels: Sequence[str]) -> Optional[bytes]:
         """The first non-empty value stored under ``channels`` (one round trip)."""

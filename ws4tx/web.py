@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 from twisted.web import pages, resource
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
@@ -50,21 +51,27 @@ class WebSocketEndpoint(resource.Resource):
 
 class HealthCheck(resource.Resource):
     """200 while messages flow from Redis (a probe message made the trip lately), 503
-    otherwise, for load balancers; the body (JSON) adds the counters of the process."""
+    otherwise, for load balancers; the body (JSON) adds the counters of the process
+    (``store_failures``: messages published but not stored). Each change to 503 is logged
+    as a warning with its reason, each return to 200 as info."""
 
     isLeaf = True
+    log = Logger()
 
     def __init__(self, factory: PushFactory) -> None:
         super().__init__()
         self.factory = factory
+        #: Whether the last answer was 200 (None before the first): a change is logged.
+        self._was_up: Optional[bool] = None
 
     def render_GET(self, request: Request) -> bytes:
         broker = self.factory.broker
         up = bool(broker.delivering)
+        redis = "delivering" if up else ("connected" if broker.connected else "disconnected")
+        self._logTransition(up, redis)
         body = {
             "status": "ok" if up else "unavailable",
-            "redis": "delivering" if up else (
-                "connected" if broker.connected else "disconnected"),
+            "redis": redis,
             "clients": self.factory.router.memberCount(),
             "backlog": self.factory.router.backlog,
             "counters": self.factory.counters(),
@@ -73,6 +80,22 @@ class HealthCheck(resource.Resource):
         request.setHeader(b"cache-control", b"no-store")
         request.setResponseCode(200 if up else 503)
         return json.dumps(body).encode() + b"\n"
+
+    def _logTransition(self, up: bool, redis: str) -> None:
+        """Log once per change: a warning (with the reason) when the answer turns 503,
+        info when it is 200 again."""
+        was_up, self._was_up = self._was_up, up
+        if up == was_up or (up and was_up is None):
+            return
+        if up:
+            self.log.info("health check: 200 again, Redis delivers")
+        elif redis == "connected":
+            self.log.warn("health check: 503, Redis is connected but the delivery probe "
+                          "has not come back lately (Redis too slow or not forwarding)")
+        else:
+            self.log.warn("health check: 503, not connected to Redis at {url}",
+                          url=getattr(getattr(self.factory.broker, "address", None),
+                                      "safe_url", "the broker"))
 
 
 class Root(resource.Resource):
