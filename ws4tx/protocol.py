@@ -367,7 +367,7 @@ class PushProtocol(WebSocketServerProtocol):
     def _publishFailed(self, failure: Failure, payload: bytes) -> Failure:
         if failure.check(NotStored):
             # Delivered (its echo, if any, is on the way): only the replay copy is missing.
-            _log.warn("the message of {peer} reached {receivers} subscribers but was not "
+            _log.info("the message of {peer} reached {receivers} subscribers but was not "
                       "stored: {reason}", peer=self.peer, receivers=failure.value.receivers,
                       reason=failure.value.reason)
             return failure
