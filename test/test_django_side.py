@@ -15,6 +15,15 @@ from test._djangoredis import DjangoRedisTestCase, DjangoTestCase, make_request,
 from ws4tx import _sync_redis, naming
 from ws4tx.redis_address import InvalidRedisAddress
 
+#: The test settings' SECRET_KEY, which names session channels.
+SECRET = "ws4tx-test-suite-not-secret"
+
+
+def session_id(key: str) -> str:
+    """What an identity and a token carry for the session ``key``: its derived id."""
+    return naming.session_channel_id(SECRET, key)
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DJANGO_SIDE_MODULES = (
@@ -149,14 +158,15 @@ class TokenTests(DjangoTestCase):
         self.patch(signing, "time", Clock)
 
     def test_roundTripOfAnAuthenticatedRequest(self):
-        """A request's user, its groups from the database and its session come back."""
+        """A request's user, its groups from the database and its session's channel id
+        come back."""
         from ws4tx.tokens import read_token, token_for_request
 
         request = make_request(make_user("john", ["chatusers", "staff"]))
         identity = read_token(token_for_request(request))
         self.assertEqual(identity, naming.Identity(
             user="john", groups=frozenset({"chatusers", "staff"}),
-            session=request.session.session_key))
+            session=session_id(request.session.session_key)))
 
     def test_anonymousRequestGivesItsSessionOnly(self):
         """An anonymous request's token has no user and no groups."""
@@ -164,7 +174,7 @@ class TokenTests(DjangoTestCase):
 
         request = make_request()
         self.assertEqual(read_token(token_for_request(request)),
-                         naming.Identity(session=request.session.session_key))
+                         naming.Identity(session=session_id(request.session.session_key)))
         self.assertEqual(read_token(token_for_request(make_request(session=False))),
                          naming.ANONYMOUS)
 
@@ -173,7 +183,7 @@ class TokenTests(DjangoTestCase):
         from ws4tx.tokens import make_token, read_token
 
         self.assertEqual(read_token(make_token("mary", ["g"], "k")),
-                         naming.Identity("mary", frozenset({"g"}), "k"))
+                         naming.Identity("mary", frozenset({"g"}), session_id("k")))
         john = make_user("john", ["chatusers"])
         self.assertEqual(read_token(make_token(john)),
                          naming.Identity("john", frozenset({"chatusers"})))
@@ -239,7 +249,7 @@ class TokenTests(DjangoTestCase):
         from ws4tx.tokens import SALT, InvalidToken, read_token
 
         for payload in ([1], {"u": 5}, {"g": ["x"]}, {"u": "a", "g": "x"}, {"x": 1},
-                        {"s": ""}):
+                        {"s": ""}, {"c": "not-an-id"}, {"c": "a" * 31}):
             with self.assertRaises(InvalidToken):
                 read_token(signing.dumps(payload, salt=SALT))
 
@@ -253,7 +263,16 @@ class TokenTests(DjangoTestCase):
         template = engines["django"].from_string("{% load ws4tx %}{% ws4tx_token %}")
         token = template.render(request=request)
         self.assertEqual(read_token(token), naming.Identity(
-            "mary", frozenset({"chatusers"}), request.session.session_key))
+            "mary", frozenset({"chatusers"}), session_id(request.session.session_key)))
+
+    def test_sessionChannelsSettingIsChecked(self):
+        """SESSION_CHANNELS is "id" or "key"; anything else names the setting."""
+        from ws4tx.tokens import make_token
+
+        self.settings(WS4TX_SESSION_CHANNELS="raw")
+        with self.assertRaises(ImproperlyConfigured) as caught:
+            make_token("mary", session_key="k")
+        self.assertIn("WS4TX_SESSION_CHANNELS", str(caught.exception))
 
     def test_templateTagWithoutRequestSaysWhy(self):
         """Without a request in the context, the tag names the missing processor."""

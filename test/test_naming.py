@@ -62,6 +62,31 @@ class ChannelNameTests(SynchronousTestCase):
                                                   naming.ANONYMOUS), [])
 
 
+class SessionChannelIdTests(SynchronousTestCase):
+    """A session is named in channels by a keyed one-way id, never by its key."""
+
+    def test_idIsAKeyedHmacOf128Bits(self):
+        """The id is 32 hex digits of HMAC-SHA256 (secret, purpose, key): the same for the
+        same inputs, different for another key or another secret, and never the key."""
+        import hashlib
+        import hmac
+
+        made = naming.session_channel_id("secret", "abc123")
+        self.assertRegex(made, r"\A[0-9a-f]{32}\Z")
+        self.assertEqual(made, naming.session_channel_id(b"secret", "abc123"))
+        self.assertEqual(made, hmac.new(b"secret", b"ws4tx.session-channel.v1\0abc123",
+                                        hashlib.sha256).hexdigest()[:32])
+        self.assertNotEqual(made, naming.session_channel_id("secret", "abc124"))
+        self.assertNotEqual(made, naming.session_channel_id("other", "abc123"))
+        self.assertNotIn("abc123", made)
+
+    def test_emptyKeyOrSecretIsRefused(self):
+        """No id without a key and a secret (an empty secret would make ids public)."""
+        for secret, key in (("s", ""), ("", "k"), ("s", None)):
+            with self.assertRaises(ValueError):
+                naming.session_channel_id(secret, key)  # type: ignore[arg-type]
+
+
 class FacilityTests(SynchronousTestCase):
     """Facility names are checked."""
 

@@ -15,11 +15,20 @@ from ws4tx import api, envelope, naming
 from ws4tx.publisher import RedisPublisher
 from ws4tx.redis_store import SELF, NotStored, PublishError, RedisMessage
 
+#: The test settings' SECRET_KEY: the Django side names session channels with it.
+SECRET = "ws4tx-test-suite-not-secret"
+
+
+def session(key: str, facility: str = "foobar") -> str:
+    """The channel of session ``key``: named by its derived id, never by the key."""
+    return f"ws4tx:session:{naming.session_channel_id(SECRET, key)}:{facility}"
+
+
 ALL = [
     "ws4tx:broadcast:foobar",
     "ws4tx:user:john:foobar", "ws4tx:user:mary:foobar",
     "ws4tx:group:chatusers:foobar", "ws4tx:group:staff:foobar",
-    "ws4tx:session:s1:foobar", "ws4tx:session:s2:foobar",
+    session("s1"), session("s2"),
     "ws4tx:broadcast:other",
 ]
 
@@ -46,8 +55,9 @@ class AudienceTests(DjangoRedisTestCase):
                          [("ws4tx:group:chatusers:foobar", b"hi")])
 
     def test_sessionReachesOnlyThatSessionsChannel(self):
-        """sessions=[key] publishes on that session's channel only."""
-        self.assertEqual(self._sent(sessions=["s2"]), [("ws4tx:session:s2:foobar", b"hi")])
+        """sessions=[key] publishes on that session's channel only, named by the key's
+        derived id."""
+        self.assertEqual(self._sent(sessions=["s2"]), [(session("s2"), b"hi")])
 
     def test_severalAudiencesReachEachChannelOnce(self):
         """Audiences combine; a name given twice is published to once."""
@@ -56,7 +66,7 @@ class AudienceTests(DjangoRedisTestCase):
         self.assertEqual(sorted(got), sorted([
             ("ws4tx:broadcast:foobar", b"hi"), ("ws4tx:user:john:foobar", b"hi"),
             ("ws4tx:user:mary:foobar", b"hi"), ("ws4tx:group:staff:foobar", b"hi"),
-            ("ws4tx:session:s1:foobar", b"hi"),
+            (session("s1"), b"hi"),
         ]))
 
     def test_userAndGroupObjectsAreNamedByTheirNames(self):
@@ -109,7 +119,8 @@ class AudienceTests(DjangoRedisTestCase):
             naming.broadcast_channel("ws4tx", "foobar"),
             naming.channel("ws4tx", naming.USER, "foobar", "u"),
             naming.channel("ws4tx", naming.GROUP, "foobar", "g"),
-            naming.channel("ws4tx", naming.SESSION, "foobar", "s1"),
+            naming.channel("ws4tx", naming.SESSION, "foobar",
+                           naming.session_channel_id(SECRET, "s1")),
         ])
 
     def test_emptyPrefixSettingMeansNoPrefix(self):
@@ -162,14 +173,14 @@ class SelfTests(DjangoRedisTestCase):
                                         groups=[SELF]).channels,
                          ["ws4tx:group:chatusers:foobar", "ws4tx:group:late:foobar"])
 
-    def test_selfSessionIsTheSessionKey(self):
-        """sessions=[SELF] is the request's session key."""
+    def test_selfSessionIsTheSessionsChannel(self):
+        """sessions=[SELF] is the request's session, under its derived id."""
         request = make_request()
         key = request.session.session_key
         self.assertTrue(key)
-        listener = self.listen(f"ws4tx:session:{key}:foobar")
+        listener = self.listen(session(key))
         RedisPublisher(request=request, facility="foobar", sessions=[SELF]).publish_message("s")
-        self.assertEqual(listener.received(), [(f"ws4tx:session:{key}:foobar", b"s")])
+        self.assertEqual(listener.received(), [(session(key), b"s")])
 
     def test_anonymousSelfGivesNoUserOrGroupChannel(self):
         """An anonymous request's SELF is no user and no group (ws4redis made junk names)."""

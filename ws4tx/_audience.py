@@ -1,5 +1,9 @@
 """Who a request is, for the Django side: its user name, group names (from the database)
-and session key, and the resolution of ws4redis's ``SELF`` in audience lists.
+and session, and the resolution of ws4redis's ``SELF`` in audience lists.
+
+Session keys enter here and leave as session channel names (:func:`_conf.session_channel`:
+a keyed one-way id unless the site chose ws4redis's raw keys): an :class:`Identity`, a
+channel name or a token never holds a session key.
 
 An anonymous user has no user name and no groups: it never gives a user or group channel.
 """
@@ -8,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Optional
 
-from ws4tx import naming
+from ws4tx import _conf, naming
 
 
 class _SelfType:
@@ -62,11 +66,19 @@ def session_key(request: Any) -> Optional[str]:
     return getattr(session, "session_key", None) if session is not None else None
 
 
+def session_channel(request: Any) -> Optional[str]:
+    """The name of the request's session in channel names, or None without a saved
+    session."""
+    key = session_key(request)
+    return _conf.session_channel(key) if key else None
+
+
 def identity(request: Any) -> naming.Identity:
-    """The request's :class:`~ws4tx.naming.Identity` (one database query for the groups)."""
+    """The request's :class:`~ws4tx.naming.Identity` (one database query for the groups);
+    its ``session`` is the session's channel name, not its key."""
     name = user_name(request)
     groups = frozenset(group_names(request)) if name else frozenset()
-    return naming.Identity(user=name, groups=groups, session=session_key(request))
+    return naming.Identity(user=name, groups=groups, session=session_channel(request))
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -114,8 +126,12 @@ def _own_user(request: Any) -> list[str]:
 
 
 def _own_session(request: Any) -> list[str]:
-    key = session_key(request)
-    return [key] if key else []
+    channel = session_channel(request)
+    return [channel] if channel else []
+
+
+def _session_to_name(value: Any) -> Any:
+    return _conf.session_channel(value) if isinstance(value, str) and value else value
 
 
 def users(values: Any, request: Any) -> list[str]:
@@ -131,5 +147,6 @@ def groups(values: Any, request: Any) -> list[str]:
 
 
 def sessions(values: Any, request: Any) -> list[str]:
-    """Session keys from ``sessions``: keys, or SELF (the request's session key, if any)."""
-    return _resolve(values, "sessions", request, _own_session, lambda value: value)
+    """Session channel names from ``sessions``: session keys, or SELF (the request's
+    session, if any)."""
+    return _resolve(values, "sessions", request, _own_session, _session_to_name)

@@ -99,6 +99,38 @@ def token_max_age() -> float:
     return _positive_seconds("TOKEN_MAX_AGE", DEFAULT_TOKEN_MAX_AGE)
 
 
+#: ``SESSION_CHANNELS`` values: session channels named by a derived id (the default) or,
+#: like ws4redis, by the session key itself.
+SESSION_CHANNELS_ID = "id"
+SESSION_CHANNELS_KEY = "key"
+
+
+def session_channels() -> str:
+    """How session channels are named: ``SESSION_CHANNELS``, ``"id"`` (default: a keyed
+    one-way id of the session key, :func:`ws4tx.naming.session_channel_id`) or ``"key"``
+    (the raw session key, as ws4redis: only to share Redis names with a running ws4redis;
+    live session keys are then visible to every Redis client, and connection tokens carry no
+    session)."""
+    value = _value("SESSION_CHANNELS", SESSION_CHANNELS_ID)
+    if value not in (SESSION_CHANNELS_ID, SESSION_CHANNELS_KEY):
+        raise ImproperlyConfigured(
+            f"setting {_names('SESSION_CHANNELS')} must be {SESSION_CHANNELS_ID!r} (the "
+            f"default) or {SESSION_CHANNELS_KEY!r} (ws4redis's names), not {value!r}"
+        )
+    return value
+
+
+def session_channel(session_key: str) -> str:
+    """The name of the session ``session_key`` in channel names (see
+    :func:`session_channels`)."""
+    if session_channels() == SESSION_CHANNELS_KEY:
+        return session_key
+    secret = getattr(django_settings(), "SECRET_KEY", "")
+    if not secret:
+        raise ImproperlyConfigured("session channels need the setting SECRET_KEY")
+    return naming.session_channel_id(secret, session_key)
+
+
 def websocket_url() -> str:
     """The path WebSocket URLs start with: ``WEBSOCKET_URL`` (ws4redis's name, unprefixed),
     default ``/ws/``."""

@@ -73,7 +73,11 @@ class Server:
         groups: Iterable[str] = (),
         sessions: Iterable[str] = (),
     ) -> list[str]:
-        """The channels of an audience of ``facility``."""
+        """The channels of an audience of ``facility``.
+
+        ``sessions`` are session channel ids as a client's ``identity.session`` has them
+        (never session keys: the Twisted side does not turn keys into ids).
+        """
         names = [broadcast_channel(self._prefix, facility)] if broadcast else []
         for audience, members in ((USER, users), (GROUP, groups), (SESSION, sessions)):
             names += [channel(self._prefix, audience, facility, m) for m in members]
@@ -83,7 +87,7 @@ class Server:
         self, facility: str, message: bytes | str, *, expire: int = 0, **audience: Any
     ) -> "defer.Deferred[int]":
         """Publish a raw message to an audience (``broadcast=True``, ``users=[...]``,
-        ``groups=[...]``, ``sessions=[...]``); fires with the number of receiving nodes."""
+        ``groups=[...]``, ``sessions=[identity.session, ...]``); fires with the number of receiving nodes."""
         payload = message.encode() if isinstance(message, str) else message
         return publish_to(self._broker, self.channels(facility, **audience), payload, expire)
 

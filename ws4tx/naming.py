@@ -9,13 +9,21 @@ The names are django-websocket-redis's, with an optional prefix::
     {prefix}:broadcast:{facility}
     {prefix}:user:{username}:{facility}
     {prefix}:group:{groupname}:{facility}
-    {prefix}:session:{session_key}:{facility}
+    {prefix}:session:{session_id}:{facility}
 
 The same string is the PUBLISH channel and the key that holds the last message.
+
+``session_id`` is never a session key: every Redis client can list channel and key names
+(``PUBSUB CHANNELS``, ``KEYS``), and a session key logs anybody into the site. It is
+:func:`session_channel_id` of the key, a keyed one-way derivation both halves compute with
+the site's ``SECRET_KEY``. Only the compatibility setting ``SESSION_CHANNELS = "key"`` (for
+sites that share Redis names with a running ws4redis) puts raw keys there, as ws4redis did.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional
@@ -24,6 +32,13 @@ BROADCAST = "broadcast"
 USER = "user"
 GROUP = "group"
 SESSION = "session"
+
+#: What :func:`session_channel_id` mixes into its HMAC, so that its output is good for
+#: nothing but naming session channels.
+SESSION_CHANNEL_PURPOSE = b"ws4tx.session-channel.v1"
+
+#: Hex digits of a session channel id (128 bits).
+SESSION_CHANNEL_ID_LENGTH = 32
 
 #: The audiences, in the order in which ``fetch_message(audience='any')`` looks at them.
 AUDIENCES = (BROADCAST, USER, GROUP, SESSION)
@@ -58,6 +73,23 @@ def check_facility(facility: str, max_length: int = DEFAULT_MAX_FACILITY_LENGTH)
     return facility
 
 
+def session_channel_id(secret: str | bytes, session_key: str) -> str:
+    """The name of a session in channel names: HMAC-SHA256 of ``session_key`` keyed with
+    ``secret`` (the site's ``SECRET_KEY``) and :data:`SESSION_CHANNEL_PURPOSE`, as 32 hex
+    digits (128 bits).
+
+    It cannot be turned back into the session key nor computed without the secret, so a
+    channel name, a Redis key or a connection token that carries it authenticates nobody.
+    """
+    if not session_key or not isinstance(session_key, str):
+        raise ValueError("a session channel id needs a non-empty session key")
+    if not secret:
+        raise ValueError("a session channel id needs a non-empty secret (SECRET_KEY)")
+    key = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+    message = SESSION_CHANNEL_PURPOSE + b"\0" + session_key.encode("utf-8")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:SESSION_CHANNEL_ID_LENGTH]
+
+
 def _head(prefix: Optional[str]) -> str:
     return f"{prefix}:" if prefix else ""
 
@@ -70,8 +102,9 @@ def broadcast_channel(prefix: Optional[str], facility: str) -> str:
 def channel(prefix: Optional[str], audience: str, facility: str, name: Optional[str] = None) -> str:
     """The channel (and key) of one audience of ``facility``.
 
-    ``name`` is the user name, group name or session key; it is ignored for broadcast and
-    required for the others.
+    ``name`` is the user name, group name or session channel id (:func:`session_channel_id`,
+    never a session key unless the site chose ws4redis's names); it is ignored for broadcast
+    and required for the others.
     """
     if audience == BROADCAST:
         return broadcast_channel(prefix, facility)
@@ -87,7 +120,9 @@ class Identity:
     """Who is behind a connection: the only names a client's channels are made from.
 
     ``user`` is the user name (None when anonymous), ``groups`` the names of the user's
-    groups, ``session`` the session key (None when there is no session).
+    groups, ``session`` the name of the session in channel names (None when there is no
+    session): its :func:`session_channel_id`, never the session key itself (except on a
+    site that set ``SESSION_CHANNELS = "key"`` for ws4redis's names).
     """
 
     user: Optional[str] = None

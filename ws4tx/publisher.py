@@ -27,8 +27,9 @@ def event_message(event: str, data: Any = None) -> str:
 
 class RedisPublisher(RedisStore):
     """Publishes to one facility's audience: everybody (``broadcast``), named ``users``
-    (names or User objects), ``groups`` (names or Group objects), ``sessions`` (keys); any
-    of these lists may hold :data:`~ws4tx.redis_store.SELF`, the ``request``'s own.
+    (names or User objects), ``groups`` (names or Group objects), ``sessions`` (session
+    keys, published to under their session channel ids, see :mod:`ws4tx.naming`); any of
+    these lists may hold :data:`~ws4tx.redis_store.SELF`, the ``request``'s own.
 
     ``connection`` (keyword only here; ws4redis's first argument) is a redis-py client to
     use instead of the process's shared one.
@@ -73,9 +74,9 @@ class RedisPublisher(RedisStore):
         prefix = _conf.prefix()
         channels: list[str] = []
         if audience in ("session", "any"):
-            key = _audience.session_key(request)
-            if key:
-                channels.append(naming.channel(prefix, naming.SESSION, facility, key))
+            session = _audience.session_channel(request)
+            if session:
+                channels.append(naming.channel(prefix, naming.SESSION, facility, session))
         if audience in ("user", "any"):
             name = _audience.user_name(request)
             if name:

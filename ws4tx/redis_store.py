@@ -20,7 +20,7 @@ from ws4tx import _audience, _conf, _sync_redis, naming
 from ws4tx.redis_address import RedisAddress
 
 #: In ``users``, ``groups`` or ``sessions``: the current request's own user name, groups
-#: (from the database) or session key. An anonymous request has no user and no groups.
+#: (from the database) or session. An anonymous request has no user and no groups.
 SELF = _audience.SELF
 
 T = TypeVar("T")

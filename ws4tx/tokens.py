@@ -7,11 +7,27 @@ A page asks Django for a token (:func:`token_for_request`, or ``{% ws4tx_token %
     ws://push.example.com/ws/foobar?subscribe-user&subscribe-group&token=<token>
 
 The server then reads the identity from the token with :func:`read_token` instead of from
-the session cookie: the user name, its group names and the session key, as they were when
-the token was made. Reading a token never touches the database: it is signed with the
-site's ``SECRET_KEY`` (``django.core.signing``, salt ``ws4tx.token``) and valid for
-``TOKEN_MAX_AGE`` seconds (default 300) after it was made. The token only opens a
-connection: a connection stays open after its token expires.
+the session cookie: the user name, its group names and the session's channel id, as they
+were when the token was made. It is signed with the site's ``SECRET_KEY``
+(``django.core.signing``, salt ``ws4tx.token``) and valid for ``TOKEN_MAX_AGE`` seconds
+(default 300) after it was made. The token only opens a connection: a connection stays open
+after its token expires.
+
+A token is signed, not encrypted: whoever sees it (a proxy log, the browser history) can
+read it. So it holds nothing that authenticates to Django: never the session key, only
+the session's channel id (:func:`ws4tx.naming.session_channel_id`, one-way), which names
+the session's channels and nothing else. On a site that set ``SESSION_CHANNELS = "key"``
+(ws4redis's names) a token carries no session at all: token connections then have no
+session audience. Tokens of the older format that carried the session key are refused.
+
+The site's hooks apply to token connections as to cookie connections: when
+``ALLOWED_CHANNELS`` or a custom ``PROCESS_REQUEST`` is set, the server loads the token's
+user from the database (in a thread; a deleted or inactive user is refused with 403) and
+runs the hooks on a request whose ``user`` is that user and whose session is empty.
+``PROCESS_REQUEST`` may refuse (``PermissionDenied``: 403); if it leaves another user in
+``request.user`` than the token's, the connection is refused (403) rather than given an
+identity the hooks did not approve. ``ALLOWED_CHANNELS`` narrows the flags or refuses,
+exactly as for a cookie. Without those hooks reading a token never touches the database.
 
 Anybody who holds a token can connect as its user until it expires: serve it only to that
 user (in a page behind login, over HTTPS) and keep ``TOKEN_MAX_AGE`` short.
@@ -27,6 +43,9 @@ from ws4tx import _audience, _conf, naming
 
 #: The salt of ws4tx's signatures: a token is valid for nothing else in the site.
 SALT = "ws4tx.token"
+
+#: The token fields: user name, group names, session channel id.
+_FIELDS = frozenset({"u", "g", "c"})
 
 #: Longest token accepted (the server caps query strings anyway).
 MAX_TOKEN_LENGTH = 4096
@@ -49,7 +68,10 @@ def make_token(
 ) -> str:
     """A token for ``user`` (a user name or a User object; None or an anonymous user:
     anonymous), its ``groups`` (names or Group objects; None: none, or for a User object
-    its groups from the database) and ``session_key``."""
+    its groups from the database) and the session ``session_key``.
+
+    The token carries the session's channel id, never ``session_key`` itself (nothing at
+    all for the session when ``SESSION_CHANNELS = "key"``)."""
     name: Optional[str] = None
     if isinstance(user, str):
         if not user:
@@ -72,16 +94,18 @@ def make_token(
         payload["u"] = name
     if group_names:
         payload["g"] = group_names
-    if session_key is not None:
-        payload["s"] = session_key
+    if session_key is not None and _conf.session_channels() == _conf.SESSION_CHANNELS_ID:
+        payload["c"] = _conf.session_channel(session_key)
     return signing.dumps(payload, salt=SALT, compress=True)
 
 
 def token_for_request(request: Any) -> str:
     """A token for the request's identity: its user name (if authenticated), the user's
-    group names from the database, and the session key (if the session is saved)."""
-    identity = _audience.identity(request)
-    return make_token(identity.user, sorted(identity.groups), identity.session)
+    group names from the database, and its session's channel id (if the session is
+    saved)."""
+    name = _audience.user_name(request)
+    groups = _audience.group_names(request) if name else []
+    return make_token(name, groups, _audience.session_key(request))
 
 
 def read_token(token: str, max_age: Optional[float] = None) -> naming.Identity:
@@ -106,15 +130,24 @@ def read_token(token: str, max_age: Optional[float] = None) -> naming.Identity:
 
 
 def _identity(payload: Any) -> naming.Identity:
-    if not isinstance(payload, dict) or set(payload) - {"u", "g", "s"}:
+    if isinstance(payload, dict) and "s" in payload:
+        raise InvalidToken("old token format (it carried a session key): ask for a new token")
+    if not isinstance(payload, dict) or set(payload) - _FIELDS:
         raise InvalidToken("malformed payload")
-    user, groups, session = payload.get("u"), payload.get("g", []), payload.get("s")
+    user, groups, session = payload.get("u"), payload.get("g", []), payload.get("c")
     if not (
         (user is None or (isinstance(user, str) and user))
         and isinstance(groups, list)
         and all(isinstance(g, str) and g for g in groups)
-        and (session is None or (isinstance(session, str) and session))
+        and (session is None or _is_session_id(session))
         and (user is not None or not groups)
     ):
         raise InvalidToken("malformed payload")
+    if _conf.session_channels() != _conf.SESSION_CHANNELS_ID:
+        session = None  # ws4redis's names need the key, which tokens never carry
     return naming.Identity(user=user, groups=frozenset(groups), session=session)
+
+
+def _is_session_id(value: Any) -> bool:
+    return (isinstance(value, str) and len(value) == naming.SESSION_CHANNEL_ID_LENGTH
+            and all(c in "0123456789abcdef" for c in value))
