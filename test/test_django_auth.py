@@ -4,7 +4,9 @@ hijacking, through a real server and real clients."""
 
 from __future__ import annotations
 
+import json
 import time
+import zlib
 
 from django.core.exceptions import PermissionDenied
 
@@ -16,7 +18,12 @@ from django.conf import settings  # noqa: E402
 from django.contrib.auth.models import Group, User  # noqa: E402
 from django.test import Client, override_settings  # noqa: E402
 
-from ws4tx import _django, tokens  # noqa: E402
+from django.core import signing  # noqa: E402
+from django.http import HttpRequest  # noqa: E402
+
+from ws4tx import _django, _sync_redis, naming, tokens  # noqa: E402
+from ws4tx.auth import HandshakeRequest  # noqa: E402
+from ws4tx.publisher import RedisPublisher  # noqa: E402
 
 from test._server import ServerTestCase, non_probe  # noqa: E402
 from test._wsclient import handshake_request, raw_request, status_of  # noqa: E402
@@ -38,6 +45,46 @@ def header_user(request):
     name = request.META.get("HTTP_X_USER")
     request.user = User.objects.get(username=name) if name else AnonymousUser()
     request.session = None
+
+
+def ban_by_header(request):
+    """A PROCESS_REQUEST hook that refuses a banned client and leaves request.user alone."""
+    if request.META.get("HTTP_X_BANNED"):
+        raise PermissionDenied("banned by PROCESS_REQUEST")
+
+
+def cookie_user(request):
+    """A PROCESS_REQUEST hook that authenticates from a cookie of the site's own."""
+    from django.contrib.auth.models import AnonymousUser
+
+    name = request.COOKIES.get("who")
+    request.user = User.objects.get(username=name) if name else AnonymousUser()
+    request.session = None
+
+
+def remote_user(request):
+    """A PROCESS_REQUEST hook that trusts the proxy's X-Remote-User header."""
+    from django.contrib.auth.models import AnonymousUser
+
+    name = request.META.get("HTTP_X_REMOTE_USER")
+    request.user = User.objects.get(username=name) if name else AnonymousUser()
+    request.session = None
+
+
+def unverified_payload(token: str) -> dict:
+    """What anybody who sees a token reads in it, without the secret."""
+    data = token.split(":")[0]
+    compressed = data.startswith(".")
+    raw = signing.b64_decode(data.lstrip(".").encode())
+    return json.loads(zlib.decompress(raw) if compressed else raw)
+
+
+def request_with_session(key: str) -> HttpRequest:
+    """A Django request carrying the session cookie ``key``, processed as a view sees it."""
+    request = HttpRequest()
+    request.COOKIES[settings.SESSION_COOKIE_NAME] = key
+    _django._process_request(request)
+    return request
 
 
 class DjangoAuthTests(ServerTestCase):
@@ -159,18 +206,255 @@ class DjangoAuthTests(ServerTestCase):
 
     async def test_foreignOriginWithCookieIsRefused(self):
         """Cross-site WebSocket hijacking: another site's page connecting with the user's
-        cookie is refused with 403; the site's own origins are accepted."""
+        cookie is refused with 403; the site's own origin is accepted."""
         _, key = self.login("john")
         status, text = await self._status(
             "/ws/foobar" + ALL, self.cookie(key, Origin="https://evil.example.net"))
         self.assertEqual(status, 403)
         self.assertIn("cross-site", text)
-        for origin in ("http://localhost:8000", "https://example.com",
-                       f"http://127.0.0.1:{self.port}"):
+        channels = await self._channels(self.cookie(key, Origin=f"http://127.0.0.1:{self.port}"))
+        self.assertIn("ws4tx:user:john:foobar", channels)
+
+    async def restart(self, **values) -> None:
+        """Restart the server under these settings (kept until the end of the test)."""
+        override = override_settings(**values)
+        override.enable()
+        self.addCleanup(override.disable)
+        await self.service.stopService()
+        await self.startServer()
+
+    async def test_originMustBeTheSitesExactOrigin(self):
+        """Only the exact origin of the site (scheme, host and port) may use the cookie:
+        another port, https for an http site, another scheme, a host that ALLOWED_HOSTS
+        lists but the page is not on: all 403."""
+        _, key = self.login("john")
+        for origin in ("http://127.0.0.1:9999", "https://127.0.0.1",
+                       f"https://127.0.0.1:{self.port}", f"ftp://127.0.0.1:{self.port}",
+                       "ftp://localhost", "http://localhost:8000", "https://example.com",
+                       f"ws://127.0.0.1:{self.port}", "null"):
+            status, text = await self._status("/ws/foobar" + ALL,
+                                              self.cookie(key, Origin=origin))
+            self.assertEqual(status, 403, origin)
+            self.assertIn("cross-site", text, origin)
+        channels = await self._channels(
+            self.cookie(key, Origin=f"HTTP://127.0.0.1:{self.port}"))
+        self.assertIn("ws4tx:user:john:foobar", channels)
+
+    async def test_allowedHostsStarDoesNotAllowEveryOrigin(self):
+        """ALLOWED_HOSTS = ['*'] says which Host Django serves, not which pages may use the
+        cookie: http://evil.com is still refused."""
+        await self.restart(ALLOWED_HOSTS=["*"])
+        _, key = self.login("john")
+        status, text = await self._status(
+            "/ws/foobar" + ALL, self.cookie(key, Origin="http://evil.com"))
+        self.assertEqual(status, 403)
+        self.assertIn("cross-site", text)
+
+    async def test_csrfTrustedOriginsAndAllowedOriginsAreAccepted(self):
+        """CSRF_TRUSTED_ORIGINS (Django's format, with wildcards) and ALLOWED_ORIGINS widen
+        the check, each to exactly what it names."""
+        await self.restart(CSRF_TRUSTED_ORIGINS=["https://*.example.com"],
+                           WS4TX_ALLOWED_ORIGINS=["http://localhost:8000"])
+        _, key = self.login("john")
+        for origin in ("https://app.example.com", "https://app.example.com:443",
+                       "http://localhost:8000"):
             channels = await self._channels(self.cookie(key, Origin=origin))
             self.assertIn("ws4tx:user:john:foobar", channels, origin)
+        for origin in ("http://app.example.com", "https://example.com.evil.net",
+                       "http://localhost:8001"):
+            status, _ = await self._status("/ws/foobar" + ALL, self.cookie(key, Origin=origin))
+            self.assertEqual(status, 403, origin)
+
+    async def test_secureProxySslHeaderMakesTheSiteHttps(self):
+        """Behind a TLS proxy (SECURE_PROXY_SSL_HEADER) the site's origin is https: the
+        https page is accepted, its http twin refused; a header spelt with _ does not
+        count."""
+        await self.restart(SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https"))
+        _, key = self.login("john")
+        https, http = f"https://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.port}"
+        proxied = {"X-Forwarded-Proto": "https"}
+        channels = await self._channels(self.cookie(key, Origin=https, **proxied))
+        self.assertIn("ws4tx:user:john:foobar", channels)
+        for origin, headers in ((http, proxied), (https, {"X_Forwarded_Proto": "https"})):
+            status, _ = await self._status("/ws/foobar" + ALL,
+                                           self.cookie(key, Origin=origin, **headers))
+            self.assertEqual(status, 403, (origin, headers))
+
+    async def test_anyCookieFromAForeignOriginIsRefused(self):
+        """Not only the session cookie: a site whose PROCESS_REQUEST authenticates from a
+        cookie of its own is protected too, and so is any handshake with cookies."""
+        foreign = {"Origin": "https://evil.example.net"}
+        status, _ = await self._status("/ws/foobar" + ALL, {"Cookie": "csrftoken=x", **foreign})
+        self.assertEqual(status, 403)
+        await self.restart(WS4TX_PROCESS_REQUEST=cookie_user)
+        status, text = await self._status("/ws/foobar?subscribe-user",
+                                          {"Cookie": "who=john", **foreign})
+        self.assertEqual(status, 403)
+        self.assertIn("cross-site", text)
+        channels = await self._channels(
+            {"Cookie": "who=john", "Origin": f"http://127.0.0.1:{self.port}"}, "?subscribe-user")
+        self.assertEqual(channels, ["ws4tx:user:john:foobar"])
+
+    def test_originPolicyTakesTheSchemeOfTheConnection(self):
+        """Over TLS (``secure``) the site's origin is https://host, else http://host."""
+        policy = _django._OriginPolicy(settings)
+
+        def handshake(secure: bool) -> HandshakeRequest:
+            return HandshakeRequest(peer="tcp:1.2.3.4:5", host="push.example.com",
+                                    path="/ws/f", query="", params={},
+                                    headers={"host": "push.example.com"}, facility="f",
+                                    secure=secure)
+
+        self.assertTrue(policy.allows("https://push.example.com", handshake(True)))
+        self.assertFalse(policy.allows("http://push.example.com", handshake(True)))
+        self.assertTrue(policy.allows("http://push.example.com:80", handshake(False)))
+        self.assertFalse(policy.allows("https://push.example.com", handshake(False)))
 
     async def test_foreignOriginWithoutCookieIsAnonymous(self):
         """Without the session cookie a foreign page gets an anonymous connection."""
         channels = await self._channels({"Origin": "https://other.example.net"})
         self.assertEqual(channels, ["ws4tx:broadcast:foobar"])
+
+    # Header spoofing
+
+    async def test_headerNamesWithUnderscoresAreDropped(self):
+        """X_Remote_User would become the same META key as the proxy's X-Remote-User and win;
+        like Django's own servers, ws4tx drops such headers before the hooks see them."""
+        await self.restart(WS4TX_PROCESS_REQUEST=remote_user)
+        self.assertEqual(await self._channels({"X_Remote_User": "mary"}, "?subscribe-user"), [])
+        self.assertEqual(
+            await self._channels({"X-Remote-User": "john", "X_Remote_User": "mary"},
+                                 "?subscribe-user"),
+            ["ws4tx:user:john:foobar"])
+
+    # The session key never leaves Django
+
+    def publishToSession(self, key: str, message: str) -> None:
+        """Publish from the Django side, as a view would, to the session ``key``."""
+        _sync_redis.use_url(self.redis_server.url)
+        self.addCleanup(_sync_redis.reset)
+        RedisPublisher(facility="foobar", sessions=[key]).publish_message(message)
+
+    async def test_sessionChannelIsDerivedAndBothHalvesAgree(self):
+        """A session's channel is named by its keyed id, never its key: Django publishing to
+        sessions=[key] reaches that session's WebSocket (by cookie and by token), and no
+        live session key appears in PUBSUB CHANNELS or in KEYS."""
+        _, key = self.login("john")
+        by_cookie = await self.client("/ws/foobar?subscribe-session", self.cookie(key))
+        token = tokens.token_for_request(request_with_session(key))
+        by_token = await self.client("/ws/foobar?subscribe-session&token=" + token)
+        self.publishToSession(key, "to your session")
+        self.assertEqual(await by_cookie.text(), "to your session")
+        self.assertEqual(await by_token.text(), "to your session")
+        names = [c.decode() for c in self.redis.pubsub_channels() + self.redis.keys("*")]
+        self.assertFalse([n for n in names if key in n], names)
+        wanted = naming.channel("ws4tx", naming.SESSION, "foobar",
+                                naming.session_channel_id(settings.SECRET_KEY, key))
+        self.assertEqual(non_probe(self.redis.pubsub_channels()), [wanted])
+        self.assertIn(wanted.encode(), self.redis.keys("*"))
+
+    async def test_tokenCarriesNothingThatLogsIn(self):
+        """Whoever reads a token (no secret needed) finds no session key in it, and nothing
+        in it works as a session cookie."""
+        _, key = self.login("john")
+        token = tokens.token_for_request(request_with_session(key))
+        payload = unverified_payload(token)
+        self.assertEqual(payload["u"], "john")
+        self.assertNotIn(key, json.dumps(payload))
+        self.assertNotIn(key, token)
+        values = [v for value in payload.values()
+                  for v in (value if isinstance(value, list) else [value])]
+        self.assertIn(naming.session_channel_id(settings.SECRET_KEY, key), values)
+        for value in values:
+            self.assertFalse(request_with_session(value).user.is_authenticated, value)
+            self.assertEqual(await self._channels(self.cookie(value)),
+                             ["ws4tx:broadcast:foobar"], value)
+
+    async def test_oldTokenWithSessionKeyIsRefused(self):
+        """A token of the old format (it carried the session key) is refused, saying so."""
+        _, key = self.login("john")
+        old = signing.dumps({"u": "john", "s": key}, salt=tokens.SALT, compress=True)
+        status, text = await self._status("/ws/foobar?subscribe-session&token=" + old, {})
+        self.assertEqual(status, 403)
+        self.assertIn("old token format", text)
+
+    async def test_ws4redisSessionNamesAreACompatibilitySetting(self):
+        """SESSION_CHANNELS = "key" names session channels by the key, as ws4redis did, for
+        sites that share Redis with it; tokens then carry no session at all."""
+        self.settings_override(WS4TX_SESSION_CHANNELS="key")
+        _, key = self.login("john")
+        client = await self.client("/ws/foobar?subscribe-session", self.cookie(key))
+        self.assertEqual(non_probe(self.redis.pubsub_channels()),
+                         [f"ws4tx:session:{key}:foobar"])
+        self.publishToSession(key, "ws4redis style")
+        self.assertEqual(await client.text(), "ws4redis style")
+        await client.close()
+        await self.factory.test_left.get()
+        token = tokens.token_for_request(request_with_session(key))
+        self.assertNotIn("c", unverified_payload(token))
+        self.assertEqual(await self._channels({}, "?subscribe-session&token=" + token), [])
+
+    def settings_override(self, **values) -> None:
+        override = override_settings(**values)
+        override.enable()
+        self.addCleanup(override.disable)
+
+    # The site's hooks apply to token connections
+
+    async def test_allowedChannelsAppliesToTokens(self):
+        """A user whom ALLOWED_CHANNELS bans is refused with her own token too, and the
+        hook narrows a token connection's flags (publishing included) as a cookie's."""
+        await self.restart(WS4REDIS_ALLOWED_CHANNELS=f"{__name__}.allow_broadcast_only")
+        status, text = await self._status(
+            "/ws/foobar?subscribe-user&publish-user&token=" + tokens.make_token("mary"), {})
+        self.assertEqual(status, 403)
+        self.assertIn("mary may not listen", text)
+        token = tokens.make_token("john", ["chatusers"])
+        await self.client("/ws/foobar" + ALL + "&publish-user&token=" + token)
+        self.assertEqual(non_probe(self.redis.pubsub_channels()), ["ws4tx:broadcast:foobar"])
+        self.assertEqual(client_protocol(self.factory).identity.user, "john")
+        self.assertEqual(client_protocol(self.factory)._publish_to, [])
+
+    async def test_tokenOfADeletedOrInactiveUserIsRefusedWhenHooksAreSet(self):
+        """With hooks set, a token's user is loaded from the database: a deleted or inactive
+        user is refused with 403."""
+        await self.restart(WS4REDIS_ALLOWED_CHANNELS=f"{__name__}.allow_broadcast_only")
+        User.objects.create_user("gone", password="x")
+        gone = tokens.make_token("gone")
+        User.objects.filter(username="gone").delete()
+        inactive = User.objects.create_user("idle", password="x")
+        inactive.is_active = False
+        inactive.save()
+        for token, reason in ((gone, "no longer exists"),
+                              (tokens.make_token("idle"), "inactive")):
+            status, text = await self._status("/ws/foobar?subscribe-user&token=" + token, {})
+            self.assertEqual(status, 403)
+            self.assertIn(reason, text)
+
+    async def test_processRequestAppliesToTokens(self):
+        """A custom PROCESS_REQUEST runs for a token connection with request.user set to the
+        token's user: it may refuse (403), and if it names another user the connection is
+        refused rather than given an identity the hook did not approve."""
+        await self.restart(WS4TX_PROCESS_REQUEST=ban_by_header)
+        token = tokens.make_token("mary", ["chatusers"])
+        status, text = await self._status("/ws/foobar?subscribe-user&token=" + token,
+                                          {"X-Banned": "1"})
+        self.assertEqual(status, 403)
+        self.assertIn("banned by PROCESS_REQUEST", text)
+        self.assertEqual(await self._channels({}, "?subscribe-user&token=" + token),
+                         ["ws4tx:user:mary:foobar"])
+        await self.restart(WS4TX_PROCESS_REQUEST=header_user)
+        self.assertEqual(
+            await self._channels({"X-User": "mary"}, "?subscribe-user&token=" + token),
+            ["ws4tx:user:mary:foobar"])
+        for headers in ({"X-User": "john"}, {}):
+            status, text = await self._status("/ws/foobar?subscribe-user&token=" + token,
+                                              headers)
+            self.assertEqual(status, 403, headers)
+            self.assertIn("PROCESS_REQUEST gives user", text)
+
+
+def client_protocol(factory):
+    """The one open connection of the server."""
+    (client,) = list(factory.router.hub.clients())
+    return client

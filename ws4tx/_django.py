@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Callable, Optional, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -17,7 +18,7 @@ from zope.interface import implementer
 
 from ws4tx import _audience, _settings
 from ws4tx.auth import Grant, HandshakeDenied, HandshakeRequest, IAuthenticator
-from ws4tx.naming import flag_names, parse_flags
+from ws4tx.naming import Flags, Identity, flag_names, parse_flags
 from ws4tx.redis_address import RedisAddress
 
 T = TypeVar("T")
@@ -109,7 +110,12 @@ def _import(value: Any, setting: str) -> Optional[Callable[..., Any]]:
 
 def _http_request(handshake: HandshakeRequest) -> Any:
     """A Django HttpRequest for the handshake, as ws4redis's hooks expect one: ``path``,
-    ``GET``, ``COOKIES``, ``META`` (with HTTP_* headers), later ``session`` and ``user``."""
+    ``GET``, ``COOKIES``, ``META`` (with HTTP_* headers), later ``session`` and ``user``.
+
+    A header whose name has ``_`` is dropped, as Django's own servers do: ``X_Remote_User``
+    would otherwise become the same ``HTTP_X_REMOTE_USER`` as a proxy's ``X-Remote-User``
+    and could override it.
+    """
     from django.http import HttpRequest, QueryDict
 
     request = HttpRequest()
@@ -126,6 +132,8 @@ def _http_request(handshake: HandshakeRequest) -> Any:
         "SERVER_PORT": "",
     }
     for name, value in handshake.headers.items():
+        if "_" in name:
+            continue
         key = name.upper().replace("-", "_")
         if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             key = "HTTP_" + key
@@ -143,35 +151,84 @@ def _process_request(request: Any) -> None:
     request.user = get_user(request)
 
 
+def _token_user(name: Optional[str]) -> Any:
+    """The user a token names, from the database (AnonymousUser for an anonymous token);
+    HandshakeDenied when it no longer exists or is inactive."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import AnonymousUser
+
+    if name is None:
+        return AnonymousUser()
+    model = get_user_model()
+    try:
+        user = model._default_manager.get_by_natural_key(name)
+    except model.DoesNotExist:
+        raise HandshakeDenied("invalid token: its user no longer exists") from None
+    if not getattr(user, "is_active", True):
+        raise HandshakeDenied("invalid token: its user is inactive")
+    return user
+
+
+def _empty_session() -> Any:
+    """A session of the site's engine with no key: a token connection has no session."""
+    from django.conf import settings
+
+    return importlib.import_module(settings.SESSION_ENGINE).SessionStore()
+
+
+def _header(headers: Mapping[str, str], meta_name: str) -> Optional[str]:
+    """The header Django calls ``meta_name`` (``HTTP_X_FORWARDED_PROTO``), by its real name
+    (``x-forwarded-proto``; never one spelt with ``_``)."""
+    if not meta_name.startswith("HTTP_"):
+        return None
+    return headers.get(meta_name[5:].lower().replace("_", "-"))
+
+
 class _OriginPolicy:
-    """Which Origins may open a cookie-authenticated connection when no ALLOWED_ORIGINS is
-    set: the site's own hosts (ALLOWED_HOSTS, as Django validates Host) and
-    CSRF_TRUSTED_ORIGINS. This is what stops cross-site WebSocket hijacking: another site's
-    page would otherwise connect with the user's session cookie."""
+    """Which Origins may open a connection that carries cookies: the site's own origin
+    (exactly: scheme, host and port of the handshake itself, ``wss``/TLS being ``https``,
+    Django's ``SECURE_PROXY_SSL_HEADER`` and ``USE_X_FORWARDED_HOST`` honoured),
+    ``CSRF_TRUSTED_ORIGINS`` (Django's format, ``https://*.example.com``) and
+    ``ALLOWED_ORIGINS``. Only http(s) origins match the site's own; ``ALLOWED_HOSTS`` does
+    not widen the check (it says which Host headers Django serves, not which pages may use
+    its cookies).
+
+    This is what stops cross-site WebSocket hijacking: another site's page would otherwise
+    connect with the user's cookies (the session cookie, or whatever cookie a custom
+    ``PROCESS_REQUEST`` authenticates from).
+    """
 
     def __init__(self, settings: Any) -> None:
-        hosts = list(settings.ALLOWED_HOSTS)
-        if settings.DEBUG and not hosts:
-            hosts = [".localhost", "127.0.0.1", "[::1]"]
-        self.hosts = hosts
-        self.trusted = tuple(getattr(settings, "CSRF_TRUSTED_ORIGINS", ()))
+        trusted = list(getattr(settings, "CSRF_TRUSTED_ORIGINS", ()) or ())
+        allowed = _settings.lookup(settings, "ALLOWED_ORIGINS", ()) or ()
+        trusted += [allowed] if isinstance(allowed, str) else list(allowed)
+        self.trusted = tuple(trusted)
+        self.proxy_ssl_header = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+        self.forwarded_host = bool(getattr(settings, "USE_X_FORWARDED_HOST", False))
 
-    def allows(self, origin: str, host_header: str) -> bool:
-        from django.http.request import split_domain_port, validate_host
-        from urllib.parse import urlsplit
+    def site_origin(self, request: HandshakeRequest) -> str:
+        """The origin the handshake came to: ``scheme://host[:port]``."""
+        host = request.headers.get("host", "")
+        if self.forwarded_host:
+            forwarded = request.headers.get("x-forwarded-host")
+            if forwarded:
+                host = forwarded.split(",")[0].strip()
+        return f"{'https' if self._secure(request) else 'http'}://{host}"
 
-        from ws4tx._origin import origin_allowed
+    def _secure(self, request: HandshakeRequest) -> bool:
+        if self.proxy_ssl_header:
+            header, secure_value = self.proxy_ssl_header
+            value = _header(request.headers, header)
+            if value is not None:
+                return value.split(",", 1)[0].strip() == secure_value
+        return request.secure
 
-        try:
-            netloc = urlsplit(origin).netloc.lower()
-        except ValueError:
-            return False
-        if netloc and netloc == host_header.lower():
-            return True  # same origin
-        domain, _ = split_domain_port(netloc)
-        if domain and validate_host(domain, self.hosts):
-            return True
-        return origin_allowed(origin, self.trusted)
+    def allows(self, origin: str, request: HandshakeRequest) -> bool:
+        """Whether a page of ``origin`` may open ``request`` with its cookies."""
+        from ws4tx._origin import origin_allowed, same_origin
+
+        return same_origin(origin, self.site_origin(request)) or origin_allowed(
+            origin, self.trusted)
 
 
 @implementer(IAuthenticator)
@@ -180,14 +237,21 @@ class SessionAuthenticator:
     ``PROCESS_REQUEST``), then ``ALLOWED_CHANNELS``; or a signed ``token`` query parameter
     (:mod:`ws4tx.tokens`) for sites whose WebSocket host cannot see the cookie.
 
-    Everything that touches the database runs in a thread. A connection that carries the
-    session cookie from a foreign Origin is refused with 403.
+    The site's hooks apply however a connection authenticates: for a token connection
+    ``request.user`` is the token's user from the database, ``PROCESS_REQUEST`` (when the
+    site set one) may refuse and must not name another user, and ``ALLOWED_CHANNELS``
+    narrows the flags or refuses, as for a cookie.
+
+    Everything that touches the database runs in a thread. A handshake that carries any
+    cookie from a foreign Origin is refused with 403 (see :class:`_OriginPolicy`); a token
+    handshake is not checked, since the token, which a foreign page cannot get, is its
+    credential.
     """
 
     def __init__(self, settings: Any, check_origin: bool = True) -> None:
-        self._cookie = settings.SESSION_COOKIE_NAME
-        self._process = _import(_settings.lookup(settings, "PROCESS_REQUEST"),
-                                "WS4TX_PROCESS_REQUEST") or _process_request
+        self._custom_process = _import(_settings.lookup(settings, "PROCESS_REQUEST"),
+                                       "WS4TX_PROCESS_REQUEST")
+        self._process = self._custom_process or _process_request
         self._allowed_channels = _import(_settings.lookup(settings, "ALLOWED_CHANNELS"),
                                          "WS4TX_ALLOWED_CHANNELS")
         self._origins = _OriginPolicy(settings) if check_origin else None
@@ -195,33 +259,61 @@ class SessionAuthenticator:
     def authenticate(self, request: HandshakeRequest) -> "defer.Deferred[Grant]":
         tokens = request.params.get("token")
         if tokens:
-            return defer.maybeDeferred(self._fromToken, tokens[0])
+            return self._fromToken(request, tokens[0])
         origin = request.origin
-        if (self._origins is not None and origin and self._cookie in request.cookies
-                and not self._origins.allows(origin, request.headers.get("host", ""))):
+        if (self._origins is not None and origin and request.headers.get("cookie", "").strip()
+                and not self._origins.allows(origin, request)):
             return defer.fail(HandshakeDenied(
-                f"cross-site WebSocket refused: Origin {origin} is not one of this site's"))
+                f"cross-site WebSocket refused: Origin {origin} is not this site's "
+                f"({self._origins.site_origin(request)}) nor a trusted one"))
         return run_in_thread(self._authorize, request)
 
-    def _fromToken(self, token: str) -> Grant:
+    def _fromToken(self, handshake: HandshakeRequest, token: str) -> "defer.Deferred[Grant]":
         from ws4tx import tokens
 
         try:
-            return Grant(tokens.read_token(token))
+            identity = tokens.read_token(token)
         except tokens.InvalidToken as e:
-            raise HandshakeDenied(f"invalid token: {e}") from None
+            return defer.fail(HandshakeDenied(f"invalid token: {e}"))
+        if self._custom_process is None and self._allowed_channels is None:
+            return defer.succeed(Grant(identity))
+        return run_in_thread(self._authorizeToken, handshake, identity)
 
     def _authorize(self, handshake: HandshakeRequest) -> Grant:
-        from django.core.exceptions import PermissionDenied
-
         request = _http_request(handshake)
-        try:
+        with _refusals():
             self._process(request)
-            flags = handshake.flags
-            if self._allowed_channels is not None:
-                requested = flag_names(flags)
-                allowed = self._allowed_channels(request, list(requested))
-                flags = parse_flags("&".join(allowed or ()))
-            return Grant(_audience.identity(request), flags)
-        except PermissionDenied as e:
-            raise HandshakeDenied(str(e) or "permission denied") from None
+            return Grant(_audience.identity(request), self._flags(request, handshake))
+
+    def _authorizeToken(self, handshake: HandshakeRequest, identity: Identity) -> Grant:
+        """The site's hooks, on a request whose user is the token's (in a thread)."""
+        request = _http_request(handshake)
+        request.user = _token_user(identity.user)
+        request.session = _empty_session()
+        with _refusals():
+            if self._custom_process is not None:
+                self._custom_process(request)
+                named = _audience.user_name(request)
+                if named != identity.user:
+                    raise HandshakeDenied(
+                        f"token refused: PROCESS_REQUEST gives user {named!r}, the token "
+                        f"{identity.user!r}")
+            return Grant(identity, self._flags(request, handshake))
+
+    def _flags(self, request: Any, handshake: HandshakeRequest) -> Optional[Flags]:
+        """The flags ALLOWED_CHANNELS leaves (None: the hook is not set)."""
+        if self._allowed_channels is None:
+            return None
+        allowed = self._allowed_channels(request, list(flag_names(handshake.flags)))
+        return parse_flags("&".join(allowed or ()))
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """A hook's PermissionDenied as a 403 refusal."""
+    from django.core.exceptions import PermissionDenied
+
+    try:
+        yield
+    except PermissionDenied as e:
+        raise HandshakeDenied(str(e) or "permission denied") from None

@@ -29,6 +29,18 @@ def _split(origin: str) -> Optional[tuple[str, str, int]]:
     return scheme, host, port
 
 
+#: The only schemes a site's own origin can have (a browser page's Origin when it is on the
+#: site); ``ws``, ``ftp``, ``file``, ``null`` ... never match it.
+WEB_SCHEMES = ("http", "https")
+
+
+def same_origin(origin: str, site: str) -> bool:
+    """Whether ``origin`` is exactly ``site`` (both ``scheme://host[:port]``): same http(s)
+    scheme, same host, same port (a default port may be left out)."""
+    actual, wanted = _split(origin), _split(site)
+    return actual is not None and actual == wanted and actual[0] in WEB_SCHEMES
+
+
 def origin_allowed(origin: str, patterns: Iterable[str]) -> bool:
     """Whether ``origin`` matches one of ``patterns`` (``*`` alone matches anything)."""
     actual = _split(origin)

@@ -34,7 +34,8 @@ class HandshakeRequest:
     """What an authenticator knows of a connecting client.
 
     ``headers`` has lower-case names; ``params`` is the parsed query string (blank values
-    kept); ``facility`` and ``flags`` are what the URL asks for.
+    kept); ``facility`` and ``flags`` are what the URL asks for; ``secure`` tells whether
+    the connection came over TLS (``wss://``) to this server.
     """
 
     peer: str
@@ -45,6 +46,7 @@ class HandshakeRequest:
     headers: Mapping[str, str]
     facility: str
     flags: Flags = field(default_factory=Flags)
+    secure: bool = False
 
     @property
     def origin(self) -> str | None:

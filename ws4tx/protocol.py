@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -155,7 +155,13 @@ class PushProtocol(WebSocketServerProtocol):
             headers=request.headers,
             facility=facility,
             flags=parse_flags(query),
+            secure=self._isSecure(),
         )
+
+    def _isSecure(self) -> bool:
+        """Whether the connection came over TLS (directly or through twisted.web)."""
+        return bool(ISSLTransport.providedBy(self.transport)
+                    or getattr(self.factory, "isSecure", False))
 
     def _admit(self, identity: Identity | Grant, request: ConnectionRequest,
                handshake: HandshakeRequest) -> Optional[str]:
