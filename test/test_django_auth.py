@@ -8,6 +8,8 @@ import json
 import time
 import zlib
 
+from twisted.internet import defer
+
 from django.core.exceptions import PermissionDenied
 
 from test._django import setup_django
@@ -294,6 +296,41 @@ class DjangoAuthTests(ServerTestCase):
         channels = await self._channels(
             {"Cookie": "who=john", "Origin": f"http://127.0.0.1:{self.port}"}, "?subscribe-user")
         self.assertEqual(channels, ["ws4tx:user:john:foobar"])
+
+    async def test_overTlsTheSitesOriginIsHttps(self):
+        """A wss:// handshake (TLS to the server itself) makes the site's origin https: the
+        https page of the same host and port is accepted, its http twin refused."""
+        from twisted.internet import endpoints, reactor, ssl
+
+        from test._wsclient import TIMEOUT, _RawHTTP
+
+        class _HeadOnly(_RawHTTP):
+            """Also hangs up after a 101 head (the raw client waits for a refusal's body)."""
+
+            def dataReceived(self, data: bytes) -> None:
+                super().dataReceived(data)
+                if b"\r\n\r\n" in self.data:
+                    self.transport.loseConnection()
+
+        certificate = ssl.KeyPair.generate(size=2048).selfSignedCert(1, commonName="127.0.0.1")
+        port = await endpoints.SSL4ServerEndpoint(
+            reactor, 0, certificate.options(), interface="127.0.0.1").listen(self.service.site)
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        _, key = self.login("john")
+
+        async def status(origin: str) -> int:
+            done = defer.Deferred()
+            client = endpoints.SSL4ClientEndpoint(reactor, "127.0.0.1", number,
+                                                  ssl.CertificateOptions(), timeout=TIMEOUT)
+            request = handshake_request("/ws/foobar?subscribe-user",
+                                        self.cookie(key, Origin=origin),
+                                        host=f"127.0.0.1:{number}")
+            await endpoints.connectProtocol(client, _HeadOnly(request, done))
+            return status_of(await done.addTimeout(TIMEOUT, reactor))[0]
+
+        self.assertEqual(await status(f"http://127.0.0.1:{number}"), 403)
+        self.assertEqual(await status(f"https://127.0.0.1:{number}"), 101)
 
     def test_originPolicyTakesTheSchemeOfTheConnection(self):
         """Over TLS (``secure``) the site's origin is https://host, else http://host."""
