@@ -87,9 +87,11 @@ def _autobahn_timers_fired() -> defer.Deferred[None]:
 class ServerTestCase(unittest.TestCase):
     """Starts a Redis and a ws4tx server per test; ``self.redis`` is a redis-py client."""
 
-    # Most tests publish from anonymous clients, which a default server refuses.
+    # Most tests publish from anonymous clients, which a default server refuses; several
+    # open hundreds of connections from 127.0.0.1, past the default per-address cap
+    # (test_limits tests the cap itself).
     config = ServerConfig(ping_interval=0, redis_ping_interval=1.0, redis_timeout=5.0,
-                          anonymous_publish=True)
+                          anonymous_publish=True, max_connections_per_ip=0)
     redis_args: tuple[str, ...] = ()
 
     def startRedis(self) -> EmbeddedRedis:

@@ -56,10 +56,11 @@ class OptionsTests(SynchronousTestCase):
 
     def test_badValueNamesTheOption(self):
         """A value out of range fails at startup naming the option."""
-        e = self.assertRaises(usage.UsageError, push_service,
-                              parse("--websocket-url", "ws", "--redis", "redis://h:1/0"))
+        e = self.assertRaises(usage.UsageError, lambda: push_service(
+            parse("--websocket-url", "ws", "--redis", "redis://h:1/0")))
         self.assertIn("websocket-url", str(e))
-        e = self.assertRaises(usage.UsageError, push_service, parse("--max-message-size", "0"))
+        e = self.assertRaises(usage.UsageError,
+                              lambda: push_service(parse("--max-message-size", "0")))
         self.assertIn("max-message-size", str(e))
 
     def test_commandLineValuesReachTheConfig(self):

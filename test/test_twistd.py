@@ -112,7 +112,8 @@ class DrainTests(unittest.TestCase):
         """SIGTERM with 500 clients: every one gets 1001 and twistd exits 0 in time."""
         port = free_port()
         child = Twistd().start("--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024",
-                               "--redis", "embedded", "--drain-timeout", "10")
+                               "--redis", "embedded", "--drain-timeout", "10",
+                               "--max-connections-per-ip", "0")  # 500 from one address
         self.addCleanup(child.stop, "KILL")
         await child.waitFor("Redis subscriber connected")
         await child.waitFor(f"Site starting on {port}")

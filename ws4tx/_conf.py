@@ -1,23 +1,21 @@
 """The Django side's settings, read from ``django.conf.settings`` when asked (never at import
 time, so ``override_settings`` and late configuration work) and checked, with errors that
-name the setting. Every name is looked up as ``WS4TX_<NAME>``, then ``WS4REDIS_<NAME>``.
+name the setting. Each setting is read as :mod:`ws4tx.schema` declares it (``WS4TX_<NAME>``,
+then ``WS4REDIS_<NAME>``), exactly as the server reads it.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 from django.core.exceptions import ImproperlyConfigured
 
-from ws4tx import _settings, naming
+from ws4tx import schema
 
-DEFAULT_EXPIRE = 3600
-DEFAULT_PUBLISH_TIMEOUT = 5.0
-DEFAULT_TOKEN_MAX_AGE = 300
-DEFAULT_WEBSOCKET_URL = "/ws/"
-
-_UNSET = object()
+DEFAULT_EXPIRE: int = schema.get("expire").default
+DEFAULT_PUBLISH_TIMEOUT: float = schema.get("publish_timeout").default
+DEFAULT_TOKEN_MAX_AGE: float = schema.get("token_max_age").default
+DEFAULT_WEBSOCKET_URL: str = schema.get("websocket_url").default
 
 
 def django_settings() -> Any:
@@ -27,76 +25,57 @@ def django_settings() -> Any:
     return settings
 
 
-def _names(name: str) -> str:
-    return "/".join(_settings.setting_names(name))
-
-
-def _value(name: str, default: Any) -> Any:
-    return _settings.lookup(django_settings(), name, default)
+def _value(key: str) -> Any:
+    """Setting ``key`` as :mod:`ws4tx.schema` reads it (as the server does), or its default;
+    a bad value raises ImproperlyConfigured naming the setting."""
+    try:
+        return schema.read(django_settings(), key)
+    except schema.SettingError as e:
+        raise ImproperlyConfigured(str(e)) from None
 
 
 def prefix() -> Optional[str]:
     """The channel name prefix: ``PREFIX``, default ``ws4tx``; ``""`` or None for none."""
-    value = _value("PREFIX", naming.DEFAULT_PREFIX)
-    if value is not None and not isinstance(value, str):
-        raise ImproperlyConfigured(f"setting {_names('PREFIX')} must be a string, not {value!r}")
-    return value or None
+    return _value("prefix")
 
 
 def check_expire(value: Any, origin: str = "expire") -> int:
     """``value`` as a number of seconds to store a message for (0: not stored)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise ValueError(f"{origin} must be a whole number of seconds, not {value!r}")
-    if value < 0:
-        raise ValueError(f"{origin} must be >= 0 (0 stores nothing), not {value!r}")
-    return int(value)
+    result: int = schema.get("expire").convert(value, origin)
+    return result
 
 
 def expire() -> int:
     """Seconds a published message is stored for replay: ``EXPIRE``, default 3600."""
-    origin = f"setting {_names('EXPIRE')}"
-    try:
-        return check_expire(_value("EXPIRE", DEFAULT_EXPIRE), origin)
-    except ValueError as e:
-        raise ImproperlyConfigured(str(e)) from None
+    result: int = _value("expire")
+    return result
 
 
 def heartbeat() -> Optional[str]:
-    """The ws4redis heartbeat string (``HEARTBEAT``), or None when unset.
+    """The ws4redis heartbeat string (``HEARTBEAT``), or None when unset or ``""``.
 
     None too when Django is not configured at all, so that a :class:`RedisMessage` can be
     made by a script that never set Django up.
     """
     try:
-        value = _value("HEARTBEAT", None)
+        settings = django_settings()
+        getattr(settings, "WS4TX_HEARTBEAT", None)
     except ImproperlyConfigured:
         return None
-    if value is not None and not isinstance(value, str):
-        raise ImproperlyConfigured(
-            f"setting {_names('HEARTBEAT')} must be a string, not {value!r}"
-        )
-    return value or None
-
-
-def _positive_seconds(name: str, default: float) -> float:
-    value = _value(name, default)
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or value <= 0):
-        raise ImproperlyConfigured(
-            f"setting {_names(name)} must be a positive number of seconds, not {value!r}"
-        )
-    return float(value)
+    return _value("heartbeat")
 
 
 def publish_timeout() -> float:
     """Bound in seconds on connecting to Redis and on each of its answers:
     ``PUBLISH_TIMEOUT``, default 5."""
-    return _positive_seconds("PUBLISH_TIMEOUT", DEFAULT_PUBLISH_TIMEOUT)
+    result: float = _value("publish_timeout")
+    return result
 
 
 def token_max_age() -> float:
     """Seconds a connection token stays valid: ``TOKEN_MAX_AGE``, default 300."""
-    return _positive_seconds("TOKEN_MAX_AGE", DEFAULT_TOKEN_MAX_AGE)
+    result: float = _value("token_max_age")
+    return result
 
 
 #: ``SESSION_CHANNELS`` values: session channels named by a derived id (the default) or,
@@ -134,7 +113,5 @@ def session_channel(session_key: str) -> str:
 def websocket_url() -> str:
     """The path WebSocket URLs start with: ``WEBSOCKET_URL`` (ws4redis's name, unprefixed),
     default ``/ws/``."""
-    value = getattr(django_settings(), "WEBSOCKET_URL", DEFAULT_WEBSOCKET_URL)
-    if not isinstance(value, str) or not value.startswith("/"):
-        raise ImproperlyConfigured(f"setting WEBSOCKET_URL must be a path, not {value!r}")
-    return value
+    result: str = _value("websocket_url")
+    return result

@@ -16,7 +16,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ws4tx import _audience, _settings
+from ws4tx import _audience, _settings, schema
 from ws4tx.auth import Grant, HandshakeDenied, HandshakeRequest, IAuthenticator
 from ws4tx.naming import Flags, Identity, flag_names, parse_flags
 from ws4tx.redis_address import RedisAddress
@@ -39,16 +39,16 @@ def setup(settings_module: str) -> Any:
 
 
 def options_from_settings(settings: Any) -> dict[str, Any]:
-    """The server options the Django settings give (only those that are set)."""
+    """The server settings the Django settings give (only those that are set), read and
+    checked as :mod:`ws4tx.schema` says (the Django side reads them the same way); a bad
+    one raises :class:`ws4tx.schema.SettingError` naming it."""
     found: dict[str, Any] = {}
-    if hasattr(settings, "WEBSOCKET_URL"):
-        found["websocket_url"] = settings.WEBSOCKET_URL
-    for name in ("PREFIX", "EXPIRE", "HEARTBEAT", "MAX_MESSAGE_SIZE", "PING_INTERVAL",
-                 "PING_TIMEOUT", "MAX_CONNECTIONS", "ALLOWED_ORIGINS", "HANDLERS",
-                 "ANONYMOUS_PUBLISH", "MAX_LAG"):
-        value = _settings.lookup(settings, name, _UNSET)
+    for setting in schema.SETTINGS:
+        if setting.where == schema.DJANGO or not setting.setting_names:
+            continue
+        value = schema.read(settings, setting.key, _UNSET)
         if value is not _UNSET:
-            found[name.lower()] = value
+            found[setting.key] = value
     return found
 
 

@@ -1,115 +1,126 @@
 """The server's configuration: one immutable value, validated once at startup.
 
-Values come from, in rising order of precedence: the defaults here, the Django settings
-(``WS4TX_*`` then ``WS4REDIS_*``), the command line. :func:`check` raises ``ValueError``
-naming the option of a bad value.
+Values come from, in rising order of precedence: the defaults, the Django settings
+(``WS4TX_*`` then ``WS4REDIS_*``), the command line. Every field is declared in
+:mod:`ws4tx.schema` (its kind, default, meaning, option and setting); :func:`check` checks
+each value with it and raises ``ValueError`` naming the option of a bad value.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
-from ws4tx.naming import DEFAULT_MAX_FACILITY_LENGTH, DEFAULT_PREFIX
+from ws4tx import schema
 from ws4tx.redis_address import RedisAddress
+
+
+def _default(key: str) -> Any:
+    return schema.get(key).default
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Everything the WebSocket server needs to know; see the README's configuration table."""
+    """Everything the WebSocket server needs to know. Each field is declared (default,
+    meaning, option, setting) in :mod:`ws4tx.schema`; see the README's configuration table."""
 
     #: Where Redis is.
     redis: RedisAddress = field(default_factory=RedisAddress)
     #: The URL path under which WebSocket clients connect; the facility follows it.
-    websocket_url: str = "/ws/"
+    websocket_url: str = _default("websocket_url")
     #: Prefix of channel names (None or "" for none).
-    prefix: Optional[str] = DEFAULT_PREFIX
+    prefix: Optional[str] = _default("prefix")
+    #: Whether clients may publish at all; off: every client's publish flags are dropped.
+    client_publish: bool = _default("client_publish")
     #: Whether clients without a user may publish (publish-* flags, raw events); off by
     #: default: an anonymous client's publish flags are dropped.
-    anonymous_publish: bool = False
-    #: Whether clients may publish raw messages (publish-* flags) on a facility that has
-    #: a server-side event handler; off: their publish flags are dropped (the handler
-    #: speaks for the facility).
-    handler_facility_publish: bool = False
+    anonymous_publish: bool = _default("anonymous_publish")
+    #: Whether clients may publish raw messages on facilities with a server-side handler.
+    handler_facility_publish: bool = _default("handler_facility_publish")
+    #: Facilities (globs) whose client-published messages are stored for replay.
+    stored_facilities: tuple[str, ...] = _default("stored_facilities")
+    #: Bytes of client-published messages a user (or an anonymous address) may store per
+    #: minute on this node; past it messages are delivered but not stored (0: no limit).
+    store_budget: int = _default("store_budget")
     #: Seconds a client-published message is stored for replay (0: not stored).
-    expire: int = 3600
+    expire: int = _default("expire")
     #: The heartbeat string of ws4redis clients (answered, never published), or None.
-    heartbeat: Optional[str] = None
+    heartbeat: Optional[str] = _default("heartbeat")
     #: Largest message a client may send, in bytes (close 1009 past it).
-    max_message_size: int = 64 * 1024
+    max_message_size: int = _default("max_message_size")
+    #: Most frames one client message may arrive in (close 1008 past it).
+    max_fragments: int = _default("max_fragments")
     #: Largest message the server forwards to clients, in bytes; a larger one published
     #: to Redis is dropped (logged, counted) instead of being sent to every client.
-    max_outgoing_size: int = 1024 * 1024
+    max_outgoing_size: int = _default("max_outgoing_size")
     #: Largest frame a client may send, in bytes.
-    max_frame_size: int = 64 * 1024
-    #: Most frames (fragments) one client message may arrive in; more close with 1008.
-    max_fragments: int = 128
+    max_frame_size: int = _default("max_frame_size")
     #: Seconds between WebSocket pings to each client (0: none).
-    ping_interval: float = 25.0
+    ping_interval: float = _default("ping_interval")
     #: Seconds a client has to answer a ping before it is dropped.
-    ping_timeout: float = 10.0
+    ping_timeout: float = _default("ping_timeout")
     #: A client whose socket stops draining is dropped once this many bytes wait for it...
-    max_queue_bytes: int = 1024 * 1024
+    max_queue_bytes: int = _default("max_queue_bytes")
     #: ... or this many messages ...
-    max_queue_messages: int = 1000
+    max_queue_messages: int = _default("max_queue_messages")
     #: ... or it has not drained for this many seconds while messages wait.
-    slow_timeout: float = 10.0
+    slow_timeout: float = _default("slow_timeout")
     #: A message that waited this many seconds in the server's fan-out backlog (the
     #: server could not keep up) is dropped, counted and reported, not sent late...
-    max_lag: float = 10.0
+    max_lag: float = _default("max_lag")
     #: ... and so is the oldest one once this many messages wait.
-    max_backlog: int = 10_000
-    #: Seconds a client has to finish its opening handshake.
-    handshake_timeout: float = 5.0
+    max_backlog: int = _default("max_backlog")
+    #: Seconds a connection has to send its whole request (head and body) and to finish
+    #: its opening handshake (0: no bound).
+    handshake_timeout: float = _default("handshake_timeout")
     #: Most WebSocket connections at once in this process (0: no limit); 503 past it.
-    max_connections: int = 0
-    #: Most WebSocket connections at once from one IP address (0: no limit); 429 past it.
-    max_connections_per_ip: int = 0
+    max_connections: int = _default("max_connections")
+    #: Most WebSocket connections at once from one client address (0: no limit); 429 past
+    #: it. The address is the peer's, or what a trusted proxy's X-Forwarded-For names.
+    max_connections_per_ip: int = _default("max_connections_per_ip")
+    #: Addresses or networks of reverse proxies whose X-Forwarded-For names the client.
+    trusted_proxies: tuple[str, ...] = _default("trusted_proxies")
     #: Messages and events a client may send per second (0: no limit), ...
-    rate_limit: float = 20.0
+    rate_limit: float = _default("rate_limit")
     #: ... with bursts up to this many; a client over the limit is told (event clients)
     #: and its message dropped; past three times the burst it is closed with 1008.
-    rate_burst: int = 40
+    rate_burst: int = _default("rate_burst")
     #: Longest facility name.
-    max_facility_length: int = DEFAULT_MAX_FACILITY_LENGTH
+    max_facility_length: int = _default("max_facility_length")
     #: Longest query string, in bytes (414 past it).
-    max_query_length: int = 2048
+    max_query_length: int = _default("max_query_length")
     #: Allowed Origin values (``scheme://host[:port]``, ``*`` wildcards); empty: any.
-    allowed_origins: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = _default("allowed_origins")
     #: Seconds between PINGs on the Redis subscriber connection.
-    redis_ping_interval: float = 5.0
+    redis_ping_interval: float = _default("redis_ping_interval")
     #: Seconds Redis has to answer a command or PING before its connection is replaced.
-    redis_timeout: float = 5.0
+    redis_timeout: float = _default("redis_timeout")
     #: Path of the health endpoint (empty: none).
-    health_url: str = "/ws4tx/health"
+    health_url: str = _default("health_url")
+    #: With it, the health URL's counters need ``Authorization: Bearer <token>``.
+    health_token: Optional[str] = field(default=_default("health_token"), repr=False)
 
     def replace(self, **changes: object) -> "ServerConfig":
         """A copy with ``changes`` applied (and checked)."""
         return check(dataclasses.replace(self, **changes))  # type: ignore[arg-type]
 
 
+#: The schema's settings that are fields of ServerConfig.
+FIELDS: tuple[schema.Setting, ...] = tuple(
+    s for s in schema.SETTINGS if s.where in (schema.SERVER, schema.SHARED))
+
+
 def check(config: ServerConfig) -> ServerConfig:
-    """Return ``config`` if every value is usable, else raise ``ValueError`` naming it."""
-    url = config.websocket_url
-    if not (url.startswith("/") and url.endswith("/")):
-        raise ValueError(f"websocket-url must start and end with '/', not {url!r}")
-    if config.expire < 0:
-        raise ValueError("expire must be >= 0")
-    for name in ("max_message_size", "max_frame_size", "max_fragments", "max_facility_length",
-                 "max_outgoing_size",
-                 "max_query_length", "max_queue_bytes", "max_queue_messages",
-                 "slow_timeout", "max_lag", "max_backlog"):
-        if getattr(config, name) <= 0:
-            raise ValueError(f"{name.replace('_', '-')} must be > 0")
-    for name in ("ping_interval", "ping_timeout", "handshake_timeout", "max_connections",
-                 "redis_ping_interval", "max_connections_per_ip", "rate_limit"):
-        if getattr(config, name) < 0:
-            raise ValueError(f"{name.replace('_', '-')} must be >= 0")
-    if config.redis_timeout <= 0:
-        raise ValueError("redis-timeout must be > 0")
-    if config.rate_limit and config.rate_burst < 1:
-        raise ValueError("rate-burst must be >= 1")
-    if config.heartbeat == "":
-        raise ValueError("heartbeat must not be empty (leave it unset for none)")
+    """``config`` with every value checked against the schema and in its canonical form
+    (``""`` for none becomes None, lists become tuples); ``ValueError`` naming the option
+    of a bad value."""
+    changes = {}
+    for setting in FIELDS:
+        value = getattr(config, setting.key)
+        converted = setting.convert(value)
+        if converted is not value:
+            changes[setting.key] = converted
+    if changes:
+        config = dataclasses.replace(config, **changes)
     return config

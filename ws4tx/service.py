@@ -18,7 +18,7 @@ from twisted.web import resource
 from ws4tx import closecodes
 from ws4tx.auth import IAuthenticator
 from ws4tx.broker import IBroker
-from ws4tx.config import ServerConfig
+from ws4tx.config import ServerConfig, check
 from ws4tx.handlers import EventHandler, Server
 from ws4tx.protocol import PushFactory
 from ws4tx.redis_broker import RedisBroker
@@ -51,7 +51,7 @@ class PushService(service.MultiService):
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
-        self.config = config
+        self.config = config = check(config)
         self.reactor = reactor
         self.drain_timeout = drain_timeout
         self.broker: IBroker = broker or RedisBroker(

@@ -18,16 +18,14 @@ from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
 from twisted.python import usage
 
-from ws4tx import _settings
-from ws4tx.config import ServerConfig, check
+from ws4tx import _settings, schema
+from ws4tx.config import FIELDS, ServerConfig, check
 from ws4tx.embedded import EmbeddedRedis, EmbeddedRedisError
 from ws4tx.handlers import load_handler_classes
 from ws4tx.redis_address import InvalidRedisAddress, RedisAddress
 from ws4tx.service import PushService
 
 _log = Logger()
-
-DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1:backlog=1024"
 
 #: CPython's cyclic-GC thresholds for the server process. A WebSocket connection leaves
 #: cyclic garbage behind its handshake, so the collector must run, but at CPython's
@@ -37,140 +35,115 @@ DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1:backlog=1024"
 #: unchanged). Only the youngest threshold is raised.
 GC_THRESHOLDS = (50_000, 10, 10)
 
-# option name -> (ServerConfig field, type)
-_TUNABLES: dict[str, tuple[str, type]] = {
-    "websocket-url": ("websocket_url", str),
-    "prefix": ("prefix", str),
-    "expire": ("expire", int),
-    "heartbeat": ("heartbeat", str),
-    "max-message-size": ("max_message_size", int),
-    "ping-interval": ("ping_interval", float),
-    "ping-timeout": ("ping_timeout", float),
-    "max-connections": ("max_connections", int),
-    "redis-timeout": ("redis_timeout", float),
-    "health-url": ("health_url", str),
-    "max-lag": ("max_lag", float),
-}
+DEFAULT_LISTEN = schema.get("listen").default[0]
+
+#: The settings ``twistd ws4tx`` reads from its command line, each by its option.
+_OPTIONS: tuple[schema.Setting, ...] = tuple(s for s in schema.SETTINGS if s.option_name)
+#: Settings the server also reads from the Django settings (``--django-settings``).
+_PROCESS_KEYS = frozenset(s.key for s in schema.SETTINGS if s.where == schema.PROCESS)
+
+
+def _repeatable(setting: schema.Setting) -> Any:
+    def opt(self: "Options", value: str) -> None:
+        self.given.setdefault(setting.key, []).extend(self._parse(setting, value))
+
+    opt.__doc__ = schema.help_text(setting)
+    return opt
 
 
 class Options(usage.Options):
-    """Options of ``twistd ws4tx``."""
+    """Options of ``twistd ws4tx``, one per setting of :mod:`ws4tx.schema`.
+
+    Parsed values are in ``self.given`` (setting key -> value, only what the command line
+    gave); the process settings (``listen``, ``workers``, ...) are also under their option
+    names, given or default."""
 
     synopsis = "[options]"
     longdesc = (
         "Serve django-websocket-redis compatible WebSockets (and ws4tx events) from Redis. "
         "Clients connect to ws://HOST{websocket-url}{facility}?subscribe-broadcast&... ; "
-        "Django publishes with ws4tx.publisher.RedisPublisher or ws4tx.api."
+        "Django publishes with ws4tx.publisher.RedisPublisher or ws4tx.api. Options "
+        "override the Django settings (--django-settings), which override the defaults."
     )
-    optFlags = [
-        ["anonymous-publish", None,
-         "Let clients without a user publish (publish-* flags); by default their publish "
-         "flags are dropped."],
-    ]
+    optFlags = [[s.option_name, s.short, schema.help_text(s)] for s in _OPTIONS if s.flag]
     optParameters = [
-        ["redis", "r", None,
-         "Redis URL: redis://[user:password@]host:port/db, rediss://... (TLS), "
-         "unix:///path/redis.sock?db=N, or 'embedded' to start a private Redis-compatible "
-         "server. Default: the Django settings, then $WS4TX_REDIS_URL, then "
-         "redis://localhost:6379/0."],
-        ["django-settings", "d", None,
-         "Django settings module: authenticate clients by their Django session and read "
-         "WEBSOCKET_URL and the WS4TX_*/WS4REDIS_* settings."],
-        ["wsgi", "w", None,
-         "Also serve this WSGI application (e.g. mysite.wsgi.application) on the same "
-         "port for every path outside the WebSocket URL, in Twisted's thread pool."],
-        ["websocket-url", None, None, "URL path of the WebSocket endpoint [default: /ws/]."],
-        ["prefix", None, None, "Prefix of Redis channel names [default: ws4tx]."],
-        ["expire", None, None,
-         "Seconds a client-published message is kept for replay; 0 keeps nothing "
-         "[default: 3600]."],
-        ["heartbeat", None, None,
-         "Heartbeat string of ws4redis clients, answered and never published "
-         "[default: none]."],
-        ["max-message-size", None, None,
-         "Largest message a client may send, in bytes; larger ones close with 1009 "
-         "[default: 65536]."],
-        ["ping-interval", None, None,
-         "Seconds between WebSocket pings to each client; 0 turns them off [default: 25]."],
-        ["ping-timeout", None, None,
-         "Seconds a client has to answer a ping before it is dropped [default: 10]."],
-        ["max-connections", None, None,
-         "Most WebSocket connections at once; 503 past it; 0 for no limit [default: 0]."],
-        ["redis-timeout", None, None,
-         "Seconds Redis has to answer a command or PING before its connection is "
-         "replaced [default: 5]."],
-        ["max-lag", None, None,
-         "Seconds a message may wait for the server to fan it out when it cannot keep up; "
-         "older ones are dropped, counted, logged, and event clients are told "
-         "[default: 10]."],
-        ["health-url", None, None,
-         "Path of the health check, 200 while Redis delivers, else 503 "
-         "[default: /ws4tx/health]."],
-        ["drain-timeout", None, 10.0,
-         "Seconds to wait for clients to close on shutdown.", float],
-        ["workers", None, 1,
-         "Worker processes sharing the listening TCP ports (SO_REUSEPORT), each with its "
-         "own Redis subscriber, restarted if they die; this process supervises them.", int],
+        [s.option_name, s.short, None, schema.help_text(s)]
+        for s in _OPTIONS if not s.flag and s.kind != schema.LIST
     ]
 
     def __init__(self) -> None:
         super().__init__()
-        self["listen"] = []
-        self["handlers"] = []
-        self["allowed-origins"] = []
+        #: setting key -> value, for what the command line gave.
+        self.given: dict[str, Any] = {}
 
     def parseOptions(self, options: Optional[list[str]] = None) -> None:
         """Parse, remembering the arguments (``--workers`` passes them on)."""
         self.argv = list(sys.argv[1:] if options is None else options)
         super().parseOptions(options)
 
+    @staticmethod
+    def _parse(setting: schema.Setting, text: str) -> Any:
+        try:
+            return setting.parse_text(text)
+        except schema.SettingError as e:
+            raise usage.UsageError(str(e)) from None
+
     def opt_listen(self, description: str) -> None:
-        """Listen on this server endpoint (tcp:8000, tcp:8000:interface=127.0.0.1,
-        unix:/path, ssl:443:privateKey=...); repeatable [default: tcp:8000:interface=127.0.0.1]."""
         try:
             from twisted.internet import reactor
 
             endpoints.serverFromString(reactor, description)
         except (ValueError, KeyError, TypeError) as e:
             raise usage.UsageError(f"--listen {description!r}: {e}") from None
-        self["listen"].append(description)
+        self.given.setdefault("listen", []).append(description)
 
+    opt_listen.__doc__ = schema.help_text(schema.get("listen"))
     opt_l = opt_listen
 
-    def opt_handlers(self, path: str) -> None:
-        """Event handler class (module.Class, an ws4tx.handlers.EventHandler subclass);
-        repeatable."""
-        self["handlers"].append(path)
-
-    def opt_allowed_origin(self, origin: str) -> None:
-        """Allowed Origin (scheme://host[:port], '*' wildcards); repeatable
-        [default: any]."""
-        self["allowed-origins"].append(origin)
-
     def postOptions(self) -> None:
-        for option, (_, kind) in _TUNABLES.items():
-            value = self[option]
-            if value is not None and kind is not str:
-                try:
-                    self[option] = kind(value)
-                except ValueError:
-                    raise usage.UsageError(
-                        f"--{option} must be a number, not {value!r}") from None
-        redis = self["redis"]
+        for setting in _OPTIONS:
+            if setting.kind == schema.LIST:
+                if setting.key in self.given:
+                    self.given[setting.key] = tuple(self.given[setting.key])
+                continue
+            value = self[setting.option_name]
+            if setting.flag:
+                if value:
+                    self.given[setting.key] = not setting.default
+            elif value is not None:
+                if setting.kind == schema.SECRET:
+                    value = self._secret(setting, value)
+                self.given[setting.key] = self._parse(setting, value)
+        redis = self.given.get("redis")
         if redis is not None and redis != "embedded":
             try:
                 RedisAddress.from_url(redis)
             except InvalidRedisAddress as e:
                 raise usage.UsageError(f"--redis: {e}") from None
-        if not self["listen"]:
-            self["listen"] = [DEFAULT_LISTEN]
-        if self["workers"] < 1:
-            raise usage.UsageError("--workers must be at least 1")
+        # The process settings, given or default, under their option names.
+        for key in _PROCESS_KEYS:
+            setting = schema.get(key)
+            value = self.given.get(key, setting.default)
+            self[setting.option_name] = list(value) if setting.kind == schema.LIST else value
         if self["workers"] > 1:
             for description in self["listen"]:
                 if not description.startswith("tcp:"):
                     raise usage.UsageError(
                         f"--workers shares tcp: ports only, not --listen {description!r}")
+
+    @staticmethod
+    def _secret(setting: schema.Setting, path: str) -> str:
+        try:
+            return schema.read_secret_file(setting, path) or ""
+        except schema.SettingError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+for _setting in _OPTIONS:
+    if _setting.kind == schema.LIST and _setting.key != "listen":
+        setattr(Options, "opt_" + _setting.option_name.replace("-", "_"),
+                _repeatable(_setting))
+del _setting
 
 
 def _say(message: str) -> None:
@@ -192,19 +165,20 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
             settings = _django.setup(options["django-settings"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        values.update(_django.options_from_settings(settings))
-    for option, (name, _) in _TUNABLES.items():
-        if options[option] is not None:
-            values[name] = options[option]
-    if options["anonymous-publish"]:
-        values["anonymous_publish"] = True
-    if options["allowed-origins"]:
-        values["allowed_origins"] = options["allowed-origins"]
-    if "allowed_origins" in values:
-        values["allowed_origins"] = tuple(values["allowed_origins"])
+        try:
+            values.update(_django.options_from_settings(settings))
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+    try:
+        for setting in FIELDS:
+            if setting.kind == schema.SECRET:
+                from_env = schema.from_environment(setting)
+                if from_env is not None:
+                    values[setting.key] = from_env
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+    values.update({k: v for k, v in options.given.items() if k not in _PROCESS_KEYS})
     handler_paths = list(values.pop("handlers", ())) + options["handlers"]
-    if values.get("prefix") == "":
-        values["prefix"] = None
 
     # Autobahn logs every frame at debug level, which twistd would print.
     txaio.set_global_log_level("info")

@@ -81,7 +81,9 @@ class Ws4tx(System):
                                         "from twisted.scripts.twistd import run; run()"]
         argv = head + ["-n", "--pidfile=", "ws4tx",
                        "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
-                       "--redis", redis_url, "--ping-interval", "0", "--drain-timeout", "2"]
+                       "--redis", redis_url, "--ping-interval", "0", "--drain-timeout", "2",
+                       # thousands of clients from 127.0.0.1: no per-address cap
+                       "--max-connections-per-ip", "0"]
         if users:
             argv += ["--django-settings", "ws4tx_settings"]
         return argv, {"PYTHONPATH": SERVERS}, REPO

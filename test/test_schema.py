@@ -1,0 +1,206 @@
+"""The one settings schema: every setting declared once, and everything that lists or reads
+settings (twistd's options, the README table, both halves' Django-settings readers) agrees
+with it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from ws4tx import schema, tap
+from ws4tx.config import FIELDS, ServerConfig, check
+from ws4tx.service import PushService
+
+from test._djangoredis import DjangoTestCase
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+#: A valid command-line value, different from the default, for settings whose kind alone
+#: does not give one.
+SAMPLES = {
+    "websocket_url": "/push/", "health_url": "/up", "prefix": "app", "heartbeat": "--hb--",
+    "trusted_proxies": "10.0.0.0/8", "allowed_origins": "https://a.example",
+    "stored_facilities": "chat*",
+}
+
+
+def parse(*argv: str) -> tap.Options:
+    options = tap.Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def server_config(*argv: str) -> ServerConfig:
+    top = tap.makeService(parse(*argv))
+    (push,) = [s for s in top if isinstance(s, PushService)]
+    return push.config
+
+
+class SchemaTests(SynchronousTestCase):
+    """The schema covers everything, and what is derived from it matches it."""
+
+    def test_readmeTableIsTheSchemas(self):
+        """The README's configuration table is the one the schema generates
+        (regenerate it with ``python -m ws4tx.schema``)."""
+        self.assertIn(schema.markdown_table(), README.read_text(encoding="utf-8"))
+
+    def test_everyFieldIsDeclaredWithItsDefault(self):
+        """Each ServerConfig field (but the Redis address, an option of its own) is a
+        setting of the schema with the same default, and vice versa."""
+        fields = {f.name: f for f in dataclasses.fields(ServerConfig)}
+        declared = {s.key for s in FIELDS}
+        self.assertEqual(set(fields) - {"redis"}, declared)
+        config = ServerConfig()
+        for setting in FIELDS:
+            self.assertEqual(getattr(config, setting.key), setting.default, setting.key)
+
+    def test_everySettingHasAnOptionInHelp(self):
+        """``twistd ws4tx --help`` lists an option for every setting of the server."""
+        text = str(tap.Options())
+        for setting in schema.SETTINGS:
+            if setting.where != schema.DJANGO:
+                self.assertIn(f"--{setting.option_name}", text)
+
+    def test_boundsAreOptionsAndSettings(self):
+        """Every bound of the security review is a command-line option and a setting."""
+        for key in ("max_connections_per_ip", "rate_limit", "rate_burst", "max_queue_bytes",
+                    "max_queue_messages", "slow_timeout", "max_backlog", "handshake_timeout",
+                    "max_frame_size", "max_outgoing_size", "max_query_length",
+                    "max_facility_length", "max_fragments", "store_budget"):
+            setting = schema.get(key)
+            self.assertTrue(setting.option_name and setting.setting_names, key)
+
+    def test_everyOptionReachesTheConfig(self):
+        """A value given on the command line ends up in the server's configuration."""
+        for setting in FIELDS:
+            if setting.kind == schema.SECRET:
+                continue
+            argv: list[str] = [f"--{setting.option_name}"]
+            if setting.kind == schema.INT:
+                argv.append(str(int(setting.default) + 7))
+            elif setting.kind == schema.NUMBER:
+                argv.append(str(setting.default + 7.5))
+            elif setting.kind != schema.BOOL:
+                argv.append(SAMPLES[setting.key])
+            config = server_config(*argv)
+            expected = setting.parse_text(argv[1]) if len(argv) > 1 else not setting.default
+            self.assertEqual(getattr(config, setting.key), expected, setting.key)
+            self.assertNotEqual(expected, setting.default, setting.key)
+
+    def test_badValuesNameTheOption(self):
+        """A bad value on the command line stops the start naming its option."""
+        for argv in (["--max-connections-per-ip", "-1"], ["--rate-limit", "fast"],
+                     ["--max-backlog", "0"], ["--handshake-timeout", "soon"],
+                     ["--trusted-proxy", "proxy.example"], ["--max-fragments", "0"]):
+            e = self.assertRaises(usage.UsageError, parse, *argv)
+            self.assertIn(argv[0], str(e))
+
+    def test_checkNamesTheOptionForEmbedders(self):
+        """A ServerConfig built in code is checked by the same schema."""
+        e = self.assertRaises(ValueError, check, ServerConfig(max_queue_messages=0))
+        self.assertIn("max-queue-messages", str(e))
+        self.assertIsNone(check(ServerConfig(heartbeat="", prefix="")).heartbeat)
+
+
+class SecretTests(SynchronousTestCase):
+    """The health token never needs to be on the command line."""
+
+    def test_tokenFromAFileOrTheEnvironment(self):
+        """--health-token-file reads the token; $WS4TX_HEALTH_TOKEN gives it too; it is
+        never shown in the configuration's repr."""
+        path = self.mktemp()
+        Path(path).write_text("s3cret\n")
+        config = server_config("--health-token-file", path)
+        self.assertEqual(config.health_token, "s3cret")
+        self.assertNotIn("s3cret", repr(config))
+        self.patch(os, "environ", {schema.HEALTH_TOKEN_ENV: "from-env"})
+        self.assertEqual(server_config().health_token, "from-env")
+
+    def test_missingFileNamesTheOption(self):
+        """An unreadable token file stops the start naming the option."""
+        e = self.assertRaises(usage.UsageError, parse, "--health-token-file", "/nonexistent")
+        self.assertIn("--health-token-file", str(e))
+
+
+# Every setting both halves read: (key, Django-side reader), values given as settings,
+# and what both must make of them (an exception type means "refused, naming the setting").
+_SHARED_CASES: list[tuple[str, str, Any, Any]] = [
+    ("prefix", "PREFIX", "app", "app"),
+    ("prefix", "PREFIX", "", None),
+    ("prefix", "PREFIX", None, None),
+    ("prefix", "PREFIX", 5, ValueError),
+    ("prefix", "PREFIX", b"app", ValueError),
+    ("expire", "EXPIRE", 0, 0),
+    ("expire", "EXPIRE", 60, 60),
+    ("expire", "EXPIRE", 60.0, 60),
+    ("expire", "EXPIRE", 1.5, ValueError),
+    ("expire", "EXPIRE", -1, ValueError),
+    ("expire", "EXPIRE", "60", ValueError),
+    ("expire", "EXPIRE", True, ValueError),
+    ("expire", "EXPIRE", None, ValueError),
+    ("heartbeat", "HEARTBEAT", "--hb--", "--hb--"),
+    ("heartbeat", "HEARTBEAT", "", None),
+    ("heartbeat", "HEARTBEAT", None, None),
+    ("heartbeat", "HEARTBEAT", 5, ValueError),
+    ("websocket_url", "WEBSOCKET_URL", "/push/", "/push/"),
+    ("websocket_url", "WEBSOCKET_URL", "/ws", ValueError),
+    ("websocket_url", "WEBSOCKET_URL", "ws/", ValueError),
+    ("websocket_url", "WEBSOCKET_URL", "", ValueError),
+    ("websocket_url", "WEBSOCKET_URL", 5, ValueError),
+]
+
+
+class SharedSettingsTests(DjangoTestCase):
+    """Both halves read every setting they share the same way."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from ws4tx import _sync_redis
+
+        # twistd ws4tx points the Django-side publishers at its own Redis.
+        self.addCleanup(_sync_redis.reset)
+
+    def _django(self, key: str) -> Any:
+        from ws4tx import _conf
+
+        try:
+            return getattr(_conf, key)()
+        except ImproperlyConfigured as e:
+            return ValueError(str(e))
+
+    def _server(self, key: str) -> Any:
+        try:
+            return getattr(server_config("--django-settings", "test.settings"), key)
+        except usage.UsageError as e:
+            return ValueError(str(e))
+
+    def test_sameValueOrSameErrorOnBothSides(self):
+        """Each value, under each of its names, gives both halves the same value, or the
+        same error naming the setting."""
+        for key, name, value, expected in _SHARED_CASES:
+            names = schema.get(key).setting_names
+            self.assertIn(name, names[0])
+            for full in names:
+                with self.subTest(setting=full, value=value):
+                    from django.test import override_settings
+
+                    with override_settings(**{full: value}):
+                        django_side, server_side = self._django(key), self._server(key)
+                    if expected is ValueError:
+                        self.assertIsInstance(django_side, ValueError)
+                        self.assertIsInstance(server_side, ValueError)
+                        self.assertEqual(str(django_side), str(server_side))
+                        self.assertIn(full, str(server_side))
+                    else:
+                        self.assertEqual((django_side, server_side), (expected, expected))
+
+    def test_unsetMeansTheSameDefault(self):
+        """Without the settings both halves use the same defaults."""
+        for key in ("prefix", "expire", "heartbeat", "websocket_url"):
+            self.assertEqual(self._django(key), self._server(key), key)

@@ -1,0 +1,475 @@
+"""Every ws4tx setting, declared once. Pure: imports neither Django nor Twisted.
+
+A :class:`Setting` names a value, its kind (which gives its parser), its default, its meaning,
+its command-line option of ``twistd ws4tx`` and its Django setting (read as ``WS4TX_<NAME>``,
+then as ws4redis's ``WS4REDIS_<NAME>``). Everything else comes from here: the options of
+``twistd ws4tx`` (:mod:`ws4tx.tap`), the server's reading of the Django settings
+(:mod:`ws4tx._django`), the Django side's own reading (:mod:`ws4tx._conf`), the checks of
+:class:`ws4tx.config.ServerConfig`, and the README's configuration table
+(``python -m ws4tx.schema`` prints it).
+
+Both halves read a setting with :func:`read`, so they agree on every value and on every
+error, which names the setting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+from ws4tx.naming import DEFAULT_MAX_FACILITY_LENGTH, DEFAULT_PREFIX
+
+#: Kinds of values, each with its own parser.
+TEXT = "text"          # a string
+OPTIONAL = "optional"  # a string; "" or None: none
+INT = "int"            # a whole number
+NUMBER = "number"      # a finite number (float)
+BOOL = "bool"          # True or False; on the command line a flag
+LIST = "list"          # a list of strings; on the command line a repeatable option
+SECRET = "secret"      # a string never shown; from a setting, the environment or a file
+
+#: Where a setting acts.
+SERVER = "server"    # the WebSocket server (a ServerConfig field)
+SHARED = "shared"    # the server and the Django side (both read it)
+DJANGO = "django"    # the Django side only
+PROCESS = "process"  # the twistd ws4tx process (not part of ServerConfig)
+
+
+class SettingError(ValueError):
+    """A value that cannot be used; the message names where it came from."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: see the module's docstring."""
+
+    #: The Python name: a ServerConfig field for SERVER and SHARED settings.
+    key: str
+    kind: str
+    default: Any
+    #: What it does (one line of the README table and of ``--help``).
+    meaning: str
+    where: str = SERVER
+    #: The command-line option without its dashes; "" for none; None: the key with dashes.
+    option: Optional[str] = None
+    #: The Django setting's name without its WS4TX_/WS4REDIS_ prefix; "" for none;
+    #: None: the key in capitals.
+    setting: Optional[str] = None
+    #: A Django setting read under this exact name only (ws4redis's WEBSOCKET_URL).
+    bare_setting: bool = False
+    #: Numbers: the smallest allowed value, and whether it is allowed itself.
+    minimum: Optional[float] = None
+    inclusive: bool = True
+    #: A further check of a converted value: returns a complaint, or None.
+    check: Optional[Callable[[Any], Optional[str]]] = None
+    #: The default as the README and ``--help`` show it ("" : from ``default``).
+    shown_default: str = ""
+    #: Unit of a number, shown after the default ("s", "bytes").
+    unit: str = ""
+    #: Short option letter.
+    short: Optional[str] = None
+    #: SECRET: the environment variable that may give the value.
+    env: str = ""
+
+    @property
+    def option_name(self) -> str:
+        """The option without dashes ("" for none)."""
+        return self.key.replace("_", "-") if self.option is None else self.option
+
+    @property
+    def setting_name(self) -> str:
+        """The setting's name without prefix ("" for none)."""
+        return self.key.upper() if self.setting is None else self.setting
+
+    @property
+    def setting_names(self) -> tuple[str, ...]:
+        """The Django settings looked up, in order."""
+        name = self.setting_name
+        if not name:
+            return ()
+        if self.bare_setting:
+            return (name,)
+        return (f"WS4TX_{name}", f"WS4REDIS_{name}")
+
+    @property
+    def setting_origin(self) -> str:
+        """How an error names the Django setting."""
+        return "setting " + "/".join(self.setting_names)
+
+    @property
+    def flag(self) -> bool:
+        """Whether the command-line option is a flag (it sets the opposite of the default)."""
+        return self.kind == BOOL
+
+    def shown(self) -> str:
+        """The default, as a reader wants to see it."""
+        if self.shown_default:
+            return self.shown_default
+        value = self.default
+        if value is None or value == () or value == "":
+            return "none"
+        if self.kind == BOOL:
+            return "on" if value else "off"
+        if self.kind == LIST:
+            return ", ".join(f"`{v}`" for v in value)
+        if self.kind == NUMBER and float(value).is_integer():
+            value = int(value)
+        text = f"`{value}`"
+        if self.unit:
+            text += f" {self.unit}"
+        return text
+
+    # Conversion
+
+    def convert(self, value: Any, origin: Optional[str] = None) -> Any:
+        """``value`` (a Python value: a Django setting, a ServerConfig field) in its
+        canonical form; :class:`SettingError` naming ``origin`` if it cannot be used."""
+        origin = origin or self.option_name or self.key
+        converted = _CONVERTERS[self.kind](self, value, origin)
+        if self.minimum is not None and converted is not None:
+            low = self.minimum
+            if converted < low or (not self.inclusive and converted == low):
+                relation = ">=" if self.inclusive else ">"
+                raise SettingError(
+                    f"{origin} must be {relation} {_number(low)}, not {value!r}")
+        if self.check is not None and converted is not None:
+            complaint = self.check(converted)
+            if complaint:
+                shown = "" if self.kind == SECRET else f", not {value!r}"
+                raise SettingError(f"{origin} {complaint}{shown}")
+        return converted
+
+    def parse_text(self, text: str, origin: Optional[str] = None) -> Any:
+        """A value given as text (the command line, the environment)."""
+        origin = origin or f"--{self.option_name}"
+        if self.kind == INT:
+            try:
+                value: Any = int(text.strip())
+            except ValueError:
+                raise SettingError(f"{origin} must be a whole number, not {text!r}") from None
+        elif self.kind == NUMBER:
+            try:
+                value = float(text.strip())
+            except ValueError:
+                raise SettingError(f"{origin} must be a number, not {text!r}") from None
+        elif self.kind == LIST:
+            value = [text]
+        elif self.kind == BOOL:
+            lowered = text.strip().lower()
+            if lowered not in _BOOLEANS:
+                raise SettingError(f"{origin} must be true or false, not {text!r}")
+            value = _BOOLEANS[lowered]
+        else:
+            value = text
+        return self.convert(value, origin)
+
+
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
+             "0": False, "false": False, "no": False, "off": False}
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _text(setting: Setting, value: Any, origin: str) -> Any:
+    if not isinstance(value, str):
+        raise SettingError(f"{origin} must be a string, not {value!r}")
+    return value
+
+
+def _optional(setting: Setting, value: Any, origin: str) -> Any:
+    if value is None:
+        return None
+    return _text(setting, value, origin) or None
+
+
+def _secret(setting: Setting, value: Any, origin: str) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise SettingError(f"{origin} must be a string")
+    return value or None
+
+
+def _int(setting: Setting, value: Any, origin: str) -> Any:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingError(f"{origin} must be a whole number, not {value!r}")
+    return value
+
+
+def _float(setting: Setting, value: Any, origin: str) -> Any:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value)):
+        raise SettingError(f"{origin} must be a number, not {value!r}")
+    return float(value)
+
+
+def _bool(setting: Setting, value: Any, origin: str) -> Any:
+    if not isinstance(value, bool):
+        raise SettingError(f"{origin} must be True or False, not {value!r}")
+    return value
+
+
+def _list(setting: Setting, value: Any, origin: str) -> Any:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or \
+            not all(isinstance(item, str) and item for item in value):
+        raise SettingError(f"{origin} must be a list of non-empty strings, not {value!r}")
+    return tuple(value)
+
+
+_CONVERTERS: dict[str, Callable[[Setting, Any, str], Any]] = {
+    TEXT: _text, OPTIONAL: _optional, SECRET: _secret, INT: _int, NUMBER: _float,
+    BOOL: _bool, LIST: _list,
+}
+
+
+# Checks
+
+
+def _websocket_url(value: str) -> Optional[str]:
+    if not (value.startswith("/") and value.endswith("/")):
+        return "must start and end with '/'"
+    return None
+
+
+def _health_url(value: str) -> Optional[str]:
+    if value and not value.startswith("/"):
+        return "must be a path starting with '/' (or empty for none)"
+    return None
+
+
+def _networks(value: tuple[str, ...]) -> Optional[str]:
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"must be IP addresses or networks (10.0.0.0/8); {item!r} is neither"
+    return None
+
+
+def trusted_networks(value: tuple[str, ...]) -> tuple[Any, ...]:
+    """The networks of a checked ``trusted_proxies`` value."""
+    return tuple(ipaddress.ip_network(item, strict=False) for item in value)
+
+
+#: The environment variable that gives the health token.
+HEALTH_TOKEN_ENV = "WS4TX_HEALTH_TOKEN"
+
+#: Every setting, in the order of the README table.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("redis", TEXT, None,
+            "`redis://[user:pw@]host:port/db`, `rediss://…`, `unix:///path?db=N`, "
+            "`embedded` (a private Redis started with the server); or a ws4redis dict "
+            "(`host`, `port`, `db`, `password`, `unix_socket_path`, `ssl`)",
+            where=PROCESS, short="r", setting="",
+            shown_default="`$WS4TX_REDIS_URL`, else `redis://localhost:6379/0`"),
+    Setting("django_settings", TEXT, None,
+            "Django settings module: authenticate clients by their Django session and read "
+            "the settings of this table", where=PROCESS, short="d", setting=""),
+    Setting("wsgi", TEXT, None,
+            "also serve this WSGI application (`mysite.wsgi.application`) on the same port "
+            "for every path outside the WebSocket URL", where=PROCESS, short="w", setting=""),
+    Setting("listen", LIST, ("tcp:8000:interface=127.0.0.1:backlog=1024",),
+            "Twisted endpoint descriptions: `tcp:8000`, `unix:/path`, "
+            "`ssl:443:privateKey=…`; give a push server a large `backlog=` (Twisted's "
+            "default, 50, drops connection bursts)", where=PROCESS, short="l", setting=""),
+    Setting("workers", INT, 1,
+            "worker processes sharing the `tcp:` ports (SO_REUSEPORT), each with its own "
+            "Redis subscriber, restarted if they die", where=PROCESS, setting="", minimum=1),
+    Setting("drain_timeout", NUMBER, 10.0,
+            "on SIGTERM: wait this long for clients to close (1001)", where=PROCESS,
+            setting="", minimum=0, unit="s"),
+    Setting("websocket_url", TEXT, "/ws/",
+            "path prefix of WebSocket URLs (starts and ends with `/`)", where=SHARED,
+            setting="WEBSOCKET_URL", bare_setting=True, check=_websocket_url),
+    Setting("prefix", OPTIONAL, DEFAULT_PREFIX,
+            "channel and key name prefix; `\"\"` for none, like ws4redis (then client "
+            "publishing can write any other application's keys of the form "
+            "`broadcast:…`, `user:…:…` in a shared Redis database: see `CLIENT_PUBLISH`)",
+            where=SHARED),
+    Setting("expire", INT, 3600,
+            "seconds a published message is stored for replay; `0` stores nothing",
+            where=SHARED, minimum=0, unit="s"),
+    Setting("heartbeat", OPTIONAL, None,
+            "ws4redis heartbeat string (e.g. `--heartbeat--`), answered and never "
+            "published; `\"\"` for none", where=SHARED),
+    Setting("publish_timeout", NUMBER, 5.0,
+            "Django side: bound on every Redis call of a publish", where=DJANGO,
+            option="", minimum=0, inclusive=False, unit="s"),
+    Setting("token_max_age", NUMBER, 300.0,
+            "seconds a connection token (`ws4tx.tokens`) stays valid", where=DJANGO,
+            option="", minimum=0, inclusive=False, unit="s"),
+    Setting("handlers", LIST, (),
+            "server-side event handler classes (`module.Class`)",
+            where=PROCESS),
+    Setting("allowed_origins", LIST, (),
+            "allowed `Origin`s, `scheme://host[:port]`, `*` wildcards; none: "
+            "the site's own hosts for cookie-authenticated clients", option="allowed-origin",
+            shown_default="any"),
+    Setting("client_publish", BOOL, True,
+            "clients may publish at all (`publish-*` flags, raw events); off "
+            "(`--no-client-publish`): every client's publish flags are dropped",
+            option="no-client-publish"),
+    Setting("anonymous_publish", BOOL, False,
+            "let clients without a user publish; by default their `publish-*` flags are "
+            "dropped"),
+    Setting("handler_facility_publish", BOOL, False,
+            "let clients publish raw messages (`publish-*` flags) on facilities that have a "
+            "server-side event handler; off: their publish flags are dropped"),
+    Setting("stored_facilities", LIST, ("*",),
+            "facilities (globs) whose client-published messages are stored for replay",
+            option="stored-facility"),
+    Setting("store_budget", INT, 65536,
+            "bytes of client-published messages a user (or an anonymous address) may store "
+            "per minute on this node; past it messages are delivered but not stored; `0`: "
+            "no limit", minimum=0, unit="bytes"),
+    Setting("max_message_size", INT, 64 * 1024,
+            "largest client message; larger closes with 1009", minimum=0, inclusive=False,
+            unit="bytes"),
+    Setting("max_frame_size", INT, 64 * 1024,
+            "largest client frame; larger closes with 1009", minimum=0, inclusive=False,
+            unit="bytes"),
+    Setting("max_fragments", INT, 128,
+            "most frames one client message may arrive in; more closes with 1008",
+            minimum=0, inclusive=False),
+    Setting("max_outgoing_size", INT, 1024 * 1024,
+            "largest message forwarded to clients; a larger one published to Redis is "
+            "dropped, logged and counted", minimum=0, inclusive=False, unit="bytes"),
+    Setting("max_facility_length", INT, DEFAULT_MAX_FACILITY_LENGTH,
+            "longest facility name", minimum=0, inclusive=False),
+    Setting("max_query_length", INT, 2048,
+            "longest query string; 414 past it", minimum=0, inclusive=False, unit="bytes"),
+    Setting("ping_interval", NUMBER, 25.0,
+            "seconds between WebSocket pings to each client; `0`: none", minimum=0,
+            unit="s"),
+    Setting("ping_timeout", NUMBER, 10.0,
+            "seconds a client has to answer a ping before it is dropped", minimum=0,
+            unit="s"),
+    Setting("handshake_timeout", NUMBER, 5.0,
+            "seconds a connection has to send its whole request (head and body) and to "
+            "finish its WebSocket handshake; `0`: no bound", minimum=0, unit="s"),
+    Setting("max_connections", INT, 0,
+            "WebSocket connections at once in this process; 503 past it; `0`: no limit",
+            minimum=0),
+    Setting("max_connections_per_ip", INT, 100,
+            "WebSocket connections at once from one client address; 429 past it; `0`: no "
+            "limit. Behind a reverse proxy the address is the one `TRUSTED_PROXIES` "
+            "forward", minimum=0),
+    Setting("trusted_proxies", LIST, ("127.0.0.1", "::1"),
+            "addresses or networks of reverse proxies whose `X-Forwarded-For` names the "
+            "client (the rightmost address in it that is not itself a trusted proxy); "
+            "`[]`: none", option="trusted-proxy", check=_networks),
+    Setting("rate_limit", NUMBER, 20.0,
+            "messages and events a client may send per second; `0`: no limit", minimum=0),
+    Setting("rate_burst", INT, 40,
+            "bursts allowed above the rate; a client over the limit is told (event clients) "
+            "and its message dropped; past three times the burst it is closed with 1008",
+            minimum=1),
+    Setting("max_queue_bytes", INT, 1024 * 1024,
+            "a client whose socket stops draining is dropped (close 4008) once this many "
+            "bytes wait for it ...", minimum=0, inclusive=False, unit="bytes"),
+    Setting("max_queue_messages", INT, 1000,
+            "... or this many messages ...", minimum=0, inclusive=False),
+    Setting("slow_timeout", NUMBER, 10.0,
+            "... or it has not drained for this long while messages wait", minimum=0,
+            inclusive=False, unit="s"),
+    Setting("max_lag", NUMBER, 10.0,
+            "when the server cannot fan out as fast as messages arrive, a message that "
+            "waited longer is dropped, counted (`lagged` on the health URL), logged, and "
+            "event clients get `ws4tx.dropped`", minimum=0, inclusive=False, unit="s"),
+    Setting("max_backlog", INT, 10_000,
+            "... and so is the oldest one once this many messages wait", minimum=0,
+            inclusive=False),
+    Setting("redis_ping_interval", NUMBER, 5.0,
+            "seconds between PINGs on the Redis subscriber connection", minimum=0,
+            unit="s"),
+    Setting("redis_timeout", NUMBER, 5.0,
+            "Redis must answer a command or PING within this, else its connection is "
+            "replaced", minimum=0, inclusive=False, unit="s"),
+    Setting("health_url", TEXT, "/ws4tx/health",
+            "200 while Redis delivers, else 503; the JSON body adds the process's counters; "
+            "`\"\"`: no health URL", check=_health_url),
+    Setting("health_token", SECRET, None,
+            "with it, the health URL's counters need `Authorization: Bearer <token>` (the "
+            "status stays public); on the command line only as a file "
+            "(`--health-token-file`), or from `$WS4TX_HEALTH_TOKEN`",
+            option="health-token-file", env=HEALTH_TOKEN_ENV),
+)
+
+BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+
+
+def get(key: str) -> Setting:
+    """The setting called ``key``."""
+    return BY_KEY[key]
+
+
+_MISSING = object()
+
+
+def read(settings: Any, key: str, default: Any = _MISSING) -> Any:
+    """Setting ``key`` from a Django-style ``settings`` object, converted and checked
+    (:class:`SettingError` naming the setting); ``default`` (the schema's own unless given)
+    when it is not set."""
+    setting = BY_KEY[key]
+    for name in setting.setting_names:
+        value = getattr(settings, name, _MISSING)
+        if value is not _MISSING:
+            return setting.convert(value, setting.setting_origin)
+    return setting.default if default is _MISSING else default
+
+
+def read_secret_file(setting: Setting, path: str) -> Optional[str]:
+    """A secret from the file at ``path`` (its first line), naming the option on failure."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingError(f"--{setting.option_name}: cannot read {path!r}: {e}") from None
+    if not text:
+        raise SettingError(f"--{setting.option_name}: {path!r} is empty")
+    return text
+
+
+def from_environment(setting: Setting, environ: Optional[Mapping[str, str]] = None) -> Any:
+    """A SECRET's value from its environment variable, or None."""
+    environ = os.environ if environ is None else environ
+    if setting.env and environ.get(setting.env):
+        return setting.convert(environ[setting.env], f"environment variable {setting.env}")
+    return None
+
+
+def help_text(setting: Setting) -> str:
+    """The ``--help`` line of a setting."""
+    plain = setting.meaning.replace("`", "")
+    if setting.flag:
+        return plain
+    return f"{plain} [default: {setting.shown().replace('`', '')}]"
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    rows = ["| setting | option | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        names = f"`{s.setting_name}`" if s.setting_name else ""
+        if s.key == "redis":
+            names = "`WS4TX_REDIS_URL` / `CONNECTION`"
+        option = f"`--{s.option_name}`" if s.option_name else ""
+        if s.kind == LIST and option:
+            option += " (repeatable)"
+        meaning = s.meaning
+        if s.where == DJANGO:
+            meaning = meaning if meaning.startswith("Django side") else \
+                "Django side: " + meaning
+        rows.append(f"| {names} | {option} | {s.shown()} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")
