@@ -8,8 +8,10 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from ws4tx import closecodes, envelope
+from ws4tx import closecodes, envelope, schema
+from ws4tx._forwarded import client_address
 from ws4tx._ratelimit import TokenBucket
+from ws4tx.config import ServerConfig
 
 from test._server import ServerTestCase
 from test._wsclient import TIMEOUT, handshake_request, raw_request, status_of
@@ -55,6 +57,73 @@ class ConnectionLimitTests(ServerTestCase):
         await self.client("/ws/foobar")
         status, _ = status_of(await raw_request(self.port, handshake_request("/ws/foobar")))
         self.assertEqual(status, 503)
+
+
+class DefaultAddressCapTests(ServerTestCase):
+    """The per-address cap is on by default."""
+
+    config = ServerTestCase.config.replace(
+        max_connections_per_ip=ServerConfig().max_connections_per_ip)
+
+    async def test_defaultCapAnswers429PastIt(self):
+        """With the default configuration one address gets its cap of connections, then
+        429, while another client address (named by a trusted proxy) still gets in."""
+        cap = ServerConfig().max_connections_per_ip
+        self.assertGreater(cap, 0)
+        for _ in range(cap):
+            await self.client("/ws/foobar")
+        status, text = status_of(await raw_request(self.port, handshake_request("/ws/foobar")))
+        self.assertEqual((status, "too many connections" in text), (429, True))
+        # 127.0.0.1 is a trusted proxy by default: the client it names counts on its own.
+        await self.client("/ws/foobar", headers={"X-Forwarded-For": "198.51.100.7"})
+
+
+class ProxyAddressTests(ServerTestCase):
+    """Behind a trusted proxy the cap counts the address X-Forwarded-For names."""
+
+    config = ServerTestCase.config.replace(max_connections_per_ip=1,
+                                           trusted_proxies=("127.0.0.0/8",))
+
+    async def test_eachForwardedClientHasItsOwnCap(self):
+        """Two clients behind the proxy each get their connection; a second one for the
+        same client gets 429 even when it forges an address to the left."""
+        await self.client("/ws/foobar", headers={"X-Forwarded-For": "198.51.100.1"})
+        await self.client("/ws/foobar", headers={"X-Forwarded-For": "198.51.100.2"})
+        forged = handshake_request("/ws/foobar",
+                                   {"X-Forwarded-For": "203.0.113.9, 198.51.100.1"})
+        status, _ = status_of(await raw_request(self.port, forged))
+        self.assertEqual(status, 429)
+        self.assertEqual(self.factory.per_ip["198.51.100.1"], 1)
+
+    async def test_untrustedPeerCannotChooseItsAddress(self):
+        """From a peer that is not a trusted proxy, X-Forwarded-For is ignored."""
+        await self.service.stopService()
+        await self.startServer(config={"trusted_proxies": ()})
+        await self.client("/ws/foobar", headers={"X-Forwarded-For": "198.51.100.1"})
+        other = handshake_request("/ws/foobar", {"X-Forwarded-For": "198.51.100.2"})
+        status, _ = status_of(await raw_request(self.port, other))
+        self.assertEqual(status, 429)
+
+
+class ClientAddressTests(SynchronousTestCase):
+    """The client address, from the peer and X-Forwarded-For."""
+
+    trusted = schema.trusted_networks(("10.0.0.0/8", "::1"))
+
+    def test_rightmostUntrustedAddress(self):
+        for peer, header, expected in [
+            ("10.0.0.5", "198.51.100.1", "198.51.100.1"),
+            ("10.0.0.5", "6.6.6.6, 198.51.100.1", "198.51.100.1"),
+            ("10.0.0.5", "6.6.6.6, 198.51.100.1, 10.0.0.9", "198.51.100.1"),
+            ("10.0.0.5", "10.0.0.7, 10.0.0.9", "10.0.0.7"),
+            ("10.0.0.5", "garbage, 198.51.100.1", "198.51.100.1"),
+            ("10.0.0.5", "198.51.100.1, garbage", "10.0.0.5"),
+            ("10.0.0.5", None, "10.0.0.5"),
+            ("::1", "2001:db8::1", "2001:db8::1"),
+            ("198.51.100.3", "6.6.6.6", "198.51.100.3"),
+        ]:
+            self.assertEqual(client_address(peer, header, self.trusted), expected,
+                             (peer, header))
 
 
 class RateLimitTests(ServerTestCase):

@@ -20,7 +20,8 @@ from twisted.internet.interfaces import IReactorTime, ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ws4tx import _autobahn, closecodes, envelope
+from ws4tx import _autobahn, closecodes, envelope, schema
+from ws4tx._forwarded import client_address, is_trusted
 from ws4tx._origin import origin_allowed
 from ws4tx._ratelimit import TokenBucket
 from ws4tx.auth import (
@@ -73,7 +74,10 @@ class PushProtocol(WebSocketServerProtocol):
         self._bucket: Optional[TokenBucket] = None
         self._over_limit = 0
         self._fragments = 0
+        #: The address this connection counts under for the per-address cap (the peer,
+        #: or the client a trusted proxy names); counted once its handshake came.
         self._ip = ""
+        self._counted = False
         #: The authentication under way (an authenticator that answers later), if any.
         self._authenticating: Optional[defer.Deferred[Any]] = None
         self._lost = False
@@ -82,7 +86,6 @@ class PushProtocol(WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         self._ip = getattr(self.transport.getPeer(), "host", "")
-        self.factory.per_ip[self._ip] += 1
         super().connectionMade()
 
     def connectionLost(self, reason: Failure) -> None:
@@ -91,11 +94,32 @@ class PushProtocol(WebSocketServerProtocol):
         self._lost = True
         if self._authenticating is not None:
             self._authenticating.cancel()
-        per_ip = self.factory.per_ip
-        per_ip[self._ip] -= 1
-        if not per_ip[self._ip]:
-            del per_ip[self._ip]
+        if self._counted:
+            per_ip = self.factory.per_ip
+            per_ip[self._ip] -= 1
+            if not per_ip[self._ip]:
+                del per_ip[self._ip]
         super().connectionLost(reason)
+
+    def _countAddress(self, request: ConnectionRequest) -> None:
+        """Count this connection under its client's address; 429 past the cap."""
+        factory, config = self.factory, self.factory.config
+        peer = self._ip
+        forwarded = request.headers.get("x-forwarded-for")
+        self._ip = client_address(peer, forwarded, factory.trusted_proxies)
+        factory.per_ip[self._ip] += 1
+        self._counted = True
+        if config.max_connections_per_ip and \
+                factory.per_ip[self._ip] > config.max_connections_per_ip:
+            if not forwarded and not factory.warned_proxy and \
+                    is_trusted(peer, factory.trusted_proxies):
+                factory.warned_proxy = True
+                _log.warn(
+                    "{n} connections from {peer}, a trusted proxy that sends no "
+                    "X-Forwarded-For: every client behind it counts as that one address "
+                    "(have the proxy send X-Forwarded-For, or set --max-connections-per-ip)",
+                    n=factory.per_ip[self._ip], peer=peer)
+            raise ConnectionDeny(429, "too many connections from your address")
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         """Check the handshake and authenticate it; the answer (the subprotocol) comes
@@ -126,10 +150,8 @@ class PushProtocol(WebSocketServerProtocol):
 
     def _checkHandshake(self, request: ConnectionRequest) -> HandshakeRequest:
         """What the authenticator gets, once the limits, the URL and the Origin passed."""
-        factory, config = self.factory, self.factory.config
-        if config.max_connections_per_ip and \
-                factory.per_ip[self._ip] > config.max_connections_per_ip:
-            raise ConnectionDeny(429, "too many connections from your address")
+        config = self.factory.config
+        self._countAddress(request)
         query = urlsplit(self.http_request_uri).query
         if len(query) > config.max_query_length:
             raise ConnectionDeny(414, "the query string is too long")
@@ -508,8 +530,12 @@ class PushFactory(WebSocketServerFactory):
         #: Counters: clients dropped for not reading, messages over the rate limit, raw
         #: messages refused because they looked like the server's envelopes.
         self.stats = {"slow_consumers": 0, "rate_limited": 0, "raw_envelopes": 0}
-        #: Open connections per peer address.
+        #: Open connections per client address (see ``trusted_proxies``).
         self.per_ip: Counter[str] = Counter()
+        #: Networks whose X-Forwarded-For names the client.
+        self.trusted_proxies = schema.trusted_networks(config.trusted_proxies)
+        #: Whether the log said once that a trusted proxy sends no X-Forwarded-For.
+        self.warned_proxy = False
         self.setProtocolOptions(
             webStatus=False,
             # Send a close frame with the reason on a protocol violation (not just a drop).
