@@ -132,6 +132,30 @@ class HostileInputTests(ServerTestCase):
         await raw.lost.addTimeout(5, reactor)
         await self._bystanderFine()
 
+    async def test_tricklingBodyIsCutOff(self):
+        """A request whose body trickles in is dropped once the handshake timeout has
+        passed since it began, though each byte comes well within the idle timeout."""
+        raw = await self._raw(b"POST /anything HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Length: 100\r\n\r\n")
+        started = reactor.seconds()
+        for _ in range(3):
+            raw.transport.write(b"x")
+        answer = await raw.lost.addTimeout(5, reactor)
+        self.assertLess(reactor.seconds() - started, 4)
+        self.assertEqual(answer, b"")
+        await self._bystanderFine()
+
+    async def test_handshakeWithABodyIsRefused(self):
+        """A WebSocket handshake that declares a body gets 400 and the reason."""
+        for header in ({"Content-Length": "3"}, {"Transfer-Encoding": "chunked"}):
+            body = b"abc" if "Content-Length" in header else b"3\r\nabc\r\n0\r\n\r\n"
+            answer = await raw_request(
+                self.port, handshake_request("/ws/foobar?subscribe-broadcast", header) + body)
+            status, text = status_of(answer)
+            self.assertEqual(status, 400, text)
+            self.assertIn("no body", text)
+        await self._bystanderFine()
+
     async def test_tenThousandHeaders(self):
         """A request with 10,000 headers is refused with a 4xx status."""
         headers = b"".join(b"X-H%d: v\r\n" % i for i in range(10000))
@@ -252,6 +276,42 @@ class _Connection:
 
     def _abort(self) -> None:
         self.aborted = True
+
+
+class RequestDeadlineTests(SynchronousTestCase):
+    """The Site's deadline covers each whole request, head and body (on a Clock)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        service = PushService(ServerConfig(ping_interval=0, handshake_timeout=5.0),
+                              broker=MemoryBroker(), reactor=self.clock)
+        self.channel = service.site.buildProtocol(("127.0.0.1", 1))
+        self.transport = StringTransport()
+        self.channel.makeConnection(self.transport)
+
+    def test_slowBodyIsAborted(self):
+        """A complete head followed by a body that trickles in (a byte every 2 s) is
+        aborted when the deadline passes."""
+        self.channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        for _ in range(2):
+            self.clock.advance(2)
+            self.channel.dataReceived(b"x")
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_eachKeptAliveRequestHasItsOwnDeadline(self):
+        """After a whole request, an idle keep-alive connection has no deadline; the next
+        request has the deadline from its first byte."""
+        self.channel.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"404", self.transport.value())
+        self.clock.advance(30)
+        self.assertFalse(self.transport.disconnecting)
+        self.channel.dataReceived(b"GET /nothing HTTP/1.1\r\n")
+        self.clock.advance(4.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(self.transport.disconnecting)
 
 
 class HeadDeadlineTests(SynchronousTestCase):

@@ -46,7 +46,18 @@ class WebSocketEndpoint(resource.Resource):
         if b"websocket" not in upgrade:
             request.setHeader(b"upgrade", b"websocket")
             return _plain(request, 400, _UPGRADE_TEXT)
+        if _has_body(request):
+            return _plain(request, 400, b"A WebSocket handshake has no body "
+                                        b"(no Content-Length, no Transfer-Encoding).\n")
         return self._ws.render(request)
+
+
+def _has_body(request: Request) -> bool:
+    """Whether ``request`` declared a body."""
+    if request.getHeader(b"transfer-encoding") is not None:
+        return True
+    length = request.getHeader(b"content-length")
+    return length is not None and length.strip() not in (b"", b"0")
 
 
 class HealthCheck(resource.Resource):
@@ -129,11 +140,13 @@ class Root(resource.Resource):
 
 
 class HeadDeadlines:
-    """Connections that must send their first request head by a deadline, on one timer.
+    """Connections that must send a whole request (head and body) by a deadline, on one
+    timer.
 
-    A handshake that never ends (slowloris) costs a socket for seconds, not hours. The
-    watched connections expire in the order they came, so one timer, set for the oldest,
-    serves them all: no timer and no wrapping protocol per connection.
+    A request that never ends (slowloris, or a body that trickles in) costs a socket for
+    seconds, not hours. The watched connections expire in the order they came, so one
+    timer, set for the oldest, serves them all: no timer and no wrapping protocol per
+    connection.
     """
 
     def __init__(self, deadline: float, clock: IReactorTime) -> None:
@@ -149,8 +162,12 @@ class HeadDeadlines:
         if self._timer is None:
             self._timer = self._clock.callLater(self.deadline, self._expire)
 
+    def watching(self, connection: Any) -> bool:
+        """Whether ``connection`` owes a request."""
+        return connection in self._due
+
     def release(self, connection: Any) -> None:
-        """``connection``'s head is in (or it is gone)."""
+        """``connection``'s request is in (or it is gone)."""
         self._due.pop(connection, None)
         if not self._due and self._timer is not None:
             self._timer.cancel()
@@ -169,7 +186,9 @@ class HeadDeadlines:
 
 
 class _DeadlineChannel(HTTPChannel):
-    """An HTTP connection that must send its first request head in time."""
+    """An HTTP connection that must send each whole request (head and body) in time: the
+    first from when it connected, each next one from its first byte (an idle keep-alive
+    connection is bounded by the Site's idle timeout instead)."""
 
     factory: "PushSite"
 
@@ -178,10 +197,17 @@ class _DeadlineChannel(HTTPChannel):
         if self.factory.head_deadlines is not None:
             self.factory.head_deadlines.watch(self)
 
-    def allHeadersReceived(self) -> None:
+    def dataReceived(self, data: bytes) -> None:
+        deadlines = self.factory.head_deadlines
+        if (deadlines is not None and not self._handlingRequest
+                and not deadlines.watching(self)):
+            deadlines.watch(self)  # the first byte of a next request
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
         if self.factory.head_deadlines is not None:
             self.factory.head_deadlines.release(self)
-        super().allHeadersReceived()
+        super().allContentReceived()
 
     def connectionLost(self, reason: Any) -> None:
         if self.factory.head_deadlines is not None:
@@ -190,7 +216,7 @@ class _DeadlineChannel(HTTPChannel):
 
 
 class PushSite(Site):
-    """The Site ws4tx listens with: every connection must send its request head within
+    """The Site ws4tx listens with: every request must arrive whole (head and body) within
     ``head_deadline`` seconds (0: no deadline). HTTP/1.1 only (WebSockets upgrade from
     it; Autobahn does not speak WebSocket over HTTP/2)."""
 
