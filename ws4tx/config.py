@@ -124,3 +124,16 @@ def check(config: ServerConfig) -> ServerConfig:
     if changes:
         config = dataclasses.replace(config, **changes)
     return config
+
+
+def risks(config: ServerConfig) -> list[str]:
+    """Warnings about a usable but risky configuration, for the startup log."""
+    found = []
+    if config.prefix is None and config.client_publish:
+        found.append(
+            "the channel prefix is empty and clients may publish: a client with publish "
+            "flags can overwrite keys of other applications in the same Redis database "
+            "(e.g. user:<name>:<facility>, broadcast:<facility>); set a prefix "
+            "(PREFIX / --prefix) or turn client publishing off (CLIENT_PUBLISH = False / "
+            "--no-client-publish)")
+    return found

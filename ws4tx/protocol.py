@@ -195,11 +195,7 @@ class PushProtocol(WebSocketServerProtocol):
             if identity.flags is not None:
                 flags = identity.flags
             identity = identity.identity
-        if (identity.user is None and not config.anonymous_publish) or (
-                handshake.facility in self.factory.handlers
-                and not config.handler_facility_publish):
-            # Anonymous clients, and clients of a facility a server handler speaks for,
-            # publish nothing unless the site says so.
+        if not self._mayPublish(identity, handshake.facility):
             flags = Flags(flags.subscribe, frozenset(), flags.echo)
         prefix = config.prefix
         self.identity, self.facility = identity, handshake.facility
@@ -211,6 +207,17 @@ class PushProtocol(WebSocketServerProtocol):
             return envelope.SUBPROTOCOL
         # ws4redis answers any requested subprotocol by echoing it.
         return request.protocols[0] if request.protocols else None
+
+    def _mayPublish(self, identity: Identity, facility: str) -> bool:
+        """Whether the site lets this client keep its publish flags: not when client
+        publishing is off, for anonymous clients (unless allowed), nor on a facility a
+        server handler speaks for (unless allowed)."""
+        config = self.factory.config
+        if not config.client_publish:
+            return False
+        if identity.user is None and not config.anonymous_publish:
+            return False
+        return facility not in self.factory.handlers or config.handler_facility_publish
 
     def onOpen(self) -> None:
         self._joined = True

@@ -18,7 +18,7 @@ from twisted.web import resource
 from ws4tx import closecodes
 from ws4tx.auth import IAuthenticator
 from ws4tx.broker import IBroker
-from ws4tx.config import ServerConfig, check
+from ws4tx.config import ServerConfig, check, risks
 from ws4tx.handlers import EventHandler, Server
 from ws4tx.protocol import PushFactory
 from ws4tx.redis_broker import RedisBroker
@@ -73,6 +73,8 @@ class PushService(service.MultiService):
                              reactor=reactor).setServiceParent(self)
 
     def startService(self) -> None:
+        for risk in risks(self.config):
+            self.log.warn("risky configuration: {risk}", risk=risk)
         self.broker.start(self.factory.router)
         super().startService()
 
