@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,9 @@ class SecretTests(SynchronousTestCase):
     def test_tokenFromAFileOrTheEnvironment(self):
         """--health-token-file reads the token; $WS4TX_HEALTH_TOKEN gives it too; it is
         never shown in the configuration's repr."""
-        path = self.mktemp()
+        directory = tempfile.TemporaryDirectory()
+        self.addCleanup(directory.cleanup)
+        path = os.path.join(directory.name, "token")
         Path(path).write_text("s3cret\n")
         config = server_config("--health-token-file", path)
         self.assertEqual(config.health_token, "s3cret")

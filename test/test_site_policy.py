@@ -1,4 +1,5 @@
-"""Site-wide policies: client publishing turned off, and the empty-prefix warning."""
+"""Site-wide policies: client publishing turned off, the empty-prefix warning, and the
+health URL's counters behind a token."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ws4tx.service import PushService
 from ws4tx.testing import MemoryBroker
 
 from test._server import ServerTestCase, identity_header
+from test._wsclient import raw_request, status_of
 
 JOHN = identity_header("john", ("chatusers",), "s-john")
 
@@ -63,3 +65,41 @@ class EmptyPrefixWarningTests(SynchronousTestCase):
         """No warning with a prefix, nor with client publishing off."""
         self.assertEqual(self._startupLog(), [])
         self.assertEqual(self._startupLog(prefix="", client_publish=False), [])
+
+
+class HealthTokenTests(ServerTestCase):
+    """With a health token the counters need it; the status stays public."""
+
+    config = ServerTestCase.config.replace(health_token="s3cret-token")
+
+    async def _health(self, authorization: str | None = None) -> tuple[int, dict]:
+        extra = f"Authorization: {authorization}\r\n" if authorization else ""
+        request = (f"GET /ws4tx/health HTTP/1.1\r\nHost: x\r\n{extra}"
+                   "Connection: close\r\n\r\n").encode()
+        status, text = status_of(await raw_request(self.port, request))
+        return status, json.loads(text.split("\r\n\r\n", 1)[1])
+
+    async def _delivering(self) -> None:
+        client = await self.client("/ws/foobar?subscribe-broadcast")
+        await self.service.broker.publish("ws4tx:broadcast:foobar", b"after the probe")
+        self.assertEqual(await client.text(), "after the probe")
+
+    async def test_countersNeedTheToken(self):
+        """Without the token (or with a wrong one) the body has the status and the Redis
+        state only; with it, the counters too."""
+        await self._delivering()
+        for authorization in (None, "Bearer wrong", "s3cret-token", "Bearer s3cret-tokenX"):
+            status, body = await self._health(authorization)
+            self.assertEqual((status, body), (200, {"status": "ok", "redis": "delivering"}))
+        status, body = await self._health("Bearer s3cret-token")
+        self.assertEqual(status, 200)
+        self.assertEqual(body["clients"], 1)
+        self.assertIn("frames", body["counters"])
+
+    async def test_withoutATokenTheCountersArePublic(self):
+        """Without a configured token the counters are public, as before."""
+        await self.service.stopService()
+        await self.startServer(config={"health_token": None})
+        await self._delivering()
+        _, body = await self._health()
+        self.assertIn("counters", body)

@@ -3,6 +3,7 @@ them beside an optional WSGI application (the Django site) on one port."""
 
 from __future__ import annotations
 
+import hmac
 import json
 from typing import Any, Optional
 
@@ -63,8 +64,9 @@ def _has_body(request: Request) -> bool:
 class HealthCheck(resource.Resource):
     """200 while messages flow from Redis (a probe message made the trip lately), 503
     otherwise, for load balancers; the body (JSON) adds the counters of the process
-    (``store_failures``: messages published but not stored). Each change to 503 is logged
-    as a warning with its reason, each return to 200 as info."""
+    (``store_failures``: messages published but not stored), behind
+    ``Authorization: Bearer <health_token>`` when the configuration has a token. Each
+    change to 503 is logged as a warning with its reason, each return to 200 as info."""
 
     isLeaf = True
     log = Logger()
@@ -74,19 +76,25 @@ class HealthCheck(resource.Resource):
         self.factory = factory
         #: Whether the last answer was 200 (None before the first): a change is logged.
         self._was_up: Optional[bool] = None
+        token = factory.config.health_token
+        self._authorization = b"Bearer " + token.encode() if token else None
+
+    def _mayReadCounters(self, request: Request) -> bool:
+        if self._authorization is None:
+            return True
+        given = request.getHeader(b"authorization") or b""
+        return hmac.compare_digest(given.strip(), self._authorization)
 
     def render_GET(self, request: Request) -> bytes:
         broker = self.factory.broker
         up = bool(broker.delivering)
         redis = "delivering" if up else ("connected" if broker.connected else "disconnected")
         self._logTransition(up, redis)
-        body = {
-            "status": "ok" if up else "unavailable",
-            "redis": redis,
-            "clients": self.factory.router.memberCount(),
-            "backlog": self.factory.router.backlog,
-            "counters": self.factory.counters(),
-        }
+        body: dict[str, Any] = {"status": "ok" if up else "unavailable", "redis": redis}
+        if self._mayReadCounters(request):
+            body.update(clients=self.factory.router.memberCount(),
+                        backlog=self.factory.router.backlog,
+                        counters=self.factory.counters())
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         request.setResponseCode(200 if up else 503)
