@@ -271,7 +271,7 @@ SETTINGS: tuple[Setting, ...] = (
             shown_default="`$WS4TX_REDIS_URL`, else `redis://localhost:6379/0`"),
     Setting("django_settings", TEXT, None,
             "Django settings module: authenticate clients by their Django session and read "
-            "the settings of this table", where=PROCESS, short="d", setting=""),
+            "the `WS4TX_*`/`WS4REDIS_*` settings", where=PROCESS, short="d", setting=""),
     Setting("wsgi", TEXT, None,
             "also serve this WSGI application (`mysite.wsgi.application`) on the same port "
             "for every path outside the WebSocket URL", where=PROCESS, short="w", setting=""),
