@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from django.core.exceptions import ImproperlyConfigured
 
-from ws4tx import schema
+from ws4tx import naming, schema
 
 DEFAULT_EXPIRE: int = schema.get("expire").default
 DEFAULT_PUBLISH_TIMEOUT: float = schema.get("publish_timeout").default
@@ -90,12 +90,7 @@ def session_channels() -> str:
     (the raw session key, as ws4redis: only to share Redis names with a running ws4redis;
     live session keys are then visible to every Redis client, and connection tokens carry no
     session)."""
-    value = _value("SESSION_CHANNELS", SESSION_CHANNELS_ID)
-    if value not in (SESSION_CHANNELS_ID, SESSION_CHANNELS_KEY):
-        raise ImproperlyConfigured(
-            f"setting {_names('SESSION_CHANNELS')} must be {SESSION_CHANNELS_ID!r} (the "
-            f"default) or {SESSION_CHANNELS_KEY!r} (ws4redis's names), not {value!r}"
-        )
+    value: str = _value("session_channels")
     return value
 
 

@@ -244,6 +244,10 @@ def _health_url(value: str) -> Optional[str]:
     return None
 
 
+def _session_channels(value: str) -> Optional[str]:
+    return None if value in ("id", "key") else "must be 'id' (the default) or 'key'"
+
+
 def _networks(value: tuple[str, ...]) -> Optional[str]:
     for item in value:
         try:
@@ -305,13 +309,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("token_max_age", NUMBER, 300.0,
             "seconds a connection token (`ws4tx.tokens`) stays valid", where=DJANGO,
             option="", minimum=0, inclusive=False, unit="s"),
+    Setting("session_channels", TEXT, "id",
+            "`\"key\"`: name session channels by the raw session key, as ws4redis did "
+            "(only to share Redis names with a running ws4redis: live session keys are "
+            "then visible to every Redis client, and tokens carry no session); default: "
+            "a keyed one-way id of the session key", where=DJANGO, option="",
+            check=_session_channels, shown_default='`"id"`'),
     Setting("handlers", LIST, (),
             "server-side event handler classes (`module.Class`)",
             where=PROCESS),
     Setting("allowed_origins", LIST, (),
-            "allowed `Origin`s, `scheme://host[:port]`, `*` wildcards; none: "
-            "the site's own hosts for cookie-authenticated clients", option="allowed-origin",
-            shown_default="any"),
+            "allowed `Origin`s, `scheme://host[:port]`, `*` wildcards; when set, every "
+            "other `Origin` is refused. Unset: any `Origin` without cookies; with cookies "
+            "only the site's own (scheme, host and port) and `CSRF_TRUSTED_ORIGINS`",
+            option="allowed-origin", shown_default="see meaning"),
     Setting("client_publish", BOOL, True,
             "clients may publish at all (`publish-*` flags, raw events); off "
             "(`--no-client-publish`): every client's publish flags are dropped",
@@ -393,8 +404,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Redis must answer a command or PING within this, else its connection is "
             "replaced", minimum=0, inclusive=False, unit="s"),
     Setting("health_url", TEXT, "/ws4tx/health",
-            "200 while Redis delivers, else 503; the JSON body adds the process's counters; "
-            "`\"\"`: no health URL", check=_health_url),
+            "200 while Redis delivers, else 503 (each change logged with its reason); the "
+            "JSON body adds the process's counters (`store_failures`: delivered but not "
+            "stored; `refused`: subscriptions Redis refused; `forged`: envelopes only the "
+            "server may send, dropped); `\"\"`: no health URL", check=_health_url),
     Setting("health_token", SECRET, None,
             "with it, the health URL's counters need `Authorization: Bearer <token>` (the "
             "status stays public); on the command line only as a file "
