@@ -10,10 +10,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx import closecodes, envelope, schema
 from ws4tx._forwarded import client_address
-from ws4tx._ratelimit import TokenBucket
+from ws4tx._ratelimit import Budgets, TokenBucket
 from ws4tx.config import ServerConfig
 
-from test._server import ServerTestCase
+from test._server import ServerTestCase, identity_header
 from test._wsclient import TIMEOUT, handshake_request, raw_request, status_of
 
 
@@ -31,6 +31,78 @@ class TokenBucketTests(SynchronousTestCase):
         self.assertTrue(bucket.take())
         clock.advance(100)
         self.assertEqual([bucket.take() for _ in range(4)], [True, True, True, False])
+
+
+class BudgetTests(SynchronousTestCase):
+    """A budget per key, on a Clock."""
+
+    def test_perKeyCostAndRefill(self):
+        """Each key spends its own budget by cost; it refills at the rate."""
+        clock = Clock()
+        budgets = Budgets(rate=10, burst=100, clock=clock)
+        self.assertEqual([budgets.take("john", 40) for _ in range(3)], [True, True, False])
+        self.assertTrue(budgets.take("mary", 100))
+        clock.advance(1.9)
+        self.assertFalse(budgets.take("john", 40))
+        clock.advance(0.1)
+        self.assertTrue(budgets.take("john", 40))
+
+    def test_forgetsRefilledKeysWhenFull(self):
+        """Past max_keys, buckets that have refilled are forgotten; busy ones are kept."""
+        clock = Clock()
+        budgets = Budgets(rate=1, burst=10, clock=clock, max_keys=3)
+        budgets.take("a", 10)
+        budgets.take("b", 1)
+        budgets.take("c", 1)
+        clock.advance(1)
+        budgets.take("d", 1)
+        self.assertEqual(len(budgets), 2)  # "a" is still spending; "b", "c" refilled
+        self.assertFalse(budgets.take("a", 10))
+
+
+class StorageBoundTests(ServerTestCase):
+    """What one user can store for replay is bounded: a budget of bytes per minute, and
+    only the facilities the site names."""
+
+    config = ServerTestCase.config.replace(store_budget=65536, expire=600)
+    JOHN = identity_header("john")
+
+    async def test_budgetBoundsWhatOneUserStores(self):
+        """A user publishing 30 KB to 20 facilities stores two of them (64 KiB a minute);
+        the others are delivered, acknowledged as not stored, and counted."""
+        stored = []
+        for n in range(20):
+            facility = f"f{n}"
+            sender = await self.client(f"/ws/{facility}?publish-broadcast", self.JOHN,
+                                       protocols=(envelope.SUBPROTOCOL,))
+            sender.send(envelope.encode_event("big", "x" * 30000, id=n))
+            ack = json.loads(await sender.text())
+            self.assertEqual(ack["id"], n)
+            stored.append(ack["data"] is None)
+            if ack["data"] is not None:
+                self.assertEqual(ack["data"]["stored"], False)
+                self.assertIn("storage budget", ack["data"]["reason"])
+        self.assertEqual(stored, [True, True] + [False] * 18)
+        keys = [k for k in self.redis.scan_iter("ws4tx:broadcast:*")]
+        self.assertEqual(len(keys), 2)
+        self.assertEqual(self.factory.counters()["store_refused"], 18)
+
+    async def test_onlyNamedFacilitiesAreStored(self):
+        """With stored_facilities, a message to another facility is published, not
+        stored; one to a named facility is stored."""
+        await self.service.stopService()
+        await self.startServer(config={"stored_facilities": ("chat*",)})
+        hello = envelope.encode_event("hello")
+        for facility, kept in (("other", False), ("chatroom", True)):
+            listener = await self.client(f"/ws/{facility}?subscribe-broadcast")
+            sender = await self.client(f"/ws/{facility}?publish-broadcast", self.JOHN,
+                                       protocols=(envelope.SUBPROTOCOL,))
+            sender.send(envelope.encode_event("hello", id=1))
+            self.assertEqual(json.loads(await sender.text()),  # published, and stored or not
+                             {"ws4tx": "ack", "id": 1, "data": None})
+            self.assertEqual(await listener.text(), hello)
+            self.assertEqual(self.redis.get(f"ws4tx:broadcast:{facility}"),
+                             hello.encode() if kept else None)
 
 
 class ConnectionLimitTests(ServerTestCase):

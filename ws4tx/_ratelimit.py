@@ -1,12 +1,14 @@
-"""A token bucket on an injected clock. Pure apart from reading the clock."""
+"""Token buckets on an injected clock. Pure apart from reading the clock."""
 
 from __future__ import annotations
+
+from typing import Hashable
 
 from twisted.internet.interfaces import IReactorTime
 
 
 class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved up; :meth:`take` spends one."""
+    """``rate`` tokens a second, at most ``burst`` saved up; :meth:`take` spends some."""
 
     __slots__ = ("rate", "burst", "_clock", "_tokens", "_stamp")
 
@@ -17,12 +19,45 @@ class TokenBucket:
         self._tokens = burst
         self._stamp = clock.seconds()
 
-    def take(self) -> bool:
-        """Spend a token if there is one; False means over the limit."""
+    def take(self, cost: float = 1) -> bool:
+        """Spend ``cost`` tokens if there are as many; False means over the limit."""
         now = self._clock.seconds()
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
-        if self._tokens >= 1:
-            self._tokens -= 1
+        if self._tokens >= cost:
+            self._tokens -= cost
             return True
         return False
+
+    @property
+    def full(self) -> bool:
+        """Whether the bucket has refilled to its burst (it then remembers nothing)."""
+        return self._tokens + (self._clock.seconds() - self._stamp) * self.rate >= self.burst
+
+
+class Budgets:
+    """A :class:`TokenBucket` per key (a user, an address), made when first used and
+    forgotten once it has refilled: memory follows the keys active lately, not all ever
+    seen."""
+
+    def __init__(self, rate: float, burst: float, clock: IReactorTime,
+                 max_keys: int = 10_000) -> None:
+        self.rate, self.burst = rate, burst
+        self._clock = clock
+        self._max_keys = max_keys
+        self._buckets: dict[Hashable, TokenBucket] = {}
+
+    def take(self, key: Hashable, cost: float) -> bool:
+        """Spend ``cost`` from ``key``'s budget; False means over it."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._max_keys:
+                self._forgetFull()
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, self._clock)
+        return bucket.take(cost)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _forgetFull(self) -> None:
+        self._buckets = {k: b for k, b in self._buckets.items() if not b.full}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections import Counter
+from fnmatch import fnmatchcase
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,7 +24,7 @@ from twisted.python.failure import Failure
 from ws4tx import _autobahn, closecodes, envelope, schema
 from ws4tx._forwarded import client_address, is_trusted
 from ws4tx._origin import origin_allowed
-from ws4tx._ratelimit import TokenBucket
+from ws4tx._ratelimit import Budgets, TokenBucket
 from ws4tx.auth import (
     AnonymousAuthenticator,
     Grant,
@@ -74,6 +75,9 @@ class PushProtocol(WebSocketServerProtocol):
         self._bucket: Optional[TokenBucket] = None
         self._over_limit = 0
         self._fragments = 0
+        #: Whether this client's messages are stored for replay, and whether it has gone
+        #: over its storage budget (logged once).
+        self._stores = self._over_budget = False
         #: The address this connection counts under for the per-address cap (the peer,
         #: or the client a trusted proxy names); counted once its handshake came.
         self._ip = ""
@@ -201,6 +205,8 @@ class PushProtocol(WebSocketServerProtocol):
         self.identity, self.facility = identity, handshake.facility
         self._channels = audience_channels(prefix, self.facility, flags.subscribe, identity)
         self._publish_to = audience_channels(prefix, self.facility, flags.publish, identity)
+        self._stores = bool(self._publish_to) and config.expire > 0 and any(
+            fnmatchcase(self.facility, pattern) for pattern in config.stored_facilities)
         self._echo = flags.echo
         if envelope.SUBPROTOCOL in request.protocols:
             self.speaks_events = True
@@ -391,8 +397,29 @@ class PushProtocol(WebSocketServerProtocol):
             for channel in self._publish_to:
                 if channel in self._channels:
                     self._remember(channel, payload)
-        d = publish_to(self.factory.broker, self._publish_to, payload, self.factory.config.expire)
+        expire, unstored = self._storage(payload)
+        d = publish_to(self.factory.broker, self._publish_to, payload, expire)
+        if unstored:
+            d.addCallback(_raiseNotStored, unstored)
         return d.addErrback(self._publishFailed, payload)
+
+    def _storage(self, payload: bytes) -> tuple[int, str]:
+        """How long to store ``payload`` for replay (0: not at all), and why a message
+        that should have been stored is not ("": it is, or it was never to be)."""
+        config, budgets = self.factory.config, self.factory.store_budgets
+        if not self._stores:
+            return 0, ""
+        if budgets is None or budgets.take(self.identity.user or ("@", self._ip),
+                                           len(payload) * len(self._publish_to)):
+            return config.expire, ""
+        self.factory.stats["store_refused"] += 1
+        if not self._over_budget:
+            self._over_budget = True
+            _log.warn("{peer} ({who}) is over its storage budget of {budget} bytes a "
+                      "minute: its messages are delivered but not stored",
+                      peer=self.peer, who=self.identity.user or "anonymous",
+                      budget=config.store_budget)
+        return 0, f"over the storage budget of {config.store_budget} bytes a minute"
 
     def _remember(self, channel: str, payload: bytes) -> None:
         if len(self._unechoed) >= _MAX_UNECHOED:
@@ -487,6 +514,10 @@ class PushProtocol(WebSocketServerProtocol):
                 self._call(handler.on_close, None, self)
 
 
+def _raiseNotStored(receivers: int, reason: str) -> int:
+    raise NotStored(receivers, reason)
+
+
 def _notStored(failure: Failure) -> dict[str, Any]:
     """A forwarded event that was delivered but not stored is acknowledged (not an error:
     a retry would deliver it twice) with ``{"stored": false, "reason": ...}``."""
@@ -535,8 +566,13 @@ class PushFactory(WebSocketServerFactory):
             h.facility: h(self.handler_server) for h in handlers}
         self._drain_waiters: list[defer.Deferred[None]] = []
         #: Counters: clients dropped for not reading, messages over the rate limit, raw
-        #: messages refused because they looked like the server's envelopes.
-        self.stats = {"slow_consumers": 0, "rate_limited": 0, "raw_envelopes": 0}
+        #: messages refused because they looked like the server's envelopes, client
+        #: messages not stored because their sender was over its storage budget.
+        self.stats = {"slow_consumers": 0, "rate_limited": 0, "raw_envelopes": 0,
+                      "store_refused": 0}
+        #: What each user (or anonymous address) may still store for replay.
+        self.store_budgets = Budgets(config.store_budget / 60, config.store_budget,
+                                     self.reactor) if config.store_budget else None
         #: Open connections per client address (see ``trusted_proxies``).
         self.per_ip: Counter[str] = Counter()
         #: Networks whose X-Forwarded-For names the client.
