@@ -5,10 +5,13 @@ hijacking, through a real server and real clients."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import zlib
 
-from twisted.internet import defer
+from twisted.internet import defer, endpoints, reactor
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 
 from django.core.exceptions import PermissionDenied
 
@@ -28,7 +31,7 @@ from ws4tx.auth import HandshakeRequest  # noqa: E402
 from ws4tx.publisher import RedisPublisher  # noqa: E402
 
 from test._server import ServerTestCase, non_probe  # noqa: E402
-from test._wsclient import handshake_request, raw_request, status_of  # noqa: E402
+from test._wsclient import TIMEOUT, handshake_request, raw_request, status_of  # noqa: E402
 
 ALL = "?subscribe-broadcast&subscribe-user&subscribe-group&subscribe-session"
 
@@ -89,8 +92,9 @@ def request_with_session(key: str) -> HttpRequest:
     return request
 
 
-class DjangoAuthTests(ServerTestCase):
-    """The default authenticator of `twistd ws4tx --django-settings`."""
+class DjangoServerTestCase(ServerTestCase):
+    """A server with the default authenticator of `twistd ws4tx --django-settings`, and
+    users john and mary in the group chatusers."""
 
     async def _setUp(self) -> None:
         group, _ = Group.objects.get_or_create(name="chatusers")
@@ -124,6 +128,15 @@ class DjangoAuthTests(ServerTestCase):
 
     async def _status(self, path: str, headers: dict[str, str]) -> tuple[int, str]:
         return status_of(await raw_request(self.port, handshake_request(path, headers)))
+
+    def settings_override(self, **values) -> None:
+        override = override_settings(**values)
+        override.enable()
+        self.addCleanup(override.disable)
+
+
+class DjangoAuthTests(DjangoServerTestCase):
+    """The default authenticator of `twistd ws4tx --django-settings`."""
 
     async def test_sessionCookieGivesUserGroupsAndSession(self):
         """With each session engine, the session cookie gives the user's own user, group
@@ -431,11 +444,6 @@ class DjangoAuthTests(ServerTestCase):
         self.assertNotIn("c", unverified_payload(token))
         self.assertEqual(await self._channels({}, "?subscribe-session&token=" + token), [])
 
-    def settings_override(self, **values) -> None:
-        override = override_settings(**values)
-        override.enable()
-        self.addCleanup(override.disable)
-
     # The site's hooks apply to token connections
 
     async def test_allowedChannelsAppliesToTokens(self):
@@ -495,3 +503,74 @@ def client_protocol(factory):
     """The one open connection of the server."""
     (client,) = list(factory.router.hub.clients())
     return client
+
+
+_gate = threading.Event()
+_authorized: list[defer.Deferred[None]] = []
+_count = [0, 0]  # authorizations done, expected
+
+
+def gated_process_request(request):
+    """The default session processing, held until the test opens the gate."""
+    _gate.wait(30)
+    _django._process_request(request)
+    _count[0] += 1
+    if _count[0] == _count[1]:
+        reactor.callFromThread(_authorized[0].callback, None)
+
+
+class _Observed(_django.SessionAuthenticator):
+    """Tells the test of every handshake it starts to authenticate."""
+
+    started: defer.DeferredQueue[None]
+
+    def authenticate(self, request):
+        self.started.put(None)
+        return super().authenticate(request)
+
+
+class ResetDuringSessionLookupTests(DjangoServerTestCase):
+    """A client with a valid session cookie that resets while its session is looked up
+    (in a thread) is never opened."""
+
+    clients = 200
+
+    async def startServer(self, wait: bool = True, **kwargs) -> None:
+        self.settings_override(WS4TX_PROCESS_REQUEST=gated_process_request)
+        self.authenticator = _Observed(settings)
+        self.authenticator.started = defer.DeferredQueue()
+        await super().startServer(wait, authenticator=self.authenticator, **kwargs)
+
+    async def test_resetDuringSessionLookupLeaksNothing(self):
+        """200 handshakes with john's cookie reset while their look-up waits: once every
+        look-up has finished, no member, no Redis subscription, nothing to drain."""
+        _gate.clear()
+        self.addCleanup(_gate.set)
+        _count[:] = [0, self.clients]
+        _authorized[:] = [defer.Deferred()]
+        _, key = self.login("john")
+        request = handshake_request("/ws/foobar" + ALL, self.cookie(key))
+        raws = []
+        for _ in range(self.clients):
+            raw = _Raw()
+            endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+            await endpoints.connectProtocol(endpoint, raw)
+            raw.transport.write(request)
+            raws.append(raw)
+        for _ in raws:  # every handshake is being authenticated
+            await self.authenticator.started.get().addTimeout(TIMEOUT, reactor)
+        for raw in raws:
+            raw.transport.abortConnection()
+        for _ in raws:
+            await self.factory.test_left.get().addTimeout(TIMEOUT, reactor)
+        _gate.set()
+        await _authorized[0].addTimeout(TIMEOUT, reactor)
+        await deferLater(reactor, 0, lambda: None)  # the answers' callbacks ran
+        self.assertEqual(self.factory.router.memberCount(), 0)
+        self.assertEqual(non_probe(self.redis.pubsub_channels()), [])
+        self.assertTrue(self.factory.whenDrained().called)
+
+
+class _Raw(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        pass
