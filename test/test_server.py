@@ -17,14 +17,7 @@ ADMIN = identity_header("admin", (), "s-admin")
 ALL_FLAGS = "?subscribe-broadcast&subscribe-user&subscribe-group&subscribe-session"
 
 
-async def nothing_more(client, timeout: float = 0.3) -> None:
-    """Assert that ``client`` receives nothing more within ``timeout`` (a bound, not a wait
-    for an event: used only to prove that something does NOT arrive)."""
-    try:
-        payload, _ = await client.next(timeout)
-    except defer.TimeoutError:
-        return
-    raise AssertionError(f"unexpected message {payload!r}")
+SENTINEL = "sentinel"
 
 
 class AudienceTests(ServerTestCase):
@@ -37,12 +30,16 @@ class AudienceTests(ServerTestCase):
         }
 
     async def _expect(self, clients, channel, recipients):
+        """Publish on ``channel``, then a sentinel on the broadcast channel every client
+        subscribes to: from one publisher through the server's one subscriber connection
+        the two arrive in that order, so the sentinel being a client's next message
+        proves the first did not reach it."""
         self.publish(channel, f"to {channel}")
-        for name in sorted(recipients):
-            self.assertEqual(await clients[name].text(), f"to {channel}")
-        for name, client in clients.items():
-            if name not in recipients:
-                await nothing_more(client)
+        self.publish("ws4tx:broadcast:foobar", SENTINEL)
+        for name, client in sorted(clients.items()):
+            if name in recipients:
+                self.assertEqual(await client.text(), f"to {channel}", name)
+            self.assertEqual(await client.text(), SENTINEL, name)
 
     async def test_broadcastReachesEverybody(self):
         """A broadcast reaches every subscribed client."""
@@ -153,7 +150,10 @@ class PublishTests(ServerTestCase):
         sender = await self.client("/ws/foobar?publish-user", JOHN)
         sender.send("note to self")
         self.assertEqual(await john_listener.text(), "note to self")
-        await nothing_more(mary)
+        # The server's own publisher connection carried "note to self"; a sentinel sent on
+        # it now reaches Redis after it: Mary's next message must be the sentinel.
+        await self.service.broker.publish("ws4tx:user:mary:foobar", SENTINEL.encode())
+        self.assertEqual(await mary.text(), SENTINEL)
 
     async def test_binaryFramesArePublishedAsBytes(self):
         """A binary frame is published and stored as bytes."""
@@ -198,7 +198,10 @@ class HeartbeatTests(ServerTestCase):
         sender = await self.client("/ws/foobar?subscribe-broadcast&publish-broadcast&echo")
         sender.send("--heartbeat--")
         self.assertEqual(await sender.text(), "--heartbeat--")
-        await nothing_more(listener)
+        # Had the heartbeat been published, it went out on the server's publisher
+        # connection before this sentinel: the listener's next message must be the sentinel.
+        await self.service.broker.publish("ws4tx:broadcast:foobar", SENTINEL.encode())
+        self.assertEqual(await listener.text(), SENTINEL)
         self.assertIsNone(self.redis.get("ws4tx:broadcast:foobar"))
 
 
