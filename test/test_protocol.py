@@ -12,6 +12,7 @@ from twisted.internet import endpoints, reactor
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web import resource
@@ -20,7 +21,7 @@ from twisted.web.server import Site
 from ws4tx import _autobahn
 from ws4tx.config import ServerConfig
 from ws4tx.embedded import EmbeddedRedis
-from ws4tx.protocol import PushFactory
+from ws4tx.protocol import PushFactory, PushProtocol
 from ws4tx.service import PushService
 from ws4tx.testing import MemoryBroker
 
@@ -109,23 +110,52 @@ class StringTransportTests(unittest.SynchronousTestCase):
 
 
 class LazyDebugFormattingTests(unittest.SynchronousTestCase):
-    """Autobahn's per-connection debug values cost nothing unless a line is printed."""
+    """Autobahn's per-connection debug values cost nothing unless a line is printed
+    (``_autobahn.format_lazily``, applied by every PushFactory)."""
 
-    def test_formattedOnlyWhenPrinted(self):
-        """The value is pretty-printed when formatted into a line, exactly as before,
-        and never while nobody formats it."""
-        calls = []
+    def setUp(self) -> None:
+        self.formatted: list[object] = []
+        real = pprint.pformat
 
-        class Watched:
-            def __repr__(self) -> str:
-                calls.append(1)
-                return "watched"
+        def counting(value: object, *args: object, **kwargs: object) -> str:
+            self.formatted.append(value)
+            return real(value, *args, **kwargs)
 
-        value = [("maxFramePayloadSize", 65536, "PushFactory"), Watched()]
-        lazy = _autobahn._Pretty(value)
-        self.assertEqual(calls, [])
-        self.assertEqual("{attrs}".format(attrs=lazy), pprint.pformat(value))
-        self.assertEqual(str(lazy), pprint.pformat(value))
+        # Autobahn's module calls its own ``pformat`` name unless ws4tx replaced it; the
+        # lazy value calls pprint's when printed. Both are counted.
+        self.patch(_autobahn._protocol, "pformat", counting)
+        self.patch(pprint, "pformat", counting)
+
+    def _open(self) -> PushProtocol:
+        factory = PushFactory(ServerConfig(ping_interval=0, handshake_timeout=0),
+                              MemoryBroker(), reactor=Clock())
+        factory.broker.start(factory.router)
+        proto = factory.buildProtocol(("127.0.0.1", 1))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(handshake("/ws/foobar?subscribe-broadcast"))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"))
+        return proto
+
+    def test_openingAConnectionPrettyPrintsNothing(self):
+        """With debug logging off, opening a connection calls pprint.pformat zero times."""
+        self._open()
+        self.assertEqual(self.formatted, [])
+
+    def test_debugLineKeepsItsText(self):
+        """With debug logging on, Autobahn's line of connection options reads exactly as
+        Autobahn's own pformat wrote it."""
+        log = PushProtocol.log
+        level, explicit = log._log_level, log._log_level_set_explicitly
+        self.addCleanup(setattr, log, "_log_level_set_explicitly", explicit)
+        self.addCleanup(log._set_log_level, level)
+        log.set_log_level("debug")
+        events: list[dict] = []
+        self.patch(log._logger, "observer", events.append)
+        proto = self._open()
+        expected = [(name, getattr(proto, name), "PushFactory") for name in proto.CONFIG_ATTRS]
+        lines = [formatEvent(e) for e in events if "attrs" in e]
+        self.assertEqual(lines, ["\n" + pprint.pformat(expected)])
 
 
 class EmbeddingTests(unittest.TestCase):
