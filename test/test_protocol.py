@@ -7,7 +7,10 @@ import base64
 import json
 import os
 import pprint
+import zlib
 
+import txaio
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from twisted.internet import endpoints, reactor
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -49,6 +52,8 @@ class StringTransportTests(unittest.SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
+        # Autobahn's own timers (queued writes, close handshake) run on txaio's loop.
+        self.patch(txaio.config, "loop", self.clock)
         self.broker = MemoryBroker()
         config = ServerConfig(ping_interval=0, heartbeat="--hb--", handshake_timeout=0,
                               anonymous_publish=True)
@@ -72,6 +77,48 @@ class StringTransportTests(unittest.SynchronousTestCase):
         self.assertEqual(self.broker.subscribed, {"ws4tx:broadcast:foobar"})
         self.broker.bus.publish("ws4tx:broadcast:foobar", b"hi")
         self.assertEqual(self.transport.value(), b"\x81\x02hi")
+
+    def test_closingConnectionGetsNoFrameAfterItsCloseFrame(self):
+        """Once the server sent its close frame, a message published on the client's
+        channel writes nothing (RFC 6455: no data frame after a close frame)."""
+        self._open("/ws/foobar?subscribe-broadcast")
+        self.proto.closeWith(1001, "going away")
+        self.assertEqual(self.transport.value()[:1], b"\x88")
+        self.transport.clear()
+        self.broker.bus.publish("ws4tx:broadcast:foobar", b"too late")
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_frameDoesNotOvertakeAutobahnsSendQueue(self):
+        """Bytes waiting in Autobahn's send queue (a chopped write) go out before a
+        published frame, which waits its turn behind them."""
+        self._open("/ws/foobar?subscribe-broadcast")
+        self.proto.sendData(b"abcdef", chopsize=2)
+        self.assertEqual(self.transport.value(), b"ab")
+        self.broker.bus.publish("ws4tx:broadcast:foobar", b"hi")
+        self.assertEqual(self.transport.value(), b"ab")
+        self.clock.pump([1] * 4)
+        self.assertEqual(self.transport.value(), b"abcdef\x81\x02hi")
+
+    def test_compressingClientGetsCompressedFrames(self):
+        """A site that turns permessage-deflate on gets compressed frames to the clients
+        that negotiated it, not the prepared plain frame."""
+        self.factory.setProtocolOptions(perMessageCompressionAccept=lambda offers: next(
+            PerMessageDeflateOfferAccept(o) for o in offers
+            if isinstance(o, PerMessageDeflateOffer)))
+        self.proto = self.factory.buildProtocol(("127.0.0.1", 2))
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        self.proto.dataReceived(handshake("/ws/foobar?subscribe-broadcast",
+                                          "Sec-WebSocket-Extensions: permessage-deflate\r\n"))
+        self.assertIn(b"permessage-deflate", self.transport.value())
+        self.transport.clear()
+        self.broker.bus.publish("ws4tx:broadcast:foobar", b"hello hello hello")
+        frame = self.transport.value()
+        self.assertEqual(frame[0], 0xC1)  # FIN, RSV1 (compressed), text
+        self.assertEqual(frame[1], len(frame) - 2)
+        inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(
+            frame[2:] + b"\x00\x00\xff\xff")
+        self.assertEqual(inflated, b"hello hello hello")
 
     def test_replaySendsStoredMessage(self):
         """The message stored under a channel is sent right after the handshake."""

@@ -277,8 +277,11 @@ class PushProtocol(WebSocketServerProtocol):
                 return
         if self._paused_at is not None and self._overflows(len(payload)):
             return
-        if (self.state == self.STATE_OPEN and self._perMessageCompress is None
-                and not self.send_queue):
+        if self.state != self.STATE_OPEN:
+            # No data frame after our close frame (RFC 6455, 5.5.1), which Autobahn's
+            # sendPreparedMessage() would still write.
+            return
+        if self._perMessageCompress is None and not self.send_queue:
             # What sendPreparedMessage() ends up doing, without its per-frame debug-log
             # argument building (a large share of the fan-out CPU).
             self.transport.write(prepared.payloadHybi)
