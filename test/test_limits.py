@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from twisted.internet import defer, reactor
+import txaio
+from twisted.internet import reactor
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx import closecodes, envelope, schema
 from ws4tx._forwarded import client_address
 from ws4tx._ratelimit import Budgets, TokenBucket
 from ws4tx.config import ServerConfig
+from ws4tx.protocol import PushFactory
+from ws4tx.testing import MemoryBroker
 
 from test._server import ServerTestCase, identity_header
 from test._wsclient import TIMEOUT, handshake_request, raw_request, status_of
+from test.test_protocol import handshake, masked_text
 
 
 class TokenBucketTests(SynchronousTestCase):
@@ -198,39 +204,90 @@ class ClientAddressTests(SynchronousTestCase):
                              (peer, header))
 
 
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The (opcode, payload) of each unmasked frame a server wrote."""
+    frames = []
+    while data:
+        length, start = data[1] & 0x7F, 2
+        if length == 126:
+            length, start = int.from_bytes(data[2:4], "big"), 4
+        frames.append((data[0] & 0x0F, data[start:start + length]))
+        data = data[start + length:]
+    return frames
+
+
+class RateLimitClockTests(SynchronousTestCase):
+    """The rate limit of one client's messages, on a Clock: exact counts at exact times."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.patch(txaio.config, "loop", self.clock)  # Autobahn's close-handshake timer
+        self.broker = MemoryBroker()
+        config = ServerConfig(ping_interval=0, handshake_timeout=0, anonymous_publish=True,
+                              rate_limit=5, rate_burst=5)
+        self.factory = PushFactory(config, self.broker, reactor=self.clock)
+        self.broker.start(self.factory.router)
+        self.listener, self.listened = self.connect("/ws/foobar?subscribe-broadcast")
+        self.proto, self.transport = self.connect(
+            "/ws/foobar?publish-broadcast",
+            f"Sec-WebSocket-Protocol: {envelope.SUBPROTOCOL}\r\n")
+        self.sent = 0
+
+    def connect(self, path: str, headers: str = "") -> tuple[Any, StringTransport]:
+        proto = self.factory.buildProtocol(("127.0.0.1", 1))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(handshake(path, headers))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"))
+        transport.clear()
+        return proto, transport
+
+    def send(self, count: int) -> tuple[int, int]:
+        """Send ``count`` messages now; return how many were published and how many
+        were answered by a rate-limit error event."""
+        published = len(self.broker.published)
+        for _ in range(count):
+            self.proto.dataReceived(masked_text(f"m{self.sent}"))
+            self.sent += 1
+        frames = server_frames(self.transport.value())
+        self.transport.clear()
+        told = [json.loads(payload) for opcode, payload in frames if opcode == 0x1]
+        for event in told:
+            self.assertEqual(event, {"ws4tx": "event", "event": envelope.ERROR_EVENT,
+                                     "data": {"message": "rate limit exceeded: message dropped"}})
+        self.assertEqual([op for op, _ in frames if op != 0x1], [])
+        return len(self.broker.published) - published, len(told)
+
+    def test_burstThenRateThenClose(self):
+        """A burst of 5 goes through; past it each message is dropped and the sender told;
+        a token comes back every 0.2 s and at most 5 are saved up; the 16th message over
+        the limit closes the client with 1008."""
+        self.assertEqual(self.send(5), (5, 0))
+        self.assertEqual(self.send(1), (0, 1))
+        self.clock.advance(0.19)
+        self.assertEqual(self.send(1), (0, 1))
+        self.clock.advance(0.01)
+        self.assertEqual(self.send(2), (1, 1))
+        self.clock.advance(100)
+        self.assertEqual(self.send(6), (5, 1))
+        self.assertEqual(self.send(11), (0, 11))  # 15 over the limit so far: still open
+        self.assertEqual(self.factory.stats["rate_limited"], 15)
+        self.assertEqual(self.proto.state, self.proto.STATE_OPEN)
+        self.proto.dataReceived(masked_text("one too many"))
+        self.assertEqual(self.factory.stats["rate_limited"], 16)
+        [(opcode, payload)] = server_frames(self.transport.value())
+        self.assertEqual(opcode, 0x8)
+        self.assertEqual(int.from_bytes(payload[:2], "big"), closecodes.POLICY_VIOLATION)
+        self.assertEqual(payload[2:], b"rate limit exceeded")
+        passed = [f"m{i}".encode() for i in (0, 1, 2, 3, 4, 7, 9, 10, 11, 12, 13)]
+        self.assertEqual([p for _, p, _ in self.broker.published], passed)
+        # Another client on the channel got exactly those, and is still open.
+        self.assertEqual(server_frames(self.listened.value()), [(0x1, p) for p in passed])
+        self.assertEqual(self.listener.state, self.listener.STATE_OPEN)
+
+
 class RateLimitTests(ServerTestCase):
-    """A flood of publishes past the rate limit."""
-
-    config = ServerTestCase.config.replace(rate_limit=5, rate_burst=5)
-
-    async def test_floodIsToldThenClosed(self):
-        """Messages past the burst are dropped with an error event; past three times the
-        burst the client is closed with 1008; other clients are unaffected."""
-        listener = await self.client("/ws/foobar?subscribe-broadcast")
-        flooder = await self.client("/ws/foobar?publish-broadcast",
-                                    protocols=(envelope.SUBPROTOCOL,))
-        for i in range(100):
-            flooder.send(f"m{i}")
-        errors = 0
-        while True:
-            try:
-                payload, _ = await flooder.next()
-            except defer.TimeoutError:
-                self.fail("no close")
-            message = json.loads(payload)
-            if message.get("event") == envelope.ERROR_EVENT:
-                errors += 1
-                if errors == 15:
-                    break
-        code, reason = await flooder.closed.addTimeout(TIMEOUT, reactor)
-        self.assertEqual(code, closecodes.POLICY_VIOLATION)
-        self.assertIn("rate limit", reason)
-        received = [await listener.text() for _ in range(5)]
-        self.assertEqual(received, [f"m{i}" for i in range(5)])
-        self.assertGreater(self.factory.stats["rate_limited"], 15)
-        # the listener was not harmed
-        self.publish("ws4tx:broadcast:foobar", "still fine")
-        self.assertEqual(await listener.text(), "still fine")
+    """The rate limit through a real server."""
 
     async def test_heartbeatsAreNotRateLimited(self):
         """Heartbeats are answered whatever the rate."""
