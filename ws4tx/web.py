@@ -222,6 +222,19 @@ class _DeadlineChannel(HTTPChannel):
             self.factory.head_deadlines.release(self)
         super().connectionLost(reason)
 
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A line of the head over twisted.web's bound (``MAX_LENGTH``, 16 KiB): answer
+        with the status and the reason before closing (twisted.web just closes)."""
+        if self.requests:  # the request line is in: a header line is too long
+            status, body = b"431 Request Header Fields Too Large", b"a header line is too long"
+        else:
+            status, body = b"414 URI Too Long", b"the request line is too long"
+        body += b" (at most %d bytes)\n" % self.MAX_LENGTH
+        self.transport.write(
+            b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, len(body), body))
+        self.transport.loseConnection()
+
 
 class PushSite(Site):
     """The Site ws4tx listens with: every request must arrive whole (head and body) within
