@@ -47,6 +47,18 @@ def masked_text(text: str) -> bytes:
     return bytes([0x81, 0x80 | len(payload)]) + mask + body
 
 
+class FullTransport(StringTransport):
+    """A transport whose send buffer stays full once ``full`` is set: like Twisted's, it
+    pauses its streaming producer again on every write."""
+
+    full = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.full and self.producer is not None:
+            self.producer.pauseProducing()
+
+
 class StringTransportTests(unittest.SynchronousTestCase):
     """One connection over a StringTransport, routed by the memory broker."""
 
@@ -60,7 +72,7 @@ class StringTransportTests(unittest.SynchronousTestCase):
         self.factory = PushFactory(config, self.broker, reactor=self.clock)
         self.broker.start(self.factory.router)
         self.proto = self.factory.buildProtocol(("127.0.0.1", 1))
-        self.transport = StringTransport()
+        self.transport = FullTransport()
         self.proto.makeConnection(self.transport)
 
     def _open(self, path: str) -> bytes:
@@ -119,6 +131,22 @@ class StringTransportTests(unittest.SynchronousTestCase):
         inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(
             frame[2:] + b"\x00\x00\xff\xff")
         self.assertEqual(inflated, b"hello hello hello")
+
+    def test_clientNotDrainingForSlowTimeoutIsDropped(self):
+        """A client whose socket has not drained for slow_timeout seconds is dropped with
+        4008, however few messages wait: the clock starts at the first pause, not at the
+        latest write (which pauses the producer again)."""
+        self._open("/ws/foobar?subscribe-broadcast")
+        self.transport.full = True
+        timeout = self.factory.config.slow_timeout
+        for second in range(int(timeout) + 1):
+            self.broker.bus.publish("ws4tx:broadcast:foobar", b"tick")
+            self.assertEqual(self.factory.stats["slow_consumers"], 0, second)
+            self.clock.advance(1)
+        self.broker.bus.publish("ws4tx:broadcast:foobar", b"tick")
+        self.assertEqual(self.factory.stats["slow_consumers"], 1)
+        self.assertTrue(self.transport.disconnected)
+        self.assertIn(b"\x88", self.transport.value())
 
     def test_replaySendsStoredMessage(self):
         """The message stored under a channel is sent right after the handshake."""

@@ -291,7 +291,10 @@ class PushProtocol(WebSocketServerProtocol):
     # Backpressure: the transport pauses us when its buffer is full.
 
     def pauseProducing(self) -> None:
-        self._paused_at = self.factory.reactor.seconds()
+        # Twisted calls this again on every write while the buffer is full: the first
+        # call starts the slow timeout.
+        if self._paused_at is None:
+            self._paused_at = self.factory.reactor.seconds()
 
     def resumeProducing(self) -> None:
         self._paused_at = None
