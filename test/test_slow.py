@@ -1,17 +1,25 @@
-"""Slow consumers: a client that stops reading is dropped; the others are not delayed."""
+"""Slow consumers: a client that stops reading is dropped; the others are not delayed.
+
+The server runs as ``twistd ws4tx`` in a child process, so that its memory is measured
+alone (the test process holds the normal client's messages and the publisher)."""
 
 from __future__ import annotations
 
 import json
-import resource
 
-from twisted.internet import endpoints, reactor, task
+import redis
+from twisted.internet import defer, endpoints, reactor, task
 from twisted.internet.protocol import Protocol
+from twisted.trial import unittest
 
-from ws4tx import closecodes
+from ws4tx.config import ServerConfig
+from ws4tx.embedded import EmbeddedRedis, free_port
 
-from test._server import ServerTestCase
-from test._wsclient import TIMEOUT, handshake_request
+from test._process import Twistd
+from test._wsclient import TIMEOUT, connect, handshake_request, raw_request, status_of
+
+#: The server's defaults, which the child runs with.
+DEFAULTS = ServerConfig()
 
 
 class NeverReads(Protocol):
@@ -19,6 +27,7 @@ class NeverReads(Protocol):
 
     def __init__(self, request: bytes) -> None:
         self.request = request
+        self.opened: defer.Deferred[None] = defer.Deferred()
 
     def connectionMade(self) -> None:
         self.transport.write(self.request)
@@ -26,49 +35,94 @@ class NeverReads(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if b"\r\n\r\n" in data:
             self.transport.pauseProducing()
+            self.opened.callback(None)
 
 
-class SlowConsumerTests(ServerTestCase):
-    """Bounded send queues."""
+def memory_kib(pid: int) -> dict[str, int]:
+    """The resident set of process ``pid`` now (VmRSS) and at its peak (VmHWM), in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        fields = dict(line.split(":", 1) for line in status)
+    return {name: int(fields[name].split()[0]) for name in ("VmRSS", "VmHWM")}
 
-    config = ServerTestCase.config.replace(max_queue_bytes=256 * 1024, slow_timeout=2.0)
+
+def reset_peak(pid: int) -> None:
+    """Make process ``pid``'s peak resident set (VmHWM) its current one (Linux >= 4.0)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+class SlowConsumerTests(unittest.TestCase):
+    """Bounded send queues, with the server's default bounds."""
 
     async def test_clientThatNeverReadsIsDropped(self):
-        """At 1000 msg/s a client that never reads is dropped with 4008 within the bound,
-        memory stays bounded, and a normal client on the channel gets every message."""
-        normal = await self.client("/ws/foobar?subscribe-broadcast")
+        """At 100 messages of 20 KB a second, a client that never reads is dropped for
+        being slow once 1 MiB waits for it (not after 1,000 messages, 20 MB, nor after
+        10 s); the server's resident memory grows by less than 10 MiB meanwhile; a normal
+        client on the channel gets every message in order."""
+        store_server = EmbeddedRedis()
+        store_server.start()
+        self.addCleanup(store_server.stop)
+        store = redis.Redis.from_url(store_server.url)
+        self.addCleanup(store.close)
+        port = free_port()
+        child = Twistd().start("--listen", f"tcp:{port}:interface=127.0.0.1",
+                               "--redis", store_server.url, "--ping-interval", "0")
+        self.addCleanup(child.stop, "KILL")
+        await child.waitFor("Redis subscriber connected")
+        await child.waitFor(f"Site starting on {port}")
+        pid = child.transport.pid
+
+        normal = await connect(port, "/ws/foobar?subscribe-broadcast")
+        self.addCleanup(normal.close)
         slow = NeverReads(handshake_request("/ws/foobar?subscribe-broadcast"))
-        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
         await endpoints.connectProtocol(endpoint, slow)
         self.addCleanup(slow.transport.abortConnection)
-        await self.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
+        await slow.opened.addTimeout(TIMEOUT, reactor)  # it joined the channel
+        # The channel is subscribed in Redis once a message published now arrives.
+        for _ in range(50):
+            store.publish("ws4tx:broadcast:foobar", "ready?")
+            try:
+                await normal.next(0.2)
+                break
+            except defer.TimeoutError:
+                pass
 
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        reset_peak(pid)
+        before = memory_kib(pid)
+        self.assertEqual(before["VmHWM"], before["VmRSS"])
         sent = [0]
-        filler = "x" * 1000
+        filler = "x" * 20_000
 
-        def publish_batch() -> None:  # 10 every 10 ms: 1000 msg/s of ~1 KB
-            for _ in range(10):
-                payload = json.dumps({"n": sent[0], "f": filler})
-                self.service.broker.publish("ws4tx:broadcast:foobar", payload.encode())
-                sent[0] += 1
+        def publish() -> None:  # one every 10 ms: 100 msg/s of ~20 KB
+            store.publish("ws4tx:broadcast:foobar", json.dumps({"n": sent[0], "f": filler}))
+            sent[0] += 1
 
-        loop = task.LoopingCall(publish_batch)
+        loop = task.LoopingCall(publish)
         loop.start(0.01)
         self.addCleanup(lambda: loop.running and loop.stop())
-        left = await self.factory.test_left.get().addTimeout(15, reactor)
-        self.assertIsNot(left, None)
-        self.assertEqual(self.factory.stats["slow_consumers"], 1)
-        self.assertEqual(left.localCloseCode, closecodes.SLOW_CONSUMER)
+        dropped = await child.waitFor(r"dropping slow client .*: (\d+) bytes in (\d+) messages",
+                                      timeout=DEFAULTS.slow_timeout + 10)
         loop.stop()
         last = sent[0] - 1
 
         received = -1
         while received < last:
-            message = json.loads(await normal.text())
+            payload, _ = await normal.next()
+            if payload == b"ready?":  # a late one from above
+                continue
+            message = json.loads(payload)
             self.assertEqual(message["n"], received + 1)  # nothing lost, in order
             received = message["n"]
-        # A loose bound for a shared machine (the queue cap is 256 KiB); the latency of
-        # the normal client is measured by bench/, not asserted here.
-        grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
-        self.assertLess(grown_kib, 64 * 1024)
+        grown_kib = memory_kib(pid)["VmHWM"] - before["VmRSS"]
+        self.assertLess(grown_kib, 10 * 1024)
+
+        health = b"GET /ws4tx/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        status, text = status_of(await raw_request(port, health))
+        self.assertEqual(status, 200)
+        counters = json.loads(text.split("\r\n\r\n", 1)[1])["counters"]
+        self.assertEqual(counters["slow_consumers"], 1)
+        self.assertEqual(counters["lagged"], 0)
+        # Dropped by the byte bound, not by the message count or the slow timeout.
+        self.assertGreater(int(dropped.group(1)), DEFAULTS.max_queue_bytes)
+        self.assertLess(int(dropped.group(2)), DEFAULTS.max_queue_messages)
