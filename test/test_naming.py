@@ -62,6 +62,16 @@ class ChannelNameTests(SynchronousTestCase):
                                                   naming.ANONYMOUS), [])
 
 
+    def test_channelsForAnAudienceByName(self):
+        """channels_for lists broadcast, then each user, group and session, each once."""
+        self.assertEqual(
+            naming.channels_for("p", "f", broadcast=True, users=["u", "v"], groups=["g"],
+                                sessions=["k", "k"]),
+            ["p:broadcast:f", "p:user:u:f", "p:user:v:f", "p:group:g:f", "p:session:k:f"])
+        self.assertEqual(naming.channels_for(None, "f", sessions=iter(["k"])), ["session:k:f"])
+        self.assertEqual(naming.channels_for("p", "f"), [])
+
+
 class SessionChannelIdTests(SynchronousTestCase):
     """A session is named in channels by a keyed one-way id, never by its key."""
 
@@ -138,12 +148,6 @@ class FlagTests(SynchronousTestCase):
         self.assertEqual(names, ["subscribe-broadcast", "subscribe-user", "publish-session",
                                  "echo"])
         self.assertEqual(parse_flags("&".join(names)), flags)
-
-    def test_withoutDropsAudiences(self):
-        """Flags.without removes audiences from subscribe and publish, keeps echo."""
-        flags = parse_flags("subscribe-user&publish-user&subscribe-broadcast&echo")
-        self.assertEqual(flags.without(["user"]),
-                         Flags(frozenset({"broadcast"}), frozenset(), True))
 
 
 class SettingsTests(SynchronousTestCase):

@@ -31,7 +31,7 @@ from twisted.internet import defer, threads
 
 from ws4tx import envelope
 from ws4tx.broker import IBroker, publish_to
-from ws4tx.naming import GROUP, SESSION, USER, Identity, broadcast_channel, channel
+from ws4tx.naming import Identity, channels_for
 
 T = TypeVar("T")
 
@@ -73,15 +73,13 @@ class Server:
         groups: Iterable[str] = (),
         sessions: Iterable[str] = (),
     ) -> list[str]:
-        """The channels of an audience of ``facility``.
+        """The channels of an audience of ``facility`` (:func:`ws4tx.naming.channels_for`).
 
         ``sessions`` are session channel ids as a client's ``identity.session`` has them
         (never session keys: the Twisted side does not turn keys into ids).
         """
-        names = [broadcast_channel(self._prefix, facility)] if broadcast else []
-        for audience, members in ((USER, users), (GROUP, groups), (SESSION, sessions)):
-            names += [channel(self._prefix, audience, facility, m) for m in members]
-        return names
+        return channels_for(self._prefix, facility, broadcast=broadcast, users=users,
+                            groups=groups, sessions=sessions)
 
     def publish(
         self, facility: str, message: bytes | str, *, expire: int = 0, **audience: Any

@@ -26,7 +26,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Optional
 
 BROADCAST = "broadcast"
 USER = "user"
@@ -40,7 +40,9 @@ SESSION_CHANNEL_PURPOSE = b"ws4tx.session-channel.v1"
 #: Hex digits of a session channel id (128 bits).
 SESSION_CHANNEL_ID_LENGTH = 32
 
-#: The audiences, in the order in which ``fetch_message(audience='any')`` looks at them.
+#: The audiences, in the order in which a list of channels names them (broadcast first).
+#: ``RedisPublisher.fetch_message(audience='any')`` looks at them the other way round: the
+#: session first, then the user, the groups, broadcast last.
 AUDIENCES = (BROADCAST, USER, GROUP, SESSION)
 
 DEFAULT_PREFIX = "ws4tx"
@@ -115,6 +117,24 @@ def channel(prefix: Optional[str], audience: str, facility: str, name: Optional[
     return f"{_head(prefix)}{audience}:{name}:{facility}"
 
 
+def channels_for(
+    prefix: Optional[str],
+    facility: str,
+    *,
+    broadcast: bool = False,
+    users: Iterable[str] = (),
+    groups: Iterable[str] = (),
+    sessions: Iterable[str] = (),
+) -> list[str]:
+    """The channels (and keys) of an audience of ``facility`` given by its names: the
+    broadcast channel if ``broadcast``, then one per user, group and session named, in that
+    order, each channel once. The one place where an audience becomes a list of names."""
+    found = [broadcast_channel(prefix, facility)] if broadcast else []
+    for audience, names in ((USER, users), (GROUP, groups), (SESSION, sessions)):
+        found.extend(channel(prefix, audience, facility, name) for name in names)
+    return list(dict.fromkeys(found))
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who is behind a connection: the only names a client's channels are made from.
@@ -150,11 +170,6 @@ class Flags:
     subscribe: frozenset[str] = frozenset()
     publish: frozenset[str] = frozenset()
     echo: bool = False
-
-    def without(self, audiences: Iterable[str]) -> "Flags":
-        """These flags less the given audiences (for subscribe and publish)."""
-        drop = frozenset(audiences)
-        return Flags(self.subscribe - drop, self.publish - drop, self.echo)
 
 
 def parse_flags(query: str) -> Flags:
@@ -195,17 +210,10 @@ def audience_channels(
     An audience the identity has no name in (an anonymous user's ``user`` audience, say)
     gives no channel.
     """
-    return list(_channels(prefix, facility, frozenset(audiences), identity))
+    chosen = frozenset(audiences)
 
+    def names(audience: str) -> tuple[str, ...]:
+        return identity.names(audience) if audience in chosen else ()
 
-def _channels(
-    prefix: Optional[str], facility: str, audiences: frozenset[str], identity: Identity
-) -> Iterator[str]:
-    for audience in AUDIENCES:
-        if audience not in audiences:
-            continue
-        if audience == BROADCAST:
-            yield broadcast_channel(prefix, facility)
-        else:
-            for name in identity.names(audience):
-                yield channel(prefix, audience, facility, name)
+    return channels_for(prefix, facility, broadcast=BROADCAST in chosen, users=names(USER),
+                        groups=names(GROUP), sessions=names(SESSION))

@@ -135,12 +135,8 @@ class RedisStore:
         if facility is None:
             raise ValueError("a facility is needed to publish")
         naming.check_facility(facility)
-        prefix = _conf.prefix()
-        found = [naming.broadcast_channel(prefix, facility)] if broadcast else []
-        for audience, names in ((naming.USER, users_), (naming.GROUP, groups_),
-                                (naming.SESSION, sessions_)):
-            found.extend(naming.channel(prefix, audience, facility, name) for name in names)
-        return list(dict.fromkeys(found))
+        return naming.channels_for(_conf.prefix(), facility, broadcast=broadcast,
+                                   users=users_, groups=groups_, sessions=sessions_)
 
     def publish_message(self, message: Any, expire: Optional[int] = None) -> int:
         """Publish ``message`` to this store's channels, and store it for ``expire`` seconds
