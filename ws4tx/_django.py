@@ -19,7 +19,6 @@ from zope.interface import implementer
 from ws4tx import _audience, _settings, schema
 from ws4tx.auth import Grant, HandshakeDenied, HandshakeRequest, IAuthenticator
 from ws4tx.naming import Flags, Identity, flag_names, parse_flags
-from ws4tx.redis_address import RedisAddress
 
 T = TypeVar("T")
 log = Logger()
@@ -53,11 +52,6 @@ def options_from_settings(settings: Any) -> dict[str, Any]:
 
 
 _UNSET = object()
-
-
-def redis_address(settings: Any) -> RedisAddress:
-    """Where the Django settings (or the environment) say Redis is."""
-    return _settings.redis_address(settings)
 
 
 def share_redis_with_publishers(url: str) -> None:
