@@ -6,7 +6,7 @@ lines on stdin (one JSON answer per command on stdout):
 
 - ws4tx: ``ws4tx.publisher.RedisPublisher(facility=..., broadcast=True)`` (or
   ``users=[name]``) ``.publish_message(...)``, its Django side configured by
-  ``bench/servers/ws4tx_settings.py`` and ``ws4tx._sync_redis.use_url(url)``;
+  ``bench/servers/ws4tx_settings.py`` and ``$WS4TX_REDIS_URL``;
 - Channels: ``await channel_layer.group_send(group, {"type": "bench.message", ...})`` on
   one event loop (as an async view or worker does);
 - python-socketio: a write-only ``socketio.RedisManager`` and its ``emit``;
@@ -46,13 +46,13 @@ PublishFn = Callable[[str, str], Union[None, Awaitable[None]]]
 def ws4tx_adapter(args: argparse.Namespace) -> tuple[PublishFn, dict[str, Any]]:
     sys.path.insert(0, os.path.join(HERE, "servers"))
     os.environ["DJANGO_SETTINGS_MODULE"] = "ws4tx_settings"
+    # The settings name no Redis: the documented variable says where it is.
+    os.environ["WS4TX_REDIS_URL"] = args.redis
     import django
 
     django.setup()
-    from ws4tx import _sync_redis
     from ws4tx.publisher import RedisPublisher
 
-    _sync_redis.use_url(args.redis)
     publishers: dict[str, RedisPublisher] = {}
     facility = args.facility
 
