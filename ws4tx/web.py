@@ -230,10 +230,11 @@ class _DeadlineChannel(HTTPChannel):
         else:
             status, body = b"414 URI Too Long", b"the request line is too long"
         body += b" (at most %d bytes)\n" % self.MAX_LENGTH
-        self.transport.write(
+        transport: Any = self.transport
+        transport.write(
             b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, len(body), body))
-        self.transport.loseConnection()
+        transport.loseConnection()
 
 
 class PushSite(Site):
