@@ -61,7 +61,6 @@ class ChannelNameTests(SynchronousTestCase):
         self.assertEqual(naming.audience_channels("p", "f", [naming.USER, naming.GROUP],
                                                   naming.ANONYMOUS), [])
 
-
     def test_channelsForAnAudienceByName(self):
         """channels_for lists broadcast, then each user, group and session, each once."""
         self.assertEqual(
