@@ -41,7 +41,7 @@ class MatrixError(AssertionError):
 @contextmanager
 def demo_server() -> Iterator[int]:
     """A fresh demo (own SQLite file, embedded Redis) on a free port."""
-    from ws4tx.embedded import free_port
+    from ws4tx.server.embedded import free_port
 
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,7 +24,7 @@ import time
 from typing import Any, Iterable, Optional
 
 from ws4tx import envelope
-from ws4tx.embedded import free_port
+from ws4tx.server.embedded import free_port
 from ws4tx.naming import DEFAULT_PREFIX, broadcast_channel, channel
 
 from chatserver.__main__ import HEARTBEAT, twistd_argv

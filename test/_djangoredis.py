@@ -11,7 +11,7 @@ import redis
 from twisted.trial.unittest import SynchronousTestCase
 
 from test._django import setup_django
-from ws4tx.embedded import EmbeddedRedis
+from ws4tx.server.embedded import EmbeddedRedis
 
 #: Bound on waiting for Redis (never reached when things work).
 TIMEOUT = 10.0

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ws4tx.embedded import EmbeddedRedis
+from ws4tx.server.embedded import EmbeddedRedis
 
 from test._demo import (
     EVENT_FACILITY,

@@ -26,8 +26,9 @@ from django.test import Client, override_settings  # noqa: E402
 from django.core import signing  # noqa: E402
 from django.http import HttpRequest  # noqa: E402
 
-from ws4tx import _django, _sync_redis, naming, tokens  # noqa: E402
-from ws4tx.auth import HandshakeRequest  # noqa: E402
+from ws4tx import naming, _sync_redis, tokens  # noqa: E402
+from ws4tx.server import _django  # noqa: E402
+from ws4tx.server.auth import HandshakeRequest  # noqa: E402
 from ws4tx.publisher import RedisPublisher  # noqa: E402
 
 from test._server import ServerTestCase, non_probe  # noqa: E402

@@ -12,7 +12,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 
 from test._djangoredis import DjangoRedisTestCase, DjangoTestCase, make_request, make_user
-from ws4tx import _sync_redis, naming
+from ws4tx import naming, _sync_redis
 from ws4tx.redis_address import InvalidRedisAddress
 
 #: The test settings' SECRET_KEY, which names session channels.
@@ -27,10 +27,10 @@ def session_id(key: str) -> str:
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DJANGO_SIDE_MODULES = (
-    "ws4tx", "ws4tx._conf", "ws4tx._audience", "ws4tx._sync_redis", "ws4tx.redis_store",
-    "ws4tx.publisher", "ws4tx.api", "ws4tx.context_processors", "ws4tx.apps",
-    "ws4tx.tokens", "ws4tx.templatetags", "ws4tx.templatetags.ws4tx", "ws4tx.naming",
-    "ws4tx._settings", "ws4tx.redis_address", "ws4tx.envelope", "test._django",
+    "ws4tx", "ws4tx._django_settings", "ws4tx._audience", "ws4tx._sync_redis",
+    "ws4tx.redis_store", "ws4tx.publisher", "ws4tx.api", "ws4tx.context_processors",
+    "ws4tx.apps", "ws4tx.tokens", "ws4tx.templatetags", "ws4tx.templatetags.ws4tx",
+    "ws4tx.naming", "ws4tx.schema", "ws4tx.redis_address", "ws4tx.envelope", "test._django",
 )
 
 

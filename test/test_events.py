@@ -7,7 +7,7 @@ import json
 import signal
 
 from ws4tx import closecodes, envelope
-from ws4tx.handlers import EventHandler, EventRefused
+from ws4tx.server.handlers import EventHandler, EventRefused
 
 from twisted.internet import reactor
 

@@ -10,7 +10,7 @@ import signal
 from twisted.internet import defer, endpoints, protocol, reactor, task
 
 from ws4tx import envelope
-from ws4tx.config import ServerConfig
+from ws4tx.server.config import ServerConfig
 from ws4tx.redis_address import RedisAddress
 
 from test._server import ServerTestCase, non_probe

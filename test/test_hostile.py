@@ -20,12 +20,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
 
 from ws4tx import closecodes
-from ws4tx.auth import HandshakeRequest
-from ws4tx.config import ServerConfig
+from ws4tx.server.auth import HandshakeRequest
+from ws4tx.server.config import ServerConfig
 from ws4tx.naming import Identity
-from ws4tx.service import PushService
+from ws4tx.server.service import PushService
 from ws4tx.testing import MemoryBroker
-from ws4tx.web import HeadDeadlines
+from ws4tx.server.web import HeadDeadlines
 
 from test._server import ServerTestCase
 from test._wsclient import TIMEOUT, handshake_request, raw_request, status_of

@@ -12,10 +12,10 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx import closecodes, envelope, schema
-from ws4tx._forwarded import client_address
-from ws4tx._ratelimit import Budgets, TokenBucket
-from ws4tx.config import ServerConfig
-from ws4tx.protocol import PushFactory
+from ws4tx.server._forwarded import client_address
+from ws4tx.server._ratelimit import Budgets, TokenBucket
+from ws4tx.server.config import ServerConfig
+from ws4tx.server.protocol import PushFactory
 from ws4tx.testing import MemoryBroker
 
 from test._server import ServerTestCase, identity_header

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from ws4tx import _settings, envelope, naming
+from ws4tx import envelope, naming, redis_address, schema
 from ws4tx.naming import Flags, Identity, parse_flags
 from ws4tx.redis_address import InvalidRedisAddress, RedisAddress
 
@@ -156,16 +156,16 @@ class SettingsTests(SynchronousTestCase):
     def test_ws4txNameWinsOverWs4redisName(self):
         """WS4TX_X is used before WS4REDIS_X, which is used before the default."""
         both = SimpleNamespace(WS4TX_EXPIRE=1, WS4REDIS_EXPIRE=2)
-        self.assertEqual(_settings.lookup(both, "EXPIRE", 3), 1)
-        self.assertEqual(_settings.lookup(SimpleNamespace(WS4REDIS_EXPIRE=2), "EXPIRE", 3), 2)
-        self.assertEqual(_settings.lookup(SimpleNamespace(), "EXPIRE", 3), 3)
-        self.assertEqual(_settings.lookup(SimpleNamespace(WS4TX_PREFIX=""), "PREFIX", "x"), "")
+        self.assertEqual(schema.lookup(both, "EXPIRE", 3), 1)
+        self.assertEqual(schema.lookup(SimpleNamespace(WS4REDIS_EXPIRE=2), "EXPIRE", 3), 2)
+        self.assertEqual(schema.lookup(SimpleNamespace(), "EXPIRE", 3), 3)
+        self.assertEqual(schema.lookup(SimpleNamespace(WS4TX_PREFIX=""), "PREFIX", "x"), "")
 
     def test_urlSettingComesFirst(self):
         """The WS4TX_REDIS_URL setting wins over CONNECTION and the environment."""
         settings = SimpleNamespace(WS4TX_REDIS_URL="redis://a:1/2",
                                    WS4REDIS_CONNECTION={"host": "b"})
-        found = _settings.redis_address(settings, {"WS4TX_REDIS_URL": "redis://c/0"})
+        found = redis_address.from_settings(settings, {"WS4TX_REDIS_URL": "redis://c/0"})
         self.assertEqual((found.host, found.port, found.db), ("a", 1, 2))
 
     def test_connectionDictionaryComesNext(self):
@@ -173,19 +173,19 @@ class SettingsTests(SynchronousTestCase):
         env = {"WS4TX_REDIS_URL": "redis://c/0"}
         settings = SimpleNamespace(WS4TX_CONNECTION={"host": "t", "port": 7},
                                    WS4REDIS_CONNECTION={"host": "r"})
-        self.assertEqual(_settings.redis_address(settings, env),
+        self.assertEqual(redis_address.from_settings(settings, env),
                          RedisAddress(host="t", port=7))
         settings = SimpleNamespace(WS4REDIS_CONNECTION={
             "host": "r", "db": 4, "password": "pw", "unix_socket_path": None})
-        self.assertEqual(_settings.redis_address(settings, env),
+        self.assertEqual(redis_address.from_settings(settings, env),
                          RedisAddress(host="r", db=4, password="pw"))
 
     def test_environmentThenDefault(self):
         """The WS4TX_REDIS_URL environment variable, else redis://localhost:6379/0."""
-        self.assertEqual(_settings.redis_address(SimpleNamespace(),
+        self.assertEqual(redis_address.from_settings(SimpleNamespace(),
                                                  {"WS4TX_REDIS_URL": "redis://e:9/1"}),
                          RedisAddress(host="e", port=9, db=1))
-        self.assertEqual(_settings.redis_address(SimpleNamespace(), {}), RedisAddress())
+        self.assertEqual(redis_address.from_settings(SimpleNamespace(), {}), RedisAddress())
 
     def test_badValuesNameWhereTheyCameFrom(self):
         """A bad URL setting, CONNECTION dictionary or environment variable is named."""
@@ -197,7 +197,7 @@ class SettingsTests(SynchronousTestCase):
         ]
         for settings, env, named in cases:
             with self.assertRaises(InvalidRedisAddress) as caught:
-                _settings.redis_address(settings, env)
+                redis_address.from_settings(settings, env)
             self.assertIn(named, str(caught.exception))
 
 

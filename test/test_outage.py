@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
 
 from ws4tx import closecodes
-from ws4tx.config import ServerConfig
+from ws4tx.server.config import ServerConfig
 from ws4tx.redis_address import RedisAddress
 
 from test._server import ServerTestCase, non_probe

@@ -21,11 +21,11 @@ from twisted.trial import unittest
 from twisted.web import resource
 from twisted.web.server import Site
 
-from ws4tx import _autobahn
-from ws4tx.config import ServerConfig
-from ws4tx.embedded import EmbeddedRedis
-from ws4tx.protocol import PushFactory, PushProtocol
-from ws4tx.service import PushService
+from ws4tx.server import _internals
+from ws4tx.server.config import ServerConfig
+from ws4tx.server.embedded import EmbeddedRedis
+from ws4tx.server.protocol import PushFactory, PushProtocol
+from ws4tx.server.service import PushService
 from ws4tx.testing import MemoryBroker
 
 from test._server import observe_broker
@@ -186,7 +186,7 @@ class StringTransportTests(unittest.SynchronousTestCase):
 
 class LazyDebugFormattingTests(unittest.SynchronousTestCase):
     """Autobahn's per-connection debug values cost nothing unless a line is printed
-    (``_autobahn.format_lazily``, applied by every PushFactory)."""
+    (``_internals.format_lazily``, applied by every PushFactory)."""
 
     def setUp(self) -> None:
         self.formatted: list[object] = []
@@ -198,7 +198,7 @@ class LazyDebugFormattingTests(unittest.SynchronousTestCase):
 
         # Autobahn's module calls its own ``pformat`` name unless ws4tx replaced it; the
         # lazy value calls pprint's when printed. Both are counted.
-        self.patch(_autobahn._protocol, "pformat", counting)
+        self.patch(_internals._protocol, "pformat", counting)
         self.patch(pprint, "pformat", counting)
 
     def _open(self) -> PushProtocol:

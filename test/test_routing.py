@@ -8,10 +8,10 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx import closecodes
-from ws4tx import router as router_module
-from ws4tx.broker import BrokerUnavailable, SubscriptionRefused
-from ws4tx.hub import Hub
-from ws4tx.router import Router, is_text
+from ws4tx.server import router as router_module
+from ws4tx.server.broker import BrokerUnavailable, SubscriptionRefused
+from ws4tx.server.hub import Hub
+from ws4tx.server.router import Router, is_text
 from ws4tx.testing import MemoryBroker, MemoryBus
 
 

@@ -14,9 +14,10 @@ from django.core.exceptions import ImproperlyConfigured
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from ws4tx import schema, tap
-from ws4tx.config import FIELDS, ServerConfig, check
-from ws4tx.service import PushService
+from ws4tx import schema
+from ws4tx.server import tap
+from ws4tx.server.config import FIELDS, ServerConfig, check
+from ws4tx.server.service import PushService
 
 from test._djangoredis import DjangoTestCase
 
@@ -170,10 +171,10 @@ class SharedSettingsTests(DjangoTestCase):
         self.addCleanup(_sync_redis.reset)
 
     def _django(self, key: str) -> Any:
-        from ws4tx import _conf
+        from ws4tx import _django_settings
 
         try:
-            return getattr(_conf, key)()
+            return getattr(_django_settings, key)()
         except ImproperlyConfigured as e:
             return ValueError(str(e))
 

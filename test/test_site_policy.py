@@ -9,8 +9,8 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx import envelope
-from ws4tx.config import ServerConfig
-from ws4tx.service import PushService
+from ws4tx.server.config import ServerConfig
+from ws4tx.server.service import PushService
 from ws4tx.testing import MemoryBroker
 
 from test._server import ServerTestCase, identity_header

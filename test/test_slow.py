@@ -12,8 +12,8 @@ from twisted.internet import defer, endpoints, reactor, task
 from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
 
-from ws4tx.config import ServerConfig
-from ws4tx.embedded import EmbeddedRedis, free_port
+from ws4tx.server.config import ServerConfig
+from ws4tx.server.embedded import EmbeddedRedis, free_port
 
 from test._process import Twistd
 from test._wsclient import TIMEOUT, connect, handshake_request, raw_request, status_of

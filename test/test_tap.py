@@ -7,9 +7,9 @@ import os
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from ws4tx import tap
-from ws4tx.config import ServerConfig, check
-from ws4tx.service import PushService
+from ws4tx.server import tap
+from ws4tx.server.config import ServerConfig, check
+from ws4tx.server.service import PushService
 
 
 def parse(*argv: str) -> tap.Options:

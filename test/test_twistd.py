@@ -11,7 +11,7 @@ import redis
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from ws4tx.embedded import EmbeddedRedis, free_port
+from ws4tx.server.embedded import EmbeddedRedis, free_port
 
 from test._process import Twistd, twistd_path
 from test._wsclient import connect

@@ -1,7 +1,7 @@
 """Who a request is, for the Django side: its user name, group names (from the database)
 and session, and the resolution of ws4redis's ``SELF`` in audience lists.
 
-Session keys enter here and leave as session channel names (:func:`_conf.session_channel`:
+Session keys enter here and leave as session channel names (:func:`_django_settings.session_channel`:
 a keyed one-way id unless the site chose ws4redis's raw keys): an :class:`Identity`, a
 channel name or a token never holds a session key.
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Optional
 
-from ws4tx import _conf, naming
+from ws4tx import _django_settings, naming
 
 
 class _SelfType:
@@ -70,7 +70,7 @@ def session_channel(request: Any) -> Optional[str]:
     """The name of the request's session in channel names, or None without a saved
     session."""
     key = session_key(request)
-    return _conf.session_channel(key) if key else None
+    return _django_settings.session_channel(key) if key else None
 
 
 def identity(request: Any) -> naming.Identity:
@@ -131,7 +131,7 @@ def _own_session(request: Any) -> list[str]:
 
 
 def _session_to_name(value: Any) -> Any:
-    return _conf.session_channel(value) if isinstance(value, str) and value else value
+    return _django_settings.session_channel(value) if isinstance(value, str) and value else value
 
 
 def users(values: Any, request: Any) -> list[str]:

@@ -20,14 +20,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
-from ws4tx import _conf, _settings
+from ws4tx import _django_settings, redis_address, schema
 from ws4tx.redis_address import RedisAddress
 
 #: Settings whose change (``override_settings``) makes the next call build a new client.
 WATCHED_SETTINGS = frozenset(
-    {_settings.REDIS_URL_ENV}
-    | set(_settings.setting_names("CONNECTION"))
-    | set(_settings.setting_names("PUBLISH_TIMEOUT"))
+    {redis_address.REDIS_URL_ENV}
+    | set(schema.setting_names("CONNECTION"))
+    | set(schema.setting_names("PUBLISH_TIMEOUT"))
 )
 
 _lock = threading.Lock()
@@ -74,7 +74,7 @@ def client() -> redis.Redis:
         if _client is None:
             _watch_settings()
             found = _resolve()
-            timeout = _conf.publish_timeout()
+            timeout = _django_settings.publish_timeout()
             _client = redis.Redis.from_url(
                 found.url,
                 socket_connect_timeout=timeout,
@@ -88,7 +88,7 @@ def client() -> redis.Redis:
 def _resolve() -> RedisAddress:
     if _forced_url is not None:
         return RedisAddress.from_url(_forced_url)
-    return _settings.redis_address(_conf.django_settings())
+    return redis_address.from_settings(_django_settings.django_settings())
 
 
 def _drop() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from ws4tx import _conf
+from ws4tx import _django_settings
 from ws4tx.publisher import RedisPublisher, event_message
 from ws4tx.redis_store import SELF, NotStored, PublishError, RedisMessage, as_message
 
@@ -66,7 +66,7 @@ def publish(
     """
     publisher = _publisher(facility, broadcast, users, groups, sessions, request)
     data = as_message(message)
-    seconds = _conf.expire() if expire is None else _conf.check_expire(expire)
+    seconds = _django_settings.expire() if expire is None else _django_settings.check_expire(expire)
     return _run(lambda: publisher.publish_message(data, expire=seconds), on_commit)
 
 
@@ -90,5 +90,5 @@ def emit(
     """
     publisher = _publisher(facility, broadcast, users, groups, sessions, request)
     text = event_message(event, data)
-    seconds = _conf.check_expire(expire)
+    seconds = _django_settings.check_expire(expire)
     return _run(lambda: publisher.publish_message(text, expire=seconds), on_commit)

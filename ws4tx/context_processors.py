@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from django.utils.safestring import SafeString, mark_safe
 
-from ws4tx import _conf
+from ws4tx import _django_settings
 
 # Escaped so that the literal cannot end a <script> element or open a comment in it.
 _SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
@@ -33,9 +33,9 @@ def js_literal(value: Optional[str]) -> SafeString:
 def default(request: Any) -> dict[str, Any]:
     """``WEBSOCKET_URI``, ``WS4TX_HEARTBEAT`` and ``WS4REDIS_HEARTBEAT`` for templates."""
     scheme = "wss://" if request.is_secure() else "ws://"
-    heartbeat = js_literal(_conf.heartbeat())
+    heartbeat = js_literal(_django_settings.heartbeat())
     return {
-        "WEBSOCKET_URI": scheme + request.get_host() + _conf.websocket_url(),
+        "WEBSOCKET_URI": scheme + request.get_host() + _django_settings.websocket_url(),
         "WS4TX_HEARTBEAT": heartbeat,
         "WS4REDIS_HEARTBEAT": heartbeat,
     }

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import redis
 
-from ws4tx import _audience, _conf, envelope, naming
+from ws4tx import _audience, _django_settings, envelope, naming
 from ws4tx.redis_store import RedisMessage, RedisStore
 
 #: The audiences of :meth:`RedisPublisher.fetch_message`.
@@ -71,7 +71,7 @@ class RedisPublisher(RedisStore):
         if audience not in FETCH_AUDIENCES:
             raise ValueError(f"audience must be one of {FETCH_AUDIENCES}, not {audience!r}")
         naming.check_facility(facility)
-        prefix = _conf.prefix()
+        prefix = _django_settings.prefix()
         channels: list[str] = []
         if audience in ("session", "any"):
             session = _audience.session_channel(request)

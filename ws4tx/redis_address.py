@@ -7,6 +7,7 @@ from a ws4redis ``CONNECTION`` dictionary, and turned back into a URL that redis
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -121,3 +122,42 @@ def _db(value: Any) -> int:
     if db < 0:
         raise InvalidRedisAddress(f"the database number {db} is negative")
     return db
+
+
+#: The environment variable that names the Redis server when no setting does.
+REDIS_URL_ENV = "WS4TX_REDIS_URL"
+
+
+def from_settings(
+    settings: Any, environ: Optional[Mapping[str, str]] = None
+) -> RedisAddress:
+    """Where Redis is, for a process configured by ``settings``.
+
+    In order: the ``WS4TX_REDIS_URL`` setting, the ``CONNECTION`` setting (a ws4redis
+    dictionary), the ``WS4TX_REDIS_URL`` environment variable, ``redis://localhost:6379/0``.
+    A bad value raises :class:`InvalidRedisAddress` naming the setting it came from.
+    """
+    environ = os.environ if environ is None else environ
+    url = getattr(settings, REDIS_URL_ENV, None)
+    if url:
+        return _parse(url, f"setting {REDIS_URL_ENV}")
+    names = ("WS4TX_CONNECTION", "WS4REDIS_CONNECTION")
+    connection = next((getattr(settings, n) for n in names if hasattr(settings, n)), None)
+    if connection:
+        try:
+            return RedisAddress.from_connection(connection)
+        except InvalidRedisAddress as e:
+            raise InvalidRedisAddress(
+                f"setting WS4TX_CONNECTION/WS4REDIS_CONNECTION: {e}"
+            ) from None
+    url = environ.get(REDIS_URL_ENV)
+    if url:
+        return _parse(url, f"environment variable {REDIS_URL_ENV}")
+    return RedisAddress()
+
+
+def _parse(url: str, origin: str) -> RedisAddress:
+    try:
+        return RedisAddress.from_url(url)
+    except InvalidRedisAddress as e:
+        raise InvalidRedisAddress(f"{origin}: {e}") from None

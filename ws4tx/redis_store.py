@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 import redis
 from redis.exceptions import RedisError
 
-from ws4tx import _audience, _conf, _sync_redis, naming
+from ws4tx import _audience, _django_settings, naming, _sync_redis
 from ws4tx.redis_address import RedisAddress
 
 #: In ``users``, ``groups`` or ``sessions``: the current request's own user name, groups
@@ -70,7 +70,7 @@ class RedisMessage(bytes):
             raise TypeError(f"a message is str or bytes, not {type(value).__name__}")
         if not data:
             return None  # type: ignore[return-value]
-        heartbeat = _conf.heartbeat()
+        heartbeat = _django_settings.heartbeat()
         if heartbeat is not None and data == heartbeat.encode("utf-8"):
             return None  # type: ignore[return-value]
         return super().__new__(cls, data)
@@ -109,7 +109,7 @@ class RedisStore:
     @staticmethod
     def get_prefix() -> str:
         """The prefix of channel names, with its colon (``ws4tx:``), or ``""`` for none."""
-        prefix = _conf.prefix()
+        prefix = _django_settings.prefix()
         return f"{prefix}:" if prefix else ""
 
     @property
@@ -135,7 +135,7 @@ class RedisStore:
         if facility is None:
             raise ValueError("a facility is needed to publish")
         naming.check_facility(facility)
-        return naming.channels_for(_conf.prefix(), facility, broadcast=broadcast,
+        return naming.channels_for(_django_settings.prefix(), facility, broadcast=broadcast,
                                    users=users_, groups=groups_, sessions=sessions_)
 
     def publish_message(self, message: Any, expire: Optional[int] = None) -> int:
@@ -149,7 +149,7 @@ class RedisStore:
         was delivered nor stored), after at most ``PUBLISH_TIMEOUT``, and
         :class:`NotStored` when the message was delivered but Redis refused to store it.
         """
-        expire = _conf.expire() if expire is None else _conf.check_expire(expire)
+        expire = _django_settings.expire() if expire is None else _django_settings.check_expire(expire)
         data = as_message(message)
         if not data or not self._publishers:
             return 0

@@ -3,9 +3,9 @@
 A :class:`Setting` names a value, its kind (which gives its parser), its default, its meaning,
 its command-line option of ``twistd ws4tx`` and its Django setting (read as ``WS4TX_<NAME>``,
 then as ws4redis's ``WS4REDIS_<NAME>``). Everything else comes from here: the options of
-``twistd ws4tx`` (:mod:`ws4tx.tap`), the server's reading of the Django settings
-(:mod:`ws4tx._django`), the Django side's own reading (:mod:`ws4tx._conf`), the checks of
-:class:`ws4tx.config.ServerConfig`, and the README's configuration table
+``twistd ws4tx`` (:mod:`ws4tx.server.tap`), the server's reading of the Django settings
+(:mod:`ws4tx.server._django`), the Django side's own reading (:mod:`ws4tx._django_settings`), the checks of
+:class:`ws4tx.server.config.ServerConfig`, and the README's configuration table
 (``python -m ws4tx.schema`` prints it).
 
 Both halves read a setting with :func:`read`, so they agree on every value and on every
@@ -416,6 +416,21 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+
+
+def setting_names(name: str) -> tuple[str, str]:
+    """The two names a setting may have, in the order they are looked up."""
+    return f"WS4TX_{name}", f"WS4REDIS_{name}"
+
+
+def lookup(settings: Any, name: str, default: Any = None) -> Any:
+    """The raw value of setting ``name`` (``WS4TX_name``, else ``WS4REDIS_name``, else
+    ``default``), for settings the schema does not convert (hooks, say)."""
+    for full in setting_names(name):
+        value = getattr(settings, full, _MISSING)
+        if value is not _MISSING:
+            return value
+    return default
 
 
 def get(key: str) -> Setting:

@@ -14,8 +14,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from ws4tx.auth import HandshakeRequest, IAuthenticator
-from ws4tx.broker import BrokerUnavailable, IBroker, IBrokerListener
+from ws4tx.server.auth import HandshakeRequest, IAuthenticator
+from ws4tx.server.broker import BrokerUnavailable, IBroker, IBrokerListener
 from ws4tx.naming import ANONYMOUS, Identity
 
 
@@ -55,7 +55,7 @@ class MemoryBus:
 
 @implementer(IBroker)
 class MemoryBroker:
-    """An :class:`~ws4tx.broker.IBroker` in memory. ``disconnect()`` and ``reconnect()``
+    """An :class:`~ws4tx.server.broker.IBroker` in memory. ``disconnect()`` and ``reconnect()``
     simulate an outage: while down, commands fail with BrokerUnavailable and messages are
     lost, as with Redis pub/sub."""
 

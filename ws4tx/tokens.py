@@ -39,7 +39,7 @@ from typing import Any, Iterable, Optional
 
 from django.core import signing
 
-from ws4tx import _audience, _conf, naming
+from ws4tx import _audience, _django_settings, naming
 
 #: The salt of ws4tx's signatures: a token is valid for nothing else in the site.
 SALT = "ws4tx.token"
@@ -94,8 +94,8 @@ def make_token(
         payload["u"] = name
     if group_names:
         payload["g"] = group_names
-    if session_key is not None and _conf.session_channels() == _conf.SESSION_CHANNELS_ID:
-        payload["c"] = _conf.session_channel(session_key)
+    if session_key is not None and _django_settings.session_channels() == _django_settings.SESSION_CHANNELS_ID:
+        payload["c"] = _django_settings.session_channel(session_key)
     return signing.dumps(payload, salt=SALT, compress=True)
 
 
@@ -112,7 +112,7 @@ def read_token(token: str, max_age: Optional[float] = None) -> naming.Identity:
     """The identity in ``token``, verified without the database; ``max_age`` defaults to
     the setting ``TOKEN_MAX_AGE`` (300 s). Raises :class:`InvalidToken`."""
     if max_age is None:
-        max_age = _conf.token_max_age()
+        max_age = _django_settings.token_max_age()
     if not isinstance(token, str) or not token:
         raise InvalidToken("malformed: no token")
     if len(token) > MAX_TOKEN_LENGTH:
@@ -143,7 +143,7 @@ def _identity(payload: Any) -> naming.Identity:
         and (user is not None or not groups)
     ):
         raise InvalidToken("malformed payload")
-    if _conf.session_channels() != _conf.SESSION_CHANNELS_ID:
+    if _django_settings.session_channels() != _django_settings.SESSION_CHANNELS_ID:
         session = None  # ws4redis's names need the key, which tokens never carry
     return naming.Identity(user=user, groups=frozenset(groups), session=session)
 

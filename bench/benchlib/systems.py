@@ -234,7 +234,7 @@ ORDER = ["ceiling", "ws4tx", "ws4tx-2w", "channels-core", "channels-pubsub", "so
 
 
 def redis_binary(ws4tx_venv: Venv) -> str:
-    """redis-server (or valkey-server) on PATH, else the one ws4tx.embedded finds."""
+    """redis-server (or valkey-server) on PATH, else the one ws4tx.server.embedded finds."""
     import shutil
     import subprocess
 
@@ -243,7 +243,7 @@ def redis_binary(ws4tx_venv: Venv) -> str:
         if path:
             return path
     out = subprocess.run([ws4tx_venv.python, "-c",
-                          "from ws4tx.embedded import find_server_binary as f; print(f())"],
+                          "from ws4tx.server.embedded import find_server_binary as f; print(f())"],
                          capture_output=True, text=True, timeout=60)
     if out.returncode == 0 and out.stdout.strip():
         return out.stdout.strip()

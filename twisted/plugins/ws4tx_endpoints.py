@@ -1,5 +1,5 @@
-"""The ``reuseport:`` server endpoint description (see ws4tx.reuseport)."""
+"""The ``reuseport:`` server endpoint description (see ws4tx.server.reuseport)."""
 
-from ws4tx.reuseport import ReusePortParser
+from ws4tx.server.reuseport import ReusePortParser
 
 reuseport = ReusePortParser()

@@ -14,7 +14,7 @@ from twisted.web import pages, resource
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
-from ws4tx.protocol import PushFactory
+from ws4tx.server.protocol import PushFactory
 
 _UPGRADE_TEXT = (
     b"This URL speaks WebSocket only: connect with a WebSocket client "

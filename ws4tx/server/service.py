@@ -16,13 +16,13 @@ from twisted.logger import Logger
 from twisted.web import resource
 
 from ws4tx import closecodes
-from ws4tx.auth import IAuthenticator
-from ws4tx.broker import IBroker
-from ws4tx.config import ServerConfig, check, risks
-from ws4tx.handlers import EventHandler, Server
-from ws4tx.protocol import PushFactory
-from ws4tx.redis_broker import RedisBroker
-from ws4tx.web import PushSite, Root
+from ws4tx.server.auth import IAuthenticator
+from ws4tx.server.broker import IBroker
+from ws4tx.server.config import ServerConfig, check, risks
+from ws4tx.server.handlers import EventHandler, Server
+from ws4tx.server.protocol import PushFactory
+from ws4tx.server.redis_broker import RedisBroker
+from ws4tx.server.web import PushSite, Root
 
 #: Seconds an idle HTTP keep-alive connection (not a WebSocket) is kept.
 _IDLE_HTTP_TIMEOUT = 60

@@ -23,13 +23,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ws4tx import closecodes
-from ws4tx.broker import IBroker, IBrokerListener, SubscriptionRefused
+from ws4tx.server.broker import IBroker, IBrokerListener, SubscriptionRefused
 from ws4tx.envelope import server_voice
-from ws4tx.hub import Hub
+from ws4tx.server.hub import Hub
 
 
 class Member(Protocol):
-    """What the router needs of a client (a :class:`ws4tx.protocol.PushProtocol`)."""
+    """What the router needs of a client (a :class:`ws4tx.server.protocol.PushProtocol`)."""
 
     def deliver(self, prepared: Any, channel: str, payload: bytes) -> None:
         """Write a prepared frame that arrived on ``channel``."""

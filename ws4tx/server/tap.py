@@ -18,12 +18,12 @@ from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
 from twisted.python import usage
 
-from ws4tx import _settings, schema
-from ws4tx.config import FIELDS, ServerConfig, check
-from ws4tx.embedded import EmbeddedRedis, EmbeddedRedisError
-from ws4tx.handlers import load_handler_classes
+from ws4tx import redis_address, schema
+from ws4tx.server.config import FIELDS, ServerConfig, check
+from ws4tx.server.embedded import EmbeddedRedis, EmbeddedRedisError
+from ws4tx.server.handlers import load_handler_classes
 from ws4tx.redis_address import InvalidRedisAddress, RedisAddress
-from ws4tx.service import PushService
+from ws4tx.server.service import PushService
 
 _log = Logger()
 
@@ -159,7 +159,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     values: dict[str, Any] = {}
     settings = None
     if options["django-settings"]:
-        from ws4tx import _django
+        from ws4tx.server import _django
 
         try:
             settings = _django.setup(options["django-settings"])
@@ -192,11 +192,11 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
             _EmbeddedRedisService(embedded).setServiceParent(top)
             address = embedded.address
             _say(f"ws4tx: embedded Redis ({embedded.binary}) at {address.url}; "
-                 f"publishers elsewhere: export {_settings.REDIS_URL_ENV}={address.url}")
+                 f"publishers elsewhere: export {redis_address.REDIS_URL_ENV}={address.url}")
         elif redis:
             address = RedisAddress.from_url(redis)
         else:
-            address = _settings.redis_address(settings if settings is not None else object())
+            address = redis_address.from_settings(settings if settings is not None else object())
     except (EmbeddedRedisError, InvalidRedisAddress) as e:
         raise usage.UsageError(f"--redis: {e}") from None
 
@@ -216,7 +216,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
 
     authenticator = fallback = run_in_thread = None
     if settings is not None:
-        from ws4tx import _django
+        from ws4tx.server import _django
 
         try:
             authenticator = _django.SessionAuthenticator(

@@ -12,17 +12,17 @@ or mount ``push.websocket_resource`` at the WebSocket URL of an existing ``twist
 Site (and add ``push`` to a service parent without ``listen`` so that it connects to Redis).
 """
 
-from ws4tx.auth import AnonymousAuthenticator, HandshakeDenied, HandshakeRequest, IAuthenticator
-from ws4tx.broker import BrokerUnavailable, IBroker, IBrokerListener
-from ws4tx.config import ServerConfig
-from ws4tx.handlers import Client, EventHandler, EventRefused, Server
-from ws4tx.hub import Hub
+from ws4tx.server.auth import AnonymousAuthenticator, HandshakeDenied, HandshakeRequest, IAuthenticator
+from ws4tx.server.broker import BrokerUnavailable, IBroker, IBrokerListener
+from ws4tx.server.config import ServerConfig
+from ws4tx.server.handlers import Client, EventHandler, EventRefused, Server
+from ws4tx.server.hub import Hub
 from ws4tx.naming import Identity
-from ws4tx.protocol import PushFactory, PushProtocol
+from ws4tx.server.protocol import PushFactory, PushProtocol
 from ws4tx.redis_address import RedisAddress
-from ws4tx.redis_broker import RedisBroker
-from ws4tx.router import Router
-from ws4tx.service import PushService
+from ws4tx.server.redis_broker import RedisBroker
+from ws4tx.server.router import Router
+from ws4tx.server.service import PushService
 
 __all__ = [
     "AnonymousAuthenticator",

@@ -21,20 +21,21 @@ from twisted.internet.interfaces import IReactorTime, ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ws4tx import _autobahn, closecodes, envelope, schema
-from ws4tx._forwarded import client_address, is_trusted
-from ws4tx._origin import origin_allowed
-from ws4tx._ratelimit import Budgets, TokenBucket
-from ws4tx.auth import (
+from ws4tx import closecodes, envelope, schema
+from ws4tx.server import _internals
+from ws4tx.server._forwarded import client_address, is_trusted
+from ws4tx.server._origin import origin_allowed
+from ws4tx.server._ratelimit import Budgets, TokenBucket
+from ws4tx.server.auth import (
     AnonymousAuthenticator,
     Grant,
     HandshakeDenied,
     HandshakeRequest,
     IAuthenticator,
 )
-from ws4tx.broker import BrokerUnavailable, IBroker, NotStored, publish_to
-from ws4tx.config import ServerConfig
-from ws4tx.handlers import EventHandler, EventRefused, Server, handler_method
+from ws4tx.server.broker import BrokerUnavailable, IBroker, NotStored, publish_to
+from ws4tx.server.config import ServerConfig
+from ws4tx.server.handlers import EventHandler, EventRefused, Server, handler_method
 from ws4tx.naming import (
     ANONYMOUS,
     Flags,
@@ -44,7 +45,7 @@ from ws4tx.naming import (
     check_facility,
     parse_flags,
 )
-from ws4tx.router import Router, is_text
+from ws4tx.server.router import Router, is_text
 
 _log = Logger()
 
@@ -357,7 +358,7 @@ class PushProtocol(WebSocketServerProtocol):
         super().onMessageFrameBegin(length)
         self._fragments += 1
         if self._fragments > self.factory.config.max_fragments:
-            _autobahn.fail_connection(
+            _internals.fail_connection(
                 self, closecodes.POLICY_VIOLATION,
                 f"a message may arrive in at most {self.factory.config.max_fragments} frames")
 
@@ -557,7 +558,7 @@ class PushFactory(WebSocketServerFactory):
     ) -> None:
         # No Server header in the 101 answer (Autobahn sends its name and version).
         super().__init__(reactor=reactor, server=None)
-        _autobahn.format_lazily()
+        _internals.format_lazily()
         self.config = config
         self.broker = broker
         self.authenticator = authenticator or AnonymousAuthenticator()

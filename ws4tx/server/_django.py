@@ -16,8 +16,8 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ws4tx import _audience, _settings, schema
-from ws4tx.auth import Grant, HandshakeDenied, HandshakeRequest, IAuthenticator
+from ws4tx import _audience, schema
+from ws4tx.server.auth import Grant, HandshakeDenied, HandshakeRequest, IAuthenticator
 from ws4tx.naming import Flags, Identity, flag_names, parse_flags
 
 T = TypeVar("T")
@@ -194,7 +194,7 @@ class _OriginPolicy:
 
     def __init__(self, settings: Any) -> None:
         trusted = list(getattr(settings, "CSRF_TRUSTED_ORIGINS", ()) or ())
-        allowed = _settings.lookup(settings, "ALLOWED_ORIGINS", ()) or ()
+        allowed = schema.lookup(settings, "ALLOWED_ORIGINS", ()) or ()
         trusted += [allowed] if isinstance(allowed, str) else list(allowed)
         self.trusted = tuple(trusted)
         self.proxy_ssl_header = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
@@ -219,7 +219,7 @@ class _OriginPolicy:
 
     def allows(self, origin: str, request: HandshakeRequest) -> bool:
         """Whether a page of ``origin`` may open ``request`` with its cookies."""
-        from ws4tx._origin import origin_allowed, same_origin
+        from ws4tx.server._origin import origin_allowed, same_origin
 
         return same_origin(origin, self.site_origin(request)) or origin_allowed(
             origin, self.trusted)
@@ -243,10 +243,10 @@ class SessionAuthenticator:
     """
 
     def __init__(self, settings: Any, check_origin: bool = True) -> None:
-        self._custom_process = _import(_settings.lookup(settings, "PROCESS_REQUEST"),
+        self._custom_process = _import(schema.lookup(settings, "PROCESS_REQUEST"),
                                        "WS4TX_PROCESS_REQUEST")
         self._process = self._custom_process or _process_request
-        self._allowed_channels = _import(_settings.lookup(settings, "ALLOWED_CHANNELS"),
+        self._allowed_channels = _import(schema.lookup(settings, "ALLOWED_CHANNELS"),
                                          "WS4TX_ALLOWED_CHANNELS")
         self._origins = _OriginPolicy(settings) if check_origin else None
 

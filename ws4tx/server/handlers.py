@@ -30,7 +30,7 @@ from typing import Any, Callable, ClassVar, Iterable, Optional, Protocol, TypeVa
 from twisted.internet import defer, threads
 
 from ws4tx import envelope
-from ws4tx.broker import IBroker, publish_to
+from ws4tx.server.broker import IBroker, publish_to
 from ws4tx.naming import Identity, channels_for
 
 T = TypeVar("T")

@@ -33,7 +33,7 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ws4tx.broker import (
+from ws4tx.server.broker import (
     BrokerUnavailable,
     IBroker,
     IBrokerListener,
@@ -306,7 +306,7 @@ class _Preparation:
 
 @implementer(IBroker)
 class RedisBroker:
-    """An :class:`~ws4tx.broker.IBroker` on a Redis server."""
+    """An :class:`~ws4tx.server.broker.IBroker` on a Redis server."""
 
     log = Logger()
 
@@ -558,7 +558,7 @@ class RedisBroker:
     def publish(self, channel: str, payload: bytes, expire: int = 0) -> defer.Deferred[int]:
         """PUBLISH, then (``expire`` > 0) SET EX once PUBLISH succeeded: a message Redis
         refused to publish is never stored, and a message published but not stored fails
-        with :class:`~ws4tx.broker.NotStored` (never as undelivered)."""
+        with :class:`~ws4tx.server.broker.NotStored` (never as undelivered)."""
         d = self._command(lambda proto: proto.execute_command("PUBLISH", channel, payload))
         if expire > 0:
             d.addCallback(self._store, channel, payload, expire)
