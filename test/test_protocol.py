@@ -26,7 +26,7 @@ from ws4tx.server.config import ServerConfig
 from ws4tx.server.embedded import EmbeddedRedis
 from ws4tx.server.protocol import PushFactory, PushProtocol
 from ws4tx.server.service import PushService
-from ws4tx.testing import MemoryBroker
+from ws4tx.testing import MemoryBroker, MemoryBus
 
 from test._server import observe_broker
 from test._wsclient import connect
@@ -66,7 +66,7 @@ class StringTransportTests(unittest.SynchronousTestCase):
         self.clock = Clock()
         # Autobahn's own timers (queued writes, close handshake) run on txaio's loop.
         self.patch(txaio.config, "loop", self.clock)
-        self.broker = MemoryBroker()
+        self.broker = MemoryBroker(MemoryBus(self.clock))
         config = ServerConfig(ping_interval=0, heartbeat="--hb--", handshake_timeout=0,
                               anonymous_publish=True)
         self.factory = PushFactory(config, self.broker, reactor=self.clock)
@@ -88,6 +88,8 @@ class StringTransportTests(unittest.SynchronousTestCase):
         self._open("/ws/foobar?subscribe-broadcast")
         self.assertEqual(self.broker.subscribed, {"ws4tx:broadcast:foobar"})
         self.broker.bus.publish("ws4tx:broadcast:foobar", b"hi")
+        self.assertEqual(self.transport.value(), b"")  # delivered on the next turn
+        self.clock.advance(0)
         self.assertEqual(self.transport.value(), b"\x81\x02hi")
 
     def test_closingConnectionGetsNoFrameAfterItsCloseFrame(self):

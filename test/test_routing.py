@@ -86,7 +86,8 @@ class RouterTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.prepared: list = []
         self.clock = Clock()
-        self.broker = MemoryBroker()
+        # one clock for the router and the bus: advancing it delivers what was published
+        self.broker = MemoryBroker(MemoryBus(self.clock))
         self.router = Router(self.broker, self.prepare, clock=self.clock)
         self.broker.start(self.router)
 
@@ -112,6 +113,7 @@ class RouterTests(SynchronousTestCase):
         for c in clients:
             self.router.join(c, ["ch"])
         self.broker.bus.publish("ch", b"hello")
+        self.clock.advance(0)
         self.assertEqual(self.prepared, [("frame", b"hello", False)])
         self.assertTrue(all(c.frames == [self.prepared[0]] for c in clients))
 
@@ -119,6 +121,7 @@ class RouterTests(SynchronousTestCase):
         """A payload that is not UTF-8 is prepared as a binary frame."""
         self.router.join(FakeClient(), ["ch"])
         self.broker.bus.publish("ch", b"\xff")
+        self.clock.advance(0)
         self.assertEqual(self.prepared, [("frame", b"\xff", True)])
         self.assertTrue(is_text("héllo".encode()))
         self.assertFalse(is_text(b"\xc3"))
@@ -160,6 +163,7 @@ class RouterTests(SynchronousTestCase):
         self.successResultOf(d)  # a failed subscribe does not fail the join
         self.broker.reconnect()
         self.broker.bus.publish("late", b"here")
+        self.clock.advance(0)
         self.assertEqual(len(a.frames), 1)
 
     def test_twoNodesOnOneBus(self):
@@ -171,6 +175,7 @@ class RouterTests(SynchronousTestCase):
         self.router.join(here, ["ch"])
         other.join(there, ["ch"])
         self.assertEqual(self.broker.bus.publish("ch", b"m"), 2)
+        self.clock.advance(0)
         self.assertEqual((len(here.frames), len(there.frames)), (1, 1))
 
 

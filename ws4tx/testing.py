@@ -4,23 +4,48 @@
 with expiry on an injected clock) without any I/O, so routing can be tested without sockets
 or Redis. Several brokers may share one :class:`MemoryBus` to stand for several ws4tx nodes
 on one Redis.
+
+Like Redis, the bus delivers a message on a later reactor turn, never inside ``publish``:
+it schedules the delivery with its clock's ``callLater(0, ...)``. With the default clock (a
+:class:`twisted.internet.task.Clock`) a test delivers what was published by advancing it,
+``bus.clock.advance(0)``; a bus on the real reactor (``MemoryBus(reactor)``) delivers by
+itself. Messages are delivered in the order they were published.
 """
 
 from __future__ import annotations
 
+import fnmatch
+from collections import deque
 from typing import Any, Callable, Optional
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
 from ws4tx.server.auth import HandshakeRequest, IAuthenticator
-from ws4tx.server.broker import BrokerUnavailable, IBroker, IBrokerListener
+from ws4tx.server.broker import (
+    BrokerUnavailable,
+    IBroker,
+    IBrokerListener,
+    NotStored,
+    SubscriptionRefused,
+)
 from ws4tx.naming import ANONYMOUS, Identity
+
+#: What Redis answers to a SUBSCRIBE its ACL does not allow (and what the double says).
+NOPERM = "NOPERM this user has no permissions to access one of the channels used as arguments"
+#: What Redis answers to a SET past ``maxmemory`` (the default reason of a refused store).
+OOM = "OOM command not allowed when used memory > 'maxmemory'."
 
 
 class MemoryBus:
-    """What several :class:`MemoryBroker` share: the brokers and the stored messages."""
+    """What several :class:`MemoryBroker` share: the brokers, the stored messages, and
+    the messages published but not delivered yet.
+
+    ``clock`` schedules deliveries (``callLater(0, ...)``: the next reactor turn) and dates
+    the stored messages; by default a :class:`~twisted.internet.task.Clock` that the test
+    advances.
+    """
 
     def __init__(self, clock: Optional[IReactorTime] = None) -> None:
         from twisted.internet.task import Clock
@@ -28,18 +53,51 @@ class MemoryBus:
         self.clock: IReactorTime = clock if clock is not None else Clock()
         self.brokers: list["MemoryBroker"] = []
         self._store: dict[str, tuple[bytes, float]] = {}
+        #: (broker, its connection, channel, payload) waiting for the next turn.
+        self._pending: deque[tuple["MemoryBroker", int, str, bytes]] = deque()
+        self._delivery: Optional[IDelayedCall] = None
+        self._store_refusal: Optional[str] = None
 
     def publish(self, channel: str, payload: bytes, expire: int = 0) -> int:
-        """Deliver ``payload`` to every broker subscribed to ``channel``; store it if asked."""
+        """Publish ``payload`` to every broker subscribed to ``channel`` now, as another
+        process on the same Redis would, and store it if asked (``expire`` > 0). Returns
+        how many brokers it will be delivered to, on the next turn of the clock; raises
+        :class:`~ws4tx.server.broker.NotStored` if stores are refused (see
+        :meth:`refuseStores`)."""
         receivers = 0
-        for broker in list(self.brokers):
+        for broker in self.brokers:
             if broker.connected and channel in broker.subscribed:
                 receivers += 1
-                assert broker.listener is not None
-                broker.listener.messageReceived(channel, payload)
+                self._pending.append((broker, broker._connection, channel, payload))
+        if receivers and self._delivery is None:
+            self._delivery = self.clock.callLater(0, self._deliver)
         if expire > 0:
+            if self._store_refusal is not None:
+                raise NotStored(receivers, self._store_refusal)
             self._store[channel] = (payload, self.clock.seconds() + expire)
         return receivers
+
+    def _deliver(self) -> None:
+        """Deliver what was published before this turn, in order. A broker that lost its
+        connection since loses the message, as a Redis subscriber does; what listeners
+        publish meanwhile waits for the next turn."""
+        self._delivery = None
+        batch, self._pending = self._pending, deque()
+        for broker, connection, channel, payload in batch:
+            if broker.connected and broker._connection == connection:
+                assert broker.listener is not None
+                broker.listener.messageReceived(channel, payload)
+
+    @property
+    def undelivered(self) -> int:
+        """How many deliveries wait for the next turn of the clock."""
+        return len(self._pending)
+
+    def refuseStores(self, reason: Optional[str] = OOM) -> None:
+        """Refuse every store from now on, as a Redis out of memory refuses SET: a publish
+        with ``expire`` is delivered but fails with :class:`~ws4tx.server.broker.NotStored`.
+        ``refuseStores(None)`` accepts stores again."""
+        self._store_refusal = reason
 
     def get(self, key: str) -> Optional[bytes]:
         """The message stored under ``key`` if it has not expired."""
@@ -55,17 +113,27 @@ class MemoryBus:
 
 @implementer(IBroker)
 class MemoryBroker:
-    """An :class:`~ws4tx.server.broker.IBroker` in memory. ``disconnect()`` and ``reconnect()``
-    simulate an outage: while down, commands fail with BrokerUnavailable and messages are
-    lost, as with Redis pub/sub."""
+    """An :class:`~ws4tx.server.broker.IBroker` in memory, one node on a :class:`MemoryBus`.
+
+    ``disconnect()`` and ``reconnect()`` simulate an outage: while down, subscribe, publish
+    and fetch fail with :class:`~ws4tx.server.broker.BrokerUnavailable`, unsubscribe succeeds (there
+    is nothing to unsubscribe), and messages are lost, as with Redis pub/sub; on
+    reconnection the listener's wanted channels are subscribed again. ``refuse(pattern)``
+    refuses channels as a Redis ACL does. Messages are delivered on a later turn of the
+    bus's clock (see the module's docstring).
+    """
 
     def __init__(self, bus: Optional[MemoryBus] = None) -> None:
         self.bus = bus if bus is not None else MemoryBus()
         self.listener: Optional[IBrokerListener] = None
         self.subscribed: set[str] = set()
         self.connected = False
+        #: Channel patterns (fnmatch/Redis glob style) this broker may not subscribe.
+        self.refused: list[str] = []
         #: Every publish made through this broker: (channel, payload, expire).
         self.published: list[tuple[str, bytes, int]] = []
+        # Counts connections: a message published before a reconnection is lost.
+        self._connection = 0
 
     @property
     def delivering(self) -> bool:
@@ -91,21 +159,47 @@ class MemoryBroker:
             self.listener.brokerDisconnected()
 
     def reconnect(self) -> None:
-        """Simulate a new connection: resubscribe whatever the listener wants."""
+        """Simulate a new connection: resubscribe whatever the listener wants, reporting
+        the refused channels to it (``subscriptionRefused``) before ``brokerConnected``."""
         assert self.listener is not None
         self.connected = True
-        self.subscribed = set(self.listener.wantedChannels())
+        self._connection += 1
+        wanted = set(self.listener.wantedChannels())
+        refused = sorted(c for c in wanted if self._isRefused(c))
+        self.subscribed = wanted.difference(refused)
+        for channel in refused:
+            self.listener.subscriptionRefused(channel, NOPERM)
         self.listener.brokerConnected()
+
+    def refuse(self, pattern: str) -> None:
+        """Refuse to subscribe the channels matching ``pattern`` (``*``, ``?``, ``[...]``,
+        as Redis ACL channel patterns) from now on: ``subscribe`` fails with
+        :class:`~ws4tx.server.broker.SubscriptionRefused`. Like Redis narrowing a user's ACL, a
+        connected broker subscribed to such a channel is disconnected, then reconnects,
+        and its listener is told which wanted channels were refused."""
+        self.refused.append(pattern)
+        if self.connected and any(self._isRefused(c) for c in self.subscribed):
+            self.disconnect()
+            self.reconnect()
+
+    def _isRefused(self, channel: str) -> bool:
+        return any(fnmatch.fnmatchcase(channel, p) for p in self.refused)
 
     def _check(self) -> None:
         if not self.connected:
             raise BrokerUnavailable("the memory broker is disconnected")
 
     def subscribe(self, channel: str) -> defer.Deferred[None]:
-        return self._run(self.subscribed.add, channel)
+        def subscribe() -> None:
+            if self._isRefused(channel):
+                raise SubscriptionRefused(channel, NOPERM)
+            self.subscribed.add(channel)
+
+        return self._run(subscribe)
 
     def unsubscribe(self, channel: str) -> defer.Deferred[None]:
-        return self._run(self.subscribed.discard, channel)
+        self.subscribed.discard(channel)
+        return defer.succeed(None)
 
     def publish(self, channel: str, payload: bytes, expire: int = 0) -> defer.Deferred[int]:
         def publish() -> int:
