@@ -1,0 +1,488 @@
+"""The broker contract: what every :class:`~ws4tx.broker.IBroker` does, run against the
+in-memory double applications test with (``MemoryBroker``, on a Clock) and against the Redis
+broker on a real Redis the test starts, so that the double behaves like Redis.
+
+Each test case supplies the broker-specific parts: how a broker is made, how its connection
+is lost and comes back, how time passes, how channels are refused and stores fail, and how a
+test waits for something that happens on a later reactor turn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from typing import Any
+
+import redis
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from ws4tx.broker import (
+    BrokerUnavailable,
+    IBroker,
+    IBrokerListener,
+    NotStored,
+    SubscriptionRefused,
+)
+from ws4tx.embedded import EmbeddedRedis
+from ws4tx.redis_broker import RedisBroker
+from ws4tx.testing import MemoryBroker, MemoryBus
+
+from test._wsclient import TIMEOUT
+
+
+@implementer(IBrokerListener)
+class Listener:
+    """Records what a broker reports, in order, and refuses to be re-entered from
+    ``publish`` (see :meth:`publishing`)."""
+
+    def __init__(self, wanted: tuple[str, ...] = ()) -> None:
+        self.wanted = set(wanted)
+        #: Everything reported, in order: ("message", channel, payload), "connected",
+        #: "disconnected", ("refused", channel).
+        self.log: list[Any] = []
+        self.messages: defer.DeferredQueue[tuple[str, bytes]] = defer.DeferredQueue()
+        self.events: defer.DeferredQueue[Any] = defer.DeferredQueue()
+        self.reentered = 0
+        self._in_publish = False
+
+    def publishing(self, broker: IBroker, channel: str, payload: bytes,
+                   expire: int = 0) -> defer.Deferred[int]:
+        """``broker.publish(...)``, noting a delivery made before it returns."""
+        self._in_publish = True
+        try:
+            return broker.publish(channel, payload, expire)
+        finally:
+            self._in_publish = False
+
+    def wantedChannels(self) -> list[str]:
+        return sorted(self.wanted)
+
+    def messageReceived(self, channel: str, payload: bytes) -> None:
+        if self._in_publish:
+            self.reentered += 1
+        self.log.append(("message", channel, payload))
+        self.messages.put((channel, payload))
+
+    def subscriptionRefused(self, channel: str, reason: str) -> None:
+        self.log.append(("refused", channel))
+        self.events.put(("refused", channel))
+
+    def brokerConnected(self) -> None:
+        self.log.append("connected")
+        self.events.put("connected")
+
+    def brokerDisconnected(self) -> None:
+        self.log.append("disconnected")
+        self.events.put("disconnected")
+
+
+class BrokerContract:
+    """The contract tests; a TestCase mixes them with a broker's hooks (below)."""
+
+    # Hooks each broker's test case implements.
+
+    async def makeBroker(self, listener: Listener) -> IBroker:
+        """A started broker (another node when called twice), connected on return."""
+        raise NotImplementedError
+
+    async def settle(self, d: defer.Deferred[Any]) -> Any:
+        """Let later reactor turns run until ``d`` fires (bounded); its result."""
+        raise NotImplementedError
+
+    async def disconnect(self, broker: IBroker) -> None:
+        """Make ``broker`` lose its connection; return once it has told its listener.
+        It stays down until :meth:`reconnect`."""
+        raise NotImplementedError
+
+    async def reconnect(self, broker: IBroker) -> None:
+        """Bring the connection back; return once ``broker`` is connected and takes
+        commands."""
+        raise NotImplementedError
+
+    async def watchExpiry(self, broker: IBroker, key: str) -> Any:
+        """Prepare to notice that ``key`` expires (before it is stored)."""
+        return None
+
+    async def passTime(self, watch: Any, seconds: int) -> None:
+        """Let ``seconds`` pass, until the key :meth:`watchExpiry` watched has expired."""
+        raise NotImplementedError
+
+    async def refuseDenied(self, broker: IBroker) -> None:
+        """From now on refuse ``broker`` the channels ``denied:*`` (a Redis ACL allowing
+        every other channel the test uses)."""
+        raise NotImplementedError
+
+    def failStores(self, broker: IBroker) -> None:
+        """Make every store fail from now on (Redis out of memory)."""
+        raise NotImplementedError
+
+    # Helpers
+
+    async def start(self, *wanted: str) -> tuple[IBroker, Listener]:
+        listener = Listener(wanted)
+        broker = await self.makeBroker(listener)
+        return broker, listener
+
+    async def subscribe(self, broker: IBroker, listener: Listener, channel: str) -> None:
+        """Subscribe as the router does: the listener wants the channel from now on."""
+        listener.wanted.add(channel)
+        await self.settle(broker.subscribe(channel))
+
+    async def unsubscribe(self, broker: IBroker, listener: Listener, channel: str) -> None:
+        listener.wanted.discard(channel)
+        await self.settle(broker.unsubscribe(channel))
+
+    async def message(self, listener: Listener) -> tuple[str, bytes]:
+        return await self.settle(listener.messages.get())
+
+    async def event(self, listener: Listener) -> Any:
+        return await self.settle(listener.events.get())
+
+    async def failure(self, d: defer.Deferred[Any], *errors: type) -> Any:
+        """The exception ``d`` fails with, which must be one of ``errors``."""
+        try:
+            result = await self.settle(d)
+        except errors as e:
+            return e
+        self.fail(f"{d} fired with {result!r}, expected {errors}")
+
+    async def delivered(self, broker: IBroker, listener: Listener, channel: str,
+                        payload: bytes) -> int:
+        """Publish and wait for the message; the receiver count."""
+        receivers = await self.settle(broker.publish(channel, payload))
+        self.assertEqual(await self.message(listener), (channel, payload))
+        return receivers
+
+    # The contract
+
+    async def test_providesTheInterface(self):
+        """Both brokers provide IBroker; a started broker is connected."""
+        broker, listener = await self.start()
+        verifyObject(IBroker, broker)
+        self.assertTrue(broker.connected)
+        self.assertEqual(listener.log, ["connected"])
+
+    async def test_subscribedChannelGetsWhatIsPublished(self):
+        """Once subscribe() fired, a publish on the channel reaches the listener, with
+        the channel's name and the payload's exact bytes (numbers stay bytes)."""
+        broker, listener = await self.start()
+        await self.subscribe(broker, listener, "ch")
+        self.assertEqual(await self.delivered(broker, listener, "ch", b"12345"), 1)
+        self.assertEqual(await self.delivered(broker, listener, "ch", b"\xff\x00"), 1)
+
+    async def test_deliveryHappensAfterPublishReturns(self):
+        """A message is never delivered inside publish(): the listener is not re-entered
+        from the call, and nothing has arrived when it returns."""
+        broker, listener = await self.start()
+        await self.subscribe(broker, listener, "ch")
+        d = listener.publishing(broker, "ch", b"later")
+        self.assertEqual(listener.messages.pending, [])
+        self.assertEqual(await self.settle(d), 1)
+        self.assertEqual(await self.message(listener), ("ch", b"later"))
+        self.assertEqual(listener.reentered, 0)
+
+    async def test_messagesOnAChannelArriveInPublishOrder(self):
+        """Messages published one after the other (not waiting) arrive in that order."""
+        broker, listener = await self.start()
+        await self.subscribe(broker, listener, "ch")
+        await self.subscribe(broker, listener, "other")
+        sent = [b"%d" % n for n in range(100)]
+        for payload in sent:
+            broker.publish("ch", payload)
+            broker.publish("other", b"noise")
+        received = []
+        while len(received) < len(sent):
+            channel, payload = await self.message(listener)
+            if channel == "ch":
+                received.append(payload)
+        self.assertEqual(received, sent)
+
+    async def test_publishCountsTheNodesSubscribed(self):
+        """publish() fires with how many brokers (nodes) are subscribed to the channel;
+        each of them gets the message once."""
+        here, here_listener = await self.start()
+        there, there_listener = await self.start()
+        self.assertEqual(await self.settle(here.publish("ch", b"nobody")), 0)
+        await self.subscribe(here, here_listener, "ch")
+        await self.subscribe(there, there_listener, "ch")
+        self.assertEqual(await self.settle(there.publish("ch", b"both")), 2)
+        self.assertEqual(await self.message(here_listener), ("ch", b"both"))
+        self.assertEqual(await self.message(there_listener), ("ch", b"both"))
+        await self.unsubscribe(there, there_listener, "ch")
+        self.assertEqual(await self.delivered(there, here_listener, "ch", b"one"), 1)
+        self.assertEqual(there_listener.messages.pending, [])
+
+    async def test_messageStoredWithExpireIsFetched(self):
+        """publish(expire > 0) stores the message under the channel's name (the last one
+        wins), even with nobody subscribed; fetch() gives it back; unknown keys are None."""
+        broker, _ = await self.start()
+        self.assertEqual(await self.settle(broker.publish("kept", b"first", expire=60)), 0)
+        await self.settle(broker.publish("kept", b"last", expire=60))
+        self.assertEqual(await self.settle(broker.fetch("kept")), b"last")
+        self.assertIsNone(await self.settle(broker.fetch("unknown")))
+
+    async def test_nothingStoredWithoutExpire(self):
+        """A publish without expire stores nothing, and leaves a stored message alone."""
+        broker, _ = await self.start()
+        await self.settle(broker.publish("fleeting", b"gone"))
+        self.assertIsNone(await self.settle(broker.fetch("fleeting")))
+        await self.settle(broker.publish("kept", b"stored", expire=60))
+        await self.settle(broker.publish("kept", b"not stored"))
+        self.assertEqual(await self.settle(broker.fetch("kept")), b"stored")
+
+    async def test_storedMessageExpires(self):
+        """A stored message is gone once its expiry has passed."""
+        broker, _ = await self.start()
+        watch = await self.watchExpiry(broker, "brief")
+        await self.settle(broker.publish("brief", b"soon gone", expire=1))
+        self.assertEqual(await self.settle(broker.fetch("brief")), b"soon gone")
+        await self.passTime(watch, 1)
+        self.assertIsNone(await self.settle(broker.fetch("brief")))
+
+    async def test_unsubscribeStopsDelivery(self):
+        """After unsubscribe() fired, nothing more is delivered on the channel; other
+        channels go on."""
+        broker, listener = await self.start()
+        await self.subscribe(broker, listener, "ch")
+        await self.subscribe(broker, listener, "other")
+        await self.unsubscribe(broker, listener, "ch")
+        self.assertEqual(await self.settle(broker.publish("ch", b"unheard")), 0)
+        self.assertEqual(await self.delivered(broker, listener, "other", b"heard"), 1)
+        self.assertNotIn(("message", "ch", b"unheard"), listener.log)
+
+    async def test_wantedChannelsResubscribedAfterReconnect(self):
+        """After the connection is lost and back, the listener is told disconnected then
+        connected, and exactly its wanted channels are subscribed again."""
+        broker, listener = await self.start()
+        await self.subscribe(broker, listener, "a")
+        await self.subscribe(broker, listener, "b")
+        await self.disconnect(broker)
+        self.assertFalse(broker.connected)
+        await self.reconnect(broker)
+        self.assertTrue(broker.connected)
+        self.assertEqual(listener.log, ["connected", "disconnected", "connected"])
+        self.assertEqual(await self.delivered(broker, listener, "a", b"back"), 1)
+        self.assertEqual(await self.delivered(broker, listener, "b", b"back"), 1)
+
+    async def test_unsubscribeWhileDisconnectedSucceeds(self):
+        """unsubscribe() while the connection is down succeeds, and a channel the
+        listener no longer wants is not subscribed again after reconnection."""
+        broker, listener = await self.start()
+        await self.subscribe(broker, listener, "gone")
+        await self.subscribe(broker, listener, "kept")
+        await self.disconnect(broker)
+        await self.unsubscribe(broker, listener, "gone")
+        await self.reconnect(broker)
+        self.assertEqual(await self.settle(broker.publish("gone", b"unheard")), 0)
+        self.assertEqual(await self.delivered(broker, listener, "kept", b"heard"), 1)
+
+    async def test_commandsWhileDisconnectedFail(self):
+        """While the connection is down, subscribe, publish and fetch fail with
+        BrokerUnavailable (within a bounded time); a channel the listener wants is
+        subscribed once the connection is back."""
+        broker, listener = await self.start()
+        await self.disconnect(broker)
+        listener.wanted.add("late")
+        await self.failure(broker.subscribe("late"), BrokerUnavailable)
+        await self.failure(broker.publish("late", b"lost"), BrokerUnavailable)
+        await self.failure(broker.publish("late", b"lost", expire=60), BrokerUnavailable)
+        await self.failure(broker.fetch("late"), BrokerUnavailable)
+        await self.reconnect(broker)
+        self.assertEqual(await self.delivered(broker, listener, "late", b"here"), 1)
+        self.assertIsNone(await self.settle(broker.fetch("late")))
+
+    async def test_refusedSubscriptionFailsOnlyThatChannel(self):
+        """A channel the broker may not subscribe fails with SubscriptionRefused naming
+        it; other channels are subscribed and delivered."""
+        broker, listener = await self.start()
+        await self.refuseDenied(broker)
+        refused = await self.failure(broker.subscribe("denied:x"), SubscriptionRefused)
+        self.assertEqual(refused.channel, "denied:x")
+        self.assertIn("NOPERM", refused.reason)
+        await self.subscribe(broker, listener, "allowed:x")
+        self.assertEqual(await self.delivered(broker, listener, "allowed:x", b"fine"), 1)
+        # narrowing what was not subscribed leaves the connection alone
+        self.assertNotIn("disconnected", listener.log)
+
+    async def test_refusedResubscriptionIsReported(self):
+        """A wanted channel refused when the broker resubscribes is reported to the
+        listener (subscriptionRefused) before brokerConnected; the others are
+        subscribed again."""
+        broker, listener = await self.start()
+        await self.subscribe(broker, listener, "allowed:x")
+        await self.subscribe(broker, listener, "denied:x")
+        await self.refuseDenied(broker)  # narrowing the ACL drops the subscriber
+        self.assertEqual(await self.event(listener), "disconnected")
+        self.assertEqual(await self.event(listener), ("refused", "denied:x"))
+        self.assertEqual(await self.event(listener), "connected")
+        self.assertEqual(await self.delivered(broker, listener, "allowed:x", b"fine"), 1)
+
+    async def test_deliveredButNotStoredFailsWithNotStored(self):
+        """When the store refuses the message, publish(expire) fails with NotStored
+        carrying the receivers: the message was delivered all the same, and a publish
+        without expire is unaffected."""
+        broker, listener = await self.start()
+        await self.subscribe(broker, listener, "ch")
+        self.failStores(broker)
+        not_stored = await self.failure(broker.publish("ch", b"unstored", expire=60),
+                                        NotStored)
+        self.assertEqual(not_stored.receivers, 1)
+        self.assertIn("maxmemory", not_stored.reason)
+        self.assertEqual(await self.message(listener), ("ch", b"unstored"))
+        self.assertIsNone(await self.settle(broker.fetch("ch")))
+        self.assertEqual(await self.delivered(broker, listener, "ch", b"plain"), 1)
+
+
+class MemoryBrokerContractTests(BrokerContract, unittest.TestCase):
+    """The contract of the in-memory double, on a Clock the test drives."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.bus = MemoryBus(self.clock)
+
+    async def makeBroker(self, listener: Listener) -> IBroker:
+        broker = MemoryBroker(self.bus)
+        broker.start(listener)
+        self.addCleanup(broker.stop)
+        self.assertEqual(await self.event(listener), "connected")
+        return broker
+
+    async def settle(self, d: defer.Deferred[Any]) -> Any:
+        self.clock.advance(0)
+        if not d.called:
+            self.fail(f"{d} did not fire on the next turn")
+        return await d
+
+    async def disconnect(self, broker: MemoryBroker) -> None:  # type: ignore[override]
+        broker.disconnect()
+
+    async def reconnect(self, broker: MemoryBroker) -> None:  # type: ignore[override]
+        broker.reconnect()
+
+    async def passTime(self, watch: Any, seconds: int) -> None:
+        self.clock.advance(seconds)
+
+    async def refuseDenied(self, broker: MemoryBroker) -> None:  # type: ignore[override]
+        broker.refuse("denied:*")
+
+    def failStores(self, broker: MemoryBroker) -> None:  # type: ignore[override]
+        broker.bus.refuseStores()
+
+    async def test_nothingIsDeliveredUntilTheClockTurns(self):
+        """On a Clock, a test delivers what was published by advancing it (documented
+        for applications' tests)."""
+        broker, listener = await self.start()
+        await self.subscribe(broker, listener, "ch")
+        self.assertEqual(self.bus.publish("ch", b"from elsewhere"), 1)
+        self.assertEqual((listener.messages.pending, self.bus.undelivered), ([], 1))
+        self.clock.advance(0)
+        self.assertEqual(listener.messages.pending, [("ch", b"from elsewhere")])
+
+    async def test_messagePendingAcrossAReconnectionIsLost(self):
+        """A message published just before the connection was lost is lost, even when
+        the connection is back before the clock turns (as with Redis, whose subscriber
+        loses what was not read from its socket)."""
+        broker, listener = await self.start("ch")
+        await self.settle(broker.subscribe("ch"))
+        self.assertEqual(self.bus.publish("ch", b"in flight"), 1)
+        broker.disconnect()
+        broker.reconnect()
+        self.assertEqual(await self.delivered(broker, listener, "ch", b"after"), 1)
+        self.assertNotIn(("message", "ch", b"in flight"), listener.log)
+
+
+class RedisBrokerContractTests(BrokerContract, unittest.TestCase):
+    """The contract of the Redis broker, on a real Redis this test starts. The brokers
+    connect as an ACL user (``contract``) so that its channels can be narrowed; an outage
+    is the server killed (SIGKILL) and started again on the same port."""
+
+    USER = "contract"
+
+    def setUp(self) -> None:
+        self.server = EmbeddedRedis()
+        self._startServer()
+        self.addCleanup(self.server.stop)
+        self.redis = redis.Redis.from_url(self.server.url, socket_timeout=5)
+        self.addCleanup(self.redis.close)
+        self.events: list[tuple[RedisBroker, Listener]] = []
+
+    def _startServer(self) -> None:
+        self.server.start()
+        admin = redis.Redis.from_url(self.server.url, socket_timeout=5)
+        admin.execute_command("ACL", "SETUSER", self.USER, "on", ">secret", "~*", "+@all",
+                              "allchannels")
+        admin.close()
+
+    async def makeBroker(self, listener: Listener) -> IBroker:
+        address = dataclasses.replace(self.server.address, username=self.USER,
+                                      password="secret")
+        broker = RedisBroker(address, ping_interval=0, timeout=2.0,
+                             retry_policy=lambda attempt: 0.05)
+        self._observeCommands(broker)
+        broker.start(listener)
+        self.addCleanup(broker.stop)
+        self.assertEqual(await self.event(listener), "connected")
+        await self._commandsReady(broker)
+        return broker
+
+    def _observeCommands(self, broker: RedisBroker) -> None:
+        """Note each time the broker's command connection is ready (its subscriber
+        connection is the listener's brokerConnected)."""
+        broker.test_commands = defer.DeferredQueue()  # type: ignore[attr-defined]
+        ready = broker._commandReady
+
+        def commandReady(proto: Any) -> None:
+            ready(proto)
+            broker.test_commands.put(None)  # type: ignore[attr-defined]
+
+        broker._commandReady = commandReady  # type: ignore[method-assign]
+
+    async def _commandsReady(self, broker: RedisBroker) -> None:
+        await self.settle(broker.test_commands.get())  # type: ignore[attr-defined]
+
+    async def settle(self, d: defer.Deferred[Any]) -> Any:
+        return await d.addTimeout(TIMEOUT, reactor)
+
+    async def disconnect(self, broker: RedisBroker) -> None:  # type: ignore[override]
+        listener = broker._listener
+        assert isinstance(listener, Listener)
+        self.server.stop(signal.SIGKILL)
+        self.redis.connection_pool.disconnect()
+        self.assertEqual(await self.event(listener), "disconnected")
+
+    async def reconnect(self, broker: RedisBroker) -> None:  # type: ignore[override]
+        listener = broker._listener
+        assert isinstance(listener, Listener)
+        self._startServer()
+        commands = broker.test_commands.get()  # type: ignore[attr-defined]
+        while True:
+            event = await self.event(listener)
+            if event == "connected":
+                break
+            self.assertIsInstance(event, tuple)  # a refusal, before connected
+        await self.settle(commands)
+
+    async def watchExpiry(self, broker: RedisBroker, key: str) -> Any:  # type: ignore[override]
+        """Redis tells of expired keys on __keyevent@0__:expired (keyspace
+        notifications): wait for that rather than for time."""
+        self.redis.config_set("notify-keyspace-events", "Ex")
+        watcher, listener = await self.start()
+        await self.subscribe(watcher, listener, "__keyevent@0__:expired")
+        return listener, key
+
+    async def passTime(self, watch: Any, seconds: int) -> None:
+        listener, key = watch
+        _, payload = await self.settle(listener.messages.get())
+        self.assertEqual(payload, key.encode())
+
+    async def refuseDenied(self, broker: RedisBroker) -> None:  # type: ignore[override]
+        self.redis.execute_command("ACL", "SETUSER", self.USER, "resetchannels",
+                                   "&allowed:*", "&__ws4tx_probe__:*")
+
+    def failStores(self, broker: RedisBroker) -> None:  # type: ignore[override]
+        self.redis.config_set("maxmemory-policy", "noeviction")
+        self.redis.config_set("maxmemory", 1)
