@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx.server import tap
@@ -115,17 +120,183 @@ class ConfigTests(SynchronousTestCase):
 class WorkerOptionsTests(SynchronousTestCase):
     """What --workers passes on to its workers."""
 
-    def test_workerArgumentsShareThePortAndTheRedis(self):
-        """Workers get the same options less --workers, the ports as reuseport:, and
-        the resolved Redis (an embedded one is started once, by the supervisor)."""
-        options = parse("--workers", "3", "-l", "tcp:9000:backlog=9", "--redis=redis://h:1/0",
-                        "--prefix", "p", "--heartbeat=--hb--")
-        argv = tap._worker_argv(options, tap.RedisAddress.from_url("redis://h:1/0"))
-        self.assertEqual(argv, ["--prefix", "p", "--heartbeat=--hb--",
-                                "--listen=reuseport:9000:backlog=9", "--redis=redis://h:1/0"])
+    def test_workerArgumentsShareThePortAndLeaveOutTheRedis(self):
+        """Workers get the same options less --workers and --redis (however it was
+        spelled), and the ports as reuseport:."""
+        for redis in (["--redis=redis://:pw@h:1/0"], ["-r", "redis://:pw@h:1/0"],
+                      ["-rredis://:pw@h:1/0"]):
+            options = parse("--workers", "3", "-l", "tcp:9000:backlog=9", *redis,
+                            "--prefix", "p", "--heartbeat=--hb--", "--no-client-publish",
+                            "--allowed-origin", "https://a.example", "--expire", "0")
+            argv = tap._worker_argv(options)
+            self.assertEqual(argv, ["--prefix=p", "--expire=0", "--heartbeat=--hb--",
+                                    "--allowed-origin=https://a.example",
+                                    "--no-client-publish",
+                                    "--listen=reuseport:9000:backlog=9"])
+            self.assertNotIn("pw", " ".join(argv))
+            # what the worker parses is what the supervisor parsed
+            worker = parse(*argv)
+            self.assertEqual({k: v for k, v in worker.given.items() if k != "listen"},
+                             {k: v for k, v in options.given.items()
+                              if k not in ("listen", "workers", "redis")})
+
+    def test_secretsReachWorkersThroughTheEnvironment(self):
+        """The resolved Redis URL and health token are in the workers' environment, never
+        in their arguments; a worker takes that Redis over $WS4TX_REDIS_URL."""
+        with tempfile.NamedTemporaryFile("w", suffix=".token") as token:
+            token.write("t0ken\n")
+            token.flush()
+            options = parse("--workers", "2", "--redis", "redis://:pw@h:1/0",
+                            "--health-token-file", token.name)
+            argv = tap._worker_argv(options)
+            self.assertNotIn("--health-token-file", " ".join(argv))
+            config = check(ServerConfig(redis=tap.RedisAddress.from_url("redis://:pw@h:1/0"),
+                                        health_token="t0ken"))
+            env = tap._worker_environment(config, {"PATH": "/bin",
+                                                   "WS4TX_REDIS_URL": "redis://env:1/3"})
+        self.assertEqual(env[tap.WORKER_REDIS_ENV], "redis://:pw@h:1/0")
+        self.assertEqual(env["WS4TX_HEALTH_TOKEN"], "t0ken")
+        self.assertEqual(env["PATH"], "/bin")
+        self.patch(os, "environ", env)
+        worker = push_service(parse(*argv)).config
+        self.assertEqual((worker.redis.url, worker.health_token),
+                         ("redis://:pw@h:1/0", "t0ken"))
+        self.assertNotIn(tap.WORKER_REDIS_ENV, os.environ)  # handed over once
 
     def test_workersNeedTcp(self):
         """--workers refuses listen descriptions it cannot share."""
         e = self.assertRaises(usage.UsageError, parse, "--workers", "2",
                               "--listen", "unix:/tmp/x.sock")
         self.assertIn("--workers", str(e))
+
+
+class _FakeProcess:
+    """A spawned process of :class:`_ProcessClock`."""
+
+    def __init__(self, protocol, pid: int, env) -> None:
+        self.protocol, self.pid, self.env = protocol, pid, env
+        self.signals: list[str] = []
+        self.exited = False
+
+    def signalProcess(self, name: str) -> None:
+        if self.exited:
+            raise ProcessExitedAlready()
+        self.signals.append(name)
+
+    def exit(self, status: int = 1, signal=None) -> None:
+        """The process ends (its protocol is told)."""
+        self.exited = True
+        reason = ProcessDone(0) if status == 0 and signal is None else \
+            ProcessTerminated(exitCode=None if signal else status, signal=signal)
+        self.protocol.processEnded(Failure(reason))
+
+
+class _ProcessClock(Clock):
+    """A Clock that also spawns (fake) processes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[_FakeProcess] = []
+
+    def spawnProcess(self, protocol, executable, args=(), env=None, path=None, uid=None,
+                     gid=None, usePTY=False, childFDs=None):
+        process = _FakeProcess(protocol, 1000 + len(self.spawned), env)
+        self.spawned.append(process)
+        protocol.makeConnection(process)
+        return process
+
+    def running(self, number: int) -> _FakeProcess:
+        """The newest process of worker ``number`` (the workers spawn in order)."""
+        return [p for p in self.spawned if p.protocol.number == number][-1]
+
+
+class SupervisorTests(SynchronousTestCase):
+    """--workers' supervisor: restarts with backoff, logs each end, stops any worker."""
+
+    def setUp(self) -> None:
+        self.clock = _ProcessClock()
+        self.workers = tap._Workers(["--prefix=p"], {"WS4TX_WORKER_REDIS_URL": "redis://x"},
+                                    2, 10.0, self.clock)
+        self.workers.startService()
+
+    def restartDelays(self, number: int, lived: float, times: int) -> list[float]:
+        """Let worker ``number`` die ``times`` times after living ``lived`` s; the delays
+        before each restart."""
+        delays = []
+        for _ in range(times):
+            self.clock.advance(lived)
+            before = len(self.clock.spawned)
+            self.clock.running(number).exit(3)
+            waited = 0.0
+            while len(self.clock.spawned) == before:
+                self.clock.advance(0.5)
+                waited += 0.5
+            delays.append(waited)
+        return delays
+
+    def test_workersGetTheirArgumentsAndEnvironment(self):
+        """Each worker runs twistd ws4tx with the argv and the environment given."""
+        self.assertEqual(len(self.clock.spawned), 2)
+        for process in self.clock.spawned:
+            self.assertEqual(process.env, {"WS4TX_WORKER_REDIS_URL": "redis://x"})
+        self.assertEqual(self.workers.argv[-2:], ["ws4tx", "--prefix=p"])
+
+    def test_aWorkerThatKeepsDyingIsRestartedLaterAndLater(self):
+        """A crash loop: 1 s, doubling to 60 s; the other worker is not affected."""
+        self.assertEqual(self.restartDelays(0, lived=0.5, times=8),
+                         [1, 2, 4, 8, 16, 32, 60, 60])
+        self.assertEqual(self.restartDelays(1, lived=0.5, times=1), [1])
+
+    def test_theDelayResetsOnceAWorkerStayedUp(self):
+        """A worker that stayed up 60 s is restarted after 1 s again, and the next quick
+        ends start the doubling again."""
+        self.assertEqual(self.restartDelays(0, lived=1, times=4), [1, 2, 4, 8])
+        self.assertEqual(self.restartDelays(0, lived=60, times=1), [1])
+        self.assertEqual(self.restartDelays(0, lived=1, times=2), [2, 4])
+
+    def test_eachEndIsLoggedOnceWithWhyAndWhen(self):
+        """One warning per end, naming the worker, its status and the restart delay."""
+        with capturedLogs() as events:
+            self.clock.running(1).exit(3)
+            self.clock.advance(1)  # restarted
+            self.clock.advance(1.5)
+            self.clock.running(1).exit(signal=9)
+            self.clock.advance(2)
+        lines = [e["log_format"].format(**e) for e in events
+                 if e["log_namespace"] == "ws4tx.tap"]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertRegex(lines[0], r"worker 1 \(pid 1001\) exited with status 3 after 0\.0 s; "
+                                   r"restarting it in 1 s")
+        self.assertRegex(lines[1], r"worker 1 \(pid 1002\) killed by signal 9 after 1\.5 s; "
+                                   r"restarting it in 2 s")
+
+    def test_stopTerminatesWaitsForTheDrainThenKills(self):
+        """Stop: SIGTERM to each worker, wait for their drain, SIGKILL past the drain
+        timeout (10 s) plus a margin; done once every worker ended."""
+        stopped = self.workers.stopService()
+        first, second = self.clock.spawned
+        self.assertEqual((first.signals, second.signals), (["TERM"], ["TERM"]))
+        first.exit(0)
+        self.clock.advance(14.9)
+        self.assertNoResult(stopped)
+        self.assertEqual(second.signals, ["TERM"])
+        self.clock.advance(0.1)
+        self.assertEqual(second.signals, ["TERM", "KILL"])
+        second.exit(signal=9)
+        self.successResultOf(stopped)
+        self.assertEqual(len(self.clock.spawned), 2)  # no restart while stopping
+
+    def test_stopToleratesWorkersThatAlreadyExited(self):
+        """A worker whose process already exited (its end not yet reported, or reported
+        and awaiting its restart) does not break the stop."""
+        first, second = self.clock.spawned
+        first.exit(1)        # reported: a restart is pending
+        second.exited = True  # exited, not yet reported
+        stopped = self.workers.stopService()
+        self.assertEqual((first.signals, second.signals), ([], []))
+        second.exit(1)
+        self.successResultOf(stopped)
+        self.clock.advance(120)
+        self.assertEqual(len(self.clock.spawned), 2)  # the pending restart was cancelled
+
+

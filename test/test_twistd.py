@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -15,6 +16,27 @@ from ws4tx.server.embedded import EmbeddedRedis, free_port
 
 from test._process import Twistd, twistd_path
 from test._wsclient import connect
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                    stat = f.read()
+            except OSError:
+                continue  # ended meanwhile
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def command_line(pid: int) -> bytes:
+    """What every local user reads as a process's command line."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
 
 
 class PluginTests(unittest.SynchronousTestCase):
@@ -163,3 +185,45 @@ class WorkerTests(unittest.TestCase):
         self.assertEqual(await child.stop("TERM"), 0, child.output[-3000:])
         codes = await defer.gatherResults([c.closed for c in clients])
         self.assertEqual({code for code, _ in codes}, {1001})
+
+    async def test_redisPasswordIsNotOnTheWorkersCommandLines(self):
+        """--redis with a password: the workers get it through their environment, not
+        their command lines (world-readable in /proc), and work: a client of each
+        receives what is published; the password is not in the output either."""
+        server = EmbeddedRedis(password="s3cret")
+        server.start()
+        self.addCleanup(server.stop)
+        store = redis.Redis.from_url(server.url)
+        self.addCleanup(store.close)
+        self.assertIn(":s3cret@", server.url)
+        port = free_port()
+        child = Twistd().start("--workers", "2", "--listen",
+                               f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+                               "--redis", server.url)
+        self.addCleanup(child.stop, "KILL")
+        await child.waitFor(r"(?s)Redis subscriber connected.*Redis subscriber connected")
+        workers = children(child.transport.pid)
+        self.assertEqual(len(workers), 2, child.output)
+        for pid in workers:
+            self.assertIn(b"ws4tx", command_line(pid))
+            self.assertNotIn(b"s3cret", command_line(pid))
+        self.assertEqual(len([c for c in store.client_list() if int(c["sub"])]), 2)
+        store.set("ws4tx:broadcast:foobar", "stored", ex=60)
+        clients = []
+        for _ in range(8):  # the kernel spreads them over both workers
+            client = await connect(port, "/ws/foobar?subscribe-broadcast")
+            self.assertEqual(await client.text(), "stored")  # replayed: subscribed
+            clients.append(client)
+        self.assertEqual(store.publish("ws4tx:broadcast:foobar", "secretly"), 2)
+        for client in clients:
+            self.assertEqual(await client.text(), "secretly")
+        # A worker killed is logged once and restarted, again without the password.
+        os.kill(workers[0], signal.SIGKILL)
+        await child.waitFor(rf"worker \d \(pid {workers[0]}\) killed by signal 9 after "
+                            r"[\d.]+ s; restarting it in 1 s")
+        await child.waitFor(r"(?s)(Redis subscriber connected.*){3}")
+        (restarted,) = set(children(child.transport.pid)) - set(workers)
+        self.assertNotIn(b"s3cret", command_line(restarted))
+        self.assertEqual(await child.stop("TERM"), 0, child.output[-3000:])
+        self.assertNotIn("s3cret", child.output)
+        self.assertEqual(child.output.count("restarting it in"), 1, child.output[-3000:])

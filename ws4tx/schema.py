@@ -270,7 +270,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("redis", TEXT, None,
             "`redis://[user:pw@]host:port/db`, `rediss://…`, `unix:///path?db=N`, "
             "`embedded` (a private Redis started with the server); or a ws4redis dict "
-            "(`host`, `port`, `db`, `password`, `unix_socket_path`, `ssl`)",
+            "(`host`, `port`, `db`, `password`, `unix_socket_path`, `ssl`). A password on "
+            "the command line is visible to every local user (`ps`): give it in "
+            "`$WS4TX_REDIS_URL` or the settings",
             where=PROCESS, short="r", setting="",
             shown_default="`$WS4TX_REDIS_URL`, else `redis://localhost:6379/0`"),
     Setting("django_settings", TEXT, None,
@@ -285,7 +287,8 @@ SETTINGS: tuple[Setting, ...] = (
             "default, 50, drops connection bursts)", where=PROCESS, short="l", setting=""),
     Setting("workers", INT, 1,
             "worker processes sharing the `tcp:` ports (SO_REUSEPORT), each with its own "
-            "Redis subscriber, restarted if they die", where=PROCESS, setting="", minimum=1),
+            "Redis subscriber, restarted if they end (after 1 s, doubling to 60 s while they "
+            "keep ending)", where=PROCESS, setting="", minimum=1),
     Setting("drain_timeout", NUMBER, 10.0,
             "on SIGTERM: wait this long for clients to close (1001)", where=PROCESS,
             setting="", minimum=0, unit="s"),

@@ -10,13 +10,15 @@ import gc
 import os
 import signal
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import txaio
 from twisted.application import service
+from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, endpoints, protocol
+from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
-from twisted.python import usage
+from twisted.python import failure, usage
 
 from ws4tx import redis_address, schema
 from ws4tx.server.config import FIELDS, ServerConfig, check
@@ -75,11 +77,6 @@ class Options(usage.Options):
         super().__init__()
         #: setting key -> value, for what the command line gave.
         self.given: dict[str, Any] = {}
-
-    def parseOptions(self, options: Optional[list[str]] = None) -> None:
-        """Parse, remembering the arguments (``--workers`` passes them on)."""
-        self.argv = list(sys.argv[1:] if options is None else options)
-        super().parseOptions(options)
 
     @staticmethod
     def _parse(setting: schema.Setting, text: str) -> Any:
@@ -184,7 +181,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     txaio.set_global_log_level("info")
     top = _ServerProcess(reactor)
     embedded = None
-    redis = options["redis"]
+    # A worker of --workers gets the Redis its supervisor resolved through the environment.
+    redis = options["redis"] or os.environ.pop(WORKER_REDIS_ENV, None)
     try:
         if redis == "embedded":
             embedded = EmbeddedRedis()
@@ -209,7 +207,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         raise usage.UsageError(str(e)) from None
 
     if options["workers"] > 1:
-        _Workers(_worker_argv(options, address), options["workers"],
+        _Workers(_worker_argv(options), _worker_environment(config), options["workers"],
                  options["drain-timeout"], reactor).setServiceParent(top)
         _say(f"ws4tx: {options['workers']} workers on {', '.join(options['listen'])}")
         return top
@@ -269,36 +267,102 @@ class _ServerProcess(service.MultiService):
             self._reactor._exitSignal = None
 
 
-def _worker_argv(options: Options, address: RedisAddress) -> list[str]:
-    """A worker's ``twistd ws4tx`` arguments: the supervisor's, less ``--workers`` and
-    ``--listen``, plus the same ports with SO_REUSEPORT and the resolved Redis."""
-    argv, skip = [], False
-    for arg in options.argv:
-        if skip:
-            skip = False
+#: The environment variable by which the supervisor hands its workers the Redis it
+#: resolved (in place of ``--redis``, which every local user can read in ``/proc``).
+WORKER_REDIS_ENV = "WS4TX_WORKER_REDIS_URL"
+
+#: Settings ``--workers`` does not pass on as options: each worker gets its own port
+#: description, the Redis and the secrets come through the environment.
+_NOT_PASSED_ON = frozenset({"workers", "listen", "redis"})
+
+
+def _worker_argv(options: Options) -> list[str]:
+    """A worker's ``twistd ws4tx`` arguments: what the supervisor's command line gave,
+    less ``--workers``, ``--redis`` and the secrets (see :func:`_worker_environment`), plus
+    the same ports with SO_REUSEPORT. Rebuilt from the parsed values, so that no spelling
+    of an option (``-rURL``, an abbreviation) slips through."""
+    argv = []
+    for setting in _OPTIONS:
+        if (setting.key in _NOT_PASSED_ON or setting.kind == schema.SECRET
+                or setting.key not in options.given):
             continue
-        name = arg.split("=", 1)[0]
-        if name in ("--workers", "--listen", "-l", "--redis", "-r"):
-            skip = "=" not in arg and name == arg
-            continue
-        argv.append(arg)
+        value, name = options.given[setting.key], "--" + setting.option_name
+        if setting.flag:
+            argv.append(name)
+        elif setting.kind == schema.LIST:
+            argv.extend(f"{name}={item}" for item in value)
+        else:
+            argv.append(f"{name}={'' if value is None else value}")
     for description in options["listen"]:
         argv.append("--listen=reuseport:" + description[len("tcp:"):])
-    return argv + ["--redis=" + address.url]
+    return argv
+
+
+def _worker_environment(config: ServerConfig,
+                        environ: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """A worker's environment: the supervisor's, plus the Redis it resolved
+    (:data:`WORKER_REDIS_ENV`) and each secret setting it resolved (from a file, the
+    environment or the Django settings) under the setting's own environment variable.
+    A process's environment is readable only by its user, unlike its command line."""
+    env = dict(os.environ if environ is None else environ)
+    env[WORKER_REDIS_ENV] = config.redis.url
+    for setting in FIELDS:
+        if setting.kind == schema.SECRET and setting.env:
+            value = getattr(config, setting.key)
+            if value:
+                env[setting.env] = value
+            else:
+                env.pop(setting.env, None)
+    return env
+
+
+def _why(reason: Any) -> str:
+    """Why a worker process ended, for the log."""
+    value = getattr(reason, "value", reason)
+    if getattr(value, "signal", None):
+        return f"killed by signal {value.signal}"
+    if getattr(value, "exitCode", None) is not None:
+        return f"exited with status {value.exitCode}"
+    if isinstance(value, OSError):
+        return f"could not start ({value})"
+    return f"ended ({value})"
 
 
 class _Workers(service.Service):
-    """Runs ``count`` ``twistd ws4tx`` workers, restarts one that dies, and on stop sends
-    them SIGTERM and waits for their drain (SIGKILL after the drain timeout)."""
+    """Runs ``count`` ``twistd ws4tx`` workers and restarts one that ends.
 
-    def __init__(self, argv: list[str], count: int, drain_timeout: float, reactor: Any) -> None:
+    A worker that keeps ending is restarted after a growing delay (``backoff(n)`` for its
+    n-th restart in a row: 1 s doubling to 60 s); once a worker stayed up ``stable`` seconds
+    its count starts again. Each end is logged once, with why and when it restarts. On stop
+    the workers get SIGTERM and their drain is awaited (SIGKILL after ``drain_timeout`` and
+    a margin); a worker that already ended is fine.
+
+    ``twisted.runner.procmon.ProcessMonitor`` does not fit: its stopService does not wait
+    for the processes (twistd would exit before they drained, and never send SIGKILL), it
+    relays their output through its own log, and its exit hook is private."""
+
+    #: Extra time, past the drain timeout, a worker has to exit before SIGKILL.
+    KILL_MARGIN = 5.0
+
+    def __init__(self, argv: list[str], env: dict[str, str], count: int,
+                 drain_timeout: float, reactor: Any,
+                 backoff: Callable[[int], float] = backoffPolicy(
+                     initialDelay=1.0, maxDelay=60.0, factor=2.0, jitter=lambda: 0.0),
+                 stable: float = 60.0) -> None:
         self.argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                      "-n", "--pidfile=", "ws4tx", *argv]
+        self.env = env
         self.count = count
         self.drain_timeout = drain_timeout
         self.reactor = reactor
+        self.backoff = backoff
+        self.stable = stable
+        #: worker number -> its process (while it runs).
         self.processes: dict[int, Any] = {}
-        self._ended: dict[int, defer.Deferred[None]] = {}
+        #: worker number -> how many times in a row it ended before ``stable`` s.
+        self.failures: dict[int, int] = {}
+        self._workers: dict[int, _Worker] = {}
+        self._restarts: dict[int, Any] = {}
 
     def startService(self) -> None:
         super().startService()
@@ -306,39 +370,99 @@ class _Workers(service.Service):
             self._spawn(number)
 
     def _spawn(self, number: int) -> None:
-        worker = _Worker(self, number)
-        self._ended[number] = worker.ended
-        self.processes[number] = self.reactor.spawnProcess(
-            worker, sys.executable, self.argv, env=os.environ,
-            childFDs={0: "w", 1: 1, 2: 2})
+        self._restarts.pop(number, None)
+        if not self.running:
+            return
+        worker = _Worker(self, number, self.reactor.seconds())
+        self._workers[number] = worker
+        try:
+            self.processes[number] = self.reactor.spawnProcess(
+                worker, sys.executable, self.argv, env=self.env,
+                childFDs={0: "w", 1: 1, 2: 2})
+        except OSError as e:
+            worker.processEnded(failure.Failure(e))
 
-    def workerEnded(self, number: int, status: Any) -> None:
+    def workerEnded(self, worker: "_Worker", reason: Any) -> None:
+        """Called by a worker's protocol when its process ended: restart it (later)."""
+        number = worker.number
         self.processes.pop(number, None)
-        if self.running:
-            _log.warn("worker {n} ended ({status}); restarting it in 1 s", n=number,
-                      status=status)
-            self.reactor.callLater(1.0, lambda: self.running and self._spawn(number))
+        if not self.running:
+            return
+        lived = self.reactor.seconds() - worker.started
+        if lived >= self.stable:
+            self.failures[number] = 0
+        attempt = self.failures.get(number, 0)
+        self.failures[number] = attempt + 1
+        delay = self.backoff(attempt)
+        _log.warn("worker {n} (pid {pid}) {why} after {lived:.1f} s; restarting it in "
+                  "{delay:g} s", n=number, pid=worker.pid, why=_why(reason), lived=lived,
+                  delay=delay)
+        self._restarts[number] = self.reactor.callLater(delay, self._spawn, number)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
-        for process in list(self.processes.values()):
-            process.signalProcess("TERM")
-        ended = defer.gatherResults(list(self._ended.values()))
-        try:
-            yield ended.addTimeout(self.drain_timeout + 5, self.reactor)
-        except defer.TimeoutError:
-            for process in list(self.processes.values()):
-                process.signalProcess("KILL")
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()
+        self._restarts.clear()
+        live = [w for w in self._workers.values() if not w.ended.called]
+        self._signal(live, "TERM")
+        if (yield self._whenEnded(live, self.drain_timeout + self.KILL_MARGIN)):
+            return
+        _log.warn("{n} worker(s) still draining after {t:g} s: killing them",
+                  n=sum(not w.ended.called for w in live), t=self.drain_timeout)
+        self._signal(live, "KILL")
+        yield self._whenEnded(live, self.KILL_MARGIN)
+
+    @staticmethod
+    def _signal(workers: list["_Worker"], signal_name: str) -> None:
+        for worker in workers:
+            if worker.ended.called or worker.transport is None:
+                continue
+            process: Any = worker.transport
+            try:
+                process.signalProcess(signal_name)
+            except ProcessExitedAlready:
+                pass  # its processEnded is on its way
+
+    def _whenEnded(self, workers: list["_Worker"], timeout: float) -> "defer.Deferred[bool]":
+        """Fires with True once every worker ended, False after ``timeout`` s."""
+        waiting: defer.Deferred[bool] = defer.Deferred()
+        pending = [w for w in workers if not w.ended.called]
+        if not pending:
+            return defer.succeed(True)
+
+        def one_ended(_: Any) -> Any:
+            if not waiting.called and all(w.ended.called for w in pending):
+                waiting.callback(True)
+            return _
+
+        for worker in pending:
+            worker.ended.addCallback(one_ended)
+        def timed_out() -> None:
+            if not waiting.called:
+                waiting.callback(False)
+
+        timer = self.reactor.callLater(timeout, timed_out)
+        waiting.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return waiting
 
 
 class _Worker(protocol.ProcessProtocol):
-    def __init__(self, workers: _Workers, number: int) -> None:
-        self.workers, self.number = workers, number
+    """One worker process: tells :class:`_Workers` when it ended."""
+
+    def __init__(self, workers: _Workers, number: int, started: float) -> None:
+        self.workers, self.number, self.started = workers, number, started
+        self.pid: Optional[int] = None
+        #: Fires (with None) when the process ended.
         self.ended: defer.Deferred[None] = defer.Deferred()
 
+    def connectionMade(self) -> None:
+        self.pid = getattr(self.transport, "pid", None)
+
     def processEnded(self, reason: Any) -> None:
-        self.workers.workerEnded(self.number, reason.value)
+        self.workers.workerEnded(self, reason)
         self.ended.callback(None)
 
 
