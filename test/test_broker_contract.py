@@ -1,4 +1,4 @@
-"""The broker contract: what every :class:`~ws4tx.broker.IBroker` does, run against the
+"""The broker contract: what every :class:`~ws4tx.server.broker.IBroker` does, run against the
 in-memory double applications test with (``MemoryBroker``, on a Clock) and against the Redis
 broker on a real Redis the test starts, so that the double behaves like Redis.
 
@@ -20,15 +20,15 @@ from twisted.trial import unittest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from ws4tx.broker import (
+from ws4tx.server.broker import (
     BrokerUnavailable,
     IBroker,
     IBrokerListener,
     NotStored,
     SubscriptionRefused,
 )
-from ws4tx.embedded import EmbeddedRedis
-from ws4tx.redis_broker import RedisBroker
+from ws4tx.server.embedded import EmbeddedRedis
+from ws4tx.server.redis_broker import RedisBroker
 from ws4tx.testing import MemoryBroker, MemoryBus
 
 from test._wsclient import TIMEOUT
