@@ -16,7 +16,7 @@ from ws4tx.server._forwarded import client_address
 from ws4tx.server._ratelimit import Budgets, TokenBucket
 from ws4tx.server.config import ServerConfig
 from ws4tx.server.protocol import PushFactory
-from ws4tx.testing import MemoryBroker
+from ws4tx.testing import MemoryBroker, MemoryBus
 
 from test._server import ServerTestCase, identity_header
 from test._wsclient import TIMEOUT, handshake_request, raw_request, status_of
@@ -222,7 +222,7 @@ class RateLimitClockTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.patch(txaio.config, "loop", self.clock)  # Autobahn's close-handshake timer
-        self.broker = MemoryBroker()
+        self.broker = MemoryBroker(MemoryBus(self.clock))
         config = ServerConfig(ping_interval=0, handshake_timeout=0, anonymous_publish=True,
                               rate_limit=5, rate_burst=5)
         self.factory = PushFactory(config, self.broker, reactor=self.clock)
@@ -282,6 +282,7 @@ class RateLimitClockTests(SynchronousTestCase):
         passed = [f"m{i}".encode() for i in (0, 1, 2, 3, 4, 7, 9, 10, 11, 12, 13)]
         self.assertEqual([p for _, p, _ in self.broker.published], passed)
         # Another client on the channel got exactly those, and is still open.
+        self.clock.advance(0)
         self.assertEqual(server_frames(self.listened.value()), [(0x1, p) for p in passed])
         self.assertEqual(self.listener.state, self.listener.STATE_OPEN)
 

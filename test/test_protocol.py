@@ -100,6 +100,7 @@ class StringTransportTests(unittest.SynchronousTestCase):
         self.assertEqual(self.transport.value()[:1], b"\x88")
         self.transport.clear()
         self.broker.bus.publish("ws4tx:broadcast:foobar", b"too late")
+        self.clock.advance(0)
         self.assertEqual(self.transport.value(), b"")
 
     def test_frameDoesNotOvertakeAutobahnsSendQueue(self):
@@ -109,6 +110,7 @@ class StringTransportTests(unittest.SynchronousTestCase):
         self.proto.sendData(b"abcdef", chopsize=2)
         self.assertEqual(self.transport.value(), b"ab")
         self.broker.bus.publish("ws4tx:broadcast:foobar", b"hi")
+        self.clock.advance(0)
         self.assertEqual(self.transport.value(), b"ab")
         self.clock.pump([1] * 4)
         self.assertEqual(self.transport.value(), b"abcdef\x81\x02hi")
@@ -127,6 +129,7 @@ class StringTransportTests(unittest.SynchronousTestCase):
         self.assertIn(b"permessage-deflate", self.transport.value())
         self.transport.clear()
         self.broker.bus.publish("ws4tx:broadcast:foobar", b"hello hello hello")
+        self.clock.advance(0)
         frame = self.transport.value()
         self.assertEqual(frame[0], 0xC1)  # FIN, RSV1 (compressed), text
         self.assertEqual(frame[1], len(frame) - 2)
@@ -143,9 +146,11 @@ class StringTransportTests(unittest.SynchronousTestCase):
         timeout = self.factory.config.slow_timeout
         for second in range(int(timeout) + 1):
             self.broker.bus.publish("ws4tx:broadcast:foobar", b"tick")
+            self.clock.advance(0)
             self.assertEqual(self.factory.stats["slow_consumers"], 0, second)
             self.clock.advance(1)
         self.broker.bus.publish("ws4tx:broadcast:foobar", b"tick")
+        self.clock.advance(0)
         self.assertEqual(self.factory.stats["slow_consumers"], 1)
         self.assertTrue(self.transport.disconnected)
         self.assertIn(b"\x88", self.transport.value())
