@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ws4tx.server.handlers import Client, EventHandler, EventRefused
+from ws4tx.server import Client, EventHandler, EventRefused
 
 from chatserver.channels import EVENT_FACILITY
 

@@ -134,7 +134,7 @@ class ServerTestCase(unittest.TestCase):
             await self.whenRedisConnected()
 
     def _observeBroker(self) -> None:
-        self.broker_events = observe_broker(self.factory.router)
+        self.broker_events = observe_broker(self.factory.node.router)
 
     async def brokerEvent(self, expected: str, timeout: float = TIMEOUT) -> None:
         """Wait (bounded) for the next broker event and check it is ``expected``."""

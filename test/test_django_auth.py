@@ -459,7 +459,7 @@ class DjangoAuthTests(DjangoServerTestCase):
         await self.client("/ws/foobar" + ALL + "&publish-user&token=" + token)
         self.assertEqual(non_probe(self.redis.pubsub_channels()), ["ws4tx:broadcast:foobar"])
         self.assertEqual(client_protocol(self.factory).identity.user, "john")
-        self.assertEqual(client_protocol(self.factory)._publish_to, [])
+        self.assertEqual(client_protocol(self.factory)._publish_to, ())
 
     async def test_tokenOfADeletedOrInactiveUserIsRefusedWhenHooksAreSet(self):
         """With hooks set, a token's user is loaded from the database: a deleted or inactive
@@ -502,7 +502,7 @@ class DjangoAuthTests(DjangoServerTestCase):
 
 def client_protocol(factory):
     """The one open connection of the server."""
-    (client,) = list(factory.router.hub.clients())
+    (client,) = list(factory.node.router.hub.clients())
     return client
 
 
@@ -567,9 +567,9 @@ class ResetDuringSessionLookupTests(DjangoServerTestCase):
         _gate.set()
         await _authorized[0].addTimeout(TIMEOUT, reactor)
         await deferLater(reactor, 0, lambda: None)  # the answers' callbacks ran
-        self.assertEqual(self.factory.router.memberCount(), 0)
+        self.assertEqual(self.factory.node.router.memberCount(), 0)
         self.assertEqual(non_probe(self.redis.pubsub_channels()), [])
-        self.assertTrue(self.factory.whenDrained().called)
+        self.assertTrue(self.factory.node.whenDrained().called)
 
 
 class _Raw(Protocol):

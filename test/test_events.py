@@ -143,7 +143,7 @@ class EventTests(ServerTestCase):
         Chat.closed = []
         client = await self._client()
         await client.close()
-        await self.factory.whenDrained()
+        await self.factory.node.whenDrained()
         self.assertEqual(Chat.closed, ["john"])
 
     async def test_eventWithoutHandlerIsPublishedWithPublishFlags(self):
@@ -219,7 +219,7 @@ class ServerVoiceTests(ServerTestCase):
             self.assertEqual(code, closecodes.POLICY_VIOLATION, payload)
         await self._nextIsSentinel()
         self.assertIsNone(self.redis.get("ws4tx:broadcast:other"))
-        self.assertEqual(self.factory.counters()["raw_envelopes"], len(forgeries))
+        self.assertEqual(self.factory.node.counters()["raw_envelopes"], len(forgeries))
 
     async def test_clientsCannotEmitServerEvents(self):
         """An event client's ws4tx.* event is refused with an error ack, not forwarded."""
@@ -242,7 +242,7 @@ class ServerVoiceTests(ServerTestCase):
         self.publish("ws4tx:broadcast:other", event("news", 1))
         self.assertEqual(await next_envelope(self.listener),
                          {"ws4tx": "event", "event": "news", "data": 1})
-        self.assertEqual(self.factory.counters()["forged"], len(forgeries))
+        self.assertEqual(self.factory.node.counters()["forged"], len(forgeries))
 
     async def test_forgedStoredMessageIsNotReplayed(self):
         """A forged envelope stored under a channel is not replayed to a new client."""

@@ -61,7 +61,7 @@ class KillUnderLoadTests(ServerTestCase):
             self.assertEqual(client.events.count(envelope.RESUMED_EVENT), 5)
         for client in raw:
             self.assertEqual(client.events, [])
-        self.assertEqual(self.factory.router.memberCount(), 100)
+        self.assertEqual(self.factory.node.router.memberCount(), 100)
         self.assertEqual(len([c for c in self.redis.client_list() if int(c["sub"])]), 1)
         self.assertEqual(non_probe(self.redis.pubsub_channels()), ["ws4tx:broadcast:load"])
         self.assertLessEqual(len(os.listdir("/proc/self/fd")), fds + 2)

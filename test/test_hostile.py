@@ -243,10 +243,10 @@ class HostileInputTests(ServerTestCase):
 
         for _ in range(50):
             await defer.gatherResults([defer.ensureDeferred(once()) for _ in range(100)])
-        while self.factory.router.memberCount() > 1:
+        while self.factory.node.router.memberCount() > 1:
             await self.factory.test_left.get().addTimeout(TIMEOUT, reactor)
-        self.assertEqual(self.factory.router.memberCount(), 1)  # the bystander
-        self.assertEqual(sum(self.factory.per_ip.values()), 1)
+        self.assertEqual(self.factory.node.router.memberCount(), 1)  # the bystander
+        self.assertEqual(self.factory.node.addresses.total(), 1)
         self.assertLessEqual(len(os.listdir("/proc/self/fd")), fds + 5)
         await self._bystanderFine()
 
@@ -258,7 +258,7 @@ class HandshakeFuzzTests(SynchronousTestCase):
         clock = Clock()
         self.service = PushService(ServerConfig(ping_interval=0), broker=MemoryBroker(),
                                    reactor=clock)
-        self.service.broker.start(self.service.factory.router)
+        self.service.node.start()
 
     @settings(max_examples=300, deadline=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -397,14 +397,14 @@ class ResetDuringAuthenticationTests(ServerTestCase):
             await self.factory.test_left.get().addTimeout(TIMEOUT, reactor)
         for (answer,) in answers:
             answer.callback(Identity(user="john"))
-        self.assertEqual(self.factory.router.memberCount(), 0)
+        self.assertEqual(self.factory.node.router.memberCount(), 0)
         self.assertEqual(self.factory.test_joined.pending, [])
         self.assertEqual(dict(self.redis.pubsub_numsub(channel, "ws4tx:broadcast:foobar")),
                          {channel.encode(): 0, b"ws4tx:broadcast:foobar": 0})
-        self.assertEqual(sum(self.factory.per_ip.values()), 0)
+        self.assertEqual(self.factory.node.addresses.total(), 0)
         health = await raw_request(self.port, b"GET /ws4tx/health HTTP/1.0\r\n\r\n")
         self.assertEqual(json.loads(health.partition(b"\r\n\r\n")[2])["clients"], 0)
-        self.assertTrue(self.factory.whenDrained().called)
+        self.assertTrue(self.factory.node.whenDrained().called)
         self.assertEqual(self.flushLoggedErrors(), [])
 
     async def _raw(self, data: bytes) -> RawClient:

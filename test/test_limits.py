@@ -15,6 +15,7 @@ from ws4tx import closecodes, envelope, schema
 from ws4tx.server._forwarded import client_address
 from ws4tx.server._ratelimit import Budgets, TokenBucket
 from ws4tx.server.config import ServerConfig
+from ws4tx.server.node import Node
 from ws4tx.server.protocol import PushFactory
 from ws4tx.testing import MemoryBroker, MemoryBus
 
@@ -91,7 +92,7 @@ class StorageBoundTests(ServerTestCase):
         self.assertEqual(stored, [True, True] + [False] * 18)
         keys = [k for k in self.redis.scan_iter("ws4tx:broadcast:*")]
         self.assertEqual(len(keys), 2)
-        self.assertEqual(self.factory.counters()["store_refused"], 18)
+        self.assertEqual(self.factory.node.counters()["store_refused"], 18)
 
     async def test_onlyNamedFacilitiesAreStored(self):
         """With stored_facilities, a message to another facility is published, not
@@ -171,7 +172,7 @@ class ProxyAddressTests(ServerTestCase):
                                    {"X-Forwarded-For": "203.0.113.9, 198.51.100.1"})
         status, _ = status_of(await raw_request(self.port, forged))
         self.assertEqual(status, 429)
-        self.assertEqual(self.factory.per_ip["198.51.100.1"], 1)
+        self.assertEqual(self.factory.node.addresses["198.51.100.1"], 1)
 
     async def test_untrustedPeerCannotChooseItsAddress(self):
         """From a peer that is not a trusted proxy, X-Forwarded-For is ignored."""
@@ -225,8 +226,9 @@ class RateLimitClockTests(SynchronousTestCase):
         self.broker = MemoryBroker(MemoryBus(self.clock))
         config = ServerConfig(ping_interval=0, handshake_timeout=0, anonymous_publish=True,
                               rate_limit=5, rate_burst=5)
-        self.factory = PushFactory(config, self.broker, reactor=self.clock)
-        self.broker.start(self.factory.router)
+        self.factory = PushFactory(Node(config, self.broker, clock=self.clock),
+                                   reactor=self.clock)
+        self.factory.node.start()
         self.listener, self.listened = self.connect("/ws/foobar?subscribe-broadcast")
         self.proto, self.transport = self.connect(
             "/ws/foobar?publish-broadcast",
@@ -271,10 +273,10 @@ class RateLimitClockTests(SynchronousTestCase):
         self.clock.advance(100)
         self.assertEqual(self.send(6), (5, 1))
         self.assertEqual(self.send(11), (0, 11))  # 15 over the limit so far: still open
-        self.assertEqual(self.factory.stats["rate_limited"], 15)
+        self.assertEqual(self.factory.node.stats["rate_limited"], 15)
         self.assertEqual(self.proto.state, self.proto.STATE_OPEN)
         self.proto.dataReceived(masked_text("one too many"))
-        self.assertEqual(self.factory.stats["rate_limited"], 16)
+        self.assertEqual(self.factory.node.stats["rate_limited"], 16)
         [(opcode, payload)] = server_frames(self.transport.value())
         self.assertEqual(opcode, 0x8)
         self.assertEqual(int.from_bytes(payload[:2], "big"), closecodes.POLICY_VIOLATION)

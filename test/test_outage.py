@@ -146,7 +146,7 @@ class PausedDuringSetupTests(ServerTestCase):
         """A client that joins while the SUBSCRIBEs are unanswered is subscribed once
         Redis answers, and gets what is published."""
         client = await self.client("/ws/foobar?subscribe-broadcast", subscribed=False)
-        self.assertEqual(self.factory.router.memberCount(), 1)
+        self.assertEqual(self.factory.node.router.memberCount(), 1)
         os.kill(self.redis_server.process.pid, signal.SIGCONT)
         await self.brokerEvent("connected")
         await self.factory.test_joined.get().addTimeout(TIMEOUT, reactor)

@@ -11,7 +11,7 @@ import zlib
 
 import txaio
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
-from twisted.internet import endpoints, reactor
+from twisted.internet import defer, endpoints, reactor
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -24,9 +24,11 @@ from twisted.web.server import Site
 from ws4tx.server import _internals
 from ws4tx.server.config import ServerConfig
 from ws4tx.server.embedded import EmbeddedRedis
+from ws4tx.server.node import Node
 from ws4tx.server.protocol import PushFactory, PushProtocol
 from ws4tx.server.service import PushService
-from ws4tx.testing import MemoryBroker, MemoryBus
+from ws4tx.naming import Identity
+from ws4tx.testing import MemoryBroker, MemoryBus, StaticAuthenticator
 
 from test._server import observe_broker
 from test._wsclient import connect
@@ -69,8 +71,9 @@ class StringTransportTests(unittest.SynchronousTestCase):
         self.broker = MemoryBroker(MemoryBus(self.clock))
         config = ServerConfig(ping_interval=0, heartbeat="--hb--", handshake_timeout=0,
                               anonymous_publish=True)
-        self.factory = PushFactory(config, self.broker, reactor=self.clock)
-        self.broker.start(self.factory.router)
+        self.factory = PushFactory(Node(config, self.broker, clock=self.clock),
+                                   reactor=self.clock)
+        self.factory.node.start()
         self.proto = self.factory.buildProtocol(("127.0.0.1", 1))
         self.transport = FullTransport()
         self.proto.makeConnection(self.transport)
@@ -91,6 +94,42 @@ class StringTransportTests(unittest.SynchronousTestCase):
         self.assertEqual(self.transport.value(), b"")  # delivered on the next turn
         self.clock.advance(0)
         self.assertEqual(self.transport.value(), b"\x81\x02hi")
+
+    def test_storedFirstThenLiveOnceWhileTheReplayIsFetched(self):
+        """Live frames that come while the stored messages are being fetched wait for
+        them: every stored message first, then the live ones in their order; a stored
+        message that also came live is sent once."""
+        fetches: dict[str, defer.Deferred] = {}
+        self.broker.fetch = lambda key: fetches.setdefault(key, defer.Deferred())
+        self._open("/ws/foobar?subscribe-broadcast")
+        self.assertEqual(list(fetches), ["ws4tx:broadcast:foobar"])
+        self.broker.bus.publish("ws4tx:broadcast:foobar", b"b1")
+        self.broker.bus.publish("ws4tx:broadcast:foobar", b"b2")
+        self.clock.advance(0)
+        self.assertEqual(self.transport.value(), b"")  # held for the stored message
+        fetches["ws4tx:broadcast:foobar"].callback(b"b0")
+        self.assertEqual(self.transport.value(), b"\x81\x02b0\x81\x02b1\x81\x02b2")
+        self.transport.clear()
+        self.broker.bus.publish("ws4tx:broadcast:foobar", b"b3")
+        self.clock.advance(0)
+        self.assertEqual(self.transport.value(), b"\x81\x02b3")
+
+    def test_storedMessageThatAlsoCameLiveIsSentOnce(self):
+        """Published (live) and then stored while the client joined: sent once, in the
+        live order; across channels live frames keep the order they came in."""
+        fetches: dict[str, defer.Deferred] = {}
+        self.broker.fetch = lambda key: fetches.setdefault(key, defer.Deferred())
+        self.factory.authenticator = StaticAuthenticator(Identity(user="john"))
+        self._open("/ws/foobar?subscribe-broadcast&subscribe-user")
+        self.broker.bus.publish("ws4tx:user:john:foobar", b"u1")
+        self.broker.bus.publish("ws4tx:broadcast:foobar", b"b1")
+        self.broker.bus.publish("ws4tx:broadcast:foobar", b"b2")
+        self.clock.advance(0)
+        fetches["ws4tx:broadcast:foobar"].callback(b"b1")  # b1 was stored meanwhile
+        self.assertEqual(self.transport.value(), b"")  # the user channel's is still out
+        fetches["ws4tx:user:john:foobar"].callback(b"u0")
+        self.assertEqual(self.transport.value(),
+                         b"\x81\x02u0\x81\x02u1\x81\x02b1\x81\x02b2")
 
     def test_closingConnectionGetsNoFrameAfterItsCloseFrame(self):
         """Once the server sent its close frame, a message published on the client's
@@ -147,11 +186,11 @@ class StringTransportTests(unittest.SynchronousTestCase):
         for second in range(int(timeout) + 1):
             self.broker.bus.publish("ws4tx:broadcast:foobar", b"tick")
             self.clock.advance(0)
-            self.assertEqual(self.factory.stats["slow_consumers"], 0, second)
+            self.assertEqual(self.factory.node.stats["slow_consumers"], 0, second)
             self.clock.advance(1)
         self.broker.bus.publish("ws4tx:broadcast:foobar", b"tick")
         self.clock.advance(0)
-        self.assertEqual(self.factory.stats["slow_consumers"], 1)
+        self.assertEqual(self.factory.node.stats["slow_consumers"], 1)
         self.assertTrue(self.transport.disconnected)
         self.assertIn(b"\x88", self.transport.value())
 
@@ -209,9 +248,11 @@ class LazyDebugFormattingTests(unittest.SynchronousTestCase):
         self.patch(pprint, "pformat", counting)
 
     def _open(self) -> PushProtocol:
-        factory = PushFactory(ServerConfig(ping_interval=0, handshake_timeout=0),
-                              MemoryBroker(), reactor=Clock())
-        factory.broker.start(factory.router)
+        clock = Clock()
+        node = Node(ServerConfig(ping_interval=0, handshake_timeout=0), MemoryBroker(),
+                    clock=clock)
+        factory = PushFactory(node, reactor=clock)
+        node.start()
         proto = factory.buildProtocol(("127.0.0.1", 1))
         transport = StringTransport()
         proto.makeConnection(transport)
@@ -250,7 +291,7 @@ class EmbeddingTests(unittest.TestCase):
         self.addCleanup(redis.stop)
         push = PushService(ServerConfig(redis=redis.address, ping_interval=0,
                                         anonymous_publish=True))
-        events = observe_broker(push.factory.router)
+        events = observe_broker(push.factory.node.router)
         push.startService()
         self.addCleanup(push.stopService)
         self.assertEqual(await events.get(), "connected")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
 
-from twisted.internet import defer, reactor
+import redis
+from twisted.internet import defer, reactor, threads
 
 from ws4tx import closecodes, envelope
 
 from test._server import ServerTestCase, identity_header, non_probe
-from test._wsclient import TIMEOUT, handshake_request, raw_request, status_of
+from test._wsclient import TIMEOUT, connect, handshake_request, raw_request, status_of
 
 JOHN = identity_header("john", ("chatusers",), "s-john")
 MARY = identity_header("mary", ("chatusers",), "s-mary")
@@ -116,6 +118,47 @@ class ReplayTests(ServerTestCase):
         self.assertEqual(await client.text(), "live")
 
 
+class ReplayRaceTests(ServerTestCase):
+    """The stored message comes first, then live ones, never twice, while a publisher
+    publishes and stores (PUBLISH then SET, as Django's publisher does)."""
+
+    clients = 200
+
+    async def test_sequencesStrictlyIncreaseWhileClientsJoin(self):
+        """Numbers published and stored in a thread while 200 clients connect: every
+        client's numbers (its replayed one first) strictly increase."""
+        channel = "ws4tx:broadcast:race"
+        stop = threading.Event()
+
+        def publish() -> int:
+            publisher = redis.Redis.from_url(self.redis_server.url)
+            n = 0
+            while not stop.is_set() or n < 10:
+                publisher.pipeline(transaction=False).publish(channel, str(n)).set(
+                    channel, str(n), ex=60).execute()
+                n += 1
+            publisher.close()
+            return n
+
+        publishing = threads.deferToThread(publish)
+        clients = await defer.gatherResults([
+            defer.ensureDeferred(connect(self.port, "/ws/race?subscribe-broadcast"))
+            for _ in range(self.clients)])
+        for client in clients:
+            self.addCleanup(client.close)
+        for _ in clients:
+            await self.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
+        stop.set()
+        await publishing.addTimeout(TIMEOUT, reactor)
+        self.publish(channel, "end")
+        for client in clients:
+            numbers = []
+            while (text := await client.text()) != "end":
+                numbers.append(int(text))
+            self.assertTrue(numbers)
+            self.assertEqual(numbers, sorted(set(numbers)), numbers)
+
+
 class PublishTests(ServerTestCase):
     """Clients publishing with publish-* flags."""
 
@@ -215,10 +258,10 @@ class SubscriptionTests(ServerTestCase):
         numsub = lambda: dict(self.redis.pubsub_numsub("ws4tx:broadcast:foobar"))
         self.assertEqual(numsub(), {b"ws4tx:broadcast:foobar": 1})
         await a.close()
-        self.assertEqual(self.factory.router.memberCount(), 1)
+        self.assertEqual(self.factory.node.router.memberCount(), 1)
         self.assertEqual(numsub(), {b"ws4tx:broadcast:foobar": 1})
         await b.close()
-        await self.factory.whenDrained().addTimeout(TIMEOUT, reactor)
+        await self.factory.node.whenDrained().addTimeout(TIMEOUT, reactor)
         # UNSUBSCRIBE was written before the drain; a round trip on the same server orders it.
         await self.service.broker.fetch("sync")
         self.assertEqual(numsub(), {b"ws4tx:broadcast:foobar": 0})

@@ -1,22 +1,36 @@
-"""Where ws4tx reaches below Autobahn's public API, in one place.
+"""Every place where ws4tx reaches below Autobahn's or Twisted's public API, in one module.
 
-Cheaper connections: Autobahn's debug lines, formatted only when printed.
+Each reach is small, says why it is needed, and is pinned by a test that fails if the
+dependency changes under it (``test/test_internals.py``):
 
-Autobahn's WebSocket protocol logs its options and the transport's details at debug level
-on every connection, and builds those messages with ``pprint.pformat`` before the logger
-decides to drop them: in the connect profile of the benchmark suite that was 22 % of the
-server's CPU per connection, for lines that are printed only with debug logging on.
-:func:`format_lazily` makes the formatting happen when (and only if) a line is printed;
-the text of the lines does not change.
+- :func:`format_lazily`: Autobahn's per-connection debug lines are built with
+  ``pprint.pformat`` before the logger drops them (22 % of the server's CPU per connection
+  in the benchmark's connect profile); they are formatted only when printed.
+- :func:`prepare_message` and :func:`write_prepared`: fan-out writes a frame prepared once
+  straight to the transport, without ``sendPreparedMessage``'s per-frame debug-argument
+  building (a large share of fan-out CPU), when nothing could make that wrong.
+- :func:`fail_connection`: fail a connection with any close code, as Autobahn does on a
+  protocol violation (its public ``sendClose`` refuses codes below 3000 but 1000).
+- :class:`QuietClientService`: a ``ClientService`` that logs warnings but not each retry.
+- :func:`forget_exit_signal`: let ``twistd`` exit with 0 after a clean drain on SIGTERM.
 """
 
 from __future__ import annotations
 
 import pprint
+import signal
 from typing import Any
 
 from autobahn.websocket import protocol as _protocol
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
+from twisted.application.internet import ClientService
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    globalLogPublisher,
+)
 
 
 class _Pretty:
@@ -36,12 +50,43 @@ class _Pretty:
 
 def format_lazily() -> None:
     """Make Autobahn's WebSocket protocol pretty-print its debug values only when a
-    debug line is really emitted (idempotent)."""
-    _protocol.pformat = _Pretty  # type: ignore[assignment]
+    debug line is really emitted (idempotent). Autobahn's module global ``pformat``."""
+    _protocol.pformat = _Pretty  # type: ignore[attr-defined]
+
+
+def prepare_message(payload: bytes, is_binary: bool) -> PreparedMessage:
+    """A server frame of ``payload``, built once for any number of connections."""
+    return PreparedMessage(payload, is_binary, False, False)
+
+
+def write_prepared(proto: WebSocketProtocol, prepared: PreparedMessage) -> None:
+    """Write ``prepared`` to ``proto``'s connection, which must be open. Straight to the
+    transport (what ``sendPreparedMessage`` ends up doing) unless the connection
+    compresses (Autobahn's ``_perMessageCompress``: the frame must be compressed for it)
+    or Autobahn's send queue holds bytes the frame must not overtake."""
+    if proto._perMessageCompress is None and not proto.send_queue:
+        proto.transport.write(prepared.payloadHybi)  # type: ignore[union-attr]
+    else:
+        proto.sendPreparedMessage(prepared)
 
 
 def fail_connection(proto: WebSocketProtocol, code: int, reason: str) -> None:
     """Fail ``proto``'s connection as Autobahn does on a protocol violation: send a close
-    frame with ``code`` and ``reason``, and ignore whatever the peer sends after it
-    (Autobahn's public ``sendClose`` refuses codes below 3000 but 1000)."""
+    frame with ``code`` and ``reason``, and ignore whatever the peer sends after it.
+    Autobahn's ``_fail_connection``."""
     proto._fail_connection(code, reason)
+
+
+class QuietClientService(ClientService):
+    """A ClientService that logs its warnings but not each retry (its ``_log``): the
+    Redis broker logs an outage once when it starts and once when it ends."""
+
+    _log = Logger(observer=FilteringLogObserver(
+        globalLogPublisher, [LogLevelFilterPredicate(LogLevel.warn)]))
+
+
+def forget_exit_signal(reactor: Any) -> None:
+    """After a clean drain on SIGTERM or SIGINT, make ``twistd`` exit with status 0
+    instead of re-raising the signal (the reactor's ``_exitSignal``)."""
+    if getattr(reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
+        reactor._exitSignal = None

@@ -51,7 +51,7 @@ class Client(Protocol):
         """Send an event to this client alone."""
 
 
-class Server:
+class ServerAPI:
     """What a handler may do beyond its client: publish to audiences on every node
     (through the broker) and run blocking code (the Django ORM) in a thread."""
 
@@ -110,7 +110,7 @@ class EventHandler:
     #: The facility whose events this class handles.
     facility: ClassVar[str] = ""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: ServerAPI) -> None:
         self.server = server
 
     def on_connect(self, client: Client) -> Any:

@@ -23,16 +23,11 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
-from twisted.logger import (
-    FilteringLogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    Logger,
-    globalLogPublisher,
-)
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ws4tx.server._internals import QuietClientService
 from ws4tx.server.broker import (
     BrokerUnavailable,
     IBroker,
@@ -72,14 +67,6 @@ def _keepAlive(proto: Any) -> Any:
     if set_keep_alive is not None:
         set_keep_alive(True)
     return proto
-
-
-class _ClientService(ClientService):
-    """A ClientService that logs its warnings but not each retry: the broker logs an outage
-    once when it starts and once when it ends."""
-
-    _log = Logger(observer=FilteringLogObserver(
-        globalLogPublisher, [LogLevelFilterPredicate(LogLevel.warn)]))
 
 
 class _Prepared:
@@ -370,10 +357,10 @@ class RedisBroker:
         self._down_since = self.clock.seconds()
         endpoint = _GuardedEndpoint(self._endpoint)
         self._services = [
-            _ClientService(endpoint, _RedisFactory(self, _Subscriber, "subscriber"),
+            QuietClientService(endpoint, _RedisFactory(self, _Subscriber, "subscriber"),
                            retryPolicy=self._retry, clock=self.clock,
                            prepareConnection=lambda p: self._prepare("subscriber", p)),
-            _ClientService(endpoint, _RedisFactory(self, _Command, "command"),
+            QuietClientService(endpoint, _RedisFactory(self, _Command, "command"),
                            retryPolicy=self._retry, clock=self.clock,
                            prepareConnection=lambda p: self._prepare("command", p)),
         ]

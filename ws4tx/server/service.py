@@ -19,7 +19,8 @@ from ws4tx import closecodes
 from ws4tx.server.auth import IAuthenticator
 from ws4tx.server.broker import IBroker
 from ws4tx.server.config import ServerConfig, check, risks
-from ws4tx.server.handlers import EventHandler, Server
+from ws4tx.server.handlers import EventHandler
+from ws4tx.server.node import Node
 from ws4tx.server.protocol import PushFactory
 from ws4tx.server.redis_broker import RedisBroker
 from ws4tx.server.web import PushSite, Root
@@ -57,9 +58,12 @@ class PushService(service.MultiService):
         self.broker: IBroker = broker or RedisBroker(
             config.redis, reactor, ping_interval=config.redis_ping_interval,
             timeout=config.redis_timeout)
-        self.server = Server(self.broker, config.prefix, run_in_thread)
-        self.factory = PushFactory(config, self.broker, authenticator, tuple(handlers),
-                                   self.server, reactor)
+        #: The node: broker, router, handlers, counters, health, drain.
+        self.node = Node(config, self.broker, handlers=handlers, run_in_thread=run_in_thread,
+                         clock=reactor)
+        #: What handlers may do beyond their client.
+        self.server = self.node.server
+        self.factory = PushFactory(self.node, authenticator, reactor)
         #: The whole tree (WebSocket endpoint, health check, fallback) for a Site.
         self.resource = Root(self.factory, fallback)
         #: The WebSocket endpoint alone, to mount at ``websocket_url`` in another Site.
@@ -75,20 +79,21 @@ class PushService(service.MultiService):
     def startService(self) -> None:
         for risk in risks(self.config):
             self.log.warn("risky configuration: {risk}", risk=risk)
-        self.broker.start(self.factory.router)
+        self.node.start()
         super().startService()
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         # Stop listening first (MultiService stops its children), then drain.
         yield super().stopService()
-        closing = self.factory.closeAll(closecodes.GOING_AWAY, "server shutting down")
+        node = self.node
+        closing = node.closeAll(closecodes.GOING_AWAY, "server shutting down")
         if closing:
             self.log.info("closing {n} WebSocket clients (1001)", n=closing)
             try:
-                yield self.factory.whenDrained().addTimeout(self.drain_timeout, self.reactor)
+                yield node.whenDrained().addTimeout(self.drain_timeout, self.reactor)
             except defer.TimeoutError:
                 self.log.warn("{n} clients did not close within {t} s; dropping them",
-                              n=self.factory.router.memberCount(), t=self.drain_timeout)
-                self.factory.dropAll()
-        yield self.broker.stop()
+                              n=node.clientCount(), t=self.drain_timeout)
+                node.dropAll()
+        yield node.stop()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import os
-import signal
 import sys
 from typing import Any, Callable, Optional
 
@@ -21,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python import failure, usage
 
 from ws4tx import redis_address, schema
+from ws4tx.server import _internals
 from ws4tx.server.config import FIELDS, ServerConfig, check
 from ws4tx.server.embedded import EmbeddedRedis, EmbeddedRedisError
 from ws4tx.server.handlers import load_handler_classes
@@ -263,8 +263,7 @@ class _ServerProcess(service.MultiService):
         service.Service.stopService(self)
         for child in reversed(list(self)):
             yield defer.maybeDeferred(child.stopService)
-        if getattr(self._reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
-            self._reactor._exitSignal = None
+        _internals.forget_exit_signal(self._reactor)
 
 
 #: The environment variable by which the supervisor hands its workers the Redis it

@@ -14,6 +14,7 @@ from twisted.web import pages, resource
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
+from ws4tx.server.node import Node
 from ws4tx.server.protocol import PushFactory
 
 _UPGRADE_TEXT = (
@@ -71,12 +72,12 @@ class HealthCheck(resource.Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, factory: PushFactory) -> None:
+    def __init__(self, node: Node) -> None:
         super().__init__()
-        self.factory = factory
+        self.node = node
         #: Whether the last answer was 200 (None before the first): a change is logged.
         self._was_up: Optional[bool] = None
-        token = factory.config.health_token
+        token = node.config.health_token
         self._authorization = b"Bearer " + token.encode() if token else None
 
     def _mayReadCounters(self, request: Request) -> bool:
@@ -86,18 +87,17 @@ class HealthCheck(resource.Resource):
         return hmac.compare_digest(given.strip(), self._authorization)
 
     def render_GET(self, request: Request) -> bytes:
-        broker = self.factory.broker
-        up = bool(broker.delivering)
-        redis = "delivering" if up else ("connected" if broker.connected else "disconnected")
-        self._logTransition(up, redis)
-        body: dict[str, Any] = {"status": "ok" if up else "unavailable", "redis": redis}
+        node = self.node
+        health = node.health()
+        self._logTransition(health.up, health.redis)
+        body: dict[str, Any] = {"status": "ok" if health.up else "unavailable",
+                                "redis": health.redis}
         if self._mayReadCounters(request):
-            body.update(clients=self.factory.router.memberCount(),
-                        backlog=self.factory.router.backlog,
-                        counters=self.factory.counters())
+            body.update(clients=node.clientCount(), backlog=node.router.backlog,
+                        counters=node.counters())
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        request.setResponseCode(200 if up else 503)
+        request.setResponseCode(200 if health.up else 503)
         return json.dumps(body).encode() + b"\n"
 
     def _logTransition(self, up: bool, redis: str) -> None:
@@ -113,7 +113,7 @@ class HealthCheck(resource.Resource):
                           "has not come back lately (Redis too slow or not forwarding)")
         else:
             self.log.warn("health check: 503, not connected to Redis at {url}",
-                          url=getattr(getattr(self.factory.broker, "address", None),
+                          url=getattr(getattr(self.node.broker, "address", None),
                                       "safe_url", "the broker"))
 
 
@@ -124,7 +124,7 @@ class Root(resource.Resource):
     def __init__(self, factory: PushFactory, fallback: Optional[resource.Resource] = None) -> None:
         super().__init__()
         self.websocket = WebSocketEndpoint(factory)
-        self.health = HealthCheck(factory)
+        self.health = HealthCheck(factory.node)
         self.fallback = fallback
         self._ws_prefix = factory.config.websocket_url.encode()
         self._health_path = factory.config.health_url.encode()

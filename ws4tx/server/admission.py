@@ -1,0 +1,185 @@
+"""Handshake admission: from a WebSocket request to a decision. No I/O.
+
+Two steps, on either side of the authenticator:
+
+1. :func:`check_request`: the limits, the URL and the Origin; what passes becomes the
+   :class:`~ws4tx.server.auth.HandshakeRequest` the authenticator gets.
+2. :func:`admit`: the identity (or :class:`~ws4tx.server.auth.Grant`) the authenticator
+   gave, and the site's publishing rules, become an :class:`Admission`: the channels the
+   client listens to and publishes to, and the subprotocol to answer.
+
+A refusal is a :class:`~ws4tx.server.auth.HandshakeDenied` with the HTTP status and the
+reason. :class:`AddressCounts` keeps the per-address connection count the cap needs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any, Mapping, Optional, Sequence
+from urllib.parse import parse_qs
+
+from twisted.logger import Logger
+
+from ws4tx import envelope, schema
+from ws4tx.naming import (
+    Flags,
+    Identity,
+    InvalidFacility,
+    audience_channels,
+    check_facility,
+    parse_flags,
+)
+from ws4tx.server._forwarded import client_address, is_trusted
+from ws4tx.server._origin import origin_allowed
+from ws4tx.server.auth import Grant, HandshakeDenied, HandshakeRequest
+from ws4tx.server.config import ServerConfig
+
+_log = Logger()
+
+
+def check_request(
+    config: ServerConfig,
+    *,
+    peer: str,
+    host: str,
+    path: str,
+    query: str,
+    headers: Mapping[str, str],
+    secure: bool = False,
+) -> HandshakeRequest:
+    """The request the authenticator gets, once the query length, the path, the facility
+    and the Origin passed; else :class:`HandshakeDenied` (414, 404, 400, 403)."""
+    if len(query) > config.max_query_length:
+        raise HandshakeDenied("the query string is too long", 414)
+    if not path.startswith(config.websocket_url):
+        raise HandshakeDenied(f"WebSocket URLs start with {config.websocket_url}", 404)
+    try:
+        facility = check_facility(path[len(config.websocket_url):],
+                                  config.max_facility_length)
+    except InvalidFacility as e:
+        raise HandshakeDenied(str(e), 400) from None
+    origin = headers.get("origin")
+    if origin and config.allowed_origins and not origin_allowed(
+            origin, config.allowed_origins):
+        raise HandshakeDenied("this Origin is not allowed", 403)
+    return HandshakeRequest(
+        peer=peer, host=host, path=path, query=query,
+        params=parse_qs(query, keep_blank_values=True), headers=headers,
+        facility=facility, flags=parse_flags(query), secure=secure,
+    )
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What a client admitted to the server gets."""
+
+    identity: Identity
+    facility: str
+    #: The channels it listens to, and those its messages are published to.
+    channels: tuple[str, ...]
+    publish_to: tuple[str, ...]
+    #: Whether its own messages come back to it.
+    echo: bool
+    #: Whether its messages are stored for replay.
+    stores: bool
+    #: Whether it speaks the event envelope (subprotocol ``ws4tx.v1``).
+    speaks_events: bool
+    #: The subprotocol to answer (None: none).
+    subprotocol: Optional[str]
+
+
+def admit(
+    config: ServerConfig,
+    handshake: HandshakeRequest,
+    answer: Identity | Grant,
+    *,
+    handled: bool,
+    protocols: Sequence[str] = (),
+) -> Admission:
+    """What the authenticator's ``answer`` for ``handshake`` admits the client to.
+
+    ``handled``: whether a server-side event handler speaks for the facility (clients then
+    publish nothing unless ``handler_facility_publish``); ``protocols``: the subprotocols
+    the client asked for.
+    """
+    flags = handshake.flags
+    if isinstance(answer, Grant):
+        if answer.flags is not None:
+            flags = answer.flags
+        identity = answer.identity
+    else:
+        identity = answer
+    if not may_publish(config, identity, handled):
+        flags = Flags(flags.subscribe, frozenset(), flags.echo)
+    facility, prefix = handshake.facility, config.prefix
+    publish_to = tuple(audience_channels(prefix, facility, flags.publish, identity))
+    if envelope.SUBPROTOCOL in protocols:
+        subprotocol: Optional[str] = envelope.SUBPROTOCOL
+    else:  # ws4redis answers any requested subprotocol by echoing it
+        subprotocol = protocols[0] if protocols else None
+    return Admission(
+        identity=identity,
+        facility=facility,
+        channels=tuple(audience_channels(prefix, facility, flags.subscribe, identity)),
+        publish_to=publish_to,
+        echo=flags.echo,
+        stores=bool(publish_to) and config.expire > 0 and any(
+            fnmatchcase(facility, pattern) for pattern in config.stored_facilities),
+        speaks_events=subprotocol == envelope.SUBPROTOCOL,
+        subprotocol=subprotocol,
+    )
+
+
+def may_publish(config: ServerConfig, identity: Identity, handled: bool) -> bool:
+    """Whether the site lets a client keep its publish flags: not when client publishing
+    is off, for anonymous clients (unless allowed), nor on a facility a server handler
+    speaks for (unless allowed)."""
+    if not config.client_publish:
+        return False
+    if identity.user is None and not config.anonymous_publish:
+        return False
+    return not handled or config.handler_facility_publish
+
+
+class AddressCounts:
+    """Open connections per client address, for the per-address cap. Behind a trusted
+    proxy the address is the client its ``X-Forwarded-For`` names."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self._cap = config.max_connections_per_ip
+        self._trusted: tuple[Any, ...] = schema.trusted_networks(config.trusted_proxies)
+        self._open: Counter[str] = Counter()
+        self._warned_proxy = False
+
+    def address(self, peer: str, forwarded: Optional[str]) -> str:
+        """The address a connection from ``peer`` counts under."""
+        return client_address(peer, forwarded, self._trusted)
+
+    def add(self, address: str, peer: str, forwarded: Optional[str]) -> None:
+        """Count a connection under ``address``. Past the cap it stays counted (release it
+        as any other) and :class:`HandshakeDenied` (429) is raised."""
+        self._open[address] += 1
+        if self._cap and self._open[address] > self._cap:
+            if not forwarded and not self._warned_proxy and is_trusted(peer, self._trusted):
+                self._warned_proxy = True
+                _log.warn(
+                    "{n} connections from {peer}, a trusted proxy that sends no "
+                    "X-Forwarded-For: every client behind it counts as that one address "
+                    "(have the proxy send X-Forwarded-For, or set --max-connections-per-ip)",
+                    n=self._open[address], peer=peer)
+            raise HandshakeDenied("too many connections from your address", 429)
+
+    def release(self, address: str) -> None:
+        """A connection counted under ``address`` is gone."""
+        self._open[address] -= 1
+        if not self._open[address]:
+            del self._open[address]
+
+    def total(self) -> int:
+        """How many connections are counted."""
+        return sum(self._open.values())
+
+    def __getitem__(self, address: str) -> int:
+        return self._open[address]

@@ -1,0 +1,132 @@
+"""Dispatch of the events event clients send: to the facility's handler, or published on
+the client's own channels; every event that carries an id is acknowledged.
+
+The protocol hands each envelope a client sent to :meth:`Events.dispatch`; what the
+handlers answer (values, Deferreds, coroutines; :class:`~ws4tx.server.handlers.EventRefused`)
+becomes the acknowledgement, or a ``ws4tx.error`` event when there was no id.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Iterable, Optional, Protocol
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ws4tx import envelope
+from ws4tx.naming import Identity
+from ws4tx.server.broker import BrokerUnavailable, NotStored
+from ws4tx.server.handlers import EventHandler, EventRefused, ServerAPI, handler_method
+
+_log = Logger()
+
+
+class EventClient(Protocol):
+    """What dispatch needs of a connection (a :class:`~ws4tx.server.protocol.PushProtocol`)."""
+
+    identity: Identity
+    facility: str
+    peer: str
+
+    def emit(self, event: str, data: Any = None) -> None:
+        """Send an event to this client alone."""
+
+    def sendEnvelope(self, text: str) -> None:
+        """Send an envelope (an acknowledgement) to this client alone."""
+
+    def mayPublish(self) -> bool:
+        """Whether the client has channels to publish to."""
+
+    def publish(self, payload: bytes) -> "defer.Deferred[int]":
+        """Publish ``payload`` on the client's publish channels."""
+
+
+class Events:
+    """The event handlers of one node, one instance per facility, and the dispatch of
+    what event clients send."""
+
+    def __init__(self, handlers: Iterable[type[EventHandler]], server: ServerAPI) -> None:
+        self.handlers: dict[str, EventHandler] = {h.facility: h(server) for h in handlers}
+
+    def handles(self, facility: str) -> bool:
+        """Whether a server-side handler speaks for ``facility``."""
+        return facility in self.handlers
+
+    def connected(self, client: EventClient) -> None:
+        """``client`` joined: its facility's handler's ``on_connect``."""
+        handler = self.handlers.get(client.facility)
+        if handler is not None:
+            self.call(client, handler.on_connect, None, client)
+
+    def closed(self, client: EventClient) -> None:
+        """``client`` went away: its facility's handler's ``on_close``."""
+        handler = self.handlers.get(client.facility)
+        if handler is not None:
+            self.call(client, handler.on_close, None, client)
+
+    def dispatch(self, client: EventClient, payload: bytes) -> None:
+        """Handle an envelope ``client`` sent: the handler's ``on_<event>``; else, on a
+        connection with publish flags, publish the event (never a ``ws4tx.*`` one); else
+        refuse it."""
+        try:
+            message = envelope.decode(payload)
+        except envelope.InvalidEnvelope as e:
+            client.emit(envelope.ERROR_EVENT, {"message": f"invalid envelope: {e}"})
+            return
+        if not isinstance(message, envelope.Event):
+            client.emit(envelope.ERROR_EVENT, {"message": "clients may only send events"})
+            return
+        method = handler_method(self.handlers.get(client.facility), message.event)
+        if method is not None:
+            self.call(client, method, message.id, client, message.data)
+        elif envelope.is_reserved(message.event):
+            self.answer(client, defer.fail(EventRefused(
+                f"event names starting with {envelope.RESERVED_PREFIX!r} are the "
+                "server's")), message.id)
+        elif client.mayPublish():
+            forwarded = envelope.encode_event(message.event, message.data).encode()
+            self.answer(client, client.publish(forwarded).addCallbacks(
+                lambda _: None, _notStored), message.id)
+        else:
+            self.answer(client, defer.fail(EventRefused(
+                f"no handler for event {message.event!r}")), message.id)
+
+    def call(self, client: EventClient, method: Callable[..., Any], ack_id: Optional[int],
+             *args: Any) -> None:
+        """Call a handler method (a value, a Deferred or a coroutine) and answer
+        ``ack_id`` with its result."""
+        d = defer.maybeDeferred(method, *args)
+        d.addCallback(lambda r: defer.ensureDeferred(r) if inspect.iscoroutine(r) else r)
+        self.answer(client, d, ack_id)
+
+    def answer(self, client: EventClient, d: "defer.Deferred[Any]",
+               ack_id: Optional[int]) -> None:
+        """Acknowledge ``ack_id`` with what ``d`` gives; a failure is an error ack (or a
+        ``ws4tx.error`` event without an id): the refusal's message, or ``internal error``
+        (logged) for anything else."""
+        def ok(result: Any) -> None:
+            if ack_id is not None:
+                client.sendEnvelope(envelope.encode_ack(ack_id, result))  # may raise: failed
+
+        def failed(failure: Failure) -> None:
+            if failure.check(EventRefused, BrokerUnavailable):
+                message = str(failure.value)
+            else:
+                _log.failure("event handler failed for {peer}", failure, peer=client.peer)
+                message = "internal error"
+            if ack_id is not None:
+                client.sendEnvelope(envelope.encode_ack(ack_id, error=message))
+            else:
+                client.emit(envelope.ERROR_EVENT, {"message": message})
+
+        d.addCallback(ok).addErrback(failed).addErrback(
+            lambda f: _log.failure("answering {peer} failed", f, peer=client.peer))
+
+
+def _notStored(failure: Failure) -> dict[str, Any]:
+    """A forwarded event that was delivered but not stored is acknowledged (not an error:
+    a retry would deliver it twice) with ``{"stored": false, "reason": ...}``."""
+    failure.trap(NotStored)
+    return {"stored": False, "reason": failure.value.reason}

@@ -1,0 +1,129 @@
+"""The node: one ws4tx server process's moving parts, and what the rest asks of them.
+
+A :class:`Node` owns the broker (the message bus), the router (and its hub: which local
+client listens where), the event handlers, the per-address counts and storage budgets,
+the counters, health and drain. Autobahn's factory builds connections that talk to the
+node; the health resource and the service ask the node. It writes to no socket itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+
+from ws4tx import closecodes
+from ws4tx.server import _internals
+from ws4tx.server._ratelimit import Budgets
+from ws4tx.server.admission import AddressCounts
+from ws4tx.server.broker import IBroker
+from ws4tx.server.config import ServerConfig
+from ws4tx.server.events import Events
+from ws4tx.server.handlers import EventHandler, ServerAPI
+from ws4tx.server.router import Router
+
+
+@dataclass(frozen=True)
+class Health:
+    """Whether the node delivers (messages flow from the broker), and in what state the
+    broker is: ``delivering``, ``connected`` (but no probe came back lately) or
+    ``disconnected``."""
+
+    up: bool
+    redis: str
+
+
+class Node:
+    """One ws4tx node on ``broker``; ``clock`` schedules fan-out turns, budgets and
+    backlog ages (the reactor in production, a ``task.Clock`` in tests)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        broker: IBroker,
+        *,
+        handlers: Iterable[type[EventHandler]] = (),
+        run_in_thread: Optional[Callable[..., "defer.Deferred[Any]"]] = None,
+        clock: Optional[IReactorTime] = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.config = config
+        self.broker = broker
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.router = Router(broker, _internals.prepare_message, config.max_outgoing_size,
+                             clock=self.clock, max_lag=config.max_lag,
+                             max_backlog=config.max_backlog)
+        #: What event handlers may do beyond their client (publish, run in a thread).
+        self.server = ServerAPI(broker, config.prefix, run_in_thread)
+        self.events = Events(handlers, self.server)
+        #: Open connections per client address, for the per-address cap.
+        self.addresses = AddressCounts(config)
+        #: What each user (or anonymous address) may still store for replay.
+        self.store_budgets = Budgets(config.store_budget / 60, config.store_budget,
+                                     self.clock) if config.store_budget else None
+        #: Counters of the clients: dropped for not reading, messages over the rate limit,
+        #: raw messages refused because they looked like the server's envelopes, messages
+        #: not stored because their sender was over its storage budget.
+        self.stats = {"slow_consumers": 0, "rate_limited": 0, "raw_envelopes": 0,
+                      "store_refused": 0}
+        self._drain_waiters: list[defer.Deferred[None]] = []
+
+    # Lifecycle
+
+    def start(self) -> None:
+        """Connect the broker; the router hears from it from now on."""
+        self.broker.start(self.router)
+
+    def stop(self) -> "defer.Deferred[None]":
+        """Disconnect the broker (drain the clients first: :meth:`closeAll`)."""
+        return self.broker.stop()
+
+    # What the node knows
+
+    def counters(self) -> dict[str, int]:
+        """Every counter of this node: the router's, the broker's and the clients'."""
+        return {**self.router.stats, **getattr(self.broker, "stats", {}), **self.stats}
+
+    def health(self) -> Health:
+        """Whether messages flow (a probe made the whole trip lately)."""
+        broker = self.broker
+        if broker.delivering:
+            return Health(True, "delivering")
+        return Health(False, "connected" if broker.connected else "disconnected")
+
+    def clientCount(self) -> int:
+        """How many clients have joined."""
+        return self.router.memberCount()
+
+    # Drain
+
+    def closeAll(self, code: int = closecodes.GOING_AWAY,
+                 reason: str = "server shutting down") -> int:
+        """Start the closing handshake with every client; return how many there are."""
+        clients = list(self.router.hub.clients())
+        for client in clients:
+            client.closeWith(code, reason)
+        return len(clients)
+
+    def dropAll(self) -> None:
+        """Drop every client's connection at once."""
+        for client in list(self.router.hub.clients()):
+            client.dropConnection(abort=True)  # type: ignore[attr-defined]
+
+    def whenDrained(self) -> "defer.Deferred[None]":
+        """Fires once no client is connected."""
+        if not self.router.memberCount():
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._drain_waiters.append(d)
+        return d
+
+    def clientLeft(self) -> None:
+        """Called by a connection after it left the router."""
+        if self._drain_waiters and not self.router.memberCount():
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for d in waiters:
+                d.callback(None)
