@@ -1,0 +1,107 @@
+"""Each reach of ws4tx.server._internals below Autobahn's or Twisted's public API, pinned:
+these tests fail when the dependency changes under it. (The behaviour each reach buys is
+tested where it is used: test_protocol's lazy formatting and fast-path tests,
+test_hostile's fragment bound, test_twistd's clean exit after a drain.)"""
+
+from __future__ import annotations
+
+import inspect
+import signal
+from typing import Any
+
+from autobahn.websocket import protocol as autobahn_protocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.base import ReactorBase
+from twisted.internet.interfaces import IStreamClientEndpoint, _ISupportsExitSignalCapturing
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from ws4tx.server import _internals
+
+
+class AutobahnTests(SynchronousTestCase):
+    """Autobahn's private parts ws4tx relies on."""
+
+    def test_moduleGlobalPformat(self):
+        """Autobahn's WebSocket protocol formats its debug values with a module global
+        ``pformat``, which format_lazily replaces."""
+        self.patch(autobahn_protocol, "pformat", autobahn_protocol.pformat)
+        self.assertIn("pformat(", inspect.getsource(WebSocketProtocol._connectionMade))
+        _internals.format_lazily()
+        self.assertIs(autobahn_protocol.pformat, _internals._Pretty)
+
+    def test_preparedFrameBytes(self):
+        """A prepared server message keeps its whole frame in ``payloadHybi``."""
+        self.assertEqual(_internals.prepare_message(b"hi", False).payloadHybi, b"\x81\x02hi")
+        self.assertEqual(_internals.prepare_message(b"\xff", True).payloadHybi, b"\x82\x01\xff")
+
+    def test_compressionAndSendQueueAttributes(self):
+        """A connection says whether it compresses in ``_perMessageCompress`` (None: it
+        does not) and queues chopped writes in ``send_queue``."""
+        source = inspect.getsource(WebSocketProtocol._connectionMade)
+        self.assertIn("self._perMessageCompress = None", source)
+        self.assertIn("self.send_queue = deque()", source)
+        self.assertIn("self._perMessageCompress", inspect.getsource(
+            WebSocketProtocol.sendPreparedMessage))
+
+    def test_failConnection(self):
+        """``_fail_connection(code, reason)`` exists and takes a code and a reason."""
+        parameters = list(inspect.signature(WebSocketProtocol._fail_connection).parameters)
+        self.assertEqual(parameters[:3], ["self", "code", "reason"])
+
+
+@implementer(IStreamClientEndpoint)
+class _Refusing:
+    def connect(self, factory: Any) -> "defer.Deferred[Any]":
+        return defer.fail(ConnectionRefusedError("no"))
+
+
+class TwistedTests(SynchronousTestCase):
+    """Twisted's private parts ws4tx relies on."""
+
+    def _retryEvents(self, cls: type[ClientService]) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = Clock()
+        service = cls(_Refusing(), Factory(), clock=clock,
+                      retryPolicy=backoffPolicy(jitter=lambda: 0))
+        service.startService()
+        clock.advance(10)
+        service.stopService()
+        return [e for e in events if "Scheduling retry" in e.get("log_format", "")]
+
+    def test_clientServiceLogsThroughItsClassLogger(self):
+        """ClientService logs each retry at info through its class attribute ``_log``:
+        QuietClientService's filter keeps them out, warnings still pass."""
+        retries = self._retryEvents(ClientService)
+        self.assertTrue(retries)
+        self.assertEqual({e["log_level"] for e in retries}, {LogLevel.info})
+        self.assertIn("_log", vars(ClientService))
+        self.assertEqual(self._retryEvents(_internals.QuietClientService), [])
+
+    def test_exitSignal(self):
+        """A reactor remembers SIGTERM in ``_exitSignal`` (twistd re-raises it after the
+        reactor stopped); forget_exit_signal clears it, and only SIGTERM and SIGINT."""
+        self.assertTrue(_ISupportsExitSignalCapturing.implementedBy(ReactorBase))
+
+        class Reactor:
+            def callFromThread(self, f: Any, *args: Any) -> None:
+                pass
+
+            def stop(self) -> None:
+                pass
+
+        reactor: Any = Reactor()
+        ReactorBase.sigTerm(reactor, signal.SIGTERM, None)
+        self.assertEqual(reactor._exitSignal, signal.SIGTERM)
+        _internals.forget_exit_signal(reactor)
+        self.assertIsNone(reactor._exitSignal)
+        reactor._exitSignal = signal.SIGHUP
+        _internals.forget_exit_signal(reactor)
+        self.assertEqual(reactor._exitSignal, signal.SIGHUP)

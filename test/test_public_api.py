@@ -1,0 +1,38 @@
+"""The public faces: what ws4tx.server exports, and the import paths ws4redis users rely on."""
+
+from __future__ import annotations
+
+import importlib
+
+from twisted.trial.unittest import SynchronousTestCase
+
+import ws4tx.server
+
+
+class PublicFaceTests(SynchronousTestCase):
+    """ws4tx.server exports the embedding API, the same objects as where they live, and
+    none of the node's parts."""
+
+    def test_exportsAreTheModulesObjects(self):
+        """Every exported name is the object of the module that defines it."""
+        for name in ws4tx.server.__all__:
+            value = getattr(ws4tx.server, name)
+            module = importlib.import_module(value.__module__)
+            self.assertIs(getattr(module, name), value, name)
+
+    def test_embeddingAPIOnly(self):
+        """The service, its configuration, handlers and auth types are exported; the
+        hub, router, protocol and factory are not."""
+        for name in ("PushService", "ServerConfig", "RedisAddress", "EventHandler",
+                     "EventRefused", "IAuthenticator", "HandshakeDenied", "Identity"):
+            self.assertIn(name, ws4tx.server.__all__)
+        for name in ("Hub", "Router", "PushProtocol", "PushFactory", "RedisBroker"):
+            self.assertNotIn(name, ws4tx.server.__all__)
+
+    def test_ws4redisImportPathsStay(self):
+        """ws4redis's public import paths, renamed to ws4tx, still import."""
+        from ws4tx.publisher import RedisPublisher  # noqa: F401
+        from ws4tx.redis_store import SELF, RedisMessage  # noqa: F401
+
+        for module in ("ws4tx.context_processors", "ws4tx.api", "ws4tx.testing"):
+            importlib.import_module(module)
