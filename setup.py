@@ -12,7 +12,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=["ws4tx", "ws4tx.server", "ws4tx.templatetags", "twisted.plugins"],
     package_data={
         "ws4tx": ["py.typed", "static/ws4tx/*.js", "static/js/*.js", "templates/ws4tx/*.html"],

@@ -41,7 +41,22 @@ class OptionsTests(SynchronousTestCase):
     def test_listenIsRepeatable(self):
         """--listen may be given several times."""
         options = parse("--listen", "tcp:9001", "--listen", "unix:/tmp/ws4tx-test.sock")
-        self.assertEqual(options["listen"], ["tcp:9001", "unix:/tmp/ws4tx-test.sock"])
+        self.assertEqual(options["listen"], ["tcp:9001:backlog=1024",
+                                             "unix:/tmp/ws4tx-test.sock"])
+
+    def test_tcpPortsGetAPushServerBacklog(self):
+        """A tcp: or reuseport: port without backlog= gets 1024 (Twisted's 50 drops
+        connection bursts); one that names its backlog keeps it; others are unchanged."""
+        table = [
+            ("tcp:9000", "tcp:9000:backlog=1024"),
+            ("tcp:9000:interface=127.0.0.1", "tcp:9000:interface=127.0.0.1:backlog=1024"),
+            ("tcp:9000:backlog=9", "tcp:9000:backlog=9"),
+            ("reuseport:9000", "reuseport:9000:backlog=1024"),
+            ("unix:/tmp/x.sock", "unix:/tmp/x.sock"),
+        ]
+        for given, used in table:
+            self.assertEqual(tap.with_backlog(given), used)
+        self.assertEqual(parse("--listen", "tcp:9000")["listen"], ["tcp:9000:backlog=1024"])
 
     def test_badListenNamesTheOption(self):
         """An endpoint description Twisted cannot parse is refused naming --listen."""

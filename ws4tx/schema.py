@@ -283,8 +283,8 @@ SETTINGS: tuple[Setting, ...] = (
             "for every path outside the WebSocket URL", where=PROCESS, short="w", setting=""),
     Setting("listen", LIST, ("tcp:8000:interface=127.0.0.1:backlog=1024",),
             "Twisted endpoint descriptions: `tcp:8000`, `unix:/path`, "
-            "`ssl:443:privateKey=…`; give a push server a large `backlog=` (Twisted's "
-            "default, 50, drops connection bursts)", where=PROCESS, short="l", setting=""),
+            "`ssl:443:privateKey=…`; a `tcp:` port without `backlog=` gets `backlog=1024` "
+            "(Twisted's default, 50, drops connection bursts)", where=PROCESS, short="l", setting=""),
     Setting("workers", INT, 1,
             "worker processes sharing the `tcp:` ports (SO_REUSEPORT), each with its own "
             "Redis subscriber, restarted if they end (after 1 s, doubling to 60 s while they "
