@@ -125,15 +125,15 @@ def read_until(ws: Any, marker: str) -> list[str]:
         frames.append(frame)
 
 
-class DemoDefaultsTests(SynchronousTestCase):
-    """``python -m chatserver`` without options: DEBUG off, no admin, safe static files,
-    and only the pages' WebSocket flags."""
+class _DemoTestCase(SynchronousTestCase):
+    """One demo server for the class, started by the launcher with ``launcher_args``."""
 
+    launcher_args: list[str]
     server: DemoServer
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls.server = DemoServer(launcher_args=[])
+        cls.server = DemoServer(launcher_args=cls.launcher_args)
         try:
             cls.server.start()
         except BaseException:
@@ -143,6 +143,13 @@ class DemoDefaultsTests(SynchronousTestCase):
     @classmethod
     def tearDownClass(cls) -> None:
         cls.server.close()
+
+
+class DemoDefaultsTests(_DemoTestCase):
+    """``python -m chatserver`` without options: DEBUG off, no admin, safe static files,
+    and only the pages' WebSocket flags."""
+
+    launcher_args: list[str] = []
 
     def assertNoTraceback(self) -> None:
         output = self.server.output
@@ -251,23 +258,10 @@ class DemoDefaultsTests(SynchronousTestCase):
             read_until(listener, line)
 
 
-class DemoDebugAdminTests(SynchronousTestCase):
+class DemoDebugAdminTests(_DemoTestCase):
     """``python -m chatserver --debug --admin``: what a developer asks for, with a warning."""
 
-    server: DemoServer
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.server = DemoServer(launcher_args=["--debug", "--admin"])
-        try:
-            cls.server.start()
-        except BaseException:
-            cls.server.close()
-            raise
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.server.close()
+    launcher_args = ["--debug", "--admin"]
 
     def test_debug_is_on(self) -> None:
         status, text = Client(self.server).get("/no-such-page/")

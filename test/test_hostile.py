@@ -85,7 +85,19 @@ def fragmented(payload: bytes) -> bytes:
     return b"".join(frames)
 
 
-class HostileInputTests(ServerTestCase):
+class _RawClients(ServerTestCase):
+    """A server, and clients that write raw bytes to it."""
+
+    async def _raw(self, data: bytes) -> RawClient:
+        raw = RawClient()
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        await endpoints.connectProtocol(endpoint, raw)
+        self.addCleanup(raw.transport.abortConnection)
+        raw.transport.write(data)
+        return raw
+
+
+class HostileInputTests(_RawClients):
     """Each attack against a live server beside a normal client."""
 
     config = ServerTestCase.config.replace(handshake_timeout=1.0)
@@ -98,13 +110,6 @@ class HostileInputTests(ServerTestCase):
         self.publish("ws4tx:broadcast:foobar", "still here")
         self.assertEqual(await self.bystander.text(), "still here")
 
-    async def _raw(self, data: bytes) -> RawClient:
-        raw = RawClient()
-        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
-        await endpoints.connectProtocol(endpoint, raw)
-        self.addCleanup(raw.transport.abortConnection)
-        raw.transport.write(data)
-        return raw
 
     async def _opened(self, path: str = "/ws/foobar?publish-broadcast") -> RawClient:
         raw = await self._raw(handshake_request(path))
@@ -371,7 +376,7 @@ class _HeldAuthenticator:
         return d
 
 
-class ResetDuringAuthenticationTests(ServerTestCase):
+class ResetDuringAuthenticationTests(_RawClients):
     """A client that resets its connection while it is being authenticated is never
     opened: no member, no Redis subscription, nothing for a drain to wait for."""
 
@@ -407,13 +412,6 @@ class ResetDuringAuthenticationTests(ServerTestCase):
         self.assertTrue(self.factory.node.whenDrained().called)
         self.assertEqual(self.flushLoggedErrors(), [])
 
-    async def _raw(self, data: bytes) -> RawClient:
-        raw = RawClient()
-        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
-        await endpoints.connectProtocol(endpoint, raw)
-        self.addCleanup(raw.transport.abortConnection)
-        raw.transport.write(data)
-        return raw
 
 
 class _HeadClient(RawClient):
