@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import sys
 import time
 from typing import Any
@@ -324,3 +325,24 @@ class ImportTests(DjangoTestCase):
                                 capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertEqual(result.stdout.strip(), "[]")
+
+
+class WithoutDjangoSettingsTests(DjangoRedisTestCase):
+    """ws4tx.api in a process without Django settings (a script, a shell): every setting
+    takes its default and Redis is $WS4TX_REDIS_URL (the README's Quick start as written)."""
+
+    def test_publishFromAPlainScript(self):
+        """api.publish and api.emit work with no DJANGO_SETTINGS_MODULE."""
+        listener = self.listen("ws4tx:broadcast:foobar")
+        code = ("from ws4tx import api\n"
+                "api.publish('foobar', 'Hello, everybody', broadcast=True)\n"
+                "api.emit('foobar', 'chat', {'text': 'hi'}, broadcast=True)\n")
+        env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+        env.update(WS4TX_REDIS_URL=self.redis.url, PYTHONPATH=ROOT)
+        result = subprocess.run([sys.executable, "-c", code], cwd=tempfile.gettempdir(),
+                                env=env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(listener.received(), [
+            ("ws4tx:broadcast:foobar", b"Hello, everybody"),
+            ("ws4tx:broadcast:foobar", b'{"ws4tx":"event","event":"chat","data":{"text":"hi"}}'),
+        ])

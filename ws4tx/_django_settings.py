@@ -6,6 +6,8 @@ then ``WS4REDIS_<NAME>``), exactly as the server reads it.
 
 from __future__ import annotations
 
+import os
+from types import SimpleNamespace
 from typing import Any, Optional
 
 from django.core.exceptions import ImproperlyConfigured
@@ -19,10 +21,19 @@ DEFAULT_WEBSOCKET_URL: str = schema.get("websocket_url").default
 
 
 def django_settings() -> Any:
-    """Django's settings object (imported here so that importing ws4tx needs no settings)."""
+    """Django's settings object (imported here so that importing ws4tx needs no settings);
+    in a process that has no Django settings at all (a script, a shell), an empty one, so
+    that every setting takes its default and the Redis address comes from
+    ``$WS4TX_REDIS_URL``."""
     from django.conf import settings
 
+    if not settings.configured and not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        return _NO_SETTINGS
     return settings
+
+
+#: What a process without Django settings reads its settings from: nothing.
+_NO_SETTINGS = SimpleNamespace()
 
 
 def _value(key: str) -> Any:
