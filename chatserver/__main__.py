@@ -85,7 +85,8 @@ def port_is_free(port: int) -> bool:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Prepare the database, then exec the server (never returns)."""
     parser = argparse.ArgumentParser(
-        prog=os.environ.get("CHATSERVER_PROG", "python -m chatserver"), description="Run the ws4tx demo chat.")
+        prog=os.environ.get("CHATSERVER_PROG", "python -m chatserver"),
+        description="Run the ws4tx demo chat.")
     parser.add_argument("--port", type=int, default=8000,
                         help="TCP port on 127.0.0.1 to serve on [default: 8000]")
     parser.add_argument("--debug", action="store_true",
