@@ -55,7 +55,7 @@ class Phase:
 
 
 P = Phase()
-CLIENTS: list["Core"] = []
+CLIENTS: list[Core] = []
 CLOSE_CODES: collections.Counter = collections.Counter()
 
 

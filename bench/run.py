@@ -28,9 +28,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from benchlib import report  # noqa: E402
-from benchlib import systems as S  # noqa: E402
-from benchlib import venvs as V  # noqa: E402
+from benchlib import report, systems as S, venvs as V  # noqa: E402
 from benchlib.procs import REGISTRY, BenchError, raise_nofile  # noqa: E402
 from benchlib.suite import SCENARIOS, Suite, run_scenario  # noqa: E402
 
@@ -301,7 +299,7 @@ def main(argv: list[str]) -> int:
     return 1 if failures else 0
 
 
-def _terminate(signum, frame):  # noqa: ANN001
+def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 

@@ -74,7 +74,7 @@ class BrowserHandle:
         finally:
             self.playwright.stop()
 
-    def __enter__(self) -> "BrowserHandle":
+    def __enter__(self) -> BrowserHandle:
         return self
 
     def __exit__(self, *exc: object) -> None:

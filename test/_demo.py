@@ -24,8 +24,8 @@ import time
 from typing import Any, Iterable, Optional
 
 from ws4tx import envelope
-from ws4tx.server.embedded import free_port
 from ws4tx.naming import DEFAULT_PREFIX, broadcast_channel, channel
+from ws4tx.server.embedded import free_port
 
 from chatserver.__main__ import HEARTBEAT, twistd_argv
 from test._process import ROOT
@@ -105,7 +105,7 @@ class DemoServer:
 
     # Running
 
-    def start(self, redis_url: Optional[str] = None) -> "DemoServer":
+    def start(self, redis_url: Optional[str] = None) -> DemoServer:
         """Start the server with ``--redis embedded`` (or ``redis_url``) and return once it
         serves HTTP and its Redis subscriber is connected."""
         if self.process is not None and self.process.poll() is None:
@@ -136,7 +136,7 @@ class DemoServer:
             self.redis_url = redis_url
         return self
 
-    def _read(self, process: "subprocess.Popen[bytes]") -> None:
+    def _read(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
         for line in iter(process.stdout.readline, b""):
             with self._changed:
@@ -150,7 +150,7 @@ class DemoServer:
         """Whether the child process is alive."""
         return self.process is not None and self.process.poll() is None
 
-    def wait_for(self, pattern: str, timeout: float = TIMEOUT) -> "re.Match[str]":
+    def wait_for(self, pattern: str, timeout: float = TIMEOUT) -> re.Match[str]:
         """The first match of ``pattern`` in the output; AssertionError if the server
         ends or ``timeout`` seconds pass first."""
         compiled = re.compile(pattern)
@@ -315,7 +315,19 @@ def event(name: str, data: Any) -> str:
 
 
 __all__ = [
-    "BrowserSession", "CHAT_FACILITY", "DemoServer", "EVENT_FACILITY", "HEARTBEAT", "PASSWORD",
-    "TIMEOUT", "USERS", "broadcast", "child_environment", "event", "group_channel", "heartbeat_counter",
-    "template_database", "user_channel",
+    "CHAT_FACILITY",
+    "EVENT_FACILITY",
+    "HEARTBEAT",
+    "PASSWORD",
+    "TIMEOUT",
+    "USERS",
+    "BrowserSession",
+    "DemoServer",
+    "broadcast",
+    "child_environment",
+    "event",
+    "group_channel",
+    "heartbeat_counter",
+    "template_database",
+    "user_channel",
 ]

@@ -10,8 +10,9 @@ from typing import Any, Iterable, Optional
 import redis
 from twisted.trial.unittest import SynchronousTestCase
 
-from test._django import setup_django
 from ws4tx.server.embedded import EmbeddedRedis
+
+from test._django import setup_django
 
 #: Bound on waiting for Redis (never reached when things work).
 TIMEOUT = 10.0

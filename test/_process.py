@@ -26,7 +26,7 @@ class Twistd(protocol.ProcessProtocol):
         self.ended: defer.Deferred[int] = defer.Deferred()
         self._waiters: list[tuple[re.Pattern[str], defer.Deferred[re.Match[str]]]] = []
 
-    def start(self, *args: str, env: Optional[dict[str, str]] = None) -> "Twistd":
+    def start(self, *args: str, env: Optional[dict[str, str]] = None) -> Twistd:
         environ = dict(os.environ)
         environ["PYTHONPATH"] = ROOT + os.pathsep + environ.get("PYTHONPATH", "")
         environ.update(env or {})

@@ -9,11 +9,11 @@ import redis
 from twisted.internet import defer, endpoints, reactor, task
 from twisted.trial import unittest
 
+from ws4tx.naming import ANONYMOUS, Identity
+from ws4tx.redis_address import RedisAddress
 from ws4tx.server.auth import HandshakeRequest
 from ws4tx.server.config import ServerConfig
 from ws4tx.server.embedded import EmbeddedRedis
-from ws4tx.naming import ANONYMOUS, Identity
-from ws4tx.redis_address import RedisAddress
 from ws4tx.server.protocol import PushProtocol
 from ws4tx.server.service import PushService
 from ws4tx.testing import StaticAuthenticator

@@ -14,7 +14,7 @@ TIMEOUT = 10.0
 
 
 class _Protocol(WebSocketClientProtocol):
-    client: "WSClient"
+    client: WSClient
 
     def onConnect(self, response: Any) -> None:
         self.client.protocol = response.protocol

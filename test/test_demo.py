@@ -90,7 +90,7 @@ class Client:
         status, _, _ = self.request("POST", path, fields)
         return status
 
-    def log_in(self, user: str) -> "Client":
+    def log_in(self, user: str) -> Client:
         status = self.post("/accounts/login/", username=user, password=PASSWORD)
         assert status == 302 and "sessionid" in self.cookies, f"{user} could not log in"
         return self

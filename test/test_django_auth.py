@@ -9,11 +9,10 @@ import threading
 import time
 import zlib
 
+from django.core.exceptions import PermissionDenied
 from twisted.internet import defer, endpoints, reactor
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
-
-from django.core.exceptions import PermissionDenied
 
 from test._django import setup_django
 
@@ -21,15 +20,14 @@ setup_django()
 
 from django.conf import settings  # noqa: E402
 from django.contrib.auth.models import Group, User  # noqa: E402
-from django.test import Client, override_settings  # noqa: E402
-
 from django.core import signing  # noqa: E402
 from django.http import HttpRequest  # noqa: E402
+from django.test import Client, override_settings  # noqa: E402
 
-from ws4tx import naming, _sync_redis, tokens  # noqa: E402
+from ws4tx import _sync_redis, naming, tokens  # noqa: E402
+from ws4tx.publisher import RedisPublisher  # noqa: E402
 from ws4tx.server import _django  # noqa: E402
 from ws4tx.server.auth import HandshakeRequest  # noqa: E402
-from ws4tx.publisher import RedisPublisher  # noqa: E402
 
 from test._server import ServerTestCase, non_probe  # noqa: E402
 from test._wsclient import TIMEOUT, handshake_request, raw_request, status_of  # noqa: E402

@@ -12,9 +12,10 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from test._djangoredis import DjangoRedisTestCase, DjangoTestCase, make_request, make_user
-from ws4tx import naming, _sync_redis
+from ws4tx import _sync_redis, naming
 from ws4tx.redis_address import InvalidRedisAddress
+
+from test._djangoredis import DjangoRedisTestCase, DjangoTestCase, make_request, make_user
 
 #: The test settings' SECRET_KEY, which names session channels.
 SECRET = "ws4tx-test-suite-not-secret"

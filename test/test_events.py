@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import signal
 
+from twisted.internet import reactor
+
 from ws4tx import closecodes, envelope
 from ws4tx.server.handlers import EventHandler, EventRefused
-
-from twisted.internet import reactor
 
 from test._server import ServerTestCase, identity_header
 from test._wsclient import TIMEOUT

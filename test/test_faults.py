@@ -10,8 +10,8 @@ import signal
 from twisted.internet import defer, endpoints, protocol, reactor, task
 
 from ws4tx import envelope
-from ws4tx.server.config import ServerConfig
 from ws4tx.redis_address import RedisAddress
+from ws4tx.server.config import ServerConfig
 
 from test._server import ServerTestCase, non_probe
 from test._wsclient import TIMEOUT
@@ -81,7 +81,7 @@ class KillUnderLoadTests(ServerTestCase):
 class _Blackhole(protocol.Protocol):
     """One side of the proxy: forwards to its peer unless the factory swallows."""
 
-    peer: "_Blackhole | None" = None
+    peer: _Blackhole | None = None
 
     def dataReceived(self, data: bytes) -> None:
         if not self.factory.swallow and self.peer is not None:

@@ -8,8 +8,7 @@ import os
 import struct
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.internet import defer, endpoints, reactor
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
@@ -20,12 +19,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
 
 from ws4tx import closecodes
+from ws4tx.naming import Identity
 from ws4tx.server.auth import HandshakeRequest
 from ws4tx.server.config import ServerConfig
-from ws4tx.naming import Identity
 from ws4tx.server.service import PushService
-from ws4tx.testing import MemoryBroker
 from ws4tx.server.web import HeadDeadlines
+from ws4tx.testing import MemoryBroker
 
 from test._server import ServerTestCase
 from test._wsclient import TIMEOUT, handshake_request, raw_request, status_of

@@ -15,8 +15,9 @@ from typing import Any, ClassVar, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from test import _browser
 from ws4tx import envelope
+
+from test import _browser
 
 STATIC = Path(__file__).resolve().parent.parent / "ws4tx" / "static"
 SCRIPT = STATIC / "ws4tx" / "ws4tx.js"

@@ -12,8 +12,8 @@ from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
 
 from ws4tx import closecodes
-from ws4tx.server.config import ServerConfig
 from ws4tx.redis_address import RedisAddress
+from ws4tx.server.config import ServerConfig
 
 from test._server import ServerTestCase, non_probe
 from test._wsclient import TIMEOUT, connect, raw_request, status_of

@@ -21,13 +21,13 @@ from twisted.trial import unittest
 from twisted.web import resource
 from twisted.web.server import Site
 
+from ws4tx.naming import Identity
 from ws4tx.server import _internals
 from ws4tx.server.config import ServerConfig
 from ws4tx.server.embedded import EmbeddedRedis
 from ws4tx.server.node import Node
 from ws4tx.server.protocol import PushFactory, PushProtocol
 from ws4tx.server.service import PushService
-from ws4tx.naming import Identity
 from ws4tx.testing import MemoryBroker, MemoryBus, StaticAuthenticator
 
 from test._server import observe_broker

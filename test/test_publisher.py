@@ -8,12 +8,16 @@ import time
 
 import redis
 
-from test._djangoredis import (
-    DjangoRedisTestCase, DjangoTestCase, make_request, make_user,
-)
 from ws4tx import api, envelope, naming
 from ws4tx.publisher import RedisPublisher
 from ws4tx.redis_store import SELF, NotStored, PublishError, RedisMessage
+
+from test._djangoredis import (
+    DjangoRedisTestCase,
+    DjangoTestCase,
+    make_request,
+    make_user,
+)
 
 #: The test settings' SECRET_KEY: the Django side names session channels with it.
 SECRET = "ws4tx-test-suite-not-secret"
@@ -466,10 +470,9 @@ class ApiTests(DjangoRedisTestCase):
         from django.db import transaction
 
         listener = self.listen("ws4tx:broadcast:foobar")
-        with self.assertRaises(ZeroDivisionError):
-            with transaction.atomic():
-                api.publish("foobar", "never", broadcast=True, on_commit=True)
-                1 / 0
+        with self.assertRaises(ZeroDivisionError), transaction.atomic():
+            api.publish("foobar", "never", broadcast=True, on_commit=True)
+            1 / 0
         self.assertEqual(listener.received(), [])
         self.assertIsNone(self.store.get("ws4tx:broadcast:foobar"))
 

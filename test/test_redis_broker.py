@@ -12,8 +12,8 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from ws4tx.server.broker import BrokerUnavailable, NotStored, SubscriptionRefused, publish_to
 from ws4tx.redis_address import RedisAddress
+from ws4tx.server.broker import BrokerUnavailable, NotStored, SubscriptionRefused, publish_to
 from ws4tx.server.redis_broker import RedisBroker
 
 

@@ -75,9 +75,10 @@ class TwistdTests(unittest.TestCase):
         client = await connect(port, "/ws/foobar?subscribe-broadcast")
         self.assertEqual(await client.text(), "stored")
 
-        from test._django import setup_django
         from ws4tx import _sync_redis
         from ws4tx.publisher import RedisPublisher
+
+        from test._django import setup_django
 
         setup_django()
         _sync_redis.use_url(server.url)

@@ -18,9 +18,9 @@ from ws4tx import _django_settings, naming
 class _SelfType:
     """The type of :data:`SELF` (one instance)."""
 
-    _instance: Optional["_SelfType"] = None
+    _instance: Optional[_SelfType] = None
 
-    def __new__(cls) -> "_SelfType":
+    def __new__(cls) -> _SelfType:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance

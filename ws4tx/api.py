@@ -21,7 +21,7 @@ from ws4tx import _django_settings
 from ws4tx.publisher import RedisPublisher, event_message
 from ws4tx.redis_store import SELF, NotStored, PublishError, RedisMessage, as_message
 
-__all__ = ["publish", "emit", "PublishError", "NotStored", "SELF", "RedisMessage"]
+__all__ = ["SELF", "NotStored", "PublishError", "RedisMessage", "emit", "publish"]
 
 
 def _publisher(

@@ -32,7 +32,7 @@ class RedisAddress:
     ssl: bool = False
 
     @classmethod
-    def from_url(cls, url: str) -> "RedisAddress":
+    def from_url(cls, url: str) -> RedisAddress:
         """Parse ``redis://[user:password@]host[:port][/db]``, ``rediss://...`` (TLS) or
         ``unix:///path/redis.sock[?db=N]``."""
         try:
@@ -69,7 +69,7 @@ class RedisAddress:
             raise InvalidRedisAddress(str(e)) from None
 
     @classmethod
-    def from_connection(cls, connection: Mapping[str, Any]) -> "RedisAddress":
+    def from_connection(cls, connection: Mapping[str, Any]) -> RedisAddress:
         """Read a ws4redis ``CONNECTION`` dictionary (``host``, ``port``, ``db``,
         ``username``, ``password``, ``unix_socket_path``, ``ssl``)."""
         unknown = set(connection) - {

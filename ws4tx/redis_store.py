@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 import redis
 from redis.exceptions import RedisError
 
-from ws4tx import _audience, _django_settings, naming, _sync_redis
+from ws4tx import _audience, _django_settings, _sync_redis, naming
 from ws4tx.redis_address import RedisAddress
 
 #: In ``users``, ``groups`` or ``sessions``: the current request's own user name, groups
@@ -55,7 +55,7 @@ class RedisMessage(bytes):
     ``[b"message", ..., data]`` gives its data.
     """
 
-    def __new__(cls, value: MessageValue) -> "RedisMessage":
+    def __new__(cls, value: MessageValue) -> RedisMessage:
         if isinstance(value, RedisMessage):
             return value
         if isinstance(value, (list, tuple)):

@@ -22,6 +22,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
+from ws4tx.naming import ANONYMOUS, Identity
 from ws4tx.server.auth import HandshakeRequest, IAuthenticator
 from ws4tx.server.broker import (
     BrokerUnavailable,
@@ -30,7 +31,6 @@ from ws4tx.server.broker import (
     NotStored,
     SubscriptionRefused,
 )
-from ws4tx.naming import ANONYMOUS, Identity
 
 #: What Redis answers to a SUBSCRIBE its ACL does not allow (and what the double says).
 NOPERM = "NOPERM this user has no permissions to access one of the channels used as arguments"
@@ -51,10 +51,10 @@ class MemoryBus:
         from twisted.internet.task import Clock
 
         self.clock: IReactorTime = clock if clock is not None else Clock()
-        self.brokers: list["MemoryBroker"] = []
+        self.brokers: list[MemoryBroker] = []
         self._store: dict[str, tuple[bytes, float]] = {}
         #: (broker, its connection, channel, payload) waiting for the next turn.
-        self._pending: deque[tuple["MemoryBroker", int, str, bytes]] = deque()
+        self._pending: deque[tuple[MemoryBroker, int, str, bytes]] = deque()
         self._delivery: Optional[IDelayedCall] = None
         self._store_refusal: Optional[str] = None
 

@@ -103,14 +103,14 @@ class Registry:
     """Every process the suite started, so that all are stopped at the end."""
 
     def __init__(self) -> None:
-        self.procs: list["Proc"] = []
+        self.procs: list[Proc] = []
         self.lock = threading.Lock()
 
-    def add(self, proc: "Proc") -> None:
+    def add(self, proc: Proc) -> None:
         with self.lock:
             self.procs.append(proc)
 
-    def discard(self, proc: "Proc") -> None:
+    def discard(self, proc: Proc) -> None:
         with self.lock:
             if proc in self.procs:
                 self.procs.remove(proc)
@@ -151,7 +151,7 @@ class Proc:
         )
         self.pid = self.popen.pid
         REGISTRY.add(self)
-        self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
+        self._lines: queue.Queue[Optional[str]] = queue.Queue()
         if json_io:
             threading.Thread(target=self._read, daemon=True).start()
 

@@ -107,7 +107,7 @@ class Session:
         self.lg: Optional[Proc] = None
         self.clients = 0
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         try:
             self.start()
         except BaseException:

@@ -23,17 +23,17 @@ from twisted.protocols.basic import LineReceiver
 class Client(WebSocketServerProtocol):
     path = ""
 
-    def onConnect(self, request):  # noqa: N802 - Autobahn's name
+    def onConnect(self, request):
         self.path = request.path
         return None
 
-    def onOpen(self) -> None:  # noqa: N802
+    def onOpen(self) -> None:
         self.factory.channels.setdefault(self.path, set()).add(self)
         last = self.factory.last.get(self.path)
         if last is not None:
             self.sendMessage(last)
 
-    def onClose(self, wasClean, code, reason) -> None:  # noqa: N802
+    def onClose(self, wasClean, code, reason) -> None:
         members = self.factory.channels.get(self.path)
         if members is not None:
             members.discard(self)
@@ -63,7 +63,7 @@ class Trigger(LineReceiver):
     delimiter = b"\n"
     MAX_LENGTH = 1 << 20
 
-    def lineReceived(self, line: bytes) -> None:  # noqa: N802
+    def lineReceived(self, line: bytes) -> None:
         path, _, payload = line.partition(b" ")
         self.factory.ws.broadcast(path.decode(), payload)
 

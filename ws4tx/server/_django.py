@@ -17,8 +17,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ws4tx import _audience, schema
-from ws4tx.server.auth import Grant, HandshakeDenied, HandshakeRequest, IAuthenticator
 from ws4tx.naming import Flags, Identity, flag_names, parse_flags
+from ws4tx.server.auth import Grant, HandshakeDenied, HandshakeRequest, IAuthenticator
 
 T = TypeVar("T")
 log = Logger()
@@ -84,7 +84,7 @@ def _with_db_hygiene(f: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         close_old_connections()
 
 
-def run_in_thread(f: Callable[..., T], *args: Any, **kwargs: Any) -> "defer.Deferred[T]":
+def run_in_thread(f: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
     """Run ``f`` in the thread pool with Django's connection hygiene around it."""
     return threads.deferToThread(_with_db_hygiene, f, *args, **kwargs)
 
@@ -250,7 +250,7 @@ class SessionAuthenticator:
                                          "WS4TX_ALLOWED_CHANNELS")
         self._origins = _OriginPolicy(settings) if check_origin else None
 
-    def authenticate(self, request: HandshakeRequest) -> "defer.Deferred[Grant]":
+    def authenticate(self, request: HandshakeRequest) -> defer.Deferred[Grant]:
         tokens = request.params.get("token")
         if tokens:
             return self._fromToken(request, tokens[0])
@@ -262,7 +262,7 @@ class SessionAuthenticator:
                 f"({self._origins.site_origin(request)}) nor a trusted one"))
         return run_in_thread(self._authorize, request)
 
-    def _fromToken(self, handshake: HandshakeRequest, token: str) -> "defer.Deferred[Grant]":
+    def _fromToken(self, handshake: HandshakeRequest, token: str) -> defer.Deferred[Grant]:
         from ws4tx import tokens
 
         try:

@@ -26,9 +26,9 @@ from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from twisted.application.internet import ClientService
 from twisted.logger import (
     FilteringLogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    Logger,
     globalLogPublisher,
 )
 

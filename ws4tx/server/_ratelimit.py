@@ -10,7 +10,7 @@ from twisted.internet.interfaces import IReactorTime
 class TokenBucket:
     """``rate`` tokens a second, at most ``burst`` saved up; :meth:`take` spends some."""
 
-    __slots__ = ("rate", "burst", "_clock", "_tokens", "_stamp")
+    __slots__ = ("_clock", "_stamp", "_tokens", "burst", "rate")
 
     def __init__(self, rate: float, burst: float, clock: IReactorTime) -> None:
         self.rate = rate

@@ -78,7 +78,7 @@ class IAuthenticator(Interface):
 
     def authenticate(
         request: HandshakeRequest,
-    ) -> Union[Identity, Grant, "defer.Deferred[Identity | Grant]"]:
+    ) -> Union[Identity, Grant, defer.Deferred[Identity | Grant]]:
         """The identity behind ``request`` (or a :class:`Grant` that also narrows the
         flags); may raise or fail with :class:`HandshakeDenied` to refuse the connection."""
 

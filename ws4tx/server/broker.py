@@ -69,32 +69,32 @@ class IBroker(Interface):
     def start(listener: IBrokerListener) -> None:
         """Connect, and report to ``listener`` from now on."""
 
-    def stop() -> "Deferred[None]":  # noqa: F821
+    def stop() -> Deferred[None]:  # noqa: F821
         """Disconnect; fires when every connection is closed."""
 
-    def subscribe(channel: str) -> "Deferred[None]":  # noqa: F821
+    def subscribe(channel: str) -> Deferred[None]:  # noqa: F821
         """Start receiving ``channel``; fires once the subscription is in place, fails
         with :class:`SubscriptionRefused` if the broker refuses it, or with
         :class:`BrokerUnavailable` (the channel is then subscribed with the listener's
         wanted channels once the broker is back)."""
 
-    def unsubscribe(channel: str) -> "Deferred[None]":  # noqa: F821
+    def unsubscribe(channel: str) -> Deferred[None]:  # noqa: F821
         """Stop receiving ``channel``."""
 
-    def publish(channel: str, payload: bytes, expire: int = 0) -> "Deferred[int]":  # noqa: F821
+    def publish(channel: str, payload: bytes, expire: int = 0) -> Deferred[int]:  # noqa: F821
         """Publish ``payload`` on ``channel`` and, when ``expire`` > 0, store it under the
         channel's name for ``expire`` seconds. Fires with the number of receivers, or fails
         with :class:`BrokerUnavailable` within a bounded time; fails with
         :class:`NotStored` when the message was published but not stored (it is stored
         only once published)."""
 
-    def fetch(key: str) -> "Deferred[Optional[bytes]]":  # noqa: F821
+    def fetch(key: str) -> Deferred[Optional[bytes]]:  # noqa: F821
         """The message stored under ``key``, or None."""
 
 
 def publish_to(
     broker: IBroker, channels: Iterable[str], payload: bytes, expire: int = 0
-) -> "defer.Deferred[int]":
+) -> defer.Deferred[int]:
     """Publish ``payload`` on each of ``channels``; fires with the total number of
     receivers, or fails with the first failure that is not :class:`NotStored`
     (BrokerUnavailable, say), or, when every channel got it but some did not store it,

@@ -101,7 +101,7 @@ class ServerConfig:
     #: With it, the health URL's counters need ``Authorization: Bearer <token>``.
     health_token: Optional[str] = field(default=_default("health_token"), repr=False)
 
-    def replace(self, **changes: object) -> "ServerConfig":
+    def replace(self, **changes: object) -> ServerConfig:
         """A copy with ``changes`` applied (and checked)."""
         return check(dataclasses.replace(self, **changes))  # type: ignore[arg-type]
 

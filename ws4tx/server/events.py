@@ -39,7 +39,7 @@ class EventClient(Protocol):
     def mayPublish(self) -> bool:
         """Whether the client has channels to publish to."""
 
-    def publish(self, payload: bytes) -> "defer.Deferred[int]":
+    def publish(self, payload: bytes) -> defer.Deferred[int]:
         """Publish ``payload`` on the client's publish channels."""
 
 
@@ -101,7 +101,7 @@ class Events:
         d.addCallback(lambda r: defer.ensureDeferred(r) if inspect.iscoroutine(r) else r)
         self.answer(client, d, ack_id)
 
-    def answer(self, client: EventClient, d: "defer.Deferred[Any]",
+    def answer(self, client: EventClient, d: defer.Deferred[Any],
                ack_id: Optional[int]) -> None:
         """Acknowledge ``ack_id`` with what ``d`` gives; a failure is an error ack (or a
         ``ws4tx.error`` event without an id): the refusal's message, or ``internal error``

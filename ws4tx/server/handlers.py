@@ -30,8 +30,8 @@ from typing import Any, Callable, ClassVar, Iterable, Optional, Protocol, TypeVa
 from twisted.internet import defer, threads
 
 from ws4tx import envelope
-from ws4tx.server.broker import IBroker, publish_to
 from ws4tx.naming import Identity, channels_for
+from ws4tx.server.broker import IBroker, publish_to
 
 T = TypeVar("T")
 
@@ -59,7 +59,7 @@ class ServerAPI:
         self,
         broker: IBroker,
         prefix: Optional[str],
-        run_in_thread: Optional[Callable[..., "defer.Deferred[Any]"]] = None,
+        run_in_thread: Optional[Callable[..., defer.Deferred[Any]]] = None,
     ) -> None:
         self._broker = broker
         self._prefix = prefix
@@ -83,7 +83,7 @@ class ServerAPI:
 
     def publish(
         self, facility: str, message: bytes | str, *, expire: int = 0, **audience: Any
-    ) -> "defer.Deferred[int]":
+    ) -> defer.Deferred[int]:
         """Publish a raw message to an audience (``broadcast=True``, ``users=[...]``,
         ``groups=[...]``, ``sessions=[identity.session, ...]``); fires with the number of receiving nodes."""
         payload = message.encode() if isinstance(message, str) else message
@@ -91,14 +91,14 @@ class ServerAPI:
 
     def emit(
         self, event: str, data: Any = None, *, facility: str, expire: int = 0, **audience: Any
-    ) -> "defer.Deferred[int]":
+    ) -> defer.Deferred[int]:
         """Emit an event to an audience of ``facility`` on every ws4tx node (``ValueError``
         for one of the server's own ``ws4tx.*`` names)."""
         envelope.check_event_name(event)
         return self.publish(facility, envelope.encode_event(event, data), expire=expire,
                             **audience)
 
-    def run_in_thread(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> "defer.Deferred[T]":
+    def run_in_thread(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
         """Run ``f`` in the thread pool (with Django's connection hygiene when Django is
         set up); never call the ORM from the reactor thread."""
         return self._run_in_thread(f, *args, **kwargs)

@@ -45,7 +45,7 @@ class Node:
         broker: IBroker,
         *,
         handlers: Iterable[type[EventHandler]] = (),
-        run_in_thread: Optional[Callable[..., "defer.Deferred[Any]"]] = None,
+        run_in_thread: Optional[Callable[..., defer.Deferred[Any]]] = None,
         clock: Optional[IReactorTime] = None,
     ) -> None:
         if clock is None:
@@ -77,7 +77,7 @@ class Node:
         """Connect the broker; the router hears from it from now on."""
         self.broker.start(self.router)
 
-    def stop(self) -> "defer.Deferred[None]":
+    def stop(self) -> defer.Deferred[None]:
         """Disconnect the broker (drain the clients first: :meth:`closeAll`)."""
         return self.broker.stop()
 
@@ -113,7 +113,7 @@ class Node:
         for client in list(self.router.hub.clients()):
             client.dropConnection(abort=True)  # type: ignore[attr-defined]
 
-    def whenDrained(self) -> "defer.Deferred[None]":
+    def whenDrained(self) -> defer.Deferred[None]:
         """Fires once no client is connected."""
         if not self.router.memberCount():
             return defer.succeed(None)

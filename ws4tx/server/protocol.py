@@ -40,7 +40,7 @@ _MAX_UNECHOED = 256
 class PushProtocol(WebSocketServerProtocol):
     """One browser connection."""
 
-    factory: "PushFactory"
+    factory: PushFactory
 
     identity: Identity = ANONYMOUS
     facility: str = ""

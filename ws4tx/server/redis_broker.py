@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ws4tx.redis_address import RedisAddress
 from ws4tx.server._internals import QuietClientService
 from ws4tx.server.broker import (
     BrokerUnavailable,
@@ -35,7 +36,6 @@ from ws4tx.server.broker import (
     NotStored,
     SubscriptionRefused,
 )
-from ws4tx.redis_address import RedisAddress
 
 #: Retry delays: 0.5 s doubling to 10 s, each with up to 50 % random jitter.
 DEFAULT_RETRY = backoffPolicy(initialDelay=0.5, maxDelay=10.0, factor=2.0,
@@ -73,7 +73,7 @@ class _Prepared:
     """What the broker's txredisapi protocols add: whether the connection was made ready
     (``prepared``), and a way to end one that never was without telling ClientService."""
 
-    broker: "RedisBroker"
+    broker: RedisBroker
     #: Set once the broker's prepareConnection succeeded (ClientService then uses it).
     prepared = False
 
@@ -151,7 +151,7 @@ class _RedisFactory(Factory):
     isLazy = True
     noisy = False
 
-    def __init__(self, broker: "RedisBroker", protocol: type, role: str) -> None:
+    def __init__(self, broker: RedisBroker, protocol: type, role: str) -> None:
         self.broker = broker
         self.protocol = protocol
         self.role = role
@@ -188,7 +188,7 @@ class _Preparation:
     Cancelling :attr:`done` (ClientService does when it is stopped meanwhile) drops it too.
     """
 
-    def __init__(self, broker: "RedisBroker", role: str, proto: Any) -> None:
+    def __init__(self, broker: RedisBroker, role: str, proto: Any) -> None:
         self.broker = broker
         self.role = role
         self.proto = proto

@@ -32,7 +32,7 @@ class ReusePortEndpoint:
         self.backlog = backlog
         self.interface = interface
 
-    def listen(self, factory: Factory) -> "defer.Deferred[IListeningPort]":
+    def listen(self, factory: Factory) -> defer.Deferred[IListeningPort]:
         return defer.execute(self._listen, factory)
 
     def _listen(self, factory: Factory) -> IListeningPort:

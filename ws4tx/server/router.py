@@ -23,8 +23,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ws4tx import closecodes
-from ws4tx.server.broker import IBroker, IBrokerListener, SubscriptionRefused
 from ws4tx.envelope import server_voice
+from ws4tx.server.broker import IBroker, IBrokerListener, SubscriptionRefused
 from ws4tx.server.hub import Hub
 
 

@@ -20,11 +20,11 @@ from twisted.logger import Logger
 from twisted.python import failure, usage
 
 from ws4tx import redis_address, schema
+from ws4tx.redis_address import InvalidRedisAddress, RedisAddress
 from ws4tx.server import _internals
 from ws4tx.server.config import FIELDS, ServerConfig, check
 from ws4tx.server.embedded import EmbeddedRedis, EmbeddedRedisError
 from ws4tx.server.handlers import load_handler_classes
-from ws4tx.redis_address import InvalidRedisAddress, RedisAddress
 from ws4tx.server.service import PushService
 
 _log = Logger()
@@ -46,7 +46,7 @@ _PROCESS_KEYS = frozenset(s.key for s in schema.SETTINGS if s.where == schema.PR
 
 
 def _repeatable(setting: schema.Setting) -> Any:
-    def opt(self: "Options", value: str) -> None:
+    def opt(self: Options, value: str) -> None:
         self.given.setdefault(setting.key, []).extend(self._parse(setting, value))
 
     opt.__doc__ = schema.help_text(setting)
@@ -396,7 +396,7 @@ class _Workers(service.Service):
         except OSError as e:
             worker.processEnded(failure.Failure(e))
 
-    def workerEnded(self, worker: "_Worker", reason: Any) -> None:
+    def workerEnded(self, worker: _Worker, reason: Any) -> None:
         """Called by a worker's protocol when its process ended: restart it (later)."""
         number = worker.number
         self.processes.pop(number, None)
@@ -430,7 +430,7 @@ class _Workers(service.Service):
         yield self._whenEnded(live, self.KILL_MARGIN)
 
     @staticmethod
-    def _signal(workers: list["_Worker"], signal_name: str) -> None:
+    def _signal(workers: list[_Worker], signal_name: str) -> None:
         for worker in workers:
             if worker.ended.called or worker.transport is None:
                 continue
@@ -440,7 +440,7 @@ class _Workers(service.Service):
             except ProcessExitedAlready:
                 pass  # its processEnded is on its way
 
-    def _whenEnded(self, workers: list["_Worker"], timeout: float) -> "defer.Deferred[bool]":
+    def _whenEnded(self, workers: list[_Worker], timeout: float) -> defer.Deferred[bool]:
         """Fires with True once every worker ended, False after ``timeout`` s."""
         waiting: defer.Deferred[bool] = defer.Deferred()
         pending = [w for w in workers if not w.ended.called]

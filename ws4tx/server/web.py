@@ -198,7 +198,7 @@ class _DeadlineChannel(HTTPChannel):
     first from when it connected, each next one from its first byte (an idle keep-alive
     connection is bounded by the Site's idle timeout instead)."""
 
-    factory: "PushSite"
+    factory: PushSite
 
     def connectionMade(self) -> None:
         super().connectionMade()

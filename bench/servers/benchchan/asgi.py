@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchchan.settings")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 
