@@ -1,5 +1,7 @@
 """Packaging for ws4tx. `twisted.plugins` is listed so that `twistd` finds the plugin."""
 
+from pathlib import Path
+
 from setuptools import setup
 
 setup(
@@ -9,7 +11,7 @@ setup(
         "Real-time push for Django: a Twisted + Autobahn WebSocket server fed by Redis, "
         "compatible with django-websocket-redis"
     ),
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",

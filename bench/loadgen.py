@@ -184,7 +184,7 @@ if picows is not None:
                 self.t.disconnect()
 
     async def _connect_picows(url: str, sio: bool, timeout: float) -> Core:
-        transport, client = await picows.ws_connect(
+        _transport, client = await picows.ws_connect(
             lambda: PicowsClient(sio), url,
             websocket_handshake_timeout=timeout,
             read_buffer_init_size=4096,
@@ -375,7 +375,7 @@ class Generator:
                         client.close()
 
         tasks = [asyncio.ensure_future(one(u)) for u in urls]
-        finished, pending = await asyncio.wait(tasks, timeout=deadline)
+        _finished, pending = await asyncio.wait(tasks, timeout=deadline)
         for t in pending:
             t.cancel()
         if pending:

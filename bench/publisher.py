@@ -28,7 +28,7 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Awaitable, Callable, Union
+from typing import Any, Awaitable, Callable, Optional
 
 from _commands import serve
 
@@ -36,11 +36,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def message(tag: str, seq: int, size: int) -> str:
-    head = "B|%s|%08d|%019d|" % (tag, seq, time.time_ns())
+    head = f"B|{tag}|{seq:08d}|{time.time_ns():019d}|"
     return head + "x" * (size - len(head)) if size > len(head) else head
 
 
-PublishFn = Callable[[str, str], Union[None, Awaitable[None]]]
+PublishFn = Callable[[str, str], Optional[Awaitable[None]]]
 
 
 def ws4tx_adapter(args: argparse.Namespace) -> tuple[PublishFn, dict[str, Any]]:
@@ -149,7 +149,7 @@ class Publisher:
     async def run(self, tag: str, rate: float, duration: float, targets: list[str],
                   start_seq: int = 0) -> dict[str, Any]:
         """``rate`` rounds per second for ``duration`` seconds (bounded by count and time)."""
-        rounds = max(1, int(round(rate * duration)))
+        rounds = max(1, round(rate * duration))
         t0 = time.monotonic()
         hard_stop = t0 + duration * 3 + 5
         max_lag = 0.0

@@ -193,7 +193,7 @@ def measure(out: Path) -> int:
         with demo_server() as port:
             result["server"] = True
             result["rows"] = run_matrix(port)
-    except Exception as e:  # reported, not hidden: the table says what failed
+    except Exception as e:  # noqa: BLE001 - reported, not hidden: the table says what failed
         result.setdefault("server", False)
         result["error"] = f"{type(e).__name__}: {e}"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ urlpatterns = [
     path("groupchat/", views.GroupChatView.as_view(), name="groupchat"),
     path("eventchat/", views.EventChatView.as_view(), name="eventchat"),
     path("accounts/", include("django.contrib.auth.urls")),
-    re_path(r"^%s(?P<path>.*)$" % re.escape(settings.STATIC_URL.lstrip("/")), views.static_file),
+    re_path(rf"^{re.escape(settings.STATIC_URL.lstrip('/'))}(?P<path>.*)$", views.static_file),
 ]
 
 if settings.CHATSERVER_ADMIN:

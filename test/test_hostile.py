@@ -269,7 +269,8 @@ class HandshakeFuzzTests(SynchronousTestCase):
     @given(st.one_of(
         st.binary(max_size=2048),
         st.builds(lambda path, junk: handshake_request(path) + junk,
-                  st.text(max_size=200).map(lambda t: "/ws/" + t.replace("\r", "").replace("\n", "")),
+                  st.text(max_size=200).map(
+                      lambda t: "/ws/" + t.replace("\r", "").replace("\n", "")),
                   st.binary(max_size=512)),
     ))
     def test_randomBytesNeverCrash(self, data: bytes):

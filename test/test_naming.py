@@ -323,7 +323,8 @@ def _first_key_is_ws4tx(text: str) -> bool:
 
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    st.none() | st.booleans() | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
@@ -420,5 +421,6 @@ class ServerVoiceTests(SynchronousTestCase):
             with self.assertRaises(ValueError):
                 envelope.encode_event("x", data)
             with self.assertRaises(envelope.InvalidEnvelope):
-                envelope.decode('{"ws4tx":"event","event":"x","data":%s}'
-                                % str(data).replace("nan", "NaN").replace("inf", "Infinity"))
+                envelope.decode('{"ws4tx":"event","event":"x","data":'
+                                + str(data).replace("nan", "NaN").replace("inf", "Infinity")
+                                + "}")

@@ -472,7 +472,7 @@ class ApiTests(DjangoRedisTestCase):
         listener = self.listen("ws4tx:broadcast:foobar")
         with self.assertRaises(ZeroDivisionError), transaction.atomic():
             api.publish("foobar", "never", broadcast=True, on_commit=True)
-            1 / 0
+            raise ZeroDivisionError("the transaction fails")
         self.assertEqual(listener.received(), [])
         self.assertIsNone(self.store.get("ws4tx:broadcast:foobar"))
 

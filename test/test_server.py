@@ -255,7 +255,9 @@ class SubscriptionTests(ServerTestCase):
         """A channel stays subscribed while a client uses it, and is released after."""
         a = await self.client("/ws/foobar?subscribe-broadcast")
         b = await self.client("/ws/foobar?subscribe-broadcast")
-        numsub = lambda: dict(self.redis.pubsub_numsub("ws4tx:broadcast:foobar"))
+        def numsub() -> dict[bytes, int]:
+            return dict(self.redis.pubsub_numsub("ws4tx:broadcast:foobar"))
+
         self.assertEqual(numsub(), {b"ws4tx:broadcast:foobar": 1})
         await a.close()
         self.assertEqual(self.factory.node.router.memberCount(), 1)
@@ -388,7 +390,7 @@ class NotStoredTests(ServerTestCase):
         self.assertEqual(ack.data["stored"], False)
         self.assertIn("maxmemory", ack.data["reason"])
         self.assertEqual(json.loads(await receiver.text())["data"], {"text": "hi"})
-        status, rest = status_of(await raw_request(self.port, self.health))
+        _status, rest = status_of(await raw_request(self.port, self.health))
         body = json.loads(rest.split("\r\n\r\n", 1)[1])
         self.assertEqual(body["counters"]["store_failures"], 1)
 

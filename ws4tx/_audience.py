@@ -1,9 +1,9 @@
 """Who a request is, for the Django side: its user name, group names (from the database)
 and session, and the resolution of ws4redis's ``SELF`` in audience lists.
 
-Session keys enter here and leave as session channel names (:func:`_django_settings.session_channel`:
-a keyed one-way id unless the site chose ws4redis's raw keys): an :class:`Identity`, a
-channel name or a token never holds a session key.
+Session keys enter here and leave as session channel names
+(:func:`_django_settings.session_channel`: a keyed one-way id unless the site chose ws4redis's
+raw keys): an :class:`Identity`, a channel name or a token never holds a session key.
 
 An anonymous user has no user name and no groups: it never gives a user or group channel.
 """

@@ -149,7 +149,10 @@ class RedisStore:
         was delivered nor stored), after at most ``PUBLISH_TIMEOUT``, and
         :class:`NotStored` when the message was delivered but Redis refused to store it.
         """
-        expire = _django_settings.expire() if expire is None else _django_settings.check_expire(expire)
+        if expire is None:
+            expire = _django_settings.expire()
+        else:
+            expire = _django_settings.check_expire(expire)
         data = as_message(message)
         if not data or not self._publishers:
             return 0

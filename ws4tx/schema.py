@@ -4,8 +4,8 @@ A :class:`Setting` names a value, its kind (which gives its parser), its default
 its command-line option of ``twistd ws4tx`` and its Django setting (read as ``WS4TX_<NAME>``,
 then as ws4redis's ``WS4REDIS_<NAME>``). Everything else comes from here: the options of
 ``twistd ws4tx`` (:mod:`ws4tx.server.tap`), the server's reading of the Django settings
-(:mod:`ws4tx.server._django`), the Django side's own reading (:mod:`ws4tx._django_settings`), the checks of
-:class:`ws4tx.server.config.ServerConfig`, and the README's configuration table
+(:mod:`ws4tx.server._django`), the Django side's own reading (:mod:`ws4tx._django_settings`),
+the checks of :class:`ws4tx.server.config.ServerConfig`, and the README's configuration table
 (``python -m ws4tx.schema`` prints it).
 
 Both halves read a setting with :func:`read`, so they agree on every value and on every

@@ -215,7 +215,7 @@ class MemoryBroker:
         try:
             self._check()
             return defer.succeed(f(*args))
-        except Exception:
+        except Exception:  # noqa: BLE001 - any error is the Deferred's failure
             return defer.fail()
 
 

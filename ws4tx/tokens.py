@@ -94,7 +94,8 @@ def make_token(
         payload["u"] = name
     if group_names:
         payload["g"] = group_names
-    if session_key is not None and _django_settings.session_channels() == _django_settings.SESSION_CHANNELS_ID:
+    if (session_key is not None
+            and _django_settings.session_channels() == _django_settings.SESSION_CHANNELS_ID):
         payload["c"] = _django_settings.session_channel(session_key)
     return signing.dumps(payload, salt=SALT, compress=True)
 

@@ -35,7 +35,7 @@ def raise_nofile() -> tuple[int, int]:
 
 
 def _child_setup() -> None:  # pragma: no cover - runs in the child before exec
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if sys.platform.startswith("linux"):
         # End the child with the suite, even if the suite is killed.
@@ -140,7 +140,7 @@ class Proc:
         full_env = dict(os.environ)
         full_env.update(env or {})
         full_env.setdefault("PYTHONUNBUFFERED", "1")
-        self._log = open(log_path, "ab")
+        self._log = open(log_path, "ab")  # noqa: SIM115 - the process's log, closed in stop()
         self._log.write(("$ " + " ".join(self.argv) + "\n").encode())
         self._log.flush()
         self.popen = subprocess.Popen(

@@ -448,7 +448,7 @@ def scenario_channels(suite: Suite, system: S.System, run: int) -> None:
         tokens: list[Optional[str]] = [None] * n
         if system.name == "ws4tx":
             tokens = s.pub.request({"cmd": "tokens", "users": users}, 120)["tokens"]
-        urls = [system.user_url(s.port, s.facility, u, t) for u, t in zip(users, tokens)]
+        urls = [system.user_url(s.port, s.facility, u, t) for u, t in zip(users, tokens, strict=True)]
         conn = s.connect(urls)
         if conn["connected"] < n:
             raise BenchError(f"only {conn['connected']}/{n} clients connected: {conn['errors']}")

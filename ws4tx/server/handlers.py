@@ -85,7 +85,8 @@ class ServerAPI:
         self, facility: str, message: bytes | str, *, expire: int = 0, **audience: Any
     ) -> defer.Deferred[int]:
         """Publish a raw message to an audience (``broadcast=True``, ``users=[...]``,
-        ``groups=[...]``, ``sessions=[identity.session, ...]``); fires with the number of receiving nodes."""
+        ``groups=[...]``, ``sessions=[identity.session, ...]``); fires with the number of
+        receiving nodes."""
         payload = message.encode() if isinstance(message, str) else message
         return publish_to(self._broker, self.channels(facility, **audience), payload, expire)
 
