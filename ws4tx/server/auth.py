@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from http.cookies import CookieError, SimpleCookie
-from typing import Mapping, Union
+from typing import Any, Coroutine, Mapping, Union
 
 from twisted.internet import defer
 from zope.interface import Interface, implementer
@@ -73,14 +73,25 @@ class Grant:
     flags: Flags | None = None
 
 
+#: What an authenticator answers: at once, later (a Deferred, which is invariant, hence its
+#: three spellings) or as a coroutine (an ``async def authenticate``).
+AuthResult = Union[
+    Identity,
+    Grant,
+    defer.Deferred[Identity],
+    defer.Deferred[Grant],
+    defer.Deferred[Union[Identity, Grant]],
+    Coroutine[Any, Any, Union[Identity, Grant]],
+]
+
+
 class IAuthenticator(Interface):
     """Turns a handshake request into an identity."""
 
-    def authenticate(
-        request: HandshakeRequest,
-    ) -> Union[Identity, Grant, defer.Deferred[Identity | Grant]]:
+    def authenticate(request: HandshakeRequest) -> AuthResult:
         """The identity behind ``request`` (or a :class:`Grant` that also narrows the
-        flags); may raise or fail with :class:`HandshakeDenied` to refuse the connection."""
+        flags), now or later; may raise or fail with :class:`HandshakeDenied` to refuse
+        the connection."""
 
 
 @implementer(IAuthenticator)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional
 
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 
@@ -69,26 +70,26 @@ class IBroker(Interface):
     def start(listener: IBrokerListener) -> None:
         """Connect, and report to ``listener`` from now on."""
 
-    def stop() -> Deferred[None]:  # noqa: F821
+    def stop() -> Deferred[None]:
         """Disconnect; fires when every connection is closed."""
 
-    def subscribe(channel: str) -> Deferred[None]:  # noqa: F821
+    def subscribe(channel: str) -> Deferred[None]:
         """Start receiving ``channel``; fires once the subscription is in place, fails
         with :class:`SubscriptionRefused` if the broker refuses it, or with
         :class:`BrokerUnavailable` (the channel is then subscribed with the listener's
         wanted channels once the broker is back)."""
 
-    def unsubscribe(channel: str) -> Deferred[None]:  # noqa: F821
+    def unsubscribe(channel: str) -> Deferred[None]:
         """Stop receiving ``channel``."""
 
-    def publish(channel: str, payload: bytes, expire: int = 0) -> Deferred[int]:  # noqa: F821
+    def publish(channel: str, payload: bytes, expire: int = 0) -> Deferred[int]:
         """Publish ``payload`` on ``channel`` and, when ``expire`` > 0, store it under the
         channel's name for ``expire`` seconds. Fires with the number of receivers, or fails
         with :class:`BrokerUnavailable` within a bounded time; fails with
         :class:`NotStored` when the message was published but not stored (it is stored
         only once published)."""
 
-    def fetch(key: str) -> Deferred[Optional[bytes]]:  # noqa: F821
+    def fetch(key: str) -> Deferred[Optional[bytes]]:
         """The message stored under ``key``, or None."""
 
 
