@@ -47,7 +47,8 @@ def _value(key: str) -> Any:
 
 def prefix() -> Optional[str]:
     """The channel name prefix: ``PREFIX``, default ``ws4tx``; ``""`` or None for none."""
-    return _value("prefix")
+    result: Optional[str] = _value("prefix")
+    return result
 
 
 def check_expire(value: Any, origin: str = "expire") -> int:
@@ -73,7 +74,8 @@ def heartbeat() -> Optional[str]:
         getattr(settings, "WS4TX_HEARTBEAT", None)
     except ImproperlyConfigured:
         return None
-    return _value("heartbeat")
+    result: Optional[str] = _value("heartbeat")
+    return result
 
 
 def publish_timeout() -> float:

@@ -194,7 +194,8 @@ class RedisStore:
         if not channels:
             return None
         values = self._call("read from", lambda connection: connection.mget(channels))
-        return next((value for value in values if value), None)
+        # The client is made without decode_responses: its replies are bytes.
+        return next((value for value in values if isinstance(value, bytes) and value), None)
 
     def _call(self, action: str, run: Callable[[redis.Redis], T]) -> T:
         connection = self._connection

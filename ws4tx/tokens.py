@@ -35,6 +35,7 @@ user (in a page behind login, over HTTPS) and keep ``TOKEN_MAX_AGE`` short.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, Iterable, Optional
 
 from django.core import signing
@@ -119,7 +120,7 @@ def read_token(token: str, max_age: Optional[float] = None) -> naming.Identity:
     if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidToken("malformed: too long")
     try:
-        payload = signing.loads(token, salt=SALT, max_age=max_age)
+        payload = signing.loads(token, salt=SALT, max_age=timedelta(seconds=max_age))
     except signing.SignatureExpired:
         reason = f"expired (tokens are valid for {max_age} s)"
         raise InvalidToken(reason, expired=True) from None

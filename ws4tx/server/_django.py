@@ -94,10 +94,12 @@ def _import(value: Any, setting: str) -> Optional[Callable[..., Any]]:
     if not value:
         return None
     if callable(value):
-        return value
+        function: Callable[..., Any] = value
+        return function
     module_name, _, name = str(value).rpartition(".")
     try:
-        return getattr(importlib.import_module(module_name), name)
+        function = getattr(importlib.import_module(module_name), name)
+        return function
     except (ImportError, AttributeError, ValueError) as e:
         raise ValueError(f"setting {setting}: cannot import {value!r}: {e}") from None
 
@@ -197,7 +199,8 @@ class _OriginPolicy:
         allowed = schema.lookup(settings, "ALLOWED_ORIGINS", ()) or ()
         trusted += [allowed] if isinstance(allowed, str) else list(allowed)
         self.trusted = tuple(trusted)
-        self.proxy_ssl_header = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+        self.proxy_ssl_header: Optional[tuple[str, str]] = getattr(
+            settings, "SECURE_PROXY_SSL_HEADER", None)
         self.forwarded_host = bool(getattr(settings, "USE_X_FORWARDED_HOST", False))
 
     def site_origin(self, request: HandshakeRequest) -> str:
