@@ -21,6 +21,7 @@ import pprint
 import signal
 from typing import Any
 
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket import protocol as _protocol
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from twisted.application.internet import ClientService
@@ -51,7 +52,7 @@ class _Pretty:
 def format_lazily() -> None:
     """Make Autobahn's WebSocket protocol pretty-print its debug values only when a
     debug line is really emitted (idempotent). Autobahn's module global ``pformat``."""
-    _protocol.pformat = _Pretty  # type: ignore[attr-defined]
+    _protocol.pformat = _Pretty  # type: ignore[attr-defined,assignment]
 
 
 def prepare_message(payload: bytes, is_binary: bool) -> PreparedMessage:
@@ -59,13 +60,14 @@ def prepare_message(payload: bytes, is_binary: bool) -> PreparedMessage:
     return PreparedMessage(payload, is_binary, False, False)
 
 
-def write_prepared(proto: WebSocketProtocol, prepared: PreparedMessage) -> None:
+def write_prepared(proto: WebSocketServerProtocol, prepared: PreparedMessage) -> None:
     """Write ``prepared`` to ``proto``'s connection, which must be open. Straight to the
     transport (what ``sendPreparedMessage`` ends up doing) unless the connection
     compresses (Autobahn's ``_perMessageCompress``: the frame must be compressed for it)
     or Autobahn's send queue holds bytes the frame must not overtake."""
-    if proto._perMessageCompress is None and not proto.send_queue:
-        proto.transport.write(prepared.payloadHybi)  # type: ignore[union-attr]
+    transport = proto.transport
+    if transport is not None and proto._perMessageCompress is None and not proto.send_queue:
+        transport.write(prepared.payloadHybi)
     else:
         proto.sendPreparedMessage(prepared)
 

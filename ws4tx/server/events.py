@@ -28,7 +28,8 @@ class EventClient(Protocol):
 
     identity: Identity
     facility: str
-    peer: str
+    #: Autobahn's description of the peer (None before the connection is made).
+    peer: Optional[str]
 
     def emit(self, event: str, data: Any = None) -> None:
         """Send an event to this client alone."""
@@ -125,8 +126,10 @@ class Events:
             lambda f: _log.failure("answering {peer} failed", f, peer=client.peer))
 
 
-def _notStored(failure: Failure) -> dict[str, Any]:
+def _notStored(failure: Failure) -> dict[str, Any] | Failure:
     """A forwarded event that was delivered but not stored is acknowledged (not an error:
     a retry would deliver it twice) with ``{"stored": false, "reason": ...}``."""
-    failure.trap(NotStored)
-    return {"stored": False, "reason": failure.value.reason}
+    error = failure.value
+    if isinstance(error, NotStored):
+        return {"stored": False, "reason": error.reason}
+    return failure

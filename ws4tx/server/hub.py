@@ -8,11 +8,11 @@ reconnects.
 
 from __future__ import annotations
 
-from typing import AbstractSet, Generic, Hashable, Iterable, KeysView, TypeVar
+from typing import AbstractSet, Any, Generic, Hashable, Iterable, KeysView, TypeVar
 
 C = TypeVar("C", bound=Hashable)
 
-_EMPTY: frozenset = frozenset()
+_EMPTY: frozenset[Any] = frozenset()
 
 
 class Hub(Generic[C]):

@@ -49,7 +49,7 @@ class Node:
         clock: Optional[IReactorTime] = None,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor as clock
         self.config = config
         self.broker = broker
         self.clock: IReactorTime = clock  # type: ignore[assignment]

@@ -10,17 +10,19 @@ client only ever gets its own user, group and session channels. Events go to
 
 from __future__ import annotations
 
-import inspect
 from collections import Counter
-from typing import Any, Optional
+from collections.abc import Coroutine
+from typing import Any, Optional, cast
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime, ISSLTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ws4tx import closecodes, envelope
 from ws4tx.naming import ANONYMOUS, Identity
@@ -37,8 +39,10 @@ _log = Logger()
 _MAX_UNECHOED = 256
 
 
+@implementer(IPushProducer)
 class PushProtocol(WebSocketServerProtocol):
-    """One browser connection."""
+    """One browser connection; the producer of its transport (a slow reader pauses its
+    delivery)."""
 
     factory: PushFactory
 
@@ -80,7 +84,7 @@ class PushProtocol(WebSocketServerProtocol):
 
     # Handshake
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         # A client that goes away while it is being authenticated is never opened: Autobahn
         # would answer the handshake (and call onOpen) once the authenticator answers.
         self._lost = True
@@ -102,7 +106,7 @@ class PushProtocol(WebSocketServerProtocol):
             answer = self.factory.authenticator.authenticate(handshake)
         except HandshakeDenied as e:
             raise ConnectionDeny(e.status, e.reason) from None
-        if inspect.iscoroutine(answer):
+        if isinstance(answer, Coroutine):
             answer = defer.Deferred.fromCoroutine(answer)
         if isinstance(answer, defer.Deferred):
             self._authenticating = answer
@@ -113,7 +117,8 @@ class PushProtocol(WebSocketServerProtocol):
 
     def _countAddress(self, request: ConnectionRequest) -> None:
         """Count this connection under its client's address (429 past the cap)."""
-        peer = getattr(self.transport.getPeer(), "host", "")
+        transport = self.transport
+        peer = getattr(transport.getPeer(), "host", "") if transport is not None else ""
         forwarded = request.headers.get("x-forwarded-for")
         addresses = self.node.addresses
         self._address = addresses.address(peer, forwarded)
@@ -153,7 +158,8 @@ class PushProtocol(WebSocketServerProtocol):
         if config.rate_limit:
             self._bucket = TokenBucket(config.rate_limit, config.rate_burst,
                                        self.factory.reactor)
-        transport = self.transport
+        # A TCP or TLS transport, which is a consumer too.
+        transport = cast(IConsumer, self.transport)
         if getattr(transport, "producer", None) is not None:
             # Behind twisted.web the HTTP channel is still registered as the producer.
             transport.unregisterProducer()
@@ -395,11 +401,12 @@ class PushProtocol(WebSocketServerProtocol):
         self._unechoed[(channel, payload)] += 1
 
     def _publishFailed(self, failure: Failure, payload: bytes) -> Failure:
-        if failure.check(NotStored):
+        error = failure.value
+        if isinstance(error, NotStored):
             # Delivered (its echo, if any, is on the way): only the replay copy is missing.
             _log.info("the message of {peer} reached {receivers} subscribers but was not "
-                      "stored: {reason}", peer=self.peer, receivers=failure.value.receivers,
-                      reason=failure.value.reason)
+                      "stored: {reason}", peer=self.peer, receivers=error.receivers,
+                      reason=error.reason)
             return failure
         for channel in self._publish_to:
             key = (channel, payload)
@@ -432,21 +439,25 @@ def _raiseNotStored(receivers: int, reason: str) -> int:
     raise NotStored(receivers, reason)
 
 
-def _denied(failure: Failure) -> None:
+def _denied(failure: Failure) -> Optional[Failure]:
     """An authenticator's HandshakeDenied, as the HTTP answer Autobahn sends; an
     authentication cancelled because the client went away ends quietly (see
-    :meth:`PushProtocol.succeedHandshake`)."""
-    if failure.check(defer.CancelledError):
+    :meth:`PushProtocol.succeedHandshake`); any other failure goes on."""
+    error = failure.value
+    if isinstance(error, defer.CancelledError):
         return None
-    failure.trap(HandshakeDenied)
-    raise ConnectionDeny(failure.value.status, failure.value.reason)
+    if isinstance(error, HandshakeDenied):
+        raise ConnectionDeny(error.status, error.reason)
+    return failure
 
 
 class PushFactory(WebSocketServerFactory):
     """Builds :class:`PushProtocol` for a :class:`~ws4tx.server.node.Node`, with the
     Autobahn options ws4tx's configuration asks for."""
 
-    protocol = PushProtocol
+    # Twisted's Factory annotates it with an unbound type variable here (Autobahn's base
+    # with its own protocol class): no annotation satisfies both.
+    protocol = PushProtocol  # type: ignore[assignment]
 
     def __init__(
         self,

@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import random
 import uuid
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional, cast
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, endpoints
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -82,12 +87,12 @@ class _Prepared:
         self.connectionLost(reason)  # type: ignore[attr-defined]
 
 
-class _Subscriber(_Prepared, txredisapi.SubscriberProtocol):
+class _Subscriber(_Prepared, txredisapi.SubscriberProtocol):  # type: ignore[misc]
     def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
         self.broker._messageReceived(channel, message)
 
 
-class _Command(_Prepared, txredisapi.RedisProtocol):
+class _Command(_Prepared, txredisapi.RedisProtocol):  # type: ignore[misc]
     pass
 
 
@@ -139,9 +144,10 @@ class _GuardedEndpoint:
     def __init__(self, endpoint: IStreamClientEndpoint) -> None:
         self._endpoint = endpoint
 
-    def connect(self, factory: Any) -> defer.Deferred[Any]:
-        return self._endpoint.connect(_GuardFactory(factory)).addCallback(
-            lambda guard: guard.inner)
+    def connect(self, factory: IProtocolFactory) -> defer.Deferred[IProtocol]:
+        # The endpoint connects the protocol _GuardFactory built: a _Guard.
+        guarded = cast("defer.Deferred[_Guard]", self._endpoint.connect(_GuardFactory(factory)))
+        return guarded.addCallback(lambda guard: guard.inner)
 
 
 class _RedisFactory(Factory):
@@ -151,14 +157,15 @@ class _RedisFactory(Factory):
     isLazy = True
     noisy = False
 
-    def __init__(self, broker: RedisBroker, protocol: type, role: str) -> None:
+    def __init__(self, broker: RedisBroker, protocol: Callable[..., _Prepared],
+                 role: str) -> None:
         self.broker = broker
-        self.protocol = protocol
+        self.protocol_class = protocol
         self.role = role
 
     def buildProtocol(self, addr: Any) -> txredisapi.BaseRedisProtocol:
         address = self.broker.address
-        proto = self.protocol(
+        proto: Any = self.protocol_class(
             charset=None,
             password=address.password,
             username=address.username,
@@ -242,15 +249,16 @@ class _Preparation:
                 result.errback(SubscriptionRefused(channel, failure.getErrorMessage()))
                 self._check()
             else:
-                result.errback(BrokerUnavailable(
-                    f"subscribing {channel} failed: {failure.getErrorMessage()}"))
-                self._fail(failure.value)
+                unavailable = BrokerUnavailable(
+                    f"subscribing {channel} failed: {failure.getErrorMessage()}")
+                result.errback(unavailable)
+                self._fail(failure.value or unavailable)
 
         d.addCallbacks(answered, failed)
         return result
 
     def _resubscriptionRefused(self, failure: Failure, channel: str) -> None:
-        if failure.check(SubscriptionRefused):
+        if isinstance(failure.value, SubscriptionRefused):
             self._refused.append((channel, failure.value.reason))
 
     def _check(self) -> None:
@@ -453,12 +461,13 @@ class RedisBroker:
     def _probeRefused(self, failure: Failure) -> None:
         """Redis refused the probe channel (an ACL without it): delivery cannot be
         checked; :attr:`delivering` follows the connection instead."""
-        if failure.check(SubscriptionRefused):
+        error = failure.value
+        if isinstance(error, SubscriptionRefused):
             if not self._probe_refused:
                 self.log.warn("Redis refused the delivery probe channel {channel} ({reason}); "
                               "allow the channels __ws4tx_probe__:* to this user for the "
                               "health check to test delivery", channel=self._probe_channel,
-                              reason=failure.value.reason)
+                              reason=error.reason)
             self._probe_refused = True
 
     def _subscriberLost(self, proto: Any) -> None:
@@ -534,13 +543,15 @@ class RedisBroker:
                 raise SubscriptionRefused(channel, failure.getErrorMessage())
             return failure
 
-        return proto.subscribe(channel).addCallbacks(lambda _: None, refused)
+        subscribed: defer.Deferred[Any] = proto.subscribe(channel)
+        return subscribed.addCallbacks(lambda _: None, refused)
 
     def unsubscribe(self, channel: str) -> defer.Deferred[None]:
         proto = self._sub
         if proto is None:
             return defer.succeed(None)
-        return proto.unsubscribe(channel).addCallback(lambda _: None)
+        unsubscribed: defer.Deferred[Any] = proto.unsubscribe(channel)
+        return unsubscribed.addCallback(lambda _: None)
 
     def publish(self, channel: str, payload: bytes, expire: int = 0) -> defer.Deferred[int]:
         """PUBLISH, then (``expire`` > 0) SET EX once PUBLISH succeeded: a message Redis
@@ -553,7 +564,7 @@ class RedisBroker:
 
     def _store(self, receivers: int, channel: str, payload: bytes,
                expire: int) -> defer.Deferred[int]:
-        def failed(failure: Failure) -> None:
+        def failed(failure: Failure) -> NoReturn:
             self.stats["store_failures"] += 1
             reason = failure.getErrorMessage()
             self.log.warn("a message on {channel} reached {receivers} subscribers but was "

@@ -9,15 +9,16 @@ Usable as an endpoint description once the plugin in ``twisted/plugins`` is inst
 from __future__ import annotations
 
 import socket
-from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import (
     IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IReactorSocket,
     IStreamServerEndpoint,
     IStreamServerEndpointStringParser,
 )
-from twisted.internet.protocol import Factory
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
@@ -26,16 +27,17 @@ from zope.interface import implementer
 class ReusePortEndpoint:
     """Listens on ``interface:port`` with SO_REUSEADDR and SO_REUSEPORT set."""
 
-    def __init__(self, reactor: Any, port: int, backlog: int = 50, interface: str = "") -> None:
+    def __init__(self, reactor: IReactorSocket, port: int, backlog: int = 50,
+                 interface: str = "") -> None:
         self.reactor = reactor
         self.port = port
         self.backlog = backlog
         self.interface = interface
 
-    def listen(self, factory: Factory) -> defer.Deferred[IListeningPort]:
+    def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
         return defer.execute(self._listen, factory)
 
-    def _listen(self, factory: Factory) -> IListeningPort:
+    def _listen(self, factory: IProtocolFactory) -> IListeningPort:
         family = socket.AF_INET6 if ":" in self.interface else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -45,7 +47,9 @@ class ReusePortEndpoint:
             sock.listen(self.backlog)
             sock.setblocking(False)
             # The reactor takes a duplicate of the descriptor.
-            return self.reactor.adoptStreamPort(sock.fileno(), family, factory)
+            # Twisted annotates a ServerFactory here; any IProtocolFactory will do.
+            return self.reactor.adoptStreamPort(
+                sock.fileno(), family, factory)  # type: ignore[arg-type]
         finally:
             sock.close()
 
@@ -56,6 +60,14 @@ class ReusePortParser:
 
     prefix = "reuseport"
 
-    def parseStreamServer(self, reactor: Any, port: str, backlog: str = "50",
-                          interface: str = "") -> ReusePortEndpoint:
-        return ReusePortEndpoint(reactor, int(port), int(backlog), interface)
+    def parseStreamServer(self, reactor: IReactorCore, *args: object,
+                          **kwargs: object) -> ReusePortEndpoint:
+        # Twisted passes the description's fields as strings, positional or named.
+        return _endpoint(IReactorSocket(reactor), *map(str, args),
+                         **{name: str(value) for name, value in kwargs.items()})
+
+
+def _endpoint(reactor: IReactorSocket, port: str, backlog: str = "50",
+              interface: str = "") -> ReusePortEndpoint:
+    """The endpoint of ``reuseport:PORT[:backlog=...][:interface=...]``."""
+    return ReusePortEndpoint(reactor, int(port), int(backlog), interface)

@@ -31,6 +31,9 @@ from ws4tx.server.hub import Hub
 class Member(Protocol):
     """What the router needs of a client (a :class:`ws4tx.server.protocol.PushProtocol`)."""
 
+    def __hash__(self) -> int:
+        """The hub keys its members on them."""
+
     def deliver(self, prepared: Any, channel: str, payload: bytes) -> None:
         """Write a prepared frame that arrived on ``channel``."""
 
@@ -78,7 +81,7 @@ class Router:
                  max_size: int = 1024 * 1024, clock: Optional[IReactorTime] = None,
                  max_lag: float = 10.0, max_backlog: int = 10_000) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor as clock
         self.hub: Hub[Member] = Hub()
         self.broker = broker
         self._prepare = prepare

@@ -192,8 +192,9 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     values.update({k: v for k, v in options.given.items() if k not in _PROCESS_KEYS})
     handler_paths = list(values.pop("handlers", ())) + options["handlers"]
 
-    # Autobahn logs every frame at debug level, which twistd would print.
-    txaio.set_global_log_level("info")
+    # Autobahn logs every frame at debug level, which twistd would print. (txaio binds its
+    # functions at run time, when Autobahn picks Twisted: mypy cannot see them.)
+    txaio.set_global_log_level("info")  # type: ignore[attr-defined]
     top = _ServerProcess(reactor)
     embedded = None
     # A worker of --workers gets the Redis its supervisor resolved through the environment.

@@ -9,7 +9,9 @@ from typing import Any, Optional
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import pages, resource
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
@@ -129,7 +131,7 @@ class Root(resource.Resource):
         self._ws_prefix = factory.config.websocket_url.encode()
         self._health_path = factory.config.health_url.encode()
 
-    def getChildWithDefault(self, path: bytes, request: Request) -> resource.Resource:
+    def getChildWithDefault(self, path: bytes, request: Request) -> resource.IResource:
         full = request.path
         if full.startswith(self._ws_prefix):
             return self.websocket
@@ -137,7 +139,9 @@ class Root(resource.Resource):
             return self.health
         if self.fallback is not None:
             # Hand the fallback the whole path, as if it were the root.
-            request.postpath.insert(0, request.prepath.pop())
+            prepath, postpath = request.prepath, request.postpath
+            if prepath and postpath is not None:  # always so while a path is traversed
+                postpath.insert(0, prepath.pop())
             return self.fallback
         return pages.notFound()
 
@@ -217,7 +221,7 @@ class _DeadlineChannel(HTTPChannel):
             self.factory.head_deadlines.release(self)
         super().allContentReceived()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.factory.head_deadlines is not None:
             self.factory.head_deadlines.release(self)
         super().connectionLost(reason)
@@ -242,7 +246,9 @@ class PushSite(Site):
     ``head_deadline`` seconds (0: no deadline). HTTP/1.1 only (WebSockets upgrade from
     it; Autobahn does not speak WebSocket over HTTP/2)."""
 
-    protocol = _DeadlineChannel
+    # Twisted annotates the _GenericHTTPChannelProtocol wrapper (HTTP/2 negotiation);
+    # an HTTPChannel subclass is what it wraps, and what this Site wants (HTTP/1.1 only).
+    protocol = _DeadlineChannel  # type: ignore[assignment]
 
     def __init__(self, resource: resource.Resource, head_deadline: float,
                  reactor: IReactorTime, **kwargs: Any) -> None:
