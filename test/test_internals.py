@@ -57,7 +57,7 @@ class AutobahnTests(SynchronousTestCase):
 
 @implementer(IStreamClientEndpoint)
 class _Refusing:
-    def connect(self, factory: Any) -> "defer.Deferred[Any]":
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
         return defer.fail(ConnectionRefusedError("no"))
 
 

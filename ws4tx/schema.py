@@ -284,7 +284,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("listen", LIST, ("tcp:8000:interface=127.0.0.1:backlog=1024",),
             "Twisted endpoint descriptions: `tcp:8000`, `unix:/path`, "
             "`ssl:443:privateKey=…`; a `tcp:` port without `backlog=` gets `backlog=1024` "
-            "(Twisted's default, 50, drops connection bursts)", where=PROCESS, short="l", setting=""),
+            "(Twisted's default, 50, drops connection bursts)", where=PROCESS, short="l",
+            setting=""),
     Setting("workers", INT, 1,
             "worker processes sharing the `tcp:` ports (SO_REUSEPORT), each with its own "
             "Redis subscriber, restarted if they end (after 1 s, doubling to 60 s while they "
