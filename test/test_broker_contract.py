@@ -201,6 +201,28 @@ class BrokerContract:
                 received.append(payload)
         self.assertEqual(received, sent)
 
+    async def test_barrierFiresAfterWhatWasPublishedBefore(self):
+        """barrier() fires once every message published before it was handed over, on
+        every channel (even published through another connection, as Django does)."""
+        broker, listener = await self.start()
+        other, _ = await self.start()
+        await self.subscribe(broker, listener, "a")
+        await self.subscribe(broker, listener, "b")
+        for n in range(50):
+            other.publish("a" if n % 2 else "b", b"%d" % n)
+        await self.settle(broker.barrier())
+        got = sorted(int(p) for kind, _, p in
+                     (e for e in listener.log if isinstance(e, tuple) and e[0] == "message"))
+        self.assertEqual(got, list(range(50)))
+
+    async def test_barrierFailsWhileDisconnected(self):
+        """Without a connection the broker cannot tell: BrokerUnavailable."""
+        broker, _ = await self.start()
+        await self.disconnect(broker)
+        with self.assertRaises(BrokerUnavailable):
+            await self.settle(broker.barrier())
+        await self.reconnect(broker)
+
     async def test_publishCountsTheNodesSubscribed(self):
         """publish() fires with how many brokers (nodes) are subscribed to the channel;
         each of them gets the message once."""

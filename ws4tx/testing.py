@@ -53,8 +53,9 @@ class MemoryBus:
         self.clock: IReactorTime = clock if clock is not None else Clock()
         self.brokers: list[MemoryBroker] = []
         self._store: dict[str, tuple[bytes, float]] = {}
-        #: (broker, its connection, channel, payload) waiting for the next turn.
-        self._pending: deque[tuple[MemoryBroker, int, str, bytes]] = deque()
+        #: (broker, its connection, channel, payload) waiting for the next turn; a
+        #: barrier's Deferred in place of the channel and payload.
+        self._pending: deque[tuple[MemoryBroker, int, Any, Any]] = deque()
         self._delivery: Optional[IDelayedCall] = None
         self._store_refusal: Optional[str] = None
 
@@ -84,9 +85,22 @@ class MemoryBus:
         self._delivery = None
         batch, self._pending = self._pending, deque()
         for broker, connection, channel, payload in batch:
-            if broker.connected and broker._connection == connection:
+            if isinstance(channel, defer.Deferred):
+                if broker.connected and broker._connection == connection:
+                    channel.callback(None)
+                else:
+                    channel.errback(BrokerUnavailable("lost the connection"))
+            elif broker.connected and broker._connection == connection:
                 assert broker.listener is not None
                 broker.listener.messageReceived(channel, payload)
+
+    def barrier(self, broker: MemoryBroker) -> defer.Deferred[None]:
+        """Fires once what was published before it reached ``broker``'s listener."""
+        d: defer.Deferred[None] = defer.Deferred()
+        self._pending.append((broker, broker._connection, d, None))
+        if self._delivery is None:
+            self._delivery = self.clock.callLater(0, self._deliver)
+        return d
 
     @property
     def undelivered(self) -> int:
@@ -210,6 +224,13 @@ class MemoryBroker:
 
     def fetch(self, key: str) -> defer.Deferred[Optional[bytes]]:
         return self._run(self.bus.get, key)
+
+    def barrier(self) -> defer.Deferred[None]:
+        try:
+            self._check()
+        except BrokerUnavailable:
+            return defer.fail()
+        return self.bus.barrier(self)
 
     def _run(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         try:

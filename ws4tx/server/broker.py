@@ -89,6 +89,13 @@ class IBroker(Interface):
         :class:`NotStored` when the message was published but not stored (it is stored
         only once published)."""
 
+    def barrier() -> Deferred[None]:
+        """Fires once every message published (by anyone) before this call has been
+        handed to the listener: messages on all channels arrive in the order they were
+        published, and this marks a point in that order. Fails with
+        :class:`BrokerUnavailable` when the broker cannot tell (disconnected, or within a
+        bounded time)."""
+
     def fetch(key: str) -> Deferred[Optional[bytes]]:
         """The message stored under ``key``, or None."""
 

@@ -185,12 +185,17 @@ class PushProtocol(WebSocketServerProtocol):
         self._fetched(None, channel)
 
     def _fetched(self, stored: Optional[bytes], channel: str) -> None:
-        """Once every channel's stored message is in: send them, then the live frames
-        held meanwhile, in the order they came. A stored message that also came live (it
-        was published, then stored, while the client joined) is sent once, live."""
         self._stored[channel] = stored
-        if len(self._stored) < len(self._channels):
-            return
+        if len(self._stored) == len(self._channels):
+            # A message published before the fetches may still be on its way here (the
+            # subscriber and the command connection are two sockets): wait for it.
+            self.node.router.barrier().addBoth(self._replayStored)
+
+    def _replayStored(self, result: object) -> None:
+        """Every channel's stored message is in, and every live message published before
+        it too (or the broker is down): send the stored ones, then the live frames held
+        meanwhile, in the order they came. A stored message that also came live (it was
+        published, then stored, while the client joined) is sent once, live."""
         held, self._held = self._held or [], None
         live = {(channel_, payload) for channel_, _, payload in held}
         for channel_ in self._channels:

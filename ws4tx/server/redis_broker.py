@@ -338,6 +338,9 @@ class RedisBroker:
         self._stopping = False
         self._probe_channel = f"__ws4tx_probe__:{uuid.uuid4().hex}"
         self._probe_seen: Optional[float] = None
+        #: Barriers waiting for their marker on the probe channel, by marker.
+        self._barriers: dict[bytes, defer.Deferred[None]] = {}
+        self._barrier_count = 0
         #: Counters: reconnections of the subscriber, deaf connections replaced, and
         #: messages published but not stored (Redis refused the SET).
         self.stats = {"reconnects": 0, "deaf": 0, "store_failures": 0}
@@ -474,6 +477,9 @@ class RedisBroker:
         if self._sub is not proto:
             return
         self._sub = None
+        barriers, self._barriers = self._barriers, {}
+        for barrier in barriers.values():
+            barrier.errback(BrokerUnavailable("lost the subscriber connection"))
         if self._stopping:
             return
         self.stats["reconnects"] += 1
@@ -513,6 +519,26 @@ class RedisBroker:
 
         self._bounded(proto.execute_command("PING"), proto).addErrback(deaf)
 
+    def barrier(self) -> defer.Deferred[None]:
+        """A marker published on the probe channel through the command connection: Redis
+        delivers it to the subscriber after everything published before it."""
+        if self._sub is None or self._probe_refused:
+            return defer.fail(BrokerUnavailable("no subscriber to order against"))
+        self._barrier_count += 1
+        marker = b"barrier:%d" % self._barrier_count
+
+        def forget(_: object) -> None:
+            self._barriers.pop(marker, None)
+
+        def failed(failure: Failure) -> None:
+            if self._barriers.pop(marker, None) is d:
+                d.errback(failure)
+
+        d: defer.Deferred[None] = defer.Deferred(forget)
+        self._barriers[marker] = d
+        self.publish(self._probe_channel, marker).addErrback(failed)
+        return d.addTimeout(self.timeout, self.clock)
+
     def _probe(self) -> None:
         self.publish(self._probe_channel, b"probe").addErrback(lambda _: None)
 
@@ -523,6 +549,9 @@ class RedisBroker:
         name = channel.decode("utf-8", "replace")
         if name == self._probe_channel:
             self._probe_seen = self.clock.seconds()
+            barrier = self._barriers.pop(message, None)
+            if barrier is not None:
+                barrier.callback(None)
             return
         self._listener.messageReceived(name, message)
 

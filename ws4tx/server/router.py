@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ws4tx import closecodes
@@ -89,8 +90,12 @@ class Router:
         self._clock: IReactorTime = clock  # type: ignore[assignment]
         self._max_lag = max_lag
         self._max_backlog = max_backlog
-        #: (arrival time, channel, payload) of messages waiting for a later turn.
-        self._backlog: deque[tuple[float, str, bytes]] = deque()
+        #: Barriers asked for in this turn, sent together on the next.
+        self._barrier_waiters: list[defer.Deferred[None]] = []
+        self._barrier_call: Optional[IDelayedCall] = None
+        #: (arrival time, channel, payload) of messages waiting for a later turn; a
+        #: barrier's waiters in place of the payload, with no channel.
+        self._backlog: deque[tuple[float, Any, Any]] = deque()
         self._spent = 0
         self._turn: Optional[IDelayedCall] = None
         self._missed: Counter[str] = Counter()
@@ -176,7 +181,11 @@ class Router:
         else:
             backlog.append((self._clock.seconds(), channel, payload))
             if len(backlog) > self._max_backlog:
-                self._drop(backlog.popleft()[1])
+                _, dropped, waiters = backlog.popleft()
+                if dropped is None:
+                    _release(waiters)
+                else:
+                    self._drop(dropped)
         if self._turn is None:
             self._turn = self._clock.callLater(0, self._nextTurn)
 
@@ -204,7 +213,9 @@ class Router:
         too_old = self._clock.seconds() - self._max_lag
         while backlog and self._spent < FRAMES_PER_TURN:
             arrived, channel, payload = backlog.popleft()
-            if arrived < too_old:
+            if channel is None:
+                _release(payload)
+            elif arrived < too_old:
                 self._drop(channel)
             else:
                 self._spent += self._fanOut(channel, payload)
@@ -212,6 +223,34 @@ class Router:
             self._turn = self._clock.callLater(0, self._nextTurn)
         if not backlog and self._missed:
             self._caughtUp()
+
+    def barrier(self) -> defer.Deferred[None]:
+        """Fires once every message published before now has been handed to this node's
+        members: through the broker (which delivers in publish order) and this router's
+        backlog. Fails when the broker cannot tell (it is down)."""
+        d: defer.Deferred[None] = defer.Deferred()
+        self._barrier_waiters.append(d)
+        if self._barrier_call is None:
+            self._barrier_call = self._clock.callLater(0, self._sendBarrier)
+        return d
+
+    def _sendBarrier(self) -> None:
+        """One broker barrier for every barrier asked for in the last turn."""
+        self._barrier_call = None
+        waiters, self._barrier_waiters = self._barrier_waiters, []
+
+        def reached(_: object) -> None:
+            # What the broker handed over before its marker may still wait in the backlog.
+            if self._backlog:
+                self._backlog.append((self._clock.seconds(), None, waiters))
+            else:
+                _release(waiters)
+
+        def failed(failure: Failure) -> None:
+            for waiter in waiters:
+                waiter.errback(failure)
+
+        self.broker.barrier().addCallbacks(reached, failed)
 
     def _drop(self, channel: str) -> None:
         """Drop a message the server could not send in time."""
@@ -256,3 +295,8 @@ class Router:
     def memberCount(self) -> int:
         """How many clients have joined."""
         return len(self.hub)
+
+
+def _release(waiters: list[defer.Deferred[None]]) -> None:
+    for waiter in waiters:
+        waiter.callback(None)
