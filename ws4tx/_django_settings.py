@@ -118,6 +118,13 @@ def session_channel(session_key: str) -> str:
     return naming.session_channel_id(secret, session_key)
 
 
+def disconnect_on_logout() -> bool:
+    """Whether a logout, a password change or a deactivation closes the connections
+    concerned on every node: ``DISCONNECT_ON_LOGOUT``, default True."""
+    result: bool = _value("disconnect_on_logout")
+    return result
+
+
 def websocket_url() -> str:
     """The path WebSocket URLs start with: ``WEBSOCKET_URL`` (ws4redis's name, unprefixed),
     default ``/ws/``."""

@@ -11,17 +11,24 @@
 all if it rolls back): a message that announces a database change must not reach a browser
 that would then read the database before the change is there. Outside a transaction it
 publishes at once. The audience (``SELF`` included) is resolved when the function is called.
+
+:func:`disconnect` closes open connections on every ws4tx node: those of a user whose
+password changed, of a session that logged out (ws4tx does both by itself, see
+``DISCONNECT_ON_LOGOUT``), or whatever the site decides::
+
+    api.disconnect(users=["john"], reason="account suspended")
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from ws4tx import _django_settings
+from ws4tx import _audience, _django_settings, closecodes, control, naming
 from ws4tx.publisher import RedisPublisher, event_message
-from ws4tx.redis_store import SELF, NotStored, PublishError, RedisMessage, as_message
+from ws4tx.redis_store import SELF, NotStored, PublishError, RedisMessage, RedisStore, as_message
 
-__all__ = ["SELF", "NotStored", "PublishError", "RedisMessage", "emit", "publish"]
+__all__ = ["SELF", "NotStored", "PublishError", "RedisMessage", "disconnect", "emit",
+           "publish"]
 
 
 def _publisher(
@@ -92,3 +99,38 @@ def emit(
     text = event_message(event, data)
     seconds = _django_settings.check_expire(expire)
     return _run(lambda: publisher.publish_message(text, expire=seconds), on_commit)
+
+
+def disconnect(
+    *,
+    users: Any = (),
+    sessions: Any = (),
+    facility: Optional[str] = None,
+    code: int = closecodes.CLOSED_BY_SITE,
+    reason: str = "",
+    request: Any = None,
+    on_commit: bool = False,
+) -> Optional[int]:
+    """Close, on every ws4tx node, every connection of ``users`` (names or User objects)
+    or of ``sessions`` (Django session keys, turned into session channel ids as the
+    publishers do), only those to ``facility`` when given, with close ``code`` (default
+    4001, :data:`ws4tx.closecodes.CLOSED_BY_SITE`) and ``reason`` (at most 120 UTF-8
+    bytes). ``SELF`` in a list is the ``request``'s own user or session.
+
+    A user's connections are closed however they authenticated (cookie or token). Clients
+    of ws4tx.js reconnect after 4001, and the new connection is authenticated anew.
+    Returns how many nodes got the command (each closes its own matching connections), or
+    None when ``on_commit`` defers it; raises :class:`PublishError` when Redis is
+    unreachable and ValueError for bad arguments.
+    """
+    command = control.disconnect(
+        users=_audience.users(users, request), sessions=_audience.sessions(sessions, request),
+        facility=facility, code=code, reason=reason)
+    channel = naming.control_channel(_django_settings.prefix())
+    payload = control.encode(command)
+
+    def send() -> int:
+        store = RedisStore()
+        return int(store._call("send a command to", lambda redis: redis.publish(channel, payload)))
+
+    return _run(send, on_commit)

@@ -11,7 +11,9 @@ The names are django-websocket-redis's, with an optional prefix::
     {prefix}:group:{groupname}:{facility}
     {prefix}:session:{session_id}:{facility}
 
-The same string is the PUBLISH channel and the key that holds the last message.
+The same string is the PUBLISH channel and the key that holds the last message. One more
+channel carries no messages for clients: ``{prefix}:control``, on which every node listens
+for the site's commands (:mod:`ws4tx.control`).
 
 ``session_id`` is never a session key: every Redis client can list channel and key names
 (``PUBSUB CHANNELS``, ``KEYS``), and a session key logs anybody into the site. It is
@@ -94,6 +96,17 @@ def session_channel_id(secret: str | bytes, session_key: str) -> str:
 
 def _head(prefix: Optional[str]) -> str:
     return f"{prefix}:" if prefix else ""
+
+
+#: The last part of the control channel's name (see :func:`control_channel`).
+CONTROL = "control"
+
+
+def control_channel(prefix: Optional[str]) -> str:
+    """The channel every node subscribes to for the site's commands (close these
+    connections, ...; :mod:`ws4tx.control`). No client ever joins it: client channels
+    always name an audience, and ``control`` is none."""
+    return f"{_head(prefix)}{CONTROL}"
 
 
 def broadcast_channel(prefix: Optional[str], facility: str) -> str:

@@ -319,6 +319,11 @@ SETTINGS: tuple[Setting, ...] = (
             "then visible to every Redis client, and tokens carry no session); default: "
             "a keyed one-way id of the session key", where=DJANGO, option="",
             check=_session_channels, shown_default='`"id"`'),
+    Setting("disconnect_on_logout", BOOL, True,
+            "close, on every node (close code 4001), the connections of a session that "
+            "logs out, and every connection of a user whose password changes or who is "
+            "deactivated (`is_active = False`); `False`: they stay open until they close",
+            where=DJANGO, option=""),
     Setting("handlers", LIST, (),
             "server-side event handler classes (`module.Class`)",
             where=PROCESS),

@@ -29,8 +29,8 @@ from typing import Any, Callable, ClassVar, Iterable, Optional, Protocol, TypeVa
 
 from twisted.internet import defer, threads
 
-from ws4tx import envelope
-from ws4tx.naming import Identity, channels_for
+from ws4tx import closecodes, control, envelope
+from ws4tx.naming import Identity, channels_for, control_channel
 from ws4tx.server.broker import IBroker, publish_to
 
 T = TypeVar("T")
@@ -53,7 +53,8 @@ class Client(Protocol):
 
 class ServerAPI:
     """What a handler may do beyond its client: publish to audiences on every node
-    (through the broker) and run blocking code (the Django ORM) in a thread."""
+    (through the broker), close connections on every node, and run blocking code (the
+    Django ORM) in a thread."""
 
     def __init__(
         self,
@@ -98,6 +99,27 @@ class ServerAPI:
         envelope.check_event_name(event)
         return self.publish(facility, envelope.encode_event(event, data), expire=expire,
                             **audience)
+
+    def disconnect(
+        self,
+        *,
+        users: Iterable[str] = (),
+        sessions: Iterable[str] = (),
+        facility: Optional[str] = None,
+        code: int = closecodes.CLOSED_BY_SITE,
+        reason: str = "",
+    ) -> defer.Deferred[int]:
+        """Close, on every node, the connections of ``users`` (user names) or ``sessions``
+        (session channel ids, as a client's ``identity.session`` has them), only those to
+        ``facility`` when given, with ``code`` and ``reason`` (at most 120 UTF-8 bytes).
+
+        Fires with the number of nodes that got the command (each closes its own matching
+        connections), or fails with ``BrokerUnavailable``; bad arguments raise ValueError
+        at once. As :func:`ws4tx.api.disconnect` does from Django.
+        """
+        command = control.disconnect(users=users, sessions=sessions, facility=facility,
+                                     code=code, reason=reason)
+        return self._broker.publish(control_channel(self._prefix), control.encode(command))
 
     def run_in_thread(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
         """Run ``f`` in the thread pool (with Django's connection hygiene when Django is

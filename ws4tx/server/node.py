@@ -4,6 +4,10 @@ A :class:`Node` owns the broker (the message bus), the router (and its hub: whic
 client listens where), the event handlers, the per-address counts and storage budgets,
 the counters, health and drain. Autobahn's factory builds connections that talk to the
 node; the health resource and the service ask the node. It writes to no socket itself.
+
+It also listens on the control channel (:func:`ws4tx.naming.control_channel`) and executes
+the site's commands (:mod:`ws4tx.control`) against its own connections: every node gets
+every command, and each closes the matching connections it has.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from typing import Any, Callable, Iterable, Optional
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
-from ws4tx import closecodes
+from twisted.logger import Logger
+
+from ws4tx import closecodes, control, naming
 from ws4tx.server import _internals
 from ws4tx.server._ratelimit import Budgets
 from ws4tx.server.admission import AddressCounts
@@ -38,6 +44,8 @@ class Health:
 class Node:
     """One ws4tx node on ``broker``; ``clock`` schedules fan-out turns, budgets and
     backlog ages (the reactor in production, a ``task.Clock`` in tests)."""
+
+    log = Logger()
 
     def __init__(
         self,
@@ -67,9 +75,15 @@ class Node:
         #: Counters of the clients: dropped for not reading, messages over the rate limit,
         #: raw messages refused because they looked like the server's envelopes, messages
         #: not stored because their sender was over its storage budget.
+        #: Then the site's commands: executed, refused as malformed, and the connections
+        #: they closed.
         self.stats = {"slow_consumers": 0, "rate_limited": 0, "raw_envelopes": 0,
-                      "store_refused": 0}
+                      "store_refused": 0, "control_commands": 0, "control_invalid": 0,
+                      "closed_by_site": 0}
         self._drain_waiters: list[defer.Deferred[None]] = []
+        #: The channel of the site's commands, which every node listens to.
+        self.control_channel = naming.control_channel(config.prefix)
+        self.router.pin(self.control_channel, self.controlReceived)
 
     # Lifecycle
 
@@ -97,6 +111,32 @@ class Node:
     def clientCount(self) -> int:
         """How many clients have joined."""
         return self.router.memberCount()
+
+    # The site's commands
+
+    def controlReceived(self, payload: bytes) -> None:
+        """A message on the control channel: execute it, or log and ignore it when it is
+        not a command this node understands (it never harms the node)."""
+        try:
+            command = control.decode(payload)
+        except control.InvalidCommand as e:
+            self.stats["control_invalid"] += 1
+            self.log.warn("ignored a message of {size} bytes on {channel}: {error}",
+                          size=len(payload), channel=self.control_channel, error=e)
+            return
+        self.stats["control_commands"] += 1
+        closed = self.disconnect(command)
+        self.log.info("closed {n} connections with {code} at the site's command", n=closed,
+                      code=command.code)
+
+    def disconnect(self, command: control.Disconnect) -> int:
+        """Close this node's connections that ``command`` matches; return how many."""
+        matching = [client for client in tuple(self.router.hub.clients())
+                    if command.matches(client.identity, client.facility)]
+        for client in matching:
+            client.closeWith(command.code, command.reason)
+        self.stats["closed_by_site"] += len(matching)
+        return len(matching)
 
     # Drain
 

@@ -25,12 +25,18 @@ from zope.interface import implementer
 
 from ws4tx import closecodes
 from ws4tx.envelope import server_voice
+from ws4tx.naming import Identity
 from ws4tx.server.broker import IBroker, IBrokerListener, SubscriptionRefused
 from ws4tx.server.hub import Hub
 
 
 class Member(Protocol):
-    """What the router needs of a client (a :class:`ws4tx.server.protocol.PushProtocol`)."""
+    """What the router (and the node's commands) need of a client (a
+    :class:`ws4tx.server.protocol.PushProtocol`)."""
+
+    #: Who is behind the connection, and its facility (what the site's commands match).
+    identity: Identity
+    facility: str
 
     def __hash__(self) -> int:
         """The hub keys its members on them."""
@@ -108,6 +114,17 @@ class Router:
         #: dropped because the server fell behind, subscriptions Redis refused.
         self.stats = {"messages": 0, "frames": 0, "outages": 0, "oversized": 0,
                       "forged": 0, "lagged": 0, "lagged_frames": 0, "refused": 0}
+        #: channel -> what receives its messages, for the node's own channels (the control
+        #: channel): always subscribed, never a client's.
+        self._pinned: dict[str, Callable[[bytes], None]] = {}
+
+    # The node's own channels
+
+    def pin(self, channel: str, receiver: Callable[[bytes], None]) -> None:
+        """Keep ``channel`` subscribed whatever the clients want, and hand its messages to
+        ``receiver`` (never to clients). Pin before the broker starts: the broker
+        subscribes it with the wanted channels on every (re)connection."""
+        self._pinned[channel] = receiver
 
     # Clients
 
@@ -157,9 +174,16 @@ class Router:
     # IBrokerListener
 
     def wantedChannels(self) -> Iterable[str]:
-        return list(self.hub.channels())
+        return [*self._pinned, *self.hub.channels()]
 
     def messageReceived(self, channel: str, payload: bytes) -> None:
+        receiver = self._pinned.get(channel)
+        if receiver is not None:
+            try:
+                receiver(payload)
+            except Exception:
+                self.log.failure("the receiver of {channel} failed", channel=channel)
+            return
         self.stats["messages"] += 1
         if not self.hub.members(channel):
             return
@@ -278,6 +302,11 @@ class Router:
         with :data:`~ws4tx.closecodes.SUBSCRIPTION_REFUSED`; other channels go on."""
         members = tuple(self.hub.members(channel))
         self.stats["refused"] += 1
+        if channel in self._pinned:
+            self.log.error("Redis refused to subscribe {channel} ({reason}): this node will "
+                           "not hear the site's commands (allow the channel to this Redis "
+                           "user)", channel=channel, reason=reason)
+            return
         self.log.warn("Redis refused to subscribe {channel} ({reason}); closing its {n} "
                       "clients", channel=channel, reason=reason, n=len(members))
         for member in members:

@@ -1,0 +1,94 @@
+"""Identity changes reach open sockets: Django's signals turned into
+:func:`ws4tx.api.disconnect` commands (connected by :class:`ws4tx.apps.Ws4txConfig`).
+
+- ``user_logged_out``: the session's connections close (cookie and token ones: a token
+  carries its session's channel id).
+- A saved user whose password hash changed (``set_password``, or a new hash assigned) or
+  who became inactive (``is_active`` set to False): all the user's connections close.
+  Detected on ``post_save`` of the user model, against the values the instance was loaded
+  with (``post_init``): this covers the admin, ``PasswordChangeView`` and
+  ``update_session_auth_hash``, ``changepassword``, and any code that saves the user.
+  ``QuerySet.update()`` sends no signal: call ``ws4tx.api.disconnect`` after it.
+
+Each command is sent once the database transaction commits (at once outside one), so that
+a client that reconnects at once is authenticated against the committed change. The
+setting ``DISCONNECT_ON_LOGOUT = False`` turns all of it off. A Redis that cannot be
+reached never fails the logout or the save: it is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from ws4tx import _audience, _django_settings
+
+log = logging.getLogger("ws4tx")
+
+#: Where a user instance keeps the (password hash, is_active) it was loaded or last saved with.
+_LOADED = "_ws4tx_identity_state"
+
+
+def _state(instance: Any) -> tuple[Optional[str], Optional[bool]]:
+    # From __dict__: a deferred field (``only()``) is not loaded by looking at it.
+    values = instance.__dict__
+    return values.get("password"), values.get("is_active")
+
+
+def _disconnect(using: Optional[str], what: str, **audience: Any) -> None:
+    """Send the command once the transaction on ``using`` commits; log a failure."""
+    from django.db import transaction
+
+    from ws4tx import api
+
+    def send() -> None:
+        try:
+            api.disconnect(reason=what, **audience)
+        except api.PublishError as e:
+            log.error("could not close the connections (%s) on the ws4tx nodes: %s", what, e)
+
+    transaction.on_commit(send, using=using)
+
+
+def logged_out(sender: Any, request: Any = None, user: Any = None, **kwargs: Any) -> None:
+    """``user_logged_out``: close the connections of the request's session."""
+    if request is None or not _django_settings.disconnect_on_logout():
+        return
+    key = _audience.session_key(request)
+    if key:
+        _disconnect(None, "logged out", sessions=[key])
+
+
+def user_loaded(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """``post_init`` of the user model: remember the password hash and ``is_active``."""
+    instance.__dict__[_LOADED] = _state(instance)
+
+
+def user_saved(sender: Any, instance: Any, created: bool = False, raw: bool = False,
+               using: Optional[str] = None, **kwargs: Any) -> None:
+    """``post_save`` of the user model: a changed password or a deactivation closes the
+    user's connections."""
+    (old_hash, was_active) = instance.__dict__.get(_LOADED, (None, None))
+    new_hash, active = _state(instance)
+    instance.__dict__[_LOADED] = (new_hash, active)
+    if created or raw or not _django_settings.disconnect_on_logout():
+        return
+    # set_password() leaves the raw password in _password until save() is over.
+    password_changed = getattr(instance, "_password", None) is not None or (
+        old_hash is not None and new_hash is not None and old_hash != new_hash)
+    deactivated = active is False and was_active is not False
+    if password_changed or deactivated:
+        _disconnect(using, "password changed" if password_changed else "account deactivated",
+                    users=[instance.get_username()])
+
+
+def connect() -> None:
+    """Connect the receivers (once: each has a ``dispatch_uid``)."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.signals import user_logged_out
+    from django.db.models.signals import post_init, post_save
+
+    user_model = get_user_model()
+    user_logged_out.connect(logged_out, dispatch_uid="ws4tx.logged_out")
+    post_init.connect(user_loaded, sender=user_model, dispatch_uid="ws4tx.user_loaded")
+    post_save.connect(user_saved, sender=user_model, dispatch_uid="ws4tx.user_saved")
