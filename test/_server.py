@@ -67,9 +67,12 @@ def observe_broker(router: Any) -> defer.DeferredQueue[str]:
     return events
 
 
-def non_probe(channels: list[bytes]) -> list[str]:
-    """Channel names without the broker's own delivery probe."""
-    return sorted(c.decode() for c in channels if not c.startswith(b"__ws4tx_probe__"))
+def non_probe(channels: list[bytes], prefix: Optional[str] = "ws4tx") -> list[str]:
+    """Channel names without the broker's own delivery probe and the nodes' control
+    channel (always subscribed): the channels clients asked for."""
+    control = naming.control_channel(prefix).encode()
+    return sorted(c.decode() for c in channels
+                  if not c.startswith(b"__ws4tx_probe__") and c != control)
 
 
 def _autobahn_timers_fired() -> defer.Deferred[None]:

@@ -107,7 +107,7 @@ def disconnect(
     sessions: Any = (),
     facility: Optional[str] = None,
     code: int = closecodes.CLOSED_BY_SITE,
-    reason: str = "",
+    reason: str = control.DEFAULT_REASON,
     request: Any = None,
     on_commit: bool = False,
 ) -> Optional[int]:

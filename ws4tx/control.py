@@ -33,6 +33,9 @@ VERSION = 1
 #: The one operation of this version.
 DISCONNECT = "disconnect"
 
+#: The close reason when the site gives none.
+DEFAULT_REASON = "closed by the site"
+
 #: Longest close reason, in UTF-8 bytes (a close frame's payload is at most 125 bytes, two
 #: of which are the code; the server cuts reasons at 120).
 MAX_REASON_BYTES = 120
@@ -53,7 +56,7 @@ class Disconnect:
     sessions: frozenset[str] = frozenset()
     facility: Optional[str] = None
     code: int = closecodes.CLOSED_BY_SITE
-    reason: str = ""
+    reason: str = DEFAULT_REASON
 
     def matches(self, identity: Identity, facility: str) -> bool:
         """Whether a connection of ``identity`` to ``facility`` is to be closed."""
@@ -91,7 +94,7 @@ def disconnect(
     sessions: Iterable[str] = (),
     facility: Optional[str] = None,
     code: int = closecodes.CLOSED_BY_SITE,
-    reason: str = "",
+    reason: str = DEFAULT_REASON,
 ) -> Disconnect:
     """A checked :class:`Disconnect` (``InvalidCommand``, a ValueError, for bad arguments,
     or when neither ``users`` nor ``sessions`` names anybody)."""
@@ -136,6 +139,6 @@ def decode(payload: bytes) -> Disconnect:
     command = Disconnect(_names(data.get("users", []), "users"),
                          _names(data.get("sessions", []), "sessions"),
                          data.get("facility"), data.get("code", closecodes.CLOSED_BY_SITE),
-                         data.get("reason", ""))
+                         data.get("reason", DEFAULT_REASON))
     _check(command)
     return command

@@ -107,7 +107,7 @@ class ServerAPI:
         sessions: Iterable[str] = (),
         facility: Optional[str] = None,
         code: int = closecodes.CLOSED_BY_SITE,
-        reason: str = "",
+        reason: str = control.DEFAULT_REASON,
     ) -> defer.Deferred[int]:
         """Close, on every node, the connections of ``users`` (user names) or ``sessions``
         (session channel ids, as a client's ``identity.session`` has them), only those to

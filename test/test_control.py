@@ -1,0 +1,352 @@
+"""Live control: the site's commands on the control channel reach every node, which closes
+exactly the matching connections; Django's logout, password changes and deactivations send
+them. Two nodes on one real Redis, real WebSocket clients, real Django sessions."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, Optional
+
+from twisted.internet import defer, endpoints, reactor
+from twisted.logger import globalLogPublisher
+from twisted.trial import unittest
+
+from test._django import setup_django
+
+setup_django()
+
+from django.conf import settings  # noqa: E402
+from django.contrib.auth.models import User  # noqa: E402
+
+from ws4tx import api, closecodes, control, naming, _sync_redis, tokens  # noqa: E402
+from ws4tx.server.service import PushService  # noqa: E402
+
+from test._server import (  # noqa: E402
+    ServerTestCase, _Observed, identity_from_header, identity_header, observe_broker)
+from test._wsclient import TIMEOUT, WSClient, connect  # noqa: E402
+from test.test_django_auth import DjangoServerTestCase, request_with_session  # noqa: E402
+from ws4tx.testing import StaticAuthenticator  # noqa: E402
+
+CONTROL = naming.control_channel("ws4tx")
+
+
+def sid(key: str) -> str:
+    """The session channel id of the session key ``key``, as the site names it."""
+    return naming.session_channel_id(settings.SECRET_KEY, key)
+
+
+class ControlCommandTests(unittest.SynchronousTestCase):
+    """The command format (pure)."""
+
+    def test_roundTrip(self):
+        command = control.disconnect(users=["john"], sessions=["a" * 32], facility="chat",
+                                     code=4001, reason="logged out é")
+        self.assertEqual(control.decode(control.encode(command)), command)
+
+    def test_matching(self):
+        command = control.disconnect(users=["john"], sessions=["s1"], facility="chat")
+        self.assertTrue(command.matches(naming.Identity(user="john"), "chat"))
+        self.assertTrue(command.matches(naming.Identity(session="s1"), "chat"))
+        self.assertFalse(command.matches(naming.Identity(user="john"), "other"))
+        self.assertFalse(command.matches(naming.Identity(user="mary", session="s2"), "chat"))
+        self.assertFalse(command.matches(naming.ANONYMOUS, "chat"))
+
+    def test_badArgumentsAreRefusedWithAReason(self):
+        for kwargs, words in (({}, "whom"), ({"users": ["x"], "code": 1005}, "1005"),
+                              ({"users": ["x"], "code": 2000}, "2000"),
+                              ({"users": ["x"], "reason": "é" * 61}, "120"),
+                              ({"users": [""]}, "non-empty")):
+            with self.assertRaises(ValueError) as caught:
+                control.disconnect(**kwargs)
+            self.assertIn(words, str(caught.exception), kwargs)
+
+    def test_malformedMessagesAreInvalidCommands(self):
+        for payload in MALFORMED:
+            self.assertRaises(control.InvalidCommand, control.decode, payload)
+
+
+MALFORMED = [
+    b"not json", b"\xff\xfe", b"[]", b"null", b'{"v":2,"op":"disconnect","users":["john"]}',
+    b'{"v":1,"op":"reboot"}', b'{"v":1,"op":"disconnect"}',
+    b'{"v":1,"op":"disconnect","users":["john"],"code":1005}',
+    b'{"v":1,"op":"disconnect","users":["john"],"code":"4001"}',
+    b'{"v":1,"op":"disconnect","users":[1]}', b'{"v":1,"op":"disconnect","users":{"a":1}}',
+    b'{"v":1,"op":"disconnect","users":["john"],"reason":"' + b"x" * 200 + b'"}',
+    b"[" * 100_000 + b"]" * 100_000,
+]
+
+
+class TwoNodesTestCase(ServerTestCase):
+    """Two ws4tx nodes (two PushService) on one Redis; the Django side publishes to it."""
+
+    async def _setUp(self) -> None:
+        await super()._setUp()
+        _sync_redis.use_url(self.redis_server.url)
+        self.addCleanup(_sync_redis.reset)
+        self.nodes = [self._current(), await self.otherNode()]
+
+    def _current(self) -> SimpleNamespace:
+        return SimpleNamespace(service=self.service, factory=self.factory, port=self.port,
+                               events=self.broker_events)
+
+    async def otherNode(self) -> SimpleNamespace:
+        """A second node on the same Redis, its subscriber connected."""
+        config = self.config.replace(redis=self.redis_server.address)
+        service = PushService(config, authenticator=self.authenticator())
+        factory = service.factory
+        factory.protocol = _Observed
+        factory.test_joined = defer.DeferredQueue()
+        factory.test_left = defer.DeferredQueue()
+        events = observe_broker(factory.node.router)
+        service.startService()
+        self.addCleanup(service.stopService)
+        port = await endpoints.TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1").listen(service.site)
+        self.addCleanup(port.stopListening)
+        self.assertEqual(await events.get().addTimeout(TIMEOUT, reactor), "connected")
+        return SimpleNamespace(service=service, factory=factory, port=port.getHost().port,
+                               events=events)
+
+    def authenticator(self) -> Any:
+        return StaticAuthenticator(identity_from_header)
+
+    async def on(self, node: SimpleNamespace, path: str,
+                 headers: Optional[dict[str, str]] = None) -> WSClient:
+        """A client of ``node`` whose subscriptions are in place."""
+        client = await connect(node.port, path, headers=headers)
+        self.addCleanup(client.close)
+        await node.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
+        return client
+
+    async def closedWithin(self, started: float, *clients: WSClient,
+                           code: int = closecodes.CLOSED_BY_SITE,
+                           reason: str = control.DEFAULT_REASON) -> float:
+        """Wait (bounded) for each client's close, check its code and reason; return the
+        seconds from ``started`` (reactor clock) to the last close."""
+        for client in clients:
+            self.assertEqual(await client.closed.addTimeout(TIMEOUT, reactor),
+                             (code, reason))
+        return reactor.seconds() - started
+
+    async def stillOpen(self, *clients: WSClient, facility: str = "foobar") -> None:
+        """Each client is open: it gets a broadcast published after the command (Redis
+        delivers in order, so a close would have come first)."""
+        self.publish(f"ws4tx:broadcast:{facility}", "sentinel")
+        for client in clients:
+            self.assertEqual(await client.text(), "sentinel")
+            self.assertFalse(client.closed.called)
+
+
+class DisconnectAcrossNodesTests(TwoNodesTestCase):
+    """``ws4tx.api.disconnect`` and ``ServerAPI.disconnect`` close exactly the matching
+    connections on every node, within a second."""
+
+    PATH = "/ws/foobar?subscribe-broadcast"
+
+    async def clients(self) -> dict[str, WSClient]:
+        a, b = self.nodes
+        who = {
+            "john-s1@a": (a, identity_header("john", session=sid("key-1"))),
+            "john-s2@b": (b, identity_header("john", session=sid("key-2"))),
+            "mary-s3@a": (a, identity_header("mary", session=sid("key-3"))),
+            "mary-s3@b": (b, identity_header("mary", session=sid("key-3"))),
+            "anon@a": (a, identity_header(session=sid("key-4"))),
+            "anon@b": (b, {}),
+        }
+        return {name: await self.on(node, self.PATH, headers)
+                for name, (node, headers) in who.items()}
+
+    async def test_byUserOnEveryNode(self):
+        c = await self.clients()
+        started = reactor.seconds()
+        self.assertEqual(api.disconnect(users=["john"], reason="bye"), 2)
+        took = await self.closedWithin(started, c.pop("john-s1@a"), c.pop("john-s2@b"),
+                                       reason="bye")
+        self.assertLess(took, 1.0)
+        await self.stillOpen(*c.values())
+        self.assertEqual([n.factory.node.counters()["closed_by_site"] for n in self.nodes],
+                         [1, 1])
+
+    async def test_bySessionKeyOnEveryNode(self):
+        """Sessions are given as Django session keys: the session's connections on both
+        nodes close, the same user's other session stays."""
+        c = await self.clients()
+        started = reactor.seconds()
+        api.disconnect(sessions=["key-3", "key-4"])
+        took = await self.closedWithin(started, c.pop("mary-s3@a"), c.pop("mary-s3@b"),
+                                       c.pop("anon@a"))
+        self.assertLess(took, 1.0)
+        await self.stillOpen(*c.values())
+
+    async def test_onlyTheFacilityAndTheCodeGiven(self):
+        a, b = self.nodes
+        chat = await self.on(b, "/ws/chat?subscribe-broadcast",
+                             identity_header("john", session=sid("key-1")))
+        c = await self.clients()
+        api.disconnect(users=["john"], facility="chat", code=4321, reason="chat closed")
+        await self.closedWithin(reactor.seconds(), chat, code=4321, reason="chat closed")
+        await self.stillOpen(*c.values())
+
+    async def test_handlersHaveTheSameThroughServerAPI(self):
+        c = await self.clients()
+        started = reactor.seconds()
+        receivers = await self.nodes[1].service.server.disconnect(
+            users=["mary"], sessions=[sid("key-1")], reason="from a handler")
+        self.assertEqual(receivers, 2)
+        took = await self.closedWithin(started, c.pop("john-s1@a"), c.pop("mary-s3@a"),
+                                       c.pop("mary-s3@b"), reason="from a handler")
+        self.assertLess(took, 1.0)
+        await self.stillOpen(*c.values())
+
+    async def test_badArgumentsRaiseBeforeAnythingIsSent(self):
+        for kwargs in ({}, {"users": ["john"], "code": 1005},
+                       {"users": ["john"], "reason": "x" * 121}):
+            self.assertRaises(ValueError, api.disconnect, **kwargs)
+            self.assertRaises(ValueError, self.service.server.disconnect, **kwargs)
+
+    async def test_malformedCommandsAreLoggedAndIgnored(self):
+        """Garbage on the control channel never harms a node: each message is counted,
+        logged and ignored, and the next good command still works."""
+        logged: list[dict] = []
+        observer = logged.append
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        c = await self.clients()
+        for payload in MALFORMED:
+            self.assertEqual(self.publish(CONTROL, payload), 2)
+        await self.stillOpen(*c.values())
+        for node in self.nodes:
+            self.assertEqual(node.factory.node.counters()["control_invalid"], len(MALFORMED))
+        ignored = [e for e in logged if e.get("log_format", "").startswith("ignored a message")]
+        self.assertEqual(len(ignored), 2 * len(MALFORMED))
+        api.disconnect(users=["john"])
+        await self.closedWithin(reactor.seconds(), c.pop("john-s1@a"), c.pop("john-s2@b"))
+
+    async def test_controlChannelIsResubscribedAfterRedisDropsTheNodes(self):
+        c = await self.clients()
+        self.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        for node in self.nodes:
+            for expected in ("disconnected", "connected"):
+                self.assertEqual(await node.events.get().addTimeout(TIMEOUT, reactor),
+                                 expected)
+        self.assertEqual(api.disconnect(users=["john"]), 2)
+        await self.closedWithin(reactor.seconds(), c.pop("john-s1@a"), c.pop("john-s2@b"))
+        await self.stillOpen(*c.values())
+
+
+class IdentityChangesTests(DjangoServerTestCase):
+    """Logout, password change and deactivation close the connections concerned on every
+    node (here: the test's node), cookie and token connections alike."""
+
+    PATH = "/ws/foobar?subscribe-broadcast"
+
+    async def _setUp(self) -> None:
+        User.objects.filter(username__in=["john", "mary"]).update(is_active=True)
+        await super()._setUp()
+        _sync_redis.use_url(self.redis_server.url)
+        self.addCleanup(_sync_redis.reset)
+
+    async def sockets(self, name: str) -> tuple[Any, str, WSClient, WSClient]:
+        """A logged-in browser of ``name``, its session key, and two sockets of that
+        session: one by cookie, one by token."""
+        browser, key = self.login(name)
+        by_cookie = await self.client(self.PATH, self.cookie(key))
+        token = tokens.token_for_request(request_with_session(key))
+        by_token = await self.client(self.PATH + "&token=" + token)
+        return browser, key, by_cookie, by_token
+
+    async def closedWithin(self, started: float, reason: str, *clients: WSClient) -> None:
+        for client in clients:
+            self.assertEqual(await client.closed.addTimeout(TIMEOUT, reactor),
+                             (closecodes.CLOSED_BY_SITE, reason))
+        self.assertLess(reactor.seconds() - started, 1.0)
+
+    async def stillOpen(self, *clients: WSClient) -> None:
+        self.publish("ws4tx:broadcast:foobar", "sentinel")
+        for client in clients:
+            self.assertEqual(await client.text(), "sentinel")
+
+    async def test_logoutClosesThatSessionsSockets(self):
+        browser, _, cookie, token = await self.sockets("john")
+        _, _, other_cookie, other_token = await self.sockets("john")
+        _, _, mary, _ = await self.sockets("mary")
+        started = reactor.seconds()
+        browser.logout()
+        await self.closedWithin(started, "logged out", cookie, token)
+        await self.stillOpen(other_cookie, other_token, mary)
+
+    async def test_reconnectAfterLogoutIsAnonymous(self):
+        browser, key, cookie, _ = await self.sockets("john")
+        browser.logout()
+        await cookie.closed
+        again = await self.client("/ws/foobar?subscribe-broadcast&subscribe-user",
+                                  self.cookie(key))
+        self.publish("ws4tx:user:john:foobar", "for john")
+        await self.stillOpen(again)  # got the sentinel, not john's message
+
+    async def test_passwordChangeClosesEveryUserSocket(self):
+        _, _, cookie, token = await self.sockets("john")
+        _, _, cookie2, token2 = await self.sockets("john")
+        _, _, mary, _ = await self.sockets("mary")
+        user = User.objects.get(username="john")
+        user.set_password("changed")
+        started = reactor.seconds()
+        user.save()
+        await self.closedWithin(started, "password changed", cookie, token, cookie2, token2)
+        await self.stillOpen(mary)
+
+    async def test_deactivationClosesEveryUserSocket(self):
+        _, _, cookie, token = await self.sockets("mary")
+        _, _, john, _ = await self.sockets("john")
+        user = User.objects.get(username="mary")
+        user.is_active = False
+        started = reactor.seconds()
+        user.save()
+        await self.closedWithin(started, "account deactivated", cookie, token)
+        await self.stillOpen(john)
+
+    async def test_otherSavesCloseNothing(self):
+        """Saving a user whose password and activity did not change (a login's
+        last_login, a new name) closes nothing, nor does saving an inactive user again."""
+        _, _, cookie, token = await self.sockets("john")
+        user = User.objects.get(username="john")
+        user.first_name = "John"
+        user.save()
+        User.objects.only("username").get(username="john").save(update_fields=["first_name"])
+        self.login("john")
+        await self.stillOpen(cookie, token)
+
+    async def test_aNewHashAssignedDirectlyCounts(self):
+        from django.contrib.auth.hashers import make_password
+
+        _, _, cookie, _ = await self.sockets("john")
+        user = User.objects.get(username="john")
+        user.password = make_password("other")
+        user.save(update_fields=["password"])
+        await self.closedWithin(reactor.seconds(), "password changed", cookie)
+
+    async def test_theSettingTurnsItOff(self):
+        self.settings_override(WS4TX_DISCONNECT_ON_LOGOUT=False)
+        browser, _, cookie, token = await self.sockets("john")
+        _, _, mary, _ = await self.sockets("mary")
+        browser.logout()
+        user = User.objects.get(username="mary")
+        user.set_password("changed")
+        user.is_active = False
+        user.save()
+        await self.stillOpen(cookie, token, mary)
+
+    async def test_aRedisThatIsDownNeverFailsTheLogout(self):
+        browser, key, cookie, _ = await self.sockets("john")
+        _sync_redis.use_url("redis://127.0.0.1:1/0")
+        logged: list[Any] = []
+        import logging
+
+        handler = logging.Handler()
+        handler.emit = logged.append  # type: ignore[method-assign]
+        logging.getLogger("ws4tx").addHandler(handler)
+        self.addCleanup(logging.getLogger("ws4tx").removeHandler, handler)
+        browser.logout()  # no exception
+        self.assertEqual(len(logged), 1)
+        self.assertIn("logged out", logged[0].getMessage())
+        self.assertNotIn(key, logged[0].getMessage())
