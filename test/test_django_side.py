@@ -33,6 +33,7 @@ DJANGO_SIDE_MODULES = (
     "ws4tx.redis_store", "ws4tx.publisher", "ws4tx.api", "ws4tx.context_processors",
     "ws4tx.apps", "ws4tx.tokens", "ws4tx.templatetags", "ws4tx.templatetags.ws4tx",
     "ws4tx.naming", "ws4tx.schema", "ws4tx.redis_address", "ws4tx.envelope", "test._django",
+    "ws4tx.control", "ws4tx.closecodes", "ws4tx._live",
 )
 
 

@@ -541,6 +541,17 @@ class ReconnectTests(_PageTestCase):
         self.open()
         self.assertEqual(self.names(), ["connecting", "connected"])
 
+    def test_closedBySiteReconnects(self) -> None:
+        """4001 (the site closed it: a logout, a password change) is followed by a new
+        connection, which the server authenticates anew (see docs/protocol.md)."""
+        self.connect({"minDelay": 500})
+        self.js("Math.random = () => 0.5")
+        self.serverClose(4001, "logged out")
+        self.assertEqual(self.log()[0], ["disconnected", {
+            "code": 4001, "reason": "logged out", "wasClean": True, "reconnect": True}])
+        self.advance(250)
+        self.assertEqual(self.socketCount(), 2)
+
     def test_policyViolationStopsReconnecting(self) -> None:
         """1008, 4401 and 4403 stop the client for good, reported in 'disconnected'."""
         for code in (1008, 4401, 4403):

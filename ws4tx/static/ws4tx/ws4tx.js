@@ -42,7 +42,8 @@
  *   ws4redis.send_message(msg); ws4redis.close(); ws4redis.get_state(); ws4redis.is_connected();
  *
  * Close codes 1008, 4401 and 4403 from the server stop reconnecting; every other close
- * (1001 going away included) is followed by a reconnect unless close() was called.
+ * (1001 going away and 4001 closed by the site included: the new connection is
+ * authenticated anew) is followed by a reconnect unless close() was called.
  */
 (function (root, factory) {
   'use strict';
