@@ -179,7 +179,8 @@ class AclTests(ServerTestCase):
         allowed = await self.client("/ws/allowed?subscribe-broadcast")
         denied = await self.client("/ws/denied?subscribe-broadcast")
         self.redis.execute_command("ACL", "SETUSER", "ws4tx", "resetchannels",
-                                   "&ws4tx:broadcast:allowed", "&__ws4tx_probe__:*")
+                                   "&ws4tx:broadcast:allowed", "&__ws4tx_probe__:*",
+                                   "&ws4tx:control")
         await self.brokerEvent("disconnected")
         await self.brokerEvent("connected")
         code, reason = await denied.closed.addTimeout(TIMEOUT, reactor)
@@ -200,3 +201,17 @@ class AclTests(ServerTestCase):
         code, _ = await late.closed.addTimeout(TIMEOUT, reactor)
         self.assertEqual(code, closecodes.SUBSCRIPTION_REFUSED)
         self.assertEqual(non_probe(self.redis.pubsub_channels()), ["ws4tx:broadcast:allowed"])
+
+    async def test_refusedControlChannelIsLoggedAndClientsAreServed(self):
+        """An ACL without the control channel: the node logs an error naming it (it will
+        not hear the site's commands), closes nobody, and serves its clients."""
+        log = LogCapture(self)
+        client = await self.client("/ws/allowed?subscribe-broadcast")
+        self.redis.execute_command("ACL", "SETUSER", "ws4tx", "resetchannels",
+                                   "&ws4tx:broadcast:*", "&__ws4tx_probe__:*")
+        await self.brokerEvent("disconnected")
+        await self.brokerEvent("connected")
+        self.assertEqual(log.count("will not hear the site's commands"), 1)
+        self.assertEqual(self.publish("ws4tx:broadcast:allowed", "still here"), 1)
+        self.assertEqual(await client.text(), "still here")
+        self.assertFalse(client.closed.called)
