@@ -9,6 +9,7 @@ import redis
 from twisted.internet import defer, endpoints, reactor, task
 from twisted.trial import unittest
 
+from ws4tx import naming
 from ws4tx.naming import ANONYMOUS, Identity
 from ws4tx.redis_address import RedisAddress
 from ws4tx.server.auth import HandshakeRequest

@@ -18,14 +18,19 @@ setup_django()
 from django.conf import settings  # noqa: E402
 from django.contrib.auth.models import User  # noqa: E402
 
-from ws4tx import api, closecodes, control, naming, _sync_redis, tokens  # noqa: E402
+from ws4tx import _sync_redis, api, closecodes, control, naming, tokens  # noqa: E402
 from ws4tx.server.service import PushService  # noqa: E402
+from ws4tx.testing import StaticAuthenticator  # noqa: E402
 
 from test._server import (  # noqa: E402
-    ServerTestCase, _Observed, identity_from_header, identity_header, observe_broker)
+    ServerTestCase,
+    _Observed,
+    identity_from_header,
+    identity_header,
+    observe_broker,
+)
 from test._wsclient import TIMEOUT, WSClient, connect  # noqa: E402
 from test.test_django_auth import DjangoServerTestCase, request_with_session  # noqa: E402
-from ws4tx.testing import StaticAuthenticator  # noqa: E402
 
 CONTROL = naming.control_channel("ws4tx")
 
@@ -179,7 +184,7 @@ class DisconnectAcrossNodesTests(TwoNodesTestCase):
         await self.stillOpen(*c.values())
 
     async def test_onlyTheFacilityAndTheCodeGiven(self):
-        a, b = self.nodes
+        _, b = self.nodes
         chat = await self.on(b, "/ws/chat?subscribe-broadcast",
                              identity_header("john", session=sid("key-1")))
         c = await self.clients()
@@ -337,7 +342,7 @@ class IdentityChangesTests(DjangoServerTestCase):
         await self.stillOpen(cookie, token, mary)
 
     async def test_aRedisThatIsDownNeverFailsTheLogout(self):
-        browser, key, cookie, _ = await self.sockets("john")
+        browser, key, _, _ = await self.sockets("john")
         _sync_redis.use_url("redis://127.0.0.1:1/0")
         logged: list[Any] = []
         import logging

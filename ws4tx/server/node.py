@@ -17,7 +17,6 @@ from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-
 from twisted.logger import Logger
 
 from ws4tx import closecodes, control, naming

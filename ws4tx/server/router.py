@@ -181,7 +181,7 @@ class Router:
         if receiver is not None:
             try:
                 receiver(payload)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a receiver must not stop delivery; logged
                 self.log.failure("the receiver of {channel} failed", channel=channel)
             return
         self.stats["messages"] += 1
