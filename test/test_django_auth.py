@@ -101,6 +101,7 @@ class DjangoServerTestCase(ServerTestCase):
             user = User.objects.filter(username=name).first() or \
                 User.objects.create_user(name, password="secret")
             user.set_password("secret")
+            user.is_active = True  # other tests deactivate users in the shared database
             user.save()
             user.groups.add(group)
         await super()._setUp()

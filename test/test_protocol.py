@@ -21,6 +21,7 @@ from twisted.trial import unittest
 from twisted.web import resource
 from twisted.web.server import Site
 
+from ws4tx import naming
 from ws4tx.naming import Identity
 from ws4tx.server import _internals
 from ws4tx.server.config import ServerConfig
@@ -32,6 +33,9 @@ from ws4tx.testing import MemoryBroker, MemoryBus, StaticAuthenticator
 
 from test._server import observe_broker
 from test._wsclient import connect
+
+#: The node's own channel, which it always listens to (live control).
+CONTROL = naming.control_channel(naming.DEFAULT_PREFIX)
 
 
 def handshake(path: str, extra: str = "") -> bytes:
@@ -89,7 +93,7 @@ class StringTransportTests(unittest.SynchronousTestCase):
     def test_handshakeSubscribesAndDeliversFrames(self):
         """After the handshake the client is subscribed and gets published frames."""
         self._open("/ws/foobar?subscribe-broadcast")
-        self.assertEqual(self.broker.subscribed, {"ws4tx:broadcast:foobar"})
+        self.assertEqual(self.broker.subscribed, {"ws4tx:broadcast:foobar", CONTROL})
         self.broker.bus.publish("ws4tx:broadcast:foobar", b"hi")
         self.assertEqual(self.transport.value(), b"")  # delivered on the next turn
         self.clock.advance(0)
@@ -233,7 +237,7 @@ class StringTransportTests(unittest.SynchronousTestCase):
         """Losing the connection unsubscribes its channels."""
         self._open("/ws/foobar?subscribe-broadcast")
         self.proto.connectionLost(Failure(ConnectionDone()))
-        self.assertEqual(self.broker.subscribed, set())
+        self.assertEqual(self.broker.subscribed, {CONTROL})
 
 
 class LazyDebugFormattingTests(unittest.SynchronousTestCase):
