@@ -267,6 +267,77 @@ class RedisAddressTests(SynchronousTestCase):
             RedisAddress.from_connection({"hostname": "h"})
 
 
+class SentinelUrlTests(SynchronousTestCase):
+    """redis+sentinel:// URLs: the Sentinels, the master's name, the database, both
+    passwords; every mistake named."""
+
+    def test_parsingTable(self):
+        """Each accepted form gives these fields and survives a round trip."""
+        S = ("s1", 26379)
+        table = [
+            ("redis+sentinel://s1/main", dict(sentinels=(S,), master_name="main")),
+            ("redis+sentinel://s1:26380,s2,[::1]:5/main?db=3",
+             dict(sentinels=(("s1", 26380), ("s2", 26379), ("::1", 5)), master_name="main",
+                  db=3)),
+            ("redis+sentinel://:pw@s1/main/2", dict(sentinels=(S,), master_name="main",
+                                                     db=2, password="pw")),
+            ("redis+sentinel://app:p%40w@s1/main?sentinel_password=s%26p",
+             dict(sentinels=(S,), master_name="main", username="app", password="p@w",
+                  sentinel_password="s&p")),
+            ("rediss+sentinel://s1/my%20master", dict(sentinels=(S,), ssl=True,
+                                                      master_name="my master")),
+            ("REDIS+SENTINEL://s1/main", dict(sentinels=(S,), master_name="main")),
+        ]
+        for url, fields in table:
+            address = RedisAddress.from_url(url)
+            self.assertEqual(address, RedisAddress(**fields), url)
+            self.assertTrue(address.is_sentinel)
+            self.assertEqual(RedisAddress.from_url(address.url), address, url)
+        self.assertFalse(RedisAddress.from_url("redis://h/0").is_sentinel)
+
+    def test_mistakesAreNamed(self):
+        """Each bad URL is refused with a message that says what is wrong."""
+        table = [
+            ("redis+sentinel:///main", "Sentinels' addresses"),
+            ("redis+sentinel://s1", "master's name"),
+            ("redis+sentinel://s1/", "master's name"),
+            ("redis+sentinel://s1,,s2/main", "is empty"),
+            ("redis+sentinel://s1:x/main", "'s1:x' is not a number"),
+            ("redis+sentinel://s1:0/main", "out of range"),
+            ("redis+sentinel://s1:70000/main", "out of range"),
+            ("redis+sentinel://[::1/main", "IPv6"),
+            ("redis+sentinel://s1/main?db=x", "not an integer"),
+            ("redis+sentinel://s1/main/1?db=2", "not both"),
+            ("redis+sentinel://s1/main?sentinel_pasword=x", "sentinel_pasword"),
+            ("sentinel://s1/main", "redis+sentinel://"),
+        ]
+        for url, named in table:
+            with self.assertRaises(InvalidRedisAddress, msg=url) as caught:
+                RedisAddress.from_url(url)
+            self.assertIn(named, str(caught.exception), url)
+
+    def test_safeUrlMasksBothPasswords(self):
+        """Neither the master's nor the Sentinels' password is in safe_url."""
+        address = RedisAddress.from_url(
+            "redis+sentinel://u:hunter2@s1/main?sentinel_password=swordfish")
+        for secret in ("hunter2", "swordfish"):
+            self.assertNotIn(secret, address.safe_url)
+            self.assertIn(secret, address.url)
+
+    def test_fromSettingsAndEnvironment(self):
+        """The setting and the environment variable take the Sentinel form too; a bad one
+        names where it came from."""
+        url = "redis+sentinel://s1,s2/main?db=1"
+        self.assertEqual(
+            redis_address.from_settings(SimpleNamespace(WS4TX_REDIS_URL=url), {}).sentinels,
+            (("s1", 26379), ("s2", 26379)))
+        self.assertEqual(
+            redis_address.from_settings(SimpleNamespace(), {"WS4TX_REDIS_URL": url}).db, 1)
+        with self.assertRaises(InvalidRedisAddress) as caught:
+            redis_address.from_settings(SimpleNamespace(), {"WS4TX_REDIS_URL": "redis+sentinel://s1"})
+        self.assertIn("environment variable WS4TX_REDIS_URL", str(caught.exception))
+
+
 class EnvelopeTests(SynchronousTestCase):
     """The JSON envelope of events."""
 

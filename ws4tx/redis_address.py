@@ -1,8 +1,9 @@
 """Where Redis is: one value that both halves of ws4tx understand.
 
-A :class:`RedisAddress` is parsed from a URL (``redis://``, ``rediss://``, ``unix://``) or
-from a ws4redis ``CONNECTION`` dictionary, and turned back into a URL that redis-py
-(the Django side) accepts. The Twisted side builds its endpoints from the same fields. Pure.
+A :class:`RedisAddress` is parsed from a URL (``redis://``, ``rediss://``, ``unix://``,
+``redis+sentinel://``, ``rediss+sentinel://``) or from a ws4redis ``CONNECTION`` dictionary,
+and turned back into the same URL. redis-py (the Django side) accepts the plain forms as
+they are; both halves build their Sentinel clients from the fields. Pure.
 """
 
 from __future__ import annotations
@@ -10,9 +11,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 DEFAULT_URL = "redis://localhost:6379/0"
+
+#: The port of a Sentinel whose address names none.
+SENTINEL_PORT = 26379
+
+#: The query parameters a ``redis+sentinel://`` URL may carry.
+SENTINEL_PARAMETERS = frozenset({"db", "sentinel_password"})
 
 
 class InvalidRedisAddress(ValueError):
@@ -21,7 +28,13 @@ class InvalidRedisAddress(ValueError):
 
 @dataclass(frozen=True)
 class RedisAddress:
-    """A Redis server and database, with optional credentials and TLS."""
+    """A Redis server and database, with optional credentials and TLS.
+
+    With :attr:`sentinels` set, the server is whichever the Sentinels name as the master
+    :attr:`master_name` (``host`` and ``port`` are then unused): ``username``/``password``
+    are the master's, :attr:`sentinel_password` the Sentinels' (none by default), and
+    ``ssl`` applies to both.
+    """
 
     host: str = "localhost"
     port: int = 6379
@@ -30,14 +43,30 @@ class RedisAddress:
     password: Optional[str] = None
     unix_socket_path: Optional[str] = None
     ssl: bool = False
+    #: (host, port) of each Sentinel, in the order given.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    #: The name the Sentinels monitor the master under.
+    master_name: Optional[str] = None
+    #: The Sentinels' own password (``requirepass`` in sentinel.conf), if any.
+    sentinel_password: Optional[str] = None
+
+    @property
+    def is_sentinel(self) -> bool:
+        """Whether the master is found through Sentinels."""
+        return bool(self.sentinels)
 
     @classmethod
     def from_url(cls, url: str) -> RedisAddress:
-        """Parse ``redis://[user:password@]host[:port][/db]``, ``rediss://...`` (TLS) or
-        ``unix:///path/redis.sock[?db=N]``."""
+        """Parse ``redis://[user:password@]host[:port][/db]``, ``rediss://...`` (TLS),
+        ``unix:///path/redis.sock[?db=N]`` or
+        ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/MASTER_NAME
+        [?db=N&sentinel_password=...]`` (``rediss+sentinel://``: TLS)."""
         try:
             parts = urlsplit(url)
             scheme = parts.scheme.lower()
+            if scheme in ("redis+sentinel", "rediss+sentinel"):
+                return cls._from_sentinel_url(parts.netloc, parts.path, parts.query,
+                                              ssl=scheme == "rediss+sentinel")
             query = parse_qs(parts.query)
             username = unquote(parts.username) if parts.username else None
             password = unquote(parts.password) if parts.password is not None else None
@@ -52,7 +81,8 @@ class RedisAddress:
                 )
             if scheme not in ("redis", "rediss"):
                 raise InvalidRedisAddress(
-                    f"unknown scheme {parts.scheme!r}: use redis://, rediss:// or unix://"
+                    f"unknown scheme {parts.scheme!r}: use redis://, rediss://, unix:// "
+                    "or redis+sentinel://"
                 )
             path = parts.path.strip("/")
             return cls(
@@ -67,6 +97,44 @@ class RedisAddress:
             raise
         except ValueError as e:  # a bad port, say
             raise InvalidRedisAddress(str(e)) from None
+
+    @classmethod
+    def _from_sentinel_url(cls, netloc: str, path: str, query_string: str,
+                           ssl: bool) -> RedisAddress:
+        userinfo, at, hosts = netloc.rpartition("@")
+        username = password = None
+        if at:
+            user, colon, secret = userinfo.partition(":")
+            username = unquote(user) or None
+            password = unquote(secret) if colon else None
+        if not hosts:
+            raise InvalidRedisAddress(
+                "a redis+sentinel:// URL needs the Sentinels' addresses: "
+                "redis+sentinel://host:26379[,host:26379...]/MASTER_NAME")
+        sentinels = tuple(_sentinel(item) for item in hosts.split(","))
+        name, slash, db_in_path = unquote(path).strip("/").partition("/")
+        if not name:
+            raise InvalidRedisAddress(
+                "a redis+sentinel:// URL needs the master's name as its path: "
+                "redis+sentinel://host:26379/MASTER_NAME")
+        query = parse_qs(query_string, keep_blank_values=True)
+        unknown = set(query) - SENTINEL_PARAMETERS
+        if unknown:
+            raise InvalidRedisAddress(
+                f"unknown redis+sentinel:// parameter(s) {sorted(unknown)}: "
+                f"use {sorted(SENTINEL_PARAMETERS)}")
+        if slash and "db" in query:
+            raise InvalidRedisAddress(
+                "give the database either in the path (/MASTER_NAME/N) or as ?db=N, not both")
+        return cls(
+            db=_db(db_in_path if slash else query.get("db", ["0"])[0]),
+            username=username,
+            password=password,
+            ssl=ssl,
+            sentinels=sentinels,
+            master_name=name,
+            sentinel_password=query.get("sentinel_password", [""])[0] or None,
+        )
 
     @classmethod
     def from_connection(cls, connection: Mapping[str, Any]) -> RedisAddress:
@@ -97,10 +165,12 @@ class RedisAddress:
 
     @property
     def safe_url(self) -> str:
-        """This address as a URL with the password masked, for logs and messages."""
+        """This address as a URL with the passwords masked, for logs and messages."""
         return self._url("***" if self.password else None, masked=True)
 
     def _url(self, password: Optional[str], masked: bool = False) -> str:
+        if self.sentinels:
+            return self._sentinel_url(password, masked)
         auth = ""
         if self.username or password:
             auth = quote(self.username or "", safe="")
@@ -112,6 +182,45 @@ class RedisAddress:
         scheme = "rediss" if self.ssl else "redis"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{auth}{host}:{self.port}/{self.db}"
+
+    def _sentinel_url(self, password: Optional[str], masked: bool) -> str:
+        auth = ""
+        if self.username or password:
+            auth = quote(self.username or "", safe="")
+            if password:
+                auth += ":" + (password if masked else quote(password, safe=""))
+            auth += "@"
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
+        query: dict[str, Any] = {"db": self.db}
+        if self.sentinel_password:
+            query["sentinel_password"] = "***" if masked else self.sentinel_password
+        scheme = "rediss+sentinel" if self.ssl else "redis+sentinel"
+        name = quote(self.master_name or "", safe="")
+        return f"{scheme}://{auth}{hosts}/{name}?{urlencode(query, safe='*')}"
+
+
+def _sentinel(item: str) -> tuple[str, int]:
+    """``host[:port]`` or ``[v6]:port`` of one Sentinel."""
+    text = item.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise InvalidRedisAddress(f"the Sentinel address {item!r} is not [IPv6]:port")
+        port_text = rest[1:]
+    else:
+        host, _, port_text = text.partition(":")
+    if not host:
+        raise InvalidRedisAddress(f"a Sentinel address in the list is empty ({item!r})")
+    if not port_text:
+        return host, SENTINEL_PORT
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise InvalidRedisAddress(
+            f"the port of the Sentinel address {item!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise InvalidRedisAddress(f"the port of the Sentinel address {item!r} is out of range")
+    return host, port
 
 
 def _db(value: Any) -> int:
