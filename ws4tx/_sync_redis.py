@@ -8,6 +8,10 @@ Every Redis call is bounded by the ``PUBLISH_TIMEOUT`` setting (default 5 s): co
 and each answer time out, and a broken connection is retried once on a fresh one (a Redis
 restart is then invisible), never more, so that a request never hangs on a Redis that is
 down. The client's connection pool is thread-safe and survives ``fork``.
+
+For a ``redis+sentinel://`` address the client is redis-py's ``Sentinel(...).master_for()``:
+each new connection asks the Sentinels where the master is (and checks its role), so after
+a failover the next call (or its one retry) reaches the new master.
 """
 
 from __future__ import annotations
@@ -74,15 +78,33 @@ def client() -> redis.Redis:
         if _client is None:
             _watch_settings()
             found = _resolve()
-            timeout = _django_settings.publish_timeout()
-            _client = redis.Redis.from_url(
-                found.url,
-                socket_connect_timeout=timeout,
-                socket_timeout=timeout,
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            )
+            _client = _build(found, _django_settings.publish_timeout())
             _address = found
         return _client
+
+
+def _build(found: RedisAddress, timeout: float) -> redis.Redis:
+    """A client of ``found`` whose every call is bounded by ``timeout``."""
+    bounds: dict[str, Any] = {
+        "socket_connect_timeout": timeout,
+        "socket_timeout": timeout,
+    }
+    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    if not found.is_sentinel:
+        return redis.Redis.from_url(found.url, retry=retry, **bounds)
+    from redis.sentinel import Sentinel
+
+    tls = {"ssl": True} if found.ssl else {}
+    sentinel = Sentinel(
+        list(found.sentinels),
+        sentinel_kwargs={"password": found.sentinel_password, **bounds, **tls},
+        **bounds,
+    )
+    master: redis.Redis = sentinel.master_for(
+        found.master_name, db=found.db, username=found.username,
+        password=found.password, retry=retry, **tls,
+    )
+    return master
 
 
 def _resolve() -> RedisAddress:

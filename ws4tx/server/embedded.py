@@ -24,6 +24,8 @@ from typing import IO, Optional, Sequence
 from ws4tx.redis_address import RedisAddress
 
 _READY = b"Ready to accept connections"
+#: What a Sentinel logs once it is up (it never says it accepts connections).
+_SENTINEL_READY = b"Sentinel ID is"
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -75,7 +77,10 @@ class EmbeddedRedis:
 
     ``start()`` returns once the server says it accepts connections; ``stop()`` ends it.
     The port is kept across a stop and a start, so a restart looks like an outage to its
-    clients.
+    clients. ``config`` lines are written to a configuration file in the server's
+    temporary directory; with ``sentinel=True`` the server runs as a Redis Sentinel with
+    that file (which it rewrites as it learns), e.g.
+    ``config=["sentinel monitor main 127.0.0.1 6380 2"]``.
     """
 
     def __init__(
@@ -85,12 +90,16 @@ class EmbeddedRedis:
         password: Optional[str] = None,
         binary: Optional[str] = None,
         extra_args: Sequence[str] = (),
+        config: Sequence[str] = (),
+        sentinel: bool = False,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.password = password
         self.binary = binary or find_server_binary()
         self.extra_args = tuple(extra_args)
+        self.config = tuple(config)
+        self.sentinel = sentinel
         self.process: Optional[subprocess.Popen[bytes]] = None
         self._dir: Optional[str] = None
         self.log = b""
@@ -111,8 +120,15 @@ class EmbeddedRedis:
             raise EmbeddedRedisError("already started")
         self.log = b""
         self._dir = tempfile.mkdtemp(prefix="ws4tx-redis-")
-        args = [
-            self.binary,
+        args = [self.binary]
+        if self.config or self.sentinel:
+            path = os.path.join(self._dir, "sentinel.conf" if self.sentinel else "redis.conf")
+            with open(path, "w") as f:
+                f.write("".join(line + "\n" for line in self.config))
+            args.append(path)
+        if self.sentinel:
+            args.append("--sentinel")
+        args += [
             "--port", str(self.port),
             "--bind", self.host,
             "--save", "",
@@ -145,7 +161,8 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout
         with selectors.DefaultSelector() as sel:
             sel.register(out, selectors.EVENT_READ)
-            while _READY not in self.log:
+            ready = _SENTINEL_READY if self.sentinel else _READY
+            while ready not in self.log:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise EmbeddedRedisError(

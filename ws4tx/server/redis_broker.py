@@ -41,6 +41,7 @@ from ws4tx.server.broker import (
     NotStored,
     SubscriptionRefused,
 )
+from ws4tx.server.sentinel import SentinelEndpoint
 
 #: Retry delays: 0.5 s doubling to 10 s, each with up to 50 % random jitter.
 DEFAULT_RETRY = backoffPolicy(initialDelay=0.5, maxDelay=10.0, factor=2.0,
@@ -48,7 +49,11 @@ DEFAULT_RETRY = backoffPolicy(initialDelay=0.5, maxDelay=10.0, factor=2.0,
 
 
 def client_endpoint(reactor: Any, address: RedisAddress, timeout: float) -> IStreamClientEndpoint:
-    """A Twisted client endpoint for ``address`` (TCP, TLS or unix socket)."""
+    """A Twisted client endpoint for ``address`` (TCP, TLS or unix socket; for a
+    ``redis+sentinel://`` address, one that asks the Sentinels for the master on every
+    connection attempt: see :mod:`ws4tx.server.sentinel`)."""
+    if address.is_sentinel:
+        return SentinelEndpoint(reactor, address, timeout)
     if address.unix_socket_path:
         return endpoints.UNIXClientEndpoint(reactor, address.unix_socket_path, timeout=timeout)
     endpoint: IStreamClientEndpoint
@@ -494,6 +499,31 @@ class RedisBroker:
         self._refusal_logged.discard("command")
         proto.whenDisconnected().addCallback(self._commandLost)
 
+    def _followMaster(self) -> None:
+        """With Sentinels: ask them where the master is, and drop each connection made
+        to another server. A master demoted by a failover keeps its clients until the
+        Sentinels reconfigure it (up to ten seconds later), and even then keeps its
+        pub/sub clients (Sentinel kills only the normal ones): without this check the
+        subscriber would stay on a replica and the commands would go to a node that is no
+        longer the master."""
+        endpoint = self._endpoint
+        if not isinstance(endpoint, SentinelEndpoint):
+            return
+
+        def compare(master: tuple[str, int]) -> None:
+            for role, proto in (("subscriber", self._sub), ("command", self._cmd)):
+                if proto is None or proto.transport is None:
+                    continue
+                was = endpoint.master_of(proto)
+                if was is not None and was != master:
+                    self.log.warn("Redis Sentinel: the master is now {new}; moving the "
+                                  "{role} connection from {old}", role=role,
+                                  new=f"{master[0]}:{master[1]}", old=f"{was[0]}:{was[1]}")
+                    proto.transport.abortConnection()
+
+        d = defer.Deferred.fromCoroutine(endpoint.master_address())
+        d.addCallbacks(compare, lambda _: None)  # no answer: the next ping asks again
+
     def _commandLost(self, proto: Any) -> None:
         if self._cmd is proto:
             self._cmd = None
@@ -512,6 +542,7 @@ class RedisBroker:
         if proto is None:
             return
         self._probe()
+        self._followMaster()
 
         def deaf(failure: Failure) -> None:
             if failure.check(defer.TimeoutError):
