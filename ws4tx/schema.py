@@ -269,6 +269,8 @@ HEALTH_TOKEN_ENV = "WS4TX_HEALTH_TOKEN"
 SETTINGS: tuple[Setting, ...] = (
     Setting("redis", TEXT, None,
             "`redis://[user:pw@]host:port/db`, `rediss://…`, `unix:///path?db=N`, "
+            "`redis+sentinel://[user:pw@]host:port[,host:port…]/MASTER_NAME[?db=N"
+            "&sentinel_password=…]` (`rediss+sentinel://…`: TLS; see docs/scaling.md), "
             "`embedded` (a private Redis started with the server); or a ws4redis dict "
             "(`host`, `port`, `db`, `password`, `unix_socket_path`, `ssl`). A password on "
             "the command line is visible to every local user (`ps`): give it in "
