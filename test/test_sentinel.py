@@ -163,3 +163,29 @@ class SentinelPasswordTests(_SentinelServerCase):
             await endpoint.master_address()
         self.assertIn("WRONGPASS", str(caught.exception))
         self.assertNotIn("sentinel-secret", address.safe_url)
+
+    async def test_replicaIsNeverUsedAsTheMaster(self):
+        """A connection that reaches a replica (a Sentinel answering with stale news) is
+        refused after AUTH and ROLE, before the caller's protocol ever sees it; the real
+        master is accepted."""
+        from twisted.internet.protocol import Factory, Protocol
+
+        replica = ("127.0.0.1", self.group.replica.port)
+
+        class Stale(SentinelEndpoint):
+            async def master_address(self):
+                return replica
+
+        built: list[Protocol] = []
+        factory = Factory.forProtocol(Protocol)
+        factory.buildProtocol = lambda addr: built.append(Protocol()) or built[-1]
+        endpoint = Stale(reactor, self.group.address(), timeout=5.0)
+        with self.assertRaises(SentinelError) as caught:
+            await endpoint.connect(factory)
+        self.assertIn("is a slave, not the master", str(caught.exception))
+        self.assertEqual(built, [])
+        real = SentinelEndpoint(reactor, self.group.address(), timeout=5.0)
+        proto = await real.connect(factory)
+        self.addCleanup(proto.transport.loseConnection)
+        self.assertEqual(built, [proto])
+        self.assertEqual(real.master_of(proto), ("127.0.0.1", self.group.master.port))
