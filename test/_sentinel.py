@@ -177,5 +177,5 @@ def _flags(info: object) -> str:
     if isinstance(info, dict):
         return str(info.get("flags", ""))
     items = list(info)  # type: ignore[call-overload]
-    pairs = dict(zip(items[::2], items[1::2]))
+    pairs = dict(zip(items[::2], items[1::2], strict=True))
     return str(pairs.get("flags", ""))

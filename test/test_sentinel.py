@@ -16,7 +16,6 @@ from ws4tx.server.sentinel import SentinelEndpoint, SentinelError
 from test._django import setup_django
 from test._sentinel import DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS, SentinelGroup
 from test._server import ServerTestCase, identity_header
-from test._wsclient import TIMEOUT
 
 EVENTS = (envelope.SUBPROTOCOL,)
 JOHN = identity_header("john", (), "s-john")

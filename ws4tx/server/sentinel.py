@@ -16,10 +16,10 @@ own, not through txredisapi.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -92,6 +92,7 @@ class _CommandsProtocol(Protocol):
         self._got: list[Any] = []
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.write(b"".join(encode_command(*c) for c in self.commands))
 
     def dataReceived(self, data: bytes) -> None:
@@ -120,7 +121,7 @@ class _CommandsProtocol(Protocol):
 
     def _cancel(self, d: defer.Deferred[list[Any]]) -> None:
         if self.transport is not None:
-            self.transport.abortConnection()
+            cast(ITCPTransport, self.transport).abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.replies.called:
@@ -150,7 +151,7 @@ class _RoleChecked(Protocol):
 
     def _abort(self) -> None:
         if self.transport is not None:
-            self.transport.abortConnection()
+            cast(ITCPTransport, self.transport).abortConnection()
 
     def connectionMade(self) -> None:
         self.checker.makeConnection(self.transport)
@@ -321,7 +322,7 @@ class SentinelEndpoint:
         """Log each new reason once (a retried attempt failing alike says nothing)."""
         if failure.check(defer.CancelledError):
             return failure
-        message = _describe(failure.value)
+        message = _describe(failure.value) if failure.value is not None else "unknown"
         if message != self._last_problem:
             self._last_problem = message
             self.log.warn("Redis Sentinel ({url}): {message}; retrying with backoff",
