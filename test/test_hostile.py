@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import zlib
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -22,6 +23,7 @@ from ws4tx import closecodes
 from ws4tx.naming import Identity
 from ws4tx.server.auth import HandshakeRequest
 from ws4tx.server.config import ServerConfig
+from ws4tx.server.deflate import deflate
 from ws4tx.server.service import PushService
 from ws4tx.server.web import HeadDeadlines
 from ws4tx.testing import MemoryBroker
@@ -440,3 +442,77 @@ class ServerHeaderTests(ServerTestCase):
         head = (await raw.head.addTimeout(TIMEOUT, reactor)).lower()
         self.assertIn(b" 101 ", head)
         self.assertNotIn(b"\r\nserver:", head)
+
+
+class _CountingInflater:
+    """A zlib inflater that adds up what it gives out."""
+
+    def __init__(self, inflater: Any, counts: list[int]) -> None:
+        self._inflater, self._counts = inflater, counts
+
+    def decompress(self, data: bytes, *args: Any) -> bytes:
+        out = self._inflater.decompress(data, *args)
+        self._counts.append(len(out))
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inflater, name)
+
+
+class CompressionBombTests(_RawClients):
+    """Compressed client messages against a server with compression on."""
+
+    config = HostileInputTests.config.replace(compression=True)
+
+    async def _setUp(self) -> None:
+        await super()._setUp()
+        self.bystander = await self.client("/ws/foobar?subscribe-broadcast")
+
+    _bystanderFine = HostileInputTests._bystanderFine
+    _closeCode = HostileInputTests._closeCode
+
+    async def _bomber(self) -> RawClient:
+        raw = await self._raw(handshake_request(
+            "/ws/foobar?publish-broadcast",
+            {"Sec-WebSocket-Extensions": "permessage-deflate"}))
+        await self.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
+        return raw
+
+    async def _refused(self, frames: bytes) -> None:
+        """``frames`` (a bomb) close with 1009, and the server never inflated more than
+        MAX_MESSAGE_SIZE (and one zlib step) of it; nothing was published."""
+        inflated: list[int] = []
+        real = zlib.decompressobj
+        self.patch(zlib, "decompressobj",
+                   lambda *a: _CountingInflater(real(*a), inflated))
+        raw = await self._bomber()
+        raw.transport.write(frames)
+        data = await raw.lost.addTimeout(TIMEOUT, reactor)
+        self.assertIn(b"permessage-deflate", data.partition(b"\r\n\r\n")[0])
+        self.assertEqual(self._closeCode(data), closecodes.MESSAGE_TOO_BIG)
+        self.assertLessEqual(sum(inflated), self.factory.config.max_message_size + 1)
+        await self._bystanderFine()
+
+    async def test_compressionBombInOneFrame(self):
+        """10 MB of zeros deflated to about 10 KB (under the frame limit) closes with
+        1009 before it is inflated past MAX_MESSAGE_SIZE."""
+        bomb = deflate(b"\x00" * 10_000_000, 15)
+        self.assertLess(len(bomb), self.factory.config.max_frame_size)
+        await self._refused(client_frame(0x41, bomb))
+
+    async def test_compressionBombInFragments(self):
+        """The same bomb in 10 fragments, each inflating to 1 MB: refused with 1009 as
+        soon as the message's inflated total passes MAX_MESSAGE_SIZE."""
+        bomb = deflate(b"\x00" * 10_000_000, 15)
+        step = len(bomb) // 10 + 1
+        parts = [bomb[i:i + step] for i in range(0, len(bomb), step)]
+        frames = b"".join(
+            client_frame((0x41 if i == 0 else 0x0), part, fin=i == len(parts) - 1)
+            for i, part in enumerate(parts))
+        await self._refused(frames)
+
+    async def test_compressedMessageIsPublished(self):
+        """A compressed client message under the limit is inflated and published."""
+        raw = await self._bomber()
+        raw.transport.write(client_frame(0x41, deflate(b"hello " * 100, 15)))
+        self.assertEqual(await self.bystander.text(), "hello " * 100)

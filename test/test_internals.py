@@ -1,6 +1,6 @@
 """Each reach of ws4tx.server._internals below Autobahn's or Twisted's public API, pinned:
 these tests fail when the dependency changes under it. (The behaviour each reach buys is
-tested where it is used: test_protocol's lazy formatting and fast-path tests,
+tested where it is used: test_protocol's lazy formatting, fast-path and compression tests,
 test_hostile's fragment bound, test_twistd's clean exit after a drain.)"""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import signal
 from typing import Any
 
 from autobahn.websocket import protocol as autobahn_protocol
+from autobahn.websocket.compress import PerMessageDeflate
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
@@ -22,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from ws4tx.server import _internals
+from ws4tx.server.deflate import deflate
 
 
 class AutobahnTests(SynchronousTestCase):
@@ -35,19 +37,47 @@ class AutobahnTests(SynchronousTestCase):
         _internals.format_lazily()
         self.assertIs(autobahn_protocol.pformat, _internals._Pretty)
 
-    def test_preparedFrameBytes(self):
-        """A prepared server message keeps its whole frame in ``payloadHybi``."""
-        self.assertEqual(_internals.prepare_message(b"hi", False).payloadHybi, b"\x81\x02hi")
-        self.assertEqual(_internals.prepare_message(b"\xff", True).payloadHybi, b"\x82\x01\xff")
+    def test_sendQueueAttribute(self):
+        """A connection queues chopped writes in ``send_queue``, and ``sendData`` puts
+        what it is given behind them (write_frame relies on both)."""
+        self.assertIn("self.send_queue = deque()",
+                      inspect.getsource(WebSocketProtocol._connectionMade))
+        self.assertIn("len(self.send_queue) > 0", inspect.getsource(WebSocketProtocol.sendData))
 
-    def test_compressionAndSendQueueAttributes(self):
+    def test_compressionAttributes(self):
         """A connection says whether it compresses in ``_perMessageCompress`` (None: it
-        does not) and queues chopped writes in ``send_queue``."""
-        source = inspect.getsource(WebSocketProtocol._connectionMade)
-        self.assertIn("self._perMessageCompress = None", source)
-        self.assertIn("self.send_queue = deque()", source)
-        self.assertIn("self._perMessageCompress", inspect.getsource(
-            WebSocketProtocol.sendPreparedMessage))
+        does not); a negotiated permessage-deflate says its window and whether the client
+        keeps its context."""
+        self.assertIn("self._perMessageCompress = None",
+                      inspect.getsource(WebSocketProtocol._connectionMade))
+        proto = WebSocketProtocol()
+        proto._perMessageCompress = None
+        self.assertIsNone(_internals.compression_window(proto))
+        proto._perMessageCompress = PerMessageDeflate(True, True, True, 10, 0, None)
+        self.assertEqual(_internals.compression_window(proto), 10)
+        proto._perMessageCompress = PerMessageDeflate(True, True, False, 0, 0, None)
+        self.assertEqual(_internals.compression_window(proto), 15)
+
+    def test_inflaterKeptUntilTheNextMessage(self):
+        """Autobahn keeps a message's inflater (``_decompressor``) after the message and,
+        without client context takeover, makes a new one for the next: forget_inflater
+        drops it in between, and the next message still inflates."""
+        pmce = PerMessageDeflate(True, True, True, 0, 0, None)
+        proto = WebSocketProtocol()
+        proto._perMessageCompress = pmce
+        body = deflate(b"hello " * 100, 15)
+        for _ in range(2):
+            pmce.start_decompress_message()
+            self.assertEqual(pmce.decompress_message_data(body), b"hello " * 100)
+            pmce.end_decompress_message()
+            self.assertIsNotNone(pmce._decompressor)
+            _internals.forget_inflater(proto)
+            self.assertIsNone(pmce._decompressor)
+        # With client context takeover the inflater holds the context: it is kept.
+        pmce.client_no_context_takeover = False
+        pmce.start_decompress_message()
+        _internals.forget_inflater(proto)
+        self.assertIsNotNone(pmce._decompressor)
 
     def test_failConnection(self):
         """``_fail_connection(code, reason)`` exists and takes a code and a reason."""

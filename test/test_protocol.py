@@ -4,9 +4,12 @@ another twisted.web Site."""
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import os
 import pprint
+import struct
+import tracemalloc
 import zlib
 
 import txaio
@@ -25,6 +28,7 @@ from ws4tx import naming
 from ws4tx.naming import Identity
 from ws4tx.server import _internals
 from ws4tx.server.config import ServerConfig
+from ws4tx.server.deflate import deflate
 from ws4tx.server.embedded import EmbeddedRedis
 from ws4tx.server.node import Node
 from ws4tx.server.protocol import PushFactory, PushProtocol
@@ -174,14 +178,14 @@ class StringTransportTests(unittest.SynchronousTestCase):
                                           "Sec-WebSocket-Extensions: permessage-deflate\r\n"))
         self.assertIn(b"permessage-deflate", self.transport.value())
         self.transport.clear()
-        self.broker.bus.publish("ws4tx:broadcast:foobar", b"hello hello hello")
+        self.broker.bus.publish("ws4tx:broadcast:foobar", b"hello " * 50)
         self.clock.advance(0)
         frame = self.transport.value()
         self.assertEqual(frame[0], 0xC1)  # FIN, RSV1 (compressed), text
         self.assertEqual(frame[1], len(frame) - 2)
         inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(
             frame[2:] + b"\x00\x00\xff\xff")
-        self.assertEqual(inflated, b"hello hello hello")
+        self.assertEqual(inflated, b"hello " * 50)
 
     def test_clientNotDrainingForSlowTimeoutIsDropped(self):
         """A client whose socket has not drained for slow_timeout seconds is dropped with
@@ -238,6 +242,174 @@ class StringTransportTests(unittest.SynchronousTestCase):
         self._open("/ws/foobar?subscribe-broadcast")
         self.proto.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.broker.subscribed, {CONTROL})
+
+
+def inflated(frame: bytes, window_bits: int = 15) -> bytes:
+    """The payload of one compressed server frame (RSV1 set), inflated without context."""
+    assert frame[0] & 0x40, frame[:2]
+    at = {126: 4, 127: 10}.get(frame[1], 2)
+    return zlib.decompressobj(-window_bits).decompress(frame[at:] + b"\x00\x00\xff\xff")
+
+
+class CompressionTests(unittest.SynchronousTestCase):
+    """``compression`` on: permessage-deflate without context takeover, one deflate per
+    message (per window size) for every compressing client, nothing kept per connection."""
+
+    EVENT = json.dumps({"type": "order.updated", "lines": [
+        {"sku": f"SKU-{k:04d}", "title": f"Product number {k}", "qty": k} for k in range(20)]}
+    ).encode()
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.patch(txaio.config, "loop", self.clock)
+        self.broker = MemoryBroker(MemoryBus(self.clock))
+        self.protocols: dict[StringTransport, PushProtocol] = {}
+        self.factory = self._factory(compression=True)
+        self.compressors: list[tuple] = []
+        real = zlib.compressobj
+        self.patch(zlib, "compressobj",
+                   lambda *a, **k: self.compressors.append(a) or real(*a, **k))
+
+    def _factory(self, **options: object) -> PushFactory:
+        config = ServerConfig(ping_interval=0, handshake_timeout=0, anonymous_publish=True,
+                              max_connections_per_ip=0, **options)
+        factory = PushFactory(Node(config, self.broker, clock=self.clock), reactor=self.clock)
+        factory.node.start()
+        return factory
+
+    def _open(self, offer: str | None, factory: PushFactory | None = None,
+              path: str = "/ws/foobar?subscribe-broadcast") -> tuple[bytes, StringTransport]:
+        """A connection (offering ``offer`` as its extension header): the server's
+        handshake answer, and the transport holding what came after it."""
+        proto = (factory or self.factory).buildProtocol(("127.0.0.1", 1))
+        transport = StringTransport()
+        self.protocols[transport] = proto
+        proto.makeConnection(transport)
+        extra = f"Sec-WebSocket-Extensions: {offer}\r\n" if offer is not None else ""
+        proto.dataReceived(handshake(path, extra))
+        head, _, rest = transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+        transport.clear()
+        transport.io.write(rest)  # what came after the 101 (a stored message)
+        return head, transport
+
+    def _publish(self, payload: bytes) -> None:
+        self.broker.bus.publish("ws4tx:broadcast:foobar", payload)
+        self.clock.advance(0)
+
+    def test_offByDefault(self):
+        """Without ``compression`` a client's offer is declined (no extension in the 101)
+        and it gets plain frames."""
+        head, transport = self._open("permessage-deflate", self._factory())
+        self.assertNotIn(b"sec-websocket-extensions", head.lower())
+        self._publish(self.EVENT)
+        self.assertEqual(transport.value()[0], 0x81)
+
+    def test_acceptedWithoutContextTakeover(self):
+        """The 101 accepts permessage-deflate without context takeover either way, and
+        with the window the client asked for."""
+        head, _ = self._open("permessage-deflate; client_max_window_bits")
+        self.assertIn(b"Sec-WebSocket-Extensions: permessage-deflate; "
+                      b"client_no_context_takeover; server_no_context_takeover", head)
+        head, _ = self._open("permessage-deflate; server_max_window_bits=10")
+        self.assertIn(b"server_max_window_bits=10", head)
+
+    def test_mixedClientsOnOneChannelEachGetTheirFrame(self):
+        """Plain clients, compressing clients with the default window and with a window
+        of 10 bits share a channel: each gets the payload in its own form, the
+        compressing ones of a window the very same bytes, and the message is deflated
+        once per window size (no compressor of Autobahn's per connection)."""
+        plain = [self._open(None)[1] for _ in range(3)]
+        full = [self._open("permessage-deflate")[1] for _ in range(5)]
+        narrow = [self._open("permessage-deflate; server_max_window_bits=10")[1]
+                  for _ in range(2)]
+        payload = self.EVENT * 4  # over 1 KB, so the window matters
+        self._publish(payload)
+        for transport in plain:
+            self.assertEqual(transport.value(), b"\x81~" + struct.pack("!H", len(payload))
+                             + payload)
+        self.assertEqual({t.value() for t in full}.__len__(), 1)
+        self.assertEqual({t.value() for t in narrow}.__len__(), 1)
+        self.assertEqual(inflated(full[0].value()), payload)
+        self.assertEqual(inflated(narrow[0].value(), 10), payload)
+        self.assertLess(len(full[0].value()), len(payload) / 4)
+        self.assertEqual(sorted(-a[2] for a in self.compressors), [10, 15])
+
+    def test_broadcastDeflatedOnce(self):
+        """A broadcast to 20 compressing clients is deflated once: one zlib compressor in
+        all, whoever asks first."""
+        clients = [self._open("permessage-deflate")[1] for _ in range(20)]
+        self._publish(self.EVENT)
+        self.assertEqual(len(self.compressors), 1)
+        self.assertEqual({inflated(t.value()) for t in clients}, {self.EVENT})
+
+    def test_smallMessagesGoPlain(self):
+        """A message under 256 bytes goes to a compressing client uncompressed (RSV1
+        clear), and deflate is never run for it."""
+        _, transport = self._open("permessage-deflate")
+        self._publish(b"x" * 255)
+        self.assertEqual(transport.value(), b"\x81\x7e\x00\xff" + b"x" * 255)
+        self.assertEqual(self.compressors, [])
+
+    def test_replayAndEventsCompressedWithoutAConnectionCompressor(self):
+        """What a compressing client gets besides broadcasts (its stored message, an
+        event) is compressed too, through the same one-shot deflate: no compressor is
+        kept for the connection."""
+        self.broker.bus.publish("ws4tx:broadcast:foobar", self.EVENT, expire=60)
+        _, transport = self._open("permessage-deflate")
+        proto = self.protocols[transport]
+        self.assertEqual(inflated(transport.value()), self.EVENT)
+        transport.clear()
+        proto.sendMessage(self.EVENT, isBinary=True)
+        self.assertEqual(transport.value()[0], 0xC2)
+        self.assertEqual(inflated(transport.value()), self.EVENT)
+        self.assertEqual(len(self.compressors), 2)
+        self.assertIsNone(proto._perMessageCompress._compressor)
+
+    def _memoryPerConnection(self, offer: str | None) -> float:
+        """Bytes Python allocated per connection (zlib's state included) for 50
+        connections to a fresh server that got a stored message and a broadcast, and
+        sent a message (compressed when they compress)."""
+        self.broker = MemoryBroker(MemoryBus(self.clock))
+        factory = self._factory(compression=True)
+        self.broker.bus.publish("ws4tx:broadcast:foobar", self.EVENT, expire=60)
+        path = "/ws/foobar?subscribe-broadcast&publish-broadcast"
+        client_message = _masked(b"hello " * 100, compressed=offer is not None)
+        self._open(offer, factory, path)  # warm up: module-level caches
+        gc.collect()
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        before = tracemalloc.get_traced_memory()[0]
+        kept = []
+        for _ in range(50):
+            _, transport = self._open(offer, factory, path)
+            self.protocols[transport].dataReceived(client_message)
+            kept.append(transport)
+        self._publish(self.EVENT)
+        for transport in kept:
+            transport.clear()
+        gc.collect()
+        per_connection = (tracemalloc.get_traced_memory()[0] - before) / 50
+        tracemalloc.stop()
+        return per_connection
+
+    def test_idleMemoryPerConnectionAsWithout(self):
+        """A compressing connection that sent and got compressed messages holds at most
+        1.2 times the memory of a plain one: no zlib compressor or inflater stays (with
+        Autobahn's own they would hold about 300 KB each)."""
+        plain = self._memoryPerConnection(None)
+        compressing = self._memoryPerConnection("permessage-deflate")
+        self.assertLessEqual(compressing, 1.2 * plain, (compressing, plain))
+
+
+def _masked(payload: bytes, compressed: bool) -> bytes:
+    """A client's text frame (masked), compressed (RSV1 set) or not."""
+    body = deflate(payload, 15) if compressed else payload
+    mask = b"\x01\x02\x03\x04"
+    first = 0xC1 if compressed else 0x81
+    head = bytes([first, 0x80 | 126]) + struct.pack("!H", len(body)) if len(body) > 125 \
+        else bytes([first, 0x80 | len(body)])
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(body))
 
 
 class LazyDebugFormattingTests(unittest.SynchronousTestCase):

@@ -351,6 +351,11 @@ SETTINGS: tuple[Setting, ...] = (
             "bytes of client-published messages a user (or an anonymous address) may store "
             "per minute on this node; past it messages are delivered but not stored; `0`: "
             "no limit", minimum=0, unit="bytes"),
+    Setting("compression", BOOL, False,
+            "permessage-deflate for the clients that offer it, without context takeover: "
+            "each message of at least 256 bytes is deflated once for all of them (per "
+            "window size); client messages inflate to at most `MAX_MESSAGE_SIZE` (past it "
+            "1009)"),
     Setting("max_message_size", INT, 64 * 1024,
             "largest client message; larger closes with 1009", minimum=0, inclusive=False,
             unit="bytes"),

@@ -6,9 +6,11 @@ dependency changes under it (``test/test_internals.py``):
 - :func:`format_lazily`: Autobahn's per-connection debug lines are built with
   ``pprint.pformat`` before the logger drops them (22 % of the server's CPU per connection
   in the benchmark's connect profile); they are formatted only when printed.
-- :func:`prepare_message` and :func:`write_prepared`: fan-out writes a frame prepared once
+- :func:`write_frame`: fan-out writes a frame built once (:class:`ws4tx.server.deflate.Message`)
   straight to the transport, without ``sendPreparedMessage``'s per-frame debug-argument
-  building (a large share of fan-out CPU), when nothing could make that wrong.
+  building (a large share of fan-out CPU), behind whatever Autobahn's send queue holds.
+- :func:`compression_window` and :func:`forget_inflater`: which compressed frame a
+  connection takes, and no zlib inflater kept between a compressing client's messages.
 - :func:`fail_connection`: fail a connection with any close code, as Autobahn does on a
   protocol violation (its public ``sendClose`` refuses codes below 3000 but 1000).
 - :class:`QuietClientService`: a ``ClientService`` that logs warnings but not each retry.
@@ -19,11 +21,11 @@ from __future__ import annotations
 
 import pprint
 import signal
-from typing import Any
+from typing import Any, Optional
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket import protocol as _protocol
-from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.internet import ClientService
 from twisted.logger import (
     FilteringLogObserver,
@@ -55,21 +57,33 @@ def format_lazily() -> None:
     _protocol.pformat = _Pretty  # type: ignore[attr-defined,assignment]
 
 
-def prepare_message(payload: bytes, is_binary: bool) -> PreparedMessage:
-    """A server frame of ``payload``, built once for any number of connections."""
-    return PreparedMessage(payload, is_binary, False, False)
-
-
-def write_prepared(proto: WebSocketServerProtocol, prepared: PreparedMessage) -> None:
-    """Write ``prepared`` to ``proto``'s connection, which must be open. Straight to the
-    transport (what ``sendPreparedMessage`` ends up doing) unless the connection
-    compresses (Autobahn's ``_perMessageCompress``: the frame must be compressed for it)
-    or Autobahn's send queue holds bytes the frame must not overtake."""
+def write_frame(proto: WebSocketServerProtocol, frame: bytes) -> None:
+    """Write a whole ``frame`` to ``proto``'s connection, which must be open: straight to
+    the transport (what ``sendPreparedMessage`` ends up doing), unless Autobahn's send
+    queue (``send_queue``) holds bytes the frame must not overtake."""
     transport = proto.transport
-    if transport is not None and proto._perMessageCompress is None and not proto.send_queue:
-        transport.write(prepared.payloadHybi)
+    if transport is not None and not proto.send_queue:
+        transport.write(frame)
     else:
-        proto.sendPreparedMessage(prepared)
+        proto.sendData(frame)
+
+
+def compression_window(proto: WebSocketProtocol) -> Optional[int]:
+    """The deflate window (``server_max_window_bits``) of the frames ``proto``'s client
+    takes, or None if it does not compress (Autobahn's ``_perMessageCompress``)."""
+    pmce = proto._perMessageCompress
+    if pmce is None:
+        return None
+    return int(pmce.server_max_window_bits)
+
+
+def forget_inflater(proto: WebSocketProtocol) -> None:
+    """Once a compressed message is in, drop its zlib inflater (about 40 KB with a
+    15-bit window) when the client compresses without context takeover: Autobahn keeps it
+    (``_decompressor``) until the next message, and makes a new one then anyway."""
+    pmce = proto._perMessageCompress
+    if pmce is not None and pmce.client_no_context_takeover:
+        pmce._decompressor = None
 
 
 def fail_connection(proto: WebSocketProtocol, code: int, reason: str) -> None:

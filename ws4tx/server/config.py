@@ -47,6 +47,8 @@ class ServerConfig:
     expire: int = _default("expire")
     #: The heartbeat string of ws4redis clients (answered, never published), or None.
     heartbeat: Optional[str] = _default("heartbeat")
+    #: Whether clients that offer permessage-deflate get it (deflated once per message).
+    compression: bool = _default("compression")
     #: Largest message a client may send, in bytes (close 1009 past it).
     max_message_size: int = _default("max_message_size")
     #: Most frames one client message may arrive in (close 1008 past it).

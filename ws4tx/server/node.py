@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ws4tx import closecodes, control, naming
-from ws4tx.server import _internals
+from ws4tx.server import deflate
 from ws4tx.server._ratelimit import Budgets
 from ws4tx.server.admission import AddressCounts
 from ws4tx.server.broker import IBroker
@@ -60,7 +60,7 @@ class Node:
         self.config = config
         self.broker = broker
         self.clock: IReactorTime = clock  # type: ignore[assignment]
-        self.router = Router(broker, _internals.prepare_message, config.max_outgoing_size,
+        self.router = Router(broker, deflate.Message, config.max_outgoing_size,
                              clock=self.clock, max_lag=config.max_lag,
                              max_backlog=config.max_backlog)
         #: What event handlers may do beyond their client (publish, run in a thread).

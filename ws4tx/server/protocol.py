@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from typing import Any, Optional, cast
 from urllib.parse import urlsplit
 
+from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import defer
@@ -26,7 +27,7 @@ from zope.interface import implementer
 
 from ws4tx import closecodes, envelope
 from ws4tx.naming import ANONYMOUS, Identity
-from ws4tx.server import _internals, admission
+from ws4tx.server import _internals, admission, deflate
 from ws4tx.server._ratelimit import TokenBucket
 from ws4tx.server.auth import AnonymousAuthenticator, Grant, HandshakeDenied, IAuthenticator
 from ws4tx.server.broker import NotStored, publish_to
@@ -76,6 +77,8 @@ class PushProtocol(WebSocketServerProtocol):
         #: The authentication under way (an authenticator that answers later), if any.
         self._authenticating: Optional[defer.Deferred[Any]] = None
         self._lost = False
+        #: The deflate window of the compressed frames this client takes (None: plain).
+        self._window: Optional[int] = None
 
     @property
     def node(self) -> Node:
@@ -154,6 +157,7 @@ class PushProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._joined = True
+        self._window = _internals.compression_window(self)
         node, config = self.node, self.factory.config
         if config.rate_limit:
             self._bucket = TokenBucket(config.rate_limit, config.rate_burst,
@@ -218,7 +222,7 @@ class PushProtocol(WebSocketServerProtocol):
 
     # Delivery (the hot path: nothing here that could be done once per message)
 
-    def deliver(self, prepared: Any, channel: str, payload: bytes) -> None:
+    def deliver(self, prepared: deflate.Message, channel: str, payload: bytes) -> None:
         """Write a prepared frame; skip a message this client sent itself without echo."""
         unechoed = self._unechoed
         if unechoed:
@@ -237,14 +241,31 @@ class PushProtocol(WebSocketServerProtocol):
             return
         self._write(prepared, payload)
 
-    def _write(self, prepared: Any, payload: bytes) -> None:
+    def _write(self, prepared: deflate.Message, payload: bytes) -> None:
         if self._paused_at is not None and self._overflows(len(payload)):
             return
         if self.state != self.STATE_OPEN:
             # No data frame after our close frame (RFC 6455, 5.5.1), which Autobahn's
             # sendPreparedMessage() would still write.
             return
-        _internals.write_prepared(self, prepared)
+        window = self._window
+        _internals.write_frame(
+            self, prepared.plain if window is None else prepared.deflated(window))
+
+    def sendMessage(self, payload: bytes, isBinary: bool = False,
+                    fragmentSize: Optional[int] = None, sync: bool = False,
+                    doNotCompress: bool = False) -> None:
+        """Autobahn's, except that a compressing client's message is deflated by
+        :mod:`ws4tx.server.deflate` (a small one not at all): never by a zlib compressor
+        kept per connection, which Autobahn would allocate (and keep) for it."""
+        window = _internals.compression_window(self)
+        if window is None or doNotCompress or fragmentSize is not None or sync:
+            super().sendMessage(payload, isBinary, fragmentSize, sync,
+                                doNotCompress=doNotCompress or window is not None)
+            return
+        if self.state != self.STATE_OPEN:
+            raise Disconnected("Attempt to send on a closed protocol")
+        _internals.write_frame(self, deflate.Message(payload, isBinary).deflated(window))
 
     # Backpressure: the transport pauses us when its buffer is full.
 
@@ -326,6 +347,11 @@ class PushProtocol(WebSocketServerProtocol):
             _internals.fail_connection(
                 self, closecodes.POLICY_VIOLATION,
                 f"a message may arrive in at most {self.factory.config.max_fragments} frames")
+
+    def onMessageEnd(self) -> None:
+        super().onMessageEnd()
+        # A compressing client's next message gets a new inflater: keep none meanwhile.
+        _internals.forget_inflater(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if not isBinary and payload == self.factory.heartbeat:
@@ -491,3 +517,6 @@ class PushFactory(WebSocketServerFactory):
             # Origin is checked by ws4tx itself (Autobahn's check trips on default ports).
             allowNullOrigin=True,
         )
+        if config.compression:
+            # permessage-deflate without context takeover, deflated once per message.
+            self.setProtocolOptions(perMessageCompressionAccept=deflate.accept)

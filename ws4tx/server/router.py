@@ -77,8 +77,9 @@ def is_text(payload: bytes) -> bool:
 class Router:
     """Routes broker messages to local clients; keeps broker subscriptions = hub channels.
 
-    ``prepare(payload, is_binary)`` builds a frame once for many clients (Autobahn's
-    ``factory.prepareMessage``); ``clock`` schedules the next turn's fan-out and dates
+    ``prepare(payload, is_binary)`` frames a message once for many clients (a
+    :class:`ws4tx.server.deflate.Message`, which each member writes plain or deflated);
+    ``clock`` schedules the next turn's fan-out and dates
     the backlog.
     """
 
