@@ -20,9 +20,11 @@ import array
 import asyncio
 import base64
 import collections
+import functools
 import os
 import sys
 import time
+import zlib
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
@@ -57,6 +59,8 @@ class Phase:
 P = Phase()
 CLIENTS: list[Core] = []
 CLOSE_CODES: collections.Counter = collections.Counter()
+#: Bytes the asyncio clients read from their sockets in the current phase.
+WIRE = [0]
 
 
 class Core:
@@ -196,10 +200,14 @@ if picows is not None:
 # plain asyncio transport ----------------------------------------------------------------
 
 class AsyncioClient(asyncio.Protocol, Core):
-    """A minimal RFC 6455 client: enough for this suite (no extensions, no TLS)."""
+    """A minimal RFC 6455 client: enough for this suite (no TLS). With ``deflate`` it
+    offers permessage-deflate and needs the server to answer without server context
+    takeover (each compressed message then inflates on its own)."""
 
-    def __init__(self, url: str, sio: bool, upgraded: asyncio.Future) -> None:
+    def __init__(self, url: str, sio: bool, upgraded: asyncio.Future,
+                 deflate: bool = False) -> None:
         self.init_core(sio)
+        self.deflate = deflate
         parts = urlsplit(url)
         self.path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         self.host = parts.netloc
@@ -215,11 +223,14 @@ class AsyncioClient(asyncio.Protocol, Core):
         transport.write((
             f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+            f"Sec-WebSocket-Version: 13\r\n"
+            + ("Sec-WebSocket-Extensions: permessage-deflate\r\n" if self.deflate else "")
+            + "\r\n").encode())
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
         buf += data
+        WIRE[0] += len(data)
         if not self.head_done:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
@@ -229,6 +240,10 @@ class AsyncioClient(asyncio.Protocol, Core):
             status = bytes(buf[:buf.find(b"\r\n")])
             if b" 101 " not in status + b" ":
                 self._fail(ConnectionError(status.decode("latin-1")))
+                return
+            if self.deflate and b"server_no_context_takeover" not in bytes(buf[:end]):
+                self._fail(ConnectionError("permessage-deflate without server context "
+                                           "takeover was not negotiated"))
                 return
             del buf[:end + 4]
             self.head_done = True
@@ -252,6 +267,8 @@ class AsyncioClient(asyncio.Protocol, Core):
             payload = bytes(buf[i + h:i + h + ln])
             i += h + ln
             op = b0 & 0x0F
+            if b0 & 0x40:  # compressed (whole messages only: ws4tx does not fragment)
+                payload = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
             if op == 0:
                 if self.frag is not None:
                     self.frag += payload
@@ -308,12 +325,13 @@ class AsyncioClient(asyncio.Protocol, Core):
             self.transport.close()
 
 
-async def _connect_asyncio(url: str, sio: bool, timeout: float) -> Core:
+async def _connect_asyncio(url: str, sio: bool, timeout: float,
+                           deflate: bool = False) -> Core:
     loop = asyncio.get_running_loop()
     parts = urlsplit(url)
     upgraded: asyncio.Future = loop.create_future()
     transport, client = await loop.create_connection(
-        lambda: AsyncioClient(url, sio, upgraded), parts.hostname, parts.port or 80)
+        lambda: AsyncioClient(url, sio, upgraded, deflate), parts.hostname, parts.port or 80)
     try:
         await asyncio.wait_for(asyncio.shield(upgraded), timeout)
     except BaseException:
@@ -354,6 +372,8 @@ class Generator:
         deadline = float(c.get("deadline", 120.0))
         sem = asyncio.Semaphore(int(c.get("concurrency", 200)))
         connect = _connect_picows if picows is not None and not c.get("asyncio") else _connect_asyncio
+        if c.get("deflate"):  # picows has no permessage-deflate
+            connect = functools.partial(_connect_asyncio, deflate=True)
         errors: collections.Counter = collections.Counter()
         done_ns: list[int] = []
         self.connect_start_ns = start = _now_ns()
@@ -390,6 +410,7 @@ class Generator:
         P.lat = array.array("q")
         P.capped = 0
         CLOSE_CODES.clear()
+        WIRE[0] = 0
         for k in CLIENTS:
             k.reset()
         self.phase_started_ns = _now_ns()
@@ -432,6 +453,7 @@ class Generator:
             "stale": sum(k.stale for k in group),
             "other": sum(k.other for k in group),
             "closed_by_server": dict(CLOSE_CODES),
+            "wire_bytes": WIRE[0],
             "latency_samples": n,
             "latency_capped": P.capped,
             "p50_ms": q(0.50), "p90_ms": q(0.90), "p99_ms": q(0.99),

@@ -75,6 +75,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=None,
                    help="seconds to let a server settle before and after connecting idle "
                         "clients [default: 1]")
+    p.add_argument("--message-size", type=int, default=100,
+                   help="bytes per benchmark message: past 100 the padding is JSON-like text "
+                        "(compressible as application events are) [default: 100]")
     p.add_argument("--concurrency", type=int, default=200,
                    help="handshakes in flight at once [default: 200]")
     p.add_argument("--venvs", choices=("managed", "current"), default=None,
@@ -266,7 +269,7 @@ def main(argv: list[str]) -> int:
         f"- Load generator: {suite.generator}; clients connect {args.concurrency} at a time.",
         f"- ws4tx: this checkout at {revision}.",
         f"- Runs: {args.runs} (tables show medians); {args.duration:g} s of publishing per "
-        f"fan-out phase; ~100-byte messages.",
+        f"fan-out phase; {args.message_size}-byte messages.",
         f"- Redis: {redis_version.split(' sha=')[0]} (one private server per system and session).",
         "- Versions: " + "; ".join(
             f"{name} venv: " + ", ".join(f"{k} {v}" for k, v in sorted(vs.items()))

@@ -139,7 +139,8 @@ class Session:
         if not system.needs_redis:
             wait_port(aux, self.server)
         self.pub = Proc("publisher", [venv.python, PUBLISHER]
-                        + system.publisher_args(redis_url, aux, self.facility),
+                        + system.publisher_args(redis_url, aux, self.facility)
+                        + ["--size", str(suite.args.message_size)],
                         cpu=S.LOAD_CPU, pin=suite.pin,
                         log_path=suite.log_path(system.name + "-publisher"),
                         env={"PYTHONPATH": S.SERVERS, "BENCH_REDIS_URL": redis_url, **system.env},
@@ -169,6 +170,7 @@ class Session:
         args = self.suite.args
         deadline = 60 + len(urls) / 50
         answer = self.lg.request({"cmd": "connect", "urls": urls, "kind": self.system.kind,
+                                  "deflate": self.system.deflate,
                                   "concurrency": args.concurrency, "timeout": 30,
                                   "deadline": deadline}, deadline + 60)
         self.clients += answer["connected"]
@@ -266,7 +268,7 @@ class Session:
         for key in ("received", "expected_total", "lost", "loss", "lost_open", "lost_closed",
                     "complete_clients", "duplicates", "out_of_order", "closed_by_server",
                     "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "latency_samples",
-                    "latency_capped", "open"):
+                    "latency_capped", "open", "wire_bytes"):
             m[key] = stats.get(key)
         if c0 is not None and c1 is not None:
             # What the server says it dropped: frames of messages it fell too far behind

@@ -30,6 +30,7 @@ class System:
     label = ""
     venv = ""
     kind = "raw"          # "raw" WebSocket messages, or "sio" (Socket.IO framing)
+    deflate = False       # clients offer permessage-deflate (the load generator's asyncio client)
     needs_redis = True
     publisher_system = ""
     env: dict[str, str] = {}
@@ -144,6 +145,21 @@ class Ws4txWorkers(Ws4tx):
         return None
 
 
+class Ws4txDeflate(Ws4tx):
+    """ws4tx with ``--compression``; its clients offer permessage-deflate (the load
+    generator's asyncio client: picows has no compression, so compare it with ws4tx under
+    ``--venvs current``, where every client is that asyncio client)."""
+
+    name = "ws4tx-deflate"
+    label = "ws4tx --compression (permessage-deflate clients)"
+    deflate = True
+    scenarios = frozenset({"fanout", "idle"})
+
+    def server_argv(self, venv, port, redis_url, users, aux_port):
+        argv, env, cwd = super().server_argv(venv, port, redis_url, users, aux_port)
+        return argv + ["--compression"], env, cwd
+
+
 class Ceiling(System):
     name = "ceiling"
     label = "ceiling (bare Autobahn, prepared frame, no Redis)"
@@ -228,9 +244,10 @@ class SocketIO(System):
         return f"u.{user}"
 
 
-ALL = {s.name: s for s in (Ws4tx(), Ws4txWorkers(), Ceiling(), Channels("core"),
-                           Channels("pubsub"), SocketIO())}
-ORDER = ["ceiling", "ws4tx", "ws4tx-2w", "channels-core", "channels-pubsub", "socketio"]
+ALL = {s.name: s for s in (Ws4tx(), Ws4txWorkers(), Ws4txDeflate(), Ceiling(),
+                           Channels("core"), Channels("pubsub"), SocketIO())}
+ORDER = ["ceiling", "ws4tx", "ws4tx-2w", "ws4tx-deflate", "channels-core", "channels-pubsub",
+         "socketio"]
 
 
 def redis_binary(ws4tx_venv: Venv) -> str:
