@@ -48,10 +48,11 @@ def _filler(seq: int, size: int) -> str:
     lines, k = [], 0
     while sum(map(len, lines)) < size:
         n = (seq * 7 + k * 13) % 900
-        lines.append('{"sku":"SKU-%04d","qty":%d,"title":"Product number %d","price":"%d.%02d"},'
-                     % (n, 1 + k % 5, n, (seq + k * 37) % 1000, (seq + k) % 100))
+        price = f"{(seq + k * 37) % 1000}.{(seq + k) % 100:02d}"
+        lines.append(f'{{"sku":"SKU-{n:04d}","qty":{1 + k % 5},"title":"Product number {n}",'
+                     f'"price":"{price}"}},')
         k += 1
-    return '{"type":"order.updated","id":%d,"lines":[' % (1_000_000 + seq) + "".join(lines)
+    return f'{{"type":"order.updated","id":{1_000_000 + seq},"lines":[' + "".join(lines)
 
 
 PublishFn = Callable[[str, str], Optional[Awaitable[None]]]

@@ -32,7 +32,8 @@ def event(i: int) -> bytes:
     """A typical JSON event of an application (about 900 bytes)."""
     return json.dumps({
         "type": "order.updated", "id": 1_000_000 + i, "version": 3 + i % 7,
-        "at": f"2026-11-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:{(7 * i) % 60:02d}.{i % 1000:03d}Z",
+        "at": (f"2026-11-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:{(7 * i) % 60:02d}"
+               f".{i % 1000:03d}Z"),
         "user": {"id": 4200 + i % 50, "name": f"user{i % 50}", "avatar": f"/media/a/{i % 50}.png"},
         "order": {"status": ["new", "paid", "shipped", "delivered"][i % 4],
                   "total": {"amount": f"{(i * 37) % 1000}.{i % 100:02d}", "currency": "EUR"},

@@ -71,7 +71,7 @@ def write_frame(proto: WebSocketServerProtocol, frame: bytes) -> None:
 def compression_window(proto: WebSocketProtocol) -> Optional[int]:
     """The deflate window (``server_max_window_bits``) of the frames ``proto``'s client
     takes, or None if it does not compress (Autobahn's ``_perMessageCompress``)."""
-    pmce = proto._perMessageCompress
+    pmce: Any = proto._perMessageCompress  # Autobahn annotates it as always None
     if pmce is None:
         return None
     return int(pmce.server_max_window_bits)
@@ -81,7 +81,7 @@ def forget_inflater(proto: WebSocketProtocol) -> None:
     """Once a compressed message is in, drop its zlib inflater (about 40 KB with a
     15-bit window) when the client compresses without context takeover: Autobahn keeps it
     (``_decompressor``) until the next message, and makes a new one then anyway."""
-    pmce = proto._perMessageCompress
+    pmce: Any = proto._perMessageCompress  # Autobahn annotates it as always None
     if pmce is not None and pmce.client_no_context_takeover:
         pmce._decompressor = None
 

@@ -52,7 +52,7 @@ class Message:
     """One outgoing message, framed once for any number of connections: :attr:`plain`
     for the clients that do not compress, :meth:`deflated` for those that do."""
 
-    __slots__ = ("payload", "binary", "plain", "_deflated")
+    __slots__ = ("_deflated", "binary", "payload", "plain")
 
     def __init__(self, payload: bytes, binary: bool) -> None:
         self.payload = payload
