@@ -17,7 +17,8 @@ setup(
     python_requires=">=3.11",
     packages=["ws4tx", "ws4tx.server", "ws4tx.templatetags", "twisted.plugins"],
     package_data={
-        "ws4tx": ["py.typed", "static/ws4tx/*.js", "static/js/*.js", "templates/ws4tx/*.html"],
+        "ws4tx": ["py.typed", "lua/*.lua", "static/ws4tx/*.js", "static/js/*.js",
+                  "templates/ws4tx/*.html"],
     },
     install_requires=[
         "Twisted>=24.7",

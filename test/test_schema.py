@@ -15,6 +15,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx import schema
+from ws4tx.history import Retention, Rule
 from ws4tx.server import tap
 from ws4tx.server.config import FIELDS, ServerConfig, check
 from ws4tx.server.service import PushService
@@ -28,7 +29,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 SAMPLES = {
     "websocket_url": "/push/", "health_url": "/up", "prefix": "app", "heartbeat": "--hb--",
     "trusted_proxies": "10.0.0.0/8", "allowed_origins": "https://a.example",
-    "stored_facilities": "chat*",
+    "stored_facilities": "chat*", "history": "chat*=100:600",
 }
 
 
@@ -103,6 +104,25 @@ class SchemaTests(SynchronousTestCase):
             e = self.assertRaises(usage.UsageError, parse, *argv)
             self.assertIn(argv[0], str(e))
 
+    def test_historyOptionIsRepeatableGlobSizeTtl(self):
+        """--history glob=size:ttl, repeatable, in order (the first match wins); a bad
+        one stops the start naming --history."""
+        config = server_config("--history", "chat*=100:600", "--history", "news=5:60")
+        self.assertEqual(config.history, (Rule("chat*", Retention(100, 600)),
+                                          Rule("news", Retention(5, 60))))
+        self.assertEqual(config.history_for("chat-room"), (100, 600))
+        self.assertIsNone(config.history_for("other"))
+        for bad in ("chat", "chat=100", "chat=x:60", "chat=0:60", "chat=10:0", "a:b=1:1",
+                    "=1:1"):
+            with self.subTest(value=bad):
+                e = self.assertRaises(usage.UsageError, parse, "--history", bad)
+                self.assertIn("--history", str(e))
+
+    def test_historyReachesTheWorkersAsGiven(self):
+        """--workers passes --history on in the form it was given."""
+        options = parse("--workers", "2", "--history", "chat*=100:600")
+        self.assertIn("--history=chat*=100:600", tap._worker_argv(options))
+
     def test_checkNamesTheOptionForEmbedders(self):
         """A ServerConfig built in code is checked by the same schema."""
         e = self.assertRaises(ValueError, check, ServerConfig(max_queue_messages=0))
@@ -157,6 +177,20 @@ _SHARED_CASES: list[tuple[str, str, Any, Any]] = [
     ("websocket_url", "WEBSOCKET_URL", "ws/", ValueError),
     ("websocket_url", "WEBSOCKET_URL", "", ValueError),
     ("websocket_url", "WEBSOCKET_URL", 5, ValueError),
+    ("history", "HISTORY", {}, ()),
+    ("history", "HISTORY", {"chat*": {"size": 100, "ttl": 600}, "news": {"size": 5, "ttl": 60}},
+     (Rule("chat*", Retention(100, 600)), Rule("news", Retention(5, 60)))),
+    ("history", "HISTORY", {"chat": {"size": 10.0, "ttl": 60}},
+     (Rule("chat", Retention(10, 60)),)),
+    ("history", "HISTORY", {"chat": {"size": 0, "ttl": 60}}, ValueError),
+    ("history", "HISTORY", {"chat": {"size": 10, "ttl": -1}}, ValueError),
+    ("history", "HISTORY", {"chat": {"size": 10}}, ValueError),
+    ("history", "HISTORY", {"chat": {"size": 10, "ttl": 60, "mode": "x"}}, ValueError),
+    ("history", "HISTORY", {"chat": 10}, ValueError),
+    ("history", "HISTORY", {"a:b": {"size": 10, "ttl": 60}}, ValueError),
+    ("history", "HISTORY", {"": {"size": 10, "ttl": 60}}, ValueError),
+    ("history", "HISTORY", ["chat"], ValueError),
+    ("history", "HISTORY", "chat", ValueError),
 ]
 
 

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from django.core.exceptions import ImproperlyConfigured
 
+from ws4tx import history as _history
 from ws4tx import naming, schema
 
 DEFAULT_EXPIRE: int = schema.get("expire").default
@@ -76,6 +77,18 @@ def heartbeat() -> Optional[str]:
         return None
     result: Optional[str] = _value("heartbeat")
     return result
+
+
+def history() -> tuple[_history.Rule, ...]:
+    """The facilities that keep a history: setting ``HISTORY`` (as the server reads it),
+    in its order; none by default."""
+    result: tuple[_history.Rule, ...] = _value("history")
+    return result
+
+
+def history_for(facility: str) -> Optional[_history.Retention]:
+    """The history ``facility`` keeps under :func:`history`, or None when it keeps none."""
+    return _history.history_for(history(), facility)
 
 
 def publish_timeout() -> float:

@@ -24,11 +24,12 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from ws4tx import _audience, _django_settings, closecodes, control, naming
+from ws4tx.history import History, Position, Publication
 from ws4tx.publisher import RedisPublisher, event_message
 from ws4tx.redis_store import SELF, NotStored, PublishError, RedisMessage, RedisStore, as_message
 
-__all__ = ["SELF", "NotStored", "PublishError", "RedisMessage", "disconnect", "emit",
-           "publish"]
+__all__ = ["SELF", "History", "NotStored", "Position", "PublishError", "Publication",
+           "RedisMessage", "disconnect", "emit", "history", "publish"]
 
 
 def _publisher(
@@ -134,3 +135,29 @@ def disconnect(
         return int(store._call("send a command to", lambda redis: redis.publish(channel, payload)))
 
     return _run(send, on_commit)
+
+
+def history(
+    facility: str,
+    *,
+    broadcast: bool = False,
+    users: Any = (),
+    groups: Any = (),
+    sessions: Any = (),
+    request: Any = None,
+    since: Optional[int] = None,
+    limit: Optional[int] = None,
+) -> History:
+    """The history of ONE channel of ``facility`` (a facility with setting ``HISTORY``):
+    ``broadcast=True``, or one user, group or session (``SELF`` with ``request``).
+
+    Without ``since``: its last ``limit`` messages (all it keeps without a limit); with
+    ``since``: the first ``limit`` messages after that offset. Oldest first, as
+    :class:`Publication` (offset, payload), in a :class:`History` that also has the
+    channel's current epoch and last offset: a client that saw offset N of epoch E has
+    missed nothing if ``since=N`` returns epoch E and offsets N+1, N+2, ... up to the
+    last. Raises ``ValueError`` (no history, several channels, bad ``since``/``limit``)
+    and :class:`PublishError` when Redis cannot be read.
+    """
+    publisher = _publisher(facility, broadcast, users, groups, sessions, request)
+    return publisher.history(since=since, limit=limit)

@@ -11,7 +11,8 @@ The names are django-websocket-redis's, with an optional prefix::
     {prefix}:group:{groupname}:{facility}
     {prefix}:session:{session_id}:{facility}
 
-The same string is the PUBLISH channel and the key that holds the last message. One more
+The same string is the PUBLISH channel and the key that holds the last message. A channel of
+a facility with history also has a stream and a meta hash (:func:`history_keys`). One more
 channel carries no messages for clients: ``{prefix}:control``, on which every node listens
 for the site's commands (:mod:`ws4tx.control`).
 
@@ -146,6 +147,27 @@ def channels_for(
     for audience, names in ((USER, users), (GROUP, groups), (SESSION, sessions)):
         found.extend(channel(prefix, audience, facility, name) for name in names)
     return list(dict.fromkeys(found))
+
+
+def facility_of(channel: str) -> str:
+    """The facility of a channel name (its last part: a facility never holds ``:``)."""
+    return channel.rpartition(":")[2]
+
+
+def history_keys(prefix: Optional[str], channel: str) -> tuple[str, str]:
+    """The keys of ``channel``'s history (a facility with setting ``HISTORY``): its stream
+    and its meta hash (epoch and last offset), ``{prefix}:history:{<channel>}:s`` and
+    ``...:m`` where ``<channel>`` is the channel's name without its prefix.
+
+    They never name a channel or another channel's history (channels are
+    ``{prefix}:<audience>:...``; the suffix tells stream from meta), and their ``{...}``
+    hash tag keeps both in one Redis Cluster slot.
+    """
+    head = _head(prefix)
+    if not channel.startswith(head):
+        raise ValueError(f"{channel!r} is not a channel under the prefix {prefix!r}")
+    tagged = f"{head}history:{{{channel[len(head):]}}}"
+    return f"{tagged}:s", f"{tagged}:m"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import redis
 
 from ws4tx import _audience, _django_settings, envelope, naming
+from ws4tx import history as _history
 from ws4tx.redis_store import RedisMessage, RedisStore
 
 #: The audiences of :meth:`RedisPublisher.fetch_message`.
@@ -58,6 +59,34 @@ class RedisPublisher(RedisStore):
         event envelope, :func:`ws4tx.envelope.encode_event`); ``expire`` > 0 also stores it
         for replay. Returns what :meth:`publish_message` returns."""
         return self.publish_message(event_message(event, data), expire=expire)
+
+    def history(self, since: Optional[int] = None,
+                limit: Optional[int] = None) -> _history.History:
+        """The history of this publisher's channel (its audience must be one channel, of
+        a facility with setting ``HISTORY``): the messages after offset ``since`` (the
+        first ``limit`` of them), or without ``since`` the last ``limit`` (all without a
+        limit), oldest first, with the channel's current epoch and last offset.
+
+        ``ValueError`` for a facility without history or an audience of several channels;
+        :class:`~ws4tx.redis_store.PublishError` when Redis cannot be read.
+        """
+        if len(self._publishers) != 1:
+            raise ValueError("history is read from one channel: give one audience "
+                             f"(broadcast=True, or one user, group or session), not "
+                             f"{len(self._publishers)} channels")
+        assert self.facility is not None
+        retention = _django_settings.history_for(self.facility)
+        if retention is None:
+            raise ValueError(f"the facility {self.facility!r} keeps no history (setting "
+                             "WS4TX_HISTORY)")
+        stream, meta = naming.history_keys(_django_settings.prefix(), self._publishers[0])
+        keys, args = _history.history_args(stream, meta, retention, since, limit)
+
+        def _read(connection: redis.Redis) -> Any:
+            script = connection.register_script(_history.script(_history.HISTORY_SCRIPT))
+            return script(keys=keys, args=args)
+
+        return _history.parse_history(self._call("read from", _read))
 
     def fetch_message(
         self, request: Any, facility: str, audience: str = "any"

@@ -7,6 +7,11 @@ Redis round trip: ``PUBLISH channel payload`` for each, plus ``SETEX channel exp
 spelling) so that a client connecting later gets it (ws4redis's replay). The SETs go in a
 second round trip, once every PUBLISH succeeded: what Redis refused to publish is never
 stored, and a message published but not stored raises :class:`NotStored`.
+
+A facility with history (setting ``HISTORY``) is published to by the one Lua script both
+halves run (:mod:`ws4tx.history`): per channel, atomically, its next offset, the stream
+entry, the replay SET and the PUBLISH (of the payload behind its position, which the server
+strips). It writes everything or nothing, so it never raises :class:`NotStored`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 import redis
 from redis.exceptions import RedisError
 
-from ws4tx import _audience, _django_settings, _sync_redis, naming
+from ws4tx import _audience, _django_settings, _sync_redis, history, naming
 from ws4tx.redis_address import RedisAddress
 
 #: In ``users``, ``groups`` or ``sessions``: the current request's own user name, groups
@@ -94,6 +99,11 @@ class RedisStore:
         self._own_connection = connection
         #: The channels a message is published to (ws4redis's name).
         self._publishers: list[str] = []
+        #: The facility published to (None: not known yet).
+        self.facility: Optional[str] = None
+        #: On a facility with history: channel -> the position of the last message
+        #: :meth:`publish_message` published there.
+        self.positions: dict[str, history.Position] = {}
 
     @property
     def _connection(self) -> redis.Redis:
@@ -156,7 +166,32 @@ class RedisStore:
         data = as_message(message)
         if not data or not self._publishers:
             return 0
+        retention = _django_settings.history_for(self.facility) if self.facility else None
+        if retention is not None:
+            return self._send_with_history(self._publishers, data, expire, retention)
         return self._send(self._publishers, data, expire)
+
+    def _send_with_history(self, channels: Sequence[str], data: bytes, expire: int,
+                           retention: history.Retention) -> int:
+        """Run the publish script (``ws4tx/lua/publish.lua``) for every channel, in one
+        round trip; :attr:`positions` has the position of the message on each channel."""
+        prefix = _django_settings.prefix()
+
+        def _publish(connection: redis.Redis) -> list[Any]:
+            script = connection.register_script(history.script(history.PUBLISH_SCRIPT))
+            pipe = connection.pipeline(transaction=False)
+            for channel in channels:
+                stream, meta = naming.history_keys(prefix, channel)
+                keys, args = history.publish_args(channel, channel, stream, meta, data,
+                                                  retention, expire)
+                script(keys=keys, args=args, client=pipe)
+            return pipe.execute()
+
+        published = [history.parse_published(reply)
+                     for reply in self._call("publish to", _publish)]
+        self.positions = {channel: result.position
+                          for channel, result in zip(channels, published)}
+        return sum(result.receivers for result in published)
 
     def _send(self, channels: Sequence[str], data: bytes, expire: int) -> int:
         """PUBLISH to every channel in one round trip, then (``expire`` > 0) SET them in a

@@ -17,9 +17,11 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
+from ws4tx.history import Retention, Rule
 from ws4tx.naming import DEFAULT_MAX_FACILITY_LENGTH, DEFAULT_PREFIX
 
 #: Kinds of values, each with its own parser.
@@ -30,6 +32,11 @@ NUMBER = "number"      # a finite number (float)
 BOOL = "bool"          # True or False; on the command line a flag
 LIST = "list"          # a list of strings; on the command line a repeatable option
 SECRET = "secret"      # a string never shown; from a setting, the environment or a file
+HISTORY = "history"    # facility globs -> {"size": N, "ttl": seconds}; on the command line
+                       # a repeatable option glob=size:ttl
+
+#: Kinds whose command-line option is repeatable, each use adding to the value.
+REPEATABLE = (LIST, HISTORY)
 
 #: Where a setting acts.
 SERVER = "server"    # the WebSocket server (a ServerConfig field)
@@ -157,6 +164,8 @@ class Setting:
                 raise SettingError(f"{origin} must be a number, not {text!r}") from None
         elif self.kind == LIST:
             value = [text]
+        elif self.kind == HISTORY:
+            value = [_history_item(text, origin)]
         elif self.kind == BOOL:
             lowered = text.strip().lower()
             if lowered not in _BOOLEANS:
@@ -223,9 +232,80 @@ def _list(setting: Setting, value: Any, origin: str) -> Any:
     return tuple(value)
 
 
+_HISTORY_PATTERN = re.compile(r"[A-Za-z0-9_.~/\-*?\[\]!]+\Z")
+
+
+def _history_pattern(pattern: Any, origin: str) -> str:
+    if not isinstance(pattern, str) or not _HISTORY_PATTERN.match(pattern):
+        raise SettingError(
+            f"{origin}: {pattern!r} is not a facility or a glob of facilities (letters, "
+            "digits, _ . ~ / - and * ? [ ] !)")
+    return pattern
+
+
+def _history_number(value: Any, name: str, pattern: str, origin: str) -> int:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SettingError(f"{origin}: the {name} of {pattern!r} must be a whole number "
+                           f">= 1, not {value!r}")
+    return value
+
+
+def _history_rule(pattern: Any, spec: Any, origin: str) -> Rule:
+    pattern = _history_pattern(pattern, origin)
+    if isinstance(spec, Retention):
+        size, ttl = spec
+    elif isinstance(spec, Mapping):
+        unknown = sorted(set(map(str, spec)) - {"size", "ttl"})
+        if unknown or "size" not in spec or "ttl" not in spec:
+            raise SettingError(f"{origin}: {pattern!r} needs exactly the keys 'size' and "
+                               f"'ttl', not {sorted(map(str, spec))}")
+        size, ttl = spec["size"], spec["ttl"]
+    else:
+        raise SettingError(f"{origin}: {pattern!r} must map to "
+                           f"{{'size': N, 'ttl': seconds}}, not {spec!r}")
+    return Rule(pattern, Retention(_history_number(size, "size", pattern, origin),
+                                   _history_number(ttl, "ttl", pattern, origin)))
+
+
+def _history(setting: Setting, value: Any, origin: str) -> Any:
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)) and all(
+            isinstance(item, (list, tuple)) and len(item) == 2 for item in value):
+        items = list(value)
+    else:
+        raise SettingError(f"{origin} must be a dict of facility globs to "
+                           f"{{'size': N, 'ttl': seconds}}, not {value!r}")
+    return tuple(_history_rule(pattern, spec, origin) for pattern, spec in items)
+
+
+def _history_item(text: str, origin: str) -> Rule:
+    """``glob=size:ttl`` (the command line's form of one entry)."""
+    pattern, equals, numbers = text.partition("=")
+    size, colon, ttl = numbers.partition(":")
+    try:
+        if not (equals and colon):
+            raise ValueError
+        retention = Retention(int(size), int(ttl))
+    except ValueError:
+        raise SettingError(f"{origin} must be glob=size:ttl (chat*=100:600), "
+                           f"not {text!r}") from None
+    return _history_rule(pattern.strip(), retention, origin)
+
+
+def item_text(setting: Setting, item: Any) -> str:
+    """One item of a repeatable setting's value as its option takes it."""
+    if setting.kind == HISTORY:
+        pattern, (size, ttl) = item
+        return f"{pattern}={size}:{ttl}"
+    return str(item)
+
+
 _CONVERTERS: dict[str, Callable[[Setting, Any, str], Any]] = {
     TEXT: _text, OPTIONAL: _optional, SECRET: _secret, INT: _int, NUMBER: _float,
-    BOOL: _bool, LIST: _list,
+    BOOL: _bool, LIST: _list, HISTORY: _history,
 }
 
 
@@ -347,6 +427,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stored_facilities", LIST, ("*",),
             "facilities (globs) whose client-published messages are stored for replay",
             option="stored-facility"),
+    Setting("history", HISTORY, (),
+            "facilities that keep a history, for clients to catch up on what they missed: "
+            "a dict from facility or glob to `{\"size\": N, \"ttl\": seconds}` "
+            "(`{\"chat*\": {\"size\": 100, \"ttl\": 600}}`; the first glob that matches "
+            "wins); each channel keeps its last `size` messages, numbered by offset within "
+            "an epoch, for `ttl` seconds after its last publish (`ws4tx.api.history`). "
+            "Option: `--history 'chat*=100:600'`", where=SHARED),
     Setting("store_budget", INT, 65536,
             "bytes of client-published messages a user (or an anonymous address) may store "
             "per minute on this node; past it messages are delivered but not stored; `0`: "
@@ -505,7 +592,7 @@ def markdown_table() -> str:
         if s.key == "redis":
             names = "`WS4TX_REDIS_URL` / `CONNECTION`"
         option = f"`--{s.option_name}`" if s.option_name else ""
-        if s.kind == LIST and option:
+        if s.kind in REPEATABLE and option:
             option += " (repeatable)"
         meaning = s.meaning
         if s.where == DJANGO:

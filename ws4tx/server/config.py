@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ws4tx import schema
+from ws4tx.history import Retention, Rule, history_for
 from ws4tx.redis_address import RedisAddress
 
 
@@ -40,6 +41,8 @@ class ServerConfig:
     handler_facility_publish: bool = _default("handler_facility_publish")
     #: Facilities (globs) whose client-published messages are stored for replay.
     stored_facilities: tuple[str, ...] = _default("stored_facilities")
+    #: Facilities (globs, first match wins) that keep a history, with its size and ttl.
+    history: tuple[Rule, ...] = _default("history")
     #: Bytes of client-published messages a user (or an anonymous address) may store per
     #: minute on this node; past it messages are delivered but not stored (0: no limit).
     store_budget: int = _default("store_budget")
@@ -102,6 +105,10 @@ class ServerConfig:
     health_url: str = _default("health_url")
     #: With it, the health URL's counters need ``Authorization: Bearer <token>``.
     health_token: Optional[str] = field(default=_default("health_token"), repr=False)
+
+    def history_for(self, facility: str) -> Optional[Retention]:
+        """The history ``facility`` keeps (:func:`ws4tx.history.history_for`), or None."""
+        return history_for(self.history, facility)
 
     def replace(self, **changes: object) -> ServerConfig:
         """A copy with ``changes`` applied (and checked)."""

@@ -70,7 +70,7 @@ class Options(usage.Options):
     optFlags = [[s.option_name, s.short, schema.help_text(s)] for s in _OPTIONS if s.flag]
     optParameters = [
         [s.option_name, s.short, None, schema.help_text(s)]
-        for s in _OPTIONS if not s.flag and s.kind != schema.LIST
+        for s in _OPTIONS if not s.flag and s.kind not in schema.REPEATABLE
     ]
 
     def __init__(self) -> None:
@@ -99,7 +99,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         for setting in _OPTIONS:
-            if setting.kind == schema.LIST:
+            if setting.kind in schema.REPEATABLE:
                 if setting.key in self.given:
                     self.given[setting.key] = tuple(self.given[setting.key])
                 continue
@@ -137,7 +137,7 @@ class Options(usage.Options):
 
 
 for _setting in _OPTIONS:
-    if _setting.kind == schema.LIST and _setting.key != "listen":
+    if _setting.kind in schema.REPEATABLE and _setting.key != "listen":
         setattr(Options, "opt_" + _setting.option_name.replace("-", "_"),
                 _repeatable(_setting))
 del _setting
@@ -304,8 +304,8 @@ def _worker_argv(options: Options) -> list[str]:
         value, name = options.given[setting.key], "--" + setting.option_name
         if setting.flag:
             argv.append(name)
-        elif setting.kind == schema.LIST:
-            argv.extend(f"{name}={item}" for item in value)
+        elif setting.kind in schema.REPEATABLE:
+            argv.extend(f"{name}={schema.item_text(setting, item)}" for item in value)
         else:
             argv.append(f"{name}={'' if value is None else value}")
     for description in options["listen"]:

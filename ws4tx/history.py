@@ -1,0 +1,184 @@
+"""Channel history: which facilities keep one, how a published message carries its
+position, and what a history read returns. Pure (no Django, no Twisted); both halves use it.
+
+A facility with history (setting ``HISTORY``) keeps, per channel, a Redis stream of its last
+``size`` messages for ``ttl`` seconds, each at an *offset* (1, 2, 3, ... per channel) within
+an *epoch* (a random name that changes whenever Redis lost the channel's history: a restart
+without persistence, the keys expired or evicted, FLUSHDB). ``(offset, epoch)`` is a message's
+:class:`Position`: a client that knows the position of the last message it got can tell
+whether it missed some.
+
+Every publish to such a channel runs one Lua script, ``ws4tx/lua/publish.lua``, the same file
+for both halves (:func:`script`): next offset, epoch, XADD, EXPIRE, the replay SET, PUBLISH.
+It publishes the payload behind a position prefix (:func:`with_position`), which the server
+strips (:func:`strip_position`) before it writes the payload to any client: raw clients get
+exactly what was published.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any, NamedTuple, Optional, Sequence
+
+#: The scripts, in ``ws4tx/lua/``.
+PUBLISH_SCRIPT = "publish.lua"
+HISTORY_SCRIPT = "history.lua"
+
+
+class Retention(NamedTuple):
+    """How much history a facility keeps: the last ``size`` messages of each channel,
+    for ``ttl`` seconds after the last publish."""
+
+    size: int
+    ttl: int
+
+
+class Rule(NamedTuple):
+    """One entry of the ``HISTORY`` setting: facilities matching ``pattern`` (a glob,
+    ``chat*``) keep ``retention``."""
+
+    pattern: str
+    retention: Retention
+
+
+def history_for(rules: Sequence[Rule], facility: str) -> Optional[Retention]:
+    """The history ``facility`` keeps under ``rules`` (the ``HISTORY`` setting, in its
+    order: the first pattern that matches wins), or None when it keeps none."""
+    for pattern, retention in rules:
+        if fnmatch.fnmatchcase(facility, pattern):
+            return retention
+    return None
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a message is in its channel's history: its offset within an epoch."""
+
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True)
+class Published:
+    """What publishing to a channel with history did: the message's position, and how many
+    Redis subscribers got it."""
+
+    receivers: int
+    position: Position
+
+
+@dataclass(frozen=True)
+class Publication:
+    """One message of a channel's history."""
+
+    offset: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class History:
+    """A read of one channel's history: its current ``epoch``, the ``offset`` of its last
+    message (0 when none was published in this epoch), and the messages read, oldest
+    first."""
+
+    epoch: str
+    offset: int
+    publications: list[Publication] = field(default_factory=list)
+
+
+# The published form: "__ws4tx_p1:<offset>:<epoch>__<payload>" (see docs/protocol.md).
+
+_OPENING = b"__ws4tx_p1:"
+_POSITION = re.compile(rb"__ws4tx_p1:([0-9]{1,19}):([0-9A-Za-z]{1,64})__")
+
+
+def with_position(payload: bytes, position: Position) -> bytes:
+    """``payload`` in the form publish.lua publishes it: behind its position."""
+    return b"%s%d:%s__%s" % (_OPENING, position.offset, position.epoch.encode("ascii"),
+                             payload)
+
+
+def strip_position(message: bytes) -> tuple[Optional[Position], bytes]:
+    """The position and the payload of a message published with :func:`with_position`
+    (``publish.lua``); ``(None, message)`` for one without."""
+    if not message.startswith(_OPENING):
+        return None, message
+    found = _POSITION.match(message)
+    if found is None:
+        return None, message
+    position = Position(int(found.group(1)), found.group(2).decode("ascii"))
+    return position, message[found.end():]
+
+
+def new_epoch() -> str:
+    """A fresh random epoch (16 hex digits), offered to a script for a channel that has
+    none."""
+    return secrets.token_hex(8)
+
+
+# The scripts
+
+
+@lru_cache(maxsize=None)
+def script(name: str) -> bytes:
+    """The text of the Lua script ``name`` (:data:`PUBLISH_SCRIPT`,
+    :data:`HISTORY_SCRIPT`), from the package's ``lua`` directory."""
+    return resources.files("ws4tx").joinpath("lua", name).read_bytes()
+
+
+@lru_cache(maxsize=None)
+def script_sha(name: str) -> str:
+    """The SHA1 Redis knows the script ``name`` by (EVALSHA)."""
+    return hashlib.sha1(script(name)).hexdigest()
+
+
+def publish_args(channel: str, last_message_key: str, stream: str, meta: str,
+                 payload: bytes, retention: Retention, expire: int,
+                 epoch: Optional[str] = None) -> tuple[list[Any], list[Any]]:
+    """The keys and arguments of :data:`PUBLISH_SCRIPT`."""
+    return ([stream, meta, last_message_key],
+            [channel, payload, retention.size, retention.ttl, epoch or new_epoch(), expire])
+
+
+def parse_published(reply: Sequence[Any]) -> Published:
+    """:data:`PUBLISH_SCRIPT`'s reply as a :class:`Published`."""
+    offset, epoch, receivers = reply
+    return Published(int(receivers), Position(int(offset), _text(epoch)))
+
+
+def history_args(stream: str, meta: str, retention: Retention, since: Optional[int],
+                 limit: Optional[int], epoch: Optional[str] = None
+                 ) -> tuple[list[Any], list[Any]]:
+    """The keys and arguments of :data:`HISTORY_SCRIPT` (``ValueError`` for a negative
+    ``since`` or a ``limit`` below 1)."""
+    if since is not None and (isinstance(since, bool) or not isinstance(since, int)
+                              or since < 0):
+        raise ValueError(f"since must be an offset (a whole number >= 0), not {since!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 1):
+        raise ValueError(f"limit must be a whole number >= 1, not {limit!r}")
+    return ([stream, meta],
+            ["" if since is None else since, limit or 0, retention.ttl, epoch or new_epoch()])
+
+
+def parse_history(reply: Sequence[Any]) -> History:
+    """:data:`HISTORY_SCRIPT`'s reply as a :class:`History`."""
+    epoch, top, entries = reply
+    publications = []
+    for entry_id, fields in entries or ():
+        values = dict(zip(fields[::2], fields[1::2]))
+        payload = values.get(b"d", values.get("d", b""))
+        offset = int(_text(entry_id).split("-", 1)[0])
+        publications.append(Publication(offset, payload if isinstance(payload, bytes)
+                                        else str(payload).encode("utf-8")))
+    return History(_text(epoch), int(top), publications)
+
+
+def _text(value: Any) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else str(value)
