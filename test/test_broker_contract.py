@@ -27,6 +27,8 @@ from ws4tx.server.broker import (
     NotStored,
     SubscriptionRefused,
 )
+from ws4tx.history import Position, Publication, Retention, strip_position
+from ws4tx.naming import history_keys
 from ws4tx.server.embedded import EmbeddedRedis
 from ws4tx.server.redis_broker import RedisBroker
 from ws4tx.testing import MemoryBroker, MemoryBus
@@ -118,6 +120,10 @@ class BrokerContract:
 
     def failStores(self, broker: IBroker) -> None:
         """Make every store fail from now on (Redis out of memory)."""
+        raise NotImplementedError
+
+    def flush(self, broker: IBroker) -> None:
+        """Make the store forget everything (FLUSHDB, a restart without persistence)."""
         raise NotImplementedError
 
     # Helpers
@@ -359,7 +365,105 @@ class BrokerContract:
         self.assertEqual(await self.delivered(broker, listener, "ch", b"plain"), 1)
 
 
-class MemoryBrokerContractTests(BrokerContract, unittest.TestCase):
+class HistoryContract(BrokerContract):
+    """Channels of facilities with history (publishWithHistory, history), on both brokers."""
+
+    KEEP = Retention(size=3, ttl=60)
+
+    async def published(self, broker: IBroker, channel: str, payload: bytes,
+                        retention: Retention = KEEP, expire: int = 0) -> Position:
+        result = await self.settle(broker.publishWithHistory(
+            channel, payload, history_keys(None, channel), retention, expire))
+        return result.position
+
+    async def read(self, broker: IBroker, channel: str, retention: Retention = KEEP,
+                   **kwargs: Any) -> Any:
+        return await self.settle(broker.history(history_keys(None, channel), retention,
+                                                **kwargs))
+
+    async def test_offsetsCountOnePerPublishPerChannelInOneEpoch(self):
+        """Offsets go 1, 2, 3 on each channel of its own; the epoch stays; subscribers get
+        each message behind its position, in order, and the count of receivers."""
+        broker, listener = await self.start()
+        await self.subscribe(broker, listener, "h:a")
+        first = await self.published(broker, "h:a", b"one")
+        other = await self.published(broker, "h:b", b"elsewhere")
+        second = await self.published(broker, "h:a", b"two")
+        third = await self.published(broker, "h:a", b"three")
+        self.assertEqual([first.offset, second.offset, third.offset, other.offset],
+                         [1, 2, 3, 1])
+        self.assertEqual({first.epoch, second.epoch, third.epoch}, {first.epoch})
+        self.assertNotEqual(other.epoch, first.epoch)
+        got = [strip_position((await self.message(listener))[1]) for _ in range(3)]
+        self.assertEqual(got, [(first, b"one"), (second, b"two"), (third, b"three")])
+
+    async def test_historyKeepsTheLastSizeMessagesOldestFirst(self):
+        """The stream keeps the last `size` messages; without since: the last `limit`;
+        with since: the first `limit` after it; with the epoch and the last offset."""
+        broker, _ = await self.start()
+        for n in range(1, 6):
+            position = await self.published(broker, "h:a", b"m%d" % n)
+        whole = await self.read(broker, "h:a")
+        self.assertEqual((whole.epoch, whole.offset), (position.epoch, 5))
+        self.assertEqual(whole.publications,
+                         [Publication(n, b"m%d" % n) for n in (3, 4, 5)])
+        self.assertEqual([p.offset for p in (await self.read(broker, "h:a", limit=2))
+                          .publications], [4, 5])
+        self.assertEqual([p.offset for p in (await self.read(broker, "h:a", since=3))
+                          .publications], [4, 5])
+        self.assertEqual([p.offset for p in (await self.read(broker, "h:a", since=0,
+                                                             limit=2)).publications], [3, 4])
+        self.assertEqual((await self.read(broker, "h:a", since=5)).publications, [])
+
+    async def test_historyOfAnUntouchedChannelKeepsItsEpoch(self):
+        """A read before any publish gives offset 0 and an epoch the first publish keeps."""
+        broker, _ = await self.start()
+        empty = await self.read(broker, "h:new")
+        self.assertEqual((empty.offset, empty.publications), (0, []))
+        self.assertEqual(await self.published(broker, "h:new", b"x"),
+                         Position(1, empty.epoch))
+
+    async def test_forgottenHistoryStartsANewEpoch(self):
+        """After FLUSHDB (or a restart without persistence) offsets start again at 1 in
+        another epoch, and nothing of the old epoch is read."""
+        broker, _ = await self.start()
+        await self.published(broker, "h:a", b"old")
+        old = await self.published(broker, "h:a", b"old2")
+        self.flush(broker)
+        new = await self.published(broker, "h:a", b"new")
+        self.assertEqual(new.offset, 1)
+        self.assertNotEqual(new.epoch, old.epoch)
+        self.assertEqual((await self.read(broker, "h:a")).publications,
+                         [Publication(1, b"new")])
+
+    async def test_expiredHistoryStartsANewEpoch(self):
+        """`ttl` seconds after the last publish the history is gone: the next publish
+        starts a new epoch at offset 1."""
+        broker, _ = await self.start()
+        _, meta = history_keys(None, "h:a")
+        watch = await self.watchExpiry(broker, meta)
+        old = await self.published(broker, "h:a", b"old", Retention(3, 1))
+        await self.passTime(watch, 1)
+        new = await self.published(broker, "h:a", b"new", Retention(3, 1))
+        self.assertEqual(new.offset, 1)
+        self.assertNotEqual(new.epoch, old.epoch)
+
+    async def test_historyPublishStoresForReplay(self):
+        """With expire, the message is also stored under the channel (ws4redis's replay),
+        as it is, without its position."""
+        broker, _ = await self.start()
+        await self.published(broker, "h:a", b"kept", expire=60)
+        self.assertEqual(await self.settle(broker.fetch("h:a")), b"kept")
+
+    async def test_badSinceOrLimitFails(self):
+        """A negative since or a limit below 1 is refused with ValueError."""
+        broker, _ = await self.start()
+        for kwargs in ({"since": -1}, {"limit": 0}):
+            await self.failure(broker.history(history_keys(None, "h:a"), self.KEEP,
+                                              **kwargs), ValueError)
+
+
+class MemoryBrokerContractTests(HistoryContract, unittest.TestCase):
     """The contract of the in-memory double, on a Clock the test drives."""
 
     def setUp(self) -> None:
@@ -394,6 +498,9 @@ class MemoryBrokerContractTests(BrokerContract, unittest.TestCase):
     def failStores(self, broker: MemoryBroker) -> None:  # type: ignore[override]
         broker.bus.refuseStores()
 
+    def flush(self, broker: MemoryBroker) -> None:  # type: ignore[override]
+        broker.bus.flush()
+
     async def test_nothingIsDeliveredUntilTheClockTurns(self):
         """On a Clock, a test delivers what was published by advancing it (documented
         for applications' tests)."""
@@ -417,7 +524,7 @@ class MemoryBrokerContractTests(BrokerContract, unittest.TestCase):
         self.assertNotIn(("message", "ch", b"in flight"), listener.log)
 
 
-class RedisBrokerContractTests(BrokerContract, unittest.TestCase):
+class RedisBrokerContractTests(HistoryContract, unittest.TestCase):
     """The contract of the Redis broker, on a real Redis this test starts. The brokers
     connect as an ACL user (``contract``) so that its channels can be narrowed; an outage
     is the server killed (SIGKILL) and started again on the same port."""
@@ -497,9 +604,15 @@ class RedisBrokerContractTests(BrokerContract, unittest.TestCase):
         return listener, key
 
     async def passTime(self, watch: Any, seconds: int) -> None:
+        """Wait until the watched key has expired (other keys may expire meanwhile)."""
         listener, key = watch
-        _, payload = await self.settle(listener.messages.get())
-        self.assertEqual(payload, key.encode())
+        while True:
+            _, payload = await self.settle(listener.messages.get())
+            if payload == key.encode():
+                return
+
+    def flush(self, broker: RedisBroker) -> None:  # type: ignore[override]
+        self.redis.flushdb()
 
     async def refuseDenied(self, broker: RedisBroker) -> None:  # type: ignore[override]
         self.redis.execute_command("ACL", "SETUSER", self.USER, "resetchannels",

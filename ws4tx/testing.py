@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from twisted.internet import defer
@@ -31,11 +32,24 @@ from ws4tx.server.broker import (
     NotStored,
     SubscriptionRefused,
 )
+from ws4tx import history as _history
 
 #: What Redis answers to a SUBSCRIBE its ACL does not allow (and what the double says).
 NOPERM = "NOPERM this user has no permissions to access one of the channels used as arguments"
 #: What Redis answers to a SET past ``maxmemory`` (the default reason of a refused store).
 OOM = "OOM command not allowed when used memory > 'maxmemory'."
+
+
+@dataclass
+class _Stream:
+    """One channel's history on a :class:`MemoryBus`, as publish.lua keeps it in Redis."""
+
+    epoch: str
+    offset: int = 0
+    entries: deque[_history.Publication] = field(default_factory=deque)
+    #: When the meta hash and the stream expire (clock seconds).
+    meta_deadline: float = 0.0
+    stream_deadline: float = 0.0
 
 
 class MemoryBus:
@@ -58,6 +72,8 @@ class MemoryBus:
         self._pending: deque[tuple[MemoryBroker, int, Any, Any]] = deque()
         self._delivery: Optional[IDelayedCall] = None
         self._store_refusal: Optional[str] = None
+        #: meta key -> the channel's history.
+        self._streams: dict[str, _Stream] = {}
 
     def publish(self, channel: str, payload: bytes, expire: int = 0) -> int:
         """Publish ``payload`` to every broker subscribed to ``channel`` now, as another
@@ -77,6 +93,64 @@ class MemoryBus:
                 raise NotStored(receivers, self._store_refusal)
             self._store[channel] = (payload, self.clock.seconds() + expire)
         return receivers
+
+    def publishWithHistory(self, channel: str, payload: bytes, keys: tuple[str, str],
+                           retention: _history.Retention,
+                           expire: int = 0) -> _history.Published:
+        """What ``ws4tx/lua/publish.lua`` does on Redis: the next offset of ``channel``
+        (a new epoch if it has none, or it expired), its stream trimmed to
+        ``retention.size``, both kept ``retention.ttl`` seconds, the replay store, and the
+        publish of the payload behind its position. With stores refused
+        (:meth:`refuseStores`) nothing is done: ``RuntimeError`` with the refusal, as
+        Redis refuses the whole script."""
+        if self._store_refusal is not None:
+            raise RuntimeError(self._store_refusal)
+        stream = self._stream(keys[1], create=True)
+        assert stream is not None
+        now = self.clock.seconds()
+        stream.offset += 1
+        stream.entries.append(_history.Publication(stream.offset, payload))
+        while len(stream.entries) > retention.size:
+            stream.entries.popleft()
+        stream.meta_deadline = stream.stream_deadline = now + retention.ttl
+        position = _history.Position(stream.offset, stream.epoch)
+        receivers = self.publish(channel, _history.with_position(payload, position), expire)
+        if expire > 0:
+            self._store[channel] = (payload, now + expire)
+        return _history.Published(receivers, position)
+
+    def history(self, keys: tuple[str, str], retention: _history.Retention,
+                since: Optional[int] = None, limit: Optional[int] = None) -> _history.History:
+        """What ``ws4tx/lua/history.lua`` reads on Redis (and makes: a channel without an
+        epoch gets one)."""
+        _history.history_args(*keys, retention, since, limit)  # the same checks
+        stream = self._stream(keys[1], create=True)
+        assert stream is not None
+        stream.meta_deadline = self.clock.seconds() + retention.ttl
+        entries = list(stream.entries)
+        if since is not None:
+            entries = [e for e in entries if e.offset > since][:limit]
+        elif limit:
+            entries = entries[-limit:]
+        return _history.History(stream.epoch, stream.offset, entries)
+
+    def _stream(self, meta: str, create: bool = False) -> Optional[_Stream]:
+        now = self.clock.seconds()
+        stream = self._streams.get(meta)
+        if stream is not None and now >= stream.meta_deadline:
+            stream = None
+        if stream is not None and now >= stream.stream_deadline:
+            stream.entries.clear()
+        if stream is None and create:
+            stream = self._streams[meta] = _Stream(_history.new_epoch(),
+                                                    meta_deadline=now, stream_deadline=now)
+        return stream
+
+    def flush(self) -> None:
+        """Forget everything stored, as FLUSHDB (or a Redis restarted without
+        persistence) does: histories start again at offset 1 in a new epoch."""
+        self._store.clear()
+        self._streams.clear()
 
     def _deliver(self) -> None:
         """Deliver what was published before this turn, in order. A broker that lost its
@@ -231,6 +305,20 @@ class MemoryBroker:
         except BrokerUnavailable:
             return defer.fail()
         return self.bus.barrier(self)
+
+    def publishWithHistory(self, channel: str, payload: bytes, keys: tuple[str, str],
+                           retention: _history.Retention,
+                           expire: int = 0) -> defer.Deferred[_history.Published]:
+        def publish() -> _history.Published:
+            self.published.append((channel, payload, expire))
+            return self.bus.publishWithHistory(channel, payload, keys, retention, expire)
+
+        return self._run(publish)
+
+    def history(self, keys: tuple[str, str], retention: _history.Retention,
+                since: Optional[int] = None,
+                limit: Optional[int] = None) -> defer.Deferred[_history.History]:
+        return self._run(self.bus.history, keys, retention, since, limit)
 
     def _run(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         try:

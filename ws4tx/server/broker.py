@@ -2,12 +2,18 @@
 
 A broker carries messages between ws4tx nodes and the Django publishers. It is told which
 channels to subscribe to by the router, calls its listener for every message on them, and
-stores the last message of a channel under the channel's name (ws4redis's replay).
+stores the last message of a channel under the channel's name (ws4redis's replay). A
+channel of a facility with history (setting ``HISTORY``) is published to with
+:meth:`IBroker.publishWithHistory` (``ws4tx/lua/publish.lua`` on Redis), which also numbers
+the message and keeps it in the channel's stream, and read with :meth:`IBroker.history`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable, Optional
+
+from ws4tx.history import Published, Retention
+from ws4tx.naming import history_keys
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -99,16 +105,44 @@ class IBroker(Interface):
     def fetch(key: str) -> Deferred[Optional[bytes]]:
         """The message stored under ``key``, or None."""
 
+    def publishWithHistory(
+        channel: str, payload: bytes, keys: tuple[str, str], retention: Retention,
+        expire: int = 0,
+    ) -> "Deferred[Published]":  # noqa: F821
+        """Publish ``payload`` on ``channel`` of a facility with history, atomically: its
+        next offset (a new epoch when the channel has none), an entry in the channel's
+        stream (``keys``: stream and meta, :func:`ws4tx.naming.history_keys`) that keeps the
+        last ``retention.size`` messages for ``retention.ttl`` seconds, the replay store
+        when ``expire`` > 0, and the PUBLISH of the payload behind its position
+        (:func:`ws4tx.history.with_position`). Everything or nothing: fires with a
+        :class:`~ws4tx.history.Published`, or fails (:class:`BrokerUnavailable` within a
+        bounded time) having delivered nothing."""
+
+    def history(
+        keys: tuple[str, str], retention: Retention, since: Optional[int] = None,
+        limit: Optional[int] = None,
+    ) -> "Deferred[History]":  # noqa: F821
+        """The history of the channel whose history ``keys`` are given (see
+        :func:`ws4tx.history.history_args` for ``since`` and ``limit``): a
+        :class:`~ws4tx.history.History`."""
+
 
 def publish_to(
-    broker: IBroker, channels: Iterable[str], payload: bytes, expire: int = 0
+    broker: IBroker, channels: Iterable[str], payload: bytes, expire: int = 0,
+    retention: Optional[Retention] = None, prefix: Optional[str] = None,
 ) -> defer.Deferred[int]:
-    """Publish ``payload`` on each of ``channels``; fires with the total number of
-    receivers, or fails with the first failure that is not :class:`NotStored`
-    (BrokerUnavailable, say), or, when every channel got it but some did not store it,
-    with a :class:`NotStored` of the total receivers."""
-    d = defer.DeferredList([broker.publish(c, payload, expire) for c in channels],
-                           consumeErrors=True)
+    """Publish ``payload`` on each of ``channels`` (channels of a facility with history,
+    ``retention``, through :meth:`IBroker.publishWithHistory`, their keys named with
+    ``prefix``); fires with the total number of receivers, or fails with the first failure
+    that is not :class:`NotStored` (BrokerUnavailable, say), or, when every channel got it
+    but some did not store it, with a :class:`NotStored` of the total receivers."""
+    if retention is None:
+        sent = [broker.publish(c, payload, expire) for c in channels]
+    else:
+        sent = [broker.publishWithHistory(c, payload, history_keys(prefix, c), retention,
+                                          expire).addCallback(lambda p: p.receivers)
+                for c in channels]
+    d = defer.DeferredList(sent, consumeErrors=True)
 
     def combine(results: list[tuple[bool, Any]]) -> int:
         receivers, not_stored = 0, None

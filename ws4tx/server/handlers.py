@@ -30,7 +30,8 @@ from typing import Any, Callable, ClassVar, Iterable, Optional, Protocol, TypeVa
 from twisted.internet import defer, threads
 
 from ws4tx import closecodes, control, envelope
-from ws4tx.naming import Identity, channels_for, control_channel
+from ws4tx.history import History, Rule, history_for
+from ws4tx.naming import Identity, channels_for, control_channel, history_keys
 from ws4tx.server.broker import IBroker, publish_to
 
 T = TypeVar("T")
@@ -61,9 +62,11 @@ class ServerAPI:
         broker: IBroker,
         prefix: Optional[str],
         run_in_thread: Optional[Callable[..., defer.Deferred[Any]]] = None,
+        history: tuple[Rule, ...] = (),
     ) -> None:
         self._broker = broker
         self._prefix = prefix
+        self._history = history
         self._run_in_thread = run_in_thread or threads.deferToThread
 
     def channels(
@@ -89,7 +92,32 @@ class ServerAPI:
         ``groups=[...]``, ``sessions=[identity.session, ...]``); fires with the number of
         receiving nodes."""
         payload = message.encode() if isinstance(message, str) else message
-        return publish_to(self._broker, self.channels(facility, **audience), payload, expire)
+        return publish_to(self._broker, self.channels(facility, **audience), payload, expire,
+                          history_for(self._history, facility), self._prefix)
+
+    def history(
+        self, facility: str, *, since: Optional[int] = None, limit: Optional[int] = None,
+        **audience: Any,
+    ) -> "defer.Deferred[History]":
+        """The history of ONE channel of ``facility`` (a facility with setting
+        ``HISTORY``): ``broadcast=True``, or one of ``users``, ``groups``, ``sessions``.
+        The same read as the Django side's :func:`ws4tx.api.history`: without ``since`` the
+        last ``limit`` messages, with it the first ``limit`` after that offset, oldest
+        first, with the channel's epoch and last offset. Fails with ``ValueError`` for a
+        facility without history or an audience of several channels."""
+        try:
+            retention = history_for(self._history, facility)
+            if retention is None:
+                raise ValueError(f"the facility {facility!r} keeps no history (setting "
+                                 "WS4TX_HISTORY)")
+            channels = self.channels(facility, **audience)
+            if len(channels) != 1:
+                raise ValueError("history is read from one channel: give one audience, not "
+                                 f"{len(channels)} channels")
+            keys = history_keys(self._prefix, channels[0])
+        except ValueError:
+            return defer.fail()
+        return self._broker.history(keys, retention, since, limit)
 
     def emit(
         self, event: str, data: Any = None, *, facility: str, expire: int = 0, **audience: Any

@@ -62,9 +62,10 @@ class Node:
         self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.router = Router(broker, deflate.Message, config.max_outgoing_size,
                              clock=self.clock, max_lag=config.max_lag,
-                             max_backlog=config.max_backlog)
+                             max_backlog=config.max_backlog,
+                             has_history=self._hasHistory if config.history else None)
         #: What event handlers may do beyond their client (publish, run in a thread).
-        self.server = ServerAPI(broker, config.prefix, run_in_thread)
+        self.server = ServerAPI(broker, config.prefix, run_in_thread, config.history)
         self.events = Events(handlers, self.server)
         #: Open connections per client address, for the per-address cap.
         self.addresses = AddressCounts(config)
@@ -83,6 +84,10 @@ class Node:
         #: The channel of the site's commands, which every node listens to.
         self.control_channel = naming.control_channel(config.prefix)
         self.router.pin(self.control_channel, self.controlReceived)
+
+    def _hasHistory(self, channel: str) -> bool:
+        """Whether ``channel`` belongs to a facility with history."""
+        return self.config.history_for(naming.facility_of(channel)) is not None
 
     # Lifecycle
 

@@ -403,7 +403,9 @@ class PushProtocol(WebSocketServerProtocol):
                 if channel in self._channels:
                     self._remember(channel, payload)
         expire, unstored = self._storage(payload)
-        d = publish_to(self.node.broker, self._publish_to, payload, expire)
+        config = self.factory.config
+        d = publish_to(self.node.broker, self._publish_to, payload, expire,
+                       config.history_for(self.facility), config.prefix)
         if unstored:
             d.addCallback(_raiseNotStored, unstored)
         return d.addErrback(self._publishFailed, payload)

@@ -41,6 +41,7 @@ from ws4tx.server.broker import (
     NotStored,
     SubscriptionRefused,
 )
+from ws4tx import history as _history
 from ws4tx.server.sentinel import SentinelEndpoint
 
 #: Retry delays: 0.5 s doubling to 10 s, each with up to 50 % random jitter.
@@ -638,6 +639,44 @@ class RedisBroker:
 
     def fetch(self, key: str) -> defer.Deferred[Optional[bytes]]:
         return self._command(lambda proto: proto.execute_command("GET", key))
+
+    def publishWithHistory(self, channel: str, payload: bytes, keys: tuple[str, str],
+                           retention: _history.Retention,
+                           expire: int = 0) -> defer.Deferred[_history.Published]:
+        """``ws4tx/lua/publish.lua`` (see :meth:`IBroker.publishWithHistory`)."""
+        script_keys, args = _history.publish_args(channel, channel, *keys, payload,
+                                                  retention, expire)
+        return self._script(_history.PUBLISH_SCRIPT, script_keys, args).addCallback(
+            _history.parse_published)
+
+    def history(self, keys: tuple[str, str], retention: _history.Retention,
+                since: Optional[int] = None,
+                limit: Optional[int] = None) -> defer.Deferred[_history.History]:
+        """``ws4tx/lua/history.lua`` (see :meth:`IBroker.history`)."""
+        try:
+            script_keys, args = _history.history_args(*keys, retention, since, limit)
+        except ValueError:
+            return defer.fail()
+        return self._script(_history.HISTORY_SCRIPT, script_keys, args).addCallback(
+            _history.parse_history)
+
+    def _script(self, name: str, keys: list[Any], args: list[Any]) -> defer.Deferred[Any]:
+        """Run the Lua script ``name`` by its SHA (EVALSHA); a Redis that does not have
+        it (restarted, SCRIPT FLUSH) gets its text (EVAL), which loads it again."""
+        sha = _history.script_sha(name)
+
+        def run(proto: Any) -> defer.Deferred[Any]:
+            def noscript(failure: Failure) -> Any:
+                if failure.check(txredisapi.ResponseError) and \
+                        str(failure.value).startswith("NOSCRIPT"):
+                    return proto.execute_command("EVAL", _history.script(name), len(keys),
+                                                 *keys, *args)
+                return failure
+
+            return proto.execute_command("EVALSHA", sha, len(keys), *keys, *args) \
+                .addErrback(noscript)
+
+        return self._command(run)
 
     def _command(self, run: Callable[[Any], defer.Deferred[Any]]) -> defer.Deferred[Any]:
         proto = self._cmd

@@ -10,6 +10,11 @@ a backlog for the next turn, so that sockets are flushed and Redis is read in be
 the server cannot keep up, the backlog is bounded too: a message that waited longer than
 ``max_lag`` seconds (or pushed the backlog past ``max_backlog``) is dropped, counted,
 logged once per episode, and the clients of its channel are told how many they missed.
+
+A channel of a facility with history (``has_history``) carries each message behind its
+position (:func:`ws4tx.history.with_position`): the router strips it before anything else,
+so that clients get exactly the payload that was published, and keeps the last position
+seen on each channel (:attr:`Router.positions`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ws4tx import closecodes
+from ws4tx.history import Position, strip_position
 from ws4tx.envelope import server_voice
 from ws4tx.naming import Identity
 from ws4tx.server.broker import IBroker, IBrokerListener, SubscriptionRefused
@@ -87,7 +93,8 @@ class Router:
 
     def __init__(self, broker: IBroker, prepare: Callable[[bytes, bool], Any],
                  max_size: int = 1024 * 1024, clock: Optional[IReactorTime] = None,
-                 max_lag: float = 10.0, max_backlog: int = 10_000) -> None:
+                 max_lag: float = 10.0, max_backlog: int = 10_000,
+                 has_history: Optional[Callable[[str], bool]] = None) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.hub: Hub[Member] = Hub()
@@ -97,6 +104,12 @@ class Router:
         self._clock: IReactorTime = clock  # type: ignore[assignment]
         self._max_lag = max_lag
         self._max_backlog = max_backlog
+        self._has_history = has_history
+        #: channel -> whether it carries positions (has_history, asked once per channel).
+        self._positioned: dict[str, bool] = {}
+        #: channel -> the position of the last message that arrived on it (channels of
+        #: facilities with history, while a local client listens).
+        self.positions: dict[str, Position] = {}
         #: Barriers asked for in this turn, sent together on the next.
         self._barrier_waiters: list[defer.Deferred[None]] = []
         self._barrier_call: Optional[IDelayedCall] = None
@@ -170,6 +183,8 @@ class Router:
     def leave(self, client: Member) -> None:
         """Remove ``client``; unsubscribe the channels nobody here listens to any more."""
         for channel in self.hub.leave(client):
+            self._positioned.pop(channel, None)
+            self.positions.pop(channel, None)
             self.broker.unsubscribe(channel).addErrback(lambda f: None)
 
     # IBrokerListener
@@ -188,6 +203,14 @@ class Router:
         self.stats["messages"] += 1
         if not self.hub.members(channel):
             return
+        if self._has_history is not None:
+            positioned = self._positioned.get(channel)
+            if positioned is None:
+                positioned = self._positioned[channel] = self._has_history(channel)
+            if positioned:
+                position, payload = strip_position(payload)
+                if position is not None:
+                    self.positions[channel] = position
         if len(payload) > self._max_size:
             self.stats["oversized"] += 1
             self.log.warn("dropped a message of {size} bytes on {channel}: over the "
