@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
-from ws4tx.history import Published, Retention
+from ws4tx.history import History, Published, Retention  # noqa: F401  (in annotations)
 from ws4tx.naming import history_keys
 
 from twisted.internet import defer
