@@ -20,6 +20,8 @@ from twisted.trial import unittest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from ws4tx.history import Position, Publication, Retention, strip_position
+from ws4tx.naming import history_keys
 from ws4tx.server.broker import (
     BrokerUnavailable,
     IBroker,
@@ -27,8 +29,6 @@ from ws4tx.server.broker import (
     NotStored,
     SubscriptionRefused,
 )
-from ws4tx.history import Position, Publication, Retention, strip_position
-from ws4tx.naming import history_keys
 from ws4tx.server.embedded import EmbeddedRedis
 from ws4tx.server.redis_broker import RedisBroker
 from ws4tx.testing import MemoryBroker, MemoryBus

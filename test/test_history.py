@@ -10,7 +10,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx import api, history, naming
 from ws4tx.history import Position, Publication, Retention, Rule
-
 from ws4tx.publisher import RedisPublisher
 
 from test._django import setup_django

@@ -12,8 +12,7 @@ from typing import Any, Optional
 
 from django.core.exceptions import ImproperlyConfigured
 
-from ws4tx import history as _history
-from ws4tx import naming, schema
+from ws4tx import history as _history, naming, schema
 
 DEFAULT_EXPIRE: int = schema.get("expire").default
 DEFAULT_PUBLISH_TIMEOUT: float = schema.get("publish_timeout").default

@@ -28,8 +28,19 @@ from ws4tx.history import History, Position, Publication
 from ws4tx.publisher import RedisPublisher, event_message
 from ws4tx.redis_store import SELF, NotStored, PublishError, RedisMessage, RedisStore, as_message
 
-__all__ = ["SELF", "History", "NotStored", "Position", "PublishError", "Publication",
-           "RedisMessage", "disconnect", "emit", "history", "publish"]
+__all__ = [
+    "SELF",
+    "History",
+    "NotStored",
+    "Position",
+    "Publication",
+    "PublishError",
+    "RedisMessage",
+    "disconnect",
+    "emit",
+    "history",
+    "publish",
+]
 
 
 def _publisher(

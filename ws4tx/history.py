@@ -22,7 +22,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any, NamedTuple, Optional, Sequence
 
@@ -125,14 +125,14 @@ def new_epoch() -> str:
 # The scripts
 
 
-@lru_cache(maxsize=None)
+@cache
 def script(name: str) -> bytes:
     """The text of the Lua script ``name`` (:data:`PUBLISH_SCRIPT`,
     :data:`HISTORY_SCRIPT`), from the package's ``lua`` directory."""
-    return resources.files("ws4tx").joinpath("lua", name).read_bytes()
+    return resources.files("ws4tx").joinpath("lua").joinpath(name).read_bytes()
 
 
-@lru_cache(maxsize=None)
+@cache
 def script_sha(name: str) -> str:
     """The SHA1 Redis knows the script ``name`` by (EVALSHA)."""
     return hashlib.sha1(script(name)).hexdigest()
@@ -172,7 +172,7 @@ def parse_history(reply: Sequence[Any]) -> History:
     epoch, top, entries = reply
     publications = []
     for entry_id, fields in entries or ():
-        values = dict(zip(fields[::2], fields[1::2]))
+        values = dict(zip(fields[::2], fields[1::2], strict=True))
         payload = values.get(b"d", values.get("d", b""))
         offset = int(_text(entry_id).split("-", 1)[0])
         publications.append(Publication(offset, payload if isinstance(payload, bytes)

@@ -11,8 +11,7 @@ from typing import Any, Optional
 
 import redis
 
-from ws4tx import _audience, _django_settings, envelope, naming
-from ws4tx import history as _history
+from ws4tx import _audience, _django_settings, envelope, history as _history, naming
 from ws4tx.redis_store import RedisMessage, RedisStore
 
 #: The audiences of :meth:`RedisPublisher.fetch_message`.

@@ -190,7 +190,7 @@ class RedisStore:
         published = [history.parse_published(reply)
                      for reply in self._call("publish to", _publish)]
         self.positions = {channel: result.position
-                          for channel, result in zip(channels, published)}
+                          for channel, result in zip(channels, published, strict=True)}
         return sum(result.receivers for result in published)
 
     def _send(self, channels: Sequence[str], data: bytes, expire: int) -> int:

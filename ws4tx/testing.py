@@ -23,6 +23,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
+from ws4tx import history as _history
 from ws4tx.naming import ANONYMOUS, Identity
 from ws4tx.server.auth import HandshakeRequest, IAuthenticator
 from ws4tx.server.broker import (
@@ -32,7 +33,6 @@ from ws4tx.server.broker import (
     NotStored,
     SubscriptionRefused,
 )
-from ws4tx import history as _history
 
 #: What Redis answers to a SUBSCRIBE its ACL does not allow (and what the double says).
 NOPERM = "NOPERM this user has no permissions to access one of the channels used as arguments"

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
-from ws4tx.history import History, Published, Retention  # noqa: F401  (in annotations)
-from ws4tx.naming import history_keys
-
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
+
+from ws4tx.history import History, Published, Retention
+from ws4tx.naming import history_keys
 
 
 class BrokerUnavailable(ConnectionError):
@@ -108,7 +108,7 @@ class IBroker(Interface):
     def publishWithHistory(
         channel: str, payload: bytes, keys: tuple[str, str], retention: Retention,
         expire: int = 0,
-    ) -> "Deferred[Published]":  # noqa: F821
+    ) -> Deferred[Published]:
         """Publish ``payload`` on ``channel`` of a facility with history, atomically: its
         next offset (a new epoch when the channel has none), an entry in the channel's
         stream (``keys``: stream and meta, :func:`ws4tx.naming.history_keys`) that keeps the
@@ -121,7 +121,7 @@ class IBroker(Interface):
     def history(
         keys: tuple[str, str], retention: Retention, since: Optional[int] = None,
         limit: Optional[int] = None,
-    ) -> "Deferred[History]":  # noqa: F821
+    ) -> Deferred[History]:
         """The history of the channel whose history ``keys`` are given (see
         :func:`ws4tx.history.history_args` for ``since`` and ``limit``): a
         :class:`~ws4tx.history.History`."""

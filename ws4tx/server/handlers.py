@@ -98,7 +98,7 @@ class ServerAPI:
     def history(
         self, facility: str, *, since: Optional[int] = None, limit: Optional[int] = None,
         **audience: Any,
-    ) -> "defer.Deferred[History]":
+    ) -> defer.Deferred[History]:
         """The history of ONE channel of ``facility`` (a facility with setting
         ``HISTORY``): ``broadcast=True``, or one of ``users``, ``groups``, ``sessions``.
         The same read as the Django side's :func:`ws4tx.api.history`: without ``since`` the

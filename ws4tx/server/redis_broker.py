@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ws4tx import history as _history
 from ws4tx.redis_address import RedisAddress
 from ws4tx.server._internals import QuietClientService
 from ws4tx.server.broker import (
@@ -41,7 +42,6 @@ from ws4tx.server.broker import (
     NotStored,
     SubscriptionRefused,
 )
-from ws4tx import history as _history
 from ws4tx.server.sentinel import SentinelEndpoint
 
 #: Retry delays: 0.5 s doubling to 10 s, each with up to 50 % random jitter.
@@ -673,8 +673,9 @@ class RedisBroker:
                                                  *keys, *args)
                 return failure
 
-            return proto.execute_command("EVALSHA", sha, len(keys), *keys, *args) \
-                .addErrback(noscript)
+            evaluated: defer.Deferred[Any] = proto.execute_command(
+                "EVALSHA", sha, len(keys), *keys, *args)
+            return evaluated.addErrback(noscript)
 
         return self._command(run)
 

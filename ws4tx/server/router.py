@@ -29,8 +29,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ws4tx import closecodes
-from ws4tx.history import Position, strip_position
 from ws4tx.envelope import server_voice
+from ws4tx.history import Position, strip_position
 from ws4tx.naming import Identity
 from ws4tx.server.broker import IBroker, IBrokerListener, SubscriptionRefused
 from ws4tx.server.hub import Hub
