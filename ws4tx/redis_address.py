@@ -171,25 +171,24 @@ class RedisAddress:
     def _url(self, password: Optional[str], masked: bool = False) -> str:
         if self.sentinels:
             return self._sentinel_url(password, masked)
-        auth = ""
-        if self.username or password:
-            auth = quote(self.username or "", safe="")
-            if password:
-                auth += ":" + (password if masked else quote(password, safe=""))
-            auth += "@"
+        auth = self._auth(password, masked)
         if self.unix_socket_path:
             return f"unix://{auth}{quote(self.unix_socket_path)}?db={self.db}"
         scheme = "rediss" if self.ssl else "redis"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{auth}{host}:{self.port}/{self.db}"
 
+    def _auth(self, password: Optional[str], masked: bool) -> str:
+        """``user:password@`` (quoted; the password as given when ``masked``), or ""."""
+        if not (self.username or password):
+            return ""
+        auth = quote(self.username or "", safe="")
+        if password:
+            auth += ":" + (password if masked else quote(password, safe=""))
+        return auth + "@"
+
     def _sentinel_url(self, password: Optional[str], masked: bool) -> str:
-        auth = ""
-        if self.username or password:
-            auth = quote(self.username or "", safe="")
-            if password:
-                auth += ":" + (password if masked else quote(password, safe=""))
-            auth += "@"
+        auth = self._auth(password, masked)
         hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
         query: dict[str, Any] = {"db": self.db}
         if self.sentinel_password:
