@@ -27,6 +27,8 @@ setup(
         # txredisapi's C parser: without it each message costs extra reactor turns.
         "hiredis>=3",
         "redis>=5.0",
+        # The metrics URL's exposition (and the parser that sums the workers').
+        "prometheus_client>=0.17",
     ],
     extras_require={
         "django": ["Django>=5.2"],

@@ -27,7 +27,8 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 #: A valid command-line value, different from the default, for settings whose kind alone
 #: does not give one.
 SAMPLES = {
-    "websocket_url": "/push/", "health_url": "/up", "prefix": "app", "heartbeat": "--hb--",
+    "websocket_url": "/push/", "health_url": "/up", "metrics_url": "/stats", "prefix": "app",
+    "heartbeat": "--hb--",
     "trusted_proxies": "10.0.0.0/8", "allowed_origins": "https://a.example",
     "stored_facilities": "chat*", "history": "chat*=100:600",
 }

@@ -516,6 +516,10 @@ SETTINGS: tuple[Setting, ...] = (
             "status stays public); on the command line only as a file "
             "(`--health-token-file`), or from `$WS4TX_HEALTH_TOKEN`",
             option="health-token-file", env=HEALTH_TOKEN_ENV),
+    Setting("metrics_url", TEXT, "",
+            "path of the Prometheus metrics (`/ws4tx/metrics`, say; `\"\"`: none), behind "
+            "the health token when there is one; under `--workers` each scrape sums every "
+            "worker", check=_health_url),
 )
 
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}

@@ -105,6 +105,8 @@ class ServerConfig:
     health_url: str = _default("health_url")
     #: With it, the health URL's counters need ``Authorization: Bearer <token>``.
     health_token: Optional[str] = field(default=_default("health_token"), repr=False)
+    #: Path of the Prometheus metrics (empty: none), behind the health token if any.
+    metrics_url: str = _default("metrics_url")
 
     def history_for(self, facility: str) -> Optional[Retention]:
         """The history ``facility`` keeps (:func:`ws4tx.history.history_for`), or None."""

@@ -12,6 +12,7 @@ every command, and each closes the matching connections it has.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
@@ -28,6 +29,23 @@ from ws4tx.server.config import ServerConfig
 from ws4tx.server.events import Events
 from ws4tx.server.handlers import EventHandler, ServerAPI
 from ws4tx.server.router import Router
+
+#: The close codes counted under their own label; any other is counted as ``other``
+#: (a client picks any code from 3000 to 4999: the labels must stay few).
+_KNOWN_CODES = frozenset({closecodes.NORMAL, closecodes.GOING_AWAY, closecodes.PROTOCOL_ERROR,
+                          closecodes.UNSUPPORTED_DATA, closecodes.INVALID_PAYLOAD,
+                          closecodes.POLICY_VIOLATION, closecodes.MESSAGE_TOO_BIG,
+                          closecodes.INTERNAL_ERROR, closecodes.CLOSED_BY_SITE,
+                          closecodes.SLOW_CONSUMER, closecodes.SUBSCRIPTION_REFUSED})
+
+
+def close_label(code: Optional[int]) -> str:
+    """The label a connection's close code is counted under: the code for the server's
+    own and the standard ones (``1006``: the connection ended without a closing
+    handshake, ``1005``: a close frame without a code), ``other`` for the rest."""
+    if code is None:
+        return "1005"
+    return str(code) if code in _KNOWN_CODES or code in (1005, 1006) else "other"
 
 
 @dataclass(frozen=True)
@@ -79,7 +97,10 @@ class Node:
         #: they closed.
         self.stats = {"slow_consumers": 0, "rate_limited": 0, "raw_envelopes": 0,
                       "store_refused": 0, "control_commands": 0, "control_invalid": 0,
-                      "closed_by_site": 0}
+                      "closed_by_site": 0, "accepted": 0, "client_messages": 0,
+                      "client_bytes": 0}
+        #: Connections closed, by close code (see :func:`close_label`): bounded labels.
+        self.closed: Counter[str] = Counter()
         self._drain_waiters: list[defer.Deferred[None]] = []
         #: The channel of the site's commands, which every node listens to.
         self.control_channel = naming.control_channel(config.prefix)

@@ -31,7 +31,7 @@ from ws4tx.server import _internals, admission, deflate
 from ws4tx.server._ratelimit import TokenBucket
 from ws4tx.server.auth import AnonymousAuthenticator, Grant, HandshakeDenied, IAuthenticator
 from ws4tx.server.broker import NotStored, publish_to
-from ws4tx.server.node import Node
+from ws4tx.server.node import Node, close_label
 from ws4tx.server.router import is_text
 
 _log = Logger()
@@ -157,6 +157,7 @@ class PushProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._joined = True
+        self.node.stats["accepted"] += 1
         self._window = _internals.compression_window(self)
         node, config = self.node, self.factory.config
         if config.rate_limit:
@@ -354,6 +355,9 @@ class PushProtocol(WebSocketServerProtocol):
         _internals.forget_inflater(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        stats = self.node.stats
+        stats["client_messages"] += 1
+        stats["client_bytes"] += len(payload)
         if not isBinary and payload == self.factory.heartbeat:
             self.sendMessage(payload)
             return
@@ -463,6 +467,7 @@ class PushProtocol(WebSocketServerProtocol):
         if self._joined:
             self._joined = False
             node = self.node
+            node.closed[close_label(code)] += 1
             node.router.leave(self)
             node.clientLeft()
             node.events.closed(self)

@@ -126,8 +126,13 @@ class Router:
         #: broker outages, oversized messages dropped, messages dropped because they spoke
         #: with the server's voice (see envelope.server_voice), messages (and their frames)
         #: dropped because the server fell behind, subscriptions Redis refused.
+        #: Also the payload bytes those frames carried (before any compression).
         self.stats = {"messages": 0, "frames": 0, "outages": 0, "oversized": 0,
-                      "forged": 0, "lagged": 0, "lagged_frames": 0, "refused": 0}
+                      "forged": 0, "lagged": 0, "lagged_frames": 0, "refused": 0,
+                      "bytes_out": 0}
+        #: Called with the seconds from a message's arrival from the broker to the end of
+        #: its fan-out (once per message, never per client), when set: the metrics.
+        self.fanout_observer: Optional[Callable[[float], None]] = None
         #: channel -> what receives its messages, for the node's own channels (the control
         #: channel): always subscribed, never a client's.
         self._pinned: dict[str, Callable[[bytes], None]] = {}
@@ -225,7 +230,13 @@ class Router:
             return
         backlog = self._backlog
         if not backlog and self._spent < FRAMES_PER_TURN:
-            self._spent += self._fanOut(channel, payload)
+            observer = self.fanout_observer
+            if observer is None:
+                self._spent += self._fanOut(channel, payload)
+            else:
+                arrived = self._clock.seconds()
+                self._spent += self._fanOut(channel, payload)
+                observer(self._clock.seconds() - arrived)
         else:
             backlog.append((self._clock.seconds(), channel, payload))
             if len(backlog) > self._max_backlog:
@@ -250,6 +261,7 @@ class Router:
             for member in members:
                 member.deliver(prepared, channel, payload)
             self.stats["frames"] += len(members)
+            self.stats["bytes_out"] += len(members) * len(payload)
         return len(members)
 
     def _nextTurn(self) -> None:
@@ -267,6 +279,8 @@ class Router:
                 self._drop(channel)
             else:
                 self._spent += self._fanOut(channel, payload)
+                if self.fanout_observer is not None:
+                    self.fanout_observer(self._clock.seconds() - arrived)
         if backlog or self._spent:
             self._turn = self._clock.callLater(0, self._nextTurn)
         if not backlog and self._missed:

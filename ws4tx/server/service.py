@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.web import resource
 
 from ws4tx import closecodes
+from ws4tx.server import metrics
 from ws4tx.server.auth import IAuthenticator
 from ws4tx.server.broker import IBroker
 from ws4tx.server.config import ServerConfig, check, risks
@@ -46,6 +47,7 @@ class PushService(service.MultiService):
         run_in_thread: Any = None,
         drain_timeout: float = 10.0,
         reactor: Any = None,
+        metrics_peers: Optional[str] = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -65,7 +67,7 @@ class PushService(service.MultiService):
         self.server = self.node.server
         self.factory = PushFactory(self.node, authenticator, reactor)
         #: The whole tree (WebSocket endpoint, health check, fallback) for a Site.
-        self.resource = Root(self.factory, fallback)
+        self.resource = Root(self.factory, fallback, metrics_peers)
         #: The WebSocket endpoint alone, to mount at ``websocket_url`` in another Site.
         self.websocket_resource = self.resource.websocket
         #: What listens: a Site with a deadline on each connection's request head.
@@ -74,6 +76,12 @@ class PushService(service.MultiService):
         self.site.displayTracebacks = False
         for description in listen:
             strports.service(description, self.site,
+                             reactor=reactor).setServiceParent(self)
+        if metrics_peers and self.resource.metrics is not None:
+            # A --workers worker: its siblings ask it for its metrics here.
+            path = metrics.socket_path(metrics_peers)
+            strports.service(f"unix:{path}:mode=600",
+                             metrics.peer_factory(self.resource.metrics.metrics),
                              reactor=reactor).setServiceParent(self)
 
     def startService(self) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import sys
+import tempfile
 from typing import Any, Callable, Optional
 
 import txaio
@@ -25,6 +27,7 @@ from ws4tx.server import _internals
 from ws4tx.server.config import FIELDS, ServerConfig, check
 from ws4tx.server.embedded import EmbeddedRedis, EmbeddedRedisError
 from ws4tx.server.handlers import load_handler_classes
+from ws4tx.server.metrics import WORKER_METRICS_ENV
 from ws4tx.server.service import PushService
 
 _log = Logger()
@@ -199,6 +202,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     embedded = None
     # A worker of --workers gets the Redis its supervisor resolved through the environment.
     redis = options["redis"] or os.environ.pop(WORKER_REDIS_ENV, None)
+    # ... and the directory of the workers' metrics sockets.
+    metrics_peers = os.environ.pop(WORKER_METRICS_ENV, None)
     try:
         if redis == "embedded":
             embedded = EmbeddedRedis()
@@ -223,7 +228,12 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         raise usage.UsageError(str(e)) from None
 
     if options["workers"] > 1:
-        _Workers(_worker_argv(options), _worker_environment(config), options["workers"],
+        env = _worker_environment(config)
+        if config.metrics_url:
+            metrics_dir = tempfile.mkdtemp(prefix="ws4tx-metrics-")  # mode 0700
+            env[WORKER_METRICS_ENV] = metrics_dir
+            _TemporaryDirectory(metrics_dir).setServiceParent(top)
+        _Workers(_worker_argv(options), env, options["workers"],
                  options["drain-timeout"], reactor).setServiceParent(top)
         _say(f"ws4tx: {options['workers']} workers on {', '.join(options['listen'])}")
         return top
@@ -253,6 +263,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         run_in_thread=run_in_thread,
         drain_timeout=options["drain-timeout"],
         reactor=reactor,
+        metrics_peers=metrics_peers,
     )
     push.setServiceParent(top)
     for description in options["listen"]:
@@ -479,6 +490,17 @@ class _Worker(protocol.ProcessProtocol):
     def processEnded(self, reason: Any) -> None:
         self.workers.workerEnded(self, reason)
         self.ended.callback(None)
+
+
+class _TemporaryDirectory(service.Service):
+    """Removes a directory once everything after it stopped."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def stopService(self) -> None:
+        super().stopService()
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 class _EmbeddedRedisService(service.Service):

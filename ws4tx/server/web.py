@@ -16,6 +16,7 @@ from twisted.web import pages, resource
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
+from ws4tx.server.metrics import MetricsResource
 from ws4tx.server.node import Node
 from ws4tx.server.protocol import PushFactory
 
@@ -121,15 +122,21 @@ class HealthCheck(resource.Resource):
 
 class Root(resource.Resource):
     """Routes by path prefix: ``websocket_url`` to the WebSocket endpoint, the health URL
-    to the health check, everything else to ``fallback`` (a WSGI resource, say) or 404."""
+    to the health check, the metrics URL to the metrics (``metrics_peers``: the directory
+    of the other workers' metrics sockets, under ``--workers``), everything else to
+    ``fallback`` (a WSGI resource, say) or 404."""
 
-    def __init__(self, factory: PushFactory, fallback: Optional[resource.Resource] = None) -> None:
+    def __init__(self, factory: PushFactory, fallback: Optional[resource.Resource] = None,
+                 metrics_peers: Optional[str] = None) -> None:
         super().__init__()
         self.websocket = WebSocketEndpoint(factory)
         self.health = HealthCheck(factory.node)
+        self.metrics = (MetricsResource(factory.node, factory.reactor, metrics_peers)
+                        if factory.config.metrics_url else None)
         self.fallback = fallback
         self._ws_prefix = factory.config.websocket_url.encode()
         self._health_path = factory.config.health_url.encode()
+        self._metrics_path = factory.config.metrics_url.encode()
 
     def getChildWithDefault(self, path: bytes, request: Request) -> resource.IResource:
         full = request.path
@@ -137,6 +144,8 @@ class Root(resource.Resource):
             return self.websocket
         if self._health_path and full == self._health_path:
             return self.health
+        if self.metrics is not None and full == self._metrics_path:
+            return self.metrics
         if self.fallback is not None:
             # Hand the fallback the whole path, as if it were the root.
             prepath, postpath = request.prepath, request.postpath

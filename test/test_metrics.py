@@ -1,0 +1,119 @@
+"""The metrics URL: Prometheus's text format, read back with prometheus_client's parser."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.trial import unittest
+
+from ws4tx import closecodes
+from ws4tx.server import metrics
+from ws4tx.server.node import close_label
+
+from test._server import ServerTestCase, identity_header
+from test._wsclient import TIMEOUT, raw_request, status_of
+
+SCRAPE = b"GET /ws4tx/metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition: (name, sorted labels) -> value."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(found: dict, name: str, **labels: str) -> float:
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def scrape(port: int, request: bytes = SCRAPE) -> tuple[int, str]:
+    status, text = status_of(await raw_request(port, request))
+    return status, text.split("\r\n\r\n", 1)[1]
+
+
+class MetricsTests(ServerTestCase):
+    """One node's metrics move as traffic flows."""
+
+    config = ServerTestCase.config.replace(metrics_url="/ws4tx/metrics")
+
+    async def test_countersMoveAsTrafficFlows(self):
+        """Connections, subscriptions, messages and bytes in and out, closes by code and
+        the fan-out latency, all read back with prometheus_client's parser."""
+        status, before = await scrape(self.port)
+        self.assertEqual(status, 200)
+        before_samples = samples(before)
+        self.assertEqual(value(before_samples, "ws4tx_node_num_clients"), 0)
+        self.assertEqual(value(before_samples, "ws4tx_redis_up"), 1)
+        receivers = [await self.client("/ws/foobar?subscribe-broadcast&subscribe-user",
+                                       headers=identity_header("john")) for _ in range(2)]
+        sender = await self.client("/ws/foobar?publish-broadcast")
+        found = samples((await scrape(self.port))[1])
+        self.assertEqual(value(found, "ws4tx_node_num_clients"), 3)
+        self.assertEqual(value(found, "ws4tx_client_num_connect_total"), 3)
+        # Two channels (broadcast, john's) for the receivers; the sender has none.
+        self.assertEqual(value(found, "ws4tx_node_num_channels"), 2)
+        self.assertEqual(value(found, "ws4tx_node_num_subscriptions"), 4)
+        sender.send("hello")
+        for receiver in receivers:
+            self.assertEqual(await receiver.text(), "hello")
+        await receivers[0].close(closecodes.NORMAL)
+        await self.factory.test_left.get().addTimeout(TIMEOUT, reactor)
+        found = samples((await scrape(self.port))[1])
+        self.assertEqual(value(found, "ws4tx_client_messages_received_total"), 1)
+        self.assertEqual(value(found, "ws4tx_client_bytes_received_total"), 5)
+        self.assertEqual(value(found, "ws4tx_node_messages_received_total"), 1)
+        self.assertEqual(value(found, "ws4tx_node_messages_sent_total"), 2)
+        self.assertEqual(value(found, "ws4tx_node_bytes_sent_total"), 10)
+        self.assertEqual(value(found, "ws4tx_client_num_disconnect_total", code="1000"), 1)
+        self.assertEqual(value(found, "ws4tx_node_num_clients"), 2)
+        self.assertEqual(value(found, "ws4tx_node_fanout_latency_seconds_count"), 1)
+        self.assertEqual(
+            value(found, "ws4tx_node_fanout_latency_seconds_bucket", le="+Inf"), 1)
+        for key in self.factory.node.counters():
+            self.assertIn(metrics.COUNTERS[key][0] + "_total", {n for n, _ in found})
+
+    async def test_healthTokenGuardsTheMetrics(self):
+        """With a health token the metrics need it (401 without, 200 with)."""
+        await self.service.stopService()
+        await self.startServer(config={"health_token": "t0ken"})
+        status, _ = await scrape(self.port)
+        self.assertEqual(status, 401)
+        status, _ = await scrape(self.port, SCRAPE.replace(
+            b"\r\n\r\n", b"\r\nAuthorization: Bearer wrong\r\n\r\n"))
+        self.assertEqual(status, 401)
+        status, text = await scrape(self.port, SCRAPE.replace(
+            b"\r\n\r\n", b"\r\nAuthorization: Bearer t0ken\r\n\r\n"))
+        self.assertEqual(status, 200)
+        self.assertIn("ws4tx_node_num_clients", text)
+
+
+class MetricsOffTests(ServerTestCase):
+    """Without metrics_url (the default) there is no metrics URL."""
+
+    async def test_offByDefault(self):
+        status, _ = await scrape(self.port)
+        self.assertEqual(status, 404)
+
+
+class MergeTests(unittest.SynchronousTestCase):
+    """Summing expositions (what a worker does with its siblings')."""
+
+    def test_samplesAddUpByLabels(self):
+        one = (b"# HELP a_total x\n# TYPE a_total counter\na_total{code=\"1000\"} 2.0\n"
+               b"a_total{code=\"1001\"} 1.0\n# HELP g x\n# TYPE g gauge\ng 3.0\n"
+               b"a_created 1.7e9\n")
+        two = (b"# HELP a_total x\n# TYPE a_total counter\na_total{code=\"1000\"} 5.0\n"
+               b"# HELP g x\n# TYPE g gauge\ng 4.0\n")
+        found = samples(metrics.merge([one, two]).decode())
+        self.assertEqual(value(found, "a_total", code="1000"), 7)
+        self.assertEqual(value(found, "a_total", code="1001"), 1)
+        self.assertEqual(value(found, "g"), 7)
+        self.assertNotIn("a_created", {n for n, _ in found})
+
+    def test_closeLabelsAreBounded(self):
+        """A client's own close code (3000-4999) is counted as ``other``."""
+        self.assertEqual(close_label(1000), "1000")
+        self.assertEqual(close_label(closecodes.SLOW_CONSUMER), "4008")
+        self.assertEqual(close_label(None), "1005")
+        self.assertEqual({close_label(c) for c in range(3000, 5000)} - {"4001", "4008",
+                                                                        "4503"}, {"other"})
