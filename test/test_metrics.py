@@ -117,3 +117,69 @@ class MergeTests(unittest.SynchronousTestCase):
         self.assertEqual(close_label(None), "1005")
         self.assertEqual({close_label(c) for c in range(3000, 5000)} - {"4001", "4008",
                                                                         "4503"}, {"other"})
+
+
+class WorkerMetricsTests(unittest.TestCase):
+    """``twistd ws4tx --workers 2 --metrics-url``: whichever worker a scrape reaches, it
+    answers with the sum of both."""
+
+    async def test_oneScrapeSumsBothWorkers(self):
+        import glob
+        import os
+        import signal
+
+        import redis
+
+        from ws4tx.server.embedded import EmbeddedRedis, free_port
+
+        from test._process import Twistd
+        from test._wsclient import connect
+        from test.test_twistd import children
+
+        server = EmbeddedRedis()
+        server.start()
+        self.addCleanup(server.stop)
+        store = redis.Redis.from_url(server.url)
+        self.addCleanup(store.close)
+        port = free_port()
+        child = Twistd().start("--workers", "2", "--metrics-url", "/ws4tx/metrics",
+                               "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+                               "--redis", server.url)
+        self.addCleanup(child.stop, "KILL")
+        await child.waitFor(r"(?s)Redis subscriber connected.*Redis subscriber connected")
+        workers = children(child.transport.pid)
+        self.assertEqual(len(workers), 2, child.output)
+        store.set("ws4tx:broadcast:foobar", "stored", ex=60)
+        clients = []
+        for _ in range(8):  # the kernel spreads them over both workers
+            client = await connect(port, "/ws/foobar?subscribe-broadcast")
+            self.assertEqual(await client.text(), "stored")  # replayed: subscribed
+            clients.append(client)
+        self.assertEqual(store.publish("ws4tx:broadcast:foobar", "to all"), 2)
+        for client in clients:
+            self.assertEqual(await client.text(), "to all")
+        # Each scrape is a new connection: the kernel hands them to either worker.
+        for _ in range(6):
+            status, text = await scrape(port)
+            self.assertEqual(status, 200, text)
+            found = samples(text)
+            self.assertEqual(value(found, "ws4tx_node_processes"), 2, text)
+            self.assertEqual(value(found, "ws4tx_node_num_clients"), 8)
+            self.assertEqual(value(found, "ws4tx_client_num_connect_total"), 8)
+            self.assertEqual(value(found, "ws4tx_node_messages_received_total"), 2)
+            self.assertEqual(value(found, "ws4tx_node_messages_sent_total"), 8)
+            self.assertEqual(value(found, "ws4tx_node_fanout_latency_seconds_count"), 2)
+            self.assertEqual(value(found, "ws4tx_redis_up"), 2)
+        # A worker that died is left out (its socket stays behind: SIGKILL), not waited for.
+        with open(f"/proc/{workers[0]}/environ", "rb") as f:
+            environ = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if item)
+        directory = environ[metrics.WORKER_METRICS_ENV.encode()].decode()
+        self.assertEqual(len(glob.glob(os.path.join(directory, "*.sock"))), 2)
+        os.kill(workers[0], signal.SIGKILL)
+        await child.waitFor(rf"worker \d \(pid {workers[0]}\) killed by signal 9")
+        status, text = await scrape(port)
+        self.assertEqual(status, 200, text)
+        self.assertIn(value(samples(text), "ws4tx_node_processes"), (1, 2), text)
+        self.assertEqual(await child.stop("TERM"), 0, child.output[-3000:])
+        # The supervisor removes the sockets' directory.
+        self.assertFalse(os.path.exists(directory))
