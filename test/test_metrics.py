@@ -72,6 +72,25 @@ class MetricsTests(ServerTestCase):
         for key in self.factory.node.counters():
             self.assertIn(metrics.COUNTERS[key][0] + "_total", {n for n, _ in found})
 
+    async def test_dashboardQueriesExistingMetrics(self):
+        """Every metric docs/grafana-ws4tx.json queries is one the server exports."""
+        import json
+        import re
+        from pathlib import Path
+
+        dashboard = Path(__file__).resolve().parent.parent / "docs" / "grafana-ws4tx.json"
+        exprs = [target["expr"] for panel in json.loads(dashboard.read_text())["panels"]
+                 for target in panel["targets"]]
+        wanted = {name for expr in exprs for name in re.findall(r"ws4tx_\w+", expr)}
+        self.assertGreater(len(wanted), 15)
+        await self.client("/ws/foobar?subscribe-broadcast")
+        await (await self.client("/ws/foobar")).close()  # a close code
+        await self.factory.test_left.get().addTimeout(TIMEOUT, reactor)
+        self.publish("ws4tx:broadcast:foobar", "x")  # a latency observation
+        await self.factory.node.router.barrier()
+        exported = {name for name, _ in samples((await scrape(self.port))[1])}
+        self.assertEqual(wanted - exported, set())
+
     async def test_healthTokenGuardsTheMetrics(self):
         """With a health token the metrics need it (401 without, 200 with)."""
         await self.service.stopService()
