@@ -90,6 +90,12 @@ def history_for(facility: str) -> Optional[_history.Retention]:
     return _history.history_for(history(), facility)
 
 
+def presence() -> tuple[str, ...]:
+    """The facilities (globs) that keep a presence: setting ``PRESENCE``; none by default."""
+    result: tuple[str, ...] = _value("presence")
+    return result
+
+
 def publish_timeout() -> float:
     """Bound in seconds on connecting to Redis and on each of its answers:
     ``PUBLISH_TIMEOUT``, default 5."""

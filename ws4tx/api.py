@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from ws4tx import _audience, _django_settings, closecodes, control, naming
+from ws4tx import _audience, _django_settings, closecodes, control, naming, presence as _presence
 from ws4tx.history import History, Position, Publication
 from ws4tx.publisher import RedisPublisher, event_message
 from ws4tx.redis_store import SELF, NotStored, PublishError, RedisMessage, RedisStore, as_message
@@ -39,6 +39,8 @@ __all__ = [
     "disconnect",
     "emit",
     "history",
+    "presence",
+    "presence_stats",
     "publish",
 ]
 
@@ -172,3 +174,36 @@ def history(
     """
     publisher = _publisher(facility, broadcast, users, groups, sessions, request)
     return publisher.history(since=since, limit=limit)
+
+
+def _read_presence(facility: str, what: str) -> Any:
+    naming.check_facility(facility)
+    if not _presence.has_presence(_django_settings.presence(), facility):
+        raise ValueError(f"the facility {facility!r} keeps no presence (setting "
+                         "WS4TX_PRESENCE)")
+    keys, args = _presence.read_args(
+        naming.presence_keys(_django_settings.prefix(), facility), what)
+
+    def read(connection: Any) -> Any:
+        script = connection.register_script(_presence.script(_presence.READ_SCRIPT))
+        return script(keys=keys, args=args)
+
+    return RedisStore()._call("read from", read)
+
+
+def presence(facility: str) -> list[dict[str, Any]]:
+    """Who is connected to ``facility`` (a facility with setting ``PRESENCE``) on any
+    node: one ``{"id", "user", "since"}`` per connection (``user`` None when anonymous,
+    ``since`` the Unix time it connected), oldest first. The connections of a node that
+    died are gone within ``PRESENCE_TTL`` seconds. Raises ``ValueError`` for a facility
+    without presence and :class:`PublishError` when Redis cannot be read.
+    """
+    return [e.as_dict() for e in _presence.parse_entries(_read_presence(facility, "list"))]
+
+
+def presence_stats(facility: str) -> dict[str, int]:
+    """How many connections ``facility``'s presence has (``clients``) and how many
+    distinct users they belong to (``users``; anonymous connections count in ``clients``
+    only), in time logarithmic in the facility's size; errors as :func:`presence`."""
+    stats = _presence.parse_stats(_read_presence(facility, "stats"))
+    return {"clients": stats.clients, "users": stats.users}

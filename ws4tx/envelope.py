@@ -37,6 +37,10 @@ RESUMED_EVENT = "ws4tx.resumed"
 #: Sent when the server fell behind and dropped messages of this client's channels
 #: (``data``: ``{"messages": n}``), once it has caught up. An application resyncs.
 DROPPED_EVENT = "ws4tx.dropped"
+#: Sent to the event clients of a facility with presence (setting ``PRESENCE``) when
+#: clients came or went (``data``: ``{"joined": [{"id", "user", "since"}, ...], "left":
+#: [id, ...]}``), one event for all that came or went at once.
+PRESENCE_EVENT = "ws4tx.presence"
 
 #: The prefix of the server's own event names.
 RESERVED_PREFIX = "ws4tx."

@@ -170,6 +170,35 @@ def history_keys(prefix: Optional[str], channel: str) -> tuple[str, str]:
     return f"{tagged}:s", f"{tagged}:m"
 
 
+#: The part of the presence keys' names after the prefix (see :func:`presence_keys`).
+PRESENCE = "presence"
+
+
+@dataclass(frozen=True)
+class PresenceKeys:
+    """The names of a facility's presence (setting ``PRESENCE``): ``connections``, a sorted
+    set of connection ids scored by their expiry (ms, Redis time); ``info``, a hash from
+    connection id to its JSON entry; ``users``, a sorted set of user names scored by the
+    latest expiry of their connections; ``user_prefix`` + a user name, the sorted set of
+    that user's connections; ``events``, the channel on which the nodes announce joins and
+    leaves (no client can publish on it: it names no audience)."""
+
+    connections: str
+    info: str
+    users: str
+    user_prefix: str
+    events: str
+
+
+def presence_keys(prefix: Optional[str], facility: str) -> PresenceKeys:
+    """The keys and channel of ``facility``'s presence, ``{prefix}:presence:{<facility>}:c``
+    and so on: their ``{...}`` hash tag keeps them in one Redis Cluster slot, and they
+    never name a client channel (those are ``{prefix}:<audience>:...``)."""
+    tagged = f"{_head(prefix)}{PRESENCE}:{{{facility}}}"
+    return PresenceKeys(f"{tagged}:c", f"{tagged}:i", f"{tagged}:u", f"{tagged}:u:",
+                        f"{tagged}:e")
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who is behind a connection: the only names a client's channels are made from.

@@ -328,6 +328,15 @@ def _session_channels(value: str) -> Optional[str]:
     return None if value in ("id", "key") else "must be 'id' (the default) or 'key'"
 
 
+def _globs(value: tuple[str, ...]) -> Optional[str]:
+    """A complaint about the first entry that is not a facility or a glob of facilities."""
+    for pattern in value:
+        if not _HISTORY_PATTERN.match(pattern):
+            return (f"{pattern!r} is not a facility or a glob of facilities (letters, "
+                    "digits, _ . ~ / - and * ? [ ] !)")
+    return None
+
+
 def _networks(value: tuple[str, ...]) -> Optional[str]:
     for item in value:
         try:
@@ -434,6 +443,16 @@ SETTINGS: tuple[Setting, ...] = (
             "wins); each channel keeps its last `size` messages, numbered by offset within "
             "an epoch, for `ttl` seconds after its last publish (`ws4tx.api.history`). "
             "Option: `--history 'chat*=100:600'`", where=SHARED),
+    Setting("presence", LIST, (),
+            "facilities (globs) whose connected clients are listed in Redis: user, "
+            "connection id, connect time (`ws4tx.api.presence`, `ws4tx.api.presence_stats`), "
+            "and whose event clients get `ws4tx.presence` events of who came and went",
+            where=SHARED, option="presence", check=_globs),
+    Setting("presence_ttl", NUMBER, 10.0,
+            "a node refreshes its clients' presence every third of this; the clients of a "
+            "node that died leave `ws4tx.api.presence` within this many seconds and are "
+            "announced as gone within a third more", minimum=0,
+            inclusive=False, unit="s"),
     Setting("store_budget", INT, 65536,
             "bytes of client-published messages a user (or an anonymous address) may store "
             "per minute on this node; past it messages are delivered but not stored; `0`: "

@@ -23,8 +23,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
-from ws4tx import history as _history
-from ws4tx.naming import ANONYMOUS, Identity
+from ws4tx import history as _history, presence as _presence
+from ws4tx.naming import ANONYMOUS, Identity, PresenceKeys
 from ws4tx.server.auth import HandshakeRequest, IAuthenticator
 from ws4tx.server.broker import (
     BrokerUnavailable,
@@ -74,6 +74,8 @@ class MemoryBus:
         self._store_refusal: Optional[str] = None
         #: meta key -> the channel's history.
         self._streams: dict[str, _Stream] = {}
+        #: Presence (MemoryBroker.updatePresence): connections key -> {id: entry JSON}.
+        self.presence: dict[str, dict[str, str]] = {}
 
     def publish(self, channel: str, payload: bytes, expire: int = 0) -> int:
         """Publish ``payload`` to every broker subscribed to ``channel`` now, as another
@@ -319,6 +321,22 @@ class MemoryBroker:
                 since: Optional[int] = None,
                 limit: Optional[int] = None) -> defer.Deferred[_history.History]:
         return self._run(self.bus.history, keys, retention, since, limit)
+
+    def updatePresence(self, keys: PresenceKeys, ttl: float,
+                       changes: list[tuple[str, str, Optional[str], str]]
+                       ) -> defer.Deferred[list[str]]:
+        """Keep the presence in :attr:`MemoryBus.presence` (connection id -> entry JSON,
+        per connections key), without expiry."""
+        def update() -> list[str]:
+            present = self.bus.presence.setdefault(keys.connections, {})
+            for op, conn, _, info in changes:
+                if op == _presence.LEAVE:
+                    present.pop(conn, None)
+                elif info or conn not in present:
+                    present[conn] = info
+            return []
+
+        return self._run(update)
 
     def _run(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         try:

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from ws4tx.history import History, Published, Retention
-from ws4tx.naming import history_keys
+from ws4tx.naming import PresenceKeys, history_keys
 
 
 class BrokerUnavailable(ConnectionError):
@@ -125,6 +125,14 @@ class IBroker(Interface):
         """The history of the channel whose history ``keys`` are given (see
         :func:`ws4tx.history.history_args` for ``since`` and ``limit``): a
         :class:`~ws4tx.history.History`."""
+
+    def updatePresence(
+        keys: PresenceKeys, ttl: float, changes: list[tuple[str, str, Optional[str], str]],
+    ) -> Deferred[list[str]]:
+        """Apply ``changes`` (op, connection id, user, entry JSON; see
+        :func:`ws4tx.presence.update_args`) to the presence whose ``keys`` are given, each
+        joined or refreshed connection expiring ``ttl`` seconds from now; trim expired
+        connections. Fires with the ids of the connections trimmed."""
 
 
 def publish_to(

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from ws4tx import schema
 from ws4tx.history import Retention, Rule, history_for
+from ws4tx.presence import has_presence
 from ws4tx.redis_address import RedisAddress
 
 
@@ -43,6 +44,11 @@ class ServerConfig:
     stored_facilities: tuple[str, ...] = _default("stored_facilities")
     #: Facilities (globs, first match wins) that keep a history, with its size and ttl.
     history: tuple[Rule, ...] = _default("history")
+    #: Facilities (globs) whose connected clients are kept in Redis (presence).
+    presence: tuple[str, ...] = _default("presence")
+    #: Seconds within which a dead node's clients leave the presence (a node refreshes
+    #: its own every third of it).
+    presence_ttl: float = _default("presence_ttl")
     #: Bytes of client-published messages a user (or an anonymous address) may store per
     #: minute on this node; past it messages are delivered but not stored (0: no limit).
     store_budget: int = _default("store_budget")
@@ -111,6 +117,10 @@ class ServerConfig:
     def history_for(self, facility: str) -> Optional[Retention]:
         """The history ``facility`` keeps (:func:`ws4tx.history.history_for`), or None."""
         return history_for(self.history, facility)
+
+    def has_presence(self, facility: str) -> bool:
+        """Whether ``facility`` keeps a presence (setting ``PRESENCE``)."""
+        return has_presence(self.presence, facility)
 
     def replace(self, **changes: object) -> ServerConfig:
         """A copy with ``changes`` applied (and checked)."""

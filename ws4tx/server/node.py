@@ -28,6 +28,7 @@ from ws4tx.server.broker import IBroker
 from ws4tx.server.config import ServerConfig
 from ws4tx.server.events import Events
 from ws4tx.server.handlers import EventHandler, ServerAPI
+from ws4tx.server.presence import Presence
 from ws4tx.server.router import Router
 
 #: The close codes counted under their own label; any other is counted as ``other``
@@ -105,6 +106,8 @@ class Node:
         #: The channel of the site's commands, which every node listens to.
         self.control_channel = naming.control_channel(config.prefix)
         self.router.pin(self.control_channel, self.controlReceived)
+        #: This node's clients in the presence of their facilities (setting PRESENCE).
+        self.presence = Presence(config, broker, self.router, self.clock)
 
     def _hasHistory(self, channel: str) -> bool:
         """Whether ``channel`` belongs to a facility with history."""
@@ -115,16 +118,19 @@ class Node:
     def start(self) -> None:
         """Connect the broker; the router hears from it from now on."""
         self.broker.start(self.router)
+        self.presence.start()
 
     def stop(self) -> defer.Deferred[None]:
-        """Disconnect the broker (drain the clients first: :meth:`closeAll`)."""
-        return self.broker.stop()
+        """Write what presence has pending, then disconnect the broker (drain the clients
+        first: :meth:`closeAll`)."""
+        return self.presence.stop().addBoth(lambda _: self.broker.stop())
 
     # What the node knows
 
     def counters(self) -> dict[str, int]:
         """Every counter of this node: the router's, the broker's and the clients'."""
-        return {**self.router.stats, **getattr(self.broker, "stats", {}), **self.stats}
+        return {**self.router.stats, **getattr(self.broker, "stats", {}), **self.stats,
+                **self.presence.stats}
 
     def health(self) -> Health:
         """Whether messages flow (a probe made the whole trip lately)."""

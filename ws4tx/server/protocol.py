@@ -176,6 +176,7 @@ class PushProtocol(WebSocketServerProtocol):
         self.subscribed.addCallback(self._replay)
         if not node.broker.connected:
             self.deliveryInterrupted()
+        node.presence.joined(self)
         node.events.connected(self)
 
     def _replay(self, _: object) -> None:
@@ -469,6 +470,7 @@ class PushProtocol(WebSocketServerProtocol):
             node = self.node
             node.closed[close_label(code)] += 1
             node.router.leave(self)
+            node.presence.left(self)
             node.clientLeft()
             node.events.closed(self)
 

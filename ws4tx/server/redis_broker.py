@@ -32,7 +32,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ws4tx import history as _history
+from ws4tx import history as _history, presence as _presence
+from ws4tx.naming import PresenceKeys
 from ws4tx.redis_address import RedisAddress
 from ws4tx.server._internals import QuietClientService
 from ws4tx.server.broker import (
@@ -659,6 +660,14 @@ class RedisBroker:
             return defer.fail()
         return self._script(_history.HISTORY_SCRIPT, script_keys, args).addCallback(
             _history.parse_history)
+
+    def updatePresence(self, keys: PresenceKeys, ttl: float,
+                       changes: list[tuple[str, str, Optional[str], str]]
+                       ) -> defer.Deferred[list[str]]:
+        """``ws4tx/lua/presence.lua`` (see :meth:`IBroker.updatePresence`)."""
+        script_keys, args = _presence.update_args(keys, ttl, changes)
+        return self._script(_presence.UPDATE_SCRIPT, script_keys, args).addCallback(
+            _presence.gone_ids)
 
     def _script(self, name: str, keys: list[Any], args: list[Any]) -> defer.Deferred[Any]:
         """Run the Lua script ``name`` by its SHA (EVALSHA); a Redis that does not have

@@ -145,6 +145,16 @@ class Router:
         subscribes it with the wanted channels on every (re)connection."""
         self._pinned[channel] = receiver
 
+    def follow(self, channel: str, receiver: Callable[[bytes], None]) -> None:
+        """Pin ``channel`` (see :meth:`pin`) from now on, and subscribe it now."""
+        self._pinned[channel] = receiver
+        self.broker.subscribe(channel).addErrback(self._subscribeFailed, channel)
+
+    def unfollow(self, channel: str) -> None:
+        """Stop listening on a channel given to :meth:`follow`."""
+        if self._pinned.pop(channel, None) is not None:
+            self.broker.unsubscribe(channel).addErrback(lambda f: None)
+
     # Clients
 
     def join(self, client: Member, channels: Iterable[str]) -> defer.Deferred[None]:

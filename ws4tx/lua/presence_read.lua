@@ -1,0 +1,28 @@
+-- ws4tx: read the presence of one facility (setting PRESENCE). Loaded by the Django side.
+--
+-- KEYS[1] connections, KEYS[2] info, KEYS[3] users (naming.presence_keys).
+-- ARGV[1] "stats": returns {connections, distinct users} (ZCOUNT: O(log n));
+--         "list": returns the JSON entries of the live connections.
+-- Only connections whose expiry (Redis time) is still ahead count: those of a node that
+-- died are ignored until a node trims them.
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local after = "(" .. now
+if ARGV[1] == "stats" then
+  return {redis.call("ZCOUNT", KEYS[1], after, "+inf"),
+          redis.call("ZCOUNT", KEYS[3], after, "+inf")}
+end
+local ids = redis.call("ZRANGEBYSCORE", KEYS[1], after, "+inf")
+if #ids == 0 then
+  return {}
+end
+local entries = {}
+for i = 1, #ids, 1000 do
+  local chunk = redis.call("HMGET", KEYS[2], unpack(ids, i, math.min(i + 999, #ids)))
+  for _, entry in ipairs(chunk) do
+    if entry then
+      entries[#entries + 1] = entry
+    end
+  end
+end
+return entries

@@ -1,0 +1,103 @@
+"""Presence (setting ``PRESENCE``): who is connected to a facility, kept in Redis by every
+node. Pure: the entries, the scripts' arguments and replies, for both halves.
+
+Each node writes its own clients (``ws4tx/lua/presence.lua``): a join or a leave at once
+(batched per facility and per turn of at most :data:`BATCH_DELAY`), and every client again
+every third of ``PRESENCE_TTL`` with a new expiry. A node that dies stops refreshing: its
+clients expire within ``PRESENCE_TTL`` seconds and the next refresh of any node trims them
+(and announces them as gone). Readers (``ws4tx/lua/presence_read.lua``) count only entries
+whose expiry is ahead, in Redis's own time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any, Iterable, Optional, Sequence
+
+from ws4tx.history import script, script_sha
+from ws4tx.naming import PresenceKeys
+
+__all__ = ["BATCH_DELAY", "JOIN", "LEAVE", "READ_SCRIPT", "UPDATE_SCRIPT", "Entry", "Stats",
+           "gone_ids", "has_presence", "parse_entries", "parse_stats", "read_args",
+           "script", "script_sha", "update_args"]
+
+UPDATE_SCRIPT = "presence.lua"
+READ_SCRIPT = "presence_read.lua"
+
+#: Seconds a node gathers joins and leaves of one facility before it writes them (one
+#: script call) and announces them (one event).
+BATCH_DELAY = 0.1
+
+JOIN = "+"
+LEAVE = "-"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One connection in a facility's presence: its ``id`` (unique across nodes), its
+    ``user`` (None when anonymous) and when it connected (``since``, Unix seconds)."""
+
+    id: str
+    user: Optional[str]
+    since: float
+
+    def to_json(self) -> str:
+        """The entry as it is stored and announced."""
+        return json.dumps({"id": self.id, "user": self.user, "since": self.since},
+                          separators=(",", ":"))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The entry as ``ws4tx.api.presence`` and the events give it."""
+        return {"id": self.id, "user": self.user, "since": self.since}
+
+
+@dataclass(frozen=True)
+class Stats:
+    """How many connections a facility's presence has, and how many distinct users."""
+
+    clients: int
+    users: int
+
+
+def has_presence(globs: Iterable[str], facility: str) -> bool:
+    """Whether ``facility`` matches one of the ``PRESENCE`` globs."""
+    return any(fnmatchcase(facility, glob) for glob in globs)
+
+
+Change = tuple[str, str, Optional[str], str]
+
+
+def update_args(keys: PresenceKeys, ttl: float,
+                changes: Iterable[Change]) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of :data:`UPDATE_SCRIPT` for ``changes``: (op, connection
+    id, user, entry JSON or "") with op :data:`JOIN` (or refresh) or :data:`LEAVE`."""
+    args: list[Any] = [int(ttl * 1000), keys.user_prefix]
+    for op, conn, user, info in changes:
+        args += [op, conn, user or "", info]
+    return [keys.connections, keys.info, keys.users], args
+
+
+def read_args(keys: PresenceKeys, what: str) -> tuple[list[str], list[str]]:
+    """The keys and arguments of :data:`READ_SCRIPT` (``what``: "list" or "stats")."""
+    return [keys.connections, keys.info, keys.users], [what]
+
+
+def parse_entries(reply: Sequence[Any]) -> list[Entry]:
+    """:data:`READ_SCRIPT`'s "list" reply, oldest connection first."""
+    entries = []
+    for raw in reply:
+        data = json.loads(raw)
+        entries.append(Entry(str(data["id"]), data.get("user"), float(data["since"])))
+    return sorted(entries, key=lambda e: (e.since, e.id))
+
+
+def parse_stats(reply: Sequence[Any]) -> Stats:
+    """:data:`READ_SCRIPT`'s "stats" reply."""
+    return Stats(int(reply[0]), int(reply[1]))
+
+
+def gone_ids(reply: Sequence[Any]) -> list[str]:
+    """:data:`UPDATE_SCRIPT`'s reply: the ids of the connections trimmed as expired."""
+    return [item.decode() if isinstance(item, bytes) else str(item) for item in reply]
