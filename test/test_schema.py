@@ -30,7 +30,7 @@ SAMPLES = {
     "websocket_url": "/push/", "health_url": "/up", "metrics_url": "/stats", "prefix": "app",
     "heartbeat": "--hb--",
     "trusted_proxies": "10.0.0.0/8", "allowed_origins": "https://a.example",
-    "stored_facilities": "chat*", "history": "chat*=100:600",
+    "stored_facilities": "chat*", "history": "chat*=100:600", "presence": "chat*",
 }
 
 
