@@ -87,6 +87,12 @@ COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
                         "messages on the control channel ignored as malformed", {}),
     "closed_by_site": ("ws4tx_control_closed_connections",
                        "connections closed at the site's command", {}),
+    "presence_writes": ("ws4tx_presence_writes",
+                        "presence updates written to Redis (one per facility and batch)", {}),
+    "presence_events": ("ws4tx_presence_events",
+                        "coalesced presence events sent to this node's clients", {}),
+    "presence_trimmed": ("ws4tx_presence_trimmed",
+                         "expired presence entries (clients of a dead node) trimmed", {}),
 }
 
 
