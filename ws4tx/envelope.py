@@ -5,17 +5,20 @@ frame is a raw ws4redis payload and is delivered unchanged. Kinds:
 
 - ``{"ws4tx":"event","event":NAME,"data":DATA}``, with ``"id":N`` when the sender wants an
   acknowledgement;
-- ``{"ws4tx":"ack","id":N,"data":DATA}`` or ``{"ws4tx":"ack","id":N,"error":MESSAGE}``.
+- ``{"ws4tx":"ack","id":N,"data":DATA}`` or ``{"ws4tx":"ack","id":N,"error":MESSAGE}``;
+- ``{"ws4tx":"pub","channel":C,"offset":N,"epoch":E,"data":TEXT}`` (``"data64"``: base64,
+  for a binary payload): from the server only, a message of a channel with history.
 
 Event names starting with ``ws4tx.`` are the server's own (``ws4tx.error``, ...), and
-acknowledgements come only from the server, on the connection that asked: no publisher may
-speak with that voice (:func:`check_event_name`, :func:`server_voice`).
+acknowledgements and publications come only from the server, on the connection that
+asked: no publisher may speak with that voice (:func:`check_event_name`, :func:`server_voice`).
 A connection speaks envelopes when it asks for the :data:`SUBPROTOCOL` subprotocol.
 See docs/protocol.md.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from dataclasses import dataclass
@@ -26,6 +29,8 @@ SUBPROTOCOL = "ws4tx.v1"
 
 EVENT = "event"
 ACK = "ack"
+#: A message of a channel with history, with its position, as event clients get it.
+PUBLICATION = "pub"
 
 #: Sent to one client when its event could not be handled (``data``: ``{"message": ...}``).
 ERROR_EVENT = "ws4tx.error"
@@ -41,6 +46,11 @@ DROPPED_EVENT = "ws4tx.dropped"
 #: clients came or went (``data``: ``{"joined": [{"id", "user", "since"}, ...], "left":
 #: [id, ...]}``), one event for all that came or went at once.
 PRESENCE_EVENT = "ws4tx.presence"
+
+#: Sent once to a client that asked to recover missed messages (``recover=`` in its URL),
+#: after the recovered messages and before any live one: ``{"recovered": true}``, or
+#: ``{"recovered": false, "reason": ...}`` (docs/protocol.md, Recovery).
+RECOVERED_EVENT = "ws4tx.recovered"
 
 #: The prefix of the server's own event names.
 RESERVED_PREFIX = "ws4tx."
@@ -118,6 +128,19 @@ def encode_ack(id: int, data: Any = None, error: Optional[str] = None) -> str:
     return _dumps(obj)
 
 
+def encode_publication(channel: str, offset: int, epoch: str, payload: bytes) -> bytes:
+    """The envelope in which an event client gets a message of a channel with history:
+    the payload (as ``data``, text; as ``data64``, base64, for a binary one) with the
+    channel's name and the message's position."""
+    obj: dict[str, Any] = {"ws4tx": PUBLICATION, "channel": channel, "offset": offset,
+                           "epoch": epoch}
+    try:
+        obj["data"] = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        obj["data64"] = base64.b64encode(payload).decode("ascii")
+    return _dumps(obj).encode("utf-8")
+
+
 def is_envelope(text: Union[str, bytes]) -> bool:
     """Whether ``text`` is meant as an envelope (a cheap test on its first bytes), as
     ws4tx.js decides it: its first key is ``ws4tx``, after any white space."""
@@ -146,6 +169,8 @@ def server_voice(payload: bytes) -> Optional[str]:
     kind, name = obj.get("ws4tx"), obj.get("event")
     if kind == ACK:
         return "an acknowledgement"
+    if kind == PUBLICATION:
+        return "a publication envelope"
     if kind == EVENT and isinstance(name, str) and is_reserved(name):
         return f"the server event {name!r}"
     return None

@@ -182,3 +182,85 @@ def parse_history(reply: Sequence[Any]) -> History:
 
 def _text(value: Any) -> str:
     return value.decode("ascii") if isinstance(value, bytes) else str(value)
+
+
+# Recovery: what a reconnecting client missed
+
+#: Why a recovery failed (``ws4tx.recovered``'s ``reason``; docs/protocol.md).
+EPOCH_CHANGED = "epoch"
+TRIMMED = "trimmed"
+UNKNOWN_POSITION = "position"
+GAP = "gap"
+UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class Merge:
+    """What to send a client that asked to recover a channel from a position.
+
+    ``recovered``: whether ``publications`` (from the history) followed by the live
+    messages that ``live`` keeps (True at their index) are exactly every message after the
+    client's position, once each, in order; else ``reason`` says why not, nothing of the
+    history is to be sent and every live message is kept (the client resynchronises).
+    """
+
+    recovered: bool
+    reason: Optional[str]
+    publications: tuple[Publication, ...]
+    live: tuple[bool, ...]
+
+
+def merge(position: Position, history: History,
+          live: Sequence[Optional[Position]]) -> Merge:
+    """Merge a history read since ``position`` (taken after the live subscription was in
+    place) with the positions of the live messages held meanwhile (None: a message without
+    a position, sent as it came): drop what the client already has or what came both ways
+    (by offset), and fail, rather than send part of what was missed, on a changed epoch,
+    a trimmed history, a position the stream never reached, or a hole."""
+    def failed(reason: str) -> Merge:
+        return Merge(False, reason, (), (True,) * len(live))
+
+    if history.epoch != position.epoch:
+        return failed(EPOCH_CHANGED)
+    if position.offset > history.offset:
+        return failed(UNKNOWN_POSITION)
+    following = position.offset + 1
+    publications: list[Publication] = []
+    for publication in history.publications:
+        if publication.offset < following:
+            continue
+        if publication.offset > following:
+            return failed(TRIMMED if not publications else GAP)
+        publications.append(publication)
+        following += 1
+    if following <= history.offset:
+        # The stream ends (or is empty) before its last offset: entries were trimmed.
+        return failed(TRIMMED)
+    keep = []
+    for seen in live:
+        if seen is None:
+            keep.append(True)
+            continue
+        if seen.epoch != history.epoch:
+            return failed(EPOCH_CHANGED)
+        if seen.offset > following:
+            return failed(GAP)
+        keep.append(seen.offset == following)
+        if seen.offset == following:
+            following += 1
+    return Merge(True, None, tuple(publications), tuple(keep))
+
+
+def parse_recover(values: Sequence[str]) -> dict[str, Position]:
+    """The positions a client asks to recover from (query parameters
+    ``recover=<channel>:<epoch>:<offset>``), by channel; ``ValueError`` for a malformed
+    one."""
+    positions = {}
+    for value in values:
+        channel, _, rest = value.rpartition(":")
+        channel, _, epoch = channel.rpartition(":")
+        if not channel or not re.fullmatch(r"[0-9A-Za-z]{1,64}", epoch) \
+                or not re.fullmatch(r"[0-9]{1,19}", rest):
+            raise ValueError(f"recover is <channel>:<epoch>:<offset>, not {value[:80]!r}")
+        positions[channel] = Position(int(rest), epoch)
+    return positions

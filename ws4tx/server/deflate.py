@@ -21,6 +21,9 @@ from typing import Optional, Sequence
 
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 
+from ws4tx.envelope import encode_publication
+from ws4tx.history import Position
+
 #: Messages shorter than this are never compressed: deflate saves little on them and costs
 #: the client an inflate.
 MIN_SIZE = 256
@@ -52,7 +55,7 @@ class Message:
     """One outgoing message, framed once for any number of connections: :attr:`plain`
     for the clients that do not compress, :meth:`deflated` for those that do."""
 
-    __slots__ = ("_deflated", "binary", "payload", "plain")
+    __slots__ = ("_deflated", "_published", "binary", "payload", "plain", "position")
 
     def __init__(self, payload: bytes, binary: bool) -> None:
         self.payload = payload
@@ -60,6 +63,23 @@ class Message:
         #: The uncompressed frame.
         self.plain = frame(payload, binary)
         self._deflated: Optional[dict[int, bytes]] = None
+        #: The message's position in its channel's history (set by the router), if any.
+        self.position: Optional[Position] = None
+        self._published: Optional[Message] = None
+
+    def published(self, channel: str) -> Message:
+        """The message as event clients of a channel with history get it: in a
+        publication envelope with its :attr:`position` (built once, on the first call,
+        for every such client); the message itself when it has no position."""
+        position = self.position
+        if position is None:
+            return self
+        published = self._published
+        if published is None:
+            published = self._published = Message(
+                encode_publication(channel, position.offset, position.epoch, self.payload),
+                False)
+        return published
 
     def deflated(self, window_bits: int) -> bytes:
         """The frame for a client that negotiated permessage-deflate (without server

@@ -26,7 +26,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ws4tx import closecodes, envelope
-from ws4tx.naming import ANONYMOUS, Identity
+from ws4tx.history import (
+    UNAVAILABLE,
+    UNKNOWN_POSITION,
+    History,
+    Merge,
+    Position,
+    Publication,
+    merge,
+    parse_recover,
+)
+from ws4tx.naming import ANONYMOUS, Identity, history_keys
 from ws4tx.server import _internals, admission, deflate
 from ws4tx.server._ratelimit import TokenBucket
 from ws4tx.server.auth import AnonymousAuthenticator, Grant, HandshakeDenied, IAuthenticator
@@ -79,6 +89,12 @@ class PushProtocol(WebSocketServerProtocol):
         self._lost = False
         #: The deflate window of the compressed frames this client takes (None: plain).
         self._window: Optional[int] = None
+        #: Whether this client gets messages with their positions (an event client of a
+        #: facility with history), and the positions it asked to recover from, by channel.
+        self._positions = False
+        self._recover: dict[str, Position] = {}
+        #: The history reads of the channels being recovered (a History, or the failure).
+        self._reads: dict[str, Any] = {}
 
     @property
     def node(self) -> Node:
@@ -106,6 +122,7 @@ class PushProtocol(WebSocketServerProtocol):
                 self.factory.config, peer=request.peer, host=request.host,
                 path=request.path, query=urlsplit(self.http_request_uri).query,
                 headers=request.headers, secure=self._isSecure())
+            self._recover = _recover_from(handshake.params.get("recover", []))
             answer = self.factory.authenticator.authenticate(handshake)
         except HandshakeDenied as e:
             raise ConnectionDeny(e.status, e.reason) from None
@@ -147,6 +164,10 @@ class PushProtocol(WebSocketServerProtocol):
         self.identity, self.facility = admitted.identity, admitted.facility
         self._channels, self._publish_to = admitted.channels, admitted.publish_to
         self.speaks_events = admitted.speaks_events
+        self._positions = self.speaks_events and \
+            self.factory.config.history_for(self.facility) is not None
+        if not self._positions:
+            self._recover = {}
         return admitted.subprotocol
 
     def succeedHandshake(self, res: Any) -> None:
@@ -180,10 +201,28 @@ class PushProtocol(WebSocketServerProtocol):
         node.events.connected(self)
 
     def _replay(self, _: object) -> None:
+        """Fetch every channel's stored message and, for a client that asked to recover,
+        the history of its channels since its positions: commands written together, so
+        that they take one Redis round trip."""
+        broker, config = self.node.broker, self.factory.config
+        waits: list[defer.Deferred[Any]] = []
         for channel in self._channels:
-            self.node.broker.fetch(channel).addCallbacks(
+            waits.append(broker.fetch(channel).addCallbacks(
                 self._fetched, self._noReplay, callbackArgs=(channel,),
-                errbackArgs=(channel,))
+                errbackArgs=(channel,)))
+        retention = config.history_for(self.facility)
+        for channel, position in self._recover.items():
+            if retention is None or channel not in self._channels:
+                continue
+            waits.append(broker.history(history_keys(config.prefix, channel), retention,
+                                        since=position.offset)
+                         .addBoth(self._read, channel))
+        if not waits:
+            return
+        # A message published before the reads may still be on its way here (the
+        # subscriber and the command connection are two sockets): wait for it.
+        defer.gatherResults(waits).addCallback(
+            lambda _: self.node.router.barrier()).addBoth(self._replayStored)
 
     def _noReplay(self, failure: Failure, channel: str) -> None:
         _log.debug("no replay for {peer}: {error}", peer=self.peer,
@@ -192,10 +231,12 @@ class PushProtocol(WebSocketServerProtocol):
 
     def _fetched(self, stored: Optional[bytes], channel: str) -> None:
         self._stored[channel] = stored
-        if len(self._stored) == len(self._channels):
-            # A message published before the fetches may still be on its way here (the
-            # subscriber and the command connection are two sockets): wait for it.
-            self.node.router.barrier().addBoth(self._replayStored)
+
+    def _read(self, result: Any, channel: str) -> None:
+        if isinstance(result, Failure):
+            _log.info("recovering {channel} for {peer} failed: {error}", channel=channel,
+                      peer=self.peer, error=result.getErrorMessage())
+        self._reads[channel] = result
 
     def _replayStored(self, result: object) -> None:
         """Every channel's stored message is in, and every live message published before
@@ -203,14 +244,52 @@ class PushProtocol(WebSocketServerProtocol):
         meanwhile, in the order they came. A stored message that also came live (it was
         published, then stored, while the client joined) is sent once, live."""
         held, self._held = self._held or [], None
+        merges = self._merge(held)
+        keep = [True] * len(held)
+        for channel_, merging in merges.items():
+            indexes = [i for i, (c, _, _) in enumerate(held) if c == channel_]
+            for index, kept in zip(indexes, merging.live, strict=True):
+                keep[index] = kept
         live = {(channel_, payload) for channel_, _, payload in held}
         for channel_ in self._channels:
-            message = self._stored[channel_]
+            merged = merges.get(channel_)
+            if merged is not None and merged.recovered:
+                for publication in merged.publications:
+                    self._sendRecovered(channel_, publication)
+                continue
+            message = self._stored.get(channel_)
             if message is not None and (channel_, message) not in live:
                 self._sendStored(message)
         self._stored = {}
-        for _, prepared, payload in held:
-            self._write(prepared, payload)
+        if self._recover:
+            self.emit(envelope.RECOVERED_EVENT, _recovered(merges))
+        for (channel_, prepared, payload), kept in zip(held, keep, strict=True):
+            if kept:
+                self._write(self._outgoing(prepared, channel_), payload)
+
+    def _merge(self, held: list[tuple[str, Any, bytes]]) -> dict[str, Merge]:
+        """Each recovered channel's history read merged with its live messages held."""
+        merges = {}
+        reads, self._reads = self._reads, {}
+        for channel_, read in reads.items():
+            positions = [prepared.position for c, prepared, _ in held if c == channel_]
+            if isinstance(read, History):
+                merges[channel_] = merge(self._recover[channel_], read, positions)
+            else:
+                merges[channel_] = Merge(False, UNAVAILABLE, (), (True,) * len(positions))
+        return merges
+
+    def _sendRecovered(self, channel: str, publication: Publication) -> None:
+        """Send a message read from the history, with its position."""
+        if self.state != self.STATE_OPEN:
+            return
+        forged = envelope.server_voice(publication.payload)
+        if forged is not None:
+            _log.warn("not recovering a message to {peer}: it is {what}", peer=self.peer,
+                      what=forged)
+            return
+        self.sendMessage(envelope.encode_publication(
+            channel, publication.offset, self._recover[channel].epoch, publication.payload))
 
     def _sendStored(self, stored: bytes) -> None:
         if self.state != self.STATE_OPEN:
@@ -241,7 +320,13 @@ class PushProtocol(WebSocketServerProtocol):
             elif not self._dropped:
                 self._dropSlow("its stored messages did not come in time")
             return
-        self._write(prepared, payload)
+        self._write(self._outgoing(prepared, channel), payload)
+
+    def _outgoing(self, prepared: deflate.Message, channel: str) -> deflate.Message:
+        """What this client gets of a prepared message: with its position, in a
+        publication envelope, for an event client of a facility with history (built once
+        per message for all of them); the message as published for everyone else."""
+        return prepared.published(channel) if self._positions else prepared
 
     def _write(self, prepared: deflate.Message, payload: bytes) -> None:
         if self._paused_at is not None and self._overflows(len(payload)):
@@ -473,6 +558,29 @@ class PushProtocol(WebSocketServerProtocol):
             node.presence.left(self)
             node.clientLeft()
             node.events.closed(self)
+
+
+def _recover_from(values: list[str]) -> dict[str, Position]:
+    """The ``recover`` query parameters of a handshake (400 when one is malformed)."""
+    try:
+        return parse_recover(values)
+    except ValueError as e:
+        raise HandshakeDenied(str(e), 400) from None
+
+
+def _recovered(merges: dict[str, Merge]) -> dict[str, Any]:
+    """The data of the ``ws4tx.recovered`` event: recovered only when every channel the
+    client asked for (and may listen to) was; the first failure's reason otherwise."""
+    failed = [m.reason for m in merges.values() if not m.recovered]
+    if not merges:
+        failed = [UNKNOWN_POSITION]
+    data: dict[str, Any] = {"recovered": not failed}
+    if failed:
+        data["reason"] = failed[0]
+    data["channels"] = {
+        channel: {"recovered": True, "messages": len(m.publications)} if m.recovered
+        else {"recovered": False, "reason": m.reason} for channel, m in merges.items()}
+    return data
 
 
 def _raiseNotStored(receivers: int, reason: str) -> int:

@@ -113,9 +113,9 @@ class Router:
         #: Barriers asked for in this turn, sent together on the next.
         self._barrier_waiters: list[defer.Deferred[None]] = []
         self._barrier_call: Optional[IDelayedCall] = None
-        #: (arrival time, channel, payload) of messages waiting for a later turn; a
-        #: barrier's waiters in place of the payload, with no channel.
-        self._backlog: deque[tuple[float, Any, Any]] = deque()
+        #: (arrival time, channel, payload, position) of messages waiting for a later
+        #: turn; a barrier's waiters in place of the payload, with no channel.
+        self._backlog: deque[tuple[float, Any, Any, Optional[Position]]] = deque()
         self._spent = 0
         self._turn: Optional[IDelayedCall] = None
         self._missed: Counter[str] = Counter()
@@ -218,6 +218,7 @@ class Router:
         self.stats["messages"] += 1
         if not self.hub.members(channel):
             return
+        position: Optional[Position] = None
         if self._has_history is not None:
             positioned = self._positioned.get(channel)
             if positioned is None:
@@ -242,15 +243,15 @@ class Router:
         if not backlog and self._spent < FRAMES_PER_TURN:
             observer = self.fanout_observer
             if observer is None:
-                self._spent += self._fanOut(channel, payload)
+                self._spent += self._fanOut(channel, payload, position)
             else:
                 arrived = self._clock.seconds()
-                self._spent += self._fanOut(channel, payload)
+                self._spent += self._fanOut(channel, payload, position)
                 observer(self._clock.seconds() - arrived)
         else:
-            backlog.append((self._clock.seconds(), channel, payload))
+            backlog.append((self._clock.seconds(), channel, payload, position))
             if len(backlog) > self._max_backlog:
-                _, dropped, waiters = backlog.popleft()
+                _, dropped, waiters, _ = backlog.popleft()
                 if dropped is None:
                     _release(waiters)
                 else:
@@ -263,11 +264,14 @@ class Router:
         """How many messages wait for a later reactor turn."""
         return len(self._backlog)
 
-    def _fanOut(self, channel: str, payload: bytes) -> int:
-        """Write one message to the channel's members; return how many frames."""
+    def _fanOut(self, channel: str, payload: bytes, position: Optional[Position]) -> int:
+        """Write one message to the channel's members; return how many frames. The
+        prepared message carries the position (event clients get it with the message)."""
         members = tuple(self.hub.members(channel))
         if members:
             prepared = self._prepare(payload, not is_text(payload))
+            if position is not None:
+                prepared.position = position
             for member in members:
                 member.deliver(prepared, channel, payload)
             self.stats["frames"] += len(members)
@@ -282,13 +286,13 @@ class Router:
             return
         too_old = self._clock.seconds() - self._max_lag
         while backlog and self._spent < FRAMES_PER_TURN:
-            arrived, channel, payload = backlog.popleft()
+            arrived, channel, payload, position = backlog.popleft()
             if channel is None:
                 _release(payload)
             elif arrived < too_old:
                 self._drop(channel)
             else:
-                self._spent += self._fanOut(channel, payload)
+                self._spent += self._fanOut(channel, payload, position)
                 if self.fanout_observer is not None:
                     self.fanout_observer(self._clock.seconds() - arrived)
         if backlog or self._spent:
@@ -314,7 +318,7 @@ class Router:
         def reached(_: object) -> None:
             # What the broker handed over before its marker may still wait in the backlog.
             if self._backlog:
-                self._backlog.append((self._clock.seconds(), None, waiters))
+                self._backlog.append((self._clock.seconds(), None, waiters, None))
             else:
                 _release(waiters)
 
