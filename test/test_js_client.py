@@ -779,3 +779,57 @@ class StaticFilesTests(SynchronousTestCase):
         self.assertTrue(link.is_symlink())
         self.assertEqual(os.readlink(link), "../ws4tx/ws4tx.js")
         self.assertEqual(link.resolve(), SCRIPT.resolve())
+
+
+class RecoveryClientTests(_PageTestCase):
+    """WS4TX on a facility with history: positions come with messages, go back on
+    reconnect, and the server's verdict fires as 'recovered'."""
+
+    CHAT = "ws4tx:broadcast:chat"
+
+    def pub(self, offset: int, payload: bytes, channel: str = CHAT,
+            epoch: str = "ab12") -> str:
+        return envelope.encode_publication(channel, offset, epoch, payload).decode()
+
+    def test_publicationsAreDeliveredAsBeforeAndRememberedForTheReconnect(self) -> None:
+        self.connect(events=[*LIFECYCLE, "message", "said", "recovered"])
+        self.receive(self.pub(1, b"raw text"))
+        self.receive(self.pub(2, envelope.encode_event("said", {"n": 1}).encode()))
+        self.receive(self.pub(7, b"other", channel="ws4tx:user:a:chat", epoch="ff"))
+        self.assertEqual(self.log(), [["message", "raw text"], ["said", {"n": 1}],
+                                      ["message", "other"]])
+        self.assertEqual(self.js("c.positions"), {
+            self.CHAT: {"epoch": "ab12", "offset": 2},
+            "ws4tx:user:a:chat": {"epoch": "ff", "offset": 7}})
+        self.assertEqual(self.socket()["url"], URI)  # nothing to recover the first time
+        self.serverClose(1006)
+        self.advance(600)
+        self.assertEqual(self.socketCount(), 2)
+        self.assertEqual(self.socket()["url"], URI + "&recover=ws4tx%3Abroadcast%3Achat%3A"
+                         "ab12%3A2&recover=ws4tx%3Auser%3Aa%3Achat%3Aff%3A7")
+        self.open()
+        self.log()
+        self.receive(self.pub(3, b"missed"))
+        verdict = {"recovered": True, "channels": {self.CHAT: {"recovered": True,
+                                                               "messages": 1}}}
+        self.receive(envelope.encode_event(envelope.RECOVERED_EVENT, verdict))
+        self.assertEqual(self.log(), [["message", "missed"], ["recovered", verdict]])
+
+    def test_aFailedRecoveryIsReported(self) -> None:
+        self.connect(events=["recovered"])
+        verdict = {"recovered": False, "reason": "trimmed", "channels": {}}
+        self.receive(envelope.encode_event(envelope.RECOVERED_EVENT, verdict))
+        self.assertEqual(self.log(), [["recovered", verdict]])
+
+    def test_binaryPayloadsKeepTheirBytes(self) -> None:
+        self.connect({"binaryType": "arraybuffer"}, events=["message"])
+        self.receive(self.pub(1, b"\xff\x00\x01"))
+        self.assertEqual(self.js("__log.map(([n, d]) => Array.from(new Uint8Array(d)))"),
+                         [[255, 0, 1]])
+
+    def test_recoverFalseSendsNoPositions(self) -> None:
+        self.connect({"recover": False})
+        self.receive(self.pub(1, b"x"))
+        self.serverClose(1006)
+        self.advance(600)
+        self.assertEqual(self.socket()["url"], URI)

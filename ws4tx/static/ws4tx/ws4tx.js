@@ -14,6 +14,7 @@
  *     ackTimeout: 10000,        // ms an acknowledgement may take (0 or null: no limit)
  *     protocols: [],            // extra subprotocols, after "ws4tx.v1"
  *     binaryType: undefined,    // 'blob' (the browser's default) or 'arraybuffer'
+ *     recover: true,            // on a facility with history: ask for what was missed
  *   });
  *   // Also: ws4tx.connect(uri, options). `uri` may be a function returning the URL, or a
  *   // Promise of it, called before every attempt (e.g. to fetch a fresh ?token=...).
@@ -25,6 +26,11 @@
  *     'connected'    fn({protocol})            it is open
  *     'disconnected' fn({code, reason, wasClean, reconnect})   every socket that closes
  *     'reconnecting' fn({attempt, delay})      the next attempt (1, 2, ...) in `delay` ms
+ *     'recovered'    fn({recovered, reason, channels})   after a reconnect that asked for
+ *                    the messages missed meanwhile (a facility with history): recovered
+ *                    true when every one of them was delivered (before this event, once,
+ *                    in order); false with the reason otherwise (resync the page's state)
+ *   client.positions                     {channel: {epoch, offset}} of the last messages
  *   client.emit(name, data)              -> true when sent (nothing is queued while offline)
  *   client.emit(name, data, (err, reply) => ...)   with an acknowledgement
  *   client.request(name, data)           -> Promise of the reply; rejects with a
@@ -79,6 +85,7 @@ function (root) {
     ackTimeout: 10000,
     protocols: [],
     binaryType: undefined,
+    recover: true,
     WebSocket: undefined,  // a WebSocket constructor to use instead of the global one
   };
 
@@ -189,6 +196,7 @@ function (root) {
       var Socket = this._opts.WebSocket || root.WebSocket;
       var ws;
       try {
+        uri = this._dialed(uri);
         ws = this._protocols.length ? new Socket(uri, this._protocols) : new Socket(uri);
       } catch (error) {
         this._failedAttempt(error);
@@ -304,6 +312,7 @@ function (root) {
     }
 
     // Hooks
+    _dialed(uri) { return uri; }
     _onConnecting() {}
     _onConnected() {}
     _onFrame() {}
@@ -325,7 +334,18 @@ function (root) {
     if (!obj || typeof obj !== 'object' || Array.isArray(obj)) return null;
     if (obj.ws4tx === 'event' && typeof obj.event === 'string' && obj.event) return obj;
     if (obj.ws4tx === 'ack' && Number.isInteger(obj.id) && obj.id >= 0) return obj;
+    if (obj.ws4tx === 'pub' && typeof obj.channel === 'string' && Number.isInteger(obj.offset)
+        && typeof obj.epoch === 'string'
+        && (typeof obj.data === 'string' || typeof obj.data64 === 'string')) return obj;
     return null;
+  }
+
+  /** The bytes of a base64 string, as the socket's binaryType would give them. */
+  function binary(data64, binaryType) {
+    var text = atob(data64);
+    var bytes = new Uint8Array(text.length);
+    for (var i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+    return binaryType === 'arraybuffer' ? bytes.buffer : new Blob([bytes]);
   }
 
   /** The event client: see the header. */
@@ -339,6 +359,7 @@ function (root) {
       this._handlers = new Map();
       this._pending = new Map();  // ack id -> {event, callback, timer}
       this._nextId = 1;
+      this._positions = new Map();  // channel -> {epoch, offset} of its last message
       // Connect once the caller had a chance to add its handlers ('connecting' included).
       var self = this;
       later(function () { self._connect(); });
@@ -462,16 +483,54 @@ function (root) {
       }
     }
 
+    /** The last position of each channel with history: {channel: {epoch, offset}}. */
+    get positions() {
+      var result = {};
+      this._positions.forEach(function (position, channel) {
+        result[channel] = {epoch: position.epoch, offset: position.offset};
+      });
+      return result;
+    }
+
+    /** The URL with the positions to recover from, one recover=<channel>:<epoch>:<offset>
+     *  per channel (docs/protocol.md, Recovery). */
+    _dialed(uri) {
+      if (!this._opts.recover || !this._positions.size || typeof uri !== 'string') return uri;
+      var params = [];
+      this._positions.forEach(function (position, channel) {
+        params.push('recover=' + encodeURIComponent(
+          channel + ':' + position.epoch + ':' + position.offset));
+      });
+      var hash = uri.indexOf('#');
+      var tail = hash >= 0 ? uri.slice(hash) : '';
+      var head = hash >= 0 ? uri.slice(0, hash) : uri;
+      return head + (head.indexOf('?') >= 0 ? '&' : '?') + params.join('&') + tail;
+    }
+
     _onConnecting(info) { this._fire('connecting', info); }
 
     _onConnected(info) { this._fire('connected', info); }
 
     _onFrame(data) {
       var envelope = parseEnvelope(data);
+      if (envelope !== null && envelope.ws4tx === 'pub') {
+        // A message of a channel with history: remember its position, then deliver the
+        // payload as if it had come alone (an application event, or a raw message).
+        this._positions.set(envelope.channel, {epoch: envelope.epoch, offset: envelope.offset});
+        if (typeof envelope.data64 === 'string') {
+          this._fire('message', binary(envelope.data64, this._opts.binaryType));
+          return;
+        }
+        data = envelope.data;
+        envelope = parseEnvelope(data);
+        if (envelope !== null && envelope.ws4tx !== 'event') envelope = null;
+      }
       if (envelope === null) {
         this._fire('message', data);
       } else if (envelope.ws4tx === 'event') {
-        this._fire(envelope.event, envelope.data === undefined ? null : envelope.data);
+        var payload = envelope.data === undefined ? null : envelope.data;
+        this._fire(envelope.event, payload);
+        if (envelope.event === 'ws4tx.recovered') this._fire('recovered', payload);
       } else if (envelope.error !== undefined && envelope.error !== null) {
         var pending = this._pending.get(envelope.id);
         this._settle(envelope.id, new AckError(String(envelope.error), 'error',
