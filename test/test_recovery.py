@@ -91,6 +91,45 @@ class MergeTests(SynchronousTestCase):
         self.assertIsNotNone(envelope.server_voice(text))
 
 
+class FanOutTests(SynchronousTestCase):
+    """The position rides on the message the router prepares once, through its backlog;
+    the publication envelope is built once per message for every event client."""
+
+    def test_positionReachesEveryClientOnOneFrame(self) -> None:
+        from twisted.internet.task import Clock
+
+        from ws4tx.server import deflate, router
+        from ws4tx.testing import MemoryBroker, MemoryBus
+
+        from test.test_routing import FakeClient
+
+        clock = Clock()
+        broker = MemoryBroker(MemoryBus(clock))
+        routing = router.Router(broker, deflate.Message, clock=clock,
+                                has_history=lambda channel: True)
+        broker.start(routing)
+        clients = [FakeClient() for _ in range(3)]
+        for client in clients:
+            routing.join(client, ["ch"])
+        clock.advance(0)
+        # More than a turn's frames: the last messages wait in the backlog.
+        count = router.FRAMES_PER_TURN // len(clients) + 2
+        for offset in range(1, count + 1):
+            routing.messageReceived("ch", history.with_position(b"m", Position(offset, E)))
+        self.assertGreater(routing.backlog, 0)
+        while routing.backlog:
+            clock.advance(0)
+        frames = clients[0].frames
+        self.assertEqual([f.position for f in frames],
+                         [Position(o, E) for o in range(1, count + 1)])
+        last = frames[-1]
+        self.assertTrue(all(c.frames[-1] is last for c in clients))
+        published = last.published("ch")
+        self.assertIs(last.published("ch"), published)
+        self.assertEqual(json.loads(published.payload)["offset"], count)
+        self.assertEqual(last.payload, b"m")
+
+
 HISTORY = {"chat*": {"size": 5, "ttl": 600}}
 CHAT = "ws4tx:broadcast:chat"
 EVENTS = ("ws4tx.v1",)
