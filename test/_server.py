@@ -114,6 +114,22 @@ class ServerTestCase(unittest.TestCase):
         self.addCleanup(self.redis.close)
         await self.startServer()
 
+    def useDjangoSide(self, **settings: Any) -> None:
+        """Set Django up for the Django half, with ``settings`` overridden for this test,
+        publishing to the test's Redis (call after ``startRedis``)."""
+        from django.test import override_settings
+
+        from ws4tx import _sync_redis
+
+        from test._django import setup_django
+
+        setup_django()
+        override = override_settings(**settings)
+        override.enable()
+        self.addCleanup(override.disable)
+        _sync_redis.use_url(self.redis_server.url)
+        self.addCleanup(_sync_redis.reset)
+
     async def redisAddress(self) -> RedisAddress:
         """Where the server under test finds Redis."""
         return self.redis_server.address

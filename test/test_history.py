@@ -12,7 +12,6 @@ from ws4tx import api, history, naming
 from ws4tx.history import Position, Publication, Retention, Rule
 from ws4tx.publisher import RedisPublisher
 
-from test._django import setup_django
 from test._djangoredis import DjangoRedisTestCase
 from test._server import ServerTestCase, identity_header
 
@@ -64,21 +63,12 @@ class BothHalvesTests(ServerTestCase):
     """The Django side and the server publish to and read one history."""
 
     async def _setUp(self) -> None:
-        from django.test import override_settings
-
-        from ws4tx import _sync_redis
-
-        setup_django()
-        override = override_settings(WS4TX_HISTORY=HISTORY)
-        override.enable()
-        self.addCleanup(override.disable)
-        self.redis_server = self.startRedis()
         import redis
 
+        self.redis_server = self.startRedis()
         self.redis = redis.Redis.from_url(self.redis_server.url, socket_timeout=5)
         self.addCleanup(self.redis.close)
-        _sync_redis.use_url(self.redis_server.url)
-        self.addCleanup(_sync_redis.reset)
+        self.useDjangoSide(WS4TX_HISTORY=HISTORY)
         await self.startServer(config={"history": HISTORY})
 
     @property

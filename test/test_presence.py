@@ -19,7 +19,6 @@ from ws4tx.server.embedded import free_port
 from ws4tx.server.node import Node
 from ws4tx.testing import MemoryBroker, MemoryBus
 
-from test._django import setup_django
 from test._process import Twistd
 from test._server import ServerTestCase, identity_header
 from test._wsclient import WSClient, connect
@@ -152,19 +151,11 @@ class BothHalvesTests(ServerTestCase):
 
     async def _setUp(self) -> None:
         import redis
-        from django.test import override_settings
 
-        from ws4tx import _sync_redis
-
-        setup_django()
-        override = override_settings(WS4TX_PRESENCE=["chat*"])
-        override.enable()
-        self.addCleanup(override.disable)
         self.redis_server = self.startRedis()
         self.redis = redis.Redis.from_url(self.redis_server.url, socket_timeout=5)
         self.addCleanup(self.redis.close)
-        _sync_redis.use_url(self.redis_server.url)
-        self.addCleanup(_sync_redis.reset)
+        self.useDjangoSide(WS4TX_PRESENCE=["chat*"])
         await self.startServer(config={"presence": ("chat*",), "presence_ttl": TTL})
 
     async def watcher(self, user: str = "alice") -> WSClient:
