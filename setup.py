@@ -22,7 +22,9 @@ setup(
     },
     install_requires=[
         "Twisted>=24.7",
-        "autobahn>=24.4",
+        # 26.10 bounds inflation of compressed client messages by maxMessagePayloadSize
+        # (GHSA-hxp9-w8x3-p566), which --compression relies on; it is the version tested.
+        "autobahn>=26.10",
         "txredisapi>=1.6",
         # txredisapi's C parser: without it each message costs extra reactor turns.
         "hiredis>=3",
