@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 from twisted.internet import defer, protocol, reactor
 
@@ -70,3 +70,17 @@ class Twistd(protocol.ProcessProtocol):
         if not self.ended.called:
             self.transport.signalProcess(signal)
         return self.ended.addTimeout(TIMEOUT, reactor)
+
+
+def started_redis(testcase: Any) -> tuple[Any, Any]:
+    """A Redis server of the test's own (stopped at its end) and a redis-py client of it."""
+    import redis
+
+    from ws4tx.server.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis()
+    server.start()
+    testcase.addCleanup(server.stop)
+    store = redis.Redis.from_url(server.url)
+    testcase.addCleanup(store.close)
+    return server, store

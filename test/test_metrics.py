@@ -147,19 +147,13 @@ class WorkerMetricsTests(unittest.TestCase):
         import os
         import signal
 
-        import redis
+        from ws4tx.server.embedded import free_port
 
-        from ws4tx.server.embedded import EmbeddedRedis, free_port
-
-        from test._process import Twistd
+        from test._process import Twistd, started_redis
         from test._wsclient import connect
         from test.test_twistd import children
 
-        server = EmbeddedRedis()
-        server.start()
-        self.addCleanup(server.stop)
-        store = redis.Redis.from_url(server.url)
-        self.addCleanup(store.close)
+        server, store = started_redis(self)
         port = free_port()
         child = Twistd().start("--workers", "2", "--metrics-url", "/ws4tx/metrics",
                                "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024",

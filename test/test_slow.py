@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 
-import redis
 from twisted.internet import defer, endpoints, reactor, task
 from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
 
 from ws4tx.server.config import ServerConfig
-from ws4tx.server.embedded import EmbeddedRedis, free_port
+from ws4tx.server.embedded import free_port
 
-from test._process import Twistd
+from test._process import Twistd, started_redis
 from test._wsclient import TIMEOUT, connect, handshake_request, raw_request, status_of
 
 #: The server's defaults, which the child runs with.
@@ -59,11 +58,7 @@ class SlowConsumerTests(unittest.TestCase):
         being slow once 1 MiB waits for it (not after 1,000 messages, 20 MB, nor after
         10 s); the server's resident memory grows by less than 10 MiB meanwhile; a normal
         client on the channel gets every message in order."""
-        store_server = EmbeddedRedis()
-        store_server.start()
-        self.addCleanup(store_server.stop)
-        store = redis.Redis.from_url(store_server.url)
-        self.addCleanup(store.close)
+        store_server, store = started_redis(self)
         port = free_port()
         child = Twistd().start("--listen", f"tcp:{port}:interface=127.0.0.1",
                                "--redis", store_server.url, "--ping-interval", "0")

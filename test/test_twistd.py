@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from ws4tx.server.embedded import EmbeddedRedis, free_port
 
-from test._process import Twistd, twistd_path
+from test._process import Twistd, started_redis, twistd_path
 from test._wsclient import connect
 
 
@@ -64,11 +64,7 @@ class TwistdTests(unittest.TestCase):
 
     async def test_publishFromDjangoReachesClientAndSigtermCloses1001(self):
         """A RedisPublisher message reaches a client; SIGTERM closes it with 1001, exit 0."""
-        server = EmbeddedRedis()
-        server.start()
-        self.addCleanup(server.stop)
-        store = redis.Redis.from_url(server.url)
-        self.addCleanup(store.close)
+        server, store = started_redis(self)
         # The stored message comes back once the subscription is in place.
         store.set("ws4tx:broadcast:foobar", "stored", ex=60)
         child, port = await self._serve("--redis", server.url)
@@ -158,11 +154,7 @@ class WorkerTests(unittest.TestCase):
     async def test_twoWorkersShareThePortAndDrain(self):
         """Two workers serve one port; each has its own Redis subscriber; a publish
         reaches clients of both; SIGTERM drains both (1001) and exits 0."""
-        server = EmbeddedRedis()
-        server.start()
-        self.addCleanup(server.stop)
-        store = redis.Redis.from_url(server.url)
-        self.addCleanup(store.close)
+        server, store = started_redis(self)
         port = free_port()
         child = Twistd().start("--workers", "2", "--listen",
                                f"tcp:{port}:interface=127.0.0.1:backlog=1024",
