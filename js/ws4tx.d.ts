@@ -1,0 +1,267 @@
+/**
+ * Types of ws4tx.js, the browser client of ws4tx (real-time push for Django sites).
+ * The wire protocol, every event and every close code: docs/protocol.md of ws4tx.
+ *
+ * Written by hand beside the script (ws4tx/static/ws4tx/ws4tx.js); the package's tests
+ * check that every name and public member the script has is declared here.
+ */
+
+/** The subprotocol of event clients. */
+export declare const SUBPROTOCOL: 'ws4tx.v1';
+
+/** `Blob` where the environment has one (the DOM, Node's types), else nothing. */
+type BlobLike = typeof globalThis extends { Blob: { prototype: infer B } } ? B : never;
+
+/** A raw payload as the socket gives it: text, or binary by the socket's `binaryType`
+ *  (a `Blob` by default in browsers, an `ArrayBuffer` with `binaryType: 'arraybuffer'`;
+ *  a Node `Buffer` from the `ws` package by default). */
+export type RawData = string | ArrayBuffer | BlobLike | ArrayBufferView;
+
+/** What `send()` takes: a text or binary frame. */
+export type SendData = string | ArrayBufferLike | ArrayBufferView | BlobLike;
+
+/** The part of a WebSocket ws4tx.js uses: the browser's, Node's built-in one (Node 22+), or
+ *  the `ws` package's. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  readonly protocol: string;
+  binaryType: string;
+  send(data: any): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+}
+
+/** A WebSocket constructor, such as `WebSocket` or the `ws` package's default export. */
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** Where to connect: the URL, or a function called before every attempt that returns it or
+ *  a Promise of it (to fetch a fresh `?token=...`, say). A failed call or rejected Promise
+ *  counts as a failed attempt: it is reported and retried with the backoff. */
+export type Uri = string | (() => string | PromiseLike<string>);
+
+/** The options both clients share (defaults in brackets). */
+export interface ConnectionOptions {
+  /** Milliseconds between heartbeats [5000]. */
+  heartbeatInterval?: number;
+  /** Unanswered heartbeats before the socket is dropped (closed with 4000) [3]. */
+  maxMissedHeartbeats?: number;
+  /** Reconnect after a drop, with full-jitter exponential backoff [true]. */
+  reconnect?: boolean;
+  /** Milliseconds: the cap of the first retry's delay [500]. */
+  minDelay?: number;
+  /** Milliseconds: the largest cap of a retry's delay [30000]. */
+  maxDelay?: number;
+  /** Extra subprotocols (after `ws4tx.v1` for WS4TX) [[]]. */
+  protocols?: string | string[];
+  /** Set on every socket: 'blob' (the browser's default) or 'arraybuffer' [unset]. */
+  binaryType?: 'blob' | 'arraybuffer' | (string & {});
+  /** The WebSocket constructor to use instead of the global one (Node without a global
+   *  WebSocket: the `ws` package) [the global `WebSocket`]. */
+  WebSocket?: WebSocketConstructor;
+}
+
+/** The options of the event client (defaults in brackets). */
+export interface WS4TXOptions extends ConnectionOptions {
+  /** A text sent every `heartbeatInterval` and echoed by the server (the server's
+   *  HEARTBEAT setting); null: no heartbeat [null]. */
+  heartbeat?: string | null;
+  /** Milliseconds an acknowledgement may take; 0 or null: no limit [10000]. */
+  ackTimeout?: number | null;
+  /** On a facility with history: ask, when reconnecting, for what was missed [true]. */
+  recover?: boolean;
+}
+
+/** 'connecting': a socket is being opened (attempt 0 first, then the reconnect's). */
+export interface ConnectingInfo { attempt: number }
+/** 'connected': the socket is open. */
+export interface ConnectedInfo { protocol: string }
+/** 'disconnected': a socket closed (or none could be made: code 1006). */
+export interface DisconnectedInfo {
+  code: number;
+  reason: string;
+  wasClean: boolean;
+  /** Whether a reconnect follows (false after close(), 1008, 4401, 4403). */
+  reconnect: boolean;
+}
+/** 'reconnecting': the next attempt (1, 2, ...) in `delay` ms. */
+export interface ReconnectingInfo { attempt: number; delay: number }
+
+/** Why a channel's missed messages could not be delivered. */
+export type RecoveryReason = 'trimmed' | 'epoch' | 'position' | 'gap' | 'unavailable';
+
+/** A channel's result in 'recovered'. */
+export type ChannelRecovery =
+  | { recovered: true; messages: number }
+  | { recovered: false; reason: RecoveryReason | (string & {}) };
+
+/** 'recovered' (and 'ws4tx.recovered'): after a reconnect that asked for the messages
+ *  missed meanwhile. true: every one of them was delivered, once and in order, before this
+ *  event; false: none was (resync the page's state). */
+export type RecoveredInfo =
+  | { recovered: true; channels: Record<string, ChannelRecovery> }
+  | { recovered: false; reason: RecoveryReason | (string & {});
+      channels: Record<string, ChannelRecovery> };
+
+/** The position of a channel's last message (facilities with history). */
+export interface Position { epoch: string; offset: number }
+
+/** A client on a facility with presence. */
+export interface PresenceEntry {
+  id: string;
+  /** The user name; null for an anonymous client. */
+  user: string | null;
+  /** When it connected, Unix seconds. */
+  since: number;
+}
+
+/** The events ws4tx.js and the server fire, with their data. */
+export interface WS4TXEventMap {
+  /** A frame that is not an envelope. */
+  message: RawData;
+  connecting: ConnectingInfo;
+  connected: ConnectedInfo;
+  disconnected: DisconnectedInfo;
+  reconnecting: ReconnectingInfo;
+  recovered: RecoveredInfo;
+  /** An event of this client failed without an id, an invalid envelope, a rate limit. */
+  'ws4tx.error': { message: string };
+  /** The server lost Redis: messages may be missed until 'ws4tx.resumed'. */
+  'ws4tx.interrupted': null;
+  /** Delivery is back: resync application state. */
+  'ws4tx.resumed': null;
+  'ws4tx.recovered': RecoveredInfo;
+  /** The server fell behind and dropped `messages` messages of this client's channels. */
+  'ws4tx.dropped': { messages: number };
+  /** Clients came (`joined`) or went (`left`: their ids), on a facility with presence. */
+  'ws4tx.presence': { joined: PresenceEntry[]; left: string[] };
+}
+
+/** A handler: called with the client as `this`; what it returns is ignored, what it throws
+ *  is reported (reportError, or console.error) without stopping the client. */
+export type Handler<T, C = WS4TX<any>> = (this: C, data: T) => void;
+
+/** The data of event `K`: the client's own events' (WS4TXEventMap), the application's
+ *  (`Events`; an application event named 'message' shares the handlers of raw frames), or
+ *  `any` for an event of neither. */
+export type EventData<Events, K extends string> =
+  K extends keyof WS4TXEventMap
+    ? (K extends keyof Events ? Events[K] | WS4TXEventMap[K] : WS4TXEventMap[K])
+    : (K extends keyof Events ? Events[K] : any);
+
+/** The callback of an emit() with an acknowledgement: `(null, reply)` or `(error)`. */
+export type AckCallback<R = any> = (error: AckError | null, reply?: R) => void;
+
+/** Why an acknowledgement did not come. */
+export declare class AckError extends Error {
+  constructor(message: string, code: AckError['code'], event?: string);
+  name: 'AckError';
+  /** 'error': the server answered with an error (`message` is its text); 'timeout': none
+   *  within `ackTimeout`; 'disconnected': the socket closed first; 'not-connected': there
+   *  was no open socket to send it on. */
+  code: 'error' | 'timeout' | 'disconnected' | 'not-connected';
+  /** The event that was emitted. */
+  event: string | undefined;
+}
+
+/**
+ * The event client: named events with acknowledgements beside raw payloads, heartbeat,
+ * reconnecting with backoff and, on facilities with history, recovery of missed messages.
+ * It connects on the next microtask, so that handlers added right after construction see
+ * 'connecting'.
+ *
+ * `Events` types the data of the application's own events, by name:
+ * `new WS4TX<{chat: {text: string}}>(url)`.
+ */
+export declare class WS4TX<Events extends object = Record<string, any>> {
+  constructor(uri: Uri, options?: WS4TXOptions);
+
+  static readonly SUBPROTOCOL: 'ws4tx.v1';
+  /** Close codes after which the client stops reconnecting: 1008, 4401, 4403. */
+  static readonly FINAL_CODES: number[];
+  /** The code the client closes a socket with when its heartbeats go unanswered: 4000. */
+  static readonly HEARTBEAT_TIMEOUT: 4000;
+  static readonly AckError: typeof AckError;
+
+  /** 'connecting' | 'connected' | 'reconnecting' | 'closed' (after close(), or a final code). */
+  readonly state: 'connecting' | 'connected' | 'reconnecting' | 'closed';
+  /** The current socket's readyState (3, CLOSED, without one). */
+  readonly readyState: number;
+  /** The position of the last message of each channel with history, by channel name. */
+  readonly positions: Record<string, Position>;
+
+  /** Call `fn` with the data of each `event`: a server or application event, or one of
+   *  the client's own (WS4TXEventMap). */
+  on<K extends string>(event: K, fn: Handler<EventData<Events, K>, this>): this;
+
+  /** on(), for the next time only. */
+  once<K extends string>(event: K, fn: Handler<EventData<Events, K>, this>): this;
+
+  /** off(): every handler; off(event): that event's; off(event, fn): that one (also when
+   *  added with once()). */
+  off(event?: string, fn?: (...args: any[]) => unknown): this;
+
+  /** Send event `event` with JSON `data`; whether it was sent (nothing is queued while
+   *  not connected). */
+  emit(event: string, data?: unknown): boolean;
+  /** ...asking for an acknowledgement: `callback(null, reply)`, or `callback(error)` with an
+   *  AckError (also when not connected: then it returns false). */
+  emit<R = any>(event: string, data: unknown, callback: AckCallback<R>): boolean;
+
+  /** emit() with an acknowledgement, as a Promise of the reply; rejects with an AckError. */
+  request<R = any>(event: string, data?: unknown): Promise<R>;
+
+  /** Send a raw frame; whether it was sent. */
+  send(raw: SendData): boolean;
+
+  /** Close for good: no more reconnecting; 'disconnected' fires at once when a socket was
+   *  connecting or open. */
+  close(code?: number, reason?: string): void;
+}
+
+/** What a CloseEvent of ws4redis.js carries (an object with these fields when the client
+ *  dropped the socket itself: close(), missed heartbeats). */
+export interface CloseInfo {
+  type: string;
+  code: number;
+  reason: string;
+  wasClean: boolean;
+}
+
+/** The options of ws4redis.js's constructor, plus those of ConnectionOptions. Callbacks are
+ *  called with the options object as `this`. */
+export interface WS4RedisOptions extends ConnectionOptions {
+  uri: Uri;
+  connecting?: () => void;
+  connected?: () => void;
+  disconnected?: (evt: CloseInfo) => void;
+  receive_message?: (message: RawData) => void;
+  /** The heartbeat text [null: none]. */
+  heartbeat_msg?: string | null;
+}
+
+/** A ws4redis.js connection: raw payloads only, no subprotocol requested. */
+export interface WS4Redis {
+  send_message(message: SendData): boolean;
+  close(): void;
+  /** The socket's readyState (3 without one). */
+  get_state(): number;
+  is_connecting(): boolean;
+  is_connected(): boolean;
+  is_closing(): boolean;
+  is_closed(): boolean;
+}
+
+/** ws4redis.js's constructor, with or without `new`; a second argument (jQuery, for
+ *  ws4redis.js) is ignored. Connects at once. */
+export declare const WS4Redis: {
+  new (options: WS4RedisOptions, ignored?: unknown): WS4Redis;
+  (options: WS4RedisOptions, ignored?: unknown): WS4Redis;
+  readonly prototype: WS4Redis;
+};
+
+/** `new WS4TX(uri, options)`. */
+export declare function connect<Events extends object = Record<string, any>>(
+  uri: Uri, options?: WS4TXOptions): WS4TX<Events>;
