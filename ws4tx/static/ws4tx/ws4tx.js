@@ -273,7 +273,10 @@ function (root) {
 
     /** Forget a socket: no more events from it, and close it if it is not closed. */
     _abandon(ws, code, reason) {
-      ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      // Not null: Node's `ws` package reports an aborted handshake as an error event, and
+      // an error event that nobody listens to kills the process.
+      ws.onerror = function () {};
       if (ws.readyState < 2) {
         try {
           ws.close(code, reason);
