@@ -360,7 +360,8 @@ SETTINGS: tuple[Setting, ...] = (
             "`redis://[user:pw@]host:port/db`, `rediss://…`, `unix:///path?db=N`, "
             "`redis+sentinel://[user:pw@]host:port[,host:port…]/MASTER_NAME[?db=N"
             "&sentinel_password=…]` (`rediss+sentinel://…`: TLS; see docs/scaling.md), "
-            "`embedded` (a private Redis started with the server); or a ws4redis dict "
+            "`embedded` (a private Redis started with the server, on a free port; "
+            "`embedded:PORT` on that port; restarted if it dies); or a ws4redis dict "
             "(`host`, `port`, `db`, `password`, `unix_socket_path`, `ssl`). A password on "
             "the command line is visible to every local user (`ps`): give it in "
             "`$WS4TX_REDIS_URL` or the settings",

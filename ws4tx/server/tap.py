@@ -26,6 +26,7 @@ from ws4tx.redis_address import InvalidRedisAddress, RedisAddress
 from ws4tx.server import _internals
 from ws4tx.server.config import FIELDS, ServerConfig, check
 from ws4tx.server.embedded import EmbeddedRedis, EmbeddedRedisError
+from ws4tx.server.embedded_service import EmbeddedRedisService
 from ws4tx.server.handlers import load_handler_classes
 from ws4tx.server.metrics import WORKER_METRICS_ENV
 from ws4tx.server.service import PushService
@@ -115,7 +116,12 @@ class Options(usage.Options):
                     value = self._secret(setting, value)
                 self.given[setting.key] = self._parse(setting, value)
         redis = self.given.get("redis")
-        if redis is not None and redis != "embedded":
+        if redis is not None and redis.startswith("embedded"):
+            try:
+                embedded_port(redis)
+            except ValueError as e:
+                raise usage.UsageError(f"--redis: {e}") from None
+        elif redis is not None:
             try:
                 RedisAddress.from_url(redis)
             except InvalidRedisAddress as e:
@@ -159,6 +165,17 @@ def with_backlog(description: str) -> str:
     if kind in ("tcp", "reuseport") and "backlog=" not in description:
         return f"{description}:backlog={PUSH_BACKLOG}"
     return description
+
+
+def embedded_port(redis: str) -> Optional[int]:
+    """The port ``--redis embedded:PORT`` asks for (None for plain ``embedded``: a free
+    one); ValueError for anything else."""
+    if redis == "embedded":
+        return None
+    kind, _, port = redis.partition(":")
+    if kind == "embedded" and port.isdigit() and 0 < int(port) < 65536:
+        return int(port)
+    raise ValueError(f"{redis!r}: not 'embedded' nor 'embedded:PORT' (a TCP port)")
 
 
 def _say(message: str) -> None:
@@ -205,12 +222,13 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     # ... and the directory of the workers' metrics sockets.
     metrics_peers = os.environ.pop(WORKER_METRICS_ENV, None)
     try:
-        if redis == "embedded":
-            embedded = EmbeddedRedis()
+        if redis is not None and redis.startswith("embedded"):
+            embedded = EmbeddedRedis(port=embedded_port(redis))
             embedded.start()
-            _EmbeddedRedisService(embedded).setServiceParent(top)
+            EmbeddedRedisService(embedded, reactor).setServiceParent(top)
             address = embedded.address
-            _say(f"ws4tx: embedded Redis ({embedded.binary}) at {address.url}; "
+            pid = embedded.process.pid if embedded.process is not None else None
+            _say(f"ws4tx: embedded Redis ({embedded.binary}, pid {pid}) at {address.url}; "
                  f"publishers elsewhere: export {redis_address.REDIS_URL_ENV}={address.url}")
         elif redis:
             address = RedisAddress.from_url(redis)
@@ -503,12 +521,3 @@ class _TemporaryDirectory(service.Service):
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-class _EmbeddedRedisService(service.Service):
-    """Stops the embedded Redis after everything else (it is the first child)."""
-
-    def __init__(self, redis: EmbeddedRedis) -> None:
-        self.redis = redis
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.redis.stop()
