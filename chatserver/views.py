@@ -3,29 +3,40 @@
 ``/chat/`` sends over the WebSocket itself (ws4redis's ``publish-broadcast``); ``/userchat/``
 and ``/groupchat/`` send with a form POST that Django publishes with ws4redis's
 ``RedisPublisher``; ``/eventchat/`` uses only ws4tx's event API (``chatserver.handlers``).
-Sending requires a logged-in user; the POST views keep CSRF protection. :func:`static_file`
-serves ``/static/`` whether DEBUG is on or not, since the demo runs without a web server.
+Sending requires a logged-in user; the POST views keep CSRF protection, and answer 503 with
+a message (JSON ``{"error": ...}`` to the page's script) when Redis cannot take the
+message. :func:`static_file` serves ``/static/`` whether DEBUG is on or not, since the
+demo runs without a web server.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django import forms
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.staticfiles import views as staticfiles_views
 from django.core.exceptions import SuspiciousFileOperation
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
+from django.template.response import TemplateResponse
 from django.utils.decorators import method_decorator
 from django.views.generic import TemplateView
 
 from ws4tx.publisher import RedisPublisher
-from ws4tx.redis_store import RedisMessage
+from ws4tx.redis_store import NotStored, PublishError, RedisMessage
 
 from chatserver.forms import GroupMessageForm, UserMessageForm
+
+log = logging.getLogger("chatserver")
+
+#: What a sender is told when Redis cannot take the message (never where Redis is).
+NOT_SENT = ("Not sent: the chat server cannot reach its message broker right now. "
+            "Try again in a moment.")
 
 
 def chat_line(sender: str, text: str) -> str:
@@ -94,7 +105,16 @@ class _PublishingChatView(TemplateView):
             return self.render_to_response(self.get_context_data(form=form), status=400)
         target = str(form.cleaned_data[self.target_field])
         text = chat_line(request.user.get_username(), form.cleaned_data["message"])
-        self.publisher(target).publish_message(RedisMessage(text))
+        try:
+            self.publisher(target).publish_message(RedisMessage(text))
+        except NotStored as e:  # delivered, not kept for replay: sent all the same
+            log.warning("a message to %s was delivered but not stored: %s", target, e.reason)
+        except PublishError as e:  # nobody got it
+            log.warning("a message to %s was not sent: %s", target, e)
+            if wants_json(request):
+                return JsonResponse({"error": NOT_SENT}, status=503)
+            messages.error(request, NOT_SENT)
+            return self.render_to_response(self.get_context_data(form=form), status=503)
         if wants_json(request):
             return JsonResponse({"sent": True, self.target_field: target})
         messages.success(request, f"Sent to {target}.")
@@ -138,3 +158,19 @@ class EventChatView(TemplateView):
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         return super().get_context_data(facility=settings.EVENT_FACILITY, **kwargs)
+
+
+class LogoutView(auth_views.LogoutView):
+    """Django's logout, which only a POST does (a GET that logged out could be set off by any
+    page, with an ``<img>`` say), plus a GET that answers a logged-in user with a page
+    holding the logout button, and anybody else with a redirect to the chat, instead of a
+    blank 405. Logging out closes the session's WebSockets (``ws4tx`` does, on Django's
+    ``user_logged_out``)."""
+
+    http_method_names = ["get", "post", "options"]
+    template_name = "registration/logged_out.html"
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return redirect("chat")
+        return TemplateResponse(request, "registration/logout.html")

@@ -9,6 +9,7 @@ import signal
 from twisted.internet import reactor
 
 from ws4tx import closecodes, envelope
+from ws4tx.server.events import UNAVAILABLE
 from ws4tx.server.handlers import EventHandler, EventRefused
 
 from test._server import ServerTestCase, identity_header
@@ -178,7 +179,8 @@ class EventTests(ServerTestCase):
         client.send(event("anything-goes", None, id=1))
         reply = await next_envelope(client)
         self.assertEqual(reply["id"], 1)
-        self.assertIn("not connected", reply["error"])
+        self.assertEqual(reply["error"], UNAVAILABLE)
+        self.assertNotIn(str(self.redis_server.port), reply["error"])  # no address
         self.redis_server.start()
         await self.brokerEvent("connected")
         self.assertEqual(await next_envelope(client),

@@ -22,6 +22,10 @@ from ws4tx.server.handlers import EventHandler, EventRefused, ServerAPI, handler
 
 _log = Logger()
 
+#: The error a client gets when Redis cannot take what it sent. The broker's own message
+#: (which names the Redis address) goes to the log, never to browsers.
+UNAVAILABLE = "the server cannot reach Redis right now: try again in a moment"
+
 
 class EventClient(Protocol):
     """What dispatch needs of a connection (a :class:`~ws4tx.server.protocol.PushProtocol`)."""
@@ -105,15 +109,20 @@ class Events:
     def answer(self, client: EventClient, d: defer.Deferred[Any],
                ack_id: Optional[int]) -> None:
         """Acknowledge ``ack_id`` with what ``d`` gives; a failure is an error ack (or a
-        ``ws4tx.error`` event without an id): the refusal's message, or ``internal error``
-        (logged) for anything else."""
+        ``ws4tx.error`` event without an id): the refusal's message, :data:`UNAVAILABLE`
+        when Redis could not be reached (the details logged), or ``internal error`` (logged)
+        for anything else."""
         def ok(result: Any) -> None:
             if ack_id is not None:
                 client.sendEnvelope(envelope.encode_ack(ack_id, result))  # may raise: failed
 
         def failed(failure: Failure) -> None:
-            if failure.check(EventRefused, BrokerUnavailable):
+            if failure.check(EventRefused):
                 message = str(failure.value)
+            elif failure.check(BrokerUnavailable):
+                _log.info("event from {peer} not handled: {error}", peer=client.peer,
+                          error=failure.value)
+                message = UNAVAILABLE
             else:
                 _log.failure("event handler failed for {peer}", failure, peer=client.peer)
                 message = "internal error"
