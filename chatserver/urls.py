@@ -17,6 +17,8 @@ urlpatterns = [
     path("userchat/", views.UserChatView.as_view(), name="userchat"),
     path("groupchat/", views.GroupChatView.as_view(), name="groupchat"),
     path("eventchat/", views.EventChatView.as_view(), name="eventchat"),
+    # Before Django's own: a GET shows a logout button instead of a blank 405.
+    path("accounts/logout/", views.LogoutView.as_view(), name="logout"),
     path("accounts/", include("django.contrib.auth.urls")),
     re_path(rf"^{re.escape(settings.STATIC_URL.lstrip('/'))}(?P<path>.*)$", views.static_file),
 ]
