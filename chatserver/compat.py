@@ -47,7 +47,7 @@ def demo_server() -> Iterator[int]:
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, CHATSERVER_DB=os.path.join(tmp, "db.sqlite3"))
         process = subprocess.Popen(
-            [sys.executable, "-m", "chatserver", "--port", str(port)],
+            [sys.executable, "-m", "chatserver", "--port", str(port), "--redis-port", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
         try:
             _wait_for(process, [f"Site starting on {port}", "Redis subscriber connected"])

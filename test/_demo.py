@@ -90,8 +90,12 @@ class DemoServer:
     ``python -m chatserver --port PORT *launcher_args`` (which execs the same twistd).
     """
 
-    def __init__(self, launcher_args: Optional[list[str]] = None) -> None:
+    def __init__(self, launcher_args: Optional[list[str]] = None,
+                 redis_port: Optional[int] = 0) -> None:
         self.launcher_args = launcher_args
+        #: The launcher's ``--redis-port`` (0: a free port, so that demos of parallel tests
+        #: do not meet on the default one; None: the launcher's default).
+        self.redis_port = redis_port
         self.directory = tempfile.mkdtemp(prefix="ws4tx-demo-")
         self.database = os.path.join(self.directory, "db.sqlite3")
         shutil.copyfile(template_database(), self.database)
@@ -115,6 +119,8 @@ class DemoServer:
                 raise ValueError("the launcher always runs an embedded Redis")
             argv = [sys.executable, "-m", "chatserver", "--port", str(self.port),
                     *self.launcher_args]
+            if self.redis_port is not None:
+                argv += ["--redis-port", str(self.redis_port)]
         else:
             argv = twistd_argv(self.port)
         if redis_url is not None:

@@ -25,7 +25,13 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from chatserver.__main__ import DEFAULT_REDIS_PORT, SHELL_MESSAGE, publish_line, redis_url
+from chatserver.__main__ import (
+    DEFAULT_REDIS_PORT,
+    SHELL_MESSAGE,
+    port_is_free,
+    publish_line,
+    redis_url,
+)
 from test._demo import (
     CHAT_FACILITY,
     EVENT_FACILITY,
@@ -96,13 +102,10 @@ class ReadmeAgainstTheDemoTests(SynchronousTestCase):
 
     @classmethod
     def setUpClass(cls) -> None:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", DEFAULT_REDIS_PORT))
-            except OSError:
-                raise SkipTest(f"port {DEFAULT_REDIS_PORT}, which the README's lines name, "
-                               f"is in use on this machine (a demo running?)") from None
-        cls.server = DemoServer(launcher_args=[])
+        if not port_is_free(DEFAULT_REDIS_PORT):
+            raise SkipTest(f"port {DEFAULT_REDIS_PORT}, which the README's lines name, is in "
+                           f"use on this machine (a demo running?)")
+        cls.server = DemoServer(launcher_args=[], redis_port=None)
         cls.shell = ReaderShell()
         try:
             cls.server.start()
@@ -182,7 +185,7 @@ class RedisPortTakenTests(SynchronousTestCase):
             squatter.bind(("127.0.0.1", 0))
             squatter.listen()
             taken = squatter.getsockname()[1]
-            server = DemoServer(launcher_args=["--redis-port", str(taken)])
+            server = DemoServer(launcher_args=["--redis-port", str(taken)], redis_port=None)
             self.addCleanup(server.close)
             server.start()
             self.assertIn(f"WARNING: port {taken} is in use, so the demo's Redis listens on",
