@@ -69,6 +69,40 @@ class OptionsTests(SynchronousTestCase):
             e = self.assertRaises(usage.UsageError, parse, "--redis", url)
             self.assertIn("--redis", str(e))
 
+    def test_embeddedRedisOnAPort(self):
+        """``embedded`` takes a free port, ``embedded:PORT`` that one; anything else after
+        ``embedded`` is refused naming --redis."""
+        self.assertEqual(parse("--redis", "embedded").given["redis"], "embedded")
+        self.assertIsNone(tap.embedded_port("embedded"))
+        self.assertEqual(tap.embedded_port("embedded:8379"), 8379)
+        for bad in ("embedded:", "embedded:x", "embedded:0", "embedded:65536", "embeddedx"):
+            e = self.assertRaises(usage.UsageError, parse, "--redis", bad)
+            self.assertIn("--redis", str(e))
+
+    def test_embeddedRedisPortIsUsedAndATakenOneIsReportedAsAnError(self):
+        """--redis embedded:PORT starts the Redis on PORT; if it is taken the server does
+        not start, naming --redis."""
+        import socket
+
+        from ws4tx.server.embedded import free_port
+
+        port = free_port()
+        top = tap.makeService(parse("--redis", f"embedded:{port}", "--listen", "tcp:0"))
+        try:
+            (push,) = [s for s in top if isinstance(s, PushService)]
+            self.assertEqual(push.config.redis.port, port)
+            with socket.socket() as squatter:
+                squatter.bind(("127.0.0.1", 0))
+                squatter.listen()
+                taken = squatter.getsockname()[1]
+                e = self.assertRaises(usage.UsageError, tap.makeService,
+                                      parse("--redis", f"embedded:{taken}"))
+                self.assertIn("--redis", str(e))
+        finally:
+            for child in top:
+                if child.__class__.__name__ == "EmbeddedRedisService":
+                    child.redis.stop()
+
     def test_badNumberNamesTheOption(self):
         """A value that is not a number is refused naming its option."""
         e = self.assertRaises(usage.UsageError, parse, "--expire", "soon")
