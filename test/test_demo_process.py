@@ -4,7 +4,7 @@ and logging out.
 
 - A killed embedded Redis is reaped (no ``<defunct>`` child), started again on the same
   port, event clients are told (``ws4tx.interrupted``, ``ws4tx.resumed``), messages flow
-  again and the health URL is back to 200.
+  again and the health URL is back to 200; one that keeps dying ends the server (status 1).
 - Redis gone during a POST of the user or group chat: 503 with a message, no traceback, no
   Redis address; the event chat's error acknowledgement names no Redis address either.
 - GET on the logout URL: a page with the logout button (anonymous: a redirect), not a
@@ -18,9 +18,11 @@ import json
 import os
 import re
 import signal
+import time
 import uuid
 from typing import Any
 
+import redis
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx.server.embedded import EmbeddedRedis
@@ -87,8 +89,6 @@ class EmbeddedRedisDiesTests(_ServerPerClass):
             self.assertIn(server.redis_url, server.output.split("running again")[1])
             envelope_of(watcher, "ws4tx.interrupted")
             envelope_of(watcher, "ws4tx.resumed")
-            import redis
-
             store = redis.Redis.from_url(server.redis_url)
             try:
                 line = f"after the restart {uuid.uuid4()}"
@@ -99,6 +99,41 @@ class EmbeddedRedisDiesTests(_ServerPerClass):
         # The load balancer's view: 200 again (polled: the probe runs on its own timer).
         self.assertEqual(_poll_health(server, 200), 200)
         self.assertTrue(server.running())
+
+
+class EmbeddedRedisKeepsDyingTests(SynchronousTestCase):
+    def test_serverExitsLoudlyWhenRedisKeepsDying(self) -> None:
+        """Killed again each time it is back (6 deaths within seconds): the server says
+        why and exits with status 1 on its own; no Redis child is left."""
+        server = DemoServer()
+        self.addCleanup(server.close)
+        server.start()
+        pids = [int(server.wait_for(r"embedded Redis \(.*?, pid (\d+)\)").group(1))]
+        for restarts in range(1, 6):
+            os.kill(pids[-1], signal.SIGKILL)
+            pids.append(_nth_restart(server, restarts))
+        os.kill(pids[-1], signal.SIGKILL)
+        server.wait_for(r"ws4tx: the embedded Redis \(pid \d+\) was killed by signal 9 6 "
+                        r"times in a row, each within 30 s of its start: stopping")
+        assert server.process is not None
+        self.assertEqual(server.process.wait(TIMEOUT), 1, server.output)
+        for pid in pids:
+            self.assertFalse(os.path.exists(f"/proc/{pid}"), _state(pid))
+
+
+def _nth_restart(server: DemoServer, n: int) -> int:
+    """The pid of the embedded Redis once the server has started it again ``n`` times."""
+    pattern = re.compile(r"embedded Redis is running again \(pid (\d+)\)")
+    deadline = time.monotonic() + TIMEOUT
+    with server._changed:
+        while True:
+            pids = pattern.findall(server.output)
+            if len(pids) >= n:
+                return int(pids[n - 1])
+            left = deadline - time.monotonic()
+            if left <= 0 or not server.running():
+                raise AssertionError(f"no restart #{n} in:\n{server.output}")
+            server._changed.wait(left)
 
 
 def _state(pid: int) -> str:
@@ -112,8 +147,6 @@ def _state(pid: int) -> str:
 def _poll_health(server: DemoServer, wanted: int) -> int:
     """The health URL's status once it is ``wanted``, or its last status after TIMEOUT s
     (asked again each time the server logs a line or a second passed)."""
-    import time
-
     deadline = time.monotonic() + TIMEOUT
     status = health_status(server)
     while status != wanted and time.monotonic() < deadline:

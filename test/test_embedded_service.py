@@ -145,16 +145,17 @@ class RestartPolicyTests(SynchronousTestCase):
 
 class ExitTests(SynchronousTestCase):
     def test_givingUpEndsTheProcessWithStatusOneAndSaysWhy(self) -> None:
-        """The default give-up stops the reactor (services stop) and exits with 1."""
+        """The default give-up stops the reactor (services stop, what runs after the
+        reactor runs) and then exits with 1."""
         script = (
             "from twisted.internet import reactor\n"
             "from ws4tx.server.embedded_service import exit_after_shutdown\n"
             "reactor.addSystemEventTrigger('before', 'shutdown', print, 'stopping', flush=True)\n"
             "reactor.callWhenRunning(exit_after_shutdown(reactor), 'Redis keeps dying')\n"
             "reactor.run()\n"
-            "print('not reached')\n")
+            "print('stopped', flush=True)\n")
         done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                               text=True, timeout=60)
         self.assertEqual(done.returncode, EXIT_STATUS, done.stderr)
         self.assertIn("ws4tx: Redis keeps dying", done.stderr)
-        self.assertEqual(done.stdout, "stopping\n")
+        self.assertEqual(done.stdout, "stopping\nstopped\n")  # then exit 1, at exit

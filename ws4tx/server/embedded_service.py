@@ -14,6 +14,7 @@ of serving without Redis.
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -43,19 +44,20 @@ def why_ended(returncode: Optional[int]) -> str:
     return f"exited with status {returncode}"
 
 
+def _exit(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def exit_after_shutdown(reactor: Any) -> Callable[[str], None]:
     """The default way to give up: say why on stderr, stop the reactor (the other services
-    drain their clients) and end the process with :data:`EXIT_STATUS` once it stopped."""
+    drain their clients, twistd cleans up as after any stop) and then end the process with
+    :data:`EXIT_STATUS` instead of 0."""
     def give_up(message: str) -> None:
         _log.critical("{message}", message=message)
         print(f"ws4tx: {message}", file=sys.stderr, flush=True)
-
-        def leave() -> None:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(EXIT_STATUS)
-
-        reactor.addSystemEventTrigger("after", "shutdown", leave)
+        atexit.register(_exit, EXIT_STATUS)
         if reactor.running:
             reactor.stop()
     return give_up
