@@ -119,7 +119,8 @@ def choose_redis_port(wanted: int, web_port: int) -> int:
     while port == web_port:
         port = free_port()
     if wanted:
-        print(f"WARNING: port {wanted} is in use, so the demo's Redis listens on {port} "
+        why = "is the web port" if wanted == web_port else "is in use"
+        print(f"WARNING: port {wanted} {why}, so the demo's Redis listens on {port} "
               f"instead: the README's publish line ({redis_url(wanted)}) does not reach "
               f"it; use the one printed below, or pick a free port with --redis-port.",
               file=sys.stderr, flush=True)
