@@ -36,9 +36,11 @@ from test._demo import (
     CHAT_FACILITY,
     EVENT_FACILITY,
     TIMEOUT,
+    BrowserSession,
     DemoServer,
     broadcast,
     child_environment,
+    event,
     group_channel,
     user_channel,
 )
@@ -46,6 +48,8 @@ from test._process import ROOT
 from test.test_demo import Client, read_until, settle
 
 README = Path(ROOT) / "README.md"
+#: Bound on each wait in a browser page, in milliseconds.
+WAIT_MS = int(TIMEOUT * 1000)
 _SNIPPET = re.compile(r"<!-- test: ([\w-]+).*?-->\n```\w*\n(.*?)\n```", re.S)
 
 
@@ -172,6 +176,38 @@ class ReadmeAgainstTheDemoTests(SynchronousTestCase):
             self.assertEqual(john_page.recv(timeout=TIMEOUT), "Hello, John")
             self.assertEqual(mary_group.recv(timeout=TIMEOUT), "Hello, chat users")
             self.assertEqual(next_event(event_page, "message"), {"user": "django", "text": "hi"})
+
+
+    def test_snippetsShowAsTextInThePages(self) -> None:
+        """In Chromium: the shell line shows in /chat/, the emit shows in /eventchat/ as
+        django's line (not as raw JSON), the group publish in mary's /groupchat/."""
+        session = BrowserSession()
+        session.start()
+        self.addCleanup(session.stop)
+        marker = f"ready {uuid.uuid4()}"
+        # Stored messages are replayed once a page is subscribed: seeing them says so.
+        self.server.seed([(broadcast(), marker), (group_channel("chatusers"), marker),
+                          (broadcast(EVENT_FACILITY), event("message",
+                                                            {"user": "seed", "text": marker}))])
+        anonymous = session.new_context(self.server.url)
+        mary = session.new_context(self.server.url)
+        session.log_in(mary, "mary")
+        pages = {"chat": anonymous.new_page(), "eventchat": anonymous.new_page(),
+                 "groupchat": mary.new_page()}
+        for path, page in pages.items():
+            page.goto(f"/{path}/")
+            page.wait_for_function("m => document.body.innerText.includes(m)", arg=marker,
+                                   polling=50, timeout=WAIT_MS)
+        self.shell.run(readme_snippets()["demo-shell"])
+        self.shell.write("hello.py", readme_snippets()["demo-python"])
+        self.shell.run(f"WS4TX_REDIS_URL={redis_url(DEFAULT_REDIS_PORT)} "
+                       f".venv/bin/python hello.py")
+        for path, text in (("chat", SHELL_MESSAGE), ("chat", "Hello, everybody"),
+                           ("eventchat", "django: hi"), ("groupchat", "Hello, chat users")):
+            pages[path].bring_to_front()
+            pages[path].wait_for_function("t => document.body.innerText.includes(t)",
+                                          arg=text, polling=50, timeout=WAIT_MS)
+        self.assertNotIn('"ws4tx"', pages["eventchat"].locator("body").inner_text())
 
 
 class RedisPortTakenTests(SynchronousTestCase):
