@@ -18,7 +18,7 @@ setup_django()
 from django.conf import settings  # noqa: E402
 from django.contrib.auth.models import User  # noqa: E402
 
-from ws4tx import _sync_redis, api, closecodes, control, naming, tokens  # noqa: E402
+from ws4tx import _sync_redis, api, closecodes, control, envelope, naming, tokens  # noqa: E402
 from ws4tx.server.service import PushService  # noqa: E402
 from ws4tx.testing import StaticAuthenticator  # noqa: E402
 
@@ -33,6 +33,7 @@ from test._wsclient import TIMEOUT, WSClient, connect  # noqa: E402
 from test.test_django_auth import DjangoServerTestCase, request_with_session  # noqa: E402
 
 CONTROL = naming.control_channel("ws4tx")
+EVENTS = (envelope.SUBPROTOCOL,)
 
 
 def sid(key: str) -> str:
@@ -65,6 +66,34 @@ class ControlCommandTests(unittest.SynchronousTestCase):
                 control.disconnect(**kwargs)
             self.assertIn(words, str(caught.exception), kwargs)
 
+    def test_unsubscribeRoundTrip(self):
+        for command in (control.unsubscribe(users=["john"]),
+                        control.unsubscribe(sessions=["s1"], facility="chat",
+                                            audiences="group", groups=["staff", "x"],
+                                            reason="bye é")):
+            self.assertEqual(control.decode(control.encode(command)), command)
+
+    def test_unsubscribeChannelsAreTheConnectionsOwn(self):
+        """The channels to leave are the connection's own, of the audiences named, and of
+        the group audience only the groups named (a group it is not in gives nothing)."""
+        john = naming.Identity(user="john", groups=frozenset({"staff", "dev"}), session="s1")
+        command = control.unsubscribe(users=["john"], audiences=["group", "broadcast"],
+                                      groups=["staff", "board"])
+        self.assertEqual(command.channels("ws4tx", john, "chat"),
+                         ["ws4tx:broadcast:chat", "ws4tx:group:staff:chat"])
+        self.assertEqual(control.unsubscribe(users=["john"]).channels("p", john, "c"),
+                         ["p:broadcast:c", "p:user:john:c", "p:group:dev:c",
+                          "p:group:staff:c", "p:session:s1:c"])
+
+    def test_unsubscribeBadArguments(self):
+        for kwargs, words in (({}, "whom"), ({"users": ["x"], "audiences": ["room"]}, "room"),
+                              ({"users": ["x"], "audiences": []}, "none"),
+                              ({"users": ["x"], "groups": [""]}, "non-empty"),
+                              ({"users": ["x"], "reason": "é" * 61}, "120")):
+            with self.assertRaises(ValueError) as caught:
+                control.unsubscribe(**kwargs)
+            self.assertIn(words, str(caught.exception), kwargs)
+
     def test_malformedMessagesAreInvalidCommands(self):
         for payload in MALFORMED:
             self.assertRaises(control.InvalidCommand, control.decode, payload)
@@ -78,6 +107,10 @@ MALFORMED = [
     b'{"v":1,"op":"disconnect","users":[1]}', b'{"v":1,"op":"disconnect","users":{"a":1}}',
     b'{"v":1,"op":"disconnect","users":["john"],"reason":"' + b"x" * 200 + b'"}',
     b"[" * 100_000 + b"]" * 100_000,
+    b'{"v":1,"op":"unsubscribe","users":["john"],"audiences":["room"]}',
+    b'{"v":1,"op":"unsubscribe","users":["john"],"audiences":"group"}',
+    b'{"v":1,"op":"unsubscribe","users":["john"],"groups":"staff"}',
+    b'{"v":1,"op":"unsubscribe","audiences":["group"]}',
 ]
 
 
@@ -116,9 +149,10 @@ class TwoNodesTestCase(ServerTestCase):
         return StaticAuthenticator(identity_from_header)
 
     async def on(self, node: SimpleNamespace, path: str,
-                 headers: Optional[dict[str, str]] = None) -> WSClient:
+                 headers: Optional[dict[str, str]] = None,
+                 protocols: tuple[str, ...] = ()) -> WSClient:
         """A client of ``node`` whose subscriptions are in place."""
-        client = await connect(node.port, path, headers=headers)
+        client = await connect(node.port, path, headers=headers, protocols=protocols)
         self.addCleanup(client.close)
         await node.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
         return client
@@ -237,6 +271,89 @@ class DisconnectAcrossNodesTests(TwoNodesTestCase):
         self.assertEqual(api.disconnect(users=["john"]), 2)
         await self.closedWithin(reactor.seconds(), c.pop("john-s1@a"), c.pop("john-s2@b"))
         await self.stillOpen(*c.values())
+
+
+class UnsubscribeAcrossNodesTests(TwoNodesTestCase):
+    """``ws4tx.api.unsubscribe`` and ``ServerAPI.unsubscribe``: the matching connections
+    on every node leave the channels named and stay open; event clients are told."""
+
+    PATH = "/ws/foobar?subscribe-broadcast&subscribe-user&subscribe-group"
+    STAFF = "ws4tx:group:staff:foobar"
+
+    async def clients(self) -> dict[str, WSClient]:
+        a, b = self.nodes
+        john = identity_header("john", ("staff", "dev"), sid("key-1"))
+        return {
+            "john-events@a": await self.on(a, self.PATH, john, EVENTS),
+            "john-raw@b": await self.on(b, self.PATH, john),
+            "mary@b": await self.on(b, self.PATH, identity_header("mary", ("staff",))),
+        }
+
+    async def nextEvent(self, client: WSClient) -> Any:
+        return envelope.decode(await client.text())
+
+    async def test_groupLeftOnEveryNodeTheRestStays(self):
+        c = await self.clients()
+        receivers = api.unsubscribe(users=["john"], audiences=["group"], groups=["staff"],
+                                    reason="no longer staff")
+        self.assertEqual(receivers, 2)
+        told = await self.nextEvent(c["john-events@a"])
+        self.assertEqual((told.event, told.data),
+                         (envelope.UNSUBSCRIBED_EVENT,
+                          {"audiences": ["group"], "groups": ["staff"],
+                           "reason": "no longer staff"}))
+        # Redis delivers in order: what a client still has comes after the staff message.
+        self.publish(self.STAFF, "to staff")
+        self.publish("ws4tx:group:dev:foobar", "to dev")
+        self.publish("ws4tx:user:john:foobar", "to john")
+        for name in ("john-events@a", "john-raw@b"):
+            self.assertEqual([await c[name].text() for _ in range(2)], ["to dev", "to john"])
+        self.assertEqual(await c["mary@b"].text(), "to staff")
+        await self.stillOpen(*c.values())
+        a, b = (n.factory.node for n in self.nodes)
+        # Node a had john alone in the staff channel: it no longer listens to it.
+        self.assertNotIn(self.STAFF, a.router.hub.channels())
+        self.assertEqual(len(b.router.hub.members(self.STAFF)), 1)
+        self.assertEqual([a.counters()["unsubscribed_by_site"],
+                          b.counters()["unsubscribed_by_site"]], [1, 1])
+
+    async def test_handlersUnsubscribeBySessionFromBroadcast(self):
+        c = await self.clients()
+        receivers = await self.nodes[1].service.server.unsubscribe(
+            sessions=[sid("key-1")], audiences=["broadcast"], facility="foobar")
+        self.assertEqual(receivers, 2)
+        told = await self.nextEvent(c["john-events@a"])
+        self.assertEqual(told.data, {"audiences": ["broadcast"], "reason": ""})
+        self.publish("ws4tx:broadcast:foobar", "everybody")
+        self.publish("ws4tx:user:john:foobar", "to john")
+        self.assertEqual(await c["john-raw@b"].text(), "to john")
+        self.assertEqual(await c["john-events@a"].text(), "to john")
+        self.assertEqual(await c["mary@b"].text(), "everybody")
+        for client in c.values():
+            self.assertFalse(client.closed.called)
+
+    async def test_anotherFacilityIsLeftAlone(self):
+        c = await self.clients()
+        api.unsubscribe(users=["john"], facility="chat")
+        await self.stillOpen(*c.values())
+        self.assertEqual([n.factory.node.counters()["unsubscribed_by_site"]
+                          for n in self.nodes], [0, 0])
+
+    async def test_theSendersPublishChannelIsLeftToo(self):
+        """A connection that published to a group it left publishes there no more."""
+        a, _ = self.nodes
+        john = await self.on(a, "/ws/foobar?subscribe-broadcast&publish-group",
+                             identity_header("john", ("staff",)))
+        api.unsubscribe(users=["john"], audiences=["group"])
+        await self.stillOpen(john)
+        (proto,) = a.factory.node.router.hub.clients()
+        self.assertEqual(proto._publish_to, ())
+
+    async def test_badArgumentsRaiseBeforeAnythingIsSent(self):
+        for kwargs in ({}, {"users": ["john"], "audiences": ["everyone"]},
+                       {"users": ["john"], "reason": "x" * 121}):
+            self.assertRaises(ValueError, api.unsubscribe, **kwargs)
+            self.assertRaises(ValueError, self.service.server.unsubscribe, **kwargs)
 
 
 class IdentityChangesTests(DjangoServerTestCase):

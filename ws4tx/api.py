@@ -14,9 +14,11 @@ publishes at once. The audience (``SELF`` included) is resolved when the functio
 
 :func:`disconnect` closes open connections on every ws4tx node: those of a user whose
 password changed, of a session that logged out (ws4tx does both by itself, see
-``DISCONNECT_ON_LOGOUT``), or whatever the site decides::
+``DISCONNECT_ON_LOGOUT``), or whatever the site decides; :func:`unsubscribe` makes them
+leave channels without closing::
 
     api.disconnect(users=["john"], reason="account suspended")
+    api.unsubscribe(users=["john"], audiences=["group"], groups=["staff"])
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "presence",
     "presence_stats",
     "publish",
+    "unsubscribe",
 ]
 
 
@@ -140,6 +143,46 @@ def disconnect(
     command = control.disconnect(
         users=_audience.users(users, request), sessions=_audience.sessions(sessions, request),
         facility=facility, code=code, reason=reason)
+    return _command(command, on_commit)
+
+
+def unsubscribe(
+    *,
+    users: Any = (),
+    sessions: Any = (),
+    facility: Optional[str] = None,
+    audiences: Any = naming.AUDIENCES,
+    groups: Any = None,
+    reason: str = "",
+    request: Any = None,
+    on_commit: bool = False,
+) -> Optional[int]:
+    """Make, on every ws4tx node, every connection of ``users`` or ``sessions`` (as for
+    :func:`disconnect`; only those to ``facility`` when given) leave its channels of
+    ``audiences`` (some of ``"broadcast"``, ``"user"``, ``"group"``, ``"session"``; all by
+    default), and of the group audience only the channels of ``groups`` (names or Group
+    objects) when given. The connections stay open: they no longer receive from (nor
+    publish to) those channels. Event clients get a ``ws4tx.unsubscribed`` event with
+    ``{"audiences", "groups", "reason"}``; raw clients are not told.
+
+    A connection that reconnects is admitted anew (its identity and the site's hooks
+    decide its channels): remove the user from the group, or refuse the channel in
+    ``ALLOWED_CHANNELS``, for it to last. ``reason`` is at most 120 UTF-8 bytes. Returns
+    and raises as :func:`disconnect`::
+
+        api.unsubscribe(users=["john"], facility="chat", audiences=["group"],
+                        groups=["staff"], reason="no longer staff")
+    """
+    command = control.unsubscribe(
+        users=_audience.users(users, request), sessions=_audience.sessions(sessions, request),
+        facility=facility, audiences=audiences,
+        groups=None if groups is None else [getattr(g, "name", g) for g in groups],
+        reason=reason)
+    return _command(command, on_commit)
+
+
+def _command(command: control.Command, on_commit: bool) -> Optional[int]:
+    """Publish ``command`` on the control channel (now, or once the transaction commits)."""
     channel = naming.control_channel(_django_settings.prefix())
     payload = control.encode(command)
 

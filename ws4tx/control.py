@@ -13,6 +13,13 @@ the command against its own connections. A command is a small JSON object::
 session keys. A connection matches when its user is among ``users`` or its session among
 ``sessions``, and (when ``facility`` is not null) it is connected to ``facility``.
 
+``unsubscribe`` (:func:`ws4tx.api.unsubscribe`) makes the matching connections leave some
+of their channels without closing: those of ``audiences`` (``broadcast``, ``user``,
+``group``, ``session``), the group channels only of ``groups`` when that is not null::
+
+    {"v": 1, "op": "unsubscribe", "users": ["john"], "sessions": [], "facility": "chat",
+     "audiences": ["group"], "groups": ["staff"], "reason": "left the group"}
+
 Whoever may PUBLISH on the control channel in Redis may close any connection: it is as
 trusted as whoever may publish on a user's channels (give untrusted Redis users an ACL
 without ``{prefix}:control``).
@@ -22,16 +29,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Union
 
-from ws4tx import closecodes
-from ws4tx.naming import Identity
+from ws4tx import closecodes, naming
+from ws4tx.naming import AUDIENCES, Identity
 
 #: The version of the command format.
 VERSION = 1
 
-#: The one operation of this version.
+#: The operations of this version.
 DISCONNECT = "disconnect"
+UNSUBSCRIBE = "unsubscribe"
 
 #: The close reason when the site gives none.
 DEFAULT_REASON = "closed by the site"
@@ -60,10 +68,53 @@ class Disconnect:
 
     def matches(self, identity: Identity, facility: str) -> bool:
         """Whether a connection of ``identity`` to ``facility`` is to be closed."""
-        if self.facility is not None and facility != self.facility:
-            return False
-        return bool((identity.user is not None and identity.user in self.users)
-                    or (identity.session is not None and identity.session in self.sessions))
+        return _matches(self.users, self.sessions, self.facility, identity, facility)
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    """Make every matching connection leave its channels of ``audiences`` (of ``groups``
+    only, for the group audience, when not None), without closing it."""
+
+    users: frozenset[str] = frozenset()
+    sessions: frozenset[str] = frozenset()
+    facility: Optional[str] = None
+    audiences: frozenset[str] = frozenset(AUDIENCES)
+    groups: Optional[frozenset[str]] = None
+    reason: str = ""
+
+    def matches(self, identity: Identity, facility: str) -> bool:
+        """Whether a connection of ``identity`` to ``facility`` is to leave channels."""
+        return _matches(self.users, self.sessions, self.facility, identity, facility)
+
+    def channels(self, prefix: Optional[str], identity: Identity,
+                 facility: str) -> list[str]:
+        """The channels a connection of ``identity`` to ``facility`` is to leave (those
+        it has among them: its own names only)."""
+        if self.groups is not None:
+            identity = Identity(identity.user, identity.groups & self.groups,
+                                identity.session)
+        return naming.audience_channels(prefix, facility, self.audiences, identity)
+
+    def event(self) -> dict[str, Any]:
+        """The data of the ``ws4tx.unsubscribed`` event the connections' event clients
+        get."""
+        data: dict[str, Any] = {"audiences": sorted(self.audiences), "reason": self.reason}
+        if self.groups is not None:
+            data["groups"] = sorted(self.groups)
+        return data
+
+
+#: What a node executes.
+Command = Union[Disconnect, Unsubscribe]
+
+
+def _matches(users: frozenset[str], sessions: frozenset[str], only: Optional[str],
+             identity: Identity, facility: str) -> bool:
+    if only is not None and facility != only:
+        return False
+    return bool((identity.user is not None and identity.user in users)
+                or (identity.session is not None and identity.session in sessions))
 
 
 def check_close(code: Any, reason: Any) -> None:
@@ -104,25 +155,69 @@ def disconnect(
     return command
 
 
-def _check(command: Disconnect) -> None:
+def unsubscribe(
+    *,
+    users: Iterable[str] = (),
+    sessions: Iterable[str] = (),
+    facility: Optional[str] = None,
+    audiences: Iterable[str] = AUDIENCES,
+    groups: Optional[Iterable[str]] = None,
+    reason: str = "",
+) -> Unsubscribe:
+    """A checked :class:`Unsubscribe` (``InvalidCommand``, a ValueError, for bad
+    arguments, an unknown audience, or when neither ``users`` nor ``sessions`` names
+    anybody)."""
+    command = Unsubscribe(
+        _names(list(users), "users"), _names(list(sessions), "sessions"), facility,
+        _audiences([audiences] if isinstance(audiences, str) else list(audiences)),
+        None if groups is None else _names(list(groups), "groups"),
+        reason)
+    _check(command)
+    return command
+
+
+def _audiences(value: Any) -> frozenset[str]:
+    found = _names(value, "audiences")
+    unknown = found - frozenset(AUDIENCES)
+    if unknown or not found:
+        raise InvalidCommand(f"audiences must be some of {', '.join(AUDIENCES)}, not "
+                             f"{sorted(unknown) or 'none'}")
+    return found
+
+
+def _check(command: Command) -> None:
     if not (command.users or command.sessions):
-        raise InvalidCommand("disconnect whom? give users or sessions")
+        raise InvalidCommand(f"{_op(command)} whom? give users or sessions")
     if command.facility is not None and (not isinstance(command.facility, str)
                                          or not command.facility):
         raise InvalidCommand("facility must be a non-empty string or null")
-    check_close(command.code, command.reason)
+    if isinstance(command, Disconnect):
+        check_close(command.code, command.reason)
+    elif not isinstance(command.reason, str) or \
+            len(command.reason.encode("utf-8")) > MAX_REASON_BYTES:
+        raise InvalidCommand(f"the reason must be a string of at most {MAX_REASON_BYTES} "
+                             "UTF-8 bytes")
 
 
-def encode(command: Disconnect) -> bytes:
+def _op(command: Command) -> str:
+    return DISCONNECT if isinstance(command, Disconnect) else UNSUBSCRIBE
+
+
+def encode(command: Command) -> bytes:
     """The control message of ``command``."""
-    return json.dumps({
-        "v": VERSION, "op": DISCONNECT, "users": sorted(command.users),
-        "sessions": sorted(command.sessions), "facility": command.facility,
-        "code": command.code, "reason": command.reason,
-    }, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    data: dict[str, Any] = {
+        "v": VERSION, "op": _op(command), "users": sorted(command.users),
+        "sessions": sorted(command.sessions), "facility": command.facility}
+    if isinstance(command, Disconnect):
+        data.update(code=command.code, reason=command.reason)
+    else:
+        data.update(audiences=sorted(command.audiences),
+                    groups=None if command.groups is None else sorted(command.groups),
+                    reason=command.reason)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def decode(payload: bytes) -> Disconnect:
+def decode(payload: bytes) -> Command:
     """The command in a control message; :class:`InvalidCommand` for anything else."""
     if len(payload) > MAX_COMMAND_BYTES:
         raise InvalidCommand(f"longer than {MAX_COMMAND_BYTES} bytes")
@@ -134,8 +229,17 @@ def decode(payload: bytes) -> Disconnect:
         raise InvalidCommand("not a JSON object")
     if data.get("v") != VERSION:
         raise InvalidCommand(f"unknown version {data.get('v')!r} (this node speaks {VERSION})")
-    if data.get("op") != DISCONNECT:
-        raise InvalidCommand(f"unknown operation {data.get('op')!r}")
+    op = data.get("op")
+    if op == UNSUBSCRIBE:
+        groups = data.get("groups")
+        unsubscribe = Unsubscribe(
+            _names(data.get("users", []), "users"), _names(data.get("sessions", []), "sessions"),
+            data.get("facility"), _audiences(data.get("audiences", list(AUDIENCES))),
+            None if groups is None else _names(groups, "groups"), data.get("reason", ""))
+        _check(unsubscribe)
+        return unsubscribe
+    if op != DISCONNECT:
+        raise InvalidCommand(f"unknown operation {op!r}")
     command = Disconnect(_names(data.get("users", []), "users"),
                          _names(data.get("sessions", []), "sessions"),
                          data.get("facility"), data.get("code", closecodes.CLOSED_BY_SITE),

@@ -47,6 +47,11 @@ DROPPED_EVENT = "ws4tx.dropped"
 #: [id, ...]}``), one event for all that came or went at once.
 PRESENCE_EVENT = "ws4tx.presence"
 
+#: Sent to a client whose connection left some of its channels at the site's command
+#: (``ws4tx.api.unsubscribe``): ``{"audiences": [...], "groups": [...], "reason": ...}``
+#: (``groups`` only when the command named some); the connection stays open.
+UNSUBSCRIBED_EVENT = "ws4tx.unsubscribed"
+
 #: Sent once to a client that asked to recover missed messages (``recover=`` in its URL),
 #: after the recovered messages and before any live one: ``{"recovered": true}``, or
 #: ``{"recovered": false, "reason": ...}`` (docs/protocol.md, Recovery).

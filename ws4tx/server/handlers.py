@@ -31,7 +31,7 @@ from twisted.internet import defer, threads
 
 from ws4tx import closecodes, control, envelope
 from ws4tx.history import History, Rule, history_for
-from ws4tx.naming import Identity, channels_for, control_channel, history_keys
+from ws4tx.naming import AUDIENCES, Identity, channels_for, control_channel, history_keys
 from ws4tx.server.broker import IBroker, publish_to
 
 T = TypeVar("T")
@@ -54,8 +54,8 @@ class Client(Protocol):
 
 class ServerAPI:
     """What a handler may do beyond its client: publish to audiences on every node
-    (through the broker), close connections on every node, and run blocking code (the
-    Django ORM) in a thread."""
+    (through the broker), close connections or make them leave channels on every node, and
+    run blocking code (the Django ORM) in a thread."""
 
     def __init__(
         self,
@@ -147,6 +147,25 @@ class ServerAPI:
         """
         command = control.disconnect(users=users, sessions=sessions, facility=facility,
                                      code=code, reason=reason)
+        return self._broker.publish(control_channel(self._prefix), control.encode(command))
+
+    def unsubscribe(
+        self,
+        *,
+        users: Iterable[str] = (),
+        sessions: Iterable[str] = (),
+        facility: Optional[str] = None,
+        audiences: Iterable[str] = AUDIENCES,
+        groups: Optional[Iterable[str]] = None,
+        reason: str = "",
+    ) -> defer.Deferred[int]:
+        """Make, on every node, the connections of ``users`` or ``sessions`` (session
+        channel ids), only those to ``facility`` when given, leave their channels of
+        ``audiences`` (of ``groups`` only, for the group audience, when given) without
+        closing. As :func:`ws4tx.api.unsubscribe` does from Django; fires as
+        :meth:`disconnect` does."""
+        command = control.unsubscribe(users=users, sessions=sessions, facility=facility,
+                                      audiences=audiences, groups=groups, reason=reason)
         return self._broker.publish(control_channel(self._prefix), control.encode(command))
 
     def run_in_thread(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:

@@ -55,6 +55,24 @@ class Hub(Generic[C]):
                 closed.append(channel)
         return closed
 
+    def leave_channels(self, client: C, channels: Iterable[str]) -> list[str]:
+        """Remove ``client`` from those of ``channels`` it is in (it stays joined, with
+        its other channels, possibly none); return the channels left without members."""
+        mine = self._channels.get(client)
+        if mine is None:
+            return []
+        leaving = frozenset(channels)
+        self._channels[client] = tuple(c for c in mine if c not in leaving)
+        closed = []
+        for channel in mine:
+            if channel in leaving:
+                members = self._members[channel]
+                members.discard(client)
+                if not members:
+                    del self._members[channel]
+                    closed.append(channel)
+        return closed
+
     def members(self, channel: str) -> AbstractSet[C]:
         """The clients in ``channel`` (a live view: copy it before changing the hub)."""
         return self._members.get(channel, _EMPTY)

@@ -87,6 +87,8 @@ COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
                         "messages on the control channel ignored as malformed", {}),
     "closed_by_site": ("ws4tx_control_closed_connections",
                        "connections closed at the site's command", {}),
+    "unsubscribed_by_site": ("ws4tx_control_unsubscribed_connections",
+                             "connections that left channels at the site's command", {}),
     "presence_writes": ("ws4tx_presence_writes",
                         "presence updates written to Redis (one per facility and batch)", {}),
     "presence_events": ("ws4tx_presence_events",

@@ -94,12 +94,12 @@ class Node:
         #: Counters of the clients: dropped for not reading, messages over the rate limit,
         #: raw messages refused because they looked like the server's envelopes, messages
         #: not stored because their sender was over its storage budget.
-        #: Then the site's commands: executed, refused as malformed, and the connections
-        #: they closed.
+        #: Then the site's commands: executed, refused as malformed, the connections
+        #: they closed and those they made leave channels.
         self.stats = {"slow_consumers": 0, "rate_limited": 0, "raw_envelopes": 0,
                       "store_refused": 0, "control_commands": 0, "control_invalid": 0,
-                      "closed_by_site": 0, "accepted": 0, "client_messages": 0,
-                      "client_bytes": 0}
+                      "closed_by_site": 0, "unsubscribed_by_site": 0, "accepted": 0,
+                      "client_messages": 0, "client_bytes": 0}
         #: Connections closed, by close code (see :func:`close_label`): bounded labels.
         self.closed: Counter[str] = Counter()
         self._drain_waiters: list[defer.Deferred[None]] = []
@@ -156,6 +156,10 @@ class Node:
                           size=len(payload), channel=self.control_channel, error=e)
             return
         self.stats["control_commands"] += 1
+        if isinstance(command, control.Unsubscribe):
+            left = self.unsubscribe(command)
+            self.log.info("{n} connections left channels at the site's command", n=left)
+            return
         closed = self.disconnect(command)
         self.log.info("closed {n} connections with {code} at the site's command", n=closed,
                       code=command.code)
@@ -168,6 +172,18 @@ class Node:
             client.closeWith(command.code, command.reason)
         self.stats["closed_by_site"] += len(matching)
         return len(matching)
+
+    def unsubscribe(self, command: control.Unsubscribe) -> int:
+        """Make this node's connections that ``command`` matches leave its channels;
+        return how many left any."""
+        prefix, event = self.config.prefix, command.event()
+        left = 0
+        for client in tuple(self.router.hub.clients()):
+            if command.matches(client.identity, client.facility) and client.leaveChannels(
+                    command.channels(prefix, client.identity, client.facility), event):
+                left += 1
+        self.stats["unsubscribed_by_site"] += left
+        return left
 
     # Drain
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Coroutine
-from typing import Any, Optional, cast
+from typing import Any, Iterable, Optional, cast
 from urllib.parse import urlsplit
 
 from autobahn.exception import Disconnected
@@ -540,6 +540,23 @@ class PushProtocol(WebSocketServerProtocol):
         _log.warn("publishing for {peer} failed: {error}", peer=self.peer,
                   error=failure.value)
         return failure
+
+    # The site's commands
+
+    def leaveChannels(self, channels: Iterable[str], event: Any) -> bool:
+        """Stop listening and publishing to those of ``channels`` this client has (the
+        site's ``unsubscribe``), without closing; an event client gets
+        ``ws4tx.unsubscribed`` with ``event``. Whether it had any of them."""
+        gone = frozenset(channels) & frozenset(self._channels + self._publish_to)
+        if not gone:
+            return False
+        self._channels = tuple(c for c in self._channels if c not in gone)
+        self._publish_to = tuple(c for c in self._publish_to if c not in gone)
+        if self._held is not None:
+            self._held = [held for held in self._held if held[0] not in gone]
+        self.node.router.leaveChannels(self, gone)
+        self.emit(envelope.UNSUBSCRIBED_EVENT, event)
+        return True
 
     # Closing
 

@@ -63,6 +63,10 @@ class Member(Protocol):
     def closeWith(self, code: int, reason: str) -> None:
         """Close the client's connection with ``code`` and ``reason``."""
 
+    def leaveChannels(self, channels: Iterable[str], event: Any) -> bool:
+        """Leave those of ``channels`` the client has, without closing (telling an event
+        client with ``event``); whether it had any."""
+
 
 #: Frames written in one reactor turn before the rest of the messages wait for the next.
 FRAMES_PER_TURN = 8192
@@ -197,7 +201,14 @@ class Router:
 
     def leave(self, client: Member) -> None:
         """Remove ``client``; unsubscribe the channels nobody here listens to any more."""
-        for channel in self.hub.leave(client):
+        self._unsubscribe(self.hub.leave(client))
+
+    def leaveChannels(self, client: Member, channels: Iterable[str]) -> None:
+        """Remove ``client`` from ``channels`` only (it stays joined to its others)."""
+        self._unsubscribe(self.hub.leave_channels(client, channels))
+
+    def _unsubscribe(self, channels: list[str]) -> None:
+        for channel in channels:
             self._positioned.pop(channel, None)
             self.positions.pop(channel, None)
             self.broker.unsubscribe(channel).addErrback(lambda f: None)
