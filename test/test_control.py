@@ -7,7 +7,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any, Optional
 
-from twisted.internet import defer, endpoints, reactor
+from twisted.internet import defer, endpoints, reactor, threads
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
@@ -472,3 +472,153 @@ class IdentityChangesTests(DjangoServerTestCase):
         self.assertEqual(len(logged), 1)
         self.assertIn("logged out", logged[0].getMessage())
         self.assertNotIn(key, logged[0].getMessage())
+
+
+class GatheringOnAClockTests(unittest.SynchronousTestCase):
+    """``ServerAPI.channels`` and ``info`` on a task.Clock and the memory broker: the
+    answers of every node that got the query end the wait; a node that got it and does
+    not answer is waited for exactly ``timeout`` seconds; a registered node that did not
+    get it is reported missing."""
+
+    def setUp(self):
+        from twisted.internet import task
+
+        from ws4tx.server.config import ServerConfig
+        from ws4tx.server.node import Node
+        from ws4tx.testing import MemoryBroker, MemoryBus
+
+        self.clock = task.Clock()
+        self.bus = MemoryBus(self.clock)
+        self.node = Node(ServerConfig(), MemoryBroker(self.bus), clock=self.clock)
+        self.node.start()
+        self.clock.advance(0)
+        self.addCleanup(self.stop)
+        self.ghost = MemoryBroker(self.bus)
+        # A node that died: still in the registry, no longer subscribed to anything.
+        self.ghost.start(SimpleNamespace(wantedChannels=lambda: [],
+                                         brokerConnected=lambda: None,
+                                         messageReceived=lambda channel, payload: None))
+        self.ghost.updatePresence(naming.nodes_keys("ws4tx"), control.NODE_TTL,
+                                  [("+", "ghost", None, '{"id":"ghost","since":0}')])
+
+    def stop(self):
+        self.node.stop()
+        self.clock.advance(0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def results(self, d):
+        found = []
+        d.addCallback(found.append)
+        return found
+
+    def test_everyNodeThatGotItAnsweredEndsTheWait(self):
+        found = self.results(self.node.server.info(timeout=5))
+        self.clock.advance(0)
+        self.clock.advance(0)
+        [result] = found
+        self.assertEqual([n["id"] for n in result["nodes"]], [self.node.id])
+        self.assertEqual(result["missing"], ["ghost"])
+        self.assertEqual(result["nodes"][0]["versions"]["ws4tx"], "0.1.0")
+
+    def test_aNodeThatGotItButIsSilentIsWaitedForTheTimeoutOnly(self):
+        self.ghost.subscribe(naming.control_channel("ws4tx"))  # hung: hears, never answers
+        found = self.results(self.node.server.channels("*", timeout=2.0))
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.clock.advance(1.999)
+        self.assertEqual(found, [])
+        self.clock.advance(0.001)
+        self.assertEqual(found, [{"channels": {}, "nodes": [self.node.id],
+                                  "missing": ["ghost"]}])
+        # The reply channel is given up.
+        self.assertEqual(set(self.node.router.wantedChannels()),
+                         {naming.control_channel("ws4tx")})
+
+    def test_aQueryNeverMakesANodeAnswerOnAClientChannel(self):
+        self.bus.publish(naming.control_channel("ws4tx"), control.encode(
+            control.query(control.INFO, "ws4tx:broadcast:chat")))
+        self.clock.advance(0)
+        self.assertEqual(self.node.counters()["control_invalid"], 1)
+        self.assertNotIn("ws4tx:broadcast:chat",
+                         [channel for channel, _, _ in self.node.broker.published])
+
+
+class GatheringAcrossNodesTests(TwoNodesTestCase):
+    """``ws4tx.api.channels`` and ``info`` and their ServerAPI twins, over two nodes on
+    one real Redis, and a third one (twistd) that hangs, then is killed."""
+
+    PATH = "/ws/foobar?subscribe-broadcast&subscribe-user"
+
+    def django(self, f, *args, **kwargs):
+        """``ws4tx.api`` blocks: call it in a thread, so that the nodes of this process
+        (in the reactor thread) can answer."""
+        return threads.deferToThread(f, *args, **kwargs)
+
+    async def _setUp(self) -> None:
+        await super()._setUp()
+        for node in self.nodes:
+            if not node.factory.node._announced:
+                await node.factory.node.whenRegistered().addTimeout(TIMEOUT, reactor)
+        self.ids = sorted(n.factory.node.id for n in self.nodes)
+        a, b = self.nodes
+        self.c = [await self.on(a, self.PATH, identity_header("john")),
+                  await self.on(b, self.PATH, identity_header("john")),
+                  await self.on(b, self.PATH, identity_header("mary"))]
+
+    async def test_channelsFromEveryNode(self):
+        expected = {"ws4tx:broadcast:foobar": 3, "ws4tx:user:john:foobar": 2,
+                    "ws4tx:user:mary:foobar": 1}
+        result = await self.django(api.channels)
+        self.assertEqual(result, {"channels": expected, "nodes": self.ids, "missing": []})
+        self.assertEqual((await self.django(api.channels, "ws4tx:user:*"))["channels"],
+                         {k: v for k, v in expected.items() if ":user:" in k})
+        result = await self.nodes[1].service.server.channels("*:john:*")
+        self.assertEqual(result["channels"], {"ws4tx:user:john:foobar": 2})
+
+    async def test_infoFromEveryNode(self):
+        for result in (await self.django(api.info), await self.nodes[0].service.server.info()):
+            self.assertEqual(result["missing"], [])
+            nodes = {n["id"]: n for n in result["nodes"]}
+            self.assertEqual(sorted(nodes), self.ids)
+            a, b = (nodes[n.factory.node.id] for n in self.nodes)
+            self.assertEqual([a["clients"], b["clients"]], [1, 2])
+            self.assertEqual([a["channels"], b["channels"]], [2, 3])
+            self.assertEqual(a["versions"]["ws4tx"], "0.1.0")
+            self.assertGreaterEqual(a["uptime"], 0)
+            self.assertEqual(a["redis"], "delivering")
+
+    async def test_aHungThenKilledNodeIsReportedMissingNotWaitedFor(self):
+        import time
+
+        from ws4tx.server.embedded import free_port
+
+        from test._process import Twistd
+
+        port = free_port()
+        child = Twistd().start("--listen", f"tcp:{port}:interface=127.0.0.1",
+                               "--redis", self.redis_server.url)
+        self.addCleanup(child.stop, "KILL")
+        child_id = (await child.waitFor(r"node (\w+) is in the node registry")).group(1)
+        self.assertEqual(sorted(n["id"] for n in (await self.django(api.info))["nodes"]),
+                         sorted([*self.ids, child_id]))
+        # Hung (SIGSTOP): Redis still counts it, so the asker waits out its timeout.
+        child.transport.signalProcess("STOP")
+        for ask in (lambda: self.django(api.info, timeout=0.5),
+                    lambda: self.nodes[0].service.server.info(timeout=0.5)):
+            started = time.monotonic()
+            result = await ask()
+            took = time.monotonic() - started
+            self.assertEqual(result["missing"], [child_id])
+            self.assertEqual(sorted(n["id"] for n in result["nodes"]), self.ids)
+            self.assertTrue(0.5 <= took < 1.0, took)
+        # Killed (SIGKILL): Redis drops its subscription; it stays in the registry for up
+        # to NODE_TTL and is reported missing as soon as the live nodes answered.
+        await child.stop("KILL")
+        for ask in (lambda: self.django(api.channels, timeout=5),
+                    lambda: self.nodes[1].service.server.channels(timeout=5)):
+            started = time.monotonic()
+            result = await ask()
+            took = time.monotonic() - started
+            self.assertEqual((result["nodes"], result["missing"]), (self.ids, [child_id]))
+            self.assertLess(took, 0.5)
+        print(f"killed node reported missing after {took * 1000:.0f} ms")

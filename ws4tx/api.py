@@ -23,6 +23,8 @@ leave channels without closing::
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any, Callable, Optional
 
 from ws4tx import _audience, _django_settings, closecodes, control, naming, presence as _presence
@@ -38,9 +40,11 @@ __all__ = [
     "Publication",
     "PublishError",
     "RedisMessage",
+    "channels",
     "disconnect",
     "emit",
     "history",
+    "info",
     "presence",
     "presence_stats",
     "publish",
@@ -191,6 +195,69 @@ def _command(command: control.Command, on_commit: bool) -> Optional[int]:
         return int(store._call("send a command to", lambda redis: redis.publish(channel, payload)))
 
     return _run(send, on_commit)
+
+
+def channels(pattern: str = "*", *, timeout: float = control.DEFAULT_TIMEOUT) -> dict[str, Any]:
+    """The channels with clients on any ws4tx node whose names match ``pattern``
+    (``fnmatch`` on the whole name, e.g. ``"ws4tx:broadcast:*"``), with how many clients
+    each has: ``{"channels": {channel: clients}, "nodes": [ids that answered],
+    "missing": [ids]}``.
+
+    Every node is asked over the control channel and answers on a reply channel of this
+    call's own. The call returns once every node that got the question answered, or after
+    ``timeout`` seconds: a node of the registry (every node keeps itself there, for
+    :data:`ws4tx.control.NODE_TTL` seconds after its last refresh) that did not answer is
+    listed in ``missing``, not waited for. Raises :class:`PublishError` when Redis cannot
+    be reached and ValueError for a bad pattern.
+    """
+    return _gather(control.CHANNELS, pattern, timeout)
+
+
+def info(*, timeout: float = control.DEFAULT_TIMEOUT) -> dict[str, Any]:
+    """Every ws4tx node's clients, channels, subscriptions, versions, start time and
+    uptime (seconds), host, process id and Redis state, gathered as :func:`channels` is:
+    ``{"nodes": [{"id", "clients", "channels", "subscriptions", "started", "uptime",
+    "versions", "hostname", "pid", "redis"}, ...], "missing": [ids]}``."""
+    return _gather(control.INFO, "*", timeout)
+
+
+def _gather(op: str, pattern: str, timeout: float) -> dict[str, Any]:
+    """Ask every node on the control channel; gather the answers for ``timeout`` s."""
+    prefix = _django_settings.prefix()
+    reply = naming.reply_channel(prefix, uuid.uuid4().hex)
+    query = control.query(op, reply, pattern)
+
+    def run(connection: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        script = connection.register_script(_presence.script(_presence.READ_SCRIPT))
+        keys, args = _presence.read_args(naming.nodes_keys(prefix), "list")
+        expected = [e.id for e in _presence.parse_entries(script(keys=keys, args=args))]
+        answers: dict[str, Any] = {}
+        pubsub = connection.pubsub()
+        try:
+            pubsub.subscribe(reply)
+            # The answers must not come before the subscription is in place.
+            while (message := pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+                   ) is None or message["type"] != "subscribe":
+                if time.monotonic() >= deadline:
+                    return control.gathered(op, answers, expected)
+            receivers = connection.publish(naming.control_channel(prefix), control.encode(query))
+            while len(answers) < receivers:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                message = pubsub.get_message(timeout=left)
+                if message is not None and message["type"] == "message":
+                    try:
+                        node, data = control.decode_answer(message["data"])
+                    except control.InvalidCommand:
+                        continue
+                    answers[node] = data
+        finally:
+            pubsub.close()
+        return control.gathered(op, answers, expected)
+
+    return RedisStore()._call("ask the nodes through", run)
 
 
 def history(

@@ -20,6 +20,20 @@ of their channels without closing: those of ``audiences`` (``broadcast``, ``user
     {"v": 1, "op": "unsubscribe", "users": ["john"], "sessions": [], "facility": "chat",
      "audiences": ["group"], "groups": ["staff"], "reason": "left the group"}
 
+``channels`` and ``info`` are queries: every node answers on the ``reply`` channel the
+asker listens to (:func:`ws4tx.naming.reply_channel`; a node answers on no other)::
+
+    {"v": 1, "op": "channels", "reply": "ws4tx:reply:<token>", "pattern": "*"}
+    {"v": 1, "op": "info", "reply": "ws4tx:reply:<token>"}
+
+with ``{"node": <node id>, "data": ...}``: for ``channels`` an object from each of its
+channels whose name matches ``pattern`` (``fnmatch``) to its local clients, for ``info``
+the node's :meth:`~ws4tx.server.node.Node.info`. The asker knows which nodes should answer
+from the node registry (:func:`ws4tx.naming.nodes_keys`: every node keeps itself there,
+expiring :data:`NODE_TTL` seconds after its last refresh), and from how many nodes got the
+query (PUBLISH's answer): it stops waiting once they all answered, or after its timeout,
+and reports the registered nodes that did not answer as missing (:func:`gathered`).
+
 Whoever may PUBLISH on the control channel in Redis may close any connection: it is as
 trusted as whoever may publish on a user's channels (give untrusted Redis users an ACL
 without ``{prefix}:control``).
@@ -40,6 +54,20 @@ VERSION = 1
 #: The operations of this version.
 DISCONNECT = "disconnect"
 UNSUBSCRIBE = "unsubscribe"
+CHANNELS = "channels"
+INFO = "info"
+#: The operations that are queries (answered on a reply channel).
+QUERIES = (CHANNELS, INFO)
+
+#: Seconds an asker waits for the nodes' answers by default.
+DEFAULT_TIMEOUT = 1.0
+
+#: Seconds a node stays in the registry after its last refresh (it refreshes every third
+#: of it): a node killed that long ago is no longer expected to answer.
+NODE_TTL = 15.0
+
+#: Longest ``pattern`` or ``reply`` of a query.
+MAX_QUERY_FIELD = 256
 
 #: The close reason when the site gives none.
 DEFAULT_REASON = "closed by the site"
@@ -105,8 +133,17 @@ class Unsubscribe:
         return data
 
 
+@dataclass(frozen=True)
+class Query:
+    """Ask every node (``op``: :data:`CHANNELS` or :data:`INFO`) to answer on ``reply``."""
+
+    op: str
+    reply: str
+    pattern: str = "*"
+
+
 #: What a node executes.
-Command = Union[Disconnect, Unsubscribe]
+Command = Union[Disconnect, Unsubscribe, Query]
 
 
 def _matches(users: frozenset[str], sessions: frozenset[str], only: Optional[str],
@@ -185,7 +222,65 @@ def _audiences(value: Any) -> frozenset[str]:
     return found
 
 
+def query(op: str, reply: str, pattern: str = "*") -> Query:
+    """A checked :class:`Query` (``InvalidCommand``, a ValueError, for bad arguments)."""
+    command = Query(op, reply, pattern)
+    _check_query(command)
+    return command
+
+
+def _check_query(command: Query) -> None:
+    if command.op not in QUERIES:
+        raise InvalidCommand(f"unknown query {command.op!r}")
+    for name, value in (("reply", command.reply), ("pattern", command.pattern)):
+        if not isinstance(value, str) or not value or len(value) > MAX_QUERY_FIELD:
+            raise InvalidCommand(f"{name} must be a string of 1 to {MAX_QUERY_FIELD} "
+                                 "characters")
+
+
+def encode_answer(node: str, data: Any) -> bytes:
+    """A node's answer to a query."""
+    return json.dumps({"node": node, "data": data}, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+
+
+def decode_answer(payload: bytes) -> tuple[str, Any]:
+    """The node id and the data of an answer; :class:`InvalidCommand` for anything else."""
+    try:
+        answer = json.loads(payload)
+    except (ValueError, RecursionError) as e:
+        raise InvalidCommand(f"not JSON: {e}") from None
+    if not (isinstance(answer, dict) and isinstance(answer.get("node"), str)
+            and "data" in answer):
+        raise InvalidCommand("not an answer")
+    return answer["node"], answer["data"]
+
+
+def gathered(op: str, answers: dict[str, Any], expected: Iterable[str]) -> dict[str, Any]:
+    """What an asker returns from the ``answers`` it got (node id -> data) when the nodes
+    of ``expected`` (the registry) should have answered:
+
+    - :data:`CHANNELS`: ``{"channels": {channel: clients on all the nodes that answered},
+      "nodes": [ids that answered], "missing": [ids that did not]}``;
+    - :data:`INFO`: ``{"nodes": [each answer, with its "id"], "missing": [ids]}``.
+    """
+    missing = sorted(set(expected) - set(answers))
+    if op == CHANNELS:
+        merged: dict[str, int] = {}
+        for data in answers.values():
+            for channel, clients in (data if isinstance(data, dict) else {}).items():
+                merged[channel] = merged.get(channel, 0) + int(clients)
+        return {"channels": dict(sorted(merged.items())), "nodes": sorted(answers),
+                "missing": missing}
+    nodes = [{**(data if isinstance(data, dict) else {}), "id": node}
+             for node, data in sorted(answers.items())]
+    return {"nodes": nodes, "missing": missing}
+
+
 def _check(command: Command) -> None:
+    if isinstance(command, Query):
+        _check_query(command)
+        return
     if not (command.users or command.sessions):
         raise InvalidCommand(f"{_op(command)} whom? give users or sessions")
     if command.facility is not None and (not isinstance(command.facility, str)
@@ -200,11 +295,17 @@ def _check(command: Command) -> None:
 
 
 def _op(command: Command) -> str:
+    if isinstance(command, Query):
+        return command.op
     return DISCONNECT if isinstance(command, Disconnect) else UNSUBSCRIBE
 
 
 def encode(command: Command) -> bytes:
     """The control message of ``command``."""
+    if isinstance(command, Query):
+        return json.dumps({"v": VERSION, "op": command.op, "reply": command.reply,
+                           "pattern": command.pattern}, separators=(",", ":"),
+                          ensure_ascii=False).encode("utf-8")
     data: dict[str, Any] = {
         "v": VERSION, "op": _op(command), "users": sorted(command.users),
         "sessions": sorted(command.sessions), "facility": command.facility}
@@ -230,6 +331,8 @@ def decode(payload: bytes) -> Command:
     if data.get("v") != VERSION:
         raise InvalidCommand(f"unknown version {data.get('v')!r} (this node speaks {VERSION})")
     op = data.get("op")
+    if op in QUERIES:
+        return query(op, data.get("reply", ""), data.get("pattern", "*"))
     if op == UNSUBSCRIBE:
         groups = data.get("groups")
         unsubscribe = Unsubscribe(

@@ -199,6 +199,38 @@ def presence_keys(prefix: Optional[str], facility: str) -> PresenceKeys:
                         f"{tagged}:e")
 
 
+#: The part of the node registry's keys after the prefix (see :func:`nodes_keys`).
+NODES = "nodes"
+#: The part of reply channels' names after the prefix (see :func:`reply_channel`).
+REPLY = "reply"
+
+
+def nodes_keys(prefix: Optional[str]) -> PresenceKeys:
+    """The keys of the node registry: every live node keeps itself there (with an expiry
+    it refreshes) as a connection of a presence, so that a query gathered over the control
+    channel knows which nodes should answer. ``{prefix}:nodes:c`` and so on: no client
+    channel (``{prefix}:<audience>:...``) and no facility's presence."""
+    head = f"{_head(prefix)}{NODES}"
+    return PresenceKeys(f"{head}:c", f"{head}:i", f"{head}:u", f"{head}:u:", f"{head}:e")
+
+
+def reply_channel(prefix: Optional[str], token: str) -> str:
+    """The channel on which the nodes answer one query (``token``: unique to it, made of
+    letters and digits): it names no audience, so no client joins or publishes on it."""
+    if not token.isalnum():
+        raise ValueError(f"a reply token is letters and digits, not {token!r}")
+    return f"{_head(prefix)}{REPLY}:{token}"
+
+
+def is_reply_channel(prefix: Optional[str], channel: str) -> bool:
+    """Whether ``channel`` is a reply channel (:func:`reply_channel`) under ``prefix``:
+    the only channels a node answers a query on."""
+    head = f"{_head(prefix)}{REPLY}:"
+    token = channel[len(head):]
+    return channel.startswith(head) and 0 < len(token) <= 64 and token.isalnum() \
+        and token.isascii()
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who is behind a connection: the only names a client's channels are made from.

@@ -15,6 +15,7 @@ itself. Messages are delivered in the order they were published.
 from __future__ import annotations
 
 import fnmatch
+import json
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -337,6 +338,17 @@ class MemoryBroker:
             return []
 
         return self._run(update)
+
+    def readPresence(self, keys: PresenceKeys, what: str) -> defer.Deferred[Any]:
+        """Read what :meth:`updatePresence` kept, as Redis's script answers."""
+        def read() -> Any:
+            present = self.bus.presence.get(keys.connections, {})
+            if what == "stats":
+                users = {json.loads(info).get("user") for info in present.values() if info}
+                return [len(present), len(users - {None})]
+            return [info for info in present.values() if info]
+
+        return self._run(read)
 
     def _run(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         try:

@@ -134,6 +134,12 @@ class IBroker(Interface):
         joined or refreshed connection expiring ``ttl`` seconds from now; trim expired
         connections. Fires with the ids of the connections trimmed."""
 
+    def readPresence(keys: PresenceKeys, what: str) -> Deferred[Any]:
+        """Read the presence whose ``keys`` are given, its unexpired connections only:
+        ``what`` "list" fires with their entries (JSON texts, see
+        :func:`ws4tx.presence.parse_entries`), "stats" with (connections, distinct
+        users) (see :func:`ws4tx.presence.parse_stats`)."""
+
 
 def publish_to(
     broker: IBroker, channels: Iterable[str], payload: bytes, expire: int = 0,

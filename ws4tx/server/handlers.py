@@ -25,13 +25,26 @@ from __future__ import annotations
 
 import importlib
 import re
+import uuid
 from typing import Any, Callable, ClassVar, Iterable, Optional, Protocol, TypeVar
 
 from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ws4tx import closecodes, control, envelope
 from ws4tx.history import History, Rule, history_for
-from ws4tx.naming import AUDIENCES, Identity, channels_for, control_channel, history_keys
+from ws4tx.naming import (
+    AUDIENCES,
+    Identity,
+    channels_for,
+    control_channel,
+    history_keys,
+    nodes_keys,
+    reply_channel,
+)
+from ws4tx.presence import parse_entries
 from ws4tx.server.broker import IBroker, publish_to
 
 T = TypeVar("T")
@@ -57,19 +70,31 @@ class ServerAPI:
     (through the broker), close connections or make them leave channels on every node, and
     run blocking code (the Django ORM) in a thread."""
 
+    log = Logger()
+
     def __init__(
         self,
         broker: IBroker,
         prefix: Optional[str],
         run_in_thread: Optional[Callable[..., defer.Deferred[Any]]] = None,
         history: tuple[Rule, ...] = (),
+        *,
+        listen: Optional[Callable[[str, Optional[Callable[[bytes], None]]], None]] = None,
+        clock: Optional[IReactorTime] = None,
     ) -> None:
         self._broker = broker
         self._prefix = prefix
         self._history = history
         self._run_in_thread = run_in_thread or threads.deferToThread
+        #: ``listen(channel, receiver)`` hands a channel's messages to ``receiver`` once
+        #: subscribed; ``listen(channel, None)`` stops that and unsubscribes (the node's
+        #: router: :meth:`~ws4tx.server.router.Router.pin`, ``unfollow``).
+        self._listen = listen
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock: IReactorTime = clock  # type: ignore[assignment]
 
-    def channels(
+    def audience_channels(
         self,
         facility: str,
         broadcast: bool = False,
@@ -92,8 +117,8 @@ class ServerAPI:
         ``groups=[...]``, ``sessions=[identity.session, ...]``); fires with the number of
         receiving nodes."""
         payload = message.encode() if isinstance(message, str) else message
-        return publish_to(self._broker, self.channels(facility, **audience), payload, expire,
-                          history_for(self._history, facility), self._prefix)
+        return publish_to(self._broker, self.audience_channels(facility, **audience), payload,
+                          expire, history_for(self._history, facility), self._prefix)
 
     def history(
         self, facility: str, *, since: Optional[int] = None, limit: Optional[int] = None,
@@ -110,7 +135,7 @@ class ServerAPI:
             if retention is None:
                 raise ValueError(f"the facility {facility!r} keeps no history (setting "
                                  "WS4TX_HISTORY)")
-            channels = self.channels(facility, **audience)
+            channels = self.audience_channels(facility, **audience)
             if len(channels) != 1:
                 raise ValueError("history is read from one channel: give one audience, not "
                                  f"{len(channels)} channels")
@@ -167,6 +192,76 @@ class ServerAPI:
         command = control.unsubscribe(users=users, sessions=sessions, facility=facility,
                                       audiences=audiences, groups=groups, reason=reason)
         return self._broker.publish(control_channel(self._prefix), control.encode(command))
+
+    def channels(self, pattern: str = "*", *,
+                 timeout: float = control.DEFAULT_TIMEOUT) -> defer.Deferred[dict[str, Any]]:
+        """The channels with clients on any node whose names match ``pattern``
+        (``fnmatch``, on the whole name: ``ws4tx:broadcast:*``), gathered from every node
+        over the control channel: fires within ``timeout`` seconds with ``{"channels":
+        {channel: clients}, "nodes": [ids that answered], "missing": [ids]}``, a missing
+        node being one in the registry that did not answer in time (it is not waited
+        for). As :func:`ws4tx.api.channels` does from Django."""
+        return self._gather(control.CHANNELS, pattern, timeout)
+
+    def info(self, *, timeout: float = control.DEFAULT_TIMEOUT) -> defer.Deferred[dict[str, Any]]:
+        """Every node's :meth:`~ws4tx.server.node.Node.info` (clients, channels,
+        versions, uptime, ...), gathered as :meth:`channels` does: ``{"nodes": [...],
+        "missing": [ids]}``."""
+        return self._gather(control.INFO, "*", timeout)
+
+    def _gather(self, op: str, pattern: str, timeout: float) -> defer.Deferred[dict[str, Any]]:
+        """Ask every node (``op``) on the control channel and gather their answers on a
+        reply channel of this query's own, for at most ``timeout`` seconds."""
+        listen = self._listen
+        if listen is None:
+            raise RuntimeError("this ServerAPI has no router to hear the nodes' answers")
+        reply = reply_channel(self._prefix, uuid.uuid4().hex)
+        query = control.query(op, reply, pattern)
+        answers: dict[str, Any] = {}
+        expected: list[str] = []
+        receivers: list[int] = []
+        result: defer.Deferred[dict[str, Any]] = defer.Deferred()
+
+        def received(payload: bytes) -> None:
+            try:
+                node, data = control.decode_answer(payload)
+            except control.InvalidCommand as e:
+                self.log.warn("ignored an answer on {reply}: {error}", reply=reply, error=e)
+                return
+            answers[node] = data
+            if receivers and len(answers) >= receivers[0]:
+                finish()
+
+        def end() -> None:
+            if timer.active():
+                timer.cancel()
+            listen(reply, None)
+
+        def finish() -> None:
+            if not result.called:
+                end()
+                result.callback(control.gathered(op, answers, expected))
+
+        def failed(failure: Failure) -> None:
+            if not result.called:
+                end()
+                result.errback(failure)
+
+        def sent(count: int) -> None:
+            receivers.append(count)
+            if len(answers) >= count:
+                finish()
+
+        listen(reply, received)
+        timer = self._clock.callLater(timeout, finish)
+        registry = self._broker.readPresence(nodes_keys(self._prefix), "list")
+        registry.addCallback(lambda entries: expected.extend(
+            e.id for e in parse_entries(entries)))
+        registry.addCallback(lambda _: self._broker.subscribe(reply))
+        registry.addCallback(lambda _: self._broker.publish(
+            control_channel(self._prefix), control.encode(query)))
+        registry.addCallbacks(sent, failed)
+        return result
 
     def run_in_thread(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
         """Run ``f`` in the thread pool (with Django's connection hygiene when Django is

@@ -12,19 +12,29 @@ every command, and each closes the matching connections it has.
 
 from __future__ import annotations
 
+import os
+import platform
+import socket
 from collections import Counter
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any, Callable, Iterable, Optional
 
+import twisted
+from autobahn import version as autobahn_version
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+import ws4tx
 from ws4tx import closecodes, control, naming
+from ws4tx.presence import JOIN, LEAVE, Entry
 from ws4tx.server import deflate
 from ws4tx.server._ratelimit import Budgets
 from ws4tx.server.admission import AddressCounts
-from ws4tx.server.broker import IBroker
+from ws4tx.server.broker import BrokerUnavailable, IBroker
 from ws4tx.server.config import ServerConfig
 from ws4tx.server.events import Events
 from ws4tx.server.handlers import EventHandler, ServerAPI
@@ -38,6 +48,10 @@ _KNOWN_CODES = frozenset({closecodes.NORMAL, closecodes.GOING_AWAY, closecodes.P
                           closecodes.POLICY_VIOLATION, closecodes.MESSAGE_TOO_BIG,
                           closecodes.INTERNAL_ERROR, closecodes.CLOSED_BY_SITE,
                           closecodes.SLOW_CONSUMER, closecodes.SUBSCRIPTION_REFUSED})
+
+#: The versions a node runs (in its info).
+_VERSIONS = {"ws4tx": ws4tx.__version__, "python": platform.python_version(),
+             "twisted": twisted.__version__, "autobahn": autobahn_version}
 
 
 def close_label(code: Optional[int]) -> str:
@@ -84,7 +98,8 @@ class Node:
                              max_backlog=config.max_backlog,
                              has_history=self._hasHistory if config.history else None)
         #: What event handlers may do beyond their client (publish, run in a thread).
-        self.server = ServerAPI(broker, config.prefix, run_in_thread, config.history)
+        self.server = ServerAPI(broker, config.prefix, run_in_thread, config.history,
+                                listen=self._listen, clock=self.clock)
         self.events = Events(handlers, self.server)
         #: Open connections per client address, for the per-address cap.
         self.addresses = AddressCounts(config)
@@ -108,6 +123,15 @@ class Node:
         self.router.pin(self.control_channel, self.controlReceived)
         #: This node's clients in the presence of their facilities (setting PRESENCE).
         self.presence = Presence(config, broker, self.router, self.clock)
+        #: This node's id: in its presence entries, the node registry and its answers.
+        self.id = self.presence.node_id
+        #: When the node started (Unix seconds; None before).
+        self.started: Optional[float] = None
+        self._registrar = LoopingCall(self.register)
+        self._registrar.clock = self.clock
+        self._registered: list[defer.Deferred[None]] = []
+        self._retry: Optional[IDelayedCall] = None
+        self._announced = False
 
     def _hasHistory(self, channel: str) -> bool:
         """Whether ``channel`` belongs to a facility with history."""
@@ -116,14 +140,61 @@ class Node:
     # Lifecycle
 
     def start(self) -> None:
-        """Connect the broker; the router hears from it from now on."""
+        """Connect the broker; the router hears from it from now on. Keep the node in
+        the registry (every third of :data:`ws4tx.control.NODE_TTL`)."""
+        self.started = self.clock.seconds()
         self.broker.start(self.router)
         self.presence.start()
+        self._registrar.start(control.NODE_TTL / 3, now=True)
 
     def stop(self) -> defer.Deferred[None]:
-        """Write what presence has pending, then disconnect the broker (drain the clients
-        first: :meth:`closeAll`)."""
-        return self.presence.stop().addBoth(lambda _: self.broker.stop())
+        """Leave the registry and write what presence has pending, then disconnect the
+        broker (drain the clients first: :meth:`closeAll`)."""
+        if self._registrar.running:
+            self._registrar.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        left: defer.Deferred[Any] = self.broker.updatePresence(
+            naming.nodes_keys(self.config.prefix), control.NODE_TTL,
+            [(LEAVE, self.id, None, "")]).addErrback(lambda _: None)
+        return defer.gatherResults([left, self.presence.stop()]).addBoth(
+            lambda _: self.broker.stop())
+
+    # The node registry
+
+    def register(self) -> defer.Deferred[None]:
+        """Write this node into the registry with a new expiry (retried every second
+        while Redis cannot be reached)."""
+        entry = Entry(self.id, None, round(self.started or 0.0, 3))
+        d = self.broker.updatePresence(naming.nodes_keys(self.config.prefix),
+                                       control.NODE_TTL, [(JOIN, self.id, None, entry.to_json())])
+
+        def written(_: object) -> None:
+            if not self._announced:
+                self._announced = True
+                self.log.info("node {id} is in the node registry", id=self.id)
+            waiters, self._registered = self._registered, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+        def failed(failure: Failure) -> None:
+            if not failure.check(BrokerUnavailable):
+                # Refused (an ACL without the registry's keys): the next refresh tries again.
+                self.log.warn("could not write this node into the node registry: {error}",
+                              error=failure.getErrorMessage())
+                return
+            self.log.debug("not in the node registry yet: {error}",
+                           error=failure.getErrorMessage())
+            if self._registrar.running and (self._retry is None or not self._retry.active()):
+                self._retry = self.clock.callLater(1.0, self.register)
+
+        return d.addCallbacks(written, failed)
+
+    def whenRegistered(self) -> defer.Deferred[None]:
+        """Fires after the next write of this node into the registry."""
+        d: defer.Deferred[None] = defer.Deferred()
+        self._registered.append(d)
+        return d
 
     # What the node knows
 
@@ -143,7 +214,49 @@ class Node:
         """How many clients have joined."""
         return self.router.memberCount()
 
+    def info(self) -> dict[str, Any]:
+        """What ``ws4tx.api.info`` gives of this node: its clients, channels and
+        subscriptions, the versions it runs, when it started and for how long, its
+        process, and the state of its Redis connection."""
+        hub, now = self.router.hub, self.clock.seconds()
+        started = self.started if self.started is not None else now
+        return {
+            "clients": len(hub), "channels": len(hub.channels()),
+            "subscriptions": sum(len(hub.channels_of(client)) for client in hub.clients()),
+            "started": round(started, 3), "uptime": round(now - started, 3),
+            "versions": _VERSIONS, "hostname": socket.gethostname(), "pid": os.getpid(),
+            "redis": self.health().redis,
+        }
+
+    def channelCounts(self, pattern: str = "*") -> dict[str, int]:
+        """This node's client channels whose names match ``pattern`` (``fnmatch``), with
+        how many local clients each has."""
+        hub = self.router.hub
+        return {channel: len(hub.members(channel)) for channel in hub.channels()
+                if fnmatchcase(channel, pattern)}
+
     # The site's commands
+
+    def _listen(self, channel: str, receiver: Optional[Callable[[bytes], None]]) -> None:
+        """What ServerAPI listens for answers with (see ``ServerAPI.__init__``)."""
+        if receiver is None:
+            self.router.unfollow(channel)
+        else:
+            self.router.pin(channel, receiver)
+
+    def answer(self, query: control.Query) -> None:
+        """Answer a query on its reply channel (only a reply channel: a command may not
+        make a node publish on a client's channel)."""
+        if not naming.is_reply_channel(self.config.prefix, query.reply):
+            self.stats["control_invalid"] += 1
+            self.log.warn("ignored a {op} query that asked for an answer on {reply}, not a "
+                          "reply channel", op=query.op, reply=query.reply)
+            return
+        data = self.channelCounts(query.pattern) if query.op == control.CHANNELS \
+            else self.info()
+        self.broker.publish(query.reply, control.encode_answer(self.id, data)).addErrback(
+            lambda f: self.log.warn("could not answer a {op} query: {error}", op=query.op,
+                                    error=f.getErrorMessage()))
 
     def controlReceived(self, payload: bytes) -> None:
         """A message on the control channel: execute it, or log and ignore it when it is
@@ -156,6 +269,9 @@ class Node:
                           size=len(payload), channel=self.control_channel, error=e)
             return
         self.stats["control_commands"] += 1
+        if isinstance(command, control.Query):
+            self.answer(command)
+            return
         if isinstance(command, control.Unsubscribe):
             left = self.unsubscribe(command)
             self.log.info("{n} connections left channels at the site's command", n=left)

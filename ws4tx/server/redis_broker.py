@@ -669,6 +669,11 @@ class RedisBroker:
         return self._script(_presence.UPDATE_SCRIPT, script_keys, args).addCallback(
             _presence.gone_ids)
 
+    def readPresence(self, keys: PresenceKeys, what: str) -> defer.Deferred[Any]:
+        """``ws4tx/lua/presence_read.lua`` (see :meth:`IBroker.readPresence`)."""
+        script_keys, args = _presence.read_args(keys, what)
+        return self._script(_presence.READ_SCRIPT, script_keys, args)
+
     def _script(self, name: str, keys: list[Any], args: list[Any]) -> defer.Deferred[Any]:
         """Run the Lua script ``name`` by its SHA (EVALSHA); a Redis that does not have
         it (restarted, SCRIPT FLUSH) gets its text (EVAL), which loads it again."""
