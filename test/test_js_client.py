@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ws4tx import envelope
+from ws4tx import closecodes, envelope
 
 from test import _browser
 
@@ -833,3 +833,58 @@ class RecoveryClientTests(_PageTestCase):
         self.serverClose(1006)
         self.advance(600)
         self.assertEqual(self.socket()["url"], URI)
+
+
+class TokenRefreshTests(_PageTestCase):
+    """WS4TX's ``token`` option: a fresh token in the URL of every attempt, and sent back
+    when the server asks for one (``ws4tx.refresh``) before the connection's expires."""
+
+    BASE = "ws://x/ws/f?subscribe-broadcast"
+
+    def start(self, events: Optional[list[str]] = None) -> None:
+        self.js("""([base, events]) => {
+          Math.random = () => 0;
+          window.n = 0;
+          window.c = __record(new WS4TX(base, {token: () => Promise.resolve('t' + (++n))}),
+                              events);
+        }""", [self.BASE, events or ["refreshed", envelope.REFRESH_EVENT]])
+        self.advance(0)
+
+    def test_theTokenFunctionGoesInTheUrlOfEveryAttempt(self) -> None:
+        self.start()
+        self.assertEqual(self.socket()["url"], self.BASE + "&token=t1")
+        self.open()
+        self.serverClose(closecodes.TOKEN_EXPIRED, "token expired")
+        self.advance(0)
+        self.assertEqual(self.socket()["url"], self.BASE + "&token=t2")
+
+    def test_aRefreshRequestIsAnsweredWithAFreshToken(self) -> None:
+        self.start()
+        self.open()
+        self.receive(envelope.encode_event(envelope.REFRESH_EVENT, {"expires": 1234}))
+        self.advance(0)
+        self.assertEqual(self.socket()["sent"], [envelope.encode_event(
+            envelope.REFRESH_EVENT, {"token": "t2"}, id=1)])
+        self.receive(envelope.encode_ack(1, {"expires": 1300}))
+        self.advance(0)
+        self.assertEqual(self.log(), [[envelope.REFRESH_EVENT, {"expires": 1234}],
+                                      ["refreshed", {"expires": 1300}]])
+        self.assertEqual(self.socketCount(), 1)
+
+    def test_aRefusedRefreshIsReportedAndTheConnectionWaitsForItsClose(self) -> None:
+        self.start()
+        self.open()
+        self.receive(envelope.encode_event(envelope.REFRESH_EVENT, {"expires": 1234}))
+        self.advance(0)
+        self.receive(envelope.encode_ack(1, error="token refused: expired"))
+        self.advance(0)
+        self.assertEqual(len(self.pageErrors), 1)
+        self.assertIn("token refused", self.pageErrors.pop())
+        self.assertEqual(self.socket()["readyState"], 1)
+
+    def test_withoutATokenFunctionNothingIsSent(self) -> None:
+        self.connect(events=[envelope.REFRESH_EVENT])
+        self.receive(envelope.encode_event(envelope.REFRESH_EVENT, {"expires": 1234}))
+        self.advance(0)
+        self.assertEqual(self.socket()["sent"], [])
+        self.assertEqual(self.log(), [[envelope.REFRESH_EVENT, {"expires": 1234}]])

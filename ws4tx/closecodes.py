@@ -14,6 +14,10 @@ INTERNAL_ERROR = 1011
 #: deactivated user, or the site's own reason). ws4tx.js reconnects with backoff, and the
 #: new connection is authenticated anew (after a logout: as anonymous).
 CLOSED_BY_SITE = 4001
+#: The connection's token expired and the client did not send a fresh one in time (see
+#: ``ws4tx.refresh`` in docs/protocol.md). ws4tx.js reconnects, with a fresh token when the
+#: page gave it a ``token`` function.
+TOKEN_EXPIRED = 4002
 #: The client did not read its messages fast enough (its send queue overflowed).
 SLOW_CONSUMER = 4008
 #: Redis refused to subscribe one of the client's channels (an ACL without it).

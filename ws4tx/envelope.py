@@ -52,6 +52,12 @@ PRESENCE_EVENT = "ws4tx.presence"
 #: (``groups`` only when the command named some); the connection stays open.
 UNSUBSCRIBED_EVENT = "ws4tx.unsubscribed"
 
+#: Sent to an event client whose connection's token expires soon (``data``: ``{"expires":
+#: <Unix seconds>}``); the client answers with the same event, ``{"token": <a fresh
+#: token>}`` and an id, acknowledged with ``{"expires": ...}`` or an error. Unless a fresh
+#: token comes, the connection is closed with 4002 at ``expires``.
+REFRESH_EVENT = "ws4tx.refresh"
+
 #: Sent once to a client that asked to recover missed messages (``recover=`` in its URL),
 #: after the recovered messages and before any live one: ``{"recovered": true}``, or
 #: ``{"recovered": false, "reason": ...}`` (docs/protocol.md, Recovery).

@@ -403,7 +403,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Django side: bound on every Redis call of a publish", where=DJANGO,
             option="", minimum=0, inclusive=False, unit="s"),
     Setting("token_max_age", NUMBER, 300.0,
-            "seconds a connection token (`ws4tx.tokens`) stays valid", where=DJANGO,
+            "seconds a connection token (`ws4tx.tokens`) stays valid, and with it a "
+            "connection it opened (unless the client sends a fresh one)", where=DJANGO,
             option="", minimum=0, inclusive=False, unit="s"),
     Setting("session_channels", TEXT, "id",
             "`\"key\"`: name session channels by the raw session key, as ws4redis did "

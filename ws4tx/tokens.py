@@ -10,8 +10,12 @@ The server then reads the identity from the token with :func:`read_token` instea
 the session cookie: the user name, its group names and the session's channel id, as they
 were when the token was made. It is signed with the site's ``SECRET_KEY``
 (``django.core.signing``, salt ``ws4tx.token``) and valid for ``TOKEN_MAX_AGE`` seconds
-(default 300) after it was made. The token only opens a connection: a connection stays open
-after its token expires.
+(default 300) after it was made. A connection opened with a token lasts as long as the
+token: shortly before it expires the server asks the client for a fresh one (the
+``ws4tx.refresh`` event, which ws4tx.js answers with the page's ``token`` function), checks
+it as it checked the first (the same hooks, the same identity required) and extends the
+connection to the new token's end; a client that sends none is closed with 4002
+(:data:`ws4tx.closecodes.TOKEN_EXPIRED`) when the token expires.
 
 A token is signed, not encrypted: whoever sees it (a proxy log, the browser history) can
 read it. So it holds nothing that authenticates to Django: never the session key, only
@@ -129,6 +133,18 @@ def read_token(token: str, max_age: Optional[float] = None) -> naming.Identity:
     except (ValueError, TypeError):  # a signed payload that does not decode
         raise InvalidToken("malformed payload") from None
     return _identity(payload)
+
+
+def expires_at(token: str, max_age: Optional[float] = None) -> float:
+    """When ``token`` (one :func:`read_token` accepted) expires: the Unix time it was
+    signed plus ``max_age`` (default: setting ``TOKEN_MAX_AGE``)."""
+    if max_age is None:
+        max_age = _django_settings.token_max_age()
+    try:
+        signed = signing.b62_decode(token.rsplit(":", 2)[-2])
+    except (IndexError, ValueError):
+        raise InvalidToken("malformed: no timestamp") from None
+    return float(signed) + max_age
 
 
 def _identity(payload: Any) -> naming.Identity:

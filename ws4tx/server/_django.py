@@ -270,11 +270,13 @@ class SessionAuthenticator:
 
         try:
             identity = tokens.read_token(token)
+            expires = tokens.expires_at(token)
         except tokens.InvalidToken as e:
             return defer.fail(HandshakeDenied(f"invalid token: {e}"))
         if self._custom_process is None and self._allowed_channels is None:
-            return defer.succeed(Grant(identity))
-        return run_in_thread(self._authorizeToken, handshake, identity)
+            return defer.succeed(Grant(identity, expires=expires))
+        return run_in_thread(self._authorizeToken, handshake, identity).addCallback(
+            lambda grant: Grant(grant.identity, grant.flags, expires))
 
     def _authorize(self, handshake: HandshakeRequest) -> Grant:
         request = _http_request(handshake)

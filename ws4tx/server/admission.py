@@ -88,6 +88,8 @@ class Admission:
     speaks_events: bool
     #: The subprotocol to answer (None: none).
     subprotocol: Optional[str]
+    #: When its credential (a token) expires, Unix seconds (None: never).
+    expires: Optional[float] = None
 
 
 def admit(
@@ -105,10 +107,11 @@ def admit(
     the client asked for.
     """
     flags = handshake.flags
+    expires: Optional[float] = None
     if isinstance(answer, Grant):
         if answer.flags is not None:
             flags = answer.flags
-        identity = answer.identity
+        identity, expires = answer.identity, answer.expires
     else:
         identity = answer
     if not may_publish(config, identity, handled):
@@ -129,6 +132,7 @@ def admit(
             fnmatchcase(facility, pattern) for pattern in config.stored_facilities),
         speaks_events=subprotocol == envelope.SUBPROTOCOL,
         subprotocol=subprotocol,
+        expires=expires,
     )
 
 

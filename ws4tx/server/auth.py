@@ -66,11 +66,15 @@ class HandshakeRequest:
 
 @dataclass(frozen=True)
 class Grant:
-    """What an authenticator may return instead of a bare identity: the identity and the
-    flags it allows (None: the flags the client asked for)."""
+    """What an authenticator may return instead of a bare identity: the identity, the
+    flags it allows (None: the flags the client asked for) and when it expires."""
 
     identity: Identity
     flags: Flags | None = None
+    #: When the credential expires (Unix seconds; None: never): a token's end. The
+    #: connection is then asked for a fresh token, and closed with
+    #: :data:`ws4tx.closecodes.TOKEN_EXPIRED` unless it sends one in time.
+    expires: float | None = None
 
 
 #: What an authenticator answers: at once, later (a Deferred, which is invariant, hence its

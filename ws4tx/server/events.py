@@ -47,6 +47,9 @@ class EventClient(Protocol):
     def publish(self, payload: bytes) -> defer.Deferred[int]:
         """Publish ``payload`` on the client's publish channels."""
 
+    def refreshToken(self, data: Any) -> defer.Deferred[Any]:
+        """The client sent a fresh token (``ws4tx.refresh``)."""
+
 
 class Events:
     """The event handlers of one node, one instance per facility, and the dispatch of
@@ -72,9 +75,9 @@ class Events:
             self.call(client, handler.on_close, None, client)
 
     def dispatch(self, client: EventClient, payload: bytes) -> None:
-        """Handle an envelope ``client`` sent: the handler's ``on_<event>``; else, on a
-        connection with publish flags, publish the event (never a ``ws4tx.*`` one); else
-        refuse it."""
+        """Handle an envelope ``client`` sent: a fresh token (``ws4tx.refresh``); the
+        handler's ``on_<event>``; else, on a connection with publish flags, publish the
+        event (never a ``ws4tx.*`` one); else refuse it."""
         try:
             message = envelope.decode(payload)
         except envelope.InvalidEnvelope as e:
@@ -82,6 +85,9 @@ class Events:
             return
         if not isinstance(message, envelope.Event):
             client.emit(envelope.ERROR_EVENT, {"message": "clients may only send events"})
+            return
+        if message.event == envelope.REFRESH_EVENT:
+            self.answer(client, client.refreshToken(message.data), message.id)
             return
         method = handler_method(self.handlers.get(client.facility), message.event)
         if method is not None:

@@ -47,6 +47,7 @@ _KNOWN_CODES = frozenset({closecodes.NORMAL, closecodes.GOING_AWAY, closecodes.P
                           closecodes.UNSUPPORTED_DATA, closecodes.INVALID_PAYLOAD,
                           closecodes.POLICY_VIOLATION, closecodes.MESSAGE_TOO_BIG,
                           closecodes.INTERNAL_ERROR, closecodes.CLOSED_BY_SITE,
+                          closecodes.TOKEN_EXPIRED,
                           closecodes.SLOW_CONSUMER, closecodes.SUBSCRIPTION_REFUSED})
 
 #: The versions a node runs (in its info).

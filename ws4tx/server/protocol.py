@@ -41,6 +41,8 @@ from ws4tx.server import _internals, admission, deflate
 from ws4tx.server._ratelimit import TokenBucket
 from ws4tx.server.auth import AnonymousAuthenticator, Grant, HandshakeDenied, IAuthenticator
 from ws4tx.server.broker import NotStored, publish_to
+from ws4tx.server.expiry import Expiry, reauthenticate
+from ws4tx.server.handlers import EventRefused
 from ws4tx.server.node import Node, close_label
 from ws4tx.server.router import is_text
 
@@ -95,6 +97,10 @@ class PushProtocol(WebSocketServerProtocol):
         self._recover: dict[str, Position] = {}
         #: The history reads of the channels being recovered (a History, or the failure).
         self._reads: dict[str, Any] = {}
+        #: The handshake as the authenticator saw it, and the deadline of a token
+        #: connection's credential (see :mod:`ws4tx.server.expiry`).
+        self._handshake: Optional[Any] = None
+        self._expiry: Optional[Expiry] = None
 
     @property
     def node(self) -> Node:
@@ -160,7 +166,7 @@ class PushProtocol(WebSocketServerProtocol):
             self.factory.config, handshake, answer,
             handled=self.node.events.handles(handshake.facility),
             protocols=request.protocols)
-        self._admitted = admitted
+        self._admitted, self._handshake = admitted, handshake
         self.identity, self.facility = admitted.identity, admitted.facility
         self._channels, self._publish_to = admitted.channels, admitted.publish_to
         self.speaks_events = admitted.speaks_events
@@ -199,6 +205,9 @@ class PushProtocol(WebSocketServerProtocol):
             self.deliveryInterrupted()
         node.presence.joined(self)
         node.events.connected(self)
+        if self._admitted is not None and self._admitted.expires is not None:
+            self._expiry = Expiry(self.factory.reactor, self._admitted.expires,
+                                  self._askRefresh, self._tokenExpired)
 
     def _replay(self, _: object) -> None:
         """Fetch every channel's stored message and, for a client that asked to recover,
@@ -558,6 +567,29 @@ class PushProtocol(WebSocketServerProtocol):
         self.emit(envelope.UNSUBSCRIBED_EVENT, event)
         return True
 
+    # Token expiry
+
+    def _askRefresh(self, deadline: float) -> None:
+        """The token expires soon: ask an event client for a fresh one."""
+        self.emit(envelope.REFRESH_EVENT, {"expires": deadline})
+
+    def _tokenExpired(self) -> None:
+        self.closeWith(closecodes.TOKEN_EXPIRED, "token expired")
+
+    def refreshToken(self, data: Any) -> defer.Deferred[Any]:
+        """The client sent a fresh token (``ws4tx.refresh``): check it as the first was
+        and move the deadline; fires with ``{"expires": ...}`` (the acknowledgement)."""
+        if self._expiry is None or self._handshake is None:
+            return defer.fail(EventRefused("this connection has no token to refresh"))
+        expiry = self._expiry
+
+        def extended(deadline: Optional[float]) -> dict[str, Any]:
+            expiry.extend(deadline)
+            return {"expires": deadline}
+
+        return reauthenticate(self.factory.authenticator, self._handshake, data,
+                              self.identity).addCallback(extended)
+
     # Closing
 
     def closeWith(self, code: int, reason: str) -> None:
@@ -571,6 +603,8 @@ class PushProtocol(WebSocketServerProtocol):
             self._joined = False
             node = self.node
             node.closed[close_label(code)] += 1
+            if self._expiry is not None:
+                self._expiry.stop()
             node.router.leave(self)
             node.presence.left(self)
             node.clientLeft()

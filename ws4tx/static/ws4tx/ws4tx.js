@@ -15,9 +15,16 @@
  *     protocols: [],            // extra subprotocols, after "ws4tx.v1"
  *     binaryType: undefined,    // 'blob' (the browser's default) or 'arraybuffer'
  *     recover: true,            // on a facility with history: ask for what was missed
+ *     token: null,              // a function returning a token (or a Promise of one): see below
  *   });
  *   // Also: ws4tx.connect(uri, options). `uri` may be a function returning the URL, or a
  *   // Promise of it, called before every attempt (e.g. to fetch a fresh ?token=...).
+ *   // `token`, when given, is called before every attempt too, and its token added to the
+ *   // URL as ?token=... (do not put one in the URL then); and again when the server asks
+ *   // for a fresh token because the connection's is about to expire ('ws4tx.refresh'):
+ *   // ws4tx.js sends it back, the server checks it and keeps the connection open
+ *   // ('refreshed' fires with {expires}); without it the server closes with 4002 at the
+ *   // token's expiry and ws4tx.js reconnects (with a fresh token from the URL function).
  *
  *   client.on(name, fn) / client.once(name, fn) / client.off(name?, fn?)   (chainable)
  *     server events: fn(data) for {"ws4tx":"event","event":name,"data":data}
@@ -30,6 +37,8 @@
  *                    the messages missed meanwhile (a facility with history): recovered
  *                    true when every one of them was delivered (before this event, once,
  *                    in order); false with the reason otherwise (resync the page's state)
+ *     'refreshed'    fn({expires})   the server took the fresh token of the `token` function
+ *                    and keeps the connection open until `expires` (Unix seconds)
  *   client.positions                     {channel: {epoch, offset}} of the last messages
  *   client.emit(name, data)              -> true when sent (nothing is queued while offline)
  *   client.emit(name, data, (err, reply) => ...)   with an acknowledgement
@@ -86,6 +95,7 @@ function (root) {
     protocols: [],
     binaryType: undefined,
     recover: true,
+    token: null,
     WebSocket: undefined,  // a WebSocket constructor to use instead of the global one
   };
 
@@ -180,8 +190,15 @@ function (root) {
         this._failedAttempt(error);
         return;
       }
+      var self = this;
+      var token = this._opts.token;
+      if (typeof token === 'function') {
+        // The URL and a fresh token, then the URL with the token.
+        uri = Promise.all([uri, token()]).then(function (both) {
+          return withParam(both[0], 'token', both[1]);
+        });
+      }
       if (uri && typeof uri.then === 'function') {
-        var self = this;
         uri.then(function (resolved) {
           if (dial === self._dial) self._open(resolved);
         }, function (error) {
@@ -321,6 +338,16 @@ function (root) {
     _onFrame() {}
     _onDisconnected() {}
     _onReconnecting() {}
+  }
+
+  /** `uri` with the query parameter `name`=`value` added (before any #fragment). */
+  function withParam(uri, name, value) {
+    uri = String(uri);
+    var hash = uri.indexOf('#');
+    var tail = hash >= 0 ? uri.slice(hash) : '';
+    var head = hash >= 0 ? uri.slice(0, hash) : uri;
+    return head + (head.indexOf('?') >= 0 ? '&' : '?') + encodeURIComponent(name) + '='
+      + encodeURIComponent(String(value)) + tail;
   }
 
   /** The envelope in a text frame, or null for a raw payload (or an invalid envelope). */
@@ -534,6 +561,7 @@ function (root) {
         var payload = envelope.data === undefined ? null : envelope.data;
         this._fire(envelope.event, payload);
         if (envelope.event === 'ws4tx.recovered') this._fire('recovered', payload);
+        if (envelope.event === 'ws4tx.refresh') this._refresh();
       } else if (envelope.error !== undefined && envelope.error !== null) {
         var pending = this._pending.get(envelope.id);
         this._settle(envelope.id, new AckError(String(envelope.error), 'error',
@@ -541,6 +569,22 @@ function (root) {
       } else {
         this._settle(envelope.id, null, envelope.data === undefined ? null : envelope.data);
       }
+    }
+
+    /** The server asks for a fresh token: get one from the page's `token` function and
+     *  send it; 'refreshed' fires once the server took it. Without the function nothing is
+     *  sent: the server closes with 4002 when the token expires, and a reconnect follows. */
+    _refresh() {
+      var token = this._opts.token;
+      if (typeof token !== 'function') return;
+      var self = this;
+      var ws = this._ws;
+      Promise.resolve().then(function () { return token(); }).then(function (fresh) {
+        if (self._ws !== ws) return undefined;  // that socket is gone: the next has its own
+        return self.request('ws4tx.refresh', {token: String(fresh)}).then(function (reply) {
+          self._fire('refreshed', reply);
+        });
+      }).catch(report);
     }
 
     _onDisconnected(info) {
