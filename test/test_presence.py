@@ -68,6 +68,7 @@ class _Client:
         self.facility = "chat"
         self.speaks_events = speaks_events
         self.events: list[tuple[str, Any]] = []
+        self.channels = ("ws4tx:broadcast:chat",)
 
     def emit(self, event: str, data: Any = None) -> None:
         self.events.append((event, data))
@@ -278,3 +279,100 @@ class BothHalvesTests(ServerTestCase):
         self.assertNotIn(ghost["id"].encode(), self.redis.hkeys(keys.info))
         print(f"killed node's client announced as left after {converged:.2f} s "
               f"(ttl {TTL} s)")
+
+
+class AudienceTests(ServerTestCase):
+    """Presence by audience: the connections that listen to one user, group, session or
+    broadcast channel of a facility, read by both halves; and the site's info in the
+    entries, from the facility's handler."""
+
+    async def _setUp(self) -> None:
+        import redis
+
+        from ws4tx.server.handlers import EventHandler
+
+        class Chat(EventHandler):
+            facility = "chat"
+
+            async def presence_info(self, client):
+                user = client.identity.user
+                return {"name": user.title()} if user else None
+
+        self.redis_server = self.startRedis()
+        self.redis = redis.Redis.from_url(self.redis_server.url, socket_timeout=5)
+        self.addCleanup(self.redis.close)
+        self.useDjangoSide(WS4TX_PRESENCE=["chat*"])
+        await self.startServer(config={"presence": ("chat*",), "presence_ttl": TTL},
+                               handlers=[Chat])
+
+    def sid(self, key: str) -> str:
+        from django.conf import settings
+
+        return naming.session_channel_id(settings.SECRET_KEY, key)
+
+    async def crowd(self) -> tuple[WSClient, dict[str, WSClient]]:
+        everything = "/ws/chat?subscribe-broadcast&subscribe-user&subscribe-group&subscribe-session"
+        watcher = await self.client("/ws/chat?subscribe-broadcast",
+                                    headers=identity_header("watcher"), protocols=EVENTS)
+        clients = {
+            "alice": await self.client(everything, identity_header(
+                "alice", ("staff",), self.sid("key-a"))),
+            "bob": await self.client("/ws/chat?subscribe-broadcast&subscribe-group",
+                                     identity_header("bob", ("staff", "dev"))),
+            "carol": await self.client("/ws/chat?subscribe-user",
+                                       identity_header("carol", ("dev",))),
+            "anon": await self.client("/ws/chat?subscribe-broadcast&subscribe-session",
+                                      identity_header(session=self.sid("key-n"))),
+        }
+        await presence_events(watcher, lambda events: len(joined(events)) == 5)
+        return watcher, clients
+
+    async def test_eachAudienceListsTheConnectionsOnItsChannel(self):
+        from ws4tx import api
+
+        watcher, clients = await self.crowd()
+        server = self.service.server
+
+        def users(entries):
+            return sorted(e["user"] or "" for e in entries)
+
+        cases = [({"groups": ["staff"]}, ["alice", "bob"]), ({"groups": ["dev"]}, ["bob"]),
+                 ({"users": ["carol"]}, ["carol"]), ({"users": ["bob"]}, []),
+                 ({"broadcast": True}, ["", "alice", "bob", "watcher"]),
+                 ({}, ["", "alice", "bob", "carol", "watcher"])]
+        for audience, expected in cases:
+            self.assertEqual(users(api.presence("chat", **audience)), expected, audience)
+            self.assertEqual(users(await server.presence("chat", **audience)), expected,
+                             audience)
+            stats = {"clients": len(expected), "users": len([u for u in expected if u])}
+            self.assertEqual(api.presence_stats("chat", **audience), stats, audience)
+            self.assertEqual(await server.presence_stats("chat", **audience), stats)
+        # Sessions: keys on the Django side, channel ids for handlers.
+        self.assertEqual(users(api.presence("chat", sessions=["key-n"])), [""])
+        self.assertEqual(users(await server.presence("chat", sessions=[self.sid("key-a")])),
+                         ["alice"])
+        # Leaving leaves every audience too.
+        await clients["bob"].close()
+        await presence_events(watcher, lambda events: left(events))
+        self.assertEqual(users(api.presence("chat", groups=["staff"])), ["alice"])
+        self.assertEqual(api.presence_stats("chat", groups=["dev"]), {"clients": 0, "users": 0})
+
+    async def test_oneAudienceAtATime(self):
+        from ws4tx import api
+
+        for audience in ({"users": ["a", "b"]}, {"broadcast": True, "groups": ["staff"]}):
+            self.assertRaises(ValueError, api.presence, "chat", **audience)
+            self.failureResultOf(self.service.server.presence("chat", **audience), ValueError)
+        self.failureResultOf(self.service.server.presence("news"), ValueError)
+
+    async def test_theSitesInfoIsInTheEntriesAndTheEvents(self):
+        from ws4tx import api
+
+        watcher = await self.client("/ws/chat?subscribe-broadcast",
+                                    headers=identity_header("watcher"), protocols=EVENTS)
+        await self.client("/ws/chat?subscribe-broadcast")
+        events = await presence_events(watcher, lambda events: len(joined(events)) == 2)
+        self.assertEqual(sorted(str(e.get("info")) for e in joined(events)),
+                         ["None", "{'name': 'Watcher'}"])
+        self.assertEqual(sorted(str(e.get("info")) for e in api.presence("chat")),
+                         ["None", "{'name': 'Watcher'}"])

@@ -286,13 +286,17 @@ def history(
     return publisher.history(since=since, limit=limit)
 
 
-def _read_presence(facility: str, what: str) -> Any:
+def _read_presence(facility: str, what: str, broadcast: bool, users: Any, groups: Any,
+                   sessions: Any, request: Any) -> Any:
     naming.check_facility(facility)
     if not _presence.has_presence(_django_settings.presence(), facility):
         raise ValueError(f"the facility {facility!r} keeps no presence (setting "
                          "WS4TX_PRESENCE)")
+    audience = _presence.audience_of(
+        broadcast, _audience.users(users, request), _audience.groups(groups, request),
+        _audience.sessions(sessions, request))
     keys, args = _presence.read_args(
-        naming.presence_keys(_django_settings.prefix(), facility), what)
+        naming.presence_keys(_django_settings.prefix(), facility), what, audience)
 
     def read(connection: Any) -> Any:
         script = connection.register_script(_presence.script(_presence.READ_SCRIPT))
@@ -301,19 +305,45 @@ def _read_presence(facility: str, what: str) -> Any:
     return RedisStore()._call("read from", read)
 
 
-def presence(facility: str) -> list[dict[str, Any]]:
+def presence(
+    facility: str,
+    *,
+    broadcast: bool = False,
+    users: Any = (),
+    groups: Any = (),
+    sessions: Any = (),
+    request: Any = None,
+) -> list[dict[str, Any]]:
     """Who is connected to ``facility`` (a facility with setting ``PRESENCE``) on any
     node: one ``{"id", "user", "since"}`` per connection (``user`` None when anonymous,
-    ``since`` the Unix time it connected), oldest first. The connections of a node that
-    died are gone within ``PRESENCE_TTL`` seconds. Raises ``ValueError`` for a facility
-    without presence and :class:`PublishError` when Redis cannot be read.
+    ``since`` the Unix time it connected, and ``info`` when the facility's handler gave
+    some: see ``EventHandler.presence_info``), oldest first.
+
+    With ONE audience (``broadcast=True``, or one of ``users``, ``groups``, ``sessions``:
+    names, objects or ``SELF`` with ``request``, as for :func:`publish`), only the
+    connections that listen to that audience's channel: ``groups=["staff"]`` lists the
+    connections subscribed to the staff group's channel of ``facility``.
+    The connections of a node that died are gone within ``PRESENCE_TTL`` seconds. Raises
+    ``ValueError`` for a facility without presence or several audiences, and
+    :class:`PublishError` when Redis cannot be read.
     """
-    return [e.as_dict() for e in _presence.parse_entries(_read_presence(facility, "list"))]
+    read = _read_presence(facility, "list", broadcast, users, groups, sessions, request)
+    return [e.as_dict() for e in _presence.parse_entries(read)]
 
 
-def presence_stats(facility: str) -> dict[str, int]:
-    """How many connections ``facility``'s presence has (``clients``) and how many
-    distinct users they belong to (``users``; anonymous connections count in ``clients``
-    only), in time logarithmic in the facility's size; errors as :func:`presence`."""
-    stats = _presence.parse_stats(_read_presence(facility, "stats"))
+def presence_stats(
+    facility: str,
+    *,
+    broadcast: bool = False,
+    users: Any = (),
+    groups: Any = (),
+    sessions: Any = (),
+    request: Any = None,
+) -> dict[str, int]:
+    """How many connections ``facility``'s presence (or that of ONE of its audiences, as
+    for :func:`presence`) has (``clients``) and how many distinct users they belong to
+    (``users``; anonymous connections count in ``clients`` only), in time logarithmic in
+    its size; errors as :func:`presence`."""
+    read = _read_presence(facility, "stats", broadcast, users, groups, sessions, request)
+    stats = _presence.parse_stats(read)
     return {"clients": stats.clients, "users": stats.users}

@@ -30,6 +30,7 @@ import hmac
 import re
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
+from urllib.parse import quote
 
 BROADCAST = "broadcast"
 USER = "user"
@@ -181,13 +182,22 @@ class PresenceKeys:
     connection id to its JSON entry; ``users``, a sorted set of user names scored by the
     latest expiry of their connections; ``user_prefix`` + a user name, the sorted set of
     that user's connections; ``events``, the channel on which the nodes announce joins and
-    leaves (no client can publish on it: it names no audience)."""
+    leaves (no client can publish on it: it names no audience); ``audiences``, a hash from
+    connection id to its audiences (:func:`presence_audience`, space-separated);
+    ``audience_prefix`` + an audience, the head of that audience's own connections
+    (``:c``), users (``:u``) and user sets (``:u:`` + user name)."""
 
     connections: str
     info: str
     users: str
     user_prefix: str
     events: str
+    audiences: str = ""
+    audience_prefix: str = ""
+
+    def audience(self, audience: str) -> str:
+        """The head of the keys of one audience (see ``audience_prefix``)."""
+        return f"{self.audience_prefix}{audience}"
 
 
 def presence_keys(prefix: Optional[str], facility: str) -> PresenceKeys:
@@ -196,7 +206,33 @@ def presence_keys(prefix: Optional[str], facility: str) -> PresenceKeys:
     never name a client channel (those are ``{prefix}:<audience>:...``)."""
     tagged = f"{_head(prefix)}{PRESENCE}:{{{facility}}}"
     return PresenceKeys(f"{tagged}:c", f"{tagged}:i", f"{tagged}:u", f"{tagged}:u:",
-                        f"{tagged}:e")
+                        f"{tagged}:e", f"{tagged}:ia", f"{tagged}:a:")
+
+
+def presence_audience(audience: str, name: Optional[str] = None) -> str:
+    """The name of one audience in a facility's presence: ``broadcast``, or
+    ``user:<name>``, ``group:<name>``, ``session:<id>`` with the name %-quoted (it then
+    holds no ``:`` nor space, so that no two audiences' keys meet)."""
+    if audience == BROADCAST:
+        return BROADCAST
+    if audience not in AUDIENCES or not name:
+        raise ValueError(f"no presence audience {audience!r} with name {name!r}")
+    return f"{audience}:{quote(name, safe='')}"
+
+
+def presence_audience_of(prefix: Optional[str], channel: str) -> Optional[str]:
+    """The presence audience of a client channel (:func:`channel`), or None for another
+    channel."""
+    head = _head(prefix)
+    if not channel.startswith(head):
+        return None
+    audience, _, rest = channel[len(head):].partition(":")
+    if audience == BROADCAST:
+        return BROADCAST
+    name, _, facility = rest.rpartition(":")
+    if audience not in AUDIENCES or not name or not facility:
+        return None
+    return presence_audience(audience, name)
 
 
 #: The part of the node registry's keys after the prefix (see :func:`nodes_keys`).
@@ -211,7 +247,8 @@ def nodes_keys(prefix: Optional[str]) -> PresenceKeys:
     channel knows which nodes should answer. ``{prefix}:nodes:c`` and so on: no client
     channel (``{prefix}:<audience>:...``) and no facility's presence."""
     head = f"{_head(prefix)}{NODES}"
-    return PresenceKeys(f"{head}:c", f"{head}:i", f"{head}:u", f"{head}:u:", f"{head}:e")
+    return PresenceKeys(f"{head}:c", f"{head}:i", f"{head}:u", f"{head}:u:", f"{head}:e",
+                        f"{head}:ia", f"{head}:a:")
 
 
 def reply_channel(prefix: Optional[str], token: str) -> str:

@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from ws4tx import naming
 from ws4tx.history import script, script_sha
 from ws4tx.naming import PresenceKeys
 
-__all__ = ["BATCH_DELAY", "JOIN", "LEAVE", "READ_SCRIPT", "UPDATE_SCRIPT", "Entry", "Stats",
-           "gone_ids", "has_presence", "parse_entries", "parse_stats", "read_args",
-           "script", "script_sha", "update_args"]
+__all__ = ["BATCH_DELAY", "JOIN", "LEAVE", "MAX_INFO_BYTES", "READ_SCRIPT", "UPDATE_SCRIPT",
+           "Entry", "Stats", "audience_of", "gone_ids", "has_presence", "parse_entries",
+           "parse_stats", "read_args", "script", "script_sha", "update_args"]
 
 UPDATE_SCRIPT = "presence.lua"
 READ_SCRIPT = "presence_read.lua"
@@ -30,6 +31,9 @@ READ_SCRIPT = "presence_read.lua"
 #: script call) and announces them (one event).
 BATCH_DELAY = 0.1
 
+#: Longest site info of an entry, in bytes of JSON (longer info is left out, logged).
+MAX_INFO_BYTES = 4096
+
 JOIN = "+"
 LEAVE = "-"
 
@@ -37,20 +41,25 @@ LEAVE = "-"
 @dataclass(frozen=True)
 class Entry:
     """One connection in a facility's presence: its ``id`` (unique across nodes), its
-    ``user`` (None when anonymous) and when it connected (``since``, Unix seconds)."""
+    ``user`` (None when anonymous), when it connected (``since``, Unix seconds) and the
+    site's ``info`` about it (a JSON object the facility's handler gave, or None)."""
 
     id: str
     user: Optional[str]
     since: float
+    info: Optional[dict[str, Any]] = None
 
     def to_json(self) -> str:
         """The entry as it is stored and announced."""
-        return json.dumps({"id": self.id, "user": self.user, "since": self.since},
-                          separators=(",", ":"))
+        return json.dumps(self.as_dict(), separators=(",", ":"), ensure_ascii=False)
 
     def as_dict(self) -> dict[str, Any]:
-        """The entry as ``ws4tx.api.presence`` and the events give it."""
-        return {"id": self.id, "user": self.user, "since": self.since}
+        """The entry as ``ws4tx.api.presence`` and the events give it (``info`` only when
+        the site gave some)."""
+        data: dict[str, Any] = {"id": self.id, "user": self.user, "since": self.since}
+        if self.info is not None:
+            data["info"] = self.info
+        return data
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,21 @@ class Stats:
     users: int
 
 
+def audience_of(broadcast: bool = False, users: Iterable[str] = (),
+                groups: Iterable[str] = (), sessions: Iterable[str] = ()) -> Optional[str]:
+    """The presence audience (:func:`ws4tx.naming.presence_audience`) that ONE of
+    ``broadcast``, a user, a group or a session names, or None when none is named (the
+    whole facility); ValueError for several."""
+    named = ([naming.presence_audience(naming.BROADCAST)] if broadcast else [])
+    for audience, names in ((naming.USER, users), (naming.GROUP, groups),
+                            (naming.SESSION, sessions)):
+        named += [naming.presence_audience(audience, name) for name in names]
+    if len(named) > 1:
+        raise ValueError("presence is read for the whole facility or for ONE audience "
+                         f"(broadcast, a user, a group or a session), not {len(named)}")
+    return named[0] if named else None
+
+
 def has_presence(globs: Iterable[str], facility: str) -> bool:
     """Whether ``facility`` matches one of the ``PRESENCE`` globs."""
     return any(fnmatchcase(facility, glob) for glob in globs)
@@ -69,19 +93,27 @@ def has_presence(globs: Iterable[str], facility: str) -> bool:
 Change = tuple[str, str, Optional[str], str]
 
 
-def update_args(keys: PresenceKeys, ttl: float,
-                changes: Iterable[Change]) -> tuple[list[str], list[Any]]:
+def update_args(keys: PresenceKeys, ttl: float, changes: Iterable[Change],
+                audiences: Optional[Mapping[str, Sequence[str]]] = None,
+                ) -> tuple[list[str], list[Any]]:
     """The keys and arguments of :data:`UPDATE_SCRIPT` for ``changes``: (op, connection
-    id, user, entry JSON or "") with op :data:`JOIN` (or refresh) or :data:`LEAVE`."""
-    args: list[Any] = [int(ttl * 1000), keys.user_prefix]
+    id, user, entry JSON or "") with op :data:`JOIN` (or refresh) or :data:`LEAVE`; a
+    joining connection is also in the presence of its ``audiences`` (connection id ->
+    :func:`ws4tx.naming.presence_audience` names), a leaving one leaves all of its."""
+    args: list[Any] = [int(ttl * 1000), keys.user_prefix, keys.audience_prefix]
+    mine = audiences or {}
     for op, conn, user, info in changes:
-        args += [op, conn, user or "", info]
+        args += [op, conn, user or "", info, " ".join(mine.get(conn, ())) if op == JOIN else ""]
+    return [keys.connections, keys.info, keys.users, keys.audiences], args
+
+
+def read_args(keys: PresenceKeys, what: str,
+              audience: Optional[str] = None) -> tuple[list[str], list[str]]:
+    """The keys and arguments of :data:`READ_SCRIPT` (``what``: "list" or "stats"), of the
+    facility's whole presence or of one ``audience`` of it
+    (:func:`ws4tx.naming.presence_audience`)."""
+    args = [what] if audience is None else [what, keys.audience(audience)]
     return [keys.connections, keys.info, keys.users], args
-
-
-def read_args(keys: PresenceKeys, what: str) -> tuple[list[str], list[str]]:
-    """The keys and arguments of :data:`READ_SCRIPT` (``what``: "list" or "stats")."""
-    return [keys.connections, keys.info, keys.users], [what]
 
 
 def parse_entries(reply: Sequence[Any]) -> list[Entry]:
@@ -89,7 +121,9 @@ def parse_entries(reply: Sequence[Any]) -> list[Entry]:
     entries = []
     for raw in reply:
         data = json.loads(raw)
-        entries.append(Entry(str(data["id"]), data.get("user"), float(data["since"])))
+        info = data.get("info")
+        entries.append(Entry(str(data["id"]), data.get("user"), float(data["since"]),
+                             info if isinstance(info, dict) else None))
     return sorted(entries, key=lambda e: (e.since, e.id))
 
 

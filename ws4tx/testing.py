@@ -324,25 +324,34 @@ class MemoryBroker:
         return self._run(self.bus.history, keys, retention, since, limit)
 
     def updatePresence(self, keys: PresenceKeys, ttl: float,
-                       changes: list[tuple[str, str, Optional[str], str]]
+                       changes: list[tuple[str, str, Optional[str], str]],
+                       audiences: Optional[dict[str, tuple[str, ...]]] = None,
                        ) -> defer.Deferred[list[str]]:
         """Keep the presence in :attr:`MemoryBus.presence` (connection id -> entry JSON,
-        per connections key), without expiry."""
+        per connections key, and per audience head + ``:c``), without expiry."""
         def update() -> list[str]:
             present = self.bus.presence.setdefault(keys.connections, {})
             for op, conn, _, info in changes:
                 if op == _presence.LEAVE:
                     present.pop(conn, None)
-                elif info or conn not in present:
+                    for others in self.bus.presence.values():
+                        others.pop(conn, None)
+                    continue
+                if info or conn not in present:
                     present[conn] = info
+                for audience in (audiences or {}).get(conn, ()):
+                    self.bus.presence.setdefault(keys.audience(audience) + ":c", {})[conn] = \
+                        present[conn]
             return []
 
         return self._run(update)
 
-    def readPresence(self, keys: PresenceKeys, what: str) -> defer.Deferred[Any]:
+    def readPresence(self, keys: PresenceKeys, what: str,
+                     audience: Optional[str] = None) -> defer.Deferred[Any]:
         """Read what :meth:`updatePresence` kept, as Redis's script answers."""
         def read() -> Any:
-            present = self.bus.presence.get(keys.connections, {})
+            key = keys.connections if audience is None else keys.audience(audience) + ":c"
+            present = self.bus.presence.get(key, {})
             if what == "stats":
                 users = {json.loads(info).get("user") for info in present.values() if info}
                 return [len(present), len(users - {None})]

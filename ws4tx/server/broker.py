@@ -128,17 +128,20 @@ class IBroker(Interface):
 
     def updatePresence(
         keys: PresenceKeys, ttl: float, changes: list[tuple[str, str, Optional[str], str]],
+        audiences: Optional[dict[str, tuple[str, ...]]] = None,
     ) -> Deferred[list[str]]:
         """Apply ``changes`` (op, connection id, user, entry JSON; see
         :func:`ws4tx.presence.update_args`) to the presence whose ``keys`` are given, each
-        joined or refreshed connection expiring ``ttl`` seconds from now; trim expired
+        joined or refreshed connection expiring ``ttl`` seconds from now, in the presence
+        of its ``audiences`` too (connection id -> audience names); trim expired
         connections. Fires with the ids of the connections trimmed."""
 
-    def readPresence(keys: PresenceKeys, what: str) -> Deferred[Any]:
-        """Read the presence whose ``keys`` are given, its unexpired connections only:
-        ``what`` "list" fires with their entries (JSON texts, see
-        :func:`ws4tx.presence.parse_entries`), "stats" with (connections, distinct
-        users) (see :func:`ws4tx.presence.parse_stats`)."""
+    def readPresence(keys: PresenceKeys, what: str,
+                     audience: Optional[str] = None) -> Deferred[Any]:
+        """Read the presence whose ``keys`` are given (of its ``audience`` only, when
+        given), its unexpired connections only: ``what`` "list" fires with their entries
+        (JSON texts, see :func:`ws4tx.presence.parse_entries`), "stats" with
+        (connections, distinct users) (see :func:`ws4tx.presence.parse_stats`)."""
 
 
 def publish_to(

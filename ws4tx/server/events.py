@@ -74,6 +74,15 @@ class Events:
         if handler is not None:
             self.call(client, handler.on_close, None, client)
 
+    def presenceInfo(self, client: Any) -> Optional[defer.Deferred[Any]]:
+        """The site's info about ``client`` for its presence entry: its facility's
+        handler's ``presence_info`` (None when no handler speaks for the facility)."""
+        handler = self.handlers.get(client.facility)
+        if handler is None:
+            return None
+        d = defer.maybeDeferred(handler.presence_info, client)
+        return d.addCallback(lambda r: defer.ensureDeferred(r) if inspect.iscoroutine(r) else r)
+
     def dispatch(self, client: EventClient, payload: bytes) -> None:
         """Handle an envelope ``client`` sent: a fresh token (``ws4tx.refresh``); the
         handler's ``on_<event>``; else, on a connection with publish flags, publish the

@@ -42,9 +42,10 @@ from ws4tx.naming import (
     control_channel,
     history_keys,
     nodes_keys,
+    presence_keys,
     reply_channel,
 )
-from ws4tx.presence import parse_entries
+from ws4tx.presence import audience_of, has_presence, parse_entries, parse_stats
 from ws4tx.server.broker import IBroker, publish_to
 
 T = TypeVar("T")
@@ -81,8 +82,10 @@ class ServerAPI:
         *,
         listen: Optional[Callable[[str, Optional[Callable[[bytes], None]]], None]] = None,
         clock: Optional[IReactorTime] = None,
+        presence: tuple[str, ...] = (),
     ) -> None:
         self._broker = broker
+        self._presence = presence
         self._prefix = prefix
         self._history = history
         self._run_in_thread = run_in_thread or threads.deferToThread
@@ -193,6 +196,33 @@ class ServerAPI:
                                       audiences=audiences, groups=groups, reason=reason)
         return self._broker.publish(control_channel(self._prefix), control.encode(command))
 
+    def presence(self, facility: str, **audience: Any) -> defer.Deferred[list[dict[str, Any]]]:
+        """Who is connected to ``facility`` (setting ``PRESENCE``) on any node, or to ONE
+        of its audiences (``broadcast=True``, ``users=[name]``, ``groups=[name]``,
+        ``sessions=[identity.session]``): as :func:`ws4tx.api.presence` from Django."""
+        return self._readPresence(facility, "list", audience).addCallback(
+            lambda read: [e.as_dict() for e in parse_entries(read)])
+
+    def presence_stats(self, facility: str, **audience: Any) -> defer.Deferred[dict[str, int]]:
+        """``{"clients", "users"}`` of :meth:`presence`, logarithmic in its size: as
+        :func:`ws4tx.api.presence_stats` from Django."""
+        def stats(read: Any) -> dict[str, int]:
+            found = parse_stats(read)
+            return {"clients": found.clients, "users": found.users}
+
+        return self._readPresence(facility, "stats", audience).addCallback(stats)
+
+    def _readPresence(self, facility: str, what: str,
+                      audience: dict[str, Any]) -> defer.Deferred[Any]:
+        try:
+            if not has_presence(self._presence, facility):
+                raise ValueError(f"the facility {facility!r} keeps no presence (setting "
+                                 "WS4TX_PRESENCE)")
+            named = audience_of(**audience)
+        except (ValueError, TypeError):
+            return defer.fail()
+        return self._broker.readPresence(presence_keys(self._prefix, facility), what, named)
+
     def channels(self, pattern: str = "*", *,
                  timeout: float = control.DEFAULT_TIMEOUT) -> defer.Deferred[dict[str, Any]]:
         """The channels with clients on any node whose names match ``pattern``
@@ -283,6 +313,14 @@ class EventHandler:
 
     def on_close(self, client: Client) -> Any:
         """A client of this facility went away."""
+
+    def presence_info(self, client: Client) -> Any:
+        """The site's info about ``client`` in the facility's presence (setting
+        ``PRESENCE``): a JSON object of at most 4 KB (its display name, say), a Deferred
+        or coroutine of one, or None (the default) for none. Called once, when the client
+        connects; the client joins the presence once it answers. Use
+        ``self.server.run_in_thread`` for the ORM."""
+        return None
 
 
 class EventRefused(Exception):

@@ -100,7 +100,8 @@ class Node:
                              has_history=self._hasHistory if config.history else None)
         #: What event handlers may do beyond their client (publish, run in a thread).
         self.server = ServerAPI(broker, config.prefix, run_in_thread, config.history,
-                                listen=self._listen, clock=self.clock)
+                                listen=self._listen, clock=self.clock,
+                                presence=config.presence)
         self.events = Events(handlers, self.server)
         #: Open connections per client address, for the per-address cap.
         self.addresses = AddressCounts(config)
@@ -123,7 +124,8 @@ class Node:
         self.control_channel = naming.control_channel(config.prefix)
         self.router.pin(self.control_channel, self.controlReceived)
         #: This node's clients in the presence of their facilities (setting PRESENCE).
-        self.presence = Presence(config, broker, self.router, self.clock)
+        self.presence = Presence(config, broker, self.router, self.clock,
+                                 info=self.events.presenceInfo)
         #: This node's id: in its presence entries, the node registry and its answers.
         self.id = self.presence.node_id
         #: When the node started (Unix seconds; None before).

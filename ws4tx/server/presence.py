@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import uuid
 from itertools import count
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from ws4tx import envelope, naming
 from ws4tx.naming import Identity
-from ws4tx.presence import BATCH_DELAY, JOIN, LEAVE, Entry
+from ws4tx.presence import BATCH_DELAY, JOIN, LEAVE, MAX_INFO_BYTES, Entry
 from ws4tx.server.broker import IBroker
 from ws4tx.server.config import ServerConfig
 from ws4tx.server.router import Router
@@ -40,6 +40,9 @@ class Client(Protocol):
     identity: Identity
     facility: str
     speaks_events: bool
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels it listens to (its audiences in the presence)."""
 
     def __hash__(self) -> int:
         ...
@@ -66,8 +69,17 @@ class Presence:
     log = Logger()
 
     def __init__(self, config: ServerConfig, broker: IBroker, router: Router,
-                 clock: IReactorTime) -> None:
+                 clock: IReactorTime,
+                 info: Optional[Callable[[Client], Optional[defer.Deferred[Any]]]] = None,
+                 ) -> None:
         self.config = config
+        #: The site's info about a client (its handler's ``presence_info``): None when the
+        #: site gives none, else a Deferred of a JSON object (or None).
+        self._info = info
+        #: Clients whose info is being asked for (they join once it comes).
+        self._waiting: set[Client] = set()
+        #: facility -> {connection id: its audiences}
+        self._audiences: dict[str, dict[str, tuple[str, ...]]] = {}
         self.broker = broker
         self.router = router
         self.clock = clock
@@ -108,13 +120,51 @@ class Presence:
     # Clients
 
     def joined(self, client: Client) -> None:
-        """``client`` opened: add it to its facility's presence (in the next batch)."""
-        facility = client.facility
-        if not self.config.has_presence(facility):
+        """``client`` opened: add it to its facility's presence and those of the
+        audiences it listens to (in the next batch, once the site's info came)."""
+        if not self.config.has_presence(client.facility):
             return
-        entry = Entry(f"{self.node_id}.{next(self._ids)}", client.identity.user,
-                      round(self.clock.seconds(), 3))
+        since = round(self.clock.seconds(), 3)
+        asked = self._info(client) if self._info is not None else None
+        if asked is None:
+            self._join(client, since, None)
+            return
+        self._waiting.add(client)
+
+        def came(info: Any) -> None:
+            if client in self._waiting:
+                self._waiting.discard(client)
+                self._join(client, since, self._checkInfo(info))
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("the presence info of a client of {facility} failed", failure,
+                             facility=client.facility)
+            came(None)
+
+        asked.addCallbacks(came, failed)
+
+    def _checkInfo(self, info: Any) -> Optional[dict[str, Any]]:
+        """The site's info if it is a JSON object of at most MAX_INFO_BYTES, else None."""
+        if info is None:
+            return None
+        try:
+            size = len(json.dumps(info).encode()) if isinstance(info, dict) else -1
+        except (TypeError, ValueError):
+            size = -1
+        if 0 <= size <= MAX_INFO_BYTES:
+            return dict(info)
+        self.log.warn("left out a presence info that is not a JSON object of at most "
+                      "{limit} bytes", limit=MAX_INFO_BYTES)
+        return None
+
+    def _join(self, client: Client, since: float, info: Optional[dict[str, Any]]) -> None:
+        facility = client.facility
+        entry = Entry(f"{self.node_id}.{next(self._ids)}", client.identity.user, since, info)
         self._members.setdefault(facility, {})[client] = entry
+        prefix = self.config.prefix
+        self._audiences.setdefault(facility, {})[entry.id] = tuple(
+            a for a in (naming.presence_audience_of(prefix, c) for c in client.channels)
+            if a is not None)
         changes, announcement = self._batch(facility)
         changes.append((JOIN, entry.id, entry.user, entry.to_json()))
         announcement.joined.append(entry.as_dict())
@@ -127,6 +177,9 @@ class Presence:
 
     def left(self, client: Client) -> None:
         """``client`` closed: remove it from its facility's presence (next batch)."""
+        if client in self._waiting:
+            self._waiting.discard(client)
+            return
         facility = client.facility
         members = self._members.get(facility)
         entry = members.pop(client, None) if members is not None else None
@@ -136,6 +189,10 @@ class Presence:
             del self._members[facility]
         changes, announcement = self._batch(facility)
         changes.append((LEAVE, entry.id, entry.user, ""))
+        audiences = self._audiences.get(facility, {})
+        audiences.pop(entry.id, None)
+        if not audiences:
+            self._audiences.pop(facility, None)
         announcement.left.append(entry.id)
         listeners = self._listeners.get(facility)
         if listeners is not None and client in listeners:
@@ -192,7 +249,8 @@ class Presence:
             self.log.warn("presence of {facility} not written: {error}; the next refresh "
                           "writes it", facility=facility, error=failure.getErrorMessage())
 
-        d = self.broker.updatePresence(keys, self.config.presence_ttl, changes)
+        d = self.broker.updatePresence(keys, self.config.presence_ttl, changes,
+                                       self._audiences.get(facility, {}))
         return d.addCallback(written).addCallbacks(lambda _: None, failed)
 
     # Announcements

@@ -107,6 +107,11 @@ class PushProtocol(WebSocketServerProtocol):
         """The node this connection belongs to."""
         return self.factory.node
 
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels this client listens to."""
+        return self._channels
+
     # Handshake
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

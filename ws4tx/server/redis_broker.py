@@ -662,16 +662,18 @@ class RedisBroker:
             _history.parse_history)
 
     def updatePresence(self, keys: PresenceKeys, ttl: float,
-                       changes: list[tuple[str, str, Optional[str], str]]
+                       changes: list[tuple[str, str, Optional[str], str]],
+                       audiences: Optional[dict[str, tuple[str, ...]]] = None,
                        ) -> defer.Deferred[list[str]]:
         """``ws4tx/lua/presence.lua`` (see :meth:`IBroker.updatePresence`)."""
-        script_keys, args = _presence.update_args(keys, ttl, changes)
+        script_keys, args = _presence.update_args(keys, ttl, changes, audiences)
         return self._script(_presence.UPDATE_SCRIPT, script_keys, args).addCallback(
             _presence.gone_ids)
 
-    def readPresence(self, keys: PresenceKeys, what: str) -> defer.Deferred[Any]:
+    def readPresence(self, keys: PresenceKeys, what: str,
+                     audience: Optional[str] = None) -> defer.Deferred[Any]:
         """``ws4tx/lua/presence_read.lua`` (see :meth:`IBroker.readPresence`)."""
-        script_keys, args = _presence.read_args(keys, what)
+        script_keys, args = _presence.read_args(keys, what, audience)
         return self._script(_presence.READ_SCRIPT, script_keys, args)
 
     def _script(self, name: str, keys: list[Any], args: list[Any]) -> defer.Deferred[Any]:
