@@ -196,3 +196,56 @@ class WorkerMetricsTests(unittest.TestCase):
         self.assertEqual(await child.stop("TERM"), 0, child.output[-3000:])
         # The supervisor removes the sockets' directory.
         self.assertFalse(os.path.exists(directory))
+
+
+class RecoveryMetricsTests(ServerTestCase):
+    """``ws4tx_client_recover_total`` counts each recovery asked for on reconnect by its
+    outcome: recovered, or the reason it was not; every label is there from the start
+    (zero), so that a dashboard always has its series."""
+
+    async def _setUp(self) -> None:
+        import redis
+
+        from test.test_recovery import HISTORY
+
+        self.redis_server = self.startRedis()
+        self.redis = redis.Redis.from_url(self.redis_server.url, socket_timeout=5)
+        self.addCleanup(self.redis.close)
+        await self.startServer(config={"history": HISTORY, "metrics_url": "/ws4tx/metrics"})
+
+    async def verdict(self, recover: str) -> dict:
+        import json
+
+        from test.test_recovery import CHAT, EVENTS
+
+        client = await self.client(f"/ws/chat?subscribe-broadcast&recover={CHAT}:{recover}",
+                                   protocols=EVENTS)
+        while True:
+            frame = json.loads(await client.text())
+            if frame.get("event") == "ws4tx.recovered":
+                return frame["data"]
+
+    async def test_recoveriesByOutcome(self):
+        from test.test_recovery import CHAT, RecoveryTests
+
+        found = samples((await scrape(self.port))[1])
+        for reason in ("none", "epoch", "trimmed", "position", "gap", "unavailable", "other"):
+            recovered = "yes" if reason == "none" else "no"
+            self.assertEqual(value(found, "ws4tx_client_recover_total", recovered=recovered,
+                                   reason=reason), 0, reason)
+        first = RecoveryTests.publishWithHistory(self, b"seen")
+        RecoveryTests.publishWithHistory(self, b"missed")
+        self.assertTrue((await self.verdict(f"{first.epoch}:{first.offset}"))["recovered"])
+        self.assertEqual((await self.verdict("0ld:1"))["reason"], "epoch")
+        self.assertEqual((await self.verdict(f"{first.epoch}:1")), {
+            "recovered": True, "channels": {CHAT: {"recovered": True, "messages": 1}}})
+        for _ in range(6):  # the history keeps 5: offset 1 is gone
+            RecoveryTests.publishWithHistory(self, b"more")
+        self.assertEqual((await self.verdict(f"{first.epoch}:1"))["reason"], "trimmed")
+        found = samples((await scrape(self.port))[1])
+        self.assertEqual(
+            {key[1]: count for key, count in found.items()
+             if key[0] == "ws4tx_client_recover_total" and count},
+            {(("reason", "none"), ("recovered", "yes")): 2,
+             (("reason", "epoch"), ("recovered", "no")): 1,
+             (("reason", "trimmed"), ("recovered", "no")): 1})

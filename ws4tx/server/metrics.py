@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.server import Request
 
-from ws4tx.server.node import Node
+from ws4tx.server.node import RECOVERED, RECOVERY_LABELS, Node
 
 #: The environment variable by which a ``--workers`` supervisor names the directory of
 #: its workers' metrics sockets.
@@ -130,8 +130,17 @@ class NodeCollector(Collector):
                                      labels=["code"])
         for code, count in sorted(node.closed.items()):
             closed.add_metric([code], count)
+        recover = CounterMetricFamily(
+            "ws4tx_client_recover",
+            "recoveries of missed messages asked for on reconnect (recover=), by whether "
+            "they succeeded and, when not, the first failing channel's reason",
+            labels=["recovered", "reason"])
+        for reason in RECOVERY_LABELS:
+            recover.add_metric(["yes" if reason == RECOVERED else "no", reason],
+                               node.recoveries[reason])
         yield from families.values()
         yield closed
+        yield recover
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

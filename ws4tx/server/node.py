@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 import ws4tx
 from ws4tx import closecodes, control, naming
+from ws4tx.history import EPOCH_CHANGED, GAP, TRIMMED, UNAVAILABLE, UNKNOWN_POSITION
 from ws4tx.presence import JOIN, LEAVE, Entry
 from ws4tx.server import deflate
 from ws4tx.server._ratelimit import Budgets
@@ -62,6 +63,20 @@ def close_label(code: Optional[int]) -> str:
     if code is None:
         return "1005"
     return str(code) if code in _KNOWN_CODES or code in (1005, 1006) else "other"
+
+
+#: The label of a recovery that succeeded; the others are the reasons it failed for.
+RECOVERED = "none"
+#: Every recovery label (bounded): a reason the history module does not name is ``other``.
+RECOVERY_LABELS = (RECOVERED, EPOCH_CHANGED, TRIMMED, UNKNOWN_POSITION, GAP, UNAVAILABLE,
+                   "other")
+
+
+def recovery_label(reason: Optional[str]) -> str:
+    """The label a recovery's verdict is counted under."""
+    if reason is None:
+        return RECOVERED
+    return reason if reason in RECOVERY_LABELS else "other"
 
 
 @dataclass(frozen=True)
@@ -119,6 +134,9 @@ class Node:
                       "client_messages": 0, "client_bytes": 0}
         #: Connections closed, by close code (see :func:`close_label`): bounded labels.
         self.closed: Counter[str] = Counter()
+        #: Recoveries on reconnect (``recover=``), by outcome: :data:`RECOVERED`, or the
+        #: reason of the first channel that failed (see :func:`recovery_label`).
+        self.recoveries: Counter[str] = Counter()
         self._drain_waiters: list[defer.Deferred[None]] = []
         #: The channel of the site's commands, which every node listens to.
         self.control_channel = naming.control_channel(config.prefix)
@@ -212,6 +230,11 @@ class Node:
         if broker.delivering:
             return Health(True, "delivering")
         return Health(False, "connected" if broker.connected else "disconnected")
+
+    def recovered(self, reason: Optional[str]) -> None:
+        """A client that asked to recover got its verdict: recovered (``reason`` None),
+        or not, for ``reason``."""
+        self.recoveries[recovery_label(reason)] += 1
 
     def clientCount(self) -> int:
         """How many clients have joined."""

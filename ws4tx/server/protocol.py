@@ -276,7 +276,9 @@ class PushProtocol(WebSocketServerProtocol):
                 self._sendStored(message)
         self._stored = {}
         if self._recover:
-            self.emit(envelope.RECOVERED_EVENT, _recovered(merges))
+            verdict = _recovered(merges)
+            self.node.recovered(verdict.get("reason"))
+            self.emit(envelope.RECOVERED_EVENT, verdict)
         for (channel_, prepared, payload), kept in zip(held, keep, strict=True):
             if kept:
                 self._write(self._outgoing(prepared, channel_), payload)
