@@ -108,6 +108,9 @@ class TokenConnectionTests(DjangoServerTestCase):
         self.assertLess(reactor.seconds() - started, 1 + 1 + 0.5)
         self.publish("ws4tx:broadcast:foobar", "still here")
         self.assertEqual(await by_cookie.text(), "still here")
+        # Counted under the server's code (the client's echo of the close frame aside).
+        await self.factory.test_left.get().addTimeout(TIMEOUT, reactor)
+        self.assertEqual(dict(self.factory.node.closed), {"4002": 1})
 
     async def test_anEventClientIsAskedAndAFreshTokenKeepsItOpen(self):
         self.settings_override(WS4TX_TOKEN_MAX_AGE=1)

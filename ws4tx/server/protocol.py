@@ -609,7 +609,8 @@ class PushProtocol(WebSocketServerProtocol):
         if self._joined:
             self._joined = False
             node = self.node
-            node.closed[close_label(code)] += 1
+            # A close the server started is counted under its own code, not the echo.
+            node.closed[close_label(self.localCloseCode if self.closedByMe else code)] += 1
             if self._expiry is not None:
                 self._expiry.stop()
             node.router.leave(self)
