@@ -51,18 +51,27 @@ class ExpiryTests(SynchronousTestCase):
         self.assertEqual(self.log, [("ask", 1100), ("expire", 1100)])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_aDeadlineCloserThanTheLeadIsAskedAtOnce(self):
-        self.expiry(1005)
-        self.clock.advance(0)
-        self.assertEqual(self.log, [("ask", 1005)])
+    def test_aDeadlineCloserThanTheLeadIsAskedHalfWay(self):
+        self.expiry(1010)
+        self.clock.advance(4.999)
+        self.assertEqual(self.log, [])
+        self.clock.advance(0.001)
+        self.assertEqual(self.log, [("ask", 1010)])
         self.clock.advance(5)
-        self.assertEqual(self.log[-1], ("expire", 1005))
+        self.assertEqual(self.log[-1], ("expire", 1010))
+
+    def test_aFreshTokenThatEndsNoLaterIsNotAskedAgain(self):
+        expiry = self.expiry(1010)
+        self.clock.advance(5)
+        expiry.extend(1010)
+        self.clock.advance(5)
+        self.assertEqual(self.log, [("ask", 1010), ("expire", 1010)])
 
     def test_extendMovesTheDeadline(self):
         expiry = self.expiry(1010)
-        self.clock.advance(0)
+        self.clock.advance(5)
         expiry.extend(1300)
-        self.clock.advance(10)
+        self.clock.advance(5)
         self.assertEqual(self.log, [("ask", 1010)])  # not expired at the old deadline
         self.clock.advance(300 - 10 - REFRESH_LEAD)
         self.assertEqual(self.log[-1], ("ask", 1300))

@@ -1,8 +1,8 @@
 """When a connection's credential runs out: a token's end (see :mod:`ws4tx.tokens`).
 
 :class:`Expiry` asks the client for a fresh token :data:`REFRESH_LEAD` seconds before the
-deadline (at once when less is left) and expires the connection at the deadline, unless
-:meth:`Expiry.extend` moved it. The connection decides what asking and expiring mean
+deadline (half-way there when less is left) and expires the connection at the deadline,
+unless :meth:`Expiry.extend` moved it later. The connection decides what asking and expiring mean
 (the ``ws4tx.refresh`` event; closing with :data:`ws4tx.closecodes.TOKEN_EXPIRED`); time
 comes from the clock it is given. :func:`reauthenticate` checks the fresh token a client
 sends.
@@ -43,11 +43,12 @@ class Expiry:
         self._expiring: Optional[IDelayedCall] = None
         self._schedule()
 
-    def _schedule(self) -> None:
+    def _schedule(self, ask: bool = True) -> None:
         now = self._clock.seconds()
-        self._asking = self._clock.callLater(
-            max(0.0, self.deadline - self._lead - now), self._asked)
-        self._expiring = self._clock.callLater(max(0.0, self.deadline - now), self._expired)
+        left = max(0.0, self.deadline - now)
+        if ask:
+            self._asking = self._clock.callLater(left - min(self._lead, left / 2), self._asked)
+        self._expiring = self._clock.callLater(left, self._expired)
 
     def _asked(self) -> None:
         self._asking = None
@@ -59,11 +60,14 @@ class Expiry:
         self._expire()
 
     def extend(self, deadline: Optional[float]) -> None:
-        """A fresh credential came: the deadline is now ``deadline`` (None: never)."""
+        """A fresh credential came: the deadline is now ``deadline`` (None: never). One
+        that ends no later than the last is not asked to be refreshed again (a client
+        would otherwise be asked over and over as the end nears)."""
         self.stop()
         if deadline is not None:
+            later = deadline > self.deadline
             self.deadline = deadline
-            self._schedule()
+            self._schedule(ask=later)
 
     def stop(self) -> None:
         """Ask nothing and expire nothing any more (the connection closed)."""
