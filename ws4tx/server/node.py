@@ -153,6 +153,7 @@ class Node:
         self._registered: list[defer.Deferred[None]] = []
         self._retry: Optional[IDelayedCall] = None
         self._announced = False
+        self._refused = False
 
     def _hasHistory(self, channel: str) -> bool:
         """Whether ``channel`` belongs to a facility with history."""
@@ -200,9 +201,13 @@ class Node:
 
         def failed(failure: Failure) -> None:
             if not failure.check(BrokerUnavailable):
-                # Refused (an ACL without the registry's keys): the next refresh tries again.
-                self.log.warn("could not write this node into the node registry: {error}",
-                              error=failure.getErrorMessage())
+                # Refused (an ACL without the registry's keys): the next refresh tries
+                # again; said once.
+                if not self._refused:
+                    self._refused = True
+                    self.log.warn("could not write this node into the node registry (it "
+                                  "will not be reported missing): {error}",
+                                  error=failure.getErrorMessage())
                 return
             self.log.debug("not in the node registry yet: {error}",
                            error=failure.getErrorMessage())
