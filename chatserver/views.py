@@ -1,10 +1,15 @@
 """The demo's pages.
 
-``/chat/`` sends over the WebSocket itself (ws4redis's ``publish-broadcast``); ``/userchat/``
-and ``/groupchat/`` send with a form POST that Django publishes with ws4redis's
-``RedisPublisher``; ``/eventchat/`` uses only ws4tx's event API (``chatserver.handlers``).
-Sending requires a logged-in user; the POST views keep CSRF protection. :func:`static_file`
-serves ``/static/`` whether DEBUG is on or not, since the demo runs without a web server.
+``/chat/`` sends over the WebSocket itself (ws4redis's ``publish-broadcast`` flag);
+``/userchat/`` and ``/groupchat/`` send with a form POST that Django publishes with
+ws4redis's ``RedisPublisher``; ``/eventchat/`` uses only ws4tx's event API
+(``chatserver.handlers``) and shows who is online (presence). Every page receives with
+ws4tx.js (``static/chatserver/chat.js``): the view renders its channels' recent messages
+and positions (``ws4tx.api.history``), and the page recovers from there after every
+reconnect; a GET that asks for JSON returns the same, for the page to catch up when
+recovery was not possible. Sending requires a logged-in user; the POST views keep CSRF
+protection. :func:`static_file` serves ``/static/`` whether DEBUG is on or not, since the
+demo runs without a web server.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from ws4tx.redis_store import PublishError, RedisMessage
 from chatserver.forms import GroupMessageForm, UserMessageForm
 from chatserver.handlers import MAX_CLIENT_ID_LENGTH
 
-#: Recent messages a page shows on load (of each of its channels).
-HISTORY_SHOWN = 50
+#: Recent entries of each channel a page reads on load (the event chat's include its
+#: 'typing' events, which the page does not show).
+HISTORY_SHOWN = 200
 #: What a page says when Redis could not be read (never Redis's address).
 STORE_UNAVAILABLE = ("Recent messages could not be loaded: the chat server cannot reach its "
                      "message store right now.")

@@ -279,8 +279,9 @@ class DemoPageTests(SynchronousTestCase):
 
         self.server.start(redis_url=self.redis.url)
         for page in pages:
-            if page.locator("#retry-now").is_visible():
-                page.locator("#retry-now").click()
+            # The button is replaced at each new attempt: press it where it is now.
+            page.evaluate("() => { const b = document.getElementById('retry-now');"
+                          " if (b) b.click(); }")
         for page in pages:
             expect(page.locator("#ws-state")).to_have_text("reconnected", timeout=WAIT_MS)
         for page in (john, mary):

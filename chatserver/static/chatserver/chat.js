@@ -332,6 +332,9 @@ var Chat = (function () {
         resync().then(function () { if (socket === client) synced(); });
       }));
       socket.on('ws4tx.dropped', mine(function () { resync(); }));
+      socket.on('ws4tx.error', mine(function (data) {
+        say('not sent: ' + humane(data && data.message), 'failed');
+      }));
       function incoming(data) {
         var key = positionOf(socket);
         if (!key && syncing) return;  // the replay: recovery or the resync covers it
@@ -441,13 +444,12 @@ var Chat = (function () {
     function posted(cid, entry, response, answer) {
       var target = answer && (answer.user || answer.group);
       if (response.ok && answer && answer.sent) {
+        // Published: the copy that comes back (to the sender's user channel, or to a
+        // group the sender is in) only fills in its position and time.
         say('sent to ' + target, 'sent');
-        var mineToo = config.mode === 'post' && (entry.fields.user !== undefined ||
-                                                 config.groups.indexOf(target) >= 0);
-        if (!mineToo && outbox[cid]) {  // a group the person is not in: no copy comes back
-          delete outbox[cid];
-          mark(entry.item, 'delivered', 'to ' + target + ' (you are not in it)');
-        }
+        delete outbox[cid];
+        var mineToo = entry.fields.user !== undefined || config.groups.indexOf(target) >= 0;
+        mark(entry.item, 'delivered', mineToo ? '' : 'to ' + target + ' (you are not in it)');
         return;
       }
       if (response.status === 503) {
