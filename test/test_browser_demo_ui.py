@@ -295,22 +295,56 @@ class DemoPageTests(SynchronousTestCase):
             expect(self.line(page, missed)).to_have_count(1)
             expect(self.line(page, queued)).to_have_count(1)
 
-    def test_redisOutageShowsOnTheBadge(self) -> None:
+    def test_redisOutageShowsOnTheBadgeAndHoldsMessages(self) -> None:
         """When the server loses Redis the pages say messages are delayed (not a green
-        "connected"); when it is back they say "reconnected" and chat again."""
-        john, mary = self.open("john", "/eventchat/"), self.open("mary", "/chat/")
-        for page in (john, mary):
+        "connected"), and what john sends meanwhile waits, marked in words; when Redis is
+        back the pages say "reconnected" and the waiting messages go out, once."""
+        john, mary = self.open("john", "/eventchat/"), self.open("mary", "/eventchat/")
+        post = self.open("john", "/userchat/")
+        pages = (john, mary, post)
+        for page in pages:
             self.connected(page)
         self.redis.stop()
         try:
-            for page in (john, mary):
+            for page in pages:
                 expect(page.locator("#ws-state")).to_have_attribute(
                     "data-state", "interrupted", timeout=WAIT_MS)
                 expect(page.locator("#ws-state")).to_contain_text("messages delayed")
+            held, posted = self.unique("held"), self.unique("posted")
+            self.send(john, held)
+            self.send(post, posted, "mary")
+            for page, text in ((john, held), (post, posted)):
+                expect(self.line(page, text).locator(".note")).to_have_text(
+                    "not sent yet: the chat server cannot deliver messages right now; it is "
+                    "sent when the connection is back")
         finally:
             self.redis.start()
-        for page in (john, mary):
+        for page in pages:
             expect(page.locator("#ws-state")).to_have_text("reconnected", timeout=WAIT_MS)
-        text = self.unique("after the outage")
+        expect(self.line(john, held).locator(".tick")).to_have_text("✓", timeout=WAIT_MS)
+        expect(self.line(post, posted).locator(".tick")).to_have_text("✓", timeout=WAIT_MS)
+        expect(self.line(mary, f"john: {held}")).to_have_count(1, timeout=WAIT_MS)
+        for page in pages:
+            self.assertNotIn("redis://", page.content())
+
+    def test_ws4redisJsStillWorksAgainstTheDemo(self) -> None:
+        """ws4redis.js's own API (the pages moved to ws4tx.js for recovery) in a real
+        browser against the demo: it connects, and receives john's broadcast as the raw
+        payload."""
+        john = self.open("john", "/chat/")
+        self.connected(john)
+        raw = self.open("anonymous", "/accounts/login/")
+        raw.add_script_tag(url="/static/js/ws4redis.js")
+        raw.evaluate("""uri => { window.got = []; window.states = [];
+            window.r = WS4Redis({uri, heartbeat_msg: '--heartbeat--',
+                connected: () => states.push('connected'),
+                receive_message: (m) => got.push(m)}); }""",
+                     f"ws://127.0.0.1:{self.server.port}/ws/{CHAT_FACILITY}?subscribe-broadcast")
+        raw.wait_for_function("states.includes('connected')", polling=20, timeout=WAIT_MS)
+        text = self.unique("to a ws4redis.js client")
+        # The subscription is in place once the server answered a heartbeat sent after it.
+        raw.evaluate("r.send_message('--heartbeat--')")
         self.send(john, text)
         expect(self.line(john, text).locator(".tick")).to_have_text("✓", timeout=WAIT_MS)
+        raw.wait_for_function("t => got.some(m => m.includes(t))", arg=text, polling=20,
+                              timeout=WAIT_MS)

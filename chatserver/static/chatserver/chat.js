@@ -193,6 +193,7 @@ var Chat = (function () {
     var everConnected = false;
     var asked = false;     // the current socket asked to recover
     var syncing = false;   // connected, recovery not answered yet
+    var interrupted = false;  // the server lost Redis (ws4tx.interrupted): nothing goes out
     var counter = 0;
     var status = document.getElementById('send-status');
     var form = document.querySelector('form.send');
@@ -275,6 +276,7 @@ var Chat = (function () {
 
     function synced() {
       syncing = false;
+      interrupted = false;
       if (everConnected) badge.set('connected', 'reconnected');
       else badge.set('connected', 'connected');
       everConnected = true;
@@ -323,9 +325,11 @@ var Chat = (function () {
       }));
       socket.on('disconnected', mine(function (info) {
         syncing = false;
+        interrupted = false;
         if (!info.reconnect) badge.set('disconnected', 'disconnected: reload the page');
       }));
       socket.on('ws4tx.interrupted', mine(function () {
+        interrupted = true;
         badge.set('interrupted', 'connected · messages delayed: the server lost its message store');
       }));
       socket.on('ws4tx.resumed', mine(function () {
@@ -367,8 +371,10 @@ var Chat = (function () {
     }
 
     function connected() {
-      return client !== null && client.state === 'connected' && !syncing;
+      return client !== null && client.state === 'connected' && !syncing && !interrupted;
     }
+
+    var UNDELIVERABLE = 'the chat server cannot deliver messages right now';
 
     /** Try to send every queued message (after a (re)connect, or when Redis is back). */
     function flush() {
@@ -378,11 +384,18 @@ var Chat = (function () {
       });
     }
 
+    var retryTimer = null;
+
     function queued(cid, why) {
       var entry = outbox[cid];
       if (!entry) return;
       entry.state = 'queued';
       mark(entry.item, 'pending', 'not sent yet: ' + why + '; it is sent when the connection is back');
+      // Connected, yet refused for now (Redis just came back, say): try again soon; else
+      // the next (re)connect sends it.
+      if (connected() && retryTimer === null) {
+        retryTimer = setTimeout(function () { retryTimer = null; flush(); }, 2000);
+      }
     }
 
     function failed(cid, why) {
@@ -397,6 +410,7 @@ var Chat = (function () {
       /** /chat/: the message goes over the WebSocket (publish-broadcast&echo); its echo
        *  confirms it. */
       socket: function (cid, entry) {
+        if (interrupted) return queued(cid, UNDELIVERABLE);
         if (!connected()) return queued(cid, 'you are offline');
         var frame = JSON.stringify({user: me, text: entry.text, time: Date.now(), cid: cid});
         if (!client.send(frame)) return queued(cid, 'you are offline');
@@ -406,6 +420,7 @@ var Chat = (function () {
        *  channel brings the message back (always for a user chat, for a group chat when
        *  the person is in the group). */
       post: function (cid, entry) {
+        if (interrupted) return queued(cid, UNDELIVERABLE);
         var body = new FormData();
         Object.keys(entry.fields).forEach(function (k) { body.append(k, entry.fields[k]); });
         body.append('cid', cid);
@@ -422,6 +437,7 @@ var Chat = (function () {
       },
       /** /eventchat/: an event the server-side handler acknowledges. */
       event: function (cid, entry) {
+        if (interrupted) return queued(cid, UNDELIVERABLE);
         if (!connected()) return queued(cid, 'you are offline');
         entry.state = 'sending';
         client.request('message', {text: entry.text, cid: cid}).then(function (answer) {
@@ -436,6 +452,7 @@ var Chat = (function () {
           // delivered, else it is sent again.
           if (error.code === 'disconnected') { entry.state = 'unsure'; return; }
           if (error.code === 'timeout') return queued(cid, 'the server did not answer');
+          if (humane(error.message) === UNDELIVERABLE) return queued(cid, UNDELIVERABLE);
           failed(cid, humane(error.message));
         });
       }
@@ -454,7 +471,7 @@ var Chat = (function () {
       }
       if (response.status === 503) {
         var why = answer && (answer.error || answer.message);
-        return queued(cid, why ? humane(why) : 'the chat server cannot deliver messages right now');
+        return queued(cid, why ? humane(why) : UNDELIVERABLE);
       }
       if (response.status === 400 && answer && answer.errors) {
         var reasons = [];
