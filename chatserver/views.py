@@ -27,6 +27,7 @@ from django.contrib.staticfiles import views as staticfiles_views
 from django.core.exceptions import SuspiciousFileOperation
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
+from django.utils.cache import add_never_cache_headers, patch_vary_headers
 from django.utils.decorators import method_decorator
 from django.views.generic import TemplateView
 
@@ -127,8 +128,14 @@ class ChatPageMixin:
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if wants_json(request):
-            return JsonResponse(self.sync_state())
-        return super().get(request, *args, **kwargs)  # type: ignore[misc,no-any-return]
+            response: HttpResponse = JsonResponse(self.sync_state())
+            add_never_cache_headers(response)
+        else:
+            response = super().get(request, *args, **kwargs)  # type: ignore[misc]
+        # One URL, two representations: a cache (the browser's, on "back") must not
+        # answer a page load with the JSON.
+        patch_vary_headers(response, ["Accept"])
+        return response
 
     def page_context(self, mode: str, flags: str, connect: bool = True,
                      **page: Any) -> dict[str, Any]:

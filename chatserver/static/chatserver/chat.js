@@ -248,16 +248,21 @@ var Chat = (function () {
       list.add(message, key);
     }
 
-    /** The position of the message the client just delivered, as a key; null for a frame
-     *  without one (the stored replay ws4redis sends on connect). */
-    function positionOf(socket) {
+    /** The position of the message `socket` just delivered, as a key (`last` holds the
+     *  socket's previous positions); null for a frame without one (the stored replay
+     *  that ws4redis sends on connect). */
+    function positionOf(socket, last) {
       var positions = socket.positions;
       for (var channel in positions) {
         var now = positions[channel];
-        var had = known[channel];
-        if (!had || had.epoch !== now.epoch || had.offset < now.offset) {
-          known[channel] = {epoch: now.epoch, offset: now.offset};
-          return channel + ':' + now.epoch + ':' + now.offset;
+        var tag = now.epoch + ':' + now.offset;
+        if (last[channel] !== tag) {
+          last[channel] = tag;
+          var had = known[channel];
+          if (!had || had.epoch !== now.epoch || had.offset < now.offset) {
+            known[channel] = {epoch: now.epoch, offset: now.offset};
+          }
+          return channel + ':' + tag;
         }
       }
       return null;
@@ -286,7 +291,7 @@ var Chat = (function () {
     /** Fetch the page's messages (and presence) again; add what is missing. */
     function resync() {
       return fetch(location.pathname, {headers: {'Accept': 'application/json'},
-                                       credentials: 'same-origin'})
+                                       credentials: 'same-origin', cache: 'no-store'})
         .then(function (response) { return response.json(); })
         .then(function (state) {
           merge(state);
@@ -297,6 +302,7 @@ var Chat = (function () {
 
     function connect() {
       var socket = new WS4TX(url, {heartbeat: config.heartbeat, recover: false});
+      var last = {};  // the socket's positions, as of its previous message
       client = socket;
       function mine(fn) {
         return function (data) { if (socket === client) fn(data); };
@@ -340,7 +346,7 @@ var Chat = (function () {
         say('not sent: ' + humane(data && data.message), 'failed');
       }));
       function incoming(data) {
-        var key = positionOf(socket);
+        var key = positionOf(socket, last);
         if (!key && syncing) return;  // the replay: recovery or the resync covers it
         var message = decode(data);
         if (message) receive(message, key);
@@ -348,7 +354,7 @@ var Chat = (function () {
       socket.on('message', mine(incoming));
       socket.on('chat', mine(incoming));
       socket.on('typing', mine(function (data) {
-        positionOf(socket);
+        positionOf(socket, last);
         if (!syncing && data && data.user) typing.show(data.user);
       }));
       if (presence) {
