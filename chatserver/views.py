@@ -195,6 +195,8 @@ class _PublishingChatView(ChatPageMixin, TemplateView):
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         form = kwargs.setdefault("form", self.make_form())
+        if not self.request.user.is_authenticated:  # the whole form is disabled
+            form.fields[self.target_field].disabled = True
         no_delivery = self.receives()
         connect = self.request.user.is_authenticated and not no_delivery
         return super().get_context_data(**self.page_context(

@@ -194,6 +194,8 @@ class DemoPageTests(SynchronousTestCase):
             page.goto(path)
             expect(page.locator("#text")).to_be_disabled()
             expect(page.locator("#send")).to_be_disabled()
+            if path in ("/userchat/", "/groupchat/"):
+                expect(page.locator("select")).to_be_disabled()
             said = page.evaluate("document.querySelector('main').innerText.toLowerCase()")
             self.assertEqual(said.count("log in"), 1, (path, said))
             if path in ("/userchat/", "/groupchat/"):
