@@ -526,6 +526,11 @@ var Chat = (function () {
       }
     }
 
+    // Leaving the page with messages not sent yet would lose them: the browser asks first.
+    window.addEventListener('beforeunload', function (event) {
+      if (Object.keys(outbox).length) event.preventDefault();
+    });
+
     merge(sync);
     if (config.connect) {
       connect();
