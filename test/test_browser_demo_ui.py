@@ -38,17 +38,22 @@ PAGES = ("/chat/", "/userchat/", "/groupchat/", "/eventchat/")
 CONNECTED = re.compile(r"^(re)?connected$")
 
 
-def publish_broadcast(server: DemoServer, text: str) -> None:
-    """Publish ``text`` to the broadcast chat from another process, as Django code would
-    (through the history script): while the demo server is down, pages can only get it
-    by recovering it."""
-    code = ("import sys, django; django.setup(); from ws4tx import api; "
-            "api.publish(sys.argv[1], sys.argv[2], broadcast=True)")
-    subprocess.run([sys.executable, "-c", code, CHAT_FACILITY, text], cwd=ROOT, check=True,
-                   timeout=60, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+def django_side(server: DemoServer, code: str, *args: str) -> None:
+    """Run ``code`` (with ``sys.argv[1:]`` = ``args``) in another process with the demo's
+    Django settings and Redis, as the site's own code would publish."""
+    subprocess.run([sys.executable, "-c", "import sys, django; django.setup(); " + code,
+                    *args], cwd=ROOT, check=True, timeout=60, stdout=subprocess.PIPE,
+                   stderr=subprocess.STDOUT,
                    env=child_environment(DJANGO_SETTINGS_MODULE="chatserver.settings",
                                          WS4TX_REDIS_URL=server.redis_url,
                                          CHATSERVER_DB=server.database))
+
+
+def publish_broadcast(server: DemoServer, text: str) -> None:
+    """Publish ``text`` to the broadcast chat (through the history script): while the
+    demo server is down, pages can only get it by recovering it."""
+    django_side(server, "from ws4tx import api; api.publish(sys.argv[1], sys.argv[2], "
+                        "broadcast=True)", CHAT_FACILITY, text)
 
 
 class DemoPageTests(SynchronousTestCase):
@@ -155,12 +160,20 @@ class DemoPageTests(SynchronousTestCase):
         self.send(group, said, "chatusers")
         expect(self.line(group, said).locator(".tick")).to_have_text("✓", timeout=WAIT_MS)
 
-        for page, texts in ((john, [text]), (group, [said])):
+        # The README's event to the group lands in the group chat as a line.
+        emitted = self.unique("emitted")
+        django_side(self.server, "from ws4tx import api; api.emit(sys.argv[1], 'chat', "
+                                 "{'text': sys.argv[2]}, groups=['chatusers'])",
+                    CHAT_FACILITY, emitted)
+        expect(self.line(group, emitted).locator(".text")).to_have_text(emitted,
+                                                                         timeout=WAIT_MS)
+
+        for page, texts in ((john, [text]), (group, [said, emitted])):
             page.reload()
             self.connected(page)
             for each in texts:
                 expect(self.line(page, each)).to_have_count(1)
-                expect(self.line(page, each)).to_have_class(re.compile(r"\bown\b"))
+            expect(self.line(page, texts[0])).to_have_class(re.compile(r"\bown\b"))
 
     def test_emptyBoxSaysSoAndAdminIsInNoGroup(self) -> None:
         """An empty message box has a placeholder text; a user in no group is told so
