@@ -265,6 +265,17 @@ class DemoPageTests(SynchronousTestCase):
         expect(john.locator("#online")).to_have_attribute("data-users", "john",
                                                           timeout=WAIT_MS)
 
+    def test_pageClosedByTheSiteShowsItselfAnew(self) -> None:
+        """When the site closes a user's connections (a logout elsewhere, a password
+        change: close code 4001), the page reloads, to show who it is for now."""
+        page = self.open("mary", "/userchat/")
+        self.connected(page)
+        page.evaluate("window.__before = true")
+        with page.expect_navigation(timeout=WAIT_MS):
+            django_side(self.server, "from ws4tx import api; api.disconnect(users=['mary'])")
+        self.connected(page)
+        self.assertIsNone(page.evaluate("window.__before"))
+
     # A server restart and a Redis outage
 
     def test_restartRetriesQueuesAndRecovers(self) -> None:

@@ -17,6 +17,8 @@
 var Chat = (function () {
   var TYPING_SHOWN_MS = 3000;
   var TYPING_EVERY_MS = 1500;
+  /** The close code of a connection the site closed (docs/protocol.md, Close codes). */
+  var CLOSED_BY_SITE = 4001;
 
   function json(id) {
     var element = document.getElementById(id);
@@ -332,7 +334,16 @@ var Chat = (function () {
       socket.on('disconnected', mine(function (info) {
         syncing = false;
         interrupted = false;
-        if (!info.reconnect) badge.set('disconnected', 'disconnected: reload the page');
+        if (info.code === CLOSED_BY_SITE) {
+          // A logout (here or in another tab), a password change...: who this page is
+          // for changed, and the page shows it anew.
+          client = null;
+          socket.close();
+          badge.set('disconnected', (info.reason || 'closed by the site') + ': reloading');
+          location.reload();
+        } else if (!info.reconnect) {
+          badge.set('disconnected', 'disconnected: reload the page');
+        }
       }));
       socket.on('ws4tx.interrupted', mine(function () {
         interrupted = true;
