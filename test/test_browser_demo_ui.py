@@ -133,10 +133,11 @@ class DemoPageTests(SynchronousTestCase):
     # Own messages, times, history
 
     def test_ownMessagesShowWithTimesAndStayAfterReload(self) -> None:
-        """john's private message and group message show on his own pages (own style,
-        with a time, "john → mary" for the private one) and on mary's, once; they are
-        still there after a reload. The "To" list does not offer john himself."""
-        john, mary = self.open("john", "/userchat/"), self.open("mary", "/userchat/")
+        """john's private message (john on a phone) and group message show on his own
+        pages (own style, with a time, "john → mary" for the private one) and on mary's,
+        once; they are still there after a reload. The "To" list does not offer john
+        himself."""
+        john, mary = self.open("john", "/userchat/", PHONE), self.open("mary", "/userchat/")
         for page in (john, mary):
             self.connected(page)
         options = john.locator("select[name=user] option").all_inner_texts()
@@ -152,6 +153,7 @@ class DemoPageTests(SynchronousTestCase):
         expect(self.line(mary, text).locator(".text")).to_have_text(f"john: {text}",
                                                                      timeout=WAIT_MS)
         expect(self.line(mary, text)).not_to_have_class(re.compile(r"\bown\b"))
+        self.assertNoOverflow(john)
 
         group = self.open("john", "/groupchat/")
         self.connected(group)
