@@ -324,9 +324,8 @@ var Chat = (function () {
         mark(entry.item, 'delivered', mineToo ? '' : 'to ' + target + ' (you are not in it)');
         return;
       }
-      if (response.status === 503) {
-        var why = answer && (answer.error || answer.message);
-        return queued(cid, why ? humane(why) : UNDELIVERABLE);
+      if (response.status === 503) {  // Redis could not take it: nobody got it
+        return queued(cid, UNDELIVERABLE);
       }
       if (response.status === 400 && answer && answer.errors) {
         var reasons = [];
