@@ -1,13 +1,15 @@
 """The event chat's server side (``twistd ws4tx --handlers chatserver.handlers.EventChat``).
 
 The browser's ``request('message', {text})`` reaches :meth:`EventChat.on_message`, which
-broadcasts the message with the sender's user name and answers the acknowledgement with
-``{"delivered": true}``; ``emit('typing')`` is broadcast as who is typing. Anonymous
-visitors may watch but not send: their events are refused with a message the page shows.
+broadcasts the message with the sender's user name and the time (Unix ms), and answers
+the acknowledgement with ``{"delivered": true}``; ``emit('typing')`` is broadcast as who
+is typing. Anonymous visitors may watch but not send: their pages have no working message
+box, and their events are refused.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ws4tx.server import Client, EventHandler, EventRefused
@@ -44,7 +46,7 @@ class EventChat(EventHandler):
             raise EventRefused("the message is empty")
         if len(text) > MAX_TEXT_LENGTH:
             raise EventRefused(f"the message is longer than {MAX_TEXT_LENGTH} characters")
-        message: dict[str, Any] = {"user": user, "text": text}
+        message: dict[str, Any] = {"user": user, "text": text, "time": int(time.time() * 1000)}
         cid = data.get("cid")
         if isinstance(cid, str) and len(cid) <= MAX_CLIENT_ID_LENGTH:
             message["cid"] = cid

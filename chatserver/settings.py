@@ -107,6 +107,15 @@ WEBSOCKET_URL = "/ws/"
 WS4REDIS_HEARTBEAT = "--heartbeat--"
 #: Seconds the last message of a channel is kept, replayed to a page that (re)connects.
 WS4TX_EXPIRE = 600
+#: The chats keep their recent messages (offsets and epochs in Redis): a page shows them on
+#: load, and ws4tx.js recovers what it missed while it was disconnected (docs/protocol.md).
+WS4TX_HISTORY = {
+    _channels.CHAT_FACILITY: {"size": 500, "ttl": 24 * 3600},
+    # The event chat's history holds its 'typing' events too.
+    _channels.EVENT_FACILITY: {"size": 500, "ttl": 24 * 3600},
+}
+#: Who is on the event chat (its page lists them from ws4tx.presence events).
+WS4TX_PRESENCE = [_channels.EVENT_FACILITY]
 #: Only the flags the demo's pages use, per facility and login (deny by default; see
 #: chatserver.channels): anonymous visitors listen, and nobody publishes to a group or user.
 WS4REDIS_ALLOWED_CHANNELS = "chatserver.channels.allowed_channels"

@@ -1,6 +1,6 @@
 """The event chat (ws4tx.js and chatserver.handlers.EventChat) and the connection's life in
 real browsers: acknowledgements, the typing indicator, refusals, reconnecting after a server
-restart, and ws4redis.js's heartbeat keeping /chat/ connected."""
+restart, and the heartbeat keeping /chat/ connected."""
 
 from __future__ import annotations
 
@@ -13,14 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx.server.embedded import EmbeddedRedis
 
-from test._demo import (
-    EVENT_FACILITY,
-    HEARTBEAT,
-    BrowserSession,
-    DemoServer,
-    broadcast,
-    event,
-)
+from test._demo import HEARTBEAT, BrowserSession, DemoServer
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Locator, Page, WebSocket
@@ -33,13 +26,8 @@ ANONYMOUS = "anonymous"
 WAIT_MS = 15_000
 #: ws4tx.js backs off between attempts: allow for a few of them.
 RECONNECT_MS = 40_000
-#: ws4redis.js's heartbeat period.
+#: ws4tx.js's heartbeat period.
 HEARTBEAT_PERIOD_MS = 5_000
-
-
-def welcome(text: str) -> list[tuple[str, str]]:
-    """A stored event chat message: replayed to a page once it is subscribed."""
-    return [(broadcast(EVENT_FACILITY), event("message", {"user": "ws4tx", "text": text}))]
 
 
 class EventChatTests(SynchronousTestCase):
@@ -59,7 +47,6 @@ class EventChatTests(SynchronousTestCase):
         try:
             cls.session.start()
             cls.server.start()
-            cls.server.seed(welcome("welcome"))
             cls.contexts, cls.pages = {}, {}
             for who in ("john", "mary", ANONYMOUS):
                 context = cls.contexts[who] = cls.session.new_context(cls.server.url)
@@ -68,10 +55,10 @@ class EventChatTests(SynchronousTestCase):
                 page = cls.pages[who] = context.new_page()
                 page.goto("/eventchat/")
             for page in cls.pages.values():
-                expect(page.locator("#ws-state")).to_have_text("connected", timeout=WAIT_MS)
-                # The replayed welcome: the page is subscribed.
-                expect(page.locator("#messages")).to_contain_text("ws4tx: welcome",
-                                                                  timeout=WAIT_MS)
+                # "connected" once the server answered the page's recover= (its
+                # subscriptions are in place).
+                expect(page.locator("#ws-state")).to_have_attribute("data-state", "connected",
+                                                                    timeout=WAIT_MS)
         except BaseException:
             cls._cleanUp()
             raise
@@ -139,41 +126,39 @@ class EventChatTests(SynchronousTestCase):
         expect(mary.locator("#typing")).to_have_text("")
 
     def test_anonymousVisitorIsRefused(self) -> None:
-        """An anonymous visitor's message is refused with an error shown; nobody gets it."""
+        """An anonymous visitor's page has no working message box; a message its client
+        sends all the same is refused by the handler, and nobody gets it."""
+        page = self.pages[ANONYMOUS]
+        expect(page.locator("#text")).to_be_disabled()
         text = self.unique("from nobody")
-        self.send(ANONYMOUS, text)
-        expect(self.pages[ANONYMOUS].locator("#send-error")).to_have_text(
-            "log in to send messages", timeout=WAIT_MS)
-        expect(self.line(ANONYMOUS, text).locator(".tick")).to_have_text("✗")
+        refusal = page.evaluate(
+            "text => chat.client.request('message', {text}).then(() => 'delivered',"
+            " (error) => error.message)", text)
+        self.assertEqual(refusal, "log in to send messages")
         # A message sent after it reaches everybody; the refused one reached nobody.
         self.sendAndDeliver("mary", self.unique("after the refusal"))
-        for who in ("john", "mary"):
+        for who in self.pages:
             expect(self.line(who, text)).to_have_count(0)
 
     def test_pagesReconnectAfterTheServerRestarts(self) -> None:
-        """After a server restart the pages show reconnecting, then connected, and chat."""
+        """After a server restart (with a new, empty Redis) the pages count down to their
+        next attempt, then say "reconnected", and chat."""
         self.assertEqual(self.server.stop(signal.SIGTERM), 0, self.server.output)
         for page in self.pages.values():
-            expect(page.locator("#ws-state")).to_have_text("reconnecting", timeout=WAIT_MS)
-
-        # A new Redis, seeded before the server starts, so that the replay tells when each
-        # page has subscribed again.
+            expect(page.locator("#ws-state")).to_have_attribute("data-state", "reconnecting",
+                                                                timeout=WAIT_MS)
         redis = EmbeddedRedis()
         redis.start()
         self.redis.append(redis)
-        self.server.seed(welcome("welcome back"), redis_url=redis.url)
         self.server.start(redis_url=redis.url)
         for page in self.pages.values():
-            expect(page.locator("#ws-state")).to_have_text("connected", timeout=RECONNECT_MS)
-            expect(page.locator("#messages")).to_contain_text("ws4tx: welcome back",
-                                                              timeout=WAIT_MS)
+            expect(page.locator("#ws-state")).to_have_text("reconnected", timeout=RECONNECT_MS)
         self.sendAndDeliver("john", self.unique("after the restart"))
 
     def test_heartbeatKeepsChatConnected(self) -> None:
         """Answered (never published) heartbeats keep /chat/'s WebSocket open for 5 periods."""
-        # ws4redis.js sends its heartbeat every 5 s and drops the socket after 3 unanswered
+        # ws4tx.js sends its heartbeat every 5 s and drops the socket after 3 unanswered
         # ones; the page's clock is Playwright's, moved on by hand.
-        self.server.seed([(broadcast(), "ready")])
         # Another visitor of /chat/, to see that heartbeats are answered, not published.
         observer = self.contexts[ANONYMOUS].new_page()
         beats = {"sent": 0, "received": 0}
@@ -197,8 +182,8 @@ class EventChatTests(SynchronousTestCase):
                 page.goto("/chat/")
             socket = opened.value
             for each in (page, observer):
-                expect(each.locator("#ws-state")).to_have_text("connected", timeout=WAIT_MS)
-                expect(each.locator("#messages")).to_contain_text("ready", timeout=WAIT_MS)
+                expect(each.locator("#ws-state")).to_have_attribute(
+                    "data-state", "connected", timeout=WAIT_MS)
             others: list[WebSocket] = []
             page.on("websocket", lambda other: others.append(other))
 

@@ -1,95 +1,396 @@
-/* The demo's page helpers: connection state, the message list, and the forms.
- * Plain DOM, no framework; messages are inserted as text, never as HTML. */
+/* The demo's chat pages: one script for the broadcast, user, group and event chats (after
+ * ws4tx.js and chat_ui.js).
+ *
+ * Chat.start() reads the page's #chat-config (what the page is) and #chat-sync (its
+ * channels' recent messages and positions, rendered by chatserver.views), shows the
+ * messages, and connects ws4tx.js (WS4TX) with `recover=` positions of its own, so that
+ * after any reconnect the server sends exactly what the page missed (docs/protocol.md,
+ * Recovery). When the server cannot (`recovered: false`) or Redis was lost meanwhile
+ * (`ws4tx.resumed`), the page fetches its messages again and adds those it lacks.
+ *
+ * What the person sends goes through an outbox: a line shows at once (own style, "…"),
+ * becomes "✓" when the server confirms it (the message comes back with its `cid`), and
+ * waits while the page is disconnected, to be sent when it is back; a message the server
+ * refuses is marked "✗" with the reason in words. What the page shows is chat_ui.js's. */
 'use strict';
 
 var Chat = (function () {
-  /** Show the connection state (connecting, connected, disconnected, reconnecting). */
-  function setState(state) {
-    var element = document.getElementById('ws-state');
-    if (!element) return;
-    element.textContent = state;
-    element.dataset.state = state;
-  }
+  /** The close code of a connection the site closed (docs/protocol.md, Close codes). */
+  var CLOSED_BY_SITE = 4001;
+  var json = ChatUI.json, decode = ChatUI.decode, humane = ChatUI.humane, mark = ChatUI.mark;
 
-  /** Callbacks for ws4redis.js's options (connecting, connected, disconnected): a
-   * connection attempt after the first one shows as "reconnecting". */
-  function connectionState() {
+  function start(options) {
+    var config = Object.assign(json('chat-config'), options);
+    config.uri = config.socket + '?' + config.flags;
+    var sync = json('chat-sync') || {channels: []};
+    var me = config.me || '';
+    var list = new ChatUI.List(me);
+    var badge = new ChatUI.Badge();
+    var known = {};        // channel -> {epoch, offset}: what the page has up to
+    var outbox = {};       // cid -> {text, fields, item, state}: not confirmed yet
+    var lines = {};        // cid -> the line of every message this page sent
+    var client = null;
     var everConnected = false;
+    var asked = false;     // the current socket asked to recover
+    var syncing = false;   // connected, recovery not answered yet
+    var interrupted = false;  // the server lost Redis (ws4tx.interrupted): nothing goes out
+    var counter = 0;
+    var status = document.getElementById('send-status');
+    var form = document.querySelector('form.send');
+    var input = form && form.elements.message;
+    var presence = config.presence ? new ChatUI.Presence(me) : null;
+    var typing = new ChatUI.Typing(me);
+    list.groups = (config.groups || []).length;
+
+    function say(text, state) {
+      if (!status) return;
+      status.textContent = text;
+      status.dataset.state = state || '';
+    }
+
+    if (sync.error) say(sync.error, 'failed');
+
+    /** Add the messages of a sync state the page does not show yet; remember positions. */
+    function merge(state) {
+      var fresh = [];
+      state.channels.forEach(function (channel) {
+        channel.messages.forEach(function (entry) {
+          var key = channel.channel + ':' + channel.epoch + ':' + entry.offset;
+          var message = decode(entry.data);
+          if (message && !list.keys[key]) fresh.push({message: message, key: key});
+          else if (message) list.keys[key] = true;
+        });
+        if (channel.epoch) {
+          var had = known[channel.channel];
+          var offset = had && had.epoch === channel.epoch ? Math.max(had.offset, channel.offset)
+                                                           : channel.offset;
+          known[channel.channel] = {epoch: channel.epoch, offset: offset};
+        }
+      });
+      // Several channels (groups): in time order; a message without time keeps its place.
+      fresh.sort(function (a, b) { return (a.message.time || 0) - (b.message.time || 0); });
+      fresh.forEach(function (each) { receive(each.message, each.key); });
+      if (presence && state.presence) presence.reset(state.presence);
+    }
+
+    /** A message for the list: an own one settles its outbox entry, others get a line. */
+    function receive(message, key) {
+      if (key && list.keys[key]) return;
+      var own = message.cid && lines[message.cid];
+      if (own) {  // this page's own message, back from the server
+        if (key) list.keys[key] = true;
+        delete outbox[message.cid];
+        list.fill(own, message);
+        mark(own, 'delivered');
+        return;
+      }
+      typing.stop(message.user);
+      list.add(message, key);
+    }
+
+    /** The position of the message `socket` just delivered, as a key (`last` holds the
+     *  socket's previous positions); null for a frame without one (the stored replay
+     *  that ws4redis sends on connect). */
+    function positionOf(socket, last) {
+      var positions = socket.positions;
+      for (var channel in positions) {
+        var now = positions[channel];
+        var tag = now.epoch + ':' + now.offset;
+        if (last[channel] !== tag) {
+          last[channel] = tag;
+          var had = known[channel];
+          if (!had || had.epoch !== now.epoch || had.offset < now.offset) {
+            known[channel] = {epoch: now.epoch, offset: now.offset};
+          }
+          return channel + ':' + tag;
+        }
+      }
+      return null;
+    }
+
+    /** The WebSocket URL with a recover= for every channel whose position is known. */
+    function url() {
+      var params = [];
+      Object.keys(known).forEach(function (channel) {
+        var at = known[channel];
+        params.push('recover=' + encodeURIComponent(channel + ':' + at.epoch + ':' + at.offset));
+      });
+      asked = params.length > 0;
+      return config.uri + (params.length ? '&' + params.join('&') : '');
+    }
+
+    function synced() {
+      syncing = false;
+      interrupted = false;
+      if (everConnected) badge.set('connected', 'reconnected');
+      else badge.set('connected', 'connected');
+      everConnected = true;
+      flush();
+    }
+
+    /** Fetch the page's messages (and presence) again; add what is missing. */
+    function resync() {
+      return fetch(location.pathname, {headers: {'Accept': 'application/json'},
+                                       credentials: 'same-origin', cache: 'no-store'})
+        .then(function (response) { return response.json(); })
+        .then(function (state) {
+          merge(state);
+          if (state.error) say(state.error, 'failed');
+        })
+        .catch(function () { /* the next reconnect tries again */ });
+    }
+
+    function connect() {
+      var socket = new WS4TX(url, {heartbeat: config.heartbeat, recover: false});
+      var last = {};  // the socket's positions, as of its previous message
+      client = socket;
+      function mine(fn) {
+        return function (data) { if (socket === client) fn(data); };
+      }
+      socket.on('connecting', mine(function (info) {
+        if (everConnected || info.attempt > 0) badge.set('reconnecting', 'reconnecting…');
+        else badge.set('connecting', 'connecting');
+      }));
+      socket.on('connected', mine(function () {
+        syncing = asked;
+        if (!syncing) synced();
+        if (presence) {
+          presence.restart();
+          resync();
+        }
+      }));
+      socket.on('recovered', mine(function (result) {
+        if (result && result.recovered) {
+          synced();
+        } else {
+          resync().then(function () { if (socket === client) synced(); });
+        }
+      }));
+      socket.on('reconnecting', mine(function (info) {
+        badge.countdown(info.delay, retryNow);
+      }));
+      socket.on('disconnected', mine(function (info) {
+        syncing = false;
+        interrupted = false;
+        if (info.code === CLOSED_BY_SITE) {
+          // A logout (here or in another tab), a password change...: who this page is
+          // for changed, and the page shows it anew.
+          client = null;
+          socket.close();
+          badge.set('disconnected', (info.reason || 'closed by the site') + ': reloading');
+          location.reload();
+        } else if (!info.reconnect) {
+          badge.set('disconnected', 'disconnected: reload the page');
+        }
+      }));
+      socket.on('ws4tx.interrupted', mine(function () {
+        interrupted = true;
+        badge.set('interrupted', 'connected · messages delayed: the server lost its message store');
+      }));
+      socket.on('ws4tx.resumed', mine(function () {
+        resync().then(function () { if (socket === client) synced(); });
+      }));
+      socket.on('ws4tx.dropped', mine(function () { resync(); }));
+      socket.on('ws4tx.error', mine(function (data) {
+        say('not sent: ' + humane(data && data.message), 'failed');
+      }));
+      function incoming(data) {
+        var key = positionOf(socket, last);
+        if (!key && syncing) return;  // the replay: recovery or the resync covers it
+        var message = decode(data);
+        if (message) receive(message, key);
+      }
+      socket.on('message', mine(incoming));
+      socket.on('chat', mine(incoming));
+      socket.on('typing', mine(function (data) {
+        positionOf(socket, last);
+        if (!syncing && data && data.user) typing.show(data.user);
+      }));
+      if (presence) {
+        socket.on('ws4tx.presence', mine(function (data) { presence.update(data); }));
+      }
+    }
+
+    /** Give up waiting for the backoff: a new socket now, from the same positions. */
+    function retryNow() {
+      var old = client;
+      client = null;
+      if (old) old.close();
+      connect();
+    }
+
+    // Sending
+
+    function newCid() {
+      return 'c' + Date.now().toString(36) + Math.random().toString(36).slice(2, 6) + (++counter);
+    }
+
+    function connected() {
+      return client !== null && client.state === 'connected' && !syncing && !interrupted;
+    }
+
+    var UNDELIVERABLE = 'the chat server cannot deliver messages right now';
+
+    /** Try to send every queued message (after a (re)connect, or when Redis is back). */
+    function flush() {
+      Object.keys(outbox).forEach(function (cid) {
+        var entry = outbox[cid];
+        if (entry.state === 'queued' || entry.state === 'unsure') send(cid);
+      });
+    }
+
+    var retryTimer = null;
+
+    function queued(cid, why) {
+      var entry = outbox[cid];
+      if (!entry) return;
+      entry.state = 'queued';
+      mark(entry.item, 'pending', 'not sent yet: ' + why + '; it is sent when the connection is back');
+      // Connected, yet refused for now (Redis just came back, say): try again soon; else
+      // the next (re)connect sends it.
+      if (connected() && retryTimer === null) {
+        retryTimer = setTimeout(function () { retryTimer = null; flush(); }, 2000);
+      }
+    }
+
+    function failed(cid, why) {
+      var entry = outbox[cid];
+      if (!entry) return;
+      delete outbox[cid];
+      mark(entry.item, 'failed', 'not sent: ' + why);
+      say('not sent: ' + why, 'failed');
+    }
+
+    var senders = {
+      /** /chat/: the message goes over the WebSocket (publish-broadcast&echo); its echo
+       *  confirms it. */
+      socket: function (cid, entry) {
+        if (interrupted) return queued(cid, UNDELIVERABLE);
+        if (!connected()) return queued(cid, 'you are offline');
+        var frame = JSON.stringify({user: me, text: entry.text, time: Date.now(), cid: cid});
+        if (!client.send(frame)) return queued(cid, 'you are offline');
+        entry.state = 'unsure';  // sent; a reconnect before its echo sends it again
+      },
+      /** /userchat/, /groupchat/: a form POST that Django publishes; the page's own
+       *  channel brings the message back (always for a user chat, for a group chat when
+       *  the person is in the group). */
+      post: function (cid, entry) {
+        if (interrupted) return queued(cid, UNDELIVERABLE);
+        var body = new FormData();
+        Object.keys(entry.fields).forEach(function (k) { body.append(k, entry.fields[k]); });
+        body.append('cid', cid);
+        entry.state = 'sending';
+        fetch(form.action, {method: 'POST', body: body, credentials: 'same-origin',
+                            headers: {'Accept': 'application/json'}})
+          .then(function (response) {
+            return response.json().catch(function () { return null; }).then(function (answer) {
+              posted(cid, entry, response, answer);
+            });
+          }, function () {
+            queued(cid, 'the server cannot be reached');
+          });
+      },
+      /** /eventchat/: an event the server-side handler acknowledges. */
+      event: function (cid, entry) {
+        if (interrupted) return queued(cid, UNDELIVERABLE);
+        if (!connected()) return queued(cid, 'you are offline');
+        entry.state = 'sending';
+        client.request('message', {text: entry.text, cid: cid}).then(function (answer) {
+          var sent = outbox[cid];
+          if (sent && answer && answer.delivered) {
+            delete outbox[cid];
+            mark(sent.item, 'delivered');
+          }
+        }, function (error) {
+          if (error.code === 'not-connected') return queued(cid, 'you are offline');
+          // Sent, then the connection dropped: recovery brings it back if it was
+          // delivered, else it is sent again.
+          if (error.code === 'disconnected') { entry.state = 'unsure'; return; }
+          if (error.code === 'timeout') return queued(cid, 'the server did not answer');
+          if (humane(error.message) === UNDELIVERABLE) return queued(cid, UNDELIVERABLE);
+          failed(cid, humane(error.message));
+        });
+      }
+    };
+
+    function posted(cid, entry, response, answer) {
+      var target = answer && (answer.user || answer.group);
+      if (response.ok && answer && answer.sent) {
+        // Published: the copy that comes back (to the sender's user channel, or to a
+        // group the sender is in) only fills in its position and time.
+        say('sent to ' + target, 'sent');
+        delete outbox[cid];
+        var mineToo = entry.fields.user !== undefined || config.groups.indexOf(target) >= 0;
+        mark(entry.item, 'delivered', mineToo ? '' : 'to ' + target + ' (you are not in it)');
+        return;
+      }
+      if (response.status === 503) {  // Redis could not take it: nobody got it
+        return queued(cid, UNDELIVERABLE);
+      }
+      if (response.status === 400 && answer && answer.errors) {
+        var reasons = [];
+        Object.keys(answer.errors).forEach(function (field) {
+          answer.errors[field].forEach(function (e) { reasons.push(e.message); });
+        });
+        return failed(cid, reasons.join(' ') || 'the message was refused');
+      }
+      if (response.status === 403) {
+        return failed(cid, 'this page is out of date; reload it and send again');
+      }
+      if (response.redirected || (response.ok && !answer)) {
+        return failed(cid, 'you are logged out; log in and send again');
+      }
+      failed(cid, 'the server had a problem (error ' + response.status + '); try again');
+    }
+
+    function send(cid) {
+      var entry = outbox[cid];
+      if (entry) senders[config.mode](cid, entry);
+    }
+
+    if (form && input && !input.disabled) {
+      form.addEventListener('submit', function (event) {
+        event.preventDefault();
+        var text = input.value.trim();
+        if (!text) return;
+        var fields = {};
+        new FormData(form).forEach(function (value, name) { fields[name] = value; });
+        var cid = newCid();
+        var message = {user: me, text: text, time: Date.now()};
+        if (fields.user) message.to = fields.user;
+        var item = list.add(message, null);
+        outbox[cid] = {text: text, fields: fields, item: item, state: 'queued'};
+        lines[cid] = item;
+        mark(item, 'pending');
+        input.value = '';
+        typing.sent();
+        say('', '');
+        send(cid);
+      });
+      if (config.mode === 'event') {
+        input.addEventListener('input', function () {
+          if (input.value && typing.due() && connected()) client.emit('typing');
+        });
+      }
+    }
+
+    // Leaving the page with messages not sent yet would lose them: the browser asks first.
+    window.addEventListener('beforeunload', function (event) {
+      if (Object.keys(outbox).length) event.preventDefault();
+    });
+
+    merge(sync);
+    if (config.connect) {
+      connect();
+    } else {
+      badge.set('off', 'not connected');
+    }
     return {
-      connecting: function () { setState(everConnected ? 'reconnecting' : 'connecting'); },
-      connected: function () { everConnected = true; setState('connected'); },
-      disconnected: function () { setState('disconnected'); }
+      get client() { return client; },
+      retryNow: retryNow,
+      known: known
     };
   }
 
-  /** Append a line to the message list; returns its element. */
-  function addMessage(text, className) {
-    var list = document.getElementById('messages');
-    var item = document.createElement('li');
-    item.className = 'message' + (className ? ' ' + className : '');
-    var body = document.createElement('span');
-    body.className = 'text';
-    body.textContent = text;
-    item.appendChild(body);
-    list.appendChild(item);
-    list.scrollTop = list.scrollHeight;
-    return item;
-  }
-
-  /** ws4redis's receive_message callback: every raw message is one line. */
-  function receiveMessage(message) {
-    addMessage(String(message));
-  }
-
-  /** Run handler(form) on submit instead of the browser's own submission. */
-  function onSubmit(formId, handler) {
-    var form = document.getElementById(formId);
-    if (!form) return;
-    form.addEventListener('submit', function (event) {
-      event.preventDefault();
-      handler(form);
-    });
-  }
-
-  /** POST a form (with its csrfmiddlewaretoken field) with fetch and show the outcome in
-   * #send-status, so that the page and its WebSocket stay. Without JavaScript the form
-   * posts normally. */
-  function postWithFetch(formId) {
-    onSubmit(formId, function (form) {
-      var status = document.getElementById('send-status');
-      var input = form.elements.message;
-      status.textContent = 'sending…';
-      status.dataset.state = 'sending';
-      fetch(form.action, {
-        method: 'POST',
-        body: new FormData(form),
-        headers: {'Accept': 'application/json'},
-        credentials: 'same-origin'
-      }).then(function (response) {
-        return response.json().catch(function () { return {}; }).then(function (body) {
-          if (response.ok && body.sent) {
-            var target = body.user || body.group;
-            status.textContent = 'sent to ' + target;
-            status.dataset.state = 'sent';
-            input.value = '';
-          } else {
-            status.textContent = 'not sent (' + response.status + ')';
-            status.dataset.state = 'failed';
-          }
-        });
-      }).catch(function (error) {
-        status.textContent = 'not sent: ' + error;
-        status.dataset.state = 'failed';
-      });
-    });
-  }
-
-  return {
-    setState: setState,
-    connectionState: connectionState,
-    addMessage: addMessage,
-    receiveMessage: receiveMessage,
-    onSubmit: onSubmit,
-    postWithFetch: postWithFetch
-  };
+  return {start: start};
 })();
