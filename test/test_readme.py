@@ -196,8 +196,10 @@ class ReadmeAgainstTheDemoTests(SynchronousTestCase):
                  "groupchat": mary.new_page()}
         for path, page in pages.items():
             page.goto(f"/{path}/")
-            page.wait_for_function("m => document.body.innerText.includes(m)", arg=marker,
-                                   polling=50, timeout=WAIT_MS)
+            # "connected" once the server answered the page's recover=: subscribed.
+            page.wait_for_function(
+                "() => document.getElementById('ws-state').dataset.state === 'connected'",
+                polling=50, timeout=WAIT_MS)
         self.shell.run(readme_snippets()["demo-shell"])
         self.shell.write("hello.py", readme_snippets()["demo-python"])
         self.shell.run(f"WS4TX_REDIS_URL={redis_url(DEFAULT_REDIS_PORT)} "
