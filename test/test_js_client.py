@@ -815,6 +815,27 @@ class RecoveryClientTests(_PageTestCase):
         self.receive(envelope.encode_event(envelope.RECOVERED_EVENT, verdict))
         self.assertEqual(self.log(), [["message", "missed"], ["recovered", verdict]])
 
+    def test_positionsOfChannelsWithoutMessagesAreRememberedForTheReconnect(self) -> None:
+        """A channel the client got nothing of yet: the server's ws4tx.positions gives
+        its position, which goes back as recover= (an invalid entry is ignored)."""
+        self.connect(events=["message"])
+        self.receive(envelope.encode_event(envelope.POSITIONS_EVENT, {"channels": {
+            self.CHAT: {"epoch": "ab12", "offset": 0},
+            "ws4tx:user:a:chat": {"epoch": "ff", "offset": -1}}}))
+        self.assertEqual(self.js("c.positions"), {self.CHAT: {"epoch": "ab12", "offset": 0}})
+        self.assertEqual(self.log(), [])
+        self.serverClose(1006)
+        self.advance(600)
+        self.assertEqual(self.socket()["url"],
+                         URI + "&recover=ws4tx%3Abroadcast%3Achat%3Aab12%3A0")
+        self.open()
+        # A new epoch (the old history is gone) replaces the old position.
+        self.receive(envelope.encode_event(envelope.POSITIONS_EVENT, {"channels": {
+            self.CHAT: {"epoch": "cd34", "offset": 3}}}))
+        self.receive(self.pub(4, b"live", epoch="cd34"))
+        self.assertEqual(self.js("c.positions"), {self.CHAT: {"epoch": "cd34", "offset": 4}})
+        self.assertEqual(self.log(), [["message", "live"]])
+
     def test_aFailedRecoveryIsReported(self) -> None:
         self.connect(events=["recovered"])
         verdict = {"recovered": False, "reason": "trimmed", "channels": {}}

@@ -167,20 +167,59 @@ class RecoveryTests(ServerTestCase):
         await self.service.stopService()
         await self.startServer(config={"history": HISTORY})
 
+    async def positions(self, client: Any) -> dict[str, Any]:
+        """The channels of the ws4tx.positions event ``client`` gets next."""
+        told = await self.frame(client)
+        self.assertEqual(told["event"], envelope.POSITIONS_EVENT)
+        channels: dict[str, Any] = told["data"]["channels"]
+        return channels
+
     async def test_eventClientsGetPositionsRawClientsThePayload(self) -> None:
         events = await self.client("/ws/chat?subscribe-broadcast", protocols=EVENTS)
         raw = await self.client("/ws/chat?subscribe-broadcast")
+        start = await self.positions(events)
         position = self.publishWithHistory(b"hello")
+        self.assertEqual(start, {CHAT: {"epoch": position.epoch, "offset": 0}})
         self.assertEqual(await raw.next(), (b"hello", False))
         self.assertEqual(await self.frame(events), {
             "ws4tx": "pub", "channel": CHAT, "offset": 1, "epoch": position.epoch,
             "data": "hello"})
+
+    async def test_aClientThatGotNothingYetRecoversFromWhereItJoined(self) -> None:
+        """A client told the position at which it joined (it got no message) recovers
+        from there after a reconnect: the messages published meanwhile, not older
+        ones."""
+        self.publishWithHistory(b"before")
+        client = await self.client("/ws/chat?subscribe-broadcast", protocols=EVENTS)
+        start = (await self.positions(client))[CHAT]
+        self.assertEqual(start["offset"], 1)
+        await self.restart()
+        self.publishWithHistory(b"while away")
+        again = await self.client(
+            f"/ws/chat?subscribe-broadcast&recover={CHAT}:{start['epoch']}:{start['offset']}",
+            protocols=EVENTS)
+        got = await self.frame(again)
+        self.assertEqual((got["offset"], got["data"]), (2, "while away"))
+        recovered = await self.frame(again)
+        self.assertEqual(recovered["data"]["recovered"], True)
+
+    async def test_aFailedRecoveryGivesTheNewPosition(self) -> None:
+        """After recovered: false the client is told where the channel stands now (it
+        would otherwise ask with its dead position on every reconnect)."""
+        now = self.publishWithHistory(b"one")
+        client = await self.client(
+            f"/ws/chat?subscribe-broadcast&recover={CHAT}:0ld:1", protocols=EVENTS)
+        self.assertEqual(await self.positions(client), {CHAT: {"epoch": now.epoch,
+                                                              "offset": 1}})
+        recovered = await self.frame(client)
+        self.assertEqual(recovered["data"]["reason"], "epoch")
 
     async def test_reconnectAfterRestartRecoversExactlyTheMissedOnes(self) -> None:
         """The server is down while N messages are published: the client that comes
         back with its position gets exactly those N, in order, once, told it
         recovered, then live messages."""
         client = await self.client("/ws/chat?subscribe-broadcast", protocols=EVENTS)
+        await self.positions(client)
         self.publishWithHistory(b"seen")
         seen = await self.frame(client)
         await self.restart()
@@ -206,7 +245,9 @@ class RecoveryTests(ServerTestCase):
         client = await self.client(
             f"/ws/chat?subscribe-broadcast&recover={CHAT}:{seen.epoch}:{seen.offset}",
             protocols=EVENTS)
-        # No part of the history: the stored replay (none here), then the event.
+        # No part of the history: the stored replay (none here), the channel's
+        # position now, then the event.
+        self.assertEqual((await self.positions(client))[CHAT]["offset"], 7)
         recovered = await self.frame(client)
         self.assertEqual(recovered["data"], {
             "recovered": False, "reason": "trimmed",
@@ -216,6 +257,7 @@ class RecoveryTests(ServerTestCase):
         self.publishWithHistory(b"one")
         client = await self.client(
             f"/ws/chat?subscribe-broadcast&recover={CHAT}:0ld:1", protocols=EVENTS)
+        await self.positions(client)
         recovered = await self.frame(client)
         self.assertEqual((recovered["data"]["recovered"], recovered["data"]["reason"]),
                          (False, "epoch"))
@@ -225,6 +267,7 @@ class RecoveryTests(ServerTestCase):
         other = "ws4tx:user:someone:chat"
         client = await self.client(
             f"/ws/chat?subscribe-broadcast&recover={other}:ab:0", protocols=EVENTS)
+        await self.positions(client)
         recovered = await self.frame(client)
         self.assertEqual(recovered["data"], {"recovered": False, "reason": "position",
                                              "channels": {}})

@@ -62,6 +62,11 @@ REFRESH_EVENT = "ws4tx.refresh"
 #: after the recovered messages and before any live one: ``{"recovered": true}``, or
 #: ``{"recovered": false, "reason": ...}`` (docs/protocol.md, Recovery).
 RECOVERED_EVENT = "ws4tx.recovered"
+#: Sent to an event client of a facility with history with the positions of its channels
+#: that it has none for yet (it just subscribed, or its position's history is gone):
+#: ``{"channels": {channel: {"epoch": ..., "offset": n}}}``, before any live message of
+#: them, so that it can recover what it misses after a reconnect even if it got nothing.
+POSITIONS_EVENT = "ws4tx.positions"
 
 #: The prefix of the server's own event names.
 RESERVED_PREFIX = "ws4tx."

@@ -225,12 +225,15 @@ class PushProtocol(WebSocketServerProtocol):
                 self._fetched, self._noReplay, callbackArgs=(channel,),
                 errbackArgs=(channel,)))
         retention = config.history_for(self.facility)
-        for channel, position in self._recover.items():
-            if retention is None or channel not in self._channels:
-                continue
-            waits.append(broker.history(history_keys(config.prefix, channel), retention,
-                                        since=position.offset)
-                         .addBoth(self._read, channel))
+        if retention is not None and self._positions:
+            for channel in self._channels:
+                # Since the client's position; else only the channel's epoch and last
+                # offset (and its newest entry), which become the client's position.
+                position = self._recover.get(channel)
+                waits.append(broker.history(
+                    history_keys(config.prefix, channel), retention,
+                    since=None if position is None else position.offset,
+                    limit=1 if position is None else None).addBoth(self._read, channel))
         if not waits:
             return
         # A message published before the reads may still be on its way here (the
@@ -275,6 +278,11 @@ class PushProtocol(WebSocketServerProtocol):
             if message is not None and (channel_, message) not in live:
                 self._sendStored(message)
         self._stored = {}
+        learned = self._learned(merges, held, ordered=not isinstance(result, Failure))
+        if learned:
+            self.emit(envelope.POSITIONS_EVENT, {"channels": {
+                channel_: {"epoch": p.epoch, "offset": p.offset}
+                for channel_, p in learned.items()}})
         if self._recover:
             verdict = _recovered(merges)
             self.node.recovered(verdict.get("reason"))
@@ -286,14 +294,42 @@ class PushProtocol(WebSocketServerProtocol):
     def _merge(self, held: list[tuple[str, Any, bytes]]) -> dict[str, Merge]:
         """Each recovered channel's history read merged with its live messages held."""
         merges = {}
-        reads, self._reads = self._reads, {}
-        for channel_, read in reads.items():
+        for channel_, read in self._reads.items():
+            asked = self._recover.get(channel_)
+            if asked is None:
+                continue
             positions = [prepared.position for c, prepared, _ in held if c == channel_]
             if isinstance(read, History):
-                merges[channel_] = merge(self._recover[channel_], read, positions)
+                merges[channel_] = merge(asked, read, positions)
             else:
                 merges[channel_] = Merge(False, UNAVAILABLE, (), (True,) * len(positions))
         return merges
+
+    def _learned(self, merges: dict[str, Merge], held: list[tuple[str, Any, bytes]],
+                 ordered: bool) -> dict[str, Position]:
+        """The positions to tell the client of its channels that it has none for (not
+        asked, or not recovered): the channel's last offset when it was read, or just
+        before the first live message held, whichever is lower, so that every message
+        after it reaches the client (live). The router learns them too when every
+        message published before the reads is known to have arrived (``ordered``)."""
+        reads, self._reads = self._reads, {}
+        learned = {}
+        router = self.node.router
+        for channel_, read in reads.items():
+            if not isinstance(read, History):
+                continue
+            offset = read.offset
+            for c, prepared, _ in held:
+                position = prepared.position
+                if c == channel_ and position is not None and position.epoch == read.epoch:
+                    offset = min(offset, position.offset - 1)
+                    break
+            if ordered:
+                router.learned(channel_, Position(offset, read.epoch))
+            merged = merges.get(channel_)
+            if merged is None or not merged.recovered:
+                learned[channel_] = Position(offset, read.epoch)
+        return learned
 
     def _sendRecovered(self, channel: str, publication: Publication) -> None:
         """Send a message read from the history, with its position."""

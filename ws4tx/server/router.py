@@ -199,6 +199,13 @@ class Router:
         self.log.debug("subscribing {channel} failed: {error}; it will be resubscribed on "
                        "reconnect", channel=channel, error=failure.getErrorMessage())
 
+    def learned(self, channel: str, position: Position) -> None:
+        """A client read ``channel``'s position from its history after it subscribed:
+        the router's own, until a message comes, when it has none (every later message
+        comes live)."""
+        if channel in self.hub.channels() and channel not in self.positions:
+            self.positions[channel] = position
+
     def leave(self, client: Member) -> None:
         """Remove ``client``; unsubscribe the channels nobody here listens to any more."""
         self._unsubscribe(self.hub.leave(client))

@@ -40,6 +40,7 @@
  *     'refreshed'    fn({expires})   the server took the fresh token of the `token` function
  *                    and keeps the connection open until `expires` (Unix seconds)
  *   client.positions                     {channel: {epoch, offset}} of the last messages
+ *                                        (or where the server said a channel stood)
  *   client.emit(name, data)              -> true when sent (nothing is queued while offline)
  *   client.emit(name, data, (err, reply) => ...)   with an acknowledgement
  *   client.request(name, data)           -> Promise of the reply; rejects with a
@@ -522,6 +523,21 @@ function (root) {
       return result;
     }
 
+    /** The server's 'ws4tx.positions': where channels stand that this client has no
+     *  message of yet (or whose history is gone), so that it recovers from there. */
+    _learn(data) {
+      var channels = data && data.channels;
+      if (!channels || typeof channels !== 'object') return;
+      var self = this;
+      Object.keys(channels).forEach(function (channel) {
+        var position = channels[channel];
+        if (position && typeof position.epoch === 'string'
+            && Number.isInteger(position.offset) && position.offset >= 0) {
+          self._positions.set(channel, {epoch: position.epoch, offset: position.offset});
+        }
+      });
+    }
+
     /** The URL with the positions to recover from, one recover=<channel>:<epoch>:<offset>
      *  per channel (docs/protocol.md, Recovery). */
     _dialed(uri) {
@@ -559,6 +575,7 @@ function (root) {
         this._fire('message', data);
       } else if (envelope.ws4tx === 'event') {
         var payload = envelope.data === undefined ? null : envelope.data;
+        if (envelope.event === 'ws4tx.positions') this._learn(payload);
         this._fire(envelope.event, payload);
         if (envelope.event === 'ws4tx.recovered') this._fire('recovered', payload);
         if (envelope.event === 'ws4tx.refresh') this._refresh();
