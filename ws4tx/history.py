@@ -251,6 +251,44 @@ def merge(position: Position, history: History,
     return Merge(True, None, tuple(publications), tuple(keep))
 
 
+# Positioning: whether a live message follows the last one delivered
+
+#: What :func:`follow` says of a live message.
+IN_SEQUENCE = "next"
+DUPLICATE = "duplicate"
+SKIPPED = "skipped"
+NEW_EPOCH = "epoch"
+
+
+def follow(last: Optional[Position], got: Position) -> str:
+    """Whether a live message at ``got`` comes right after ``last`` (the position of the
+    last message of its channel handed on; None when none was):
+    :data:`IN_SEQUENCE` (hand it on), :data:`DUPLICATE` (its offset was handed on
+    already: drop it), :data:`SKIPPED` (messages between were lost: recover them from the
+    history first) or :data:`NEW_EPOCH` (the channel's history was lost)."""
+    if last is None:
+        return IN_SEQUENCE
+    if got.epoch != last.epoch:
+        return NEW_EPOCH
+    if got.offset <= last.offset:
+        return DUPLICATE
+    if got.offset == last.offset + 1:
+        return IN_SEQUENCE
+    return SKIPPED
+
+
+def start_of(history: History, live: Sequence[Optional[Position]]) -> Position:
+    """The position to go on from after ``history`` was read (its last offset in its
+    epoch), lowered to just before the first of the ``live`` messages held meanwhile that
+    belongs to that epoch: every message after it is then among those held or to come."""
+    offset = history.offset
+    for seen in live:
+        if seen is not None and seen.epoch == history.epoch:
+            offset = min(offset, seen.offset - 1)
+            break
+    return Position(max(offset, 0), history.epoch)
+
+
 def parse_recover(values: Sequence[str]) -> dict[str, Position]:
     """The positions a client asks to recover from (query parameters
     ``recover=<channel>:<epoch>:<offset>``), by channel; ``ValueError`` for a malformed

@@ -30,7 +30,15 @@ from twisted.python.failure import Failure
 
 import ws4tx
 from ws4tx import closecodes, control, naming
-from ws4tx.history import EPOCH_CHANGED, GAP, TRIMMED, UNAVAILABLE, UNKNOWN_POSITION
+from ws4tx.history import (
+    EPOCH_CHANGED,
+    GAP,
+    TRIMMED,
+    UNAVAILABLE,
+    UNKNOWN_POSITION,
+    History,
+    Position,
+)
 from ws4tx.presence import JOIN, LEAVE, Entry
 from ws4tx.server import deflate
 from ws4tx.server._ratelimit import Budgets
@@ -112,7 +120,8 @@ class Node:
         self.router = Router(broker, deflate.Message, config.max_outgoing_size,
                              clock=self.clock, max_lag=config.max_lag,
                              max_backlog=config.max_backlog,
-                             has_history=self._hasHistory if config.history else None)
+                             has_history=self._hasHistory if config.history else None,
+                             read_history=self._readHistory if config.history else None)
         #: What event handlers may do beyond their client (publish, run in a thread).
         self.server = ServerAPI(broker, config.prefix, run_in_thread, config.history,
                                 listen=self._listen, clock=self.clock,
@@ -158,6 +167,13 @@ class Node:
     def _hasHistory(self, channel: str) -> bool:
         """Whether ``channel`` belongs to a facility with history."""
         return self.config.history_for(naming.facility_of(channel)) is not None
+
+    def _readHistory(self, channel: str, since: Position) -> defer.Deferred[History]:
+        """The history of ``channel`` (of a facility with history) since ``since``."""
+        retention = self.config.history_for(naming.facility_of(channel))
+        assert retention is not None
+        return self.broker.history(naming.history_keys(self.config.prefix, channel),
+                                   retention, since=since.offset)
 
     # Lifecycle
 

@@ -35,6 +35,7 @@ from ws4tx.history import (
     Publication,
     merge,
     parse_recover,
+    start_of,
 )
 from ws4tx.naming import ANONYMOUS, Identity, history_keys
 from ws4tx.server import _internals, admission, deflate
@@ -95,6 +96,10 @@ class PushProtocol(WebSocketServerProtocol):
         #: facility with history), and the positions it asked to recover from, by channel.
         self._positions = False
         self._recover: dict[str, Position] = {}
+        #: The position of the last message sent on each channel (or where the client
+        #: was told the channel stands): what comes again (a live message the router
+        #: also recovered) is not sent twice.
+        self._last: dict[str, Position] = {}
         #: The history reads of the channels being recovered (a History, or the failure).
         self._reads: dict[str, Any] = {}
         #: The handshake as the authenticator saw it, and the deadline of a token
@@ -271,14 +276,18 @@ class PushProtocol(WebSocketServerProtocol):
         for channel_ in self._channels:
             merged = merges.get(channel_)
             if merged is not None and merged.recovered:
+                asked = self._recover[channel_]
+                self._last[channel_] = asked
                 for publication in merged.publications:
                     self._sendRecovered(channel_, publication)
+                    self._last[channel_] = Position(publication.offset, asked.epoch)
                 continue
             message = self._stored.get(channel_)
             if message is not None and (channel_, message) not in live:
                 self._sendStored(message)
         self._stored = {}
         learned = self._learned(merges, held, ordered=not isinstance(result, Failure))
+        self._last.update(learned)
         if learned:
             self.emit(envelope.POSITIONS_EVENT, {"channels": {
                 channel_: {"epoch": p.epoch, "offset": p.offset}
@@ -288,7 +297,8 @@ class PushProtocol(WebSocketServerProtocol):
             self.node.recovered(verdict.get("reason"))
             self.emit(envelope.RECOVERED_EVENT, verdict)
         for (channel_, prepared, payload), kept in zip(held, keep, strict=True):
-            if kept:
+            if kept and (not self._positions or prepared.position is None
+                         or self._fresh(channel_, prepared.position)):
                 self._write(self._outgoing(prepared, channel_), payload)
 
     def _merge(self, held: list[tuple[str, Any, bytes]]) -> dict[str, Merge]:
@@ -318,17 +328,12 @@ class PushProtocol(WebSocketServerProtocol):
         for channel_, read in reads.items():
             if not isinstance(read, History):
                 continue
-            offset = read.offset
-            for c, prepared, _ in held:
-                position = prepared.position
-                if c == channel_ and position is not None and position.epoch == read.epoch:
-                    offset = min(offset, position.offset - 1)
-                    break
+            start = start_of(read, [p.position for c, p, _ in held if c == channel_])
             if ordered:
-                router.learned(channel_, Position(offset, read.epoch))
+                router.learned(channel_, start)
             merged = merges.get(channel_)
             if merged is None or not merged.recovered:
-                learned[channel_] = Position(offset, read.epoch)
+                learned[channel_] = start
         return learned
 
     def _sendRecovered(self, channel: str, publication: Publication) -> None:
@@ -372,7 +377,20 @@ class PushProtocol(WebSocketServerProtocol):
             elif not self._dropped:
                 self._dropSlow("its stored messages did not come in time")
             return
+        if self._positions and prepared.position is not None \
+                and not self._fresh(channel, prepared.position):
+            return
         self._write(self._outgoing(prepared, channel), payload)
+
+    def _fresh(self, channel: str, position: Position) -> bool:
+        """Whether the message at ``position`` comes after the last one this client got
+        on ``channel`` (then it is the last one); a message of another epoch does."""
+        last = self._last.get(channel)
+        if last is not None and last.epoch == position.epoch \
+                and position.offset <= last.offset:
+            return False
+        self._last[channel] = position
+        return True
 
     def _outgoing(self, prepared: deflate.Message, channel: str) -> deflate.Message:
         """What this client gets of a prepared message: with its position, in a
@@ -456,6 +474,26 @@ class PushProtocol(WebSocketServerProtocol):
         if self._interrupted:
             self._interrupted = False
             self.emit(envelope.RESUMED_EVENT)
+
+    def channelRecovered(self, channel: str, recovered: bool, reason: Optional[str],
+                         position: Optional[Position], messages: int) -> None:
+        """The node recovered ``channel`` from its history after an outage (``messages``
+        were missed and are on their way), or could not (``reason``; it goes on from
+        ``position``): an event client of a facility with history is told (one that is
+        still joining learns its positions by itself)."""
+        if not self._positions or self._held is not None:
+            return
+        if position is not None:
+            self._last[channel] = position
+            self.emit(envelope.POSITIONS_EVENT, {"channels": {
+                channel: {"epoch": position.epoch, "offset": position.offset}}})
+        outcome: dict[str, Any] = {"recovered": recovered}
+        if recovered:
+            self.emit(envelope.RECOVERED_EVENT, {**outcome, "channels": {
+                channel: {**outcome, "messages": messages}}})
+        else:
+            outcome["reason"] = reason
+            self.emit(envelope.RECOVERED_EVENT, {**outcome, "channels": {channel: outcome}})
 
     def messagesDropped(self, count: int) -> None:
         """The server fell behind and dropped ``count`` messages meant for this client."""

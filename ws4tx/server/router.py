@@ -13,13 +13,22 @@ logged once per episode, and the clients of its channel are told how many they m
 
 A channel of a facility with history (``has_history``) carries each message behind its
 position (:func:`ws4tx.history.with_position`): the router strips it before anything else,
-so that clients get exactly the payload that was published, and keeps the last position
-seen on each channel (:attr:`Router.positions`).
+so that clients get exactly the payload that was published, and keeps the position of the
+last message it handed on for each channel (:attr:`Router.positions`). A message that does
+not follow it (:func:`ws4tx.history.follow`) is noticed: a duplicate is dropped; after a
+skip (a message lost on the way) or a new epoch, the router reads the channel's history
+since its position (``read_history``) once for all its local clients, holding the
+channel's live messages meanwhile, and hands on what was missed and then what it held,
+in order, once each. After a broker outage it does the same for every channel it has a
+position of. When the history cannot give the missed messages (trimmed, new epoch,
+unreadable), the channel's clients are told (:meth:`Member.channelRecovered`) and it goes
+on from where the channel stands.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Protocol
 
 from twisted.internet import defer
@@ -30,9 +39,27 @@ from zope.interface import implementer
 
 from ws4tx import closecodes
 from ws4tx.envelope import server_voice
-from ws4tx.history import Position, strip_position
+from ws4tx.history import (
+    DUPLICATE,
+    EPOCH_CHANGED,
+    NEW_EPOCH,
+    SKIPPED,
+    UNAVAILABLE,
+    History,
+    Merge,
+    Position,
+    follow,
+    merge,
+    start_of,
+    strip_position,
+)
 from ws4tx.naming import Identity
-from ws4tx.server.broker import IBroker, IBrokerListener, SubscriptionRefused
+from ws4tx.server.broker import (
+    BrokerUnavailable,
+    IBroker,
+    IBrokerListener,
+    SubscriptionRefused,
+)
 from ws4tx.server.hub import Hub
 
 
@@ -67,6 +94,34 @@ class Member(Protocol):
         """Leave those of ``channels`` the client has, without closing (telling an event
         client with ``event``); whether it had any."""
 
+    def channelRecovered(self, channel: str, recovered: bool, reason: Optional[str],
+                         position: Optional[Position], messages: int) -> None:
+        """The router recovered ``channel`` after a broker outage (``messages`` missed
+        ones follow), or could not recover it (after an outage or a message lost on the
+        way): ``reason`` (:data:`ws4tx.history.TRIMMED`, ...), and where the channel
+        goes on from (``position``, when known)."""
+
+
+#: A function that reads a channel's history since a position (its offset): the node's.
+ReadHistory = Callable[[str, Position], "defer.Deferred[History]"]
+
+#: How often, and how long apart, a history read that found the broker unavailable is
+#: tried again (its command connection may come back after its subscriber).
+READ_ATTEMPTS = 10
+READ_RETRY_DELAY = 0.5
+
+
+@dataclass
+class _Recovery:
+    """A channel being recovered from its history: since ``since``; the live messages
+    held meanwhile (payload, position); whether its clients are told the outcome even
+    when it succeeds (after an outage); the reads tried."""
+
+    since: Position
+    held: list[tuple[bytes, Position]] = field(default_factory=list)
+    announce: bool = False
+    attempts: int = 0
+
 
 #: Frames written in one reactor turn before the rest of the messages wait for the next.
 FRAMES_PER_TURN = 8192
@@ -98,7 +153,8 @@ class Router:
     def __init__(self, broker: IBroker, prepare: Callable[[bytes, bool], Any],
                  max_size: int = 1024 * 1024, clock: Optional[IReactorTime] = None,
                  max_lag: float = 10.0, max_backlog: int = 10_000,
-                 has_history: Optional[Callable[[str], bool]] = None) -> None:
+                 has_history: Optional[Callable[[str], bool]] = None,
+                 read_history: Optional[ReadHistory] = None) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.hub: Hub[Member] = Hub()
@@ -111,9 +167,12 @@ class Router:
         self._has_history = has_history
         #: channel -> whether it carries positions (has_history, asked once per channel).
         self._positioned: dict[str, bool] = {}
-        #: channel -> the position of the last message that arrived on it (channels of
-        #: facilities with history, while a local client listens).
+        #: channel -> the position of the last message handed on to its clients
+        #: (channels of facilities with history, while a local client listens).
         self.positions: dict[str, Position] = {}
+        self._read_history = read_history
+        #: channel -> its recovery from the history, while one is under way.
+        self._recovering: dict[str, _Recovery] = {}
         #: Barriers asked for in this turn, sent together on the next.
         self._barrier_waiters: list[defer.Deferred[None]] = []
         self._barrier_call: Optional[IDelayedCall] = None
@@ -131,9 +190,13 @@ class Router:
         #: with the server's voice (see envelope.server_voice), messages (and their frames)
         #: dropped because the server fell behind, subscriptions Redis refused.
         #: Also the payload bytes those frames carried (before any compression).
+        #: Positioning: live messages dropped as duplicates, skips and new epochs
+        #: noticed, channel recoveries started, messages recovered, recoveries that
+        #: failed.
         self.stats = {"messages": 0, "frames": 0, "outages": 0, "oversized": 0,
                       "forged": 0, "lagged": 0, "lagged_frames": 0, "refused": 0,
-                      "bytes_out": 0}
+                      "bytes_out": 0, "duplicates": 0, "skips": 0, "epochs": 0,
+                      "recoveries": 0, "recovered": 0, "unrecovered": 0}
         #: Called with the seconds from a message's arrival from the broker to the end of
         #: its fan-out (once per message, never per client), when set: the metrics.
         self.fanout_observer: Optional[Callable[[float], None]] = None
@@ -218,6 +281,7 @@ class Router:
         for channel in channels:
             self._positioned.pop(channel, None)
             self.positions.pop(channel, None)
+            self._recovering.pop(channel, None)
             self.broker.unsubscribe(channel).addErrback(lambda f: None)
 
     # IBrokerListener
@@ -243,8 +307,14 @@ class Router:
                 positioned = self._positioned[channel] = self._has_history(channel)
             if positioned:
                 position, payload = strip_position(payload)
-                if position is not None:
-                    self.positions[channel] = position
+                if position is not None and not self._inSequence(channel, payload,
+                                                                 position):
+                    return
+        self._handOn(channel, payload, position)
+
+    def _handOn(self, channel: str, payload: bytes, position: Optional[Position]) -> None:
+        """Fan a message out now, or after the backlog (past the size limit or in the
+        server's voice: dropped)."""
         if len(payload) > self._max_size:
             self.stats["oversized"] += 1
             self.log.warn("dropped a message of {size} bytes on {channel}: over the "
@@ -276,6 +346,124 @@ class Router:
                     self._drop(dropped)
         if self._turn is None:
             self._turn = self._clock.callLater(0, self._nextTurn)
+
+    # Positioning
+
+    def _inSequence(self, channel: str, payload: bytes, position: Position) -> bool:
+        """Whether a live message at ``position`` is to be handed on now: it follows the
+        last one. A duplicate is dropped; one held while its channel is recovered waits;
+        after a skip, recovery starts (holding it)."""
+        recovery = self._recovering.get(channel)
+        if recovery is not None:
+            recovery.held.append((payload, position))
+            if len(recovery.held) > self._max_backlog:
+                self._gaveUp(channel, None)
+            return False
+        last = self.positions.get(channel)
+        verdict = follow(last, position)
+        if verdict == DUPLICATE:
+            self.stats["duplicates"] += 1
+            return False
+        if verdict == NEW_EPOCH:
+            # The channel's history was lost: its clients are told; what the new epoch
+            # already holds is recovered (from offset 0) like any skip.
+            self.stats["epochs"] += 1
+            self.stats["unrecovered"] += 1
+            last = self.positions[channel] = Position(0, position.epoch)
+            self.log.warn("the history of {channel} was lost (new epoch); telling its "
+                          "clients", channel=channel)
+            self._tell(channel, False, EPOCH_CHANGED, last)
+            verdict = follow(last, position)
+        if verdict == SKIPPED and self._read_history is not None:
+            assert last is not None
+            self.stats["skips"] += 1
+            self._recover(channel, last, [(payload, position)])
+            return False
+        self.positions[channel] = position
+        return True
+
+    def _recover(self, channel: str, since: Position,
+                 held: Optional[list[tuple[bytes, Position]]] = None,
+                 announce: bool = False) -> None:
+        """Read ``channel``'s history since ``since``, holding its live messages until
+        the read is in."""
+        self.stats["recoveries"] += 1
+        recovery = self._recovering[channel] = _Recovery(since, held or [], announce)
+        self._read(channel, recovery)
+
+    def _read(self, channel: str, recovery: _Recovery) -> None:
+        assert self._read_history is not None
+        recovery.attempts += 1
+        self._read_history(channel, recovery.since).addBoth(self._readDone, channel,
+                                                            recovery)
+
+    def _readDone(self, result: Any, channel: str, recovery: _Recovery) -> None:
+        if self._recovering.get(channel) is not recovery:
+            return  # its clients left meanwhile
+        if isinstance(result, Failure):
+            if result.check(BrokerUnavailable) and recovery.attempts < READ_ATTEMPTS:
+                self._clock.callLater(READ_RETRY_DELAY * recovery.attempts,
+                                      self._retry, channel, recovery)
+                return
+            self.log.warn("could not read the history of {channel} to recover it: "
+                          "{error}", channel=channel, error=result.getErrorMessage())
+            self._gaveUp(channel, None)
+            return
+        del self._recovering[channel]
+        held = recovery.held
+        merged = merge(recovery.since, result, [p for _, p in held])
+        if not merged.recovered:
+            self._failed(channel, merged, result, held)
+            return
+        epoch = recovery.since.epoch
+        for publication in merged.publications:
+            position = self.positions[channel] = Position(publication.offset, epoch)
+            self._handOn(channel, publication.payload, position)
+        self.stats["recovered"] += len(merged.publications)
+        if recovery.announce:
+            self._tell(channel, True, None, None, len(merged.publications))
+        for (payload, position), kept in zip(held, merged.live, strict=True):
+            if kept:
+                self.positions[channel] = position
+                self._handOn(channel, payload, position)
+
+    def _retry(self, channel: str, recovery: _Recovery) -> None:
+        if self._recovering.get(channel) is recovery:
+            self._read(channel, recovery)
+
+    def _failed(self, channel: str, merged: Merge, read: History,
+                held: list[tuple[bytes, Position]]) -> None:
+        """The history does not hold what was missed: tell the channel's clients, and go
+        on from where it stands (its messages held meanwhile, as they follow)."""
+        self.stats["unrecovered"] += 1
+        start = self.positions[channel] = start_of(read, [p for _, p in held])
+        self.log.warn("could not recover {channel} from its history ({reason}); telling "
+                      "its clients", channel=channel, reason=merged.reason)
+        self._tell(channel, False, merged.reason, start)
+        for payload, position in held:
+            if self._inSequence(channel, payload, position):
+                self._handOn(channel, payload, position)
+
+    def _gaveUp(self, channel: str, reason: Optional[str]) -> None:
+        """The history cannot be read (or too much waits for it): tell the channel's
+        clients, and hand on what was held, in order."""
+        recovery = self._recovering.pop(channel)
+        self.stats["unrecovered"] += 1
+        self._tell(channel, False, reason or UNAVAILABLE, None)
+        for payload, position in recovery.held:
+            last = self.positions.get(channel)
+            if last is None or position.epoch != last.epoch or position.offset > last.offset:
+                self.positions[channel] = position
+                self._handOn(channel, payload, position)
+
+    def _tell(self, channel: str, recovered: bool, reason: Optional[str],
+              position: Optional[Position], messages: int = 0) -> None:
+        for member in tuple(self.hub.members(channel)):
+            member.channelRecovered(channel, recovered, reason, position, messages)
+
+    def recovering(self) -> int:
+        """How many channels are being recovered from their history now."""
+        return len(self._recovering)
 
     @property
     def backlog(self) -> int:
@@ -390,6 +578,16 @@ class Router:
     def brokerConnected(self) -> None:
         for member in tuple(self.hub.clients()):
             member.deliveryResumed()
+        if self._read_history is None:
+            return
+        # What was published meanwhile is in the histories: every channel with a
+        # position is read since it (one read per channel, for all its clients).
+        for channel, position in list(self.positions.items()):
+            recovery = self._recovering.get(channel)
+            if recovery is not None:
+                recovery.announce = True
+            elif self.hub.members(channel):
+                self._recover(channel, position, announce=True)
 
     def memberCount(self) -> int:
         """How many clients have joined."""

@@ -1,0 +1,164 @@
+"""Positioning on live connections, end to end (issue #11, part 4): a real server and a
+real Redis the test starts, killed and restarted; messages published with the Lua script
+from redis-py, as either half publishes them; real WebSocket clients that speak ws4tx.v1
+and stay connected throughout."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+from typing import Any
+
+import redis
+
+from ws4tx.history import Position, Retention
+from ws4tx.server.embedded import EmbeddedRedis
+
+from test._recovering import Follower, publish_with_history
+from test._server import ServerTestCase
+
+HISTORY = {"chat*": {"size": 100, "ttl": 600}}
+RETENTION = Retention(100, 600)
+CHAT = "ws4tx:broadcast:chat"
+PATH = "/ws/chat?subscribe-broadcast"
+
+
+class _LiveTestCase(ServerTestCase):
+    """A server with history on ``chat*``; ``self.reads`` counts the node's own history
+    reads that Redis answered."""
+
+    #: Redis flags: none (the server forgets everything when it restarts).
+    persistence: tuple[str, ...] = ()
+
+    def startRedis(self) -> EmbeddedRedis:
+        if self.persistence:
+            directory = tempfile.mkdtemp(prefix="ws4tx-aof-")
+            self.addCleanup(shutil.rmtree, directory, True)
+            self.redis_args = (*self.persistence, "--dir", directory)
+        return super().startRedis()
+
+    async def _setUp(self) -> None:
+        self.redis_server = self.startRedis()
+        self.redis = redis.Redis.from_url(self.redis_server.url, socket_timeout=5)
+        self.addCleanup(self.redis.close)
+        await self.startServer(config={"history": HISTORY})
+        self.reads = 0
+        router = self.factory.node.router
+        read = router._read_history
+        assert read is not None
+
+        def counted(channel: str, since: Position) -> Any:
+            def answered(result: Any) -> Any:
+                self.reads += 1
+                return result
+
+            return read(channel, since).addCallback(answered)
+
+        router._read_history = counted
+
+    def publish_(self, payload: str, lost: bool = False) -> Position:
+        return publish_with_history(self.redis, CHAT, payload.encode(), RETENTION,
+                                    publish_to="ws4tx:lost" if lost else None)
+
+    async def followers(self, n: int) -> list[Follower]:
+        followers = [Follower(PATH) for _ in range(n)]
+        for follower in followers:
+            await follower.connect(self.port)
+            self.addCleanup(lambda f=follower: f.client and f.client.close())
+            await self.factory.test_joined.get()
+        for follower in followers:
+            await follower.until(lambda f=follower: CHAT in f.positions)
+        return followers
+
+    async def restartRedis(self) -> None:
+        """SIGKILL Redis and start it again on its port (with its AOF, if it keeps one);
+        a fresh redis-py client for the test."""
+        self.redis_server.stop(signal.SIGKILL)
+        await self.brokerEvent("disconnected")
+        self.redis_server.start()
+        self.redis = redis.Redis.from_url(self.redis_server.url, socket_timeout=5)
+        self.addCleanup(self.redis.close)
+
+
+
+class LivePositioningTests(_LiveTestCase):
+    """The node notices what pub/sub lost, and what an outage lost, and recovers it for
+    its clients without their reconnecting."""
+
+    async def test_messagesLostOnTheWayAreRecoveredOnceForAllClients(self) -> None:
+        """Two messages reach the history but not pub/sub: the next one shows the skip,
+        the node reads the history once (not once per client), and every client gets all
+        four in order, once; raw clients too."""
+        followers = await self.followers(3)
+        raw = await self.client(PATH)
+        self.publish_("m1")
+        self.publish_("m2", lost=True)
+        self.publish_("m3", lost=True)
+        self.publish_("m4")
+        for follower in followers:
+            await follower.until(lambda f=follower: f.count(CHAT) >= 4)
+            self.assertEqual(follower.got[CHAT], ["m1", "m2", "m3", "m4"])
+            self.assertEqual(follower.verdicts, [])
+        self.assertEqual([await raw.text() for _ in range(4)], ["m1", "m2", "m3", "m4"])
+        self.assertEqual(self.reads, 1)
+        stats = self.factory.node.router.stats
+        self.assertEqual((stats["skips"], stats["recovered"]), (1, 3))  # 4 read too
+
+    async def test_withoutPersistenceTheNewEpochIsTold(self) -> None:
+        """Redis restarts empty: the histories are gone; every client is told (reason
+        epoch) with where the channel stands now, and gets what is published next."""
+        followers = await self.followers(3)
+        before = self.publish_("before")
+        for follower in followers:
+            await follower.until(lambda f=follower: f.count(CHAT) == 1)
+        await self.restartRedis()
+        self.publish_("during")
+        await self.brokerEvent("connected")
+        for follower in followers:
+            await follower.until(lambda f=follower: bool(f.verdicts))
+            self.assertEqual(follower.verdicts, [{
+                "recovered": False, "reason": "epoch",
+                "channels": {CHAT: {"recovered": False, "reason": "epoch"}}}])
+            self.assertNotEqual(follower.positions[CHAT].epoch, before.epoch)
+        after = self.publish_("after")
+        for follower in followers:
+            await follower.until(lambda f=follower: f.got[CHAT][-1:] == ["after"])
+            self.assertEqual(follower.positions[CHAT], after)
+            # "during" is live only if the node resubscribed before it was published.
+            self.assertIn(follower.got[CHAT], (["before", "after"],
+                                               ["before", "during", "after"]))
+
+
+class PersistentRedisTests(_LiveTestCase):
+    """Redis keeps an append-only file, written on every command: a restart loses
+    nothing, and the positions go on."""
+
+    persistence = ("--appendonly", "yes", "--appendfsync", "always")
+
+    async def test_afterAnOutageClientsMissNothingWithoutReconnecting(self) -> None:
+        """Redis restarts with its AOF: what was published after it came back and before
+        the node resubscribed is recovered from the history, once per channel; the
+        clients stay connected, get every message once, in order, and are told they
+        recovered."""
+        followers = await self.followers(3)
+        before = self.publish_("before")
+        for follower in followers:
+            await follower.until(lambda f=follower: f.count(CHAT) == 1)
+        await self.restartRedis()
+        for i in range(5):
+            self.publish_(f"during {i}")
+        await self.brokerEvent("connected")
+        self.publish_("after")
+        expected = ["before", *(f"during {i}" for i in range(5)), "after"]
+        for follower in followers:
+            await follower.until(lambda f=follower: f.count(CHAT) >= 7)
+            self.assertEqual(follower.got[CHAT], expected)
+            self.assertEqual(follower.offsets[CHAT],
+                             [(before.epoch, o) for o in range(1, 8)])
+            await follower.until(lambda f=follower: bool(f.verdicts))
+            [verdict] = follower.verdicts
+            self.assertTrue(verdict["recovered"])
+            # "after" is read too when it was published before the read was made.
+            self.assertIn(verdict["channels"][CHAT]["messages"], (5, 6))
+        self.assertEqual(self.reads, 1)
