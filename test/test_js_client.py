@@ -836,6 +836,16 @@ class RecoveryClientTests(_PageTestCase):
         self.assertEqual(self.js("c.positions"), {self.CHAT: {"epoch": "cd34", "offset": 4}})
         self.assertEqual(self.log(), [["message", "live"]])
 
+    def test_anOffsetAlreadyDeliveredIsDroppedAnotherEpochIsNot(self) -> None:
+        """Exactly once to the application: a publication at or before the channel's
+        position (same epoch) is not delivered again; one of a new epoch is."""
+        self.connect(events=["message"])
+        for offset, epoch in ((1, "ab12"), (2, "ab12"), (2, "ab12"), (1, "ab12"),
+                              (1, "cd34"), (2, "cd34")):
+            self.receive(self.pub(offset, b"%d%s" % (offset, epoch.encode()), epoch=epoch))
+        self.assertEqual(self.log(), [["message", "1ab12"], ["message", "2ab12"],
+                                      ["message", "1cd34"], ["message", "2cd34"]])
+
     def test_aFailedRecoveryIsReported(self) -> None:
         self.connect(events=["recovered"])
         verdict = {"recovered": False, "reason": "trimmed", "channels": {}}

@@ -40,7 +40,8 @@
  *     'refreshed'    fn({expires})   the server took the fresh token of the `token` function
  *                    and keeps the connection open until `expires` (Unix seconds)
  *   client.positions                     {channel: {epoch, offset}} of the last messages
- *                                        (or where the server said a channel stood)
+ *                                        (or where the server said a channel stood);
+ *                                        a message at or before it is not delivered again
  *   client.emit(name, data)              -> true when sent (nothing is queued while offline)
  *   client.emit(name, data, (err, reply) => ...)   with an acknowledgement
  *   client.request(name, data)           -> Promise of the reply; rejects with a
@@ -560,8 +561,12 @@ function (root) {
     _onFrame(data) {
       var envelope = parseEnvelope(data);
       if (envelope !== null && envelope.ws4tx === 'pub') {
-        // A message of a channel with history: remember its position, then deliver the
-        // payload as if it had come alone (an application event, or a raw message).
+        // A message of a channel with history: one at or before the channel's position
+        // (of the same epoch) was delivered already and is dropped; else remember its
+        // position, then deliver the payload as if it had come alone (an application
+        // event, or a raw message).
+        var last = this._positions.get(envelope.channel);
+        if (last && last.epoch === envelope.epoch && envelope.offset <= last.offset) return;
         this._positions.set(envelope.channel, {epoch: envelope.epoch, offset: envelope.offset});
         if (typeof envelope.data64 === 'string') {
           this._fire('message', binary(envelope.data64, this._opts.binaryType));
