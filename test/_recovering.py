@@ -54,6 +54,11 @@ class Follower:
         self.verdicts: list[dict[str, Any]] = []
         self.events: list[str] = []
         self.client: Optional[WSClient] = None
+        #: When set: the port to reconnect to (asked when the server closes the
+        #: connection), as ws4tx.js reconnects.
+        self.reconnect_to: Optional[Callable[[], int]] = None
+        #: Connections made, and closes the server made.
+        self.connections = self.closes = 0
         self._waiting: list[tuple[Callable[[], bool], defer.Deferred[None]]] = []
 
     def url(self) -> str:
@@ -63,9 +68,29 @@ class Follower:
 
     async def connect(self, port: int) -> None:
         """Connect (again), asking to recover from the positions known."""
-        self.client = await connect(port, self.url(), protocols=EVENTS,
-                                    headers=self.headers)
-        self.client.messages = _Sink(self._received)  # type: ignore[assignment]
+        client = self.client = await connect(port, self.url(), protocols=EVENTS,
+                                             headers=self.headers)
+        self.connections += 1
+        client.messages = _Sink(self._received)  # type: ignore[assignment]
+        client.closed.addCallback(self._closed, client)
+
+    def _closed(self, result: Any, client: WSClient) -> Any:
+        if self.client is client:
+            self.client = None
+            self.closes += 1
+            if self.reconnect_to is not None:
+                self._redial(0)
+        return result
+
+    def _redial(self, attempt: int) -> None:
+        assert self.reconnect_to is not None
+
+        def failed(failure: Any) -> None:
+            if attempt >= 100:
+                raise AssertionError(f"could not reconnect: {failure.getErrorMessage()}")
+            reactor.callLater(0.05, self._redial, attempt + 1)  # type: ignore[attr-defined]
+
+        defer.ensureDeferred(self.connect(self.reconnect_to())).addErrback(failed)
 
     def drop(self) -> defer.Deferred[Any]:
         """Close the connection (the server sees the client go)."""

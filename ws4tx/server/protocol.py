@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Coroutine
+from functools import partial
 from typing import Any, Iterable, Optional, cast
 from urllib.parse import urlsplit
 
@@ -45,7 +46,7 @@ from ws4tx.server.broker import NotStored, publish_to
 from ws4tx.server.expiry import Expiry, reauthenticate
 from ws4tx.server.handlers import EventRefused
 from ws4tx.server.node import Node, close_label
-from ws4tx.server.router import is_text
+from ws4tx.server.router import is_text, retried
 
 _log = Logger()
 
@@ -235,10 +236,11 @@ class PushProtocol(WebSocketServerProtocol):
                 # Since the client's position; else only the channel's epoch and last
                 # offset (and its newest entry), which become the client's position.
                 position = self._recover.get(channel)
-                waits.append(broker.history(
-                    history_keys(config.prefix, channel), retention,
+                waits.append(retried(partial(
+                    broker.history, history_keys(config.prefix, channel), retention,
                     since=None if position is None else position.offset,
-                    limit=1 if position is None else None).addBoth(self._read, channel))
+                    limit=1 if position is None else None), self.factory.reactor)
+                    .addBoth(self._read, channel))
         if not waits:
             return
         # A message published before the reads may still be on its way here (the

@@ -1,0 +1,217 @@
+"""No message lost across reconnects, under load (issue #11's tests, sized for CI): two
+nodes on one real Redis, hundreds of event clients that keep their positions as ws4tx.js
+does and reconnect with them, steady publishing through the Lua script with redis-py.
+Every client must see every message of its channels exactly once, in order."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import tempfile
+import time
+from typing import Any
+
+import redis
+from twisted.internet import defer, endpoints, reactor, task
+
+from ws4tx.history import Retention
+from ws4tx.server.embedded import EmbeddedRedis
+from ws4tx.server.service import PushService
+from ws4tx.testing import StaticAuthenticator
+
+from test._recovering import Follower, publish_with_history
+from test._server import ServerTestCase, identity_from_header, identity_header
+
+HISTORY = {"chat*": {"size": 2000, "ttl": 600}}
+RETENTION = Retention(2000, 600)
+BROADCAST = "ws4tx:broadcast:chat"
+
+
+def user_channel(user: str) -> str:
+    return f"ws4tx:user:{user}:chat"
+
+
+class _Node:
+    """One ws4tx node of the test, listening on its own port."""
+
+    def __init__(self, service: PushService, listening: Any) -> None:
+        self.service = service
+        self.listening = listening
+        self.port: int = listening.getHost().port
+
+
+class _TwoNodesTestCase(ServerTestCase):
+    """Redis (with an AOF written on every command, so that a restart loses nothing) and
+    two ws4tx nodes on it; ``publish(channel)`` publishes the channel's next sequence
+    number and ``published[channel]`` holds how many were."""
+
+    timeout = 60
+
+    def startRedis(self) -> EmbeddedRedis:
+        directory = tempfile.mkdtemp(prefix="ws4tx-storm-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        self.redis_args = ("--appendonly", "yes", "--appendfsync", "always",
+                           "--dir", directory)
+        return super().startRedis()
+
+    async def _setUp(self) -> None:
+        self.redis_server = self.startRedis()
+        self.redis = redis.Redis.from_url(self.redis_server.url, socket_timeout=5)
+        self.addCleanup(lambda: self.redis.close())
+        self.published: dict[str, int] = {}
+        self.nodes = [await self.startNode(), await self.startNode()]
+
+    async def startNode(self) -> _Node:
+        config = self.config.replace(redis=self.redis_server.address, history=HISTORY)
+        service = PushService(config, authenticator=StaticAuthenticator(identity_from_header))
+        joined: defer.DeferredQueue[Any] = defer.DeferredQueue()
+        service.factory.test_joined = joined
+        from test._server import observe_broker
+
+        events = observe_broker(service.factory.node.router)
+        service.startService()
+        self.addCleanup(service.stopService)
+        listening = await endpoints.TCP4ServerEndpoint(
+            reactor, 0, backlog=1024, interface="127.0.0.1").listen(service.site)
+        self.addCleanup(listening.stopListening)
+        self.assertEqual(await events.get().addTimeout(10, reactor), "connected")
+        node = _Node(service, listening)
+        node.broker_events = events  # type: ignore[attr-defined]
+        return node
+
+    def publish(self, channel: str) -> None:
+        seq = self.published.get(channel, 0)
+        publish_with_history(self.redis, channel, f"{channel}#{seq}".encode(), RETENTION)
+        self.published[channel] = seq + 1
+
+    async def connectAll(self, followers: list[Follower], port: int) -> None:
+        self.addCleanup(self.closeAll, followers)
+        for i in range(0, len(followers), 50):
+            await defer.gatherResults([defer.ensureDeferred(f.connect(port))
+                                       for f in followers[i:i + 50]])
+        # Every one knows where its channels stand.
+        await defer.gatherResults([f.until(lambda f=f: len(f.positions) == self.channelsOf(f))
+                                   for f in followers])
+
+    async def closeAll(self, followers: list[Follower]) -> None:
+        """Close every follower for good (no reconnecting)."""
+        for follower in followers:
+            follower.reconnect_to = None
+        await defer.gatherResults([follower.drop() for follower in followers
+                                   if follower.client is not None], consumeErrors=True)
+
+    def channelsOf(self, follower: Follower) -> int:
+        return 2 if "subscribe-user" in follower.path else 1
+
+    async def allCaughtUp(self, followers: list[Follower], timeout: float = 15) -> None:
+        """Wait (bounded) until every follower got the last message published on each of
+        its channels."""
+        def caught_up(f: Follower) -> bool:
+            for channel in f.positions:
+                last = self.published.get(channel, 0)
+                got = f.got.get(channel, [])
+                if last and (not got or got[-1] != f"{channel}#{last - 1}"):
+                    return False
+            return True
+
+        await defer.gatherResults([f.until(lambda f=f: caught_up(f), timeout)
+                                   for f in followers])
+
+    def assertGapless(self, followers: list[Follower]) -> None:
+        """Each follower got, on each channel, a run of consecutive sequence numbers
+        ending with the last published: nothing missing, nothing twice, in order; and
+        was never told it did not recover."""
+        for follower in followers:
+            for channel, got in follower.got.items():
+                seqs = [int(payload.rsplit("#", 1)[1]) for payload in got]
+                self.assertEqual(seqs, list(range(seqs[0], self.published[channel])),
+                                 f"{channel} of a client")
+            failed = [v for v in follower.verdicts if not v["recovered"]]
+            self.assertEqual(failed, [])
+
+
+class DrainTests(_TwoNodesTestCase):
+    """A drain on deploy: node 1 stops (its clients are closed with 1001) while messages
+    are published; its clients reconnect to node 2 with their positions and lose
+    nothing."""
+
+    async def test_drainedClientsRecoverOnTheOtherNodeWithoutLoss(self) -> None:
+        n = 300
+        first, second = self.nodes
+        followers = [Follower("/ws/chat?subscribe-broadcast") for _ in range(n)]
+        await self.connectAll(followers, first.port)
+        for follower in followers:
+            follower.reconnect_to = lambda: second.port
+        publisher = task.LoopingCall(self.publish, BROADCAST)
+        publisher.start(0.005)
+        self.addCleanup(lambda: publisher.running and publisher.stop())
+        await task.deferLater(reactor, 0.2, lambda: None)
+        await first.listening.stopListening()
+        await first.service.stopService()
+        # Every client is on the second node again while publishing goes on.
+        await defer.gatherResults([f.until(lambda f=f: f.connections == 2 and bool(f.verdicts))
+                                   for f in followers])
+        publisher.stop()
+        await self.allCaughtUp(followers)
+        self.assertGapless(followers)
+        moved = [f for f in followers if f.verdicts[-1]["channels"][BROADCAST]["messages"]]
+        self.assertGreater(len(moved), 0)  # messages were published during the move
+        self.assertEqual({f.verdicts[-1]["recovered"] for f in followers}, {True})
+        self.assertEqual(second.service.factory.node.clientCount(), n)
+
+
+class GaplessStormTests(_TwoNodesTestCase):
+    """Two nodes, 300 clients on 31 channels (each on the broadcast and on one of 30 user
+    channels), steady publishing on all of them; every 0.4 s a tenth of the clients
+    drop and reconnect to either node (ten times); midway Redis is SIGKILLed and
+    restarted (with its AOF): every client sees every message of its channels exactly
+    once, in order."""
+
+    async def test_everyClientSeesEveryMessageOnceInOrder(self) -> None:
+        started = time.monotonic()
+        rng = random.Random(11)
+        users = [f"u{k}" for k in range(30)]
+        channels = [BROADCAST, *(user_channel(u) for u in users)]
+        followers = [Follower("/ws/chat?subscribe-broadcast&subscribe-user",
+                              headers=identity_header(user=users[i % len(users)]))
+                     for i in range(300)]
+        ports = [node.port for node in self.nodes]
+        half = len(followers) // 2
+        await self.connectAll(followers[:half], ports[0])
+        await self.connectAll(followers[half:], ports[1])
+        ticks = iter(range(10**9))
+
+        def tick() -> None:
+            # The broadcast every tick, four user channels in turn.
+            i = next(ticks)
+            self.publish(BROADCAST)
+            for k in range(4):
+                self.publish(channels[1 + (4 * i + k) % len(users)])
+
+        publisher = task.LoopingCall(tick)
+        publisher.start(0.02)
+        self.addCleanup(lambda: publisher.running and publisher.stop())
+        for round_ in range(10):
+            await task.deferLater(reactor, 0.4, lambda: None)
+            dropped = rng.sample(followers, len(followers) // 10)
+            await defer.gatherResults([f.drop() for f in dropped if f.client is not None])
+            moved = []
+            for follower in dropped:
+                port = rng.choice(ports)
+                moved.append(defer.ensureDeferred(follower.connect(port)))
+            await defer.gatherResults(moved)
+            if round_ == 5:
+                self.redis_server.stop(signal.SIGKILL)
+                self.redis_server.start()
+                self.redis.close()
+                self.redis = redis.Redis.from_url(self.redis_server.url, socket_timeout=5)
+        publisher.stop()
+        await self.allCaughtUp(followers, timeout=20)
+        self.assertGapless(followers)
+        reconnected = sum(f.connections - 1 for f in followers)
+        self.assertGreaterEqual(reconnected, 10 * 30)
+        recovered = sum(node.service.factory.node.router.stats["recoveries"]
+                        for node in self.nodes)
+        self.assertGreater(recovered, 0)  # the Redis restart was recovered by the nodes
+        self.assertLess(time.monotonic() - started, 40)
