@@ -84,6 +84,8 @@ class Core:
         self.other = 0
         self.first_ns = 0
         self.closed_in_phase = None
+        self.recovered_ns = 0
+        self.recovered_ok = False
 
     def handle(self, p: bytes) -> None:
         o = self.off
@@ -114,7 +116,12 @@ class Core:
             P.capped += 1
 
     def control(self, p: bytes) -> None:
-        """A message that is not a benchmark message (Socket.IO's own packets)."""
+        """A message that is not a benchmark message (Socket.IO's own packets; ws4tx's
+        events, of which ws4tx.recovered is noted)."""
+        if b'"event":"ws4tx.recovered"' in p:
+            self.recovered_ns = _now_ns()
+            self.recovered_ok = b'"data":{"recovered":true' in p
+            return
         if self.sio:
             if p == b"2":  # Engine.IO ping
                 self.send_text(b"3")
@@ -205,9 +212,10 @@ class AsyncioClient(asyncio.Protocol, Core):
     takeover (each compressed message then inflates on its own)."""
 
     def __init__(self, url: str, sio: bool, upgraded: asyncio.Future,
-                 deflate: bool = False) -> None:
+                 deflate: bool = False, protocols: tuple[str, ...] = ()) -> None:
         self.init_core(sio)
         self.deflate = deflate
+        self.protocols = protocols
         parts = urlsplit(url)
         self.path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         self.host = parts.netloc
@@ -225,6 +233,8 @@ class AsyncioClient(asyncio.Protocol, Core):
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             f"Sec-WebSocket-Version: 13\r\n"
             + ("Sec-WebSocket-Extensions: permessage-deflate\r\n" if self.deflate else "")
+            + (f"Sec-WebSocket-Protocol: {', '.join(self.protocols)}\r\n"
+               if self.protocols else "")
             + "\r\n").encode())
 
     def data_received(self, data: bytes) -> None:
@@ -326,12 +336,13 @@ class AsyncioClient(asyncio.Protocol, Core):
 
 
 async def _connect_asyncio(url: str, sio: bool, timeout: float,
-                           deflate: bool = False) -> Core:
+                           deflate: bool = False, protocols: tuple[str, ...] = ()) -> Core:
     loop = asyncio.get_running_loop()
     parts = urlsplit(url)
     upgraded: asyncio.Future = loop.create_future()
     transport, client = await loop.create_connection(
-        lambda: AsyncioClient(url, sio, upgraded, deflate), parts.hostname, parts.port or 80)
+        lambda: AsyncioClient(url, sio, upgraded, deflate, protocols), parts.hostname,
+        parts.port or 80)
     try:
         await asyncio.wait_for(asyncio.shield(upgraded), timeout)
     except BaseException:
@@ -372,8 +383,10 @@ class Generator:
         deadline = float(c.get("deadline", 120.0))
         sem = asyncio.Semaphore(int(c.get("concurrency", 200)))
         connect = _connect_picows if picows is not None and not c.get("asyncio") else _connect_asyncio
-        if c.get("deflate"):  # picows has no permessage-deflate
-            connect = functools.partial(_connect_asyncio, deflate=True)
+        protocols = tuple(c.get("protocols") or ())
+        if c.get("deflate") or protocols:  # picows: no permessage-deflate, no subprotocol
+            connect = functools.partial(_connect_asyncio, deflate=bool(c.get("deflate")),
+                                        protocols=protocols)
         errors: collections.Counter = collections.Counter()
         done_ns: list[int] = []
         self.connect_start_ns = start = _now_ns()
@@ -460,6 +473,12 @@ class Generator:
             "max_ms": round(lat[-1] / 1000.0, 3) if n else None,
             "mean_ms": round(sum(lat) / n / 1000.0, 3) if n else None,
             "with_first": len(firsts),
+            # ws4tx.recovered: clients told, told true, and when the last was told.
+            "recovered_told": sum(1 for k in group if k.recovered_ns),
+            "recovered_true": sum(1 for k in group if k.recovered_ok),
+            "recovered_after_connect_start_s": round(
+                (max(k.recovered_ns for k in group) - self.connect_start_ns) / 1e9, 4)
+            if any(k.recovered_ns for k in group) else None,
             "first_after_connect_start_s": round((max(firsts) - self.connect_start_ns) / 1e9, 4)
             if firsts else None,
         }

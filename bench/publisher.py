@@ -92,6 +92,15 @@ def ws4tx_tokens(users: list[str]) -> list[str]:
     return [make_token(u) for u in users]
 
 
+def ws4tx_position(facility: str) -> dict[str, Any]:
+    """Where the facility's broadcast channel stands (a facility with history): what a
+    ws4tx.js client that got every message so far would send as recover=."""
+    from ws4tx import api
+
+    read = api.history(facility, broadcast=True, limit=1)
+    return {"epoch": read.epoch, "offset": read.offset}
+
+
 def channels_adapter(args: argparse.Namespace) -> tuple[PublishFn, dict[str, Any]]:
     sys.path.insert(0, os.path.join(HERE, "servers"))
     os.environ["DJANGO_SETTINGS_MODULE"] = "benchchan.settings"
@@ -212,6 +221,8 @@ async def main() -> None:
                                  c["targets"], int(c.get("start_seq", 0)))
         if name == "tokens":
             return {"tokens": ws4tx_tokens(c["users"])}
+        if name == "position":
+            return ws4tx_position(args.facility)
         return {"error": f"unknown command {name!r}"}
 
     await serve(handle)

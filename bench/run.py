@@ -32,7 +32,8 @@ from benchlib import report, systems as S, venvs as V  # noqa: E402
 from benchlib.procs import REGISTRY, BenchError, raise_nofile  # noqa: E402
 from benchlib.suite import SCENARIOS, Suite, run_scenario  # noqa: E402
 
-FULL_SCENARIOS = ["fanout", "maxrate", "idle", "channels", "replay", "profile"]
+FULL_SCENARIOS = ["fanout", "maxrate", "idle", "channels", "replay", "history", "recovery",
+                  "profile"]
 SMOKE_SCENARIOS = ["fanout", "maxrate", "idle", "channels", "replay"]
 
 
@@ -70,6 +71,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--users-rate", type=float, default=None,
                    help="messages per second to EACH user channel [default: 1]")
     p.add_argument("--replay-clients", type=int, default=None, help="[default: 1000]")
+    p.add_argument("--recovery-clients", type=int, default=None,
+                   help="clients that reconnect at once in the recovery scenario [default: 1000]")
+    p.add_argument("--recovery-missed", type=int, default=None,
+                   help="messages each of them missed [default: 100]")
     p.add_argument("--profile-clients", type=int, default=1000)
     p.add_argument("--profile-rate", type=float, default=100)
     p.add_argument("--settle", type=float, default=None,
@@ -105,6 +110,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "users": 50 if smoke else 1000,
         "users_rate": 2.0 if smoke else 1.0,
         "replay_clients": 50 if smoke else 1000,
+        "recovery_clients": 50 if smoke else 1000,
+        "recovery_missed": 10 if smoke else 100,
         "venvs": "current" if smoke else "managed",
         "settle": 0.3 if smoke else 1.0,
     }
@@ -288,7 +295,7 @@ def main(argv: list[str]) -> int:
     ok = sum(1 for r in suite.records if r["status"] == "ok")
     failures = sum(1 for r in suite.records if r["status"] == "error")
     skipped = sum(1 for r in suite.records if r["status"] == "skipped")
-    if args.smoke:
+    if args.smoke and "fanout" in args.scenarios:
         for name in args.systems:
             if not any(r["system"] == name and r["scenario"] == "fanout" and r["status"] == "ok"
                        and (r["metrics"].get("received") or 0) > 0 for r in suite.records):

@@ -50,3 +50,26 @@ class BenchSmokeTests(SynchronousTestCase):
             self.assertIsNotNone(record["metrics"]["p99_ms"], record)
             self.assertEqual(record["params"]["clients"], 50)
         self.assertFalse([r for r in records if r["status"] == "error"], report)
+
+
+class HistoryBenchSmokeTests(SynchronousTestCase):
+    def test_historyAndRecoveryScenarios(self) -> None:
+        """The history-cost and recovery scenarios in smoke size (50 clients, 10 missed
+        messages): both pass, and the recovery line says every client got every missed
+        message, was told it recovered, and cost one GET and one script call."""
+        out = tempfile.mkdtemp(prefix="bench-smoke-")
+        done = subprocess.run([sys.executable, RUN, "--smoke", "--systems", "ws4tx",
+                               "--scenarios", "history,recovery", "--out", out],
+                              cwd=REPO, capture_output=True, text=True, timeout=90)
+        report = done.stdout[-4000:] + done.stderr[-2000:]
+        self.assertEqual(done.returncode, 0, report)
+        [path] = glob.glob(os.path.join(out, "*.jsonl"))
+        with open(path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        [history] = [r for r in records if r["scenario"] == "history"]
+        self.assertIsNotNone(history["metrics"]["ratio"], report)
+        [recovery] = [r for r in records if r["scenario"] == "recovery"]
+        m = recovery["metrics"]
+        self.assertEqual((recovery["status"], m["complete_clients"], m["recovered_true"],
+                          m["duplicates"]), ("ok", 50, 50, 0), report)
+        self.assertEqual(m["redis_commands_sent_per_client"], 2.0, report)

@@ -237,6 +237,41 @@ def replay_table(records: list[dict]) -> list[str]:
     return lines
 
 
+def history_table(records: list[dict]) -> list[str]:
+    rs = [r for r in records if r["scenario"] == "history" and r["status"] == "ok"]
+    if not rs:
+        return []
+    lines = ["| run | clients | max msg/s without history | with history | ratio | target "
+             "| result |", "|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rs:
+        m = r["metrics"]
+        lines.append(
+            f"| {r['run'] + 1} | {_fmt(r['params'].get('clients'))} | {_fmt(m.get('max_rate_off'))} "
+            f"| {_fmt(m.get('max_rate_on'))} | {_fmt(m.get('ratio'), 2)} | ≥ {m.get('target')} "
+            f"| {'pass' if m.get('pass') else 'FAIL'} |")
+    return lines
+
+
+def recovery_table(records: list[dict]) -> list[str]:
+    rs = [r for r in records if r["scenario"] == "recovery" and r["metrics"]]
+    if not rs:
+        return []
+    lines = ["| run | clients | missed each | got all, once, in order | told recovered: true "
+             "| seconds until all recovered | target | Redis commands sent per client (all "
+             "run, scripts' own included) | result |",
+             "|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in rs:
+        m = r["metrics"]
+        commands = ", ".join(f"{k} {v}" for k, v in sorted(m.get("redis_commands", {}).items()))
+        lines.append(
+            f"| {r['run'] + 1} | {_fmt(m.get('clients'))} | {_fmt(m.get('missed'))} "
+            f"| {_fmt(m.get('complete_clients'))} | {_fmt(m.get('recovered_true'))} "
+            f"| {_fmt(m.get('seconds_to_all_recovered'), 3)} | ≤ {m.get('target_s')} s "
+            f"| {_fmt(m.get('redis_commands_sent_per_client'), 2)} ({commands}) "
+            f"| {'pass' if m.get('pass') else 'FAIL'} |")
+    return lines
+
+
 def profile_section(records: list[dict], top: int = 15) -> list[str]:
     out: list[str] = []
     for scenario in ("profile", "profile-connect"):
@@ -397,6 +432,18 @@ def render(records: list[dict], header: list[str]) -> str:
          "namespace connect) finished."),
         ("Many channels: each client on its own user channel", channels_table(records), ""),
         ("Replay: clients connecting to a channel with a stored message", replay_table(records), ""),
+        ("History cost: max rate to event clients without and with history (ws4tx)",
+         history_table(records),
+         "The max-rate bisection twice in one invocation, both with event clients "
+         "(ws4tx.v1): without history, and with --history on the facility (the publish "
+         "script, positions, publication envelopes)."),
+        ("Recovery: clients reconnecting with their position (ws4tx)", recovery_table(records),
+         "N event clients of a facility with history disconnect, messages are published, and "
+         "all reconnect at once with recover= (as ws4tx.js does): the time from the first "
+         "reconnect until every client got every missed message and ws4tx.recovered true; "
+         "Redis commands counted by INFO commandstats: those the server sent per client (its "
+         "GET for the ws4redis replay and the history script, written together: one round "
+         "trip), and every command Redis ran (the scripts' own included)."),
         ("Where the time goes (ws4tx)", profile_section(records), ""),
         ("Targets of the issue (ratios to what this run measured)", targets(records), ""),
     ]

@@ -11,6 +11,7 @@ import string
 import time
 import traceback
 from typing import Any, Callable, Optional
+from urllib.parse import quote
 
 from benchlib import systems as S
 from benchlib.procs import BenchError, Proc, free_port, wait_port
@@ -22,6 +23,17 @@ PUBLISHER = os.path.join(BENCH, "publisher.py")
 #: Max-rate criteria (the issue's): delivered share and p99.
 MAXRATE_DELIVERED = 0.999
 MAXRATE_P99_MS = 100.0
+#: The history the history and recovery scenarios give the facility (server option and the
+#: publisher's setting): the last 1000 messages per channel, for 10 minutes.
+HISTORY_OPTION = "bench*=1000:600"
+HISTORY_SETTING = '{"bench*": {"size": 1000, "ttl": 600}}'
+#: The event clients' subprotocol (ws4tx.js's): they get messages with their positions.
+EVENTS = ["ws4tx.v1"]
+#: The recovery scenario's targets: all reconnecting clients recovered within this time.
+RECOVERY_TARGET_S = 1.5
+#: The history scenario's target: max rate with history at least this share of without.
+HISTORY_TARGET = 0.8
+
 #: Longest wait for the last messages after publishing stopped: longer than ws4tx's
 #: default --max-lag (10 s), so that what a server delivers late is counted as delivered
 #: (its latency shows it) and what it drops is missing.
@@ -74,7 +86,8 @@ class Suite:
             f.write(json.dumps(rec, sort_keys=True) + "\n")
         short = ""
         m = rec["metrics"]
-        if status == "ok" and scenario in ("fanout", "channels", "maxrate-probe"):
+        if status == "ok" and scenario in ("fanout", "channels", "maxrate-probe",
+                                           "history-probe"):
             short = (f"delivered {m.get('delivered_per_s')}/s loss {m.get('loss')} "
                      f"p50 {m.get('p50_ms')} p99 {m.get('p99_ms')} ms "
                      f"server CPU {m.get('server_cpu')} gen CPU {m.get('generator_cpu')}")
@@ -85,6 +98,15 @@ class Suite:
             short = f"{m.get('with_message')}/{m.get('clients')} in {m.get('seconds_to_all')} s"
         elif status == "ok" and scenario == "maxrate":
             short = f"max rate {m.get('max_rate')} msg/s"
+        elif status == "ok" and scenario == "history":
+            short = (f"max rate {m.get('max_rate_off')} msg/s without history, "
+                     f"{m.get('max_rate_on')} with: {m.get('ratio')}×")
+        elif scenario == "recovery" and m:
+            short = (f"{m.get('complete_clients')}/{m.get('clients')} got all "
+                     f"{m.get('missed')} missed, told true {m.get('recovered_true')}, in "
+                     f"{m.get('seconds_to_all_recovered')} s; "
+                     f"{m.get('redis_commands_sent_per_client')} Redis commands sent per "
+                     f"client")
         elif status == "ok" and scenario.startswith("profile"):
             short = f"{m.get('samples')} samples"
         self.log(f"  [{system} run {run + 1}] {scenario} {params} {status} {reason} {short}".rstrip())
@@ -95,10 +117,15 @@ class Session:
     """One running system: its Redis, its server (core 0), its publisher and a load
     generator (core 1)."""
 
-    def __init__(self, suite: Suite, system: S.System, users: bool = False) -> None:
+    def __init__(self, suite: Suite, system: S.System, users: bool = False,
+                 history: bool = False, protocols: tuple[str, ...] = ()) -> None:
         self.suite = suite
         self.system = system
         self.users = users
+        #: ws4tx only: the facility keeps a history (server and publisher).
+        self.history = history
+        #: Subprotocols the clients ask for (ws4tx.v1: event clients).
+        self.protocols = protocols
         self.facility = "bench" + new_tag()
         self.procs: list[Proc] = []
         self.redis: Optional[Proc] = None
@@ -131,6 +158,9 @@ class Session:
         venv = suite.venvs[system.venv]
         argv, env, cwd = system.server_argv(venv, self.port, redis_url, self.users, aux)
         env = {**system.env, **env}
+        if self.history:
+            argv += ["--history", HISTORY_OPTION]
+        self.rport = rport if system.needs_redis else 0
         self.server_command = system.describe_command(argv)
         self.server = Proc(system.name, argv, cpu=system.server_cpus, pin=suite.pin,
                            log_path=suite.log_path(system.name + "-server"), env=env, cwd=cwd)
@@ -143,7 +173,9 @@ class Session:
                         + ["--size", str(suite.args.message_size)],
                         cpu=S.LOAD_CPU, pin=suite.pin,
                         log_path=suite.log_path(system.name + "-publisher"),
-                        env={"PYTHONPATH": S.SERVERS, "BENCH_REDIS_URL": redis_url, **system.env},
+                        env={"PYTHONPATH": S.SERVERS, "BENCH_REDIS_URL": redis_url,
+                             "BENCH_HISTORY": HISTORY_SETTING if self.history else "",
+                             **system.env},
                         cwd=S.SERVERS, json_io=True)
         self.procs.append(self.pub)
         hello = self.pub.request({"cmd": "hello"}, 120)
@@ -171,6 +203,7 @@ class Session:
         deadline = 60 + len(urls) / 50
         answer = self.lg.request({"cmd": "connect", "urls": urls, "kind": self.system.kind,
                                   "deflate": self.system.deflate,
+                                  "protocols": list(self.protocols),
                                   "concurrency": args.concurrency, "timeout": 30,
                                   "deadline": deadline}, deadline + 60)
         self.clients += answer["connected"]
@@ -353,29 +386,46 @@ def scenario_maxrate(suite: Suite, system: S.System, run: int) -> None:
     a = suite.args
     rates = sorted(a.maxrate_rates)
     n = a.maxrate_clients
+    best, probes = _bisect(suite, system, run, rates, n)
+    lo = rates.index(best) if best is not None else -1
+    suite.record(run, system.name, "maxrate", {"clients": n}, "ok", {
+        "max_rate": best,
+        "max_frames_per_s": best * n if best else None,
+        "below_lowest": lo < 0, "lowest_tried": rates[0], "probes": probes,
+        "generator_cpu_max": max((p["generator_cpu"] or 0) for p in probes) if probes else None,
+    })
+
+
+def _bisect(suite: Suite, system: S.System, run: int, rates: list[int], n: int,
+            **session: Any) -> tuple[Optional[int], list[dict[str, Any]]]:
+    """The highest of ``rates`` that passes (:func:`maxrate_pass`) with ``n`` clients, by
+    bisection, on sessions made with ``session`` (their probes recorded); and the probes."""
+    a = suite.args
+    extra = {k: v for k, v in session.items() if k == "history"}
+    scenario = "history-probe" if extra else "maxrate-probe"
     lo, hi = -1, len(rates)
     probes: list[dict[str, Any]] = []
-    session: Optional[Session] = None
+    live: Optional[Session] = None
     try:
         for _ in range(len(rates)):  # bounded: bisection needs log2(len) probes
             if hi - lo <= 1:
                 break
             mid = (lo + hi) // 2
             rate = rates[mid]
-            if session is None:
-                session = Session(suite, system).__enter__()
-                conn = session.connect(session.broadcast_urls(n))
+            if live is None:
+                live = Session(suite, system, **session).__enter__()
+                conn = live.connect(live.broadcast_urls(n))
                 if conn["connected"] < n:
                     raise BenchError(f"only {conn['connected']}/{n} clients connected: "
                                      f"{conn['errors']}")
             duration = max(a.probe_duration, 10.0 / rate)
-            session.warm(session.broadcast_targets())
-            m = session.measure(rate, duration, session.broadcast_targets())
+            live.warm(live.broadcast_targets())
+            m = live.measure(rate, duration, live.broadcast_targets())
             ok, why = maxrate_pass(m, rate)
             m["pass"] = ok
             m["why"] = why
-            suite.record(run, system.name, "maxrate-probe",
-                         {"clients": n, "rate": rate, "duration": duration}, "ok", m)
+            suite.record(run, system.name, scenario,
+                         {"clients": n, "rate": rate, "duration": duration, **extra}, "ok", m)
             probes.append({"rate": rate, "pass": ok, "why": why,
                            "p99_ms": m.get("p99_ms"), "loss": m.get("loss"),
                            "server_cpu": m.get("server_cpu"),
@@ -384,18 +434,94 @@ def scenario_maxrate(suite: Suite, system: S.System, run: int) -> None:
                 lo = mid
             else:
                 hi = mid
-                session.stop()  # a fresh server after a failed (possibly backlogged) probe
-                session = None
+                live.stop()  # a fresh server after a failed (possibly backlogged) probe
+                live = None
     finally:
-        if session is not None:
-            session.stop()
-    best = rates[lo] if lo >= 0 else None
-    suite.record(run, system.name, "maxrate", {"clients": n}, "ok", {
-        "max_rate": best,
-        "max_frames_per_s": best * n if best else None,
-        "below_lowest": lo < 0, "lowest_tried": rates[0], "probes": probes,
-        "generator_cpu_max": max((p["generator_cpu"] or 0) for p in probes) if probes else None,
+        if live is not None:
+            live.stop()
+    return (rates[lo] if lo >= 0 else None), probes
+
+
+def scenario_history(suite: Suite, system: S.System, run: int) -> None:
+    """The cost of history: the max rate (as in ``maxrate``) to event clients (ws4tx.v1,
+    which get each message with its position when there is a history) without and with
+    ``--history`` on the facility, in one invocation, and their ratio."""
+    a = suite.args
+    if system.name != "ws4tx":
+        suite.record(run, system.name, "history", {}, "skipped", reason="ws4tx only")
+        return
+    rates = sorted(a.maxrate_rates)
+    n = a.maxrate_clients
+    off, probes_off = _bisect(suite, system, run, rates, n, history=False,
+                              protocols=tuple(EVENTS))
+    on, probes_on = _bisect(suite, system, run, rates, n, history=True,
+                            protocols=tuple(EVENTS))
+    ratio = round(on / off, 3) if on and off else None
+    suite.record(run, system.name, "history", {"clients": n}, "ok", {
+        "max_rate_off": off, "max_rate_on": on, "ratio": ratio,
+        "target": HISTORY_TARGET, "pass": ratio is not None and ratio >= HISTORY_TARGET,
+        "probes_off": probes_off, "probes_on": probes_on,
     })
+
+
+def scenario_recovery(suite: Suite, system: S.System, run: int) -> None:
+    """N event clients of a facility with history go away, ``--recovery-missed`` messages
+    are published, and they all come back at once with their position (``recover=``, as
+    ws4tx.js sends it): the time from the first reconnect until every client got every
+    missed message and ``ws4tx.recovered`` true, and the Redis commands per client."""
+    a = suite.args
+    n = a.recovery_clients
+    missed = a.recovery_missed
+    if system.name != "ws4tx":
+        suite.record(run, system.name, "recovery", {}, "skipped", reason="ws4tx only")
+        return
+    with Session(suite, system, history=True, protocols=tuple(EVENTS)) as s:
+        conn = s.connect(s.broadcast_urls(n))
+        if conn["connected"] < n:
+            raise BenchError(f"only {conn['connected']}/{n} clients connected: {conn['errors']}")
+        warm = s.warm(s.broadcast_targets())
+        position = s.pub.request({"cmd": "position"}, 60)
+        s.lg.request({"cmd": "close", "timeout": 10}, 60)
+        s.clients = 0
+        tag = new_tag()
+        s.lg.request({"cmd": "phase", "tag": tag}, 30)
+        for seq in range(missed):
+            s.pub.request({"cmd": "once", "tag": tag, "seq": seq,
+                           "targets": s.broadcast_targets()}, 60)
+        channel = f"ws4tx:broadcast:{s.facility}"
+        recover = quote(f"{channel}:{position['epoch']}:{position['offset']}", safe="")
+        url = s.system.broadcast_url(s.port, s.facility) + f"&recover={recover}"
+        commands_before = S.redis_commands(s.rport)
+        back = s.connect([url] * n)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            stats = s.lg.request({"cmd": "stats", "expected": missed, "recount": True}, 60)
+            if stats["recovered_told"] >= back["connected"]:
+                break
+            time.sleep(0.05)
+        commands = {k: v - commands_before.get(k, 0)
+                    for k, v in S.redis_commands(s.rport).items()
+                    if v - commands_before.get(k, 0)}
+        seconds = stats["recovered_after_connect_start_s"]
+        complete = stats["complete_clients"]
+        ok = (complete == n and stats["recovered_true"] == n and not stats["duplicates"]
+              and not stats["out_of_order"])
+        m = {"clients": n, "missed": missed, "reconnected": back["connected"],
+             "connect_seconds": back["seconds"], "seconds_to_all_recovered": seconds,
+             "complete_clients": complete, "recovered_true": stats["recovered_true"],
+             "duplicates": stats["duplicates"], "out_of_order": stats["out_of_order"],
+             # Run by Redis, the scripts' own commands included (INFO counts those too);
+             # sent: what the server wrote, a client's together (one round trip).
+             "redis_commands": commands,
+             "redis_commands_sent_per_client": round(sum(
+                 commands.get(c, 0) for c in ("evalsha", "eval", "get")) / n, 2),
+             "target_s": RECOVERY_TARGET_S,
+             "pass": ok and seconds is not None and seconds <= RECOVERY_TARGET_S,
+             "concurrency": a.concurrency, **warm}
+        suite.record(run, system.name, "recovery", {"clients": n, "missed": missed},
+                     "ok" if ok else "error", m,
+                     reason="" if ok else f"{n - complete} clients incomplete, "
+                                          f"{n - stats['recovered_true']} not told true")
 
 
 def scenario_idle(suite: Suite, system: S.System, run: int) -> None:
@@ -613,6 +739,8 @@ SCENARIOS: dict[str, Callable[[Suite, S.System, int], None]] = {
     "channels": scenario_channels,
     "replay": scenario_replay,
     "profile": scenario_profile,
+    "history": scenario_history,
+    "recovery": scenario_recovery,
 }
 
 
