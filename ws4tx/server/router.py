@@ -137,12 +137,11 @@ def retried(call: Callable[[], defer.Deferred[Any]], clock: IReactorTime,
 class _Recovery:
     """A channel being recovered from its history: since ``since``; the live messages
     held meanwhile (payload, position); whether its clients are told the outcome even
-    when it succeeds (after an outage); the reads tried."""
+    when it succeeds (after an outage)."""
 
     since: Position
     held: list[tuple[bytes, Position]] = field(default_factory=list)
     announce: bool = False
-    attempts: int = 0
 
 
 #: Frames written in one reactor turn before the rest of the messages wait for the next.
@@ -379,7 +378,7 @@ class Router:
         if recovery is not None:
             recovery.held.append((payload, position))
             if len(recovery.held) > self._max_backlog:
-                self._gaveUp(channel, None)
+                self._gaveUp(channel)
             return False
         last = self.positions.get(channel)
         verdict = follow(last, position)
@@ -409,27 +408,20 @@ class Router:
                  announce: bool = False) -> None:
         """Read ``channel``'s history since ``since``, holding its live messages until
         the read is in."""
+        read = self._read_history
+        assert read is not None
         self.stats["recoveries"] += 1
         recovery = self._recovering[channel] = _Recovery(since, held or [], announce)
-        self._read(channel, recovery)
-
-    def _read(self, channel: str, recovery: _Recovery) -> None:
-        assert self._read_history is not None
-        recovery.attempts += 1
-        self._read_history(channel, recovery.since).addBoth(self._readDone, channel,
-                                                            recovery)
+        retried(lambda: read(channel, since), self._clock).addBoth(
+            self._readDone, channel, recovery)
 
     def _readDone(self, result: Any, channel: str, recovery: _Recovery) -> None:
         if self._recovering.get(channel) is not recovery:
-            return  # its clients left meanwhile
+            return  # its clients left meanwhile, or it was given up
         if isinstance(result, Failure):
-            if result.check(BrokerUnavailable) and recovery.attempts < READ_ATTEMPTS:
-                self._clock.callLater(READ_RETRY_DELAY * recovery.attempts,
-                                      self._retry, channel, recovery)
-                return
             self.log.warn("could not read the history of {channel} to recover it: "
                           "{error}", channel=channel, error=result.getErrorMessage())
-            self._gaveUp(channel, None)
+            self._gaveUp(channel)
             return
         del self._recovering[channel]
         held = recovery.held
@@ -449,10 +441,6 @@ class Router:
                 self.positions[channel] = position
                 self._handOn(channel, payload, position)
 
-    def _retry(self, channel: str, recovery: _Recovery) -> None:
-        if self._recovering.get(channel) is recovery:
-            self._read(channel, recovery)
-
     def _failed(self, channel: str, merged: Merge, read: History,
                 held: list[tuple[bytes, Position]]) -> None:
         """The history does not hold what was missed: tell the channel's clients, and go
@@ -466,12 +454,12 @@ class Router:
             if self._inSequence(channel, payload, position):
                 self._handOn(channel, payload, position)
 
-    def _gaveUp(self, channel: str, reason: Optional[str]) -> None:
+    def _gaveUp(self, channel: str) -> None:
         """The history cannot be read (or too much waits for it): tell the channel's
         clients, and hand on what was held, in order."""
         recovery = self._recovering.pop(channel)
         self.stats["unrecovered"] += 1
-        self._tell(channel, False, reason or UNAVAILABLE, None)
+        self._tell(channel, False, UNAVAILABLE, None)
         for payload, position in recovery.held:
             last = self.positions.get(channel)
             if last is None or position.epoch != last.epoch or position.offset > last.offset:
