@@ -194,12 +194,15 @@ if picows is not None:
                 self.t.send_close(picows.WSCloseCode.OK)
                 self.t.disconnect()
 
-    async def _connect_picows(url: str, sio: bool, timeout: float) -> Core:
+    async def _connect_picows(url: str, sio: bool, timeout: float,
+                              protocols: tuple[str, ...] = ()) -> Core:
         _transport, client = await picows.ws_connect(
             lambda: PicowsClient(sio), url,
             websocket_handshake_timeout=timeout,
             read_buffer_init_size=4096,
             enable_auto_pong=True,
+            extra_headers={"Sec-WebSocket-Protocol": ", ".join(protocols)}
+            if protocols else None,
         )
         return client
 
@@ -384,9 +387,10 @@ class Generator:
         sem = asyncio.Semaphore(int(c.get("concurrency", 200)))
         connect = _connect_picows if picows is not None and not c.get("asyncio") else _connect_asyncio
         protocols = tuple(c.get("protocols") or ())
-        if c.get("deflate") or protocols:  # picows: no permessage-deflate, no subprotocol
-            connect = functools.partial(_connect_asyncio, deflate=bool(c.get("deflate")),
-                                        protocols=protocols)
+        if protocols:
+            connect = functools.partial(connect, protocols=protocols)
+        if c.get("deflate"):  # picows has no permessage-deflate
+            connect = functools.partial(_connect_asyncio, deflate=True, protocols=protocols)
         errors: collections.Counter = collections.Counter()
         done_ns: list[int] = []
         self.connect_start_ns = start = _now_ns()

@@ -55,7 +55,7 @@ class BenchSmokeTests(SynchronousTestCase):
 class HistoryBenchSmokeTests(SynchronousTestCase):
     def test_historyAndRecoveryScenarios(self) -> None:
         """The history-cost and recovery scenarios in smoke size (50 clients, 10 missed
-        messages): both pass, and the recovery line says every client got every missed
+        messages): both run, and the recovery line says every client got every missed
         message, was told it recovered, and cost one GET and one script call."""
         out = tempfile.mkdtemp(prefix="bench-smoke-")
         done = subprocess.run([sys.executable, RUN, "--smoke", "--systems", "ws4tx",
@@ -67,7 +67,9 @@ class HistoryBenchSmokeTests(SynchronousTestCase):
         with open(path) as f:
             records = [json.loads(line) for line in f if line.strip()]
         [history] = [r for r in records if r["scenario"] == "history"]
-        self.assertIsNotNone(history["metrics"]["ratio"], report)
+        # One 1 s probe each way in smoke size: whether it passes is noise, not a verdict.
+        self.assertEqual(history["status"], "ok", report)
+        self.assertTrue(history["metrics"]["probes_off"] and history["metrics"]["probes_on"])
         [recovery] = [r for r in records if r["scenario"] == "recovery"]
         m = recovery["metrics"]
         self.assertEqual((recovery["status"], m["complete_clients"], m["recovered_true"],
