@@ -215,3 +215,33 @@ class GaplessStormTests(_TwoNodesTestCase):
                         for node in self.nodes)
         self.assertGreater(recovered, 0)  # the Redis restart was recovered by the nodes
         self.assertLess(time.monotonic() - started, 40)
+
+
+class RacingReconnectsTests(_TwoNodesTestCase):
+    """Publishes racing reconnects: five clients each drop and come back 40 times (to
+    either node) while messages are published every 2 ms; after each reconnect the
+    recovery of what was missed races the live messages of the new connection."""
+
+    async def test_noGapNoDuplicateOverHundredsOfReconnects(self) -> None:
+        rng = random.Random(7)
+        ports = [node.port for node in self.nodes]
+        followers = [Follower("/ws/chat?subscribe-broadcast") for _ in range(5)]
+        await self.connectAll(followers, ports[0])
+        publisher = task.LoopingCall(self.publish, BROADCAST)
+        publisher.start(0.002)
+        self.addCleanup(lambda: publisher.running and publisher.stop())
+
+        async def churn(follower: Follower) -> None:
+            for i in range(40):
+                await follower.drop()
+                await follower.connect(rng.choice(ports))
+                # Told it recovered before the next drop.
+                await follower.until(lambda i=i: len(follower.verdicts) > i)
+
+        await defer.gatherResults([defer.ensureDeferred(churn(f)) for f in followers])
+        publisher.stop()
+        await self.allCaughtUp(followers)
+        self.assertGapless(followers)
+        self.assertEqual(sum(f.connections for f in followers), 5 * 41)
+        self.assertEqual([len(f.verdicts) for f in followers], [40] * 5)
+        self.assertGreater(self.published[BROADCAST], 100)
