@@ -56,7 +56,7 @@ class HistoryBenchSmokeTests(SynchronousTestCase):
     def test_historyAndRecoveryScenarios(self) -> None:
         """The history-cost and recovery scenarios in smoke size (50 clients, 10 missed
         messages): both run, and the recovery line says every client got every missed
-        message, was told it recovered, and cost one GET and one script call."""
+        message, was told it recovered, and cost one GET and at most one script call."""
         out = tempfile.mkdtemp(prefix="bench-smoke-")
         done = subprocess.run([sys.executable, RUN, "--smoke", "--systems", "ws4tx",
                                "--scenarios", "history,recovery", "--out", out],
@@ -74,4 +74,6 @@ class HistoryBenchSmokeTests(SynchronousTestCase):
         m = recovery["metrics"]
         self.assertEqual((recovery["status"], m["complete_clients"], m["recovered_true"],
                           m["duplicates"]), ("ok", 50, 50, 0), report)
-        self.assertEqual(m["redis_commands_sent_per_client"], 2.0, report)
+        # One GET each (the ws4redis replay); the history reads are shared per turn.
+        self.assertEqual(m["redis_commands"]["get"], 50, report)
+        self.assertLessEqual(m["redis_commands"]["evalsha"], 50, report)

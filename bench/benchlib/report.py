@@ -442,8 +442,9 @@ def render(records: list[dict], header: list[str]) -> str:
          "all reconnect at once with recover= (as ws4tx.js does): the time from the first "
          "reconnect until every client got every missed message and ws4tx.recovered true; "
          "Redis commands counted by INFO commandstats: those the server sent per client (its "
-         "GET for the ws4redis replay and the history script, written together: one round "
-         "trip), and every command Redis ran (the scripts' own included)."),
+         "GET for the ws4redis replay, and the history reads, shared by the clients that "
+         "join in one reactor turn), and every command Redis ran (the scripts' own "
+         "included)."),
         ("Where the time goes (ws4tx)", profile_section(records), ""),
         ("Targets of the issue (ratios to what this run measured)", targets(records), ""),
     ]

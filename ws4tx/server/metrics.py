@@ -100,6 +100,11 @@ COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
                   "messages the node handed on from a history read", {}),
     "unrecovered": ("ws4tx_history_unrecovered",
                     "channel recoveries that failed (clients told recovered: false)", {}),
+    "history_reads": ("ws4tx_history_reads",
+                      "history reads for joining clients sent to Redis (one per channel "
+                      "and batch)", {}),
+    "history_read_requests": ("ws4tx_history_read_requests",
+                              "joining clients' history reads, answered by those reads", {}),
     "presence_writes": ("ws4tx_presence_writes",
                         "presence updates written to Redis (one per facility and batch)", {}),
     "presence_events": ("ws4tx_presence_events",

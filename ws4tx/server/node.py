@@ -48,6 +48,7 @@ from ws4tx.server.config import ServerConfig
 from ws4tx.server.events import Events
 from ws4tx.server.handlers import EventHandler, ServerAPI
 from ws4tx.server.presence import Presence
+from ws4tx.server.reads import HistoryReads
 from ws4tx.server.router import Router
 
 #: The close codes counted under their own label; any other is counted as ``other``
@@ -122,6 +123,8 @@ class Node:
                              max_backlog=config.max_backlog,
                              has_history=self._hasHistory if config.history else None,
                              read_history=self._readHistory if config.history else None)
+        #: Joining clients' history reads, batched per channel and reactor turn.
+        self.reads = HistoryReads(broker, self.clock, config.prefix)
         #: What event handlers may do beyond their client (publish, run in a thread).
         self.server = ServerAPI(broker, config.prefix, run_in_thread, config.history,
                                 listen=self._listen, clock=self.clock,
@@ -243,7 +246,7 @@ class Node:
     def counters(self) -> dict[str, int]:
         """Every counter of this node: the router's, the broker's and the clients'."""
         return {**self.router.stats, **getattr(self.broker, "stats", {}), **self.stats,
-                **self.presence.stats}
+                **self.presence.stats, **self.reads.stats}
 
     def health(self) -> Health:
         """Whether messages flow (a probe made the whole trip lately)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Coroutine
-from functools import partial
 from typing import Any, Iterable, Optional, cast
 from urllib.parse import urlsplit
 
@@ -30,7 +29,6 @@ from ws4tx import closecodes, envelope
 from ws4tx.history import (
     UNAVAILABLE,
     UNKNOWN_POSITION,
-    History,
     Merge,
     Position,
     Publication,
@@ -38,7 +36,7 @@ from ws4tx.history import (
     parse_recover,
     start_of,
 )
-from ws4tx.naming import ANONYMOUS, Identity, history_keys
+from ws4tx.naming import ANONYMOUS, Identity
 from ws4tx.server import _internals, admission, deflate
 from ws4tx.server._ratelimit import TokenBucket
 from ws4tx.server.auth import AnonymousAuthenticator, Grant, HandshakeDenied, IAuthenticator
@@ -46,7 +44,8 @@ from ws4tx.server.broker import NotStored, publish_to
 from ws4tx.server.expiry import Expiry, reauthenticate
 from ws4tx.server.handlers import EventRefused
 from ws4tx.server.node import Node, close_label
-from ws4tx.server.router import is_text, retried
+from ws4tx.server.reads import SharedHistory
+from ws4tx.server.router import is_text
 
 _log = Logger()
 
@@ -234,12 +233,11 @@ class PushProtocol(WebSocketServerProtocol):
         if retention is not None and self._positions:
             for channel in self._channels:
                 # Since the client's position; else only the channel's epoch and last
-                # offset (and its newest entry), which become the client's position.
+                # offset, which become the client's position. Shared with the other
+                # clients that ask in this turn (see ws4tx.server.reads).
                 position = self._recover.get(channel)
-                waits.append(retried(partial(
-                    broker.history, history_keys(config.prefix, channel), retention,
-                    since=None if position is None else position.offset,
-                    limit=1 if position is None else None), self.factory.reactor)
+                waits.append(self.node.reads.read(
+                    channel, retention, None if position is None else position.offset)
                     .addBoth(self._read, channel))
         if not waits:
             return
@@ -280,8 +278,9 @@ class PushProtocol(WebSocketServerProtocol):
             if merged is not None and merged.recovered:
                 asked = self._recover[channel_]
                 self._last[channel_] = asked
+                shared = self._reads[channel_]
                 for publication in merged.publications:
-                    self._sendRecovered(channel_, publication)
+                    self._sendRecovered(channel_, publication, shared)
                     self._last[channel_] = Position(publication.offset, asked.epoch)
                 continue
             message = self._stored.get(channel_)
@@ -311,8 +310,8 @@ class PushProtocol(WebSocketServerProtocol):
             if asked is None:
                 continue
             positions = [prepared.position for c, prepared, _ in held if c == channel_]
-            if isinstance(read, History):
-                merges[channel_] = merge(asked, read, positions)
+            if isinstance(read, SharedHistory):
+                merges[channel_] = merge(asked, read.history, positions)
             else:
                 merges[channel_] = Merge(False, UNAVAILABLE, (), (True,) * len(positions))
         return merges
@@ -327,9 +326,10 @@ class PushProtocol(WebSocketServerProtocol):
         reads, self._reads = self._reads, {}
         learned = {}
         router = self.node.router
-        for channel_, read in reads.items():
-            if not isinstance(read, History):
+        for channel_, shared in reads.items():
+            if not isinstance(shared, SharedHistory):
                 continue
+            read = shared.history
             start = start_of(read, [p.position for c, p, _ in held if c == channel_])
             if ordered:
                 router.learned(channel_, start)
@@ -338,17 +338,16 @@ class PushProtocol(WebSocketServerProtocol):
                 learned[channel_] = start
         return learned
 
-    def _sendRecovered(self, channel: str, publication: Publication) -> None:
-        """Send a message read from the history, with its position."""
-        if self.state != self.STATE_OPEN:
+    def _sendRecovered(self, channel: str, publication: Publication,
+                       shared: SharedHistory) -> None:
+        """Send a message read from the history, with its position (framed once for
+        every client that recovers it)."""
+        prepared = shared.frame(publication)
+        if prepared is None:
+            _log.warn("not recovering a message to {peer}: it speaks with the server's "
+                      "voice", peer=self.peer)
             return
-        forged = envelope.server_voice(publication.payload)
-        if forged is not None:
-            _log.warn("not recovering a message to {peer}: it is {what}", peer=self.peer,
-                      what=forged)
-            return
-        self.sendMessage(envelope.encode_publication(
-            channel, publication.offset, self._recover[channel].epoch, publication.payload))
+        self._write(self._outgoing(prepared, channel), publication.payload)
 
     def _sendStored(self, stored: bytes) -> None:
         if self.state != self.STATE_OPEN:

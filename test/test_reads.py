@@ -1,0 +1,96 @@
+"""Joining clients' history reads, batched per channel and reactor turn (on a task.Clock,
+with a broker whose reads the test counts)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from ws4tx import envelope
+from ws4tx.history import History, Position, Publication, Retention
+from ws4tx.server.broker import BrokerUnavailable
+from ws4tx.server.reads import HistoryReads, SharedHistory
+
+RETENTION = Retention(100, 600)
+
+
+class CountingBroker:
+    """Answers history reads from a fixed History; records (keys, since, limit)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[str, str], Optional[int], Optional[int]]] = []
+        self.fail = 0
+
+    def history(self, keys: tuple[str, str], retention: Retention,
+                since: Optional[int] = None, limit: Optional[int] = None) -> Any:
+        self.calls.append((keys, since, limit))
+        if self.fail:
+            self.fail -= 1
+            return defer.fail(BrokerUnavailable("down"))
+        entries = [Publication(o, b"m%d" % o) for o in range(1, 11)
+                   if since is None or o > since]
+        entries = entries[-limit:] if since is None and limit else entries[:limit]
+        return defer.succeed(History("e", 10, entries))
+
+
+class HistoryReadsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.broker = CountingBroker()
+        self.reads = HistoryReads(self.broker, self.clock, "ws4tx")  # type: ignore[arg-type]
+
+    def collect(self, d: defer.Deferred[Any]) -> list[Any]:
+        out: list[Any] = []
+        d.addBoth(out.append)
+        return out
+
+    def test_oneReadPerChannelAndTurnSharedByEveryAsker(self) -> None:
+        """A thousand clients asking in one turn cost one read per channel, from the
+        lowest position asked; position-only askers share it; nothing is read before the
+        next turn (every asker has joined by then)."""
+        a = [self.collect(self.reads.read("ws4tx:broadcast:chat", RETENTION, since))
+             for since in (7, 3, 9, None) * 250]
+        b = self.collect(self.reads.read("ws4tx:broadcast:news", RETENTION, None))
+        self.assertEqual(self.broker.calls, [])
+        self.clock.advance(0)
+        self.assertEqual(sorted(self.broker.calls), [
+            (("ws4tx:history:{broadcast:chat}:s", "ws4tx:history:{broadcast:chat}:m"), 3,
+             None),
+            (("ws4tx:history:{broadcast:news}:s", "ws4tx:history:{broadcast:news}:m"), None,
+             1)])
+        shared = a[0][0]
+        self.assertIsInstance(shared, SharedHistory)
+        self.assertTrue(all(got == [shared] for got in a))
+        self.assertEqual([p.offset for p in shared.history.publications], list(range(4, 11)))
+        self.assertEqual([p.offset for p in b[0].history.publications], [10])
+        self.assertEqual(self.reads.stats, {"history_reads": 2,
+                                            "history_read_requests": 1001})
+        # The next turn's askers get a read of their own.
+        self.reads.read("ws4tx:broadcast:chat", RETENTION, 5)
+        self.clock.advance(0)
+        self.assertEqual(len(self.broker.calls), 3)
+
+    def test_eachMessageIsFramedOnceWithItsPosition(self) -> None:
+        shared = SharedHistory(History("e", 2, [Publication(1, b"hi"),
+                                                Publication(2, b'{"ws4tx":"ack","id":1}')]))
+        first = shared.frame(shared.history.publications[0])
+        self.assertIs(shared.frame(shared.history.publications[0]), first)
+        assert first is not None
+        self.assertEqual(first.position, Position(1, "e"))
+        self.assertIs(first.published("c"), first.published("c"))
+        self.assertIsNotNone(envelope.server_voice(b'{"ws4tx":"ack","id":1}'))
+        self.assertIsNone(shared.frame(shared.history.publications[1]))  # forged: never sent
+
+    def test_aReadThatFindsRedisUnavailableIsRetried(self) -> None:
+        self.broker.fail = 2
+        got = self.collect(self.reads.read("ws4tx:broadcast:chat", RETENTION, 1))
+        self.clock.advance(0)
+        self.clock.advance(0.5)
+        self.assertEqual(got, [])
+        self.clock.advance(1.0)
+        self.assertIsInstance(got[0], SharedHistory)
+        self.assertEqual(len(self.broker.calls), 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
