@@ -220,9 +220,10 @@ class PushProtocol(WebSocketServerProtocol):
                                   self._askRefresh, self._tokenExpired)
 
     def _replay(self, _: object) -> None:
-        """Fetch every channel's stored message and, for a client that asked to recover,
-        the history of its channels since its positions: commands written together, so
-        that they take one Redis round trip."""
+        """Fetch every channel's stored message and, for an event client of a facility
+        with history, the history of its channels (since its positions, or where they
+        stand): all in flight at once, the reads shared with the other clients that
+        join in this turn."""
         broker, config = self.node.broker, self.factory.config
         waits: list[defer.Deferred[Any]] = []
         for channel in self._channels:
