@@ -83,7 +83,8 @@ class Follower:
         return result
 
     def _redial(self, attempt: int) -> None:
-        assert self.reconnect_to is not None
+        if self.reconnect_to is None or self.client is not None:
+            return  # closed for good meanwhile, or connected by the test
 
         def failed(failure: Any) -> None:
             if attempt >= 100:
