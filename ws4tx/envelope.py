@@ -60,7 +60,8 @@ REFRESH_EVENT = "ws4tx.refresh"
 
 #: Sent once to a client that asked to recover missed messages (``recover=`` in its URL),
 #: after the recovered messages and before any live one: ``{"recovered": true}``, or
-#: ``{"recovered": false, "reason": ...}`` (docs/protocol.md, Recovery).
+#: ``{"recovered": false, "reason": ...}`` (docs/protocol.md, Recovery); also when the node
+#: recovered a channel after a Redis outage, or could not recover one.
 RECOVERED_EVENT = "ws4tx.recovered"
 #: Sent to an event client of a facility with history with the positions of its channels
 #: that it has none for yet (it just subscribed, or its position's history is gone):
