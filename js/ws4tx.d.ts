@@ -72,6 +72,11 @@ export interface WS4TXOptions extends ConnectionOptions {
   ackTimeout?: number | null;
   /** On a facility with history: ask, when reconnecting, for what was missed [true]. */
   recover?: boolean;
+  /** A function returning a token (or a Promise of one), called before every attempt (the
+   *  token is added to the URL as `?token=...`) and again when the server asks for a fresh
+   *  one ('ws4tx.refresh'): the connection then stays open past the old token's expiry
+   *  ('refreshed'); without it the server closes with 4002 at the expiry [null]. */
+  token?: (() => string | PromiseLike<string>) | null;
 }
 
 /** 'connecting': a socket is being opened (attempt 0 first, then the reconnect's). */
@@ -115,6 +120,8 @@ export interface PresenceEntry {
   user: string | null;
   /** When it connected, Unix seconds. */
   since: number;
+  /** What the site's handler gave (`EventHandler.presence_info`), when it gave some. */
+  info?: Record<string, unknown>;
 }
 
 /** The events ws4tx.js and the server fire, with their data. */
@@ -126,6 +133,9 @@ export interface WS4TXEventMap {
   disconnected: DisconnectedInfo;
   reconnecting: ReconnectingInfo;
   recovered: RecoveredInfo;
+  /** The server took the fresh token of the `token` function: open until `expires`
+   *  (Unix seconds). */
+  refreshed: { expires: number };
   /** An event of this client failed without an id, an invalid envelope, a rate limit. */
   'ws4tx.error': { message: string };
   /** The server lost Redis: messages may be missed until 'ws4tx.resumed'. */
@@ -137,6 +147,15 @@ export interface WS4TXEventMap {
   'ws4tx.dropped': { messages: number };
   /** Clients came (`joined`) or went (`left`: their ids), on a facility with presence. */
   'ws4tx.presence': { joined: PresenceEntry[]; left: string[] };
+  /** Where channels stand that this client has no position for (facilities with history). */
+  'ws4tx.positions': { channels: Record<string, Position> };
+  /** The connection's token expires at `expires` (Unix seconds); ws4tx.js answers with a
+   *  fresh token from its `token` option. */
+  'ws4tx.refresh': { expires: number };
+  /** The site made this connection leave its channels of those audiences (of those groups
+   *  only, when `groups` is there); it stays open. */
+  'ws4tx.unsubscribed': { audiences: Array<'broadcast' | 'user' | 'group' | 'session'>;
+                          groups?: string[] | null; reason: string };
 }
 
 /** A handler: called with the client as `this`; what it returns is ignored, what it throws

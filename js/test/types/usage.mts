@@ -118,6 +118,12 @@ legacy.close();
 const Injected: WebSocketConstructor = WebSocket;
 new WS4TX('ws://x/ws/f', {WebSocket: Injected});
 
+// A token function for the URL and for the refresh the server asks for.
+const refreshing = new WS4TX('ws://x/ws/f', {token: () => fetch('/token').then((r) => r.text())});
+refreshing.on('refreshed', ({expires}) => { const until: number = expires; void until; });
+refreshing.on('ws4tx.positions', ({channels}) => { void channels['c']?.offset; });
+refreshing.on('ws4tx.unsubscribed', ({audiences, reason}) => { void [audiences[0], reason]; });
+
 void [text, sub, codes, beat, Ack, sent, state, ready, flags, stateCode];
 
 // What the types refuse.
@@ -135,6 +141,8 @@ chat.on('message', (data: number) => { void data; });
 chat.emit(1, {});
 // @ts-expect-error: positions are read-only
 chat.positions = {};
+// @ts-expect-error: a token comes from a function, not a string
+new WS4TX('ws://x/ws/f', {token: 'secret'});
 // @ts-expect-error: WS4Redis needs a uri
 WS4Redis({connected() {}});
 // @ts-expect-error: an AckError's code is one of four
