@@ -14,6 +14,7 @@ from ws4tx.naming import ANONYMOUS, Identity
 from ws4tx.redis_address import RedisAddress
 from ws4tx.server.auth import HandshakeRequest
 from ws4tx.server.config import ServerConfig
+from ws4tx.server.directwrite import DirectWriteReactor
 from ws4tx.server.embedded import EmbeddedRedis
 from ws4tx.server.protocol import PushProtocol
 from ws4tx.server.service import PushService
@@ -146,8 +147,10 @@ class ServerTestCase(unittest.TestCase):
         self._observeBroker()
         self.service.startService()
         self.addCleanup(self.service.stopService)
+        # As PushService listens: direct writes unless the config turns them off.
+        listening = DirectWriteReactor(reactor) if config.direct_writes else reactor
         port = await endpoints.TCP4ServerEndpoint(
-            reactor, 0, backlog=1024, interface="127.0.0.1").listen(self.service.site)
+            listening, 0, backlog=1024, interface="127.0.0.1").listen(self.service.site)
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
         if wait:

@@ -58,6 +58,9 @@ class ServerConfig:
     heartbeat: Optional[str] = _default("heartbeat")
     #: Whether clients that offer permessage-deflate get it (deflated once per message).
     compression: bool = _default("compression")
+    #: Whether plain-TCP listening ports send after each reactor turn and wait for
+    #: writability only when the kernel's buffer is full (ws4tx.server.directwrite).
+    direct_writes: bool = _default("direct_writes")
     #: Largest message a client may send, in bytes (close 1009 past it).
     max_message_size: int = _default("max_message_size")
     #: Most frames one client message may arrive in (close 1008 past it).

@@ -20,6 +20,7 @@ from ws4tx.server import metrics
 from ws4tx.server.auth import IAuthenticator
 from ws4tx.server.broker import IBroker
 from ws4tx.server.config import ServerConfig, check, risks
+from ws4tx.server.directwrite import DirectWriteReactor
 from ws4tx.server.handlers import EventHandler
 from ws4tx.server.node import Node
 from ws4tx.server.protocol import PushFactory
@@ -74,9 +75,12 @@ class PushService(service.MultiService):
         self.site = PushSite(self.resource, config.handshake_timeout, reactor,
                              timeout=_IDLE_HTTP_TIMEOUT)
         self.site.displayTracebacks = False
+        # Twisted's endpoint parsing, with ports whose plain-TCP connections write
+        # directly (ws4tx.server.directwrite) unless turned off.
+        listening: Any = DirectWriteReactor(reactor) if config.direct_writes else reactor
         for description in listen:
             strports.service(description, self.site,
-                             reactor=reactor).setServiceParent(self)
+                             reactor=listening).setServiceParent(self)
         if metrics_peers and self.resource.metrics is not None:
             # A --workers worker: its siblings ask it for its metrics here.
             path = metrics.socket_path(metrics_peers)
