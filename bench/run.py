@@ -227,7 +227,9 @@ def main(argv: list[str]) -> int:
     needed = {S.ALL[s].venv for s in args.systems} | {"ws4tx", "loadgen"}
     venvs: dict[str, V.Venv] = {}
     for name in sorted(needed):
-        if args.venvs == "current" and name in ("ws4tx", "loadgen"):
+        if name == "node":
+            venvs[name] = V.ensure_node(args.refresh, say)
+        elif args.venvs == "current" and name in ("ws4tx", "loadgen"):
             venvs[name] = V.current(name)
         else:
             venvs[name] = V.ensure(name, args.refresh, say)
@@ -259,7 +261,7 @@ def main(argv: list[str]) -> int:
                        if k in ("ws4tx", "twisted", "autobahn", "txredisapi", "redis", "hiredis",
                                 "django", "channels", "channels-redis", "channels_redis",
                                 "daphne", "python-socketio", "python-engineio", "aiohttp",
-                                "picows", "uvloop", "py-spy", "websockets")}
+                                "picows", "uvloop", "py-spy", "websockets", "node", "ws")}
                 for name, venv in venvs.items()}
     redis_version = subprocess.run([suite.redis_bin, "--version"], capture_output=True,
                                    text=True, timeout=30).stdout.strip()

@@ -9,6 +9,8 @@ from typing import Any, Iterable, Optional
 from benchlib.systems import ALL, ORDER
 
 BASES = ("ceiling", "ws4tx")
+#: The fan-out floor the issue's ratios are taken against.
+FLOOR = "floor-picows"
 
 
 def _systems(records: list[dict]) -> list[str]:
@@ -80,11 +82,12 @@ def fanout_table(records: list[dict]) -> list[str]:
     lines = [
         "| clients | msg/s | system | delivered frames/s | loss | p50 ms | p90 ms | p99 ms | max ms "
         "| server CPU | µs/frame | server RSS MB | generator CPU | server waited for CPU "
-        "| p99 × ceiling | p99 × ws4tx | delivered × ceiling | notes |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| p99 × ceiling | p99 × ws4tx | delivered × ceiling | µs/frame × floor-picows | notes |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for n, rate in cells:
         base = {b: g.get((n, rate, b), []) for b in BASES}
+        floor_us = _med(g.get((n, rate, FLOOR), []), "server_cpu_us_per_frame")
         for s in systems:
             rs = g.get((n, rate, s))
             if not rs:
@@ -110,7 +113,7 @@ def fanout_table(records: list[dict]) -> list[str]:
             if st:
                 notes.append(st)
             if not ok:
-                lines.append(f"| {n:,} | {rate:,} | {s} | " + " | ".join(["–"] * 14) + f" | {'; '.join(notes)} |")
+                lines.append(f"| {n:,} | {rate:,} | {s} | " + " | ".join(["–"] * 15) + f" | {'; '.join(notes)} |")
                 continue
             p99 = _med(rs, "p99_ms")
             delivered = _med(rs, "delivered_per_s")
@@ -122,6 +125,7 @@ def fanout_table(records: list[dict]) -> list[str]:
                 f"| {_pct(_med(rs, 'generator_cpu'), 0)} | {_pct(_med(rs, 'server_cpu_wait'), 0)} "
                 f"| {_vs_bases(p99, base, 'p99_ms')} "
                 f"| {_ratio(delivered, _med(base['ceiling'], 'delivered_per_s'))} "
+                f"| {_ratio(_med(rs, 'server_cpu_us_per_frame'), floor_us)} "
                 f"| {'; '.join(notes)} |")
     return lines
 
@@ -137,11 +141,12 @@ def maxrate_table(records: list[dict]) -> list[str]:
         vals = [r["metrics"].get("max_rate") or 0 for r in rs if r["status"] == "ok"]
         return (statistics.median(vals) if vals else None), rs
 
-    base = {b: best(b)[0] for b in BASES}
+    base = {b: best(b)[0] for b in BASES + (FLOOR,)}
     lines = [
-        "| system | max msg/s to all clients (median) | frames/s | × ceiling | × ws4tx | per run "
-        "| probes of the first run (msg/s: result) | generator CPU (max) |",
-        "|---|---:|---:|---:|---:|---|---|---:|",
+        "| system | max msg/s to all clients (median) | frames/s | × ceiling | × ws4tx "
+        "| × floor-picows | per run | probes of the first run (msg/s: result) "
+        "| generator CPU (max) |",
+        "|---|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     for s in systems:
         value, rs = best(s)
@@ -159,7 +164,8 @@ def maxrate_table(records: list[dict]) -> list[str]:
         shown = (_fmt(value, 0) if value else f"< {lowest}") if ok else "–"
         lines.append(
             f"| {s} | {shown} | {_fmt(value * clients if value else None, 0)} "
-            f"| {_ratio(value, base['ceiling'])} | {_ratio(value, base['ws4tx'])} | {per_run} "
+            f"| {_ratio(value, base['ceiling'])} | {_ratio(value, base['ws4tx'])} "
+            f"| {_ratio(value, base[FLOOR])} | {per_run} "
             f"| {probes or _status_note(rs)} | {_pct(_median(r['metrics'].get('generator_cpu_max') for r in ok), 0)} |")
     return lines
 
@@ -326,7 +332,8 @@ def targets(records: list[dict]) -> list[str]:
         def shown(v: Any) -> str:
             return f"< {lowest}" if not v else f"{v:g}"
         ws, ce = best.get("ws4tx"), best.get("ceiling")
-        peers = {s: v for s, v in best.items() if not s.startswith(("ceiling", "ws4tx"))}
+        peers = {s: v for s, v in best.items()
+                 if not s.startswith(("ceiling", "ws4tx", "floor"))}
         ok = None
         if ws is not None and ce:
             ok = ws >= 0.5 * ce and all(ws > v for v in peers.values())
@@ -344,6 +351,7 @@ def targets(records: list[dict]) -> list[str]:
                          f"| 2 workers {shown(two)} msg/s, 1 worker {shown(ws)} "
                          f"({two / ws if ws else float('nan'):.2f}×); load generator at "
                          f"{_fmt(gen, 2)} of a core at that rate | shown (no target) |")
+    lines += floor_targets(records)
     # 2. p99 at 1000 x 10
     fo = _group(records, "fanout", ("clients", "rate"))
     ws = _med(fo.get((1000, 10, "ws4tx"), []), "p99_ms")
@@ -406,6 +414,45 @@ def targets(records: list[dict]) -> list[str]:
             f"server closed: {closed:,}; closes seen by clients: "
             f"{', '.join(f'{c}×{k}' for k, c in sorted(codes.items())) or 'none'}; slow clients "
             f"ws4tx counted: {logged} | {verdict(ok)} |")
+    return lines
+
+
+def floor_targets(records: list[dict], clients: int = 1000, rate: int = 100) -> list[str]:
+    """The fan-out floor's targets (issue 14), for every ws4tx system of the run: server
+    CPU per delivered frame at ``clients`` × ``rate`` msg/s ≤ 1.5 × the picows floor's,
+    and the max rate to ``clients`` ≥ 0.8 × the floor's."""
+    lines: list[str] = []
+
+    def verdict(ok: Optional[bool]) -> str:
+        return "not measured" if ok is None else ("**met**" if ok else "**missed**")
+
+    fo = _group(records, "fanout", ("clients", "rate"))
+    floor_us = _med(fo.get((clients, rate, FLOOR), []), "server_cpu_us_per_frame")
+    node_us = _med(fo.get((clients, rate, "floor-node"), []), "server_cpu_us_per_frame")
+    mr = [r for r in records if r["scenario"] == "maxrate" and r["status"] == "ok"]
+
+    def max_rate(system: str) -> Optional[float]:
+        vals = [r["metrics"].get("max_rate") or 0 for r in mr if r["system"] == system]
+        return statistics.median(vals) if vals else None
+
+    floor_max, node_max = max_rate(FLOOR), max_rate("floor-node")
+    if mr:
+        clients = mr[0]["params"].get("clients", clients)
+    wanted = [s for s in _systems(records) if s.startswith("ws4tx") and s != "ws4tx-2w"]
+    for s in wanted:
+        us = _med(fo.get((clients, rate, s), []), "server_cpu_us_per_frame")
+        if us is not None and floor_us is not None:
+            lines.append(
+                f"| server CPU per delivered frame at {clients:,} clients × {rate} msg/s "
+                f"≤ 1.5 × the picows floor's ({s}) | {s} {_fmt(us, 2)} µs, floor-picows "
+                f"{_fmt(floor_us, 2)} µs ({_ratio(us, floor_us)}); floor-node {_fmt(node_us, 2)} µs "
+                f"| {verdict(us <= 1.5 * floor_us)} |")
+        best = max_rate(s)
+        if best is not None and floor_max:
+            lines.append(
+                f"| max rate to {clients:,} clients ≥ 0.8 × the picows floor's ({s}) "
+                f"| {s} {best:g} msg/s, floor-picows {floor_max:g} ({_ratio(best, floor_max)}); "
+                f"floor-node {_fmt(node_max, 0)} | {verdict(best >= 0.8 * floor_max)} |")
     return lines
 
 

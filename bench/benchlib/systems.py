@@ -160,6 +160,20 @@ class Ws4txDeflate(Ws4tx):
         return argv + ["--compression"], env, cwd
 
 
+class Ws4txTwistedWrites(Ws4tx):
+    """ws4tx with ``--no-direct-writes``: Twisted's own TCP write path (a writability
+    round trip through epoll per socket per turn), to measure the direct write path
+    against it in one invocation."""
+
+    name = "ws4tx-twisted-writes"
+    label = "ws4tx --no-direct-writes (Twisted's TCP write path)"
+    scenarios = frozenset({"fanout", "maxrate"})
+
+    def server_argv(self, venv, port, redis_url, users, aux_port):
+        argv, env, cwd = super().server_argv(venv, port, redis_url, users, aux_port)
+        return argv + ["--no-direct-writes"], env, cwd
+
+
 class Ceiling(System):
     name = "ceiling"
     label = "ceiling (bare Autobahn, prepared frame, no Redis)"
@@ -187,6 +201,45 @@ class Ceiling(System):
 
     def publisher_args(self, redis_url, aux_port, facility):
         return ["ceiling", "--trigger", str(aux_port)]
+
+
+class Floor(System):
+    """A fan-out floor without Redis: the least work per message in its language. Fed
+    like the ceiling (the same publisher lines on a local trigger port), on CPU 0 like
+    every server; it takes the ``fanout`` and ``maxrate`` scenarios only."""
+
+    needs_redis = False
+    publisher_system = "ceiling"
+    scenarios = frozenset({"fanout", "maxrate"})
+
+    def broadcast_url(self, port, facility):
+        return f"ws://127.0.0.1:{port}/b/{facility}"
+
+    def broadcast_target(self, facility):
+        return f"/b/{facility}"
+
+    def publisher_args(self, redis_url, aux_port, facility):
+        return ["ceiling", "--trigger", str(aux_port)]
+
+
+class FloorPicows(Floor):
+    name = "floor-picows"
+    label = "floor: picows on uvloop, one prepared frame written to every socket, no Redis"
+    venv = "loadgen"  # picows and uvloop, pinned in bench/requirements/loadgen.txt
+
+    def server_argv(self, venv, port, redis_url, users, aux_port):
+        return ([venv.python, os.path.join(SERVERS, "floor_picows.py"), str(port), str(aux_port)],
+                {}, SERVERS)
+
+
+class FloorNode(Floor):
+    name = "floor-node"
+    label = "floor: Node.js with npm ws (client.send per client), no Redis"
+    venv = "node"  # bench/servers/node (package-lock.json), npm ci'd by the suite
+
+    def server_argv(self, venv, port, redis_url, users, aux_port):
+        return ([venv.node, os.path.join(SERVERS, "node", "floor.js"), str(port), str(aux_port)],
+                {}, os.path.join(SERVERS, "node"))
 
 
 class Channels(System):
@@ -244,10 +297,12 @@ class SocketIO(System):
         return f"u.{user}"
 
 
-ALL = {s.name: s for s in (Ws4tx(), Ws4txWorkers(), Ws4txDeflate(), Ceiling(),
-                           Channels("core"), Channels("pubsub"), SocketIO())}
-ORDER = ["ceiling", "ws4tx", "ws4tx-2w", "ws4tx-deflate", "channels-core", "channels-pubsub",
-         "socketio"]
+ALL = {s.name: s for s in (Ws4tx(), Ws4txTwistedWrites(), Ws4txWorkers(), Ws4txDeflate(),
+                           Ceiling(), FloorPicows(), FloorNode(), Channels("core"),
+                           Channels("pubsub"), SocketIO())}
+ORDER = ["floor-picows", "floor-node", "ceiling", "ws4tx", "ws4tx-twisted-writes", "ws4tx-2w",
+         "ws4tx-deflate",
+         "channels-core", "channels-pubsub", "socketio"]
 
 
 def redis_binary(ws4tx_venv: Venv) -> str:

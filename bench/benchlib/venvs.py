@@ -94,6 +94,56 @@ def ensure(name: str, refresh: bool = False, log=print) -> Venv:
     return Venv(name, python, True)
 
 
+NODE_DIR = os.path.join(BENCH, "servers", "node")
+
+
+class NodeEnv(Venv):
+    """Node.js and the npm packages of ``bench/servers/node`` (its package-lock.json);
+    ``python`` is this interpreter, for the publisher (which needs only the standard
+    library to feed a floor)."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__("node", sys.executable, True)
+        self.node = node
+
+    def freeze(self) -> dict[str, str]:
+        found = {"node": subprocess.run([self.node, "--version"], capture_output=True,
+                                        text=True, timeout=30).stdout.strip().lstrip("v")}
+        try:
+            import json
+
+            with open(os.path.join(NODE_DIR, "node_modules", "ws", "package.json")) as f:
+                found["ws"] = json.load(f)["version"]
+        except (OSError, ValueError, KeyError):
+            pass
+        return found
+
+
+def ensure_node(refresh: bool = False, log=print) -> NodeEnv:
+    """``node`` on PATH and ``npm ci`` in bench/servers/node, again when its lockfile
+    changed (bounded)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        raise BenchError("the floor-node system needs node and npm on PATH")
+    stamp = os.path.join(NODE_DIR, "node_modules", ".bench-stamp")
+    h = hashlib.sha256()
+    with open(os.path.join(NODE_DIR, "package-lock.json"), "rb") as f:
+        h.update(f.read())
+    want = h.hexdigest()
+    if not refresh and os.path.exists(stamp):
+        with open(stamp) as f:
+            if f.read().strip() == want:
+                return NodeEnv(node)
+    log("bench: npm ci in bench/servers/node (pinned in its package-lock.json)")
+    r = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR,
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise BenchError(f"npm ci failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    with open(stamp, "w") as f:
+        f.write(want + "\n")
+    return NodeEnv(node)
+
+
 def current(name: str) -> Venv:
     """This interpreter standing in for venv ``name`` (smoke mode: nothing installed)."""
     return Venv(name, sys.executable, False)
