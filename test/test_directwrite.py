@@ -178,6 +178,31 @@ class DirectWriteTests(unittest.TestCase):
         self.assertEqual(bytes(sink.data[-10:]), b"0123456789")
         self.assertNotIn(server.transport, self.added)
 
+    async def test_partialSendOfOneTurnsWrites(self):
+        """Turn after turn of writes smaller than one send (SEND_LIMIT) to a client that
+        does not read: one send() is partial (the kernel took part of it), the rest
+        waits for writability, and once the client reads, every byte arrives in order."""
+        blocks = chunks(BIG, size=100_000)
+        sink = Sink(want=BIG)
+        server = await self.connected(sink)
+        transport = server.transport
+        sink.transport.pauseProducing()
+        given = 0
+        for block in blocks:
+            transport.write(block)
+            given += 1
+            await task.deferLater(reactor, 0, lambda: None)
+            if transport in reactor.getWriters():
+                break
+        self.assertIn(transport, self.added)
+        self.assertLess(given, len(blocks), "the kernel took 16 MiB without a full buffer")
+        for block in blocks[given:]:  # while it waits for writability
+            transport.write(block)
+        sink.transport.resumeProducing()
+        await sink.enough.addTimeout(TIMEOUT, reactor)
+        self.assertEqual(hashlib.sha256(sink.data).digest(),
+                         hashlib.sha256(b"".join(blocks)).digest())
+
     async def test_producerPausedAndResumed(self):
         """A streaming producer is paused as soon as more than ``bufferSize`` bytes are
         buffered (at the write, as with Twisted's transport: ws4tx's slow-consumer

@@ -25,7 +25,7 @@ import socket
 from typing import Any, Iterable, Optional, cast
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IDelayedCall, IReactorTCP
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTCP
 from twisted.logger import Logger
 from twisted.python import failure
 from zope.interface import implementer
@@ -70,19 +70,20 @@ class DirectWriteServer(tcp.Server):
         self._flusher: _Flusher = cast(DirectWritePort, server).flusher
 
     def write(self, data: object) -> None:
-        if self.TLS:
+        if self.TLS or data.__class__ is not bytes:
+            # TLS, or not plainly bytes (Twisted raises TypeError for anything else).
             super().write(data)
             return
         # FileDescriptor.write, but for startWriting(): the flusher sends it after the turn.
-        if not isinstance(data, bytes):
-            super().write(data)  # Twisted's TypeError for anything but bytes
-            return
         if not self.connected or self._writeDisconnected or not data:
             return
         self._tempDataBuffer.append(data)
         self._tempDataLen += len(data)
-        self._maybePauseProducer()
-        self._queue()
+        if len(self.dataBuffer) + self._tempDataLen > self.bufferSize:
+            self._maybePauseProducer()
+        if not (self._watched or self._queued):
+            self._queued = True
+            self._flusher.add(self)
 
     def writeSequence(self, iovec: Iterable[object]) -> None:
         if self.TLS:
@@ -101,7 +102,7 @@ class DirectWriteServer(tcp.Server):
         self._queue()
 
     def _queue(self) -> None:
-        if not self._watched and not self._queued:
+        if not (self._watched or self._queued):
             self._queued = True
             self._flusher.add(self)
 
@@ -111,6 +112,29 @@ class DirectWriteServer(tcp.Server):
         if self._watched or not self.connected or self._aborting:
             # The reactor's doWrite will send it, or the connection is going away.
             return
+        if self.offset == len(self.dataBuffer) and self._tempDataLen <= self.SEND_LIMIT:
+            # The usual case, in one send(): nothing half-sent before, little new.
+            temp = self._tempDataBuffer
+            data = temp[0] if len(temp) == 1 else b"".join(temp)
+            try:
+                sent = self.socket.send(data)
+            except OSError:
+                sent = -1  # EAGAIN, ENOBUFS, a reset...: as Twisted's doWrite says below
+            if sent >= 0:
+                self._tempDataBuffer = []
+                self._tempDataLen = 0
+                if sent == len(data):
+                    self.dataBuffer, self.offset = b"", 0
+                    producer = cast(IPushProducer, self.producer)
+                    if producer is not None and (not self.streamingProducer
+                                                 or self.producerPaused):
+                        self.producerPaused = False
+                        producer.resumeProducing()
+                else:
+                    # The kernel's buffer is full: the reactor says when it has room.
+                    self.dataBuffer, self.offset = data, sent
+                    self.startWriting()
+                return
         try:
             why = self.doWrite()
         except BaseException:  # noqa: BLE001 - as the reactor does: logged, then lost
