@@ -364,6 +364,18 @@ class PushProtocol(WebSocketServerProtocol):
 
     def deliver(self, prepared: deflate.Message, channel: str, payload: bytes) -> None:
         """Write a prepared frame; skip a message this client sent itself without echo."""
+        if (self._unechoed or self._held is not None or self._positions
+                or self._paused_at is not None):
+            self._deliverCarefully(prepared, channel, payload)
+        elif self.state == self.STATE_OPEN:
+            # The usual client, inline (once per client per message): nothing to skip or
+            # hold, no envelope, its socket draining. What _write() does then.
+            window = self._window
+            _internals.write_frame(
+                self, prepared.plain if window is None else prepared.deflated(window))
+
+    def _deliverCarefully(self, prepared: deflate.Message, channel: str,
+                          payload: bytes) -> None:
         unechoed = self._unechoed
         if unechoed:
             key = (channel, payload)
