@@ -119,6 +119,11 @@ class NodeEnv(Venv):
         return found
 
 
+def node_available() -> bool:
+    """Whether ``node`` and ``npm`` are on PATH (the floor-node system needs both)."""
+    return bool(shutil.which("node") and shutil.which("npm"))
+
+
 def ensure_node(refresh: bool = False, log=print) -> NodeEnv:
     """``node`` on PATH and ``npm ci`` in bench/servers/node, again when its lockfile
     changed (bounded)."""
