@@ -12,6 +12,10 @@ down. The client's connection pool is thread-safe and survives ``fork``.
 For a ``redis+sentinel://`` address the client is redis-py's ``Sentinel(...).master_for()``:
 each new connection asks the Sentinels where the master is (and checks its role), so after
 a failover the next call (or its one retry) reaches the new master.
+
+Several servers (a list of URLs: channels sharded over them) get one client each;
+:func:`client_for` is the client of a channel's or key's shard
+(:func:`ws4tx.sharding.shard_of`, the function the server uses too).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
-from ws4tx import _django_settings, redis_address, schema
+from ws4tx import _django_settings, redis_address, schema, sharding
 from ws4tx.redis_address import RedisAddress
 
 #: Settings whose change (``override_settings``) makes the next call build a new client.
@@ -35,20 +39,21 @@ WATCHED_SETTINGS = frozenset(
 )
 
 _lock = threading.Lock()
-_client: Optional[redis.Redis] = None
-_address: Optional[RedisAddress] = None
+_clients: Optional[tuple[redis.Redis, ...]] = None
+_addresses: Optional[tuple[RedisAddress, ...]] = None
 _forced_url: Optional[str] = None
 _watching = False
 
 
 def use_url(url: str) -> None:
-    """Make every later client of this process use ``url``, whatever the settings say.
+    """Make every later client of this process use ``url`` (or several URLs separated by
+    whitespace: the shards, in order), whatever the settings say.
 
     The Twisted server calls it when it hosts the Django site, so that both halves use the
     same Redis (an embedded one included). Raises ``InvalidRedisAddress`` for a bad URL.
     """
     global _forced_url
-    RedisAddress.from_url(url)  # refuse a bad URL here, not at the first publish
+    redis_address.parse_list(url, "use_url")  # refuse a bad URL here, not at the first publish
     with _lock:
         _forced_url = url
         _drop()
@@ -64,23 +69,56 @@ def reset() -> None:
 
 
 def address() -> RedisAddress:
-    """Where this process's client connects (or will connect)."""
+    """Where this process's client connects (or will connect); with shards, the first."""
+    return addresses()[0]
+
+
+def addresses() -> tuple[RedisAddress, ...]:
+    """Every Redis server of this process, in the shards' order."""
     with _lock:
-        if _address is not None:
-            return _address
+        if _addresses is not None:
+            return _addresses
         return _resolve()
 
 
 def client() -> redis.Redis:
-    """The process's redis-py client, built on first use."""
-    global _client, _address
+    """The process's redis-py client, built on first use; with shards, the first one's
+    (:func:`client_for` picks a channel's)."""
+    return clients()[0]
+
+
+def clients() -> tuple[redis.Redis, ...]:
+    """A redis-py client per Redis server, in the shards' order, built on first use."""
+    global _clients, _addresses
     with _lock:
-        if _client is None:
+        if _clients is None:
             _watch_settings()
             found = _resolve()
-            _client = _build(found, _django_settings.publish_timeout())
-            _address = found
-        return _client
+            timeout = _django_settings.publish_timeout()
+            _clients = tuple(_build(address, timeout) for address in found)
+            _addresses = found
+        return _clients
+
+
+def shard_index(name: str) -> int:
+    """The index of the shard of channel or key ``name`` (0 with one Redis)."""
+    return sharding.shard_of(_django_settings.prefix(), name, len(clients()))
+
+
+def client_for(name: str) -> redis.Redis:
+    """The client of the Redis server that holds channel or key ``name``."""
+    return clients()[shard_index(name)]
+
+
+def address_of(connection: redis.Redis) -> Optional[RedisAddress]:
+    """The address of one of this process's clients, or None for another client."""
+    with _lock:
+        if _clients is None or _addresses is None:
+            return None
+        for known, found in zip(_clients, _addresses, strict=True):
+            if known is connection:
+                return found
+        return None
 
 
 def _build(found: RedisAddress, timeout: float) -> redis.Redis:
@@ -107,18 +145,18 @@ def _build(found: RedisAddress, timeout: float) -> redis.Redis:
     return master
 
 
-def _resolve() -> RedisAddress:
+def _resolve() -> tuple[RedisAddress, ...]:
     if _forced_url is not None:
-        return RedisAddress.from_url(_forced_url)
-    return redis_address.from_settings(_django_settings.django_settings())
+        return redis_address.parse_list(_forced_url, "use_url")
+    return redis_address.shards_from_settings(_django_settings.django_settings())
 
 
 def _drop() -> None:
     """Close and forget the client (the caller holds the lock)."""
-    global _client, _address
-    old, _client, _address = _client, None, None
-    if old is not None:
-        old.close()
+    global _clients, _addresses
+    old, _clients, _addresses = _clients, None, None
+    for each in old or ():
+        each.close()
 
 
 def _watch_settings() -> None:

@@ -192,7 +192,8 @@ def _command(command: control.Command, on_commit: bool) -> Optional[int]:
 
     def send() -> int:
         store = RedisStore()
-        return int(store._call("send a command to", lambda redis: redis.publish(channel, payload)))
+        return int(store._call("send a command to", lambda redis: redis.publish(channel, payload),
+                               channel))
 
     return _run(send, on_commit)
 
@@ -302,7 +303,7 @@ def _read_presence(facility: str, what: str, broadcast: bool, users: Any, groups
         script = connection.register_script(_presence.script(_presence.READ_SCRIPT))
         return script(keys=keys, args=args)
 
-    return RedisStore()._call("read from", read)
+    return RedisStore()._call("read from", read, keys[0])
 
 
 def presence(

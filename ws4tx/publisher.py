@@ -85,7 +85,7 @@ class RedisPublisher(RedisStore):
             script = connection.register_script(_history.script(_history.HISTORY_SCRIPT))
             return script(keys=keys, args=args)
 
-        return _history.parse_history(self._call("read from", _read))
+        return _history.parse_history(self._call("read from", _read, stream))
 
     def fetch_message(
         self, request: Any, facility: str, audience: str = "any"

@@ -239,29 +239,69 @@ REDIS_URL_ENV = "WS4TX_REDIS_URL"
 def from_settings(
     settings: Any, environ: Optional[Mapping[str, str]] = None
 ) -> RedisAddress:
-    """Where Redis is, for a process configured by ``settings``.
+    """Where Redis is, for a process configured by ``settings`` with one Redis server
+    (see :func:`shards_from_settings`, which this is with one server); several servers
+    raise :class:`InvalidRedisAddress`."""
+    found = shards_from_settings(settings, environ)
+    if len(found) > 1:
+        raise InvalidRedisAddress(f"{len(found)} Redis servers are given where one is "
+                                  "expected")
+    return found[0]
 
-    In order: the ``WS4TX_REDIS_URL`` setting, the ``CONNECTION`` setting (a ws4redis
-    dictionary), the ``WS4TX_REDIS_URL`` environment variable, ``redis://localhost:6379/0``.
-    A bad value raises :class:`InvalidRedisAddress` naming the setting it came from.
+
+def shards_from_settings(
+    settings: Any, environ: Optional[Mapping[str, str]] = None
+) -> tuple[RedisAddress, ...]:
+    """The Redis servers of a process configured by ``settings``, in order (several:
+    channels are sharded over them, see :mod:`ws4tx.sharding`).
+
+    In order: the ``WS4TX_REDIS_URL`` setting (a URL, a list of URLs, or URLs separated
+    by whitespace), the ``CONNECTION`` setting (a ws4redis dictionary: one server), the
+    ``WS4TX_REDIS_URL`` environment variable (one URL, or several separated by
+    whitespace), ``redis://localhost:6379/0``. A bad value raises
+    :class:`InvalidRedisAddress` naming the setting it came from.
     """
     environ = os.environ if environ is None else environ
-    url = getattr(settings, REDIS_URL_ENV, None)
-    if url:
-        return _parse(url, f"setting {REDIS_URL_ENV}")
+    value = getattr(settings, REDIS_URL_ENV, None)
+    if value:
+        return parse_list(value, f"setting {REDIS_URL_ENV}")
     names = ("WS4TX_CONNECTION", "WS4REDIS_CONNECTION")
     connection = next((getattr(settings, n) for n in names if hasattr(settings, n)), None)
     if connection:
         try:
-            return RedisAddress.from_connection(connection)
+            return (RedisAddress.from_connection(connection),)
         except InvalidRedisAddress as e:
             raise InvalidRedisAddress(
                 f"setting WS4TX_CONNECTION/WS4REDIS_CONNECTION: {e}"
             ) from None
-    url = environ.get(REDIS_URL_ENV)
-    if url:
-        return _parse(url, f"environment variable {REDIS_URL_ENV}")
-    return RedisAddress()
+    text = environ.get(REDIS_URL_ENV)
+    if text:
+        return parse_list(text, f"environment variable {REDIS_URL_ENV}")
+    return (RedisAddress(),)
+
+
+def parse_list(value: Any, origin: str) -> tuple[RedisAddress, ...]:
+    """One or several Redis servers, in order: a URL, URLs separated by whitespace (a URL
+    never holds any; commas belong to ``redis+sentinel://`` URLs), or a list or tuple of
+    URLs. The same server twice is refused: its channels would have two shards."""
+    if isinstance(value, str):
+        urls = value.split()
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        urls = [url.strip() for url in value]
+    else:
+        raise InvalidRedisAddress(f"{origin}: a URL or a list of URLs, not {value!r}")
+    if not urls or not all(urls):
+        raise InvalidRedisAddress(f"{origin}: no Redis URL in {value!r}")
+    found = tuple(_parse(url, origin) for url in urls)
+    if len(set(found)) != len(found):
+        raise InvalidRedisAddress(f"{origin}: a Redis server is listed twice")
+    return found
+
+
+def urls_text(addresses: tuple[RedisAddress, ...]) -> str:
+    """``addresses`` as :func:`parse_list` reads them back (URLs separated by spaces,
+    credentials included: for the environment, never for a log)."""
+    return " ".join(address.url for address in addresses)
 
 
 def _parse(url: str, origin: str) -> RedisAddress:

@@ -12,6 +12,11 @@ A facility with history (setting ``HISTORY``) is published to by the one Lua scr
 halves run (:mod:`ws4tx.history`): per channel, atomically, its next offset, the stream
 entry, the replay SET and the PUBLISH (of the payload behind its position, which the server
 strips). It writes everything or nothing, so it never raises :class:`NotStored`.
+
+With several Redis servers (shards, :mod:`ws4tx.sharding`) each channel is published to,
+stored on and read from its own shard: one round trip per shard concerned (one pipeline
+each). A shard that fails does not stop the others: the channels of the shards that
+answered got the message, and then :class:`PublishError` names the shard that failed.
 """
 
 from __future__ import annotations
@@ -174,13 +179,14 @@ class RedisStore:
     def _send_with_history(self, channels: Sequence[str], data: bytes, expire: int,
                            retention: history.Retention) -> int:
         """Run the publish script (``ws4tx/lua/publish.lua``) for every channel, in one
-        round trip; :attr:`positions` has the position of the message on each channel."""
+        round trip per shard; :attr:`positions` has the position of the message on each
+        channel."""
         prefix = _django_settings.prefix()
 
-        def _publish(connection: redis.Redis) -> list[Any]:
+        def _publish(connection: redis.Redis, names: list[str]) -> list[Any]:
             script = connection.register_script(history.script(history.PUBLISH_SCRIPT))
             pipe = connection.pipeline(transaction=False)
-            for channel in channels:
+            for channel in names:
                 stream, meta = naming.history_keys(prefix, channel)
                 keys, args = history.publish_args(channel, channel, stream, meta, data,
                                                   retention, expire)
@@ -188,61 +194,111 @@ class RedisStore:
             return pipe.execute()
 
         published = [history.parse_published(reply)
-                     for reply in self._call("publish to", _publish)]
+                     for reply in self._call_each("publish to", channels, _publish)]
         self.positions = {channel: result.position
                           for channel, result in zip(channels, published, strict=True)}
         return sum(result.receivers for result in published)
 
     def _send(self, channels: Sequence[str], data: bytes, expire: int) -> int:
-        """PUBLISH to every channel in one round trip, then (``expire`` > 0) SET them in a
-        second one: a message Redis refused to publish is never stored, and a failed SET
-        after a successful PUBLISH raises :class:`NotStored`, not :class:`PublishError`."""
-        def _publish(connection: redis.Redis) -> list[Any]:
+        """PUBLISH to every channel in one round trip (per shard), then (``expire`` > 0)
+        SET them in a second one: a message Redis refused to publish is never stored, and
+        a failed SET after a successful PUBLISH raises :class:`NotStored`, not
+        :class:`PublishError`."""
+        def _publish(connection: redis.Redis, names: list[str]) -> list[Any]:
             pipe = connection.pipeline(transaction=False)
-            for channel in channels:
+            for channel in names:
                 pipe.publish(channel, data)
             return pipe.execute()
 
-        receivers = sum(int(count) for count in self._call("publish to", _publish))
+        receivers = sum(int(count)
+                        for count in self._call_each("publish to", channels, _publish))
         if expire > 0:
             self._store(channels, data, expire, receivers)
         return receivers
 
     def _store(self, channels: Sequence[str], data: bytes, expire: int,
                receivers: int) -> None:
-        def _set(connection: redis.Redis) -> list[Any]:
+        problem: Optional[str] = None
+        for connection, indices in self._by_shard(channels):
             pipe = connection.pipeline(transaction=False)
-            for channel in channels:
-                pipe.set(channel, data, ex=expire)  # SETEX, as redis-py 8 spells it
-            return pipe.execute(raise_on_error=False)
-
-        try:
-            replies = _set(self._connection)
-        except RedisError as e:
-            raise NotStored(receivers, f"Redis at {self._where()}: {e}") from e
-        errors = [reply for reply in replies if isinstance(reply, Exception)]
-        if errors:
-            raise NotStored(receivers, f"Redis at {self._where()}: {errors[0]}")
+            for i in indices:
+                pipe.set(channels[i], data, ex=expire)  # SETEX, as redis-py 8 spells it
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except RedisError as e:
+                replies = [e]
+            errors = [reply for reply in replies if isinstance(reply, Exception)]
+            if errors and problem is None:
+                problem = f"Redis at {self._where(connection)}: {errors[0]}"
+        if problem is not None:
+            raise NotStored(receivers, problem)
 
     def _get_first(self, channels: Sequence[str]) -> Optional[bytes]:
-        """The first non-empty value stored under ``channels`` (one round trip)."""
+        """The first non-empty value stored under ``channels`` (one round trip per
+        shard)."""
         if not channels:
             return None
-        values = self._call("read from", lambda connection: connection.mget(channels))
+        values = self._call_each("read from", channels,
+                                 lambda connection, names: list(connection.mget(names)))
         # The client is made without decode_responses: its replies are bytes.
         return next((value for value in values if isinstance(value, bytes) and value), None)
 
-    def _call(self, action: str, run: Callable[[redis.Redis], T]) -> T:
-        connection = self._connection
+    def _by_shard(self, names: Sequence[str]) -> list[tuple[redis.Redis, list[int]]]:
+        """The client of each shard that holds some of ``names``, with the indices (in
+        ``names``) of those it holds, in the order of their first name."""
+        if self._own_connection is not None:
+            return [(self._own_connection, list(range(len(names))))]
+        shards = _sync_redis.clients()
+        if len(shards) == 1:
+            return [(shards[0], list(range(len(names))))]
+        groups: dict[int, list[int]] = {}
+        for i, name in enumerate(names):
+            groups.setdefault(_sync_redis.shard_index(name), []).append(i)
+        return [(shards[shard], indices) for shard, indices in groups.items()]
+
+    def _call_each(self, action: str, names: Sequence[str],
+                   run: Callable[[redis.Redis, list[str]], list[Any]]) -> list[Any]:
+        """``run(client, names of its shard)`` for each shard concerned (every one, even
+        after another failed); the replies in the order of ``names``. Raises
+        :class:`PublishError` naming the first shard that failed."""
+        replies: list[Any] = [None] * len(names)
+        failure: Optional[PublishError] = None
+        for connection, indices in self._by_shard(names):
+            try:
+                answered = run(connection, [names[i] for i in indices])
+            except RedisError as e:
+                if failure is None:
+                    failure = PublishError(
+                        f"could not {action} Redis at {self._where(connection)}: {e}")
+                    failure.__cause__ = e
+                continue
+            for i, reply in zip(indices, answered, strict=True):
+                replies[i] = reply
+        if failure is not None:
+            raise failure
+        return replies
+
+    def _call(self, action: str, run: Callable[[redis.Redis], T],
+              name: Optional[str] = None) -> T:
+        """``run(client)`` on this store's client, or (with shards) on the client of the
+        shard of channel or key ``name`` (the first shard's without a name)."""
+        if self._own_connection is not None:
+            connection = self._own_connection
+        elif name is None:
+            connection = _sync_redis.client()
+        else:
+            connection = _sync_redis.client_for(name)
         try:
             return run(connection)
         except RedisError as e:
-            raise PublishError(f"could not {action} Redis at {self._where()}: {e}") from e
+            raise PublishError(
+                f"could not {action} Redis at {self._where(connection)}: {e}") from e
 
-    def _where(self) -> str:
-        if self._own_connection is None:
-            return _sync_redis.address().safe_url
-        kwargs = self._own_connection.connection_pool.connection_kwargs
+    def _where(self, connection: redis.Redis) -> str:
+        if connection is not self._own_connection:
+            found = _sync_redis.address_of(connection)
+            return (found or _sync_redis.address()).safe_url
+        kwargs = connection.connection_pool.connection_kwargs
         try:
             return RedisAddress(
                 host=str(kwargs.get("host", "localhost")),
