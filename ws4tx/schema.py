@@ -356,12 +356,15 @@ HEALTH_TOKEN_ENV = "WS4TX_HEALTH_TOKEN"
 
 #: Every setting, in the order of the README table.
 SETTINGS: tuple[Setting, ...] = (
-    Setting("redis", TEXT, None,
+    Setting("redis", LIST, (),
             "`redis://[user:pw@]host:port/db`, `rediss://…`, `unix:///path?db=N`, "
             "`redis+sentinel://[user:pw@]host:port[,host:port…]/MASTER_NAME[?db=N"
             "&sentinel_password=…]` (`rediss+sentinel://…`: TLS; see docs/scaling.md), "
             "`embedded` (a private Redis started with the server, on a free port; "
-            "`embedded:PORT` on that port; restarted if it dies); or a ws4redis dict "
+            "`embedded:PORT` on that port; restarted if it dies). Several servers shard "
+            "the channels over them (docs/scaling.md), in the order given, the same on "
+            "every node and Django process: `--redis` repeated, a list in the setting, or "
+            "URLs separated by spaces in `$WS4TX_REDIS_URL`. Or a ws4redis dict "
             "(`host`, `port`, `db`, `password`, `unix_socket_path`, `ssl`). A password on "
             "the command line is visible to every local user (`ps`): give it in "
             "`$WS4TX_REDIS_URL` or the settings",

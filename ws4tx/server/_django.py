@@ -55,7 +55,8 @@ _UNSET = object()
 
 
 def share_redis_with_publishers(url: str) -> None:
-    """Make the Django-side publishers of this process use ``url`` (the server's Redis)."""
+    """Make the Django-side publishers of this process use ``url`` (the server's Redis;
+    several URLs separated by spaces: its shards, in order)."""
     from ws4tx import _sync_redis
 
     _sync_redis.use_url(url)

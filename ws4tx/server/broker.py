@@ -10,7 +10,7 @@ the message and keeps it in the channel's stream, and read with :meth:`IBroker.h
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -64,6 +64,20 @@ class IBrokerListener(Interface):
     def brokerDisconnected() -> None:
         """The broker's subscriber lost its connection; messages may be missed until
         :meth:`brokerConnected`."""
+
+
+class IShardListener(IBrokerListener):
+    """A listener that can be told of an outage of some channels only: a broker sharded
+    over several Redis servers (:mod:`ws4tx.server.sharded_broker`) reports the loss of one
+    server to the clients of its channels alone."""
+
+    def channelsInterrupted(channels: Iterable[str]) -> None:
+        """The broker lost the server of ``channels``: their messages may be missed until
+        :meth:`channelsResumed`."""
+
+    def channelsResumed(channels: Iterable[str], interrupted: Callable[[str], bool]) -> None:
+        """The server of ``channels`` is back and they are resubscribed: delivery goes on
+        for every client none of whose channels is still ``interrupted``."""
 
 
 class IBroker(Interface):

@@ -27,8 +27,11 @@ class ServerConfig:
     """Everything the WebSocket server needs to know. Each field is declared (default,
     meaning, option, setting) in :mod:`ws4tx.schema`; see the README's configuration table."""
 
-    #: Where Redis is.
+    #: Where Redis is (with several servers: the first).
     redis: RedisAddress = field(default_factory=RedisAddress)
+    #: With several Redis servers: all of them, in order (``redis`` is the first);
+    #: channels are sharded over them (:mod:`ws4tx.sharding`). Empty: ``redis`` alone.
+    redis_shards: tuple[RedisAddress, ...] = ()
     #: The URL path under which WebSocket clients connect; the facility follows it.
     websocket_url: str = _default("websocket_url")
     #: Prefix of channel names (None or "" for none).
@@ -125,6 +128,11 @@ class ServerConfig:
         """Whether ``facility`` keeps a presence (setting ``PRESENCE``)."""
         return has_presence(self.presence, facility)
 
+    @property
+    def shards(self) -> tuple[RedisAddress, ...]:
+        """Every Redis server, in the shards' order (one: not sharded)."""
+        return self.redis_shards or (self.redis,)
+
     def replace(self, **changes: object) -> ServerConfig:
         """A copy with ``changes`` applied (and checked)."""
         return check(dataclasses.replace(self, **changes))  # type: ignore[arg-type]
@@ -145,6 +153,8 @@ def check(config: ServerConfig) -> ServerConfig:
         converted = setting.convert(value)
         if converted is not value:
             changes[setting.key] = converted
+    if config.redis_shards and config.redis_shards[0] != config.redis:
+        changes["redis"] = config.redis_shards[0]
     if changes:
         config = dataclasses.replace(config, **changes)
     return config

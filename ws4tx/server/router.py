@@ -57,7 +57,7 @@ from ws4tx.naming import Identity
 from ws4tx.server.broker import (
     BrokerUnavailable,
     IBroker,
-    IBrokerListener,
+    IShardListener,
     SubscriptionRefused,
 )
 from ws4tx.server.hub import Hub
@@ -159,7 +159,7 @@ def is_text(payload: bytes) -> bool:
     return True
 
 
-@implementer(IBrokerListener)
+@implementer(IShardListener)
 class Router:
     """Routes broker messages to local clients; keeps broker subscriptions = hub channels.
 
@@ -598,6 +598,25 @@ class Router:
                 recovery.announce = True
             elif self.hub.members(channel):
                 self._recover(channel, position, announce=True)
+
+    # IShardListener (a broker sharded over several Redis servers)
+
+    def channelsInterrupted(self, channels: Iterable[str]) -> None:
+        """Only the clients of ``channels`` may miss messages (one shard was lost)."""
+        for member in self._membersOf(channels):
+            member.deliveryInterrupted()
+
+    def channelsResumed(self, channels: Iterable[str],
+                        interrupted: Callable[[str], bool]) -> None:
+        """``channels`` deliver again: their clients are told so, unless another of
+        their channels is still ``interrupted`` (on another shard that is down)."""
+        for member in self._membersOf(channels):
+            if not any(interrupted(c) for c in self.hub.channels_of(member)):
+                member.deliveryResumed()
+
+    def _membersOf(self, channels: Iterable[str]) -> list[Member]:
+        """The clients of any of ``channels``, each once."""
+        return list(dict.fromkeys(m for c in channels for m in tuple(self.hub.members(c))))
 
     def memberCount(self) -> int:
         """How many clients have joined."""

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.web import resource
 
 from ws4tx import closecodes
-from ws4tx.server import metrics
+from ws4tx.server import metrics, sharded_broker
 from ws4tx.server.auth import IAuthenticator
 from ws4tx.server.broker import IBroker
 from ws4tx.server.config import ServerConfig, check, risks
@@ -58,9 +58,10 @@ class PushService(service.MultiService):
         self.config = config = check(config)
         self.reactor = reactor
         self.drain_timeout = drain_timeout
-        self.broker: IBroker = broker or RedisBroker(
-            config.redis, reactor, ping_interval=config.redis_ping_interval,
-            timeout=config.redis_timeout)
+        self.broker: IBroker = broker or sharded_broker.several(
+            [RedisBroker(address, reactor, ping_interval=config.redis_ping_interval,
+                         timeout=config.redis_timeout) for address in config.shards],
+            config.prefix)
         #: The node: broker, router, handlers, counters, health, drain.
         self.node = Node(config, self.broker, handlers=handlers, run_in_thread=run_in_thread,
                          clock=reactor)

@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence, Union
 
 import txaio
 from twisted.application import service
@@ -116,16 +116,17 @@ class Options(usage.Options):
                     value = self._secret(setting, value)
                 self.given[setting.key] = self._parse(setting, value)
         redis = self.given.get("redis")
-        if redis is not None and redis.startswith("embedded"):
+        try:
+            embedded = embedded_spec(redis)
+            if embedded is not None:
+                embedded_port(embedded)
+        except ValueError as e:
+            raise usage.UsageError(f"--redis: {e}") from None
+        if redis and embedded is None:
             try:
-                embedded_port(redis)
-            except ValueError as e:
-                raise usage.UsageError(f"--redis: {e}") from None
-        elif redis is not None:
-            try:
-                RedisAddress.from_url(redis)
+                redis_address.parse_list(redis, "--redis")
             except InvalidRedisAddress as e:
-                raise usage.UsageError(f"--redis: {e}") from None
+                raise usage.UsageError(str(e)) from None
         # The process settings, given or default, under their option names.
         for key in _PROCESS_KEYS:
             setting = schema.get(key)
@@ -149,6 +150,8 @@ for _setting in _OPTIONS:
     if _setting.kind in schema.REPEATABLE and _setting.key != "listen":
         setattr(Options, "opt_" + _setting.option_name.replace("-", "_"),
                 _repeatable(_setting))
+        if _setting.short:
+            setattr(Options, "opt_" + _setting.short, _repeatable(_setting))
 del _setting
 
 
@@ -165,6 +168,18 @@ def with_backlog(description: str) -> str:
     if kind in ("tcp", "reuseport") and "backlog=" not in description:
         return f"{description}:backlog={PUSH_BACKLOG}"
     return description
+
+
+def embedded_spec(redis: Union[str, Sequence[str], None]) -> Optional[str]:
+    """The ``embedded[:PORT]`` that ``--redis`` gives (one value, or the repeated option's
+    values), or None when it names no embedded Redis; ValueError for an embedded Redis
+    among other servers (it is one server: it cannot be sharded with others)."""
+    values = [redis] if isinstance(redis, str) else list(redis or ())
+    if not any(value.startswith("embedded") for value in values):
+        return None
+    if len(values) > 1:
+        raise ValueError("embedded is one server: it cannot be sharded with others")
+    return values[0]
 
 
 def embedded_port(redis: str) -> Optional[int]:
@@ -222,23 +237,28 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     # ... and the directory of the workers' metrics sockets.
     metrics_peers = os.environ.pop(WORKER_METRICS_ENV, None)
     try:
-        if redis is not None and redis.startswith("embedded"):
-            embedded = EmbeddedRedis(port=embedded_port(redis))
+        spec = embedded_spec(redis)
+        if spec is not None:
+            embedded = EmbeddedRedis(port=embedded_port(spec))
             embedded.start()
             EmbeddedRedisService(embedded, reactor).setServiceParent(top)
             address = embedded.address
             pid = embedded.process.pid if embedded.process is not None else None
             _say(f"ws4tx: embedded Redis ({embedded.binary}, pid {pid}) at {address.url}; "
                  f"publishers elsewhere: export {redis_address.REDIS_URL_ENV}={address.url}")
+            shards: tuple[RedisAddress, ...] = (address,)
         elif redis:
-            address = RedisAddress.from_url(redis)
+            shards = redis_address.parse_list(redis, "--redis")
         else:
-            address = redis_address.from_settings(settings if settings is not None else object())
+            shards = redis_address.shards_from_settings(
+                settings if settings is not None else object())
     except (EmbeddedRedisError, InvalidRedisAddress) as e:
         raise usage.UsageError(f"--redis: {e}") from None
+    address = shards[0]
 
     try:
-        config = check(ServerConfig(redis=address, **values))
+        config = check(ServerConfig(redis=address, redis_shards=shards if len(shards) > 1
+                                    else (), **values))
         handlers = load_handler_classes(handler_paths)
     except (TypeError, ValueError) as e:
         if embedded is not None:
@@ -268,7 +288,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         run_in_thread = _django.run_in_thread
-        _django.share_redis_with_publishers(address.url)
+        _django.share_redis_with_publishers(redis_address.urls_text(config.shards))
     elif options["wsgi"]:
         raise usage.UsageError("--wsgi needs --django-settings")
 
@@ -349,7 +369,7 @@ def _worker_environment(config: ServerConfig,
     environment or the Django settings) under the setting's own environment variable.
     A process's environment is readable only by its user, unlike its command line."""
     env = dict(os.environ if environ is None else environ)
-    env[WORKER_REDIS_ENV] = config.redis.url
+    env[WORKER_REDIS_ENV] = redis_address.urls_text(config.shards)
     for setting in FIELDS:
         if setting.kind == schema.SECRET and setting.env:
             value = getattr(config, setting.key)

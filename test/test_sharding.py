@@ -1,0 +1,424 @@
+"""Sharding over several independent Redis servers: one pure function places every
+channel and key (Jump hash), both halves use it, every audience is delivered across two
+nodes and three real Redis servers, stored messages, history and presence live on their
+channel's server, and losing one server interrupts only its channels."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+from types import SimpleNamespace
+from typing import Any, Optional
+
+import redis
+from hypothesis import given, settings, strategies as st
+from twisted.internet import defer, endpoints, reactor, threads
+from twisted.trial.unittest import SynchronousTestCase
+
+from ws4tx import _django_settings, _sync_redis, envelope, naming, sharding
+from ws4tx.naming import Identity
+from ws4tx.redis_address import InvalidRedisAddress, RedisAddress, parse_list, urls_text
+from ws4tx.redis_store import PublishError
+from ws4tx.server.embedded import EmbeddedRedis
+from ws4tx.server.service import PushService
+from ws4tx.server.sharded_broker import ShardedBroker
+from ws4tx.testing import StaticAuthenticator
+
+from test._django import setup_django
+from test._server import ServerTestCase, _Observed, identity_from_header, observe_broker
+from test._wsclient import TIMEOUT, WSClient, connect
+
+EVENTS = (envelope.SUBPROTOCOL,)
+PREFIX = "ws4tx"
+SHARDS = 3
+
+_names = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF,
+                                        blacklist_characters=":{}"),
+                 min_size=1, max_size=24)
+_facilities = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.~/\-]{0,20}", fullmatch=True)
+_audiences = st.sampled_from(naming.AUDIENCES)
+
+
+def _channel(audience: str, facility: str, name: str) -> str:
+    return naming.channel(PREFIX, audience, facility, name)
+
+
+class PlacementTests(SynchronousTestCase):
+    """The pure function: FNV-1a, Jump hash, hash tags."""
+
+    def test_fnv1a64KnownVectors(self):
+        self.assertEqual(sharding.fnv1a_64(b""), 0xCBF29CE484222325)
+        self.assertEqual(sharding.fnv1a_64(b"a"), 0xAF63DC4C8601EC8C)
+        self.assertEqual(sharding.fnv1a_64(b"foobar"), 0x85944171F73967E8)
+
+    def test_jumpHashMovesOnlyToTheNewBucketAndBalances(self):
+        """Going from n to n+1 buckets, a key stays or moves to bucket n (never between
+        old buckets), and the buckets get about the same share."""
+        keys = [sharding.fnv1a_64(f"ws4tx:user:u{i}:chat".encode()) for i in range(4000)]
+        for n in range(1, 12):
+            moved = 0
+            for key in keys:
+                before, after = sharding.jump_hash(key, n), sharding.jump_hash(key, n + 1)
+                self.assertIn(after, (before, n))
+                moved += before != after
+            # about 1/(n+1) of the keys move
+            self.assertLess(abs(moved / len(keys) - 1 / (n + 1)), 0.04)
+        counts = Counter(sharding.jump_hash(key, 3) for key in keys)
+        for bucket in range(3):
+            self.assertLess(abs(counts[bucket] / len(keys) - 1 / 3), 0.04)
+        self.assertRaises(ValueError, sharding.jump_hash, 1, 0)
+
+    def test_placementIsPinned(self):
+        """Every node and Django process must place a channel alike, whatever their
+        ws4tx version: these placements never change."""
+        found = [sharding.shard_of(PREFIX, name, 3) for name in (
+            "ws4tx:broadcast:chat", "ws4tx:user:john:chat", "ws4tx:group:staff:news",
+            "ws4tx:control", "ws4tx:history:{user:john:chat}:s",
+            "ws4tx:presence:{chat}:c")]
+        self.assertEqual(found, PINNED)
+        self.assertEqual(sharding.shard_of(PREFIX, "anything", 1), 0)
+
+    @given(_audiences, _facilities, _names)
+    def test_historyKeysLiveWithTheirChannel(self, audience, facility, name):
+        channel = _channel(audience, facility, name)
+        stream, meta = naming.history_keys(PREFIX, channel)
+        for shards in (2, 3, 5):
+            where = sharding.shard_of(PREFIX, channel, shards)
+            self.assertEqual(sharding.shard_of(PREFIX, stream, shards), where)
+            self.assertEqual(sharding.shard_of(PREFIX, meta, shards), where)
+        unprefixed = naming.channel(None, audience, facility, name)
+        self.assertEqual(sharding.shard_of(None, naming.history_keys(None, unprefixed)[0], 3),
+                         sharding.shard_of(None, unprefixed, 3))
+
+    @given(_facilities, _names)
+    def test_presenceKeysAndChannelShareAShard(self, facility, user):
+        keys = naming.presence_keys(PREFIX, facility)
+        where = {sharding.shard_of(PREFIX, k, 3)
+                 for k in (keys.connections, keys.info, keys.users, keys.user_prefix + user,
+                           keys.events)}
+        self.assertEqual(len(where), 1)
+
+
+#: The shards of PlacementTests.test_placementIsPinned's names, out of three.
+PINNED = [2, 2, 0, 0, 2, 0]
+
+
+class AddressListTests(SynchronousTestCase):
+    """How several servers are written."""
+
+    def test_spacesListsAndSentinelCommas(self):
+        a, b = "redis://a:6379/0", "redis+sentinel://s1:26379,s2:26379/mymaster?db=1"
+        self.assertEqual(parse_list(f"  {a}\n {b} ", "x"),
+                         (RedisAddress.from_url(a), RedisAddress.from_url(b)))
+        self.assertEqual(parse_list([a, b], "x"), parse_list(f"{a} {b}", "x"))
+        self.assertEqual(parse_list(urls_text(parse_list([a, b], "x")), "x"),
+                         parse_list([a, b], "x"))
+        with self.assertRaisesRegex(InvalidRedisAddress, "setting W.*listed twice"):
+            parse_list([a, "redis://a:6379/0"], "setting W")
+        for bad in ("", [], [a, ""], 5):
+            self.assertRaises(InvalidRedisAddress, parse_list, bad, "x")
+
+    def test_settingsAndEnvironment(self):
+        from ws4tx import redis_address
+
+        env = {"WS4TX_REDIS_URL": "redis://e1/0 redis://e2/0"}
+        self.assertEqual(len(redis_address.shards_from_settings(SimpleNamespace(), env)), 2)
+        listed = SimpleNamespace(WS4TX_REDIS_URL=["redis://s1/0", "redis://s2/0",
+                                                  "redis://s3/0"])
+        self.assertEqual([a.host for a in redis_address.shards_from_settings(listed, env)],
+                         ["s1", "s2", "s3"])
+        with self.assertRaisesRegex(InvalidRedisAddress, "3 Redis servers"):
+            redis_address.from_settings(listed, env)
+
+    def test_commandLineRepeatsRedis(self):
+        from ws4tx.server.tap import Options
+
+        options = Options()
+        options.parseOptions(["--redis", "redis://a:1/0", "-r", "redis://b:2/0"])
+        self.assertEqual(options["redis"], ["redis://a:1/0", "redis://b:2/0"])
+        from twisted.python import usage
+
+        self.assertRaises(usage.UsageError, Options().parseOptions,
+                          ["--redis", "embedded", "--redis", "redis://b:2/0"])
+        self.assertRaises(usage.UsageError, Options().parseOptions,
+                          ["--redis", "redis://b:2/0", "--redis", "redis://b:2/0"])
+
+
+def _start_servers(testcase: Any) -> list[EmbeddedRedis]:
+    servers = []
+    for _ in range(SHARDS):
+        server = EmbeddedRedis()
+        server.start()
+        testcase.addCleanup(server.stop)
+        servers.append(server)
+    return servers
+
+
+class BothHalvesAgreeTests(SynchronousTestCase):
+    """The Django side and the server place every channel on the same server: the same
+    function, and the full path (what the Django side publishes and stores is on the
+    server the Twisted side subscribes to)."""
+
+    def setUp(self) -> None:
+        setup_django()
+        self.servers = _start_servers(self)
+        self.addresses = tuple(s.address for s in self.servers)
+        _sync_redis.use_url(urls_text(self.addresses))
+        self.addCleanup(_sync_redis.reset)
+        self.broker = ShardedBroker([object()] * SHARDS, _django_settings.prefix())  # type: ignore[list-item]
+        self.direct = [redis.Redis.from_url(s.url) for s in self.servers]
+        for client in self.direct:
+            self.addCleanup(client.close)
+
+    @settings(max_examples=300, deadline=None)
+    @given(_audiences, _facilities, _names)
+    def test_sameFunction(self, audience, facility, name):
+        channel = _channel(audience, facility, name)
+        self.assertEqual(_sync_redis.shard_index(channel), self.broker.shardOf(channel))
+        stream, _ = naming.history_keys(PREFIX, channel)
+        self.assertEqual(_sync_redis.shard_index(stream), self.broker.shardOf(channel))
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from(["user", "group"]), _names), min_size=1,
+                    max_size=6, unique=True), _facilities)
+    def test_publishedKeysAreOnTheChannelsServer(self, audiences, facility):
+        """Publish (stored, and on a facility with history) from the Django side to
+        several channels at once: each channel's stored message and history stream are
+        on the server the Twisted side names, and on no other."""
+        from django.test import override_settings
+
+        from ws4tx import api
+
+        users = [n for kind, n in audiences if kind == "user"]
+        groups = [n for kind, n in audiences if kind == "group"]
+        for history in (False, True):
+            extra = {"WS4TX_HISTORY": {facility: {"size": 5, "ttl": 60}}} if history else {}
+            with override_settings(**extra):
+                api.publish(facility, f"hello {history}", users=users, groups=groups,
+                            expire=60)
+            for kind, name in audiences:
+                channel = _channel(kind, facility, name)
+                stream, _ = naming.history_keys(PREFIX, channel)
+                where = self.broker.shardOf(channel)
+                for index, client in enumerate(self.direct):
+                    self.assertEqual(client.exists(channel), int(index == where), channel)
+                    self.assertEqual(client.exists(stream), int(history and index == where))
+                    if index == where:
+                        self.assertEqual(client.get(channel), f"hello {history}".encode())
+        for client in self.direct:
+            client.flushdb()
+
+
+class ShardedServerTests(ServerTestCase):
+    """Two nodes and the Django side over three Redis servers."""
+
+    config = ServerTestCase.config.replace(presence=("pres",), presence_ttl=5.0)
+
+    async def _setUp(self) -> None:
+        setup_django()
+        self.servers = _start_servers(self)
+        self.addresses = tuple(s.address for s in self.servers)
+        _sync_redis.use_url(urls_text(self.addresses))
+        self.addCleanup(_sync_redis.reset)
+        self.redis_server = self.servers[0]
+        self.redis = redis.Redis.from_url(self.servers[0].url, socket_timeout=5)
+        self.addCleanup(self.redis.close)
+        self.nodes = [await self.startNode(), await self.startNode()]
+
+    async def startNode(self) -> SimpleNamespace:
+        config = self.config.replace(redis=self.addresses[0], redis_shards=self.addresses)
+        service = PushService(config, authenticator=StaticAuthenticator(identity_from_header))
+        self.assertIsInstance(service.broker, ShardedBroker)
+        factory = service.factory
+        factory.protocol = _Observed
+        factory.test_joined = defer.DeferredQueue()
+        factory.test_left = defer.DeferredQueue()
+        events = observe_broker(factory.node.router)
+        service.startService()
+        self.addCleanup(service.stopService)
+        port = await endpoints.TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1").listen(service.site)
+        self.addCleanup(port.stopListening)
+        self.assertEqual(await events.get().addTimeout(TIMEOUT, reactor), "connected")
+        return SimpleNamespace(service=service, factory=factory, port=port.getHost().port)
+
+    async def on(self, node: SimpleNamespace, path: str,
+                 headers: Optional[dict[str, str]] = None,
+                 protocols: tuple[str, ...] = ()) -> WSClient:
+        client = await connect(node.port, path, headers=headers, protocols=protocols)
+        self.addCleanup(client.close)
+        await node.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
+        return client
+
+    def facilities(self, count: int) -> list[str]:
+        """``count`` facilities whose broadcast channels are on each server in turn."""
+        broker = self.nodes[0].service.broker
+        found: list[str] = []
+        i = 0
+        while len(found) < count:
+            name = f"room{i}"
+            i += 1
+            if broker.shardOf(naming.broadcast_channel(PREFIX, name)) == len(found) % SHARDS:
+                found.append(name)
+        return found
+
+    async def test_everyAudienceDeliversToExactlyItsRecipients(self):
+        """Clients of three people on two nodes, on facilities spread over the three
+        servers; the Django side publishes to each audience in turn: every client gets
+        exactly the messages of its audiences, in order, and nothing else."""
+        people = {
+            "alice": Identity("alice", frozenset({"staff"}), "sa"),
+            "bob": Identity("bob", frozenset({"staff", "ops"}), "sb"),
+            "carol": Identity("carol", frozenset(), "sc"),
+        }
+        session_keys = {name: f"key-{name}" for name in people}
+        people = {name: Identity(i.user, i.groups,
+                                 _django_settings.session_channel(session_keys[name]))
+                  for name, i in people.items()}
+        facilities = self.facilities(6)
+        flags = "subscribe-broadcast&subscribe-user&subscribe-group&subscribe-session"
+        clients: dict[tuple[str, str, int], WSClient] = {}
+        for f_index, facility in enumerate(facilities):
+            for p_index, (name, who) in enumerate(people.items()):
+                node = self.nodes[(f_index + p_index) % 2]
+                headers = {"x-test-identity":
+                           f"{who.user};{','.join(sorted(who.groups))};{who.session}"}
+                clients[(facility, name, 0)] = await self.on(
+                    node, f"/ws/{facility}?{flags}", headers)
+        used = {self.nodes[0].service.broker.shardOf(c)
+                for f in facilities for who in people.values()
+                for c in naming.audience_channels(PREFIX, f, naming.AUDIENCES, who)}
+        self.assertEqual(used, set(range(SHARDS)))
+
+        from ws4tx import api
+
+        sends = [
+            ({"broadcast": True}, set(people)),
+            ({"users": ["alice"]}, {"alice"}),
+            ({"users": ["bob", "carol"]}, {"bob", "carol"}),
+            ({"groups": ["staff"]}, {"alice", "bob"}),
+            ({"groups": ["ops"]}, {"bob"}),
+            ({"sessions": [session_keys["carol"]]}, {"carol"}),
+            ({"users": ["nobody"], "groups": ["nogroup"]}, set()),
+        ]
+        expected: dict[tuple[str, str, int], list[str]] = {key: [] for key in clients}
+        for facility in facilities:
+            for number, (audience, recipients) in enumerate(sends):
+                text = f"{facility}/{number}"
+                await threads.deferToThread(api.publish, facility, text, expire=0,
+                                            **audience)
+                for name in recipients:
+                    # one frame per channel of the audience the client listens to
+                    who = people[name]
+                    times = len(set(naming.channels_for(
+                        PREFIX, facility, broadcast=audience.get("broadcast", False),
+                        users=audience.get("users", ()), groups=audience.get("groups", ()),
+                        sessions=[_django_settings.session_channel(k)
+                                  for k in audience.get("sessions", ())]))
+                        & set(naming.audience_channels(PREFIX, facility, naming.AUDIENCES,
+                                                       who)))
+                    expected[(facility, name, 0)].extend([text] * times)
+        # "end" on every channel marks the end: each channel is on one server, which
+        # delivers in order, so once a client has its "end" on each of its channels it
+        # has everything (messages of different servers may arrive in any order)
+        for facility in facilities:
+            await threads.deferToThread(
+                api.publish, facility, "end", broadcast=True, users=list(people),
+                groups=["staff", "ops"], sessions=list(session_keys.values()), expire=0)
+        for (facility, name, _), client in clients.items():
+            ends = len(naming.audience_channels(PREFIX, facility, naming.AUDIENCES,
+                                                people[name]))
+            got = []
+            while ends:
+                text = await client.text()
+                if text == "end":
+                    ends -= 1
+                else:
+                    got.append(text)
+            self.assertEqual(sorted(got), sorted(expected[(facility, name, 0)]),
+                             (facility, name))
+
+    async def test_storedMessagesAndPresenceAreOnTheChannelsServer(self):
+        """A client joining later gets the message stored on its channel's server; a
+        facility's presence is kept on the server of its keys and read from there by the
+        Django side."""
+        from django.test import override_settings
+
+        from ws4tx import api
+
+        override = override_settings(WS4TX_PRESENCE=["pres"])
+        override.enable()
+        self.addCleanup(override.disable)
+        broker = self.nodes[0].service.broker
+        for facility in self.facilities(3):
+            await threads.deferToThread(api.publish, facility, f"kept {facility}",
+                                        broadcast=True, expire=60)
+            client = await self.on(self.nodes[1], f"/ws/{facility}?subscribe-broadcast")
+            self.assertEqual(await client.text(), f"kept {facility}")
+        await self.on(self.nodes[0], "/ws/pres?subscribe-broadcast",
+                      {"x-test-identity": "dora;;sd"})
+        keys = naming.presence_keys(PREFIX, "pres")
+        where = broker.shardOf(keys.connections)
+        deadline = time.monotonic() + TIMEOUT
+        while not await threads.deferToThread(api.presence, "pres"):
+            self.assertLess(time.monotonic(), deadline, "presence never written")
+            await _tick()
+        self.assertEqual([e["user"] for e in await threads.deferToThread(api.presence, "pres")],
+                         ["dora"])
+        for index, server in enumerate(self.servers):
+            client = redis.Redis.from_url(server.url)
+            self.addCleanup(client.close)
+            self.assertEqual(client.exists(keys.connections), int(index == where))
+
+    async def test_oneServerLostInterruptsOnlyItsChannels(self):
+        """SIGKILL one Redis: the event clients of its channels (on both nodes) are told
+        ws4tx.interrupted, the others are not and keep getting what the Django side
+        publishes; once it is back, its clients are told ws4tx.resumed and get messages
+        again."""
+        from ws4tx import api
+
+        facilities = self.facilities(3)  # broadcast channel of facilities[i] on server i
+        clients = {(facility, n): await self.on(self.nodes[n],
+                                                f"/ws/{facility}?subscribe-broadcast",
+                                                {"x-test-identity": "erin;;se"}, EVENTS)
+                   for facility in facilities for n in (0, 1)}
+        lost, kept = facilities[0], facilities[1:]
+        self.servers[0].stop(signal.SIGKILL)
+        for n in (0, 1):
+            self.assertEqual(await _nextEvent(clients[(lost, n)]), envelope.INTERRUPTED_EVENT)
+        for facility in kept:
+            await threads.deferToThread(api.publish, facility, f"still {facility}",
+                                        broadcast=True, expire=0)
+            for n in (0, 1):
+                # the first frame since the loss: no ws4tx.interrupted came first
+                self.assertEqual(await clients[(facility, n)].text(), f"still {facility}")
+        with self.assertRaises(PublishError):
+            await threads.deferToThread(api.publish, lost, "nowhere", broadcast=True,
+                                        expire=0)
+        for n in (0, 1):
+            self.assertEqual(self.nodes[n].service.node.health().up, True)
+            self.assertGreaterEqual(self.nodes[n].service.broker.stats["shard_outages"], 1)
+
+        self.servers[0].start()
+        for n in (0, 1):
+            self.assertEqual(await _nextEvent(clients[(lost, n)], timeout=30.0),
+                             envelope.RESUMED_EVENT)
+        await threads.deferToThread(api.publish, lost, "back", broadcast=True, expire=0)
+        for n in (0, 1):
+            self.assertEqual(await clients[(lost, n)].text(), "back")
+
+
+async def _nextEvent(client: WSClient, timeout: float = TIMEOUT) -> str:
+    """The next ws4tx event name (skipping raw messages)."""
+    while True:
+        frame = await client.text(timeout)
+        if frame.startswith('{"ws4tx"'):
+            return str(json.loads(frame)["event"])
+
+
+def _tick() -> defer.Deferred[None]:
+    from twisted.internet import task
+
+    return task.deferLater(reactor, 0.05, lambda: None)
