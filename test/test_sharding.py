@@ -21,6 +21,7 @@ from ws4tx import _django_settings, _sync_redis, envelope, naming, sharding
 from ws4tx.naming import Identity
 from ws4tx.redis_address import InvalidRedisAddress, RedisAddress, parse_list, urls_text
 from ws4tx.redis_store import PublishError
+from ws4tx.server.config import ServerConfig
 from ws4tx.server.embedded import EmbeddedRedis
 from ws4tx.server.service import PushService
 from ws4tx.server.sharded_broker import ShardedBroker
@@ -144,6 +145,18 @@ class AddressListTests(SynchronousTestCase):
                           ["--redis", "embedded", "--redis", "redis://b:2/0"])
         self.assertRaises(usage.UsageError, Options().parseOptions,
                           ["--redis", "redis://b:2/0", "--redis", "redis://b:2/0"])
+
+
+    def test_workersGetEveryServerInOrder(self):
+        """--workers hands each worker the servers through the environment, in order."""
+        from ws4tx.server.tap import WORKER_REDIS_ENV, _worker_environment
+
+        shards = parse_list("redis://a:1/0 redis://b:2/0 redis://c:3/0", "x")
+        config = ServerConfig(redis=shards[0], redis_shards=shards)
+        env = _worker_environment(config, {})
+        self.assertEqual(parse_list(env[WORKER_REDIS_ENV], "x"), shards)
+        self.assertEqual(config.shards, shards)
+        self.assertEqual(ServerConfig().shards, (RedisAddress(),))
 
 
 def _start_servers(testcase: Any) -> list[EmbeddedRedis]:
