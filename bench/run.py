@@ -33,7 +33,7 @@ from benchlib.procs import REGISTRY, BenchError, raise_nofile  # noqa: E402
 from benchlib.suite import SCENARIOS, Suite, run_scenario  # noqa: E402
 
 FULL_SCENARIOS = ["fanout", "maxrate", "idle", "channels", "replay", "history", "recovery",
-                  "profile"]
+                  "shards", "profile"]
 SMOKE_SCENARIOS = ["fanout", "maxrate", "idle", "channels", "replay"]
 
 
@@ -70,6 +70,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="clients of the many-channels scenario [default: 1000]")
     p.add_argument("--users-rate", type=float, default=None,
                    help="messages per second to EACH user channel [default: 1]")
+    p.add_argument("--shards-rate", type=float, default=None,
+                   help="rounds per second (one message to each user channel) the shards "
+                        "scenario pushes the publisher to, against one Redis and three "
+                        "[default: 20]")
     p.add_argument("--replay-clients", type=int, default=None, help="[default: 1000]")
     p.add_argument("--recovery-clients", type=int, default=None,
                    help="clients that reconnect at once in the recovery scenario [default: 1000]")
@@ -112,6 +116,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "replay_clients": 50 if smoke else 1000,
         "recovery_clients": 50 if smoke else 1000,
         "recovery_missed": 10 if smoke else 100,
+        "shards_rate": 10.0 if smoke else 20.0,
         "venvs": "current" if smoke else "managed",
         "settle": 0.3 if smoke else 1.0,
     }

@@ -285,3 +285,29 @@ def redis_ping(port: int, timeout: float = 1.0) -> bool:
             return s.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def redis_command_calls(port: int, timeout: float = 5.0) -> Optional[int]:
+    """How many commands the Redis on ``port`` has run (``INFO commandstats``, the INFO
+    calls themselves left out), or None when it does not answer."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"INFO commandstats\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return None
+                data += chunk
+                head, _, body = data.partition(b"\r\n")
+                if head.startswith(b"$") and len(body) >= int(head[1:]):
+                    break
+    except (OSError, ValueError):
+        return None
+    total = 0
+    for line in body.decode("ascii", "replace").splitlines():
+        if line.startswith("cmdstat_") and not line.startswith(("cmdstat_info:",)):
+            fields = dict(kv.split("=", 1) for kv in line.split(":", 1)[1].split(","))
+            total += int(fields.get("calls", 0))
+    return total
+

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import quote
 
 from benchlib import systems as S
-from benchlib.procs import BenchError, Proc, free_port, wait_port
+from benchlib.procs import BenchError, Proc, free_port, redis_command_calls, wait_port
 from benchlib.venvs import BENCH, Venv
 
 LOADGEN = os.path.join(BENCH, "loadgen.py")
@@ -96,6 +96,13 @@ class Suite:
                      f"server CPU {m.get('server_cpu')}, gen CPU {m.get('generator_cpu')}")
         elif status == "ok" and scenario == "replay":
             short = f"{m.get('with_message')}/{m.get('clients')} in {m.get('seconds_to_all')} s"
+        elif status == "ok" and scenario == "shards":
+            short = (f"published {m.get('published_per_s')}/s delivered "
+                     f"{m.get('delivered_per_s')}/s loss {m.get('loss')} p99 {m.get('p99_ms')} ms "
+                     f"Redis CPU {m.get('redis_cpu_each')} commands/msg "
+                     f"{m.get('redis_commands_per_message')}")
+        elif status == "ok" and scenario == "shards-ratio":
+            short = " ".join(f"{k} ×{v}" for k, v in m.items())
         elif status == "ok" and scenario == "maxrate":
             short = f"max rate {m.get('max_rate')} msg/s"
         elif status == "ok" and scenario == "history":
@@ -118,7 +125,8 @@ class Session:
     generator (core 1)."""
 
     def __init__(self, suite: Suite, system: S.System, users: bool = False,
-                 history: bool = False, protocols: tuple[str, ...] = ()) -> None:
+                 history: bool = False, protocols: tuple[str, ...] = (),
+                 redis_count: int = 1) -> None:
         self.suite = suite
         self.system = system
         self.users = users
@@ -126,6 +134,10 @@ class Session:
         self.history = history
         #: Subprotocols the clients ask for (ws4tx.v1: event clients).
         self.protocols = protocols
+        #: Redis servers to start (more than one: ws4tx shards its channels over them).
+        self.redis_count = redis_count
+        self.redis_procs: list[Proc] = []
+        self.redis_ports: list[int] = []
         self.facility = "bench" + new_tag()
         self.procs: list[Proc] = []
         self.redis: Optional[Proc] = None
@@ -147,13 +159,18 @@ class Session:
 
     def start(self) -> None:
         suite, system = self.suite, self.system
-        redis_url = ""
+        urls = []
         if system.needs_redis:
-            self.redis, rport = S.start_redis(suite.redis_bin, suite.pin,
-                                              suite.log_path(system.name + "-redis"))
-            self.procs.append(self.redis)
-            redis_url = f"redis://127.0.0.1:{rport}/0"
-        self.redis_url = redis_url
+            for i in range(self.redis_count):
+                name = system.name + "-redis" + (f"{i + 1}" if self.redis_count > 1 else "")
+                proc, rport = S.start_redis(suite.redis_bin, suite.pin, suite.log_path(name))
+                self.procs.append(proc)
+                self.redis_procs.append(proc)
+                self.redis_ports.append(rport)
+                urls.append(f"redis://127.0.0.1:{rport}/0")
+            self.redis = self.redis_procs[0]
+        # several: separated by spaces, as --redis (repeated) and WS4TX_REDIS_URL take them
+        redis_url = self.redis_url = " ".join(urls)
         self.port, aux = free_port(), free_port()
         venv = suite.venvs[system.venv]
         argv, env, cwd = system.server_argv(venv, self.port, redis_url, self.users, aux)
@@ -222,8 +239,15 @@ class Session:
                 "server_wait": self.server.runqueue_wait_seconds(),
                 "loadgen_wait": self.lg.runqueue_wait_seconds(),
                 "loadgen": self.lg.cpu_seconds(), "publisher": self.pub.cpu_seconds(),
-                "redis": self.redis.cpu_seconds() if self.redis else 0.0}
+                "redis": sum(p.cpu_seconds() for p in self.redis_procs)}
+        for i, proc in enumerate(self.redis_procs):
+            snap[f"redis{i}"] = proc.cpu_seconds()
         return snap
+
+    def redis_calls(self) -> Optional[int]:
+        """Commands run by all the session's Redis servers so far."""
+        calls = [redis_command_calls(port) for port in self.redis_ports]
+        return None if not calls or None in calls else sum(c or 0 for c in calls)
 
     def counters(self) -> Optional[dict[str, int]]:
         """The server's own counters, if it has any (ws4tx)."""
@@ -254,6 +278,7 @@ class Session:
         tag = new_tag()
         clients = self.lg.request({"cmd": "phase", "tag": tag}, 30)["clients"]
         c0 = self.counters()
+        r0 = self.redis_calls()
         s0 = self.snapshot()
         pub = self.pub.request({"cmd": "run", "tag": tag, "rate": rate, "duration": duration,
                                 "targets": targets}, duration * 3 + 60)
@@ -273,6 +298,7 @@ class Session:
                 break
             time.sleep(0.1)
         s1 = self.snapshot()
+        r1 = self.redis_calls()
         rss = self.server.rss_kb()
         stats = self.lg.request({"cmd": "stats", "expected": pub["rounds"]}, 180)
         c1 = self.counters()
@@ -297,6 +323,12 @@ class Session:
             "generator_cpu": round((s1["loadgen"] - s0["loadgen"]) / wall, 3),
             "publisher_cpu": round((s1["publisher"] - s0["publisher"]) / wall, 3),
             "redis_cpu": round((s1["redis"] - s0["redis"]) / wall, 3),
+            "redis_cpu_each": [round((s1[f"redis{i}"] - s0[f"redis{i}"]) / wall, 3)
+                               for i in range(len(self.redis_procs))],
+            # every command of every Redis (the servers' subscribers' included), per
+            # message the publisher sent
+            "redis_commands_per_message": round((r1 - r0) / pub["messages"], 2)
+            if r0 is not None and r1 is not None and pub["messages"] else None,
         }
         for key in ("received", "expected_total", "lost", "loss", "lost_open", "lost_closed",
                     "complete_clients", "duplicates", "out_of_order", "closed_by_server",
@@ -574,7 +606,7 @@ def scenario_channels(suite: Suite, system: S.System, run: int) -> None:
     users = [f"u{i:05d}" for i in range(n)]
     with Session(suite, system, users=True) as s:
         tokens: list[Optional[str]] = [None] * n
-        if system.name == "ws4tx":
+        if system.publisher_system == "ws4tx":
             tokens = s.pub.request({"cmd": "tokens", "users": users}, 120)["tokens"]
         urls = [system.user_url(s.port, s.facility, u, t) for u, t in zip(users, tokens, strict=True)]
         conn = s.connect(urls)
@@ -732,6 +764,52 @@ def _function(frame: str) -> str:
     return f"{name} ({where.rstrip(')').rsplit(':', 1)[0]})"
 
 
+def scenario_shards(suite: Suite, system: S.System, run: int) -> None:
+    """The many-channels workload on one ws4tx server against one Redis, then against
+    three Redis servers its channels are sharded over (and the publisher's Django side
+    too): at the paced rate of --users-rate (fan-out latency and CPU), then with the
+    publisher pushed to --shards-rate rounds per second (publish throughput: what it
+    reaches). Ratios three/one are recorded as ``shards-ratio``."""
+    a = suite.args
+    if system.publisher_system != "ws4tx" or system.name != "ws4tx":
+        suite.record(run, system.name, "shards", {}, "skipped",
+                     reason="sharding is ws4tx's (run it with --systems ws4tx)")
+        return
+    n = a.users
+    users = [f"u{i:05d}" for i in range(n)]
+    found: dict[tuple[int, str], dict[str, Any]] = {}
+    for redis_count in (1, 3):
+        with Session(suite, system, users=True, redis_count=redis_count) as s:
+            tokens = s.pub.request({"cmd": "tokens", "users": users}, 120)["tokens"]
+            urls = [system.user_url(s.port, s.facility, u, t)
+                    for u, t in zip(users, tokens, strict=True)]
+            conn = s.connect(urls)
+            if conn["connected"] < n:
+                raise BenchError(f"only {conn['connected']}/{n} clients connected: "
+                                 f"{conn['errors']}")
+            targets = [system.user_target(u) for u in users]
+            for phase, rate in (("paced", a.users_rate), ("saturated", a.shards_rate)):
+                warm = s.warm(targets, timeout=30)
+                m = s.measure(rate, a.duration, targets)
+                m.update(warm)
+                m["published_per_s"] = round(m["published_messages"] / m["publish_seconds"], 1)
+                params = {"redis": redis_count, "phase": phase, "clients": n,
+                          "rounds_per_s": rate, "duration": a.duration}
+                suite.record(run, system.name, "shards", params, "ok", m)
+                found[(redis_count, phase)] = m
+    ratios: dict[str, Any] = {}
+    for phase in ("paced", "saturated"):
+        one, three = found[(1, phase)], found[(3, phase)]
+        for key in ("published_per_s", "delivered_per_s", "server_cpu", "redis_cpu",
+                    "p99_ms", "redis_commands_per_message"):
+            if one.get(key) and three.get(key) is not None:
+                ratios[f"{phase}_{key}"] = round(three[key] / one[key], 3)
+        ratios[f"{phase}_busiest_redis_cpu"] = (
+            round(max(three["redis_cpu_each"]) / max(one["redis_cpu_each"]), 3)
+            if one["redis_cpu_each"] and max(one["redis_cpu_each"]) else None)
+    suite.record(run, system.name, "shards-ratio", {"clients": n}, "ok", ratios)
+
+
 SCENARIOS: dict[str, Callable[[Suite, S.System, int], None]] = {
     "fanout": scenario_fanout,
     "maxrate": scenario_maxrate,
@@ -741,6 +819,7 @@ SCENARIOS: dict[str, Callable[[Suite, S.System, int], None]] = {
     "profile": scenario_profile,
     "history": scenario_history,
     "recovery": scenario_recovery,
+    "shards": scenario_shards,
 }
 
 

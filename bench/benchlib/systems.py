@@ -81,10 +81,13 @@ class Ws4tx(System):
         head = [twistd] if twistd else [venv.python, "-c",
                                         "from twisted.scripts.twistd import run; run()"]
         argv = head + ["-n", "--pidfile=", "ws4tx",
-                       "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
-                       "--redis", redis_url, "--ping-interval", "0", "--drain-timeout", "2",
-                       # thousands of clients from 127.0.0.1: no per-address cap
-                       "--max-connections-per-ip", "0"]
+                       "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096"]
+        # several URLs (separated by spaces): channels sharded over those servers
+        for url in redis_url.split():
+            argv += ["--redis", url]
+        argv += ["--ping-interval", "0", "--drain-timeout", "2",
+                 # thousands of clients from 127.0.0.1: no per-address cap
+                 "--max-connections-per-ip", "0"]
         if users:
             argv += ["--django-settings", "ws4tx_settings"]
         return argv, {"PYTHONPATH": SERVERS}, REPO
