@@ -23,6 +23,7 @@ from ws4tx.redis_address import InvalidRedisAddress, RedisAddress, parse_list, u
 from ws4tx.redis_store import PublishError
 from ws4tx.server.config import ServerConfig
 from ws4tx.server.embedded import EmbeddedRedis
+from ws4tx.server.metrics import NodeCollector
 from ws4tx.server.service import PushService
 from ws4tx.server.sharded_broker import ShardedBroker
 from ws4tx.testing import StaticAuthenticator
@@ -413,6 +414,9 @@ class ShardedServerTests(ServerTestCase):
         for n in (0, 1):
             self.assertEqual(self.nodes[n].service.node.health().up, True)
             self.assertGreaterEqual(self.nodes[n].service.broker.stats["shard_outages"], 1)
+            scraped = {m.name: m for m in NodeCollector(self.nodes[n].service.node).collect()}
+            self.assertEqual(scraped["ws4tx_redis_shard_outages"].samples[0].value, 1)
+            self.assertEqual(scraped["ws4tx_redis_up"].samples[0].value, 1)
 
         self.servers[0].start()
         for n in (0, 1):

@@ -77,6 +77,8 @@ COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
                       "messages not stored: their sender was over its storage budget", {}),
     "outages": ("ws4tx_redis_outages", "times the Redis connection was lost", {}),
     "reconnects": ("ws4tx_redis_reconnects", "reconnections to Redis", {}),
+    "shard_outages": ("ws4tx_redis_shard_outages",
+                      "times one Redis server of several (shards) was lost", {}),
     "deaf": ("ws4tx_redis_deaf_detections",
              "times Redis was connected but its delivery probe did not come back", {}),
     "store_failures": ("ws4tx_redis_store_failures",
