@@ -66,3 +66,42 @@ def shard_of(prefix: Optional[str], name: str, shards: int) -> int:
     if shards == 1:
         return 0
     return jump_hash(fnv1a_64(routing_name(prefix, name).encode("utf-8")), shards)
+
+
+# Redis Cluster: the hash slot of a key or shard channel
+
+#: The number of hash slots of a Redis Cluster.
+CLUSTER_SLOTS = 16384
+
+
+def _crc16_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_CRC16 = _crc16_table()
+
+
+def crc16(data: bytes) -> int:
+    """CRC16-CCITT (XMODEM), the checksum Redis Cluster places keys by."""
+    crc = 0
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[((crc >> 8) ^ byte) & 0xFF]
+    return crc
+
+
+def key_slot(name: str | bytes) -> int:
+    """The Redis Cluster hash slot of key or shard channel ``name`` (``CLUSTER KEYSLOT``):
+    of its first non-empty ``{...}`` hash tag when it has one, else of the whole name."""
+    data = name.encode("utf-8") if isinstance(name, str) else name
+    start = data.find(b"{")
+    if start != -1:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1:end]
+    return crc16(data) % CLUSTER_SLOTS

@@ -1,0 +1,87 @@
+"""A three-primary Redis Cluster on free loopback ports, for the Cluster tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+
+import redis
+
+from ws4tx.server.embedded import EmbeddedRedis, free_port
+
+#: Bound on the cluster's setup (never reached when things work).
+SETUP_TIMEOUT = 30.0
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (10000 higher, at most 65535) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class Cluster:
+    """Three Redis servers with ``cluster-enabled``, joined by ``redis-cli --cluster
+    create`` (no replicas): each serves a third of the slots."""
+
+    def __init__(self) -> None:
+        self.servers = [EmbeddedRedis(port=_cluster_port(),
+                                      extra_args=["--cluster-enabled", "yes",
+                                                  "--cluster-node-timeout", "2000"])
+                        for _ in range(3)]
+
+    def start(self) -> None:
+        cli = shutil.which("redis-cli") or shutil.which("valkey-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is needed to create a cluster")
+        for server in self.servers:
+            server.start()
+        subprocess.run([cli, "--cluster", "create",
+                        *[f"127.0.0.1:{s.port}" for s in self.servers], "--cluster-yes"],
+                       check=True, capture_output=True, timeout=SETUP_TIMEOUT)
+        deadline = time.monotonic() + SETUP_TIMEOUT
+        while not all(self._ok(s) for s in self.servers):
+            if time.monotonic() > deadline:
+                raise AssertionError("the cluster did not become ok in time")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _ok(server: EmbeddedRedis) -> bool:
+        with redis.Redis(port=server.port) as client:
+            return b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO")
+
+    def client(self, server: EmbeddedRedis) -> redis.Redis:
+        """A plain client of one node."""
+        return redis.Redis(port=server.port, socket_timeout=5)
+
+    def cluster_client(self) -> redis.RedisCluster:
+        """redis-py's cluster client (what the Django side would use)."""
+        return redis.RedisCluster(host="127.0.0.1", port=self.servers[0].port,
+                                  socket_timeout=5)
+
+    def node_id(self, server: EmbeddedRedis) -> str:
+        with self.client(server) as client:
+            value = client.execute_command("CLUSTER", "MYID")
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    def move_slot(self, slot: int, to: EmbeddedRedis) -> None:
+        """Give an empty ``slot`` to ``to`` (``CLUSTER SETSLOT … NODE`` on every node,
+        the new owner first), as the end of a migration does."""
+        target = self.node_id(to)
+        for server in [to] + [s for s in self.servers if s is not to]:
+            with self.client(server) as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
