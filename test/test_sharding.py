@@ -418,10 +418,17 @@ class ShardedServerTests(ServerTestCase):
             self.assertEqual(scraped["ws4tx_redis_shard_outages"].samples[0].value, 1)
             self.assertEqual(scraped["ws4tx_redis_up"].samples[0].value, 1)
 
+        # a client connecting meanwhile is told, whichever its channels, and told again
+        # once every server is back
+        late = await self.on(self.nodes[0], f"/ws/{kept[0]}?subscribe-broadcast",
+                             {"x-test-identity": "fred;;sf"}, EVENTS)
+        self.assertEqual(await _nextEvent(late), envelope.INTERRUPTED_EVENT)
+
         self.servers[0].start()
         for n in (0, 1):
             self.assertEqual(await _nextEvent(clients[(lost, n)], timeout=30.0),
                              envelope.RESUMED_EVENT)
+        self.assertEqual(await _nextEvent(late), envelope.RESUMED_EVENT)
         await threads.deferToThread(api.publish, lost, "back", broadcast=True, expire=0)
         for n in (0, 1):
             self.assertEqual(await clients[(lost, n)].text(), "back")

@@ -12,9 +12,9 @@ Losing one server interrupts its channels only: the router is told which channel
 (:meth:`~ws4tx.server.broker.IShardListener.channelsInterrupted`), so that only their
 clients get ``ws4tx.interrupted``, and ``ws4tx.resumed`` once that server is back and
 they are resubscribed (and no other of their channels is down). The node counts as
-connected and delivering while any server is (its health check stays up: every node has
-the same servers, so taking nodes out would interrupt every channel); each server's loss
-and return is logged with its address.
+delivering while any server is (its health check stays up: every node has the same
+servers, so taking nodes out would interrupt every channel), and as connected while every
+server is; each server's loss is logged and counted.
 """
 
 from __future__ import annotations
@@ -97,8 +97,10 @@ class ShardedBroker:
 
     @property
     def connected(self) -> bool:
-        """Whether any server's subscriber is connected."""
-        return any(shard.connected for shard in self.shards)
+        """Whether every server's subscriber is connected. A client that joins while one
+        is not is told ``ws4tx.interrupted`` (whichever its channels: the cautious side),
+        and ``ws4tx.resumed`` once every server is back."""
+        return all(shard.connected for shard in self.shards)
 
     @property
     def delivering(self) -> bool:
