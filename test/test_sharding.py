@@ -15,6 +15,7 @@ from typing import Any, Optional
 import redis
 from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, endpoints, reactor, threads
+from twisted.trial import unittest
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx import _django_settings, _sync_redis, envelope, naming, sharding
@@ -22,7 +23,7 @@ from ws4tx.naming import Identity
 from ws4tx.redis_address import InvalidRedisAddress, RedisAddress, parse_list, urls_text
 from ws4tx.redis_store import PublishError
 from ws4tx.server.config import ServerConfig
-from ws4tx.server.embedded import EmbeddedRedis
+from ws4tx.server.embedded import EmbeddedRedis, free_port
 from ws4tx.server.metrics import NodeCollector
 from ws4tx.server.service import PushService
 from ws4tx.server.sharded_broker import ShardedBroker
@@ -446,3 +447,41 @@ def _tick() -> defer.Deferred[None]:
     from twisted.internet import task
 
     return task.deferLater(reactor, 0.05, lambda: None)
+
+
+class TwistdShardsTests(unittest.TestCase):
+    """``twistd ws4tx --redis … --redis … --redis …`` with ``--workers 2``."""
+
+    async def test_repeatedRedisShardsEveryWorker(self):
+        """Each worker keeps one subscriber on each server; a channel's messages, sent
+        on its own server, reach clients of both workers."""
+        from test._process import Twistd
+
+        servers = _start_servers(self)
+        port = free_port()
+        child = Twistd().start("--workers", "2", "--listen",
+                               f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+                               *[arg for s in servers for arg in ("--redis", s.url)])
+        self.addCleanup(child.stop, "KILL")
+        await child.waitFor("(?s)" + ".*".join(["Redis subscriber connected"] * 6))
+        direct = [redis.Redis.from_url(s.url) for s in servers]
+        for client in direct:
+            self.addCleanup(client.close)
+            self.assertEqual(len([c for c in client.client_list() if int(c["sub"])]), 2)
+        placed = ShardedBroker([object()] * SHARDS, PREFIX)  # type: ignore[list-item]
+        for index in range(SHARDS):
+            facility = next(f"t{i}" for i in range(1000)
+                            if placed.shardOf(naming.broadcast_channel(PREFIX, f"t{i}"))
+                            == index)
+            channel = naming.broadcast_channel(PREFIX, facility)
+            direct[index].set(channel, "stored", ex=60)
+            clients = []
+            for _ in range(6):  # the kernel spreads them over both workers
+                client = await connect(port, f"/ws/{facility}?subscribe-broadcast")
+                self.addCleanup(client.close)
+                self.assertEqual(await client.text(), "stored")  # replayed: subscribed
+                clients.append(client)
+            self.assertGreaterEqual(direct[index].publish(channel, f"on {index}"), 1)
+            for client in clients:
+                self.assertEqual(await client.text(), f"on {index}")
+        self.assertEqual(await child.stop("TERM"), 0, child.output[-3000:])
