@@ -412,6 +412,19 @@ class ShardedServerTests(ServerTestCase):
         with self.assertRaises(PublishError):
             await threads.deferToThread(api.publish, lost, "nowhere", broadcast=True,
                                         expire=0)
+        # one publish to channels of a live server and of the lost one: the live one's
+        # clients get it and it is stored there, and the error names the lost server
+        broker = self.nodes[0].service.broker
+        stranded = next(f"x{i}" for i in range(1000) if broker.shardOf(
+            naming.channel(PREFIX, naming.USER, kept[0], f"x{i}")) == 0)
+        with self.assertRaisesRegex(PublishError, f":{self.servers[0].port}/"):
+            await threads.deferToThread(api.publish, kept[0], "partly", broadcast=True,
+                                        users=[stranded], expire=60)
+        for n in (0, 1):
+            self.assertEqual(await clients[(kept[0], n)].text(), "partly")
+        live = redis.Redis.from_url(self.servers[1].url)
+        self.addCleanup(live.close)
+        self.assertEqual(live.get(naming.broadcast_channel(PREFIX, kept[0])), b"partly")
         for n in (0, 1):
             self.assertEqual(self.nodes[n].service.node.health().up, True)
             self.assertGreaterEqual(self.nodes[n].service.broker.stats["shard_outages"], 1)

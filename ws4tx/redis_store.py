@@ -16,7 +16,8 @@ strips). It writes everything or nothing, so it never raises :class:`NotStored`.
 With several Redis servers (shards, :mod:`ws4tx.sharding`) each channel is published to,
 stored on and read from its own shard: one round trip per shard concerned (one pipeline
 each). A shard that fails does not stop the others: the channels of the shards that
-answered got the message, and then :class:`PublishError` names the shard that failed.
+answered got the message (and store it), and then :class:`PublishError` names the shard
+that failed.
 """
 
 from __future__ import annotations
@@ -210,14 +211,26 @@ class RedisStore:
                 pipe.publish(channel, data)
             return pipe.execute()
 
-        receivers = sum(int(count)
-                        for count in self._call_each("publish to", channels, _publish))
+        failures: list[PublishError] = []
+        counts = self._call_each("publish to", channels, _publish, failures)
+        receivers = sum(int(count) for count in counts if count is not None)
         if expire > 0:
-            self._store(channels, data, expire, receivers)
+            # stored where it was published (with shards, a server may have failed)
+            published = [c for c, count in zip(channels, counts, strict=True)
+                         if count is not None]
+            try:
+                self._store(published, data, expire, receivers)
+            except NotStored:
+                if not failures:
+                    raise
+        if failures:
+            raise failures[0]
         return receivers
 
     def _store(self, channels: Sequence[str], data: bytes, expire: int,
                receivers: int) -> None:
+        if not channels:
+            return
         problem: Optional[str] = None
         for connection, indices in self._by_shard(channels):
             pipe = connection.pipeline(transaction=False)
@@ -257,25 +270,29 @@ class RedisStore:
         return [(shards[shard], indices) for shard, indices in groups.items()]
 
     def _call_each(self, action: str, names: Sequence[str],
-                   run: Callable[[redis.Redis, list[str]], list[Any]]) -> list[Any]:
+                   run: Callable[[redis.Redis, list[str]], list[Any]],
+                   failures: Optional[list[PublishError]] = None) -> list[Any]:
         """``run(client, names of its shard)`` for each shard concerned (every one, even
         after another failed); the replies in the order of ``names``. Raises
-        :class:`PublishError` naming the first shard that failed."""
+        :class:`PublishError` naming the first shard that failed, or, given a
+        ``failures`` list, adds each to it and leaves None as those names' replies."""
         replies: list[Any] = [None] * len(names)
-        failure: Optional[PublishError] = None
+        found: list[PublishError] = [] if failures is None else failures
         for connection, indices in self._by_shard(names):
+            if not indices:
+                continue
             try:
                 answered = run(connection, [names[i] for i in indices])
             except RedisError as e:
-                if failure is None:
-                    failure = PublishError(
-                        f"could not {action} Redis at {self._where(connection)}: {e}")
-                    failure.__cause__ = e
+                failure = PublishError(
+                    f"could not {action} Redis at {self._where(connection)}: {e}")
+                failure.__cause__ = e
+                found.append(failure)
                 continue
             for i, reply in zip(indices, answered, strict=True):
                 replies[i] = reply
-        if failure is not None:
-            raise failure
+        if found and failures is None:
+            raise found[0]
         return replies
 
     def _call(self, action: str, run: Callable[[redis.Redis], T],
