@@ -13,6 +13,9 @@ For a ``redis+sentinel://`` address the client is redis-py's ``Sentinel(...).mas
 each new connection asks the Sentinels where the master is (and checks its role), so after
 a failover the next call (or its one retry) reaches the new master.
 
+For a ``redis+cluster://`` address the client is redis-py's ``RedisCluster``, and messages
+are published with ``SPUBLISH`` (sharded pub/sub, see :func:`is_cluster`).
+
 Several servers (a list of URLs: channels sharded over them) get one client each;
 :func:`client_for` is the client of a channel's or key's shard
 (:func:`ws4tx.sharding.shard_of`, the function the server uses too).
@@ -100,6 +103,11 @@ def clients() -> tuple[redis.Redis, ...]:
         return _clients
 
 
+def is_cluster() -> bool:
+    """Whether this process publishes to a Redis Cluster (``SPUBLISH``)."""
+    return addresses()[0].is_cluster
+
+
 def shard_index(name: str) -> int:
     """The index of the shard of channel or key ``name`` (0 with one Redis)."""
     return sharding.shard_of(_django_settings.prefix(), name, len(clients()))
@@ -128,6 +136,13 @@ def _build(found: RedisAddress, timeout: float) -> redis.Redis:
         "socket_timeout": timeout,
     }
     retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    if found.is_cluster:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        cluster: redis.Redis = RedisCluster(  # type: ignore[assignment]
+            startup_nodes=[ClusterNode(host, port) for host, port in found.cluster_nodes],
+            username=found.username, password=found.password, **bounds)
+        return cluster
     if not found.is_sentinel:
         return redis.Redis.from_url(found.url, retry=retry, **bounds)
     from redis.sentinel import Sentinel

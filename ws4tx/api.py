@@ -192,8 +192,12 @@ def _command(command: control.Command, on_commit: bool) -> Optional[int]:
 
     def send() -> int:
         store = RedisStore()
-        return int(store._call("send a command to", lambda redis: redis.publish(channel, payload),
-                               channel))
+        def send_to(redis: Any) -> Any:
+            if store._cluster():
+                return redis.spublish(channel, payload)
+            return redis.publish(channel, payload)
+
+        return int(store._call("send a command to", send_to, channel))
 
     return _run(send, on_commit)
 

@@ -49,21 +49,32 @@ class RedisAddress:
     master_name: Optional[str] = None
     #: The Sentinels' own password (``requirepass`` in sentinel.conf), if any.
     sentinel_password: Optional[str] = None
+    #: (host, port) of the Redis Cluster nodes to discover the cluster from (a
+    #: ``redis+cluster://`` URL); ``host``, ``port`` and ``db`` are then unused.
+    cluster_nodes: tuple[tuple[str, int], ...] = ()
 
     @property
     def is_sentinel(self) -> bool:
         """Whether the master is found through Sentinels."""
         return bool(self.sentinels)
 
+    @property
+    def is_cluster(self) -> bool:
+        """Whether this is a Redis Cluster (sharded pub/sub; see docs/scaling.md)."""
+        return bool(self.cluster_nodes)
+
     @classmethod
     def from_url(cls, url: str) -> RedisAddress:
         """Parse ``redis://[user:password@]host[:port][/db]``, ``rediss://...`` (TLS),
         ``unix:///path/redis.sock[?db=N]`` or
         ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/MASTER_NAME
-        [?db=N&sentinel_password=...]`` (``rediss+sentinel://``: TLS)."""
+        [?db=N&sentinel_password=...]`` (``rediss+sentinel://``: TLS) or
+        ``redis+cluster://[[user]:password@]host[:port][,host[:port]...]``."""
         try:
             parts = urlsplit(url)
             scheme = parts.scheme.lower()
+            if scheme == "redis+cluster":
+                return cls._from_cluster_url(parts.netloc, parts.path, parts.query)
             if scheme in ("redis+sentinel", "rediss+sentinel"):
                 return cls._from_sentinel_url(parts.netloc, parts.path, parts.query,
                                               ssl=scheme == "rediss+sentinel")
@@ -97,6 +108,25 @@ class RedisAddress:
             raise
         except ValueError as e:  # a bad port, say
             raise InvalidRedisAddress(str(e)) from None
+
+    @classmethod
+    def _from_cluster_url(cls, netloc: str, path: str, query: str) -> RedisAddress:
+        userinfo, at, hosts = netloc.rpartition("@")
+        username = password = None
+        if at:
+            user, colon, secret = userinfo.partition(":")
+            username = unquote(user) or None
+            password = unquote(secret) if colon else None
+        if not hosts:
+            raise InvalidRedisAddress(
+                "a redis+cluster:// URL needs the address of one or more nodes: "
+                "redis+cluster://host:6379[,host:6379...]")
+        if path.strip("/") not in ("", "0") or query:
+            raise InvalidRedisAddress("a Redis Cluster has only database 0 and a "
+                                      "redis+cluster:// URL takes no parameters")
+        nodes = tuple(_sentinel(item, CLUSTER_PORT, "cluster node")
+                      for item in hosts.split(","))
+        return cls(username=username, password=password, cluster_nodes=nodes)
 
     @classmethod
     def _from_sentinel_url(cls, netloc: str, path: str, query_string: str,
@@ -169,6 +199,10 @@ class RedisAddress:
         return self._url("***" if self.password else None, masked=True)
 
     def _url(self, password: Optional[str], masked: bool = False) -> str:
+        if self.cluster_nodes:
+            hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+                             for h, p in self.cluster_nodes)
+            return f"redis+cluster://{self._auth(password, masked)}{hosts}"
         if self.sentinels:
             return self._sentinel_url(password, masked)
         auth = self._auth(password, masked)
@@ -198,27 +232,32 @@ class RedisAddress:
         return f"{scheme}://{auth}{hosts}/{name}?{urlencode(query, safe='*')}"
 
 
-def _sentinel(item: str) -> tuple[str, int]:
-    """``host[:port]`` or ``[v6]:port`` of one Sentinel."""
+#: The port of a cluster node whose address names none.
+CLUSTER_PORT = 6379
+
+
+def _sentinel(item: str, default_port: int = SENTINEL_PORT,
+              what: str = "Sentinel") -> tuple[str, int]:
+    """``host[:port]`` or ``[v6]:port`` of one Sentinel (or cluster node)."""
     text = item.strip()
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
-            raise InvalidRedisAddress(f"the Sentinel address {item!r} is not [IPv6]:port")
+            raise InvalidRedisAddress(f"the {what} address {item!r} is not [IPv6]:port")
         port_text = rest[1:]
     else:
         host, _, port_text = text.partition(":")
     if not host:
-        raise InvalidRedisAddress(f"a Sentinel address in the list is empty ({item!r})")
+        raise InvalidRedisAddress(f"a {what} address in the list is empty ({item!r})")
     if not port_text:
-        return host, SENTINEL_PORT
+        return host, default_port
     try:
         port = int(port_text)
     except ValueError:
         raise InvalidRedisAddress(
-            f"the port of the Sentinel address {item!r} is not a number") from None
+            f"the port of the {what} address {item!r} is not a number") from None
     if not 0 < port < 65536:
-        raise InvalidRedisAddress(f"the port of the Sentinel address {item!r} is out of range")
+        raise InvalidRedisAddress(f"the port of the {what} address {item!r} is out of range")
     return host, port
 
 
@@ -293,6 +332,9 @@ def parse_list(value: Any, origin: str) -> tuple[RedisAddress, ...]:
     if not urls or not all(urls):
         raise InvalidRedisAddress(f"{origin}: no Redis URL in {value!r}")
     found = tuple(_parse(url, origin) for url in urls)
+    if len(found) > 1 and any(address.is_cluster for address in found):
+        raise InvalidRedisAddress(f"{origin}: a Redis Cluster is given alone, not among "
+                                  "other servers")
     if len(set(found)) != len(found):
         raise InvalidRedisAddress(f"{origin}: a Redis server is listed twice")
     return found

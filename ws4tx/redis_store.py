@@ -173,6 +173,9 @@ class RedisStore:
         if not data or not self._publishers:
             return 0
         retention = _django_settings.history_for(self.facility) if self.facility else None
+        if retention is not None and self._cluster():
+            raise ValueError("history is not available on a Redis Cluster (yet): the "
+                             f"facility {self.facility!r} keeps one (setting WS4TX_HISTORY)")
         if retention is not None:
             return self._send_with_history(self._publishers, data, expire, retention)
         return self._send(self._publishers, data, expire)
@@ -206,6 +209,9 @@ class RedisStore:
         a failed SET after a successful PUBLISH raises :class:`NotStored`, not
         :class:`PublishError`."""
         def _publish(connection: redis.Redis, names: list[str]) -> list[Any]:
+            if self._cluster():
+                # sharded pub/sub: each on the node of its slot (redis-py routes it)
+                return [connection.spublish(channel, data) for channel in names]
             pipe = connection.pipeline(transaction=False)
             for channel in names:
                 pipe.publish(channel, data)
@@ -251,10 +257,20 @@ class RedisStore:
         shard)."""
         if not channels:
             return None
-        values = self._call_each("read from", channels,
-                                 lambda connection, names: list(connection.mget(names)))
+        def _read(connection: redis.Redis, names: list[str]) -> list[Any]:
+            if self._cluster():
+                return list(connection.mget_nonatomic(names))  # type: ignore[attr-defined]
+            return list(connection.mget(names))
+
+        values = self._call_each("read from", channels, _read)
         # The client is made without decode_responses: its replies are bytes.
         return next((value for value in values if isinstance(value, bytes) and value), None)
+
+    def _cluster(self) -> bool:
+        """Whether this store publishes to a Redis Cluster (with ``SPUBLISH``)."""
+        if self._own_connection is not None:
+            return isinstance(self._own_connection, redis.RedisCluster)
+        return _sync_redis.is_cluster()
 
     def _by_shard(self, names: Sequence[str]) -> list[tuple[redis.Redis, list[int]]]:
         """The client of each shard that holds some of ``names``, with the indices (in
