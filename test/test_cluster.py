@@ -4,20 +4,24 @@ cluster: hash slots as Redis computes them, the slot map, sharded pub/sub on txr
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import txredisapi
 from hypothesis import given, settings, strategies as st
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, endpoints, reactor, threads
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.trial import unittest
 
 from ws4tx import naming
-from ws4tx.server.cluster import ShardSubscriberProtocol, SlotMap, moved
+from ws4tx.redis_address import RedisAddress
+from ws4tx.server.cluster import ClusterBroker, ShardSubscriberProtocol, SlotMap, moved
+from ws4tx.server.service import PushService
 from ws4tx.sharding import key_slot
+from ws4tx.testing import StaticAuthenticator
 
 from test._cluster import Cluster
-from test._wsclient import TIMEOUT
+from test._wsclient import TIMEOUT, WSClient, connect
 
 
 class _Recorder(ShardSubscriberProtocol):
@@ -157,3 +161,235 @@ class ClusterTests(unittest.TestCase):
                 client.execute_command, "SPUBLISH", channel, "after"), 1)
         self.assertEqual(await factory2.messages.get().addTimeout(TIMEOUT, reactor),
                          (channel.encode(), b"after"))
+
+
+class ClusterServerTests(unittest.TestCase):
+    """Two ws4tx nodes and the Django side on a three-primary cluster
+    (``redis+cluster://``)."""
+
+    cluster: Cluster
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        ClusterTests.setUpClass.__func__(cls)  # type: ignore[attr-defined]
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.cluster.stop()
+
+    def setUp(self) -> defer.Deferred[None]:
+        from test._server import _autobahn_timers_fired
+
+        self.addCleanup(_autobahn_timers_fired)
+        return defer.ensureDeferred(self._setUp())
+
+    async def _setUp(self) -> None:
+        from ws4tx import _sync_redis
+
+        from test._django import setup_django
+
+        setup_django()
+        self.address = RedisAddress(
+            cluster_nodes=tuple(("127.0.0.1", s.port) for s in self.cluster.servers))
+        _sync_redis.use_url(self.address.url)
+        self.addCleanup(_sync_redis.reset)
+        self.nodes = [await self.startNode(), await self.startNode()]
+
+    async def startNode(self) -> SimpleNamespace:
+        from test._server import ServerTestCase, _Observed, identity_from_header, observe_broker
+
+        config = ServerTestCase.config.replace(redis=self.address, presence=("pres",))
+        service = PushService(config, authenticator=StaticAuthenticator(identity_from_header))
+        self.assertIsInstance(service.broker, ClusterBroker)
+        factory = service.factory
+        factory.protocol = _Observed
+        factory.test_joined = defer.DeferredQueue()
+        factory.test_left = defer.DeferredQueue()
+        events = observe_broker(factory.node.router)
+        service.startService()
+        self.addCleanup(service.stopService)
+        port = await endpoints.TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1").listen(service.site)
+        self.addCleanup(port.stopListening)
+        self.assertEqual(await events.get().addTimeout(TIMEOUT, reactor), "connected")
+        return SimpleNamespace(service=service, factory=factory, port=port.getHost().port)
+
+    async def on(self, node: SimpleNamespace, path: str, identity: str = "",
+                 protocols: tuple[str, ...] = ()) -> WSClient:
+        client = await connect(node.port, path, headers={"x-test-identity": identity}
+                               if identity else None, protocols=protocols)
+        self.addCleanup(client.close)
+        await node.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
+        return client
+
+    async def test_everyAudienceOnEveryPrimary(self):
+        """Clients of three people on two nodes, on facilities whose channels fall on
+        every primary: each gets exactly the messages of its audiences."""
+        from ws4tx import _django_settings, api
+
+        people = {"alice": ("staff",), "bob": ("staff", "ops"), "carol": ()}
+        sessions = {name: _django_settings.session_channel(f"key-{name}") for name in people}
+        flags = "subscribe-broadcast&subscribe-user&subscribe-group&subscribe-session"
+        facilities = [f"room{i}" for i in range(4)]
+        clients = {}
+        for f_index, facility in enumerate(facilities):
+            for p_index, (name, groups) in enumerate(people.items()):
+                clients[(facility, name)] = await self.on(
+                    self.nodes[(f_index + p_index) % 2], f"/ws/{facility}?{flags}",
+                    f"{name};{','.join(groups)};{sessions[name]}")
+        broker = self.nodes[0].service.broker
+        used = {broker.nodeFor(naming.channel("ws4tx", audience, f, n))
+                for f in facilities for audience, n in
+                [("user", p) for p in people] + [("group", "staff"), ("group", "ops")]
+                + [("session", s) for s in sessions.values()]}
+        self.assertEqual(len(used), 3)
+        sends = [({"broadcast": True}, {"alice": 1, "bob": 1, "carol": 1}),
+                 ({"users": ["alice", "carol"]}, {"alice": 1, "carol": 1}),
+                 ({"groups": ["staff", "ops"]}, {"alice": 1, "bob": 2}),
+                 ({"sessions": ["key-bob"]}, {"bob": 1}),
+                 ({"users": ["nobody"]}, {})]
+        expected: dict[Any, list[str]] = {key: [] for key in clients}
+        for facility in facilities:
+            for number, (audience, counts) in enumerate(sends):
+                text = f"{facility}/{number}"
+                await threads.deferToThread(api.publish, facility, text, expire=0, **audience)
+                for name, times in counts.items():
+                    expected[(facility, name)] += [text] * times
+            await threads.deferToThread(
+                api.publish, facility, "end", expire=0, broadcast=True, users=list(people),
+                groups=["staff", "ops"], sessions=[f"key-{n}" for n in people])
+        for (facility, name), client in clients.items():
+            ends = 3 + len(people[name])  # broadcast, user, session, each group
+            got = []
+            while ends:
+                text = await client.text()
+                if text == "end":
+                    ends -= 1
+                else:
+                    got.append(text)
+            self.assertEqual(sorted(got), sorted(expected[(facility, name)]), (facility, name))
+
+    async def test_storedMessageAndPresence(self):
+        from django.test import override_settings
+
+        from ws4tx import api
+
+        await threads.deferToThread(api.publish, "kept", "stored", broadcast=True, expire=60)
+        client = await self.on(self.nodes[1], "/ws/kept?subscribe-broadcast")
+        self.assertEqual(await client.text(), "stored")
+        with override_settings(WS4TX_PRESENCE=["pres"]):
+            await self.on(self.nodes[0], "/ws/pres?subscribe-broadcast", "dora;;sd")
+            found: list[Any] = []
+            for _ in range(200):  # bounded: presence is written within a batch delay
+                found = await threads.deferToThread(api.presence, "pres")
+                if found:
+                    break
+                await _later(0.05)
+            self.assertEqual([e["user"] for e in found], ["dora"])
+        with override_settings(WS4TX_HISTORY={"hist": {"size": 5, "ttl": 60}}), \
+                self.assertRaisesRegex(ValueError, "Redis Cluster"):
+            await threads.deferToThread(api.publish, "hist", "x", broadcast=True)
+
+    async def test_slotMigrationUnderPublishing(self):
+        """The slot of a channel moves to another primary while the Django side publishes
+        every 20 ms: both nodes follow it and delivery resumes (what is published while
+        it moves may be lost: pub/sub is fire-and-forget)."""
+        from ws4tx import api
+
+        channel = naming.broadcast_channel("ws4tx", "mover")
+        clients = [await self.on(node, "/ws/mover?subscribe-broadcast") for node in self.nodes]
+        broker = self.nodes[0].service.broker
+        old = broker.nodeFor(channel)
+        new = next(n for n in broker.slots.nodes() if n != old)
+        server = {("127.0.0.1", s.port): s for s in self.cluster.servers}
+        sent = [0]
+        stop = [False]
+
+        def publish_loop() -> None:
+            import time
+
+            while not stop[0]:
+                sent[0] += 1
+                try:
+                    api.publish("mover", f"m{sent[0]}", broadcast=True, expire=0)
+                except Exception:  # noqa: BLE001 - counted as lost, the loop goes on
+                    pass
+                time.sleep(0.02)
+
+        loop = threads.deferToThread(publish_loop)
+        self.addCleanup(lambda: stop.__setitem__(0, True) or loop)
+        for client in clients:
+            self.assertTrue((await client.text()).startswith("m"))
+        slot = key_slot(channel)
+        await threads.deferToThread(self.cluster.move_slot, slot, server[new])
+        self.addCleanup(self.cluster.move_slot, slot, server[old])
+        moved_at = sent[0]
+        for client in clients:
+            while int((await client.text(timeout=20.0))[1:]) <= moved_at + 5:
+                pass
+        for node in self.nodes:
+            self.assertEqual(node.service.broker.nodeFor(channel), new)
+        stop[0] = True
+        await loop
+
+
+    async def test_publishFollowsMoved(self):
+        """A node publishes (and stores) on a channel whose slot moved without it
+        knowing (nobody here listens to it): the old primary answers MOVED, the node reads
+        the map again and publishes on the new one."""
+        channel = naming.broadcast_channel("ws4tx", "quiet")
+        broker = self.nodes[0].service.broker
+        old = broker.nodeFor(channel)
+        new = next(n for n in broker.slots.nodes() if n != old)
+        server = {("127.0.0.1", s.port): s for s in self.cluster.servers}
+        slot = key_slot(channel)
+        await threads.deferToThread(self.cluster.move_slot, slot, server[new])
+        self.addCleanup(self.cluster.move_slot, slot, server[old])
+        self.assertEqual(broker.nodeFor(channel), old)  # stale until told
+        self.assertEqual(await broker.publish(channel, b"after the move", 60), 0)
+        self.assertEqual(broker.nodeFor(channel), new)
+        with self.cluster.client(server[new]) as client:
+            self.assertEqual(client.get(channel), b"after the move")
+            client.delete(channel)  # a slot that holds keys cannot be given back
+
+    def test_configurationRefusals(self):
+        """History is refused on a cluster; a cluster is never one shard among others."""
+        from ws4tx.redis_address import InvalidRedisAddress, parse_list
+        from ws4tx.server.config import ServerConfig
+
+        with self.assertRaisesRegex(ValueError, "not available on a Redis Cluster"):
+            ServerConfig(redis=self.address).replace(history={"chat": {"size": 10, "ttl": 60}})
+        with self.assertRaisesRegex(InvalidRedisAddress, "alone"):
+            parse_list([self.address.url, "redis://other:6379/0"], "x")
+        for bad in ("redis+cluster://", "redis+cluster://h:1/2", "redis+cluster://h:1?db=0"):
+            self.assertRaises(InvalidRedisAddress, RedisAddress.from_url, bad)
+
+
+    async def test_twistdWithAClusterURL(self):
+        """``twistd ws4tx --redis redis+cluster://…`` connects to every primary and
+        delivers what redis-py's cluster client SPUBLISHes."""
+        from ws4tx.server.embedded import free_port
+
+        from test._process import Twistd
+
+        port = free_port()
+        child = Twistd().start("--listen", f"tcp:{port}:interface=127.0.0.1",
+                               "--redis", self.address.url)
+        self.addCleanup(child.stop, "KILL")
+        await child.waitFor("(?s)" + ".*".join(["Redis subscriber connected"] * 3))
+        client = await connect(port, "/ws/viatwistd?subscribe-broadcast")
+        self.addCleanup(client.close)
+        channel = naming.broadcast_channel("ws4tx", "viatwistd")
+        with self.cluster.cluster_client() as rc:
+            for _ in range(100):  # bounded: until the subscription is in place
+                if await threads.deferToThread(rc.spublish, channel, "hello"):
+                    break
+                await _later(0.05)
+        self.assertEqual(await client.text(), "hello")
+        self.assertEqual(await child.stop("TERM"), 0, child.output[-3000:])
+
+
+def _later(seconds: float) -> defer.Deferred[None]:
+    from twisted.internet import task
+
+    return task.deferLater(reactor, seconds, lambda: None)

@@ -1,32 +1,49 @@
-"""Redis Cluster building blocks for the Twisted side: sharded pub/sub on txredisapi.
+"""Redis Cluster for the Twisted side: sharded pub/sub on txredisapi (``redis+cluster://``).
 
 txredisapi speaks neither Redis Cluster nor sharded pub/sub: its subscriber knows
 ``message`` and ``pmessage`` pushes only, and an ``smessage`` would land in its command
-reply queue and shift every later reply. This module adds what a Cluster broker needs,
-without leaving txredisapi:
+reply queue and shift every later reply. This module adds what a Cluster needs, without
+leaving txredisapi:
 
 - :class:`ShardSubscriberProtocol`, a ``SubscriberProtocol`` that sends ``SSUBSCRIBE`` /
   ``SUNSUBSCRIBE`` (one channel per command, as ws4tx subscribes), hands each ``smessage``
   to :meth:`~ShardSubscriberProtocol.shardMessageReceived`, and reports a ``sunsubscribe``
   that nobody asked for (Redis sends one to every subscriber of a slot the node lost to a
-  migration or a failover) to :meth:`~ShardSubscriberProtocol.shardChannelLost`, so that
-  the channel can be subscribed again where its slot went;
+  migration or a failover) to :meth:`~ShardSubscriberProtocol.shardChannelLost`;
 - :class:`SlotMap`, which node serves which hash slot (from ``CLUSTER SLOTS``), and
-  :func:`moved`, where a ``-MOVED`` error says a slot went.
-
-Not wired to ``--redis`` yet (see docs/scaling.md): a Cluster broker also needs per-node
-command connections that follow ``MOVED``, and channel and key names whose Lua scripts'
-keys share one slot.
+  :func:`moved`, where a ``-MOVED`` error says a slot went;
+- :class:`ClusterBroker`, the broker: one :class:`~ws4tx.server.redis_broker.RedisBroker`
+  per primary in sharded pub/sub (``SSUBSCRIBE``/``SPUBLISH``), each channel on the primary
+  of its slot, following slot migrations, ``MOVED`` and new primaries (see
+  docs/scaling.md for what it guarantees and what it does not do yet).
 """
 
 from __future__ import annotations
 
+import uuid
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import txredisapi
-from twisted.internet import defer
+from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from ws4tx.history import History, Published, Retention
+from ws4tx.naming import PresenceKeys
+from ws4tx.redis_address import RedisAddress
+from ws4tx.server.broker import (
+    BrokerUnavailable,
+    IBroker,
+    IBrokerListener,
+    IShardListener,
+    SubscriptionRefused,
+)
+from ws4tx.server.redis_broker import RedisBroker, _Prepared
 from ws4tx.sharding import CLUSTER_SLOTS, key_slot
 
 #: (host, port) of a cluster node.
@@ -121,3 +138,338 @@ def moved(error: str) -> Optional[tuple[int, Node]]:
         return int(parts[1]), (host.strip("[]"), int(port))
     except ValueError:
         return None
+
+
+# The broker
+
+class _NodeSubscriber(_Prepared, ShardSubscriberProtocol):
+    """A cluster node broker's subscriber: what RedisBroker subscribes with SUBSCRIBE it
+    subscribes with SSUBSCRIBE, and its smessages go where messages go."""
+
+    def subscribe(self, channel: str) -> defer.Deferred[Any]:
+        return self.ssubscribe(channel)
+
+    def unsubscribe(self, channel: str) -> defer.Deferred[Any]:
+        return self.sunsubscribe(channel)
+
+    def shardMessageReceived(self, channel: bytes, message: bytes) -> None:
+        self.broker._messageReceived(channel, message)
+
+    def shardChannelLost(self, channel: bytes) -> None:
+        broker = self.broker
+        assert isinstance(broker, _NodeBroker)
+        broker.cluster._channelMoved(_text(channel))
+
+
+class _NodeBroker(RedisBroker):
+    """A RedisBroker on one primary of a cluster, in sharded pub/sub."""
+
+    subscriber_protocol = _NodeSubscriber
+    publish_command = "SPUBLISH"
+
+    def __init__(self, cluster: ClusterBroker, node: Node, probe_tag: str) -> None:
+        seed = cluster.address
+        super().__init__(
+            RedisAddress(host=node[0], port=node[1], username=seed.username,
+                         password=seed.password),
+            cluster.reactor, clock=cluster.clock, ping_interval=cluster.ping_interval,
+            timeout=cluster.timeout)
+        self.cluster = cluster
+        # on a slot of this node, or SSUBSCRIBE would answer MOVED
+        self._probe_channel = f"__ws4tx_probe__:{{{probe_tag}}}:{uuid.uuid4().hex}"
+
+
+@implementer(IBrokerListener)
+class _NodeListener:
+    def __init__(self, cluster: ClusterBroker, node: Node) -> None:
+        self.cluster = cluster
+        self.node = node
+
+    def messageReceived(self, channel: str, payload: bytes) -> None:
+        assert self.cluster._listener is not None
+        self.cluster._listener.messageReceived(channel, payload)
+
+    def wantedChannels(self) -> Iterable[str]:
+        return self.cluster._channelsOf(self.node)
+
+    def subscriptionRefused(self, channel: str, reason: str) -> None:
+        if moved(reason) is not None:
+            self.cluster._channelMoved(channel)
+            return
+        assert self.cluster._listener is not None
+        self.cluster._listener.subscriptionRefused(channel, reason)
+
+    def brokerConnected(self) -> None:
+        self.cluster._nodeConnected(self.node)
+
+    def brokerDisconnected(self) -> None:
+        self.cluster._nodeLost(self.node)
+
+
+@implementer(IBroker)
+class ClusterBroker:
+    """An :class:`~ws4tx.server.broker.IBroker` on a Redis Cluster (``redis+cluster://``):
+    one :class:`_NodeBroker` (subscriber and command connection, in sharded pub/sub) per
+    primary, each channel on the primary of its slot. The slot map is read at start and
+    again at every ping interval, after a ``MOVED`` and when a node unsubscribes a channel
+    whose slot moved: channels then follow their slot, and primaries that appear (a
+    failover) or vanish get or lose their broker. Facilities with history are not
+    supported (the configuration refuses them: the publish script's keys would cross
+    slots)."""
+
+    log = Logger()
+
+    def __init__(self, address: RedisAddress, reactor: Any = None,
+                 clock: Optional[IReactorTime] = None, ping_interval: float = 5.0,
+                 timeout: float = 5.0) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.address = address
+        self.reactor = reactor
+        self.clock: IReactorTime = clock if clock is not None else reactor
+        self.ping_interval = ping_interval
+        self.timeout = timeout
+        self.slots: Optional[SlotMap] = None
+        self.nodes: dict[Node, _NodeBroker] = {}
+        self._listener: Optional[IBrokerListener] = None
+        self._up: dict[Node, bool] = {}
+        self._lost: set[Node] = set()
+        self._refresher: Optional[LoopingCall] = None
+        self._refreshing: Optional[defer.Deferred[None]] = None
+        self._stopping = False
+        self._ever_connected = False
+        self._own_stats = {"shard_outages": 0}
+
+    # state
+
+    @property
+    def stats(self) -> dict[str, int]:
+        total: Counter[str] = Counter(self._own_stats)
+        for node in self.nodes.values():
+            total.update(node.stats)
+        return dict(total)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nodes) and all(n.connected for n in self.nodes.values())
+
+    @property
+    def delivering(self) -> bool:
+        return any(n.delivering for n in self.nodes.values())
+
+    def nodeFor(self, name: str) -> Optional[Node]:
+        """The primary that serves channel or key ``name``, as last known."""
+        return self.slots.node_for(name) if self.slots is not None else None
+
+    def isInterrupted(self, channel: str) -> bool:
+        node = self.nodeFor(channel)
+        return node is None or not self._up.get(node, False)
+
+    def _channelsOf(self, node: Node) -> list[str]:
+        assert self._listener is not None
+        return [c for c in self._listener.wantedChannels() if self.nodeFor(c) == node]
+
+    # lifecycle
+
+    def start(self, listener: IBrokerListener) -> None:
+        self._listener = listener
+        self._refresher = LoopingCall(self.refresh)
+        self._refresher.clock = self.clock
+        self._refresher.start(max(self.ping_interval, 1.0), now=True)
+        self.log.info("connecting to the Redis Cluster at {url}", url=self.address.safe_url)
+
+    def stop(self) -> defer.Deferred[None]:
+        self._stopping = True
+        if self._refresher is not None and self._refresher.running:
+            self._refresher.stop()
+        ds = [defer.maybeDeferred(n.stop) for n in self.nodes.values()]
+        return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
+
+    # the slot map
+
+    def refresh(self) -> defer.Deferred[None]:
+        """Read the slot map again (one request at a time) and follow what changed."""
+        if self._refreshing is None:
+            self._refreshing = defer.Deferred.fromCoroutine(self._refresh())
+            self._refreshing.addErrback(self._refreshFailed).addBoth(self._refreshed)
+        return self._refreshing
+
+    def _refreshed(self, _: object) -> None:
+        self._refreshing = None
+
+    def _refreshFailed(self, failure: Failure) -> None:
+        self.log.warn("could not read the Redis Cluster's slot map: {error}",
+                      error=failure.getErrorMessage())
+
+    async def _refresh(self) -> None:
+        seeds = list(self.nodes) + [n for n in self.address.cluster_nodes
+                                    if n not in self.nodes]
+        last: Optional[BaseException] = None
+        for host, port in seeds:
+            try:
+                reply = await self._clusterSlots(host, port)
+            except Exception as e:  # noqa: BLE001 - any node that answers will do
+                last = e
+                continue
+            self._apply(SlotMap.from_cluster_slots(reply))
+            return
+        raise ConnectionError(f"no cluster node answered: {last}")
+
+    async def _clusterSlots(self, host: str, port: int) -> Any:
+        factory = txredisapi.RedisFactory(
+            None, None, 1, isLazy=False, charset=None, password=self.address.password,
+            username=self.address.username, replyTimeout=self.timeout,
+            convertNumbers=False)
+        factory.reconnect = False
+        factory.noisy = False
+        factory.startConnecting(endpoints.HostnameEndpoint(self.reactor, host, port,
+                                                           timeout=self.timeout))
+        try:
+            handler = await factory.deferred.addTimeout(self.timeout, self.clock)
+            return await handler.execute_command("CLUSTER", "SLOTS")
+        finally:
+            factory.disconnect()
+
+    def _apply(self, slots: SlotMap) -> None:
+        if self._stopping:
+            return
+        old, self.slots = self.slots, slots
+        if old == slots:
+            return
+        wanted = list(self._listener.wantedChannels()) if self._listener else []
+        for node in slots.nodes():
+            if node not in self.nodes:
+                tag = next(f"p{i}" for i in range(100_000)
+                           if slots.node_for(f"p{i}") == node)
+                broker = self.nodes[node] = _NodeBroker(self, node, tag)
+                self._up[node] = False
+                broker.start(_NodeListener(self, node))
+        for node in [n for n in self.nodes if n not in slots.nodes()]:
+            self.log.warn("Redis Cluster node {node} serves no slots any more; leaving it",
+                          node=f"{node[0]}:{node[1]}")
+            self.nodes.pop(node).stop()
+            self._up.pop(node, None)
+            self._lost.discard(node)
+        if old is not None:
+            for channel in wanted:
+                before, after = old.node_for(channel), slots.node_for(channel)
+                if before != after and after in self.nodes:
+                    if before in self.nodes:
+                        self.nodes[before].unsubscribe(channel).addErrback(lambda _: None)
+                    self.nodes[after].subscribe(channel).addErrback(
+                        self._subscribeFailed, channel)
+
+    def _channelMoved(self, channel: str) -> None:
+        """A node unsubscribed ``channel`` by itself or answered MOVED: its slot went
+        elsewhere; read the map, which resubscribes it there."""
+        self.log.info("Redis Cluster: the slot of {channel} moved; following it",
+                      channel=channel)
+        self.refresh()
+
+    def _subscribeFailed(self, failure: Failure, channel: str) -> None:
+        if isinstance(failure.value, SubscriptionRefused) and moved(failure.value.reason):
+            self._channelMoved(channel)
+
+    # what the nodes report
+
+    def _nodeConnected(self, node: Node) -> None:
+        listener = self._listener
+        assert listener is not None
+        self._up[node] = True
+        was_lost = node in self._lost
+        self._lost.discard(node)
+        if self.connected:
+            listener.brokerConnected()
+        elif was_lost and IShardListener.providedBy(listener):
+            listener.channelsResumed(self._channelsOf(node), self.isInterrupted)
+
+    def _nodeLost(self, node: Node) -> None:
+        listener = self._listener
+        assert listener is not None
+        self._up[node] = False
+        self._lost.add(node)
+        self._own_stats["shard_outages"] += 1
+        self.refresh()  # a failover may have moved its slots to a replica
+        if IShardListener.providedBy(listener):
+            listener.channelsInterrupted(self._channelsOf(node))
+        else:
+            listener.brokerDisconnected()
+
+    # IBroker commands
+
+    def _node(self, name: str) -> Optional[_NodeBroker]:
+        node = self.nodeFor(name)
+        return self.nodes.get(node) if node is not None else None
+
+    def subscribe(self, channel: str) -> defer.Deferred[None]:
+        broker = self._node(channel)
+        if broker is None:
+            return defer.fail(BrokerUnavailable("the cluster's slot map is not known yet"))
+        listener = self._listener
+        if not broker.connected and IShardListener.providedBy(listener):
+            listener.channelsInterrupted([channel])
+
+        def refused(failure: Failure) -> Any:
+            if isinstance(failure.value, SubscriptionRefused) and moved(failure.value.reason):
+                self._channelMoved(channel)
+                raise BrokerUnavailable(f"the slot of {channel} moved")
+            return failure
+
+        return broker.subscribe(channel).addErrback(refused)
+
+    def unsubscribe(self, channel: str) -> defer.Deferred[None]:
+        broker = self._node(channel)
+        return broker.unsubscribe(channel) if broker else defer.succeed(None)
+
+    def _onNode(self, name: str, run: Callable[[_NodeBroker], defer.Deferred[Any]]
+                ) -> defer.Deferred[Any]:
+        """``run`` on the node of ``name``; after a MOVED, read the map and run it once
+        more on the node it names."""
+        broker = self._node(name)
+        if broker is None:
+            return defer.fail(BrokerUnavailable("the cluster's slot map is not known yet"))
+
+        def movedAway(failure: Failure) -> Any:
+            if not (failure.check(txredisapi.ResponseError)
+                    and moved(failure.getErrorMessage())):
+                return failure
+
+            def again(_: object) -> defer.Deferred[Any]:
+                retry = self._node(name)
+                if retry is None:
+                    raise BrokerUnavailable("the cluster's slot map has no node for it")
+                return run(retry)
+
+            return self.refresh().addCallback(again)
+
+        return run(broker).addErrback(movedAway)
+
+    def publish(self, channel: str, payload: bytes, expire: int = 0) -> defer.Deferred[int]:
+        return self._onNode(channel, lambda b: b.publish(channel, payload, expire))
+
+    def fetch(self, key: str) -> defer.Deferred[Optional[bytes]]:
+        return self._onNode(key, lambda b: b.fetch(key))
+
+    def barrier(self) -> defer.Deferred[None]:
+        if not self.nodes:
+            return defer.fail(BrokerUnavailable("no cluster node yet"))
+        ds = [n.barrier() for n in self.nodes.values()]
+        return defer.gatherResults(ds, consumeErrors=True).addCallbacks(
+            lambda _: None, lambda f: f.value.subFailure)
+
+    def publishWithHistory(self, channel: str, payload: bytes, keys: tuple[str, str],
+                           retention: Retention, expire: int = 0) -> defer.Deferred[Published]:
+        return defer.fail(NotImplementedError("history on Redis Cluster"))
+
+    def history(self, keys: tuple[str, str], retention: Retention,
+                since: Optional[int] = None,
+                limit: Optional[int] = None) -> defer.Deferred[History]:
+        return defer.fail(NotImplementedError("history on Redis Cluster"))
+
+    def updatePresence(self, keys: PresenceKeys, ttl: float,
+                       changes: list[tuple[str, str, Optional[str], str]]
+                       ) -> defer.Deferred[list[str]]:
+        # the presence keys share one hash tag: one slot, one node
+        return self._onNode(keys.connections, lambda b: b.updatePresence(keys, ttl, changes))

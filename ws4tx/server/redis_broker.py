@@ -311,6 +311,10 @@ class RedisBroker:
     """An :class:`~ws4tx.server.broker.IBroker` on a Redis server."""
 
     log = Logger()
+    #: The subscriber connection's protocol, and the command that publishes: a Redis
+    #: Cluster node's broker speaks sharded pub/sub (:mod:`ws4tx.server.cluster`).
+    subscriber_protocol: Callable[..., _Prepared] = _Subscriber
+    publish_command = "PUBLISH"
 
     def __init__(
         self,
@@ -375,7 +379,8 @@ class RedisBroker:
         self._down_since = self.clock.seconds()
         endpoint = _GuardedEndpoint(self._endpoint)
         self._services = [
-            QuietClientService(endpoint, _RedisFactory(self, _Subscriber, "subscriber"),
+            QuietClientService(endpoint,
+                               _RedisFactory(self, self.subscriber_protocol, "subscriber"),
                            retryPolicy=self._retry, clock=self.clock,
                            prepareConnection=lambda p: self._prepare("subscriber", p)),
             QuietClientService(endpoint, _RedisFactory(self, _Command, "command"),
@@ -619,7 +624,8 @@ class RedisBroker:
         """PUBLISH, then (``expire`` > 0) SET EX once PUBLISH succeeded: a message Redis
         refused to publish is never stored, and a message published but not stored fails
         with :class:`~ws4tx.server.broker.NotStored` (never as undelivered)."""
-        d = self._command(lambda proto: proto.execute_command("PUBLISH", channel, payload))
+        command = self.publish_command
+        d = self._command(lambda proto: proto.execute_command(command, channel, payload))
         if expire > 0:
             d.addCallback(self._store, channel, payload, expire)
         return d

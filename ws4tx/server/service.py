@@ -19,6 +19,7 @@ from ws4tx import closecodes
 from ws4tx.server import metrics, sharded_broker
 from ws4tx.server.auth import IAuthenticator
 from ws4tx.server.broker import IBroker
+from ws4tx.server.cluster import ClusterBroker
 from ws4tx.server.config import ServerConfig, check, risks
 from ws4tx.server.directwrite import DirectWriteReactor
 from ws4tx.server.handlers import EventHandler
@@ -58,6 +59,9 @@ class PushService(service.MultiService):
         self.config = config = check(config)
         self.reactor = reactor
         self.drain_timeout = drain_timeout
+        if broker is None and config.redis.is_cluster:
+            broker = ClusterBroker(config.redis, reactor, ping_interval=config.redis_ping_interval,
+                                   timeout=config.redis_timeout)
         self.broker: IBroker = broker or sharded_broker.several(
             [RedisBroker(address, reactor, ping_interval=config.redis_ping_interval,
                          timeout=config.redis_timeout) for address in config.shards],
