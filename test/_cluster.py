@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from typing import Callable
 
 import redis
 
@@ -34,11 +35,16 @@ class Cluster:
     """Three Redis servers with ``cluster-enabled``, joined by ``redis-cli --cluster
     create`` (no replicas): each serves a third of the slots."""
 
-    def __init__(self) -> None:
-        self.servers = [EmbeddedRedis(port=_cluster_port(),
-                                      extra_args=["--cluster-enabled", "yes",
-                                                  "--cluster-node-timeout", "2000"])
-                        for _ in range(3)]
+    def __init__(self, replica: bool = False) -> None:
+        self.servers = [self._server() for _ in range(3)]
+        #: With ``replica``: a replica of the first primary (``servers[0]``).
+        self.replica = self._server() if replica else None
+
+    @staticmethod
+    def _server() -> EmbeddedRedis:
+        return EmbeddedRedis(port=_cluster_port(),
+                             extra_args=["--cluster-enabled", "yes",
+                                         "--cluster-node-timeout", "2000"])
 
     def start(self) -> None:
         cli = shutil.which("redis-cli") or shutil.which("valkey-cli")
@@ -49,11 +55,29 @@ class Cluster:
         subprocess.run([cli, "--cluster", "create",
                         *[f"127.0.0.1:{s.port}" for s in self.servers], "--cluster-yes"],
                        check=True, capture_output=True, timeout=SETUP_TIMEOUT)
+        self._until(lambda: all(self._ok(s) for s in self.servers), "the cluster is ok")
+        if self.replica is not None:
+            self.replica.start()
+            first = self.servers[0]
+            subprocess.run([cli, "--cluster", "add-node", f"127.0.0.1:{self.replica.port}",
+                            f"127.0.0.1:{first.port}", "--cluster-slave",
+                            "--cluster-master-id", self.node_id(first)],
+                           check=True, capture_output=True, timeout=SETUP_TIMEOUT)
+            self._until(lambda: self._replicating(self.replica), "the replica is in sync")
+
+    @staticmethod
+    def _until(condition: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + SETUP_TIMEOUT
-        while not all(self._ok(s) for s in self.servers):
+        while not condition():
             if time.monotonic() > deadline:
-                raise AssertionError("the cluster did not become ok in time")
+                raise AssertionError(f"not in time: {what}")
             time.sleep(0.05)
+
+    def _replicating(self, server: EmbeddedRedis) -> bool:
+        with redis.Redis(port=server.port) as client:
+            info = client.info("replication")
+        return info.get("role") == "slave" and info.get("master_link_status") == "up" \
+            and self._ok(server)
 
     @staticmethod
     def _ok(server: EmbeddedRedis) -> bool:
@@ -83,5 +107,5 @@ class Cluster:
                 client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target)
 
     def stop(self) -> None:
-        for server in self.servers:
+        for server in [*self.servers, *([self.replica] if self.replica else [])]:
             server.stop()

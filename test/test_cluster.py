@@ -4,6 +4,9 @@ cluster: hash slots as Redis computes them, the slot map, sharded pub/sub on txr
 
 from __future__ import annotations
 
+import json
+import signal
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,7 +16,7 @@ from twisted.internet import defer, endpoints, reactor, threads
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.trial import unittest
 
-from ws4tx import naming
+from ws4tx import envelope, naming
 from ws4tx.redis_address import RedisAddress
 from ws4tx.server.cluster import ClusterBroker, ShardSubscriberProtocol, SlotMap, moved
 from ws4tx.server.service import PushService
@@ -163,15 +166,20 @@ class ClusterTests(unittest.TestCase):
                          (channel.encode(), b"after"))
 
 
-class ClusterServerTests(unittest.TestCase):
-    """Two ws4tx nodes and the Django side on a three-primary cluster
-    (``redis+cluster://``)."""
+class _ClusterNodesCase(unittest.TestCase):
+    """Two ws4tx nodes and the Django side on a cluster the class starts."""
 
     cluster: Cluster
+    replica = False
 
     @classmethod
     def setUpClass(cls) -> None:
-        ClusterTests.setUpClass.__func__(cls)  # type: ignore[attr-defined]
+        cls.cluster = Cluster(replica=cls.replica)
+        try:
+            cls.cluster.start()
+        except BaseException:
+            cls.cluster.stop()
+            raise
 
     @classmethod
     def tearDownClass(cls) -> None:
@@ -199,6 +207,7 @@ class ClusterServerTests(unittest.TestCase):
         from test._server import ServerTestCase, _Observed, identity_from_header, observe_broker
 
         config = ServerTestCase.config.replace(redis=self.address, presence=("pres",))
+        self.assertEqual(config.redis_ping_interval, 1.0)  # the slot map is read as often
         service = PushService(config, authenticator=StaticAuthenticator(identity_from_header))
         self.assertIsInstance(service.broker, ClusterBroker)
         factory = service.factory
@@ -221,6 +230,9 @@ class ClusterServerTests(unittest.TestCase):
         self.addCleanup(client.close)
         await node.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
         return client
+
+class ClusterServerTests(_ClusterNodesCase):
+    """On a three-primary cluster (``redis+cluster://``)."""
 
     async def test_everyAudienceOnEveryPrimary(self):
         """Clients of three people on two nodes, on facilities whose channels fall on
@@ -387,6 +399,76 @@ class ClusterServerTests(unittest.TestCase):
                 await _later(0.05)
         self.assertEqual(await client.text(), "hello")
         self.assertEqual(await child.stop("TERM"), 0, child.output[-3000:])
+
+
+class ClusterFailoverTests(_ClusterNodesCase):
+    """On a cluster whose first primary has a replica."""
+
+    replica = True
+
+    async def test_primaryKilledUnderPublishing(self):
+        """SIGKILL the primary of a channel while the Django side publishes every 50 ms:
+        its event clients (on both nodes) are told ws4tx.interrupted, then, once the
+        replica is promoted and found in the slot map, ws4tx.resumed, and messages flow
+        again; a channel of another primary is not interrupted."""
+        from ws4tx import api
+
+        first = ("127.0.0.1", self.cluster.servers[0].port)
+        broker = self.nodes[0].service.broker
+        facility = next(f"f{i}" for i in range(1000)
+                        if broker.nodeFor(naming.broadcast_channel("ws4tx", f"f{i}")) == first)
+        other = next(f"o{i}" for i in range(1000)
+                     if broker.nodeFor(naming.broadcast_channel("ws4tx", f"o{i}")) != first)
+        events = (envelope.SUBPROTOCOL,)
+        clients = [await self.on(node, f"/ws/{facility}?subscribe-broadcast", "erin;;se",
+                                 events) for node in self.nodes]
+        bystander = await self.on(self.nodes[0], f"/ws/{other}?subscribe-broadcast",
+                                  "fred;;sf", events)
+        sent, stop = [0], [False]
+
+        def publish_loop() -> None:
+            while not stop[0]:
+                sent[0] += 1
+                try:
+                    api.publish(facility, f"m{sent[0]}", broadcast=True, expire=0)
+                except Exception:  # noqa: BLE001 - lost while there is no primary
+                    pass
+                time.sleep(0.05)
+
+        loop = threads.deferToThread(publish_loop)
+        self.addCleanup(lambda: stop.__setitem__(0, True) or loop)
+        for client in clients:
+            self.assertTrue((await client.text()).startswith("m"))
+        killed = time.monotonic()
+        self.cluster.servers[0].stop(signal.SIGKILL)
+        for client in clients:
+            self.assertEqual(await _event(client, 20.0), envelope.INTERRUPTED_EVENT)
+        for client in clients:
+            self.assertEqual(await _event(client, 30.0), envelope.RESUMED_EVENT)
+        resumed_at = sent[0]
+        for client in clients:
+            while int((await client.text(timeout=20.0))[1:]) <= resumed_at:
+                pass
+        delivering = time.monotonic() - killed
+        replica = ("127.0.0.1", self.cluster.replica.port)
+        for node in self.nodes:
+            self.assertEqual(node.service.broker.nodeFor(
+                naming.broadcast_channel("ws4tx", facility)), replica)
+        await threads.deferToThread(api.publish, other, "unbothered", broadcast=True,
+                                    expire=0)
+        self.assertEqual(await bystander.text(), "unbothered")  # no event came first
+        stop[0] = True
+        await loop
+        print(f"\ncluster failover: delivering through the promoted replica "
+              f"{delivering:.1f} s after the kill")
+
+
+async def _event(client: WSClient, timeout: float) -> str:
+    """The next ws4tx event's name (skipping raw messages)."""
+    while True:
+        frame = await client.text(timeout=timeout)
+        if frame.startswith('{"ws4tx"'):
+            return str(json.loads(frame)["event"])
 
 
 def _later(seconds: float) -> defer.Deferred[None]:
