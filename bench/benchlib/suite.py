@@ -126,7 +126,7 @@ class Session:
 
     def __init__(self, suite: Suite, system: S.System, users: bool = False,
                  history: bool = False, protocols: tuple[str, ...] = (),
-                 redis_count: int = 1) -> None:
+                 redis_count: int = 1, cluster: bool = False) -> None:
         self.suite = suite
         self.system = system
         self.users = users
@@ -136,6 +136,8 @@ class Session:
         self.protocols = protocols
         #: Redis servers to start (more than one: ws4tx shards its channels over them).
         self.redis_count = redis_count
+        #: Whether the servers form one Redis Cluster (ws4tx: redis+cluster://).
+        self.cluster = cluster
         self.redis_procs: list[Proc] = []
         self.redis_ports: list[int] = []
         self.facility = "bench" + new_tag()
@@ -163,12 +165,16 @@ class Session:
         if system.needs_redis:
             for i in range(self.redis_count):
                 name = system.name + "-redis" + (f"{i + 1}" if self.redis_count > 1 else "")
-                proc, rport = S.start_redis(suite.redis_bin, suite.pin, suite.log_path(name))
+                proc, rport = S.start_redis(suite.redis_bin, suite.pin, suite.log_path(name),
+                                            cluster=self.cluster)
                 self.procs.append(proc)
                 self.redis_procs.append(proc)
                 self.redis_ports.append(rport)
                 urls.append(f"redis://127.0.0.1:{rport}/0")
             self.redis = self.redis_procs[0]
+            if self.cluster:
+                S.create_cluster(suite.redis_bin, self.redis_ports)
+                urls = ["redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.redis_ports)]
         # several: separated by spaces, as --redis (repeated) and WS4TX_REDIS_URL take them
         redis_url = self.redis_url = " ".join(urls)
         self.port, aux = free_port(), free_port()
@@ -767,9 +773,10 @@ def _function(frame: str) -> str:
 def scenario_shards(suite: Suite, system: S.System, run: int) -> None:
     """The many-channels workload on one ws4tx server against one Redis, then against
     three Redis servers its channels are sharded over (and the publisher's Django side
-    too): at the paced rate of --users-rate (fan-out latency and CPU), then with the
-    publisher pushed to --shards-rate rounds per second (publish throughput: what it
-    reaches). Ratios three/one are recorded as ``shards-ratio``."""
+    too), then against a three-primary Redis Cluster (sharded pub/sub): at the paced rate
+    of --users-rate (fan-out latency and CPU), then with the publisher pushed to
+    --shards-rate rounds per second (publish throughput: what it reaches). Ratios to one
+    Redis are recorded as ``shards-ratio``."""
     a = suite.args
     if system.publisher_system != "ws4tx" or system.name != "ws4tx":
         suite.record(run, system.name, "shards", {}, "skipped",
@@ -777,9 +784,10 @@ def scenario_shards(suite: Suite, system: S.System, run: int) -> None:
         return
     n = a.users
     users = [f"u{i:05d}" for i in range(n)]
-    found: dict[tuple[int, str], dict[str, Any]] = {}
-    for redis_count in (1, 3):
-        with Session(suite, system, users=True, redis_count=redis_count) as s:
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for mode, redis_count in (("one", 1), ("shards", 3), ("cluster", 3)):
+        with Session(suite, system, users=True, redis_count=redis_count,
+                     cluster=mode == "cluster") as s:
             tokens = s.pub.request({"cmd": "tokens", "users": users}, 120)["tokens"]
             urls = [system.user_url(s.port, s.facility, u, t)
                     for u, t in zip(users, tokens, strict=True)]
@@ -793,20 +801,22 @@ def scenario_shards(suite: Suite, system: S.System, run: int) -> None:
                 m = s.measure(rate, a.duration, targets)
                 m.update(warm)
                 m["published_per_s"] = round(m["published_messages"] / m["publish_seconds"], 1)
-                params = {"redis": redis_count, "phase": phase, "clients": n,
+                params = {"redis": redis_count, "mode": mode, "phase": phase, "clients": n,
                           "rounds_per_s": rate, "duration": a.duration}
                 suite.record(run, system.name, "shards", params, "ok", m)
-                found[(redis_count, phase)] = m
+                found[(mode, phase)] = m
     ratios: dict[str, Any] = {}
     for phase in ("paced", "saturated"):
-        one, three = found[(1, phase)], found[(3, phase)]
-        for key in ("published_per_s", "delivered_per_s", "server_cpu", "redis_cpu",
-                    "p99_ms", "redis_commands_per_message"):
-            if one.get(key) and three.get(key) is not None:
-                ratios[f"{phase}_{key}"] = round(three[key] / one[key], 3)
-        ratios[f"{phase}_busiest_redis_cpu"] = (
-            round(max(three["redis_cpu_each"]) / max(one["redis_cpu_each"]), 3)
-            if one["redis_cpu_each"] and max(one["redis_cpu_each"]) else None)
+        one = found[("one", phase)]
+        for mode in ("shards", "cluster"):
+            three = found[(mode, phase)]
+            for key in ("published_per_s", "delivered_per_s", "server_cpu", "redis_cpu",
+                        "p99_ms", "redis_commands_per_message"):
+                if one.get(key) and three.get(key) is not None:
+                    ratios[f"{mode}_{phase}_{key}"] = round(three[key] / one[key], 3)
+            ratios[f"{mode}_{phase}_busiest_redis_cpu"] = (
+                round(max(three["redis_cpu_each"]) / max(one["redis_cpu_each"]), 3)
+                if one["redis_cpu_each"] and max(one["redis_cpu_each"]) else None)
     suite.record(run, system.name, "shards-ratio", {"clients": n}, "ok", ratios)
 
 

@@ -347,16 +347,21 @@ def redis_commands(port: int, timeout: float = 5.0) -> dict[str, int]:
     return counts
 
 
-def start_redis(binary: str, pin: bool, log_path: str) -> tuple[Proc, int]:
-    """A private Redis on a free loopback port (never 6379), nothing persisted."""
-    for _ in range(3):
+def start_redis(binary: str, pin: bool, log_path: str,
+                cluster: bool = False) -> tuple[Proc, int]:
+    """A private Redis on a free loopback port (never 6379), nothing persisted; with
+    ``cluster``, cluster-enabled (its port then at most 55535: the cluster bus listens
+    10000 higher)."""
+    for _ in range(30):
         port = free_port()
-        if port == 6379:
+        if port == 6379 or (cluster and (port > 55535 or not _port_free(port + 10000))):
             continue
         workdir = os.path.dirname(os.path.abspath(log_path))
+        extra = ["--cluster-enabled", "yes", "--cluster-config-file",
+                 f"nodes-{port}.conf"] if cluster else []
         proc = Proc("redis", [binary, "--port", str(port), "--bind", "127.0.0.1",
                               "--save", "", "--appendonly", "no", "--dir", workdir,
-                              "--daemonize", "no", "--protected-mode", "no"],
+                              "--daemonize", "no", "--protected-mode", "no", *extra],
                     cpu=LOAD_CPU, pin=pin, log_path=log_path)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and proc.alive():
@@ -365,3 +370,48 @@ def start_redis(binary: str, pin: bool, log_path: str) -> tuple[Proc, int]:
             time.sleep(0.05)
         proc.stop()
     raise BenchError(f"redis-server did not start; see {log_path}")
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def create_cluster(binary: str, ports: list[int], timeout: float = 30.0) -> None:
+    """Join cluster-enabled servers into one cluster (``redis-cli --cluster create``, no
+    replicas) and wait (bounded) until each says ``cluster_state:ok``."""
+    import shutil
+    import socket
+    import subprocess
+
+    folder = os.path.dirname(binary)
+    cli = next((c for c in (os.path.join(folder, "redis-cli"), os.path.join(folder, "valkey-cli"),
+                            shutil.which("redis-cli") or "", shutil.which("valkey-cli") or "")
+                if c and os.path.exists(c)), None)
+    if cli is None:
+        raise BenchError("redis-cli (or valkey-cli) is needed to create a cluster")
+    out = subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                          "--cluster-yes"], capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise BenchError(f"redis-cli --cluster create failed: {out.stdout[-500:]} {out.stderr[-500:]}")
+    deadline = time.monotonic() + timeout
+
+    def ok(port: int) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall(b"CLUSTER INFO\r\n")
+                return b"cluster_state:ok" in s.recv(4096)
+        except OSError:
+            return False
+
+    while not all(ok(p) for p in ports):
+        if time.monotonic() > deadline:
+            raise BenchError("the benchmark's cluster did not become ok in time")
+        time.sleep(0.1)
+
