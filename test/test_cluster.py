@@ -345,6 +345,22 @@ class ClusterServerTests(_ClusterNodesCase):
         await loop
 
 
+    async def test_disconnectReachesEveryNode(self):
+        """The site's commands travel on the control channel (SPUBLISH on its slot):
+        disconnect() closes the user's connections on both nodes, and only theirs."""
+        from ws4tx import api, closecodes
+
+        gina = [await self.on(node, "/ws/chat?subscribe-user", "gina;;sg")
+                for node in self.nodes]
+        hank = await self.on(self.nodes[0], "/ws/chat?subscribe-user", "hank;;sh")
+        self.assertEqual(await threads.deferToThread(api.disconnect, users=["gina"]), 2)
+        for client in gina:
+            code, _ = await client.closed.addTimeout(TIMEOUT, reactor)
+            self.assertEqual(code, closecodes.CLOSED_BY_SITE)
+        await threads.deferToThread(api.publish, "chat", "still here", users=["hank"],
+                                    expire=0)
+        self.assertEqual(await hank.text(), "still here")
+
     async def test_publishFollowsMoved(self):
         """A node publishes (and stores) on a channel whose slot moved without it
         knowing (nobody here listens to it): the old primary answers MOVED, the node reads
