@@ -226,7 +226,7 @@ class BothHalvesAgreeTests(SynchronousTestCase):
             client.flushdb()
 
 
-class ShardedServerTests(ServerTestCase):
+class _ShardedNodesCase(ServerTestCase):
     """Two nodes and the Django side over three Redis servers."""
 
     config = ServerTestCase.config.replace(presence=("pres",), presence_ttl=5.0)
@@ -275,9 +275,14 @@ class ShardedServerTests(ServerTestCase):
         while len(found) < count:
             name = f"room{i}"
             i += 1
-            if broker.shardOf(naming.broadcast_channel(PREFIX, name)) == len(found) % SHARDS:
+            if broker.shardOf(naming.broadcast_channel(PREFIX, name)) == \
+                    len(found) % len(broker.shards):
                 found.append(name)
         return found
+
+
+class ShardedServerTests(_ShardedNodesCase):
+    """Every audience, stored messages, presence and outages over three servers."""
 
     async def test_everyAudienceDeliversToExactlyItsRecipients(self):
         """Clients of three people on two nodes, on facilities spread over the three
@@ -498,3 +503,62 @@ class TwistdShardsTests(unittest.TestCase):
             for client in clients:
                 self.assertEqual(await client.text(), f"on {index}")
         self.assertEqual(await child.stop("TERM"), 0, child.output[-3000:])
+
+
+class SentinelShardTests(_ShardedNodesCase):
+    """A shard may be a Sentinel group: one shard is, the other a plain server; the
+    group's master crashes and only its channels are interrupted, then follow the
+    promoted replica."""
+
+    async def _setUp(self) -> None:
+        from test._sentinel import SentinelGroup
+
+        setup_django()
+        self.group = SentinelGroup()
+        await threads.deferToThread(self.group.start)
+        self.addCleanup(self.group.stop)
+        plain = EmbeddedRedis()
+        plain.start()
+        self.addCleanup(plain.stop)
+        self.servers = [self.group.master, plain]
+        self.addresses = (self.group.address(), plain.address)
+        _sync_redis.use_url(urls_text(self.addresses))
+        self.addCleanup(_sync_redis.reset)
+        self.nodes = [await self.startNode(), await self.startNode()]
+
+    async def test_masterCrashInterruptsOnlyItsShard(self):
+        from ws4tx import api
+
+        from test.test_sentinel import RESUME_BOUND
+
+        grouped, plain = self.facilities(2)
+        clients = {(facility, n): await self.on(self.nodes[n],
+                                                f"/ws/{facility}?subscribe-broadcast",
+                                                {"x-test-identity": "ivy;;si"}, EVENTS)
+                   for facility in (grouped, plain) for n in (0, 1)}
+        for facility in (grouped, plain):
+            await threads.deferToThread(api.publish, facility, "before", broadcast=True,
+                                        expire=0)
+            for n in (0, 1):
+                self.assertEqual(await clients[(facility, n)].text(), "before")
+        self.group.crash_master()
+        for n in (0, 1):
+            self.assertEqual(await _nextEvent(clients[(grouped, n)]),
+                             envelope.INTERRUPTED_EVENT)
+        await threads.deferToThread(api.publish, plain, "unbothered", broadcast=True,
+                                    expire=0)
+        for n in (0, 1):
+            self.assertEqual(await clients[(plain, n)].text(), "unbothered")
+        for n in (0, 1):
+            self.assertEqual(await _nextEvent(clients[(grouped, n)], timeout=RESUME_BOUND),
+                             envelope.RESUMED_EVENT)
+        # the Django side follows the promoted replica too (a retry or two)
+        for _ in range(100):  # bounded
+            try:
+                await threads.deferToThread(api.publish, grouped, "after", broadcast=True,
+                                            expire=0)
+                break
+            except PublishError:
+                await _tick()
+        for n in (0, 1):
+            self.assertEqual(await clients[(grouped, n)].text(), "after")
