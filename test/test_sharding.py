@@ -562,3 +562,86 @@ class SentinelShardTests(_ShardedNodesCase):
                 await _tick()
         for n in (0, 1):
             self.assertEqual(await clients[(grouped, n)].text(), "after")
+
+
+class _Member:
+    """A client for the router: records what it is told."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.identity = Identity(name)
+        self.facility = "f"
+        self.told: list[str] = []
+        self.got: list[bytes] = []
+
+    def deliver(self, prepared: Any, channel: str, payload: bytes) -> None:
+        self.got.append(payload)
+
+    # told once per outage, as PushProtocol tells its client
+    def deliveryInterrupted(self) -> None:
+        if self.told[-1:] != ["interrupted"]:
+            self.told.append("interrupted")
+
+    def deliveryResumed(self) -> None:
+        if self.told[-1:] == ["interrupted"]:
+            self.told.append("resumed")
+
+    def messagesDropped(self, count: int) -> None:
+        self.told.append(f"dropped {count}")
+
+    def closeWith(self, code: int, reason: str) -> None:
+        self.told.append(f"closed {code}")
+
+
+class OutageBookkeepingTests(SynchronousTestCase):
+    """The router and the sharded broker in memory: who is told what when servers come
+    and go, including two at once."""
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        from ws4tx.server.router import Router
+        from ws4tx.testing import MemoryBroker, MemoryBus
+
+        self.clock = Clock()
+        self.shards = [MemoryBroker(MemoryBus(self.clock)) for _ in range(SHARDS)]
+        self.broker = ShardedBroker(self.shards, PREFIX)
+        self.router = Router(self.broker, lambda payload, binary: SimpleNamespace(),
+                             clock=self.clock)
+        self.broker.start(self.router)
+        # one channel on each server
+        self.on = {}
+        for i in range(1000):
+            channel = f"{PREFIX}:broadcast:c{i}"
+            self.on.setdefault(self.broker.shardOf(channel), channel)
+            if len(self.on) == SHARDS:
+                break
+
+    def test_aClientIsResumedOnlyWhenAllItsServersAreBack(self):
+        both, alone = _Member("both"), _Member("alone")
+        self.router.join(both, [self.on[0], self.on[1]])
+        self.router.join(alone, [self.on[2]])
+        self.shards[0].disconnect()
+        self.assertEqual((both.told, alone.told), (["interrupted"], []))
+        self.shards[1].disconnect()
+        self.shards[0].reconnect()
+        self.assertEqual(both.told, ["interrupted"])  # its other server is still down
+        self.shards[1].reconnect()
+        self.assertEqual(both.told, ["interrupted", "resumed"])
+        self.assertNotIn("interrupted", alone.told)
+        self.assertEqual(self.broker.stats["shard_outages"], 2)
+
+    def test_messagesGoToTheirServerAndBack(self):
+        member = _Member("m")
+        self.router.join(member, list(self.on.values()))
+        for index, channel in self.on.items():
+            self.broker.publish(channel, channel.encode(), 60)
+            self.assertEqual(self.shards[index].published[-1][0], channel)
+            self.assertEqual(self.shards[index].bus.get(channel), channel.encode())
+            for other in set(range(SHARDS)) - {index}:
+                self.assertIsNone(self.shards[other].bus.get(channel))
+        self.clock.advance(0)
+        self.assertEqual(sorted(member.got), sorted(c.encode() for c in self.on.values()))
+        barrier = self.broker.barrier()
+        self.clock.advance(0)
+        self.assertTrue(barrier.called)
