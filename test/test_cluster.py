@@ -142,6 +142,29 @@ class ClusterTests(unittest.TestCase):
                                            if slots.node_for(c) == wrong)).addTimeout(
             TIMEOUT, reactor)
 
+    async def test_oneSsubscribeForManyChannelsOfOneSlot(self):
+        """ssubscribeMany: one command, every channel subscribed, and the connection
+        still in step for the next command (txredisapi alone would hand the extra
+        confirmations to it)."""
+        slots = self.slotMap()
+        partition = naming.cluster_channel("ws4tx:broadcast:x")[:5]  # "{pNN"
+        names = [f"{partition}}}ws4tx:user:u{i}:chat" for i in range(20)]
+        self.assertEqual(len({key_slot(n) for n in names}), 1)
+        server = self.server(slots.node_for(names[0]))
+        handler, factory = await self.subscriber(server)
+        with self.cluster.client(server) as client:
+            before = client.info("commandstats").get("cmdstat_ssubscribe", {}).get("calls", 0)
+            await handler.ssubscribeMany(names).addTimeout(TIMEOUT, reactor)
+            reply = await handler.execute_command("PING").addTimeout(TIMEOUT, reactor)
+            self.assertIn(b"pong", reply if isinstance(reply, list) else [reply.lower()])
+            after = client.info("commandstats")["cmdstat_ssubscribe"]["calls"]
+            self.assertEqual(after - before, 1)
+            for name in names:
+                client.execute_command("SPUBLISH", name, name)
+        for name in names:
+            self.assertEqual(await factory.messages.get().addTimeout(TIMEOUT, reactor),
+                             (name.encode(), name.encode()))
+
     async def test_aMovedSlotIsReportedAndFollowed(self):
         """A slot given to another node: the old node's subscriber hears the unasked
         sunsubscribe (shardChannelLost); subscribed again on the new owner, the channel
@@ -221,7 +244,8 @@ class _ClusterNodesCase(unittest.TestCase):
             reactor, 0, interface="127.0.0.1").listen(service.site)
         self.addCleanup(port.stopListening)
         self.assertEqual(await events.get().addTimeout(TIMEOUT, reactor), "connected")
-        return SimpleNamespace(service=service, factory=factory, port=port.getHost().port)
+        return SimpleNamespace(service=service, factory=factory, port=port.getHost().port,
+                               events=events)
 
     async def on(self, node: SimpleNamespace, path: str, identity: str = "",
                  protocols: tuple[str, ...] = ()) -> WSClient:
@@ -332,7 +356,7 @@ class ClusterServerTests(_ClusterNodesCase):
         self.addCleanup(lambda: stop.__setitem__(0, True) or loop)
         for client in clients:
             self.assertTrue((await client.text()).startswith("m"))
-        slot = key_slot(channel)
+        slot = key_slot(naming.cluster_channel(channel))
         await threads.deferToThread(self.cluster.move_slot, slot, server[new])
         self.addCleanup(self.cluster.move_slot, slot, server[old])
         moved_at = sent[0]
@@ -344,6 +368,45 @@ class ClusterServerTests(_ClusterNodesCase):
         stop[0] = True
         await loop
 
+
+    async def test_resubscriptionTakesOneCommandPerPartition(self):
+        """A client of 300 group channels on each node; every subscriber connection
+        killed (CLIENT KILL TYPE pubsub): the nodes resubscribe with one SSUBSCRIBE per
+        partition and primary, far fewer than channels, and deliver again."""
+        from ws4tx import api
+
+        groups = [f"g{i}" for i in range(300)]
+        identity = f"kim;{','.join(groups)};sk"
+        clients = [await self.on(node, "/ws/many?subscribe-group", identity)
+                   for node in self.nodes]
+
+        def calls() -> int:
+            total = 0
+            for server in self.cluster.servers:
+                with self.cluster.client(server) as client:
+                    stats = client.info("commandstats")
+                total += stats.get("cmdstat_ssubscribe", {}).get("calls", 0)
+            return total
+
+        before = await threads.deferToThread(calls)
+
+        def kill() -> None:
+            for server in self.cluster.servers:
+                with self.cluster.client(server) as client:
+                    client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+
+        await threads.deferToThread(kill)
+        for node in self.nodes:
+            self.assertEqual(await node.events.get().addTimeout(TIMEOUT, reactor),
+                             "connected")
+        commands = await threads.deferToThread(calls) - before
+        channels = 2 * (len(groups) + 2)  # and the control and probe channels
+        self.assertLess(commands, channels / 2)
+        self.assertLessEqual(commands, 2 * (naming.CLUSTER_PARTITIONS + 3 * 2))
+        await threads.deferToThread(api.publish, "many", "again", groups=["g7"], expire=0)
+        for client in clients:
+            self.assertEqual(await client.text(), "again")
+        print(f"\nresubscribed {channels} channel subscriptions with {commands} SSUBSCRIBE")
 
     async def test_disconnectReachesEveryNode(self):
         """The site's commands travel on the control channel (SPUBLISH on its slot):
@@ -370,15 +433,16 @@ class ClusterServerTests(_ClusterNodesCase):
         old = broker.nodeFor(channel)
         new = next(n for n in broker.slots.nodes() if n != old)
         server = {("127.0.0.1", s.port): s for s in self.cluster.servers}
-        slot = key_slot(channel)
+        name = naming.cluster_channel(channel)
+        slot = key_slot(name)
         await threads.deferToThread(self.cluster.move_slot, slot, server[new])
         self.addCleanup(self.cluster.move_slot, slot, server[old])
         self.assertEqual(broker.nodeFor(channel), old)  # stale until told
         self.assertEqual(await broker.publish(channel, b"after the move", 60), 0)
         self.assertEqual(broker.nodeFor(channel), new)
         with self.cluster.client(server[new]) as client:
-            self.assertEqual(client.get(channel), b"after the move")
-            client.delete(channel)  # a slot that holds keys cannot be given back
+            self.assertEqual(client.get(name), b"after the move")
+            client.delete(name)  # a slot that holds keys cannot be given back
 
     def test_configurationRefusals(self):
         """History is refused on a cluster; a cluster is never one shard among others."""
@@ -410,7 +474,8 @@ class ClusterServerTests(_ClusterNodesCase):
         channel = naming.broadcast_channel("ws4tx", "viatwistd")
         with self.cluster.cluster_client() as rc:
             for _ in range(100):  # bounded: until the subscription is in place
-                if await threads.deferToThread(rc.spublish, channel, "hello"):
+                if await threads.deferToThread(rc.spublish, naming.cluster_channel(channel),
+                                               "hello"):
                     break
                 await _later(0.05)
         self.assertEqual(await client.text(), "hello")

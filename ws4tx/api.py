@@ -194,7 +194,7 @@ def _command(command: control.Command, on_commit: bool) -> Optional[int]:
         store = RedisStore()
         def send_to(redis: Any) -> Any:
             if store._cluster():
-                return redis.spublish(channel, payload)
+                return redis.spublish(naming.cluster_channel(channel), payload)
             return redis.publish(channel, payload)
 
         return int(store._call("send a command to", send_to, channel))

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional
 from urllib.parse import quote
 
+from ws4tx.sharding import fnv1a_64, jump_hash
+
 BROADCAST = "broadcast"
 USER = "user"
 GROUP = "group"
@@ -350,3 +352,28 @@ def audience_channels(
 
     return channels_for(prefix, facility, broadcast=BROADCAST in chosen, users=names(USER),
                         groups=names(GROUP), sessions=names(SESSION))
+
+
+#: Hash-tag partitions of a Redis Cluster's channels (see :func:`cluster_channel`). Every
+#: node and Django process must use the same number: it is part of the names.
+CLUSTER_PARTITIONS = 128
+
+
+def cluster_channel(channel: str) -> str:
+    """The name ``channel`` has on a Redis Cluster (sharded pub/sub, and its stored
+    message's key): ``{p<N>}`` + the channel, ``N`` one of :data:`CLUSTER_PARTITIONS`
+    partitions chosen by the channel's hash. The tag comes first, so it is the hash tag
+    whatever braces the channel holds: the channels of one partition share one slot, and
+    one ``SSUBSCRIBE`` can take many of them."""
+    partition = jump_hash(fnv1a_64(channel.encode("utf-8")), CLUSTER_PARTITIONS)
+    return f"{{p{partition}}}{channel}"
+
+
+def channel_of_cluster_channel(name: str) -> str:
+    """The channel a :func:`cluster_channel` name stands for (``name`` itself when it is
+    not one)."""
+    if name.startswith("{p"):
+        end = name.find("}")
+        if end != -1:
+            return name[end + 1:]
+    return name

@@ -210,8 +210,9 @@ class RedisStore:
         :class:`PublishError`."""
         def _publish(connection: redis.Redis, names: list[str]) -> list[Any]:
             if self._cluster():
-                # sharded pub/sub: each on the node of its slot (redis-py routes it)
-                return [connection.spublish(channel, data) for channel in names]
+                # sharded pub/sub, on the channel's cluster name (its partition's slot)
+                return [connection.spublish(naming.cluster_channel(channel), data)
+                        for channel in names]
             pipe = connection.pipeline(transaction=False)
             for channel in names:
                 pipe.publish(channel, data)
@@ -238,10 +239,12 @@ class RedisStore:
         if not channels:
             return
         problem: Optional[str] = None
+        cluster = self._cluster()
         for connection, indices in self._by_shard(channels):
             pipe = connection.pipeline(transaction=False)
             for i in indices:
-                pipe.set(channels[i], data, ex=expire)  # SETEX, as redis-py 8 spells it
+                key = naming.cluster_channel(channels[i]) if cluster else channels[i]
+                pipe.set(key, data, ex=expire)  # SETEX, as redis-py 8 spells it
             try:
                 replies = pipe.execute(raise_on_error=False)
             except RedisError as e:
@@ -259,7 +262,8 @@ class RedisStore:
             return None
         def _read(connection: redis.Redis, names: list[str]) -> list[Any]:
             if self._cluster():
-                return list(connection.mget_nonatomic(names))  # type: ignore[attr-defined]
+                return list(connection.mget_nonatomic(  # type: ignore[attr-defined]
+                    [naming.cluster_channel(name) for name in names]))
             return list(connection.mget(names))
 
         values = self._call_each("read from", channels, _read)

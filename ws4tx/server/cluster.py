@@ -13,15 +13,16 @@ leaving txredisapi:
 - :class:`SlotMap`, which node serves which hash slot (from ``CLUSTER SLOTS``), and
   :func:`moved`, where a ``-MOVED`` error says a slot went;
 - :class:`ClusterBroker`, the broker: one :class:`~ws4tx.server.redis_broker.RedisBroker`
-  per primary in sharded pub/sub (``SSUBSCRIBE``/``SPUBLISH``), each channel on the primary
-  of its slot, following slot migrations, ``MOVED`` and new primaries (see
+  per primary in sharded pub/sub (``SSUBSCRIBE``/``SPUBLISH``), each channel under its
+  cluster name (:func:`ws4tx.naming.cluster_channel`: a hash-tag partition in front) on
+  the primary of its slot, following slot migrations, ``MOVED`` and new primaries (see
   docs/scaling.md for what it guarantees and what it does not do yet).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -34,7 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ws4tx.history import History, Published, Retention
-from ws4tx.naming import PresenceKeys
+from ws4tx.naming import PresenceKeys, channel_of_cluster_channel, cluster_channel
 from ws4tx.redis_address import RedisAddress
 from ws4tx.server.broker import (
     BrokerUnavailable,
@@ -54,11 +55,27 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+#: Channels per SSUBSCRIBE at most (as Centrifugo batches them).
+SUBSCRIBE_BATCH = 512
+
+
 class ShardSubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
-    """A txredisapi subscriber that also speaks sharded pub/sub (Redis >= 7)."""
+    """A txredisapi subscriber that also speaks sharded pub/sub (Redis >= 7).
+
+    One ``SSUBSCRIBE`` may name many channels of one slot (:meth:`ssubscribeMany`): Redis
+    answers with one confirmation per channel, and txredisapi would give all but the first
+    to the commands sent after it; this protocol passes the first to the command and drops
+    the others (an error answers the whole command once)."""
 
     _sub_unsub_reponses = txredisapi.SubscriberProtocol._sub_unsub_reponses | {
         "ssubscribe", "sunsubscribe", b"ssubscribe", b"sunsubscribe"}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Per SSUBSCRIBE in flight, in order: its confirmations beyond the first.
+        self._extra: deque[int] = deque()
+        #: Confirmations of the current SSUBSCRIBE still to drop.
+        self._dropping = 0
 
     def shardMessageReceived(self, channel: bytes, message: bytes) -> None:
         """A message arrived on the shard channel ``channel``. Override."""
@@ -75,14 +92,34 @@ class ShardSubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[mi
             if kind in ("sunsubscribe", b"sunsubscribe") and not self.replyQueue.waiting:
                 self.shardChannelLost(reply[-2])
                 return
+            if kind in ("ssubscribe", b"ssubscribe"):
+                if self._dropping:
+                    self._dropping -= 1
+                    return
+                if self._extra:
+                    self._dropping = self._extra.popleft()
         super().replyReceived(reply)
 
     def ssubscribe(self, channel: str) -> defer.Deferred[Any]:
         """``SSUBSCRIBE channel``: fails with ``txredisapi.ResponseError`` (``MOVED ...``)
         when this node does not serve the channel's slot."""
-        d: defer.Deferred[Any] = self.execute_command("SSUBSCRIBE", channel,
+        return self.ssubscribeMany([channel])
+
+    def ssubscribeMany(self, channels: Sequence[str]) -> defer.Deferred[Any]:
+        """One ``SSUBSCRIBE`` of ``channels``, all of one slot (else Redis answers
+        ``CROSSSLOT``); fires once Redis confirmed the first (the others follow it on
+        the connection), or fails as a whole."""
+        self._extra.append(len(channels) - 1)
+        d: defer.Deferred[Any] = self.execute_command("SSUBSCRIBE", *channels,
                                                       apply_timeout=False)
-        return d
+
+        def failed(failure: Failure) -> Failure:
+            # answered by an error (or never sent): no confirmation of it will come
+            if self._extra:
+                self._extra.popleft()
+            return failure
+
+        return d.addErrback(failed)
 
     def sunsubscribe(self, channel: str) -> defer.Deferred[Any]:
         """``SUNSUBSCRIBE channel``."""
@@ -144,10 +181,31 @@ def moved(error: str) -> Optional[tuple[int, Node]]:
 
 class _NodeSubscriber(_Prepared, ShardSubscriberProtocol):
     """A cluster node broker's subscriber: what RedisBroker subscribes with SUBSCRIBE it
-    subscribes with SSUBSCRIBE, and its smessages go where messages go."""
+    subscribes with SSUBSCRIBE, the channels asked for in one reactor turn grouped by
+    slot (one command per slot and :data:`SUBSCRIBE_BATCH` channels: a resubscription
+    after a reconnection takes a command per partition, not per channel), and its
+    smessages go where messages go."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batches: dict[int, list[tuple[str, defer.Deferred[Any]]]] = {}
+        self._flushing: Optional[Any] = None
 
     def subscribe(self, channel: str) -> defer.Deferred[Any]:
-        return self.ssubscribe(channel)
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._batches.setdefault(key_slot(channel), []).append((channel, d))
+        if self._flushing is None:
+            self._flushing = self.broker.clock.callLater(0, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        self._flushing = None
+        batches, self._batches = self._batches, {}
+        for items in batches.values():
+            for start in range(0, len(items), SUBSCRIBE_BATCH):
+                chunk = items[start:start + SUBSCRIBE_BATCH]
+                self.ssubscribeMany([channel for channel, _ in chunk]).addBoth(
+                    _settle, [d for _, d in chunk])
 
     def unsubscribe(self, channel: str) -> defer.Deferred[Any]:
         return self.sunsubscribe(channel)
@@ -159,6 +217,15 @@ class _NodeSubscriber(_Prepared, ShardSubscriberProtocol):
         broker = self.broker
         assert isinstance(broker, _NodeBroker)
         broker.cluster._channelMoved(_text(channel))
+
+
+def _settle(result: Any, waiting: list[defer.Deferred[Any]]) -> None:
+    """Fire each of ``waiting`` with ``result`` (a reply or a Failure)."""
+    for d in waiting:
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
 
 
 class _NodeBroker(RedisBroker):
@@ -187,17 +254,18 @@ class _NodeListener:
 
     def messageReceived(self, channel: str, payload: bytes) -> None:
         assert self.cluster._listener is not None
-        self.cluster._listener.messageReceived(channel, payload)
+        self.cluster._listener.messageReceived(channel_of_cluster_channel(channel), payload)
 
     def wantedChannels(self) -> Iterable[str]:
-        return self.cluster._channelsOf(self.node)
+        return [cluster_channel(c) for c in self.cluster._channelsOf(self.node)]
 
     def subscriptionRefused(self, channel: str, reason: str) -> None:
         if moved(reason) is not None:
             self.cluster._channelMoved(channel)
             return
         assert self.cluster._listener is not None
-        self.cluster._listener.subscriptionRefused(channel, reason)
+        self.cluster._listener.subscriptionRefused(channel_of_cluster_channel(channel),
+                                                   reason)
 
     def brokerConnected(self) -> None:
         self.cluster._nodeConnected(self.node)
@@ -238,6 +306,8 @@ class ClusterBroker:
         self._lost: set[Node] = set()
         self._refresher: Optional[LoopingCall] = None
         self._refreshing: Optional[defer.Deferred[None]] = None
+        #: The connection asking for the slot map, while it is open.
+        self._asking: Optional[Any] = None
         self._stopping = False
         self._ever_connected = False
         self._own_stats = {"shard_outages": 0}
@@ -259,9 +329,13 @@ class ClusterBroker:
     def delivering(self) -> bool:
         return any(n.delivering for n in self.nodes.values())
 
-    def nodeFor(self, name: str) -> Optional[Node]:
-        """The primary that serves channel or key ``name``, as last known."""
-        return self.slots.node_for(name) if self.slots is not None else None
+    def nodeFor(self, channel: str) -> Optional[Node]:
+        """The primary that serves ``channel`` (its :func:`~ws4tx.naming.cluster_channel`
+        name), as last known."""
+        return self._nodeOfKey(cluster_channel(channel))
+
+    def _nodeOfKey(self, key: str) -> Optional[Node]:
+        return self.slots.node_for(key) if self.slots is not None else None
 
     def isInterrupted(self, channel: str) -> bool:
         node = self.nodeFor(channel)
@@ -285,7 +359,11 @@ class ClusterBroker:
         if self._refresher is not None and self._refresher.running:
             self._refresher.stop()
         ds = [defer.maybeDeferred(n.stop) for n in self.nodes.values()]
-        return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
+        if self._asking is not None:
+            self._asking.disconnect()
+        if self._refreshing is not None:
+            ds.append(self._refreshing)
+        return defer.gatherResults(ds, consumeErrors=True).addBoth(lambda _: None)
 
     # the slot map
 
@@ -318,19 +396,23 @@ class ClusterBroker:
         raise ConnectionError(f"no cluster node answered: {last}")
 
     async def _clusterSlots(self, host: str, port: int) -> Any:
+        """``CLUSTER SLOTS`` on a short-lived connection (bounded by the timeout; closed,
+        and waited for, before this returns)."""
         factory = txredisapi.RedisFactory(
             None, None, 1, isLazy=False, charset=None, password=self.address.password,
-            username=self.address.username, replyTimeout=self.timeout,
-            convertNumbers=False)
+            username=self.address.username, convertNumbers=False)
         factory.reconnect = False
         factory.noisy = False
+        self._asking = factory
         factory.startConnecting(endpoints.HostnameEndpoint(self.reactor, host, port,
                                                            timeout=self.timeout))
         try:
             handler = await factory.deferred.addTimeout(self.timeout, self.clock)
-            return await handler.execute_command("CLUSTER", "SLOTS")
+            asked: defer.Deferred[Any] = handler.execute_command("CLUSTER", "SLOTS")
+            return await asked.addTimeout(self.timeout, self.clock)
         finally:
-            factory.disconnect()
+            self._asking = None
+            await factory.disconnect()
 
     def _apply(self, slots: SlotMap) -> None:
         if self._stopping:
@@ -353,7 +435,7 @@ class ClusterBroker:
             self._up.pop(node, None)
             self._lost.discard(node)
         if old is not None:
-            for channel in wanted:
+            for channel in map(cluster_channel, wanted):
                 before, after = old.node_for(channel), slots.node_for(channel)
                 if before != after and after in self.nodes:
                     if before in self.nodes:
@@ -399,8 +481,10 @@ class ClusterBroker:
 
     # IBroker commands
 
-    def _node(self, name: str) -> Optional[_NodeBroker]:
-        node = self.nodeFor(name)
+    def _node(self, channel: str) -> Optional[_NodeBroker]:
+        return self._nodeBroker(self.nodeFor(channel))
+
+    def _nodeBroker(self, node: Optional[Node]) -> Optional[_NodeBroker]:
         return self.nodes.get(node) if node is not None else None
 
     def subscribe(self, channel: str) -> defer.Deferred[None]:
@@ -417,17 +501,17 @@ class ClusterBroker:
                 raise BrokerUnavailable(f"the slot of {channel} moved")
             return failure
 
-        return broker.subscribe(channel).addErrback(refused)
+        return broker.subscribe(cluster_channel(channel)).addErrback(refused)
 
     def unsubscribe(self, channel: str) -> defer.Deferred[None]:
         broker = self._node(channel)
-        return broker.unsubscribe(channel) if broker else defer.succeed(None)
+        return broker.unsubscribe(cluster_channel(channel)) if broker else defer.succeed(None)
 
-    def _onNode(self, name: str, run: Callable[[_NodeBroker], defer.Deferred[Any]]
+    def _onNode(self, key: str, run: Callable[[_NodeBroker], defer.Deferred[Any]]
                 ) -> defer.Deferred[Any]:
-        """``run`` on the node of ``name``; after a MOVED, read the map and run it once
-        more on the node it names."""
-        broker = self._node(name)
+        """``run`` on the node of ``key`` (a cluster name); after a MOVED, read the map
+        and run it once more on the node it names."""
+        broker = self._nodeBroker(self._nodeOfKey(key))
         if broker is None:
             return defer.fail(BrokerUnavailable("the cluster's slot map is not known yet"))
 
@@ -437,7 +521,7 @@ class ClusterBroker:
                 return failure
 
             def again(_: object) -> defer.Deferred[Any]:
-                retry = self._node(name)
+                retry = self._nodeBroker(self._nodeOfKey(key))
                 if retry is None:
                     raise BrokerUnavailable("the cluster's slot map has no node for it")
                 return run(retry)
@@ -447,10 +531,15 @@ class ClusterBroker:
         return run(broker).addErrback(movedAway)
 
     def publish(self, channel: str, payload: bytes, expire: int = 0) -> defer.Deferred[int]:
-        return self._onNode(channel, lambda b: b.publish(channel, payload, expire))
+        """SPUBLISH on the channel's cluster name, and store it under that name (the
+        same slot)."""
+        name = cluster_channel(channel)
+        return self._onNode(name, lambda b: b.publish(name, payload, expire))
 
     def fetch(self, key: str) -> defer.Deferred[Optional[bytes]]:
-        return self._onNode(key, lambda b: b.fetch(key))
+        """The message stored for channel ``key`` (under its cluster name)."""
+        name = cluster_channel(key)
+        return self._onNode(name, lambda b: b.fetch(name))
 
     def barrier(self) -> defer.Deferred[None]:
         if not self.nodes:
