@@ -140,10 +140,14 @@ def script_sha(name: str) -> str:
 
 def publish_args(channel: str, last_message_key: str, stream: str, meta: str,
                  payload: bytes, retention: Retention, expire: int,
-                 epoch: Optional[str] = None) -> tuple[list[Any], list[Any]]:
-    """The keys and arguments of :data:`PUBLISH_SCRIPT`."""
-    return ([stream, meta, last_message_key],
-            [channel, payload, retention.size, retention.ttl, epoch or new_epoch(), expire])
+                 epoch: Optional[str] = None,
+                 sharded: bool = False) -> tuple[list[Any], list[Any]]:
+    """The keys and arguments of :data:`PUBLISH_SCRIPT` (``sharded``: it publishes with
+    SPUBLISH, on a Redis Cluster)."""
+    args = [channel, payload, retention.size, retention.ttl, epoch or new_epoch(), expire]
+    if sharded:
+        args.append("SPUBLISH")
+    return [stream, meta, last_message_key], args
 
 
 def parse_published(reply: Sequence[Any]) -> Published:

@@ -377,3 +377,14 @@ def channel_of_cluster_channel(name: str) -> str:
         if end != -1:
             return name[end + 1:]
     return name
+
+
+def cluster_history_keys(prefix: Optional[str], channel: str) -> tuple[str, str]:
+    """The keys of ``channel``'s history on a Redis Cluster: :func:`history_keys` behind
+    the tag of the channel's :func:`cluster_channel` name, so that the publish script's
+    keys (stream, meta, stored message) and its channel are on one slot."""
+    name = cluster_channel(channel)
+    tag = name[:name.index("}") + 1]
+    stream, meta = history_keys(prefix, channel)
+    return tag + stream, tag + meta
+

@@ -78,7 +78,8 @@ class RedisPublisher(RedisStore):
         if retention is None:
             raise ValueError(f"the facility {self.facility!r} keeps no history (setting "
                              "WS4TX_HISTORY)")
-        stream, meta = naming.history_keys(_django_settings.prefix(), self._publishers[0])
+        keys_of = naming.cluster_history_keys if self._cluster() else naming.history_keys
+        stream, meta = keys_of(_django_settings.prefix(), self._publishers[0])
         keys, args = _history.history_args(stream, meta, retention, since, limit)
 
         def _read(connection: redis.Redis) -> Any:

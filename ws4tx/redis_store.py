@@ -173,9 +173,6 @@ class RedisStore:
         if not data or not self._publishers:
             return 0
         retention = _django_settings.history_for(self.facility) if self.facility else None
-        if retention is not None and self._cluster():
-            raise ValueError("history is not available on a Redis Cluster (yet): the "
-                             f"facility {self.facility!r} keeps one (setting WS4TX_HISTORY)")
         if retention is not None:
             return self._send_with_history(self._publishers, data, expire, retention)
         return self._send(self._publishers, data, expire)
@@ -189,6 +186,17 @@ class RedisStore:
 
         def _publish(connection: redis.Redis, names: list[str]) -> list[Any]:
             script = connection.register_script(history.script(history.PUBLISH_SCRIPT))
+            if self._cluster():
+                # each channel's keys on its partition's slot, SPUBLISH (redis-py routes
+                # each script by its keys)
+                replies = []
+                for channel in names:
+                    name = naming.cluster_channel(channel)
+                    stream, meta = naming.cluster_history_keys(prefix, channel)
+                    keys, args = history.publish_args(name, name, stream, meta, data,
+                                                      retention, expire, sharded=True)
+                    replies.append(script(keys=keys, args=args))
+                return replies
             pipe = connection.pipeline(transaction=False)
             for channel in names:
                 stream, meta = naming.history_keys(prefix, channel)

@@ -361,7 +361,7 @@ SETTINGS: tuple[Setting, ...] = (
             "`redis+sentinel://[user:pw@]host:port[,host:port…]/MASTER_NAME[?db=N"
             "&sentinel_password=…]` (`rediss+sentinel://…`: TLS; see docs/scaling.md), "
             "`redis+cluster://[user:pw@]host:port[,host:port…]` (a Redis ≥ 7 Cluster, "
-            "sharded pub/sub; no history), "
+            "sharded pub/sub), "
             "`embedded` (a private Redis started with the server, on a free port; "
             "`embedded:PORT` on that port; restarted if it dies). Several servers shard "
             "the channels over them (docs/scaling.md), in the order given, the same on "

@@ -5,7 +5,8 @@
 -- KEYS[3] the channel's last-message key (the channel name: ws4redis's replay).
 -- ARGV[1] the channel, ARGV[2] the payload, ARGV[3] the history size (entries kept),
 -- ARGV[4] the history ttl (seconds), ARGV[5] an epoch for a channel without one,
--- ARGV[6] seconds to store the payload under KEYS[3] for replay (0: not stored).
+-- ARGV[6] seconds to store the payload under KEYS[3] for replay (0: not stored),
+-- ARGV[7] (optional) "SPUBLISH" to publish with sharded pub/sub (a Redis Cluster).
 --
 -- The meta hash holds the epoch ("e") and the last offset ("s"). A missing meta hash
 -- (never published, expired, evicted, FLUSHDB, Redis restarted without persistence)
@@ -30,6 +31,8 @@ redis.call("EXPIRE", KEYS[2], ARGV[4])
 if tonumber(ARGV[6]) > 0 then
   redis.call("SET", KEYS[3], ARGV[2], "EX", ARGV[6])
 end
-local receivers = redis.call("PUBLISH", ARGV[1],
+local command = "PUBLISH"
+if ARGV[7] == "SPUBLISH" then command = "SPUBLISH" end
+local receivers = redis.call(command, ARGV[1],
   "__ws4tx_p1:" .. offset .. ":" .. epoch .. "__" .. ARGV[2])
 return {offset, epoch, receivers}

@@ -34,8 +34,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ws4tx import history as _history
 from ws4tx.history import History, Published, Retention
-from ws4tx.naming import PresenceKeys, channel_of_cluster_channel, cluster_channel
+from ws4tx.naming import (
+    PresenceKeys,
+    channel_of_cluster_channel,
+    cluster_channel,
+    cluster_history_keys,
+)
 from ws4tx.redis_address import RedisAddress
 from ws4tx.server.broker import (
     BrokerUnavailable,
@@ -45,7 +51,7 @@ from ws4tx.server.broker import (
     SubscriptionRefused,
 )
 from ws4tx.server.redis_broker import RedisBroker, _Prepared
-from ws4tx.sharding import CLUSTER_SLOTS, key_slot
+from ws4tx.sharding import CLUSTER_SLOTS, key_slot, routing_name
 
 #: (host, port) of a cluster node.
 Node = tuple[str, int]
@@ -231,6 +237,10 @@ def _settle(result: Any, waiting: list[defer.Deferred[Any]]) -> None:
 class _NodeBroker(RedisBroker):
     """A RedisBroker on one primary of a cluster, in sharded pub/sub."""
 
+    def runScript(self, name: str, keys: list[Any], args: list[Any]) -> defer.Deferred[Any]:
+        """Run one of ws4tx's Lua scripts (``ws4tx/lua``) here."""
+        return self._script(name, keys, args)
+
     subscriber_protocol = _NodeSubscriber
     publish_command = "SPUBLISH"
 
@@ -281,20 +291,21 @@ class ClusterBroker:
     primary, each channel on the primary of its slot. The slot map is read at start and
     again at every ping interval, after a ``MOVED`` and when a node unsubscribes a channel
     whose slot moved: channels then follow their slot, and primaries that appear (a
-    failover) or vanish get or lose their broker. Facilities with history are not
-    supported (the configuration refuses them: the publish script's keys would cross
-    slots)."""
+    failover) or vanish get or lose their broker. A channel's history keys are on its
+    partition's slot too (:func:`~ws4tx.naming.cluster_history_keys`)."""
 
     log = Logger()
 
     def __init__(self, address: RedisAddress, reactor: Any = None,
                  clock: Optional[IReactorTime] = None, ping_interval: float = 5.0,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, prefix: Optional[str] = "ws4tx") -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
         self.address = address
+        #: The channel prefix (history keys are found from it).
+        self.prefix = prefix
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.ping_interval = ping_interval
@@ -550,12 +561,30 @@ class ClusterBroker:
 
     def publishWithHistory(self, channel: str, payload: bytes, keys: tuple[str, str],
                            retention: Retention, expire: int = 0) -> defer.Deferred[Published]:
-        return defer.fail(NotImplementedError("history on Redis Cluster"))
+        """The publish script on the channel's partition: its cluster name, its cluster
+        history keys (:func:`~ws4tx.naming.cluster_history_keys`, not ``keys``), and
+        SPUBLISH."""
+        name = cluster_channel(channel)
+        stream, meta = cluster_history_keys(self.prefix, channel)
+        script_keys, args = _history.publish_args(name, name, stream, meta, payload,
+                                                  retention, expire, sharded=True)
+        return self._onNode(name, lambda b: b.runScript(
+            _history.PUBLISH_SCRIPT, script_keys, args)).addCallback(
+            _history.parse_published)
 
     def history(self, keys: tuple[str, str], retention: Retention,
                 since: Optional[int] = None,
                 limit: Optional[int] = None) -> defer.Deferred[History]:
-        return defer.fail(NotImplementedError("history on Redis Cluster"))
+        """The history script on the cluster keys of the channel whose ``keys`` (from
+        :func:`~ws4tx.naming.history_keys`) are given."""
+        channel = routing_name(self.prefix, keys[0])
+        stream, meta = cluster_history_keys(self.prefix, channel)
+        try:
+            script_keys, args = _history.history_args(stream, meta, retention, since, limit)
+        except ValueError:
+            return defer.fail()
+        return self._onNode(stream, lambda b: b.runScript(
+            _history.HISTORY_SCRIPT, script_keys, args)).addCallback(_history.parse_history)
 
     def updatePresence(self, keys: PresenceKeys, ttl: float,
                        changes: list[tuple[str, str, Optional[str], str]]

@@ -153,9 +153,6 @@ def check(config: ServerConfig) -> ServerConfig:
         converted = setting.convert(value)
         if converted is not value:
             changes[setting.key] = converted
-    if config.redis.is_cluster and config.history:
-        raise ValueError("history (--history) is not available on a Redis Cluster yet: "
-                         "use independent servers (--redis repeated) or one Redis")
     if config.redis_shards and config.redis_shards[0] != config.redis:
         changes["redis"] = config.redis_shards[0]
     if changes:

@@ -61,7 +61,7 @@ class PushService(service.MultiService):
         self.drain_timeout = drain_timeout
         if broker is None and config.redis.is_cluster:
             broker = ClusterBroker(config.redis, reactor, ping_interval=config.redis_ping_interval,
-                                   timeout=config.redis_timeout)
+                                   timeout=config.redis_timeout, prefix=config.prefix)
         self.broker: IBroker = broker or sharded_broker.several(
             [RedisBroker(address, reactor, ping_interval=config.redis_ping_interval,
                          timeout=config.redis_timeout) for address in config.shards],
