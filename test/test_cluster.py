@@ -436,6 +436,34 @@ class ClusterServerTests(_ClusterNodesCase):
         self.assertEqual({key_slot(stream), key_slot(meta)},
                          {key_slot(naming.cluster_channel(channel))})
 
+    async def test_reconnectRecoversTheMissedOnes(self):
+        """An event client that comes back with its position gets exactly what it
+        missed, read from the cluster's history keys, and is told it recovered."""
+        from django.test import override_settings
+
+        from ws4tx import api
+
+        node = await self.startNode(history={"again": {"size": 5, "ttl": 60}})
+        channel = naming.broadcast_channel("ws4tx", "again")
+        events = (envelope.SUBPROTOCOL,)
+        with override_settings(WS4TX_HISTORY={"again": {"size": 5, "ttl": 60}}):
+            first = await self.on(node, "/ws/again?subscribe-broadcast", "", events)
+            await threads.deferToThread(api.publish, "again", "seen", broadcast=True)
+            seen = json.loads(await first.text())
+            await first.close()
+            for i in range(3):
+                await threads.deferToThread(api.publish, "again", f"missed {i}",
+                                            broadcast=True)
+            back = await self.on(
+                node, f"/ws/again?subscribe-broadcast&recover={channel}:{seen['epoch']}:"
+                f"{seen['offset']}", "", events)
+            got = [json.loads(await back.text()) for _ in range(3)]
+            self.assertEqual([(f["offset"], f["data"]) for f in got],
+                             [(2, "missed 0"), (3, "missed 1"), (4, "missed 2")])
+            recovered = json.loads(await back.text())
+            self.assertEqual(recovered["event"], envelope.RECOVERED_EVENT)
+            self.assertTrue(recovered["data"]["recovered"])
+
     async def test_disconnectReachesEveryNode(self):
         """The site's commands travel on the control channel (SPUBLISH on its slot):
         disconnect() closes the user's connections on both nodes, and only theirs."""
