@@ -457,7 +457,7 @@ class ClusterBroker:
     def _channelMoved(self, channel: str) -> None:
         """A node unsubscribed ``channel`` by itself or answered MOVED: its slot went
         elsewhere; read the map, which resubscribes it there."""
-        self.log.info("Redis Cluster: the slot of {channel} moved; following it",
+        self.log.debug("Redis Cluster: the slot of {channel} moved; following it",
                       channel=channel)
         self.refresh()
 
