@@ -587,7 +587,13 @@ class ClusterBroker:
             _history.HISTORY_SCRIPT, script_keys, args)).addCallback(_history.parse_history)
 
     def updatePresence(self, keys: PresenceKeys, ttl: float,
-                       changes: list[tuple[str, str, Optional[str], str]]
+                       changes: list[tuple[str, str, Optional[str], str]],
+                       audiences: Optional[dict[str, tuple[str, ...]]] = None,
                        ) -> defer.Deferred[list[str]]:
         # the presence keys share one hash tag: one slot, one node
-        return self._onNode(keys.connections, lambda b: b.updatePresence(keys, ttl, changes))
+        return self._onNode(keys.connections,
+                            lambda b: b.updatePresence(keys, ttl, changes, audiences))
+
+    def readPresence(self, keys: PresenceKeys, what: str,
+                     audience: Optional[str] = None) -> defer.Deferred[Any]:
+        return self._onNode(keys.connections, lambda b: b.readPresence(keys, what, audience))

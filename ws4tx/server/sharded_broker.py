@@ -20,7 +20,7 @@ server is; each server's loss is logged and counted.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -193,9 +193,15 @@ class ShardedBroker:
         return self._of(keys[0]).history(keys, retention, since, limit)
 
     def updatePresence(self, keys: PresenceKeys, ttl: float,
-                       changes: list[tuple[str, str, Optional[str], str]]
+                       changes: list[tuple[str, str, Optional[str], str]],
+                       audiences: Optional[dict[str, tuple[str, ...]]] = None,
                        ) -> defer.Deferred[list[str]]:
-        return self._of(keys.connections).updatePresence(keys, ttl, changes)
+        # a facility's presence keys share one hash tag: they live on one server
+        return self._of(keys.connections).updatePresence(keys, ttl, changes, audiences)
+
+    def readPresence(self, keys: PresenceKeys, what: str,
+                     audience: Optional[str] = None) -> defer.Deferred[Any]:
+        return self._of(keys.connections).readPresence(keys, what, audience)
 
 
 def several(brokers: Sequence[IBroker], prefix: Optional[str]) -> IBroker:
