@@ -72,12 +72,17 @@ class OptionsTests(SynchronousTestCase):
     def test_embeddedRedisOnAPort(self):
         """``embedded`` takes a free port, ``embedded:PORT`` that one; anything else after
         ``embedded`` is refused naming --redis."""
-        self.assertEqual(parse("--redis", "embedded").given["redis"], "embedded")
+        self.assertEqual(parse("--redis", "embedded").given["redis"], ("embedded",))
         self.assertIsNone(tap.embedded_port("embedded"))
         self.assertEqual(tap.embedded_port("embedded:8379"), 8379)
         for bad in ("embedded:", "embedded:x", "embedded:0", "embedded:65536", "embeddedx"):
             e = self.assertRaises(usage.UsageError, parse, "--redis", bad)
             self.assertIn("--redis", str(e))
+        # The embedded Redis is one server: it is not sharded with others.
+        e = self.assertRaises(usage.UsageError, parse, "--redis", "embedded:8379",
+                              "--redis", "redis://127.0.0.1:1/0")
+        self.assertIn("--redis", str(e))
+        self.assertIn("sharded", str(e))
 
     def test_embeddedRedisPortIsUsedAndATakenOneIsReportedAsAnError(self):
         """--redis embedded:PORT starts the Redis on PORT; if it is taken the server does
