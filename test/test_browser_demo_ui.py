@@ -278,6 +278,34 @@ class DemoPageTests(SynchronousTestCase):
         self.connected(page)
         self.assertIsNone(page.evaluate("window.__before"))
 
+    def test_logoutInOneTabClosesTheOtherTabsSocketWithinASecond(self) -> None:
+        """john logs out in one tab: his other tab of the same browser (the same session)
+        loses its socket within 1 s, on Django's user_logged_out through the control
+        channel, and then shows the page of an anonymous visitor."""
+        import time
+
+        context = self.session.new_context(self.server.url)
+        self.addCleanup(context.close)
+        self.session.log_in(context, "john")
+        other = context.new_page()
+        with other.expect_websocket() as opened:
+            other.goto("/userchat/")
+        socket = opened.value
+        self.connected(other)
+        tab = context.new_page()
+        tab.goto("/accounts/logout/")
+        closed: list[float] = []
+        socket.on("close", lambda _: closed.append(time.monotonic()))
+        started = time.monotonic()
+        tab.locator("#logout-form button[type=submit]").click()
+        if not closed:
+            socket.wait_for_event("close", timeout=WAIT_MS)
+        # (Seen by this process when Playwright hands the event on: at or after the close.)
+        self.assertLess(closed[0] - started, 1.0)
+        # The page reloads as what it is now: an anonymous visitor's, with no socket.
+        expect(other.locator("#text")).to_be_disabled(timeout=WAIT_MS)
+        expect(other.locator("#username")).to_have_count(0)
+
     # A server restart and a Redis outage
 
     def test_restartRetriesQueuesAndRecovers(self) -> None:
