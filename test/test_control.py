@@ -427,6 +427,28 @@ class IdentityChangesTests(DjangoServerTestCase):
         await self.closedWithin(started, "account deactivated", cookie, token)
         await self.stillOpen(john)
 
+    async def test_deletedSessionClosesItsSockets(self):
+        """A site that kicks a session by deleting it (the database session backend)
+        closes that session's sockets, cookie and token ones, and only those."""
+        from django.contrib.sessions.models import Session
+
+        _, key, cookie, token = await self.sockets("john")
+        _, _, other, _ = await self.sockets("john")
+        started = reactor.seconds()
+        Session.objects.filter(session_key=key).delete()
+        await self.closedWithin(started, "session ended", cookie, token)
+        await self.stillOpen(other)
+
+    async def test_deletedUserClosesEverySocket(self):
+        User.objects.filter(username="zoe").delete()
+        User.objects.create_user("zoe", password="secret")
+        _, _, cookie, token = await self.sockets("zoe")
+        _, _, john, _ = await self.sockets("john")
+        started = reactor.seconds()
+        User.objects.get(username="zoe").delete()
+        await self.closedWithin(started, "account deleted", cookie, token)
+        await self.stillOpen(john)
+
     async def test_otherSavesCloseNothing(self):
         """Saving a user whose password and activity did not change (a login's
         last_login, a new name) closes nothing, nor does saving an inactive user again."""

@@ -9,6 +9,11 @@
   with (``post_init``): this covers the admin, ``PasswordChangeView`` and
   ``update_session_auth_hash``, ``changepassword``, and any code that saves the user.
   ``QuerySet.update()`` sends no signal: call ``ws4tx.api.disconnect`` after it.
+- A deleted user (``post_delete`` of the user model): all the user's connections close.
+- A deleted session (``post_delete`` of ``django.contrib.sessions``' ``Session``, when that
+  app is installed: a site that kicks a session by deleting it, the admin, a ``flush()``
+  of the database session backend): that session's connections close. Other session
+  backends (cache, signed cookies) send no signal: call ``ws4tx.api.disconnect`` there.
 
 Each command is sent once the database transaction commits (at once outside one), so that
 a client that reconnects at once is authenticated against the committed change. The
@@ -19,11 +24,16 @@ reached never fails the logout or the save: it is logged.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Optional
 
 from ws4tx import _audience, _django_settings
 
 log = logging.getLogger("ws4tx")
+
+#: Session keys this thread's logout closed already: the session's deletion that follows
+#: (``flush()``) sends no second command.
+_logged_out = threading.local()
 
 #: Where a user instance keeps the (password hash, is_active) it was loaded or last saved with.
 _LOADED = "_ws4tx_identity_state"
@@ -56,6 +66,7 @@ def logged_out(sender: Any, request: Any = None, user: Any = None, **kwargs: Any
         return
     key = _audience.session_key(request)
     if key:
+        _logged_out.key = key
         _disconnect(None, "logged out", sessions=[key])
 
 
@@ -82,13 +93,38 @@ def user_saved(sender: Any, instance: Any, created: bool = False, raw: bool = Fa
                     users=[instance.get_username()])
 
 
+def user_deleted(sender: Any, instance: Any, using: Optional[str] = None,
+                 **kwargs: Any) -> None:
+    """``post_delete`` of the user model: close the user's connections."""
+    if _django_settings.disconnect_on_logout():
+        _disconnect(using, "account deleted", users=[instance.get_username()])
+
+
+def session_deleted(sender: Any, instance: Any, using: Optional[str] = None,
+                    **kwargs: Any) -> None:
+    """``post_delete`` of a database session: close that session's connections."""
+    key = instance.session_key
+    if getattr(_logged_out, "key", None) == key:  # the logout's flush(): closed already
+        _logged_out.key = None
+        return
+    if _django_settings.disconnect_on_logout() and key:
+        _disconnect(using, "session ended", sessions=[key])
+
+
 def connect() -> None:
     """Connect the receivers (once: each has a ``dispatch_uid``)."""
+    from django.apps import apps
     from django.contrib.auth import get_user_model
     from django.contrib.auth.signals import user_logged_out
-    from django.db.models.signals import post_init, post_save
+    from django.db.models.signals import post_delete, post_init, post_save
 
     user_model = get_user_model()
     user_logged_out.connect(logged_out, dispatch_uid="ws4tx.logged_out")
     post_init.connect(user_loaded, sender=user_model, dispatch_uid="ws4tx.user_loaded")
     post_save.connect(user_saved, sender=user_model, dispatch_uid="ws4tx.user_saved")
+    post_delete.connect(user_deleted, sender=user_model, dispatch_uid="ws4tx.user_deleted")
+    if apps.is_installed("django.contrib.sessions"):
+        from django.contrib.sessions.models import Session
+
+        post_delete.connect(session_deleted, sender=Session,
+                            dispatch_uid="ws4tx.session_deleted")
