@@ -137,7 +137,7 @@ class DrainTests(_TwoNodesTestCase):
     nothing."""
 
     async def test_drainedClientsRecoverOnTheOtherNodeWithoutLoss(self) -> None:
-        n = 300
+        n = 500
         first, second = self.nodes
         followers = [Follower("/ws/chat?subscribe-broadcast") for _ in range(n)]
         await self.connectAll(followers, first.port)
