@@ -162,3 +162,28 @@ class PersistentRedisTests(_LiveTestCase):
             # "after" is read too when it was published before the read was made.
             self.assertIn(verdict["channels"][CHAT]["messages"], (5, 6))
         self.assertEqual(self.reads, 1)
+
+class JoinWhileSubscriberDownTests(_LiveTestCase):
+    """A client that joins while the node's subscriber connection is down (after a Redis
+    restart the command connection may be back first): what is published until the
+    subscriber is back reaches it from the history, not silently lost."""
+
+    async def test_messagesPublishedBeforeTheSubscriberIsBackAreRecovered(self) -> None:
+        broker = self.factory.node.broker
+        subscriber = broker._services[0]  # its connections: subscriber, command
+        await subscriber.stopService()
+        await self.brokerEvent("disconnected")
+        before = self.publish_("before")
+        follower = Follower(PATH)
+        await follower.connect(self.port)
+        self.addCleanup(lambda: follower.client and follower.client.close())
+        # It learns where the channel stands (read through the command connection).
+        await follower.until(lambda: CHAT in follower.positions)
+        self.assertEqual(follower.positions[CHAT], before)
+        for i in range(3):
+            self.publish_(f"during {i}")
+        subscriber.startService()
+        await self.brokerEvent("connected")
+        self.publish_("after")
+        await follower.until(lambda: follower.got.get(CHAT, [])[-1:] == ["after"])
+        self.assertEqual(follower.got[CHAT], ["during 0", "during 1", "during 2", "after"])

@@ -393,10 +393,10 @@ class ProcessStormTests(_TwoNodesTestCase):
                 self.redis.close()
                 self.redis = redis.Redis.from_url(self.redis_server.url, socket_timeout=5)
             if round_ == 7:
-                # The absent ones come back once both nodes have Redis again. (A client
-                # that joins while its node waits for Redis after the restart was seen
-                # told trimmed, interrupted, resumed, and then given nothing live: left
-                # to its own test.)
+                # The absent ones come back once both nodes have Redis again: one that
+                # joins while its node waits for Redis is told again when the outage
+                # outlasts its 20-message window (JoinWhileSubscriberDownTests in
+                # test_live_recovery covers joining while the subscriber is down).
                 while await self.nodes[0].broker_events.get().addTimeout(  # type: ignore[attr-defined]
                         10, reactor) != "connected":
                     pass

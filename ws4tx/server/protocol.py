@@ -40,7 +40,7 @@ from ws4tx.naming import ANONYMOUS, Identity
 from ws4tx.server import _internals, admission, deflate
 from ws4tx.server._ratelimit import TokenBucket
 from ws4tx.server.auth import AnonymousAuthenticator, Grant, HandshakeDenied, IAuthenticator
-from ws4tx.server.broker import NotStored, publish_to
+from ws4tx.server.broker import BrokerUnavailable, NotStored, publish_to
 from ws4tx.server.expiry import Expiry, reauthenticate
 from ws4tx.server.handlers import EventRefused
 from ws4tx.server.node import Node, close_label
@@ -288,7 +288,11 @@ class PushProtocol(WebSocketServerProtocol):
             if message is not None and (channel_, message) not in live:
                 self._sendStored(message)
         self._stored = {}
-        learned = self._learned(merges, held, ordered=not isinstance(result, Failure))
+        # Ordered: every message published before the reads has arrived (the barrier), or
+        # none can any more (the subscriber is down: what was published meanwhile is
+        # recovered by the router from the positions it learns here once it is back).
+        ordered = not isinstance(result, Failure) or bool(result.check(BrokerUnavailable))
+        learned = self._learned(merges, held, ordered=ordered)
         self._last.update(learned)
         if learned:
             self.emit(envelope.POSITIONS_EVENT, {"channels": {
@@ -323,7 +327,9 @@ class PushProtocol(WebSocketServerProtocol):
         asked, or not recovered): the channel's last offset when it was read, or just
         before the first live message held, whichever is lower, so that every message
         after it reaches the client (live). The router learns them too when every
-        message published before the reads is known to have arrived (``ordered``)."""
+        message published before the reads is known to have arrived, or none can arrive
+        any more because the subscriber is down (``ordered``): then the router reads what
+        was published meanwhile once the subscriber is back."""
         reads, self._reads = self._reads, {}
         learned = {}
         router = self.node.router
