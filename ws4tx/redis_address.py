@@ -111,12 +111,7 @@ class RedisAddress:
 
     @classmethod
     def _from_cluster_url(cls, netloc: str, path: str, query: str) -> RedisAddress:
-        userinfo, at, hosts = netloc.rpartition("@")
-        username = password = None
-        if at:
-            user, colon, secret = userinfo.partition(":")
-            username = unquote(user) or None
-            password = unquote(secret) if colon else None
+        username, password, hosts = _credentials(netloc)
         if not hosts:
             raise InvalidRedisAddress(
                 "a redis+cluster:// URL needs the address of one or more nodes: "
@@ -131,12 +126,7 @@ class RedisAddress:
     @classmethod
     def _from_sentinel_url(cls, netloc: str, path: str, query_string: str,
                            ssl: bool) -> RedisAddress:
-        userinfo, at, hosts = netloc.rpartition("@")
-        username = password = None
-        if at:
-            user, colon, secret = userinfo.partition(":")
-            username = unquote(user) or None
-            password = unquote(secret) if colon else None
+        username, password, hosts = _credentials(netloc)
         if not hosts:
             raise InvalidRedisAddress(
                 "a redis+sentinel:// URL needs the Sentinels' addresses: "
@@ -234,6 +224,16 @@ class RedisAddress:
 
 #: The port of a cluster node whose address names none.
 CLUSTER_PORT = 6379
+
+
+def _credentials(netloc: str) -> tuple[Optional[str], Optional[str], str]:
+    """The user name, password (%-decoded; None when absent) and host list of a
+    ``[user[:password]@]host:port[,host:port...]`` URL part."""
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        return None, None, hosts
+    user, colon, secret = userinfo.partition(":")
+    return unquote(user) or None, unquote(secret) if colon else None, hosts
 
 
 def _sentinel(item: str, default_port: int = SENTINEL_PORT,

@@ -46,13 +46,8 @@ class Hub(Generic[C]):
 
         Leaving without having joined (or twice) does nothing and returns ``[]``.
         """
-        closed = []
-        for channel in self._channels.pop(client, ()):
-            members = self._members[channel]
-            members.discard(client)
-            if not members:
-                del self._members[channel]
-                closed.append(channel)
+        closed = self.leave_channels(client, self._channels.get(client, ()))
+        self._channels.pop(client, None)
         return closed
 
     def leave_channels(self, client: C, channels: Iterable[str]) -> list[str]:
