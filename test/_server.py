@@ -3,6 +3,7 @@ tests."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import redis
@@ -87,6 +88,28 @@ def _autobahn_timers_fired() -> defer.Deferred[None]:
         return defer.succeed(None)
     last = max(c.getTime() for c in pending)
     return task.deferLater(reactor, max(0.0, last - reactor.seconds()) + 0.01, lambda: None)
+
+
+async def start_node(case: unittest.TestCase, config: ServerConfig,
+                     authenticator: Any = None) -> SimpleNamespace:
+    """Another node for ``case`` (a PushService listening on a free port, observed like a
+    ServerTestCase's own), its broker connected: its service, factory, port and broker
+    events; stopped by the case's cleanups."""
+    service = PushService(config, authenticator=authenticator
+                          or StaticAuthenticator(identity_from_header))
+    factory = service.factory
+    factory.protocol = _Observed
+    factory.test_joined = defer.DeferredQueue()
+    factory.test_left = defer.DeferredQueue()
+    events = observe_broker(factory.node.router)
+    service.startService()
+    case.addCleanup(service.stopService)
+    port = await endpoints.TCP4ServerEndpoint(
+        reactor, 0, interface="127.0.0.1").listen(service.site)
+    case.addCleanup(port.stopListening)
+    case.assertEqual(await events.get().addTimeout(TIMEOUT, reactor), "connected")
+    return SimpleNamespace(service=service, factory=factory, port=port.getHost().port,
+                           events=events)
 
 
 class ServerTestCase(unittest.TestCase):

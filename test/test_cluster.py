@@ -12,16 +12,14 @@ from typing import Any
 
 import txredisapi
 from hypothesis import given, settings, strategies as st
-from twisted.internet import defer, endpoints, reactor, threads
+from twisted.internet import defer, reactor, threads
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.trial import unittest
 
 from ws4tx import envelope, naming
 from ws4tx.redis_address import RedisAddress
 from ws4tx.server.cluster import ClusterBroker, ShardSubscriberProtocol, SlotMap, moved
-from ws4tx.server.service import PushService
 from ws4tx.sharding import key_slot
-from ws4tx.testing import StaticAuthenticator
 
 from test._cluster import Cluster
 from test._wsclient import TIMEOUT, WSClient, connect
@@ -227,26 +225,14 @@ class _ClusterNodesCase(unittest.TestCase):
         self.nodes = [await self.startNode(), await self.startNode()]
 
     async def startNode(self, **changes: Any) -> SimpleNamespace:
-        from test._server import ServerTestCase, _Observed, identity_from_header, observe_broker
+        from test._server import ServerTestCase, start_node
 
         config = ServerTestCase.config.replace(redis=self.address, presence=("pres",),
                                                **changes)
         self.assertEqual(config.redis_ping_interval, 1.0)  # the slot map is read as often
-        service = PushService(config, authenticator=StaticAuthenticator(identity_from_header))
-        self.assertIsInstance(service.broker, ClusterBroker)
-        factory = service.factory
-        factory.protocol = _Observed
-        factory.test_joined = defer.DeferredQueue()
-        factory.test_left = defer.DeferredQueue()
-        events = observe_broker(factory.node.router)
-        service.startService()
-        self.addCleanup(service.stopService)
-        port = await endpoints.TCP4ServerEndpoint(
-            reactor, 0, interface="127.0.0.1").listen(service.site)
-        self.addCleanup(port.stopListening)
-        self.assertEqual(await events.get().addTimeout(TIMEOUT, reactor), "connected")
-        return SimpleNamespace(service=service, factory=factory, port=port.getHost().port,
-                               events=events)
+        node = await start_node(self, config)
+        self.assertIsInstance(node.service.broker, ClusterBroker)
+        return node
 
     async def on(self, node: SimpleNamespace, path: str, identity: str = "",
                  protocols: tuple[str, ...] = ()) -> WSClient:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any, Optional
 
-from twisted.internet import defer, endpoints, reactor, threads
+from twisted.internet import reactor, threads
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
@@ -19,15 +19,13 @@ from django.conf import settings  # noqa: E402
 from django.contrib.auth.models import User  # noqa: E402
 
 from ws4tx import _sync_redis, api, closecodes, control, envelope, naming, tokens  # noqa: E402
-from ws4tx.server.service import PushService  # noqa: E402
 from ws4tx.testing import StaticAuthenticator  # noqa: E402
 
 from test._server import (  # noqa: E402
     ServerTestCase,
-    _Observed,
     identity_from_header,
     identity_header,
-    observe_broker,
+    start_node,
 )
 from test._wsclient import TIMEOUT, WSClient, connect  # noqa: E402
 from test.test_django_auth import DjangoServerTestCase, request_with_session  # noqa: E402
@@ -130,20 +128,7 @@ class TwoNodesTestCase(ServerTestCase):
     async def otherNode(self) -> SimpleNamespace:
         """A second node on the same Redis, its subscriber connected."""
         config = self.config.replace(redis=self.redis_server.address)
-        service = PushService(config, authenticator=self.authenticator())
-        factory = service.factory
-        factory.protocol = _Observed
-        factory.test_joined = defer.DeferredQueue()
-        factory.test_left = defer.DeferredQueue()
-        events = observe_broker(factory.node.router)
-        service.startService()
-        self.addCleanup(service.stopService)
-        port = await endpoints.TCP4ServerEndpoint(
-            reactor, 0, interface="127.0.0.1").listen(service.site)
-        self.addCleanup(port.stopListening)
-        self.assertEqual(await events.get().addTimeout(TIMEOUT, reactor), "connected")
-        return SimpleNamespace(service=service, factory=factory, port=port.getHost().port,
-                               events=events)
+        return await start_node(self, config, self.authenticator())
 
     def authenticator(self) -> Any:
         return StaticAuthenticator(identity_from_header)

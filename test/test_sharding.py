@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import redis
 from hypothesis import given, settings, strategies as st
-from twisted.internet import defer, endpoints, reactor, threads
+from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,12 +25,10 @@ from ws4tx.redis_store import PublishError
 from ws4tx.server.config import ServerConfig
 from ws4tx.server.embedded import EmbeddedRedis, free_port
 from ws4tx.server.metrics import NodeCollector
-from ws4tx.server.service import PushService
 from ws4tx.server.sharded_broker import ShardedBroker
-from ws4tx.testing import StaticAuthenticator
 
 from test._django import setup_django
-from test._server import ServerTestCase, _Observed, identity_from_header, observe_broker
+from test._server import ServerTestCase, start_node
 from test._wsclient import TIMEOUT, WSClient, connect
 
 EVENTS = (envelope.SUBPROTOCOL,)
@@ -244,20 +242,9 @@ class _ShardedNodesCase(ServerTestCase):
 
     async def startNode(self) -> SimpleNamespace:
         config = self.config.replace(redis=self.addresses[0], redis_shards=self.addresses)
-        service = PushService(config, authenticator=StaticAuthenticator(identity_from_header))
-        self.assertIsInstance(service.broker, ShardedBroker)
-        factory = service.factory
-        factory.protocol = _Observed
-        factory.test_joined = defer.DeferredQueue()
-        factory.test_left = defer.DeferredQueue()
-        events = observe_broker(factory.node.router)
-        service.startService()
-        self.addCleanup(service.stopService)
-        port = await endpoints.TCP4ServerEndpoint(
-            reactor, 0, interface="127.0.0.1").listen(service.site)
-        self.addCleanup(port.stopListening)
-        self.assertEqual(await events.get().addTimeout(TIMEOUT, reactor), "connected")
-        return SimpleNamespace(service=service, factory=factory, port=port.getHost().port)
+        node = await start_node(self, config)
+        self.assertIsInstance(node.service.broker, ShardedBroker)
+        return node
 
     async def on(self, node: SimpleNamespace, path: str,
                  headers: Optional[dict[str, str]] = None,
