@@ -147,15 +147,15 @@ def _build(found: RedisAddress, timeout: float) -> redis.Redis:
         return redis.Redis.from_url(found.url, retry=retry, **bounds)
     from redis.sentinel import Sentinel
 
-    tls = {"ssl": True} if found.ssl else {}
+    assert found.master_name is not None  # is_sentinel says there is one
     sentinel = Sentinel(
         list(found.sentinels),
-        sentinel_kwargs={"password": found.sentinel_password, **bounds, **tls},
+        sentinel_kwargs={"password": found.sentinel_password, "ssl": found.ssl, **bounds},
         **bounds,
     )
     master: redis.Redis = sentinel.master_for(
         found.master_name, db=found.db, username=found.username,
-        password=found.password, retry=retry, **tls,
+        password=found.password, retry=retry, ssl=found.ssl,
     )
     return master
 
