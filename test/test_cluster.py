@@ -14,6 +14,7 @@ import txredisapi
 from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, reactor, threads
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from ws4tx import envelope, naming
@@ -35,6 +36,64 @@ class _Recorder(ShardSubscriberProtocol):
 
 class _Factory(txredisapi.SubscriberFactory):
     protocol = _Recorder
+
+
+def _bulk(*items: Any) -> bytes:
+    """A RESP2 array of bulk strings and integers, as Redis writes a push."""
+    out = [b"*%d\r\n" % len(items)]
+    for item in items:
+        if isinstance(item, int):
+            out.append(b":%d\r\n" % item)
+        else:
+            data = item.encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class ShardSubscriberProtocolTests(unittest.SynchronousTestCase):
+    """The protocol on an in-memory transport: which reply answers which command."""
+
+    def setUp(self) -> None:
+        class Lost(ShardSubscriberProtocol):
+            def shardChannelLost(self, channel: bytes) -> None:
+                lost.append(channel)
+
+        lost: list[bytes] = []
+        self.lost = lost
+        factory = txredisapi.SubscriberFactory()
+        factory.convertNumbers = False
+        factory.charset = None
+        self.protocol = Lost(charset=None)  # bytes, as the broker's connections
+        self.protocol.factory = factory
+        self.protocol.makeConnection(StringTransport())
+
+    def test_slotMovedWhileACommandWaitsIsNotItsReply(self):
+        """A node's own ``sunsubscribe`` (its slot moved) that arrives while a PING waits
+        is reported as a lost channel; the PING gets its own answer, and so does every later
+        command (the replies were shifted by one: a subscriber went deaf after a slot
+        migration under publishing)."""
+        ping = self.protocol.ping()
+        self.protocol.dataReceived(_bulk("sunsubscribe", "{p1}chat", 0))
+        self.assertNoResult(ping)
+        self.assertEqual(self.lost, [b"{p1}chat"])
+        self.protocol.dataReceived(_bulk("pong", ""))
+        self.assertEqual(self.successResultOf(ping), [b"pong", b""])
+        again = self.protocol.ping()
+        self.protocol.dataReceived(_bulk("pong", ""))
+        self.assertEqual(self.successResultOf(again), [b"pong", b""])
+
+    def test_ownUnsubscribeIsAnsweredAmongTheNodesOwn(self):
+        """Our SUNSUBSCRIBE of one channel gets its confirmation; the node's own
+        ``sunsubscribe`` of another channel, arriving first, is a lost channel."""
+        done = self.protocol.sunsubscribe("{p2}mine")
+        self.protocol.dataReceived(_bulk("sunsubscribe", "{p3}moved", 1))
+        self.assertNoResult(done)
+        self.protocol.dataReceived(_bulk("sunsubscribe", "{p2}mine", 0))
+        self.assertEqual(self.successResultOf(done), [b"sunsubscribe", b"{p2}mine", 0])
+        self.assertEqual(self.lost, [b"{p3}moved"])
+        # the channel is no longer ours to wait for: a later push of it is the node's own
+        self.protocol.dataReceived(_bulk("sunsubscribe", "{p2}mine", 0))
+        self.assertEqual(self.lost, [b"{p3}moved", b"{p2}mine"])
 
 
 class PureTests(unittest.SynchronousTestCase):

@@ -71,7 +71,12 @@ class ShardSubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[mi
     One ``SSUBSCRIBE`` may name many channels of one slot (:meth:`ssubscribeMany`): Redis
     answers with one confirmation per channel, and txredisapi would give all but the first
     to the commands sent after it; this protocol passes the first to the command and drops
-    the others (an error answers the whole command once)."""
+    the others (an error answers the whole command once).
+
+    A ``sunsubscribe`` answers a :meth:`sunsubscribe` of that channel when one is in
+    flight; any other is the node's own (the slot moved) and is never taken as the reply of
+    whatever command happens to be waiting, which would shift every later reply on the
+    connection by one."""
 
     _sub_unsub_reponses = txredisapi.SubscriberProtocol._sub_unsub_reponses | {
         "ssubscribe", "sunsubscribe", b"ssubscribe", b"sunsubscribe"}
@@ -82,6 +87,8 @@ class ShardSubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[mi
         self._extra: deque[int] = deque()
         #: Confirmations of the current SSUBSCRIBE still to drop.
         self._dropping = 0
+        #: The channels of the SUNSUBSCRIBEs in flight (a channel may be twice).
+        self._unsubscribing: Counter[str] = Counter()
 
     def shardMessageReceived(self, channel: bytes, message: bytes) -> None:
         """A message arrived on the shard channel ``channel``. Override."""
@@ -95,9 +102,14 @@ class ShardSubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[mi
             if kind in ("smessage", b"smessage"):
                 self.shardMessageReceived(reply[-2], reply[-1])
                 return
-            if kind in ("sunsubscribe", b"sunsubscribe") and not self.replyQueue.waiting:
-                self.shardChannelLost(reply[-2])
-                return
+            if kind in ("sunsubscribe", b"sunsubscribe"):
+                channel = _text(reply[-2])
+                if not self._unsubscribing[channel]:
+                    self.shardChannelLost(reply[-2])
+                    return
+                self._unsubscribing[channel] -= 1
+                if not self._unsubscribing[channel]:
+                    del self._unsubscribing[channel]
             if kind in ("ssubscribe", b"ssubscribe"):
                 if self._dropping:
                     self._dropping -= 1
@@ -129,8 +141,17 @@ class ShardSubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[mi
 
     def sunsubscribe(self, channel: str) -> defer.Deferred[Any]:
         """``SUNSUBSCRIBE channel``."""
+        self._unsubscribing[channel] += 1
         d: defer.Deferred[Any] = self.execute_command("SUNSUBSCRIBE", channel)
-        return d
+
+        def failed(failure: Failure) -> Failure:
+            # answered by an error (or never sent): no confirmation of it will come
+            self._unsubscribing[channel] -= 1
+            if not self._unsubscribing[channel]:
+                del self._unsubscribing[channel]
+            return failure
+
+        return d.addErrback(failed)
 
 
 @dataclass(frozen=True)
