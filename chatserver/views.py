@@ -253,17 +253,24 @@ class UserChatView(_PublishingChatView):
     target_field = "user"
     payload_field = "to"
     heading = "User chat"
-    hint = ("Messages sent to you, and those you send. Send one to another user: Django "
-            "publishes it with RedisPublisher(users=[user, you]).")
+    hint = ("Messages sent to you, and those you send. Send one to any user, yourself too: "
+            "Django publishes it with RedisPublisher(users=[user, you]).")
     placeholder = "Private message"
     subscribe_flag = "subscribe-user"
 
     def make_form(self, data: Any = None) -> forms.Form:
-        """The "To" list offers every user but yourself."""
+        """The "To" list offers every user, yourself marked "(you)": a message to yourself
+        is a row of the acceptance matrix (it lands once, on your own page)."""
         form = UserMessageForm(data)
         field = form.fields["user"]
-        assert isinstance(field, forms.ModelChoiceField) and field.queryset is not None
-        field.queryset = field.queryset.exclude(username=self.request.user.get_username())
+        assert isinstance(field, forms.ModelChoiceField)
+        me = self.request.user.get_username()
+
+        def label(user: Any) -> str:
+            name = str(user.get_username())
+            return f"{name} (you)" if name == me else name
+
+        field.label_from_instance = label
         return form
 
     def audiences(self) -> list[Audience]:

@@ -135,14 +135,13 @@ class DemoPageTests(SynchronousTestCase):
     def test_ownMessagesShowWithTimesAndStayAfterReload(self) -> None:
         """john's private message (john on a phone) and group message show on his own
         pages (own style, with a time, "john → mary" for the private one) and on mary's,
-        once; they are still there after a reload. The "To" list does not offer john
-        himself."""
+        once; they are still there after a reload. The "To" list offers john himself,
+        marked as him."""
         john, mary = self.open("john", "/userchat/", PHONE), self.open("mary", "/userchat/")
         for page in (john, mary):
             self.connected(page)
         options = john.locator("select[name=user] option").all_inner_texts()
-        self.assertNotIn("john", options)
-        self.assertIn("mary", options)
+        self.assertEqual(options, ["admin", "john (you)", "mary"])
         text = self.unique("private")
         self.send(john, text, "mary")
         own = self.line(john, text)
