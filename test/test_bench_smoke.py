@@ -9,7 +9,11 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
+
+#: Whole processes, browsers or storms: run in one tox env (see tox.ini).
+pytestmark = pytest.mark.system
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(REPO, "bench", "run.py")

@@ -17,12 +17,16 @@ import sys
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx.server.embedded import EmbeddedRedis
 
 from test._demo import CHAT_FACILITY, BrowserSession, DemoServer, child_environment
 from test._process import ROOT
+
+#: Whole processes, browsers or storms: run in one tox env (see tox.ini).
+pytestmark = pytest.mark.system
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page, ViewportSize

@@ -9,11 +9,15 @@ import signal
 import uuid
 from typing import TYPE_CHECKING
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx.server.embedded import EmbeddedRedis
 
 from test._demo import HEARTBEAT, BrowserSession, DemoServer
+
+#: Whole processes, browsers or storms: run in one tox env (see tox.ini).
+pytestmark = pytest.mark.system
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Locator, Page, WebSocket

@@ -22,6 +22,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Iterable
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from test._demo import (
@@ -38,6 +39,9 @@ try:
     from playwright.sync_api import expect
 except ImportError:  # test._browser.launch() skips these tests (and fails them under CI)
     pass
+
+#: Whole processes, browsers or storms: run in one tox env (see tox.ini).
+pytestmark = pytest.mark.system
 
 #: A page: (who, which chat). Who is a user name or "anonymous".
 PageKey = tuple[str, str]

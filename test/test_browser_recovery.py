@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
+import pytest
 import redis
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,6 +26,9 @@ from ws4tx.server.embedded import EmbeddedRedis, free_port
 from test import _browser
 from test._process import ROOT, twistd_path
 from test._recovering import publish_with_history
+
+#: Whole processes, browsers or storms: run in one tox env (see tox.ini).
+pytestmark = pytest.mark.system
 
 SCRIPT = Path(ROOT) / "ws4tx" / "static" / "ws4tx" / "ws4tx.js"
 CHAT = "ws4tx:broadcast:chat"

@@ -11,6 +11,7 @@ import tempfile
 import threading
 from typing import Any, ClassVar
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from test import _browser
@@ -23,6 +24,9 @@ setup_django()
 
 from ws4tx import closecodes, tokens  # noqa: E402
 from ws4tx.server.embedded import free_port  # noqa: E402
+
+#: Whole processes, browsers or storms: run in one tox env (see tox.ini).
+pytestmark = pytest.mark.system
 
 #: Seconds a token lasts on the server under test.
 MAX_AGE = 2

@@ -10,6 +10,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import txredisapi
 from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, reactor, threads
@@ -301,6 +302,7 @@ class _ClusterNodesCase(unittest.TestCase):
         await node.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
         return client
 
+@pytest.mark.system
 class ClusterServerTests(_ClusterNodesCase):
     """On a three-primary cluster (``redis+cluster://``)."""
 
@@ -582,6 +584,7 @@ class ClusterServerTests(_ClusterNodesCase):
         self.assertEqual(await child.stop("TERM"), 0, child.output[-3000:])
 
 
+@pytest.mark.system
 class ClusterFailoverTests(_ClusterNodesCase):
     """On a cluster whose first primary has a replica."""
 

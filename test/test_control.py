@@ -7,6 +7,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any, Optional
 
+import pytest
 from twisted.internet import reactor, threads
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
@@ -550,6 +551,7 @@ class GatheringOnAClockTests(unittest.SynchronousTestCase):
                          [channel for channel, _, _ in self.node.broker.published])
 
 
+@pytest.mark.system
 class GatheringAcrossNodesTests(TwoNodesTestCase):
     """``ws4tx.api.channels`` and ``info`` and their ServerAPI twins, over two nodes on
     one real Redis, and a third one (twistd) that hangs, then is killed."""

@@ -25,6 +25,7 @@ import urllib.parse
 import uuid
 from typing import Any, Optional
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from test._demo import CHAT_FACILITY, EVENT_FACILITY, HEARTBEAT, PASSWORD, TIMEOUT, DemoServer
@@ -145,6 +146,7 @@ class _DemoTestCase(SynchronousTestCase):
         cls.server.close()
 
 
+@pytest.mark.system
 class DemoDefaultsTests(_DemoTestCase):
     """``python -m chatserver`` without options: DEBUG off, no admin, safe static files,
     and only the pages' WebSocket flags."""
@@ -259,6 +261,7 @@ class DemoDefaultsTests(_DemoTestCase):
             read_until(listener, line)
 
 
+@pytest.mark.system
 class DemoDebugAdminTests(_DemoTestCase):
     """``python -m chatserver --debug --admin``: what a developer asks for, with a warning."""
 

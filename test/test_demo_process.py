@@ -22,6 +22,7 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 import redis
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -29,6 +30,9 @@ from ws4tx.server.embedded import EmbeddedRedis
 
 from test._demo import CHAT_FACILITY, EVENT_FACILITY, TIMEOUT, DemoServer
 from test.test_demo import Client, read_until, settle
+
+#: Whole processes, browsers or storms: run in one tox env (see tox.ini).
+pytestmark = pytest.mark.system
 
 HEALTH = "/ws4tx/health"
 

@@ -13,11 +13,15 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx import closecodes, envelope
 
 from test import _browser
+
+#: Whole processes, browsers or storms: run in one tox env (see tox.ini).
+pytestmark = pytest.mark.system
 
 STATIC = Path(__file__).resolve().parent.parent / "ws4tx" / "static"
 SCRIPT = STATIC / "ws4tx" / "ws4tx.js"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.trial import unittest
@@ -138,6 +139,7 @@ class MergeTests(unittest.SynchronousTestCase):
                                                                         "4008", "4503"}, {"other"})
 
 
+@pytest.mark.system
 class WorkerMetricsTests(unittest.TestCase):
     """``twistd ws4tx --workers 2 --metrics-url``: whichever worker a scrape reaches, it
     answers with the sum of both."""

@@ -12,6 +12,7 @@ import subprocess
 import unittest
 from pathlib import Path
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 import ws4tx
@@ -52,6 +53,7 @@ def built_module() -> str:
                           check=True, capture_output=True, text=True, timeout=60).stdout
 
 
+@pytest.mark.system
 class BrowserModuleTests(SynchronousTestCase):
     """The ES module a bundler gets, imported by Chromium as it is."""
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -149,6 +150,7 @@ def left(events: list[dict[str, Any]]) -> list[str]:
     return [conn for event in events for conn in event["left"]]
 
 
+@pytest.mark.system
 class BothHalvesTests(ServerTestCase):
     """Server nodes write the presence in a real Redis, the Django side reads it."""
 

@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from chatserver.__main__ import (
@@ -97,6 +98,7 @@ def next_event(ws: Any, name: str) -> Any:
                 return envelope.get("data")
 
 
+@pytest.mark.system
 class ReadmeAgainstTheDemoTests(SynchronousTestCase):
     """``python -m chatserver`` as ``./demo`` runs it: its Redis on the default port, which
     the README's lines name."""
@@ -214,6 +216,7 @@ class ReadmeAgainstTheDemoTests(SynchronousTestCase):
         self.assertNotIn('"ws4tx"', pages["eventchat"].locator("body").inner_text())
 
 
+@pytest.mark.system
 class RedisPortTakenTests(SynchronousTestCase):
     """``--redis-port`` on a port something else listens on: a free port, a warning, and a
     printed publish line that reaches the demo all the same."""

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import pytest
 import redis
 from twisted.internet import defer, endpoints, reactor, task
 
@@ -25,6 +26,9 @@ from ws4tx.testing import StaticAuthenticator
 from test._process import Twistd
 from test._recovering import Follower, publish_with_history
 from test._server import ServerTestCase, identity_from_header, identity_header
+
+#: Whole processes, browsers or storms: run in one tox env (see tox.ini).
+pytestmark = pytest.mark.system
 
 HISTORY = {"chat*": {"size": 2000, "ttl": 600}, "brief*": {"size": 20, "ttl": 600}}
 RETENTION = Retention(2000, 600)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from twisted.internet import defer, reactor, task, threads
 
 from ws4tx import _sync_redis, envelope
@@ -16,6 +17,9 @@ from ws4tx.server.sentinel import SentinelEndpoint, SentinelError
 from test._django import setup_django
 from test._sentinel import DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS, SentinelGroup
 from test._server import ServerTestCase, identity_header
+
+#: Whole processes, browsers or storms: run in one tox env (see tox.ini).
+pytestmark = pytest.mark.system
 
 EVENTS = (envelope.SUBPROTOCOL,)
 JOHN = identity_header("john", (), "s-john")

@@ -12,6 +12,7 @@ from collections import Counter
 from types import SimpleNamespace
 from typing import Any, Optional
 
+import pytest
 import redis
 from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, reactor, threads
@@ -454,6 +455,7 @@ def _tick() -> defer.Deferred[None]:
     return task.deferLater(reactor, 0.05, lambda: None)
 
 
+@pytest.mark.system
 class TwistdShardsTests(unittest.TestCase):
     """``twistd ws4tx --redis … --redis … --redis …`` with ``--workers 2``."""
 
@@ -492,6 +494,7 @@ class TwistdShardsTests(unittest.TestCase):
         self.assertEqual(await child.stop("TERM"), 0, child.output[-3000:])
 
 
+@pytest.mark.system
 class SentinelShardTests(_ShardedNodesCase):
     """A shard may be a Sentinel group: one shard is, the other a plain server; the
     group's master crashes and only its channels are interrupted, then follow the

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from twisted.internet import defer, endpoints, reactor, task
 from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
@@ -50,6 +51,7 @@ def reset_peak(pid: int) -> None:
         clear_refs.write("5")
 
 
+@pytest.mark.system
 class SlowConsumerTests(unittest.TestCase):
     """Bounded send queues, with the server's default bounds."""
 

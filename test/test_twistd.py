@@ -8,6 +8,7 @@ import socket
 import subprocess
 import tempfile
 
+import pytest
 import redis
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -16,6 +17,9 @@ from ws4tx.server.embedded import EmbeddedRedis, free_port
 
 from test._process import Twistd, started_redis, twistd_path
 from test._wsclient import connect
+
+#: Whole processes, browsers or storms: run in one tox env (see tox.ini).
+pytestmark = pytest.mark.system
 
 
 def children(pid: int) -> list[int]:
