@@ -18,10 +18,11 @@ from zope.interface import implementer
 
 from ws4tx import _audience, schema
 from ws4tx.naming import Flags, Identity, flag_names, parse_flags
+from ws4tx.server._log import observer
 from ws4tx.server.auth import Grant, HandshakeDenied, HandshakeRequest, IAuthenticator
 
 T = TypeVar("T")
-log = Logger()
+log = Logger(observer=observer)
 
 
 def setup(settings_module: str) -> Any:

@@ -46,6 +46,7 @@ from ws4tx.naming import (
     reply_channel,
 )
 from ws4tx.presence import audience_of, has_presence, parse_entries, parse_stats
+from ws4tx.server._log import observer
 from ws4tx.server.broker import IBroker, publish_to
 
 T = TypeVar("T")
@@ -71,7 +72,7 @@ class ServerAPI:
     (through the broker), close connections or make them leave channels on every node, and
     run blocking code (the Django ORM) in a thread."""
 
-    log = Logger()
+    log = Logger(observer=observer)
 
     def __init__(
         self,

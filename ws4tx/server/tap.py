@@ -13,7 +13,6 @@ import sys
 import tempfile
 from typing import Any, Callable, Optional, Sequence, Union
 
-import txaio
 from twisted.application import service
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, endpoints, protocol
@@ -24,6 +23,7 @@ from twisted.python import failure, usage
 from ws4tx import redis_address, schema
 from ws4tx.redis_address import InvalidRedisAddress, RedisAddress
 from ws4tx.server import _internals
+from ws4tx.server._log import observer, set_level
 from ws4tx.server.config import FIELDS, ServerConfig, check
 from ws4tx.server.embedded import EmbeddedRedis, EmbeddedRedisError
 from ws4tx.server.embedded_service import EmbeddedRedisService
@@ -31,7 +31,7 @@ from ws4tx.server.handlers import load_handler_classes
 from ws4tx.server.metrics import WORKER_METRICS_ENV
 from ws4tx.server.service import PushService
 
-_log = Logger()
+_log = Logger(observer=observer)
 
 #: CPython's cyclic-GC thresholds for the server process. A WebSocket connection leaves
 #: cyclic garbage behind its handshake, so the collector must run, but at CPython's
@@ -226,10 +226,9 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         raise usage.UsageError(str(e)) from None
     values.update({k: v for k, v in options.given.items() if k not in _PROCESS_KEYS})
     handler_paths = list(values.pop("handlers", ())) + options["handlers"]
-
-    # Autobahn logs every frame at debug level, which twistd would print. (txaio binds its
-    # functions at run time, when Autobahn picks Twisted: mypy cannot see them.)
-    txaio.set_global_log_level("info")  # type: ignore[attr-defined]
+    # The command line's level, else the Django settings', else info.
+    set_level(options.given.get("log_level") or values.pop("log_level", "info"))
+    values.pop("log_level", None)
     top = _ServerProcess(reactor)
     embedded = None
     # A worker of --workers gets the Redis its supervisor resolved through the environment.
