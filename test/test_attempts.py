@@ -8,11 +8,13 @@ import itertools
 import re
 
 from twisted.application.internet import backoffPolicy
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.trial import unittest
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx.redis_address import RedisAddress
@@ -134,3 +136,52 @@ class AttemptLogTests(SynchronousTestCase):
                 r"25\.\d s \(5 failed attempts\)$", texts, re.M)), 1, texts)
         self.assertIsNone(self.broker.problem)
         self.broker.stop()
+
+
+class SilentServer(Protocol):
+    """Accepts a connection and never answers; tells the factory what it was sent."""
+
+    def dataReceived(self, data: bytes) -> None:
+        if not getattr(self, "told", False):
+            self.told = True
+            self.factory.arrived(data)
+
+
+class SilentRedisTests(unittest.TestCase):
+    """A real TCP server that accepts connections and never answers, on the real reactor."""
+
+    async def test_commandConnectionBacksOffLikeTheSubscriber(self):
+        """The command connection is not ready until Redis answered its PING: against a
+        server that never answers, each attempt times out and the delays between its
+        attempts grow, as the subscriber's do (before, it counted as ready at once and
+        was replaced every timeout, forever)."""
+        arrivals: dict[str, list[float]] = {"command": [], "subscriber": []}
+        enough: defer.Deferred[None] = defer.Deferred()
+
+        class Factory(ServerFactory):
+            protocol = SilentServer
+
+            def arrived(self, data: bytes) -> None:
+                role = "subscriber" if b"SUBSCRIBE" in data else "command"
+                arrivals[role].append(reactor.seconds())
+                if min(len(a) for a in arrivals.values()) >= 4 and not enough.called:
+                    enough.callback(None)
+
+        port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        broker = RedisBroker(
+            RedisAddress(host="127.0.0.1", port=port.getHost().port), reactor,
+            ping_interval=0, timeout=0.3,
+            retry_policy=backoffPolicy(initialDelay=0.1, maxDelay=10.0, factor=2.0,
+                                       jitter=lambda: 0))
+        broker.start(Listener(["a"]))
+        self.addCleanup(broker.stop)
+        await enough.addTimeout(20, reactor)
+        for role, times in arrivals.items():
+            gaps = [b - a for a, b in itertools.pairwise(times[:4])]
+            # timeout 0.3 s + delays 0.2, 0.4, 0.8 s
+            self.assertEqual(gaps, sorted(gaps), (role, gaps))
+            self.assertGreater(gaps[2] - gaps[0], 0.4, (role, gaps))
+        self.assertIsNone(broker._cmd)
+        self.assertEqual(broker.problem,
+                         "subscriber connection: Redis did not answer within 0.3 s")
