@@ -34,7 +34,9 @@ def setup(settings_module: str) -> Any:
     try:
         django.setup()
     except ImportError as e:
-        raise ValueError(f"django-settings: cannot import {settings_module!r}: {e}") from None
+        raise ValueError(f"--django-settings {settings_module!r} does not import "
+                         f"({type(e).__name__}: {e}); check the module's name and "
+                         "PYTHONPATH") from None
     return settings
 
 

@@ -350,7 +350,8 @@ def load_handler_classes(paths: Iterable[str]) -> list[type[EventHandler]]:
         try:
             cls = getattr(importlib.import_module(module_name), name)
         except (ImportError, AttributeError, ValueError) as e:
-            raise ValueError(f"handlers: cannot import {path!r}: {e}") from None
+            raise ValueError(f"handlers: {path!r} does not import ({type(e).__name__}: "
+                             f"{e}); check the name and PYTHONPATH") from None
         if not (isinstance(cls, type) and issubclass(cls, EventHandler)):
             raise ValueError(f"handlers: {path!r} is not an EventHandler subclass")
         if not cls.facility:
