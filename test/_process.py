@@ -23,6 +23,8 @@ class Twistd(protocol.ProcessProtocol):
 
     def __init__(self) -> None:
         self.output = ""
+        #: What it wrote on stderr alone.
+        self.errors = ""
         self.ended: defer.Deferred[int] = defer.Deferred()
         self._waiters: list[tuple[re.Pattern[str], defer.Deferred[re.Match[str]]]] = []
 
@@ -42,7 +44,9 @@ class Twistd(protocol.ProcessProtocol):
                 self._waiters.remove(item)
                 item[1].callback(match)
 
-    errReceived = outReceived
+    def errReceived(self, data: bytes) -> None:
+        self.errors += data.decode("utf-8", "replace")
+        self.outReceived(data)
 
     def processEnded(self, reason) -> None:
         self.ended.callback(reason.value.exitCode)

@@ -8,8 +8,8 @@ import os
 import signal
 
 import redis
-from twisted.internet import reactor
-from twisted.logger import globalLogPublisher
+from twisted.internet import defer, reactor
+from twisted.logger import formatEvent, globalLogPublisher
 
 from ws4tx import closecodes
 from ws4tx.redis_address import RedisAddress
@@ -24,11 +24,31 @@ class LogCapture:
 
     def __init__(self, case) -> None:
         self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self._waiting: list[tuple[str, defer.Deferred[dict]]] = []
+        globalLogPublisher.addObserver(self._observe)
+        case.addCleanup(globalLogPublisher.removeObserver, self._observe)
+
+    def _observe(self, event: dict) -> None:
+        self.events.append(event)
+        for item in list(self._waiting):
+            if self._has(event, item[0]):
+                self._waiting.remove(item)
+                item[1].callback(event)
+
+    @staticmethod
+    def _has(event: dict, text: str) -> bool:
+        """Whether the event's format, or its line as printed, contains ``text``."""
+        fmt = event.get("log_format") or ""
+        return text in fmt or (bool(fmt) and text in formatEvent(event))
 
     def count(self, text: str) -> int:
-        return sum(1 for e in self.events if text in (e.get("log_format") or ""))
+        return sum(1 for e in self.events if self._has(e, text))
+
+    def waitFor(self, text: str) -> defer.Deferred[dict]:
+        """Fires with the next event that has ``text`` (bounded)."""
+        d: defer.Deferred[dict] = defer.Deferred()
+        self._waiting.append((text, d))
+        return d.addTimeout(TIMEOUT, reactor)
 
 
 class RestartTests(ServerTestCase):
@@ -49,8 +69,39 @@ class RestartTests(ServerTestCase):
         for client in clients:
             self.assertEqual(await client.text(), "after")
         self.assertEqual(log.count("lost the Redis subscriber connection"), 1)
-        self.assertEqual(log.count("Redis subscriber connection restored"), 1)
+        lines = [formatEvent(e) for e in log.events if e.get("log_format")]
+        self.assertEqual(len([t for t in lines if t.startswith("Redis subscriber connection")
+                              and " restored after " in t]), 1, lines)
         self.assertEqual(self.service.broker.stats["reconnects"], 1)
+
+    async def test_healthSaysWhyRedisCannotBeReached(self):
+        """Redis stopped: the first refused reconnection is a warning with the reason, and
+        the health URL answers 503 with the same reason; once Redis is back, the end of
+        the outage is logged with its length and the health URL is 200 without reason."""
+        log = LogCapture(self)
+        port = self.redis_server.address.port
+        refused = log.waitFor("cannot reach Redis subscriber connection")
+        self.redis_server.stop()
+        event = await refused
+        self.assertEqual(event["log_level"].name, "warn")
+        self.assertRegex(formatEvent(event),
+                         rf"^cannot reach Redis subscriber connection to "
+                         rf"redis://127\.0\.0\.1:{port}/0: connection refused; "
+                         r"retrying in \d+\.\d s$")
+        request = b"GET /ws4tx/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        status, rest = status_of(await raw_request(self.port, request))
+        body = json.loads(rest.split("\r\n\r\n", 1)[1])
+        self.assertEqual(status, 503)
+        self.assertEqual({k: body[k] for k in ("status", "redis", "reason")}, {
+            "status": "unavailable", "redis": "disconnected",
+            "reason": "subscriber connection: connection refused"})
+        restored = log.waitFor("Redis subscriber connection to redis://")
+        self.redis_server.start()
+        self.assertRegex(formatEvent(await restored),
+                         r" restored after \d+\.\d s \(\d+ failed attempts\)$")
+        await self.brokerEvent("disconnected")
+        await self.brokerEvent("connected")
+        self.assertIsNone(self.service.broker.problem)
 
     async def test_repeatedRestartsLeakNothing(self):
         """Five restarts in a row: still one subscriber, one command connection, and

@@ -70,6 +70,10 @@ class _BrokerCase(SynchronousTestCase):
         self.broker.start(self.listener)
         self.clock.advance(0)
         (self.sub, self.sub_t), (self.cmd, self.cmd_t) = self.endpoint.connections
+        # The command connection is ready once Redis answered its PING.
+        self.assertEqual(self.cmd_t.value(), b"*1\r\n$4\r\nPING\r\n")
+        self.cmd_t.clear()
+        self._feed(self.cmd, b"+PONG\r\n")
 
     def tearDown(self) -> None:
         self.broker.stop()
@@ -335,14 +339,20 @@ class BackoffTests(SynchronousTestCase):
     def test_backoffGrowsWhileConnectionsNeverGetReady(self):
         """Each connection that is not ready within the timeout is dropped and counts as
         a failed attempt: the delays grow (1, 2, 4, 8 s...) instead of repeating the
-        first one, and the SUBSCRIBEs are resent once per attempt only."""
+        first one, and the SUBSCRIBEs are resent once per attempt only. The command
+        connection is not ready until Redis answered its PING, so it backs off alike."""
         for _ in range(60):
             self.clock.advance(1)
-        self.assertEqual(self.attempts[:6], [1, 2, 3, 4, 5, 6])
+        # both connections, attempt by attempt
+        self.assertEqual(self.attempts[:12], [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6])
         # 60 s: connects at 0, 3, 7, 13, 23, 35, 47, 59 (timeout 2 s + the delay)
         subscribers = [t for _, t in self.endpoint.connections if b"SUBSCRIBE" in t.value()]
-        self.assertLessEqual(len(subscribers), 8)
-        self.assertTrue(all(t.disconnecting for t in subscribers[:-1]))
+        commands = [t for _, t in self.endpoint.connections if b"SUBSCRIBE" not in t.value()]
+        self.assertEqual(len(subscribers), 8)
+        self.assertEqual(len(commands), 8)
+        self.assertTrue(all(t.value() == b"*1\r\n$4\r\nPING\r\n" for t in commands))
+        self.assertTrue(all(t.disconnecting for t in subscribers[:-1] + commands[:-1]))
+        self.assertIsNone(self.broker._cmd)
         self.broker.stop()
 
     def test_stopWhileSettingUpDropsTheConnection(self):

@@ -123,8 +123,11 @@ class TwistdTests(unittest.TestCase):
         port = free_port()
         child = Twistd().start("--listen", f"tcp:{port}:interface=127.0.0.1", "--redis", wrong)
         self.addCleanup(child.stop, "KILL")
-        await child.waitFor("refused the subscriber connection")
-        self.assertNotIn("wrong", child.output.split("refused")[0].rsplit("\n", 1)[-1])
+        line = (await child.waitFor(r"\[ws4tx\S*#warn\] cannot reach Redis subscriber .*"
+                                    )).group(0)
+        self.assertRegex(line, r"could not auth: WRONGPASS .*\(check the password, user "
+                               r"and database\); retrying in \d+\.\d s$")
+        self.assertNotIn("wrong", line.split("WRONGPASS")[0])
         self.assertNotIn(":wrong@", child.output)
 
 

@@ -92,8 +92,9 @@ class RedisAddress:
                 )
             if scheme not in ("redis", "rediss"):
                 raise InvalidRedisAddress(
-                    f"unknown scheme {parts.scheme!r}: use redis://, rediss://, unix:// "
-                    "or redis+sentinel://"
+                    f"unknown scheme {parts.scheme!r}: use redis://, rediss://, unix://, "
+                    "redis+sentinel://, rediss+sentinel://, redis+cluster:// or (for the "
+                    "server) embedded"
                 )
             path = parts.path.strip("/")
             return cls(

@@ -324,6 +324,14 @@ def _health_url(value: str) -> Optional[str]:
     return None
 
 
+#: The levels of ``--log-level``, from the most to the least said.
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+def _log_level(value: str) -> Optional[str]:
+    return None if value in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}"
+
+
 def _session_channels(value: str) -> Optional[str]:
     return None if value in ("id", "key") else "must be 'id' (the default) or 'key'"
 
@@ -390,6 +398,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("drain_timeout", NUMBER, 10.0,
             "on SIGTERM: wait this long for clients to close (1001)", where=PROCESS,
             setting="", minimum=0, unit="s"),
+    Setting("log_level", TEXT, "info",
+            "the server's log: `debug` adds a line per connection and per Redis step, "
+            "`warn` keeps only what needs an operator", where=PROCESS, check=_log_level),
     Setting("websocket_url", TEXT, "/ws/",
             "path prefix of WebSocket URLs (starts and ends with `/`)", where=SHARED,
             setting="WEBSOCKET_URL", bare_setting=True, check=_websocket_url),

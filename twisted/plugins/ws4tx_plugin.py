@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 ws4tx = ServiceMaker(
     "ws4tx",
-    "ws4tx.server.tap",
+    "ws4tx.server._twistd",
     "WebSocket push server for Django, fed by Redis (django-websocket-redis compatible)",
     "ws4tx",
 )

@@ -18,10 +18,11 @@ from zope.interface import implementer
 
 from ws4tx import _audience, schema
 from ws4tx.naming import Flags, Identity, flag_names, parse_flags
+from ws4tx.server._log import observer
 from ws4tx.server.auth import Grant, HandshakeDenied, HandshakeRequest, IAuthenticator
 
 T = TypeVar("T")
-log = Logger()
+log = Logger(observer=observer)
 
 
 def setup(settings_module: str) -> Any:
@@ -33,7 +34,9 @@ def setup(settings_module: str) -> Any:
     try:
         django.setup()
     except ImportError as e:
-        raise ValueError(f"django-settings: cannot import {settings_module!r}: {e}") from None
+        raise ValueError(f"--django-settings {settings_module!r} does not import "
+                         f"({type(e).__name__}: {e}); check the module's name and "
+                         "PYTHONPATH") from None
     return settings
 
 

@@ -32,11 +32,12 @@ from ws4tx.naming import (
     parse_flags,
 )
 from ws4tx.server._forwarded import client_address, is_trusted
+from ws4tx.server._log import observer
 from ws4tx.server._origin import origin_allowed
 from ws4tx.server.auth import Grant, HandshakeDenied, HandshakeRequest
 from ws4tx.server.config import ServerConfig
 
-_log = Logger()
+_log = Logger(observer=observer)
 
 
 def check_request(

@@ -43,6 +43,8 @@ from ws4tx.naming import (
     cluster_history_keys,
 )
 from ws4tx.redis_address import RedisAddress
+from ws4tx.server._attempts import AttemptLog
+from ws4tx.server._log import observer
 from ws4tx.server.broker import (
     BrokerUnavailable,
     IBroker,
@@ -315,7 +317,7 @@ class ClusterBroker:
     failover) or vanish get or lose their broker. A channel's history keys are on its
     partition's slot too (:func:`~ws4tx.naming.cluster_history_keys`)."""
 
-    log = Logger()
+    log = Logger(observer=observer)
 
     def __init__(self, address: RedisAddress, reactor: Any = None,
                  clock: Optional[IReactorTime] = None, ping_interval: float = 5.0,
@@ -343,6 +345,9 @@ class ClusterBroker:
         self._stopping = False
         self._ever_connected = False
         self._own_stats = {"shard_outages": 0}
+        #: The log of the attempts to read the slot map.
+        self.slot_attempts = AttemptLog(self.log, "the Redis Cluster's slot map at "
+                                        f"{address.safe_url}", self.clock)
 
     # state
 
@@ -381,6 +386,7 @@ class ClusterBroker:
 
     def start(self, listener: IBrokerListener) -> None:
         self._listener = listener
+        self.slot_attempts.starting()
         self._refresher = LoopingCall(self.refresh)
         self._refresher.clock = self.clock
         self._refresher.start(max(self.ping_interval, 1.0), now=True)
@@ -410,8 +416,18 @@ class ClusterBroker:
         self._refreshing = None
 
     def _refreshFailed(self, failure: Failure) -> None:
-        self.log.warn("could not read the Redis Cluster's slot map: {error}",
-                      error=failure.getErrorMessage())
+        self.slot_attempts.report(failure, max(self.ping_interval, 1.0))
+
+    @property
+    def problem(self) -> Optional[str]:
+        """Why the cluster cannot be reached now (its slot map, or a primary's
+        connection), or None."""
+        if self.slot_attempts.problem is not None:
+            return f"slot map: {self.slot_attempts.problem}"
+        for node, broker in self.nodes.items():
+            if broker.problem is not None:
+                return f"{node[0]}:{node[1]} {broker.problem}"
+        return None
 
     async def _refresh(self) -> None:
         seeds = list(self.nodes) + [n for n in self.address.cluster_nodes
@@ -424,6 +440,7 @@ class ClusterBroker:
                 last = e
                 continue
             self._apply(SlotMap.from_cluster_slots(reply))
+            self.slot_attempts.succeeded()
             return
         raise ConnectionError(f"no cluster node answered: {last}")
 

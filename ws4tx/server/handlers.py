@@ -46,6 +46,7 @@ from ws4tx.naming import (
     reply_channel,
 )
 from ws4tx.presence import audience_of, has_presence, parse_entries, parse_stats
+from ws4tx.server._log import observer
 from ws4tx.server.broker import IBroker, publish_to
 
 T = TypeVar("T")
@@ -71,7 +72,7 @@ class ServerAPI:
     (through the broker), close connections or make them leave channels on every node, and
     run blocking code (the Django ORM) in a thread."""
 
-    log = Logger()
+    log = Logger(observer=observer)
 
     def __init__(
         self,
@@ -349,7 +350,8 @@ def load_handler_classes(paths: Iterable[str]) -> list[type[EventHandler]]:
         try:
             cls = getattr(importlib.import_module(module_name), name)
         except (ImportError, AttributeError, ValueError) as e:
-            raise ValueError(f"handlers: cannot import {path!r}: {e}") from None
+            raise ValueError(f"handlers: {path!r} does not import ({type(e).__name__}: "
+                             f"{e}); check the name and PYTHONPATH") from None
         if not (isinstance(cls, type) and issubclass(cls, EventHandler)):
             raise ValueError(f"handlers: {path!r} is not an EventHandler subclass")
         if not cls.facility:

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.server import Request
 
+from ws4tx.server._log import observer
 from ws4tx.server.node import RECOVERED, RECOVERY_LABELS, Node
 
 #: The environment variable by which a ``--workers`` supervisor names the directory of
@@ -271,7 +272,7 @@ class MetricsResource(resource.Resource):
     the configuration has a token (401 without it)."""
 
     isLeaf = True
-    log = Logger()
+    log = Logger(observer=observer)
 
     def __init__(self, node: Node, reactor: Any, peers: Optional[str] = None) -> None:
         super().__init__()

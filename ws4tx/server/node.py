@@ -41,6 +41,7 @@ from ws4tx.history import (
 )
 from ws4tx.presence import JOIN, LEAVE, Entry
 from ws4tx.server import deflate
+from ws4tx.server._log import observer
 from ws4tx.server._ratelimit import Budgets
 from ws4tx.server.admission import AddressCounts
 from ws4tx.server.broker import BrokerUnavailable, IBroker
@@ -92,17 +93,18 @@ def recovery_label(reason: Optional[str]) -> str:
 class Health:
     """Whether the node delivers (messages flow from the broker), and in what state the
     broker is: ``delivering``, ``connected`` (but no probe came back lately) or
-    ``disconnected``."""
+    ``disconnected``; and, while it cannot reach Redis, why (the broker's ``problem``)."""
 
     up: bool
     redis: str
+    reason: Optional[str] = None
 
 
 class Node:
     """One ws4tx node on ``broker``; ``clock`` schedules fan-out turns, budgets and
     backlog ages (the reactor in production, a ``task.Clock`` in tests)."""
 
-    log = Logger()
+    log = Logger(observer=observer)
 
     def __init__(
         self,
@@ -253,7 +255,8 @@ class Node:
         broker = self.broker
         if broker.delivering:
             return Health(True, "delivering")
-        return Health(False, "connected" if broker.connected else "disconnected")
+        return Health(False, "connected" if broker.connected else "disconnected",
+                      getattr(broker, "problem", None))
 
     def recovered(self, reason: Optional[str]) -> None:
         """A client that asked to recover got its verdict: recovered (``reason`` None),

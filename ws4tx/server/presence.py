@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from ws4tx import envelope, naming
 from ws4tx.naming import Identity
 from ws4tx.presence import BATCH_DELAY, JOIN, LEAVE, MAX_INFO_BYTES, Entry
+from ws4tx.server._log import observer
 from ws4tx.server.broker import IBroker
 from ws4tx.server.config import ServerConfig
 from ws4tx.server.router import Router
@@ -66,7 +67,7 @@ class _Announcement:
 class Presence:
     """This node's clients in the presence of their facilities."""
 
-    log = Logger()
+    log = Logger(observer=observer)
 
     def __init__(self, config: ServerConfig, broker: IBroker, router: Router,
                  clock: IReactorTime,

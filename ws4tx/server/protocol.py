@@ -38,6 +38,7 @@ from ws4tx.history import (
 )
 from ws4tx.naming import ANONYMOUS, Identity
 from ws4tx.server import _internals, admission, deflate
+from ws4tx.server._log import observer
 from ws4tx.server._ratelimit import TokenBucket
 from ws4tx.server.auth import AnonymousAuthenticator, Grant, HandshakeDenied, IAuthenticator
 from ws4tx.server.broker import BrokerUnavailable, NotStored, publish_to
@@ -47,7 +48,7 @@ from ws4tx.server.node import Node, close_label
 from ws4tx.server.reads import SharedHistory
 from ws4tx.server.router import is_text
 
-_log = Logger()
+_log = Logger(observer=observer)
 
 #: How many of its own messages a client without ``echo`` may have in flight.
 _MAX_UNECHOED = 256

@@ -35,7 +35,9 @@ from zope.interface import implementer
 from ws4tx import history as _history, presence as _presence
 from ws4tx.naming import PresenceKeys
 from ws4tx.redis_address import RedisAddress
+from ws4tx.server._attempts import AttemptLog
 from ws4tx.server._internals import QuietClientService
+from ws4tx.server._log import observer
 from ws4tx.server.broker import (
     BrokerUnavailable,
     IBroker,
@@ -146,15 +148,23 @@ class _GuardFactory(Factory):
 @implementer(IStreamClientEndpoint)
 class _GuardedEndpoint:
     """An endpoint whose connections are :class:`_Guard`\\ ed; fires with the protocol
-    ClientService built, as ClientService expects."""
+    ClientService built, as ClientService expects. Tells ``attempts`` why a connection
+    could not be made."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, attempts: AttemptLog) -> None:
         self._endpoint = endpoint
+        self._attempts = attempts
 
     def connect(self, factory: IProtocolFactory) -> defer.Deferred[IProtocol]:
         # The endpoint connects the protocol _GuardFactory built: a _Guard.
         guarded = cast("defer.Deferred[_Guard]", self._endpoint.connect(_GuardFactory(factory)))
-        return guarded.addCallback(lambda guard: guard.inner)
+
+        def failed(failure: Failure) -> Failure:
+            if not failure.check(defer.CancelledError):
+                self._attempts.failed(failure)
+            return failure
+
+        return guarded.addCallbacks(lambda guard: guard.inner, failed)
 
 
 class _RedisFactory(Factory):
@@ -195,11 +205,12 @@ class _RedisFactory(Factory):
 class _Preparation:
     """Gets one new connection ready, for ClientService's ``prepareConnection``.
 
-    Ready means: connected, AUTH and SELECT done and, for the subscriber, every SUBSCRIBE
-    confirmed (refused ones included: a refusal is an answer), each step within the
-    broker's timeout. A connection that is not ready in time, or is lost on the way, is
-    dropped and :attr:`done` fails: ClientService counts a failed attempt and backs off.
-    Cancelling :attr:`done` (ClientService does when it is stopped meanwhile) drops it too.
+    Ready means: connected, AUTH and SELECT done and, for the command connection, a PING
+    answered, for the subscriber every SUBSCRIBE confirmed (refused ones included: a
+    refusal is an answer), each step within the broker's timeout. A connection that is not
+    ready in time, or is lost on the way, is dropped and :attr:`done` fails: ClientService
+    counts a failed attempt and backs off. Cancelling :attr:`done` (ClientService does when
+    it is stopped meanwhile) drops it too.
     """
 
     def __init__(self, broker: RedisBroker, role: str, proto: Any) -> None:
@@ -225,10 +236,13 @@ class _Preparation:
         # one whenDisconnected() reports.
         self.proto = proto
         _keepAlive(proto)
-        if self.role != "subscriber":
-            self._succeed()
-            return
         self._restartTimer()
+        if self.role != "subscriber":
+            # Connected is not ready: a Redis that accepts TCP and never answers must
+            # count as a failed attempt, as it does for the subscriber.
+            pinged: defer.Deferred[Any] = proto.execute_command("PING")
+            pinged.addCallbacks(lambda _: self._succeed(), self._fail)
+            return
         broker = self.broker
         assert broker._listener is not None
         self.subscribing = True
@@ -287,7 +301,9 @@ class _Preparation:
         if self.proto.transport is not None:
             self.proto.transport.abortConnection()
 
-    def _fail(self, error: BaseException) -> None:
+    def _fail(self, error: Any) -> None:
+        if isinstance(error, Failure):
+            error = error.value
         if self.done.called:
             return
         self._drop()
@@ -298,6 +314,8 @@ class _Preparation:
         self._drop()
 
     def _succeed(self) -> None:
+        if self.done.called:
+            return
         if self._timer.active():
             self._timer.cancel()
         self.subscribing = False
@@ -310,7 +328,7 @@ class _Preparation:
 class RedisBroker:
     """An :class:`~ws4tx.server.broker.IBroker` on a Redis server."""
 
-    log = Logger()
+    log = Logger(observer=observer)
     #: The subscriber connection's protocol, and the command that publishes: a Redis
     #: Cluster node's broker speaks sharded pub/sub (:mod:`ws4tx.server.cluster`).
     subscriber_protocol: Callable[..., _Prepared] = _Subscriber
@@ -344,8 +362,11 @@ class RedisBroker:
         self._cmd: Optional[txredisapi.BaseRedisProtocol] = None
         self._services: list[ClientService] = []
         self._pinger: Optional[LoopingCall] = None
-        self._down_since: Optional[float] = None
-        self._refusal_logged: set[str] = set()
+        #: The log of each connection's attempts, by role.
+        self.attempts = {role: AttemptLog(self.log, f"Redis {role} connection to "
+                                                    f"{address.safe_url}", self.clock)
+                         for role in ("subscriber", "command")}
+        self._ever_ready = False
         self._stopping = False
         self._probe_channel = f"__ws4tx_probe__:{uuid.uuid4().hex}"
         self._probe_seen: Optional[float] = None
@@ -359,6 +380,15 @@ class RedisBroker:
     @property
     def connected(self) -> bool:
         return self._sub is not None
+
+    @property
+    def problem(self) -> Optional[str]:
+        """Why a connection to Redis cannot be made now (the last failed attempt's
+        reason), or None."""
+        for role, attempts in self.attempts.items():
+            if attempts.problem is not None:
+                return f"{role} connection: {attempts.problem}"
+        return None
 
     @property
     def delivering(self) -> bool:
@@ -376,24 +406,23 @@ class RedisBroker:
 
     def start(self, listener: IBrokerListener) -> None:
         self._listener = listener
-        self._down_since = self.clock.seconds()
-        endpoint = _GuardedEndpoint(self._endpoint)
-        self._services = [
-            QuietClientService(endpoint,
-                               _RedisFactory(self, self.subscriber_protocol, "subscriber"),
-                           retryPolicy=self._retry, clock=self.clock,
-                           prepareConnection=lambda p: self._prepare("subscriber", p)),
-            QuietClientService(endpoint, _RedisFactory(self, _Command, "command"),
-                           retryPolicy=self._retry, clock=self.clock,
-                           prepareConnection=lambda p: self._prepare("command", p)),
-        ]
+        self.log.info("connecting to Redis at {url}", url=self.address.safe_url)
+        self._services = [self._service("subscriber", self.subscriber_protocol),
+                          self._service("command", _Command)]
         for service in self._services:
             service.startService()
         if self.ping_interval > 0:
             self._pinger = LoopingCall(self._ping)
             self._pinger.clock = self.clock
             self._pinger.start(self.ping_interval, now=False)
-        self.log.info("connecting to Redis at {url}", url=self.address.safe_url)
+
+    def _service(self, role: str, protocol: Callable[..., _Prepared]) -> ClientService:
+        attempts = self.attempts[role]
+        attempts.starting()
+        return QuietClientService(_GuardedEndpoint(self._endpoint, attempts),
+                                  _RedisFactory(self, protocol, role),
+                                  retryPolicy=attempts.retrying(self._retry), clock=self.clock,
+                                  prepareConnection=lambda p: self._prepare(role, p))
 
     def stop(self) -> defer.Deferred[None]:
         self._stopping = True
@@ -416,14 +445,11 @@ class RedisBroker:
     def _notReady(self, role: str, error: BaseException) -> None:
         if role == "subscriber":
             self._preparing = None
-        if isinstance(error, defer.TimeoutError):
-            self.log.warn("Redis did not get the {role} connection ready within {timeout} s; "
-                          "retrying with backoff", role=role, timeout=self.timeout)
-        else:
-            self.log.debug("Redis {role} connection not ready: {error}", role=role,
-                           error=error)
+        if not self._stopping:
+            self.attempts[role].failed(error)
 
     def _ready(self, role: str, proto: Any, refused: list[tuple[str, str]]) -> None:
+        self.attempts[role].succeeded()
         if role == "subscriber":
             self._preparing = None
             self._subscriberReady(proto, refused)
@@ -458,16 +484,9 @@ class RedisBroker:
         proto.whenDisconnected().addCallback(self._subscriberLost)
         assert self._listener is not None
         self._sub = proto
-        self._refusal_logged.discard("subscriber")
-        if self._down_since is not None:
-            down = self.clock.seconds() - self._down_since
-            self._down_since = None
-            if self.stats["reconnects"]:
-                self.log.warn("Redis subscriber connection restored after {down:.1f} s; "
-                              "channels resubscribed", down=down)
-            else:
-                self.log.info("Redis subscriber connected to {url}",
-                              url=self.address.safe_url)
+        if not self._ever_ready:
+            self._ever_ready = True
+            self.log.info("Redis subscriber connected to {url}", url=self.address.safe_url)
         for channel, reason in refused:
             self._listener.subscriptionRefused(channel, reason)
         self._listener.brokerConnected()
@@ -495,7 +514,7 @@ class RedisBroker:
         if self._stopping:
             return
         self.stats["reconnects"] += 1
-        self._down_since = self.clock.seconds()
+        self.attempts["subscriber"].lost()
         self.log.warn("lost the Redis subscriber connection to {url}; reconnecting "
                       "(messages published meanwhile are lost)", url=self.address.safe_url)
         assert self._listener is not None
@@ -503,7 +522,6 @@ class RedisBroker:
 
     def _commandReady(self, proto: Any) -> None:
         self._cmd = proto
-        self._refusal_logged.discard("command")
         proto.whenDisconnected().addCallback(self._commandLost)
 
     def _followMaster(self) -> None:
@@ -534,13 +552,13 @@ class RedisBroker:
     def _commandLost(self, proto: Any) -> None:
         if self._cmd is proto:
             self._cmd = None
+            if not self._stopping:
+                self.attempts["command"].lost()
 
     def _refused(self, role: str, message: str) -> None:
-        if role not in self._refusal_logged:
-            self._refusal_logged.add(role)
-            self.log.error("Redis at {url} refused the {role} connection: {message}; "
-                           "check the password and database, retrying",
-                           url=self.address.safe_url, role=role, message=message)
+        """txredisapi's AUTH or SELECT was refused (``message`` names which)."""
+        self.attempts[role].failed(f"{message.removeprefix('Redis error: ')} (check the "
+                                   "password, user and database)")
 
     def _ping(self) -> None:
         """Notice a deaf subscriber: no answer to PING within the timeout -> reconnect.

@@ -54,6 +54,7 @@ from ws4tx.history import (
     strip_position,
 )
 from ws4tx.naming import Identity
+from ws4tx.server._log import observer
 from ws4tx.server.broker import (
     BrokerUnavailable,
     IBroker,
@@ -169,7 +170,7 @@ class Router:
     the backlog.
     """
 
-    log = Logger()
+    log = Logger(observer=observer)
 
     def __init__(self, broker: IBroker, prepare: Callable[[bytes, bool], Any],
                  max_size: int = 1024 * 1024, clock: Optional[IReactorTime] = None,

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ws4tx.redis_address import RedisAddress
+from ws4tx.server._log import observer
 
 
 class SentinelError(Exception):
@@ -222,7 +223,7 @@ class _RoleCheckedFactory(Factory):
 class SentinelEndpoint:
     """Connects to the master that the Sentinels of ``address`` name (see the module)."""
 
-    log = Logger()
+    log = Logger(observer=observer)
 
     def __init__(self, reactor: Any, address: RedisAddress, timeout: float) -> None:
         if not address.is_sentinel or not address.master_name:
@@ -233,7 +234,6 @@ class SentinelEndpoint:
         #: The master's (host, port) as the Sentinels last gave it.
         self.master: Optional[tuple[str, int]] = None
         self._first = 0  # the Sentinel that answered last is asked first
-        self._last_problem: Optional[str] = None
         #: The master each open connection was made to, by transport.
         self._connected_to: weakref.WeakKeyDictionary[Any, tuple[str, int]] = \
             weakref.WeakKeyDictionary()
@@ -254,9 +254,7 @@ class SentinelEndpoint:
     def connect(self, protocolFactory: Any) -> defer.Deferred[Any]:
         """Ask the Sentinels, connect to the master, check its ROLE; fires with the
         protocol ``protocolFactory`` built, or fails (and may be retried)."""
-        d = defer.Deferred.fromCoroutine(self._connect(protocolFactory))
-        d.addErrback(self._problem)
-        return d
+        return defer.Deferred.fromCoroutine(self._connect(protocolFactory))
 
     async def _connect(self, protocolFactory: Any) -> Any:
         host, port = await self.master_address()
@@ -265,7 +263,6 @@ class SentinelEndpoint:
                                 self.address.password)))
         protocol = await self._bounded(wrapper.ready)
         self._connected_to[wrapper.transport] = (host, port)
-        self._last_problem = None
         return protocol
 
     def _bounded(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
@@ -317,18 +314,6 @@ class SentinelEndpoint:
             return answer[0].decode("utf-8"), int(answer[1])
         except (TypeError, ValueError, IndexError, AttributeError):
             raise SentinelError(f"unreadable answer {answer!r}") from None
-
-    def _problem(self, failure: Failure) -> Failure:
-        """Log each new reason once (a retried attempt failing alike says nothing)."""
-        if failure.check(defer.CancelledError):
-            return failure
-        message = _describe(failure.value) if failure.value is not None else "unknown"
-        if message != self._last_problem:
-            self._last_problem = message
-            self.log.warn("Redis Sentinel ({url}): {message}; retrying with backoff",
-                          url=self.address.safe_url, message=message)
-        return failure
-
 
 class _OneProtocol(Factory):
     noisy = False

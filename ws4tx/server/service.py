@@ -17,6 +17,7 @@ from twisted.web import resource
 
 from ws4tx import closecodes
 from ws4tx.server import metrics, sharded_broker
+from ws4tx.server._log import observer
 from ws4tx.server.auth import IAuthenticator
 from ws4tx.server.broker import IBroker
 from ws4tx.server.cluster import ClusterBroker
@@ -35,7 +36,7 @@ _IDLE_HTTP_TIMEOUT = 60
 class PushService(service.MultiService):
     """Serves ws4tx WebSockets from a broker (Redis unless given another)."""
 
-    log = Logger()
+    log = Logger(observer=observer)
 
     def __init__(
         self,

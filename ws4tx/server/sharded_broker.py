@@ -29,6 +29,7 @@ from zope.interface import implementer
 from ws4tx import sharding
 from ws4tx.history import History, Published, Retention
 from ws4tx.naming import PresenceKeys
+from ws4tx.server._log import observer
 from ws4tx.server.broker import IBroker, IBrokerListener, IShardListener
 
 
@@ -64,7 +65,7 @@ class ShardedBroker:
     server, in the configured order), channels placed by :func:`ws4tx.sharding.shard_of`
     with the channel ``prefix``."""
 
-    log = Logger()
+    log = Logger(observer=observer)
 
     def __init__(self, shards: Sequence[IBroker], prefix: Optional[str]) -> None:
         if len(shards) < 2:
@@ -101,6 +102,15 @@ class ShardedBroker:
         is not is told ``ws4tx.interrupted`` (whichever its channels: the cautious side),
         and ``ws4tx.resumed`` once every server is back."""
         return all(shard.connected for shard in self.shards)
+
+    @property
+    def problem(self) -> Optional[str]:
+        """Why a server cannot be reached now (the first such server's reason), or None."""
+        for number, shard in enumerate(self.shards):
+            problem = getattr(shard, "problem", None)
+            if problem is not None:
+                return f"shard {number}, {problem}"
+        return None
 
     @property
     def delivering(self) -> bool:

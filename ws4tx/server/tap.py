@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import shutil
 import sys
 import tempfile
 from typing import Any, Callable, Optional, Sequence, Union
 
-import txaio
 from twisted.application import service
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, endpoints, protocol
@@ -24,14 +24,15 @@ from twisted.python import failure, usage
 from ws4tx import redis_address, schema
 from ws4tx.redis_address import InvalidRedisAddress, RedisAddress
 from ws4tx.server import _internals
+from ws4tx.server._log import observer, set_level
 from ws4tx.server.config import FIELDS, ServerConfig, check
-from ws4tx.server.embedded import EmbeddedRedis, EmbeddedRedisError
+from ws4tx.server.embedded import EmbeddedRedisError, start_first
 from ws4tx.server.embedded_service import EmbeddedRedisService
 from ws4tx.server.handlers import load_handler_classes
 from ws4tx.server.metrics import WORKER_METRICS_ENV
 from ws4tx.server.service import PushService
 
-_log = Logger()
+_log = Logger(observer=observer)
 
 #: CPython's cyclic-GC thresholds for the server process. A WebSocket connection leaves
 #: cyclic garbage behind its handshake, so the collector must run, but at CPython's
@@ -94,6 +95,7 @@ class Options(usage.Options):
             from twisted.internet import reactor
 
             endpoints.serverFromString(reactor, description)
+            check_port(description)
         except (ValueError, KeyError, TypeError) as e:
             raise usage.UsageError(f"--listen {description!r}: {e}") from None
         self.given.setdefault("listen", []).append(with_backlog(description))
@@ -170,6 +172,19 @@ def with_backlog(description: str) -> str:
     return description
 
 
+def check_port(description: str) -> None:
+    """ValueError when a ``tcp:``, ``ssl:`` or ``reuseport:`` description names a port
+    outside 0-65535 (Twisted accepts it, and fails only when it listens)."""
+    kind, _, rest = description.partition(":")
+    if kind not in ("tcp", "ssl", "reuseport"):
+        return
+    fields = re.split(r"(?<!\\):", rest)
+    port = next((f for f in fields if "=" not in f), None)
+    port = next((f[5:] for f in fields if f.startswith("port=")), port)
+    if port is not None and port.isdigit() and not 0 <= int(port) <= 65535:
+        raise ValueError(f"port {port} is not a TCP port (0-65535)")
+
+
 def embedded_spec(redis: Union[str, Sequence[str], None]) -> Optional[str]:
     """The ``embedded[:PORT]`` that ``--redis`` gives (one value, or the repeated option's
     values), or None when it names no embedded Redis; ValueError for an embedded Redis
@@ -226,10 +241,9 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         raise usage.UsageError(str(e)) from None
     values.update({k: v for k, v in options.given.items() if k not in _PROCESS_KEYS})
     handler_paths = list(values.pop("handlers", ())) + options["handlers"]
-
-    # Autobahn logs every frame at debug level, which twistd would print. (txaio binds its
-    # functions at run time, when Autobahn picks Twisted: mypy cannot see them.)
-    txaio.set_global_log_level("info")  # type: ignore[attr-defined]
+    # The command line's level, else the Django settings', else info.
+    set_level(options.given.get("log_level") or values.pop("log_level", "info"))
+    values.pop("log_level", None)
     top = _ServerProcess(reactor)
     embedded = None
     # A worker of --workers gets the Redis its supervisor resolved through the environment.
@@ -239,8 +253,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     try:
         spec = embedded_spec(redis)
         if spec is not None:
-            embedded = EmbeddedRedis(port=embedded_port(spec))
-            embedded.start()
+            embedded = start_first(embedded_port(spec), lambda text: _say(f"ws4tx: {text}"))
             EmbeddedRedisService(embedded, reactor).setServiceParent(top)
             address = embedded.address
             pid = embedded.process.pid if embedded.process is not None else None
@@ -304,9 +317,22 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         metrics_peers=metrics_peers,
     )
     push.setServiceParent(top)
-    for description in options["listen"]:
-        _say(f"ws4tx: listening on {description}, WebSocket URL {config.websocket_url}")
+    _Listening(options["listen"], config.websocket_url).setServiceParent(top)
     return top
+
+
+class _Listening(service.Service):
+    """Says where the server listens, once it does (started after the ports were)."""
+
+    def __init__(self, descriptions: list[str], websocket_url: str) -> None:
+        self.descriptions = descriptions
+        self.websocket_url = websocket_url
+
+    def startService(self) -> None:
+        super().startService()
+        for description in self.descriptions:
+            _log.info("listening on {description}, WebSocket URL {url}",
+                      description=description, url=self.websocket_url)
 
 
 class _ServerProcess(service.MultiService):

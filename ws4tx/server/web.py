@@ -16,6 +16,7 @@ from twisted.web import pages, resource
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
+from ws4tx.server._log import observer
 from ws4tx.server.metrics import MetricsResource
 from ws4tx.server.node import Node
 from ws4tx.server.protocol import PushFactory
@@ -73,7 +74,7 @@ class HealthCheck(resource.Resource):
     change to 503 is logged as a warning with its reason, each return to 200 as info."""
 
     isLeaf = True
-    log = Logger()
+    log = Logger(observer=observer)
 
     def __init__(self, node: Node) -> None:
         super().__init__()
@@ -92,9 +93,11 @@ class HealthCheck(resource.Resource):
     def render_GET(self, request: Request) -> bytes:
         node = self.node
         health = node.health()
-        self._logTransition(health.up, health.redis)
+        self._logTransition(health.up, health.redis, health.reason)
         body: dict[str, Any] = {"status": "ok" if health.up else "unavailable",
                                 "redis": health.redis}
+        if health.reason is not None:
+            body["reason"] = health.reason
         if self._mayReadCounters(request):
             body.update(clients=node.clientCount(), backlog=node.router.backlog,
                         counters=node.counters())
@@ -103,7 +106,7 @@ class HealthCheck(resource.Resource):
         request.setResponseCode(200 if health.up else 503)
         return json.dumps(body).encode() + b"\n"
 
-    def _logTransition(self, up: bool, redis: str) -> None:
+    def _logTransition(self, up: bool, redis: str, reason: Optional[str]) -> None:
         """Log once per change: a warning (with the reason) when the answer turns 503,
         info when it is 200 again."""
         was_up, self._was_up = self._was_up, up
@@ -115,9 +118,10 @@ class HealthCheck(resource.Resource):
             self.log.warn("health check: 503, Redis is connected but the delivery probe "
                           "has not come back lately (Redis too slow or not forwarding)")
         else:
-            self.log.warn("health check: 503, not connected to Redis at {url}",
+            self.log.warn("health check: 503, not connected to Redis at {url}{why}",
                           url=getattr(getattr(self.node.broker, "address", None),
-                                      "safe_url", "the broker"))
+                                      "safe_url", "the broker"),
+                          why=f" ({reason})" if reason else "")
 
 
 class Root(resource.Resource):
