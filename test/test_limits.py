@@ -6,18 +6,25 @@ import json
 from typing import Any, Optional
 
 import txaio
-from twisted.internet import reactor
+from twisted.internet import defer, endpoints, reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import resource
 
 from ws4tx import closecodes, envelope, schema
 from ws4tx.server._forwarded import client_address, counted_as
 from ws4tx.server._ratelimit import Budgets, TokenBucket
+from ws4tx.server.admission import AddressCounts
 from ws4tx.server.config import ServerConfig
 from ws4tx.server.node import Node
 from ws4tx.server.protocol import PushFactory
+from ws4tx.server.web import PushSite
 from ws4tx.testing import MemoryBroker, MemoryBus
 
 from test._server import ServerTestCase, identity_header
@@ -414,3 +421,116 @@ class RateLimitTests(ServerTestCase):
         for _ in range(20):
             client.send("--hb--")
         self.assertEqual([await client.text() for _ in range(20)], ["--hb--"] * 20)
+
+
+class _Hello(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        return b"hello"
+
+
+class HttpConnectionClockTests(SynchronousTestCase):
+    """Plain HTTP connections (not upgraded) on a Clock: they count toward the
+    per-address cap, and an idle keep-alive one is closed after ``http_idle_timeout``."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        config = ServerConfig(max_connections_per_ip=2, trusted_proxies=("10.0.0.1",),
+                              http_idle_timeout=15)
+        self.addresses = AddressCounts(config)
+        root = _Hello()
+        self.site = PushSite(root, 5.0, self.clock, addresses=self.addresses,
+                             timeout=config.http_idle_timeout)
+
+    def connect(self, host: str) -> tuple[Any, StringTransport]:
+        address = IPv4Address("TCP", host, 40000)
+        channel = self.site.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def test_idleKeepAliveIsClosedAfterTheIdleTimeout(self):
+        """A keep-alive connection answered once is closed 15 s after its last request,
+        not before; then it no longer counts."""
+        channel, transport = self.connect("192.0.2.1")
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200"))
+        self.assertEqual(self.addresses["192.0.2.1"], 1)
+        self.clock.advance(14.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.addresses.total(), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_connectionsPastTheCapAreAnswered429AndClosed(self):
+        """Two connections from one address are served; the third one's request is
+        answered 429 with the reason and its connection closed. A trusted proxy's
+        connections are not counted before their requests name anyone."""
+        served = [self.connect("192.0.2.1") for _ in range(2)]
+        proxied = [self.connect("10.0.0.1") for _ in range(5)]
+        self.assertEqual(self.addresses.total(), 2)
+        channel, transport = self.connect("192.0.2.1")
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = transport.value().split(b"\r\n\r\n")[0].lower()
+        self.assertTrue(head.startswith(b"http/1.1 429"), head)
+        self.assertIn(b"connection: close", head)
+        self.assertIn(b"too many connections from your address", transport.value())
+        self.assertTrue(transport.disconnecting)
+        for other, other_transport in served + proxied:
+            other.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertTrue(other_transport.value().startswith(b"HTTP/1.1 200"))
+            self.assertFalse(other_transport.disconnecting)
+        for each, _ in [*served, *proxied, (channel, transport)]:
+            each.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.addresses.total(), 0)
+
+
+class _KeepAlive(Protocol):
+    """Sends one keep-alive request; ``answered`` fires with the status line, ``lost``
+    when the server closes."""
+
+    def __init__(self) -> None:
+        self.answered: defer.Deferred[bytes] = defer.Deferred()
+        self.lost: defer.Deferred[None] = defer.Deferred()
+        self.data = b""
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if b"\r\n" in self.data and not self.answered.called:
+            self.answered.callback(self.data.split(b"\r\n", 1)[0])
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.answered.called:
+            self.answered.callback(b"")
+        self.lost.callback(None)
+
+
+class KeepAliveTests(ServerTestCase):
+    """The attack of issue 26 #8: 500 plain HTTP keep-alive connections from one address
+    (no trusted proxy), through a real server."""
+
+    config = ServerTestCase.config.replace(
+        max_connections_per_ip=ServerConfig().max_connections_per_ip, trusted_proxies=())
+
+    async def test_keepAliveConnectionsCountTowardTheCap(self):
+        """Of 500 keep-alive connections from one address, the cap's 100 are served and
+        stay open; the other 400 are answered 429 and closed by the server at once."""
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        clients = [await endpoints.connectProtocol(endpoint, _KeepAlive())
+                   for _ in range(500)]
+        statuses = [await c.answered.addTimeout(TIMEOUT, reactor) for c in clients]
+        self.assertEqual(statuses, [b"HTTP/1.1 404 Not Found"] * 100
+                         + [b"HTTP/1.1 429 Too Many Requests"] * 400)
+        for client in clients[100:]:
+            await client.lost.addTimeout(TIMEOUT, reactor)
+        self.assertEqual(self.factory.node.addresses["127.0.0.1"], 100)
+        self.assertEqual([c.lost.called for c in clients[:100]], [False] * 100)
+        for client in clients[:100]:
+            client.transport.loseConnection()
+            await client.lost.addTimeout(TIMEOUT, reactor)

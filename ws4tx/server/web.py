@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from http import HTTPStatus
 from typing import Any, Optional
 
 from autobahn.twisted.resource import WebSocketResource
@@ -29,7 +30,8 @@ _UPGRADE_TEXT = (
 
 
 def _plain(request: Request, status: int, body: bytes) -> bytes:
-    request.setResponseCode(status)
+    # With the standard reason phrase (Twisted's table lacks some, 429 among them).
+    request.setResponseCode(status, HTTPStatus(status).phrase.encode())
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
     return body
