@@ -347,7 +347,7 @@ def _networks(value: tuple[str, ...]) -> Optional[str]:
 
 
 def _at_most_128(value: int) -> Optional[str]:
-    return None if value <= 128 else f"must be at most 128 (bits of an IPv6 address), not {value}"
+    return None if value <= 128 else "must be at most 128 (the bits of an IPv6 address)"
 
 
 def trusted_networks(value: tuple[str, ...]) -> tuple[Any, ...]:
