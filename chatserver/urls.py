@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 
 from django.conf import settings
-from django.urls import include, path, re_path
+from django.contrib.auth import views as auth_views
+from django.urls import path, re_path
 from django.views.generic import RedirectView
 
 from chatserver import views
@@ -17,9 +18,11 @@ urlpatterns = [
     path("userchat/", views.UserChatView.as_view(), name="userchat"),
     path("groupchat/", views.GroupChatView.as_view(), name="groupchat"),
     path("eventchat/", views.EventChatView.as_view(), name="eventchat"),
-    # Before Django's own: a GET shows a logout button instead of a blank 405.
+    # Log in and out only: the demo sends no mail (no password reset), and its users share
+    # one password (no password change); Django's other account pages would need templates
+    # the demo does not have. A GET of the logout URL shows a button, not a blank 405.
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", views.LogoutView.as_view(), name="logout"),
-    path("accounts/", include("django.contrib.auth.urls")),
     re_path(rf"^{re.escape(settings.STATIC_URL.lstrip('/'))}(?P<path>.*)$", views.static_file),
 ]
 

@@ -138,26 +138,52 @@ class AddressCountsTests(SynchronousTestCase):
         """Past the cap a connection is refused with 429 (and stays counted until it is
         released, as every connection); a released one makes room."""
         counts = admission.AddressCounts(CONFIG)
-        address = counts.address("192.0.2.1", None)
-        counts.add(address, "192.0.2.1", None)
-        counts.add(address, "192.0.2.1", None)
+        address = counts.client("192.0.2.1", {})
+        counts.add(address, "192.0.2.1")
+        counts.add(address, "192.0.2.1")
         with self.assertRaises(HandshakeDenied) as caught:
-            counts.add(address, "192.0.2.1", None)
+            counts.add(address, "192.0.2.1")
         self.assertEqual(caught.exception.status, 429)
         self.assertEqual(counts[address], 3)
         counts.release(address)
         counts.release(address)
-        counts.add(address, "192.0.2.1", None)
+        counts.add(address, "192.0.2.1")
         self.assertEqual(counts.total(), 2)
 
     def test_forwardedOnlyFromTrustedProxies(self):
-        """A trusted proxy's X-Forwarded-For names the client; anybody else's is ignored."""
+        """A trusted proxy's Forwarded or X-Forwarded-For names the client; anybody
+        else's is ignored; a trusted proxy that names nobody gives None."""
         counts = admission.AddressCounts(CONFIG)
         table = [
-            ("10.0.0.1", "198.51.100.7", "198.51.100.7"),
-            ("10.0.0.1", "6.6.6.6, 198.51.100.7", "198.51.100.7"),
-            ("192.0.2.9", "198.51.100.7", "192.0.2.9"),
-            ("10.0.0.1", None, "10.0.0.1"),
+            ("10.0.0.1", {"x-forwarded-for": "198.51.100.7"}, "198.51.100.7"),
+            ("10.0.0.1", {"x-forwarded-for": "6.6.6.6, 198.51.100.7"}, "198.51.100.7"),
+            ("10.0.0.1", {"forwarded": "for=198.51.100.7"}, "198.51.100.7"),
+            ("192.0.2.9", {"x-forwarded-for": "198.51.100.7"}, "192.0.2.9"),
+            ("192.0.2.9", {"forwarded": "for=198.51.100.7"}, "192.0.2.9"),
+            ("10.0.0.1", {}, None),
+            ("10.0.0.1", {"forwarded": "for=unknown"}, None),
         ]
-        for peer, forwarded, address in table:
-            self.assertEqual(counts.address(peer, forwarded), address, (peer, forwarded))
+        for peer, headers, address in table:
+            self.assertEqual(counts.client(peer, headers), address, (peer, headers))
+
+    def test_proxyNamingNoClientIsNeverCapped(self):
+        """Connections for which a trusted proxy names no client count under None,
+        past any cap: only max_connections bounds them."""
+        counts = admission.AddressCounts(CONFIG)
+        for _ in range(50):
+            counts.add(counts.client("10.0.0.1", {}), "10.0.0.1")
+        self.assertEqual(counts[None], 50)
+
+    def test_ipv6CountsPerPrefix(self):
+        """An IPv6 client counts as its /64 (ipv6_prefix): two addresses of one /64 are
+        one client; another /64 is another; with a prefix of 128 each address is one."""
+        counts = admission.AddressCounts(CONFIG)
+        self.assertEqual(counts.client("2001:db8:0:1::5", {}), "2001:db8:0:1::/64")
+        self.assertEqual(counts.client("2001:db8:0:1:ffff::9", {}), "2001:db8:0:1::/64")
+        self.assertEqual(counts.client("10.0.0.1", {"forwarded": 'for="[2001:db8:0:2::1]"'}),
+                         "2001:db8:0:2::/64")
+        self.assertEqual(counts.client("::ffff:192.0.2.1", {}), "192.0.2.1")
+        exact = admission.AddressCounts(CONFIG.replace(ipv6_prefix=128))
+        self.assertEqual(exact.client("2001:db8:0:1::5", {}), "2001:db8:0:1::5")
+        wide = admission.AddressCounts(CONFIG.replace(ipv6_prefix=48))
+        self.assertEqual(wide.client("2001:db8:0:1::5", {}), "2001:db8::/48")

@@ -21,14 +21,27 @@ import http.client
 import http.cookies
 import json
 import re
+import subprocess
+import sys
 import urllib.parse
 import uuid
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
-from test._demo import CHAT_FACILITY, EVENT_FACILITY, HEARTBEAT, PASSWORD, TIMEOUT, DemoServer
+from test._demo import (
+    CHAT_FACILITY,
+    EVENT_FACILITY,
+    HEARTBEAT,
+    PASSWORD,
+    TIMEOUT,
+    DemoServer,
+    child_environment,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 #: Paths under /static/ that leave the static directories (chatserver/settings.py is one
 #: directory up from chatserver/static/), each as sent on the wire.
@@ -126,6 +139,30 @@ def read_until(ws: Any, marker: str) -> list[str]:
         frames.append(frame)
 
 
+def routed_paths() -> list[str]:
+    """A path for every URL pattern of the demo's URLconf (read in a child process that
+    loads the demo's settings), each parameter given a sample value."""
+    script = (
+        "import json, django\n"
+        "django.setup()\n"
+        "from django.urls import URLResolver, get_resolver\n"
+        "def walk(patterns, prefix):\n"
+        "    for p in patterns:\n"
+        "        text = prefix + str(p.pattern)\n"
+        "        yield from walk(p.url_patterns, text) if isinstance(p, URLResolver) "
+        "else [text]\n"
+        "print(json.dumps(list(walk(get_resolver().url_patterns, ''))))\n")
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+        check=True, timeout=60,
+        env=child_environment(DJANGO_SETTINGS_MODULE="chatserver.settings"))
+    paths = set()
+    for pattern in json.loads(out.stdout):
+        text = re.sub(r"\(\?P<[^>]+>[^)]*\)", "x", pattern)  # re_path() groups
+        text = re.sub(r"<(?:[^>:]+:)?[^>]+>", "x", text)  # path() converters
+        paths.add("/" + text.replace("^", "").replace("$", "").replace("\\", ""))
+    return sorted(paths)
+
 class _DemoTestCase(SynchronousTestCase):
     """One demo server for the class, started by the launcher with ``launcher_args``."""
 
@@ -202,6 +239,29 @@ class DemoDefaultsTests(_DemoTestCase):
         self.assertEqual(status, 200)
         self.assertNotIn("/admin/", page)
         self.assertNotIn("--admin serves the Django admin", self.server.output)
+
+    def test_no_routed_url_or_shown_link_answers_500(self) -> None:
+        """Logged in, every URL the demo's URLconf routes (a sample value for each
+        parameter) and every same-site link or script those pages show answers without a
+        server error; so does each one for a visitor who is not logged in."""
+        routed = routed_paths()
+        self.assertIn("/chat/", routed)
+        for client in (Client(self.server).log_in("john"), Client(self.server)):
+            seen: set[str] = set()
+            queue = list(routed)
+            while queue:
+                path = queue.pop(0)
+                if path in seen or len(seen) >= 200:
+                    continue
+                seen.add(path)
+                status, page = client.get(path)
+                self.assertLess(status, 500, f"{path} answered {status}")
+                for link in re.findall(r'(?:href|src|action)="([^"]+)"', page):
+                    target = urllib.parse.urlsplit(html.unescape(link))
+                    if not target.scheme and not target.netloc and target.path.startswith("/"):
+                        queue.append(target.path + (f"?{target.query}" if target.query else ""))
+            self.assertIn("/static/chatserver/style.css", seen)
+        self.assertNoTraceback()
 
     # B: the ALLOWED_CHANNELS hook
 

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Optional
 
 import txaio
-from twisted.internet import reactor
+from twisted.internet import defer, endpoints, reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import resource
 
 from ws4tx import closecodes, envelope, schema
-from ws4tx.server._forwarded import client_address
+from ws4tx.server._forwarded import client_address, counted_as
 from ws4tx.server._ratelimit import Budgets, TokenBucket
+from ws4tx.server.admission import AddressCounts
 from ws4tx.server.config import ServerConfig
 from ws4tx.server.node import Node
 from ws4tx.server.protocol import PushFactory
+from ws4tx.server.web import PushSite
 from ws4tx.testing import MemoryBroker, MemoryBus
 
 from test._server import ServerTestCase, identity_header
@@ -113,14 +121,17 @@ class StorageBoundTests(ServerTestCase):
 
 
 class ConnectionLimitTests(ServerTestCase):
-    """Caps on connections."""
+    """Caps on connections (clients connect directly: no trusted proxy)."""
 
-    config = ServerTestCase.config.replace(max_connections=3, max_connections_per_ip=2)
+    config = ServerTestCase.config.replace(max_connections=3, max_connections_per_ip=2,
+                                           trusted_proxies=())
 
     async def test_perAddressCapAnswers429(self):
-        """Past the per-address cap a handshake gets 429; closing one makes room."""
+        """Past the per-address cap a handshake gets 429; closing one makes room. A
+        WebSocket counts once (not also as the HTTP connection it upgraded from)."""
         a = await self.client("/ws/foobar")
         await self.client("/ws/foobar")
+        self.assertEqual(self.factory.node.addresses["127.0.0.1"], 2)
         status, text = status_of(await raw_request(self.port, handshake_request("/ws/foobar")))
         self.assertEqual(status, 429)
         self.assertIn("too many connections", text)
@@ -139,26 +150,44 @@ class ConnectionLimitTests(ServerTestCase):
 
 
 class DefaultAddressCapTests(ServerTestCase):
-    """The per-address cap is on by default."""
+    """The per-address cap is on by default, and never applies to what a trusted proxy
+    sends without naming the client."""
 
     config = ServerTestCase.config.replace(
         max_connections_per_ip=ServerConfig().max_connections_per_ip)
 
     async def test_defaultCapAnswers429PastIt(self):
-        """With the default configuration one address gets its cap of connections, then
-        429, while another client address (named by a trusted proxy) still gets in."""
+        """With the default configuration one client (named by the local proxy) gets its
+        cap of connections, then 429, while another client still gets in."""
         cap = ServerConfig().max_connections_per_ip
         self.assertGreater(cap, 0)
+        one = {"X-Forwarded-For": "198.51.100.7"}
         for _ in range(cap):
-            await self.client("/ws/foobar")
-        status, text = status_of(await raw_request(self.port, handshake_request("/ws/foobar")))
+            await self.client("/ws/foobar", headers=one)
+        status, text = status_of(await raw_request(
+            self.port, handshake_request("/ws/foobar", one)))
         self.assertEqual((status, "too many connections" in text), (429, True))
-        # 127.0.0.1 is a trusted proxy by default: the client it names counts on its own.
-        await self.client("/ws/foobar", headers={"X-Forwarded-For": "198.51.100.7"})
+        await self.client("/ws/foobar", headers={"X-Forwarded-For": "198.51.100.8"})
+
+    async def test_proxyThatNamesNoClientIsNotCapped(self):
+        """From 127.0.0.1 (a trusted proxy by default) without a header naming the
+        client, 150 connections are all accepted, not 100 as if they were one user; one
+        warning (not one per connection) says how to fix the proxy."""
+        with capturedLogs() as logged:
+            for _ in range(150):
+                await self.client("/ws/foobar")
+        self.assertEqual(self.factory.node.addresses[None], 150)
+        warnings = [e for e in logged
+                    if "name no client" in str(e.get("log_format", ""))]
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertEqual(warnings[0]["log_level"], LogLevel.warn)
+        self.assertIn("proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for",
+                      formatEvent(warnings[0]))
 
 
 class ProxyAddressTests(ServerTestCase):
-    """Behind a trusted proxy the cap counts the address X-Forwarded-For names."""
+    """Behind a trusted proxy the cap counts the client that Forwarded or
+    X-Forwarded-For names."""
 
     config = ServerTestCase.config.replace(max_connections_per_ip=1,
                                            trusted_proxies=("127.0.0.0/8",))
@@ -174,35 +203,127 @@ class ProxyAddressTests(ServerTestCase):
         self.assertEqual(status, 429)
         self.assertEqual(self.factory.node.addresses["198.51.100.1"], 1)
 
+    async def test_forwardedHeaderNamesTheClient(self):
+        """RFC 7239's Forwarded names the client as X-Forwarded-For does: quoted IPv6
+        with a port, several hops; a forged hop to the left changes nothing; a forged
+        Forwarded beside the proxy's X-Forwarded-For counts as the proxy itself."""
+        await self.client("/ws/foobar", headers={
+            "Forwarded": 'for="[2001:db8:cafe::17]:4711";proto=http'})
+        await self.client("/ws/foobar", headers={"Forwarded": "for=198.51.100.1"})
+        for headers in ({"Forwarded": "for=203.0.113.9, for=198.51.100.1;proto=http"},
+                        {"Forwarded": 'for="[2001:db8:cafe::99]"'}):
+            status, _ = status_of(await raw_request(
+                self.port, handshake_request("/ws/foobar", headers)))
+            self.assertEqual(status, 429, headers)
+        await self.client("/ws/foobar", headers={
+            "Forwarded": "for=203.0.113.9", "X-Forwarded-For": "198.51.100.2"})
+        self.assertEqual(self.factory.node.addresses["127.0.0.1"], 1)
+
+    async def test_oneIPv6NetworkIsOneClient(self):
+        """150 IPv6 addresses of one /64 behind the proxy count as one client: with the
+        default cap of 100, 100 are accepted and 50 get 429; another /64 still gets in."""
+        await self.service.stopService()
+        await self.startServer(config={
+            "max_connections_per_ip": ServerConfig().max_connections_per_ip})
+        statuses = []
+        for n in range(150):
+            forwarded = handshake_request(
+                "/ws/foobar", {"X-Forwarded-For": f"2001:db8:0:7::{n + 1:x}"})
+            if n < 100:
+                await self.client("/ws/foobar",
+                                  headers={"X-Forwarded-For": f"2001:db8:0:7::{n + 1:x}"})
+                statuses.append(101)
+            else:
+                statuses.append(status_of(await raw_request(self.port, forwarded))[0])
+        self.assertEqual(statuses, [101] * 100 + [429] * 50)
+        self.assertEqual(self.factory.node.addresses["2001:db8:0:7::/64"], 100)
+        await self.client("/ws/foobar", headers={"X-Forwarded-For": "2001:db8:0:8::1"})
+
     async def test_untrustedPeerCannotChooseItsAddress(self):
-        """From a peer that is not a trusted proxy, X-Forwarded-For is ignored."""
+        """From a peer that is not a trusted proxy, Forwarded and X-Forwarded-For are
+        ignored."""
         await self.service.stopService()
         await self.startServer(config={"trusted_proxies": ()})
         await self.client("/ws/foobar", headers={"X-Forwarded-For": "198.51.100.1"})
-        other = handshake_request("/ws/foobar", {"X-Forwarded-For": "198.51.100.2"})
-        status, _ = status_of(await raw_request(self.port, other))
-        self.assertEqual(status, 429)
+        for headers in ({"X-Forwarded-For": "198.51.100.2"}, {"Forwarded": "for=198.51.100.3"}):
+            other = handshake_request("/ws/foobar", headers)
+            status, _ = status_of(await raw_request(self.port, other))
+            self.assertEqual(status, 429)
 
 
 class ClientAddressTests(SynchronousTestCase):
-    """The client address, from the peer and X-Forwarded-For."""
+    """The client address, from the peer and Forwarded or X-Forwarded-For."""
 
     trusted = schema.trusted_networks(("10.0.0.0/8", "::1"))
 
-    def test_rightmostUntrustedAddress(self):
-        for peer, header, expected in [
-            ("10.0.0.5", "198.51.100.1", "198.51.100.1"),
-            ("10.0.0.5", "6.6.6.6, 198.51.100.1", "198.51.100.1"),
-            ("10.0.0.5", "6.6.6.6, 198.51.100.1, 10.0.0.9", "198.51.100.1"),
-            ("10.0.0.5", "10.0.0.7, 10.0.0.9", "10.0.0.7"),
-            ("10.0.0.5", "garbage, 198.51.100.1", "198.51.100.1"),
-            ("10.0.0.5", "198.51.100.1, garbage", "10.0.0.5"),
-            ("10.0.0.5", None, "10.0.0.5"),
-            ("::1", "2001:db8::1", "2001:db8::1"),
-            ("198.51.100.3", "6.6.6.6", "198.51.100.3"),
-        ]:
-            self.assertEqual(client_address(peer, header, self.trusted), expected,
-                             (peer, header))
+    def check(self, table: list[tuple[str, dict[str, str], Optional[str]]]) -> None:
+        for peer, headers, expected in table:
+            self.assertEqual(client_address(peer, headers, self.trusted), expected,
+                             (peer, headers))
+
+    def test_rightmostUntrustedXForwardedFor(self):
+        """The rightmost X-Forwarded-For entry that is not a trusted proxy (the leftmost
+        if all are); from a trusted proxy that names nobody usable, None."""
+        self.check([
+            ("10.0.0.5", {"x-forwarded-for": "198.51.100.1"}, "198.51.100.1"),
+            ("10.0.0.5", {"x-forwarded-for": "6.6.6.6, 198.51.100.1"}, "198.51.100.1"),
+            ("10.0.0.5", {"x-forwarded-for": "6.6.6.6, 198.51.100.1, 10.0.0.9"},
+             "198.51.100.1"),
+            ("10.0.0.5", {"x-forwarded-for": "10.0.0.7, 10.0.0.9"}, "10.0.0.7"),
+            ("10.0.0.5", {"x-forwarded-for": "garbage, 198.51.100.1"}, "198.51.100.1"),
+            ("10.0.0.5", {"x-forwarded-for": "198.51.100.1, garbage"}, None),
+            ("10.0.0.5", {"x-forwarded-for": "198.51.100.1:4711"}, "198.51.100.1"),
+            ("10.0.0.5", {"x-forwarded-for": "[2001:db8::1]:4711"}, "2001:db8::1"),
+            ("10.0.0.5", {}, None),
+            ("10.0.0.5", {"x-forwarded-for": ""}, None),
+            ("::1", {"x-forwarded-for": "2001:db8::1"}, "2001:db8::1"),
+            ("::ffff:10.0.0.5", {"x-forwarded-for": "198.51.100.1"}, "198.51.100.1"),
+            ("198.51.100.3", {"x-forwarded-for": "6.6.6.6"}, "198.51.100.3"),
+            ("198.51.100.3", {}, "198.51.100.3"),
+        ])
+
+    def test_forwardedByRfc7239(self):
+        """Forwarded's for= (RFC 7239): quoted IPv6 with or without a port, IPv4 with a
+        port, several hops (in one header or several, joined by commas), other
+        parameters, any case; the same walk as X-Forwarded-For; ``unknown``, an
+        obfuscated identifier or a hop without for= names nobody."""
+        self.check([
+            ("10.0.0.5", {"forwarded": "for=198.51.100.1"}, "198.51.100.1"),
+            ("10.0.0.5", {"forwarded": 'For="198.51.100.1:4711";proto=https;by=10.0.0.5'},
+             "198.51.100.1"),
+            ("10.0.0.5", {"forwarded": 'for="[2001:db8:cafe::17]:4711"'}, "2001:db8:cafe::17"),
+            ("10.0.0.5", {"forwarded": 'for="[2001:db8:cafe::17]"'}, "2001:db8:cafe::17"),
+            ("10.0.0.5", {"forwarded": "for=6.6.6.6, for=198.51.100.1;proto=http"},
+             "198.51.100.1"),
+            ("10.0.0.5", {"forwarded": "for=198.51.100.1, for=10.0.0.9"}, "198.51.100.1"),
+            ("10.0.0.5", {"forwarded": 'for=198.51.100.1;host="a,b", for=10.0.0.9'},
+             "198.51.100.1"),
+            ("10.0.0.5", {"forwarded": "for=_hidden, for=198.51.100.1"}, "198.51.100.1"),
+            ("10.0.0.5", {"forwarded": "for=198.51.100.1, for=unknown"}, None),
+            ("10.0.0.5", {"forwarded": 'for="_gazonk"'}, None),
+            ("10.0.0.5", {"forwarded": "proto=https"}, None),
+            ("10.0.0.5", {"forwarded": "for=[2001:db8::1]"}, "2001:db8::1"),
+            ("198.51.100.3", {"forwarded": "for=6.6.6.6"}, "198.51.100.3"),
+        ])
+
+    def test_bothHeaders(self):
+        """With both headers, the client they agree on; when they disagree one of them is
+        the client's own claim and nothing tells which: the proxy's own address."""
+        self.check([
+            ("10.0.0.5", {"forwarded": "for=198.51.100.1", "x-forwarded-for": "198.51.100.1"},
+             "198.51.100.1"),
+            ("10.0.0.5", {"forwarded": "for=6.6.6.6", "x-forwarded-for": "198.51.100.1"},
+             "10.0.0.5"),
+            ("10.0.0.5", {"forwarded": "for=unknown", "x-forwarded-for": "198.51.100.1"},
+             "10.0.0.5"),
+        ])
+
+    def test_counted_as(self):
+        """IPv4 counts as itself, IPv6 as its network of the prefix."""
+        self.assertEqual(counted_as("198.51.100.1", 64), "198.51.100.1")
+        self.assertEqual(counted_as("2001:db8:1:2:3:4:5:6", 64), "2001:db8:1:2::/64")
+        self.assertEqual(counted_as("2001:db8:1:2:3:4:5:6", 56), "2001:db8:1::/56")
+        self.assertEqual(counted_as("2001:db8:1:2:3:4:5:6", 128), "2001:db8:1:2:3:4:5:6")
 
 
 def server_frames(data: bytes) -> list[tuple[int, bytes]]:
@@ -300,3 +421,116 @@ class RateLimitTests(ServerTestCase):
         for _ in range(20):
             client.send("--hb--")
         self.assertEqual([await client.text() for _ in range(20)], ["--hb--"] * 20)
+
+
+class _Hello(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        return b"hello"
+
+
+class HttpConnectionClockTests(SynchronousTestCase):
+    """Plain HTTP connections (not upgraded) on a Clock: they count toward the
+    per-address cap, and an idle keep-alive one is closed after ``http_idle_timeout``."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        config = ServerConfig(max_connections_per_ip=2, trusted_proxies=("10.0.0.1",),
+                              http_idle_timeout=15)
+        self.addresses = AddressCounts(config)
+        root = _Hello()
+        self.site = PushSite(root, 5.0, self.clock, addresses=self.addresses,
+                             timeout=config.http_idle_timeout)
+
+    def connect(self, host: str) -> tuple[Any, StringTransport]:
+        address = IPv4Address("TCP", host, 40000)
+        channel = self.site.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def test_idleKeepAliveIsClosedAfterTheIdleTimeout(self):
+        """A keep-alive connection answered once is closed 15 s after its last request,
+        not before; then it no longer counts."""
+        channel, transport = self.connect("192.0.2.1")
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200"))
+        self.assertEqual(self.addresses["192.0.2.1"], 1)
+        self.clock.advance(14.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.addresses.total(), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_connectionsPastTheCapAreAnswered429AndClosed(self):
+        """Two connections from one address are served; the third one's request is
+        answered 429 with the reason and its connection closed. A trusted proxy's
+        connections are not counted before their requests name anyone."""
+        served = [self.connect("192.0.2.1") for _ in range(2)]
+        proxied = [self.connect("10.0.0.1") for _ in range(5)]
+        self.assertEqual(self.addresses.total(), 2)
+        channel, transport = self.connect("192.0.2.1")
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = transport.value().split(b"\r\n\r\n")[0].lower()
+        self.assertTrue(head.startswith(b"http/1.1 429"), head)
+        self.assertIn(b"connection: close", head)
+        self.assertIn(b"too many connections from your address", transport.value())
+        self.assertTrue(transport.disconnecting)
+        for other, other_transport in served + proxied:
+            other.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertTrue(other_transport.value().startswith(b"HTTP/1.1 200"))
+            self.assertFalse(other_transport.disconnecting)
+        for each, _ in [*served, *proxied, (channel, transport)]:
+            each.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.addresses.total(), 0)
+
+
+class _KeepAlive(Protocol):
+    """Sends one keep-alive request; ``answered`` fires with the status line, ``lost``
+    when the server closes."""
+
+    def __init__(self) -> None:
+        self.answered: defer.Deferred[bytes] = defer.Deferred()
+        self.lost: defer.Deferred[None] = defer.Deferred()
+        self.data = b""
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if b"\r\n" in self.data and not self.answered.called:
+            self.answered.callback(self.data.split(b"\r\n", 1)[0])
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.answered.called:
+            self.answered.callback(b"")
+        self.lost.callback(None)
+
+
+class KeepAliveTests(ServerTestCase):
+    """The attack of issue 26 #8: 500 plain HTTP keep-alive connections from one address
+    (no trusted proxy), through a real server."""
+
+    config = ServerTestCase.config.replace(
+        max_connections_per_ip=ServerConfig().max_connections_per_ip, trusted_proxies=())
+
+    async def test_keepAliveConnectionsCountTowardTheCap(self):
+        """Of 500 keep-alive connections from one address, the cap's 100 are served and
+        stay open; the other 400 are answered 429 and closed by the server at once."""
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        clients = [await endpoints.connectProtocol(endpoint, _KeepAlive())
+                   for _ in range(500)]
+        statuses = [await c.answered.addTimeout(TIMEOUT, reactor) for c in clients]
+        self.assertEqual(statuses, [b"HTTP/1.1 404 Not Found"] * 100
+                         + [b"HTTP/1.1 429 Too Many Requests"] * 400)
+        for client in clients[100:]:
+            await client.lost.addTimeout(TIMEOUT, reactor)
+        self.assertEqual(self.factory.node.addresses["127.0.0.1"], 100)
+        self.assertEqual([c.lost.called for c in clients[:100]], [False] * 100)
+        for client in clients[:100]:
+            client.transport.loseConnection()
+            await client.lost.addTimeout(TIMEOUT, reactor)

@@ -354,6 +354,10 @@ def _networks(value: tuple[str, ...]) -> Optional[str]:
     return None
 
 
+def _at_most_128(value: int) -> Optional[str]:
+    return None if value <= 128 else "must be at most 128 (the bits of an IPv6 address)"
+
+
 def trusted_networks(value: tuple[str, ...]) -> tuple[Any, ...]:
     """The networks of a checked ``trusted_proxies`` value."""
     return tuple(ipaddress.ip_network(item, strict=False) for item in value)
@@ -517,13 +521,21 @@ SETTINGS: tuple[Setting, ...] = (
             "WebSocket connections at once in this process; 503 past it; `0`: no limit",
             minimum=0),
     Setting("max_connections_per_ip", INT, 100,
-            "WebSocket connections at once from one client address; 429 past it; `0`: no "
-            "limit. Behind a reverse proxy the address is the one `TRUSTED_PROXIES` "
-            "forward", minimum=0),
+            "connections at once from one client address (WebSockets, and HTTP connections "
+            "that have not upgraded); 429 past it; `0`: no limit. Behind a reverse proxy "
+            "the address is the one `TRUSTED_PROXIES` name; a trusted proxy that names no "
+            "client is not capped (logged once)", minimum=0),
     Setting("trusted_proxies", LIST, ("127.0.0.1", "::1"),
-            "addresses or networks of reverse proxies whose `X-Forwarded-For` names the "
-            "client (the rightmost address in it that is not itself a trusted proxy); "
-            "`[]`: none", option="trusted-proxy", check=_networks),
+            "addresses or networks of reverse proxies whose `Forwarded` (RFC 7239) or "
+            "`X-Forwarded-For` names the client (the rightmost address in it that is not "
+            "itself a trusted proxy); `[]`: none", option="trusted-proxy", check=_networks),
+    Setting("ipv6_prefix", INT, 64,
+            "an IPv6 client counts as its network of this many bits for the per-address "
+            "cap (one client usually has a whole /64); `128`: each address",
+            minimum=1, check=_at_most_128),
+    Setting("http_idle_timeout", NUMBER, 15.0,
+            "seconds an HTTP keep-alive connection (not a WebSocket) may wait idle for its "
+            "next request", minimum=0, inclusive=False, unit="s"),
     Setting("rate_limit", NUMBER, 20.0,
             "messages and events a client may send per second; `0`: no limit", minimum=0),
     Setting("rate_burst", INT, 40,

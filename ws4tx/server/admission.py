@@ -9,7 +9,8 @@ Two steps, on either side of the authenticator:
    client listens to and publishes to, and the subprotocol to answer.
 
 A refusal is a :class:`~ws4tx.server.auth.HandshakeDenied` with the HTTP status and the
-reason. :class:`AddressCounts` keeps the per-address connection count the cap needs.
+reason. :class:`AddressCounts` keeps the per-address connection count the cap needs, for
+WebSocket connections and for the HTTP connections they arrive on.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ws4tx.naming import (
     check_facility,
     parse_flags,
 )
-from ws4tx.server._forwarded import client_address, is_trusted
+from ws4tx.server._forwarded import client_address, counted_as
 from ws4tx.server._log import observer
 from ws4tx.server._origin import origin_allowed
 from ws4tx.server.auth import Grant, HandshakeDenied, HandshakeRequest
@@ -149,42 +150,56 @@ def may_publish(config: ServerConfig, identity: Identity, handled: bool) -> bool
 
 
 class AddressCounts:
-    """Open connections per client address, for the per-address cap. Behind a trusted
-    proxy the address is the client its ``X-Forwarded-For`` names."""
+    """Open connections per client, for the per-address cap (``max_connections_per_ip``).
+
+    A connection counts under its client's address (:meth:`client`), an IPv6 one under
+    its network of ``ipv6_prefix`` bits. A connection from a trusted proxy that names no
+    client counts under None: never capped (every user behind such a proxy would share
+    one address), only ``max_connections`` bounds it; the first time there are more of
+    them than the cap, one warning says how to fix the proxy.
+    """
 
     def __init__(self, config: ServerConfig) -> None:
         self._cap = config.max_connections_per_ip
+        self._prefix = config.ipv6_prefix
         self._trusted: tuple[Any, ...] = schema.trusted_networks(config.trusted_proxies)
-        self._open: Counter[str] = Counter()
+        self._open: Counter[Optional[str]] = Counter()
         self._warned_proxy = False
 
-    def address(self, peer: str, forwarded: Optional[str]) -> str:
-        """The address a connection from ``peer`` counts under."""
-        return client_address(peer, forwarded, self._trusted)
+    def client(self, peer: str, headers: Mapping[str, str]) -> Optional[str]:
+        """What a connection from ``peer`` with these request ``headers`` (lower-case
+        names; none for a connection whose request has not come yet) counts under: its
+        client's address, or None for a trusted proxy that names no client."""
+        address = client_address(peer, headers, self._trusted)
+        return None if address is None else counted_as(address, self._prefix)
 
-    def add(self, address: str, peer: str, forwarded: Optional[str]) -> None:
-        """Count a connection under ``address``. Past the cap it stays counted (release it
+    def add(self, client: Optional[str], peer: str) -> None:
+        """Count a connection under ``client``. Past the cap it stays counted (release it
         as any other) and :class:`HandshakeDenied` (429) is raised."""
-        self._open[address] += 1
-        if self._cap and self._open[address] > self._cap:
-            if not forwarded and not self._warned_proxy and is_trusted(peer, self._trusted):
-                self._warned_proxy = True
-                _log.warn(
-                    "{n} connections from {peer}, a trusted proxy that sends no "
-                    "X-Forwarded-For: every client behind it counts as that one address "
-                    "(have the proxy send X-Forwarded-For, or set --max-connections-per-ip)",
-                    n=self._open[address], peer=peer)
+        self._open[client] += 1
+        count = self._open[client]
+        if not self._cap or count <= self._cap:
+            return
+        if client is not None:
             raise HandshakeDenied("too many connections from your address", 429)
+        if not self._warned_proxy:
+            self._warned_proxy = True
+            _log.warn(
+                "{n} connections from trusted proxies (last {peer}) name no client (no "
+                "Forwarded or X-Forwarded-For header): the per-address cap of {cap} does "
+                "not apply to them, only --max-connections. Have the proxy name the "
+                "client (nginx: proxy_set_header X-Forwarded-For "
+                "$proxy_add_x_forwarded_for;)", n=count, peer=peer, cap=self._cap)
 
-    def release(self, address: str) -> None:
-        """A connection counted under ``address`` is gone."""
-        self._open[address] -= 1
-        if not self._open[address]:
-            del self._open[address]
+    def release(self, client: Optional[str]) -> None:
+        """A connection counted under ``client`` is gone."""
+        self._open[client] -= 1
+        if not self._open[client]:
+            del self._open[client]
 
     def total(self) -> int:
         """How many connections are counted."""
         return sum(self._open.values())
 
-    def __getitem__(self, address: str) -> int:
-        return self._open[address]
+    def __getitem__(self, client: Optional[str]) -> int:
+        return self._open[client]

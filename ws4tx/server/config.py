@@ -93,11 +93,18 @@ class ServerConfig:
     handshake_timeout: float = _default("handshake_timeout")
     #: Most WebSocket connections at once in this process (0: no limit); 503 past it.
     max_connections: int = _default("max_connections")
-    #: Most WebSocket connections at once from one client address (0: no limit); 429 past
-    #: it. The address is the peer's, or what a trusted proxy's X-Forwarded-For names.
+    #: Most connections at once from one client address (0: no limit); 429 past it:
+    #: WebSockets, and HTTP connections that have not upgraded. The address is the
+    #: peer's, or what a trusted proxy's Forwarded or X-Forwarded-For names; a trusted
+    #: proxy that names no client is not capped.
     max_connections_per_ip: int = _default("max_connections_per_ip")
-    #: Addresses or networks of reverse proxies whose X-Forwarded-For names the client.
+    #: Addresses or networks of reverse proxies whose Forwarded or X-Forwarded-For names
+    #: the client.
     trusted_proxies: tuple[str, ...] = _default("trusted_proxies")
+    #: An IPv6 client counts as its network of this many bits for the per-address cap.
+    ipv6_prefix: int = _default("ipv6_prefix")
+    #: Seconds an HTTP keep-alive connection (not a WebSocket) may wait for its next request.
+    http_idle_timeout: float = _default("http_idle_timeout")
     #: Messages and events a client may send per second (0: no limit), ...
     rate_limit: float = _default("rate_limit")
     #: ... with bursts up to this many; a client over the limit is told (event clients)

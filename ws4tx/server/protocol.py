@@ -86,8 +86,10 @@ class PushProtocol(WebSocketServerProtocol):
         #: The stored messages fetched so far, and how many fetches are still out.
         self._stored: dict[str, Optional[bytes]] = {}
         #: The address this connection counts under for the per-address cap (the peer,
-        #: or the client a trusted proxy names), once its handshake came.
+        #: or the client a trusted proxy names; None: a trusted proxy that names none),
+        #: and whether it is counted (once its handshake came).
         self._address: Optional[str] = None
+        self._counted = False
         #: The authentication under way (an authenticator that answers later), if any.
         self._authenticating: Optional[defer.Deferred[Any]] = None
         self._lost = False
@@ -126,7 +128,8 @@ class PushProtocol(WebSocketServerProtocol):
         self._lost = True
         if self._authenticating is not None:
             self._authenticating.cancel()
-        if self._address is not None:
+        if self._counted:
+            self._counted = False
             self.node.addresses.release(self._address)
         super().connectionLost(reason)
 
@@ -156,10 +159,10 @@ class PushProtocol(WebSocketServerProtocol):
         """Count this connection under its client's address (429 past the cap)."""
         transport = self.transport
         peer = getattr(transport.getPeer(), "host", "") if transport is not None else ""
-        forwarded = request.headers.get("x-forwarded-for")
         addresses = self.node.addresses
-        self._address = addresses.address(peer, forwarded)
-        addresses.add(self._address, peer, forwarded)
+        self._address = addresses.client(peer, request.headers)
+        self._counted = True
+        addresses.add(self._address, peer)
 
     def _isSecure(self) -> bool:
         """Whether the connection came over TLS (directly or through twisted.web)."""

@@ -29,9 +29,6 @@ from ws4tx.server.protocol import PushFactory
 from ws4tx.server.redis_broker import RedisBroker
 from ws4tx.server.web import PushSite, Root
 
-#: Seconds an idle HTTP keep-alive connection (not a WebSocket) is kept.
-_IDLE_HTTP_TIMEOUT = 60
-
 
 class PushService(service.MultiService):
     """Serves ws4tx WebSockets from a broker (Redis unless given another)."""
@@ -77,9 +74,11 @@ class PushService(service.MultiService):
         self.resource = Root(self.factory, fallback, metrics_peers)
         #: The WebSocket endpoint alone, to mount at ``websocket_url`` in another Site.
         self.websocket_resource = self.resource.websocket
-        #: What listens: a Site with a deadline on each connection's request head.
+        #: What listens: a Site with a deadline on each connection's request head, each
+        #: connection counted toward the per-address cap.
         self.site = PushSite(self.resource, config.handshake_timeout, reactor,
-                             timeout=_IDLE_HTTP_TIMEOUT)
+                             addresses=self.node.addresses,
+                             timeout=config.http_idle_timeout)
         self.site.displayTracebacks = False
         # Twisted's endpoint parsing, with ports whose plain-TCP connections write
         # directly (ws4tx.server.directwrite) unless turned off.

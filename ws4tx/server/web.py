@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from http import HTTPStatus
 from typing import Any, Optional
 
 from autobahn.twisted.resource import WebSocketResource
@@ -17,6 +18,8 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from ws4tx.server._log import observer
+from ws4tx.server.admission import AddressCounts
+from ws4tx.server.auth import HandshakeDenied
 from ws4tx.server.metrics import MetricsResource
 from ws4tx.server.node import Node
 from ws4tx.server.protocol import PushFactory
@@ -28,7 +31,8 @@ _UPGRADE_TEXT = (
 
 
 def _plain(request: Request, status: int, body: bytes) -> bytes:
-    request.setResponseCode(status)
+    # With the standard reason phrase (Twisted's table lacks some, 429 among them).
+    request.setResponseCode(status, HTTPStatus(status).phrase.encode())
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
     return body
@@ -55,6 +59,9 @@ class WebSocketEndpoint(resource.Resource):
         if _has_body(request):
             return _plain(request, 400, b"A WebSocket handshake has no body "
                                         b"(no Content-Length, no Transfer-Encoding).\n")
+        upgrading = getattr(request.channel, "upgrading", None)
+        if upgrading is not None:
+            upgrading()  # the WebSocket counts itself, under its client's address
         return self._ws.render(request)
 
 
@@ -210,17 +217,68 @@ class HeadDeadlines:
             connection.transport.abortConnection()
 
 
+class _Refused(resource.Resource):
+    """The answer to every request of a connection past the per-address cap."""
+
+    isLeaf = True
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+    def render(self, request: Request) -> bytes:
+        return _plain(request, 429, self.reason.encode() + b"\n")
+
+
 class _DeadlineChannel(HTTPChannel):
     """An HTTP connection that must send each whole request (head and body) in time: the
     first from when it connected, each next one from its first byte (an idle keep-alive
-    connection is bounded by the Site's idle timeout instead)."""
+    connection is bounded by the Site's idle timeout instead).
+
+    It counts toward the per-address cap from when it connects until it closes or
+    upgrades to a WebSocket (which then counts itself): a connection from an address
+    past the cap is answered 429 and closed. A connection from a trusted proxy is not
+    counted here: whom it is for comes with each request.
+    """
 
     factory: PushSite
+    #: Why its requests are refused (past the per-address cap), if they are.
+    refused: Optional[str] = None
+    #: Whether it is counted, and under what.
+    _counted = False
+    _client: Optional[str] = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         if self.factory.head_deadlines is not None:
             self.factory.head_deadlines.watch(self)
+        addresses = self.factory.addresses
+        if addresses is not None:
+            transport: Any = self.transport
+            peer = getattr(transport.getPeer(), "host", "")
+            self._client = addresses.client(peer, {})
+            if self._client is not None:
+                self._counted = True
+                try:
+                    addresses.add(self._client, peer)
+                except HandshakeDenied as e:
+                    self.refused = e.reason
+
+    def upgrading(self) -> None:
+        """Its request is a WebSocket handshake: the connection stops counting as HTTP."""
+        self._release()
+
+    def _release(self) -> None:
+        if self._counted and self.factory.addresses is not None:
+            self._counted = False
+            self.factory.addresses.release(self._client)
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        if self.refused is not None:  # answered 429, then closed
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            self.persistent = False
+            return False
+        return bool(super().checkPersistence(request, version))
 
     def dataReceived(self, data: bytes) -> None:
         deadlines = self.factory.head_deadlines
@@ -237,6 +295,7 @@ class _DeadlineChannel(HTTPChannel):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.factory.head_deadlines is not None:
             self.factory.head_deadlines.release(self)
+        self._release()
         super().connectionLost(reason)
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -256,14 +315,24 @@ class _DeadlineChannel(HTTPChannel):
 
 class PushSite(Site):
     """The Site ws4tx listens with: every request must arrive whole (head and body) within
-    ``head_deadline`` seconds (0: no deadline). HTTP/1.1 only (WebSockets upgrade from
-    it; Autobahn does not speak WebSocket over HTTP/2)."""
+    ``head_deadline`` seconds (0: no deadline); with ``addresses``, each connection counts
+    toward the per-address cap. HTTP/1.1 only (WebSockets upgrade from it; Autobahn does
+    not speak WebSocket over HTTP/2). ``timeout``: seconds a keep-alive connection may
+    wait idle for its next request."""
 
     # Twisted annotates the _GenericHTTPChannelProtocol wrapper (HTTP/2 negotiation);
     # an HTTPChannel subclass is what it wraps, and what this Site wants (HTTP/1.1 only).
     protocol = _DeadlineChannel  # type: ignore[assignment]
 
     def __init__(self, resource: resource.Resource, head_deadline: float,
-                 reactor: IReactorTime, **kwargs: Any) -> None:
+                 reactor: IReactorTime, addresses: Optional[AddressCounts] = None,
+                 **kwargs: Any) -> None:
         super().__init__(resource, reactor=reactor, **kwargs)
         self.head_deadlines = HeadDeadlines(head_deadline, reactor) if head_deadline else None
+        self.addresses = addresses
+
+    def getResourceFor(self, request: Request) -> resource.IResource:
+        refused = getattr(request.channel, "refused", None)
+        if refused is not None:
+            return _Refused(refused)
+        return super().getResourceFor(request)  # type: ignore[no-any-return]
