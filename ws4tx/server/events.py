@@ -90,7 +90,10 @@ class Events:
         try:
             message = envelope.decode(payload)
         except envelope.InvalidEnvelope as e:
-            client.emit(envelope.ERROR_EVENT, {"message": f"invalid envelope: {e}"})
+            if e.id is not None:
+                client.sendEnvelope(envelope.encode_ack(e.id, error=f"invalid envelope: {e}"))
+            else:
+                client.emit(envelope.ERROR_EVENT, {"message": f"invalid envelope: {e}"})
             return
         if not isinstance(message, envelope.Event):
             client.emit(envelope.ERROR_EVENT, {"message": "clients may only send events"})
