@@ -34,6 +34,22 @@ class SubscriptionRefused(Exception):
         self.reason = reason
 
 
+class CommandRefused(Exception):
+    """Redis refused a command because its ACL does not permit it (NOPERM): a PUBLISH to
+    a channel, a write to a key the server's Redis user may not touch. Retrying does not
+    help; the operator widens the ACL or the client stops."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"not permitted by Redis ACL: {reason}")
+        self.reason = reason
+
+
+def is_acl_refusal(message: str) -> bool:
+    """Whether a Redis error message is an ACL refusal (``NOPERM ...``; inside a script,
+    the same error is what the script call answers)."""
+    return message.startswith("NOPERM") or " NOPERM " in message
+
+
 class NotStored(Exception):
     """A message was delivered to ``receivers`` subscribers but was not stored (for
     replay) because ``reason``: the broker refused the write (Redis out of memory, say)
