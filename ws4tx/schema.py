@@ -396,7 +396,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("prefix", OPTIONAL, DEFAULT_PREFIX,
             "channel and key name prefix; `\"\"` for none, like ws4redis (then client "
             "publishing can write any other application's keys of the form "
-            "`broadcast:…`, `user:…:…` in a shared Redis database: see `CLIENT_PUBLISH`)",
+            "`broadcast:…`, `user:…:…` in a shared Redis database: the server then refuses "
+            "to start unless `CLIENT_PUBLISH` is off or `UNPREFIXED_PUBLISH` on)",
             where=SHARED),
     Setting("expire", INT, 3600,
             "seconds a published message is stored for replay; `0` stores nothing",
@@ -434,6 +435,10 @@ SETTINGS: tuple[Setting, ...] = (
             "clients may publish at all (`publish-*` flags, raw events); off "
             "(`--no-client-publish`): every client's publish flags are dropped",
             option="no-client-publish"),
+    Setting("unprefixed_publish", BOOL, False,
+            "let clients publish although `PREFIX` is empty, where they can overwrite any "
+            "other application's keys of the same names in the Redis database; without it "
+            "the server refuses to start with an empty `PREFIX` and client publishing on"),
     Setting("anonymous_publish", BOOL, False,
             "let clients without a user publish; by default their `publish-*` flags are "
             "dropped"),
