@@ -467,8 +467,10 @@ SETTINGS: tuple[Setting, ...] = (
             inclusive=False, unit="s"),
     Setting("store_budget", INT, 65536,
             "bytes of client-published messages a user (or an anonymous address) may store "
-            "per minute on this node; past it messages are delivered but not stored; `0`: "
-            "no limit", minimum=0, unit="bytes"),
+            "per minute on this node, for replay and in histories (64 bytes more an entry, "
+            "4096 more a new history stream); past it messages are delivered but not "
+            "stored, and on a facility with history not published (the sender is told); "
+            "`0`: no limit", minimum=0, unit="bytes"),
     Setting("compression", BOOL, False,
             "permessage-deflate for the clients that offer it, without context takeover: "
             "each message of at least 256 bytes is deflated once for all of them (per "

@@ -177,17 +177,24 @@ class IBroker(Interface):
 def publish_to(
     broker: IBroker, channels: Iterable[str], payload: bytes, expire: int = 0,
     retention: Optional[Retention] = None, prefix: Optional[str] = None,
+    appended: Optional[Callable[[Published], None]] = None,
 ) -> defer.Deferred[int]:
     """Publish ``payload`` on each of ``channels`` (channels of a facility with history,
     ``retention``, through :meth:`IBroker.publishWithHistory`, their keys named with
-    ``prefix``); fires with the total number of receivers, or fails with the first failure
-    that is not :class:`NotStored` (BrokerUnavailable, say), or, when every channel got it
-    but some did not store it, with a :class:`NotStored` of the total receivers."""
+    ``prefix``, each append told to ``appended``); fires with the total number of
+    receivers, or fails with the first failure that is not :class:`NotStored`
+    (BrokerUnavailable, say), or, when every channel got it but some did not store it,
+    with a :class:`NotStored` of the total receivers."""
     if retention is None:
         sent = [broker.publish(c, payload, expire) for c in channels]
     else:
+        def receivers(published: Published) -> int:
+            if appended is not None:
+                appended(published)
+            return published.receivers
+
         sent = [broker.publishWithHistory(c, payload, history_keys(prefix, c), retention,
-                                          expire).addCallback(lambda p: p.receivers)
+                                          expire).addCallback(receivers)
                 for c in channels]
     d = defer.DeferredList(sent, consumeErrors=True)
 

@@ -56,7 +56,8 @@ class ServerConfig:
     #: its own every third of it).
     presence_ttl: float = _default("presence_ttl")
     #: Bytes of client-published messages a user (or an anonymous address) may store per
-    #: minute on this node; past it messages are delivered but not stored (0: no limit).
+    #: minute on this node, for replay and in histories; past it messages are delivered
+    #: but not stored, and on a facility with history not published (0: no limit).
     store_budget: int = _default("store_budget")
     #: Seconds a client-published message is stored for replay (0: not stored).
     expire: int = _default("expire")
