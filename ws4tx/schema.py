@@ -494,8 +494,9 @@ SETTINGS: tuple[Setting, ...] = (
             "most frames one client message may arrive in; more closes with 1008",
             minimum=0, inclusive=False),
     Setting("max_outgoing_size", INT, 1024 * 1024,
-            "largest message forwarded to clients; a larger one published to Redis is "
-            "dropped, logged and counted", minimum=0, inclusive=False, unit="bytes"),
+            "largest frame forwarded to clients (a message of a channel with history as "
+            "its publication envelope); a larger one published to Redis is dropped, logged "
+            "and counted", minimum=0, inclusive=False, unit="bytes"),
     Setting("max_facility_length", INT, DEFAULT_MAX_FACILITY_LENGTH,
             "longest facility name", minimum=0, inclusive=False),
     Setting("max_query_length", INT, 2048,
@@ -528,7 +529,7 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=1),
     Setting("max_queue_bytes", INT, 1024 * 1024,
             "a client whose socket stops draining is dropped (close 4008) once this many "
-            "bytes wait for it ...", minimum=0, inclusive=False, unit="bytes"),
+            "bytes of frames wait for it ...", minimum=0, inclusive=False, unit="bytes"),
     Setting("max_queue_messages", INT, 1000,
             "... or this many messages ...", minimum=0, inclusive=False),
     Setting("slow_timeout", NUMBER, 10.0,

@@ -364,7 +364,12 @@ class PushProtocol(WebSocketServerProtocol):
             _log.warn("not recovering a message to {peer}: it speaks with the server's "
                       "voice", peer=self.peer)
             return
-        self._write(self._outgoing(prepared, channel), publication.payload)
+        outgoing = self._outgoing(prepared, channel)  # encoded once for every client
+        if len(outgoing.plain) > self.factory.config.max_outgoing_size:
+            _log.debug("not recovering a message of {size} bytes to {peer}: over the "
+                       "outgoing limit", size=len(outgoing.plain), peer=self.peer)
+            return
+        self._write(outgoing, publication.payload)
 
     def _sendStored(self, stored: bytes) -> None:
         if self.state != self.STATE_OPEN:
@@ -429,15 +434,17 @@ class PushProtocol(WebSocketServerProtocol):
         return prepared.published(channel) if self._positions else prepared
 
     def _write(self, prepared: deflate.Message, payload: bytes) -> None:
-        if self._paused_at is not None and self._overflows(len(payload)):
+        window = self._window
+        frame = prepared.plain if window is None else prepared.deflated(window)
+        # What waits for a slow client is counted in the bytes it is sent (a publication
+        # envelope can be six times its payload), not in payload bytes.
+        if self._paused_at is not None and self._overflows(len(frame)):
             return
         if self.state != self.STATE_OPEN:
             # No data frame after our close frame (RFC 6455, 5.5.1), which Autobahn's
             # sendPreparedMessage() would still write.
             return
-        window = self._window
-        _internals.write_frame(
-            self, prepared.plain if window is None else prepared.deflated(window))
+        _internals.write_frame(self, frame)
 
     def sendMessage(self, payload: bytes, isBinary: bool = False,
                     fragmentSize: Optional[int] = None, sync: bool = False,
