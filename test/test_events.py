@@ -301,6 +301,27 @@ class BadJSONTests(ServerTestCase):
         self.assertEqual(await next_envelope(sender), {"ws4tx": "ack", "id": 2, "data": None})
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    async def test_numbersPastADoubleAreRefusedWithAnAck(self):
+        """1e999, -1e999, 2e400 (and a whole number of 400 digits), which Python reads as
+        infinity and a browser as Infinity, in an event a client publishes: an error ack
+        naming the number, the sender stays connected, nothing is published and nothing
+        is logged; its next event goes through."""
+        listener = await self.client("/ws/other?subscribe-broadcast", JOHN, protocols=EVENTS)
+        sender = await self.client("/ws/other?publish-broadcast", JOHN, protocols=EVENTS)
+        for ack_id, bad in enumerate(("1e999", "-1e999", "[2e400]", "1" * 400), start=1):
+            sender.send(f'{{"ws4tx":"event","event":"note","data":{bad},"id":{ack_id}}}')
+            reply = await next_envelope(sender)
+            self.assertEqual(reply["id"], ack_id, bad)
+            self.assertIn("invalid envelope", reply["error"])
+            self.assertIn("must be finite", reply["error"])
+        sender.send('{"ws4tx":"event","event":"note","data":1e400}')  # no id: ws4tx.error
+        self.assertEqual((await next_envelope(sender))["event"], envelope.ERROR_EVENT)
+        sender.send(event("note", 1.5e308, id=9))
+        self.assertEqual(await next_envelope(sender), {"ws4tx": "ack", "id": 9, "data": None})
+        self.assertEqual(await next_envelope(listener),
+                         {"ws4tx": "event", "event": "note", "data": 1.5e308})
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     async def test_handlerResultJSONCannotCarry(self):
         """A handler that answers NaN gets its client an 'internal error' ack (logged)."""
         client = await self.client("/ws/chat?subscribe-broadcast", JOHN, protocols=EVENTS)

@@ -120,6 +120,52 @@ class StorageBoundTests(ServerTestCase):
                              hello.encode() if kept else None)
 
 
+class HistoryBudgetTests(ServerTestCase):
+    """History appends spend the storage budget too: past it a message of a facility with
+    history is not published (the sender is told), and each new history stream costs what
+    Redis spends on it, so one user makes a bounded number of them however many
+    facilities the HISTORY globs admit."""
+
+    config = ServerTestCase.config.replace(store_budget=65536, expire=600,
+                                           history=(("f*", {"size": 100, "ttl": 600}),))
+    JOHN = identity_header("john")
+
+    async def _send(self, facility: str, text: str, n: int) -> dict:
+        sender = await self.client(f"/ws/{facility}?publish-broadcast", self.JOHN,
+                                   protocols=(envelope.SUBPROTOCOL,))
+        sender.send(envelope.encode_event("big", text, id=n))
+        ack = json.loads(await sender.text())
+        self.assertEqual(ack["id"], n)
+        await sender.close()
+        return ack
+
+    def _streams(self) -> list[bytes]:
+        return [k for k in self.redis.scan_iter("ws4tx:history:*") if self.redis.type(k)
+                == b"stream"]
+
+    async def test_budgetBoundsHistoryAppends(self):
+        """200 messages of 60 KB over 20 facilities with history: the first is published
+        and kept; every later one is refused with an error ack saying why, published
+        nowhere, and counted."""
+        acks = [await self._send(f"f{n % 20}", "x" * 60000, n) for n in range(200)]
+        self.assertEqual(acks[0], {"ws4tx": "ack", "id": 0, "data": None})
+        for ack in acks[1:]:
+            self.assertIn("over the storage budget", ack["error"])
+            self.assertIn("not published (this facility keeps a history)", ack["error"])
+        self.assertEqual(len(self._streams()), 1)
+        self.assertEqual(self.factory.node.counters()["store_refused"], 199)
+
+    async def test_newStreamsAreBoundedPerUser(self):
+        """Small messages to 60 new facilities make at most STORE_BUDGET / 4096 (+1 for
+        the refill meanwhile) streams; the rest are refused."""
+        acks = [await self._send(f"f{n}", "hi", n) for n in range(60)]
+        made = sum("error" not in ack for ack in acks)
+        self.assertLessEqual(made, 65536 // 4096 + 1)
+        self.assertGreaterEqual(made, 65536 // (4096 + 100))
+        self.assertEqual(len(self._streams()), made)
+        self.assertIn("over the storage budget", acks[-1]["error"])
+
+
 class ConnectionLimitTests(ServerTestCase):
     """Caps on connections (clients connect directly: no trusted proxy)."""
 

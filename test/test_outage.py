@@ -266,3 +266,29 @@ class AclTests(ServerTestCase):
         self.assertEqual(self.publish("ws4tx:broadcast:allowed", "still here"), 1)
         self.assertEqual(await client.text(), "still here")
         self.assertFalse(client.closed.called)
+
+    async def test_refusedPublishIsToldAsSuch(self):
+        """An ACL without the channel a client publishes to: an event client's ack says
+        "not permitted by Redis ACL" (not "internal error"), a warning names the refusal,
+        no traceback is logged, and the client stays connected and may publish where the
+        ACL allows."""
+        from ws4tx import envelope
+
+        log = LogCapture(self)
+        self.redis.execute_command("ACL", "SETUSER", "ws4tx", "resetchannels",
+                                   "&ws4tx:broadcast:allowed", "&__ws4tx_probe__:*",
+                                   "&ws4tx:control")
+        events = (envelope.SUBPROTOCOL,)
+        sender = await connect(self.port, "/ws/denied?publish-broadcast", protocols=events)
+        self.addCleanup(sender.close)
+        sender.send(envelope.encode_event("note", "hi", id=1))
+        self.assertEqual(json.loads(await sender.text()),
+                         {"ws4tx": "ack", "id": 1, "error": "not permitted by Redis ACL"})
+        self.assertEqual(log.count("not published"), 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertFalse(sender.closed.called)
+        allowed = await connect(self.port, "/ws/allowed?publish-broadcast", protocols=events)
+        self.addCleanup(allowed.close)
+        allowed.send(envelope.encode_event("note", "hi", id=2))
+        self.assertEqual(json.loads(await allowed.text()),
+                         {"ws4tx": "ack", "id": 2, "data": None})

@@ -108,8 +108,12 @@ class Prepared:
     """What the router prepares a frame as: the payload, with the position it sets."""
 
     def __init__(self, payload: bytes, binary: bool) -> None:
-        self.payload = payload
+        self.payload = self.plain = payload
         self.position: Optional[Position] = None
+
+    def published(self, channel: str) -> Prepared:
+        """As event clients get it (the router measures its frame)."""
+        return self
 
 
 class RouterPositioningTests(SynchronousTestCase):

@@ -378,3 +378,85 @@ class AudienceTests(ServerTestCase):
                          ["None", "{'name': 'Watcher'}"])
         self.assertEqual(sorted(str(e.get("info")) for e in api.presence("chat")),
                          ["None", "{'name': 'Watcher'}"])
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        info = {"x": info}
+    return info
+
+
+#: What the test handler's presence_info gives each user.
+_INFOS: dict[str, Any] = {
+    "nan": {"score": float("nan")},
+    "deep": _nested(1500),
+    "accents": {"bio": "é" * 1900},       # 3,800 bytes of UTF-8 (11,400 ASCII-escaped)
+    "long": {"bio": "é" * 2100},          # 4,200 bytes of UTF-8
+    "list": ["not", "an", "object"],
+}
+
+
+class SiteInfoTests(ServerTestCase):
+    """The site's presence info is checked once, as it comes from the facility's handler:
+    info JSON cannot carry or too deep or too long is left out with a warning that says
+    why, the client is in the presence without it, and every presence event goes on."""
+
+    async def _setUp(self) -> None:
+        from ws4tx.server.handlers import EventHandler
+
+        class Chat(EventHandler):
+            facility = "chat"
+
+            def presence_info(self, client):
+                return _INFOS.get(client.identity.user or "")
+
+        await super()._setUp()
+        await self.service.stopService()
+        await self.startServer(config={"presence": ("chat",), "presence_ttl": TTL},
+                               handlers=[Chat])
+
+    def test_checkInfoSaysWhy(self):
+        """The pure check: bytes of UTF-8, depth, finite numbers, a JSON object."""
+        self.assertEqual(presence.check_info(_INFOS["accents"]), _INFOS["accents"])
+        self.assertEqual(presence.check_info(_nested(presence.MAX_INFO_DEPTH)),
+                         _nested(presence.MAX_INFO_DEPTH))
+        for info, why in ((_INFOS["nan"], "nan"), (_INFOS["deep"], "nested more than 32"),
+                          (_nested(presence.MAX_INFO_DEPTH + 1), "nested more than 32"),
+                          (_INFOS["long"], "4210 bytes of JSON, over 4096"),
+                          (_INFOS["list"], "not a dict"), ({1: "a"}, "not a string"),
+                          ({"a": {"b": [float("-inf")]}}, "-inf"),
+                          ({"a": object()}, "object, which is not JSON")):
+            with self.assertRaisesRegex(ValueError, why):
+                presence.check_info(info)
+
+    async def test_badInfoIsLeftOutAndPresenceGoesOn(self):
+        from twisted.logger import globalLogPublisher
+
+        warnings: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if "presence info" in event.get("log_format", ""):
+                warnings.append(event["log_format"].format(**event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        watcher = await self.client("/ws/chat?subscribe-broadcast",
+                                    headers=identity_header("watcher"), protocols=EVENTS)
+        await presence_events(watcher, lambda events: len(joined(events)) == 1)
+        for user in _INFOS:
+            await self.client("/ws/chat?subscribe-broadcast", identity_header(user))
+        events = await presence_events(watcher, lambda events: len(joined(events)) == 5)
+        infos = {e["user"]: e.get("info") for e in joined(events)}
+        self.assertEqual(infos, {"nan": None, "deep": None, "accents": _INFOS["accents"],
+                                 "long": None, "list": None})
+        self.assertEqual(len(warnings), 4, warnings)
+        for why in ("nan", "nested more than 32", "4210 bytes", "not a dict"):
+            self.assertTrue(any(why in w for w in warnings), (why, warnings))
+        # The presence still announces who comes and goes.
+        late = await self.client("/ws/chat?subscribe-broadcast", identity_header("late"))
+        await presence_events(watcher, lambda events: any(
+            e["user"] == "late" for e in joined(events)))
+        await late.close()
+        await presence_events(watcher, lambda events: left(events))
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -493,3 +493,65 @@ class EmbeddingTests(unittest.TestCase):
         self.addCleanup(client.close)
         client.send("mounted")
         self.assertEqual(await client.text(), "mounted")
+
+
+class FrameBytesTests(unittest.SynchronousTestCase):
+    """What is bounded is the bytes sent: an event client of a facility with history gets
+    each message in a publication envelope, which JSON makes up to six times longer than
+    its payload (65,000 bytes of U+0001 become a 390,096-byte frame)."""
+
+    CHANNEL = "ws4tx:broadcast:h"
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.patch(txaio.config, "loop", self.clock)
+        self.broker = MemoryBroker(MemoryBus(self.clock))
+
+    def _client(self, **config: object) -> PushProtocol:
+        from ws4tx.history import Retention
+
+        self.retention = Retention(100, 600)
+        factory = PushFactory(Node(ServerConfig(
+            ping_interval=0, handshake_timeout=0, history=(("h", self.retention),),
+            **config), self.broker, clock=self.clock), reactor=self.clock)
+        factory.node.start()
+        proto = factory.buildProtocol(("127.0.0.1", 1))
+        self.transport = FullTransport()
+        proto.makeConnection(self.transport)
+        proto.dataReceived(handshake("/ws/h?subscribe-broadcast",
+                                     "Sec-WebSocket-Protocol: ws4tx.v1\r\n"))
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 101"))
+        self.transport.clear()
+        return proto
+
+    def _publish(self, payload: bytes) -> None:
+        self.broker.bus.publishWithHistory(self.CHANNEL, payload,
+                                           naming.history_keys("ws4tx", self.CHANNEL),
+                                           self.retention)
+        self.clock.advance(0)
+
+    def test_outgoingBoundIsOnTheFrame(self):
+        """A 65,000-byte message of U+0001 (390,096 bytes as a publication) is dropped,
+        logged and counted under a 100,000-byte MAX_OUTGOING_SIZE, where its payload
+        alone would pass; the next message goes through."""
+        proto = self._client(max_outgoing_size=100_000)
+        self._publish(b"\x01" * 65_000)
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(proto.node.router.stats["oversized"], 1)
+        self._publish(b"small")
+        self.assertIn(b'"data":"small"', self.transport.value())
+
+    def test_slowClientQueueCountsFrameBytes(self):
+        """A client whose socket does not drain is dropped once the frames waiting for it
+        pass MAX_QUEUE_BYTES: two messages of 60,000 bytes of U+0001 waiting are 720 KB of
+        frames against a 500,000-byte bound (120 KB of payload)."""
+        proto = self._client(max_queue_bytes=500_000)
+        self.transport.full = True
+        self._publish(b"\x01" * 60_000)   # written; the transport pauses the client
+        self._publish(b"\x01" * 60_000)   # waits: 360 KB
+        self.assertEqual(proto.node.stats["slow_consumers"], 0)
+        self._publish(b"\x01" * 60_000)   # 720 KB wait
+        self.assertEqual(proto.node.stats["slow_consumers"], 1)
+        self.assertTrue(self.transport.disconnected)

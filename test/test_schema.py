@@ -21,6 +21,7 @@ from ws4tx.server.config import FIELDS, ServerConfig, check
 from ws4tx.server.service import PushService
 
 from test._djangoredis import DjangoTestCase
+from test._server import ServerTestCase
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -128,7 +129,8 @@ class SchemaTests(SynchronousTestCase):
         """A ServerConfig built in code is checked by the same schema."""
         e = self.assertRaises(ValueError, check, ServerConfig(max_queue_messages=0))
         self.assertIn("max-queue-messages", str(e))
-        self.assertIsNone(check(ServerConfig(heartbeat="", prefix="")).heartbeat)
+        self.assertIsNone(check(ServerConfig(heartbeat="", prefix="",
+                                                 client_publish=False)).heartbeat)
 
 
 class SecretTests(SynchronousTestCase):
@@ -215,7 +217,9 @@ class SharedSettingsTests(DjangoTestCase):
 
     def _server(self, key: str) -> Any:
         try:
-            return getattr(server_config("--django-settings", "test.settings"), key)
+            # (Client publishing off: an empty PREFIX with it refuses to start.)
+            return getattr(server_config("--django-settings", "test.settings",
+                                         "--no-client-publish"), key)
         except usage.UsageError as e:
             return ValueError(str(e))
 
@@ -243,3 +247,44 @@ class SharedSettingsTests(DjangoTestCase):
         """Without the settings both halves use the same defaults."""
         for key in ("prefix", "expire", "heartbeat", "websocket_url"):
             self.assertEqual(self._django(key), self._server(key), key)
+
+
+class HistoryAgreementTests(ServerTestCase):
+    """Both halves read HISTORY from the schema, but from two configurations: every node
+    puts its HISTORY in the node registry, and the Django side refuses to publish while
+    its own differs, saying how."""
+
+    config = ServerTestCase.config.replace(history=(("chat*", {"size": 100, "ttl": 600}),))
+
+    async def _setUp(self) -> None:
+        from ws4tx import _history_check
+
+        await super()._setUp()
+        await self.service.node.whenRegistered()
+        _history_check.forget()
+        self.addCleanup(_history_check.forget)
+
+    def _publish(self) -> int:
+        from ws4tx import api
+
+        return api.publish("chatroom", "hello", broadcast=True)
+
+    async def test_differentHistoryIsRefusedSayingHow(self):
+        """A site without HISTORY (or with another size) may not publish: the error names
+        the node, what it keeps and what the site keeps; nothing reaches Redis."""
+        from django.core.exceptions import ImproperlyConfigured
+
+        for history, shown in (({}, "no history"),
+                               ({"chat*": {"size": 10, "ttl": 600}}, "'chat*=10:600'")):
+            self.useDjangoSide(WS4TX_HISTORY=history)
+            e = self.assertRaises(ImproperlyConfigured, self._publish)
+            self.assertIn(f"the node keeps 'chat*=100:600', this site {shown}", str(e))
+            self.assertIn(self.service.node.id, str(e))
+            self.assertIn("WS4TX_HISTORY", str(e))
+        self.assertIsNone(self.redis.get("ws4tx:broadcast:chatroom"))
+
+    async def test_sameHistoryPublishes(self):
+        """With the same HISTORY the site publishes, with positions."""
+        self.useDjangoSide(WS4TX_HISTORY={"chat*": {"size": 100, "ttl": 600}})
+        self._publish()
+        self.assertTrue(any(self.redis.scan_iter("ws4tx:history:*")))

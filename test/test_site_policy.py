@@ -1,4 +1,4 @@
-"""Site-wide policies: client publishing turned off, the empty-prefix warning, and the
+"""Site-wide policies: client publishing turned off, the empty-prefix refusal, and the
 health URL's counters behind a token."""
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ class ClientPublishTests(ServerTestCase):
         self.assertIsNone(self.redis.get("ws4tx:broadcast:foobar"))
 
 
-class EmptyPrefixWarningTests(SynchronousTestCase):
-    """An empty prefix with client publishing is named as a risk at startup."""
+class EmptyPrefixTests(SynchronousTestCase):
+    """An empty prefix with client publishing lets clients overwrite other applications'
+    keys: the server refuses to start so, in one line naming the settings, unless
+    UNPREFIXED_PUBLISH says the site accepts it (then the startup log names the risk)."""
 
     def _startupLog(self, **config: object) -> list[str]:
         service = PushService(ServerConfig(**config), broker=MemoryBroker())
@@ -55,16 +57,41 @@ class EmptyPrefixWarningTests(SynchronousTestCase):
         service.stopService()
         return [e["log_format"].format(**e) for e in logged if "risky" in e["log_format"]]
 
-    def test_emptyPrefixWithPublishingWarns(self):
-        """PREFIX = "" while clients may publish logs a warning naming the risk."""
-        (warning,) = self._startupLog(prefix="")
+    def test_emptyPrefixWithPublishingIsRefused(self):
+        """PREFIX = "" while clients may publish: no service, one line naming the way out,
+        from ServerConfig's check and from ``twistd ws4tx`` alike."""
+        from twisted.python import usage
+
+        from ws4tx.server import tap
+
+        e = self.assertRaises(ValueError, PushService, ServerConfig(prefix=""),
+                              broker=MemoryBroker())
+        refused = self.assertRaises(usage.UsageError, tap.makeService, _options("--prefix="))
+        for message in (str(e), str(refused)):
+            self.assertNotIn("\n", message)
+            self.assertIn("PREFIX is empty and clients may publish", message)
+            for name in ("CLIENT_PUBLISH = False", "UNPREFIXED_PUBLISH = True",
+                         "--unprefixed-publish"):
+                self.assertIn(name, message)
+
+    def test_acceptedRiskIsLogged(self):
+        """UNPREFIXED_PUBLISH = True starts the server and names the risk in its log."""
+        (warning,) = self._startupLog(prefix="", unprefixed_publish=True)
         self.assertIn("prefix is empty", warning)
-        self.assertIn("--no-client-publish", warning)
+        self.assertIn("UNPREFIXED_PUBLISH", warning)
 
     def test_noWarningWithoutTheRisk(self):
-        """No warning with a prefix, nor with client publishing off."""
+        """No refusal nor warning with a prefix, nor with client publishing off."""
         self.assertEqual(self._startupLog(), [])
         self.assertEqual(self._startupLog(prefix="", client_publish=False), [])
+
+
+def _options(*argv: str) -> object:
+    from ws4tx.server import tap
+
+    options = tap.Options()
+    options.parseOptions(["--redis", "redis://127.0.0.1:1/0", *argv])
+    return options
 
 
 class HealthTokenTests(ServerTestCase):

@@ -135,8 +135,10 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.max_connections, 5)
 
     def test_emptyPrefixMeansNone(self):
-        """--prefix '' gives ws4redis's unprefixed channel names."""
-        self.assertIsNone(push_service(parse("--prefix", "")).config.prefix)
+        """--prefix '' gives ws4redis's unprefixed channel names (with client publishing
+        off or accepted)."""
+        self.assertIsNone(push_service(parse("--prefix", "", "--no-client-publish")).config.prefix)
+        self.assertIsNone(push_service(parse("--prefix", "", "--unprefixed-publish")).config.prefix)
 
     def test_redisFromEnvironment(self):
         """Without --redis or settings, $WS4TX_REDIS_URL names Redis."""

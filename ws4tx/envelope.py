@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Optional, Union
 
 #: The WebSocket subprotocol by which a client says it speaks the event envelope.
@@ -85,7 +87,12 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class InvalidEnvelope(ValueError):
-    """A frame that looks like an envelope (first key ``ws4tx``) but is not a valid one."""
+    """A frame that looks like an envelope (first key ``ws4tx``) but is not a valid one;
+    ``id`` is the acknowledgement id it asked for, when it could be read."""
+
+    def __init__(self, message: str, id: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.id = id
 
 
 @dataclass(frozen=True)
@@ -201,8 +208,11 @@ def decode(text: Union[str, bytes]) -> Union[Event, Ack, None]:
     """
     if not is_envelope(text):
         return None
+    huge: list[str] = []
     try:
-        obj = json.loads(text, parse_constant=_no_constant)
+        obj = json.loads(text, parse_constant=_no_constant,
+                         parse_float=partial(_finite_float, huge),
+                         parse_int=partial(_finite_int, huge))
         if _SURROGATE_ESCAPE.search(text if isinstance(text, str) else text.decode()):
             _dumps(obj).encode("utf-8")  # a lone surrogate cannot be encoded
     except UnicodeEncodeError:
@@ -219,6 +229,10 @@ def decode(text: Union[str, bytes]) -> Union[Event, Ack, None]:
         isinstance(msg_id, int) and not isinstance(msg_id, bool) and 0 <= msg_id <= _MAX_ID
     ):
         raise InvalidEnvelope("id must be a non-negative integer")
+    if huge:
+        raise InvalidEnvelope(
+            f"the number {huge[0][:20]} is out of range: JSON numbers must be finite "
+            "(at most about 1.8e308)", msg_id)
     if kind == EVENT:
         name = obj.get("event")
         if not isinstance(name, str) or not name:
@@ -236,3 +250,28 @@ def decode(text: Union[str, bytes]) -> Union[Event, Ack, None]:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+#: Digits of the largest whole number a double (a JavaScript number) holds without
+#: becoming Infinity: 1.8e308 has 309.
+_MAX_INT_DIGITS = 309
+
+
+def _finite_float(huge: list[str], text: str) -> float:
+    """A JSON number with a fraction or an exponent; one that overflows to infinity
+    (``1e999``, ``-2e400``) is noted in ``huge`` (the envelope is then refused, with its
+    id known) and read as 0."""
+    value = float(text)
+    if math.isinf(value):
+        huge.append(text)
+        return 0.0
+    return value
+
+
+def _finite_int(huge: list[str], text: str) -> int:
+    """A JSON whole number; one a double cannot hold (it would be Infinity in a browser)
+    is noted in ``huge`` and read as 0."""
+    if len(text.lstrip("-")) >= _MAX_INT_DIGITS and math.isinf(float(text)):
+        huge.append(text)
+        return 0
+    return int(text)

@@ -306,3 +306,11 @@ def parse_recover(values: Sequence[str]) -> dict[str, Position]:
             raise ValueError(f"recover is <channel>:<epoch>:<offset>, not {value[:80]!r}")
         positions[channel] = Position(int(rest), epoch)
     return positions
+
+
+def fingerprint(rules: Sequence[Rule]) -> str:
+    """``HISTORY`` as one canonical text, the same on both halves for the same setting
+    (``chat*=100:600 news=10:60``, in order: the first glob that matches wins; ``""``
+    for none). Each node puts it in its node registry entry; the Django side compares its
+    own with it before it publishes (:mod:`ws4tx._history_check`)."""
+    return " ".join(f"{pattern}={size}:{ttl}" for pattern, (size, ttl) in rules)

@@ -12,6 +12,7 @@ whose expiry is ahead, in Redis's own time.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -20,9 +21,10 @@ from ws4tx import naming
 from ws4tx.history import script, script_sha
 from ws4tx.naming import PresenceKeys
 
-__all__ = ["BATCH_DELAY", "JOIN", "LEAVE", "MAX_INFO_BYTES", "READ_SCRIPT", "UPDATE_SCRIPT",
-           "Entry", "Stats", "audience_of", "gone_ids", "has_presence", "parse_entries",
-           "parse_stats", "read_args", "script", "script_sha", "update_args"]
+__all__ = ["BATCH_DELAY", "JOIN", "LEAVE", "MAX_INFO_BYTES", "MAX_INFO_DEPTH", "READ_SCRIPT",
+           "UPDATE_SCRIPT", "Entry", "Stats", "audience_of", "check_info", "gone_ids",
+           "has_presence", "parse_entries", "parse_stats", "read_args", "script",
+           "script_sha", "update_args"]
 
 UPDATE_SCRIPT = "presence.lua"
 READ_SCRIPT = "presence_read.lua"
@@ -31,8 +33,13 @@ READ_SCRIPT = "presence_read.lua"
 #: script call) and announces them (one event).
 BATCH_DELAY = 0.1
 
-#: Longest site info of an entry, in bytes of JSON (longer info is left out, logged).
+#: Longest site info of an entry, in bytes of its UTF-8 JSON (longer info is left out,
+#: logged).
 MAX_INFO_BYTES = 4096
+
+#: Deepest nesting of a site info (the object itself is 1); deeper info is left out,
+#: logged. Deep enough for any real record, shallow enough for every JSON parser.
+MAX_INFO_DEPTH = 32
 
 JOIN = "+"
 LEAVE = "-"
@@ -51,7 +58,7 @@ class Entry:
 
     def to_json(self) -> str:
         """The entry as it is stored and announced."""
-        return json.dumps(self.as_dict(), separators=(",", ":"), ensure_ascii=False)
+        return _json(self.as_dict())
 
     def as_dict(self) -> dict[str, Any]:
         """The entry as ``ws4tx.api.presence`` and the events give it (``info`` only when
@@ -60,6 +67,45 @@ class Entry:
         if self.info is not None:
             data["info"] = self.info
         return data
+
+
+def check_info(info: Any) -> dict[str, Any]:
+    """``info`` (a site's info about a connection) as a plain JSON object that every
+    reader can take: a dict with string keys whose values are strings, finite numbers,
+    booleans, None, lists and such objects, at most :data:`MAX_INFO_DEPTH` deep and
+    :data:`MAX_INFO_BYTES` bytes of UTF-8 JSON; ``ValueError`` saying why not. Walked
+    without recursion, so no nesting makes it raise anything else."""
+    if not isinstance(info, dict):
+        raise ValueError(f"it is a {type(info).__name__}, not a dict (a JSON object)")
+    stack: list[tuple[Any, int]] = [(info, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Iterable[Any] = value.values()
+            if not all(isinstance(key, str) for key in value):
+                raise ValueError("an object has a key that is not a string")
+        elif isinstance(value, list):
+            children = value
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError(f"it holds {value!r}, which JSON cannot carry")
+            continue
+        elif value is None or isinstance(value, (str, int)):
+            continue
+        else:
+            raise ValueError(f"it holds a {type(value).__name__}, which is not JSON")
+        if depth >= MAX_INFO_DEPTH and value:
+            raise ValueError(f"it is nested more than {MAX_INFO_DEPTH} deep")
+        stack.extend((child, depth + 1) for child in children)
+    size = len(_json(info).encode("utf-8"))
+    if size > MAX_INFO_BYTES:
+        raise ValueError(f"it is {size} bytes of JSON, over {MAX_INFO_BYTES}")
+    return dict(info)
+
+
+def _json(value: Any) -> str:
+    """Compact JSON as stored and announced (UTF-8, never NaN or Infinity)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(frozen=True)

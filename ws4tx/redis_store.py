@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 import redis
 from redis.exceptions import RedisError
 
-from ws4tx import _audience, _django_settings, _sync_redis, history, naming
+from ws4tx import _audience, _django_settings, _history_check, _sync_redis, history, naming
 from ws4tx.redis_address import RedisAddress
 
 #: In ``users``, ``groups`` or ``sessions``: the current request's own user name, groups
@@ -172,6 +172,8 @@ class RedisStore:
         data = as_message(message)
         if not data or not self._publishers:
             return 0
+        # This site's HISTORY must be the servers' (ImproperlyConfigured says how not).
+        self._call("read the node registry of", _history_check.check)
         retention = _django_settings.history_for(self.facility) if self.facility else None
         if retention is not None:
             return self._send_with_history(self._publishers, data, expire, retention)

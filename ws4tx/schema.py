@@ -411,7 +411,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("prefix", OPTIONAL, DEFAULT_PREFIX,
             "channel and key name prefix; `\"\"` for none, like ws4redis (then client "
             "publishing can write any other application's keys of the form "
-            "`broadcast:…`, `user:…:…` in a shared Redis database: see `CLIENT_PUBLISH`)",
+            "`broadcast:…`, `user:…:…` in a shared Redis database: the server then refuses "
+            "to start unless `CLIENT_PUBLISH` is off or `UNPREFIXED_PUBLISH` on)",
             where=SHARED),
     Setting("expire", INT, 3600,
             "seconds a published message is stored for replay; `0` stores nothing",
@@ -449,6 +450,10 @@ SETTINGS: tuple[Setting, ...] = (
             "clients may publish at all (`publish-*` flags, raw events); off "
             "(`--no-client-publish`): every client's publish flags are dropped",
             option="no-client-publish"),
+    Setting("unprefixed_publish", BOOL, False,
+            "let clients publish although `PREFIX` is empty, where they can overwrite any "
+            "other application's keys of the same names in the Redis database; without it "
+            "the server refuses to start with an empty `PREFIX` and client publishing on"),
     Setting("anonymous_publish", BOOL, False,
             "let clients without a user publish; by default their `publish-*` flags are "
             "dropped"),
@@ -477,8 +482,10 @@ SETTINGS: tuple[Setting, ...] = (
             inclusive=False, unit="s"),
     Setting("store_budget", INT, 65536,
             "bytes of client-published messages a user (or an anonymous address) may store "
-            "per minute on this node; past it messages are delivered but not stored; `0`: "
-            "no limit", minimum=0, unit="bytes"),
+            "per minute on this node, for replay and in histories (64 bytes more an entry, "
+            "4096 more a new history stream); past it messages are delivered but not "
+            "stored, and on a facility with history not published (the sender is told); "
+            "`0`: no limit", minimum=0, unit="bytes"),
     Setting("compression", BOOL, False,
             "permessage-deflate for the clients that offer it, without context takeover: "
             "each message of at least 256 bytes is deflated once for all of them (per "
@@ -502,8 +509,9 @@ SETTINGS: tuple[Setting, ...] = (
             "most frames one client message may arrive in; more closes with 1008",
             minimum=0, inclusive=False),
     Setting("max_outgoing_size", INT, 1024 * 1024,
-            "largest message forwarded to clients; a larger one published to Redis is "
-            "dropped, logged and counted", minimum=0, inclusive=False, unit="bytes"),
+            "largest frame forwarded to clients (a message of a channel with history as "
+            "its publication envelope); a larger one published to Redis is dropped, logged "
+            "and counted", minimum=0, inclusive=False, unit="bytes"),
     Setting("max_facility_length", INT, DEFAULT_MAX_FACILITY_LENGTH,
             "longest facility name", minimum=0, inclusive=False),
     Setting("max_query_length", INT, 2048,
@@ -544,7 +552,7 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=1),
     Setting("max_queue_bytes", INT, 1024 * 1024,
             "a client whose socket stops draining is dropped (close 4008) once this many "
-            "bytes wait for it ...", minimum=0, inclusive=False, unit="bytes"),
+            "bytes of frames wait for it ...", minimum=0, inclusive=False, unit="bytes"),
     Setting("max_queue_messages", INT, 1000,
             "... or this many messages ...", minimum=0, inclusive=False),
     Setting("slow_timeout", NUMBER, 10.0,

@@ -29,6 +29,12 @@ class TokenBucket:
             return True
         return False
 
+    def charge(self, cost: float) -> None:
+        """Spend ``cost`` tokens whatever is left (a cost known only afterwards): the
+        bucket may go into debt, and :meth:`take` refuses until it is repaid."""
+        self.take(0)
+        self._tokens -= cost
+
     @property
     def full(self) -> bool:
         """Whether the bucket has refilled to its burst (it then remembers nothing)."""
@@ -55,6 +61,15 @@ class Budgets:
                 self._forgetFull()
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, self._clock)
         return bucket.take(cost)
+
+    def charge(self, key: Hashable, cost: float) -> None:
+        """Spend ``cost`` from ``key``'s budget whatever is left (see
+        :meth:`TokenBucket.charge`)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            self.take(key, 0)
+            bucket = self._buckets[key]
+        bucket.charge(cost)
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -34,6 +34,22 @@ class SubscriptionRefused(Exception):
         self.reason = reason
 
 
+class CommandRefused(Exception):
+    """Redis refused a command because its ACL does not permit it (NOPERM): a PUBLISH to
+    a channel, a write to a key the server's Redis user may not touch. Retrying does not
+    help; the operator widens the ACL or the client stops."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"not permitted by Redis ACL: {reason}")
+        self.reason = reason
+
+
+def is_acl_refusal(message: str) -> bool:
+    """Whether a Redis error message is an ACL refusal (``NOPERM ...``; inside a script,
+    the same error is what the script call answers)."""
+    return message.startswith("NOPERM") or " NOPERM " in message
+
+
 class NotStored(Exception):
     """A message was delivered to ``receivers`` subscribers but was not stored (for
     replay) because ``reason``: the broker refused the write (Redis out of memory, say)
@@ -161,17 +177,24 @@ class IBroker(Interface):
 def publish_to(
     broker: IBroker, channels: Iterable[str], payload: bytes, expire: int = 0,
     retention: Optional[Retention] = None, prefix: Optional[str] = None,
+    appended: Optional[Callable[[Published], None]] = None,
 ) -> defer.Deferred[int]:
     """Publish ``payload`` on each of ``channels`` (channels of a facility with history,
     ``retention``, through :meth:`IBroker.publishWithHistory`, their keys named with
-    ``prefix``); fires with the total number of receivers, or fails with the first failure
-    that is not :class:`NotStored` (BrokerUnavailable, say), or, when every channel got it
-    but some did not store it, with a :class:`NotStored` of the total receivers."""
+    ``prefix``, each append told to ``appended``); fires with the total number of
+    receivers, or fails with the first failure that is not :class:`NotStored`
+    (BrokerUnavailable, say), or, when every channel got it but some did not store it,
+    with a :class:`NotStored` of the total receivers."""
     if retention is None:
         sent = [broker.publish(c, payload, expire) for c in channels]
     else:
+        def receivers(published: Published) -> int:
+            if appended is not None:
+                appended(published)
+            return published.receivers
+
         sent = [broker.publishWithHistory(c, payload, history_keys(prefix, c), retention,
-                                          expire).addCallback(lambda p: p.receivers)
+                                          expire).addCallback(receivers)
                 for c in channels]
     d = defer.DeferredList(sent, consumeErrors=True)
 

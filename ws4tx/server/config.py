@@ -38,6 +38,9 @@ class ServerConfig:
     prefix: Optional[str] = _default("prefix")
     #: Whether clients may publish at all; off: every client's publish flags are dropped.
     client_publish: bool = _default("client_publish")
+    #: Whether clients may publish although the prefix is empty (else the server refuses
+    #: to start with an empty prefix and client publishing on).
+    unprefixed_publish: bool = _default("unprefixed_publish")
     #: Whether clients without a user may publish (publish-* flags, raw events); off by
     #: default: an anonymous client's publish flags are dropped.
     anonymous_publish: bool = _default("anonymous_publish")
@@ -53,7 +56,8 @@ class ServerConfig:
     #: its own every third of it).
     presence_ttl: float = _default("presence_ttl")
     #: Bytes of client-published messages a user (or an anonymous address) may store per
-    #: minute on this node; past it messages are delivered but not stored (0: no limit).
+    #: minute on this node, for replay and in histories; past it messages are delivered
+    #: but not stored, and on a facility with history not published (0: no limit).
     store_budget: int = _default("store_budget")
     #: Seconds a client-published message is stored for replay (0: not stored).
     expire: int = _default("expire")
@@ -160,6 +164,10 @@ def check(config: ServerConfig) -> ServerConfig:
         converted = setting.convert(value)
         if converted is not value:
             changes[setting.key] = converted
+    if (changes.get("prefix", config.prefix) is None
+            and changes.get("client_publish", config.client_publish)
+            and not changes.get("unprefixed_publish", config.unprefixed_publish)):
+        raise ValueError(UNPREFIXED)
     if config.redis_shards and config.redis_shards[0] != config.redis:
         changes["redis"] = config.redis_shards[0]
     if changes:
@@ -167,14 +175,20 @@ def check(config: ServerConfig) -> ServerConfig:
     return config
 
 
+#: Why a configuration with an empty prefix and client publishing does not start.
+UNPREFIXED = (
+    "PREFIX is empty and clients may publish: they could overwrite any other application's "
+    "keys in the same Redis database (user:<name>:<facility>, broadcast:<facility>); set "
+    "PREFIX (--prefix), or CLIENT_PUBLISH = False (--no-client-publish), or accept it with "
+    "UNPREFIXED_PUBLISH = True (--unprefixed-publish)")
+
+
 def risks(config: ServerConfig) -> list[str]:
     """Warnings about a usable but risky configuration, for the startup log."""
     found = []
     if config.prefix is None and config.client_publish:
         found.append(
-            "the channel prefix is empty and clients may publish: a client with publish "
-            "flags can overwrite keys of other applications in the same Redis database "
-            "(e.g. user:<name>:<facility>, broadcast:<facility>); set a prefix "
-            "(PREFIX / --prefix) or turn client publishing off (CLIENT_PUBLISH = False / "
-            "--no-client-publish)")
+            "the channel prefix is empty and clients may publish (UNPREFIXED_PUBLISH): a "
+            "client with publish flags can overwrite keys of other applications in the "
+            "same Redis database (e.g. user:<name>:<facility>, broadcast:<facility>)")
     return found

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from ws4tx import envelope
 from ws4tx.naming import Identity
 from ws4tx.server._log import observer
-from ws4tx.server.broker import BrokerUnavailable, NotStored
+from ws4tx.server.broker import BrokerUnavailable, CommandRefused, NotStored
 from ws4tx.server.handlers import EventHandler, EventRefused, ServerAPI, handler_method
 
 _log = Logger(observer=observer)
@@ -26,6 +26,9 @@ _log = Logger(observer=observer)
 #: The error a client gets when Redis cannot take what it sent. The broker's own message
 #: (which names the Redis address) goes to the log, never to browsers.
 UNAVAILABLE = "the server cannot reach Redis right now: try again in a moment"
+#: The error a client gets when Redis's ACL refuses what it sent (a PUBLISH to a channel
+#: the server's Redis user may not use); the details go to the log.
+NOT_PERMITTED = "not permitted by Redis ACL"
 
 
 class EventClient(Protocol):
@@ -91,7 +94,10 @@ class Events:
         try:
             message = envelope.decode(payload)
         except envelope.InvalidEnvelope as e:
-            client.emit(envelope.ERROR_EVENT, {"message": f"invalid envelope: {e}"})
+            if e.id is not None:
+                client.sendEnvelope(envelope.encode_ack(e.id, error=f"invalid envelope: {e}"))
+            else:
+                client.emit(envelope.ERROR_EVENT, {"message": f"invalid envelope: {e}"})
             return
         if not isinstance(message, envelope.Event):
             client.emit(envelope.ERROR_EVENT, {"message": "clients may only send events"})
@@ -126,8 +132,8 @@ class Events:
                ack_id: Optional[int]) -> None:
         """Acknowledge ``ack_id`` with what ``d`` gives; a failure is an error ack (or a
         ``ws4tx.error`` event without an id): the refusal's message, :data:`UNAVAILABLE`
-        when Redis could not be reached (the details logged), or ``internal error`` (logged)
-        for anything else."""
+        when Redis could not be reached, :data:`NOT_PERMITTED` when its ACL refused (the
+        details logged), or ``internal error`` (logged) for anything else."""
         def ok(result: Any) -> None:
             if ack_id is not None:
                 client.sendEnvelope(envelope.encode_ack(ack_id, result))  # may raise: failed
@@ -135,6 +141,10 @@ class Events:
         def failed(failure: Failure) -> None:
             if failure.check(EventRefused):
                 message = str(failure.value)
+            elif failure.check(CommandRefused):
+                _log.warn("event from {peer} not published: {error}", peer=client.peer,
+                          error=failure.value)
+                message = NOT_PERMITTED
             elif failure.check(BrokerUnavailable):
                 _log.info("event from {peer} not handled: {error}", peer=client.peer,
                           error=failure.value)

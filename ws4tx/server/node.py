@@ -38,6 +38,7 @@ from ws4tx.history import (
     UNKNOWN_POSITION,
     History,
     Position,
+    fingerprint,
 )
 from ws4tx.presence import JOIN, LEAVE, Entry
 from ws4tx.server import deflate
@@ -208,7 +209,9 @@ class Node:
     def register(self) -> defer.Deferred[None]:
         """Write this node into the registry with a new expiry (retried every second
         while Redis cannot be reached)."""
-        entry = Entry(self.id, None, round(self.started or 0.0, 3))
+        # Its HISTORY, which the Django side compares with its own before it publishes.
+        entry = Entry(self.id, None, round(self.started or 0.0, 3),
+                      {"history": fingerprint(self.config.history)})
         d = self.broker.updatePresence(naming.nodes_keys(self.config.prefix),
                                        control.NODE_TTL, [(JOIN, self.id, None, entry.to_json())])
 

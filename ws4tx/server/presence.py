@@ -26,7 +26,15 @@ from twisted.python.failure import Failure
 
 from ws4tx import envelope, naming
 from ws4tx.naming import Identity
-from ws4tx.presence import BATCH_DELAY, JOIN, LEAVE, MAX_INFO_BYTES, Entry
+from ws4tx.presence import (
+    BATCH_DELAY,
+    JOIN,
+    LEAVE,
+    MAX_INFO_BYTES,
+    MAX_INFO_DEPTH,
+    Entry,
+    check_info,
+)
 from ws4tx.server._log import observer
 from ws4tx.server.broker import IBroker
 from ws4tx.server.config import ServerConfig
@@ -61,7 +69,8 @@ class _Announcement:
 
     def encode(self, gone: list[str]) -> bytes:
         return json.dumps({"joined": self.joined, "left": self.left + gone},
-                          separators=(",", ":")).encode()
+                          separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode()
 
 
 class Presence:
@@ -135,7 +144,7 @@ class Presence:
         def came(info: Any) -> None:
             if client in self._waiting:
                 self._waiting.discard(client)
-                self._join(client, since, self._checkInfo(info))
+                self._join(client, since, self._checkInfo(info, client.facility))
 
         def failed(failure: Failure) -> None:
             self.log.failure("the presence info of a client of {facility} failed", failure,
@@ -144,19 +153,20 @@ class Presence:
 
         asked.addCallbacks(came, failed)
 
-    def _checkInfo(self, info: Any) -> Optional[dict[str, Any]]:
-        """The site's info if it is a JSON object of at most MAX_INFO_BYTES, else None."""
+    def _checkInfo(self, info: Any, facility: str) -> Optional[dict[str, Any]]:
+        """The site's info, checked once as it comes (:func:`ws4tx.presence.check_info`);
+        info that is not a plain JSON object within the bounds is left out, and the log
+        says why (the client is in the presence without it)."""
         if info is None:
             return None
         try:
-            size = len(json.dumps(info).encode()) if isinstance(info, dict) else -1
-        except (TypeError, ValueError):
-            size = -1
-        if 0 <= size <= MAX_INFO_BYTES:
-            return dict(info)
-        self.log.warn("left out a presence info that is not a JSON object of at most "
-                      "{limit} bytes", limit=MAX_INFO_BYTES)
-        return None
+            return check_info(info)
+        except ValueError as e:
+            self.log.warn("left out the presence info of a client of {facility}: {why} "
+                          "(presence_info must give a JSON object of at most {limit} bytes, "
+                          "{depth} deep, with finite numbers)", facility=facility, why=e,
+                          limit=MAX_INFO_BYTES, depth=MAX_INFO_DEPTH)
+            return None
 
     def _join(self, client: Client, since: float, info: Optional[dict[str, Any]]) -> None:
         facility = client.facility
@@ -259,13 +269,17 @@ class Presence:
     def received(self, facility: str, payload: bytes) -> None:
         """An announcement on ``facility``'s presence channel: tell its event clients."""
         try:
-            data = json.loads(payload)
+            data = json.loads(payload, parse_constant=_no_constant)
             if not isinstance(data, dict):
                 raise ValueError("not an object")
             event = {"joined": list(data.get("joined", ())), "left": list(data.get("left", ()))}
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             self.log.warn("ignored a presence announcement of {size} bytes on {facility}: "
                           "{error}", size=len(payload), facility=facility, error=e)
             return
         for client in tuple(self._listeners.get(facility, ())):
             client.emit(envelope.PRESENCE_EVENT, event)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"it holds {name}, which JSON cannot carry")

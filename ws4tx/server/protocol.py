@@ -32,6 +32,7 @@ from ws4tx.history import (
     Merge,
     Position,
     Publication,
+    Published,
     merge,
     parse_recover,
     start_of,
@@ -52,6 +53,15 @@ _log = Logger(observer=observer)
 
 #: How many of its own messages a client without ``echo`` may have in flight.
 _MAX_UNECHOED = 256
+
+#: What a client's append to a channel's history costs its storage budget beyond the
+#: payload: an entry in an existing stream (Redis 7: about 16 bytes plus the payload, and
+#: the metadata written with it), and the stream itself when the append made it (about
+#: 4.5 KB for a new stream and its metadata key). A client can thus make at most
+#: ``STORE_BUDGET / 4096`` new history streams a minute (16 by default), however many
+#: facilities the ``HISTORY`` globs admit.
+HISTORY_ENTRY_COST = 64
+HISTORY_STREAM_COST = 4096
 
 
 @implementer(IPushProducer)
@@ -358,7 +368,12 @@ class PushProtocol(WebSocketServerProtocol):
             _log.warn("not recovering a message to {peer}: it speaks with the server's "
                       "voice", peer=self.peer)
             return
-        self._write(self._outgoing(prepared, channel), publication.payload)
+        outgoing = self._outgoing(prepared, channel)  # encoded once for every client
+        if len(outgoing.plain) > self.factory.config.max_outgoing_size:
+            _log.debug("not recovering a message of {size} bytes to {peer}: over the "
+                       "outgoing limit", size=len(outgoing.plain), peer=self.peer)
+            return
+        self._write(outgoing, publication.payload)
 
     def _sendStored(self, stored: bytes) -> None:
         if self.state != self.STATE_OPEN:
@@ -423,15 +438,17 @@ class PushProtocol(WebSocketServerProtocol):
         return prepared.published(channel) if self._positions else prepared
 
     def _write(self, prepared: deflate.Message, payload: bytes) -> None:
-        if self._paused_at is not None and self._overflows(len(payload)):
+        window = self._window
+        frame = prepared.plain if window is None else prepared.deflated(window)
+        # What waits for a slow client is counted in the bytes it is sent (a publication
+        # envelope can be six times its payload), not in payload bytes.
+        if self._paused_at is not None and self._overflows(len(frame)):
             return
         if self.state != self.STATE_OPEN:
             # No data frame after our close frame (RFC 6455, 5.5.1), which Autobahn's
             # sendPreparedMessage() would still write.
             return
-        window = self._window
-        _internals.write_frame(
-            self, prepared.plain if window is None else prepared.deflated(window))
+        _internals.write_frame(self, frame)
 
     def sendMessage(self, payload: bytes, isBinary: bool = False,
                     fragmentSize: Optional[int] = None, sync: bool = False,
@@ -602,35 +619,61 @@ class PushProtocol(WebSocketServerProtocol):
         if not self._publish_to:
             _log.debug("{peer} sent a message but has no publish flag", peer=self.peer)
             return defer.succeed(0)
+        config = self.factory.config
+        retention = config.history_for(self.facility)
+        expire, unstored = self._storage(payload, retention is not None)
+        if unstored and retention is not None:
+            # A message kept out of the history would reach the clients connected now
+            # and never those that recover: it is not published at all.
+            return defer.fail(EventRefused(
+                f"{unstored}: not published (this facility keeps a history)"))
         if self._admitted is not None and not self._admitted.echo:
             for channel in self._publish_to:
                 if channel in self._channels:
                     self._remember(channel, payload)
-        expire, unstored = self._storage(payload)
-        config = self.factory.config
-        d = publish_to(self.node.broker, self._publish_to, payload, expire,
-                       config.history_for(self.facility), config.prefix)
+        appended = self._appended if retention is not None and \
+            self.node.store_budgets is not None else None
+        d = publish_to(self.node.broker, self._publish_to, payload, expire, retention,
+                       config.prefix, appended)
         if unstored:
             d.addCallback(_raiseNotStored, unstored)
         return d.addErrback(self._publishFailed, payload)
 
-    def _storage(self, payload: bytes) -> tuple[int, str]:
+    def _storage(self, payload: bytes, history: bool) -> tuple[int, str]:
         """How long to store ``payload`` for replay (0: not at all), and why a message
-        that should have been stored is not ("": it is, or it was never to be)."""
+        that should have been stored (for replay, or in its channels' ``history``) is
+        not ("": it is, or it was never to be): over the identity's storage budget."""
         config, budgets = self.factory.config, self.node.store_budgets
-        if self._admitted is None or not self._admitted.stores:
+        if self._admitted is None:
             return 0, ""
-        if budgets is None or budgets.take(self.identity.user or ("@", self._address),
-                                           len(payload) * len(self._publish_to)):
-            return config.expire, ""
+        stores = self._admitted.stores
+        if not stores and not history:
+            return 0, ""
+        # The payload once (a history facility's replay key is overwritten, its stream
+        # grows), and what a history entry costs beyond it.
+        cost = (len(payload) + (HISTORY_ENTRY_COST if history else 0)) * len(self._publish_to)
+        if budgets is None or budgets.take(self._budgetKey(), cost):
+            return (config.expire if stores else 0), ""
         self.node.stats["store_refused"] += 1
         if not self._over_budget:
             self._over_budget = True
             _log.warn("{peer} ({who}) is over its storage budget of {budget} bytes a "
-                      "minute: its messages are delivered but not stored",
-                      peer=self.peer, who=self.identity.user or "anonymous",
-                      budget=config.store_budget)
+                      "minute: its messages are {what}", peer=self.peer,
+                      who=self.identity.user or "anonymous", budget=config.store_budget,
+                      what="not published (a facility with history)" if history
+                      else "delivered but not stored")
         return 0, f"over the storage budget of {config.store_budget} bytes a minute"
+
+    def _budgetKey(self) -> Any:
+        """Whose storage budget this client spends: its user's, or its address's."""
+        return self.identity.user or ("@", self._address)
+
+    def _appended(self, published: Published) -> None:
+        """An append of this client made a new history stream (the first offset of an
+        epoch): its cost goes on the budget (which may go into debt)."""
+        budgets = self.node.store_budgets
+        if budgets is not None and published.position.offset == 1:
+            budgets.charge(self._budgetKey(), HISTORY_STREAM_COST)
 
     def _remember(self, channel: str, payload: bytes) -> None:
         if len(self._unechoed) >= _MAX_UNECHOED:

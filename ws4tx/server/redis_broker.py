@@ -40,10 +40,12 @@ from ws4tx.server._internals import QuietClientService
 from ws4tx.server._log import observer
 from ws4tx.server.broker import (
     BrokerUnavailable,
+    CommandRefused,
     IBroker,
     IBrokerListener,
     NotStored,
     SubscriptionRefused,
+    is_acl_refusal,
 )
 from ws4tx.server.sentinel import SentinelEndpoint
 
@@ -729,6 +731,9 @@ class RedisBroker:
         def unavailable(failure: Failure) -> Failure:
             if failure.check(defer.TimeoutError, txredisapi.ConnectionError):
                 raise BrokerUnavailable(f"Redis did not answer: {failure.getErrorMessage()}")
+            if failure.check(txredisapi.ResponseError) and \
+                    is_acl_refusal(failure.getErrorMessage()):
+                raise CommandRefused(failure.getErrorMessage())
             return failure
 
         return d.addErrback(unavailable)

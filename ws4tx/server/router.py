@@ -338,10 +338,7 @@ class Router:
         """Fan a message out now, or after the backlog (past the size limit or in the
         server's voice: dropped)."""
         if len(payload) > self._max_size:
-            self.stats["oversized"] += 1
-            self.log.warn("dropped a message of {size} bytes on {channel}: over the "
-                          "{limit} byte limit", size=len(payload), channel=channel,
-                          limit=self._max_size)
+            self._oversized(channel, len(payload))
             return
         forged = server_voice(payload)
         if forged is not None:
@@ -368,6 +365,12 @@ class Router:
                     self._drop(dropped)
         if self._turn is None:
             self._turn = self._clock.callLater(0, self._nextTurn)
+
+    def _oversized(self, channel: str, size: int) -> None:
+        self.stats["oversized"] += 1
+        self.log.warn("dropped a message of {size} bytes on {channel}: over the "
+                      "{limit} byte limit", size=size, channel=channel,
+                      limit=self._max_size)
 
     # Positioning
 
@@ -489,6 +492,13 @@ class Router:
             prepared = self._prepare(payload, not is_text(payload))
             if position is not None:
                 prepared.position = position
+                # What event clients get is the payload in a publication envelope, which
+                # JSON can make six times longer (control characters): the bound is on
+                # that frame, measured once per message.
+                size = len(prepared.published(channel).plain)
+                if size > self._max_size:
+                    self._oversized(channel, size)
+                    return 0
             for member in members:
                 member.deliver(prepared, channel, payload)
             self.stats["frames"] += len(members)

@@ -1,0 +1,67 @@
+"""The Django side checks that its ``HISTORY`` is the servers' before it publishes.
+
+Both halves read ``HISTORY`` through :mod:`ws4tx.schema`, but from two configurations (the
+site's settings; the server's command line or ``--django-settings``). When they differ,
+messages the site publishes on a facility the servers keep a history of carry no position
+(or one the servers do not expect), and clients recover the wrong things. So every node
+puts its ``HISTORY`` (:func:`ws4tx.history.fingerprint`) in its node registry entry, and
+before its first publish a Django process reads the registry's live nodes and compares:
+a difference raises ``ImproperlyConfigured`` saying how they differ (and every publish
+raises it until the settings agree). A process that finds no live node checks again at
+its next publish after :data:`RECHECK` seconds; once a node agreed, it does not check again
+while its ``HISTORY`` stays the same.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from django.core.exceptions import ImproperlyConfigured
+
+from ws4tx import _django_settings, history, naming, presence as _presence
+
+#: Seconds after which a process that found no live node looks again.
+RECHECK = 15.0
+
+#: The fingerprint that live nodes agreed with, and when the registry was last found empty.
+_agreed: Optional[str] = None
+_empty_at: dict[str, float] = {}
+
+
+def check(connection: Any) -> None:
+    """Compare this site's ``HISTORY`` with the live nodes' (on ``connection``, the
+    registry's Redis); ImproperlyConfigured when one differs."""
+    global _agreed
+    mine = history.fingerprint(_django_settings.history())
+    if mine == _agreed:
+        return
+    seen = _empty_at.get(mine)
+    if seen is not None and time.monotonic() - seen < RECHECK:
+        return
+    script = connection.register_script(_presence.script(_presence.READ_SCRIPT))
+    keys, args = _presence.read_args(naming.nodes_keys(_django_settings.prefix()), "list")
+    nodes = [e for e in _presence.parse_entries(script(keys=keys, args=args))
+             if e.info is not None and "history" in e.info]
+    if not nodes:
+        _empty_at[mine] = time.monotonic()
+        return
+    for node in nodes:
+        theirs = node.info["history"] if node.info is not None else ""
+        if theirs != mine:
+            raise ImproperlyConfigured(
+                f"HISTORY differs between this site and ws4tx node {node.id}: the node "
+                f"keeps {_shown(theirs)}, this site {_shown(mine)}; give both the same "
+                "WS4TX_HISTORY (the server reads it with --django-settings, or --history)")
+    _agreed = mine
+
+
+def _shown(text: Any) -> str:
+    return f"{text!r}" if text else "no history"
+
+
+def forget() -> None:
+    """Check again at the next publish (tests, settings changes)."""
+    global _agreed
+    _agreed = None
+    _empty_at.clear()
