@@ -165,8 +165,9 @@ class RouterPositioningTests(SynchronousTestCase):
         self.live(6)  # a duplicate of a recovered one
         self.live(7)
         self.assertEqual(self.members[0].offsets(), [1, 2, 3, 4, 5, 6, 7])
+        # Duplicates: 4 and 5 (held, and given by the read), then 6 again.
         self.assertEqual((self.router.stats["skips"], self.router.stats["recovered"],
-                          self.router.stats["duplicates"]), (1, 3, 1))
+                          self.router.stats["duplicates"]), (1, 3, 3))
         self.assertEqual(self.router.recovering(), 0)
 
     def test_aTrimmedHistoryIsToldAndDeliveryGoesOn(self) -> None:
@@ -181,13 +182,17 @@ class RouterPositioningTests(SynchronousTestCase):
             self.assertEqual(member.offsets(), [1, 9, 10])
 
     def test_aNewEpochIsToldAndWhatItHoldsIsRecovered(self) -> None:
-        """A message of another epoch: clients are told (epoch) once; the new epoch's
-        earlier messages are read from offset 0 and come before it."""
+        """A message of another epoch: the router reads the channel once to see whether
+        the stream's epoch confirms it; it does: clients are told (epoch) once; the new
+        epoch's earlier messages are read from offset 0 and come before it."""
         self.live(1)
         self.live(3, epoch=F)
+        self.assertEqual([s for _, s, _ in self.reads], [_p(1)])
+        self.assertEqual(self.members[0].told, [])
+        self.answer(3, [1, 2, 3], epoch=F)
         for member in self.members:
             self.assertEqual(member.told, [(CH, False, "epoch", _p(0, F), 0)])
-        self.assertEqual([s for _, s, _ in self.reads], [_p(0, F)])
+        self.assertEqual([s for _, s, _ in self.reads], [_p(1), _p(0, F)])
         self.answer(3, [1, 2, 3], epoch=F)
         self.assertEqual([(p.offset, p.epoch) for _, p, _ in self.members[0].got],
                          [(1, E), (1, F), (2, F), (3, F)])
@@ -195,6 +200,52 @@ class RouterPositioningTests(SynchronousTestCase):
         self.live(4, epoch=F)
         self.assertEqual(self.members[0].offsets()[-1], 4)
         self.assertEqual(len(self.members[0].got), 5)
+
+    def test_aForgedEpochCostsOneReadAndIsDropped(self) -> None:
+        """A message of an epoch the stream does not have (forged): one read shows the
+        stream's epoch unchanged; it is dropped, nobody is told, nothing is resent, and
+        the messages that follow flow."""
+        self.live(1)
+        self.live(2, epoch=F)
+        self.live(2)
+        self.answer(1, [1])
+        self.assertEqual(len(self.reads), 1)
+        for member in self.members:
+            self.assertEqual(member.told, [])
+            self.assertEqual([(p.offset, p.epoch) for _, p, _ in member.got],
+                             [(1, E), (2, E)])
+        self.assertEqual(self.router.stats["impossible"], 1)
+
+    def test_aForgedPositionCostsOneReadAndLiveMessagesFlow(self) -> None:
+        """A position far past the stream's end (forged): one read shows it cannot be
+        true; it is dropped, nobody is told; during the quiet that follows more forged
+        ones wait without a read while real messages flow; once the quiet is over they
+        cost one more read, and the quiet doubles."""
+        self.live(1)
+        self.live(999_999_999)
+        self.live(2)
+        self.answer(2, [2])
+        self.assertEqual(len(self.reads), 1)
+        self.assertEqual(self.members[0].offsets(), [1, 2])
+        self.assertEqual(self.members[0].told, [])
+        for _ in range(100):
+            self.live(999_999_999)
+        self.live(3)
+        self.live(4)
+        self.assertEqual(len(self.reads), 1)
+        self.assertEqual(self.members[0].offsets(), [1, 2, 3, 4])
+        self.clock.advance(router_module.QUIET)
+        self.assertEqual(len(self.reads), 2)
+        self.answer(4, [])
+        self.assertEqual(self.members[0].offsets(), [1, 2, 3, 4])
+        self.assertEqual(self.members[0].told, [])
+        self.live(999_999_999)
+        self.clock.advance(2 * router_module.QUIET - 0.01)
+        self.assertEqual(len(self.reads), 2)
+        self.clock.advance(0.01)
+        self.assertEqual(len(self.reads), 3)
+        self.answer(4, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_anUnreadableHistoryIsRetriedThenGivenUp(self) -> None:
         """Broker unavailable (its command connection may come back after its

@@ -13,6 +13,7 @@ from ws4tx import envelope
 from ws4tx.history import History, Position, Publication, Retention
 from ws4tx.server.broker import BrokerUnavailable
 from ws4tx.server.reads import HistoryReads, SharedHistory
+from ws4tx.server.streams import FIRST_PAGE
 
 RETENTION = Retention(100, 600)
 
@@ -48,9 +49,9 @@ class HistoryReadsTests(SynchronousTestCase):
         return out
 
     def test_oneReadPerChannelAndTurnSharedByEveryAsker(self) -> None:
-        """A thousand clients asking in one turn cost one read per channel, from the
-        lowest position asked; position-only askers share it; nothing is read before the
-        next turn (every asker has joined by then)."""
+        """A thousand clients asking in one turn cost one read per channel, of one page
+        (COUNT-limited) from the lowest position asked; position-only askers share it;
+        nothing is read before the next turn (every asker has joined by then)."""
         a = [self.collect(self.reads.read("ws4tx:broadcast:chat", RETENTION, since))
              for since in (7, 3, 9, None) * 250]
         b = self.collect(self.reads.read("ws4tx:broadcast:news", RETENTION, None))
@@ -58,7 +59,7 @@ class HistoryReadsTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(sorted(self.broker.calls), [
             (("ws4tx:history:{broadcast:chat}:s", "ws4tx:history:{broadcast:chat}:m"), 3,
-             None),
+             FIRST_PAGE),
             (("ws4tx:history:{broadcast:news}:s", "ws4tx:history:{broadcast:news}:m"), None,
              1)])
         shared = a[0][0]

@@ -255,6 +255,47 @@ def merge(position: Position, history: History,
     return Merge(True, None, tuple(publications), tuple(keep))
 
 
+@dataclass(frozen=True)
+class Page:
+    """What one page of a paged recovery gives: the ``publications`` to send (in order),
+    the offset that must come next (``following``), whether the recovery is ``done``,
+    and, when it failed, why (``reason``; nothing more is to be sent then)."""
+
+    publications: tuple[Publication, ...]
+    following: int
+    done: bool
+    reason: Optional[str] = None
+
+
+def step(epoch: str, following: int, page: History, limit: int, first: bool) -> Page:
+    """The next step of a recovery in ``epoch`` that needs ``following`` next, given a page
+    of the history read after ``following - 1`` with ``COUNT limit`` (``first``: the
+    first page, read after the client's own position). As :func:`merge` for a whole read:
+    a changed epoch, a position the stream never reached, a trimmed stream or a hole
+    fail; the page is the last one when it is short or reaches the stream's last
+    offset. Entries below ``following`` (a page shared with clients further behind) are
+    skipped."""
+    def failed(reason: str) -> Page:
+        return Page((), following, True, reason)
+
+    if page.epoch != epoch:
+        return failed(EPOCH_CHANGED)
+    if first and following - 1 > page.offset:
+        return failed(UNKNOWN_POSITION)
+    publications: list[Publication] = []
+    for publication in page.publications:
+        if publication.offset < following:
+            continue
+        if publication.offset > following:
+            return failed(TRIMMED if not publications else GAP)
+        publications.append(publication)
+        following += 1
+    done = len(page.publications) < limit or following > page.offset
+    if done and following <= page.offset:
+        return failed(TRIMMED)
+    return Page(tuple(publications), following, done)
+
+
 # Positioning: whether a live message follows the last one delivered
 
 #: What :func:`follow` says of a live message.

@@ -558,6 +558,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("slow_timeout", NUMBER, 10.0,
             "... or it has not drained for this long while messages wait", minimum=0,
             inclusive=False, unit="s"),
+    Setting("max_recovery", INT, 1000,
+            "messages one client may recover on reconnect (`recover=`), over all its "
+            "channels; past it a channel is not recovered (`ws4tx.recovered` false, reason "
+            "`trimmed`)", minimum=0),
     Setting("max_lag", NUMBER, 10.0,
             "when the server cannot fan out as fast as messages arrive, a message that "
             "waited longer is dropped, counted (`lagged` on the health URL), logged, and "

@@ -85,6 +85,7 @@ class ServerConfig:
     max_queue_bytes: int = _default("max_queue_bytes")
     #: ... or this many messages ...
     max_queue_messages: int = _default("max_queue_messages")
+    max_recovery: int = _default("max_recovery")
     #: ... or it has not drained for this many seconds while messages wait.
     slow_timeout: float = _default("slow_timeout")
     #: A message that waited this many seconds in the server's fan-out backlog (the

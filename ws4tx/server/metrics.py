@@ -103,6 +103,9 @@ COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
                   "messages the node handed on from a history read", {}),
     "unrecovered": ("ws4tx_history_unrecovered",
                     "channel recoveries that failed (clients told recovered: false)", {}),
+    "impossible": ("ws4tx_history_impossible_positions",
+                   "live positions a history read showed could not be true (forged), "
+                   "dropped", {}),
     "history_reads": ("ws4tx_history_reads",
                       "history reads for joining clients sent to Redis (one per channel "
                       "and batch)", {}),

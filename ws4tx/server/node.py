@@ -52,6 +52,7 @@ from ws4tx.server.handlers import EventHandler, ServerAPI
 from ws4tx.server.presence import Presence
 from ws4tx.server.reads import HistoryReads
 from ws4tx.server.router import Router
+from ws4tx.server.streams import FIRST_PAGE
 
 #: The close codes counted under their own label; any other is counted as ``other``
 #: (a client picks any code from 3000 to 4999: the labels must stay few).
@@ -175,11 +176,12 @@ class Node:
         return self.config.history_for(naming.facility_of(channel)) is not None
 
     def _readHistory(self, channel: str, since: Position) -> defer.Deferred[History]:
-        """The history of ``channel`` (of a facility with history) since ``since``."""
+        """The first page of ``channel``'s history (of a facility with history) since
+        ``since``."""
         retention = self.config.history_for(naming.facility_of(channel))
         assert retention is not None
         return self.broker.history(naming.history_keys(self.config.prefix, channel),
-                                   retention, since=since.offset)
+                                   retention, since=since.offset, limit=FIRST_PAGE)
 
     # Lifecycle
 

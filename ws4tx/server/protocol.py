@@ -10,8 +10,9 @@ client only ever gets its own user, group and session channels. Events go to
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Coroutine
+from functools import partial
 from typing import Any, Iterable, Optional, cast
 from urllib.parse import urlsplit
 
@@ -27,15 +28,19 @@ from zope.interface import implementer
 
 from ws4tx import closecodes, envelope
 from ws4tx.history import (
+    TRIMMED,
     UNAVAILABLE,
     UNKNOWN_POSITION,
+    History,
     Merge,
+    Page,
     Position,
     Publication,
     Published,
     merge,
     parse_recover,
     start_of,
+    step,
 )
 from ws4tx.naming import ANONYMOUS, Identity
 from ws4tx.server import _internals, admission, deflate
@@ -46,8 +51,7 @@ from ws4tx.server.broker import BrokerUnavailable, NotStored, publish_to
 from ws4tx.server.expiry import Expiry, reauthenticate
 from ws4tx.server.handlers import EventRefused
 from ws4tx.server.node import Node, close_label
-from ws4tx.server.reads import SharedHistory
-from ws4tx.server.router import is_text
+from ws4tx.server.streams import FIRST_PAGE, LOW_MARK, CatchUp, SharedHistory, is_text
 
 _log = Logger(observer=observer)
 
@@ -115,6 +119,21 @@ class PushProtocol(WebSocketServerProtocol):
         self._last: dict[str, Position] = {}
         #: The history reads of the channels being recovered (a History, or the failure).
         self._reads: dict[str, Any] = {}
+        #: What is queued for this client, written as its socket drains (recovered
+        #: messages, and what must come after them): (channel, prepared, payload), or
+        #: ("", None, an event's text).
+        self._pending: deque[tuple[str, Optional[deflate.Message], bytes]] = deque()
+        #: The catch-ups under way (see ws4tx.server.streams); those of the join still to
+        #: start, with their first page; their outcomes (recovered, reason, messages) and
+        #: the offset each reached; whether the join's reads were ordered.
+        self._catchups: list[CatchUp] = []
+        self._joining: deque[tuple[CatchUp, SharedHistory]] = deque()
+        self._outcomes: dict[str, tuple[bool, Optional[str], int]] = {}
+        self._following: dict[str, int] = {}
+        self._ordered = True
+        self._taking = self._replaying = False
+        #: channel -> the live frames held while the router's catch-up of it runs.
+        self._catching: dict[str, list[tuple[deflate.Message, bytes]]] = {}
         #: The handshake as the authenticator saw it, and the deadline of a token
         #: connection's credential (see :mod:`ws4tx.server.expiry`).
         self._handshake: Optional[Any] = None
@@ -277,62 +296,112 @@ class PushProtocol(WebSocketServerProtocol):
 
     def _replayStored(self, result: object) -> None:
         """Every channel's stored message is in, and every live message published before
-        it too (or the broker is down): send the stored ones, then the live frames held
-        meanwhile, in the order they came. A stored message that also came live (it was
-        published, then stored, while the client joined) is sent once, live."""
+        it too (or the broker is down): send the stored ones, and catch the client up on
+        each channel it asked to recover, one after the other, a page at a time as its
+        socket drains (see :mod:`ws4tx.server.streams`); live frames stay held
+        meanwhile. A stored message that also came live (it was published, then stored,
+        while the client joined) is sent once, live."""
+        # Ordered: every message published before the reads has arrived (the barrier), or
+        # none can any more (the subscriber is down: what was published meanwhile is
+        # recovered by the router from the positions it learns here once it is back).
+        self._ordered = not isinstance(result, Failure) or bool(result.check(BrokerUnavailable))
+        live = {(channel_, payload) for channel_, _, payload in self._held or ()}
+        budget = self.factory.config.max_recovery
+        for channel_ in self._channels:
+            asked = self._recover.get(channel_)
+            if asked is not None and channel_ in self._reads:
+                read = self._reads[channel_]
+                if not isinstance(read, SharedHistory):
+                    self._outcomes[channel_] = (False, UNAVAILABLE, 0)
+                else:
+                    first = step(asked.epoch, asked.offset + 1, read.history, FIRST_PAGE,
+                                 first=True)
+                    need = read.history.offset - asked.offset
+                    if first.reason is None and need > budget:
+                        first = Page((), asked.offset + 1, True, TRIMMED)
+                    if first.reason is None:
+                        budget -= need
+                        self._last[channel_] = asked
+                        self._joining.append((CatchUp(
+                            channel_, asked, partial(self._readPage, channel_),
+                            partial(self._enqueue, channel_), self._joinCaughtUp,
+                            self._pace), read))
+                        continue
+                    self._outcomes[channel_] = (False, first.reason, 0)
+            message = self._stored.get(channel_)
+            if message is not None and (channel_, message) not in live:
+                self._sendStored(message)
+        self._stored = {}
+        self._replaying = True
+        self._nextCatchUp()
+
+    def _nextCatchUp(self) -> None:
+        """Start the next channel's catch-up of the join; once none is left, finish."""
+        while self._joining:
+            catchup, first = self._joining.popleft()
+            self._catchups.append(catchup)
+            self._taking = True
+            catchup.take(first, FIRST_PAGE)
+            self._taking = False
+            self._pace()
+            if not catchup.done:
+                return
+        if self._held is not None:
+            self._joined_()
+
+    def _joinCaughtUp(self, catchup: CatchUp) -> None:
+        self._catchups.remove(catchup)
+        if catchup.last_read is not None:
+            self._reads[catchup.channel] = SharedHistory(catchup.last_read)
+        self._outcomes[catchup.channel] = (catchup.reason is None, catchup.reason,
+                                           catchup.sent)
+        self._following[catchup.channel] = catchup.following
+        if not self._taking:
+            self._nextCatchUp()
+
+    def _joined_(self) -> None:
+        """Every channel is caught up: the positions of the channels not recovered, the
+        verdict, then the live frames held meanwhile, in the order they came."""
         held, self._held = self._held or [], None
+        self._replaying = False
         merges = self._merge(held)
         keep = [True] * len(held)
         for channel_, merging in merges.items():
             indexes = [i for i, (c, _, _) in enumerate(held) if c == channel_]
             for index, kept in zip(indexes, merging.live, strict=True):
                 keep[index] = kept
-        live = {(channel_, payload) for channel_, _, payload in held}
-        for channel_ in self._channels:
-            merged = merges.get(channel_)
-            if merged is not None and merged.recovered:
-                asked = self._recover[channel_]
-                self._last[channel_] = asked
-                shared = self._reads[channel_]
-                for publication in merged.publications:
-                    self._sendRecovered(channel_, publication, shared)
-                    self._last[channel_] = Position(publication.offset, asked.epoch)
-                continue
-            message = self._stored.get(channel_)
-            if message is not None and (channel_, message) not in live:
-                self._sendStored(message)
-        self._stored = {}
-        # Ordered: every message published before the reads has arrived (the barrier), or
-        # none can any more (the subscriber is down: what was published meanwhile is
-        # recovered by the router from the positions it learns here once it is back).
-        ordered = not isinstance(result, Failure) or bool(result.check(BrokerUnavailable))
-        learned = self._learned(merges, held, ordered=ordered)
+        learned = self._learned(merges, held, ordered=self._ordered)
         self._last.update(learned)
         if learned:
-            self.emit(envelope.POSITIONS_EVENT, {"channels": {
+            self._queueEvent(envelope.POSITIONS_EVENT, {"channels": {
                 channel_: {"epoch": p.epoch, "offset": p.offset}
                 for channel_, p in learned.items()}})
         if self._recover:
-            verdict = _recovered(merges)
+            verdict = _recovered(merges, self._outcomes)
             self.node.recovered(verdict.get("reason"))
-            self.emit(envelope.RECOVERED_EVENT, verdict)
+            self._queueEvent(envelope.RECOVERED_EVENT, verdict)
+        self._outcomes = {}
+        self._following = {}
         for (channel_, prepared, payload), kept in zip(held, keep, strict=True):
             if kept and (not self._positions or prepared.position is None
                          or self._fresh(channel_, prepared.position)):
-                self._write(self._outgoing(prepared, channel_), payload)
+                self._queueOrWrite(channel_, self._outgoing(prepared, channel_), payload)
 
     def _merge(self, held: list[tuple[str, Any, bytes]]) -> dict[str, Merge]:
-        """Each recovered channel's history read merged with its live messages held."""
+        """Each channel the client asked to recover: its outcome merged with its live
+        messages held meanwhile (those after what the history gave are kept)."""
         merges = {}
-        for channel_, read in self._reads.items():
-            asked = self._recover.get(channel_)
-            if asked is None:
-                continue
+        for channel_, (recovered, reason, _) in self._outcomes.items():
             positions = [prepared.position for c, prepared, _ in held if c == channel_]
-            if isinstance(read, SharedHistory):
-                merges[channel_] = merge(asked, read.history, positions)
+            read = self._reads.get(channel_)
+            if recovered and isinstance(read, SharedHistory):
+                epoch = self._recover[channel_].epoch
+                end = self._following[channel_] - 1
+                merges[channel_] = merge(Position(end, epoch), History(epoch, end),
+                                         positions)
             else:
-                merges[channel_] = Merge(False, UNAVAILABLE, (), (True,) * len(positions))
+                merges[channel_] = Merge(False, reason or UNAVAILABLE, (),
+                                         (True,) * len(positions))
         return merges
 
     def _learned(self, merges: dict[str, Merge], held: list[tuple[str, Any, bytes]],
@@ -359,21 +428,125 @@ class PushProtocol(WebSocketServerProtocol):
                 learned[channel_] = start
         return learned
 
-    def _sendRecovered(self, channel: str, publication: Publication,
-                       shared: SharedHistory) -> None:
-        """Send a message read from the history, with its position (framed once for
+    # Catching up: recovered messages written as the socket drains
+
+    def _readPage(self, channel: str, since: int, limit: int) -> defer.Deferred[Any]:
+        """The next page of ``channel``'s history for a catch-up (shared with the other
+        clients that ask for one in this turn)."""
+        retention = self.factory.config.history_for(self.facility)
+        assert retention is not None
+        return self.node.reads.read(channel, retention, since, limit)
+
+    def _enqueue(self, channel: str, shared: SharedHistory,
+                 publication: Publication) -> None:
+        """Queue a message read from the history, with its position (framed once for
         every client that recovers it)."""
         prepared = shared.frame(publication)
         if prepared is None:
             _log.warn("not recovering a message to {peer}: it speaks with the server's "
                       "voice", peer=self.peer)
             return
+        if prepared.position is not None:
+            self._last[channel] = prepared.position
         outgoing = self._outgoing(prepared, channel)  # encoded once for every client
         if len(outgoing.plain) > self.factory.config.max_outgoing_size:
             _log.debug("not recovering a message of {size} bytes to {peer}: over the "
                        "outgoing limit", size=len(outgoing.plain), peer=self.peer)
             return
-        self._write(outgoing, publication.payload)
+        self._pending.append((channel, outgoing, publication.payload))
+
+    def _queueEvent(self, event: str, data: Any) -> None:
+        """Emit an event after what is queued for this client."""
+        if not self.speaks_events:
+            return
+        if self._pending:
+            self._pending.append(("", None, envelope.encode_event(event, data).encode()))
+        else:
+            self.emit(event, data)
+
+    def _queueOrWrite(self, channel: str, prepared: deflate.Message,
+                      payload: bytes) -> None:
+        """Write a live frame, after what is queued for this client (bounded: past
+        ``max_queue_messages`` live frames waiting it is dropped as slow)."""
+        if not self._pending:
+            self._write(prepared, payload)
+            return
+        if len(self._pending) > self.factory.config.max_queue_messages + FIRST_PAGE:
+            if not self._dropped:
+                self._dropSlow("its recovery did not drain in time")
+            return
+        self._pending.append((channel, prepared, payload))
+
+    def _pace(self) -> None:
+        """Write what is queued while the socket drains; read the next page of the
+        catch-ups once little is left."""
+        pending = self._pending
+        while pending and self._paused_at is None:
+            if self.state != self.STATE_OPEN:
+                pending.clear()
+                return
+            _, prepared, payload = pending.popleft()
+            if prepared is None:
+                self.sendMessage(payload)
+            else:
+                self._write(prepared, payload)
+        if len(pending) <= LOW_MARK:
+            for catchup in tuple(self._catchups):
+                catchup.drained()
+
+    def catchUp(self, channel: str, since: Position, first: Any, announce: bool) -> None:
+        """The router could not give ``channel``'s missed messages in one page: catch this
+        client up from ``since`` itself, with ``first`` (the router's read), holding the
+        channel's live messages until it is done; tell it the outcome (when
+        ``announce``, also a success)."""
+        if self._held is not None or channel in self._catching or self._dropped:
+            return  # still joining: its own catch-up covers it
+        self._catching[channel] = []
+        catchup = CatchUp(channel, since, partial(self._readPage, channel),
+                          partial(self._enqueue, channel),
+                          partial(self._caughtUp, announce=announce), self._pace)
+        self._catchups.append(catchup)
+        catchup.take(first, FIRST_PAGE)
+        self._pace()
+
+    def _stopCatchingUp(self, channels: Iterable[str]) -> None:
+        """Read no more pages of ``channels`` (the client left them, or went away)."""
+        gone = set(channels)
+        for catchup in tuple(self._catchups):
+            if catchup.channel in gone:
+                catchup.cancel()
+                self._catchups.remove(catchup)
+                self._catching.pop(catchup.channel, None)
+        joining = [(c, first) for c, first in self._joining if c.channel not in gone]
+        self._joining = deque(joining)
+        if self._replaying and not self._catchups and self.state == self.STATE_OPEN:
+            self._nextCatchUp()  # the join's catch-up that was under way is gone
+
+    def _caughtUp(self, catchup: CatchUp, announce: bool) -> None:
+        """A catch-up the router asked for is done: the live messages held meanwhile
+        that come after it, and (when asked, or it failed) the outcome."""
+        channel = catchup.channel
+        self._catchups.remove(catchup)
+        held = self._catching.pop(channel, [])
+        positions = [prepared.position for prepared, _ in held]
+        end = catchup.following - 1
+        epoch = catchup.asked.epoch
+        merged = merge(Position(end, epoch), History(epoch, end), positions)
+        if catchup.reason is not None or not merged.recovered:
+            read = catchup.last_read
+            start = start_of(read, positions) if read is not None else None
+            self._last.pop(channel, None)
+            self.channelRecovered(channel, False, catchup.reason or merged.reason, start, 0)
+            kept = [True] * len(held)
+        else:
+            if announce:
+                self.channelRecovered(channel, True, None, None, catchup.sent)
+            kept = list(merged.live)
+        for (prepared, payload), keep in zip(held, kept, strict=True):
+            if keep and (not self._positions or prepared.position is None
+                         or self._fresh(channel, prepared.position)):
+                self._queueOrWrite(channel, self._outgoing(prepared, channel), payload)
+        self._pace()
 
     def _sendStored(self, stored: bytes) -> None:
         if self.state != self.STATE_OPEN:
@@ -390,7 +563,7 @@ class PushProtocol(WebSocketServerProtocol):
     def deliver(self, prepared: deflate.Message, channel: str, payload: bytes) -> None:
         """Write a prepared frame; skip a message this client sent itself without echo."""
         if (self._unechoed or self._held is not None or self._positions
-                or self._paused_at is not None):
+                or self._paused_at is not None or self._pending):
             self._deliverCarefully(prepared, channel, payload)
         elif self.state == self.STATE_OPEN:
             # The usual client, inline (once per client per message): nothing to skip or
@@ -416,10 +589,18 @@ class PushProtocol(WebSocketServerProtocol):
             elif not self._dropped:
                 self._dropSlow("its stored messages did not come in time")
             return
+        catching = self._catching.get(channel) if self._catching else None
+        if catching is not None:
+            # Its channel is being caught up: after what the history gives.
+            if len(catching) < self.factory.config.max_queue_messages:
+                catching.append((prepared, payload))
+            elif not self._dropped:
+                self._dropSlow("its recovery did not drain in time")
+            return
         if self._positions and prepared.position is not None \
                 and not self._fresh(channel, prepared.position):
             return
-        self._write(self._outgoing(prepared, channel), payload)
+        self._queueOrWrite(channel, self._outgoing(prepared, channel), payload)
 
     def _fresh(self, channel: str, position: Position) -> bool:
         """Whether the message at ``position`` comes after the last one this client got
@@ -476,6 +657,8 @@ class PushProtocol(WebSocketServerProtocol):
     def resumeProducing(self) -> None:
         self._paused_at = None
         self._queued_bytes = self._queued_messages = 0
+        if self._pending or self._catchups:
+            self._pace()
 
     def stopProducing(self) -> None:
         pass
@@ -526,15 +709,16 @@ class PushProtocol(WebSocketServerProtocol):
             return
         if position is not None:
             self._last[channel] = position
-            self.emit(envelope.POSITIONS_EVENT, {"channels": {
+            self._queueEvent(envelope.POSITIONS_EVENT, {"channels": {
                 channel: {"epoch": position.epoch, "offset": position.offset}}})
         outcome: dict[str, Any] = {"recovered": recovered}
         if recovered:
-            self.emit(envelope.RECOVERED_EVENT, {**outcome, "channels": {
+            self._queueEvent(envelope.RECOVERED_EVENT, {**outcome, "channels": {
                 channel: {**outcome, "messages": messages}}})
         else:
             outcome["reason"] = reason
-            self.emit(envelope.RECOVERED_EVENT, {**outcome, "channels": {channel: outcome}})
+            self._queueEvent(envelope.RECOVERED_EVENT,
+                             {**outcome, "channels": {channel: outcome}})
 
     def messagesDropped(self, count: int) -> None:
         """The server fell behind and dropped ``count`` messages meant for this client."""
@@ -711,6 +895,8 @@ class PushProtocol(WebSocketServerProtocol):
         self._publish_to = tuple(c for c in self._publish_to if c not in gone)
         if self._held is not None:
             self._held = [held for held in self._held if held[0] not in gone]
+        self._stopCatchingUp(gone)
+        self._pending = deque(item for item in self._pending if item[0] not in gone)
         self.node.router.leaveChannels(self, gone)
         self.emit(envelope.UNSUBSCRIBED_EVENT, event)
         return True
@@ -754,6 +940,8 @@ class PushProtocol(WebSocketServerProtocol):
             node.closed[close_label(self.localCloseCode if self.closedByMe else code)] += 1
             if self._expiry is not None:
                 self._expiry.stop()
+            self._stopCatchingUp(self._channels)
+            self._pending.clear()
             node.router.leave(self)
             node.presence.left(self)
             node.clientLeft()
@@ -768,9 +956,11 @@ def _recover_from(values: list[str]) -> dict[str, Position]:
         raise HandshakeDenied(str(e), 400) from None
 
 
-def _recovered(merges: dict[str, Merge]) -> dict[str, Any]:
+def _recovered(merges: dict[str, Merge],
+               outcomes: dict[str, tuple[bool, Optional[str], int]]) -> dict[str, Any]:
     """The data of the ``ws4tx.recovered`` event: recovered only when every channel the
-    client asked for (and may listen to) was; the first failure's reason otherwise."""
+    client asked for (and may listen to) was; the first failure's reason otherwise
+    (``outcomes``: the messages each channel's catch-up sent)."""
     failed = [m.reason for m in merges.values() if not m.recovered]
     if not merges:
         failed = [UNKNOWN_POSITION]
@@ -778,7 +968,7 @@ def _recovered(merges: dict[str, Merge]) -> dict[str, Any]:
     if failed:
         data["reason"] = failed[0]
     data["channels"] = {
-        channel: {"recovered": True, "messages": len(m.publications)} if m.recovered
+        channel: {"recovered": True, "messages": outcomes[channel][2]} if m.recovered
         else {"recovered": False, "reason": m.reason} for channel, m in merges.items()}
     return data
 

@@ -20,35 +20,14 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from ws4tx.envelope import server_voice
-from ws4tx.history import History, Position, Publication, Retention
+from ws4tx.history import Retention
 from ws4tx.naming import history_keys
-from ws4tx.server import deflate
 from ws4tx.server.broker import IBroker
-from ws4tx.server.router import is_text, retried
-
-
-class SharedHistory:
-    """A history read shared by the clients of one batch, with each of its messages
-    framed (as a :class:`~ws4tx.server.deflate.Message` with its position) once."""
-
-    def __init__(self, history: History) -> None:
-        self.history = history
-        self._frames: dict[int, Optional[deflate.Message]] = {}
-
-    def frame(self, publication: Publication) -> Optional[deflate.Message]:
-        """The prepared message of ``publication`` (None when its payload speaks with the
-        server's voice: it is never sent)."""
-        offset = publication.offset
-        if offset in self._frames:
-            return self._frames[offset]
-        payload = publication.payload
-        prepared: Optional[deflate.Message] = None
-        if server_voice(payload) is None:
-            prepared = deflate.Message(payload, not is_text(payload))
-            prepared.position = Position(offset, self.history.epoch)
-        self._frames[offset] = prepared
-        return prepared
+from ws4tx.server.router import retried
+from ws4tx.server.streams import (
+    FIRST_PAGE,
+    SharedHistory as SharedHistory,  # its old home
+)
 
 
 @dataclass
@@ -58,6 +37,7 @@ class _Batch:
 
     retention: Retention
     since: Optional[int] = None
+    limit: int = 1
     waiters: list[defer.Deferred[Any]] = field(default_factory=list)
 
 
@@ -73,15 +53,18 @@ class HistoryReads:
         #: Reads sent to Redis, and the clients' requests they answered.
         self.stats = {"history_reads": 0, "history_read_requests": 0}
 
-    def read(self, channel: str, retention: Retention,
-             since: Optional[int]) -> defer.Deferred[SharedHistory]:
-        """``channel``'s history after ``since`` (None: at least its epoch and last
-        offset), read on the next reactor turn with the other requests of this one."""
+    def read(self, channel: str, retention: Retention, since: Optional[int],
+             limit: int = FIRST_PAGE) -> defer.Deferred[SharedHistory]:
+        """A page of ``channel``'s history after ``since`` (at most ``limit`` messages;
+        None: at least its epoch and last offset), read on the next reactor turn with the
+        other requests of this one (from the lowest position asked: a client further on
+        skips what it has, see :func:`ws4tx.history.step`)."""
         batch = self._batch.get(channel)
         if batch is None:
             batch = self._batch[channel] = _Batch(retention)
         if since is not None:
             batch.since = since if batch.since is None else min(batch.since, since)
+            batch.limit = max(batch.limit, limit)
         d: defer.Deferred[SharedHistory] = defer.Deferred()
         batch.waiters.append(d)
         self.stats["history_read_requests"] += 1
@@ -95,8 +78,7 @@ class HistoryReads:
         for channel, batch in batches.items():
             self.stats["history_reads"] += 1
             read = partial(self._broker.history, history_keys(self._prefix, channel),
-                           batch.retention, since=batch.since,
-                           limit=None if batch.since is not None else 1)
+                           batch.retention, since=batch.since, limit=batch.limit)
             retried(read, self._clock).addBoth(self._answer, batch.waiters)
 
     def _answer(self, result: Any, waiters: list[defer.Deferred[Any]]) -> None:

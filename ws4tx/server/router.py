@@ -46,11 +46,10 @@ from ws4tx.history import (
     SKIPPED,
     UNAVAILABLE,
     History,
-    Merge,
     Position,
     follow,
-    merge,
     start_of,
+    step,
     strip_position,
 )
 from ws4tx.naming import Identity
@@ -62,6 +61,12 @@ from ws4tx.server.broker import (
     SubscriptionRefused,
 )
 from ws4tx.server.hub import Hub
+from ws4tx.server.streams import (
+    FIRST_PAGE,
+    PAGE_BYTES,
+    SharedHistory,
+    is_text as is_text,  # its old home
+)
 
 
 class Member(Protocol):
@@ -94,6 +99,11 @@ class Member(Protocol):
     def leaveChannels(self, channels: Iterable[str], event: Any) -> bool:
         """Leave those of ``channels`` the client has, without closing (telling an event
         client with ``event``); whether it had any."""
+
+    def catchUp(self, channel: str, since: Position, first: Any, announce: bool) -> None:
+        """More was missed on ``channel`` than one page of its history (``first``, a
+        :class:`ws4tx.server.reads.SharedHistory`) may hand on at once: the client reads
+        the rest as its socket drains (see :mod:`ws4tx.server.streams`)."""
 
     def channelRecovered(self, channel: str, recovered: bool, reason: Optional[str],
                          position: Optional[Position], messages: int) -> None:
@@ -143,21 +153,20 @@ class _Recovery:
     since: Position
     held: list[tuple[bytes, Position]] = field(default_factory=list)
     announce: bool = False
+    #: How many of ``held`` made the node read (they were published before the read).
+    triggers: int = 0
 
+
+#: After a history read that found a position that cannot be true (forged), a channel's
+#: skips wait this long before they make the node read again, doubling up to QUIET_MAX
+#: while it goes on; live messages that follow flow meanwhile.
+QUIET = 1.0
+QUIET_MAX = 30.0
+#: Skipping messages kept per channel while it is quiet (the oldest is dropped).
+MAX_SUSPECTS = 64
 
 #: Frames written in one reactor turn before the rest of the messages wait for the next.
 FRAMES_PER_TURN = 8192
-
-
-def is_text(payload: bytes) -> bool:
-    """Whether ``payload`` goes out as a text frame (valid UTF-8) rather than binary."""
-    if payload.isascii():
-        return True
-    try:
-        payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 @implementer(IShardListener)
@@ -195,6 +204,13 @@ class Router:
         self._read_history = read_history
         #: channel -> its recovery from the history, while one is under way.
         self._recovering: dict[str, _Recovery] = {}
+        #: channel -> until when its skips wait (a forged position was read), how many
+        #: reads in a row found one, the skipping messages waiting, and the call that
+        #: looks at them again.
+        self._quiet_until: dict[str, float] = {}
+        self._strikes: Counter[str] = Counter()
+        self._suspects: dict[str, list[tuple[bytes, Position]]] = {}
+        self._wake: dict[str, IDelayedCall] = {}
         #: Barriers asked for in this turn, sent together on the next.
         self._barrier_waiters: list[defer.Deferred[None]] = []
         self._barrier_call: Optional[IDelayedCall] = None
@@ -214,11 +230,12 @@ class Router:
         #: Also the payload bytes those frames carried (before any compression).
         #: Positioning: live messages dropped as duplicates, skips and new epochs
         #: noticed, channel recoveries started, messages recovered, recoveries that
-        #: failed.
+        #: failed, live positions a history read showed could not be true (forged).
         self.stats = {"messages": 0, "frames": 0, "outages": 0, "oversized": 0,
                       "forged": 0, "lagged": 0, "lagged_frames": 0, "refused": 0,
                       "bytes_out": 0, "duplicates": 0, "skips": 0, "epochs": 0,
-                      "recoveries": 0, "recovered": 0, "unrecovered": 0}
+                      "recoveries": 0, "recovered": 0, "unrecovered": 0,
+                      "impossible": 0}
         #: Called with the seconds from a message's arrival from the broker to the end of
         #: its fan-out (once per message, never per client), when set: the metrics.
         self.fanout_observer: Optional[Callable[[float], None]] = None
@@ -304,6 +321,12 @@ class Router:
             self._positioned.pop(channel, None)
             self.positions.pop(channel, None)
             self._recovering.pop(channel, None)
+            self._quiet_until.pop(channel, None)
+            self._strikes.pop(channel, None)
+            self._suspects.pop(channel, None)
+            wake = self._wake.pop(channel, None)
+            if wake is not None and wake.active():
+                wake.cancel()
             self.broker.unsubscribe(channel).addErrback(lambda f: None)
 
     # IBrokerListener
@@ -377,7 +400,10 @@ class Router:
     def _inSequence(self, channel: str, payload: bytes, position: Position) -> bool:
         """Whether a live message at ``position`` is to be handed on now: it follows the
         last one. A duplicate is dropped; one held while its channel is recovered waits;
-        after a skip, recovery starts (holding it)."""
+        after a skip or another epoch, recovery starts (holding it): one read, which
+        also shows whether the position can be true (see :meth:`_readDone`); while the
+        channel is quiet after a forged one, skipping messages wait and the others
+        flow."""
         recovery = self._recovering.get(channel)
         if recovery is not None:
             recovery.held.append((payload, position))
@@ -389,33 +415,50 @@ class Router:
         if verdict == DUPLICATE:
             self.stats["duplicates"] += 1
             return False
+        if verdict in (SKIPPED, NEW_EPOCH) and self._read_history is not None:
+            assert last is not None
+            if self._clock.seconds() < self._quiet_until.get(channel, 0.0):
+                self._park(channel, payload, position)
+                return False
+            self.stats["skips" if verdict == SKIPPED else "epochs"] += 1
+            self._recover(channel, last, [(payload, position)], triggers=1)
+            return False
         if verdict == NEW_EPOCH:
-            # The channel's history was lost: its clients are told; what the new epoch
-            # already holds is recovered (from offset 0) like any skip.
+            # Nothing to read it from: the channel's clients are told.
             self.stats["epochs"] += 1
             self.stats["unrecovered"] += 1
-            last = self.positions[channel] = Position(0, position.epoch)
-            self.log.warn("the history of {channel} was lost (new epoch); telling its "
-                          "clients", channel=channel)
-            self._tell(channel, False, EPOCH_CHANGED, last)
-            verdict = follow(last, position)
-        if verdict == SKIPPED and self._read_history is not None:
-            assert last is not None
-            self.stats["skips"] += 1
-            self._recover(channel, last, [(payload, position)])
-            return False
+            self._tell(channel, False, EPOCH_CHANGED, Position(0, position.epoch))
         self.positions[channel] = position
         return True
 
+    def _park(self, channel: str, payload: bytes, position: Position) -> None:
+        """Keep a skipping message of a quiet channel until its quiet ends."""
+        suspects = self._suspects.setdefault(channel, [])
+        suspects.append((payload, position))
+        if len(suspects) > MAX_SUSPECTS:
+            del suspects[0]
+            self.stats["impossible"] += 1
+        if channel not in self._wake:
+            delay = self._quiet_until[channel] - self._clock.seconds()
+            self._wake[channel] = self._clock.callLater(max(0.0, delay), self._woken,
+                                                        channel)
+
+    def _woken(self, channel: str) -> None:
+        """A channel's quiet is over: its skipping messages are looked at again, in the
+        order they came (the first that still skips makes one read)."""
+        self._wake.pop(channel, None)
+        self._reconsider(channel, self._suspects.pop(channel, []))
+
     def _recover(self, channel: str, since: Position,
                  held: Optional[list[tuple[bytes, Position]]] = None,
-                 announce: bool = False) -> None:
-        """Read ``channel``'s history since ``since``, holding its live messages until
-        the read is in."""
+                 announce: bool = False, triggers: int = 0) -> None:
+        """Read (a page of) ``channel``'s history since ``since``, holding its live
+        messages until the read is in; the first ``triggers`` of ``held`` made it."""
         read = self._read_history
         assert read is not None
         self.stats["recoveries"] += 1
-        recovery = self._recovering[channel] = _Recovery(since, held or [], announce)
+        recovery = self._recovering[channel] = _Recovery(since, held or [], announce,
+                                                         triggers)
         retried(lambda: read(channel, since), self._clock).addBoth(
             self._readDone, channel, recovery)
 
@@ -428,35 +471,88 @@ class Router:
             self._gaveUp(channel)
             return
         del self._recovering[channel]
-        held = recovery.held
-        merged = merge(recovery.since, result, [p for _, p in held])
-        if not merged.recovered:
-            self._failed(channel, merged, result, held)
+        since = recovery.since
+        triggers = recovery.held[:recovery.triggers]
+        # What made the node read was published before the read: a position past the
+        # stream's last offset, or in an epoch the stream does not have, cannot be true.
+        true = [(payload, p) for payload, p in triggers
+                if p.epoch == result.epoch and p.offset <= result.offset]
+        held = true + recovery.held[recovery.triggers:]
+        if len(true) < len(triggers):
+            self._impossible(channel, len(triggers) - len(true))
+        elif triggers:
+            self._strikes.pop(channel, None)
+        if result.epoch != since.epoch and any(p.epoch == result.epoch for _, p in true):
+            # The stream's epoch confirms the new one a live message showed: the
+            # channel's history was lost. Its clients are told; what the new epoch holds
+            # is read (from offset 0) like any skip.
+            self.stats["unrecovered"] += 1
+            start = self.positions[channel] = Position(0, result.epoch)
+            self.log.warn("the history of {channel} was lost (new epoch); telling its "
+                          "clients", channel=channel)
+            self._tell(channel, False, EPOCH_CHANGED, start)
+            self._recover(channel, start, held)
             return
-        epoch = recovery.since.epoch
-        for publication in merged.publications:
-            position = self.positions[channel] = Position(publication.offset, epoch)
-            self._handOn(channel, publication.payload, position)
-        self.stats["recovered"] += len(merged.publications)
-        if recovery.announce:
-            self._tell(channel, True, None, None, len(merged.publications))
-        for (payload, position), kept in zip(held, merged.live, strict=True):
-            if kept:
-                self.positions[channel] = position
-                self._handOn(channel, payload, position)
+        page = step(since.epoch, since.offset + 1, result, FIRST_PAGE, first=True)
+        if page.reason is not None:
+            self._failed(channel, page.reason, result, held)
+            return
+        if not page.done or sum(len(p.payload) for p in page.publications) > PAGE_BYTES:
+            self._handOff(channel, since, result, page.following - 1, recovery.announce)
+        else:
+            epoch = since.epoch
+            for publication in page.publications:
+                position = self.positions[channel] = Position(publication.offset, epoch)
+                self._handOn(channel, publication.payload, position)
+            if recovery.announce:
+                self._tell(channel, True, None, None, len(page.publications))
+        self.stats["recovered"] += len(page.publications)
+        self._reconsider(channel, held)
 
-    def _failed(self, channel: str, merged: Merge, read: History,
+    def _handOff(self, channel: str, since: Position, read: History, end: int,
+                 announce: bool) -> None:
+        """More was missed than one page may hand on at once: each client catches up
+        from ``since`` at its own pace, starting with this read (shared); the node goes
+        on from where the channel stood when it was read."""
+        shared = SharedHistory(read)
+        self.positions[channel] = Position(max(end, read.offset), since.epoch)
+        for member in tuple(self.hub.members(channel)):
+            member.catchUp(channel, since, shared, announce)
+
+    def _reconsider(self, channel: str, held: list[tuple[bytes, Position]]) -> None:
+        """The live messages held during a read, looked at again in order: what the
+        read gave is dropped, what follows is handed on, a skip is recovered."""
+        before = self._recovering.get(channel)
+        for payload, position in held:
+            if self.hub.members(channel) and self._inSequence(channel, payload, position):
+                self._handOn(channel, payload, position)
+        recovery = self._recovering.get(channel)
+        if recovery is not None and recovery is not before:
+            # Every one of them came before that read was sent: each is checked by it.
+            recovery.triggers = len(recovery.held)
+
+    def _impossible(self, channel: str, count: int) -> None:
+        """A read showed that ``count`` live positions of ``channel`` cannot be true
+        (forged): they are dropped, and the channel's skips wait a while (doubling while
+        it goes on) before they make the node read again."""
+        self.stats["impossible"] += count
+        strikes = self._strikes[channel] = self._strikes[channel] + 1
+        quiet = min(QUIET_MAX, QUIET * 2 ** (strikes - 1))
+        self._quiet_until[channel] = self._clock.seconds() + quiet
+        self.log.warn("dropped {count} message(s) on {channel} whose position its history "
+                      "shows cannot be true (forged?); its skips wait {quiet:.0f} s before "
+                      "the next read", count=count, channel=channel, quiet=quiet)
+
+    def _failed(self, channel: str, reason: str, read: History,
                 held: list[tuple[bytes, Position]]) -> None:
         """The history does not hold what was missed: tell the channel's clients, and go
         on from where it stands (its messages held meanwhile, as they follow)."""
         self.stats["unrecovered"] += 1
         start = self.positions[channel] = start_of(read, [p for _, p in held])
         self.log.warn("could not recover {channel} from its history ({reason}); telling "
-                      "its clients", channel=channel, reason=merged.reason)
-        self._tell(channel, False, merged.reason, start)
-        for payload, position in held:
-            if self._inSequence(channel, payload, position):
-                self._handOn(channel, payload, position)
+                      "its clients", channel=channel, reason=reason)
+        self._tell(channel, False, reason, start)
+        self._reconsider(channel, held)
 
     def _gaveUp(self, channel: str) -> None:
         """The history cannot be read (or too much waits for it): tell the channel's
