@@ -4,7 +4,7 @@
 server (its own subscriber and command connections, its own reconnection, deaf-connection
 PING and delivery probe) behind the same :class:`~ws4tx.server.broker.IBroker`, so that the
 router and the hub do not know there are several. Every channel and key goes to the server
-:func:`ws4tx.sharding.shard_of` names, the function the Django side uses too: a channel is
+:func:`ws4tx.naming.shard_of` names, the function the Django side uses too: a channel is
 subscribed there, its messages are published and stored there, and so are its history
 stream and its facility's presence.
 
@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ws4tx import sharding
+from ws4tx import naming
 from ws4tx.history import History, Published, Retention
 from ws4tx.naming import PresenceKeys
 from ws4tx.server.broker import IBroker, IBrokerListener, IShardListener
@@ -61,7 +61,7 @@ class _ShardListener:
 @implementer(IBroker)
 class ShardedBroker:
     """An :class:`~ws4tx.server.broker.IBroker` over ``shards`` (one broker per Redis
-    server, in the configured order), channels placed by :func:`ws4tx.sharding.shard_of`
+    server, in the configured order), channels placed by :func:`ws4tx.naming.shard_of`
     with the channel ``prefix``."""
 
     log = Logger()
@@ -81,7 +81,7 @@ class ShardedBroker:
 
     def shardOf(self, name: str) -> int:
         """The index of the server that holds channel or key ``name``."""
-        return sharding.shard_of(self.prefix, name, len(self.shards))
+        return naming.shard_of(self.prefix, name, len(self.shards))
 
     def _of(self, name: str) -> IBroker:
         return self.shards[self.shardOf(name)]
