@@ -379,6 +379,36 @@ class ShardedServerTests(_ShardedNodesCase):
             self.addCleanup(client.close)
             self.assertEqual(client.exists(keys.connections), int(index == where))
 
+    async def test_infoAndChannelsGatherEveryNodeEveryTime(self):
+        """The registry, the control channel and every reply channel are on the first
+        server, for both halves: ``api.info()`` and ``api.channels()`` (and their
+        ServerAPI twins) get both nodes' answers every time (each query has its own
+        reply channel, which hashed to any server before), and ``api.disconnect()``
+        reaches both nodes."""
+        from ws4tx import api, closecodes
+
+        for node in self.nodes:
+            if not node.factory.node._announced:
+                await node.factory.node.whenRegistered().addTimeout(TIMEOUT, reactor)
+        ids = sorted(node.factory.node.id for node in self.nodes)
+        kim = [await self.on(node, "/ws/chat?subscribe-user", {"x-test-identity": "kim;;sk"})
+               for node in self.nodes]
+        server = self.nodes[1].service.server
+        for _ in range(4):
+            for info in (await threads.deferToThread(api.info), await server.info()):
+                self.assertEqual((sorted(n["id"] for n in info["nodes"]), info["missing"]),
+                                 (ids, []))
+            for found in (await threads.deferToThread(api.channels, "*:kim:*"),
+                          await server.channels("*:kim:*")):
+                self.assertEqual(found, {"channels": {"ws4tx:user:kim:chat": 2},
+                                         "nodes": ids, "missing": []})
+        keys = naming.nodes_keys(PREFIX)
+        self.assertEqual(self.redis.zcard(keys.connections), 2)  # on the first server
+        self.assertEqual(await threads.deferToThread(api.disconnect, users=["kim"]), 2)
+        for client in kim:
+            code, _ = await client.closed.addTimeout(TIMEOUT, reactor)
+            self.assertEqual(code, closecodes.CLOSED_BY_SITE)
+
     async def test_oneServerLostInterruptsOnlyItsChannels(self):
         """SIGKILL one Redis: the event clients of its channels (on both nodes) are told
         ws4tx.interrupted, the others are not and keep getting what the Django side
