@@ -479,10 +479,11 @@ class ClusterBroker:
         self._up[node] = True
         was_lost = node in self._lost
         self._lost.discard(node)
-        if self.connected:
-            listener.brokerConnected()
-        elif was_lost and IShardListener.providedBy(listener):
+        if was_lost and IShardListener.providedBy(listener):
+            # only this primary's channels missed anything: only they are recovered
             listener.channelsResumed(self._channelsOf(node), self.isInterrupted)
+        elif self.connected:
+            listener.brokerConnected()
 
     def _nodeLost(self, node: Node) -> None:
         listener = self._listener

@@ -11,7 +11,9 @@ stream and its facility's presence.
 Losing one server interrupts its channels only: the router is told which channels
 (:meth:`~ws4tx.server.broker.IShardListener.channelsInterrupted`), so that only their
 clients get ``ws4tx.interrupted``, and ``ws4tx.resumed`` once that server is back and
-they are resubscribed (and no other of their channels is down). The node counts as
+they are resubscribed (and no other of their channels is down); only that server's
+channels are then read from their histories (the other servers' clients missed nothing
+and are told nothing). The node counts as
 delivering while any server is (its health check stays up: every node has the same
 servers, so taking nodes out would interrupt every channel), and as connected while every
 server is; each server's loss is logged and counted.
@@ -99,7 +101,8 @@ class ShardedBroker:
     def connected(self) -> bool:
         """Whether every server's subscriber is connected. A client that joins while one
         is not is told ``ws4tx.interrupted`` (whichever its channels: the cautious side),
-        and ``ws4tx.resumed`` once every server is back."""
+        and ``ws4tx.resumed`` once a server comes back and none of its channels' servers
+        is down."""
         return all(shard.connected for shard in self.shards)
 
     @property
@@ -134,10 +137,11 @@ class ShardedBroker:
         self._up[index] = True
         was_lost = index in self._lost
         self._lost.discard(index)
-        if all(self._up):
-            listener.brokerConnected()
-        elif was_lost and IShardListener.providedBy(listener):
+        if was_lost and IShardListener.providedBy(listener):
+            # only this server's channels missed anything: only they are recovered
             listener.channelsResumed(self._channelsOf(index), self.isInterrupted)
+        elif all(self._up):
+            listener.brokerConnected()
 
     def _shardLost(self, index: int) -> None:
         listener = self._listener
