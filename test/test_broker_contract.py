@@ -21,7 +21,14 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from ws4tx.history import Position, Publication, Retention, strip_position
-from ws4tx.naming import history_keys
+from ws4tx.naming import (
+    control_channel,
+    history_keys,
+    nodes_keys,
+    presence_keys,
+    reply_channel,
+)
+from ws4tx.presence import JOIN, LEAVE, Entry, Stats, parse_entries, parse_stats
 from ws4tx.server.broker import (
     BrokerUnavailable,
     IBroker,
@@ -29,8 +36,10 @@ from ws4tx.server.broker import (
     NotStored,
     SubscriptionRefused,
 )
+from ws4tx.server.cluster import ClusterBroker
 from ws4tx.server.embedded import EmbeddedRedis
 from ws4tx.server.redis_broker import RedisBroker
+from ws4tx.server.sharded_broker import ShardedBroker
 from ws4tx.testing import MemoryBroker, MemoryBus
 
 from test._wsclient import TIMEOUT
@@ -221,14 +230,6 @@ class BrokerContract:
                      (e for e in listener.log if isinstance(e, tuple) and e[0] == "message"))
         self.assertEqual(got, list(range(50)))
 
-    async def test_barrierFailsWhileDisconnected(self):
-        """Without a connection the broker cannot tell: BrokerUnavailable."""
-        broker, _ = await self.start()
-        await self.disconnect(broker)
-        with self.assertRaises(BrokerUnavailable):
-            await self.settle(broker.barrier())
-        await self.reconnect(broker)
-
     async def test_publishCountsTheNodesSubscribed(self):
         """publish() fires with how many brokers (nodes) are subscribed to the channel;
         each of them gets the message once."""
@@ -262,15 +263,6 @@ class BrokerContract:
         await self.settle(broker.publish("kept", b"not stored"))
         self.assertEqual(await self.settle(broker.fetch("kept")), b"stored")
 
-    async def test_storedMessageExpires(self):
-        """A stored message is gone once its expiry has passed."""
-        broker, _ = await self.start()
-        watch = await self.watchExpiry(broker, "brief")
-        await self.settle(broker.publish("brief", b"soon gone", expire=1))
-        self.assertEqual(await self.settle(broker.fetch("brief")), b"soon gone")
-        await self.passTime(watch, 1)
-        self.assertIsNone(await self.settle(broker.fetch("brief")))
-
     async def test_unsubscribeStopsDelivery(self):
         """After unsubscribe() fired, nothing more is delivered on the channel; other
         channels go on."""
@@ -281,6 +273,170 @@ class BrokerContract:
         self.assertEqual(await self.settle(broker.publish("ch", b"unheard")), 0)
         self.assertEqual(await self.delivered(broker, listener, "other", b"heard"), 1)
         self.assertNotIn(("message", "ch", b"unheard"), listener.log)
+
+
+
+    async def test_presenceWrittenByOneNodeIsReadByAnother(self):
+        """updatePresence on one broker, readPresence on another: the facility's
+        connections (oldest first), their count and distinct users, those of one
+        audience; a leave takes one out."""
+        here, _ = await self.start()
+        there, _ = await self.start()
+        keys = presence_keys(None, "room")
+        changes = [(JOIN, conn, user, Entry(conn, user, since).to_json())
+                   for conn, user, since in (("c2", None, 2.0), ("c1", "ann", 1.0),
+                                             ("c3", "ann", 3.0))]
+        await self.settle(here.updatePresence(keys, 60, changes,
+                                              {"c1": ("broadcast",), "c3": ("user:ann",)}))
+        listed = parse_entries(await self.settle(there.readPresence(keys, "list")))
+        self.assertEqual([(e.id, e.user) for e in listed],
+                         [("c1", "ann"), ("c2", None), ("c3", "ann")])
+        self.assertEqual(parse_stats(await self.settle(there.readPresence(keys, "stats"))),
+                         Stats(3, 1))
+        self.assertEqual([e.id for e in parse_entries(await self.settle(
+            there.readPresence(keys, "list", "broadcast")))], ["c1"])
+        await self.settle(there.updatePresence(keys, 60, [(LEAVE, "c1", None, "")]))
+        self.assertEqual([e.id for e in parse_entries(await self.settle(
+            here.readPresence(keys, "list")))], ["c2", "c3"])
+
+    async def test_nodeRegistryKeepsEveryNode(self):
+        """Each node keeps itself in the node registry (its keys, the control channel's
+        place); any node reads all of them, and one that leaves is gone."""
+        brokers = [(await self.start())[0] for _ in range(2)]
+        keys = nodes_keys("ws4tx")
+        for n, broker in enumerate(brokers):
+            entry = Entry(f"node{n}", None, float(n)).to_json()
+            await self.settle(broker.updatePresence(keys, 15, [(JOIN, f"node{n}", None,
+                                                                entry)]))
+        for broker in brokers:
+            self.assertEqual([e.id for e in parse_entries(await self.settle(
+                broker.readPresence(keys, "list")))], ["node0", "node1"])
+        await self.settle(brokers[0].updatePresence(keys, 15, [(LEAVE, "node0", None, "")]))
+        self.assertEqual([e.id for e in parse_entries(await self.settle(
+            brokers[1].readPresence(keys, "list")))], ["node1"])
+
+    async def test_controlAndReplyChannelsReachEveryNode(self):
+        """The control channel reaches every node, and a node's answer on a reply
+        channel reaches the asker (they live apart from client channels on shards and
+        clusters)."""
+        asker, asker_listener = await self.start()
+        node, node_listener = await self.start()
+        control = control_channel("ws4tx")
+        reply = reply_channel("ws4tx", "abc123")
+        await self.subscribe(node, node_listener, control)
+        await self.subscribe(asker, asker_listener, reply)
+        self.assertEqual(await self.settle(asker.publish(control, b"query")), 1)
+        self.assertEqual(await self.message(node_listener), (control, b"query"))
+        self.assertEqual(await self.settle(node.publish(reply, b"answer")), 1)
+        self.assertEqual(await self.message(asker_listener), (reply, b"answer"))
+
+
+class HistoryContract(BrokerContract):
+    """Channels of facilities with history (publishWithHistory, history), on both brokers."""
+
+    KEEP = Retention(size=3, ttl=60)
+
+    async def published(self, broker: IBroker, channel: str, payload: bytes,
+                        retention: Retention = KEEP, expire: int = 0) -> Position:
+        result = await self.settle(broker.publishWithHistory(
+            channel, payload, history_keys(None, channel), retention, expire))
+        return result.position
+
+    async def read(self, broker: IBroker, channel: str, retention: Retention = KEEP,
+                   **kwargs: Any) -> Any:
+        return await self.settle(broker.history(history_keys(None, channel), retention,
+                                                **kwargs))
+
+    async def test_offsetsCountOnePerPublishPerChannelInOneEpoch(self):
+        """Offsets go 1, 2, 3 on each channel of its own; the epoch stays; subscribers get
+        each message behind its position, in order, and the count of receivers."""
+        broker, listener = await self.start()
+        await self.subscribe(broker, listener, "h:a")
+        first = await self.published(broker, "h:a", b"one")
+        other = await self.published(broker, "h:b", b"elsewhere")
+        second = await self.published(broker, "h:a", b"two")
+        third = await self.published(broker, "h:a", b"three")
+        self.assertEqual([first.offset, second.offset, third.offset, other.offset],
+                         [1, 2, 3, 1])
+        self.assertEqual({first.epoch, second.epoch, third.epoch}, {first.epoch})
+        self.assertNotEqual(other.epoch, first.epoch)
+        got = [strip_position((await self.message(listener))[1]) for _ in range(3)]
+        self.assertEqual(got, [(first, b"one"), (second, b"two"), (third, b"three")])
+
+    async def test_historyKeepsTheLastSizeMessagesOldestFirst(self):
+        """The stream keeps the last `size` messages; without since: the last `limit`;
+        with since: the first `limit` after it; with the epoch and the last offset."""
+        broker, _ = await self.start()
+        for n in range(1, 6):
+            position = await self.published(broker, "h:a", b"m%d" % n)
+        whole = await self.read(broker, "h:a")
+        self.assertEqual((whole.epoch, whole.offset), (position.epoch, 5))
+        self.assertEqual(whole.publications,
+                         [Publication(n, b"m%d" % n) for n in (3, 4, 5)])
+        self.assertEqual([p.offset for p in (await self.read(broker, "h:a", limit=2))
+                          .publications], [4, 5])
+        self.assertEqual([p.offset for p in (await self.read(broker, "h:a", since=3))
+                          .publications], [4, 5])
+        self.assertEqual([p.offset for p in (await self.read(broker, "h:a", since=0,
+                                                             limit=2)).publications], [3, 4])
+        self.assertEqual((await self.read(broker, "h:a", since=5)).publications, [])
+
+    async def test_historyOfAnUntouchedChannelKeepsItsEpoch(self):
+        """A read before any publish gives offset 0 and an epoch the first publish keeps."""
+        broker, _ = await self.start()
+        empty = await self.read(broker, "h:new")
+        self.assertEqual((empty.offset, empty.publications), (0, []))
+        self.assertEqual(await self.published(broker, "h:new", b"x"),
+                         Position(1, empty.epoch))
+
+    async def test_forgottenHistoryStartsANewEpoch(self):
+        """After FLUSHDB (or a restart without persistence) offsets start again at 1 in
+        another epoch, and nothing of the old epoch is read."""
+        broker, _ = await self.start()
+        await self.published(broker, "h:a", b"old")
+        old = await self.published(broker, "h:a", b"old2")
+        self.flush(broker)
+        new = await self.published(broker, "h:a", b"new")
+        self.assertEqual(new.offset, 1)
+        self.assertNotEqual(new.epoch, old.epoch)
+        self.assertEqual((await self.read(broker, "h:a")).publications,
+                         [Publication(1, b"new")])
+
+    async def test_historyPublishStoresForReplay(self):
+        """With expire, the message is also stored under the channel (ws4redis's replay),
+        as it is, without its position."""
+        broker, _ = await self.start()
+        await self.published(broker, "h:a", b"kept", expire=60)
+        self.assertEqual(await self.settle(broker.fetch("h:a")), b"kept")
+
+    async def test_badSinceOrLimitFails(self):
+        """A negative since or a limit below 1 is refused with ValueError."""
+        broker, _ = await self.start()
+        for kwargs in ({"since": -1}, {"limit": 0}):
+            await self.failure(broker.history(history_keys(None, "h:a"), self.KEEP,
+                                              **kwargs), ValueError)
+
+
+class OutageContract(BrokerContract):
+    """What needs a broker whose one server the test kills, narrows (ACL), fills
+    (maxmemory) or watches expire: the memory and single-Redis brokers."""
+
+    async def test_barrierFailsWhileDisconnected(self):
+        """Without a connection the broker cannot tell: BrokerUnavailable."""
+        broker, _ = await self.start()
+        await self.disconnect(broker)
+        with self.assertRaises(BrokerUnavailable):
+            await self.settle(broker.barrier())
+        await self.reconnect(broker)
+
+    async def test_storedMessageExpires(self):
+        """A stored message is gone once its expiry has passed."""
+        broker, _ = await self.start()
+        watch = await self.watchExpiry(broker, "brief")
+        await self.settle(broker.publish("brief", b"soon gone", expire=1))
+        self.assertEqual(await self.settle(broker.fetch("brief")), b"soon gone")
+        await self.passTime(watch, 1)
+        self.assertIsNone(await self.settle(broker.fetch("brief")))
 
     async def test_wantedChannelsResubscribedAfterReconnect(self):
         """After the connection is lost and back, the listener is told disconnected then
@@ -364,78 +520,6 @@ class BrokerContract:
         self.assertIsNone(await self.settle(broker.fetch("ch")))
         self.assertEqual(await self.delivered(broker, listener, "ch", b"plain"), 1)
 
-
-class HistoryContract(BrokerContract):
-    """Channels of facilities with history (publishWithHistory, history), on both brokers."""
-
-    KEEP = Retention(size=3, ttl=60)
-
-    async def published(self, broker: IBroker, channel: str, payload: bytes,
-                        retention: Retention = KEEP, expire: int = 0) -> Position:
-        result = await self.settle(broker.publishWithHistory(
-            channel, payload, history_keys(None, channel), retention, expire))
-        return result.position
-
-    async def read(self, broker: IBroker, channel: str, retention: Retention = KEEP,
-                   **kwargs: Any) -> Any:
-        return await self.settle(broker.history(history_keys(None, channel), retention,
-                                                **kwargs))
-
-    async def test_offsetsCountOnePerPublishPerChannelInOneEpoch(self):
-        """Offsets go 1, 2, 3 on each channel of its own; the epoch stays; subscribers get
-        each message behind its position, in order, and the count of receivers."""
-        broker, listener = await self.start()
-        await self.subscribe(broker, listener, "h:a")
-        first = await self.published(broker, "h:a", b"one")
-        other = await self.published(broker, "h:b", b"elsewhere")
-        second = await self.published(broker, "h:a", b"two")
-        third = await self.published(broker, "h:a", b"three")
-        self.assertEqual([first.offset, second.offset, third.offset, other.offset],
-                         [1, 2, 3, 1])
-        self.assertEqual({first.epoch, second.epoch, third.epoch}, {first.epoch})
-        self.assertNotEqual(other.epoch, first.epoch)
-        got = [strip_position((await self.message(listener))[1]) for _ in range(3)]
-        self.assertEqual(got, [(first, b"one"), (second, b"two"), (third, b"three")])
-
-    async def test_historyKeepsTheLastSizeMessagesOldestFirst(self):
-        """The stream keeps the last `size` messages; without since: the last `limit`;
-        with since: the first `limit` after it; with the epoch and the last offset."""
-        broker, _ = await self.start()
-        for n in range(1, 6):
-            position = await self.published(broker, "h:a", b"m%d" % n)
-        whole = await self.read(broker, "h:a")
-        self.assertEqual((whole.epoch, whole.offset), (position.epoch, 5))
-        self.assertEqual(whole.publications,
-                         [Publication(n, b"m%d" % n) for n in (3, 4, 5)])
-        self.assertEqual([p.offset for p in (await self.read(broker, "h:a", limit=2))
-                          .publications], [4, 5])
-        self.assertEqual([p.offset for p in (await self.read(broker, "h:a", since=3))
-                          .publications], [4, 5])
-        self.assertEqual([p.offset for p in (await self.read(broker, "h:a", since=0,
-                                                             limit=2)).publications], [3, 4])
-        self.assertEqual((await self.read(broker, "h:a", since=5)).publications, [])
-
-    async def test_historyOfAnUntouchedChannelKeepsItsEpoch(self):
-        """A read before any publish gives offset 0 and an epoch the first publish keeps."""
-        broker, _ = await self.start()
-        empty = await self.read(broker, "h:new")
-        self.assertEqual((empty.offset, empty.publications), (0, []))
-        self.assertEqual(await self.published(broker, "h:new", b"x"),
-                         Position(1, empty.epoch))
-
-    async def test_forgottenHistoryStartsANewEpoch(self):
-        """After FLUSHDB (or a restart without persistence) offsets start again at 1 in
-        another epoch, and nothing of the old epoch is read."""
-        broker, _ = await self.start()
-        await self.published(broker, "h:a", b"old")
-        old = await self.published(broker, "h:a", b"old2")
-        self.flush(broker)
-        new = await self.published(broker, "h:a", b"new")
-        self.assertEqual(new.offset, 1)
-        self.assertNotEqual(new.epoch, old.epoch)
-        self.assertEqual((await self.read(broker, "h:a")).publications,
-                         [Publication(1, b"new")])
-
     async def test_expiredHistoryStartsANewEpoch(self):
         """`ttl` seconds after the last publish the history is gone: the next publish
         starts a new epoch at offset 1."""
@@ -448,22 +532,8 @@ class HistoryContract(BrokerContract):
         self.assertEqual(new.offset, 1)
         self.assertNotEqual(new.epoch, old.epoch)
 
-    async def test_historyPublishStoresForReplay(self):
-        """With expire, the message is also stored under the channel (ws4redis's replay),
-        as it is, without its position."""
-        broker, _ = await self.start()
-        await self.published(broker, "h:a", b"kept", expire=60)
-        self.assertEqual(await self.settle(broker.fetch("h:a")), b"kept")
 
-    async def test_badSinceOrLimitFails(self):
-        """A negative since or a limit below 1 is refused with ValueError."""
-        broker, _ = await self.start()
-        for kwargs in ({"since": -1}, {"limit": 0}):
-            await self.failure(broker.history(history_keys(None, "h:a"), self.KEEP,
-                                              **kwargs), ValueError)
-
-
-class MemoryBrokerContractTests(HistoryContract, unittest.TestCase):
+class MemoryBrokerContractTests(HistoryContract, OutageContract, unittest.TestCase):
     """The contract of the in-memory double, on a Clock the test drives."""
 
     def setUp(self) -> None:
@@ -524,7 +594,7 @@ class MemoryBrokerContractTests(HistoryContract, unittest.TestCase):
         self.assertNotIn(("message", "ch", b"in flight"), listener.log)
 
 
-class RedisBrokerContractTests(HistoryContract, unittest.TestCase):
+class RedisBrokerContractTests(HistoryContract, OutageContract, unittest.TestCase):
     """The contract of the Redis broker, on a real Redis this test starts. The brokers
     connect as an ACL user (``contract``) so that its channels can be narrowed; an outage
     is the server killed (SIGKILL) and started again on the same port."""
@@ -621,3 +691,187 @@ class RedisBrokerContractTests(HistoryContract, unittest.TestCase):
     def failStores(self, broker: RedisBroker) -> None:  # type: ignore[override]
         self.redis.config_set("maxmemory-policy", "noeviction")
         self.redis.config_set("maxmemory", 1)
+
+
+def _whenCommandsReady(broker: RedisBroker) -> defer.Deferred[None]:
+    """Fires once ``broker``'s command connection is ready (at once when it is)."""
+    if broker._cmd is not None:
+        return defer.succeed(None)
+    ready = broker._commandReady
+    done: defer.Deferred[None] = defer.Deferred()
+
+    def commandReady(proto: Any) -> None:
+        ready(proto)
+        del broker._commandReady  # type: ignore[method-assign]
+        done.callback(None)
+
+    broker._commandReady = commandReady  # type: ignore[method-assign]
+    return done
+
+
+class _TopologyContract(HistoryContract):
+    """The contract on a Redis topology the class starts once (a topology takes
+    seconds to set up): every test starts from empty servers. What kills, narrows or
+    fills a server is tested per topology elsewhere (test_sentinel, test_sharding,
+    test_cluster)."""
+
+    @classmethod
+    def startTopology(cls) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def stopTopology(cls) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def servers(cls) -> list[EmbeddedRedis]:
+        """The servers that hold data (masters, shards, primaries)."""
+        raise NotImplementedError
+
+    def newBroker(self) -> IBroker:
+        raise NotImplementedError
+
+    def innerBrokers(self, broker: IBroker) -> list[RedisBroker]:
+        """The RedisBrokers whose command connections must be ready."""
+        raise NotImplementedError
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.startTopology()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.stopTopology()
+
+    def setUp(self) -> None:
+        self.flush(None)  # type: ignore[arg-type]
+
+    def flush(self, broker: IBroker) -> None:
+        for server in self.servers():
+            with redis.Redis(port=server.port, socket_timeout=5) as client:
+                client.flushall()
+
+    async def makeBroker(self, listener: Listener) -> IBroker:
+        broker = self.newBroker()
+        broker.start(listener)
+        self.addCleanup(broker.stop)
+        self.assertEqual(await self.event(listener), "connected")
+        for inner in self.innerBrokers(broker):
+            await self.settle(_whenCommandsReady(inner))
+        return broker
+
+    async def settle(self, d: defer.Deferred[Any]) -> Any:
+        return await d.addTimeout(TIMEOUT, reactor)
+
+
+class SentinelBrokerContractTests(_TopologyContract, unittest.TestCase):
+    """The contract of the Redis broker on a Sentinel group (master, replica, three
+    Sentinels): the broker finds the master through the Sentinels."""
+
+    group: Any
+
+    @classmethod
+    def startTopology(cls) -> None:
+        from test._sentinel import SentinelGroup
+
+        cls.group = SentinelGroup()
+        cls.group.start()
+
+    @classmethod
+    def stopTopology(cls) -> None:
+        cls.group.stop()
+
+    @classmethod
+    def servers(cls) -> list[EmbeddedRedis]:
+        return [cls.group.master]
+
+    def newBroker(self) -> IBroker:
+        return RedisBroker(self.group.address(), ping_interval=0, timeout=2.0)
+
+    def innerBrokers(self, broker: IBroker) -> list[RedisBroker]:
+        assert isinstance(broker, RedisBroker)
+        return [broker]
+
+
+class ShardedBrokerContractTests(_TopologyContract, unittest.TestCase):
+    """The contract of the sharded broker over three Redis servers (the test channels
+    land on all three)."""
+
+    shards: list[EmbeddedRedis]
+
+    @classmethod
+    def startTopology(cls) -> None:
+        cls.shards = []
+        for _ in range(3):
+            server = EmbeddedRedis()
+            server.start()
+            cls.shards.append(server)
+
+    @classmethod
+    def stopTopology(cls) -> None:
+        for server in cls.shards:
+            server.stop()
+
+    @classmethod
+    def servers(cls) -> list[EmbeddedRedis]:
+        return cls.shards
+
+    def newBroker(self) -> IBroker:
+        return ShardedBroker([RedisBroker(s.address, ping_interval=0, timeout=2.0)
+                              for s in self.shards], None)
+
+    def innerBrokers(self, broker: IBroker) -> list[RedisBroker]:
+        assert isinstance(broker, ShardedBroker)
+        return [b for b in broker.shards if isinstance(b, RedisBroker)]
+
+    def test_theChannelsOfTheContractUseEveryShard(self):
+        """The contract's channels are spread over the three servers (else it would
+        test one)."""
+        broker = self.newBroker()
+        assert isinstance(broker, ShardedBroker)
+        used = {broker.shardOf(c) for c in ("ch", "other", "a", "b", "kept", "h:a", "h:b")}
+        self.assertEqual(used, {0, 1, 2})
+
+
+class ClusterBrokerContractTests(_TopologyContract, unittest.TestCase):
+    """The contract of the cluster broker on a three-primary Redis Cluster (sharded
+    pub/sub; the test channels land on all three primaries)."""
+
+    cluster: Any
+
+    @classmethod
+    def startTopology(cls) -> None:
+        from test._cluster import Cluster
+
+        cls.cluster = Cluster()
+        try:
+            cls.cluster.start()
+        except BaseException:
+            cls.cluster.stop()
+            raise
+
+    @classmethod
+    def stopTopology(cls) -> None:
+        cls.cluster.stop()
+
+    @classmethod
+    def servers(cls) -> list[EmbeddedRedis]:
+        return list(cls.cluster.servers)
+
+    def newBroker(self) -> IBroker:
+        from ws4tx.redis_address import RedisAddress
+
+        address = RedisAddress(
+            cluster_nodes=tuple(("127.0.0.1", s.port) for s in self.cluster.servers))
+        return ClusterBroker(address, ping_interval=0, timeout=2.0, prefix=None)
+
+    def innerBrokers(self, broker: IBroker) -> list[RedisBroker]:
+        assert isinstance(broker, ClusterBroker)
+        return list(broker.nodes.values())
+
+    async def test_theChannelsOfTheContractUseEveryPrimary(self):
+        """The contract's channels are spread over the three primaries."""
+        broker, _ = await self.start()
+        assert isinstance(broker, ClusterBroker)
+        used = {broker.nodeFor(c) for c in ("ch", "other", "a", "b", "kept", "h:a", "h:b")}
+        self.assertEqual(len(used), 3)

@@ -107,11 +107,76 @@ class PureTests(unittest.SynchronousTestCase):
         stream, meta = naming.history_keys("ws4tx", "ws4tx:user:john:chat")
         self.assertEqual(key_slot(stream), key_slot(meta))
 
+    def test_partitionsSpreadEvenlyOverAnyEvenSlotSplit(self):
+        """The partitions' tags lie evenly over the slots: split the 16384 slots evenly
+        among 3 to 12 primaries (as ``redis-cli --cluster create`` does, or at any
+        offset) and each primary gets 128 / primaries partitions within 10 %. (The tags
+        ``p0``...``p127`` gave 13 to 26 partitions to each of six primaries.)"""
+        found = {naming.cluster_channel(f"ws4tx:user:u{i}:chat") for i in range(20_000)}
+        slots = sorted({key_slot(name) for name in found})
+        self.assertEqual(len(slots), naming.CLUSTER_PARTITIONS)
+        for primaries in range(3, 13):
+            share = naming.CLUSTER_PARTITIONS / primaries
+            splits = {"redis-cli": _redis_cli_split(primaries)}
+            for offset in (0, 17, 64, 100, 8191):
+                splits[f"offset {offset}"] = [
+                    ((16384 * i) // primaries + offset) % 16384 for i in range(primaries)]
+            for how, starts in splits.items():
+                counts = _partitions_per_range(slots, starts)
+                for count in counts:
+                    self.assertTrue(0.9 * share <= count <= 1.1 * share,
+                                    f"{primaries} primaries, {how}: {counts}")
+        # as the docstring of CLUSTER_TAGS says: one partition in each 128 slots
+        self.assertEqual([key_slot(f"{{{tag}}}") for tag in naming.CLUSTER_TAGS],
+                         [128 * i + 64 for i in range(naming.CLUSTER_PARTITIONS)])
+
+    def test_controlNamesShareOneSlot(self):
+        """The node registry's keys, the control channel and the reply channels are in
+        one slot on a cluster (one primary answers the registry and carries every
+        command and answer); the first shard holds them of several."""
+        for prefix in ("ws4tx", None, "site"):
+            keys = naming.nodes_keys(prefix)
+            names = [keys.connections, keys.info, keys.users, keys.user_prefix + "x",
+                     naming.cluster_name(prefix, naming.control_channel(prefix)),
+                     naming.cluster_name(prefix, naming.reply_channel(prefix, "abc123"))]
+            self.assertEqual(len({key_slot(name) for name in names}), 1, names)
+            channel = naming.broadcast_channel(prefix, "chat")
+            self.assertEqual(naming.cluster_name(prefix, channel),
+                             naming.cluster_channel(channel))
+            for name in [keys.connections, naming.control_channel(prefix),
+                         naming.reply_channel(prefix, "abc123")]:
+                self.assertEqual({naming.shard_of(prefix, name, n) for n in (2, 3, 7)}, {0})
+                self.assertEqual(naming.channel_of_cluster_channel(
+                    naming.cluster_name(prefix, name)), name)
+
     def test_moved(self):
         self.assertEqual(moved("MOVED 3999 127.0.0.1:6381"), (3999, ("127.0.0.1", 6381)))
         self.assertEqual(moved("MOVED 1 [::1]:7000"), (1, ("::1", 7000)))
         self.assertIsNone(moved("ERR unknown command"))
         self.assertIsNone(moved("MOVED x y:z"))
+
+
+def _redis_cli_split(primaries: int) -> list[int]:
+    """The first slot of each primary as ``redis-cli --cluster create`` splits them."""
+    per, cursor, first, starts = 16384 / primaries, 0.0, 0, []
+    for i in range(primaries):
+        starts.append(first)
+        last = 16383 if i == primaries - 1 else max(first, round(cursor + per - 1))
+        first, cursor = last + 1, cursor + per
+    return starts
+
+
+def _partitions_per_range(slots: list[int], starts: list[int]) -> list[int]:
+    """How many of ``slots`` each range gets, the ranges starting at ``starts`` (in order,
+    the last one wrapping round to the first)."""
+    counts = []
+    for i, start in enumerate(starts):
+        end = starts[(i + 1) % len(starts)]
+        if start < end:
+            counts.append(sum(start <= slot < end for slot in slots))
+        else:
+            counts.append(sum(slot >= start or slot < end for slot in slots))
+    return counts
 
 
 class ClusterTests(unittest.TestCase):
@@ -205,8 +270,9 @@ class ClusterTests(unittest.TestCase):
         still in step for the next command (txredisapi alone would hand the extra
         confirmations to it)."""
         slots = self.slotMap()
-        partition = naming.cluster_channel("ws4tx:broadcast:x")[:5]  # "{pNN"
-        names = [f"{partition}}}ws4tx:user:u{i}:chat" for i in range(20)]
+        name = naming.cluster_channel("ws4tx:broadcast:x")
+        tag = name[:name.index("}") + 1]
+        names = [f"{tag}ws4tx:user:u{i}:chat" for i in range(20)]
         self.assertEqual(len({key_slot(n) for n in names}), 1)
         server = self.server(slots.node_for(names[0]))
         handler, factory = await self.subscriber(server)
@@ -301,6 +367,26 @@ class _ClusterNodesCase(unittest.TestCase):
         self.addCleanup(client.close)
         await node.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
         return client
+
+def _whenAllResumed(node: SimpleNamespace) -> defer.Deferred[None]:
+    """Fires once every primary is back after each was lost (each reports its own
+    channels resumed: a primary's return is not the whole broker's)."""
+    router, broker = node.factory.node.router, node.service.broker
+    done: defer.Deferred[None] = defer.Deferred()
+    original = router.channelsResumed
+    waiting = len(broker.nodes)
+
+    def resumed(*args: Any) -> None:
+        nonlocal waiting
+        original(*args)
+        waiting -= 1
+        if waiting == 0 and broker.connected and not done.called:
+            del router.channelsResumed
+            done.callback(None)
+
+    router.channelsResumed = resumed
+    return done
+
 
 @pytest.mark.system
 class ClusterServerTests(_ClusterNodesCase):
@@ -441,10 +527,10 @@ class ClusterServerTests(_ClusterNodesCase):
                 with self.cluster.client(server) as client:
                     client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
 
+        back = [_whenAllResumed(node) for node in self.nodes]
         await threads.deferToThread(kill)
-        for node in self.nodes:
-            self.assertEqual(await node.events.get().addTimeout(TIMEOUT, reactor),
-                             "connected")
+        for d in back:
+            await d.addTimeout(TIMEOUT, reactor)
         commands = await threads.deferToThread(calls) - before
         channels = 2 * (len(groups) + 2)  # and the control and probe channels
         self.assertLess(commands, channels / 2)
@@ -528,6 +614,47 @@ class ClusterServerTests(_ClusterNodesCase):
         await threads.deferToThread(api.publish, "chat", "still here", users=["hank"],
                                     expire=0)
         self.assertEqual(await hank.text(), "still here")
+
+    async def test_infoChannelsAndDisconnectAcrossTwoNodes(self):
+        """The node registry, the control channel and the reply channels share one slot:
+        both nodes register; ``api.info()`` and ``api.channels()`` from Django (SSUBSCRIBE
+        and SPUBLISH there) and their ServerAPI twins from a node gather both nodes'
+        answers, and ``api.disconnect()`` reaches both."""
+        from ws4tx import api, closecodes
+
+        for node in self.nodes:
+            if not node.factory.node._announced:
+                await node.factory.node.whenRegistered().addTimeout(TIMEOUT, reactor)
+        ids = sorted(node.factory.node.id for node in self.nodes)
+        ivy = [await self.on(node, "/ws/chat?subscribe-user", "ivy;;si")
+               for node in self.nodes]
+        await self.on(self.nodes[1], "/ws/chat?subscribe-broadcast", "jo;;sj")
+        server = self.nodes[0].service.server
+        for result in [await threads.deferToThread(api.info), await server.info()]:
+            self.assertEqual(result["missing"], [])
+            self.assertEqual(sorted(n["id"] for n in result["nodes"]), ids)
+            self.assertEqual(sorted(n["clients"] for n in result["nodes"]), [1, 2])
+        expected = {"ws4tx:user:ivy:chat": 2, "ws4tx:broadcast:chat": 1}
+        for result in [await threads.deferToThread(api.channels, "ws4tx:*:chat"),
+                       await server.channels("ws4tx:*:chat")]:
+            self.assertEqual(result, {"channels": expected, "nodes": ids, "missing": []})
+        self.assertEqual(await threads.deferToThread(api.disconnect, users=["ivy"]), 2)
+        for client in ivy:
+            code, _ = await client.closed.addTimeout(TIMEOUT, reactor)
+            self.assertEqual(code, closecodes.CLOSED_BY_SITE)
+
+    async def test_anUnreachableClusterIsAPublishError(self):
+        """Django's calls on a cluster that cannot be reached raise the documented
+        PublishError (naming the address), not redis-py's RedisClusterException."""
+        from ws4tx import _sync_redis, api
+        from ws4tx.redis_store import PublishError
+        from ws4tx.server.embedded import free_port
+
+        _sync_redis.use_url(f"redis+cluster://127.0.0.1:{free_port()}")
+        for call in (api.info, api.channels, lambda: api.disconnect(users=["x"]),
+                     lambda: api.publish("chat", "x", broadcast=True)):
+            with self.assertRaisesRegex(PublishError, "127.0.0.1"):
+                await threads.deferToThread(call)
 
     async def test_publishFollowsMoved(self):
         """A node publishes (and stores) on a channel whose slot moved without it

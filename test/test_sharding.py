@@ -380,6 +380,36 @@ class ShardedServerTests(_ShardedNodesCase):
             self.addCleanup(client.close)
             self.assertEqual(client.exists(keys.connections), int(index == where))
 
+    async def test_infoAndChannelsGatherEveryNodeEveryTime(self):
+        """The registry, the control channel and every reply channel are on the first
+        server, for both halves: ``api.info()`` and ``api.channels()`` (and their
+        ServerAPI twins) get both nodes' answers every time (each query has its own
+        reply channel, which hashed to any server before), and ``api.disconnect()``
+        reaches both nodes."""
+        from ws4tx import api, closecodes
+
+        for node in self.nodes:
+            if not node.factory.node._announced:
+                await node.factory.node.whenRegistered().addTimeout(TIMEOUT, reactor)
+        ids = sorted(node.factory.node.id for node in self.nodes)
+        kim = [await self.on(node, "/ws/chat?subscribe-user", {"x-test-identity": "kim;;sk"})
+               for node in self.nodes]
+        server = self.nodes[1].service.server
+        for _ in range(4):
+            for info in (await threads.deferToThread(api.info), await server.info()):
+                self.assertEqual((sorted(n["id"] for n in info["nodes"]), info["missing"]),
+                                 (ids, []))
+            for found in (await threads.deferToThread(api.channels, "*:kim:*"),
+                          await server.channels("*:kim:*")):
+                self.assertEqual(found, {"channels": {"ws4tx:user:kim:chat": 2},
+                                         "nodes": ids, "missing": []})
+        keys = naming.nodes_keys(PREFIX)
+        self.assertEqual(self.redis.zcard(keys.connections), 2)  # on the first server
+        self.assertEqual(await threads.deferToThread(api.disconnect, users=["kim"]), 2)
+        for client in kim:
+            code, _ = await client.closed.addTimeout(TIMEOUT, reactor)
+            self.assertEqual(code, closecodes.CLOSED_BY_SITE)
+
     async def test_oneServerLostInterruptsOnlyItsChannels(self):
         """SIGKILL one Redis: the event clients of its channels (on both nodes) are told
         ws4tx.interrupted, the others are not and keep getting what the Django side
@@ -582,6 +612,10 @@ class _Member:
     def closeWith(self, code: int, reason: str) -> None:
         self.told.append(f"closed {code}")
 
+    def channelRecovered(self, channel: str, recovered: bool, reason: Optional[str],
+                         position: Any, messages: int) -> None:
+        self.told.append(f"recovered {channel}" if recovered else f"lost {channel}")
+
 
 class OutageBookkeepingTests(SynchronousTestCase):
     """The router and the sharded broker in memory: who is told what when servers come
@@ -620,6 +654,50 @@ class OutageBookkeepingTests(SynchronousTestCase):
         self.assertEqual(both.told, ["interrupted", "resumed"])
         self.assertNotIn("interrupted", alone.told)
         self.assertEqual(self.broker.stats["shard_outages"], 2)
+
+    def test_oneServerBackRecoversOnlyItsChannels(self):
+        """When one server comes back, only its channels (of facilities with history)
+        are read since their positions, and only their clients are told recovered: a
+        client whose server never went down is told nothing, and nothing of its
+        channel is read again."""
+        from ws4tx.history import History, Position
+        from ws4tx.server.router import Router
+        from ws4tx.testing import MemoryBroker, MemoryBus
+
+        reads: list[str] = []
+
+        def read(channel: str, since: Position) -> defer.Deferred[History]:
+            reads.append(channel)
+            return defer.succeed(History(since.epoch, since.offset))
+
+        shards = [MemoryBroker(MemoryBus(self.clock)) for _ in range(SHARDS)]
+        broker = ShardedBroker(shards, PREFIX)
+        router = Router(broker, lambda payload, binary: SimpleNamespace(), clock=self.clock,
+                        has_history=lambda channel: True, read_history=read)
+        broker.start(router)
+        self.clock.advance(0)
+        steady, hit, both = _Member("steady"), _Member("hit"), _Member("both")
+        router.join(steady, [self.on[0]])
+        router.join(hit, [self.on[1]])
+        router.join(both, [self.on[0], self.on[1]])
+        self.clock.advance(0)
+        for channel in (self.on[0], self.on[1]):
+            router.learned(channel, Position(3, "e"))
+        shards[1].disconnect()
+        shards[1].reconnect()
+        self.clock.advance(0)
+        self.assertEqual(reads, [self.on[1]])
+        self.assertEqual(steady.told, [])
+        self.assertEqual(hit.told, ["interrupted", "resumed", f"recovered {self.on[1]}"])
+        self.assertEqual(both.told, ["interrupted", "resumed", f"recovered {self.on[1]}"])
+        # every server lost and back: each channel is read once, by its server's return
+        for shard in shards:
+            shard.disconnect()
+        for shard in shards:
+            shard.reconnect()
+        self.clock.advance(0)
+        self.assertEqual(sorted(reads), sorted([self.on[1], self.on[0], self.on[1]]))
+        self.assertEqual(steady.told, ["interrupted", "resumed", f"recovered {self.on[0]}"])
 
     def test_messagesGoToTheirServerAndBack(self):
         member = _Member("m")

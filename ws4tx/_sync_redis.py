@@ -18,7 +18,8 @@ are published with ``SPUBLISH`` (sharded pub/sub, see :func:`is_cluster`).
 
 Several servers (a list of URLs: channels sharded over them) get one client each;
 :func:`client_for` is the client of a channel's or key's shard
-(:func:`ws4tx.sharding.shard_of`, the function the server uses too).
+(:func:`ws4tx.naming.shard_of`, the function the server uses too: the control channel,
+the reply channels and the node registry on the first).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
-from ws4tx import _django_settings, redis_address, schema, sharding
+from ws4tx import _django_settings, naming, redis_address, schema
 from ws4tx.redis_address import RedisAddress
 
 #: Settings whose change (``override_settings``) makes the next call build a new client.
@@ -110,7 +111,7 @@ def is_cluster() -> bool:
 
 def shard_index(name: str) -> int:
     """The index of the shard of channel or key ``name`` (0 with one Redis)."""
-    return sharding.shard_of(_django_settings.prefix(), name, len(clients()))
+    return naming.shard_of(_django_settings.prefix(), name, len(clients()))
 
 
 def client_for(name: str) -> redis.Redis:

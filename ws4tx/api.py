@@ -186,20 +186,30 @@ def unsubscribe(
 
 
 def _command(command: control.Command, on_commit: bool) -> Optional[int]:
-    """Publish ``command`` on the control channel (now, or once the transaction commits)."""
-    channel = naming.control_channel(_django_settings.prefix())
+    """Publish ``command`` on the control channel (now, or once the transaction commits):
+    on the first shard of several, with SPUBLISH in the registry's slot of a cluster."""
+    prefix = _django_settings.prefix()
+    channel = naming.control_channel(prefix)
     payload = control.encode(command)
 
     def send() -> int:
         store = RedisStore()
-        def send_to(redis: Any) -> Any:
-            if store._cluster():
-                return redis.spublish(naming.cluster_channel(channel), payload)
-            return redis.publish(channel, payload)
-
-        return int(store._call("send a command to", send_to, channel))
+        cluster = store._cluster()
+        return int(store._call("send a command to",
+                               lambda redis: _send_control(redis, cluster, prefix, payload),
+                               channel))
 
     return _run(send, on_commit)
+
+
+def _send_control(connection: Any, cluster: bool, prefix: Optional[str],
+                  payload: bytes) -> int:
+    """PUBLISH (SPUBLISH on a cluster) ``payload`` on the control channel; how many
+    nodes got it."""
+    channel = naming.control_channel(prefix)
+    if cluster:
+        return int(connection.spublish(naming.cluster_name(prefix, channel), payload))
+    return int(connection.publish(channel, payload))
 
 
 def channels(pattern: str = "*", *, timeout: float = control.DEFAULT_TIMEOUT) -> dict[str, Any]:
@@ -227,10 +237,14 @@ def info(*, timeout: float = control.DEFAULT_TIMEOUT) -> dict[str, Any]:
 
 
 def _gather(op: str, pattern: str, timeout: float) -> dict[str, Any]:
-    """Ask every node on the control channel; gather the answers for ``timeout`` s."""
+    """Ask every node on the control channel; gather the answers for ``timeout`` s. The
+    registry, the control channel and the reply channel are on the first shard of
+    several, in one slot of a cluster (sharded pub/sub there)."""
     prefix = _django_settings.prefix()
     reply = naming.reply_channel(prefix, uuid.uuid4().hex)
     query = control.query(op, reply, pattern)
+    store = RedisStore()
+    cluster = store._cluster()
 
     def run(connection: Any) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -239,20 +253,32 @@ def _gather(op: str, pattern: str, timeout: float) -> dict[str, Any]:
         expected = [e.id for e in _presence.parse_entries(script(keys=keys, args=args))]
         answers: dict[str, Any] = {}
         pubsub = connection.pubsub()
-        try:
+        if cluster:
+            listen = naming.cluster_name(prefix, reply)
+            pubsub.ssubscribe(listen)
+            kinds = ("ssubscribe", "smessage")
+
+            def next_message(left: float) -> Any:
+                return pubsub.get_sharded_message(timeout=left)
+        else:
             pubsub.subscribe(reply)
+            kinds = ("subscribe", "message")
+
+            def next_message(left: float) -> Any:
+                return pubsub.get_message(timeout=left)
+        try:
             # The answers must not come before the subscription is in place.
-            while (message := pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-                   ) is None or message["type"] != "subscribe":
+            while (message := next_message(max(0.0, deadline - time.monotonic()))
+                   ) is None or _kind(message) != kinds[0]:
                 if time.monotonic() >= deadline:
                     return control.gathered(op, answers, expected)
-            receivers = connection.publish(naming.control_channel(prefix), control.encode(query))
+            receivers = _send_control(connection, cluster, prefix, control.encode(query))
             while len(answers) < receivers:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                message = pubsub.get_message(timeout=left)
-                if message is not None and message["type"] == "message":
+                message = next_message(left)
+                if message is not None and _kind(message) == kinds[1]:
                     try:
                         node, data = control.decode_answer(message["data"])
                     except control.InvalidCommand:
@@ -262,7 +288,12 @@ def _gather(op: str, pattern: str, timeout: float) -> dict[str, Any]:
             pubsub.close()
         return control.gathered(op, answers, expected)
 
-    return RedisStore()._call("ask the nodes through", run)
+    return store._call("ask the nodes through", run, naming.control_channel(prefix))
+
+
+def _kind(message: dict[str, Any]) -> str:
+    kind = message["type"]
+    return kind.decode() if isinstance(kind, bytes) else str(kind)
 
 
 def history(

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional
 from urllib.parse import quote
 
-from ws4tx.sharding import fnv1a_64, jump_hash
+from ws4tx.sharding import fnv1a_64, jump_hash, shard_of as _shard_of
 
 BROADCAST = "broadcast"
 USER = "user"
@@ -247,8 +247,10 @@ def nodes_keys(prefix: Optional[str]) -> PresenceKeys:
     """The keys of the node registry: every live node keeps itself there (with an expiry
     it refreshes) as a connection of a presence, so that a query gathered over the control
     channel knows which nodes should answer. ``{prefix}:nodes:c`` and so on: no client
-    channel (``{prefix}:<audience>:...``) and no facility's presence."""
-    head = f"{_head(prefix)}{NODES}"
+    channel (``{prefix}:<audience>:...``) and no facility's presence. The keys carry
+    :func:`control_tag` (``{prefix}:nodes:{<tag>}:c``...), so that on a Redis Cluster they
+    share the control channel's slot."""
+    head = f"{_head(prefix)}{NODES}:{{{control_tag(prefix)}}}"
     return PresenceKeys(f"{head}:c", f"{head}:i", f"{head}:u", f"{head}:u:", f"{head}:e",
                         f"{head}:ia", f"{head}:a:")
 
@@ -358,21 +360,86 @@ def audience_channels(
 #: node and Django process must use the same number: it is part of the names.
 CLUSTER_PARTITIONS = 128
 
+#: The hash tag of each partition, precomputed (as Centrifugo does) so that partition
+#: ``i``'s tag is in slot ``128 * i + 64`` (``CLUSTER KEYSLOT``): the 128 partitions lie
+#: evenly over the 16384 slots, one per 128, and any even split of the slots among 3 to
+#: 12 primaries gives each primary its share of partitions within one (the CRC16 of
+#: ``p0``...``p127``, the tags before, gave 13 to 26 per primary of six). Each is the
+#: first of 0, 1, 2, ... written in base 36 (digits ``a``-``z``, ``0``-``9``) whose CRC16
+#: lands on its slot; ``test/test_cluster.py`` checks them. Changing them renames every
+#: channel on a cluster (docs/scaling.md).
+CLUSTER_TAGS = (
+    "qfs", "dqe", "bg5", "fr3", "ptr", "ecd", "cu4", "2jb", "qb3", "l85", "bcu", "fvs",
+    "pp2", "te4", "cqt", "x3", "dhn", "htp", "fk8", "7tn", "ezo", "ifq", "ex", "zg7",
+    "le6", "hp0", "fox", "jsf", "mw7", "ib1", "g9q", "kag", "h8q", "ubw", "bv7", "fc1",
+    "inx", "erf", "cd6", "mq", "hx9", "uf7", "brw", "fgq", "ij8", "tt6", "kin", "i1",
+    "dyl", "her", "3pj", "7el", "ekm", "iws", "tz", "c95", "lt4", "ha2", "nwb", "jbd",
+    "mf5", "is3", "42", "kpe", "sd5", "wq3", "hlk", "dpu", "k94", "9k", "pub", "ebt",
+    "bbe", "fwc", "5kc", "dt5", "cpd", "geb", "4yb", "ef4", "nc0", "jv6", "ukn", "h1h",
+    "dh", "kd7", "mrg", "iga", "fnh", "jrv", "1gn", "ys0", "g8a", "cio", "0uo", "xa1",
+    "su7", "nk9", "h9a", "daw", "rg6", "la", "ioh", "esv", "bsg", "ffa", "5za", "de7",
+    "caf", "g0h", "xi8", "ew6", "nr2", "jg4", "lqd", "hdb", "uj", "ku5", "mce", "ivc",
+    "nvr", "bjl", "d84", "yb2", "gmk", "cxm", "0dm", "xp3",
+)
+assert len(CLUSTER_TAGS) == CLUSTER_PARTITIONS
+
+
+def cluster_partition(channel: str) -> int:
+    """The partition (0 to :data:`CLUSTER_PARTITIONS` - 1) of ``channel`` on a cluster:
+    Jump hash of its FNV-1a hash."""
+    return jump_hash(fnv1a_64(channel.encode("utf-8")), CLUSTER_PARTITIONS)
+
 
 def cluster_channel(channel: str) -> str:
     """The name ``channel`` has on a Redis Cluster (sharded pub/sub, and its stored
-    message's key): ``{p<N>}`` + the channel, ``N`` one of :data:`CLUSTER_PARTITIONS`
-    partitions chosen by the channel's hash. The tag comes first, so it is the hash tag
-    whatever braces the channel holds: the channels of one partition share one slot, and
-    one ``SSUBSCRIBE`` can take many of them."""
-    partition = jump_hash(fnv1a_64(channel.encode("utf-8")), CLUSTER_PARTITIONS)
-    return f"{{p{partition}}}{channel}"
+    message's key): its partition's tag (:data:`CLUSTER_TAGS`) in braces + the channel.
+    The tag comes first, so it is the hash tag whatever braces the channel holds: the
+    channels of one partition share one slot, and one ``SSUBSCRIBE`` can take many of
+    them. The node's own channels have :func:`cluster_name`."""
+    return f"{{{CLUSTER_TAGS[cluster_partition(channel)]}}}{channel}"
+
+
+def control_tag(prefix: Optional[str]) -> str:
+    """The hash tag of the node registry, the control channel and the reply channels on a
+    Redis Cluster: the partition tag of the control channel, so that they all share one
+    slot (one primary holds the registry and carries every command and answer)."""
+    return CLUSTER_TAGS[cluster_partition(control_channel(prefix))]
+
+
+def is_control_name(prefix: Optional[str], name: str) -> bool:
+    """Whether ``name`` is the control channel, a reply channel or a key of the node
+    registry under ``prefix``: the names that live together (on the first shard of
+    several, in one slot of a cluster) whatever their hash."""
+    head = _head(prefix)
+    if not name.startswith(head):
+        return False
+    rest = name[len(head):]
+    return rest == CONTROL or rest.startswith(f"{REPLY}:") or rest.startswith(f"{NODES}:")
+
+
+def cluster_name(prefix: Optional[str], channel: str) -> str:
+    """The name channel ``channel`` has on a Redis Cluster: :func:`cluster_channel`, but
+    the control and reply channels are behind :func:`control_tag` (the node registry's
+    slot)."""
+    if is_control_name(prefix, channel):
+        return f"{{{control_tag(prefix)}}}{channel}"
+    return cluster_channel(channel)
+
+
+def shard_of(prefix: Optional[str], name: str, shards: int) -> int:
+    """The index of the shard (of ``shards`` independent Redis servers) that holds
+    channel or key ``name``: the first for the control and reply channels and the node
+    registry (:func:`is_control_name`, so that the Django side asks where the nodes
+    answer), else :func:`ws4tx.sharding.shard_of`. Both halves place names with this."""
+    if shards == 1 or is_control_name(prefix, name):
+        return 0
+    return _shard_of(prefix, name, shards)
 
 
 def channel_of_cluster_channel(name: str) -> str:
     """The channel a :func:`cluster_channel` name stands for (``name`` itself when it is
     not one)."""
-    if name.startswith("{p"):
+    if name.startswith("{"):
         end = name.find("}")
         if end != -1:
             return name[end + 1:]

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 import redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from ws4tx import _audience, _django_settings, _history_check, _sync_redis, history, naming
 from ws4tx.redis_address import RedisAddress
@@ -291,7 +291,7 @@ class RedisStore:
         ``names``) of those it holds, in the order of their first name."""
         if self._own_connection is not None:
             return [(self._own_connection, list(range(len(names))))]
-        shards = _sync_redis.clients()
+        shards = _clients()
         if len(shards) == 1:
             return [(shards[0], list(range(len(names))))]
         groups: dict[int, list[int]] = {}
@@ -313,7 +313,7 @@ class RedisStore:
                 continue
             try:
                 answered = run(connection, [names[i] for i in indices])
-            except RedisError as e:
+            except (RedisError, RedisClusterException) as e:
                 failure = PublishError(
                     f"could not {action} Redis at {self._where(connection)}: {e}")
                 failure.__cause__ = e
@@ -332,12 +332,13 @@ class RedisStore:
         if self._own_connection is not None:
             connection = self._own_connection
         elif name is None:
-            connection = _sync_redis.client()
+            connection = _clients()[0]
         else:
+            _clients()
             connection = _sync_redis.client_for(name)
         try:
             return run(connection)
-        except RedisError as e:
+        except (RedisError, RedisClusterException) as e:
             raise PublishError(
                 f"could not {action} Redis at {self._where(connection)}: {e}") from e
 
@@ -356,3 +357,13 @@ class RedisStore:
             ).safe_url
         except (TypeError, ValueError):
             return "the given connection"
+
+
+def _clients() -> tuple[redis.Redis, ...]:
+    """The process's clients; :class:`PublishError` naming the address when they cannot
+    be built (redis-py's cluster client connects as it is built)."""
+    try:
+        return _sync_redis.clients()
+    except (RedisError, RedisClusterException) as e:
+        raise PublishError(
+            f"could not reach Redis at {_sync_redis.address().safe_url}: {e}") from e

@@ -17,6 +17,10 @@ placed by its tag, as Redis Cluster does, with the prefix in front: a channel's 
 keys ``{prefix}:history:{<channel without prefix>}:s`` land on the same shard as the
 channel itself, and all of a facility's presence keys (and its presence channel) on one
 shard.
+
+The node registry, the control channel and the reply channels are the exception: they
+live on the first shard, whatever their hash (:func:`ws4tx.naming.shard_of`, which both
+halves call, puts them there and everything else where :func:`shard_of` says).
 """
 
 from __future__ import annotations

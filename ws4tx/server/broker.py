@@ -93,7 +93,9 @@ class IShardListener(IBrokerListener):
 
     def channelsResumed(channels: Iterable[str], interrupted: Callable[[str], bool]) -> None:
         """The server of ``channels`` is back and they are resubscribed: delivery goes on
-        for every client none of whose channels is still ``interrupted``."""
+        for every client none of whose channels is still ``interrupted``, and what was
+        published on ``channels`` meanwhile is recovered from their histories (theirs
+        only: the other servers' channels missed nothing)."""
 
 
 class IBroker(Interface):

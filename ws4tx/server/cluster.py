@@ -41,6 +41,7 @@ from ws4tx.naming import (
     channel_of_cluster_channel,
     cluster_channel,
     cluster_history_keys,
+    cluster_name,
 )
 from ws4tx.redis_address import RedisAddress
 from ws4tx.server._attempts import AttemptLog
@@ -290,7 +291,7 @@ class _NodeListener:
         self.cluster._listener.messageReceived(channel_of_cluster_channel(channel), payload)
 
     def wantedChannels(self) -> Iterable[str]:
-        return [cluster_channel(c) for c in self.cluster._channelsOf(self.node)]
+        return [self.cluster.clusterName(c) for c in self.cluster._channelsOf(self.node)]
 
     def subscriptionRefused(self, channel: str, reason: str) -> None:
         if moved(reason) is not None:
@@ -369,7 +370,12 @@ class ClusterBroker:
     def nodeFor(self, channel: str) -> Optional[Node]:
         """The primary that serves ``channel`` (its :func:`~ws4tx.naming.cluster_channel`
         name), as last known."""
-        return self._nodeOfKey(cluster_channel(channel))
+        return self._nodeOfKey(self.clusterName(channel))
+
+    def clusterName(self, channel: str) -> str:
+        """The name of ``channel`` on the cluster (:func:`~ws4tx.naming.cluster_name`: the
+        control and reply channels in the node registry's slot)."""
+        return cluster_name(self.prefix, channel)
 
     def _nodeOfKey(self, key: str) -> Optional[Node]:
         return self.slots.node_for(key) if self.slots is not None else None
@@ -484,7 +490,7 @@ class ClusterBroker:
             self._up.pop(node, None)
             self._lost.discard(node)
         if old is not None:
-            for channel in map(cluster_channel, wanted):
+            for channel in map(self.clusterName, wanted):
                 before, after = old.node_for(channel), slots.node_for(channel)
                 if before != after and after in self.nodes:
                     if before in self.nodes:
@@ -511,10 +517,11 @@ class ClusterBroker:
         self._up[node] = True
         was_lost = node in self._lost
         self._lost.discard(node)
-        if self.connected:
-            listener.brokerConnected()
-        elif was_lost and IShardListener.providedBy(listener):
+        if was_lost and IShardListener.providedBy(listener):
+            # only this primary's channels missed anything: only they are recovered
             listener.channelsResumed(self._channelsOf(node), self.isInterrupted)
+        elif self.connected:
+            listener.brokerConnected()
 
     def _nodeLost(self, node: Node) -> None:
         listener = self._listener
@@ -550,11 +557,11 @@ class ClusterBroker:
                 raise BrokerUnavailable(f"the slot of {channel} moved")
             return failure
 
-        return broker.subscribe(cluster_channel(channel)).addErrback(refused)
+        return broker.subscribe(self.clusterName(channel)).addErrback(refused)
 
     def unsubscribe(self, channel: str) -> defer.Deferred[None]:
         broker = self._node(channel)
-        return broker.unsubscribe(cluster_channel(channel)) if broker else defer.succeed(None)
+        return broker.unsubscribe(self.clusterName(channel)) if broker else defer.succeed(None)
 
     def _onNode(self, key: str, run: Callable[[_NodeBroker], defer.Deferred[Any]]
                 ) -> defer.Deferred[Any]:
@@ -582,12 +589,12 @@ class ClusterBroker:
     def publish(self, channel: str, payload: bytes, expire: int = 0) -> defer.Deferred[int]:
         """SPUBLISH on the channel's cluster name, and store it under that name (the
         same slot)."""
-        name = cluster_channel(channel)
+        name = self.clusterName(channel)
         return self._onNode(name, lambda b: b.publish(name, payload, expire))
 
     def fetch(self, key: str) -> defer.Deferred[Optional[bytes]]:
         """The message stored for channel ``key`` (under its cluster name)."""
-        name = cluster_channel(key)
+        name = self.clusterName(key)
         return self._onNode(name, lambda b: b.fetch(name))
 
     def barrier(self) -> defer.Deferred[None]:

@@ -695,15 +695,20 @@ class Router:
     def brokerConnected(self) -> None:
         for member in tuple(self.hub.clients()):
             member.deliveryResumed()
+        self._recoverAfterOutage(list(self.positions))
+
+    def _recoverAfterOutage(self, channels: Iterable[str]) -> None:
+        """What was published on ``channels`` while their Redis was away is in their
+        histories: each with a position is read since it (one read per channel, for all
+        its clients, who are told the outcome)."""
         if self._read_history is None:
             return
-        # What was published meanwhile is in the histories: every channel with a
-        # position is read since it (one read per channel, for all its clients).
-        for channel, position in list(self.positions.items()):
+        for channel in channels:
+            position = self.positions.get(channel)
             recovery = self._recovering.get(channel)
             if recovery is not None:
                 recovery.announce = True
-            elif self.hub.members(channel):
+            elif position is not None and self.hub.members(channel):
                 self._recover(channel, position, announce=True)
 
     # IShardListener (a broker sharded over several Redis servers)
@@ -715,11 +720,16 @@ class Router:
 
     def channelsResumed(self, channels: Iterable[str],
                         interrupted: Callable[[str], bool]) -> None:
-        """``channels`` deliver again: their clients are told so, unless another of
-        their channels is still ``interrupted`` (on another shard that is down)."""
-        for member in self._membersOf(channels):
+        """The shard of ``channels`` is back: those of them with a position are
+        recovered from their history (only their clients are told ``recovered``), and
+        every client none of whose channels is still ``interrupted`` (on another shard
+        that is down) is told delivery resumed (including one that joined, cautiously
+        told interrupted, while the shard was down)."""
+        channels = list(channels)
+        for member in tuple(self.hub.clients()):
             if not any(interrupted(c) for c in self.hub.channels_of(member)):
                 member.deliveryResumed()
+        self._recoverAfterOutage(channels)
 
     def _membersOf(self, channels: Iterable[str]) -> list[Member]:
         """The clients of any of ``channels``, each once."""

@@ -4,14 +4,16 @@
 server (its own subscriber and command connections, its own reconnection, deaf-connection
 PING and delivery probe) behind the same :class:`~ws4tx.server.broker.IBroker`, so that the
 router and the hub do not know there are several. Every channel and key goes to the server
-:func:`ws4tx.sharding.shard_of` names, the function the Django side uses too: a channel is
+:func:`ws4tx.naming.shard_of` names, the function the Django side uses too: a channel is
 subscribed there, its messages are published and stored there, and so are its history
 stream and its facility's presence.
 
 Losing one server interrupts its channels only: the router is told which channels
 (:meth:`~ws4tx.server.broker.IShardListener.channelsInterrupted`), so that only their
 clients get ``ws4tx.interrupted``, and ``ws4tx.resumed`` once that server is back and
-they are resubscribed (and no other of their channels is down). The node counts as
+they are resubscribed (and no other of their channels is down); only that server's
+channels are then read from their histories (the other servers' clients missed nothing
+and are told nothing). The node counts as
 delivering while any server is (its health check stays up: every node has the same
 servers, so taking nodes out would interrupt every channel), and as connected while every
 server is; each server's loss is logged and counted.
@@ -26,7 +28,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ws4tx import sharding
+from ws4tx import naming
 from ws4tx.history import History, Published, Retention
 from ws4tx.naming import PresenceKeys
 from ws4tx.server._log import observer
@@ -62,7 +64,7 @@ class _ShardListener:
 @implementer(IBroker)
 class ShardedBroker:
     """An :class:`~ws4tx.server.broker.IBroker` over ``shards`` (one broker per Redis
-    server, in the configured order), channels placed by :func:`ws4tx.sharding.shard_of`
+    server, in the configured order), channels placed by :func:`ws4tx.naming.shard_of`
     with the channel ``prefix``."""
 
     log = Logger(observer=observer)
@@ -82,7 +84,7 @@ class ShardedBroker:
 
     def shardOf(self, name: str) -> int:
         """The index of the server that holds channel or key ``name``."""
-        return sharding.shard_of(self.prefix, name, len(self.shards))
+        return naming.shard_of(self.prefix, name, len(self.shards))
 
     def _of(self, name: str) -> IBroker:
         return self.shards[self.shardOf(name)]
@@ -100,7 +102,8 @@ class ShardedBroker:
     def connected(self) -> bool:
         """Whether every server's subscriber is connected. A client that joins while one
         is not is told ``ws4tx.interrupted`` (whichever its channels: the cautious side),
-        and ``ws4tx.resumed`` once every server is back."""
+        and ``ws4tx.resumed`` once a server comes back and none of its channels' servers
+        is down."""
         return all(shard.connected for shard in self.shards)
 
     @property
@@ -144,10 +147,11 @@ class ShardedBroker:
         self._up[index] = True
         was_lost = index in self._lost
         self._lost.discard(index)
-        if all(self._up):
-            listener.brokerConnected()
-        elif was_lost and IShardListener.providedBy(listener):
+        if was_lost and IShardListener.providedBy(listener):
+            # only this server's channels missed anything: only they are recovered
             listener.channelsResumed(self._channelsOf(index), self.isInterrupted)
+        elif all(self._up):
+            listener.brokerConnected()
 
     def _shardLost(self, index: int) -> None:
         listener = self._listener
