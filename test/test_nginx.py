@@ -19,6 +19,7 @@ import unittest
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet import defer, endpoints, reactor
 from twisted.internet.protocol import Protocol
 from twisted.logger import capturedLogs
@@ -28,6 +29,10 @@ from ws4tx.server.config import ServerConfig
 from test._process import Twistd
 from test._server import ServerTestCase
 from test._wsclient import TIMEOUT, handshake_request, status_of
+
+#: Whole processes: run in one tox env (see tox.ini).
+pytestmark = pytest.mark.system
+
 
 NGINX_CANDIDATES = ("/usr/sbin/nginx",)
 

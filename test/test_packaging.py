@@ -15,6 +15,7 @@ import unittest
 import zipfile
 from pathlib import Path
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +26,7 @@ def _run(*args: str, cwd: Path) -> None:
     subprocess.run(args, cwd=cwd, check=True, capture_output=True, timeout=300)
 
 
+@pytest.mark.system
 class LicenseTests(SynchronousTestCase):
     def test_licenseIsMIT(self) -> None:
         """The LICENSE is the MIT license of the ws4tx authors, as the metadata says."""

@@ -7,11 +7,15 @@ import os
 import socket
 import tempfile
 
+import pytest
 from twisted.trial import unittest
 
 from ws4tx.server.embedded import free_port, server_binaries
 
 from test._process import Twistd
+
+#: Whole processes: run in one tox env (see tox.ini).
+pytestmark = pytest.mark.system
 
 #: No Redis there: a fault test must not reach anyone's Redis.
 NOWHERE = "redis://127.0.0.1:1/0"
