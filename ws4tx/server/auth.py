@@ -21,12 +21,15 @@ from ws4tx.naming import ANONYMOUS, Flags, Identity
 
 
 class HandshakeDenied(Exception):
-    """Refuse a WebSocket handshake with an HTTP status (403 by default) and a reason."""
+    """Refuse a WebSocket handshake with an HTTP status (403 by default) and a reason;
+    ``retry_after`` (seconds) is sent as ``Retry-After`` (a 503 or 429 that will pass)."""
 
-    def __init__(self, reason: str, status: int = 403) -> None:
+    def __init__(self, reason: str, status: int = 403,
+                 retry_after: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,8 @@ class PushProtocol(WebSocketServerProtocol):
         #: The authentication under way (an authenticator that answers later), if any.
         self._authenticating: Optional[defer.Deferred[Any]] = None
         self._lost = False
+        #: Headers of a refusal's answer (``Retry-After``).
+        self._refusalHeaders: list[tuple[str, str]] = []
         #: The deflate window of the compressed frames this client takes (None: plain).
         self._window: Optional[int] = None
         #: Whether this client gets messages with their positions (an event client of a
@@ -174,13 +176,13 @@ class PushProtocol(WebSocketServerProtocol):
             self._recover = _recover_from(handshake.params.get("recover", []))
             answer = self.factory.authenticator.authenticate(handshake)
         except HandshakeDenied as e:
-            raise ConnectionDeny(e.status, e.reason) from None
+            raise self._refusal(e) from None
         if isinstance(answer, Coroutine):
             answer = defer.Deferred.fromCoroutine(answer)
         if isinstance(answer, defer.Deferred):
             self._authenticating = answer
             answer.addBoth(self._authenticated)
-            return answer.addCallbacks(self._admit, _denied,
+            return answer.addCallbacks(self._admit, self._denied,
                                        callbackArgs=(request, handshake))
         return self._admit(answer, request, handshake)
 
@@ -197,6 +199,29 @@ class PushProtocol(WebSocketServerProtocol):
         """Whether the connection came over TLS (directly or through twisted.web)."""
         return bool(ISSLTransport.providedBy(self.transport)
                     or getattr(self.factory, "isSecure", False))
+
+    def _denied(self, failure: Failure) -> Optional[Failure]:
+        """An authenticator's HandshakeDenied, as the HTTP answer Autobahn sends; an
+        authentication cancelled because the client went away ends quietly (see
+        :meth:`succeedHandshake`); any other failure goes on."""
+        error = failure.value
+        if isinstance(error, defer.CancelledError):
+            return None
+        if isinstance(error, HandshakeDenied):
+            raise self._refusal(error)
+        return failure
+
+    def _refusal(self, error: HandshakeDenied) -> ConnectionDeny:
+        """The answer to a refused handshake (with ``Retry-After`` when it says when)."""
+        if error.retry_after is not None:
+            self._refusalHeaders = [("Retry-After", str(error.retry_after))]
+        return ConnectionDeny(error.status, error.reason)
+
+    def failHandshake(self, reason: str, code: int = 400,
+                      responseHeaders: Any = None) -> None:
+        """Autobahn's refusal of a handshake, with the refusal's own headers."""
+        headers = [*(responseHeaders or ()), *self._refusalHeaders]
+        super().failHandshake(reason, code, headers or None)
 
     def _authenticated(self, result: Any) -> Any:
         self._authenticating = None
@@ -975,18 +1000,6 @@ def _recovered(merges: dict[str, Merge],
 
 def _raiseNotStored(receivers: int, reason: str) -> int:
     raise NotStored(receivers, reason)
-
-
-def _denied(failure: Failure) -> Optional[Failure]:
-    """An authenticator's HandshakeDenied, as the HTTP answer Autobahn sends; an
-    authentication cancelled because the client went away ends quietly (see
-    :meth:`PushProtocol.succeedHandshake`); any other failure goes on."""
-    error = failure.value
-    if isinstance(error, defer.CancelledError):
-        return None
-    if isinstance(error, HandshakeDenied):
-        raise ConnectionDeny(error.status, error.reason)
-    return failure
 
 
 class PushFactory(WebSocketServerFactory):
