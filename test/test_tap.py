@@ -134,6 +134,25 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.allowed_origins, ("https://a.example",))
         self.assertEqual(config.max_connections, 5)
 
+    def test_authBoundsReachTheDjangoAuthenticatorsGate(self):
+        """--auth-concurrency and --auth-queue bound the Django authenticator's gate (the
+        defaults leave half of the reactor's ten threads to the site's pages)."""
+        from ws4tx import _sync_redis
+
+        from test._django import setup_django
+
+        setup_django()
+        self.addCleanup(_sync_redis.reset)
+        argv = ("--django-settings", "test.settings", "--no-client-publish")
+        gate = push_service(parse(*argv)).factory.authenticator.gate
+        self.assertEqual((gate.concurrency, gate.queue), (5, 100))
+        gate = push_service(parse(*argv, "--auth-concurrency", "2", "--auth-queue", "0")
+                            ).factory.authenticator.gate
+        self.assertEqual((gate.concurrency, gate.queue), (2, 0))
+        e = self.assertRaises(usage.UsageError,
+                              lambda: push_service(parse("--auth-concurrency", "0")))
+        self.assertIn("auth-concurrency must be >= 1", str(e))
+
     def test_emptyPrefixMeansNone(self):
         """--prefix '' gives ws4redis's unprefixed channel names (with client publishing
         off or accepted)."""

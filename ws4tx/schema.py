@@ -525,6 +525,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("handshake_timeout", NUMBER, 5.0,
             "seconds a connection has to send its whole request (head and body) and to "
             "finish its WebSocket handshake; `0`: no bound", minimum=0, unit="s"),
+    Setting("auth_concurrency", INT, 5,
+            "handshakes authenticated from Django at once (the session look-up, the site's "
+            "hooks, a token's user when hooks are set), each in a thread of the reactor's "
+            "pool, whose other threads (10 in all) stay for the site's pages (`--wsgi`) and "
+            "event handlers; a thread keeps its slot until it finishes, even if its client "
+            "went away", minimum=1),
+    Setting("auth_queue", INT, 100,
+            "handshakes that may wait for one of those slots (one that goes away leaves the "
+            "queue); past it 503 with `Retry-After`", minimum=0),
     Setting("max_connections", INT, 0,
             "WebSocket connections at once in this process; 503 past it; `0`: no limit",
             minimum=0),

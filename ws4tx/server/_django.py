@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from ws4tx import _audience, schema
 from ws4tx.naming import Flags, Identity, flag_names, parse_flags
+from ws4tx.server._authgate import AuthGate
 from ws4tx.server._log import observer
 from ws4tx.server.auth import Grant, HandshakeDenied, HandshakeRequest, IAuthenticator
 
@@ -243,19 +244,25 @@ class SessionAuthenticator:
     site set one) may refuse and must not name another user, and ``ALLOWED_CHANNELS``
     narrows the flags or refuses, as for a cookie.
 
-    Everything that touches the database runs in a thread. A handshake that carries any
+    Everything that touches the database runs in a thread, through ``gate``
+    (:class:`~ws4tx.server._authgate.AuthGate`: at most ``AUTH_CONCURRENCY`` at once, at
+    most ``AUTH_QUEUE`` waiting, 503 past it); a token without hooks needs no thread
+    and does not wait. A handshake that carries any
     cookie from a foreign Origin is refused with 403 (see :class:`_OriginPolicy`); a token
     handshake is not checked, since the token, which a foreign page cannot get, is its
     credential.
     """
 
-    def __init__(self, settings: Any, check_origin: bool = True) -> None:
+    def __init__(self, settings: Any, check_origin: bool = True,
+                 gate: Optional[AuthGate] = None) -> None:
         self._custom_process = _import(schema.lookup(settings, "PROCESS_REQUEST"),
                                        "WS4TX_PROCESS_REQUEST")
         self._process = self._custom_process or _process_request
         self._allowed_channels = _import(schema.lookup(settings, "ALLOWED_CHANNELS"),
                                          "WS4TX_ALLOWED_CHANNELS")
         self._origins = _OriginPolicy(settings) if check_origin else None
+        self.gate = gate or AuthGate(schema.get("auth_concurrency").default,
+                                     schema.get("auth_queue").default)
 
     def authenticate(self, request: HandshakeRequest) -> defer.Deferred[Grant]:
         tokens = request.params.get("token")
@@ -267,7 +274,7 @@ class SessionAuthenticator:
             return defer.fail(HandshakeDenied(
                 f"cross-site WebSocket refused: Origin {origin} is not this site's "
                 f"({self._origins.site_origin(request)}) nor a trusted one"))
-        return run_in_thread(self._authorize, request)
+        return self.gate.run(lambda: run_in_thread(self._authorize, request))
 
     def _fromToken(self, handshake: HandshakeRequest, token: str) -> defer.Deferred[Grant]:
         from ws4tx import tokens
@@ -279,8 +286,9 @@ class SessionAuthenticator:
             return defer.fail(HandshakeDenied(f"invalid token: {e}"))
         if self._custom_process is None and self._allowed_channels is None:
             return defer.succeed(Grant(identity, expires=expires))
-        return run_in_thread(self._authorizeToken, handshake, identity).addCallback(
-            lambda grant: Grant(grant.identity, grant.flags, expires))
+        return self.gate.run(
+            lambda: run_in_thread(self._authorizeToken, handshake, identity)).addCallback(
+                lambda grant: Grant(grant.identity, grant.flags, expires))
 
     def _authorize(self, handshake: HandshakeRequest) -> Grant:
         request = _http_request(handshake)

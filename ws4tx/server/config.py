@@ -96,6 +96,11 @@ class ServerConfig:
     #: Seconds a connection has to send its whole request (head and body) and to finish
     #: its opening handshake (0: no bound).
     handshake_timeout: float = _default("handshake_timeout")
+    #: Handshakes authenticated from Django at once, each in a thread of the reactor's
+    #: pool (a thread keeps its slot until it finishes, even if its client went away)...
+    auth_concurrency: int = _default("auth_concurrency")
+    #: ... and handshakes that may wait for a slot; past it 503 with Retry-After.
+    auth_queue: int = _default("auth_queue")
     #: Most WebSocket connections at once in this process (0: no limit); 503 past it.
     max_connections: int = _default("max_connections")
     #: Most connections at once from one client address (0: no limit); 429 past it:

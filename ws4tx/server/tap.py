@@ -24,6 +24,7 @@ from twisted.python import failure, usage
 from ws4tx import redis_address, schema
 from ws4tx.redis_address import InvalidRedisAddress, RedisAddress
 from ws4tx.server import _internals
+from ws4tx.server._authgate import AuthGate
 from ws4tx.server._log import observer, set_level
 from ws4tx.server.config import FIELDS, ServerConfig, check
 from ws4tx.server.embedded import EmbeddedRedisError, start_first
@@ -295,7 +296,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
 
         try:
             authenticator = _django.SessionAuthenticator(
-                settings, check_origin=not config.allowed_origins)
+                settings, check_origin=not config.allowed_origins,
+                gate=AuthGate(config.auth_concurrency, config.auth_queue))
             if options["wsgi"]:
                 fallback = _django.wsgi_resource(options["wsgi"], reactor)
         except ValueError as e:
