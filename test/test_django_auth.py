@@ -27,6 +27,7 @@ from django.test import Client, override_settings  # noqa: E402
 from ws4tx import _sync_redis, naming, tokens  # noqa: E402
 from ws4tx.publisher import RedisPublisher  # noqa: E402
 from ws4tx.server import _django  # noqa: E402
+from ws4tx.server._authgate import AuthGate  # noqa: E402
 from ws4tx.server.auth import HandshakeRequest  # noqa: E402
 
 from test._server import ServerTestCase, non_probe  # noqa: E402
@@ -525,8 +526,9 @@ class _Observed(_django.SessionAuthenticator):
     started: defer.DeferredQueue[None]
 
     def authenticate(self, request):
+        answer = super().authenticate(request)
         self.started.put(None)
-        return super().authenticate(request)
+        return answer
 
 
 class ResetDuringSessionLookupTests(DjangoServerTestCase):
@@ -537,7 +539,9 @@ class ResetDuringSessionLookupTests(DjangoServerTestCase):
 
     async def startServer(self, wait: bool = True, **kwargs) -> None:
         self.settings_override(WS4TX_PROCESS_REQUEST=gated_process_request)
-        self.authenticator = _Observed(settings)
+        # Every look-up in the thread pool at once, as without a bound: the resets are
+        # what this test is about (AuthenticationBoundTests tests the bound).
+        self.authenticator = _Observed(settings, gate=AuthGate(self.clients, 0))
         self.authenticator.started = defer.DeferredQueue()
         await super().startServer(wait, authenticator=self.authenticator, **kwargs)
 
@@ -574,3 +578,129 @@ class ResetDuringSessionLookupTests(DjangoServerTestCase):
 class _Raw(Protocol):
     def dataReceived(self, data: bytes) -> None:
         pass
+
+
+class _Held:
+    """Authentications held in their threads until ``release`` is set; counts how many
+    run in threads at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        self.running = self.most = 0
+        self.started: defer.DeferredQueue[None] = defer.DeferredQueue()
+        self.finished: defer.DeferredQueue[None] = defer.DeferredQueue()
+
+
+_held: list[_Held] = []
+
+
+def held_process_request(request):
+    """The default session processing, held in its thread until the test releases it."""
+    held = _held[0]
+    with held.lock:
+        held.running += 1
+        held.most = max(held.most, held.running)
+    reactor.callFromThread(held.started.put, None)
+    try:
+        held.release.wait(30)
+        _django._process_request(request)
+    finally:
+        with held.lock:
+            held.running -= 1
+        reactor.callFromThread(held.finished.put, None)
+
+
+class _Kept(Protocol):
+    """Keeps what the server answers."""
+
+    data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+
+def page(environ, start_response):
+    """A page of the site, served from the reactor's thread pool (as --wsgi does)."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+    return [b"page"]
+
+
+class AuthenticationBoundTests(DjangoServerTestCase):
+    """A storm of handshakes with a session cookie, each held in its authentication, and
+    reset: at most AUTH_CONCURRENCY authentications run in threads at once, whatever the
+    resets; the site's pages, served by the same thread pool, are answered meanwhile; past
+    AUTH_QUEUE handshakes are answered 503 with Retry-After."""
+
+    concurrency, queue = 3, 20
+
+    async def startServer(self, wait: bool = True, **kwargs) -> None:
+        from twisted.web.wsgi import WSGIResource
+
+        self.settings_override(WS4TX_PROCESS_REQUEST=held_process_request)
+        self.held = _Held()
+        _held[:] = [self.held]
+        self.addCleanup(self.held.release.set)
+        self.authenticator = _Observed(
+            settings, gate=AuthGate(self.config.auth_concurrency, self.config.auth_queue))
+        self.authenticator.started = defer.DeferredQueue()
+        kwargs.setdefault("fallback", WSGIResource(reactor, reactor.getThreadPool(), page))
+        await super().startServer(wait, authenticator=self.authenticator, **kwargs)
+
+    config = DjangoServerTestCase.config.replace(auth_concurrency=concurrency,
+                                                 auth_queue=queue)
+
+    async def _handshake(self, request: bytes) -> _Kept:
+        raw = _Kept()
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        await endpoints.connectProtocol(endpoint, raw)
+        raw.transport.write(request)
+        await self.authenticator.started.get().addTimeout(TIMEOUT, reactor)
+        return raw
+
+    async def test_resetStormHoldsAtMostConcurrencyThreadsAndPagesAreServed(self):
+        """23 handshakes with john's cookie: 3 authenticate in threads, 20 wait, the 24th
+        gets 503 with Retry-After; a page of the site is served while the 3 are held (the
+        pool's other threads are free). All 23 reset: the waiting ones leave the queue,
+        the 3 keep their slots until their threads end, so a handshake after the storm
+        waits rather than starting a 4th thread, and is admitted once they ended. At no
+        time did more than 3 authentications run in threads."""
+        gate, held = self.authenticator.gate, self.held
+        _, key = self.login("john")
+        request = handshake_request("/ws/foobar" + ALL, self.cookie(key))
+        raws = [await self._handshake(request)
+                for _ in range(self.concurrency + self.queue)]
+        for _ in range(self.concurrency):
+            await held.started.get().addTimeout(TIMEOUT, reactor)
+        self.assertEqual((gate.running, gate.waiting, held.running),
+                         (self.concurrency, self.queue, self.concurrency))
+
+        status, text = await self._status("/ws/foobar" + ALL, self.cookie(key))
+        self.assertEqual(status, 503, text)
+        self.assertIn("too many handshakes waiting for authentication", text)
+        self.assertIn("\r\nRetry-After: 1\r\n", text)
+        await self.authenticator.started.get()  # it was refused by the gate
+
+        answer = await raw_request(self.port, b"GET /page HTTP/1.0\r\nHost: x\r\n\r\n")
+        self.assertEqual(status_of(answer)[0], 200, answer)
+        self.assertEqual(held.running, self.concurrency)  # served while they are held
+
+        for raw in raws:
+            raw.transport.abortConnection()
+        for _ in range(len(raws) + 1):  # and the one refused
+            await self.factory.test_left.get().addTimeout(TIMEOUT, reactor)
+        self.assertEqual((gate.running, gate.waiting), (self.concurrency, 0))
+
+        after = await self._handshake(request)
+        self.addCleanup(after.transport.abortConnection)
+        self.assertEqual((gate.running, gate.waiting), (self.concurrency, 1))
+        self.assertEqual(held.started.pending, [])  # no 4th thread
+
+        held.release.set()
+        await self.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
+        self.assertTrue(after.data.startswith(b"HTTP/1.1 101 "), after.data)
+        for _ in range(self.concurrency + 1):
+            await held.finished.get().addTimeout(TIMEOUT, reactor)
+        self.assertEqual((held.most, gate.most), (self.concurrency, self.concurrency))
+        self.assertEqual(self.factory.node.router.memberCount(), 1)
+        self.assertEqual(gate.refused, 1)
