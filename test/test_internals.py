@@ -18,11 +18,13 @@ from twisted.internet.base import ReactorBase
 from twisted.internet.interfaces import IStreamClientEndpoint, _ISupportsExitSignalCapturing
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http import HTTPChannel
 from zope.interface import implementer
 
-from ws4tx.server import _internals
+from ws4tx.server import _internals, _log
 from ws4tx.server.deflate import deflate
 
 
@@ -114,6 +116,25 @@ class TwistedTests(SynchronousTestCase):
         self.assertEqual({e["log_level"] for e in retries}, {LogLevel.info})
         self.assertIn("_log", vars(ClientService))
         self.assertEqual(self._retryEvents(_internals.QuietClientService), [])
+
+    def test_httpChannelLogsIdleTimeoutsThroughItsClassLogger(self):
+        """HTTPChannel says it closed an idle connection at info through its class
+        attribute ``_log``; QuietHTTPChannel's says it at debug (seen with ws4tx's log at
+        debug)."""
+        self.assertIn("_log", vars(HTTPChannel))
+        self.addCleanup(_log.set_level, _log.level())
+        _log.set_level("debug")
+        for cls, level in ((HTTPChannel, LogLevel.info),
+                           (_internals.QuietHTTPChannel, LogLevel.debug)):
+            channel = cls()
+            channel.callLater = Clock().callLater
+            transport = StringTransport()
+            channel.makeConnection(transport)
+            with capturedLogs() as events:
+                channel.timeoutConnection()
+            self.assertEqual([e["log_level"] for e in events
+                              if "Timing out client" in e.get("log_format", "")], [level])
+            self.assertTrue(transport.disconnecting)
 
     def test_exitSignal(self):
         """A reactor remembers SIGTERM in ``_exitSignal`` (twistd re-raises it after the

@@ -19,6 +19,7 @@ from twisted.web import resource
 
 from ws4tx import closecodes, envelope, schema
 from ws4tx.server._forwarded import client_address, counted_as
+from ws4tx.server._log import level, set_level
 from ws4tx.server._ratelimit import Budgets, TokenBucket
 from ws4tx.server.admission import AddressCounts
 from ws4tx.server.config import ServerConfig
@@ -510,6 +511,21 @@ class HttpConnectionClockTests(SynchronousTestCase):
         channel.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.addresses.total(), 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_closingAnIdleConnectionIsADebugLine(self):
+        """Closing an idle keep-alive connection (every 15 s per idle browser connection)
+        says nothing at the default level, info, where Twisted said ``Timing out client``
+        each time; with ``--log-level debug`` it is a debug line."""
+        self.addCleanup(set_level, level())
+        for name, expected in (("info", []), ("debug", [LogLevel.debug])):
+            set_level(name)
+            channel, transport = self.connect("192.0.2.1")
+            channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            with capturedLogs() as events:
+                self.clock.advance(15)
+            self.assertTrue(transport.disconnecting)
+            self.assertEqual([e["log_level"] for e in events], expected, name)
+            channel.connectionLost(Failure(ConnectionDone()))
 
     def test_connectionsPastTheCapAreAnswered429AndClosed(self):
         """Two connections from one address are served; the third one's request is

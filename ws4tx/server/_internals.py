@@ -14,6 +14,9 @@ dependency changes under it (``test/test_internals.py``):
 - :func:`fail_connection`: fail a connection with any close code, as Autobahn does on a
   protocol violation (its public ``sendClose`` refuses codes below 3000 but 1000).
 - :class:`QuietClientService`: a ``ClientService`` that logs warnings but not each retry.
+- :class:`QuietHTTPChannel`: an ``HTTPChannel`` that says at debug, not info, that it
+  closed an idle keep-alive connection (every ``HTTP_IDLE_TIMEOUT`` per idle browser
+  connection).
 - :func:`forget_exit_signal`: let ``twistd`` exit with 0 after a clean drain on SIGTERM.
 """
 
@@ -34,6 +37,9 @@ from twisted.logger import (
     LogLevelFilterPredicate,
     globalLogPublisher,
 )
+from twisted.web.http import HTTPChannel
+
+from ws4tx.server._log import observer
 
 
 class _Pretty:
@@ -99,6 +105,23 @@ class QuietClientService(ClientService):
 
     _log = Logger(observer=FilteringLogObserver(
         globalLogPublisher, [LogLevelFilterPredicate(LogLevel.warn)]))
+
+
+class _DebugLogger(Logger):
+    """A Logger whose info lines are debug lines."""
+
+    def emit(self, level: LogLevel, format: Optional[str] = None, **kwargs: object) -> None:
+        super().emit(LogLevel.debug if level == LogLevel.info else level, format, **kwargs)
+
+
+class QuietHTTPChannel(HTTPChannel):
+    """An HTTPChannel whose own lines (its ``_log``: ``Timing out client: …`` each time
+    it closes an idle keep-alive connection, ``Forcibly timing out client: …`` when the
+    peer does not let go) go to ws4tx's log at debug: closing an idle connection is
+    routine, and at info it filled the log with a line per idle browser connection every
+    ``HTTP_IDLE_TIMEOUT``."""
+
+    _log = _DebugLogger(observer=observer)
 
 
 def forget_exit_signal(reactor: Any) -> None:
