@@ -50,9 +50,8 @@ from ws4tx.server.config import ServerConfig
 from ws4tx.server.events import Events
 from ws4tx.server.handlers import EventHandler, ServerAPI
 from ws4tx.server.presence import Presence
-from ws4tx.server.reads import HistoryReads
 from ws4tx.server.router import Router
-from ws4tx.server.streams import FIRST_PAGE
+from ws4tx.server.streams import FIRST_PAGE, HistoryReads
 
 #: The close codes counted under their own label; any other is counted as ``other``
 #: (a client picks any code from 3000 to 4999: the labels must stay few).

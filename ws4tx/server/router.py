@@ -55,7 +55,6 @@ from ws4tx.history import (
 from ws4tx.naming import Identity
 from ws4tx.server._log import observer
 from ws4tx.server.broker import (
-    BrokerUnavailable,
     IBroker,
     IShardListener,
     SubscriptionRefused,
@@ -64,8 +63,11 @@ from ws4tx.server.hub import Hub
 from ws4tx.server.streams import (
     FIRST_PAGE,
     PAGE_BYTES,
+    READ_ATTEMPTS as READ_ATTEMPTS,  # their old home
+    READ_RETRY_DELAY as READ_RETRY_DELAY,
     SharedHistory,
-    is_text as is_text,  # its old home
+    is_text as is_text,
+    retried as retried,
 )
 
 
@@ -115,34 +117,6 @@ class Member(Protocol):
 
 #: A function that reads a channel's history since a position (its offset): the node's.
 ReadHistory = Callable[[str, Position], "defer.Deferred[History]"]
-
-#: How often, and how long apart, a history read that found the broker unavailable is
-#: tried again (its command connection may come back after its subscriber).
-READ_ATTEMPTS = 10
-READ_RETRY_DELAY = 0.5
-
-
-def retried(call: Callable[[], defer.Deferred[Any]], clock: IReactorTime,
-            attempts: int = READ_ATTEMPTS,
-            delay: float = READ_RETRY_DELAY) -> defer.Deferred[Any]:
-    """``call()``'s result, ``call`` being tried again (``delay`` seconds after the first
-    failure, growing by ``delay`` each time, ``attempts`` times in all) while it fails with
-    :class:`BrokerUnavailable`: the broker's command connection may come back after its
-    subscriber."""
-    result: defer.Deferred[Any] = defer.Deferred()
-
-    def attempt(n: int) -> None:
-        call().addCallbacks(result.callback, failed, errbackArgs=(n,))
-
-    def failed(failure: Failure, n: int) -> None:
-        if failure.check(BrokerUnavailable) and n < attempts:
-            clock.callLater(delay * n, attempt, n + 1)
-        else:
-            result.errback(failure)
-
-    attempt(1)
-    return result
-
 
 @dataclass
 class _Recovery:
