@@ -25,7 +25,7 @@ follow what is delivered, never what was asked.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from functools import partial
 from typing import AbstractSet, Any, Callable, Iterable, Optional, Protocol
@@ -68,6 +68,8 @@ from ws4tx.server.hub import Hub
 FIRST_PAGE = 64
 #: Later pages hold about this many bytes (at least one message, at most FIRST_PAGE).
 PAGE_BYTES = 256 * 1024
+#: Full pages kept for catch-ups at the same position on a later turn (the oldest goes).
+KEPT_PAGES = 8
 #: A client's queue of recovered messages below which the next page is read.
 LOW_MARK = 4
 
@@ -168,6 +170,9 @@ class HistoryReads:
         self._prefix = prefix
         self._batch: dict[str, _Batch] = {}
         self._flush_call: Optional[IDelayedCall] = None
+        #: (channel, since, limit) -> a full page read with more after it (its messages
+        #: cannot change), kept for the catch-ups that ask for it on a later turn.
+        self._pages: OrderedDict[tuple[str, int, int], SharedHistory] = OrderedDict()
         #: Reads sent to Redis, and the clients' requests they answered.
         self.stats = {"history_reads": 0, "history_read_requests": 0}
 
@@ -190,6 +195,18 @@ class HistoryReads:
             self._flush_call = self._clock.callLater(0, self._flush)
         return d
 
+    def page(self, channel: str, retention: Retention, since: int,
+             limit: int) -> defer.Deferred[SharedHistory]:
+        """A later page of a catch-up: as :meth:`read`, but a full page another client
+        at the same position read a moment ago (with more after it: it cannot change)
+        is shared instead of read again."""
+        shared = self._pages.get((channel, since, limit))
+        if shared is not None:
+            self._pages.move_to_end((channel, since, limit))
+            self.stats["history_read_requests"] += 1
+            return defer.succeed(shared)
+        return self.read(channel, retention, since, limit)
+
     def _flush(self) -> None:
         self._flush_call = None
         batches, self._batch = self._batch, {}
@@ -197,14 +214,22 @@ class HistoryReads:
             self.stats["history_reads"] += 1
             read = partial(self._broker.history, history_keys(self._prefix, channel),
                            batch.retention, since=batch.since, limit=batch.limit)
-            retried(read, self._clock).addBoth(self._answer, batch.waiters)
+            retried(read, self._clock).addBoth(self._answer, batch.waiters, channel,
+                                               batch.since, batch.limit)
 
-    def _answer(self, result: Any, waiters: list[defer.Deferred[Any]]) -> None:
+    def _answer(self, result: Any, waiters: list[defer.Deferred[Any]], channel: str,
+                since: Optional[int], limit: int) -> None:
         if isinstance(result, Failure):
             for waiter in waiters:
                 waiter.errback(result)
             return
         shared = SharedHistory(result)
+        publications = result.publications
+        if since is not None and len(publications) == limit \
+                and publications[-1].offset < result.offset:
+            self._pages[(channel, since, limit)] = shared
+            if len(self._pages) > KEPT_PAGES:
+                self._pages.popitem(last=False)
         for waiter in waiters:
             waiter.callback(shared)
 
@@ -924,7 +949,7 @@ class ClientStream:
         """The next page of ``channel``'s history for a catch-up (shared with the other
         clients that ask for one in this turn)."""
         assert self._retention is not None
-        return self._streams.reads.read(channel, self._retention, since, limit)
+        return self._streams.reads.page(channel, self._retention, since, limit)
 
     def _enqueue(self, channel: str, shared: SharedHistory,
                  publication: Publication) -> None:
