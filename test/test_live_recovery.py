@@ -48,7 +48,7 @@ class _LiveTestCase(ServerTestCase):
         await self.startServer(config={"history": HISTORY, **self.settings})
         self.reads = 0
         router = self.factory.node.router
-        read = router._read_history
+        read = router.streams._read_history
         assert read is not None
 
         def counted(channel: str, since: Position) -> Any:
@@ -58,7 +58,7 @@ class _LiveTestCase(ServerTestCase):
 
             return read(channel, since).addCallback(answered)
 
-        router._read_history = counted
+        router.streams._read_history = counted
 
     def publish_(self, payload: str, lost: bool = False) -> Position:
         return publish_with_history(self.redis, CHAT, payload.encode(), RETENTION,

@@ -95,3 +95,46 @@ class HistoryReadsTests(SynchronousTestCase):
         self.assertIsInstance(got[0], SharedHistory)
         self.assertEqual(len(self.broker.calls), 3)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class SharedPagesTests(SynchronousTestCase):
+    """The later pages of catch-ups at the same position, asked on different turns (each
+    client's socket drains at its own pace), are read once while they cannot change."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.broker = CountingBroker()
+        self.reads = HistoryReads(self.broker, self.clock, "ws4tx")  # type: ignore[arg-type]
+
+    def page(self, since: int, limit: int) -> Any:
+        got: list[Any] = []
+        self.reads.page("ws4tx:broadcast:chat", RETENTION, since, limit).addBoth(got.append)
+        self.clock.advance(0)
+        (shared,) = got
+        return shared
+
+    def test_aFullPageWithMoreAfterItIsReadOnce(self) -> None:
+        first = self.page(2, 3)
+        again = self.page(2, 3)
+        self.assertIs(again, first)
+        self.assertEqual([p.offset for p in again.history.publications], [3, 4, 5])
+        self.assertEqual(len(self.broker.calls), 1)
+
+    def test_theLastPageIsReadAgain(self) -> None:
+        """What ends at the stream's last offset may grow: it is read each time."""
+        self.assertEqual([p.offset for p in self.page(7, 3).history.publications],
+                         [8, 9, 10])
+        self.page(7, 3)
+        self.page(8, 3)
+        self.page(8, 3)
+        self.assertEqual(len(self.broker.calls), 4)
+
+    def test_keptPagesAreBounded(self) -> None:
+        from ws4tx.server import streams
+
+        self.patch(streams, "KEPT_PAGES", 2)
+        for since in (0, 1, 2):
+            self.page(since, 2)
+        self.page(0, 2)  # the oldest went
+        self.page(2, 2)
+        self.assertEqual(len(self.broker.calls), 4)

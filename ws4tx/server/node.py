@@ -18,7 +18,7 @@ import socket
 from collections import Counter
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, Callable, Iterable, Optional
+from typing import AbstractSet, Any, Callable, Iterable, Optional
 
 import twisted
 from autobahn import version as autobahn_version
@@ -50,9 +50,8 @@ from ws4tx.server.config import ServerConfig
 from ws4tx.server.events import Events
 from ws4tx.server.handlers import EventHandler, ServerAPI
 from ws4tx.server.presence import Presence
-from ws4tx.server.reads import HistoryReads
 from ws4tx.server.router import Router
-from ws4tx.server.streams import FIRST_PAGE
+from ws4tx.server.streams import FIRST_PAGE, ClientStream, Streams
 
 #: The close codes counted under their own label; any other is counted as ``other``
 #: (a client picks any code from 3000 to 4999: the labels must stay few).
@@ -127,8 +126,12 @@ class Node:
                              max_backlog=config.max_backlog,
                              has_history=self._hasHistory if config.history else None,
                              read_history=self._readHistory if config.history else None)
-        #: Joining clients' history reads, batched per channel and reactor turn.
-        self.reads = HistoryReads(broker, self.clock, config.prefix)
+        #: The channel streams: where each channel stands and its recovery (the
+        #: router's), the history reads clients share, each client's catch-up.
+        self.streams = Streams(config, broker, self.clock, self.router.streams,
+                               self.router.barrier, self.recovered)
+        #: Clients' history reads, batched per channel and reactor turn.
+        self.reads = self.streams.reads
         #: What event handlers may do beyond their client (publish, run in a thread).
         self.server = ServerAPI(broker, config.prefix, run_in_thread, config.history,
                                 listen=self._listen, clock=self.clock,
@@ -205,6 +208,36 @@ class Node:
             [(LEAVE, self.id, None, "")]).addErrback(lambda _: None)
         return defer.gatherResults([left, self.presence.stop()]).addBoth(
             lambda _: self.broker.stop())
+
+    # Clients
+
+    def join(self, client: Any, recover: dict[str, Position]) -> ClientStream:
+        """A client (a :class:`~ws4tx.server.protocol.PushProtocol`: a router member, a
+        presence and an event client, a stream transport) joins its channels, asking to
+        recover ``recover``: subscribed, replayed and caught up, in the presence, told
+        when Redis is away, known to the event handlers. Its stream state, which the
+        client hands its live messages and its drains."""
+        channels = client.channels
+        stream = self.streams.join(client, client.facility, channels, recover)
+        self.router.join(client, channels).chainDeferred(stream.subscribed)
+        if not self.broker.connected:
+            client.deliveryInterrupted()
+        self.presence.joined(client)
+        self.events.connected(client)
+        return stream
+
+    def leaveChannels(self, client: Any, channels: AbstractSet[str]) -> None:
+        """A client leaves ``channels`` only (the site's ``unsubscribe``), and stays."""
+        self.streams.leaveChannels(client, channels)
+        self.router.leaveChannels(client, channels)
+
+    def leave(self, client: Any) -> None:
+        """A client went away: out of its streams, channels, presence and handlers."""
+        self.streams.leave(client)
+        self.router.leave(client)
+        self.presence.left(client)
+        self.clientLeft()
+        self.events.closed(client)
 
     # The node registry
 
@@ -383,7 +416,7 @@ class Node:
         return d
 
     def clientLeft(self) -> None:
-        """Called by a connection after it left the router."""
+        """A client left (see :meth:`leave`): a drain may be over."""
         if self._drain_waiters and not self.router.memberCount():
             waiters, self._drain_waiters = self._drain_waiters, []
             for d in waiters:

@@ -3,16 +3,18 @@ sends (ws4redis's publishing, echo and heartbeat, the ws4tx event envelope).
 
 What a connection may do is decided once, during the handshake, by
 :mod:`ws4tx.server.admission` from the URL and the identity its authenticator gives: a
-client only ever gets its own user, group and session channels. Events go to
-:mod:`ws4tx.server.events`; the channels, counters and handlers live in the
-:class:`~ws4tx.server.node.Node`.
+client only ever gets its own user, group and session channels. A connection joins and
+leaves through its :class:`~ws4tx.server.node.Node` (which owns the channels, counters and
+handlers); what it gets of its channels, and when (replay, recovery, catch-ups), its
+:class:`~ws4tx.server.streams.ClientStream` decides, driving the connection through the
+:class:`~ws4tx.server.streams.StreamTransport` methods (framing, writing, pacing). Events go
+to :mod:`ws4tx.server.events`.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Coroutine
-from functools import partial
 from typing import Any, Iterable, Optional, cast
 from urllib.parse import urlsplit
 
@@ -28,30 +30,20 @@ from zope.interface import implementer
 
 from ws4tx import closecodes, envelope
 from ws4tx.history import (
-    TRIMMED,
-    UNAVAILABLE,
-    UNKNOWN_POSITION,
-    History,
-    Merge,
-    Page,
     Position,
-    Publication,
     Published,
-    merge,
     parse_recover,
-    start_of,
-    step,
 )
 from ws4tx.naming import ANONYMOUS, Identity
 from ws4tx.server import _internals, admission, deflate
 from ws4tx.server._log import observer
 from ws4tx.server._ratelimit import TokenBucket
 from ws4tx.server.auth import AnonymousAuthenticator, Grant, HandshakeDenied, IAuthenticator
-from ws4tx.server.broker import BrokerUnavailable, NotStored, publish_to
+from ws4tx.server.broker import NotStored, publish_to
 from ws4tx.server.expiry import Expiry, reauthenticate
 from ws4tx.server.handlers import EventRefused
 from ws4tx.server.node import Node, close_label
-from ws4tx.server.streams import FIRST_PAGE, LOW_MARK, CatchUp, SharedHistory, is_text
+from ws4tx.server.streams import FIRST_PAGE, LOW_MARK, ClientStream
 
 _log = Logger(observer=observer)
 
@@ -78,6 +70,9 @@ class PushProtocol(WebSocketServerProtocol):
     identity: Identity = ANONYMOUS
     facility: str = ""
     speaks_events: bool = False
+    #: Its streams (see ws4tx.server.streams): what it gets of its channels, and when;
+    #: set when it joins the node (in onOpen, before anything can be delivered).
+    _stream: ClientStream
 
     def __init__(self) -> None:
         super().__init__()
@@ -94,11 +89,6 @@ class PushProtocol(WebSocketServerProtocol):
         self._over_limit = 0
         self._fragments = 0
         self._over_budget = False
-        #: Live frames that came while the stored messages were being fetched (they go
-        #: out after them): [(channel, prepared, payload)], None once the replay is done.
-        self._held: Optional[list[tuple[str, Any, bytes]]] = None
-        #: The stored messages fetched so far, and how many fetches are still out.
-        self._stored: dict[str, Optional[bytes]] = {}
         #: The address this connection counts under for the per-address cap (the peer,
         #: or the client a trusted proxy names; None: a trusted proxy that names none),
         #: and whether it is counted (once its handshake came).
@@ -111,31 +101,12 @@ class PushProtocol(WebSocketServerProtocol):
         self._refusalHeaders: list[tuple[str, str]] = []
         #: The deflate window of the compressed frames this client takes (None: plain).
         self._window: Optional[int] = None
-        #: Whether this client gets messages with their positions (an event client of a
-        #: facility with history), and the positions it asked to recover from, by channel.
-        self._positions = False
+        #: The positions it asked to recover from, by channel (``recover=``).
         self._recover: dict[str, Position] = {}
-        #: The position of the last message sent on each channel (or where the client
-        #: was told the channel stands): what comes again (a live message the router
-        #: also recovered) is not sent twice.
-        self._last: dict[str, Position] = {}
-        #: The history reads of the channels being recovered (a History, or the failure).
-        self._reads: dict[str, Any] = {}
         #: What is queued for this client, written as its socket drains (recovered
         #: messages, and what must come after them): (channel, prepared, payload), or
         #: ("", None, an event's text).
         self._pending: deque[tuple[str, Optional[deflate.Message], bytes]] = deque()
-        #: The catch-ups under way (see ws4tx.server.streams); those of the join still to
-        #: start, with their first page; their outcomes (recovered, reason, messages) and
-        #: the offset each reached; whether the join's reads were ordered.
-        self._catchups: list[CatchUp] = []
-        self._joining: deque[tuple[CatchUp, SharedHistory]] = deque()
-        self._outcomes: dict[str, tuple[bool, Optional[str], int]] = {}
-        self._following: dict[str, int] = {}
-        self._ordered = True
-        self._taking = self._replaying = False
-        #: channel -> the live frames held while the router's catch-up of it runs.
-        self._catching: dict[str, list[tuple[deflate.Message, bytes]]] = {}
         #: The handshake as the authenticator saw it, and the deadline of a token
         #: connection's credential (see :mod:`ws4tx.server.expiry`).
         self._handshake: Optional[Any] = None
@@ -238,10 +209,6 @@ class PushProtocol(WebSocketServerProtocol):
         self.identity, self.facility = admitted.identity, admitted.facility
         self._channels, self._publish_to = admitted.channels, admitted.publish_to
         self.speaks_events = admitted.speaks_events
-        self._positions = self.speaks_events and \
-            self.factory.config.history_for(self.facility) is not None
-        if not self._positions:
-            self._recover = {}
         return admitted.subprotocol
 
     def succeedHandshake(self, res: Any) -> None:
@@ -258,229 +225,33 @@ class PushProtocol(WebSocketServerProtocol):
         if config.rate_limit:
             self._bucket = TokenBucket(config.rate_limit, config.rate_burst,
                                        self.factory.reactor)
+        # Its streams first: the transport's producer calls pace them.
+        self._stream = stream = node.join(self, self._recover)
+        #: Fires once this client's channels are subscribed (and its replay is on the way).
+        self.subscribed = stream.subscribed
         # A TCP or TLS transport, which is a consumer too.
         transport = cast(IConsumer, self.transport)
         if getattr(transport, "producer", None) is not None:
             # Behind twisted.web the HTTP channel is still registered as the producer.
             transport.unregisterProducer()
         transport.registerProducer(self, True)
-        # Live frames wait until the stored messages are sent (stored first, then live).
-        self._held = [] if self._channels else None
-        #: Fires once this client's channels are subscribed (and its replay is on the way).
-        self.subscribed = node.router.join(self, self._channels)
-        self.subscribed.addCallback(self._replay)
-        if not node.broker.connected:
-            self.deliveryInterrupted()
-        node.presence.joined(self)
-        node.events.connected(self)
         if self._admitted is not None and self._admitted.expires is not None:
             self._expiry = Expiry(self.factory.reactor, self._admitted.expires,
                                   self._askRefresh, self._tokenExpired)
 
-    def _replay(self, _: object) -> None:
-        """Fetch every channel's stored message and, for an event client of a facility
-        with history, the history of its channels (since its positions, or where they
-        stand): all in flight at once, the reads shared with the other clients that
-        join in this turn."""
-        broker, config = self.node.broker, self.factory.config
-        waits: list[defer.Deferred[Any]] = []
-        for channel in self._channels:
-            waits.append(broker.fetch(channel).addCallbacks(
-                self._fetched, self._noReplay, callbackArgs=(channel,),
-                errbackArgs=(channel,)))
-        retention = config.history_for(self.facility)
-        if retention is not None and self._positions:
-            for channel in self._channels:
-                # Since the client's position; else only the channel's epoch and last
-                # offset, which become the client's position. Shared with the other
-                # clients that ask in this turn (see ws4tx.server.reads).
-                position = self._recover.get(channel)
-                waits.append(self.node.reads.read(
-                    channel, retention, None if position is None else position.offset)
-                    .addBoth(self._read, channel))
-        if not waits:
-            return
-        # A message published before the reads may still be on its way here (the
-        # subscriber and the command connection are two sockets): wait for it.
-        defer.gatherResults(waits).addCallback(
-            lambda _: self.node.router.barrier()).addBoth(self._replayStored)
+    # What its streams drive (ws4tx.server.streams.StreamTransport)
 
-    def _noReplay(self, failure: Failure, channel: str) -> None:
-        _log.debug("no replay for {peer}: {error}", peer=self.peer,
-                   error=failure.getErrorMessage())
-        self._fetched(None, channel)
+    @property
+    def dropped(self) -> bool:
+        """Whether this client is being dropped as slow."""
+        return self._dropped
 
-    def _fetched(self, stored: Optional[bytes], channel: str) -> None:
-        self._stored[channel] = stored
+    def sendRaw(self, payload: bytes, binary: bool) -> None:
+        """Write a stored message as it was stored (while the connection is open)."""
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(payload, isBinary=binary)
 
-    def _read(self, result: Any, channel: str) -> None:
-        if isinstance(result, Failure):
-            _log.info("recovering {channel} for {peer} failed: {error}", channel=channel,
-                      peer=self.peer, error=result.getErrorMessage())
-        self._reads[channel] = result
-
-    def _replayStored(self, result: object) -> None:
-        """Every channel's stored message is in, and every live message published before
-        it too (or the broker is down): send the stored ones, and catch the client up on
-        each channel it asked to recover, one after the other, a page at a time as its
-        socket drains (see :mod:`ws4tx.server.streams`); live frames stay held
-        meanwhile. A stored message that also came live (it was published, then stored,
-        while the client joined) is sent once, live."""
-        # Ordered: every message published before the reads has arrived (the barrier), or
-        # none can any more (the subscriber is down: what was published meanwhile is
-        # recovered by the router from the positions it learns here once it is back).
-        self._ordered = not isinstance(result, Failure) or bool(result.check(BrokerUnavailable))
-        live = {(channel_, payload) for channel_, _, payload in self._held or ()}
-        budget = self.factory.config.max_recovery
-        for channel_ in self._channels:
-            asked = self._recover.get(channel_)
-            if asked is not None and channel_ in self._reads:
-                read = self._reads[channel_]
-                if not isinstance(read, SharedHistory):
-                    self._outcomes[channel_] = (False, UNAVAILABLE, 0)
-                else:
-                    first = step(asked.epoch, asked.offset + 1, read.history, FIRST_PAGE,
-                                 first=True)
-                    need = read.history.offset - asked.offset
-                    if first.reason is None and need > budget:
-                        first = Page((), asked.offset + 1, True, TRIMMED)
-                    if first.reason is None:
-                        budget -= need
-                        self._last[channel_] = asked
-                        self._joining.append((CatchUp(
-                            channel_, asked, partial(self._readPage, channel_),
-                            partial(self._enqueue, channel_), self._joinCaughtUp,
-                            self._pace), read))
-                        continue
-                    self._outcomes[channel_] = (False, first.reason, 0)
-            message = self._stored.get(channel_)
-            if message is not None and (channel_, message) not in live:
-                self._sendStored(message)
-        self._stored = {}
-        self._replaying = True
-        self._nextCatchUp()
-
-    def _nextCatchUp(self) -> None:
-        """Start the next channel's catch-up of the join; once none is left, finish."""
-        while self._joining:
-            catchup, first = self._joining.popleft()
-            self._catchups.append(catchup)
-            self._taking = True
-            catchup.take(first, FIRST_PAGE)
-            self._taking = False
-            self._pace()
-            if not catchup.done:
-                return
-        if self._held is not None:
-            self._joined_()
-
-    def _joinCaughtUp(self, catchup: CatchUp) -> None:
-        self._catchups.remove(catchup)
-        if catchup.last_read is not None:
-            self._reads[catchup.channel] = SharedHistory(catchup.last_read)
-        self._outcomes[catchup.channel] = (catchup.reason is None, catchup.reason,
-                                           catchup.sent)
-        self._following[catchup.channel] = catchup.following
-        if not self._taking:
-            self._nextCatchUp()
-
-    def _joined_(self) -> None:
-        """Every channel is caught up: the positions of the channels not recovered, the
-        verdict, then the live frames held meanwhile, in the order they came."""
-        held, self._held = self._held or [], None
-        self._replaying = False
-        merges = self._merge(held)
-        keep = [True] * len(held)
-        for channel_, merging in merges.items():
-            indexes = [i for i, (c, _, _) in enumerate(held) if c == channel_]
-            for index, kept in zip(indexes, merging.live, strict=True):
-                keep[index] = kept
-        learned = self._learned(merges, held, ordered=self._ordered)
-        self._last.update(learned)
-        if learned:
-            self._queueEvent(envelope.POSITIONS_EVENT, {"channels": {
-                channel_: {"epoch": p.epoch, "offset": p.offset}
-                for channel_, p in learned.items()}})
-        if self._recover:
-            verdict = _recovered(merges, self._outcomes)
-            self.node.recovered(verdict.get("reason"))
-            self._queueEvent(envelope.RECOVERED_EVENT, verdict)
-        self._outcomes = {}
-        self._following = {}
-        for (channel_, prepared, payload), kept in zip(held, keep, strict=True):
-            if kept and (not self._positions or prepared.position is None
-                         or self._fresh(channel_, prepared.position)):
-                self._queueOrWrite(channel_, self._outgoing(prepared, channel_), payload)
-
-    def _merge(self, held: list[tuple[str, Any, bytes]]) -> dict[str, Merge]:
-        """Each channel the client asked to recover: its outcome merged with its live
-        messages held meanwhile (those after what the history gave are kept)."""
-        merges = {}
-        for channel_, (recovered, reason, _) in self._outcomes.items():
-            positions = [prepared.position for c, prepared, _ in held if c == channel_]
-            read = self._reads.get(channel_)
-            if recovered and isinstance(read, SharedHistory):
-                epoch = self._recover[channel_].epoch
-                end = self._following[channel_] - 1
-                merges[channel_] = merge(Position(end, epoch), History(epoch, end),
-                                         positions)
-            else:
-                merges[channel_] = Merge(False, reason or UNAVAILABLE, (),
-                                         (True,) * len(positions))
-        return merges
-
-    def _learned(self, merges: dict[str, Merge], held: list[tuple[str, Any, bytes]],
-                 ordered: bool) -> dict[str, Position]:
-        """The positions to tell the client of its channels that it has none for (not
-        asked, or not recovered): the channel's last offset when it was read, or just
-        before the first live message held, whichever is lower, so that every message
-        after it reaches the client (live). The router learns them too when every
-        message published before the reads is known to have arrived, or none can arrive
-        any more because the subscriber is down (``ordered``): then the router reads what
-        was published meanwhile once the subscriber is back."""
-        reads, self._reads = self._reads, {}
-        learned = {}
-        router = self.node.router
-        for channel_, shared in reads.items():
-            if not isinstance(shared, SharedHistory):
-                continue
-            read = shared.history
-            start = start_of(read, [p.position for c, p, _ in held if c == channel_])
-            if ordered:
-                router.learned(channel_, start)
-            merged = merges.get(channel_)
-            if merged is None or not merged.recovered:
-                learned[channel_] = start
-        return learned
-
-    # Catching up: recovered messages written as the socket drains
-
-    def _readPage(self, channel: str, since: int, limit: int) -> defer.Deferred[Any]:
-        """The next page of ``channel``'s history for a catch-up (shared with the other
-        clients that ask for one in this turn)."""
-        retention = self.factory.config.history_for(self.facility)
-        assert retention is not None
-        return self.node.reads.read(channel, retention, since, limit)
-
-    def _enqueue(self, channel: str, shared: SharedHistory,
-                 publication: Publication) -> None:
-        """Queue a message read from the history, with its position (framed once for
-        every client that recovers it)."""
-        prepared = shared.frame(publication)
-        if prepared is None:
-            _log.warn("not recovering a message to {peer}: it speaks with the server's "
-                      "voice", peer=self.peer)
-            return
-        if prepared.position is not None:
-            self._last[channel] = prepared.position
-        outgoing = self._outgoing(prepared, channel)  # encoded once for every client
-        if len(outgoing.plain) > self.factory.config.max_outgoing_size:
-            _log.debug("not recovering a message of {size} bytes to {peer}: over the "
-                       "outgoing limit", size=len(outgoing.plain), peer=self.peer)
-            return
-        self._pending.append((channel, outgoing, publication.payload))
-
-    def _queueEvent(self, event: str, data: Any) -> None:
+    def sendEvent(self, event: str, data: Any) -> None:
         """Emit an event after what is queued for this client."""
         if not self.speaks_events:
             return
@@ -489,22 +260,24 @@ class PushProtocol(WebSocketServerProtocol):
         else:
             self.emit(event, data)
 
-    def _queueOrWrite(self, channel: str, prepared: deflate.Message,
-                      payload: bytes) -> None:
-        """Write a live frame, after what is queued for this client (bounded: past
-        ``max_queue_messages`` live frames waiting it is dropped as slow)."""
+    def send(self, channel: str, prepared: deflate.Message, payload: bytes) -> None:
+        """Write a frame, after what is queued for this client (bounded: past
+        ``max_queue_messages`` frames waiting it is dropped as slow)."""
         if not self._pending:
             self._write(prepared, payload)
             return
         if len(self._pending) > self.factory.config.max_queue_messages + FIRST_PAGE:
-            if not self._dropped:
-                self._dropSlow("its recovery did not drain in time")
+            self.tooSlow("its recovery did not drain in time")
             return
         self._pending.append((channel, prepared, payload))
 
-    def _pace(self) -> None:
-        """Write what is queued while the socket drains; read the next page of the
-        catch-ups once little is left."""
+    def queue(self, channel: str, prepared: deflate.Message, payload: bytes) -> None:
+        """Queue a recovered message: written as the socket drains (:meth:`pace`)."""
+        self._pending.append((channel, prepared, payload))
+
+    def pace(self) -> None:
+        """Write what is queued while the socket drains; let the streams read their
+        next pages once little is left."""
         pending = self._pending
         while pending and self._paused_at is None:
             if self.state != self.STATE_OPEN:
@@ -516,79 +289,19 @@ class PushProtocol(WebSocketServerProtocol):
             else:
                 self._write(prepared, payload)
         if len(pending) <= LOW_MARK:
-            for catchup in tuple(self._catchups):
-                catchup.drained()
+            self._stream.drained()
 
-    def catchUp(self, channel: str, since: Position, first: Any, announce: bool) -> None:
-        """The router could not give ``channel``'s missed messages in one page: catch this
-        client up from ``since`` itself, with ``first`` (the router's read), holding the
-        channel's live messages until it is done; tell it the outcome (when
-        ``announce``, also a success)."""
-        if self._held is not None or channel in self._catching or self._dropped:
-            return  # still joining: its own catch-up covers it
-        self._catching[channel] = []
-        catchup = CatchUp(channel, since, partial(self._readPage, channel),
-                          partial(self._enqueue, channel),
-                          partial(self._caughtUp, announce=announce), self._pace)
-        self._catchups.append(catchup)
-        catchup.take(first, FIRST_PAGE)
-        self._pace()
-
-    def _stopCatchingUp(self, channels: Iterable[str]) -> None:
-        """Read no more pages of ``channels`` (the client left them, or went away)."""
-        gone = set(channels)
-        for catchup in tuple(self._catchups):
-            if catchup.channel in gone:
-                catchup.cancel()
-                self._catchups.remove(catchup)
-                self._catching.pop(catchup.channel, None)
-        joining = [(c, first) for c, first in self._joining if c.channel not in gone]
-        self._joining = deque(joining)
-        if self._replaying and not self._catchups and self.state == self.STATE_OPEN:
-            self._nextCatchUp()  # the join's catch-up that was under way is gone
-
-    def _caughtUp(self, catchup: CatchUp, announce: bool) -> None:
-        """A catch-up the router asked for is done: the live messages held meanwhile
-        that come after it, and (when asked, or it failed) the outcome."""
-        channel = catchup.channel
-        self._catchups.remove(catchup)
-        held = self._catching.pop(channel, [])
-        positions = [prepared.position for prepared, _ in held]
-        end = catchup.following - 1
-        epoch = catchup.asked.epoch
-        merged = merge(Position(end, epoch), History(epoch, end), positions)
-        if catchup.reason is not None or not merged.recovered:
-            read = catchup.last_read
-            start = start_of(read, positions) if read is not None else None
-            self._last.pop(channel, None)
-            self.channelRecovered(channel, False, catchup.reason or merged.reason, start, 0)
-            kept = [True] * len(held)
-        else:
-            if announce:
-                self.channelRecovered(channel, True, None, None, catchup.sent)
-            kept = list(merged.live)
-        for (prepared, payload), keep in zip(held, kept, strict=True):
-            if keep and (not self._positions or prepared.position is None
-                         or self._fresh(channel, prepared.position)):
-                self._queueOrWrite(channel, self._outgoing(prepared, channel), payload)
-        self._pace()
-
-    def _sendStored(self, stored: bytes) -> None:
-        if self.state != self.STATE_OPEN:
-            return
-        forged = envelope.server_voice(stored)
-        if forged is not None:
-            _log.warn("not replaying a stored message to {peer}: it is {what}",
-                      peer=self.peer, what=forged)
-            return
-        self.sendMessage(stored, isBinary=not is_text(stored))
+    def tooSlow(self, why: str) -> None:
+        """Drop this client as slow (once)."""
+        if not self._dropped:
+            self._dropSlow(why)
 
     # Delivery (the hot path: nothing here that could be done once per message)
 
     def deliver(self, prepared: deflate.Message, channel: str, payload: bytes) -> None:
         """Write a prepared frame; skip a message this client sent itself without echo."""
-        if (self._unechoed or self._held is not None or self._positions
-                or self._paused_at is not None or self._pending):
+        if (self._unechoed or self._stream.careful or self._paused_at is not None
+                or self._pending):
             self._deliverCarefully(prepared, channel, payload)
         elif self.state == self.STATE_OPEN:
             # The usual client, inline (once per client per message): nothing to skip or
@@ -607,41 +320,10 @@ class PushProtocol(WebSocketServerProtocol):
                 if not unechoed[key]:
                     del unechoed[key]
                 return
-        held = self._held
-        if held is not None:
-            if len(held) < self.factory.config.max_queue_messages:
-                held.append((channel, prepared, payload))
-            elif not self._dropped:
-                self._dropSlow("its stored messages did not come in time")
-            return
-        catching = self._catching.get(channel) if self._catching else None
-        if catching is not None:
-            # Its channel is being caught up: after what the history gives.
-            if len(catching) < self.factory.config.max_queue_messages:
-                catching.append((prepared, payload))
-            elif not self._dropped:
-                self._dropSlow("its recovery did not drain in time")
-            return
-        if self._positions and prepared.position is not None \
-                and not self._fresh(channel, prepared.position):
-            return
-        self._queueOrWrite(channel, self._outgoing(prepared, channel), payload)
-
-    def _fresh(self, channel: str, position: Position) -> bool:
-        """Whether the message at ``position`` comes after the last one this client got
-        on ``channel`` (then it is the last one); a message of another epoch does."""
-        last = self._last.get(channel)
-        if last is not None and last.epoch == position.epoch \
-                and position.offset <= last.offset:
-            return False
-        self._last[channel] = position
-        return True
-
-    def _outgoing(self, prepared: deflate.Message, channel: str) -> deflate.Message:
-        """What this client gets of a prepared message: with its position, in a
-        publication envelope, for an event client of a facility with history (built once
-        per message for all of them); the message as published for everyone else."""
-        return prepared.published(channel) if self._positions else prepared
+        if self._stream.careful:
+            self._stream.live(channel, prepared, payload)
+        else:
+            self.send(channel, prepared, payload)
 
     def _write(self, prepared: deflate.Message, payload: bytes) -> None:
         window = self._window
@@ -682,8 +364,8 @@ class PushProtocol(WebSocketServerProtocol):
     def resumeProducing(self) -> None:
         self._paused_at = None
         self._queued_bytes = self._queued_messages = 0
-        if self._pending or self._catchups:
-            self._pace()
+        if self._pending or self._stream.catching:
+            self.pace()
 
     def stopProducing(self) -> None:
         pass
@@ -723,27 +405,6 @@ class PushProtocol(WebSocketServerProtocol):
         if self._interrupted:
             self._interrupted = False
             self.emit(envelope.RESUMED_EVENT)
-
-    def channelRecovered(self, channel: str, recovered: bool, reason: Optional[str],
-                         position: Optional[Position], messages: int) -> None:
-        """The node recovered ``channel`` from its history after an outage (``messages``
-        were missed and are on their way), or could not (``reason``; it goes on from
-        ``position``): an event client of a facility with history is told (one that is
-        still joining learns its positions by itself)."""
-        if not self._positions or self._held is not None:
-            return
-        if position is not None:
-            self._last[channel] = position
-            self._queueEvent(envelope.POSITIONS_EVENT, {"channels": {
-                channel: {"epoch": position.epoch, "offset": position.offset}}})
-        outcome: dict[str, Any] = {"recovered": recovered}
-        if recovered:
-            self._queueEvent(envelope.RECOVERED_EVENT, {**outcome, "channels": {
-                channel: {**outcome, "messages": messages}}})
-        else:
-            outcome["reason"] = reason
-            self._queueEvent(envelope.RECOVERED_EVENT,
-                             {**outcome, "channels": {channel: outcome}})
 
     def messagesDropped(self, count: int) -> None:
         """The server fell behind and dropped ``count`` messages meant for this client."""
@@ -918,11 +579,8 @@ class PushProtocol(WebSocketServerProtocol):
             return False
         self._channels = tuple(c for c in self._channels if c not in gone)
         self._publish_to = tuple(c for c in self._publish_to if c not in gone)
-        if self._held is not None:
-            self._held = [held for held in self._held if held[0] not in gone]
-        self._stopCatchingUp(gone)
         self._pending = deque(item for item in self._pending if item[0] not in gone)
-        self.node.router.leaveChannels(self, gone)
+        self.node.leaveChannels(self, gone)
         self.emit(envelope.UNSUBSCRIBED_EVENT, event)
         return True
 
@@ -965,12 +623,8 @@ class PushProtocol(WebSocketServerProtocol):
             node.closed[close_label(self.localCloseCode if self.closedByMe else code)] += 1
             if self._expiry is not None:
                 self._expiry.stop()
-            self._stopCatchingUp(self._channels)
             self._pending.clear()
-            node.router.leave(self)
-            node.presence.left(self)
-            node.clientLeft()
-            node.events.closed(self)
+            node.leave(self)
 
 
 def _recover_from(values: list[str]) -> dict[str, Position]:
@@ -979,23 +633,6 @@ def _recover_from(values: list[str]) -> dict[str, Position]:
         return parse_recover(values)
     except ValueError as e:
         raise HandshakeDenied(str(e), 400) from None
-
-
-def _recovered(merges: dict[str, Merge],
-               outcomes: dict[str, tuple[bool, Optional[str], int]]) -> dict[str, Any]:
-    """The data of the ``ws4tx.recovered`` event: recovered only when every channel the
-    client asked for (and may listen to) was; the first failure's reason otherwise
-    (``outcomes``: the messages each channel's catch-up sent)."""
-    failed = [m.reason for m in merges.values() if not m.recovered]
-    if not merges:
-        failed = [UNKNOWN_POSITION]
-    data: dict[str, Any] = {"recovered": not failed}
-    if failed:
-        data["reason"] = failed[0]
-    data["channels"] = {
-        channel: {"recovered": True, "messages": outcomes[channel][2]} if m.recovered
-        else {"recovered": False, "reason": m.reason} for channel, m in merges.items()}
-    return data
 
 
 def _raiseNotStored(receivers: int, reason: str) -> int:
