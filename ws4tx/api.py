@@ -10,7 +10,10 @@
 ``on_commit=True`` publishes only once the current database transaction commits (and not at
 all if it rolls back): a message that announces a database change must not reach a browser
 that would then read the database before the change is there. Outside a transaction it
-publishes at once. The audience (``SELF`` included) is resolved when the function is called.
+publishes at once. A publish or emit with ``on_commit=True`` is written in the transaction
+to ws4tx's outbox table (``ws4tx`` in ``INSTALLED_APPS``, ``migrate``), so that what Redis
+could not take at the commit is sent later by ``manage.py ws4tx_relay``, once
+(:mod:`ws4tx._outbox`). The audience (``SELF`` included) is resolved when the function is called.
 
 :func:`disconnect` closes open connections on every ws4tx node: those of a user whose
 password changed, of a session that logged out (ws4tx does both by itself, see
@@ -87,6 +90,16 @@ def _send(prepared: _prepare.Publish) -> Sent:
                                               key=prepared.key)
 
 
+def _publish(prepared: _prepare.Publish, on_commit: bool) -> Optional[Sent]:
+    """Publish now, or (``on_commit``) through the outbox (:mod:`ws4tx._outbox`)."""
+    if not on_commit:
+        return _send(prepared)
+    from ws4tx import _outbox
+
+    _outbox.write(prepared)
+    return None
+
+
 def _run(send: Callable[[], T], on_commit: bool) -> Optional[T]:
     if not on_commit:
         return send()
@@ -120,12 +133,13 @@ def publish(
     publish's positions, with ``repeated`` True: retrying after a timeout is safe.
 
     Raises :class:`PublishError` when Redis is unreachable or refused to publish (with
-    ``on_commit``, from the commit), and :class:`NotStored` (with ``.receivers``) when the
-    message was delivered but could not be stored: do not retry that one.
+    ``on_commit`` the message stays in the outbox instead, logged, for ``ws4tx_relay``),
+    and :class:`NotStored` (with ``.receivers``) when the message was delivered but could
+    not be stored: do not retry that one.
     """
     prepared = _prepare.publish(facility, message, broadcast, users, groups, sessions, request,
                                 expire, key)
-    return _run(lambda: _send(prepared), on_commit)
+    return _publish(prepared, on_commit)
 
 
 def emit(
@@ -149,7 +163,7 @@ def emit(
     """
     prepared = _prepare.emit(facility, event, data, broadcast, users, groups, sessions,
                              request, expire, key)
-    return _run(lambda: _send(prepared), on_commit)
+    return _publish(prepared, on_commit)
 
 
 def disconnect(
