@@ -66,10 +66,13 @@ class Listener:
 
 
 def wipe_database() -> None:
-    """Delete the users, groups and sessions a test made (the database is shared)."""
+    """Delete the outbox rows, users, groups and sessions a test made (the database is shared)."""
     from django.contrib.auth.models import Group, User
     from django.contrib.sessions.models import Session
 
+    from ws4tx.models import Outbox
+
+    Outbox.objects.all().delete()
     Session.objects.all().delete()
     User.objects.all().delete()
     Group.objects.all().delete()

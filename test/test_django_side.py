@@ -33,7 +33,9 @@ DJANGO_SIDE_MODULES = (
     "ws4tx.redis_store", "ws4tx.publisher", "ws4tx.api", "ws4tx.context_processors",
     "ws4tx.apps", "ws4tx.tokens", "ws4tx.templatetags", "ws4tx.templatetags.ws4tx",
     "ws4tx.naming", "ws4tx.schema", "ws4tx.redis_address", "ws4tx.envelope", "test._django",
-    "ws4tx.control", "ws4tx.closecodes", "ws4tx._live",
+    "ws4tx.control", "ws4tx.closecodes", "ws4tx._live", "ws4tx._ops", "ws4tx._prepare",
+    "ws4tx._async_api", "ws4tx._async_redis", "ws4tx._outbox", "ws4tx.models",
+    "ws4tx.management.commands.ws4tx_relay",
 )
 
 

@@ -32,16 +32,36 @@ _empty_at: dict[str, float] = {}
 def check(connection: Any) -> None:
     """Compare this site's ``HISTORY`` with the live nodes' (on ``connection``, the
     registry's Redis); ImproperlyConfigured when one differs."""
-    global _agreed
-    mine = history.fingerprint(_django_settings.history())
-    if mine == _agreed:
-        return
-    seen = _empty_at.get(mine)
-    if seen is not None and time.monotonic() - seen < RECHECK:
+    mine = pending()
+    if mine is None:
         return
     script = connection.register_script(_presence.script(_presence.READ_SCRIPT))
-    keys, args = _presence.read_args(naming.nodes_keys(_django_settings.prefix()), "list")
-    nodes = [e for e in _presence.parse_entries(script(keys=keys, args=args))
+    keys, args = read_args()
+    judge(mine, script(keys=keys, args=args))
+
+
+def pending() -> Optional[str]:
+    """This site's ``HISTORY`` fingerprint when the registry must be read to check it
+    (then :func:`judge` its read), else None."""
+    mine = history.fingerprint(_django_settings.history())
+    if mine == _agreed:
+        return None
+    seen = _empty_at.get(mine)
+    if seen is not None and time.monotonic() - seen < RECHECK:
+        return None
+    return mine
+
+
+def read_args() -> tuple[list[Any], list[Any]]:
+    """The keys and arguments of the registry read (``presence_read.lua``)."""
+    return _presence.read_args(naming.nodes_keys(_django_settings.prefix()), "list")
+
+
+def judge(mine: str, reply: Any) -> None:
+    """Compare ``mine`` (:func:`pending`) with the nodes of a registry read;
+    ImproperlyConfigured when one differs."""
+    global _agreed
+    nodes = [e for e in _presence.parse_entries(reply)
              if e.info is not None and "history" in e.info]
     if not nodes:
         _empty_at[mine] = time.monotonic()

@@ -47,6 +47,8 @@ _clients: Optional[tuple[redis.Redis, ...]] = None
 _addresses: Optional[tuple[RedisAddress, ...]] = None
 _forced_url: Optional[str] = None
 _watching = False
+#: How many times the clients were dropped (the async clients follow it).
+_generation = 0
 
 
 def use_url(url: str) -> None:
@@ -167,9 +169,19 @@ def _resolve() -> tuple[RedisAddress, ...]:
     return redis_address.shards_from_settings(_django_settings.django_settings())
 
 
+def generation() -> int:
+    """A number that changes whenever the clients are dropped (a setting changed,
+    :func:`use_url`, :func:`reset`): :mod:`ws4tx._async_redis` rebuilds its own then. Also
+    watches the settings, as building the clients does."""
+    with _lock:
+        _watch_settings()
+        return _generation
+
+
 def _drop() -> None:
     """Close and forget the client (the caller holds the lock)."""
-    global _clients, _addresses
+    global _clients, _addresses, _generation
+    _generation += 1
     old, _clients, _addresses = _clients, None, None
     for each in old or ():
         each.close()

@@ -10,7 +10,10 @@
 ``on_commit=True`` publishes only once the current database transaction commits (and not at
 all if it rolls back): a message that announces a database change must not reach a browser
 that would then read the database before the change is there. Outside a transaction it
-publishes at once. The audience (``SELF`` included) is resolved when the function is called.
+publishes at once. A publish or emit with ``on_commit=True`` is written in the transaction
+to ws4tx's outbox table (``ws4tx`` in ``INSTALLED_APPS``, ``migrate``), so that what Redis
+could not take at the commit is sent later by ``manage.py ws4tx_relay``, once
+(:mod:`ws4tx._outbox`). The audience (``SELF`` included) is resolved when the function is called.
 
 :func:`disconnect` closes open connections on every ws4tx node: those of a user whose
 password changed, of a session that logged out (ws4tx does both by itself, see
@@ -25,12 +28,28 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
-from ws4tx import _audience, _django_settings, closecodes, control, naming, presence as _presence
+from ws4tx import (
+    _django_settings,
+    _ops,
+    _prepare,
+    closecodes,
+    control,
+    naming,
+    presence as _presence,
+)
 from ws4tx.history import History, Position, Publication
-from ws4tx.publisher import RedisPublisher, event_message
-from ws4tx.redis_store import SELF, NotStored, PublishError, RedisMessage, RedisStore, as_message
+from ws4tx.redis_store import (
+    SELF,
+    NotStored,
+    PublishError,
+    RedisMessage,
+    RedisStore,
+    Sent,
+)
+
+T = TypeVar("T")
 
 __all__ = [
     "SELF",
@@ -40,11 +59,21 @@ __all__ = [
     "Publication",
     "PublishError",
     "RedisMessage",
+    "Sent",
+    "adisconnect",
+    "aemit",
+    "ahistory",
+    "aposition",
+    "apresence",
+    "apresence_stats",
+    "apublish",
+    "aunsubscribe",
     "channels",
     "disconnect",
     "emit",
     "history",
     "info",
+    "position",
     "presence",
     "presence_stats",
     "publish",
@@ -52,18 +81,26 @@ __all__ = [
 ]
 
 
-def _publisher(
-    facility: str, broadcast: bool, users: Any, groups: Any, sessions: Any, request: Any
-) -> RedisPublisher:
-    if not (broadcast or users or groups or sessions):
-        raise ValueError("no audience: give broadcast=True, users, groups or sessions")
-    return RedisPublisher(
-        request=request, facility=facility, broadcast=broadcast,
-        users=users, groups=groups, sessions=sessions,
-    )
+_publisher = _prepare.publisher
 
 
-def _run(send: Callable[[], int], on_commit: bool) -> Optional[int]:
+def _send(prepared: _prepare.Publish) -> Sent:
+    """Publish a checked publish now."""
+    return prepared.publisher.publish_message(prepared.data, expire=prepared.expire,
+                                              key=prepared.key)
+
+
+def _publish(prepared: _prepare.Publish, on_commit: bool) -> Optional[Sent]:
+    """Publish now, or (``on_commit``) through the outbox (:mod:`ws4tx._outbox`)."""
+    if not on_commit:
+        return _send(prepared)
+    from ws4tx import _outbox
+
+    _outbox.write(prepared)
+    return None
+
+
+def _run(send: Callable[[], T], on_commit: bool) -> Optional[T]:
     if not on_commit:
         return send()
     from django.db import transaction
@@ -83,19 +120,26 @@ def publish(
     request: Any = None,
     expire: Optional[int] = None,
     on_commit: bool = False,
-) -> Optional[int]:
+    key: Optional[str] = None,
+) -> Optional[Sent]:
     """Publish ``message`` (str or bytes) to an audience of ``facility``, storing it for
     ``expire`` seconds (default: setting ``EXPIRE``; 0 stores nothing).
 
-    Returns the number of Redis subscribers that got it, or None when ``on_commit`` defers
-    it. Raises :class:`PublishError` when Redis is unreachable or refused to publish (with
-    ``on_commit``, from the commit), and :class:`NotStored` (with ``.receivers``) when the
-    message was delivered but could not be stored: do not retry that one.
+    Returns the number of Redis subscribers that got it (a :class:`Sent`, an int that
+    also has the message's ``positions`` on channels with history), or None when
+    ``on_commit`` defers it. With ``key`` (an idempotency key, e.g. ``"order-42-paid"``)
+    a publish of the same key to the same channels within their history's ttl (a day on
+    a facility without history) stores and delivers nothing and returns the first
+    publish's positions, with ``repeated`` True: retrying after a timeout is safe.
+
+    Raises :class:`PublishError` when Redis is unreachable or refused to publish (with
+    ``on_commit`` the message stays in the outbox instead, logged, for ``ws4tx_relay``),
+    and :class:`NotStored` (with ``.receivers``) when the message was delivered but could
+    not be stored: do not retry that one.
     """
-    publisher = _publisher(facility, broadcast, users, groups, sessions, request)
-    data = as_message(message)
-    seconds = _django_settings.expire() if expire is None else _django_settings.check_expire(expire)
-    return _run(lambda: publisher.publish_message(data, expire=seconds), on_commit)
+    prepared = _prepare.publish(facility, message, broadcast, users, groups, sessions, request,
+                                expire, key)
+    return _publish(prepared, on_commit)
 
 
 def emit(
@@ -110,16 +154,16 @@ def emit(
     request: Any = None,
     expire: int = 0,
     on_commit: bool = False,
-) -> Optional[int]:
+    key: Optional[str] = None,
+) -> Optional[Sent]:
     """Send the event ``event`` with JSON ``data`` to an audience of ``facility`` (clients
     of ``ws4tx.js`` receive it with ``on(event, ...)``); ``expire`` > 0 also stores it.
 
-    Returns as :func:`publish` does.
+    Returns as :func:`publish` does; ``key`` is an idempotency key as there.
     """
-    publisher = _publisher(facility, broadcast, users, groups, sessions, request)
-    text = event_message(event, data)
-    seconds = _django_settings.check_expire(expire)
-    return _run(lambda: publisher.publish_message(text, expire=seconds), on_commit)
+    prepared = _prepare.emit(facility, event, data, broadcast, users, groups, sessions,
+                             request, expire, key)
+    return _publish(prepared, on_commit)
 
 
 def disconnect(
@@ -144,9 +188,7 @@ def disconnect(
     None when ``on_commit`` defers it; raises :class:`PublishError` when Redis is
     unreachable and ValueError for bad arguments.
     """
-    command = control.disconnect(
-        users=_audience.users(users, request), sessions=_audience.sessions(sessions, request),
-        facility=facility, code=code, reason=reason)
+    command = _prepare.disconnect(users, sessions, facility, code, reason, request)
     return _command(command, on_commit)
 
 
@@ -177,27 +219,19 @@ def unsubscribe(
         api.unsubscribe(users=["john"], facility="chat", audiences=["group"],
                         groups=["staff"], reason="no longer staff")
     """
-    command = control.unsubscribe(
-        users=_audience.users(users, request), sessions=_audience.sessions(sessions, request),
-        facility=facility, audiences=audiences,
-        groups=None if groups is None else [getattr(g, "name", g) for g in groups],
-        reason=reason)
+    command = _prepare.unsubscribe(users, sessions, facility, audiences, groups, reason,
+                                   request)
     return _command(command, on_commit)
 
 
 def _command(command: control.Command, on_commit: bool) -> Optional[int]:
     """Publish ``command`` on the control channel (now, or once the transaction commits):
     on the first shard of several, with SPUBLISH in the registry's slot of a cluster."""
-    prefix = _django_settings.prefix()
-    channel = naming.control_channel(prefix)
     payload = control.encode(command)
 
     def send() -> int:
         store = RedisStore()
-        cluster = store._cluster()
-        return int(store._call("send a command to",
-                               lambda redis: _send_control(redis, cluster, prefix, payload),
-                               channel))
+        return _ops.run(_ops.command(payload, store._cluster()), store._execute)
 
     return _run(send, on_commit)
 
@@ -322,23 +356,35 @@ def history(
     return publisher.history(since=since, limit=limit)
 
 
+def position(
+    facility: str,
+    *,
+    broadcast: bool = False,
+    users: Any = (),
+    groups: Any = (),
+    sessions: Any = (),
+    request: Any = None,
+) -> dict[str, Position]:
+    """Where the channels of an audience of ``facility`` (a facility with setting
+    ``HISTORY``) stand: ``{channel: Position(offset, epoch)}``, the epoch and offset of
+    each channel's last message, read without the messages in one round trip (per shard;
+    per channel on a cluster). A page rendered with it hands it to ws4tx.js as its
+    ``positions`` (the template tag ``{% ws4tx_position %}`` renders it): the client then
+    recovers every message published after the page was rendered, once each.
+
+    A channel never published to gets its epoch here (offset 0), which its first publish
+    keeps. Raises ``ValueError`` for a facility without history or no audience, and
+    :class:`PublishError` when Redis cannot be read.
+    """
+    return _publisher(facility, broadcast, users, groups, sessions, request).positions_now()
+
+
 def _read_presence(facility: str, what: str, broadcast: bool, users: Any, groups: Any,
                    sessions: Any, request: Any) -> Any:
-    naming.check_facility(facility)
-    if not _presence.has_presence(_django_settings.presence(), facility):
-        raise ValueError(f"the facility {facility!r} keeps no presence (setting "
-                         "WS4TX_PRESENCE)")
-    audience = _presence.audience_of(
-        broadcast, _audience.users(users, request), _audience.groups(groups, request),
-        _audience.sessions(sessions, request))
-    keys, args = _presence.read_args(
-        naming.presence_keys(_django_settings.prefix(), facility), what, audience)
-
-    def read(connection: Any) -> Any:
-        script = connection.register_script(_presence.script(_presence.READ_SCRIPT))
-        return script(keys=keys, args=args)
-
-    return RedisStore()._call("read from", read, keys[0])
+    keys, args = _prepare.presence(facility, what, broadcast, users, groups, sessions,
+                                   request)
+    store = RedisStore()
+    return _ops.run(_ops.presence(keys, args), store._execute)
 
 
 def presence(
@@ -364,7 +410,7 @@ def presence(
     :class:`PublishError` when Redis cannot be read.
     """
     read = _read_presence(facility, "list", broadcast, users, groups, sessions, request)
-    return [e.as_dict() for e in _presence.parse_entries(read)]
+    return _prepare.presence_list(read)
 
 
 def presence_stats(
@@ -381,5 +427,17 @@ def presence_stats(
     (``users``; anonymous connections count in ``clients`` only), in time logarithmic in
     its size; errors as :func:`presence`."""
     read = _read_presence(facility, "stats", broadcast, users, groups, sessions, request)
-    stats = _presence.parse_stats(read)
-    return {"clients": stats.clients, "users": stats.users}
+    return _prepare.presence_stats(read)
+
+
+# The asynchronous twins (same arguments, results and errors; see ws4tx._async_api).
+from ws4tx._async_api import (  # noqa: E402
+    adisconnect,
+    aemit,
+    ahistory,
+    aposition,
+    apresence,
+    apresence_stats,
+    apublish,
+    aunsubscribe,
+)

@@ -2,7 +2,9 @@
 files (``ws4tx/ws4tx.js``, ``js/ws4redis.js``) and its template tags (``{% load ws4tx %}``)
 are found, and so that identity changes reach open sockets: a logout, a password change or
 a deactivation closes the connections concerned on every node (see :mod:`ws4tx._live`;
-setting ``DISCONNECT_ON_LOGOUT``). It has no models."""
+setting ``DISCONNECT_ON_LOGOUT``). Its one model is the outbox of ``on_commit=True``
+publishes (:mod:`ws4tx._outbox`; run ``migrate``, and ``manage.py ws4tx_relay`` beside the
+site)."""
 
 from __future__ import annotations
 

@@ -29,6 +29,14 @@ from typing import Any, NamedTuple, Optional, Sequence
 #: The scripts, in ``ws4tx/lua/``.
 PUBLISH_SCRIPT = "publish.lua"
 HISTORY_SCRIPT = "history.lua"
+#: The Django side's: a keyed publish on a facility without history, and a channel's
+#: position without its messages.
+PUBLISH_ONCE_SCRIPT = "publish_once.lua"
+POSITION_SCRIPT = "position.lua"
+
+#: Seconds an idempotency key is remembered on a facility without history (on one with
+#: history: its ``ttl``).
+KEY_TTL = 86400
 
 
 class Retention(NamedTuple):
@@ -71,6 +79,9 @@ class Published:
 
     receivers: int
     position: Position
+    #: Whether the publish was a repeat of an idempotency key (nothing stored nor
+    #: delivered; ``position`` is the first publish's).
+    repeated: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,19 +152,51 @@ def script_sha(name: str) -> str:
 def publish_args(channel: str, last_message_key: str, stream: str, meta: str,
                  payload: bytes, retention: Retention, expire: int,
                  epoch: Optional[str] = None,
-                 sharded: bool = False) -> tuple[list[Any], list[Any]]:
+                 sharded: bool = False,
+                 once: Optional[str] = None) -> tuple[list[Any], list[Any]]:
     """The keys and arguments of :data:`PUBLISH_SCRIPT` (``sharded``: it publishes with
-    SPUBLISH, on a Redis Cluster)."""
+    SPUBLISH, on a Redis Cluster; ``once``: the record of an idempotency key,
+    :func:`ws4tx.naming.once_key`)."""
     args = [channel, payload, retention.size, retention.ttl, epoch or new_epoch(), expire]
     if sharded:
         args.append("SPUBLISH")
-    return [stream, meta, last_message_key], args
+    keys = [stream, meta, last_message_key]
+    if once is not None:
+        keys.append(once)
+    return keys, args
 
 
 def parse_published(reply: Sequence[Any]) -> Published:
     """:data:`PUBLISH_SCRIPT`'s reply as a :class:`Published`."""
-    offset, epoch, receivers = reply
-    return Published(int(receivers), Position(int(offset), _text(epoch)))
+    offset, epoch, receivers = reply[:3]
+    repeated = len(reply) > 3 and int(reply[3]) == 1
+    return Published(int(receivers), Position(int(offset), _text(epoch)), repeated)
+
+
+def publish_once_args(channel: str, last_message_key: str, once: str, payload: bytes,
+                      expire: int, ttl: int = KEY_TTL,
+                      sharded: bool = False) -> tuple[list[Any], list[Any]]:
+    """The keys and arguments of :data:`PUBLISH_ONCE_SCRIPT`."""
+    return ([once, last_message_key],
+            [channel, payload, expire, ttl, "SPUBLISH" if sharded else ""])
+
+
+def parse_published_once(reply: Sequence[Any]) -> tuple[int, bool]:
+    """:data:`PUBLISH_ONCE_SCRIPT`'s reply: (receivers, repeated)."""
+    receivers, repeated = reply
+    return int(receivers), int(repeated) == 1
+
+
+def position_args(stream: str, meta: str, retention: Retention,
+                  epoch: Optional[str] = None) -> tuple[list[Any], list[Any]]:
+    """The keys and arguments of :data:`POSITION_SCRIPT`."""
+    return [stream, meta], [retention.ttl, epoch or new_epoch()]
+
+
+def parse_position(reply: Sequence[Any]) -> Position:
+    """:data:`POSITION_SCRIPT`'s reply as a :class:`Position`."""
+    epoch, offset = reply
+    return Position(int(offset), _text(epoch))
 
 
 def history_args(stream: str, meta: str, retention: Retention, since: Optional[int],

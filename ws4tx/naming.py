@@ -29,7 +29,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 from urllib.parse import quote
 
 from ws4tx.sharding import fnv1a_64, jump_hash, shard_of as _shard_of
@@ -171,6 +171,40 @@ def history_keys(prefix: Optional[str], channel: str) -> tuple[str, str]:
         raise ValueError(f"{channel!r} is not a channel under the prefix {prefix!r}")
     tagged = f"{head}history:{{{channel[len(head):]}}}"
     return f"{tagged}:s", f"{tagged}:m"
+
+
+#: The part of the idempotency records' names after the prefix (see :func:`once_key`).
+ONCE = "once"
+
+#: Longest idempotency key (``ws4tx.api.publish(..., key=...)``), in characters.
+MAX_KEY_LENGTH = 200
+
+
+def check_key(key: Any) -> str:
+    """``key`` if it is an idempotency key (a non-empty str of at most
+    :data:`MAX_KEY_LENGTH` characters), else ``ValueError``."""
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
+        raise ValueError(f"key must be a non-empty str of at most {MAX_KEY_LENGTH} "
+                         f"characters, not {key!r:.80}")
+    return key
+
+
+def once_key(prefix: Optional[str], channel: str, key: str) -> str:
+    """The record that ``channel`` was published to with idempotency key ``key``:
+    ``{prefix}:once:{<channel>}:<key>`` (``<channel>`` without its prefix), never a channel
+    (``once`` is no audience); on a Redis Cluster behind the channel's partition tag, see
+    :func:`cluster_once_key`."""
+    head = _head(prefix)
+    if not channel.startswith(head):
+        raise ValueError(f"{channel!r} is not a channel under the prefix {prefix!r}")
+    return f"{head}{ONCE}:{{{channel[len(head):]}}}:{key}"
+
+
+def cluster_once_key(prefix: Optional[str], channel: str, key: str) -> str:
+    """:func:`once_key` on a Redis Cluster: behind the tag of the channel's
+    :func:`cluster_channel` name (the slot of its publish script's other keys)."""
+    name = cluster_channel(channel)
+    return name[:name.index("}") + 1] + once_key(prefix, channel, key)
 
 
 #: The part of the presence keys' names after the prefix (see :func:`presence_keys`).

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import redis
 
 from ws4tx import _audience, _django_settings, envelope, history as _history, naming
-from ws4tx.redis_store import RedisMessage, RedisStore
+from ws4tx.redis_store import RedisMessage, RedisStore, Sent
 
 #: The audiences of :meth:`RedisPublisher.fetch_message`.
 FETCH_AUDIENCES = ("broadcast", "group", "user", "session", "any")
@@ -53,7 +53,7 @@ class RedisPublisher(RedisStore):
             users=users, groups=groups, sessions=sessions,
         )
 
-    def emit(self, event: str, data: Any = None, expire: int = 0) -> int:
+    def emit(self, event: str, data: Any = None, expire: int = 0) -> Sent:
         """Publish the event ``event`` with JSON ``data`` to this publisher's audience (an
         event envelope, :func:`ws4tx.envelope.encode_event`); ``expire`` > 0 also stores it
         for replay. Returns what :meth:`publish_message` returns."""
@@ -69,24 +69,20 @@ class RedisPublisher(RedisStore):
         ``ValueError`` for a facility without history or an audience of several channels;
         :class:`~ws4tx.redis_store.PublishError` when Redis cannot be read.
         """
-        if len(self._publishers) != 1:
-            raise ValueError("history is read from one channel: give one audience "
-                             f"(broadcast=True, or one user, group or session), not "
-                             f"{len(self._publishers)} channels")
-        assert self.facility is not None
-        retention = _django_settings.history_for(self.facility)
-        if retention is None:
-            raise ValueError(f"the facility {self.facility!r} keeps no history (setting "
-                             "WS4TX_HISTORY)")
-        keys_of = naming.cluster_history_keys if self._cluster() else naming.history_keys
-        stream, meta = keys_of(_django_settings.prefix(), self._publishers[0])
-        keys, args = _history.history_args(stream, meta, retention, since, limit)
+        from ws4tx import _ops
 
-        def _read(connection: redis.Redis) -> Any:
-            script = connection.register_script(_history.script(_history.HISTORY_SCRIPT))
-            return script(keys=keys, args=args)
+        return _ops.run(_ops.history(self._publishers, self.facility, since, limit,
+                                     self._cluster()), self._execute)
 
-        return _history.parse_history(self._call("read from", _read, stream))
+    def positions_now(self) -> dict[str, _history.Position]:
+        """Where each channel of this publisher's audience (of a facility with setting
+        ``HISTORY``) stands: its epoch and last offset, without the messages, in one round
+        trip (per shard). ``ValueError`` for a facility without history;
+        :class:`~ws4tx.redis_store.PublishError` when Redis cannot be read."""
+        from ws4tx import _ops
+
+        return _ops.run(_ops.positions(self._publishers, self.facility, self._cluster()),
+                        self._execute)
 
     def fetch_message(
         self, request: Any, facility: str, audience: str = "any"

@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 import redis
 from redis.exceptions import RedisClusterException, RedisError
 
-from ws4tx import _audience, _django_settings, _history_check, _sync_redis, history, naming
+from ws4tx import _audience, _django_settings, _sync_redis, history, naming
 from ws4tx.redis_address import RedisAddress
 
 #: In ``users``, ``groups`` or ``sessions``: the current request's own user name, groups
@@ -56,6 +56,27 @@ class NotStored(Exception):
         super().__init__(f"delivered to {receivers} subscribers but not stored: {reason}")
         self.receivers = receivers
         self.reason = reason
+
+
+class Sent(int):
+    """What a publish did: the number of Redis subscribers that got it (it is that
+    int), the ``positions`` of the message on the channels of a facility with history
+    (channel -> :class:`~ws4tx.history.Position`), and whether it was ``repeated``: a
+    publish with an idempotency key that every channel had published already (nothing was
+    stored nor delivered again; ``positions`` are the first publish's)."""
+
+    positions: dict[str, history.Position]
+    repeated: bool
+
+    def __new__(cls, receivers: int, positions: Optional[dict[str, history.Position]] = None,
+                repeated: bool = False) -> Sent:
+        sent = super().__new__(cls, receivers)
+        sent.positions = dict(positions or {})
+        sent.repeated = repeated
+        return sent
+
+    def __repr__(self) -> str:
+        return f"Sent({int(self)}, positions={self.positions!r}, repeated={self.repeated})"
 
 
 class RedisMessage(bytes):
@@ -154,116 +175,68 @@ class RedisStore:
         return naming.channels_for(_django_settings.prefix(), facility, broadcast=broadcast,
                                    users=users_, groups=groups_, sessions=sessions_)
 
-    def publish_message(self, message: Any, expire: Optional[int] = None) -> int:
+    def publish_message(self, message: Any, expire: Optional[int] = None,
+                        key: Optional[str] = None) -> Sent:
         """Publish ``message`` to this store's channels, and store it for ``expire`` seconds
         (default: setting ``EXPIRE``, 3600; 0 stores nothing), in one round trip.
 
         ``message`` is a :class:`RedisMessage`, a str or bytes. A heartbeat or empty message
         is not published. Returns how many Redis subscribers received it (with ws4tx, the
-        server processes subscribed to a channel, not browsers); raises
-        :class:`PublishError` when Redis is unreachable or refuses the PUBLISH (nothing
-        was delivered nor stored), after at most ``PUBLISH_TIMEOUT``, and
+        server processes subscribed to a channel, not browsers), as a :class:`Sent`;
+        raises :class:`PublishError` when Redis is unreachable or refuses the PUBLISH
+        (nothing was delivered nor stored), after at most ``PUBLISH_TIMEOUT``, and
         :class:`NotStored` when the message was delivered but Redis refused to store it.
+
+        ``key`` (an idempotency key) publishes it once: a publish of the same key to a
+        channel within its history's ttl (a day on a facility without history) stores and
+        delivers nothing and gives the first publish's position (see :class:`Sent`).
         """
+        from ws4tx import _ops
+
         if expire is None:
             expire = _django_settings.expire()
         else:
             expire = _django_settings.check_expire(expire)
-        data = as_message(message)
-        if not data or not self._publishers:
-            return 0
-        # This site's HISTORY must be the servers' (ImproperlyConfigured says how not).
-        self._call("read the node registry of", _history_check.check)
-        retention = _django_settings.history_for(self.facility) if self.facility else None
-        if retention is not None:
-            return self._send_with_history(self._publishers, data, expire, retention)
-        return self._send(self._publishers, data, expire)
+        if key is not None:
+            naming.check_key(key)
+        sent = _ops.run(_ops.publish(self._publishers, self.facility, as_message(message),
+                                     expire, key, self._cluster()), self._execute)
+        if sent.positions:
+            self.positions = dict(sent.positions)
+        return sent
 
-    def _send_with_history(self, channels: Sequence[str], data: bytes, expire: int,
-                           retention: history.Retention) -> int:
-        """Run the publish script (``ws4tx/lua/publish.lua``) for every channel, in one
-        round trip per shard; :attr:`positions` has the position of the message on each
-        channel."""
-        prefix = _django_settings.prefix()
+    def _execute(self, batch: Any) -> Any:
+        """Run a :class:`ws4tx._ops.Batch` (one round trip per shard concerned, every one
+        even after another failed) and give its :class:`ws4tx._ops.Replies`."""
+        from ws4tx import _ops
 
-        def _publish(connection: redis.Redis, names: list[str]) -> list[Any]:
-            script = connection.register_script(history.script(history.PUBLISH_SCRIPT))
-            if self._cluster():
-                # each channel's keys on its partition's slot, SPUBLISH (redis-py routes
-                # each script by its keys)
-                replies = []
-                for channel in names:
-                    name = naming.cluster_channel(channel)
-                    stream, meta = naming.cluster_history_keys(prefix, channel)
-                    keys, args = history.publish_args(name, name, stream, meta, data,
-                                                      retention, expire, sharded=True)
-                    replies.append(script(keys=keys, args=args))
-                return replies
-            pipe = connection.pipeline(transaction=False)
-            for channel in names:
-                stream, meta = naming.history_keys(prefix, channel)
-                keys, args = history.publish_args(channel, channel, stream, meta, data,
-                                                  retention, expire)
-                script(keys=keys, args=args, client=pipe)
-            return pipe.execute()
-
-        published = [history.parse_published(reply)
-                     for reply in self._call_each("publish to", channels, _publish)]
-        self.positions = {channel: result.position
-                          for channel, result in zip(channels, published, strict=True)}
-        return sum(result.receivers for result in published)
-
-    def _send(self, channels: Sequence[str], data: bytes, expire: int) -> int:
-        """PUBLISH to every channel in one round trip (per shard), then (``expire`` > 0)
-        SET them in a second one: a message Redis refused to publish is never stored, and
-        a failed SET after a successful PUBLISH raises :class:`NotStored`, not
-        :class:`PublishError`."""
-        def _publish(connection: redis.Redis, names: list[str]) -> list[Any]:
-            if self._cluster():
-                # sharded pub/sub, on the channel's cluster name (its partition's slot)
-                return [connection.spublish(naming.cluster_channel(channel), data)
-                        for channel in names]
-            pipe = connection.pipeline(transaction=False)
-            for channel in names:
-                pipe.publish(channel, data)
-            return pipe.execute()
-
-        failures: list[PublishError] = []
-        counts = self._call_each("publish to", channels, _publish, failures)
-        receivers = sum(int(count) for count in counts if count is not None)
-        if expire > 0:
-            # stored where it was published (with shards, a server may have failed)
-            published = [c for c, count in zip(channels, counts, strict=True)
-                         if count is not None]
-            try:
-                self._store(published, data, expire, receivers)
-            except NotStored:
-                if not failures:
-                    raise
-        if failures:
-            raise failures[0]
-        return receivers
-
-    def _store(self, channels: Sequence[str], data: bytes, expire: int,
-               receivers: int) -> None:
-        if not channels:
-            return
-        problem: Optional[str] = None
+        calls = batch.calls
         cluster = self._cluster()
-        for connection, indices in self._by_shard(channels):
-            pipe = connection.pipeline(transaction=False)
-            for i in indices:
-                key = naming.cluster_channel(channels[i]) if cluster else channels[i]
-                pipe.set(key, data, ex=expire)  # SETEX, as redis-py 8 spells it
+        if self._own_connection is not None:
+            shards: tuple[redis.Redis, ...] = (self._own_connection,)
+        else:
+            shards = _clients()
+        replies = _ops.Replies([None] * len(calls), [""] * len(calls))
+        for shard, indices in _ops.shard_groups(calls, len(shards), _sync_redis.shard_index):
+            connection = shards[shard]
+            where = self._where(connection)
             try:
-                replies = pipe.execute(raise_on_error=False)
-            except RedisError as e:
-                replies = [e]
-            errors = [reply for reply in replies if isinstance(reply, Exception)]
-            if errors and problem is None:
-                problem = f"Redis at {self._where(connection)}: {errors[0]}"
-        if problem is not None:
-            raise NotStored(receivers, problem)
+                answered = _ops.execute(connection, [calls[i] for i in indices], cluster,
+                                        raise_on_error=not batch.errors_as_replies)
+            except (RedisError, RedisClusterException) as e:
+                if batch.errors_as_replies:
+                    answered = [e] * len(indices)
+                else:
+                    failure = PublishError(f"could not {batch.action} Redis at {where}: {e}")
+                    failure.__cause__ = e
+                    replies.failures.append(failure)
+                    continue
+            for i, reply in zip(indices, answered, strict=True):
+                replies.values[i] = reply
+                replies.where[i] = where
+        if replies.failures and not batch.partial:
+            raise replies.failures[0]
+        return replies
 
     def _get_first(self, channels: Sequence[str]) -> Optional[bytes]:
         """The first non-empty value stored under ``channels`` (one round trip per
