@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from twisted.internet import threads
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -282,6 +285,21 @@ class HistoryAgreementTests(ServerTestCase):
             self.assertIn(self.service.node.id, str(e))
             self.assertIn("WS4TX_HISTORY", str(e))
         self.assertIsNone(self.redis.get("ws4tx:broadcast:chatroom"))
+
+    async def test_aScriptWithoutSettingsTakesTheNodesHistory(self):
+        """A plain script (no Django settings, the README's shell line) has no HISTORY to
+        compare: it takes the live nodes' and publishes with positions, as the site would."""
+        code = ("from ws4tx import api\n"
+                "print(api.publish('chatroom', 'from a script', broadcast=True).positions)\n")
+        env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+        env.update(WS4TX_REDIS_URL=self.redis_server.url,
+                   PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        done = await threads.deferToThread(
+            subprocess.run, [sys.executable, "-c", code], cwd=tempfile.gettempdir(), env=env,
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("ws4tx:broadcast:chatroom", done.stdout)  # it has a position there
+        self.assertTrue(any(self.redis.scan_iter("ws4tx:history:*")))
 
     async def test_sameHistoryPublishes(self):
         """With the same HISTORY the site publishes, with positions."""

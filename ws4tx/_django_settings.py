@@ -35,6 +35,20 @@ def django_settings() -> Any:
 #: What a process without Django settings reads its settings from: nothing.
 _NO_SETTINGS = SimpleNamespace()
 
+#: The ``HISTORY`` a process without Django settings took from the live nodes.
+_adopted_history: Optional[tuple[_history.Rule, ...]] = None
+
+
+def configured() -> bool:
+    """Whether this process has Django settings (a site), not a plain script or shell."""
+    return django_settings() is not _NO_SETTINGS
+
+
+def adopt_history(rules: Optional[tuple[_history.Rule, ...]]) -> None:
+    """Take ``rules`` as ``HISTORY`` in a process without Django settings (None: forget)."""
+    global _adopted_history
+    _adopted_history = rules
+
 
 def _value(key: str) -> Any:
     """Setting ``key`` as :mod:`ws4tx.schema` reads it (as the server does), or its default;
@@ -80,7 +94,10 @@ def heartbeat() -> Optional[str]:
 
 def history() -> tuple[_history.Rule, ...]:
     """The facilities that keep a history: setting ``HISTORY`` (as the server reads it),
-    in its order; none by default."""
+    in its order; none by default. A process without Django settings has the live nodes'
+    once it has read them (:mod:`ws4tx._history_check`)."""
+    if _adopted_history is not None and not configured():
+        return _adopted_history
     result: tuple[_history.Rule, ...] = _value("history")
     return result
 

@@ -10,6 +10,10 @@ a difference raises ``ImproperlyConfigured`` saying how they differ (and every p
 raises it until the settings agree). A process that finds no live node checks again at
 its next publish after :data:`RECHECK` seconds; once a node agreed, it does not check again
 while its ``HISTORY`` stays the same.
+
+A process without Django settings (a script, a shell: every setting at its default) has no
+``HISTORY`` of its own to compare: it takes the live nodes' when they all keep the same,
+so that ``api.publish`` from a script positions its messages as the site's would.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any, Optional
 
 from django.core.exceptions import ImproperlyConfigured
 
-from ws4tx import _django_settings, history, naming, presence as _presence
+from ws4tx import _django_settings, history, naming, presence as _presence, schema
 
 #: Seconds after which a process that found no live node looks again.
 RECHECK = 15.0
@@ -66,6 +70,12 @@ def judge(mine: str, reply: Any) -> None:
     if not nodes:
         _empty_at[mine] = time.monotonic()
         return
+    kept = {node.info["history"] for node in nodes if node.info is not None}
+    if not _django_settings.configured() and len(kept) == 1:
+        theirs = kept.pop()
+        _django_settings.adopt_history(schema.history_from_fingerprint(theirs))
+        _agreed = theirs
+        return
     for node in nodes:
         theirs = node.info["history"] if node.info is not None else ""
         if theirs != mine:
@@ -85,3 +95,4 @@ def forget() -> None:
     global _agreed
     _agreed = None
     _empty_at.clear()
+    _django_settings.adopt_history(None)

@@ -295,6 +295,12 @@ def _history_item(text: str, origin: str) -> Rule:
     return _history_rule(pattern.strip(), retention, origin)
 
 
+def history_from_fingerprint(text: str) -> tuple[Rule, ...]:
+    """The rules of ``HISTORY`` from its canonical text (:func:`ws4tx.history.fingerprint`,
+    what a node puts in its registry entry)."""
+    return tuple(_history_item(item, "a node's HISTORY") for item in text.split())
+
+
 def item_text(setting: Setting, item: Any) -> str:
     """One item of a repeatable setting's value as its option takes it."""
     if setting.kind == HISTORY:
