@@ -3,6 +3,8 @@ readiness, resubscription, the PING watchdog and command timeouts."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
@@ -96,6 +98,42 @@ class _BrokerCase(SynchronousTestCase):
 
 class BrokerTimingTests(_BrokerCase):
     """Everything the broker does on a timer, with a Clock."""
+
+    def _startUnanswered(self) -> tuple[RedisBroker, Any, Any]:
+        """Another broker whose command connection is made but whose PING is unanswered
+        yet: the server's start, with its subscriber possibly ready already."""
+        endpoint = FakeEndpoint()
+        broker = RedisBroker(RedisAddress(), reactor=self.clock, clock=self.clock,
+                             ping_interval=5, timeout=2, endpoint=endpoint,
+                             retry_policy=lambda attempt: 1.0)
+        broker.start(Listener([]))
+        self.addCleanup(broker.stop)
+        self.clock.advance(0)
+        _, (cmd, cmd_t) = endpoint.connections
+        cmd_t.clear()
+        return broker, cmd, cmd_t
+
+    def test_commandWaitsForTheFirstCommandConnection(self):
+        """A publish while the command connection is first being made (its PING not
+        answered yet) is sent once it is ready, not refused (a client's first publish
+        after the server's start failed with "not connected")."""
+        broker, cmd, cmd_t = self._startUnanswered()
+        d = broker.publish("ch", b"hi")
+        self.assertNoResult(d)
+        self._feed(cmd, b"+PONG\r\n")
+        self.assertEqual(cmd_t.value(), b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$2\r\nhi\r\n")
+        self._feed(cmd, b":1\r\n")
+        self.assertEqual(self.successResultOf(d), 1)
+
+    def test_commandWaitingForTheFirstConnectionIsBounded(self):
+        """It waits at most the timeout (here the unanswered PING's too: the attempt
+        fails), then fails with BrokerUnavailable."""
+        broker, _, _ = self._startUnanswered()
+        d = broker.publish("ch", b"hi")
+        self.clock.advance(1.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.failureResultOf(d, BrokerUnavailable)
 
     def test_resubscribesOneChannelPerCommand(self):
         """On connection each wanted channel (and the broker's probe channel) is

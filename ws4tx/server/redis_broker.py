@@ -362,6 +362,10 @@ class RedisBroker:
         self._preparing: Optional[_Preparation] = None
         self._probe_refused = False
         self._cmd: Optional[txredisapi.BaseRedisProtocol] = None
+        #: Commands waiting for the command connection while it is first being made:
+        #: fired when it is ready, failed when an attempt fails.
+        self._cmd_waiters: list[defer.Deferred[Any]] = []
+        self._cmd_was_ready = False
         self._services: list[ClientService] = []
         self._pinger: Optional[LoopingCall] = None
         #: The log of each connection's attempts, by role.
@@ -428,6 +432,7 @@ class RedisBroker:
 
     def stop(self) -> defer.Deferred[None]:
         self._stopping = True
+        self._commandWaitersFail("the broker stopped")
         if self._pinger is not None and self._pinger.running:
             self._pinger.stop()
         ds = [defer.maybeDeferred(s.stopService) for s in self._services]
@@ -449,6 +454,8 @@ class RedisBroker:
             self._preparing = None
         if not self._stopping:
             self.attempts[role].failed(error)
+        if role == "command":
+            self._commandWaitersFail(f"Redis at {self.address.safe_url} is not connected")
 
     def _ready(self, role: str, proto: Any, refused: list[tuple[str, str]]) -> None:
         self.attempts[role].succeeded()
@@ -524,7 +531,38 @@ class RedisBroker:
 
     def _commandReady(self, proto: Any) -> None:
         self._cmd = proto
+        self._cmd_was_ready = True
         proto.whenDisconnected().addCallback(self._commandLost)
+        waiters, self._cmd_waiters = self._cmd_waiters, []
+        for waiter in waiters:
+            waiter.callback(proto)
+
+    def _commandWaitersFail(self, why: str) -> None:
+        waiters, self._cmd_waiters = self._cmd_waiters, []
+        for waiter in waiters:
+            waiter.errback(BrokerUnavailable(why))
+
+    def _commandConnection(self) -> defer.Deferred[Any]:
+        """The command connection: at once when it is ready; while it is first being made
+        (the server's start: the subscriber may be ready a round trip before it, and a
+        client's first publish must not fail for that), once it is, within the timeout;
+        otherwise (an attempt failed, or it was lost: Redis is down) BrokerUnavailable at
+        once, so that a client is told without waiting."""
+        if self._cmd is not None:
+            return defer.succeed(self._cmd)
+        if self._stopping or self._cmd_was_ready or self.attempts["command"].problem:
+            return defer.fail(BrokerUnavailable(
+                f"Redis at {self.address.safe_url} is not connected"))
+        waiter: defer.Deferred[Any] = defer.Deferred(
+            lambda d: self._cmd_waiters.remove(d) if d in self._cmd_waiters else None)
+        self._cmd_waiters.append(waiter)
+
+        def late(failure: Failure) -> Failure:
+            failure.trap(defer.TimeoutError)
+            raise BrokerUnavailable(f"Redis at {self.address.safe_url} is not connected "
+                                    f"(not within {self.timeout} s)")
+
+        return waiter.addTimeout(self.timeout, self.clock).addErrback(late)
 
     def _followMaster(self) -> None:
         """With Sentinels: ask them where the master is, and drop each connection made
@@ -722,11 +760,8 @@ class RedisBroker:
         return self._command(run)
 
     def _command(self, run: Callable[[Any], defer.Deferred[Any]]) -> defer.Deferred[Any]:
-        proto = self._cmd
-        if proto is None:
-            return defer.fail(BrokerUnavailable(
-                f"Redis at {self.address.safe_url} is not connected"))
-        d = self._bounded(run(proto), proto)
+        d = self._commandConnection().addCallback(
+            lambda proto: self._bounded(run(proto), proto))
 
         def unavailable(failure: Failure) -> Failure:
             if failure.check(defer.TimeoutError, txredisapi.ConnectionError):
