@@ -156,14 +156,16 @@ class DemoServer:
         """Whether the child process is alive."""
         return self.process is not None and self.process.poll() is None
 
-    def wait_for(self, pattern: str, timeout: float = TIMEOUT) -> re.Match[str]:
-        """The first match of ``pattern`` in the output; AssertionError if the server
-        ends or ``timeout`` seconds pass first."""
+    def wait_for(self, pattern: str, timeout: float = TIMEOUT,
+                 since: int = 0) -> re.Match[str]:
+        """The first match of ``pattern`` in the output (from its character ``since``:
+        ``len(server.output)`` before an action waits for what the action causes);
+        AssertionError if the server ends or ``timeout`` seconds pass first."""
         compiled = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                match = compiled.search(self.output)
+                match = compiled.search(self.output, since)
                 if match:
                     return match
                 if not self.running() and self._reader is not None \

@@ -184,8 +184,9 @@ class RedisOutageDuringPostTests(_ServerPerClass):
 
     def tearDown(self) -> None:
         if self.redis_server.process is None:
+            since = len(self.server.output)
             self.redis_server.start()
-            self.server.wait_for("Redis subscriber connection restored")
+            self.server.wait_for(r"Redis subscriber connection to \S+ restored", since=since)
 
     def test_postDuringAnOutageIs503WithAMessage(self) -> None:
         john = Client(self.server).log_in("john")

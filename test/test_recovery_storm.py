@@ -405,7 +405,7 @@ class ProcessStormTests(_TwoNodesTestCase):
                         10, reactor) != "connected":
                     pass
                 assert self.child is not None
-                await self.child.process.waitFor(r"Redis subscriber connection restored")
+                await self.child.process.waitFor(r"Redis subscriber connection to \S+ restored")
                 cut = {channel: self.published[channel] for channel in brief_channels}
                 await defer.gatherResults([defer.ensureDeferred(f.connect(rng.choice(ports)))
                                            for f in absent])
