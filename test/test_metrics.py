@@ -40,6 +40,9 @@ class MetricsTests(ServerTestCase):
     async def test_countersMoveAsTrafficFlows(self):
         """Connections, subscriptions, messages and bytes in and out, closes by code and
         the fan-out latency, all read back with prometheus_client's parser."""
+        # Redis is up once a message made the whole trip (its probe, or this barrier):
+        # connected is not enough, the probe may still be on its way.
+        await self.service.broker.barrier()
         status, before = await scrape(self.port)
         self.assertEqual(status, 200)
         before_samples = samples(before)
