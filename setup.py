@@ -40,7 +40,9 @@ setup(
         "test": [
             "Django>=5.2",
             "pytest>=8",
-            # test_packaging builds the wheel (setuptools needs it for bdist_wheel).
+            # test_packaging builds the sdist and the wheel with them (a test environment
+            # need not have pip or setuptools).
+            "setuptools>=70",
             "wheel>=0.40",
             "hypothesis>=6",
             "playwright>=1.50",
