@@ -39,12 +39,10 @@ from ws4tx import api, naming
 from ws4tx.publisher import RedisPublisher
 from ws4tx.redis_store import NotStored, PublishError, RedisMessage
 
+from chatserver import _recent
 from chatserver.forms import GroupMessageForm, UserMessageForm
 from chatserver.handlers import MAX_CLIENT_ID_LENGTH
 
-#: Recent entries of each channel a page reads on load (the event chat's include its
-#: 'typing' events, which the page does not show).
-HISTORY_SHOWN = 200
 #: What a page says when Redis could not be read (never Redis's address).
 STORE_UNAVAILABLE = ("Recent messages could not be loaded: the chat server cannot reach its "
                      "message store right now.")
@@ -98,14 +96,17 @@ class Audience:
         self.channel = naming.channel(prefix, audience, facility, name)
 
     def history(self) -> dict[str, Any]:
-        """The channel's recent messages and position, for the page (see ``chat.js``)."""
+        """The channel's recent messages (within ``chatserver._recent``'s bounds: count and
+        bytes) and position, for the page (see ``chat.js``)."""
         audience: dict[str, Any] = ({"broadcast": True} if self.audience == "broadcast"
                                     else {f"{self.audience}s": [self.name]})
-        read = api.history(self.facility, limit=HISTORY_SHOWN, **audience)
-        return {"channel": self.channel, "epoch": read.epoch, "offset": read.offset,
-                "messages": [{"offset": p.offset,
-                              "data": p.payload.decode("utf-8", "replace")}
-                             for p in read.publications]}
+
+        def read(since: Optional[int], limit: int) -> Any:
+            return api.history(self.facility, since=since, limit=limit, **audience)
+
+        position, messages = _recent.recent(read)
+        return {"channel": self.channel, "epoch": position.epoch, "offset": position.offset,
+                "messages": messages}
 
 
 class ChatPageMixin:
