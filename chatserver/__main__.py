@@ -75,6 +75,7 @@ def twistd_argv(port: int, redis_port: Optional[int] = None) -> list[str]:
         "--wsgi", "chatserver.wsgi.application",
         "--redis", "embedded" if redis_port is None else f"embedded:{redis_port}",
         "--handlers", "chatserver.handlers.EventChat",
+        "--handlers", "chatserver.handlers.BroadcastChat",
         f"--heartbeat={HEARTBEAT}",
     ]
 

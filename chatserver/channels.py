@@ -7,8 +7,11 @@ Deny by default: a connection keeps only the flags that one of the demo's pages 
 its facility, for a visitor in that state (anonymous or logged in); every other flag, and
 every flag on another facility, is dropped. What the pages ask for:
 
-- ``/chat/`` (``foobar``): ``subscribe-broadcast&publish-broadcast&echo``; only a logged-in
-  user sends.
+- ``/chat/`` (``foobar``): ``subscribe-broadcast``; its messages go as events to the
+  server-side handler (``chatserver.handlers``), which names the sender itself. A logged-in
+  user may still publish raw frames there with ``publish-broadcast&echo`` (ws4redis's
+  broadcast chat did, and ws4redis clients do): the pages show those as they are, never
+  under a user's name, since a raw frame can name anybody.
 - ``/userchat/`` and ``/groupchat/`` (``foobar``): ``subscribe-user``, ``subscribe-group``;
   they send with a form POST that Django publishes, never over the WebSocket. A WebSocket
   publishing to a group or user would let a client write any text, a forged sender name
@@ -45,6 +48,13 @@ def allowed_flags(facility: str, authenticated: bool, requested: Iterable[str]) 
     anonymous, logged_in = PAGE_FLAGS.get(facility, (frozenset(), frozenset()))
     allowed = logged_in if authenticated else anonymous
     return [flag for flag in requested if flag.lower() in allowed]
+
+
+def clients_publish(facility: str, audience: str) -> bool:
+    """Whether a client may publish raw messages to the ``audience`` channels (``broadcast``,
+    ``user``...) of ``facility``: then what is there may name any sender."""
+    anonymous, logged_in = PAGE_FLAGS.get(facility, (frozenset(), frozenset()))
+    return f"publish-{audience}" in anonymous | logged_in
 
 
 def facility_of(request: Any) -> str:

@@ -114,6 +114,11 @@ WS4TX_HISTORY = {
     # The event chat's history holds its 'typing' events too.
     _channels.EVENT_FACILITY: {"size": 500, "ttl": 24 * 3600},
 }
+#: The broadcast chat's page sends through a server-side handler (which names the sender);
+#: raw clients (ws4redis.js, the compatibility matrix) may still publish there with
+#: ``publish-broadcast`` (chatserver.channels), and the pages show what they send as it is,
+#: never under a user's name.
+WS4TX_HANDLER_FACILITY_PUBLISH = True
 #: Who is on the event chat (its page lists them from ws4tx.presence events).
 WS4TX_PRESENCE = [_channels.EVENT_FACILITY]
 #: Only the flags the demo's pages use, per facility and login (deny by default; see

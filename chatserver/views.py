@@ -1,16 +1,16 @@
 """The demo's pages.
 
-``/chat/`` sends over the WebSocket itself (ws4redis's ``publish-broadcast`` flag);
-``/userchat/`` and ``/groupchat/`` send with a form POST that Django publishes with
-ws4redis's ``RedisPublisher``; ``/eventchat/`` uses only ws4tx's event API
-(``chatserver.handlers``) and shows who is online (presence). Every page receives with
-ws4tx.js (``static/chatserver/chat.js``): the view renders its channels' recent messages
-and positions (``ws4tx.api.history``), and the page recovers from there after every
-reconnect; a GET that asks for JSON returns the same, for the page to catch up when
-recovery was not possible. Sending requires a logged-in user; the POST views keep CSRF
-protection, and answer 503 with a message (JSON ``{"error": ...}``) when Redis cannot take
-the message. :func:`static_file` serves ``/static/`` whether DEBUG is on or not, since the
-demo runs without a web server.
+``/chat/`` sends events over the WebSocket to a server-side handler (which names the sender:
+a raw frame could name anybody); ``/userchat/`` and ``/groupchat/`` send with a form POST
+that Django publishes with ws4redis's ``RedisPublisher``; ``/eventchat/`` uses only ws4tx's
+event API (``chatserver.handlers``) and shows who is online (presence). Every page receives
+with ws4tx.js (``static/chatserver/chat.js``): the view renders its channels' recent
+messages and positions (``ws4tx.api.history``), and the page recovers from there after every
+reconnect; a GET that asks for JSON returns the same, for the page to catch up when recovery
+was not possible. Sending requires a logged-in user; the POST views keep CSRF protection,
+and answer 503 with a message (JSON ``{"error": ...}``) when Redis cannot take the message.
+:func:`static_file` serves ``/static/`` whether DEBUG is on or not, since the demo runs
+without a web server.
 """
 
 from __future__ import annotations
@@ -39,12 +39,11 @@ from ws4tx import api, naming
 from ws4tx.publisher import RedisPublisher
 from ws4tx.redis_store import NotStored, PublishError, RedisMessage
 
+from chatserver import _recent
+from chatserver.channels import clients_publish
 from chatserver.forms import GroupMessageForm, UserMessageForm
-from chatserver.handlers import MAX_CLIENT_ID_LENGTH
+from chatserver.handlers import WRONG_IDENTITY, client_id
 
-#: Recent entries of each channel a page reads on load (the event chat's include its
-#: 'typing' events, which the page does not show).
-HISTORY_SHOWN = 200
 #: What a page says when Redis could not be read (never Redis's address).
 STORE_UNAVAILABLE = ("Recent messages could not be loaded: the chat server cannot reach its "
                      "message store right now.")
@@ -62,8 +61,8 @@ def chat_message(sender: str, text: str, cid: str = "", **extra: str) -> str:
     tell its own message) and ``to``/``group``. The pages also show plain-text messages
     (what ``api.publish("foobar", "Hello")`` sends) as they are."""
     message: dict[str, Any] = {"user": sender, "text": text, "time": int(time.time() * 1000)}
-    if cid:
-        message["cid"] = cid[:MAX_CLIENT_ID_LENGTH]
+    if client_id(cid):
+        message["cid"] = cid
     message.update(extra)
     return json.dumps(message, separators=(",", ":"))
 
@@ -98,14 +97,17 @@ class Audience:
         self.channel = naming.channel(prefix, audience, facility, name)
 
     def history(self) -> dict[str, Any]:
-        """The channel's recent messages and position, for the page (see ``chat.js``)."""
+        """The channel's recent messages (within ``chatserver._recent``'s bounds: count and
+        bytes) and position, for the page (see ``chat.js``)."""
         audience: dict[str, Any] = ({"broadcast": True} if self.audience == "broadcast"
                                     else {f"{self.audience}s": [self.name]})
-        read = api.history(self.facility, limit=HISTORY_SHOWN, **audience)
-        return {"channel": self.channel, "epoch": read.epoch, "offset": read.offset,
-                "messages": [{"offset": p.offset,
-                              "data": p.payload.decode("utf-8", "replace")}
-                             for p in read.publications]}
+
+        def read(since: Optional[int], limit: int) -> Any:
+            return api.history(self.facility, since=since, limit=limit, **audience)
+
+        position, messages = _recent.recent(read)
+        return {"channel": self.channel, "epoch": position.epoch, "offset": position.offset,
+                "messages": messages}
 
 
 class ChatPageMixin:
@@ -151,29 +153,35 @@ class ChatPageMixin:
                      **page: Any) -> dict[str, Any]:
         """The context every chat page's template uses: ``chat_sync`` (the page's
         messages), ``chat_config`` (what ``chat.js`` does: ``mode`` of sending, the
-        WebSocket's ``flags``, whether it connects at all) and the page's texts."""
+        WebSocket's ``flags``, whether it connects at all, whether a raw message's
+        ``user`` can be believed) and the page's texts."""
         user = self.request.user
         me = user.get_username() if user.is_authenticated else ""
+        audiences = [f.removeprefix("subscribe-") for f in flags.split("&")
+                     if f.startswith("subscribe-")]
         config = {"mode": mode, "flags": flags, "connect": connect, "me": me,
                   "groups": page.get("my_groups", []),
-                  "presence": type(self).presence is not ChatPageMixin.presence}
+                  "presence": type(self).presence is not ChatPageMixin.presence,
+                  "typing": self.facility == settings.EVENT_FACILITY,
+                  # A raw message names its sender truly only where no client publishes.
+                  "trustRaw": not any(clients_publish(self.facility, a) for a in audiences)}
         return {"chat_sync": self.sync_state(), "chat_config": config,
                 "facility": self.facility, **page}
 
 
 class BroadcastChatView(ChatPageMixin, TemplateView):
-    """Everybody's chat: the page publishes over its WebSocket (ws4redis's
-    ``publish-broadcast`` flag), with ws4tx.js so that it recovers what it missed."""
+    """Everybody's chat: the page sends events over its WebSocket, which the server-side
+    handler (``chatserver.handlers.BroadcastChat``) broadcasts under the sender's name, and
+    receives with ws4tx.js so that it recovers what it missed. Raw clients may still publish
+    here (ws4redis's ``publish-broadcast``); the page shows what they send as it is, never
+    as a user's line."""
 
     template_name = "chatserver/broadcast_chat.html"
     facility = settings.CHAT_FACILITY
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
-        flags = "subscribe-broadcast"
-        if self.request.user.is_authenticated:
-            flags += "&publish-broadcast&echo"
         return super().get_context_data(**self.page_context(
-            "socket", flags, heading="Broadcast chat", form_id="chat-form",
+            "event", "subscribe-broadcast", heading="Broadcast chat", form_id="chat-form",
             hint="Everybody on this page receives every message, logged in or not.",
             placeholder="Message to everybody", **kwargs))
 
@@ -222,6 +230,15 @@ class _PublishingChatView(ChatPageMixin, TemplateView):
 
     @method_decorator(login_required)
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        written_as = request.POST.get("as")
+        if written_as is not None and written_as != request.user.get_username():
+            # The page's outbox wrote it as somebody this browser is no longer logged in as.
+            refused = WRONG_IDENTITY.format(as_=written_as or "nobody",
+                                            user=request.user.get_username())
+            if wants_json(request):
+                return JsonResponse({"error": refused}, status=409)
+            messages.error(request, f"Not sent: {refused}.")
+            return redirect(request.path)
         form = self.make_form(request.POST)
         if not form.is_valid():
             if wants_json(request):

@@ -10,6 +10,7 @@ never with pixels. Every wait is on a condition, with a bound.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -22,7 +23,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx.server.embedded import EmbeddedRedis
 
-from test._demo import CHAT_FACILITY, BrowserSession, DemoServer, child_environment
+from test._demo import (
+    CHAT_FACILITY,
+    EVENT_FACILITY,
+    BrowserSession,
+    DemoServer,
+    child_environment,
+)
 from test._process import ROOT
 
 #: Whole processes, browsers or storms: run in one tox env (see tox.ini).
@@ -51,6 +58,19 @@ def django_side(server: DemoServer, code: str, *args: str) -> None:
                    env=child_environment(DJANGO_SETTINGS_MODULE="chatserver.settings",
                                          WS4TX_REDIS_URL=server.redis_url,
                                          CHATSERVER_DB=server.database))
+
+
+def emit_line(server: DemoServer, facility: str, data: dict[str, Any]) -> None:
+    """Emit a chat line (``data``) to ``facility``'s broadcast chat, as the site's own code
+    would (a server-side name: the pages show its ``user``)."""
+    django_side(server, "import json; from ws4tx import api; api.emit(sys.argv[1], 'message', "
+                        "json.loads(sys.argv[2]), broadcast=True)", facility, json.dumps(data))
+
+
+def lines(page: Page) -> list[str]:
+    """The texts of the page's lines, top to bottom."""
+    texts: list[str] = page.locator("#messages li .text").all_inner_texts()
+    return texts
 
 
 def publish_broadcast(server: DemoServer, text: str) -> None:
@@ -309,16 +329,142 @@ class DemoPageTests(SynchronousTestCase):
         expect(other.locator("#text")).to_be_disabled(timeout=WAIT_MS)
         expect(other.locator("#username")).to_have_count(0)
 
+    # Any stored message, any name
+
+    def test_storedMessagesNeitherBreakThePagesNorNameAnybodyFalsely(self) -> None:
+        """Messages no page would send, stored in the broadcast and event chats (a time
+        no Date can hold, a cid of "__proto__", fields of the wrong kind), leave a new
+        visitor's pages working: they connect and show the other lines. A raw frame that
+        john publishes naming mary shows as it is, never as mary's line; mary reusing the
+        id of john's own message adds her line and leaves his as it was."""
+        errors: list[str] = []
+        bad = self.unique("bad fields")
+        django_side(self.server, "from ws4tx import api; f = sys.argv[1]; t = sys.argv[2]\n"
+                    "for m in ('{\"time\": 9e15, \"text\": \"' + t + ' far\"}',\n"
+                    "          '{\"text\": {\"a\": 1}, \"user\": 7}', '{\"text\": null}'):\n"
+                    "    api.publish(f, m, broadcast=True)", CHAT_FACILITY, bad)
+        for data in ({"user": "x", "text": f"{bad} proto", "cid": "__proto__"},
+                     {"user": ["x"], "text": f"{bad} list", "time": "x", "cid": {"a": 1}},
+                     {"user": "x", "text": f"{bad} far", "time": -1e308, "group": 5}):
+            emit_line(self.server, EVENT_FACILITY, data)
+
+        john, mary = self.open("john", "/chat/"), self.open("mary", "/chat/")
+        for page in (john, mary):
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            self.connected(page)
+        own = self.unique("john's own")
+        self.send(john, own)
+        expect(self.line(john, own).locator(".tick")).to_have_text("✓", timeout=WAIT_MS)
+        # john publishes raw JSON naming mary over a WebSocket of his own.
+        forged = self.unique("forged")
+        raw = json.dumps({"user": "mary", "text": forged})
+        john.evaluate("""([url, raw]) => new Promise((resolve, reject) => {
+            const ws = window.rawSocket = new WebSocket(url);
+            ws.onopen = () => { ws.send(raw); resolve(); };
+            ws.onclose = (event) => reject(new Error('closed ' + event.code));
+        })""", [f"ws://127.0.0.1:{self.server.port}/ws/{CHAT_FACILITY}?publish-broadcast",
+                raw])
+        expect(self.line(mary, forged).locator(".text")).to_have_text(raw, timeout=WAIT_MS)
+        state = json.loads(john.evaluate("""() => fetch('/chat/', {headers:
+            {Accept: 'application/json'}}).then((r) => r.text())"""))
+        cid = next(json.loads(m["data"])["data"]["cid"]
+                   for m in state["channels"][0]["messages"] if own in m.get("data", ""))
+        reused = self.unique("mary's, with john's cid")
+        mary.evaluate("([text, cid]) => chat.client.request('message', {text, cid})",
+                      [reused, cid])
+        expect(self.line(john, f"mary: {reused}")).to_have_count(1, timeout=WAIT_MS)
+        expect(self.line(john, own).locator(".text")).to_have_text(f"john: {own}")
+        expect(self.line(john, own)).to_have_class(re.compile(r"\bown\b"))
+
+        for path, texts in (("/chat/", [f"{bad} far", forged, f"mary: {reused}"]),
+                            ("/eventchat/", [f"x: {bad} proto", f"{bad} list",
+                                             f"x: {bad} far"])):
+            page = self.open("anonymous", path)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            self.connected(page)
+            for text in texts:
+                expect(self.line(page, text)).to_have_count(1)
+            self.assertNotIn(f"mary: {forged}", lines(page))
+        self.assertEqual(errors, [])
+
+    # States after a Redis outage
+
+    def test_aPageOpenedDuringARedisPauseCatchesUpInOrder(self) -> None:
+        """A page opened while Redis is paused says its messages could not be loaded (and
+        not also "No messages yet"); when Redis is back it loads them above the newer line
+        it got meanwhile, in the order they were published (a line without a time, as the
+        README's shell line, included), the notice goes, and a reload keeps that order."""
+        import redis
+
+        older, shell, newer = (self.unique(w) for w in ("older", "shell line", "newer"))
+        emit_line(self.server, CHAT_FACILITY, {"user": "mary", "text": older,
+                                                "time": 1_700_000_000_000})
+        publish_broadcast(self.server, shell)
+        store = redis.Redis.from_url(self.redis.url)
+        self.addCleanup(store.close)
+        # The page's reads of its messages as JSON wait until the test lets them go.
+        held: list[Any] = []
+        released: list[bool] = []
+
+        def hold(route: Any) -> None:
+            if not released and "application/json" in (route.request.headers.get("accept")
+                                                       or ""):
+                held.append(route)
+            else:
+                route.continue_()
+
+        page = self.contexts["anonymous"].new_page()
+        self.addCleanup(page.close)
+        page.route("**/chat/", hold)
+        store.execute_command("CLIENT", "PAUSE", "120000", "WRITE")
+        try:
+            page.goto("/chat/")
+            expect(page.locator("#send-status")).to_contain_text(
+                "Recent messages could not be loaded")
+            empty = page.evaluate("""() => getComputedStyle(
+                document.querySelector('#messages'), '::before').content""")
+            self.assertNotIn("No messages yet", empty)
+        finally:
+            store.execute_command("CLIENT", "UNPAUSE")
+        self.connected(page)
+        emit_line(self.server, CHAT_FACILITY, {"user": "mary", "text": newer,
+                                                "time": 1_700_000_060_000})
+        expect(self.line(page, newer)).to_have_count(1, timeout=WAIT_MS)
+        # The page asked for its messages when it connected (before the newer line).
+        self.assertTrue(held, "the page did not read its messages again")
+        released.append(True)
+        for route in held:
+            route.continue_()
+        expected = [f"mary: {older}", shell, f"mary: {newer}"]
+        expect(self.line(page, shell)).to_have_count(1, timeout=WAIT_MS)
+        shown = [t for t in lines(page) if any(t.endswith(e) for e in (older, shell, newer))]
+        self.assertEqual(shown, expected)
+        expect(page.locator("#send-status")).to_have_text("")
+        expect(page.locator("#ws-state")).to_have_text(CONNECTED)
+        page.reload()
+        self.connected(page)
+        expect(self.line(page, newer)).to_have_count(1)
+        shown = [t for t in lines(page) if any(t.endswith(e) for e in (older, shell, newer))]
+        self.assertEqual(shown, expected)
+
     # A server restart and a Redis outage
 
     def test_restartRetriesQueuesAndRecovers(self) -> None:
         """While the server is down the badge counts down to the next attempt with a
         "retry now"; what john sends meanwhile waits, marked as not sent yet; after the
         restart ("retry now") it is sent, and a message published while the pages were
-        away reaches them once, recovered."""
+        away reaches them once, recovered. What john wrote in a browser where mary logged
+        in meanwhile is not sent (as her), and his page says why."""
         john, mary = self.open("john", "/chat/"), self.open("mary", "/chat/")
         post = self.open("john", "/userchat/")
-        pages = (john, mary, post)
+        # john in another browser, where mary logs in while the server is down: what he
+        # wrote meanwhile is his, and never goes out as hers.
+        browser = self.session.new_context(self.server.url)
+        self.addCleanup(browser.close)
+        self.session.log_in(browser, "john")
+        switched = browser.new_page()
+        switched.goto("/chat/")
+        pages = (john, mary, post, switched)
         for page in pages:
             self.connected(page)
 
@@ -335,6 +481,12 @@ class DemoPageTests(SynchronousTestCase):
                                                         "reached", timeout=WAIT_MS)
         missed = self.unique("published while away")
         publish_broadcast(self.server, missed)
+        johns = self.unique("john's, written before mary logged in")
+        self.send(switched, johns)
+        expect(self.line(switched, johns)).to_contain_text("not sent yet")
+        # mary logs in in another tab of that browser: its cookie is now hers.
+        browser.add_cookies([c for c in self.contexts["mary"].cookies()
+                             if c["name"] == "sessionid"])
 
         self.server.start(redis_url=self.redis.url)
         for page in pages:
@@ -346,6 +498,11 @@ class DemoPageTests(SynchronousTestCase):
         for page in (john, mary):
             expect(self.line(page, missed)).to_have_count(1, timeout=WAIT_MS)
             expect(self.line(page, f"john: {queued}")).to_have_count(1, timeout=WAIT_MS)
+        expect(self.line(switched, johns).locator(".note")).to_have_text(
+            "not sent: written as john, but this browser is now logged in as mary",
+            timeout=WAIT_MS)
+        expect(self.line(switched, johns).locator(".tick")).to_have_text("✗")
+        expect(switched.locator("#send-status")).to_contain_text("now logged in as mary")
         expect(self.line(john, queued).locator(".tick")).to_have_text("✓", timeout=WAIT_MS)
         expect(self.line(post, posted).locator(".tick")).to_have_text("✓", timeout=WAIT_MS)
         expect(self.line(post, posted)).to_have_count(1)
@@ -353,6 +510,7 @@ class DemoPageTests(SynchronousTestCase):
         for page in (john, mary):
             expect(self.line(page, missed)).to_have_count(1)
             expect(self.line(page, queued)).to_have_count(1)
+            expect(self.line(page, johns)).to_have_count(0)
 
     def test_redisOutageShowsOnTheBadgeAndHoldsMessages(self) -> None:
         """When the server loses Redis the pages say messages are delayed (not a green

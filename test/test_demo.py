@@ -25,7 +25,6 @@ import subprocess
 import sys
 import urllib.parse
 import uuid
-from pathlib import Path
 from typing import Any, Optional
 
 import pytest
@@ -40,8 +39,7 @@ from test._demo import (
     DemoServer,
     child_environment,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
+from test._process import ROOT
 
 #: Paths under /static/ that leave the static directories (chatserver/settings.py is one
 #: directory up from chatserver/static/), each as sent on the wire.
@@ -319,6 +317,56 @@ class DemoDefaultsTests(_DemoTestCase):
             page.send(line)
             read_until(page, line)
             read_until(listener, line)
+
+
+    # The pages' size, whatever the history holds
+
+    def test_pages_render_a_bounded_history(self) -> None:
+        """However big the broadcast history's messages, /chat/ and its JSON twin carry at
+        most 200 of them and a bounded number of bytes, the newest always: a message too
+        long to show comes as its offset and size (the page says so); many small ones stop
+        at 200."""
+        from chatserver import _recent
+
+        bound = _recent.BUDGET + 64 * 1024  # the page's own markup besides the messages
+        anonymous = Client(self.server)
+        for size, count in ((60_000, 210), (3_000, 250), (20, 250)):
+            last = f"last {uuid.uuid4()}"
+            publish(self.server, [("<" * size, count - 1), (last + "<" * (size - len(last)), 1)])
+            status, page = anonymous.get("/chat/")
+            self.assertEqual(status, 200)
+            self.assertLess(len(page.encode()), bound, size)
+            status, _, raw = anonymous.request("GET", "/chat/",
+                                               headers={"Accept": "application/json"})
+            self.assertLess(len(raw), bound, size)
+            channel = json.loads(raw)["channels"][0]
+            messages = channel["messages"]
+            self.assertLessEqual(len(messages), _recent.SHOWN)
+            newest = messages[-1]
+            self.assertEqual(newest["offset"], channel["offset"])
+            if size > _recent.MESSAGE_BYTES:
+                self.assertEqual(newest, {"offset": channel["offset"], "omitted": size})
+            else:
+                self.assertTrue(newest["data"].startswith(last), size)
+                self.assertIn(last, page)
+            offsets = [m["offset"] for m in messages]
+            self.assertEqual(offsets, list(range(offsets[0], offsets[0] + len(offsets))))
+        self.assertEqual(len(messages), _recent.SHOWN)
+        self.assertNoTraceback()
+
+
+def publish(server: DemoServer, batches: list[tuple[str, int]]) -> None:
+    """Publish each ``(text, count)`` batch to the broadcast chat, as the site's own code
+    would (``api.publish``, in another process with the demo's settings)."""
+    code = ("import json, sys, django; django.setup(); from ws4tx import api\n"
+            "for text, count in json.loads(sys.argv[1]):\n"
+            "    for _ in range(count): api.publish(sys.argv[2], text, broadcast=True)")
+    subprocess.run([sys.executable, "-c", code, json.dumps(batches), CHAT_FACILITY],
+                   cwd=ROOT, check=True, timeout=120, stdout=subprocess.PIPE,
+                   stderr=subprocess.STDOUT,
+                   env=child_environment(DJANGO_SETTINGS_MODULE="chatserver.settings",
+                                         WS4TX_REDIS_URL=server.redis_url,
+                                         CHATSERVER_DB=server.database))
 
 
 @pytest.mark.system

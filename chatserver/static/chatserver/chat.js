@@ -8,10 +8,20 @@
  * Recovery). When the server cannot (`recovered: false`) or Redis was lost meanwhile
  * (`ws4tx.resumed`), the page fetches its messages again and adds those it lacks.
  *
+ * Lines are ordered by their position in their channel, then by time; every stored or live
+ * message is checked field by field (chat_ui.js's decode) and handled alone, so that no
+ * message can break the page, and a line names a user only when the server vouches for it.
+ * What the page says of a condition (messages not loaded, a message not sent) goes when the
+ * condition does.
+ *
  * What the person sends goes through an outbox: a line shows at once (own style, "…"),
- * becomes "✓" when the server confirms it (the message comes back with its `cid`), and
- * waits while the page is disconnected, to be sent when it is back; a message the server
- * refuses is marked "✗" with the reason in words. What the page shows is chat_ui.js's. */
+ * becomes "✓" when the server confirms it (the message comes back under the person's name
+ * with its `cid`), and waits while the page is disconnected, to be sent when it is back; a
+ * message the server refuses is marked "✗" with the reason in words. The outbox belongs
+ * to the user who wrote it: each message goes with `as` (that user), and the server refuses
+ * it when the browser is logged in as somebody else by then (another tab logged in): it is
+ * marked not sent, saying why, never sent under the other name. What the page shows is
+ * chat_ui.js's. */
 'use strict';
 
 var Chat = (function () {
@@ -26,9 +36,11 @@ var Chat = (function () {
     var me = config.me || '';
     var list = new ChatUI.List(me);
     var badge = new ChatUI.Badge();
-    var known = {};        // channel -> {epoch, offset}: what the page has up to
-    var outbox = {};       // cid -> {text, fields, item, state}: not confirmed yet
-    var lines = {};        // cid -> the line of every message this page sent
+    var known = Object.create(null);   // channel -> {epoch, offset}: what the page has
+    var outbox = Object.create(null);  // cid -> {text, fields, as, item, state}: not
+                                       // confirmed yet
+    var lines = Object.create(null);   // cid -> the line of every message this page sent
+    var loaded = true;     // the page's messages could be read (else it reads them again)
     var client = null;
     var everConnected = false;
     var asked = false;     // the current socket asked to recover
@@ -42,55 +54,96 @@ var Chat = (function () {
     var typing = new ChatUI.Typing(me);
     list.groups = (config.groups || []).length;
 
-    function say(text, state) {
+    /** What the status line says, and why (`cause`: 'store', 'cid:<cid>', 'server'), so
+     *  that it goes when its cause does (see unsay). */
+    var said = '';
+    function say(text, state, cause) {
       if (!status) return;
       status.textContent = text;
       status.dataset.state = state || '';
+      said = cause || '';
     }
 
-    if (sync.error) say(sync.error, 'failed');
+    /** The condition `cause` is over: what the status line says of it goes. */
+    function unsay(cause) {
+      if (said && said === cause) say('', '');
+    }
 
-    /** Add the messages of a sync state the page does not show yet; remember positions. */
+    /** Run `fn` on one message; a message that breaks it is left out, never the page. */
+    function safely(fn) {
+      try {
+        fn();
+      } catch (error) {
+        if (window.console) console.warn('a message left out:', error);
+      }
+    }
+
+    function position(channel, epoch, offset) {
+      return {key: channel + ':' + epoch + ':' + offset, channel: channel, epoch: epoch,
+              offset: offset};
+    }
+
+    /** An entry of a page's JSON: its message, or a note of its size when it was too long
+     *  to carry (chatserver._recent). */
+    function entryMessage(entry) {
+      if (typeof entry.omitted === 'number') {
+        return {text: '(a message of ' + Math.ceil(entry.omitted / 1024) +
+                      ' KB, too long to show here)'};
+      }
+      return decode(entry.data, config.trustRaw);
+    }
+
+    /** Add the messages of a sync state the page does not show yet (each where its
+     *  position and time say); remember positions; say whether they could be read. */
     function merge(state) {
-      var fresh = [];
-      state.channels.forEach(function (channel) {
-        channel.messages.forEach(function (entry) {
-          var key = channel.channel + ':' + channel.epoch + ':' + entry.offset;
-          var message = decode(entry.data);
-          if (message && !list.keys[key]) fresh.push({message: message, key: key});
-          else if (message) list.keys[key] = true;
+      (state.channels || []).forEach(function (channel) {
+        (channel.messages || []).forEach(function (entry) {
+          safely(function () {
+            if (!Number.isInteger(entry.offset)) return;
+            var at = position(channel.channel, channel.epoch, entry.offset);
+            var message = entryMessage(entry);
+            if (message) receive(message, at);
+            else list.keys[at.key] = true;
+          });
         });
-        if (channel.epoch) {
+        if (channel.epoch && Number.isInteger(channel.offset)) {
           var had = known[channel.channel];
           var offset = had && had.epoch === channel.epoch ? Math.max(had.offset, channel.offset)
                                                            : channel.offset;
           known[channel.channel] = {epoch: channel.epoch, offset: offset};
         }
       });
-      // Several channels (groups): in time order; a message without time keeps its place.
-      fresh.sort(function (a, b) { return (a.message.time || 0) - (b.message.time || 0); });
-      fresh.forEach(function (each) { receive(each.message, each.key); });
-      if (presence && state.presence) presence.reset(state.presence);
+      loaded = !state.error;
+      list.emptyText(loaded);
+      if (state.error) say(state.error, 'failed', 'store');
+      else unsay('store');
+      if (presence && Array.isArray(state.presence)) presence.reset(state.presence);
     }
 
-    /** A message for the list: an own one settles its outbox entry, others get a line. */
-    function receive(message, key) {
-      if (key && list.keys[key]) return;
-      var own = message.cid && lines[message.cid];
+    /** A message for the list: an own one settles its outbox entry (only a message the
+     *  server gives under this person's name: another user's with the same cid is theirs),
+     *  others get a line. */
+    function receive(message, at) {
+      if (at && list.keys[at.key]) return;
+      var own = message.named && message.user === me && message.cid &&
+                lines[message.cid];
       if (own) {  // this page's own message, back from the server
-        if (key) list.keys[key] = true;
+        if (at) list.keys[at.key] = true;
         delete outbox[message.cid];
-        list.fill(own, message);
+        list.fill(own, message, at);
+        list.place(own);
         mark(own, 'delivered');
+        unsay('cid:' + message.cid);
+        unsay('server');
         return;
       }
-      typing.stop(message.user);
-      list.add(message, key);
+      if (message.named) typing.stop(message.user);
+      list.add(message, at);
     }
 
-    /** The position of the message `socket` just delivered, as a key (`last` holds the
-     *  socket's previous positions); null for a frame without one (the stored replay
-     *  that ws4redis sends on connect). */
+    /** The position of the message `socket` just delivered (`last` holds the socket's
+     *  previous positions); null for a frame without one (the stored replay that ws4redis
+     *  sends on connect). */
     function positionOf(socket, last) {
       var positions = socket.positions;
       for (var channel in positions) {
@@ -102,7 +155,7 @@ var Chat = (function () {
           if (!had || had.epoch !== now.epoch || had.offset < now.offset) {
             known[channel] = {epoch: now.epoch, offset: now.offset};
           }
-          return channel + ':' + tag;
+          return position(channel, now.epoch, now.offset);
         }
       }
       return null;
@@ -133,10 +186,7 @@ var Chat = (function () {
       return fetch(location.pathname, {headers: {'Accept': 'application/json'},
                                        credentials: 'same-origin', cache: 'no-store'})
         .then(function (response) { return response.json(); })
-        .then(function (state) {
-          merge(state);
-          if (state.error) say(state.error, 'failed');
-        })
+        .then(function (state) { merge(state); })
         .catch(function () { /* the next reconnect tries again */ });
     }
 
@@ -154,10 +204,10 @@ var Chat = (function () {
       socket.on('connected', mine(function () {
         syncing = asked;
         if (!syncing) synced();
-        if (presence) {
-          presence.restart();
-          resync();
-        }
+        if (presence) presence.restart();
+        // Presence is read anew on every connect; messages that could not be loaded are
+        // read now that the server is back.
+        if (presence || !loaded) resync();
       }));
       socket.on('recovered', mine(function (result) {
         if (result && result.recovered) {
@@ -192,19 +242,23 @@ var Chat = (function () {
       }));
       socket.on('ws4tx.dropped', mine(function () { resync(); }));
       socket.on('ws4tx.error', mine(function (data) {
-        say('not sent: ' + humane(data && data.message), 'failed');
+        say('not sent: ' + humane(data && data.message), 'failed', 'server');
       }));
       function incoming(data) {
-        var key = positionOf(socket, last);
-        if (!key && syncing) return;  // the replay: recovery or the resync covers it
-        var message = decode(data);
-        if (message) receive(message, key);
+        var at = positionOf(socket, last);
+        // The replay: recovery or the resync covers it (a page that could not load its
+        // messages reads them again, where they have their position).
+        if (!at && (syncing || !loaded)) return;
+        safely(function () {
+          var message = decode(data, config.trustRaw);
+          if (message) receive(message, at);
+        });
       }
       socket.on('message', mine(incoming));
       socket.on('chat', mine(incoming));
       socket.on('typing', mine(function (data) {
         positionOf(socket, last);
-        if (!syncing && data && data.user) typing.show(data.user);
+        if (!syncing && data && typeof data.user === 'string') typing.show(data.user);
       }));
       if (presence) {
         socket.on('ws4tx.presence', mine(function (data) { presence.update(data); }));
@@ -258,19 +312,10 @@ var Chat = (function () {
       if (!entry) return;
       delete outbox[cid];
       mark(entry.item, 'failed', 'not sent: ' + why);
-      say('not sent: ' + why, 'failed');
+      say('not sent: ' + why, 'failed', 'cid:' + cid);
     }
 
     var senders = {
-      /** /chat/: the message goes over the WebSocket (publish-broadcast&echo); its echo
-       *  confirms it. */
-      socket: function (cid, entry) {
-        if (interrupted) return queued(cid, UNDELIVERABLE);
-        if (!connected()) return queued(cid, 'you are offline');
-        var frame = JSON.stringify({user: me, text: entry.text, time: Date.now(), cid: cid});
-        if (!client.send(frame)) return queued(cid, 'you are offline');
-        entry.state = 'unsure';  // sent; a reconnect before its echo sends it again
-      },
       /** /userchat/, /groupchat/: a form POST that Django publishes; the page's own
        *  channel brings the message back (always for a user chat, for a group chat when
        *  the person is in the group). */
@@ -279,6 +324,7 @@ var Chat = (function () {
         var body = new FormData();
         Object.keys(entry.fields).forEach(function (k) { body.append(k, entry.fields[k]); });
         body.append('cid', cid);
+        body.append('as', entry.as);
         entry.state = 'sending';
         fetch(form.action, {method: 'POST', body: body, credentials: 'same-origin',
                             headers: {'Accept': 'application/json'}})
@@ -290,16 +336,18 @@ var Chat = (function () {
             queued(cid, 'the server cannot be reached');
           });
       },
-      /** /eventchat/: an event the server-side handler acknowledges. */
+      /** /chat/, /eventchat/: an event the server-side handler acknowledges. */
       event: function (cid, entry) {
         if (interrupted) return queued(cid, UNDELIVERABLE);
         if (!connected()) return queued(cid, 'you are offline');
         entry.state = 'sending';
-        client.request('message', {text: entry.text, cid: cid}).then(function (answer) {
+        client.request('message', {text: entry.text, cid: cid, as: entry.as})
+          .then(function (answer) {
           var sent = outbox[cid];
           if (sent && answer && answer.delivered) {
             delete outbox[cid];
             mark(sent.item, 'delivered');
+            unsay('cid:' + cid);
           }
         }, function (error) {
           if (error.code === 'not-connected') return queued(cid, 'you are offline');
@@ -318,7 +366,7 @@ var Chat = (function () {
       if (response.ok && answer && answer.sent) {
         // Published: the copy that comes back (to the sender's user channel, or to a
         // group the sender is in) only fills in its position and time.
-        say('sent to ' + target, 'sent');
+        say('sent to ' + target, 'sent', 'cid:' + cid);
         delete outbox[cid];
         var mineToo = entry.fields.user !== undefined || config.groups.indexOf(target) >= 0;
         mark(entry.item, 'delivered', mineToo ? '' : 'to ' + target + ' (you are not in it)');
@@ -326,6 +374,9 @@ var Chat = (function () {
       }
       if (response.status === 503) {  // Redis could not take it: nobody got it
         return queued(cid, UNDELIVERABLE);
+      }
+      if (response.status === 409 && answer && typeof answer.error === 'string') {
+        return failed(cid, answer.error);  // written as somebody this browser no longer is
       }
       if (response.status === 400 && answer && answer.errors) {
         var reasons = [];
@@ -356,10 +407,10 @@ var Chat = (function () {
         var fields = {};
         new FormData(form).forEach(function (value, name) { fields[name] = value; });
         var cid = newCid();
-        var message = {user: me, text: text, time: Date.now()};
+        var message = {user: me, text: text, time: Date.now(), named: true};
         if (fields.user) message.to = fields.user;
         var item = list.add(message, null);
-        outbox[cid] = {text: text, fields: fields, item: item, state: 'queued'};
+        outbox[cid] = {text: text, fields: fields, as: me, item: item, state: 'queued'};
         lines[cid] = item;
         mark(item, 'pending');
         input.value = '';
@@ -367,7 +418,7 @@ var Chat = (function () {
         say('', '');
         send(cid);
       });
-      if (config.mode === 'event') {
+      if (config.typing) {
         input.addEventListener('input', function () {
           if (input.value && typing.due() && connected()) client.emit('typing');
         });

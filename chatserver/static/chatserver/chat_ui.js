@@ -22,21 +22,57 @@ var ChatUI = (function () {
     return pad(date.getHours()) + ':' + pad(date.getMinutes());
   }
 
-  /** A chat message from a payload: the demo's JSON ({user, text, time, cid, user/group}),
-   *  an event envelope of a stored history entry, or any other text (shown as it is).
-   *  Null for what is not a chat line (a 'typing' event, say). */
-  function decode(payload) {
-    if (payload && typeof payload === 'object') return payload.text === undefined ? null : payload;
+  /** A time (Unix ms) a Date can show, or undefined. */
+  function validTime(value) {
+    return typeof value === 'number' && isFinite(value) && value > 0 && value < 8.64e15
+      ? value : undefined;
+  }
+
+  function shortString(value, max) {
+    return typeof value === 'string' && value.length > 0 && value.length <= max ? value : undefined;
+  }
+
+  /** The fields of a chat message that the page uses, each checked (a field of the wrong
+   *  kind is left out; a message is never trusted to be well formed): `text`, `time`, and,
+   *  when `named` (the server vouches for them), `user`, `cid`, `to`, `group`. */
+  function message(fields, named) {
+    var result = {text: fields.text, named: named};
+    var time = validTime(fields.time);
+    if (time !== undefined) result.time = time;
+    if (named) {
+      ['user', 'to', 'group'].forEach(function (name) {
+        var value = shortString(fields[name], 150);
+        if (value !== undefined) result[name] = value;
+      });
+      if (typeof fields.cid === 'string' && /^c[0-9a-z]{1,63}$/.test(fields.cid)) {
+        result.cid = fields.cid;
+      }
+    }
+    return result;
+  }
+
+  /** A chat message from a payload: an event's data (from the server: named), an event
+   *  envelope of a stored history entry, the demo's JSON ({user, text, time, cid, to,
+   *  group}), or any other text (shown as it is). `trustRaw`: whether a raw payload's
+   *  `user` is believed (only where no client may publish: Django wrote it). A raw JSON
+   *  message where clients publish is shown as it is: it could name anybody. Null for what
+   *  is not a chat line (a 'typing' event, say). */
+  function decode(payload, trustRaw) {
+    if (payload && typeof payload === 'object') {
+      return typeof payload.text === 'string' ? message(payload, true) : null;
+    }
     if (typeof payload !== 'string') return {text: '(binary message)'};
     var trimmed = payload.trim();
     if (trimmed.charAt(0) === '{') {
+      var obj = null;
       try {
-        var obj = JSON.parse(trimmed);
-        if (obj && obj.ws4tx === 'event') {
-          return (obj.event === 'message' || obj.event === 'chat') ? decode(obj.data) : null;
-        }
-        if (obj && typeof obj.text === 'string') return obj;
+        obj = JSON.parse(trimmed);
       } catch (error) { /* not JSON: plain text */ }
+      if (obj && typeof obj === 'object' && obj.ws4tx === 'event') {
+        return (obj.event === 'message' || obj.event === 'chat') ? decode(obj.data, trustRaw)
+                                                                   : null;
+      }
+      if (trustRaw && obj && typeof obj.text === 'string') return message(obj, true);
     }
     return {text: payload};
   }
@@ -97,12 +133,38 @@ var ChatUI = (function () {
   function List(me) {
     this.me = me;
     this.element = document.getElementById('messages');
-    this.keys = {};      // channel:epoch:offset of every line shown
+    this.keys = Object.create(null);  // channel:epoch:offset of every line shown
   }
 
-  /** Add a line for `message` (see decode); returns its element. */
-  List.prototype.add = function (message, key) {
-    if (key) this.keys[key] = true;
+  /** Whether line `b` must show below line `a` (each an element's `chatOrder`): by
+   *  position in the same channel, else by time; lines that cannot be compared (no time)
+   *  keep the order they came in. */
+  function below(b, a) {
+    if (a.channel && a.channel === b.channel && a.epoch === b.epoch) return b.offset > a.offset;
+    if (a.time !== undefined && b.time !== undefined) return b.time > a.time;
+    return false;
+  }
+
+  /** Put `item` where its position and time say, among the lines shown. */
+  List.prototype.place = function (item) {
+    var list = this.element;
+    var atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+    var next = null;
+    for (var other = list.firstElementChild; other; other = other.nextElementSibling) {
+      if (other !== item && other.chatOrder && below(other.chatOrder, item.chatOrder)) {
+        next = other;
+        break;
+      }
+    }
+    if (next) list.insertBefore(item, next);
+    else list.appendChild(item);
+    return atBottom;
+  };
+
+  /** Add a line for `message` (see decode) at `position` ({key, channel, epoch, offset};
+   *  null for a line of this page's own not confirmed yet); returns its element. */
+  List.prototype.add = function (message, position) {
+    if (position) this.keys[position.key] = true;
     var item = document.createElement('li');
     item.className = 'message';
     var time = document.createElement('time');
@@ -111,26 +173,34 @@ var ChatUI = (function () {
     body.className = 'text';
     item.appendChild(time);
     item.appendChild(body);
-    this.fill(item, message);
+    this.fill(item, message, position);
+    var atBottom = this.place(item);
     var list = this.element;
-    var atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-    list.appendChild(item);
-    if (atBottom || message.user === this.me) list.scrollTop = list.scrollHeight;
-    var empty = document.getElementById('empty-chat');
-    if (empty) empty.remove();
+    if (atBottom || (message.named && message.user === this.me)) {
+      list.scrollTop = list.scrollHeight;
+    }
     return item;
   };
 
   /** Write `message` into a line: time, "who: text" ("who → whom" on the sender's own
-   *  private message, "who @group" when the page has several groups). */
-  List.prototype.fill = function (item, message) {
+   *  private message, "who @group" when the page has several groups); remember its
+   *  position and time, by which it is ordered. */
+  List.prototype.fill = function (item, message, position) {
+    var order = item.chatOrder || {};
+    if (position) {
+      order.channel = position.channel;
+      order.epoch = position.epoch;
+      order.offset = position.offset;
+    }
     var time = item.querySelector('.time');
-    if (message.time) {
+    if (message.time !== undefined) {
+      order.time = message.time;
       time.textContent = clock(message.time);
       time.dateTime = new Date(message.time).toISOString();
     }
+    item.chatOrder = order;
     var who = '';
-    if (message.user) {
+    if (message.named && message.user) {
       who = message.user;
       if (message.user === this.me) {
         item.classList.add('own');
@@ -140,6 +210,13 @@ var ChatUI = (function () {
       who += ': ';
     }
     item.querySelector('.text').textContent = who + message.text;
+  };
+
+  /** What the empty list says (nothing while the messages could not be loaded: "No
+   *  messages yet" would not be true). */
+  List.prototype.emptyText = function (loaded) {
+    if (this.emptyDefault === undefined) this.emptyDefault = this.element.dataset.empty || '';
+    this.element.dataset.empty = loaded ? this.emptyDefault : '';
   };
 
   /** Mark an own line: 'pending' (…), 'delivered' (✓) or 'failed' (✗), with a note. */
@@ -172,7 +249,7 @@ var ChatUI = (function () {
 
   function Typing(me) {
     this.me = me;
-    this.typists = {};
+    this.typists = Object.create(null);
     this.last = 0;
   }
 
@@ -214,18 +291,19 @@ var ChatUI = (function () {
 
   function Presence(me) {
     this.me = me;
-    this.listed = {};    // connection id -> user (null: anonymous), from the last list
-    this.joined = {};    // the same, from this connection's ws4tx.presence events
-    this.gone = {};      // ids announced as gone (a late list must not bring them back)
+    this.listed = Object.create(null);  // connection id -> user (null: anonymous), last list
+    this.joined = Object.create(null);  // the same, from this connection's ws4tx.presence
+    this.gone = Object.create(null);    // ids announced as gone (a late list must not
+                                        // bring them back)
   }
 
   /** A new connection: its events start anew (what was missed comes with the list). */
-  Presence.prototype.restart = function () { this.joined = {}; };
+  Presence.prototype.restart = function () { this.joined = Object.create(null); };
 
   /** The list read from api.presence (on load, after each connect). */
   Presence.prototype.reset = function (entries) {
     var self = this;
-    this.listed = {};
+    this.listed = Object.create(null);
     entries.forEach(function (e) { self.listed[e.id] = e.user; });
     this.render();
   };
@@ -240,10 +318,10 @@ var ChatUI = (function () {
   Presence.prototype.render = function () {
     var element = document.getElementById('online');
     if (!element) return;
-    var tabs = {};
+    var tabs = Object.create(null);
     var anonymous = 0;
     var self = this;
-    var entries = Object.assign({}, this.listed, this.joined);
+    var entries = Object.assign(Object.create(null), this.listed, this.joined);
     Object.keys(entries).forEach(function (id) {
       if (self.gone[id]) return;
       var user = entries[id];
