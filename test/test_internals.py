@@ -1,4 +1,5 @@
-"""Each reach of ws4tx.server._internals below Autobahn's or Twisted's public API, pinned:
+"""Each reach of ws4tx.server._internals (below Autobahn's public API) and
+ws4tx.server._twisted_internals (below Twisted's), pinned:
 these tests fail when the dependency changes under it. (The behaviour each reach buys is
 tested where it is used: test_protocol's lazy formatting, fast-path and compression tests,
 test_hostile's fragment bound, test_twistd's clean exit after a drain.)"""
@@ -22,7 +23,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from ws4tx.server import _internals
+from ws4tx.server import _internals, _twisted_internals
 from ws4tx.server.deflate import deflate
 
 
@@ -113,7 +114,7 @@ class TwistedTests(SynchronousTestCase):
         self.assertTrue(retries)
         self.assertEqual({e["log_level"] for e in retries}, {LogLevel.info})
         self.assertIn("_log", vars(ClientService))
-        self.assertEqual(self._retryEvents(_internals.QuietClientService), [])
+        self.assertEqual(self._retryEvents(_twisted_internals.QuietClientService), [])
 
     def test_exitSignal(self):
         """A reactor remembers SIGTERM in ``_exitSignal`` (twistd re-raises it after the
@@ -130,8 +131,8 @@ class TwistedTests(SynchronousTestCase):
         reactor: Any = Reactor()
         ReactorBase.sigTerm(reactor, signal.SIGTERM, None)
         self.assertEqual(reactor._exitSignal, signal.SIGTERM)
-        _internals.forget_exit_signal(reactor)
+        _twisted_internals.forget_exit_signal(reactor)
         self.assertIsNone(reactor._exitSignal)
         reactor._exitSignal = signal.SIGHUP
-        _internals.forget_exit_signal(reactor)
+        _twisted_internals.forget_exit_signal(reactor)
         self.assertEqual(reactor._exitSignal, signal.SIGHUP)

@@ -35,8 +35,8 @@ from ws4tx import history as _history, presence as _presence
 from ws4tx.naming import PresenceKeys
 from ws4tx.redis_address import RedisAddress
 from ws4tx.server._attempts import AttemptLog
-from ws4tx.server._internals import QuietClientService
 from ws4tx.server._log import observer
+from ws4tx.server._twisted_internals import QuietClientService
 from ws4tx.server.broker import (
     BrokerUnavailable,
     CommandRefused,

@@ -23,7 +23,7 @@ from twisted.python import failure, usage
 
 from ws4tx import redis_address, schema
 from ws4tx.redis_address import InvalidRedisAddress, RedisAddress
-from ws4tx.server import _internals
+from ws4tx.server import _twisted_internals
 from ws4tx.server._log import observer, set_level
 from ws4tx.server.config import FIELDS, ServerConfig, check
 from ws4tx.server.embedded import EmbeddedRedisError, start_first
@@ -354,7 +354,7 @@ class _ServerProcess(service.MultiService):
         service.Service.stopService(self)
         for child in reversed(list(self)):
             yield defer.maybeDeferred(child.stopService)
-        _internals.forget_exit_signal(self._reactor)
+        _twisted_internals.forget_exit_signal(self._reactor)
 
 
 #: The environment variable by which the supervisor hands its workers the Redis it
