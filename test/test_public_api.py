@@ -20,6 +20,24 @@ class PublicFaceTests(SynchronousTestCase):
             module = importlib.import_module(value.__module__)
             self.assertIs(getattr(module, name), value, name)
 
+    def test_namesResolveLazilyToTheSameObjects(self):
+        """Each exported name is listed where it is defined (the lazy face's one table),
+        resolves to that module's object every time, and an unknown name is an
+        AttributeError, as for any module."""
+        self.assertEqual(sorted(ws4tx.server._WHERE), sorted(ws4tx.server.__all__))
+        for name, module in ws4tx.server._WHERE.items():
+            self.assertIs(getattr(ws4tx.server, name),
+                          getattr(importlib.import_module(module), name), name)
+        self.assertIn("PushService", dir(ws4tx.server))
+        with self.assertRaises(AttributeError):
+            ws4tx.server.Router  # noqa: B018
+        from ws4tx.server import PushService, ServerConfig
+        from ws4tx.server.config import ServerConfig as defined
+        from ws4tx.server.service import PushService as service
+
+        self.assertIs(PushService, service)
+        self.assertIs(ServerConfig, defined)
+
     def test_embeddingAPIOnly(self):
         """The service, its configuration, handlers and auth types are exported; the
         hub, router, protocol and factory are not."""
