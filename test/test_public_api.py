@@ -47,6 +47,20 @@ class PublicFaceTests(SynchronousTestCase):
         for name in ("Hub", "Router", "PushProtocol", "PushFactory", "RedisBroker"):
             self.assertNotIn(name, ws4tx.server.__all__)
 
+    def test_oneNotStored(self):
+        """Both halves raise one NotStored: every public path names the same class, so
+        code catching ws4tx.api.NotStored also catches what a broker raises."""
+        import ws4tx.api
+        import ws4tx.history
+        import ws4tx.redis_store
+        import ws4tx.server.broker
+
+        for path in (ws4tx.api, ws4tx.redis_store, ws4tx.server, ws4tx.server.broker):
+            self.assertIs(path.NotStored, ws4tx.history.NotStored, path.__name__)
+        with self.assertRaises(ws4tx.api.NotStored) as caught:
+            raise ws4tx.server.broker.NotStored(2, "OOM")
+        self.assertEqual((caught.exception.receivers, caught.exception.reason), (2, "OOM"))
+
     def test_ws4redisImportPathsStay(self):
         """ws4redis's public import paths, renamed to ws4tx, still import."""
         from ws4tx.publisher import RedisPublisher  # noqa: F401

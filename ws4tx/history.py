@@ -13,6 +13,9 @@ for both halves (:func:`script`): next offset, epoch, XADD, EXPIRE, the replay S
 It publishes the payload behind a position prefix (:func:`with_position`), which the server
 strips (:func:`strip_position`) before it writes the payload to any client: raw clients get
 exactly what was published.
+
+A message that was delivered but could not be stored raises :class:`NotStored` on both
+halves.
 """
 
 from __future__ import annotations
@@ -29,6 +32,22 @@ from typing import Any, NamedTuple, Optional, Sequence
 #: The scripts, in ``ws4tx/lua/``.
 PUBLISH_SCRIPT = "publish.lua"
 HISTORY_SCRIPT = "history.lua"
+
+
+class NotStored(Exception):
+    """A message was delivered to ``receivers`` subscribers but was not stored for replay,
+    because ``reason``: Redis refused the write (out of memory under ``maxmemory`` with
+    ``noeviction``, say) or a storage budget was exhausted. Not a failure to publish (not
+    a ``PublishError`` nor a ``BrokerUnavailable``): retrying would deliver it twice.
+
+    The one class of both halves: :class:`ws4tx.api.NotStored`,
+    ``ws4tx.redis_store.NotStored``, :class:`ws4tx.server.NotStored` and
+    ``ws4tx.server.broker.NotStored`` are this object."""
+
+    def __init__(self, receivers: int, reason: str) -> None:
+        super().__init__(f"delivered to {receivers} subscribers but not stored: {reason}")
+        self.receivers = receivers
+        self.reason = reason
 
 
 class Retention(NamedTuple):

@@ -28,6 +28,7 @@ import redis
 from redis.exceptions import RedisClusterException, RedisError
 
 from ws4tx import _audience, _django_settings, _history_check, _sync_redis, history, naming
+from ws4tx.history import NotStored as NotStored  # the one class, under ws4redis's path
 from ws4tx.redis_address import RedisAddress
 
 #: In ``users``, ``groups`` or ``sessions``: the current request's own user name, groups
@@ -44,18 +45,6 @@ class PublishError(redis.exceptions.ConnectionError):
     """Redis could not be reached or refused the command (it names the Redis address,
     password masked). A subclass of redis-py's ``ConnectionError``, so that code written
     for ws4redis that catches it keeps working."""
-
-
-class NotStored(Exception):
-    """The message WAS published (``receivers`` Redis subscribers got it) but Redis refused
-    to store it for replay (``reason``: out of memory under ``maxmemory`` with
-    ``noeviction``, say). Not a :class:`PublishError`: do not retry, that would deliver it
-    twice."""
-
-    def __init__(self, receivers: int, reason: str) -> None:
-        super().__init__(f"delivered to {receivers} subscribers but not stored: {reason}")
-        self.receivers = receivers
-        self.reason = reason
 
 
 class RedisMessage(bytes):

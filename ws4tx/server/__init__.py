@@ -26,6 +26,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ws4tx.history import NotStored
     from ws4tx.naming import Identity
     from ws4tx.redis_address import RedisAddress
     from ws4tx.server.auth import (
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
         HandshakeRequest,
         IAuthenticator,
     )
-    from ws4tx.server.broker import BrokerUnavailable, IBroker, NotStored, SubscriptionRefused
+    from ws4tx.server.broker import BrokerUnavailable, IBroker, SubscriptionRefused
     from ws4tx.server.config import ServerConfig
     from ws4tx.server.handlers import Client, EventHandler, EventRefused, ServerAPI
     from ws4tx.server.service import PushService
@@ -53,7 +54,7 @@ _WHERE = {
     "IAuthenticator": "ws4tx.server.auth",
     "IBroker": "ws4tx.server.broker",
     "Identity": "ws4tx.naming",
-    "NotStored": "ws4tx.server.broker",
+    "NotStored": "ws4tx.history",
     "PushService": "ws4tx.server.service",
     "RedisAddress": "ws4tx.redis_address",
     "ServerAPI": "ws4tx.server.handlers",
