@@ -33,6 +33,7 @@ LIGHT: dict[str, tuple[str, ...]] = {
     "ws4tx.schema": FRAMEWORKS,
     "ws4tx.envelope": FRAMEWORKS,
     "ws4tx.history": FRAMEWORKS,
+    "ws4tx._arguments": FRAMEWORKS,
     # twistd imports its plugins on every run, and Twisted imports every endpoint plugin
     # when it parses a description whose prefix is not built in.
     "twisted.plugins.ws4tx_plugin": HEAVY,

@@ -27,7 +27,15 @@ import time
 import uuid
 from typing import Any, Callable, Optional
 
-from ws4tx import _audience, _django_settings, closecodes, control, naming, presence as _presence
+from ws4tx import (
+    _arguments,
+    _audience,
+    _django_settings,
+    closecodes,
+    control,
+    naming,
+    presence as _presence,
+)
 from ws4tx.history import History, Position, Publication
 from ws4tx.publisher import RedisPublisher, event_message
 from ws4tx.redis_store import SELF, NotStored, PublishError, RedisMessage, RedisStore, as_message
@@ -55,8 +63,7 @@ __all__ = [
 def _publisher(
     facility: str, broadcast: bool, users: Any, groups: Any, sessions: Any, request: Any
 ) -> RedisPublisher:
-    if not (broadcast or users or groups or sessions):
-        raise ValueError("no audience: give broadcast=True, users, groups or sessions")
+    _arguments.audience(facility, broadcast, users, groups, sessions)
     return RedisPublisher(
         request=request, facility=facility, broadcast=broadcast,
         users=users, groups=groups, sessions=sessions,
@@ -94,7 +101,7 @@ def publish(
     """
     publisher = _publisher(facility, broadcast, users, groups, sessions, request)
     data = as_message(message)
-    seconds = _django_settings.expire() if expire is None else _django_settings.check_expire(expire)
+    seconds = _django_settings.expire() if expire is None else _arguments.expire(expire)
     return _run(lambda: publisher.publish_message(data, expire=seconds), on_commit)
 
 
@@ -118,7 +125,7 @@ def emit(
     """
     publisher = _publisher(facility, broadcast, users, groups, sessions, request)
     text = event_message(event, data)
-    seconds = _django_settings.check_expire(expire)
+    seconds = _arguments.expire(expire)
     return _run(lambda: publisher.publish_message(text, expire=seconds), on_commit)
 
 
@@ -324,13 +331,9 @@ def history(
 
 def _read_presence(facility: str, what: str, broadcast: bool, users: Any, groups: Any,
                    sessions: Any, request: Any) -> Any:
-    naming.check_facility(facility)
-    if not _presence.has_presence(_django_settings.presence(), facility):
-        raise ValueError(f"the facility {facility!r} keeps no presence (setting "
-                         "WS4TX_PRESENCE)")
-    audience = _presence.audience_of(
-        broadcast, _audience.users(users, request), _audience.groups(groups, request),
-        _audience.sessions(sessions, request))
+    audience = _arguments.presence(
+        _django_settings.presence(), facility, broadcast, _audience.users(users, request),
+        _audience.groups(groups, request), _audience.sessions(sessions, request))
     keys, args = _presence.read_args(
         naming.presence_keys(_django_settings.prefix(), facility), what, audience)
 

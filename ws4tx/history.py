@@ -175,17 +175,23 @@ def parse_published(reply: Sequence[Any]) -> Published:
     return Published(int(receivers), Position(int(offset), _text(epoch)))
 
 
-def history_args(stream: str, meta: str, retention: Retention, since: Optional[int],
-                 limit: Optional[int], epoch: Optional[str] = None
-                 ) -> tuple[list[Any], list[Any]]:
-    """The keys and arguments of :data:`HISTORY_SCRIPT` (``ValueError`` for a negative
-    ``since`` or a ``limit`` below 1)."""
+def check_range(since: Optional[int], limit: Optional[int]) -> None:
+    """``ValueError`` unless ``since`` is None or an offset (a whole number >= 0) and
+    ``limit`` None or a whole number >= 1."""
     if since is not None and (isinstance(since, bool) or not isinstance(since, int)
                               or since < 0):
         raise ValueError(f"since must be an offset (a whole number >= 0), not {since!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
                               or limit < 1):
         raise ValueError(f"limit must be a whole number >= 1, not {limit!r}")
+
+
+def history_args(stream: str, meta: str, retention: Retention, since: Optional[int],
+                 limit: Optional[int], epoch: Optional[str] = None
+                 ) -> tuple[list[Any], list[Any]]:
+    """The keys and arguments of :data:`HISTORY_SCRIPT` (``ValueError`` for a negative
+    ``since`` or a ``limit`` below 1)."""
+    check_range(since, limit)
     return ([stream, meta],
             ["" if since is None else since, limit or 0, retention.ttl, epoch or new_epoch()])
 

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import redis
 
-from ws4tx import _audience, _django_settings, envelope, history as _history, naming
+from ws4tx import _arguments, _audience, _django_settings, envelope, history as _history, naming
 from ws4tx.redis_store import RedisMessage, RedisStore
 
 #: The audiences of :meth:`RedisPublisher.fetch_message`.
@@ -69,15 +69,10 @@ class RedisPublisher(RedisStore):
         ``ValueError`` for a facility without history or an audience of several channels;
         :class:`~ws4tx.redis_store.PublishError` when Redis cannot be read.
         """
-        if len(self._publishers) != 1:
-            raise ValueError("history is read from one channel: give one audience "
-                             f"(broadcast=True, or one user, group or session), not "
-                             f"{len(self._publishers)} channels")
-        assert self.facility is not None
-        retention = _django_settings.history_for(self.facility)
-        if retention is None:
-            raise ValueError(f"the facility {self.facility!r} keeps no history (setting "
-                             "WS4TX_HISTORY)")
+        if self.facility is None:
+            raise ValueError("a facility is needed to read a history")
+        retention = _arguments.history(_django_settings.history(), self.facility,
+                                       self._publishers, since, limit)
         keys_of = naming.cluster_history_keys if self._cluster() else naming.history_keys
         stream, meta = keys_of(_django_settings.prefix(), self._publishers[0])
         keys, args = _history.history_args(stream, meta, retention, since, limit)

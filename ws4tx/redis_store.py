@@ -27,7 +27,15 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 import redis
 from redis.exceptions import RedisClusterException, RedisError
 
-from ws4tx import _audience, _django_settings, _history_check, _sync_redis, history, naming
+from ws4tx import (
+    _arguments,
+    _audience,
+    _django_settings,
+    _history_check,
+    _sync_redis,
+    history,
+    naming,
+)
 from ws4tx.history import NotStored as NotStored  # the one class, under ws4redis's path
 from ws4tx.redis_address import RedisAddress
 
@@ -154,10 +162,7 @@ class RedisStore:
         was delivered nor stored), after at most ``PUBLISH_TIMEOUT``, and
         :class:`NotStored` when the message was delivered but Redis refused to store it.
         """
-        if expire is None:
-            expire = _django_settings.expire()
-        else:
-            expire = _django_settings.check_expire(expire)
+        expire = _django_settings.expire() if expire is None else _arguments.expire(expire)
         data = as_message(message)
         if not data or not self._publishers:
             return 0
