@@ -47,6 +47,20 @@ class PublicFaceTests(SynchronousTestCase):
         for name in ("Hub", "Router", "PushProtocol", "PushFactory", "RedisBroker"):
             self.assertNotIn(name, ws4tx.server.__all__)
 
+    def test_djangoSideExportsAreTheModulesObjects(self):
+        """ws4tx.api's exports are the objects of the modules that define them (SELF, an
+        instance, is the audience module's one object)."""
+        import ws4tx._audience
+        import ws4tx.api
+
+        for name in ws4tx.api.__all__:
+            value = getattr(ws4tx.api, name)
+            if name == "SELF":
+                self.assertIs(value, ws4tx._audience.SELF)
+                continue
+            module = importlib.import_module(value.__module__)
+            self.assertIs(getattr(module, name), value, name)
+
     def test_oneNotStored(self):
         """Both halves raise one NotStored: every public path names the same class, so
         code catching ws4tx.api.NotStored also catches what a broker raises."""
