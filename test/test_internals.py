@@ -1,4 +1,5 @@
-"""Each reach of ws4tx.server._internals below Autobahn's or Twisted's public API, pinned:
+"""Each reach of ws4tx.server._internals (below Autobahn's public API) and
+ws4tx.server._twisted_internals (below Twisted's), pinned:
 these tests fail when the dependency changes under it. (The behaviour each reach buys is
 tested where it is used: test_protocol's lazy formatting, fast-path and compression tests,
 test_hostile's fragment bound, test_twistd's clean exit after a drain.)"""
@@ -24,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
 from zope.interface import implementer
 
-from ws4tx.server import _internals, _log
+from ws4tx.server import _internals, _log, _twisted_internals
 from ws4tx.server.deflate import deflate
 
 
@@ -115,7 +116,7 @@ class TwistedTests(SynchronousTestCase):
         self.assertTrue(retries)
         self.assertEqual({e["log_level"] for e in retries}, {LogLevel.info})
         self.assertIn("_log", vars(ClientService))
-        self.assertEqual(self._retryEvents(_internals.QuietClientService), [])
+        self.assertEqual(self._retryEvents(_twisted_internals.QuietClientService), [])
 
     def test_httpChannelLogsIdleTimeoutsThroughItsClassLogger(self):
         """HTTPChannel says it closed an idle connection at info through its class
@@ -125,7 +126,7 @@ class TwistedTests(SynchronousTestCase):
         self.addCleanup(_log.set_level, _log.level())
         _log.set_level("debug")
         for cls, level in ((HTTPChannel, LogLevel.info),
-                           (_internals.QuietHTTPChannel, LogLevel.debug)):
+                           (_twisted_internals.QuietHTTPChannel, LogLevel.debug)):
             channel = cls()
             channel.callLater = Clock().callLater
             transport = StringTransport()
@@ -151,8 +152,8 @@ class TwistedTests(SynchronousTestCase):
         reactor: Any = Reactor()
         ReactorBase.sigTerm(reactor, signal.SIGTERM, None)
         self.assertEqual(reactor._exitSignal, signal.SIGTERM)
-        _internals.forget_exit_signal(reactor)
+        _twisted_internals.forget_exit_signal(reactor)
         self.assertIsNone(reactor._exitSignal)
         reactor._exitSignal = signal.SIGHUP
-        _internals.forget_exit_signal(reactor)
+        _twisted_internals.forget_exit_signal(reactor)
         self.assertEqual(reactor._exitSignal, signal.SIGHUP)

@@ -338,7 +338,7 @@ class SupervisorTests(SynchronousTestCase):
             self.clock.running(1).exit(signal=9)
             self.clock.advance(2)
         lines = [e["log_format"].format(**e) for e in events
-                 if e["log_namespace"] == "ws4tx.server.tap"]
+                 if e["log_namespace"] == "ws4tx.server.workers"]
         self.assertEqual(len(lines), 2, lines)
         self.assertRegex(lines[0], r"worker 1 \(pid 1001\) exited with status 3 after 0\.0 s; "
                                    r"restarting it in 1 s")

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 from asgiref.sync import sync_to_async
 
-from ws4tx import _async_redis, _ops, _prepare, closecodes, control, naming
+from ws4tx import _async_redis, _commit, _ops, _prepare, closecodes, control, naming
 from ws4tx.history import History, Position
 from ws4tx.redis_store import Sent
 
@@ -53,14 +53,10 @@ async def apublish(
     key: Optional[str] = None,
 ) -> Optional[Sent]:
     """``await``-able :func:`ws4tx.api.publish`."""
-    if on_commit:
-        from ws4tx import api
-
-        return await sync_to_async(api.publish)(
-            facility, message, broadcast=broadcast, users=users, groups=groups,
-            sessions=sessions, request=request, expire=expire, on_commit=True, key=key)
     prepared = await _prepared(request, _prepare.publish, facility, message, broadcast,
                                users, groups, sessions, request, expire, key)
+    if on_commit:  # in the transaction's thread
+        return await sync_to_async(_commit.publish)(prepared, True)
     return await _send(prepared)
 
 
@@ -79,14 +75,10 @@ async def aemit(
     key: Optional[str] = None,
 ) -> Optional[Sent]:
     """``await``-able :func:`ws4tx.api.emit`."""
-    if on_commit:
-        from ws4tx import api
-
-        return await sync_to_async(api.emit)(
-            facility, event, data, broadcast=broadcast, users=users, groups=groups,
-            sessions=sessions, request=request, expire=expire, on_commit=True, key=key)
     prepared = await _prepared(request, _prepare.emit, facility, event, data, broadcast,
                                users, groups, sessions, request, expire, key)
+    if on_commit:  # in the transaction's thread
+        return await sync_to_async(_commit.publish)(prepared, True)
     return await _send(prepared)
 
 
@@ -175,14 +167,10 @@ async def adisconnect(
     on_commit: bool = False,
 ) -> Optional[int]:
     """``await``-able :func:`ws4tx.api.disconnect`."""
-    if on_commit:
-        from ws4tx import api
-
-        return await sync_to_async(api.disconnect)(
-            users=users, sessions=sessions, facility=facility, code=code, reason=reason,
-            request=request, on_commit=True)
     command = await _prepared(request, _prepare.disconnect, users, sessions, facility, code,
                               reason, request)
+    if on_commit:  # in the transaction's thread
+        return await sync_to_async(_commit.command)(command, True)
     return await _command(command)
 
 
@@ -198,12 +186,8 @@ async def aunsubscribe(
     on_commit: bool = False,
 ) -> Optional[int]:
     """``await``-able :func:`ws4tx.api.unsubscribe`."""
-    if on_commit:
-        from ws4tx import api
-
-        return await sync_to_async(api.unsubscribe)(
-            users=users, sessions=sessions, facility=facility, audiences=audiences,
-            groups=groups, reason=reason, request=request, on_commit=True)
     command = await _prepared(request, _prepare.unsubscribe, users, sessions, facility,
                               audiences, groups, reason, request)
+    if on_commit:  # in the transaction's thread
+        return await sync_to_async(_commit.command)(command, True)
     return await _command(command)

@@ -65,12 +65,6 @@ def prefix() -> Optional[str]:
     return result
 
 
-def check_expire(value: Any, origin: str = "expire") -> int:
-    """``value`` as a number of seconds to store a message for (0: not stored)."""
-    result: int = schema.get("expire").convert(value, origin)
-    return result
-
-
 def expire() -> int:
     """Seconds a published message is stored for replay: ``EXPIRE``, default 3600."""
     result: int = _value("expire")

@@ -18,13 +18,15 @@ from typing import Any, Awaitable, Callable, Generator, Optional, Sequence, Type
 from redis.exceptions import RedisClusterException, RedisError
 
 from ws4tx import (
+    _arguments,
     _django_settings,
     _history_check,
     history as _history,
     naming,
     presence as _presence,
-    redis_store,
 )
+from ws4tx._results import PublishError, Sent
+from ws4tx.history import NotStored
 
 T = TypeVar("T")
 
@@ -48,7 +50,7 @@ class Batch:
     ("could not <action> Redis at ..."). A shard that fails does not stop the others; then
     with ``partial`` its calls' replies are None and its failure is in
     :attr:`Replies.failures`, with ``errors_as_replies`` its calls' replies are the errors,
-    else the executor raises the first :class:`~ws4tx.redis_store.PublishError`."""
+    else the executor raises the first :class:`~ws4tx.PublishError`."""
 
     action: str
     calls: tuple[Call, ...]
@@ -63,7 +65,7 @@ class Replies:
 
     values: list[Any]
     where: list[str]
-    failures: list[redis_store.PublishError] = field(default_factory=list)
+    failures: list[PublishError] = field(default_factory=list)
 
 
 #: An operation: yields batches, receives their replies, returns its result.
@@ -181,12 +183,12 @@ def _checked() -> Op[None]:
 
 
 def publish(channels: Sequence[str], facility: Optional[str], data: Optional[bytes],
-            expire: int, key: Optional[str], cluster: bool) -> Op[redis_store.Sent]:
+            expire: int, key: Optional[str], cluster: bool) -> Op[Sent]:
     """Publish ``data`` to ``channels`` of ``facility``, stored for ``expire`` seconds,
     once per idempotency ``key`` (None: none); see
     :meth:`ws4tx.redis_store.RedisStore.publish_message`."""
     if not data or not channels:
-        return redis_store.Sent(0)
+        return Sent(0)
     yield from _checked()
     prefix = _django_settings.prefix()
     retention = _django_settings.history_for(facility) if facility else None
@@ -223,14 +225,14 @@ def publish(channels: Sequence[str], facility: Optional[str], data: Optional[byt
             count, again = _history.parse_published_once(reply)
         receivers += count
         repeated = repeated and again
-    return redis_store.Sent(receivers, positions, key is not None and repeated)
+    return Sent(receivers, positions, key is not None and repeated)
 
 
 def _publish_plain(channels: Sequence[str], data: bytes, expire: int,
-                   cluster: bool) -> Op[redis_store.Sent]:
+                   cluster: bool) -> Op[Sent]:
     """PUBLISH to every channel, then (``expire`` > 0) SET those that were published:
     what Redis refused to publish is never stored; a refused SET after a successful
-    PUBLISH raises :class:`~ws4tx.redis_store.NotStored`."""
+    PUBLISH raises :class:`~ws4tx.NotStored`."""
     command = "SPUBLISH" if cluster else "PUBLISH"
     counts = yield Batch("publish to", tuple(
         Call(channel, (command, naming.cluster_channel(channel) if cluster else channel, data))
@@ -248,19 +250,10 @@ def _publish_plain(channels: Sequence[str], data: bytes, expire: int,
                    if isinstance(reply, Exception)]
         if refused and not counts.failures:
             where, error = refused[0]
-            raise redis_store.NotStored(receivers, f"Redis at {where}: {error}")
+            raise NotStored(receivers, f"Redis at {where}: {error}")
     if counts.failures:
         raise counts.failures[0]
-    return redis_store.Sent(receivers)
-
-
-def _one_channel(channels: Sequence[str], facility: Optional[str],
-                 what: str) -> _history.Retention:
-    if len(channels) != 1:
-        raise ValueError(f"{what} is read from one channel: give one audience "
-                         f"(broadcast=True, or one user, group or session), not "
-                         f"{len(channels)} channels")
-    return _retention(facility)
+    return Sent(receivers)
 
 
 def _retention(facility: Optional[str]) -> _history.Retention:
@@ -275,7 +268,10 @@ def history(channels: Sequence[str], facility: Optional[str], since: Optional[in
             limit: Optional[int], cluster: bool) -> Op[_history.History]:
     """The history of the one channel of ``channels``; see
     :meth:`ws4tx.publisher.RedisPublisher.history`."""
-    retention = _one_channel(channels, facility, "history")
+    if facility is None:
+        raise ValueError("a facility is needed to read a history")
+    retention = _arguments.history(_django_settings.history(), facility, channels, since,
+                                   limit)
     keys_of = naming.cluster_history_keys if cluster else naming.history_keys
     stream, meta = keys_of(_django_settings.prefix(), channels[0])
     keys, args = _history.history_args(stream, meta, retention, since, limit)

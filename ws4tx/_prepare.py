@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ws4tx import _audience, _django_settings, control, naming, presence as _presence
+from ws4tx import _arguments, _audience, _django_settings, control, naming, presence as _presence
 from ws4tx.publisher import RedisPublisher, event_message
 from ws4tx.redis_store import as_message
 
@@ -23,8 +23,7 @@ def needs_thread(request: Any) -> bool:
 def publisher(facility: str, broadcast: bool, users: Any, groups: Any, sessions: Any,
               request: Any) -> RedisPublisher:
     """The audience's channels, in a publisher (ValueError for none at all)."""
-    if not (broadcast or users or groups or sessions):
-        raise ValueError("no audience: give broadcast=True, users, groups or sessions")
+    _arguments.audience(facility, broadcast, users, groups, sessions)
     return RedisPublisher(
         request=request, facility=facility, broadcast=broadcast,
         users=users, groups=groups, sessions=sessions,
@@ -48,8 +47,7 @@ def publish(facility: str, message: Any, broadcast: bool, users: Any, groups: An
     """``ws4tx.api.publish``'s arguments, checked."""
     audience = publisher(facility, broadcast, users, groups, sessions, request)
     data = as_message(message)
-    seconds = _django_settings.expire() if expire is None \
-        else _django_settings.check_expire(expire)
+    seconds = _django_settings.expire() if expire is None else _arguments.expire(expire)
     return Publish(audience, data, seconds, None if key is None else naming.check_key(key))
 
 
@@ -58,7 +56,7 @@ def emit(facility: str, event: str, data: Any, broadcast: bool, users: Any, grou
     """``ws4tx.api.emit``'s arguments, checked: the event's envelope as the payload."""
     audience = publisher(facility, broadcast, users, groups, sessions, request)
     text = event_message(event, data)
-    seconds = _django_settings.check_expire(expire)
+    seconds = _arguments.expire(expire)
     return Publish(audience, as_message(text), seconds,
                    None if key is None else naming.check_key(key))
 
@@ -84,13 +82,9 @@ def unsubscribe(users: Any, sessions: Any, facility: Optional[str], audiences: A
 def presence(facility: str, what: str, broadcast: bool, users: Any, groups: Any,
              sessions: Any, request: Any) -> tuple[list[Any], list[Any]]:
     """The keys and arguments of a presence read (``what``: "list" or "stats")."""
-    naming.check_facility(facility)
-    if not _presence.has_presence(_django_settings.presence(), facility):
-        raise ValueError(f"the facility {facility!r} keeps no presence (setting "
-                         "WS4TX_PRESENCE)")
-    audience = _presence.audience_of(
-        broadcast, _audience.users(users, request), _audience.groups(groups, request),
-        _audience.sessions(sessions, request))
+    audience = _arguments.presence(
+        _django_settings.presence(), facility, broadcast, _audience.users(users, request),
+        _audience.groups(groups, request), _audience.sessions(sessions, request))
     keys, args = _presence.read_args(
         naming.presence_keys(_django_settings.prefix(), facility), what, audience)
     return list(keys), list(args)

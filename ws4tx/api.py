@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Optional
 
 from ws4tx import (
+    _commit,
     _django_settings,
     _ops,
     _prepare,
@@ -48,8 +49,6 @@ from ws4tx.redis_store import (
     RedisStore,
     Sent,
 )
-
-T = TypeVar("T")
 
 __all__ = [
     "SELF",
@@ -84,31 +83,6 @@ __all__ = [
 _publisher = _prepare.publisher
 
 
-def _send(prepared: _prepare.Publish) -> Sent:
-    """Publish a checked publish now."""
-    return prepared.publisher.publish_message(prepared.data, expire=prepared.expire,
-                                              key=prepared.key)
-
-
-def _publish(prepared: _prepare.Publish, on_commit: bool) -> Optional[Sent]:
-    """Publish now, or (``on_commit``) through the outbox (:mod:`ws4tx._outbox`)."""
-    if not on_commit:
-        return _send(prepared)
-    from ws4tx import _outbox
-
-    _outbox.write(prepared)
-    return None
-
-
-def _run(send: Callable[[], T], on_commit: bool) -> Optional[T]:
-    if not on_commit:
-        return send()
-    from django.db import transaction
-
-    transaction.on_commit(send)
-    return None
-
-
 def publish(
     facility: str,
     message: Any,
@@ -139,7 +113,7 @@ def publish(
     """
     prepared = _prepare.publish(facility, message, broadcast, users, groups, sessions, request,
                                 expire, key)
-    return _publish(prepared, on_commit)
+    return _commit.publish(prepared, on_commit)
 
 
 def emit(
@@ -163,7 +137,7 @@ def emit(
     """
     prepared = _prepare.emit(facility, event, data, broadcast, users, groups, sessions,
                              request, expire, key)
-    return _publish(prepared, on_commit)
+    return _commit.publish(prepared, on_commit)
 
 
 def disconnect(
@@ -189,7 +163,7 @@ def disconnect(
     unreachable and ValueError for bad arguments.
     """
     command = _prepare.disconnect(users, sessions, facility, code, reason, request)
-    return _command(command, on_commit)
+    return _commit.command(command, on_commit)
 
 
 def unsubscribe(
@@ -221,19 +195,7 @@ def unsubscribe(
     """
     command = _prepare.unsubscribe(users, sessions, facility, audiences, groups, reason,
                                    request)
-    return _command(command, on_commit)
-
-
-def _command(command: control.Command, on_commit: bool) -> Optional[int]:
-    """Publish ``command`` on the control channel (now, or once the transaction commits):
-    on the first shard of several, with SPUBLISH in the registry's slot of a cluster."""
-    payload = control.encode(command)
-
-    def send() -> int:
-        store = RedisStore()
-        return _ops.run(_ops.command(payload, store._cluster()), store._execute)
-
-    return _run(send, on_commit)
+    return _commit.command(command, on_commit)
 
 
 def _send_control(connection: Any, cluster: bool, prefix: Optional[str],

@@ -13,6 +13,9 @@ for both halves (:func:`script`): next offset, epoch, XADD, EXPIRE, the replay S
 It publishes the payload behind a position prefix (:func:`with_position`), which the server
 strips (:func:`strip_position`) before it writes the payload to any client: raw clients get
 exactly what was published.
+
+A message that was delivered but could not be stored raises :class:`NotStored` on both
+halves.
 """
 
 from __future__ import annotations
@@ -37,6 +40,22 @@ POSITION_SCRIPT = "position.lua"
 #: Seconds an idempotency key is remembered on a facility without history (on one with
 #: history: its ``ttl``).
 KEY_TTL = 86400
+
+
+class NotStored(Exception):
+    """A message was delivered to ``receivers`` subscribers but was not stored for replay,
+    because ``reason``: Redis refused the write (out of memory under ``maxmemory`` with
+    ``noeviction``, say) or a storage budget was exhausted. Not a failure to publish (not
+    a ``PublishError`` nor a ``BrokerUnavailable``): retrying would deliver it twice.
+
+    The one class of both halves: :class:`ws4tx.api.NotStored`,
+    ``ws4tx.redis_store.NotStored``, :class:`ws4tx.server.NotStored` and
+    ``ws4tx.server.broker.NotStored`` are this object."""
+
+    def __init__(self, receivers: int, reason: str) -> None:
+        super().__init__(f"delivered to {receivers} subscribers but not stored: {reason}")
+        self.receivers = receivers
+        self.reason = reason
 
 
 class Retention(NamedTuple):
@@ -199,17 +218,23 @@ def parse_position(reply: Sequence[Any]) -> Position:
     return Position(int(offset), _text(epoch))
 
 
-def history_args(stream: str, meta: str, retention: Retention, since: Optional[int],
-                 limit: Optional[int], epoch: Optional[str] = None
-                 ) -> tuple[list[Any], list[Any]]:
-    """The keys and arguments of :data:`HISTORY_SCRIPT` (``ValueError`` for a negative
-    ``since`` or a ``limit`` below 1)."""
+def check_range(since: Optional[int], limit: Optional[int]) -> None:
+    """``ValueError`` unless ``since`` is None or an offset (a whole number >= 0) and
+    ``limit`` None or a whole number >= 1."""
     if since is not None and (isinstance(since, bool) or not isinstance(since, int)
                               or since < 0):
         raise ValueError(f"since must be an offset (a whole number >= 0), not {since!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
                               or limit < 1):
         raise ValueError(f"limit must be a whole number >= 1, not {limit!r}")
+
+
+def history_args(stream: str, meta: str, retention: Retention, since: Optional[int],
+                 limit: Optional[int], epoch: Optional[str] = None
+                 ) -> tuple[list[Any], list[Any]]:
+    """The keys and arguments of :data:`HISTORY_SCRIPT` (``ValueError`` for a negative
+    ``since`` or a ``limit`` below 1)."""
+    check_range(since, limit)
     return ([stream, meta],
             ["" if since is None else since, limit or 0, retention.ttl, epoch or new_epoch()])
 

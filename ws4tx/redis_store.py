@@ -27,7 +27,9 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 import redis
 from redis.exceptions import RedisClusterException, RedisError
 
-from ws4tx import _audience, _django_settings, _sync_redis, history, naming
+from ws4tx import _arguments, _audience, _django_settings, _sync_redis, history, naming
+from ws4tx._results import PublishError as PublishError, Sent as Sent
+from ws4tx.history import NotStored as NotStored  # the one class, under ws4redis's path
 from ws4tx.redis_address import RedisAddress
 
 #: In ``users``, ``groups`` or ``sessions``: the current request's own user name, groups
@@ -38,45 +40,6 @@ T = TypeVar("T")
 
 #: What a message may be made from.
 MessageValue = Union[str, bytes, bytearray, memoryview, Sequence[Any]]
-
-
-class PublishError(redis.exceptions.ConnectionError):
-    """Redis could not be reached or refused the command (it names the Redis address,
-    password masked). A subclass of redis-py's ``ConnectionError``, so that code written
-    for ws4redis that catches it keeps working."""
-
-
-class NotStored(Exception):
-    """The message WAS published (``receivers`` Redis subscribers got it) but Redis refused
-    to store it for replay (``reason``: out of memory under ``maxmemory`` with
-    ``noeviction``, say). Not a :class:`PublishError`: do not retry, that would deliver it
-    twice."""
-
-    def __init__(self, receivers: int, reason: str) -> None:
-        super().__init__(f"delivered to {receivers} subscribers but not stored: {reason}")
-        self.receivers = receivers
-        self.reason = reason
-
-
-class Sent(int):
-    """What a publish did: the number of Redis subscribers that got it (it is that
-    int), the ``positions`` of the message on the channels of a facility with history
-    (channel -> :class:`~ws4tx.history.Position`), and whether it was ``repeated``: a
-    publish with an idempotency key that every channel had published already (nothing was
-    stored nor delivered again; ``positions`` are the first publish's)."""
-
-    positions: dict[str, history.Position]
-    repeated: bool
-
-    def __new__(cls, receivers: int, positions: Optional[dict[str, history.Position]] = None,
-                repeated: bool = False) -> Sent:
-        sent = super().__new__(cls, receivers)
-        sent.positions = dict(positions or {})
-        sent.repeated = repeated
-        return sent
-
-    def __repr__(self) -> str:
-        return f"Sent({int(self)}, positions={self.positions!r}, repeated={self.repeated})"
 
 
 class RedisMessage(bytes):
@@ -193,10 +156,7 @@ class RedisStore:
         """
         from ws4tx import _ops
 
-        if expire is None:
-            expire = _django_settings.expire()
-        else:
-            expire = _django_settings.check_expire(expire)
+        expire = _django_settings.expire() if expire is None else _arguments.expire(expire)
         if key is not None:
             naming.check_key(key)
         sent = _ops.run(_ops.publish(self._publishers, self.facility, as_message(message),

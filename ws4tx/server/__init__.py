@@ -15,22 +15,52 @@ Server-side event handlers subclass :class:`EventHandler`; authenticators provid
 
 The modules under this package are the node's parts (``node``, ``hub``, ``router``,
 ``broker``/``redis_broker``, ``admission``, ``protocol``, ``events``, ``web``, ``service``,
-``tap``); only the names below are the public API.
+``tap``); only the names below are the public API. They are imported when first used
+(PEP 562), so that importing one part (``ws4tx.server.hub``, the ``reuseport:`` endpoint)
+does not load Autobahn, txredisapi and the rest of the node.
 """
 
-from ws4tx.naming import Identity
-from ws4tx.redis_address import RedisAddress
-from ws4tx.server.auth import (
-    AnonymousAuthenticator,
-    Grant,
-    HandshakeDenied,
-    HandshakeRequest,
-    IAuthenticator,
-)
-from ws4tx.server.broker import BrokerUnavailable, IBroker, NotStored, SubscriptionRefused
-from ws4tx.server.config import ServerConfig
-from ws4tx.server.handlers import Client, EventHandler, EventRefused, ServerAPI
-from ws4tx.server.service import PushService
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ws4tx.history import NotStored
+    from ws4tx.naming import Identity
+    from ws4tx.redis_address import RedisAddress
+    from ws4tx.server.auth import (
+        AnonymousAuthenticator,
+        Grant,
+        HandshakeDenied,
+        HandshakeRequest,
+        IAuthenticator,
+    )
+    from ws4tx.server.broker import BrokerUnavailable, IBroker, SubscriptionRefused
+    from ws4tx.server.config import ServerConfig
+    from ws4tx.server.handlers import Client, EventHandler, EventRefused, ServerAPI
+    from ws4tx.server.service import PushService
+
+#: Where each public name is defined: the one list of the public API.
+_WHERE = {
+    "AnonymousAuthenticator": "ws4tx.server.auth",
+    "BrokerUnavailable": "ws4tx.server.broker",
+    "Client": "ws4tx.server.handlers",
+    "EventHandler": "ws4tx.server.handlers",
+    "EventRefused": "ws4tx.server.handlers",
+    "Grant": "ws4tx.server.auth",
+    "HandshakeDenied": "ws4tx.server.auth",
+    "HandshakeRequest": "ws4tx.server.auth",
+    "IAuthenticator": "ws4tx.server.auth",
+    "IBroker": "ws4tx.server.broker",
+    "Identity": "ws4tx.naming",
+    "NotStored": "ws4tx.history",
+    "PushService": "ws4tx.server.service",
+    "RedisAddress": "ws4tx.redis_address",
+    "ServerAPI": "ws4tx.server.handlers",
+    "ServerConfig": "ws4tx.server.config",
+    "SubscriptionRefused": "ws4tx.server.broker",
+}
 
 __all__ = [
     "AnonymousAuthenticator",
@@ -51,3 +81,17 @@ __all__ = [
     "ServerConfig",
     "SubscriptionRefused",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported from where it is defined on first use (then kept here)."""
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,4 +1,6 @@
-"""Every place where ws4tx reaches below Autobahn's or Twisted's public API, in one module.
+"""Every place where ws4tx reaches below Autobahn's public API, in one module (those below
+Twisted's are in :mod:`ws4tx.server._twisted_internals`, so that what needs only Twisted,
+the Redis broker say, does not load Autobahn).
 
 Each reach is small, says why it is needed, and is pinned by a test that fails if the
 dependency changes under it (``test/test_internals.py``):
@@ -13,33 +15,16 @@ dependency changes under it (``test/test_internals.py``):
   connection takes, and no zlib inflater kept between a compressing client's messages.
 - :func:`fail_connection`: fail a connection with any close code, as Autobahn does on a
   protocol violation (its public ``sendClose`` refuses codes below 3000 but 1000).
-- :class:`QuietClientService`: a ``ClientService`` that logs warnings but not each retry.
-- :class:`QuietHTTPChannel`: an ``HTTPChannel`` that says at debug, not info, that it
-  closed an idle keep-alive connection (every ``HTTP_IDLE_TIMEOUT`` per idle browser
-  connection).
-- :func:`forget_exit_signal`: let ``twistd`` exit with 0 after a clean drain on SIGTERM.
 """
 
 from __future__ import annotations
 
 import pprint
-import signal
 from typing import Any, Optional
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket import protocol as _protocol
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.application.internet import ClientService
-from twisted.logger import (
-    FilteringLogObserver,
-    Logger,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogPublisher,
-)
-from twisted.web.http import HTTPChannel
-
-from ws4tx.server._log import observer
 
 
 class _Pretty:
@@ -97,35 +82,3 @@ def fail_connection(proto: WebSocketProtocol, code: int, reason: str) -> None:
     frame with ``code`` and ``reason``, and ignore whatever the peer sends after it.
     Autobahn's ``_fail_connection``."""
     proto._fail_connection(code, reason)
-
-
-class QuietClientService(ClientService):
-    """A ClientService that logs its warnings but not each retry (its ``_log``): the
-    Redis broker logs an outage once when it starts and once when it ends."""
-
-    _log = Logger(observer=FilteringLogObserver(
-        globalLogPublisher, [LogLevelFilterPredicate(LogLevel.warn)]))
-
-
-class _DebugLogger(Logger):
-    """A Logger whose info lines are debug lines."""
-
-    def emit(self, level: LogLevel, format: Optional[str] = None, **kwargs: object) -> None:
-        super().emit(LogLevel.debug if level == LogLevel.info else level, format, **kwargs)
-
-
-class QuietHTTPChannel(HTTPChannel):
-    """An HTTPChannel whose own lines (its ``_log``: ``Timing out client: …`` each time
-    it closes an idle keep-alive connection, ``Forcibly timing out client: …`` when the
-    peer does not let go) go to ws4tx's log at debug: closing an idle connection is
-    routine, and at info it filled the log with a line per idle browser connection every
-    ``HTTP_IDLE_TIMEOUT``."""
-
-    _log = _DebugLogger(observer=observer)
-
-
-def forget_exit_signal(reactor: Any) -> None:
-    """After a clean drain on SIGTERM or SIGINT, make ``twistd`` exit with status 0
-    instead of re-raising the signal (the reactor's ``_exitSignal``)."""
-    if getattr(reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
-        reactor._exitSignal = None

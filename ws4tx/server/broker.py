@@ -16,7 +16,12 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from ws4tx.history import History, Published, Retention
+from ws4tx.history import (
+    History,
+    NotStored as NotStored,  # the one class of both halves
+    Published,
+    Retention,
+)
 from ws4tx.naming import PresenceKeys, history_keys
 
 
@@ -48,17 +53,6 @@ def is_acl_refusal(message: str) -> bool:
     """Whether a Redis error message is an ACL refusal (``NOPERM ...``; inside a script,
     the same error is what the script call answers)."""
     return message.startswith("NOPERM") or " NOPERM " in message
-
-
-class NotStored(Exception):
-    """A message was delivered to ``receivers`` subscribers but was not stored (for
-    replay) because ``reason``: the broker refused the write (Redis out of memory, say)
-    or a storage budget was exhausted. Retrying would deliver it twice."""
-
-    def __init__(self, receivers: int, reason: str) -> None:
-        super().__init__(f"delivered to {receivers} subscribers but not stored: {reason}")
-        self.receivers = receivers
-        self.reason = reason
 
 
 class IBrokerListener(Interface):

@@ -33,7 +33,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ws4tx import closecodes, control, envelope
+from ws4tx import _arguments, closecodes, control, envelope
 from ws4tx.history import History, Rule, history_for
 from ws4tx.naming import (
     AUDIENCES,
@@ -45,7 +45,7 @@ from ws4tx.naming import (
     presence_keys,
     reply_channel,
 )
-from ws4tx.presence import audience_of, has_presence, parse_entries, parse_stats
+from ws4tx.presence import parse_entries, parse_stats
 from ws4tx.server._log import observer
 from ws4tx.server.broker import IBroker, publish_to
 
@@ -119,10 +119,13 @@ class ServerAPI:
     ) -> defer.Deferred[int]:
         """Publish a raw message to an audience (``broadcast=True``, ``users=[...]``,
         ``groups=[...]``, ``sessions=[identity.session, ...]``); fires with the number of
-        receiving nodes."""
+        receiving nodes. No audience, a bad facility or a bad ``expire`` raise ValueError
+        at once, with :func:`ws4tx.api.publish`'s message."""
+        _arguments.audience(facility, **audience)
+        seconds = _arguments.expire(expire)
         payload = message.encode() if isinstance(message, str) else message
         return publish_to(self._broker, self.audience_channels(facility, **audience), payload,
-                          expire, history_for(self._history, facility), self._prefix)
+                          seconds, history_for(self._history, facility), self._prefix)
 
     def history(
         self, facility: str, *, since: Optional[int] = None, limit: Optional[int] = None,
@@ -135,14 +138,9 @@ class ServerAPI:
         first, with the channel's epoch and last offset. Fails with ``ValueError`` for a
         facility without history or an audience of several channels."""
         try:
-            retention = history_for(self._history, facility)
-            if retention is None:
-                raise ValueError(f"the facility {facility!r} keeps no history (setting "
-                                 "WS4TX_HISTORY)")
+            _arguments.audience(facility, **audience)
             channels = self.audience_channels(facility, **audience)
-            if len(channels) != 1:
-                raise ValueError("history is read from one channel: give one audience, not "
-                                 f"{len(channels)} channels")
+            retention = _arguments.history(self._history, facility, channels, since, limit)
             keys = history_keys(self._prefix, channels[0])
         except ValueError:
             return defer.fail()
@@ -216,10 +214,7 @@ class ServerAPI:
     def _readPresence(self, facility: str, what: str,
                       audience: dict[str, Any]) -> defer.Deferred[Any]:
         try:
-            if not has_presence(self._presence, facility):
-                raise ValueError(f"the facility {facility!r} keeps no presence (setting "
-                                 "WS4TX_PRESENCE)")
-            named = audience_of(**audience)
+            named = _arguments.presence(self._presence, facility, **audience)
         except (ValueError, TypeError):
             return defer.fail()
         return self._broker.readPresence(presence_keys(self._prefix, facility), what, named)

@@ -18,8 +18,7 @@ from typing import Any, Callable, NoReturn, Optional, cast
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet import defer, endpoints
-from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet import defer
 from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
@@ -36,8 +35,8 @@ from ws4tx import history as _history, presence as _presence
 from ws4tx.naming import PresenceKeys
 from ws4tx.redis_address import RedisAddress
 from ws4tx.server._attempts import AttemptLog
-from ws4tx.server._internals import QuietClientService
 from ws4tx.server._log import observer
+from ws4tx.server._twisted_internals import QuietClientService
 from ws4tx.server.broker import (
     BrokerUnavailable,
     CommandRefused,
@@ -47,34 +46,11 @@ from ws4tx.server.broker import (
     SubscriptionRefused,
     is_acl_refusal,
 )
-from ws4tx.server.sentinel import SentinelEndpoint
+from ws4tx.server.sentinel import SentinelEndpoint, client_endpoint
 
 #: Retry delays: 0.5 s doubling to 10 s, each with up to 50 % random jitter.
 DEFAULT_RETRY = backoffPolicy(initialDelay=0.5, maxDelay=10.0, factor=2.0,
                               jitter=lambda: random.uniform(0, 0.5))
-
-
-def client_endpoint(reactor: Any, address: RedisAddress, timeout: float) -> IStreamClientEndpoint:
-    """A Twisted client endpoint for ``address`` (TCP, TLS or unix socket; for a
-    ``redis+sentinel://`` address, one that asks the Sentinels for the master on every
-    connection attempt: see :mod:`ws4tx.server.sentinel`)."""
-    if address.is_sentinel:
-        return SentinelEndpoint(reactor, address, timeout)
-    if address.unix_socket_path:
-        return endpoints.UNIXClientEndpoint(reactor, address.unix_socket_path, timeout=timeout)
-    endpoint: IStreamClientEndpoint
-    if isIPAddress(address.host):
-        endpoint = endpoints.TCP4ClientEndpoint(reactor, address.host, address.port, timeout)
-    elif isIPv6Address(address.host):
-        endpoint = endpoints.TCP6ClientEndpoint(reactor, address.host, address.port, timeout)
-    else:
-        endpoint = endpoints.HostnameEndpoint(reactor, address.host, address.port,
-                                              timeout=timeout)
-    if address.ssl:
-        from twisted.internet.ssl import optionsForClientTLS
-
-        endpoint = endpoints.wrapClientTLS(optionsForClientTLS(address.host), endpoint)
-    return endpoint
 
 
 def _keepAlive(proto: Any) -> Any:

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ws4tx.redis_address import RedisAddress
+from ws4tx.server._endpoints import direct_endpoint
 from ws4tx.server._log import observer
 
 
@@ -245,9 +246,7 @@ class SentinelEndpoint:
         return None if transport is None else self._connected_to.get(transport)
 
     def _endpoint(self, host: str, port: int) -> IStreamClientEndpoint:
-        from ws4tx.server.redis_broker import client_endpoint
-
-        return client_endpoint(self.reactor, RedisAddress(host=host, port=port,
+        return direct_endpoint(self.reactor, RedisAddress(host=host, port=port,
                                                           ssl=self.address.ssl),
                                self.timeout)
 
@@ -329,3 +328,12 @@ def _describe(error: BaseException) -> str:
     if isinstance(error, defer.TimeoutError):
         return "no answer in time"
     return str(error) or type(error).__name__
+
+
+def client_endpoint(reactor: Any, address: RedisAddress, timeout: float) -> IStreamClientEndpoint:
+    """A Twisted client endpoint for ``address`` (TCP, TLS or unix socket; for a
+    ``redis+sentinel://`` address, a :class:`SentinelEndpoint`, which asks the Sentinels
+    for the master on every connection attempt)."""
+    if address.is_sentinel:
+        return SentinelEndpoint(reactor, address, timeout)
+    return direct_endpoint(reactor, address, timeout)

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.web import pages, resource
 from twisted.web.server import Request, Site
 
-from ws4tx.server import _internals
+from ws4tx.server import _twisted_internals
 from ws4tx.server._log import observer
 from ws4tx.server.admission import AddressCounts
 from ws4tx.server.auth import HandshakeDenied
@@ -230,7 +230,7 @@ class _Refused(resource.Resource):
         return _plain(request, 429, self.reason.encode() + b"\n")
 
 
-class _DeadlineChannel(_internals.QuietHTTPChannel):
+class _DeadlineChannel(_twisted_internals.QuietHTTPChannel):
     """An HTTP connection that must send each whole request (head and body) in time: the
     first from when it connected, each next one from its first byte (an idle keep-alive
     connection is bounded by the Site's idle timeout instead).
