@@ -10,8 +10,10 @@ test waits for something that happens on a later reactor turn.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import signal
-from typing import Any
+import tempfile
+from typing import Any, Callable, Iterable
 
 import redis
 from twisted.internet import defer, reactor
@@ -33,6 +35,7 @@ from ws4tx.server.broker import (
     BrokerUnavailable,
     IBroker,
     IBrokerListener,
+    IShardListener,
     NotStored,
     SubscriptionRefused,
 )
@@ -91,6 +94,23 @@ class Listener:
         self.events.put("disconnected")
 
 
+@implementer(IShardListener)
+class ShardListener(Listener):
+    """A listener that is told of the outage of some channels only (as the router is):
+    records ("interrupted", channels) and ("resumed", channels), channels sorted."""
+
+    def channelsInterrupted(self, channels: Iterable[str]) -> None:
+        event = ("interrupted", tuple(sorted(channels)))
+        self.log.append(event)
+        self.events.put(event)
+
+    def channelsResumed(self, channels: Iterable[str],
+                        interrupted: Callable[[str], bool]) -> None:
+        event = ("resumed", tuple(sorted(channels)))
+        self.log.append(event)
+        self.events.put(event)
+
+
 class BrokerContract:
     """The contract tests; a TestCase mixes them with a broker's hooks (below)."""
 
@@ -137,8 +157,9 @@ class BrokerContract:
 
     # Helpers
 
-    async def start(self, *wanted: str) -> tuple[IBroker, Listener]:
-        listener = Listener(wanted)
+    async def start(self, *wanted: str, shards: bool = False) -> tuple[IBroker, Listener]:
+        """A broker and its listener (a :class:`ShardListener` with ``shards``)."""
+        listener = (ShardListener if shards else Listener)(wanted)
         broker = await self.makeBroker(listener)
         return broker, listener
 
@@ -533,7 +554,73 @@ class OutageContract(BrokerContract):
         self.assertNotEqual(new.epoch, old.epoch)
 
 
-class MemoryBrokerContractTests(HistoryContract, OutageContract, unittest.TestCase):
+class TopologyOutageContract(HistoryContract):
+    """One outage of a part of the topology (the whole of it for a single server): the
+    server killed and started again, a shard down then back, a Sentinel master or a
+    Cluster primary failing over to its replica. Each topology says what it takes down
+    and how it comes back (:meth:`takeDown`, :meth:`bringBack`) and which of
+    :attr:`CHANNELS` that interrupts (:meth:`downChannels`)."""
+
+    #: Channels subscribed across the outage (on every shard or primary).
+    CHANNELS = ("ch", "other", "a", "b", "h:a", "h:b")
+
+    def downChannels(self, broker: IBroker) -> list[str]:
+        """The channels of :attr:`CHANNELS` the outage interrupts (all by default)."""
+        return list(self.CHANNELS)
+
+    async def takeDown(self, broker: IBroker) -> None:
+        """Take down what serves :meth:`downChannels` (what was written there stays:
+        persisted, or replicated before a failover)."""
+        raise NotImplementedError
+
+    async def bringBack(self, broker: IBroker) -> None:
+        """Bring it back (or let the failover happen); return once ``broker`` was told
+        and its command connections are ready."""
+        raise NotImplementedError
+
+    async def test_anOutageInterruptsItsChannelsAndResubscribesThem(self):
+        """A part of the topology goes down and comes back: the listener is told that
+        its channels, and only they, were interrupted, then resumed (for a whole single
+        server: disconnected, then connected), never that the whole broker came back
+        when only a part went; the other channels deliver meanwhile; every channel is
+        subscribed again and delivers; histories, epochs and offsets are intact (the
+        next publish goes on from them)."""
+        broker, listener = await self.start(shards=True)
+        for channel in self.CHANNELS:
+            await self.subscribe(broker, listener, channel)
+        before = {}
+        for channel in self.CHANNELS:
+            for n in (1, 2):
+                before[channel] = await self.published(broker, channel, b"%d" % n)
+                self.assertEqual(strip_position((await self.message(listener))[1]),
+                                 (before[channel], b"%d" % n))
+        down = sorted(self.downChannels(broker))
+        up = sorted(set(self.CHANNELS) - set(down))
+        whole = not up
+        await self.takeDown(broker)
+        self.assertEqual(await self.event(listener),
+                         "disconnected" if whole else ("interrupted", tuple(down)))
+        for channel in up:
+            self.assertEqual(await self.delivered(broker, listener, channel, b"meanwhile"),
+                             1)
+        await self.bringBack(broker)
+        self.assertEqual(await self.event(listener),
+                         "connected" if whole else ("resumed", tuple(down)))
+        self.assertEqual((listener.log.count("connected"), listener.log.count("disconnected")),
+                         (2, 1) if whole else (1, 0))
+        self.assertTrue(broker.connected)
+        for channel in self.CHANNELS:
+            self.assertEqual(await self.delivered(broker, listener, channel, b"after"), 1)
+        for channel in self.CHANNELS:
+            history = await self.read(broker, channel)
+            self.assertEqual((history.epoch, [p.payload for p in history.publications]),
+                             (before[channel].epoch, [b"1", b"2"]), channel)
+            self.assertEqual(await self.published(broker, channel, b"3"),
+                             Position(3, before[channel].epoch))
+        self.assertEqual(listener.events.pending, [])
+
+
+class MemoryBrokerContractTests(TopologyOutageContract, OutageContract, unittest.TestCase):
     """The contract of the in-memory double, on a Clock the test drives."""
 
     def setUp(self) -> None:
@@ -561,6 +648,12 @@ class MemoryBrokerContractTests(HistoryContract, OutageContract, unittest.TestCa
 
     async def passTime(self, watch: Any, seconds: int) -> None:
         self.clock.advance(seconds)
+
+    async def takeDown(self, broker: MemoryBroker) -> None:  # type: ignore[override]
+        broker.disconnect()
+
+    async def bringBack(self, broker: MemoryBroker) -> None:  # type: ignore[override]
+        broker.reconnect()
 
     async def refuseDenied(self, broker: MemoryBroker) -> None:  # type: ignore[override]
         broker.refuse("denied:*")
@@ -594,16 +687,18 @@ class MemoryBrokerContractTests(HistoryContract, OutageContract, unittest.TestCa
         self.assertNotIn(("message", "ch", b"in flight"), listener.log)
 
 
-class RedisBrokerContractTests(HistoryContract, OutageContract, unittest.TestCase):
+class RedisBrokerContractTests(TopologyOutageContract, OutageContract, unittest.TestCase):
     """The contract of the Redis broker, on a real Redis this test starts. The brokers
     connect as an ACL user (``contract``) so that its channels can be narrowed; an outage
-    is the server killed (SIGKILL) and started again on the same port."""
+    is the server killed (SIGKILL) and started again on the same port, or shut down
+    saving its data (``takeDown``) and started again on it."""
 
     USER = "contract"
 
     def setUp(self) -> None:
-        self.server = EmbeddedRedis()
+        self.server = _persistent()
         self._startServer()
+        self.addCleanup(_removeDir, self.server)
         self.addCleanup(self.server.stop)
         self.redis = redis.Redis.from_url(self.server.url, socket_timeout=5)
         self.addCleanup(self.redis.close)
@@ -665,6 +760,15 @@ class RedisBrokerContractTests(HistoryContract, OutageContract, unittest.TestCas
             self.assertIsInstance(event, tuple)  # a refusal, before connected
         await self.settle(commands)
 
+    async def takeDown(self, broker: RedisBroker) -> None:  # type: ignore[override]
+        await _saveAndKill(self.server, [broker])
+        self.redis.connection_pool.disconnect()
+
+    async def bringBack(self, broker: RedisBroker) -> None:  # type: ignore[override]
+        commands = broker.test_commands.get()  # type: ignore[attr-defined]
+        self._startServer()
+        await self.settle(commands)
+
     async def watchExpiry(self, broker: RedisBroker, key: str) -> Any:  # type: ignore[override]
         """Redis tells of expired keys on __keyevent@0__:expired (keyspace
         notifications): wait for that rather than for time."""
@@ -691,6 +795,37 @@ class RedisBrokerContractTests(HistoryContract, OutageContract, unittest.TestCas
     def failStores(self, broker: RedisBroker) -> None:  # type: ignore[override]
         self.redis.config_set("maxmemory-policy", "noeviction")
         self.redis.config_set("maxmemory", 1)
+
+
+def _QUICK_RETRY(attempt: int) -> float:
+    """Reconnect soon after a server is back (the default backs off to seconds)."""
+    return 0.05
+
+
+def _persistent(**kwargs: Any) -> EmbeddedRedis:
+    """A server whose data directory outlives it: started again, it loads what it
+    saved (:func:`_saveAndKill`)."""
+    directory = tempfile.mkdtemp(prefix="ws4tx-contract-")
+    server = EmbeddedRedis(extra_args=[*kwargs.pop("extra_args", ()), "--dir", directory],
+                           **kwargs)
+    server.test_dir = directory  # type: ignore[attr-defined]
+    return server
+
+
+def _removeDir(server: EmbeddedRedis) -> None:
+    shutil.rmtree(server.test_dir, ignore_errors=True)  # type: ignore[attr-defined]
+
+
+async def _saveAndKill(server: EmbeddedRedis, brokers: list[RedisBroker]) -> None:
+    """Kill the server (SIGKILL) once it saved its data; return once ``brokers`` lost
+    their command connections (their subscribers' losses are their listeners' to
+    tell)."""
+    lost = [b._cmd.whenDisconnected() for b in brokers if b._cmd is not None]
+    with redis.Redis(port=server.port, socket_timeout=5) as client:
+        client.save()
+    server.stop(signal.SIGKILL)
+    for d in lost:
+        await d.addTimeout(TIMEOUT, reactor)
 
 
 def _whenCommandsReady(broker: RedisBroker) -> defer.Deferred[None]:
@@ -793,17 +928,20 @@ class SentinelBrokerContractTests(_TopologyContract, unittest.TestCase):
         return [broker]
 
 
-class ShardedBrokerContractTests(_TopologyContract, unittest.TestCase):
+class ShardedBrokerContractTests(_TopologyContract, TopologyOutageContract,
+                                 unittest.TestCase):
     """The contract of the sharded broker over three Redis servers (the test channels
-    land on all three)."""
+    land on all three); the outage: the second server shut down (its data saved), then
+    started again."""
 
     shards: list[EmbeddedRedis]
+    DOWN = 1
 
     @classmethod
     def startTopology(cls) -> None:
         cls.shards = []
         for _ in range(3):
-            server = EmbeddedRedis()
+            server = _persistent()
             server.start()
             cls.shards.append(server)
 
@@ -811,13 +949,33 @@ class ShardedBrokerContractTests(_TopologyContract, unittest.TestCase):
     def stopTopology(cls) -> None:
         for server in cls.shards:
             server.stop()
+            _removeDir(server)
+
+    def downChannels(self, broker: IBroker) -> list[str]:
+        assert isinstance(broker, ShardedBroker)
+        return [c for c in self.CHANNELS if broker.shardOf(c) == self.DOWN]
+
+    async def takeDown(self, broker: IBroker) -> None:
+        assert isinstance(broker, ShardedBroker)
+        inner = broker.shards[self.DOWN]
+        assert isinstance(inner, RedisBroker)
+        await _saveAndKill(self.shards[self.DOWN], [inner])
+
+    async def bringBack(self, broker: IBroker) -> None:
+        assert isinstance(broker, ShardedBroker)
+        inner = broker.shards[self.DOWN]
+        assert isinstance(inner, RedisBroker)
+        ready = _whenCommandsReady(inner)
+        self.shards[self.DOWN].start()
+        await self.settle(ready)
 
     @classmethod
     def servers(cls) -> list[EmbeddedRedis]:
         return cls.shards
 
     def newBroker(self) -> IBroker:
-        return ShardedBroker([RedisBroker(s.address, ping_interval=0, timeout=2.0)
+        return ShardedBroker([RedisBroker(s.address, ping_interval=0, timeout=2.0,
+                                          retry_policy=_QUICK_RETRY)
                               for s in self.shards], None)
 
     def innerBrokers(self, broker: IBroker) -> list[RedisBroker]:
@@ -831,6 +989,8 @@ class ShardedBrokerContractTests(_TopologyContract, unittest.TestCase):
         assert isinstance(broker, ShardedBroker)
         used = {broker.shardOf(c) for c in ("ch", "other", "a", "b", "kept", "h:a", "h:b")}
         self.assertEqual(used, {0, 1, 2})
+        down = self.downChannels(broker)
+        self.assertTrue(down and set(down) < set(self.CHANNELS))
 
 
 class ClusterBrokerContractTests(_TopologyContract, unittest.TestCase):
