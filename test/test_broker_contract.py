@@ -15,8 +15,9 @@ import signal
 import tempfile
 from typing import Any, Callable, Iterable
 
+import pytest
 import redis
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -820,7 +821,7 @@ async def _saveAndKill(server: EmbeddedRedis, brokers: list[RedisBroker]) -> Non
     """Kill the server (SIGKILL) once it saved its data; return once ``brokers`` lost
     their command connections (their subscribers' losses are their listeners' to
     tell)."""
-    lost = [b._cmd.whenDisconnected() for b in brokers if b._cmd is not None]
+    lost = [_whenCommandsLost(b) for b in brokers if b._cmd is not None]
     with redis.Redis(port=server.port, socket_timeout=5) as client:
         client.save()
     server.stop(signal.SIGKILL)
@@ -844,11 +845,46 @@ def _whenCommandsReady(broker: RedisBroker) -> defer.Deferred[None]:
     return done
 
 
+#: Bound on a failover (Sentinel's down-after or the cluster's node timeout, the
+#: promotion, the broker finding the new master): never reached when things work.
+FAILOVER_TIMEOUT = 30.0
+
+
+def _replicated(master: EmbeddedRedis) -> None:
+    """Return once the replica of ``master`` has every write made so far."""
+    with redis.Redis(port=master.port, socket_timeout=10) as client:
+        if client.wait(1, 10_000) < 1:
+            raise AssertionError("the replica did not catch up")
+
+
+def _whenCommandsLost(broker: RedisBroker) -> defer.Deferred[Any]:
+    """Fires once ``broker``'s command connection is lost."""
+    assert broker._cmd is not None
+    lost: defer.Deferred[Any] = broker._cmd.whenDisconnected()
+    return lost
+
+
+def _whenMapped(broker: ClusterBroker, node: tuple[str, int]) -> defer.Deferred[None]:
+    """Fires once ``broker`` has read a slot map in which ``node`` serves slots and the
+    command connection to ``node`` is ready."""
+    done: defer.Deferred[None] = defer.Deferred()
+    apply = broker._apply
+
+    def applied(slots: Any) -> None:
+        apply(slots)
+        if node in broker.nodes and not done.called:
+            del broker._apply  # type: ignore[method-assign]
+            _whenCommandsReady(broker.nodes[node]).chainDeferred(done)
+
+    broker._apply = applied  # type: ignore[method-assign]
+    return done
+
+
 class _TopologyContract(HistoryContract):
     """The contract on a Redis topology the class starts once (a topology takes
-    seconds to set up): every test starts from empty servers. What kills, narrows or
-    fills a server is tested per topology elsewhere (test_sentinel, test_sharding,
-    test_cluster)."""
+    seconds to set up): every test starts from empty servers. What narrows or fills a
+    server is tested per topology elsewhere (test_sentinel, test_sharding,
+    test_cluster); the outage of a part, with :class:`TopologyOutageContract`."""
 
     @classmethod
     def startTopology(cls) -> None:
@@ -899,9 +935,11 @@ class _TopologyContract(HistoryContract):
         return await d.addTimeout(TIMEOUT, reactor)
 
 
-class SentinelBrokerContractTests(_TopologyContract, unittest.TestCase):
+class SentinelBrokerContractTests(_TopologyContract, TopologyOutageContract,
+                                  unittest.TestCase):
     """The contract of the Redis broker on a Sentinel group (master, replica, three
-    Sentinels): the broker finds the master through the Sentinels."""
+    Sentinels): the broker finds the master through the Sentinels. The outage: the master
+    SIGKILLed, the replica promoted (the following tests run on it)."""
 
     group: Any
 
@@ -921,11 +959,34 @@ class SentinelBrokerContractTests(_TopologyContract, unittest.TestCase):
         return [cls.group.master]
 
     def newBroker(self) -> IBroker:
-        return RedisBroker(self.group.address(), ping_interval=0, timeout=2.0)
+        return RedisBroker(self.group.address(), ping_interval=0, timeout=2.0,
+                           retry_policy=_QUICK_RETRY)
 
     def innerBrokers(self, broker: IBroker) -> list[RedisBroker]:
         assert isinstance(broker, RedisBroker)
         return [broker]
+
+    async def takeDown(self, broker: IBroker) -> None:
+        assert isinstance(broker, RedisBroker)
+        _replicated(self.group.master)
+        lost = _whenCommandsLost(broker)
+        self.group.crash_master()
+        await self.settle(lost)
+
+    async def bringBack(self, broker: IBroker) -> None:
+        assert isinstance(broker, RedisBroker)
+        group = self.group
+        ready = _whenCommandsReady(broker)
+        await threads.deferToThread(group.wait_switch, group.replica)
+        group.master, group.replica = group.replica, group.master
+        await ready.addTimeout(FAILOVER_TIMEOUT, reactor)
+
+    @pytest.mark.system
+    async def test_anOutageInterruptsItsChannelsAndResubscribesThem(self):
+        """The master fails over to its replica: the broker is told disconnected, then
+        connected on the promoted replica with every channel subscribed again; the
+        histories are there (replicated before the crash)."""
+        await super().test_anOutageInterruptsItsChannelsAndResubscribesThem()
 
 
 class ShardedBrokerContractTests(_TopologyContract, TopologyOutageContract,
@@ -993,9 +1054,12 @@ class ShardedBrokerContractTests(_TopologyContract, TopologyOutageContract,
         self.assertTrue(down and set(down) < set(self.CHANNELS))
 
 
-class ClusterBrokerContractTests(_TopologyContract, unittest.TestCase):
+class ClusterBrokerContractTests(_TopologyContract, TopologyOutageContract,
+                                 unittest.TestCase):
     """The contract of the cluster broker on a three-primary Redis Cluster (sharded
-    pub/sub; the test channels land on all three primaries)."""
+    pub/sub; the test channels land on all three primaries), the first primary with a
+    replica. The outage: that primary SIGKILLed, its replica promoted (the following
+    tests run on it)."""
 
     cluster: Any
 
@@ -1003,7 +1067,7 @@ class ClusterBrokerContractTests(_TopologyContract, unittest.TestCase):
     def startTopology(cls) -> None:
         from test._cluster import Cluster
 
-        cls.cluster = Cluster()
+        cls.cluster = Cluster(replica=True)
         try:
             cls.cluster.start()
         except BaseException:
@@ -1028,6 +1092,40 @@ class ClusterBrokerContractTests(_TopologyContract, unittest.TestCase):
     def innerBrokers(self, broker: IBroker) -> list[RedisBroker]:
         assert isinstance(broker, ClusterBroker)
         return list(broker.nodes.values())
+
+    @staticmethod
+    def _node(server: EmbeddedRedis) -> tuple[str, int]:
+        return ("127.0.0.1", server.port)
+
+    def downChannels(self, broker: IBroker) -> list[str]:
+        assert isinstance(broker, ClusterBroker)
+        first = self._node(self.cluster.servers[0])
+        return [c for c in self.CHANNELS if broker.nodeFor(c) == first]
+
+    async def takeDown(self, broker: IBroker) -> None:
+        assert isinstance(broker, ClusterBroker)
+        self.assertIsNotNone(self.cluster.replica, "one failover per cluster")
+        first = self.cluster.servers[0]
+        _replicated(first)
+        lost = _whenCommandsLost(broker.nodes[self._node(first)])
+        first.stop(signal.SIGKILL)
+        await self.settle(lost)
+
+    async def bringBack(self, broker: IBroker) -> None:
+        assert isinstance(broker, ClusterBroker)
+        cluster = self.cluster
+        promoted = _whenMapped(broker, self._node(cluster.replica))
+        cluster.servers[0], cluster.replica = cluster.replica, None
+        await promoted.addTimeout(FAILOVER_TIMEOUT, reactor)
+
+    @pytest.mark.system
+    async def test_anOutageInterruptsItsChannelsAndResubscribesThem(self):
+        """The first primary fails over to its replica: only its channels are told
+        interrupted, then resumed once the promoted replica (a new primary) is connected
+        and they are subscribed there (the broker is never told that the whole of it came
+        back); the other primaries' channels deliver meanwhile; the histories are there
+        (replicated before the crash)."""
+        await super().test_anOutageInterruptsItsChannelsAndResubscribesThem()
 
     async def test_theChannelsOfTheContractUseEveryPrimary(self):
         """The contract's channels are spread over the three primaries."""
