@@ -880,6 +880,27 @@ def _whenMapped(broker: ClusterBroker, node: tuple[str, int]) -> defer.Deferred[
     return done
 
 
+def _whenSubscribed(broker: RedisBroker, name: str) -> defer.Deferred[None]:
+    """Fires once ``broker`` subscribed ``name`` (asked from now on)."""
+    done: defer.Deferred[None] = defer.Deferred()
+    subscribe = broker.subscribe
+
+    def subscribing(channel: str) -> defer.Deferred[None]:
+        d = subscribe(channel)
+        if channel == name:
+            def subscribed(result: None) -> None:
+                if not done.called:
+                    del broker.subscribe  # type: ignore[method-assign]
+                    done.callback(None)
+                return result
+
+            d.addCallback(subscribed)
+        return d
+
+    broker.subscribe = subscribing  # type: ignore[method-assign]
+    return done
+
+
 class _TopologyContract(HistoryContract):
     """The contract on a Redis topology the class starts once (a topology takes
     seconds to set up): every test starts from empty servers. What narrows or fills a
@@ -1126,6 +1147,30 @@ class ClusterBrokerContractTests(_TopologyContract, TopologyOutageContract,
         back); the other primaries' channels deliver meanwhile; the histories are there
         (replicated before the crash)."""
         await super().test_anOutageInterruptsItsChannelsAndResubscribesThem()
+
+    async def test_aSlotMigratedUnderASubscriberIsFollowed(self):
+        """The slot of a subscribed channel goes to another primary (the end of a
+        migration): the broker subscribes the channel there and it delivers again; no
+        outage is reported and the other channels go on."""
+        from ws4tx.sharding import key_slot
+
+        broker, listener = await self.start(shards=True)
+        assert isinstance(broker, ClusterBroker)
+        for channel in ("ch", "other"):
+            await self.subscribe(broker, listener, channel)
+        old = broker.nodeFor("ch")
+        new = next(n for n in broker.nodes if n not in (old, broker.nodeFor("other")))
+        server = {self._node(s): s for s in self.cluster.servers}
+        name = broker.clusterName("ch")
+        slot = key_slot(name)
+        subscribed = _whenSubscribed(broker.nodes[new], name)
+        await threads.deferToThread(self.cluster.move_slot, slot, server[new])
+        self.addCleanup(self.cluster.move_slot, slot, server[old])
+        await self.settle(subscribed)
+        self.assertEqual(broker.nodeFor("ch"), new)
+        self.assertEqual(await self.delivered(broker, listener, "ch", b"moved"), 1)
+        self.assertEqual(await self.delivered(broker, listener, "other", b"stayed"), 1)
+        self.assertEqual([e for e in listener.log if e[0] != "message"], ["connected"])
 
     async def test_theChannelsOfTheContractUseEveryPrimary(self):
         """The contract's channels are spread over the three primaries."""
