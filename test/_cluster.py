@@ -14,6 +14,9 @@ from ws4tx.server.embedded import EmbeddedRedis, free_port
 
 #: Bound on the cluster's setup (never reached when things work).
 SETUP_TIMEOUT = 30.0
+#: A replica's first sync starts at once (Redis waits 5 s by default for more
+#: replicas to share a diskless transfer).
+NO_SYNC_DELAY = ("--repl-diskless-sync-delay", "0")
 
 
 def _cluster_port() -> int:
@@ -44,7 +47,8 @@ class Cluster:
     def _server() -> EmbeddedRedis:
         return EmbeddedRedis(port=_cluster_port(),
                              extra_args=["--cluster-enabled", "yes",
-                                         "--cluster-node-timeout", "2000"])
+                                         "--cluster-node-timeout", "2000",
+                                         *NO_SYNC_DELAY])
 
     def start(self) -> None:
         cli = shutil.which("redis-cli") or shutil.which("valkey-cli")

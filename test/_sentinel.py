@@ -17,6 +17,8 @@ import redis
 from ws4tx.redis_address import RedisAddress
 from ws4tx.server.embedded import EmbeddedRedis
 
+from test._cluster import NO_SYNC_DELAY
+
 #: The name the Sentinels monitor the master under.
 MASTER_NAME = "ws4tx-main"
 #: Sentinel timing used by the tests (milliseconds).
@@ -36,6 +38,7 @@ class SentinelGroup:
         self.sentinel_password = sentinel_password
         self.quorum = quorum
         auth = ["--masterauth", password] if password else []
+        auth += NO_SYNC_DELAY  # either may be the master (after a failover)
         self.master = EmbeddedRedis(password=password, extra_args=auth)
         self.replica = EmbeddedRedis(password=password, extra_args=auth + [
             "--replicaof", "127.0.0.1", str(self.master.port)])

@@ -10,11 +10,14 @@ test waits for something that happens on a later reactor turn.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import signal
-from typing import Any
+import tempfile
+from typing import Any, Callable, Iterable
 
+import pytest
 import redis
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -33,6 +36,7 @@ from ws4tx.server.broker import (
     BrokerUnavailable,
     IBroker,
     IBrokerListener,
+    IShardListener,
     NotStored,
     SubscriptionRefused,
 )
@@ -91,6 +95,23 @@ class Listener:
         self.events.put("disconnected")
 
 
+@implementer(IShardListener)
+class ShardListener(Listener):
+    """A listener that is told of the outage of some channels only (as the router is):
+    records ("interrupted", channels) and ("resumed", channels), channels sorted."""
+
+    def channelsInterrupted(self, channels: Iterable[str]) -> None:
+        event = ("interrupted", tuple(sorted(channels)))
+        self.log.append(event)
+        self.events.put(event)
+
+    def channelsResumed(self, channels: Iterable[str],
+                        interrupted: Callable[[str], bool]) -> None:
+        event = ("resumed", tuple(sorted(channels)))
+        self.log.append(event)
+        self.events.put(event)
+
+
 class BrokerContract:
     """The contract tests; a TestCase mixes them with a broker's hooks (below)."""
 
@@ -137,8 +158,9 @@ class BrokerContract:
 
     # Helpers
 
-    async def start(self, *wanted: str) -> tuple[IBroker, Listener]:
-        listener = Listener(wanted)
+    async def start(self, *wanted: str, shards: bool = False) -> tuple[IBroker, Listener]:
+        """A broker and its listener (a :class:`ShardListener` with ``shards``)."""
+        listener = (ShardListener if shards else Listener)(wanted)
         broker = await self.makeBroker(listener)
         return broker, listener
 
@@ -533,7 +555,73 @@ class OutageContract(BrokerContract):
         self.assertNotEqual(new.epoch, old.epoch)
 
 
-class MemoryBrokerContractTests(HistoryContract, OutageContract, unittest.TestCase):
+class TopologyOutageContract(HistoryContract):
+    """One outage of a part of the topology (the whole of it for a single server): the
+    server killed and started again, a shard down then back, a Sentinel master or a
+    Cluster primary failing over to its replica. Each topology says what it takes down
+    and how it comes back (:meth:`takeDown`, :meth:`bringBack`) and which of
+    :attr:`CHANNELS` that interrupts (:meth:`downChannels`)."""
+
+    #: Channels subscribed across the outage (on every shard or primary).
+    CHANNELS = ("ch", "other", "a", "b", "h:a", "h:b")
+
+    def downChannels(self, broker: IBroker) -> list[str]:
+        """The channels of :attr:`CHANNELS` the outage interrupts (all by default)."""
+        return list(self.CHANNELS)
+
+    async def takeDown(self, broker: IBroker) -> None:
+        """Take down what serves :meth:`downChannels` (what was written there stays:
+        persisted, or replicated before a failover)."""
+        raise NotImplementedError
+
+    async def bringBack(self, broker: IBroker) -> None:
+        """Bring it back (or let the failover happen); return once ``broker`` was told
+        and its command connections are ready."""
+        raise NotImplementedError
+
+    async def test_anOutageInterruptsItsChannelsAndResubscribesThem(self):
+        """A part of the topology goes down and comes back: the listener is told that
+        its channels, and only they, were interrupted, then resumed (for a whole single
+        server: disconnected, then connected), never that the whole broker came back
+        when only a part went; the other channels deliver meanwhile; every channel is
+        subscribed again and delivers; histories, epochs and offsets are intact (the
+        next publish goes on from them)."""
+        broker, listener = await self.start(shards=True)
+        for channel in self.CHANNELS:
+            await self.subscribe(broker, listener, channel)
+        before = {}
+        for channel in self.CHANNELS:
+            for n in (1, 2):
+                before[channel] = await self.published(broker, channel, b"%d" % n)
+                self.assertEqual(strip_position((await self.message(listener))[1]),
+                                 (before[channel], b"%d" % n))
+        down = sorted(self.downChannels(broker))
+        up = sorted(set(self.CHANNELS) - set(down))
+        whole = not up
+        await self.takeDown(broker)
+        self.assertEqual(await self.event(listener),
+                         "disconnected" if whole else ("interrupted", tuple(down)))
+        for channel in up:
+            self.assertEqual(await self.delivered(broker, listener, channel, b"meanwhile"),
+                             1)
+        await self.bringBack(broker)
+        self.assertEqual(await self.event(listener),
+                         "connected" if whole else ("resumed", tuple(down)))
+        self.assertEqual((listener.log.count("connected"), listener.log.count("disconnected")),
+                         (2, 1) if whole else (1, 0))
+        self.assertTrue(broker.connected)
+        for channel in self.CHANNELS:
+            self.assertEqual(await self.delivered(broker, listener, channel, b"after"), 1)
+        for channel in self.CHANNELS:
+            history = await self.read(broker, channel)
+            self.assertEqual((history.epoch, [p.payload for p in history.publications]),
+                             (before[channel].epoch, [b"1", b"2"]), channel)
+            self.assertEqual(await self.published(broker, channel, b"3"),
+                             Position(3, before[channel].epoch))
+        self.assertEqual(listener.events.pending, [])
+
+
+class MemoryBrokerContractTests(TopologyOutageContract, OutageContract, unittest.TestCase):
     """The contract of the in-memory double, on a Clock the test drives."""
 
     def setUp(self) -> None:
@@ -561,6 +649,12 @@ class MemoryBrokerContractTests(HistoryContract, OutageContract, unittest.TestCa
 
     async def passTime(self, watch: Any, seconds: int) -> None:
         self.clock.advance(seconds)
+
+    async def takeDown(self, broker: MemoryBroker) -> None:  # type: ignore[override]
+        broker.disconnect()
+
+    async def bringBack(self, broker: MemoryBroker) -> None:  # type: ignore[override]
+        broker.reconnect()
 
     async def refuseDenied(self, broker: MemoryBroker) -> None:  # type: ignore[override]
         broker.refuse("denied:*")
@@ -594,16 +688,18 @@ class MemoryBrokerContractTests(HistoryContract, OutageContract, unittest.TestCa
         self.assertNotIn(("message", "ch", b"in flight"), listener.log)
 
 
-class RedisBrokerContractTests(HistoryContract, OutageContract, unittest.TestCase):
+class RedisBrokerContractTests(TopologyOutageContract, OutageContract, unittest.TestCase):
     """The contract of the Redis broker, on a real Redis this test starts. The brokers
     connect as an ACL user (``contract``) so that its channels can be narrowed; an outage
-    is the server killed (SIGKILL) and started again on the same port."""
+    is the server killed (SIGKILL) and started again on the same port, or shut down
+    saving its data (``takeDown``) and started again on it."""
 
     USER = "contract"
 
     def setUp(self) -> None:
-        self.server = EmbeddedRedis()
+        self.server = _persistent()
         self._startServer()
+        self.addCleanup(_removeDir, self.server)
         self.addCleanup(self.server.stop)
         self.redis = redis.Redis.from_url(self.server.url, socket_timeout=5)
         self.addCleanup(self.redis.close)
@@ -665,6 +761,15 @@ class RedisBrokerContractTests(HistoryContract, OutageContract, unittest.TestCas
             self.assertIsInstance(event, tuple)  # a refusal, before connected
         await self.settle(commands)
 
+    async def takeDown(self, broker: RedisBroker) -> None:  # type: ignore[override]
+        await _saveAndKill(self.server, [broker])
+        self.redis.connection_pool.disconnect()
+
+    async def bringBack(self, broker: RedisBroker) -> None:  # type: ignore[override]
+        commands = broker.test_commands.get()  # type: ignore[attr-defined]
+        self._startServer()
+        await self.settle(commands)
+
     async def watchExpiry(self, broker: RedisBroker, key: str) -> Any:  # type: ignore[override]
         """Redis tells of expired keys on __keyevent@0__:expired (keyspace
         notifications): wait for that rather than for time."""
@@ -693,6 +798,37 @@ class RedisBrokerContractTests(HistoryContract, OutageContract, unittest.TestCas
         self.redis.config_set("maxmemory", 1)
 
 
+def _QUICK_RETRY(attempt: int) -> float:
+    """Reconnect soon after a server is back (the default backs off to seconds)."""
+    return 0.05
+
+
+def _persistent(**kwargs: Any) -> EmbeddedRedis:
+    """A server whose data directory outlives it: started again, it loads what it
+    saved (:func:`_saveAndKill`)."""
+    directory = tempfile.mkdtemp(prefix="ws4tx-contract-")
+    server = EmbeddedRedis(extra_args=[*kwargs.pop("extra_args", ()), "--dir", directory],
+                           **kwargs)
+    server.test_dir = directory  # type: ignore[attr-defined]
+    return server
+
+
+def _removeDir(server: EmbeddedRedis) -> None:
+    shutil.rmtree(server.test_dir, ignore_errors=True)  # type: ignore[attr-defined]
+
+
+async def _saveAndKill(server: EmbeddedRedis, brokers: list[RedisBroker]) -> None:
+    """Kill the server (SIGKILL) once it saved its data; return once ``brokers`` lost
+    their command connections (their subscribers' losses are their listeners' to
+    tell)."""
+    lost = [_whenCommandsLost(b) for b in brokers if b._cmd is not None]
+    with redis.Redis(port=server.port, socket_timeout=5) as client:
+        client.save()
+    server.stop(signal.SIGKILL)
+    for d in lost:
+        await d.addTimeout(TIMEOUT, reactor)
+
+
 def _whenCommandsReady(broker: RedisBroker) -> defer.Deferred[None]:
     """Fires once ``broker``'s command connection is ready (at once when it is)."""
     if broker._cmd is not None:
@@ -709,11 +845,67 @@ def _whenCommandsReady(broker: RedisBroker) -> defer.Deferred[None]:
     return done
 
 
+#: Bound on a failover (Sentinel's down-after or the cluster's node timeout, the
+#: promotion, the broker finding the new master): never reached when things work.
+FAILOVER_TIMEOUT = 30.0
+
+
+def _replicated(master: EmbeddedRedis) -> None:
+    """Return once the replica of ``master`` has every write made so far."""
+    with redis.Redis(port=master.port, socket_timeout=10) as client:
+        if client.wait(1, 10_000) < 1:
+            raise AssertionError("the replica did not catch up")
+
+
+def _whenCommandsLost(broker: RedisBroker) -> defer.Deferred[Any]:
+    """Fires once ``broker``'s command connection is lost."""
+    assert broker._cmd is not None
+    lost: defer.Deferred[Any] = broker._cmd.whenDisconnected()
+    return lost
+
+
+def _whenMapped(broker: ClusterBroker, node: tuple[str, int]) -> defer.Deferred[None]:
+    """Fires once ``broker`` has read a slot map in which ``node`` serves slots and the
+    command connection to ``node`` is ready."""
+    done: defer.Deferred[None] = defer.Deferred()
+    apply = broker._apply
+
+    def applied(slots: Any) -> None:
+        apply(slots)
+        if node in broker.nodes and not done.called:
+            del broker._apply  # type: ignore[method-assign]
+            _whenCommandsReady(broker.nodes[node]).chainDeferred(done)
+
+    broker._apply = applied  # type: ignore[method-assign]
+    return done
+
+
+def _whenSubscribed(broker: RedisBroker, name: str) -> defer.Deferred[None]:
+    """Fires once ``broker`` subscribed ``name`` (asked from now on)."""
+    done: defer.Deferred[None] = defer.Deferred()
+    subscribe = broker.subscribe
+
+    def subscribing(channel: str) -> defer.Deferred[None]:
+        d = subscribe(channel)
+        if channel == name:
+            def subscribed(result: None) -> None:
+                if not done.called:
+                    del broker.subscribe  # type: ignore[method-assign]
+                    done.callback(None)
+                return result
+
+            d.addCallback(subscribed)
+        return d
+
+    broker.subscribe = subscribing  # type: ignore[method-assign]
+    return done
+
+
 class _TopologyContract(HistoryContract):
     """The contract on a Redis topology the class starts once (a topology takes
-    seconds to set up): every test starts from empty servers. What kills, narrows or
-    fills a server is tested per topology elsewhere (test_sentinel, test_sharding,
-    test_cluster)."""
+    seconds to set up): every test starts from empty servers. What narrows or fills a
+    server is tested per topology elsewhere (test_sentinel, test_sharding,
+    test_cluster); the outage of a part, with :class:`TopologyOutageContract`."""
 
     @classmethod
     def startTopology(cls) -> None:
@@ -764,9 +956,11 @@ class _TopologyContract(HistoryContract):
         return await d.addTimeout(TIMEOUT, reactor)
 
 
-class SentinelBrokerContractTests(_TopologyContract, unittest.TestCase):
+class SentinelBrokerContractTests(_TopologyContract, TopologyOutageContract,
+                                  unittest.TestCase):
     """The contract of the Redis broker on a Sentinel group (master, replica, three
-    Sentinels): the broker finds the master through the Sentinels."""
+    Sentinels): the broker finds the master through the Sentinels. The outage: the master
+    SIGKILLed, the replica promoted (the following tests run on it)."""
 
     group: Any
 
@@ -786,24 +980,50 @@ class SentinelBrokerContractTests(_TopologyContract, unittest.TestCase):
         return [cls.group.master]
 
     def newBroker(self) -> IBroker:
-        return RedisBroker(self.group.address(), ping_interval=0, timeout=2.0)
+        return RedisBroker(self.group.address(), ping_interval=0, timeout=2.0,
+                           retry_policy=_QUICK_RETRY)
 
     def innerBrokers(self, broker: IBroker) -> list[RedisBroker]:
         assert isinstance(broker, RedisBroker)
         return [broker]
 
+    async def takeDown(self, broker: IBroker) -> None:
+        assert isinstance(broker, RedisBroker)
+        _replicated(self.group.master)
+        lost = _whenCommandsLost(broker)
+        self.group.crash_master()
+        await self.settle(lost)
 
-class ShardedBrokerContractTests(_TopologyContract, unittest.TestCase):
+    async def bringBack(self, broker: IBroker) -> None:
+        assert isinstance(broker, RedisBroker)
+        group = self.group
+        ready = _whenCommandsReady(broker)
+        await threads.deferToThread(group.wait_switch, group.replica)
+        group.master, group.replica = group.replica, group.master
+        await ready.addTimeout(FAILOVER_TIMEOUT, reactor)
+
+    @pytest.mark.system
+    async def test_anOutageInterruptsItsChannelsAndResubscribesThem(self):
+        """The master fails over to its replica: the broker is told disconnected, then
+        connected on the promoted replica with every channel subscribed again; the
+        histories are there (replicated before the crash)."""
+        await super().test_anOutageInterruptsItsChannelsAndResubscribesThem()
+
+
+class ShardedBrokerContractTests(_TopologyContract, TopologyOutageContract,
+                                 unittest.TestCase):
     """The contract of the sharded broker over three Redis servers (the test channels
-    land on all three)."""
+    land on all three); the outage: the second server shut down (its data saved), then
+    started again."""
 
     shards: list[EmbeddedRedis]
+    DOWN = 1
 
     @classmethod
     def startTopology(cls) -> None:
         cls.shards = []
         for _ in range(3):
-            server = EmbeddedRedis()
+            server = _persistent()
             server.start()
             cls.shards.append(server)
 
@@ -811,13 +1031,33 @@ class ShardedBrokerContractTests(_TopologyContract, unittest.TestCase):
     def stopTopology(cls) -> None:
         for server in cls.shards:
             server.stop()
+            _removeDir(server)
+
+    def downChannels(self, broker: IBroker) -> list[str]:
+        assert isinstance(broker, ShardedBroker)
+        return [c for c in self.CHANNELS if broker.shardOf(c) == self.DOWN]
+
+    async def takeDown(self, broker: IBroker) -> None:
+        assert isinstance(broker, ShardedBroker)
+        inner = broker.shards[self.DOWN]
+        assert isinstance(inner, RedisBroker)
+        await _saveAndKill(self.shards[self.DOWN], [inner])
+
+    async def bringBack(self, broker: IBroker) -> None:
+        assert isinstance(broker, ShardedBroker)
+        inner = broker.shards[self.DOWN]
+        assert isinstance(inner, RedisBroker)
+        ready = _whenCommandsReady(inner)
+        self.shards[self.DOWN].start()
+        await self.settle(ready)
 
     @classmethod
     def servers(cls) -> list[EmbeddedRedis]:
         return cls.shards
 
     def newBroker(self) -> IBroker:
-        return ShardedBroker([RedisBroker(s.address, ping_interval=0, timeout=2.0)
+        return ShardedBroker([RedisBroker(s.address, ping_interval=0, timeout=2.0,
+                                          retry_policy=_QUICK_RETRY)
                               for s in self.shards], None)
 
     def innerBrokers(self, broker: IBroker) -> list[RedisBroker]:
@@ -831,11 +1071,16 @@ class ShardedBrokerContractTests(_TopologyContract, unittest.TestCase):
         assert isinstance(broker, ShardedBroker)
         used = {broker.shardOf(c) for c in ("ch", "other", "a", "b", "kept", "h:a", "h:b")}
         self.assertEqual(used, {0, 1, 2})
+        down = self.downChannels(broker)
+        self.assertTrue(down and set(down) < set(self.CHANNELS))
 
 
-class ClusterBrokerContractTests(_TopologyContract, unittest.TestCase):
+class ClusterBrokerContractTests(_TopologyContract, TopologyOutageContract,
+                                 unittest.TestCase):
     """The contract of the cluster broker on a three-primary Redis Cluster (sharded
-    pub/sub; the test channels land on all three primaries)."""
+    pub/sub; the test channels land on all three primaries), the first primary with a
+    replica. The outage: that primary SIGKILLed, its replica promoted (the following
+    tests run on it)."""
 
     cluster: Any
 
@@ -843,7 +1088,7 @@ class ClusterBrokerContractTests(_TopologyContract, unittest.TestCase):
     def startTopology(cls) -> None:
         from test._cluster import Cluster
 
-        cls.cluster = Cluster()
+        cls.cluster = Cluster(replica=True)
         try:
             cls.cluster.start()
         except BaseException:
@@ -868,6 +1113,64 @@ class ClusterBrokerContractTests(_TopologyContract, unittest.TestCase):
     def innerBrokers(self, broker: IBroker) -> list[RedisBroker]:
         assert isinstance(broker, ClusterBroker)
         return list(broker.nodes.values())
+
+    @staticmethod
+    def _node(server: EmbeddedRedis) -> tuple[str, int]:
+        return ("127.0.0.1", server.port)
+
+    def downChannels(self, broker: IBroker) -> list[str]:
+        assert isinstance(broker, ClusterBroker)
+        first = self._node(self.cluster.servers[0])
+        return [c for c in self.CHANNELS if broker.nodeFor(c) == first]
+
+    async def takeDown(self, broker: IBroker) -> None:
+        assert isinstance(broker, ClusterBroker)
+        self.assertIsNotNone(self.cluster.replica, "one failover per cluster")
+        first = self.cluster.servers[0]
+        _replicated(first)
+        lost = _whenCommandsLost(broker.nodes[self._node(first)])
+        first.stop(signal.SIGKILL)
+        await self.settle(lost)
+
+    async def bringBack(self, broker: IBroker) -> None:
+        assert isinstance(broker, ClusterBroker)
+        cluster = self.cluster
+        promoted = _whenMapped(broker, self._node(cluster.replica))
+        cluster.servers[0], cluster.replica = cluster.replica, None
+        await promoted.addTimeout(FAILOVER_TIMEOUT, reactor)
+
+    @pytest.mark.system
+    async def test_anOutageInterruptsItsChannelsAndResubscribesThem(self):
+        """The first primary fails over to its replica: only its channels are told
+        interrupted, then resumed once the promoted replica (a new primary) is connected
+        and they are subscribed there (the broker is never told that the whole of it came
+        back); the other primaries' channels deliver meanwhile; the histories are there
+        (replicated before the crash)."""
+        await super().test_anOutageInterruptsItsChannelsAndResubscribesThem()
+
+    async def test_aSlotMigratedUnderASubscriberIsFollowed(self):
+        """The slot of a subscribed channel goes to another primary (the end of a
+        migration): the broker subscribes the channel there and it delivers again; no
+        outage is reported and the other channels go on."""
+        from ws4tx.sharding import key_slot
+
+        broker, listener = await self.start(shards=True)
+        assert isinstance(broker, ClusterBroker)
+        for channel in ("ch", "other"):
+            await self.subscribe(broker, listener, channel)
+        old = broker.nodeFor("ch")
+        new = next(n for n in broker.nodes if n not in (old, broker.nodeFor("other")))
+        server = {self._node(s): s for s in self.cluster.servers}
+        name = broker.clusterName("ch")
+        slot = key_slot(name)
+        subscribed = _whenSubscribed(broker.nodes[new], name)
+        await threads.deferToThread(self.cluster.move_slot, slot, server[new])
+        self.addCleanup(self.cluster.move_slot, slot, server[old])
+        await self.settle(subscribed)
+        self.assertEqual(broker.nodeFor("ch"), new)
+        self.assertEqual(await self.delivered(broker, listener, "ch", b"moved"), 1)
+        self.assertEqual(await self.delivered(broker, listener, "other", b"stayed"), 1)
+        self.assertEqual([e for e in listener.log if e[0] != "message"], ["connected"])
 
     async def test_theChannelsOfTheContractUseEveryPrimary(self):
         """The contract's channels are spread over the three primaries."""

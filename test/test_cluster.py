@@ -24,6 +24,7 @@ from ws4tx.server.cluster import ClusterBroker, ShardSubscriberProtocol, SlotMap
 from ws4tx.sharding import key_slot
 
 from test._cluster import Cluster
+from test._control_contract import ControlAcrossNodesContract
 from test._wsclient import TIMEOUT, WSClient, connect
 
 
@@ -389,7 +390,7 @@ def _whenAllResumed(node: SimpleNamespace) -> defer.Deferred[None]:
 
 
 @pytest.mark.system
-class ClusterServerTests(_ClusterNodesCase):
+class ClusterServerTests(ControlAcrossNodesContract, _ClusterNodesCase):
     """On a three-primary cluster (``redis+cluster://``)."""
 
     async def test_everyAudienceOnEveryPrimary(self):
@@ -614,34 +615,6 @@ class ClusterServerTests(_ClusterNodesCase):
         await threads.deferToThread(api.publish, "chat", "still here", users=["hank"],
                                     expire=0)
         self.assertEqual(await hank.text(), "still here")
-
-    async def test_infoChannelsAndDisconnectAcrossTwoNodes(self):
-        """The node registry, the control channel and the reply channels share one slot:
-        both nodes register; ``api.info()`` and ``api.channels()`` from Django (SSUBSCRIBE
-        and SPUBLISH there) and their ServerAPI twins from a node gather both nodes'
-        answers, and ``api.disconnect()`` reaches both."""
-        from ws4tx import api, closecodes
-
-        for node in self.nodes:
-            if not node.factory.node._announced:
-                await node.factory.node.whenRegistered().addTimeout(TIMEOUT, reactor)
-        ids = sorted(node.factory.node.id for node in self.nodes)
-        ivy = [await self.on(node, "/ws/chat?subscribe-user", "ivy;;si")
-               for node in self.nodes]
-        await self.on(self.nodes[1], "/ws/chat?subscribe-broadcast", "jo;;sj")
-        server = self.nodes[0].service.server
-        for result in [await threads.deferToThread(api.info), await server.info()]:
-            self.assertEqual(result["missing"], [])
-            self.assertEqual(sorted(n["id"] for n in result["nodes"]), ids)
-            self.assertEqual(sorted(n["clients"] for n in result["nodes"]), [1, 2])
-        expected = {"ws4tx:user:ivy:chat": 2, "ws4tx:broadcast:chat": 1}
-        for result in [await threads.deferToThread(api.channels, "ws4tx:*:chat"),
-                       await server.channels("ws4tx:*:chat")]:
-            self.assertEqual(result, {"channels": expected, "nodes": ids, "missing": []})
-        self.assertEqual(await threads.deferToThread(api.disconnect, users=["ivy"]), 2)
-        for client in ivy:
-            code, _ = await client.closed.addTimeout(TIMEOUT, reactor)
-            self.assertEqual(code, closecodes.CLOSED_BY_SITE)
 
     async def test_anUnreachableClusterIsAPublishError(self):
         """Django's calls on a cluster that cannot be reached raise the documented

@@ -22,6 +22,7 @@ from django.contrib.auth.models import User  # noqa: E402
 from ws4tx import _sync_redis, api, closecodes, control, envelope, naming, tokens  # noqa: E402
 from ws4tx.testing import StaticAuthenticator  # noqa: E402
 
+from test._control_contract import ControlAcrossNodesContract  # noqa: E402
 from test._server import (  # noqa: E402
     ServerTestCase,
     identity_from_header,
@@ -160,6 +161,11 @@ class TwoNodesTestCase(ServerTestCase):
         for client in clients:
             self.assertEqual(await client.text(), "sentinel")
             self.assertFalse(client.closed.called)
+
+
+class ControlAcrossTwoNodesTests(ControlAcrossNodesContract, TwoNodesTestCase):
+    """The queries and commands across two nodes as on every topology (test_sentinel,
+    test_sharding, test_cluster), here on one Redis."""
 
 
 class DisconnectAcrossNodesTests(TwoNodesTestCase):

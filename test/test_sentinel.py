@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from types import SimpleNamespace
 
 import pytest
 from twisted.internet import defer, reactor, task, threads
@@ -14,9 +15,10 @@ from ws4tx import _sync_redis, envelope
 from ws4tx.redis_address import RedisAddress
 from ws4tx.server.sentinel import SentinelEndpoint, SentinelError
 
+from test._control_contract import ControlAcrossNodesContract
 from test._django import setup_django
 from test._sentinel import DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS, SentinelGroup
-from test._server import ServerTestCase, identity_header
+from test._server import ServerTestCase, identity_header, start_node
 
 #: Whole processes, browsers or storms: run in one tox env (see tox.ini).
 pytestmark = pytest.mark.system
@@ -143,6 +145,16 @@ async def _nextEvent(client) -> str:
         frame = await client.text()
         if frame.startswith('{"ws4tx"'):
             return json.loads(frame)["event"]
+
+
+class SentinelTwoNodesTests(ControlAcrossNodesContract, _SentinelServerCase):
+    """Two nodes on one Sentinel group, the Django side on it too."""
+
+    async def _setUp(self) -> None:
+        await super()._setUp()
+        first = SimpleNamespace(service=self.service, factory=self.factory, port=self.port)
+        self.nodes = [first, await start_node(self, self.config.replace(
+            redis=self.group.address()))]
 
 
 class SentinelPasswordTests(_SentinelServerCase):

@@ -28,6 +28,7 @@ from ws4tx.server.embedded import EmbeddedRedis, free_port
 from ws4tx.server.metrics import NodeCollector
 from ws4tx.server.sharded_broker import ShardedBroker
 
+from test._control_contract import ControlAcrossNodesContract
 from test._django import setup_django
 from test._server import ServerTestCase, start_node
 from test._wsclient import TIMEOUT, WSClient, connect
@@ -269,7 +270,7 @@ class _ShardedNodesCase(ServerTestCase):
         return found
 
 
-class ShardedServerTests(_ShardedNodesCase):
+class ShardedServerTests(ControlAcrossNodesContract, _ShardedNodesCase):
     """Every audience, stored messages, presence and outages over three servers."""
 
     async def test_everyAudienceDeliversToExactlyItsRecipients(self):

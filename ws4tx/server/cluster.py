@@ -476,6 +476,8 @@ class ClusterBroker:
         if old == slots:
             return
         wanted = list(self._listener.wantedChannels()) if self._listener else []
+        # the primaries lost and not back: a failover gives their slots to a replica
+        lost = set(self._lost)
         for node in slots.nodes():
             if node not in self.nodes:
                 tag = next(f"p{i}" for i in range(100_000)
@@ -490,13 +492,44 @@ class ClusterBroker:
             self._up.pop(node, None)
             self._lost.discard(node)
         if old is not None:
-            for channel in map(self.clusterName, wanted):
-                before, after = old.node_for(channel), slots.node_for(channel)
-                if before != after and after in self.nodes:
-                    if before in self.nodes:
-                        self.nodes[before].unsubscribe(channel).addErrback(lambda _: None)
-                    self.nodes[after].subscribe(channel).addErrback(
-                        self._subscribeFailed, channel)
+            self._follow(old, slots, wanted, lost)
+
+    def _follow(self, old: SlotMap, slots: SlotMap, wanted: list[str],
+                lost: set[Node]) -> None:
+        """Subscribe the ``wanted`` channels whose slot moved on their new primary. A
+        channel moved to a primary not connected yet (a replica promoted by a failover, a
+        new primary) is interrupted until that primary connects, which then counts as a
+        return (:meth:`_nodeConnected`: its channels only are resumed); one moved from a
+        ``lost`` primary to a connected one is resumed once subscribed there."""
+        interrupted: list[str] = []
+        resumed: list[defer.Deferred[Any]] = []
+        resuming: list[str] = []
+        for channel in wanted:
+            name = self.clusterName(channel)
+            before, after = old.node_for(name), slots.node_for(name)
+            if before == after or after not in self.nodes:
+                continue
+            if before in self.nodes:
+                self.nodes[before].unsubscribe(name).addErrback(lambda _: None)
+            d = self.nodes[after].subscribe(name).addErrback(self._subscribeFailed, name)
+            if not self._up.get(after, False):
+                self._lost.add(after)
+                if before not in lost:
+                    interrupted.append(channel)
+            elif before in lost:
+                resumed.append(d)
+                resuming.append(channel)
+        listener = self._listener
+        if listener is None:
+            return
+        if interrupted:
+            if IShardListener.providedBy(listener):
+                listener.channelsInterrupted(interrupted)
+            else:
+                listener.brokerDisconnected()
+        if resuming and IShardListener.providedBy(listener):
+            defer.DeferredList(resumed).addCallback(
+                lambda _: listener.channelsResumed(resuming, self.isInterrupted))
 
     def _channelMoved(self, channel: str) -> None:
         """A node unsubscribed ``channel`` by itself or answered MOVED: its slot went
