@@ -32,11 +32,12 @@ def verdict(config: ServerConfig, authenticator: IAuthenticator,
     uri = request.uri.decode("latin-1")
     headers = {name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
                for name, values in request.requestHeaders.getAllRawHeaders()}
+    peer = peer2str(request.transport) if request.transport is not None else ""
+    parts = urlsplit(uri)
     try:
         handshake = admission.check_request(
-            config, peer=peer2str(request.transport) if request.transport else "", host=headers.get("host", ""),
-            path=urlsplit(uri).path, query=urlsplit(uri).query, headers=headers,
-            secure=request.isSecure())
+            config, peer=peer, host=headers.get("host", ""), path=parts.path,
+            query=parts.query, headers=headers, secure=request.isSecure())
         try:
             parse_recover(handshake.params.get("recover", []))
         except ValueError as e:
