@@ -61,6 +61,11 @@ export interface ConnectionOptions {
   /** The WebSocket constructor to use instead of the global one (Node without a global
    *  WebSocket: the `ws` package) [the global `WebSocket`]. */
   WebSocket?: WebSocketConstructor;
+  /** The fetch function to use instead of the global one: after 2, 4, 8, ... sockets in a
+   *  row closed before they opened, the URL is fetched without Upgrade to learn whether
+   *  the server refuses its handshake ('refused') [the global `fetch`]. */
+  fetch?: (url: string, init: {credentials: 'include'; cache: 'no-store'}) =>
+    PromiseLike<{status: number; statusText: string; text(): PromiseLike<string>}>;
 }
 
 /** The options of the event client (defaults in brackets). */
@@ -77,6 +82,10 @@ export interface WS4TXOptions extends ConnectionOptions {
    *  one ('ws4tx.refresh'): the connection then stays open past the old token's expiry
    *  ('refreshed'); without it the server closes with 4002 at the expiry [null]. */
   token?: (() => string | PromiseLike<string>) | null;
+  /** The server's MAX_QUERY_LENGTH (414 past it): recovery positions that would make the
+   *  URL's query longer are left out, and their channels reported not recovered
+   *  ('query-too-long'); 0: no cap [2048]. */
+  maxQueryLength?: number;
 }
 
 /** 'connecting': a socket is being opened (attempt 0 first, then the reconnect's). */
@@ -88,14 +97,22 @@ export interface DisconnectedInfo {
   code: number;
   reason: string;
   wasClean: boolean;
-  /** Whether a reconnect follows (false after close(), 1008, 4401, 4403). */
+  /** Whether a reconnect follows (false after close(), 1008, 4401, 4403; a refusal found
+   *  later stops it all the same: 'refused'). */
   reconnect: boolean;
 }
 /** 'reconnecting': the next attempt (1, 2, ...) in `delay` ms. */
 export interface ReconnectingInfo { attempt: number; delay: number }
 
-/** Why a channel's missed messages could not be delivered. */
-export type RecoveryReason = 'trimmed' | 'epoch' | 'position' | 'gap' | 'unavailable';
+/** Why a channel's missed messages could not be delivered: the server's reasons, and
+ *  the client's own for a position that did not go to the server ('query-too-long': it
+ *  did not fit in the URL; 'refused': the URL with positions was refused). */
+export type RecoveryReason = 'trimmed' | 'epoch' | 'position' | 'gap' | 'unavailable'
+  | 'query-too-long' | 'refused';
+
+/** 'refused': the server refuses the handshake of the client's URL (an HTTP status such as
+ *  400, 403, 404 or 414, and its reason); the client stopped (state 'closed'). */
+export interface RefusedInfo { status: number; reason: string }
 
 /** A channel's result in 'recovered'. */
 export type ChannelRecovery =
@@ -133,6 +150,7 @@ export interface WS4TXEventMap {
   disconnected: DisconnectedInfo;
   reconnecting: ReconnectingInfo;
   recovered: RecoveredInfo;
+  refused: RefusedInfo;
   /** The server took the fresh token of the `token` function: open until `expires`
    *  (Unix seconds). */
   refreshed: { expires: number };
@@ -202,9 +220,12 @@ export declare class WS4TX<Events extends object = Record<string, any>> {
   static readonly FINAL_CODES: number[];
   /** The code the client closes a socket with when its heartbeats go unanswered: 4000. */
   static readonly HEARTBEAT_TIMEOUT: 4000;
+  /** The server's default query cap, maxQueryLength's default: 2048. */
+  static readonly MAX_QUERY_LENGTH: 2048;
   static readonly AckError: typeof AckError;
 
-  /** 'connecting' | 'connected' | 'reconnecting' | 'closed' (after close(), or a final code). */
+  /** 'connecting' | 'connected' | 'reconnecting' | 'closed' (after close(), a final code,
+   *  or 'refused'). */
   readonly state: 'connecting' | 'connected' | 'reconnecting' | 'closed';
   /** The current socket's readyState (3, CLOSED, without one). */
   readonly readyState: number;
