@@ -61,6 +61,11 @@ export interface ConnectionOptions {
   /** The WebSocket constructor to use instead of the global one (Node without a global
    *  WebSocket: the `ws` package) [the global `WebSocket`]. */
   WebSocket?: WebSocketConstructor;
+  /** The fetch function to use instead of the global one: after 2, 4, 8, ... sockets in a
+   *  row closed before they opened, the URL is fetched without Upgrade to learn whether
+   *  the server refuses its handshake ('refused') [the global `fetch`]. */
+  fetch?: (url: string, init: {credentials: 'include'; cache: 'no-store'}) =>
+    PromiseLike<{status: number; statusText: string; text(): PromiseLike<string>}>;
 }
 
 /** The options of the event client (defaults in brackets). */
@@ -77,6 +82,10 @@ export interface WS4TXOptions extends ConnectionOptions {
    *  one ('ws4tx.refresh'): the connection then stays open past the old token's expiry
    *  ('refreshed'); without it the server closes with 4002 at the expiry [null]. */
   token?: (() => string | PromiseLike<string>) | null;
+  /** The server's MAX_QUERY_LENGTH (414 past it): recovery positions that would make the
+   *  URL's query longer are left out, and their channels reported not recovered
+   *  ('query-too-long'); 0: no cap [2048]. */
+  maxQueryLength?: number;
 }
 
 /** 'connecting': a socket is being opened (attempt 0 first, then the reconnect's). */
@@ -88,14 +97,22 @@ export interface DisconnectedInfo {
   code: number;
   reason: string;
   wasClean: boolean;
-  /** Whether a reconnect follows (false after close(), 1008, 4401, 4403). */
+  /** Whether a reconnect follows (false after close(), 1008, 4401, 4403; a refusal found
+   *  later stops it all the same: 'refused'). */
   reconnect: boolean;
 }
 /** 'reconnecting': the next attempt (1, 2, ...) in `delay` ms. */
 export interface ReconnectingInfo { attempt: number; delay: number }
 
-/** Why a channel's missed messages could not be delivered. */
-export type RecoveryReason = 'trimmed' | 'epoch' | 'position' | 'gap' | 'unavailable';
+/** Why a channel's missed messages could not be delivered: the server's reasons, and
+ *  the client's own for a position that did not go to the server ('query-too-long': it
+ *  did not fit in the URL; 'refused': the URL with positions was refused). */
+export type RecoveryReason = 'trimmed' | 'epoch' | 'position' | 'gap' | 'unavailable'
+  | 'query-too-long' | 'refused';
+
+/** 'refused': the server refuses the handshake of the client's URL (an HTTP status such as
+ *  400, 403, 404 or 414, and its reason); the client stopped (state 'closed'). */
+export interface RefusedInfo { status: number; reason: string }
 
 /** A channel's result in 'recovered'. */
 export type ChannelRecovery =
@@ -133,6 +150,7 @@ export interface WS4TXEventMap {
   disconnected: DisconnectedInfo;
   reconnecting: ReconnectingInfo;
   recovered: RecoveredInfo;
+  refused: RefusedInfo;
   /** The server took the fresh token of the `token` function: open until `expires`
    *  (Unix seconds). */
   refreshed: { expires: number };
@@ -162,13 +180,28 @@ export interface WS4TXEventMap {
  *  is reported (reportError, or console.error) without stopping the client. */
 export type Handler<T, C = WS4TX<any>> = (this: C, data: T) => void;
 
-/** The data of event `K`: the client's own events' (WS4TXEventMap), the application's
- *  (`Events`; an application event named 'message' shares the handlers of raw frames), or
- *  `any` for an event of neither. */
+/** The application's events, by name: the data each carries, both ways (what the server
+ *  sends, what the client emits or requests). The default, `Record<string, any>`, lets
+ *  any name carry anything (an untyped client). */
+export type EventMap = object;
+
+/** The names of the application's events: its map's keys (any string for the default). */
+export type AppEventName<Events> = keyof Events & string;
+
+/** The names a client of `Events` may listen to: the application's events and the
+ *  client's own (WS4TXEventMap). A misspelled name is a type error (unless `Events` is
+ *  the permissive default). */
+export type EventName<Events> = AppEventName<Events> | keyof WS4TXEventMap;
+
+/** The data of event `K`: the application's declared 'message' event (a declared
+ *  'message' says the facility carries that event: raw frames share its handlers), the
+ *  client's own events' (WS4TXEventMap), or the application's. */
 export type EventData<Events, K extends string> =
-  K extends keyof WS4TXEventMap
-    ? (K extends keyof Events ? Events[K] | WS4TXEventMap[K] : WS4TXEventMap[K])
-    : (K extends keyof Events ? Events[K] : any);
+  K extends 'message'
+    ? (K extends keyof Events ? Events[K] : RawData)
+    : K extends keyof WS4TXEventMap
+      ? WS4TXEventMap[K]
+      : (K extends keyof Events ? Events[K] : never);
 
 /** The callback of an emit() with an acknowledgement: `(null, reply)` or `(error)`. */
 export type AckCallback<R = any> = (error: AckError | null, reply?: R) => void;
@@ -191,10 +224,12 @@ export declare class AckError extends Error {
  * It connects on the next microtask, so that handlers added right after construction see
  * 'connecting'.
  *
- * `Events` types the data of the application's own events, by name:
- * `new WS4TX<{chat: {text: string}}>(url)`.
+ * `Events` types the application's own events, by name, both ways:
+ * `new WS4TX<{chat: {text: string}}>(url)`; then `on`, `once` and `off` take only those
+ * names and the client's own, `emit` and `request` only those, each with its data's type.
+ * Without it, any name carries anything.
  */
-export declare class WS4TX<Events extends object = Record<string, any>> {
+export declare class WS4TX<Events extends EventMap = Record<string, any>> {
   constructor(uri: Uri, options?: WS4TXOptions);
 
   static readonly SUBPROTOCOL: 'ws4tx.v1';
@@ -202,9 +237,12 @@ export declare class WS4TX<Events extends object = Record<string, any>> {
   static readonly FINAL_CODES: number[];
   /** The code the client closes a socket with when its heartbeats go unanswered: 4000. */
   static readonly HEARTBEAT_TIMEOUT: 4000;
+  /** The server's default query cap, maxQueryLength's default: 2048. */
+  static readonly MAX_QUERY_LENGTH: 2048;
   static readonly AckError: typeof AckError;
 
-  /** 'connecting' | 'connected' | 'reconnecting' | 'closed' (after close(), or a final code). */
+  /** 'connecting' | 'connected' | 'reconnecting' | 'closed' (after close(), a final code,
+   *  or 'refused'). */
   readonly state: 'connecting' | 'connected' | 'reconnecting' | 'closed';
   /** The current socket's readyState (3, CLOSED, without one). */
   readonly readyState: number;
@@ -213,24 +251,27 @@ export declare class WS4TX<Events extends object = Record<string, any>> {
 
   /** Call `fn` with the data of each `event`: a server or application event, or one of
    *  the client's own (WS4TXEventMap). */
-  on<K extends string>(event: K, fn: Handler<EventData<Events, K>, this>): this;
+  on<K extends EventName<Events>>(event: K, fn: Handler<EventData<Events, K>, this>): this;
 
   /** on(), for the next time only. */
-  once<K extends string>(event: K, fn: Handler<EventData<Events, K>, this>): this;
+  once<K extends EventName<Events>>(event: K, fn: Handler<EventData<Events, K>, this>): this;
 
   /** off(): every handler; off(event): that event's; off(event, fn): that one (also when
    *  added with once()). */
-  off(event?: string, fn?: (...args: any[]) => unknown): this;
+  off(event?: EventName<Events>, fn?: (...args: any[]) => unknown): this;
 
-  /** Send event `event` with JSON `data`; whether it was sent (nothing is queued while
-   *  not connected). */
-  emit(event: string, data?: unknown): boolean;
+  /** Send event `event` (one of `Events`) with JSON `data` (of its type); whether it was
+   *  sent (nothing is queued while not connected). */
+  emit<K extends AppEventName<Events>>(event: K, data?: Events[K]): boolean;
   /** ...asking for an acknowledgement: `callback(null, reply)`, or `callback(error)` with an
    *  AckError (also when not connected: then it returns false). */
-  emit<R = any>(event: string, data: unknown, callback: AckCallback<R>): boolean;
+  emit<K extends AppEventName<Events>, R = any>(event: K, data: Events[K],
+                                                 callback: AckCallback<R>): boolean;
 
-  /** emit() with an acknowledgement, as a Promise of the reply; rejects with an AckError. */
-  request<R = any>(event: string, data?: unknown): Promise<R>;
+  /** emit() with an acknowledgement, as a Promise of the reply; rejects with an AckError.
+   *  `R`, the reply's type, comes first: `request<Reply>('ask', data)`. */
+  request<R = any, K extends AppEventName<Events> = AppEventName<Events>>(
+    event: K, data?: Events[K]): Promise<R>;
 
   /** Send a raw frame; whether it was sent. */
   send(raw: SendData): boolean;
@@ -282,5 +323,5 @@ export declare const WS4Redis: {
 };
 
 /** `new WS4TX(uri, options)`. */
-export declare function connect<Events extends object = Record<string, any>>(
+export declare function connect<Events extends EventMap = Record<string, any>>(
   uri: Uri, options?: WS4TXOptions): WS4TX<Events>;

@@ -57,11 +57,13 @@ class _Page(BaseHTTPRequestHandler):
 
 
 class TwistdChild:
-    """``twistd -n ws4tx`` in a child process, stopped with SIGTERM."""
+    """``twistd -n ws4tx`` in a child process, stopped with SIGTERM (``path``: a directory
+    for its Python path)."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, path: str = "") -> None:
         environ = dict(os.environ)
-        environ["PYTHONPATH"] = ROOT + os.pathsep + environ.get("PYTHONPATH", "")
+        environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (path, ROOT, environ.get("PYTHONPATH", "")) if p)
         self.process = subprocess.Popen(
             [twistd_path(), "-n", "--pidfile=", "ws4tx", *args], cwd=ROOT, env=environ,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -12,6 +12,7 @@ import math
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Optional
+from urllib.parse import quote
 
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
@@ -923,3 +924,208 @@ class TokenRefreshTests(_PageTestCase):
         self.advance(0)
         self.assertEqual(self.socket()["sent"], [])
         self.assertEqual(self.log(), [[envelope.REFRESH_EVENT, {"expires": 1234}]])
+
+
+class QueryCapTests(_PageTestCase):
+    """Recovery positions that would make the URL's query longer than maxQueryLength (the
+    server's MAX_QUERY_LENGTH, 2048 by default: 414 past it) are left out of the URL, and
+    the page is told those channels were not recovered, rather than locked out."""
+
+    def channels(self, count: int) -> dict[str, dict[str, Any]]:
+        return {f"ws4tx:group:g{i:03d}:chat": {"epoch": "ab12", "offset": i}
+                for i in range(count)}
+
+    def reconnectKnowing(self, channels: dict[str, Any], options: dict[str, Any]) -> str:
+        """Connect, learn ``channels``' positions, drop and reconnect: the new URL."""
+        self.connect(options, events=["recovered", envelope.RECOVERED_EVENT])
+        self.js("Math.random = () => 0")
+        self.receive(envelope.encode_event(envelope.POSITIONS_EVENT, {"channels": channels}))
+        self.serverClose(1006)
+        self.advance(0)
+        url: str = self.socket()["url"]
+        return url
+
+    def test_theUrlKeepsWithinTheCapAndTheRestIsReportedNotRecovered(self) -> None:
+        channels = self.channels(200)
+        url = self.reconnectKnowing(channels, {})
+        query = url.split("?", 1)[1]
+        self.assertLessEqual(len(query), 2048)
+        params = query.split("&")[1:]
+        asked = list(channels)[:len(params)]  # the first ones, as many as fit
+        self.assertEqual(params, ["recover=" + quote(f"{c}:ab12:{i}", safe="")
+                                  for i, c in enumerate(asked)])
+        unsent = "recover=" + quote(f"ws4tx:group:g{len(asked):03d}:chat:ab12:{len(asked)}",
+                                    safe="")
+        self.assertGreater(len(query) + 1 + len(unsent), 2048)
+        self.open()
+        server = {"recovered": True, "channels": {
+            c: {"recovered": True, "messages": 0} for c in asked}}
+        self.receive(envelope.encode_event(envelope.RECOVERED_EVENT, server))
+        [(raw_name, raw), (name, verdict)] = self.log()
+        self.assertEqual((raw_name, raw), (envelope.RECOVERED_EVENT, server))
+        self.assertEqual(name, "recovered")
+        self.assertEqual((verdict["recovered"], verdict["reason"]), (False, "query-too-long"))
+        self.assertEqual(set(verdict["channels"]), set(channels))
+        self.assertEqual(verdict["channels"][asked[0]], {"recovered": True, "messages": 0})
+        self.assertEqual(verdict["channels"]["ws4tx:group:g199:chat"],
+                         {"recovered": False, "reason": "query-too-long"})
+
+    def test_aServerFailureReasonComesFirst(self) -> None:
+        self.reconnectKnowing(self.channels(3), {"maxQueryLength": 120})
+        self.open()
+        server = {"recovered": False, "reason": "trimmed", "channels": {
+            "ws4tx:group:g000:chat": {"recovered": False, "reason": "trimmed"}}}
+        self.receive(envelope.encode_event(envelope.RECOVERED_EVENT, server))
+        verdict = self.log()[-1][1]
+        self.assertEqual(verdict["reason"], "trimmed")
+        self.assertEqual(verdict["channels"]["ws4tx:group:g002:chat"]["reason"],
+                         "query-too-long")
+
+    def test_whenNoPositionFitsThePageIsToldOnConnecting(self) -> None:
+        """No position went: the server sends no verdict; ws4tx.js tells the page."""
+        url = self.reconnectKnowing(self.channels(2), {"maxQueryLength": 40})
+        self.assertEqual(url, URI)
+        self.assertEqual(self.log(), [])
+        self.open()
+        self.assertEqual(self.log(), [["recovered", {
+            "recovered": False, "reason": "query-too-long", "channels": {
+                "ws4tx:group:g000:chat": {"recovered": False, "reason": "query-too-long"},
+                "ws4tx:group:g001:chat": {"recovered": False, "reason": "query-too-long"}}}]])
+        self.serverClose(1006)
+        self.advance(0)
+        self.open()
+        self.assertEqual(self.names(), ["recovered"])  # again on every reconnect
+
+    def test_aZeroCapSendsEveryPosition(self) -> None:
+        url = self.reconnectKnowing(self.channels(100), {"maxQueryLength": 0})
+        self.assertEqual(url.count("recover="), 100)
+
+
+class RefusedUrlTests(_PageTestCase):
+    """A URL whose handshake the server refuses is not dialed again and again: after 2, 4,
+    8, ... sockets in a row that closed before they opened, ws4tx.js fetches the URL without
+    Upgrade (ws4tx answers with the handshake's refusal) and stops on a refusal."""
+
+    def start(self, answer: str, options: str = "{}") -> None:
+        """``window.c`` with a fake fetch that records its calls and answers with
+        ``answer`` (a JS expression of ``url``: a Response, or a rejected Promise)."""
+        self.js(f"""() => {{
+          Math.random = () => 0.5;
+          window.fetches = [];
+          window.c = __record(new WS4TX('{URI}', Object.assign({{
+            minDelay: 1000, maxDelay: 30000,
+            fetch: (url, init) => {{ fetches.push([url, init]); return Promise.resolve()
+              .then(() => {answer}); }},
+          }}, {options})), [...{LIFECYCLE!r}, 'refused', 'recovered']);
+        }}""")
+        self.advance(0)
+
+    def settle(self) -> None:
+        """Let the fake fetch's promises settle (no timer involved)."""
+        self.js("async () => { for (let i = 0; i < 20; i++) await null; }")
+
+    def failEarly(self, times: int) -> None:
+        """``times`` sockets in a row close before they open (each retry is due)."""
+        for _ in range(times):
+            self.serverClose(1006)
+            self.settle()
+            if self.js("c.state") != "closed":
+                self.advance(30_000)
+
+    def test_aRefusalStopsTheClientAndIsReported(self) -> None:
+        self.start("new Response(JSON.stringify({ws4tx: 'refused', status: 403, "
+                   "reason: 'this facility is not allowed'}), {status: 403})")
+        self.serverClose(1006)
+        self.settle()
+        self.assertEqual(self.js("fetches"), [])  # one early close proves nothing
+        self.advance(30_000)
+        self.log()
+        self.serverClose(1006)
+        self.settle()
+        self.assertEqual(self.js("fetches"), [[
+            "http://ws4tx.test/ws/chat?subscribe-broadcast",
+            {"credentials": "include", "cache": "no-store"}]])
+        self.assertEqual(self.log(), [
+            ["disconnected", {"code": 1006, "reason": "", "wasClean": False,
+                              "reconnect": True}],
+            ["reconnecting", {"attempt": 2, "delay": 1000}],
+            ["refused", {"status": 403, "reason": "this facility is not allowed"}]])
+        self.assertEqual(self.js("c.state"), "closed")
+        sockets = self.socketCount()
+        self.advance(3_600_000)  # an hour of the page's timers
+        self.assertEqual(self.socketCount(), sockets)
+        self.assertEqual(sockets, 2)
+        self.assertEqual(self.log(), [])
+
+    def test_a414FromAProxyIsARefusalToo(self) -> None:
+        self.start("new Response('<html>414 Request-URI Too Large</html>', {status: 414})")
+        self.failEarly(2)
+        self.assertEqual(self.log()[-1], ["refused", {
+            "status": 414, "reason": "<html>414 Request-URI Too Large</html>"}])
+
+    def test_aServerThatIsDownIsRetriedWithTheBackoffAndAskedRarely(self) -> None:
+        """No answer (the server is down), 5xx, 429 or an admissible URL (400 saying to
+        upgrade): the backoff goes on; the server is asked after 2, 4, 8, 16 closes."""
+        for answer in ("Promise.reject(new TypeError('Failed to fetch'))",
+                       "new Response('bad gateway', {status: 502})",
+                       "new Response('too many', {status: 429})",
+                       "new Response('This URL speaks WebSocket only', {status: 400})"):
+            self.start(answer)
+            self.failEarly(20)
+            self.assertEqual(self.js("c.state"), "connecting", answer)
+            self.assertEqual(self.socketCount(), 21, answer)
+            self.assertEqual(self.js("fetches.length"), 4, answer)
+            self.assertNotIn("refused", self.names())
+            self.js("c.close(); __sockets.length = 0")
+
+    def test_anOpenResetsTheCount(self) -> None:
+        self.start("new Response('{\"ws4tx\": \"refused\", \"status\": 403}', {status: 403})")
+        self.serverClose(1006)
+        self.advance(30_000)
+        self.open()
+        self.serverClose(1006)
+        self.settle()
+        self.advance(30_000)
+        self.assertEqual(self.js("fetches"), [])
+        self.assertEqual(self.js("c.state"), "connecting")
+
+    def test_aRefusedUrlWithPositionsIsDialedAtOnceWithoutThem(self) -> None:
+        """The server's query cap is below maxQueryLength: the URL with positions gets
+        414; the next socket goes at once without positions (and every later one), and
+        the page is told its channels were not recovered."""
+        self.start("url.includes('recover=') ? new Response(JSON.stringify({ws4tx: "
+                   "'refused', status: 414, reason: 'the query string is too long'}), "
+                   "{status: 414}) : new Response('upgrade', {status: 400})")
+        self.open()
+        self.receive(envelope.encode_event(envelope.POSITIONS_EVENT, {"channels": {
+            "ws4tx:broadcast:chat": {"epoch": "ab12", "offset": 3}}}))
+        self.serverClose(1006)
+        self.advance(30_000)
+        self.assertIn("recover=", self.socket()["url"])
+        self.log()
+        self.failEarly(2)
+        self.assertEqual(self.socket()["url"], URI)
+        self.assertEqual(self.socketCount(), 4)
+        self.assertNotIn("refused", self.names())
+        self.open()
+        self.assertEqual(self.log(), [["connected", {"protocol": "ws4tx.v1"}], ["recovered", {
+            "recovered": False, "reason": "query-too-long", "channels": {
+                "ws4tx:broadcast:chat": {"recovered": False, "reason": "query-too-long"}}}]])
+        self.serverClose(1006)
+        self.advance(30_000)
+        self.assertEqual(self.socket()["url"], URI)
+
+    def test_aRefusalForAnotherReasonStopsOnTheUrlWithoutPositions(self) -> None:
+        self.start("new Response(JSON.stringify({ws4tx: 'refused', status: 403, "
+                   "reason: 'no'}), {status: 403})")
+        self.open()
+        self.receive(envelope.encode_event(envelope.POSITIONS_EVENT, {"channels": {
+            "ws4tx:broadcast:chat": {"epoch": "ab12", "offset": 3}}}))
+        self.serverClose(1006)
+        self.advance(30_000)
+        self.failEarly(2)
+        self.assertEqual(self.socket()["url"], URI)  # once more, without positions
+        self.failEarly(2)
+        self.assertEqual(self.js("c.state"), "closed")
+        self.assertEqual(self.log()[-1], ["refused", {"status": 403, "reason": "no"}])
+        self.assertEqual(self.socketCount(), 5)

@@ -9,6 +9,8 @@ import redis
 from twisted.internet import defer, reactor, threads
 
 from ws4tx import closecodes, envelope
+from ws4tx.naming import ANONYMOUS
+from ws4tx.server.auth import HandshakeDenied
 
 from test._server import ServerTestCase, identity_header, non_probe
 from test._wsclient import TIMEOUT, connect, handshake_request, raw_request, status_of
@@ -310,6 +312,59 @@ class HandshakeTests(ServerTestCase):
         """A query string over the limit is refused with 414."""
         status, _ = await self._status(handshake_request("/ws/foobar?" + "x" * 5000))
         self.assertEqual(status, 414)
+
+    async def _probe(self, path: str, headers: dict[str, str] | None = None):
+        """A plain GET of ``path`` (no Upgrade): its status, its headers (lower-case
+        names) and its body."""
+        lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        status, rest = await self._status(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head, _, body = rest.partition("\r\n\r\n")
+        fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:])
+        return status, {k.lower(): v for k, v in fields.items()}, body
+
+    async def test_aPlainGetAnswersTheRefusalTheHandshakeGets(self):
+        """A plain GET of a WebSocket URL the handshake refuses answers the handshake's
+        status with its reason in JSON (ws4tx.js asks so when its sockets keep closing
+        before they open: a page cannot see a refused handshake's status)."""
+
+        class Refusing:
+            def authenticate(self, request):
+                if request.facility == "forbidden":
+                    return defer.fail(HandshakeDenied("not for you"))
+                return ANONYMOUS
+
+        self.factory.authenticator = Refusing()
+        for path, status, reason in (
+                ("/ws/foobar?" + "x" * 5000, 414, "the query string is too long"),
+                ("/ws/a:b", 400, "facility"),
+                ("/ws/foobar?recover=nonsense", 400, "recover"),
+                ("/ws/forbidden?subscribe-broadcast", 403, "not for you")):
+            handshake, _ = await self._status(handshake_request(path))
+            self.assertEqual(handshake, status, path)
+            got, headers, body = await self._probe(path)
+            self.assertEqual(got, status, path)
+            self.assertEqual(headers["content-type"], "application/json")
+            answer = json.loads(body)
+            self.assertEqual((answer["ws4tx"], answer["status"]), ("refused", status))
+            self.assertIn(reason, answer["reason"])
+        got, headers, body = await self._probe("/ws/foobar?subscribe-broadcast")
+        self.assertEqual((got, headers["upgrade"]), (400, "websocket"))
+        self.assertIn("WebSocket", body)
+
+    async def test_aPlainGetIsReadableByTheOriginsTheHandshakeAccepts(self):
+        """The answer of a plain GET carries CORS headers (with credentials) for an
+        Origin the handshake accepts, none for one it refuses (403 then)."""
+        await self.service.stopService()
+        await self.startServer(config={"allowed_origins": ("https://app.example.com:443",)})
+        path = "/ws/foobar?" + "x" * 5000
+        status, headers, _ = await self._probe(path, {"Origin": "https://app.example.com"})
+        self.assertEqual(status, 414)
+        self.assertEqual(headers["access-control-allow-origin"], "https://app.example.com")
+        self.assertEqual(headers["access-control-allow-credentials"], "true")
+        status, headers, _ = await self._probe("/ws/foobar", {"Origin": "https://evil.test"})
+        self.assertEqual(status, 403)
+        self.assertNotIn("access-control-allow-origin", headers)
 
     async def test_subprotocolIsEchoed(self):
         """A requested subprotocol is answered by echoing it."""

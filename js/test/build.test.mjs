@@ -120,7 +120,7 @@ const run = promisify(execFile);
 const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
 
 describe('the tarball (npm pack)', () => {
-  test('holds the builds, the types, the README and package.json, and installs in a fresh '
+  test('holds the builds, the types, the README, the LICENSE and package.json, and installs in a fresh '
        + 'project, which imports and requires it', async (t) => {
     const project = mkdtempSync(join(tmpdir(), 'ws4tx-consumer-'));
     t.after(() => rmSync(project, {recursive: true, force: true}));
@@ -130,7 +130,7 @@ describe('the tarball (npm pack)', () => {
     const [packed] = JSON.parse(stdout);
     assert.equal(packed.name, 'ws4tx');
     assert.deepEqual(packed.files.map((f) => f.path).sort(), [
-      'README.md', 'dist/ws4tx.cjs', 'dist/ws4tx.d.cts', 'dist/ws4tx.d.mts', 'dist/ws4tx.js',
+      'LICENSE', 'README.md', 'dist/ws4tx.cjs', 'dist/ws4tx.d.cts', 'dist/ws4tx.d.mts', 'dist/ws4tx.js',
       'dist/ws4tx.mjs', 'package.json',
     ]);
     writeFileSync(join(project, 'package.json'), '{"name": "consumer", "private": true}');

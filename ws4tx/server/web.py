@@ -14,15 +14,17 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import pages, resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from ws4tx.server import _twisted_internals
+from ws4tx.server import _twisted_internals, _verdict
 from ws4tx.server._log import observer
 from ws4tx.server.admission import AddressCounts
 from ws4tx.server.auth import HandshakeDenied
 from ws4tx.server.metrics import MetricsResource
 from ws4tx.server.node import Node
 from ws4tx.server.protocol import PushFactory
+
+_log = Logger(observer=observer)
 
 _UPGRADE_TEXT = (
     b"This URL speaks WebSocket only: connect with a WebSocket client "
@@ -54,8 +56,7 @@ class WebSocketEndpoint(resource.Resource):
             return _plain(request, 400, b"WebSocket handshakes are GET requests.\n")
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if b"websocket" not in upgrade:
-            request.setHeader(b"upgrade", b"websocket")
-            return _plain(request, 400, _UPGRADE_TEXT)
+            return self._probe(request)
         if _has_body(request):
             return _plain(request, 400, b"A WebSocket handshake has no body "
                                         b"(no Content-Length, no Transfer-Encoding).\n")
@@ -63,6 +64,37 @@ class WebSocketEndpoint(resource.Resource):
         if upgrading is not None:
             upgrading()  # the WebSocket counts itself, under its client's address
         return self._ws.render(request)
+
+
+    def _probe(self, request: Request) -> Any:
+        """A plain GET: the refusal the handshake of this URL would get (its status, JSON
+        body), else 400 saying to upgrade. ws4tx.js asks when its sockets keep closing
+        before they open (see :mod:`ws4tx.server._verdict`)."""
+        factory = self.factory
+        _verdict.allow_reading(factory.config, request)
+        finished = [False]
+        request.notifyFinish().addBoth(lambda _: finished.__setitem__(0, True))
+        judged = _verdict.verdict(factory.config, factory.authenticator, request)
+
+        def answer(denied: Optional[HandshakeDenied]) -> None:
+            if finished[0]:
+                return
+            if denied is None:
+                request.setHeader(b"upgrade", b"websocket")
+                body = _plain(request, 400, _UPGRADE_TEXT)
+            else:
+                body = _plain(request, denied.status, _verdict.refusal_body(denied))
+                request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            _log.failure("judging a plain GET of {uri}", failure, uri=request.uri)
+            answer(HandshakeDenied("the server failed to judge this URL", 500))
+
+        judged.addCallback(answer).addErrback(failed)
+        return NOT_DONE_YET
 
 
 def _has_body(request: Request) -> bool:

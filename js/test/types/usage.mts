@@ -17,22 +17,25 @@ const options: WS4TXOptions = {
   protocols: ['chat.v2'],
   binaryType: 'arraybuffer',
   recover: true,
+  maxQueryLength: 4096,
   WebSocket,
+  fetch,
 };
 
 interface ChatMessage { from: string; text: string }
-const chat = new WS4TX<{message: ChatMessage}>('wss://example.com/ws/chat?subscribe-broadcast',
-                                               options);
+interface ChatEvents { message: ChatMessage; typing: {on: boolean}; custom: {anything: number} }
+const chat = new WS4TX<ChatEvents>('wss://example.com/ws/chat?subscribe-broadcast', options);
 const text: string = SUBPROTOCOL;
 const sub: 'ws4tx.v1' = WS4TX.SUBPROTOCOL;
 const codes: number[] = WS4TX.FINAL_CODES;
 const beat: 4000 = WS4TX.HEARTBEAT_TIMEOUT;
+const cap: 2048 = WS4TX.MAX_QUERY_LENGTH;
 const Ack: typeof AckError = WS4TX.AckError;
 
 chat
-  .on('message', (data) => {        // the declared event, or a raw frame
-    const m: ChatMessage | RawData = data;
-    if (typeof m !== 'string' && 'text' in m) void m.text.length;
+  .on('message', (data) => {        // the declared event
+    const m: ChatMessage = data;
+    void m.text.length;
   })
   .on('connecting', ({attempt}) => { const n: number = attempt; void n; })
   .on('connected', ({protocol}) => { const p: string = protocol; void p; })
@@ -58,9 +61,11 @@ chat
     void [user, since, gone];
   })
   .on('custom', function (data) {
-    const client: WS4TX<{message: ChatMessage}> = this;   // handlers get the client as this
-    void [client, data.anything];                          // undeclared events: any
+    const client: WS4TX<ChatEvents> = this;   // handlers get the client as this
+    const n: number = data.anything;          // a declared event's data
+    void [client, n];
   })
+  .on('refused', ({status, reason}) => { void [status.toFixed(), reason.length]; })
   .once('connected', () => {})
   .off('connected')
   .off()
@@ -81,8 +86,9 @@ const callback: AckCallback<{delivered: boolean}> = (error, reply) => {
     void reply?.delivered;
   }
 };
-chat.emit('message', {text: 'hi'}, callback);
-const reply: Promise<{delivered: boolean}> = chat.request<{delivered: boolean}>('message', {});
+chat.emit('message', {from: 'me', text: 'hi'}, callback);
+const reply: Promise<{delivered: boolean}> = chat.request<{delivered: boolean}>(
+  'message', {from: 'me', text: 'hi'});
 reply.catch((error: unknown) => { if (error instanceof AckError) void error.code; });
 chat.send('raw');
 chat.send(new Uint8Array([1, 2]));
@@ -124,7 +130,7 @@ refreshing.on('refreshed', ({expires}) => { const until: number = expires; void 
 refreshing.on('ws4tx.positions', ({channels}) => { void channels['c']?.offset; });
 refreshing.on('ws4tx.unsubscribed', ({audiences, reason}) => { void [audiences[0], reason]; });
 
-void [text, sub, codes, beat, Ack, sent, state, ready, flags, stateCode];
+void [text, sub, codes, beat, cap, Ack, sent, state, ready, flags, stateCode];
 
 // What the types refuse.
 // @ts-expect-error: an option of the wrong type
@@ -139,6 +145,7 @@ chat.on('reconnecting', (info: {attempt: string}) => { void info; });
 chat.on('message', (data: number) => { void data; });
 // @ts-expect-error: an event name is a string
 chat.emit(1, {});
+// (typed-events.mts: what a client with an event map refuses)
 // @ts-expect-error: positions are read-only
 chat.positions = {};
 // @ts-expect-error: a token comes from a function, not a string

@@ -16,6 +16,9 @@
  *     binaryType: undefined,    // 'blob' (the browser's default) or 'arraybuffer'
  *     recover: true,            // on a facility with history: ask for what was missed
  *     token: null,              // a function returning a token (or a Promise of one): see below
+ *     maxQueryLength: 2048,     // the server's MAX_QUERY_LENGTH: recovery positions that
+ *                               // would make the query longer are left out (see 'recovered')
+ *     fetch: undefined,         // a fetch function instead of the global one (see 'refused')
  *   });
  *   // Also: ws4tx.connect(uri, options). `uri` may be a function returning the URL, or a
  *   // Promise of it, called before every attempt (e.g. to fetch a fresh ?token=...).
@@ -36,7 +39,18 @@
  *     'recovered'    fn({recovered, reason, channels})   after a reconnect that asked for
  *                    the messages missed meanwhile (a facility with history): recovered
  *                    true when every one of them was delivered (before this event, once,
- *                    in order); false with the reason otherwise (resync the page's state)
+ *                    in order); false with the reason otherwise (resync the page's state).
+ *                    Positions that do not fit in the URL (maxQueryLength) are left out:
+ *                    their channels are not recovered, reason 'query-too-long' (the
+ *                    server's 'ws4tx.recovered' event names only those it was asked for)
+ *     'refused'      fn({status, reason})   the server refuses this URL's handshake (an
+ *                    HTTP status such as 400, 403, 404 or 414, and its reason): the client
+ *                    stops (state 'closed') instead of dialing it again and again. A page
+ *                    cannot see why a socket closed before it opened: after 2, 4, 8, ...
+ *                    such closes in a row, ws4tx.js fetches the same URL without Upgrade,
+ *                    which ws4tx answers with the handshake's refusal, if any (a server
+ *                    that is down or answers 5xx is retried as before). A refused URL
+ *                    with recovery positions is dialed once more without them.
  *     'refreshed'    fn({expires})   the server took the fresh token of the `token` function
  *                    and keeps the connection open until `expires` (Unix seconds)
  *   client.positions                     {channel: {epoch, offset}} of the last messages
@@ -86,6 +100,12 @@ function (root) {
   var OPEN = 1;
   var CLOSED = 3;
 
+  /** The server's default MAX_QUERY_LENGTH (its 414 past it). */
+  var MAX_QUERY_LENGTH = 2048;
+  /** Why a channel was not recovered when its position did not go to the server. */
+  var QUERY_TOO_LONG = 'query-too-long';
+  var REFUSED = 'refused';
+
   var DEFAULTS = {
     heartbeat: null,
     heartbeatInterval: 5000,
@@ -98,7 +118,9 @@ function (root) {
     binaryType: undefined,
     recover: true,
     token: null,
+    maxQueryLength: MAX_QUERY_LENGTH,
     WebSocket: undefined,  // a WebSocket constructor to use instead of the global one
+    fetch: undefined,      // a fetch function to use instead of the global one
   };
 
   var later = typeof queueMicrotask === 'function'
@@ -144,6 +166,10 @@ function (root) {
       this._beatTimer = null;
       this._missed = 0;
       this._dial = 0;             // counts attempts, so that a late URL promise is ignored
+      this._dialedUrl = null;     // the URL of the last socket
+      this._closedEarly = 0;      // sockets in a row that closed before they opened
+      this._opens = 0;            // sockets that opened (a late probe answer is then ignored)
+      this._probes = false;       // whether to ask why sockets close before they open
     }
 
     get state() { return this._state; }
@@ -223,14 +249,23 @@ function (root) {
       }
       if (this._opts.binaryType) ws.binaryType = this._opts.binaryType;
       this._ws = ws;
+      this._dialedUrl = uri;
       var self = this;
-      ws.onopen = function (evt) { if (self._ws === ws) self._opened(evt); };
+      var opened = false;
+      ws.onopen = function (evt) {
+        opened = true;
+        if (self._ws === ws) self._opened(evt);
+      };
       ws.onmessage = function (evt) { if (self._ws === ws) self._received(evt.data); };
       // An error is always followed by a close event, which says what can be said.
       ws.onerror = function () {};
       ws.onclose = function (evt) {
         if (self._ws !== ws) return;
+        var early = !opened;
+        self._closedEarly = early ? self._closedEarly + 1 : 0;
         self._lost({code: evt.code, reason: evt.reason, wasClean: evt.wasClean}, evt);
+        var n = self._closedEarly;
+        if (early && n >= 2 && (n & (n - 1)) === 0 && !self._stopped) self._probe(uri);
       };
     }
 
@@ -243,6 +278,8 @@ function (root) {
 
     _opened(evt) {
       this._attempt = 0;
+      this._closedEarly = 0;
+      this._opens++;
       this._state = 'connected';
       this._startHeartbeat();
       this._onConnected({protocol: this._ws.protocol || ''}, evt);
@@ -333,13 +370,103 @@ function (root) {
       this._onReconnecting({attempt: this._attempt, delay: delay});
     }
 
+    /**
+     * Sockets to `uri` keep closing before they open: a refused handshake (414, 400, 403:
+     * a page cannot see the status) or a server that is down. Ask the server by fetching
+     * the same URL without Upgrade (ws4tx answers with the handshake's refusal); on a
+     * refusal, stop dialing (see _refused). Anything else (no answer, 5xx, an admissible
+     * URL) leaves the backoff as it is.
+     */
+    _probe(uri) {
+      var get = this._opts.fetch || root.fetch;
+      if (!this._probes || typeof get !== 'function') return;
+      var url = probeUrl(uri);
+      if (url === null) return;
+      var self = this;
+      var opens = this._opens;
+      Promise.resolve().then(function () {
+        return get(url, {credentials: 'include', cache: 'no-store'});
+      }).then(refusal).then(function (verdict) {
+        if (verdict && !self._stopped && self._opens === opens
+            && self._state !== 'connected') {
+          self._refused(uri, verdict);
+        }
+      }, function () {});
+    }
+
+    /** The server refuses `uri`: stop (a subclass may try another URL instead). */
+    _refused(uri, verdict) {
+      clearTimeout(this._retryTimer);
+      this._retryTimer = null;
+      this._dial++;
+      var ws = this._ws;
+      if (ws) {
+        this._ws = null;
+        this._abandon(ws, 1000, '');
+      }
+      this._stopped = true;
+      this._state = 'closed';
+      this._onRefused(verdict);
+    }
+
     // Hooks
     _dialed(uri) { return uri; }
+    _onRefused() {}
     _onConnecting() {}
     _onConnected() {}
     _onFrame() {}
     _onDisconnected() {}
     _onReconnecting() {}
+  }
+
+  /** The URL a WebSocket URL `uri` is as an HTTP one (ws: -> http:), or null. */
+  function probeUrl(uri) {
+    var url = parseUrl(uri);
+    if (url === null) return null;
+    if (url.protocol === 'ws:') url.protocol = 'http:';
+    else if (url.protocol === 'wss:') url.protocol = 'https:';
+    return url.href;
+  }
+
+  /** `uri` parsed as the WebSocket constructor does (relative to the page), or null. */
+  function parseUrl(uri) {
+    try {
+      var base = root && root.location && root.location.href;
+      return base ? new URL(String(uri), base) : new URL(String(uri));
+    } catch (error) {
+      return null;
+    }
+  }
+
+  /** The length of the query string the server gets for `uri` (percent-encoded). */
+  function queryLength(uri) {
+    var url = parseUrl(uri);
+    if (url !== null) return Math.max(0, url.search.length - 1);
+    uri = String(uri);
+    var hash = uri.indexOf('#');
+    var head = hash >= 0 ? uri.slice(0, hash) : uri;
+    var mark = head.indexOf('?');
+    return mark >= 0 ? head.length - mark - 1 : 0;
+  }
+
+  /** What an answer to a plain GET of a WebSocket URL says: {status, reason} when the
+   *  handshake is refused (ws4tx's JSON, or a 414/431 from anyone), else null. */
+  function refusal(response) {
+    var status = response && response.status;
+    if (!(status >= 400 && status < 500) || status === 408 || status === 429) return null;
+    return Promise.resolve(response.text()).then(function (text) {
+      var answer = null;
+      try {
+        answer = JSON.parse(text);
+      } catch (error) { /* not ws4tx's answer */ }
+      if (answer && answer.ws4tx === 'refused') {
+        return {status: status, reason: String(answer.reason || '')};
+      }
+      if (status === 414 || status === 431) {
+        return {status: status, reason: String(text || response.statusText || '').trim()};
+      }
+      return null;
+    });
   }
 
   /** `uri` with the query parameter `name`=`value` added (before any #fragment). */
@@ -392,6 +519,10 @@ function (root) {
       this._pending = new Map();  // ack id -> {event, callback, timer}
       this._nextId = 1;
       this._positions = new Map();  // channel -> {epoch, offset} of its last message
+      this._probes = true;
+      this._asked = 0;              // positions the current socket's URL carries
+      this._unsent = null;          // {channel: reason} of the positions it left out
+      this._skipPositions = null;   // {reason, once}: dial without positions (refused)
       // Connect once the caller had a chance to add its handlers ('connecting' included).
       var self = this;
       later(function () { self._connect(); });
@@ -540,14 +671,32 @@ function (root) {
     }
 
     /** The URL with the positions to recover from, one recover=<channel>:<epoch>:<offset>
-     *  per channel (docs/protocol.md, Recovery). */
+     *  per channel (docs/protocol.md, Recovery), as many as keep the query within
+     *  maxQueryLength: the others are left out (their channels are told not recovered). */
     _dialed(uri) {
+      this._asked = 0;
+      this._unsent = null;
       if (!this._opts.recover || !this._positions.size || typeof uri !== 'string') return uri;
+      var skip = this._skipPositions;
+      var cap = this._opts.maxQueryLength;
+      var length = queryLength(uri);
       var params = [];
+      var unsent = {};
+      var left = 0;
       this._positions.forEach(function (position, channel) {
-        params.push('recover=' + encodeURIComponent(
-          channel + ':' + position.epoch + ':' + position.offset));
+        var param = 'recover=' + encodeURIComponent(
+          channel + ':' + position.epoch + ':' + position.offset);
+        if (skip || (cap > 0 && length + 1 + param.length > cap)) {
+          unsent[channel] = skip ? skip.reason : QUERY_TOO_LONG;
+          left++;
+        } else {
+          params.push(param);
+          length += 1 + param.length;
+        }
       });
+      if (left) this._unsent = unsent;
+      this._asked = params.length;
+      if (!params.length) return uri;
       var hash = uri.indexOf('#');
       var tail = hash >= 0 ? uri.slice(hash) : '';
       var head = hash >= 0 ? uri.slice(0, hash) : uri;
@@ -556,7 +705,53 @@ function (root) {
 
     _onConnecting(info) { this._fire('connecting', info); }
 
-    _onConnected(info) { this._fire('connected', info); }
+    _onConnected(info) {
+      var skip = this._skipPositions;
+      if (skip && skip.once) this._skipPositions = null;  // until a socket opens
+      this._fire('connected', info);
+      if (this._unsent && !this._asked && this._ws) {
+        // No position went: no verdict comes from the server; the page is told here.
+        this._fire('recovered', this._verdict(null));
+      }
+    }
+
+    /** The server's verdict (null: none), with the channels whose positions were left out
+     *  of the URL as not recovered. */
+    _verdict(server) {
+      var unsent = this._unsent;
+      this._unsent = null;
+      if (!unsent) return server;
+      var channels = Object.assign({}, server && server.channels);
+      var reason = server && server.recovered === false ? server.reason : null;
+      Object.keys(unsent).forEach(function (channel) {
+        channels[channel] = {recovered: false, reason: unsent[channel]};
+        if (!reason) reason = unsent[channel];
+      });
+      return {recovered: false, reason: reason, channels: channels};
+    }
+
+    /** A refused URL with recovery positions is dialed at once without them (until a
+     *  socket opens; for good after a 414: the server's query cap is below
+     *  maxQueryLength); one without them stops the client with 'refused'. */
+    _refused(uri, verdict) {
+      if (!this._asked || this._stopped) {
+        super._refused(uri, verdict);
+        return;
+      }
+      var tooLong = verdict.status === 414;
+      this._skipPositions = {reason: tooLong ? QUERY_TOO_LONG : REFUSED, once: !tooLong};
+      clearTimeout(this._retryTimer);
+      this._retryTimer = null;
+      var ws = this._ws;
+      if (ws) {
+        this._ws = null;
+        this._abandon(ws, 1000, '');
+      }
+      this._closedEarly = 0;
+      this._connect();
+    }
+
+    _onRefused(verdict) { this._fire('refused', verdict); }
 
     _onFrame(data) {
       var envelope = parseEnvelope(data);
@@ -582,7 +777,7 @@ function (root) {
         var payload = envelope.data === undefined ? null : envelope.data;
         if (envelope.event === 'ws4tx.positions') this._learn(payload);
         this._fire(envelope.event, payload);
-        if (envelope.event === 'ws4tx.recovered') this._fire('recovered', payload);
+        if (envelope.event === 'ws4tx.recovered') this._fire('recovered', this._verdict(payload));
         if (envelope.event === 'ws4tx.refresh') this._refresh();
       } else if (envelope.error !== undefined && envelope.error !== null) {
         var pending = this._pending.get(envelope.id);
@@ -620,6 +815,7 @@ function (root) {
   WS4TX.SUBPROTOCOL = SUBPROTOCOL;
   WS4TX.FINAL_CODES = FINAL_CODES.slice();
   WS4TX.HEARTBEAT_TIMEOUT = HEARTBEAT_TIMEOUT;
+  WS4TX.MAX_QUERY_LENGTH = MAX_QUERY_LENGTH;
   WS4TX.AckError = AckError;
 
   /** The connection of a WS4Redis: raw frames, the callbacks of ws4redis.js's options. */
