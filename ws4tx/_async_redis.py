@@ -106,20 +106,11 @@ async def execute(batch: _ops.Batch) -> _ops.Replies:
 
     for shard, indices in _ops.shard_groups(calls, len(shards), shard_index):
         where = addresses[shard].safe_url
+        answered: Any
         try:
             answered = await _ops.aexecute(shards[shard], [calls[i] for i in indices],
                                            cluster, raise_on_error=not batch.errors_as_replies)
         except (RedisError, RedisClusterException) as e:
-            if batch.errors_as_replies:
-                answered = [e] * len(indices)
-            else:
-                failure = PublishError(f"could not {batch.action} Redis at {where}: {e}")
-                failure.__cause__ = e
-                replies.failures.append(failure)
-                continue
-        for i, reply in zip(indices, answered, strict=True):
-            replies.values[i] = reply
-            replies.where[i] = where
-    if replies.failures and not batch.partial:
-        raise replies.failures[0]
-    return replies
+            answered = e
+        _ops.record(replies, batch, indices, where, answered)
+    return _ops.finished(replies, batch)

@@ -13,7 +13,7 @@ to the node of its slot) with :func:`execute` / :func:`aexecute`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Generator, Optional, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Generator, Optional, Sequence, TypeVar, Union
 
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -104,6 +104,30 @@ def shard_groups(calls: Sequence[Call], shards: int,
     for i, call in enumerate(calls):
         groups.setdefault(0 if call.name is None else shard_index(call.name), []).append(i)
     return list(groups.items())
+
+
+def record(replies: Replies, batch: Batch, indices: Sequence[int], where: str,
+           answered: Union[list[Any], RedisError, RedisClusterException]) -> None:
+    """Put what the shard at ``where`` answered to ``batch``'s calls at ``indices`` (or the
+    error it raised) into ``replies``, as the batch asks errors to be kept."""
+    if isinstance(answered, (RedisError, RedisClusterException)):
+        if not batch.errors_as_replies:
+            failure = PublishError(f"could not {batch.action} Redis at {where}: {answered}")
+            failure.__cause__ = answered
+            replies.failures.append(failure)
+            return
+        answered = [answered] * len(indices)
+    for i, reply in zip(indices, answered, strict=True):
+        replies.values[i] = reply
+        replies.where[i] = where
+
+
+def finished(replies: Replies, batch: Batch) -> Replies:
+    """``replies`` once every shard answered: the first failure raised unless the batch
+    is ``partial``."""
+    if replies.failures and not batch.partial:
+        raise replies.failures[0]
+    return replies
 
 
 def execute(connection: Any, calls: Sequence[Call], cluster: bool,

@@ -180,23 +180,14 @@ class RedisStore:
         for shard, indices in _ops.shard_groups(calls, len(shards), _sync_redis.shard_index):
             connection = shards[shard]
             where = self._where(connection)
+            answered: Any
             try:
                 answered = _ops.execute(connection, [calls[i] for i in indices], cluster,
                                         raise_on_error=not batch.errors_as_replies)
             except (RedisError, RedisClusterException) as e:
-                if batch.errors_as_replies:
-                    answered = [e] * len(indices)
-                else:
-                    failure = PublishError(f"could not {batch.action} Redis at {where}: {e}")
-                    failure.__cause__ = e
-                    replies.failures.append(failure)
-                    continue
-            for i, reply in zip(indices, answered, strict=True):
-                replies.values[i] = reply
-                replies.where[i] = where
-        if replies.failures and not batch.partial:
-            raise replies.failures[0]
-        return replies
+                answered = e
+            _ops.record(replies, batch, indices, where, answered)
+        return _ops.finished(replies, batch)
 
     def _get_first(self, channels: Sequence[str]) -> Optional[bytes]:
         """The first non-empty value stored under ``channels`` (one round trip per
