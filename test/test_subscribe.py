@@ -249,6 +249,27 @@ class SubscribeTests(ServerTestCase):
         self.assertEqual(list(node.router.hub.channels()), [])
 
 
+class PresenceTests(ServerTestCase):
+    """A subscription to a facility with presence is in it, as a connection is."""
+
+    config = ServerTestCase.config.replace(presence=("*",))
+
+    async def test_aSubscriptionIsInItsFacilitysPresence(self) -> None:
+        """The bare URL itself is in no presence; a subscription to chat is (with its
+        user) until it unsubscribes."""
+        presence = self.factory.node.presence
+        client = await self.client("/ws/", JOHN, protocols=EVENTS)
+        self.assertEqual(presence.entries(""), [])
+        client.send(subscribe(1, "chat", broadcast=True))
+        self.assertEqual(json.loads(await client.text())["ws4tx"], "subscribed")
+        self.assertEqual([e.user for e in presence.entries("chat")], ["john"])
+        client.send(unsubscribe(2, "chat", broadcast=True))
+        answer = json.loads(await client.text())
+        while answer["ws4tx"] != "unsubscribed":  # presence events of its own join
+            answer = json.loads(await client.text())
+        self.assertEqual(presence.entries("chat"), [])
+
+
 class RateTests(ServerTestCase):
     """Subscribe frames count against the client's rate limit."""
 
