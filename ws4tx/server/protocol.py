@@ -39,7 +39,7 @@ from ws4tx.server._log import observer
 from ws4tx.server._ratelimit import TokenBucket
 from ws4tx.server.auth import AnonymousAuthenticator, Grant, HandshakeDenied, IAuthenticator
 from ws4tx.server.broker import NotStored, publish_to
-from ws4tx.server.expiry import Expiry, reauthenticate
+from ws4tx.server.expiry import Expiry, reauthenticate, with_token
 from ws4tx.server.handlers import EventRefused
 from ws4tx.server.node import Node, close_label
 from ws4tx.server.streams import FIRST_PAGE, LOW_MARK, ClientStream
@@ -642,8 +642,12 @@ class PushProtocol(WebSocketServerProtocol):
             return defer.fail(EventRefused("this connection has no token to refresh"))
         expiry = self._expiry
 
+        handshake = self._handshake
+
         def extended(deadline: Optional[float]) -> dict[str, Any]:
             expiry.extend(deadline)
+            # Its subscribes are authorized with the fresh token from now on.
+            self._handshake = with_token(handshake, data["token"])
             return {"expires": deadline}
 
         return reauthenticate(self.factory.authenticator, self._handshake, data,
