@@ -61,6 +61,7 @@ class FrameTests(SynchronousTestCase):
             subscribe(1, "", user=True): "'facility' must be a non-empty string",
             subscribe(1, "chat", [], user=True): "'recover' must be an object",
             subscribe(None, "chat", user=True): "needs an id",
+            subscribe(1, "chat", user=True)[:-1] + ',"x":1e999}': "out of range",
         }
         for text, why in cases.items():
             with self.assertRaises(envelope.InvalidEnvelope) as caught:

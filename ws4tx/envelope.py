@@ -316,7 +316,7 @@ def decode(text: Union[str, bytes]) -> Union[Event, Ack, Subscribe, Unsubscribe,
     if huge:
         raise InvalidEnvelope(
             f"the number {huge[0][:20]} is out of range: JSON numbers must be finite "
-            "(at most about 1.8e308)", msg_id)
+            "(at most about 1.8e308)", msg_id, kind if isinstance(kind, str) else None)
     if kind == EVENT:
         name = obj.get("event")
         if not isinstance(name, str) or not name:
