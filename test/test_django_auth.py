@@ -43,6 +43,16 @@ def allow_broadcast_only(request, channels):
     return [c for c in channels if c.endswith("-broadcast")]
 
 
+def no_secrets(request, channels):
+    """An ALLOWED_CHANNELS hook by facility: nothing of 'secret', broadcast only on
+    'news', anything elsewhere."""
+    if request.path.endswith("/secret"):
+        raise PermissionDenied("no secrets here")
+    if request.path.endswith("/news"):
+        return [c for c in channels if c.endswith("-broadcast")]
+    return channels
+
+
 def header_user(request):
     """A PROCESS_REQUEST hook: the user named by a header (like a token scheme would)."""
     from django.contrib.auth.models import AnonymousUser
@@ -211,6 +221,32 @@ class DjangoAuthTests(DjangoServerTestCase):
             status, text = await self._status("/ws/foobar" + ALL, self.cookie(mary))
         self.assertEqual(status, 403)
         self.assertIn("mary may not listen", text)
+
+    async def test_subscribeFramesPassTheSameHooks(self):
+        """A subscribe frame on /ws/ is authorized as the same channels in a URL: the
+        session cookie's identity and ALLOWED_CHANNELS (in a thread), which sees the
+        facility asked; a refusal is answered with the hook's reason and leaves the
+        subscription already there delivering."""
+        await self.restart(WS4REDIS_ALLOWED_CHANNELS=f"{__name__}.no_secrets")
+        _, john = self.login("john")
+        client = await self.client("/ws/", self.cookie(john), protocols=("ws4tx.v1",))
+
+        async def answer(frame: dict) -> dict:
+            client.send(json.dumps({"ws4tx": "subscribe", **frame}, separators=(",", ":")))
+            return json.loads(await client.text())
+
+        self.assertEqual(await answer({"id": 1, "facility": "foobar", "audiences": {
+            "user": True, "groups": ["chatusers"]}}), {
+            "ws4tx": "subscribed", "id": 1, "facility": "foobar",
+            "channels": ["ws4tx:user:john:foobar", "ws4tx:group:chatusers:foobar"]})
+        self.assertEqual(await answer({"id": 2, "facility": "secret", "audiences": {
+            "broadcast": True}}), {"ws4tx": "refused", "id": 2, "reason": "no secrets here"})
+        self.assertEqual(await answer({"id": 3, "facility": "news", "audiences": {
+            "broadcast": True, "user": True}}), {
+            "ws4tx": "refused", "id": 3, "reason": "not allowed: the user audience of news"})
+        self.assertEqual(self.factory.authenticator.gate.most, 1)
+        self.assertEqual(self.publish("ws4tx:user:john:foobar", "still"), 1)
+        self.assertEqual(await client.text(), "still")
 
     async def test_processRequestHookReplacesSessionAuth(self):
         """PROCESS_REQUEST replaces the default session processing."""

@@ -7,6 +7,8 @@ authenticator."""
 from __future__ import annotations
 
 import json
+import time
+from unittest import mock
 
 from twisted.internet import reactor, task
 from twisted.trial.unittest import SynchronousTestCase
@@ -15,6 +17,7 @@ from test._django import setup_django
 
 setup_django()
 
+from django.core import signing  # noqa: E402
 from django.test import override_settings  # noqa: E402
 
 from ws4tx import closecodes, envelope, tokens  # noqa: E402
@@ -142,6 +145,31 @@ class TokenConnectionTests(DjangoServerTestCase):
         self.publish("ws4tx:broadcast:foobar", "still here")
         self.assertEqual(await events.text(), "still here")
         self.assertFalse(events.closed.called)
+
+    async def test_subscribesAreAuthorizedWithTheFreshToken(self):
+        """After a refresh, subscribe frames are authorized with the fresh token: a
+        subscribe after the first token expired is allowed."""
+        self.settings_override(WS4TX_TOKEN_MAX_AGE=6)
+        with mock.patch.object(signing.TimestampSigner, "timestamp",
+                               lambda _: signing.b62_encode(int(time.time()) - 5)):
+            old = self.token()  # signed 5 s ago: about a second left
+        events = await self.client("/ws/?token=" + old, protocols=EVENTS)
+        control = await self.client(PATH + "&token=" + old)
+        connection, = (c for c in self.factory.node.router.hub.clients()
+                       if c.speaks_events)
+        fresh = self.token()
+        self.assertNotEqual(fresh, old)
+        ack = await self.refresh(events, fresh)
+        self.assertEqual(ack["data"], {"expires": tokens.expires_at(fresh)})
+        self.assertEqual(connection.handshake.params["token"], [fresh])
+        # The first token is expired once the connection that kept it is closed.
+        self.assertEqual((await control.closed.addTimeout(TIMEOUT, reactor))[0],
+                         closecodes.TOKEN_EXPIRED)
+        events.send(json.dumps({"ws4tx": "subscribe", "id": 2, "facility": "foobar",
+                                "audiences": {"user": True}}, separators=(",", ":")))
+        self.assertEqual(await self.nextEvent(events), {
+            "ws4tx": "subscribed", "id": 2, "facility": "foobar",
+            "channels": ["ws4tx:user:john:foobar"]})
 
     async def test_aTokenOfAnotherIdentityOrABadOneIsRefused(self):
         events = await self.client(PATH + "&token=" + self.token(), protocols=EVENTS)

@@ -7,7 +7,12 @@ frame is a raw ws4redis payload and is delivered unchanged. Kinds:
   acknowledgement;
 - ``{"ws4tx":"ack","id":N,"data":DATA}`` or ``{"ws4tx":"ack","id":N,"error":MESSAGE}``;
 - ``{"ws4tx":"pub","channel":C,"offset":N,"epoch":E,"data":TEXT}`` (``"data64"``: base64,
-  for a binary payload): from the server only, a message of a channel with history.
+  for a binary payload): from the server only, a message of a channel with history;
+- ``{"ws4tx":"subscribe","id":N,"facility":F,"audiences":{...},"recover":{C:"E:O"}}`` and
+  ``{"ws4tx":"unsubscribe","id":N,"facility":F,"audiences":{...}}`` from a client, answered
+  by the server with ``{"ws4tx":"subscribed","id":N,"facility":F,"channels":[...]}``,
+  ``{"ws4tx":"unsubscribed","id":N,"facility":F,"channels":[...]}`` or
+  ``{"ws4tx":"refused","id":N,"reason":R}``.
 
 Event names starting with ``ws4tx.`` are the server's own (``ws4tx.error``, ...), and
 acknowledgements and publications come only from the server, on the connection that
@@ -33,6 +38,21 @@ EVENT = "event"
 ACK = "ack"
 #: A message of a channel with history, with its position, as event clients get it.
 PUBLICATION = "pub"
+#: A client's request to listen to more channels on its connection, or to stop.
+SUBSCRIBE = "subscribe"
+UNSUBSCRIBE = "unsubscribe"
+#: The server's answers to them (``subscribed``/``unsubscribed`` with the channels, or
+#: ``refused`` with the reason): every subscribe and unsubscribe gets exactly one.
+SUBSCRIBED = "subscribed"
+UNSUBSCRIBED = "unsubscribed"
+REFUSED = "refused"
+#: The kinds only the server sends: one met on a channel is forged.
+_SERVER_KINDS = frozenset({ACK, PUBLICATION, SUBSCRIBED, UNSUBSCRIBED, REFUSED})
+#: The audiences a subscribe may name (``groups``: true for all the identity's groups,
+#: or a list of some of them).
+SUBSCRIBE_AUDIENCES = ("broadcast", "user", "groups", "session")
+#: Most group names one subscribe may list.
+MAX_SUBSCRIBE_GROUPS = 256
 
 #: Sent to one client when its event could not be handled (``data``: ``{"message": ...}``).
 ERROR_EVENT = "ws4tx.error"
@@ -88,11 +108,15 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 class InvalidEnvelope(ValueError):
     """A frame that looks like an envelope (first key ``ws4tx``) but is not a valid one;
-    ``id`` is the acknowledgement id it asked for, when it could be read."""
+    ``id`` is the acknowledgement id it asked for, when it could be read, and ``kind``
+    its kind (a subscribe or unsubscribe is answered ``refused``, anything else with an
+    ack)."""
 
-    def __init__(self, message: str, id: Optional[int] = None) -> None:
+    def __init__(self, message: str, id: Optional[int] = None,
+                 kind: Optional[str] = None) -> None:
         super().__init__(message)
         self.id = id
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -111,6 +135,46 @@ class Ack:
     id: int
     data: Any = None
     error: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Audiences:
+    """The audiences a subscribe or unsubscribe names: ``groups`` None for none, ``True``
+    for all the identity's groups, else those names."""
+
+    broadcast: bool = False
+    user: bool = False
+    session: bool = False
+    groups: Union[bool, tuple[str, ...], None] = None
+
+    def names(self) -> frozenset[str]:
+        """The URL audiences (flags) they are: ``broadcast``, ``user``, ``group``,
+        ``session``."""
+        chosen = {name for name, on in (("broadcast", self.broadcast), ("user", self.user),
+                                        ("session", self.session)) if on}
+        if self.groups:
+            chosen.add("group")
+        return frozenset(chosen)
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    """A client asks to listen to ``facility``'s channels of ``audiences`` on its
+    connection, recovering from ``recover`` (channel -> ``"<epoch>:<offset>"``)."""
+
+    id: int
+    facility: str
+    audiences: Audiences
+    recover: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    """A client stops listening to ``facility``'s channels of ``audiences``."""
+
+    id: int
+    facility: str
+    audiences: Audiences
 
 
 def _dumps(obj: dict[str, Any]) -> str:
@@ -165,6 +229,23 @@ def encode_publication(channel: str, offset: int, epoch: str, payload: bytes) ->
     return _dumps(obj).encode("utf-8")
 
 
+def encode_subscribed(id: int, facility: str, channels: list[str]) -> str:
+    """The answer to a subscribe that was allowed: the channels it added."""
+    return _dumps({"ws4tx": SUBSCRIBED, "id": id, "facility": facility,
+                   "channels": channels})
+
+
+def encode_unsubscribed(id: int, facility: str, channels: list[str]) -> str:
+    """The answer to an unsubscribe: the channels the connection left."""
+    return _dumps({"ws4tx": UNSUBSCRIBED, "id": id, "facility": facility,
+                   "channels": channels})
+
+
+def encode_refused(id: int, reason: str) -> str:
+    """The answer to a subscribe or unsubscribe that was refused (nothing changed)."""
+    return _dumps({"ws4tx": REFUSED, "id": id, "reason": reason})
+
+
 def is_envelope(text: Union[str, bytes]) -> bool:
     """Whether ``text`` is meant as an envelope (a cheap test on its first bytes), as
     ws4tx.js decides it: its first key is ``ws4tx``, after any white space."""
@@ -195,12 +276,14 @@ def server_voice(payload: bytes) -> Optional[str]:
         return "an acknowledgement"
     if kind == PUBLICATION:
         return "a publication envelope"
+    if kind in _SERVER_KINDS:
+        return f"a {kind} answer"
     if kind == EVENT and isinstance(name, str) and is_reserved(name):
         return f"the server event {name!r}"
     return None
 
 
-def decode(text: Union[str, bytes]) -> Union[Event, Ack, None]:
+def decode(text: Union[str, bytes]) -> Union[Event, Ack, Subscribe, Unsubscribe, None]:
     """The envelope in ``text``; None when ``text`` is a raw payload.
 
     Raises :class:`InvalidEnvelope` for a frame that claims to be an envelope but is not
@@ -228,11 +311,12 @@ def decode(text: Union[str, bytes]) -> Union[Event, Ack, None]:
     if msg_id is not None and not (
         isinstance(msg_id, int) and not isinstance(msg_id, bool) and 0 <= msg_id <= _MAX_ID
     ):
-        raise InvalidEnvelope("id must be a non-negative integer")
+        raise InvalidEnvelope("id must be a non-negative integer",
+                              kind=kind if isinstance(kind, str) else None)
     if huge:
         raise InvalidEnvelope(
             f"the number {huge[0][:20]} is out of range: JSON numbers must be finite "
-            "(at most about 1.8e308)", msg_id)
+            "(at most about 1.8e308)", msg_id, kind if isinstance(kind, str) else None)
     if kind == EVENT:
         name = obj.get("event")
         if not isinstance(name, str) or not name:
@@ -245,7 +329,59 @@ def decode(text: Union[str, bytes]) -> Union[Event, Ack, None]:
         if error is not None and not isinstance(error, str):
             raise InvalidEnvelope("an ack's error must be a string")
         return Ack(msg_id, obj.get("data"), error)
+    if kind in (SUBSCRIBE, UNSUBSCRIBE):
+        return _subscription(obj, kind, msg_id)
     raise InvalidEnvelope(f"unknown kind {kind!r}")
+
+
+def _subscription(obj: dict[str, Any], kind: str,
+                  msg_id: Optional[int]) -> Union[Subscribe, Unsubscribe]:
+    """A subscribe or unsubscribe frame, checked: an id, a facility (a string), audiences
+    (an object of known names), and for a subscribe optional recovery positions."""
+    def invalid(message: str) -> InvalidEnvelope:
+        return InvalidEnvelope(f"{kind}: {message}", msg_id, kind)
+
+    if msg_id is None:
+        raise invalid("needs an id (every one is answered)")
+    facility = obj.get("facility")
+    if not isinstance(facility, str) or not facility:
+        raise invalid("'facility' must be a non-empty string")
+    unknown = set(obj) - {"ws4tx", "id", "facility", "audiences", "recover"}
+    if unknown or (kind == UNSUBSCRIBE and "recover" in obj):
+        raise invalid(f"unknown field {min(unknown or {'recover'})!r}")
+    audiences = obj.get("audiences")
+    if not isinstance(audiences, dict) or not audiences:
+        raise invalid("'audiences' must be a non-empty object, of "
+                      + ", ".join(SUBSCRIBE_AUDIENCES))
+    for name, value in audiences.items():
+        if name not in SUBSCRIBE_AUDIENCES:
+            raise invalid(f"unknown audience {name!r} (known: "
+                          f"{', '.join(SUBSCRIBE_AUDIENCES)})")
+        if name == "groups":
+            if isinstance(value, list):
+                if len(value) > MAX_SUBSCRIBE_GROUPS or not all(
+                        isinstance(g, str) and g for g in value):
+                    raise invalid("'groups' must be true or a list of at most "
+                                  f"{MAX_SUBSCRIBE_GROUPS} group names")
+            elif not isinstance(value, bool):
+                raise invalid("'groups' must be true or a list of group names")
+        elif not isinstance(value, bool):
+            raise invalid(f"audience {name!r} must be true or false")
+    groups = audiences.get("groups")
+    chosen = Audiences(broadcast=audiences.get("broadcast", False),
+                       user=audiences.get("user", False),
+                       session=audiences.get("session", False),
+                       groups=tuple(dict.fromkeys(groups)) if isinstance(groups, list)
+                       else (groups or None))
+    if not chosen.names():
+        raise invalid("no audience chosen")
+    if kind == UNSUBSCRIBE:
+        return Unsubscribe(msg_id, facility, chosen)
+    recover = obj.get("recover", {})
+    if not isinstance(recover, dict) or not all(
+            isinstance(v, str) for v in recover.values()):
+        raise invalid("'recover' must be an object of channel: \"<epoch>:<offset>\"")
+    return Subscribe(msg_id, facility, chosen, tuple(recover.items()))
 
 
 def _no_constant(name: str) -> Any:

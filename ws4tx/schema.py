@@ -573,6 +573,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("slow_timeout", NUMBER, 10.0,
             "... or it has not drained for this long while messages wait", minimum=0,
             inclusive=False, unit="s"),
+    Setting("max_subscriptions", INT, 100,
+            "channels one event connection may add by `subscribe` frames; a subscribe past "
+            "it is refused", minimum=0),
     Setting("max_recovery", INT, 1000,
             "messages one client may recover on reconnect (`recover=`), over all its "
             "channels; past it a channel is not recovered (`ws4tx.recovered` false, reason "

@@ -8,6 +8,12 @@ Two steps, on either side of the authenticator:
    gave, and the site's publishing rules, become an :class:`Admission`: the channels the
    client listens to and publishes to, and the subprotocol to answer.
 
+An event client's ``subscribe`` frame on an open connection goes through the same two
+steps (:func:`subscription_request` makes the request the same channels in a URL would
+be, :func:`authenticate` asks the authenticator, :func:`admit` decides, and
+:func:`subscription_channels` checks that every audience asked is allowed): a subscribe is
+allowed exactly when the URL would be.
+
 A refusal is a :class:`~ws4tx.server.auth.HandshakeDenied` with the HTTP status and the
 reason. :class:`AddressCounts` keeps the per-address connection count the cap needs, for
 WebSocket connections and for the HTTP connections they arrive on.
@@ -18,24 +24,28 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, Mapping, Optional, Sequence
-from urllib.parse import parse_qs
+from typing import Any, Coroutine, Mapping, Optional, Sequence
+from urllib.parse import parse_qs, urlencode
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from ws4tx import envelope, schema
 from ws4tx.naming import (
+    GROUP,
     Flags,
     Identity,
     InvalidFacility,
     audience_channels,
+    channels_for,
     check_facility,
+    flag_names,
     parse_flags,
 )
 from ws4tx.server._forwarded import client_address, counted_as
 from ws4tx.server._log import observer
 from ws4tx.server._origin import origin_allowed
-from ws4tx.server.auth import Grant, HandshakeDenied, HandshakeRequest
+from ws4tx.server.auth import Grant, HandshakeDenied, HandshakeRequest, IAuthenticator
 from ws4tx.server.config import ServerConfig
 
 _log = Logger(observer=observer)
@@ -50,18 +60,24 @@ def check_request(
     query: str,
     headers: Mapping[str, str],
     secure: bool = False,
+    protocols: Sequence[str] = (),
 ) -> HandshakeRequest:
     """The request the authenticator gets, once the query length, the path, the facility
-    and the Origin passed; else :class:`HandshakeDenied` (414, 404, 400, 403)."""
+    and the Origin passed; else :class:`HandshakeDenied` (414, 404, 400, 403). An event
+    client (subprotocol ``ws4tx.v1`` among ``protocols``) may open the WebSocket URL
+    itself, without a facility: it starts with no channel and subscribes by frames."""
     if len(query) > config.max_query_length:
         raise HandshakeDenied("the query string is too long", 414)
     if not path.startswith(config.websocket_url):
         raise HandshakeDenied(f"WebSocket URLs start with {config.websocket_url}", 404)
-    try:
-        facility = check_facility(path[len(config.websocket_url):],
-                                  config.max_facility_length)
-    except InvalidFacility as e:
-        raise HandshakeDenied(str(e), 400) from None
+    rest = path[len(config.websocket_url):]
+    if not rest and envelope.SUBPROTOCOL in protocols:
+        facility = ""
+    else:
+        try:
+            facility = check_facility(rest, config.max_facility_length)
+        except InvalidFacility as e:
+            raise HandshakeDenied(str(e), 400) from None
     origin = headers.get("origin")
     if origin and config.allowed_origins and not origin_allowed(
             origin, config.allowed_origins):
@@ -119,6 +135,8 @@ def admit(
     if not may_publish(config, identity, handled):
         flags = Flags(flags.subscribe, frozenset(), flags.echo)
     facility, prefix = handshake.facility, config.prefix
+    if not facility:  # the WebSocket URL itself: channels come by subscribe frames
+        flags = Flags()
     publish_to = tuple(audience_channels(prefix, facility, flags.publish, identity))
     if envelope.SUBPROTOCOL in protocols:
         subprotocol: Optional[str] = envelope.SUBPROTOCOL
@@ -136,6 +154,67 @@ def admit(
         subprotocol=subprotocol,
         expires=expires,
     )
+
+
+def authenticate(authenticator: IAuthenticator, request: HandshakeRequest) -> Any:
+    """What ``authenticator`` answers for ``request``: an identity or a grant now, or a
+    Deferred of one (a coroutine becomes one); it may raise :class:`HandshakeDenied`."""
+    answer = authenticator.authenticate(request)
+    if isinstance(answer, Coroutine):
+        return defer.Deferred.fromCoroutine(answer)
+    return answer
+
+
+def subscription_request(config: ServerConfig, handshake: HandshakeRequest,
+                         facility: str, audiences: frozenset[str]) -> HandshakeRequest:
+    """The request a URL for ``facility`` with the ``subscribe-*`` flags of ``audiences``
+    would have made on the connection opened by ``handshake`` (its headers, cookies and
+    token): what an event client's ``subscribe`` is authorized as. HandshakeDenied (400)
+    for a bad facility."""
+    try:
+        facility = check_facility(facility, config.max_facility_length)
+    except InvalidFacility as e:
+        raise HandshakeDenied(str(e), 400) from None
+    flags = Flags(subscribe=audiences)
+    names = flag_names(flags)
+    params: dict[str, list[str]] = {name: [""] for name in names}
+    token = handshake.params.get("token")
+    if token:
+        params["token"] = token[:1]
+        names.append(urlencode({"token": token[0]}))
+    query = "&".join(names)
+    return HandshakeRequest(
+        peer=handshake.peer, host=handshake.host,
+        path=config.websocket_url + facility, query=query, params=params,
+        headers=handshake.headers, facility=facility, flags=flags,
+        secure=handshake.secure)
+
+
+def subscription_channels(config: ServerConfig, admitted: Admission, identity: Identity,
+                          audiences: frozenset[str],
+                          groups: Optional[Sequence[str]]) -> tuple[str, ...]:
+    """The channels a subscribe gets once :func:`admit` decided (``admitted``) on the
+    connection of ``identity``: those of ``audiences`` (and of ``groups`` only, when it
+    names some). HandshakeDenied when the authentication gave another identity, or an
+    audience asked gives no channel (the site's ``ALLOWED_CHANNELS`` dropped it, or the
+    identity has no name in it: an anonymous client's ``user``, a group not its own)."""
+    if admitted.identity != identity:
+        raise HandshakeDenied("the connection's identity changed since it opened: "
+                              "reconnect")
+    prefix, facility = config.prefix, admitted.facility
+    allowed = frozenset(admitted.channels)
+    for audience in sorted(audiences):
+        if not allowed & frozenset(audience_channels(prefix, facility, (audience,),
+                                                     identity)):
+            raise HandshakeDenied(f"not allowed: the {audience} audience of {facility}")
+    if groups is None:
+        return admitted.channels
+    foreign = [g for g in groups if g not in identity.groups]
+    if foreign:
+        raise HandshakeDenied(f"not allowed: {foreign[0]!r} is not one of your groups")
+    every = frozenset(audience_channels(prefix, facility, (GROUP,), identity))
+    chosen = frozenset(channels_for(prefix, facility, groups=tuple(groups)))
+    return tuple(c for c in admitted.channels if c not in every or c in chosen)
 
 
 def may_publish(config: ServerConfig, identity: Identity, handled: bool) -> bool:

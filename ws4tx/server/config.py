@@ -120,6 +120,8 @@ class ServerConfig:
     #: ... with bursts up to this many; a client over the limit is told (event clients)
     #: and its message dropped; past three times the burst it is closed with 1008.
     rate_burst: int = _default("rate_burst")
+    #: Channels one event connection may add by subscribe frames.
+    max_subscriptions: int = _default("max_subscriptions")
     #: Longest facility name.
     max_facility_length: int = _default("max_facility_length")
     #: Longest query string, in bytes (414 past it).

@@ -54,6 +54,10 @@ class EventClient(Protocol):
     def refreshToken(self, data: Any) -> defer.Deferred[Any]:
         """The client sent a fresh token (``ws4tx.refresh``)."""
 
+    @property
+    def subscriptions(self) -> Any:
+        """Its :class:`~ws4tx.server.subscriptions.Subscriptions` (subscribe frames)."""
+
 
 class Events:
     """The event handlers of one node, one instance per facility, and the dispatch of
@@ -88,16 +92,25 @@ class Events:
         return d.addCallback(lambda r: defer.ensureDeferred(r) if inspect.iscoroutine(r) else r)
 
     def dispatch(self, client: EventClient, payload: bytes) -> None:
-        """Handle an envelope ``client`` sent: a fresh token (``ws4tx.refresh``); the
-        handler's ``on_<event>``; else, on a connection with publish flags, publish the
-        event (never a ``ws4tx.*`` one); else refuse it."""
+        """Handle an envelope ``client`` sent: a subscribe or unsubscribe (its
+        subscriptions answer it); a fresh token (``ws4tx.refresh``); the handler's
+        ``on_<event>``; else, on a connection with publish flags, publish the event (never
+        a ``ws4tx.*`` one); else refuse it."""
         try:
             message = envelope.decode(payload)
         except envelope.InvalidEnvelope as e:
-            if e.id is not None:
+            if e.id is not None and e.kind in (envelope.SUBSCRIBE, envelope.UNSUBSCRIBE):
+                client.sendEnvelope(envelope.encode_refused(e.id, f"invalid envelope: {e}"))
+            elif e.id is not None:
                 client.sendEnvelope(envelope.encode_ack(e.id, error=f"invalid envelope: {e}"))
             else:
                 client.emit(envelope.ERROR_EVENT, {"message": f"invalid envelope: {e}"})
+            return
+        if isinstance(message, envelope.Subscribe):
+            client.subscriptions.subscribe(message)
+            return
+        if isinstance(message, envelope.Unsubscribe):
+            client.subscriptions.unsubscribe(message)
             return
         if not isinstance(message, envelope.Event):
             client.emit(envelope.ERROR_EVENT, {"message": "clients may only send events"})

@@ -77,6 +77,13 @@ class Expiry:
         self._asking = self._expiring = None
 
 
+def with_token(handshake: HandshakeRequest, token: str) -> HandshakeRequest:
+    """``handshake`` with ``token`` in place of its token: what a refreshed connection
+    authenticates as from now on (its subscribes too)."""
+    params = {**handshake.params, "token": [token]}
+    return replace(handshake, params=params, query=urlencode(params, doseq=True))
+
+
 def reauthenticate(authenticator: IAuthenticator, handshake: HandshakeRequest, data: Any,
                    identity: Identity) -> defer.Deferred[Optional[float]]:
     """Check the fresh token a client sent (``data``: ``{"token": ...}``) as its first
@@ -88,8 +95,7 @@ def reauthenticate(authenticator: IAuthenticator, handshake: HandshakeRequest, d
     token = data.get("token") if isinstance(data, dict) else None
     if not isinstance(token, str) or not token:
         return defer.fail(EventRefused('a refresh carries {"token": "<a fresh token>"}'))
-    params = {**handshake.params, "token": [token]}
-    fresh = replace(handshake, params=params, query=urlencode(params, doseq=True))
+    fresh = with_token(handshake, token)
     answer: defer.Deferred[Any] = defer.maybeDeferred(authenticator.authenticate, fresh)
     answer.addCallback(lambda a: defer.ensureDeferred(a) if isinstance(a, Coroutine) else a)
 

@@ -74,6 +74,14 @@ COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "raw_envelopes": ("ws4tx_client_raw_envelopes",
                       "raw client messages refused for looking like the server's envelopes",
                       {}),
+    "subscribes": ("ws4tx_client_subscribes",
+                   "subscribe frames that added channels to their connection",
+                   {"outcome": "subscribed"}),
+    "subscribes_refused": ("ws4tx_client_subscribes",
+                           "subscribe frames that added channels to their connection",
+                           {"outcome": "refused"}),
+    "unsubscribes": ("ws4tx_client_unsubscribes",
+                     "unsubscribe frames that left channels", {}),
     "store_refused": ("ws4tx_client_store_refused",
                       "messages not stored: their sender was over its storage budget", {}),
     "outages": ("ws4tx_redis_outages", "times the Redis connection was lost", {}),
@@ -132,7 +140,7 @@ class NodeCollector(Collector):
         yield _gauge("ws4tx_node_processes", "ws4tx processes in this answer", 1)
         yield _gauge("ws4tx_redis_up", "1 while messages flow from Redis",
                      int(node.health().up))
-        yield _gauge("ws4tx_node_num_clients", "connected clients", len(hub))
+        yield _gauge("ws4tx_node_num_clients", "connected clients", node.clientCount())
         yield _gauge("ws4tx_node_num_channels", "channels with at least one local client",
                      len(hub.channels()))
         yield _gauge("ws4tx_node_num_subscriptions", "subscriptions of the local clients",

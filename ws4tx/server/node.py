@@ -150,7 +150,11 @@ class Node:
         self.stats = {"slow_consumers": 0, "rate_limited": 0, "raw_envelopes": 0,
                       "store_refused": 0, "control_commands": 0, "control_invalid": 0,
                       "closed_by_site": 0, "unsubscribed_by_site": 0, "accepted": 0,
-                      "client_messages": 0, "client_bytes": 0}
+                      "client_messages": 0, "client_bytes": 0, "subscribes": 0,
+                      "subscribes_refused": 0, "unsubscribes": 0}
+        #: The subscriptions event clients added by frames (hub members of their own,
+        #: not clients: see :meth:`joinSubscription`).
+        self._subscriptions: set[Any] = set()
         #: Connections closed, by close code (see :func:`close_label`): bounded labels.
         self.closed: Counter[str] = Counter()
         #: Recoveries on reconnect (``recover=``), by outcome: :data:`RECOVERED`, or the
@@ -225,6 +229,35 @@ class Node:
         self.presence.joined(client)
         self.events.connected(client)
         return stream
+
+    def joinSubscription(self, subscription: Any, recover: dict[str, Position],
+                         subscribed: Callable[[], None]) -> ClientStream:
+        """A subscription an event client added by a frame (a
+        :class:`~ws4tx.server.subscriptions.Subscription`: a router member, a stream
+        transport and a presence client of its own, speaking through its connection)
+        joins its channels as a connection does (:meth:`join`, recovering ``recover``),
+        without the handlers' connect; ``subscribed()`` is called once its channels are
+        subscribed, before anything of them is sent."""
+        self._subscriptions.add(subscription)
+        channels = subscription.channels
+        stream = self.streams.join(subscription, subscription.facility, channels, recover)
+
+        def answered(_: object) -> None:
+            subscribed()
+
+        self.router.join(subscription, channels).addCallback(answered).chainDeferred(
+            stream.subscribed)
+        self.presence.joined(subscription)
+        return stream
+
+    def leaveSubscription(self, subscription: Any) -> None:
+        """A subscription is over (unsubscribed, or its connection went away)."""
+        if subscription in self._subscriptions:
+            self._subscriptions.discard(subscription)
+            self.streams.leave(subscription)
+            self.router.leave(subscription)
+            self.presence.left(subscription)
+            self.clientLeft()
 
     def leaveChannels(self, client: Any, channels: AbstractSet[str]) -> None:
         """A client leaves ``channels`` only (the site's ``unsubscribe``), and stays."""
@@ -302,8 +335,8 @@ class Node:
         self.recoveries[recovery_label(reason)] += 1
 
     def clientCount(self) -> int:
-        """How many clients have joined."""
-        return self.router.memberCount()
+        """How many clients have joined (their subscriptions are not clients)."""
+        return self.router.memberCount() - len(self._subscriptions)
 
     def info(self) -> dict[str, Any]:
         """What ``ws4tx.api.info`` gives of this node: its clients, channels and
@@ -312,7 +345,7 @@ class Node:
         hub, now = self.router.hub, self.clock.seconds()
         started = self.started if self.started is not None else now
         return {
-            "clients": len(hub), "channels": len(hub.channels()),
+            "clients": self.clientCount(), "channels": len(hub.channels()),
             "subscriptions": sum(len(hub.channels_of(client)) for client in hub.clients()),
             "started": round(started, 3), "uptime": round(now - started, 3),
             "versions": _VERSIONS, "hostname": socket.gethostname(), "pid": os.getpid(),
@@ -373,8 +406,10 @@ class Node:
 
     def disconnect(self, command: control.Disconnect) -> int:
         """Close this node's connections that ``command`` matches; return how many."""
-        matching = [client for client in tuple(self.router.hub.clients())
-                    if command.matches(client.identity, client.facility)]
+        # A subscription's match closes its connection (once).
+        matching = list(dict.fromkeys(
+            getattr(client, "connection", client) for client in tuple(self.router.hub.clients())
+            if command.matches(client.identity, client.facility)))
         for client in matching:
             client.closeWith(command.code, command.reason)
         self.stats["closed_by_site"] += len(matching)
@@ -397,14 +432,14 @@ class Node:
     def closeAll(self, code: int = closecodes.GOING_AWAY,
                  reason: str = "server shutting down") -> int:
         """Start the closing handshake with every client; return how many there are."""
-        clients = list(self.router.hub.clients())
+        clients = [c for c in self.router.hub.clients() if c not in self._subscriptions]
         for client in clients:
             client.closeWith(code, reason)
         return len(clients)
 
     def dropAll(self) -> None:
         """Drop every client's connection at once."""
-        for client in list(self.router.hub.clients()):
+        for client in [c for c in self.router.hub.clients() if c not in self._subscriptions]:
             client.dropConnection(abort=True)  # type: ignore[attr-defined]
 
     def whenDrained(self) -> defer.Deferred[None]:

@@ -132,8 +132,8 @@ class Presence:
     def joined(self, client: Client) -> None:
         """``client`` opened: add it to its facility's presence and those of the
         audiences it listens to (in the next batch, once the site's info came)."""
-        if not self.config.has_presence(client.facility):
-            return
+        if not client.facility or not self.config.has_presence(client.facility):
+            return  # the WebSocket URL itself (its subscriptions have their facilities)
         since = round(self.clock.seconds(), 3)
         asked = self._info(client) if self._info is not None else None
         if asked is None:

@@ -14,8 +14,7 @@ to :mod:`ws4tx.server.events`.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Coroutine
-from typing import Any, Iterable, Optional, cast
+from typing import AbstractSet, Any, Iterable, Optional, cast
 from urllib.parse import urlsplit
 
 from autobahn.exception import Disconnected
@@ -40,10 +39,11 @@ from ws4tx.server._log import observer
 from ws4tx.server._ratelimit import TokenBucket
 from ws4tx.server.auth import AnonymousAuthenticator, Grant, HandshakeDenied, IAuthenticator
 from ws4tx.server.broker import NotStored, publish_to
-from ws4tx.server.expiry import Expiry, reauthenticate
+from ws4tx.server.expiry import Expiry, reauthenticate, with_token
 from ws4tx.server.handlers import EventRefused
 from ws4tx.server.node import Node, close_label
 from ws4tx.server.streams import FIRST_PAGE, LOW_MARK, ClientStream
+from ws4tx.server.subscriptions import Subscriptions
 
 _log = Logger(observer=observer)
 
@@ -111,6 +111,8 @@ class PushProtocol(WebSocketServerProtocol):
         #: connection's credential (see :mod:`ws4tx.server.expiry`).
         self._handshake: Optional[Any] = None
         self._expiry: Optional[Expiry] = None
+        #: The channels it added by ``subscribe`` frames (an event client).
+        self.subscriptions = Subscriptions(self)
 
     @property
     def node(self) -> Node:
@@ -119,8 +121,17 @@ class PushProtocol(WebSocketServerProtocol):
 
     @property
     def channels(self) -> tuple[str, ...]:
-        """The channels this client listens to."""
+        """The channels this client listens to (by its URL)."""
         return self._channels
+
+    @property
+    def handshake(self) -> Optional[Any]:
+        """The handshake as the authenticator saw it (None before it came)."""
+        return self._handshake
+
+    def isOpen(self) -> bool:
+        """Whether the connection is open (it may still get frames)."""
+        return self._joined and self.state == self.STATE_OPEN
 
     # Handshake
 
@@ -143,13 +154,12 @@ class PushProtocol(WebSocketServerProtocol):
             handshake = admission.check_request(
                 self.factory.config, peer=request.peer, host=request.host,
                 path=request.path, query=urlsplit(self.http_request_uri).query,
-                headers=request.headers, secure=self._isSecure())
+                headers=request.headers, secure=self._isSecure(),
+                protocols=request.protocols)
             self._recover = _recover_from(handshake.params.get("recover", []))
-            answer = self.factory.authenticator.authenticate(handshake)
+            answer = admission.authenticate(self.factory.authenticator, handshake)
         except HandshakeDenied as e:
             raise self._refusal(e) from None
-        if isinstance(answer, Coroutine):
-            answer = defer.Deferred.fromCoroutine(answer)
         if isinstance(answer, defer.Deferred):
             self._authenticating = answer
             answer.addBoth(self._authenticated)
@@ -290,6 +300,8 @@ class PushProtocol(WebSocketServerProtocol):
                 self._write(prepared, payload)
         if len(pending) <= LOW_MARK:
             self._stream.drained()
+            for stream in self.subscriptions.streams():
+                stream.drained()
 
     def tooSlow(self, why: str) -> None:
         """Drop this client as slow (once)."""
@@ -309,6 +321,24 @@ class PushProtocol(WebSocketServerProtocol):
             window = self._window
             _internals.write_frame(
                 self, prepared.plain if window is None else prepared.deflated(window))
+
+    def deliverFor(self, stream: ClientStream, prepared: deflate.Message, channel: str,
+                   payload: bytes) -> None:
+        """Write a prepared frame of a channel a subscription added (``stream``: its
+        streams), as :meth:`deliver` does for the URL's channels."""
+        if stream.careful:
+            stream.live(channel, prepared, payload)
+        elif self._paused_at is not None or self._pending:
+            self.send(channel, prepared, payload)
+        elif self.state == self.STATE_OPEN:
+            window = self._window
+            _internals.write_frame(
+                self, prepared.plain if window is None else prepared.deflated(window))
+
+    def forgetPending(self, channels: AbstractSet[str]) -> None:
+        """Drop what is queued for this client of ``channels`` (it left them)."""
+        if self._pending:
+            self._pending = deque(item for item in self._pending if item[0] not in channels)
 
     def _deliverCarefully(self, prepared: deflate.Message, channel: str,
                           payload: bytes) -> None:
@@ -364,7 +394,8 @@ class PushProtocol(WebSocketServerProtocol):
     def resumeProducing(self) -> None:
         self._paused_at = None
         self._queued_bytes = self._queued_messages = 0
-        if self._pending or self._stream.catching:
+        if self._pending or self._stream.catching or any(
+                stream.catching for stream in self.subscriptions.streams()):
             self.pace()
 
     def stopProducing(self) -> None:
@@ -449,7 +480,7 @@ class PushProtocol(WebSocketServerProtocol):
             self.sendMessage(payload)
             return
         if self._bucket is not None and not self._bucket.take():
-            self._overLimit()
+            self._overLimit(payload if self.speaks_events and not isBinary else None)
             return
         if self.speaks_events and not isBinary and envelope.is_envelope(payload):
             self.node.events.dispatch(self, payload)
@@ -465,9 +496,10 @@ class PushProtocol(WebSocketServerProtocol):
         # _publishFailed logs it.
         self.publish(payload).addErrback(lambda _: None)
 
-    def _overLimit(self) -> None:
+    def _overLimit(self, text: Optional[bytes] = None) -> None:
         """A message over the rate limit is dropped; the sender is told (if it speaks
-        events) and, past three times the burst, closed with 1008."""
+        events: a subscribe or unsubscribe, ``text``, is answered ``refused``) and, past
+        three times the burst, closed with 1008."""
         self._over_limit += 1
         self.node.stats["rate_limited"] += 1
         if self._over_limit == 1:
@@ -475,6 +507,16 @@ class PushProtocol(WebSocketServerProtocol):
         if self._over_limit > 3 * self.factory.config.rate_burst:
             self.closeWith(closecodes.POLICY_VIOLATION, "rate limit exceeded")
             return
+        if text is not None and envelope.is_envelope(text):
+            try:
+                frame = envelope.decode(text)
+            except envelope.InvalidEnvelope:
+                frame = None
+            if isinstance(frame, (envelope.Subscribe, envelope.Unsubscribe)):
+                self.sendEnvelope(envelope.encode_refused(
+                    frame.id, f"rate limit exceeded: {frame.__class__.__name__.lower()} "
+                    "dropped"))
+                return
         self.emit(envelope.ERROR_EVENT, {"message": "rate limit exceeded: message dropped"})
 
     # Publishing
@@ -579,7 +621,7 @@ class PushProtocol(WebSocketServerProtocol):
             return False
         self._channels = tuple(c for c in self._channels if c not in gone)
         self._publish_to = tuple(c for c in self._publish_to if c not in gone)
-        self._pending = deque(item for item in self._pending if item[0] not in gone)
+        self.forgetPending(gone)
         self.node.leaveChannels(self, gone)
         self.emit(envelope.UNSUBSCRIBED_EVENT, event)
         return True
@@ -600,8 +642,12 @@ class PushProtocol(WebSocketServerProtocol):
             return defer.fail(EventRefused("this connection has no token to refresh"))
         expiry = self._expiry
 
+        handshake = self._handshake
+
         def extended(deadline: Optional[float]) -> dict[str, Any]:
             expiry.extend(deadline)
+            # Its subscribes are authorized with the fresh token from now on.
+            self._handshake = with_token(handshake, data["token"])
             return {"expires": deadline}
 
         return reauthenticate(self.factory.authenticator, self._handshake, data,
@@ -624,6 +670,7 @@ class PushProtocol(WebSocketServerProtocol):
             if self._expiry is not None:
                 self._expiry.stop()
             self._pending.clear()
+            self.subscriptions.close()
             node.leave(self)
 
 

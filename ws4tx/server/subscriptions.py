@@ -1,0 +1,252 @@
+"""Channels an event client adds to its connection at run time (``subscribe`` and
+``unsubscribe`` frames, see docs/protocol.md).
+
+Each allowed subscribe is a :class:`Subscription`: a member of the node of its own (the
+router's hub lists it with its channels, the streams keep its replay and recovery, the
+presence its entry) that speaks through its connection. The connection keeps its
+:class:`Subscriptions`, which authorizes each frame as the same channels in a URL would be
+(:mod:`ws4tx.server.admission`, through the connection's authenticator), bounds how many
+channels they add (``max_subscriptions``) and answers every frame once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, AbstractSet, Any, Iterable, Iterator, Optional
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ws4tx import envelope
+from ws4tx.history import Position, parse_recover
+from ws4tx.naming import GROUP, Identity, audience_channels, channels_for
+from ws4tx.server import admission, deflate
+from ws4tx.server._log import observer
+from ws4tx.server.auth import HandshakeDenied
+from ws4tx.server.streams import ClientStream
+
+if TYPE_CHECKING:
+    from ws4tx.server.protocol import PushProtocol
+
+_log = Logger(observer=observer)
+
+
+class Subscription:
+    """One allowed subscribe: ``facility``'s ``channels`` on ``connection``, which it
+    delivers to, paces and tells (a router member, a stream transport and a presence
+    client of the node)."""
+
+    speaks_events = True
+
+    def __init__(self, connection: PushProtocol, facility: str,
+                 channels: tuple[str, ...]) -> None:
+        self.connection = connection
+        self.identity: Identity = connection.identity
+        self.facility = facility
+        self.channels = channels
+        self.peer = connection.peer
+        #: Its streams (set when it joins the node).
+        self.stream: Optional[ClientStream] = None
+
+    # What the router and the node's commands ask of a member
+
+    def deliver(self, prepared: deflate.Message, channel: str, payload: bytes) -> None:
+        assert self.stream is not None
+        self.connection.deliverFor(self.stream, prepared, channel, payload)
+
+    def deliveryInterrupted(self) -> None:
+        self.connection.deliveryInterrupted()
+
+    def deliveryResumed(self) -> None:
+        self.connection.deliveryResumed()
+
+    def messagesDropped(self, count: int) -> None:
+        self.connection.messagesDropped(count)
+
+    def closeWith(self, code: int, reason: str) -> None:
+        self.connection.closeWith(code, reason)
+
+    def leaveChannels(self, channels: Iterable[str], event: Any) -> bool:
+        """The site made the connection leave ``channels`` (``ws4tx.api.unsubscribe``):
+        those of them this subscription has; the client is told ``ws4tx.unsubscribed``."""
+        if not self.connection.subscriptions.leave(self, frozenset(channels)):
+            return False
+        self.connection.emit(envelope.UNSUBSCRIBED_EVENT, event)
+        return True
+
+    # What its streams drive (ws4tx.server.streams.StreamTransport): the connection's
+
+    @property
+    def dropped(self) -> bool:
+        return self.connection.dropped
+
+    def sendRaw(self, payload: bytes, binary: bool) -> None:
+        self.connection.sendRaw(payload, binary)
+
+    def send(self, channel: str, prepared: deflate.Message, payload: bytes) -> None:
+        self.connection.send(channel, prepared, payload)
+
+    def queue(self, channel: str, prepared: deflate.Message, payload: bytes) -> None:
+        self.connection.queue(channel, prepared, payload)
+
+    def sendEvent(self, event: str, data: Any) -> None:
+        self.connection.sendEvent(event, data)
+
+    def pace(self) -> None:
+        self.connection.pace()
+
+    def tooSlow(self, why: str) -> None:
+        self.connection.tooSlow(why)
+
+    def emit(self, event: str, data: Any = None) -> None:
+        self.connection.emit(event, data)
+
+
+class Subscriptions:
+    """The subscriptions of one event connection, and the answers to its frames."""
+
+    def __init__(self, connection: PushProtocol) -> None:
+        self._connection = connection
+        self._subscriptions: list[Subscription] = []
+
+    def __iter__(self) -> Iterator[Subscription]:
+        return iter(tuple(self._subscriptions))
+
+    def channels(self) -> frozenset[str]:
+        """Every channel the subscriptions listen to."""
+        return frozenset(c for s in self._subscriptions for c in s.channels)
+
+    def streams(self) -> Iterator[ClientStream]:
+        """The subscriptions' streams (the connection paces them too)."""
+        return (s.stream for s in self._subscriptions if s.stream is not None)
+
+    # Frames
+
+    def subscribe(self, frame: envelope.Subscribe) -> None:
+        """Authorize ``frame`` as the same channels in a URL would be; join them (with
+        recovery from the positions it gives) and answer ``subscribed``, or answer
+        ``refused`` with the reason and change nothing."""
+        connection = self._connection
+        config = connection.factory.config
+        handshake = connection.handshake
+        try:
+            if handshake is None:
+                raise HandshakeDenied("this connection cannot subscribe")
+            recover = _recover(frame, config.max_subscriptions)
+            audiences = frame.audiences.names()
+            request = admission.subscription_request(config, handshake, frame.facility,
+                                                     audiences)
+            answer = defer.maybeDeferred(admission.authenticate,
+                                         connection.factory.authenticator, request)
+        except HandshakeDenied as e:
+            self._refuse(frame.id, e.reason)
+            return
+        groups = frame.audiences.groups
+        chosen = list(groups) if isinstance(groups, tuple) else None
+        node = connection.node
+
+        def admitted(answer: Any) -> None:
+            decided = admission.admit(config, request, answer,
+                                      handled=node.events.handles(request.facility),
+                                      protocols=(envelope.SUBPROTOCOL,))
+            channels = admission.subscription_channels(
+                config, decided, connection.identity, audiences, chosen)
+            self._join(frame, request.facility, channels, recover)
+
+        answer.addCallback(admitted).addErrback(self._failed, frame.id)
+
+    def _join(self, frame: envelope.Subscribe, facility: str, channels: tuple[str, ...],
+              recover: dict[str, Position]) -> None:
+        connection = self._connection
+        if not connection.isOpen():
+            return
+        held = frozenset(connection.channels) | self.channels()
+        taken = [c for c in channels if c in held]
+        if taken:
+            raise HandshakeDenied(f"already subscribed: {taken[0]}")
+        cap = connection.factory.config.max_subscriptions
+        if len(self.channels()) + len(channels) > cap:
+            raise HandshakeDenied(f"too many subscriptions: at most {cap} channels per "
+                                  "connection")
+        subscription = Subscription(connection, facility, channels)
+        self._subscriptions.append(subscription)
+
+        def subscribed() -> None:
+            connection.sendEnvelope(envelope.encode_subscribed(frame.id, facility,
+                                                               list(channels)))
+
+        connection.node.stats["subscribes"] += 1
+        subscription.stream = connection.node.joinSubscription(
+            subscription, {c: p for c, p in recover.items() if c in channels}, subscribed)
+
+    def _failed(self, failure: Failure, ack_id: int) -> None:
+        if failure.check(HandshakeDenied):
+            self._refuse(ack_id, failure.value.reason)  # type: ignore[union-attr]
+            return
+        _log.failure("subscribe of {peer} failed", failure, peer=self._connection.peer)
+        self._refuse(ack_id, "internal error")
+
+    def _refuse(self, ack_id: int, reason: str) -> None:
+        self._connection.node.stats["subscribes_refused"] += 1
+        self._connection.sendEnvelope(envelope.encode_refused(ack_id, reason))
+
+    def unsubscribe(self, frame: envelope.Unsubscribe) -> None:
+        """Leave the channels of ``frame``'s facility and audiences that subscriptions
+        added; answer ``unsubscribed`` with them, or ``refused`` when there were none."""
+        connection = self._connection
+        identity, prefix = connection.identity, connection.factory.config.prefix
+        audiences = frame.audiences
+        wanted = set(audience_channels(prefix, frame.facility,
+                                       audiences.names() - {GROUP}, identity))
+        if audiences.groups is True:
+            wanted.update(audience_channels(prefix, frame.facility, (GROUP,), identity))
+        elif audiences.groups:
+            wanted.update(channels_for(prefix, frame.facility, groups=audiences.groups))
+        left: set[str] = set()
+        for subscription in self:
+            if subscription.facility == frame.facility:
+                gone = wanted & frozenset(subscription.channels)
+                if self.leave(subscription, gone):
+                    left |= gone
+        if not left:
+            self._refuse(frame.id, f"not subscribed to those channels of {frame.facility}")
+            return
+        connection.node.stats["unsubscribes"] += 1
+        connection.sendEnvelope(envelope.encode_unsubscribed(frame.id, frame.facility,
+                                                             sorted(left)))
+
+    # Leaving
+
+    def leave(self, subscription: Subscription, channels: AbstractSet[str]) -> bool:
+        """``subscription`` leaves those of ``channels`` it has (all of them: it is over,
+        out of the node's presence too); whether it had any."""
+        gone = channels & frozenset(subscription.channels)
+        if not gone or subscription not in self._subscriptions:
+            return False
+        node = self._connection.node
+        self._connection.forgetPending(gone)
+        subscription.channels = tuple(c for c in subscription.channels if c not in gone)
+        if subscription.channels:
+            node.leaveChannels(subscription, gone)
+        else:
+            self._subscriptions.remove(subscription)
+            node.leaveSubscription(subscription)
+        return True
+
+    def close(self) -> None:
+        """The connection went away: every subscription leaves the node."""
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            self._connection.node.leaveSubscription(subscription)
+
+
+def _recover(frame: envelope.Subscribe, most: int) -> dict[str, Position]:
+    """The positions a subscribe asks to recover from (HandshakeDenied when malformed or
+    more than ``most``)."""
+    if len(frame.recover) > most:
+        raise HandshakeDenied(f"invalid recover: more than {most} positions")
+    try:
+        return parse_recover([f"{channel}:{position}" for channel, position in
+                              frame.recover])
+    except ValueError as e:
+        raise HandshakeDenied(f"invalid recover: {e}") from None
