@@ -150,7 +150,8 @@ class Node:
         self.stats = {"slow_consumers": 0, "rate_limited": 0, "raw_envelopes": 0,
                       "store_refused": 0, "control_commands": 0, "control_invalid": 0,
                       "closed_by_site": 0, "unsubscribed_by_site": 0, "accepted": 0,
-                      "client_messages": 0, "client_bytes": 0}
+                      "client_messages": 0, "client_bytes": 0, "sse_accepted": 0,
+                      "sse_binary_dropped": 0}
         #: Connections closed, by close code (see :func:`close_label`): bounded labels.
         self.closed: Counter[str] = Counter()
         #: Recoveries on reconnect (``recover=``), by outcome: :data:`RECOVERED`, or the

@@ -1,0 +1,179 @@
+"""Server-Sent Events (issue 23, the server half): a real server and a real Redis the test
+starts; a real HTTP client (twisted.web's Agent) reading the stream as it comes."""
+
+from __future__ import annotations
+
+from twisted.internet import reactor, task
+
+from ws4tx import control
+from ws4tx.history import Position, Retention
+from ws4tx.server import _sse_format
+
+from test._recovering import publish_with_history
+from test._server import ServerTestCase, identity_header
+from test._sseclient import SSEClient, request
+from test._wsclient import TIMEOUT
+
+HISTORY = {"chat*": {"size": 300, "ttl": 600}}
+RETENTION = Retention(300, 600)
+CHAT = "ws4tx:broadcast:chat"
+PATH = "/ws/chat?subscribe-broadcast"
+
+
+def _publications(client: SSEClient) -> list[str]:
+    return [e.json()["data"] for e in client.messages()]
+
+
+class _SSETestCase(ServerTestCase):
+    async def stream(self, path: str = PATH, **headers: str) -> SSEClient:
+        """An admitted stream, its channels subscribed and its position known."""
+        response, client = await request(self.port, path, headers)
+        self.addCleanup(client.close)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"),
+                         [b"text/event-stream; charset=utf-8"])
+        return client
+
+
+class SSETests(_SSETestCase):
+    """An SSE stream is admitted as a handshake and delivers what a ws4tx.v1 client gets."""
+
+    config = ServerTestCase.config.replace(history=HISTORY,
+                                           allowed_origins=("https://site.example",))
+
+    def publish_(self, payload: str) -> Position:
+        return publish_with_history(self.redis, CHAT, payload.encode(), RETENTION)
+
+    async def test_foreignOriginWithCookieRefused(self) -> None:
+        """A page of another site cannot open a stream with the user's cookies: 403 with
+        the refusal's reason, as its WebSocket handshake would get; nobody joined."""
+        response, client = await request(self.port, PATH, {
+            "origin": "https://evil.example", "cookie": "sessionid=abc"})
+        await client.until(lambda c: c.ended)
+        self.assertEqual(response.code, 403)
+        self.assertIn(b"this Origin is not allowed", client.raw)
+        self.assertEqual(self.factory.node.clientCount(), 0)
+
+    async def test_queryOverTheCapRefused(self) -> None:
+        """A query longer than ``max_query_length`` is refused with 414."""
+        response, client = await request(self.port, PATH + "&x=" + "a" * 2100)
+        await client.until(lambda c: c.ended)
+        self.assertEqual(response.code, 414)
+
+    async def test_messagesArriveAsEventsWithPositions(self) -> None:
+        """Each publication is an event whose data is the ws4tx.v1 publication envelope
+        and whose id holds the channel's position; the node counts the SSE client."""
+        client = await self.stream()
+        await client.until(lambda c: bool(c.named("ws4tx.positions")))
+        self.publish_("m1")
+        self.publish_("m2")
+        await client.until(lambda c: len(c.messages()) == 2)
+        self.assertEqual(_publications(client), ["m1", "m2"])
+        first = client.messages()[0].json()
+        tag = _sse_format.channels_tag([CHAT])
+        self.assertEqual(client.messages()[0].id, f"{tag}.{first['epoch']}:{first['offset']}")
+        self.assertEqual(client.messages()[1].id,
+                         f"{tag}.{first['epoch']}:{first['offset'] + 1}")
+        node = self.factory.node
+        self.assertEqual((node.clientCount(), node.stats["sse_accepted"]), (1, 1))
+
+    async def test_multiLinePayloadOnSeveralDataLines(self) -> None:
+        """A raw payload with line breaks arrives whole (one data: line per line)."""
+        client = await self.stream("/ws/news?subscribe-broadcast")
+        await client.until(lambda c: self.factory.node.clientCount() == 1)
+        await self.factory.node.router.barrier()
+        self.publish("ws4tx:broadcast:news", "one\ntwo\nthree")
+        await client.until(lambda c: len(c.messages()) == 1)
+        self.assertEqual(client.messages()[0].data, "one\ntwo\nthree")
+        self.assertIn(b"data: one\ndata: two\ndata: three\n\n", client.raw)
+        self.assertIsNone(client.messages()[0].id)
+
+    async def test_reconnectWithLastEventIdRecoversExactlyWhatWasMissed(self) -> None:
+        """A stream that dropped comes back with its last id: the messages published
+        meanwhile, once, in order, then the verdict; then live ones as usual."""
+        client = await self.stream()
+        await client.until(lambda c: bool(c.named("ws4tx.positions")))
+        self.publish_("m1")
+        await client.until(lambda c: len(c.messages()) == 1)
+        last = client.last_id
+        assert last is not None
+        client.close()
+        await client.until(lambda c: c.ended)
+        await self.factory.node.whenDrained().addTimeout(TIMEOUT, reactor)
+        for payload in ("m2", "m3", "m4"):
+            self.publish_(payload)
+        again = await self.stream(**{"last-event-id": last})
+        await again.until(lambda c: bool(c.named("ws4tx.recovered")))
+        self.assertEqual(_publications(again), ["m2", "m3", "m4"])
+        self.assertEqual(again.named("ws4tx.recovered")[0].json()["recovered"], True)
+        self.publish_("m5")
+        await again.until(lambda c: len(c.messages()) == 4)
+        self.assertEqual(_publications(again), ["m2", "m3", "m4", "m5"])
+        self.assertEqual(self.factory.node.recoveries["none"], 1)
+
+    async def test_malformedLastEventIdIsAnUnknownPosition(self) -> None:
+        """A Last-Event-ID that is not one of this stream's ids is an unknown position:
+        the client is told (recovered: false), and goes on live."""
+        client = await self.stream(**{"last-event-id": "garbage,\u00e9:::"})
+        await client.until(lambda c: bool(c.named("ws4tx.positions")))
+        verdict = client.named("ws4tx.recovered")[0].json()
+        self.assertEqual((verdict["recovered"], verdict["reason"]), (False, "position"))
+        self.publish_("m1")
+        await client.until(lambda c: len(c.messages()) == 1)
+        self.assertEqual(_publications(client), ["m1"])
+
+    async def test_forgedLastEventIdCostsOneRead(self) -> None:
+        """A well-formed id with a position the channel never reached is refused by the
+        history read it makes (one), the client told, and nothing replayed."""
+        epoch = self.publish_("m1").epoch
+        tag = _sse_format.channels_tag([CHAT])
+        reads = self.factory.node.reads.stats["history_reads"]
+        forged = f"{tag}.{epoch}:99999999"
+        client = await self.stream(**{"last-event-id": forged})
+        await client.until(lambda c: bool(c.named("ws4tx.recovered")))
+        verdict = client.named("ws4tx.recovered")[0].json()
+        self.assertFalse(verdict["recovered"])
+        self.assertEqual(client.messages(), [])
+        self.assertEqual(self.factory.node.reads.stats["history_reads"] - reads, 1)
+        self.publish_("m2")
+        await client.until(lambda c: len(c.messages()) == 1)
+        self.assertEqual(_publications(client), ["m2"])
+
+    async def test_disconnectClosesTheStream(self) -> None:
+        """The site's disconnect (``api.disconnect``, logout) ends a user's stream with a
+        last ``ws4tx.closed`` event saying why; the node forgets the client."""
+        client = await self.stream("/ws/chat?subscribe-user", **identity_header("alice"))
+        await client.until(lambda c: bool(c.named("ws4tx.positions")))
+        node = self.factory.node
+        self.publish(node.control_channel, control.encode(
+            control.Disconnect(users=frozenset({"alice"}), reason="logged out")))
+        await client.until(lambda c: c.ended)
+        closed = client.named("ws4tx.closed")[0].json()
+        self.assertEqual(closed["reason"], "logged out")
+        await node.whenDrained().addTimeout(TIMEOUT, reactor)
+        self.assertEqual(node.addresses.total(), 0)
+
+
+
+class SSEHeartbeatTests(_SSETestCase):
+    """Heartbeats of an SSE stream."""
+
+    config = ServerTestCase.config.replace(ping_interval=30.0)
+
+    async def test_heartbeatsOnTheNodesClock(self) -> None:
+        """A comment every ping interval, on the node's clock: none before it is due,
+        one when it is."""
+        node = self.factory.node
+        clock = node.clock = task.Clock()  # what the stream's timers run on
+        client = await self.stream("/ws/news?subscribe-broadcast")
+        await client.until(lambda c: node.clientCount() == 1)
+        await node.router.barrier()
+        clock.advance(29.9)
+        self.publish("ws4tx:broadcast:news", "marker")
+        await client.until(lambda c: len(c.messages()) == 1)
+        self.assertNotIn(_sse_format.PING, client.raw)
+        clock.advance(0.1)
+        await client.until(lambda c: _sse_format.PING in c.raw)
+        client.close()
+        await node.whenDrained().addTimeout(TIMEOUT, reactor)
+        self.assertEqual(clock.getDelayedCalls(), [])
