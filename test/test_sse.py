@@ -3,7 +3,8 @@ starts; a real HTTP client (twisted.web's Agent) reading the stream as it comes.
 
 from __future__ import annotations
 
-from twisted.internet import reactor, task
+from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet.protocol import Protocol
 
 from ws4tx import control
 from ws4tx.history import Position, Retention
@@ -177,3 +178,63 @@ class SSEHeartbeatTests(_SSETestCase):
         client.close()
         await node.whenDrained().addTimeout(TIMEOUT, reactor)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class _NeverReads(Protocol):
+    """Asks for a stream, then stops reading its socket for good."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.opened: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.opened.called and b"\r\n\r\n" in data:
+            self.transport.pauseProducing()
+            self.opened.callback(None)
+
+
+class SSESlowConsumerTests(_SSETestCase):
+    """The bounds of a slow WebSocket client apply to a stream."""
+
+    config = ServerTestCase.config.replace(max_queue_bytes=64 * 1024)
+
+    async def test_streamThatIsNotReadIsDropped(self) -> None:
+        """A stream whose client stops reading is dropped once more than
+        ``max_queue_bytes`` wait for it (counted as a slow consumer), while another stream
+        of the channel gets every message."""
+        node = self.factory.node
+        normal = await self.stream("/ws/news?subscribe-broadcast")
+        slow = _NeverReads(b"GET /ws/news?subscribe-broadcast HTTP/1.1\r\nHost: x\r\n"
+                           b"Accept: text/event-stream\r\n\r\n")
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        await endpoints.connectProtocol(endpoint, slow)
+        self.addCleanup(slow.transport.abortConnection)
+        await slow.opened.addTimeout(TIMEOUT, reactor)
+        await node.router.barrier()
+        # Less than max_queue_bytes a turn: a client that reads keeps up.
+        filler = "x" * 20_000
+        sent = [0]
+
+        def publish() -> None:
+            for _ in range(2):
+                self.publish("ws4tx:broadcast:news", f"{sent[0]} {filler}")
+                sent[0] += 1
+
+        loop = task.LoopingCall(publish)
+        loop.start(0.01)
+        self.addCleanup(lambda: loop.running and loop.stop())
+        while node.stats["slow_consumers"] == 0:
+            # Dropped well before the socket buffers and the queue hold 20 MB.
+            self.assertLess(sent[0], 1000)
+            seen = len(normal.events)  # the next message, then look again
+            await normal.until(lambda c, seen=seen: len(c.events) > seen)
+        loop.stop()
+        last = sent[0] - 1
+        await normal.until(lambda c: c.messages()[-1].data.startswith(f"{last} "))
+        numbers = [int(m.data.split(" ", 1)[0]) for m in normal.messages()]
+        self.assertEqual(numbers, list(range(last + 1)))
+        self.assertEqual(node.clientCount(), 1)
+        self.assertEqual(node.addresses.total(), 1)
