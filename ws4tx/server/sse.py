@@ -97,7 +97,7 @@ class SSEStream:
         self._address: Optional[str] = None
         self._counted = self._counted_connection = False
         self._lost = self._joined = self._open = False
-        self._dropped = False
+        self._dropped = self._interrupted = False
         self._close_code: Optional[int] = None
         self._paused_at: Optional[float] = None
         self._queued_bytes = self._queued_messages = 0
@@ -348,10 +348,15 @@ class SSEStream:
             self.send(channel, prepared, payload)
 
     def deliveryInterrupted(self) -> None:
-        self.emit(envelope.INTERRUPTED_EVENT)
+        """The server lost Redis: said once until it is back."""
+        if not self._interrupted:
+            self._interrupted = True
+            self.emit(envelope.INTERRUPTED_EVENT)
 
     def deliveryResumed(self) -> None:
-        self.emit(envelope.RESUMED_EVENT)
+        if self._interrupted:
+            self._interrupted = False
+            self.emit(envelope.RESUMED_EVENT)
 
     def messagesDropped(self, count: int) -> None:
         self.emit(envelope.DROPPED_EVENT, {"messages": count})
