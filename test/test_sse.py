@@ -3,6 +3,9 @@ starts; a real HTTP client (twisted.web's Agent) reading the stream as it comes.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from twisted.internet import defer, endpoints, reactor, task
 from twisted.internet.protocol import Protocol
 
@@ -238,3 +241,55 @@ class SSESlowConsumerTests(_SSETestCase):
         self.assertEqual(numbers, list(range(last + 1)))
         self.assertEqual(node.clientCount(), 1)
         self.assertEqual(node.addresses.total(), 1)
+
+
+class HistoryGetTests(_SSETestCase):
+    """``GET <URL>&history&since=<id>``: the stored messages after a position, as JSON."""
+
+    config = SSETests.config
+
+    async def get(self, query: str, **headers: str) -> tuple[Any, Any]:
+        response, client = await request(self.port, PATH + "&history&since=" + query,
+                                         headers, accept="application/json")
+        await client.until(lambda c: c.ended)
+        return response, json.loads(client.raw)
+
+    async def test_pagesAfterAPositionSealedOnesCacheable(self) -> None:
+        """70 messages: from offset 0 a full page of 64 (more after it: it cannot change,
+        so a cache may keep it), then from its ``next`` the last 6 (not cacheable)."""
+        epoch = ""
+        for n in range(70):
+            epoch = publish_with_history(self.redis, CHAT, f"m{n}".encode(), RETENTION).epoch
+        tag = _sse_format.channels_tag([CHAT])
+        response, body = await self.get(f"{tag}.{epoch}:0")
+        self.assertEqual(response.code, 200)
+        page = body["channels"][CHAT]
+        self.assertEqual([m["data"] for m in page["messages"]], [f"m{n}" for n in range(64)])
+        self.assertEqual([m["offset"] for m in page["messages"]], list(range(1, 65)))
+        self.assertFalse(page["complete"])
+        self.assertEqual(response.headers.getRawHeaders(b"cache-control"),
+                         [b"public, max-age=600"])
+        self.assertEqual(body["next"], f"{tag}.{epoch}:64")
+        response, body = await self.get(body["next"])
+        page = body["channels"][CHAT]
+        self.assertEqual([m["data"] for m in page["messages"]], [f"m{n}" for n in range(64, 70)])
+        self.assertTrue(page["complete"])
+        self.assertEqual(response.headers.getRawHeaders(b"cache-control"), [b"no-store"])
+
+    async def test_malformedOrForgedPositionRefusedOrTold(self) -> None:
+        """A ``since`` that is not an id of this URL is refused (400); a position the
+        channel never reached says why, sends nothing, and is not cached."""
+        epoch = publish_with_history(self.redis, CHAT, b"m", RETENTION).epoch
+        response, body = await self.get("nonsense")
+        self.assertEqual(response.code, 400)
+        tag = _sse_format.channels_tag([CHAT])
+        response, body = await self.get(f"{tag}.{epoch}:999999")
+        page = body["channels"][CHAT]
+        self.assertEqual((page["messages"], page["reason"]), ([], "position"))
+        self.assertEqual(response.headers.getRawHeaders(b"cache-control"), [b"no-store"])
+
+    async def test_admittedAsAHandshake(self) -> None:
+        """A page of another site with the user's cookie is refused (403)."""
+        response, body = await self.get("x", origin="https://evil.example",
+                                        cookie="sessionid=abc")
+        self.assertEqual((response.code, body["reason"]), (403, "this Origin is not allowed"))
