@@ -293,3 +293,21 @@ class HistoryGetTests(_SSETestCase):
         response, body = await self.get("x", origin="https://evil.example",
                                         cookie="sessionid=abc")
         self.assertEqual((response.code, body["reason"]), (403, "this Origin is not allowed"))
+
+
+class SSECapTests(_SSETestCase):
+    """A stream counts as a connection of its client's address."""
+
+    # 127.0.0.1 is not a proxy here: its connections are capped.
+    config = ServerTestCase.config.replace(max_connections_per_ip=1, trusted_proxies=())
+
+    async def test_perAddressCapCountsStreams(self) -> None:
+        """With a cap of one connection per address, a second stream from it is refused
+        with 429; once the first ends, a stream is admitted again."""
+        first = await self.stream("/ws/news?subscribe-broadcast")
+        response, refused = await request(self.port, "/ws/news?subscribe-broadcast")
+        await refused.until(lambda c: c.ended)
+        self.assertEqual(response.code, 429)
+        first.close()
+        await self.factory.node.whenDrained().addTimeout(TIMEOUT, reactor)
+        await self.stream("/ws/news?subscribe-broadcast")
