@@ -115,6 +115,31 @@ class SSETests(_SSETestCase):
         self.assertEqual(_publications(again), ["m2", "m3", "m4", "m5"])
         self.assertEqual(self.factory.node.recoveries["none"], 1)
 
+    async def test_oneIdResumesEveryChannelOfTheStream(self) -> None:
+        """A stream of two channels (broadcast and the user's) resumes both from one
+        Last-Event-ID: each gets what it missed, nothing else."""
+        path = "/ws/chat?subscribe-broadcast&subscribe-user"
+        user = "ws4tx:user:alice:chat"
+        client = await self.stream(path, **identity_header("alice"))
+        await client.until(lambda c: bool(c.named("ws4tx.positions")))
+        self.publish_("b1")
+        publish_with_history(self.redis, user, b"u1", RETENTION)
+        await client.until(lambda c: len(c.messages()) == 2)
+        last = client.last_id
+        assert last is not None
+        client.close()
+        await self.factory.node.whenDrained().addTimeout(TIMEOUT, reactor)
+        self.publish_("b2")
+        publish_with_history(self.redis, user, b"u2", RETENTION)
+        publish_with_history(self.redis, user, b"u3", RETENTION)
+        again = await self.stream(path, **{"last-event-id": last, **identity_header("alice")})
+        await again.until(lambda c: bool(c.named("ws4tx.recovered")))
+        got = [(m.json()["channel"], m.json()["data"]) for m in again.messages()]
+        self.assertEqual(sorted(got), [(CHAT, "b2"), (user, "u2"), (user, "u3")])
+        self.assertEqual([d for c, d in got if c == user], ["u2", "u3"])
+        verdict = again.named("ws4tx.recovered")[0].json()
+        self.assertEqual((verdict["recovered"], sorted(verdict["channels"])), (True, [CHAT, user]))
+
     async def test_malformedLastEventIdIsAnUnknownPosition(self) -> None:
         """A Last-Event-ID that is not one of this stream's ids is an unknown position:
         the client is told (recovered: false), and goes on live."""
