@@ -20,15 +20,25 @@ from twisted.internet import defer
 from twisted.web.server import Request
 
 from ws4tx.history import parse_recover
+from ws4tx.naming import Identity
 from ws4tx.server import admission
 from ws4tx.server._origin import origin_allowed
-from ws4tx.server.auth import HandshakeDenied, IAuthenticator
+from ws4tx.server.auth import Grant, HandshakeDenied, HandshakeRequest, IAuthenticator
 from ws4tx.server.config import ServerConfig
 
 
 def verdict(config: ServerConfig, authenticator: IAuthenticator,
             request: Request) -> defer.Deferred[Optional[HandshakeDenied]]:
     """The refusal the handshake of ``request``'s URL would get (None: admitted)."""
+    return judge(config, authenticator, request).addCallbacks(lambda _: None, _refusal)
+
+
+def judge(config: ServerConfig, authenticator: IAuthenticator,
+          request: Request) -> defer.Deferred[tuple[HandshakeRequest, Identity | Grant]]:
+    """The checks of a handshake, for a plain HTTP request of a WebSocket URL (the limits,
+    the URL, the Origin, the recovery positions, then the authenticator): the handshake
+    as the authenticator saw it and its answer, or a failure with
+    :class:`HandshakeDenied`. The way in of a plain GET's verdict and of an SSE stream."""
     uri = request.uri.decode("latin-1")
     headers = {name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
                for name, values in request.requestHeaders.getAllRawHeaders()}
@@ -43,11 +53,11 @@ def verdict(config: ServerConfig, authenticator: IAuthenticator,
         except ValueError as e:
             raise HandshakeDenied(str(e), 400) from None
         answer: Any = authenticator.authenticate(handshake)
-    except HandshakeDenied as e:
-        return defer.succeed(e)
+    except HandshakeDenied:
+        return defer.fail()
     if isinstance(answer, Coroutine):
         answer = defer.Deferred.fromCoroutine(answer)
-    return defer.maybeDeferred(lambda: answer).addCallbacks(lambda _: None, _refusal)
+    return defer.maybeDeferred(lambda: answer).addCallback(lambda a: (handshake, a))
 
 
 def _refusal(failure: Any) -> Optional[HandshakeDenied]:

@@ -79,6 +79,10 @@ class Message:
             published = self._published = Message(
                 encode_publication(channel, position.offset, position.epoch, self.payload),
                 False)
+            # It keeps the position (an SSE stream writes it in its event's id), and is
+            # its own publication.
+            published.position = position
+            published._published = published
         return published
 
     def deflated(self, window_bits: int) -> bytes:

@@ -48,6 +48,9 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 #: and labels. A test checks that none is missing.
 COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "accepted": ("ws4tx_client_num_connect", "WebSocket connections accepted (opened)", {}),
+    "sse_accepted": ("ws4tx_client_num_connect_sse", "SSE streams accepted (opened)", {}),
+    "sse_binary_dropped": ("ws4tx_sse_binary_dropped",
+                           "binary messages not sent to SSE clients (SSE carries text)", {}),
     "messages": ("ws4tx_node_messages_received",
                  "messages received from Redis for clients' channels", {}),
     "frames": ("ws4tx_node_messages_sent", "messages written to clients (one per client)",
@@ -141,6 +144,9 @@ class NodeCollector(Collector):
         yield _gauge("ws4tx_redis_up", "1 while messages flow from Redis",
                      int(node.health().up))
         yield _gauge("ws4tx_node_num_clients", "connected clients", node.clientCount())
+        yield _gauge("ws4tx_node_num_sse_clients", "connected SSE clients (among the clients)",
+                     sum(1 for client in hub.clients()
+                         if getattr(client, "transport_name", "") == "sse"))
         yield _gauge("ws4tx_node_num_channels", "channels with at least one local client",
                      len(hub.channels()))
         yield _gauge("ws4tx_node_num_subscriptions", "subscriptions of the local clients",

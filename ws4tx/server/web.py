@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.web import pages, resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from ws4tx.server import _twisted_internals, _verdict
+from ws4tx.server import _twisted_internals, _verdict, history_get, sse
 from ws4tx.server._log import observer
 from ws4tx.server.admission import AddressCounts
 from ws4tx.server.auth import HandshakeDenied
@@ -56,6 +56,10 @@ class WebSocketEndpoint(resource.Resource):
             return _plain(request, 400, b"WebSocket handshakes are GET requests.\n")
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if b"websocket" not in upgrade:
+            if history_get.wants_history(request):
+                return history_get.serve(self.factory, request)
+            if sse.wants_events(request):
+                return sse.serve(self.factory, request)
             return self._probe(request)
         if _has_body(request):
             return _plain(request, 400, b"A WebSocket handshake has no body "

@@ -1,0 +1,338 @@
+"""Server-Sent Events (issue 23, the server half): a real server and a real Redis the test
+starts; a real HTTP client (twisted.web's Agent) reading the stream as it comes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet.protocol import Protocol
+
+from ws4tx import control
+from ws4tx.history import Position, Retention
+from ws4tx.server import _sse_format
+
+from test._recovering import publish_with_history
+from test._server import ServerTestCase, identity_header
+from test._sseclient import SSEClient, request
+from test._wsclient import TIMEOUT
+
+HISTORY = {"chat*": {"size": 300, "ttl": 600}}
+RETENTION = Retention(300, 600)
+CHAT = "ws4tx:broadcast:chat"
+PATH = "/ws/chat?subscribe-broadcast"
+
+
+def _publications(client: SSEClient) -> list[str]:
+    return [e.json()["data"] for e in client.messages()]
+
+
+class _SSETestCase(ServerTestCase):
+    async def stream(self, path: str = PATH, **headers: str) -> SSEClient:
+        """An admitted stream, its channels subscribed and its position known."""
+        response, client = await request(self.port, path, headers)
+        self.addCleanup(client.close)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"),
+                         [b"text/event-stream; charset=utf-8"])
+        return client
+
+
+class SSETests(_SSETestCase):
+    """An SSE stream is admitted as a handshake and delivers what a ws4tx.v1 client gets."""
+
+    config = ServerTestCase.config.replace(history=HISTORY,
+                                           allowed_origins=("https://site.example",))
+
+    def publish_(self, payload: str) -> Position:
+        return publish_with_history(self.redis, CHAT, payload.encode(), RETENTION)
+
+    async def test_foreignOriginWithCookieRefused(self) -> None:
+        """A page of another site cannot open a stream with the user's cookies: 403 with
+        the refusal's reason, as its WebSocket handshake would get; nobody joined."""
+        response, client = await request(self.port, PATH, {
+            "origin": "https://evil.example", "cookie": "sessionid=abc"})
+        await client.until(lambda c: c.ended)
+        self.assertEqual(response.code, 403)
+        self.assertIn(b"this Origin is not allowed", client.raw)
+        self.assertEqual(self.factory.node.clientCount(), 0)
+
+    async def test_queryOverTheCapRefused(self) -> None:
+        """A query longer than ``max_query_length`` is refused with 414."""
+        response, client = await request(self.port, PATH + "&x=" + "a" * 2100)
+        await client.until(lambda c: c.ended)
+        self.assertEqual(response.code, 414)
+
+    async def test_messagesArriveAsEventsWithPositions(self) -> None:
+        """Each publication is an event whose data is the ws4tx.v1 publication envelope
+        and whose id holds the channel's position; the node counts the SSE client."""
+        client = await self.stream()
+        await client.until(lambda c: bool(c.named("ws4tx.positions")))
+        self.publish_("m1")
+        self.publish_("m2")
+        await client.until(lambda c: len(c.messages()) == 2)
+        self.assertEqual(_publications(client), ["m1", "m2"])
+        first = client.messages()[0].json()
+        tag = _sse_format.channels_tag([CHAT])
+        self.assertEqual(client.messages()[0].id, f"{tag}.{first['epoch']}:{first['offset']}")
+        self.assertEqual(client.messages()[1].id,
+                         f"{tag}.{first['epoch']}:{first['offset'] + 1}")
+        node = self.factory.node
+        self.assertEqual((node.clientCount(), node.stats["sse_accepted"]), (1, 1))
+
+    async def test_multiLinePayloadOnSeveralDataLines(self) -> None:
+        """A raw payload with line breaks arrives whole (one data: line per line)."""
+        client = await self.stream("/ws/news?subscribe-broadcast")
+        await client.until(lambda c: self.factory.node.clientCount() == 1)
+        await self.factory.node.router.barrier()
+        self.publish("ws4tx:broadcast:news", "one\ntwo\nthree")
+        await client.until(lambda c: len(c.messages()) == 1)
+        self.assertEqual(client.messages()[0].data, "one\ntwo\nthree")
+        self.assertIn(b"data: one\ndata: two\ndata: three\n\n", client.raw)
+        self.assertIsNone(client.messages()[0].id)
+
+    async def test_reconnectWithLastEventIdRecoversExactlyWhatWasMissed(self) -> None:
+        """A stream that dropped comes back with its last id: the messages published
+        meanwhile, once, in order, then the verdict; then live ones as usual."""
+        client = await self.stream()
+        await client.until(lambda c: bool(c.named("ws4tx.positions")))
+        self.publish_("m1")
+        await client.until(lambda c: len(c.messages()) == 1)
+        last = client.last_id
+        assert last is not None
+        client.close()
+        await client.until(lambda c: c.ended)
+        await self.factory.node.whenDrained().addTimeout(TIMEOUT, reactor)
+        for payload in ("m2", "m3", "m4"):
+            self.publish_(payload)
+        again = await self.stream(**{"last-event-id": last})
+        await again.until(lambda c: bool(c.named("ws4tx.recovered")))
+        self.assertEqual(_publications(again), ["m2", "m3", "m4"])
+        self.assertEqual(again.named("ws4tx.recovered")[0].json()["recovered"], True)
+        self.publish_("m5")
+        await again.until(lambda c: len(c.messages()) == 4)
+        self.assertEqual(_publications(again), ["m2", "m3", "m4", "m5"])
+        self.assertEqual(self.factory.node.recoveries["none"], 1)
+
+    async def test_oneIdResumesEveryChannelOfTheStream(self) -> None:
+        """A stream of two channels (broadcast and the user's) resumes both from one
+        Last-Event-ID: each gets what it missed, nothing else."""
+        path = "/ws/chat?subscribe-broadcast&subscribe-user"
+        user = "ws4tx:user:alice:chat"
+        client = await self.stream(path, **identity_header("alice"))
+        await client.until(lambda c: bool(c.named("ws4tx.positions")))
+        self.publish_("b1")
+        publish_with_history(self.redis, user, b"u1", RETENTION)
+        await client.until(lambda c: len(c.messages()) == 2)
+        last = client.last_id
+        assert last is not None
+        client.close()
+        await self.factory.node.whenDrained().addTimeout(TIMEOUT, reactor)
+        self.publish_("b2")
+        publish_with_history(self.redis, user, b"u2", RETENTION)
+        publish_with_history(self.redis, user, b"u3", RETENTION)
+        again = await self.stream(path, **{"last-event-id": last, **identity_header("alice")})
+        await again.until(lambda c: bool(c.named("ws4tx.recovered")))
+        got = [(m.json()["channel"], m.json()["data"]) for m in again.messages()]
+        self.assertEqual(sorted(got), [(CHAT, "b2"), (user, "u2"), (user, "u3")])
+        self.assertEqual([d for c, d in got if c == user], ["u2", "u3"])
+        verdict = again.named("ws4tx.recovered")[0].json()
+        self.assertEqual((verdict["recovered"], sorted(verdict["channels"])), (True, [CHAT, user]))
+
+    async def test_malformedLastEventIdIsAnUnknownPosition(self) -> None:
+        """A Last-Event-ID that is not one of this stream's ids is an unknown position:
+        the client is told (recovered: false), and goes on live."""
+        client = await self.stream(**{"last-event-id": "garbage,\u00e9:::"})
+        await client.until(lambda c: bool(c.named("ws4tx.positions")))
+        verdict = client.named("ws4tx.recovered")[0].json()
+        self.assertEqual((verdict["recovered"], verdict["reason"]), (False, "position"))
+        self.publish_("m1")
+        await client.until(lambda c: len(c.messages()) == 1)
+        self.assertEqual(_publications(client), ["m1"])
+
+    async def test_forgedLastEventIdCostsOneRead(self) -> None:
+        """A well-formed id with a position the channel never reached is refused by the
+        history read it makes (one), the client told, and nothing replayed."""
+        epoch = self.publish_("m1").epoch
+        tag = _sse_format.channels_tag([CHAT])
+        reads = self.factory.node.reads.stats["history_reads"]
+        forged = f"{tag}.{epoch}:99999999"
+        client = await self.stream(**{"last-event-id": forged})
+        await client.until(lambda c: bool(c.named("ws4tx.recovered")))
+        verdict = client.named("ws4tx.recovered")[0].json()
+        self.assertFalse(verdict["recovered"])
+        self.assertEqual(client.messages(), [])
+        self.assertEqual(self.factory.node.reads.stats["history_reads"] - reads, 1)
+        self.publish_("m2")
+        await client.until(lambda c: len(c.messages()) == 1)
+        self.assertEqual(_publications(client), ["m2"])
+
+    async def test_disconnectClosesTheStream(self) -> None:
+        """The site's disconnect (``api.disconnect``, logout) ends a user's stream with a
+        last ``ws4tx.closed`` event saying why; the node forgets the client."""
+        client = await self.stream("/ws/chat?subscribe-user", **identity_header("alice"))
+        await client.until(lambda c: bool(c.named("ws4tx.positions")))
+        node = self.factory.node
+        self.publish(node.control_channel, control.encode(
+            control.Disconnect(users=frozenset({"alice"}), reason="logged out")))
+        await client.until(lambda c: c.ended)
+        closed = client.named("ws4tx.closed")[0].json()
+        self.assertEqual(closed["reason"], "logged out")
+        await node.whenDrained().addTimeout(TIMEOUT, reactor)
+        self.assertEqual(node.addresses.total(), 0)
+
+
+
+class SSEHeartbeatTests(_SSETestCase):
+    """Heartbeats of an SSE stream."""
+
+    config = ServerTestCase.config.replace(ping_interval=30.0)
+
+    async def test_heartbeatsOnTheNodesClock(self) -> None:
+        """A comment every ping interval, on the node's clock: none before it is due,
+        one when it is."""
+        node = self.factory.node
+        clock = node.clock = task.Clock()  # what the stream's timers run on
+        client = await self.stream("/ws/news?subscribe-broadcast")
+        await client.until(lambda c: node.clientCount() == 1)
+        await node.router.barrier()
+        clock.advance(29.9)
+        self.publish("ws4tx:broadcast:news", "marker")
+        await client.until(lambda c: len(c.messages()) == 1)
+        self.assertNotIn(_sse_format.PING, client.raw)
+        clock.advance(0.1)
+        await client.until(lambda c: _sse_format.PING in c.raw)
+        client.close()
+        await node.whenDrained().addTimeout(TIMEOUT, reactor)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class _NeverReads(Protocol):
+    """Asks for a stream, then stops reading its socket for good."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.opened: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.opened.called and b"\r\n\r\n" in data:
+            self.transport.pauseProducing()
+            self.opened.callback(None)
+
+
+class SSESlowConsumerTests(_SSETestCase):
+    """The bounds of a slow WebSocket client apply to a stream."""
+
+    config = ServerTestCase.config.replace(max_queue_bytes=64 * 1024)
+
+    async def test_streamThatIsNotReadIsDropped(self) -> None:
+        """A stream whose client stops reading is dropped once more than
+        ``max_queue_bytes`` wait for it (counted as a slow consumer), while another stream
+        of the channel gets every message."""
+        node = self.factory.node
+        normal = await self.stream("/ws/news?subscribe-broadcast")
+        slow = _NeverReads(b"GET /ws/news?subscribe-broadcast HTTP/1.1\r\nHost: x\r\n"
+                           b"Accept: text/event-stream\r\n\r\n")
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        await endpoints.connectProtocol(endpoint, slow)
+        self.addCleanup(slow.transport.abortConnection)
+        await slow.opened.addTimeout(TIMEOUT, reactor)
+        await node.router.barrier()
+        # Less than max_queue_bytes a turn: a client that reads keeps up.
+        filler = "x" * 20_000
+        sent = [0]
+
+        def publish() -> None:
+            for _ in range(2):
+                self.publish("ws4tx:broadcast:news", f"{sent[0]} {filler}")
+                sent[0] += 1
+
+        loop = task.LoopingCall(publish)
+        loop.start(0.01)
+        self.addCleanup(lambda: loop.running and loop.stop())
+        while node.stats["slow_consumers"] == 0:
+            # Dropped well before the socket buffers and the queue hold 20 MB.
+            self.assertLess(sent[0], 1000)
+            seen = len(normal.events)  # the next message, then look again
+            await normal.until(lambda c, seen=seen: len(c.events) > seen)
+        loop.stop()
+        last = sent[0] - 1
+        await normal.until(lambda c: c.messages()[-1].data.startswith(f"{last} "))
+        numbers = [int(m.data.split(" ", 1)[0]) for m in normal.messages()]
+        self.assertEqual(numbers, list(range(last + 1)))
+        self.assertEqual(node.clientCount(), 1)
+        self.assertEqual(node.addresses.total(), 1)
+
+
+class HistoryGetTests(_SSETestCase):
+    """``GET <URL>&history&since=<id>``: the stored messages after a position, as JSON."""
+
+    config = SSETests.config
+
+    async def get(self, query: str, **headers: str) -> tuple[Any, Any]:
+        response, client = await request(self.port, PATH + "&history&since=" + query,
+                                         headers, accept="application/json")
+        await client.until(lambda c: c.ended)
+        return response, json.loads(client.raw)
+
+    async def test_pagesAfterAPositionSealedOnesCacheable(self) -> None:
+        """70 messages: from offset 0 a full page of 64 (more after it: it cannot change,
+        so a cache may keep it), then from its ``next`` the last 6 (not cacheable)."""
+        epoch = ""
+        for n in range(70):
+            epoch = publish_with_history(self.redis, CHAT, f"m{n}".encode(), RETENTION).epoch
+        tag = _sse_format.channels_tag([CHAT])
+        response, body = await self.get(f"{tag}.{epoch}:0")
+        self.assertEqual(response.code, 200)
+        page = body["channels"][CHAT]
+        self.assertEqual([m["data"] for m in page["messages"]], [f"m{n}" for n in range(64)])
+        self.assertEqual([m["offset"] for m in page["messages"]], list(range(1, 65)))
+        self.assertFalse(page["complete"])
+        self.assertEqual(response.headers.getRawHeaders(b"cache-control"),
+                         [b"public, max-age=600"])
+        self.assertEqual(body["next"], f"{tag}.{epoch}:64")
+        response, body = await self.get(body["next"])
+        page = body["channels"][CHAT]
+        self.assertEqual([m["data"] for m in page["messages"]], [f"m{n}" for n in range(64, 70)])
+        self.assertTrue(page["complete"])
+        self.assertEqual(response.headers.getRawHeaders(b"cache-control"), [b"no-store"])
+
+    async def test_malformedOrForgedPositionRefusedOrTold(self) -> None:
+        """A ``since`` that is not an id of this URL is refused (400); a position the
+        channel never reached says why, sends nothing, and is not cached."""
+        epoch = publish_with_history(self.redis, CHAT, b"m", RETENTION).epoch
+        response, body = await self.get("nonsense")
+        self.assertEqual(response.code, 400)
+        tag = _sse_format.channels_tag([CHAT])
+        response, body = await self.get(f"{tag}.{epoch}:999999")
+        page = body["channels"][CHAT]
+        self.assertEqual((page["messages"], page["reason"]), ([], "position"))
+        self.assertEqual(response.headers.getRawHeaders(b"cache-control"), [b"no-store"])
+
+    async def test_admittedAsAHandshake(self) -> None:
+        """A page of another site with the user's cookie is refused (403)."""
+        response, body = await self.get("x", origin="https://evil.example",
+                                        cookie="sessionid=abc")
+        self.assertEqual((response.code, body["reason"]), (403, "this Origin is not allowed"))
+
+
+class SSECapTests(_SSETestCase):
+    """A stream counts as a connection of its client's address."""
+
+    # 127.0.0.1 is not a proxy here: its connections are capped.
+    config = ServerTestCase.config.replace(max_connections_per_ip=1, trusted_proxies=())
+
+    async def test_perAddressCapCountsStreams(self) -> None:
+        """With a cap of one connection per address, a second stream from it is refused
+        with 429; once the first ends, a stream is admitted again."""
+        first = await self.stream("/ws/news?subscribe-broadcast")
+        response, refused = await request(self.port, "/ws/news?subscribe-broadcast")
+        await refused.until(lambda c: c.ended)
+        self.assertEqual(response.code, 429)
+        first.close()
+        await self.factory.node.whenDrained().addTimeout(TIMEOUT, reactor)
+        await self.stream("/ws/news?subscribe-broadcast")
