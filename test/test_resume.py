@@ -235,3 +235,52 @@ class ResumeServerTests(DjangoServerTestCase):
         self.publish("ws4tx:broadcast:foobar", "for everybody")
         self.assertEqual(await after.text(), "for everybody")
         await after.close()
+
+    async def test_credentialChangesBumpTheCounter(self):
+        """A password change, a deactivation, a deleted session and a deleted user each
+        bump the user's revocation counter (a resume token made before is refused)."""
+        from django.contrib.auth.models import User
+        from django.contrib.sessions.models import Session
+
+        def counter() -> int:
+            return int(self.redis.get("ws4tx:revoked:mary") or 0)
+
+        _, key = self.login("mary")
+        user = User.objects.get(username="mary")
+        user.set_password("changed")
+        user.save()
+        self.assertEqual(counter(), 1)
+        user.is_active = False
+        user.save()
+        self.assertEqual(counter(), 2)
+        user.is_active = True
+        user.save()
+        self.assertEqual(counter(), 2)
+        Session.objects.get(session_key=key).delete()
+        self.assertEqual(counter(), 3)
+        User.objects.create_user("gone", password="x").delete()
+        self.assertEqual(int(self.redis.get("ws4tx:revoked:gone") or 0), 1)
+
+    async def test_aResumeReadmitsOnlyWhatTheHooksAdmitted(self):
+        """With ALLOWED_CHANNELS narrowing john to broadcast, his resume token holds
+        broadcast only: a resume that asks for his user channel does not get it."""
+        from test.test_django_auth import allow_broadcast_only
+
+        self.settings_override(WS4TX_ALLOWED_CHANNELS=allow_broadcast_only)
+        await self.service.stopService()
+        await self.startServer()
+        _, key = self.login("john")
+        first = await self.events(self.port, PATH, self.cookie(key))
+        session = await self.sessionEvent(first)
+        await first.close()
+        await self.factory.test_left.get().addTimeout(TIMEOUT, reactor)
+        self.assertEqual(_resume.verify(session["resume"]).flags,
+                         Flags(frozenset({"broadcast"}), frozenset(), False))
+        again = await self.events(self.port, PATH + session["resume"], {})
+        await self.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
+        self.assertEqual(self.factory.node.resumes, {"resumed": 1})
+        self.publish("ws4tx:user:john:foobar", "for john")
+        self.publish("ws4tx:broadcast:foobar", "for everybody")
+        await self.sessionEvent(again)
+        self.assertEqual(await again.text(), "for everybody")
+        await again.close()
