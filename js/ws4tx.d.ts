@@ -82,6 +82,11 @@ export interface WS4TXOptions extends ConnectionOptions {
    *  one ('ws4tx.refresh'): the connection then stays open past the old token's expiry
    *  ('refreshed'); without it the server closes with 4002 at the expiry [null]. */
   token?: (() => string | PromiseLike<string>) | null;
+  /** Ask the server for a resume token (`resume=` in the URL) and present its latest
+   *  ('ws4tx.session') on the next reconnect, once, within `maxQueryLength`: the server
+   *  then reopens the same channels without authenticating again (it falls back to the
+   *  cookie or token when it refuses the resume token) [false]. */
+  resume?: boolean;
   /** The server's MAX_QUERY_LENGTH (414 past it): recovery positions that would make the
    *  URL's query longer are left out, and their channels reported not recovered
    *  ('query-too-long'); 0: no cap [2048]. */
@@ -170,6 +175,9 @@ export interface WS4TXEventMap {
   /** The connection's token expires at `expires` (Unix seconds); ws4tx.js answers with a
    *  fresh token from its `token` option. */
   'ws4tx.refresh': { expires: number };
+  /** A resume token for this connection's next reconnect, valid until `expires` (Unix
+   *  seconds); ws4tx.js keeps the latest when its `resume` option is on. */
+  'ws4tx.session': { resume: string; expires: number };
   /** The site made this connection leave its channels of those audiences (of those groups
    *  only, when `groups` is there); it stays open. */
   'ws4tx.unsubscribed': { audiences: Array<'broadcast' | 'user' | 'group' | 'session'>;

@@ -1129,3 +1129,40 @@ class RefusedUrlTests(_PageTestCase):
         self.assertEqual(self.js("c.state"), "closed")
         self.assertEqual(self.log()[-1], ["refused", {"status": 403, "reason": "no"}])
         self.assertEqual(self.socketCount(), 5)
+
+
+class ResumeClientTests(_PageTestCase):
+    """WS4TX with ``resume: true``: it asks for a resume token, keeps the server's latest
+    in memory and presents it on the next reconnect, once."""
+
+    def session(self, token: str) -> None:
+        self.receive(envelope.encode_event(envelope.SESSION_EVENT,
+                                           {"resume": token, "expires": 300}))
+
+    def test_theLatestTokenGoesWithTheNextReconnectOnly(self) -> None:
+        self.connect({"resume": True}, events=["ws4tx.session"])
+        self.assertEqual(self.socket()["url"], URI + "&resume=")
+        self.session("first:token")
+        self.session("second:token")
+        self.serverClose(1006)
+        self.advance(600)
+        self.assertEqual(self.socket()["url"], URI + "&resume=second%3Atoken")
+        self.serverClose(1006)  # before the socket opened: the token is not used again
+        self.advance(2000)
+        self.assertEqual(self.socketCount(), 3)
+        self.assertEqual(self.socket()["url"], URI + "&resume=")
+
+    def test_offByDefault(self) -> None:
+        self.connect()
+        self.session("a:token")
+        self.serverClose(1006)
+        self.advance(600)
+        self.assertEqual(self.socket()["url"], URI)
+
+    def test_aTokenThatDoesNotFitTheQueryCapIsLeftOut(self) -> None:
+        cap = len("subscribe-broadcast&resume=") + 5
+        self.connect({"resume": True, "maxQueryLength": cap})
+        self.session("a-token-longer-than-the-cap")
+        self.serverClose(1006)
+        self.advance(600)
+        self.assertEqual(self.socket()["url"], URI + "&resume=")

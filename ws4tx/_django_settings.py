@@ -120,6 +120,12 @@ def token_max_age() -> float:
     return result
 
 
+def resume_ttl() -> float:
+    """Seconds a resume token stays valid: ``RESUME_TTL``, default 300 (0: off)."""
+    result: float = _value("resume_ttl")
+    return result
+
+
 #: ``SESSION_CHANNELS`` values: session channels named by a derived id (the default) or,
 #: like ws4redis, by the session key itself.
 SESSION_CHANNELS_ID = "id"

@@ -1,6 +1,9 @@
 """Identity changes reach open sockets: Django's signals turned into
 :func:`ws4tx.api.disconnect` commands (connected by :class:`ws4tx.apps.Ws4txConfig`).
 
+Each also bumps the user's revocation counter (:mod:`ws4tx._revocation`), so that its
+resume tokens are refused on every node from then on.
+
 - ``user_logged_out``: the session's connections close (cookie and token ones: a token
   carries its session's channel id).
 - A saved user whose password hash changed (``set_password``, or a new hash assigned) or
@@ -45,17 +48,30 @@ def _state(instance: Any) -> tuple[Optional[str], Optional[bool]]:
     return values.get("password"), values.get("is_active")
 
 
-def _disconnect(using: Optional[str], what: str, **audience: Any) -> None:
-    """Send the command once the transaction on ``using`` commits; log a failure."""
+def _disconnect(using: Optional[str], what: str, revoke: Optional[str] = None,
+                **audience: Any) -> None:
+    """Send the command once the transaction on ``using`` commits, after bumping the
+    revocation counter of user ``revoke`` (its resume tokens are refused from then on);
+    log a failure."""
     from django.db import transaction
+    from redis.exceptions import RedisError
 
-    from ws4tx import api
+    from ws4tx import _revocation, api
 
     def send() -> None:
+        failures = []
+        if revoke is not None:
+            try:
+                _revocation.bump([revoke])
+            except RedisError as e:
+                failures.append(f"resume tokens not revoked: {e}")
         try:
             api.disconnect(reason=what, **audience)
         except api.PublishError as e:
-            log.error("could not close the connections (%s) on the ws4tx nodes: %s", what, e)
+            failures.append(str(e))
+        if failures:
+            log.error("could not close the connections (%s) on the ws4tx nodes: %s", what,
+                      "; ".join(failures))
 
     transaction.on_commit(send, using=using)
 
@@ -65,9 +81,10 @@ def logged_out(sender: Any, request: Any = None, user: Any = None, **kwargs: Any
     if request is None or not _django_settings.disconnect_on_logout():
         return
     key = _audience.session_key(request)
+    name = user.get_username() if getattr(user, "is_authenticated", False) else None
     if key:
         _logged_out.key = key
-        _disconnect(None, "logged out", sessions=[key])
+        _disconnect(None, "logged out", revoke=name, sessions=[key])
 
 
 def user_loaded(sender: Any, instance: Any, **kwargs: Any) -> None:
@@ -89,15 +106,17 @@ def user_saved(sender: Any, instance: Any, created: bool = False, raw: bool = Fa
         old_hash is not None and new_hash is not None and old_hash != new_hash)
     deactivated = active is False and was_active is not False
     if password_changed or deactivated:
+        name = instance.get_username()
         _disconnect(using, "password changed" if password_changed else "account deactivated",
-                    users=[instance.get_username()])
+                    revoke=name, users=[name])
 
 
 def user_deleted(sender: Any, instance: Any, using: Optional[str] = None,
                  **kwargs: Any) -> None:
     """``post_delete`` of the user model: close the user's connections."""
     if _django_settings.disconnect_on_logout():
-        _disconnect(using, "account deleted", users=[instance.get_username()])
+        name = instance.get_username()
+        _disconnect(using, "account deleted", revoke=name, users=[name])
 
 
 def session_deleted(sender: Any, instance: Any, using: Optional[str] = None,
@@ -108,7 +127,24 @@ def session_deleted(sender: Any, instance: Any, using: Optional[str] = None,
         _logged_out.key = None
         return
     if _django_settings.disconnect_on_logout() and key:
-        _disconnect(using, "session ended", sessions=[key])
+        _disconnect(using, "session ended", revoke=_session_user(instance, using),
+                    sessions=[key])
+
+
+def _session_user(session: Any, using: Optional[str]) -> Optional[str]:
+    """The name of the user a database session was logged in as (one query), if any."""
+    from django.contrib.auth import SESSION_KEY, get_user_model
+
+    pk = session.get_decoded().get(SESSION_KEY)  # {} when it does not decode
+    if pk is None:
+        return None
+    model = get_user_model()
+    try:
+        user = model._default_manager.db_manager(using).get(pk=pk)
+    except (model.DoesNotExist, ValueError):
+        return None
+    name: str = user.get_username()
+    return name
 
 
 def connect() -> None:

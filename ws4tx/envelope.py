@@ -80,6 +80,12 @@ UNSUBSCRIBED_EVENT = "ws4tx.unsubscribed"
 #: token comes, the connection is closed with 4002 at ``expires``.
 REFRESH_EVENT = "ws4tx.refresh"
 
+#: Sent to an event client of an authenticated user once its connection is open, and
+#: again before the token expires: ``{"resume": <token>, "expires": <Unix seconds>}``.
+#: Presenting the latest token on reconnect (``resume=`` in the URL) reopens the same
+#: channels without authenticating anew (see ws4tx._resume).
+SESSION_EVENT = "ws4tx.session"
+
 #: Sent once to a client that asked to recover missed messages (``recover=`` in its URL),
 #: after the recovered messages and before any live one: ``{"recovered": true}``, or
 #: ``{"recovered": false, "reason": ...}`` (docs/protocol.md, Recovery); also when the node

@@ -289,6 +289,20 @@ def nodes_keys(prefix: Optional[str]) -> PresenceKeys:
                         f"{head}:ia", f"{head}:a:")
 
 
+#: The middle part of a user's revocation counter key (see :func:`revocation_key`).
+REVOKED = "revoked"
+
+
+def revocation_key(prefix: Optional[str], user: str) -> str:
+    """The key of ``user``'s revocation counter: bumped (``INCR``) when the user logs out,
+    changes password, is deactivated or deleted; a resume token (:mod:`ws4tx._resume`)
+    holds the value it had and is refused once it moved. Both sides route it with this
+    name (its shard, its Cluster slot)."""
+    if not user:
+        raise ValueError("a revocation counter belongs to a user")
+    return f"{_head(prefix)}{REVOKED}:{user}"
+
+
 def reply_channel(prefix: Optional[str], token: str) -> str:
     """The channel on which the nodes answer one query (``token``: unique to it, made of
     letters and digits): it names no audience, so no client joins or publishes on it."""

@@ -433,6 +433,10 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds a connection token (`ws4tx.tokens`) stays valid, and with it a "
             "connection it opened (unless the client sends a fresh one)", where=DJANGO,
             option="", minimum=0, inclusive=False, unit="s"),
+    Setting("resume_ttl", NUMBER, 300.0,
+            "seconds a resume token (`ws4tx.session` event) stays valid; the node renews "
+            "it half-way; 0 turns resumable sessions off", where=DJANGO,
+            option="", minimum=0, unit="s"),
     Setting("session_channels", TEXT, "id",
             "`\"key\"`: name session channels by the raw session key, as ws4redis did "
             "(only to share Redis names with a running ws4redis: live session keys are "

@@ -20,6 +20,7 @@ from ws4tx import _audience, schema
 from ws4tx.naming import Flags, Identity, flag_names, parse_flags
 from ws4tx.server._authgate import AuthGate
 from ws4tx.server._log import observer
+from ws4tx.server._resume import IResumer
 from ws4tx.server.auth import Grant, HandshakeDenied, HandshakeRequest, IAuthenticator
 
 T = TypeVar("T")
@@ -233,7 +234,7 @@ class _OriginPolicy:
             origin, self.trusted)
 
 
-@implementer(IAuthenticator)
+@implementer(IAuthenticator, IResumer)
 class SessionAuthenticator:
     """ws4redis's authentication: the Django session cookie (or a custom
     ``PROCESS_REQUEST``), then ``ALLOWED_CHANNELS``; or a signed ``token`` query parameter
@@ -251,6 +252,10 @@ class SessionAuthenticator:
     cookie from a foreign Origin is refused with 403 (see :class:`_OriginPolicy`); a token
     handshake is not checked, since the token, which a foreign page cannot get, is its
     credential.
+
+    It signs and reads resume tokens (:mod:`ws4tx._resume`): a resumed connection gets the
+    channels its token's connection was admitted to, which the hooks approved then; they do
+    not run again.
     """
 
     def __init__(self, settings: Any, check_origin: bool = True,
@@ -275,6 +280,22 @@ class SessionAuthenticator:
                 f"cross-site WebSocket refused: Origin {origin} is not this site's "
                 f"({self._origins.site_origin(request)}) nor a trusted one"))
         return self.gate.run(lambda: run_in_thread(self._authorize, request))
+
+    def issueResume(self, claim: Any) -> Optional[tuple[str, float]]:
+        """A resume token of ``claim`` (None when ``RESUME_TTL`` is 0)."""
+        from ws4tx import _django_settings, _resume
+
+        if not _django_settings.resume_ttl():
+            return None
+        return _resume.sign(claim)
+
+    def readResume(self, token: str) -> Any:
+        """The claim of a resume token (ValueError when it is not valid)."""
+        from ws4tx import _django_settings, _resume
+
+        if not _django_settings.resume_ttl():
+            raise _resume.InvalidResume("resumable sessions are off (RESUME_TTL = 0)")
+        return _resume.verify(token)
 
     def _fromToken(self, handshake: HandshakeRequest, token: str) -> defer.Deferred[Grant]:
         from ws4tx import tokens

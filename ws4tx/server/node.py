@@ -161,6 +161,9 @@ class Node:
         #: Recoveries on reconnect (``recover=``), by outcome: :data:`RECOVERED`, or the
         #: reason of the first channel that failed (see :func:`recovery_label`).
         self.recoveries: Counter[str] = Counter()
+        #: Handshakes that presented a resume token, by outcome: ``resumed``, or why
+        #: they authenticated as usual (``revoked``, ``expired``, ``invalid``, ...).
+        self.resumes: Counter[str] = Counter()
         self._drain_waiters: list[defer.Deferred[None]] = []
         #: The channel of the site's commands, which every node listens to.
         self.control_channel = naming.control_channel(config.prefix)

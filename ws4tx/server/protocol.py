@@ -33,11 +33,18 @@ from ws4tx.history import (
     Published,
     parse_recover,
 )
-from ws4tx.naming import ANONYMOUS, Identity
+from ws4tx.naming import ANONYMOUS, Flags, Identity
 from ws4tx.server import _internals, admission, deflate
 from ws4tx.server._log import observer
 from ws4tx.server._ratelimit import TokenBucket
-from ws4tx.server.auth import AnonymousAuthenticator, Grant, HandshakeDenied, IAuthenticator
+from ws4tx.server._resume import IResumer, Renewal, read_counter, resume
+from ws4tx.server.auth import (
+    AnonymousAuthenticator,
+    Grant,
+    HandshakeDenied,
+    HandshakeRequest,
+    IAuthenticator,
+)
 from ws4tx.server.broker import NotStored, publish_to
 from ws4tx.server.expiry import Expiry, reauthenticate, with_token
 from ws4tx.server.handlers import EventRefused
@@ -113,6 +120,12 @@ class PushProtocol(WebSocketServerProtocol):
         self._expiry: Optional[Expiry] = None
         #: The channels it added by ``subscribe`` frames (an event client).
         self.subscriptions = Subscriptions(self)
+        #: The flags it was admitted with, the value of its user's revocation counter
+        #: when it was (known at once for a resumed connection), and the renewal of its
+        #: resume token (see :mod:`ws4tx.server._resume`).
+        self._flags = Flags()
+        self._counter: Optional[int] = None
+        self._renewal: Optional[Renewal] = None
 
     @property
     def node(self) -> Node:
@@ -157,7 +170,7 @@ class PushProtocol(WebSocketServerProtocol):
                 headers=request.headers, secure=self._isSecure(),
                 protocols=request.protocols)
             self._recover = _recover_from(handshake.params.get("recover", []))
-            answer = admission.authenticate(self.factory.authenticator, handshake)
+            answer = self._authenticate(handshake)
         except HandshakeDenied as e:
             raise self._refusal(e) from None
         if isinstance(answer, defer.Deferred):
@@ -166,6 +179,26 @@ class PushProtocol(WebSocketServerProtocol):
             return answer.addCallbacks(self._admit, self._denied,
                                        callbackArgs=(request, handshake))
         return self._admit(answer, request, handshake)
+
+    def _authenticate(self, handshake: HandshakeRequest) -> Any:
+        """The authenticator's answer; for a handshake that presents a resume token, the
+        token's grant once the user's revocation counter says it still holds, else the
+        authenticator's answer all the same."""
+        authenticator = self.factory.authenticator
+        tokens = handshake.params.get("resume")
+        if not tokens or not tokens[0] or not IResumer.providedBy(authenticator):
+            return admission.authenticate(authenticator, handshake)
+
+        def resumed(result: Optional[tuple[Grant, int]]) -> Any:
+            if result is not None:
+                grant, self._counter = result
+                return grant
+            return admission.authenticate(authenticator, handshake)
+
+        node = self.node
+        return resume(authenticator, node.broker, self.factory.config.prefix, handshake,
+                      tokens[0], self.factory.reactor.seconds(),
+                      node.resumes).addCallback(resumed)
 
     def _countAddress(self, request: ConnectionRequest) -> None:
         """Count this connection under its client's address (429 past the cap)."""
@@ -216,6 +249,8 @@ class PushProtocol(WebSocketServerProtocol):
             handled=self.node.events.handles(handshake.facility),
             protocols=request.protocols)
         self._admitted, self._handshake = admitted, handshake
+        granted = answer.flags if isinstance(answer, Grant) else None
+        self._flags = handshake.flags if granted is None else granted
         self.identity, self.facility = admitted.identity, admitted.facility
         self._channels, self._publish_to = admitted.channels, admitted.publish_to
         self.speaks_events = admitted.speaks_events
@@ -248,6 +283,7 @@ class PushProtocol(WebSocketServerProtocol):
         if self._admitted is not None and self._admitted.expires is not None:
             self._expiry = Expiry(self.factory.reactor, self._admitted.expires,
                                   self._askRefresh, self._tokenExpired)
+        self._offerResume()
 
     # What its streams drive (ws4tx.server.streams.StreamTransport)
 
@@ -626,6 +662,49 @@ class PushProtocol(WebSocketServerProtocol):
         self.emit(envelope.UNSUBSCRIBED_EVENT, event)
         return True
 
+    # Resumable sessions
+
+    def _offerResume(self) -> None:
+        """Hand an event client of a user that asked for one (``resume`` in its URL, empty
+        or a token) its resume token, once its user's revocation counter is known (read
+        now, unless the connection was resumed)."""
+        authenticator, user = self.factory.authenticator, self.identity.user
+        if (not self.speaks_events or user is None or self._handshake is None
+                or "resume" not in self._handshake.params
+                or not IResumer.providedBy(authenticator)):
+            return
+        renewal = self._renewal = Renewal(self.factory.reactor, self._issueResume,
+                                          self._sendResume)
+        if self._counter is not None:
+            renewal.start()
+            return
+
+        def known(counter: int) -> None:
+            if self._joined and self._renewal is renewal:
+                self._counter = counter
+                renewal.start()
+
+        def unknown(failure: Failure) -> None:
+            _log.debug("no resume token: the revocation counter could not be read ({e})",
+                       e=failure.getErrorMessage())
+
+        read_counter(self.node.broker, self.factory.config.prefix, user).addCallbacks(
+            known, unknown)
+
+    def _issueResume(self) -> Optional[tuple[str, float]]:
+        from ws4tx._resume import Claim
+
+        assert self._counter is not None
+        expiry = self._expiry
+        claim = Claim(self.identity, self.facility, self._flags, self._counter,
+                      None if expiry is None else expiry.deadline)
+        resumer: Any = self.factory.authenticator
+        issued: Optional[tuple[str, float]] = resumer.issueResume(claim)
+        return issued
+
+    def _sendResume(self, token: str, expires: float) -> None:
+        self.sendEvent(envelope.SESSION_EVENT, {"resume": token, "expires": expires})
+
     # Token expiry
 
     def _askRefresh(self, deadline: float) -> None:
@@ -669,6 +748,9 @@ class PushProtocol(WebSocketServerProtocol):
             node.closed[close_label(self.localCloseCode if self.closedByMe else code)] += 1
             if self._expiry is not None:
                 self._expiry.stop()
+            if self._renewal is not None:
+                self._renewal.stop()
+                self._renewal = None
             self._pending.clear()
             self.subscriptions.close()
             node.leave(self)

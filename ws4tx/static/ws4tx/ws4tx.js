@@ -16,6 +16,7 @@
  *     binaryType: undefined,    // 'blob' (the browser's default) or 'arraybuffer'
  *     recover: true,            // on a facility with history: ask for what was missed
  *     token: null,              // a function returning a token (or a Promise of one): see below
+ *     resume: false,            // true: reconnect with the server's resume token (see below)
  *     maxQueryLength: 2048,     // the server's MAX_QUERY_LENGTH: recovery positions that
  *                               // would make the query longer are left out (see 'recovered')
  *     fetch: undefined,         // a fetch function instead of the global one (see 'refused')
@@ -28,6 +29,12 @@
  *   // ws4tx.js sends it back, the server checks it and keeps the connection open
  *   // ('refreshed' fires with {expires}); without it the server closes with 4002 at the
  *   // token's expiry and ws4tx.js reconnects (with a fresh token from the URL function).
+ *   // `resume: true` asks the server for a resume token (resume= in the URL); the latest
+ *   // one it sent ('ws4tx.session' event) is kept in memory and presents on the next
+ *   // reconnect (resume=<token>, within maxQueryLength), which the server then admits
+ *   // to the same channels without authenticating the cookie or token again; a token
+ *   // the server refuses (logout, password change, expired) is simply ignored by it and
+ *   // the connection authenticates as usual. A token is used for one attempt only.
  *
  *   client.on(name, fn) / client.once(name, fn) / client.off(name?, fn?)   (chainable)
  *     server events: fn(data) for {"ws4tx":"event","event":name,"data":data}
@@ -118,6 +125,7 @@ function (root) {
     binaryType: undefined,
     recover: true,
     token: null,
+    resume: false,
     maxQueryLength: MAX_QUERY_LENGTH,
     WebSocket: undefined,  // a WebSocket constructor to use instead of the global one
     fetch: undefined,      // a fetch function to use instead of the global one
@@ -523,6 +531,7 @@ function (root) {
       this._asked = 0;              // positions the current socket's URL carries
       this._unsent = null;          // {channel: reason} of the positions it left out
       this._skipPositions = null;   // {reason, once}: dial without positions (refused)
+      this._resume = null;          // the server's latest resume token (memory only)
       // Connect once the caller had a chance to add its handlers ('connecting' included).
       var self = this;
       later(function () { self._connect(); });
@@ -676,7 +685,9 @@ function (root) {
     _dialed(uri) {
       this._asked = 0;
       this._unsent = null;
-      if (!this._opts.recover || !this._positions.size || typeof uri !== 'string') return uri;
+      if (typeof uri !== 'string') return uri;
+      uri = this._withResume(uri);
+      if (!this._opts.recover || !this._positions.size) return uri;
       var skip = this._skipPositions;
       var cap = this._opts.maxQueryLength;
       var length = queryLength(uri);
@@ -701,6 +712,22 @@ function (root) {
       var tail = hash >= 0 ? uri.slice(hash) : '';
       var head = hash >= 0 ? uri.slice(0, hash) : uri;
       return head + (head.indexOf('?') >= 0 ? '&' : '?') + params.join('&') + tail;
+    }
+
+    /** The URL asking for a resume token (resume=), with the latest one the server sent
+     *  when it fits within maxQueryLength; a token goes with one attempt only. */
+    _withResume(uri) {
+      if (!this._opts.resume) return uri;
+      var token = this._resume;
+      this._resume = null;
+      var cap = this._opts.maxQueryLength;
+      var length = queryLength(uri);
+      if (token && cap > 0 && length + 1 + 'resume='.length
+          + encodeURIComponent(token).length > cap) {
+        token = null;
+      }
+      if (!token && cap > 0 && length + 1 + 'resume='.length > cap) return uri;
+      return withParam(uri, 'resume', token || '');
     }
 
     _onConnecting(info) { this._fire('connecting', info); }
@@ -776,6 +803,10 @@ function (root) {
       } else if (envelope.ws4tx === 'event') {
         var payload = envelope.data === undefined ? null : envelope.data;
         if (envelope.event === 'ws4tx.positions') this._learn(payload);
+        if (envelope.event === 'ws4tx.session' && payload
+            && typeof payload.resume === 'string') {
+          this._resume = payload.resume;
+        }
         this._fire(envelope.event, payload);
         if (envelope.event === 'ws4tx.recovered') this._fire('recovered', this._verdict(payload));
         if (envelope.event === 'ws4tx.refresh') this._refresh();

@@ -1,0 +1,103 @@
+"""Resumable sessions end to end: ws4tx.js with ``resume: true`` in headless Chromium,
+against a real ``twistd ws4tx`` child. After the site closes the connection, the page
+reconnects with its resume token alone: its own credential (the token function) has gone
+bad, so only the resume token can let it in."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, ClassVar
+
+import pytest
+from twisted.trial.unittest import SynchronousTestCase
+
+from test import _browser
+from test._demo import TIMEOUT
+from test._django import setup_django
+from test.test_browser_tokens import _TokenServer
+from test.test_js_client import SCRIPT
+
+setup_django()
+
+from ws4tx import _resume, _sync_redis, api, closecodes, tokens  # noqa: E402
+
+#: Whole processes, browsers or storms: run in one tox env (see tox.ini).
+pytestmark = pytest.mark.system
+
+
+class _ResumeServer(_TokenServer):
+    """The token server, with tokens that outlast the test (no refresh in the way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with open(os.path.join(self.directory, "token_settings.py"), "w") as f:
+            f.write("from test.settings import *  # noqa\n")
+
+    def start(self, redis_url: Any = None) -> _ResumeServer:
+        super().start()
+        self.redis_url = self.wait_for(r"embedded Redis \(.*?\) at (redis://\S+?);").group(1)
+        return self
+
+
+class ResumeInChromiumTests(SynchronousTestCase):
+    handle: ClassVar[Any] = None
+    server: ClassVar[_ResumeServer]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.server = _ResumeServer()
+        try:
+            cls.server.start()
+            cls.handle = _browser.launch()
+        except BaseException:
+            cls.server.close()
+            raise
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        try:
+            if cls.handle is not None:
+                cls.handle.close()
+        finally:
+            cls.server.close()
+            shutil.rmtree(cls.server.directory, ignore_errors=True)
+
+    def setUp(self) -> None:
+        context = self.handle.browser.new_context()
+        self.addCleanup(context.close)
+        page = self.page = context.new_page()
+        page.goto(f"{self.server.url}/ws4tx/health")
+        page.add_script_tag(path=str(SCRIPT))
+        self.good = True
+        page.expose_function("freshToken", self.freshToken)
+        _sync_redis.use_url(self.server.redis_url)
+        self.addCleanup(_sync_redis.reset)
+        self.ws = f"ws://127.0.0.1:{self.server.port}/ws/foobar?subscribe-user"
+
+    def freshToken(self) -> str:
+        return tokens.make_token("john") if self.good else "no-longer-a-token"
+
+    def test_aClosedPageComesBackWithItsResumeToken(self) -> None:
+        self.page.evaluate("""(ws) => {
+          window.__sessions = []; window.__closed = []; window.__opened = 0;
+          window.c = new WS4TX(ws, {resume: true, token: () => window.freshToken()});
+          c.on('connected', () => __opened++);
+          c.on('ws4tx.session', (d) => __sessions.push(d));
+          c.on('disconnected', (d) => __closed.push(d));
+          c.on('message', (m) => (window.__got = m));
+        }""", self.ws)
+        self.page.wait_for_function("__sessions.length === 1", timeout=TIMEOUT * 1000)
+        self.good = False  # from now on only the resume token can authenticate john
+        api.disconnect(users=["john"], reason="kicked")
+        self.page.wait_for_function("__sessions.length === 2", timeout=TIMEOUT * 1000)
+        state = self.page.evaluate("({opened: __opened, closed: __closed, "
+                                   "sessions: __sessions, state: c.state})")
+        self.assertEqual(state["opened"], 2)
+        self.assertEqual([(d["code"], d["reason"]) for d in state["closed"]],
+                         [(closecodes.CLOSED_BY_SITE, "kicked")])
+        first, second = (_resume.verify(s["resume"]) for s in state["sessions"])
+        self.assertEqual(second.identity, first.identity)
+        self.assertEqual(first.identity.user, "john")
+        api.publish("foobar", "for john", users=["john"])
+        self.page.wait_for_function("window.__got === 'for john'", timeout=TIMEOUT * 1000)
