@@ -228,15 +228,19 @@ class BrokerContract:
         await self.subscribe(broker, listener, "ch")
         await self.subscribe(broker, listener, "other")
         sent = [b"%d" % n for n in range(100)]
+        published = []
         for payload in sent:
-            broker.publish("ch", payload)
-            broker.publish("other", b"noise")
+            published.append(broker.publish("ch", payload))
+            published.append(broker.publish("other", b"noise"))
         received = []
         while len(received) < len(sent):
             channel, payload = await self.message(listener)
             if channel == "ch":
                 received.append(payload)
         self.assertEqual(received, sent)
+        # Every publish was answered (the last "noise" ones may still have been on their
+        # way when the last "ch" message arrived: stopping the broker then failed them).
+        await self.settle(defer.gatherResults(published, consumeErrors=True))
 
     async def test_barrierFiresAfterWhatWasPublishedBefore(self):
         """barrier() fires once every message published before it was handed over, on
@@ -245,8 +249,10 @@ class BrokerContract:
         other, _ = await self.start()
         await self.subscribe(broker, listener, "a")
         await self.subscribe(broker, listener, "b")
-        for n in range(50):
-            other.publish("a" if n % 2 else "b", b"%d" % n)
+        # Published (answered by Redis) before the barrier, as a Django publish is.
+        await self.settle(defer.gatherResults(
+            [other.publish("a" if n % 2 else "b", b"%d" % n) for n in range(50)],
+            consumeErrors=True))
         await self.settle(broker.barrier())
         got = sorted(int(p) for kind, _, p in
                      (e for e in listener.log if isinstance(e, tuple) and e[0] == "message"))
