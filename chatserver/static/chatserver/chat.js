@@ -366,7 +366,9 @@ var Chat = (function () {
       if (response.ok && answer && answer.sent) {
         // Published: the copy that comes back (to the sender's user channel, or to a
         // group the sender is in) only fills in its position and time.
-        say('sent to ' + target, 'sent', 'cid:' + cid);
+        // A confirmation, not a condition: the copy coming back does not take it away
+        // (a message to yourself comes back at once).
+        say('sent to ' + target, 'sent');
         delete outbox[cid];
         var mineToo = entry.fields.user !== undefined || config.groups.indexOf(target) >= 0;
         mark(entry.item, 'delivered', mineToo ? '' : 'to ' + target + ' (you are not in it)');
