@@ -89,11 +89,15 @@ class ReaderShell:
 
 
 def next_event(ws: Any, name: str) -> Any:
-    """The data of the next ``name`` event an event client gets (bounded)."""
+    """The data of the next ``name`` event an event client gets (bounded), read as
+    ws4tx.js reads it: on a facility with history the event comes in a publication
+    envelope (``{"ws4tx": "pub", …, "data": "<the event>"}``)."""
     while True:
         frame = ws.recv(timeout=TIMEOUT)
         if frame.startswith("{"):
             envelope = json.loads(frame)
+            if envelope.get("ws4tx") == "pub" and isinstance(envelope.get("data"), str):
+                envelope = json.loads(envelope["data"])
             if envelope.get("event") == name:
                 return envelope.get("data")
 
