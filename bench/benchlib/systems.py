@@ -25,6 +25,11 @@ SERVER_CPU, LOAD_CPU = 0, 1
 BOTH_CPUS = "0,1"
 
 
+def cores(cpus: int | str) -> int:
+    """How many CPUs a taskset list (``0`` or ``"0,1"``) names."""
+    return len(str(cpus).split(","))
+
+
 class System:
     name = ""
     label = ""
