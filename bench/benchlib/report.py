@@ -78,7 +78,8 @@ def _limit(rs: list[dict], system: str) -> str:
     """Which process limited a cell, from the medians of its runs (see limits.py)."""
     cpus = ALL[system].server_cpus if system in ALL else 0
     return limit_of(_med(rs, "server_cpu"), _med(rs, "generator_cpu"),
-                    _med(rs, "load_core_cpu"), cores(cpus))
+                    _med(rs, "load_core_cpu"), cores(cpus), _med(rs, "server_cpu_wait"),
+                    _med(rs, "generator_cpu_wait"))
 
 
 def _failing_limit(ok: list[dict]) -> str:
@@ -538,9 +539,10 @@ def render(records: list[dict], header: list[str]) -> str:
          "count are skipped once a rate loses ≥ 1 % or has p99 ≥ 1 s. "
          f"limit: 'server' when the server used ≥ {BOUND:.0%} of its cores, 'generator' when "
          f"the load generator used ≥ {BOUND:.0%} of its core, 'load core' when it did not but "
-         "it, the publisher and Redis (pinned to one core) together did, 'neither' below "
-         "that: a cell limited by the generator or the load core measures them, not the "
-         "server."),
+         "it, the publisher and Redis (pinned to one core) together did, 'starved' when a "
+         "process used less but used and waited for its core together make ≥ 90 % (other "
+         "load on the machine had it), 'neither' below that: a cell limited by anything but "
+         "the server measures that, not the server."),
         ("Max rate: the highest publish rate at which ≥ 99.9 % reaches every client with p99 < 100 ms",
          maxrate_table(records),
          "Bisection over the bounded set of rates given by --maxrate-rates; a probe passes when "

@@ -363,7 +363,8 @@ class Session:
         m["silent_loss"] = (stats.get("lost_open") or 0) > (m.get("server_lagged_frames") or 0)
         m["latency_sampled_every"] = stats.get("latency_sampled_every", 1)
         m["limit"] = limit_of(m["server_cpu"], m["generator_cpu"], m["load_core_cpu"],
-                              S.cores(self.system.server_cpus))
+                              S.cores(self.system.server_cpus), m["server_cpu_wait"],
+                              m["generator_cpu_wait"])
         return m
 
     def _serverBehind(self) -> bool:
