@@ -108,9 +108,10 @@ def fanout_table(records: list[dict]) -> list[str]:
     cells = sorted({k[:2] for k in g})
     lines = [
         "| clients | msg/s | system | delivered frames/s | loss | p50 ms | p90 ms | p99 ms | max ms "
-        "| server CPU | µs/frame | server RSS MB | generator CPU | limit | server waited for CPU "
+        "| server CPU | µs/frame | server RSS MB | generator CPU | generator µs/frame | limit "
+        "| server waited for CPU "
         "| p99 × ceiling | p99 × ws4tx | delivered × ceiling | µs/frame × floor-picows | notes |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for n, rate in cells:
         base = {b: g.get((n, rate, b), []) for b in BASES}
@@ -140,7 +141,7 @@ def fanout_table(records: list[dict]) -> list[str]:
             if st:
                 notes.append(st)
             if not ok:
-                lines.append(f"| {n:,} | {rate:,} | {s} | " + " | ".join(["–"] * 16) + f" | {'; '.join(notes)} |")
+                lines.append(f"| {n:,} | {rate:,} | {s} | " + " | ".join(["–"] * 17) + f" | {'; '.join(notes)} |")
                 continue
             p99 = _med(rs, "p99_ms")
             delivered = _med(rs, "delivered_per_s")
@@ -149,7 +150,8 @@ def fanout_table(records: list[dict]) -> list[str]:
                 f"| {_fmt(_med(rs, 'p50_ms'))} | {_fmt(_med(rs, 'p90_ms'))} | {_fmt(p99)} "
                 f"| {_fmt(_med(rs, 'max_ms'))} | {_pct(_med(rs, 'server_cpu'), 0)} "
                 f"| {_fmt(_med(rs, 'server_cpu_us_per_frame'))} | {_fmt(_med(rs, 'server_rss_mb'))} "
-                f"| {_pct(_med(rs, 'generator_cpu'), 0)} | {_limit(rs, s)} "
+                f"| {_pct(_med(rs, 'generator_cpu'), 0)} "
+                f"| {_fmt(_med(rs, 'generator_cpu_us_per_frame'), 2)} | {_limit(rs, s)} "
                 f"| {_pct(_med(rs, 'server_cpu_wait'), 0)} "
                 f"| {_vs_bases(p99, base, 'p99_ms')} "
                 f"| {_ratio(delivered, _med(base['ceiling'], 'delivered_per_s'))} "

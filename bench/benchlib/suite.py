@@ -337,6 +337,8 @@ class Session:
             "server_cpu_wait": round((s1["server_wait"] - s0["server_wait"]) / wall, 3),
             "generator_cpu_wait": round((s1["loadgen_wait"] - s0["loadgen_wait"]) / wall, 3),
             "generator_cpu": round((s1["loadgen"] - s0["loadgen"]) / wall, 3),
+            "generator_cpu_us_per_frame": round((s1["loadgen"] - s0["loadgen"]) / received
+                                                * 1e6, 2) if received else None,
             "publisher_cpu": round((s1["publisher"] - s0["publisher"]) / wall, 3),
             "redis_cpu": round((s1["redis"] - s0["redis"]) / wall, 3),
             # What shares the generator's core when pinned: it, the publisher, Redis.
