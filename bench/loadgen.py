@@ -2,9 +2,23 @@
 """The load generator of the ws4tx benchmark suite: many WebSocket clients in one process.
 
 It is driven by ``bench/run.py`` through JSON lines on stdin and answers with one JSON line
-on stdout per command. The clients use picows on uvloop when they are installed (the
-``loadgen`` virtualenv of the suite); otherwise a small asyncio WebSocket client of this file
-(used by the smoke mode, which installs nothing).
+on stdout per command. Its client is chosen with ``--client``:
+
+- ``stream`` (the suite's default in its virtualenvs): an asyncio protocol (on uvloop when
+  installed) that counts frames in the byte stream of each socket instead of handing each
+  one to Python: once it has seen a benchmark frame of the current phase it knows the
+  frame's length and header, and for every chunk read from a socket it checks, with a few
+  C-level operations whatever the number of frames in it (strided slices of the header
+  bytes, ``bytes.count`` of the phase's mark, the sequence numbers of the first and last
+  frame), that the chunk holds k whole frames of that shape, in order and contiguous; then
+  it counts k. Latency is taken on a sample: the frames whose sequence number is congruent
+  to the client's number modulo ``--sample-every`` (so every message is sampled on a share
+  of the clients, whatever its place in a chunk). Anything else (a partial or different
+  frame, a control frame, a gap, a duplicate, compression) goes through the per-frame path
+  below, frame by frame.
+- ``picows``: picows on uvloop, one Python call per frame (when picows is installed);
+- ``asyncio``: a small asyncio WebSocket client of this file, one Python call per frame
+  (the default without picows; the smoke mode, which installs nothing).
 
 Every benchmark message carries ``B|<tag:4>|<seq:8>|<send time ns:19>|padding`` somewhere
 in its text (raw for ws4tx, the ceiling and Channels; inside ``42["m","..."]`` for
@@ -16,6 +30,7 @@ The process exits when stdin closes, so it never outlives the suite.
 
 from __future__ import annotations
 
+import argparse
 import array
 import asyncio
 import base64
@@ -52,13 +67,19 @@ class Phase:
     """What all clients share: the current tag and the latency samples of the phase."""
 
     tag = b"----"
+    mark = b"B|----|"
     lat = array.array("q")  # microseconds
     capped = 0
+    #: Latency is taken on the frames whose sequence number is congruent to the client's
+    #: number modulo ``stride`` (1: every frame).
+    stride = 1
 
 
 P = Phase()
 CLIENTS: list[Core] = []
 CLOSE_CODES: collections.Counter = collections.Counter()
+#: The number the next client gets (it picks the frames whose latency that client samples).
+_CLIENT_IDS = 0
 #: Bytes the asyncio clients read from their sockets in the current phase.
 WIRE = [0]
 
@@ -67,6 +88,9 @@ class Core:
     """Per-client counting, shared by both transports (the hot path is :meth:`handle`)."""
 
     def init_core(self, sio: bool) -> None:
+        global _CLIENT_IDS
+        self.cid = _CLIENT_IDS
+        _CLIENT_IDS += 1
         self.sio = sio
         self.off = -1
         self.ready: Optional[asyncio.Future] = None
@@ -109,6 +133,8 @@ class Core:
             self.ooo += 1
         if not self.first_ns:
             self.first_ns = now
+        if (seq - self.cid) % P.stride:
+            return
         lat = P.lat
         if len(lat) < LATENCY_CAP:
             lat.append((now - int(p[o + 16:o + 35])) // 1000)
@@ -207,6 +233,14 @@ if picows is not None:
         return client
 
 
+_INCOMPLETE, _CLOSED = -1, -2
+#: The ones and tens digits of 0, 1, 2, ... (period 100), _RUN of them: what the sequence
+#: numbers of a contiguous run of frames show in those places.
+_RUN = 10_000
+_ONES = bytes(48 + t % 10 for t in range(_RUN))
+_TENS = bytes(48 + t // 10 % 10 for t in range(_RUN))
+
+
 # plain asyncio transport ----------------------------------------------------------------
 
 class AsyncioClient(asyncio.Protocol, Core):
@@ -244,65 +278,80 @@ class AsyncioClient(asyncio.Protocol, Core):
         buf = self.buf
         buf += data
         WIRE[0] += len(data)
-        if not self.head_done:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > 65536:
-                    self._fail(ConnectionError("oversized handshake response"))
-                return
-            status = bytes(buf[:buf.find(b"\r\n")])
-            if b" 101 " not in status + b" ":
-                self._fail(ConnectionError(status.decode("latin-1")))
-                return
-            if self.deflate and b"server_no_context_takeover" not in bytes(buf[:end]):
-                self._fail(ConnectionError("permessage-deflate without server context "
-                                           "takeover was not negotiated"))
-                return
-            del buf[:end + 4]
-            self.head_done = True
-            self.is_open = True
-            if not self.upgraded.done():
-                self.upgraded.set_result(self)
+        if not self.head_done and not self._handshake(buf):
+            return
         i, n = 0, len(buf)
         while n - i >= 2:
-            b0, b1 = buf[i], buf[i + 1]
-            ln, h = b1 & 0x7F, 2
-            if ln == 126:
-                if n - i < 4:
-                    break
-                ln, h = int.from_bytes(buf[i + 2:i + 4], "big"), 4
-            elif ln == 127:
-                if n - i < 10:
-                    break
-                ln, h = int.from_bytes(buf[i + 2:i + 10], "big"), 10
-            if n - i < h + ln:
+            j = self._frame(buf, i, n)
+            if j < 0:
+                if j == _CLOSED:
+                    return
                 break
-            payload = bytes(buf[i + h:i + h + ln])
-            i += h + ln
-            op = b0 & 0x0F
-            if b0 & 0x40:  # compressed (whole messages only: ws4tx does not fragment)
-                payload = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
-            if op == 0:
-                if self.frag is not None:
-                    self.frag += payload
-                    if b0 & 0x80:
-                        payload, self.frag = bytes(self.frag), None
-                        self.handle(payload)
-            elif op in (1, 2):
-                if b0 & 0x80:
-                    self.handle(payload)
-                else:
-                    self.frag = bytearray(payload)
-            elif op == 8:
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-                self.closed(code)
-                self._send(0x8, payload[:2])
-                self.transport.close()
-                return
-            elif op == 9:
-                self._send(0xA, payload)
+            i = j
         if i:
             del buf[:i]
+
+    def _handshake(self, buf: bytearray) -> bool:
+        """Whether the 101 answer is complete and good (then it is taken off ``buf``)."""
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > 65536:
+                self._fail(ConnectionError("oversized handshake response"))
+            return False
+        status = bytes(buf[:buf.find(b"\r\n")])
+        if b" 101 " not in status + b" ":
+            self._fail(ConnectionError(status.decode("latin-1")))
+            return False
+        if self.deflate and b"server_no_context_takeover" not in bytes(buf[:end]):
+            self._fail(ConnectionError("permessage-deflate without server context "
+                                       "takeover was not negotiated"))
+            return False
+        del buf[:end + 4]
+        self.head_done = True
+        self.is_open = True
+        if not self.upgraded.done():
+            self.upgraded.set_result(self)
+        return True
+
+    def _frame(self, buf: bytes | bytearray, i: int, n: int) -> int:
+        """Take the frame at ``buf[i:n]``: the index after it, or ``_INCOMPLETE``, or
+        ``_CLOSED`` (a close frame: answered, the connection closed)."""
+        b0, b1 = buf[i], buf[i + 1]
+        ln, h = b1 & 0x7F, 2
+        if ln == 126:
+            if n - i < 4:
+                return _INCOMPLETE
+            ln, h = int.from_bytes(buf[i + 2:i + 4], "big"), 4
+        elif ln == 127:
+            if n - i < 10:
+                return _INCOMPLETE
+            ln, h = int.from_bytes(buf[i + 2:i + 10], "big"), 10
+        if n - i < h + ln:
+            return _INCOMPLETE
+        payload = bytes(buf[i + h:i + h + ln])
+        op = b0 & 0x0F
+        if b0 & 0x40:  # compressed (whole messages only: ws4tx does not fragment)
+            payload = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+        if op == 0:
+            if self.frag is not None:
+                self.frag += payload
+                if b0 & 0x80:
+                    payload, self.frag = bytes(self.frag), None
+                    self.handle(payload)
+        elif op in (1, 2):
+            if b0 & 0x80:
+                self.handle(payload)
+            else:
+                self.frag = bytearray(payload)
+        elif op == 8:
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            self.closed(code)
+            self._send(0x8, payload[:2])
+            self.transport.close()
+            return _CLOSED
+        elif op == 9:
+            self._send(0xA, payload)
+        return i + h + ln
 
     def _fail(self, error: Exception) -> None:
         if not self.upgraded.done():
@@ -338,13 +387,117 @@ class AsyncioClient(asyncio.Protocol, Core):
             self.transport.close()
 
 
+class StreamClient(AsyncioClient):
+    """The asyncio client that counts frames in its socket's byte stream (``--client
+    stream``): see the module's docstring. Its shape of a benchmark frame (length, header
+    bytes, where the mark is) is learnt from the last one that took the per-frame path."""
+
+    #: Length, header bytes (2 or 4) and mark offset of the benchmark frames (0: not learnt).
+    fl = 0
+    fh = b""
+    mo = 0
+
+    def data_received(self, data: bytes) -> None:
+        WIRE[0] += len(data)
+        pending = self.buf
+        if pending or not self.head_done:
+            pending += data
+            if not self.head_done and not self._handshake(pending):
+                return
+            data = bytes(pending)
+            pending.clear()
+        mark = P.mark
+        i, n = 0, len(data)
+        while n - i >= 2:
+            fl = self.fl
+            if fl and n - i >= fl and data.startswith(self.fh, i):
+                k = (n - i) // fl
+                end = i + k * fl
+                o = i + self.mo
+                if k == 1:
+                    # One frame of the learnt shape (its header) with this phase's mark
+                    # where the mark goes: counted if it follows what this client had.
+                    if data.startswith(mark, o):
+                        try:
+                            seq = int(data[o + 7:o + 15])
+                        except ValueError:
+                            seq = -1
+                        if seq > self.last:
+                            self.n += 1
+                            self.last = seq
+                            if not (seq - self.cid) % P.stride or not self.first_ns:
+                                self._sample(data, o, seq, seq, fl)
+                            i = end
+                            continue
+                else:
+                    fh = self.fh
+                    # k whole frames of the learnt shape: every frame's header bytes
+                    # (strided slices), one mark of this phase in each (a C-level count),
+                    # and ...
+                    if (data[i:end:fl] == fh[:1] * k and data[i + 1:end:fl] == fh[1:2] * k
+                            and (len(fh) == 2 or (data[i + 2:end:fl] == fh[2:3] * k
+                                                  and data[i + 3:end:fl] == fh[3:4] * k))
+                            and data.count(mark, i, end) == k):
+                        q = o + (k - 1) * fl
+                        try:
+                            first = int(data[o + 7:o + 15])
+                            last = int(data[q + 7:q + 15])
+                        except ValueError:
+                            first = last = -1
+                        # ... the first follows what this client had, the last is k - 1
+                        # on, and the last two digits of every sequence number go up by
+                        # one from frame to frame: in order, contiguous, none twice (what
+                        # is not goes frame by frame below).
+                        r = first % 100
+                        if (first > self.last and last - first == k - 1 and k + r <= _RUN
+                                and data[o + 14:end:fl] == _ONES[r:r + k]
+                                and data[o + 13:end:fl] == _TENS[r:r + k]):
+                            self.n += k
+                            self.last = last
+                            self._sample(data, o, first, last, fl)
+                            i = end
+                            continue
+            j = self._frame(data, i, n)
+            if j < 0:
+                if j == _CLOSED:
+                    return
+                break
+            b0, b1 = data[i], data[i + 1]
+            if (b0 == 0x81 or b0 == 0x82) and b1 < 127:
+                h = 2 if b1 < 126 else 4
+                m = data.find(mark, i + h, j)
+                if m >= 0:
+                    self.fl, self.fh, self.mo = j - i, data[i:i + h], m - i
+            i = j
+        if i < n:
+            pending += memoryview(data)[i:]
+
+    def _sample(self, data: bytes, o: int, first: int, last: int, fl: int) -> None:
+        """The latency of the frames from sequence number ``first`` to ``last`` (the
+        first's mark at ``data[o]``) whose number is this client's modulo the stride."""
+        now = _now_ns()
+        if not self.first_ns:
+            self.first_ns = now
+        stride = P.stride
+        seq = first + (self.cid - first) % stride
+        lat = P.lat
+        while seq <= last:
+            q = o + (seq - first) * fl
+            if len(lat) < LATENCY_CAP:
+                lat.append((now - int(data[q + 16:q + 35])) // 1000)
+            else:
+                P.capped += 1
+            seq += stride
+
+
 async def _connect_asyncio(url: str, sio: bool, timeout: float,
-                           deflate: bool = False, protocols: tuple[str, ...] = ()) -> Core:
+                           deflate: bool = False, protocols: tuple[str, ...] = (),
+                           cls: type[AsyncioClient] = AsyncioClient) -> Core:
     loop = asyncio.get_running_loop()
     parts = urlsplit(url)
     upgraded: asyncio.Future = loop.create_future()
     transport, client = await loop.create_connection(
-        lambda: AsyncioClient(url, sio, upgraded, deflate, protocols), parts.hostname,
+        lambda: cls(url, sio, upgraded, deflate, protocols), parts.hostname,
         parts.port or 80)
     try:
         await asyncio.wait_for(asyncio.shield(upgraded), timeout)
@@ -356,16 +509,26 @@ async def _connect_asyncio(url: str, sio: bool, timeout: float,
 
 # commands -------------------------------------------------------------------------------
 
+#: The clients ``--client`` chooses from.
+CLIENT_KINDS = ("stream", "picows", "asyncio")
+
+
 class Generator:
-    def __init__(self) -> None:
+    def __init__(self, client: str, sample_every: int) -> None:
+        self.client = client
+        self.sample_every = sample_every
         self.connect_start_ns = 0
         self.phase_started_ns = 0
         self.phase_clients = 0
 
     def describe(self) -> str:
         parts = []
-        if picows is not None:
+        if self.client == "picows":
             parts.append(f"picows {getattr(picows, '__version__', '?')}")
+        elif self.client == "stream":
+            parts.append(f"stream counter of bench/loadgen.py (frames counted in each "
+                         f"socket's byte stream; latency sampled on 1 frame in "
+                         f"{self.sample_every})")
         else:
             parts.append("asyncio client of bench/loadgen.py")
         loop = asyncio.get_running_loop()
@@ -385,12 +548,15 @@ class Generator:
         timeout = float(c.get("timeout", 20.0))
         deadline = float(c.get("deadline", 120.0))
         sem = asyncio.Semaphore(int(c.get("concurrency", 200)))
-        connect = _connect_picows if picows is not None and not c.get("asyncio") else _connect_asyncio
+        cls = StreamClient if self.client == "stream" else AsyncioClient
+        connect = (_connect_picows if self.client == "picows"
+                   else functools.partial(_connect_asyncio, cls=cls))
         protocols = tuple(c.get("protocols") or ())
         if protocols:
             connect = functools.partial(connect, protocols=protocols)
         if c.get("deflate"):  # picows has no permessage-deflate
-            connect = functools.partial(_connect_asyncio, deflate=True, protocols=protocols)
+            connect = functools.partial(_connect_asyncio, deflate=True, protocols=protocols,
+                                        cls=cls)
         errors: collections.Counter = collections.Counter()
         done_ns: list[int] = []
         self.connect_start_ns = start = _now_ns()
@@ -424,6 +590,7 @@ class Generator:
 
     async def cmd_phase(self, c: dict) -> dict:
         P.tag = c["tag"].encode()
+        P.mark = MARK + P.tag + b"|"
         P.lat = array.array("q")
         P.capped = 0
         CLOSE_CODES.clear()
@@ -472,6 +639,7 @@ class Generator:
             "closed_by_server": dict(CLOSE_CODES),
             "wire_bytes": WIRE[0],
             "latency_samples": n,
+            "latency_sampled_every": P.stride,
             "latency_capped": P.capped,
             "p50_ms": q(0.50), "p90_ms": q(0.90), "p99_ms": q(0.99),
             "max_ms": round(lat[-1] / 1000.0, 3) if n else None,
@@ -502,8 +670,9 @@ class Generator:
         return {"closed": count}
 
 
-async def main() -> None:
-    gen = Generator()
+async def main(client: str, sample_every: int) -> None:
+    gen = Generator(client, sample_every)
+    P.stride = sample_every if client == "stream" else 1
     await serve(lambda command: getattr(gen, "cmd_" + command.get("cmd", ""))(command))
     for k in CLIENTS:
         try:
@@ -512,8 +681,27 @@ async def main() -> None:
             pass
 
 
+def _options(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="the load generator of bench/run.py")
+    p.add_argument("--client", choices=CLIENT_KINDS,
+                   default="picows" if picows is not None else "asyncio",
+                   help="stream: frames counted in the byte stream; picows / asyncio: one "
+                        "Python call per frame [default: picows if installed, else asyncio]")
+    p.add_argument("--sample-every", type=int, default=10,
+                   help="stream: latency of 1 frame in N (by sequence number) [default: 10]")
+    p.add_argument("--no-uvloop", action="store_true")
+    a = p.parse_args(argv)
+    if a.client == "picows" and picows is None:
+        p.error("--client picows: picows is not installed here")
+    if a.sample_every < 1:
+        p.error("--sample-every must be at least 1")
+    return a
+
+
 if __name__ == "__main__":
-    if uvloop is not None and "--no-uvloop" not in sys.argv:
-        uvloop.run(main())
+    options = _options(sys.argv[1:])
+    run = main(options.client, options.sample_every)
+    if uvloop is not None and not options.no_uvloop:
+        uvloop.run(run)
     else:
-        asyncio.run(main())
+        asyncio.run(run)

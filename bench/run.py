@@ -92,6 +92,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--venvs", choices=("managed", "current"), default=None,
                    help="managed: bench/.venvs (default); current: this interpreter for ws4tx, "
                         "the ceiling and the load generator (default of --smoke)")
+    p.add_argument("--generator", choices=("stream", "picows", "asyncio"), default=None,
+                   help="the load generator's client: stream (frames counted in each "
+                        "socket's byte stream, latency sampled; little CPU per frame), picows "
+                        "(one Python call per frame; needs the managed venvs), asyncio (one "
+                        "Python call per frame, no dependency) [default: stream; asyncio with "
+                        "--venvs current]")
+    p.add_argument("--sample-every", type=int, default=10,
+                   help="stream generator: latency of 1 frame in N, by sequence number, "
+                        "every client a different residue [default: 10]")
     p.add_argument("--refresh", action="store_true", help="rebuild the virtualenvs")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     p.add_argument("--render", metavar="JSONL",
@@ -124,6 +133,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(a, key) is None:
             setattr(a, key, value)
+    if a.generator is None:
+        a.generator = "asyncio" if a.venvs == "current" else "stream"
+    if a.generator == "picows" and a.venvs == "current":
+        p.error("--generator picows needs the managed virtualenvs (not --venvs current or --smoke)")
+    if a.sample_every < 1:
+        p.error("--sample-every must be at least 1")
     unknown = [s for s in a.systems if s not in S.ALL]
     if unknown:
         p.error(f"unknown system(s) {unknown}; choose from {S.ORDER}")

@@ -81,3 +81,138 @@ class HistoryBenchSmokeTests(SynchronousTestCase):
         # One GET each (the ws4redis replay); the history reads are shared per turn.
         self.assertEqual(m["redis_commands"]["get"], 50, report)
         self.assertLessEqual(m["redis_commands"]["evalsha"], 50, report)
+
+
+class StreamGeneratorSmokeTests(SynchronousTestCase):
+    def test_streamGenerator(self) -> None:
+        """``--generator stream`` (frames counted in the byte stream, latency sampled) in
+        smoke size, 20 clients for 2 s on ws4tx and the ceiling: every frame is counted,
+        none twice or out of order, latency is taken on one frame in 10 of each client (by
+        sequence number), and each cell says which process limited it."""
+        out = tempfile.mkdtemp(prefix="bench-smoke-")
+        done = subprocess.run([sys.executable, RUN, "--smoke", "--generator", "stream",
+                               "--scenarios", "fanout", "--fanout-clients", "20",
+                               "--duration", "2", "--out", out],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+        report = done.stdout[-4000:] + done.stderr[-2000:]
+        self.assertEqual(done.returncode, 0, report)
+        [path] = glob.glob(os.path.join(out, "*.jsonl"))
+        with open(path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        for system in ("ws4tx", "ceiling"):
+            [record] = [r for r in records if r["system"] == system]
+            m = record["metrics"]
+            self.assertEqual(record["status"], "ok", record)
+            self.assertIn("stream counter", record["generator"])
+            self.assertEqual(record["params"]["clients"], 20)
+            self.assertEqual((m["received"], m["duplicates"], m["out_of_order"]),
+                             (m["expected_total"], 0, 0), record)
+            # each client samples the sequence numbers of its residue modulo 10
+            rounds = m["published_rounds"]
+            self.assertEqual(m["latency_sampled_every"], 10)
+            self.assertGreaterEqual(m["latency_samples"], 20 * (rounds // 10), record)
+            self.assertLessEqual(m["latency_samples"], 20 * -(-rounds // 10), record)
+            self.assertIn(m["limit"], LIMITS, record)
+
+
+#: What a cell's ``limit`` may say (bench/benchlib/limits.py).
+LIMITS = {"neither", "server", "generator", "load core", "server starved",
+          "generator starved", "server and generator", "server and load core",
+          "server and generator starved", "server starved and generator",
+          "server starved and load core", "server starved and generator starved"}
+
+
+def _frame(payload: bytes, opcode: int = 0x81) -> bytes:
+    n = len(payload)
+    head = bytes([opcode, n]) if n < 126 else bytes([opcode, 126]) + n.to_bytes(2, "big")
+    return head + payload
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+
+class StreamCounterTests(SynchronousTestCase):
+    """The stream client against the per-frame client of bench/loadgen.py (pure logic:
+    bytes fed to both, no sockets)."""
+
+    def test_countsWhatThePerFrameClientCounts(self) -> None:
+        """Fed the same bytes cut at random places — frames of 100 and 1000 bytes, raw and
+        in Socket.IO's framing, with gaps, duplicates, frames out of order, another
+        phase's frames, pings and other messages among them — the stream client counts
+        the same messages, duplicates, out-of-order, stale and other frames, takes the
+        same number of latency samples, and answers the same pings as the client that
+        parses every frame."""
+        import asyncio
+        import random
+        import time
+
+        sys.path.insert(0, os.path.join(REPO, "bench"))
+        try:
+            import loadgen
+        finally:
+            sys.path.remove(os.path.join(REPO, "bench"))
+        rng = random.Random(25)
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+
+        def message(tag: str, seq: int, size: int) -> bytes:
+            head = f"B|{tag}|{seq:08d}|{time.time_ns():019d}|"
+            return (head + "x" * (size - len(head))).encode()
+
+        def client(cls: type) -> tuple[object, _Transport]:
+            k = cls("ws://127.0.0.1:1/b", False, loop.create_future())
+            transport = _Transport()
+            k.connection_made(transport)
+            k.data_received(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+            k.cid = 7
+            return k, transport
+
+        for wrap in (lambda b: b, lambda b: b'42["m","' + b + b'"]'):
+            for size in (100, 1000):
+                for _ in range(40):
+                    stream = b""
+                    seqs = list(range(300))
+                    for i in range(len(seqs) - 1):
+                        if rng.random() < 0.01:  # out of order
+                            seqs[i], seqs[i + 1] = seqs[i + 1], seqs[i]
+                    for seq in seqs:
+                        r = rng.random()
+                        if r < 0.02:
+                            continue  # lost
+                        stream += _frame(wrap(message("abcd", seq, size)))
+                        if r > 0.98:
+                            stream += _frame(wrap(message("abcd", seq, size)))
+                        elif 0.50 < r < 0.51:
+                            stream += _frame(wrap(message("zzzz", seq, size)))
+                        elif 0.60 < r < 0.61:
+                            stream += bytes([0x89, 2]) + b"hi"
+                        elif 0.70 < r < 0.71:
+                            stream += _frame(b'{"event":"other"}')
+                    cuts = sorted(rng.sample(range(1, len(stream)), 40))
+                    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)],
+                                                          strict=True)]
+                    loadgen.P.stride = rng.choice([1, 3, 10])
+                    seen = []
+                    for cls in (loadgen.AsyncioClient, loadgen.StreamClient):
+                        loadgen.P.tag, loadgen.P.mark = b"abcd", b"B|abcd|"
+                        loadgen.P.lat = loadgen.array.array("q")
+                        k, transport = client(cls)
+                        k.reset()
+                        for chunk in chunks:
+                            k.data_received(chunk)
+                        seen.append((k.n, k.last, k.dup, k.ooo, k.stale, k.other,
+                                     len(loadgen.P.lat), len(transport.written)))
+                    self.assertEqual(seen[0], seen[1])
+                    self.assertGreater(seen[1][0], 250)

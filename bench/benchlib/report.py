@@ -6,7 +6,8 @@ from __future__ import annotations
 import statistics
 from typing import Any, Iterable, Optional
 
-from benchlib.systems import ALL, ORDER
+from benchlib.limits import BOUND, limit_of
+from benchlib.systems import ALL, ORDER, cores
 
 BASES = ("ceiling", "ws4tx")
 #: The fan-out floor the issue's ratios are taken against.
@@ -73,6 +74,32 @@ def _status_note(rs: list[dict]) -> str:
     return "; ".join(reasons)
 
 
+def _limit(rs: list[dict], system: str) -> str:
+    """Which process limited a cell, from the medians of its runs (see limits.py)."""
+    cpus = ALL[system].server_cpus if system in ALL else 0
+    return limit_of(_med(rs, "server_cpu"), _med(rs, "generator_cpu"),
+                    _med(rs, "load_core_cpu"), cores(cpus), _med(rs, "server_cpu_wait"),
+                    _med(rs, "generator_cpu_wait"))
+
+
+def _failing_limit(ok: list[dict]) -> str:
+    """Per run: the lowest rate whose probe failed, and which process limited it."""
+    found = []
+    for r in ok:
+        failed = sorted((p for p in r["metrics"].get("probes", []) if not p["pass"]),
+                        key=lambda p: p["rate"])
+        if not failed:
+            found.append("none failed")
+            continue
+        p = failed[0]
+        found.append(f"{p['rate']}: server {_pct(p.get('server_cpu'), 0)}, generator "
+                     f"{_pct(p.get('generator_cpu'), 0)}"
+                     + (f", load core {_pct(p.get('load_core_cpu'), 0)}"
+                        if p.get("load_core_cpu") is not None else "")
+                     + f" → {p.get('limit') or limit_of(p.get('server_cpu'), p.get('generator_cpu'))}")
+    return "; ".join(found)
+
+
 def fanout_table(records: list[dict]) -> list[str]:
     g = _group(records, "fanout", ("clients", "rate"))
     if not g:
@@ -81,9 +108,10 @@ def fanout_table(records: list[dict]) -> list[str]:
     cells = sorted({k[:2] for k in g})
     lines = [
         "| clients | msg/s | system | delivered frames/s | loss | p50 ms | p90 ms | p99 ms | max ms "
-        "| server CPU | µs/frame | server RSS MB | generator CPU | server waited for CPU "
+        "| server CPU | µs/frame | server RSS MB | generator CPU | generator µs/frame | limit "
+        "| server waited for CPU "
         "| p99 × ceiling | p99 × ws4tx | delivered × ceiling | µs/frame × floor-picows | notes |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for n, rate in cells:
         base = {b: g.get((n, rate, b), []) for b in BASES}
@@ -113,7 +141,7 @@ def fanout_table(records: list[dict]) -> list[str]:
             if st:
                 notes.append(st)
             if not ok:
-                lines.append(f"| {n:,} | {rate:,} | {s} | " + " | ".join(["–"] * 15) + f" | {'; '.join(notes)} |")
+                lines.append(f"| {n:,} | {rate:,} | {s} | " + " | ".join(["–"] * 17) + f" | {'; '.join(notes)} |")
                 continue
             p99 = _med(rs, "p99_ms")
             delivered = _med(rs, "delivered_per_s")
@@ -122,7 +150,9 @@ def fanout_table(records: list[dict]) -> list[str]:
                 f"| {_fmt(_med(rs, 'p50_ms'))} | {_fmt(_med(rs, 'p90_ms'))} | {_fmt(p99)} "
                 f"| {_fmt(_med(rs, 'max_ms'))} | {_pct(_med(rs, 'server_cpu'), 0)} "
                 f"| {_fmt(_med(rs, 'server_cpu_us_per_frame'))} | {_fmt(_med(rs, 'server_rss_mb'))} "
-                f"| {_pct(_med(rs, 'generator_cpu'), 0)} | {_pct(_med(rs, 'server_cpu_wait'), 0)} "
+                f"| {_pct(_med(rs, 'generator_cpu'), 0)} "
+                f"| {_fmt(_med(rs, 'generator_cpu_us_per_frame'), 2)} | {_limit(rs, s)} "
+                f"| {_pct(_med(rs, 'server_cpu_wait'), 0)} "
                 f"| {_vs_bases(p99, base, 'p99_ms')} "
                 f"| {_ratio(delivered, _med(base['ceiling'], 'delivered_per_s'))} "
                 f"| {_ratio(_med(rs, 'server_cpu_us_per_frame'), floor_us)} "
@@ -144,9 +174,9 @@ def maxrate_table(records: list[dict]) -> list[str]:
     base = {b: best(b)[0] for b in BASES + (FLOOR,)}
     lines = [
         "| system | max msg/s to all clients (median) | frames/s | × ceiling | × ws4tx "
-        "| × floor-picows | per run | probes of the first run (msg/s: result) "
-        "| generator CPU (max) |",
-        "|---|---:|---:|---:|---:|---:|---|---|---:|",
+        "| × floor-picows | per run | probes of the first run (msg/s: result; server CPU, "
+        "generator CPU: limit) | generator CPU (max) | limit at the lowest failing rate |",
+        "|---|---:|---:|---:|---:|---:|---|---|---:|---|",
     ]
     for s in systems:
         value, rs = best(s)
@@ -158,7 +188,9 @@ def maxrate_table(records: list[dict]) -> list[str]:
         probes = ""
         if ok:
             probes = "; ".join(
-                f"{p['rate']}: {'pass' if p['pass'] else 'fail'} ({p['why']})"
+                f"{p['rate']}: {'pass' if p['pass'] else 'fail'} ({p['why']}"
+                + (f"; {_pct(p.get('server_cpu'), 0)}, {_pct(p.get('generator_cpu'), 0)}: "
+                   f"{p.get('limit')}" if p.get("limit") else "") + ")"
                 for p in ok[0]["metrics"].get("probes", []))
         clients = ok[0]["params"]["clients"] if ok else 0
         shown = (_fmt(value, 0) if value else f"< {lowest}") if ok else "–"
@@ -166,7 +198,8 @@ def maxrate_table(records: list[dict]) -> list[str]:
             f"| {s} | {shown} | {_fmt(value * clients if value else None, 0)} "
             f"| {_ratio(value, base['ceiling'])} | {_ratio(value, base['ws4tx'])} "
             f"| {_ratio(value, base[FLOOR])} | {per_run} "
-            f"| {probes or _status_note(rs)} | {_pct(_median(r['metrics'].get('generator_cpu_max') for r in ok), 0)} |")
+            f"| {probes or _status_note(rs)} | {_pct(_median(r['metrics'].get('generator_cpu_max') for r in ok), 0)} "
+            f"| {_failing_limit(ok)} |")
     return lines
 
 
@@ -505,11 +538,20 @@ def render(records: list[dict], header: list[str]) -> str:
          "most 15 s after the last publish); latency = receive time − send time; CPU as a share of one "
          "core; 'server waited for CPU' = share of the window the server was runnable but "
          "another process had its core (other load on the machine). Higher rates at a client "
-         "count are skipped once a rate loses ≥ 1 % or has p99 ≥ 1 s."),
+         "count are skipped once a rate loses ≥ 1 % or has p99 ≥ 1 s. "
+         f"limit: 'server' when the server used ≥ {BOUND:.0%} of its cores, 'generator' when "
+         f"the load generator used ≥ {BOUND:.0%} of its core, 'load core' when it did not but "
+         "it, the publisher and Redis (pinned to one core) together did, 'starved' when a "
+         "process used less but used and waited for its core together make ≥ 90 % (other "
+         "load on the machine had it), 'neither' below that: a cell limited by anything but "
+         "the server measures that, not the server."),
         ("Max rate: the highest publish rate at which ≥ 99.9 % reaches every client with p99 < 100 ms",
          maxrate_table(records),
          "Bisection over the bounded set of rates given by --maxrate-rates; a probe passes when "
-         "≥ 99.9 % of the frames arrive, p99 < 100 ms and the publisher kept the rate."),
+         "≥ 99.9 % of the frames arrive, p99 < 100 ms and the publisher kept the rate. The "
+         "last column says, per run, which process was saturated at the lowest rate that "
+         "failed (as in the fan-out table): a max rate is the server's only where that is "
+         "'server' (or 'neither': then latency, not CPU, ended it)."),
         ("Idle connections", idle_table(records),
          "Clients are added in steps on one server (to 1000, then 5000, then 10000). KB per "
          "connection = (server RSS at N − RSS before the first client) / N; connects/s = the "

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import quote
 
 from benchlib import systems as S
+from benchlib.limits import limit_of
 from benchlib.procs import (
     BenchError,
     Proc,
@@ -210,7 +211,9 @@ class Session:
         self.procs.append(self.pub)
         hello = self.pub.request({"cmd": "hello"}, 120)
         suite.versions.setdefault(system.name, hello.get("versions", {}))
-        self.lg = Proc("loadgen", [suite.venvs["loadgen"].python, LOADGEN],
+        self.lg = Proc("loadgen", [suite.venvs["loadgen"].python, LOADGEN,
+                                   "--client", suite.args.generator,
+                                   "--sample-every", str(suite.args.sample_every)],
                        cpu=S.LOAD_CPU, pin=suite.pin,
                        log_path=suite.log_path(system.name + "-loadgen"), json_io=True)
         self.procs.append(self.lg)
@@ -334,8 +337,14 @@ class Session:
             "server_cpu_wait": round((s1["server_wait"] - s0["server_wait"]) / wall, 3),
             "generator_cpu_wait": round((s1["loadgen_wait"] - s0["loadgen_wait"]) / wall, 3),
             "generator_cpu": round((s1["loadgen"] - s0["loadgen"]) / wall, 3),
+            "generator_cpu_us_per_frame": round((s1["loadgen"] - s0["loadgen"]) / received
+                                                * 1e6, 2) if received else None,
             "publisher_cpu": round((s1["publisher"] - s0["publisher"]) / wall, 3),
             "redis_cpu": round((s1["redis"] - s0["redis"]) / wall, 3),
+            # What shares the generator's core when pinned: it, the publisher, Redis.
+            "load_core_cpu": round((s1["loadgen"] - s0["loadgen"] + s1["publisher"]
+                                    - s0["publisher"] + s1["redis"] - s0["redis"]) / wall, 3)
+            if self.suite.pin else None,
             "redis_cpu_each": [round((s1[f"redis{i}"] - s0[f"redis{i}"]) / wall, 3)
                                for i in range(len(self.redis_procs))],
             # every command of every Redis (the servers' subscribers' included), per
@@ -354,6 +363,10 @@ class Session:
             m["server_lagged_frames"] = c1.get("lagged_frames", 0) - c0.get("lagged_frames", 0)
             m["server_slow_drops"] = c1.get("slow_consumers", 0) - c0.get("slow_consumers", 0)
         m["silent_loss"] = (stats.get("lost_open") or 0) > (m.get("server_lagged_frames") or 0)
+        m["latency_sampled_every"] = stats.get("latency_sampled_every", 1)
+        m["limit"] = limit_of(m["server_cpu"], m["generator_cpu"], m["load_core_cpu"],
+                              S.cores(self.system.server_cpus), m["server_cpu_wait"],
+                              m["generator_cpu_wait"])
         return m
 
     def _serverBehind(self) -> bool:
@@ -474,7 +487,9 @@ def _bisect(suite: Suite, system: S.System, run: int, rates: list[int], n: int,
             probes.append({"rate": rate, "pass": ok, "why": why,
                            "p99_ms": m.get("p99_ms"), "loss": m.get("loss"),
                            "server_cpu": m.get("server_cpu"),
-                           "generator_cpu": m.get("generator_cpu")})
+                           "generator_cpu": m.get("generator_cpu"),
+                           "load_core_cpu": m.get("load_core_cpu"),
+                           "limit": m.get("limit")})
             if ok:
                 lo = mid
             else:

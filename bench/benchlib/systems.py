@@ -25,6 +25,11 @@ SERVER_CPU, LOAD_CPU = 0, 1
 BOTH_CPUS = "0,1"
 
 
+def cores(cpus: int | str) -> int:
+    """How many CPUs a taskset list (``0`` or ``"0,1"``) names."""
+    return len(str(cpus).split(","))
+
+
 class System:
     name = ""
     label = ""
@@ -227,7 +232,8 @@ class Floor(System):
 
 class FloorPicows(Floor):
     name = "floor-picows"
-    label = "floor: picows on uvloop, one prepared frame written to every socket, no Redis"
+    label = ("floor: picows on uvloop, one prepared frame written to every socket (the frames of "
+             "one trigger read in one write), no Redis")
     venv = "loadgen"  # picows and uvloop, pinned in bench/requirements/loadgen.txt
 
     def server_argv(self, venv, port, redis_url, users, aux_port):

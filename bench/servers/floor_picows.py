@@ -6,6 +6,8 @@ The least work a Python push server can do per message: clients connect to
 builds the WebSocket frame once (server frames are unmasked, so the same bytes go to every
 client) and writes those bytes to every client's socket (the asyncio transport under
 picows), with no per-client framing, no queue, no backpressure and no slow-client policy.
+The messages that arrive in one read of the trigger are written together: one write per
+client per read, as ws4tx writes the messages of one Redis read.
 It takes the ``fanout`` and ``maxrate`` scenarios only.
 
 Usage: python floor_picows.py WS_PORT TRIGGER_PORT  (in the load generator's venv, which
@@ -60,10 +62,10 @@ class Client(WSListener):  # type: ignore[misc]
                 del CHANNELS[self.path]
 
 
-def broadcast(path: str, payload: bytes) -> None:
+def broadcast(path: str, data: bytes) -> None:
+    """The same bytes (one frame, or the frames of several messages) to every client."""
     members = CHANNELS.get(path)
     if members:
-        data = frame(payload)
         for raw in members:
             raw.write(data)
 
@@ -75,9 +77,15 @@ class Trigger(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         *lines, self.buffer = self.buffer.split(b"\n")
+        # The messages of one read, framed once each and written together: one write per
+        # client per read (as ws4tx writes the messages of one Redis read), one frame per
+        # write whenever messages come one at a time.
+        frames: dict[str, list[bytes]] = {}
         for line in lines:
             path, _, payload = line.partition(b" ")
-            broadcast(path.decode(), payload)
+            frames.setdefault(path.decode(), []).append(frame(payload))
+        for path, batch in frames.items():
+            broadcast(path, batch[0] if len(batch) == 1 else b"".join(batch))
 
 
 async def main() -> None:
