@@ -23,18 +23,23 @@ FANOUT_METRICS = {"delivered_per_s", "loss", "lost", "p50_ms", "p90_ms", "p99_ms
                   "server_cpu", "server_rss_mb", "generator_cpu", "received", "clients"}
 
 
+#: Seconds after which a smoke run counts as hung: a bound on a hang, not a speed the smoke
+#: promises (a busy machine stretches every run; the bench's own cells say how busy).
+HANG = 300
+
+
 class BenchSmokeTests(SynchronousTestCase):
     def test_smoke_mode(self) -> None:
         """``python bench/run.py --smoke`` runs ws4tx and the bare-Autobahn ceiling (their own
-        Redis, real WebSocket clients, this interpreter, no virtualenvs) within a minute,
-        exits 0 with a plain closing line, and writes a fan-out JSON line with the expected
-        fields for both systems, in which the clients got the messages."""
+        Redis, real WebSocket clients, this interpreter, no virtualenvs; about 20 s on an
+        idle machine), exits 0 with a plain closing line, and writes a fan-out JSON line
+        with the expected fields for both systems, in which the clients got the messages."""
         out = tempfile.mkdtemp(prefix="bench-smoke-")
         try:
             done = subprocess.run([sys.executable, RUN, "--smoke", "--out", out],
-                                  cwd=REPO, capture_output=True, text=True, timeout=60)
+                                  cwd=REPO, capture_output=True, text=True, timeout=HANG)
         except subprocess.TimeoutExpired as e:
-            self.fail(f"the smoke mode took over 60 s:\n{(e.stdout or b'')[-3000:]!r}")
+            self.fail(f"the smoke mode hung (over {HANG} s):\n{(e.stdout or b'')[-3000:]!r}")
         report = done.stdout[-4000:] + done.stderr[-2000:]
         self.assertEqual(done.returncode, 0, report)
         self.assertRegex(done.stdout.strip().splitlines()[-1],
@@ -64,7 +69,7 @@ class HistoryBenchSmokeTests(SynchronousTestCase):
         out = tempfile.mkdtemp(prefix="bench-smoke-")
         done = subprocess.run([sys.executable, RUN, "--smoke", "--systems", "ws4tx",
                                "--scenarios", "history,recovery", "--out", out],
-                              cwd=REPO, capture_output=True, text=True, timeout=90)
+                              cwd=REPO, capture_output=True, text=True, timeout=HANG)
         report = done.stdout[-4000:] + done.stderr[-2000:]
         self.assertEqual(done.returncode, 0, report)
         [path] = glob.glob(os.path.join(out, "*.jsonl"))
@@ -93,7 +98,7 @@ class StreamGeneratorSmokeTests(SynchronousTestCase):
         done = subprocess.run([sys.executable, RUN, "--smoke", "--generator", "stream",
                                "--scenarios", "fanout", "--fanout-clients", "20",
                                "--duration", "2", "--out", out],
-                              cwd=REPO, capture_output=True, text=True, timeout=60)
+                              cwd=REPO, capture_output=True, text=True, timeout=HANG)
         report = done.stdout[-4000:] + done.stderr[-2000:]
         self.assertEqual(done.returncode, 0, report)
         [path] = glob.glob(os.path.join(out, "*.jsonl"))
