@@ -5,6 +5,7 @@ another node once the user logged out."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -36,13 +37,36 @@ CLAIM = _resume.Claim(Identity("john", frozenset({"chatusers"}), "ab" * 16), "fo
                       FLAGS, 3, None)
 
 
+def _unstamped(claim: Any) -> Any:
+    """``claim`` without when it was authenticated (the token stamps it)."""
+    return dataclasses.replace(claim, authenticated=None)
+
+
 class SignatureTests(unittest.SynchronousTestCase):
     """Signing and verifying resume tokens: no database, no Redis."""
+
+    def test_renewalsNeverOutliveTheChain(self):
+        """A renewed token keeps when its identity was really authenticated: it expires at
+        the latest CHAIN x RESUME_TTL after it, and one signed past that is refused
+        (renewed for ever, a cookie connection's tokens outlived its session, its groups
+        and any ban of the site's hooks)."""
+        chain = _resume.CHAIN * 300
+        authenticated = time.time() - chain + 100
+        claim = dataclasses.replace(CLAIM, authenticated=authenticated)
+        token, expires = _resume.sign(claim)
+        self.assertEqual(expires, int(authenticated) + chain)
+        self.assertEqual(_resume.verify(token).authenticated, int(authenticated))
+        late = dataclasses.replace(CLAIM, authenticated=time.time() - chain - 1)
+        token, expires = _resume.sign(late)
+        self.assertLess(expires, time.time())
+        with self.assertRaises(_resume.InvalidResume) as caught:
+            _resume.verify(token)
+        self.assertTrue(caught.exception.expired)
 
     def test_aTokenGivesBackItsClaim(self):
         """What was signed comes back: identity, facility, flags, counter."""
         token, expires = _resume.sign(CLAIM)
-        self.assertEqual(_resume.verify(token), CLAIM)
+        self.assertEqual(_unstamped(_resume.verify(token)), CLAIM)
         self.assertLess(abs(expires - (time.time() + 300)), 2)
 
     def test_aTamperedTokenIsRefused(self):
@@ -63,7 +87,7 @@ class SignatureTests(unittest.SynchronousTestCase):
             _resume.verify(old)
         self.assertTrue(caught.exception.expired)
         recent, _ = _resume.sign(CLAIM, now=time.time() - 290)
-        self.assertEqual(_resume.verify(recent), CLAIM)
+        self.assertEqual(_unstamped(_resume.verify(recent)), CLAIM)
         with override_settings(WS4TX_RESUME_TTL=60), self.assertRaises(
                 _resume.InvalidResume):
             _resume.verify(recent)
@@ -122,7 +146,7 @@ class ResumeDecisionTests(unittest.SynchronousTestCase):
         both the token and the URL name (subscribe-group was not admitted at connect);
         one counter read."""
         counters = _Counters(john=3)
-        (grant, counter), outcomes = self.decide(counters, _resume.sign(CLAIM)[0])
+        (grant, counter, _), outcomes = self.decide(counters, _resume.sign(CLAIM)[0])
         self.assertEqual(grant.identity, CLAIM.identity)
         self.assertEqual(grant.flags, FLAGS)
         self.assertEqual(counter, 3)
@@ -137,7 +161,7 @@ class ResumeDecisionTests(unittest.SynchronousTestCase):
 
     def test_aNeverBumpedCounterIsZero(self):
         claim = _resume.Claim(CLAIM.identity, "foobar", FLAGS, 0, None)
-        (grant, _), _ = self.decide(_Counters(), _resume.sign(claim)[0])
+        (grant, _, _), _ = self.decide(_Counters(), _resume.sign(claim)[0])
         self.assertEqual(grant.identity, CLAIM.identity)
 
     def test_otherFacilityForgedOrExpiredCredentialFallsBack(self):
@@ -260,6 +284,27 @@ class ResumeServerTests(DjangoServerTestCase):
         self.assertEqual(counter(), 3)
         User.objects.create_user("gone", password="x").delete()
         self.assertEqual(int(self.redis.get("ws4tx:revoked:gone") or 0), 1)
+
+    async def test_aSiteDisconnectAndAnyCredentialChangeRevoke(self):
+        """api.disconnect(users=...) revokes the users' resume tokens (their connections
+        come back authenticated anew, as its documentation says), once per call; a
+        password change revokes them even when DISCONNECT_ON_LOGOUT keeps the sockets."""
+        from django.contrib.auth.models import User
+
+        from ws4tx import api
+
+        def counter(name: str) -> int:
+            return int(self.redis.get(f"ws4tx:revoked:{name}") or 0)
+
+        api.disconnect(users=["john", "mary"], reason="suspended")
+        self.assertEqual((counter("john"), counter("mary")), (1, 1))
+        api.disconnect(sessions=["some-session"])
+        self.assertEqual((counter("john"), counter("mary")), (1, 1))
+        self.settings_override(WS4TX_DISCONNECT_ON_LOGOUT=False)
+        user = User.objects.get(username="mary")
+        user.set_password("changed")
+        user.save()
+        self.assertEqual(counter("mary"), 2)
 
     async def test_aResumeReadmitsOnlyWhatTheHooksAdmitted(self):
         """With ALLOWED_CHANNELS narrowing john to broadcast, his resume token holds

@@ -152,7 +152,7 @@ async def apresence_stats(
 
 
 async def _command(command: control.Command) -> int:
-    return await _ops.arun(_ops.command(control.encode(command), _async_redis.is_cluster()),
+    return await _ops.arun(_ops.command(command, _async_redis.is_cluster()),
                            _async_redis.execute)
 
 

@@ -31,11 +31,11 @@ def publish(prepared: _prepare.Publish, on_commit: bool) -> Optional[Sent]:
 def command(command: control.Command, on_commit: bool) -> Optional[int]:
     """Publish ``command`` on the control channel (now, or once the transaction commits):
     on the first shard of several, with SPUBLISH in the registry's slot of a cluster."""
-    payload = control.encode(command)
+    control.encode(command)  # a command that cannot be sent fails here, not after the commit
 
     def now() -> int:
         store = RedisStore()
-        return _ops.run(_ops.command(payload, store._cluster()), store._execute)
+        return _ops.run(_ops.command(command, store._cluster()), store._execute)
 
     if not on_commit:
         return now()

@@ -48,27 +48,36 @@ def _state(instance: Any) -> tuple[Optional[str], Optional[bool]]:
     return values.get("password"), values.get("is_active")
 
 
+def _acts() -> bool:
+    """Whether an identity change does anything: close the connections
+    (``DISCONNECT_ON_LOGOUT``) or at least end their resume tokens (``RESUME_TTL``)."""
+    return _django_settings.disconnect_on_logout() or bool(_django_settings.resume_ttl())
+
+
 def _disconnect(using: Optional[str], what: str, revoke: Optional[str] = None,
                 **audience: Any) -> None:
-    """Send the command once the transaction on ``using`` commits, after bumping the
-    revocation counter of user ``revoke`` (its resume tokens are refused from then on);
+    """Send the command once the transaction on ``using`` commits (when
+    ``DISCONNECT_ON_LOGOUT``), after bumping the revocation counter of user ``revoke``
+    (its resume tokens are refused from then on, whether or not its connections close);
     log a failure."""
     from django.db import transaction
-    from redis.exceptions import RedisError
 
     from ws4tx import _revocation, api
 
     def send() -> None:
         failures = []
-        if revoke is not None:
+        closes = _django_settings.disconnect_on_logout()
+        # A disconnect of the user revokes its resume tokens itself (ws4tx._ops.command).
+        if revoke is not None and not (closes and revoke in audience.get("users", ())):
             try:
                 _revocation.bump([revoke])
-            except RedisError as e:
+            except api.PublishError as e:
                 failures.append(f"resume tokens not revoked: {e}")
-        try:
-            api.disconnect(reason=what, **audience)
-        except api.PublishError as e:
-            failures.append(str(e))
+        if closes:
+            try:
+                api.disconnect(reason=what, **audience)
+            except api.PublishError as e:
+                failures.append(str(e))
         if failures:
             log.error("could not close the connections (%s) on the ws4tx nodes: %s", what,
                       "; ".join(failures))
@@ -78,7 +87,7 @@ def _disconnect(using: Optional[str], what: str, revoke: Optional[str] = None,
 
 def logged_out(sender: Any, request: Any = None, user: Any = None, **kwargs: Any) -> None:
     """``user_logged_out``: close the connections of the request's session."""
-    if request is None or not _django_settings.disconnect_on_logout():
+    if request is None or not _acts():
         return
     key = _audience.session_key(request)
     name = user.get_username() if getattr(user, "is_authenticated", False) else None
@@ -99,7 +108,7 @@ def user_saved(sender: Any, instance: Any, created: bool = False, raw: bool = Fa
     (old_hash, was_active) = instance.__dict__.get(_LOADED, (None, None))
     new_hash, active = _state(instance)
     instance.__dict__[_LOADED] = (new_hash, active)
-    if created or raw or not _django_settings.disconnect_on_logout():
+    if created or raw or not _acts():
         return
     # set_password() leaves the raw password in _password until save() is over.
     password_changed = getattr(instance, "_password", None) is not None or (
@@ -114,7 +123,7 @@ def user_saved(sender: Any, instance: Any, created: bool = False, raw: bool = Fa
 def user_deleted(sender: Any, instance: Any, using: Optional[str] = None,
                  **kwargs: Any) -> None:
     """``post_delete`` of the user model: close the user's connections."""
-    if _django_settings.disconnect_on_logout():
+    if _acts():
         name = instance.get_username()
         _disconnect(using, "account deleted", revoke=name, users=[name])
 
@@ -126,7 +135,7 @@ def session_deleted(sender: Any, instance: Any, using: Optional[str] = None,
     if getattr(_logged_out, "key", None) == key:  # the logout's flush(): closed already
         _logged_out.key = None
         return
-    if _django_settings.disconnect_on_logout() and key:
+    if _acts() and key:
         _disconnect(using, "session ended", revoke=_session_user(instance, using),
                     sessions=[key])
 

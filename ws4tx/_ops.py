@@ -21,6 +21,7 @@ from ws4tx import (
     _arguments,
     _django_settings,
     _history_check,
+    control,
     history as _history,
     naming,
     presence as _presence,
@@ -332,10 +333,29 @@ def presence(keys: Sequence[Any], args: Sequence[Any]) -> Op[Any]:
     return replies.values[0]
 
 
-def command(payload: bytes, cluster: bool) -> Op[int]:
-    """Publish the control command ``payload`` (``ws4tx.control.encode``) on the control
-    channel (SPUBLISH in the registry's slot of a cluster); how many nodes got it."""
+def revoke(users: Sequence[str], cluster: bool) -> Op[None]:
+    """Bump the revocation counter of each of ``users``: every resume token made before is
+    refused by every node from then on. The key is named as the nodes read it (its
+    cluster name on a cluster)."""
     prefix = _django_settings.prefix()
+    calls = []
+    for user in users:
+        key = naming.revocation_key(prefix, user)
+        calls.append(Call(key, ("INCR", naming.cluster_name(prefix, key) if cluster else key)))
+    if calls:
+        yield Batch("revoke the resume tokens at", tuple(calls))
+
+
+def command(order: control.Command, cluster: bool) -> Op[int]:
+    """Publish the control command ``order`` on the control channel (SPUBLISH in the
+    registry's slot of a cluster); how many nodes got it. A disconnect of users first
+    bumps their revocation counters (with ``RESUME_TTL``): their connections come back
+    authenticated anew, not on a resume token made before."""
+    prefix = _django_settings.prefix()
+    if isinstance(order, control.Disconnect) and order.users \
+            and _django_settings.resume_ttl():
+        yield from revoke(sorted(order.users), cluster)
+    payload = control.encode(order)
     channel = naming.control_channel(prefix)
     sent = ("SPUBLISH", naming.cluster_name(prefix, channel)) if cluster \
         else ("PUBLISH", channel)

@@ -37,7 +37,13 @@ SALT = "ws4tx.resume"
 #: Longest resume token accepted (the query string is capped anyway).
 MAX_LENGTH = 2048
 
-_FIELDS = frozenset({"u", "g", "c", "f", "l", "n", "x"})
+_FIELDS = frozenset({"u", "g", "c", "f", "l", "n", "x", "a"})
+
+#: How many ``RESUME_TTL`` periods a chain of renewed resume tokens may last after the
+#: identity was last really authenticated (an hour by default): a session that ended, a
+#: group left or a ban a hook applies is seen at the latest then, when the client
+#: authenticates anew.
+CHAIN = 12
 
 
 class InvalidResume(ValueError):
@@ -61,6 +67,10 @@ class Claim:
     counter: int
     #: When the connection's credential (a token) ends, Unix seconds; None: never.
     credential_expires: Optional[float]
+    #: When its identity was last really authenticated (a cookie, a token; not a resume),
+    #: Unix seconds: renewals keep it, and no token is valid :data:`CHAIN` times
+    #: ``RESUME_TTL`` after it. None: now (a token signed at connect).
+    authenticated: Optional[float] = None
 
 
 def sign(claim: Claim, now: Optional[float] = None) -> tuple[str, float]:
@@ -79,8 +89,11 @@ def sign(claim: Claim, now: Optional[float] = None) -> tuple[str, float]:
     from ws4tx import _django_settings
 
     signed_at = time.time() if now is None else now
+    authenticated = signed_at if claim.authenticated is None else claim.authenticated
+    payload["a"] = int(authenticated)
+    ttl = _django_settings.resume_ttl()
     token = _signer().sign_object(payload, compress=True, timestamp=int(signed_at))
-    return token, int(signed_at) + _django_settings.resume_ttl()
+    return token, min(int(signed_at) + ttl, int(authenticated) + CHAIN * ttl)
 
 
 def _signer() -> Any:
@@ -125,7 +138,12 @@ def verify(token: str) -> Claim:
         raise InvalidResume("bad signature (tampered with or malformed)") from None
     except (ValueError, TypeError):
         raise InvalidResume("malformed payload") from None
-    return _claim(payload)
+    claim = _claim(payload)
+    assert claim.authenticated is not None  # _claim requires it
+    if time.time() > claim.authenticated + CHAIN * ttl:
+        raise InvalidResume(f"expired (a chain of resume tokens lasts {CHAIN * ttl:.0f} s "
+                            "after the last authentication)", expired=True)
+    return claim
 
 
 def _claim(payload: Any) -> Claim:
@@ -133,8 +151,9 @@ def _claim(payload: Any) -> Claim:
         raise InvalidResume("malformed payload")
     user, groups, session = payload.get("u"), payload.get("g", []), payload.get("c")
     facility, flags, counter = payload.get("f"), payload.get("l"), payload.get("n")
-    expires = payload.get("x")
-    if not (isinstance(user, str) and user and isinstance(groups, list)
+    expires, authenticated = payload.get("x"), payload.get("a")
+    if not (isinstance(authenticated, int) and not isinstance(authenticated, bool)
+            and isinstance(user, str) and user and isinstance(groups, list)
             and all(isinstance(g, str) and g for g in groups)
             and (session is None or isinstance(session, str))
             and isinstance(facility, str) and isinstance(flags, list)
@@ -144,7 +163,7 @@ def _claim(payload: Any) -> Claim:
         raise InvalidResume("malformed payload")
     return Claim(Identity(user=user, groups=frozenset(groups), session=session), facility,
                  parse_flags("&".join(flags)), counter,
-                 None if expires is None else float(expires))
+                 None if expires is None else float(expires), float(authenticated))
 
 
 def counter_value(stored: Optional[bytes | str | int]) -> int:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ws4tx import _django_settings, _sync_redis, naming
-
 
 def bump(users: Iterable[str]) -> None:
-    """Bump the revocation counter of each of ``users`` (names); raises redis-py's
-    errors when Redis cannot be reached."""
-    prefix = _django_settings.prefix()
-    for user in users:
-        key = naming.revocation_key(prefix, user)
-        _sync_redis.client_for(key).incr(key)
+    """Bump the revocation counter of each of ``users`` (names), where the nodes read it
+    (its shard; its cluster name and slot on a cluster); raises
+    :class:`~ws4tx.redis_store.PublishError` when Redis cannot be reached."""
+    from ws4tx import _ops
+    from ws4tx.redis_store import RedisStore
+
+    store = RedisStore()
+    _ops.run(_ops.revoke(list(users), store._cluster()), store._execute)

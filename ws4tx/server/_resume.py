@@ -38,11 +38,12 @@ class IResumer(Interface):
 
 def resume(resumer: Any, broker: IBroker, prefix: Optional[str],
            handshake: HandshakeRequest, token: str, now: float,
-           outcomes: Counter[str]) -> defer.Deferred[Optional[tuple[Grant, int]]]:
-    """The grant (and the counter value) a resume token gives ``handshake``, after one
-    read of the user's revocation counter; None when the token does not resume this
-    handshake (then the handshake authenticates as usual). ``outcomes`` counts why."""
-    def refused(why: str) -> defer.Deferred[Optional[tuple[Grant, int]]]:
+           outcomes: Counter[str]) -> defer.Deferred[Optional[tuple[Grant, int, float]]]:
+    """The grant a resume token gives ``handshake`` (with the counter value and when its
+    identity was last really authenticated), after one read of the user's revocation
+    counter; None when the token does not resume this handshake (then the handshake
+    authenticates as usual). ``outcomes`` counts why."""
+    def refused(why: str) -> defer.Deferred[Optional[tuple[Grant, int, float]]]:
         outcomes[why] += 1
         return defer.succeed(None)
 
@@ -60,12 +61,14 @@ def resume(resumer: Any, broker: IBroker, prefix: Optional[str],
     user = claim.identity.user
     assert user is not None  # a claim always names its user
 
-    def compared(stored: Any) -> Optional[tuple[Grant, int]]:
+    def compared(stored: Any) -> Optional[tuple[Grant, int, float]]:
         if counter_value(stored) != claim.counter:
             outcomes["revoked"] += 1
             return None
         outcomes["resumed"] += 1
-        return Grant(claim.identity, flags, claim.credential_expires), claim.counter
+        authenticated = now if claim.authenticated is None else claim.authenticated
+        return (Grant(claim.identity, flags, claim.credential_expires), claim.counter,
+                authenticated)
 
     def unread(failure: Failure) -> None:
         outcomes["unreadable"] += 1
@@ -101,8 +104,10 @@ class Renewal:
         if issued is None:
             return
         token, expires = issued
+        left = expires - self._clock.seconds()
+        if left < 1:  # the chain is over: the client authenticates anew next time
+            return
         self._send(token, expires)
-        left = max(0.0, expires - self._clock.seconds())
         self._next = self._clock.callLater(left / 2, self.start)
 
     def stop(self) -> None:

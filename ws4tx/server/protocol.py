@@ -125,6 +125,8 @@ class PushProtocol(WebSocketServerProtocol):
         #: resume token (see :mod:`ws4tx.server._resume`).
         self._flags = Flags()
         self._counter: Optional[int] = None
+        #: When its identity was last really authenticated (kept across resumes).
+        self._authenticated_at: Optional[float] = None
         self._renewal: Optional[Renewal] = None
 
     @property
@@ -189,9 +191,9 @@ class PushProtocol(WebSocketServerProtocol):
         if not tokens or not tokens[0] or not IResumer.providedBy(authenticator):
             return admission.authenticate(authenticator, handshake)
 
-        def resumed(result: Optional[tuple[Grant, int]]) -> Any:
+        def resumed(result: Optional[tuple[Grant, int, float]]) -> Any:
             if result is not None:
-                grant, self._counter = result
+                grant, self._counter, self._authenticated_at = result
                 return grant
             return admission.authenticate(authenticator, handshake)
 
@@ -696,8 +698,10 @@ class PushProtocol(WebSocketServerProtocol):
 
         assert self._counter is not None
         expiry = self._expiry
+        if self._authenticated_at is None:  # authenticated by its credential just now
+            self._authenticated_at = self.factory.reactor.seconds()
         claim = Claim(self.identity, self.facility, self._flags, self._counter,
-                      None if expiry is None else expiry.deadline)
+                      None if expiry is None else expiry.deadline, self._authenticated_at)
         resumer: Any = self.factory.authenticator
         issued: Optional[tuple[str, float]] = resumer.issueResume(claim)
         return issued
