@@ -295,6 +295,7 @@ def history(channels: Sequence[str], facility: Optional[str], since: Optional[in
     :meth:`ws4tx.publisher.RedisPublisher.history`."""
     if facility is None:
         raise ValueError("a facility is needed to read a history")
+    yield from _checked()  # a script without settings takes the nodes' HISTORY first
     retention = _arguments.history(_django_settings.history(), facility, channels, since,
                                    limit)
     keys_of = naming.cluster_history_keys if cluster else naming.history_keys
@@ -310,6 +311,7 @@ def positions(channels: Sequence[str], facility: Optional[str],
     """Where each of ``channels`` (of a facility with history) stands: its epoch and last
     offset, read in one round trip per shard (one call per channel on a cluster), without
     payloads. A channel without an epoch gets one (as a history read gives it)."""
+    yield from _checked()  # a script without settings takes the nodes' HISTORY first
     retention = _retention(facility)
     if not channels:
         return {}

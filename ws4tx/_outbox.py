@@ -56,11 +56,17 @@ def write(prepared: _prepare.Publish) -> None:
 
 
 def _committed(pk: int) -> None:
+    """After the commit: send what is pending up to this row. Nothing escapes the commit
+    hook (it would turn the committed request into an error and drop the transaction's
+    later hooks): what cannot be sent stays for ``ws4tx_relay``, said in one line."""
     try:
         send_pending(up_to=pk)
     except PublishError as e:
         log.warning("outbox message %s kept: ws4tx_relay sends it once Redis answers (%s)",
                     pk, e)
+    except Exception as e:  # noqa: BLE001 - a settings or database fault: kept, said
+        log.error("outbox message %s kept: ws4tx_relay sends it once this is mended: "
+                  "%s: %s", pk, type(e).__name__, e)
 
 
 def send(row: Any) -> Sent:

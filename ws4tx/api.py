@@ -102,8 +102,8 @@ def publish(
     Returns the number of Redis subscribers that got it (a :class:`Sent`, an int that
     also has the message's ``positions`` on channels with history), or None when
     ``on_commit`` defers it. With ``key`` (an idempotency key, e.g. ``"order-42-paid"``)
-    a publish of the same key to the same channels within their history's ttl (a day on
-    a facility without history) stores and delivers nothing and returns the first
+    a publish of the same key to the same channels within their history's ttl (at least a
+    day) stores and delivers nothing and returns the first
     publish's positions, with ``repeated`` True: retrying after a timeout is safe.
 
     Raises :class:`PublishError` when Redis is unreachable or refused to publish (with

@@ -151,7 +151,7 @@ class RedisStore:
         :class:`NotStored` when the message was delivered but Redis refused to store it.
 
         ``key`` (an idempotency key) publishes it once: a publish of the same key to a
-        channel within its history's ttl (a day on a facility without history) stores and
+        channel within its history's ttl (at least a day) stores and
         delivers nothing and gives the first publish's position (see :class:`Sent`).
         """
         from ws4tx import _ops

@@ -342,6 +342,11 @@ def _session_channels(value: str) -> Optional[str]:
     return None if value in ("id", "key") else "must be 'id' (the default) or 'key'"
 
 
+def _resume_ttl(value: float) -> Optional[str]:
+    return None if value == 0 or value >= 10 else \
+        "must be 0 (off) or at least 10 seconds (a token is renewed half-way)"
+
+
 def _globs(value: tuple[str, ...]) -> Optional[str]:
     """A complaint about the first entry that is not a facility or a glob of facilities."""
     for pattern in value:
@@ -436,7 +441,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("resume_ttl", NUMBER, 300.0,
             "seconds a resume token (`ws4tx.session` event) stays valid; the node renews "
             "it half-way; 0 turns resumable sessions off", where=DJANGO,
-            option="", minimum=0, unit="s"),
+            option="", minimum=0, unit="s", check=_resume_ttl),
     Setting("session_channels", TEXT, "id",
             "`\"key\"`: name session channels by the raw session key, as ws4redis did "
             "(only to share Redis names with a running ws4redis: live session keys are "

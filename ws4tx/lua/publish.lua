@@ -9,7 +9,9 @@
 -- ARGV[7] (optional) "SPUBLISH" to publish with sharded pub/sub (a Redis Cluster).
 -- KEYS[4] (optional) the record of an idempotency key (naming.once_key): when it exists,
 -- the message was published already: nothing is written nor published, and the first
--- publish's position is returned; else it records the position for the history's ttl.
+-- publish's position is returned; else it records the position for the history's ttl, at
+-- least a day (history.KEY_TTL: a relay that resends after a crash a minute later must
+-- still find it, whatever the history keeps).
 --
 -- The meta hash holds the epoch ("e") and the last offset ("s"). A missing meta hash
 -- (never published, expired, evicted, FLUSHDB, Redis restarted without persistence)
@@ -43,7 +45,8 @@ if tonumber(ARGV[6]) > 0 then
   redis.call("SET", KEYS[3], ARGV[2], "EX", ARGV[6])
 end
 if KEYS[4] then
-  redis.call("SET", KEYS[4], offset .. ":" .. epoch, "EX", ARGV[4])
+  redis.call("SET", KEYS[4], offset .. ":" .. epoch, "EX",
+             math.max(tonumber(ARGV[4]), 86400))
 end
 local command = "PUBLISH"
 if ARGV[7] == "SPUBLISH" then command = "SPUBLISH" end

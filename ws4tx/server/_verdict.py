@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 from typing import Any, Coroutine, Optional
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from autobahn.twisted.util import peer2str
 from twisted.internet import defer
 from twisted.web.server import Request
 
+from ws4tx.envelope import SUBPROTOCOL
 from ws4tx.history import parse_recover
 from ws4tx.naming import Identity
 from ws4tx.server import admission
@@ -29,12 +30,24 @@ from ws4tx.server.config import ServerConfig
 
 def verdict(config: ServerConfig, authenticator: IAuthenticator,
             request: Request) -> defer.Deferred[Optional[HandshakeDenied]]:
-    """The refusal the handshake of ``request``'s URL would get (None: admitted)."""
-    return judge(config, authenticator, request).addCallbacks(lambda _: None, _refusal)
+    """The refusal the handshake of ``request``'s URL would get (None: admitted), judged
+    as an event client's (ws4tx.js asks it: its bare URL is admitted). A URL that carries a
+    resume token gets no final 401 or 403: the token may still admit it."""
+    resuming = "resume" in parse_qs(urlsplit(request.uri.decode("latin-1")).query)
+
+    def refused(failure: Any) -> Optional[HandshakeDenied]:
+        denied = _refusal(failure)
+        if resuming and denied is not None and denied.status in (401, 403):
+            return None
+        return denied
+
+    return judge(config, authenticator, request, protocols=(SUBPROTOCOL,)).addCallbacks(
+        lambda _: None, refused)
 
 
-def judge(config: ServerConfig, authenticator: IAuthenticator,
-          request: Request) -> defer.Deferred[tuple[HandshakeRequest, Identity | Grant]]:
+def judge(config: ServerConfig, authenticator: IAuthenticator, request: Request,
+          protocols: tuple[str, ...] = ()
+          ) -> defer.Deferred[tuple[HandshakeRequest, Identity | Grant]]:
     """The checks of a handshake, for a plain HTTP request of a WebSocket URL (the limits,
     the URL, the Origin, the recovery positions, then the authenticator): the handshake
     as the authenticator saw it and its answer, or a failure with
@@ -47,7 +60,8 @@ def judge(config: ServerConfig, authenticator: IAuthenticator,
     try:
         handshake = admission.check_request(
             config, peer=peer, host=headers.get("host", ""), path=parts.path,
-            query=parts.query, headers=headers, secure=request.isSecure())
+            query=parts.query, headers=headers, secure=request.isSecure(),
+            protocols=protocols)
         try:
             parse_recover(handshake.params.get("recover", []))
         except ValueError as e:

@@ -126,7 +126,8 @@ class SSEStream:
             self._refuse(e)
             return
         self._authenticating = _verdict.judge(config, self.factory.authenticator, request)
-        self._authenticating.addCallbacks(self._opened, self._denied)
+        # An exception while opening is refused too (or aborts a stream already answered).
+        self._authenticating.addCallback(self._opened).addErrback(self._denied)
 
     def _count(self) -> None:
         """Count this stream under its client's address (429 past the cap) and among the
@@ -149,6 +150,12 @@ class SSEStream:
         self._authenticating = None
         if self._lost:
             return
+        if self._request.startedWriting:  # failed once answered: the stream ends
+            _log.failure("opening the SSE stream of {uri}", failure, uri=self._request.uri)
+            channel = getattr(self._request, "channel", None)
+            if channel is not None:
+                channel.loseConnection()
+            return
         if isinstance(failure.value, HandshakeDenied):
             self._refuse(failure.value)
             return
@@ -159,6 +166,7 @@ class SSEStream:
         request = self._request
         if self._lost:
             return
+        channel = getattr(request, "channel", None)  # gone once the request finished
         body = _verdict.refusal_body(denied)
         request.setResponseCode(denied.status)
         request.setHeader(b"content-type", b"application/json")
@@ -168,6 +176,10 @@ class SSEStream:
             request.setHeader(b"retry-after", str(denied.retry_after).encode())
         request.write(body)
         request.finish()
+        # The connection stopped counting as HTTP when the stream was judged (upgrading):
+        # a refused one must not stay open uncounted.
+        if channel is not None:
+            channel.loseConnection()
 
     def _opened(self, judged: tuple[Any, Any]) -> None:
         """Admitted: answer 200 and join the node with the positions to recover."""

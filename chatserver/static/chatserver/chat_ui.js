@@ -68,7 +68,10 @@ var ChatUI = (function () {
       try {
         obj = JSON.parse(trimmed);
       } catch (error) { /* not JSON: plain text */ }
-      if (obj && typeof obj === 'object' && obj.ws4tx === 'event') {
+      // An event envelope only as the server reads one: "ws4tx" its first key (a raw
+      // message that merely has a "ws4tx" member is shown as it is).
+      if (obj && typeof obj === 'object' && obj.ws4tx === 'event'
+          && /^\{\s*"ws4tx"\s*:/.test(trimmed)) {
         return (obj.event === 'message' || obj.event === 'chat') ? decode(obj.data, trustRaw)
                                                                    : null;
       }

@@ -399,9 +399,15 @@ function (root) {
       if (url === null) return;
       var self = this;
       var opens = this._opens;
-      var asking = this._probing = Promise.resolve().then(function () {
-        return get(url, {credentials: 'include', cache: 'no-store'});
-      }).then(refusal).then(function (verdict) {
+      // Bounded: a proxy that holds the request must not stop reconnection for good.
+      var limit = Math.min(this._opts.maxDelay, 10000);
+      var asking = this._probing = Promise.race([
+        Promise.resolve().then(function () {
+          return get(url, {credentials: 'include', cache: 'no-store'});
+        }),
+        new Promise(function (resolve) { setTimeout(function () { resolve(null); }, limit); })
+      ]).then(function (response) { return response ? refusal(response) : null; })
+        .then(function (verdict) {
         if (verdict && !self._stopped && self._opens === opens
             && self._state !== 'connected') {
           self._refused(uri, verdict);
@@ -845,6 +851,9 @@ function (root) {
     }
 
     _onDisconnected(info) {
+      // The site closed the connection (4001, api.disconnect): the next one authenticates
+      // anew, never on a resume token of before.
+      if (info.code === 4001) this._resume = null;
       this._failPending('disconnected before the acknowledgement (code ' + info.code + ')');
       this._fire('disconnected', info);
     }
