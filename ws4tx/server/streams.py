@@ -960,8 +960,10 @@ class ClientStream:
             self.log.warn("not recovering a message to {peer}: it speaks with the "
                           "server's voice", peer=self._transport.peer)
             return
-        if prepared.position is not None:
-            self._last[channel] = prepared.position
+        if prepared.position is not None and not self._fresh(channel, prepared.position):
+            # It has it already (live, or by its own catch-up): a catch-up the node asked
+            # for starts where the node's position was, which may be behind the client's.
+            return
         outgoing = self._outgoing(prepared, channel)  # encoded once for every client
         if len(outgoing.plain) > self._config.max_outgoing_size:
             self.log.debug("not recovering a message of {size} bytes to {peer}: over the "
