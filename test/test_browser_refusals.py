@@ -156,6 +156,8 @@ class RefusalsInChromiumTests(SynchronousTestCase):
         self.assertEqual(self.page.evaluate("refusals"), [
             {"status": 403, "reason": "this facility is not allowed"}])
         attempts = self.page.evaluate("attempts")
-        self.assertEqual(attempts, 2)  # the next attempt waits for the probe's answer
+        # The probe goes after the second socket; its answer comes during a backoff or,
+        # on a busy machine, a few (the dialing goes on meanwhile): then it stops.
+        self.assertGreaterEqual(attempts, 2)
         self.page.clock.run_for(3_600_000)
         self.assertEqual(self.page.evaluate("[c.state, attempts]"), ["closed", attempts])

@@ -178,7 +178,6 @@ function (root) {
       this._closedEarly = 0;      // sockets in a row that closed before they opened
       this._opens = 0;            // sockets that opened (a late probe answer is then ignored)
       this._probes = false;       // whether to ask why sockets close before they open
-      this._probing = null;       // the pending ask, if any (the next attempt waits for it)
     }
 
     get state() { return this._state; }
@@ -375,13 +374,7 @@ function (root) {
       this._attempt++;
       this._state = 'reconnecting';
       var self = this;
-      var timer = this._retryTimer = setTimeout(function () {
-        // While the server is being asked why sockets close before they open, the next
-        // attempt waits for its answer (a refusal stops the client: no more dialing).
-        var asking = self._probing;
-        if (asking === null) return self._connect();
-        asking.then(function () { if (self._retryTimer === timer) self._connect(); });
-      }, delay);
+      this._retryTimer = setTimeout(function () { self._connect(); }, delay);
       this._onReconnecting({attempt: this._attempt, delay: delay});
     }
 
@@ -399,22 +392,14 @@ function (root) {
       if (url === null) return;
       var self = this;
       var opens = this._opens;
-      // Bounded: a proxy that holds the request must not stop reconnection for good.
-      var limit = Math.min(this._opts.maxDelay, 10000);
-      var asking = this._probing = Promise.race([
-        Promise.resolve().then(function () {
-          return get(url, {credentials: 'include', cache: 'no-store'});
-        }),
-        new Promise(function (resolve) { setTimeout(function () { resolve(null); }, limit); })
-      ]).then(function (response) { return response ? refusal(response) : null; })
-        .then(function (verdict) {
+      Promise.resolve().then(function () {
+        return get(url, {credentials: 'include', cache: 'no-store'});
+      }).then(refusal).then(function (verdict) {
         if (verdict && !self._stopped && self._opens === opens
             && self._state !== 'connected') {
           self._refused(uri, verdict);
         }
-      }, function () {}).then(function () {
-        if (self._probing === asking) self._probing = null;
-      });
+      }, function () {});
     }
 
     /** The server refuses `uri`: stop (a subclass may try another URL instead). */
