@@ -1,5 +1,5 @@
 """Resumable sessions end to end: ws4tx.js with ``resume: true`` in headless Chromium,
-against a real ``twistd ws4tx`` child. After the site closes the connection, the page
+against a real ``twistd ws4tx`` child. After its connection drops, the page
 reconnects with its resume token alone: its own credential (the token function) has gone
 bad, so only the resume token can let it in."""
 
@@ -78,26 +78,37 @@ class ResumeInChromiumTests(SynchronousTestCase):
     def freshToken(self) -> str:
         return tokens.make_token("john") if self.good else "no-longer-a-token"
 
-    def test_aClosedPageComesBackWithItsResumeToken(self) -> None:
+    def test_aDroppedPageComesBackWithItsResumeTokenAKickedOneDoesNot(self) -> None:
+        """A connection that drops (not closed by the site) comes back on its resume token
+        alone: the page's own credential has gone bad. Once the site closes it
+        (``api.disconnect``: the user's tokens are revoked and the page forgets its own),
+        it does not come back: its next handshake is refused and it stops."""
         self.page.evaluate("""(ws) => {
           window.__sessions = []; window.__closed = []; window.__opened = 0;
+          window.__refused = [];
           window.c = new WS4TX(ws, {resume: true, token: () => window.freshToken()});
           c.on('connected', () => __opened++);
           c.on('ws4tx.session', (d) => __sessions.push(d));
           c.on('disconnected', (d) => __closed.push(d));
+          c.on('refused', (d) => __refused.push(d));
           c.on('message', (m) => (window.__got = m));
         }""", self.ws)
         self.page.wait_for_function("__sessions.length === 1", timeout=TIMEOUT * 1000)
         self.good = False  # from now on only the resume token can authenticate john
-        api.disconnect(users=["john"], reason="kicked")
+        self.page.evaluate("c._ws.close(4000, 'the network dropped')")
         self.page.wait_for_function("__sessions.length === 2", timeout=TIMEOUT * 1000)
-        state = self.page.evaluate("({opened: __opened, closed: __closed, "
-                                   "sessions: __sessions, state: c.state})")
+        state = self.page.evaluate("({opened: __opened, sessions: __sessions})")
         self.assertEqual(state["opened"], 2)
-        self.assertEqual([(d["code"], d["reason"]) for d in state["closed"]],
-                         [(closecodes.CLOSED_BY_SITE, "kicked")])
         first, second = (_resume.verify(s["resume"]) for s in state["sessions"])
         self.assertEqual(second.identity, first.identity)
         self.assertEqual(first.identity.user, "john")
         api.publish("foobar", "for john", users=["john"])
         self.page.wait_for_function("window.__got === 'for john'", timeout=TIMEOUT * 1000)
+
+        api.disconnect(users=["john"], reason="kicked")
+        self.page.wait_for_function("__refused.length === 1", timeout=TIMEOUT * 1000)
+        state = self.page.evaluate("({opened: __opened, closed: __closed, state: c.state})")
+        self.assertEqual(state["opened"], 2)  # never back in
+        self.assertEqual(state["state"], "closed")
+        closes = [(d["code"], d["reason"]) for d in state["closed"]]
+        self.assertIn((closecodes.CLOSED_BY_SITE, "kicked"), closes)
