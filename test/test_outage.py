@@ -96,11 +96,15 @@ class RestartTests(ServerTestCase):
             "status": "unavailable", "redis": "disconnected",
             "reason": "subscriber connection: connection refused"})
         restored = log.waitFor("Redis subscriber connection to redis://")
+        # The command connection comes back on its own backoff, maybe after the subscriber.
+        command_back = log.waitFor(
+            f"Redis command connection to redis://127.0.0.1:{port}/0 restored")
         self.redis_server.start()
         self.assertRegex(formatEvent(await restored),
                          r" restored after \d+\.\d s \(\d+ failed attempts\)$")
         await self.brokerEvent("disconnected")
         await self.brokerEvent("connected")
+        await command_back
         self.assertIsNone(self.service.broker.problem)
 
     async def test_repeatedRestartsLeakNothing(self):
