@@ -200,6 +200,17 @@ class ServerTestCase(unittest.TestCase):
             await self.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
         return client
 
+    async def stored(self, key: str, timeout: float = TIMEOUT) -> Optional[bytes]:
+        """What Redis holds under ``key`` once something is there (a stored message is
+        SET after its PUBLISH was answered), read on each reactor turn; None if nothing
+        came within ``timeout``."""
+        deadline = reactor.seconds() + timeout
+        while True:
+            value = self.redis.get(key)
+            if value is not None or reactor.seconds() > deadline:
+                return value
+            await task.deferLater(reactor, 0, lambda: None)
+
     def publish(self, channel: str, message: bytes | str) -> int:
         """Publish with redis-py, as another process would."""
         return int(self.redis.publish(channel, message))
