@@ -4,6 +4,7 @@ the test database, a real Redis that is stopped and started again."""
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from ws4tx import _outbox, api
 
@@ -24,13 +25,24 @@ class OutboxTests(DjangoRedisTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.settings(WS4TX_HISTORY={"chat": {"size": 10, "ttl": 600}},
+        self.settings(WS4TX_HISTORY={"chat": {"size": 10, "ttl": 600},
+                                     "poisoned": {"size": 10, "ttl": 600}},
                       WS4TX_PUBLISH_TIMEOUT=0.5)
 
     def rows(self) -> list[bytes]:
         from ws4tx.models import Outbox
 
         return [bytes(row.payload) for row in Outbox.objects.order_by("id")]
+
+    def pending(self, facility: str, payload: bytes, history: bool = True,
+                key: str = "", channels: object = None) -> Any:
+        """A committed row that no commit sent (its process died), as the relay finds it."""
+        from ws4tx.models import Outbox
+
+        return Outbox.objects.create(
+            facility=facility if history else "plain",
+            channels=[f"ws4tx:broadcast:{facility}"] if channels is None else channels,
+            payload=payload, expire=0, key=key or f"k-{payload.hex()}")
 
     def payloads(self) -> list[bytes]:
         return [p.payload for p in api.history("chat", broadcast=True).publications]
@@ -86,18 +98,135 @@ class OutboxTests(DjangoRedisTestCase):
         self.assertEqual(self.payloads(), [b"first", b"second"])
         self.assertEqual(self.rows(), [])
 
-    def test_aLaterCommitSendsTheOlderPendingRowsFirst(self):
-        """A commit after Redis came back sends what is still pending before its own."""
+    def test_aLaterCommitOfTheSameChannelWaitsForTheOlderRow(self):
+        """A commit after Redis came back, while an older row of its channel waits: its
+        row goes to the relay, which sends both in order; a commit to another channel is
+        not held up."""
         from django.db import transaction
 
         self.redis.stop()
         with self.assertLogs("ws4tx", "WARNING"), transaction.atomic():
             api.publish("chat", "pending", broadcast=True, on_commit=True)
         self.redis.start()
+        self.store.close()
         with transaction.atomic():
             api.publish("chat", "new", broadcast=True, on_commit=True)
+        self.assertEqual(self.payloads(), [])
+        with transaction.atomic():
+            api.publish("news", "elsewhere", broadcast=True, on_commit=True)
+        self.assertEqual(self.rows(), [b"pending", b"new"])
+        self.assertEqual(relay_once(), "2 outbox message(s) sent")
         self.assertEqual(self.payloads(), [b"pending", b"new"])
         self.assertEqual(self.rows(), [])
+
+    def test_commitSendsOnlyWhatItsTransactionWrote(self):
+        """A backlog of other channels (a process died before sending it) is left to the
+        relay: the commit sends its own row, not every pending one."""
+        from django.db import transaction
+
+        backlog = [self.pending("news", b"old %d" % i) for i in range(3)]
+        listener = self.listen(CHAT, "ws4tx:broadcast:news")
+        with transaction.atomic():
+            api.publish("chat", "mine", broadcast=True, on_commit=True)
+        self.assertEqual([m.split(b"__", 2)[-1] for _, m in listener.received()], [b"mine"])
+        self.assertEqual(self.rows(), [b"old 0", b"old 1", b"old 2"])
+        self.assertEqual(relay_once(), "3 outbox message(s) sent")
+        self.assertEqual([m for _, m in listener.received()], [b"old 0", b"old 1", b"old 2"])
+        self.assertEqual(len(backlog), 3)
+
+    def test_poisonRowIsSetAsideAndTheLaterRowsGo(self):
+        """A row that can never be sent (Redis refuses it: its history's meta is no hash) is
+        set aside with its error, said in one line and counted; the rows after it, of its
+        channel too, go out; it is not tried again until --retry-failed."""
+        from ws4tx import naming
+        from ws4tx.models import Outbox
+
+        _, meta = naming.history_keys("ws4tx", "ws4tx:broadcast:poisoned")
+        self.store.set(meta, "not a hash")
+        poison = self.pending("poisoned", b"poison", history=True)
+        self.pending("chat", b"after")
+        self.pending("poisoned", b"after on its channel", history=False)
+        with self.assertLogs("ws4tx", "ERROR") as logged:
+            self.assertEqual(relay_once(), "2 outbox message(s) sent, 1 set aside "
+                                           "(failed for good, see their error)")
+        self.assertEqual(len(logged.output), 1)
+        self.assertNotIn("\n", logged.output[0])
+        self.assertIn(f"outbox message {poison.pk} set aside", logged.output[0])
+        self.assertIn("WRONGTYPE", logged.output[0])
+        row = Outbox.objects.get()
+        self.assertIsNotNone(row.failed)
+        self.assertIn("WRONGTYPE", row.error)
+        self.assertEqual(relay_once(), "0 outbox message(s) sent")  # not tried again
+        self.store.delete(meta)
+        from django.core.management import call_command
+
+        out = io.StringIO()
+        call_command("ws4tx_relay", "--once", "--retry-failed", stdout=out)
+        self.assertEqual(out.getvalue().split("\n")[:2],
+                         ["1 failed outbox message(s) put back", "1 outbox message(s) sent"])
+        self.assertEqual(self.rows(), [])
+
+    def test_invalidRowIsSetAside(self):
+        """A row the publish checks refuse (an invalid key, channels that are not names)
+        is set aside at once, by the commit hook as by the relay."""
+        from ws4tx.models import Outbox
+
+        bad_key = self.pending("chat", b"bad key", key="k" * 201)  # longer than MAX_KEY_LENGTH
+        bad_channels = self.pending("chat", b"bad channels", channels={"not": "a list"})
+        self.pending("chat", b"good")
+        with self.assertLogs("ws4tx", "ERROR") as logged:
+            self.assertEqual(relay_once(), "1 outbox message(s) sent, 2 set aside "
+                                           "(failed for good, see their error)")
+        self.assertEqual(len(logged.output), 2)
+        self.assertEqual(self.payloads(), [b"good"])
+        self.assertEqual(sorted(Outbox.objects.filter(failed__isnull=False)
+                                .values_list("pk", flat=True)),
+                         [bad_key.pk, bad_channels.pk])
+
+    def test_redisDownKeepsRowsPendingAndTheRelayBacksOff(self):
+        """Redis down: each pass counts an attempt on the first row and stops soon (no
+        timeout per row); the relay waits twice as long after each failing pass, up to
+        30 s, and its interval again once Redis answers; nothing is set aside."""
+        from ws4tx import _outbox
+        from ws4tx.models import Outbox
+
+        for i in range(5):
+            self.pending("chat" if i % 2 else "news", b"m%d" % i)
+        self.redis.stop()
+        waits: list[float] = []
+        said: list[str] = []
+
+        class Stop(Exception):
+            pass
+
+        def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            if len(waits) == 7:
+                self.redis.start()
+            if len(waits) == 9:
+                raise Stop
+
+        with self.assertLogs("ws4tx", "WARNING"), self.assertRaises(Stop):
+            _outbox.Relay(1.0, sleep, said.append).run()
+        self.assertEqual(waits, [1, 2, 4, 8, 16, 30, 30, 1, 1])
+        self.assertEqual(self.rows(), [])
+        self.assertEqual(said[-1], "5 outbox message(s) sent")
+        self.assertFalse(Outbox.objects.filter(failed__isnull=False).exists())
+
+    def test_redisDownCountsAttemptsWithoutSettingAside(self):
+        from ws4tx import _outbox
+        from ws4tx.models import Outbox
+
+        self.pending("chat", b"a")
+        self.pending("news", b"b")
+        self.redis.stop()
+        with self.assertLogs("ws4tx", "WARNING"):
+            for _ in range(2):
+                done = _outbox.send_pending()
+                self.assertIsNotNone(done.error)
+                self.assertEqual((done.sent, done.set_aside), (0, 0))
+        self.assertEqual(list(Outbox.objects.values_list("attempts", "failed")),
+                         [(2, None), (2, None)])
 
     def test_rowSentButNotDeletedIsDeliveredOnce(self):
         """A crash between the send and the delete: the relay sends the row again, and
