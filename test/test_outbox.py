@@ -265,3 +265,63 @@ class OutboxTests(DjangoRedisTestCase):
         with self.assertRaises(CommandError) as caught:
             call_command("ws4tx_relay", "--interval", "0")
         self.assertIn("--interval", str(caught.exception))
+
+
+class UnmigratedTests(DjangoRedisTestCase):
+    """A database where ws4tx's migrations were not applied (``migrate ws4tx zero``, put
+    back after each test)."""
+
+    def setUp(self) -> None:
+        from django.core.management import call_command
+
+        super().setUp()
+        call_command("migrate", "ws4tx", "zero", verbosity=0)
+        self.addCleanup(call_command, "migrate", "ws4tx", verbosity=0)
+
+    def test_onCommitFailsBeforeTouchingTheTransaction(self):
+        """on_commit=True raises one line naming the fix before any statement on the
+        outbox: the caller's transaction goes on and commits its own writes."""
+        from django.contrib.auth.models import User
+        from django.core.exceptions import ImproperlyConfigured
+        from django.db import connection, transaction
+        from django.test.utils import CaptureQueriesContext
+
+        with transaction.atomic():
+            User.objects.create_user("before")
+            with CaptureQueriesContext(connection) as queries, \
+                    self.assertRaises(ImproperlyConfigured) as caught:
+                api.publish("chat", "lost?", broadcast=True, on_commit=True)
+            User.objects.create_user("after")
+        message = str(caught.exception)
+        self.assertIn("python manage.py migrate ws4tx", message)
+        self.assertIn("ws4tx_outbox", message)
+        self.assertNotIn("\n", message)
+        self.assertFalse([q for q in queries.captured_queries
+                          if "ws4tx_outbox" in q["sql"]])
+        self.assertEqual(sorted(User.objects.values_list("username", flat=True)),
+                         ["after", "before"])
+
+    def test_halfMigratedDatabaseIsNamedToo(self):
+        """The first migration only (a column of the second is missing): the same line."""
+        from django.core.exceptions import ImproperlyConfigured
+        from django.core.management import call_command
+        from django.db import transaction
+
+        call_command("migrate", "ws4tx", "0001", verbosity=0)
+        with self.assertRaises(ImproperlyConfigured) as caught, transaction.atomic():
+            api.publish("chat", "lost?", broadcast=True, on_commit=True)
+        self.assertIn("column(s) attempts, error, failed", str(caught.exception))
+        self.assertIn("python manage.py migrate ws4tx", str(caught.exception))
+
+    def test_systemCheckWarnsNamingTheFix(self):
+        """manage.py check --database default says it once, as ws4tx.W001."""
+        from django.core import checks
+        from django.core.management import call_command
+
+        found = [m for m in checks.run_checks(databases=["default"])
+                 if m.id == "ws4tx.W001"]
+        self.assertEqual(len(found), 1)
+        self.assertEqual(found[0].hint, "python manage.py migrate ws4tx")
+        call_command("migrate", "ws4tx", verbosity=0)
+        self.assertFalse([m for m in checks.run_checks(databases=["default"])
+                          if m.id == "ws4tx.W001"])

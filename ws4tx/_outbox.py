@@ -77,18 +77,70 @@ def _model() -> Any:
     return Outbox
 
 
+#: The databases (aliases) found to hold the outbox table with every column.
+_ready: set[str] = set()
+
+
+def missing(alias: str) -> Optional[str]:
+    """What database ``alias`` lacks for the outbox (None: nothing), read from its
+    catalogue: a read that cannot fail a transaction, unlike an INSERT into a table that
+    is not there (PostgreSQL then refuses every later statement of the transaction)."""
+    from django.db import connections
+
+    model = _model()
+    connection = connections[alias]
+    table = model._meta.db_table
+    with connection.cursor() as cursor:
+        if table not in connection.introspection.table_names(cursor):
+            return f"the table {table}"
+        have = {column.name for column in
+                connection.introspection.get_table_description(cursor, table)}
+    absent = sorted(field.column for field in model._meta.concrete_fields
+                    if field.column not in have)
+    if absent:
+        return f"the column(s) {', '.join(absent)} of {table}"
+    return None
+
+
+def migration_error(alias: str, lacking: str) -> str:
+    """The one line that says ``lacking`` and how to mend it."""
+    return (f"on_commit=True writes to ws4tx's outbox, but the database {alias!r} has not "
+            f"got {lacking}: run python manage.py migrate ws4tx")
+
+
+def check_database(alias: str) -> None:
+    """Raise ImproperlyConfigured naming the fix unless database ``alias`` has the outbox
+    as this version writes it (found once per process and database)."""
+    if alias in _ready:
+        return
+    lacking = missing(alias)
+    if lacking is not None:
+        raise ImproperlyConfigured(migration_error(alias, lacking))
+    _ready.add(alias)
+
+
+def forget_databases(**_: Any) -> None:
+    """Look at the databases again (connected to ``pre_migrate``: a migration may drop the
+    table)."""
+    _ready.clear()
+
+
 def write(prepared: _prepare.Publish) -> None:
     """Write ``prepared`` in the current transaction; send it once that commits (at once
-    outside a transaction)."""
-    from django.db import transaction
+    outside a transaction). A database without the outbox table fails here, before
+    anything is written (:func:`check_database`)."""
+    from django.db import router, transaction
 
     if not prepared.data or not prepared.publisher.channels:
         return
-    row = _model().objects.create(
+    model = _model()
+    alias = router.db_for_write(model)
+    check_database(alias)
+    row = model.objects.using(alias).create(
         facility=prepared.publisher.facility, channels=prepared.publisher.channels,
         payload=prepared.data, expire=prepared.expire,
         key=prepared.key or f"ws4tx-outbox-{uuid.uuid4().hex}")
-    transaction.on_commit(lambda: _committed(row.pk))
+    transaction.on_commit(lambda: _committed(row.pk), using=alias)
 
 
 def _one_line(error: BaseException) -> str:

@@ -8,7 +8,11 @@ site)."""
 
 from __future__ import annotations
 
+from typing import Any, Optional, Sequence
+
 from django.apps import AppConfig, apps
+from django.core import checks
+from django.db.models.signals import pre_migrate
 
 
 class Ws4txConfig(AppConfig):
@@ -20,8 +24,35 @@ class Ws4txConfig(AppConfig):
 
     def ready(self) -> None:
         """Connect the receivers that close connections when an identity changes (they
-        read ``DISCONNECT_ON_LOGOUT`` each time, so the setting may change at run time)."""
+        read ``DISCONNECT_ON_LOGOUT`` each time, so the setting may change at run time),
+        and the check of the outbox's table."""
+        from ws4tx import _outbox
+
+        pre_migrate.connect(_outbox.forget_databases, dispatch_uid="ws4tx-outbox-tables")
+        checks.register(check_outbox, checks.Tags.database)
         if apps.is_installed("django.contrib.auth"):
             from ws4tx import _live
 
             _live.connect()
+
+
+def check_outbox(app_configs: Optional[Sequence[AppConfig]] = None,
+                 databases: Optional[Sequence[str]] = None, **kwargs: Any) -> list[Any]:
+    """``ws4tx.W001``: a database the outbox would be written to lacks its table or a
+    column (``manage.py check --database default``; ``on_commit=True`` then fails with the
+    same line). A warning, not an error: ``migrate`` runs this check before it migrates."""
+    from django.db import router
+
+    from ws4tx import _outbox
+    from ws4tx.models import Outbox
+
+    found = []
+    for alias in databases or ():
+        if not router.allow_migrate_model(alias, Outbox):
+            continue
+        lacking = _outbox.missing(alias)
+        if lacking is not None:
+            found.append(checks.Warning(
+                _outbox.migration_error(alias, lacking),
+                hint="python manage.py migrate ws4tx", id="ws4tx.W001"))
+    return found
