@@ -1,7 +1,8 @@
 """The site's queries and commands across two nodes, written once and run on every Redis
 topology (single Redis, Sentinel, shards, Cluster): the node registry, ``api.info()`` /
 ``api.channels()`` from the Django side and their ``ServerAPI`` twins from a node,
-``api.unsubscribe()`` and ``api.disconnect()``.
+``api.unsubscribe()`` and ``api.disconnect()``; resume tokens read on any node without the
+database and refused by every node once the user logs out.
 
 A test case mixes :class:`ControlAcrossNodesContract` in and gives it ``self.nodes``: two
 nodes (``start_node``'s namespaces, or alike) on the topology, with the Django side's
@@ -10,6 +11,8 @@ client on the same topology.
 
 from __future__ import annotations
 
+import json
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -71,3 +74,95 @@ class ControlAcrossNodesContract:
             code, _ = await client.closed.addTimeout(TIMEOUT, reactor)
             self.assertEqual(code, closecodes.CLOSED_BY_SITE)
         self.assertFalse(jo.closed.called)
+
+    async def test_resumeOnAnyNodeWithoutTheDatabaseRefusedEverywhereAfterLogout(self):
+        """Two nodes of Django's own authenticator: a cookie client's resume token reopens
+        its channels on the other node with no SQL statement and no call of the
+        authenticator's thread (one Redis read of the revocation counter); once the user
+        logs out, both nodes refuse the token within a second (the client comes back
+        anonymous, by its cookie that no longer holds)."""
+        from django.conf import settings
+        from django.contrib.auth.models import User
+        from django.db.backends.utils import CursorWrapper
+        from django.test import Client
+
+        from ws4tx import envelope
+        from ws4tx.server import _django
+
+        from test._server import start_node
+
+        config = self.nodes[0].service.config
+        nodes = [await start_node(self, config, _django.SessionAuthenticator(settings))
+                 for _ in range(2)]
+        name = f"resumer{id(self)}"
+        User.objects.filter(username=name).delete()
+        User.objects.create_user(name, password="secret")
+        self.addCleanup(lambda: User.objects.filter(username=name).delete())
+        browser = Client()
+        self.assertTrue(browser.login(username=name, password="secret"))
+        cookie = {"Cookie": f"{settings.SESSION_COOKIE_NAME}="
+                            f"{browser.cookies[settings.SESSION_COOKIE_NAME].value}"}
+        path = "/ws/chat?subscribe-user&subscribe-broadcast&resume="
+
+        async def opened(node: SimpleNamespace, query: str,
+                         headers: dict[str, str]) -> Any:
+            client = await connect(node.port, path + query, headers=headers,
+                                   protocols=[envelope.SUBPROTOCOL])
+            self.addCleanup(client.close)
+            await node.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
+            return client
+
+        async def resume_token(client: Any) -> str:
+            while True:
+                message = json.loads(await client.text())
+                if message.get("event") == envelope.SESSION_EVENT:
+                    return str(message["data"]["resume"])
+
+        first = await opened(nodes[0], "", cookie)
+        token = await resume_token(first)
+        await first.close()
+
+        threads_run: list[Any] = []
+        statements = [0]
+        lock = threading.Lock()
+        real_thread, real_execute = _django.run_in_thread, CursorWrapper.execute
+
+        def counted_thread(f: Any, *args: Any, **kwargs: Any) -> Any:
+            threads_run.append(f)
+            return real_thread(f, *args, **kwargs)
+
+        def counted_execute(cursor: Any, *args: Any, **kwargs: Any) -> Any:
+            with lock:
+                statements[0] += 1
+            return real_execute(cursor, *args, **kwargs)
+
+        self.patch(_django, "run_in_thread", counted_thread)
+        self.patch(CursorWrapper, "execute", counted_execute)
+        again = await opened(nodes[1], token, {})
+        self.assertEqual((threads_run, statements[0]), ([], 0))
+        self.assertEqual(dict(nodes[1].factory.node.resumes), {"resumed": 1})
+        await threads.deferToThread(api_publish, f"ws4tx:user:{name}:chat", name)
+        while True:  # after the session event(s): the message, as it was published
+            text = await again.text()
+            if not text.startswith("{") or \
+                    json.loads(text).get("event") != envelope.SESSION_EVENT:
+                break
+        self.assertEqual(text, name)
+        await again.close()
+
+        started = reactor.seconds()
+        await threads.deferToThread(browser.logout)
+        for node in nodes:
+            await opened(node, token, cookie)
+        self.assertLess(reactor.seconds() - started, 1.0)
+        for node in nodes:
+            self.assertEqual(node.factory.node.resumes["revoked"], 1)
+        self.assertEqual(nodes[0].factory.node.resumes["resumed"], 0)
+        self.assertTrue(threads_run)  # refused tokens: the cookie authenticated again
+
+
+def api_publish(channel: str, user: str) -> None:
+    """``api.publish`` to ``user``'s channel (in a thread: it blocks)."""
+    from ws4tx import api
+
+    api.publish(channel.split(":")[-1], user, users=[user])
