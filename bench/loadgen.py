@@ -490,6 +490,60 @@ class StreamClient(AsyncioClient):
             seq += stride
 
 
+class StormClient(AsyncioClient):
+    """The asyncio client with headers of its own (a session cookie), that says the
+    ``Retry-After`` of a refused handshake in its error and notes the resume token of
+    ws4tx's ``ws4tx.session`` event (the ``storm`` command)."""
+
+    def __init__(self, url: str, sio: bool, upgraded: asyncio.Future,
+                 deflate: bool = False, protocols: tuple[str, ...] = (),
+                 headers: Optional[dict[str, str]] = None) -> None:
+        super().__init__(url, sio, upgraded, deflate, protocols)
+        self.headers = headers or {}
+        self.session: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
+        transport.write((
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n{extra}"
+            + (f"Sec-WebSocket-Protocol: {', '.join(self.protocols)}\r\n"
+               if self.protocols else "")
+            + "\r\n").encode())
+
+    def _handshake(self, buf: bytearray) -> bool:
+        end = buf.find(b"\r\n\r\n")
+        status = bytes(buf[:buf.find(b"\r\n")]) if end >= 0 else b""
+        if end >= 0 and b" 101 " not in status + b" ":
+            retry = ""
+            for line in bytes(buf[:end]).split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"retry-after":
+                    retry = f" retry-after={value.strip().decode('latin-1')}"
+            self._fail(ConnectionError(status.decode("latin-1") + retry))
+            return False
+        return super()._handshake(buf)
+
+    def control(self, p: bytes) -> None:
+        if b'"event":"ws4tx.session"' in p and not self.session.done():
+            import json
+
+            try:
+                self.session.set_result(json.loads(p)["data"]["resume"])
+            except (ValueError, KeyError, TypeError) as e:
+                self.session.set_exception(e)
+            return
+        super().control(p)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        super().connection_lost(exc)
+        if not self.session.done():
+            self.session.set_exception(ConnectionError("closed before its session event"))
+
+
 async def _connect_asyncio(url: str, sio: bool, timeout: float,
                            deflate: bool = False, protocols: tuple[str, ...] = (),
                            cls: type[AsyncioClient] = AsyncioClient) -> Core:
@@ -587,6 +641,76 @@ class Generator:
         return {"connected": len(done_ns), "failed": len(urls) - len(done_ns),
                 "seconds": round(seconds, 4), "errors": dict(errors.most_common(5)),
                 "open": sum(1 for k in CLIENTS if k.is_open)}
+
+    async def cmd_storm(self, c: dict) -> dict:
+        """Connect ``clients`` (each ``{"url", "headers"}``), ``concurrency`` handshakes
+        in flight, a refused one (503) tried again after its ``Retry-After`` as ws4tx.js
+        does; with ``session`` wait for each client's ``ws4tx.session`` event and give its
+        resume token. Connect time: from a client's first attempt to its 101."""
+        entries: list[dict] = c["clients"]
+        timeout = float(c.get("timeout", 30.0))
+        deadline = float(c.get("deadline", 120.0))
+        want_session = bool(c.get("session"))
+        protocols = tuple(c.get("protocols") or ())
+        sem = asyncio.Semaphore(int(c.get("concurrency", 200)))
+        errors: collections.Counter = collections.Counter()
+        times_ms: list[float] = []
+        done_ns: list[int] = []
+        tokens: list[Optional[str]] = [None] * len(entries)
+        refused = [0]
+        self.connect_start_ns = start = _now_ns()
+        stop_at = time.monotonic() + deadline
+
+        async def one(i: int, entry: dict) -> None:
+            first = 0
+            while time.monotonic() < stop_at:
+                client: Any = None
+                wait = 0.0
+                async with sem:
+                    first = first or _now_ns()
+                    try:
+                        client = await asyncio.wait_for(_connect_asyncio(
+                            entry["url"], False, timeout, protocols=protocols,
+                            cls=functools.partial(  # type: ignore[arg-type]
+                                StormClient, headers=entry.get("headers"))), timeout)
+                    except Exception as e:  # noqa: BLE001 - counted and reported
+                        text = str(e)
+                        if " 503 " not in text:
+                            errors[type(e).__name__ + ": " + text[:60]] += 1
+                            return
+                        refused[0] += 1
+                        after = text.partition("retry-after=")[2]
+                        wait = float(after) if after.isdigit() else 1.0
+                if wait:  # out of the handshakes in flight while it waits
+                    await asyncio.sleep(wait)
+                    continue
+                opened = _now_ns()
+                CLIENTS.append(client)
+                if want_session:
+                    try:
+                        tokens[i] = await asyncio.wait_for(client.session, timeout)
+                    except Exception as e:  # noqa: BLE001
+                        errors["no session event: " + type(e).__name__] += 1
+                        return
+                times_ms.append((opened - first) / 1e6)
+                done_ns.append(opened)
+                return
+            errors["deadline"] += 1
+
+        await asyncio.gather(*(one(i, e) for i, e in enumerate(entries)))
+        seconds = ((max(done_ns) if done_ns else _now_ns()) - start) / 1e9
+        times_ms.sort()
+        n = len(times_ms)
+
+        def q(f: float) -> Optional[float]:
+            return round(times_ms[min(n - 1, int(f * n))], 2) if n else None
+
+        return {"connected": n, "failed": len(entries) - n, "seconds": round(seconds, 4),
+                "connects_per_s": round(n / seconds, 1) if seconds > 0 else None,
+                "refused_503": refused[0], "p50_ms": q(0.5), "p99_ms": q(0.99),
+                "max_ms": round(times_ms[-1], 2) if n else None,
+                "errors": dict(errors.most_common(5)),
+                "tokens": tokens if want_session else None}
 
     async def cmd_phase(self, c: dict) -> dict:
         P.tag = c["tag"].encode()

@@ -221,3 +221,32 @@ class StreamCounterTests(SynchronousTestCase):
                                      len(loadgen.P.lat), len(transport.written)))
                     self.assertEqual(seen[0], seen[1])
                     self.assertGreater(seen[1][0], 250)
+
+
+class CookieStormSmokeTests(SynchronousTestCase):
+    def test_cookieStormScenario(self) -> None:
+        """The cookie storm in smoke size (50 logged-in clients, about 8 s on a busy
+        machine): every client connects in each phase; the cookie storm runs the session,
+        user and groups statements of each client and the resume storm none, and the
+        summary line gives the ratios and which process was the limit of each phase."""
+        out = tempfile.mkdtemp(prefix="bench-smoke-")
+        done = subprocess.run([sys.executable, RUN, "--smoke", "--systems", "ws4tx",
+                               "--scenarios", "cookies", "--out", out],
+                              cwd=REPO, capture_output=True, text=True, timeout=HANG)
+        report = done.stdout[-4000:] + done.stderr[-2000:]
+        self.assertEqual(done.returncode, 0, report)
+        [path] = glob.glob(os.path.join(out, "*.jsonl"))
+        with open(path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        phases = {r["params"]["phase"]: r for r in records if r["scenario"] == "cookies-phase"}
+        self.assertEqual(sorted(phases), ["anonymous", "cookies", "resume"], report)
+        for record in phases.values():
+            self.assertEqual(record["status"], "ok", record)
+            self.assertEqual(record["metrics"]["connected"], 50, record)
+            self.assertIn("limit", record["metrics"])
+        self.assertGreaterEqual(phases["cookies"]["metrics"]["db_queries"], 50, report)
+        self.assertEqual(phases["resume"]["metrics"]["db_queries"], 0, report)
+        self.assertEqual(phases["resume"]["metrics"]["db_connections"], 0, report)
+        [summary] = [r for r in records if r["scenario"] == "cookies"]
+        self.assertIsNotNone(summary["metrics"]["resume_vs_cookies_connects"], summary)
+        self.assertEqual(set(summary["metrics"]["limits"]), set(phases))

@@ -349,6 +349,39 @@ def recovery_table(records: list[dict]) -> list[str]:
     return lines
 
 
+def cookies_table(records: list[dict]) -> list[str]:
+    rs = [r for r in records if r["scenario"] == "cookies-phase" and r["metrics"]]
+    if not rs:
+        return []
+    lines = ["| run | phase | clients | connected | connects/s | p50 ms | p99 ms | 503s "
+             "| SQL statements (per client) | DB connections | server CPU | generator CPU "
+             "| limit |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rs:
+        m = r["metrics"]
+        lines.append(
+            f"| {r['run'] + 1} | {r['params'].get('phase')} | {_fmt(m.get('clients'))} "
+            f"| {_fmt(m.get('connected'))} | {_fmt(m.get('connects_per_s'))} "
+            f"| {_fmt(m.get('p50_ms'))} | {_fmt(m.get('p99_ms'))} "
+            f"| {_fmt(m.get('refused_503'))} | {_fmt(m.get('db_queries'))} "
+            f"({_fmt(m.get('db_queries_per_client'), 2)}) | {_fmt(m.get('db_connections'))} "
+            f"| {_pct(m.get('server_cpu'), 0)} | {_pct(m.get('generator_cpu'), 0)} "
+            f"| {m.get('limit', '–')} |")
+    for r in records:
+        if r["scenario"] != "cookies" or r["status"] != "ok":
+            continue
+        m = r["metrics"]
+        lines += ["", f"Run {r['run'] + 1}, ratios: resume / cookies connects/s "
+                      f"{_fmt(m.get('resume_vs_cookies_connects'), 2)}×, p99 connect time "
+                      f"{_fmt(m.get('resume_vs_cookies_p99'), 2)}×; cookies / anonymous "
+                      f"connects/s {_fmt(m.get('cookies_vs_anonymous_connects'), 2)}× (target "
+                      f"≥ {m.get('target')}×); resume / anonymous "
+                      f"{_fmt(m.get('resume_vs_anonymous_connects'), 2)}×; SQL statements "
+                      f"during the resume storm: {m.get('db_queries', {}).get('resume')} "
+                      f"(target 0). Both targets: {'pass' if m.get('pass') else 'FAIL'}."]
+    return lines
+
+
 def profile_section(records: list[dict], top: int = 15) -> list[str]:
     out: list[str] = []
     for scenario in ("profile", "profile-connect"):
@@ -572,6 +605,15 @@ def render(records: list[dict], header: list[str]) -> str:
          "GET for the ws4redis replay, and the history reads, shared by the clients that "
          "join in one reactor turn), and every command Redis ran (the scripts' own "
          "included)."),
+        ("Cookie storm: logged-in clients reconnecting at once (ws4tx)",
+         cookies_table(records),
+         "N event clients on one server with a Django site (sessions and users in SQLite, "
+         "each client a user with a session of its own) connect at once, --concurrency "
+         "handshakes in flight, a 503 (the authentication queue full) tried again after its "
+         "Retry-After as ws4tx.js does: anonymous, then with their session cookies (which "
+         "get a resume token), then with their resume tokens. Connect time: from a "
+         "client's first attempt to its 101. SQL statements and database connections are "
+         "counted in the server process (servers/cookie_site.py)."),
         ("One Redis against three shards and a cluster (ws4tx, many channels)",
          shards_table(records),
          "The many-channels workload (each client on its own user channel) on one ws4tx "

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import string
+import subprocess
 import time
 import traceback
 from typing import Any, Callable, Optional
@@ -19,6 +20,7 @@ from benchlib.procs import (
     BenchError,
     Proc,
     free_port,
+    http_json,
     redis_command_calls,
     redis_commands,
     wait_port,
@@ -39,6 +41,11 @@ HISTORY_SETTING = '{"bench*": {"size": 1000, "ttl": 600}}'
 EVENTS = ["ws4tx.v1"]
 #: The recovery scenario's targets: all reconnecting clients recovered within this time.
 RECOVERY_TARGET_S = 1.5
+#: The cookie storm's target (issue 24): the authenticated connect rate at least this
+#: share of the anonymous one.
+COOKIE_TARGET = 0.8
+COOKIE_SITE = "cookie_site"
+
 #: The history scenario's target: max rate with history at least this share of without.
 HISTORY_TARGET = 0.8
 
@@ -122,6 +129,15 @@ class Suite:
                      f"{m.get('seconds_to_all_recovered')} s; "
                      f"{m.get('redis_commands_sent_per_client')} Redis commands sent per "
                      f"client")
+        elif scenario == "cookies-phase" and m:
+            short = (f"{m.get('connected')}/{m.get('clients')} at {m.get('connects_per_s')}/s, "
+                     f"p99 {m.get('p99_ms')} ms, {m.get('refused_503')} 503s, "
+                     f"{m.get('db_queries')} SQL, server CPU {m.get('server_cpu')} "
+                     f"gen CPU {m.get('generator_cpu')} (limit: {m.get('limit')})")
+        elif status == "ok" and scenario == "cookies":
+            short = (f"resume/cookies connects ×{m.get('resume_vs_cookies_connects')} p99 "
+                     f"×{m.get('resume_vs_cookies_p99')}; cookies/anonymous "
+                     f"×{m.get('cookies_vs_anonymous_connects')}; SQL {m.get('db_queries')}")
         elif status == "ok" and scenario.startswith("profile"):
             short = f"{m.get('samples')} samples"
         self.log(f"  [{system} run {run + 1}] {scenario} {params} {status} {reason} {short}".rstrip())
@@ -134,8 +150,13 @@ class Session:
 
     def __init__(self, suite: Suite, system: S.System, users: bool = False,
                  history: bool = False, protocols: tuple[str, ...] = (),
-                 redis_count: int = 1, cluster: bool = False) -> None:
+                 redis_count: int = 1, cluster: bool = False,
+                 server_extra: tuple[str, ...] = (),
+                 server_env: Optional[dict[str, str]] = None) -> None:
         self.suite = suite
+        #: More options and environment for the server (ws4tx: a Django site of its own).
+        self.server_extra = server_extra
+        self.server_env = server_env or {}
         self.system = system
         self.users = users
         #: ws4tx only: the facility keeps a history (server and publisher).
@@ -188,7 +209,8 @@ class Session:
         self.port, aux = free_port(), free_port()
         venv = suite.venvs[system.venv]
         argv, env, cwd = system.server_argv(venv, self.port, redis_url, self.users, aux)
-        env = {**system.env, **env}
+        env = {**system.env, **env, **self.server_env}
+        argv += list(self.server_extra)
         if self.history:
             argv += ["--history", HISTORY_OPTION]
         self.rport = rport if system.needs_redis else 0
@@ -584,6 +606,102 @@ def scenario_recovery(suite: Suite, system: S.System, run: int) -> None:
                                           f"{n - stats['recovered_true']} not told true")
 
 
+def scenario_cookies(suite: Suite, system: S.System, run: int) -> None:
+    """A reconnect storm of logged-in users: ``--storm-clients`` event clients connect at
+    once (``--concurrency`` handshakes in flight, a 503 tried again after its Retry-After)
+    three times on one server with a Django site of its own (``servers/cookie_site.py``:
+    sessions and users in SQLite): anonymous, then each with its session cookie (which asks
+    for a resume token), then each with its resume token. Per phase: connects/s, p50/p99
+    connect time, 503s, the SQL statements and database connections the server ran, its
+    CPU and the load generator's, and which was the limit; then the ratios."""
+    a = suite.args
+    n = a.storm_clients
+    if system.name != "ws4tx":
+        suite.record(run, system.name, "cookies", {}, "skipped", reason="ws4tx only")
+        return
+    db = os.path.join(suite.logdir, f"cookie-site-{run}.sqlite3")
+    env = {"PYTHONPATH": S.SERVERS, "BENCH_COOKIE_DB": db,
+           "DJANGO_SETTINGS_MODULE": COOKIE_SITE}
+    with open(suite.log_path("cookie-site-prepare"), "ab") as log:
+        done = subprocess.run([suite.venvs["ws4tx"].python,
+                               os.path.join(S.SERVERS, COOKIE_SITE + ".py"), "prepare", str(n)],
+                              cwd=S.SERVERS, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                              stderr=log, timeout=600, check=False)
+    if done.returncode:
+        raise BenchError(f"{COOKIE_SITE}.py prepare failed; see {log.name}")
+    keys: list[str] = json.loads(done.stdout)
+    with Session(suite, system, protocols=tuple(EVENTS), server_env=env,
+                 server_extra=("--django-settings", COOKIE_SITE,
+                               "--wsgi", COOKIE_SITE + ".app")) as s:
+        url = (f"ws://127.0.0.1:{s.port}/ws/{s.facility}?subscribe-broadcast"
+               "&subscribe-user&subscribe-group&resume=")
+        cookie = "sessionid="
+        anonymous = [{"url": url} for _ in keys]
+        cookies = [{"url": url, "headers": {"Cookie": cookie + k}} for k in keys]
+        phases: dict[str, dict[str, Any]] = {}
+
+        def storm(name: str, clients: list[dict[str, Any]], session: bool) -> dict[str, Any]:
+            q0, s0 = http_json(s.port, "/count", timeout=10.0), s.snapshot()
+            got = s.lg.request({"cmd": "storm", "clients": clients, "session": session,
+                                "protocols": EVENTS, "concurrency": a.concurrency,
+                                "timeout": 30, "deadline": 60 + n / 20}, 120 + n / 10)
+            q1, s1 = http_json(s.port, "/count", timeout=10.0), s.snapshot()
+            s.lg.request({"cmd": "close", "timeout": 10}, 60)
+            dt = max(s1["t"] - s0["t"], 1e-6)
+            server_cpu = (s1["server"] - s0["server"]) / dt
+            gen_cpu = (s1["loadgen"] - s0["loadgen"]) / dt
+            load_core = (s1["loadgen"] + s1["redis"] + s1["publisher"] - s0["loadgen"]
+                         - s0["redis"] - s0["publisher"]) / dt
+            queries = (q1["queries"] - q0["queries"]) if q0 and q1 else None
+            m = {k: got[k] for k in ("connected", "failed", "seconds", "connects_per_s",
+                                     "refused_503", "p50_ms", "p99_ms", "max_ms", "errors")}
+            m.update({
+                "clients": n, "db_queries": queries,
+                "db_queries_per_client": round(queries / n, 2) if queries is not None else None,
+                "db_connections": (q1["connections"] - q0["connections"]) if q0 and q1 else None,
+                "server_cpu": round(server_cpu, 3), "generator_cpu": round(gen_cpu, 3),
+                "load_core_cpu": round(load_core, 3),
+                "limit": limit_of(server_cpu, gen_cpu, load_core,
+                                  server_wait=(s1["server_wait"] - s0["server_wait"]) / dt,
+                                  generator_wait=(s1["loadgen_wait"]
+                                                  - s0["loadgen_wait"]) / dt),
+                "concurrency": a.concurrency})
+            ok = got["connected"] == n
+            suite.record(run, system.name, "cookies-phase", {"phase": name, "clients": n},
+                         "ok" if ok else "error", m,
+                         reason="" if ok else f"{n - got['connected']} clients failed: "
+                                              f"{got['errors']}")
+            phases[name] = m
+            return got
+
+        storm("anonymous", anonymous, False)
+        tokens = storm("cookies", cookies, True)["tokens"] or []
+        resumed = [{"url": url + quote(t, safe=""), "headers": {"Cookie": cookie + k}}
+                   for t, k in zip(tokens, keys, strict=True) if t]
+        if len(resumed) < n:
+            raise BenchError(f"only {len(resumed)}/{n} clients got a resume token")
+        storm("resume", resumed, False)
+
+    def ratio(key: str, top: str, bottom: str) -> Optional[float]:
+        x, y = phases[top].get(key), phases[bottom].get(key)
+        return round(x / y, 3) if x is not None and y else None
+
+    rate_ratio = ratio("connects_per_s", "cookies", "anonymous")
+    suite.record(run, system.name, "cookies", {"clients": n}, "ok", {
+        "clients": n,
+        "resume_vs_cookies_connects": ratio("connects_per_s", "resume", "cookies"),
+        "resume_vs_cookies_p99": ratio("p99_ms", "resume", "cookies"),
+        "cookies_vs_anonymous_connects": rate_ratio,
+        "resume_vs_anonymous_connects": ratio("connects_per_s", "resume", "anonymous"),
+        "db_queries": {k: v["db_queries"] for k, v in phases.items()},
+        "limits": {k: v["limit"] for k, v in phases.items()},
+        "resume_db_queries_share": round((phases["resume"]["db_queries"] or 0) / n, 4),
+        "target": COOKIE_TARGET,
+        "pass": bool(rate_ratio is not None and rate_ratio >= COOKIE_TARGET
+                     and phases["resume"]["db_queries"] == 0),
+    })
+
+
 def scenario_idle(suite: Suite, system: S.System, run: int) -> None:
     """Idle subscribed connections, added in steps on one server (1000, then up to 5000,
     then up to 10000): RSS per connection = (RSS at N - RSS before the first) / N; the
@@ -851,6 +969,7 @@ SCENARIOS: dict[str, Callable[[Suite, S.System, int], None]] = {
     "profile": scenario_profile,
     "history": scenario_history,
     "recovery": scenario_recovery,
+    "cookies": scenario_cookies,
     "shards": scenario_shards,
 }
 
