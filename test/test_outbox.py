@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from twisted.trial.unittest import SynchronousTestCase
+
 from ws4tx import _outbox, api
 
 from test._djangoredis import DjangoRedisTestCase
@@ -325,3 +327,32 @@ class UnmigratedTests(DjangoRedisTestCase):
         call_command("migrate", "ws4tx", verbosity=0)
         self.assertFalse([m for m in checks.run_checks(databases=["default"])
                           if m.id == "ws4tx.W001"])
+
+
+class SortingTests(SynchronousTestCase):
+    """Which failures of a send keep a row pending (pure logic: the exceptions that the
+    tests above get from a real Redis, and the replies no test can make Redis give)."""
+
+    def test_whatKeepsARowAndWhatSetsItAside(self):
+        import redis.exceptions as r
+        from django.core.exceptions import ImproperlyConfigured
+
+        from ws4tx.redis_store import PublishError
+
+        def failed(cause: BaseException) -> PublishError:
+            error = PublishError(f"could not publish to Redis: {cause}")
+            error.__cause__ = cause
+            return error
+
+        keep = [failed(r.ConnectionError("refused")), failed(r.TimeoutError("slow")),
+                failed(r.ReadOnlyError("READONLY You can't write")),
+                failed(r.ResponseError("MISCONF snapshots failing")),
+                failed(r.ResponseError("BUSY Redis is busy running a script")),
+                failed(r.ResponseError("NOREPLICAS Not enough good replicas")),
+                PublishError("no cause"), ImproperlyConfigured("HISTORY differs")]
+        set_aside = [failed(r.ResponseError("WRONGTYPE Operation against a key")),
+                     failed(r.ResponseError("ERR Protocol error: invalid bulk length")),
+                     failed(r.DataError("Invalid input of type: 'dict'")),
+                     ValueError("key too long"), TypeError("not bytes")]
+        self.assertEqual([e for e in keep if not _outbox.transient(e)], [])
+        self.assertEqual([e for e in set_aside if _outbox.transient(e)], [])

@@ -65,6 +65,12 @@ _PASSING = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
             redis.exceptions.NoPermissionError, redis.exceptions.RedisClusterException)
 
 
+#: Redis errors of no class of their own that say Redis cannot write now, not that the row
+#: is wrong: a script running too long, too few replicas, snapshots failing.
+_PASSING_CODES = ("BUSY", "NOREPLICAS", "MISCONF", "OOM", "READONLY", "LOADING", "TRYAGAIN",
+                  "CLUSTERDOWN", "MASTERDOWN")
+
+
 def _model() -> Any:
     from django.apps import apps
 
@@ -155,7 +161,10 @@ def transient(error: BaseException) -> bool:
     cause = error.__cause__ if isinstance(error, PublishError) else error
     if isinstance(error, PublishError) and cause is None:
         return True
-    return isinstance(cause, _PASSING)
+    if isinstance(cause, _PASSING):
+        return True
+    return isinstance(cause, redis.exceptions.ResponseError) and \
+        str(cause).split(" ", 1)[0] in _PASSING_CODES
 
 
 def _committed(pk: int) -> None:
