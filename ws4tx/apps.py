@@ -40,8 +40,10 @@ def check_outbox(app_configs: Optional[Sequence[AppConfig]] = None,
                  databases: Optional[Sequence[str]] = None, **kwargs: Any) -> list[Any]:
     """``ws4tx.W001``: a database the outbox would be written to lacks its table or a
     column (``manage.py check --database default``; ``on_commit=True`` then fails with the
-    same line). A warning, not an error: ``migrate`` runs this check before it migrates."""
-    from django.db import router
+    same line). A warning, not an error: ``migrate`` runs this check before it migrates
+    (and a database that was never migrated is left to that first ``migrate``)."""
+    from django.db import connections, router
+    from django.db.migrations.recorder import MigrationRecorder
 
     from ws4tx import _outbox
     from ws4tx.models import Outbox
@@ -50,6 +52,8 @@ def check_outbox(app_configs: Optional[Sequence[AppConfig]] = None,
     for alias in databases or ():
         if not router.allow_migrate_model(alias, Outbox):
             continue
+        if not MigrationRecorder(connections[alias]).has_table():
+            continue  # a database never migrated: the first migrate is on its way
         lacking = _outbox.missing(alias)
         if lacking is not None:
             found.append(checks.Warning(
