@@ -121,6 +121,26 @@ class OutboxTests(DjangoRedisTestCase):
         self.assertEqual(self.payloads(), [b"pending", b"new"])
         self.assertEqual(self.rows(), [])
 
+    def test_aTransactionsLaterRowWaitsForItsEarlierOne(self):
+        """Two rows of one channel in one transaction, Redis down at the commit: the first
+        is tried and kept; the second is left to the relay without waiting for Redis
+        again (it could not overtake the first anyway); the relay sends both in order."""
+        from django.db import transaction
+
+        from ws4tx.models import Outbox
+
+        self.redis.stop()
+        with self.assertLogs("ws4tx", "INFO") as logged, transaction.atomic():
+            api.publish("chat", "one", broadcast=True, on_commit=True)
+            api.publish("chat", "two", broadcast=True, on_commit=True)
+        self.assertEqual(list(Outbox.objects.order_by("id").values_list("attempts", flat=True)),
+                         [1, 0])
+        self.assertIn("left to ws4tx_relay", logged.output[-1])
+        self.redis.start()
+        self.store.close()
+        self.assertEqual(relay_once(), "2 outbox message(s) sent")
+        self.assertEqual(self.payloads(), [b"one", b"two"])
+
     def test_commitSendsOnlyWhatItsTransactionWrote(self):
         """A backlog of other channels (a process died before sending it) is left to the
         relay: the commit sends its own row, not every pending one."""
