@@ -210,3 +210,108 @@ class EventChatTests(SynchronousTestCase):
         finally:
             context.close()
             observer.close()
+
+
+#: The site's rate limit of the next tests: 3 messages or events at once, then one every
+#: 5 s (each chat message is two: the "typing" event its first keystroke sends, and itself).
+RATE_LIMIT = ("--rate-limit", "0.2", "--rate-burst", "3")
+#: ws4tx.js's default ackTimeout, then the 2 s after which the page sends it again.
+RESEND_MS = 10_000 + 2_000
+
+
+class RateLimitedEventChatTests(SynchronousTestCase):
+    """/eventchat/ on a site whose rate limit a person sending several messages in a row
+    goes over: what the server dropped is said in red, never marked ✓, and sent again."""
+
+    server: DemoServer
+    session: BrowserSession
+    pages: dict[str, Page]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.server = DemoServer(twistd_args=RATE_LIMIT)
+        cls.session = BrowserSession()
+        try:
+            cls.session.start()
+            cls.server.start()
+            cls.pages = {}
+            for who in ("john", "mary"):
+                context = cls.session.new_context(cls.server.url)
+                cls.session.log_in(context, who)
+                page = cls.pages[who] = context.new_page()
+                page.goto("/eventchat/")
+                expect(page.locator("#ws-state")).to_have_attribute(
+                    "data-state", "connected", timeout=WAIT_MS)
+        except BaseException:
+            cls._cleanUp()
+            raise
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls._cleanUp()
+
+    @classmethod
+    def _cleanUp(cls) -> None:
+        try:
+            cls.session.stop()
+        finally:
+            cls.server.close()
+
+    def test_messageOverTheRateLimitIsSaidNotSentThenSent(self) -> None:
+        """john sends messages one after the other: they get ✓ until the server drops one
+        (over the rate limit). That one has no ✓, mary does not get it, and the page says
+        in red that it was not sent; once the server has not answered it for the
+        acknowledgement's time, the page sends it again: ✓, mary gets it once, and the red
+        words go."""
+        john, mary = self.pages["john"], self.pages["mary"]
+        status = john.locator("#send-status")
+        sent: list[str] = []
+        outcome = ""
+        for number in range(4):  # the 3 of the burst are spent by the second message
+            text = f"quick {number} #{uuid.uuid4().hex[:10]}"
+            john.locator("#text").fill(text)
+            john.locator("#send").click()
+            sent.append(text)
+            # Either its ✓ comes, or the server's refusal: whichever first.
+            outcome = john.wait_for_function(
+                """text => {
+                    const status = document.getElementById('send-status');
+                    if (status.dataset.state === 'failed') return 'dropped';
+                    const line = [...document.querySelectorAll('#messages li')]
+                        .find(li => li.textContent.includes(text));
+                    const tick = line && line.querySelector('.tick');
+                    return tick && tick.textContent === '✓' ? 'delivered' : false;
+                }""", arg=text, polling=20, timeout=WAIT_MS).json_value()
+            if outcome == "dropped":
+                break
+        self.assertEqual(outcome, "dropped", sent)
+        self.assertGreaterEqual(len(sent), 2, "the first message was over the limit")
+        *delivered, dropped = sent
+
+        expect(status).to_have_text("not sent: rate limit exceeded: message dropped")
+        red = john.evaluate("""() => {
+            const probe = document.createElement('span');
+            probe.style.color = 'var(--bad)';
+            document.body.appendChild(probe);
+            const colours = [getComputedStyle(probe).color,
+                             getComputedStyle(document.getElementById('send-status')).color];
+            probe.remove();
+            return colours;
+        }""")
+        self.assertEqual(red[1], red[0], "the refusal is not in the page's red")
+        line = john.locator("#messages li", has_text=dropped)
+        expect(line.locator(".tick")).to_have_text("…")
+        expect(line).not_to_have_class(re.compile(r"\bdelivered\b"))
+        for text in delivered:
+            expect(john.locator("#messages li", has_text=text).locator(".tick")) \
+                .to_have_text("✓")
+            expect(mary.locator("#messages li", has_text=f"john: {text}")) \
+                .to_have_count(1, timeout=WAIT_MS)
+        expect(mary.locator("#messages li", has_text=dropped)).to_have_count(0)
+
+        # Unanswered for ackTimeout, sent again (the bucket has refilled meanwhile).
+        expect(line.locator(".tick")).to_have_text("✓", timeout=RESEND_MS + WAIT_MS)
+        expect(status).to_have_text("")
+        expect(mary.locator("#messages li", has_text=f"john: {dropped}")) \
+            .to_have_count(1, timeout=WAIT_MS)
+        expect(john.locator("#messages li", has_text=dropped)).to_have_count(1)
