@@ -465,6 +465,8 @@ class ClusterBroker:
         seeds = list(self.nodes) + [n for n in self.address.cluster_nodes
                                     if n not in self.nodes]
         last: Optional[BaseException] = None
+        # The slot map and reason of the first node that said the cluster is down.
+        failing: Optional[tuple[SlotMap, str]] = None
         for host, port in seeds:
             try:
                 reply, info = await self._clusterSlots(host, port)
@@ -472,12 +474,20 @@ class ClusterBroker:
                 last = e
                 continue
             slots = SlotMap.from_cluster_slots(reply)
+            down = cluster_down(info, slots)
+            if down is not None:
+                # A node cut off from the others (or just restarted) says so alone:
+                # another may see the cluster whole.
+                failing = failing or (slots, down)
+                continue
             self._apply(slots)
-            self.down = cluster_down(info, slots)
-            if self.down is not None:
-                raise ClusterDown(self.down)
+            self.down = None
             self.slot_attempts.succeeded()
             return
+        if failing is not None:
+            self._apply(failing[0])
+            self.down = failing[1]
+            raise ClusterDown(self.down)
         raise ConnectionError(f"no cluster node answered: {last}")
 
     async def _clusterSlots(self, host: str, port: int) -> tuple[Any, Any]:
