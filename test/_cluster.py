@@ -50,7 +50,20 @@ class Cluster:
                                          "--cluster-node-timeout", "2000",
                                          *NO_SYNC_DELAY])
 
+    @property
+    def url(self) -> str:
+        """The cluster's ``redis+cluster://`` address (every primary a seed)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+
     def start(self) -> None:
+        """Start the servers and join them; stop what was started if that fails."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         cli = shutil.which("redis-cli") or shutil.which("valkey-cli")
         if cli is None:
             raise RuntimeError("redis-cli is needed to create a cluster")

@@ -91,8 +91,10 @@ class DemoServer:
     """
 
     def __init__(self, launcher_args: Optional[list[str]] = None,
-                 redis_port: Optional[int] = 0) -> None:
+                 redis_port: Optional[int] = 0, twistd_args: Iterable[str] = ()) -> None:
         self.launcher_args = launcher_args
+        #: More options of ``twistd ws4tx`` (a site's settings: ``--rate-limit``...).
+        self.twistd_args = list(twistd_args)
         #: The launcher's ``--redis-port`` (0: a free port, so that demos of parallel tests
         #: do not meet on the default one; None: the launcher's default).
         self.redis_port = redis_port
@@ -122,7 +124,7 @@ class DemoServer:
             if self.redis_port is not None:
                 argv += ["--redis-port", str(self.redis_port)]
         else:
-            argv = twistd_argv(self.port)
+            argv = twistd_argv(self.port) + self.twistd_args
         if redis_url is not None:
             argv[argv.index("embedded")] = redis_url
         with self._changed:

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx.server.embedded import EmbeddedRedis
 
+from test._cluster import Cluster
 from test._django import setup_django
 
 #: Bound on waiting for Redis (never reached when things work).
@@ -142,3 +143,18 @@ class DjangoRedisTestCase(DjangoTestCase):
         listener = Listener(self.redis.url, channels)
         self.addCleanup(listener.close)
         return listener
+
+
+class DjangoClusterTestCase(DjangoTestCase):
+    """Also a three-primary Redis Cluster of the test's own (``self.cluster``) that the
+    Django side publishes to."""
+
+    def setUp(self) -> None:
+        from ws4tx import _sync_redis
+
+        super().setUp()
+        self.cluster = Cluster()
+        self.cluster.start()
+        self.addCleanup(self.cluster.stop)
+        _sync_redis.use_url(self.cluster.url)
+        self.addCleanup(_sync_redis.reset)

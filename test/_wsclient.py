@@ -142,3 +142,31 @@ def handshake_request(path: str, headers: Optional[dict[str, str]] = None,
 def status_of(response: bytes) -> tuple[int, str]:
     """The status code and the whole response (reason, headers and body) as text."""
     return int(response.split(b" ", 2)[1]), response.decode("utf-8", "replace")
+
+
+class NeverReads(Protocol):
+    """Sends a request, then, once the answer's head came (``opened``), stops reading
+    its socket for good: a slow consumer."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.opened: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.opened.called and b"\r\n\r\n" in data:
+            self.transport.pauseProducing()
+            self.opened.callback(None)
+
+
+async def never_reading(case: Any, port: int, request: bytes) -> NeverReads:
+    """A connection to ``port`` that sends ``request`` and, once the answer's head came,
+    never reads again (aborted at the end of ``case``)."""
+    slow = NeverReads(request)
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    await endpoints.connectProtocol(endpoint, slow)
+    case.addCleanup(slow.transport.abortConnection)
+    await slow.opened.addTimeout(TIMEOUT, reactor)
+    return slow

@@ -11,8 +11,13 @@ from typing import Any, Callable
 from ws4tx import _async_redis, _sync_redis, api
 from ws4tx.server.embedded import EmbeddedRedis
 
-from test._cluster import Cluster
-from test._djangoredis import DjangoRedisTestCase, DjangoTestCase, make_request, make_user
+from test._djangoredis import (
+    DjangoClusterTestCase,
+    DjangoRedisTestCase,
+    DjangoTestCase,
+    make_request,
+    make_user,
+)
 from test._sentinel import SentinelGroup
 
 CHAT = "ws4tx:broadcast:chat"
@@ -242,17 +247,11 @@ class SentinelTests(_Table, DjangoTestCase):
         self.group.client(self.group.master).flushall()
 
 
-class ClusterTests(_Table, DjangoTestCase):
+class ClusterTests(_Table, DjangoClusterTestCase):
     """A three-primary Redis Cluster (redis.asyncio's RedisCluster; SPUBLISH)."""
 
     def setUp(self) -> None:
         super().setUp()
-        self.cluster = Cluster()
-        self.cluster.start()
-        self.addCleanup(self.cluster.stop)
-        nodes = ",".join(f"127.0.0.1:{s.port}" for s in self.cluster.servers)
-        _sync_redis.use_url(f"redis+cluster://{nodes}")
-        self.addCleanup(_sync_redis.reset)
         self.settings(**SETTINGS)
 
     def wipe(self) -> None:

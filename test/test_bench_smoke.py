@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
@@ -28,26 +29,35 @@ FANOUT_METRICS = {"delivered_per_s", "loss", "lost", "p50_ms", "p90_ms", "p99_ms
 HANG = 300
 
 
+def run_smoke(case: SynchronousTestCase, *args: str) -> tuple[list[dict[str, Any]], str,
+                                                                str]:
+    """Run ``bench/run.py --smoke *args`` into a directory of its own; fail ``case`` when
+    it hangs or exits other than 0. The JSON lines of the one file it wrote, what it
+    printed (the end of it, for messages) and its standard output."""
+    out = tempfile.mkdtemp(prefix="bench-smoke-")
+    try:
+        done = subprocess.run([sys.executable, RUN, "--smoke", *args, "--out", out],
+                              cwd=REPO, capture_output=True, text=True, timeout=HANG)
+    except subprocess.TimeoutExpired as e:
+        case.fail(f"the smoke mode hung (over {HANG} s):\n{(e.stdout or b'')[-3000:]!r}")
+    report = done.stdout[-4000:] + done.stderr[-2000:]
+    case.assertEqual(done.returncode, 0, report)
+    files = glob.glob(os.path.join(out, "*.jsonl"))
+    case.assertEqual(len(files), 1, report)
+    with open(files[0]) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return records, report, done.stdout
+
+
 class BenchSmokeTests(SynchronousTestCase):
     def test_smoke_mode(self) -> None:
         """``python bench/run.py --smoke`` runs ws4tx and the bare-Autobahn ceiling (their own
         Redis, real WebSocket clients, this interpreter, no virtualenvs; about 20 s on an
         idle machine), exits 0 with a plain closing line, and writes a fan-out JSON line
         with the expected fields for both systems, in which the clients got the messages."""
-        out = tempfile.mkdtemp(prefix="bench-smoke-")
-        try:
-            done = subprocess.run([sys.executable, RUN, "--smoke", "--out", out],
-                                  cwd=REPO, capture_output=True, text=True, timeout=HANG)
-        except subprocess.TimeoutExpired as e:
-            self.fail(f"the smoke mode hung (over {HANG} s):\n{(e.stdout or b'')[-3000:]!r}")
-        report = done.stdout[-4000:] + done.stderr[-2000:]
-        self.assertEqual(done.returncode, 0, report)
-        self.assertRegex(done.stdout.strip().splitlines()[-1],
+        records, report, stdout = run_smoke(self)
+        self.assertRegex(stdout.strip().splitlines()[-1],
                          r"^smoke: \d+ passed, 0 failed, \d+ skipped$", report)
-        files = glob.glob(os.path.join(out, "*.jsonl"))
-        self.assertEqual(len(files), 1, report)
-        with open(files[0]) as f:
-            records = [json.loads(line) for line in f if line.strip()]
         for system in ("ws4tx", "ceiling"):
             fanout = [r for r in records if r["system"] == system and r["scenario"] == "fanout"]
             self.assertTrue(fanout, f"no fan-out line for {system}")
@@ -66,15 +76,8 @@ class HistoryBenchSmokeTests(SynchronousTestCase):
         """The history-cost and recovery scenarios in smoke size (50 clients, 10 missed
         messages): both run, and the recovery line says every client got every missed
         message, was told it recovered, and cost one GET and at most one script call."""
-        out = tempfile.mkdtemp(prefix="bench-smoke-")
-        done = subprocess.run([sys.executable, RUN, "--smoke", "--systems", "ws4tx",
-                               "--scenarios", "history,recovery", "--out", out],
-                              cwd=REPO, capture_output=True, text=True, timeout=HANG)
-        report = done.stdout[-4000:] + done.stderr[-2000:]
-        self.assertEqual(done.returncode, 0, report)
-        [path] = glob.glob(os.path.join(out, "*.jsonl"))
-        with open(path) as f:
-            records = [json.loads(line) for line in f if line.strip()]
+        records, report, _ = run_smoke(self, "--systems", "ws4tx",
+                                       "--scenarios", "history,recovery")
         [history] = [r for r in records if r["scenario"] == "history"]
         # One 1 s probe each way in smoke size: whether it passes is noise, not a verdict.
         self.assertEqual(history["status"], "ok", report)
@@ -94,16 +97,8 @@ class StreamGeneratorSmokeTests(SynchronousTestCase):
         smoke size, 20 clients for 2 s on ws4tx and the ceiling: every frame is counted,
         none twice or out of order, latency is taken on one frame in 10 of each client (by
         sequence number), and each cell says which process limited it."""
-        out = tempfile.mkdtemp(prefix="bench-smoke-")
-        done = subprocess.run([sys.executable, RUN, "--smoke", "--generator", "stream",
-                               "--scenarios", "fanout", "--fanout-clients", "20",
-                               "--duration", "2", "--out", out],
-                              cwd=REPO, capture_output=True, text=True, timeout=HANG)
-        report = done.stdout[-4000:] + done.stderr[-2000:]
-        self.assertEqual(done.returncode, 0, report)
-        [path] = glob.glob(os.path.join(out, "*.jsonl"))
-        with open(path) as f:
-            records = [json.loads(line) for line in f if line.strip()]
+        records, _, _ = run_smoke(self, "--generator", "stream", "--scenarios", "fanout",
+                                  "--fanout-clients", "20", "--duration", "2")
         for system in ("ws4tx", "ceiling"):
             [record] = [r for r in records if r["system"] == system]
             m = record["metrics"]

@@ -1095,11 +1095,7 @@ class ClusterBrokerContractTests(_TopologyContract, TopologyOutageContract,
         from test._cluster import Cluster
 
         cls.cluster = Cluster(replica=True)
-        try:
-            cls.cluster.start()
-        except BaseException:
-            cls.cluster.stop()
-            raise
+        cls.cluster.start()
 
     @classmethod
     def stopTopology(cls) -> None:

@@ -34,9 +34,12 @@ RECONNECT_MS = 40_000
 HEARTBEAT_PERIOD_MS = 5_000
 
 
-class EventChatTests(SynchronousTestCase):
-    """/eventchat/ between john, mary and an anonymous visitor."""
+class EventChatPages(SynchronousTestCase):
+    """/eventchat/ open for each of ``visitors`` on a demo server started with
+    ``twistd_args`` (no tests of its own)."""
 
+    visitors: tuple[str, ...] = ("john", "mary", ANONYMOUS)
+    twistd_args: tuple[str, ...] = ()
     server: DemoServer
     session: BrowserSession
     contexts: dict[str, BrowserContext]
@@ -45,14 +48,14 @@ class EventChatTests(SynchronousTestCase):
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls.server = DemoServer()
+        cls.server = DemoServer(twistd_args=cls.twistd_args)
         cls.session = BrowserSession()
         cls.redis = []
         try:
             cls.session.start()
             cls.server.start()
             cls.contexts, cls.pages = {}, {}
-            for who in ("john", "mary", ANONYMOUS):
+            for who in cls.visitors:
                 context = cls.contexts[who] = cls.session.new_context(cls.server.url)
                 if who != ANONYMOUS:
                     cls.session.log_in(context, who)
@@ -106,7 +109,9 @@ class EventChatTests(SynchronousTestCase):
             if who != sender:
                 expect(self.line(who, f"{sender}: {text}")).to_have_count(1, timeout=WAIT_MS)
 
-    # Tests
+
+class EventChatTests(EventChatPages):
+    """/eventchat/ between john, mary and an anonymous visitor."""
 
     def test_requestIsAcknowledgedWithATick(self) -> None:
         """A sent message gets its tick and reaches everybody; the sender sees it once."""
@@ -210,3 +215,73 @@ class EventChatTests(SynchronousTestCase):
         finally:
             context.close()
             observer.close()
+
+
+#: The site's rate limit of the next tests: 3 messages or events at once, then one every
+#: 5 s (each chat message is two: the "typing" event its first keystroke sends, and itself).
+RATE_LIMIT = ("--rate-limit", "0.2", "--rate-burst", "3")
+#: ws4tx.js's default ackTimeout, then the 2 s after which the page sends it again.
+RESEND_MS = 10_000 + 2_000
+
+
+class RateLimitedEventChatTests(EventChatPages):
+    """/eventchat/ on a site whose rate limit a person sending several messages in a row
+    goes over: what the server dropped is said in red, never marked ✓, and sent again."""
+
+    visitors = ("john", "mary")
+    twistd_args = RATE_LIMIT
+
+    def test_messageOverTheRateLimitIsSaidNotSentThenSent(self) -> None:
+        """john sends messages one after the other: they get ✓ until the server drops one
+        (over the rate limit). That one has no ✓, mary does not get it, and the page says
+        in red that it was not sent; once the server has not answered it for the
+        acknowledgement's time, the page sends it again: ✓, mary gets it once, and the red
+        words go."""
+        john = self.pages["john"]
+        status = john.locator("#send-status")
+        sent: list[str] = []
+        outcome = ""
+        for number in range(4):  # the 3 of the burst are spent by the second message
+            text = self.unique(f"quick {number}")
+            self.send("john", text)
+            sent.append(text)
+            # Either its ✓ comes, or the server's refusal: whichever first.
+            outcome = john.wait_for_function(
+                """text => {
+                    const status = document.getElementById('send-status');
+                    if (status.dataset.state === 'failed') return 'dropped';
+                    const line = [...document.querySelectorAll('#messages li')]
+                        .find(li => li.textContent.includes(text));
+                    const tick = line && line.querySelector('.tick');
+                    return tick && tick.textContent === '✓' ? 'delivered' : false;
+                }""", arg=text, polling=20, timeout=WAIT_MS).json_value()
+            if outcome == "dropped":
+                break
+        self.assertEqual(outcome, "dropped", sent)
+        self.assertGreaterEqual(len(sent), 2, "the first message was over the limit")
+        *delivered, dropped = sent
+
+        expect(status).to_have_text("not sent: rate limit exceeded: message dropped")
+        red = john.evaluate("""() => {
+            const probe = document.createElement('span');
+            probe.style.color = 'var(--bad)';
+            document.body.appendChild(probe);
+            const colours = [getComputedStyle(probe).color,
+                             getComputedStyle(document.getElementById('send-status')).color];
+            probe.remove();
+            return colours;
+        }""")
+        self.assertEqual(red[1], red[0], "the refusal is not in the page's red")
+        line = self.line("john", dropped)
+        expect(line.locator(".tick")).to_have_text("…")
+        expect(line).not_to_have_class(re.compile(r"\bdelivered\b"))
+        for text in delivered:
+            expect(self.line("john", text).locator(".tick")).to_have_text("✓")
+            expect(self.line("mary", f"john: {text}")).to_have_count(1, timeout=WAIT_MS)
+        expect(self.line("mary", dropped)).to_have_count(0)
+
+        # Unanswered for ackTimeout, sent again (the bucket has refilled meanwhile).
+        expect(line.locator(".tick")).to_have_text("✓", timeout=RESEND_MS + WAIT_MS)
+        expect(status).to_have_text("")
+        expect(self.line("mary", f"john: {dropped}")).to_have_count(1, timeout=WAIT_MS)
+        expect(line).to_have_count(1)

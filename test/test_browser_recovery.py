@@ -92,7 +92,12 @@ class TwistdChild:
         return self.process.wait(30)
 
 
-class BrowserRecoveryTests(SynchronousTestCase):
+class PageAndRedisTests(SynchronousTestCase):
+    """Headless Chromium on a blank page served here (:class:`_Page`) for the class; for
+    each test a Redis of its own (``redis_server``, ``redis``), a free ``port``, the server
+    under test that :meth:`startServer` starts there, and a fresh ``page`` (no tests of its
+    own)."""
+
     handle: ClassVar[Any] = None
     http: ClassVar[ThreadingHTTPServer]
 
@@ -117,12 +122,24 @@ class BrowserRecoveryTests(SynchronousTestCase):
         self.redis = redis.Redis.from_url(self.redis_server.url, socket_timeout=5)
         self.addCleanup(self.redis.close)
         self.port = free_port()
-        self.server: Optional[TwistdChild] = None
         self.startServer()
         context = self.handle.browser.new_context()
         self.addCleanup(context.close)
-        self.page = page = context.new_page()
-        page.goto(f"http://127.0.0.1:{self.http.server_address[1]}/")
+        self.page = context.new_page()
+        self.page.goto(f"http://127.0.0.1:{self.http.server_address[1]}/")
+
+    def startServer(self) -> None:
+        """Start the server under test on ``port`` with ``redis_server`` (each class says
+        how)."""
+        raise NotImplementedError(f"{type(self).__name__} starts no server")
+
+
+class BrowserRecoveryTests(PageAndRedisTests):
+    server: Optional[TwistdChild] = None
+
+    def setUp(self) -> None:
+        super().setUp()
+        page = self.page
         page.evaluate("""(url) => {
           window.got = []; window.verdicts = [];
           window.c = new WS4TX(url, {minDelay: 100, maxDelay: 300});

@@ -8,19 +8,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
-from http.server import ThreadingHTTPServer
-from typing import Any, ClassVar
 
 import pytest
-import redis
-from twisted.trial.unittest import SynchronousTestCase
 
-from ws4tx.server.embedded import EmbeddedRedis, free_port
-
-from test import _browser
 from test._recovering import publish_with_history
-from test.test_browser_recovery import RETENTION, WAIT_MS, TwistdChild, _Page
+from test.test_browser_recovery import RETENTION, WAIT_MS, PageAndRedisTests, TwistdChild
 
 #: Whole processes, browsers or storms: run in one tox env (see tox.ini).
 pytestmark = pytest.mark.system
@@ -60,40 +52,13 @@ def group_channel(i: int) -> str:
     return f"ws4tx:group:g{i:03d}:chat"
 
 
-class RefusalsInChromiumTests(SynchronousTestCase):
-    handle: ClassVar[Any] = None
-    http: ClassVar[ThreadingHTTPServer]
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.handle = _browser.launch()
-        cls.http = ThreadingHTTPServer(("127.0.0.1", 0), _Page)
-        threading.Thread(target=cls.http.serve_forever, daemon=True).start()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.http.shutdown()
-        cls.http.server_close()
-        handle, cls.handle = cls.handle, None
-        if handle is not None:
-            handle.close()
-
+class RefusalsInChromiumTests(PageAndRedisTests):
     def setUp(self) -> None:
         self.directory = tempfile.mkdtemp(prefix="ws4tx-groups-")
         self.addCleanup(shutil.rmtree, self.directory, True)
         with open(f"{self.directory}/many_groups.py", "w") as f:
             f.write(SETTINGS)
-        self.redis_server = EmbeddedRedis()
-        self.redis_server.start()
-        self.addCleanup(self.redis_server.stop)
-        self.redis = redis.Redis.from_url(self.redis_server.url, socket_timeout=5)
-        self.addCleanup(self.redis.close)
-        self.port = free_port()
-        self.startServer()
-        context = self.handle.browser.new_context()
-        self.addCleanup(context.close)
-        self.page = context.new_page()
-        self.page.goto(f"http://127.0.0.1:{self.http.server_address[1]}/")
+        super().setUp()
 
     def startServer(self) -> None:
         self.server = TwistdChild(

@@ -6,17 +6,13 @@ bad, so only the resume token can let it in."""
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any, ClassVar
 
 import pytest
-from twisted.trial.unittest import SynchronousTestCase
 
-from test import _browser
 from test._demo import TIMEOUT
 from test._django import setup_django
-from test.test_browser_tokens import _TokenServer
-from test.test_js_client import SCRIPT
+from test.test_browser_tokens import ServedPageTests, _TokenServer
 
 setup_django()
 
@@ -40,37 +36,13 @@ class _ResumeServer(_TokenServer):
         return self
 
 
-class ResumeInChromiumTests(SynchronousTestCase):
-    handle: ClassVar[Any] = None
+class ResumeInChromiumTests(ServedPageTests):
+    server_type = _ResumeServer
     server: ClassVar[_ResumeServer]
 
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.server = _ResumeServer()
-        try:
-            cls.server.start()
-            cls.handle = _browser.launch()
-        except BaseException:
-            cls.server.close()
-            raise
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        try:
-            if cls.handle is not None:
-                cls.handle.close()
-        finally:
-            cls.server.close()
-            shutil.rmtree(cls.server.directory, ignore_errors=True)
-
     def setUp(self) -> None:
-        context = self.handle.browser.new_context()
-        self.addCleanup(context.close)
-        page = self.page = context.new_page()
-        page.goto(f"{self.server.url}/ws4tx/health")
-        page.add_script_tag(path=str(SCRIPT))
+        super().setUp()
         self.good = True
-        page.expose_function("freshToken", self.freshToken)
         _sync_redis.use_url(self.server.redis_url)
         self.addCleanup(_sync_redis.reset)
         self.ws = f"ws://127.0.0.1:{self.server.port}/ws/foobar?subscribe-user"

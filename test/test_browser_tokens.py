@@ -66,13 +66,18 @@ class _TokenServer(DemoServer):
         return self
 
 
-class TokenRefreshInChromiumTests(SynchronousTestCase):
+class ServedPageTests(SynchronousTestCase):
+    """Headless Chromium with ws4tx.js on a page of a server of ``server_type`` (started
+    once for the class), as each test's ``page``, with the page's ``freshToken()`` calling
+    the test's (no tests of its own)."""
+
+    server_type: ClassVar[type[_TokenServer]] = _TokenServer
     handle: ClassVar[Any] = None
     server: ClassVar[_TokenServer]
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls.server = _TokenServer()
+        cls.server = cls.server_type()
         try:
             cls.server.start()
             cls.handle = _browser.launch()
@@ -97,8 +102,18 @@ class TokenRefreshInChromiumTests(SynchronousTestCase):
         # came from the loopback open a socket to it (local network access checks).
         page.goto(f"{self.server.url}/ws4tx/health")
         page.add_script_tag(path=str(SCRIPT))
-        self.made: list[str] = []
         page.expose_function("freshToken", self.freshToken)
+
+    def freshToken(self) -> str:
+        """What the page's ``freshToken()`` gives: each test class says."""
+        raise NotImplementedError(f"{type(self).__name__} gives no token")
+
+
+class TokenRefreshInChromiumTests(ServedPageTests):
+    def setUp(self) -> None:
+        self.made: list[str] = []
+        super().setUp()
+        page = self.page
         page.evaluate("window.__refreshed = []; window.__closed = []; window.__opened = 0;")
         self.ws = f"ws://127.0.0.1:{self.server.port}/ws/foobar?subscribe-broadcast"
 

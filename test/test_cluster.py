@@ -188,11 +188,7 @@ class ClusterTests(unittest.TestCase):
     @classmethod
     def setUpClass(cls) -> None:
         cls.cluster = Cluster()
-        try:
-            cls.cluster.start()
-        except BaseException:
-            cls.cluster.stop()
-            raise
+        cls.cluster.start()
 
     @classmethod
     def tearDownClass(cls) -> None:
@@ -323,11 +319,7 @@ class _ClusterNodesCase(unittest.TestCase):
     @classmethod
     def setUpClass(cls) -> None:
         cls.cluster = Cluster(replica=cls.replica)
-        try:
-            cls.cluster.start()
-        except BaseException:
-            cls.cluster.stop()
-            raise
+        cls.cluster.start()
 
     @classmethod
     def tearDownClass(cls) -> None:

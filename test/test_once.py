@@ -8,10 +8,14 @@ import json
 
 import redis
 
-from ws4tx import _sync_redis, api, history, naming
+from ws4tx import api, history, naming
 
-from test._cluster import Cluster
-from test._djangoredis import DjangoRedisTestCase, DjangoTestCase, make_request, make_user
+from test._djangoredis import (
+    DjangoClusterTestCase,
+    DjangoRedisTestCase,
+    make_request,
+    make_user,
+)
 
 CHAT = "ws4tx:broadcast:chat"
 
@@ -133,17 +137,11 @@ class PositionTests(DjangoRedisTestCase):
             api.position("news", broadcast=True)
 
 
-class ClusterKeyTests(DjangoTestCase):
+class ClusterKeyTests(DjangoClusterTestCase):
     """On a Redis Cluster the key's record shares its channel's slot."""
 
     def setUp(self) -> None:
         super().setUp()
-        self.cluster = Cluster()
-        self.cluster.start()
-        self.addCleanup(self.cluster.stop)
-        nodes = ",".join(f"127.0.0.1:{s.port}" for s in self.cluster.servers)
-        _sync_redis.use_url(f"redis+cluster://{nodes}")
-        self.addCleanup(_sync_redis.reset)
         self.settings(WS4TX_HISTORY={"chat": {"size": 10, "ttl": 600}})
 
     def test_keyedPublishesOnceOnACluster(self):

@@ -8,34 +8,24 @@ from __future__ import annotations
 import json
 
 import pytest
-from twisted.internet import defer, endpoints, reactor, task
-from twisted.internet.protocol import Protocol
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from ws4tx.server.config import ServerConfig
 from ws4tx.server.embedded import free_port
 
 from test._process import Twistd, started_redis
-from test._wsclient import TIMEOUT, connect, handshake_request, raw_request, status_of
+from test._wsclient import (
+    connect,
+    handshake_request,
+    never_reading,
+    raw_request,
+    status_of,
+)
 
 #: The server's defaults, which the child runs with.
 DEFAULTS = ServerConfig()
 
-
-class NeverReads(Protocol):
-    """Shakes hands, then stops reading its socket for good."""
-
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.opened: defer.Deferred[None] = defer.Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        if b"\r\n\r\n" in data:
-            self.transport.pauseProducing()
-            self.opened.callback(None)
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -71,11 +61,8 @@ class SlowConsumerTests(unittest.TestCase):
 
         normal = await connect(port, "/ws/foobar?subscribe-broadcast")
         self.addCleanup(normal.close)
-        slow = NeverReads(handshake_request("/ws/foobar?subscribe-broadcast"))
-        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-        await endpoints.connectProtocol(endpoint, slow)
-        self.addCleanup(slow.transport.abortConnection)
-        await slow.opened.addTimeout(TIMEOUT, reactor)  # it joined the channel
+        # it joined the channel
+        await never_reading(self, port, handshake_request("/ws/foobar?subscribe-broadcast"))
         # The channel is subscribed in Redis once a message published now arrives.
         for _ in range(50):
             store.publish("ws4tx:broadcast:foobar", "ready?")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet import defer, endpoints, reactor, task
-from twisted.internet.protocol import Protocol
+from twisted.internet import reactor, task
 
 from ws4tx import control
 from ws4tx.history import Position, Retention
@@ -16,7 +15,7 @@ from ws4tx.server import _sse_format
 from test._recovering import publish_with_history
 from test._server import ServerTestCase, identity_header
 from test._sseclient import SSEClient, request
-from test._wsclient import TIMEOUT
+from test._wsclient import TIMEOUT, never_reading
 
 HISTORY = {"chat*": {"size": 300, "ttl": 600}}
 RETENTION = Retention(300, 600)
@@ -208,22 +207,6 @@ class SSEHeartbeatTests(_SSETestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
 
-class _NeverReads(Protocol):
-    """Asks for a stream, then stops reading its socket for good."""
-
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.opened: defer.Deferred[None] = defer.Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        if not self.opened.called and b"\r\n\r\n" in data:
-            self.transport.pauseProducing()
-            self.opened.callback(None)
-
-
 class SSESlowConsumerTests(_SSETestCase):
     """The bounds of a slow WebSocket client apply to a stream."""
 
@@ -235,12 +218,8 @@ class SSESlowConsumerTests(_SSETestCase):
         of the channel gets every message."""
         node = self.factory.node
         normal = await self.stream("/ws/news?subscribe-broadcast")
-        slow = _NeverReads(b"GET /ws/news?subscribe-broadcast HTTP/1.1\r\nHost: x\r\n"
-                           b"Accept: text/event-stream\r\n\r\n")
-        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
-        await endpoints.connectProtocol(endpoint, slow)
-        self.addCleanup(slow.transport.abortConnection)
-        await slow.opened.addTimeout(TIMEOUT, reactor)
+        await never_reading(self, self.port, b"GET /ws/news?subscribe-broadcast HTTP/1.1\r\n"
+                            b"Host: x\r\nAccept: text/event-stream\r\n\r\n")
         await node.router.barrier()
         # Less than max_queue_bytes a turn: a client that reads keeps up.
         filler = "x" * 20_000

@@ -3,16 +3,22 @@ exit status 1 (2 for a usage error, with one more line pointing at ``--help``)."
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import tempfile
 
 import pytest
+import redis
 from twisted.trial import unittest
 
 from ws4tx.server.embedded import free_port, server_binaries
 
+from test._cluster import Cluster
 from test._process import Twistd
+from test._sentinel import SentinelGroup
+from test._wsclient import raw_request, status_of
 
 #: Whole processes: run in one tox env (see tox.ini).
 pytestmark = pytest.mark.system
@@ -133,3 +139,86 @@ class LogLevelTests(unittest.TestCase):
     async def test_debugOnRequest(self):
         output = await self._idle("--log-level", "debug")
         self.assertRegex(output, r"#debug\] not in the node registry yet")
+
+
+async def health(port: int) -> tuple[int, dict]:
+    """The health URL's status and JSON body."""
+    request = b"GET /ws4tx/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    status, rest = status_of(await raw_request(port, request))
+    return status, json.loads(rest.split("\r\n\r\n", 1)[1])
+
+
+class TopologyFaultTests(unittest.TestCase):
+    """A Sentinel group or Cluster that cannot give a master: the real ``twistd ws4tx``
+    says why in one warning line (no traceback), the health URL says the same, and the
+    server is ready once the fault is mended."""
+
+    def _serve(self, url: str) -> tuple[Twistd, int]:
+        port = free_port()
+        child = Twistd().start("--redis", url, "--listen", f"tcp:{port}:interface=127.0.0.1")
+        self.addCleanup(child.stop, "KILL")
+        return child, port
+
+    async def test_sentinelKnowsNoSuchMaster(self):
+        """A master name the Sentinels do not monitor (a typo in the URL)."""
+        group = SentinelGroup()
+        group.start()
+        self.addCleanup(group.stop)
+        sentinels = [f"127.0.0.1:{s.port}" for s in group.sentinels]
+        url = f"redis+sentinel://{','.join(sentinels)}/typo-main/0"
+        child, port = self._serve(url)
+        line = (await child.waitFor(
+            r"\[ws4tx\S*#warn\] (cannot reach Redis subscriber connection .*)")).group(1)
+        self.assertRegex(line, "^" + re.escape(
+            "cannot reach Redis subscriber connection to redis+sentinel://"
+            f"{','.join(sentinels)}/typo-main?db=0: no such master: no Sentinel knows a "
+            f"master 'typo-main' ({', '.join(sentinels)} asked); check the master name in "
+            "the Redis URL; retrying in ") + r"\d+\.\d s$")
+        status, body = await health(port)
+        self.assertEqual((status, body["reason"]), (503, "subscriber connection: no such "
+                         f"master: no Sentinel knows a master 'typo-main' ({', '.join(sentinels)}"
+                         " asked); check the master name in the Redis URL"))
+
+        # The Sentinels monitor it under that name from now on: the server gets there.
+        for sentinel in group.sentinels:
+            with redis.Redis(port=sentinel.port, socket_timeout=5) as client:
+                client.execute_command("SENTINEL", "MONITOR", "typo-main", "127.0.0.1",
+                                       group.master.port, group.quorum)
+        await child.waitFor(r"#info\] Redis subscriber connection to \S+ ready after "
+                            r"\d+\.\d s \(\d+ failed attempts\)")
+        await child.waitFor(r"#info\] Redis command connection to \S+ ready after ")
+        status, body = await health(port)
+        self.assertNotIn("reason", body)
+        self.assertNotIn("Traceback", child.output)
+
+    async def test_clusterDown(self):
+        """A Cluster with a slot no primary serves says it is down (cluster_state:fail)
+        and refuses every command; the operator is told, not shown a green health."""
+        cluster = Cluster()
+        cluster.start()
+        self.addCleanup(cluster.stop)
+        slot = 6000  # servers[1]'s: each of the three serves a third
+        for server in cluster.servers:
+            with cluster.client(server) as client:
+                client.execute_command("CLUSTER", "DELSLOTS", slot)
+        cluster._until(lambda: not any(cluster._ok(s) for s in cluster.servers),
+                       "the cluster is down")
+        url = f"redis+cluster://127.0.0.1:{cluster.servers[0].port}"
+        child, port = self._serve(url)
+        line = (await child.waitFor(
+            r"\[ws4tx\S*#warn\] (cannot reach the Redis Cluster's .*)")).group(1)
+        down = ("cluster down (cluster_state:fail): only 16383 of 16384 slots are served; "
+                "give the others to a primary (redis-cli --cluster fix)")
+        self.assertRegex(line, "^" + re.escape(
+            f"cannot reach the Redis Cluster's slot map at {url}: {down}; retrying in ")
+            + r"\d+\.\d s$")
+        status, body = await health(port)
+        self.assertEqual((status, body["reason"]), (503, f"slot map: {down}"))
+
+        with cluster.client(cluster.servers[1]) as client:
+            client.execute_command("CLUSTER", "ADDSLOTS", slot)
+        await child.waitFor(re.escape(f"#info] the Redis Cluster's slot map at {url} ready "
+                                      "after ") + r"\d+\.\d s \(\d+ failed attempts\)")
+        status, body = await health(port)
+        self.assertNotIn("reason", body)
+        self.assertNotIn("Traceback", child.output)

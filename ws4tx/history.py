@@ -292,22 +292,12 @@ def merge(position: Position, history: History,
     def failed(reason: str) -> Merge:
         return Merge(False, reason, (), (True,) * len(live))
 
-    if history.epoch != position.epoch:
-        return failed(EPOCH_CHANGED)
-    if position.offset > history.offset:
-        return failed(UNKNOWN_POSITION)
-    following = position.offset + 1
-    publications: list[Publication] = []
-    for publication in history.publications:
-        if publication.offset < following:
-            continue
-        if publication.offset > following:
-            return failed(TRIMMED if not publications else GAP)
-        publications.append(publication)
-        following += 1
-    if following <= history.offset:
-        # The stream ends (or is empty) before its last offset: entries were trimmed.
-        return failed(TRIMMED)
+    # The whole read is a paged recovery's first page, and its last.
+    read = step(position.epoch, position.offset + 1, history,
+                len(history.publications) + 1, first=True)
+    if read.reason is not None:
+        return failed(read.reason)
+    following = read.following
     keep = []
     for seen in live:
         if seen is None:
@@ -320,7 +310,7 @@ def merge(position: Position, history: History,
         keep.append(seen.offset == following)
         if seen.offset == following:
             following += 1
-    return Merge(True, None, tuple(publications), tuple(keep))
+    return Merge(True, None, read.publications, tuple(keep))
 
 
 @dataclass(frozen=True)
@@ -360,6 +350,7 @@ def step(epoch: str, following: int, page: History, limit: int, first: bool) -> 
         following += 1
     done = len(page.publications) < limit or following > page.offset
     if done and following <= page.offset:
+        # The stream ends (or is empty) before its last offset: entries were trimmed.
         return failed(TRIMMED)
     return Page(tuple(publications), following, done)
 

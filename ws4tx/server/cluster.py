@@ -195,6 +195,29 @@ class SlotMap:
         return covered == CLUSTER_SLOTS
 
 
+class ClusterDown(Exception):
+    """The cluster says it is down (``cluster_state:fail``): it refuses every command on
+    a slot until its slots are all served again."""
+
+
+def cluster_down(info: str | bytes, slots: SlotMap) -> Optional[str]:
+    """Why the cluster is down, from a node's ``CLUSTER INFO`` and its slot map; None
+    when its ``cluster_state`` is ``ok``."""
+    text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    state = fields.get("cluster_state", "").strip()
+    if state == "ok":
+        return None
+    served = sum(last - first + 1 for first, last, _ in slots.ranges)
+    if served < CLUSTER_SLOTS:
+        fix = (f"only {served} of {CLUSTER_SLOTS} slots are served; give the others to a "
+               "primary (redis-cli --cluster fix)")
+    else:
+        fix = ("a primary is unreachable and no replica has taken over its slots; start it "
+               "again")
+    return f"cluster down (cluster_state:{state or '?'}): {fix}"
+
+
 def moved(error: str) -> Optional[tuple[int, Node]]:
     """(slot, node) from a ``MOVED <slot> <host>:<port>`` error, or None for another."""
     parts = error.split()
@@ -346,6 +369,8 @@ class ClusterBroker:
         self._stopping = False
         self._ever_connected = False
         self._own_stats = {"shard_outages": 0}
+        #: Why the cluster refuses commands (its ``cluster_state`` is not ``ok``), or None.
+        self.down: Optional[str] = None
         #: The log of the attempts to read the slot map.
         self.slot_attempts = AttemptLog(self.log, "the Redis Cluster's slot map at "
                                         f"{address.safe_url}", self.clock)
@@ -365,7 +390,8 @@ class ClusterBroker:
 
     @property
     def delivering(self) -> bool:
-        return any(n.delivering for n in self.nodes.values())
+        # A cluster that says it is down refuses every sharded command, probes or not.
+        return self.down is None and any(n.delivering for n in self.nodes.values())
 
     def nodeFor(self, channel: str) -> Optional[Node]:
         """The primary that serves ``channel`` (its :func:`~ws4tx.naming.cluster_channel`
@@ -439,20 +465,34 @@ class ClusterBroker:
         seeds = list(self.nodes) + [n for n in self.address.cluster_nodes
                                     if n not in self.nodes]
         last: Optional[BaseException] = None
+        # The slot map and reason of the first node that said the cluster is down.
+        failing: Optional[tuple[SlotMap, str]] = None
         for host, port in seeds:
             try:
-                reply = await self._clusterSlots(host, port)
+                reply, info = await self._clusterSlots(host, port)
             except Exception as e:  # noqa: BLE001 - any node that answers will do
                 last = e
                 continue
-            self._apply(SlotMap.from_cluster_slots(reply))
+            slots = SlotMap.from_cluster_slots(reply)
+            down = cluster_down(info, slots)
+            if down is not None:
+                # A node cut off from the others (or just restarted) says so alone:
+                # another may see the cluster whole.
+                failing = failing or (slots, down)
+                continue
+            self._apply(slots)
+            self.down = None
             self.slot_attempts.succeeded()
             return
+        if failing is not None:
+            self._apply(failing[0])
+            self.down = failing[1]
+            raise ClusterDown(self.down)
         raise ConnectionError(f"no cluster node answered: {last}")
 
-    async def _clusterSlots(self, host: str, port: int) -> Any:
-        """``CLUSTER SLOTS`` on a short-lived connection (bounded by the timeout; closed,
-        and waited for, before this returns)."""
+    async def _clusterSlots(self, host: str, port: int) -> tuple[Any, Any]:
+        """``CLUSTER SLOTS`` and ``CLUSTER INFO`` on a short-lived connection (bounded by
+        the timeout; closed, and waited for, before this returns)."""
         factory = txredisapi.RedisFactory(
             None, None, 1, isLazy=False, charset=None, password=self.address.password,
             username=self.address.username, convertNumbers=False)
@@ -464,7 +504,9 @@ class ClusterBroker:
         try:
             handler = await factory.deferred.addTimeout(self.timeout, self.clock)
             asked: defer.Deferred[Any] = handler.execute_command("CLUSTER", "SLOTS")
-            return await asked.addTimeout(self.timeout, self.clock)
+            slots = await asked.addTimeout(self.timeout, self.clock)
+            asked = handler.execute_command("CLUSTER", "INFO")
+            return slots, await asked.addTimeout(self.timeout, self.clock)
         finally:
             self._asking = None
             await factory.disconnect()

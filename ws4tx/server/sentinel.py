@@ -271,6 +271,7 @@ class SentinelEndpoint:
         """The master's (host, port), from the first Sentinel (in turn) that knows it."""
         name = self.address.master_name
         problems = []
+        unknown_to: list[str] = []
         count = len(self.address.sentinels)
         for i in range(count):
             index = (self._first + i) % count
@@ -282,6 +283,7 @@ class SentinelEndpoint:
                 continue
             if found is None:
                 problems.append(f"{host}:{port} does not know a master {name!r}")
+                unknown_to.append(f"{host}:{port}")
                 continue
             self._first = index
             if found != self.master:
@@ -289,6 +291,10 @@ class SentinelEndpoint:
                               name=name, host=found[0], port=found[1])
                 self.master = found
             return found
+        if len(unknown_to) == count:
+            raise SentinelError(f"no such master: no Sentinel knows a master {name!r} "
+                                f"({', '.join(unknown_to)} asked); check the master name "
+                                "in the Redis URL")
         raise SentinelError(f"no Sentinel gave the address of master {name!r}: "
                             + "; ".join(problems))
 
