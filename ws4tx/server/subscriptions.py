@@ -108,6 +108,8 @@ class Subscriptions:
     def __init__(self, connection: PushProtocol) -> None:
         self._connection = connection
         self._subscriptions: list[Subscription] = []
+        #: The subscribes being authorized, with how many channels each would add.
+        self._authorizing: dict[defer.Deferred[Any], int] = {}
 
     def __iter__(self) -> Iterator[Subscription]:
         return iter(tuple(self._subscriptions))
@@ -125,10 +127,17 @@ class Subscriptions:
     def subscribe(self, frame: envelope.Subscribe) -> None:
         """Authorize ``frame`` as the same channels in a URL would be; join them (with
         recovery from the positions it gives) and answer ``subscribed``, or answer
-        ``refused`` with the reason and change nothing."""
+        ``refused`` with the reason and change nothing.
+
+        What costs nothing is checked first: a frame past the cap (counting the channels
+        of the subscribes still being authorized) or for channels the connection has is
+        refused before the authenticator is asked. An authorization still running when
+        the connection closes is cancelled (:meth:`close`): it joins nothing."""
         connection = self._connection
         config = connection.factory.config
         handshake = connection.handshake
+        groups = frame.audiences.groups
+        chosen = list(groups) if isinstance(groups, tuple) else None
         try:
             if handshake is None:
                 raise HandshakeDenied("this connection cannot subscribe")
@@ -136,14 +145,16 @@ class Subscriptions:
             audiences = frame.audiences.names()
             request = admission.subscription_request(config, handshake, frame.facility,
                                                      audiences)
+            wanted = self._wanted(request.facility, audiences, chosen)
+            self._check(wanted, reserved=sum(self._authorizing.values()))
             answer = defer.maybeDeferred(admission.authenticate,
                                          connection.factory.authenticator, request)
         except HandshakeDenied as e:
             self._refuse(frame.id, e.reason)
             return
-        groups = frame.audiences.groups
-        chosen = list(groups) if isinstance(groups, tuple) else None
         node = connection.node
+        if not answer.called:  # a channel reserved while the authenticator works
+            self._authorizing[answer] = len(wanted)
 
         def admitted(answer: Any) -> None:
             decided = admission.admit(config, request, answer,
@@ -153,21 +164,46 @@ class Subscriptions:
                 config, decided, connection.identity, audiences, chosen)
             self._join(frame, request.facility, channels, recover)
 
-        answer.addCallback(admitted).addErrback(self._failed, frame.id)
+        def done(result: Any) -> Any:
+            self._authorizing.pop(answer, None)
+            return result
+
+        answer.addBoth(done).addCallback(admitted).addErrback(self._failed, frame.id)
+
+    def _wanted(self, facility: str, audiences: frozenset[str],
+                groups: Optional[list[str]]) -> tuple[str, ...]:
+        """The channels a subscribe to ``facility``'s ``audiences`` (of ``groups`` only,
+        when it names some) gives the connection's identity if it is allowed: what it
+        counts against the cap before it is authorized."""
+        connection = self._connection
+        prefix, identity = connection.factory.config.prefix, connection.identity
+        channels = audience_channels(prefix, facility, audiences, identity)
+        if groups is None:
+            return tuple(channels)
+        every = frozenset(audience_channels(prefix, facility, (GROUP,), identity))
+        chosen = frozenset(channels_for(prefix, facility, groups=tuple(groups)))
+        return tuple(c for c in channels if c not in every or c in chosen)
+
+    def _check(self, channels: tuple[str, ...], reserved: int = 0) -> None:
+        """HandshakeDenied when the connection has one of ``channels`` already, or they
+        would take it past ``max_subscriptions`` (with ``reserved`` channels of
+        subscribes being authorized)."""
+        connection = self._connection
+        held = frozenset(connection.channels) | self.channels()
+        taken = [c for c in channels if c in held]
+        if taken:
+            raise HandshakeDenied(f"already subscribed: {taken[0]}")
+        cap = connection.factory.config.max_subscriptions
+        if len(self.channels()) + reserved + len(channels) > cap:
+            raise HandshakeDenied(f"too many subscriptions: at most {cap} channels per "
+                                  "connection")
 
     def _join(self, frame: envelope.Subscribe, facility: str, channels: tuple[str, ...],
               recover: dict[str, Position]) -> None:
         connection = self._connection
         if not connection.isOpen():
             return
-        held = frozenset(connection.channels) | self.channels()
-        taken = [c for c in channels if c in held]
-        if taken:
-            raise HandshakeDenied(f"already subscribed: {taken[0]}")
-        cap = connection.factory.config.max_subscriptions
-        if len(self.channels()) + len(channels) > cap:
-            raise HandshakeDenied(f"too many subscriptions: at most {cap} channels per "
-                                  "connection")
+        self._check(channels)
         subscription = Subscription(connection, facility, channels)
         self._subscriptions.append(subscription)
 
@@ -180,6 +216,8 @@ class Subscriptions:
             subscription, {c: p for c, p in recover.items() if c in channels}, subscribed)
 
     def _failed(self, failure: Failure, ack_id: int) -> None:
+        if not self._connection.isOpen():  # cancelled by close(), or answered too late
+            return
         if failure.check(HandshakeDenied):
             self._refuse(ack_id, failure.value.reason)  # type: ignore[union-attr]
             return
@@ -234,7 +272,12 @@ class Subscriptions:
         return True
 
     def close(self) -> None:
-        """The connection went away: every subscription leaves the node."""
+        """The connection went away: the authorizations under way are cancelled (one
+        waiting for the authentication gate leaves its queue; the answer of one running
+        in a thread is ignored) and every subscription leaves the node."""
+        authorizing, self._authorizing = self._authorizing, {}
+        for answer in authorizing:
+            answer.cancel()
         subscriptions, self._subscriptions = self._subscriptions, []
         for subscription in subscriptions:
             self._connection.node.leaveSubscription(subscription)
