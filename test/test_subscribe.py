@@ -65,12 +65,18 @@ class FrameTests(SynchronousTestCase):
             subscribe(1, "chat", [], user=True): "'recover' must be an object",
             subscribe(None, "chat", user=True): "needs an id",
             subscribe(1, "chat", user=True)[:-1] + ',"x":1e999}': "out of range",
+            subscribe(1, "chat", user=True)[:-1] + ',"grant":5}': "'grant' must be a string",
+            subscribe(1, "chat", user=True)[:-1] + ',"grant":"%s"}' % ("g" * 2049):
+                "'grant' must be a string of at most 2048",
         }
         for text, why in cases.items():
             with self.assertRaises(envelope.InvalidEnvelope) as caught:
                 envelope.decode(text)
             self.assertIn(why, str(caught.exception), text)
             self.assertEqual(caught.exception.kind, "subscribe")
+        with self.assertRaises(envelope.InvalidEnvelope) as caught:
+            envelope.decode(unsubscribe(1, "chat", user=True)[:-1] + ',"grant":"g"}')
+        self.assertIn("unknown field 'grant'", str(caught.exception))
 
     def test_answersAreTheServersVoice(self) -> None:
         """A subscribed, unsubscribed or refused answer met on a channel is forged."""
@@ -240,6 +246,15 @@ class SubscribeTests(ServerTestCase):
         self.assertEqual(sorted(hub.channels()), [NOTES_BROADCAST])
         self.assertEqual(self.publish(NOTES_BROADCAST, "unchanged"), 1)
         self.assertEqual(await client.text(), "unchanged")
+
+    async def test_aGrantNeedsAServerThatReadsThem(self) -> None:
+        """A server whose authenticator reads no grants (not the Django one) refuses a
+        subscribe with a grant, and says so."""
+        client = await self.client("/ws/", JOHN, protocols=EVENTS)
+        client.send(subscribe(1, "notes", broadcast=True)[:-1] + ',"grant":"g"}')
+        self.assertEqual(await self.frame(client), {
+            "ws4tx": "refused", "id": 1,
+            "reason": "invalid grant: this server does not read grants"})
 
     async def test_closingLeavesEverySubscription(self) -> None:
         """A connection that goes away takes its subscriptions with it: no member, no

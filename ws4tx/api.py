@@ -70,6 +70,7 @@ __all__ = [
     "channels",
     "disconnect",
     "emit",
+    "grant",
     "history",
     "info",
     "position",
@@ -196,6 +197,25 @@ def unsubscribe(
     command = _prepare.unsubscribe(users, sessions, facility, audiences, groups, reason,
                                    request)
     return _commit.command(command, on_commit)
+
+
+def grant(request: Any, facility: str, audiences: Any, *, groups: Any = None,
+          max_age: Optional[float] = None) -> str:
+    """A signed, short-lived grant of ``facility``'s ``audiences`` (some of
+    ``"broadcast"``, ``"user"``, ``"group"``, ``"session"``) for the ``request``'s
+    identity, of its groups (or of ``groups`` only, names or Group objects), valid
+    ``max_age`` seconds (default ``TOKEN_MAX_AGE``). The client puts it in a
+    ``subscribe`` frame (``grant``), which the server then admits without asking the
+    database. ``ALLOWED_CHANNELS`` runs now: an audience it drops is not granted, its
+    ``PermissionDenied`` is raised. See :mod:`ws4tx.grants`::
+
+        api.grant(request, "notes", ["broadcast", "user"])
+    """
+    from ws4tx import grants
+
+    chosen = None if groups is None else [getattr(g, "name", g) for g in groups]
+    return grants.grant_for_request(request, facility, audiences, groups=chosen,
+                                    max_age=max_age)
 
 
 def _send_control(connection: Any, cluster: bool, prefix: Optional[str],

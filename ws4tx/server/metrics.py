@@ -83,6 +83,9 @@ COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "subscribes_refused": ("ws4tx_client_subscribes",
                            "subscribe frames that added channels to their connection",
                            {"outcome": "refused"}),
+    "subscribes_granted": ("ws4tx_client_subscribes_granted",
+                           "subscribe frames admitted by a signed grant, without "
+                           "authentication work", {}),
     "unsubscribes": ("ws4tx_client_unsubscribes",
                      "unsubscribe frames that left channels", {}),
     "store_refused": ("ws4tx_client_store_refused",

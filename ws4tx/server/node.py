@@ -151,8 +151,8 @@ class Node:
                       "store_refused": 0, "control_commands": 0, "control_invalid": 0,
                       "closed_by_site": 0, "unsubscribed_by_site": 0, "accepted": 0,
                       "client_messages": 0, "client_bytes": 0, "subscribes": 0,
-                      "subscribes_refused": 0, "unsubscribes": 0, "sse_accepted": 0,
-                      "sse_binary_dropped": 0}
+                      "subscribes_refused": 0, "subscribes_granted": 0, "unsubscribes": 0,
+                      "sse_accepted": 0, "sse_binary_dropped": 0}
         #: The subscriptions event clients added by frames (hub members of their own,
         #: not clients: see :meth:`joinSubscription`).
         self._subscriptions: set[Any] = set()
