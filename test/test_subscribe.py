@@ -247,6 +247,30 @@ class SubscribeTests(ServerTestCase):
         self.assertEqual(self.publish(NOTES_BROADCAST, "unchanged"), 1)
         self.assertEqual(await client.text(), "unchanged")
 
+    async def test_theSitesSubscribeKeepsTheCap(self) -> None:
+        """A subscribe by the site (on the control channel) is not authorized but still
+        bounded by max_subscriptions: past it nothing is added and the client is told
+        nothing; within it the client is told which channels it got."""
+        from ws4tx import control
+
+        node = self.factory.node
+        client = await self.client("/ws/", JOHN, protocols=EVENTS)
+        await self.subscribed(client, subscribe(1, "notes", broadcast=True, user=True,
+                                                session=True))
+        control_channel = naming.control_channel("ws4tx")
+        self.publish(control_channel, control.encode(control.subscribe("news",
+                                                                       users=["john"])))
+        self.publish(control_channel, control.encode(control.subscribe(
+            "news", groups=["staff"], audiences=["group"], reason="staff news")))
+        told = await self.frame(client)
+        self.assertEqual((told["event"], told["data"]), (envelope.SUBSCRIBED_EVENT, {
+            "facility": "news", "audiences": ["group"], "reason": "staff news",
+            "channels": ["ws4tx:group:staff:news"]}))
+        self.assertEqual(node.counters()["subscribed_by_site"], 1)
+        self.assertNotIn("ws4tx:broadcast:news", node.router.hub.channels())
+        self.assertEqual(self.publish("ws4tx:group:staff:news", "staff"), 1)
+        self.assertEqual(await client.text(), "staff")
+
     async def test_aGrantNeedsAServerThatReadsThem(self) -> None:
         """A server whose authenticator reads no grants (not the Django one) refuses a
         subscribe with a grant, and says so."""

@@ -66,6 +66,7 @@ __all__ = [
     "apresence",
     "apresence_stats",
     "apublish",
+    "asubscribe",
     "aunsubscribe",
     "channels",
     "disconnect",
@@ -77,6 +78,7 @@ __all__ = [
     "presence",
     "presence_stats",
     "publish",
+    "subscribe",
     "unsubscribe",
 ]
 
@@ -196,6 +198,39 @@ def unsubscribe(
     """
     command = _prepare.unsubscribe(users, sessions, facility, audiences, groups, reason,
                                    request)
+    return _commit.command(command, on_commit)
+
+
+def subscribe(
+    facility: str,
+    *,
+    users: Any = (),
+    groups: Any = (),
+    sessions: Any = (),
+    audiences: Any = naming.AUDIENCES,
+    reason: str = "",
+    request: Any = None,
+    on_commit: bool = False,
+) -> Optional[int]:
+    """Make, on every ws4tx node, every open event connection (``ws4tx.v1``) of ``users``
+    (names or User objects), of members of ``groups`` (names or Group objects) or of
+    ``sessions`` (session keys) subscribe ``facility``'s channels of ``audiences`` (some
+    of ``"broadcast"``, ``"user"``, ``"group"``, ``"session"``; all by default): the
+    connection's own names, and of the group audience only the channels of ``groups``
+    when given. ``SELF`` is the ``request``'s own. The counterpart of :func:`unsubscribe`.
+
+    The site decides: no authentication hook runs, the facility's name is checked and
+    each connection's ``MAX_SUBSCRIPTIONS`` still bounds it. A connection gets the
+    channels it does not have as one subscription (as a ``subscribe`` frame would add,
+    with presence and history's positions), then a ``ws4tx.subscribed`` event with
+    ``{"facility", "audiences", "channels", "reason"}``; raw (ws4redis) connections are
+    left alone. Only the connections open now: a client that reconnects is admitted anew
+    (it subscribes again by itself). Returns and raises as :func:`disconnect`::
+
+        api.subscribe("notes", users=["john"], audiences=["user"], reason="new thread")
+    """
+    command = _prepare.subscribe(facility, users, sessions, groups, audiences, reason,
+                                 request)
     return _commit.command(command, on_commit)
 
 
@@ -421,5 +456,6 @@ from ws4tx._async_api import (  # noqa: E402
     apresence,
     apresence_stats,
     apublish,
+    asubscribe,
     aunsubscribe,
 )

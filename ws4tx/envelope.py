@@ -77,6 +77,8 @@ PRESENCE_EVENT = "ws4tx.presence"
 #: (``ws4tx.api.unsubscribe``): ``{"audiences": [...], "groups": [...], "reason": ...}``
 #: (``groups`` only when the command named some); the connection stays open.
 UNSUBSCRIBED_EVENT = "ws4tx.unsubscribed"
+#: Sent to an event client the site made subscribe channels (``ws4tx.api.subscribe``).
+SUBSCRIBED_EVENT = "ws4tx.subscribed"
 
 #: Sent to an event client whose connection's token expires soon (``data``: ``{"expires":
 #: <Unix seconds>}``); the client answers with the same event, ``{"token": <a fresh

@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ws4tx import envelope
+from ws4tx import control, envelope
 from ws4tx.history import Position, parse_recover
 from ws4tx.naming import GROUP, Identity, audience_channels, channels_for
 from ws4tx.server import admission, deflate
@@ -179,6 +179,34 @@ class Subscriptions:
             return result
 
         answer.addBoth(done).addCallback(admitted).addErrback(self._failed, frame.id)
+
+    def subscribeBySite(self, command: control.Subscribe, channels: Iterable[str]) -> bool:
+        """The site made the connection subscribe ``channels`` of ``command``'s facility
+        (``ws4tx.api.subscribe``): those it has not are a subscription, and once they are
+        subscribed the client is told ``ws4tx.subscribed``. No authorization (the site
+        decided) but the cap: past ``max_subscriptions`` nothing is added (logged).
+        Whether it subscribed any."""
+        connection = self._connection
+        if not connection.isOpen():
+            return False
+        held = frozenset(connection.channels) | self.channels()
+        new = tuple(c for c in channels if c not in held)
+        if not new:
+            return False
+        cap = connection.factory.config.max_subscriptions
+        if len(self.channels()) + len(new) > cap:
+            _log.warn("the site's subscribe of {peer} to {facility} was not done: it would "
+                      "pass max_subscriptions ({cap} channels per connection)",
+                      peer=connection.peer, facility=command.facility, cap=cap)
+            return False
+        subscription = Subscription(connection, command.facility, new)
+        self._subscriptions.append(subscription)
+
+        def subscribed() -> None:
+            connection.emit(envelope.SUBSCRIBED_EVENT, command.event(new))
+
+        subscription.stream = connection.node.joinSubscription(subscription, {}, subscribed)
+        return True
 
     def _wanted(self, facility: str, audiences: frozenset[str],
                 groups: Optional[list[str]]) -> tuple[str, ...]:
