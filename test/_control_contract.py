@@ -1,8 +1,8 @@
 """The site's queries and commands across two nodes, written once and run on every Redis
 topology (single Redis, Sentinel, shards, Cluster): the node registry, ``api.info()`` /
 ``api.channels()`` from the Django side and their ``ServerAPI`` twins from a node,
-``api.unsubscribe()`` and ``api.disconnect()``; resume tokens read on any node without the
-database and refused by every node once the user logs out.
+``api.unsubscribe()``, ``api.subscribe()`` and ``api.disconnect()``; resume tokens read on
+any node without the database and refused by every node once the user logs out.
 
 A test case mixes :class:`ControlAcrossNodesContract` in and gives it ``self.nodes``: two
 nodes (``start_node``'s namespaces, or alike) on the topology, with the Django side's
@@ -26,8 +26,10 @@ class ControlAcrossNodesContract:
 
     nodes: list[SimpleNamespace]
 
-    async def _joined(self, node: SimpleNamespace, path: str, identity: str) -> WSClient:
-        client = await connect(node.port, path, headers={"x-test-identity": identity})
+    async def _joined(self, node: SimpleNamespace, path: str, identity: str,
+                      protocols: tuple[str, ...] = ()) -> WSClient:
+        client = await connect(node.port, path, headers={"x-test-identity": identity},
+                               protocols=protocols)
         self.addCleanup(client.close)
         await node.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
         return client
@@ -166,3 +168,33 @@ def api_publish(channel: str, user: str) -> None:
     from ws4tx import api
 
     api.publish(channel.split(":")[-1], user, users=[user])
+
+    async def test_subscribeAcrossTwoNodes(self):
+        """``api.subscribe()`` (and its ServerAPI twin) makes a user's event connections
+        on both nodes subscribe, each told with ``ws4tx.subscribed``, which
+        ``api.channels()`` then shows; another user's connection is left alone."""
+        from ws4tx import api
+
+        ivy = [await self._joined(node, "/ws/", "ivy;;si", ("ws4tx.v1",))
+               for node in self.nodes]
+        jo = await self._joined(self.nodes[1], "/ws/", "jo;;sj", ("ws4tx.v1",))
+        server = self.nodes[0].service.server
+        for subscribe, facility in (
+                (lambda: threads.deferToThread(api.subscribe, "notes", users=["ivy"],
+                                               audiences=["user"], reason="hi"), "notes"),
+                (lambda: server.subscribe("news", users=["ivy"], audiences=["user"],
+                                          reason="hi"), "news")):
+            self.assertEqual(await subscribe(), 2)
+            channel = f"ws4tx:user:ivy:{facility}"
+            for client in ivy:
+                told = json.loads(await client.text())
+                self.assertEqual((told["event"], told["data"]), ("ws4tx.subscribed", {
+                    "facility": facility, "audiences": ["user"], "channels": [channel],
+                    "reason": "hi"}))
+            found = await threads.deferToThread(api.channels, f"ws4tx:*:{facility}")
+            self.assertEqual(found["channels"], {channel: 2})
+        # nothing else came before the answer to a frame sent now
+        for client in [*ivy, jo]:
+            client.send('{"ws4tx":"subscribe","id":7,"facility":"other",'
+                        '"audiences":{"broadcast":true}}')
+            self.assertEqual(json.loads(await client.text())["ws4tx"], "subscribed")

@@ -1,5 +1,5 @@
 """ws4tx.api's asynchronous twins (apublish, aemit, ahistory, aposition, apresence,
-apresence_stats, adisconnect, aunsubscribe) against the synchronous functions, from one
+apresence_stats, adisconnect, aunsubscribe, asubscribe) against the synchronous functions, from one
 table, on one Redis, two shards, Sentinel and a Redis Cluster; and from a Django async view."""
 
 from __future__ import annotations
@@ -56,6 +56,12 @@ def _steps(twin: Callable[[str], Any], request: Any) -> dict[str, Callable[[], A
         "presence_stats": lambda: (yield twin("presence_stats")("chat", broadcast=True)),
         "disconnect": lambda: (yield twin("disconnect")(users=["john"], reason="bye")),
         "unsubscribe": lambda: (yield twin("unsubscribe")(users=["john"], groups=["staff"])),
+        "subscribe": lambda: (yield twin("subscribe")("notes", groups=["staff"],
+                                                      audiences=["group"], reason="r")),
+        "subscribe SELF (the database, in a thread)": lambda: (
+            yield twin("subscribe")("notes", users=[api.SELF], request=request)),
+        "subscribe a bad facility": lambda: (
+            yield twin("subscribe")("bad facility", users=["john"])),
         "no audience": lambda: (yield twin("publish")("chat", "lost")),
         "bad key": lambda: (yield twin("publish")("chat", "x", broadcast=True, key="")),
         "history of two channels": lambda: (
@@ -164,7 +170,7 @@ class _Table:
                          True)
         raising_rows = ("no audience", "bad key", "history of two channels",
                         "position without history", "bad since", "presence not kept",
-                        "bad event", "bad close code")
+                        "bad event", "bad close code", "subscribe a bad facility")
         for name, outcome in outcomes.items():
             self.assertEqual(outcome[0], "raised" if name in raising_rows else "returned",
                              name)
@@ -172,7 +178,7 @@ class _Table:
                                                   False))
         for raising in ("no audience", "bad key", "history of two channels",
                         "position without history", "bad since", "presence not kept",
-                        "bad event", "bad close code"):
+                        "bad event", "bad close code", "subscribe a bad facility"):
             self.assertEqual(outcomes[raising][0], "raised", raising)
             self.assertTrue(issubclass(outcomes[raising][1], ValueError), raising)
 

@@ -94,6 +94,37 @@ class ControlCommandTests(unittest.SynchronousTestCase):
                 control.unsubscribe(**kwargs)
             self.assertIn(words, str(caught.exception), kwargs)
 
+    def test_subscribeRoundTripAndMatching(self):
+        """A subscribe names a facility and whom by user, session or group; its channels
+        are the connection's own, of the group audience only the groups named."""
+        command = control.subscribe("notes", users=["john"], sessions=["s9"],
+                                    groups=["staff", "board"], audiences=["group", "user"],
+                                    reason="é")
+        self.assertEqual(control.decode(control.encode(command)), command)
+        self.assertEqual(control.decode(control.encode(control.subscribe(
+            "notes", users=["john"]))).audiences, frozenset(naming.AUDIENCES))
+        john = naming.Identity(user="john", groups=frozenset({"staff", "dev"}), session="s1")
+        self.assertEqual(command.channels("ws4tx", john),
+                         ["ws4tx:user:john:notes", "ws4tx:group:staff:notes"])
+        by_group = control.subscribe("notes", groups=["dev"])
+        self.assertTrue(by_group.matches(john))
+        self.assertFalse(by_group.matches(naming.Identity(user="mary",
+                                                          groups=frozenset({"staff"}))))
+        self.assertTrue(command.matches(naming.Identity(session="s9")))
+        self.assertFalse(command.matches(naming.ANONYMOUS))
+
+    def test_subscribeBadArguments(self):
+        for args, kwargs, words in (
+                (("notes",), {}, "whom"),
+                (("bad facility",), {"users": ["x"]}, "facility may contain only"),
+                (("",), {"users": ["x"]}, "facility is missing"),
+                (("notes",), {"users": ["x"], "audiences": ["room"]}, "room"),
+                (("notes",), {"groups": [""]}, "non-empty"),
+                (("notes",), {"users": ["x"], "reason": "é" * 61}, "120")):
+            with self.assertRaises(ValueError) as caught:
+                control.subscribe(*args, **kwargs)
+            self.assertIn(words, str(caught.exception), kwargs)
+
     def test_malformedMessagesAreInvalidCommands(self):
         for payload in MALFORMED:
             self.assertRaises(control.InvalidCommand, control.decode, payload)
@@ -108,6 +139,9 @@ MALFORMED = [
     b'{"v":1,"op":"disconnect","users":["john"],"reason":"' + b"x" * 200 + b'"}',
     b"[" * 100_000 + b"]" * 100_000,
     b'{"v":1,"op":"unsubscribe","users":["john"],"audiences":["room"]}',
+    b'{"v":1,"op":"subscribe","users":["john"]}',
+    b'{"v":1,"op":"subscribe","users":["john"],"facility":"no spaces"}',
+    b'{"v":1,"op":"subscribe","facility":"notes"}',
     b'{"v":1,"op":"unsubscribe","users":["john"],"audiences":"group"}',
     b'{"v":1,"op":"unsubscribe","users":["john"],"groups":"staff"}',
     b'{"v":1,"op":"unsubscribe","audiences":["group"]}',
@@ -346,6 +380,86 @@ class UnsubscribeAcrossNodesTests(TwoNodesTestCase):
                        {"users": ["john"], "reason": "x" * 121}):
             self.assertRaises(ValueError, api.unsubscribe, **kwargs)
             self.assertRaises(ValueError, self.service.server.unsubscribe, **kwargs)
+
+
+class SubscribeAcrossNodesTests(TwoNodesTestCase):
+    """``ws4tx.api.subscribe`` and ``ServerAPI.subscribe``: the matching event
+    connections on every node subscribe the channels named, and are told; raw clients
+    and others are left alone."""
+
+    async def clients(self) -> dict[str, WSClient]:
+        a, b = self.nodes
+        john = identity_header("john", ("staff", "dev"), sid("key-1"))
+        return {
+            "john-bare@a": await self.on(a, "/ws/", john, EVENTS),
+            "john-events@b": await self.on(b, "/ws/foobar?subscribe-broadcast", john,
+                                           EVENTS),
+            "john-raw@b": await self.on(b, "/ws/foobar?subscribe-broadcast", john),
+            "mary@b": await self.on(b, "/ws/foobar?subscribe-broadcast",
+                                    identity_header("mary", ("staff",)), EVENTS),
+        }
+
+    async def told(self, client: WSClient) -> Any:
+        frame = envelope.decode(await client.text())
+        assert isinstance(frame, envelope.Event)
+        self.assertEqual(frame.event, envelope.SUBSCRIBED_EVENT)
+        return frame.data
+
+    async def test_aUsersEventConnectionsSubscribeOnEveryNode(self):
+        """Named by user or by group: john (by name) and mary (in staff) subscribe, of
+        the group audience only staff's channel; john's raw client is left alone."""
+        c = await self.clients()
+        receivers = await threads.deferToThread(
+            api.subscribe, "notes", users=["john"], audiences=["user", "group"],
+            groups=["staff"], reason="new thread")
+        self.assertEqual(receivers, 2)
+        for name, user in (("john-bare@a", "john"), ("john-events@b", "john"),
+                           ("mary@b", "mary")):
+            self.assertEqual(await self.told(c[name]), {
+                "facility": "notes", "audiences": ["group", "user"], "reason": "new thread",
+                "channels": [f"ws4tx:user:{user}:notes", "ws4tx:group:staff:notes"]})
+        self.publish("ws4tx:group:dev:notes", "to dev")
+        self.publish("ws4tx:group:staff:notes", "to staff")
+        self.publish("ws4tx:user:john:notes", "to john")
+        for name in ("john-bare@a", "john-events@b"):
+            self.assertEqual([await c[name].text() for _ in range(2)],
+                             ["to staff", "to john"])
+        self.assertEqual(await c["mary@b"].text(), "to staff")
+        self.publish("ws4tx:broadcast:foobar", "sentinel")
+        for name in ("john-raw@b", "mary@b", "john-events@b"):
+            self.assertEqual(await c[name].text(), "sentinel", name)
+        self.assertEqual([n.factory.node.counters()["subscribed_by_site"]
+                          for n in self.nodes], [1, 2])
+
+    async def test_handlersSubscribeByGroupOnceAndTheClientMayLeave(self):
+        c = await self.clients()
+        server = self.nodes[0].service.server
+        self.assertEqual(await server.subscribe("notes", groups=["staff"],
+                                                audiences=["group"]), 2)
+        for name in ("john-bare@a", "john-events@b", "mary@b"):
+            self.assertEqual((await self.told(c[name]))["channels"],
+                             ["ws4tx:group:staff:notes"], name)
+        self.assertEqual(await server.subscribe("notes", groups=["staff"],
+                                                audiences=["group"]), 2)
+        self.assertEqual(self.publish("ws4tx:group:staff:notes", "once"), 2)
+        for name in ("john-bare@a", "john-events@b", "mary@b"):
+            self.assertEqual(await c[name].text(), "once", name)
+        self.assertEqual(sum(n.factory.node.counters()["subscribed_by_site"]
+                             for n in self.nodes), 3)
+        c["mary@b"].send('{"ws4tx":"unsubscribe","id":1,"facility":"notes",'
+                         '"audiences":{"groups":["staff"]}}')
+        self.assertEqual(await c["mary@b"].text(), envelope.encode_unsubscribed(
+            1, "notes", ["ws4tx:group:staff:notes"]))
+        self.publish("ws4tx:group:staff:notes", "twice")
+        self.publish("ws4tx:broadcast:foobar", "sentinel")
+        self.assertEqual(await c["mary@b"].text(), "sentinel")
+        self.assertEqual(await c["john-events@b"].text(), "twice")
+
+    async def test_badArgumentsRaiseBeforeAnythingIsSent(self):
+        for args, kwargs in ((("notes",), {}), (("no spaces",), {"users": ["john"]}),
+                             (("notes",), {"users": ["john"], "audiences": ["room"]})):
+            self.assertRaises(ValueError, api.subscribe, *args, **kwargs)
+            self.assertRaises(ValueError, self.service.server.subscribe, *args, **kwargs)
 
 
 class IdentityChangesTests(DjangoServerTestCase):

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 import zlib
+from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from twisted.internet import defer, endpoints, reactor
@@ -554,6 +555,121 @@ def gated_process_request(request):
     _count[0] += 1
     if _count[0] == _count[1]:
         reactor.callFromThread(_authorized[0].callback, None)
+
+
+class GrantTests(DjangoServerTestCase):
+    """Subscribe frames carrying a signed grant (ws4tx.grants) on cookie connections of
+    the default authenticator: admitted without a thread or a query; refused, with the
+    reason and nothing else changed, when the grant is not this connection's, not for
+    what is asked, tampered with or expired."""
+
+    async def connect(self, name: str) -> tuple[Any, HttpRequest]:
+        """An event client of ``name`` on /ws/ and the request of its page (the same
+        session), once its handshake's authentication is over."""
+        _, key = self.login(name)
+        client = await self.client("/ws/", self.cookie(key), protocols=("ws4tx.v1",))
+        return client, request_with_session(key)
+
+    def countThreads(self) -> list[Any]:
+        """The authentication work started in threads from now on."""
+        started: list[Any] = []
+        real = _django.run_in_thread
+
+        def counted(f, *args, **kwargs):
+            started.append(f)
+            return real(f, *args, **kwargs)
+
+        self.patch(_django, "run_in_thread", counted)
+        return started
+
+    async def answer(self, client: Any, frame: dict) -> dict:
+        client.send(json.dumps({"ws4tx": "subscribe", **frame}, separators=(",", ":")))
+        return json.loads(await client.text())
+
+    async def test_aValidGrantSubscribesWithoutTheDatabase(self):
+        """A grant of the page's request subscribes user, group and session channels with
+        no thread started and no query in the server; the same subscribe without a grant
+        goes through the authenticator's thread."""
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        from ws4tx import api
+
+        client, request = await self.connect("john")
+        grant = api.grant(request, "foobar", ["user", "group", "session"])
+        threads = self.countThreads()
+        with CaptureQueriesContext(connection) as queries:
+            answer = await self.answer(client, {"id": 1, "facility": "foobar", "audiences": {
+                "user": True, "groups": True, "session": True}, "grant": grant})
+        self.assertEqual((threads, len(queries)), ([], 0))
+        self.assertEqual(answer["ws4tx"], "subscribed", answer)
+        session = request_channel(request, "foobar")
+        self.assertEqual(answer["channels"], ["ws4tx:user:john:foobar",
+                                              "ws4tx:group:chatusers:foobar", session])
+        self.assertEqual(self.factory.node.stats["subscribes_granted"], 1)
+        self.assertEqual(self.publish(session, "to the session"), 1)
+        self.assertEqual(await client.text(), "to the session")
+        answer = await self.answer(client, {"id": 2, "facility": "other", "audiences": {
+            "user": True}})
+        self.assertEqual((answer["ws4tx"], len(threads)), ("subscribed", 1))
+
+    async def test_aGrantGivesNothingBeyondItsIdentityAndChannels(self):
+        """Mary's grant on John's connection, John's grant of another session, a grant of
+        another facility, audience or group, a tampered, forged or expired grant: each is
+        refused with why, without any thread; John's subscription keeps delivering."""
+        from django.core import signing
+
+        from ws4tx import grants
+
+        client, request = await self.connect("john")
+        _, mary_key = self.login("mary")
+        _, other_key = self.login("john")
+        mine = grants.grant_for_request(request, "foobar", ["broadcast", "group"])
+        self.assertEqual((await self.answer(client, {
+            "id": 1, "facility": "foobar", "audiences": {"broadcast": True},
+            "grant": mine}))["ws4tx"], "subscribed")
+        threads = self.countThreads()
+        rest = mine.split(":", 1)[1]
+        widened = signing.dumps({**signing.loads(mine, salt=grants.SALT),
+                                 "a": ["broadcast", "group", "user"]},
+                                salt=grants.SALT, compress=True)
+        cases = [
+            ({"user": True}, grants.grant_for_request(
+                request_with_session(mary_key), "foobar", ["user"]),
+             "invalid grant: it is for another user"),
+            ({"user": True}, grants.grant_for_request(
+                request_with_session(other_key), "foobar", ["user"]),
+             "invalid grant: it is for another session"),
+            ({"user": True}, grants.grant_for_request(request, "other", ["user"]),
+             "invalid grant: it is for the facility 'other'"),
+            ({"user": True}, mine, "invalid grant: it does not allow the user audience"),
+            ({"groups": ["admins"]}, mine,
+             "invalid grant: it does not allow the group 'admins'"),
+            ({"groups": True}, widened.split(":", 1)[0] + ":" + rest,
+             "invalid grant: bad signature (tampered with or malformed)"),
+            ({"groups": True}, tokens.make_token("john", ["chatusers"]),
+             "invalid grant: bad signature (tampered with or malformed)"),
+            ({"groups": True}, grants.make_grant(
+                "foobar", ["group"], user="john", groups=["chatusers"],
+                now=time.time() - 400), "invalid grant: expired"),
+        ]
+        for number, (audiences, grant, reason) in enumerate(cases, 2):
+            self.assertEqual(await self.answer(client, {
+                "id": number, "facility": "foobar", "audiences": audiences,
+                "grant": grant}), {"ws4tx": "refused", "id": number, "reason": reason})
+        self.assertEqual(threads, [])
+        self.assertEqual(sorted(non_probe(self.redis.pubsub_channels())),
+                         ["ws4tx:broadcast:foobar"])
+        self.assertEqual(self.publish("ws4tx:broadcast:foobar", "still"), 1)
+        self.assertEqual(await client.text(), "still")
+
+
+def request_channel(request: HttpRequest, facility: str) -> str:
+    """The session channel of ``request``'s session in ``facility``."""
+    from ws4tx import _audience
+
+    return naming.channel("ws4tx", naming.SESSION, facility,
+                          _audience.session_channel(request))
 
 
 class _Observed(_django.SessionAuthenticator):

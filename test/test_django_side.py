@@ -288,6 +288,131 @@ class TokenTests(DjangoTestCase):
         self.assertIn("context_processors.request", str(caught.exception))
 
 
+class GrantTests(DjangoTestCase):
+    """Signed subscribe grants on the Django side: what they say, whom they name, what
+    the site's ALLOWED_CHANNELS leaves, expiry by a clock, tampering."""
+
+    def test_aRequestsGrantNamesItsUserSessionAndGroups(self):
+        """grant_for_request: the request's user, its session's channel id (never the
+        key), the facility, the audiences and the user's groups; read back without the
+        database."""
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        from ws4tx import api, grants
+
+        request = make_request(make_user("john", ["chatusers", "staff"]))
+        grant = api.grant(request, "notes", ["broadcast", "user", "group", "session"],
+                          max_age=60)
+        self.assertNotIn(request.session.session_key, grant)
+        with CaptureQueriesContext(connection) as queries:
+            claim = grants.read_grant(grant)
+        self.assertEqual(len(queries), 0)
+        self.assertEqual(claim.user, "john")
+        self.assertEqual(claim.session, session_id(request.session.session_key))
+        self.assertEqual((claim.facility, claim.audiences, claim.groups), (
+            "notes", frozenset({"broadcast", "user", "group", "session"}),
+            frozenset({"chatusers", "staff"})))
+        self.assertLessEqual(abs(claim.expires - (time.time() + 60)), 2)
+        narrowed = grants.read_grant(api.grant(request, "notes", ["group"],
+                                               groups=["staff"]))
+        self.assertEqual(narrowed.groups, frozenset({"staff"}))
+        with self.assertRaises(ValueError):
+            api.grant(request, "notes", ["group"], groups=["admins"])
+
+    def test_anAnonymousRequestIsGrantedWhatItHasNamesIn(self):
+        """An anonymous request gets broadcast (and its session), never user or group;
+        nothing left to grant is a ValueError."""
+        from ws4tx import grants
+
+        claim = grants.read_grant(grants.grant_for_request(
+            make_request(), "notes", ["broadcast", "user", "group"]))
+        self.assertEqual((claim.user, claim.audiences), (None, frozenset({"broadcast"})))
+        with self.assertRaises(ValueError):
+            grants.grant_for_request(make_request(session=False), "notes", ["user"])
+
+    def test_allowedChannelsRunsWhenAGrantIsMade(self):
+        """ALLOWED_CHANNELS sees the WebSocket URL of the facility: an audience it drops is
+        not granted, its PermissionDenied is raised."""
+        from django.core.exceptions import PermissionDenied
+
+        from ws4tx import grants
+
+        self.settings(WS4TX_ALLOWED_CHANNELS=f"{__name__}.broadcast_only_but_secret")
+        request = make_request(make_user("john", ["chatusers"]))
+        claim = grants.read_grant(grants.grant_for_request(
+            request, "news", ["broadcast", "user"]))
+        self.assertEqual(claim.audiences, frozenset({"broadcast"}))
+        with self.assertRaises(PermissionDenied):
+            grants.grant_for_request(request, "secret", ["broadcast"])
+        self.assertEqual(request.path, "/")
+
+    def test_expiryIsByTheClockItIsReadWith(self):
+        """A grant is valid until max_age seconds after it was made, by the clock it is
+        read with, and not a second after."""
+        from ws4tx import grants
+
+        grant = grants.make_grant("notes", ["user"], user="john", max_age=30, now=1000.0)
+        self.assertEqual(grants.read_grant(grant, now=1029.0).user, "john")
+        with self.assertRaises(grants.InvalidGrant) as caught:
+            grants.read_grant(grant, now=1030.0)
+        self.assertTrue(caught.exception.expired)
+        self.assertEqual(caught.exception.reason, "expired")
+        self.settings(WS4TX_TOKEN_MAX_AGE=5)
+        short = grants.make_grant("notes", ["broadcast"], now=1000.0)
+        self.assertEqual(grants.read_grant(short, now=1004.0).audiences,
+                         frozenset({"broadcast"}))
+
+    def test_forgedTamperedOrOtherSignaturesAreRefused(self):
+        """A grant with a changed payload, one signed with another key, a connection
+        token or a resume token: each is a bad signature; garbage is malformed."""
+        from django.core import signing
+
+        from ws4tx import _resume, grants, tokens
+
+        grant = grants.make_grant("notes", ["user"], user="john")
+        rest = grant.split(":", 1)[1]
+        forged_payload = signing.dumps({"u": "mary", "f": "notes", "a": ["user"],
+                                        "x": int(time.time()) + 60},
+                                       salt=grants.SALT, compress=True).split(":", 1)[0]
+        other_key = signing.dumps({"u": "john", "f": "notes", "a": ["user"],
+                                   "x": int(time.time()) + 60}, key="not the site's",
+                                  salt=grants.SALT)
+        resume, _ = _resume.sign(_resume.Claim(naming.Identity("john"), "notes",
+                                               naming.Flags(), 0, None))
+        for bad in (forged_payload + ":" + rest, other_key, tokens.make_token("john"),
+                    resume, grant[:-2] + ("AA" if grant[-2:] != "AA" else "BB")):
+            with self.assertRaises(grants.InvalidGrant) as caught:
+                grants.read_grant(bad)
+            self.assertIn("bad signature", caught.exception.reason)
+        for garbage in ("", "x" * (grants.MAX_GRANT_LENGTH + 1)):
+            with self.assertRaises(grants.InvalidGrant) as caught:
+                grants.read_grant(garbage)
+            self.assertIn("malformed", caught.exception.reason)
+
+    def test_templateTagPrintsTheRequestsGrant(self):
+        """{% ws4tx_grant "notes" "user" groups="staff" %} prints a grant of the request's."""
+        from django.template import engines
+
+        from ws4tx import grants
+
+        template = engines["django"].from_string(
+            '{% load ws4tx %}{% ws4tx_grant "notes" "user" "group" groups="staff" %}')
+        request = make_request(make_user("john", ["chatusers", "staff"]))
+        claim = grants.read_grant(template.render(request=request))
+        self.assertEqual((claim.user, claim.audiences, claim.groups), (
+            "john", frozenset({"user", "group"}), frozenset({"staff"})))
+
+
+def broadcast_only_but_secret(request, channels):
+    """An ALLOWED_CHANNELS hook: broadcast only; nothing at all on the facility secret."""
+    from django.core.exceptions import PermissionDenied
+
+    if request.path.endswith("/secret"):
+        raise PermissionDenied("no secrets here")
+    return [c for c in channels if c.endswith("-broadcast")]
+
+
 class AppTests(DjangoTestCase):
     """The ws4tx Django application."""
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx import envelope, history, naming
+from ws4tx.server.auth import HandshakeRequest
 
-from test._server import ServerTestCase, identity_header
+from test._server import ServerTestCase, identity_from_header, identity_header
+from test._wsclient import TIMEOUT
 
 EVENTS = (envelope.SUBPROTOCOL,)
 JOHN = identity_header("john", ("staff",), "s-john")
@@ -62,12 +65,18 @@ class FrameTests(SynchronousTestCase):
             subscribe(1, "chat", [], user=True): "'recover' must be an object",
             subscribe(None, "chat", user=True): "needs an id",
             subscribe(1, "chat", user=True)[:-1] + ',"x":1e999}': "out of range",
+            subscribe(1, "chat", user=True)[:-1] + ',"grant":5}': "'grant' must be a string",
+            subscribe(1, "chat", user=True)[:-1] + ',"grant":"%s"}' % ("g" * 2049):
+                "'grant' must be a string of at most 2048",
         }
         for text, why in cases.items():
             with self.assertRaises(envelope.InvalidEnvelope) as caught:
                 envelope.decode(text)
             self.assertIn(why, str(caught.exception), text)
             self.assertEqual(caught.exception.kind, "subscribe")
+        with self.assertRaises(envelope.InvalidEnvelope) as caught:
+            envelope.decode(unsubscribe(1, "chat", user=True)[:-1] + ',"grant":"g"}')
+        self.assertIn("unknown field 'grant'", str(caught.exception))
 
     def test_answersAreTheServersVoice(self) -> None:
         """A subscribed, unsubscribed or refused answer met on a channel is forged."""
@@ -238,6 +247,39 @@ class SubscribeTests(ServerTestCase):
         self.assertEqual(self.publish(NOTES_BROADCAST, "unchanged"), 1)
         self.assertEqual(await client.text(), "unchanged")
 
+    async def test_theSitesSubscribeKeepsTheCap(self) -> None:
+        """A subscribe by the site (on the control channel) is not authorized but still
+        bounded by max_subscriptions: past it nothing is added and the client is told
+        nothing; within it the client is told which channels it got."""
+        from ws4tx import control
+
+        node = self.factory.node
+        client = await self.client("/ws/", JOHN, protocols=EVENTS)
+        await self.subscribed(client, subscribe(1, "notes", broadcast=True, user=True,
+                                                session=True))
+        control_channel = naming.control_channel("ws4tx")
+        self.publish(control_channel, control.encode(control.subscribe("news",
+                                                                       users=["john"])))
+        self.publish(control_channel, control.encode(control.subscribe(
+            "news", groups=["staff"], audiences=["group"], reason="staff news")))
+        told = await self.frame(client)
+        self.assertEqual((told["event"], told["data"]), (envelope.SUBSCRIBED_EVENT, {
+            "facility": "news", "audiences": ["group"], "reason": "staff news",
+            "channels": ["ws4tx:group:staff:news"]}))
+        self.assertEqual(node.counters()["subscribed_by_site"], 1)
+        self.assertNotIn("ws4tx:broadcast:news", node.router.hub.channels())
+        self.assertEqual(self.publish("ws4tx:group:staff:news", "staff"), 1)
+        self.assertEqual(await client.text(), "staff")
+
+    async def test_aGrantNeedsAServerThatReadsThem(self) -> None:
+        """A server whose authenticator reads no grants (not the Django one) refuses a
+        subscribe with a grant, and says so."""
+        client = await self.client("/ws/", JOHN, protocols=EVENTS)
+        client.send(subscribe(1, "notes", broadcast=True)[:-1] + ',"grant":"g"}')
+        self.assertEqual(await self.frame(client), {
+            "ws4tx": "refused", "id": 1,
+            "reason": "invalid grant: this server does not read grants"})
+
     async def test_closingLeavesEverySubscription(self) -> None:
         """A connection that goes away takes its subscriptions with it: no member, no
         channel left on the node."""
@@ -285,3 +327,85 @@ class RateTests(ServerTestCase):
         self.assertEqual(json.loads(await client.text()), {
             "ws4tx": "refused", "id": 2, "reason": "rate limit exceeded: subscribe dropped"})
         self.assertEqual(list(self.factory.node.router.hub.channels()), [NOTES_BROADCAST])
+
+
+class HeldAuthenticator:
+    """The test identity; a subscribe's authorization runs through an
+    :class:`~ws4tx.server._authgate.AuthGate` (one at once) as the Django authenticator's
+    does, in a "thread" the test finishes (:meth:`finish`)."""
+
+    def __init__(self) -> None:
+        from ws4tx.server._authgate import AuthGate
+
+        self.gate = AuthGate(concurrency=1, queue=5)
+        #: The work started for subscribes (as threads would be), in order.
+        self.started: list[defer.Deferred[Any]] = []
+
+    def authenticate(self, request: HandshakeRequest) -> Any:
+        identity = identity_from_header(request)
+        if not request.facility:  # the connection itself, on /ws/
+            return identity
+
+        def start() -> defer.Deferred[Any]:
+            work: defer.Deferred[Any] = defer.Deferred()
+            work.addCallback(lambda _: identity)
+            self.started.append(work)
+            return work
+
+        return self.gate.run(start)
+
+    def finish(self, index: int) -> None:
+        self.started[index].callback(None)
+
+
+class AuthorizationTests(ServerTestCase):
+    """What a subscribe costs before and after its authorization."""
+
+    async def _setUp(self) -> None:
+        self.redis_server = self.startRedis()
+        self.authenticator = HeldAuthenticator()
+        await self.startServer(authenticator=self.authenticator,
+                               config={"presence": ("*",), "max_subscriptions": 4})
+
+    async def test_aClientAtItsCapCostsNoAuthorization(self) -> None:
+        """A subscribe that would go past the cap, counting the channels of one still
+        being authorized, is refused at once: no authorization work starts for it."""
+        client = await self.client("/ws/", JOHN, protocols=EVENTS)
+        client.send(subscribe(1, "notes", broadcast=True, user=True, session=True))
+        client.send(subscribe(2, "news", broadcast=True, user=True))
+        self.assertEqual(json.loads(await client.text()), {
+            "ws4tx": "refused", "id": 2,
+            "reason": "too many subscriptions: at most 4 channels per connection"})
+        self.assertEqual(len(self.authenticator.started), 1)
+        self.authenticator.finish(0)
+        self.assertEqual(json.loads(await client.text())["ws4tx"], "subscribed")
+        client.send(subscribe(3, "news", broadcast=True, user=True))
+        self.assertEqual(json.loads(await client.text())["reason"],
+                         "too many subscriptions: at most 4 channels per connection")
+        client.send(subscribe(4, "notes", user=True))
+        self.assertEqual(json.loads(await client.text()), {
+            "ws4tx": "refused", "id": 4, "reason": f"already subscribed: {NOTES_JOHN}"})
+        self.assertEqual(len(self.authenticator.started), 1)
+
+    async def test_anAuthorizationFinishingAfterCloseJoinsNothing(self) -> None:
+        """A connection that closes while its subscribes are authorized: the one waiting
+        for the gate leaves its queue (its work never starts), the running one's answer
+        is ignored; no member, no presence entry, nothing answered or counted."""
+        client = await self.client("/ws/", JOHN, protocols=EVENTS)
+        client.send(subscribe(1, "chat", broadcast=True))
+        client.send(subscribe(2, "notes", user=True))
+        gate, node = self.authenticator.gate, self.factory.node
+        while gate.waiting < 1:  # the second frame reached the gate
+            await task.deferLater(reactor, 0, lambda: None)
+        self.assertEqual((gate.running, len(self.authenticator.started)), (1, 1))
+        await client.close()
+        await self.factory.test_left.get().addTimeout(TIMEOUT, reactor)
+        self.assertEqual(gate.waiting, 0)
+        self.authenticator.finish(0)
+        self.assertEqual(len(self.authenticator.started), 1)
+        self.assertEqual(gate.running, 0)
+        self.assertEqual((node.router.memberCount(), node.clientCount()), (0, 0))
+        self.assertEqual(node.presence.entries("chat"), [])
+        self.assertEqual(list(node.router.hub.channels()), [])
+        self.assertEqual((node.stats["subscribes"], node.stats["subscribes_refused"]),
+                         (0, 0))

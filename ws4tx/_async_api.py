@@ -191,3 +191,22 @@ async def aunsubscribe(
     if on_commit:  # in the transaction's thread
         return await sync_to_async(_commit.command)(command, True)
     return await _command(command)
+
+
+async def asubscribe(
+    facility: str,
+    *,
+    users: Any = (),
+    groups: Any = (),
+    sessions: Any = (),
+    audiences: Any = naming.AUDIENCES,
+    reason: str = "",
+    request: Any = None,
+    on_commit: bool = False,
+) -> Optional[int]:
+    """``await``-able :func:`ws4tx.api.subscribe`."""
+    command = await _prepared(request, _prepare.subscribe, facility, users, sessions,
+                              groups, audiences, reason, request)
+    if on_commit:  # in the transaction's thread
+        return await sync_to_async(_commit.command)(command, True)
+    return await _command(command)

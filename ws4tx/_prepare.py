@@ -79,6 +79,15 @@ def unsubscribe(users: Any, sessions: Any, facility: Optional[str], audiences: A
         reason=reason)
 
 
+def subscribe(facility: str, users: Any, sessions: Any, groups: Any, audiences: Any,
+              reason: str, request: Any) -> control.Command:
+    """``ws4tx.api.subscribe``'s command."""
+    return control.subscribe(
+        facility, users=_audience.users(users, request),
+        sessions=_audience.sessions(sessions, request),
+        groups=_audience.groups(groups, request), audiences=audiences, reason=reason)
+
+
 def presence(facility: str, what: str, broadcast: bool, users: Any, groups: Any,
              sessions: Any, request: Any) -> tuple[list[Any], list[Any]]:
     """The keys and arguments of a presence read (``what``: "list" or "stats")."""

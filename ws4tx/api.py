@@ -66,16 +66,19 @@ __all__ = [
     "apresence",
     "apresence_stats",
     "apublish",
+    "asubscribe",
     "aunsubscribe",
     "channels",
     "disconnect",
     "emit",
+    "grant",
     "history",
     "info",
     "position",
     "presence",
     "presence_stats",
     "publish",
+    "subscribe",
     "unsubscribe",
 ]
 
@@ -196,6 +199,58 @@ def unsubscribe(
     command = _prepare.unsubscribe(users, sessions, facility, audiences, groups, reason,
                                    request)
     return _commit.command(command, on_commit)
+
+
+def subscribe(
+    facility: str,
+    *,
+    users: Any = (),
+    groups: Any = (),
+    sessions: Any = (),
+    audiences: Any = naming.AUDIENCES,
+    reason: str = "",
+    request: Any = None,
+    on_commit: bool = False,
+) -> Optional[int]:
+    """Make, on every ws4tx node, every open event connection (``ws4tx.v1``) of ``users``
+    (names or User objects), of members of ``groups`` (names or Group objects) or of
+    ``sessions`` (session keys) subscribe ``facility``'s channels of ``audiences`` (some
+    of ``"broadcast"``, ``"user"``, ``"group"``, ``"session"``; all by default): the
+    connection's own names, and of the group audience only the channels of ``groups``
+    when given. ``SELF`` is the ``request``'s own. The counterpart of :func:`unsubscribe`.
+
+    The site decides: no authentication hook runs, the facility's name is checked and
+    each connection's ``MAX_SUBSCRIPTIONS`` still bounds it. A connection gets the
+    channels it does not have as one subscription (as a ``subscribe`` frame would add,
+    with presence and history's positions), then a ``ws4tx.subscribed`` event with
+    ``{"facility", "audiences", "channels", "reason"}``; raw (ws4redis) connections are
+    left alone. Only the connections open now: a client that reconnects is admitted anew
+    (it subscribes again by itself). Returns and raises as :func:`disconnect`::
+
+        api.subscribe("notes", users=["john"], audiences=["user"], reason="new thread")
+    """
+    command = _prepare.subscribe(facility, users, sessions, groups, audiences, reason,
+                                 request)
+    return _commit.command(command, on_commit)
+
+
+def grant(request: Any, facility: str, audiences: Any, *, groups: Any = None,
+          max_age: Optional[float] = None) -> str:
+    """A signed, short-lived grant of ``facility``'s ``audiences`` (some of
+    ``"broadcast"``, ``"user"``, ``"group"``, ``"session"``) for the ``request``'s
+    identity, of its groups (or of ``groups`` only, names or Group objects), valid
+    ``max_age`` seconds (default ``TOKEN_MAX_AGE``). The client puts it in a
+    ``subscribe`` frame (``grant``), which the server then admits without asking the
+    database. ``ALLOWED_CHANNELS`` runs now: an audience it drops is not granted, its
+    ``PermissionDenied`` is raised. See :mod:`ws4tx.grants`::
+
+        api.grant(request, "notes", ["broadcast", "user"])
+    """
+    from ws4tx import grants
+
+    chosen = None if groups is None else [getattr(g, "name", g) for g in groups]
+    return grants.grant_for_request(request, facility, audiences, groups=chosen,
+                                    max_age=max_age)
 
 
 def _send_control(connection: Any, cluster: bool, prefix: Optional[str],
@@ -401,5 +456,6 @@ from ws4tx._async_api import (  # noqa: E402
     apresence,
     apresence_stats,
     apublish,
+    asubscribe,
     aunsubscribe,
 )

@@ -20,6 +20,14 @@ of their channels without closing: those of ``audiences`` (``broadcast``, ``user
     {"v": 1, "op": "unsubscribe", "users": ["john"], "sessions": [], "facility": "chat",
      "audiences": ["group"], "groups": ["staff"], "reason": "left the group"}
 
+``subscribe`` (:func:`ws4tx.api.subscribe`) makes the matching event connections (a user
+among ``users``, a session among ``sessions``, or one of the identity's groups among
+``groups``) subscribe ``facility``'s channels of ``audiences``: their own names, the group
+channels only of ``groups`` when it names some::
+
+    {"v": 1, "op": "subscribe", "users": ["john"], "sessions": [], "groups": [],
+     "facility": "notes", "audiences": ["user"], "reason": "you follow this"}
+
 ``channels`` and ``info`` are queries: every node answers on the ``reply`` channel the
 asker listens to (:func:`ws4tx.naming.reply_channel`; a node answers on no other)::
 
@@ -54,6 +62,7 @@ VERSION = 1
 #: The operations of this version.
 DISCONNECT = "disconnect"
 UNSUBSCRIBE = "unsubscribe"
+SUBSCRIBE = "subscribe"
 CHANNELS = "channels"
 INFO = "info"
 #: The operations that are queries (answered on a reply channel).
@@ -134,6 +143,39 @@ class Unsubscribe:
 
 
 @dataclass(frozen=True)
+class Subscribe:
+    """Make every matching event connection subscribe ``facility``'s channels of
+    ``audiences`` (its own names; of the group audience only those of ``groups`` when it
+    names some), without closing it."""
+
+    facility: str
+    users: frozenset[str] = frozenset()
+    sessions: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+    audiences: frozenset[str] = frozenset(AUDIENCES)
+    reason: str = ""
+
+    def matches(self, identity: Identity) -> bool:
+        """Whether a connection of ``identity`` is to subscribe."""
+        return _matches(self.users, self.sessions, None, identity, "") or bool(
+            identity.user is not None and identity.groups & self.groups)
+
+    def channels(self, prefix: Optional[str], identity: Identity) -> list[str]:
+        """The channels a connection of ``identity`` is to subscribe (its own names
+        only)."""
+        if self.groups:
+            identity = Identity(identity.user, identity.groups & self.groups,
+                                identity.session)
+        return naming.audience_channels(prefix, self.facility, self.audiences, identity)
+
+    def event(self, channels: Iterable[str]) -> dict[str, Any]:
+        """The data of the ``ws4tx.subscribed`` event a connection that subscribed
+        ``channels`` gets."""
+        return {"facility": self.facility, "audiences": sorted(self.audiences),
+                "channels": list(channels), "reason": self.reason}
+
+
+@dataclass(frozen=True)
 class Query:
     """Ask every node (``op``: :data:`CHANNELS` or :data:`INFO`) to answer on ``reply``."""
 
@@ -143,7 +185,7 @@ class Query:
 
 
 #: What a node executes.
-Command = Union[Disconnect, Unsubscribe, Query]
+Command = Union[Disconnect, Unsubscribe, Subscribe, Query]
 
 
 def _matches(users: frozenset[str], sessions: frozenset[str], only: Optional[str],
@@ -208,6 +250,27 @@ def unsubscribe(
         _names(list(users), "users"), _names(list(sessions), "sessions"), facility,
         _audiences([audiences] if isinstance(audiences, str) else list(audiences)),
         None if groups is None else _names(list(groups), "groups"),
+        reason)
+    _check(command)
+    return command
+
+
+def subscribe(
+    facility: str,
+    *,
+    users: Iterable[str] = (),
+    sessions: Iterable[str] = (),
+    groups: Iterable[str] = (),
+    audiences: Iterable[str] = AUDIENCES,
+    reason: str = "",
+) -> Subscribe:
+    """A checked :class:`Subscribe` (``InvalidCommand``, a ValueError, for a bad facility
+    or arguments, an unknown audience, or when none of ``users``, ``sessions`` and
+    ``groups`` names anybody)."""
+    command = Subscribe(
+        facility, _names(list(users), "users"), _names(list(sessions), "sessions"),
+        _names([groups] if isinstance(groups, str) else list(groups), "groups"),
+        _audiences([audiences] if isinstance(audiences, str) else list(audiences)),
         reason)
     _check(command)
     return command
@@ -281,9 +344,16 @@ def _check(command: Command) -> None:
     if isinstance(command, Query):
         _check_query(command)
         return
-    if not (command.users or command.sessions):
+    if isinstance(command, Subscribe):
+        if not (command.users or command.sessions or command.groups):
+            raise InvalidCommand("subscribe whom? give users, sessions or groups")
+        try:
+            naming.check_facility(command.facility)
+        except (naming.InvalidFacility, TypeError) as e:
+            raise InvalidCommand(f"subscribe: {e}") from None
+    elif not (command.users or command.sessions):
         raise InvalidCommand(f"{_op(command)} whom? give users or sessions")
-    if command.facility is not None and (not isinstance(command.facility, str)
+    elif command.facility is not None and (not isinstance(command.facility, str)
                                          or not command.facility):
         raise InvalidCommand("facility must be a non-empty string or null")
     if isinstance(command, Disconnect):
@@ -297,6 +367,8 @@ def _check(command: Command) -> None:
 def _op(command: Command) -> str:
     if isinstance(command, Query):
         return command.op
+    if isinstance(command, Subscribe):
+        return SUBSCRIBE
     return DISCONNECT if isinstance(command, Disconnect) else UNSUBSCRIBE
 
 
@@ -306,6 +378,13 @@ def encode(command: Command) -> bytes:
         return json.dumps({"v": VERSION, "op": command.op, "reply": command.reply,
                            "pattern": command.pattern}, separators=(",", ":"),
                           ensure_ascii=False).encode("utf-8")
+    if isinstance(command, Subscribe):
+        return json.dumps({
+            "v": VERSION, "op": SUBSCRIBE, "users": sorted(command.users),
+            "sessions": sorted(command.sessions), "groups": sorted(command.groups),
+            "facility": command.facility, "audiences": sorted(command.audiences),
+            "reason": command.reason}, separators=(",", ":"),
+            ensure_ascii=False).encode("utf-8")
     data: dict[str, Any] = {
         "v": VERSION, "op": _op(command), "users": sorted(command.users),
         "sessions": sorted(command.sessions), "facility": command.facility}
@@ -341,6 +420,14 @@ def decode(payload: bytes) -> Command:
             None if groups is None else _names(groups, "groups"), data.get("reason", ""))
         _check(unsubscribe)
         return unsubscribe
+    if op == SUBSCRIBE:
+        subscribe = Subscribe(
+            data.get("facility", ""), _names(data.get("users", []), "users"),
+            _names(data.get("sessions", []), "sessions"),
+            _names(data.get("groups", []), "groups"),
+            _audiences(data.get("audiences", list(AUDIENCES))), data.get("reason", ""))
+        _check(subscribe)
+        return subscribe
     if op != DISCONNECT:
         raise InvalidCommand(f"unknown operation {op!r}")
     command = Disconnect(_names(data.get("users", []), "users"),

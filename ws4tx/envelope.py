@@ -8,7 +8,8 @@ frame is a raw ws4redis payload and is delivered unchanged. Kinds:
 - ``{"ws4tx":"ack","id":N,"data":DATA}`` or ``{"ws4tx":"ack","id":N,"error":MESSAGE}``;
 - ``{"ws4tx":"pub","channel":C,"offset":N,"epoch":E,"data":TEXT}`` (``"data64"``: base64,
   for a binary payload): from the server only, a message of a channel with history;
-- ``{"ws4tx":"subscribe","id":N,"facility":F,"audiences":{...},"recover":{C:"E:O"}}`` and
+- ``{"ws4tx":"subscribe","id":N,"facility":F,"audiences":{...},"recover":{C:"E:O"},
+  "grant":G}`` (``grant`` optional: a signed grant of the site, :mod:`ws4tx.grants`) and
   ``{"ws4tx":"unsubscribe","id":N,"facility":F,"audiences":{...}}`` from a client, answered
   by the server with ``{"ws4tx":"subscribed","id":N,"facility":F,"channels":[...]}``,
   ``{"ws4tx":"unsubscribed","id":N,"facility":F,"channels":[...]}`` or
@@ -54,6 +55,9 @@ SUBSCRIBE_AUDIENCES = ("broadcast", "user", "groups", "session")
 #: Most group names one subscribe may list.
 MAX_SUBSCRIBE_GROUPS = 256
 
+#: Longest ``grant`` a subscribe may carry (as :data:`ws4tx.grants.MAX_GRANT_LENGTH`).
+MAX_GRANT_LENGTH = 2048
+
 #: Sent to one client when its event could not be handled (``data``: ``{"message": ...}``).
 ERROR_EVENT = "ws4tx.error"
 #: Sent to every client when the server lost Redis: messages may be missed until
@@ -73,6 +77,8 @@ PRESENCE_EVENT = "ws4tx.presence"
 #: (``ws4tx.api.unsubscribe``): ``{"audiences": [...], "groups": [...], "reason": ...}``
 #: (``groups`` only when the command named some); the connection stays open.
 UNSUBSCRIBED_EVENT = "ws4tx.unsubscribed"
+#: Sent to an event client the site made subscribe channels (``ws4tx.api.subscribe``).
+SUBSCRIBED_EVENT = "ws4tx.subscribed"
 
 #: Sent to an event client whose connection's token expires soon (``data``: ``{"expires":
 #: <Unix seconds>}``); the client answers with the same event, ``{"token": <a fresh
@@ -172,6 +178,8 @@ class Subscribe:
     facility: str
     audiences: Audiences
     recover: tuple[tuple[str, str], ...] = ()
+    #: A signed grant of the site for these channels (None: the server authorizes them).
+    grant: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -352,9 +360,10 @@ def _subscription(obj: dict[str, Any], kind: str,
     facility = obj.get("facility")
     if not isinstance(facility, str) or not facility:
         raise invalid("'facility' must be a non-empty string")
-    unknown = set(obj) - {"ws4tx", "id", "facility", "audiences", "recover"}
-    if unknown or (kind == UNSUBSCRIBE and "recover" in obj):
-        raise invalid(f"unknown field {min(unknown or {'recover'})!r}")
+    unknown = set(obj) - {"ws4tx", "id", "facility", "audiences", "recover", "grant"}
+    only_subscribe = sorted({"recover", "grant"} & set(obj))
+    if unknown or (kind == UNSUBSCRIBE and only_subscribe):
+        raise invalid(f"unknown field {min(unknown or only_subscribe)!r}")
     audiences = obj.get("audiences")
     if not isinstance(audiences, dict) or not audiences:
         raise invalid("'audiences' must be a non-empty object, of "
@@ -387,7 +396,11 @@ def _subscription(obj: dict[str, Any], kind: str,
     if not isinstance(recover, dict) or not all(
             isinstance(v, str) for v in recover.values()):
         raise invalid("'recover' must be an object of channel: \"<epoch>:<offset>\"")
-    return Subscribe(msg_id, facility, chosen, tuple(recover.items()))
+    grant = obj.get("grant")
+    if grant is not None and (not isinstance(grant, str) or not grant
+                              or len(grant) > MAX_GRANT_LENGTH):
+        raise invalid(f"'grant' must be a string of at most {MAX_GRANT_LENGTH} characters")
+    return Subscribe(msg_id, facility, chosen, tuple(recover.items()), grant)
 
 
 def _no_constant(name: str) -> Any:

@@ -19,6 +19,7 @@ from zope.interface import implementer
 from ws4tx import _audience, schema
 from ws4tx.naming import Flags, Identity, flag_names, parse_flags
 from ws4tx.server._authgate import AuthGate
+from ws4tx.server._grants import IGrantReader
 from ws4tx.server._log import observer
 from ws4tx.server._resume import IResumer
 from ws4tx.server.auth import Grant, HandshakeDenied, HandshakeRequest, IAuthenticator
@@ -234,7 +235,7 @@ class _OriginPolicy:
             origin, self.trusted)
 
 
-@implementer(IAuthenticator, IResumer)
+@implementer(IAuthenticator, IResumer, IGrantReader)
 class SessionAuthenticator:
     """ws4redis's authentication: the Django session cookie (or a custom
     ``PROCESS_REQUEST``), then ``ALLOWED_CHANNELS``; or a signed ``token`` query parameter
@@ -252,6 +253,9 @@ class SessionAuthenticator:
     cookie from a foreign Origin is refused with 403 (see :class:`_OriginPolicy`); a token
     handshake is not checked, since the token, which a foreign page cannot get, is its
     credential.
+
+    It reads the site's subscribe grants (:mod:`ws4tx.grants`): a ``subscribe`` frame
+    that carries one is admitted without a thread or the database.
 
     It signs and reads resume tokens (:mod:`ws4tx._resume`): a resumed connection gets the
     channels its token's connection was admitted to, which the hooks approved then; they do
@@ -296,6 +300,13 @@ class SessionAuthenticator:
         if not _django_settings.resume_ttl():
             raise _resume.InvalidResume("resumable sessions are off (RESUME_TTL = 0)")
         return _resume.verify(token)
+
+    def readGrant(self, grant: str, now: float) -> Any:
+        """The claim of a subscribe grant (:mod:`ws4tx.grants`; ValueError when it is not
+        valid at ``now``): a signature check, no database."""
+        from ws4tx import grants
+
+        return grants.read_grant(grant, now)
 
     def _fromToken(self, handshake: HandshakeRequest, token: str) -> defer.Deferred[Grant]:
         from ws4tx import tokens

@@ -195,6 +195,25 @@ class ServerAPI:
                                       audiences=audiences, groups=groups, reason=reason)
         return self._broker.publish(control_channel(self._prefix), control.encode(command))
 
+    def subscribe(
+        self,
+        facility: str,
+        *,
+        users: Iterable[str] = (),
+        groups: Iterable[str] = (),
+        sessions: Iterable[str] = (),
+        audiences: Iterable[str] = AUDIENCES,
+        reason: str = "",
+    ) -> defer.Deferred[int]:
+        """Make, on every node, the event connections of ``users``, of members of
+        ``groups`` or of ``sessions`` (session channel ids) subscribe ``facility``'s
+        channels of ``audiences`` (of ``groups`` only, for the group audience, when
+        given); they are told ``ws4tx.subscribed``. As :func:`ws4tx.api.subscribe` does
+        from Django; fires as :meth:`disconnect` does."""
+        command = control.subscribe(facility, users=users, sessions=sessions, groups=groups,
+                                    audiences=audiences, reason=reason)
+        return self._broker.publish(control_channel(self._prefix), control.encode(command))
+
     def presence(self, facility: str, **audience: Any) -> defer.Deferred[list[dict[str, Any]]]:
         """Who is connected to ``facility`` (setting ``PRESENCE``) on any node, or to ONE
         of its audiences (``broadcast=True``, ``users=[name]``, ``groups=[name]``,

@@ -83,6 +83,9 @@ COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "subscribes_refused": ("ws4tx_client_subscribes",
                            "subscribe frames that added channels to their connection",
                            {"outcome": "refused"}),
+    "subscribes_granted": ("ws4tx_client_subscribes_granted",
+                           "subscribe frames admitted by a signed grant, without "
+                           "authentication work", {}),
     "unsubscribes": ("ws4tx_client_unsubscribes",
                      "unsubscribe frames that left channels", {}),
     "store_refused": ("ws4tx_client_store_refused",
@@ -103,6 +106,8 @@ COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
                        "connections closed at the site's command", {}),
     "unsubscribed_by_site": ("ws4tx_control_unsubscribed_connections",
                              "connections that left channels at the site's command", {}),
+    "subscribed_by_site": ("ws4tx_control_subscribed_connections",
+                           "connections that subscribed channels at the site's command", {}),
     "skips": ("ws4tx_history_skips",
               "live messages that skipped offsets (lost on the way): channel recovered", {}),
     "epochs": ("ws4tx_history_epochs", "live messages of a new epoch (history lost)", {}),

@@ -149,10 +149,11 @@ class Node:
         #: they closed and those they made leave channels.
         self.stats = {"slow_consumers": 0, "rate_limited": 0, "raw_envelopes": 0,
                       "store_refused": 0, "control_commands": 0, "control_invalid": 0,
-                      "closed_by_site": 0, "unsubscribed_by_site": 0, "accepted": 0,
-                      "client_messages": 0, "client_bytes": 0, "subscribes": 0,
-                      "subscribes_refused": 0, "unsubscribes": 0, "sse_accepted": 0,
-                      "sse_binary_dropped": 0}
+                      "closed_by_site": 0, "unsubscribed_by_site": 0,
+                      "subscribed_by_site": 0, "accepted": 0, "client_messages": 0,
+                      "client_bytes": 0, "subscribes": 0,
+                      "subscribes_refused": 0, "subscribes_granted": 0, "unsubscribes": 0,
+                      "sse_accepted": 0, "sse_binary_dropped": 0}
         #: The subscriptions event clients added by frames (hub members of their own,
         #: not clients: see :meth:`joinSubscription`).
         self._subscriptions: set[Any] = set()
@@ -404,6 +405,11 @@ class Node:
             left = self.unsubscribe(command)
             self.log.info("{n} connections left channels at the site's command", n=left)
             return
+        if isinstance(command, control.Subscribe):
+            added = self.subscribe(command)
+            self.log.info("{n} connections subscribed {facility} at the site's command",
+                          n=added, facility=command.facility)
+            return
         closed = self.disconnect(command)
         self.log.info("closed {n} connections with {code} at the site's command", n=closed,
                       code=command.code)
@@ -430,6 +436,25 @@ class Node:
                 left += 1
         self.stats["unsubscribed_by_site"] += left
         return left
+
+    def subscribe(self, command: control.Subscribe) -> int:
+        """Make this node's event connections that ``command`` matches subscribe its
+        channels (those they have not: a subscription each, as a ``subscribe`` frame
+        would add); return how many subscribed any."""
+        prefix = self.config.prefix
+        connections = dict.fromkeys(getattr(client, "connection", client)
+                                    for client in tuple(self.router.hub.clients()))
+        added = 0
+        for connection in connections:
+            subscriptions = getattr(connection, "subscriptions", None)
+            if (subscriptions is None or not getattr(connection, "speaks_events", False)
+                    or not command.matches(connection.identity)):
+                continue
+            if subscriptions.subscribeBySite(
+                    command, command.channels(prefix, connection.identity)):
+                added += 1
+        self.stats["subscribed_by_site"] += added
+        return added
 
     # Drain
 

@@ -17,10 +17,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ws4tx import envelope
+from ws4tx import control, envelope
 from ws4tx.history import Position, parse_recover
 from ws4tx.naming import GROUP, Identity, audience_channels, channels_for
 from ws4tx.server import admission, deflate
+from ws4tx.server._grants import granted_channels
 from ws4tx.server._log import observer
 from ws4tx.server.auth import HandshakeDenied
 from ws4tx.server.streams import ClientStream
@@ -108,6 +109,8 @@ class Subscriptions:
     def __init__(self, connection: PushProtocol) -> None:
         self._connection = connection
         self._subscriptions: list[Subscription] = []
+        #: The subscribes being authorized, with how many channels each would add.
+        self._authorizing: dict[defer.Deferred[Any], int] = {}
 
     def __iter__(self) -> Iterator[Subscription]:
         return iter(tuple(self._subscriptions))
@@ -125,10 +128,19 @@ class Subscriptions:
     def subscribe(self, frame: envelope.Subscribe) -> None:
         """Authorize ``frame`` as the same channels in a URL would be; join them (with
         recovery from the positions it gives) and answer ``subscribed``, or answer
-        ``refused`` with the reason and change nothing."""
+        ``refused`` with the reason and change nothing. A frame with a ``grant`` is
+        authorized by it alone (:mod:`ws4tx.server._grants`: no authenticator work, no
+        database), now.
+
+        What costs nothing is checked first: a frame past the cap (counting the channels
+        of the subscribes still being authorized) or for channels the connection has is
+        refused before the authenticator is asked. An authorization still running when
+        the connection closes is cancelled (:meth:`close`): it joins nothing."""
         connection = self._connection
         config = connection.factory.config
         handshake = connection.handshake
+        groups = frame.audiences.groups
+        chosen = list(groups) if isinstance(groups, tuple) else None
         try:
             if handshake is None:
                 raise HandshakeDenied("this connection cannot subscribe")
@@ -136,14 +148,23 @@ class Subscriptions:
             audiences = frame.audiences.names()
             request = admission.subscription_request(config, handshake, frame.facility,
                                                      audiences)
+            wanted = self._wanted(request.facility, audiences, chosen)
+            self._check(wanted, reserved=sum(self._authorizing.values()))
+            if frame.grant is not None:
+                self._join(frame, request.facility, granted_channels(
+                    connection.factory.authenticator, frame.grant,
+                    connection.factory.reactor.seconds(), config.prefix,
+                    connection.identity, request.facility, audiences, chosen), recover)
+                connection.node.stats["subscribes_granted"] += 1
+                return
             answer = defer.maybeDeferred(admission.authenticate,
                                          connection.factory.authenticator, request)
         except HandshakeDenied as e:
             self._refuse(frame.id, e.reason)
             return
-        groups = frame.audiences.groups
-        chosen = list(groups) if isinstance(groups, tuple) else None
         node = connection.node
+        if not answer.called:  # a channel reserved while the authenticator works
+            self._authorizing[answer] = len(wanted)
 
         def admitted(answer: Any) -> None:
             decided = admission.admit(config, request, answer,
@@ -153,21 +174,74 @@ class Subscriptions:
                 config, decided, connection.identity, audiences, chosen)
             self._join(frame, request.facility, channels, recover)
 
-        answer.addCallback(admitted).addErrback(self._failed, frame.id)
+        def done(result: Any) -> Any:
+            self._authorizing.pop(answer, None)
+            return result
+
+        answer.addBoth(done).addCallback(admitted).addErrback(self._failed, frame.id)
+
+    def subscribeBySite(self, command: control.Subscribe, channels: Iterable[str]) -> bool:
+        """The site made the connection subscribe ``channels`` of ``command``'s facility
+        (``ws4tx.api.subscribe``): those it has not are a subscription, and once they are
+        subscribed the client is told ``ws4tx.subscribed``. No authorization (the site
+        decided) but the cap: past ``max_subscriptions`` nothing is added (logged).
+        Whether it subscribed any."""
+        connection = self._connection
+        if not connection.isOpen():
+            return False
+        held = frozenset(connection.channels) | self.channels()
+        new = tuple(c for c in channels if c not in held)
+        if not new:
+            return False
+        cap = connection.factory.config.max_subscriptions
+        if len(self.channels()) + len(new) > cap:
+            _log.warn("the site's subscribe of {peer} to {facility} was not done: it would "
+                      "pass max_subscriptions ({cap} channels per connection)",
+                      peer=connection.peer, facility=command.facility, cap=cap)
+            return False
+        subscription = Subscription(connection, command.facility, new)
+        self._subscriptions.append(subscription)
+
+        def subscribed() -> None:
+            connection.emit(envelope.SUBSCRIBED_EVENT, command.event(new))
+
+        subscription.stream = connection.node.joinSubscription(subscription, {}, subscribed)
+        return True
+
+    def _wanted(self, facility: str, audiences: frozenset[str],
+                groups: Optional[list[str]]) -> tuple[str, ...]:
+        """The channels a subscribe to ``facility``'s ``audiences`` (of ``groups`` only,
+        when it names some) gives the connection's identity if it is allowed: what it
+        counts against the cap before it is authorized."""
+        connection = self._connection
+        prefix, identity = connection.factory.config.prefix, connection.identity
+        channels = audience_channels(prefix, facility, audiences, identity)
+        if groups is None:
+            return tuple(channels)
+        every = frozenset(audience_channels(prefix, facility, (GROUP,), identity))
+        chosen = frozenset(channels_for(prefix, facility, groups=tuple(groups)))
+        return tuple(c for c in channels if c not in every or c in chosen)
+
+    def _check(self, channels: tuple[str, ...], reserved: int = 0) -> None:
+        """HandshakeDenied when the connection has one of ``channels`` already, or they
+        would take it past ``max_subscriptions`` (with ``reserved`` channels of
+        subscribes being authorized)."""
+        connection = self._connection
+        held = frozenset(connection.channels) | self.channels()
+        taken = [c for c in channels if c in held]
+        if taken:
+            raise HandshakeDenied(f"already subscribed: {taken[0]}")
+        cap = connection.factory.config.max_subscriptions
+        if len(self.channels()) + reserved + len(channels) > cap:
+            raise HandshakeDenied(f"too many subscriptions: at most {cap} channels per "
+                                  "connection")
 
     def _join(self, frame: envelope.Subscribe, facility: str, channels: tuple[str, ...],
               recover: dict[str, Position]) -> None:
         connection = self._connection
         if not connection.isOpen():
             return
-        held = frozenset(connection.channels) | self.channels()
-        taken = [c for c in channels if c in held]
-        if taken:
-            raise HandshakeDenied(f"already subscribed: {taken[0]}")
-        cap = connection.factory.config.max_subscriptions
-        if len(self.channels()) + len(channels) > cap:
-            raise HandshakeDenied(f"too many subscriptions: at most {cap} channels per "
-                                  "connection")
+        self._check(channels)
         subscription = Subscription(connection, facility, channels)
         self._subscriptions.append(subscription)
 
@@ -180,6 +254,8 @@ class Subscriptions:
             subscription, {c: p for c, p in recover.items() if c in channels}, subscribed)
 
     def _failed(self, failure: Failure, ack_id: int) -> None:
+        if not self._connection.isOpen():  # cancelled by close(), or answered too late
+            return
         if failure.check(HandshakeDenied):
             self._refuse(ack_id, failure.value.reason)  # type: ignore[union-attr]
             return
@@ -234,7 +310,12 @@ class Subscriptions:
         return True
 
     def close(self) -> None:
-        """The connection went away: every subscription leaves the node."""
+        """The connection went away: the authorizations under way are cancelled (one
+        waiting for the authentication gate leaves its queue; the answer of one running
+        in a thread is ignored) and every subscription leaves the node."""
+        authorizing, self._authorizing = self._authorizing, {}
+        for answer in authorizing:
+            answer.cancel()
         subscriptions, self._subscriptions = self._subscriptions, []
         for subscription in subscriptions:
             self._connection.node.leaveSubscription(subscription)

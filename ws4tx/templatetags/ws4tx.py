@@ -14,6 +14,13 @@ recovers every message published after the page was rendered::
 
 ``users=True`` (or ``sessions=True``, ``groups=True``) is the request's own, as ``SELF``.
 
+``{% ws4tx_grant "notes" "broadcast" "user" %}`` prints a signed grant of those audiences of
+the facility for the request's identity (:func:`ws4tx.grants.grant_for_request`;
+``groups="staff,ops"`` narrows the group audience), for the ``grant`` of a ``subscribe``
+frame, which the server then admits without asking the database::
+
+    <div id="notes" data-grant="{% ws4tx_grant "notes" "broadcast" "user" %}">
+
 The template needs ``request`` in its context (``django.template.context_processors.request``).
 """
 
@@ -25,7 +32,7 @@ from typing import Any
 from django import template
 from django.core.exceptions import ImproperlyConfigured
 
-from ws4tx import tokens
+from ws4tx import grants, tokens
 
 register = template.Library()
 
@@ -46,10 +53,23 @@ def ws4tx_position(context: Any, facility: str, broadcast: bool = False, users: 
 @register.simple_tag(takes_context=True)
 def ws4tx_token(context: Any) -> str:
     """A signed, short-lived connection token for the request in ``context``."""
+    return tokens.token_for_request(_request(context, "ws4tx_token"))
+
+
+@register.simple_tag(takes_context=True)
+def ws4tx_grant(context: Any, facility: str, *audiences: str, groups: str = "") -> str:
+    """A signed, short-lived subscribe grant of ``facility``'s ``audiences`` for the
+    request in ``context`` (its groups, or those of ``groups``, comma-separated)."""
+    chosen = [g for g in groups.split(",") if g] or None
+    return grants.grant_for_request(_request(context, "ws4tx_grant"), facility, audiences,
+                                    groups=chosen)
+
+
+def _request(context: Any, tag: str) -> Any:
     request = context.get("request")
     if request is None:
         raise ImproperlyConfigured(
-            "{% ws4tx_token %} needs the request in the template context: add "
+            f"{{% {tag} %}} needs the request in the template context: add "
             "django.template.context_processors.request to the context processors"
         )
-    return tokens.token_for_request(request)
+    return request

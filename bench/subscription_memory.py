@@ -1,0 +1,184 @@
+"""Server memory per extra subscription against per extra socket, in one invocation.
+
+One ws4tx server (``twistd ws4tx``, its own Redis on a free port). Two phases on it:
+
+1. ``sockets``: ``--sockets`` event clients (``ws4tx.v1``) open ``/ws/`` and each
+   subscribes one broadcast channel of its own (``subscribe`` frame): what an extra socket
+   with its channel costs, ``(RSS after - RSS before) / sockets``.
+2. ``subscriptions``: ``--hosts`` of those clients each subscribe ``--per-host`` more
+   channels of their own on the same connection: what an extra subscription costs,
+   ``(RSS after - RSS before) / (hosts * per-host)``. With ``--shared-channels`` those
+   are ``--per-host`` channels every host shares: the subscription without a channel.
+
+Otherwise every channel is distinct in both phases, so both include a channel's cost (the hub, the
+Redis subscription). RSS is the server's ``VmRSS`` after a garbage collection settles
+(read three times, 0.5 s apart: the last). The clients are one Twisted process (Autobahn);
+the server's CPU is not the limit of a memory count, but this machine is shared: say how
+busy it was (the load average is printed).
+
+    python3 bench/subscription_memory.py --sockets 2000 --hosts 200 --per-host 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer, endpoints, reactor, task
+
+from ws4tx.server.embedded import EmbeddedRedis
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+class _Client(WebSocketClientProtocol):
+    answers: defer.DeferredQueue[dict[str, Any]]
+    opened: defer.Deferred[None]
+
+    def onOpen(self) -> None:
+        self.opened.callback(None)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        frame = json.loads(payload)
+        if frame.get("ws4tx") in ("subscribed", "refused"):
+            self.answers.put(frame)
+
+    async def subscribe(self, id: int, facility: str) -> None:
+        self.sendMessage(json.dumps({"ws4tx": "subscribe", "id": id, "facility": facility,
+                                     "audiences": {"broadcast": True}}).encode())
+        answer = await self.answers.get().addTimeout(30, reactor)
+        if answer["ws4tx"] != "subscribed":
+            raise RuntimeError(f"subscribe refused: {answer}")
+
+
+async def _connect(port: int) -> _Client:
+    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/ws/", protocols=["ws4tx.v1"])
+    factory.setProtocolOptions(autoPingInterval=0, openHandshakeTimeout=30)
+    proto = _Client()
+    proto.factory = factory
+    proto.answers = defer.DeferredQueue()
+    proto.opened = defer.Deferred()
+    factory.buildProtocol = lambda addr: proto  # type: ignore[method-assign]
+    await endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=30).connect(
+        factory)
+    await proto.opened.addTimeout(30, reactor)
+    return proto
+
+
+async def _settled_rss(pid: int) -> int:
+    rss = 0
+    for _ in range(3):
+        await task.deferLater(reactor, 0.5, lambda: None)
+        rss = _rss_kb(pid)
+    return rss
+
+
+async def _measure(options: argparse.Namespace, server: subprocess.Popen[bytes],
+                   port: int) -> dict[str, Any]:
+    clients: list[_Client] = []
+    before = await _settled_rss(server.pid)
+    started = time.monotonic()
+    for i in range(options.sockets):
+        client = await _connect(port)
+        await client.subscribe(1, f"s{i}")
+        clients.append(client)
+    sockets_took = time.monotonic() - started
+    after_sockets = await _settled_rss(server.pid)
+    started = time.monotonic()
+    for h, client in enumerate(clients[:options.hosts]):
+        await defer.gatherResults([
+            defer.ensureDeferred(client.subscribe(
+                2 + k, f"x{k}" if options.shared_channels else f"h{h}x{k}"))
+            for k in range(options.per_host)])
+    subscriptions_took = time.monotonic() - started
+    after_subscriptions = await _settled_rss(server.pid)
+    extra = options.hosts * options.per_host
+    per_socket = (after_sockets - before) / options.sockets
+    per_subscription = (after_subscriptions - after_sockets) / extra
+    for client in clients:
+        client.sendClose()
+    return {
+        "sockets": options.sockets, "subscriptions": extra,
+        "rss_kb": {"before": before, "after_sockets": after_sockets,
+                   "after_subscriptions": after_subscriptions},
+        "kb_per_socket": round(per_socket, 2),
+        "kb_per_subscription": round(per_subscription, 2),
+        "ratio_subscription_to_socket": round(per_subscription / per_socket, 3),
+        "seconds": {"sockets": round(sockets_took, 1),
+                    "subscriptions": round(subscriptions_took, 1)},
+        "load_average": os.getloadavg(), "cpus": os.cpu_count(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sockets", type=int, default=2000)
+    parser.add_argument("--hosts", type=int, default=200)
+    parser.add_argument("--per-host", type=int, default=10)
+    parser.add_argument("--shared-channels", action="store_true",
+                        help="the extra subscriptions are to --per-host channels that every "
+                             "host shares (the subscription's own cost, without a new "
+                             "channel's)")
+    options = parser.parse_args()
+    if options.hosts > options.sockets or options.per_host + 1 > 100:
+        parser.error("--hosts must be at most --sockets, --per-host at most 99")
+    redis = EmbeddedRedis()
+    redis.start()
+    port = _free_port()
+    server = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=",
+         "ws4tx", "--listen",
+         f"tcp:{port}:interface=127.0.0.1:backlog=4096", "--redis", redis.url,
+         "--ping-interval", "0", "--max-connections-per-ip", "0", "--rate-limit", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("the server did not start") from None
+                time.sleep(0.2)
+        result: dict[str, Any] = {}
+
+        async def run() -> None:
+            result.update(await _measure(options, server, port))
+
+        d = defer.ensureDeferred(run())
+        d.addBoth(lambda r: (reactor.stop(), r)[1])  # type: ignore[attr-defined]
+        failures: list[Any] = []
+        d.addErrback(failures.append)
+        reactor.run()  # type: ignore[attr-defined]
+        if failures:
+            failures[0].raiseException()
+        print(json.dumps(result, indent=1))
+    finally:
+        server.terminate()
+        server.wait(10)
+        redis.stop()
+
+
+if __name__ == "__main__":
+    main()
