@@ -162,13 +162,6 @@ class ControlAcrossNodesContract:
         self.assertEqual(nodes[0].factory.node.resumes["resumed"], 0)
         self.assertTrue(threads_run)  # refused tokens: the cookie authenticated again
 
-
-def api_publish(channel: str, user: str) -> None:
-    """``api.publish`` to ``user``'s channel (in a thread: it blocks)."""
-    from ws4tx import api
-
-    api.publish(channel.split(":")[-1], user, users=[user])
-
     async def test_subscribeAcrossTwoNodes(self):
         """``api.subscribe()`` (and its ServerAPI twin) makes a user's event connections
         on both nodes subscribe, each told with ``ws4tx.subscribed``, which
@@ -198,3 +191,10 @@ def api_publish(channel: str, user: str) -> None:
             client.send('{"ws4tx":"subscribe","id":7,"facility":"other",'
                         '"audiences":{"broadcast":true}}')
             self.assertEqual(json.loads(await client.text())["ws4tx"], "subscribed")
+
+
+def api_publish(channel: str, user: str) -> None:
+    """``api.publish`` to ``user``'s channel (in a thread: it blocks)."""
+    from ws4tx import api
+
+    api.publish(channel.split(":")[-1], user, users=[user])
