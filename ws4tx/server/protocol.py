@@ -13,7 +13,7 @@ to :mod:`ws4tx.server.events`.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from typing import AbstractSet, Any, Iterable, Optional, cast
 from urllib.parse import urlsplit
 
@@ -34,6 +34,7 @@ from ws4tx.history import (
 )
 from ws4tx.naming import ANONYMOUS, Flags, Identity
 from ws4tx.server import _internals, admission, deflate
+from ws4tx.server._flow import Flow
 from ws4tx.server._log import observer
 from ws4tx.server._ratelimit import TokenBucket
 from ws4tx.server._resume import IResumer, Renewal, read_counter, resume
@@ -48,7 +49,7 @@ from ws4tx.server.auth import (
 from ws4tx.server.expiry import Expiry, reauthenticate, with_token
 from ws4tx.server.handlers import EventRefused
 from ws4tx.server.node import Node, close_label
-from ws4tx.server.streams import FIRST_PAGE, LOW_MARK, ClientStream
+from ws4tx.server.streams import LOW_MARK, ClientStream
 from ws4tx.server.subscriptions import Subscriptions
 
 _log = Logger(observer=observer)
@@ -77,9 +78,6 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
         self._unechoed: Counter[tuple[str, bytes]] = Counter()
         self._joined = False
         self._interrupted = False
-        self._paused_at: Optional[float] = None
-        self._queued_bytes = self._queued_messages = 0
-        self._dropped = False
         self._bucket: Optional[TokenBucket] = None
         self._over_limit = 0
         self._fragments = 0
@@ -98,10 +96,11 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
         self._window: Optional[int] = None
         #: The positions it asked to recover from, by channel (``recover=``).
         self._recover: dict[str, Position] = {}
-        #: What is queued for this client, written as its socket drains (recovered
-        #: messages, and what must come after them): (channel, prepared, payload), or
-        #: ("", None, an event's text).
-        self._pending: deque[tuple[str, Optional[deflate.Message], bytes]] = deque()
+        #: Its flow control (made once the factory is known: connectionMade). What is
+        #: queued for this client, written as its socket drains (recovered messages, and
+        #: what must come after them): (channel, prepared, payload), or ("", None, an
+        #: event's text).
+        self._flow: Flow[tuple[str, Optional[deflate.Message], bytes]]
         #: The handshake as the authenticator saw it, and the deadline of a token
         #: connection's credential (see :mod:`ws4tx.server.expiry`).
         self._handshake: Optional[Any] = None
@@ -137,6 +136,11 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
         return self._joined and self.state == self.STATE_OPEN
 
     # Handshake
+
+    def connectionMade(self) -> None:
+        self._flow = Flow(self.factory.config, self.factory.reactor, self.node.stats,
+                          self._dropSlow)
+        super().connectionMade()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # A client that goes away while it is being authenticated is never opened: Autobahn
@@ -280,7 +284,7 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
     @property
     def dropped(self) -> bool:
         """Whether this client is being dropped as slow."""
-        return self._dropped
+        return self._flow.dropped
 
     def sendRaw(self, payload: bytes, binary: bool) -> None:
         """Write a stored message as it was stored (while the connection is open)."""
@@ -291,31 +295,30 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
         """Emit an event after what is queued for this client."""
         if not self.speaks_events:
             return
-        if self._pending:
-            self._pending.append(("", None, envelope.encode_event(event, data).encode()))
+        pending = self._flow.pending
+        if pending:
+            pending.append(("", None, envelope.encode_event(event, data).encode()))
         else:
             self.emit(event, data)
 
     def send(self, channel: str, prepared: deflate.Message, payload: bytes) -> None:
         """Write a frame, after what is queued for this client (bounded: past
         ``max_queue_messages`` frames waiting it is dropped as slow)."""
-        if not self._pending:
+        if not self._flow.pending:
             self._write(prepared, payload)
-            return
-        if len(self._pending) > self.factory.config.max_queue_messages + FIRST_PAGE:
-            self.tooSlow("its recovery did not drain in time")
-            return
-        self._pending.append((channel, prepared, payload))
+        else:
+            self._flow.hold((channel, prepared, payload))
 
     def queue(self, channel: str, prepared: deflate.Message, payload: bytes) -> None:
         """Queue a recovered message: written as the socket drains (:meth:`pace`)."""
-        self._pending.append((channel, prepared, payload))
+        self._flow.pending.append((channel, prepared, payload))
 
     def pace(self) -> None:
         """Write what is queued while the socket drains; let the streams read their
         next pages once little is left."""
-        pending = self._pending
-        while pending and self._paused_at is None:
+        flow = self._flow
+        pending = flow.pending
+        while pending and flow.paused_at is None:
             if self.state != self.STATE_OPEN:
                 pending.clear()
                 return
@@ -331,15 +334,15 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
 
     def tooSlow(self, why: str) -> None:
         """Drop this client as slow (once)."""
-        if not self._dropped:
-            self._dropSlow(why)
+        self._flow.tooSlow(why)
 
     # Delivery (the hot path: nothing here that could be done once per message)
 
     def deliver(self, prepared: deflate.Message, channel: str, payload: bytes) -> None:
         """Write a prepared frame; skip a message this client sent itself without echo."""
-        if (self._unechoed or self._stream.careful or self._paused_at is not None
-                or self._pending):
+        flow = self._flow
+        if (self._unechoed or self._stream.careful or flow.paused_at is not None
+                or flow.pending):
             self._deliverCarefully(prepared, channel, payload)
         elif self.state == self.STATE_OPEN:
             # The usual client, inline (once per client per message): nothing to skip or
@@ -354,7 +357,7 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
         streams), as :meth:`deliver` does for the URL's channels."""
         if stream.careful:
             stream.live(channel, prepared, payload)
-        elif self._paused_at is not None or self._pending:
+        elif self._flow.paused_at is not None or self._flow.pending:
             self.send(channel, prepared, payload)
         elif self.state == self.STATE_OPEN:
             window = self._window
@@ -363,8 +366,11 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
 
     def forgetPending(self, channels: AbstractSet[str]) -> None:
         """Drop what is queued for this client of ``channels`` (it left them)."""
-        if self._pending:
-            self._pending = deque(item for item in self._pending if item[0] not in channels)
+        pending = self._flow.pending
+        if pending:
+            kept = [item for item in pending if item[0] not in channels]
+            pending.clear()
+            pending.extend(kept)
 
     def _deliverCarefully(self, prepared: deflate.Message, channel: str,
                           payload: bytes) -> None:
@@ -386,7 +392,7 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
         frame = prepared.plain if window is None else prepared.deflated(window)
         # What waits for a slow client is counted in the bytes it is sent (a publication
         # envelope can be six times its payload), not in payload bytes.
-        if self._paused_at is not None and self._overflows(len(frame)):
+        if self._flow.paused_at is not None and self._flow.overflows(len(frame)):
             return
         if self.state != self.STATE_OPEN:
             # No data frame after our close frame (RFC 6455, 5.5.1), which Autobahn's
@@ -412,42 +418,20 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
     # Backpressure: the transport pauses us when its buffer is full.
 
     def pauseProducing(self) -> None:
-        # Twisted calls this again on every write while the buffer is full: the first
-        # call starts the slow timeout.
-        if self._paused_at is None:
-            self._paused_at = self.factory.reactor.seconds()
+        self._flow.pause()
 
     def resumeProducing(self) -> None:
-        self._paused_at = None
-        self._queued_bytes = self._queued_messages = 0
-        if self._pending or self._stream.catching or any(
+        self._flow.resume()
+        if self._flow.pending or self._stream.catching or any(
                 stream.catching for stream in self.subscriptions.streams()):
             self.pace()
 
     def stopProducing(self) -> None:
         pass
 
-    def _overflows(self, size: int) -> bool:
-        """Count a message written while the socket does not drain; drop a slow client."""
-        if self._dropped:
-            return True
-        config = self.factory.config
-        self._queued_bytes += size
-        self._queued_messages += 1
-        assert self._paused_at is not None
-        waited = self.factory.reactor.seconds() - self._paused_at
-        if (self._queued_bytes <= config.max_queue_bytes
-                and self._queued_messages <= config.max_queue_messages
-                and waited <= config.slow_timeout):
-            return False
-        self._dropSlow(f"{self._queued_bytes} bytes in {self._queued_messages} messages "
-                       f"waiting, not drained for {waited:.1f} s")
-        return True
-
     def _dropSlow(self, why: str) -> None:
-        self.node.stats["slow_consumers"] += 1
+        """Drop this client as slow (its flow control decided it, once)."""
         _log.warn("dropping slow client {peer}: {why}", peer=self.peer, why=why)
-        self._dropped = True
         self.closeWith(closecodes.SLOW_CONSUMER, "too slow: messages were not read in time")
         self.dropConnection(abort=True)
 
@@ -644,7 +628,7 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
             if self._renewal is not None:
                 self._renewal.stop()
                 self._renewal = None
-            self._pending.clear()
+            self._flow.pending.clear()
             self.subscriptions.close()
             node.leave(self)
 
