@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 
 from ws4tx import (
     envelope,
@@ -281,3 +281,61 @@ class DjangoPostTests(DjangoServerTestCase):
         self.assertEqual((status, body), (200, {"receivers": 1}))
         await stream.until(lambda c: len(c.messages()) == 1)
         self.assertEqual([m.data for m in stream.messages()], ["by token"])
+
+    async def test_csrfSecretInTheSessionWithCsrfUseSessions(self) -> None:
+        """With ``CSRF_USE_SESSIONS`` the secret is the session's, as Django reads it for
+        its views: the right token passes without a CSRF cookie, a CSRF cookie of the
+        attacker's own does not stand in for it."""
+        from django.middleware.csrf import CSRF_SESSION_KEY
+
+        self.settings_override(CSRF_USE_SESSIONS=True)
+        client, key = self.login("john")
+        session = client.session
+        session[CSRF_SESSION_KEY] = self.SECRET
+        session.save()
+        stream = await self.johnStream(key)
+        status, _, body = await post(self.port, self.PATH, b"forged", {
+            "Cookie": self.cookie(key)["Cookie"] + "; csrftoken=" + "z" * 32,
+            "X-CSRFToken": "z" * 32, **self.origin()})
+        self.assertEqual(status, 403)
+        status, _, body = await post(self.port, self.PATH, b"mine", {
+            **self.cookie(key), "X-CSRFToken": self.SECRET, **self.origin()})
+        self.assertEqual((status, body), (200, {"receivers": 1}))
+        await stream.until(lambda c: len(c.messages()) == 1)
+        self.assertEqual([m.data for m in stream.messages()], ["mine"])
+
+    async def test_overTlsDjangosRefererRuleApplies(self) -> None:
+        """Over TLS the request is HTTPS to Django, as for its views: the https Origin of
+        the site passes, and a POST without an Origin needs a Referer of the site (Django's
+        rule against a network attacker's http page)."""
+        from twisted.internet import endpoints, ssl
+
+        from test._wsclient import _RawHTTP
+
+        certificate = ssl.KeyPair.generate(size=2048).selfSignedCert(1, commonName="127.0.0.1")
+        port = await endpoints.SSL4ServerEndpoint(
+            reactor, 0, certificate.options(), interface="127.0.0.1").listen(self.service.site)
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        _, key = self.login("john")
+        site = f"https://127.0.0.1:{number}"
+
+        async def status(headers: dict[str, str]) -> tuple[int, str]:
+            done: defer.Deferred[bytes] = defer.Deferred()
+            lines = [f"POST {self.PATH} HTTP/1.1", f"Host: 127.0.0.1:{number}",
+                     "Connection: close", "Content-Length: 2",
+                     "Cookie: " + self.cookie(key)["Cookie"] + f"; csrftoken={self.SECRET}",
+                     f"X-CSRFToken: {self.SECRET}"]
+            lines += [f"{k}: {v}" for k, v in headers.items()]
+            raw = ("\r\n".join(lines) + "\r\n\r\nhi").encode()
+            client = endpoints.SSL4ClientEndpoint(reactor, "127.0.0.1", number,
+                                                  ssl.CertificateOptions(), timeout=TIMEOUT)
+            await endpoints.connectProtocol(client, _RawHTTP(raw, done))
+            return status_of(await done.addTimeout(TIMEOUT, reactor))
+
+        self.assertEqual((await status({"Origin": site}))[0], 200)
+        self.assertEqual((await status({"Origin": f"http://127.0.0.1:{number}"}))[0], 403)
+        code, text = await status({})
+        self.assertEqual(code, 403)
+        self.assertIn("Referer checking failed - no Referer", text)
+        self.assertEqual((await status({"Referer": site + "/chat/"}))[0], 200)
