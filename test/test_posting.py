@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, endpoints, reactor
+from twisted.trial import unittest
 
 from ws4tx import (
     envelope,
@@ -339,3 +340,40 @@ class DjangoPostTests(DjangoServerTestCase):
         self.assertEqual(code, 403)
         self.assertIn("Referer checking failed - no Referer", text)
         self.assertEqual((await status({"Referer": site + "/chat/"}))[0], 200)
+
+
+class MountedPostTests(unittest.TestCase):
+    """ws4tx's resource mounted in an application's own Site, which caps no body."""
+
+    async def test_oversizedBodyRefusedAllTheSame(self) -> None:
+        """A POST over max_message_size is refused with 413 (read whole by that Site,
+        never handled); one within it is published."""
+        from twisted.web import resource
+        from twisted.web.server import Site
+
+        from ws4tx.server.config import ServerConfig
+        from ws4tx.server.embedded import EmbeddedRedis
+        from ws4tx.server.service import PushService
+
+        from test._server import observe_broker
+
+        redis = EmbeddedRedis()
+        redis.start()
+        self.addCleanup(redis.stop)
+        push = PushService(ServerConfig(redis=redis.address, ping_interval=0,
+                                        anonymous_publish=True, max_message_size=100))
+        events = observe_broker(push.factory.node.router)
+        push.startService()
+        self.addCleanup(push.stopService)
+        self.assertEqual(await events.get().addTimeout(TIMEOUT, reactor), "connected")
+        root = resource.Resource()
+        root.putChild(b"ws", push.websocket_resource)
+        port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Site(root))
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        status, _, body = await post(number, "/ws/news?publish-broadcast", b"x" * 101)
+        self.assertEqual(status, 413)
+        self.assertIn("max_message_size (100 bytes)", body["reason"])
+        status, _, body = await post(number, "/ws/news?publish-broadcast", b"x" * 100)
+        self.assertEqual((status, body), (200, {"receivers": 0}))

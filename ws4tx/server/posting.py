@@ -15,8 +15,9 @@ The answer is JSON: for an envelope, ``200`` and the list of the envelopes a Web
 client would have been sent in answer (its acknowledgement or refusal, events a handler
 emitted to it); for a raw message, ``200`` and ``{"receivers": N}``. Anything not done is
 a ``4xx`` (or ``503`` without Redis) with ``{"ws4tx": "refused", "status": S, "reason": R}``,
-as a refused handshake is answered: a body over ``max_message_size`` (413, refused from its
-``Content-Length`` before it is read, or as it arrives), no CSRF token (403), a URL the
+as a refused handshake is answered: a body over ``max_message_size`` (413: refused from its
+``Content-Length`` before it is read, or as it arrives, by ws4tx's Site; once read, in a Site
+of the application's), no CSRF token (403), a URL the
 identity may neither publish on nor send events to (403), over the rate limit (429).
 Nothing is published then. The whole request must arrive within ``handshake_timeout``
 (the Site's deadline: :class:`ws4tx.server.web.HeadDeadlines`).
@@ -123,6 +124,14 @@ class _Post(Sender):
                    for name, vs in request.requestHeaders.getAllRawHeaders()}
         peer = getattr(request.getClientAddress(), "host", "")
         self._address = self.node.addresses.client(peer, headers)
+        content = request.content
+        if content is not None and content.seek(0, 2) > config.max_message_size:
+            # Mounted in a Site of its own, nothing capped the body as it came in.
+            self._refuse(HandshakeDenied(f"the body is larger than max_message_size "
+                                         f"({config.max_message_size} bytes)", 413))
+            return
+        if content is not None:
+            content.seek(0)
         _verdict.judge(config, self.factory.authenticator, request,
                        protocols=(envelope.SUBPROTOCOL,)).addCallback(
             self._judged).addErrback(self._failed)
