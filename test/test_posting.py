@@ -75,6 +75,15 @@ class PostTests(_PostTestCase):
         await stream.until(lambda c: len(c.messages()) == 1)
         self.assertEqual(stream.messages()[0].data, "hello\nworld")
 
+    async def test_binaryAsOctetStream(self) -> None:
+        """A body sent as application/octet-stream is a binary message, as a binary
+        frame: a WebSocket subscriber gets it as one, byte for byte."""
+        client = await self.client("/ws/bin?subscribe-broadcast")
+        status, _, body = await post(self.port, "/ws/bin?publish-broadcast", b"\x00\xff\xfe",
+                                     {"content-type": "application/octet-stream"})
+        self.assertEqual((status, body), (200, {"receivers": 1}))
+        self.assertEqual(await client.next(), (b"\x00\xff\xfe", True))
+
     async def test_eventForwardedWithAck(self) -> None:
         """An event client's event (no handler for its facility, publish flags) is
         published in its envelope; the answer is the acknowledgement a WebSocket client
