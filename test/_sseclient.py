@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any, Callable, Optional
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Protocol
-from twisted.web.client import Agent, Response
+from twisted.web.client import Agent, FileBodyProducer, Response
 from twisted.web.http_headers import Headers
 
 from test._wsclient import TIMEOUT
@@ -111,3 +112,18 @@ async def request(port: int, path: str, headers: Optional[dict[str, str]] = None
     client.response = response
     response.deliverBody(client)
     return response, client
+
+
+async def post(port: int, path: str, body: bytes, headers: Optional[dict[str, str]] = None,
+               host: str = "127.0.0.1") -> tuple[int, Any, Any]:
+    """POST ``body`` to ``path``: the status, the headers and the JSON body of the
+    answer."""
+    agent = Agent(reactor)
+    raw = {k: [v] for k, v in (headers or {}).items()}
+    response: Response = await agent.request(
+        b"POST", f"http://{host}:{port}{path}".encode(), Headers(raw),
+        FileBodyProducer(BytesIO(body))).addTimeout(TIMEOUT, reactor)
+    reader = SSEClient()
+    response.deliverBody(reader)
+    await reader.until(lambda c: c.ended)
+    return response.code, response.headers, json.loads(reader.raw)

@@ -22,6 +22,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import http
 from twisted.web.http import HTTPChannel
 from zope.interface import implementer
 
@@ -136,6 +137,23 @@ class TwistedTests(SynchronousTestCase):
             self.assertEqual([e["log_level"] for e in events
                               if "Timing out client" in e.get("log_format", "")], [level])
             self.assertTrue(transport.disconnecting)
+
+    def test_requestPathKnownBeforeTheBody(self):
+        """The channel keeps the request line's target while it reads the headers and
+        the body (``_path``): a body is capped by the path it is sent to."""
+        seen = []
+
+        class Request(http.Request):
+            def gotLength(self, length):
+                seen.append(_twisted_internals.request_path(self.channel))
+                super().gotLength(length)
+
+        channel = HTTPChannel()
+        channel.requestFactory = Request
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(b"POST /ws/x?publish-broadcast HTTP/1.1\r\nHost: a\r\n"
+                             b"Content-Length: 2\r\n\r\n")
+        self.assertEqual(seen, [b"/ws/x?publish-broadcast"])
 
     def test_exitSignal(self):
         """A reactor remembers SIGTERM in ``_exitSignal`` (twistd re-raises it after the

@@ -11,6 +11,7 @@ A missing nginx skips these tests here and fails them under CI, as a missing bro
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -20,14 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from twisted.internet import defer, endpoints, reactor
 from twisted.internet.protocol import Protocol
 from twisted.logger import capturedLogs
 
+from ws4tx import envelope
+from ws4tx.history import Retention
 from ws4tx.server.config import ServerConfig
+from ws4tx.server.service import PushService
+from ws4tx.testing import StaticAuthenticator
 
 from test._process import Twistd
-from test._server import ServerTestCase
+from test._recovering import publish_with_history
+from test._server import ServerTestCase, identity_from_header, observe_broker
+from test._sseclient import SSEClient, post, request
 from test._wsclient import TIMEOUT, handshake_request, status_of
 
 #: Whole processes: run in one tox env (see tox.ini).
@@ -63,12 +71,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Nginx:
-    """One nginx in the foreground (``daemon off``), proxying WebSockets to ``upstream``;
-    :meth:`start` fires once it listens (its master says it starts its worker, which it
-    does after binding the port)."""
+#: How a location passes WebSockets (as docs/scaling.md shows), or strips ``Upgrade`` as
+#: proxies that do not know WebSockets do (nginx's defaults: HTTP/1.0 upstream, no
+#: Upgrade or Connection header passed on). Neither turns buffering off: ws4tx's
+#: ``X-Accel-Buffering: no`` has each SSE event passed on at once.
+UPGRADE = {
+    "websocket": """proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;""",
+    "strip": "",
+}
 
-    def __init__(self, upstream: int, header: str) -> None:
+
+class Nginx:
+    """One nginx in the foreground (``daemon off``), proxying to ``upstreams`` (round
+    robin, no sticky sessions); :meth:`start` fires once it listens (its master says it
+    starts its worker, which it does after binding the port)."""
+
+    def __init__(self, upstream: int | list[int], header: str,
+                 upgrade: str = "websocket") -> None:
+        upstreams = [upstream] if isinstance(upstream, int) else upstream
+        servers = "\n".join(f"        server 127.0.0.1:{p};" for p in upstreams)
         self.dir = tempfile.mkdtemp(prefix="ws4tx-nginx-")
         self.port = free_port()
         temp = Path(self.dir)
@@ -85,13 +108,19 @@ http {{
     fastcgi_temp_path {temp}/fastcgi;
     uwsgi_temp_path {temp}/uwsgi;
     scgi_temp_path {temp}/scgi;
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      close;
+    }}
+    upstream ws4tx {{
+{servers}
+    }}
     server {{
         listen 127.0.0.1:{self.port};
         location / {{
-            proxy_pass http://127.0.0.1:{upstream};
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
+            proxy_pass http://ws4tx;
+            proxy_set_header Host $host;
+            {UPGRADE[upgrade]}
             {HEADERS[header]}
         }}
     }}
@@ -208,3 +237,156 @@ class NginxTests(ServerTestCase):
         """The same with RFC 7239's Forwarded (``for="…"``)."""
         await self.assertCapPerRealClient("forwarded")
 
+
+
+HISTORY = {"chat*": {"size": 300, "ttl": 600}}
+RETENTION = Retention(300, 600)
+CHAT = "ws4tx:broadcast:chat"
+STREAM = "/ws/chat?subscribe-broadcast"
+
+
+class _Node:
+    """A ws4tx node of the test, in process: its service, node and listening port;
+    :meth:`stop` takes it down as a restart does (it stops listening, then closes its
+    clients)."""
+
+    def __init__(self, service: PushService, port: Any, events: Any) -> None:
+        self.service, self.port, self.events = service, port, events
+        self.node = service.factory.node
+
+    @property
+    def number(self) -> int:
+        return int(self.port.getHost().port)
+
+    async def stop(self) -> None:
+        await defer.maybeDeferred(self.port.stopListening)
+        if self.service.running:
+            await self.service.stopService()
+
+
+def _publications(client: SSEClient) -> list[str]:
+    return [e.json()["data"] for e in client.messages()]
+
+
+class NginxSSETests(ServerTestCase):
+    """SSE and POSTs through nginx to two nodes (no sticky sessions), nginx passing
+    WebSockets or stripping ``Upgrade``; neither configuration turns buffering off."""
+
+    config = ServerTestCase.config.replace(history=HISTORY)
+
+    async def _setUp(self) -> None:
+        # Two nodes of one Redis, and no node of the base class's.
+        self.redis_server = self.startRedis()
+        self.redis = redis.Redis.from_url(self.redis_server.url, socket_timeout=5)
+        self.addCleanup(self.redis.close)
+        self.nodes = [await self.startNode(), await self.startNode()]
+
+    async def startNode(self) -> _Node:
+        config = self.config.replace(redis=self.redis_server.address)
+        service = PushService(config, authenticator=StaticAuthenticator(identity_from_header))
+        events = observe_broker(service.factory.node.router)
+        service.startService()
+        port = await endpoints.TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1").listen(service.site)
+        node = _Node(service, port, events)
+        self.addCleanup(node.stop)
+        self.assertEqual(await events.get().addTimeout(TIMEOUT, reactor), "connected")
+        return node
+
+    async def startNginx(self, upgrade: str) -> Nginx:
+        nginx = Nginx([n.number for n in self.nodes], "x-forwarded-for", upgrade)
+        self.addCleanup(nginx.close)
+        await nginx.start()
+        return nginx
+
+    async def stream(self, nginx: Nginx, **headers: str) -> SSEClient:
+        """A stream through nginx, its position known (its channels subscribed), or,
+        resumed, its recovery's verdict in."""
+        response, client = await request(nginx.port, STREAM, headers)
+        self.addCleanup(client.close)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"),
+                         [b"text/event-stream; charset=utf-8"])
+        told = "ws4tx.recovered" if "last-event-id" in headers else "ws4tx.positions"
+        await client.until(lambda c: bool(c.named(told)))
+        return client
+
+    def serving(self) -> _Node:
+        """The node that holds the (one) stream."""
+        holding = [n for n in self.nodes if n.node.clientCount()]
+        self.assertEqual(len(holding), 1)
+        return holding[0]
+
+    def publish_(self, payload: str) -> None:
+        publish_with_history(self.redis, CHAT, payload.encode(), RETENTION)
+
+    async def assertResumesOnTheOtherNode(self, nginx: Nginx) -> None:
+        """A stream through nginx gets each message as it is published (nginx does not
+        hold it back); its node restarts; meanwhile 3 messages are published; the stream
+        comes back through nginx with its Last-Event-ID, to the other node, and gets
+        exactly those 3, once, in order, then live ones."""
+        client = await self.stream(nginx)
+        first = self.serving()
+        for n in range(3):
+            self.publish_(f"m{n}")
+            # Each on its own, before the next is published: not buffered by nginx.
+            await client.until(lambda c, n=n: len(c.messages()) == n + 1)
+        last = client.last_id
+        assert last is not None
+        await first.stop()
+        await client.until(lambda c: c.ended)
+        for n in range(3, 6):
+            self.publish_(f"m{n}")
+        again = await self.stream(nginx, **{"last-event-id": last})
+        second = self.serving()
+        self.assertIsNot(second, first)
+        await again.until(lambda c: bool(c.named("ws4tx.recovered")))
+        self.assertEqual(again.named("ws4tx.recovered")[0].json()["recovered"], True)
+        self.assertEqual(_publications(again), ["m3", "m4", "m5"])
+        self.publish_("m6")
+        await again.until(lambda c: len(c.messages()) == 4)
+        self.assertEqual(_publications(again), ["m3", "m4", "m5", "m6"])
+
+    async def assertPostsThrough(self, nginx: Nginx) -> None:
+        """A POST through nginx is answered by a node (its ack) and what it sends
+        reaches a stream, whichever node each landed on."""
+        client = await self.stream(nginx)
+        for n in range(2):  # round robin: both nodes answer one
+            status, _, body = await post(nginx.port, "/ws/chat?publish-broadcast",
+                                         envelope.encode_event("note", n, n + 1).encode())
+            self.assertEqual((status, body), (200, [{"ws4tx": "ack", "id": n + 1,
+                                                     "data": None}]))
+        await client.until(lambda c: len(c.messages()) == 2)
+        # On a facility with history: the publication envelope of the event's envelope.
+        self.assertEqual(sorted(json.loads(m.json()["data"])["data"]
+                                for m in client.messages()), [0, 1])
+
+    async def test_passingWebSocketsResumeOnTheOtherNode(self) -> None:
+        await self.assertResumesOnTheOtherNode(await self.startNginx("websocket"))
+
+    async def test_strippingUpgradeResumeOnTheOtherNode(self) -> None:
+        await self.assertResumesOnTheOtherNode(await self.startNginx("strip"))
+
+    async def test_passingWebSocketsPostsGoThrough(self) -> None:
+        await self.assertPostsThrough(await self.startNginx("websocket"))
+
+    async def test_strippingUpgradePostsGoThrough(self) -> None:
+        await self.assertPostsThrough(await self.startNginx("strip"))
+
+    async def test_webSocketOnlyWhereNginxPassesIt(self) -> None:
+        """The same handshake gets 101 through the nginx that passes WebSockets; the one
+        that strips Upgrade gets the server's 400 saying to upgrade (what makes a client
+        fall back to SSE)."""
+        passing = await self.startNginx("websocket")
+        stripping = Nginx([n.number for n in self.nodes], "none", "strip")
+        self.addCleanup(stripping.close)
+        await stripping.start()
+        clients: list[Any] = []
+        for nginx, expected in ((passing, 101), (stripping, 400)):
+            handshake = _Handshake(handshake_request("/ws/chat?subscribe-broadcast"))
+            endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", nginx.port,
+                                                    timeout=TIMEOUT)
+            await endpoints.connectProtocol(endpoint, handshake)
+            clients.append(handshake)
+            self.addCleanup(handshake.transport.abortConnection)
+            self.assertEqual(await handshake.status.addTimeout(TIMEOUT, reactor), expected)

@@ -297,10 +297,15 @@ class HandshakeTests(ServerTestCase):
         self.assertIn("Upgrade", rest)
 
     async def test_nonGetAnswers400(self):
-        """A POST on the WebSocket URL answers 400."""
+        """A PUT on the WebSocket URL answers 400; a POST (a message sent without a
+        socket) of a URL with no publish flag is refused with 403, nothing to publish on."""
         status, _ = await self._status(
-            b"POST /ws/foobar HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            b"PUT /ws/foobar HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
         self.assertEqual(status, 400)
+        status, rest = await self._status(
+            b"POST /ws/foobar HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+        self.assertEqual(status, 403)
+        self.assertIn("nothing to publish on", rest)
 
     async def test_badFacilityAnswers400(self):
         """A facility with a colon (or empty) is refused with 400 and the reason."""

@@ -122,12 +122,14 @@ def _http_request(handshake: HandshakeRequest) -> Any:
     from django.http import HttpRequest, QueryDict
 
     request = HttpRequest()
-    request.method = "GET"
+    request.method = handshake.method
+    if handshake.secure:  # as a WSGI request over TLS says (HttpRequest's is plain)
+        setattr(request, "_get_scheme", lambda: "https")  # noqa: B010
     request.path = request.path_info = handshake.path
     request.GET = QueryDict(handshake.query)
     request.COOKIES = dict(handshake.cookies)
     request.META = {
-        "REQUEST_METHOD": "GET",
+        "REQUEST_METHOD": handshake.method,
         "PATH_INFO": handshake.path,
         "QUERY_STRING": handshake.query,
         "REMOTE_ADDR": handshake.peer.split(":")[1] if handshake.peer.count(":") >= 2 else "",
@@ -152,6 +154,33 @@ def _process_request(request: Any) -> None:
     engine = importlib.import_module(settings.SESSION_ENGINE)
     request.session = engine.SessionStore(request.COOKIES.get(settings.SESSION_COOKIE_NAME))
     request.user = get_user(request)
+
+
+def _no_view(request: Any) -> Any:
+    """What Django's CSRF check is told it guards (a view that is not exempt)."""
+    return None
+
+
+def _check_csrf(request: Any) -> None:
+    """Django's CSRF check of a POST, by Django's own middleware (its settings:
+    ``CSRF_COOKIE_NAME``, ``CSRF_HEADER_NAME``, ``CSRF_USE_SESSIONS``,
+    ``CSRF_TRUSTED_ORIGINS``; the Origin, on HTTPS the Referer, then the token):
+    HandshakeDenied (403, with Django's reason) when it fails, 400 for a Host that
+    ``ALLOWED_HOSTS`` does not name (Django's ``DisallowedHost``)."""
+    from django.core.exceptions import SuspiciousOperation
+    from django.middleware.csrf import CsrfViewMiddleware
+
+    class Check(CsrfViewMiddleware):
+        def _reject(self, request: Any, reason: str) -> Any:
+            # Instead of Django's failure page (and its log line): the refusal.
+            raise HandshakeDenied(f"CSRF verification failed: {reason}")
+
+    check = Check(_no_view)
+    try:
+        check.process_request(request)
+        check.process_view(request, _no_view, (), {})
+    except SuspiciousOperation as e:
+        raise HandshakeDenied(f"refused by Django: {e}", 400) from None
 
 
 def _token_user(name: Optional[str]) -> Any:
@@ -323,9 +352,14 @@ class SessionAuthenticator:
                 lambda grant: Grant(grant.identity, grant.flags, expires))
 
     def _authorize(self, handshake: HandshakeRequest) -> Grant:
+        """The identity the request's cookies give (in a thread), its flags as the hooks
+        leave them; a POST must pass Django's CSRF check (a token POST does not come
+        here: the token is its credential)."""
         request = _http_request(handshake)
         with _refusals():
             self._process(request)
+            if handshake.method == "POST":  # its identity comes from its cookies
+                _check_csrf(request)
             return Grant(_audience.identity(request), self._flags(request, handshake))
 
     def _authorizeToken(self, handshake: HandshakeRequest, identity: Identity) -> Grant:

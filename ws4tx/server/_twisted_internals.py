@@ -7,6 +7,8 @@ Twisted changes under it (``test/test_internals.py``):
   closed an idle keep-alive connection (every ``HTTP_IDLE_TIMEOUT`` per idle browser
   connection).
 - :func:`forget_exit_signal`: let ``twistd`` exit with 0 after a clean drain on SIGTERM.
+- :func:`request_path`: the path of the request an ``HTTPChannel`` is reading, known from
+  its request line, before its body (a body over the cap is refused as it comes).
 """
 
 from __future__ import annotations
@@ -57,3 +59,10 @@ def forget_exit_signal(reactor: Any) -> None:
     instead of re-raising the signal (the reactor's ``_exitSignal``)."""
     if getattr(reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
         reactor._exitSignal = None
+
+
+def request_path(channel: Any) -> bytes:
+    """The path (with its query) of the request ``channel`` is reading: its request line's
+    target, known once that line is in (the channel's ``_path``)."""
+    path = getattr(channel, "_path", b"")
+    return path if isinstance(path, bytes) else b""

@@ -12,6 +12,7 @@ pages of the Origins the handshake would accept (CORS, with credentials).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Coroutine, Optional
 from urllib.parse import parse_qs, urlsplit
 
@@ -62,6 +63,8 @@ def judge(config: ServerConfig, authenticator: IAuthenticator, request: Request,
             config, peer=peer, host=headers.get("host", ""), path=parts.path,
             query=parts.query, headers=headers, secure=request.isSecure(),
             protocols=protocols)
+        if request.method != b"GET":
+            handshake = replace(handshake, method=request.method.decode("ascii", "replace"))
         try:
             parse_recover(handshake.params.get("recover", []))
         except ValueError as e:

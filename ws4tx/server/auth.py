@@ -38,7 +38,10 @@ class HandshakeRequest:
 
     ``headers`` has lower-case names; ``params`` is the parsed query string (blank values
     kept); ``facility`` and ``flags`` are what the URL asks for; ``secure`` tells whether
-    the connection came over TLS (``wss://``) to this server.
+    the connection came over TLS (``wss://``) to this server. ``method`` is ``POST`` for a
+    message sent without a socket (:mod:`ws4tx.server.posting`): an authenticator that
+    takes an identity from cookies must then check the request is no cross-site forgery
+    (the Django one applies Django's CSRF check).
     """
 
     peer: str
@@ -50,6 +53,7 @@ class HandshakeRequest:
     facility: str
     flags: Flags = field(default_factory=Flags)
     secure: bool = False
+    method: str = "GET"
 
     @property
     def origin(self) -> str | None:

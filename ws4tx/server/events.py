@@ -91,11 +91,12 @@ class Events:
         d = defer.maybeDeferred(handler.presence_info, client)
         return d.addCallback(lambda r: defer.ensureDeferred(r) if inspect.iscoroutine(r) else r)
 
-    def dispatch(self, client: EventClient, payload: bytes) -> None:
+    def dispatch(self, client: EventClient, payload: bytes) -> Optional[defer.Deferred[None]]:
         """Handle an envelope ``client`` sent: a subscribe or unsubscribe (its
         subscriptions answer it); a fresh token (``ws4tx.refresh``); the handler's
         ``on_<event>``; else, on a connection with publish flags, publish the event (never
-        a ``ws4tx.*`` one); else refuse it."""
+        a ``ws4tx.*`` one); else refuse it. A Deferred that fires once the answer is sent,
+        for an envelope answered later; None once it is answered."""
         try:
             message = envelope.decode(payload)
         except envelope.InvalidEnvelope as e:
@@ -105,44 +106,42 @@ class Events:
                 client.sendEnvelope(envelope.encode_ack(e.id, error=f"invalid envelope: {e}"))
             else:
                 client.emit(envelope.ERROR_EVENT, {"message": f"invalid envelope: {e}"})
-            return
+            return None
         if isinstance(message, envelope.Subscribe):
             client.subscriptions.subscribe(message)
-            return
+            return None
         if isinstance(message, envelope.Unsubscribe):
             client.subscriptions.unsubscribe(message)
-            return
+            return None
         if not isinstance(message, envelope.Event):
             client.emit(envelope.ERROR_EVENT, {"message": "clients may only send events"})
-            return
+            return None
         if message.event == envelope.REFRESH_EVENT:
-            self.answer(client, client.refreshToken(message.data), message.id)
-            return
+            return self.answer(client, client.refreshToken(message.data), message.id)
         method = handler_method(self.handlers.get(client.facility), message.event)
         if method is not None:
-            self.call(client, method, message.id, client, message.data)
-        elif envelope.is_reserved(message.event):
-            self.answer(client, defer.fail(EventRefused(
+            return self.call(client, method, message.id, client, message.data)
+        if envelope.is_reserved(message.event):
+            return self.answer(client, defer.fail(EventRefused(
                 f"event names starting with {envelope.RESERVED_PREFIX!r} are the "
                 "server's")), message.id)
-        elif client.mayPublish():
+        if client.mayPublish():
             forwarded = envelope.encode_event(message.event, message.data).encode()
-            self.answer(client, client.publish(forwarded).addCallbacks(
+            return self.answer(client, client.publish(forwarded).addCallbacks(
                 lambda _: None, _notStored), message.id)
-        else:
-            self.answer(client, defer.fail(EventRefused(
-                f"no handler for event {message.event!r}")), message.id)
+        return self.answer(client, defer.fail(EventRefused(
+            f"no handler for event {message.event!r}")), message.id)
 
     def call(self, client: EventClient, method: Callable[..., Any], ack_id: Optional[int],
-             *args: Any) -> None:
+             *args: Any) -> defer.Deferred[None]:
         """Call a handler method (a value, a Deferred or a coroutine) and answer
         ``ack_id`` with its result."""
         d = defer.maybeDeferred(method, *args)
         d.addCallback(lambda r: defer.ensureDeferred(r) if inspect.iscoroutine(r) else r)
-        self.answer(client, d, ack_id)
+        return self.answer(client, d, ack_id)
 
     def answer(self, client: EventClient, d: defer.Deferred[Any],
-               ack_id: Optional[int]) -> None:
+               ack_id: Optional[int]) -> defer.Deferred[None]:
         """Acknowledge ``ack_id`` with what ``d`` gives; a failure is an error ack (or a
         ``ws4tx.error`` event without an id): the refusal's message, :data:`UNAVAILABLE`
         when Redis could not be reached, :data:`NOT_PERMITTED` when its ACL refused (the
@@ -170,7 +169,7 @@ class Events:
             else:
                 client.emit(envelope.ERROR_EVENT, {"message": message})
 
-        d.addCallback(ok).addErrback(failed).addErrback(
+        return d.addCallback(ok).addErrback(failed).addErrback(
             lambda f: _log.failure("answering {peer} failed", f, peer=client.peer))
 
 

@@ -13,7 +13,7 @@ to :mod:`ws4tx.server.events`.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from typing import AbstractSet, Any, Iterable, Optional, cast
 from urllib.parse import urlsplit
 
@@ -30,14 +30,15 @@ from zope.interface import implementer
 from ws4tx import closecodes, envelope
 from ws4tx.history import (
     Position,
-    Published,
     parse_recover,
 )
 from ws4tx.naming import ANONYMOUS, Flags, Identity
 from ws4tx.server import _internals, admission, deflate
+from ws4tx.server._flow import Flow
 from ws4tx.server._log import observer
 from ws4tx.server._ratelimit import TokenBucket
 from ws4tx.server._resume import IResumer, Renewal, read_counter, resume
+from ws4tx.server._sending import Sender
 from ws4tx.server.auth import (
     AnonymousAuthenticator,
     Grant,
@@ -45,30 +46,18 @@ from ws4tx.server.auth import (
     HandshakeRequest,
     IAuthenticator,
 )
-from ws4tx.server.broker import NotStored, publish_to
 from ws4tx.server.expiry import Expiry, reauthenticate, with_token
 from ws4tx.server.handlers import EventRefused
 from ws4tx.server.node import Node, close_label
-from ws4tx.server.streams import FIRST_PAGE, LOW_MARK, ClientStream
+from ws4tx.server.streams import LOW_MARK, ClientStream
 from ws4tx.server.subscriptions import Subscriptions
 
 _log = Logger(observer=observer)
 
-#: How many of its own messages a client without ``echo`` may have in flight.
-_MAX_UNECHOED = 256
-
-#: What a client's append to a channel's history costs its storage budget beyond the
-#: payload: an entry in an existing stream (Redis 7: about 16 bytes plus the payload, and
-#: the metadata written with it), and the stream itself when the append made it (about
-#: 4.5 KB for a new stream and its metadata key). A client can thus make at most
-#: ``STORE_BUDGET / 4096`` new history streams a minute (16 by default), however many
-#: facilities the ``HISTORY`` globs admit.
-HISTORY_ENTRY_COST = 64
-HISTORY_STREAM_COST = 4096
-
-
 @implementer(IPushProducer)
-class PushProtocol(WebSocketServerProtocol):
+# Autobahn's own bases disagree on two attributes' types, which mypy checks once a class
+# has a second base.
+class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
     """One browser connection; the producer of its transport (a slow reader pauses its
     delivery)."""
 
@@ -89,9 +78,6 @@ class PushProtocol(WebSocketServerProtocol):
         self._unechoed: Counter[tuple[str, bytes]] = Counter()
         self._joined = False
         self._interrupted = False
-        self._paused_at: Optional[float] = None
-        self._queued_bytes = self._queued_messages = 0
-        self._dropped = False
         self._bucket: Optional[TokenBucket] = None
         self._over_limit = 0
         self._fragments = 0
@@ -110,10 +96,11 @@ class PushProtocol(WebSocketServerProtocol):
         self._window: Optional[int] = None
         #: The positions it asked to recover from, by channel (``recover=``).
         self._recover: dict[str, Position] = {}
-        #: What is queued for this client, written as its socket drains (recovered
-        #: messages, and what must come after them): (channel, prepared, payload), or
-        #: ("", None, an event's text).
-        self._pending: deque[tuple[str, Optional[deflate.Message], bytes]] = deque()
+        #: Its flow control (made once the factory is known: connectionMade). What is
+        #: queued for this client, written as its socket drains (recovered messages, and
+        #: what must come after them): (channel, prepared, payload), or ("", None, an
+        #: event's text).
+        self._flow: Flow[tuple[str, Optional[deflate.Message], bytes]]
         #: The handshake as the authenticator saw it, and the deadline of a token
         #: connection's credential (see :mod:`ws4tx.server.expiry`).
         self._handshake: Optional[Any] = None
@@ -149,6 +136,11 @@ class PushProtocol(WebSocketServerProtocol):
         return self._joined and self.state == self.STATE_OPEN
 
     # Handshake
+
+    def connectionMade(self) -> None:
+        self._flow = Flow(self.factory.config, self.factory.reactor, self.node.stats,
+                          self._dropSlow)
+        super().connectionMade()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # A client that goes away while it is being authenticated is never opened: Autobahn
@@ -292,7 +284,7 @@ class PushProtocol(WebSocketServerProtocol):
     @property
     def dropped(self) -> bool:
         """Whether this client is being dropped as slow."""
-        return self._dropped
+        return self._flow.dropped
 
     def sendRaw(self, payload: bytes, binary: bool) -> None:
         """Write a stored message as it was stored (while the connection is open)."""
@@ -303,31 +295,30 @@ class PushProtocol(WebSocketServerProtocol):
         """Emit an event after what is queued for this client."""
         if not self.speaks_events:
             return
-        if self._pending:
-            self._pending.append(("", None, envelope.encode_event(event, data).encode()))
+        pending = self._flow.pending
+        if pending:
+            pending.append(("", None, envelope.encode_event(event, data).encode()))
         else:
             self.emit(event, data)
 
     def send(self, channel: str, prepared: deflate.Message, payload: bytes) -> None:
         """Write a frame, after what is queued for this client (bounded: past
         ``max_queue_messages`` frames waiting it is dropped as slow)."""
-        if not self._pending:
+        if not self._flow.pending:
             self._write(prepared, payload)
-            return
-        if len(self._pending) > self.factory.config.max_queue_messages + FIRST_PAGE:
-            self.tooSlow("its recovery did not drain in time")
-            return
-        self._pending.append((channel, prepared, payload))
+        else:
+            self._flow.hold((channel, prepared, payload))
 
     def queue(self, channel: str, prepared: deflate.Message, payload: bytes) -> None:
         """Queue a recovered message: written as the socket drains (:meth:`pace`)."""
-        self._pending.append((channel, prepared, payload))
+        self._flow.pending.append((channel, prepared, payload))
 
     def pace(self) -> None:
         """Write what is queued while the socket drains; let the streams read their
         next pages once little is left."""
-        pending = self._pending
-        while pending and self._paused_at is None:
+        flow = self._flow
+        pending = flow.pending
+        while pending and flow.paused_at is None:
             if self.state != self.STATE_OPEN:
                 pending.clear()
                 return
@@ -343,15 +334,15 @@ class PushProtocol(WebSocketServerProtocol):
 
     def tooSlow(self, why: str) -> None:
         """Drop this client as slow (once)."""
-        if not self._dropped:
-            self._dropSlow(why)
+        self._flow.tooSlow(why)
 
     # Delivery (the hot path: nothing here that could be done once per message)
 
     def deliver(self, prepared: deflate.Message, channel: str, payload: bytes) -> None:
         """Write a prepared frame; skip a message this client sent itself without echo."""
-        if (self._unechoed or self._stream.careful or self._paused_at is not None
-                or self._pending):
+        flow = self._flow
+        if (self._unechoed or self._stream.careful or flow.paused_at is not None
+                or flow.pending):
             self._deliverCarefully(prepared, channel, payload)
         elif self.state == self.STATE_OPEN:
             # The usual client, inline (once per client per message): nothing to skip or
@@ -366,7 +357,7 @@ class PushProtocol(WebSocketServerProtocol):
         streams), as :meth:`deliver` does for the URL's channels."""
         if stream.careful:
             stream.live(channel, prepared, payload)
-        elif self._paused_at is not None or self._pending:
+        elif self._flow.paused_at is not None or self._flow.pending:
             self.send(channel, prepared, payload)
         elif self.state == self.STATE_OPEN:
             window = self._window
@@ -375,8 +366,11 @@ class PushProtocol(WebSocketServerProtocol):
 
     def forgetPending(self, channels: AbstractSet[str]) -> None:
         """Drop what is queued for this client of ``channels`` (it left them)."""
-        if self._pending:
-            self._pending = deque(item for item in self._pending if item[0] not in channels)
+        pending = self._flow.pending
+        if pending:
+            kept = [item for item in pending if item[0] not in channels]
+            pending.clear()
+            pending.extend(kept)
 
     def _deliverCarefully(self, prepared: deflate.Message, channel: str,
                           payload: bytes) -> None:
@@ -398,7 +392,7 @@ class PushProtocol(WebSocketServerProtocol):
         frame = prepared.plain if window is None else prepared.deflated(window)
         # What waits for a slow client is counted in the bytes it is sent (a publication
         # envelope can be six times its payload), not in payload bytes.
-        if self._paused_at is not None and self._overflows(len(frame)):
+        if self._flow.paused_at is not None and self._flow.overflows(len(frame)):
             return
         if self.state != self.STATE_OPEN:
             # No data frame after our close frame (RFC 6455, 5.5.1), which Autobahn's
@@ -424,42 +418,20 @@ class PushProtocol(WebSocketServerProtocol):
     # Backpressure: the transport pauses us when its buffer is full.
 
     def pauseProducing(self) -> None:
-        # Twisted calls this again on every write while the buffer is full: the first
-        # call starts the slow timeout.
-        if self._paused_at is None:
-            self._paused_at = self.factory.reactor.seconds()
+        self._flow.pause()
 
     def resumeProducing(self) -> None:
-        self._paused_at = None
-        self._queued_bytes = self._queued_messages = 0
-        if self._pending or self._stream.catching or any(
+        self._flow.resume()
+        if self._flow.pending or self._stream.catching or any(
                 stream.catching for stream in self.subscriptions.streams()):
             self.pace()
 
     def stopProducing(self) -> None:
         pass
 
-    def _overflows(self, size: int) -> bool:
-        """Count a message written while the socket does not drain; drop a slow client."""
-        if self._dropped:
-            return True
-        config = self.factory.config
-        self._queued_bytes += size
-        self._queued_messages += 1
-        assert self._paused_at is not None
-        waited = self.factory.reactor.seconds() - self._paused_at
-        if (self._queued_bytes <= config.max_queue_bytes
-                and self._queued_messages <= config.max_queue_messages
-                and waited <= config.slow_timeout):
-            return False
-        self._dropSlow(f"{self._queued_bytes} bytes in {self._queued_messages} messages "
-                       f"waiting, not drained for {waited:.1f} s")
-        return True
-
     def _dropSlow(self, why: str) -> None:
-        self.node.stats["slow_consumers"] += 1
+        """Drop this client as slow (its flow control decided it, once)."""
         _log.warn("dropping slow client {peer}: {why}", peer=self.peer, why=why)
-        self._dropped = True
         self.closeWith(closecodes.SLOW_CONSUMER, "too slow: messages were not read in time")
         self.dropConnection(abort=True)
 
@@ -517,24 +489,16 @@ class PushProtocol(WebSocketServerProtocol):
         if not isBinary and payload == self.factory.heartbeat:
             self.sendMessage(payload)
             return
-        if self._bucket is not None and not self._bucket.take():
-            self._overLimit(payload if self.speaks_events and not isBinary else None)
-            return
-        if self.speaks_events and not isBinary and envelope.is_envelope(payload):
-            self.node.events.dispatch(self, payload)
-            return
-        if self._publish_to and envelope.is_envelope(payload):
-            # Only the server speaks in envelopes to event clients; a raw payload that
-            # they would read as one (an event, an acknowledgement) is never published.
-            self.node.stats["raw_envelopes"] += 1
-            self.closeWith(closecodes.POLICY_VIOLATION,
-                           "raw messages may not look like ws4tx envelopes")
-            return
-        # A raw client cannot be told of a failure without changing its payloads:
-        # _publishFailed logs it.
-        self.publish(payload).addErrback(lambda _: None)
+        handled = self.received(payload, isBinary)
+        if handled is not None:
+            # A raw client cannot be told of a failure without changing its payloads:
+            # _publishFailed logs it.
+            handled.addErrback(lambda _: None)
 
-    def _overLimit(self, text: Optional[bytes] = None) -> None:
+    def withinRate(self) -> bool:
+        return self._bucket is None or self._bucket.take()
+
+    def overLimit(self, text: Optional[bytes] = None) -> None:
         """A message over the rate limit is dropped; the sender is told (if it speaks
         events: a subscribe or unsubscribe, ``text``, is answered ``refused``) and, past
         three times the burst, closed with 1008."""
@@ -556,97 +520,6 @@ class PushProtocol(WebSocketServerProtocol):
                     "dropped"))
                 return
         self.emit(envelope.ERROR_EVENT, {"message": "rate limit exceeded: message dropped"})
-
-    # Publishing
-
-    def mayPublish(self) -> bool:
-        """Whether this client has channels to publish to."""
-        return bool(self._publish_to)
-
-    def publish(self, payload: bytes) -> defer.Deferred[int]:
-        """Publish ``payload`` on this client's publish channels (and store it for replay,
-        within the site's rules); fires with the receivers."""
-        if not self._publish_to:
-            _log.debug("{peer} sent a message but has no publish flag", peer=self.peer)
-            return defer.succeed(0)
-        config = self.factory.config
-        retention = config.history_for(self.facility)
-        expire, unstored = self._storage(payload, retention is not None)
-        if unstored and retention is not None:
-            # A message kept out of the history would reach the clients connected now
-            # and never those that recover: it is not published at all.
-            return defer.fail(EventRefused(
-                f"{unstored}: not published (this facility keeps a history)"))
-        if self._admitted is not None and not self._admitted.echo:
-            for channel in self._publish_to:
-                if channel in self._channels:
-                    self._remember(channel, payload)
-        appended = self._appended if retention is not None and \
-            self.node.store_budgets is not None else None
-        d = publish_to(self.node.broker, self._publish_to, payload, expire, retention,
-                       config.prefix, appended)
-        if unstored:
-            d.addCallback(_raiseNotStored, unstored)
-        return d.addErrback(self._publishFailed, payload)
-
-    def _storage(self, payload: bytes, history: bool) -> tuple[int, str]:
-        """How long to store ``payload`` for replay (0: not at all), and why a message
-        that should have been stored (for replay, or in its channels' ``history``) is
-        not ("": it is, or it was never to be): over the identity's storage budget."""
-        config, budgets = self.factory.config, self.node.store_budgets
-        if self._admitted is None:
-            return 0, ""
-        stores = self._admitted.stores
-        if not stores and not history:
-            return 0, ""
-        # The payload once (a history facility's replay key is overwritten, its stream
-        # grows), and what a history entry costs beyond it.
-        cost = (len(payload) + (HISTORY_ENTRY_COST if history else 0)) * len(self._publish_to)
-        if budgets is None or budgets.take(self._budgetKey(), cost):
-            return (config.expire if stores else 0), ""
-        self.node.stats["store_refused"] += 1
-        if not self._over_budget:
-            self._over_budget = True
-            _log.warn("{peer} ({who}) is over its storage budget of {budget} bytes a "
-                      "minute: its messages are {what}", peer=self.peer,
-                      who=self.identity.user or "anonymous", budget=config.store_budget,
-                      what="not published (a facility with history)" if history
-                      else "delivered but not stored")
-        return 0, f"over the storage budget of {config.store_budget} bytes a minute"
-
-    def _budgetKey(self) -> Any:
-        """Whose storage budget this client spends: its user's, or its address's."""
-        return self.identity.user or ("@", self._address)
-
-    def _appended(self, published: Published) -> None:
-        """An append of this client made a new history stream (the first offset of an
-        epoch): its cost goes on the budget (which may go into debt)."""
-        budgets = self.node.store_budgets
-        if budgets is not None and published.position.offset == 1:
-            budgets.charge(self._budgetKey(), HISTORY_STREAM_COST)
-
-    def _remember(self, channel: str, payload: bytes) -> None:
-        if len(self._unechoed) >= _MAX_UNECHOED:
-            self._unechoed.clear()
-        self._unechoed[(channel, payload)] += 1
-
-    def _publishFailed(self, failure: Failure, payload: bytes) -> Failure:
-        error = failure.value
-        if isinstance(error, NotStored):
-            # Delivered (its echo, if any, is on the way): only the replay copy is missing.
-            _log.info("the message of {peer} reached {receivers} subscribers but was not "
-                      "stored: {reason}", peer=self.peer, receivers=error.receivers,
-                      reason=error.reason)
-            return failure
-        for channel in self._publish_to:
-            key = (channel, payload)
-            if self._unechoed[key] > 1:
-                self._unechoed[key] -= 1
-            else:
-                self._unechoed.pop(key, None)
-        _log.warn("publishing for {peer} failed: {error}", peer=self.peer,
-                  error=failure.value)
-        return failure
 
     # The site's commands
 
@@ -755,7 +628,7 @@ class PushProtocol(WebSocketServerProtocol):
             if self._renewal is not None:
                 self._renewal.stop()
                 self._renewal = None
-            self._pending.clear()
+            self._flow.pending.clear()
             self.subscriptions.close()
             node.leave(self)
 
@@ -766,10 +639,6 @@ def _recover_from(values: list[str]) -> dict[str, Position]:
         return parse_recover(values)
     except ValueError as e:
         raise HandshakeDenied(str(e), 400) from None
-
-
-def _raiseNotStored(receivers: int, reason: str) -> int:
-    raise NotStored(receivers, reason)
 
 
 class PushFactory(WebSocketServerFactory):

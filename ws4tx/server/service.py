@@ -78,6 +78,7 @@ class PushService(service.MultiService):
         #: connection counted toward the per-address cap.
         self.site = PushSite(self.resource, config.handshake_timeout, reactor,
                              addresses=self.node.addresses,
+                             body_limit=(config.websocket_url, config.max_message_size),
                              timeout=config.http_idle_timeout)
         self.site.displayTracebacks = False
         # Twisted's endpoint parsing, with ports whose plain-TCP connections write

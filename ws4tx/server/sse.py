@@ -8,8 +8,9 @@ and :func:`ws4tx.server.admission.admit`), gets the same identity and channels, 
 the node as a WebSocket client does (:meth:`ws4tx.server.node.Node.join`): its
 :class:`~ws4tx.server.streams.ClientStream` decides what goes out and when; an
 :class:`SSEStream` frames and writes it as SSE (see :mod:`ws4tx.server._sse_format`) and
-paces it by the producer of the HTTP response (a client that does not read is dropped
-as a slow WebSocket client is).
+paces it by the producer of the HTTP response, with the flow control of a WebSocket
+client (:class:`ws4tx.server._flow.Flow`: a client that does not read is dropped by the
+same bounds).
 
 An SSE client speaks the event envelope as a ``ws4tx.v1`` WebSocket client does: each
 message's ``data:`` is what such a client would get (on a facility with history, the
@@ -21,7 +22,6 @@ of the stream's channels, which the browser sends back as ``Last-Event-ID``.
 from __future__ import annotations
 
 import json
-from collections import deque
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 
 from twisted.internet import defer
@@ -36,12 +36,13 @@ from ws4tx import closecodes, envelope
 from ws4tx.history import UNKNOWN_POSITION, Position, parse_recover
 from ws4tx.naming import ANONYMOUS, Identity
 from ws4tx.server import _sse_format, _verdict, admission, deflate
+from ws4tx.server._flow import Flow
 from ws4tx.server._log import observer
 from ws4tx.server.auth import HandshakeDenied
 from ws4tx.server.expiry import Expiry
 from ws4tx.server.handlers import EventRefused
 from ws4tx.server.node import close_label
-from ws4tx.server.streams import FIRST_PAGE, LOW_MARK, ClientStream
+from ws4tx.server.streams import LOW_MARK, ClientStream
 
 if TYPE_CHECKING:
     from ws4tx.server.protocol import PushFactory
@@ -97,11 +98,13 @@ class SSEStream:
         self._address: Optional[str] = None
         self._counted = self._counted_connection = False
         self._lost = self._joined = self._open = False
-        self._dropped = self._interrupted = False
+        self._interrupted = False
         self._close_code: Optional[int] = None
-        self._paused_at: Optional[float] = None
-        self._queued_bytes = self._queued_messages = 0
-        self._pending: deque[_Item] = deque()
+        #: Its flow control, as a WebSocket client's: what waits for it, and when it is
+        #: too slow to keep.
+        self._flow: Flow[_Item] = Flow(factory.config, self.node.clock, self.node.stats,
+                                       self._dropSlow)
+        self._pending = self._flow.pending
         #: The channels an event id holds positions of (None: no id), its tag, and where
         #: each stands in what was written.
         self._id_channels: tuple[str, ...] = ()
@@ -233,7 +236,7 @@ class SSEStream:
 
     @property
     def dropped(self) -> bool:
-        return self._dropped
+        return self._flow.dropped
 
     def sendRaw(self, payload: bytes, binary: bool) -> None:
         """Write a stored message as it was stored."""
@@ -248,17 +251,15 @@ class SSEStream:
     def send(self, channel: str, prepared: deflate.Message, payload: bytes) -> None:
         if not self._pending:
             self._writeMessage(channel, prepared)
-        elif len(self._pending) > self.factory.config.max_queue_messages + FIRST_PAGE:
-            self.tooSlow("its recovery did not drain in time")
         else:
-            self._pending.append((channel, prepared))
+            self._flow.hold((channel, prepared))
 
     def queue(self, channel: str, prepared: deflate.Message, payload: bytes) -> None:
         self._pending.append((channel, prepared))
 
     def pace(self) -> None:
-        pending = self._pending
-        while pending and self._paused_at is None:
+        pending, flow = self._pending, self._flow
+        while pending and flow.paused_at is None:
             if not self._open:
                 pending.clear()
                 return
@@ -271,8 +272,7 @@ class SSEStream:
             self._stream.drained()
 
     def tooSlow(self, why: str) -> None:
-        if not self._dropped:
-            self._dropSlow(why)
+        self._flow.tooSlow(why)
 
     # Writing
 
@@ -303,51 +303,31 @@ class SSEStream:
                                       name=event, id=self._id()))
 
     def _write(self, data: bytes) -> None:
-        if self._paused_at is not None and self._overflows(len(data)):
+        if self._flow.paused_at is not None and self._flow.overflows(len(data)):
             return
         self._request.write(data)
 
     def _ping(self) -> None:
-        if self._open and self._paused_at is None:
+        if self._open and self._flow.paused_at is None:
             self._request.write(_sse_format.PING)
 
     # Backpressure: the HTTP channel pauses its request's producer when its socket's
     # buffer is full.
 
     def pauseProducing(self) -> None:
-        if self._paused_at is None:
-            self._paused_at = self.node.clock.seconds()
+        self._flow.pause()
 
     def resumeProducing(self) -> None:
-        self._paused_at = None
-        self._queued_bytes = self._queued_messages = 0
+        self._flow.resume()
         if self._joined and (self._pending or self._stream.catching):
             self.pace()
 
     def stopProducing(self) -> None:
         pass
 
-    def _overflows(self, size: int) -> bool:
-        """Count what is written while the socket does not drain; drop a slow client."""
-        if self._dropped:
-            return True
-        config = self.factory.config
-        self._queued_bytes += size
-        self._queued_messages += 1
-        assert self._paused_at is not None
-        waited = self.node.clock.seconds() - self._paused_at
-        if (self._queued_bytes <= config.max_queue_bytes
-                and self._queued_messages <= config.max_queue_messages
-                and waited <= config.slow_timeout):
-            return False
-        self._dropSlow(f"{self._queued_bytes} bytes in {self._queued_messages} messages "
-                       f"waiting, not drained for {waited:.1f} s")
-        return True
-
     def _dropSlow(self, why: str) -> None:
-        self.node.stats["slow_consumers"] += 1
+        """Drop this stream as slow (its flow control decided it, once)."""
         _log.warn("dropping slow SSE client {peer}: {why}", peer=self.peer, why=why)
-        self._dropped = True
         self._close_code = closecodes.SLOW_CONSUMER
         self.dropConnection(abort=True)
 
@@ -396,8 +376,10 @@ class SSEStream:
         if not gone:
             return False
         self.channels = tuple(c for c in self.channels if c not in gone)
-        self._pending = deque(item for item in self._pending
-                              if isinstance(item[1], _Event) or item[0] not in gone)
+        kept = [item for item in self._pending
+                if isinstance(item[1], _Event) or item[0] not in gone]
+        self._pending.clear()
+        self._pending.extend(kept)
         self.node.leaveChannels(self, gone)
         self.emit(envelope.UNSUBSCRIBED_EVENT, event)
         return True

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.web import pages, resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from ws4tx.server import _twisted_internals, _verdict, history_get, sse
+from ws4tx.server import _twisted_internals, _verdict, history_get, posting, sse
 from ws4tx.server._log import observer
 from ws4tx.server.admission import AddressCounts
 from ws4tx.server.auth import HandshakeDenied
@@ -51,9 +51,14 @@ class WebSocketEndpoint(resource.Resource):
         self._ws = WebSocketResource(factory)
 
     def render(self, request: Request) -> Any:
+        if request.method == b"POST":
+            return posting.serve(self.factory, request)
+        if request.method == b"OPTIONS":
+            return self._preflight(request)
         if request.method != b"GET":
-            request.setHeader(b"allow", b"GET")
-            return _plain(request, 400, b"WebSocket handshakes are GET requests.\n")
+            request.setHeader(b"allow", b"GET, POST")
+            return _plain(request, 400, b"WebSocket handshakes are GET requests; a "
+                                        b"message without a socket is a POST.\n")
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if b"websocket" not in upgrade:
             if history_get.wants_history(request):
@@ -69,6 +74,18 @@ class WebSocketEndpoint(resource.Resource):
             upgrading()  # the WebSocket counts itself, under its client's address
         return self._ws.render(request)
 
+
+    def _preflight(self, request: Request) -> bytes:
+        """A browser asks whether a page of another origin may POST here (or send
+        ``Last-Event-ID``): yes for the Origins the handshake would accept."""
+        _verdict.allow_reading(self.factory.config, request)
+        request.setResponseCode(204)
+        if request.responseHeaders.hasHeader(b"access-control-allow-origin"):
+            request.setHeader(b"access-control-allow-methods", b"GET, POST")
+            request.setHeader(b"access-control-allow-headers",
+                              b"content-type, x-csrftoken, last-event-id")
+            request.setHeader(b"access-control-max-age", b"600")
+        return b""
 
     def _probe(self, request: Request) -> Any:
         """A plain GET: the refusal the handshake of this URL would get (its status, JSON
@@ -349,23 +366,80 @@ class _DeadlineChannel(_twisted_internals.QuietHTTPChannel):
         transport.loseConnection()
 
 
+class _CappedRequest(Request):
+    """A request whose body may not be larger than its Site's cap for its path
+    (:meth:`PushSite.body_cap`): refused with 413 and closed as soon as its
+    ``Content-Length`` says it is, or as its chunks pass the cap; never handled."""
+
+    _cap: Optional[int] = None
+    _received = 0
+    _refused = False
+
+    def gotLength(self, length: Optional[int]) -> None:
+        super().gotLength(length)
+        site = getattr(self.channel, "factory", None)
+        if isinstance(site, PushSite):
+            self._cap = site.body_cap(_twisted_internals.request_path(self.channel))
+        if self._cap is not None and length is not None and length > self._cap:
+            self._tooLarge()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._cap is not None:
+            self._received += len(data)
+            if self._received > self._cap:
+                self._tooLarge()
+                return
+        super().handleContentChunk(data)
+
+    def process(self) -> None:
+        if not self._refused:
+            super().process()
+
+    def _tooLarge(self) -> None:
+        self._refused = True
+        body = _verdict.refusal_body(HandshakeDenied(
+            f"the body is larger than max_message_size ({self._cap} bytes)", 413))
+        transport: Any = self.channel.transport
+        transport.write(
+            b"HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"
+            b"Cache-Control: no-store\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (len(body), body))
+        transport.loseConnection()
+
+
 class PushSite(Site):
     """The Site ws4tx listens with: every request must arrive whole (head and body) within
     ``head_deadline`` seconds (0: no deadline); with ``addresses``, each connection counts
-    toward the per-address cap. HTTP/1.1 only (WebSockets upgrade from it; Autobahn does
-    not speak WebSocket over HTTP/2). ``timeout``: seconds a keep-alive connection may
-    wait idle for its next request."""
+    toward the per-address cap; with ``body_limit`` (a path prefix, a size in bytes), the
+    bodies of the requests under that prefix are capped (413). HTTP/1.1 only (WebSockets
+    upgrade from it; Autobahn does not speak WebSocket over HTTP/2). ``timeout``: seconds a
+    keep-alive connection may wait idle for its next request."""
 
     # Twisted annotates the _GenericHTTPChannelProtocol wrapper (HTTP/2 negotiation);
     # an HTTPChannel subclass is what it wraps, and what this Site wants (HTTP/1.1 only).
     protocol = _DeadlineChannel  # type: ignore[assignment]
 
+    requestFactory = _CappedRequest
+
     def __init__(self, resource: resource.Resource, head_deadline: float,
                  reactor: IReactorTime, addresses: Optional[AddressCounts] = None,
-                 **kwargs: Any) -> None:
+                 body_limit: Optional[tuple[str, int]] = None, **kwargs: Any) -> None:
         super().__init__(resource, reactor=reactor, **kwargs)
         self.head_deadlines = HeadDeadlines(head_deadline, reactor) if head_deadline else None
         self.addresses = addresses
+        #: The paths whose request bodies are capped (a prefix), and the cap in bytes.
+        self._body_limit = (None if body_limit is None
+                            else (body_limit[0].encode(), body_limit[1]))
+
+    def body_cap(self, path: bytes) -> Optional[int]:
+        """The largest body a request of ``path`` may have (None: the Site does not cap
+        it; the WSGI application has its own limits)."""
+        limit = self._body_limit
+        if limit is None or not path.startswith(limit[0]):
+            return None
+        return limit[1]
 
     def getResourceFor(self, request: Request) -> resource.IResource:
         refused = getattr(request.channel, "refused", None)

@@ -1,0 +1,92 @@
+"""Flow control of one client, whatever transport carries it (a WebSocket, an SSE stream):
+what waits for it, whether its socket drains, and when it is too slow to keep.
+
+A transport is the producer of its socket: the socket pauses it when its buffer is full
+(:meth:`Flow.pause`) and resumes it once drained (:meth:`Flow.resume`). What is written
+meanwhile is counted (:meth:`Flow.overflows`); past ``max_queue_bytes`` bytes,
+``max_queue_messages`` messages or ``slow_timeout`` seconds since the first pause, the
+client is dropped as slow (:meth:`Flow.tooSlow`): counted once in the node's
+``slow_consumers``, then the transport's own way of dropping (a close frame then an abort
+for a WebSocket, an abort for a stream). What its streams hold back (a recovery's pages,
+what must come after them) waits in :attr:`Flow.pending`, bounded the same way
+(:meth:`Flow.hold`). Pure apart from reading the clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Generic, MutableMapping, Optional, TypeVar
+
+from twisted.internet.interfaces import IReactorTime
+
+from ws4tx.server.config import ServerConfig
+from ws4tx.server.streams import FIRST_PAGE
+
+T = TypeVar("T")
+
+
+class Flow(Generic[T]):
+    """The flow control of one client: ``drop(why)`` drops it the transport's way (called
+    once); ``stats`` is the node's counters."""
+
+    __slots__ = ("_clock", "_config", "_drop", "_stats", "dropped", "paused_at",
+                 "pending", "queued_bytes", "queued_messages")
+
+    def __init__(self, config: ServerConfig, clock: IReactorTime,
+                 stats: MutableMapping[str, int], drop: Callable[[str], None]) -> None:
+        self._config = config
+        self._clock = clock
+        self._stats = stats
+        self._drop = drop
+        #: What waits for the client, written as its socket drains (in order).
+        self.pending: deque[T] = deque()
+        #: When its socket stopped draining (None: it drains).
+        self.paused_at: Optional[float] = None
+        #: What was written since, in bytes and messages.
+        self.queued_bytes = self.queued_messages = 0
+        #: Whether it is being dropped as slow.
+        self.dropped = False
+
+    def pause(self) -> None:
+        """The socket's buffer is full (Twisted says so again on every write while it
+        is: the first time starts the clock)."""
+        if self.paused_at is None:
+            self.paused_at = self._clock.seconds()
+
+    def resume(self) -> None:
+        """The socket drained: nothing is counted against the client any more."""
+        self.paused_at = None
+        self.queued_bytes = self.queued_messages = 0
+
+    def overflows(self, size: int) -> bool:
+        """Count a message of ``size`` bytes written while the socket does not drain:
+        whether it must not be written (the client is, or now is, dropped as slow)."""
+        if self.dropped:
+            return True
+        config = self._config
+        self.queued_bytes += size
+        self.queued_messages += 1
+        assert self.paused_at is not None
+        waited = self._clock.seconds() - self.paused_at
+        if (self.queued_bytes <= config.max_queue_bytes
+                and self.queued_messages <= config.max_queue_messages
+                and waited <= config.slow_timeout):
+            return False
+        self.tooSlow(f"{self.queued_bytes} bytes in {self.queued_messages} messages "
+                     f"waiting, not drained for {waited:.1f} s")
+        return True
+
+    def hold(self, item: T) -> None:
+        """Queue ``item`` after what waits (bounded: past ``max_queue_messages`` items
+        beyond a recovery's first page the client is dropped as slow)."""
+        if len(self.pending) > self._config.max_queue_messages + FIRST_PAGE:
+            self.tooSlow("its recovery did not drain in time")
+        else:
+            self.pending.append(item)
+
+    def tooSlow(self, why: str) -> None:
+        """Drop the client as slow (once)."""
+        if not self.dropped:
+            self.dropped = True
+            self._stats["slow_consumers"] += 1
+            self._drop(why)
