@@ -230,6 +230,11 @@ def moved(error: str) -> Optional[tuple[int, Node]]:
         return None
 
 
+def _tagOf(slots: SlotMap, node: Node) -> Optional[str]:
+    """A hash tag whose slot ``node`` serves, or None when it serves none."""
+    return next((f"p{i}" for i in range(100_000) if slots.node_for(f"p{i}") == node), None)
+
+
 # The broker
 
 class _NodeSubscriber(_Prepared, ShardSubscriberProtocol):
@@ -299,8 +304,20 @@ class _NodeBroker(RedisBroker):
             cluster.reactor, clock=cluster.clock, ping_interval=cluster.ping_interval,
             timeout=cluster.timeout)
         self.cluster = cluster
+        self.node = node
         # on a slot of this node, or SSUBSCRIBE would answer MOVED
         self._probe_channel = f"__ws4tx_probe__:{{{probe_tag}}}:{uuid.uuid4().hex}"
+
+    def _retriesRefusal(self, reason: str) -> bool:
+        # a client channel's MOVED goes to the cluster, which follows the slot
+        return moved(reason) is None and super()._retriesRefusal(reason)
+
+    def _probeMoved(self) -> None:
+        """The probe's slot left this node: the probe goes on a slot it serves now."""
+        slots = self.cluster.slots
+        tag = _tagOf(slots, self.node) if slots is not None else None
+        if tag is not None:
+            self._probe_channel = f"__ws4tx_probe__:{{{tag}}}:{uuid.uuid4().hex}"
 
 
 @implementer(IBrokerListener)
@@ -522,8 +539,8 @@ class ClusterBroker:
         lost = set(self._lost)
         for node in slots.nodes():
             if node not in self.nodes:
-                tag = next(f"p{i}" for i in range(100_000)
-                           if slots.node_for(f"p{i}") == node)
+                tag = _tagOf(slots, node)
+                assert tag is not None  # the node serves slots
                 broker = self.nodes[node] = _NodeBroker(self, node, tag)
                 self._up[node] = False
                 broker.start(_NodeListener(self, node))
