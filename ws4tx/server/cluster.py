@@ -164,13 +164,26 @@ class SlotMap:
     ranges: tuple[tuple[int, int, Node], ...]
 
     @classmethod
-    def from_cluster_slots(cls, reply: Sequence[Any]) -> SlotMap:
+    def from_cluster_slots(cls, reply: Sequence[Any], asked: Optional[Node] = None) -> SlotMap:
         """From the reply of ``CLUSTER SLOTS`` (each entry: first, last, then the master's
-        host, port and id, then its replicas')."""
+        host, port and id, then its replicas') given by node ``asked``.
+
+        An empty or null host is the node that was asked (a node names itself so until
+        another node told it its address: a cluster of one); a range whose master has no
+        host known (``?``, or empty and ``asked`` unknown) or no port is left out, as if
+        no node served it: there is nowhere to connect for it."""
         ranges = []
         for entry in reply:
             first, last, master = int(entry[0]), int(entry[1]), entry[2]
-            ranges.append((first, last, (_text(master[0]), int(master[1]))))
+            host = "" if master[0] is None else _text(master[0])
+            if not host and asked is not None:
+                host = asked[0]
+            try:
+                port = int(master[1])
+            except (TypeError, ValueError):
+                port = 0
+            if host and host != "?" and 0 < port < 65536:
+                ranges.append((first, last, (host, port)))
         return cls(tuple(sorted(ranges)))
 
     def node_of_slot(self, slot: int) -> Optional[Node]:
@@ -200,12 +213,18 @@ class ClusterDown(Exception):
     a slot until its slots are all served again."""
 
 
+def cluster_state(info: str | bytes) -> str:
+    """The ``cluster_state`` of a node's ``CLUSTER INFO`` (``ok``, ``fail``; ``?`` when
+    it has none)."""
+    text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return fields.get("cluster_state", "").strip() or "?"
+
+
 def cluster_down(info: str | bytes, slots: SlotMap) -> Optional[str]:
     """Why the cluster is down, from a node's ``CLUSTER INFO`` and its slot map; None
     when its ``cluster_state`` is ``ok``."""
-    text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    state = fields.get("cluster_state", "").strip()
+    state = cluster_state(info)
     if state == "ok":
         return None
     served = sum(last - first + 1 for first, last, _ in slots.ranges)
@@ -215,7 +234,34 @@ def cluster_down(info: str | bytes, slots: SlotMap) -> Optional[str]:
     else:
         fix = ("a primary is unreachable and no replica has taken over its slots; start it "
                "again")
-    return f"cluster down (cluster_state:{state or '?'}): {fix}"
+    return f"cluster down (cluster_state:{state}): {fix}"
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What one node says of the cluster: its slot map and ``cluster_state``."""
+
+    node: Node
+    slots: SlotMap
+    state: str
+    #: Why the cluster is down, as :func:`cluster_down` says; None when ``state`` is ok.
+    down: Optional[str]
+
+    @classmethod
+    def of(cls, node: Node, slots_reply: Sequence[Any], info: str | bytes) -> ClusterView:
+        """From ``node``'s replies to ``CLUSTER SLOTS`` and ``CLUSTER INFO``."""
+        slots = SlotMap.from_cluster_slots(slots_reply, node)
+        return cls(node, slots, cluster_state(info), cluster_down(info, slots))
+
+
+def choose_view(views: Sequence[ClusterView]) -> tuple[ClusterView, list[ClusterView]]:
+    """The view to follow of those given (at least one), in the order the nodes were
+    asked: the first that says the cluster is ok, else the first (the cluster is down);
+    and the views that say it is down while the one followed says it is ok (a node cut
+    off from the others, restarted and not back yet, or not in this cluster)."""
+    chosen = next((view for view in views if view.down is None), views[0])
+    dissent = [view for view in views if chosen.down is None and view.down is not None]
+    return chosen, dissent
 
 
 def moved(error: str) -> Optional[tuple[int, Node]]:
@@ -388,6 +434,8 @@ class ClusterBroker:
         self._own_stats = {"shard_outages": 0}
         #: Why the cluster refuses commands (its ``cluster_state`` is not ``ok``), or None.
         self.down: Optional[str] = None
+        #: The nodes said to see the cluster down while another sees it ok.
+        self._dissenting: set[Node] = set()
         #: The log of the attempts to read the slot map.
         self.slot_attempts = AttemptLog(self.log, "the Redis Cluster's slot map at "
                                         f"{address.safe_url}", self.clock)
@@ -482,30 +530,44 @@ class ClusterBroker:
         seeds = list(self.nodes) + [n for n in self.address.cluster_nodes
                                     if n not in self.nodes]
         last: Optional[BaseException] = None
-        # The slot map and reason of the first node that said the cluster is down.
-        failing: Optional[tuple[SlotMap, str]] = None
+        views: list[ClusterView] = []
         for host, port in seeds:
             try:
                 reply, info = await self._clusterSlots(host, port)
             except Exception as e:  # noqa: BLE001 - any node that answers will do
                 last = e
                 continue
-            slots = SlotMap.from_cluster_slots(reply)
-            down = cluster_down(info, slots)
-            if down is not None:
-                # A node cut off from the others (or just restarted) says so alone:
-                # another may see the cluster whole.
-                failing = failing or (slots, down)
-                continue
-            self._apply(slots)
-            self.down = None
-            self.slot_attempts.succeeded()
-            return
-        if failing is not None:
-            self._apply(failing[0])
-            self.down = failing[1]
+            views.append(ClusterView.of((host, port), reply, info))
+            if views[-1].down is None:
+                # A node cut off from the others (or just restarted) says down alone:
+                # the first that says ok is followed.
+                break
+        if not views:
+            raise ConnectionError(f"no cluster node answered: {last}")
+        chosen, dissent = choose_view(views)
+        self._dissented(chosen, dissent, views)
+        self._apply(chosen.slots)
+        self.down = chosen.down
+        if self.down is not None:
             raise ClusterDown(self.down)
-        raise ConnectionError(f"no cluster node answered: {last}")
+        self.slot_attempts.succeeded()
+
+    def _dissented(self, chosen: ClusterView, dissent: list[ClusterView],
+                   views: list[ClusterView]) -> None:
+        """One warning per node that says the cluster is down while another says it is
+        ok (again only after it said ok)."""
+        for view in views:
+            if view.down is None:
+                self._dissenting.discard(view.node)
+        for view in dissent:
+            if view.node in self._dissenting:
+                continue
+            self._dissenting.add(view.node)
+            self.log.warn("Redis Cluster node {node} says cluster_state:{state} while {ok} "
+                          "says ok: {node} is cut off from the other nodes or not in this "
+                          "cluster; following {ok} (check it: redis-cli --cluster check "
+                          "{node})", node=f"{view.node[0]}:{view.node[1]}", state=view.state,
+                          ok=f"{chosen.node[0]}:{chosen.node[1]}")
 
     async def _clusterSlots(self, host: str, port: int) -> tuple[Any, Any]:
         """``CLUSTER SLOTS`` and ``CLUSTER INFO`` on a short-lived connection (bounded by
