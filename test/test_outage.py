@@ -247,6 +247,8 @@ class AclTests(ServerTestCase):
         self.assertEqual((code, reason),
                          (closecodes.SUBSCRIPTION_REFUSED, "subscription refused by Redis"))
         self.assertEqual(log.count("Redis refused to subscribe"), 1)
+        self.assertEqual(log.count("closing its 1 clients (allow the channel to this Redis "
+                                   "user)"), 1)
         self.assertEqual(self.publish("ws4tx:broadcast:allowed", "still here"), 1)
         self.assertEqual(await allowed.text(), "still here")
         await self.service.broker.publish("ws4tx:broadcast:allowed", b"after the probe")
