@@ -252,8 +252,8 @@ class _Listener:
         pass
 
 
-class ViewsOfRealNodesTests(unittest.TestCase):
-    """The ClusterBroker on real nodes whose view is odd."""
+class _RealNodesCase(unittest.TestCase):
+    """A ClusterBroker on real nodes the test starts."""
 
     def _lone(self, slots: bool):
         """A cluster-enabled node in no cluster, serving every slot or none."""
@@ -290,6 +290,11 @@ class ViewsOfRealNodesTests(unittest.TestCase):
         self.assertEqual(await listener.messages.get().addTimeout(TIMEOUT, reactor),
                          ("ws4tx:broadcast:views", b"hello"))
 
+
+
+class ViewsOfRealNodesTests(_RealNodesCase):
+    """The ClusterBroker on real nodes whose view is odd."""
+
     async def test_aClusterOfOneIsReachedWhereItWasAsked(self):
         """A cluster of one node names itself with an empty host in CLUSTER SLOTS: the
         broker connects where it asked (it used to try ``redis://:<port>``) and
@@ -323,6 +328,42 @@ class ViewsOfRealNodesTests(unittest.TestCase):
             f"127.0.0.1:{good} says ok: 127.0.0.1:{stray.port} is cut off from the other "
             f"nodes or not in this cluster; following 127.0.0.1:{good} (check it: "
             f"redis-cli --cluster check 127.0.0.1:{stray.port})"])
+        self.assertIsNone(broker.problem)
+
+
+class ProbeMigrationTests(_RealNodesCase):
+    """The delivery probe of a primary whose probe slot migrates away."""
+
+    async def test_probeFollowsItsNodeWhenItsSlotMoves(self):
+        """The slot of a primary's probe channel is given to another primary: the node
+        unsubscribes the probe by itself; the broker puts it on a slot that primary
+        still serves (it used to stay unsubscribed, every SPUBLISH of it answered MOVED),
+        and a barrier (a probe through every primary) passes again."""
+        cluster = Cluster()
+        cluster.start()
+        self.addCleanup(cluster.stop)
+        broker, _, _ = await self._broker(f"redis+cluster://127.0.0.1:{cluster.servers[0].port}")
+        await broker.barrier()
+        source, target = cluster.servers[0], cluster.servers[1]
+        node = broker.nodes[("127.0.0.1", source.port)]
+        old = node._probe_channel
+        moved_on: defer.Deferred[None] = defer.Deferred()
+
+        def observe(event: dict) -> None:
+            text = formatEvent(event)
+            if not moved_on.called and ("probing on" in text or (
+                    f"127.0.0.1:{source.port}" in text and " ready after " in text)):
+                moved_on.callback(None)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        await threads.deferToThread(cluster.move_slot, key_slot(old), target)
+        await moved_on.addTimeout(TIMEOUT, reactor)
+        self.assertNotEqual(node._probe_channel, old)
+        with cluster.client(source) as client:
+            probes = client.execute_command("PUBSUB", "SHARDCHANNELS", "__ws4tx_probe__*")
+        self.assertEqual(probes, [node._probe_channel.encode()])
+        await broker.barrier()
         self.assertIsNone(broker.problem)
 
 

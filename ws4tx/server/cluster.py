@@ -320,6 +320,9 @@ class _NodeSubscriber(_Prepared, ShardSubscriberProtocol):
     def shardChannelLost(self, channel: bytes) -> None:
         broker = self.broker
         assert isinstance(broker, _NodeBroker)
+        if _text(channel) == broker._probe_channel:
+            broker._probeSlotLost(self)
+            return
         broker.cluster._channelMoved(_text(channel))
 
 
@@ -357,6 +360,39 @@ class _NodeBroker(RedisBroker):
     def _retriesRefusal(self, reason: str) -> bool:
         # a client channel's MOVED goes to the cluster, which follows the slot
         return moved(reason) is None and super()._retriesRefusal(reason)
+
+    def _probeSlotLost(self, proto: Any) -> None:
+        """The node unsubscribed the probe channel by itself: its slot left this node (a
+        migration). Once the slot map is read again, the probe goes on a slot the node
+        serves now; a refusal then is handled as at connection."""
+
+        def again(_: object) -> None:
+            sub = self._sub
+            if sub is None or sub is not proto or self._stopping:
+                return
+            old = self._probe_channel
+            self._probeMoved()
+            if self._probe_channel == old:
+                return  # the node serves no slot any more: the cluster leaves it
+            subscribed: defer.Deferred[Any] = sub.subscribe(self._probe_channel)
+
+            def refused(failure: Failure) -> None:
+                if failure.check(txredisapi.ResponseError):
+                    self._probeRefused(Failure(SubscriptionRefused(
+                        self._probe_channel, failure.getErrorMessage())))
+                    self._scheduleRefusedRetry()
+
+            def done(_: object) -> None:
+                self._probeSubscribed(_)
+                self.log.info("Redis Cluster node {node}: the delivery probe's slot moved "
+                              "away; probing on {channel} now",
+                              node=f"{self.node[0]}:{self.node[1]}",
+                              channel=self._probe_channel)
+                self._probe()
+
+            subscribed.addCallbacks(done, refused)
+
+        self.cluster.refresh().addCallback(again)
 
     def _probeMoved(self) -> None:
         """The probe's slot left this node: the probe goes on a slot it serves now."""
