@@ -536,6 +536,7 @@ class RedisBroker:
         kind = refusal_kind(error.reason)
         if kind == TRANSIENT:
             self._refused_for_now[self._probe_channel] = error.reason
+            self._probe_seen = None  # a probe seen before says nothing of this one
             return
         if not self._probe_refused:
             if kind == PERMISSION:
@@ -583,9 +584,10 @@ class RedisBroker:
         proto = self._sub
         if proto is None:
             return  # the reconnection subscribes them all
-        assert self._listener is not None
+        listener = self._listener
+        assert listener is not None
         refused, self._refused_for_now = self._refused_for_now, {}
-        wanted = set(self._listener.wantedChannels())
+        wanted = set(listener.wantedChannels())
         if self._probe_channel in refused:
             reason = refused.pop(self._probe_channel)
             if reason.startswith("MOVED "):
@@ -610,7 +612,7 @@ class RedisBroker:
                 reason = failure.getErrorMessage()
                 if channel == self._probe_channel:
                     self._probeRefused(Failure(SubscriptionRefused(channel, reason)))
-                elif channel in self._listener.wantedChannels():  # type: ignore[union-attr]
+                elif channel in listener.wantedChannels():
                     self._channelRefused(channel, reason)
             settled()
 
