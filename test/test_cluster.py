@@ -11,16 +11,25 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import redis
 import txredisapi
 from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, reactor, threads
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from ws4tx import envelope, naming
 from ws4tx.redis_address import RedisAddress
-from ws4tx.server.cluster import ClusterBroker, ShardSubscriberProtocol, SlotMap, moved
+from ws4tx.server.cluster import (
+    ClusterBroker,
+    ClusterView,
+    ShardSubscriberProtocol,
+    SlotMap,
+    choose_view,
+    moved,
+)
 from ws4tx.sharding import key_slot
 
 from test._cluster import Cluster
@@ -155,6 +164,207 @@ class PureTests(unittest.SynchronousTestCase):
         self.assertEqual(moved("MOVED 1 [::1]:7000"), (1, ("::1", 7000)))
         self.assertIsNone(moved("ERR unknown command"))
         self.assertIsNone(moved("MOVED x y:z"))
+
+
+#: Replies of real nodes (redis-server 7.0, captured from the test cluster): ``CLUSTER
+#: SLOTS`` and the head of ``CLUSTER INFO`` of a three-primary cluster, of a node in no
+#: cluster yet, and of a cluster of one (which does not know its own address).
+SLOTS_OK = [
+    [0, 5460, [b"127.0.0.1", 34131, b"9899036b6c639f9eb8a279a042a111dea9041107", []]],
+    [5461, 10922, [b"127.0.0.1", 51771, b"1613d0534b4fae59a5289f829823ad88b9e13ff5", []]],
+    [10923, 16383, [b"127.0.0.1", 51027, b"93acac83d3b1f06abd91454d4333b0f821cc2ad6", []]]]
+INFO_OK = b"cluster_state:ok\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:16384"
+SLOTS_LONE: list = []
+INFO_LONE = b"cluster_state:fail\r\ncluster_slots_assigned:0\r\ncluster_slots_ok:0"
+SLOTS_ONE = [[0, 16383, [b"", 37993, b"6593011226eb4548a6ce8d9aad69efb859f2dacf", []]]]
+
+
+class ViewTests(unittest.SynchronousTestCase):
+    """Which node's slot map is followed, and the addresses read from it (pure logic, on
+    replies captured from real nodes)."""
+
+    ok = ClusterView.of(("127.0.0.1", 34131), SLOTS_OK, INFO_OK)
+    lone = ClusterView.of(("127.0.0.1", 37993), SLOTS_LONE, INFO_LONE)
+
+    def test_theFirstNodeThatSaysOkIsFollowed(self):
+        """A node that says fail asked first (cut off, or not in the cluster) is not
+        followed when a later one says ok, and is named as dissenting."""
+        chosen, dissent = choose_view([self.lone, self.ok])
+        self.assertIs(chosen, self.ok)
+        self.assertEqual(dissent, [self.lone])
+        self.assertTrue(chosen.slots.complete)
+        self.assertEqual(chosen.slots.nodes(), [("127.0.0.1", 34131), ("127.0.0.1", 51771),
+                                                ("127.0.0.1", 51027)])
+
+    def test_noneSaysOkIsDown(self):
+        """Every node says fail: the first is followed, its reason is the cluster's, and
+        nobody dissents."""
+        chosen, dissent = choose_view([self.lone])
+        self.assertIs(chosen, self.lone)
+        self.assertEqual(dissent, [])
+        self.assertEqual(chosen.down, "cluster down (cluster_state:fail): only 0 of 16384 "
+                         "slots are served; give the others to a primary (redis-cli "
+                         "--cluster fix)")
+
+    def test_anEmptyHostIsTheNodeAsked(self):
+        """A cluster of one names itself with an empty host: that is the node asked, never
+        ``redis://:37993``."""
+        view = ClusterView.of(("10.0.0.5", 37993), SLOTS_ONE, INFO_OK)
+        self.assertEqual(view.slots.nodes(), [("10.0.0.5", 37993)])
+        self.assertTrue(view.slots.complete)
+
+    def test_aRangeWithoutAddressIsNotServed(self):
+        """A master with an unknown endpoint (``?``), or no port, or an empty host from
+        an unknown node: its range is as if unserved (nothing to connect to), the rest
+        is kept."""
+        reply = [[0, 5460, [b"?", 7000, b"a", []]],
+                 [5461, 10922, [b"127.0.0.1", 0, b"b", []]],
+                 [10923, 16383, [b"127.0.0.1", 51027, b"c", []]]]
+        slots = SlotMap.from_cluster_slots(reply, ("127.0.0.1", 51027))
+        self.assertEqual(slots.nodes(), [("127.0.0.1", 51027)])
+        self.assertIsNone(slots.node_of_slot(0))
+        self.assertFalse(slots.complete)
+        self.assertEqual(SlotMap.from_cluster_slots(SLOTS_ONE).nodes(), [])
+
+
+class _Listener:
+    """A ClusterBroker's listener: its connection and messages, as Deferreds."""
+
+    def __init__(self) -> None:
+        self.connected: defer.Deferred[None] = defer.Deferred()
+        self.messages: defer.DeferredQueue = defer.DeferredQueue()
+        self.channels: list[str] = []
+
+    def wantedChannels(self) -> list[str]:
+        return self.channels
+
+    def messageReceived(self, channel: str, payload: bytes) -> None:
+        self.messages.put((channel, payload))
+
+    def subscriptionRefused(self, channel: str, reason: str) -> None:
+        raise AssertionError(f"refused {channel}: {reason}")
+
+    def brokerConnected(self) -> None:
+        if not self.connected.called:
+            self.connected.callback(None)
+
+    def brokerDisconnected(self) -> None:
+        pass
+
+
+class _RealNodesCase(unittest.TestCase):
+    """A ClusterBroker on real nodes the test starts."""
+
+    def _lone(self, slots: bool):
+        """A cluster-enabled node in no cluster, serving every slot or none."""
+        node = Cluster._server()
+        node.start()
+        self.addCleanup(node.stop)
+        if slots:
+            with redis.Redis(port=node.port) as client:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            Cluster._until(lambda: Cluster._ok(node), "the cluster of one is ok")
+        return node
+
+    async def _broker(self, url: str) -> tuple[ClusterBroker, _Listener, list[str]]:
+        lines: list[str] = []
+
+        def observe(event: dict) -> None:
+            if event.get("log_namespace", "").startswith("ws4tx"):
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        broker = ClusterBroker(RedisAddress.from_url(url), reactor, ping_interval=1.0,
+                               timeout=TIMEOUT)
+        listener = _Listener()
+        broker.start(listener)
+        self.addCleanup(broker.stop)
+        await listener.connected.addTimeout(TIMEOUT, reactor)
+        return broker, listener, lines
+
+    async def _delivers(self, broker: ClusterBroker, listener: _Listener) -> None:
+        listener.channels.append("ws4tx:broadcast:views")
+        await broker.subscribe("ws4tx:broadcast:views")
+        self.assertEqual(await broker.publish("ws4tx:broadcast:views", b"hello"), 1)
+        self.assertEqual(await listener.messages.get().addTimeout(TIMEOUT, reactor),
+                         ("ws4tx:broadcast:views", b"hello"))
+
+
+
+class ViewsOfRealNodesTests(_RealNodesCase):
+    """The ClusterBroker on real nodes whose view is odd."""
+
+    async def test_aClusterOfOneIsReachedWhereItWasAsked(self):
+        """A cluster of one node names itself with an empty host in CLUSTER SLOTS: the
+        broker connects where it asked (it used to try ``redis://:<port>``) and
+        delivers."""
+        node = self._lone(slots=True)
+        broker, listener, lines = await self._broker(f"redis+cluster://127.0.0.1:{node.port}")
+        self.assertEqual(list(broker.nodes), [("127.0.0.1", node.port)])
+        await self._delivers(broker, listener)
+        self.assertEqual([line for line in lines if "redis://:" in line], [])
+        self.assertIsNone(broker.problem)
+
+    async def test_aSeedThatSaysDownWhileAnotherSaysOkIsNamed(self):
+        """The URL's first seed is a node in no cluster (it says cluster_state:fail and
+        serves nothing); the next one says ok. The broker follows the one that says ok,
+        is not down and delivers, and one warning names the odd node and how to check
+        it."""
+        stray = self._lone(slots=False)
+        cluster = Cluster()
+        cluster.start()
+        self.addCleanup(cluster.stop)
+        good = cluster.servers[0].port
+        broker, listener, lines = await self._broker(
+            f"redis+cluster://127.0.0.1:{stray.port},127.0.0.1:{good}")
+        self.assertIsNone(broker.down)
+        self.assertEqual(len(broker.nodes), 3)
+        await self._delivers(broker, listener)
+        await broker.refresh()
+        warned = [line for line in lines if "cluster_state" in line]
+        self.assertEqual(warned, [
+            f"Redis Cluster node 127.0.0.1:{stray.port} says cluster_state:fail while "
+            f"127.0.0.1:{good} says ok: 127.0.0.1:{stray.port} is cut off from the other "
+            f"nodes or not in this cluster; following 127.0.0.1:{good} (check it: "
+            f"redis-cli --cluster check 127.0.0.1:{stray.port})"])
+        self.assertIsNone(broker.problem)
+
+
+class ProbeMigrationTests(_RealNodesCase):
+    """The delivery probe of a primary whose probe slot migrates away."""
+
+    async def test_probeFollowsItsNodeWhenItsSlotMoves(self):
+        """The slot of a primary's probe channel is given to another primary: the node
+        unsubscribes the probe by itself; the broker puts it on a slot that primary
+        still serves (it used to stay unsubscribed, every SPUBLISH of it answered MOVED),
+        and a barrier (a probe through every primary) passes again."""
+        cluster = Cluster()
+        cluster.start()
+        self.addCleanup(cluster.stop)
+        broker, _, _ = await self._broker(f"redis+cluster://127.0.0.1:{cluster.servers[0].port}")
+        await broker.barrier()
+        source, target = cluster.servers[0], cluster.servers[1]
+        node = broker.nodes[("127.0.0.1", source.port)]
+        old = node._probe_channel
+        moved_on: defer.Deferred[None] = defer.Deferred()
+
+        def observe(event: dict) -> None:
+            text = formatEvent(event)
+            if not moved_on.called and ("probing on" in text or (
+                    f"127.0.0.1:{source.port}" in text and " ready after " in text)):
+                moved_on.callback(None)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        await threads.deferToThread(cluster.move_slot, key_slot(old), target)
+        await moved_on.addTimeout(TIMEOUT, reactor)
+        self.assertNotEqual(node._probe_channel, old)
+        with cluster.client(source) as client:
+            probes = client.execute_command("PUBSUB", "SHARDCHANNELS", "__ws4tx_probe__*")
+        self.assertEqual(probes, [node._probe_channel.encode()])
+        await broker.barrier()
+        self.assertIsNone(broker.problem)
 
 
 def _redis_cli_split(primaries: int) -> list[int]:

@@ -247,6 +247,8 @@ class AclTests(ServerTestCase):
         self.assertEqual((code, reason),
                          (closecodes.SUBSCRIPTION_REFUSED, "subscription refused by Redis"))
         self.assertEqual(log.count("Redis refused to subscribe"), 1)
+        self.assertEqual(log.count("closing its 1 clients (allow the channel to this Redis "
+                                   "user)"), 1)
         self.assertEqual(self.publish("ws4tx:broadcast:allowed", "still here"), 1)
         self.assertEqual(await allowed.text(), "still here")
         await self.service.broker.publish("ws4tx:broadcast:allowed", b"after the probe")
@@ -261,6 +263,37 @@ class AclTests(ServerTestCase):
         code, _ = await late.closed.addTimeout(TIMEOUT, reactor)
         self.assertEqual(code, closecodes.SUBSCRIPTION_REFUSED)
         self.assertEqual(non_probe(self.redis.pubsub_channels()), ["ws4tx:broadcast:allowed"])
+
+    async def test_refusedProbeChannelNamesTheAclFix(self):
+        """An ACL without the delivery probe's channels (a real ``ACL SETUSER``): one
+        warning names the channels and the command that allows them, nothing is retried
+        or said to pass by itself, the health URL follows the connection and the clients
+        are served; once the ACL allows them and the subscriber reconnects, the probe is
+        subscribed and delivery probed again."""
+        log = LogCapture(self)
+        client = await self.client("/ws/allowed?subscribe-broadcast")
+        self.redis.execute_command("ACL", "SETUSER", "ws4tx", "resetchannels", "&ws4tx:*")
+        await self.brokerEvent("disconnected")
+        await self.brokerEvent("connected")
+        [line] = [formatEvent(e) for e in log.events if "delivery probe" in formatEvent(e)]
+        self.assertRegex(line, r"^Redis refused the delivery probe channel __ws4tx_probe__:"
+                         r"\w+ \(NOPERM .*\); allow the channels __ws4tx_probe__:\* to this "
+                         r"user \(ACL SETUSER <user> &__ws4tx_probe__:\*\) for the health "
+                         r"check to test delivery$")
+        status, body = await self._health()
+        self.assertEqual(status, 200, body)
+        self.assertEqual(self.publish("ws4tx:broadcast:allowed", "still here"), 1)
+        self.assertEqual(await client.text(), "still here")
+        self.assertEqual(self.redis.pubsub_channels("__ws4tx_probe__*"), [])
+
+        self.redis.execute_command("ACL", "SETUSER", "ws4tx", "allchannels")
+        self.redis.execute_command("CLIENT", "KILL", "USER", "ws4tx")
+        await self.brokerEvent("disconnected")
+        await self.brokerEvent("connected")
+        self.assertEqual(len(self.redis.pubsub_channels("__ws4tx_probe__*")), 1)
+        self.assertEqual(log.count("refused for now"), 0)
+        self.assertEqual(log.count("delivery probe channel"), 1)
+        await self.service.broker.barrier()  # only a subscribed probe channel passes one
 
     async def test_refusedControlChannelIsLoggedAndClientsAreServed(self):
         """An ACL without the control channel: the node logs an error naming it (it will

@@ -10,12 +10,22 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx.redis_address import RedisAddress
-from ws4tx.server.broker import BrokerUnavailable, NotStored, SubscriptionRefused, publish_to
+from ws4tx.server.broker import (
+    OTHER,
+    PERMISSION,
+    TRANSIENT,
+    BrokerUnavailable,
+    NotStored,
+    SubscriptionRefused,
+    publish_to,
+    refusal_kind,
+    refusal_meaning,
+)
 from ws4tx.server.redis_broker import RedisBroker
 
 
@@ -321,6 +331,147 @@ class SetupTests(_BrokerCase):
         self.assertTrue(self.broker.delivering)
         self.assertTrue(any("__ws4tx_probe__:*" in (e.get("log_format") or "")
                             for e in logged))
+
+
+    def _refusedForNow(self, reply: bytes) -> list:
+        """The probe channel refused with ``reply`` at connection; the log's lines."""
+        with capturedLogs() as logged:
+            self._feed(self.sub, reply + subscribed(b"a", 1) + subscribed(b"b", 2))
+        return [formatEvent(e) for e in logged if e["log_level"] >= LogLevel.warn]
+
+    def test_probeRefusedForNowIsRetriedWithBackoff(self):
+        """A Cluster that is down answers the probe's SUBSCRIBE with CLUSTERDOWN: one
+        warning says the cluster is down (not that an ACL lacks the channel), the health
+        reason says the same, delivery is not claimed, and the probe is subscribed again
+        after the connection's backoff, then delivers."""
+        lines = self._refusedForNow(b"-CLUSTERDOWN The cluster is down\r\n")
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(lines[0], r"^cannot reach Redis subscriptions on redis://\S+: 1 "
+                         r"channel \(the delivery probe's included\) refused for now: "
+                         r"CLUSTERDOWN The cluster is down \(the Redis Cluster is down or "
+                         r"does not serve this slot; .*\); retrying in 1\.0 s$")
+        self.assertNotIn("ACL", lines[0])
+        self.assertEqual(self.listener.events, ["connected"])  # a and b are subscribed
+        self.assertIn("CLUSTERDOWN The cluster is down", self.broker.problem)
+        self.assertFalse(self.broker.delivering)
+
+        probe = self.broker._probe_channel.encode()
+        self.sub_t.clear()
+        self.clock.advance(0.99)
+        self.assertEqual(self.sub_t.value(), b"")
+        self.clock.advance(0.01)
+        self.assertEqual(self.sub_t.value(), b"*2\r\n$9\r\nSUBSCRIBE\r\n$%d\r\n%s\r\n"
+                         % (len(probe), probe))
+        with capturedLogs() as logged:
+            self._feed(self.sub, subscribed(probe, 3))
+        self.assertIsNone(self.broker.problem)
+        self.assertTrue(any("ready after 1.0 s (1 failed attempts)" in formatEvent(e)
+                            for e in logged))
+        self._feed(self.sub, b"*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$5\r\nprobe\r\n"
+                   % (len(probe), probe))
+        self.assertTrue(self.broker.delivering)
+
+    def test_probeRefusedForNowAgainWaitsLonger(self):
+        """Refused again (LOADING after CLUSTERDOWN): the next try waits the next delay
+        of the backoff, and no second warning is written within the summary period."""
+        self.broker._retry = lambda attempt: [1.0, 3.0, 7.0][min(attempt, 2)]
+        self._refusedForNow(b"-CLUSTERDOWN The cluster is down\r\n")
+        probe = self.broker._probe_channel.encode()
+        self.clock.advance(1.0)
+        with capturedLogs() as logged:
+            self._feed(self.sub, b"-LOADING Redis is loading the dataset in memory\r\n")
+        self.assertEqual([e for e in logged if e["log_level"] >= LogLevel.warn], [])
+        self.assertIn("Redis is loading its dataset", self.broker.problem)
+        self.sub_t.clear()
+        self.clock.advance(2.99)
+        self.assertEqual(self.sub_t.value(), b"")
+        self.clock.advance(0.01)
+        self.assertIn(probe, self.sub_t.value())
+
+    def test_probeRefusedForAnUnknownReasonQuotesIt(self):
+        """A refusal ws4tx does not know: one line quoting Redis, no ACL advice, and
+        delivery follows the connection (nothing is retried)."""
+        probe = self.broker._probe_channel.encode()
+        lines = self._refusedForNow(b"-ERR something odd\r\n")
+        self.assertEqual(lines, [f"Redis refused the delivery probe channel {probe.decode()}: "
+                                 "ERR something odd; the health check follows the connection "
+                                 "instead"])
+        self.assertTrue(self.broker.delivering)
+        self.assertIsNone(self.broker.problem)
+        self.sub_t.clear()
+        self.clock.advance(30)
+        self.assertNotIn(probe, self.sub_t.value())
+
+    def test_channelRefusedForNowIsRetriedNotRefused(self):
+        """TRYAGAIN for a client's channel at resubscription: its clients are not closed
+        (the listener hears no refusal); the channel is subscribed again after the
+        backoff. One that nobody wants any more by then is not."""
+        probe = self.broker._probe_channel.encode()
+        self._feed(self.sub, subscribed(probe) + b"-TRYAGAIN Multiple keys request during "
+                   b"rehashing of slot\r\n" + subscribed(b"b", 2))
+        self.assertEqual(self.listener.events, ["connected"])
+        self.assertIn("the slot is being migrated", self.broker.problem)
+        self.sub_t.clear()
+        self.clock.advance(1.0)
+        self.assertEqual(self.sub_t.value(), b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n")
+        self._feed(self.sub, subscribed(b"a", 3))
+        self.assertIsNone(self.broker.problem)
+
+    def test_liveSubscriptionRefusedForNowIsRetried(self):
+        """A join's SUBSCRIBE answered LOADING fails as unavailable (the client is not
+        closed) and is subscribed again after the backoff while the channel is wanted."""
+        self._ready()
+        self.listener.channels.append("c")
+        d = self.broker.subscribe("c")
+        self._feed(self.sub, b"-LOADING Redis is loading the dataset in memory\r\n")
+        self.failureResultOf(d, BrokerUnavailable)
+        self.sub_t.clear()
+        self.clock.advance(1.0)
+        self.assertEqual(self.sub_t.value(), b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n")
+        self._feed(self.sub, subscribed(b"c", 4))
+        self.assertIsNone(self.broker.problem)
+        self.assertEqual(self.listener.events, ["connected"])
+
+    def test_liveSubscriptionRefusedByTheAclIsRefused(self):
+        """NOPERM is no passing refusal: SubscriptionRefused, nothing retried."""
+        self._ready()
+        d = self.broker.subscribe("c")
+        self._feed(self.sub, noperm(b"c"))
+        self.failureResultOf(d, SubscriptionRefused)
+        self.sub_t.clear()
+        self.clock.advance(30)
+        self.assertNotIn(b"$1\r\nc\r\n", self.sub_t.value())
+        self.assertIsNone(self.broker.problem)
+
+
+class RefusalKindTests(SynchronousTestCase):
+    """How a Redis error answering a SUBSCRIBE is classified (pure logic)."""
+
+    def test_kinds(self):
+        """The ACL's refusals ask for the ACL's fix; the cluster's and loading's pass by
+        themselves; anything else is other."""
+        cases = {
+            "NOPERM this user has no permissions to access the 'x' channel": PERMISSION,
+            "NOPERM User ws4tx has no permissions to access the 'x' channel": PERMISSION,
+            "ERR Error in ACL: no permission": PERMISSION,
+            "CLUSTERDOWN Hash slot not served": TRANSIENT,
+            "CLUSTERDOWN The cluster is down": TRANSIENT,
+            "TRYAGAIN Multiple keys request during rehashing of slot": TRANSIENT,
+            "LOADING Redis is loading the dataset in memory": TRANSIENT,
+            "MOVED 866 127.0.0.1:7001": TRANSIENT,
+            "ASK 866 127.0.0.1:7001": TRANSIENT,
+            "ERR unknown command 'SSUBSCRIBE'": OTHER,
+            "MOVEDX nothing": OTHER,
+        }
+        self.assertEqual({m: refusal_kind(m) for m in cases}, cases)
+
+    def test_meanings(self):
+        """Each meaning names what is wrong, and the ACL's names the ACL fix."""
+        self.assertIn("ACL SETUSER", refusal_meaning("NOPERM no permissions"))
+        self.assertIn("loading its dataset", refusal_meaning("LOADING Redis is loading"))
+        self.assertIn("migrated", refusal_meaning("TRYAGAIN Multiple keys"))
+        self.assertIn("--cluster check", refusal_meaning("CLUSTERDOWN Hash slot not served"))
+        self.assertIn("slot moved", refusal_meaning("MOVED 1 h:1"))
 
 
 class AbortingTransport(StringTransport):

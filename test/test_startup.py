@@ -191,34 +191,84 @@ class TopologyFaultTests(unittest.TestCase):
         self.assertNotIn("reason", body)
         self.assertNotIn("Traceback", child.output)
 
-    async def test_clusterDown(self):
-        """A Cluster with a slot no primary serves says it is down (cluster_state:fail)
-        and refuses every command; the operator is told, not shown a green health."""
+    def _downCluster(self, **config: str) -> Cluster:
+        """A Cluster whose slot 6000 no primary serves (it says cluster_state:fail), its
+        nodes set to ``config`` first."""
         cluster = Cluster()
         cluster.start()
         self.addCleanup(cluster.stop)
-        slot = 6000  # servers[1]'s: each of the three serves a third
         for server in cluster.servers:
             with cluster.client(server) as client:
-                client.execute_command("CLUSTER", "DELSLOTS", slot)
+                for name, value in config.items():
+                    client.config_set(name.replace("_", "-"), value)
+        # servers[1]'s (each of the three serves a third). The owner forgets it first: a
+        # node that still counts it as the owner's never gives it back to the owner, while
+        # the owner's ping claiming it, arriving at a node that forgot it first, would.
+        for server in [cluster.servers[1], cluster.servers[0], cluster.servers[2]]:
+            with cluster.client(server) as client:
+                client.execute_command("CLUSTER", "DELSLOTS", 6000)
         cluster._until(lambda: not any(cluster._ok(s) for s in cluster.servers),
                        "the cluster is down")
+        return cluster
+
+    @staticmethod
+    def _mend(cluster: Cluster) -> None:
+        with cluster.client(cluster.servers[1]) as client:
+            client.execute_command("CLUSTER", "ADDSLOTS", 6000)
+
+    #: What the slot map's line says of the cluster made by :meth:`_downCluster`.
+    DOWN = ("cluster down (cluster_state:fail): only 16383 of 16384 slots are served; "
+            "give the others to a primary (redis-cli --cluster fix)")
+
+    async def test_clusterDown(self):
+        """A Cluster with a slot no primary serves says it is down (cluster_state:fail)
+        and refuses every command; the operator is told, not shown a green health."""
+        cluster = self._downCluster()
         url = f"redis+cluster://127.0.0.1:{cluster.servers[0].port}"
         child, port = self._serve(url)
         line = (await child.waitFor(
             r"\[ws4tx\S*#warn\] (cannot reach the Redis Cluster's .*)")).group(1)
-        down = ("cluster down (cluster_state:fail): only 16383 of 16384 slots are served; "
-                "give the others to a primary (redis-cli --cluster fix)")
         self.assertRegex(line, "^" + re.escape(
-            f"cannot reach the Redis Cluster's slot map at {url}: {down}; retrying in ")
+            f"cannot reach the Redis Cluster's slot map at {url}: {self.DOWN}; retrying in ")
             + r"\d+\.\d s$")
         status, body = await health(port)
-        self.assertEqual((status, body["reason"]), (503, f"slot map: {down}"))
+        self.assertEqual((status, body["reason"]), (503, f"slot map: {self.DOWN}"))
 
-        with cluster.client(cluster.servers[1]) as client:
-            client.execute_command("CLUSTER", "ADDSLOTS", slot)
+        self._mend(cluster)
         await child.waitFor(re.escape(f"#info] the Redis Cluster's slot map at {url} ready "
                                       "after ") + r"\d+\.\d s \(\d+ failed attempts\)")
         status, body = await health(port)
         self.assertNotIn("reason", body)
         self.assertNotIn("Traceback", child.output)
+
+    async def test_clusterDownRefusesShardChannels(self):
+        """A Cluster down whose nodes refuse sharded pub/sub meanwhile
+        (``cluster-allow-pubsubshard-when-down no``) answers every SSUBSCRIBE, the
+        delivery probe's too, with CLUSTERDOWN: each primary's broker says so in one line
+        (no ACL advice, no client closed), tries again with its backoff, and once the
+        cluster is whole the probes are subscribed and the health URL is green."""
+        cluster = self._downCluster(cluster_allow_pubsubshard_when_down="no")
+        url = f"redis+cluster://127.0.0.1:{cluster.servers[0].port}"
+        child, port = self._serve(url)
+        for server in cluster.servers:
+            await child.waitFor(
+                re.escape(f"#warn] cannot reach Redis subscriptions on redis://127.0.0.1:"
+                          f"{server.port}") + r"\S*: \d+ channels? \(the delivery probe's "
+                r"included\) refused for now: CLUSTERDOWN The cluster is down \(the Redis "
+                r"Cluster is down or does not serve this slot; it resumes once every slot is "
+                r"served \(redis-cli --cluster check\)\); retrying in \d+\.\d s\n")
+        status, body = await health(port)
+        self.assertEqual((status, body["reason"]), (503, f"slot map: {self.DOWN}"))
+
+        self._mend(cluster)
+        for server in cluster.servers:
+            await child.waitFor(re.escape("#info] Redis subscriptions on redis://127.0.0.1:"
+                                          f"{server.port}") + r"\S* ready after ")
+            with cluster.client(server) as client:
+                probes = client.execute_command("PUBSUB", "SHARDCHANNELS", "__ws4tx_probe__*")
+            self.assertEqual(len(probes), 1, server.port)
+        await child.waitFor(re.escape(f"#info] the Redis Cluster's slot map at {url} ready "))
+        status, body = await health(port)
+        self.assertEqual(status, 200, body)
+        for wrong in ("Traceback", "ACL", "Redis refused"):
+            self.assertNotIn(wrong, child.output)

@@ -10,6 +10,7 @@ the message and keeps it in the channel's stream, and read with :meth:`IBroker.h
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet import defer
@@ -53,6 +54,48 @@ def is_acl_refusal(message: str) -> bool:
     """Whether a Redis error message is an ACL refusal (``NOPERM ...``; inside a script,
     the same error is what the script call answers)."""
     return message.startswith("NOPERM") or " NOPERM " in message
+
+
+#: A refusal the operator mends by widening the Redis user's ACL.
+PERMISSION = "permission"
+#: A refusal that passes by itself (the cluster down or migrating, the dataset loading):
+#: the subscription is tried again, with backoff.
+TRANSIENT = "transient"
+#: Any other refusal: said with Redis's own reason.
+OTHER = "other"
+
+#: What each transient reply means, by its first word.
+_TRANSIENT = {
+    "CLUSTERDOWN": "the Redis Cluster is down or does not serve this slot; it resumes once "
+                   "every slot is served (redis-cli --cluster check)",
+    "TRYAGAIN": "the slot is being migrated; it resumes when the migration ends",
+    "LOADING": "Redis is loading its dataset; it resumes when loading ends",
+    "MOVED": "the slot moved to another node; it resumes once the slot map is read again",
+    "ASK": "the slot is being migrated to another node; it resumes when the migration ends",
+}
+
+
+def refusal_kind(message: str) -> str:
+    """How a Redis error answering a SUBSCRIBE (or SSUBSCRIBE) is mended:
+    :data:`PERMISSION` (NOPERM, or another ACL refusal), :data:`TRANSIENT` (CLUSTERDOWN,
+    TRYAGAIN, LOADING, MOVED, ASK) or :data:`OTHER`."""
+    text = message.strip()
+    if is_acl_refusal(text) or re.search(r"\bACL\b", text):
+        return PERMISSION
+    if text.split(" ", 1)[0] in _TRANSIENT:
+        return TRANSIENT
+    return OTHER
+
+
+def refusal_meaning(message: str) -> str:
+    """What a refusal means and how it is mended, in a few words (for the log)."""
+    kind = refusal_kind(message)
+    if kind == PERMISSION:
+        return ("the Redis user's ACL does not allow the channel; allow it to this user "
+                "(ACL SETUSER <user> &<channel>)")
+    if kind == TRANSIENT:
+        return _TRANSIENT[message.strip().split(" ", 1)[0]]
+    return "an answer ws4tx does not know; see Redis's reason"
 
 
 class IBrokerListener(Interface):

@@ -164,13 +164,26 @@ class SlotMap:
     ranges: tuple[tuple[int, int, Node], ...]
 
     @classmethod
-    def from_cluster_slots(cls, reply: Sequence[Any]) -> SlotMap:
+    def from_cluster_slots(cls, reply: Sequence[Any], asked: Optional[Node] = None) -> SlotMap:
         """From the reply of ``CLUSTER SLOTS`` (each entry: first, last, then the master's
-        host, port and id, then its replicas')."""
+        host, port and id, then its replicas') given by node ``asked``.
+
+        An empty or null host is the node that was asked (a node names itself so until
+        another node told it its address: a cluster of one); a range whose master has no
+        host known (``?``, or empty and ``asked`` unknown) or no port is left out, as if
+        no node served it: there is nowhere to connect for it."""
         ranges = []
         for entry in reply:
             first, last, master = int(entry[0]), int(entry[1]), entry[2]
-            ranges.append((first, last, (_text(master[0]), int(master[1]))))
+            host = "" if master[0] is None else _text(master[0])
+            if not host and asked is not None:
+                host = asked[0]
+            try:
+                port = int(master[1])
+            except (TypeError, ValueError):
+                port = 0
+            if host and host != "?" and 0 < port < 65536:
+                ranges.append((first, last, (host, port)))
         return cls(tuple(sorted(ranges)))
 
     def node_of_slot(self, slot: int) -> Optional[Node]:
@@ -200,12 +213,18 @@ class ClusterDown(Exception):
     a slot until its slots are all served again."""
 
 
+def cluster_state(info: str | bytes) -> str:
+    """The ``cluster_state`` of a node's ``CLUSTER INFO`` (``ok``, ``fail``; ``?`` when
+    it has none)."""
+    text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return fields.get("cluster_state", "").strip() or "?"
+
+
 def cluster_down(info: str | bytes, slots: SlotMap) -> Optional[str]:
     """Why the cluster is down, from a node's ``CLUSTER INFO`` and its slot map; None
     when its ``cluster_state`` is ``ok``."""
-    text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    state = fields.get("cluster_state", "").strip()
+    state = cluster_state(info)
     if state == "ok":
         return None
     served = sum(last - first + 1 for first, last, _ in slots.ranges)
@@ -215,7 +234,34 @@ def cluster_down(info: str | bytes, slots: SlotMap) -> Optional[str]:
     else:
         fix = ("a primary is unreachable and no replica has taken over its slots; start it "
                "again")
-    return f"cluster down (cluster_state:{state or '?'}): {fix}"
+    return f"cluster down (cluster_state:{state}): {fix}"
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What one node says of the cluster: its slot map and ``cluster_state``."""
+
+    node: Node
+    slots: SlotMap
+    state: str
+    #: Why the cluster is down, as :func:`cluster_down` says; None when ``state`` is ok.
+    down: Optional[str]
+
+    @classmethod
+    def of(cls, node: Node, slots_reply: Sequence[Any], info: str | bytes) -> ClusterView:
+        """From ``node``'s replies to ``CLUSTER SLOTS`` and ``CLUSTER INFO``."""
+        slots = SlotMap.from_cluster_slots(slots_reply, node)
+        return cls(node, slots, cluster_state(info), cluster_down(info, slots))
+
+
+def choose_view(views: Sequence[ClusterView]) -> tuple[ClusterView, list[ClusterView]]:
+    """The view to follow of those given (at least one), in the order the nodes were
+    asked: the first that says the cluster is ok, else the first (the cluster is down);
+    and the views that say it is down while the one followed says it is ok (a node cut
+    off from the others, restarted and not back yet, or not in this cluster)."""
+    chosen = next((view for view in views if view.down is None), views[0])
+    dissent = [view for view in views if chosen.down is None and view.down is not None]
+    return chosen, dissent
 
 
 def moved(error: str) -> Optional[tuple[int, Node]]:
@@ -228,6 +274,11 @@ def moved(error: str) -> Optional[tuple[int, Node]]:
         return int(parts[1]), (host.strip("[]"), int(port))
     except ValueError:
         return None
+
+
+def _tagOf(slots: SlotMap, node: Node) -> Optional[str]:
+    """A hash tag whose slot ``node`` serves, or None when it serves none."""
+    return next((f"p{i}" for i in range(100_000) if slots.node_for(f"p{i}") == node), None)
 
 
 # The broker
@@ -269,6 +320,9 @@ class _NodeSubscriber(_Prepared, ShardSubscriberProtocol):
     def shardChannelLost(self, channel: bytes) -> None:
         broker = self.broker
         assert isinstance(broker, _NodeBroker)
+        if _text(channel) == broker._probe_channel:
+            broker._probeSlotLost(self)
+            return
         broker.cluster._channelMoved(_text(channel))
 
 
@@ -299,8 +353,53 @@ class _NodeBroker(RedisBroker):
             cluster.reactor, clock=cluster.clock, ping_interval=cluster.ping_interval,
             timeout=cluster.timeout)
         self.cluster = cluster
+        self.node = node
         # on a slot of this node, or SSUBSCRIBE would answer MOVED
         self._probe_channel = f"__ws4tx_probe__:{{{probe_tag}}}:{uuid.uuid4().hex}"
+
+    def _retriesRefusal(self, reason: str) -> bool:
+        # a client channel's MOVED goes to the cluster, which follows the slot
+        return moved(reason) is None and super()._retriesRefusal(reason)
+
+    def _probeSlotLost(self, proto: Any) -> None:
+        """The node unsubscribed the probe channel by itself: its slot left this node (a
+        migration). Once the slot map is read again, the probe goes on a slot the node
+        serves now; a refusal then is handled as at connection."""
+
+        def again(_: object) -> None:
+            sub = self._sub
+            if sub is None or sub is not proto or self._stopping:
+                return
+            old = self._probe_channel
+            self._probeMoved()
+            if self._probe_channel == old:
+                return  # the node serves no slot any more: the cluster leaves it
+            subscribed: defer.Deferred[Any] = sub.subscribe(self._probe_channel)
+
+            def refused(failure: Failure) -> None:
+                if failure.check(txredisapi.ResponseError):
+                    self._probeRefused(Failure(SubscriptionRefused(
+                        self._probe_channel, failure.getErrorMessage())))
+                    self._scheduleRefusedRetry()
+
+            def done(_: object) -> None:
+                self._probeSubscribed(_)
+                self.log.info("Redis Cluster node {node}: the delivery probe's slot moved "
+                              "away; probing on {channel} now",
+                              node=f"{self.node[0]}:{self.node[1]}",
+                              channel=self._probe_channel)
+                self._probe()
+
+            subscribed.addCallbacks(done, refused)
+
+        self.cluster.refresh().addCallback(again)
+
+    def _probeMoved(self) -> None:
+        """The probe's slot left this node: the probe goes on a slot it serves now."""
+        slots = self.cluster.slots
+        tag = _tagOf(slots, self.node) if slots is not None else None
+        if tag is not None:
+            self._probe_channel = f"__ws4tx_probe__:{{{tag}}}:{uuid.uuid4().hex}"
 
 
 @implementer(IBrokerListener)
@@ -371,6 +470,8 @@ class ClusterBroker:
         self._own_stats = {"shard_outages": 0}
         #: Why the cluster refuses commands (its ``cluster_state`` is not ``ok``), or None.
         self.down: Optional[str] = None
+        #: The nodes said to see the cluster down while another sees it ok.
+        self._dissenting: set[Node] = set()
         #: The log of the attempts to read the slot map.
         self.slot_attempts = AttemptLog(self.log, "the Redis Cluster's slot map at "
                                         f"{address.safe_url}", self.clock)
@@ -465,30 +566,44 @@ class ClusterBroker:
         seeds = list(self.nodes) + [n for n in self.address.cluster_nodes
                                     if n not in self.nodes]
         last: Optional[BaseException] = None
-        # The slot map and reason of the first node that said the cluster is down.
-        failing: Optional[tuple[SlotMap, str]] = None
+        views: list[ClusterView] = []
         for host, port in seeds:
             try:
                 reply, info = await self._clusterSlots(host, port)
             except Exception as e:  # noqa: BLE001 - any node that answers will do
                 last = e
                 continue
-            slots = SlotMap.from_cluster_slots(reply)
-            down = cluster_down(info, slots)
-            if down is not None:
-                # A node cut off from the others (or just restarted) says so alone:
-                # another may see the cluster whole.
-                failing = failing or (slots, down)
-                continue
-            self._apply(slots)
-            self.down = None
-            self.slot_attempts.succeeded()
-            return
-        if failing is not None:
-            self._apply(failing[0])
-            self.down = failing[1]
+            views.append(ClusterView.of((host, port), reply, info))
+            if views[-1].down is None:
+                # A node cut off from the others (or just restarted) says down alone:
+                # the first that says ok is followed.
+                break
+        if not views:
+            raise ConnectionError(f"no cluster node answered: {last}")
+        chosen, dissent = choose_view(views)
+        self._dissented(chosen, dissent, views)
+        self._apply(chosen.slots)
+        self.down = chosen.down
+        if self.down is not None:
             raise ClusterDown(self.down)
-        raise ConnectionError(f"no cluster node answered: {last}")
+        self.slot_attempts.succeeded()
+
+    def _dissented(self, chosen: ClusterView, dissent: list[ClusterView],
+                   views: list[ClusterView]) -> None:
+        """One warning per node that says the cluster is down while another says it is
+        ok (again only after it said ok)."""
+        for view in views:
+            if view.down is None:
+                self._dissenting.discard(view.node)
+        for view in dissent:
+            if view.node in self._dissenting:
+                continue
+            self._dissenting.add(view.node)
+            self.log.warn("Redis Cluster node {node} says cluster_state:{state} while {ok} "
+                          "says ok: {node} is cut off from the other nodes or not in this "
+                          "cluster; following {ok} (check it: redis-cli --cluster check "
+                          "{node})", node=f"{view.node[0]}:{view.node[1]}", state=view.state,
+                          ok=f"{chosen.node[0]}:{chosen.node[1]}")
 
     async def _clusterSlots(self, host: str, port: int) -> tuple[Any, Any]:
         """``CLUSTER SLOTS`` and ``CLUSTER INFO`` on a short-lived connection (bounded by
@@ -522,8 +637,8 @@ class ClusterBroker:
         lost = set(self._lost)
         for node in slots.nodes():
             if node not in self.nodes:
-                tag = next(f"p{i}" for i in range(100_000)
-                           if slots.node_for(f"p{i}") == node)
+                tag = _tagOf(slots, node)
+                assert tag is not None  # the node serves slots
                 broker = self.nodes[node] = _NodeBroker(self, node, tag)
                 self._up[node] = False
                 broker.start(_NodeListener(self, node))

@@ -38,6 +38,8 @@ from ws4tx.server._attempts import AttemptLog
 from ws4tx.server._log import observer
 from ws4tx.server._twisted_internals import QuietClientService
 from ws4tx.server.broker import (
+    PERMISSION,
+    TRANSIENT,
     BrokerUnavailable,
     CommandRefused,
     IBroker,
@@ -45,6 +47,8 @@ from ws4tx.server.broker import (
     NotStored,
     SubscriptionRefused,
     is_acl_refusal,
+    refusal_kind,
+    refusal_meaning,
 )
 from ws4tx.server.sentinel import SentinelEndpoint, client_endpoint
 
@@ -225,7 +229,8 @@ class _Preparation:
         assert broker._listener is not None
         self.subscribing = True
         # Written all at once, before anything else can be: replies come back in order.
-        self.subscribe(broker._probe_channel).addErrback(broker._probeRefused)
+        self.subscribe(broker._probe_channel).addCallbacks(broker._probeSubscribed,
+                                                           broker._probeRefused)
         for channel in list(broker._listener.wantedChannels()):
             self.subscribe(channel).addErrback(self._resubscriptionRefused, channel)
         self._check()
@@ -336,7 +341,15 @@ class RedisBroker:
         self._sub: Optional[_Subscriber] = None
         #: The subscriber connection being set up, if any.
         self._preparing: Optional[_Preparation] = None
+        #: Redis refused the probe channel for good (an ACL, or a reason not known to
+        #: pass): delivering follows the connection.
         self._probe_refused = False
+        #: Channels Redis refused for now (CLUSTERDOWN, TRYAGAIN, LOADING, MOVED, ASK),
+        #: with its reason: subscribed again after the connection's backoff
+        #: (:meth:`_retryRefused`). The probe channel is under :attr:`_probe_channel`.
+        self._refused_for_now: dict[str, str] = {}
+        self._refused_retry: Optional[Any] = None
+        self._refused_attempt = 0
         self._cmd: Optional[txredisapi.BaseRedisProtocol] = None
         #: Commands waiting for the command connection while it is first being made:
         #: fired when it is ready, failed when an attempt fails.
@@ -348,6 +361,9 @@ class RedisBroker:
         self.attempts = {role: AttemptLog(self.log, f"Redis {role} connection to "
                                                     f"{address.safe_url}", self.clock)
                          for role in ("subscriber", "command")}
+        #: The log of the subscriptions Redis refused for now and their retries.
+        self.refusals = AttemptLog(self.log, f"Redis subscriptions on {address.safe_url}",
+                                   self.clock)
         self._ever_ready = False
         self._stopping = False
         self._probe_channel = f"__ws4tx_probe__:{uuid.uuid4().hex}"
@@ -370,6 +386,8 @@ class RedisBroker:
         for role, attempts in self.attempts.items():
             if attempts.problem is not None:
                 return f"{role} connection: {attempts.problem}"
+        if self.refusals.problem is not None:
+            return f"subscriptions: {self.refusals.problem}"
         return None
 
     @property
@@ -408,6 +426,7 @@ class RedisBroker:
 
     def stop(self) -> defer.Deferred[None]:
         self._stopping = True
+        self._cancelRefusedRetry()
         self._commandWaitersFail("the broker stopped")
         if self._pinger is not None and self._pinger.running:
             self._pinger.stop()
@@ -473,26 +492,149 @@ class RedisBroker:
             self._ever_ready = True
             self.log.info("Redis subscriber connected to {url}", url=self.address.safe_url)
         for channel, reason in refused:
-            self._listener.subscriptionRefused(channel, reason)
+            self._channelRefused(channel, reason)
         self._listener.brokerConnected()
         self._probe()
+        self._scheduleRefusedRetry()
+
+    def _channelRefused(self, channel: str, reason: str) -> None:
+        """Redis refused to subscribe a client's ``channel``: for now (then it is tried
+        again, see :meth:`_retryRefused`) or for good (the listener is told)."""
+        if self._retriesRefusal(reason):
+            self._refused_for_now[channel] = reason
+        else:
+            assert self._listener is not None
+            self._listener.subscriptionRefused(channel, reason)
+
+    def _retriesRefusal(self, reason: str) -> bool:
+        """Whether a client's channel refused for ``reason`` is subscribed again later
+        (the refusals that pass by themselves)."""
+        return refusal_kind(reason) == TRANSIENT
+
+    def _refusedLive(self, failure: Failure, channel: str) -> Failure:
+        """A SUBSCRIBE asked for now was refused: for now (it is tried again, and the
+        caller told Redis is not available for it yet) or for good."""
+        error = failure.value
+        if isinstance(error, SubscriptionRefused) and self._retriesRefusal(error.reason):
+            self._refused_for_now[channel] = error.reason
+            self._scheduleRefusedRetry()
+            raise BrokerUnavailable(f"Redis refused {channel} for now: {error.reason}")
+        return failure
+
+    def _probeSubscribed(self, _: object) -> None:
+        self._probe_refused = False
 
     def _probeRefused(self, failure: Failure) -> None:
-        """Redis refused the probe channel (an ACL without it): delivery cannot be
-        checked; :attr:`delivering` follows the connection instead."""
+        """Redis refused the probe channel. For now (the cluster down, a slot migrating,
+        the dataset loading): it is subscribed again with the connection's backoff, and
+        until then delivery is not known. For good (an ACL without it, or a reason not
+        known to pass): delivery cannot be checked; :attr:`delivering` follows the
+        connection instead."""
         error = failure.value
-        if isinstance(error, SubscriptionRefused):
-            if not self._probe_refused:
+        if not isinstance(error, SubscriptionRefused):
+            return
+        kind = refusal_kind(error.reason)
+        if kind == TRANSIENT:
+            self._refused_for_now[self._probe_channel] = error.reason
+            self._probe_seen = None  # a probe seen before says nothing of this one
+            return
+        if not self._probe_refused:
+            if kind == PERMISSION:
                 self.log.warn("Redis refused the delivery probe channel {channel} ({reason}); "
-                              "allow the channels __ws4tx_probe__:* to this user for the "
-                              "health check to test delivery", channel=self._probe_channel,
+                              "allow the channels __ws4tx_probe__:* to this user "
+                              "(ACL SETUSER <user> &__ws4tx_probe__:*) for the health check "
+                              "to test delivery", channel=self._probe_channel,
                               reason=error.reason)
-            self._probe_refused = True
+            else:
+                self.log.warn("Redis refused the delivery probe channel {channel}: {reason}; "
+                              "the health check follows the connection instead",
+                              channel=self._probe_channel, reason=error.reason)
+        self._probe_refused = True
+
+    # Subscriptions refused for now
+
+    def _scheduleRefusedRetry(self) -> None:
+        """Subscribe the channels refused for now again after the connection's backoff
+        (one line says why the first time, then the summaries of :class:`AttemptLog`);
+        with none left, the refusals are over."""
+        if self._refused_retry is not None or self._sub is None or self._stopping:
+            return
+        if not self._refused_for_now:
+            self._refused_attempt = 0
+            self.refusals.succeeded()
+            return
+        reasons = self._refused_for_now
+        reason = next(iter(reasons.values()))
+        probe = " (the delivery probe's included)" if self._probe_channel in reasons else ""
+        what = (f"{len(reasons)} channel{'s' if len(reasons) > 1 else ''}{probe} refused "
+                f"for now: {reason} ({refusal_meaning(reason)})")
+        delay = self._retry(self._refused_attempt)
+        self._refused_attempt += 1
+        self.refusals.report(what, delay)
+        self._refused_retry = self.clock.callLater(delay, self._retryRefused)
+
+    def _cancelRefusedRetry(self) -> None:
+        retry, self._refused_retry = self._refused_retry, None
+        if retry is not None and retry.active():
+            retry.cancel()
+
+    def _retryRefused(self) -> None:
+        """SUBSCRIBE again the channels refused for now that are still wanted."""
+        self._refused_retry = None
+        proto = self._sub
+        if proto is None:
+            return  # the reconnection subscribes them all
+        listener = self._listener
+        assert listener is not None
+        refused, self._refused_for_now = self._refused_for_now, {}
+        wanted = set(listener.wantedChannels())
+        if self._probe_channel in refused:
+            reason = refused.pop(self._probe_channel)
+            if reason.startswith("MOVED "):
+                self._probeMoved()
+            refused[self._probe_channel] = reason
+        channels = [c for c in refused if c in wanted or c == self._probe_channel]
+        outstanding = [len(channels)]
+
+        def settled(_: object = None) -> None:
+            outstanding[0] -= 1
+            if not outstanding[0] and self._sub is proto:
+                self._scheduleRefusedRetry()
+
+        def answered(reply: object, channel: str) -> None:
+            if channel == self._probe_channel:
+                self._probeSubscribed(reply)
+                self._probe()
+            settled()
+
+        def failed(failure: Failure, channel: str) -> None:
+            if failure.check(txredisapi.ResponseError) and self._sub is proto:
+                reason = failure.getErrorMessage()
+                if channel == self._probe_channel:
+                    self._probeRefused(Failure(SubscriptionRefused(channel, reason)))
+                elif channel in listener.wantedChannels():
+                    self._channelRefused(channel, reason)
+            settled()
+
+        if not channels:
+            self._scheduleRefusedRetry()
+            return
+        for channel in channels:
+            subscribed: defer.Deferred[Any] = proto.subscribe(channel)
+            subscribed.addCallbacks(answered, failed, callbackArgs=(channel,),
+                                    errbackArgs=(channel,))
+
+    def _probeMoved(self) -> None:
+        """Before the probe channel is subscribed again: a broker whose probe channel
+        must be on a slot of its node chooses it again here."""
 
     def _subscriberLost(self, proto: Any) -> None:
         if self._sub is not proto:
             return
         self._sub = None
+        # the reconnection subscribes every channel, those refused for now included
+        self._cancelRefusedRetry()
+        self._refused_for_now = {}
         barriers, self._barriers = self._barriers, {}
         for barrier in barriers.values():
             barrier.errback(BrokerUnavailable("lost the subscriber connection"))
@@ -635,7 +777,7 @@ class RedisBroker:
             preparing = self._preparing
             if preparing is not None and preparing.subscribing:
                 # The new connection's SUBSCRIBEs are on their way: add this one to them.
-                return preparing.subscribe(channel)
+                return preparing.subscribe(channel).addErrback(self._refusedLive, channel)
             # Subscribed on (re)connection: the listener lists it.
             return defer.fail(BrokerUnavailable("not connected to Redis"))
 
@@ -645,7 +787,8 @@ class RedisBroker:
             return failure
 
         subscribed: defer.Deferred[Any] = proto.subscribe(channel)
-        return subscribed.addCallbacks(lambda _: None, refused)
+        return subscribed.addCallbacks(lambda _: None, refused).addErrback(
+            self._refusedLive, channel)
 
     def unsubscribe(self, channel: str) -> defer.Deferred[None]:
         proto = self._sub

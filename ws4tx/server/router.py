@@ -35,9 +35,11 @@ from ws4tx.history import Position
 from ws4tx.naming import Identity
 from ws4tx.server._log import observer
 from ws4tx.server.broker import (
+    PERMISSION,
     IBroker,
     IShardListener,
     SubscriptionRefused,
+    refusal_kind,
 )
 from ws4tx.server.hub import Hub
 from ws4tx.server.streams import (
@@ -397,13 +399,17 @@ class Router:
         with :data:`~ws4tx.closecodes.SUBSCRIPTION_REFUSED`; other channels go on."""
         members = tuple(self.hub.members(channel))
         self.stats["refused"] += 1
+        # the fix: the ACL's, or whatever Redis's own reason says
+        fix = ("allow the channel to this Redis user" if refusal_kind(reason) == PERMISSION
+               else "Redis's reason says why")
         if channel in self._pinned:
             self.log.error("Redis refused to subscribe {channel} ({reason}): this node will "
-                           "not hear the site's commands (allow the channel to this Redis "
-                           "user)", channel=channel, reason=reason)
+                           "not hear the site's commands ({fix})", channel=channel,
+                           reason=reason, fix=fix)
             return
         self.log.warn("Redis refused to subscribe {channel} ({reason}); closing its {n} "
-                      "clients", channel=channel, reason=reason, n=len(members))
+                      "clients ({fix})", channel=channel, reason=reason, n=len(members),
+                      fix=fix)
         for member in members:
             member.closeWith(closecodes.SUBSCRIPTION_REFUSED, "subscription refused by Redis")
 
