@@ -135,6 +135,28 @@ describe('subscriptions on the bare URL', () => {
     assert.deepEqual(got, []);
   });
 
+  test("a stored replay goes to its subscription alone, not to the client or another", async () => {
+    await server.publish('chat-replay', 'stored');
+    const c = client();
+    const gotClient = [];
+    c.on('message', (m) => gotClient.push(m));
+    const news = c.subscribe('news-replay');
+    const gotNews = record(news, 'message');
+    await next(news, 'subscribed');
+    // A position of another epoch: not recovered, so the server replays the stored one.
+    const chat = c.subscribe('chat-replay', {positions: {
+      'ws4tx:broadcast:chat-replay': {epoch: '0000000000000000', offset: 1}}});
+    const gotChat = record(chat, 'message');
+    const verdict = await next(chat, 'recovered');
+    assert.deepEqual([verdict.recovered, verdict.reason], [false, 'epoch']);
+    assert.deepEqual(gotChat, [['message', 'stored']]);
+    const live = next(news, 'message');
+    await server.publish('news-replay', 'news live');
+    assert.equal(await live, 'news live');
+    assert.deepEqual(gotNews, [['message', 'news live']]);
+    assert.deepEqual(gotClient, ['news live']);
+  });
+
   test('emit and request name the subscription\'s facility in the envelope', async () => {
     const c = client();
     const echo = c.subscribe('echo');

@@ -97,9 +97,10 @@
  *   A subscription is subscribed once the socket opens and again on every reconnect, with
  *   the positions of its channels in the subscribe frame (never in the URL), and told
  *   'recovered' as the client is. A message of a channel with history carries its channel
- *   and goes to its subscription alone; a frame that names no channel (a facility without
- *   history, a handler's emit) goes to the client and to every subscription not known to
- *   be of a facility with history.
+ *   and goes to its subscription alone, as does the stored replay that comes before the
+ *   verdict on the positions it sent; another frame that names no channel (a facility
+ *   without history, a handler's emit) goes to the client and to every subscription not
+ *   known to be of a facility with history.
  *
  * Page-to-live handoff: a page rendered with its state and the position of its channels
  * (`positions`) connects and recovers every message published since the render, once. When
@@ -893,6 +894,7 @@ function (root) {
         });
         this._state = 'subscribed';
         this._client._route(this);
+        if (this._awaiting) this._client._opening = this;
         this._fire('subscribed', {channels: channels.slice()});
       } else if (answer.ws4tx === 'refused') {
         if (this._state !== 'subscribing') return;
@@ -924,6 +926,7 @@ function (root) {
       this._subscriptions = [];     // the Subscriptions to (re)subscribe, in order
       this._byChannel = new Map();  // channel -> the Subscription that has it
       this._answers = new Map();    // subscribe/unsubscribe id -> fn(answer)
+      this._opening = null;         // the Subscription last subscribed with positions
       this._probes = true;
       this._asked = 0;              // positions the current socket's URL carries
       this._unsent = null;          // {channel: reason} of the positions it left out
@@ -1240,12 +1243,23 @@ function (root) {
     }
 
     /** A frame that names no channel (an event or raw message of a facility without
-     *  history, a handler's emit): the client's, and each subscription's not known to be
+     *  history, a handler's emit, a stored replay): the subscription's that awaits the
+     *  verdict of the positions it sent (its stored replay comes then), else the client's
+     *  while it awaits its own, else the client's and each subscription's not known to be
      *  of a facility with history (whose messages all name their channel). */
     _unattributed(event, data) {
-      var targets = [this].concat(this._subscriptions.filter(function (s) {
-        return s._state === 'subscribed' && !s._positioned;
-      }));
+      var opening = this._opening;
+      var targets;
+      if (opening && opening._awaiting && opening._state === 'subscribed') {
+        // Between a subscribe with positions and its verdict: its stored replay.
+        targets = [opening];
+      } else if (this._awaiting) {
+        targets = [this];  // the URL's channels' stored replay, before their verdict
+      } else {
+        targets = [this].concat(this._subscriptions.filter(function (s) {
+          return s._state === 'subscribed' && !s._positioned;
+        }));
+      }
       targets.forEach(function (target) {
         target._take({run: function () { target._fire(event, data); }});
       });
@@ -1316,6 +1330,7 @@ function (root) {
       var answers = Array.from(this._answers.values());
       this._answers.clear();
       this._byChannel.clear();
+      this._opening = null;
       this._awaiting = false;
       answers.forEach(function (answer) { answer(null); });
       var subscriptions = this._subscriptions.slice();
