@@ -290,6 +290,36 @@ class DemoPageTests(SynchronousTestCase):
         expect(john.locator("#online")).to_have_attribute("data-users", "john",
                                                           timeout=WAIT_MS)
 
+    def test_aPrivateMessageCountsOnTheBadgeOfAnotherPage(self) -> None:
+        """mary reads the event chat on one WebSocket (the chat, who is online and her
+        notifications); each private message john sends her counts on her "User chat"
+        link, once; her page of private messages has no badge of its own."""
+        mary = self.contexts["mary"].new_page()
+        self.addCleanup(mary.close)
+        sockets: list[Any] = []
+
+        def opened(socket: Any) -> None:
+            sockets.append(socket)
+
+        mary.on("websocket", opened)
+        mary.goto("/eventchat/")
+        self.connected(mary)
+        expect(mary.locator("#online")).to_contain_text("mary (you)", timeout=WAIT_MS)
+        badge = mary.locator("#notify-count")
+        expect(badge).to_be_hidden()
+        john = self.open("john", "/userchat/")
+        self.connected(john)
+        for count in (1, 2):
+            text = self.unique("psst")
+            self.send(john, text, "mary")
+            expect(self.line(john, text).locator(".tick")).to_have_text("✓", timeout=WAIT_MS)
+            expect(badge).to_have_text(str(count), timeout=WAIT_MS)
+        expect(badge).to_be_visible()
+        self.assertEqual(len(sockets), 1)
+        private = self.open("mary", "/userchat/")
+        self.connected(private)
+        expect(private.locator("#notify-count")).to_be_hidden()
+
     def test_pageClosedByTheSiteShowsItselfAnew(self) -> None:
         """When the site closes a user's connections (a logout elsewhere, a password
         change: close code 4001), the page reloads, to show who it is for now."""
