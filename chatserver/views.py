@@ -10,10 +10,10 @@ the page recovers from there, on its first connect and after every reconnect; a 
 asks for JSON returns the same, ws4tx.js's ``getState`` when recovery was not possible.
 The same connection subscribes every logged-in page (but the user chat) to the user's own
 channel of the chat facility, from where it stood at the render (``api.position``): the
-notification badge on the "User chat" link. Sending requires a logged-in user; the POST views keep CSRF protection,
-and answer 503 with a message (JSON ``{"error": ...}``) when Redis cannot take the message.
-:func:`static_file` serves ``/static/`` whether DEBUG is on or not, since the demo runs
-without a web server.
+notification badge on the "User chat" link. Sending requires a logged-in user; the POST
+views keep CSRF protection, and answer 503 with a message (JSON ``{"error": ...}``) when
+Redis cannot take the message. :func:`static_file` serves ``/static/`` whether DEBUG is on
+or not, since the demo runs without a web server.
 """
 
 from __future__ import annotations
