@@ -207,7 +207,9 @@ export interface SubscriptionEventMap {
   /** unsubscribe() was called: nothing more of its channels is delivered. */
   unsubscribed: null;
   /** The server refused the subscribe (the reason is the server's); the client's other
-   *  subscriptions and its connection are as they were. */
+   *  subscriptions and its connection are as they were. A refusal that says to come back
+   *  (the rate limit, 'retry later') is not told: the subscribe is sent again, with
+   *  full-jitter backoff. */
   refused: { reason: string };
   /** After a subscribe (again, after a reconnect) with positions: whether every message
    *  missed meanwhile on its channels was delivered. */

@@ -157,6 +157,24 @@ describe('subscriptions on the bare URL', () => {
     assert.deepEqual(gotClient, ['news live']);
   });
 
+  test('a subscribe refused for the rate limit is sent again until it is subscribed', async () => {
+    const c = client();
+    // 45 frames at once: the server's rate limit lets a burst of 40 through.
+    const subs = Array.from({length: 45}, (_, i) => c.subscribe(`burst-${i}`));
+    const refusedFor = [];
+    for (const sub of subs) sub.on('refused', ({reason}) => refusedFor.push(reason));
+    await within(Promise.all(subs.map((sub) => (sub.state === 'subscribed'
+      ? null : new Promise((resolve) => sub.once('subscribed', resolve))))), 'every subscribed');
+    assert.deepEqual(refusedFor, []);
+    assert.deepEqual(new Set(subs.map((sub) => sub.state)), new Set(['subscribed']));
+    // Some were refused for the rate limit, and sent again.
+    assert.ok(subscribeFrames().length > 45, `${subscribeFrames().length} subscribe frames`);
+    const last = next(subs[44], 'message');
+    await server.publish('burst-44', 'made it');
+    assert.equal(await last, 'made it');
+    assert.equal(c.state, 'connected');
+  });
+
   test('emit and request name the subscription\'s facility in the envelope', async () => {
     const c = client();
     const echo = c.subscribe('echo');

@@ -87,7 +87,9 @@
  *   notes.on(name, fn) / once / off       its events: its channels' messages and events,
  *                                        'subscribed' ({channels}), 'refused' ({reason}:
  *                                        final; the client and its other subscriptions
- *                                        are as they were), 'unsubscribed', 'recovered',
+ *                                        are as they were; a refusal that says to come
+ *                                        back, the rate limit or 'retry later', is not
+ *                                        told: the subscribe is sent again with backoff), 'unsubscribed', 'recovered',
  *                                        and the server's ws4tx.* events of the connection
  *   notes.emit / notes.request           as the client's, with "facility" in the envelope
  *   notes.unsubscribe()                  -> Promise of the server's answer; final
@@ -154,6 +156,8 @@ function (root) {
   var REFUSED = 'refused';
   /** The server's answers to subscribe and unsubscribe frames. */
   var ANSWERS = ['subscribed', 'unsubscribed', 'refused'];
+  /** Refusals of a subscribe that say to come back later: it is sent again. */
+  var TRANSIENT = /^rate limit exceeded|retry later/;
   /** The prefix of the server's own event names. */
   var RESERVED = 'ws4tx.';
 
@@ -816,6 +820,8 @@ function (root) {
       this._channels = [];
       this._positioned = false;     // the server named its channels' positions: history
       this._leaving = false;        // unsubscribe() while the subscribe was unanswered
+      this._retryTimer = null;      // the next subscribe after a refusal to come back
+      this._refusals = 0;           // such refusals in a row
     }
 
     /** 'subscribing' | 'subscribed' | 'unsubscribed' | 'refused'. */
@@ -852,6 +858,8 @@ function (root) {
 
     /** It is over (unsubscribed, refused, the client closed): held messages are dropped. */
     _end(state) {
+      clearTimeout(this._retryTimer);
+      this._retryTimer = null;
       this._state = state;
       this._held = null;
       this._awaiting = false;
@@ -893,18 +901,42 @@ function (root) {
           if (channels.indexOf(channel) < 0) positions.delete(channel);
         });
         this._state = 'subscribed';
+        this._refusals = 0;
         this._client._route(this);
         if (this._awaiting) this._client._opening = this;
         this._fire('subscribed', {channels: channels.slice()});
       } else if (answer.ws4tx === 'refused') {
         if (this._state !== 'subscribing') return;
+        if (TRANSIENT.test(String(answer.reason || ''))) {
+          this._retryLater();
+          return;
+        }
         this._end('refused');
         this._fire('refused', {reason: String(answer.reason || '')});
       }
     }
 
+    /** A refusal that says to come back (the rate limit, the authentication queue):
+     *  subscribe again on the same connection after a full-jitter backoff. */
+    _retryLater() {
+      var client = this._client;
+      var exponent = Math.min(this._refusals++, 30);
+      var cap = Math.min(client._opts.maxDelay, client._opts.minDelay * Math.pow(2, exponent));
+      var self = this;
+      this._awaiting = false;
+      clearTimeout(this._retryTimer);
+      this._retryTimer = setTimeout(function () {
+        self._retryTimer = null;
+        if (self._state === 'subscribing' && client._ws && client._ws.readyState === OPEN) {
+          client._subscribeNow(self);
+        }
+      }, Math.random() * cap);
+    }
+
     /** The connection dropped: subscribing again on the next one. */
     _dropped() {
+      clearTimeout(this._retryTimer);
+      this._retryTimer = null;
       if (this._state !== 'subscribed' && this._state !== 'subscribing') return;
       this._state = 'subscribing';
       this._awaiting = false;
