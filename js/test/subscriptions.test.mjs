@@ -175,6 +175,28 @@ describe('subscriptions on the bare URL', () => {
     assert.equal(c.state, 'connected');
   });
 
+  test('unsubscribe() before the answer leaves on the server too, and nothing of it arrives', async () => {
+    await server.publish('chat-early', 'stored early');
+    const c = client();
+    const gotClient = [];
+    c.on('message', (m) => gotClient.push(m));
+    const stays = c.subscribe('chat-early-stays');
+    await next(stays, 'subscribed');
+    const early = c.subscribe('chat-early');
+    const gotEarly = record(early, 'message', 'subscribed');
+    const left = early.unsubscribe();
+    assert.equal(early.state, 'unsubscribed');
+    // Answered once the server subscribed it, and it left again.
+    const answer = await within(left, 'unsubscribed');
+    assert.deepEqual([answer.ws4tx, answer.channels], ['unsubscribed', ['ws4tx:broadcast:chat-early']]);
+    await server.publish('chat-early', 'after');
+    const later = next(stays, 'message');
+    await server.publish('chat-early-stays', 'later');
+    assert.equal(await later, 'later');
+    assert.deepEqual(gotEarly, []);
+    assert.deepEqual(gotClient, []);
+  });
+
   test('emit and request name the subscription\'s facility in the envelope', async () => {
     const c = client();
     const echo = c.subscribe('echo');

@@ -156,6 +156,9 @@ function (root) {
   var REFUSED = 'refused';
   /** The server's answers to subscribe and unsubscribe frames. */
   var ANSWERS = ['subscribed', 'unsubscribed', 'refused'];
+  /** Where the messages of a channel left by unsubscribe() go until the server's answer:
+   *  nowhere. */
+  var LEFT = {};
   /** Refusals of a subscribe that say to come back later: it is sent again. */
   var TRANSIENT = /^rate limit exceeded|retry later/;
   /** The prefix of the server's own event names. */
@@ -819,7 +822,9 @@ function (root) {
       this._state = 'subscribing';
       this._channels = [];
       this._positioned = false;     // the server named its channels' positions: history
-      this._leaving = false;        // unsubscribe() while the subscribe was unanswered
+      this._leaving = null;         // unsubscribe() while the subscribe was unanswered: the
+                                    // resolve of the Promise it returned
+      this._inFlight = false;       // a subscribe frame awaits its answer
       this._retryTimer = null;      // the next subscribe after a refusal to come back
       this._refusals = 0;           // such refusals in a row
     }
@@ -846,14 +851,24 @@ function (root) {
         return Promise.resolve();
       }
       var client = this._client;
-      var answered = this._state === 'subscribed'
-        ? client._send({ws4tx: 'unsubscribe', facility: this.facility,
-                        audiences: this._audiences})
-        : null;
-      this._leaving = !answered;
+      var answered = null;
+      if (this._state === 'subscribed') {
+        var channels = this._channels;
+        answered = client._send({ws4tx: 'unsubscribe', facility: this.facility,
+                                 audiences: this._audiences}, function () {
+          client._unmute(channels);
+        });
+      }
+      var self = this;
+      if (!answered && this._inFlight) {
+        // The subscribe is on its way: unsubscribe once it is answered.
+        answered = new Promise(function (resolve) { self._leaving = resolve; });
+      }
       this._end('unsubscribed');
+      // What is on its way before the server's answer is dropped, not the client's.
+      if (answered && !this._leaving) client._mute(this._channels);
       this._fire('unsubscribed', null);
-      return answered || Promise.resolve();
+      return answered || Promise.resolve(null);
     }
 
     /** It is over (unsubscribed, refused, the client closed): held messages are dropped. */
@@ -883,14 +898,23 @@ function (root) {
     }
 
     _answered(answer) {
-      if (!answer) return;  // the connection dropped first
+      this._inFlight = false;
+      var leaving = this._leaving;
+      this._leaving = null;
+      if (!answer || answer.ws4tx !== 'subscribed') {
+        if (leaving) leaving(null);  // nothing to leave on the server
+        if (!answer) return;  // the connection dropped first
+      }
       if (answer.ws4tx === 'subscribed') {
         if (this._state !== 'subscribing') {
           // Left meanwhile: leave on the server too.
-          if (this._leaving) {
-            this._leaving = false;
-            this._client._send({ws4tx: 'unsubscribe', facility: this.facility,
-                                audiences: this._audiences});
+          if (leaving) {
+            var client = this._client;
+            var left = Array.isArray(answer.channels) ? answer.channels.slice() : [];
+            client._mute(left);
+            client._send({ws4tx: 'unsubscribe', facility: this.facility,
+                          audiences: this._audiences}, function () { client._unmute(left); })
+              .then(leaving);
           }
           return;
         }
@@ -940,7 +964,6 @@ function (root) {
       if (this._state !== 'subscribed' && this._state !== 'subscribing') return;
       this._state = 'subscribing';
       this._awaiting = false;
-      this._leaving = false;
     }
   }
 
@@ -1008,6 +1031,7 @@ function (root) {
     get subscriptions() { return this._subscriptions.slice(); }
 
     _subscribeNow(subscription) {
+      subscription._inFlight = true;
       this._send(subscription._frame(), function (answer) {
         subscription._answered(answer);
       });
@@ -1026,6 +1050,7 @@ function (root) {
         });
         if (!self.send(JSON.stringify(frame))) {
           self._answers.delete(id);
+          if (then) then(null);
           resolve(null);
         }
       });
@@ -1035,6 +1060,19 @@ function (root) {
     _route(subscription) {
       var map = this._byChannel;
       subscription._channels.forEach(function (channel) { map.set(channel, subscription); });
+    }
+
+    /** Drop what comes of `channels` (left, the server's answer not there yet). */
+    _mute(channels) {
+      var map = this._byChannel;
+      channels.forEach(function (channel) { map.set(channel, LEFT); });
+    }
+
+    _unmute(channels) {
+      var map = this._byChannel;
+      channels.forEach(function (channel) {
+        if (map.get(channel) === LEFT) map.delete(channel);
+      });
     }
 
     /** `subscription` is over: nothing more goes to it, it is not restored. */
@@ -1228,6 +1266,7 @@ function (root) {
         // its payload delivered as if it had come alone (an application event, or a raw
         // message).
         var target = this._byChannel.get(envelope.channel) || this;
+        if (target === LEFT) return;
         target._positioned = true;
         var binaryType = this._opts.binaryType;
         target._take({channel: envelope.channel, epoch: envelope.epoch,
@@ -1304,6 +1343,7 @@ function (root) {
       if (!channels || typeof channels !== 'object') return parts;
       Object.keys(channels).forEach(function (channel) {
         var target = self._byChannel.get(channel) || self;
+        if (target === LEFT) return;
         if (!parts.has(target)) parts.set(target, {});
         parts.get(target)[channel] = channels[channel];
       });
@@ -1320,7 +1360,9 @@ function (root) {
 
     /** 'ws4tx.recovered': each scope (the client, a subscription) gets its channels'. */
     _recoveredEvent(payload) {
+      var named = Object.keys((payload && payload.channels) || {}).length;
       var parts = this._split(payload && payload.channels);
+      if (!parts.size && named) return;  // of channels left meanwhile
       if (!parts.size) {
         // It names no channel (no position asked was of the connection's): the verdict
         // of whoever awaits one.
@@ -1329,7 +1371,8 @@ function (root) {
       }
       var self = this;
       parts.forEach(function (channels, target) {
-        var verdict = parts.size === 1 ? payload : partOf(payload, channels);
+        var verdict = Object.keys(channels).length === named ? payload
+          : partOf(payload, channels);
         target._positioned = target._positioned || Object.keys(channels).length > 0;
         target._fire('ws4tx.recovered', verdict);
         target._judged(target === self ? self._verdict(verdict) : verdict);
