@@ -542,6 +542,44 @@ class DemoPageTests(SynchronousTestCase):
             expect(self.line(page, queued)).to_have_count(1)
             expect(self.line(page, johns)).to_have_count(0)
 
+    def test_aLostHistoryIsCaughtUpByTheStateOnceAndLiveMessagesWait(self) -> None:
+        """The broadcast chat's history is lost while the server is down (a new epoch):
+        the page cannot recover, so ws4tx.js calls its getState once (one JSON fetch of
+        the page), which brings the message published meanwhile; it shows once, and so
+        does a live one after."""
+        import redis
+
+        from ws4tx import naming
+
+        page = self.open("mary", "/chat/")
+        self.connected(page)
+        fetched: list[str] = []
+
+        def asked(request: Any) -> None:
+            if "application/json" in request.headers.get("accept", ""):
+                fetched.append(request.url)
+
+        page.on("request", asked)
+        self.assertEqual(self.server.stop(signal.SIGTERM), 0, self.server.output)
+        expect(page.locator("#ws-state")).to_have_text(
+            re.compile(r"^reconnecting in \d+ s · retry now$"), timeout=WAIT_MS)
+        channel = naming.channel("ws4tx", "broadcast", CHAT_FACILITY)
+        store = redis.Redis.from_url(self.redis.url)
+        self.addCleanup(store.close)
+        self.assertGreaterEqual(store.delete(*naming.history_keys("ws4tx", channel)), 1)
+        lost = self.unique("after the history was lost")
+        publish_broadcast(self.server, lost)
+        self.server.start(redis_url=self.redis.url)
+        page.evaluate("() => { const b = document.getElementById('retry-now');"
+                      " if (b) b.click(); }")
+        expect(page.locator("#ws-state")).to_have_text("reconnected", timeout=WAIT_MS)
+        expect(self.line(page, lost)).to_have_count(1, timeout=WAIT_MS)
+        live = self.unique("live after the catch-up")
+        publish_broadcast(self.server, live)
+        expect(self.line(page, live)).to_have_count(1, timeout=WAIT_MS)
+        expect(self.line(page, lost)).to_have_count(1)
+        self.assertEqual(len(fetched), 1, fetched)
+
     def test_redisOutageShowsOnTheBadgeAndHoldsMessages(self) -> None:
         """When the server loses Redis the pages say messages are delayed (not a green
         "connected"), and what john sends meanwhile waits, marked in words; when Redis is
