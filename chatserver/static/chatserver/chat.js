@@ -272,8 +272,11 @@ var Chat = (function () {
         interrupted = true;
         badge.set('interrupted', 'connected · messages delayed: the server lost its message store');
       }));
+      // Redis is back: the node recovers the channels itself (a 'recovered' false, and
+      // getState, when it cannot); who is online is read anew, as on a connect.
       socket.on('ws4tx.resumed', mine(function () {
-        resync().then(function () { if (socket === client) synced(); });
+        synced();
+        if (presence) resync();
       }));
       socket.on('ws4tx.dropped', mine(function () { resync(); }));
       socket.on('ws4tx.error', mine(function (data) {
