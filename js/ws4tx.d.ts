@@ -196,6 +196,10 @@ export interface WS4TXEventMap {
    *  only, when `groups` is there); it stays open. */
   'ws4tx.unsubscribed': { audiences: Array<'broadcast' | 'user' | 'group' | 'session'>;
                           groups?: string[] | null; reason: string };
+  /** The site made this connection subscribe `channels` (`ws4tx.api.subscribe`); their
+   *  messages come to the client (they are no Subscription of its own). */
+  'ws4tx.subscribed': { facility: string; audiences: string[]; channels: string[];
+                        reason: string };
 }
 
 /** A subscription's own events (see Subscription), with their data. */
@@ -222,6 +226,7 @@ export interface SubscriptionEventMap {
   'ws4tx.presence': WS4TXEventMap['ws4tx.presence'];
   'ws4tx.positions': WS4TXEventMap['ws4tx.positions'];
   'ws4tx.unsubscribed': WS4TXEventMap['ws4tx.unsubscribed'];
+  'ws4tx.subscribed': WS4TXEventMap['ws4tx.subscribed'];
 }
 
 /** A handler: called with the client as `this`; what it returns is ignored, what it throws
@@ -354,6 +359,12 @@ export interface SubscribeOptions {
   audiences?: Array<'broadcast' | 'user' | 'group' | 'groups' | 'session'> | SubscribeAudiences;
   /** Some of the user's groups (the group audience of those only). */
   groups?: string[];
+  /** A signed grant of the site for these channels (`{% ws4tx_grant %}`), or a function
+   *  returning one (or a Promise of one), called before each subscribe: the server then
+   *  admits the subscribe without authenticating it. A subscribe refused for its grant
+   *  (`invalid grant: ...`, an expired one after a long reconnect, say) is sent again
+   *  without it, authenticated as usual [null]. */
+  grant?: string | (() => string | null | PromiseLike<string | null>) | null;
   /** Ask, when subscribing again after a reconnect, for what was missed [the client's
    *  `recover`]. */
   recover?: boolean;

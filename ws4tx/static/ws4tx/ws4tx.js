@@ -80,6 +80,9 @@
  *   const notes = client.subscribe('notifications', {
  *     audiences: ['user'],      // 'broadcast' (the default), 'user', 'groups', 'session'
  *     groups: undefined,        // some of the user's groups only
+ *     grant: null,              // a signed grant ({% ws4tx_grant %}), or a function of one
+ *                               // (or of a Promise of one) called before each subscribe;
+ *                               // refused for it ('invalid grant: ...'): sent again without
  *     recover: true,            // the client's option by default
  *     positions: null,          // as the client's option, for its channels
  *     getState: null,           // as the client's option, called with the subscription as this
@@ -825,6 +828,7 @@ function (root) {
       this._leaving = null;         // unsubscribe() while the subscribe was unanswered: the
                                     // resolve of the Promise it returned
       this._inFlight = false;       // a subscribe frame awaits its answer
+      this._grant = options.grant === undefined ? null : options.grant;
       this._retryTimer = null;      // the next subscribe after a refusal to come back
       this._refusals = 0;           // such refusals in a row
     }
@@ -931,6 +935,12 @@ function (root) {
         this._fire('subscribed', {channels: channels.slice()});
       } else if (answer.ws4tx === 'refused') {
         if (this._state !== 'subscribing') return;
+        if (this._granted && /^invalid grant/.test(String(answer.reason || ''))) {
+          // An expired grant, say: authenticated as usual from now on.
+          this._grant = null;
+          this._client._subscribeNow(this);
+          return;
+        }
         if (TRANSIENT.test(String(answer.reason || ''))) {
           this._retryLater();
           return;
@@ -1031,10 +1041,27 @@ function (root) {
     get subscriptions() { return this._subscriptions.slice(); }
 
     _subscribeNow(subscription) {
-      subscription._inFlight = true;
-      this._send(subscription._frame(), function (answer) {
-        subscription._answered(answer);
-      });
+      var self = this;
+      var ws = this._ws;
+      var grant = subscription._grant;
+      var send = function (granted) {
+        if (self._ws !== ws || !ws || subscription._state !== 'subscribing') {
+          subscription._answered(null);  // gone meanwhile: nothing to send or wait for
+          return;
+        }
+        var frame = subscription._frame();
+        subscription._granted = typeof granted === 'string' && granted !== '';
+        if (subscription._granted) frame.grant = granted;
+        subscription._inFlight = true;
+        self._send(frame, function (answer) { subscription._answered(answer); });
+      };
+      if (typeof grant !== 'function') {
+        send(grant);
+        return;
+      }
+      subscription._inFlight = true;  // an unsubscribe() meanwhile waits for the answer
+      Promise.resolve().then(function () { return grant.call(subscription); }).then(
+        send, function (error) { report(error); send(null); });
     }
 
     /** Send a subscribe or unsubscribe `frame` with the next id; `then(answer)` gets its
