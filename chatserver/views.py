@@ -5,12 +5,15 @@ a raw frame could name anybody); ``/userchat/`` and ``/groupchat/`` send with a 
 that Django publishes with ws4redis's ``RedisPublisher``; ``/eventchat/`` uses only ws4tx's
 event API (``chatserver.handlers``) and shows who is online (presence). Every page receives
 with ws4tx.js (``static/chatserver/chat.js``): the view renders its channels' recent
-messages and positions (``ws4tx.api.history``), and the page recovers from there after every
-reconnect; a GET that asks for JSON returns the same, for the page to catch up when recovery
-was not possible. Sending requires a logged-in user; the POST views keep CSRF protection,
-and answer 503 with a message (JSON ``{"error": ...}``) when Redis cannot take the message.
-:func:`static_file` serves ``/static/`` whether DEBUG is on or not, since the demo runs
-without a web server.
+messages and positions (``ws4tx.api.history``), which ws4tx.js takes as its ``positions``:
+the page recovers from there, on its first connect and after every reconnect; a GET that
+asks for JSON returns the same, ws4tx.js's ``getState`` when recovery was not possible.
+The same connection subscribes every logged-in page (but the user chat) to the user's own
+channel of the chat facility, from where it stood at the render (``api.position``): the
+notification badge on the "User chat" link. Sending requires a logged-in user; the POST
+views keep CSRF protection, and answer 503 with a message (JSON ``{"error": ...}``) when
+Redis cannot take the message. :func:`static_file` serves ``/static/`` whether DEBUG is on
+or not, since the demo runs without a web server.
 """
 
 from __future__ import annotations
@@ -126,6 +129,23 @@ class ChatPageMixin:
         """Who is on the page's facility (None: the page shows no presence)."""
         return None
 
+    def notify(self, me: str, flags: str) -> Optional[dict[str, Any]]:
+        """The notification badge's subscription (on the page's connection): the user's
+        own channel of the chat facility and where it stands, so that only what comes
+        after this render counts; None for an anonymous visitor, and on the page that
+        shows that channel itself."""
+        facility = settings.CHAT_FACILITY
+        if not me or (self.facility == facility and "subscribe-user" in flags.split("&")):
+            return None
+        try:
+            where = api.position(facility, users=[me])
+        except PublishError:  # Redis is down: counted from the connect on
+            where = {}
+        return {"facility": facility,
+                "trustRaw": not clients_publish(facility, "user"),
+                "positions": {channel: {"epoch": p.epoch, "offset": p.offset}
+                              for channel, p in where.items()}}
+
     def sync_state(self) -> dict[str, Any]:
         """The page's channels with their recent messages, and who is online."""
         state: dict[str, Any] = {"channels": [], "error": ""}
@@ -164,7 +184,8 @@ class ChatPageMixin:
                   "presence": type(self).presence is not ChatPageMixin.presence,
                   "typing": self.facility == settings.EVENT_FACILITY,
                   # A raw message names its sender truly only where no client publishes.
-                  "trustRaw": not any(clients_publish(self.facility, a) for a in audiences)}
+                  "trustRaw": not any(clients_publish(self.facility, a) for a in audiences),
+                  "notify": self.notify(me, flags) if connect else None}
         return {"chat_sync": self.sync_state(), "chat_config": config,
                 "facility": self.facility, **page}
 

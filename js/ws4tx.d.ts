@@ -91,7 +91,21 @@ export interface WS4TXOptions extends ConnectionOptions {
    *  URL's query longer are left out, and their channels reported not recovered
    *  ('query-too-long'); 0: no cap [2048]. */
   maxQueryLength?: number;
+  /** Where the URL's channels stood when the page was rendered (`{% ws4tx_position %}`):
+   *  the first connect recovers from there, so that nothing published between the render
+   *  and the connect is missed or applied twice [null]. */
+  positions?: Record<string, Position> | null;
+  /** Called (with the client as `this`) once after each 'recovered' false: fetch the
+   *  page's state anew. Until it returns (or its Promise settles), no live message is
+   *  applied; then those held are, in order, without those at or before the
+   *  `positions` ({channel: {epoch, offset}}) its result may carry [null]. */
+  getState?: GetState | null;
 }
+
+/** A page's resync after a recovery that failed: what it returns (or its Promise gives)
+ *  may carry `positions`, where the fetched state stands; messages at or before them are
+ *  then not applied. */
+export type GetState = () => unknown;
 
 /** 'connecting': a socket is being opened (attempt 0 first, then the reconnect's). */
 export interface ConnectingInfo { attempt: number }
@@ -182,6 +196,37 @@ export interface WS4TXEventMap {
    *  only, when `groups` is there); it stays open. */
   'ws4tx.unsubscribed': { audiences: Array<'broadcast' | 'user' | 'group' | 'session'>;
                           groups?: string[] | null; reason: string };
+  /** The site made this connection subscribe `channels` (`ws4tx.api.subscribe`); their
+   *  messages come to the client (they are no Subscription of its own). */
+  'ws4tx.subscribed': { facility: string; audiences: string[]; channels: string[];
+                        reason: string };
+}
+
+/** A subscription's own events (see Subscription), with their data. */
+export interface SubscriptionEventMap {
+  /** A frame of its channels that is not an envelope. */
+  message: RawData;
+  /** The server subscribed its channels (again, after a reconnect). */
+  subscribed: { channels: string[] };
+  /** unsubscribe() was called: nothing more of its channels is delivered. */
+  unsubscribed: null;
+  /** The server refused the subscribe (the reason is the server's); the client's other
+   *  subscriptions and its connection are as they were. A refusal that says to come back
+   *  (the rate limit, 'retry later') is not told: the subscribe is sent again, with
+   *  full-jitter backoff. */
+  refused: { reason: string };
+  /** After a subscribe (again, after a reconnect) with positions: whether every message
+   *  missed meanwhile on its channels was delivered. */
+  recovered: RecoveredInfo;
+  'ws4tx.error': WS4TXEventMap['ws4tx.error'];
+  'ws4tx.interrupted': null;
+  'ws4tx.resumed': null;
+  'ws4tx.recovered': RecoveredInfo;
+  'ws4tx.dropped': WS4TXEventMap['ws4tx.dropped'];
+  'ws4tx.presence': WS4TXEventMap['ws4tx.presence'];
+  'ws4tx.positions': WS4TXEventMap['ws4tx.positions'];
+  'ws4tx.unsubscribed': WS4TXEventMap['ws4tx.unsubscribed'];
+  'ws4tx.subscribed': WS4TXEventMap['ws4tx.subscribed'];
 }
 
 /** A handler: called with the client as `this`; what it returns is ignored, what it throws
@@ -199,16 +244,16 @@ export type AppEventName<Events> = keyof Events & string;
 /** The names a client of `Events` may listen to: the application's events and the
  *  client's own (WS4TXEventMap). A misspelled name is a type error (unless `Events` is
  *  the permissive default). */
-export type EventName<Events> = AppEventName<Events> | keyof WS4TXEventMap;
+export type EventName<Events, Own = WS4TXEventMap> = AppEventName<Events> | keyof Own;
 
 /** The data of event `K`: the application's declared 'message' event (a declared
  *  'message' says the facility carries that event: raw frames share its handlers), the
  *  client's own events' (WS4TXEventMap), or the application's. */
-export type EventData<Events, K extends string> =
+export type EventData<Events, K extends string, Own = WS4TXEventMap> =
   K extends 'message'
     ? (K extends keyof Events ? Events[K] : RawData)
-    : K extends keyof WS4TXEventMap
-      ? WS4TXEventMap[K]
+    : K extends keyof Own
+      ? Own[K]
       : (K extends keyof Events ? Events[K] : never);
 
 /** The callback of an emit() with an acknowledgement: `(null, reply)` or `(error)`. */
@@ -248,6 +293,7 @@ export declare class WS4TX<Events extends EventMap = Record<string, any>> {
   /** The server's default query cap, maxQueryLength's default: 2048. */
   static readonly MAX_QUERY_LENGTH: 2048;
   static readonly AckError: typeof AckError;
+  static readonly Subscription: typeof Subscription;
 
   /** 'connecting' | 'connected' | 'reconnecting' | 'closed' (after close(), a final code,
    *  or 'refused'). */
@@ -284,9 +330,90 @@ export declare class WS4TX<Events extends EventMap = Record<string, any>> {
   /** Send a raw frame; whether it was sent. */
   send(raw: SendData): boolean;
 
+  /** Subscribe to `facility`'s channels on this connection (the URL may be the bare
+   *  WebSocket URL, `/ws/`): a Subscription, subscribed once connected and again after
+   *  every reconnect, with recovery. `E` types its events as `Events` types the
+   *  client's: `client.subscribe<{note: {text: string}}>('notifications', ...)`. */
+  subscribe<E extends EventMap = Record<string, any>>(facility: string,
+                                                     options?: SubscribeOptions): Subscription<E>;
+  /** The subscriptions the client subscribes (not those unsubscribed or refused). */
+  readonly subscriptions: Array<Subscription<any>>;
+
   /** Close for good: no more reconnecting; 'disconnected' fires at once when a socket was
    *  connecting or open. */
   close(code?: number, reason?: string): void;
+}
+
+/** The audiences of a subscribe frame (docs/protocol.md, Subscribe). */
+export interface SubscribeAudiences {
+  broadcast?: boolean;
+  user?: boolean;
+  session?: boolean;
+  /** true: all the user's groups; or some of them. */
+  groups?: boolean | string[];
+}
+
+/** The options of client.subscribe() (defaults in brackets). */
+export interface SubscribeOptions {
+  /** Which of the facility's channels: names, or the frame's object [['broadcast']]. */
+  audiences?: Array<'broadcast' | 'user' | 'group' | 'groups' | 'session'> | SubscribeAudiences;
+  /** Some of the user's groups (the group audience of those only). */
+  groups?: string[];
+  /** A signed grant of the site for these channels (`{% ws4tx_grant %}`), or a function
+   *  returning one (or a Promise of one), called before each subscribe: the server then
+   *  admits the subscribe without authenticating it. A subscribe refused for its grant
+   *  (`invalid grant: ...`, an expired one after a long reconnect, say) is sent again
+   *  without it, authenticated as usual [null]. */
+  grant?: string | (() => string | null | PromiseLike<string | null>) | null;
+  /** Ask, when subscribing again after a reconnect, for what was missed [the client's
+   *  `recover`]. */
+  recover?: boolean;
+  /** As the client's option, for this subscription's channels: where they stood when the
+   *  page was rendered (positions of other channels are ignored). */
+  positions?: Record<string, Position> | null;
+  /** As the client's option: called, with the subscription as `this`, once after each
+   *  'recovered' false; its live messages wait for it. */
+  getState?: GetState | null;
+}
+
+/**
+ * A facility's channels on a client's connection, from client.subscribe(): its own
+ * handlers, state, positions and recovery. Messages of its channels with history (they
+ * carry their channel) go to it alone, and so does the stored replay that comes before the
+ * verdict on the positions it sent; another frame that names no channel (a facility
+ * without history, a handler's emit) goes to the client and to each subscription not known
+ * to be of a facility with history; the server's `ws4tx.*` events about the connection go to
+ * all.
+ */
+export declare class Subscription<Events extends EventMap = Record<string, any>> {
+  private constructor();
+  /** Its facility. */
+  readonly facility: string;
+  /** 'subscribing' (until the server's answer, and again while reconnecting) |
+   *  'subscribed' | 'unsubscribed' | 'refused' (both final). */
+  readonly state: 'subscribing' | 'subscribed' | 'unsubscribed' | 'refused';
+  /** The channels the server subscribed (empty until 'subscribed'). */
+  readonly channels: string[];
+  /** The position of the last message of each of its channels with history. */
+  readonly positions: Record<string, Position>;
+
+  on<K extends EventName<Events, SubscriptionEventMap>>(
+    event: K, fn: Handler<EventData<Events, K, SubscriptionEventMap>, this>): this;
+  once<K extends EventName<Events, SubscriptionEventMap>>(
+    event: K, fn: Handler<EventData<Events, K, SubscriptionEventMap>, this>): this;
+  off(event?: EventName<Events, SubscriptionEventMap>, fn?: (...args: any[]) => unknown): this;
+
+  /** The client's emit(), the envelope naming this subscription's facility. */
+  emit<K extends AppEventName<Events>>(event: K, data?: Events[K]): boolean;
+  emit<K extends AppEventName<Events>, R = any>(event: K, data: Events[K],
+                                                 callback: AckCallback<R>): boolean;
+  /** The client's request(), the envelope naming this subscription's facility. */
+  request<R = any, K extends AppEventName<Events> = AppEventName<Events>>(
+    event: K, data?: Events[K]): Promise<R>;
+
+  /** Leave its channels: nothing of them is delivered after; a Promise of the server's
+   *  answer (at once when not connected). It is not restored on a reconnect. */
+  unsubscribe(): Promise<unknown>;
 }
 
 /** What a CloseEvent of ws4redis.js carries (an object with these fields when the client

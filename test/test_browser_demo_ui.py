@@ -290,6 +290,36 @@ class DemoPageTests(SynchronousTestCase):
         expect(john.locator("#online")).to_have_attribute("data-users", "john",
                                                           timeout=WAIT_MS)
 
+    def test_aPrivateMessageCountsOnTheBadgeOfAnotherPage(self) -> None:
+        """mary reads the event chat on one WebSocket (the chat, who is online and her
+        notifications); each private message john sends her counts on her "User chat"
+        link, once; her page of private messages has no badge of its own."""
+        mary = self.contexts["mary"].new_page()
+        self.addCleanup(mary.close)
+        sockets: list[Any] = []
+
+        def opened(socket: Any) -> None:
+            sockets.append(socket)
+
+        mary.on("websocket", opened)
+        mary.goto("/eventchat/")
+        self.connected(mary)
+        expect(mary.locator("#online")).to_contain_text("mary (you)", timeout=WAIT_MS)
+        badge = mary.locator("#notify-count")
+        expect(badge).to_be_hidden()
+        john = self.open("john", "/userchat/")
+        self.connected(john)
+        for count in (1, 2):
+            text = self.unique("psst")
+            self.send(john, text, "mary")
+            expect(self.line(john, text).locator(".tick")).to_have_text("✓", timeout=WAIT_MS)
+            expect(badge).to_have_text(str(count), timeout=WAIT_MS)
+        expect(badge).to_be_visible()
+        self.assertEqual(len(sockets), 1)
+        private = self.open("mary", "/userchat/")
+        self.connected(private)
+        expect(private.locator("#notify-count")).to_be_hidden()
+
     def test_pageClosedByTheSiteShowsItselfAnew(self) -> None:
         """When the site closes a user's connections (a logout elsewhere, a password
         change: close code 4001), the page reloads, to show who it is for now."""
@@ -511,6 +541,44 @@ class DemoPageTests(SynchronousTestCase):
             expect(self.line(page, missed)).to_have_count(1)
             expect(self.line(page, queued)).to_have_count(1)
             expect(self.line(page, johns)).to_have_count(0)
+
+    def test_aLostHistoryIsCaughtUpByTheStateOnceAndLiveMessagesWait(self) -> None:
+        """The broadcast chat's history is lost while the server is down (a new epoch):
+        the page cannot recover, so ws4tx.js calls its getState once (one JSON fetch of
+        the page), which brings the message published meanwhile; it shows once, and so
+        does a live one after."""
+        import redis
+
+        from ws4tx import naming
+
+        page = self.open("mary", "/chat/")
+        self.connected(page)
+        fetched: list[str] = []
+
+        def asked(request: Any) -> None:
+            if "application/json" in request.headers.get("accept", ""):
+                fetched.append(request.url)
+
+        page.on("request", asked)
+        self.assertEqual(self.server.stop(signal.SIGTERM), 0, self.server.output)
+        expect(page.locator("#ws-state")).to_have_text(
+            re.compile(r"^reconnecting in \d+ s · retry now$"), timeout=WAIT_MS)
+        channel = naming.channel("ws4tx", "broadcast", CHAT_FACILITY)
+        store = redis.Redis.from_url(self.redis.url)
+        self.addCleanup(store.close)
+        self.assertGreaterEqual(store.delete(*naming.history_keys("ws4tx", channel)), 1)
+        lost = self.unique("after the history was lost")
+        publish_broadcast(self.server, lost)
+        self.server.start(redis_url=self.redis.url)
+        page.evaluate("() => { const b = document.getElementById('retry-now');"
+                      " if (b) b.click(); }")
+        expect(page.locator("#ws-state")).to_have_text("reconnected", timeout=WAIT_MS)
+        expect(self.line(page, lost)).to_have_count(1, timeout=WAIT_MS)
+        live = self.unique("live after the catch-up")
+        publish_broadcast(self.server, live)
+        expect(self.line(page, live)).to_have_count(1, timeout=WAIT_MS)
+        expect(self.line(page, lost)).to_have_count(1)
+        self.assertEqual(len(fetched), 1, fetched)
 
     def test_redisOutageShowsOnTheBadgeAndHoldsMessages(self) -> None:
         """When the server loses Redis the pages say messages are delayed (not a green

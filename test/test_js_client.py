@@ -1166,3 +1166,69 @@ class ResumeClientTests(_PageTestCase):
         self.serverClose(1006)
         self.advance(600)
         self.assertEqual(self.socket()["url"], URI + "&resume=")
+
+
+class SubscriptionGrantTests(_PageTestCase):
+    """A subscription's grant: in its subscribe frame, fetched anew before each subscribe
+    when it is a function, and dropped once when the server refuses it."""
+
+    def subscribes(self, index: int = -1) -> list[dict[str, Any]]:
+        """The subscribe frames socket ``index`` was sent."""
+        return [json.loads(f) for f in self.socket(index)["sent"]
+                if isinstance(f, str) and f.startswith('{"ws4tx":"subscribe"')]
+
+    def settle(self) -> None:
+        """Let the page's pending promises run (the clock is paused: no timer fires)."""
+        self.js("async () => { for (let i = 0; i < 20; i++) await null; }")
+
+    def test_aRefusedGrantIsDroppedAndTheSubscribeSentAgainWithoutIt(self) -> None:
+        """The grant goes in the frame; refused for it (expired), the subscription
+        subscribes again without it, at once, and is not told refused."""
+        self.connect(open=False)
+        self.js("() => { window.s = __record(c.subscribe('notes', {audiences: ['user'], "
+                "grant: 'G1'}), ['subscribed', 'refused']); }")
+        self.open()
+        [first] = self.subscribes()
+        self.assertEqual((first["facility"], first["audiences"], first["grant"]),
+                         ("notes", {"user": True}, "G1"))
+        self.receive(envelope.encode_refused(first["id"], "invalid grant: expired"))
+        frames = self.subscribes()
+        self.assertEqual(len(frames), 2)
+        self.assertNotIn("grant", frames[1])
+        self.assertEqual(self.js("s.state"), "subscribing")
+        self.receive(envelope.encode_subscribed(frames[1]["id"], "notes",
+                                                ["ws4tx:user:john:notes"]))
+        self.assertEqual(self.js("s.state"), "subscribed")
+        self.assertEqual([name for name, _ in self.log() if name in ("subscribed", "refused")],
+                         ["subscribed"])
+
+    def test_aGrantFunctionIsAskedBeforeEverySubscribe(self) -> None:
+        """A function (here of a Promise) gives the grant of each subscribe: the first
+        connect's, then the reconnect's, a fresh one."""
+        self.connect(open=False)
+        self.js("() => { window.calls = 0; window.s = c.subscribe('notes', {audiences: "
+                "['user'], grant: () => Promise.resolve('G' + (++calls))}); }")
+        self.open()
+        self.settle()
+        self.assertEqual([f.get("grant") for f in self.subscribes()], ["G1"])
+        self.serverClose(1006)
+        self.advance(600)
+        self.open()
+        self.settle()
+        self.assertEqual([f.get("grant") for f in self.subscribes()], ["G2"])
+        self.assertEqual(self.js("calls"), 2)
+
+    def test_otherRefusalsAreFinal(self) -> None:
+        """A refusal that is not about the grant (nor says to come back) ends the
+        subscription, told 'refused' with the server's reason."""
+        self.connect(open=False)
+        self.js("() => { window.s = __record(c.subscribe('notes', {audiences: ['user'], "
+                "grant: 'G1'}), ['refused']); }")
+        self.open()
+        [first] = self.subscribes()
+        self.receive(envelope.encode_refused(first["id"], "too many subscriptions: at most "
+                                                         "100 channels per connection"))
+        self.assertEqual(len(self.subscribes()), 1)
+        self.assertEqual(self.js("s.state"), "refused")
+        self.assertEqual([e for e in self.log() if e[0] == "refused"], [["refused", {
+            "reason": "too many subscriptions: at most 100 channels per connection"}]])

@@ -88,6 +88,17 @@ export class Server {
       : this.command({do: 'publish', facility, message64: Buffer.from(message).toString('base64')});
   }
 
+  /** Publish each of `messages` (strings), in order, to everybody on `facility`. */
+  publishAll(facility, messages) {
+    return this.command({do: 'publish', facility, messages});
+  }
+
+  /** Where the broadcast channel of `facility` stands, as `{% ws4tx_position %}` renders
+   *  it: {channel: {epoch, offset}}. */
+  position(facility) {
+    return this.command({do: 'position', facility});
+  }
+
   /** Send the event to everybody on `facility`, from the Django side (ws4tx.api.emit). */
   emit(facility, event, data) {
     return this.command({do: 'emit', facility, event, data});

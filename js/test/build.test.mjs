@@ -77,6 +77,22 @@ describe('ws4tx.d.ts', () => {
     assert.deepEqual(missing, []);
   });
 
+  test('declares every public member of Subscription', () => {
+    const block = declaration('class', 'Subscription');
+    const members = new Set();
+    for (let proto = cjs.WS4TX.Subscription.prototype; proto !== Object.prototype;
+         proto = Object.getPrototypeOf(proto)) {
+      for (const name of Object.getOwnPropertyNames(proto)) members.add(name);
+    }
+    const client = new cjs.WS4TX('ws://nowhere/ws/', {WebSocket: class {}});
+    for (const name of Object.keys(client.subscribe('f'))) members.add(name);
+    client.close();
+    const missing = [...members].filter((name) => name !== 'constructor'
+      && !name.startsWith('_') && !declares(block, name));
+    assert.deepEqual(missing, []);
+    assert.ok(members.has('unsubscribe') && members.has('facility'), [...members].join());
+  });
+
   test("declares every method of WS4Redis and every field of AckError", () => {
     const sockets = [];
     class Inert {
@@ -105,8 +121,15 @@ describe('ws4tx.d.ts', () => {
   });
 
   test("declares every event the client fires and every ws4tx.* event of the server", () => {
+    // What a Subscription fires ('subscribed', ...) is in its own map.
+    const own = script.slice(script.indexOf('  class Subscription extends Scope'),
+                             script.indexOf('  /** The event client: see the header. */'));
+    const subscriptionMap = declaration('interface', 'SubscriptionEventMap');
+    const ownFired = [...own.matchAll(/_fire\('([\w.]+)'/g)].map((m) => m[1]);
+    assert.ok(ownFired.includes('subscribed'), ownFired.join());
+    assert.deepEqual(ownFired.filter((name) => !declares(subscriptionMap, name)), []);
     const map = declaration('interface', 'WS4TXEventMap');
-    const fired = [...script.matchAll(/_fire\('([\w.]+)'/g)].map((m) => m[1]);
+    const fired = [...script.replace(own, '').matchAll(/_fire\('([\w.]+)'/g)].map((m) => m[1]);
     const envelope = readFileSync(join(ROOT, 'ws4tx', 'envelope.py'), 'utf8');
     const server = [...envelope.matchAll(/^\w+_EVENT = "(ws4tx\.\w+)"/gm)].map((m) => m[1]);
     assert.ok(fired.includes('recovered') && server.includes('ws4tx.dropped'),

@@ -10,7 +10,10 @@ port) and ``twistd ws4tx`` on a free port of 127.0.0.1, with history on the faci
 
   ``{"do": "publish", "facility": F, "message": M}``  ``ws4tx.api.publish`` to broadcast
   (``"message64"``: the bytes of a base64 text instead)
+  ``{"do": "publish", "facility": F, "messages": [M, ...]}``  each of them, in order
   ``{"do": "emit", "facility": F, "event": E, "data": D}``  ``ws4tx.api.emit`` to broadcast
+  ``{"do": "position", "facility": F}``  ``ws4tx.api.position`` of broadcast, as
+  ``{% ws4tx_position %}`` renders it (``{channel: {"epoch", "offset"}}``)
   ``{"do": "stop"}``   SIGTERM to the server (its clients are closed with 1001), waited for
   ``{"do": "start"}``  the server again, on the same port and Redis, once it is ready
 
@@ -151,6 +154,12 @@ def answer(command: dict[str, Any], server: Twistd, api: Any) -> dict[str, Any]:
     """What a command does, as its answer."""
     try:
         what = command["do"]
+        if what == "publish" and "messages" in command:
+            return {"ok": [api.publish(command["facility"], m, broadcast=True)
+                           for m in command["messages"]]}
+        if what == "position":
+            return {"ok": {channel: {"epoch": p.epoch, "offset": p.offset} for channel, p
+                           in api.position(command["facility"], broadcast=True).items()}}
         if what == "publish":
             message = (base64.b64decode(command["message64"]) if "message64" in command
                        else command["message"])

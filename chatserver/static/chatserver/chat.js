@@ -3,10 +3,15 @@
  *
  * Chat.start() reads the page's #chat-config (what the page is) and #chat-sync (its
  * channels' recent messages and positions, rendered by chatserver.views), shows the
- * messages, and connects ws4tx.js (WS4TX) with `recover=` positions of its own, so that
- * after any reconnect the server sends exactly what the page missed (docs/protocol.md,
- * Recovery). When the server cannot (`recovered: false`) or Redis was lost meanwhile
- * (`ws4tx.resumed`), the page fetches its messages again and adds those it lacks.
+ * messages, and connects ws4tx.js (WS4TX) with those positions (`positions`): every message
+ * published since the page was rendered arrives once, and after any reconnect exactly
+ * what the page missed (docs/protocol.md, Recovery). When the server cannot (`recovered:
+ * false`), ws4tx.js calls the page's `getState`, which fetches the page's messages again
+ * and adds those it lacks, and holds live messages until it is done.
+ *
+ * The same connection carries the notification badge of every page (a subscription to
+ * the user's own channel of the chat facility, config.notify): a private message to the
+ * person while they read another page counts on the "User chat" link.
  *
  * Lines are ordered by their position in their channel, then by time; every stored or live
  * message is checked field by field (chat_ui.js's decode) and handled alone, so that no
@@ -42,8 +47,9 @@ var Chat = (function () {
     var lines = Object.create(null);   // cid -> the line of every message this page sent
     var loaded = true;     // the page's messages could be read (else it reads them again)
     var client = null;
+    var notes = null;      // the notification subscription (config.notify)
+    var unread = 0;
     var everConnected = false;
-    var asked = false;     // the current socket asked to recover
     var syncing = false;   // connected, recovery not answered yet
     var interrupted = false;  // the server lost Redis (ws4tx.interrupted): nothing goes out
     var counter = 0;
@@ -161,17 +167,6 @@ var Chat = (function () {
       return null;
     }
 
-    /** The WebSocket URL with a recover= for every channel whose position is known. */
-    function url() {
-      var params = [];
-      Object.keys(known).forEach(function (channel) {
-        var at = known[channel];
-        params.push('recover=' + encodeURIComponent(channel + ':' + at.epoch + ':' + at.offset));
-      });
-      asked = params.length > 0;
-      return config.uri + (params.length ? '&' + params.join('&') : '');
-    }
-
     function synced() {
       syncing = false;
       interrupted = false;
@@ -181,19 +176,61 @@ var Chat = (function () {
       flush();
     }
 
-    /** Fetch the page's messages (and presence) again; add what is missing. */
+    /** Fetch the page's messages (and presence) again; add what is missing. Resolves with
+     *  where the fetched messages stand ({positions}), for ws4tx.js. */
     function resync() {
       return fetch(location.pathname, {headers: {'Accept': 'application/json'},
                                        credentials: 'same-origin', cache: 'no-store'})
         .then(function (response) { return response.json(); })
-        .then(function (state) { merge(state); })
+        .then(function (state) {
+          merge(state);
+          var positions = {};
+          (state.channels || []).forEach(function (channel) {
+            if (channel.epoch && Number.isInteger(channel.offset)) {
+              positions[channel.channel] = {epoch: channel.epoch, offset: channel.offset};
+            }
+          });
+          return {positions: positions};
+        })
         .catch(function () { /* the next reconnect tries again */ });
     }
 
+    /** The "User chat" link counts the private messages to the person that came while
+     *  this page was open. */
+    function notified(data) {
+      safely(function () {
+        var message = decode(data, config.notify.trustRaw);
+        if (!message || (message.named && message.user === me)) return;
+        var count = document.getElementById('notify-count');
+        if (!count) return;
+        unread++;
+        count.textContent = String(unread);
+        count.hidden = false;
+        count.setAttribute('aria-label', unread + ' new private message' + (unread > 1 ? 's' : ''));
+      });
+    }
+
     function connect() {
-      var socket = new WS4TX(url, {heartbeat: config.heartbeat, recover: false});
+      // The page's positions (what it shows): the first connect recovers from them, a
+      // later one (retry now) from what it has got since.
+      var socket = new WS4TX(config.uri, {heartbeat: config.heartbeat, positions: known,
+                                          getState: function () {
+        return resync().then(function (state) {
+          if (socket === client) synced();
+          return state;
+        });
+      }});
       var last = {};  // the socket's positions, as of its previous message
+      Object.keys(known).forEach(function (channel) {
+        last[channel] = known[channel].epoch + ':' + known[channel].offset;
+      });
       client = socket;
+      if (config.notify) {
+        var from = notes ? notes.positions : config.notify.positions;
+        notes = socket.subscribe(config.notify.facility, {audiences: ['user'], positions: from,
+                                                          getState: function () {}});
+        notes.on('message', mine(notified));
+      }
       function mine(fn) {
         return function (data) { if (socket === client) fn(data); };
       }
@@ -202,19 +239,17 @@ var Chat = (function () {
         else badge.set('connecting', 'connecting');
       }));
       socket.on('connected', mine(function () {
-        syncing = asked;
+        // ws4tx.js asks to recover whenever it knows positions: a verdict follows.
+        syncing = Object.keys(socket.positions).length > 0;
         if (!syncing) synced();
         if (presence) presence.restart();
         // Presence is read anew on every connect; messages that could not be loaded are
         // read now that the server is back.
         if (presence || !loaded) resync();
       }));
+      // Not recovered: ws4tx.js calls getState (above), which says synced when done.
       socket.on('recovered', mine(function (result) {
-        if (result && result.recovered) {
-          synced();
-        } else {
-          resync().then(function () { if (socket === client) synced(); });
-        }
+        if (result && result.recovered) synced();
       }));
       socket.on('reconnecting', mine(function (info) {
         badge.countdown(info.delay, retryNow);
@@ -237,8 +272,11 @@ var Chat = (function () {
         interrupted = true;
         badge.set('interrupted', 'connected · messages delayed: the server lost its message store');
       }));
+      // Redis is back: the node recovers the channels itself (a 'recovered' false, and
+      // getState, when it cannot); who is online is read anew, as on a connect.
       socket.on('ws4tx.resumed', mine(function () {
-        resync().then(function () { if (socket === client) synced(); });
+        synced();
+        if (presence) resync();
       }));
       socket.on('ws4tx.dropped', mine(function () { resync(); }));
       socket.on('ws4tx.error', mine(function (data) {

@@ -20,6 +20,9 @@
  *     maxQueryLength: 2048,     // the server's MAX_QUERY_LENGTH: recovery positions that
  *                               // would make the query longer are left out (see 'recovered')
  *     fetch: undefined,         // a fetch function instead of the global one (see 'refused')
+ *     positions: null,          // {channel: {epoch, offset}} where the page's state stands
+ *                               // ({% ws4tx_position %}): the first connect recovers from there
+ *     getState: null,           // called once after each 'recovered' false (see below)
  *   });
  *   // Also: ws4tx.connect(uri, options). `uri` may be a function returning the URL, or a
  *   // Promise of it, called before every attempt (e.g. to fetch a fresh ?token=...).
@@ -70,6 +73,48 @@
  *                                           'disconnected' or 'not-connected')
  *   client.send(raw)                     -> true when sent: a raw frame (string/ArrayBuffer/Blob)
  *   client.close()                       for good: no reconnecting
+ *
+ * Subscriptions (one connection for several facilities; docs/protocol.md, Subscribe):
+ *
+ *   const client = new WS4TX('wss://example.com/ws/');   // the bare URL: no channel of its own
+ *   const notes = client.subscribe('notifications', {
+ *     audiences: ['user'],      // 'broadcast' (the default), 'user', 'groups', 'session'
+ *     groups: undefined,        // some of the user's groups only
+ *     grant: null,              // a signed grant ({% ws4tx_grant %}), or a function of one
+ *                               // (or of a Promise of one) called before each subscribe;
+ *                               // refused for it ('invalid grant: ...'): sent again without
+ *     recover: true,            // the client's option by default
+ *     positions: null,          // as the client's option, for its channels
+ *     getState: null,           // as the client's option, called with the subscription as this
+ *   });
+ *   notes.on(name, fn) / once / off       its events: its channels' messages and events,
+ *                                        'subscribed' ({channels}), 'refused' ({reason}:
+ *                                        final; the client and its other subscriptions
+ *                                        are as they were; a refusal that says to come
+ *                                        back, the rate limit or 'retry later', is not
+ *                                        told: the subscribe is sent again with backoff), 'unsubscribed', 'recovered',
+ *                                        and the server's ws4tx.* events of the connection
+ *   notes.emit / notes.request           as the client's, with "facility" in the envelope
+ *   notes.unsubscribe()                  -> Promise of the server's answer; final
+ *   notes.state                          'subscribing' | 'subscribed' | 'unsubscribed' | 'refused'
+ *   notes.positions, notes.channels, notes.facility
+ *   client.subscriptions                 those not unsubscribed or refused
+ *   A subscription is subscribed once the socket opens and again on every reconnect, with
+ *   the positions of its channels in the subscribe frame (never in the URL), and told
+ *   'recovered' as the client is. A message of a channel with history carries its channel
+ *   and goes to its subscription alone, as does the stored replay that comes before the
+ *   verdict on the positions it sent; another frame that names no channel (a facility
+ *   without history, a handler's emit) goes to the client and to every subscription not
+ *   known to be of a facility with history.
+ *
+ * Page-to-live handoff: a page rendered with its state and the position of its channels
+ * (`positions`) connects and recovers every message published since the render, once. When
+ * that cannot be done ('recovered' false: the history was trimmed, a new epoch), getState()
+ * is called once (it may return a Promise): the page fetches its state anew; no live
+ * message of those channels is applied before it settles, then the held ones are, in order,
+ * without those at or before the positions its result may carry ({positions: {channel:
+ * {epoch, offset}}}), and without the stored replay of the last message, which came before
+ * the verdict. The same after every reconnect that could not recover.
  *   client.state                         'connecting' | 'connected' | 'reconnecting' | 'closed'
  *   client.readyState                    the current socket's readyState (3 without one)
  *
@@ -112,6 +157,15 @@ function (root) {
   /** Why a channel was not recovered when its position did not go to the server. */
   var QUERY_TOO_LONG = 'query-too-long';
   var REFUSED = 'refused';
+  /** The server's answers to subscribe and unsubscribe frames. */
+  var ANSWERS = ['subscribed', 'unsubscribed', 'refused'];
+  /** Where the messages of a channel left by unsubscribe() go until the server's answer:
+   *  nowhere. */
+  var LEFT = {};
+  /** Refusals of a subscribe that say to come back later: it is sent again. */
+  var TRANSIENT = /^rate limit exceeded|retry later/;
+  /** The prefix of the server's own event names. */
+  var RESERVED = 'ws4tx.';
 
   var DEFAULTS = {
     heartbeat: null,
@@ -129,6 +183,8 @@ function (root) {
     maxQueryLength: MAX_QUERY_LENGTH,
     WebSocket: undefined,  // a WebSocket constructor to use instead of the global one
     fetch: undefined,      // a fetch function to use instead of the global one
+    positions: null,       // {channel: {epoch, offset}} rendered with the page: recover from there
+    getState: null,        // called once after a 'recovered' false, before live messages go on
   };
 
   var later = typeof queueMicrotask === 'function'
@@ -501,10 +557,23 @@ function (root) {
     if (!obj || typeof obj !== 'object' || Array.isArray(obj)) return null;
     if (obj.ws4tx === 'event' && typeof obj.event === 'string' && obj.event) return obj;
     if (obj.ws4tx === 'ack' && Number.isInteger(obj.id) && obj.id >= 0) return obj;
+    if (ANSWERS.indexOf(obj.ws4tx) >= 0 && Number.isInteger(obj.id) && obj.id >= 0) return obj;
     if (obj.ws4tx === 'pub' && typeof obj.channel === 'string' && Number.isInteger(obj.offset)
         && typeof obj.epoch === 'string'
         && (typeof obj.data === 'string' || typeof obj.data64 === 'string')) return obj;
     return null;
+  }
+
+  /** The part of a 'ws4tx.recovered' verdict about `channels` (some of its channels). */
+  function partOf(verdict, channels) {
+    var failed = null;
+    Object.keys(channels).forEach(function (channel) {
+      var one = channels[channel];
+      if (!failed && !(one && one.recovered)) failed = one || {};
+    });
+    if (!failed) return {recovered: true, channels: channels};
+    return {recovered: false, reason: failed.reason || (verdict && verdict.reason),
+            channels: channels};
   }
 
   /** The bytes of a base64 string, as the socket's binaryType would give them. */
@@ -515,26 +584,16 @@ function (root) {
     return binaryType === 'arraybuffer' ? bytes.buffer : new Blob([bytes]);
   }
 
-  /** The event client: see the header. */
-  class WS4TX extends Connection {
-    constructor(uri, options) {
-      options = Object.assign({}, options || {});
-      var extra = [].concat(options.protocols || []).filter(function (p) {
-        return p !== SUBPROTOCOL;
-      });
-      super(uri, options, [SUBPROTOCOL].concat(extra));
-      this._handlers = new Map();
-      this._pending = new Map();  // ack id -> {event, callback, timer}
-      this._nextId = 1;
-      this._positions = new Map();  // channel -> {epoch, offset} of its last message
-      this._probes = true;
-      this._asked = 0;              // positions the current socket's URL carries
-      this._unsent = null;          // {channel: reason} of the positions it left out
-      this._skipPositions = null;   // {reason, once}: dial without positions (refused)
-      this._resume = null;          // the server's latest resume token (memory only)
-      // Connect once the caller had a chance to add its handlers ('connecting' included).
-      var self = this;
-      later(function () { self._connect(); });
+  /**
+   * What the client and each of its subscriptions have: handlers, the positions of their
+   * channels with history, and the page-to-live handoff (getState): while a verdict on the
+   * recovery it asked for is awaited, and while the page's state is fetched after a
+   * 'recovered' false, their messages are held, then applied in order (those the state
+   * covers dropped).
+   */
+  class Scope {
+    constructor(options) {
+      scoped(this, options);
     }
 
     on(event, fn) {
@@ -573,17 +632,493 @@ function (root) {
       return this;
     }
 
+    /** The last position of each channel with history: {channel: {epoch, offset}}. */
+    get positions() {
+      var result = {};
+      this._positions.forEach(function (position, channel) {
+        result[channel] = {epoch: position.epoch, offset: position.offset};
+      });
+      return result;
+    }
+
+    _fire(event, data) {
+      var list = this._handlers.get(event);
+      if (!list) return;
+      list = list.slice();  // handlers may add or remove handlers
+      for (var i = 0; i < list.length; i++) {
+        try {
+          list[i].call(this, data);
+        } catch (error) {
+          report(error);
+        }
+      }
+    }
+
+    /** The server's 'ws4tx.positions': where channels stand that this scope has no
+     *  message of yet (or whose history is gone), so that it recovers from there. */
+    _learn(data) {
+      seed(this._positions, data && data.channels);
+    }
+
+    /** A message for this scope: applied now, or held (see the class). `item.channel`,
+     *  when there, is the message's position (a publication envelope). */
+    _take(item) {
+      if (this._held) {
+        item.early = this._awaiting;
+        this._held.push(item);
+      } else {
+        this._apply(item);
+      }
+    }
+
+    /** Apply a message unless its channel's position is at or past it (delivered already,
+     *  or covered by the page's state). */
+    _apply(item) {
+      if (item.channel !== undefined) {
+        var last = this._positions.get(item.channel);
+        if (last && last.epoch === item.epoch && item.offset <= last.offset) return;
+        this._positions.set(item.channel, {epoch: item.epoch, offset: item.offset});
+      }
+      item.run();
+    }
+
+    /** A recovery verdict is coming: with getState, hold messages until it came. */
+    _expectVerdict() {
+      this._awaiting = true;
+      if (this._getState && !this._held) this._held = [];
+    }
+
+    /** No verdict is coming after all (nothing was asked): let held messages go. */
+    _noVerdict() {
+      this._awaiting = false;
+      if (this._held && !this._resyncing) this._release(null);
+    }
+
+    /** The recovery's verdict: tell the page ('recovered'); when it is false and the page
+     *  gave getState, call it once and apply what was held after its state is in place. */
+    _judged(verdict) {
+      var awaited = this._awaiting;
+      this._awaiting = false;
+      this._fire('recovered', verdict);
+      if (verdict && verdict.recovered === false && this._getState) {
+        if (awaited && this._held) {
+          // Frames without a position before the verdict (the stored replay of a
+          // channel's last message) are older than the state the page fetches.
+          this._held = this._held.filter(function (item) {
+            return item.channel !== undefined || !item.early;
+          });
+        }
+        this._resync();
+      } else if (!this._resyncing) {
+        this._release(null);
+      }
+    }
+
+    _resync() {
+      if (this._resyncing) return;
+      this._resyncing = true;
+      if (!this._held) this._held = [];
+      var self = this;
+      var getState = this._getState;
+      Promise.resolve().then(function () { return getState.call(self); }).then(
+        function (state) {
+          self._resyncing = false;
+          self._release(state && typeof state === 'object' ? state.positions : null);
+        },
+        function (error) {
+          report(error);
+          self._resyncing = false;
+          self._release(null);
+        });
+    }
+
+    /** Apply what was held, in order, after the state's positions (when it gave some):
+     *  a message at or before them is covered by the state and dropped. */
+    _release(positions) {
+      if (this._awaiting) return;  // a verdict of a new connection is awaited
+      seed(this._positions, positions, true);
+      var held = this._held;
+      this._held = null;
+      if (!held) return;
+      for (var i = 0; i < held.length; i++) this._apply(held[i]);
+    }
+
+    /** A payload of a publication envelope, as if it had come alone: an application event
+     *  or a raw message. */
+    _payload(envelope, binaryType) {
+      if (typeof envelope.data64 === 'string') {
+        this._fire('message', binary(envelope.data64, binaryType));
+        return;
+      }
+      var inner = parseEnvelope(envelope.data);
+      if (inner !== null && inner.ws4tx === 'event') {
+        this._fire(inner.event, inner.data === undefined ? null : inner.data);
+      } else {
+        this._fire('message', envelope.data);
+      }
+    }
+  }
+
+  /** A Scope's fields (WS4TX has them too, its methods copied from Scope's). */
+  function scoped(self, options) {
+    self._handlers = new Map();
+    self._positions = new Map();  // channel -> {epoch, offset} of its last message
+    self._getState = options && typeof options.getState === 'function'
+      ? options.getState : null;
+    self._held = null;            // messages held back: [{channel, epoch, offset, run, early}]
+    self._awaiting = false;       // a recovery verdict is awaited
+    self._resyncing = false;      // getState() is running
+    seed(self._positions, options && options.positions);
+  }
+
+  /** Set `map`'s positions from `channels` ({channel: {epoch, offset}}), the valid ones;
+   *  with `newer`, only where they are past the one it has (of the same epoch). */
+  function seed(map, channels, newer) {
+    if (!channels || typeof channels !== 'object') return;
+    Object.keys(channels).forEach(function (channel) {
+      var position = channels[channel];
+      if (position && typeof position.epoch === 'string'
+          && Number.isInteger(position.offset) && position.offset >= 0) {
+        var last = map.get(channel);
+        if (newer && last && last.epoch === position.epoch && last.offset >= position.offset) {
+          return;
+        }
+        map.set(channel, {epoch: position.epoch, offset: position.offset});
+      }
+    });
+  }
+
+  /** The audiences of a subscribe frame, from subscribe()'s options: `audiences`, names
+   *  ('broadcast', 'user', 'group' or 'groups', 'session'; ['broadcast'] by default) or
+   *  the frame's object itself, and `groups`, a list of some of the user's groups. */
+  function audiencesOf(options) {
+    var given = options.audiences === undefined ? ['broadcast'] : options.audiences;
+    var result = {};
+    if (Array.isArray(given) || typeof given === 'string') {
+      [].concat(given).forEach(function (name) {
+        if (name === 'group' || name === 'groups') result.groups = true;
+        else if (name === 'broadcast' || name === 'user' || name === 'session') result[name] = true;
+        else throw new TypeError('WS4TX.subscribe: unknown audience ' + JSON.stringify(name));
+      });
+    } else if (given && typeof given === 'object') {
+      Object.assign(result, given);
+    } else {
+      throw new TypeError('WS4TX.subscribe: audiences is a list of names');
+    }
+    if (Array.isArray(options.groups)) result.groups = options.groups.slice();
+    if (!Object.keys(result).length) throw new TypeError('WS4TX.subscribe: no audience');
+    return result;
+  }
+
+  /**
+   * A facility's channels on a client's connection (client.subscribe(facility, options)):
+   * its own handlers, state, positions and recovery; restored on every reconnect.
+   */
+  class Subscription extends Scope {
+    constructor(client, facility, options) {
+      super(options);
+      this._client = client;
+      this.facility = facility;
+      this._audiences = audiencesOf(options);
+      this._recover = options.recover === undefined ? client._opts.recover !== false
+        : Boolean(options.recover);
+      this._state = 'subscribing';
+      this._channels = [];
+      this._positioned = false;     // the server named its channels' positions: history
+      this._leaving = null;         // unsubscribe() while the subscribe was unanswered: the
+                                    // resolve of the Promise it returned
+      this._inFlight = false;       // a subscribe frame awaits its answer
+      this._grant = options.grant === undefined ? null : options.grant;
+      this._retryTimer = null;      // the next subscribe after a refusal to come back
+      this._refusals = 0;           // such refusals in a row
+    }
+
+    /** 'subscribing' | 'subscribed' | 'unsubscribed' | 'refused'. */
+    get state() { return this._state; }
+
+    /** The channels the server subscribed (empty until 'subscribed'). */
+    get channels() { return this._channels.slice(); }
+
+    /** emit() with the subscription's facility in the envelope. */
+    emit(event, data, callback) {
+      return this._client._emit(event, data, callback, this.facility);
+    }
+
+    request(event, data) {
+      return this._client._request(event, data, this.facility);
+    }
+
+    /** Leave the channels (at once for the page: nothing of them is delivered after);
+     *  a Promise of the server's answer (at once when not connected). */
+    unsubscribe() {
+      if (this._state === 'unsubscribed' || this._state === 'refused') {
+        return Promise.resolve();
+      }
+      var client = this._client;
+      var answered = null;
+      if (this._state === 'subscribed') {
+        var channels = this._channels;
+        answered = client._send({ws4tx: 'unsubscribe', facility: this.facility,
+                                 audiences: this._audiences}, function () {
+          client._unmute(channels);
+        });
+      }
+      var self = this;
+      if (!answered && this._inFlight) {
+        // The subscribe is on its way: unsubscribe once it is answered.
+        answered = new Promise(function (resolve) { self._leaving = resolve; });
+      }
+      this._end('unsubscribed');
+      // What is on its way before the server's answer is dropped, not the client's.
+      if (answered && !this._leaving) client._mute(this._channels);
+      this._fire('unsubscribed', null);
+      return answered || Promise.resolve(null);
+    }
+
+    /** It is over (unsubscribed, refused, the client closed): held messages are dropped. */
+    _end(state) {
+      clearTimeout(this._retryTimer);
+      this._retryTimer = null;
+      this._state = state;
+      this._held = null;
+      this._awaiting = false;
+      this._client._forget(this);
+    }
+
+    /** The subscribe frame, with the positions to recover from. */
+    _frame() {
+      var frame = {ws4tx: 'subscribe', facility: this.facility, audiences: this._audiences};
+      if (this._recover && this._positions.size) {
+        var recover = {};
+        this._positions.forEach(function (position, channel) {
+          recover[channel] = position.epoch + ':' + position.offset;
+        });
+        frame.recover = recover;
+        this._expectVerdict();
+      } else {
+        this._noVerdict();
+      }
+      return frame;
+    }
+
+    _answered(answer) {
+      this._inFlight = false;
+      var leaving = this._leaving;
+      this._leaving = null;
+      if (!answer || answer.ws4tx !== 'subscribed') {
+        if (leaving) leaving(null);  // nothing to leave on the server
+        if (!answer) return;  // the connection dropped first
+      }
+      if (answer.ws4tx === 'subscribed') {
+        if (this._state !== 'subscribing') {
+          // Left meanwhile: leave on the server too.
+          if (leaving) {
+            var client = this._client;
+            var left = Array.isArray(answer.channels) ? answer.channels.slice() : [];
+            client._mute(left);
+            client._send({ws4tx: 'unsubscribe', facility: this.facility,
+                          audiences: this._audiences}, function () { client._unmute(left); })
+              .then(leaving);
+          }
+          return;
+        }
+        var channels = Array.isArray(answer.channels) ? answer.channels.slice() : [];
+        this._channels = channels;
+        var positions = this._positions;
+        positions.forEach(function (position, channel) {
+          if (channels.indexOf(channel) < 0) positions.delete(channel);
+        });
+        this._state = 'subscribed';
+        this._refusals = 0;
+        this._client._route(this);
+        if (this._awaiting) this._client._opening = this;
+        this._fire('subscribed', {channels: channels.slice()});
+      } else if (answer.ws4tx === 'refused') {
+        if (this._state !== 'subscribing') return;
+        if (this._granted && /^invalid grant/.test(String(answer.reason || ''))) {
+          // An expired grant, say: authenticated as usual from now on.
+          this._grant = null;
+          this._client._subscribeNow(this);
+          return;
+        }
+        if (TRANSIENT.test(String(answer.reason || ''))) {
+          this._retryLater();
+          return;
+        }
+        this._end('refused');
+        this._fire('refused', {reason: String(answer.reason || '')});
+      }
+    }
+
+    /** A refusal that says to come back (the rate limit, the authentication queue):
+     *  subscribe again on the same connection after a full-jitter backoff. */
+    _retryLater() {
+      var client = this._client;
+      var exponent = Math.min(this._refusals++, 30);
+      var cap = Math.min(client._opts.maxDelay, client._opts.minDelay * Math.pow(2, exponent));
+      var self = this;
+      this._awaiting = false;
+      clearTimeout(this._retryTimer);
+      this._retryTimer = setTimeout(function () {
+        self._retryTimer = null;
+        if (self._state === 'subscribing' && client._ws && client._ws.readyState === OPEN) {
+          client._subscribeNow(self);
+        }
+      }, Math.random() * cap);
+    }
+
+    /** The connection dropped: subscribing again on the next one. */
+    _dropped() {
+      clearTimeout(this._retryTimer);
+      this._retryTimer = null;
+      if (this._state !== 'subscribed' && this._state !== 'subscribing') return;
+      this._state = 'subscribing';
+      this._awaiting = false;
+    }
+  }
+
+  /** The event client: see the header. */
+  class WS4TX extends Connection {
+    constructor(uri, options) {
+      options = Object.assign({}, options || {});
+      var extra = [].concat(options.protocols || []).filter(function (p) {
+        return p !== SUBPROTOCOL;
+      });
+      super(uri, options, [SUBPROTOCOL].concat(extra));
+      scoped(this, options);
+      this._pending = new Map();  // ack id -> {event, callback, timer}
+      this._nextId = 1;
+      this._subscriptions = [];     // the Subscriptions to (re)subscribe, in order
+      this._byChannel = new Map();  // channel -> the Subscription that has it
+      this._answers = new Map();    // subscribe/unsubscribe id -> fn(answer)
+      this._opening = null;         // the Subscription last subscribed with positions
+      this._probes = true;
+      this._asked = 0;              // positions the current socket's URL carries
+      this._unsent = null;          // {channel: reason} of the positions it left out
+      this._skipPositions = null;   // {reason, once}: dial without positions (refused)
+      this._resume = null;          // the server's latest resume token (memory only)
+      // Connect once the caller had a chance to add its handlers ('connecting' included).
+      var self = this;
+      later(function () { self._connect(); });
+    }
+
     /**
      * Send event `event` with JSON `data`. With a `callback(err, reply)`, the server is asked
      * for an acknowledgement. Returns whether the event was sent: while not connected nothing
      * is sent or queued (the callback then gets a 'not-connected' AckError).
      */
     emit(event, data, callback) {
+      return this._emit(event, data, callback, undefined);
+    }
+
+    /** emit() with an acknowledgement, as a Promise of the reply. */
+    request(event, data) {
+      return this._request(event, data, undefined);
+    }
+
+    /**
+     * Subscribe to `facility`'s channels on this connection (docs/protocol.md, Subscribe):
+     * a Subscription, subscribed now or once connected, and again after every reconnect
+     * with the positions of its channels (recovery). options: `audiences` (['broadcast'],
+     * 'user', 'groups', 'session'), `groups` (some of the user's groups), `recover`
+     * (the client's), `positions` and `getState` (as the client's, for its channels).
+     */
+    subscribe(facility, options) {
+      if (typeof facility !== 'string' || !facility) {
+        throw new TypeError('WS4TX.subscribe: a facility is a non-empty string');
+      }
+      var subscription = new Subscription(this, facility, Object.assign({}, options || {}));
+      if (this._stopped) {
+        subscription._state = 'unsubscribed';
+        return subscription;
+      }
+      this._subscriptions.push(subscription);
+      if (this._ws && this._ws.readyState === OPEN) this._subscribeNow(subscription);
+      return subscription;
+    }
+
+    /** The subscriptions this client subscribes (not those unsubscribed or refused). */
+    get subscriptions() { return this._subscriptions.slice(); }
+
+    _subscribeNow(subscription) {
+      var self = this;
+      var ws = this._ws;
+      var grant = subscription._grant;
+      var send = function (granted) {
+        if (self._ws !== ws || !ws || subscription._state !== 'subscribing') {
+          subscription._answered(null);  // gone meanwhile: nothing to send or wait for
+          return;
+        }
+        var frame = subscription._frame();
+        subscription._granted = typeof granted === 'string' && granted !== '';
+        if (subscription._granted) frame.grant = granted;
+        subscription._inFlight = true;
+        self._send(frame, function (answer) { subscription._answered(answer); });
+      };
+      if (typeof grant !== 'function') {
+        send(grant);
+        return;
+      }
+      subscription._inFlight = true;  // an unsubscribe() meanwhile waits for the answer
+      Promise.resolve().then(function () { return grant.call(subscription); }).then(
+        send, function (error) { report(error); send(null); });
+    }
+
+    /** Send a subscribe or unsubscribe `frame` with the next id; `then(answer)` gets its
+     *  answer; a Promise of it (that does not reject: the connection may drop first). */
+    _send(frame, then) {
+      var id = this._nextId++;
+      frame.id = id;
+      var self = this;
+      return new Promise(function (resolve) {
+        self._answers.set(id, function (answer) {
+          if (then) then(answer);
+          resolve(answer);
+        });
+        if (!self.send(JSON.stringify(frame))) {
+          self._answers.delete(id);
+          if (then) then(null);
+          resolve(null);
+        }
+      });
+    }
+
+    /** `subscription` has its channels: their messages go to it. */
+    _route(subscription) {
+      var map = this._byChannel;
+      subscription._channels.forEach(function (channel) { map.set(channel, subscription); });
+    }
+
+    /** Drop what comes of `channels` (left, the server's answer not there yet). */
+    _mute(channels) {
+      var map = this._byChannel;
+      channels.forEach(function (channel) { map.set(channel, LEFT); });
+    }
+
+    _unmute(channels) {
+      var map = this._byChannel;
+      channels.forEach(function (channel) {
+        if (map.get(channel) === LEFT) map.delete(channel);
+      });
+    }
+
+    /** `subscription` is over: nothing more goes to it, it is not restored. */
+    _forget(subscription) {
+      var map = this._byChannel;
+      subscription._channels.forEach(function (channel) {
+        if (map.get(channel) === subscription) map.delete(channel);
+      });
+      var i = this._subscriptions.indexOf(subscription);
+      if (i >= 0) this._subscriptions.splice(i, 1);
+    }
+
+    _emit(event, data, callback, facility) {
       if (typeof event !== 'string' || !event) {
         throw new TypeError('WS4TX.emit: an event name is a non-empty string');
       }
       // Key order matters: the server knows an envelope by its first key, "ws4tx".
       var frame = {ws4tx: 'event', event: event, data: data === undefined ? null : data};
+      if (facility !== undefined) frame.facility = facility;
       if (typeof callback !== 'function') {
         return this.send(JSON.stringify(frame));
       }
@@ -609,28 +1144,14 @@ function (root) {
       return true;
     }
 
-    /** emit() with an acknowledgement, as a Promise of the reply. */
-    request(event, data) {
+    _request(event, data, facility) {
       var self = this;
       return new Promise(function (resolve, reject) {
-        self.emit(event, data, function (error, reply) {
+        self._emit(event, data, function (error, reply) {
           if (error) reject(error);
           else resolve(reply);
-        });
+        }, facility);
       });
-    }
-
-    _fire(event, data) {
-      var list = this._handlers.get(event);
-      if (!list) return;
-      list = list.slice();  // handlers may add or remove handlers
-      for (var i = 0; i < list.length; i++) {
-        try {
-          list[i].call(this, data);
-        } catch (error) {
-          report(error);
-        }
-      }
     }
 
     /** Settle the pending emit `id` (error or reply); unknown and late ids are ignored. */
@@ -653,30 +1174,6 @@ function (root) {
         var pending = this._pending.get(ids[i]);
         if (pending) this._settle(ids[i], new AckError(reason, 'disconnected', pending.event));
       }
-    }
-
-    /** The last position of each channel with history: {channel: {epoch, offset}}. */
-    get positions() {
-      var result = {};
-      this._positions.forEach(function (position, channel) {
-        result[channel] = {epoch: position.epoch, offset: position.offset};
-      });
-      return result;
-    }
-
-    /** The server's 'ws4tx.positions': where channels stand that this client has no
-     *  message of yet (or whose history is gone), so that it recovers from there. */
-    _learn(data) {
-      var channels = data && data.channels;
-      if (!channels || typeof channels !== 'object') return;
-      var self = this;
-      Object.keys(channels).forEach(function (channel) {
-        var position = channels[channel];
-        if (position && typeof position.epoch === 'string'
-            && Number.isInteger(position.offset) && position.offset >= 0) {
-          self._positions.set(channel, {epoch: position.epoch, offset: position.offset});
-        }
-      });
     }
 
     /** The URL with the positions to recover from, one recover=<channel>:<epoch>:<offset>
@@ -735,10 +1232,17 @@ function (root) {
     _onConnected(info) {
       var skip = this._skipPositions;
       if (skip && skip.once) this._skipPositions = null;  // until a socket opens
+      if (this._asked || this._unsent) this._expectVerdict();
+      else this._noVerdict();
       this._fire('connected', info);
       if (this._unsent && !this._asked && this._ws) {
         // No position went: no verdict comes from the server; the page is told here.
-        this._fire('recovered', this._verdict(null));
+        this._judged(this._verdict(null));
+      }
+      var ws = this._ws;
+      var subscriptions = this._subscriptions.slice();
+      for (var i = 0; i < subscriptions.length && this._ws === ws && ws; i++) {
+        if (subscriptions[i]._state === 'subscribing') this._subscribeNow(subscriptions[i]);
       }
     }
 
@@ -783,33 +1287,50 @@ function (root) {
     _onFrame(data) {
       var envelope = parseEnvelope(data);
       if (envelope !== null && envelope.ws4tx === 'pub') {
-        // A message of a channel with history: one at or before the channel's position
-        // (of the same epoch) was delivered already and is dropped; else remember its
-        // position, then deliver the payload as if it had come alone (an application
-        // event, or a raw message).
-        var last = this._positions.get(envelope.channel);
-        if (last && last.epoch === envelope.epoch && envelope.offset <= last.offset) return;
-        this._positions.set(envelope.channel, {epoch: envelope.epoch, offset: envelope.offset});
-        if (typeof envelope.data64 === 'string') {
-          this._fire('message', binary(envelope.data64, this._opts.binaryType));
-          return;
+        // A message of a channel with history, for the subscription that has the channel
+        // (else the client's own): one at or before the channel's position (of the same
+        // epoch) was delivered already and is dropped; else its position is remembered and
+        // its payload delivered as if it had come alone (an application event, or a raw
+        // message).
+        var target = this._byChannel.get(envelope.channel) || this;
+        if (target === LEFT) return;
+        target._positioned = true;
+        var binaryType = this._opts.binaryType;
+        target._take({channel: envelope.channel, epoch: envelope.epoch,
+                      offset: envelope.offset,
+                      run: function () { target._payload(envelope, binaryType); }});
+        return;
+      }
+      if (envelope !== null && ANSWERS.indexOf(envelope.ws4tx) >= 0) {
+        var answer = this._answers.get(envelope.id);
+        if (answer) {
+          this._answers.delete(envelope.id);
+          answer(envelope);
         }
-        data = envelope.data;
-        envelope = parseEnvelope(data);
-        if (envelope !== null && envelope.ws4tx !== 'event') envelope = null;
+        return;
       }
       if (envelope === null) {
-        this._fire('message', data);
+        this._unattributed('message', data);
       } else if (envelope.ws4tx === 'event') {
+        var name = envelope.event;
         var payload = envelope.data === undefined ? null : envelope.data;
-        if (envelope.event === 'ws4tx.positions') this._learn(payload);
-        if (envelope.event === 'ws4tx.session' && payload
-            && typeof payload.resume === 'string') {
-          this._resume = payload.resume;
+        if (name === 'ws4tx.positions') {
+          this._positionsEvent(payload);
+        } else if (name === 'ws4tx.recovered') {
+          this._recoveredEvent(payload);
+        } else if (name === 'ws4tx.session' || name === 'ws4tx.refresh') {
+          if (name === 'ws4tx.session' && payload && typeof payload.resume === 'string') {
+            this._resume = payload.resume;
+          }
+          this._fire(name, payload);
+          if (name === 'ws4tx.refresh') this._refresh();
+        } else if (name.slice(0, RESERVED.length) === RESERVED) {
+          // The server's word on the connection: the client's and every subscription's.
+          this._fire(name, payload);
+          this._subscriptions.slice().forEach(function (s) { s._fire(name, payload); });
+        } else {
+          this._unattributed(name, payload);
         }
-        this._fire(envelope.event, payload);
-        if (envelope.event === 'ws4tx.recovered') this._fire('recovered', this._verdict(payload));
-        if (envelope.event === 'ws4tx.refresh') this._refresh();
       } else if (envelope.error !== undefined && envelope.error !== null) {
         var pending = this._pending.get(envelope.id);
         this._settle(envelope.id, new AckError(String(envelope.error), 'error',
@@ -817,6 +1338,72 @@ function (root) {
       } else {
         this._settle(envelope.id, null, envelope.data === undefined ? null : envelope.data);
       }
+    }
+
+    /** A frame that names no channel (an event or raw message of a facility without
+     *  history, a handler's emit, a stored replay): the subscription's that awaits the
+     *  verdict of the positions it sent (its stored replay comes then), else the client's
+     *  while it awaits its own, else the client's and each subscription's not known to be
+     *  of a facility with history (whose messages all name their channel). */
+    _unattributed(event, data) {
+      var opening = this._opening;
+      var targets;
+      if (opening && opening._awaiting && opening._state === 'subscribed') {
+        // Between a subscribe with positions and its verdict: its stored replay.
+        targets = [opening];
+      } else if (this._awaiting) {
+        targets = [this];  // the URL's channels' stored replay, before their verdict
+      } else {
+        targets = [this].concat(this._subscriptions.filter(function (s) {
+          return s._state === 'subscribed' && !s._positioned;
+        }));
+      }
+      targets.forEach(function (target) {
+        target._take({run: function () { target._fire(event, data); }});
+      });
+    }
+
+    /** `channels` ({channel: value}) by who has them: Map(scope -> {channel: value}). */
+    _split(channels) {
+      var parts = new Map();
+      var self = this;
+      if (!channels || typeof channels !== 'object') return parts;
+      Object.keys(channels).forEach(function (channel) {
+        var target = self._byChannel.get(channel) || self;
+        if (target === LEFT) return;
+        if (!parts.has(target)) parts.set(target, {});
+        parts.get(target)[channel] = channels[channel];
+      });
+      return parts;
+    }
+
+    _positionsEvent(payload) {
+      this._split(payload && payload.channels).forEach(function (channels, target) {
+        target._positioned = true;
+        target._learn({channels: channels});
+        target._fire('ws4tx.positions', {channels: channels});
+      });
+    }
+
+    /** 'ws4tx.recovered': each scope (the client, a subscription) gets its channels'. */
+    _recoveredEvent(payload) {
+      var named = Object.keys((payload && payload.channels) || {}).length;
+      var parts = this._split(payload && payload.channels);
+      if (!parts.size && named) return;  // of channels left meanwhile
+      if (!parts.size) {
+        // It names no channel (no position asked was of the connection's): the verdict
+        // of whoever awaits one.
+        var waiting = this._subscriptions.filter(function (s) { return s._awaiting; });
+        parts.set(this._awaiting || !waiting.length ? this : waiting[0], {});
+      }
+      var self = this;
+      parts.forEach(function (channels, target) {
+        var verdict = Object.keys(channels).length === named ? payload
+          : partOf(payload, channels);
+        target._positioned = target._positioned || Object.keys(channels).length > 0;
+        target._fire('ws4tx.recovered', verdict);
+        target._judged(target === self ? self._verdict(verdict) : verdict);
+      });
     }
 
     /** The server asks for a fresh token: get one from the page's `token` function and
@@ -840,17 +1427,39 @@ function (root) {
       // anew, never on a resume token of before.
       if (info.code === 4001) this._resume = null;
       this._failPending('disconnected before the acknowledgement (code ' + info.code + ')');
+      // Subscribe and unsubscribe answers will not come: the next connection subscribes
+      // again (and an unsubscribe is then as good as answered).
+      var answers = Array.from(this._answers.values());
+      this._answers.clear();
+      this._byChannel.clear();
+      this._opening = null;
+      this._awaiting = false;
+      answers.forEach(function (answer) { answer(null); });
+      var subscriptions = this._subscriptions.slice();
+      subscriptions.forEach(function (s) {
+        s._dropped();
+        if (!info.reconnect) s._end('unsubscribed');
+      });
       this._fire('disconnected', info);
     }
 
     _onReconnecting(info) { this._fire('reconnecting', info); }
   }
 
+  // The client is a Scope too (its URL's channels): the methods, not the class.
+  Object.getOwnPropertyNames(Scope.prototype).forEach(function (name) {
+    if (name !== 'constructor') {
+      Object.defineProperty(WS4TX.prototype, name,
+                            Object.getOwnPropertyDescriptor(Scope.prototype, name));
+    }
+  });
+
   WS4TX.SUBPROTOCOL = SUBPROTOCOL;
   WS4TX.FINAL_CODES = FINAL_CODES.slice();
   WS4TX.HEARTBEAT_TIMEOUT = HEARTBEAT_TIMEOUT;
   WS4TX.MAX_QUERY_LENGTH = MAX_QUERY_LENGTH;
   WS4TX.AckError = AckError;
+  WS4TX.Subscription = Subscription;
 
   /** The connection of a WS4Redis: raw frames, the callbacks of ws4redis.js's options. */
   class RawConnection extends Connection {
