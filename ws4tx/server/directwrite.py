@@ -25,7 +25,7 @@ import socket
 from typing import Any, Iterable, Optional, cast
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTCP
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP
 from twisted.logger import Logger
 from twisted.python import failure
 from zope.interface import implementer
@@ -33,6 +33,9 @@ from zope.interface import implementer
 from ws4tx.server._log import observer
 
 _log = Logger(observer=observer)
+
+#: Twisted's bound on what one send() is given (FileDescriptor.SEND_LIMIT).
+_SEND_LIMIT: int = tcp.Server.SEND_LIMIT
 
 
 class _Flusher:
@@ -80,12 +83,19 @@ class DirectWriteServer(tcp.Server):
         if not self.connected or self._writeDisconnected or not data:
             return
         self._tempDataBuffer.append(data)
-        self._tempDataLen += len(data)
-        if len(self.dataBuffer) + self._tempDataLen > self.bufferSize:
+        buffered = self._tempDataLen + len(data)
+        self._tempDataLen = buffered
+        if self.dataBuffer:
+            buffered += len(self.dataBuffer)
+        if buffered > self.bufferSize:
             self._maybePauseProducer()
         if not (self._watched or self._queued):
+            # _queue(), inline: this runs once per client and message of a fan-out.
             self._queued = True
-            self._flusher.add(self)
+            flusher = self._flusher
+            flusher.pending.append(self)
+            if flusher.call is None:
+                flusher.call = flusher.reactor.callLater(0, flusher.flush)
 
     def writeSequence(self, iovec: Iterable[object]) -> None:
         if self.TLS:
@@ -114,10 +124,13 @@ class DirectWriteServer(tcp.Server):
         if self._watched or not self.connected or self._aborting:
             # The reactor's doWrite will send it, or the connection is going away.
             return
-        if self.offset == len(self.dataBuffer) and self._tempDataLen <= self.SEND_LIMIT:
-            # The usual case, in one send(): nothing half-sent before, little new.
-            temp = self._tempDataBuffer
-            data = temp[0] if len(temp) == 1 else b"".join(temp)
+        size = self._tempDataLen
+        if (not self.dataBuffer or self.offset == len(self.dataBuffer)) \
+                and size <= _SEND_LIMIT:
+            # The usual case, in one send(): nothing half-sent before, little new. It runs
+            # once per client and turn of a fan-out: no more lookups and calls than needed
+            # (join() of one chunk is that chunk).
+            data = b"".join(self._tempDataBuffer)
             try:
                 sent = self.socket.send(data)
             except OSError:
@@ -125,9 +138,9 @@ class DirectWriteServer(tcp.Server):
             if sent >= 0:
                 self._tempDataBuffer = []
                 self._tempDataLen = 0
-                if sent == len(data):
+                if sent == size:
                     self.dataBuffer, self.offset = b"", 0
-                    producer = cast(IPushProducer, self.producer)
+                    producer: Any = self.producer
                     if producer is not None and (not self.streamingProducer
                                                  or self.producerPaused):
                         self.producerPaused = False
