@@ -57,6 +57,9 @@ _log = Logger(observer=observer)
 #: How many of its own messages a client without ``echo`` may have in flight.
 _MAX_UNECHOED = 256
 
+#: Autobahn's open state, read once per client and message of a fan-out.
+_OPEN: int = WebSocketServerProtocol.STATE_OPEN
+
 #: What a client's append to a channel's history costs its storage budget beyond the
 #: payload: an entry in an existing stream (Redis 7: about 16 bytes plus the payload, and
 #: the metadata written with it), and the stream itself when the append made it (about
@@ -353,12 +356,17 @@ class PushProtocol(WebSocketServerProtocol):
         if (self._unechoed or self._stream.careful or self._paused_at is not None
                 or self._pending):
             self._deliverCarefully(prepared, channel, payload)
-        elif self.state == self.STATE_OPEN:
+        elif self.state == _OPEN:
             # The usual client, inline (once per client per message): nothing to skip or
-            # hold, no envelope, its socket draining. What _write() does then.
+            # hold, no envelope, its socket draining. What _write() does then, with
+            # _internals.write_frame() inline too (see there).
             window = self._window
-            _internals.write_frame(
-                self, prepared.plain if window is None else prepared.deflated(window))
+            frame = prepared.plain if window is None else prepared.deflated(window)
+            transport = self.transport
+            if transport is not None and not self.send_queue:
+                transport.write(frame)
+            else:
+                self.sendData(frame)
 
     def deliverFor(self, stream: ClientStream, prepared: deflate.Message, channel: str,
                    payload: bytes) -> None:
@@ -368,10 +376,14 @@ class PushProtocol(WebSocketServerProtocol):
             stream.live(channel, prepared, payload)
         elif self._paused_at is not None or self._pending:
             self.send(channel, prepared, payload)
-        elif self.state == self.STATE_OPEN:
+        elif self.state == _OPEN:
             window = self._window
-            _internals.write_frame(
-                self, prepared.plain if window is None else prepared.deflated(window))
+            frame = prepared.plain if window is None else prepared.deflated(window)
+            transport = self.transport
+            if transport is not None and not self.send_queue:
+                transport.write(frame)
+            else:
+                self.sendData(frame)
 
     def forgetPending(self, channels: AbstractSet[str]) -> None:
         """Drop what is queued for this client of ``channels`` (it left them)."""
