@@ -56,7 +56,33 @@ class _Flusher:
         self.call = None
         pending, self.pending = self.pending, []
         for transport in pending:
-            transport._flush()
+            # DirectWriteServer._flush(), its usual case inline (this loop runs once per
+            # client and turn of a fan-out): nothing half-sent before, little new, and
+            # one send() that takes it all.
+            size = transport._tempDataLen
+            if (transport._watched or not transport.connected or transport._aborting
+                    or transport.dataBuffer or size > _SEND_LIMIT):
+                transport._flush()
+                continue
+            transport._queued = False
+            data = b"".join(transport._tempDataBuffer)
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                sent = -1  # EAGAIN, ENOBUFS, a reset...: as Twisted's doWrite says
+            if sent == size:
+                transport._tempDataBuffer = []
+                transport._tempDataLen = 0
+                transport.offset = 0
+                producer: Any = transport.producer
+                if producer is not None and (not transport.streamingProducer
+                                             or transport.producerPaused):
+                    transport.producerPaused = False
+                    producer.resumeProducing()
+            elif sent >= 0:
+                transport._sentPart(data, sent)
+            else:
+                transport._writeSlowly()
 
 
 class DirectWriteServer(tcp.Server):
@@ -155,10 +181,21 @@ class DirectWriteServer(tcp.Server):
                         self.producerPaused = False
                         producer.resumeProducing()
                 else:
-                    # The kernel's buffer is full: the reactor says when it has room.
-                    self.dataBuffer, self.offset = data, sent
-                    self.startWriting()
+                    self._sentPart(data, sent)
                 return
+        self._writeSlowly()
+
+    def _sentPart(self, data: bytes, sent: int) -> None:
+        """One send() took ``sent`` bytes of ``data``, everything that was buffered: the
+        kernel's buffer is full, and the reactor says when it has room for the rest."""
+        self._tempDataBuffer = []
+        self._tempDataLen = 0
+        self.dataBuffer, self.offset = data, sent
+        self.startWriting()
+
+    def _writeSlowly(self) -> None:
+        """What is buffered, through Twisted's doWrite (something half-sent before, more
+        than one send() takes, or a send() that failed), handled as the reactor would."""
         try:
             why = self.doWrite()
         except BaseException:  # noqa: BLE001 - as the reactor does: logged, then lost
