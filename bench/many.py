@@ -213,14 +213,18 @@ def run_system(system: str, n: int, args: argparse.Namespace, log_dir: str) -> d
         time.sleep(1.0)
         rss_before = _rss(server.pid)
         per_process = min(args.clients_per_process, _raise_nofile() - SPARE_FDS)
-        per_source = 28_000
+        # Each process's connections come from one source address, the processes taking
+        # the addresses in turn; an address has about 28,000 ephemeral ports.
+        processes = -(-n // per_process)
+        sources = args.sources or max(2, -(-n // 25_000))
+        if -(-processes // sources) * per_process > 28_000:
+            raise SystemExit(f"many: {sources} source addresses are too few for {n} "
+                             "connections (--sources)")
         started = time.monotonic()
         left, index = n, 0
         while left:
             count = min(left, per_process)
-            # A process's connections come from one source address, each address
-            # serving at most per_source connections in all.
-            source = f"127.0.0.{2 + (index * per_process) // per_source}"
+            source = f"127.0.0.{2 + index % sources}"
             clients.append(subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), "--client", "--port", str(port),
                  "--path", path, "--count", str(count), "--source", source,
@@ -298,6 +302,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--systems", default="ws4tx,ceiling")
     p.add_argument("--server-args", default="", help="more options for twistd ws4tx")
     p.add_argument("--clients-per-process", type=int, default=15_000)
+    p.add_argument("--sources", type=int, default=0,
+                   help="loopback source addresses (127.0.0.2 on); default: one per 25,000 "
+                        "connections, at least 2")
     p.add_argument("--in-flight", type=int, default=200,
                    help="handshakes in flight per client process")
     p.add_argument("--timeout", type=float, default=60.0,
