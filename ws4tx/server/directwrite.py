@@ -99,13 +99,14 @@ class DirectWriteServer(tcp.Server):
                  sessionno: int, reactor: Any) -> None:
         super().__init__(sock, protocol, client, server, sessionno, reactor)
         self._flusher: _Flusher = cast(DirectWritePort, server).flusher
-        # What write() and _flush() read once per client and message of a fan-out, as
+        # What write() and the flush read once per client and message of a fan-out, as
         # attributes of the connection (their class defaults' values): Python finds an
         # instance's own attribute faster than one it must look up through the classes.
         self.TLS = False
         self._writeDisconnected = False
         self._aborting = False
         self.bufferSize = self.bufferSize
+        self.producerPaused = False
         self._watched = False
         self._queued = False
 
