@@ -245,3 +245,44 @@ class CookieStormSmokeTests(SynchronousTestCase):
         [summary] = [r for r in records if r["scenario"] == "cookies"]
         self.assertIsNotNone(summary["metrics"]["resume_vs_cookies_connects"], summary)
         self.assertEqual(set(summary["metrics"]["limits"]), set(phases))
+
+
+class CountedCostTests(SynchronousTestCase):
+    def test_fanout_cost_counts_every_frame(self) -> None:
+        """``bench/fanout_cost.py --meter calls`` runs ws4tx's own service and real
+        WebSocket clients, one message alone per round and five per round, checks every
+        client got every frame, and reports a positive cost per delivered frame for each;
+        the turn's work (one send per client) is shared by the round's messages, so a
+        frame costs less when five share it."""
+        out = tempfile.mkdtemp(prefix="bench-cost-")
+        path = os.path.join(out, "cost.jsonl")
+        try:
+            done = subprocess.run(
+                [sys.executable, os.path.join(REPO, "bench", "fanout_cost.py"), "--meter",
+                 "calls", "--systems", "ws4tx", "--clients", "20", "--messages", "10",
+                 "--batch", "1,5", "--json", path],
+                cwd=REPO, capture_output=True, text=True, timeout=HANG)
+        except subprocess.TimeoutExpired as e:
+            self.fail(f"fanout_cost hung (over {HANG} s):\n{(e.stdout or b'')[-3000:]!r}")
+        self.assertEqual(done.returncode, 0, done.stdout[-3000:] + done.stderr[-3000:])
+        with open(path) as f:
+            records = {r["batch"]: r for r in map(json.loads, f)}
+        self.assertEqual(set(records), {1, 5})
+        for record in records.values():
+            self.assertEqual(record["frames"], 200, record)
+            self.assertGreater(record["per_frame"], 0, record)
+        self.assertLess(records[5]["per_frame"], records[1]["per_frame"], records)
+
+    def test_many_connections_get_the_broadcast(self) -> None:
+        """``bench/many.py`` (small: 300 connections from two client processes) connects
+        every client to ws4tx and to the ceiling and every one of them gets the broadcast;
+        its table says so, with a memory per connection for each."""
+        done = subprocess.run(
+            [sys.executable, os.path.join(REPO, "bench", "many.py"), "--connections", "300",
+             "--clients-per-process", "150", "--logs", tempfile.mkdtemp(prefix="bench-many-")],
+            cwd=REPO, capture_output=True, text=True, timeout=HANG)
+        report = done.stdout[-3000:] + done.stderr[-3000:]
+        self.assertEqual(done.returncode, 0, report)
+        for system in ("ws4tx", "ceiling"):
+            self.assertRegex(done.stdout, rf"\| {system} \| 300 \| [\d.]+ \| [\d,]+ \| 300 \| ",
+                             report)

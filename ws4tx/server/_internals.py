@@ -11,6 +11,8 @@ dependency changes under it (``test/test_internals.py``):
 - :func:`write_frame`: fan-out writes a frame built once (:class:`ws4tx.server.deflate.Message`)
   straight to the transport, without ``sendPreparedMessage``'s per-frame debug-argument
   building (a large share of fan-out CPU), behind whatever Autobahn's send queue holds.
+  ``PushProtocol.deliver`` and ``deliverFor`` do the same inline (the fan-out's hot path,
+  once per client and message: a call saved), reading the same ``send_queue``.
 - :func:`compression_window` and :func:`forget_inflater`: which compressed frame a
   connection takes, and no zlib inflater kept between a compressing client's messages.
 - :func:`fail_connection`: fail a connection with any close code, as Autobahn does on a

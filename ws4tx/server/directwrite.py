@@ -25,7 +25,7 @@ import socket
 from typing import Any, Iterable, Optional, cast
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTCP
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP
 from twisted.logger import Logger
 from twisted.python import failure
 from zope.interface import implementer
@@ -33,6 +33,9 @@ from zope.interface import implementer
 from ws4tx.server._log import observer
 
 _log = Logger(observer=observer)
+
+#: Twisted's bound on what one send() is given (FileDescriptor.SEND_LIMIT).
+_SEND_LIMIT: int = tcp.Server.SEND_LIMIT
 
 
 class _Flusher:
@@ -53,7 +56,33 @@ class _Flusher:
         self.call = None
         pending, self.pending = self.pending, []
         for transport in pending:
-            transport._flush()
+            # DirectWriteServer._flush(), its usual case inline (this loop runs once per
+            # client and turn of a fan-out): nothing half-sent before, little new, and
+            # one send() that takes it all.
+            size = transport._tempDataLen
+            if (transport._watched or not transport.connected or transport._aborting
+                    or transport.dataBuffer or size > _SEND_LIMIT):
+                transport._flush()
+                continue
+            transport._queued = False
+            data = b"".join(transport._tempDataBuffer)
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                sent = -1  # EAGAIN, ENOBUFS, a reset...: as Twisted's doWrite says
+            if sent == size:
+                transport._tempDataBuffer = []
+                transport._tempDataLen = 0
+                transport.offset = 0
+                producer: Any = transport.producer
+                if producer is not None and (not transport.streamingProducer
+                                             or transport.producerPaused):
+                    transport.producerPaused = False
+                    producer.resumeProducing()
+            elif sent >= 0:
+                transport._sentPart(data, sent)
+            else:
+                transport._writeSlowly()
 
 
 class DirectWriteServer(tcp.Server):
@@ -70,6 +99,16 @@ class DirectWriteServer(tcp.Server):
                  sessionno: int, reactor: Any) -> None:
         super().__init__(sock, protocol, client, server, sessionno, reactor)
         self._flusher: _Flusher = cast(DirectWritePort, server).flusher
+        # What write() and the flush read once per client and message of a fan-out, as
+        # attributes of the connection (their class defaults' values): Python finds an
+        # instance's own attribute faster than one it must look up through the classes.
+        self.TLS = False
+        self._writeDisconnected = False
+        self._aborting = False
+        self.bufferSize = self.bufferSize
+        self.producerPaused = False
+        self._watched = False
+        self._queued = False
 
     def write(self, data: object) -> None:
         if self.TLS or data.__class__ is not bytes:
@@ -80,12 +119,19 @@ class DirectWriteServer(tcp.Server):
         if not self.connected or self._writeDisconnected or not data:
             return
         self._tempDataBuffer.append(data)
-        self._tempDataLen += len(data)
-        if len(self.dataBuffer) + self._tempDataLen > self.bufferSize:
+        buffered = self._tempDataLen + len(data)
+        self._tempDataLen = buffered
+        if self.dataBuffer:
+            buffered += len(self.dataBuffer)
+        if buffered > self.bufferSize:
             self._maybePauseProducer()
         if not (self._watched or self._queued):
+            # _queue(), inline: this runs once per client and message of a fan-out.
             self._queued = True
-            self._flusher.add(self)
+            flusher = self._flusher
+            flusher.pending.append(self)
+            if flusher.call is None:
+                flusher.call = flusher.reactor.callLater(0, flusher.flush)
 
     def writeSequence(self, iovec: Iterable[object]) -> None:
         if self.TLS:
@@ -114,10 +160,13 @@ class DirectWriteServer(tcp.Server):
         if self._watched or not self.connected or self._aborting:
             # The reactor's doWrite will send it, or the connection is going away.
             return
-        if self.offset == len(self.dataBuffer) and self._tempDataLen <= self.SEND_LIMIT:
-            # The usual case, in one send(): nothing half-sent before, little new.
-            temp = self._tempDataBuffer
-            data = temp[0] if len(temp) == 1 else b"".join(temp)
+        size = self._tempDataLen
+        if (not self.dataBuffer or self.offset == len(self.dataBuffer)) \
+                and size <= _SEND_LIMIT:
+            # The usual case, in one send(): nothing half-sent before, little new. It runs
+            # once per client and turn of a fan-out: no more lookups and calls than needed
+            # (join() of one chunk is that chunk).
+            data = b"".join(self._tempDataBuffer)
             try:
                 sent = self.socket.send(data)
             except OSError:
@@ -125,18 +174,29 @@ class DirectWriteServer(tcp.Server):
             if sent >= 0:
                 self._tempDataBuffer = []
                 self._tempDataLen = 0
-                if sent == len(data):
+                if sent == size:
                     self.dataBuffer, self.offset = b"", 0
-                    producer = cast(IPushProducer, self.producer)
+                    producer: Any = self.producer
                     if producer is not None and (not self.streamingProducer
                                                  or self.producerPaused):
                         self.producerPaused = False
                         producer.resumeProducing()
                 else:
-                    # The kernel's buffer is full: the reactor says when it has room.
-                    self.dataBuffer, self.offset = data, sent
-                    self.startWriting()
+                    self._sentPart(data, sent)
                 return
+        self._writeSlowly()
+
+    def _sentPart(self, data: bytes, sent: int) -> None:
+        """One send() took ``sent`` bytes of ``data``, everything that was buffered: the
+        kernel's buffer is full, and the reactor says when it has room for the rest."""
+        self._tempDataBuffer = []
+        self._tempDataLen = 0
+        self.dataBuffer, self.offset = data, sent
+        self.startWriting()
+
+    def _writeSlowly(self) -> None:
+        """What is buffered, through Twisted's doWrite (something half-sent before, more
+        than one send() takes, or a send() that failed), handled as the reactor would."""
         try:
             why = self.doWrite()
         except BaseException:  # noqa: BLE001 - as the reactor does: logged, then lost

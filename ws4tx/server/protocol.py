@@ -54,6 +54,10 @@ from ws4tx.server.subscriptions import Subscriptions
 
 _log = Logger(observer=observer)
 
+#: Autobahn's open state, read once per client and message of a fan-out.
+_OPEN: int = WebSocketServerProtocol.STATE_OPEN
+
+
 @implementer(IPushProducer)
 # Autobahn's own bases disagree on two attributes' types, which mypy checks once a class
 # has a second base.
@@ -344,12 +348,17 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
         if (self._unechoed or self._stream.careful or flow.paused_at is not None
                 or flow.pending):
             self._deliverCarefully(prepared, channel, payload)
-        elif self.state == self.STATE_OPEN:
+        elif self.state == _OPEN:
             # The usual client, inline (once per client per message): nothing to skip or
-            # hold, no envelope, its socket draining. What _write() does then.
+            # hold, no envelope, its socket draining. What _write() does then, with
+            # _internals.write_frame() inline too (see there).
             window = self._window
-            _internals.write_frame(
-                self, prepared.plain if window is None else prepared.deflated(window))
+            frame = prepared.plain if window is None else prepared.deflated(window)
+            transport = self.transport
+            if transport is not None and not self.send_queue:
+                transport.write(frame)
+            else:
+                self.sendData(frame)
 
     def deliverFor(self, stream: ClientStream, prepared: deflate.Message, channel: str,
                    payload: bytes) -> None:
@@ -359,10 +368,14 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
             stream.live(channel, prepared, payload)
         elif self._flow.paused_at is not None or self._flow.pending:
             self.send(channel, prepared, payload)
-        elif self.state == self.STATE_OPEN:
+        elif self.state == _OPEN:
             window = self._window
-            _internals.write_frame(
-                self, prepared.plain if window is None else prepared.deflated(window))
+            frame = prepared.plain if window is None else prepared.deflated(window)
+            transport = self.transport
+            if transport is not None and not self.send_queue:
+                transport.write(frame)
+            else:
+                self.sendData(frame)
 
     def forgetPending(self, channels: AbstractSet[str]) -> None:
         """Drop what is queued for this client of ``channels`` (it left them)."""
