@@ -130,9 +130,9 @@ class SharedPagesTests(SynchronousTestCase):
         self.assertEqual(len(self.broker.calls), 4)
 
     def test_keptPagesAreBounded(self) -> None:
-        from ws4tx.server import streams
+        from ws4tx.server.streams import batched_reads
 
-        self.patch(streams, "KEPT_PAGES", 2)
+        self.patch(batched_reads, "KEPT_PAGES", 2)
         for since in (0, 1, 2):
             self.page(since, 2)
         self.page(0, 2)  # the oldest went
