@@ -54,7 +54,7 @@ from ws4tx.server.broker import (
     SubscriptionRefused,
 )
 from ws4tx.server.redis_broker import RedisBroker, _Prepared
-from ws4tx.sharding import CLUSTER_SLOTS, key_slot, routing_name
+from ws4tx.sharding import CLUSTER_SLOTS, key_slot
 
 #: (host, port) of a cluster node.
 Node = tuple[str, int]
@@ -637,27 +637,27 @@ class ClusterBroker:
         return defer.gatherResults(ds, consumeErrors=True).addCallbacks(
             lambda _: None, lambda f: f.value.subFailure)
 
-    def publishWithHistory(self, channel: str, payload: bytes, keys: tuple[str, str],
-                           retention: Retention, expire: int = 0) -> defer.Deferred[Published]:
+    def publishWithHistory(self, channel: str, payload: bytes, retention: Retention,
+                           expire: int = 0) -> defer.Deferred[Published]:
         """The publish script on the channel's partition: its cluster name, its cluster
-        history keys (:func:`~ws4tx.naming.cluster_history_keys`, not ``keys``), and
-        SPUBLISH."""
+        history keys (:func:`~ws4tx.naming.cluster_history_keys`), and SPUBLISH."""
         name = cluster_channel(channel)
-        stream, meta = cluster_history_keys(self.prefix, channel)
+        try:
+            stream, meta = cluster_history_keys(self.prefix, channel)
+        except ValueError:
+            return defer.fail()
         script_keys, args = _history.publish_args(name, name, stream, meta, payload,
                                                   retention, expire, sharded=True)
         return self._onNode(name, lambda b: b.runScript(
             _history.PUBLISH_SCRIPT, script_keys, args)).addCallback(
             _history.parse_published)
 
-    def history(self, keys: tuple[str, str], retention: Retention,
-                since: Optional[int] = None,
+    def history(self, channel: str, retention: Retention, since: Optional[int] = None,
                 limit: Optional[int] = None) -> defer.Deferred[History]:
-        """The history script on the cluster keys of the channel whose ``keys`` (from
-        :func:`~ws4tx.naming.history_keys`) are given."""
-        channel = routing_name(self.prefix, keys[0])
-        stream, meta = cluster_history_keys(self.prefix, channel)
+        """The history script on ``channel``'s cluster history keys
+        (:func:`~ws4tx.naming.cluster_history_keys`)."""
         try:
+            stream, meta = cluster_history_keys(self.prefix, channel)
             script_keys, args = _history.history_args(stream, meta, retention, since, limit)
         except ValueError:
             return defer.fail()

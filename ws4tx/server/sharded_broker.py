@@ -195,16 +195,14 @@ class ShardedBroker:
         return defer.gatherResults(ds, consumeErrors=True).addCallbacks(
             lambda _: None, lambda f: f.value.subFailure)
 
-    def publishWithHistory(self, channel: str, payload: bytes, keys: tuple[str, str],
-                           retention: Retention,
+    def publishWithHistory(self, channel: str, payload: bytes, retention: Retention,
                            expire: int = 0) -> defer.Deferred[Published]:
-        return self._of(channel).publishWithHistory(channel, payload, keys, retention,
-                                                    expire)
+        return self._of(channel).publishWithHistory(channel, payload, retention, expire)
 
-    def history(self, keys: tuple[str, str], retention: Retention,
-                since: Optional[int] = None,
+    def history(self, channel: str, retention: Retention, since: Optional[int] = None,
                 limit: Optional[int] = None) -> defer.Deferred[History]:
-        return self._of(keys[0]).history(keys, retention, since, limit)
+        # its history keys carry the channel's hash tag: they are on its server
+        return self._of(channel).history(channel, retention, since, limit)
 
     def updatePresence(self, keys: PresenceKeys, ttl: float,
                        changes: list[tuple[str, str, Optional[str], str]],

@@ -16,7 +16,6 @@ from twisted.python.failure import Failure
 
 from ws4tx.envelope import server_voice
 from ws4tx.history import History, Position, Publication, Retention
-from ws4tx.naming import history_keys
 from ws4tx.server import deflate
 from ws4tx.server.broker import IBroker
 from ws4tx.server.streams._retry import retried
@@ -82,10 +81,9 @@ class _Batch:
 class HistoryReads:
     """Batches joining clients' history reads per channel and reactor turn."""
 
-    def __init__(self, broker: IBroker, clock: IReactorTime, prefix: Optional[str]) -> None:
+    def __init__(self, broker: IBroker, clock: IReactorTime) -> None:
         self._broker = broker
         self._clock = clock
-        self._prefix = prefix
         self._batch: dict[str, _Batch] = {}
         self._flush_call: Optional[IDelayedCall] = None
         #: (channel, since, limit) -> a full page read with more after it (its messages
@@ -130,8 +128,8 @@ class HistoryReads:
         batches, self._batch = self._batch, {}
         for channel, batch in batches.items():
             self.stats["history_reads"] += 1
-            read = partial(self._broker.history, history_keys(self._prefix, channel),
-                           batch.retention, since=batch.since, limit=batch.limit)
+            read = partial(self._broker.history, channel, batch.retention, since=batch.since,
+                           limit=batch.limit)
             retried(read, self._clock).addBoth(self._answer, batch.waiters, channel,
                                                batch.since, batch.limit)
 

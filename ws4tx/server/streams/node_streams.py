@@ -31,7 +31,7 @@ class Streams:
         self.barrier = barrier
         self.verdict = verdict
         #: Joining and catching-up clients' history reads, batched per channel and turn.
-        self.reads = HistoryReads(broker, clock, config.prefix)
+        self.reads = HistoryReads(broker, clock)
         self._clients: dict[Any, ClientStream] = {}
         channels.client_of = lambda member: self._clients.get(member, member)
 
