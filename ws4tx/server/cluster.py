@@ -34,7 +34,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ws4tx import history as _history
 from ws4tx.history import History, Published, Retention
 from ws4tx.naming import (
     PresenceKeys,
@@ -260,11 +259,10 @@ def _settle(result: Any, waiting: list[defer.Deferred[Any]]) -> None:
 
 
 class _NodeBroker(RedisBroker):
-    """A RedisBroker on one primary of a cluster, in sharded pub/sub."""
-
-    def runScript(self, name: str, keys: list[Any], args: list[Any]) -> defer.Deferred[Any]:
-        """Run one of ws4tx's Lua scripts (``ws4tx/lua``) here."""
-        return self._script(name, keys, args)
+    """A RedisBroker on one primary of a cluster, in sharded pub/sub. It names a
+    channel's history keys and the name its publish script publishes on as the Django
+    side does on a cluster (:func:`~ws4tx.naming.cluster_history_keys`,
+    :func:`~ws4tx.naming.cluster_channel`: one slot for all of them)."""
 
     subscriber_protocol = _NodeSubscriber
     publish_command = "SPUBLISH"
@@ -275,10 +273,16 @@ class _NodeBroker(RedisBroker):
             RedisAddress(host=node[0], port=node[1], username=seed.username,
                          password=seed.password),
             cluster.reactor, clock=cluster.clock, ping_interval=cluster.ping_interval,
-            timeout=cluster.timeout)
+            timeout=cluster.timeout, prefix=cluster.prefix)
         self.cluster = cluster
         # on a slot of this node, or SSUBSCRIBE would answer MOVED
         self._probe_channel = f"__ws4tx_probe__:{{{probe_tag}}}:{uuid.uuid4().hex}"
+
+    def historyKeys(self, channel: str) -> tuple[str, str]:
+        return cluster_history_keys(self.prefix, channel)
+
+    def historyChannel(self, channel: str) -> str:
+        return cluster_channel(channel)
 
 
 @implementer(IBroker)
@@ -576,30 +580,17 @@ class ClusterBroker(Composite[Node, _NodeBroker]):
 
     def publishWithHistory(self, channel: str, payload: bytes, retention: Retention,
                            expire: int = 0) -> defer.Deferred[Published]:
-        """The publish script on the channel's partition: its cluster name, its cluster
-        history keys (:func:`~ws4tx.naming.cluster_history_keys`), and SPUBLISH."""
-        name = cluster_channel(channel)
-        try:
-            stream, meta = cluster_history_keys(self.prefix, channel)
-        except ValueError:
-            return defer.fail()
-        script_keys, args = _history.publish_args(name, name, stream, meta, payload,
-                                                  retention, expire, sharded=True)
-        return self._onNode(name, lambda b: b.runScript(
-            _history.PUBLISH_SCRIPT, script_keys, args)).addCallback(
-            _history.parse_published)
+        """The publish script on the primary of the channel's partition, which names its
+        keys (:meth:`_NodeBroker.historyKeys`) and publishes with SPUBLISH."""
+        return self._onNode(self.clusterName(channel), lambda b: b.publishWithHistory(
+            channel, payload, retention, expire))
 
     def history(self, channel: str, retention: Retention, since: Optional[int] = None,
                 limit: Optional[int] = None) -> defer.Deferred[History]:
-        """The history script on ``channel``'s cluster history keys
-        (:func:`~ws4tx.naming.cluster_history_keys`)."""
-        try:
-            stream, meta = cluster_history_keys(self.prefix, channel)
-            script_keys, args = _history.history_args(stream, meta, retention, since, limit)
-        except ValueError:
-            return defer.fail()
-        return self._onNode(stream, lambda b: b.runScript(
-            _history.HISTORY_SCRIPT, script_keys, args)).addCallback(_history.parse_history)
+        """The history script on the primary of the channel's partition, which names its
+        keys (:meth:`_NodeBroker.historyKeys`)."""
+        return self._onNode(self.clusterName(channel), lambda b: b.history(
+            channel, retention, since, limit))
 
     def updatePresence(self, keys: PresenceKeys, ttl: float,
                        changes: list[tuple[str, str, Optional[str], str]],

@@ -691,6 +691,11 @@ class RedisBroker:
         channel outside the prefix."""
         return history_keys(self.prefix, channel)
 
+    def historyChannel(self, channel: str) -> str:
+        """The name the publish script publishes ``channel`` on, and stores its last
+        message under, here (the channel itself on a plain Redis)."""
+        return channel
+
     def publishWithHistory(self, channel: str, payload: bytes,
                            retention: _history.Retention,
                            expire: int = 0) -> defer.Deferred[_history.Published]:
@@ -699,8 +704,10 @@ class RedisBroker:
             keys = self.historyKeys(channel)
         except ValueError:
             return defer.fail()
-        script_keys, args = _history.publish_args(channel, channel, *keys, payload,
-                                                  retention, expire)
+        name = self.historyChannel(channel)
+        script_keys, args = _history.publish_args(
+            name, name, *keys, payload, retention, expire,
+            sharded=self.publish_command == "SPUBLISH")
         return self._script(_history.PUBLISH_SCRIPT, script_keys, args).addCallback(
             _history.parse_published)
 
