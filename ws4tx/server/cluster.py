@@ -351,7 +351,7 @@ class ClusterBroker(Composite[Node, _NodeBroker]):
         return channel_of_cluster_channel(name)
 
     def describe(self, key: Node) -> str:
-        return f"Redis Cluster primary {key[0]}:{key[1]}"
+        return f"Cluster primary {key[0]}:{key[1]}"
 
     def _everyMemberUp(self) -> bool:
         return self.connected
