@@ -172,7 +172,7 @@ class IBroker(Interface):
 
 def publish_to(
     broker: IBroker, channels: Iterable[str], payload: bytes, expire: int = 0,
-    retention: Optional[Retention] = None,
+    retention: Optional[Retention] = None, *,
     appended: Optional[Callable[[Published], None]] = None,
 ) -> defer.Deferred[int]:
     """Publish ``payload`` on each of ``channels`` (channels of a facility with history,

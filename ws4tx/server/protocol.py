@@ -584,7 +584,7 @@ class PushProtocol(WebSocketServerProtocol):
         appended = self._appended if retention is not None and \
             self.node.store_budgets is not None else None
         d = publish_to(self.node.broker, self._publish_to, payload, expire, retention,
-                       appended)
+                       appended=appended)
         if unstored:
             d.addCallback(_raiseNotStored, unstored)
         return d.addErrback(self._publishFailed, payload)
