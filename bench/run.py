@@ -56,6 +56,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--systems", type=_names, default=None,
                    help=f"comma-separated, from {','.join(S.ORDER)} [default: all]")
     p.add_argument("--runs", type=int, default=None, help="runs of everything [default: 3]")
+    p.add_argument("--baseline", metavar="DIR", default=None,
+                   help="also run ws4tx from DIR (an export of an earlier commit, e.g. "
+                        "`git archive REV | tar -x -C DIR`) as system ws4tx-baseline, just "
+                        "before ws4tx in each scenario: before/after in one invocation")
     p.add_argument("--duration", type=float, default=None,
                    help="seconds of publishing per fan-out / many-channels phase [default: 10]")
     p.add_argument("--fanout-clients", type=_ints, default=None, help="[default: 100,1000,5000]")
@@ -111,6 +115,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", default=os.path.join(HERE, "results"),
                    help="where the .jsonl, .md and logs go [default: bench/results]")
     a = p.parse_args(argv)
+    if a.baseline is not None:
+        root = os.path.abspath(a.baseline)
+        if not os.path.isfile(os.path.join(root, "ws4tx", "server", "tap.py")):
+            p.error(f"--baseline {a.baseline}: no ws4tx checkout there (ws4tx/server/tap.py)")
+        S.add_baseline(root)
     smoke = a.smoke
     defaults = {
         "scenarios": SMOKE_SCENARIOS if smoke else FULL_SCENARIOS,
@@ -137,6 +146,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(a, key) is None:
             setattr(a, key, value)
+    if a.baseline is not None and S.Ws4txBaseline.name not in a.systems:
+        a.systems.append(S.Ws4txBaseline.name)
     if a.generator is None:
         a.generator = "asyncio" if a.venvs == "current" else "stream"
     if a.generator == "picows" and a.venvs == "current":

@@ -366,14 +366,13 @@ class HistoryContract(BrokerContract):
 
     async def published(self, broker: IBroker, channel: str, payload: bytes,
                         retention: Retention = KEEP, expire: int = 0) -> Position:
-        result = await self.settle(broker.publishWithHistory(
-            channel, payload, history_keys(None, channel), retention, expire))
+        result = await self.settle(broker.publishWithHistory(channel, payload, retention,
+                                                             expire))
         return result.position
 
     async def read(self, broker: IBroker, channel: str, retention: Retention = KEEP,
                    **kwargs: Any) -> Any:
-        return await self.settle(broker.history(history_keys(None, channel), retention,
-                                                **kwargs))
+        return await self.settle(broker.history(channel, retention, **kwargs))
 
     async def test_offsetsCountOnePerPublishPerChannelInOneEpoch(self):
         """Offsets go 1, 2, 3 on each channel of its own; the epoch stays; subscribers get
@@ -441,8 +440,7 @@ class HistoryContract(BrokerContract):
         """A negative since or a limit below 1 is refused with ValueError."""
         broker, _ = await self.start()
         for kwargs in ({"since": -1}, {"limit": 0}):
-            await self.failure(broker.history(history_keys(None, "h:a"), self.KEEP,
-                                              **kwargs), ValueError)
+            await self.failure(broker.history("h:a", self.KEEP, **kwargs), ValueError)
 
 
 class OutageContract(BrokerContract):
@@ -722,7 +720,7 @@ class RedisBrokerContractTests(TopologyOutageContract, OutageContract, unittest.
         address = dataclasses.replace(self.server.address, username=self.USER,
                                       password="secret")
         broker = RedisBroker(address, ping_interval=0, timeout=2.0,
-                             retry_policy=lambda attempt: 0.05)
+                             retry_policy=lambda attempt: 0.05, prefix=None)
         self._observeCommands(broker)
         broker.start(listener)
         self.addCleanup(broker.stop)
@@ -987,7 +985,7 @@ class SentinelBrokerContractTests(_TopologyContract, TopologyOutageContract,
 
     def newBroker(self) -> IBroker:
         return RedisBroker(self.group.address(), ping_interval=0, timeout=2.0,
-                           retry_policy=_QUICK_RETRY)
+                           retry_policy=_QUICK_RETRY, prefix=None)
 
     def innerBrokers(self, broker: IBroker) -> list[RedisBroker]:
         assert isinstance(broker, RedisBroker)
@@ -1063,7 +1061,7 @@ class ShardedBrokerContractTests(_TopologyContract, TopologyOutageContract,
 
     def newBroker(self) -> IBroker:
         return ShardedBroker([RedisBroker(s.address, ping_interval=0, timeout=2.0,
-                                          retry_policy=_QUICK_RETRY)
+                                          retry_policy=_QUICK_RETRY, prefix=None)
                               for s in self.shards], None)
 
     def innerBrokers(self, broker: IBroker) -> list[RedisBroker]:

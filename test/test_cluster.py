@@ -755,18 +755,17 @@ class ClusterServerTests(ControlAcrossNodesContract, _ClusterNodesCase):
         node = await self.startNode(history={"hist": {"size": 5, "ttl": 60}})
         client = await self.on(node, "/ws/hist?subscribe-broadcast")
         channel = naming.broadcast_channel("ws4tx", "hist")
-        keys = naming.history_keys("ws4tx", channel)
         with override_settings(WS4TX_HISTORY={"hist": {"size": 5, "ttl": 60}}):
             for text in ("one", "two"):
                 await threads.deferToThread(api.publish, "hist", text, broadcast=True)
                 self.assertEqual(await client.text(), text)
             published = await node.service.broker.publishWithHistory(
-                channel, b"three", keys, retention)
+                channel, b"three", retention)
             self.assertEqual(published.position.offset, 3)
             self.assertEqual(await client.text(), "three")
             found = await threads.deferToThread(api.history, "hist", broadcast=True)
         self.assertEqual([p.payload for p in found.publications], [b"one", b"two", b"three"])
-        read = await node.service.broker.history(keys, retention, since=1)
+        read = await node.service.broker.history(channel, retention, since=1)
         self.assertEqual([p.payload for p in read.publications], [b"two", b"three"])
         stream, meta = naming.cluster_history_keys("ws4tx", channel)
         self.assertEqual({key_slot(stream), key_slot(meta)},

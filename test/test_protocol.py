@@ -527,9 +527,7 @@ class FrameBytesTests(unittest.SynchronousTestCase):
         return proto
 
     def _publish(self, payload: bytes) -> None:
-        self.broker.bus.publishWithHistory(self.CHANNEL, payload,
-                                           naming.history_keys("ws4tx", self.CHANNEL),
-                                           self.retention)
+        self.broker.bus.publishWithHistory(self.CHANNEL, payload, self.retention)
         self.clock.advance(0)
 
     def test_outgoingBoundIsOnTheFrame(self):

@@ -19,15 +19,15 @@ RETENTION = Retention(100, 600)
 
 
 class CountingBroker:
-    """Answers history reads from a fixed History; records (keys, since, limit)."""
+    """Answers history reads from a fixed History; records (channel, since, limit)."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[tuple[str, str], Optional[int], Optional[int]]] = []
+        self.calls: list[tuple[str, Optional[int], Optional[int]]] = []
         self.fail = 0
 
-    def history(self, keys: tuple[str, str], retention: Retention,
+    def history(self, channel: str, retention: Retention,
                 since: Optional[int] = None, limit: Optional[int] = None) -> Any:
-        self.calls.append((keys, since, limit))
+        self.calls.append((channel, since, limit))
         if self.fail:
             self.fail -= 1
             return defer.fail(BrokerUnavailable("down"))
@@ -41,7 +41,7 @@ class HistoryReadsTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.broker = CountingBroker()
-        self.reads = HistoryReads(self.broker, self.clock, "ws4tx")  # type: ignore[arg-type]
+        self.reads = HistoryReads(self.broker, self.clock)  # type: ignore[arg-type]
 
     def collect(self, d: defer.Deferred[Any]) -> list[Any]:
         out: list[Any] = []
@@ -58,10 +58,7 @@ class HistoryReadsTests(SynchronousTestCase):
         self.assertEqual(self.broker.calls, [])
         self.clock.advance(0)
         self.assertEqual(sorted(self.broker.calls), [
-            (("ws4tx:history:{broadcast:chat}:s", "ws4tx:history:{broadcast:chat}:m"), 3,
-             FIRST_PAGE),
-            (("ws4tx:history:{broadcast:news}:s", "ws4tx:history:{broadcast:news}:m"), None,
-             1)])
+            ("ws4tx:broadcast:chat", 3, FIRST_PAGE), ("ws4tx:broadcast:news", None, 1)])
         shared = a[0][0]
         self.assertIsInstance(shared, SharedHistory)
         self.assertTrue(all(got == [shared] for got in a))
@@ -104,7 +101,7 @@ class SharedPagesTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.broker = CountingBroker()
-        self.reads = HistoryReads(self.broker, self.clock, "ws4tx")  # type: ignore[arg-type]
+        self.reads = HistoryReads(self.broker, self.clock)  # type: ignore[arg-type]
 
     def page(self, since: int, limit: int) -> Any:
         got: list[Any] = []
@@ -130,9 +127,9 @@ class SharedPagesTests(SynchronousTestCase):
         self.assertEqual(len(self.broker.calls), 4)
 
     def test_keptPagesAreBounded(self) -> None:
-        from ws4tx.server import streams
+        from ws4tx.server.streams import batched_reads
 
-        self.patch(streams, "KEPT_PAGES", 2)
+        self.patch(batched_reads, "KEPT_PAGES", 2)
         for since in (0, 1, 2):
             self.page(since, 2)
         self.page(0, 2)  # the oldest went

@@ -73,7 +73,7 @@ class MemoryBus:
         self._pending: deque[tuple[MemoryBroker, int, Any, Any]] = deque()
         self._delivery: Optional[IDelayedCall] = None
         self._store_refusal: Optional[str] = None
-        #: meta key -> the channel's history.
+        #: channel -> its history.
         self._streams: dict[str, _Stream] = {}
         #: Presence (MemoryBroker.updatePresence): connections key -> {id: entry JSON}.
         self.presence: dict[str, dict[str, str]] = {}
@@ -97,7 +97,7 @@ class MemoryBus:
             self._store[channel] = (payload, self.clock.seconds() + expire)
         return receivers
 
-    def publishWithHistory(self, channel: str, payload: bytes, keys: tuple[str, str],
+    def publishWithHistory(self, channel: str, payload: bytes,
                            retention: _history.Retention,
                            expire: int = 0) -> _history.Published:
         """What ``ws4tx/lua/publish.lua`` does on Redis: the next offset of ``channel``
@@ -108,7 +108,7 @@ class MemoryBus:
         Redis refuses the whole script."""
         if self._store_refusal is not None:
             raise RuntimeError(self._store_refusal)
-        stream = self._stream(keys[1], create=True)
+        stream = self._stream(channel, create=True)
         assert stream is not None
         now = self.clock.seconds()
         stream.offset += 1
@@ -122,12 +122,12 @@ class MemoryBus:
             self._store[channel] = (payload, now + expire)
         return _history.Published(receivers, position)
 
-    def history(self, keys: tuple[str, str], retention: _history.Retention,
+    def history(self, channel: str, retention: _history.Retention,
                 since: Optional[int] = None, limit: Optional[int] = None) -> _history.History:
-        """What ``ws4tx/lua/history.lua`` reads on Redis (and makes: a channel without an
-        epoch gets one)."""
-        _history.history_args(*keys, retention, since, limit)  # the same checks
-        stream = self._stream(keys[1], create=True)
+        """What ``ws4tx/lua/history.lua`` reads on Redis of ``channel`` (and makes: a
+        channel without an epoch gets one)."""
+        _history.check_range(since, limit)  # the same checks
+        stream = self._stream(channel, create=True)
         assert stream is not None
         stream.meta_deadline = self.clock.seconds() + retention.ttl
         entries = list(stream.entries)
@@ -137,15 +137,15 @@ class MemoryBus:
             entries = entries[-limit:]
         return _history.History(stream.epoch, stream.offset, entries)
 
-    def _stream(self, meta: str, create: bool = False) -> Optional[_Stream]:
+    def _stream(self, channel: str, create: bool = False) -> Optional[_Stream]:
         now = self.clock.seconds()
-        stream = self._streams.get(meta)
+        stream = self._streams.get(channel)
         if stream is not None and now >= stream.meta_deadline:
             stream = None
         if stream is not None and now >= stream.stream_deadline:
             stream.entries.clear()
         if stream is None and create:
-            stream = self._streams[meta] = _Stream(_history.new_epoch(),
+            stream = self._streams[channel] = _Stream(_history.new_epoch(),
                                                     meta_deadline=now, stream_deadline=now)
         return stream
 
@@ -309,19 +309,19 @@ class MemoryBroker:
             return defer.fail()
         return self.bus.barrier(self)
 
-    def publishWithHistory(self, channel: str, payload: bytes, keys: tuple[str, str],
+    def publishWithHistory(self, channel: str, payload: bytes,
                            retention: _history.Retention,
                            expire: int = 0) -> defer.Deferred[_history.Published]:
         def publish() -> _history.Published:
             self.published.append((channel, payload, expire))
-            return self.bus.publishWithHistory(channel, payload, keys, retention, expire)
+            return self.bus.publishWithHistory(channel, payload, retention, expire)
 
         return self._run(publish)
 
-    def history(self, keys: tuple[str, str], retention: _history.Retention,
+    def history(self, channel: str, retention: _history.Retention,
                 since: Optional[int] = None,
                 limit: Optional[int] = None) -> defer.Deferred[_history.History]:
-        return self._run(self.bus.history, keys, retention, since, limit)
+        return self._run(self.bus.history, channel, retention, since, limit)
 
     def updatePresence(self, keys: PresenceKeys, ttl: float,
                        changes: list[tuple[str, str, Optional[str], str]],

@@ -306,7 +306,31 @@ class SocketIO(System):
         return f"u.{user}"
 
 
-ALL = {s.name: s for s in (Ws4tx(), Ws4txTwistedWrites(), Ws4txWorkers(), Ws4txDeflate(),
+class Ws4txBaseline(Ws4tx):
+    """ws4tx as another directory has it (``--baseline DIR``: an export of an earlier
+    commit), run by the same command with its code imported from that directory first: a
+    before/after comparison in one invocation (the same machine load, Redis and load
+    generator; the two alternate scenario by scenario)."""
+
+    name = "ws4tx-baseline"
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.label = f"ws4tx at the baseline ({root})"
+
+    def server_argv(self, venv, port, redis_url, users, aux_port):
+        argv, _, _ = super().server_argv(venv, port, redis_url, users, aux_port)
+        return argv, {"PYTHONPATH": os.pathsep.join([self.root, SERVERS])}, self.root
+
+
+def add_baseline(root: str) -> None:
+    """Offer ``ws4tx-baseline``, ws4tx from ``root``, run just before ws4tx."""
+    ALL[Ws4txBaseline.name] = Ws4txBaseline(root)
+    if Ws4txBaseline.name not in ORDER:
+        ORDER.insert(ORDER.index("ws4tx"), Ws4txBaseline.name)
+
+
+ALL: dict[str, System] = {s.name: s for s in (Ws4tx(), Ws4txTwistedWrites(), Ws4txWorkers(), Ws4txDeflate(),
                            Ceiling(), FloorPicows(), FloorNode(), Channels("core"),
                            Channels("pubsub"), SocketIO())}
 ORDER = ["floor-picows", "floor-node", "ceiling", "ws4tx", "ws4tx-twisted-writes", "ws4tx-2w",

@@ -129,7 +129,7 @@ class Sender:
         appended = self._appended if retention is not None and \
             self.node.store_budgets is not None else None
         d = publish_to(self.node.broker, self._publish_to, payload, expire, retention,
-                       config.prefix, appended)
+                       appended=appended)
         if unstored:
             d.addCallback(_raiseNotStored, unstored)
         return d.addErrback(self._publishFailed, payload)

@@ -23,7 +23,7 @@ from ws4tx.history import (
     Published,
     Retention,
 )
-from ws4tx.naming import PresenceKeys, history_keys
+from ws4tx.naming import PresenceKeys
 
 
 class BrokerUnavailable(ConnectionError):
@@ -175,25 +175,25 @@ class IBroker(Interface):
         """The message stored under ``key``, or None."""
 
     def publishWithHistory(
-        channel: str, payload: bytes, keys: tuple[str, str], retention: Retention,
-        expire: int = 0,
+        channel: str, payload: bytes, retention: Retention, expire: int = 0,
     ) -> Deferred[Published]:
         """Publish ``payload`` on ``channel`` of a facility with history, atomically: its
         next offset (a new epoch when the channel has none), an entry in the channel's
-        stream (``keys``: stream and meta, :func:`ws4tx.naming.history_keys`) that keeps the
-        last ``retention.size`` messages for ``retention.ttl`` seconds, the replay store
-        when ``expire`` > 0, and the PUBLISH of the payload behind its position
-        (:func:`ws4tx.history.with_position`). Everything or nothing: fires with a
-        :class:`~ws4tx.history.Published`, or fails (:class:`BrokerUnavailable` within a
-        bounded time) having delivered nothing."""
+        stream (under the keys the broker names for it: :func:`ws4tx.naming.history_keys`,
+        or :func:`ws4tx.naming.cluster_history_keys` on a Redis Cluster, as the Django side
+        names them) that keeps the last ``retention.size`` messages for ``retention.ttl``
+        seconds, the replay store when ``expire`` > 0, and the PUBLISH of the payload
+        behind its position (:func:`ws4tx.history.with_position`). Everything or nothing:
+        fires with a :class:`~ws4tx.history.Published`, or fails (:class:`BrokerUnavailable`
+        within a bounded time) having delivered nothing."""
 
     def history(
-        keys: tuple[str, str], retention: Retention, since: Optional[int] = None,
+        channel: str, retention: Retention, since: Optional[int] = None,
         limit: Optional[int] = None,
     ) -> Deferred[History]:
-        """The history of the channel whose history ``keys`` are given (see
-        :func:`ws4tx.history.history_args` for ``since`` and ``limit``): a
-        :class:`~ws4tx.history.History`."""
+        """The history of ``channel`` (a channel of a facility with history, read from the
+        keys the broker names for it; see :func:`ws4tx.history.history_args` for ``since``
+        and ``limit``): a :class:`~ws4tx.history.History`."""
 
     def updatePresence(
         keys: PresenceKeys, ttl: float, changes: list[tuple[str, str, Optional[str], str]],
@@ -215,12 +215,12 @@ class IBroker(Interface):
 
 def publish_to(
     broker: IBroker, channels: Iterable[str], payload: bytes, expire: int = 0,
-    retention: Optional[Retention] = None, prefix: Optional[str] = None,
+    retention: Optional[Retention] = None, *,
     appended: Optional[Callable[[Published], None]] = None,
 ) -> defer.Deferred[int]:
     """Publish ``payload`` on each of ``channels`` (channels of a facility with history,
-    ``retention``, through :meth:`IBroker.publishWithHistory`, their keys named with
-    ``prefix``, each append told to ``appended``); fires with the total number of
+    ``retention``, through :meth:`IBroker.publishWithHistory`, each append told to
+    ``appended``); fires with the total number of
     receivers, or fails with the first failure that is not :class:`NotStored`
     (BrokerUnavailable, say), or, when every channel got it but some did not store it,
     with a :class:`NotStored` of the total receivers."""
@@ -232,8 +232,8 @@ def publish_to(
                 appended(published)
             return published.receivers
 
-        sent = [broker.publishWithHistory(c, payload, history_keys(prefix, c), retention,
-                                          expire).addCallback(receivers)
+        sent = [broker.publishWithHistory(c, payload, retention, expire)
+                .addCallback(receivers)
                 for c in channels]
     d = defer.DeferredList(sent, consumeErrors=True)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import txredisapi
 from twisted.internet import defer, endpoints
@@ -34,7 +34,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ws4tx import history as _history
 from ws4tx.history import History, Published, Retention
 from ws4tx.naming import (
     PresenceKeys,
@@ -45,6 +44,7 @@ from ws4tx.naming import (
 )
 from ws4tx.redis_address import RedisAddress
 from ws4tx.server._attempts import AttemptLog
+from ws4tx.server._composite import Composite
 from ws4tx.server._log import observer
 from ws4tx.server.broker import (
     BrokerUnavailable,
@@ -54,7 +54,7 @@ from ws4tx.server.broker import (
     SubscriptionRefused,
 )
 from ws4tx.server.redis_broker import RedisBroker, _Prepared
-from ws4tx.sharding import CLUSTER_SLOTS, key_slot, routing_name
+from ws4tx.sharding import CLUSTER_SLOTS, key_slot
 
 #: (host, port) of a cluster node.
 Node = tuple[str, int]
@@ -336,11 +336,10 @@ def _settle(result: Any, waiting: list[defer.Deferred[Any]]) -> None:
 
 
 class _NodeBroker(RedisBroker):
-    """A RedisBroker on one primary of a cluster, in sharded pub/sub."""
-
-    def runScript(self, name: str, keys: list[Any], args: list[Any]) -> defer.Deferred[Any]:
-        """Run one of ws4tx's Lua scripts (``ws4tx/lua``) here."""
-        return self._script(name, keys, args)
+    """A RedisBroker on one primary of a cluster, in sharded pub/sub. It names a
+    channel's history keys and the name its publish script publishes on as the Django
+    side does on a cluster (:func:`~ws4tx.naming.cluster_history_keys`,
+    :func:`~ws4tx.naming.cluster_channel`: one slot for all of them)."""
 
     subscriber_protocol = _NodeSubscriber
     publish_command = "SPUBLISH"
@@ -351,7 +350,7 @@ class _NodeBroker(RedisBroker):
             RedisAddress(host=node[0], port=node[1], username=seed.username,
                          password=seed.password),
             cluster.reactor, clock=cluster.clock, ping_interval=cluster.ping_interval,
-            timeout=cluster.timeout)
+            timeout=cluster.timeout, prefix=cluster.prefix)
         self.cluster = cluster
         self.node = node
         # on a slot of this node, or SSUBSCRIBE would answer MOVED
@@ -402,43 +401,24 @@ class _NodeBroker(RedisBroker):
             self._probe_channel = f"__ws4tx_probe__:{{{tag}}}:{uuid.uuid4().hex}"
 
 
-@implementer(IBrokerListener)
-class _NodeListener:
-    def __init__(self, cluster: ClusterBroker, node: Node) -> None:
-        self.cluster = cluster
-        self.node = node
+    def historyKeys(self, channel: str) -> tuple[str, str]:
+        return cluster_history_keys(self.prefix, channel)
 
-    def messageReceived(self, channel: str, payload: bytes) -> None:
-        assert self.cluster._listener is not None
-        self.cluster._listener.messageReceived(channel_of_cluster_channel(channel), payload)
-
-    def wantedChannels(self) -> Iterable[str]:
-        return [self.cluster.clusterName(c) for c in self.cluster._channelsOf(self.node)]
-
-    def subscriptionRefused(self, channel: str, reason: str) -> None:
-        if moved(reason) is not None:
-            self.cluster._channelMoved(channel)
-            return
-        assert self.cluster._listener is not None
-        self.cluster._listener.subscriptionRefused(channel_of_cluster_channel(channel),
-                                                   reason)
-
-    def brokerConnected(self) -> None:
-        self.cluster._nodeConnected(self.node)
-
-    def brokerDisconnected(self) -> None:
-        self.cluster._nodeLost(self.node)
+    def historyChannel(self, channel: str) -> str:
+        return cluster_channel(channel)
 
 
 @implementer(IBroker)
-class ClusterBroker:
+class ClusterBroker(Composite[Node, _NodeBroker]):
     """An :class:`~ws4tx.server.broker.IBroker` on a Redis Cluster (``redis+cluster://``):
     one :class:`_NodeBroker` (subscriber and command connection, in sharded pub/sub) per
-    primary, each channel on the primary of its slot. The slot map is read at start and
-    again at every ping interval, after a ``MOVED`` and when a node unsubscribes a channel
-    whose slot moved: channels then follow their slot, and primaries that appear (a
-    failover) or vanish get or lose their broker. A channel's history keys are on its
-    partition's slot too (:func:`~ws4tx.naming.cluster_history_keys`)."""
+    primary, each channel on the primary of its slot (the bookkeeping of the members is
+    :class:`~ws4tx.server._composite.Composite`'s, shared with the sharded broker). The
+    slot map is read at start and again at every ping interval, after a ``MOVED`` and when
+    a node unsubscribes a channel whose slot moved: channels then follow their slot, and
+    primaries that appear (a failover) or vanish get or lose their broker. A channel's
+    history keys are on its partition's slot too
+    (:func:`~ws4tx.naming.cluster_history_keys`)."""
 
     log = Logger(observer=observer)
 
@@ -449,6 +429,9 @@ class ClusterBroker:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
+        super().__init__()
+        #: The primaries' brokers, by (host, port): the composite's members.
+        self.nodes = self.members
         self.address = address
         #: The channel prefix (history keys are found from it).
         self.prefix = prefix
@@ -457,17 +440,12 @@ class ClusterBroker:
         self.ping_interval = ping_interval
         self.timeout = timeout
         self.slots: Optional[SlotMap] = None
-        self.nodes: dict[Node, _NodeBroker] = {}
-        self._listener: Optional[IBrokerListener] = None
-        self._up: dict[Node, bool] = {}
-        self._lost: set[Node] = set()
         self._refresher: Optional[LoopingCall] = None
         self._refreshing: Optional[defer.Deferred[None]] = None
         #: The connection asking for the slot map, while it is open.
         self._asking: Optional[Any] = None
         self._stopping = False
         self._ever_connected = False
-        self._own_stats = {"shard_outages": 0}
         #: Why the cluster refuses commands (its ``cluster_state`` is not ``ok``), or None.
         self.down: Optional[str] = None
         #: The nodes said to see the cluster down while another sees it ok.
@@ -479,20 +457,9 @@ class ClusterBroker:
     # state
 
     @property
-    def stats(self) -> dict[str, int]:
-        total: Counter[str] = Counter(self._own_stats)
-        for node in self.nodes.values():
-            total.update(node.stats)
-        return dict(total)
-
-    @property
-    def connected(self) -> bool:
-        return bool(self.nodes) and all(n.connected for n in self.nodes.values())
-
-    @property
     def delivering(self) -> bool:
         # A cluster that says it is down refuses every sharded command, probes or not.
-        return self.down is None and any(n.delivering for n in self.nodes.values())
+        return self.down is None and super().delivering
 
     def nodeFor(self, channel: str) -> Optional[Node]:
         """The primary that serves ``channel`` (its :func:`~ws4tx.naming.cluster_channel`
@@ -504,16 +471,34 @@ class ClusterBroker:
         control and reply channels in the node registry's slot)."""
         return cluster_name(self.prefix, channel)
 
+    # the composite's placement
+
+    def memberOf(self, channel: str) -> Optional[Node]:
+        return self.nodeFor(channel)
+
+    def nameOf(self, channel: str) -> str:
+        return self.clusterName(channel)
+
+    def channelOfName(self, name: str) -> str:
+        return channel_of_cluster_channel(name)
+
+    def describe(self, key: Node) -> str:
+        return f"Cluster primary {key[0]}:{key[1]}"
+
+    def _everyMemberUp(self) -> bool:
+        return self.connected
+
+    def _refused(self, key: Node, name: str, reason: str) -> None:
+        if moved(reason) is not None:
+            self._channelMoved(name)
+            return
+        super()._refused(key, name, reason)
+
+    def _memberWentAway(self, key: Node) -> None:
+        self.refresh()  # a failover may have moved its slots to a replica
+
     def _nodeOfKey(self, key: str) -> Optional[Node]:
         return self.slots.node_for(key) if self.slots is not None else None
-
-    def isInterrupted(self, channel: str) -> bool:
-        node = self.nodeFor(channel)
-        return node is None or not self._up.get(node, False)
-
-    def _channelsOf(self, node: Node) -> list[str]:
-        assert self._listener is not None
-        return [c for c in self._listener.wantedChannels() if self.nodeFor(c) == node]
 
     # lifecycle
 
@@ -529,7 +514,7 @@ class ClusterBroker:
         self._stopping = True
         if self._refresher is not None and self._refresher.running:
             self._refresher.stop()
-        ds = [defer.maybeDeferred(n.stop) for n in self.nodes.values()]
+        ds = [self.stopMembers()]
         if self._asking is not None:
             self._asking.disconnect()
         if self._refreshing is not None:
@@ -639,15 +624,11 @@ class ClusterBroker:
             if node not in self.nodes:
                 tag = _tagOf(slots, node)
                 assert tag is not None  # the node serves slots
-                broker = self.nodes[node] = _NodeBroker(self, node, tag)
-                self._up[node] = False
-                broker.start(_NodeListener(self, node))
+                self._adopt(node, _NodeBroker(self, node, tag))
         for node in [n for n in self.nodes if n not in slots.nodes()]:
             self.log.warn("Redis Cluster node {node} serves no slots any more; leaving it",
                           node=f"{node[0]}:{node[1]}")
-            self.nodes.pop(node).stop()
-            self._up.pop(node, None)
-            self._lost.discard(node)
+            self._drop(node).stop()
         if old is not None:
             self._follow(old, slots, wanted, lost)
 
@@ -699,32 +680,6 @@ class ClusterBroker:
         if isinstance(failure.value, SubscriptionRefused) and moved(failure.value.reason):
             self._channelMoved(channel)
 
-    # what the nodes report
-
-    def _nodeConnected(self, node: Node) -> None:
-        listener = self._listener
-        assert listener is not None
-        self._up[node] = True
-        was_lost = node in self._lost
-        self._lost.discard(node)
-        if was_lost and IShardListener.providedBy(listener):
-            # only this primary's channels missed anything: only they are recovered
-            listener.channelsResumed(self._channelsOf(node), self.isInterrupted)
-        elif self.connected:
-            listener.brokerConnected()
-
-    def _nodeLost(self, node: Node) -> None:
-        listener = self._listener
-        assert listener is not None
-        self._up[node] = False
-        self._lost.add(node)
-        self._own_stats["shard_outages"] += 1
-        self.refresh()  # a failover may have moved its slots to a replica
-        if IShardListener.providedBy(listener):
-            listener.channelsInterrupted(self._channelsOf(node))
-        else:
-            listener.brokerDisconnected()
-
     # IBroker commands
 
     def _node(self, channel: str) -> Optional[_NodeBroker]:
@@ -737,9 +692,7 @@ class ClusterBroker:
         broker = self._node(channel)
         if broker is None:
             return defer.fail(BrokerUnavailable("the cluster's slot map is not known yet"))
-        listener = self._listener
-        if not broker.connected and IShardListener.providedBy(listener):
-            listener.channelsInterrupted([channel])
+        self._interruptIfDown(not broker.connected, [channel])
 
         def refused(failure: Failure) -> Any:
             if isinstance(failure.value, SubscriptionRefused) and moved(failure.value.reason):
@@ -787,39 +740,19 @@ class ClusterBroker:
         name = self.clusterName(key)
         return self._onNode(name, lambda b: b.fetch(name))
 
-    def barrier(self) -> defer.Deferred[None]:
-        if not self.nodes:
-            return defer.fail(BrokerUnavailable("no cluster node yet"))
-        ds = [n.barrier() for n in self.nodes.values()]
-        return defer.gatherResults(ds, consumeErrors=True).addCallbacks(
-            lambda _: None, lambda f: f.value.subFailure)
+    def publishWithHistory(self, channel: str, payload: bytes, retention: Retention,
+                           expire: int = 0) -> defer.Deferred[Published]:
+        """The publish script on the primary of the channel's partition, which names its
+        keys (:meth:`_NodeBroker.historyKeys`) and publishes with SPUBLISH."""
+        return self._onNode(self.clusterName(channel), lambda b: b.publishWithHistory(
+            channel, payload, retention, expire))
 
-    def publishWithHistory(self, channel: str, payload: bytes, keys: tuple[str, str],
-                           retention: Retention, expire: int = 0) -> defer.Deferred[Published]:
-        """The publish script on the channel's partition: its cluster name, its cluster
-        history keys (:func:`~ws4tx.naming.cluster_history_keys`, not ``keys``), and
-        SPUBLISH."""
-        name = cluster_channel(channel)
-        stream, meta = cluster_history_keys(self.prefix, channel)
-        script_keys, args = _history.publish_args(name, name, stream, meta, payload,
-                                                  retention, expire, sharded=True)
-        return self._onNode(name, lambda b: b.runScript(
-            _history.PUBLISH_SCRIPT, script_keys, args)).addCallback(
-            _history.parse_published)
-
-    def history(self, keys: tuple[str, str], retention: Retention,
-                since: Optional[int] = None,
+    def history(self, channel: str, retention: Retention, since: Optional[int] = None,
                 limit: Optional[int] = None) -> defer.Deferred[History]:
-        """The history script on the cluster keys of the channel whose ``keys`` (from
-        :func:`~ws4tx.naming.history_keys`) are given."""
-        channel = routing_name(self.prefix, keys[0])
-        stream, meta = cluster_history_keys(self.prefix, channel)
-        try:
-            script_keys, args = _history.history_args(stream, meta, retention, since, limit)
-        except ValueError:
-            return defer.fail()
-        return self._onNode(stream, lambda b: b.runScript(
-            _history.HISTORY_SCRIPT, script_keys, args)).addCallback(_history.parse_history)
+        """The history script on the primary of the channel's partition, which names its
+        keys (:meth:`_NodeBroker.historyKeys`)."""
+        return self._onNode(self.clusterName(channel), lambda b: b.history(
+            channel, retention, since, limit))
 
     def updatePresence(self, keys: PresenceKeys, ttl: float,
                        changes: list[tuple[str, str, Optional[str], str]],

@@ -40,7 +40,6 @@ from ws4tx.naming import (
     Identity,
     channels_for,
     control_channel,
-    history_keys,
     nodes_keys,
     presence_keys,
     reply_channel,
@@ -125,7 +124,7 @@ class ServerAPI:
         seconds = _arguments.expire(expire)
         payload = message.encode() if isinstance(message, str) else message
         return publish_to(self._broker, self.audience_channels(facility, **audience), payload,
-                          seconds, history_for(self._history, facility), self._prefix)
+                          seconds, history_for(self._history, facility))
 
     def history(
         self, facility: str, *, since: Optional[int] = None, limit: Optional[int] = None,
@@ -141,10 +140,9 @@ class ServerAPI:
             _arguments.audience(facility, **audience)
             channels = self.audience_channels(facility, **audience)
             retention = _arguments.history(self._history, facility, channels, since, limit)
-            keys = history_keys(self._prefix, channels[0])
         except ValueError:
             return defer.fail()
-        return self._broker.history(keys, retention, since, limit)
+        return self._broker.history(channels[0], retention, since, limit)
 
     def emit(
         self, event: str, data: Any = None, *, facility: str, expire: int = 0, **audience: Any

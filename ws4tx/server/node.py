@@ -192,8 +192,7 @@ class Node:
         ``since``."""
         retention = self.config.history_for(naming.facility_of(channel))
         assert retention is not None
-        return self.broker.history(naming.history_keys(self.config.prefix, channel),
-                                   retention, since=since.offset, limit=FIRST_PAGE)
+        return self.broker.history(channel, retention, since=since.offset, limit=FIRST_PAGE)
 
     # Lifecycle
 

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ws4tx import history as _history, presence as _presence
-from ws4tx.naming import PresenceKeys
+from ws4tx.naming import DEFAULT_PREFIX, PresenceKeys, history_keys
 from ws4tx.redis_address import RedisAddress
 from ws4tx.server._attempts import AttemptLog
 from ws4tx.server._log import observer
@@ -309,7 +309,9 @@ class _Preparation:
 
 @implementer(IBroker)
 class RedisBroker:
-    """An :class:`~ws4tx.server.broker.IBroker` on a Redis server."""
+    """An :class:`~ws4tx.server.broker.IBroker` on a Redis server. A channel's history
+    is kept under the keys :func:`ws4tx.naming.history_keys` names with ``prefix`` (the
+    names the Django side uses)."""
 
     log = Logger(observer=observer)
     #: The subscriber connection's protocol, and the command that publishes: a Redis
@@ -326,12 +328,15 @@ class RedisBroker:
         timeout: float = 5.0,
         retry_policy: Callable[[int], float] = DEFAULT_RETRY,
         endpoint: Optional[IStreamClientEndpoint] = None,
+        prefix: Optional[str] = DEFAULT_PREFIX,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
         self.address = address
+        #: The channel prefix: the broker names each channel's history keys with it.
+        self.prefix = prefix
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.ping_interval = ping_interval
         self.timeout = timeout
@@ -824,21 +829,38 @@ class RedisBroker:
     def fetch(self, key: str) -> defer.Deferred[Optional[bytes]]:
         return self._command(lambda proto: proto.execute_command("GET", key))
 
-    def publishWithHistory(self, channel: str, payload: bytes, keys: tuple[str, str],
+    def historyKeys(self, channel: str) -> tuple[str, str]:
+        """The keys of ``channel``'s history here (stream, meta): ``ValueError`` for a
+        channel outside the prefix."""
+        return history_keys(self.prefix, channel)
+
+    def historyChannel(self, channel: str) -> str:
+        """The name the publish script publishes ``channel`` on, and stores its last
+        message under, here (the channel itself on a plain Redis)."""
+        return channel
+
+    def publishWithHistory(self, channel: str, payload: bytes,
                            retention: _history.Retention,
                            expire: int = 0) -> defer.Deferred[_history.Published]:
         """``ws4tx/lua/publish.lua`` (see :meth:`IBroker.publishWithHistory`)."""
-        script_keys, args = _history.publish_args(channel, channel, *keys, payload,
-                                                  retention, expire)
+        try:
+            keys = self.historyKeys(channel)
+        except ValueError:
+            return defer.fail()
+        name = self.historyChannel(channel)
+        script_keys, args = _history.publish_args(
+            name, name, *keys, payload, retention, expire,
+            sharded=self.publish_command == "SPUBLISH")
         return self._script(_history.PUBLISH_SCRIPT, script_keys, args).addCallback(
             _history.parse_published)
 
-    def history(self, keys: tuple[str, str], retention: _history.Retention,
+    def history(self, channel: str, retention: _history.Retention,
                 since: Optional[int] = None,
                 limit: Optional[int] = None) -> defer.Deferred[_history.History]:
         """``ws4tx/lua/history.lua`` (see :meth:`IBroker.history`)."""
         try:
-            script_keys, args = _history.history_args(*keys, retention, since, limit)
+            script_keys, args = _history.history_args(*self.historyKeys(channel), retention,
+                                                      since, limit)
         except ValueError:
             return defer.fail()
         return self._script(_history.HISTORY_SCRIPT, script_keys, args).addCallback(

@@ -62,7 +62,8 @@ class PushService(service.MultiService):
                                    timeout=config.redis_timeout, prefix=config.prefix)
         self.broker: IBroker = broker or sharded_broker.several(
             [RedisBroker(address, reactor, ping_interval=config.redis_ping_interval,
-                         timeout=config.redis_timeout) for address in config.shards],
+                         timeout=config.redis_timeout, prefix=config.prefix)
+             for address in config.shards],
             config.prefix)
         #: The node: broker, router, handlers, counters, health, drain.
         self.node = Node(config, self.broker, handlers=handlers, run_in_thread=run_in_thread,

@@ -1,0 +1,56 @@
+"""A node's channel streams together: the channels' positions and recovery, the
+history reads its clients share, and each client's stream state."""
+
+from __future__ import annotations
+
+from typing import AbstractSet, Any, Callable, Optional
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+
+from ws4tx.history import Position
+from ws4tx.server.broker import IBroker
+from ws4tx.server.streams.batched_reads import HistoryReads
+from ws4tx.server.streams.channel_recovery import ChannelStreams
+from ws4tx.server.streams.client_stream import ClientStream, StreamTransport
+
+
+class Streams:
+    """A node's channel streams: where each channel stands and its recovery
+    (:class:`ChannelStreams`, the router's), the history reads its clients share, and
+    each client's stream state (:class:`ClientStream`), which the channels' recoveries
+    drive. ``barrier`` fires once every message published before now has reached the
+    node's clients; ``verdict`` counts a recovery's outcome (its reason, None: recovered)."""
+
+    def __init__(self, config: Any, broker: IBroker, clock: IReactorTime,
+                 channels: ChannelStreams, barrier: Callable[[], defer.Deferred[None]],
+                 verdict: Callable[[Optional[str]], None]) -> None:
+        self.config = config
+        self.broker = broker
+        self.channels = channels
+        self.barrier = barrier
+        self.verdict = verdict
+        #: Joining and catching-up clients' history reads, batched per channel and turn.
+        self.reads = HistoryReads(broker, clock)
+        self._clients: dict[Any, ClientStream] = {}
+        channels.client_of = lambda member: self._clients.get(member, member)
+
+    def join(self, client: StreamTransport, facility: str, channels: tuple[str, ...],
+             recover: dict[str, Position]) -> ClientStream:
+        """The stream state of a client that joins ``channels`` (its replay starts once
+        its :attr:`ClientStream.subscribed` fires)."""
+        stream = self._clients[client] = ClientStream(client, self, facility, channels,
+                                                      recover)
+        return stream
+
+    def leave(self, client: StreamTransport) -> None:
+        """The client went away."""
+        stream = self._clients.pop(client, None)
+        if stream is not None:
+            stream.close()
+
+    def leaveChannels(self, client: StreamTransport, gone: AbstractSet[str]) -> None:
+        """The client left ``gone`` (and stays)."""
+        stream = self._clients.get(client)
+        if stream is not None:
+            stream.leaveChannels(gone)
