@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from twisted.internet import reactor, task
 
 from ws4tx import control
@@ -315,3 +316,62 @@ class SSECapTests(_SSETestCase):
         first.close()
         await self.factory.node.whenDrained().addTimeout(TIMEOUT, reactor)
         await self.stream("/ws/news?subscribe-broadcast")
+
+
+class ReconnectCostTests(_SSETestCase):
+    """What a reconnect with ``Last-Event-ID`` costs Redis: the issue's promise is one
+    round trip for all the stream's channels, so the commands it runs must not grow with
+    the number of channels (counted by Redis itself, ``INFO commandstats``)."""
+
+    config = ServerTestCase.config.replace(history={"chat": {"size": 300, "ttl": 600}})
+
+    def commands(self) -> dict[str, int]:
+        stats = self.redis.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+    async def reconnect_cost(self, count: int) -> dict[str, int]:
+        """The commands Redis ran for a reconnect, with a Last-Event-ID, of a stream of
+        ``count`` channels that each missed one message (the subscriber's own commands
+        left out: subscribing is not reading)."""
+        groups = tuple(f"g{count}x{i}" for i in range(count))
+        channels = [f"ws4tx:group:{g}:chat" for g in groups]
+        who = identity_header("alice", groups)
+        path = "/ws/chat?subscribe-group"
+        client = await self.stream(path, **who)
+        await client.until(lambda c: bool(c.named("ws4tx.positions")))
+        for channel in channels:
+            publish_with_history(self.redis, channel, b"before", RETENTION)
+        await client.until(lambda c: len(c.messages()) == count)
+        last = client.last_id
+        assert last is not None
+        client.close()
+        await client.until(lambda c: c.ended)
+        await self.factory.node.whenDrained().addTimeout(TIMEOUT, reactor)
+        for channel in channels:
+            publish_with_history(self.redis, channel, b"missed", RETENTION)
+        before = self.commands()
+        again = await self.stream(path, **{"last-event-id": last, **who})
+        await again.until(lambda c: bool(c.named("ws4tx.recovered")))
+        after = self.commands()
+        verdict = again.named("ws4tx.recovered")[0].json()
+        self.assertTrue(verdict["recovered"], verdict)
+        self.assertEqual(sorted(m.json()["channel"] for m in again.messages()),
+                         sorted(channels))
+        again.close()
+        await again.until(lambda c: c.ended)
+        await self.factory.node.whenDrained().addTimeout(TIMEOUT, reactor)
+        ran = {name: after[name] - before.get(name, 0) for name in after
+               if after[name] != before.get(name, 0)}
+        for mine in ("info", "subscribe", "unsubscribe", "psubscribe", "ping"):
+            ran.pop(mine, None)
+        return ran
+
+    @pytest.mark.xfail(strict=True, reason=(
+        "issue 23 not met yet: a reconnect runs a GET and a history read (EVALSHA) per "
+        "channel (ClientStream._replay and HistoryReads._flush in streams.py); it needs one "
+        "MGET and one multi-channel history script per Redis server"))
+    async def test_lastEventIdReconnectCostDoesNotGrowWithChannels(self) -> None:
+        """A reconnect of 1, 10 and 50 channels runs the same Redis commands."""
+        costs = {n: await self.reconnect_cost(n) for n in (1, 10, 50)}
+        self.assertEqual(costs[50], costs[1], costs)
+        self.assertEqual(costs[10], costs[1], costs)
