@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import reactor, task
+from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx import control
 from ws4tx.history import Position, Retention
@@ -375,3 +376,24 @@ class ReconnectCostTests(_SSETestCase):
         costs = {n: await self.reconnect_cost(n) for n in (1, 10, 50)}
         self.assertEqual(costs[50], costs[1], costs)
         self.assertEqual(costs[10], costs[1], costs)
+
+
+class MessageEventsTests(SynchronousTestCase):
+    """A message's events, their data lines made once for all its streams, are the bytes
+    each stream would have made of it."""
+
+    def test_sameBytesAsEachStreamWouldMake(self) -> None:
+        events = _sse_format.MessageEvents()
+        one, two = b"first\r\nline", b"second\rone\n"
+        for payload, id in ((one, None), (one, "t.e:1"), (two, "t.e:2"), (two, None),
+                            (one, "t.e:3")):
+            self.assertEqual(events.event(payload, id), _sse_format.event(payload, id=id))
+        self.assertEqual(events.event(two), b"data: second\ndata: one\ndata: \n\n")
+
+    def test_anEqualPayloadOfAnotherMessage(self) -> None:
+        """Another message's payload, even one of the same text, gets its own lines."""
+        events = _sse_format.MessageEvents()
+        first = b"x" * 10
+        self.assertEqual(events.event(first), b"data: xxxxxxxxxx\n\n")
+        second = bytes(bytearray(b"y" * 10))
+        self.assertEqual(events.event(second, "i"), b"id: i\ndata: yyyyyyyyyy\n\n")

@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 
 _log = Logger(observer=observer)
 
+#: The events of the message being fanned out, its data lines made once for every stream.
+_MESSAGES = _sse_format.MessageEvents()
+
 #: What a stream's queue holds: a message (channel, prepared) or an event (name, data).
 _Item = tuple[str, Union[deflate.Message, "_Event"]]
 
@@ -291,7 +294,7 @@ class SSEStream:
             return
         if prepared.position is not None and channel:
             self._positions[channel] = prepared.position
-        self._write(_sse_format.event(prepared.payload, id=self._id()))
+        self._write(_MESSAGES.event(prepared.payload, self._id()))
 
     def _writeEvent(self, event: str, data: Any) -> None:
         if not self._open:
