@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx import control
@@ -92,6 +93,33 @@ class SSETests(_SSETestCase):
         self.assertEqual(client.messages()[0].data, "one\ntwo\nthree")
         self.assertIn(b"data: one\ndata: two\ndata: three\n\n", client.raw)
         self.assertIsNone(client.messages()[0].id)
+
+    async def test_framedForTheClientsHttpVersion(self) -> None:
+        """An HTTP/1.1 client gets each event in a chunk of its own; an HTTP/1.0 one (a
+        proxy that speaks it to its upstream) gets the events as they are, the end of the
+        connection ending the stream."""
+        raw = {}
+        for version in (b"1.1", b"1.0"):
+            client = SSEClient()
+            await connectProtocol(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), client)
+            self.addCleanup(client.close)
+            assert client.transport is not None
+            client.transport.write(b"GET /ws/news?subscribe-broadcast HTTP/" + version
+                                   + b"\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+            await client.until(lambda c: b": ws4tx\n\n" in c.raw)
+            raw[version] = client
+        await client.until(lambda c: self.factory.node.clientCount() == 2)
+        await self.factory.node.router.barrier()
+        self.publish("ws4tx:broadcast:news", "hello")
+        for client in raw.values():
+            await client.until(lambda c: len(c.messages()) == 1)
+        self.assertTrue(raw[b"1.1"].raw.startswith(b"HTTP/1.1 200 "))
+        self.assertTrue(raw[b"1.1"].raw.endswith(
+            b"\r\n\r\n9\r\n: ws4tx\n\n\r\nd\r\ndata: hello\n\n\r\n"), raw[b"1.1"].raw)
+        self.assertTrue(raw[b"1.0"].raw.startswith(b"HTTP/1.0 200 "))
+        self.assertTrue(raw[b"1.0"].raw.endswith(b"\r\n\r\n: ws4tx\n\ndata: hello\n\n"),
+                        raw[b"1.0"].raw)
 
     async def test_reconnectWithLastEventIdRecoversExactlyWhatWasMissed(self) -> None:
         """A stream that dropped comes back with its last id: the messages published
