@@ -132,7 +132,8 @@ class Suite:
             short = (f"memory SSE/WebSocket {m.get('kb_per_client_sse')}/"
                      f"{m.get('kb_per_client_websocket')} KB = {m.get('memory_ratio')}×; max "
                      f"rate {m.get('max_rate_sse')}/{m.get('max_rate_websocket')} msg/s = "
-                     f"{m.get('rate_ratio')}×")
+                     f"{m.get('rate_ratio')}×; server CPU per event/frame at "
+                     f"{m.get('cpu_per_frame_rate')} msg/s {m.get('cpu_per_frame_ratio')}×")
         elif status == "ok" and scenario == "history":
             short = (f"max rate {m.get('max_rate_off')} msg/s without history, "
                      f"{m.get('max_rate_on')} with: {m.get('ratio')}×")
@@ -526,6 +527,8 @@ def _bisect(suite: Suite, system: S.System, run: int, rates: list[int], n: int,
             probes.append({"rate": rate, "pass": ok, "why": why,
                            "p99_ms": m.get("p99_ms"), "loss": m.get("loss"),
                            "server_cpu": m.get("server_cpu"),
+                           "server_cpu_us_per_frame": m.get("server_cpu_us_per_frame"),
+                           "server_cpu_wait": m.get("server_cpu_wait"),
                            "generator_cpu": m.get("generator_cpu"),
                            "load_core_cpu": m.get("load_core_cpu"),
                            "limit": m.get("limit")})
@@ -831,6 +834,16 @@ def scenario_sse(suite: Suite, system: S.System, run: int) -> None:
         name = kind or "websocket"
         session = {"kind": kind} if kind else {}
         best[name], probes[name] = _bisect(suite, system, run, rates, n, **session)
+    # The server's CPU per delivered event against per frame at the highest rate both
+    # transports were probed at: what the max rates would show on an idle machine, where a
+    # busy one starves the server below the rates a probe passes at.
+    per_frame = {name: {p["rate"]: p.get("server_cpu_us_per_frame") for p in probes[name]}
+                 for name in probes}
+    common = sorted(set(per_frame["websocket"]) & set(per_frame["sse"]))
+    at = common[-1] if common else None
+    cpu_ratio = (round(per_frame["sse"][at] / per_frame["websocket"][at], 3)
+                 if at is not None and per_frame["sse"][at] and per_frame["websocket"][at]
+                 else None)
     ws_kb = memory["websocket"]["rss_per_conn_kb"]
     sse_kb = memory["sse"]["rss_per_conn_kb"]
     memory_ratio = round(sse_kb / ws_kb, 3) if ws_kb and sse_kb else None
@@ -844,6 +857,7 @@ def scenario_sse(suite: Suite, system: S.System, run: int) -> None:
         "max_rate_websocket": best["websocket"], "max_rate_sse": best["sse"],
         "rate_ratio": rate_ratio, "rate_target": SSE_RATE_TARGET,
         "rate_pass": rate_ratio is not None and rate_ratio >= SSE_RATE_TARGET,
+        "cpu_per_frame_rate": at, "cpu_per_frame_ratio": cpu_ratio,
         "probes_websocket": probes["websocket"], "probes_sse": probes["sse"],
         "connect_rate_websocket": memory["websocket"]["connect_rate"],
         "connect_rate_sse": memory["sse"]["connect_rate"],
