@@ -606,9 +606,7 @@ class SSEClient(asyncio.Protocol, Core):
             data = data[:cut + 2]
         mark = P.mark
         k = data.count(mark)
-        if not k:
-            if b'"ws4tx.recovered"' in data or b"event: ws4tx.recovered" in data:
-                self.control(data)
+        if not k:  # comments and events of the server: not counted
             return
         o = data.find(mark)
         q = data.rfind(mark)
