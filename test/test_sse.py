@@ -121,6 +121,30 @@ class SSETests(_SSETestCase):
         self.assertTrue(raw[b"1.0"].raw.endswith(b"\r\n\r\n: ws4tx\n\ndata: hello\n\n"),
                         raw[b"1.0"].raw)
 
+    async def test_overTlsEventsArriveWhole(self) -> None:
+        """Over TLS a stream's events go through the TLS connection as over TCP: whole, in
+        their chunks."""
+        from twisted.internet import endpoints, ssl
+
+        certificate = ssl.KeyPair.generate(size=2048).selfSignedCert(1, commonName="127.0.0.1")
+        port = await endpoints.SSL4ServerEndpoint(
+            reactor, 0, certificate.options(), interface="127.0.0.1").listen(self.service.site)
+        self.addCleanup(port.stopListening)
+        client = SSEClient()
+        await connectProtocol(endpoints.SSL4ClientEndpoint(
+            reactor, "127.0.0.1", port.getHost().port, ssl.CertificateOptions(),
+            timeout=TIMEOUT), client)
+        self.addCleanup(client.close)
+        assert client.transport is not None
+        client.transport.write(b"GET /ws/news?subscribe-broadcast HTTP/1.1\r\nHost: x\r\n"
+                               b"Accept: text/event-stream\r\n\r\n")
+        await client.until(lambda c: self.factory.node.clientCount() == 1)
+        await self.factory.node.router.barrier()
+        self.publish("ws4tx:broadcast:news", "over tls")
+        await client.until(lambda c: len(c.messages()) == 1)
+        self.assertEqual(client.messages()[0].data, "over tls")
+        self.assertTrue(client.raw.endswith(b"\r\n10\r\ndata: over tls\n\n\r\n"), client.raw)
+
     async def test_reconnectWithLastEventIdRecoversExactlyWhatWasMissed(self) -> None:
         """A stream that dropped comes back with its last id: the messages published
         meanwhile, once, in order, then the verdict; then live ones as usual."""
