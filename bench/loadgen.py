@@ -544,6 +544,119 @@ class StormClient(AsyncioClient):
             self.session.set_exception(ConnectionError("closed before its session event"))
 
 
+class SSEClient(asyncio.Protocol, Core):
+    """A Server-Sent Events client (``kind: sse``): a ``GET`` of the channel's URL with
+    ``Accept: text/event-stream``, then the stream counted in its bytes, never event by
+    event. Each benchmark message is one event whose data is the message, so one mark of
+    the phase (``B|tag|``) per event: a chunk read from the socket is counted with one
+    C-level ``bytes.count`` of the mark, checked in order by the sequence numbers of its
+    first and last mark (``k`` marks from ``first`` to ``first + k - 1``); a chunk that is
+    not (a gap, a duplicate, an event cut between two reads) goes event by event through
+    :meth:`Core.handle`. Latency is taken on the events whose sequence number is the
+    client's modulo ``--sample-every``, each found with one ``bytes.find``. The HTTP/1.1
+    chunked framing around the events is left in the bytes: it holds no mark."""
+
+    def __init__(self, url: str, sio: bool, upgraded: asyncio.Future,
+                 deflate: bool = False, protocols: tuple[str, ...] = ()) -> None:
+        self.init_core(False)
+        parts = urlsplit(url)
+        self.path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        self.host = parts.netloc
+        self.upgraded = upgraded
+        self.head = bytearray()
+        #: The bytes after the last whole event of the previous read (an event cut in two).
+        self.tail = b""
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.write((f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\n"
+                         "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n")
+                        .encode())
+
+    def data_received(self, data: bytes) -> None:
+        WIRE[0] += len(data)
+        if self.head is not None:
+            head = self.head
+            head += data
+            end = head.find(b"\r\n\r\n")
+            if end < 0:
+                if len(head) > 65536:
+                    self._fail(ConnectionError("oversized response head"))
+                return
+            status = bytes(head[:head.find(b"\r\n")])
+            if b" 200 " not in status + b" ":
+                self._fail(ConnectionError(status[:80].decode("latin-1")))
+                return
+            data = bytes(head[end + 4:])
+            self.head = None  # type: ignore[assignment]
+            self.is_open = True
+            if not self.upgraded.done():
+                self.upgraded.set_result(True)
+        if self.tail:
+            data = self.tail + data
+            self.tail = b""
+        # Only whole events: what follows the last blank line waits for the next read.
+        cut = data.rfind(b"\n\n")
+        if cut < 0:
+            self.tail = data
+            return
+        if cut + 2 < len(data):
+            self.tail = data[cut + 2:]
+            data = data[:cut + 2]
+        mark = P.mark
+        k = data.count(mark)
+        if not k:  # comments and events of the server: not counted
+            return
+        o = data.find(mark)
+        q = data.rfind(mark)
+        try:
+            first = int(data[o + 7:o + 15])
+            last = int(data[q + 7:q + 15])
+        except ValueError:
+            first = last = -1
+        if first > self.last and last - first == k - 1:
+            self.n += k
+            self.last = last
+            now = _now_ns()
+            if not self.first_ns:
+                self.first_ns = now
+            stride = P.stride
+            seq = first + (self.cid - first) % stride
+            lat = P.lat
+            while seq <= last:
+                at = o if seq == first else data.find(mark + b"%08d" % seq, o)
+                if at >= 0:
+                    if len(lat) < LATENCY_CAP:
+                        lat.append((now - int(data[at + 16:at + 35])) // 1000)
+                    else:
+                        P.capped += 1
+                seq += stride
+            return
+        for event in data.split(b"\n\n"):
+            if mark in event or MARK in event:
+                self.handle(event)
+
+    def _fail(self, error: Exception) -> None:
+        if not self.upgraded.done():
+            self.upgraded.set_exception(error)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.closed(1006 if self.is_open else None)
+        if not self.upgraded.done():
+            self.upgraded.set_exception(ConnectionError("closed before the stream began"))
+
+    def send_text(self, data: bytes) -> None:
+        pass  # a stream is one way
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.is_open = False
+            self.transport.close()
+
+
 async def _connect_asyncio(url: str, sio: bool, timeout: float,
                            deflate: bool = False, protocols: tuple[str, ...] = (),
                            cls: type[AsyncioClient] = AsyncioClient) -> Core:
@@ -608,6 +721,8 @@ class Generator:
         protocols = tuple(c.get("protocols") or ())
         if protocols:
             connect = functools.partial(connect, protocols=protocols)
+        if c.get("kind") == "sse":  # every client of this process counts bytes
+            connect = functools.partial(_connect_asyncio, cls=SSEClient)
         if c.get("deflate"):  # picows has no permessage-deflate
             connect = functools.partial(_connect_asyncio, deflate=True, protocols=protocols,
                                         cls=cls)

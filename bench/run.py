@@ -33,7 +33,7 @@ from benchlib.procs import REGISTRY, BenchError, raise_nofile  # noqa: E402
 from benchlib.suite import SCENARIOS, Suite, run_scenario  # noqa: E402
 
 FULL_SCENARIOS = ["fanout", "maxrate", "idle", "channels", "replay", "history", "recovery",
-                  "cookies", "shards", "profile"]
+                  "cookies", "shards", "sse", "profile"]
 SMOKE_SCENARIOS = ["fanout", "maxrate", "idle", "channels", "replay"]
 
 
@@ -86,6 +86,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--storm-clients", type=int, default=None,
                    help="logged-in clients of the cookie storm, each with a session of its "
                         "own [default: 1000]")
+    p.add_argument("--sse-clients", type=int, default=None,
+                   help="idle clients of each transport whose memory the sse scenario "
+                        "compares [default: 1000]")
     p.add_argument("--profile-clients", type=int, default=1000)
     p.add_argument("--profile-rate", type=float, default=100)
     p.add_argument("--settle", type=float, default=None,
@@ -138,6 +141,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "recovery_clients": 50 if smoke else 1000,
         "recovery_missed": 10 if smoke else 100,
         "storm_clients": 50 if smoke else 1000,
+        "sse_clients": 50 if smoke else 1000,
         "shards_rate": 10.0 if smoke else 20.0,
         "venvs": "current" if smoke else "managed",
         "settle": 0.3 if smoke else 1.0,

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from twisted.internet import reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx import control
 from ws4tx.history import Position, Retention
@@ -90,6 +93,57 @@ class SSETests(_SSETestCase):
         self.assertEqual(client.messages()[0].data, "one\ntwo\nthree")
         self.assertIn(b"data: one\ndata: two\ndata: three\n\n", client.raw)
         self.assertIsNone(client.messages()[0].id)
+
+    async def test_framedForTheClientsHttpVersion(self) -> None:
+        """An HTTP/1.1 client gets each event in a chunk of its own; an HTTP/1.0 one (a
+        proxy that speaks it to its upstream) gets the events as they are, the end of the
+        connection ending the stream."""
+        raw = {}
+        for version in (b"1.1", b"1.0"):
+            client = SSEClient()
+            await connectProtocol(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), client)
+            self.addCleanup(client.close)
+            assert client.transport is not None
+            client.transport.write(b"GET /ws/news?subscribe-broadcast HTTP/" + version
+                                   + b"\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+            await client.until(lambda c: b": ws4tx\n\n" in c.raw)
+            raw[version] = client
+        await client.until(lambda c: self.factory.node.clientCount() == 2)
+        await self.factory.node.router.barrier()
+        self.publish("ws4tx:broadcast:news", "hello")
+        for client in raw.values():
+            await client.until(lambda c: len(c.messages()) == 1)
+        self.assertTrue(raw[b"1.1"].raw.startswith(b"HTTP/1.1 200 "))
+        self.assertTrue(raw[b"1.1"].raw.endswith(
+            b"\r\n\r\n9\r\n: ws4tx\n\n\r\nd\r\ndata: hello\n\n\r\n"), raw[b"1.1"].raw)
+        self.assertTrue(raw[b"1.0"].raw.startswith(b"HTTP/1.0 200 "))
+        self.assertTrue(raw[b"1.0"].raw.endswith(b"\r\n\r\n: ws4tx\n\ndata: hello\n\n"),
+                        raw[b"1.0"].raw)
+
+    async def test_overTlsEventsArriveWhole(self) -> None:
+        """Over TLS a stream's events go through the TLS connection as over TCP: whole, in
+        their chunks."""
+        from twisted.internet import endpoints, ssl
+
+        certificate = ssl.KeyPair.generate(size=2048).selfSignedCert(1, commonName="127.0.0.1")
+        port = await endpoints.SSL4ServerEndpoint(
+            reactor, 0, certificate.options(), interface="127.0.0.1").listen(self.service.site)
+        self.addCleanup(port.stopListening)
+        client = SSEClient()
+        await connectProtocol(endpoints.SSL4ClientEndpoint(
+            reactor, "127.0.0.1", port.getHost().port, ssl.CertificateOptions(),
+            timeout=TIMEOUT), client)
+        self.addCleanup(client.close)
+        assert client.transport is not None
+        client.transport.write(b"GET /ws/news?subscribe-broadcast HTTP/1.1\r\nHost: x\r\n"
+                               b"Accept: text/event-stream\r\n\r\n")
+        await client.until(lambda c: self.factory.node.clientCount() == 1)
+        await self.factory.node.router.barrier()
+        self.publish("ws4tx:broadcast:news", "over tls")
+        await client.until(lambda c: len(c.messages()) == 1)
+        self.assertEqual(client.messages()[0].data, "over tls")
+        self.assertTrue(client.raw.endswith(b"\r\n10\r\ndata: over tls\n\n\r\n"), client.raw)
 
     async def test_reconnectWithLastEventIdRecoversExactlyWhatWasMissed(self) -> None:
         """A stream that dropped comes back with its last id: the messages published
@@ -315,3 +369,83 @@ class SSECapTests(_SSETestCase):
         first.close()
         await self.factory.node.whenDrained().addTimeout(TIMEOUT, reactor)
         await self.stream("/ws/news?subscribe-broadcast")
+
+
+class ReconnectCostTests(_SSETestCase):
+    """What a reconnect with ``Last-Event-ID`` costs Redis: the issue's promise is one
+    round trip for all the stream's channels, so the commands it runs must not grow with
+    the number of channels (counted by Redis itself, ``INFO commandstats``)."""
+
+    config = ServerTestCase.config.replace(history={"chat": {"size": 300, "ttl": 600}})
+
+    def commands(self) -> dict[str, int]:
+        stats = self.redis.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+    async def reconnect_cost(self, count: int) -> dict[str, int]:
+        """The commands Redis ran for a reconnect, with a Last-Event-ID, of a stream of
+        ``count`` channels that each missed one message (the subscriber's own commands
+        left out: subscribing is not reading)."""
+        groups = tuple(f"g{count}x{i}" for i in range(count))
+        channels = [f"ws4tx:group:{g}:chat" for g in groups]
+        who = identity_header("alice", groups)
+        path = "/ws/chat?subscribe-group"
+        client = await self.stream(path, **who)
+        await client.until(lambda c: bool(c.named("ws4tx.positions")))
+        for channel in channels:
+            publish_with_history(self.redis, channel, b"before", RETENTION)
+        await client.until(lambda c: len(c.messages()) == count)
+        last = client.last_id
+        assert last is not None
+        client.close()
+        await client.until(lambda c: c.ended)
+        await self.factory.node.whenDrained().addTimeout(TIMEOUT, reactor)
+        for channel in channels:
+            publish_with_history(self.redis, channel, b"missed", RETENTION)
+        before = self.commands()
+        again = await self.stream(path, **{"last-event-id": last, **who})
+        await again.until(lambda c: bool(c.named("ws4tx.recovered")))
+        after = self.commands()
+        verdict = again.named("ws4tx.recovered")[0].json()
+        self.assertTrue(verdict["recovered"], verdict)
+        self.assertEqual(sorted(m.json()["channel"] for m in again.messages()),
+                         sorted(channels))
+        again.close()
+        await again.until(lambda c: c.ended)
+        await self.factory.node.whenDrained().addTimeout(TIMEOUT, reactor)
+        ran = {name: after[name] - before.get(name, 0) for name in after
+               if after[name] != before.get(name, 0)}
+        for mine in ("info", "subscribe", "unsubscribe", "psubscribe", "ping"):
+            ran.pop(mine, None)
+        return ran
+
+    @pytest.mark.xfail(strict=True, reason=(
+        "issue 23 not met yet: a reconnect runs a GET and a history read (EVALSHA) per "
+        "channel (ClientStream._replay and HistoryReads._flush in streams.py); it needs one "
+        "MGET and one multi-channel history script per Redis server"))
+    async def test_lastEventIdReconnectCostDoesNotGrowWithChannels(self) -> None:
+        """A reconnect of 1, 10 and 50 channels runs the same Redis commands."""
+        costs = {n: await self.reconnect_cost(n) for n in (1, 10, 50)}
+        self.assertEqual(costs[50], costs[1], costs)
+        self.assertEqual(costs[10], costs[1], costs)
+
+
+class MessageEventsTests(SynchronousTestCase):
+    """A message's events, their data lines made once for all its streams, are the bytes
+    each stream would have made of it."""
+
+    def test_sameBytesAsEachStreamWouldMake(self) -> None:
+        events = _sse_format.MessageEvents()
+        one, two = b"first\r\nline", b"second\rone\n"
+        for payload, id in ((one, None), (one, "t.e:1"), (two, "t.e:2"), (two, None),
+                            (one, "t.e:3")):
+            self.assertEqual(events.event(payload, id), _sse_format.event(payload, id=id))
+        self.assertEqual(events.event(two), b"data: second\ndata: one\ndata: \n\n")
+
+    def test_anEqualPayloadOfAnotherMessage(self) -> None:
+        """Another message's payload, even one of the same text, gets its own lines."""
+        events = _sse_format.MessageEvents()
+        first = b"x" * 10
+        self.assertEqual(events.event(first), b"data: xxxxxxxxxx\n\n")
+        second = bytes(bytearray(b"y" * 10))
+        self.assertEqual(events.event(second, "i"), b"id: i\ndata: yyyyyyyyyy\n\n")

@@ -329,6 +329,31 @@ def history_table(records: list[dict]) -> list[str]:
     return lines
 
 
+def sse_table(records: list[dict]) -> list[str]:
+    rs = [r for r in records if r["scenario"] == "sse" and r["status"] == "ok"]
+    if not rs:
+        return []
+    lines = ["| run | first | KB/client WebSocket | SSE | ratio (≤ 1.2) | max msg/s WebSocket "
+             "| SSE | ratio (≥ 0.8) | server CPU per event / per frame (at msg/s) "
+             "| limits WebSocket / SSE |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rs:
+        m = r["metrics"]
+
+        def limits(name: str, m: dict = m) -> str:
+            return ", ".join(sorted({str(p.get("limit")) for p in m.get(f"probes_{name}") or []}))
+        lines.append(
+            f"| {r['run'] + 1} | {m.get('first')} | {_fmt(m.get('kb_per_client_websocket'), 2)} "
+            f"| {_fmt(m.get('kb_per_client_sse'), 2)} | {_fmt(m.get('memory_ratio'), 2)} "
+            f"{'pass' if m.get('memory_pass') else 'FAIL'} "
+            f"| {_fmt(m.get('max_rate_websocket'))} | {_fmt(m.get('max_rate_sse'))} "
+            f"| {_fmt(m.get('rate_ratio'), 2)} "
+            f"{'not measured' if m.get('rate_ratio') is None else 'pass' if m.get('rate_pass') else 'FAIL'} "
+            f"| {_fmt(m.get('cpu_per_frame_ratio'), 2)} ({_fmt(m.get('cpu_per_frame_rate'))}) "
+            f"| {limits('websocket')} / {limits('sse')} |")
+    return lines
+
+
 def recovery_table(records: list[dict]) -> list[str]:
     rs = [r for r in records if r["scenario"] == "recovery" and r["metrics"]]
     if not rs:
@@ -597,6 +622,12 @@ def render(records: list[dict], header: list[str]) -> str:
          "The max-rate bisection twice in one invocation, both with event clients "
          "(ws4tx.v1): without history, and with --history on the facility (the publish "
          "script, positions, publication envelopes)."),
+        ("Server-Sent Events against WebSockets (ws4tx)", sse_table(records),
+         "Issue 23: idle memory per client (--sse-clients of each transport on a fresh "
+         "server), the max-rate bisection to --maxrate-clients with each transport, and "
+         "the server's CPU per SSE event against per WebSocket frame at the highest rate "
+         "both were probed at (what the max rates come to when the server is not starved "
+         "by other load). first: the transport measured first in that run."),
         ("Recovery: clients reconnecting with their position (ws4tx)", recovery_table(records),
          "N event clients of a facility with history disconnect, messages are published, and "
          "all reconnect at once with recover= (as ws4tx.js does): the time from the first "

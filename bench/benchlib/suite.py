@@ -48,6 +48,10 @@ COOKIE_SITE = "cookie_site"
 
 #: The history scenario's target: max rate with history at least this share of without.
 HISTORY_TARGET = 0.8
+#: Issue 23: an idle SSE client costs at most 1.2x a WebSocket client's memory; fan-out to
+#: SSE clients reaches at least 0.8x the WebSocket max rate.
+SSE_MEMORY_TARGET = 1.2
+SSE_RATE_TARGET = 0.8
 
 #: Longest wait for the last messages after publishing stopped: longer than ws4tx's
 #: default --max-lag (10 s), so that what a server delivers late is counted as delivered
@@ -102,7 +106,7 @@ class Suite:
         short = ""
         m = rec["metrics"]
         if status == "ok" and scenario in ("fanout", "channels", "maxrate-probe",
-                                           "history-probe"):
+                                           "history-probe", "sse-probe"):
             short = (f"delivered {m.get('delivered_per_s')}/s loss {m.get('loss')} "
                      f"p50 {m.get('p50_ms')} p99 {m.get('p99_ms')} ms "
                      f"server CPU {m.get('server_cpu')} gen CPU {m.get('generator_cpu')}")
@@ -120,6 +124,16 @@ class Suite:
             short = " ".join(f"{k} ×{v}" for k, v in m.items())
         elif status == "ok" and scenario == "maxrate":
             short = f"max rate {m.get('max_rate')} msg/s"
+        elif status == "ok" and scenario == "sse-idle":
+            short = (f"{m.get('transport')}: {m.get('rss_per_conn_kb')} KB/client, "
+                     f"{m.get('connect_rate')} connects/s, server CPU {m.get('server_cpu')}, "
+                     f"gen CPU {m.get('generator_cpu')} (limit: {m.get('limit')})")
+        elif status == "ok" and scenario == "sse":
+            short = (f"memory SSE/WebSocket {m.get('kb_per_client_sse')}/"
+                     f"{m.get('kb_per_client_websocket')} KB = {m.get('memory_ratio')}×; max "
+                     f"rate {m.get('max_rate_sse')}/{m.get('max_rate_websocket')} msg/s = "
+                     f"{m.get('rate_ratio')}×; server CPU per event/frame at "
+                     f"{m.get('cpu_per_frame_rate')} msg/s {m.get('cpu_per_frame_ratio')}×")
         elif status == "ok" and scenario == "history":
             short = (f"max rate {m.get('max_rate_off')} msg/s without history, "
                      f"{m.get('max_rate_on')} with: {m.get('ratio')}×")
@@ -152,8 +166,11 @@ class Session:
                  history: bool = False, protocols: tuple[str, ...] = (),
                  redis_count: int = 1, cluster: bool = False,
                  server_extra: tuple[str, ...] = (),
-                 server_env: Optional[dict[str, str]] = None) -> None:
+                 server_env: Optional[dict[str, str]] = None,
+                 kind: Optional[str] = None) -> None:
         self.suite = suite
+        #: The clients' transport, when not the system's own (ws4tx: "sse").
+        self.kind = kind or system.kind
         #: More options and environment for the server (ws4tx: a Django site of its own).
         self.server_extra = server_extra
         self.server_env = server_env or {}
@@ -256,7 +273,7 @@ class Session:
     def connect(self, urls: list[str]) -> dict[str, Any]:
         args = self.suite.args
         deadline = 60 + len(urls) / 50
-        answer = self.lg.request({"cmd": "connect", "urls": urls, "kind": self.system.kind,
+        answer = self.lg.request({"cmd": "connect", "urls": urls, "kind": self.kind,
                                   "deflate": self.system.deflate,
                                   "protocols": list(self.protocols),
                                   "concurrency": args.concurrency, "timeout": 30,
@@ -481,8 +498,9 @@ def _bisect(suite: Suite, system: S.System, run: int, rates: list[int], n: int,
     """The highest of ``rates`` that passes (:func:`maxrate_pass`) with ``n`` clients, by
     bisection, on sessions made with ``session`` (their probes recorded); and the probes."""
     a = suite.args
-    extra = {k: v for k, v in session.items() if k == "history"}
-    scenario = "history-probe" if extra else "maxrate-probe"
+    extra = {k: v for k, v in session.items() if k in ("history", "kind")}
+    scenario = ("history-probe" if "history" in extra
+                else "sse-probe" if "kind" in extra else "maxrate-probe")
     lo, hi = -1, len(rates)
     probes: list[dict[str, Any]] = []
     live: Optional[Session] = None
@@ -509,6 +527,8 @@ def _bisect(suite: Suite, system: S.System, run: int, rates: list[int], n: int,
             probes.append({"rate": rate, "pass": ok, "why": why,
                            "p99_ms": m.get("p99_ms"), "loss": m.get("loss"),
                            "server_cpu": m.get("server_cpu"),
+                           "server_cpu_us_per_frame": m.get("server_cpu_us_per_frame"),
+                           "server_cpu_wait": m.get("server_cpu_wait"),
                            "generator_cpu": m.get("generator_cpu"),
                            "load_core_cpu": m.get("load_core_cpu"),
                            "limit": m.get("limit")})
@@ -746,6 +766,104 @@ def scenario_idle(suite: Suite, system: S.System, run: int) -> None:
                 break
 
 
+def _idle_memory(suite: Suite, system: S.System, n: int, kind: Optional[str]) -> dict[str, Any]:
+    """``n`` idle clients of one broadcast channel on a fresh server (``kind``: "sse" for
+    event streams, None for the system's WebSocket clients): the server's RSS per client,
+    the connect rate, and the CPU of the server and of the generator while connecting."""
+    a = suite.args
+    with Session(suite, system, kind=kind) as s:
+        time.sleep(a.settle)
+        before = s.server.rss_kb()
+        c0, w0 = s.lg.cpu_seconds(), s.server.cpu_seconds()
+        q0, g0 = s.server.runqueue_wait_seconds(), s.lg.runqueue_wait_seconds()
+        conn = s.connect(s.broadcast_urls(n))
+        took = max(conn["seconds"], 1e-6)
+        gen_cpu = (s.lg.cpu_seconds() - c0) / took
+        server_cpu = (s.server.cpu_seconds() - w0) / took
+        server_wait = (s.server.runqueue_wait_seconds() - q0) / took
+        gen_wait = (s.lg.runqueue_wait_seconds() - g0) / took
+        warm = s.warm(s.broadcast_targets())  # every stream subscribed and delivering
+        after, deadline = s.server.rss_kb(), time.monotonic() + 5
+        time.sleep(a.settle)
+        while time.monotonic() < deadline:
+            now = s.server.rss_kb()
+            if abs(now - after) < 64:
+                break
+            after = now
+            time.sleep(0.5)
+        after = s.server.rss_kb()
+        have = conn["connected"]
+        return {"transport": kind or "websocket", "clients": n, "connected": have,
+                "errors": conn["errors"], "connect_seconds": conn["seconds"],
+                "connect_rate": round(have / took, 1),
+                "rss_before_mb": round(before / 1024, 1), "rss_after_mb": round(after / 1024, 1),
+                "rss_per_conn_kb": round((after - before) / have, 2) if have else None,
+                "generator_cpu": round(gen_cpu, 3), "server_cpu": round(server_cpu, 3),
+                "server_cpu_wait": round(server_wait, 3),
+                "generator_cpu_wait": round(gen_wait, 3),
+                "limit": limit_of(server_cpu, gen_cpu, None, S.cores(system.server_cpus),
+                                  server_wait, gen_wait), **warm}
+
+
+def scenario_sse(suite: Suite, system: S.System, run: int) -> None:
+    """Issue 23's measurements of Server-Sent Events against WebSocket clients of the same
+    server, in one invocation: idle memory per client (``--sse-clients`` of each on a
+    fresh server; target: SSE at most 1.2x) and the max rate to ``--maxrate-clients``
+    (the ``maxrate`` bisection once with each transport; target: SSE at least 0.8x). The
+    transports take turns going first from run to run, so that a drift of the machine's
+    load shows as spread rather than as a bias of one of them."""
+    a = suite.args
+    if system.name != "ws4tx":
+        suite.record(run, system.name, "sse", {}, "skipped", reason="ws4tx only")
+        return
+    kinds: list[Optional[str]] = [None, "sse"] if run % 2 == 0 else ["sse", None]
+    memory: dict[str, dict[str, Any]] = {}
+    for kind in kinds:
+        m = _idle_memory(suite, system, a.sse_clients, kind)
+        memory[m["transport"]] = m
+        ok = m["connected"] == a.sse_clients
+        suite.record(run, system.name, "sse-idle", {"clients": a.sse_clients,
+                                                    "transport": m["transport"]},
+                     "ok" if ok else "error", m,
+                     reason="" if ok else f"{a.sse_clients - m['connected']} failed to connect")
+    rates = sorted(a.maxrate_rates)
+    n = a.maxrate_clients
+    best: dict[str, Optional[int]] = {}
+    probes: dict[str, list[dict[str, Any]]] = {}
+    for kind in kinds:
+        name = kind or "websocket"
+        session = {"kind": kind} if kind else {}
+        best[name], probes[name] = _bisect(suite, system, run, rates, n, **session)
+    # The server's CPU per delivered event against per frame at the highest rate both
+    # transports were probed at: what the max rates would show on an idle machine, where a
+    # busy one starves the server below the rates a probe passes at.
+    per_frame = {name: {p["rate"]: p.get("server_cpu_us_per_frame") for p in probes[name]}
+                 for name in probes}
+    common = sorted(set(per_frame["websocket"]) & set(per_frame["sse"]))
+    at = common[-1] if common else None
+    cpu_ratio = (round(per_frame["sse"][at] / per_frame["websocket"][at], 3)
+                 if at is not None and per_frame["sse"][at] and per_frame["websocket"][at]
+                 else None)
+    ws_kb = memory["websocket"]["rss_per_conn_kb"]
+    sse_kb = memory["sse"]["rss_per_conn_kb"]
+    memory_ratio = round(sse_kb / ws_kb, 3) if ws_kb and sse_kb else None
+    rate_ratio = (round((best["sse"] or 0) / best["websocket"], 3)
+                  if best["websocket"] else None)
+    suite.record(run, system.name, "sse", {"clients": n, "idle_clients": a.sse_clients}, "ok", {
+        "first": kinds[0] or "websocket",
+        "kb_per_client_websocket": ws_kb, "kb_per_client_sse": sse_kb,
+        "memory_ratio": memory_ratio, "memory_target": SSE_MEMORY_TARGET,
+        "memory_pass": memory_ratio is not None and memory_ratio <= SSE_MEMORY_TARGET,
+        "max_rate_websocket": best["websocket"], "max_rate_sse": best["sse"],
+        "rate_ratio": rate_ratio, "rate_target": SSE_RATE_TARGET,
+        "rate_pass": rate_ratio is not None and rate_ratio >= SSE_RATE_TARGET,
+        "cpu_per_frame_rate": at, "cpu_per_frame_ratio": cpu_ratio,
+        "probes_websocket": probes["websocket"], "probes_sse": probes["sse"],
+        "connect_rate_websocket": memory["websocket"]["connect_rate"],
+        "connect_rate_sse": memory["sse"]["connect_rate"],
+    })
+
+
 def scenario_channels(suite: Suite, system: S.System, run: int) -> None:
     a = suite.args
     n = a.users
@@ -971,6 +1089,7 @@ SCENARIOS: dict[str, Callable[[Suite, S.System, int], None]] = {
     "recovery": scenario_recovery,
     "cookies": scenario_cookies,
     "shards": scenario_shards,
+    "sse": scenario_sse,
 }
 
 

@@ -57,16 +57,45 @@ def parse_id(text: str, tag: str, channels: Sequence[str]) -> Optional[dict[str,
     return positions
 
 
-def event(data: bytes, name: Optional[str] = None, id: Optional[str] = None) -> bytes:
-    """One SSE event: ``data`` (UTF-8 text) on as many ``data:`` lines as it has lines
-    (a CR LF or a lone CR ends a line as LF does: the client reads LF)."""
+def data_lines(data: bytes) -> bytes:
+    """The ``data:`` lines of ``data`` (UTF-8 text), one per line it has (a CR LF or a
+    lone CR ends a line as LF does: the client reads LF), and the blank line that ends
+    the event."""
     lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    return b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+
+
+def event(data: bytes, name: Optional[str] = None, id: Optional[str] = None) -> bytes:
+    """One SSE event: ``data`` on its ``data:`` lines (:func:`data_lines`), after its
+    name and id when given."""
     head = b""
     if name is not None:
         head += b"event: " + name.encode() + b"\n"
     if id is not None:
         head += b"id: " + id.encode() + b"\n"
-    return head + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+    return head + data_lines(data)
+
+
+class MessageEvents:
+    """The events of one message for every stream it is written to, its ``data:`` lines
+    built once: a fan-out writes one message to all its streams before the next, so the
+    lines of the last payload are kept (the payload held, so that it is the same object
+    and not one at the same address)."""
+
+    __slots__ = ("_lines", "_payload")
+
+    def __init__(self) -> None:
+        self._payload: Optional[bytes] = None
+        self._lines = b""
+
+    def event(self, payload: bytes, id: Optional[str] = None) -> bytes:
+        """The event of ``payload`` with ``id`` (None: none), as :func:`event` makes it."""
+        if payload is not self._payload:
+            self._lines = data_lines(payload)
+            self._payload = payload
+        if id is None:
+            return self._lines
+        return b"id: " + id.encode() + b"\n" + self._lines
 
 
 #: A heartbeat: a comment, which the client ignores.

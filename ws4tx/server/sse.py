@@ -29,6 +29,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
     from ws4tx.server.protocol import PushFactory
 
 _log = Logger(observer=observer)
+
+#: The events of the message being fanned out, its data lines made once for every stream.
+_MESSAGES = _sse_format.MessageEvents()
 
 #: What a stream's queue holds: a message (channel, prepared) or an event (name, data).
 _Item = tuple[str, Union[deflate.Message, "_Event"]]
@@ -111,6 +115,7 @@ class SSEStream:
         self._tag: Optional[str] = None
         self._positions: dict[str, Position] = {}
         self._heartbeat: Optional[LoopingCall] = None
+        self._direct = self._chunked = False
         self._expiry: Optional[Expiry] = None
 
     # Admission
@@ -212,6 +217,12 @@ class SSEStream:
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-accel-buffering", b"no")  # nginx: pass each event on
         request.write(b": ws4tx\n\n")  # the head goes out now
+        #: Whether events go straight to the connection, each in one write framed as
+        #: Request.write frames it (one chunk over HTTP/1.1, as it is over HTTP/1.0):
+        #: on an HTTP/1.x channel, whose connection carries nothing else now. Through
+        #: the request otherwise (HTTP/2: the connection is shared).
+        self._direct = isinstance(request.channel, HTTPChannel)
+        self._chunked = bool(request.chunked)
         self._open = self._joined = True
         node.stats["sse_accepted"] += 1
         request.registerProducer(self, True)
@@ -291,7 +302,7 @@ class SSEStream:
             return
         if prepared.position is not None and channel:
             self._positions[channel] = prepared.position
-        self._write(_sse_format.event(prepared.payload, id=self._id()))
+        self._write(_MESSAGES.event(prepared.payload, self._id()))
 
     def _writeEvent(self, event: str, data: Any) -> None:
         if not self._open:
@@ -305,7 +316,14 @@ class SSEStream:
     def _write(self, data: bytes) -> None:
         if self._flow.paused_at is not None and self._flow.overflows(len(data)):
             return
-        self._request.write(data)
+        if self._direct:
+            # Request.write would do the same in three calls and four writes per event
+            # (twice the server's CPU per event of a WebSocket frame).
+            self._request.sentLength += len(data)
+            self._connection.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked
+                                   else data)
+        else:
+            self._request.write(data)
 
     def _ping(self) -> None:
         if self._open and self._flow.paused_at is None:
