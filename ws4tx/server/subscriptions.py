@@ -11,6 +11,7 @@ channels they add (``max_subscriptions``) and answers every frame once.
 
 from __future__ import annotations
 
+from sys import intern
 from typing import TYPE_CHECKING, AbstractSet, Any, Iterable, Iterator, Optional
 
 from twisted.internet import defer
@@ -31,23 +32,39 @@ if TYPE_CHECKING:
 
 _log = Logger(observer=observer)
 
+#: The positions of a subscribe that asks to recover nothing: one empty dict that every
+#: such subscription's stream keeps (read, never written), not one each.
+_NOTHING_TO_RECOVER: dict[str, Position] = {}
+
 
 class Subscription:
     """One allowed subscribe: ``facility``'s ``channels`` on ``connection``, which it
     delivers to, paces and tells (a router member, a stream transport and a presence
     client of the node)."""
 
+    # A connection may hold hundreds: no __dict__, and nothing but what it is (its
+    # identity and peer are its connection's).
+    __slots__ = ("channels", "connection", "facility", "stream")
+
     speaks_events = True
 
     def __init__(self, connection: PushProtocol, facility: str,
                  channels: tuple[str, ...]) -> None:
         self.connection = connection
-        self.identity: Identity = connection.identity
-        self.facility = facility
-        self.channels = channels
-        self.peer = connection.peer
+        # Interned: the connections that subscribe the same facility and channels share
+        # one copy of each name (the hub's, the router's) instead of one per frame.
+        self.facility = intern(facility)
+        self.channels = tuple(intern(c) for c in channels)
         #: Its streams (set when it joins the node).
         self.stream: Optional[ClientStream] = None
+
+    @property
+    def identity(self) -> Identity:
+        return self.connection.identity
+
+    @property
+    def peer(self) -> Optional[str]:
+        return self.connection.peer
 
     # What the router and the node's commands ask of a member
 
@@ -205,7 +222,8 @@ class Subscriptions:
         def subscribed() -> None:
             connection.emit(envelope.SUBSCRIBED_EVENT, command.event(new))
 
-        subscription.stream = connection.node.joinSubscription(subscription, {}, subscribed)
+        subscription.stream = connection.node.joinSubscription(subscription,
+                                                               _NOTHING_TO_RECOVER, subscribed)
         return True
 
     def _wanted(self, facility: str, audiences: frozenset[str],
@@ -250,8 +268,10 @@ class Subscriptions:
                                                                list(channels)))
 
         connection.node.stats["subscribes"] += 1
-        subscription.stream = connection.node.joinSubscription(
-            subscription, {c: p for c, p in recover.items() if c in channels}, subscribed)
+        asked = {c: p for c, p in recover.items() if c in channels} if recover \
+            else _NOTHING_TO_RECOVER
+        subscription.stream = connection.node.joinSubscription(subscription, asked,
+                                                               subscribed)
 
     def _failed(self, failure: Failure, ack_id: int) -> None:
         if not self._connection.isOpen():  # cancelled by close(), or answered too late
