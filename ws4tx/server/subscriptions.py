@@ -126,6 +126,9 @@ class Subscriptions:
     def __init__(self, connection: PushProtocol) -> None:
         self._connection = connection
         self._subscriptions: list[Subscription] = []
+        #: Every channel they listen to: what each subscribe is checked against (kept, not
+        #: gathered from the subscriptions on every frame).
+        self._channels: set[str] = set()
         #: The subscribes being authorized, with how many channels each would add.
         self._authorizing: dict[defer.Deferred[Any], int] = {}
 
@@ -134,7 +137,15 @@ class Subscriptions:
 
     def channels(self) -> frozenset[str]:
         """Every channel the subscriptions listen to."""
-        return frozenset(c for s in self._subscriptions for c in s.channels)
+        return frozenset(self._channels)
+
+    def _holds(self, channel: str) -> bool:
+        """Whether the connection listens to ``channel`` (by its URL or a subscription)."""
+        return channel in self._channels or channel in self._connection.channels
+
+    def _add(self, subscription: Subscription) -> None:
+        self._subscriptions.append(subscription)
+        self._channels.update(subscription.channels)
 
     def streams(self) -> Iterator[ClientStream]:
         """The subscriptions' streams (the connection paces them too)."""
@@ -206,18 +217,17 @@ class Subscriptions:
         connection = self._connection
         if not connection.isOpen():
             return False
-        held = frozenset(connection.channels) | self.channels()
-        new = tuple(c for c in channels if c not in held)
+        new = tuple(c for c in channels if not self._holds(c))
         if not new:
             return False
         cap = connection.factory.config.max_subscriptions
-        if len(self.channels()) + len(new) > cap:
+        if len(self._channels) + len(new) > cap:
             _log.warn("the site's subscribe of {peer} to {facility} was not done: it would "
                       "pass max_subscriptions ({cap} channels per connection)",
                       peer=connection.peer, facility=command.facility, cap=cap)
             return False
         subscription = Subscription(connection, command.facility, new)
-        self._subscriptions.append(subscription)
+        self._add(subscription)
 
         def subscribed() -> None:
             connection.emit(envelope.SUBSCRIBED_EVENT, command.event(new))
@@ -244,13 +254,11 @@ class Subscriptions:
         """HandshakeDenied when the connection has one of ``channels`` already, or they
         would take it past ``max_subscriptions`` (with ``reserved`` channels of
         subscribes being authorized)."""
-        connection = self._connection
-        held = frozenset(connection.channels) | self.channels()
-        taken = [c for c in channels if c in held]
+        taken = [c for c in channels if self._holds(c)]
         if taken:
             raise HandshakeDenied(f"already subscribed: {taken[0]}")
-        cap = connection.factory.config.max_subscriptions
-        if len(self.channels()) + reserved + len(channels) > cap:
+        cap = self._connection.factory.config.max_subscriptions
+        if len(self._channels) + reserved + len(channels) > cap:
             raise HandshakeDenied(f"too many subscriptions: at most {cap} channels per "
                                   "connection")
 
@@ -261,7 +269,7 @@ class Subscriptions:
             return
         self._check(channels)
         subscription = Subscription(connection, facility, channels)
-        self._subscriptions.append(subscription)
+        self._add(subscription)
 
         def subscribed() -> None:
             connection.sendEnvelope(envelope.encode_subscribed(frame.id, facility,
@@ -321,6 +329,7 @@ class Subscriptions:
             return False
         node = self._connection.node
         self._connection.forgetPending(gone)
+        self._channels.difference_update(gone)
         subscription.channels = tuple(c for c in subscription.channels if c not in gone)
         if subscription.channels:
             node.leaveChannels(subscription, gone)
@@ -337,6 +346,7 @@ class Subscriptions:
         for answer in authorizing:
             answer.cancel()
         subscriptions, self._subscriptions = self._subscriptions, []
+        self._channels = set()
         for subscription in subscriptions:
             self._connection.node.leaveSubscription(subscription)
 
