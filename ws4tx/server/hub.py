@@ -103,7 +103,8 @@ class Hub(Generic[C]):
         return closed
 
     def members(self, channel: str) -> AbstractSet[C]:
-        """The clients in ``channel`` (a live view: copy it before changing the hub)."""
+        """The clients in ``channel`` (a view, live or not: copy it before changing the
+        hub)."""
         return self._members.get(channel, _EMPTY)
 
     def channels_of(self, client: C) -> tuple[str, ...]:
