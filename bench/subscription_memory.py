@@ -241,7 +241,11 @@ def main() -> None:
         print(json.dumps(result, indent=1))
     finally:
         server.terminate()
-        server.wait(10)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
         redis.stop()
         if snapshots.directory is not None:
             shutil.rmtree(snapshots.directory, ignore_errors=True)

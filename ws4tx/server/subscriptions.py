@@ -126,9 +126,9 @@ class Subscriptions:
     def __init__(self, connection: PushProtocol) -> None:
         self._connection = connection
         self._subscriptions: list[Subscription] = []
-        #: Every channel they listen to: what each subscribe is checked against (kept, not
-        #: gathered from the subscriptions on every frame).
-        self._channels: set[str] = set()
+        #: How many channels they listen to (counted, not summed on every frame; no set
+        #: of them is kept: it would cost each subscription 50 bytes).
+        self._count = 0
         #: The subscribes being authorized, with how many channels each would add.
         self._authorizing: dict[defer.Deferred[Any], int] = {}
 
@@ -137,15 +137,17 @@ class Subscriptions:
 
     def channels(self) -> frozenset[str]:
         """Every channel the subscriptions listen to."""
-        return frozenset(self._channels)
+        return frozenset(c for s in self._subscriptions for c in s.channels)
 
     def _holds(self, channel: str) -> bool:
-        """Whether the connection listens to ``channel`` (by its URL or a subscription)."""
-        return channel in self._channels or channel in self._connection.channels
+        """Whether the connection listens to ``channel`` (by its URL or a subscription):
+        scans of short tuples, at most max_subscriptions channels in all."""
+        return channel in self._connection.channels or any(
+            channel in s.channels for s in self._subscriptions)
 
     def _add(self, subscription: Subscription) -> None:
         self._subscriptions.append(subscription)
-        self._channels.update(subscription.channels)
+        self._count += len(subscription.channels)
 
     def streams(self) -> Iterator[ClientStream]:
         """The subscriptions' streams (the connection paces them too)."""
@@ -221,7 +223,7 @@ class Subscriptions:
         if not new:
             return False
         cap = connection.factory.config.max_subscriptions
-        if len(self._channels) + len(new) > cap:
+        if self._count + len(new) > cap:
             _log.warn("the site's subscribe of {peer} to {facility} was not done: it would "
                       "pass max_subscriptions ({cap} channels per connection)",
                       peer=connection.peer, facility=command.facility, cap=cap)
@@ -258,7 +260,7 @@ class Subscriptions:
         if taken:
             raise HandshakeDenied(f"already subscribed: {taken[0]}")
         cap = self._connection.factory.config.max_subscriptions
-        if len(self._channels) + reserved + len(channels) > cap:
+        if self._count + reserved + len(channels) > cap:
             raise HandshakeDenied(f"too many subscriptions: at most {cap} channels per "
                                   "connection")
 
@@ -329,7 +331,7 @@ class Subscriptions:
             return False
         node = self._connection.node
         self._connection.forgetPending(gone)
-        self._channels.difference_update(gone)
+        self._count -= len(gone)
         subscription.channels = tuple(c for c in subscription.channels if c not in gone)
         if subscription.channels:
             node.leaveChannels(subscription, gone)
@@ -346,7 +348,7 @@ class Subscriptions:
         for answer in authorizing:
             answer.cancel()
         subscriptions, self._subscriptions = self._subscriptions, []
-        self._channels = set()
+        self._count = 0
         for subscription in subscriptions:
             self._connection.node.leaveSubscription(subscription)
 
