@@ -206,6 +206,9 @@ async def _phase(name: str, options: argparse.Namespace, clients: list[_Client],
     return {
         "phase": name, "frames_expected": options.messages * len(clients),
         "frames_delivered": frames, "bytes_off": received - expected,
+        # Short when clients were dropped as slow (a generator that could not read) or
+        # the phase ran out of time: then its CPU per frame measures something else.
+        "complete": received == expected,
         "seconds": round(took, 2),
         "server_cpu_us_per_frame": round((cpu1 - cpu0) / max(frames, 1) * 1e6, 3),
         "server_cpu": round(server_cpu, 3), "server_runqueue_wait": round(server_wait, 3),
@@ -248,6 +251,7 @@ async def _measure(options: argparse.Namespace, port: int, server_pid: int,
         "size": options.size, "phases": phases,
         "ratio_five_to_one": round(phases[1]["server_cpu_us_per_frame"] / one, 3)
         if one else None,
+        "valid": all(p["complete"] for p in phases),
         "target_ratio": 1.1,
         "load_average": os.getloadavg(), "cpus": os.cpu_count(),
     }
@@ -298,7 +302,11 @@ def main() -> None:
     finally:
         publisher.close()
         server.terminate()
-        server.wait(10)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
         redis.stop()
 
 
