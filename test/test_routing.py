@@ -37,6 +37,25 @@ class HubTests(SynchronousTestCase):
         self.assertEqual(list(hub.channels()), [])
         self.assertEqual(len(hub), 0)
 
+    def test_membersAcrossOneAndMany(self):
+        """A channel's members are right as it goes from one member to three and back
+        (by leaving and by leaving channels)."""
+        hub: Hub[str] = Hub()
+        hub.join("a", ("x", "y"))
+        one = hub.members("x")
+        self.assertEqual((set(one), len(one), "a" in one, "b" in one),
+                         ({"a"}, 1, True, False))
+        hub.join("b", ["x"])
+        hub.join("c", ["x"])
+        self.assertEqual(set(hub.members("x")), {"a", "b", "c"})
+        self.assertEqual(hub.leave_channels("a", ["x"]), [])
+        self.assertEqual(hub.leave("b"), [])
+        self.assertEqual((set(hub.members("x")), len(hub.members("x"))), ({"c"}, 1))
+        self.assertEqual(hub.leave("c"), ["x"])
+        self.assertEqual((set(hub.members("x")), hub.channels_of("a")), (set(), ("y",)))
+        self.assertEqual(hub.leave("a"), ["y"])
+        self.assertEqual(list(hub.channels()), [])
+
     def test_joiningTwiceIsAnError(self):
         """A client joins once, with all its channels."""
         hub: Hub[str] = Hub()

@@ -8,18 +8,46 @@ reconnects.
 
 from __future__ import annotations
 
-from typing import AbstractSet, Any, Generic, Hashable, Iterable, KeysView, TypeVar
+from collections.abc import Set
+from typing import AbstractSet, Any, Generic, Hashable, Iterable, Iterator, KeysView, TypeVar, Union
 
 C = TypeVar("C", bound=Hashable)
 
 _EMPTY: frozenset[Any] = frozenset()
 
 
+class _One(Set[C]):
+    """The members of a channel with one member: most channels of subscriptions (a
+    user's, a session's) have one, and this costs a quarter of a set of one."""
+
+    __slots__ = ("member",)
+
+    def __init__(self, member: C) -> None:
+        self.member = member
+
+    def __contains__(self, client: object) -> bool:
+        return client == self.member
+
+    def __iter__(self) -> Iterator[C]:
+        yield self.member
+
+    def __len__(self) -> int:
+        return 1
+
+
+def _unique(channels: Iterable[str]) -> tuple[str, ...]:
+    """``channels`` without repeats, in order: the same tuple when it has none (a client
+    and the hub share it)."""
+    if isinstance(channels, tuple) and len(frozenset(channels)) == len(channels):
+        return channels
+    return tuple(dict.fromkeys(channels))
+
+
 class Hub(Generic[C]):
     """Members of channels, kept both ways round for O(1) joins, leaves and lookups."""
 
     def __init__(self) -> None:
-        self._members: dict[str, set[C]] = {}
+        self._members: dict[str, Union[set[C], _One[C]]] = {}
         self._channels: dict[C, tuple[str, ...]] = {}
 
     def join(self, client: C, channels: Iterable[str]) -> list[str]:
@@ -29,14 +57,16 @@ class Hub(Generic[C]):
         """
         if client in self._channels:
             raise ValueError(f"{client!r} has already joined")
-        mine = tuple(dict.fromkeys(channels))
+        mine = _unique(channels)
         self._channels[client] = mine
         opened = []
         for channel in mine:
             members = self._members.get(channel)
             if members is None:
-                self._members[channel] = {client}
+                self._members[channel] = _One(client)
                 opened.append(channel)
+            elif isinstance(members, _One):
+                self._members[channel] = {members.member, client}
             else:
                 members.add(client)
         return opened
@@ -62,14 +92,19 @@ class Hub(Generic[C]):
         for channel in mine:
             if channel in leaving:
                 members = self._members[channel]
-                members.discard(client)
-                if not members:
+                if isinstance(members, _One):
                     del self._members[channel]
                     closed.append(channel)
+                    continue
+                members.discard(client)
+                if len(members) == 1:
+                    (last,) = members
+                    self._members[channel] = _One(last)
         return closed
 
     def members(self, channel: str) -> AbstractSet[C]:
-        """The clients in ``channel`` (a live view: copy it before changing the hub)."""
+        """The clients in ``channel`` (a view, live or not: copy it before changing the
+        hub)."""
         return self._members.get(channel, _EMPTY)
 
     def channels_of(self, client: C) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ channels they add (``max_subscriptions``) and answers every frame once.
 
 from __future__ import annotations
 
+from sys import intern
 from typing import TYPE_CHECKING, AbstractSet, Any, Iterable, Iterator, Optional
 
 from twisted.internet import defer
@@ -31,23 +32,39 @@ if TYPE_CHECKING:
 
 _log = Logger(observer=observer)
 
+#: The positions of a subscribe that asks to recover nothing: one empty dict that every
+#: such subscription's stream keeps (read, never written), not one each.
+_NOTHING_TO_RECOVER: dict[str, Position] = {}
+
 
 class Subscription:
     """One allowed subscribe: ``facility``'s ``channels`` on ``connection``, which it
     delivers to, paces and tells (a router member, a stream transport and a presence
     client of the node)."""
 
+    # A connection may hold hundreds: no __dict__, and nothing but what it is (its
+    # identity and peer are its connection's).
+    __slots__ = ("channels", "connection", "facility", "stream")
+
     speaks_events = True
 
     def __init__(self, connection: PushProtocol, facility: str,
                  channels: tuple[str, ...]) -> None:
         self.connection = connection
-        self.identity: Identity = connection.identity
-        self.facility = facility
-        self.channels = channels
-        self.peer = connection.peer
+        # Interned: the connections that subscribe the same facility and channels share
+        # one copy of each name (the hub's, the router's) instead of one per frame.
+        self.facility = intern(facility)
+        self.channels = tuple(intern(c) for c in channels)
         #: Its streams (set when it joins the node).
         self.stream: Optional[ClientStream] = None
+
+    @property
+    def identity(self) -> Identity:
+        return self.connection.identity
+
+    @property
+    def peer(self) -> Optional[str]:
+        return self.connection.peer
 
     # What the router and the node's commands ask of a member
 
@@ -109,6 +126,9 @@ class Subscriptions:
     def __init__(self, connection: PushProtocol) -> None:
         self._connection = connection
         self._subscriptions: list[Subscription] = []
+        #: How many channels they listen to (counted, not summed on every frame; no set
+        #: of them is kept: it would cost each subscription 50 bytes).
+        self._count = 0
         #: The subscribes being authorized, with how many channels each would add.
         self._authorizing: dict[defer.Deferred[Any], int] = {}
 
@@ -118,6 +138,16 @@ class Subscriptions:
     def channels(self) -> frozenset[str]:
         """Every channel the subscriptions listen to."""
         return frozenset(c for s in self._subscriptions for c in s.channels)
+
+    def _holds(self, channel: str) -> bool:
+        """Whether the connection listens to ``channel`` (by its URL or a subscription):
+        scans of short tuples, at most max_subscriptions channels in all."""
+        return channel in self._connection.channels or any(
+            channel in s.channels for s in self._subscriptions)
+
+    def _add(self, subscription: Subscription) -> None:
+        self._subscriptions.append(subscription)
+        self._count += len(subscription.channels)
 
     def streams(self) -> Iterator[ClientStream]:
         """The subscriptions' streams (the connection paces them too)."""
@@ -189,23 +219,23 @@ class Subscriptions:
         connection = self._connection
         if not connection.isOpen():
             return False
-        held = frozenset(connection.channels) | self.channels()
-        new = tuple(c for c in channels if c not in held)
+        new = tuple(c for c in channels if not self._holds(c))
         if not new:
             return False
         cap = connection.factory.config.max_subscriptions
-        if len(self.channels()) + len(new) > cap:
+        if self._count + len(new) > cap:
             _log.warn("the site's subscribe of {peer} to {facility} was not done: it would "
                       "pass max_subscriptions ({cap} channels per connection)",
                       peer=connection.peer, facility=command.facility, cap=cap)
             return False
         subscription = Subscription(connection, command.facility, new)
-        self._subscriptions.append(subscription)
+        self._add(subscription)
 
         def subscribed() -> None:
             connection.emit(envelope.SUBSCRIBED_EVENT, command.event(new))
 
-        subscription.stream = connection.node.joinSubscription(subscription, {}, subscribed)
+        subscription.stream = connection.node.joinSubscription(subscription,
+                                                               _NOTHING_TO_RECOVER, subscribed)
         return True
 
     def _wanted(self, facility: str, audiences: frozenset[str],
@@ -226,13 +256,11 @@ class Subscriptions:
         """HandshakeDenied when the connection has one of ``channels`` already, or they
         would take it past ``max_subscriptions`` (with ``reserved`` channels of
         subscribes being authorized)."""
-        connection = self._connection
-        held = frozenset(connection.channels) | self.channels()
-        taken = [c for c in channels if c in held]
+        taken = [c for c in channels if self._holds(c)]
         if taken:
             raise HandshakeDenied(f"already subscribed: {taken[0]}")
-        cap = connection.factory.config.max_subscriptions
-        if len(self.channels()) + reserved + len(channels) > cap:
+        cap = self._connection.factory.config.max_subscriptions
+        if self._count + reserved + len(channels) > cap:
             raise HandshakeDenied(f"too many subscriptions: at most {cap} channels per "
                                   "connection")
 
@@ -243,15 +271,17 @@ class Subscriptions:
             return
         self._check(channels)
         subscription = Subscription(connection, facility, channels)
-        self._subscriptions.append(subscription)
+        self._add(subscription)
 
         def subscribed() -> None:
             connection.sendEnvelope(envelope.encode_subscribed(frame.id, facility,
                                                                list(channels)))
 
         connection.node.stats["subscribes"] += 1
-        subscription.stream = connection.node.joinSubscription(
-            subscription, {c: p for c, p in recover.items() if c in channels}, subscribed)
+        asked = {c: p for c, p in recover.items() if c in channels} if recover \
+            else _NOTHING_TO_RECOVER
+        subscription.stream = connection.node.joinSubscription(subscription, asked,
+                                                               subscribed)
 
     def _failed(self, failure: Failure, ack_id: int) -> None:
         if not self._connection.isOpen():  # cancelled by close(), or answered too late
@@ -301,6 +331,7 @@ class Subscriptions:
             return False
         node = self._connection.node
         self._connection.forgetPending(gone)
+        self._count -= len(gone)
         subscription.channels = tuple(c for c in subscription.channels if c not in gone)
         if subscription.channels:
             node.leaveChannels(subscription, gone)
@@ -317,6 +348,7 @@ class Subscriptions:
         for answer in authorizing:
             answer.cancel()
         subscriptions, self._subscriptions = self._subscriptions, []
+        self._count = 0
         for subscription in subscriptions:
             self._connection.node.leaveSubscription(subscription)
 
