@@ -402,7 +402,7 @@ class _NodeBroker(RedisBroker):
             self._probe_channel = f"__ws4tx_probe__:{{{tag}}}:{uuid.uuid4().hex}"
 
 
-@implementer(IBrokerListener)
+@implementer(IShardListener)
 class _NodeListener:
     def __init__(self, cluster: ClusterBroker, node: Node) -> None:
         self.cluster = cluster
@@ -425,6 +425,22 @@ class _NodeListener:
 
     def brokerConnected(self) -> None:
         self.cluster._nodeConnected(self.node)
+
+    def channelsInterrupted(self, channels: Iterable[str]) -> None:
+        """Channels of this node that Redis refused for now (the node's other channels
+        are subscribed)."""
+        listener = self.cluster._listener
+        plain = [channel_of_cluster_channel(c) for c in channels]
+        if IShardListener.providedBy(listener):
+            listener.channelsInterrupted(plain)
+
+    def channelsResumed(self, channels: Iterable[str],
+                        interrupted: Callable[[str], bool]) -> None:
+        """Channels of this node refused for now before are subscribed now."""
+        listener = self.cluster._listener
+        plain = [channel_of_cluster_channel(c) for c in channels]
+        if IShardListener.providedBy(listener):
+            listener.channelsResumed(plain, self.cluster.isInterrupted)
 
     def brokerDisconnected(self) -> None:
         self.cluster._nodeLost(self.node)
@@ -508,8 +524,13 @@ class ClusterBroker:
         return self.slots.node_for(key) if self.slots is not None else None
 
     def isInterrupted(self, channel: str) -> bool:
+        """Whether ``channel`` misses its messages now: its primary is not connected,
+        or refused it for now (the cluster down, its slot migrating)."""
         node = self.nodeFor(channel)
-        return node is None or not self._up.get(node, False)
+        broker = self._nodeBroker(node)
+        if node is None or broker is None or not self._up.get(node, False):
+            return True
+        return broker.waiting(self.clusterName(channel))
 
     def _channelsOf(self, node: Node) -> list[str]:
         assert self._listener is not None
