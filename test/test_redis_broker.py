@@ -13,6 +13,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from ws4tx.redis_address import RedisAddress
 from ws4tx.server.broker import (
@@ -20,6 +21,7 @@ from ws4tx.server.broker import (
     PERMISSION,
     TRANSIENT,
     BrokerUnavailable,
+    IShardListener,
     NotStored,
     SubscriptionRefused,
     publish_to,
@@ -65,6 +67,19 @@ class Listener:
         self.events.append(("refused", channel))
 
 
+@implementer(IShardListener)
+class ShardListener(Listener):
+    """A listener told of outages by channel (as the router is)."""
+
+    def channelsInterrupted(self, channels):
+        self.events.append(("interrupted", list(channels)))
+
+    def channelsResumed(self, channels, interrupted):
+        channels = list(channels)
+        self.events.append(("resumed", channels,
+                            [c for c in self.channels if interrupted(c)]))
+
+
 def subscribed(channel: bytes, count: int = 1) -> bytes:
     return b"*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:%d\r\n" % (len(channel), channel, count)
 
@@ -72,10 +87,12 @@ def subscribed(channel: bytes, count: int = 1) -> bytes:
 class _BrokerCase(SynchronousTestCase):
     """A broker on a Clock whose two connections are made at once."""
 
+    listener_class: type[Listener] = Listener
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.endpoint = FakeEndpoint()
-        self.listener = Listener(["a", "b"])
+        self.listener = self.listener_class(["a", "b"])
         self.broker = RedisBroker(RedisAddress(), reactor=self.clock, clock=self.clock,
                                   ping_interval=5, timeout=2, endpoint=self.endpoint,
                                   retry_policy=lambda attempt: 1.0)
@@ -556,3 +573,59 @@ class BackoffTests(SynchronousTestCase):
         self.clock.advance(60)
         self.assertEqual(len(self.endpoint.connections), count)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class RefusedForNowByChannelTests(_BrokerCase):
+    """A channel Redis refuses for now (a failover's new primary still saying the cluster
+    is down, a slot migrating, the dataset loading) is not subscribed: the listener that
+    hears of outages by channel is told it is interrupted, not that it goes on with the
+    connection, and resumed once it is subscribed; messages published meanwhile are not
+    delivered, and its clients must be told so."""
+
+    listener_class = ShardListener
+
+    def test_refusedAtResubscriptionIsInterruptedUntilSubscribed(self):
+        probe = self.broker._probe_channel.encode()
+        self._feed(self.sub, subscribed(probe) + b"-CLUSTERDOWN The cluster is down\r\n" +
+                   subscribed(b"b", 2))
+        self.assertEqual(self.listener.events, ["connected", ("interrupted", ["a"])])
+        self.assertTrue(self.broker.waiting("a"))
+        self.assertFalse(self.broker.waiting("b"))
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.listener.events), 2)  # not subscribed yet: nothing said
+        self._feed(self.sub, subscribed(b"a", 3))
+        self.assertEqual(self.listener.events[2:], [("resumed", ["a"], [])])
+        self.assertFalse(self.broker.waiting("a"))
+
+    def test_refusedAgainStaysInterrupted(self):
+        probe = self.broker._probe_channel.encode()
+        self._feed(self.sub, subscribed(probe) + b"-CLUSTERDOWN The cluster is down\r\n" +
+                   subscribed(b"b", 2))
+        self.clock.advance(1.0)
+        self._feed(self.sub, b"-CLUSTERDOWN The cluster is down\r\n")
+        self.assertEqual(self.listener.events, ["connected", ("interrupted", ["a"])])
+        self.assertTrue(self.broker.waiting("a"))
+        self.clock.advance(1.0)
+        self._feed(self.sub, subscribed(b"a", 3))
+        self.assertEqual(self.listener.events[2:], [("resumed", ["a"], [])])
+
+    def test_liveRefusalIsInterruptedUntilSubscribed(self):
+        self._ready()
+        self.listener.channels.append("c")
+        d = self.broker.subscribe("c")
+        self._feed(self.sub, b"-LOADING Redis is loading the dataset in memory\r\n")
+        self.failureResultOf(d, BrokerUnavailable)
+        self.assertEqual(self.listener.events, ["connected", ("interrupted", ["c"])])
+        self.clock.advance(1.0)
+        self._feed(self.sub, subscribed(b"c", 4))
+        self.assertEqual(self.listener.events[2:], [("resumed", ["c"], [])])
+
+    def test_reconnectionForgetsWhatWasRefused(self):
+        """The connection lost meanwhile: every channel is interrupted with it, and the
+        next connection subscribes them all (none is waiting for a retry)."""
+        probe = self.broker._probe_channel.encode()
+        self._feed(self.sub, subscribed(probe) + b"-CLUSTERDOWN The cluster is down\r\n" +
+                   subscribed(b"b", 2))
+        self.sub.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(self.broker.waiting("b"))
+        self.assertEqual(self.broker._waiting, set())

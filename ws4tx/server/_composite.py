@@ -17,7 +17,7 @@ know a channel by another name, which (:meth:`Composite.nameOf` and
 from __future__ import annotations
 
 from collections import Counter
-from typing import Generic, Hashable, Iterable, Optional, TypeVar
+from typing import Callable, Generic, Hashable, Iterable, Optional, TypeVar
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -36,7 +36,7 @@ K = TypeVar("K", bound=Hashable)
 B = TypeVar("B", bound=IBroker)
 
 
-@implementer(IBrokerListener)
+@implementer(IShardListener)
 class _MemberListener(Generic[K, B]):
     """What one member reports to: the composite, for that member."""
 
@@ -58,6 +58,21 @@ class _MemberListener(Generic[K, B]):
 
     def brokerConnected(self) -> None:
         self.owner._memberConnected(self.key)
+
+    def channelsInterrupted(self, channels: Iterable[str]) -> None:
+        """Channels of this member that Redis refused for now (its other channels are
+        subscribed)."""
+        listener = self.owner._listener
+        if IShardListener.providedBy(listener):
+            listener.channelsInterrupted([self.owner.channelOfName(c) for c in channels])
+
+    def channelsResumed(self, channels: Iterable[str],
+                        interrupted: Callable[[str], bool]) -> None:
+        """Channels of this member refused for now before are subscribed now."""
+        listener = self.owner._listener
+        if IShardListener.providedBy(listener):
+            listener.channelsResumed([self.owner.channelOfName(c) for c in channels],
+                                     self.owner.isInterrupted)
 
     def brokerDisconnected(self) -> None:
         self.owner._memberLost(self.key)
@@ -137,9 +152,13 @@ class Composite(Generic[K, B]):
         return any(m.delivering for m in self.members.values())
 
     def isInterrupted(self, channel: str) -> bool:
-        """Whether the member of ``channel`` is unknown or not connected."""
+        """Whether ``channel`` misses its messages now: its member is unknown or not
+        connected, or refused it for now (a cluster down, its slot migrating)."""
         key = self.memberOf(channel)
-        return key is None or not self._up.get(key, False)
+        if key is None or not self._up.get(key, False):
+            return True
+        waiting = getattr(self.members.get(key), "waiting", None)
+        return waiting is not None and bool(waiting(self.nameOf(channel)))
 
     def barrier(self) -> defer.Deferred[None]:
         """Every member's barrier: fires once each has handed over what was published

@@ -44,6 +44,7 @@ from ws4tx.server.broker import (
     CommandRefused,
     IBroker,
     IBrokerListener,
+    IShardListener,
     NotStored,
     SubscriptionRefused,
     is_acl_refusal,
@@ -355,6 +356,10 @@ class RedisBroker:
         self._refused_for_now: dict[str, str] = {}
         self._refused_retry: Optional[Any] = None
         self._refused_attempt = 0
+        #: The wanted channels Redis refused for now and that are not subscribed since: a
+        #: listener told of outages by channel (IShardListener) hears them interrupted,
+        #: and resumed once subscribed (never resumed with the connection).
+        self._waiting: set[str] = set()
         self._cmd: Optional[txredisapi.BaseRedisProtocol] = None
         #: Commands waiting for the command connection while it is first being made:
         #: fired when it is ready, failed when an attempt fails.
@@ -394,6 +399,11 @@ class RedisBroker:
         if self.refusals.problem is not None:
             return f"subscriptions: {self.refusals.problem}"
         return None
+
+    def waiting(self, channel: str) -> bool:
+        """Whether ``channel`` is not subscribed now: no subscriber, or Redis refused it
+        for now and it was not subscribed since."""
+        return self._sub is None or channel in self._waiting
 
     @property
     def delivering(self) -> bool:
@@ -499,15 +509,32 @@ class RedisBroker:
         for channel, reason in refused:
             self._channelRefused(channel, reason)
         self._listener.brokerConnected()
+        self._interrupt(sorted(self._waiting))
         self._probe()
         self._scheduleRefusedRetry()
+
+    def _interrupt(self, channels: list[str]) -> None:
+        """Tell a listener that hears of outages by channel that ``channels`` (refused for
+        now) miss their messages until they are subscribed."""
+        listener = self._listener
+        if channels and IShardListener.providedBy(listener):
+            listener.channelsInterrupted(channels)
+
+    def _resume(self, channels: list[str]) -> None:
+        """``channels``, refused for now before, are subscribed: their clients are told
+        delivery goes on (those with no other channel still waiting)."""
+        listener = self._listener
+        if channels and IShardListener.providedBy(listener):
+            listener.channelsResumed(channels, self.waiting)
 
     def _channelRefused(self, channel: str, reason: str) -> None:
         """Redis refused to subscribe a client's ``channel``: for now (then it is tried
         again, see :meth:`_retryRefused`) or for good (the listener is told)."""
         if self._retriesRefusal(reason):
             self._refused_for_now[channel] = reason
+            self._waiting.add(channel)
         else:
+            self._waiting.discard(channel)
             assert self._listener is not None
             self._listener.subscriptionRefused(channel, reason)
 
@@ -522,6 +549,9 @@ class RedisBroker:
         error = failure.value
         if isinstance(error, SubscriptionRefused) and self._retriesRefusal(error.reason):
             self._refused_for_now[channel] = error.reason
+            if channel not in self._waiting:
+                self._waiting.add(channel)
+                self._interrupt([channel])
             self._scheduleRefusedRetry()
             raise BrokerUnavailable(f"Redis refused {channel} for now: {error.reason}")
         return failure
@@ -599,17 +629,23 @@ class RedisBroker:
                 self._probeMoved()
             refused[self._probe_channel] = reason
         channels = [c for c in refused if c in wanted or c == self._probe_channel]
+        self._waiting &= wanted
         outstanding = [len(channels)]
+        subscribed_now: list[str] = []
 
         def settled(_: object = None) -> None:
             outstanding[0] -= 1
             if not outstanding[0] and self._sub is proto:
+                self._resume(subscribed_now)
                 self._scheduleRefusedRetry()
 
         def answered(reply: object, channel: str) -> None:
             if channel == self._probe_channel:
                 self._probeSubscribed(reply)
                 self._probe()
+            elif self._sub is proto and channel in self._waiting:
+                self._waiting.discard(channel)
+                subscribed_now.append(channel)
             settled()
 
         def failed(failure: Failure, channel: str) -> None:
@@ -640,6 +676,7 @@ class RedisBroker:
         # the reconnection subscribes every channel, those refused for now included
         self._cancelRefusedRetry()
         self._refused_for_now = {}
+        self._waiting.clear()
         barriers, self._barriers = self._barriers, {}
         for barrier in barriers.values():
             barrier.errback(BrokerUnavailable("lost the subscriber connection"))
