@@ -287,12 +287,16 @@ class AclTests(ServerTestCase):
         self.assertEqual(self.redis.pubsub_channels("__ws4tx_probe__*"), [])
 
         self.redis.execute_command("ACL", "SETUSER", "ws4tx", "allchannels")
+        # The kill takes the command connection too: it comes back on its own backoff,
+        # maybe after the subscriber, and a barrier is published through it.
+        command_back = log.waitFor("Redis command connection to ")
         self.redis.execute_command("CLIENT", "KILL", "USER", "ws4tx")
         await self.brokerEvent("disconnected")
         await self.brokerEvent("connected")
         self.assertEqual(len(self.redis.pubsub_channels("__ws4tx_probe__*")), 1)
         self.assertEqual(log.count("refused for now"), 0)
         self.assertEqual(log.count("delivery probe channel"), 1)
+        self.assertIn("restored", formatEvent(await command_back))
         await self.service.broker.barrier()  # only a subscribed probe channel passes one
 
     async def test_refusedControlChannelIsLoggedAndClientsAreServed(self):
