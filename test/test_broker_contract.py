@@ -23,7 +23,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from ws4tx.history import Position, Publication, Retention, strip_position
+from ws4tx.history import HistoryRead, Position, Publication, Retention, strip_position
 from ws4tx.naming import (
     control_channel,
     history_keys,
@@ -33,6 +33,7 @@ from ws4tx.naming import (
 )
 from ws4tx.presence import JOIN, LEAVE, Entry, Stats, parse_entries, parse_stats
 from ws4tx.server.broker import (
+    BATCH,
     BrokerUnavailable,
     IBroker,
     IBrokerListener,
@@ -282,6 +283,19 @@ class BrokerContract:
         self.assertEqual(await self.settle(broker.fetch("kept")), b"last")
         self.assertIsNone(await self.settle(broker.fetch("unknown")))
 
+    async def test_fetchManyGivesEachKeysMessageInOrder(self):
+        """fetchMany() gives what fetch() gives of each key, in the keys' order, however
+        many (more than one batch: split, on whichever servers the keys live)."""
+        broker, _ = await self.start()
+        keys = [f"many:{n}" for n in range(BATCH + 7)]
+        stored = keys[::3]
+        await self.settle(defer.gatherResults(
+            [broker.publish(key, key.encode(), expire=60) for key in stored]))
+        asked = [*reversed(keys), "unknown"]
+        got = await self.settle(defer.gatherResults(broker.fetchMany(asked)))
+        self.assertEqual(got, [key.encode() if key in stored else None for key in asked])
+        self.assertEqual(broker.fetchMany([]), [])
+
     async def test_nothingStoredWithoutExpire(self):
         """A publish without expire stores nothing, and leaves a stored message alone."""
         broker, _ = await self.start()
@@ -435,6 +449,47 @@ class HistoryContract(BrokerContract):
         broker, _ = await self.start()
         await self.published(broker, "h:a", b"kept", expire=60)
         self.assertEqual(await self.settle(broker.fetch("h:a")), b"kept")
+
+    async def test_historiesReadEachChannelAsHistoryDoes(self):
+        """histories() gives what history() gives of each read, in their order, however
+        many channels (more than one batch: split, on whichever servers they live): the
+        same epochs and offsets, the same messages for the same since and limit, and an
+        untouched channel keeps the epoch it is given."""
+        broker, _ = await self.start()
+        channels = [f"h:many:{n}" for n in range(BATCH + 5)]
+        for n, channel in enumerate(channels[:12]):
+            for m in range(n % 5):
+                await self.published(broker, channel, b"%s/%d" % (channel.encode(), m))
+        reads = [HistoryRead(channel, self.KEEP, *((None, None), (0, None), (1, 1),
+                                                   (None, 2), (2, None))[n % 5])
+                 for n, channel in enumerate(channels)]
+        reads.append(HistoryRead(channels[1], Retention(size=3, ttl=90), 0, 1))
+        got = await self.settle(defer.gatherResults(broker.histories(reads)))
+        self.assertEqual(len(got), len(reads))
+        for read, batched in zip(reads, got, strict=True):
+            one = await self.read(broker, read.channel, read.retention, since=read.since,
+                                  limit=read.limit)
+            self.assertEqual(batched, one, read)
+        untouched = got[-2]
+        self.assertEqual((untouched.offset, untouched.publications), (0, []))
+        self.assertEqual(await self.published(broker, channels[-1], b"x"),
+                         Position(1, untouched.epoch))
+        self.assertEqual([p.payload for p in got[3].publications],
+                         [b"h:many:3/1", b"h:many:3/2"])
+
+    async def test_aBadReadOfHistoriesFailsAlone(self):
+        """A negative since or a limit below 1 fails its read with ValueError; the
+        others of the batch are read."""
+        broker, _ = await self.start()
+        await self.published(broker, "h:a", b"one")
+        answers = broker.histories([HistoryRead("h:a", self.KEEP, -1),
+                                    HistoryRead("h:a", self.KEEP, 0),
+                                    HistoryRead("h:b", self.KEEP, None, 0)])
+        await self.failure(answers[0], ValueError)
+        self.assertEqual((await self.settle(answers[1])).publications,
+                         [Publication(1, b"one")])
+        await self.failure(answers[2], ValueError)
+        self.assertEqual(broker.histories([]), [])
 
     async def test_badSinceOrLimitFails(self):
         """A negative since or a limit below 1 is refused with ValueError."""
