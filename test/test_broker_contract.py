@@ -25,6 +25,7 @@ from zope.interface.verify import verifyObject
 
 from ws4tx.history import HistoryRead, Position, Publication, Retention, strip_position
 from ws4tx.naming import (
+    cluster_history_keys,
     control_channel,
     history_keys,
     nodes_keys,
@@ -45,6 +46,7 @@ from ws4tx.server.cluster import ClusterBroker
 from ws4tx.server.embedded import EmbeddedRedis
 from ws4tx.server.redis_broker import RedisBroker
 from ws4tx.server.sharded_broker import ShardedBroker
+from ws4tx.sharding import key_slot
 from ws4tx.testing import MemoryBroker, MemoryBus
 
 from test._wsclient import TIMEOUT
@@ -1014,6 +1016,35 @@ class _TopologyContract(HistoryContract):
     async def settle(self, d: defer.Deferred[Any]) -> Any:
         return await d.addTimeout(TIMEOUT, reactor)
 
+    def batchesOf(self, broker: IBroker, names: list[str], history: bool) -> int:
+        """How many batched commands reading ``names`` (channels' histories, or stored
+        messages) takes on this topology: one per server, but one per slot on a Cluster."""
+        raise NotImplementedError
+
+    def calls(self, command: str) -> int:
+        """How many times the data servers ran ``command`` (INFO commandstats)."""
+        total = 0
+        for server in self.servers():
+            with redis.Redis(port=server.port, socket_timeout=5) as client:
+                stats = client.info("commandstats")
+            total += int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+        return total
+
+    async def test_batchedReadsCostOneCommandPerServerOrSlot(self):
+        """Reading 50 channels' histories and stored messages sends one histories script
+        call and one MGET per server holding any of them (per slot on a Cluster, those of
+        a node sent together): what a reconnect of a client of 50 channels costs."""
+        broker, _ = await self.start()
+        channels = [f"h:cost:{n}" for n in range(50)]
+        reads = [HistoryRead(channel, HistoryContract.KEEP) for channel in channels]
+        await self.settle(defer.gatherResults(broker.histories(reads)))  # loads the script
+        before = self.calls("evalsha"), self.calls("mget")
+        await self.settle(defer.gatherResults(broker.histories(reads)))
+        await self.settle(defer.gatherResults(broker.fetchMany(channels)))
+        ran = self.calls("evalsha") - before[0], self.calls("mget") - before[1]
+        self.assertEqual(ran, (self.batchesOf(broker, channels, history=True),
+                               self.batchesOf(broker, channels, history=False)))
+
 
 class SentinelBrokerContractTests(_TopologyContract, TopologyOutageContract,
                                   unittest.TestCase):
@@ -1045,6 +1076,9 @@ class SentinelBrokerContractTests(_TopologyContract, TopologyOutageContract,
     def innerBrokers(self, broker: IBroker) -> list[RedisBroker]:
         assert isinstance(broker, RedisBroker)
         return [broker]
+
+    def batchesOf(self, broker: IBroker, names: list[str], history: bool) -> int:
+        return 1
 
     async def takeDown(self, broker: IBroker) -> None:
         assert isinstance(broker, RedisBroker)
@@ -1123,6 +1157,12 @@ class ShardedBrokerContractTests(_TopologyContract, TopologyOutageContract,
         assert isinstance(broker, ShardedBroker)
         return [b for b in broker.shards if isinstance(b, RedisBroker)]
 
+    def batchesOf(self, broker: IBroker, names: list[str], history: bool) -> int:
+        assert isinstance(broker, ShardedBroker)
+        used = {broker.shardOf(name) for name in names}
+        self.assertEqual(used, {0, 1, 2})  # every server answers its part
+        return len(used)
+
     def test_theChannelsOfTheContractUseEveryShard(self):
         """The contract's channels are spread over the three servers (else it would
         test one)."""
@@ -1168,6 +1208,17 @@ class ClusterBrokerContractTests(_TopologyContract, TopologyOutageContract,
     def innerBrokers(self, broker: IBroker) -> list[RedisBroker]:
         assert isinstance(broker, ClusterBroker)
         return list(broker.nodes.values())
+
+    def batchesOf(self, broker: IBroker, names: list[str], history: bool) -> int:
+        assert isinstance(broker, ClusterBroker)
+        if history:
+            keys = [cluster_history_keys(broker.prefix, name)[0] for name in names]
+        else:
+            keys = [broker.clusterName(name) for name in names]
+        slots = {key_slot(key) for key in keys}
+        self.assertEqual({broker.slots.node_of_slot(slot) for slot in slots if broker.slots},
+                         set(broker.nodes))  # every primary answers its part
+        return len(slots)
 
     @staticmethod
     def _node(server: EmbeddedRedis) -> tuple[str, int]:
