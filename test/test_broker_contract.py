@@ -1163,6 +1163,35 @@ class ShardedBrokerContractTests(_TopologyContract, TopologyOutageContract,
         self.assertEqual(used, {0, 1, 2})  # every server answers its part
         return len(used)
 
+    async def test_aServerDownFailsItsPartOfABatchOnly(self):
+        """With one server down, a batched read of channels on every server answers the
+        others' channels (histories and stored messages) and fails the down server's
+        with BrokerUnavailable; once it is back, all are answered."""
+        broker, listener = await self.start(shards=True)
+        for channel in self.CHANNELS:
+            await self.published(broker, channel, channel.encode(), expire=60)
+        down = set(self.downChannels(broker))
+        await self.takeDown(broker)
+        self.assertEqual(await self.event(listener), ("interrupted", ()))  # none subscribed
+        reads = [HistoryRead(channel, self.KEEP) for channel in self.CHANNELS]
+        for answers in (broker.histories(reads), broker.fetchMany(self.CHANNELS)):
+            for channel, answer in zip(self.CHANNELS, answers, strict=True):
+                if channel in down:
+                    await self.failure(answer, BrokerUnavailable)
+                    continue
+                got = await self.settle(answer)
+                if isinstance(got, bytes):
+                    self.assertEqual(got, channel.encode())
+                else:
+                    self.assertEqual([p.payload for p in got.publications],
+                                     [channel.encode()])
+        await self.bringBack(broker)
+        got = await self.settle(defer.gatherResults(broker.histories(reads)))
+        self.assertEqual([[p.payload for p in h.publications] for h in got],
+                         [[channel.encode()] for channel in self.CHANNELS])
+        self.assertEqual(await self.settle(defer.gatherResults(
+            broker.fetchMany(self.CHANNELS))), [c.encode() for c in self.CHANNELS])
+
     def test_theChannelsOfTheContractUseEveryShard(self):
         """The contract's channels are spread over the three servers (else it would
         test one)."""
