@@ -23,8 +23,9 @@ from twisted.trial import unittest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from ws4tx.history import Position, Publication, Retention, strip_position
+from ws4tx.history import HistoryRead, Position, Publication, Retention, strip_position
 from ws4tx.naming import (
+    cluster_history_keys,
     control_channel,
     history_keys,
     nodes_keys,
@@ -33,6 +34,7 @@ from ws4tx.naming import (
 )
 from ws4tx.presence import JOIN, LEAVE, Entry, Stats, parse_entries, parse_stats
 from ws4tx.server.broker import (
+    BATCH,
     BrokerUnavailable,
     IBroker,
     IBrokerListener,
@@ -44,6 +46,7 @@ from ws4tx.server.cluster import ClusterBroker
 from ws4tx.server.embedded import EmbeddedRedis
 from ws4tx.server.redis_broker import RedisBroker
 from ws4tx.server.sharded_broker import ShardedBroker
+from ws4tx.sharding import key_slot
 from ws4tx.testing import MemoryBroker, MemoryBus
 
 from test._wsclient import TIMEOUT
@@ -282,6 +285,19 @@ class BrokerContract:
         self.assertEqual(await self.settle(broker.fetch("kept")), b"last")
         self.assertIsNone(await self.settle(broker.fetch("unknown")))
 
+    async def test_fetchManyGivesEachKeysMessageInOrder(self):
+        """fetchMany() gives what fetch() gives of each key, in the keys' order, however
+        many (more than one batch: split, on whichever servers the keys live)."""
+        broker, _ = await self.start()
+        keys = [f"many:{n}" for n in range(BATCH + 7)]
+        stored = keys[::3]
+        await self.settle(defer.gatherResults(
+            [broker.publish(key, key.encode(), expire=60) for key in stored]))
+        asked = [*reversed(keys), "unknown"]
+        got = await self.settle(defer.gatherResults(broker.fetchMany(asked)))
+        self.assertEqual(got, [key.encode() if key in stored else None for key in asked])
+        self.assertEqual(broker.fetchMany([]), [])
+
     async def test_nothingStoredWithoutExpire(self):
         """A publish without expire stores nothing, and leaves a stored message alone."""
         broker, _ = await self.start()
@@ -435,6 +451,47 @@ class HistoryContract(BrokerContract):
         broker, _ = await self.start()
         await self.published(broker, "h:a", b"kept", expire=60)
         self.assertEqual(await self.settle(broker.fetch("h:a")), b"kept")
+
+    async def test_historiesReadEachChannelAsHistoryDoes(self):
+        """histories() gives what history() gives of each read, in their order, however
+        many channels (more than one batch: split, on whichever servers they live): the
+        same epochs and offsets, the same messages for the same since and limit, and an
+        untouched channel keeps the epoch it is given."""
+        broker, _ = await self.start()
+        channels = [f"h:many:{n}" for n in range(BATCH + 5)]
+        for n, channel in enumerate(channels[:12]):
+            for m in range(n % 5):
+                await self.published(broker, channel, b"%s/%d" % (channel.encode(), m))
+        reads = [HistoryRead(channel, self.KEEP, *((None, None), (0, None), (1, 1),
+                                                   (None, 2), (2, None))[n % 5])
+                 for n, channel in enumerate(channels)]
+        reads.append(HistoryRead(channels[1], Retention(size=3, ttl=90), 0, 1))
+        got = await self.settle(defer.gatherResults(broker.histories(reads)))
+        self.assertEqual(len(got), len(reads))
+        for read, batched in zip(reads, got, strict=True):
+            one = await self.read(broker, read.channel, read.retention, since=read.since,
+                                  limit=read.limit)
+            self.assertEqual(batched, one, read)
+        untouched = got[-2]
+        self.assertEqual((untouched.offset, untouched.publications), (0, []))
+        self.assertEqual(await self.published(broker, channels[-1], b"x"),
+                         Position(1, untouched.epoch))
+        self.assertEqual([p.payload for p in got[3].publications],
+                         [b"h:many:3/1", b"h:many:3/2"])
+
+    async def test_aBadReadOfHistoriesFailsAlone(self):
+        """A negative since or a limit below 1 fails its read with ValueError; the
+        others of the batch are read."""
+        broker, _ = await self.start()
+        await self.published(broker, "h:a", b"one")
+        answers = broker.histories([HistoryRead("h:a", self.KEEP, -1),
+                                    HistoryRead("h:a", self.KEEP, 0),
+                                    HistoryRead("h:b", self.KEEP, None, 0)])
+        await self.failure(answers[0], ValueError)
+        self.assertEqual((await self.settle(answers[1])).publications,
+                         [Publication(1, b"one")])
+        await self.failure(answers[2], ValueError)
+        self.assertEqual(broker.histories([]), [])
 
     async def test_badSinceOrLimitFails(self):
         """A negative since or a limit below 1 is refused with ValueError."""
@@ -959,6 +1016,35 @@ class _TopologyContract(HistoryContract):
     async def settle(self, d: defer.Deferred[Any]) -> Any:
         return await d.addTimeout(TIMEOUT, reactor)
 
+    def batchesOf(self, broker: IBroker, names: list[str], history: bool) -> int:
+        """How many batched commands reading ``names`` (channels' histories, or stored
+        messages) takes on this topology: one per server, but one per slot on a Cluster."""
+        raise NotImplementedError
+
+    def calls(self, command: str) -> int:
+        """How many times the data servers ran ``command`` (INFO commandstats)."""
+        total = 0
+        for server in self.servers():
+            with redis.Redis(port=server.port, socket_timeout=5) as client:
+                stats = client.info("commandstats")
+            total += int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+        return total
+
+    async def test_batchedReadsCostOneCommandPerServerOrSlot(self):
+        """Reading 50 channels' histories and stored messages sends one histories script
+        call and one MGET per server holding any of them (per slot on a Cluster, those of
+        a node sent together): what a reconnect of a client of 50 channels costs."""
+        broker, _ = await self.start()
+        channels = [f"h:cost:{n}" for n in range(50)]
+        reads = [HistoryRead(channel, HistoryContract.KEEP) for channel in channels]
+        await self.settle(defer.gatherResults(broker.histories(reads)))  # loads the script
+        before = self.calls("evalsha"), self.calls("mget")
+        await self.settle(defer.gatherResults(broker.histories(reads)))
+        await self.settle(defer.gatherResults(broker.fetchMany(channels)))
+        ran = self.calls("evalsha") - before[0], self.calls("mget") - before[1]
+        self.assertEqual(ran, (self.batchesOf(broker, channels, history=True),
+                               self.batchesOf(broker, channels, history=False)))
+
 
 class SentinelBrokerContractTests(_TopologyContract, TopologyOutageContract,
                                   unittest.TestCase):
@@ -990,6 +1076,9 @@ class SentinelBrokerContractTests(_TopologyContract, TopologyOutageContract,
     def innerBrokers(self, broker: IBroker) -> list[RedisBroker]:
         assert isinstance(broker, RedisBroker)
         return [broker]
+
+    def batchesOf(self, broker: IBroker, names: list[str], history: bool) -> int:
+        return 1
 
     async def takeDown(self, broker: IBroker) -> None:
         assert isinstance(broker, RedisBroker)
@@ -1068,6 +1157,41 @@ class ShardedBrokerContractTests(_TopologyContract, TopologyOutageContract,
         assert isinstance(broker, ShardedBroker)
         return [b for b in broker.shards if isinstance(b, RedisBroker)]
 
+    def batchesOf(self, broker: IBroker, names: list[str], history: bool) -> int:
+        assert isinstance(broker, ShardedBroker)
+        used = {broker.shardOf(name) for name in names}
+        self.assertEqual(used, {0, 1, 2})  # every server answers its part
+        return len(used)
+
+    async def test_aServerDownFailsItsPartOfABatchOnly(self):
+        """With one server down, a batched read of channels on every server answers the
+        others' channels (histories and stored messages) and fails the down server's
+        with BrokerUnavailable; once it is back, all are answered."""
+        broker, listener = await self.start(shards=True)
+        for channel in self.CHANNELS:
+            await self.published(broker, channel, channel.encode(), expire=60)
+        down = set(self.downChannels(broker))
+        await self.takeDown(broker)
+        self.assertEqual(await self.event(listener), ("interrupted", ()))  # none subscribed
+        reads = [HistoryRead(channel, self.KEEP) for channel in self.CHANNELS]
+        for answers in (broker.histories(reads), broker.fetchMany(self.CHANNELS)):
+            for channel, answer in zip(self.CHANNELS, answers, strict=True):
+                if channel in down:
+                    await self.failure(answer, BrokerUnavailable)
+                    continue
+                got = await self.settle(answer)
+                if isinstance(got, bytes):
+                    self.assertEqual(got, channel.encode())
+                else:
+                    self.assertEqual([p.payload for p in got.publications],
+                                     [channel.encode()])
+        await self.bringBack(broker)
+        got = await self.settle(defer.gatherResults(broker.histories(reads)))
+        self.assertEqual([[p.payload for p in h.publications] for h in got],
+                         [[channel.encode()] for channel in self.CHANNELS])
+        self.assertEqual(await self.settle(defer.gatherResults(
+            broker.fetchMany(self.CHANNELS))), [c.encode() for c in self.CHANNELS])
+
     def test_theChannelsOfTheContractUseEveryShard(self):
         """The contract's channels are spread over the three servers (else it would
         test one)."""
@@ -1113,6 +1237,17 @@ class ClusterBrokerContractTests(_TopologyContract, TopologyOutageContract,
     def innerBrokers(self, broker: IBroker) -> list[RedisBroker]:
         assert isinstance(broker, ClusterBroker)
         return list(broker.nodes.values())
+
+    def batchesOf(self, broker: IBroker, names: list[str], history: bool) -> int:
+        assert isinstance(broker, ClusterBroker)
+        if history:
+            keys = [cluster_history_keys(broker.prefix, name)[0] for name in names]
+        else:
+            keys = [broker.clusterName(name) for name in names]
+        slots = {key_slot(key) for key in keys}
+        self.assertEqual({broker.slots.node_of_slot(slot) for slot in slots if broker.slots},
+                         set(broker.nodes))  # every primary answers its part
+        return len(slots)
 
     @staticmethod
     def _node(server: EmbeddedRedis) -> tuple[str, int]:

@@ -204,13 +204,13 @@ class LargeRecoveryTests(_LiveTestCase):
         """Record (since, limit) of every history read the node makes from now on."""
         calls: list[tuple[Any, Any]] = []
         broker = self.factory.node.broker
-        history = broker.history
+        histories = broker.histories
 
-        def recorded(keys: Any, retention: Any, since: Any = None, limit: Any = None) -> Any:
-            calls.append((since, limit))
-            return history(keys, retention, since=since, limit=limit)
+        def recorded(reads: Any) -> Any:
+            calls.extend((read.since, read.limit) for read in reads)
+            return histories(reads)
 
-        broker.history = recorded  # type: ignore[method-assign]
+        broker.histories = recorded  # type: ignore[method-assign]
         return calls
 
     async def test_aClientThatMissed12MegabytesRecoversAllOfItThenLive(self) -> None:

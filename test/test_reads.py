@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx import envelope
-from ws4tx.history import History, Position, Publication, Retention
+from ws4tx.history import History, HistoryRead, Position, Publication, Retention
 from ws4tx.server.broker import BrokerUnavailable
 from ws4tx.server.reads import HistoryReads, SharedHistory
 from ws4tx.server.streams import FIRST_PAGE
@@ -23,7 +23,13 @@ class CountingBroker:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Optional[int], Optional[int]]] = []
+        #: The channels of each batched read.
+        self.batches: list[list[str]] = []
         self.fail = 0
+
+    def histories(self, reads: list[HistoryRead]) -> list[defer.Deferred[History]]:
+        self.batches.append([read.channel for read in reads])
+        return [self.history(*read) for read in reads]
 
     def history(self, channel: str, retention: Retention,
                 since: Optional[int] = None, limit: Optional[int] = None) -> Any:
@@ -64,7 +70,9 @@ class HistoryReadsTests(SynchronousTestCase):
         self.assertTrue(all(got == [shared] for got in a))
         self.assertEqual([p.offset for p in shared.history.publications], list(range(4, 11)))
         self.assertEqual([p.offset for p in b[0].history.publications], [10])
-        self.assertEqual(self.reads.stats, {"history_reads": 2,
+        self.assertEqual(self.broker.batches, [["ws4tx:broadcast:chat",
+                                                "ws4tx:broadcast:news"]])
+        self.assertEqual(self.reads.stats, {"history_reads": 2, "history_batches": 1,
                                             "history_read_requests": 1001})
         # The next turn's askers get a read of their own.
         self.reads.read("ws4tx:broadcast:chat", RETENTION, 5)

@@ -32,6 +32,8 @@ from typing import Any, NamedTuple, Optional, Sequence
 #: The scripts, in ``ws4tx/lua/``.
 PUBLISH_SCRIPT = "publish.lua"
 HISTORY_SCRIPT = "history.lua"
+#: The server's: the histories of several channels in one call (``history.lua`` for each).
+HISTORIES_SCRIPT = "histories.lua"
 #: The Django side's: a keyed publish on a facility without history, and a channel's
 #: position without its messages.
 PUBLISH_ONCE_SCRIPT = "publish_once.lua"
@@ -120,6 +122,16 @@ class History:
     epoch: str
     offset: int
     publications: list[Publication] = field(default_factory=list)
+
+
+class HistoryRead(NamedTuple):
+    """One channel's part of a batched history read (see :func:`history_args` for
+    ``since`` and ``limit``)."""
+
+    channel: str
+    retention: Retention
+    since: Optional[int] = None
+    limit: Optional[int] = None
 
 
 # The published form: "__ws4tx_p1:<offset>:<epoch>__<payload>" (see docs/protocol.md).
@@ -250,6 +262,23 @@ def parse_history(reply: Sequence[Any]) -> History:
         publications.append(Publication(offset, payload if isinstance(payload, bytes)
                                         else str(payload).encode("utf-8")))
     return History(_text(epoch), int(top), publications)
+
+
+def histories_args(reads: Sequence[tuple[list[Any], list[Any]]]
+                   ) -> tuple[list[Any], list[Any]]:
+    """The keys and arguments of :data:`HISTORIES_SCRIPT`: those of :func:`history_args`
+    of each channel, in turn."""
+    keys: list[Any] = []
+    args: list[Any] = []
+    for read_keys, read_args in reads:
+        keys.extend(read_keys)
+        args.extend(read_args)
+    return keys, args
+
+
+def parse_histories(reply: Sequence[Any]) -> list[History]:
+    """:data:`HISTORIES_SCRIPT`'s reply: a :class:`History` per channel, in turn."""
+    return [parse_history(one) for one in reply]
 
 
 def _text(value: Any) -> str:

@@ -18,7 +18,7 @@ import fnmatch
 import json
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -302,6 +302,9 @@ class MemoryBroker:
     def fetch(self, key: str) -> defer.Deferred[Optional[bytes]]:
         return self._run(self.bus.get, key)
 
+    def fetchMany(self, keys: Sequence[str]) -> list[defer.Deferred[Optional[bytes]]]:
+        return [self.fetch(key) for key in keys]
+
     def barrier(self) -> defer.Deferred[None]:
         try:
             self._check()
@@ -322,6 +325,10 @@ class MemoryBroker:
                 since: Optional[int] = None,
                 limit: Optional[int] = None) -> defer.Deferred[_history.History]:
         return self._run(self.bus.history, channel, retention, since, limit)
+
+    def histories(self, reads: Sequence[_history.HistoryRead]
+                  ) -> list[defer.Deferred[_history.History]]:
+        return [self.history(*read) for read in reads]
 
     def updatePresence(self, keys: PresenceKeys, ttl: float,
                        changes: list[tuple[str, str, Optional[str], str]],

@@ -11,14 +11,16 @@ the message and keeps it in the channel's stream, and read with :meth:`IBroker.h
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Hashable, Iterable, Optional, Sequence, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
 from ws4tx.history import (
     History,
+    HistoryRead,
     NotStored as NotStored,  # the one class of both halves
     Published,
     Retention,
@@ -174,6 +176,12 @@ class IBroker(Interface):
     def fetch(key: str) -> Deferred[Optional[bytes]]:
         """The message stored under ``key``, or None."""
 
+    def fetchMany(keys: Sequence[str]) -> list[Deferred[Optional[bytes]]]:
+        """What :meth:`fetch` gives of each of ``keys``, one Deferred per key in their
+        order, in one round trip: one ``MGET`` per Redis server (per slot on a Redis
+        Cluster, sent together to each node; at most :data:`BATCH` keys each). A server
+        that cannot answer fails its keys only."""
+
     def publishWithHistory(
         channel: str, payload: bytes, retention: Retention, expire: int = 0,
     ) -> Deferred[Published]:
@@ -195,6 +203,13 @@ class IBroker(Interface):
         keys the broker names for it; see :func:`ws4tx.history.history_args` for ``since``
         and ``limit``): a :class:`~ws4tx.history.History`."""
 
+    def histories(reads: Sequence[HistoryRead]) -> list[Deferred[History]]:
+        """What :meth:`history` gives of each of ``reads``, one Deferred per read in
+        their order, in one round trip: one call of ``ws4tx/lua/histories.lua`` per Redis
+        server (per slot on a Redis Cluster, sent together to each node; at most
+        :data:`BATCH` channels each). A bad read (``ValueError``) or a server that cannot
+        answer fails its reads only."""
+
     def updatePresence(
         keys: PresenceKeys, ttl: float, changes: list[tuple[str, str, Optional[str], str]],
         audiences: Optional[dict[str, tuple[str, ...]]] = None,
@@ -211,6 +226,74 @@ class IBroker(Interface):
         given), its unexpired connections only: ``what`` "list" fires with their entries
         (JSON texts, see :func:`ws4tx.presence.parse_entries`), "stats" with
         (connections, distinct users) (see :func:`ws4tx.presence.parse_stats`)."""
+
+
+#: At most this many keys or channels in one batched command (an ``MGET``, a call of the
+#: histories script): more are split into several, sent together.
+BATCH = 100
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def spread(d: Deferred[list[R]], count: int) -> list[Deferred[R]]:
+    """``count`` Deferreds, the i-th firing with the i-th item of what ``d`` fires with
+    (all failing with its failure)."""
+    parts: list[Deferred[R]] = [Deferred() for _ in range(count)]
+
+    def answered(reply: list[R]) -> None:
+        for part, item in zip(parts, reply, strict=True):
+            part.callback(item)
+
+    def failed(failure: Failure) -> None:
+        for part in parts:
+            part.errback(failure)
+
+    d.addCallbacks(answered, failed)
+    return parts
+
+
+def batched(items: Sequence[T], call: Callable[[list[T]], Deferred[list[R]]],
+            group: Callable[[T], Hashable] = lambda _: None,
+            check: Optional[Callable[[T], object]] = None) -> list[Deferred[R]]:
+    """One Deferred per item of ``items``, in their order, from ``call`` made once per
+    ``group`` (the items of one group, at most :data:`BATCH` a call, in their order; it
+    fires with a result per item). An item that ``check`` (or ``group``) refuses with
+    ``ValueError`` fails alone."""
+    results: list[Optional[Deferred[R]]] = [None] * len(items)
+    groups: dict[Hashable, list[int]] = {}
+    for index, item in enumerate(items):
+        try:
+            if check is not None:
+                check(item)
+            key = group(item)
+        except ValueError:
+            results[index] = defer.fail()
+            continue
+        groups.setdefault(key, []).append(index)
+    for indices in groups.values():
+        for start in range(0, len(indices), BATCH):
+            chunk = indices[start:start + BATCH]
+            sent = defer.maybeDeferred(call, [items[i] for i in chunk])
+            for index, part in zip(chunk, spread(sent, len(chunk)), strict=True):
+                results[index] = part
+    return [d for d in results if d is not None]
+
+
+def routed(items: Sequence[T], memberOf: Callable[[T], Hashable],
+           call: Callable[[Hashable, list[T]], list[Deferred[R]]]) -> list[Deferred[R]]:
+    """One Deferred per item of ``items``, in their order, from ``call`` made once per
+    member (the items ``memberOf`` places on it, in their order; it gives a Deferred per
+    item)."""
+    members: dict[Hashable, list[int]] = {}
+    for index, item in enumerate(items):
+        members.setdefault(memberOf(item), []).append(index)
+    results: list[Optional[Deferred[R]]] = [None] * len(items)
+    for member, indices in members.items():
+        answers = call(member, [items[i] for i in indices])
+        for index, answer in zip(indices, answers, strict=True):
+            results[index] = answer
+    return [d for d in results if d is not None]
 
 
 def publish_to(

@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ws4tx.history import History, Published, Retention
+from ws4tx.history import History, HistoryRead, Published, Retention, check_range
 from ws4tx.naming import (
     PresenceKeys,
     channel_of_cluster_channel,
@@ -52,6 +52,7 @@ from ws4tx.server.broker import (
     IBrokerListener,
     IShardListener,
     SubscriptionRefused,
+    batched,
 )
 from ws4tx.server.redis_broker import RedisBroker, _Prepared
 from ws4tx.sharding import CLUSTER_SLOTS, key_slot
@@ -740,6 +741,16 @@ class ClusterBroker(Composite[Node, _NodeBroker]):
         name = self.clusterName(key)
         return self._onNode(name, lambda b: b.fetch(name))
 
+    def fetchMany(self, keys: Sequence[str]) -> list[defer.Deferred[Optional[bytes]]]:
+        """One ``MGET`` per slot of the keys' cluster names (the keys of one command must
+        share a slot), those of one node sent together: one round trip per node."""
+        return batched(keys, self._mgetOnSlot, group=lambda key: key_slot(
+            self.clusterName(key)))
+
+    def _mgetOnSlot(self, keys: list[str]) -> defer.Deferred[list[Optional[bytes]]]:
+        names = [self.clusterName(key) for key in keys]
+        return self._onNode(names[0], lambda b: b.mget(names))
+
     def publishWithHistory(self, channel: str, payload: bytes, retention: Retention,
                            expire: int = 0) -> defer.Deferred[Published]:
         """The publish script on the primary of the channel's partition, which names its
@@ -753,6 +764,20 @@ class ClusterBroker(Composite[Node, _NodeBroker]):
         keys (:meth:`_NodeBroker.historyKeys`)."""
         return self._onNode(self.clusterName(channel), lambda b: b.history(
             channel, retention, since, limit))
+
+    def histories(self, reads: Sequence[HistoryRead]) -> list[defer.Deferred[History]]:
+        """One call of the histories script per slot of the channels' history keys (a
+        script's keys must share a slot), those of one node sent together: one round
+        trip per node."""
+        return batched(reads, self._readOnSlot, group=self._historySlot,
+                       check=lambda read: check_range(read.since, read.limit))
+
+    def _historySlot(self, read: HistoryRead) -> int:
+        return key_slot(cluster_history_keys(self.prefix, read.channel)[0])
+
+    def _readOnSlot(self, reads: list[HistoryRead]) -> defer.Deferred[list[History]]:
+        stream, _ = cluster_history_keys(self.prefix, reads[0].channel)
+        return self._onNode(stream, lambda b: b.readHistories(reads))
 
     def updatePresence(self, keys: PresenceKeys, ttl: float,
                        changes: list[tuple[str, str, Optional[str], str]],

@@ -125,6 +125,9 @@ COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "history_reads": ("ws4tx_history_reads",
                       "history reads for joining clients sent to Redis (one per channel "
                       "and batch)", {}),
+    "history_batches": ("ws4tx_history_read_batches",
+                        "batches those reads went in (one per reactor turn; a batch costs "
+                        "one round trip to each Redis server it reads from)", {}),
     "history_read_requests": ("ws4tx_history_read_requests",
                               "joining clients' history reads, answered by those reads", {}),
     "presence_writes": ("ws4tx_presence_writes",

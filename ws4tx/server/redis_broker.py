@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from typing import Any, Callable, NoReturn, Optional, cast
+from typing import Any, Callable, NoReturn, Optional, Sequence, cast
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
@@ -47,6 +47,7 @@ from ws4tx.server.broker import (
     IShardListener,
     NotStored,
     SubscriptionRefused,
+    batched,
     is_acl_refusal,
     refusal_kind,
     refusal_meaning,
@@ -868,6 +869,15 @@ class RedisBroker:
     def fetch(self, key: str) -> defer.Deferred[Optional[bytes]]:
         return self._command(lambda proto: proto.execute_command("GET", key))
 
+    def fetchMany(self, keys: Sequence[str]) -> list[defer.Deferred[Optional[bytes]]]:
+        """One ``MGET`` (a few when there are more than
+        :data:`~ws4tx.server.broker.BATCH` keys), sent together."""
+        return batched(keys, self.mget)
+
+    def mget(self, keys: Sequence[str]) -> defer.Deferred[list[Optional[bytes]]]:
+        """The messages stored under ``keys`` (None where none), by one ``MGET``."""
+        return self._command(lambda proto: proto.execute_command("MGET", *keys))
+
     def historyKeys(self, channel: str) -> tuple[str, str]:
         """The keys of ``channel``'s history here (stream, meta): ``ValueError`` for a
         channel outside the prefix."""
@@ -904,6 +914,30 @@ class RedisBroker:
             return defer.fail()
         return self._script(_history.HISTORY_SCRIPT, script_keys, args).addCallback(
             _history.parse_history)
+
+    def histories(self, reads: Sequence[_history.HistoryRead]
+                  ) -> list[defer.Deferred[_history.History]]:
+        """One call of ``ws4tx/lua/histories.lua`` (a few when there are more than
+        :data:`~ws4tx.server.broker.BATCH` reads), sent together (see
+        :meth:`IBroker.histories`)."""
+        return batched(reads, self.readHistories, check=self._historyArgs)
+
+    def _historyArgs(self, read: _history.HistoryRead) -> tuple[list[Any], list[Any]]:
+        """The keys and arguments of ``read`` (``ValueError`` for a bad one)."""
+        return _history.history_args(*self.historyKeys(read.channel), read.retention,
+                                     read.since, read.limit)
+
+    def readHistories(self, reads: Sequence[_history.HistoryRead]
+                      ) -> defer.Deferred[list[_history.History]]:
+        """The histories of ``reads`` by one call of ``ws4tx/lua/histories.lua`` (on a
+        Redis Cluster, every channel of ``reads`` on one slot)."""
+        try:
+            script_keys, args = _history.histories_args(
+                [self._historyArgs(read) for read in reads])
+        except ValueError:
+            return defer.fail()
+        return self._script(_history.HISTORIES_SCRIPT, script_keys, args).addCallback(
+            _history.parse_histories)
 
     def updatePresence(self, keys: PresenceKeys, ttl: float,
                        changes: list[tuple[str, str, Optional[str], str]],

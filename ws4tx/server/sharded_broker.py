@@ -21,16 +21,16 @@ server is; each server's loss is logged and counted.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Hashable, Optional, Sequence
 
 from twisted.internet import defer
 from zope.interface import implementer
 
 from ws4tx import naming
-from ws4tx.history import History, Published, Retention
+from ws4tx.history import History, HistoryRead, Published, Retention
 from ws4tx.naming import PresenceKeys
 from ws4tx.server._composite import Composite
-from ws4tx.server.broker import IBroker, IBrokerListener
+from ws4tx.server.broker import IBroker, IBrokerListener, routed
 
 
 @implementer(IBroker)
@@ -98,6 +98,16 @@ class ShardedBroker(Composite[int, IBroker]):
     def fetch(self, key: str) -> defer.Deferred[Optional[bytes]]:
         return self._of(key).fetch(key)
 
+    def fetchMany(self, keys: Sequence[str]) -> list[defer.Deferred[Optional[bytes]]]:
+        """Each server's keys in one batch of its own (one round trip: the servers'
+        batches are sent together)."""
+        return routed(keys, self.shardOf, self._fetchOn)
+
+    def _fetchOn(self, index: Hashable, keys: list[str]
+                 ) -> list[defer.Deferred[Optional[bytes]]]:
+        assert isinstance(index, int)
+        return self.shards[index].fetchMany(keys)
+
     def publishWithHistory(self, channel: str, payload: bytes, retention: Retention,
                            expire: int = 0) -> defer.Deferred[Published]:
         return self._of(channel).publishWithHistory(channel, payload, retention, expire)
@@ -106,6 +116,16 @@ class ShardedBroker(Composite[int, IBroker]):
                 limit: Optional[int] = None) -> defer.Deferred[History]:
         # its history keys carry the channel's hash tag: they are on its server
         return self._of(channel).history(channel, retention, since, limit)
+
+    def histories(self, reads: Sequence[HistoryRead]) -> list[defer.Deferred[History]]:
+        """Each server's channels in one batch of its own, the servers' batches sent
+        together."""
+        return routed(reads, lambda read: self.shardOf(read.channel), self._readOn)
+
+    def _readOn(self, index: Hashable, reads: list[HistoryRead]
+                ) -> list[defer.Deferred[History]]:
+        assert isinstance(index, int)
+        return self.shards[index].histories(reads)
 
     def updatePresence(self, keys: PresenceKeys, ttl: float,
                        changes: list[tuple[str, str, Optional[str], str]],

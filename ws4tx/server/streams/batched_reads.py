@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Optional
 
 from twisted.internet import defer
@@ -15,10 +14,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from ws4tx.envelope import server_voice
-from ws4tx.history import History, Position, Publication, Retention
+from ws4tx.history import History, HistoryRead, Position, Publication, Retention
 from ws4tx.server import deflate
 from ws4tx.server.broker import IBroker
-from ws4tx.server.streams._retry import retried
+from ws4tx.server.streams._retry import retried_each
 from ws4tx.server.streams._text import is_text
 
 #: Messages in a recovery's first page (shared by the clients that join in one turn, and
@@ -89,8 +88,9 @@ class HistoryReads:
         #: (channel, since, limit) -> a full page read with more after it (its messages
         #: cannot change), kept for the catch-ups that ask for it on a later turn.
         self._pages: OrderedDict[tuple[str, int, int], SharedHistory] = OrderedDict()
-        #: Reads sent to Redis, and the clients' requests they answered.
-        self.stats = {"history_reads": 0, "history_read_requests": 0}
+        #: Reads sent to Redis (one per channel), the batches they went in (one per
+        #: turn), and the clients' requests they answered.
+        self.stats = {"history_reads": 0, "history_batches": 0, "history_read_requests": 0}
 
     def read(self, channel: str, retention: Retention, since: Optional[int],
              limit: int = FIRST_PAGE) -> defer.Deferred[SharedHistory]:
@@ -126,12 +126,16 @@ class HistoryReads:
     def _flush(self) -> None:
         self._flush_call = None
         batches, self._batch = self._batch, {}
-        for channel, batch in batches.items():
-            self.stats["history_reads"] += 1
-            read = partial(self._broker.history, channel, batch.retention, since=batch.since,
-                           limit=batch.limit)
-            retried(read, self._clock).addBoth(self._answer, batch.waiters, channel,
-                                               batch.since, batch.limit)
+        # One batched read for every channel: one round trip (a call of the histories
+        # script per Redis server, per slot on a Cluster).
+        reads = [HistoryRead(channel, batch.retention, batch.since, batch.limit)
+                 for channel, batch in batches.items()]
+        self.stats["history_reads"] += len(reads)
+        self.stats["history_batches"] += 1
+        answers = retried_each(reads, self._broker.histories, self._clock)
+        for read, answer in zip(reads, answers, strict=True):
+            answer.addBoth(self._answer, batches[read.channel].waiters, read.channel,
+                           read.since, batches[read.channel].limit)
 
     def _answer(self, result: Any, waiters: list[defer.Deferred[Any]], channel: str,
                 since: Optional[int], limit: int) -> None:

@@ -141,8 +141,10 @@ class ClientStream:
         join in this turn."""
         streams = self._streams
         waits: list[defer.Deferred[Any]] = []
-        for channel in self.channels:
-            waits.append(streams.broker.fetch(channel).addCallbacks(
+        # Every channel's stored message in one batch (an MGET per Redis server).
+        stored = streams.broker.fetchMany(self.channels) if self.channels else []
+        for channel, fetched in zip(self.channels, stored, strict=True):
+            waits.append(fetched.addCallbacks(
                 self._fetched, self._noReplay, callbackArgs=(channel,),
                 errbackArgs=(channel,)))
         retention = self._retention
