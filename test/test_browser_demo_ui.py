@@ -400,7 +400,7 @@ class DemoPageTests(SynchronousTestCase):
         cid = next(json.loads(m["data"])["data"]["cid"]
                    for m in state["channels"][0]["messages"] if own in m.get("data", ""))
         reused = self.unique("mary's, with john's cid")
-        mary.evaluate("([text, cid]) => chat.client.request('message', {text, cid})",
+        mary.evaluate("([text, cid]) => chat.page.request('message', {text, cid})",
                       [reused, cid])
         expect(self.line(john, f"mary: {reused}")).to_have_count(1, timeout=WAIT_MS)
         expect(self.line(john, own).locator(".text")).to_have_text(f"john: {own}")
