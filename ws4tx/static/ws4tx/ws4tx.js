@@ -94,7 +94,8 @@
  *                                        back, the rate limit or 'retry later', is not
  *                                        told: the subscribe is sent again with backoff), 'unsubscribed', 'recovered',
  *                                        and the server's ws4tx.* events of the connection
- *   notes.emit / notes.request           as the client's, with "facility" in the envelope
+ *   notes.emit / notes.request           as the client's, with "facility" in the envelope:
+ *                                        to that facility's server-side handler
  *   notes.unsubscribe()                  -> Promise of the server's answer; final
  *   notes.state                          'subscribing' | 'subscribed' | 'unsubscribed' | 'refused'
  *   notes.positions, notes.channels, notes.facility
