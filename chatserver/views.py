@@ -4,13 +4,16 @@
 a raw frame could name anybody); ``/userchat/`` and ``/groupchat/`` send with a form POST
 that Django publishes with ws4redis's ``RedisPublisher``; ``/eventchat/`` uses only ws4tx's
 event API (``chatserver.handlers``) and shows who is online (presence). Every page receives
-with ws4tx.js (``static/chatserver/chat.js``): the view renders its channels' recent
-messages and positions (``ws4tx.api.history``), which ws4tx.js takes as its ``positions``:
-the page recovers from there, on its first connect and after every reconnect; a GET that
-asks for JSON returns the same, ws4tx.js's ``getState`` when recovery was not possible.
-The same connection subscribes every logged-in page (but the user chat) to the user's own
-channel of the chat facility, from where it stood at the render (``api.position``): the
-notification badge on the "User chat" link. Sending requires a logged-in user; the POST
+with ws4tx.js (``static/chatserver/chat.js``) on ONE connection to the bare WebSocket URL
+(``/ws/``), which subscribes the page's facility (its messages, and who is online on the
+event chat) with a signed grant the page renders (``{% ws4tx_grant %}``: the subscribe
+costs the server no database query): the view renders its channels' recent messages and
+positions (``ws4tx.api.history``), which the subscription takes as its ``positions``: the
+page recovers from there, on its first connect and after every reconnect; a GET that
+asks for JSON returns the same, ``getState`` when recovery was not possible. The same
+connection subscribes every logged-in page (but the user chat) to the user's own channel
+of the chat facility, from where it stood at the render (``api.position``), with its own
+grant: the notification badge on the "User chat" link. Sending requires a logged-in user; the POST
 views keep CSRF protection, and answer 503 with a message (JSON ``{"error": ...}``) when
 Redis cannot take the message. :func:`static_file` serves ``/static/`` whether DEBUG is on
 or not, since the demo runs without a web server.
@@ -180,6 +183,9 @@ class ChatPageMixin:
         audiences = [f.removeprefix("subscribe-") for f in flags.split("&")
                      if f.startswith("subscribe-")]
         config = {"mode": mode, "flags": flags, "connect": connect, "me": me,
+                  "facility": self.facility,
+                  # ws4tx.js's names of the audiences the page subscribes on /ws/.
+                  "audiences": [_SUBSCRIBE_AUDIENCES[a] for a in audiences],
                   "groups": page.get("my_groups", []),
                   "presence": type(self).presence is not ChatPageMixin.presence,
                   "typing": self.facility == settings.EVENT_FACILITY,
@@ -187,7 +193,12 @@ class ChatPageMixin:
                   "trustRaw": not any(clients_publish(self.facility, a) for a in audiences),
                   "notify": self.notify(me, flags) if connect else None}
         return {"chat_sync": self.sync_state(), "chat_config": config,
-                "facility": self.facility, **page}
+                "facility": self.facility, "grant_audiences": audiences, **page}
+
+
+#: The audiences of a URL's flags as ws4tx.js's ``subscribe`` names them.
+_SUBSCRIBE_AUDIENCES = {"broadcast": "broadcast", "user": "user", "group": "groups",
+                        "session": "session"}
 
 
 class BroadcastChatView(ChatPageMixin, TemplateView):

@@ -214,6 +214,49 @@ class DemoPageTests(SynchronousTestCase):
             document.querySelector('#messages'), '::before').content""")
         self.assertIn("No messages yet", placeholder)
 
+    def test_aPageOpensOneConnectionOnTheBareURLAndSubscribesWithGrants(self) -> None:
+        """john's event chat opens ONE WebSocket, to /ws/ itself, and subscribes its chat
+        and his notification badge on it, each with the grant the page rendered, admitted
+        by it at once (no refusal, no database query); his message goes to the chat's
+        handler and comes back."""
+        page = self.contexts["john"].new_page()
+        self.addCleanup(page.close)
+        sockets: list[Any] = []
+        sent: list[Any] = []
+        received: list[Any] = []
+
+        def opened(socket: Any) -> None:
+            sockets.append(socket)
+            socket.on("framesent", lambda payload: sent.append(payload))
+            socket.on("framereceived", lambda payload: received.append(payload))
+
+        def granted() -> int:
+            import urllib.request
+
+            with urllib.request.urlopen(f"{self.server.url}/ws4tx/health") as answer:
+                return int(json.load(answer)["counters"]["subscribes_granted"])
+
+        before = granted()
+        page.on("websocket", opened)
+        page.goto("/eventchat/")
+        self.connected(page)
+        self.assertEqual([s.url for s in sockets], [f"ws://127.0.0.1:{self.server.port}/ws/"])
+        # Both admitted by their grants: no authentication work, no database query.
+        self.assertEqual(granted() - before, 2)
+        subscribes = [json.loads(f) for f in sent
+                      if isinstance(f, str) and f.startswith('{"ws4tx":"subscribe"')]
+        self.assertEqual(sorted((f["facility"], f["audiences"]) for f in subscribes),
+                         [("eventchat", {"broadcast": True}), ("foobar", {"user": True})])
+        self.assertTrue(all(f.get("grant") for f in subscribes), subscribes)
+        answers = [json.loads(f)["ws4tx"] for f in received
+                   if isinstance(f, str) and f.startswith('{"ws4tx":"')]
+        self.assertEqual(answers.count("subscribed"), 2)
+        self.assertNotIn("refused", answers)
+        text = self.unique("over one connection")
+        self.send(page, text)
+        expect(self.line(page, text).locator(".tick")).to_have_text("✓", timeout=WAIT_MS)
+        self.assertEqual(len(sockets), 1)
+
     # Anonymous visitors
 
     def test_anonymousVisitorsSeeDisabledInputsWithAReason(self) -> None:
@@ -400,7 +443,7 @@ class DemoPageTests(SynchronousTestCase):
         cid = next(json.loads(m["data"])["data"]["cid"]
                    for m in state["channels"][0]["messages"] if own in m.get("data", ""))
         reused = self.unique("mary's, with john's cid")
-        mary.evaluate("([text, cid]) => chat.client.request('message', {text, cid})",
+        mary.evaluate("([text, cid]) => chat.page.request('message', {text, cid})",
                       [reused, cid])
         expect(self.line(john, f"mary: {reused}")).to_have_count(1, timeout=WAIT_MS)
         expect(self.line(john, own).locator(".text")).to_have_text(f"john: {own}")

@@ -108,6 +108,8 @@ RESERVED_PREFIX = "ws4tx."
 
 _MARK = '{"ws4tx":'
 _MARK_BYTES = _MARK.encode()
+#: How an event envelope the server encoded begins (:func:`encode_event`).
+_EVENT_MARK = b'{"ws4tx":"event",'
 _MAX_ID = 2**53 - 1  # what a JavaScript number holds exactly
 #: What a browser's ``trimStart()`` removes before ws4tx.js looks for the mark
 #: (ECMAScript's WhiteSpace and LineTerminator): the two sides agree on what an envelope is.
@@ -138,6 +140,9 @@ class Event:
     event: str
     data: Any = None
     id: Optional[int] = None
+    #: The facility it is for, when a client names one (a subscription's event: None for
+    #: the facility of the connection's URL).
+    facility: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -212,12 +217,32 @@ def check_event_name(event: Any) -> str:
     return event
 
 
-def encode_event(event: str, data: Any = None, id: Optional[int] = None) -> str:
-    """The envelope of an event, as text."""
+def encode_event(event: str, data: Any = None, id: Optional[int] = None,
+                 facility: Optional[str] = None) -> str:
+    """The envelope of an event, as text; with ``facility``, for one of a connection's
+    subscriptions (its ``facility`` field names it)."""
     obj: dict[str, Any] = {"ws4tx": EVENT, "event": event, "data": data}
     if id is not None:
         obj["id"] = id
+    if facility is not None:
+        obj["facility"] = facility
     return _dumps(obj)
+
+
+def tag_event(payload: bytes, facility: str) -> Optional[bytes]:
+    """An event envelope met on a channel of ``facility`` as a subscription of that
+    facility gets it: with ``facility`` in its ``facility`` field; None for anything else
+    (a raw payload is delivered as it is)."""
+    if not payload.startswith(_EVENT_MARK):
+        return None
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict) or obj.get("ws4tx") != EVENT:
+        return None
+    obj["facility"] = facility
+    return _dumps(obj).encode("utf-8")
 
 
 def encode_ack(id: int, data: Any = None, error: Optional[str] = None) -> str:
@@ -294,6 +319,8 @@ def server_voice(payload: bytes) -> Optional[str]:
         return f"a {kind} answer"
     if kind == EVENT and isinstance(name, str) and is_reserved(name):
         return f"the server event {name!r}"
+    if kind == EVENT and "facility" in obj:
+        return "an event naming its facility"
     return None
 
 
@@ -335,7 +362,11 @@ def decode(text: Union[str, bytes]) -> Union[Event, Ack, Subscribe, Unsubscribe,
         name = obj.get("event")
         if not isinstance(name, str) or not name:
             raise InvalidEnvelope("an event needs a non-empty string 'event'")
-        return Event(name, obj.get("data"), msg_id)
+        facility = obj.get("facility")
+        if facility is not None and (not isinstance(facility, str) or not facility):
+            raise InvalidEnvelope("an event's 'facility' must be a non-empty string",
+                                  msg_id, kind)
+        return Event(name, obj.get("data"), msg_id, facility)
     if kind == ACK:
         if msg_id is None:
             raise InvalidEnvelope("an ack needs an id")

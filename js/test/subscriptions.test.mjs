@@ -207,6 +207,28 @@ describe('subscriptions on the bare URL', () => {
     assert.equal(frame.facility, 'echo');
     assert.equal(frame.event, 'echo');
   });
+
+  test('emit and request reach their own facility\'s handler, whose events come back to them alone', async () => {
+    const c = client();
+    const echo = c.subscribe('echo');
+    const notes = c.subscribe('notes', {audiences: ['broadcast']});
+    await Promise.all([next(echo, 'subscribed'), next(notes, 'subscribed')]);
+    const gotEcho = record(echo, 'shouted');
+    const gotNotes = record(notes, 'shouted');
+    const gotClient = record(c, 'shouted');
+    assert.deepEqual(await echo.request('echo', {n: 1}), {n: 1});
+    assert.deepEqual(await notes.request('echo', {n: 2}), {notes: {n: 2}, facility: 'notes'});
+    assert.deepEqual(await notes.request('shout', 'to notes'), {shouted: true});
+    await until(notes, 'shouted', () => gotNotes.length === 1);
+    assert.deepEqual(await echo.request('shout', 'to echo'), {shouted: true});
+    await until(echo, 'shouted', () => gotEcho.length === 1);
+    assert.deepEqual(gotNotes, [['shouted', {notes: 'to notes'}]]);
+    assert.deepEqual(gotEcho, [['shouted', 'to echo']]);
+    assert.deepEqual(gotClient, []);
+    // Neither reached the client or the other subscription; the bare client reaches no handler.
+    await assert.rejects(c.request('echo', 1), /no handler for event 'echo'/);
+    await assert.rejects(notes.request('refuse', 1), /no handler for event 'refuse' of 'notes'/);
+  });
 });
 
 describe('subscriptions across a server restart', () => {

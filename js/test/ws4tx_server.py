@@ -2,7 +2,8 @@
 
 ``python js/test/ws4tx_server.py`` starts a Redis of its own (``EmbeddedRedis``, on a free
 port) and ``twistd ws4tx`` on a free port of 127.0.0.1, with history on the facilities
-``chat*`` and the event handler :class:`Echo` on ``echo``. It then speaks JSON lines:
+``chat*`` and the event handlers :class:`Echo` on ``echo`` and :class:`Notes` on
+``notes``. It then speaks JSON lines:
 
 - it prints ``{"url": "ws://127.0.0.1:PORT/ws/", "redis": "redis://…"}`` once the server
   listens and is subscribed to Redis;
@@ -61,6 +62,21 @@ class Echo(EventHandler):
         return {"shouted": True}
 
 
+class Notes(EventHandler):
+    """The facility ``notes``: ``echo`` answers ``{"notes": data}``, ``shout`` emits its
+    data to every client of the facility as ``shouted`` (what tells it from ``echo``)."""
+
+    facility = "notes"
+
+    def on_echo(self, client: Any, data: Any) -> Any:
+        return {"notes": data, "facility": client.facility}
+
+    async def on_shout(self, client: Any, data: Any) -> Any:
+        await self.server.emit("shouted", {"notes": data}, facility=self.facility,
+                               broadcast=True)
+        return {"shouted": True}
+
+
 class Twistd:
     """``twistd -n ws4tx`` in a child process; its output copied to stderr and kept."""
 
@@ -81,7 +97,7 @@ class Twistd:
                 "--listen", f"tcp:{self.port}:interface=127.0.0.1",
                 "--history", ",".join(f"{glob}={rule['size']}:{rule['ttl']}"
                                       for glob, rule in HISTORY.items()),
-                "--handlers", "ws4tx_server.Echo",
+                "--handlers", "ws4tx_server.Echo", "--handlers", "ws4tx_server.Notes",
                 "--anonymous-publish", "--heartbeat", "--heartbeat--"]
         with self.changed:
             start = len(self.output)

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 
-from ws4tx.envelope import encode_publication
+from ws4tx.envelope import encode_publication, tag_event
 from ws4tx.history import Position
 
 #: Messages shorter than this are never compressed: deflate saves little on them and costs
@@ -55,7 +55,8 @@ class Message:
     """One outgoing message, framed once for any number of connections: :attr:`plain`
     for the clients that do not compress, :meth:`deflated` for those that do."""
 
-    __slots__ = ("_deflated", "_published", "binary", "payload", "plain", "position")
+    __slots__ = ("_deflated", "_published", "_tagged", "binary", "payload", "plain",
+                 "position")
 
     def __init__(self, payload: bytes, binary: bool) -> None:
         self.payload = payload
@@ -66,6 +67,7 @@ class Message:
         #: The message's position in its channel's history (set by the router), if any.
         self.position: Optional[Position] = None
         self._published: Optional[Message] = None
+        self._tagged: Optional[tuple[str, Message]] = None
 
     def published(self, channel: str) -> Message:
         """The message as event clients of a channel with history get it: in a
@@ -84,6 +86,18 @@ class Message:
             published.position = position
             published._published = published
         return published
+
+    def tagged(self, facility: str) -> Message:
+        """The message as a subscription of ``facility`` gets it when it has no position
+        (a channel without history): an event envelope with its facility named
+        (:func:`~ws4tx.envelope.tag_event`, built once for every such subscription); the
+        message itself when it is a raw payload."""
+        tagged = self._tagged
+        if tagged is None or tagged[0] != facility:
+            text = None if self.binary else tag_event(self.payload, facility)
+            tagged = self._tagged = (facility, self if text is None else
+                                     Message(text, False))
+        return tagged[1]
 
     def deflated(self, window_bits: int) -> bytes:
         """The frame for a client that negotiated permessage-deflate (without server

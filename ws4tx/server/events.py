@@ -118,6 +118,8 @@ class Events:
             return None
         if message.event == envelope.REFRESH_EVENT:
             return self.answer(client, client.refreshToken(message.data), message.id)
+        if message.facility is not None and message.facility != client.facility:
+            return self.dispatchFor(client, message)
         method = handler_method(self.handlers.get(client.facility), message.event)
         if method is not None:
             return self.call(client, method, message.id, client, message.data)
@@ -131,6 +133,29 @@ class Events:
                 lambda _: None, _notStored), message.id)
         return self.answer(client, defer.fail(EventRefused(
             f"no handler for event {message.event!r}")), message.id)
+
+    def dispatchFor(self, client: EventClient,
+                    message: envelope.Event) -> Optional[defer.Deferred[None]]:
+        """An event for another facility than the URL's (``message.facility``): to that
+        facility's handler, as its subscriber (what the handler emits to it names the
+        facility), only when the connection holds a subscription of it; else refused.
+        Never published: a subscription has no publish channels."""
+        facility = message.facility
+        assert facility is not None
+        subscription = client.subscriptions.of(facility)
+        if subscription is None:
+            return self.answer(client, defer.fail(EventRefused(
+                f"not subscribed to {facility!r}: an event for a facility needs a "
+                "subscription to it")), message.id)
+        method = handler_method(self.handlers.get(facility), message.event)
+        if method is not None:
+            return self.call(subscription, method, message.id, subscription, message.data)
+        if envelope.is_reserved(message.event):
+            refusal = (f"event names starting with {envelope.RESERVED_PREFIX!r} are the "
+                       "server's")
+        else:
+            refusal = f"no handler for event {message.event!r} of {facility!r}"
+        return self.answer(subscription, defer.fail(EventRefused(refusal)), message.id)
 
     def call(self, client: EventClient, method: Callable[..., Any], ack_id: Optional[int],
              *args: Any) -> defer.Deferred[None]:

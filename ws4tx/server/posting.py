@@ -76,6 +76,10 @@ class _NoSubscriptions:
 
     subscribe = unsubscribe = _refuse
 
+    def of(self, facility: str) -> None:
+        """No subscription: an event for another facility than the URL's is refused."""
+        return None
+
 
 class _Refusal(Exception):
     """The POST is refused: its status and reason."""

@@ -70,6 +70,10 @@ class Subscription:
 
     def deliver(self, prepared: deflate.Message, channel: str, payload: bytes) -> None:
         assert self.stream is not None
+        if prepared.position is None:
+            # A channel without history: its events name the facility (a publication
+            # names its channel), so that the client knows whose they are.
+            prepared = prepared.tagged(self.facility)
         self.connection.deliverFor(self.stream, prepared, channel, payload)
 
     def deliveryInterrupted(self) -> None:
@@ -116,8 +120,16 @@ class Subscription:
     def tooSlow(self, why: str) -> None:
         self.connection.tooSlow(why)
 
+    def sendEnvelope(self, text: str) -> None:
+        """Send an envelope (an acknowledgement of an event sent for it)."""
+        self.connection.sendEnvelope(text)
+
     def emit(self, event: str, data: Any = None) -> None:
-        self.connection.emit(event, data)
+        """Send an event of this subscription (its handler's, its presence, an error of
+        an event sent for it): it names the facility."""
+        if self.connection.speaks_events:
+            self.connection.sendEnvelope(envelope.encode_event(event, data,
+                                                               facility=self.facility))
 
 
 class Subscriptions:
@@ -134,6 +146,13 @@ class Subscriptions:
 
     def __iter__(self) -> Iterator[Subscription]:
         return iter(tuple(self._subscriptions))
+
+    def of(self, facility: str) -> Optional[Subscription]:
+        """A subscription of ``facility`` on this connection (the first), if any."""
+        for subscription in self._subscriptions:
+            if subscription.facility == facility:
+                return subscription
+        return None
 
     def channels(self) -> frozenset[str]:
         """Every channel the subscriptions listen to."""

@@ -3,15 +3,19 @@
  *
  * Chat.start() reads the page's #chat-config (what the page is) and #chat-sync (its
  * channels' recent messages and positions, rendered by chatserver.views), shows the
- * messages, and connects ws4tx.js (WS4TX) with those positions (`positions`): every message
- * published since the page was rendered arrives once, and after any reconnect exactly
- * what the page missed (docs/protocol.md, Recovery). When the server cannot (`recovered:
- * false`), ws4tx.js calls the page's `getState`, which fetches the page's messages again
- * and adds those it lacks, and holds live messages until it is done.
+ * messages, and connects ws4tx.js (WS4TX) to the bare WebSocket URL (/ws/): ONE
+ * connection, which subscribes the page's facility (config.facility, config.audiences,
+ * with the grant of #chat-grants) from those positions: every message published since the
+ * page was rendered arrives once, and after any reconnect exactly what the page missed
+ * (docs/protocol.md, Recovery). When the server cannot (`recovered: false`), ws4tx.js
+ * calls the subscription's `getState`, which fetches the page's messages again and adds
+ * those it lacks, and holds live messages until it is done. The page's events (messages,
+ * typing) go to that subscription's facility's handler; who is online comes with it.
  *
  * The same connection carries the notification badge of every page (a subscription to
- * the user's own channel of the chat facility, config.notify): a private message to the
- * person while they read another page counts on the "User chat" link.
+ * the user's own channel of the chat facility, config.notify, with its own grant): a
+ * private message to the person while they read another page counts on the "User chat"
+ * link.
  *
  * Lines are ordered by their position in their channel, then by time; every stored or live
  * message is checked field by field (chat_ui.js's decode) and handled alone, so that no
@@ -36,7 +40,8 @@ var Chat = (function () {
 
   function start(options) {
     var config = Object.assign(json('chat-config'), options);
-    config.uri = config.socket + '?' + config.flags;
+    var grants = document.getElementById('chat-grants');
+    grants = grants ? grants.dataset : {};
     var sync = json('chat-sync') || {channels: []};
     var me = config.me || '';
     var list = new ChatUI.List(me);
@@ -47,6 +52,7 @@ var Chat = (function () {
     var lines = Object.create(null);   // cid -> the line of every message this page sent
     var loaded = true;     // the page's messages could be read (else it reads them again)
     var client = null;
+    var page = null;       // the subscription of the page's facility, on client
     var notes = null;      // the notification subscription (config.notify)
     var unread = 0;
     var everConnected = false;
@@ -211,23 +217,27 @@ var Chat = (function () {
     }
 
     function connect() {
+      var socket = new WS4TX(config.socket, {heartbeat: config.heartbeat});
       // The page's positions (what it shows): the first connect recovers from them, a
       // later one (retry now) from what it has got since.
-      var socket = new WS4TX(config.uri, {heartbeat: config.heartbeat, positions: known,
-                                          getState: function () {
-        return resync().then(function (state) {
-          if (socket === client) synced();
-          return state;
-        });
-      }});
-      var last = {};  // the socket's positions, as of its previous message
+      var sub = socket.subscribe(config.facility, {
+        audiences: config.audiences, grant: grants.page || null, positions: known,
+        getState: function () {
+          return resync().then(function (state) {
+            if (socket === client) synced();
+            return state;
+          });
+        }});
+      var last = {};  // the subscription's positions, as of its previous message
       Object.keys(known).forEach(function (channel) {
         last[channel] = known[channel].epoch + ':' + known[channel].offset;
       });
       client = socket;
+      page = sub;
       if (config.notify) {
         var from = notes ? notes.positions : config.notify.positions;
         notes = socket.subscribe(config.notify.facility, {audiences: ['user'], positions: from,
+                                                          grant: grants.notify || null,
                                                           getState: function () {}});
         notes.on('message', mine(notified));
       }
@@ -238,9 +248,10 @@ var Chat = (function () {
         if (everConnected || info.attempt > 0) badge.set('reconnecting', 'reconnecting…');
         else badge.set('connecting', 'connecting');
       }));
-      socket.on('connected', mine(function () {
-        // ws4tx.js asks to recover whenever it knows positions: a verdict follows.
-        syncing = Object.keys(socket.positions).length > 0;
+      // The page's channels are subscribed (on every connect): ws4tx.js asks to recover
+      // whenever it knows positions, and a verdict follows.
+      sub.on('subscribed', mine(function () {
+        syncing = Object.keys(sub.positions).length > 0;
         if (!syncing) synced();
         if (presence) presence.restart();
         // Presence is read anew on every connect; messages that could not be loaded are
@@ -248,7 +259,7 @@ var Chat = (function () {
         if (presence || !loaded) resync();
       }));
       // Not recovered: ws4tx.js calls getState (above), which says synced when done.
-      socket.on('recovered', mine(function (result) {
+      sub.on('recovered', mine(function (result) {
         if (result && result.recovered) synced();
       }));
       socket.on('reconnecting', mine(function (info) {
@@ -279,11 +290,15 @@ var Chat = (function () {
         if (presence) resync();
       }));
       socket.on('ws4tx.dropped', mine(function () { resync(); }));
-      socket.on('ws4tx.error', mine(function (data) {
+      sub.on('refused', mine(function (data) {
+        badge.set('disconnected', 'refused: ' + humane(data && data.reason) +
+                  ': reload the page');
+      }));
+      sub.on('ws4tx.error', mine(function (data) {
         say('not sent: ' + humane(data && data.message), 'failed', 'server');
       }));
       function incoming(data) {
-        var at = positionOf(socket, last);
+        var at = positionOf(sub, last);
         // The replay: recovery or the resync covers it (a page that could not load its
         // messages reads them again, where they have their position).
         if (!at && (syncing || !loaded)) return;
@@ -292,14 +307,14 @@ var Chat = (function () {
           if (message) receive(message, at);
         });
       }
-      socket.on('message', mine(incoming));
-      socket.on('chat', mine(incoming));
-      socket.on('typing', mine(function (data) {
-        positionOf(socket, last);
+      sub.on('message', mine(incoming));
+      sub.on('chat', mine(incoming));
+      sub.on('typing', mine(function (data) {
+        positionOf(sub, last);
         if (!syncing && data && typeof data.user === 'string') typing.show(data.user);
       }));
       if (presence) {
-        socket.on('ws4tx.presence', mine(function (data) { presence.update(data); }));
+        sub.on('ws4tx.presence', mine(function (data) { presence.update(data); }));
       }
     }
 
@@ -318,7 +333,8 @@ var Chat = (function () {
     }
 
     function connected() {
-      return client !== null && client.state === 'connected' && !syncing && !interrupted;
+      return client !== null && client.state === 'connected' && page.state === 'subscribed'
+        && !syncing && !interrupted;
     }
 
     var UNDELIVERABLE = 'the chat server cannot deliver messages right now';
@@ -379,7 +395,7 @@ var Chat = (function () {
         if (interrupted) return queued(cid, UNDELIVERABLE);
         if (!connected()) return queued(cid, 'you are offline');
         entry.state = 'sending';
-        client.request('message', {text: entry.text, cid: cid, as: entry.as})
+        page.request('message', {text: entry.text, cid: cid, as: entry.as})
           .then(function (answer) {
           var sent = outbox[cid];
           if (sent && answer && answer.delivered) {
@@ -460,7 +476,7 @@ var Chat = (function () {
       });
       if (config.typing) {
         input.addEventListener('input', function () {
-          if (input.value && typing.due() && connected()) client.emit('typing');
+          if (input.value && typing.due() && connected()) page.emit('typing');
         });
       }
     }
@@ -478,6 +494,7 @@ var Chat = (function () {
     }
     return {
       get client() { return client; },
+      get page() { return page; },
       retryNow: retryNow,
       known: known
     };

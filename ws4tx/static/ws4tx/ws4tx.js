@@ -94,7 +94,8 @@
  *                                        back, the rate limit or 'retry later', is not
  *                                        told: the subscribe is sent again with backoff), 'unsubscribed', 'recovered',
  *                                        and the server's ws4tx.* events of the connection
- *   notes.emit / notes.request           as the client's, with "facility" in the envelope
+ *   notes.emit / notes.request           as the client's, with "facility" in the envelope:
+ *                                        to that facility's server-side handler
  *   notes.unsubscribe()                  -> Promise of the server's answer; final
  *   notes.state                          'subscribing' | 'subscribed' | 'unsubscribed' | 'refused'
  *   notes.positions, notes.channels, notes.facility
@@ -103,8 +104,10 @@
  *   the positions of its channels in the subscribe frame (never in the URL), and told
  *   'recovered' as the client is. A message of a channel with history carries its channel
  *   and goes to its subscription alone, as does the stored replay that comes before the
- *   verdict on the positions it sent; another frame that names no channel (a facility
- *   without history, a handler's emit) goes to the client and to every subscription not
+ *   verdict on the positions it sent; an event that names its facility (the server's
+ *   events of a facility without history, a handler's emit, ws4tx.presence) goes to the
+ *   subscriptions of that facility; another frame that names no channel (a raw message
+ *   of a facility without history) goes to the client and to every subscription not
  *   known to be of a facility with history.
  *
  * Page-to-live handoff: a page rendered with its state and the position of its channels
@@ -1314,7 +1317,9 @@ function (root) {
       } else if (envelope.ws4tx === 'event') {
         var name = envelope.event;
         var payload = envelope.data === undefined ? null : envelope.data;
-        if (name === 'ws4tx.positions') {
+        if (typeof envelope.facility === 'string') {
+          this._ofFacility(envelope.facility, name, payload);
+        } else if (name === 'ws4tx.positions') {
           this._positionsEvent(payload);
         } else if (name === 'ws4tx.recovered') {
           this._recoveredEvent(payload);
@@ -1360,6 +1365,17 @@ function (root) {
       }
       targets.forEach(function (target) {
         target._take({run: function () { target._fire(event, data); }});
+      });
+    }
+
+    /** An event that names its facility (docs/protocol.md, Frames that name their
+     *  facility): the subscriptions of that facility's alone (none left: dropped). */
+    _ofFacility(facility, event, data) {
+      this._subscriptions.filter(function (s) {
+        return s.facility === facility && s._state === 'subscribed';
+      }).forEach(function (target) {
+        if (event.slice(0, RESERVED.length) === RESERVED) target._fire(event, data);
+        else target._take({run: function () { target._fire(event, data); }});
       });
     }
 
