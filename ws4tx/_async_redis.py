@@ -74,7 +74,7 @@ def _build(found: RedisAddress, timeout: float) -> Any:
     if found.is_cluster:
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-        return RedisCluster(
+        return _sync_redis.retried_on_connection_errors(RedisCluster)(
             startup_nodes=[ClusterNode(host, port) for host, port in found.cluster_nodes],
             username=found.username, password=found.password, **bounds)
     if not found.is_sentinel:

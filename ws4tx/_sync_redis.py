@@ -24,12 +24,16 @@ the reply channels and the node registry on the first).
 
 from __future__ import annotations
 
+import functools
 import threading
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+    TimeoutError as RedisTimeoutError,
+)
 from redis.retry import Retry
 
 from ws4tx import _django_settings, naming, redis_address, schema
@@ -132,6 +136,22 @@ def address_of(connection: redis.Redis) -> Optional[RedisAddress]:
         return None
 
 
+_ClusterT = TypeVar("_ClusterT", bound=type)
+
+
+@functools.cache
+def retried_on_connection_errors(cluster: _ClusterT) -> _ClusterT:
+    """``cluster`` (redis-py's ``RedisCluster``, or redis.asyncio's) that retries a
+    command after a lost connection or a changed cluster, as its class does, but not after
+    a timeout: a command that timed out may have run (a publish stored and delivered), and
+    running it again would do it twice. One Redis and Sentinel retry on a lost connection
+    only, too."""
+    allowed = tuple(e for e in cluster.ERRORS_ALLOW_RETRY  # type: ignore[attr-defined]
+                    if not issubclass(e, RedisTimeoutError))
+    return type(cluster.__name__, (cluster,), {  # type: ignore[return-value]
+        "__module__": __name__, "ERRORS_ALLOW_RETRY": allowed})
+
+
 def _build(found: RedisAddress, timeout: float) -> redis.Redis:
     """A client of ``found`` whose every call is bounded by ``timeout``."""
     bounds: dict[str, Any] = {
@@ -142,7 +162,7 @@ def _build(found: RedisAddress, timeout: float) -> redis.Redis:
     if found.is_cluster:
         from redis.cluster import ClusterNode, RedisCluster
 
-        cluster: redis.Redis = RedisCluster(  # type: ignore[assignment]
+        cluster: redis.Redis = retried_on_connection_errors(RedisCluster)(
             startup_nodes=[ClusterNode(host, port) for host, port in found.cluster_nodes],
             username=found.username, password=found.password, **bounds)
         return cluster
