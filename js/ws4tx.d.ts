@@ -151,11 +151,7 @@ export type GetState = () => unknown;
 /** 'connecting': a socket is being opened (attempt 0 first, then the reconnect's). */
 export interface ConnectingInfo { attempt: number }
 /** 'connected': the socket is open. */
-export interface ConnectedInfo {
-  protocol: string;
-  /** Absent for WS4Redis. */
-  transport?: Transport;
-}
+export interface ConnectedInfo { protocol: string }
 /** 'transport': the connection that opened is of another transport than the last one. */
 export interface TransportInfo { transport: Transport; previous: Transport }
 /** 'disconnected': a socket closed (or none could be made: code 1006). */

@@ -447,7 +447,7 @@ function (root) {
         this._onTransport({transport: transport, previous: previous});
       }
       if (this._ws === null) return;  // a hook closed it
-      this._onConnected({protocol: this._ws.protocol || '', transport: transport}, evt);
+      this._onConnected({protocol: this._ws.protocol || ''}, evt);
     }
 
     _received(data) {
@@ -561,7 +561,8 @@ function (root) {
           if (verdict && current) {
             self._refused(uri, verdict);
           } else if (!verdict && current && self._fallback && self._mode === 'websocket'
-                     && response && response.status < 500) {
+                     && response && response.status < 500 && response.status !== 408
+                     && response.status !== 429) {
             // The URL is answered, its WebSocket does not open: SSE, now if no socket is
             // on its way (the next attempt is a stream), else once it failed too.
             self._answering = true;
@@ -725,11 +726,16 @@ function (root) {
   /** `url` (http:) without the parameters that belong to one stream: recover= (the
    *  stream's recovery) and resume= (a token good for one attempt). */
   function postUrl(url) {
-    var parsed = parseUrl(url);
-    if (parsed === null) return url;
-    parsed.searchParams.delete('recover');
-    parsed.searchParams.delete('resume');
-    return parsed.href;
+    url = String(url);
+    var hash = url.indexOf('#');
+    var head = hash >= 0 ? url.slice(0, hash) : url;
+    var mark = head.indexOf('?');
+    if (mark < 0) return head;
+    var kept = head.slice(mark + 1).split('&').filter(function (part) {
+      var name = part.split('=')[0];
+      return name !== 'recover' && name !== 'resume';
+    });
+    return head.slice(0, mark) + (kept.length ? '?' + kept.join('&') : '');
   }
 
   /**
