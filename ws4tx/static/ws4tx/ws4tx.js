@@ -23,6 +23,11 @@
  *     positions: null,          // {channel: {epoch, offset}} where the page's state stands
  *                               // ({% ws4tx_position %}): the first connect recovers from there
  *     getState: null,           // called once after each 'recovered' false (see below)
+ *     sse: true,                // fall back to Server-Sent Events and POSTs (see below)
+ *     retryWebSocket: 60000,    // ms on SSE before the WebSocket is tried again (doubling
+ *                               // while it fails, at most 10 minutes; null: never)
+ *     csrfCookie: 'csrftoken',  // the cookie a POST sends in csrfHeader (Django's CSRF)
+ *     csrfHeader: 'X-CSRFToken',
  *   });
  *   // Also: ws4tx.connect(uri, options). `uri` may be a function returning the URL, or a
  *   // Promise of it, called before every attempt (e.g. to fetch a fresh ?token=...).
@@ -61,6 +66,8 @@
  *                    which ws4tx answers with the handshake's refusal, if any (a server
  *                    that is down or answers 5xx is retried as before). A refused URL
  *                    with recovery positions is dialed once more without them.
+ *     'transport'    fn({transport, previous})   the connection that opens is of another
+ *                    transport ('websocket' or 'sse') than the last one (before 'connected')
  *     'refreshed'    fn({expires})   the server took the fresh token of the `token` function
  *                    and keeps the connection open until `expires` (Unix seconds)
  *   client.positions                     {channel: {epoch, offset}} of the last messages
@@ -73,6 +80,14 @@
  *                                           'disconnected' or 'not-connected')
  *   client.send(raw)                     -> true when sent: a raw frame (string/ArrayBuffer/Blob)
  *   client.close()                       for good: no reconnecting
+ *   client.transport                     'websocket' or 'sse' (of the last connection)
+ *
+ * Server-Sent Events (docs/protocol.md, ws4tx.js on SSE): after two WebSockets that closed
+ * before they opened, when a plain GET of the URL is answered (not a refusal, not 5xx,
+ * 408 or 429: a server that is down keeps the WebSocket's backoff), the URL is read as an
+ * event stream (fetch, Accept: text/event-stream) and emit/request/send go by POST to it;
+ * after a drop the stream resumes by Last-Event-ID; subscriptions wait ('subscribing') for
+ * the WebSocket, which is tried again after retryWebSocket ms. WS4Redis never falls back.
  *
  * Subscriptions (one connection for several facilities; docs/protocol.md, Subscribe):
  *
