@@ -128,8 +128,8 @@ export interface WS4TXOptions extends ConnectionOptions {
    *  applied; then those held are, in order, without those at or before the
    *  `positions` ({channel: {epoch, offset}}) its result may carry [null]. */
   getState?: GetState | null;
-  /** After WebSockets to the URL closed before they opened twice in a row (a proxy that
-   *  strips Upgrade), read the same URL as an event stream (Server-Sent Events, resumed
+  /** After WebSockets to the URL closed before they opened (three in a row, the URL
+   *  answered over plain HTTP after the second: a proxy that strips Upgrade), read the same URL as an event stream (Server-Sent Events, resumed
    *  by Last-Event-ID) and send by POST to it; subscriptions wait ('subscribing') for the
    *  WebSocket; false: keep dialing the WebSocket [true]. */
   sse?: boolean;

@@ -1281,10 +1281,16 @@ class SSEFallbackTests(_PageTestCase):
                 "c.on('transport', (t) => __log.push(['transport', t])); }")
         self.failEarly(1)
         self.serverClose(1006)  # the second: the URL is asked about
-        self.until("c._mode === 'sse'")  # answered (400): the next attempt is a stream
+        self.until("c._answering")  # answered (400)
+        self.assertEqual(self.js("c._mode"), "websocket")
+        self.advance(30_000)
+        self.assertEqual(self.socketCount(), 3)  # one more, which does not open either:
+        self.serverClose(1006)
+        self.settle()
+        self.assertEqual(self.js("c._mode"), "sse")  # the next attempt is a stream
         self.advance(30_000)
         self.until("c.state === 'connected'")
-        self.assertEqual(self.socketCount(), 2)
+        self.assertEqual(self.socketCount(), 3)
         self.assertEqual(self.js("c.transport"), "sse")
         self.assertEqual(self.js("c.state"), "connected")
         self.assertIn(["transport", {"transport": "sse", "previous": "websocket"}],
@@ -1323,9 +1329,9 @@ class SSEFallbackTests(_PageTestCase):
     def test_theWebSocketIsTriedAgainLaterAndTakesOverWhenItOpens(self) -> None:
         self.onSse()  # 30 s after the switch (the retry's delay)
         self.advance(29_000)
-        self.assertEqual(self.socketCount(), 2)
-        self.advance(1_000)  # retryWebSocket: a WebSocket, the stream closed
         self.assertEqual(self.socketCount(), 3)
+        self.advance(1_000)  # retryWebSocket: a WebSocket, the stream closed
+        self.assertEqual(self.socketCount(), 4)
         self.serverClose(1006)  # still not: back on a stream at once, next try in 120 s
         self.settle()
         self.advance(1_000)
@@ -1334,9 +1340,9 @@ class SSEFallbackTests(_PageTestCase):
         self.assertEqual(self.js("c.state"), "connected")
         self.assertEqual(len(self.streams()), 2)
         self.advance(118_000)
-        self.assertEqual(self.socketCount(), 3)
-        self.advance(1_000)
         self.assertEqual(self.socketCount(), 4)
+        self.advance(1_000)
+        self.assertEqual(self.socketCount(), 5)
         self.log()
         self.open()
         self.assertEqual(self.js("c.transport"), "websocket")

@@ -84,7 +84,8 @@
  *
  * Server-Sent Events (docs/protocol.md, ws4tx.js on SSE): after two WebSockets that closed
  * before they opened, when a plain GET of the URL is answered (not a refusal, not 5xx,
- * 408 or 429: a server that is down keeps the WebSocket's backoff), the URL is read as an
+ * 408 or 429: a server that is down keeps the WebSocket's backoff) and one more WebSocket
+ * does not open, the URL is read as an
  * event stream (fetch, Accept: text/event-stream) and emit/request/send go by POST to it;
  * after a drop the stream resumes by Last-Event-ID; subscriptions wait ('subscribing') for
  * the WebSocket, which is tried again after retryWebSocket ms. WS4Redis never falls back.
@@ -384,8 +385,9 @@ function (root) {
 
     /**
      * WebSockets to the URL cannot open while the URL is answered over HTTP (the probe
-     * after two of them closed before they opened: a proxy that strips Upgrade, or answers
-     * something else than 101, is seen so by a page; a server that is down is not), or a
+     * after two of them closed before they opened, then one more: a proxy that strips
+     * Upgrade, or answers something else than 101, is seen so by a page; a server that is
+     * down is not), or a
      * try of the WebSocket from SSE failed: dial the same URL as an event stream from now
      * on, and try the WebSocket again after retryWebSocket ms (doubling after each failed
      * try).
@@ -578,10 +580,10 @@ function (root) {
           } else if (!verdict && current && self._fallback && self._mode === 'websocket'
                      && response && response.status < 500 && response.status !== 408
                      && response.status !== 429) {
-            // The URL is answered, its WebSocket does not open: SSE, now if no socket is
-            // on its way (the next attempt is a stream), else once it failed too.
+            // The URL is answered, its WebSocket does not open: SSE once one more
+            // WebSocket did not open either (a server that was just starting, and answers
+            // now, would have let it open).
             self._answering = true;
-            if (self._ws === null) self._toSse();
           }
         });
       }).catch(function () {});
