@@ -1242,6 +1242,9 @@ class SubscriptionGrantTests(_PageTestCase):
 SSE_ANSWER = """(init.headers && init.headers.Accept === 'text/event-stream')
   ? new Response(new ReadableStream({start(ctl) { window.__stream = ctl; }}),
                  {status: 200, headers: {'content-type': 'text/event-stream'}})
+  : (init.method === 'POST' && init.body.includes('"forbidden"'))
+  ? new Response(JSON.stringify({ws4tx: 'refused', status: 403,
+                                 reason: 'CSRF verification failed.'}), {status: 403})
   : init.method === 'POST'
   ? new Response(JSON.stringify([{ws4tx: 'ack', id: JSON.parse(init.body).id,
                                   data: 'posted'}]), {status: 200})
@@ -1310,13 +1313,21 @@ class SSEFallbackTests(_PageTestCase):
         self.js("() => c.on('shouted', (d) => (window.__shouted = d))")
         self.write("event: shouted\ndata: {\"a\": 2}\n\n")
         self.assertEqual(self.js("__shouted"), {"a": 2})
-        # A request goes by POST to the URL; the answer's ack settles it.
+        # A request goes by POST to the URL, with the CSRF cookie's token (Django's check
+        # of cookie identities); the answer's ack settles it.
+        self.js("document.cookie = 'csrftoken=tok123; path=/'")
         self.assertEqual(self.js("async () => await c.request('echo', 1)"), "posted")
         post = self.js("fetches.filter(([u, i]) => i.method === 'POST')")
         self.assertEqual(len(post), 1)
+        self.assertEqual(post[0][1]["headers"], {"Content-Type": "text/plain;charset=UTF-8",
+                                                 "X-CSRFToken": "tok123"})
         self.assertEqual(post[0][0], "http://ws4tx.test/ws/chat?subscribe-broadcast")
         self.assertEqual(json.loads(post[0][1]["body"]),
                          {"ws4tx": "event", "event": "echo", "data": 1, "id": 1})
+        # A refused POST: the request rejects with the refusal's reason.
+        self.assertEqual(self.js("""async () => {
+          try { await c.request('forbidden', 1); } catch (e) { return [e.code, e.message]; }
+        }"""), ["error", "CSRF verification failed."])
         # The stream ends: the next one resumes from the last event's id.
         self.js("__stream.close()")
         self.settle()
