@@ -11,6 +11,9 @@ export declare const SUBPROTOCOL: 'ws4tx.v1';
 
 /** `Blob` where the environment has one (the DOM, Node's types), else nothing. */
 type BlobLike = typeof globalThis extends { Blob: { prototype: infer B } } ? B : never;
+/** AbortSignal where the environment has one. */
+type SignalLike = typeof globalThis extends { AbortSignal: { prototype: infer S } } ? S : never;
+
 
 /** A raw payload as the socket gives it: text, or binary by the socket's `binaryType`
  *  (a `Blob` by default in browsers, an `ArrayBuffer` with `binaryType: 'arraybuffer'`;
@@ -63,10 +66,35 @@ export interface ConnectionOptions {
   WebSocket?: WebSocketConstructor;
   /** The fetch function to use instead of the global one: after 2, 4, 8, ... sockets in a
    *  row closed before they opened, the URL is fetched without Upgrade to learn whether
-   *  the server refuses its handshake ('refused') [the global `fetch`]. */
-  fetch?: (url: string, init: {credentials: 'include'; cache: 'no-store'}) =>
-    PromiseLike<{status: number; statusText: string; text(): PromiseLike<string>}>;
+   *  the server refuses its handshake ('refused'); WS4TX on SSE reads its event stream and
+   *  POSTs with it [the global `fetch`]. */
+  fetch?: (url: string, init: FetchInit) => PromiseLike<FetchResponse>;
 }
+
+/** What ws4tx.js passes to `fetch`: a probe (no method), an event stream (headers
+ *  `Accept: text/event-stream`, maybe `Last-Event-ID`, and an abort signal) or a POST. */
+export interface FetchInit {
+  method?: 'POST';
+  headers?: Record<string, string>;
+  body?: string | ArrayBuffer | BlobLike;
+  credentials: 'include';
+  cache: 'no-store';
+  signal?: SignalLike;
+}
+
+/** What ws4tx.js reads of a fetch's answer (`headers` and `body` for event streams). */
+export interface FetchResponse {
+  status: number;
+  statusText: string;
+  text(): PromiseLike<string>;
+  headers?: {get(name: string): string | null};
+  body?: {getReader(): {read(): PromiseLike<{done: boolean; value?: Uint8Array}>;
+                        cancel(): PromiseLike<void>}} | null;
+}
+
+/** How a connection carries the protocol: a WebSocket, or an event stream of the same URL
+ *  with POSTs to it (docs/protocol.md, Server-Sent Events). */
+export type Transport = 'websocket' | 'sse';
 
 /** The options of the event client (defaults in brackets). */
 export interface WS4TXOptions extends ConnectionOptions {
@@ -100,6 +128,19 @@ export interface WS4TXOptions extends ConnectionOptions {
    *  applied; then those held are, in order, without those at or before the
    *  `positions` ({channel: {epoch, offset}}) its result may carry [null]. */
   getState?: GetState | null;
+  /** After WebSockets to the URL closed before they opened (three in a row, the URL
+   *  answered over plain HTTP after the second: a proxy that strips Upgrade), read the same URL as an event stream (Server-Sent Events, resumed
+   *  by Last-Event-ID) and send by POST to it; subscriptions wait ('subscribing') for the
+   *  WebSocket; false: keep dialing the WebSocket [true]. */
+  sse?: boolean;
+  /** Milliseconds on SSE before the WebSocket is tried again, doubling after each try
+   *  that fails, up to 10 minutes; null: never [60000]. */
+  retryWebSocket?: number | null;
+  /** The cookie whose value a POST sends in `csrfHeader` (Django's CSRF check of cookie
+   *  identities) ['csrftoken']. */
+  csrfCookie?: string;
+  /** ['X-CSRFToken'] */
+  csrfHeader?: string;
 }
 
 /** A page's resync after a recovery that failed: what it returns (or its Promise gives)
@@ -111,6 +152,8 @@ export type GetState = () => unknown;
 export interface ConnectingInfo { attempt: number }
 /** 'connected': the socket is open. */
 export interface ConnectedInfo { protocol: string }
+/** 'transport': the connection that opened is of another transport than the last one. */
+export interface TransportInfo { transport: Transport; previous: Transport }
 /** 'disconnected': a socket closed (or none could be made: code 1006). */
 export interface DisconnectedInfo {
   code: number;
@@ -166,6 +209,7 @@ export interface WS4TXEventMap {
   message: RawData;
   connecting: ConnectingInfo;
   connected: ConnectedInfo;
+  transport: TransportInfo;
   disconnected: DisconnectedInfo;
   reconnecting: ReconnectingInfo;
   recovered: RecoveredInfo;
@@ -300,6 +344,9 @@ export declare class WS4TX<Events extends EventMap = Record<string, any>> {
   readonly state: 'connecting' | 'connected' | 'reconnecting' | 'closed';
   /** The current socket's readyState (3, CLOSED, without one). */
   readonly readyState: number;
+  /** The transport of the connection (the last one that opened): 'websocket' until a
+   *  fallback to SSE ['websocket']. */
+  readonly transport: Transport;
   /** The position of the last message of each channel with history, by channel name. */
   readonly positions: Record<string, Position>;
 

@@ -1064,13 +1064,16 @@ class RefusedUrlTests(_PageTestCase):
             "status": 414, "reason": "<html>414 Request-URI Too Large</html>"}])
 
     def test_aServerThatIsDownIsRetriedWithTheBackoffAndAskedRarely(self) -> None:
-        """No answer (the server is down), 5xx, 429 or an admissible URL (400 saying to
-        upgrade): the backoff goes on; the server is asked after 2, 4, 8, 16 closes."""
-        for answer in ("Promise.reject(new TypeError('Failed to fetch'))",
-                       "new Response('bad gateway', {status: 502})",
-                       "new Response('too many', {status: 429})",
-                       "new Response('This URL speaks WebSocket only', {status: 400})"):
-            self.start(answer)
+        """No answer (the server is down), 5xx, 429, or (without the fallback to SSE) an
+        admissible URL (400 saying to upgrade): the backoff goes on; the server is asked
+        after 2, 4, 8, 16 closes."""
+        for answer, options in (
+                ("Promise.reject(new TypeError('Failed to fetch'))", "{}"),
+                ("new Response('bad gateway', {status: 502})", "{}"),
+                ("new Response('too many', {status: 429})", "{}"),
+                ("new Response('This URL speaks WebSocket only', {status: 400})",
+                 "{sse: false}")):
+            self.start(answer, options)
             self.failEarly(20)
             self.assertEqual(self.js("c.state"), "connecting", answer)
             self.assertEqual(self.socketCount(), 21, answer)
@@ -1232,3 +1235,139 @@ class SubscriptionGrantTests(_PageTestCase):
         self.assertEqual(self.js("s.state"), "refused")
         self.assertEqual([e for e in self.log() if e[0] == "refused"], [["refused", {
             "reason": "too many subscriptions: at most 100 channels per connection"}]])
+
+
+#: The fake fetch of SSEFallbackTests: the probe's 400 (an admissible URL), an event stream
+#: the test writes to (window.__stream), the acknowledgement of a POST.
+SSE_ANSWER = """(init.headers && init.headers.Accept === 'text/event-stream')
+  ? new Response(new ReadableStream({start(ctl) { window.__stream = ctl; }}),
+                 {status: 200, headers: {'content-type': 'text/event-stream'}})
+  : (init.method === 'POST' && init.body.includes('"forbidden"'))
+  ? new Response(JSON.stringify({ws4tx: 'refused', status: 403,
+                                 reason: 'CSRF verification failed.'}), {status: 403})
+  : init.method === 'POST'
+  ? new Response(JSON.stringify([{ws4tx: 'ack', id: JSON.parse(init.body).id,
+                                  data: 'posted'}]), {status: 200})
+  : new Response('This URL speaks WebSocket only', {status: 400})"""
+
+
+class SSEFallbackTests(_PageTestCase):
+    """The fallback to SSE on the page's fake clock: WebSockets that close before they
+    open while the URL is answered over HTTP (the 400 of an admissible URL, as a proxy that
+    strips Upgrade gets it) make the next attempt an event stream of the same URL; the
+    WebSocket is tried again after retryWebSocket ms, doubling while it fails."""
+
+    start = RefusedUrlTests.start
+    settle = RefusedUrlTests.settle
+    failEarly = RefusedUrlTests.failEarly
+
+    def until(self, expression: str) -> None:
+        """Let the page's promises and tasks run (not its clock) until ``expression``."""
+        for _ in range(100):
+            self.settle()
+            if self.js(expression):
+                return
+        self.fail(f"never {expression}")
+
+    def write(self, text: str) -> None:
+        self.js("([t]) => __stream.enqueue(new TextEncoder().encode(t))", [text])
+        self.settle()
+
+    def streams(self) -> list[Any]:
+        """The headers of each event stream asked for."""
+        return self.js("fetches.filter(([u, i]) => i.headers && i.headers.Accept)"
+                       ".map(([u, i]) => [u, i.headers])")
+
+    def onSse(self) -> None:
+        self.start(SSE_ANSWER, "{retryWebSocket: 60000}")
+        self.js("() => { window.__got = []; c.on('message', (m) => __got.push(m)); "
+                "c.on('transport', (t) => __log.push(['transport', t])); }")
+        self.failEarly(1)
+        self.serverClose(1006)  # the second: the URL is asked about
+        self.until("c._answering")  # answered (400)
+        self.assertEqual(self.js("c._mode"), "websocket")
+        self.advance(30_000)
+        self.assertEqual(self.socketCount(), 3)  # one more, which does not open either:
+        self.serverClose(1006)
+        self.settle()
+        self.assertEqual(self.js("c._mode"), "sse")  # the next attempt is a stream
+        self.advance(30_000)
+        self.until("c.state === 'connected'")
+        self.assertEqual(self.socketCount(), 3)
+        self.assertEqual(self.js("c.transport"), "sse")
+        self.assertEqual(self.js("c.state"), "connected")
+        self.assertIn(["transport", {"transport": "sse", "previous": "websocket"}],
+                      self.log())
+
+    def test_afterTwoEarlyClosesAnAnsweredUrlIsReadAsAStream(self) -> None:
+        self.onSse()
+        self.assertEqual(self.streams(), [
+            ["http://ws4tx.test/ws/chat?subscribe-broadcast", {"Accept": "text/event-stream"}]])
+        pub = envelope.encode_publication("ws4tx:broadcast:chat", 7, "ab12",
+                                          b"hello").decode()
+        self.write(f": ws4tx\n\nid: tag123.ab12:7\ndata: {pub}\n\n")
+        self.write("event: shouted\ndata: {\"a\": 1}\n\n: ping\n\n")
+        self.assertEqual(self.js("__got"), ["hello"])
+        self.assertEqual(self.js("c.positions"),
+                         {"ws4tx:broadcast:chat": {"epoch": "ab12", "offset": 7}})
+        self.js("() => c.on('shouted', (d) => (window.__shouted = d))")
+        self.write("event: shouted\ndata: {\"a\": 2}\n\n")
+        self.assertEqual(self.js("__shouted"), {"a": 2})
+        # A request goes by POST to the URL, with the CSRF cookie's token (Django's check
+        # of cookie identities); the answer's ack settles it.
+        self.js("document.cookie = 'csrftoken=tok123; path=/'")
+        self.assertEqual(self.js("async () => await c.request('echo', 1)"), "posted")
+        post = self.js("fetches.filter(([u, i]) => i.method === 'POST')")
+        self.assertEqual(len(post), 1)
+        self.assertEqual(post[0][1]["headers"], {"Content-Type": "text/plain;charset=UTF-8",
+                                                 "X-CSRFToken": "tok123"})
+        self.assertEqual(post[0][0], "http://ws4tx.test/ws/chat?subscribe-broadcast")
+        self.assertEqual(json.loads(post[0][1]["body"]),
+                         {"ws4tx": "event", "event": "echo", "data": 1, "id": 1})
+        # A refused POST: the request rejects with the refusal's reason.
+        self.assertEqual(self.js("""async () => {
+          try { await c.request('forbidden', 1); } catch (e) { return [e.code, e.message]; }
+        }"""), ["error", "CSRF verification failed."])
+        # The stream ends: the next one resumes from the last event's id.
+        self.js("__stream.close()")
+        self.settle()
+        self.advance(1_000)  # the retry (the WebSocket's try is 30 s away)
+        self.settle()
+        self.assertEqual(self.streams()[-1][1],
+                         {"Accept": "text/event-stream", "Last-Event-ID": "tag123.ab12:7"})
+        self.until("c.state === 'connected'")
+
+    def test_theWebSocketIsTriedAgainLaterAndTakesOverWhenItOpens(self) -> None:
+        self.onSse()  # 30 s after the switch (the retry's delay)
+        self.advance(29_000)
+        self.assertEqual(self.socketCount(), 3)
+        self.advance(1_000)  # retryWebSocket: a WebSocket, the stream closed
+        self.assertEqual(self.socketCount(), 4)
+        self.serverClose(1006)  # still not: back on a stream at once, next try in 120 s
+        self.settle()
+        self.advance(1_000)
+        self.settle()
+        self.assertEqual(self.js("c.transport"), "sse")
+        self.assertEqual(self.js("c.state"), "connected")
+        self.assertEqual(len(self.streams()), 2)
+        self.advance(118_000)
+        self.assertEqual(self.socketCount(), 4)
+        self.advance(1_000)
+        self.assertEqual(self.socketCount(), 5)
+        self.log()
+        self.open()
+        self.assertEqual(self.js("c.transport"), "websocket")
+        self.assertEqual(self.log()[:2], [
+            ["transport", {"transport": "websocket", "previous": "sse"}],
+            ["connected", {"protocol": "ws4tx.v1"}]])
+
+    def test_subscriptionsWaitForTheWebSocket(self) -> None:
+        self.onSse()
+        self.js("() => { window.s = c.subscribe('notes'); }")
+        self.settle()
+        self.assertEqual(self.js("s.state"), "subscribing")
+        self.assertEqual(self.js("fetches.filter(([u, i]) => i.method === 'POST').length"), 0)
+        self.advance(30_000)
+        self.open()
+        sent = self.socket()["sent"]
+        self.assertEqual([json.loads(f)["ws4tx"] for f in sent], ["subscribe"])

@@ -3,7 +3,7 @@
 import {AckError, connect, SUBPROTOCOL, WS4Redis, WS4TX} from 'ws4tx';
 import type {
   AckCallback, DisconnectedInfo, Position, PresenceEntry, RawData, RecoveredInfo,
-  WebSocketConstructor, WS4TXOptions,
+  Transport, WebSocketConstructor, WS4TXOptions,
 } from 'ws4tx';
 
 const options: WS4TXOptions = {
@@ -96,6 +96,16 @@ chat.send(new ArrayBuffer(2));
 chat.send(new Blob(['x']));
 const state: 'connecting' | 'connected' | 'reconnecting' | 'closed' = chat.state;
 const ready: number = chat.readyState;
+const carried: 'websocket' | 'sse' = chat.transport;
+chat.on('transport', ({transport, previous}) => {
+  const now: Transport = transport;
+  const before: Transport = previous;
+});
+const fallback = new WS4TX('ws://x/ws/f', {sse: true, retryWebSocket: 30000,
+                                           csrfCookie: 'csrftoken', csrfHeader: 'X-CSRFToken'});
+const never = new WS4TX('ws://x/ws/f', {sse: false, retryWebSocket: null});
+// @ts-expect-error: a transport is 'websocket' or 'sse'
+const wrong: 'polling' = chat.transport;
 const positions: Record<string, Position> = chat.positions;
 void [positions['ws4tx:broadcast:chat']?.epoch, positions['ws4tx:broadcast:chat']?.offset];
 chat.close();

@@ -23,6 +23,11 @@
  *     positions: null,          // {channel: {epoch, offset}} where the page's state stands
  *                               // ({% ws4tx_position %}): the first connect recovers from there
  *     getState: null,           // called once after each 'recovered' false (see below)
+ *     sse: true,                // fall back to Server-Sent Events and POSTs (see below)
+ *     retryWebSocket: 60000,    // ms on SSE before the WebSocket is tried again (doubling
+ *                               // while it fails, at most 10 minutes; null: never)
+ *     csrfCookie: 'csrftoken',  // the cookie a POST sends in csrfHeader (Django's CSRF)
+ *     csrfHeader: 'X-CSRFToken',
  *   });
  *   // Also: ws4tx.connect(uri, options). `uri` may be a function returning the URL, or a
  *   // Promise of it, called before every attempt (e.g. to fetch a fresh ?token=...).
@@ -61,6 +66,8 @@
  *                    which ws4tx answers with the handshake's refusal, if any (a server
  *                    that is down or answers 5xx is retried as before). A refused URL
  *                    with recovery positions is dialed once more without them.
+ *     'transport'    fn({transport, previous})   the connection that opens is of another
+ *                    transport ('websocket' or 'sse') than the last one (before 'connected')
  *     'refreshed'    fn({expires})   the server took the fresh token of the `token` function
  *                    and keeps the connection open until `expires` (Unix seconds)
  *   client.positions                     {channel: {epoch, offset}} of the last messages
@@ -73,6 +80,15 @@
  *                                           'disconnected' or 'not-connected')
  *   client.send(raw)                     -> true when sent: a raw frame (string/ArrayBuffer/Blob)
  *   client.close()                       for good: no reconnecting
+ *   client.transport                     'websocket' or 'sse' (of the last connection)
+ *
+ * Server-Sent Events (docs/protocol.md, ws4tx.js on SSE): after two WebSockets that closed
+ * before they opened, when a plain GET of the URL is answered (not a refusal, not 5xx,
+ * 408 or 429: a server that is down keeps the WebSocket's backoff) and one more WebSocket
+ * does not open, the URL is read as an
+ * event stream (fetch, Accept: text/event-stream) and emit/request/send go by POST to it;
+ * after a drop the stream resumes by Last-Event-ID; subscriptions wait ('subscribing') for
+ * the WebSocket, which is tried again after retryWebSocket ms. WS4Redis never falls back.
  *
  * Subscriptions (one connection for several facilities; docs/protocol.md, Subscribe):
  *
@@ -188,6 +204,10 @@ function (root) {
     fetch: undefined,      // a fetch function to use instead of the global one
     positions: null,       // {channel: {epoch, offset}} rendered with the page: recover from there
     getState: null,        // called once after a 'recovered' false, before live messages go on
+    sse: true,             // fall back to Server-Sent Events and POSTs (the event client)
+    retryWebSocket: 60000, // ms on SSE before the WebSocket is tried again (doubling)
+    csrfCookie: 'csrftoken',   // the cookie whose value a POST sends in csrfHeader
+    csrfHeader: 'X-CSRFToken',
   };
 
   var later = typeof queueMicrotask === 'function'
@@ -237,9 +257,20 @@ function (root) {
       this._closedEarly = 0;      // sockets in a row that closed before they opened
       this._opens = 0;            // sockets that opened (a late probe answer is then ignored)
       this._probes = false;       // whether to ask why sockets close before they open
+      this._fallback = false;     // whether to fall back to SSE (the event client)
+      this._mode = 'websocket';   // what the next attempt dials: 'websocket' or 'sse'
+      this._transport = 'websocket';  // what the last connection that opened was
+      this._trying = false;       // this WebSocket attempt is a try from SSE
+      this._tries = 0;            // tries of the WebSocket from SSE that failed in a row
+      this._tryTimer = null;      // the next try of the WebSocket, while on SSE
+      this._lastEventId = null;   // the id of the last event of the last SSE stream
+      this._answering = false;    // the URL is answered over HTTP, its WebSocket is not
     }
 
     get state() { return this._state; }
+
+    /** 'websocket' or 'sse': the transport of the connection (the last one that opened). */
+    get transport() { return this._transport; }
 
     get readyState() { return this._ws ? this._ws.readyState : CLOSED; }
 
@@ -258,6 +289,8 @@ function (root) {
       this._stopped = true;
       clearTimeout(this._retryTimer);
       this._retryTimer = null;
+      clearTimeout(this._tryTimer);
+      this._tryTimer = null;
       this._dial++;
       var ws = this._ws;
       if (ws) {
@@ -309,7 +342,11 @@ function (root) {
       var ws;
       try {
         uri = this._dialed(uri);
-        ws = this._protocols.length ? new Socket(uri, this._protocols) : new Socket(uri);
+        if (this._mode === 'sse') {
+          ws = new EventStream(probeUrl(uri) || uri, this._lastEventId, this._opts);
+        } else {
+          ws = this._protocols.length ? new Socket(uri, this._protocols) : new Socket(uri);
+        }
       } catch (error) {
         this._failedAttempt(error);
         return;
@@ -328,12 +365,76 @@ function (root) {
       ws.onerror = function () {};
       ws.onclose = function (evt) {
         if (self._ws !== ws) return;
+        if (ws.sse) {
+          if (ws.lastEventId) self._lastEventId = ws.lastEventId;
+          // The stream's own answer says the URL is refused (a page sees it here).
+          if (evt.refusal) {
+            self._refused(uri, evt.refusal);
+            return;
+          }
+        }
         var early = !opened;
         self._closedEarly = early ? self._closedEarly + 1 : 0;
-        self._lost({code: evt.code, reason: evt.reason, wasClean: evt.wasClean}, evt);
         var n = self._closedEarly;
-        if (early && n >= 2 && (n & (n - 1)) === 0 && !self._stopped) self._probe(uri);
+        if (!ws.sse && early && self._fallback && (self._trying || self._answering)) {
+          self._toSse();
+        }
+        self._lost({code: evt.code, reason: evt.reason, wasClean: evt.wasClean}, evt);
+        if (!ws.sse && early && n >= 2 && (n & (n - 1)) === 0 && !self._stopped) {
+          self._probe(uri);
+        }
       };
+    }
+
+    /**
+     * WebSockets to the URL cannot open while the URL is answered over HTTP (the probe
+     * after two of them closed before they opened, then one more: a proxy that strips
+     * Upgrade, or answers something else than 101, is seen so by a page; a server that is
+     * down is not), or a
+     * try of the WebSocket from SSE failed: dial the same URL as an event stream from now
+     * on, and try the WebSocket again after retryWebSocket ms (doubling after each failed
+     * try).
+     */
+    _toSse() {
+      var tried = this._trying;
+      this._trying = false;
+      this._answering = false;
+      this._mode = 'sse';
+      this._attempt = 0;
+      this._closedEarly = 0;
+      if (tried) this._tries++;
+      var delay = this._opts.retryWebSocket;
+      clearTimeout(this._tryTimer);
+      this._tryTimer = null;
+      if (delay === null || delay === undefined || !(delay >= 0)) return;
+      delay = Math.min(MAX_WEBSOCKET_RETRY, delay * Math.pow(2, Math.min(this._tries, 30)));
+      var self = this;
+      this._tryTimer = setTimeout(function () { self._tryWebSocket(); }, delay);
+    }
+
+    /** Time to try the WebSocket again: the stream (if any) is closed and the WebSocket
+     *  dialed at once; if it does not open, back to SSE at once (see _toSse). Recovery
+     *  (positions in the URL) covers what is published meanwhile. */
+    _tryWebSocket() {
+      this._tryTimer = null;
+      if (this._stopped || this._mode !== 'sse') return;
+      this._mode = 'websocket';
+      this._trying = true;
+      clearTimeout(this._retryTimer);
+      this._retryTimer = null;
+      var ws = this._ws;
+      if (ws) {
+        this._ws = null;
+        if (ws.lastEventId) this._lastEventId = ws.lastEventId;
+        this._abandon(ws, 1000, 'trying the WebSocket again');
+        this._stopHeartbeat();
+        if (ws.readyState === CLOSED && this._state === 'connected') {
+          this._onDisconnected({code: 1000, reason: 'trying the WebSocket again',
+                                wasClean: true, reconnect: true}, null);
+        }
+      }
+      this._attempt = 0;
+      this._connect();
     }
 
     /** No socket could even be made (bad URL, the URL function failed): retry like a drop. */
@@ -348,7 +449,24 @@ function (root) {
       this._closedEarly = 0;
       this._opens++;
       this._state = 'connected';
+      var transport = this._ws.sse ? 'sse' : 'websocket';
+      this._answering = false;
+      if (transport === 'websocket') {
+        // Back on the WebSocket: its URL carries the positions; an id of a stream of
+        // before would only make the next stream recover from further back.
+        this._trying = false;
+        this._tries = 0;
+        this._lastEventId = null;
+        clearTimeout(this._tryTimer);
+        this._tryTimer = null;
+      }
+      var previous = this._transport;
+      this._transport = transport;
       this._startHeartbeat();
+      if (previous !== transport) {
+        this._onTransport({transport: transport, previous: previous});
+      }
+      if (this._ws === null) return;  // a hook closed it
       this._onConnected({protocol: this._ws.protocol || ''}, evt);
     }
 
@@ -364,6 +482,9 @@ function (root) {
     _startHeartbeat() {
       var beat = this._opts.heartbeat;
       if (beat === null || beat === undefined || beat === '') return;
+      // A stream has the server's heartbeat comments; a POST each interval would be a
+      // message of its own.
+      if (this._ws && this._ws.sse) return;
       this._missed = 0;
       var self = this;
       this._beatTimer = setInterval(function () { self._beat(); },
@@ -453,12 +574,22 @@ function (root) {
       var opens = this._opens;
       Promise.resolve().then(function () {
         return get(url, {credentials: 'include', cache: 'no-store'});
-      }).then(refusal).then(function (verdict) {
-        if (verdict && !self._stopped && self._opens === opens
-            && self._state !== 'connected') {
-          self._refused(uri, verdict);
-        }
-      }, function () {});
+      }).then(function (response) {
+        return Promise.resolve(refusal(response)).then(function (verdict) {
+          var current = !self._stopped && self._opens === opens
+            && self._state !== 'connected';
+          if (verdict && current) {
+            self._refused(uri, verdict);
+          } else if (!verdict && current && self._fallback && self._mode === 'websocket'
+                     && response && response.status < 500 && response.status !== 408
+                     && response.status !== 429) {
+            // The URL is answered, its WebSocket does not open: SSE once one more
+            // WebSocket did not open either (a server that was just starting, and answers
+            // now, would have let it open).
+            self._answering = true;
+          }
+        });
+      }).catch(function () {});
     }
 
     /** The server refuses `uri`: stop (a subclass may try another URL instead). */
@@ -479,6 +610,7 @@ function (root) {
     // Hooks
     _dialed(uri) { return uri; }
     _onRefused() {}
+    _onTransport() {}
     _onConnecting() {}
     _onConnected() {}
     _onFrame() {}
@@ -585,6 +717,231 @@ function (root) {
     var bytes = new Uint8Array(text.length);
     for (var i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
     return binaryType === 'arraybuffer' ? bytes.buffer : new Blob([bytes]);
+  }
+
+  /** How long after a switch to SSE the WebSocket is tried again, at most (ms): the
+   *  delay (option retryWebSocket) doubles after each try that failed, up to this. */
+  var MAX_WEBSOCKET_RETRY = 600000;
+
+  /** The envelope's id of a text frame (an event with an acknowledgement), or null. */
+  function envelopeId(text) {
+    var envelope = parseEnvelope(text);
+    return envelope && Number.isInteger(envelope.id) ? envelope.id : null;
+  }
+
+  /** The value of cookie `name` of the page (null outside a page, or without it). */
+  function cookie(name) {
+    var doc = root && root.document;
+    if (!doc || typeof doc.cookie !== 'string' || !name) return null;
+    var parts = doc.cookie.split(';');
+    for (var i = 0; i < parts.length; i++) {
+      var part = parts[i].trim();
+      if (part.slice(0, name.length + 1) === name + '=') {
+        return decodeURIComponent(part.slice(name.length + 1));
+      }
+    }
+    return null;
+  }
+
+  /** `url` (http:) without the parameters that belong to one stream: recover= (the
+   *  stream's recovery) and resume= (a token good for one attempt). */
+  function postUrl(url) {
+    url = String(url);
+    var hash = url.indexOf('#');
+    var head = hash >= 0 ? url.slice(0, hash) : url;
+    var mark = head.indexOf('?');
+    if (mark < 0) return head;
+    var kept = head.slice(mark + 1).split('&').filter(function (part) {
+      var name = part.split('=')[0];
+      return name !== 'recover' && name !== 'resume';
+    });
+    return head.slice(0, mark) + (kept.length ? '?' + kept.join('&') : '');
+  }
+
+  /**
+   * The same URL as a Server-Sent Events stream (docs/protocol.md, Server-Sent Events),
+   * with the few members of a WebSocket that Connection uses: readyState, protocol,
+   * onopen, onmessage, onclose, send() and close(). What it gets is what a ws4tx.v1
+   * socket would: a message's data as a frame, a named event as an event envelope. What
+   * it sends goes by POST to the same URL, one after the other, and the envelopes of the
+   * answer (an acknowledgement, a refusal, events a handler emitted) come back as frames;
+   * a refused POST of an event with an id comes back as that id's error.
+   *
+   * The stream is read with fetch rather than EventSource, which hears only events whose
+   * names it was given beforehand and cannot send Last-Event-ID on a stream of its own
+   * making: `lastEventId` is the id of the last event, which the next stream sends.
+   */
+  class EventStream {
+    constructor(url, lastEventId, options) {
+      this.sse = true;
+      this.url = url;
+      this.protocol = SUBPROTOCOL;
+      this.readyState = 0;
+      this.lastEventId = lastEventId || '';
+      this.onopen = this.onmessage = this.onclose = this.onerror = null;
+      this._fetch = options.fetch || root.fetch;
+      this._csrf = options;
+      this._abort = typeof AbortController === 'function' ? new AbortController() : null;
+      this._posting = Promise.resolve();
+      this._closing = null;       // the server's ws4tx.closed {code, reason}
+      var self = this;
+      later(function () { self._start(); });
+    }
+
+    _start() {
+      if (this.readyState !== 0) return;
+      var headers = {Accept: 'text/event-stream'};
+      if (this.lastEventId) headers['Last-Event-ID'] = this.lastEventId;
+      var self = this;
+      Promise.resolve().then(function () {
+        return self._fetch.call(root, self.url, {
+          headers: headers, credentials: 'include', cache: 'no-store',
+          signal: self._abort ? self._abort.signal : undefined});
+      }).then(function (response) {
+        if (self.readyState !== 0) return undefined;
+        var type = String((response.headers && response.headers.get('content-type')) || '');
+        if (response.status !== 200 || type.indexOf('text/event-stream') < 0
+            || !response.body) {
+          return Promise.resolve(refusal(response)).then(function (verdict) {
+            self._end({code: 1006, reason: 'HTTP ' + response.status, wasClean: false,
+                       refusal: verdict || null});
+          });
+        }
+        self.readyState = OPEN;
+        if (self.onopen) self.onopen({type: 'open'});
+        return self._read(response.body.getReader());
+      }).catch(function (error) {
+        self._end({code: 1006, reason: String((error && error.message) || error),
+                   wasClean: false});
+      });
+    }
+
+    /** Read events until the stream ends. */
+    _read(reader) {
+      var self = this;
+      var decoder = new TextDecoder('utf-8');
+      var rest = '';
+      var event = {data: [], name: '', id: null};
+      var step = function () {
+        return reader.read().then(function (chunk) {
+          if (self.readyState !== OPEN) {
+            reader.cancel().catch(function () {});
+            return undefined;
+          }
+          if (chunk.done) {
+            var closing = self._closing;
+            self._end(closing ? {code: closing.code, reason: closing.reason, wasClean: true}
+                      : {code: 1006, reason: 'the stream ended', wasClean: false});
+            return undefined;
+          }
+          // Lines end with LF, or CR LF (ws4tx's end with LF).
+          var lines = (rest + decoder.decode(chunk.value, {stream: true})).split('\n');
+          rest = lines.pop();
+          for (var i = 0; i < lines.length && self.readyState === OPEN; i++) {
+            var line = lines[i];
+            if (line.slice(-1) === '\r') line = line.slice(0, -1);
+            event = self._line(line, event);
+          }
+          return step();
+        });
+      };
+      return step();
+    }
+
+    /** One line of the stream (the SSE format): a field of `event`, or its end. */
+    _line(line, event) {
+      if (line === '') {
+        if (event.id !== null) this.lastEventId = event.id;
+        if (event.data.length) this._dispatch(event.name, event.data.join('\n'));
+        return {data: [], name: '', id: null};
+      }
+      if (line.charAt(0) === ':') return event;  // a comment: the server's heartbeat
+      var colon = line.indexOf(':');
+      var field = colon < 0 ? line : line.slice(0, colon);
+      var value = colon < 0 ? '' : line.slice(colon + (line.charAt(colon + 1) === ' ' ? 2 : 1));
+      if (field === 'data') event.data.push(value);
+      else if (field === 'event') event.name = value;
+      else if (field === 'id' && value.indexOf('\0') < 0) event.id = value;
+      return event;
+    }
+
+    _dispatch(name, data) {
+      var frame = data;
+      if (name === 'ws4tx.closed') {
+        // The server ends the stream: a WebSocket would have been closed with this code.
+        var closing = null;
+        try {
+          closing = JSON.parse(data);
+        } catch (error) { /* no code */ }
+        if (closing && Number.isInteger(closing.code)) {
+          this._closing = {code: closing.code, reason: String(closing.reason || '')};
+        }
+        return;
+      }
+      if (name && name !== 'message') {
+        frame = '{"ws4tx":"event","event":' + JSON.stringify(name) + ',"data":'
+          + (data.trim() ? data : 'null') + '}';
+      }
+      if (this.onmessage) this.onmessage({data: frame});
+    }
+
+    /** POST `data` (a text frame, or binary) to the URL, after those sent before. */
+    send(data) {
+      if (this.readyState !== OPEN) throw new Error('the event stream is not open');
+      var text = typeof data === 'string';
+      var id = text ? envelopeId(data) : null;
+      var headers = {'Content-Type': text ? 'text/plain;charset=UTF-8'
+                                           : 'application/octet-stream'};
+      var token = cookie(this._csrf.csrfCookie);
+      if (token) headers[this._csrf.csrfHeader] = token;
+      var self = this;
+      var url = postUrl(this.url);
+      this._posting = this._posting.then(function () {
+        return self._fetch.call(root, url, {method: 'POST', body: data, headers: headers,
+                                            credentials: 'include', cache: 'no-store'});
+      }).then(function (response) {
+        return Promise.resolve(response.text()).then(function (body) {
+          var answer = null;
+          try {
+            answer = JSON.parse(body);
+          } catch (error) { /* not ws4tx's answer */ }
+          if (Array.isArray(answer)) {
+            answer.forEach(function (envelope) { self._answer(JSON.stringify(envelope)); });
+          } else if (response.status >= 300 && id !== null) {
+            var reason = answer && answer.reason ? String(answer.reason)
+              : 'HTTP ' + response.status;
+            self._answer(JSON.stringify({ws4tx: 'ack', id: id, error: reason}));
+          }
+        });
+      }).catch(function (error) {
+        if (id !== null) {
+          self._answer(JSON.stringify({ws4tx: 'ack', id: id,
+                                       error: String((error && error.message) || error)}));
+        }
+      });
+    }
+
+    _answer(frame) {
+      if (this.readyState === OPEN && this.onmessage) this.onmessage({data: frame});
+    }
+
+    close(code, reason) {
+      this._end({code: code === undefined ? 1000 : code,
+                 reason: reason === undefined ? '' : String(reason), wasClean: true});
+    }
+
+    _end(info) {
+      if (this.readyState >= 2) return;
+      this.readyState = CLOSED;
+      if (this._abort) this._abort.abort();
+      var onclose = this.onclose;
+      if (onclose) {
+        later(function () {
+          onclose({type: 'close', code: info.code, reason: info.reason,
+                   wasClean: info.wasClean, refusal: info.refusal || null});
+        });
+      }
+    }
   }
 
   /**
@@ -964,7 +1321,7 @@ function (root) {
       clearTimeout(this._retryTimer);
       this._retryTimer = setTimeout(function () {
         self._retryTimer = null;
-        if (self._state === 'subscribing' && client._ws && client._ws.readyState === OPEN) {
+        if (self._state === 'subscribing' && client._subscribable()) {
           client._subscribeNow(self);
         }
       }, Math.random() * cap);
@@ -996,6 +1353,7 @@ function (root) {
       this._answers = new Map();    // subscribe/unsubscribe id -> fn(answer)
       this._opening = null;         // the Subscription last subscribed with positions
       this._probes = true;
+      this._fallback = this._opts.sse !== false;
       this._asked = 0;              // positions the current socket's URL carries
       this._unsent = null;          // {channel: reason} of the positions it left out
       this._skipPositions = null;   // {reason, once}: dial without positions (refused)
@@ -1036,8 +1394,16 @@ function (root) {
         return subscription;
       }
       this._subscriptions.push(subscription);
-      if (this._ws && this._ws.readyState === OPEN) this._subscribeNow(subscription);
+      if (this._subscribable()) this._subscribeNow(subscription);
       return subscription;
+    }
+
+    /** Whether subscribe frames can go now: a WebSocket is open. On SSE they cannot (the
+     *  server refuses a subscribe by POST: a stream's channels are those of its URL):
+     *  subscriptions wait, 'subscribing', for the WebSocket to be back. */
+    _subscribable() {
+      var ws = this._ws;
+      return Boolean(ws && ws.readyState === OPEN && !ws.sse);
     }
 
     /** The subscriptions this client subscribes (not those unsubscribed or refused). */
@@ -1244,7 +1610,7 @@ function (root) {
       }
       var ws = this._ws;
       var subscriptions = this._subscriptions.slice();
-      for (var i = 0; i < subscriptions.length && this._ws === ws && ws; i++) {
+      for (var i = 0; i < subscriptions.length && this._ws === ws && this._subscribable(); i++) {
         if (subscriptions[i]._state === 'subscribing') this._subscribeNow(subscriptions[i]);
       }
     }
@@ -1286,6 +1652,8 @@ function (root) {
     }
 
     _onRefused(verdict) { this._fire('refused', verdict); }
+
+    _onTransport(info) { this._fire('transport', info); }
 
     _onFrame(data) {
       var envelope = parseEnvelope(data);
