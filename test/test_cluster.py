@@ -423,6 +423,28 @@ class ClusterTests(unittest.TestCase):
         self.addCleanup(factory.disconnect)
         return handler, factory
 
+    def test_aCommandThatTimedOutIsNotSentAgain(self):
+        """A command that timed out may have run (a publish stored and delivered): the
+        cluster clients, sync and async, do not send it again, as redis-py's own cluster
+        client does; a lost connection or a cluster that changed is still retried."""
+        from redis import exceptions
+        from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+        from ws4tx import _async_redis, _sync_redis
+
+        address = RedisAddress(
+            cluster_nodes=tuple(("127.0.0.1", s.port) for s in self.cluster.servers))
+        sync = _sync_redis._build(address, 1.0)
+        self.addCleanup(sync.close)
+        for built, base in ((sync, redis.RedisCluster),
+                            (_async_redis._build(address, 1.0), AsyncCluster)):
+            self.assertIsInstance(built, base)
+            self.assertIn(exceptions.TimeoutError, base.ERRORS_ALLOW_RETRY)
+            allowed = type(built).ERRORS_ALLOW_RETRY
+            self.assertNotIn(exceptions.TimeoutError, allowed)
+            self.assertIn(exceptions.ConnectionError, allowed)
+            self.assertIn(exceptions.ClusterDownError, allowed)
+
     @settings(max_examples=200, deadline=None)
     @given(st.text(min_size=1, max_size=40))
     def test_keySlotIsRedisOwn(self, name):
