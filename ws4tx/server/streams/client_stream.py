@@ -111,7 +111,8 @@ class ClientStream:
         #: page; their outcomes (recovered, reason, messages) and the offset each
         #: reached; whether the join's reads were ordered.
         self._catchups: list[CatchUp] = []
-        self._joining: deque[tuple[CatchUp, SharedHistory]] = deque()
+        #: (None when there are none: most clients recover nothing.)
+        self._joining: Optional[deque[tuple[CatchUp, SharedHistory]]] = None
         self._outcomes: dict[str, tuple[bool, Optional[str], int]] = {}
         self._following: dict[str, int] = {}
         self._ordered = True
@@ -206,6 +207,8 @@ class ClientStream:
                     if first.reason is None:
                         budget -= need
                         self._last[channel_] = asked
+                        if self._joining is None:
+                            self._joining = deque()
                         self._joining.append((CatchUp(
                             channel_, asked, partial(self._readPage, channel_),
                             partial(self._enqueue, channel_), self._joinCaughtUp,
@@ -230,6 +233,7 @@ class ClientStream:
             self._transport.pace()
             if not catchup.done:
                 return
+        self._joining = None
         if self._held is not None:
             self._joinDone()
 
@@ -413,7 +417,7 @@ class ClientStream:
         """The client went away: read no more pages."""
         self._stopCatchingUp(self.channels)
         self._held = None
-        self._joining.clear()
+        self._joining = None
 
     def _stopCatchingUp(self, channels: Iterable[str]) -> None:
         """Read no more pages of ``channels``."""
@@ -423,8 +427,9 @@ class ClientStream:
                 catchup.cancel()
                 self._catchups.remove(catchup)
                 self._catching.pop(catchup.channel, None)
-        self._joining = deque((c, first) for c, first in self._joining
-                              if c.channel not in gone)
+        if self._joining:
+            self._joining = deque((c, first) for c, first in self._joining
+                                  if c.channel not in gone) or None
         self._recheck()
 
     # Live messages
