@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections import deque
 from functools import partial
-from typing import TYPE_CHECKING, AbstractSet, Any, Iterable, Optional, Protocol
+from types import MappingProxyType
+from typing import TYPE_CHECKING, AbstractSet, Any, Iterable, Optional, Protocol, cast
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -37,6 +38,12 @@ from ws4tx.server.streams.catchup import CatchUp
 
 if TYPE_CHECKING:
     from ws4tx.server.streams.node_streams import Streams
+
+
+#: The empty table every client shares while it has nothing in one (most of them, once
+#: joined): read-only, so a write to it fails loudly instead of reaching every client; a
+#: client makes its own dictionary on its first write.
+_EMPTY = cast("dict[Any, Any]", MappingProxyType({}))
 
 
 class StreamTransport(Protocol):
@@ -98,23 +105,24 @@ class ClientStream:
         #: Live frames that came while the stored messages were being fetched (they go
         #: out after them): [(channel, prepared, payload)], None once the replay is done.
         self._held: Optional[list[tuple[str, Any, bytes]]] = [] if channels else None
-        #: The stored messages fetched so far.
-        self._stored: dict[str, Optional[bytes]] = {}
+        #: The stored messages fetched so far. (Here and below, a table is the shared
+        #: :data:`_EMPTY` until it is first written.)
+        self._stored: dict[str, Optional[bytes]] = _EMPTY
         #: The position of the last message sent on each channel (or where the client
         #: was told the channel stands): what comes again (a live message the node
         #: also recovered) is not sent twice.
         self._last: dict[str, Position] = {}
         #: The history reads of the channels being recovered (a SharedHistory, or the
         #: failure).
-        self._reads: dict[str, Any] = {}
+        self._reads: dict[str, Any] = _EMPTY
         #: The catch-ups under way; those of the join still to start, with their first
         #: page; their outcomes (recovered, reason, messages) and the offset each
         #: reached; whether the join's reads were ordered.
         self._catchups: list[CatchUp] = []
         #: (None when there are none: most clients recover nothing.)
         self._joining: Optional[deque[tuple[CatchUp, SharedHistory]]] = None
-        self._outcomes: dict[str, tuple[bool, Optional[str], int]] = {}
-        self._following: dict[str, int] = {}
+        self._outcomes: dict[str, tuple[bool, Optional[str], int]] = _EMPTY
+        self._following: dict[str, int] = _EMPTY
         self._ordered = True
         self._taking = self._replaying = False
         #: channel -> the live frames held while the node's catch-up of it runs.
@@ -169,13 +177,25 @@ class ClientStream:
         self._fetched(None, channel)
 
     def _fetched(self, stored: Optional[bytes], channel: str) -> None:
+        if self._stored is _EMPTY:
+            self._stored = {}
         self._stored[channel] = stored
 
     def _read(self, result: Any, channel: str) -> None:
         if isinstance(result, Failure):
             self.log.info("recovering {channel} for {peer} failed: {error}", channel=channel,
                           peer=self._transport.peer, error=result.getErrorMessage())
-        self._reads[channel] = result
+        self._readOf(channel, result)
+
+    def _readOf(self, channel: str, read: Any) -> None:
+        if self._reads is _EMPTY:
+            self._reads = {}
+        self._reads[channel] = read
+
+    def _outcome(self, channel: str, outcome: tuple[bool, Optional[str], int]) -> None:
+        if self._outcomes is _EMPTY:
+            self._outcomes = {}
+        self._outcomes[channel] = outcome
 
     def _replayStored(self, result: object) -> None:
         """Every channel's stored message is in, and every live message published before
@@ -197,7 +217,7 @@ class ClientStream:
             if asked is not None and channel_ in self._reads:
                 read = self._reads[channel_]
                 if not isinstance(read, SharedHistory):
-                    self._outcomes[channel_] = (False, UNAVAILABLE, 0)
+                    self._outcome(channel_, (False, UNAVAILABLE, 0))
                 else:
                     first = step(asked.epoch, asked.offset + 1, read.history, FIRST_PAGE,
                                  first=True)
@@ -214,11 +234,11 @@ class ClientStream:
                             partial(self._enqueue, channel_), self._joinCaughtUp,
                             self._transport.pace), read))
                         continue
-                    self._outcomes[channel_] = (False, first.reason, 0)
+                    self._outcome(channel_, (False, first.reason, 0))
             message = self._stored.get(channel_)
             if message is not None and (channel_, message) not in live:
                 self._sendStored(message)
-        self._stored = {}
+        self._stored = _EMPTY
         self._replaying = True
         self._nextCatchUp()
 
@@ -240,9 +260,11 @@ class ClientStream:
     def _joinCaughtUp(self, catchup: CatchUp) -> None:
         self._catchups.remove(catchup)
         if catchup.last_read is not None:
-            self._reads[catchup.channel] = SharedHistory(catchup.last_read)
-        self._outcomes[catchup.channel] = (catchup.reason is None, catchup.reason,
-                                           catchup.sent)
+            self._readOf(catchup.channel, SharedHistory(catchup.last_read))
+        self._outcome(catchup.channel, (catchup.reason is None, catchup.reason,
+                                        catchup.sent))
+        if self._following is _EMPTY:
+            self._following = {}
         self._following[catchup.channel] = catchup.following
         if not self._taking:
             self._nextCatchUp()
@@ -270,8 +292,7 @@ class ClientStream:
             verdict = recovered_event(merges, self._outcomes)
             self._streams.verdict(verdict.get("reason"))
             transport.sendEvent(envelope.RECOVERED_EVENT, verdict)
-        self._outcomes = {}
-        self._following = {}
+        self._outcomes = self._following = _EMPTY
         for (channel_, prepared, payload), kept in zip(held, keep, strict=True):
             if kept and (not self._positions or prepared.position is None
                          or self._fresh(channel_, prepared.position)):
@@ -303,7 +324,7 @@ class ClientStream:
         published before the reads is known to have arrived, or none can arrive any more
         because the subscriber is down (``ordered``): then it reads what was published
         meanwhile once the subscriber is back."""
-        reads, self._reads = self._reads, {}
+        reads, self._reads = self._reads, _EMPTY
         learned = {}
         channels = self._streams.channels
         for channel_, shared in reads.items():
