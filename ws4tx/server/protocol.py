@@ -131,6 +131,12 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
         return self._channels
 
     @property
+    def subscribed(self) -> defer.Deferred[None]:
+        """Fires once this client's channels are subscribed (and its replay is on the
+        way): once open."""
+        return self._stream.subscribed
+
+    @property
     def handshake(self) -> Optional[Any]:
         """The handshake as the authenticator saw it (None before it came)."""
         return self._handshake
@@ -269,9 +275,7 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
             self._bucket = TokenBucket(config.rate_limit, config.rate_burst,
                                        self.factory.reactor)
         # Its streams first: the transport's producer calls pace them.
-        self._stream = stream = node.join(self, self._recover)
-        #: Fires once this client's channels are subscribed (and its replay is on the way).
-        self.subscribed = stream.subscribed
+        self._stream = node.join(self, self._recover)
         # A TCP or TLS transport, which is a consumer too.
         transport = cast(IConsumer, self.transport)
         if getattr(transport, "producer", None) is not None:

@@ -129,9 +129,20 @@ class ClientStream:
         self._catching: dict[str, list[tuple[deflate.Message, bytes]]] = {}
         self.careful = True
         self._recheck()
-        #: Fires once the client's channels are subscribed (and its replay is on the way).
-        self.subscribed: defer.Deferred[None] = defer.Deferred()
-        self.subscribed.addCallback(self._replay)
+        self._subscribed: Optional[defer.Deferred[None]] = defer.Deferred()
+        self._subscribed.addBoth(self._letGo).addCallback(self._replay)
+
+    @property
+    def subscribed(self) -> defer.Deferred[None]:
+        """Fires once the client's channels are subscribed (and its replay is on the
+        way); once it has, a Deferred that has fired (the stream does not keep it)."""
+        if self._subscribed is None:
+            return defer.succeed(None)
+        return self._subscribed
+
+    def _letGo(self, result: Any) -> Any:
+        self._subscribed = None
+        return result
 
     def _recheck(self) -> None:
         self.careful = self._positions or self._held is not None or bool(self._catching)
