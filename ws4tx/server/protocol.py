@@ -56,6 +56,10 @@ _log = Logger(observer=observer)
 
 #: Autobahn's open state, read once per client and message of a fan-out.
 _OPEN: int = WebSocketServerProtocol.STATE_OPEN
+#: The positions of a client that asks to recover nothing, or has joined (its stream
+#: keeps what it asked): one empty dict that every such connection keeps (read, never
+#: written), not one each.
+_NOTHING_TO_RECOVER: dict[str, Position] = {}
 
 
 @implementer(IPushProducer)
@@ -98,8 +102,8 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
         self._refusalHeaders: list[tuple[str, str]] = []
         #: The deflate window of the compressed frames this client takes (None: plain).
         self._window: Optional[int] = None
-        #: The positions it asked to recover from, by channel (``recover=``).
-        self._recover: dict[str, Position] = {}
+        #: The positions it asked to recover from, by channel (``recover=``), until it joins.
+        self._recover: dict[str, Position] = _NOTHING_TO_RECOVER
         #: Its flow control (made once the factory is known: connectionMade). What is
         #: queued for this client, written as its socket drains (recovered messages, and
         #: what must come after them): (channel, prepared, payload), or ("", None, an
@@ -276,6 +280,7 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
                                        self.factory.reactor)
         # Its streams first: the transport's producer calls pace them.
         self._stream = node.join(self, self._recover)
+        self._recover = _NOTHING_TO_RECOVER
         # A TCP or TLS transport, which is a consumer too.
         transport = cast(IConsumer, self.transport)
         if getattr(transport, "producer", None) is not None:

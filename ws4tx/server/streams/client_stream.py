@@ -101,7 +101,7 @@ class ClientStream:
         #: Whether this client gets messages with their positions (an event client of a
         #: facility with history), and the positions it asked to recover from, by channel.
         self._positions = transport.speaks_events and self._retention is not None
-        self._recover = recover if self._positions else {}
+        self._recover: dict[str, Position] = recover if self._positions and recover else _EMPTY
         #: Live frames that came while the stored messages were being fetched (they go
         #: out after them): [(channel, prepared, payload)], None once the replay is done.
         self._held: Optional[list[tuple[str, Any, bytes]]] = [] if channels else None
