@@ -111,14 +111,14 @@ class ClientStream:
         #: The position of the last message sent on each channel (or where the client
         #: was told the channel stands): what comes again (a live message the node
         #: also recovered) is not sent twice.
-        self._last: dict[str, Position] = {}
+        self._last: dict[str, Position] = _EMPTY
         #: The history reads of the channels being recovered (a SharedHistory, or the
         #: failure).
         self._reads: dict[str, Any] = _EMPTY
         #: The catch-ups under way; those of the join still to start, with their first
         #: page; their outcomes (recovered, reason, messages) and the offset each
         #: reached; whether the join's reads were ordered.
-        self._catchups: list[CatchUp] = []
+        self._catchups: Optional[list[CatchUp]] = None  # None: none under way
         #: (None when there are none: most clients recover nothing.)
         self._joining: Optional[deque[tuple[CatchUp, SharedHistory]]] = None
         self._outcomes: dict[str, tuple[bool, Optional[str], int]] = _EMPTY
@@ -126,7 +126,7 @@ class ClientStream:
         self._ordered = True
         self._taking = self._replaying = False
         #: channel -> the live frames held while the node's catch-up of it runs.
-        self._catching: dict[str, list[tuple[deflate.Message, bytes]]] = {}
+        self._catching: dict[str, list[tuple[deflate.Message, bytes]]] = _EMPTY
         self.careful = True
         self._recheck()
         self._subscribed: Optional[defer.Deferred[None]] = defer.Deferred()
@@ -237,7 +237,7 @@ class ClientStream:
                         first = Page((), asked.offset + 1, True, TRIMMED)
                     if first.reason is None:
                         budget -= need
-                        self._last[channel_] = asked
+                        self._at(channel_, asked)
                         if self._joining is None:
                             self._joining = deque()
                         self._joining.append((CatchUp(
@@ -257,7 +257,7 @@ class ClientStream:
         """Start the next channel's catch-up of the join; once none is left, finish."""
         while self._joining:
             catchup, first = self._joining.popleft()
-            self._catchups.append(catchup)
+            self._started(catchup)
             self._taking = True
             catchup.take(first, FIRST_PAGE)
             self._taking = False
@@ -268,8 +268,19 @@ class ClientStream:
         if self._held is not None:
             self._joinDone()
 
-    def _joinCaughtUp(self, catchup: CatchUp) -> None:
+    def _started(self, catchup: CatchUp) -> None:
+        if self._catchups is None:
+            self._catchups = []
+        self._catchups.append(catchup)
+
+    def _ended(self, catchup: CatchUp) -> None:
+        assert self._catchups is not None
         self._catchups.remove(catchup)
+        if not self._catchups:
+            self._catchups = None
+
+    def _joinCaughtUp(self, catchup: CatchUp) -> None:
+        self._ended(catchup)
         if catchup.last_read is not None:
             self._readOf(catchup.channel, SharedHistory(catchup.last_read))
         self._outcome(catchup.channel, (catchup.reason is None, catchup.reason,
@@ -293,7 +304,8 @@ class ClientStream:
             for index, kept in zip(indexes, merging.live, strict=True):
                 keep[index] = kept
         learned = self._learned(merges, held, ordered=self._ordered)
-        self._last.update(learned)
+        for channel_, start in learned.items():
+            self._at(channel_, start)
         transport = self._transport
         if learned:
             transport.sendEvent(envelope.POSITIONS_EVENT, {"channels": {
@@ -389,7 +401,7 @@ class ClientStream:
 
     def drained(self) -> None:
         """The client's queue is low: the catch-ups read their next pages."""
-        for catchup in tuple(self._catchups):
+        for catchup in tuple(self._catchups or ()):
             catchup.drained()
 
     def catchUp(self, channel: str, since: Position, first: Any, announce: bool) -> None:
@@ -399,12 +411,14 @@ class ClientStream:
         ``announce``, also a success)."""
         if self._held is not None or channel in self._catching or self._transport.dropped:
             return  # still joining: its own catch-up covers it
+        if self._catching is _EMPTY:
+            self._catching = {}
         self._catching[channel] = []
         self._recheck()
         catchup = CatchUp(channel, since, partial(self._readPage, channel),
                           partial(self._enqueue, channel),
                           partial(self._caughtUp, announce=announce), self._transport.pace)
-        self._catchups.append(catchup)
+        self._started(catchup)
         catchup.take(first, FIRST_PAGE)
         self._transport.pace()
 
@@ -412,8 +426,8 @@ class ClientStream:
         """A catch-up the node asked for is done: the live messages held meanwhile
         that come after it, and (when asked, or it failed) the outcome."""
         channel = catchup.channel
-        self._catchups.remove(catchup)
-        held = self._catching.pop(channel, [])
+        self._ended(catchup)
+        held = self._release(channel)
         self._recheck()
         positions = [prepared.position for prepared, _ in held]
         end = catchup.following - 1
@@ -422,7 +436,8 @@ class ClientStream:
         if catchup.reason is not None or not merged.recovered:
             read = catchup.last_read
             start = start_of(read, positions) if read is not None else None
-            self._last.pop(channel, None)
+            if channel in self._last:
+                del self._last[channel]
             self.channelRecovered(channel, False, catchup.reason or merged.reason, start, 0)
             kept = [True] * len(held)
         else:
@@ -451,14 +466,24 @@ class ClientStream:
         self._held = None
         self._joining = None
 
+    def _release(self, channel: str) -> list[tuple[deflate.Message, bytes]]:
+        """The live frames held while ``channel`` was caught up, no longer held."""
+        catching = self._catching
+        if channel not in catching:
+            return []
+        held = catching.pop(channel)
+        if not catching:
+            self._catching = _EMPTY
+        return held
+
     def _stopCatchingUp(self, channels: Iterable[str]) -> None:
         """Read no more pages of ``channels``."""
         gone = set(channels)
-        for catchup in tuple(self._catchups):
+        for catchup in tuple(self._catchups or ()):
             if catchup.channel in gone:
                 catchup.cancel()
-                self._catchups.remove(catchup)
-                self._catching.pop(catchup.channel, None)
+                self._ended(catchup)
+                self._release(catchup.channel)
         if self._joining:
             self._joining = deque((c, first) for c, first in self._joining
                                   if c.channel not in gone) or None
@@ -496,8 +521,14 @@ class ClientStream:
         if last is not None and last.epoch == position.epoch \
                 and position.offset <= last.offset:
             return False
-        self._last[channel] = position
+        self._at(channel, position)
         return True
+
+    def _at(self, channel: str, position: Position) -> None:
+        """The client's last message on ``channel`` is at ``position``."""
+        if self._last is _EMPTY:
+            self._last = {}
+        self._last[channel] = position
 
     def _outgoing(self, prepared: deflate.Message, channel: str) -> deflate.Message:
         """What this client gets of a prepared message: with its position, in a
@@ -515,7 +546,7 @@ class ClientStream:
             return
         send = self._transport.sendEvent
         if position is not None:
-            self._last[channel] = position
+            self._at(channel, position)
             send(envelope.POSITIONS_EVENT, {"channels": {
                 channel: {"epoch": position.epoch, "offset": position.offset}}})
         outcome: dict[str, Any] = {"recovered": recovered}
