@@ -89,6 +89,12 @@ class ClientStream:
     What it decides goes out through its ``transport``; :attr:`careful` says whether live
     messages must pass through :meth:`live` (held, or checked against their positions)."""
 
+    # One per client and subscription: no __dict__.
+    __slots__ = ("_catching", "_catchups", "_config", "_following", "_held", "_joining",
+                 "_last", "_ordered", "_outcomes", "_positions", "_reads", "_recover",
+                 "_replaying", "_retention", "_stored", "_streams", "_subscribed", "_taking",
+                 "_transport", "careful", "channels")
+
     log = Logger(observer=observer)
 
     def __init__(self, transport: StreamTransport, streams: Streams, facility: str,
