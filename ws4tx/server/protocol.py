@@ -56,6 +56,10 @@ _log = Logger(observer=observer)
 
 #: Autobahn's open state, read once per client and message of a fan-out.
 _OPEN: int = WebSocketServerProtocol.STATE_OPEN
+#: The positions of a client that asks to recover nothing, or has joined (its stream
+#: keeps what it asked): one empty dict that every such connection keeps (read, never
+#: written), not one each.
+_NOTHING_TO_RECOVER: dict[str, Position] = {}
 
 
 @implementer(IPushProducer)
@@ -98,8 +102,8 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
         self._refusalHeaders: list[tuple[str, str]] = []
         #: The deflate window of the compressed frames this client takes (None: plain).
         self._window: Optional[int] = None
-        #: The positions it asked to recover from, by channel (``recover=``).
-        self._recover: dict[str, Position] = {}
+        #: The positions it asked to recover from, by channel (``recover=``), until it joins.
+        self._recover: dict[str, Position] = _NOTHING_TO_RECOVER
         #: Its flow control (made once the factory is known: connectionMade). What is
         #: queued for this client, written as its socket drains (recovered messages, and
         #: what must come after them): (channel, prepared, payload), or ("", None, an
@@ -129,6 +133,12 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
     def channels(self) -> tuple[str, ...]:
         """The channels this client listens to (by its URL)."""
         return self._channels
+
+    @property
+    def subscribed(self) -> defer.Deferred[None]:
+        """Fires once this client's channels are subscribed (and its replay is on the
+        way): once open."""
+        return self._stream.subscribed
 
     @property
     def handshake(self) -> Optional[Any]:
@@ -269,9 +279,8 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
             self._bucket = TokenBucket(config.rate_limit, config.rate_burst,
                                        self.factory.reactor)
         # Its streams first: the transport's producer calls pace them.
-        self._stream = stream = node.join(self, self._recover)
-        #: Fires once this client's channels are subscribed (and its replay is on the way).
-        self.subscribed = stream.subscribed
+        self._stream = node.join(self, self._recover)
+        self._recover = _NOTHING_TO_RECOVER
         # A TCP or TLS transport, which is a consumer too.
         transport = cast(IConsumer, self.transport)
         if getattr(transport, "producer", None) is not None:

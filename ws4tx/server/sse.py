@@ -227,8 +227,6 @@ class SSEStream:
         node.stats["sse_accepted"] += 1
         request.registerProducer(self, True)
         self._stream = node.join(self, recover)
-        #: Fires once its channels are subscribed (and its replay is on the way).
-        self.subscribed = self._stream.subscribed
         if unknown:
             node.recovered(UNKNOWN_POSITION)
             self.sendEvent(envelope.RECOVERED_EVENT,
@@ -242,6 +240,12 @@ class SSEStream:
             self._expiry = Expiry(node.clock, admitted.expires, lambda _: None,
                                   lambda: self.closeWith(closecodes.TOKEN_EXPIRED,
                                                          "token expired"))
+
+    @property
+    def subscribed(self) -> defer.Deferred[None]:
+        """Fires once its channels are subscribed (and its replay is on the way): once
+        joined."""
+        return self._stream.subscribed
 
     # What its streams drive (ws4tx.server.streams.StreamTransport)
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections import deque
 from functools import partial
-from typing import TYPE_CHECKING, AbstractSet, Any, Iterable, Optional, Protocol
+from types import MappingProxyType
+from typing import TYPE_CHECKING, AbstractSet, Any, Iterable, Optional, Protocol, cast
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -37,6 +38,12 @@ from ws4tx.server.streams.catchup import CatchUp
 
 if TYPE_CHECKING:
     from ws4tx.server.streams.node_streams import Streams
+
+
+#: The empty table every client shares while it has nothing in one (most of them, once
+#: joined): read-only, so a write to it fails loudly instead of reaching every client; a
+#: client makes its own dictionary on its first write.
+_EMPTY = cast("dict[Any, Any]", MappingProxyType({}))
 
 
 class StreamTransport(Protocol):
@@ -82,6 +89,12 @@ class ClientStream:
     What it decides goes out through its ``transport``; :attr:`careful` says whether live
     messages must pass through :meth:`live` (held, or checked against their positions)."""
 
+    # One per client and subscription: no __dict__.
+    __slots__ = ("_catching", "_catchups", "_config", "_following", "_held", "_joining",
+                 "_last", "_ordered", "_outcomes", "_positions", "_reads", "_recover",
+                 "_replaying", "_retention", "_stored", "_streams", "_subscribed", "_taking",
+                 "_transport", "careful", "channels")
+
     log = Logger(observer=observer)
 
     def __init__(self, transport: StreamTransport, streams: Streams, facility: str,
@@ -94,35 +107,48 @@ class ClientStream:
         #: Whether this client gets messages with their positions (an event client of a
         #: facility with history), and the positions it asked to recover from, by channel.
         self._positions = transport.speaks_events and self._retention is not None
-        self._recover = recover if self._positions else {}
+        self._recover: dict[str, Position] = recover if self._positions and recover else _EMPTY
         #: Live frames that came while the stored messages were being fetched (they go
         #: out after them): [(channel, prepared, payload)], None once the replay is done.
         self._held: Optional[list[tuple[str, Any, bytes]]] = [] if channels else None
-        #: The stored messages fetched so far.
-        self._stored: dict[str, Optional[bytes]] = {}
+        #: The stored messages fetched so far. (Here and below, a table is the shared
+        #: :data:`_EMPTY` until it is first written.)
+        self._stored: dict[str, Optional[bytes]] = _EMPTY
         #: The position of the last message sent on each channel (or where the client
         #: was told the channel stands): what comes again (a live message the node
         #: also recovered) is not sent twice.
-        self._last: dict[str, Position] = {}
+        self._last: dict[str, Position] = _EMPTY
         #: The history reads of the channels being recovered (a SharedHistory, or the
         #: failure).
-        self._reads: dict[str, Any] = {}
+        self._reads: dict[str, Any] = _EMPTY
         #: The catch-ups under way; those of the join still to start, with their first
         #: page; their outcomes (recovered, reason, messages) and the offset each
         #: reached; whether the join's reads were ordered.
-        self._catchups: list[CatchUp] = []
-        self._joining: deque[tuple[CatchUp, SharedHistory]] = deque()
-        self._outcomes: dict[str, tuple[bool, Optional[str], int]] = {}
-        self._following: dict[str, int] = {}
+        self._catchups: Optional[list[CatchUp]] = None  # None: none under way
+        #: (None when there are none: most clients recover nothing.)
+        self._joining: Optional[deque[tuple[CatchUp, SharedHistory]]] = None
+        self._outcomes: dict[str, tuple[bool, Optional[str], int]] = _EMPTY
+        self._following: dict[str, int] = _EMPTY
         self._ordered = True
         self._taking = self._replaying = False
         #: channel -> the live frames held while the node's catch-up of it runs.
-        self._catching: dict[str, list[tuple[deflate.Message, bytes]]] = {}
+        self._catching: dict[str, list[tuple[deflate.Message, bytes]]] = _EMPTY
         self.careful = True
         self._recheck()
-        #: Fires once the client's channels are subscribed (and its replay is on the way).
-        self.subscribed: defer.Deferred[None] = defer.Deferred()
-        self.subscribed.addCallback(self._replay)
+        self._subscribed: Optional[defer.Deferred[None]] = defer.Deferred()
+        self._subscribed.addBoth(self._letGo).addCallback(self._replay)
+
+    @property
+    def subscribed(self) -> defer.Deferred[None]:
+        """Fires once the client's channels are subscribed (and its replay is on the
+        way); once it has, a Deferred that has fired (the stream does not keep it)."""
+        if self._subscribed is None:
+            return defer.succeed(None)
+        return self._subscribed
+
+    def _letGo(self, result: Any) -> Any:
+        self._subscribed = None
+        return result
 
     def _recheck(self) -> None:
         self.careful = self._positions or self._held is not None or bool(self._catching)
@@ -170,13 +196,25 @@ class ClientStream:
         self._fetched(None, channel)
 
     def _fetched(self, stored: Optional[bytes], channel: str) -> None:
+        if self._stored is _EMPTY:
+            self._stored = {}
         self._stored[channel] = stored
 
     def _read(self, result: Any, channel: str) -> None:
         if isinstance(result, Failure):
             self.log.info("recovering {channel} for {peer} failed: {error}", channel=channel,
                           peer=self._transport.peer, error=result.getErrorMessage())
-        self._reads[channel] = result
+        self._readOf(channel, result)
+
+    def _readOf(self, channel: str, read: Any) -> None:
+        if self._reads is _EMPTY:
+            self._reads = {}
+        self._reads[channel] = read
+
+    def _outcome(self, channel: str, outcome: tuple[bool, Optional[str], int]) -> None:
+        if self._outcomes is _EMPTY:
+            self._outcomes = {}
+        self._outcomes[channel] = outcome
 
     def _replayStored(self, result: object) -> None:
         """Every channel's stored message is in, and every live message published before
@@ -198,7 +236,7 @@ class ClientStream:
             if asked is not None and channel_ in self._reads:
                 read = self._reads[channel_]
                 if not isinstance(read, SharedHistory):
-                    self._outcomes[channel_] = (False, UNAVAILABLE, 0)
+                    self._outcome(channel_, (False, UNAVAILABLE, 0))
                 else:
                     first = step(asked.epoch, asked.offset + 1, read.history, FIRST_PAGE,
                                  first=True)
@@ -207,17 +245,19 @@ class ClientStream:
                         first = Page((), asked.offset + 1, True, TRIMMED)
                     if first.reason is None:
                         budget -= need
-                        self._last[channel_] = asked
+                        self._at(channel_, asked)
+                        if self._joining is None:
+                            self._joining = deque()
                         self._joining.append((CatchUp(
                             channel_, asked, partial(self._readPage, channel_),
                             partial(self._enqueue, channel_), self._joinCaughtUp,
                             self._transport.pace), read))
                         continue
-                    self._outcomes[channel_] = (False, first.reason, 0)
+                    self._outcome(channel_, (False, first.reason, 0))
             message = self._stored.get(channel_)
             if message is not None and (channel_, message) not in live:
                 self._sendStored(message)
-        self._stored = {}
+        self._stored = _EMPTY
         self._replaying = True
         self._nextCatchUp()
 
@@ -225,22 +265,36 @@ class ClientStream:
         """Start the next channel's catch-up of the join; once none is left, finish."""
         while self._joining:
             catchup, first = self._joining.popleft()
-            self._catchups.append(catchup)
+            self._started(catchup)
             self._taking = True
             catchup.take(first, FIRST_PAGE)
             self._taking = False
             self._transport.pace()
             if not catchup.done:
                 return
+        self._joining = None
         if self._held is not None:
             self._joinDone()
 
-    def _joinCaughtUp(self, catchup: CatchUp) -> None:
+    def _started(self, catchup: CatchUp) -> None:
+        if self._catchups is None:
+            self._catchups = []
+        self._catchups.append(catchup)
+
+    def _ended(self, catchup: CatchUp) -> None:
+        assert self._catchups is not None
         self._catchups.remove(catchup)
+        if not self._catchups:
+            self._catchups = None
+
+    def _joinCaughtUp(self, catchup: CatchUp) -> None:
+        self._ended(catchup)
         if catchup.last_read is not None:
-            self._reads[catchup.channel] = SharedHistory(catchup.last_read)
-        self._outcomes[catchup.channel] = (catchup.reason is None, catchup.reason,
-                                           catchup.sent)
+            self._readOf(catchup.channel, SharedHistory(catchup.last_read))
+        self._outcome(catchup.channel, (catchup.reason is None, catchup.reason,
+                                        catchup.sent))
+        if self._following is _EMPTY:
+            self._following = {}
         self._following[catchup.channel] = catchup.following
         if not self._taking:
             self._nextCatchUp()
@@ -258,7 +312,8 @@ class ClientStream:
             for index, kept in zip(indexes, merging.live, strict=True):
                 keep[index] = kept
         learned = self._learned(merges, held, ordered=self._ordered)
-        self._last.update(learned)
+        for channel_, start in learned.items():
+            self._at(channel_, start)
         transport = self._transport
         if learned:
             transport.sendEvent(envelope.POSITIONS_EVENT, {"channels": {
@@ -268,8 +323,7 @@ class ClientStream:
             verdict = recovered_event(merges, self._outcomes)
             self._streams.verdict(verdict.get("reason"))
             transport.sendEvent(envelope.RECOVERED_EVENT, verdict)
-        self._outcomes = {}
-        self._following = {}
+        self._outcomes = self._following = _EMPTY
         for (channel_, prepared, payload), kept in zip(held, keep, strict=True):
             if kept and (not self._positions or prepared.position is None
                          or self._fresh(channel_, prepared.position)):
@@ -301,7 +355,7 @@ class ClientStream:
         published before the reads is known to have arrived, or none can arrive any more
         because the subscriber is down (``ordered``): then it reads what was published
         meanwhile once the subscriber is back."""
-        reads, self._reads = self._reads, {}
+        reads, self._reads = self._reads, _EMPTY
         learned = {}
         channels = self._streams.channels
         for channel_, shared in reads.items():
@@ -355,7 +409,7 @@ class ClientStream:
 
     def drained(self) -> None:
         """The client's queue is low: the catch-ups read their next pages."""
-        for catchup in tuple(self._catchups):
+        for catchup in tuple(self._catchups or ()):
             catchup.drained()
 
     def catchUp(self, channel: str, since: Position, first: Any, announce: bool) -> None:
@@ -365,12 +419,14 @@ class ClientStream:
         ``announce``, also a success)."""
         if self._held is not None or channel in self._catching or self._transport.dropped:
             return  # still joining: its own catch-up covers it
+        if self._catching is _EMPTY:
+            self._catching = {}
         self._catching[channel] = []
         self._recheck()
         catchup = CatchUp(channel, since, partial(self._readPage, channel),
                           partial(self._enqueue, channel),
                           partial(self._caughtUp, announce=announce), self._transport.pace)
-        self._catchups.append(catchup)
+        self._started(catchup)
         catchup.take(first, FIRST_PAGE)
         self._transport.pace()
 
@@ -378,8 +434,8 @@ class ClientStream:
         """A catch-up the node asked for is done: the live messages held meanwhile
         that come after it, and (when asked, or it failed) the outcome."""
         channel = catchup.channel
-        self._catchups.remove(catchup)
-        held = self._catching.pop(channel, [])
+        self._ended(catchup)
+        held = self._release(channel)
         self._recheck()
         positions = [prepared.position for prepared, _ in held]
         end = catchup.following - 1
@@ -388,7 +444,8 @@ class ClientStream:
         if catchup.reason is not None or not merged.recovered:
             read = catchup.last_read
             start = start_of(read, positions) if read is not None else None
-            self._last.pop(channel, None)
+            if channel in self._last:
+                del self._last[channel]
             self.channelRecovered(channel, False, catchup.reason or merged.reason, start, 0)
             kept = [True] * len(held)
         else:
@@ -415,18 +472,29 @@ class ClientStream:
         """The client went away: read no more pages."""
         self._stopCatchingUp(self.channels)
         self._held = None
-        self._joining.clear()
+        self._joining = None
+
+    def _release(self, channel: str) -> list[tuple[deflate.Message, bytes]]:
+        """The live frames held while ``channel`` was caught up, no longer held."""
+        catching = self._catching
+        if channel not in catching:
+            return []
+        held = catching.pop(channel)
+        if not catching:
+            self._catching = _EMPTY
+        return held
 
     def _stopCatchingUp(self, channels: Iterable[str]) -> None:
         """Read no more pages of ``channels``."""
         gone = set(channels)
-        for catchup in tuple(self._catchups):
+        for catchup in tuple(self._catchups or ()):
             if catchup.channel in gone:
                 catchup.cancel()
-                self._catchups.remove(catchup)
-                self._catching.pop(catchup.channel, None)
-        self._joining = deque((c, first) for c, first in self._joining
-                              if c.channel not in gone)
+                self._ended(catchup)
+                self._release(catchup.channel)
+        if self._joining:
+            self._joining = deque((c, first) for c, first in self._joining
+                                  if c.channel not in gone) or None
         self._recheck()
 
     # Live messages
@@ -461,8 +529,14 @@ class ClientStream:
         if last is not None and last.epoch == position.epoch \
                 and position.offset <= last.offset:
             return False
-        self._last[channel] = position
+        self._at(channel, position)
         return True
+
+    def _at(self, channel: str, position: Position) -> None:
+        """The client's last message on ``channel`` is at ``position``."""
+        if self._last is _EMPTY:
+            self._last = {}
+        self._last[channel] = position
 
     def _outgoing(self, prepared: deflate.Message, channel: str) -> deflate.Message:
         """What this client gets of a prepared message: with its position, in a
@@ -480,7 +554,7 @@ class ClientStream:
             return
         send = self._transport.sendEvent
         if position is not None:
-            self._last[channel] = position
+            self._at(channel, position)
             send(envelope.POSITIONS_EVENT, {"channels": {
                 channel: {"epoch": position.epoch, "offset": position.offset}}})
         outcome: dict[str, Any] = {"recovered": recovered}
