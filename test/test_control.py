@@ -512,6 +512,27 @@ class IdentityChangesTests(DjangoServerTestCase):
         self.publish("ws4tx:user:john:foobar", "for john")
         await self.stillOpen(again)  # got the sentinel, not john's message
 
+    async def test_theLogoutClosesOnceTheSessionIsGone(self):
+        """Django sends user_logged_out before it flushes the session: the close is sent
+        after the flush, so that a page reloaded (or a socket reopened) the moment its
+        socket closes is anonymous, never the user who just logged out."""
+        from importlib import import_module
+
+        store = import_module(settings.SESSION_ENGINE).SessionStore
+        browser, key, cookie, _ = await self.sockets("john")
+        session_alive: list[bool] = []
+        disconnect = api.disconnect
+
+        def watched(**audience: Any) -> Any:
+            session_alive.append(store().exists(key))
+            return disconnect(**audience)
+
+        self.patch(api, "disconnect", watched)
+        browser.logout()
+        self.assertEqual(await cookie.closed.addTimeout(TIMEOUT, reactor),
+                         (closecodes.CLOSED_BY_SITE, "logged out"))
+        self.assertEqual(session_alive, [False])
+
     async def test_passwordChangeClosesEveryUserSocket(self):
         _, _, cookie, token = await self.sockets("john")
         _, _, cookie2, token2 = await self.sockets("john")
