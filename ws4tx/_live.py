@@ -5,9 +5,9 @@ Each also bumps the user's revocation counter (:mod:`ws4tx._revocation`), so tha
 resume tokens are refused on every node from then on.
 
 - ``user_logged_out``: the session's connections close (cookie and token ones: a token
-  carries its session's channel id), once the logout has flushed the session (Django sends
-  the signal before): whatever the closed pages do next, a reload or a reconnect, is
-  authenticated without it.
+  carries its session's channel id), once the session is flushed (the receiver flushes it:
+  Django sends the signal before its own flush): whatever the closed pages do next, a
+  reload or a reconnect, is authenticated without it.
 - A saved user whose password hash changed (``set_password``, or a new hash assigned) or
   who became inactive (``is_active`` set to False): all the user's connections close.
   Detected on ``post_save`` of the user model, against the values the instance was loaded
@@ -95,25 +95,13 @@ def logged_out(sender: Any, request: Any = None, user: Any = None, **kwargs: Any
     name = user.get_username() if getattr(user, "is_authenticated", False) else None
     if key:
         _logged_out.key = key
-        _after_flush(request.session,
-                     lambda: _disconnect(None, "logged out", revoke=name, sessions=[key]))
-
-
-def _after_flush(session: Any, then: Any) -> None:
-    """Call ``then`` once ``session`` is flushed. Django's logout sends ``user_logged_out``
-    before it flushes the session: a close sent from the signal itself reaches the other
-    tabs while the session still logs them in, and the page they reload (or the socket
-    ws4tx.js opens again) comes back as the user who just logged out."""
-    flush = session.flush
-
-    def flushed() -> None:
-        del session.flush  # this once: the session's own flush from now on
-        try:
-            flush()
-        finally:
-            then()
-
-    session.flush = flushed
+        # Django's logout sends the signal before it flushes the session: a close sent
+        # now would reach the other tabs while the session still logs them in, and the
+        # page they reload (or the socket ws4tx.js opens again) would come back as the
+        # user who just logged out. The session goes first (logout's own flush then finds
+        # it gone, which it takes in its stride).
+        request.session.flush()
+        _disconnect(None, "logged out", revoke=name, sessions=[key])
 
 
 def user_loaded(sender: Any, instance: Any, **kwargs: Any) -> None:
