@@ -57,6 +57,10 @@ export interface ConnectionOptions {
   minDelay?: number;
   /** Milliseconds: the largest cap of a retry's delay [30000]. */
   maxDelay?: number;
+  /** Milliseconds a WebSocket (or event stream) may take to open; after them the attempt
+   *  is given up as a socket that closed before it opened ('disconnected' with 1006,
+   *  `opening timed out`) and the backoff goes on; null: no limit [20000]. */
+  openTimeout?: number | null;
   /** Extra subprotocols (after `ws4tx.v1` for WS4TX) [[]]. */
   protocols?: string | string[];
   /** Set on every socket: 'blob' (the browser's default) or 'arraybuffer' [unset]. */
@@ -136,6 +140,10 @@ export interface WS4TXOptions extends ConnectionOptions {
   /** Milliseconds on SSE before the WebSocket is tried again, doubling after each try
    *  that fails, up to 10 minutes; null: never [60000]. */
   retryWebSocket?: number | null;
+  /** Milliseconds an open event stream may go without a byte (the server's `: ping`
+   *  comments come every 25 s) before it is dropped like one that ended; null: never
+   *  [60000]. */
+  streamTimeout?: number | null;
   /** The cookie whose value a POST sends in `csrfHeader` (Django's CSRF check of cookie
    *  identities) ['csrftoken']. */
   csrfCookie?: string;

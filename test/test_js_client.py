@@ -641,6 +641,67 @@ class ReconnectTests(_PageTestCase):
                                         "connecting"])
 
 
+class OpenTimeoutTests(_PageTestCase):
+    """A socket that is accepted and never answered (a server going down as it accepts, a
+    proxy that holds the handshake) is given up after openTimeout ms, and the backoff goes
+    on: the client is never left 'connecting' for good."""
+
+    def test_aSocketThatDoesNotOpenIsGivenUpAfterTwentySeconds(self) -> None:
+        self.connect({"minDelay": 1000}, open=False)
+        self.js("Math.random = () => 0.5")
+        self.log()
+        self.advance(19_999)
+        self.assertEqual((self.socketCount(), self.log()), (1, []))
+        self.advance(1)
+        self.assertEqual(self.socket(0)["closedWith"], {"code": 1000, "reason": ""})
+        self.assertEqual(self.log(), [
+            ["disconnected", {"code": 1006, "reason": "opening timed out", "wasClean": False,
+                              "reconnect": True}],
+            ["reconnecting", {"attempt": 1, "delay": 500}]])
+        self.assertEqual(self.js("c.state"), "reconnecting")
+        self.advance(500)
+        self.assertEqual(self.socketCount(), 2)
+        # The next one gets its own 20 s, and the backoff grows as for any early close.
+        self.advance(20_000)
+        self.assertEqual(self.log()[1:], [
+            ["disconnected", {"code": 1006, "reason": "opening timed out", "wasClean": False,
+                              "reconnect": True}],
+            ["reconnecting", {"attempt": 2, "delay": 1000}]])
+        self.advance(1_000)
+        self.open()
+        self.assertEqual(self.js("c.state"), "connected")
+        self.log()
+        self.advance(3_600_000)  # an open socket is not timed
+        self.assertEqual((self.socketCount(), self.log()), (3, []))
+
+    def test_aSocketThatClosesFirstLeavesNoTimer(self) -> None:
+        self.connect({"minDelay": 1000, "openTimeout": 5000}, open=False)
+        self.js("Math.random = () => 0.5")
+        self.advance(4_000)
+        self.serverClose(1006)
+        self.advance(500)  # the retry: a second socket, dialed at 4.5 s
+        self.assertEqual(self.socketCount(), 2)
+        self.log()
+        self.advance(4_999)  # the first socket's 5 s passed long ago
+        self.assertEqual(self.log(), [])
+        self.advance(1)
+        self.assertEqual(self.names(), ["disconnected", "reconnecting"])
+
+    def test_closeWhileConnectingStopsTheTimer(self) -> None:
+        self.connect(open=False)
+        self.js("c.close()")
+        self.log()
+        self.advance(3_600_000)
+        self.assertEqual((self.socketCount(), self.log()), (1, []))
+
+    def test_nullWaitsForever(self) -> None:
+        self.connect({"openTimeout": None}, open=False)
+        self.log()
+        self.advance(3_600_000)
+        self.assertEqual((self.socketCount(), self.log()), (1, []))
+        self.assertEqual(self.js("c.state"), "connecting")
+
+
 class WS4RedisTests(_PageTestCase):
     """The ws4redis.js compatible constructor."""
 
@@ -1013,7 +1074,7 @@ class RefusedUrlTests(_PageTestCase):
           Math.random = () => 0.5;
           window.fetches = [];
           window.c = __record(new WS4TX('{URI}', Object.assign({{
-            minDelay: 1000, maxDelay: 30000,
+            minDelay: 1000, maxDelay: 30000, openTimeout: null, streamTimeout: null,
             fetch: (url, init) => {{ fetches.push([url, init]); return Promise.resolve()
               .then(() => {answer}); }},
           }}, {options})), [...{LIFECYCLE!r}, 'refused', 'recovered']);
@@ -1278,8 +1339,8 @@ class SSEFallbackTests(_PageTestCase):
         return self.js("fetches.filter(([u, i]) => i.headers && i.headers.Accept)"
                        ".map(([u, i]) => [u, i.headers])")
 
-    def onSse(self) -> None:
-        self.start(SSE_ANSWER, "{retryWebSocket: 60000}")
+    def onSse(self, options: str = "{retryWebSocket: 60000}") -> None:
+        self.start(SSE_ANSWER, options)
         self.js("() => { window.__got = []; c.on('message', (m) => __got.push(m)); "
                 "c.on('transport', (t) => __log.push(['transport', t])); }")
         self.failEarly(1)
@@ -1371,3 +1432,63 @@ class SSEFallbackTests(_PageTestCase):
         self.open()
         sent = self.socket()["sent"]
         self.assertEqual([json.loads(f)["ws4tx"] for f in sent], ["subscribe"])
+
+    def test_aSilentStreamIsDroppedAndResumed(self) -> None:
+        """Any byte, the server's `: ping` comments included, keeps the stream alive for
+        streamTimeout ms (60000 by default: the server pings every 25 s); a stream silent
+        longer is dropped like one that ended, and the next resumes by Last-Event-ID."""
+        self.onSse("{retryWebSocket: null, streamTimeout: undefined}")
+        self.assertEqual(self.js("c._opts.streamTimeout"), 60_000)  # the default
+        pub = envelope.encode_publication("ws4tx:broadcast:chat", 3, "ab12", b"hi").decode()
+        self.write(f"id: tag1.ab12:3\ndata: {pub}\n\n")
+        for _ in range(4):  # pings every 25 s: two minutes and more on one stream
+            self.advance(25_000)
+            self.write(": ping\n\n")
+        self.assertEqual((self.js("c.state"), len(self.streams())), ("connected", 1))
+        self.log()
+        self.advance(59_999)
+        self.assertEqual(self.log(), [])
+        self.advance(1)
+        self.settle()
+        self.assertEqual(self.log(), [
+            ["disconnected", {"code": 1006, "reason": "the stream went silent",
+                              "wasClean": False, "reconnect": True}],
+            ["reconnecting", {"attempt": 1, "delay": 500}]])
+        self.assertEqual(self.js("__got"), ["hi"])
+        self.advance(500)
+        self.until("c.state === 'connected'")
+        self.assertEqual(self.streams()[-1][1],
+                         {"Accept": "text/event-stream", "Last-Event-ID": "tag1.ab12:3"})
+        self.assertEqual(self.js("c.transport"), "sse")
+
+    def test_streamTimeoutNullWaitsForever(self) -> None:
+        self.onSse("{retryWebSocket: null, streamTimeout: null}")
+        self.log()
+        self.advance(3_600_000)
+        self.assertEqual((self.js("c.state"), len(self.streams()), self.log()),
+                         ("connected", 1, []))
+
+    def test_aStreamThatDoesNotOpenIsGivenUp(self) -> None:
+        """openTimeout covers the stream too: a fetch never answered is aborted."""
+        self.onSse("{retryWebSocket: null, streamTimeout: null}")
+        self.js("""() => { window.__aborted = 0; c._opts.openTimeout = 20000;
+          c._opts.fetch = (url, init) => { fetches.push([url, init]);
+            return new Promise((resolve, reject) => init.signal.addEventListener('abort',
+              () => { __aborted++; reject(new DOMException('aborted', 'AbortError')); })); };
+        }""")
+        self.js("__stream.close()")
+        self.settle()
+        self.log()
+        self.advance(500)  # the retry: a stream whose answer never comes
+        self.settle()
+        self.assertEqual((len(self.streams()), self.js("c.state")), (2, "connecting"))
+        self.log()
+        self.advance(19_999)
+        self.settle()
+        self.assertEqual(self.log(), [])
+        self.advance(1)
+        self.settle()
+        self.assertEqual(self.js("__aborted"), 1)
+        self.assertEqual(self.log()[0], ["disconnected", {
+            "code": 1006, "reason": "opening timed out", "wasClean": False,
+            "reconnect": True}])

@@ -107,7 +107,9 @@ export class Server {
   /** Stop the server (its clients are closed with 1001). */
   stop() { return this.command({do: 'stop'}); }
 
-  /** Start it again, on the same port and Redis. */
+  /** Start it again, on the same port and Redis. Clients may connect before this
+   *  resolves (the server listens before its Redis subscriber is up, which this waits
+   *  for): listen for their 'connected' before calling it. */
   start() { return this.command({do: 'start'}); }
 
   /** Stop everything: the end of stdin stops the server and Redis. */

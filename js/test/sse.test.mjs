@@ -221,8 +221,11 @@ describe('falling back to SSE when the WebSocket cannot open', () => {
     await server.stop();
     // Connections refused: the probe gets no answer either.
     for (let i = 0; i < 4; i++) await next(made, 'disconnected');
+    // Listened for before the start: the server takes WebSockets as soon as it listens,
+    // before start() resolves (which waits for its Redis subscriber too).
+    const back = next(made, 'connected');
     await server.start();
-    await next(made, 'connected');
+    await back;
     assert.equal(made.transport, 'websocket');
   });
 

@@ -26,6 +26,10 @@
  *     sse: true,                // fall back to Server-Sent Events and POSTs (see below)
  *     retryWebSocket: 60000,    // ms on SSE before the WebSocket is tried again (doubling
  *                               // while it fails, at most 10 minutes; null: never)
+ *     openTimeout: 20000,       // ms a WebSocket (or stream) may take to open; then it is
+ *                               // given up and the backoff goes on (null: no limit)
+ *     streamTimeout: 60000,     // ms an open stream may stay silent (the server's `: ping`
+ *                               // comments come every 25 s); then it is dropped (null: never)
  *     csrfCookie: 'csrftoken',  // the cookie a POST sends in csrfHeader (Django's CSRF)
  *     csrfHeader: 'X-CSRFToken',
  *   });
@@ -206,6 +210,8 @@ function (root) {
     getState: null,        // called once after a 'recovered' false, before live messages go on
     sse: true,             // fall back to Server-Sent Events and POSTs (the event client)
     retryWebSocket: 60000, // ms on SSE before the WebSocket is tried again (doubling)
+    openTimeout: 20000,    // ms a socket (or stream) may take to open before it is given up
+    streamTimeout: 60000,  // ms an open stream may stay silent (the server pings each 25 s)
     csrfCookie: 'csrftoken',   // the cookie whose value a POST sends in csrfHeader
     csrfHeader: 'X-CSRFToken',
   };
@@ -244,12 +250,17 @@ function (root) {
     constructor(uri, options, protocols) {
       this._uri = uri;
       this._opts = Object.assign({}, DEFAULTS, options || {});
+      // Left undefined (`{openTimeout: undefined}`): the default, not no limit.
+      ['openTimeout', 'streamTimeout'].forEach(function (name) {
+        if (this._opts[name] === undefined) this._opts[name] = DEFAULTS[name];
+      }, this);
       this._protocols = protocols;
       this._ws = null;
       this._state = 'connecting';
       this._stopped = false;
       this._attempt = 0;          // reconnect attempts since the last successful connect
       this._retryTimer = null;
+      this._openTimer = null;     // gives up the socket that does not open (openTimeout)
       this._beatTimer = null;
       this._missed = 0;
       this._dial = 0;             // counts attempts, so that a late URL promise is ignored
@@ -358,13 +369,16 @@ function (root) {
       var opened = false;
       ws.onopen = function (evt) {
         opened = true;
-        if (self._ws === ws) self._opened(evt);
+        if (self._ws !== ws) return;
+        self._clearOpenTimer();
+        self._opened(evt);
       };
       ws.onmessage = function (evt) { if (self._ws === ws) self._received(evt.data); };
       // An error is always followed by a close event, which says what can be said.
       ws.onerror = function () {};
-      ws.onclose = function (evt) {
+      var closed = function (evt) {
         if (self._ws !== ws) return;
+        self._clearOpenTimer();
         if (ws.sse) {
           if (ws.lastEventId) self._lastEventId = ws.lastEventId;
           // The stream's own answer says the URL is refused (a page sees it here).
@@ -384,6 +398,26 @@ function (root) {
           self._probe(uri);
         }
       };
+      ws.onclose = closed;
+      // A connection that is accepted and never answered (a server going down, a proxy
+      // that holds the handshake) would leave the client 'connecting' for good: after
+      // openTimeout ms the attempt is given up as a socket that closed before it opened,
+      // and the backoff goes on.
+      var limit = this._opts.openTimeout;
+      this._clearOpenTimer();
+      if (limit !== null && limit !== undefined && limit > 0) {
+        this._openTimer = setTimeout(function () {
+          self._openTimer = null;
+          if (self._ws !== ws || opened) return;
+          self._abandon(ws, 1000, '');
+          closed({code: 1006, reason: 'opening timed out', wasClean: false});
+        }, limit);
+      }
+    }
+
+    _clearOpenTimer() {
+      clearTimeout(this._openTimer);
+      this._openTimer = null;
     }
 
     /**
@@ -517,6 +551,7 @@ function (root) {
 
     /** Forget a socket: no more events from it, and close it if it is not closed. */
     _abandon(ws, code, reason) {
+      if (ws === this._ws) this._clearOpenTimer();
       ws.onopen = ws.onmessage = ws.onclose = null;
       // Not null: Node's `ws` package reports an aborted handshake as an error event, and
       // an error event that nobody listens to kills the process.
@@ -533,6 +568,7 @@ function (root) {
     /** The current socket is gone (or never came): tell, then retry or stop. */
     _lost(info, evt) {
       this._ws = null;
+      this._clearOpenTimer();
       this._stopHeartbeat();
       var final = this._stopped || !this._opts.reconnect || FINAL_CODES.indexOf(info.code) >= 0;
       if (final) {
@@ -784,6 +820,8 @@ function (root) {
       this._abort = typeof AbortController === 'function' ? new AbortController() : null;
       this._posting = Promise.resolve();
       this._closing = null;       // the server's ws4tx.closed {code, reason}
+      this._silence = options.streamTimeout;  // ms without a byte before the stream is dead
+      this._silent = null;        // the timer of that
       var self = this;
       later(function () { self._start(); });
     }
@@ -808,8 +846,10 @@ function (root) {
           });
         }
         self.readyState = OPEN;
+        var reader = response.body.getReader();
+        self._heard(reader);
         if (self.onopen) self.onopen({type: 'open'});
-        return self._read(response.body.getReader());
+        return self._read(reader);
       }).catch(function (error) {
         self._end({code: 1006, reason: String((error && error.message) || error),
                    wasClean: false});
@@ -828,6 +868,7 @@ function (root) {
             reader.cancel().catch(function () {});
             return undefined;
           }
+          self._heard(reader);
           if (chunk.done) {
             var closing = self._closing;
             self._end(closing ? {code: closing.code, reason: closing.reason, wasClean: true}
@@ -846,6 +887,24 @@ function (root) {
         });
       };
       return step();
+    }
+
+    /** Bytes came (or the stream opened): the stream is alive for streamTimeout ms more.
+     *  The server's `: ping` comments keep a quiet stream alive; a stream that goes
+     *  silent (a connection lost without a close) is ended like one that dropped. */
+    _heard(reader) {
+      clearTimeout(this._silent);
+      this._silent = null;
+      var limit = this._silence;
+      if (this.readyState !== OPEN || limit === null || limit === undefined || !(limit > 0)) {
+        return;
+      }
+      var self = this;
+      this._silent = setTimeout(function () {
+        self._silent = null;
+        reader.cancel().catch(function () {});
+        self._end({code: 1006, reason: 'the stream went silent', wasClean: false});
+      }, limit);
     }
 
     /** One line of the stream (the SSE format): a field of `event`, or its end. */
@@ -933,6 +992,8 @@ function (root) {
     _end(info) {
       if (this.readyState >= 2) return;
       this.readyState = CLOSED;
+      clearTimeout(this._silent);
+      this._silent = null;
       if (this._abort) this._abort.abort();
       var onclose = this.onclose;
       if (onclose) {
