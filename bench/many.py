@@ -173,11 +173,14 @@ def client_main(args: argparse.Namespace) -> None:
 
 # --- the run ------------------------------------------------------------------------------
 
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float,
+                    log_path: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"many: the server exited ({proc.returncode})")
+            with open(log_path, "rb") as f:
+                said = f.read()[-1500:].decode(errors="replace")
+            raise SystemExit(f"many: the server exited ({proc.returncode}):\n{said}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
@@ -190,26 +193,38 @@ def run_system(system: str, n: int, args: argparse.Namespace, log_dir: str) -> d
     from ws4tx import naming
     from ws4tx.server.embedded import EmbeddedRedis
 
-    port, aux = _free_port(), _free_port()
     redis: Optional[EmbeddedRedis] = None
     log = open(os.path.join(log_dir, f"many-{system}.log"), "wb")  # noqa: SIM115
     if system == "ws4tx":
         redis = EmbeddedRedis()
         redis.start()
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        argv = [twistd, "-n", "--pidfile=", "ws4tx", "--listen",
-                f"tcp:{port}:interface=127.0.0.1:backlog=4096", "--redis", redis.url,
-                "--ping-interval", "0", "--max-connections-per-ip", "0",
-                *args.server_args.split()]
-        path = f"/ws/{FACILITY}?subscribe-broadcast"
-    else:
-        argv = [sys.executable, os.path.join(BENCH, "servers", "ceiling.py"), str(port), str(aux)]
-        path = f"/{FACILITY}"
-    server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                              preexec_fn=_raise_nofile, cwd=REPO)
     clients: list[subprocess.Popen[bytes]] = []
+    for attempt in range(3):
+        # A free port may be taken by another process before the server binds it.
+        port, aux = _free_port(), _free_port()
+        if system == "ws4tx":
+            assert redis is not None
+            twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+            argv = [twistd, "-n", "--pidfile=", "ws4tx", "--listen",
+                    f"tcp:{port}:interface=127.0.0.1:backlog=4096", "--redis", redis.url,
+                    "--ping-interval", "0", "--max-connections-per-ip", "0",
+                    *args.server_args.split()]
+            path = f"/ws/{FACILITY}?subscribe-broadcast"
+        else:
+            argv = [sys.executable, os.path.join(BENCH, "servers", "ceiling.py"), str(port),
+                    str(aux)]
+            path = f"/{FACILITY}"
+        server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                  preexec_fn=_raise_nofile, cwd=REPO)
+        try:
+            _wait_listening(port, server, 60, log.name)
+            break
+        except SystemExit as e:
+            if attempt == 2 or "in use" not in str(e):
+                if redis is not None:
+                    redis.stop()
+                raise
     try:
-        _wait_listening(port, server, 60)
         time.sleep(1.0)
         rss_before = _rss(server.pid)
         per_process = min(args.clients_per_process, _raise_nofile() - SPARE_FDS)

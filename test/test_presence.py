@@ -151,8 +151,11 @@ def left(events: list[dict[str, Any]]) -> list[str]:
 
 
 @pytest.mark.system
-class BothHalvesTests(ServerTestCase):
+class _BothHalves(ServerTestCase):
     """Server nodes write the presence in a real Redis, the Django side reads it."""
+
+    #: The nodes' PRESENCE_TTL (a refresh every third of it).
+    presence_ttl = TTL
 
     async def _setUp(self) -> None:
         import redis
@@ -161,7 +164,8 @@ class BothHalvesTests(ServerTestCase):
         self.redis = redis.Redis.from_url(self.redis_server.url, socket_timeout=5)
         self.addCleanup(self.redis.close)
         self.useDjangoSide(WS4TX_PRESENCE=["chat*"])
-        await self.startServer(config={"presence": ("chat*",), "presence_ttl": TTL})
+        await self.startServer(config={"presence": ("chat*",),
+                                       "presence_ttl": self.presence_ttl})
 
     async def watcher(self, user: str = "alice") -> WSClient:
         client = await self.client("/ws/chat?subscribe-broadcast",
@@ -169,6 +173,11 @@ class BothHalvesTests(ServerTestCase):
         await presence_events(client, lambda events: any(
             e["user"] == user for e in joined(events)))
         return client
+
+
+
+class BothHalvesTests(_BothHalves):
+    """The presence written by nodes and read by the Django side, with a short TTL."""
 
     async def test_presenceListsExactlyTheConnectedUsers(self):
         from ws4tx import api
@@ -217,32 +226,6 @@ class BothHalvesTests(ServerTestCase):
         with self.assertRaisesRegex(ValueError, "keeps no presence"):
             api.presence_stats("news")
         self.assertEqual(self.redis.keys("*presence*"), [])
-
-    async def test_500SimultaneousConnectsAreCoalesced(self):
-        watcher = await self.watcher()
-        started = time.monotonic()
-        crowd = await defer.gatherResults([
-            defer.ensureDeferred(connect(self.port, "/ws/chat?subscribe-broadcast",
-                                         headers=identity_header(f"u{i}")))
-            for i in range(500)])
-        for client in crowd:
-            self.addCleanup(client.close)
-        events = await presence_events(watcher, lambda events: len(joined(events)) == 500)
-        elapsed = time.monotonic() - started
-        self.assertEqual(len({e["id"] for e in joined(events)}), 500)
-        # At most one event per batch delay (and far fewer than one per client).
-        self.assertLessEqual(len(events), elapsed / presence.BATCH_DELAY + 2)
-        self.assertLess(len(events), 50)
-        print(f"500 connects: {len(events)} presence events in {elapsed:.2f} s")
-        from ws4tx import api
-        self.assertEqual(api.presence_stats("chat"), {"clients": 501, "users": 501})
-        started = time.monotonic()
-        await defer.gatherResults([client.close() for client in crowd])
-        events = await presence_events(watcher, lambda events: len(left(events)) == 500)
-        elapsed = time.monotonic() - started
-        self.assertLessEqual(len(events), elapsed / presence.BATCH_DELAY + 2)
-        self.assertLess(len(events), 50)
-        self.assertEqual(api.presence_stats("chat"), {"clients": 1, "users": 1})
 
     async def test_killedNodeLeavesThePresenceWithinTheTtl(self):
         """A second node (twistd) killed with SIGKILL: its client is gone from
@@ -460,3 +443,37 @@ class SiteInfoTests(ServerTestCase):
         await late.close()
         await presence_events(watcher, lambda events: left(events))
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class CrowdTests(_BothHalves):
+    """500 connections at once. Their handshakes hold the test's reactor (which runs the
+    node too) for seconds on a busy machine: a TTL as short as the other tests' would let
+    the first entries expire before the late refresh, which is no fault of the node."""
+
+    presence_ttl = 30.0
+
+    async def test_500SimultaneousConnectsAreCoalesced(self):
+        watcher = await self.watcher()
+        started = time.monotonic()
+        crowd = await defer.gatherResults([
+            defer.ensureDeferred(connect(self.port, "/ws/chat?subscribe-broadcast",
+                                         headers=identity_header(f"u{i}")))
+            for i in range(500)])
+        for client in crowd:
+            self.addCleanup(client.close)
+        events = await presence_events(watcher, lambda events: len(joined(events)) == 500)
+        elapsed = time.monotonic() - started
+        self.assertEqual(len({e["id"] for e in joined(events)}), 500)
+        # At most one event per batch delay (and far fewer than one per client).
+        self.assertLessEqual(len(events), elapsed / presence.BATCH_DELAY + 2)
+        self.assertLess(len(events), 50)
+        print(f"500 connects: {len(events)} presence events in {elapsed:.2f} s")
+        from ws4tx import api
+        self.assertEqual(api.presence_stats("chat"), {"clients": 501, "users": 501})
+        started = time.monotonic()
+        await defer.gatherResults([client.close() for client in crowd])
+        events = await presence_events(watcher, lambda events: len(left(events)) == 500)
+        elapsed = time.monotonic() - started
+        self.assertLessEqual(len(events), elapsed / presence.BATCH_DELAY + 2)
+        self.assertLess(len(events), 50)
+        self.assertEqual(api.presence_stats("chat"), {"clients": 1, "users": 1})
