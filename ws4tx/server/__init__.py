@@ -22,8 +22,9 @@ does not load Autobahn, txredisapi and the rest of the node.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from ws4tx import _lazy
 
 if TYPE_CHECKING:
     from ws4tx.history import NotStored
@@ -85,13 +86,8 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     """A public name, imported from where it is defined on first use (then kept here)."""
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return _lazy.attribute(__name__, _WHERE, globals(), name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return _lazy.names(globals(), __all__)

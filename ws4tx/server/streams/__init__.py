@@ -32,8 +32,9 @@ face imports none of its parts, so no part imports a package that imports it bac
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from ws4tx import _lazy
 
 if TYPE_CHECKING:
     from ws4tx.server.streams._retry import READ_ATTEMPTS, READ_RETRY_DELAY, retried
@@ -115,13 +116,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    """A public name, imported from where it is defined on first use (then kept here)."""
+    return _lazy.attribute(__name__, _WHERE, globals(), name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return _lazy.names(globals(), __all__)
