@@ -100,6 +100,7 @@ class PageAndRedisTests(SynchronousTestCase):
 
     handle: ClassVar[Any] = None
     http: ClassVar[ThreadingHTTPServer]
+    server: Optional[TwistdChild] = None
 
     @classmethod
     def setUpClass(cls) -> None:
@@ -133,10 +134,19 @@ class PageAndRedisTests(SynchronousTestCase):
         how)."""
         raise NotImplementedError(f"{type(self).__name__} starts no server")
 
+    def startTwistd(self, *args: str, path: str = "") -> None:
+        """Start ``server``: ``twistd ws4tx`` on ``port`` with ``redis_server``, history for
+        ``chat*`` and no pings, plus ``args`` (``path``: see :class:`TwistdChild`); wait
+        until it has connected to Redis."""
+        self.server = TwistdChild(
+            "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--redis",
+            self.redis_server.url, "--history", "chat*=100:600", "--ping-interval", "0",
+            *args, path=path)
+        self.addCleanup(self.server.stop)
+        self.server.waitFor(rb"Redis subscriber connected")
+
 
 class BrowserRecoveryTests(PageAndRedisTests):
-    server: Optional[TwistdChild] = None
-
     def setUp(self) -> None:
         super().setUp()
         page = self.page
@@ -150,11 +160,7 @@ class BrowserRecoveryTests(PageAndRedisTests):
         page.wait_for_function(f"() => c.positions[{CHAT!r}] !== undefined", timeout=WAIT_MS)
 
     def startServer(self) -> None:
-        self.server = TwistdChild(
-            "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--redis",
-            self.redis_server.url, "--history", "chat*=100:600", "--ping-interval", "0")
-        self.addCleanup(self.server.stop)
-        self.server.waitFor(rb"Redis subscriber connected")
+        self.startTwistd()
 
     def stopServer(self) -> None:
         assert self.server is not None

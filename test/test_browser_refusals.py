@@ -12,7 +12,7 @@ import tempfile
 import pytest
 
 from test._recovering import publish_with_history
-from test.test_browser_recovery import RETENTION, WAIT_MS, PageAndRedisTests, TwistdChild
+from test.test_browser_recovery import RETENTION, WAIT_MS, PageAndRedisTests
 
 #: Whole processes, browsers or storms: run in one tox env (see tox.ini).
 pytestmark = pytest.mark.system
@@ -61,12 +61,7 @@ class RefusalsInChromiumTests(PageAndRedisTests):
         super().setUp()
 
     def startServer(self) -> None:
-        self.server = TwistdChild(
-            "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--redis",
-            self.redis_server.url, "--history", "chat*=100:600", "--ping-interval", "0",
-            "--django-settings", "many_groups", path=self.directory)
-        self.addCleanup(self.server.stop)
-        self.server.waitFor(rb"Redis subscriber connected")
+        self.startTwistd("--django-settings", "many_groups", path=self.directory)
 
     def open(self, path: str) -> None:
         self.page.evaluate("""(url) => {

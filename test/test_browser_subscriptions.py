@@ -6,20 +6,14 @@ missed messages of each, in order, once, each told it recovered."""
 
 from __future__ import annotations
 
-import threading
-from http.server import ThreadingHTTPServer
-from typing import Any, ClassVar, Optional
+from typing import Any
 
 import pytest
-import redis
-from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx.history import Retention
-from ws4tx.server.embedded import EmbeddedRedis, free_port
 
-from test import _browser
 from test._recovering import publish_with_history
-from test.test_browser_recovery import TwistdChild, _Page
+from test.test_browser_recovery import PageAndRedisTests
 
 #: Whole processes, browsers or storms: run in one tox env (see tox.ini).
 pytestmark = pytest.mark.system
@@ -30,37 +24,10 @@ RETENTION = Retention(100, 600)
 WAIT_MS = 20_000
 
 
-class BrowserSubscriptionTests(SynchronousTestCase):
-    handle: ClassVar[Any] = None
-    http: ClassVar[ThreadingHTTPServer]
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.handle = _browser.launch()
-        cls.http = ThreadingHTTPServer(("127.0.0.1", 0), _Page)
-        threading.Thread(target=cls.http.serve_forever, daemon=True).start()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.http.shutdown()
-        cls.http.server_close()
-        handle, cls.handle = cls.handle, None
-        if handle is not None:
-            handle.close()
-
+class BrowserSubscriptionTests(PageAndRedisTests):
     def setUp(self) -> None:
-        self.redis_server = EmbeddedRedis()
-        self.redis_server.start()
-        self.addCleanup(self.redis_server.stop)
-        self.redis = redis.Redis.from_url(self.redis_server.url, socket_timeout=5)
-        self.addCleanup(self.redis.close)
-        self.port = free_port()
-        self.server: Optional[TwistdChild] = None
-        self.startServer()
-        context = self.handle.browser.new_context()
-        self.addCleanup(context.close)
-        self.page = page = context.new_page()
-        page.goto(f"http://127.0.0.1:{self.http.server_address[1]}/")
+        super().setUp()
+        page = self.page
         page.evaluate("""(url) => {
           window.got = {chat: [], news: []}; window.verdicts = {chat: [], news: []};
           window.dialed = [];
@@ -79,11 +46,7 @@ class BrowserSubscriptionTests(SynchronousTestCase):
             timeout=WAIT_MS)
 
     def startServer(self) -> None:
-        self.server = TwistdChild(
-            "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--redis",
-            self.redis_server.url, "--history", "chat*=100:600", "--ping-interval", "0")
-        self.addCleanup(self.server.stop)
-        self.server.waitFor(rb"Redis subscriber connected")
+        self.startTwistd()
 
     def publish(self, channel: str, text: str) -> None:
         publish_with_history(self.redis, channel, text.encode(), RETENTION)
