@@ -8,13 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet import reactor, threads
+from twisted.internet import reactor
 
 from ws4tx import envelope, sharding
-from ws4tx.redis_address import RedisAddress
 
-from test._cluster import Cluster
-from test._sentinel import SentinelGroup
+from test import _topologies
 from test._server import ServerTestCase, identity_header
 from test._sseclient import SSEClient, post, request
 from test._wsclient import TIMEOUT
@@ -77,65 +75,20 @@ class _Contract:
         self.assertEqual(len(got), 4)
 
 
-class ShardsTests(_Contract, ServerTestCase):
+class ShardsTests(_Contract, _topologies.Shards, ServerTestCase):
     """Three Redis servers, channels placed by name."""
-
-    async def _setUp(self) -> None:
-        from ws4tx.server.embedded import EmbeddedRedis
-
-        self.servers = []
-        for _ in range(3):
-            server = EmbeddedRedis()
-            server.start()
-            self.addCleanup(server.stop)
-            self.servers.append(server)
-        await self.startServer(config={"redis_shards": tuple(s.address for s in self.servers)})
-
-    async def redisAddress(self) -> RedisAddress:
-        return self.servers[0].address
 
     def test_channelsOnTwoServers(self) -> None:
         """The stream's channels are placed on two of the three servers."""
         self.assertEqual(len({sharding.shard_of("ws4tx", c, 3) for c in CHANNELS}), 2)
 
 
-class SentinelTests(_Contract, ServerTestCase):
+class SentinelTests(_Contract, _topologies.Sentinel, ServerTestCase):
     """A master and its replica behind Sentinels."""
 
-    async def _setUp(self) -> None:
-        self.group = SentinelGroup()
-        await threads.deferToThread(self.group.start)
-        self.addCleanup(self.group.stop)
-        await self.startServer()
 
-    async def redisAddress(self) -> RedisAddress:
-        return self.group.address()
-
-
-class ClusterTests(_Contract, ServerTestCase):
+class ClusterTests(_Contract, _topologies.ClusterOfThree, ServerTestCase):
     """Three primaries of a Redis Cluster (started once for the class)."""
-
-    cluster: Cluster
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.cluster = Cluster()
-        try:
-            cls.cluster.start()
-        except BaseException:
-            cls.cluster.stop()
-            raise
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.cluster.stop()
-
-    async def _setUp(self) -> None:
-        await self.startServer()
-
-    async def redisAddress(self) -> RedisAddress:
-        return RedisAddress(
-            cluster_nodes=tuple(("127.0.0.1", s.port) for s in self.cluster.servers))
 
     def test_channelsOnTwoPrimaries(self) -> None:
         """The stream's channels are served by two of the three primaries."""

@@ -9,12 +9,8 @@ import json
 from typing import Any
 
 import pytest
-from twisted.internet import threads
 
-from ws4tx.redis_address import RedisAddress
-
-from test._cluster import Cluster
-from test._sentinel import SentinelGroup
+from test import _topologies
 from test._server import ServerTestCase, identity_header
 from test.test_subevents import Chat, Notes, event, subscribe
 
@@ -30,6 +26,9 @@ class _Contract:
     """What every topology must do; mixed into a ServerTestCase whose Redis is one."""
 
     config = ServerTestCase.config.replace(presence=("chat",))
+
+    def serverArguments(self) -> dict[str, Any]:
+        return {"handlers": HANDLERS}
 
     async def test_eachFacilitysEventsComeBackNamingIt(self: Any) -> None:
         """Each subscription's shout reaches its facility's handler, whose broadcast comes
@@ -56,59 +55,13 @@ class _Contract:
                           if f.get("event") == "ws4tx.presence"}, {"chat"})
 
 
-class ShardsTests(_Contract, ServerTestCase):
+class ShardsTests(_Contract, _topologies.Shards, ServerTestCase):
     """Three Redis servers, channels placed by name."""
 
-    async def _setUp(self) -> None:
-        from ws4tx.server.embedded import EmbeddedRedis
 
-        self.servers = []
-        for _ in range(3):
-            server = EmbeddedRedis()
-            server.start()
-            self.addCleanup(server.stop)
-            self.servers.append(server)
-        await self.startServer(handlers=HANDLERS, config={
-            "redis_shards": tuple(s.address for s in self.servers)})
-
-    async def redisAddress(self) -> RedisAddress:
-        return self.servers[0].address
-
-
-class SentinelTests(_Contract, ServerTestCase):
+class SentinelTests(_Contract, _topologies.Sentinel, ServerTestCase):
     """A master and its replica behind Sentinels."""
 
-    async def _setUp(self) -> None:
-        self.group = SentinelGroup()
-        await threads.deferToThread(self.group.start)
-        self.addCleanup(self.group.stop)
-        await self.startServer(handlers=HANDLERS)
 
-    async def redisAddress(self) -> RedisAddress:
-        return self.group.address()
-
-
-class ClusterTests(_Contract, ServerTestCase):
+class ClusterTests(_Contract, _topologies.ClusterOfThree, ServerTestCase):
     """Three primaries of a Redis Cluster (started once for the class)."""
-
-    cluster: Cluster
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.cluster = Cluster()
-        try:
-            cls.cluster.start()
-        except BaseException:
-            cls.cluster.stop()
-            raise
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.cluster.stop()
-
-    async def _setUp(self) -> None:
-        await self.startServer(handlers=HANDLERS)
-
-    async def redisAddress(self) -> RedisAddress:
-        return RedisAddress(
-            cluster_nodes=tuple(("127.0.0.1", s.port) for s in self.cluster.servers))
