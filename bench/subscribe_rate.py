@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,29 +42,12 @@ from twisted.internet import defer, endpoints, reactor, task
 
 from ws4tx.server.embedded import EmbeddedRedis
 
+from benchlib import oneserver
 from benchlib.limits import limit_of
-from benchlib.procs import runqueue_wait_seconds
+from benchlib.procs import cpu_seconds, free_port, runqueue_wait_seconds
 
 SERVERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "servers")
 SITE = "cookie_site"
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
 def _count(port: int) -> dict[str, int]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/count", timeout=10) as answer:
         counts: dict[str, int] = json.loads(answer.read())
@@ -143,7 +125,7 @@ async def _phase(name: str, clients: list[_Client], frames: list[tuple[int, str,
         per_client[index] += 1
     finished = defer.gatherResults([c.expect(n) for c, n in zip(clients, per_client,
                                                                  strict=True)])
-    queries0, cpu0, own0 = _count(port), _cpu_seconds(server_pid), _own_cpu()
+    queries0, cpu0, own0 = _count(port), cpu_seconds(server_pid), oneserver.own_cpu()
     wait0, own_wait0 = runqueue_wait_seconds(server_pid), runqueue_wait_seconds(os.getpid())
     started = time.monotonic()
     tick = 0.01
@@ -166,7 +148,7 @@ async def _phase(name: str, clients: list[_Client], frames: list[tuple[int, str,
     sending = time.monotonic() - started
     await finished.addTimeout(60 + len(frames) / max(rate, 1), reactor)
     took = time.monotonic() - started
-    queries1, cpu1, own1 = _count(port), _cpu_seconds(server_pid), _own_cpu()
+    queries1, cpu1, own1 = _count(port), cpu_seconds(server_pid), oneserver.own_cpu()
     wait1, own_wait1 = runqueue_wait_seconds(server_pid), runqueue_wait_seconds(os.getpid())
     latencies = [x for c in clients for x in c.latencies]
     refused = [r for c in clients for r in c.refused]
@@ -262,42 +244,20 @@ def main() -> None:
     django.setup()
     redis = EmbeddedRedis()
     redis.start()
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=",
+        [oneserver.TWISTD, "-n", "--pidfile=",
          *(("--profile", options.profile, "--profiler", "cprofile", "--savestats")
            if options.profile else ()),
-         "ws4tx", "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
-         "--redis", redis.url, "--ping-interval", "0", "--max-connections-per-ip", "0",
-         "--rate-limit", "0", "--django-settings", SITE, "--wsgi", SITE + ".app"],
+         *oneserver.ws4tx_args(port, redis.url), "--django-settings", SITE,
+         "--wsgi", SITE + ".app"],
         env={**env, "PYTHONPATH": os.pathsep.join([os.getcwd(), SERVERS])},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                _count(port)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the server did not start") from None
-                time.sleep(0.2)
-        result: dict[str, Any] = {}
-
-        async def run() -> None:
-            result.update(await _measure(options, keys, port, server.pid))
-
-        d = defer.ensureDeferred(run())
-        d.addBoth(lambda r: (reactor.stop(), r)[1])  # type: ignore[attr-defined]
-        failures: list[Any] = []
-        d.addErrback(failures.append)
-        reactor.run()  # type: ignore[attr-defined]
-        if failures:
-            failures[0].raiseException()
-        print(json.dumps(result, indent=1))
+        oneserver.wait_started(server, lambda: _count(port), timeout=60)
+        oneserver.measure_and_print(lambda: _measure(options, keys, port, server.pid))
     finally:
-        server.terminate()
-        server.wait(10)
+        oneserver.stop(server)
         redis.stop()
 
 

@@ -30,10 +30,8 @@ import argparse
 import base64
 import json
 import os
-import socket
 import struct
 import subprocess
-import sys
 import time
 from typing import Any, Optional
 
@@ -41,29 +39,12 @@ from twisted.internet import defer, endpoints, protocol, reactor, task
 
 from ws4tx.server.embedded import EmbeddedRedis
 
+from benchlib import oneserver
 from benchlib.limits import limit_of
-from benchlib.procs import runqueue_wait_seconds
+from benchlib.procs import cpu_seconds, free_port, runqueue_wait_seconds
 
 FAN = "ws4tx:broadcast:fan"
 QUIET = ("q1", "q2", "q3", "q4")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 def _masked(payload: bytes) -> bytes:
@@ -173,7 +154,7 @@ async def _phase(name: str, options: argparse.Namespace, clients: list[_Client],
     frame_length = 2 + (2 if options.size >= 126 else 0) + options.size
     for client in clients:
         client.count()
-    cpu0, own0 = _cpu_seconds(server_pid), _own_cpu()
+    cpu0, own0 = cpu_seconds(server_pid), oneserver.own_cpu()
     wait0, own_wait0 = runqueue_wait_seconds(server_pid), runqueue_wait_seconds(os.getpid())
     started = time.monotonic()
     published = 0
@@ -194,7 +175,7 @@ async def _phase(name: str, options: argparse.Namespace, clients: list[_Client],
     while sum(c.received for c in clients) < expected and time.monotonic() < deadline:
         await task.deferLater(reactor, 0.1, lambda: None)
     took = time.monotonic() - started
-    cpu1, own1 = _cpu_seconds(server_pid), _own_cpu()
+    cpu1, own1 = cpu_seconds(server_pid), oneserver.own_cpu()
     wait1, own_wait1 = runqueue_wait_seconds(server_pid), runqueue_wait_seconds(os.getpid())
     received = sum(c.received for c in clients)
     for client in clients:
@@ -268,45 +249,17 @@ def main() -> None:
 
     redis = EmbeddedRedis()
     redis.start()
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=",
-         "ws4tx", "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
-         "--redis", redis.url, "--ping-interval", "0", "--max-connections-per-ip", "0",
-         "--rate-limit", "0"],
+        [oneserver.TWISTD, "-n", "--pidfile=", *oneserver.ws4tx_args(port, redis.url)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     publisher = redis_py.Redis.from_url(redis.url)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the server did not start") from None
-                time.sleep(0.2)
-        result: dict[str, Any] = {}
-
-        async def run() -> None:
-            result.update(await _measure(options, port, server.pid, publisher))
-
-        d = defer.ensureDeferred(run())
-        d.addBoth(lambda r: (reactor.stop(), r)[1])  # type: ignore[attr-defined]
-        failures: list[Any] = []
-        d.addErrback(failures.append)
-        reactor.run()  # type: ignore[attr-defined]
-        if failures:
-            failures[0].raiseException()
-        print(json.dumps(result, indent=1))
+        oneserver.wait_started(server, lambda: oneserver.accepts(port))
+        oneserver.measure_and_print(lambda: _measure(options, port, server.pid, publisher))
     finally:
         publisher.close()
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+        oneserver.stop(server)
         redis.stop()
 
 

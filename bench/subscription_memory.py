@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,12 +43,8 @@ from twisted.internet import defer, endpoints, reactor, task
 
 from ws4tx.server.embedded import EmbeddedRedis
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from benchlib import oneserver
+from benchlib.procs import free_port
 
 
 def _rss_kb(pid: int) -> int:
@@ -204,48 +199,21 @@ def main() -> None:
         parser.error("--hosts must be at most --sockets, --per-host at most 99")
     redis = EmbeddedRedis()
     redis.start()
-    port = _free_port()
+    port = free_port()
     snapshots = _Snapshots(tempfile.mkdtemp(prefix="ws4tx-objects-")
                            if options.objects else None)
     twistd = ([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                             "_traced_twistd.py"), snapshots.directory]
               if snapshots.directory is not None
-              else [os.path.join(os.path.dirname(sys.executable), "twistd")])
+              else [oneserver.TWISTD])
     server = subprocess.Popen(
-        [*twistd, "-n", "--pidfile=", "ws4tx", "--listen",
-         f"tcp:{port}:interface=127.0.0.1:backlog=4096", "--redis", redis.url,
-         "--ping-interval", "0", "--max-connections-per-ip", "0", "--rate-limit", "0"],
+        [*twistd, "-n", "--pidfile=", *oneserver.ws4tx_args(port, redis.url)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the server did not start") from None
-                time.sleep(0.2)
-        result: dict[str, Any] = {}
-
-        async def run() -> None:
-            result.update(await _measure(options, server, port, snapshots))
-
-        d = defer.ensureDeferred(run())
-        d.addBoth(lambda r: (reactor.stop(), r)[1])  # type: ignore[attr-defined]
-        failures: list[Any] = []
-        d.addErrback(failures.append)
-        reactor.run()  # type: ignore[attr-defined]
-        if failures:
-            failures[0].raiseException()
-        print(json.dumps(result, indent=1))
+        oneserver.wait_started(server, lambda: oneserver.accepts(port))
+        oneserver.measure_and_print(lambda: _measure(options, server, port, snapshots))
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+        oneserver.stop(server)
         redis.stop()
         if snapshots.directory is not None:
             shutil.rmtree(snapshots.directory, ignore_errors=True)
