@@ -16,8 +16,9 @@ setup(
     license="MIT",
     license_files=["LICENSE"],
     python_requires=">=3.11",
-    packages=["ws4tx", "ws4tx.server", "ws4tx.templatetags", "ws4tx.migrations",
-              "ws4tx.management", "ws4tx.management.commands", "twisted.plugins"],
+    packages=["ws4tx", "ws4tx.server", "ws4tx.server.streams", "ws4tx.templatetags",
+              "ws4tx.migrations", "ws4tx.management", "ws4tx.management.commands",
+              "twisted.plugins"],
     package_data={
         "ws4tx": ["py.typed", "lua/*.lua", "static/ws4tx/*.js", "static/js/*.js",
                   "templates/ws4tx/*.html"],

@@ -19,7 +19,7 @@ SETUP_TIMEOUT = 30.0
 NO_SYNC_DELAY = ("--repl-diskless-sync-delay", "0")
 
 
-def _cluster_port() -> int:
+def _cluster_port(host: str = "127.0.0.1") -> int:
     """A free port whose cluster bus port (10000 higher, at most 65535) is free too."""
     for _ in range(200):
         port = free_port()
@@ -45,7 +45,7 @@ class Cluster:
 
     @staticmethod
     def _server() -> EmbeddedRedis:
-        return EmbeddedRedis(port=_cluster_port(),
+        return EmbeddedRedis(pick_port=_cluster_port,
                              extra_args=["--cluster-enabled", "yes",
                                          "--cluster-node-timeout", "2000",
                                          *NO_SYNC_DELAY])

@@ -159,3 +159,34 @@ class ExitTests(SynchronousTestCase):
         self.assertEqual(done.returncode, EXIT_STATUS, done.stderr)
         self.assertIn("ws4tx: Redis keeps dying", done.stderr)
         self.assertEqual(done.stdout, "stopping\nstopped\n")  # then exit 1, at exit
+
+
+class PortTakenTests(SynchronousTestCase):
+    """A port picked free may be bound by another process before the server binds it (two
+    test runs side by side): a real server then takes another, unless the port was given."""
+
+    def setUp(self) -> None:
+        import socket
+
+        self.taken = socket.socket()
+        self.taken.bind(("127.0.0.1", 0))
+        self.taken.listen()
+        self.addCleanup(self.taken.close)
+
+    def test_aPickedPortTakenMeanwhileIsPickedAgain(self) -> None:
+        from ws4tx.server.embedded import EmbeddedRedis, free_port
+
+        taken = self.taken.getsockname()[1]
+        picks = iter([taken])
+        server = EmbeddedRedis(pick_port=lambda host: next(picks, None) or free_port(host))
+        self.assertEqual(server.port, taken)
+        server.start()
+        self.addCleanup(server.stop)
+        self.assertNotEqual(server.port, taken)
+
+    def test_aGivenPortTakenIsAnError(self) -> None:
+        from ws4tx.server.embedded import EmbeddedRedis
+
+        server = EmbeddedRedis(port=self.taken.getsockname()[1])
+        with self.assertRaisesRegex(EmbeddedRedisError, "Failed listening on port"):
+            server.start()

@@ -39,7 +39,8 @@ class LicenseTests(SynchronousTestCase):
 
     def test_sdistAndWheelCarryTheLicense(self) -> None:
         """The sdist has LICENSE at its root, and the wheel built from that sdist has it
-        in its .dist-info: the same bytes as the repository's."""
+        in its .dist-info: the same bytes as the repository's; the wheel carries every
+        module of the package."""
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             # egg_info's --egg-base keeps the build's files out of the repository.
@@ -63,6 +64,13 @@ class LicenseTests(SynchronousTestCase):
                 metadata = next(n for n in archive.namelist()
                                 if n.endswith(".dist-info/METADATA"))
                 self.assertIn(b"License-File: LICENSE", archive.read(metadata))
+                # Every module of the tree, those of subpackages too: an installed ws4tx
+                # without one fails only where the source tree is not on the path (twistd
+                # started elsewhere), which the tests run from the tree may never see.
+                modules = {str(path.relative_to(ROOT)) for path in
+                           [*(ROOT / "ws4tx").rglob("*.py"),
+                            *(ROOT / "twisted" / "plugins").glob("*.py")]}
+                self.assertEqual(modules - set(archive.namelist()), set())
 
     def test_npmTarballCarriesTheLicense(self) -> None:
         """``npm pack`` of js/ lists LICENSE, the same text as the repository's (a

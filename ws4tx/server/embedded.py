@@ -121,9 +121,14 @@ class EmbeddedRedis:
         extra_args: Sequence[str] = (),
         config: Sequence[str] = (),
         sentinel: bool = False,
+        pick_port: Callable[[str], int] = free_port,
     ) -> None:
         self.host = host
-        self.port = port or free_port(host)
+        #: Whether the port is this object's to choose: then a first start that finds it
+        #: taken meanwhile (another process bound it since it was free) takes another.
+        self._picks = port is None
+        self._pick_port = pick_port
+        self.port = port or pick_port(host)
         self.password = password
         self.binary = binary or find_server_binary()
         self.extra_args = tuple(extra_args)
@@ -147,6 +152,16 @@ class EmbeddedRedis:
         """Start the server and wait until it accepts connections; return its URL."""
         if self.process is not None:
             raise EmbeddedRedisError("already started")
+        for attempt in range(5):
+            try:
+                return self._start(timeout)
+            except EmbeddedRedisError as e:
+                if not (self._picks and attempt < 4 and "Failed listening on port" in str(e)):
+                    raise
+                self.port = self._pick_port(self.host)
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> str:
         self.log = b""
         self._dir = tempfile.mkdtemp(prefix="ws4tx-redis-")
         args = [self.binary]
@@ -182,6 +197,7 @@ class EmbeddedRedis:
         except BaseException:
             self.stop()
             raise
+        self._picks = False  # kept from now on: a restart looks like an outage
         return self.url
 
     def _wait_ready(self, timeout: float) -> None:
