@@ -433,12 +433,11 @@ export interface SubscribeOptions {
 
 /**
  * A facility's channels on a client's connection, from client.subscribe(): its own
- * handlers, state, positions and recovery. Messages of its channels with history (they
- * carry their channel) go to it alone, and so does the stored replay that comes before the
- * verdict on the positions it sent; another frame that names no channel (a facility
- * without history, a handler's emit) goes to the client and to each subscription not known
- * to be of a facility with history; the server's `ws4tx.*` events about the connection go to
- * all.
+ * handlers, state, positions and recovery. Messages of its channels (each names its
+ * channel: with a position on a channel with history; raw messages of a channel without
+ * history and the stored replay without one) go to it alone, nothing of a channel it left;
+ * events that name its facility (a handler's emit, ws4tx.presence) go to the subscriptions
+ * of that facility; the server's `ws4tx.*` events about the connection go to all.
  */
 export declare class Subscription<Events extends EventMap = Record<string, any>> {
   private constructor();

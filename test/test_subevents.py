@@ -192,15 +192,32 @@ class SubscriptionEventTests(ServerTestCase):
         self.assertEqual(await self.until(url, "event", event="shouted"), {
             "ws4tx": "event", "event": "shouted", "data": "hi"})
 
-    async def test_rawMessagesStayRaw(self) -> None:
-        """A raw message of the facility reaches the subscription as published."""
-        sub = await self.subscribed()
-        self.assertEqual(self.publish(CHAT, "plain text"), 1)
-        while True:
-            text = await sub.text()
-            if text == "plain text":
-                break
-            self.assertEqual(json.loads(text)["event"], "ws4tx.presence")
+    async def test_rawMessagesNameTheirChannel(self) -> None:
+        """A raw message of a channel without history reaches a subscription in a
+        publication envelope that names its channel and has no position (text as
+        ``data``, binary as ``data64``), and so does the channel's stored message when it
+        subscribes (a frame that names nothing could be any facility's); a client of the
+        facility's URL gets both as they were published."""
+        self.redis.set(CHAT, b"stored before")
+        sub = await self.client("/ws/", JOHN, protocols=EVENTS)
+        sub.send(subscribe(1, "chat", broadcast=True))
+        await self.until(sub, "subscribed", id=1)
+        self.assertEqual(await self.until(sub, "pub"), {
+            "ws4tx": "pub", "channel": CHAT, "data": "stored before"})
+        url = await self.client("/ws/chat?subscribe-broadcast", JOHN, protocols=EVENTS)
+        self.assertEqual(await url.text(), "stored before")
+        self.assertEqual(self.publish(CHAT, "plain text"), 1)  # the node's one subscriber
+        self.assertEqual(self.publish(CHAT, b"\xff\x00"), 1)
+        self.assertEqual(await self.until(sub, "pub"), {
+            "ws4tx": "pub", "channel": CHAT, "data": "plain text"})
+        self.assertEqual(await self.until(sub, "pub"), {
+            "ws4tx": "pub", "channel": CHAT, "data64": "/wA="})
+        raw = []
+        while len(raw) < 2:
+            message = await url.next()
+            if not message[0].startswith(b'{"ws4tx":"event"'):  # presence
+                raw.append(message)
+        self.assertEqual(raw, [(b"plain text", False), (b"\xff\x00", True)])
 
     async def test_presenceNamesItsFacilityForASubscription(self) -> None:
         """ws4tx.presence names its facility for a subscription; a URL client of the

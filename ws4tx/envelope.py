@@ -259,8 +259,18 @@ def encode_publication(channel: str, offset: int, epoch: str, payload: bytes) ->
     """The envelope in which an event client gets a message of a channel with history:
     the payload (as ``data``, text; as ``data64``, base64, for a binary one) with the
     channel's name and the message's position."""
-    obj: dict[str, Any] = {"ws4tx": PUBLICATION, "channel": channel, "offset": offset,
-                           "epoch": epoch}
+    return _with_data({"ws4tx": PUBLICATION, "channel": channel, "offset": offset,
+                       "epoch": epoch}, payload)
+
+
+def encode_channel_message(channel: str, payload: bytes) -> bytes:
+    """The envelope in which a subscription gets a raw message that has no position (live
+    on a channel without history, or a channel's stored message): a publication envelope
+    without ``offset`` and ``epoch``, so that the client knows whose it is."""
+    return _with_data({"ws4tx": PUBLICATION, "channel": channel}, payload)
+
+
+def _with_data(obj: dict[str, Any], payload: bytes) -> bytes:
     try:
         obj["data"] = payload.decode("utf-8")
     except UnicodeDecodeError:

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 
-from ws4tx.envelope import encode_publication, tag_event
+from ws4tx.envelope import encode_channel_message, encode_publication, tag_event
 from ws4tx.history import Position
 
 #: Messages shorter than this are never compressed: deflate saves little on them and costs
@@ -67,7 +67,7 @@ class Message:
         #: The message's position in its channel's history (set by the router), if any.
         self.position: Optional[Position] = None
         self._published: Optional[Message] = None
-        self._tagged: Optional[tuple[str, Message]] = None
+        self._tagged: Optional[tuple[tuple[str, str], Message]] = None
 
     def published(self, channel: str) -> Message:
         """The message as event clients of a channel with history get it: in a
@@ -87,16 +87,18 @@ class Message:
             published._published = published
         return published
 
-    def tagged(self, facility: str) -> Message:
-        """The message as a subscription of ``facility`` gets it when it has no position
-        (a channel without history): an event envelope with its facility named
-        (:func:`~ws4tx.envelope.tag_event`, built once for every such subscription); the
-        message itself when it is a raw payload."""
+    def tagged(self, facility: str, channel: str) -> Message:
+        """The message of ``channel`` as a subscription of ``facility`` gets it when it
+        has no position (a channel without history), built once for every such
+        subscription: an event envelope with its facility named
+        (:func:`~ws4tx.envelope.tag_event`); anything else in a publication envelope
+        that names the channel (:func:`~ws4tx.envelope.encode_channel_message`)."""
         tagged = self._tagged
-        if tagged is None or tagged[0] != facility:
+        if tagged is None or tagged[0] != (facility, channel):
             text = None if self.binary else tag_event(self.payload, facility)
-            tagged = self._tagged = (facility, self if text is None else
-                                     Message(text, False))
+            if text is None:
+                text = encode_channel_message(channel, self.payload)
+            tagged = self._tagged = ((facility, channel), Message(text, False))
         return tagged[1]
 
     def deflated(self, window_bits: int) -> bytes:

@@ -49,7 +49,7 @@ from ws4tx.server.auth import (
 from ws4tx.server.expiry import Expiry, reauthenticate, with_token
 from ws4tx.server.handlers import EventRefused
 from ws4tx.server.node import Node, close_label
-from ws4tx.server.streams import LOW_MARK, ClientStream
+from ws4tx.server.streams import LOW_MARK, ClientStream, is_text
 from ws4tx.server.subscriptions import Subscriptions
 
 _log = Logger(observer=observer)
@@ -300,9 +300,13 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
         return self._flow.dropped
 
     def sendRaw(self, payload: bytes, binary: bool) -> None:
-        """Write a stored message as it was stored (while the connection is open)."""
+        """Write ``payload`` as one message now (while the connection is open)."""
         if self.state == self.STATE_OPEN:
             self.sendMessage(payload, isBinary=binary)
+
+    def sendStored(self, channel: str, payload: bytes) -> None:
+        """Write a stored message as it was stored."""
+        self.sendRaw(payload, not is_text(payload))
 
     def sendEvent(self, event: str, data: Any) -> None:
         """Emit an event after what is queued for this client."""

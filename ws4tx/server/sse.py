@@ -43,7 +43,7 @@ from ws4tx.server.auth import HandshakeDenied
 from ws4tx.server.expiry import Expiry
 from ws4tx.server.handlers import EventRefused
 from ws4tx.server.node import close_label
-from ws4tx.server.streams import LOW_MARK, ClientStream
+from ws4tx.server.streams import LOW_MARK, ClientStream, is_text
 
 if TYPE_CHECKING:
     from ws4tx.server.protocol import PushFactory
@@ -253,9 +253,9 @@ class SSEStream:
     def dropped(self) -> bool:
         return self._flow.dropped
 
-    def sendRaw(self, payload: bytes, binary: bool) -> None:
+    def sendStored(self, channel: str, payload: bytes) -> None:
         """Write a stored message as it was stored."""
-        self._writeMessage("", deflate.Message(payload, binary))
+        self._writeMessage("", deflate.Message(payload, not is_text(payload)))
 
     def sendEvent(self, event: str, data: Any) -> None:
         if self._pending:

@@ -71,9 +71,10 @@ class Subscription:
     def deliver(self, prepared: deflate.Message, channel: str, payload: bytes) -> None:
         assert self.stream is not None
         if prepared.position is None:
-            # A channel without history: its events name the facility (a publication
-            # names its channel), so that the client knows whose they are.
-            prepared = prepared.tagged(self.facility)
+            # A channel without history: its events name the facility, anything else its
+            # channel (a publication names its channel), so that the client knows whose
+            # they are.
+            prepared = prepared.tagged(self.facility, channel)
         self.connection.deliverFor(self.stream, prepared, channel, payload)
 
     def deliveryInterrupted(self) -> None:
@@ -102,8 +103,10 @@ class Subscription:
     def dropped(self) -> bool:
         return self.connection.dropped
 
-    def sendRaw(self, payload: bytes, binary: bool) -> None:
-        self.connection.sendRaw(payload, binary)
+    def sendStored(self, channel: str, payload: bytes) -> None:
+        """A stored message names its channel, as the subscription's live ones do (a
+        frame that names nothing could be any facility's)."""
+        self.connection.sendRaw(envelope.encode_channel_message(channel, payload), False)
 
     def send(self, channel: str, prepared: deflate.Message, payload: bytes) -> None:
         self.connection.send(channel, prepared, payload)

@@ -32,7 +32,6 @@ from ws4tx.server import deflate
 from ws4tx.server._log import observer
 from ws4tx.server.broker import BrokerUnavailable
 from ws4tx.server.streams._recovered_event import recovered_event
-from ws4tx.server.streams._text import is_text
 from ws4tx.server.streams.batched_reads import FIRST_PAGE, SharedHistory
 from ws4tx.server.streams.catchup import CatchUp
 
@@ -59,8 +58,9 @@ class StreamTransport(Protocol):
     def dropped(self) -> bool:
         """Whether the client is being dropped as slow (it gets nothing more)."""
 
-    def sendRaw(self, payload: bytes, binary: bool) -> None:
-        """Write a channel's stored message now, as it was stored (when still open)."""
+    def sendStored(self, channel: str, payload: bytes) -> None:
+        """Write ``channel``'s stored message now (when still open): as it was stored to
+        a connection, in an envelope naming the channel to a subscription."""
 
     def send(self, channel: str, prepared: deflate.Message, payload: bytes) -> None:
         """Write a message of ``channel`` after whatever is queued (bounded: a client
@@ -256,7 +256,7 @@ class ClientStream:
                     self._outcome(channel_, (False, first.reason, 0))
             message = self._stored.get(channel_)
             if message is not None and (channel_, message) not in live:
-                self._sendStored(message)
+                self._sendStored(channel_, message)
         self._stored = _EMPTY
         self._replaying = True
         self._nextCatchUp()
@@ -370,13 +370,13 @@ class ClientStream:
                 learned[channel_] = start
         return learned
 
-    def _sendStored(self, stored: bytes) -> None:
+    def _sendStored(self, channel: str, stored: bytes) -> None:
         forged = server_voice(stored)
         if forged is not None:
             self.log.warn("not replaying a stored message to {peer}: it is {what}",
                           peer=self._transport.peer, what=forged)
             return
-        self._transport.sendRaw(stored, not is_text(stored))
+        self._transport.sendStored(channel, stored)
 
     # Catching up: recovered messages written as the socket drains
 

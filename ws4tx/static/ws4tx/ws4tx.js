@@ -122,13 +122,12 @@
  *   client.subscriptions                 those not unsubscribed or refused
  *   A subscription is subscribed once the socket opens and again on every reconnect, with
  *   the positions of its channels in the subscribe frame (never in the URL), and told
- *   'recovered' as the client is. A message of a channel with history carries its channel
- *   and goes to its subscription alone, as does the stored replay that comes before the
- *   verdict on the positions it sent; an event that names its facility (the server's
- *   events of a facility without history, a handler's emit, ws4tx.presence) goes to the
- *   subscriptions of that facility; another frame that names no channel (a raw message
- *   of a facility without history) goes to the client and to every subscription not
- *   known to be of a facility with history.
+ *   'recovered' as the client is. Every message of its channels names its channel (a
+ *   publication: with a position on a channel with history, without one for a raw message
+ *   of a channel without history and the stored replay) and goes to it alone, nothing of
+ *   a channel it left; an event that names its facility (the server's events of a
+ *   facility without history, a handler's emit, ws4tx.presence) goes to the subscriptions
+ *   of that facility; a frame that names neither is the client's.
  *
  * Page-to-live handoff: a page rendered with its state and the position of its channels
  * (`positions`) connects and recovers every message published since the render, once. When
@@ -729,8 +728,9 @@ function (root) {
     if (obj.ws4tx === 'event' && typeof obj.event === 'string' && obj.event) return obj;
     if (obj.ws4tx === 'ack' && Number.isInteger(obj.id) && obj.id >= 0) return obj;
     if (ANSWERS.indexOf(obj.ws4tx) >= 0 && Number.isInteger(obj.id) && obj.id >= 0) return obj;
-    if (obj.ws4tx === 'pub' && typeof obj.channel === 'string' && Number.isInteger(obj.offset)
-        && typeof obj.epoch === 'string'
+    if (obj.ws4tx === 'pub' && typeof obj.channel === 'string'
+        && ((Number.isInteger(obj.offset) && typeof obj.epoch === 'string')
+            || (obj.offset === undefined && obj.epoch === undefined))
         && (typeof obj.data === 'string' || typeof obj.data64 === 'string')) return obj;
     return null;
   }
@@ -1245,7 +1245,6 @@ function (root) {
         : Boolean(options.recover);
       this._state = 'subscribing';
       this._channels = [];
-      this._positioned = false;     // the server named its channels' positions: history
       this._leaving = null;         // unsubscribe() while the subscribe was unanswered: the
                                     // resolve of the Promise it returned
       this._inFlight = false;       // a subscribe frame awaits its answer
@@ -1352,7 +1351,6 @@ function (root) {
         this._state = 'subscribed';
         this._refusals = 0;
         this._client._route(this);
-        if (this._awaiting) this._client._opening = this;
         this._fire('subscribed', {channels: channels.slice()});
       } else if (answer.ws4tx === 'refused') {
         if (this._state !== 'subscribing') return;
@@ -1412,7 +1410,6 @@ function (root) {
       this._subscriptions = [];     // the Subscriptions to (re)subscribe, in order
       this._byChannel = new Map();  // channel -> the Subscription that has it
       this._answers = new Map();    // subscribe/unsubscribe id -> fn(answer)
-      this._opening = null;         // the Subscription last subscribed with positions
       this._probes = true;
       this._fallback = this._opts.sse !== false;
       this._asked = 0;              // positions the current socket's URL carries
@@ -1719,18 +1716,19 @@ function (root) {
     _onFrame(data) {
       var envelope = parseEnvelope(data);
       if (envelope !== null && envelope.ws4tx === 'pub') {
-        // A message of a channel with history, for the subscription that has the channel
-        // (else the client's own): one at or before the channel's position (of the same
-        // epoch) was delivered already and is dropped; else its position is remembered and
-        // its payload delivered as if it had come alone (an application event, or a raw
-        // message).
+        // A message of a channel, for the subscription that has the channel (else the
+        // client's own; nothing of a channel left), its payload delivered as if it had
+        // come alone (an application event, or a raw message). With a position (a channel
+        // with history): one at or before the channel's position (of the same epoch) was
+        // delivered already and is dropped, else its position is remembered. Without (a
+        // channel without history, or a stored message): delivered.
         var target = this._byChannel.get(envelope.channel) || this;
         if (target === LEFT) return;
-        target._positioned = true;
         var binaryType = this._opts.binaryType;
-        target._take({channel: envelope.channel, epoch: envelope.epoch,
-                      offset: envelope.offset,
-                      run: function () { target._payload(envelope, binaryType); }});
+        var run = function () { target._payload(envelope, binaryType); };
+        target._take(envelope.offset === undefined ? {run: run}
+          : {channel: envelope.channel, epoch: envelope.epoch, offset: envelope.offset,
+             run: run});
         return;
       }
       if (envelope !== null && ANSWERS.indexOf(envelope.ws4tx) >= 0) {
@@ -1774,27 +1772,12 @@ function (root) {
       }
     }
 
-    /** A frame that names no channel (an event or raw message of a facility without
-     *  history, a handler's emit, a stored replay): the subscription's that awaits the
-     *  verdict of the positions it sent (its stored replay comes then), else the client's
-     *  while it awaits its own, else the client's and each subscription's not known to be
-     *  of a facility with history (whose messages all name their channel). */
+    /** A frame that names no channel nor facility (an event or raw message of the URL's
+     *  facility, its stored replay): the client's (a subscription's frames all name their
+     *  channel or facility). */
     _unattributed(event, data) {
-      var opening = this._opening;
-      var targets;
-      if (opening && opening._awaiting && opening._state === 'subscribed') {
-        // Between a subscribe with positions and its verdict: its stored replay.
-        targets = [opening];
-      } else if (this._awaiting) {
-        targets = [this];  // the URL's channels' stored replay, before their verdict
-      } else {
-        targets = [this].concat(this._subscriptions.filter(function (s) {
-          return s._state === 'subscribed' && !s._positioned;
-        }));
-      }
-      targets.forEach(function (target) {
-        target._take({run: function () { target._fire(event, data); }});
-      });
+      var self = this;
+      this._take({run: function () { self._fire(event, data); }});
     }
 
     /** An event that names its facility (docs/protocol.md, Frames that name their
@@ -1824,7 +1807,6 @@ function (root) {
 
     _positionsEvent(payload) {
       this._split(payload && payload.channels).forEach(function (channels, target) {
-        target._positioned = true;
         target._learn({channels: channels});
         target._fire('ws4tx.positions', {channels: channels});
       });
@@ -1845,7 +1827,6 @@ function (root) {
       parts.forEach(function (channels, target) {
         var verdict = Object.keys(channels).length === named ? payload
           : partOf(payload, channels);
-        target._positioned = target._positioned || Object.keys(channels).length > 0;
         target._fire('ws4tx.recovered', verdict);
         target._judged(target === self ? self._verdict(verdict) : verdict);
       });
@@ -1877,7 +1858,6 @@ function (root) {
       var answers = Array.from(this._answers.values());
       this._answers.clear();
       this._byChannel.clear();
-      this._opening = null;
       this._awaiting = false;
       answers.forEach(function (answer) { answer(null); });
       var subscriptions = this._subscriptions.slice();
