@@ -4,6 +4,7 @@ them. Two nodes on one real Redis, real WebSocket clients, real Django sessions.
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 from typing import Any, Optional
 
@@ -399,6 +400,13 @@ class SubscribeAcrossNodesTests(TwoNodesTestCase):
                                     identity_header("mary", ("staff",)), EVENTS),
         }
 
+    async def message(self, client: WSClient) -> tuple[str, str]:
+        """The channel and payload of a raw message as a subscription gets it (in a
+        publication envelope without a position)."""
+        frame = json.loads(await client.text())
+        self.assertEqual(sorted(frame), ["channel", "data", "ws4tx"], frame)
+        return frame["channel"], frame["data"]
+
     async def told(self, client: WSClient) -> Any:
         frame = envelope.decode(await client.text())
         assert isinstance(frame, envelope.Event)
@@ -422,9 +430,11 @@ class SubscribeAcrossNodesTests(TwoNodesTestCase):
         self.publish("ws4tx:group:staff:notes", "to staff")
         self.publish("ws4tx:user:john:notes", "to john")
         for name in ("john-bare@a", "john-events@b"):
-            self.assertEqual([await c[name].text() for _ in range(2)],
-                             ["to staff", "to john"])
-        self.assertEqual(await c["mary@b"].text(), "to staff")
+            self.assertEqual([await self.message(c[name]) for _ in range(2)],
+                             [("ws4tx:group:staff:notes", "to staff"),
+                              ("ws4tx:user:john:notes", "to john")])
+        self.assertEqual(await self.message(c["mary@b"]),
+                         ("ws4tx:group:staff:notes", "to staff"))
         self.publish("ws4tx:broadcast:foobar", "sentinel")
         for name in ("john-raw@b", "mary@b", "john-events@b"):
             self.assertEqual(await c[name].text(), "sentinel", name)
@@ -443,7 +453,8 @@ class SubscribeAcrossNodesTests(TwoNodesTestCase):
                                                 audiences=["group"]), 2)
         self.assertEqual(self.publish("ws4tx:group:staff:notes", "once"), 2)
         for name in ("john-bare@a", "john-events@b", "mary@b"):
-            self.assertEqual(await c[name].text(), "once", name)
+            self.assertEqual(await self.message(c[name]), ("ws4tx:group:staff:notes", "once"),
+                             name)
         self.assertEqual(sum(n.factory.node.counters()["subscribed_by_site"]
                              for n in self.nodes), 3)
         c["mary@b"].send('{"ws4tx":"unsubscribe","id":1,"facility":"notes",'
@@ -453,7 +464,8 @@ class SubscribeAcrossNodesTests(TwoNodesTestCase):
         self.publish("ws4tx:group:staff:notes", "twice")
         self.publish("ws4tx:broadcast:foobar", "sentinel")
         self.assertEqual(await c["mary@b"].text(), "sentinel")
-        self.assertEqual(await c["john-events@b"].text(), "twice")
+        self.assertEqual(await self.message(c["john-events@b"]),
+                         ("ws4tx:group:staff:notes", "twice"))
 
     async def test_badArgumentsRaiseBeforeAnythingIsSent(self):
         for args, kwargs in ((("notes",), {}), (("no spaces",), {"users": ["john"]}),

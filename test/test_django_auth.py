@@ -247,7 +247,8 @@ class DjangoAuthTests(DjangoServerTestCase):
             "ws4tx": "refused", "id": 3, "reason": "not allowed: the user audience of news"})
         self.assertEqual(self.factory.authenticator.gate.most, 1)
         self.assertEqual(self.publish("ws4tx:user:john:foobar", "still"), 1)
-        self.assertEqual(await client.text(), "still")
+        self.assertEqual(json.loads(await client.text()), {
+            "ws4tx": "pub", "channel": "ws4tx:user:john:foobar", "data": "still"})
 
     async def test_processRequestHookReplacesSessionAuth(self):
         """PROCESS_REQUEST replaces the default session processing."""
@@ -608,7 +609,8 @@ class GrantTests(DjangoServerTestCase):
                                               "ws4tx:group:chatusers:foobar", session])
         self.assertEqual(self.factory.node.stats["subscribes_granted"], 1)
         self.assertEqual(self.publish(session, "to the session"), 1)
-        self.assertEqual(await client.text(), "to the session")
+        self.assertEqual(json.loads(await client.text()), {
+            "ws4tx": "pub", "channel": session, "data": "to the session"})
         answer = await self.answer(client, {"id": 2, "facility": "other", "audiences": {
             "user": True}})
         self.assertEqual((answer["ws4tx"], len(threads)), ("subscribed", 1))
@@ -661,7 +663,8 @@ class GrantTests(DjangoServerTestCase):
         self.assertEqual(sorted(non_probe(self.redis.pubsub_channels())),
                          ["ws4tx:broadcast:foobar"])
         self.assertEqual(self.publish("ws4tx:broadcast:foobar", "still"), 1)
-        self.assertEqual(await client.text(), "still")
+        self.assertEqual(json.loads(await client.text()), {
+            "ws4tx": "pub", "channel": "ws4tx:broadcast:foobar", "data": "still"})
 
 
 def request_channel(request: HttpRequest, facility: str) -> str:

@@ -103,6 +103,14 @@ class SubscribeTests(ServerTestCase):
         decoded: dict[str, Any] = json.loads(payload)
         return decoded
 
+    async def message(self, client: Any) -> tuple[str, str]:
+        """The channel and payload of the next frame, a raw message as a subscription
+        gets it: in a publication envelope without a position."""
+        frame = await self.frame(client)
+        self.assertEqual(sorted(frame), ["channel", "data", "ws4tx"], frame)
+        self.assertEqual(frame["ws4tx"], "pub")
+        return frame["channel"], frame["data"]
+
     async def subscribed(self, client: Any, frame: str) -> dict[str, Any]:
         client.send(frame)
         answer = await self.frame(client)
@@ -127,9 +135,9 @@ class SubscribeTests(ServerTestCase):
         self.assertEqual(answer, {"ws4tx": "subscribed", "id": 1, "facility": "notes",
                                   "channels": [NOTES_BROADCAST, NOTES_JOHN]})
         self.assertEqual(self.publish(NOTES_BROADCAST, "to all"), 1)
-        self.assertEqual(await client.text(), "to all")
+        self.assertEqual(await self.message(client), (NOTES_BROADCAST, "to all"))
         self.assertEqual(self.publish(NOTES_JOHN, "to john"), 1)
-        self.assertEqual(await client.text(), "to john")
+        self.assertEqual(await self.message(client), (NOTES_JOHN, "to john"))
         self.assertEqual(self.factory.node.clientCount(), 1)
 
     async def test_bareURLIsForEventClientsOnly(self) -> None:
@@ -156,7 +164,7 @@ class SubscribeTests(ServerTestCase):
         self.assertEqual(await self.frame(client), {
             "ws4tx": "refused", "id": 4, "reason": f"already subscribed: {NOTES_BROADCAST}"})
         self.assertEqual(self.publish(NOTES_BROADCAST, "still here"), 1)
-        self.assertEqual(await client.text(), "still here")
+        self.assertEqual(await self.message(client), (NOTES_BROADCAST, "still here"))
         self.assertEqual(self.factory.node.stats["subscribes_refused"], 3)
 
     async def test_subscribeWithPositionsRecoversExactlyTheMissed(self) -> None:
@@ -198,7 +206,7 @@ class SubscribeTests(ServerTestCase):
         self.assertNotIn(NOTES_BROADCAST, self.factory.node.router.hub.channels())
         self.publish(NOTES_BROADCAST, "gone")
         self.publish(NOTES_JOHN, "kept")
-        self.assertEqual(await client.text(), "kept")
+        self.assertEqual(await self.message(client), (NOTES_JOHN, "kept"))
         client.send(unsubscribe(3, "notes", broadcast=True))
         self.assertEqual(await self.frame(client), {
             "ws4tx": "refused", "id": 3,
@@ -245,7 +253,7 @@ class SubscribeTests(ServerTestCase):
         hub = self.factory.node.router.hub
         self.assertEqual(sorted(hub.channels()), [NOTES_BROADCAST])
         self.assertEqual(self.publish(NOTES_BROADCAST, "unchanged"), 1)
-        self.assertEqual(await client.text(), "unchanged")
+        self.assertEqual(await self.message(client), (NOTES_BROADCAST, "unchanged"))
 
     async def test_theSitesSubscribeKeepsTheCap(self) -> None:
         """A subscribe by the site (on the control channel) is not authorized but still
@@ -269,7 +277,7 @@ class SubscribeTests(ServerTestCase):
         self.assertEqual(node.counters()["subscribed_by_site"], 1)
         self.assertNotIn("ws4tx:broadcast:news", node.router.hub.channels())
         self.assertEqual(self.publish("ws4tx:group:staff:news", "staff"), 1)
-        self.assertEqual(await client.text(), "staff")
+        self.assertEqual(await self.message(client), ("ws4tx:group:staff:news", "staff"))
 
     async def test_aGrantNeedsAServerThatReadsThem(self) -> None:
         """A server whose authenticator reads no grants (not the Django one) refuses a
