@@ -235,3 +235,23 @@ class GatedHandshakeTimeoutTests(_GatedHandshakes):
         self.assertEqual(len(self.works.started), 1)
         self.assertEqual(self.factory.node.router.memberCount(), 0)
         self.assertEqual(self.gate.running, 0)
+
+
+class DefaultGateTests(SynchronousTestCase):
+    """The gate the server builds from its default settings."""
+
+    def test_aStormOf1000HandshakesInFlightWaitsWithoutA503(self):
+        """1000 cookie handshakes at once (a reconnect storm; the bench sends 200 in
+        flight) all wait for a slot rather than being refused: a refused handshake costs
+        the server a whole handshake again when it retries, and a waiting one only its
+        place (the handshake timeout bounds how long it waits)."""
+        config = ServerConfig()
+        gate, works = AuthGate(config.auth_concurrency, config.auth_queue), _Works()
+        answers = [gate.run(works) for _ in range(config.auth_concurrency + 1000)]
+        self.assertEqual((gate.refused, gate.running, gate.waiting),
+                         (0, config.auth_concurrency, 1000))
+        for answer in answers:
+            answer.addErrback(lambda f: f.trap(defer.CancelledError)).cancel()
+        for work in works.started:
+            work.callback(None)
+        self.assertEqual((gate.running, gate.waiting), (0, 0))
