@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx.naming import Identity
-from ws4tx.server._authgate import QUEUE_FULL, AuthGate
+from ws4tx.server._authgate import QUEUE_FULL, TIMED_OUT, AuthGate
 from ws4tx.server.auth import HandshakeDenied, HandshakeRequest
 from ws4tx.server.config import ServerConfig
 from ws4tx.server.node import Node
@@ -156,13 +156,16 @@ class _Gated:
         return self.gate.run(self.works)
 
 
-class GatedHandshakeTests(SynchronousTestCase):
+class _GatedHandshakes(SynchronousTestCase):
     """Handshakes over StringTransports through a gate of one slot and one place."""
+
+    #: No handshake timeout, except where a test says.
+    handshake_timeout = 0.0
 
     def setUp(self) -> None:
         self.clock = Clock()
         self.patch(txaio.config, "loop", self.clock)
-        config = ServerConfig(ping_interval=0, handshake_timeout=0)
+        config = ServerConfig(ping_interval=0, handshake_timeout=self.handshake_timeout)
         self.gate, self.works = AuthGate(1, 1), _Works()
         self.factory = PushFactory(
             Node(config, MemoryBroker(MemoryBus(self.clock)), clock=self.clock),
@@ -175,6 +178,10 @@ class GatedHandshakeTests(SynchronousTestCase):
         proto.makeConnection(transport)
         proto.dataReceived(handshake("/ws/foobar?subscribe-broadcast"))
         return proto, transport
+
+
+class GatedHandshakeTests(_GatedHandshakes):
+    """Handshakes through a gate of one slot and one place, no handshake timeout."""
 
     def test_pastTheQueueTheAnswerIs503WithRetryAfterAndTheReason(self):
         """The third handshake gets ``503`` with the reason and ``Retry-After: 1`` and is
@@ -199,3 +206,52 @@ class GatedHandshakeTests(SynchronousTestCase):
         self.works.started[1].callback(Identity(user="mary"))
         self.assertTrue(t2.value().startswith(b"HTTP/1.1 101"), t2.value())
         self.assertEqual(self.gate.most, 1)
+
+
+class GatedHandshakeTimeoutTests(_GatedHandshakes):
+    """The same gate, with a handshake timeout of 5 s."""
+
+    handshake_timeout = 5.0
+
+    def test_aHandshakeStillAuthenticatingAtTheTimeoutGets503(self):
+        """Two handshakes: the first's work runs, the second waits. Neither is answered
+        before 5 s; at 5 s both get 503 with the reason and ``Retry-After: 1`` (a client
+        tries again, where Autobahn's reset made it fail), the second has left the queue
+        and the first's slot stays taken until its work ends, which then answers
+        nothing more: no 101, no member."""
+        (_, t1), (_, t2) = [self.connect() for _ in range(2)]
+        self.clock.advance(4.9)
+        self.assertEqual((t1.value(), t2.value()), (b"", b""))
+        self.clock.advance(0.1)
+        for transport in (t1, t2):
+            head = transport.value().partition(b"\r\n\r\n")[0]
+            self.assertEqual(head.split(b"\r\n")[0], b"HTTP/1.1 503 " + TIMED_OUT.encode())
+            self.assertIn(b"\r\nRetry-After: 1", head)
+            self.assertTrue(transport.disconnecting)
+        self.assertEqual((self.gate.running, self.gate.waiting), (1, 0))
+        answered = t1.value()
+        self.works.started[0].callback(Identity(user="john"))
+        self.assertEqual(t1.value(), answered)
+        self.assertEqual(len(self.works.started), 1)
+        self.assertEqual(self.factory.node.router.memberCount(), 0)
+        self.assertEqual(self.gate.running, 0)
+
+
+class DefaultGateTests(SynchronousTestCase):
+    """The gate the server builds from its default settings."""
+
+    def test_aStormOf1000HandshakesInFlightWaitsWithoutA503(self):
+        """1000 cookie handshakes at once (a reconnect storm; the bench sends 200 in
+        flight) all wait for a slot rather than being refused: a refused handshake costs
+        the server a whole handshake again when it retries, and a waiting one only its
+        place (the handshake timeout bounds how long it waits)."""
+        config = ServerConfig()
+        gate, works = AuthGate(config.auth_concurrency, config.auth_queue), _Works()
+        answers = [gate.run(works) for _ in range(config.auth_concurrency + 1000)]
+        self.assertEqual((gate.refused, gate.running, gate.waiting),
+                         (0, config.auth_concurrency, 1000))
+        for answer in answers:
+            answer.addErrback(lambda f: f.trap(defer.CancelledError)).cancel()
+        for work in works.started:
+            work.callback(None)
+        self.assertEqual((gate.running, gate.waiting), (0, 0))

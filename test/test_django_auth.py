@@ -859,3 +859,55 @@ class AuthenticationBoundTests(DjangoServerTestCase):
         self.assertEqual((held.most, gate.most), (self.concurrency, self.concurrency))
         self.assertEqual(self.factory.node.router.memberCount(), 1)
         self.assertEqual(gate.refused, 1)
+
+
+class AnonymousWithoutTheGateTests(DjangoServerTestCase):
+    """An anonymous handshake (no session cookie, no hook set) is answered in the reactor
+    thread: it neither waits for the authentication gate nor is refused by it, so a storm
+    of cookie handshakes cannot hold anonymous clients back; with a hook set it is the
+    site's code that decides, in a thread, through the gate as before."""
+
+    async def startServer(self, wait: bool = True, **kwargs) -> None:
+        self.authenticator = _django.SessionAuthenticator(settings, gate=AuthGate(1, 0))
+        await super().startServer(wait, authenticator=self.authenticator, **kwargs)
+        # The gate's one slot taken, its queue empty: whatever goes to a thread is 503.
+        held: defer.Deferred[Any] = defer.Deferred()
+        self.authenticator.gate.run(lambda: held)
+        self.addCleanup(held.callback, None)
+
+    async def test_anonymousHandshakeNeedsNoThread(self):
+        """With the gate full, a handshake without a session cookie (another cookie does
+        not matter) is admitted as anonymous (broadcast only), a handshake with a session
+        cookie gets 503."""
+        for headers in ({}, {"Cookie": "theme=dark"}):
+            client = await self.client("/ws/foobar" + ALL, headers)
+            self.assertEqual(non_probe(self.redis.pubsub_channels()),
+                             ["ws4tx:broadcast:foobar"])
+            await client.close()
+            await self.factory.test_left.get().addTimeout(TIMEOUT, reactor)
+        _, key = self.login("john")
+        status, text = await self._status("/ws/foobar" + ALL, self.cookie(key))
+        self.assertEqual(status, 503, text)
+        self.assertEqual(self.authenticator.gate.refused, 1)
+
+    async def test_hooksStillDecideForAnonymous(self):
+        """With ALLOWED_CHANNELS or PROCESS_REQUEST set, an anonymous handshake runs the
+        hook in a thread: through the gate (here full, hence 503)."""
+        for hook, function in (("WS4TX_ALLOWED_CHANNELS", "allow_broadcast_only"),
+                               ("WS4TX_PROCESS_REQUEST", "ban_by_header")):
+            self.settings_override(**{hook: f"{__name__}.{function}"})
+            await self.service.stopService()
+            await self.startServer()
+            status, text = await self._status("/ws/foobar" + ALL, {})
+            self.assertEqual(status, 503, f"{hook}: {text}")
+            self.settings_override(**{hook: None})
+
+    def test_postWithoutCookieStillGoesToTheThread(self):
+        """A POST without a session cookie is not answered in the reactor: its CSRF check
+        runs in the thread (here: the full gate refuses it)."""
+        request = HandshakeRequest(peer="tcp:127.0.0.1:1", host="127.0.0.1", path="/ws/foobar",
+                                   query="", params={}, headers={}, facility="foobar",
+                                   method="POST")
+        answer = self.authenticator.authenticate(request)
+        self.assertIsInstance(answer, defer.Deferred)
+        self.assertEqual(self.failureResultOf(answer).value.status, 503)

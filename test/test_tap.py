@@ -145,7 +145,7 @@ class OptionsTests(SynchronousTestCase):
         self.addCleanup(_sync_redis.reset)
         argv = ("--django-settings", "test.settings", "--no-client-publish")
         gate = push_service(parse(*argv)).factory.authenticator.gate
-        self.assertEqual((gate.concurrency, gate.queue), (5, 100))
+        self.assertEqual((gate.concurrency, gate.queue), (5, 1000))
         gate = push_service(parse(*argv, "--auth-concurrency", "2", "--auth-queue", "0")
                             ).factory.authenticator.gate
         self.assertEqual((gate.concurrency, gate.queue), (2, 0))

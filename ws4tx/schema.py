@@ -546,9 +546,10 @@ SETTINGS: tuple[Setting, ...] = (
             "pool, whose other threads (10 in all) stay for the site's pages (`--wsgi`) and "
             "event handlers; a thread keeps its slot until it finishes, even if its client "
             "went away", minimum=1),
-    Setting("auth_queue", INT, 100,
+    Setting("auth_queue", INT, 1000,
             "handshakes that may wait for one of those slots (one that goes away leaves the "
-            "queue); past it 503 with `Retry-After`", minimum=0),
+            "queue); past it 503 with `Retry-After`, and so for one still waiting when "
+            "`handshake_timeout` ends", minimum=0),
     Setting("max_connections", INT, 0,
             "WebSocket connections at once in this process; 503 past it; `0`: no limit",
             minimum=0),

@@ -34,6 +34,9 @@ RETRY_AFTER = 1
 #: Why a handshake past the queue bound is refused (the 503's reason).
 QUEUE_FULL = "too many handshakes waiting for authentication: retry later"
 
+#: Why a handshake whose authentication outlasts ``handshake_timeout`` is answered 503.
+TIMED_OUT = "authentication did not finish in time: retry later"
+
 
 class AuthGate:
     """At most ``concurrency`` authentications at once, at most ``queue`` waiting."""

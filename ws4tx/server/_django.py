@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ws4tx import _audience, schema
-from ws4tx.naming import Flags, Identity, flag_names, parse_flags
+from ws4tx.naming import ANONYMOUS, Flags, Identity, flag_names, parse_flags
 from ws4tx.server._authgate import AuthGate
 from ws4tx.server._grants import IGrantReader
 from ws4tx.server._log import observer
@@ -277,8 +277,9 @@ class SessionAuthenticator:
 
     Everything that touches the database runs in a thread, through ``gate``
     (:class:`~ws4tx.server._authgate.AuthGate`: at most ``AUTH_CONCURRENCY`` at once, at
-    most ``AUTH_QUEUE`` waiting, 503 past it); a token without hooks needs no thread
-    and does not wait. A handshake that carries any
+    most ``AUTH_QUEUE`` waiting, 503 past it); a token without hooks, and a GET without
+    a session cookie when no hook is set (anonymous: the thread would find no session),
+    need no thread and do not wait. A handshake that carries any
     cookie from a foreign Origin is refused with 403 (see :class:`_OriginPolicy`); a token
     handshake is not checked, since the token, which a foreign page cannot get, is its
     credential.
@@ -302,7 +303,7 @@ class SessionAuthenticator:
         self.gate = gate or AuthGate(schema.get("auth_concurrency").default,
                                      schema.get("auth_queue").default)
 
-    def authenticate(self, request: HandshakeRequest) -> defer.Deferred[Grant]:
+    def authenticate(self, request: HandshakeRequest) -> Grant | defer.Deferred[Grant]:
         tokens = request.params.get("token")
         if tokens:
             return self._fromToken(request, tokens[0])
@@ -312,7 +313,23 @@ class SessionAuthenticator:
             return defer.fail(HandshakeDenied(
                 f"cross-site WebSocket refused: Origin {origin} is not this site's "
                 f"({self._origins.site_origin(request)}) nor a trusted one"))
+        if self._anonymous(request):
+            return _ANONYMOUS
         return self.gate.run(lambda: run_in_thread(self._authorize, request))
+
+    def _anonymous(self, request: HandshakeRequest) -> bool:
+        """Whether the thread would find ``request`` anonymous, with nothing for the site's
+        code to decide: a GET without a session cookie, and neither hook set (the default
+        processing finds no session without its cookie, so no user; a hook is the site's
+        code, which may read other headers or the database). Such a handshake is answered
+        in the reactor thread, without the gate or a thread: a storm of anonymous clients
+        never waits behind cookie ones. A POST still goes to the thread, for the CSRF
+        check."""
+        from django.conf import settings
+
+        return (request.method == "GET" and self._custom_process is None
+                and self._allowed_channels is None
+                and not request.cookies.get(settings.SESSION_COOKIE_NAME))
 
     def issueResume(self, claim: Any) -> Optional[tuple[str, float]]:
         """A resume token of ``claim`` (None when ``RESUME_TTL`` is 0)."""
@@ -383,6 +400,11 @@ class SessionAuthenticator:
             return None
         allowed = self._allowed_channels(request, list(flag_names(handshake.flags)))
         return parse_flags("&".join(allowed or ()))
+
+
+#: What :meth:`SessionAuthenticator._authorize` gives a request without a session and
+#: without hooks: no user, no groups, no session, the flags asked.
+_ANONYMOUS = Grant(ANONYMOUS)
 
 
 @contextmanager

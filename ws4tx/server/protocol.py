@@ -33,7 +33,7 @@ from ws4tx.history import (
     parse_recover,
 )
 from ws4tx.naming import ANONYMOUS, Flags, Identity
-from ws4tx.server import _internals, admission, deflate
+from ws4tx.server import _authgate, _internals, admission, deflate
 from ws4tx.server._flow import Flow
 from ws4tx.server._log import observer
 from ws4tx.server._ratelimit import TokenBucket
@@ -265,10 +265,26 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
         return admitted.subprotocol
 
     def succeedHandshake(self, res: Any) -> None:
-        """Answer the handshake, unless the client went away while it was authenticated
-        (then nothing more happens: no 101, no onOpen, no subscription)."""
-        if not self._lost:
+        """Answer the handshake, unless the client went away while it was authenticated,
+        or it was already answered (its authentication outlasted the handshake timeout):
+        then nothing more happens: no 101, no onOpen, no subscription."""
+        if not self._lost and self.state == self.STATE_CONNECTING:
             super().succeedHandshake(res)
+
+    def onOpenHandshakeTimeout(self) -> None:
+        """The handshake did not finish within ``handshake_timeout``. A client whose request
+        came whole but whose authentication is still waiting (for the authentication gate,
+        say, in a storm) is no slow peer: it is answered 503 with ``Retry-After``, which a
+        client tries again as any 503, instead of Autobahn's reset. Its authentication is
+        cancelled (it leaves the gate's queue; a thread that runs keeps its slot)."""
+        authenticating = self._authenticating
+        if authenticating is None or self.state != self.STATE_CONNECTING:
+            super().onOpenHandshakeTimeout()
+            return
+        self.openHandshakeTimeoutCall = None
+        self._refusalHeaders = [("Retry-After", str(_authgate.RETRY_AFTER))]
+        self.failHandshake(_authgate.TIMED_OUT, 503)
+        authenticating.cancel()
 
     def onOpen(self) -> None:
         self._joined = True
