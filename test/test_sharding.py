@@ -670,6 +670,8 @@ class ClusterShardTests(ControlAcrossNodesContract, _ShardedNodesCase):
     contract) hold."""
 
     cluster: Any
+    #: Which shard the cluster is (the other is the plain server).
+    cluster_index = 0
 
     @classmethod
     def setUpClass(cls) -> None:
@@ -693,7 +695,9 @@ class ClusterShardTests(ControlAcrossNodesContract, _ShardedNodesCase):
         self.addCleanup(self.plain_server.stop)
         self.plain = redis.Redis.from_url(self.plain_server.url, socket_timeout=5)
         self.addCleanup(self.plain.close)
-        self.addresses = (RedisAddress.from_url(self.cluster.url), self.plain_server.address)
+        addresses = [self.plain_server.address]
+        addresses.insert(self.cluster_index, RedisAddress.from_url(self.cluster.url))
+        self.addresses = tuple(addresses)
         _sync_redis.use_url(urls_text(self.addresses))
         self.addCleanup(_sync_redis.reset)
         self.nodes = [await self.startNode(), await self.startNode()]
@@ -707,8 +711,9 @@ class ClusterShardTests(ControlAcrossNodesContract, _ShardedNodesCase):
         node = await start_node(self, config)
         broker = node.service.broker
         self.assertIsInstance(broker, ShardedBroker)
-        self.assertEqual([type(shard) for shard in broker.shards],
-                         [ClusterBroker, RedisBroker])
+        kinds: list[type] = [RedisBroker]
+        kinds.insert(self.cluster_index, ClusterBroker)
+        self.assertEqual([type(shard) for shard in broker.shards], kinds)
         return node
 
     def _stored(self, channel: str) -> tuple[Optional[bytes], Optional[bytes]]:
@@ -724,8 +729,9 @@ class ClusterShardTests(ControlAcrossNodesContract, _ShardedNodesCase):
             channel = naming.broadcast_channel(PREFIX, f"f{i}")
             shard = broker.shardOf(channel)
             self.assertEqual(_sync_redis.shard_index(channel), shard)
-            self.assertEqual(_sync_redis.on_cluster(channel), shard == 0)
-        self.assertTrue(_sync_redis.on_cluster(None))  # the registry's shard
+            self.assertEqual(_sync_redis.on_cluster(channel), shard == self.cluster_index)
+        # the registry's shard
+        self.assertEqual(_sync_redis.on_cluster(None), self.cluster_index == 0)
 
     async def test_deliveredAndStoredOnTheirShard(self):
         """What the Django side publishes reaches the clients of both nodes on either
@@ -743,15 +749,16 @@ class ClusterShardTests(ControlAcrossNodesContract, _ShardedNodesCase):
             for client in live:
                 self.assertEqual(await client.text(), f"kept {where}")
             kept = f"kept {where}".encode()
-            self.assertEqual(self._stored(channel), (kept, None) if where == 0
-                             else (None, kept))
+            self.assertEqual(self._stored(channel), (kept, None)
+                             if where == self.cluster_index else (None, kept))
             later = await self.on(self.nodes[1], f"/ws/{facility}?subscribe-broadcast")
             self.assertEqual(await later.text(), f"kept {where}")
         for node in self.nodes:
             if not node.factory.node._announced:
                 await node.factory.node.whenRegistered().addTimeout(TIMEOUT, reactor)
-        self.assertEqual(self.rc.zcard(naming.nodes_keys(PREFIX).connections), 2)
-        self.assertEqual(self.plain.exists(naming.nodes_keys(PREFIX).connections), 0)
+        registry = naming.nodes_keys(PREFIX).connections
+        self.assertEqual((self.rc.zcard(registry), self.plain.zcard(registry)),
+                         (2, 0) if self.cluster_index == 0 else (0, 2))
 
     async def test_historyAndRecoveryOnEitherShard(self):
         """On a facility with history, both halves write and read one history per
@@ -799,7 +806,15 @@ class ClusterShardTests(ControlAcrossNodesContract, _ShardedNodesCase):
                 stream, _ = naming.history_keys(PREFIX, channel)
                 cluster_stream, _ = naming.cluster_history_keys(PREFIX, channel)
                 self.assertEqual((self.rc.exists(cluster_stream), self.plain.exists(stream)),
-                                 (1, 0) if where == 0 else (0, 1))
+                                 (1, 0) if where == self.cluster_index else (0, 1))
+
+
+@pytest.mark.system
+class ClusterSecondShardTests(ClusterShardTests):
+    """The same with a plain server first (the registry and control channel there, with
+    PUBLISH) and the cluster second."""
+
+    cluster_index = 1
 
 
 class _Member:
