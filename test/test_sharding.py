@@ -760,6 +760,31 @@ class ClusterShardTests(ControlAcrossNodesContract, _ShardedNodesCase):
         self.assertEqual((self.rc.zcard(registry), self.plain.zcard(registry)),
                          (2, 0) if self.cluster_index == 0 else (0, 2))
 
+    async def test_asyncApiOnEitherShard(self):
+        """The asynchronous API (redis.asyncio clients: a cluster client for the cluster
+        shard) publishes and stores on each channel's shard as the synchronous one does."""
+        import asyncio
+
+        from ws4tx import _async_redis, api
+
+        async def publish(facility: str, text: str) -> Any:
+            try:
+                return await api.apublish(facility, text, broadcast=True, expire=60)
+            finally:
+                await _async_redis.aclose()
+
+        for where, facility in enumerate(self.facilities(2)):
+            channel = naming.broadcast_channel(PREFIX, facility)
+            live = [await self.on(node, f"/ws/{facility}?subscribe-broadcast")
+                    for node in self.nodes]
+            sent = await threads.deferToThread(
+                lambda facility=facility: asyncio.run(publish(facility, "async")))
+            self.assertEqual(sent, 2)  # one subscriber per node
+            for client in live:
+                self.assertEqual(await client.text(), "async")
+            self.assertEqual(self._stored(channel), (b"async", None)
+                             if where == self.cluster_index else (None, b"async"))
+
     async def test_historyAndRecoveryOnEitherShard(self):
         """On a facility with history, both halves write and read one history per
         channel, on its shard (the cluster's under its partition's tag); an event client
