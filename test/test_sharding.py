@@ -700,6 +700,18 @@ class ClusterShardTests(ControlAcrossNodesContract, _ShardedNodesCase):
         self.addresses = tuple(addresses)
         _sync_redis.use_url(urls_text(self.addresses))
         self.addCleanup(_sync_redis.reset)
+        # a facility with history on each shard; the site and every node keep the same
+        # (the Django side checks it against the registry before it publishes)
+        self.kept = {name: {"size": 5, "ttl": 60} for name in _onEachShard("hist", 2)}
+        from django.test import override_settings
+
+        from ws4tx import _history_check
+
+        same = override_settings(WS4TX_HISTORY=self.kept)
+        same.enable()
+        self.addCleanup(same.disable)
+        _history_check.forget()
+        self.addCleanup(_history_check.forget)
         self.nodes = [await self.startNode(), await self.startNode()]
 
     async def startNode(self, **changes: Any) -> SimpleNamespace:  # type: ignore[override]
@@ -707,7 +719,7 @@ class ClusterShardTests(ControlAcrossNodesContract, _ShardedNodesCase):
         from ws4tx.server.redis_broker import RedisBroker
 
         config = self.config.replace(redis=self.addresses[0], redis_shards=self.addresses,
-                                     **changes)
+                                     history=self.kept, **changes)
         node = await start_node(self, config)
         broker = node.service.broker
         self.assertIsInstance(broker, ShardedBroker)
@@ -789,49 +801,44 @@ class ClusterShardTests(ControlAcrossNodesContract, _ShardedNodesCase):
         """On a facility with history, both halves write and read one history per
         channel, on its shard (the cluster's under its partition's tag); an event client
         that comes back with its position gets exactly what it missed."""
-        from django.test import override_settings
-
         from ws4tx import api, history
 
-        facilities = self.facilities(2)
-        kept = {facility: {"size": 5, "ttl": 60} for facility in facilities}
         retention = history.Retention(5, 60)
-        node = await self.startNode(history=kept)
-        with override_settings(WS4TX_HISTORY=kept):
-            for where, facility in enumerate(facilities):
-                channel = naming.broadcast_channel(PREFIX, facility)
-                first = await self.on(node, f"/ws/{facility}?subscribe-broadcast",
-                                      protocols=EVENTS)
-                await threads.deferToThread(api.publish, facility, "seen", broadcast=True)
+        node = self.nodes[0]
+        for where, facility in enumerate(self.kept):
+            channel = naming.broadcast_channel(PREFIX, facility)
+            first = await self.on(node, f"/ws/{facility}?subscribe-broadcast",
+                                  protocols=EVENTS)
+            await threads.deferToThread(api.publish, facility, "seen", broadcast=True)
+            seen = json.loads(await first.text())
+            if seen.get("event") == envelope.POSITIONS_EVENT:
                 seen = json.loads(await first.text())
-                if seen.get("event") == envelope.POSITIONS_EVENT:
-                    seen = json.loads(await first.text())
-                self.assertEqual((seen["offset"], seen["data"]), (1, "seen"))
-                await first.close()
-                await threads.deferToThread(api.publish, facility, "missed 0",
-                                            broadcast=True)
-                published = await node.service.broker.publishWithHistory(
-                    channel, b"missed 1", retention)
-                self.assertEqual(published.position.offset, 3)
-                back = await self.on(
-                    node, f"/ws/{facility}?subscribe-broadcast&recover={channel}:"
-                    f"{seen['epoch']}:{seen['offset']}", protocols=EVENTS)
-                got = [json.loads(await back.text()) for _ in range(2)]
-                self.assertEqual([(f["offset"], f["data"]) for f in got],
-                                 [(2, "missed 0"), (3, "missed 1")])
-                recovered = json.loads(await back.text())
-                self.assertEqual(recovered["event"], envelope.RECOVERED_EVENT)
-                self.assertTrue(recovered["data"]["recovered"])
-                found = await threads.deferToThread(api.history, facility, broadcast=True,
-                                                    since=1)
-                self.assertEqual([p.payload for p in found.publications],
-                                 [b"missed 0", b"missed 1"])
-                read = await node.service.broker.history(channel, retention)
-                self.assertEqual(len(read.publications), 3)
-                stream, _ = naming.history_keys(PREFIX, channel)
-                cluster_stream, _ = naming.cluster_history_keys(PREFIX, channel)
-                self.assertEqual((self.rc.exists(cluster_stream), self.plain.exists(stream)),
-                                 (1, 0) if where == self.cluster_index else (0, 1))
+            self.assertEqual((seen["offset"], seen["data"]), (1, "seen"))
+            await first.close()
+            await threads.deferToThread(api.publish, facility, "missed 0",
+                                        broadcast=True)
+            published = await node.service.broker.publishWithHistory(
+                channel, b"missed 1", retention)
+            self.assertEqual(published.position.offset, 3)
+            back = await self.on(
+                node, f"/ws/{facility}?subscribe-broadcast&recover={channel}:"
+                f"{seen['epoch']}:{seen['offset']}", protocols=EVENTS)
+            got = [json.loads(await back.text()) for _ in range(2)]
+            self.assertEqual([(f["offset"], f["data"]) for f in got],
+                             [(2, "missed 0"), (3, "missed 1")])
+            recovered = json.loads(await back.text())
+            self.assertEqual(recovered["event"], envelope.RECOVERED_EVENT)
+            self.assertTrue(recovered["data"]["recovered"])
+            found = await threads.deferToThread(api.history, facility, broadcast=True,
+                                                since=1)
+            self.assertEqual([p.payload for p in found.publications],
+                             [b"missed 0", b"missed 1"])
+            read = await node.service.broker.history(channel, retention)
+            self.assertEqual(len(read.publications), 3)
+            stream, _ = naming.history_keys(PREFIX, channel)
+            cluster_stream, _ = naming.cluster_history_keys(PREFIX, channel)
+            self.assertEqual((self.rc.exists(cluster_stream), self.plain.exists(stream)),
+                             (1, 0) if where == self.cluster_index else (0, 1))
 
 
 @pytest.mark.system
@@ -840,6 +847,19 @@ class ClusterSecondShardTests(ClusterShardTests):
     PUBLISH) and the cluster second."""
 
     cluster_index = 1
+
+
+def _onEachShard(stem: str, shards: int) -> list[str]:
+    """Facilities ``<stem><n>`` whose broadcast channels are on shard 0, 1... in turn."""
+    found: list[str] = []
+    i = 0
+    while len(found) < shards:
+        name = f"{stem}{i}"
+        i += 1
+        if naming.shard_of(PREFIX, naming.broadcast_channel(PREFIX, name), shards) == \
+                len(found):
+            found.append(name)
+    return found
 
 
 class _Member:
