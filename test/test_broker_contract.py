@@ -1313,3 +1313,128 @@ class ClusterBrokerContractTests(_TopologyContract, TopologyOutageContract,
         assert isinstance(broker, ClusterBroker)
         used = {broker.nodeFor(c) for c in ("ch", "other", "a", "b", "kept", "h:a", "h:b")}
         self.assertEqual(len(used), 3)
+
+
+class ShardsWithAClusterBrokerContractTests(_TopologyContract, TopologyOutageContract,
+                                           unittest.TestCase):
+    """The contract of the sharded broker over a plain Redis (the first shard) and a
+    three-primary Redis Cluster (the second: its broker is the shard's member, channels
+    placed by jump hash over the shards, then by slot over the cluster's primaries); the
+    test channels land on both shards and on two primaries. The outage: the cluster's
+    first primary SIGKILLed, its replica promoted; only its channels are interrupted and
+    resumed, through both composites."""
+
+    plain: EmbeddedRedis
+    cluster: Any
+    CLUSTER = 1
+    #: The channels the outage interrupts, as taken down.
+    _down: set[str] = set()
+
+    @classmethod
+    def startTopology(cls) -> None:
+        from test._cluster import Cluster
+
+        cls.plain = EmbeddedRedis()
+        cls.plain.start()
+        cls.cluster = Cluster(replica=True)
+        try:
+            cls.cluster.start()
+        except BaseException:
+            cls.plain.stop()
+            raise
+
+    @classmethod
+    def stopTopology(cls) -> None:
+        cls.cluster.stop()
+        cls.plain.stop()
+
+    @classmethod
+    def servers(cls) -> list[EmbeddedRedis]:
+        return [cls.plain, *cls.cluster.servers]
+
+    def newBroker(self) -> IBroker:
+        from ws4tx.redis_address import RedisAddress
+
+        address = RedisAddress(
+            cluster_nodes=tuple(("127.0.0.1", s.port) for s in self.cluster.servers))
+        return ShardedBroker([
+            RedisBroker(self.plain.address, ping_interval=0, timeout=2.0,
+                        retry_policy=_QUICK_RETRY, prefix=None),
+            ClusterBroker(address, ping_interval=0, timeout=2.0, prefix=None)], None)
+
+    @classmethod
+    def _clusterOf(cls, broker: IBroker) -> ClusterBroker:
+        assert isinstance(broker, ShardedBroker)
+        member = broker.shards[cls.CLUSTER]
+        assert isinstance(member, ClusterBroker)
+        return member
+
+    def innerBrokers(self, broker: IBroker) -> list[RedisBroker]:
+        assert isinstance(broker, ShardedBroker)
+        plain = broker.shards[1 - self.CLUSTER]
+        assert isinstance(plain, RedisBroker)
+        return [plain, *self._clusterOf(broker).nodes.values()]
+
+    def batchesOf(self, broker: IBroker, names: list[str], history: bool) -> int:
+        assert isinstance(broker, ShardedBroker)
+        cluster = self._clusterOf(broker)
+        on_cluster = [n for n in names if broker.shardOf(n) == self.CLUSTER]
+        self.assertTrue(on_cluster and len(on_cluster) < len(names))  # both shards answer
+        if history:
+            keys = [cluster_history_keys(None, name)[0] for name in on_cluster]
+        else:
+            keys = [cluster.clusterName(name) for name in on_cluster]
+        return 1 + len({key_slot(key) for key in keys})
+
+    @staticmethod
+    def _node(server: EmbeddedRedis) -> tuple[str, int]:
+        return ("127.0.0.1", server.port)
+
+    def downChannels(self, broker: IBroker) -> list[str]:
+        assert isinstance(broker, ShardedBroker)
+        first = self._node(self.cluster.servers[0])
+        cluster = self._clusterOf(broker)
+        return [c for c in self.CHANNELS
+                if broker.shardOf(c) == self.CLUSTER and cluster.nodeFor(c) == first]
+
+    async def takeDown(self, broker: IBroker) -> None:
+        cluster = self._clusterOf(broker)
+        self.assertIsNotNone(self.cluster.replica, "one failover per cluster")
+        self._down = set(self.downChannels(broker))
+        first = self.cluster.servers[0]
+        _replicated(first)
+        lost = _whenCommandsLost(cluster.nodes[self._node(first)])
+        first.stop(signal.SIGKILL)
+        await self.settle(lost)
+
+    async def bringBack(self, broker: IBroker) -> None:
+        # told interrupted: the sharded broker asks its cluster member which channels
+        # are (a client joining now is told so; another shard's return does not tell
+        # these clients resumed)
+        assert isinstance(broker, ShardedBroker)
+        self.assertEqual({c for c in self.CHANNELS if broker.isInterrupted(c)}, self._down)
+        cluster = self.cluster
+        promoted = _whenMapped(self._clusterOf(broker), self._node(cluster.replica))
+        cluster.servers[0], cluster.replica = cluster.replica, None
+        await promoted.addTimeout(FAILOVER_TIMEOUT, reactor)
+
+    @pytest.mark.system
+    async def test_anOutageInterruptsItsChannelsAndResubscribesThem(self):
+        """The cluster's first primary fails over to its replica: only its channels are
+        told interrupted (not the plain shard's, not the other primaries'), then resumed
+        once the promoted replica is connected and they are subscribed there; the
+        histories are there (replicated before the crash)."""
+        await super().test_anOutageInterruptsItsChannelsAndResubscribesThem()
+
+    async def test_theChannelsOfTheContractUseBothShardsAndSeveralPrimaries(self):
+        """The contract's channels are spread over the plain shard and the cluster's
+        primaries, and the outage interrupts some of them only."""
+        broker, _ = await self.start()
+        assert isinstance(broker, ShardedBroker)
+        cluster = self._clusterOf(broker)
+        names = ("ch", "other", "a", "b", "kept", "h:a", "h:b")
+        self.assertEqual({broker.shardOf(c) for c in names}, {0, 1})
+        self.assertGreaterEqual(len({cluster.nodeFor(c) for c in names
+                                     if broker.shardOf(c) == self.CLUSTER}), 2)
+        down = self.downChannels(broker)
+        self.assertTrue(down and set(down) < set(self.CHANNELS))

@@ -873,11 +873,14 @@ class ClusterServerTests(ControlAcrossNodesContract, _ClusterNodesCase):
             client.delete(name)  # a slot that holds keys cannot be given back
 
     def test_configurationRefusals(self):
-        """A cluster is never one shard among others."""
+        """A cluster may be one shard among others, but none of its nodes another
+        shard (test_sharding.ClusterShardTests runs such a list)."""
         from ws4tx.redis_address import InvalidRedisAddress, parse_list
 
-        with self.assertRaisesRegex(InvalidRedisAddress, "alone"):
-            parse_list([self.address.url, "redis://other:6379/0"], "x")
+        self.assertEqual(len(parse_list([self.address.url, "redis://other:6379/0"], "x")), 2)
+        node = self.address.cluster_nodes[0]
+        with self.assertRaisesRegex(InvalidRedisAddress, "is in shard 1 and in shard 2"):
+            parse_list([self.address.url, f"redis://{node[0]}:{node[1]}/0"], "x")
         for bad in ("redis+cluster://", "redis+cluster://h:1/2", "redis+cluster://h:1?db=0"):
             self.assertRaises(InvalidRedisAddress, RedisAddress.from_url, bad)
 

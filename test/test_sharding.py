@@ -123,6 +123,31 @@ class AddressListTests(SynchronousTestCase):
         for bad in ("", [], [a, ""], 5):
             self.assertRaises(InvalidRedisAddress, parse_list, bad, "x")
 
+    def test_aClusterIsOneShardAmongOthers(self):
+        """A ``redis+cluster://`` URL may be any shard of a list (and goes through the
+        workers' environment intact); a cluster node given again, as a plain server or in
+        another cluster URL, is refused in one line that names the fix, by the settings
+        and by ``twistd ws4tx --redis``."""
+        from twisted.python import usage
+
+        from ws4tx.server.tap import Options
+
+        cluster = "redis+cluster://c1:7000,c2:7001"
+        for urls in ([cluster, "redis://a:6379/0"], ["redis://a:6379/0", cluster],
+                     ["redis+sentinel://s1:26379/m", cluster, "redis+cluster://d1:7000"]):
+            found = parse_list(urls, "x")
+            self.assertEqual([a.is_cluster for a in found],
+                             [u.startswith("redis+cluster") for u in urls])
+            self.assertEqual(parse_list(urls_text(found), "x"), found)
+        for urls in ([cluster, "redis://c2:7001/0"], [cluster, "redis+cluster://c1:7000"]):
+            with self.assertRaisesRegex(InvalidRedisAddress,
+                                        r"^setting W: c.:700. is in shard 1 and in shard 2: "
+                                        "give each Redis Cluster once") as caught:
+                parse_list(urls, "setting W")
+            self.assertNotIn("\n", str(caught.exception))
+            with self.assertRaisesRegex(usage.UsageError, "^--redis: .* is in shard 1 and"):
+                Options().parseOptions(["--redis", urls[0], "--redis", urls[1]])
+
     def test_settingsAndEnvironment(self):
         from ws4tx import redis_address
 
@@ -224,6 +249,56 @@ class BothHalvesAgreeTests(SynchronousTestCase):
                         self.assertEqual(client.get(channel), f"hello {history}".encode())
         for client in self.direct:
             client.flushdb()
+
+
+class MixedListAgreementTests(SynchronousTestCase):
+    """With a Redis Cluster among the shards, both halves place each channel on the same
+    shard, and the Django side names it as that shard knows it: under its cluster name
+    with SPUBLISH on the cluster, as it is with PUBLISH elsewhere (no server needed:
+    placement reads the addresses only)."""
+
+    def setUp(self) -> None:
+        setup_django()
+        self.addresses = parse_list(["redis://a:6379/0", "redis+cluster://c1:7000,c2:7001",
+                                     "redis://b:6379/0"], "x")
+        _sync_redis.use_url(urls_text(self.addresses))
+        self.addCleanup(_sync_redis.reset)
+        self.broker = ShardedBroker([object()] * 3, PREFIX)  # type: ignore[list-item]
+
+    @settings(max_examples=300, deadline=None)
+    @given(_audiences, _facilities, _names)
+    def test_sameShardAndNameOnBothHalves(self, audience, facility, name):
+        from ws4tx import _ops
+
+        channel = _channel(audience, facility, name)
+        shard = self.broker.shardOf(channel)
+        self.assertEqual(_sync_redis.shard_index(channel), shard)
+        self.assertEqual(_sync_redis.on_cluster(channel), shard == 1)
+        op = _ops._publish_plain([channel], b"x", 0, _sync_redis.on_cluster)
+        batch = next(op)
+        (call,) = batch.calls
+        self.assertEqual(call.name, channel)  # placed by the channel, on both halves
+        self.assertEqual(call.command, ("SPUBLISH", naming.cluster_channel(channel), b"x")
+                         if shard == 1 else ("PUBLISH", channel, b"x"))
+        op.close()
+
+    def test_registryAndControlFollowTheFirstShard(self):
+        """The control channel, reply channels and registry are on the first shard: with
+        a plain server first they keep their plain names, with a cluster first their
+        cluster names (the control tag's slot)."""
+        from ws4tx import _ops, control
+
+        for first, addresses in ((False, self.addresses),
+                                 (True, self.addresses[1:] + self.addresses[:1])):
+            _sync_redis.use_url(urls_text(addresses))
+            self.assertEqual(_sync_redis.on_cluster(None), first)
+            channel = naming.control_channel(PREFIX)
+            batch = next(_ops.command(control.Disconnect(sessions=frozenset({"s"})),
+                                      _sync_redis.on_cluster))
+            (call,) = batch.calls
+            self.assertEqual(_sync_redis.shard_index(channel), 0)
+            self.assertEqual(call.command[:2], ("SPUBLISH", naming.cluster_name(PREFIX, channel))
+                             if first else ("PUBLISH", channel))
 
 
 class _ShardedNodesCase(ServerTestCase):
@@ -583,6 +658,208 @@ class SentinelShardTests(_ShardedNodesCase):
                 await _tick()
         for n in (0, 1):
             self.assertEqual(await clients[(grouped, n)].text(), "after")
+
+
+@pytest.mark.system
+class ClusterShardTests(ControlAcrossNodesContract, _ShardedNodesCase):
+    """A shard may be a Redis Cluster: the first shard is a three-primary cluster (so
+    the node registry, the control channel and the reply channels live there, in the
+    control tag's slot, with SPUBLISH), the second a plain server. Both halves place a
+    channel on its shard by the same jump hash, and within the cluster on its
+    partition's slot; the site's queries and commands across two nodes (the control
+    contract) hold."""
+
+    cluster: Any
+    #: Which shard the cluster is (the other is the plain server).
+    cluster_index = 0
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        from test._cluster import Cluster
+
+        cls.cluster = Cluster()
+        cls.cluster.start()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.cluster.stop()
+
+    async def _setUp(self) -> None:
+        setup_django()
+        self.rc = self.cluster.cluster_client()
+        self.addCleanup(self.rc.close)
+        # what a test's nodes left (their registry entries above all) goes with them
+        self.addCleanup(self.rc.flushall)
+        self.plain_server = EmbeddedRedis()
+        self.plain_server.start()
+        self.addCleanup(self.plain_server.stop)
+        self.plain = redis.Redis.from_url(self.plain_server.url, socket_timeout=5)
+        self.addCleanup(self.plain.close)
+        addresses = [self.plain_server.address]
+        addresses.insert(self.cluster_index, RedisAddress.from_url(self.cluster.url))
+        self.addresses = tuple(addresses)
+        _sync_redis.use_url(urls_text(self.addresses))
+        self.addCleanup(_sync_redis.reset)
+        # a facility with history on each shard; the site and every node keep the same
+        # (the Django side checks it against the registry before it publishes)
+        self.kept = {name: {"size": 5, "ttl": 60} for name in _onEachShard("hist", 2)}
+        from django.test import override_settings
+
+        from ws4tx import _history_check
+
+        same = override_settings(WS4TX_HISTORY=self.kept)
+        same.enable()
+        self.addCleanup(same.disable)
+        _history_check.forget()
+        self.addCleanup(_history_check.forget)
+        self.nodes = [await self.startNode(), await self.startNode()]
+
+    async def startNode(self, **changes: Any) -> SimpleNamespace:  # type: ignore[override]
+        from ws4tx.server.cluster import ClusterBroker
+        from ws4tx.server.redis_broker import RedisBroker
+
+        config = self.config.replace(redis=self.addresses[0], redis_shards=self.addresses,
+                                     history=self.kept, **changes)
+        node = await start_node(self, config)
+        broker = node.service.broker
+        self.assertIsInstance(broker, ShardedBroker)
+        kinds: list[type] = [RedisBroker]
+        kinds.insert(self.cluster_index, ClusterBroker)
+        self.assertEqual([type(shard) for shard in broker.shards], kinds)
+        return node
+
+    def _stored(self, channel: str) -> tuple[Optional[bytes], Optional[bytes]]:
+        """The message stored for ``channel`` on the cluster (under its cluster name)
+        and on the plain server."""
+        return self.rc.get(naming.cluster_channel(channel)), self.plain.get(channel)
+
+    async def test_bothHalvesPlaceAlike(self):
+        """The Django side and a node name the same shard for every channel and know
+        which shard is the cluster."""
+        broker = self.nodes[0].service.broker
+        for i in range(200):
+            channel = naming.broadcast_channel(PREFIX, f"f{i}")
+            shard = broker.shardOf(channel)
+            self.assertEqual(_sync_redis.shard_index(channel), shard)
+            self.assertEqual(_sync_redis.on_cluster(channel), shard == self.cluster_index)
+        # the registry's shard
+        self.assertEqual(_sync_redis.on_cluster(None), self.cluster_index == 0)
+
+    async def test_deliveredAndStoredOnTheirShard(self):
+        """What the Django side publishes reaches the clients of both nodes on either
+        shard, is stored on its channel's shard only (on the cluster under its cluster
+        name), and a client joining later gets it."""
+        from ws4tx import api
+
+        facilities = self.facilities(2)
+        for where, facility in enumerate(facilities):
+            channel = naming.broadcast_channel(PREFIX, facility)
+            live = [await self.on(node, f"/ws/{facility}?subscribe-broadcast")
+                    for node in self.nodes]
+            await threads.deferToThread(api.publish, facility, f"kept {where}",
+                                        broadcast=True, expire=60)
+            for client in live:
+                self.assertEqual(await client.text(), f"kept {where}")
+            kept = f"kept {where}".encode()
+            self.assertEqual(self._stored(channel), (kept, None)
+                             if where == self.cluster_index else (None, kept))
+            later = await self.on(self.nodes[1], f"/ws/{facility}?subscribe-broadcast")
+            self.assertEqual(await later.text(), f"kept {where}")
+        for node in self.nodes:
+            if not node.factory.node._announced:
+                await node.factory.node.whenRegistered().addTimeout(TIMEOUT, reactor)
+        registry = naming.nodes_keys(PREFIX).connections
+        self.assertEqual((self.rc.zcard(registry), self.plain.zcard(registry)),
+                         (2, 0) if self.cluster_index == 0 else (0, 2))
+
+    async def test_asyncApiOnEitherShard(self):
+        """The asynchronous API (redis.asyncio clients: a cluster client for the cluster
+        shard) publishes and stores on each channel's shard as the synchronous one does."""
+        import asyncio
+
+        from ws4tx import _async_redis, api
+
+        async def publish(facility: str, text: str) -> Any:
+            try:
+                return await api.apublish(facility, text, broadcast=True, expire=60)
+            finally:
+                await _async_redis.aclose()
+
+        for where, facility in enumerate(self.facilities(2)):
+            channel = naming.broadcast_channel(PREFIX, facility)
+            live = [await self.on(node, f"/ws/{facility}?subscribe-broadcast")
+                    for node in self.nodes]
+            sent = await threads.deferToThread(
+                lambda facility=facility: asyncio.run(publish(facility, "async")))
+            self.assertEqual(sent, 2)  # one subscriber per node
+            for client in live:
+                self.assertEqual(await client.text(), "async")
+            self.assertEqual(self._stored(channel), (b"async", None)
+                             if where == self.cluster_index else (None, b"async"))
+
+    async def test_historyAndRecoveryOnEitherShard(self):
+        """On a facility with history, both halves write and read one history per
+        channel, on its shard (the cluster's under its partition's tag); an event client
+        that comes back with its position gets exactly what it missed."""
+        from ws4tx import api, history
+
+        retention = history.Retention(5, 60)
+        node = self.nodes[0]
+        for where, facility in enumerate(self.kept):
+            channel = naming.broadcast_channel(PREFIX, facility)
+            first = await self.on(node, f"/ws/{facility}?subscribe-broadcast",
+                                  protocols=EVENTS)
+            await threads.deferToThread(api.publish, facility, "seen", broadcast=True)
+            seen = json.loads(await first.text())
+            if seen.get("event") == envelope.POSITIONS_EVENT:
+                seen = json.loads(await first.text())
+            self.assertEqual((seen["offset"], seen["data"]), (1, "seen"))
+            await first.close()
+            await threads.deferToThread(api.publish, facility, "missed 0",
+                                        broadcast=True)
+            published = await node.service.broker.publishWithHistory(
+                channel, b"missed 1", retention)
+            self.assertEqual(published.position.offset, 3)
+            back = await self.on(
+                node, f"/ws/{facility}?subscribe-broadcast&recover={channel}:"
+                f"{seen['epoch']}:{seen['offset']}", protocols=EVENTS)
+            got = [json.loads(await back.text()) for _ in range(2)]
+            self.assertEqual([(f["offset"], f["data"]) for f in got],
+                             [(2, "missed 0"), (3, "missed 1")])
+            recovered = json.loads(await back.text())
+            self.assertEqual(recovered["event"], envelope.RECOVERED_EVENT)
+            self.assertTrue(recovered["data"]["recovered"])
+            found = await threads.deferToThread(api.history, facility, broadcast=True,
+                                                since=1)
+            self.assertEqual([p.payload for p in found.publications],
+                             [b"missed 0", b"missed 1"])
+            read = await node.service.broker.history(channel, retention)
+            self.assertEqual(len(read.publications), 3)
+            stream, _ = naming.history_keys(PREFIX, channel)
+            cluster_stream, _ = naming.cluster_history_keys(PREFIX, channel)
+            self.assertEqual((self.rc.exists(cluster_stream), self.plain.exists(stream)),
+                             (1, 0) if where == self.cluster_index else (0, 1))
+
+
+@pytest.mark.system
+class ClusterSecondShardTests(ClusterShardTests):
+    """The same with a plain server first (the registry and control channel there, with
+    PUBLISH) and the cluster second."""
+
+    cluster_index = 1
+
+
+def _onEachShard(stem: str, shards: int) -> list[str]:
+    """Facilities ``<stem><n>`` whose broadcast channels are on shard 0, 1... in turn."""
+    found: list[str] = []
+    i = 0
+    while len(found) < shards:
+        name = f"{stem}{i}"
+        i += 1
+        if naming.shard_of(PREFIX, naming.broadcast_channel(PREFIX, name), shards) == \
+                len(found):
+            found.append(name)
+    return found
 
 
 class _Member:

@@ -33,7 +33,7 @@ async def _send(prepared: _prepare.Publish) -> Sent:
     audience = prepared.publisher
     sent = await _ops.arun(
         _ops.publish(audience.channels, audience.facility, prepared.data, prepared.expire,
-                     prepared.key, _async_redis.is_cluster()), _async_redis.execute)
+                     prepared.key, _async_redis.on_cluster), _async_redis.execute)
     if sent.positions:
         audience.positions = dict(sent.positions)
     return sent
@@ -97,7 +97,7 @@ async def ahistory(
     audience = await _prepared(request, _prepare.publisher, facility, broadcast, users,
                                groups, sessions, request)
     return await _ops.arun(_ops.history(audience.channels, audience.facility, since, limit,
-                                        _async_redis.is_cluster()), _async_redis.execute)
+                                        _async_redis.on_cluster), _async_redis.execute)
 
 
 async def aposition(
@@ -113,7 +113,7 @@ async def aposition(
     audience = await _prepared(request, _prepare.publisher, facility, broadcast, users,
                                groups, sessions, request)
     return await _ops.arun(_ops.positions(audience.channels, audience.facility,
-                                          _async_redis.is_cluster()), _async_redis.execute)
+                                          _async_redis.on_cluster), _async_redis.execute)
 
 
 async def _read_presence(facility: str, what: str, broadcast: bool, users: Any,
@@ -152,7 +152,7 @@ async def apresence_stats(
 
 
 async def _command(command: control.Command) -> int:
-    return await _ops.arun(_ops.command(command, _async_redis.is_cluster()),
+    return await _ops.arun(_ops.command(command, _async_redis.on_cluster),
                            _async_redis.execute)
 
 

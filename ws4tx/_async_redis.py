@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from typing import Any
+from typing import Any, Optional
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -55,9 +55,10 @@ def clients() -> tuple[Any, ...]:
         return built
 
 
-def is_cluster() -> bool:
-    """Whether this process publishes to a Redis Cluster."""
-    return _sync_redis.is_cluster()
+def on_cluster(name: Optional[str]) -> bool:
+    """Whether channel or key ``name`` lives on a Redis Cluster shard
+    (:func:`ws4tx._sync_redis.on_cluster`)."""
+    return _sync_redis.on_cluster(name)
 
 
 async def aclose() -> None:
@@ -95,7 +96,6 @@ async def execute(batch: _ops.Batch) -> _ops.Replies:
     """Run ``batch`` as :meth:`ws4tx.redis_store.RedisStore._execute` does, with the
     running loop's clients."""
     shards = clients()
-    cluster = is_cluster()
     addresses = _sync_redis.addresses()
     calls = batch.calls
     replies = _ops.Replies([None] * len(calls), [""] * len(calls))
@@ -109,7 +109,8 @@ async def execute(batch: _ops.Batch) -> _ops.Replies:
         answered: Any
         try:
             answered = await _ops.aexecute(shards[shard], [calls[i] for i in indices],
-                                           cluster, raise_on_error=not batch.errors_as_replies)
+                                           addresses[shard].is_cluster,
+                                           raise_on_error=not batch.errors_as_replies)
         except (RedisError, RedisClusterException) as e:
             answered = e
         _ops.record(replies, batch, indices, where, answered)

@@ -72,6 +72,12 @@ class Replies:
 #: An operation: yields batches, receives their replies, returns its result.
 Op = Generator[Batch, Replies, T]
 
+#: Whether the shard of a channel or key (None: the first shard) is a Redis Cluster,
+#: where channels and keys have their cluster names and messages go with ``SPUBLISH``
+#: (:func:`ws4tx.naming.cluster_name`). Each shard is one Redis, a Sentinel group or a
+#: Cluster of its own.
+OnCluster = Callable[[Optional[str]], bool]
+
 
 def run(op: Op[T], execute: Callable[[Batch], Replies]) -> T:
     """Drive ``op`` with the synchronous ``execute``."""
@@ -208,7 +214,7 @@ def _checked() -> Op[None]:
 
 
 def publish(channels: Sequence[str], facility: Optional[str], data: Optional[bytes],
-            expire: int, key: Optional[str], cluster: bool) -> Op[Sent]:
+            expire: int, key: Optional[str], cluster: OnCluster) -> Op[Sent]:
     """Publish ``data`` to ``channels`` of ``facility``, stored for ``expire`` seconds,
     once per idempotency ``key`` (None: none); see
     :meth:`ws4tx.redis_store.RedisStore.publish_message`."""
@@ -221,20 +227,21 @@ def publish(channels: Sequence[str], facility: Optional[str], data: Optional[byt
         return (yield from _publish_plain(channels, data, expire, cluster))
     calls = []
     for channel in channels:
-        name = naming.cluster_channel(channel) if cluster else channel
+        on_cluster = cluster(channel)
+        name = naming.cluster_channel(channel) if on_cluster else channel
         once = None if key is None else (
-            naming.cluster_once_key(prefix, channel, key) if cluster
+            naming.cluster_once_key(prefix, channel, key) if on_cluster
             else naming.once_key(prefix, channel, key))
         if retention is not None:
-            stream, meta = (naming.cluster_history_keys if cluster
+            stream, meta = (naming.cluster_history_keys if on_cluster
                             else naming.history_keys)(prefix, channel)
             keys, args = _history.publish_args(name, name, stream, meta, data, retention,
-                                               expire, sharded=cluster, once=once)
+                                               expire, sharded=on_cluster, once=once)
             script = _history.PUBLISH_SCRIPT
         else:
             assert once is not None
             keys, args = _history.publish_once_args(name, name, once, data, expire,
-                                                    sharded=cluster)
+                                                    sharded=on_cluster)
             script = _history.PUBLISH_ONCE_SCRIPT
         calls.append(Call(channel, script=script, keys=tuple(keys), args=tuple(args)))
     replies = yield Batch("publish to", tuple(calls), partial=True)
@@ -254,20 +261,21 @@ def publish(channels: Sequence[str], facility: Optional[str], data: Optional[byt
 
 
 def _publish_plain(channels: Sequence[str], data: bytes, expire: int,
-                   cluster: bool) -> Op[Sent]:
-    """PUBLISH to every channel, then (``expire`` > 0) SET those that were published:
-    what Redis refused to publish is never stored; a refused SET after a successful
-    PUBLISH raises :class:`~ws4tx.NotStored`."""
-    command = "SPUBLISH" if cluster else "PUBLISH"
+                   cluster: OnCluster) -> Op[Sent]:
+    """PUBLISH to every channel (SPUBLISH on a cluster), then (``expire`` > 0) SET those
+    that were published: what Redis refused to publish is never stored; a refused SET
+    after a successful PUBLISH raises :class:`~ws4tx.NotStored`."""
     counts = yield Batch("publish to", tuple(
-        Call(channel, (command, naming.cluster_channel(channel) if cluster else channel, data))
+        Call(channel, ("SPUBLISH", naming.cluster_channel(channel), data) if cluster(channel)
+             else ("PUBLISH", channel, data))
         for channel in channels), partial=True)
     receivers = sum(int(count) for count in counts.values if count is not None)
     published = [channel for channel, count in zip(channels, counts.values, strict=True)
                  if count is not None]
     if expire > 0 and published:
         stored = yield Batch("store in", tuple(
-            Call(channel, ("SET", naming.cluster_channel(channel) if cluster else channel,
+            Call(channel, ("SET", naming.cluster_channel(channel) if cluster(channel)
+                           else channel,
                            data, "EX", expire))
             for channel in published), errors_as_replies=True)
         refused = [(where, reply) for where, reply in zip(stored.where, stored.values,
@@ -290,7 +298,7 @@ def _retention(facility: Optional[str]) -> _history.Retention:
 
 
 def history(channels: Sequence[str], facility: Optional[str], since: Optional[int],
-            limit: Optional[int], cluster: bool) -> Op[_history.History]:
+            limit: Optional[int], cluster: OnCluster) -> Op[_history.History]:
     """The history of the one channel of ``channels``; see
     :meth:`ws4tx.publisher.RedisPublisher.history`."""
     if facility is None:
@@ -298,16 +306,18 @@ def history(channels: Sequence[str], facility: Optional[str], since: Optional[in
     yield from _checked()  # a script without settings takes the nodes' HISTORY first
     retention = _arguments.history(_django_settings.history(), facility, channels, since,
                                    limit)
-    keys_of = naming.cluster_history_keys if cluster else naming.history_keys
-    stream, meta = keys_of(_django_settings.prefix(), channels[0])
+    channel = channels[0]
+    keys_of = naming.cluster_history_keys if cluster(channel) else naming.history_keys
+    stream, meta = keys_of(_django_settings.prefix(), channel)
     keys, args = _history.history_args(stream, meta, retention, since, limit)
-    replies = yield Batch("read from", (Call(stream, script=_history.HISTORY_SCRIPT,
+    # placed by the channel: a cluster's history keys carry its partition's tag instead
+    replies = yield Batch("read from", (Call(channel, script=_history.HISTORY_SCRIPT,
                                              keys=tuple(keys), args=tuple(args)),))
     return _history.parse_history(replies.values[0])
 
 
 def positions(channels: Sequence[str], facility: Optional[str],
-              cluster: bool) -> Op[dict[str, _history.Position]]:
+              cluster: OnCluster) -> Op[dict[str, _history.Position]]:
     """Where each of ``channels`` (of a facility with history) stands: its epoch and last
     offset, read in one round trip per shard (one call per channel on a cluster), without
     payloads. A channel without an epoch gets one (as a history read gives it)."""
@@ -315,10 +325,10 @@ def positions(channels: Sequence[str], facility: Optional[str],
     retention = _retention(facility)
     if not channels:
         return {}
-    keys_of = naming.cluster_history_keys if cluster else naming.history_keys
     prefix = _django_settings.prefix()
     calls = []
     for channel in channels:
+        keys_of = naming.cluster_history_keys if cluster(channel) else naming.history_keys
         stream, meta = keys_of(prefix, channel)
         keys, args = _history.position_args(stream, meta, retention)
         calls.append(Call(channel, script=_history.POSITION_SCRIPT, keys=tuple(keys),
@@ -335,7 +345,7 @@ def presence(keys: Sequence[Any], args: Sequence[Any]) -> Op[Any]:
     return replies.values[0]
 
 
-def revoke(users: Sequence[str], cluster: bool) -> Op[None]:
+def revoke(users: Sequence[str], cluster: OnCluster) -> Op[None]:
     """Bump the revocation counter of each of ``users``: every resume token made before is
     refused by every node from then on. The key is named as the nodes read it (its
     cluster name on a cluster)."""
@@ -343,12 +353,13 @@ def revoke(users: Sequence[str], cluster: bool) -> Op[None]:
     calls = []
     for user in users:
         key = naming.revocation_key(prefix, user)
-        calls.append(Call(key, ("INCR", naming.cluster_name(prefix, key) if cluster else key)))
+        calls.append(Call(key, ("INCR", naming.cluster_name(prefix, key) if cluster(key)
+                                else key)))
     if calls:
         yield Batch("revoke the resume tokens at", tuple(calls))
 
 
-def command(order: control.Command, cluster: bool) -> Op[int]:
+def command(order: control.Command, cluster: OnCluster) -> Op[int]:
     """Publish the control command ``order`` on the control channel (SPUBLISH in the
     registry's slot of a cluster); how many nodes got it. A disconnect of users first
     bumps their revocation counters (with ``RESUME_TTL``): their connections come back
@@ -359,7 +370,7 @@ def command(order: control.Command, cluster: bool) -> Op[int]:
         yield from revoke(sorted(order.users), cluster)
     payload = control.encode(order)
     channel = naming.control_channel(prefix)
-    sent = ("SPUBLISH", naming.cluster_name(prefix, channel)) if cluster \
+    sent = ("SPUBLISH", naming.cluster_name(prefix, channel)) if cluster(channel) \
         else ("PUBLISH", channel)
     replies = yield Batch("send a command to", (Call(channel, (*sent, payload)),))
     return int(replies.values[0])

@@ -14,7 +14,8 @@ each new connection asks the Sentinels where the master is (and checks its role)
 a failover the next call (or its one retry) reaches the new master.
 
 For a ``redis+cluster://`` address the client is redis-py's ``RedisCluster``, and messages
-are published with ``SPUBLISH`` (sharded pub/sub, see :func:`is_cluster`).
+are published with ``SPUBLISH`` (sharded pub/sub, see :func:`on_cluster`). A cluster may be
+one shard among others: each shard has the client of its own kind.
 
 Several servers (a list of URLs: channels sharded over them) get one client each;
 :func:`client_for` is the client of a channel's or key's shard
@@ -110,14 +111,19 @@ def clients() -> tuple[redis.Redis, ...]:
         return _clients
 
 
-def is_cluster() -> bool:
-    """Whether this process publishes to a Redis Cluster (``SPUBLISH``)."""
-    return addresses()[0].is_cluster
+def on_cluster(name: Optional[str]) -> bool:
+    """Whether channel or key ``name`` (None: the first shard's registry and control
+    channel) lives on a Redis Cluster (``SPUBLISH``, cluster names): a property of its
+    shard, not of the process."""
+    found = addresses()
+    index = 0 if name is None else naming.shard_of(_django_settings.prefix(), name,
+                                                   len(found))
+    return found[index].is_cluster
 
 
 def shard_index(name: str) -> int:
     """The index of the shard of channel or key ``name`` (0 with one Redis)."""
-    return naming.shard_of(_django_settings.prefix(), name, len(clients()))
+    return naming.shard_of(_django_settings.prefix(), name, len(addresses()))
 
 
 def client_for(name: str) -> redis.Redis:

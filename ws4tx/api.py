@@ -295,7 +295,7 @@ def _gather(op: str, pattern: str, timeout: float) -> dict[str, Any]:
     reply = naming.reply_channel(prefix, uuid.uuid4().hex)
     query = control.query(op, reply, pattern)
     store = RedisStore()
-    cluster = store._cluster()
+    cluster = store._cluster()(None)
 
     def run(connection: Any) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

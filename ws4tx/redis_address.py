@@ -323,7 +323,9 @@ def shards_from_settings(
 def parse_list(value: Any, origin: str) -> tuple[RedisAddress, ...]:
     """One or several Redis servers, in order: a URL, URLs separated by whitespace (a URL
     never holds any; commas belong to ``redis+sentinel://`` URLs), or a list or tuple of
-    URLs. The same server twice is refused: its channels would have two shards."""
+    URLs. Any of them may be a Redis Cluster (``redis+cluster://``: that shard's channels
+    are then placed on its primaries by slot). The same server twice is refused: its
+    channels would have two shards."""
     if isinstance(value, str):
         urls = value.split()
     elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
@@ -333,12 +335,33 @@ def parse_list(value: Any, origin: str) -> tuple[RedisAddress, ...]:
     if not urls or not all(urls):
         raise InvalidRedisAddress(f"{origin}: no Redis URL in {value!r}")
     found = tuple(_parse(url, origin) for url in urls)
-    if len(found) > 1 and any(address.is_cluster for address in found):
-        raise InvalidRedisAddress(f"{origin}: a Redis Cluster is given alone, not among "
-                                  "other servers")
     if len(set(found)) != len(found):
         raise InvalidRedisAddress(f"{origin}: a Redis server is listed twice")
+    _check_cluster_shards(found, origin)
     return found
+
+
+def _check_cluster_shards(found: tuple[RedisAddress, ...], origin: str) -> None:
+    """A Redis Cluster may be one shard among others, but none of its nodes may also be
+    given as another shard (a plain server, or a node of another cluster URL): its
+    channels would have two shards."""
+    if len(found) < 2 or not any(address.is_cluster for address in found):
+        return
+    seen: dict[tuple[str, int], int] = {}
+    for index, address in enumerate(found):
+        if address.is_cluster:
+            nodes = address.cluster_nodes
+        elif address.is_sentinel or address.unix_socket_path:
+            continue
+        else:
+            nodes = ((address.host, address.port),)
+        for node in nodes:
+            other = seen.setdefault(node, index)
+            if other != index:
+                raise InvalidRedisAddress(
+                    f"{origin}: {node[0]}:{node[1]} is in shard {other + 1} and in shard "
+                    f"{index + 1}: give each Redis Cluster once, by its own nodes only, "
+                    "and no cluster node as a shard of its own")
 
 
 def urls_text(addresses: tuple[RedisAddress, ...]) -> str:

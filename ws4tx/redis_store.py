@@ -171,7 +171,6 @@ class RedisStore:
         from ws4tx import _ops
 
         calls = batch.calls
-        cluster = self._cluster()
         if self._own_connection is not None:
             shards: tuple[redis.Redis, ...] = (self._own_connection,)
         else:
@@ -182,7 +181,8 @@ class RedisStore:
             where = self._where(connection)
             answered: Any
             try:
-                answered = _ops.execute(connection, [calls[i] for i in indices], cluster,
+                answered = _ops.execute(connection, [calls[i] for i in indices],
+                                        _is_cluster_client(connection),
                                         raise_on_error=not batch.errors_as_replies)
             except (RedisError, RedisClusterException) as e:
                 answered = e
@@ -195,7 +195,7 @@ class RedisStore:
         if not channels:
             return None
         def _read(connection: redis.Redis, names: list[str]) -> list[Any]:
-            if self._cluster():
+            if _is_cluster_client(connection):
                 return list(connection.mget_nonatomic(  # type: ignore[attr-defined]
                     [naming.cluster_channel(name) for name in names]))
             return list(connection.mget(names))
@@ -204,11 +204,15 @@ class RedisStore:
         # The client is made without decode_responses: its replies are bytes.
         return next((value for value in values if isinstance(value, bytes) and value), None)
 
-    def _cluster(self) -> bool:
-        """Whether this store publishes to a Redis Cluster (with ``SPUBLISH``)."""
+    def _cluster(self) -> Callable[[Optional[str]], bool]:
+        """Whether a channel or key (None: the first shard's registry and control
+        channel) lives on a Redis Cluster, where it is published with ``SPUBLISH`` under
+        its cluster name: a property of its shard (:func:`ws4tx._sync_redis.on_cluster`),
+        or of the connection this store was given."""
         if self._own_connection is not None:
-            return isinstance(self._own_connection, redis.RedisCluster)
-        return _sync_redis.is_cluster()
+            own = _is_cluster_client(self._own_connection)
+            return lambda name: own
+        return _sync_redis.on_cluster
 
     def _by_shard(self, names: Sequence[str]) -> list[tuple[redis.Redis, list[int]]]:
         """The client of each shard that holds some of ``names``, with the indices (in
@@ -281,6 +285,11 @@ class RedisStore:
             ).safe_url
         except (TypeError, ValueError):
             return "the given connection"
+
+
+def _is_cluster_client(connection: redis.Redis) -> bool:
+    """Whether ``connection`` is a cluster client (each call alone, cluster names)."""
+    return isinstance(connection, redis.RedisCluster)
 
 
 def _clients() -> tuple[redis.Redis, ...]:

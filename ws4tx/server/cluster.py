@@ -462,6 +462,12 @@ class ClusterBroker(Composite[Node, _NodeBroker]):
         # A cluster that says it is down refuses every sharded command, probes or not.
         return self.down is None and super().delivering
 
+    def waiting(self, channel: str) -> bool:
+        """Whether ``channel`` is not subscribed now (its primary unknown or down, or it
+        refused the channel for now): as one shard among others, the sharded broker asks
+        this of its member (:meth:`~ws4tx.server._composite.Composite.isInterrupted`)."""
+        return self.isInterrupted(channel)
+
     def nodeFor(self, channel: str) -> Optional[Node]:
         """The primary that serves ``channel`` (its :func:`~ws4tx.naming.cluster_channel`
         name), as last known."""

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.web import resource
 
 from ws4tx import closecodes
+from ws4tx.redis_address import RedisAddress
 from ws4tx.server import metrics, sharded_broker
 from ws4tx.server._log import observer
 from ws4tx.server.auth import IAuthenticator
@@ -57,13 +58,8 @@ class PushService(service.MultiService):
         self.config = config = check(config)
         self.reactor = reactor
         self.drain_timeout = drain_timeout
-        if broker is None and config.redis.is_cluster:
-            broker = ClusterBroker(config.redis, reactor, ping_interval=config.redis_ping_interval,
-                                   timeout=config.redis_timeout, prefix=config.prefix)
         self.broker: IBroker = broker or sharded_broker.several(
-            [RedisBroker(address, reactor, ping_interval=config.redis_ping_interval,
-                         timeout=config.redis_timeout, prefix=config.prefix)
-             for address in config.shards],
+            [_shardBroker(address, config, reactor) for address in config.shards],
             config.prefix)
         #: The node: broker, router, handlers, counters, health, drain.
         self.node = Node(config, self.broker, handlers=handlers, run_in_thread=run_in_thread,
@@ -116,3 +112,13 @@ class PushService(service.MultiService):
                               n=node.clientCount(), t=self.drain_timeout)
                 node.dropAll()
         yield node.stop()
+
+
+def _shardBroker(address: RedisAddress, config: ServerConfig, reactor: Any) -> IBroker:
+    """The broker of one shard: a Redis Cluster's (its channels placed on its primaries
+    by slot), or one Redis's (Sentinel included)."""
+    if address.is_cluster:
+        return ClusterBroker(address, reactor, ping_interval=config.redis_ping_interval,
+                             timeout=config.redis_timeout, prefix=config.prefix)
+    return RedisBroker(address, reactor, ping_interval=config.redis_ping_interval,
+                       timeout=config.redis_timeout, prefix=config.prefix)
