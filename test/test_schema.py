@@ -286,6 +286,17 @@ class HistoryAgreementTests(ServerTestCase):
             self.assertIn("WS4TX_HISTORY", str(e))
         self.assertIsNone(self.redis.get("ws4tx:broadcast:chatroom"))
 
+    async def test_anotherRedisIsAskedAgain(self):
+        """The agreement is with the nodes of one registry: once the Django side's client
+        goes to another Redis (or is rebuilt), its next publish checks again."""
+        from ws4tx import _history_check, _sync_redis
+
+        self.useDjangoSide(WS4TX_HISTORY={"chat*": {"size": 100, "ttl": 600}})
+        await threads.deferToThread(self._publish)
+        self.assertIsNone(_history_check.pending())
+        _sync_redis.use_url(self.redis_server.url)
+        self.assertIsNotNone(_history_check.pending())
+
     async def test_aScriptWithoutSettingsTakesTheNodesHistory(self):
         """A plain script (no Django settings, the README's shell line) has no HISTORY to
         compare: it takes the live nodes' and publishes with positions, as the site would."""

@@ -37,7 +37,7 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from ws4tx import _django_settings, naming, redis_address, schema
+from ws4tx import _django_settings, _history_check, naming, redis_address, schema
 from ws4tx.redis_address import RedisAddress
 
 #: Settings whose change (``override_settings``) makes the next call build a new client.
@@ -205,12 +205,14 @@ def generation() -> int:
 
 
 def _drop() -> None:
-    """Close and forget the client (the caller holds the lock)."""
+    """Close and forget the client (the caller holds the lock), and whether the nodes of
+    its registry agreed with this site's ``HISTORY``: the next client may reach others."""
     global _clients, _addresses, _generation
     _generation += 1
     old, _clients, _addresses = _clients, None, None
     for each in old or ():
         each.close()
+    _history_check.forget()
 
 
 def _watch_settings() -> None:
