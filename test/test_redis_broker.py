@@ -385,10 +385,28 @@ class SetupTests(_BrokerCase):
         self.sub_t.clear()
         self.broker.subscribe("c")
         self.broker.unsubscribe("c")
+        self.clock.advance(0)
         self.assertEqual(self.sub_t.value(), b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n"
                                              b"*2\r\n$11\r\nUNSUBSCRIBE\r\n$1\r\nc\r\n")
+
+    def test_channelsLeftInOneTurnAreOneUnsubscribe(self):
+        """The channels left in one turn are one UNSUBSCRIBE; its answers beyond the
+        first are no reply to the commands sent after it."""
+        self._ready()
+        self.sub_t.clear()
+        left = [self.broker.unsubscribe(c) for c in ("a", "b")]
         self.clock.advance(0)
-        self.assertEqual(self.sub_t.value().count(b"SUBSCRIBE\r\n$1\r\nc"), 2)
+        self.assertEqual(self.sub_t.value(), b"*3\r\n$11\r\nUNSUBSCRIBE\r\n$1\r\na\r\n"
+                                             b"$1\r\nb\r\n")
+        joined = self.broker.subscribe("c")
+        self.clock.advance(0)
+        self._feed(self.sub, b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:2\r\n")
+        for d in left:
+            self.successResultOf(d)
+        self._feed(self.sub, b"*3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:1\r\n")
+        self.assertNoResult(joined)
+        self._feed(self.sub, subscribed(b"c", 2))
+        self.successResultOf(joined)
 
     def test_refusedProbeFallsBackToConnected(self):
         """An ACL without the probe channel: delivering follows the connection (and a

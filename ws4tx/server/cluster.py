@@ -318,6 +318,9 @@ class _NodeSubscriber(_Prepared, ShardSubscriberProtocol):
     def unsubscribe(self, channel: str) -> defer.Deferred[Any]:
         return self.sunsubscribe(channel)
 
+    #: What RedisBroker's leave asks for.
+    unsubscribeSoon = unsubscribe
+
     def shardMessageReceived(self, channel: bytes, message: bytes) -> None:
         self.broker._messageReceived(channel, message)
 
