@@ -390,6 +390,34 @@ class GrantTests(DjangoTestCase):
                 grants.read_grant(garbage)
             self.assertIn("malformed", caught.exception.reason)
 
+    def test_aGrantIsReadAsDjangoSigningReadsIt(self):
+        """The server checks a grant's signature with each key's HMAC derived once, and
+        reads what django.core.signing.loads reads: a compressed payload (many groups),
+        a grant signed with a key of SECRET_KEY_FALLBACKS; a rotated SECRET_KEY takes
+        effect at once (the old key's grants refused, the new key's read)."""
+        from django.core import signing
+
+        from ws4tx import grants
+
+        many = [f"group-{i}" for i in range(40)]
+        compressed = grants.make_grant("notes", ["group"], user="john", groups=many)
+        self.assertTrue(compressed.startswith("."))
+        self.assertEqual(grants.read_grant(compressed).groups, frozenset(many))
+        self.assertEqual(signing.loads(compressed, salt=grants.SALT)["g"], sorted(many))
+        old = grants.make_grant("notes", ["user"], user="john")
+        self.settings(SECRET_KEY="the new key" * 5, SECRET_KEY_FALLBACKS=[])
+        with self.assertRaises(grants.InvalidGrant) as caught:
+            grants.read_grant(old)
+        self.assertIn("bad signature", caught.exception.reason)
+        new = grants.make_grant("notes", ["user"], user="mary")
+        self.assertEqual(grants.read_grant(new).user, "mary")
+        self.settings(SECRET_KEY="a newer key" * 5,
+                      SECRET_KEY_FALLBACKS=["the new key" * 5])
+        self.assertEqual(grants.read_grant(new).user, "mary")
+        for bad in (new.rsplit(":", 1)[0] + ":" + "A" * 43, new.replace(":", ";")):
+            with self.assertRaises(grants.InvalidGrant):
+                grants.read_grant(bad)
+
     def test_templateTagPrintsTheRequestsGrant(self):
         """{% ws4tx_grant "notes" "user" groups="staff" %} prints a grant of the request's."""
         from django.template import engines

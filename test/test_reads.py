@@ -143,3 +143,52 @@ class SharedPagesTests(SynchronousTestCase):
         self.page(0, 2)  # the oldest went
         self.page(2, 2)
         self.assertEqual(len(self.broker.calls), 4)
+
+
+class StoredBroker:
+    """Answers stored-message reads from a table; records each batch of keys."""
+
+    def __init__(self, stored: dict[str, bytes]) -> None:
+        self.stored = stored
+        self.batches: list[list[str]] = []
+        self.down = False
+
+    def fetchMany(self, keys: list[str]) -> list[defer.Deferred[Optional[bytes]]]:
+        self.batches.append(list(keys))
+        if self.down:
+            return [defer.fail(BrokerUnavailable("down")) for _ in keys]
+        return [defer.succeed(self.stored.get(key)) for key in keys]
+
+
+class StoredReadsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        from ws4tx.server.streams import StoredReads
+
+        self.clock = Clock()
+        self.broker = StoredBroker({"a": b"A", "b": b"B"})
+        self.stored = StoredReads(self.broker, self.clock)  # type: ignore[arg-type]
+
+    def test_theStoredMessagesAskedForInOneTurnAreOneRead(self) -> None:
+        """Clients that join in one turn cost one read of their channels' stored
+        messages, each channel once, sent on the next turn (once every asker's
+        subscription is in place); each client gets its channels', in its order."""
+        first = self.stored.fetchMany(["a", "c"])
+        second = self.stored.fetchMany(["b", "a"])
+        self.assertEqual(self.broker.batches, [])
+        self.clock.advance(0)
+        self.assertEqual(self.broker.batches, [["a", "c", "b"]])
+        self.assertEqual([self.successResultOf(d) for d in first], [b"A", None])
+        self.assertEqual([self.successResultOf(d) for d in second], [b"B", b"A"])
+        third = self.stored.fetchMany(["a"])
+        self.clock.advance(0)
+        self.assertEqual(self.broker.batches[1:], [["a"]])
+        self.assertEqual(self.successResultOf(third[0]), b"A")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_aFailedReadFailsEveryAskerOfItsChannels(self) -> None:
+        """A read that fails (Redis down) fails each client's wait for it."""
+        self.broker.down = True
+        first, second = self.stored.fetchMany(["a"]), self.stored.fetchMany(["a"])
+        self.clock.advance(0)
+        self.failureResultOf(first[0], BrokerUnavailable)
+        self.failureResultOf(second[0], BrokerUnavailable)

@@ -333,11 +333,80 @@ class SetupTests(_BrokerCase):
         connection goes on (its replies stay in step)."""
         self._ready()
         d = self.broker.subscribe("c")
+        self.clock.advance(0)  # the turn's SUBSCRIBE is sent
         self._feed(self.sub, noperm(b"c"))
         self.assertEqual(self.failureResultOf(d, SubscriptionRefused).value.channel, "c")
         d2 = self.broker.subscribe("d")
+        self.clock.advance(0)  # the turn's SUBSCRIBE is sent
         self._feed(self.sub, subscribed(b"d", 3))
         self.successResultOf(d2)
+
+    def test_channelsJoinedInOneTurnAreOneSubscribe(self):
+        """The channels clients join in one reactor turn are one SUBSCRIBE, sent at the
+        end of the turn; each is subscribed once Redis confirmed the command, and its
+        other confirmations are no reply to the commands sent after it."""
+        self._ready()
+        self.sub_t.clear()
+        joins = [self.broker.subscribe(c) for c in ("c", "d", "e")]
+        self.assertEqual(self.sub_t.value(), b"")
+        self.clock.advance(0)
+        self.assertEqual(self.sub_t.value(), b"*4\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n"
+                                             b"$1\r\nd\r\n$1\r\ne\r\n")
+        later = self.broker.subscribe("f")
+        self.clock.advance(0)
+        self._feed(self.sub, subscribed(b"c", 4))
+        for d in joins:
+            self.successResultOf(d)
+        self._feed(self.sub, subscribed(b"d", 5) + subscribed(b"e", 6))
+        self.assertNoResult(later)
+        self._feed(self.sub, subscribed(b"f", 7))
+        self.successResultOf(later)
+
+    def test_aRefusedChannelRefusesOnlyItselfInItsTurn(self):
+        """Redis refuses a whole SUBSCRIBE for one channel the ACL does not allow: each
+        channel of it is subscribed again alone, and only the refused one fails."""
+        self._ready()
+        self.sub_t.clear()
+        allowed, refused = self.broker.subscribe("c"), self.broker.subscribe("d")
+        self.clock.advance(0)
+        self.sub_t.clear()
+        self._feed(self.sub, noperm(b"d"))
+        self.assertEqual(self.sub_t.value(), b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n"
+                                             b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nd\r\n")
+        self._feed(self.sub, subscribed(b"c", 4) + noperm(b"d"))
+        self.successResultOf(allowed)
+        self.assertEqual(self.failureResultOf(refused, SubscriptionRefused).value.channel,
+                         "d")
+
+    def test_anUnsubscribeFollowsTheSubscribesAskedBeforeIt(self):
+        """A channel joined and left in one turn is subscribed, then unsubscribed, in
+        that order (never left subscribed with nobody on it)."""
+        self._ready()
+        self.sub_t.clear()
+        self.broker.subscribe("c")
+        self.broker.unsubscribe("c")
+        self.clock.advance(0)
+        self.assertEqual(self.sub_t.value(), b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n"
+                                             b"*2\r\n$11\r\nUNSUBSCRIBE\r\n$1\r\nc\r\n")
+
+    def test_channelsLeftInOneTurnAreOneUnsubscribe(self):
+        """The channels left in one turn are one UNSUBSCRIBE; its answers beyond the
+        first are no reply to the commands sent after it."""
+        self._ready()
+        self.sub_t.clear()
+        left = [self.broker.unsubscribe(c) for c in ("a", "b")]
+        self.clock.advance(0)
+        self.assertEqual(self.sub_t.value(), b"*3\r\n$11\r\nUNSUBSCRIBE\r\n$1\r\na\r\n"
+                                             b"$1\r\nb\r\n")
+        joined = self.broker.subscribe("c")
+        self.clock.advance(0)
+        self._feed(self.sub, b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:2\r\n")
+        for d in left:
+            self.successResultOf(d)
+        self._feed(self.sub, b"*3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:1\r\n")
+        self.assertNoResult(joined)
+        self._feed(self.sub, subscribed(b"c", 2))
+        self.successResultOf(joined)
 
     def test_refusedProbeFallsBackToConnected(self):
         """An ACL without the probe channel: delivering follows the connection (and a
@@ -440,6 +509,7 @@ class SetupTests(_BrokerCase):
         self._ready()
         self.listener.channels.append("c")
         d = self.broker.subscribe("c")
+        self.clock.advance(0)  # the turn's SUBSCRIBE is sent
         self._feed(self.sub, b"-LOADING Redis is loading the dataset in memory\r\n")
         self.failureResultOf(d, BrokerUnavailable)
         self.sub_t.clear()
@@ -453,6 +523,7 @@ class SetupTests(_BrokerCase):
         """NOPERM is no passing refusal: SubscriptionRefused, nothing retried."""
         self._ready()
         d = self.broker.subscribe("c")
+        self.clock.advance(0)  # the turn's SUBSCRIBE is sent
         self._feed(self.sub, noperm(b"c"))
         self.failureResultOf(d, SubscriptionRefused)
         self.sub_t.clear()
@@ -613,6 +684,7 @@ class RefusedForNowByChannelTests(_BrokerCase):
         self._ready()
         self.listener.channels.append("c")
         d = self.broker.subscribe("c")
+        self.clock.advance(0)  # the turn's SUBSCRIBE is sent
         self._feed(self.sub, b"-LOADING Redis is loading the dataset in memory\r\n")
         self.failureResultOf(d, BrokerUnavailable)
         self.assertEqual(self.listener.events, ["connected", ("interrupted", ["c"])])

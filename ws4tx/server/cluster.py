@@ -303,6 +303,9 @@ class _NodeSubscriber(_Prepared, ShardSubscriberProtocol):
             self._flushing = self.broker.clock.callLater(0, self._flush)
         return d
 
+    #: What RedisBroker's live subscribe asks for: the same turn's batch.
+    subscribeSoon = subscribe
+
     def _flush(self) -> None:
         self._flushing = None
         batches, self._batches = self._batches, {}
@@ -314,6 +317,9 @@ class _NodeSubscriber(_Prepared, ShardSubscriberProtocol):
 
     def unsubscribe(self, channel: str) -> defer.Deferred[Any]:
         return self.sunsubscribe(channel)
+
+    #: What RedisBroker's leave asks for.
+    unsubscribeSoon = unsubscribe
 
     def shardMessageReceived(self, channel: bytes, message: bytes) -> None:
         self.broker._messageReceived(channel, message)

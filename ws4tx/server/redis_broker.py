@@ -1,19 +1,20 @@
 """The Redis broker: one subscriber connection per process, one command connection.
-
 Both connections are Twisted ``ClientService``s speaking txredisapi's protocol, so they
 reconnect by themselves with capped, jittered backoff. After every (re)connection the
 subscriber subscribes again to whatever the listener (the router, from its hub) wants: Redis
-forgets subscriptions with the connection, and txredisapi does not remember them. Channels
-are subscribed one per command (txredisapi mismatches replies to multi-channel commands),
-payloads are never converted to numbers, and a PING with a deadline every few seconds
-notices a subscriber that is connected but deaf (a paused or half-dead Redis) and replaces
-its connection.
+forgets subscriptions with the connection, and txredisapi does not remember them. A
+connection's channels are subscribed one per command; those clients join (or leave) in
+one reactor turn, in one command (:class:`_Subscriber` keeps txredisapi's replies in
+step). Payloads are never converted to numbers, and a PING with a deadline every few
+seconds notices a subscriber that is connected but deaf (a paused or half-dead Redis) and
+replaces its connection.
 """
 
 from __future__ import annotations
 
 import random
 import uuid
+from collections import deque
 from typing import Any, Callable, NoReturn, Optional, Sequence, cast
 
 import txredisapi
@@ -80,9 +81,123 @@ class _Prepared:
         self.connectionLost(reason)  # type: ignore[attr-defined]
 
 
+#: Channels per SUBSCRIBE at most (the joins of one reactor turn).
+SUBSCRIBE_BATCH = 512
+
+
 class _Subscriber(_Prepared, txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    """The subscriber connection's protocol. One ``SUBSCRIBE`` or ``UNSUBSCRIBE`` may
+    name many channels (:meth:`subscribeSoon`, :meth:`unsubscribeSoon`: those the
+    clients join or leave in one reactor turn, in the order asked): Redis runs it as one
+    command and answers each channel, which txredisapi would give, all but the first
+    answer, to the commands sent after it; this protocol passes the first to the command
+    and drops the others."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Per SUBSCRIBE or UNSUBSCRIBE in flight, in order: its answers beyond the first.
+        self._extra: deque[int] = deque()
+        #: Answers of the current command still to drop.
+        self._dropping = 0
+        #: What was asked for in this reactor turn, in order: (command, channel, result).
+        self._soon: list[tuple[str, str, defer.Deferred[Any]]] = []
+        self._flushing: Optional[Any] = None
+
     def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
         self.broker._messageReceived(channel, message)
+
+    def replyReceived(self, reply: Any) -> None:
+        if isinstance(reply, list) and len(reply) >= 3 and reply[-3] in _ANSWERS:
+            if self._dropping:
+                self._dropping -= 1
+                return
+            if self._extra:
+                self._dropping = self._extra.popleft()
+        super().replyReceived(reply)
+
+    def subscribe(self, channels: Any) -> defer.Deferred[Any]:
+        """One ``SUBSCRIBE`` of ``channels`` (a name or a list), now: fires once Redis
+        confirmed the first (it ran the command: the others are subscribed too), or fails
+        as a whole."""
+        return self._send("SUBSCRIBE", channels)
+
+    def unsubscribe(self, channels: Any) -> defer.Deferred[Any]:
+        """One ``UNSUBSCRIBE`` of ``channels``, after what was asked for before it."""
+        if self._soon:
+            self._flush()
+        return self._send("UNSUBSCRIBE", channels)
+
+    def _send(self, command: str, channels: Any) -> defer.Deferred[Any]:
+        if isinstance(channels, str):
+            channels = [channels]
+        self._extra.append(len(channels) - 1)
+        d: defer.Deferred[Any] = self.execute_command(command, *channels,
+                                                      apply_timeout=False)
+
+        def failed(failure: Failure) -> Failure:
+            # answered by an error (or never answered): no other answer of it will come
+            if self._extra:
+                self._extra.popleft()
+            return failure
+
+        return d.addErrback(failed)
+
+    def subscribeSoon(self, channel: str) -> defer.Deferred[Any]:
+        """SUBSCRIBE ``channel`` with the other channels asked for in this reactor turn
+        (one command for them all); a refusal is the channel's own."""
+        return self._soonly("SUBSCRIBE", channel)
+
+    def unsubscribeSoon(self, channel: str) -> defer.Deferred[Any]:
+        """UNSUBSCRIBE ``channel`` with the other channels left in this reactor turn."""
+        return self._soonly("UNSUBSCRIBE", channel)
+
+    def _soonly(self, command: str, channel: str) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._soon.append((command, channel, d))
+        if self._flushing is None:
+            self._flushing = self.broker.clock.callLater(0, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        """Send what was asked for in this turn: each run of one command, in order, as
+        commands of at most :data:`SUBSCRIBE_BATCH` channels."""
+        if self._flushing is not None and self._flushing.active():
+            self._flushing.cancel()
+        self._flushing = None
+        soon, self._soon = self._soon, []
+        run: list[tuple[str, defer.Deferred[Any]]] = []
+        for index, (command, channel, d) in enumerate(soon):
+            run.append((channel, d))
+            if index + 1 == len(soon) or soon[index + 1][0] != command \
+                    or len(run) == SUBSCRIBE_BATCH:
+                try:
+                    sent = self._send(command, [name for name, _ in run])
+                except Exception:  # noqa: BLE001 - not connected: each waiter hears it
+                    sent = defer.fail()
+                sent.addBoth(self._settle, command, run)
+                run = []
+
+    def _settle(self, result: Any, command: str,
+                chunk: list[tuple[str, defer.Deferred[Any]]]) -> None:
+        if isinstance(result, Failure) and result.check(txredisapi.ResponseError) \
+                and command == "SUBSCRIBE" and len(chunk) > 1:
+            # Redis refuses the whole command for one channel (an ACL without it): each
+            # channel alone says which.
+            for channel, d in chunk:
+                try:
+                    self.subscribe(channel).chainDeferred(d)
+                except Exception:  # noqa: BLE001 - not connected any more
+                    d.errback()
+            return
+        for _, d in chunk:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+
+#: The kinds of answer of which a command naming many channels gets one per channel.
+_ANSWERS = frozenset({"subscribe", b"subscribe", "unsubscribe", b"unsubscribe"})
 
 
 class _Command(_Prepared, txredisapi.RedisProtocol):  # type: ignore[misc]
@@ -831,7 +946,7 @@ class RedisBroker:
                 raise SubscriptionRefused(channel, failure.getErrorMessage())
             return failure
 
-        subscribed: defer.Deferred[Any] = proto.subscribe(channel)
+        subscribed: defer.Deferred[Any] = proto.subscribeSoon(channel)
         return subscribed.addCallbacks(lambda _: None, refused).addErrback(
             self._refusedLive, channel)
 
@@ -839,7 +954,7 @@ class RedisBroker:
         proto = self._sub
         if proto is None:
             return defer.succeed(None)
-        unsubscribed: defer.Deferred[Any] = proto.unsubscribe(channel)
+        unsubscribed: defer.Deferred[Any] = proto.unsubscribeSoon(channel)
         return unsubscribed.addCallback(lambda _: None)
 
     def publish(self, channel: str, payload: bytes, expire: int = 0) -> defer.Deferred[int]:

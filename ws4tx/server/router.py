@@ -189,6 +189,8 @@ class Router:
                 d: defer.Deferred[None] = defer.Deferred()
                 waiting.append(d)
                 waits.append(d)
+        if len(waits) == 1:  # most joins: no list of one to gather
+            return waits[0]
         return defer.gatherResults(waits).addCallback(lambda _: None) if waits \
             else defer.succeed(None)
 

@@ -14,6 +14,8 @@ when a live message shows a gap, after an outage of one shard or of all.
   the stream decides.
 - :class:`HistoryReads` (in :mod:`.batched_reads`): the reads asked for in one reactor
   turn, one per channel, each message framed once (:class:`SharedHistory`).
+- :class:`StoredReads` (in :mod:`.stored_reads`): the stored messages joining clients
+  ask for in one reactor turn, read together, each channel once.
 - :class:`CatchUp` (in :mod:`.catchup`): one client's recovery of one channel, a page at
   a time.
 - :class:`Streams` (the node's, in :mod:`.node_streams`): all of them together;
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
     )
     from ws4tx.server.streams.client_stream import ClientStream, StreamTransport
     from ws4tx.server.streams.node_streams import Streams
+    from ws4tx.server.streams.stored_reads import StoredReads
 
 #: Where each public name is defined.
 _WHERE = {
@@ -85,6 +88,7 @@ _WHERE = {
     "ClientStream": "ws4tx.server.streams.client_stream",
     "StreamTransport": "ws4tx.server.streams.client_stream",
     "Streams": "ws4tx.server.streams.node_streams",
+    "StoredReads": "ws4tx.server.streams.stored_reads",
 }
 
 __all__ = [
@@ -106,6 +110,7 @@ __all__ = [
     "ReadPage",
     "Send",
     "SharedHistory",
+    "StoredReads",
     "StreamClient",
     "StreamTransport",
     "Streams",

@@ -167,8 +167,9 @@ class ClientStream:
         join in this turn."""
         streams = self._streams
         waits: list[defer.Deferred[Any]] = []
-        # Every channel's stored message in one batch (an MGET per Redis server).
-        stored = streams.broker.fetchMany(self.channels) if self.channels else []
+        # Every channel's stored message, read with those of the other clients that join
+        # in this turn (an MGET per Redis server).
+        stored = streams.stored.fetchMany(self.channels) if self.channels else []
         for channel, fetched in zip(self.channels, stored, strict=True):
             waits.append(fetched.addCallbacks(
                 self._fetched, self._noReplay, callbackArgs=(channel,),
@@ -187,7 +188,8 @@ class ClientStream:
             return
         # A message published before the reads may still be on its way here (the
         # subscriber and the command connection are two sockets): wait for it.
-        defer.gatherResults(waits).addCallback(
+        # (A single wait, as most joins have, is not gathered into a list of one.)
+        (waits[0] if len(waits) == 1 else defer.gatherResults(waits)).addCallback(
             lambda _: streams.barrier()).addBoth(self._replayStored)
 
     def _noReplay(self, failure: Failure, channel: str) -> None:

@@ -13,6 +13,7 @@ from ws4tx.server.broker import IBroker
 from ws4tx.server.streams.batched_reads import HistoryReads
 from ws4tx.server.streams.channel_recovery import ChannelStreams
 from ws4tx.server.streams.client_stream import ClientStream, StreamTransport
+from ws4tx.server.streams.stored_reads import StoredReads
 
 
 class Streams:
@@ -32,6 +33,8 @@ class Streams:
         self.verdict = verdict
         #: Joining and catching-up clients' history reads, batched per channel and turn.
         self.reads = HistoryReads(broker, clock)
+        #: Joining clients' stored-message reads, batched per turn.
+        self.stored = StoredReads(broker, clock)
         self._clients: dict[Any, ClientStream] = {}
         channels.client_of = lambda member: self._clients.get(member, member)
 
