@@ -107,6 +107,33 @@ class ShardSubscriberProtocolTests(unittest.SynchronousTestCase):
         self.assertEqual(self.lost, [b"{p3}moved", b"{p2}mine"])
 
 
+class NodeSubscriberTurnTests(unittest.SynchronousTestCase):
+    """A cluster node's subscriber sends the SSUBSCRIBEs of a reactor turn together, at its
+    end: a SUNSUBSCRIBE asked for meanwhile must not overtake them."""
+
+    def test_aChannelJoinedAndLeftInOneTurnEndsUnsubscribed(self):
+        from twisted.internet.task import Clock
+
+        from ws4tx.server.cluster import _NodeSubscriber
+
+        clock = Clock()
+        protocol = _NodeSubscriber(charset=None)
+        protocol.broker = SimpleNamespace(clock=clock)  # type: ignore[assignment]
+        factory = txredisapi.SubscriberFactory()
+        factory.convertNumbers = False
+        factory.charset = None
+        protocol.factory = factory
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.subscribe("{p1}chat")
+        protocol.unsubscribe("{p1}chat")
+        clock.advance(0)
+        sent = transport.value()
+        self.assertIn(b"SSUBSCRIBE", sent)
+        self.assertLess(sent.index(b"SSUBSCRIBE"), sent.index(b"SUNSUBSCRIBE"))
+        self.assertEqual(sent.count(b"SSUBSCRIBE"), 1)
+
+
 class PureTests(unittest.SynchronousTestCase):
     def test_keySlotKnownValuesAndTags(self):
         self.assertEqual(key_slot("foo"), 12182)

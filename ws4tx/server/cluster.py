@@ -307,6 +307,8 @@ class _NodeSubscriber(_Prepared, ShardSubscriberProtocol):
     subscribeSoon = subscribe
 
     def _flush(self) -> None:
+        if self._flushing is not None and self._flushing.active():
+            self._flushing.cancel()
         self._flushing = None
         batches, self._batches = self._batches, {}
         for items in batches.values():
@@ -316,6 +318,10 @@ class _NodeSubscriber(_Prepared, ShardSubscriberProtocol):
                     _settle, [d for _, d in chunk])
 
     def unsubscribe(self, channel: str) -> defer.Deferred[Any]:
+        """SUNSUBSCRIBE ``channel`` after the SSUBSCRIBEs asked for before it (a channel
+        joined and left in one turn must not end up subscribed with nobody on it)."""
+        if self._batches:
+            self._flush()
         return self.sunsubscribe(channel)
 
     #: What RedisBroker's leave asks for.
