@@ -504,3 +504,28 @@ class MessageEventsTests(SynchronousTestCase):
         self.assertEqual(events.event(first), b"data: xxxxxxxxxx\n\n")
         second = bytes(bytearray(b"y" * 10))
         self.assertEqual(events.event(second, "i"), b"id: i\ndata: yyyyyyyyyy\n\n")
+
+    def test_writtenOncePerMessageAndKey(self) -> None:
+        """What a stream writes of a message is made once for all streams that give the
+        same key (the same bytes object), as its event framed for the connection (an
+        HTTP/1.1 chunk when chunked); another key or another message gets its own."""
+        chunks = _sse_format.MessageEvents(chunked=True)
+        made: list[str] = []
+
+        def id_() -> str:
+            made.append("t.e:1")
+            return "t.e:1"
+
+        payload = b"hello"
+        first = chunks.written(payload)
+        self.assertEqual(first, b"d\r\ndata: hello\n\n\r\n")
+        self.assertIs(chunks.written(payload), first)
+        with_id = chunks.written(payload, "t", id_)
+        self.assertEqual(with_id, _sse_format.chunk(_sse_format.event(payload, id="t.e:1")))
+        self.assertIs(chunks.written(payload, "t", id_), with_id)
+        self.assertEqual(made, ["t.e:1"])
+        other = bytes(bytearray(payload))
+        self.assertEqual(chunks.written(other), first)
+        self.assertIsNot(chunks.written(other), first)
+        plain = _sse_format.MessageEvents()
+        self.assertEqual(plain.written(payload, "t", id_), b"id: t.e:1\ndata: hello\n\n")
