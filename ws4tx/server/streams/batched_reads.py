@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -85,6 +85,8 @@ class HistoryReads:
         self._clock = clock
         self._batch: dict[str, _Batch] = {}
         self._flush_call: Optional[IDelayedCall] = None
+        #: What runs once the reads of this turn are sent (see :meth:`afterSending`).
+        self._after: list[Callable[[], None]] = []
         #: (channel, since, limit) -> a full page read with more after it (its messages
         #: cannot change), kept for the catch-ups that ask for it on a later turn.
         self._pages: OrderedDict[tuple[str, int, int], SharedHistory] = OrderedDict()
@@ -123,9 +125,23 @@ class HistoryReads:
             return defer.succeed(shared)
         return self.read(channel, retention, since, limit)
 
+    @property
+    def pending(self) -> bool:
+        """Whether reads wait to be sent at the end of this turn."""
+        return self._flush_call is not None
+
+    def afterSending(self, then: Callable[[], None]) -> None:
+        """Call ``then`` right after the reads asked for in this turn are sent (now when
+        none waits): what it sends on the broker's connections follows them."""
+        if self._flush_call is None:
+            then()
+        else:
+            self._after.append(then)
+
     def _flush(self) -> None:
         self._flush_call = None
         batches, self._batch = self._batch, {}
+        after, self._after = self._after, []
         # One batched read for every channel: one round trip (a call of the histories
         # script per Redis server, per slot on a Cluster).
         reads = [HistoryRead(channel, batch.retention, batch.since, batch.limit)
@@ -133,6 +149,8 @@ class HistoryReads:
         self.stats["history_reads"] += len(reads)
         self.stats["history_batches"] += 1
         answers = retried_each(reads, self._broker.histories, self._clock)
+        for then in after:
+            then()
         for read, answer in zip(reads, answers, strict=True):
             answer.addBoth(self._answer, batches[read.channel].waiters, read.channel,
                            read.since, batches[read.channel].limit)
