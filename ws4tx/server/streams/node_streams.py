@@ -46,10 +46,10 @@ class Streams:
         it comes back through the subscriber every message published before the reads has
         arrived, and reads and barrier together take one round trip. One for all the
         clients of a turn."""
-        d: defer.Deferred[None] = defer.Deferred()
         if not self.reads.pending:
             # No read waits for this turn (the commands are sent): the barrier of the turn.
             return self.barrier()
+        d: defer.Deferred[None] = defer.Deferred()
         self._after_reads.append(d)
         if len(self._after_reads) == 1:
             self.reads.afterSending(self._barrierNow)
