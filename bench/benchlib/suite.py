@@ -814,7 +814,7 @@ def scenario_sse(suite: Suite, system: S.System, run: int) -> None:
     transports take turns going first from run to run, so that a drift of the machine's
     load shows as spread rather than as a bias of one of them."""
     a = suite.args
-    if system.name != "ws4tx":
+    if system.name not in ("ws4tx", "ws4tx-baseline"):  # before/after with --baseline
         suite.record(run, system.name, "sse", {}, "skipped", reason="ws4tx only")
         return
     kinds: list[Optional[str]] = [None, "sse"] if run % 2 == 0 else ["sse", None]
