@@ -261,9 +261,11 @@ def _free_port() -> int:
 
 
 class _Clients:
-    """``n`` WebSocket clients on raw sockets that count the bytes they read."""
+    """``n`` WebSocket clients on raw sockets that count the bytes they read (``sse``:
+    Server-Sent Events streams of the same URL)."""
 
-    def __init__(self, port: int, path: str, n: int, timeout: float) -> None:
+    def __init__(self, port: int, path: str, n: int, timeout: float, sse: bool = False) -> None:
+        self.answer = b"HTTP/1.1 200" if sse else b"HTTP/1.1 101"
         self.socks: list[socket.socket] = []
         self.got: dict[int, int] = {}
         self.selector = selectors.DefaultSelector()
@@ -272,10 +274,10 @@ class _Clients:
         for i in range(n):
             s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
             key = base64.b64encode(os.urandom(16)).decode()
-            s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                       f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                       f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
-                      .encode())
+            head = ("Accept: text/event-stream\r\n" if sse else
+                    f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n")
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{head}\r\n".encode())
             s.setblocking(False)
             self.socks.append(s)
             pending[s] = b""
@@ -303,7 +305,7 @@ class _Clients:
                 data = pending[s] + s.recv(65536)
                 if b"\r\n\r\n" in data:
                     head, rest = data.split(b"\r\n\r\n", 1)
-                    if not head.startswith(b"HTTP/1.1 101"):
+                    if not head.startswith(self.answer):
                         raise SystemExit(f"fanout_cost: handshake refused: {head[:200]!r}")
                     del pending[s]
                     self.got[s.fileno()] = len(rest)
@@ -345,14 +347,20 @@ class _Clients:
         self.selector.close()
 
 
-def _frame_size(payload_size: int) -> int:
+def _frame_size(payload_size: int, sse: bool = False) -> int:
+    if sse:
+        # One chunk of "data: <payload>\n\n" (the payload has no line break).
+        event = 6 + payload_size + 2
+        return len(b"%x" % event) + 2 + event + 2
     return payload_size + (2 if payload_size <= 125 else 4)
 
 
 def measure(system: str, batch: int, args: argparse.Namespace, redis_url: str,
             out_dir: str) -> dict[str, Any]:
-    python = sys.executable if system == "ws4tx" else LOADGEN_PYTHON
-    child = [python, os.path.abspath(__file__), "--serve", system, "--redis", redis_url,
+    sse = system == "ws4tx-sse"
+    served = "ws4tx" if sse else system
+    python = sys.executable if served == "ws4tx" else LOADGEN_PYTHON
+    child = [python, os.path.abspath(__file__), "--serve", served, "--redis", redis_url,
              "--messages", str(args.messages), "--batch", str(batch),
              "--meter", args.meter, f"--server-args={args.server_args}"]
     out_file = os.path.join(out_dir, f"callgrind.{system}.{batch}")
@@ -379,8 +387,8 @@ def measure(system: str, batch: int, args: argparse.Namespace, redis_url: str,
             log.seek(0)
             raise SystemExit(f"fanout_cost: {system} did not start:\n{log.read().decode()[-2000:]}")
         port = int(first[1])
-        path = f"/ws/{FACILITY}?subscribe-broadcast" if system == "ws4tx" else f"/{FACILITY}"
-        clients = _Clients(port, path, args.clients, timeout=30.0 * slow)
+        path = f"/ws/{FACILITY}?subscribe-broadcast" if served == "ws4tx" else f"/{FACILITY}"
+        clients = _Clients(port, path, args.clients, timeout=30.0 * slow, sse=sse)
         deadline = time.monotonic() + 10.0 * slow
         while ask("members") != f"members {args.clients}":
             if time.monotonic() > deadline:
@@ -390,7 +398,7 @@ def measure(system: str, batch: int, args: argparse.Namespace, redis_url: str,
         clients.reset()
         done = ask("go").split()
         calls, frames = int(done[1]), int(done[2])
-        each = args.messages * _frame_size(PAYLOAD_SIZE)
+        each = args.messages * _frame_size(PAYLOAD_SIZE, sse)
         if not clients.wait_for(each, timeout=10.0 * slow):
             short = sum(1 for v in clients.got.values() if v < each)
             raise SystemExit(f"fanout_cost: {system}: {short} clients short of their frames")
@@ -435,7 +443,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--messages", type=int, default=100)
     p.add_argument("--batch", default="1,10",
                    help="messages per round, comma-separated (default 1,10)")
-    p.add_argument("--systems", default="ws4tx,floor-picows")
+    p.add_argument("--systems", default="ws4tx,floor-picows",
+                   help="of ws4tx, ws4tx-sse (ws4tx's Server-Sent Events clients), "
+                        "floor-picows [default: ws4tx,floor-picows]")
     p.add_argument("--meter", choices=("callgrind", "calls"), default=None)
     p.add_argument("--server-args", default="",
                    help="more options for twistd ws4tx (e.g. --compression)")

@@ -89,6 +89,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sse-clients", type=int, default=None,
                    help="idle clients of each transport whose memory the sse scenario "
                         "compares [default: 1000]")
+    p.add_argument("--sse-rates", type=_ints, default=None,
+                   help="the set the sse scenario bisects for each transport, finer than "
+                        "--maxrate-rates where the two meet [default: 50,100,150,200,250,300,"
+                        "350,400,450,500,550,600,700,850,1000]")
     p.add_argument("--profile-clients", type=int, default=1000)
     p.add_argument("--profile-rate", type=float, default=100)
     p.add_argument("--settle", type=float, default=None,
@@ -142,6 +146,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "recovery_missed": 10 if smoke else 100,
         "storm_clients": 50 if smoke else 1000,
         "sse_clients": 50 if smoke else 1000,
+        "sse_rates": [20] if smoke else [50, 100, 150, 200, 250, 300, 350, 400, 450, 500, 550,
+                                         600, 700, 850, 1000],
         "shards_rate": 10.0 if smoke else 20.0,
         "venvs": "current" if smoke else "managed",
         "settle": 0.3 if smoke else 1.0,

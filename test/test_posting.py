@@ -22,6 +22,7 @@ from test._server import ServerTestCase, identity_header
 from test._sseclient import SSEClient, post, request
 from test._wsclient import TIMEOUT, raw_request, status_of
 from test.test_django_auth import DjangoServerTestCase
+from test.test_metrics import samples, scrape, value
 
 NEWS = "ws4tx:broadcast:news"
 JOHN = identity_header("john", ("chatusers",), "s-john")
@@ -133,6 +134,27 @@ class PostTests(_PostTestCase):
         self.assertEqual((await post(self.port, path, b"good"))[0], 200)
         await stream.until(lambda c: len(c.messages()) == 1)
         self.assertEqual([m.data for m in stream.messages()], ["good"])
+
+    async def test_postsCountedByOutcomeInTheMetrics(self) -> None:
+        """Each POST answered counts in ``ws4tx_client_posts_total`` by its outcome: ok
+        (published, or an event answered), refused (4xx: bad input, no rights), failed
+        (5xx: Redis unavailable)."""
+        await self.startServer(config={"metrics_url": "/ws4tx/metrics"})
+        path = "/ws/news?publish-broadcast"
+        self.assertEqual((await post(self.port, path, b"one"))[0], 200)
+        self.assertEqual((await post(self.port, path, b"two"))[0], 200)
+        self.assertEqual((await post(self.port, path, b""))[0], 400)
+        self.assertEqual((await post(self.port, "/ws/news?subscribe-broadcast", b"x"))[0],
+                         403)
+        self.redis_server.stop()
+        await self.brokerEvent("disconnected")
+        self.assertEqual((await post(self.port, path, b"lost"))[0], 503)
+        status, text = await scrape(self.port)
+        self.assertEqual(status, 200)
+        found = samples(text)
+        self.assertEqual({outcome: value(found, "ws4tx_client_posts_total", outcome=outcome)
+                          for outcome in ("ok", "refused", "failed")},
+                         {"ok": 2, "refused": 2, "failed": 1})
 
     async def test_urlWithoutPublishRightsRefused(self) -> None:
         """An anonymous identity's publish flag is dropped by the site (anonymous
@@ -270,6 +292,41 @@ class DjangoPostTests(DjangoServerTestCase):
         self.assertEqual((status, body), (200, {"receivers": 1}))
         await stream.until(lambda c: len(c.messages()) == 1)
         self.assertEqual([m.data for m in stream.messages()], ["mine"])
+
+    async def preflight(self) -> dict[str, str]:
+        """The headers of the answer to a page of this site asking whether it may POST."""
+        response = await raw_request(self.port, (
+            f"OPTIONS {self.PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Origin: http://127.0.0.1:{self.port}\r\n"
+            f"Access-Control-Request-Method: POST\r\n"
+            f"Access-Control-Request-Headers: content-type, x-csrf-token\r\n"
+            f"Connection: close\r\n\r\n").encode())
+        status, text = status_of(response)
+        self.assertEqual(status, 204, text)
+        head = text.split("\r\n\r\n", 1)[0].split("\r\n")[1:]
+        return {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in head)}
+
+    async def test_preflightAllowsTheSitesCsrfHeader(self) -> None:
+        """A site whose ``CSRF_HEADER_NAME`` is another header (ws4tx.js's ``csrfHeader``
+        set to match) gets it listed in the CORS preflight beside Content-Type,
+        X-CSRFToken and Last-Event-ID, and a POST that carries the token in it passes
+        Django's check."""
+        headers = await self.preflight()
+        self.assertEqual(headers["access-control-allow-headers"],
+                         "content-type, x-csrftoken, last-event-id")
+        self.assertEqual(headers["access-control-allow-credentials"], "true")
+        self.settings_override(CSRF_HEADER_NAME="HTTP_X_CSRF_TOKEN")
+        await self.startServer()
+        headers = await self.preflight()
+        self.assertEqual(headers["access-control-allow-headers"],
+                         "content-type, x-csrftoken, x-csrf-token, last-event-id")
+        _, key = self.login("john")
+        stream = await self.johnStream(key)
+        cookies = self.cookie(key)["Cookie"] + f"; csrftoken={self.SECRET}"
+        status, _, body = await post(self.port, self.PATH, b"mine", {
+            "Cookie": cookies, "X-CSRF-Token": self.SECRET, **self.origin()})
+        self.assertEqual((status, body), (200, {"receivers": 1}))
+        await stream.until(lambda c: len(c.messages()) == 1)
 
     async def test_csrfTokenOfAnotherSecretRefused(self) -> None:
         """A token that does not match the CSRF cookie is refused as Django refuses

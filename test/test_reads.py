@@ -192,3 +192,86 @@ class StoredReadsTests(SynchronousTestCase):
         self.clock.advance(0)
         self.failureResultOf(first[0], BrokerUnavailable)
         self.failureResultOf(second[0], BrokerUnavailable)
+
+
+class BarrierAfterReadsTests(SynchronousTestCase):
+    """The barrier that orders joining clients' reads against live messages goes right
+    after the reads of their turn, in the same turn, one for all of them: pipelined
+    behind the reads on each server's command connection, not after their answers."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.sent: list[str] = []
+        self.broker = CountingBroker()
+        histories = self.broker.histories
+
+        def reading(reads: list[HistoryRead]) -> list[defer.Deferred[History]]:
+            self.sent.append("histories")
+            return histories(reads)
+
+        self.broker.histories = reading  # type: ignore[method-assign]
+        self.barriers: list[defer.Deferred[None]] = []
+        from ws4tx.server.streams.node_streams import Streams
+
+        self.streams = Streams(None, self.broker, self.clock, _NoChannels(),  # type: ignore[arg-type]
+                               self.barrier, lambda reason: None)
+
+    def barrier(self, at_once: bool = False) -> defer.Deferred[None]:
+        self.sent.append("barrier now" if at_once else "barrier next turn")
+        d: defer.Deferred[None] = defer.Deferred()
+        self.barriers.append(d)
+        return d
+
+    def test_oneBarrierRightAfterTheReadsOfTheTurn(self) -> None:
+        got = []
+        for since in (1, 2, 3):
+            self.streams.reads.read("ws4tx:broadcast:chat", RETENTION, since)
+            self.streams.barrierAfterReads().addBoth(got.append)
+        self.assertEqual(self.sent, [])
+        self.clock.advance(0)
+        self.assertEqual(self.sent, ["histories", "barrier now"])
+        self.assertEqual(got, [])
+        self.barriers[0].callback(None)
+        self.assertEqual(got, [None, None, None])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_itsFailureIsEveryWaitersFailure(self) -> None:
+        got = []
+        self.streams.reads.read("ws4tx:broadcast:chat", RETENTION, 1)
+        self.streams.barrierAfterReads().addErrback(got.append)
+        self.streams.barrierAfterReads().addErrback(got.append)
+        self.clock.advance(0)
+        self.barriers[0].errback(BrokerUnavailable("down"))
+        self.assertEqual([f.check(BrokerUnavailable) for f in got],
+                         [BrokerUnavailable, BrokerUnavailable])
+
+    def test_afterTheStoredReadsOfTheTurnToo(self) -> None:
+        """The stored-message reads of a turn are sent at its end too: a joining client's
+        barrier follows them, whichever batch goes last (a barrier before the MGET let a
+        message published between the two come both stored and live)."""
+        def fetchMany(keys: list[str]) -> list[defer.Deferred[Optional[bytes]]]:
+            self.sent.append("stored")
+            return [defer.succeed(None) for _ in keys]
+
+        self.broker.fetchMany = fetchMany  # type: ignore[attr-defined]
+        got: list[Any] = []
+        self.streams.stored.fetchMany(["ws4tx:broadcast:news"])
+        self.streams.barrierAfterReads().addBoth(got.append)
+        self.streams.stored.fetchMany(["ws4tx:broadcast:chat"])
+        self.streams.reads.read("ws4tx:broadcast:chat", RETENTION, 1)
+        self.streams.barrierAfterReads().addBoth(got.append)
+        self.clock.advance(0)
+        self.assertEqual(self.sent, ["stored", "histories", "barrier now"])
+        self.barriers[0].callback(None)
+        self.assertEqual(got, [None, None])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_withoutReadsTheBarrierOfTheTurn(self) -> None:
+        """A client with nothing to read (its stored messages are fetched at once) gets
+        the barrier of the turn, shared with the other clients of the turn."""
+        self.streams.barrierAfterReads()
+        self.assertEqual(self.sent, ["barrier next turn"])
+
+
+class _NoChannels:
+    client_of: Any = None

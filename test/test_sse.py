@@ -7,14 +7,16 @@ import json
 from typing import Any
 
 from twisted.internet import reactor, task
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.trial.unittest import SynchronousTestCase
 
 from ws4tx import control
 from ws4tx.history import Position, Retention
+from ws4tx.redis_address import RedisAddress
 from ws4tx.server import _sse_format
 
 from test._recovering import publish_with_history
+from test._redisgate import RedisGate
 from test._server import ServerTestCase, identity_header
 from test._sseclient import SSEClient, request
 from test._wsclient import TIMEOUT, never_reading
@@ -485,6 +487,60 @@ class ReconnectCostTests(_SSETestCase):
         self.assertEqual(costs[10], costs[1], costs)
 
 
+class ReconnectRoundTripTests(_SSETestCase):
+    """A reconnect with ``Last-Event-ID`` takes one Redis round trip for all its channels:
+    the barrier that orders its reads against the live messages goes right after them on
+    the command connection, without waiting for their answers (Redis runs it after them).
+    Redis's answers on the command connection are held (by a proxy) until the barrier is
+    sent: a server that waits for the reads' answers first would send it only once they
+    are let through after a while."""
+
+    config = ServerTestCase.config.replace(history={"chat": {"size": 300, "ttl": 600}})
+
+    async def redisAddress(self) -> RedisAddress:
+        self.gate = RedisGate(self.redis_server.port)
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.gate)
+        self.addCleanup(port.stopListening)
+        return RedisAddress(host="127.0.0.1", port=port.getHost().port)
+
+    async def reconnect(self, count: int) -> None:
+        groups = tuple(f"r{count}x{i}" for i in range(count))
+        channels = [f"ws4tx:group:{g}:chat" for g in groups]
+        who = identity_header("alice", groups)
+        path = "/ws/chat?subscribe-group"
+        client = await self.stream(path, **who)
+        await client.until(lambda c: bool(c.named("ws4tx.positions")))
+        for channel in channels:
+            publish_with_history(self.redis, channel, b"before", RETENTION)
+        await client.until(lambda c: len(c.messages()) == count)
+        last = client.last_id
+        assert last is not None
+        client.close()
+        await client.until(lambda c: c.ended)
+        await self.factory.node.whenDrained().addTimeout(TIMEOUT, reactor)
+        for channel in channels:
+            publish_with_history(self.redis, channel, b"missed", RETENTION)
+        self.gate.hold(until_sent=b"barrier:", patience=2.0)
+        again = await self.stream(path, **{"last-event-id": last, **who})
+        await again.until(lambda c: bool(c.named("ws4tx.recovered")))
+        self.assertEqual(self.gate.outcome, "sent",
+                         "the barrier waited for the answers to the reads")
+        verdict = again.named("ws4tx.recovered")[0].json()
+        self.assertTrue(verdict["recovered"], verdict)
+        self.assertEqual(sorted((m.json()["channel"], m.json()["data"])
+                                for m in again.messages()),
+                         [(channel, "missed") for channel in sorted(channels)])
+
+    async def test_oneChannel(self) -> None:
+        """One channel: the barrier goes before the reads are answered."""
+        await self.reconnect(1)
+
+    async def test_tenChannels(self) -> None:
+        """Ten channels: still one round trip (the reads of all of them, then the
+        barrier)."""
+        await self.reconnect(10)
+
+
 class MessageEventsTests(SynchronousTestCase):
     """A message's events, their data lines made once for all its streams, are the bytes
     each stream would have made of it."""
@@ -504,3 +560,28 @@ class MessageEventsTests(SynchronousTestCase):
         self.assertEqual(events.event(first), b"data: xxxxxxxxxx\n\n")
         second = bytes(bytearray(b"y" * 10))
         self.assertEqual(events.event(second, "i"), b"id: i\ndata: yyyyyyyyyy\n\n")
+
+    def test_writtenOncePerMessageAndKey(self) -> None:
+        """What a stream writes of a message is made once for all streams that give the
+        same key (the same bytes object), as its event framed for the connection (an
+        HTTP/1.1 chunk when chunked); another key or another message gets its own."""
+        chunks = _sse_format.MessageEvents(chunked=True)
+        made: list[str] = []
+
+        def id_() -> str:
+            made.append("t.e:1")
+            return "t.e:1"
+
+        payload = b"hello"
+        first = chunks.written(payload)
+        self.assertEqual(first, b"d\r\ndata: hello\n\n\r\n")
+        self.assertIs(chunks.written(payload), first)
+        with_id = chunks.written(payload, "t", id_)
+        self.assertEqual(with_id, _sse_format.chunk(_sse_format.event(payload, id="t.e:1")))
+        self.assertIs(chunks.written(payload, "t", id_), with_id)
+        self.assertEqual(made, ["t.e:1"])
+        other = bytes(bytearray(payload))
+        self.assertEqual(chunks.written(other), first)
+        self.assertIsNot(chunks.written(other), first)
+        plain = _sse_format.MessageEvents()
+        self.assertEqual(plain.written(payload, "t", id_), b"id: t.e:1\ndata: hello\n\n")

@@ -333,17 +333,18 @@ def sse_table(records: list[dict]) -> list[str]:
     rs = [r for r in records if r["scenario"] == "sse" and r["status"] == "ok"]
     if not rs:
         return []
-    lines = ["| run | first | KB/client WebSocket | SSE | ratio (≤ 1.2) | max msg/s WebSocket "
-             "| SSE | ratio (≥ 0.8) | server CPU per event / per frame (at msg/s) "
-             "| limits WebSocket / SSE |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| system | run | first | KB/client WebSocket | SSE | ratio (≤ 1.2) "
+             "| max msg/s WebSocket | SSE | ratio (≥ 0.8) "
+             "| server CPU per event / per frame (at msg/s) | limits WebSocket / SSE |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rs:
         m = r["metrics"]
 
         def limits(name: str, m: dict = m) -> str:
             return ", ".join(sorted({str(p.get("limit")) for p in m.get(f"probes_{name}") or []}))
         lines.append(
-            f"| {r['run'] + 1} | {m.get('first')} | {_fmt(m.get('kb_per_client_websocket'), 2)} "
+            f"| {r['system']} | {r['run'] + 1} | {m.get('first')} "
+            f"| {_fmt(m.get('kb_per_client_websocket'), 2)} "
             f"| {_fmt(m.get('kb_per_client_sse'), 2)} | {_fmt(m.get('memory_ratio'), 2)} "
             f"{'pass' if m.get('memory_pass') else 'FAIL'} "
             f"| {_fmt(m.get('max_rate_websocket'))} | {_fmt(m.get('max_rate_sse'))} "

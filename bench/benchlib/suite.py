@@ -809,11 +809,12 @@ def scenario_sse(suite: Suite, system: S.System, run: int) -> None:
     """Issue 23's measurements of Server-Sent Events against WebSocket clients of the same
     server, in one invocation: idle memory per client (``--sse-clients`` of each on a
     fresh server; target: SSE at most 1.2x) and the max rate to ``--maxrate-clients``
-    (the ``maxrate`` bisection once with each transport; target: SSE at least 0.8x). The
+    (the ``maxrate`` bisection over ``--sse-rates`` once with each transport; target:
+    SSE at least 0.8x). The
     transports take turns going first from run to run, so that a drift of the machine's
     load shows as spread rather than as a bias of one of them."""
     a = suite.args
-    if system.name != "ws4tx":
+    if system.name not in ("ws4tx", "ws4tx-baseline"):  # before/after with --baseline
         suite.record(run, system.name, "sse", {}, "skipped", reason="ws4tx only")
         return
     kinds: list[Optional[str]] = [None, "sse"] if run % 2 == 0 else ["sse", None]
@@ -826,7 +827,7 @@ def scenario_sse(suite: Suite, system: S.System, run: int) -> None:
                                                     "transport": m["transport"]},
                      "ok" if ok else "error", m,
                      reason="" if ok else f"{a.sse_clients - m['connected']} failed to connect")
-    rates = sorted(a.maxrate_rates)
+    rates = sorted(a.sse_rates)
     n = a.maxrate_clients
     best: dict[str, Optional[int]] = {}
     probes: dict[str, list[dict[str, Any]]] = {}

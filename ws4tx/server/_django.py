@@ -302,6 +302,11 @@ class SessionAuthenticator:
         self._origins = _OriginPolicy(settings) if check_origin else None
         self.gate = gate or AuthGate(schema.get("auth_concurrency").default,
                                      schema.get("auth_queue").default)
+        #: The request header a POST carries its CSRF token in (Django's
+        #: ``CSRF_HEADER_NAME``, ``HTTP_X_CSRFTOKEN`` -> ``x-csrftoken``): a page of another
+        #: Origin may send it (the CORS preflight lists it).
+        name = str(getattr(settings, "CSRF_HEADER_NAME", "HTTP_X_CSRFTOKEN"))
+        self.csrf_header = name.removeprefix("HTTP_").replace("_", "-").lower()
 
     def authenticate(self, request: HandshakeRequest) -> Grant | defer.Deferred[Grant]:
         tokens = request.params.get("token")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from ws4tx.history import Position
 
@@ -76,26 +76,62 @@ def event(data: bytes, name: Optional[str] = None, id: Optional[str] = None) -> 
     return head + data_lines(data)
 
 
+def chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of an HTTP/1.1 chunked body (what ``Request.write`` sends)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 class MessageEvents:
-    """The events of one message for every stream it is written to, its ``data:`` lines
-    built once: a fan-out writes one message to all its streams before the next, so the
-    lines of the last payload are kept (the payload held, so that it is the same object
-    and not one at the same address)."""
+    """The events of one message for every stream it is written to, built once: a
+    fan-out writes one message to all its streams before the next, so what was made of
+    the last payload is kept (the payload held, so that it is the same object and not one
+    at the same address): its ``data:`` lines, and the whole event as a stream writes it
+    (:meth:`written`) for each id it was written with. ``chunked``: what is written is an
+    HTTP/1.1 chunk (:func:`chunk`) of the event."""
 
-    __slots__ = ("_lines", "_payload")
+    __slots__ = ("_chunked", "_lines", "_payload", "_written", "plain", "plain_of",
+                 "plain_size")
 
-    def __init__(self) -> None:
+    def __init__(self, chunked: bool = False) -> None:
+        self._chunked = chunked
         self._payload: Optional[bytes] = None
         self._lines = b""
+        self._written: dict[Optional[str], bytes] = {}
+        #: What :meth:`written` made without an id (its size) and of which payload, for a
+        #: fan-out's usual stream to take without a call (None: not made).
+        self.plain_of: Optional[bytes] = None
+        self.plain = b""
+        self.plain_size = 0
+
+    def _lines_of(self, payload: bytes) -> bytes:
+        if payload is not self._payload:
+            self._lines = data_lines(payload)
+            self._written = {}
+            self._payload = payload
+            self.plain_of = None
+        return self._lines
 
     def event(self, payload: bytes, id: Optional[str] = None) -> bytes:
         """The event of ``payload`` with ``id`` (None: none), as :func:`event` makes it."""
-        if payload is not self._payload:
-            self._lines = data_lines(payload)
-            self._payload = payload
+        lines = self._lines_of(payload)
         if id is None:
-            return self._lines
-        return b"id: " + id.encode() + b"\n" + self._lines
+            return lines
+        return b"id: " + id.encode() + b"\n" + lines
+
+    def written(self, payload: bytes, key: Optional[str] = None,
+                id: Optional[Callable[[], str]] = None) -> bytes:
+        """What a stream writes of ``payload``'s event: without an id when ``key`` is
+        None, else with the id ``id()`` makes, which ``key`` determines (made once for
+        every stream that gives the same key, as the event is)."""
+        if payload is self._payload:
+            made = self._written.get(key)
+            if made is not None:
+                return made
+        event = self.event(payload, None if id is None else id())
+        made = self._written[key] = chunk(event) if self._chunked else event
+        if key is None:
+            self.plain, self.plain_size, self.plain_of = made, len(made), payload
+        return made
 
 
 #: A heartbeat: a comment, which the client ignores.

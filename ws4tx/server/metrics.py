@@ -44,11 +44,17 @@ PEER_TIMEOUT = 2.0
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
 
+_POSTS = ("POSTs answered (messages sent without a socket), by outcome: ok (2xx), "
+          "refused (4xx), failed (5xx)")
+
 #: Every counter of :meth:`Node.counters`: its metric's name (without ``_total``), help,
 #: and labels. A test checks that none is missing.
 COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "accepted": ("ws4tx_client_num_connect", "WebSocket connections accepted (opened)", {}),
     "sse_accepted": ("ws4tx_client_num_connect_sse", "SSE streams accepted (opened)", {}),
+    "posts_ok": ("ws4tx_client_posts", _POSTS, {"outcome": "ok"}),
+    "posts_refused": ("ws4tx_client_posts", _POSTS, {"outcome": "refused"}),
+    "posts_failed": ("ws4tx_client_posts", _POSTS, {"outcome": "failed"}),
     "sse_binary_dropped": ("ws4tx_sse_binary_dropped",
                            "binary messages not sent to SSE clients (SSE carries text)", {}),
     "messages": ("ws4tx_node_messages_received",

@@ -153,7 +153,8 @@ class Node:
                       "subscribed_by_site": 0, "accepted": 0, "client_messages": 0,
                       "client_bytes": 0, "subscribes": 0,
                       "subscribes_refused": 0, "subscribes_granted": 0, "unsubscribes": 0,
-                      "sse_accepted": 0, "sse_binary_dropped": 0}
+                      "sse_accepted": 0, "sse_binary_dropped": 0,
+                      "posts_ok": 0, "posts_refused": 0, "posts_failed": 0}
         #: The subscriptions event clients added by frames (hub members of their own,
         #: not clients: see :meth:`joinSubscription`).
         self._subscriptions: set[Any] = set()

@@ -257,6 +257,8 @@ class _Post(Sender):
     def _write(self, status: int, body: bytes, retry_after: Optional[int]) -> None:
         request = self._request
         self._finished = True
+        self.node.stats["posts_ok" if status < 400 else "posts_refused" if status < 500
+                        else "posts_failed"] += 1
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")

@@ -347,13 +347,19 @@ class Router:
         if not backlog and self._missed:
             self._caughtUp()
 
-    def barrier(self) -> defer.Deferred[None]:
+    def barrier(self, at_once: bool = False) -> defer.Deferred[None]:
         """Fires once every message published before now has been handed to this node's
         members: through the broker (which delivers in publish order) and this router's
-        backlog. Fails when the broker cannot tell (it is down)."""
+        backlog. Fails when the broker cannot tell (it is down). Sent on the next turn
+        with the other barriers asked for in this one; ``at_once``: now (with them), right
+        after the commands just sent on the broker's connections."""
         d: defer.Deferred[None] = defer.Deferred()
         self._barrier_waiters.append(d)
-        if self._barrier_call is None:
+        if at_once:
+            if self._barrier_call is not None:
+                self._barrier_call.cancel()
+            self._sendBarrier()
+        elif self._barrier_call is None:
             self._barrier_call = self._clock.callLater(0, self._sendBarrier)
         return d
 

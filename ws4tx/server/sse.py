@@ -50,8 +50,11 @@ if TYPE_CHECKING:
 
 _log = Logger(observer=observer)
 
-#: The events of the message being fanned out, its data lines made once for every stream.
-_MESSAGES = _sse_format.MessageEvents()
+#: The events of the message being fanned out, made once for every stream: as an event
+#: (what Request.write is given), and as a chunk of an HTTP/1.1 body (what a direct
+#: stream writes to its connection).
+_EVENTS = _sse_format.MessageEvents()
+_CHUNKS = _sse_format.MessageEvents(chunked=True)
 
 #: What a stream's queue holds: a message (channel, prepared) or an event (name, data).
 _Item = tuple[str, Union[deflate.Message, "_Event"]]
@@ -113,9 +116,13 @@ class SSEStream:
         #: each stands in what was written.
         self._id_channels: tuple[str, ...] = ()
         self._tag: Optional[str] = None
+        #: The only channel of its id when it has one (its events' ids are then made once
+        #: per message for all such streams: the tag and the message's position).
+        self._single: Optional[str] = None
         self._positions: dict[str, Position] = {}
         self._heartbeat: Optional[LoopingCall] = None
-        self._direct = self._chunked = False
+        self._direct = False
+        self._events = _EVENTS
         self._expiry: Optional[Expiry] = None
 
     # Admission
@@ -206,6 +213,8 @@ class SSEStream:
         if config.history_for(self.facility) is not None and self.channels:
             self._id_channels = self.channels
             self._tag = _sse_format.channels_tag(self.channels)
+            if len(self.channels) == 1:
+                self._single = self.channels[0]
             last = request.getHeader(b"last-event-id")
             if last is not None:
                 parsed = _sse_format.parse_id(last.decode("latin-1"), self._tag,
@@ -222,7 +231,7 @@ class SSEStream:
         #: on an HTTP/1.x channel, whose connection carries nothing else now. Through
         #: the request otherwise (HTTP/2: the connection is shared).
         self._direct = isinstance(request.channel, HTTPChannel)
-        self._chunked = bool(request.chunked)
+        self._events = _CHUNKS if request.chunked else _EVENTS
         self._open = self._joined = True
         node.stats["sse_accepted"] += 1
         request.registerProducer(self, True)
@@ -297,6 +306,12 @@ class SSEStream:
         positions = self._positions
         return _sse_format.position_id(self._tag, [positions.get(c) for c in self._id_channels])
 
+    def _singleId(self) -> str:
+        """The id of a stream of one channel (it has a tag)."""
+        assert self._tag is not None and self._single is not None
+        position = self._positions[self._single]
+        return f"{self._tag}.{position.epoch}:{position.offset}"
+
     def _writeMessage(self, channel: str, prepared: deflate.Message) -> None:
         if not self._open:
             return
@@ -304,9 +319,20 @@ class SSEStream:
             # SSE carries text only.
             self.node.stats["sse_binary_dropped"] += 1
             return
-        if prepared.position is not None and channel:
-            self._positions[channel] = prepared.position
-        self._write(_MESSAGES.event(prepared.payload, self._id()))
+        position = prepared.position
+        if position is not None and channel:
+            self._positions[channel] = position
+        events = self._events if self._direct else _EVENTS
+        if self._tag is None:
+            data = events.written(prepared.payload)
+        elif position is not None and channel == self._single:
+            # Its id is the tag and this message's position: the same for every stream
+            # of this one channel, made once.
+            data = events.written(prepared.payload, self._tag, self._singleId)
+        else:
+            text = events.event(prepared.payload, self._id())
+            data = _sse_format.chunk(text) if events is _CHUNKS else text
+        self._write(data)
 
     def _writeEvent(self, event: str, data: Any) -> None:
         if not self._open:
@@ -314,18 +340,22 @@ class SSEStream:
         if event == envelope.POSITIONS_EVENT and isinstance(data, dict):
             for channel, p in data.get("channels", {}).items():
                 self._positions[channel] = Position(p["offset"], p["epoch"])
-        self._write(_sse_format.event(json.dumps(data, separators=(",", ":")).encode(),
-                                      name=event, id=self._id()))
+        text = _sse_format.event(json.dumps(data, separators=(",", ":")).encode(),
+                                 name=event, id=self._id())
+        self._write(_sse_format.chunk(text) if self._direct and self._events is _CHUNKS
+                    else text)
 
     def _write(self, data: bytes) -> None:
+        """Write an event as made for this stream (framed as a chunk when it is direct and
+        chunked)."""
         if self._flow.paused_at is not None and self._flow.overflows(len(data)):
             return
         if self._direct:
-            # Request.write would do the same in three calls and four writes per event
-            # (twice the server's CPU per event of a WebSocket frame).
+            # Request.write would frame it in three calls and four writes per event
+            # (twice the server's CPU per event of a WebSocket frame); the chunk is made
+            # once per message for all streams.
             self._request.sentLength += len(data)
-            self._connection.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked
-                                   else data)
+            self._connection.write(data)
         else:
             self._request.write(data)
 
@@ -358,6 +388,19 @@ class SSEStream:
     def deliver(self, prepared: deflate.Message, channel: str, payload: bytes) -> None:
         if self._stream.careful:
             self._stream.live(channel, prepared, payload)
+        elif (self._direct and self._open and not self._pending
+              and self._flow.paused_at is None and not prepared.binary):
+            # The usual stream, inline (once per stream per message, as a WebSocket
+            # client's deliver): no id, nothing waiting, its socket draining; the event
+            # (and its chunk) made once for all of them.
+            events = self._events
+            if prepared.payload is events.plain_of:
+                self._request.sentLength += events.plain_size
+                self._connection.write(events.plain)
+            else:
+                data = events.written(prepared.payload)
+                self._request.sentLength += len(data)
+                self._connection.write(data)
         else:
             self.send(channel, prepared, payload)
 

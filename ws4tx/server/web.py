@@ -82,10 +82,18 @@ class WebSocketEndpoint(resource.Resource):
         request.setResponseCode(204)
         if request.responseHeaders.hasHeader(b"access-control-allow-origin"):
             request.setHeader(b"access-control-allow-methods", b"GET, POST")
-            request.setHeader(b"access-control-allow-headers",
-                              b"content-type, x-csrftoken, last-event-id")
+            request.setHeader(b"access-control-allow-headers", self._allowedHeaders())
             request.setHeader(b"access-control-max-age", b"600")
         return b""
+
+    def _allowedHeaders(self) -> bytes:
+        """What ws4tx.js sends with a POST and a stream: its Content-Type (binary
+        messages are ``application/octet-stream``, which a browser asks about), the CSRF
+        token (Django's header, ``X-CSRFToken`` unless the authenticator names the site's
+        ``CSRF_HEADER_NAME``) and the ``Last-Event-ID`` of a stream that resumes."""
+        csrf = getattr(self.factory.authenticator, "csrf_header", None) or "x-csrftoken"
+        names = dict.fromkeys(("content-type", "x-csrftoken", csrf, "last-event-id"))
+        return ", ".join(names).encode("latin-1")
 
     def _probe(self, request: Request) -> Any:
         """A plain GET: the refusal the handshake of this URL would get (its status, JSON

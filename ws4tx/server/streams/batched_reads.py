@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -19,6 +19,7 @@ from ws4tx.server import deflate
 from ws4tx.server.broker import IBroker
 from ws4tx.server.streams._retry import retried_each
 from ws4tx.server.streams._text import is_text
+from ws4tx.server.streams._turn import SentAtTurnEnd
 
 #: Messages in a recovery's first page (shared by the clients that join in one turn, and
 #: read by a node for its own recovery after a gap or an outage).
@@ -77,7 +78,7 @@ class _Batch:
     waiters: list[defer.Deferred[Any]] = field(default_factory=list)
 
 
-class HistoryReads:
+class HistoryReads(SentAtTurnEnd):
     """Batches joining clients' history reads per channel and reactor turn."""
 
     def __init__(self, broker: IBroker, clock: IReactorTime) -> None:
@@ -85,6 +86,8 @@ class HistoryReads:
         self._clock = clock
         self._batch: dict[str, _Batch] = {}
         self._flush_call: Optional[IDelayedCall] = None
+        #: What runs once the reads of this turn are sent (see :meth:`afterSending`).
+        self._after: list[Callable[[], None]] = []
         #: (channel, since, limit) -> a full page read with more after it (its messages
         #: cannot change), kept for the catch-ups that ask for it on a later turn.
         self._pages: OrderedDict[tuple[str, int, int], SharedHistory] = OrderedDict()
@@ -133,6 +136,7 @@ class HistoryReads:
         self.stats["history_reads"] += len(reads)
         self.stats["history_batches"] += 1
         answers = retried_each(reads, self._broker.histories, self._clock)
+        self._sent()
         for read, answer in zip(reads, answers, strict=True):
             answer.addBoth(self._answer, batches[read.channel].waiters, read.channel,
                            read.since, batches[read.channel].limit)

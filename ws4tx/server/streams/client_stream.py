@@ -187,10 +187,20 @@ class ClientStream:
         if not waits:
             return
         # A message published before the reads may still be on its way here (the
-        # subscriber and the command connection are two sockets): wait for it.
+        # subscriber and the command connection are two sockets): wait for it, by a
+        # barrier sent right after the reads, not after their answers (one round trip).
         # (A single wait, as most joins have, is not gathered into a list of one.)
+        barrier = streams.barrierAfterReads()
         (waits[0] if len(waits) == 1 else defer.gatherResults(waits)).addCallback(
-            lambda _: streams.barrier()).addBoth(self._replayStored)
+            lambda _: barrier.addErrback(self._barrierAgain)).addBoth(self._replayStored)
+
+    def _barrierAgain(self, failure: Failure) -> Any:
+        """The barrier sent with the reads found the broker unavailable, which the reads,
+        tried again, outlived: a barrier after them (a failure again is for
+        :meth:`_replayStored` to judge)."""
+        if failure.check(BrokerUnavailable):
+            return self._streams.barrier()
+        return failure
 
     def _noReplay(self, failure: Failure, channel: str) -> None:
         self.log.debug("no replay for {peer}: {error}", peer=self._transport.peer,

@@ -9,16 +9,17 @@ stored after the read reaches them live (the join's replay relies on it)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from ws4tx.server.broker import IBroker
+from ws4tx.server.streams._turn import SentAtTurnEnd
 
 
-class StoredReads:
+class StoredReads(SentAtTurnEnd):
     """Batches joining clients' stored-message reads per reactor turn."""
 
     def __init__(self, broker: IBroker, clock: IReactorTime) -> None:
@@ -27,6 +28,7 @@ class StoredReads:
         #: channel -> who waits for its stored message, in this turn.
         self._batch: dict[str, list[defer.Deferred[Optional[bytes]]]] = {}
         self._flush_call: Optional[IDelayedCall] = None
+        self._after: list[Callable[[], None]] = []
 
     def fetchMany(self, keys: Sequence[str]) -> list[defer.Deferred[Optional[bytes]]]:
         """The stored message of each of ``keys`` (None where there is none), read on
@@ -49,7 +51,9 @@ class StoredReads:
         self._flush_call = None
         batch, self._batch = self._batch, {}
         keys = list(batch)
-        for key, answer in zip(keys, self._broker.fetchMany(keys), strict=True):
+        answers = self._broker.fetchMany(keys)
+        self._sent()
+        for key, answer in zip(keys, answers, strict=True):
             answer.addBoth(_answer, batch[key])
 
 
