@@ -76,6 +76,18 @@ class Phase:
 
 
 P = Phase()
+
+
+def _keep_latency(now: int, data: bytes, at: int) -> None:
+    """The latency in µs of the frame whose mark is at ``data[at]`` (its send time in ns
+    follows the mark), read at ``now``; counted as capped past LATENCY_CAP samples."""
+    lat = P.lat
+    if len(lat) < LATENCY_CAP:
+        lat.append((now - int(data[at + 16:at + 35])) // 1000)
+    else:
+        P.capped += 1
+
+
 CLIENTS: list[Core] = []
 CLOSE_CODES: collections.Counter = collections.Counter()
 #: The number the next client gets (it picks the frames whose latency that client samples).
@@ -140,6 +152,16 @@ class Core:
             lat.append((now - int(p[o + 16:o + 35])) // 1000)
         else:
             P.capped += 1
+
+    def sampled(self, first: int, last: int) -> tuple[int, range]:
+        """Frames ``first`` to ``last``, in order, just read: the time now (this client's
+        first frame's, if none came before) and which of their sequence numbers this
+        client samples (its own modulo the stride)."""
+        now = _now_ns()
+        if not self.first_ns:
+            self.first_ns = now
+        stride = P.stride
+        return now, range(first + (self.cid - first) % stride, last + 1, stride)
 
     def control(self, p: bytes) -> None:
         """A message that is not a benchmark message (Socket.IO's own packets; ws4tx's
@@ -475,19 +497,9 @@ class StreamClient(AsyncioClient):
     def _sample(self, data: bytes, o: int, first: int, last: int, fl: int) -> None:
         """The latency of the frames from sequence number ``first`` to ``last`` (the
         first's mark at ``data[o]``) whose number is this client's modulo the stride."""
-        now = _now_ns()
-        if not self.first_ns:
-            self.first_ns = now
-        stride = P.stride
-        seq = first + (self.cid - first) % stride
-        lat = P.lat
-        while seq <= last:
-            q = o + (seq - first) * fl
-            if len(lat) < LATENCY_CAP:
-                lat.append((now - int(data[q + 16:q + 35])) // 1000)
-            else:
-                P.capped += 1
-            seq += stride
+        now, due = self.sampled(first, last)
+        for seq in due:
+            _keep_latency(now, data, o + (seq - first) * fl)
 
 
 class StormClient(AsyncioClient):
@@ -618,20 +630,11 @@ class SSEClient(asyncio.Protocol, Core):
         if first > self.last and last - first == k - 1:
             self.n += k
             self.last = last
-            now = _now_ns()
-            if not self.first_ns:
-                self.first_ns = now
-            stride = P.stride
-            seq = first + (self.cid - first) % stride
-            lat = P.lat
-            while seq <= last:
+            now, due = self.sampled(first, last)
+            for seq in due:
                 at = o if seq == first else data.find(mark + b"%08d" % seq, o)
                 if at >= 0:
-                    if len(lat) < LATENCY_CAP:
-                        lat.append((now - int(data[at + 16:at + 35])) // 1000)
-                    else:
-                        P.capped += 1
-                seq += stride
+                    _keep_latency(now, data, at)
             return
         for event in data.split(b"\n\n"):
             if mark in event or MARK in event:

@@ -55,16 +55,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and its children (twistd --workers)."""
-    total = 0
+def _family(pid: int) -> list[int]:
+    """``pid`` and its children (twistd --workers)."""
     pids = [pid]
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             pids += [int(p) for p in f.read().split()]
     except OSError:
         pass
-    for p in pids:
+    return pids
+
+
+def _rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and its children (twistd --workers)."""
+    total = 0
+    for p in _family(pid):
         try:
             with open(f"/proc/{p}/status") as f:
                 for row in f:
@@ -79,13 +84,7 @@ def _cpu(pid: int) -> float:
     """CPU seconds (user + system) of ``pid`` and its children so far."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    pids = [pid]
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            pids += [int(p) for p in f.read().split()]
-    except OSError:
-        pass
-    for p in pids:
+    for p in _family(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()

@@ -81,68 +81,32 @@ def template_database() -> str:
         return _template_db
 
 
-class DemoServer:
-    """A ``twistd ws4tx`` child serving the demo chat on ``url``.
+class OutputChild:
+    """A child process that ends with the test process, whose output (stdout and stderr)
+    is kept in ``output`` by a thread of its own and waited on (:meth:`wait_for`)."""
 
-    Every instance has its own copy of the database and port; :meth:`start` can be called
-    again after :meth:`stop` (same port, same database: a server restart). With
-    ``launcher_args`` (a list, maybe empty) it starts as a person does, with
-    ``python -m chatserver --port PORT *launcher_args`` (which execs the same twistd).
-    """
+    #: What the child is, in failure messages.
+    name = "the child process"
 
-    def __init__(self, launcher_args: Optional[list[str]] = None,
-                 redis_port: Optional[int] = 0, twistd_args: Iterable[str] = ()) -> None:
-        self.launcher_args = launcher_args
-        #: More options of ``twistd ws4tx`` (a site's settings: ``--rate-limit``...).
-        self.twistd_args = list(twistd_args)
-        #: The launcher's ``--redis-port`` (0: a free port, so that demos of parallel tests
-        #: do not meet on the default one; None: the launcher's default).
-        self.redis_port = redis_port
-        self.directory = tempfile.mkdtemp(prefix="ws4tx-demo-")
-        self.database = os.path.join(self.directory, "db.sqlite3")
-        shutil.copyfile(template_database(), self.database)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def __init__(self) -> None:
         self.process: Optional[subprocess.Popen[bytes]] = None
         self.output = ""
-        self.redis_url = ""
         self._changed = threading.Condition()
         self._reader: Optional[threading.Thread] = None
 
-    # Running
-
-    def start(self, redis_url: Optional[str] = None) -> DemoServer:
-        """Start the server with ``--redis embedded`` (or ``redis_url``) and return once it
-        serves HTTP and its Redis subscriber is connected."""
-        if self.process is not None and self.process.poll() is None:
-            raise RuntimeError("the demo server is running already")
-        if self.launcher_args is not None:
-            if redis_url is not None:
-                raise ValueError("the launcher always runs an embedded Redis")
-            argv = [sys.executable, "-m", "chatserver", "--port", str(self.port),
-                    *self.launcher_args]
-            if self.redis_port is not None:
-                argv += ["--redis-port", str(self.redis_port)]
-        else:
-            argv = twistd_argv(self.port) + self.twistd_args
-        if redis_url is not None:
-            argv[argv.index("embedded")] = redis_url
+    def spawn(self, argv: list[str], env: Optional[dict[str, str]] = None,
+              cwd: Optional[str] = None) -> int:
+        """Start ``argv``; the offset of ``output`` from which to wait for what it says."""
         with self._changed:
-            self.output = ""
+            start = len(self.output)
         self.process = subprocess.Popen(
-            argv, cwd=ROOT, env=child_environment(CHATSERVER_DB=self.database),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent)
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         self._reader = threading.Thread(target=self._read, args=(self.process,),
-                                        name=f"demo-{self.port}-output", daemon=True)
+                                        name=f"{os.path.basename(argv[0])}-output",
+                                        daemon=True)
         self._reader.start()
-        self.wait_for(f"Site starting on {self.port}")
-        self.wait_for("Redis subscriber connected")
-        if redis_url is None:
-            self.redis_url = self.wait_for(r"embedded Redis \(.*?\) at (redis://\S+?);").group(1)
-        else:
-            self.redis_url = redis_url
-        return self
+        return start
 
     def _read(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
@@ -161,8 +125,8 @@ class DemoServer:
     def wait_for(self, pattern: str, timeout: float = TIMEOUT,
                  since: int = 0) -> re.Match[str]:
         """The first match of ``pattern`` in the output (from its character ``since``:
-        ``len(server.output)`` before an action waits for what the action causes);
-        AssertionError if the server ends or ``timeout`` seconds pass first."""
+        ``len(child.output)`` before an action waits for what the action causes);
+        AssertionError if the child ends or ``timeout`` seconds pass first."""
         compiled = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self._changed:
@@ -173,7 +137,7 @@ class DemoServer:
                 if not self.running() and self._reader is not None \
                         and not self._reader.is_alive():
                     raise AssertionError(
-                        f"the demo server ended before printing {pattern!r}:\n{self.output}")
+                        f"{self.name} ended before printing {pattern!r}:\n{self.output}")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError(
@@ -181,8 +145,8 @@ class DemoServer:
                 self._changed.wait(left)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = TIMEOUT) -> Optional[int]:
-        """Send ``sig`` and wait for the exit status (None if it was not running); kill
-        the server if it does not end within ``timeout`` seconds."""
+        """Send ``sig`` and wait for the exit status (None if it was never started); kill
+        the child if it does not end within ``timeout`` seconds."""
         process = self.process
         if process is None:
             return None
@@ -194,11 +158,68 @@ class DemoServer:
                 process.kill()
                 process.wait(timeout)
                 raise AssertionError(
-                    f"the demo server did not end within {timeout} s of signal {sig}:\n"
+                    f"{self.name} did not end within {timeout} s of signal {sig}:\n"
                     f"{self.output}") from None
         if self._reader is not None:
             self._reader.join(timeout)
         return process.returncode
+
+
+class DemoServer(OutputChild):
+    """A ``twistd ws4tx`` child serving the demo chat on ``url``.
+
+    Every instance has its own copy of the database and port; :meth:`start` can be called
+    again after :meth:`stop` (same port, same database: a server restart). With
+    ``launcher_args`` (a list, maybe empty) it starts as a person does, with
+    ``python -m chatserver --port PORT *launcher_args`` (which execs the same twistd).
+    """
+
+    name = "the demo server"
+
+    def __init__(self, launcher_args: Optional[list[str]] = None,
+                 redis_port: Optional[int] = 0, twistd_args: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.launcher_args = launcher_args
+        #: More options of ``twistd ws4tx`` (a site's settings: ``--rate-limit``...).
+        self.twistd_args = list(twistd_args)
+        #: The launcher's ``--redis-port`` (0: a free port, so that demos of parallel tests
+        #: do not meet on the default one; None: the launcher's default).
+        self.redis_port = redis_port
+        self.directory = tempfile.mkdtemp(prefix="ws4tx-demo-")
+        self.database = os.path.join(self.directory, "db.sqlite3")
+        shutil.copyfile(template_database(), self.database)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.redis_url = ""
+
+    # Running
+
+    def start(self, redis_url: Optional[str] = None) -> DemoServer:
+        """Start the server with ``--redis embedded`` (or ``redis_url``) and return once it
+        serves HTTP and its Redis subscriber is connected."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError(f"{self.name} is running already")
+        if self.launcher_args is not None:
+            if redis_url is not None:
+                raise ValueError("the launcher always runs an embedded Redis")
+            argv = [sys.executable, "-m", "chatserver", "--port", str(self.port),
+                    *self.launcher_args]
+            if self.redis_port is not None:
+                argv += ["--redis-port", str(self.redis_port)]
+        else:
+            argv = twistd_argv(self.port) + self.twistd_args
+        if redis_url is not None:
+            argv[argv.index("embedded")] = redis_url
+        with self._changed:
+            self.output = ""
+        self.spawn(argv, env=child_environment(CHATSERVER_DB=self.database), cwd=ROOT)
+        self.wait_for(f"Site starting on {self.port}")
+        self.wait_for("Redis subscriber connected")
+        if redis_url is None:
+            self.redis_url = self.wait_for(r"embedded Redis \(.*?\) at (redis://\S+?);").group(1)
+        else:
+            self.redis_url = redis_url
+        return self
 
     def close(self) -> None:
         """Stop the server (if it runs) and remove its files."""

@@ -214,3 +214,20 @@ class ServerTestCase(unittest.TestCase):
     def publish(self, channel: str, message: bytes | str) -> int:
         """Publish with redis-py, as another process would."""
         return int(self.redis.publish(channel, message))
+
+    def publishSteadily(self, channel: str) -> tuple[task.LoopingCall, list[int]]:
+        """Publish ``"<n> "`` and 20,000 bytes on ``channel``, two every 10 ms (less than a
+        64 KiB queue bound a turn: a client that reads keeps up), numbered from 0; the loop
+        (stopped at the latest by the cleanups) and how many were sent so far, ``[n]``."""
+        filler = "x" * 20_000
+        sent = [0]
+
+        def publish() -> None:
+            for _ in range(2):
+                self.publish(channel, f"{sent[0]} {filler}")
+                sent[0] += 1
+
+        loop = task.LoopingCall(publish)
+        loop.start(0.01)
+        self.addCleanup(lambda: loop.running and loop.stop())
+        return loop, sent

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
@@ -49,17 +49,38 @@ def run_smoke(case: SynchronousTestCase, *args: str) -> tuple[list[dict[str, Any
     return records, report, done.stdout
 
 
+#: The scenarios of the one smoke run the tests below share: the smoke mode's own, then
+#: history, recovery and the cookie storm (ws4tx only: the ceiling's are skipped).
+SHARED_SCENARIOS = "fanout,maxrate,idle,channels,replay,history,recovery,cookies"
+
+
 class BenchSmokeTests(SynchronousTestCase):
+    """One ``bench/run.py --smoke`` of every smoke-sized scenario (each scenario a fresh
+    server of its own, as in any run); each test reads its part of the results."""
+
+    records: ClassVar[list[dict[str, Any]]]
+    report: ClassVar[str]
+    stdout: ClassVar[str]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.records, cls.report, cls.stdout = run_smoke(
+            SynchronousTestCase(), "--scenarios", SHARED_SCENARIOS)
+
+    def of(self, system: str, scenario: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["system"] == system and r["scenario"] == scenario]
+
     def test_smoke_mode(self) -> None:
         """``python bench/run.py --smoke`` runs ws4tx and the bare-Autobahn ceiling (their own
         Redis, real WebSocket clients, this interpreter, no virtualenvs; about 20 s on an
-        idle machine), exits 0 with a plain closing line, and writes a fan-out JSON line
-        with the expected fields for both systems, in which the clients got the messages."""
-        records, report, stdout = run_smoke(self)
-        self.assertRegex(stdout.strip().splitlines()[-1],
+        idle machine for its own scenarios), exits 0 with a plain closing line, and writes
+        a fan-out JSON line with the expected fields for both systems, in which the clients
+        got the messages."""
+        report = self.report
+        self.assertRegex(self.stdout.strip().splitlines()[-1],
                          r"^smoke: \d+ passed, 0 failed, \d+ skipped$", report)
         for system in ("ws4tx", "ceiling"):
-            fanout = [r for r in records if r["system"] == system and r["scenario"] == "fanout"]
+            fanout = self.of(system, "fanout")
             self.assertTrue(fanout, f"no fan-out line for {system}")
             record = fanout[0]
             self.assertEqual(record["status"], "ok", record)
@@ -68,21 +89,18 @@ class BenchSmokeTests(SynchronousTestCase):
             self.assertGreater(record["metrics"]["received"], 0, record)
             self.assertIsNotNone(record["metrics"]["p99_ms"], record)
             self.assertEqual(record["params"]["clients"], 50)
-        self.assertFalse([r for r in records if r["status"] == "error"], report)
+        self.assertFalse([r for r in self.records if r["status"] == "error"], report)
 
-
-class HistoryBenchSmokeTests(SynchronousTestCase):
     def test_historyAndRecoveryScenarios(self) -> None:
         """The history-cost and recovery scenarios in smoke size (50 clients, 10 missed
         messages): both run, and the recovery line says every client got every missed
         message, was told it recovered, and cost one MGET and at most one script call."""
-        records, report, _ = run_smoke(self, "--systems", "ws4tx",
-                                       "--scenarios", "history,recovery")
-        [history] = [r for r in records if r["scenario"] == "history"]
+        report = self.report
+        [history] = self.of("ws4tx", "history")
         # One 1 s probe each way in smoke size: whether it passes is noise, not a verdict.
         self.assertEqual(history["status"], "ok", report)
         self.assertTrue(history["metrics"]["probes_off"] and history["metrics"]["probes_on"])
-        [recovery] = [r for r in records if r["scenario"] == "recovery"]
+        [recovery] = self.of("ws4tx", "recovery")
         m = recovery["metrics"]
         self.assertEqual((recovery["status"], m["complete_clients"], m["recovered_true"],
                           m["duplicates"]), ("ok", 50, 50, 0), report)
@@ -91,6 +109,25 @@ class HistoryBenchSmokeTests(SynchronousTestCase):
         self.assertEqual(m["redis_commands"]["mget"], 50, report)
         self.assertNotIn("get", m["redis_commands"], report)
         self.assertLessEqual(m["redis_commands"]["evalsha"], 50, report)
+
+    def test_cookieStormScenario(self) -> None:
+        """The cookie storm in smoke size (50 logged-in clients, about 8 s on a busy
+        machine): every client connects in each phase; the cookie storm runs the session,
+        user and groups statements of each client and the resume storm none, and the
+        summary line gives the ratios and which process was the limit of each phase."""
+        report = self.report
+        phases = {r["params"]["phase"]: r for r in self.of("ws4tx", "cookies-phase")}
+        self.assertEqual(sorted(phases), ["anonymous", "cookies", "resume"], report)
+        for record in phases.values():
+            self.assertEqual(record["status"], "ok", record)
+            self.assertEqual(record["metrics"]["connected"], 50, record)
+            self.assertIn("limit", record["metrics"])
+        self.assertGreaterEqual(phases["cookies"]["metrics"]["db_queries"], 50, report)
+        self.assertEqual(phases["resume"]["metrics"]["db_queries"], 0, report)
+        self.assertEqual(phases["resume"]["metrics"]["db_connections"], 0, report)
+        [summary] = self.of("ws4tx", "cookies")
+        self.assertIsNotNone(summary["metrics"]["resume_vs_cookies_connects"], summary)
+        self.assertEqual(set(summary["metrics"]["limits"]), set(phases))
 
 
 class StreamGeneratorSmokeTests(SynchronousTestCase):
@@ -218,35 +255,6 @@ class StreamCounterTests(SynchronousTestCase):
                                      len(loadgen.P.lat), len(transport.written)))
                     self.assertEqual(seen[0], seen[1])
                     self.assertGreater(seen[1][0], 250)
-
-
-class CookieStormSmokeTests(SynchronousTestCase):
-    def test_cookieStormScenario(self) -> None:
-        """The cookie storm in smoke size (50 logged-in clients, about 8 s on a busy
-        machine): every client connects in each phase; the cookie storm runs the session,
-        user and groups statements of each client and the resume storm none, and the
-        summary line gives the ratios and which process was the limit of each phase."""
-        out = tempfile.mkdtemp(prefix="bench-smoke-")
-        done = subprocess.run([sys.executable, RUN, "--smoke", "--systems", "ws4tx",
-                               "--scenarios", "cookies", "--out", out],
-                              cwd=REPO, capture_output=True, text=True, timeout=HANG)
-        report = done.stdout[-4000:] + done.stderr[-2000:]
-        self.assertEqual(done.returncode, 0, report)
-        [path] = glob.glob(os.path.join(out, "*.jsonl"))
-        with open(path) as f:
-            records = [json.loads(line) for line in f if line.strip()]
-        phases = {r["params"]["phase"]: r for r in records if r["scenario"] == "cookies-phase"}
-        self.assertEqual(sorted(phases), ["anonymous", "cookies", "resume"], report)
-        for record in phases.values():
-            self.assertEqual(record["status"], "ok", record)
-            self.assertEqual(record["metrics"]["connected"], 50, record)
-            self.assertIn("limit", record["metrics"])
-        self.assertGreaterEqual(phases["cookies"]["metrics"]["db_queries"], 50, report)
-        self.assertEqual(phases["resume"]["metrics"]["db_queries"], 0, report)
-        self.assertEqual(phases["resume"]["metrics"]["db_connections"], 0, report)
-        [summary] = [r for r in records if r["scenario"] == "cookies"]
-        self.assertIsNotNone(summary["metrics"]["resume_vs_cookies_connects"], summary)
-        self.assertEqual(set(summary["metrics"]["limits"]), set(phases))
 
 
 class CountedCostTests(SynchronousTestCase):

@@ -12,13 +12,11 @@ once, in order."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
-import subprocess
 import threading
 import time
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import psutil
 import pytest
@@ -29,7 +27,7 @@ from ws4tx.history import Retention
 from ws4tx.server.embedded import EmbeddedRedis, free_port
 
 from test import _browser
-from test._demo import _die_with_parent, child_environment
+from test._demo import OutputChild, child_environment
 from test._process import ROOT, twistd_path
 from test._recovering import publish_with_history
 from test.test_js_client import SCRIPT
@@ -47,53 +45,10 @@ RATE = 200
 RECONNECTS = 20
 
 
-class _Child:
-    """A child process whose output (stdout and stderr) is kept, and waited on."""
-
-    def __init__(self) -> None:
-        self.process: Optional[subprocess.Popen[bytes]] = None
-        self.output = ""
-        self._changed = threading.Condition()
-
-    def spawn(self, argv: list[str], env: Optional[dict[str, str]] = None,
-              cwd: Optional[str] = None) -> int:
-        """Start it; the offset of its output from which to wait for what it says."""
-        with self._changed:
-            start = len(self.output)
-        self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        preexec_fn=_die_with_parent)
-        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
-        return start
-
-    def _read(self, process: subprocess.Popen[bytes]) -> None:
-        assert process.stdout is not None
-        for line in iter(process.stdout.readline, b""):
-            with self._changed:
-                self.output += line.decode("utf-8", "replace")
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for(self, pattern: str, start: int) -> None:
-        compiled = re.compile(pattern)
-        process = self.process
-        with self._changed:
-            self._changed.wait_for(lambda: compiled.search(self.output, start) is not None
-                                   or (process is not None and process.poll() is not None),
-                                   TIMEOUT)
-            if compiled.search(self.output, start) is None:
-                raise AssertionError(f"never said {pattern!r}:\n{self.output[start:]}")
-
-    def kill(self, sig: int = signal.SIGTERM) -> None:
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.send_signal(sig)
-            process.wait(TIMEOUT)
-
-
-class _Node(_Child):
+class _Node(OutputChild):
     """``twistd ws4tx`` on a port of its own, history on ``chat*``, handlers on ``echo``."""
+
+    name = "a twistd ws4tx node"
 
     def __init__(self, redis_url: str) -> None:
         super().__init__()
@@ -114,7 +69,7 @@ class _Node(_Child):
 
     def ready(self, start: int) -> None:
         self.wait_for(rf"(?s)(?=.*Site starting on {self.port}\b)"
-                      r"(?=.*Redis subscriber connected)", start)
+                      r"(?=.*Redis subscriber connected)", since=start)
 
     def streams(self) -> int:
         """Its connections from nginx (the page's stream; nothing else stays open)."""
@@ -123,10 +78,12 @@ class _Node(_Child):
                    if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == self.port)
 
 
-class _Nginx(_Child):
+class _Nginx(OutputChild):
     """test_nginx.Nginx's configuration (strip: no Upgrade passed on), run as a child of
     this synchronous test: :meth:`restart` is nginx stopped (fast shutdown: its
     connections closed) and started again on the same port."""
+
+    name = "nginx"
 
     def __init__(self, upstreams: list[int]) -> None:
         super().__init__()
@@ -136,10 +93,10 @@ class _Nginx(_Child):
     def start(self) -> None:
         argv = [nginx_path(), "-p", self.config.dir, "-c", str(self.config.conf),
                 "-e", "stderr", "-g", "daemon off;"]
-        self.wait_for("start worker process", self.spawn(argv, cwd=self.config.dir))
+        self.wait_for("start worker process", since=self.spawn(argv, cwd=self.config.dir))
 
     def restart(self) -> None:
-        self.kill()
+        self.stop()
         self.start()
 
 
@@ -172,10 +129,10 @@ class SSEFallbackInChromiumTests(SynchronousTestCase):
                 cls.handle.close()
         finally:
             if getattr(cls, "nginx", None) is not None:
-                cls.nginx.kill()
+                cls.nginx.stop()
                 shutil.rmtree(cls.nginx.config.dir, ignore_errors=True)
             for node in cls.nodes:
-                node.kill()
+                node.stop()
             cls.redis_server.stop()
 
     def setUp(self) -> None:
@@ -280,7 +237,7 @@ class SSEFallbackInChromiumTests(SynchronousTestCase):
                     self.wait("(n) => __opened > n", opened)
                 else:
                     holder = next(n for n in self.nodes if n.streams())
-                    holder.kill(signal.SIGKILL)
+                    holder.stop(signal.SIGKILL)
                     starting = holder.start(wait=False)
                     self.wait("(n) => __opened > n", opened)  # on the other node
                     # Back before nginx is restarted: nginx then counts no node as failed

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
-import threading
 from typing import Any, ClassVar
 
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from test import _browser
-from test._demo import TIMEOUT, DemoServer, _die_with_parent, child_environment
+from test._demo import TIMEOUT, DemoServer, OutputChild, child_environment
 from test._django import setup_django
 from test._process import ROOT, twistd_path
 from test.test_js_client import SCRIPT
@@ -37,17 +35,14 @@ class _TokenServer(DemoServer):
     the tokens) and ``WS4TX_TOKEN_MAX_AGE`` = MAX_AGE, an embedded Redis, no site."""
 
     def __init__(self) -> None:
+        OutputChild.__init__(self)
         self.launcher_args = None
         self.directory = tempfile.mkdtemp(prefix="ws4tx-tokens-")
         with open(os.path.join(self.directory, "token_settings.py"), "w") as f:
             f.write(f"from test.settings import *  # noqa\nWS4TX_TOKEN_MAX_AGE = {MAX_AGE}\n")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = None
-        self.output = ""
         self.redis_url = ""
-        self._changed = threading.Condition()
-        self._reader = None
 
     def start(self, redis_url: Any = None) -> _TokenServer:
         env = child_environment()
@@ -55,12 +50,7 @@ class _TokenServer(DemoServer):
         argv = [twistd_path(), "-n", "--pidfile=", "ws4tx",
                 "--listen", f"tcp:{self.port}:interface=127.0.0.1",
                 "--django-settings", "token_settings", "--redis", "embedded"]
-        self.process = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        self._reader = threading.Thread(target=self._read, args=(self.process,),
-                                        daemon=True)
-        self._reader.start()
+        self.spawn(argv, env=env, cwd=ROOT)
         self.wait_for(f"Site starting on {self.port}")
         self.wait_for("Redis subscriber connected")
         return self

@@ -4,8 +4,7 @@ channel of a real server and a real Redis, dropped alike while a reader gets eve
 
 from __future__ import annotations
 
-from twisted.internet import defer, endpoints, reactor, task
-from twisted.internet.protocol import Protocol
+from twisted.internet import reactor, task
 from twisted.trial import unittest
 
 from ws4tx import closecodes
@@ -15,7 +14,7 @@ from ws4tx.server.node import close_label
 from ws4tx.server.streams import FIRST_PAGE
 
 from test._server import ServerTestCase
-from test._wsclient import TIMEOUT, handshake_request
+from test._wsclient import TIMEOUT, handshake_request, never_reading
 
 CONFIG = ServerConfig(max_queue_bytes=100, max_queue_messages=5, slow_timeout=10.0)
 
@@ -80,34 +79,10 @@ class FlowTests(unittest.SynchronousTestCase):
         self.assertIn("recovery did not drain", self.drops[0])
 
 
-class _NeverReads(Protocol):
-    """Sends its request, then stops reading its socket for good."""
-
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.opened: defer.Deferred[None] = defer.Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        if not self.opened.called and b"\r\n\r\n" in data:
-            self.transport.pauseProducing()
-            self.opened.callback(None)
-
-
 class SlowTransportsTests(ServerTestCase):
     """A slow SSE stream is a slow WebSocket client."""
 
     config = ServerTestCase.config.replace(max_queue_bytes=64 * 1024)
-
-    async def neverReads(self, raw: bytes) -> _NeverReads:
-        client = _NeverReads(raw)
-        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
-        await endpoints.connectProtocol(endpoint, client)
-        self.addCleanup(client.transport.abortConnection)
-        await client.opened.addTimeout(TIMEOUT, reactor)
-        return client
 
     async def test_bothDroppedAlikeTheReaderGetsAll(self) -> None:
         """A WebSocket client and an SSE stream of one channel stop reading: both are
@@ -117,23 +92,14 @@ class SlowTransportsTests(ServerTestCase):
         node = self.factory.node
         path = "/ws/news?subscribe-broadcast"
         reader = await self.client(path)
-        await self.neverReads(handshake_request(path))
+        await never_reading(self, self.port, handshake_request(path))
         await self.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
-        await self.neverReads(
+        await never_reading(
+            self, self.port,
             f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
         await node.router.barrier()
         self.assertEqual(node.clientCount(), 3)
-        filler = "x" * 20_000
-        sent = [0]
-
-        def publish() -> None:
-            for _ in range(2):
-                self.publish("ws4tx:broadcast:news", f"{sent[0]} {filler}")
-                sent[0] += 1
-
-        loop = task.LoopingCall(publish)
-        loop.start(0.01)
-        self.addCleanup(lambda: loop.running and loop.stop())
+        loop, sent = self.publishSteadily("ws4tx:broadcast:news")
         got = 0
         while node.stats["slow_consumers"] < 2:
             self.assertLess(sent[0], 1000)

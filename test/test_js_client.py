@@ -105,22 +105,31 @@ FAKE_WEBSOCKET = r"""
 LIFECYCLE = ["connecting", "connected", "disconnected", "reconnecting"]
 
 
+#: The module's one Chromium (launched by the first test class that needs it, closed by
+#: tearDownModule): a launch costs seconds, and each test gets a fresh context anyway.
+_chromium: Optional[_browser.BrowserHandle] = None
+
+
+def tearDownModule() -> None:
+    global _chromium
+    handle, _chromium = _chromium, None
+    if handle is not None:
+        handle.close()
+
+
 class _PageTestCase(SynchronousTestCase):
-    """One Chromium per test class; each test gets a fresh context and page, with the fake
-    WebSocket and a paused clock installed before ws4tx.js loads."""
+    """The module's Chromium; each test gets a fresh context (its own profile) and page,
+    with the fake WebSocket and a paused clock installed before ws4tx.js loads."""
 
     handle: ClassVar[Any] = None
     page: Any
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls.handle = _browser.launch()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        handle, cls.handle = cls.handle, None
-        if handle is not None:
-            handle.close()
+        global _chromium
+        if _chromium is None:
+            _chromium = _browser.launch()
+        cls.handle = _chromium
 
     def setUp(self) -> None:
         context = self.handle.browser.new_context()

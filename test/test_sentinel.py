@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from types import SimpleNamespace
+from typing import Any, Optional
 
 import pytest
 from twisted.internet import defer, reactor, task, threads
@@ -45,12 +46,34 @@ class _SentinelServerCase(ServerTestCase):
     the same URL."""
 
     group_kwargs: dict = {}
+    #: One group for all the class's tests (a start waits seconds for the Sentinels to
+    #: discover each other), for classes none of whose tests fails the master over: each
+    #: test starts with it emptied (FLUSHALL, which the replica has followed).
+    shared_group = False
+    _class_group: Optional[SentinelGroup] = None
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        if cls.shared_group:
+            group = SentinelGroup(**cls.group_kwargs)
+            group.start()
+            cls._class_group = group
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        group, cls._class_group = cls._class_group, None
+        if group is not None:
+            group.stop()
 
     async def _setUp(self) -> None:
         setup_django()
-        self.group = SentinelGroup(**self.group_kwargs)
-        await threads.deferToThread(self.group.start)
-        self.addCleanup(self.group.stop)
+        if self._class_group is not None:
+            self.group = self._class_group
+            await threads.deferToThread(self._emptied, self.group.client(self.group.master))
+        else:
+            self.group = SentinelGroup(**self.group_kwargs)
+            await threads.deferToThread(self.group.start)
+            self.addCleanup(self.group.stop)
         self.redis = self.group.client(self.group.master)
         _sync_redis.use_url(self.group.address().url)
         self.addCleanup(_sync_redis.reset)
@@ -58,6 +81,12 @@ class _SentinelServerCase(ServerTestCase):
 
     async def redisAddress(self) -> RedisAddress:
         return self.group.address()
+
+    @staticmethod
+    def _emptied(master: Any) -> None:
+        master.flushall()
+        if master.wait(1, 10_000) < 1:
+            raise AssertionError("the replica did not follow FLUSHALL in time")
 
 
 class SentinelServerTests(_SentinelServerCase):
@@ -150,6 +179,8 @@ async def _nextEvent(client) -> str:
 class SentinelTwoNodesTests(ControlAcrossNodesContract, _SentinelServerCase):
     """Two nodes on one Sentinel group, the Django side on it too."""
 
+    shared_group = True
+
     async def _setUp(self) -> None:
         await super()._setUp()
         first = SimpleNamespace(service=self.service, factory=self.factory, port=self.port)
@@ -161,6 +192,7 @@ class SentinelPasswordTests(_SentinelServerCase):
     """A password on the master and another on the Sentinels."""
 
     group_kwargs = {"password": "master-secret", "sentinel_password": "sentinel-secret"}
+    shared_group = True
 
     async def test_djangoPublishedMessagesAreDelivered(self):
         """Both halves authenticate to the Sentinels and to the master, each with its own

@@ -276,18 +276,7 @@ class SSESlowConsumerTests(_SSETestCase):
         await never_reading(self, self.port, b"GET /ws/news?subscribe-broadcast HTTP/1.1\r\n"
                             b"Host: x\r\nAccept: text/event-stream\r\n\r\n")
         await node.router.barrier()
-        # Less than max_queue_bytes a turn: a client that reads keeps up.
-        filler = "x" * 20_000
-        sent = [0]
-
-        def publish() -> None:
-            for _ in range(2):
-                self.publish("ws4tx:broadcast:news", f"{sent[0]} {filler}")
-                sent[0] += 1
-
-        loop = task.LoopingCall(publish)
-        loop.start(0.01)
-        self.addCleanup(lambda: loop.running and loop.stop())
+        loop, sent = self.publishSteadily("ws4tx:broadcast:news")
         while node.stats["slow_consumers"] == 0:
             # Dropped well before the socket buffers and the queue hold 20 MB.
             self.assertLess(sent[0], 1000)

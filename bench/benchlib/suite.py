@@ -722,6 +722,20 @@ def scenario_cookies(suite: Suite, system: S.System, run: int) -> None:
     })
 
 
+def _settled_rss_kb(s: Session, settle: float) -> int:
+    """The server's resident size once it stops moving: ``settle`` seconds, then a reading
+    every 0.5 s until two are within 64 KiB (at most 5 s from the call)."""
+    after, deadline = s.server.rss_kb(), time.monotonic() + 5
+    time.sleep(settle)
+    while time.monotonic() < deadline:
+        now = s.server.rss_kb()
+        if abs(now - after) < 64:
+            break
+        after = now
+        time.sleep(0.5)
+    return s.server.rss_kb()
+
+
 def scenario_idle(suite: Suite, system: S.System, run: int) -> None:
     """Idle subscribed connections, added in steps on one server (1000, then up to 5000,
     then up to 10000): RSS per connection = (RSS at N - RSS before the first) / N; the
@@ -738,16 +752,7 @@ def scenario_idle(suite: Suite, system: S.System, run: int) -> None:
             gen_cpu = (s.lg.cpu_seconds() - c0) / max(conn["seconds"], 1e-6)
             server_cpu = (s.server.cpu_seconds() - w0) / max(conn["seconds"], 1e-6)
             have += conn["connected"]
-            # settle, then take the resident size once it stops moving (bounded)
-            after, deadline = s.server.rss_kb(), time.monotonic() + 5
-            time.sleep(a.settle)
-            while time.monotonic() < deadline:
-                now = s.server.rss_kb()
-                if abs(now - after) < 64:
-                    break
-                after = now
-                time.sleep(0.5)
-            after = s.server.rss_kb()
+            after = _settled_rss_kb(s, a.settle)
             m = {
                 "clients": n, "connected": have, "step": n - (have - conn["connected"]),
                 "step_connected": conn["connected"], "failed": conn["failed"],
@@ -783,15 +788,7 @@ def _idle_memory(suite: Suite, system: S.System, n: int, kind: Optional[str]) ->
         server_wait = (s.server.runqueue_wait_seconds() - q0) / took
         gen_wait = (s.lg.runqueue_wait_seconds() - g0) / took
         warm = s.warm(s.broadcast_targets())  # every stream subscribed and delivering
-        after, deadline = s.server.rss_kb(), time.monotonic() + 5
-        time.sleep(a.settle)
-        while time.monotonic() < deadline:
-            now = s.server.rss_kb()
-            if abs(now - after) < 64:
-                break
-            after = now
-            time.sleep(0.5)
-        after = s.server.rss_kb()
+        after = _settled_rss_kb(s, a.settle)
         have = conn["connected"]
         return {"transport": kind or "websocket", "clients": n, "connected": have,
                 "errors": conn["errors"], "connect_seconds": conn["seconds"],

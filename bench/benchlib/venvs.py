@@ -36,16 +36,23 @@ class Venv:
         return path if os.access(path, os.X_OK) else None
 
     def freeze(self) -> dict[str, str]:
-        """Installed distributions and versions."""
-        out = subprocess.run([self.python, "-m", "pip", "list", "--format=freeze",
-                              "--disable-pip-version-check"],
-                             capture_output=True, text=True, timeout=120)
-        found = {}
-        for line in out.stdout.splitlines():
-            name, sep, version = line.partition("==")
-            if sep:
-                found[name.lower()] = version
-        return found
+        """Installed distributions and versions (asked of each interpreter once: with
+        ``--venvs current`` every venv is this one)."""
+        found = _FROZEN.get(self.python)
+        if found is None:
+            out = subprocess.run([self.python, "-m", "pip", "list", "--format=freeze",
+                                  "--disable-pip-version-check"],
+                                 capture_output=True, text=True, timeout=120)
+            found = _FROZEN[self.python] = {}
+            for line in out.stdout.splitlines():
+                name, sep, version = line.partition("==")
+                if sep:
+                    found[name.lower()] = version
+        return dict(found)
+
+
+#: Interpreter -> what :meth:`Venv.freeze` found in it.
+_FROZEN: dict[str, dict[str, str]] = {}
 
 
 def _fingerprint(name: str) -> str:
