@@ -79,6 +79,14 @@ class FlowTests(unittest.SynchronousTestCase):
         self.assertEqual(self.stats["slow_consumers"], 1)
         self.assertIn("recovery did not drain", self.drops[0])
 
+    def test_aRunCountsAllItsMessages(self) -> None:
+        """Several messages written at once while the socket does not drain count as
+        that many against max_queue_messages."""
+        self.flow.pause()
+        self.assertFalse(self.flow.overflows(3, messages=3))
+        self.assertEqual([self.flow.overflows(1) for _ in range(3)], [False, False, True])
+        self.assertIn("6 messages", self.drops[0])
+
 
 class _NeverReads(Protocol):
     """Sends its request, then stops reading its socket for good."""

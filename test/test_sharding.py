@@ -598,6 +598,10 @@ class _Member:
     def deliver(self, prepared: Any, channel: str, payload: bytes) -> None:
         self.got.append(payload)
 
+    def deliverRun(self, run: Any, channel: str) -> None:
+        for prepared, payload in run.items:
+            self.deliver(prepared, channel, payload)
+
     # told once per outage, as PushProtocol tells its client
     def deliveryInterrupted(self) -> None:
         if self.told[-1:] != ["interrupted"]:

@@ -58,14 +58,15 @@ class Flow(Generic[T]):
         self.paused_at = None
         self.queued_bytes = self.queued_messages = 0
 
-    def overflows(self, size: int) -> bool:
-        """Count a message of ``size`` bytes written while the socket does not drain:
-        whether it must not be written (the client is, or now is, dropped as slow)."""
+    def overflows(self, size: int, messages: int = 1) -> bool:
+        """Count ``messages`` messages of ``size`` bytes written while the socket does not
+        drain: whether they must not be written (the client is, or now is, dropped as
+        slow)."""
         if self.dropped:
             return True
         config = self._config
         self.queued_bytes += size
-        self.queued_messages += 1
+        self.queued_messages += messages
         assert self.paused_at is not None
         waited = self._clock.seconds() - self.paused_at
         if (self.queued_bytes <= config.max_queue_bytes

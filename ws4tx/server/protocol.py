@@ -38,6 +38,7 @@ from ws4tx.server._flow import Flow
 from ws4tx.server._log import observer
 from ws4tx.server._ratelimit import TokenBucket
 from ws4tx.server._resume import IResumer, Renewal, read_counter, resume
+from ws4tx.server._runs import Run
 from ws4tx.server._sending import Sender
 from ws4tx.server.auth import (
     AnonymousAuthenticator,
@@ -372,6 +373,27 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
                 transport.write(frame)
             else:
                 self.sendData(frame)
+
+    def deliverRun(self, run: Run, channel: str) -> None:
+        """Write the frames of one read's messages of ``channel`` (in order): at once, in
+        one write, when nothing stands in their way; else each as :meth:`deliver` would.
+        A run that fills the socket's buffer counts as written while it does not drain
+        (for the slow-client limits), as every frame after it will."""
+        flow = self._flow
+        if (self._unechoed or self._stream.careful or flow.paused_at is not None
+                or flow.pending):
+            for prepared, payload in run.items:
+                self._deliverCarefully(prepared, channel, payload)
+        elif self.state == _OPEN:
+            window = self._window
+            frames = run.plain if window is None else run.deflated(window)
+            transport = self.transport
+            if transport is not None and not self.send_queue:
+                transport.write(frames)
+            else:
+                self.sendData(frames)
+            if self._flow.paused_at is not None:  # the write filled the socket's buffer
+                flow.overflows(len(frames), len(run.items))
 
     def deliverFor(self, stream: ClientStream, prepared: deflate.Message, channel: str,
                    payload: bytes) -> None:

@@ -44,6 +44,7 @@ from ws4tx.server.broker import (
     CommandRefused,
     IBroker,
     IBrokerListener,
+    IReadListener,
     IShardListener,
     NotStored,
     SubscriptionRefused,
@@ -80,7 +81,25 @@ class _Prepared:
         self.connectionLost(reason)  # type: ignore[attr-defined]
 
 
-class _Subscriber(_Prepared, txredisapi.SubscriberProtocol):  # type: ignore[misc]
+class _Reads:
+    """A subscriber connection whose broker's listener hears each read begin and end
+    (:class:`~ws4tx.server.broker.IReadListener`): what one read holds is then handed on
+    together."""
+
+    broker: RedisBroker
+
+    def dataReceived(self, data: bytes, *args: Any) -> Any:
+        reads = self.broker._reads
+        if reads is None:
+            return super().dataReceived(data, *args)  # type: ignore[misc]
+        reads.readStarted()
+        try:
+            return super().dataReceived(data, *args)  # type: ignore[misc]
+        finally:
+            reads.readEnded()
+
+
+class _Subscriber(_Prepared, _Reads, txredisapi.SubscriberProtocol):  # type: ignore[misc]
     def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
         self.broker._messageReceived(channel, message)
 
@@ -345,6 +364,8 @@ class RedisBroker:
         self._retry = retry_policy
         self._endpoint = endpoint or client_endpoint(reactor, address, timeout)
         self._listener: Optional[IBrokerListener] = None
+        #: The listener, when it hears each read begin and end.
+        self._reads: Optional[IReadListener] = None
         self._sub: Optional[_Subscriber] = None
         #: The subscriber connection being set up, if any.
         self._preparing: Optional[_Preparation] = None
@@ -422,6 +443,7 @@ class RedisBroker:
 
     def start(self, listener: IBrokerListener) -> None:
         self._listener = listener
+        self._reads = listener if IReadListener.providedBy(listener) else None
         self.log.info("connecting to Redis at {url}", url=self.address.safe_url)
         self._services = [self._service("subscriber", self.subscriber_protocol),
                           self._service("command", _Command)]

@@ -46,6 +46,7 @@ from ws4tx.server.node import close_label
 from ws4tx.server.streams import LOW_MARK, ClientStream, is_text
 
 if TYPE_CHECKING:
+    from ws4tx.server._runs import Run
     from ws4tx.server.protocol import PushFactory
 
 _log = Logger(observer=observer)
@@ -360,6 +361,10 @@ class SSEStream:
             self._stream.live(channel, prepared, payload)
         else:
             self.send(channel, prepared, payload)
+
+    def deliverRun(self, run: Run, channel: str) -> None:
+        for prepared, payload in run.items:
+            self.deliver(prepared, channel, payload)
 
     def deliveryInterrupted(self) -> None:
         """The server lost Redis: said once until it is back."""
