@@ -313,9 +313,8 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
         """Emit an event after what is queued for this client."""
         if not self.speaks_events:
             return
-        pending = self._flow.pending
-        if pending:
-            pending.append(("", None, envelope.encode_event(event, data).encode()))
+        if self._flow.pending:
+            self._flow.queue(("", None, envelope.encode_event(event, data).encode()))
         else:
             self.emit(event, data)
 
@@ -329,23 +328,22 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
 
     def queue(self, channel: str, prepared: deflate.Message, payload: bytes) -> None:
         """Queue a recovered message: written as the socket drains (:meth:`pace`)."""
-        self._flow.pending.append((channel, prepared, payload))
+        self._flow.queue((channel, prepared, payload))
 
     def pace(self) -> None:
         """Write what is queued while the socket drains; let the streams read their
         next pages once little is left."""
         flow = self._flow
-        pending = flow.pending
-        while pending and flow.paused_at is None:
+        while flow.pending and flow.paused_at is None:
             if self.state != self.STATE_OPEN:
-                pending.clear()
+                flow.clear()
                 return
-            _, prepared, payload = pending.popleft()
+            _, prepared, payload = flow.next()
             if prepared is None:
                 self.sendMessage(payload)
             else:
                 self._write(prepared, payload)
-        if len(pending) <= LOW_MARK:
+        if len(flow.pending) <= LOW_MARK:
             self._stream.drained()
             for stream in self.subscriptions.streams():
                 stream.drained()
@@ -414,11 +412,8 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
 
     def forgetPending(self, channels: AbstractSet[str]) -> None:
         """Drop what is queued for this client of ``channels`` (it left them)."""
-        pending = self._flow.pending
-        if pending:
-            kept = [item for item in pending if item[0] not in channels]
-            pending.clear()
-            pending.extend(kept)
+        if self._flow.pending:
+            self._flow.keep(lambda item: item[0] not in channels)
 
     def _deliverCarefully(self, prepared: deflate.Message, channel: str,
                           payload: bytes) -> None:
@@ -676,7 +671,7 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
             if self._renewal is not None:
                 self._renewal.stop()
                 self._renewal = None
-            self._flow.pending.clear()
+            self._flow.clear()
             self.subscriptions.close()
             node.leave(self)
 
