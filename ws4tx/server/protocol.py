@@ -156,6 +156,14 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
         self._flow = Flow(self.factory.config, self.factory.reactor, self.node.stats,
                           self._dropSlow)
         super().connectionMade()
+        _internals.share_send_queue(self)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
+        """Autobahn's, with a queue of its own for writes it delays (see
+        :func:`~ws4tx.server._internals.share_send_queue`)."""
+        if sync or chopsize:
+            _internals.own_send_queue(self)
+        super().sendData(data, sync, chopsize)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # A client that goes away while it is being authenticated is never opened: Autobahn
