@@ -20,11 +20,13 @@ in rounds of ``--batch`` messages (one round = what one read of the broker or tr
 holds; 1 is the 10 and 100 msg/s pattern, where each message comes alone):
 
 - ``ws4tx``: ``twistd ws4tx``'s service (``ws4tx.server.tap.makeService``, the same options
-  as the suite's, plus ``--server-args``) connected to a real Redis; each message is handed
-  to the router as the broker hands it one (``Router.messageReceived``, after txredisapi
-  parsed the Redis reply: the parsing is per message, not per client, and not counted),
-  and one reactor iteration (``reactor.iterate(0)``) follows each round: the router's
-  fan-out, every client's ``deliver``, the direct write path and the flush after the turn;
+  as the suite's, plus ``--server-args``) connected to a real Redis; each round is handed
+  to the router as the broker hands it one read (``Router.readStarted``, then each message
+  as ``Router.messageReceived``, after txredisapi parsed the Redis reply: the parsing is
+  per message, not per client, and not counted, then ``Router.readEnded``), and one
+  reactor iteration (``reactor.iterate(0)``) follows each round: the router's fan-out,
+  every client's ``deliver`` (``deliverRun`` for a run of messages), the direct write path
+  and the flush after the turn;
 - ``floor-picows``: ``servers/floor_picows.py`` in the load generator's venv on uvloop, its
   trigger protocol handed the round's lines (``Trigger.data_received``), then one loop
   iteration.
@@ -181,12 +183,16 @@ def _go_ws4tx(router: Any, reactor: Any, args: argparse.Namespace, meter: _Meter
     rounds = [[_payload(r * args.batch + i) for i in range(args.batch)]
               for r in range(args.messages // args.batch)]
     deliver = router.messageReceived
+    started, ended = router.readStarted, router.readEnded
     iterate = reactor.iterate
 
     def work() -> None:
         for messages in rounds:
+            # One read of the broker's subscriber connection (see redis_broker._Reads).
+            started()
             for payload in messages:
                 deliver(channel, payload)
+            ended()
             # The turn after the broker's read, and those the router's backlog takes
             # (past FRAMES_PER_TURN frames in one turn).
             iterate(0)

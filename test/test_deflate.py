@@ -26,6 +26,7 @@ from ws4tx.server.deflate import MIN_SIZE, Message
 
 from test._server import ServerTestCase
 from test._wsclient import TIMEOUT
+from test.test_runs import CountedWrites, pubsub_message
 
 
 def event(i: int) -> bytes:
@@ -190,6 +191,32 @@ class RealClientsTests(ServerTestCase):
             self.assertEqual(await plain.next(), (payload, False))
             received = await threads.deferToThread(browser.recv, TIMEOUT)
             self.assertEqual(received, payload.decode())
+
+    async def test_aReadsMessagesReachEveryWindowInOneWrite(self):
+        """The messages of one Redis read reach compressing clients of two windows and a
+        plain client in one write each (deflated once per message and window, joined
+        once per window), every payload intact and in order."""
+        path, channel = "/ws/foobar?subscribe-broadcast", "ws4tx:broadcast:foobar"
+        full = await self.autobahnClient(path)
+        narrow = await self.autobahnClient(path, window=10)
+        plain = await self.client(path)
+        self.publish(channel, b"first")  # past their joins (a join holds live messages)
+        for queue in (full.factory.messages, narrow.factory.messages):
+            self.assertEqual(await queue.get().addTimeout(TIMEOUT, reactor), b"first")
+        self.assertEqual(await plain.next(), (b"first", False))
+        counted = [CountedWrites(proto)
+                   for proto in self.factory.node.router.hub.members(channel)]
+        payloads = [event(1) * 30, b"small", event(2) * 10]
+        self.factory.node.broker._sub.dataReceived(
+            b"".join(pubsub_message(channel, payload) for payload in payloads))
+        for payload in payloads:
+            for queue in (full.factory.messages, narrow.factory.messages):
+                self.assertEqual(await queue.get().addTimeout(TIMEOUT, reactor), payload)
+            self.assertEqual(await plain.next(), (payload, False))
+        self.assertEqual([len(c.writes) for c in counted], [1, 1, 1])
+        deflated = [c.writes[0] for c in counted if c.writes[0][0] & 0x40]
+        self.assertEqual(len(deflated), 2)  # the compressing clients' runs start deflated
+        self.assertNotEqual(deflated[0], deflated[1])  # one per window
 
     async def test_compressedClientMessagesArePublished(self):
         """A message a client sends compressed is inflated and published."""

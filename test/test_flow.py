@@ -78,6 +78,36 @@ class FlowTests(unittest.SynchronousTestCase):
         self.assertEqual(self.stats["slow_consumers"], 1)
         self.assertIn("recovery did not drain", self.drops[0])
 
+    def test_aQueueOnlyWhileSomethingWaits(self) -> None:
+        """An idle client keeps no queue of its own (every flow shares one empty
+        tuple); one is made for what waits and dropped once it is taken, kept or
+        cleared away; what waits comes out in order."""
+        other: Flow[int] = Flow(CONFIG, self.clock, self.stats, self.drops.append)
+        self.assertIs(self.flow.pending, other.pending)
+        self.flow.queue(1)
+        self.flow.hold(2)
+        self.flow.queue(3)
+        self.assertEqual(list(self.flow.pending), [1, 2, 3])
+        self.assertEqual([self.flow.next(), self.flow.next()], [1, 2])
+        self.flow.keep(lambda n: n != 3)
+        self.assertIs(self.flow.pending, other.pending)
+        self.flow.queue(4)
+        self.flow.keep(lambda n: True)
+        self.assertEqual(self.flow.next(), 4)
+        self.assertIs(self.flow.pending, other.pending)
+        self.flow.queue(5)
+        self.flow.clear()
+        self.assertIs(self.flow.pending, other.pending)
+        self.assertFalse(self.flow.pending)
+
+    def test_aRunCountsAllItsMessages(self) -> None:
+        """Several messages written at once while the socket does not drain count as
+        that many against max_queue_messages."""
+        self.flow.pause()
+        self.assertFalse(self.flow.overflows(3, messages=3))
+        self.assertEqual([self.flow.overflows(1) for _ in range(3)], [False, False, True])
+        self.assertIn("6 messages", self.drops[0])
+
 
 class SlowTransportsTests(ServerTestCase):
     """A slow SSE stream is a slow WebSocket client."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import signal
+from collections import deque
 from typing import Any
 
 from autobahn.websocket import protocol as autobahn_protocol
@@ -47,6 +48,25 @@ class AutobahnTests(SynchronousTestCase):
         self.assertIn("self.send_queue = deque()",
                       inspect.getsource(WebSocketProtocol._connectionMade))
         self.assertIn("len(self.send_queue) > 0", inspect.getsource(WebSocketProtocol.sendData))
+
+    def test_sendQueueFilledOnlyByDelayedWrites(self):
+        """Only ``sendData`` appends to ``send_queue`` (with ``sync`` or ``chopsize``),
+        and only ``_send`` takes from it, after asking its length: a connection may
+        share one empty tuple until it delays a write (share_send_queue,
+        own_send_queue)."""
+        source = inspect.getsource(autobahn_protocol)
+        send_data = inspect.getsource(WebSocketProtocol.sendData)
+        self.assertEqual(source.count("send_queue.append("), send_data.count("send_queue.append("))
+        self.assertIn("if sync or len(self.send_queue) > 0:", send_data)
+        self.assertEqual(source.count("send_queue.popleft("), 1)
+        self.assertIn("if len(self.send_queue) > 0:\n            e = self.send_queue.popleft()",
+                      inspect.getsource(WebSocketProtocol._send))
+        proto = WebSocketProtocol()
+        proto.send_queue = deque()
+        _internals.share_send_queue(proto)
+        self.assertIs(proto.send_queue, _internals._NO_QUEUE)
+        _internals.own_send_queue(proto)
+        self.assertIsInstance(proto.send_queue, deque)
 
     def test_compressionAttributes(self):
         """A connection says whether it compresses in ``_perMessageCompress`` (None: it

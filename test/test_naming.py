@@ -130,6 +130,13 @@ class FlagTests(SynchronousTestCase):
         self.assertEqual(flags, parse_flags("echo&subscribe-group&publish-user&"
                                             "subscribe-broadcast"))
 
+    def test_sameFlagsAreOneObject(self):
+        """Every URL with the same flags, in whatever order and case, gets one Flags
+        object (which idle connections keep: one each would cost about 500 bytes)."""
+        first = parse_flags("subscribe-broadcast&publish-user")
+        self.assertIs(first, parse_flags("PUBLISH-user&subscribe-broadcast&x=1"))
+        self.assertIsNot(first, parse_flags("subscribe-broadcast&publish-user&echo"))
+
     def test_unknownFlagsAreIgnored(self):
         """Unknown flags and malformed items change nothing."""
         self.assertEqual(parse_flags("subscribe-everybody&publish&foo&&=&subscribe-"), Flags())

@@ -84,6 +84,10 @@ class Member:
     def deliver(self, prepared: Any, channel: str, payload: bytes) -> None:
         self.got.append((channel, prepared.position, payload))
 
+    def deliverRun(self, run: Any, channel: str) -> None:
+        for prepared, payload in run.items:
+            self.deliver(prepared, channel, payload)
+
     def deliveryInterrupted(self) -> None:
         self.interruptions += 1
 

@@ -165,6 +165,22 @@ class StringTransportTests(unittest.SynchronousTestCase):
         self.clock.pump([1] * 4)
         self.assertEqual(self.transport.value(), b"abcdef\x81\x02hi")
 
+    def test_idleConnectionsShareOneEmptySendQueue(self):
+        """Open connections keep no queue of delayed writes of their own (Autobahn
+        gives each an empty deque, 760 bytes) until a write asks to be delayed, which
+        still goes out, before what comes after it."""
+        self._open("/ws/foobar?subscribe-broadcast")
+        other = self.factory.buildProtocol(("127.0.0.1", 2))
+        other.makeConnection(StringTransport())
+        other.dataReceived(handshake("/ws/foobar?subscribe-broadcast"))
+        self.assertIs(self.proto.send_queue, other.send_queue)
+        self.assertFalse(self.proto.send_queue)
+        self.proto.sendMessage(b"delayed", sync=True)
+        self.assertIsNot(self.proto.send_queue, other.send_queue)
+        self.broker.bus.publish("ws4tx:broadcast:foobar", b"hi")
+        self.clock.pump([0, 1, 1])
+        self.assertEqual(self.transport.value(), b"\x81\x07delayed\x81\x02hi")
+
     def test_compressingClientGetsCompressedFrames(self):
         """A site that turns permessage-deflate on gets compressed frames to the clients
         that negotiated it, not the prepared plain frame."""

@@ -66,12 +66,19 @@ class HubTests(SynchronousTestCase):
 class FakeClient:
     def __init__(self) -> None:
         self.frames: list = []
+        #: The length of each run it was handed (messages of one read, at once).
+        self.runs: list[int] = []
         self.interruptions = 0
         self.resumptions = 0
         self.dropped: list[int] = []
 
     def deliver(self, prepared, channel, payload) -> None:
         self.frames.append(prepared)
+
+    def deliverRun(self, run, channel) -> None:
+        self.runs.append(len(run.items))
+        for prepared, payload in run.items:
+            self.deliver(prepared, channel, payload)
 
     def deliveryInterrupted(self) -> None:
         self.interruptions += 1
@@ -270,6 +277,8 @@ class BacklogTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.patch(router_module, "FRAMES_PER_TURN", 4)
+        # One message per run (runs are below: test_waitingMessagesGoInRuns).
+        self.patch(router_module, "RUN_BYTES", 1)
         self.clock = Clock()
         self.router = Router(MemoryBroker(), lambda p, b: p, clock=self.clock,
                              max_lag=2.0, max_backlog=5)
@@ -311,6 +320,22 @@ class BacklogTests(SynchronousTestCase):
         self.assertIn("falling behind", texts[0])
         self.assertIn("caught up", texts[1])
 
+    def test_waitingMessagesGoInRuns(self):
+        """What waits in the backlog goes out in runs: each client gets a channel's
+        consecutive waiting messages at once, up to RUN_BYTES of them, in order; a
+        run that started is written whole, past the turn's budget."""
+        self.patch(router_module, "RUN_BYTES", 3)
+        for n in range(2 + 5):
+            self.router.messageReceived("ch", b"%d" % n)
+        self.router.messageReceived("other", b"x")  # nobody listens: dropped at once
+        one_turn(self.clock)
+        self.assertEqual(self.clients[0].runs, [3])
+        self.assertEqual(self.clients[0].frames, [b"0", b"1", b"2", b"3", b"4"])
+        one_turn(self.clock)
+        self.assertEqual(self.clients[1].runs, [3, 2])
+        self.assertEqual(self.clients[1].frames, [b"%d" % n for n in range(7)])
+        self.assertEqual(self.router.stats["frames"], 14)
+
     def test_backlogIsBoundedInMessages(self):
         """Past max_backlog waiting messages the oldest is dropped and counted."""
         for n in range(2 + 7):
@@ -334,3 +359,124 @@ class MemoryBrokerTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(broker.fetch("k")), b"v")
         bus.clock.advance(10)
         self.assertIsNone(self.successResultOf(broker.fetch("k")))
+
+
+class _Logged(FakeClient):
+    """A client that keeps what happens to it in one list, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list = []
+
+    def deliver(self, prepared, channel, payload) -> None:
+        super().deliver(prepared, channel, payload)
+        self.log.append(payload)
+
+    def closeWith(self, code: int, reason: str) -> None:
+        self.log.append(("closed", code))
+
+
+class _BarrierBroker(MemoryBroker):
+    """A memory broker whose barriers the test reaches when it says."""
+
+    def __init__(self, bus: MemoryBus) -> None:
+        super().__init__(bus)
+        self.barriers: list[defer.Deferred[None]] = []
+
+    def barrier(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self.barriers.append(d)
+        return d
+
+
+class ReadTests(SynchronousTestCase):
+    """What one read of the broker holds (between readStarted and readEnded) is handed
+    on when the read ends: each client gets a channel's messages of the read at once, in
+    the order the broker read them; whatever else the broker reports meanwhile comes
+    after what it read before."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.broker = _BarrierBroker(MemoryBus(self.clock))
+        self.router = Router(self.broker, lambda p, b: p, clock=self.clock)
+        self.broker.start(self.router)
+        self.both, self.one = _Logged(), _Logged()
+        self.router.join(self.both, ["ch", "other"])
+        self.router.join(self.one, ["ch"])
+
+    def read(self, *messages: tuple[str, bytes]) -> None:
+        self.router.readStarted()
+        for channel, payload in messages:
+            self.router.messageReceived(channel, payload)
+        self.router.readEnded()
+
+    def test_aReadsMessagesGoInRunsPerChannel(self):
+        """Nothing goes out before the read ends; then each client gets each run of one
+        channel's messages at once, and all in the order read."""
+        self.router.readStarted()
+        self.router.messageReceived("ch", b"a")
+        self.router.messageReceived("ch", b"b")
+        self.assertEqual(self.one.frames, [])
+        self.router.messageReceived("other", b"x")
+        self.router.messageReceived("ch", b"c")
+        self.router.messageReceived("ch", b"d")
+        self.router.readEnded()
+        self.assertEqual(self.both.frames, [b"a", b"b", b"x", b"c", b"d"])
+        self.assertEqual(self.both.runs, [2, 2])
+        self.assertEqual(self.one.frames, [b"a", b"b", b"c", b"d"])
+        self.assertEqual(self.one.runs, [2, 2])
+        self.assertEqual(self.router.stats["frames"], 9)
+        self.clock.advance(0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_nestedReadsEndWithTheOutermost(self):
+        """Reads nest (a composite broker's): the messages go out when the outermost
+        ends."""
+        self.router.readStarted()
+        self.read(("ch", b"a"))
+        self.assertEqual(self.one.frames, [])
+        self.router.messageReceived("ch", b"b")
+        self.router.readEnded()
+        self.assertEqual((self.one.frames, self.one.runs), ([b"a", b"b"], [2]))
+
+    def test_siteCommandComesAfterWhatCameBefore(self):
+        """A message of a pinned channel (the site's commands) amid a read: the
+        messages read before it are handed on first, those after it after it."""
+        self.router.pin("control", lambda payload: self.router.leave(self.one))
+        self.read(("ch", b"before"), ("control", b"leave"), ("ch", b"after"))
+        self.assertEqual(self.one.frames, [b"before"])
+        self.assertEqual(self.both.frames, [b"before", b"after"])
+
+    def test_barrierAmidReadFiresAfterWhatCameBefore(self):
+        """A barrier the broker reaches amid a read fires once what it read before has
+        been handed to the clients."""
+        seen: list = []
+        self.router.barrier().addCallback(lambda _: seen.append(list(self.one.frames)))
+        self.clock.advance(0)
+        self.router.readStarted()
+        self.router.messageReceived("ch", b"before")
+        self.broker.barriers[0].callback(None)
+        self.router.messageReceived("ch", b"after")
+        self.router.readEnded()
+        self.assertEqual(seen, [[b"before"]])
+        self.assertEqual(self.one.frames, [b"before", b"after"])
+
+    def test_refusalAmidReadComesAfterWhatCameBefore(self):
+        """A subscription refused amid a read closes its clients after they got what
+        was read before."""
+        self.router.readStarted()
+        self.router.messageReceived("ch", b"before")
+        self.router.subscriptionRefused("ch", "NOPERM")
+        self.router.readEnded()
+        self.assertEqual(self.one.log, [b"before",
+                                        ("closed", closecodes.SUBSCRIPTION_REFUSED)])
+
+    def test_readPastTheTurnsBudgetWaits(self):
+        """A read that comes once the turn's budget is spent waits in the backlog, and
+        goes out in runs on the next turn."""
+        self.patch(router_module, "FRAMES_PER_TURN", 2)
+        self.router.messageReceived("ch", b"a")
+        self.read(("ch", b"b"), ("ch", b"c"))
+        self.assertEqual((self.one.frames, self.router.backlog), ([b"a"], 2))
+        self.clock.advance(0)
+        self.assertEqual((self.one.frames, self.one.runs), ([b"a", b"b", b"c"], [2]))

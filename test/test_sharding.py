@@ -871,9 +871,16 @@ class _Member:
         self.facility = "f"
         self.told: list[str] = []
         self.got: list[bytes] = []
+        #: The length of each run it was handed (one read's messages, at once).
+        self.runs: list[int] = []
 
     def deliver(self, prepared: Any, channel: str, payload: bytes) -> None:
         self.got.append(payload)
+
+    def deliverRun(self, run: Any, channel: str) -> None:
+        self.runs.append(len(run.items))
+        for prepared, payload in run.items:
+            self.deliver(prepared, channel, payload)
 
     # told once per outage, as PushProtocol tells its client
     def deliveryInterrupted(self) -> None:
@@ -918,6 +925,20 @@ class OutageBookkeepingTests(SynchronousTestCase):
             self.on.setdefault(self.broker.shardOf(channel), channel)
             if len(self.on) == SHARDS:
                 break
+
+    def test_aServersReadReachesTheRouterAsOneRead(self):
+        """What one server's subscriber reads in one go reaches the router as one read
+        (the composite passes its start and end on): its clients get it at once."""
+        member = _Member("m")
+        self.router.join(member, [self.on[1]])
+        self.clock.advance(0)
+        listener = self.shards[1].listener
+        listener.readStarted()
+        listener.messageReceived(self.on[1], b"a")
+        listener.messageReceived(self.on[1], b"b")
+        self.assertEqual(member.got, [])
+        listener.readEnded()
+        self.assertEqual((member.got, member.runs), ([b"a", b"b"], [2]))
 
     def test_aClientIsResumedOnlyWhenAllItsServersAreBack(self):
         both, alone = _Member("both"), _Member("alone")

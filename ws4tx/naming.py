@@ -377,7 +377,17 @@ def parse_flags(query: str) -> Flags:
                 subscribe.add(audience)
             elif action == "publish":
                 publish.add(audience)
-    return Flags(frozenset(subscribe), frozenset(publish), echo)
+    key = (frozenset(subscribe), frozenset(publish), echo)
+    flags = _FLAGS.get(key)
+    if flags is None:
+        flags = _FLAGS[key] = Flags(*key)
+    return flags
+
+
+#: Every Flags parse_flags made, by value: one of at most 512 (the sets of audiences to
+#: subscribe and to publish, echo or not), which every connection whose URL has those
+#: flags shares instead of keeping three objects of its own (about 500 bytes).
+_FLAGS: dict[tuple[frozenset[str], frozenset[str], bool], Flags] = {}
 
 
 def flag_names(flags: Flags) -> list[str]:

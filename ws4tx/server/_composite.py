@@ -28,6 +28,7 @@ from ws4tx.server.broker import (
     BrokerUnavailable,
     IBroker,
     IBrokerListener,
+    IReadListener,
     IShardListener,
 )
 
@@ -36,7 +37,7 @@ K = TypeVar("K", bound=Hashable)
 B = TypeVar("B", bound=IBroker)
 
 
-@implementer(IShardListener)
+@implementer(IShardListener, IReadListener)
 class _MemberListener(Generic[K, B]):
     """What one member reports to: the composite, for that member."""
 
@@ -48,6 +49,16 @@ class _MemberListener(Generic[K, B]):
         listener = self.owner._listener
         assert listener is not None
         listener.messageReceived(self.owner.channelOfName(channel), payload)
+
+    def readStarted(self) -> None:
+        listener = self.owner._listener
+        if IReadListener.providedBy(listener):
+            listener.readStarted()
+
+    def readEnded(self) -> None:
+        listener = self.owner._listener
+        if IReadListener.providedBy(listener):
+            listener.readEnded()
 
     def wantedChannels(self) -> Iterable[str]:
         owner = self.owner

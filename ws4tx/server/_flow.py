@@ -9,13 +9,14 @@ client is dropped as slow (:meth:`Flow.tooSlow`): counted once in the node's
 ``slow_consumers``, then the transport's own way of dropping (a close frame then an abort
 for a WebSocket, an abort for a stream). What its streams hold back (a recovery's pages,
 what must come after them) waits in :attr:`Flow.pending`, bounded the same way
-(:meth:`Flow.hold`). Pure apart from reading the clock.
+(:meth:`Flow.hold`); it is a queue only while something waits (an idle connection keeps
+none). Pure apart from reading the clock.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Generic, MutableMapping, Optional, TypeVar
+from typing import Callable, Generic, MutableMapping, Optional, TypeVar, Union
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -23,6 +24,10 @@ from ws4tx.server.config import ServerConfig
 from ws4tx.server.streams import FIRST_PAGE
 
 T = TypeVar("T")
+
+#: What :attr:`Flow.pending` is while nothing waits: one empty tuple for every
+#: connection, instead of an empty deque each (760 bytes).
+_NOTHING: tuple[()] = ()
 
 
 class Flow(Generic[T]):
@@ -38,8 +43,10 @@ class Flow(Generic[T]):
         self._clock = clock
         self._stats = stats
         self._drop = drop
-        #: What waits for the client, written as its socket drains (in order).
-        self.pending: deque[T] = deque()
+        #: What waits for the client, written as its socket drains (in order): a deque
+        #: while something waits, else empty and shared. Read it as it is; change it
+        #: through :meth:`queue`, :meth:`hold`, :meth:`next`, :meth:`keep`, :meth:`clear`.
+        self.pending: Union[deque[T], tuple[()]] = _NOTHING
         #: When its socket stopped draining (None: it drains).
         self.paused_at: Optional[float] = None
         #: What was written since, in bytes and messages.
@@ -58,14 +65,15 @@ class Flow(Generic[T]):
         self.paused_at = None
         self.queued_bytes = self.queued_messages = 0
 
-    def overflows(self, size: int) -> bool:
-        """Count a message of ``size`` bytes written while the socket does not drain:
-        whether it must not be written (the client is, or now is, dropped as slow)."""
+    def overflows(self, size: int, messages: int = 1) -> bool:
+        """Count ``messages`` messages of ``size`` bytes written while the socket does not
+        drain: whether they must not be written (the client is, or now is, dropped as
+        slow)."""
         if self.dropped:
             return True
         config = self._config
         self.queued_bytes += size
-        self.queued_messages += 1
+        self.queued_messages += messages
         assert self.paused_at is not None
         waited = self._clock.seconds() - self.paused_at
         if (self.queued_bytes <= config.max_queue_bytes
@@ -82,7 +90,33 @@ class Flow(Generic[T]):
         if len(self.pending) > self._config.max_queue_messages + FIRST_PAGE:
             self.tooSlow("its recovery did not drain in time")
         else:
-            self.pending.append(item)
+            self.queue(item)
+
+    def queue(self, item: T) -> None:
+        """Queue ``item`` after what waits (unbounded: a recovery's pages, which its
+        stream reads only as they drain)."""
+        pending = self.pending
+        if not pending:
+            pending = self.pending = deque()
+        pending.append(item)
+
+    def next(self) -> T:
+        """Take the first of what waits (there must be one)."""
+        pending = self.pending
+        assert isinstance(pending, deque)
+        item = pending.popleft()
+        if not pending:
+            self.pending = _NOTHING
+        return item
+
+    def keep(self, wanted: Callable[[T], bool]) -> None:
+        """Keep only what waits that is ``wanted`` (in order)."""
+        kept = [item for item in self.pending if wanted(item)]
+        self.pending = deque(kept) if kept else _NOTHING
+
+    def clear(self) -> None:
+        """Forget whatever waits."""
+        self.pending = _NOTHING
 
     def tooSlow(self, why: str) -> None:
         """Drop the client as slow (once)."""

@@ -13,6 +13,11 @@ dependency changes under it (``test/test_internals.py``):
   building (a large share of fan-out CPU), behind whatever Autobahn's send queue holds.
   ``PushProtocol.deliver`` and ``deliverFor`` do the same inline (the fan-out's hot path,
   once per client and message: a call saved), reading the same ``send_queue``.
+- :func:`share_send_queue` and :func:`own_send_queue`: Autobahn gives every connection an
+  empty deque for writes it delays (``send_queue``, 760 bytes, the largest object of an
+  idle connection after its own attributes), which only ``sendData`` with ``sync`` or
+  ``chopsize`` ever fills: ws4tx never asks for either, so an idle connection shares one
+  empty tuple, and gets a deque of its own again before such a ``sendData``.
 - :func:`compression_window` and :func:`forget_inflater`: which compressed frame a
   connection takes, and no zlib inflater kept between a compressing client's messages.
 - :func:`fail_connection`: fail a connection with any close code, as Autobahn does on a
@@ -22,6 +27,7 @@ dependency changes under it (``test/test_internals.py``):
 from __future__ import annotations
 
 import pprint
+from collections import deque
 from typing import Any, Optional
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -59,6 +65,26 @@ def write_frame(proto: WebSocketServerProtocol, frame: bytes) -> None:
         transport.write(frame)
     else:
         proto.sendData(frame)
+
+
+#: The ``send_queue`` of the connections that have no delayed writes (read, never written).
+_NO_QUEUE: tuple[()] = ()
+
+
+def share_send_queue(proto: WebSocketProtocol) -> None:
+    """Drop ``proto``'s empty ``send_queue`` for the one empty tuple every such connection
+    shares (call it once Autobahn made the connection, and make it call
+    :func:`own_send_queue` before any ``sendData`` that may queue)."""
+    if not proto.send_queue:
+        proto.send_queue = _NO_QUEUE  # type: ignore[assignment]
+
+
+def own_send_queue(proto: WebSocketProtocol) -> None:
+    """Give ``proto`` a deque of its own for its delayed writes, if it shares the empty
+    tuple: before a ``sendData`` with ``sync`` or ``chopsize``, which appends to it."""
+    queue: Any = proto.send_queue  # Autobahn annotates it as always a deque
+    if queue is _NO_QUEUE:
+        proto.send_queue = deque()
 
 
 def compression_window(proto: WebSocketProtocol) -> Optional[int]:

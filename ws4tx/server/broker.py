@@ -121,6 +121,19 @@ class IBrokerListener(Interface):
         :meth:`brokerConnected`."""
 
 
+class IReadListener(IBrokerListener):
+    """A listener told where each read of the broker begins and ends, so that it can hand
+    on what one read holds together (the router writes each client all its messages of a
+    read at once). A broker calls both around every read of its subscriber connection,
+    the second whatever happened in between; reads may nest (a composite's)."""
+
+    def readStarted() -> None:
+        """The messages (and other reports) of one read follow."""
+
+    def readEnded() -> None:
+        """The read is over."""
+
+
 class IShardListener(IBrokerListener):
     """A listener that can be told of an outage of some channels only: a broker sharded
     over several Redis servers (:mod:`ws4tx.server.sharded_broker`) reports the loss of one

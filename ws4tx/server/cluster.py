@@ -54,7 +54,7 @@ from ws4tx.server.broker import (
     SubscriptionRefused,
     batched,
 )
-from ws4tx.server.redis_broker import RedisBroker, _Prepared
+from ws4tx.server.redis_broker import RedisBroker, _Prepared, _Reads
 from ws4tx.sharding import CLUSTER_SLOTS, key_slot
 
 #: (host, port) of a cluster node.
@@ -284,7 +284,7 @@ def _tagOf(slots: SlotMap, node: Node) -> Optional[str]:
 
 # The broker
 
-class _NodeSubscriber(_Prepared, ShardSubscriberProtocol):
+class _NodeSubscriber(_Prepared, _Reads, ShardSubscriberProtocol):
     """A cluster node broker's subscriber: what RedisBroker subscribes with SUBSCRIBE it
     subscribes with SSUBSCRIBE, the channels asked for in one reactor turn grouped by
     slot (one command per slot and :data:`SUBSCRIBE_BATCH` channels: a resubscription

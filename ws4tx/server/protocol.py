@@ -38,6 +38,7 @@ from ws4tx.server._flow import Flow
 from ws4tx.server._log import observer
 from ws4tx.server._ratelimit import TokenBucket
 from ws4tx.server._resume import IResumer, Renewal, read_counter, resume
+from ws4tx.server._runs import Run
 from ws4tx.server._sending import Sender
 from ws4tx.server.auth import (
     AnonymousAuthenticator,
@@ -155,6 +156,14 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
         self._flow = Flow(self.factory.config, self.factory.reactor, self.node.stats,
                           self._dropSlow)
         super().connectionMade()
+        _internals.share_send_queue(self)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
+        """Autobahn's, with a queue of its own for writes it delays (see
+        :func:`~ws4tx.server._internals.share_send_queue`)."""
+        if sync or chopsize:
+            _internals.own_send_queue(self)
+        super().sendData(data, sync, chopsize)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # A client that goes away while it is being authenticated is never opened: Autobahn
@@ -328,9 +337,8 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
         """Emit an event after what is queued for this client."""
         if not self.speaks_events:
             return
-        pending = self._flow.pending
-        if pending:
-            pending.append(("", None, envelope.encode_event(event, data).encode()))
+        if self._flow.pending:
+            self._flow.queue(("", None, envelope.encode_event(event, data).encode()))
         else:
             self.emit(event, data)
 
@@ -344,23 +352,22 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
 
     def queue(self, channel: str, prepared: deflate.Message, payload: bytes) -> None:
         """Queue a recovered message: written as the socket drains (:meth:`pace`)."""
-        self._flow.pending.append((channel, prepared, payload))
+        self._flow.queue((channel, prepared, payload))
 
     def pace(self) -> None:
         """Write what is queued while the socket drains; let the streams read their
         next pages once little is left."""
         flow = self._flow
-        pending = flow.pending
-        while pending and flow.paused_at is None:
+        while flow.pending and flow.paused_at is None:
             if self.state != self.STATE_OPEN:
-                pending.clear()
+                flow.clear()
                 return
-            _, prepared, payload = pending.popleft()
+            _, prepared, payload = flow.next()
             if prepared is None:
                 self.sendMessage(payload)
             else:
                 self._write(prepared, payload)
-        if len(pending) <= LOW_MARK:
+        if len(flow.pending) <= LOW_MARK:
             self._stream.drained()
             for stream in self.subscriptions.streams():
                 stream.drained()
@@ -389,6 +396,27 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
             else:
                 self.sendData(frame)
 
+    def deliverRun(self, run: Run, channel: str) -> None:
+        """Write the frames of one read's messages of ``channel`` (in order): at once, in
+        one write, when nothing stands in their way; else each as :meth:`deliver` would.
+        A run that fills the socket's buffer counts as written while it does not drain
+        (for the slow-client limits), as every frame after it will."""
+        flow = self._flow
+        if (self._unechoed or self._stream.careful or flow.paused_at is not None
+                or flow.pending):
+            for prepared, payload in run.items:
+                self._deliverCarefully(prepared, channel, payload)
+        elif self.state == _OPEN:
+            window = self._window
+            frames = run.plain if window is None else run.deflated(window)
+            transport = self.transport
+            if transport is not None and not self.send_queue:
+                transport.write(frames)
+            else:
+                self.sendData(frames)
+            if self._flow.paused_at is not None:  # the write filled the socket's buffer
+                flow.overflows(len(frames), len(run.items))
+
     def deliverFor(self, stream: ClientStream, prepared: deflate.Message, channel: str,
                    payload: bytes) -> None:
         """Write a prepared frame of a channel a subscription added (``stream``: its
@@ -408,11 +436,8 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
 
     def forgetPending(self, channels: AbstractSet[str]) -> None:
         """Drop what is queued for this client of ``channels`` (it left them)."""
-        pending = self._flow.pending
-        if pending:
-            kept = [item for item in pending if item[0] not in channels]
-            pending.clear()
-            pending.extend(kept)
+        if self._flow.pending:
+            self._flow.keep(lambda item: item[0] not in channels)
 
     def _deliverCarefully(self, prepared: deflate.Message, channel: str,
                           payload: bytes) -> None:
@@ -670,7 +695,7 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
             if self._renewal is not None:
                 self._renewal.stop()
                 self._renewal = None
-            self._flow.pending.clear()
+            self._flow.clear()
             self.subscriptions.close()
             node.leave(self)
 

@@ -45,6 +45,7 @@ from ws4tx.server.broker import (
     CommandRefused,
     IBroker,
     IBrokerListener,
+    IReadListener,
     IShardListener,
     NotStored,
     SubscriptionRefused,
@@ -81,11 +82,29 @@ class _Prepared:
         self.connectionLost(reason)  # type: ignore[attr-defined]
 
 
+class _Reads:
+    """A subscriber connection whose broker's listener hears each read begin and end
+    (:class:`~ws4tx.server.broker.IReadListener`): what one read holds is then handed on
+    together."""
+
+    broker: RedisBroker
+
+    def dataReceived(self, data: bytes, *args: Any) -> Any:
+        reads = self.broker._reads
+        if reads is None:
+            return super().dataReceived(data, *args)  # type: ignore[misc]
+        reads.readStarted()
+        try:
+            return super().dataReceived(data, *args)  # type: ignore[misc]
+        finally:
+            reads.readEnded()
+
+
 #: Channels per SUBSCRIBE at most (the joins of one reactor turn).
 SUBSCRIBE_BATCH = 512
 
 
-class _Subscriber(_Prepared, txredisapi.SubscriberProtocol):  # type: ignore[misc]
+class _Subscriber(_Prepared, _Reads, txredisapi.SubscriberProtocol):  # type: ignore[misc]
     """The subscriber connection's protocol. One ``SUBSCRIBE`` or ``UNSUBSCRIBE`` may
     name many channels (:meth:`subscribeSoon`, :meth:`unsubscribeSoon`: those the
     clients join or leave in one reactor turn, in the order asked): Redis runs it as one
@@ -460,6 +479,8 @@ class RedisBroker:
         self._retry = retry_policy
         self._endpoint = endpoint or client_endpoint(reactor, address, timeout)
         self._listener: Optional[IBrokerListener] = None
+        #: The listener, when it hears each read begin and end.
+        self._reads: Optional[IReadListener] = None
         self._sub: Optional[_Subscriber] = None
         #: The subscriber connection being set up, if any.
         self._preparing: Optional[_Preparation] = None
@@ -537,6 +558,7 @@ class RedisBroker:
 
     def start(self, listener: IBrokerListener) -> None:
         self._listener = listener
+        self._reads = listener if IReadListener.providedBy(listener) else None
         self.log.info("connecting to Redis at {url}", url=self.address.safe_url)
         self._services = [self._service("subscriber", self.subscriber_protocol),
                           self._service("command", _Command)]

@@ -5,8 +5,17 @@ unsubscribes after its last one leaves; on every message it builds the WebSocket
 and writes it to each local member. It is the broker's listener, and the hub is what the
 broker resubscribes from after a reconnect.
 
+A broker that reads several messages at once brackets them (:meth:`Router.readStarted`,
+:meth:`Router.readEnded`): the router then writes each client all of a channel's messages of
+that read at once (a :class:`~ws4tx.server.deflate.Run`, its frames joined once for every
+client), so that what a client costs is per read, not per message; a run of messages keeps
+their order, and anything else the broker reports meanwhile (a message of a pinned channel,
+a barrier, a refusal, an outage) first hands on what came before it.
+
 Fan-out is bounded per reactor turn: past :data:`FRAMES_PER_TURN` frames the rest waits in
-a backlog for the next turn, so that sockets are flushed and Redis is read in between. When
+a backlog for the next turn (a run that started is written whole: at most one read's
+messages of one channel, or :data:`RUN_BYTES` of the backlog's), so that sockets are flushed
+and Redis is read in between. When
 the server cannot keep up, the backlog is bounded too: a message that waited longer than
 ``max_lag`` seconds (or pushed the backlog past ``max_backlog``) is dropped, counted,
 logged once per episode, and the clients of its channel are told how many they missed.
@@ -34,9 +43,11 @@ from ws4tx.envelope import server_voice
 from ws4tx.history import Position
 from ws4tx.naming import Identity
 from ws4tx.server._log import observer
+from ws4tx.server._runs import Run
 from ws4tx.server.broker import (
     PERMISSION,
     IBroker,
+    IReadListener,
     IShardListener,
     SubscriptionRefused,
     refusal_kind,
@@ -69,6 +80,10 @@ class Member(Protocol):
     def deliver(self, prepared: Any, channel: str, payload: bytes) -> None:
         """Write a prepared frame that arrived on ``channel``."""
 
+    def deliverRun(self, run: Run, channel: str) -> None:
+        """Write several prepared frames that arrived on ``channel`` in one read (in
+        order): each as :meth:`deliver` would, at once where it can."""
+
     def deliveryInterrupted(self) -> None:
         """The broker lost its connection: messages may be missed from now on."""
 
@@ -89,9 +104,13 @@ class Member(Protocol):
 
 #: Frames written in one reactor turn before the rest of the messages wait for the next.
 FRAMES_PER_TURN = 8192
+#: The most payload bytes of one channel's waiting messages written to each client at once
+#: (what one read of the broker holds is written at once whatever its size: at most the
+#: transport's read, 64 KB).
+RUN_BYTES = 65536
 
 
-@implementer(IShardListener)
+@implementer(IShardListener, IReadListener)
 class Router:
     """Routes broker messages to local clients; keeps broker subscriptions = hub channels.
 
@@ -123,6 +142,11 @@ class Router:
         #: (arrival time, channel, payload, position) of messages waiting for a later
         #: turn; a barrier's waiters in place of the payload, with no channel.
         self._backlog: deque[tuple[float, Any, Any, Optional[Position]]] = deque()
+        #: The messages of the broker's read under way, handed on once it ends (as the
+        #: backlog's), how deep the broker's reads nest, and when the read started.
+        self._read: list[tuple[float, Any, Any, Optional[Position]]] = []
+        self._reading = 0
+        self._read_at = 0.0
         self._spent = 0
         self._turn: Optional[IDelayedCall] = None
         self._missed: Counter[str] = Counter()
@@ -246,9 +270,25 @@ class Router:
     def wantedChannels(self) -> Iterable[str]:
         return [*self._pinned, *self.hub.channels()]
 
+    def readStarted(self) -> None:
+        """The broker starts handing on what one read from Redis holds: its messages are
+        handed on together once it ends (:meth:`readEnded`)."""
+        if not self._reading:
+            self._read_at = self._clock.seconds()
+        self._reading += 1
+
+    def readEnded(self) -> None:
+        """The read is over: each client gets all its messages of a channel at once."""
+        self._reading -= 1
+        if not self._reading and self._read:
+            self._handRead()
+
     def messageReceived(self, channel: str, payload: bytes) -> None:
         receiver = self._pinned.get(channel)
         if receiver is not None:
+            if self._read:
+                # A command of the site (leave a channel...) comes after what came before.
+                self._handRead()
             try:
                 receiver(payload)
             except Exception:  # noqa: BLE001 - a receiver must not stop delivery; logged
@@ -262,8 +302,8 @@ class Router:
             self._handOn(channel, *live)
 
     def _handOn(self, channel: str, payload: bytes, position: Optional[Position]) -> None:
-        """Fan a message out now, or after the backlog (past the size limit or in the
-        server's voice: dropped)."""
+        """Fan a message out now, at the end of the broker's read, or after the backlog
+        (past the size limit or in the server's voice: dropped)."""
         if len(payload) > self._max_size:
             self._oversized(channel, len(payload))
             return
@@ -272,6 +312,9 @@ class Router:
             self.stats["forged"] += 1
             self.log.warn("dropped a message on {channel}: it is {what}, which only the "
                           "server sends, to one client", channel=channel, what=forged)
+            return
+        if self._reading:
+            self._read.append((self._read_at, channel, payload, position))
             return
         backlog = self._backlog
         if not backlog and self._spent < FRAMES_PER_TURN:
@@ -284,14 +327,41 @@ class Router:
                 observer(self._clock.seconds() - arrived)
         else:
             backlog.append((self._clock.seconds(), channel, payload, position))
-            if len(backlog) > self._max_backlog:
-                _, dropped, waiters, _ = backlog.popleft()
-                if dropped is None:
-                    _release(waiters)
-                else:
-                    self._drop(dropped)
+            self._trim()
         if self._turn is None:
             self._turn = self._clock.callLater(0, self._nextTurn)
+
+    def _handRead(self) -> None:
+        """Hand on the messages of the broker's read so far: now, in runs, as far as the
+        turn's budget goes (the rest waits in the backlog), or after the backlog."""
+        read, self._read = self._read, []
+        backlog = self._backlog
+        if backlog or self._spent >= FRAMES_PER_TURN:
+            backlog.extend(read)
+            self._trim()
+        elif len(read) == 1:
+            # The usual read at tens of messages a second: one message, written now.
+            arrived, channel, payload, position = read[0]
+            self._spent += self._fanOut(channel, payload, position)
+            if self.fanout_observer is not None:
+                self.fanout_observer(self._clock.seconds() - arrived)
+        else:
+            backlog.extend(read)
+            self._send()
+            self._trim()
+        if self._turn is None:
+            self._turn = self._clock.callLater(0, self._nextTurn)
+
+    def _trim(self) -> None:
+        """Drop the oldest waiting messages past ``max_backlog`` (a barrier's waiters are
+        released)."""
+        backlog = self._backlog
+        while len(backlog) > self._max_backlog:
+            _, dropped, waiters, _ = backlog.popleft()
+            if dropped is None:
+                _release(waiters)
+            else:
+                self._drop(dropped)
 
     def _oversized(self, channel: str, size: int) -> None:
         self.stats["oversized"] += 1
@@ -304,26 +374,59 @@ class Router:
         """How many messages wait for a later reactor turn."""
         return len(self._backlog)
 
+    def _prepared(self, channel: str, payload: bytes, position: Optional[Position]) -> Any:
+        """The message framed once for every client (None: its publication envelope is
+        over the size limit). It carries the position (event clients get it with the
+        message)."""
+        prepared = self._prepare(payload, not is_text(payload))
+        if position is not None:
+            prepared.position = position
+            # What event clients get is the payload in a publication envelope, which
+            # JSON can make six times longer (control characters): the bound is on
+            # that frame, measured once per message.
+            size = len(prepared.published(channel).plain)
+            if size > self._max_size:
+                self._oversized(channel, size)
+                return None
+        return prepared
+
     def _fanOut(self, channel: str, payload: bytes, position: Optional[Position]) -> int:
-        """Write one message to the channel's members; return how many frames. The
-        prepared message carries the position (event clients get it with the message)."""
+        """Write one message to the channel's members; return how many frames."""
         members = tuple(self.hub.members(channel))
         if members:
-            prepared = self._prepare(payload, not is_text(payload))
-            if position is not None:
-                prepared.position = position
-                # What event clients get is the payload in a publication envelope, which
-                # JSON can make six times longer (control characters): the bound is on
-                # that frame, measured once per message.
-                size = len(prepared.published(channel).plain)
-                if size > self._max_size:
-                    self._oversized(channel, size)
-                    return 0
+            prepared = self._prepared(channel, payload, position)
+            if prepared is None:
+                return 0
             for member in members:
                 member.deliver(prepared, channel, payload)
             self.stats["frames"] += len(members)
             self.stats["bytes_out"] += len(members) * len(payload)
         return len(members)
+
+    def _fanOutRun(self, channel: str, run: list[tuple[bytes, Optional[Position]]]) -> int:
+        """Write several messages of one channel to its members, each member all of them
+        at once; return how many frames."""
+        members = tuple(self.hub.members(channel))
+        if not members:
+            return 0
+        messages = []
+        size = 0
+        for payload, position in run:
+            prepared = self._prepared(channel, payload, position)
+            if prepared is not None:
+                messages.append((prepared, payload))
+                size += len(payload)
+        if len(messages) > 1:
+            frames = Run(messages)
+            for member in members:
+                member.deliverRun(frames, channel)
+        elif messages:
+            prepared, payload = messages[0]
+            for member in members:
+                member.deliver(prepared, channel, payload)
+        self.stats["frames"] += len(members) * len(messages)
+        self.stats["bytes_out"] += len(members) * size
+        return len(members) * len(messages)
 
     def _nextTurn(self) -> None:
         self._turn = None
@@ -331,21 +434,49 @@ class Router:
         backlog = self._backlog
         if not backlog:
             return
-        too_old = self._clock.seconds() - self._max_lag
-        while backlog and self._spent < FRAMES_PER_TURN:
-            arrived, channel, payload, position = backlog.popleft()
-            if channel is None:
-                _release(payload)
-            elif arrived < too_old:
-                self._drop(channel)
-            else:
-                self._spent += self._fanOut(channel, payload, position)
-                if self.fanout_observer is not None:
-                    self.fanout_observer(self._clock.seconds() - arrived)
+        self._send()
         if backlog or self._spent:
             self._turn = self._clock.callLater(0, self._nextTurn)
         if not backlog and self._missed:
             self._caughtUp()
+
+    def _send(self) -> None:
+        """Fan out what waits in the backlog, oldest first, while the turn's budget lasts:
+        consecutive messages of one channel (up to :data:`RUN_BYTES`) to each member at
+        once; a message that waited over ``max_lag`` is dropped."""
+        backlog = self._backlog
+        now = self._clock.seconds()
+        too_old = now - self._max_lag
+        observer = self.fanout_observer
+        while backlog and self._spent < FRAMES_PER_TURN:
+            arrived, channel, payload, position = backlog.popleft()
+            if channel is None:
+                _release(payload)
+                continue
+            if arrived < too_old:
+                self._drop(channel)
+                continue
+            if not backlog or backlog[0][1] != channel:
+                self._spent += self._fanOut(channel, payload, position)
+                if observer is not None:
+                    observer(self._clock.seconds() - arrived)
+                continue
+            run = [(payload, position)]
+            arrivals = [arrived]
+            size = len(payload)
+            while backlog and size < RUN_BYTES:
+                arrived, following, payload, position = backlog[0]
+                if following != channel or arrived < too_old:
+                    break
+                backlog.popleft()
+                run.append((payload, position))
+                arrivals.append(arrived)
+                size += len(payload)
+            self._spent += self._fanOutRun(channel, run)
+            if observer is not None:
+                done = self._clock.seconds()
+                for arrived in arrivals:
+                    observer(done - arrived)
 
     def barrier(self, at_once: bool = False) -> defer.Deferred[None]:
         """Fires once every message published before now has been handed to this node's
@@ -369,7 +500,10 @@ class Router:
         waiters, self._barrier_waiters = self._barrier_waiters, []
 
         def reached(_: object) -> None:
-            # What the broker handed over before its marker may still wait in the backlog.
+            # What the broker handed over before its marker may still wait in its read
+            # or the backlog.
+            if self._read:
+                self._handRead()
             if self._backlog:
                 self._backlog.append((self._clock.seconds(), None, waiters, None))
             else:
@@ -405,6 +539,8 @@ class Router:
     def subscriptionRefused(self, channel: str, reason: str) -> None:
         """The broker refused ``channel`` (a Redis ACL without it): its clients are closed
         with :data:`~ws4tx.closecodes.SUBSCRIPTION_REFUSED`; other channels go on."""
+        if self._read:
+            self._handRead()
         members = tuple(self.hub.members(channel))
         self.stats["refused"] += 1
         # the fix: the ACL's, or whatever Redis's own reason says
@@ -422,11 +558,15 @@ class Router:
             member.closeWith(closecodes.SUBSCRIPTION_REFUSED, "subscription refused by Redis")
 
     def brokerDisconnected(self) -> None:
+        if self._read:
+            self._handRead()
         self.stats["outages"] += 1
         for member in tuple(self.hub.clients()):
             member.deliveryInterrupted()
 
     def brokerConnected(self) -> None:
+        if self._read:
+            self._handRead()
         for member in tuple(self.hub.clients()):
             member.deliveryResumed()
         self.streams.recoverAfterOutage(list(self.positions))
@@ -435,6 +575,8 @@ class Router:
 
     def channelsInterrupted(self, channels: Iterable[str]) -> None:
         """Only the clients of ``channels`` may miss messages (one shard was lost)."""
+        if self._read:
+            self._handRead()
         for member in self._membersOf(channels):
             member.deliveryInterrupted()
 
@@ -445,6 +587,8 @@ class Router:
         every client none of whose channels is still ``interrupted`` (on another shard
         that is down) is told delivery resumed (including one that joined, cautiously
         told interrupted, while the shard was down)."""
+        if self._read:
+            self._handRead()
         channels = list(channels)
         for member in tuple(self.hub.clients()):
             if not any(interrupted(c) for c in self.hub.channels_of(member)):

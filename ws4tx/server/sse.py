@@ -46,6 +46,7 @@ from ws4tx.server.node import close_label
 from ws4tx.server.streams import LOW_MARK, ClientStream, is_text
 
 if TYPE_CHECKING:
+    from ws4tx.server._runs import Run
     from ws4tx.server.protocol import PushFactory
 
 _log = Logger(observer=observer)
@@ -111,7 +112,6 @@ class SSEStream:
         #: too slow to keep.
         self._flow: Flow[_Item] = Flow(factory.config, self.node.clock, self.node.stats,
                                        self._dropSlow)
-        self._pending = self._flow.pending
         #: The channels an event id holds positions of (None: no id), its tag, and where
         #: each stands in what was written.
         self._id_channels: tuple[str, ...] = ()
@@ -267,32 +267,32 @@ class SSEStream:
         self._writeMessage("", deflate.Message(payload, not is_text(payload)))
 
     def sendEvent(self, event: str, data: Any) -> None:
-        if self._pending:
-            self._pending.append((event, _Event(data)))
+        if self._flow.pending:
+            self._flow.queue((event, _Event(data)))
         else:
             self._writeEvent(event, data)
 
     def send(self, channel: str, prepared: deflate.Message, payload: bytes) -> None:
-        if not self._pending:
+        if not self._flow.pending:
             self._writeMessage(channel, prepared)
         else:
             self._flow.hold((channel, prepared))
 
     def queue(self, channel: str, prepared: deflate.Message, payload: bytes) -> None:
-        self._pending.append((channel, prepared))
+        self._flow.queue((channel, prepared))
 
     def pace(self) -> None:
-        pending, flow = self._pending, self._flow
-        while pending and flow.paused_at is None:
+        flow = self._flow
+        while flow.pending and flow.paused_at is None:
             if not self._open:
-                pending.clear()
+                flow.clear()
                 return
-            name, item = pending.popleft()
+            name, item = flow.next()
             if isinstance(item, _Event):
                 self._writeEvent(name, item.data)
             else:
                 self._writeMessage(name, item)
-        if len(pending) <= LOW_MARK and self._joined:
+        if len(flow.pending) <= LOW_MARK and self._joined:
             self._stream.drained()
 
     def tooSlow(self, why: str) -> None:
@@ -371,7 +371,7 @@ class SSEStream:
 
     def resumeProducing(self) -> None:
         self._flow.resume()
-        if self._joined and (self._pending or self._stream.catching):
+        if self._joined and (self._flow.pending or self._stream.catching):
             self.pace()
 
     def stopProducing(self) -> None:
@@ -388,7 +388,7 @@ class SSEStream:
     def deliver(self, prepared: deflate.Message, channel: str, payload: bytes) -> None:
         if self._stream.careful:
             self._stream.live(channel, prepared, payload)
-        elif (self._direct and self._open and not self._pending
+        elif (self._direct and self._open and not self._flow.pending
               and self._flow.paused_at is None and not prepared.binary):
             # The usual stream, inline (once per stream per message, as a WebSocket
             # client's deliver): no id, nothing waiting, its socket draining; the event
@@ -403,6 +403,10 @@ class SSEStream:
                 self._connection.write(data)
         else:
             self.send(channel, prepared, payload)
+
+    def deliverRun(self, run: Run, channel: str) -> None:
+        for prepared, payload in run.items:
+            self.deliver(prepared, channel, payload)
 
     def deliveryInterrupted(self) -> None:
         """The server lost Redis: said once until it is back."""
@@ -441,10 +445,7 @@ class SSEStream:
         if not gone:
             return False
         self.channels = tuple(c for c in self.channels if c not in gone)
-        kept = [item for item in self._pending
-                if isinstance(item[1], _Event) or item[0] not in gone]
-        self._pending.clear()
-        self._pending.extend(kept)
+        self._flow.keep(lambda item: isinstance(item[1], _Event) or item[0] not in gone)
         self.node.leaveChannels(self, gone)
         self.emit(envelope.UNSUBSCRIBED_EVENT, event)
         return True
@@ -453,7 +454,7 @@ class SSEStream:
         """End the stream, saying why in a last event ``ws4tx.closed``."""
         if not self._open:
             return
-        self._pending.clear()
+        self._flow.clear()
         self._writeEvent("ws4tx.closed", {"code": code, "reason": reason})
         self._close_code = code
         self._open = False
@@ -488,7 +489,7 @@ class SSEStream:
                 self._heartbeat.stop()
             if self._expiry is not None:
                 self._expiry.stop()
-            self._pending.clear()
+            self._flow.clear()
             node = self.node
             node.closed[close_label(self._close_code or 1006)] += 1
             node.leave(self)

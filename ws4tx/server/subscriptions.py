@@ -28,6 +28,7 @@ from ws4tx.server.auth import HandshakeDenied
 from ws4tx.server.streams import ClientStream
 
 if TYPE_CHECKING:
+    from ws4tx.server._runs import Run
     from ws4tx.server.protocol import PushProtocol
 
 _log = Logger(observer=observer)
@@ -76,6 +77,10 @@ class Subscription:
             # they are.
             prepared = prepared.tagged(self.facility, channel)
         self.connection.deliverFor(self.stream, prepared, channel, payload)
+
+    def deliverRun(self, run: Run, channel: str) -> None:
+        for prepared, payload in run.items:
+            self.deliver(prepared, channel, payload)
 
     def deliveryInterrupted(self) -> None:
         self.connection.deliveryInterrupted()
