@@ -7,8 +7,9 @@ messages the site publishes on a facility the servers keep a history of carry no
 puts its ``HISTORY`` (:func:`ws4tx.history.fingerprint`) in its node registry entry, and
 before its first publish a Django process reads the registry's live nodes and compares:
 a difference raises ``ImproperlyConfigured`` saying how they differ (and every publish
-raises it until the settings agree). A process that finds no live node checks again at
-its next publish after :data:`RECHECK` seconds; once a node agreed, it does not check again
+raises it until the settings agree). A process that finds no live node, or cannot read
+the registry (its Redis is down), checks again at its next publish after
+:data:`RECHECK` seconds; once a node agreed, it does not check again
 while its ``HISTORY`` stays the same.
 
 A process without Django settings (a script, a shell: every setting at its default) has no
@@ -84,6 +85,12 @@ def judge(mine: str, reply: Any) -> None:
                 f"keeps {_shown(theirs)}, this site {_shown(mine)}; give both the same "
                 "WS4TX_HISTORY (the server reads it with --django-settings, or --history)")
     _agreed = mine
+
+
+def unanswered(mine: str) -> None:
+    """The registry could not be read: check again after :data:`RECHECK` seconds, as
+    when it held no live node (a publish is not refused for another shard's outage)."""
+    _empty_at[mine] = time.monotonic()
 
 
 def _shown(text: Any) -> str:

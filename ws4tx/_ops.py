@@ -209,7 +209,13 @@ def _checked() -> Op[None]:
         return
     keys, args = _history_check.read_args()
     replies = yield Batch("read the node registry of", (
-        Call(None, script=_presence.READ_SCRIPT, keys=tuple(keys), args=tuple(args)),))
+        Call(None, script=_presence.READ_SCRIPT, keys=tuple(keys), args=tuple(args)),),
+        partial=True)
+    if replies.failures:
+        # The registry's Redis cannot answer (its shard is down): the publish goes on to
+        # its own shard, which may well be up; the comparison is made once it answers.
+        _history_check.unanswered(mine)
+        return
     _history_check.judge(mine, replies.values[0])
 
 
