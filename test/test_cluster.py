@@ -518,6 +518,28 @@ class ClusterTests(unittest.TestCase):
             self.assertEqual(await factory.messages.get().addTimeout(TIMEOUT, reactor),
                              (name.encode(), name.encode()))
 
+    def test_aMovedSlotStaysWithItsNewOwner(self):
+        """The tests move a slot as a migration ends: the new owner's config epoch is then
+        above every other node's. Given to a node of a lower epoch without that, the slot
+        went back now and then to its old owner in the new owner's eyes (a heartbeat the
+        old owner sent before letting go arrived late), while the others said the new
+        owner had it: every command on it was MOVED back and forth for good."""
+        lowest, highest = self.cluster.servers[0], self.cluster.servers[2]
+        slot = next(first for first, _, node in self.slotMap().ranges
+                    if self.server(node) is highest)
+        self.cluster.move_slot(slot, lowest)
+        self.addCleanup(self.cluster.move_slot, slot, highest)
+
+        def epoch(server: Any) -> int:
+            with self.cluster.client(server) as client:
+                info = client.execute_command("CLUSTER", "INFO").decode()
+            return int(next(line.split(":")[1] for line in info.splitlines()
+                            if line.startswith("cluster_my_epoch:")))
+
+        others = [epoch(s) for s in self.cluster.servers if s is not lowest]
+        self.assertGreater(epoch(lowest), max(others))
+        self.assertEqual(self.server(self.slotMap().node_of_slot(slot)), lowest)
+
     async def test_aMovedSlotIsReportedAndFollowed(self):
         """A slot given to another node: the old node's subscriber hears the unasked
         sunsubscribe (shardChannelLost); subscribed again on the new owner, the channel
