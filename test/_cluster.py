@@ -116,12 +116,36 @@ class Cluster:
         return value.decode() if isinstance(value, bytes) else str(value)
 
     def move_slot(self, slot: int, to: EmbeddedRedis) -> None:
-        """Give an empty ``slot`` to ``to`` (``CLUSTER SETSLOT … NODE`` on every node,
-        the new owner first), as the end of a migration does."""
+        """Give an empty ``slot`` to ``to`` as a migration does (``redis-cli --cluster
+        reshard``): ``to`` imports it, its owner migrates it, then ``CLUSTER SETSLOT …
+        NODE`` on every node, the new owner first.
+
+        The new owner must import the slot first: taking an imported slot bumps its
+        config epoch above every other node's. Without that, a node with a lower epoch
+        than the old owner gives the slot back to it when a heartbeat the old owner sent
+        before its own SETSLOT arrives late, while the old owner and the others say the
+        new owner has it: every command on the slot is MOVED back and forth for good."""
         target = self.node_id(to)
+        owner = self._owner(slot)
+        if owner is not to:
+            source = self.node_id(owner)
+            with self.client(to) as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source)
+            with self.client(owner) as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target)
         for server in [to] + [s for s in self.servers if s is not to]:
             with self.client(server) as client:
                 client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target)
+
+    def _owner(self, slot: int) -> EmbeddedRedis:
+        """The primary that says it serves ``slot``."""
+        by_port = {s.port: s for s in self.servers}
+        for server in self.servers:
+            with self.client(server) as client:
+                for first, last, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                    if int(first) <= slot <= int(last) and int(master[1]) == server.port:
+                        return by_port[server.port]
+        raise AssertionError(f"no primary says it serves slot {slot}")
 
     def stop(self) -> None:
         for server in [*self.servers, *([self.replica] if self.replica else [])]:

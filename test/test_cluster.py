@@ -16,7 +16,8 @@ import txredisapi
 from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, reactor, threads
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.testing import StringTransport
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
@@ -277,6 +278,86 @@ class _Listener:
 
     def brokerDisconnected(self) -> None:
         pass
+
+
+class _ScriptedCluster(ClusterBroker):
+    """A ClusterBroker whose slot map reads the test answers, whose primaries are up and
+    connect nowhere: what it does with the slot map, on a Clock."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(RedisAddress(cluster_nodes=(("127.0.0.1", 7001),)),
+                         reactor=MemoryReactorClock(), clock=clock, ping_interval=1.0)
+        #: The reads of the slot map asked, in order, to be answered by the test.
+        self.reads: list[defer.Deferred[Any]] = []
+
+    def _clusterSlots(self, host: str, port: int) -> defer.Deferred[Any]:
+        read: defer.Deferred[Any] = defer.Deferred()
+        self.reads.append(read)
+        return read
+
+    def _adopt(self, key: Any, broker: Any) -> None:
+        self.members[key] = _Primary()
+        self._up[key] = True
+
+
+class _Primary:
+    """A primary's broker that is connected and notes what it subscribes."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.channels: set[str] = set()
+
+    def subscribe(self, name: str) -> defer.Deferred[None]:
+        self.channels.add(name)
+        return defer.succeed(None)
+
+    def unsubscribe(self, name: str) -> defer.Deferred[None]:
+        self.channels.discard(name)
+        return defer.succeed(None)
+
+
+def _slots(*ranges: tuple[int, int, int]) -> tuple[list[Any], bytes]:
+    """A CLUSTER SLOTS reply of (first, last, port) on 127.0.0.1, and a CLUSTER INFO."""
+    return ([[first, last, [b"127.0.0.1", port, b"id%d" % port]]
+             for first, last, port in ranges], b"cluster_state:ok\r\n")
+
+
+class SlotMapReadTests(unittest.SynchronousTestCase):
+    """When the cluster broker reads the slot map, on a Clock."""
+
+    def test_aMoveHeardDuringAReadIsReadAgain(self):
+        """A node says a channel's slot moved (its own sunsubscribe) while the slot map
+        is being read: that read may have had its answer before the move, so another
+        follows it at once and the channel goes to its new primary. The move used to be
+        taken as answered by the read under way: the channel stayed deaf on its old
+        primary until the next periodic read (a ping interval: 5 s by default)."""
+        clock = Clock()
+        broker = _ScriptedCluster(clock)
+        name = broker.clusterName("ws4tx:broadcast:mover")
+        slot = key_slot(name)
+        before = _slots((0, 16383, 7001))
+        after = _slots((0, slot - 1, 7001), (slot, slot, 7002), (slot + 1, 16383, 7001))
+        listener = _Listener()
+        listener.channels = ["ws4tx:broadcast:mover"]
+        broker.start(listener)
+        broker.reads[0].callback(before)
+        old, new = ("127.0.0.1", 7001), ("127.0.0.1", 7002)
+        broker.nodes[old].subscribe(name)  # subscribed on its primary
+        clock.advance(1.0)  # the periodic read
+        self.assertEqual(len(broker.reads), 2)
+        heard = broker.refresh()  # as the node's own sunsubscribe asks
+        self.assertEqual(len(broker.reads), 2)  # one read at a time
+        broker.reads[1].callback(before)  # answered before the slot moved
+        self.assertNoResult(heard)
+        self.assertEqual(len(broker.reads), 3)
+        broker.reads[2].callback(after)
+        self.successResultOf(heard)
+        self.assertEqual(broker.nodeFor("ws4tx:broadcast:mover"), new)
+        self.assertEqual(broker.nodes[new].channels, {name})
+        self.assertEqual(broker.nodes[old].channels, set())
+        broker._refresher.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class _RealNodesCase(unittest.TestCase):
@@ -544,6 +625,28 @@ class ClusterTests(unittest.TestCase):
         for name in names:
             self.assertEqual(await factory.messages.get().addTimeout(TIMEOUT, reactor),
                              (name.encode(), name.encode()))
+
+    def test_aMovedSlotStaysWithItsNewOwner(self):
+        """The tests move a slot as a migration ends: the new owner's config epoch is then
+        above every other node's. Given to a node of a lower epoch without that, the slot
+        went back now and then to its old owner in the new owner's eyes (a heartbeat the
+        old owner sent before letting go arrived late), while the others said the new
+        owner had it: every command on it was MOVED back and forth for good."""
+        lowest, highest = self.cluster.servers[0], self.cluster.servers[2]
+        slot = next(first for first, _, node in self.slotMap().ranges
+                    if self.server(node) is highest)
+        self.cluster.move_slot(slot, lowest)
+        self.addCleanup(self.cluster.move_slot, slot, highest)
+
+        def epoch(server: Any) -> int:
+            with self.cluster.client(server) as client:
+                info = client.execute_command("CLUSTER", "INFO").decode()
+            return int(next(line.split(":")[1] for line in info.splitlines()
+                            if line.startswith("cluster_my_epoch:")))
+
+        others = [epoch(s) for s in self.cluster.servers if s is not lowest]
+        self.assertGreater(epoch(lowest), max(others))
+        self.assertEqual(self.server(self.slotMap().node_of_slot(slot)), lowest)
 
     async def test_aMovedSlotIsReportedAndFollowed(self):
         """A slot given to another node: the old node's subscriber hears the unasked

@@ -455,6 +455,8 @@ class ClusterBroker(Composite[Node, _NodeBroker]):
         self.slots: Optional[SlotMap] = None
         self._refresher: Optional[LoopingCall] = None
         self._refreshing: Optional[defer.Deferred[None]] = None
+        #: Who asked for the slot map while a read was under way: they get the next one.
+        self._after_read: list[defer.Deferred[None]] = []
         #: The connection asking for the slot map, while it is open.
         self._asking: Optional[Any] = None
         self._stopping = False
@@ -524,7 +526,7 @@ class ClusterBroker(Composite[Node, _NodeBroker]):
     def start(self, listener: IBrokerListener) -> None:
         self._listener = listener
         self.slot_attempts.starting()
-        self._refresher = LoopingCall(self.refresh)
+        self._refresher = LoopingCall(self._readMap)
         self._refresher.clock = self.clock
         self._refresher.start(max(self.ping_interval, 1.0), now=True)
         self.log.info("connecting to the Redis Cluster at {url}", url=self.address.safe_url)
@@ -543,7 +545,19 @@ class ClusterBroker(Composite[Node, _NodeBroker]):
     # the slot map
 
     def refresh(self) -> defer.Deferred[None]:
-        """Read the slot map again (one request at a time) and follow what changed."""
+        """Read the slot map again and follow what changed; fires once a read that began
+        after this call is done. Asked while a read is under way (one at a time), another
+        follows it: that one may have had its answer before what made the caller ask (a
+        node's own ``sunsubscribe``, a ``MOVED``), and would leave the channel where it
+        was until the next periodic read."""
+        if self._refreshing is None:
+            return self._readMap()
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._after_read.append(waiter)
+        return waiter
+
+    def _readMap(self) -> defer.Deferred[None]:
+        """The read of the slot map under way, or a new one (the periodic read)."""
         if self._refreshing is None:
             self._refreshing = defer.Deferred.fromCoroutine(self._refresh())
             self._refreshing.addErrback(self._refreshFailed).addBoth(self._refreshed)
@@ -551,6 +565,18 @@ class ClusterBroker(Composite[Node, _NodeBroker]):
 
     def _refreshed(self, _: object) -> None:
         self._refreshing = None
+        waiters, self._after_read = self._after_read, []
+        if not waiters:
+            return
+
+        def tell(_: object) -> None:
+            for waiter in waiters:
+                waiter.callback(None)
+
+        if self._stopping:
+            tell(None)
+        else:
+            self._readMap().addBoth(tell)
 
     def _refreshFailed(self, failure: Failure) -> None:
         self.slot_attempts.report(failure, max(self.ping_interval, 1.0))
