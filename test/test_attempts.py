@@ -156,10 +156,11 @@ class AttemptLogTests(SynchronousTestCase):
 
     def test_whoeverHearsAConnectionIsBackFindsNoProblem(self):
         """The line that a connection is ready (or restored) is said once the broker has
-        no problem with it any more: whoever acts on the line (an operator, a test
-        waiting for it) finds the health check's reason gone with the outage, not the
-        last refusal's. Before, the line came first and the reason went after it."""
-        heard: list[tuple[str, str, object, object]] = []
+        no problem with it any more, and (the subscriber) is connected: whoever acts on
+        the line (an operator, a test waiting for it) finds the health check's reason
+        gone with the outage, not the last refusal's. Before, the line came first and
+        the reason went after it."""
+        heard: list[tuple[str, str, object, object, bool]] = []
 
         def observe(event: dict) -> None:
             match = re.match(r"^Redis (\w+) connection to \S+ (ready|restored) after ",
@@ -167,15 +168,15 @@ class AttemptLogTests(SynchronousTestCase):
             if match:
                 role = match.group(1)
                 heard.append((role, match.group(2), self.broker.attempts[role].problem,
-                              self.broker.problem))
+                              self.broker.problem, self.broker.connected))
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
         self._runFor(2)  # refused at 0 and 1
         self._connectAnswering(first="command")
         self.assertEqual(heard, [
-            ("command", "ready", None, "subscriber connection: connection refused"),
-            ("subscriber", "ready", None, None)])
+            ("command", "ready", None, "subscriber connection: connection refused", False),
+            ("subscriber", "ready", None, None, True)])
 
         # Redis goes away and comes back; this time the command connection is ready last.
         del heard[:]
@@ -186,8 +187,8 @@ class AttemptLogTests(SynchronousTestCase):
         self.assertEqual(self.broker.problem, "subscriber connection: connection refused")
         self._connectAnswering(first="subscriber")
         self.assertEqual(heard, [
-            ("subscriber", "restored", None, "command connection: connection refused"),
-            ("command", "restored", None, None)])
+            ("subscriber", "restored", None, "command connection: connection refused", True),
+            ("command", "restored", None, None, True)])
         self.broker.stop()
 
 
