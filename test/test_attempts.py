@@ -9,11 +9,12 @@ import re
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, reactor
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.logger import LogLevel, capturedLogs, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -135,6 +136,59 @@ class AttemptLogTests(SynchronousTestCase):
                 rf"^Redis {role} connection to redis://localhost:6390/0 ready after "
                 r"25\.\d s \(5 failed attempts\)$", texts, re.M)), 1, texts)
         self.assertIsNone(self.broker.problem)
+        self.broker.stop()
+
+
+    def _connectAnswering(self, first: str) -> None:
+        """Let the next attempts connect and answer the ``first`` connection's setup (the
+        command connection's PING, the subscriber's SUBSCRIBE) before the other's."""
+        self.endpoint.refusing = False
+        made = len(self.endpoint.connections)
+        while len(self.endpoint.connections) < made + 2:
+            self.clock.advance(0.1)
+        answers = {b"PING": b"+PONG\r\n",
+                   b"SUBSCRIBE": subscribed(self.broker._probe_channel.encode())}
+        sent = sorted(self.endpoint.connections[made:],
+                      key=lambda c: (b"PING" in c[1].value()) != (first == "command"))
+        for proto, transport in sent:
+            proto.dataReceived(next(a for w, a in answers.items() if w in transport.value()))
+            self.clock.advance(0)
+
+    def test_whoeverHearsAConnectionIsBackFindsNoProblem(self):
+        """The line that a connection is ready (or restored) is said once the broker has
+        no problem with it any more, and (the subscriber) is connected: whoever acts on
+        the line (an operator, a test waiting for it) finds the health check's reason
+        gone with the outage, not the last refusal's. Before, the line came first and
+        the reason went after it."""
+        heard: list[tuple[str, str, object, object, bool]] = []
+
+        def observe(event: dict) -> None:
+            match = re.match(r"^Redis (\w+) connection to \S+ (ready|restored) after ",
+                             formatEvent(event))
+            if match:
+                role = match.group(1)
+                heard.append((role, match.group(2), self.broker.attempts[role].problem,
+                              self.broker.problem, self.broker.connected))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self._runFor(2)  # refused at 0 and 1
+        self._connectAnswering(first="command")
+        self.assertEqual(heard, [
+            ("command", "ready", None, "subscriber connection: connection refused", False),
+            ("subscriber", "ready", None, None, True)])
+
+        # Redis goes away and comes back; this time the command connection is ready last.
+        del heard[:]
+        self.endpoint.refusing = True
+        for proto, _ in self.endpoint.connections:
+            proto.connectionLost(Failure(ConnectionDone()))
+        self._runFor(2)  # each reconnects after 1 s, is refused, retries 2 s later
+        self.assertEqual(self.broker.problem, "subscriber connection: connection refused")
+        self._connectAnswering(first="subscriber")
+        self.assertEqual(heard, [
+            ("subscriber", "restored", None, "command connection: connection refused", True),
+            ("command", "restored", None, None, True)])
         self.broker.stop()
 
 

@@ -125,13 +125,17 @@ class AttemptLog:
         self._unsaid = 0
 
     def succeeded(self) -> None:
-        """The connection is ready: an outage ends, said with its length."""
+        """The connection is ready: an outage ends, said with its length once it has
+        ended (whoever hears the line finds no problem: the health check says 200)."""
+        outage = (self._failures or self._lost) and self._since is not None
+        done = "restored" if self._lost else "ready"
+        down = self.clock.seconds() - (self._since or 0.0)
+        count = self._failures
         self._reason = None
-        if (self._failures or self._lost) and self._since is not None:
-            self.log.info("{what} {done} after {down:.1f} s ({count} failed attempts)",
-                          what=self.what, done="restored" if self._lost else "ready",
-                          down=self.clock.seconds() - self._since, count=self._failures)
         self.problem = None
         self._since = None
         self._lost = self._reconnecting = False
         self._failures = self._unsaid = 0
+        if outage:
+            self.log.info("{what} {done} after {down:.1f} s ({count} failed attempts)",
+                          what=self.what, done=done, down=down, count=count)

@@ -606,14 +606,13 @@ class RedisBroker:
             self._commandWaitersFail(f"Redis at {self.address.safe_url} is not connected")
 
     def _ready(self, role: str, proto: Any, refused: list[tuple[str, str]]) -> None:
+        # ready before it is said to be: whoever hears "restored" may use it at once
         if role == "subscriber":
-            self.attempts[role].succeeded()
             self._preparing = None
             self._subscriberReady(proto, refused)
         else:
-            # ready before it is said to be: whoever hears "restored" may use it at once
             self._commandReady(proto)
-            self.attempts[role].succeeded()
+        self.attempts[role].succeeded()
 
     def _bounded(self, d: defer.Deferred[Any], proto: Any) -> defer.Deferred[Any]:
         """``d``, or a TimeoutError (and ``proto``'s connection dropped) if Redis takes
