@@ -227,6 +227,8 @@ class ResumeServerTests(DjangoServerTestCase):
         browser, key = self.login("john")
         queries = _Queries(self)
         first = await self.events(self.port, PATH, self.cookie(key))
+        # its join, which the reconnect below must not take for its own
+        await self.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
         session = await self.sessionEvent(first)
         self.assertGreater(queries.count, 0)  # the cookie's session and user
         self.assertLess(abs(session["expires"] - (time.time() + 300)), 5)
@@ -316,6 +318,8 @@ class ResumeServerTests(DjangoServerTestCase):
         await self.startServer()
         _, key = self.login("john")
         first = await self.events(self.port, PATH, self.cookie(key))
+        # its join, which the reconnect below must not take for its own
+        await self.factory.test_joined.get().addTimeout(TIMEOUT, reactor)
         session = await self.sessionEvent(first)
         await first.close()
         await self.factory.test_left.get().addTimeout(TIMEOUT, reactor)
