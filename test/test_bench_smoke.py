@@ -94,7 +94,7 @@ class BenchSmokeTests(SynchronousTestCase):
     def test_historyAndRecoveryScenarios(self) -> None:
         """The history-cost and recovery scenarios in smoke size (50 clients, 10 missed
         messages): both run, and the recovery line says every client got every missed
-        message, was told it recovered, and cost one MGET and at most one script call."""
+        message, was told it recovered, and cost at most one MGET and one script call."""
         report = self.report
         [history] = self.of("ws4tx", "history")
         # One 1 s probe each way in smoke size: whether it passes is noise, not a verdict.
@@ -104,9 +104,10 @@ class BenchSmokeTests(SynchronousTestCase):
         m = recovery["metrics"]
         self.assertEqual((recovery["status"], m["complete_clients"], m["recovered_true"],
                           m["duplicates"]), ("ok", 50, 50, 0), report)
-        # One MGET each (the ws4redis replay, all its channels at once); the history
-        # reads are shared per turn.
-        self.assertEqual(m["redis_commands"]["mget"], 50, report)
+        # The ws4redis replay's stored messages and the history reads are each one
+        # command per turn for every client joining in it: at most one MGET each.
+        self.assertGreaterEqual(m["redis_commands"]["mget"], 1, report)
+        self.assertLessEqual(m["redis_commands"]["mget"], 50, report)
         self.assertNotIn("get", m["redis_commands"], report)
         self.assertLessEqual(m["redis_commands"]["evalsha"], 50, report)
 
