@@ -42,6 +42,30 @@ class _SSETestCase(ServerTestCase):
         return client
 
 
+    async def missedOneEach(self, prefix: str, count: int
+                            ) -> tuple[str, dict[str, str], str, list[str]]:
+        """A stream of ``count`` group channels (of a facility with history) that got one
+        message each, then closed; one more published on each: its path, identity
+        headers, last event id and channels, for a reconnect with Last-Event-ID."""
+        groups = tuple(f"{prefix}{count}x{i}" for i in range(count))
+        channels = [f"ws4tx:group:{g}:chat" for g in groups]
+        who = identity_header("alice", groups)
+        path = "/ws/chat?subscribe-group"
+        client = await self.stream(path, **who)
+        await client.until(lambda c: bool(c.named("ws4tx.positions")))
+        for channel in channels:
+            publish_with_history(self.redis, channel, b"before", RETENTION)
+        await client.until(lambda c: len(c.messages()) == count)
+        last = client.last_id
+        assert last is not None
+        client.close()
+        await client.until(lambda c: c.ended)
+        await self.factory.node.whenDrained().addTimeout(TIMEOUT, reactor)
+        for channel in channels:
+            publish_with_history(self.redis, channel, b"missed", RETENTION)
+        return path, who, last, channels
+
+
 class SSETests(_SSETestCase):
     """An SSE stream is admitted as a handshake and delivers what a ws4tx.v1 client gets."""
 
@@ -380,22 +404,7 @@ class ReconnectCostTests(_SSETestCase):
         """The commands Redis ran for a reconnect, with a Last-Event-ID, of a stream of
         ``count`` channels that each missed one message (the subscriber's own commands
         left out: subscribing is not reading)."""
-        groups = tuple(f"g{count}x{i}" for i in range(count))
-        channels = [f"ws4tx:group:{g}:chat" for g in groups]
-        who = identity_header("alice", groups)
-        path = "/ws/chat?subscribe-group"
-        client = await self.stream(path, **who)
-        await client.until(lambda c: bool(c.named("ws4tx.positions")))
-        for channel in channels:
-            publish_with_history(self.redis, channel, b"before", RETENTION)
-        await client.until(lambda c: len(c.messages()) == count)
-        last = client.last_id
-        assert last is not None
-        client.close()
-        await client.until(lambda c: c.ended)
-        await self.factory.node.whenDrained().addTimeout(TIMEOUT, reactor)
-        for channel in channels:
-            publish_with_history(self.redis, channel, b"missed", RETENTION)
+        path, who, last, channels = await self.missedOneEach("g", count)
         before = self.commands()
         again = await self.stream(path, **{"last-event-id": last, **who})
         await again.until(lambda c: bool(c.named("ws4tx.recovered")))
@@ -493,22 +502,7 @@ class ReconnectRoundTripTests(_SSETestCase):
         return RedisAddress(host="127.0.0.1", port=port.getHost().port)
 
     async def reconnect(self, count: int) -> None:
-        groups = tuple(f"r{count}x{i}" for i in range(count))
-        channels = [f"ws4tx:group:{g}:chat" for g in groups]
-        who = identity_header("alice", groups)
-        path = "/ws/chat?subscribe-group"
-        client = await self.stream(path, **who)
-        await client.until(lambda c: bool(c.named("ws4tx.positions")))
-        for channel in channels:
-            publish_with_history(self.redis, channel, b"before", RETENTION)
-        await client.until(lambda c: len(c.messages()) == count)
-        last = client.last_id
-        assert last is not None
-        client.close()
-        await client.until(lambda c: c.ended)
-        await self.factory.node.whenDrained().addTimeout(TIMEOUT, reactor)
-        for channel in channels:
-            publish_with_history(self.redis, channel, b"missed", RETENTION)
+        path, who, last, channels = await self.missedOneEach("r", count)
         self.gate.hold(until_sent=b"barrier:", patience=2.0)
         again = await self.stream(path, **{"last-event-id": last, **who})
         await again.until(lambda c: bool(c.named("ws4tx.recovered")))

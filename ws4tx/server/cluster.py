@@ -54,7 +54,7 @@ from ws4tx.server.broker import (
     SubscriptionRefused,
     batched,
 )
-from ws4tx.server.redis_broker import RedisBroker, _Prepared, _Reads
+from ws4tx.server.redis_broker import RedisBroker, _counted, _Prepared, _Reads
 from ws4tx.sharding import CLUSTER_SLOTS, key_slot
 
 #: (host, port) of a cluster node.
@@ -131,17 +131,7 @@ class ShardSubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[mi
         """One ``SSUBSCRIBE`` of ``channels``, all of one slot (else Redis answers
         ``CROSSSLOT``); fires once Redis confirmed the first (the others follow it on
         the connection), or fails as a whole."""
-        self._extra.append(len(channels) - 1)
-        d: defer.Deferred[Any] = self.execute_command("SSUBSCRIBE", *channels,
-                                                      apply_timeout=False)
-
-        def failed(failure: Failure) -> Failure:
-            # answered by an error (or never sent): no confirmation of it will come
-            if self._extra:
-                self._extra.popleft()
-            return failure
-
-        return d.addErrback(failed)
+        return _counted(self, "SSUBSCRIBE", channels)
 
     def sunsubscribe(self, channel: str) -> defer.Deferred[Any]:
         """``SUNSUBSCRIBE channel``."""

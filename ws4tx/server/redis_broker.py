@@ -100,6 +100,24 @@ class _Reads:
             reads.readEnded()
 
 
+def _counted(protocol: Any, command: str, channels: Sequence[str]) -> defer.Deferred[Any]:
+    """Send ``command`` naming ``channels`` on a subscriber ``protocol`` that keeps Redis's
+    answers in step (its ``_extra``: per such command in flight, its answers beyond the
+    first, which its ``replyReceived`` drops): fires with the first answer, or fails as a
+    whole."""
+    protocol._extra.append(len(channels) - 1)
+    d: defer.Deferred[Any] = protocol.execute_command(command, *channels,
+                                                      apply_timeout=False)
+
+    def failed(failure: Failure) -> Failure:
+        # answered by an error (or never answered): no other answer of it will come
+        if protocol._extra:
+            protocol._extra.popleft()
+        return failure
+
+    return d.addErrback(failed)
+
+
 #: Channels per SUBSCRIBE at most (the joins of one reactor turn).
 SUBSCRIBE_BATCH = 512
 
@@ -149,17 +167,7 @@ class _Subscriber(_Prepared, _Reads, txredisapi.SubscriberProtocol):  # type: ig
     def _send(self, command: str, channels: Any) -> defer.Deferred[Any]:
         if isinstance(channels, str):
             channels = [channels]
-        self._extra.append(len(channels) - 1)
-        d: defer.Deferred[Any] = self.execute_command(command, *channels,
-                                                      apply_timeout=False)
-
-        def failed(failure: Failure) -> Failure:
-            # answered by an error (or never answered): no other answer of it will come
-            if self._extra:
-                self._extra.popleft()
-            return failure
-
-        return d.addErrback(failed)
+        return _counted(self, command, channels)
 
     def subscribeSoon(self, channel: str) -> defer.Deferred[Any]:
         """SUBSCRIBE ``channel`` with the other channels asked for in this reactor turn
