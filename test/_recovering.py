@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import quote
 
 from twisted.internet import defer, reactor
+from twisted.internet.interfaces import IDelayedCall
 
 from ws4tx import envelope, history, naming
 from ws4tx.history import Position, Retention
@@ -60,6 +61,8 @@ class Follower:
         #: Connections made, and closes the server made.
         self.connections = self.closes = 0
         self._waiting: list[tuple[Callable[[], bool], defer.Deferred[None]]] = []
+        #: The next attempt to reconnect, while one waits.
+        self._redialing: Optional[IDelayedCall] = None
 
     def url(self) -> str:
         query = "".join(f"&recover={quote(f'{c}:{p.epoch}:{p.offset}', safe='')}"
@@ -83,15 +86,26 @@ class Follower:
         return result
 
     def _redial(self, attempt: int) -> None:
+        self._redialing = None
         if self.reconnect_to is None or self.client is not None:
             return  # closed for good meanwhile, or connected by the test
 
         def failed(failure: Any) -> None:
+            if self.reconnect_to is None:
+                return  # stopped while this attempt was under way
             if attempt >= 100:
                 raise AssertionError(f"could not reconnect: {failure.getErrorMessage()}")
-            reactor.callLater(0.05, self._redial, attempt + 1)  # type: ignore[attr-defined]
+            self._redialing = reactor.callLater(  # type: ignore[attr-defined]
+                0.05, self._redial, attempt + 1)
 
         defer.ensureDeferred(self.connect(self.reconnect_to())).addErrback(failed)
+
+    def stop(self) -> None:
+        """Reconnect no more (an attempt that waits is called off)."""
+        self.reconnect_to = None
+        if self._redialing is not None and self._redialing.active():
+            self._redialing.cancel()
+        self._redialing = None
 
     def drop(self) -> defer.Deferred[Any]:
         """Close the connection (the server sees the client go)."""

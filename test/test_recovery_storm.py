@@ -111,7 +111,7 @@ class _TwoNodesTestCase(ServerTestCase):
     async def closeAll(self, followers: list[Follower]) -> None:
         """Close every follower for good (no reconnecting)."""
         for follower in followers:
-            follower.reconnect_to = None
+            follower.stop()
         await defer.gatherResults([follower.drop() for follower in followers
                                    if follower.client is not None], consumeErrors=True)
 
