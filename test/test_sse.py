@@ -122,7 +122,8 @@ class SSETests(_SSETestCase):
     async def test_framedForTheClientsHttpVersion(self) -> None:
         """An HTTP/1.1 client gets each event in a chunk of its own; an HTTP/1.0 one (a
         proxy that speaks it to its upstream) gets the events as they are, the end of the
-        connection ending the stream."""
+        connection ending the stream. So do the messages of one read, written to each
+        stream at once."""
         raw = {}
         for version in (b"1.1", b"1.0"):
             client = SSEClient()
@@ -145,6 +146,18 @@ class SSETests(_SSETestCase):
         self.assertTrue(raw[b"1.0"].raw.startswith(b"HTTP/1.0 200 "))
         self.assertTrue(raw[b"1.0"].raw.endswith(b"\r\n\r\n: ws4tx\n\ndata: hello\n\n"),
                         raw[b"1.0"].raw)
+        pipe = self.redis.pipeline(transaction=False)
+        for text in ("one", "two\nlines", "three"):
+            pipe.publish("ws4tx:broadcast:news", text)
+        pipe.execute()
+        for client in raw.values():
+            await client.until(lambda c: len(c.messages()) == 4)
+        self.assertTrue(raw[b"1.1"].raw.endswith(
+            b"d\r\ndata: hello\n\n\r\nb\r\ndata: one\n\n\r\n"
+            b"17\r\ndata: two\ndata: lines\n\n\r\nd\r\ndata: three\n\n\r\n"), raw[b"1.1"].raw)
+        self.assertTrue(raw[b"1.0"].raw.endswith(
+            b"data: hello\n\ndata: one\n\ndata: two\ndata: lines\n\ndata: three\n\n"),
+            raw[b"1.0"].raw)
 
     async def test_overTlsEventsArriveWhole(self) -> None:
         """Over TLS a stream's events go through the TLS connection as over TCP: whole, in
