@@ -159,6 +159,20 @@ class SSETests(_SSETestCase):
             b"data: hello\n\ndata: one\n\ndata: two\ndata: lines\n\ndata: three\n\n"),
             raw[b"1.0"].raw)
 
+    async def test_binaryMessageOfAReadLeftOutAndCounted(self) -> None:
+        """SSE carries text: a binary message among the messages of one read is left out
+        (counted), the text ones around it arrive in order."""
+        client = await self.stream("/ws/news?subscribe-broadcast")
+        await client.until(lambda c: self.factory.node.clientCount() == 1)
+        await self.factory.node.router.barrier()
+        pipe = self.redis.pipeline(transaction=False)
+        for payload in (b"before", b"\xff\xfe", b"after"):
+            pipe.publish("ws4tx:broadcast:news", payload)
+        pipe.execute()
+        await client.until(lambda c: len(c.messages()) == 2)
+        self.assertEqual([m.data for m in client.messages()], ["before", "after"])
+        self.assertEqual(self.factory.node.stats["sse_binary_dropped"], 1)
+
     async def test_overTlsEventsArriveWhole(self) -> None:
         """Over TLS a stream's events go through the TLS connection as over TCP: whole, in
         their chunks."""
