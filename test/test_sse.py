@@ -122,7 +122,8 @@ class SSETests(_SSETestCase):
     async def test_framedForTheClientsHttpVersion(self) -> None:
         """An HTTP/1.1 client gets each event in a chunk of its own; an HTTP/1.0 one (a
         proxy that speaks it to its upstream) gets the events as they are, the end of the
-        connection ending the stream."""
+        connection ending the stream. So do the messages of one read, written to each
+        stream at once."""
         raw = {}
         for version in (b"1.1", b"1.0"):
             client = SSEClient()
@@ -145,6 +146,32 @@ class SSETests(_SSETestCase):
         self.assertTrue(raw[b"1.0"].raw.startswith(b"HTTP/1.0 200 "))
         self.assertTrue(raw[b"1.0"].raw.endswith(b"\r\n\r\n: ws4tx\n\ndata: hello\n\n"),
                         raw[b"1.0"].raw)
+        pipe = self.redis.pipeline(transaction=False)
+        for text in ("one", "two\nlines", "three"):
+            pipe.publish("ws4tx:broadcast:news", text)
+        pipe.execute()
+        for client in raw.values():
+            await client.until(lambda c: len(c.messages()) == 4)
+        self.assertTrue(raw[b"1.1"].raw.endswith(
+            b"d\r\ndata: hello\n\n\r\nb\r\ndata: one\n\n\r\n"
+            b"17\r\ndata: two\ndata: lines\n\n\r\nd\r\ndata: three\n\n\r\n"), raw[b"1.1"].raw)
+        self.assertTrue(raw[b"1.0"].raw.endswith(
+            b"data: hello\n\ndata: one\n\ndata: two\ndata: lines\n\ndata: three\n\n"),
+            raw[b"1.0"].raw)
+
+    async def test_binaryMessageOfAReadLeftOutAndCounted(self) -> None:
+        """SSE carries text: a binary message among the messages of one read is left out
+        (counted), the text ones around it arrive in order."""
+        client = await self.stream("/ws/news?subscribe-broadcast")
+        await client.until(lambda c: self.factory.node.clientCount() == 1)
+        await self.factory.node.router.barrier()
+        pipe = self.redis.pipeline(transaction=False)
+        for payload in (b"before", b"\xff\xfe", b"after"):
+            pipe.publish("ws4tx:broadcast:news", payload)
+        pipe.execute()
+        await client.until(lambda c: len(c.messages()) == 2)
+        self.assertEqual([m.data for m in client.messages()], ["before", "after"])
+        self.assertEqual(self.factory.node.stats["sse_binary_dropped"], 1)
 
     async def test_overTlsEventsArriveWhole(self) -> None:
         """Over TLS a stream's events go through the TLS connection as over TCP: whole, in
