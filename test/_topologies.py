@@ -56,23 +56,27 @@ class Sentinel(_Topology):
         return address
 
 
-class ClusterOfThree(_Topology):
-    """Three primaries of a Redis Cluster (started once for the class)."""
+class ClassCluster:
+    """A Redis Cluster of three primaries (with a replica of the first when ``replica``),
+    started once for the test class (it takes a few seconds) and shared by its tests;
+    to be put before the test case class. :meth:`Cluster.start` stops what it started
+    when it fails."""
 
     cluster: Cluster
+    replica = False
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls.cluster = Cluster()
-        try:
-            cls.cluster.start()
-        except BaseException:
-            cls.cluster.stop()
-            raise
+        cls.cluster = Cluster(replica=cls.replica)
+        cls.cluster.start()
 
     @classmethod
     def tearDownClass(cls) -> None:
         cls.cluster.stop()
+
+
+class ClusterOfThree(ClassCluster, _Topology):
+    """Three primaries of a Redis Cluster (started once for the class)."""
 
     async def _setUp(self: Any) -> None:
         await self.startServer(**self.serverArguments())

@@ -35,6 +35,7 @@ from ws4tx.sharding import key_slot
 
 from test._cluster import Cluster
 from test._control_contract import ControlAcrossNodesContract
+from test._topologies import ClassCluster
 from test._wsclient import TIMEOUT, WSClient, connect
 
 
@@ -498,19 +499,8 @@ def _partitions_per_range(slots: list[int], starts: list[int]) -> list[int]:
     return counts
 
 
-class ClusterTests(unittest.TestCase):
+class ClusterTests(ClassCluster, unittest.TestCase):
     """A real cluster per test class (started once: it takes a few seconds)."""
-
-    cluster: Cluster
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.cluster = Cluster()
-        cls.cluster.start()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.cluster.stop()
 
     def slotMap(self) -> SlotMap:
         with self.cluster.client(self.cluster.servers[0]) as client:
@@ -672,20 +662,8 @@ class ClusterTests(unittest.TestCase):
                          (channel.encode(), b"after"))
 
 
-class _ClusterNodesCase(unittest.TestCase):
+class _ClusterNodesCase(ClassCluster, unittest.TestCase):
     """Two ws4tx nodes and the Django side on a cluster the class starts."""
-
-    cluster: Cluster
-    replica = False
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.cluster = Cluster(replica=cls.replica)
-        cls.cluster.start()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.cluster.stop()
 
     def setUp(self) -> defer.Deferred[None]:
         from test._server import _autobahn_timers_fired

@@ -31,6 +31,7 @@ from ws4tx.server.sharded_broker import ShardedBroker
 from test._control_contract import ControlAcrossNodesContract
 from test._django import setup_django
 from test._server import ServerTestCase, start_node
+from test._topologies import ClassCluster
 from test._wsclient import TIMEOUT, WSClient, connect
 
 EVENTS = (envelope.SUBPROTOCOL,)
@@ -661,7 +662,7 @@ class SentinelShardTests(_ShardedNodesCase):
 
 
 @pytest.mark.system
-class ClusterShardTests(ControlAcrossNodesContract, _ShardedNodesCase):
+class ClusterShardTests(ClassCluster, ControlAcrossNodesContract, _ShardedNodesCase):
     """A shard may be a Redis Cluster: the first shard is a three-primary cluster (so
     the node registry, the control channel and the reply channels live there, in the
     control tag's slot, with SPUBLISH), the second a plain server. Both halves place a
@@ -669,20 +670,8 @@ class ClusterShardTests(ControlAcrossNodesContract, _ShardedNodesCase):
     partition's slot; the site's queries and commands across two nodes (the control
     contract) hold."""
 
-    cluster: Any
     #: Which shard the cluster is (the other is the plain server).
     cluster_index = 0
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        from test._cluster import Cluster
-
-        cls.cluster = Cluster()
-        cls.cluster.start()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.cluster.stop()
 
     async def _setUp(self) -> None:
         setup_django()

@@ -29,7 +29,11 @@ async def _prepared(request: Any, prepare: Callable[..., T], *args: Any) -> T:
     return prepare(*args)
 
 
-async def _send(prepared: _prepare.Publish) -> Sent:
+async def _send(prepared: _prepare.Publish, on_commit: bool) -> Optional[Sent]:
+    """Publish ``prepared`` now, or, ``on_commit``, as the synchronous API does (through
+    the outbox, in the transaction's thread: None then)."""
+    if on_commit:
+        return await sync_to_async(_commit.publish)(prepared, True)
     audience = prepared.publisher
     sent = await _ops.arun(
         _ops.publish(audience.channels, audience.facility, prepared.data, prepared.expire,
@@ -55,9 +59,7 @@ async def apublish(
     """``await``-able :func:`ws4tx.api.publish`."""
     prepared = await _prepared(request, _prepare.publish, facility, message, broadcast,
                                users, groups, sessions, request, expire, key)
-    if on_commit:  # in the transaction's thread
-        return await sync_to_async(_commit.publish)(prepared, True)
-    return await _send(prepared)
+    return await _send(prepared, on_commit)
 
 
 async def aemit(
@@ -77,9 +79,7 @@ async def aemit(
     """``await``-able :func:`ws4tx.api.emit`."""
     prepared = await _prepared(request, _prepare.emit, facility, event, data, broadcast,
                                users, groups, sessions, request, expire, key)
-    if on_commit:  # in the transaction's thread
-        return await sync_to_async(_commit.publish)(prepared, True)
-    return await _send(prepared)
+    return await _send(prepared, on_commit)
 
 
 async def ahistory(
@@ -151,7 +151,11 @@ async def apresence_stats(
         facility, "stats", broadcast, users, groups, sessions, request))
 
 
-async def _command(command: control.Command) -> int:
+async def _command(command: control.Command, on_commit: bool) -> Optional[int]:
+    """Send ``command`` to the nodes now, or, ``on_commit``, as the synchronous API does
+    once the transaction commits (in the transaction's thread: None then)."""
+    if on_commit:
+        return await sync_to_async(_commit.command)(command, True)
     return await _ops.arun(_ops.command(command, _async_redis.on_cluster),
                            _async_redis.execute)
 
@@ -169,9 +173,7 @@ async def adisconnect(
     """``await``-able :func:`ws4tx.api.disconnect`."""
     command = await _prepared(request, _prepare.disconnect, users, sessions, facility, code,
                               reason, request)
-    if on_commit:  # in the transaction's thread
-        return await sync_to_async(_commit.command)(command, True)
-    return await _command(command)
+    return await _command(command, on_commit)
 
 
 async def aunsubscribe(
@@ -188,9 +190,7 @@ async def aunsubscribe(
     """``await``-able :func:`ws4tx.api.unsubscribe`."""
     command = await _prepared(request, _prepare.unsubscribe, users, sessions, facility,
                               audiences, groups, reason, request)
-    if on_commit:  # in the transaction's thread
-        return await sync_to_async(_commit.command)(command, True)
-    return await _command(command)
+    return await _command(command, on_commit)
 
 
 async def asubscribe(
@@ -207,6 +207,4 @@ async def asubscribe(
     """``await``-able :func:`ws4tx.api.subscribe`."""
     command = await _prepared(request, _prepare.subscribe, facility, users, sessions,
                               groups, audiences, reason, request)
-    if on_commit:  # in the transaction's thread
-        return await sync_to_async(_commit.command)(command, True)
-    return await _command(command)
+    return await _command(command, on_commit)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Optional
 
+from ws4tx._refusal import Refusal
 from ws4tx.naming import Flags, Identity, flag_names, parse_flags
 
 #: The salt of resume tokens: neither a connection token nor anything else of the site
@@ -46,14 +47,9 @@ _FIELDS = frozenset({"u", "g", "c", "f", "l", "n", "x", "a"})
 CHAIN = 12
 
 
-class InvalidResume(ValueError):
+class InvalidResume(Refusal):
     """A resume token that cannot be used; ``expired`` tells an old one from a forged or
     malformed one."""
-
-    def __init__(self, reason: str, expired: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.expired = expired
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 from ws4tx import naming
+from ws4tx._refusal import Refusal
 
 #: The salt of grants: they verify as nothing else, and nothing else as a grant.
 SALT = "ws4tx.grant"
@@ -56,13 +57,8 @@ AUDIENCES = (naming.BROADCAST, naming.USER, naming.GROUP, naming.SESSION)
 _FIELDS = frozenset({"u", "c", "f", "a", "g", "x"})
 
 
-class InvalidGrant(ValueError):
+class InvalidGrant(Refusal):
     """A grant that cannot be used; ``reason`` says why (never anything secret)."""
-
-    def __init__(self, reason: str, expired: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.expired = expired
 
 
 @dataclass(frozen=True)

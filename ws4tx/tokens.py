@@ -45,6 +45,7 @@ from typing import Any, Iterable, Optional
 from django.core import signing
 
 from ws4tx import _audience, _django_settings, naming
+from ws4tx._refusal import Refusal
 
 #: The salt of ws4tx's signatures: a token is valid for nothing else in the site.
 SALT = "ws4tx.token"
@@ -56,14 +57,9 @@ _FIELDS = frozenset({"u", "g", "c"})
 MAX_TOKEN_LENGTH = 4096
 
 
-class InvalidToken(ValueError):
+class InvalidToken(Refusal):
     """A token that cannot be used; ``expired`` tells an expired token from a tampered or
     malformed one."""
-
-    def __init__(self, reason: str, expired: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.expired = expired
 
 
 def make_token(

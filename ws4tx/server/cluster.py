@@ -54,7 +54,7 @@ from ws4tx.server.broker import (
     SubscriptionRefused,
     batched,
 )
-from ws4tx.server.redis_broker import RedisBroker, _counted, _Prepared, _Reads
+from ws4tx.server.redis_broker import RedisBroker, _counted, _Prepared, _Reads, _surplus
 from ws4tx.sharding import CLUSTER_SLOTS, key_slot
 
 #: (host, port) of a cluster node.
@@ -114,12 +114,8 @@ class ShardSubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[mi
                 self._unsubscribing[channel] -= 1
                 if not self._unsubscribing[channel]:
                     del self._unsubscribing[channel]
-            if kind in ("ssubscribe", b"ssubscribe"):
-                if self._dropping:
-                    self._dropping -= 1
-                    return
-                if self._extra:
-                    self._dropping = self._extra.popleft()
+            if kind in ("ssubscribe", b"ssubscribe") and _surplus(self):
+                return
         super().replyReceived(reply)
 
     def ssubscribe(self, channel: str) -> defer.Deferred[Any]:

@@ -34,6 +34,7 @@ from ws4tx.history import (
 )
 from ws4tx.naming import ANONYMOUS, Flags, Identity
 from ws4tx.server import _authgate, _internals, admission, deflate
+from ws4tx.server._delivery_events import DeliveryEvents
 from ws4tx.server._flow import Flow
 from ws4tx.server._log import observer
 from ws4tx.server._ratelimit import TokenBucket
@@ -66,7 +67,7 @@ _NOTHING_TO_RECOVER: dict[str, Position] = {}
 @implementer(IPushProducer)
 # Autobahn's own bases disagree on two attributes' types, which mypy checks once a class
 # has a second base.
-class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
+class PushProtocol(DeliveryEvents, WebSocketServerProtocol, Sender):  # type: ignore[misc]
     """One browser connection; the producer of its transport (a slow reader pauses its
     delivery)."""
 
@@ -505,18 +506,7 @@ class PushProtocol(WebSocketServerProtocol, Sender):  # type: ignore[misc]
     def deliveryInterrupted(self) -> None:
         """The server lost Redis: tell an event client (raw payloads must not change)."""
         self._unechoed.clear()
-        if not self._interrupted:
-            self._interrupted = True
-            self.emit(envelope.INTERRUPTED_EVENT)
-
-    def deliveryResumed(self) -> None:
-        if self._interrupted:
-            self._interrupted = False
-            self.emit(envelope.RESUMED_EVENT)
-
-    def messagesDropped(self, count: int) -> None:
-        """The server fell behind and dropped ``count`` messages meant for this client."""
-        self.emit(envelope.DROPPED_EVENT, {"messages": count})
+        super().deliveryInterrupted()
 
     def emit(self, event: str, data: Any = None) -> None:
         """Send an event to this client (only to clients that speak the envelope)."""

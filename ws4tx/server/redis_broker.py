@@ -118,6 +118,18 @@ def _counted(protocol: Any, command: str, channels: Sequence[str]) -> defer.Defe
     return d.addErrback(failed)
 
 
+def _surplus(protocol: Any) -> bool:
+    """Whether an answer just received on a subscriber ``protocol`` of :func:`_counted`
+    is one to drop: an answer of a counted command beyond its first. When it is a first
+    answer instead, the protocol starts dropping the others of that command."""
+    if protocol._dropping:
+        protocol._dropping -= 1
+        return True
+    if protocol._extra:
+        protocol._dropping = protocol._extra.popleft()
+    return False
+
+
 #: Channels per SUBSCRIBE at most (the joins of one reactor turn).
 SUBSCRIBE_BATCH = 512
 
@@ -144,12 +156,9 @@ class _Subscriber(_Prepared, _Reads, txredisapi.SubscriberProtocol):  # type: ig
         self.broker._messageReceived(channel, message)
 
     def replyReceived(self, reply: Any) -> None:
-        if isinstance(reply, list) and len(reply) >= 3 and reply[-3] in _ANSWERS:
-            if self._dropping:
-                self._dropping -= 1
-                return
-            if self._extra:
-                self._dropping = self._extra.popleft()
+        if isinstance(reply, list) and len(reply) >= 3 and reply[-3] in _ANSWERS \
+                and _surplus(self):
+            return
         super().replyReceived(reply)
 
     def subscribe(self, channels: Any) -> defer.Deferred[Any]:

@@ -37,6 +37,7 @@ from ws4tx import closecodes, envelope
 from ws4tx.history import UNKNOWN_POSITION, Position, parse_recover
 from ws4tx.naming import ANONYMOUS, Identity
 from ws4tx.server import _sse_format, _verdict, admission, deflate
+from ws4tx.server._delivery_events import DeliveryEvents
 from ws4tx.server._flow import Flow
 from ws4tx.server._log import observer
 from ws4tx.server.auth import HandshakeDenied
@@ -81,7 +82,7 @@ def serve(factory: PushFactory, request: Request) -> Any:
 
 
 @implementer(IPushProducer)
-class SSEStream:
+class SSEStream(DeliveryEvents):
     """One SSE client: a member of the node (as a WebSocket connection is), the
     :class:`~ws4tx.server.streams.StreamTransport` of its streams, and the producer of its
     HTTP response."""
@@ -420,20 +421,6 @@ class SSEStream:
         self._connection.write(data)
         if self._flow.paused_at is not None:  # the write filled the socket's buffer
             flow.overflows(len(data), len(run.items))
-
-    def deliveryInterrupted(self) -> None:
-        """The server lost Redis: said once until it is back."""
-        if not self._interrupted:
-            self._interrupted = True
-            self.emit(envelope.INTERRUPTED_EVENT)
-
-    def deliveryResumed(self) -> None:
-        if self._interrupted:
-            self._interrupted = False
-            self.emit(envelope.RESUMED_EVENT)
-
-    def messagesDropped(self, count: int) -> None:
-        self.emit(envelope.DROPPED_EVENT, {"messages": count})
 
     def emit(self, event: str, data: Any = None) -> None:
         """Send an event to this client (after what is queued)."""
