@@ -418,7 +418,9 @@ def cookies_table(records: list[dict], phase: str = "cookies-phase") -> list[str
                       f"twice); SQL statements on B: {_fmt(m.get('db_queries'))} "
                       f"({_pct(m.get('db_queries_share'), 2)} of the clients); connects/s "
                       f"{_fmt(m.get('vs_anonymous_connects'), 2)}× the anonymous storm's "
-                      f"(limit: {m.get('limit')}). Targets (≤ 1 % SQL, 99 % within 5 s, "
+                      f"(limit: {m.get('limit')}); B's CPU per connect "
+                      f"{_fmt(m.get('server_cpu_ms_per_connect'), 2)} ms against "
+                      f"{_fmt(m.get('anonymous_server_cpu_ms_per_connect'), 2)} ms anonymous. Targets (≤ 1 % SQL, 99 % within 5 s, "
                       f"≥ 0.8×): {'pass' if m.get('pass') else 'FAIL'}."]
     return lines
 

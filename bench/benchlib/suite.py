@@ -675,14 +675,17 @@ def _cookie_site(suite: Suite, n: int, run: int) -> tuple[list[str], dict[str, s
 
 
 def _storm(s: Session, clients: list[dict[str, Any]], session: bool,
-           **extra: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The load generator's ``storm`` of ``clients`` (``extra``: more of its options) on
-    the session's server (``s.server``, ``s.port``): its answer, and the phase's figures:
-    connects/s, connect times, 503s, the SQL statements and database connections that
-    server ran (its ``/count``), its CPU and the generator's, and the limit."""
+           start: Optional[Callable[[], dict[str, Any]]] = None,
+           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The load generator's ``storm`` of ``clients`` on the session's server (``s.server``,
+    ``s.port``), right after ``start`` (which gives more of the command's options): its
+    answer, and the phase's figures: connects/s, connect times, 503s, the SQL statements
+    and database connections that server ran (its ``/count``), its CPU and the
+    generator's, and the limit."""
     a = s.suite.args
     n = len(clients)
     q0, s0 = http_json(s.port, "/count", timeout=10.0), s.snapshot()
+    extra = start() if start is not None else {}
     got = s.lg.request({"cmd": "storm", "clients": clients, "session": session,
                         "protocols": EVENTS, "concurrency": a.concurrency,
                         "timeout": 30, "deadline": 60 + n / 20, **extra}, 120 + n / 10)
@@ -701,6 +704,9 @@ def _storm(s: Session, clients: list[dict[str, Any]], session: bool,
         "db_connections": (q1["connections"] - q0["connections"]) if q0 and q1 else None,
         "server_cpu": round(server_cpu, 3), "generator_cpu": round(gen_cpu, 3),
         "load_core_cpu": round(load_core, 3),
+        # what a connect cost the server, whatever else the machine ran
+        "server_cpu_ms_per_connect": round((s1["server"] - s0["server"]) * 1000 / n, 3)
+        if n else None,
         "server_cpu_wait": round((s1["server_wait"] - s0["server_wait"]) / dt, 3),
         "generator_cpu_wait": round((s1["loadgen_wait"] - s0["loadgen_wait"]) / dt, 3),
         "concurrency": a.concurrency})
@@ -814,7 +820,12 @@ def scenario_cookie_kill(suite: Suite, system: S.System, run: int) -> None:
         _record_phase(suite, system, run, "anonymous", anonymous, "cookie-kill-phase")
         logins = [{"url": url_a if i < half else url_b, "headers": {"Cookie": cookie + k}}
                   for i, k in enumerate(keys)]
-        got, login = _storm(s, logins, True)  # B's /count: B's half of the logins
+        got, login = _storm(s, logins, True)
+        # B's figures: its SQL and CPU are for its half of the logins
+        login.update({"b_clients": n - half, "db_queries_per_client": round(
+            login["db_queries"] / (n - half), 2) if login["db_queries"] is not None else None,
+                      "server_cpu_ms_per_connect": round(
+                          login["server_cpu_ms_per_connect"] * n / (n - half), 3)})
         _record_phase(suite, system, run, "login", login, "cookie-kill-phase")
         tokens = got["tokens"] or []
         if sum(1 for t in tokens if t) < n:
@@ -833,12 +844,17 @@ def scenario_cookie_kill(suite: Suite, system: S.System, run: int) -> None:
                                             "duration": a.kill_publish, "targets": targets},
                                            a.kill_publish * 3 + 60))
 
-        killed_ns = time.time_ns()
-        os.kill(node_a.pid, signal.SIGKILL)  # the node this scenario started
         publisher = threading.Thread(target=publish, daemon=True)
-        publisher.start()
-        got, storm = _storm(s, back, False, since_ns=killed_ns,
-                            within_ms=KILL_TARGET_S * 1000)
+        killed_ns = 0
+
+        def kill() -> dict[str, Any]:
+            nonlocal killed_ns
+            killed_ns = time.time_ns()
+            os.kill(node_a.pid, signal.SIGKILL)  # the node this scenario started
+            publisher.start()
+            return {"since_ns": killed_ns, "within_ms": KILL_TARGET_S * 1000}
+
+        got, storm = _storm(s, back, False, kill)
         publisher.join(a.kill_publish * 3 + 70)
         rounds = published.get("rounds", 0)
         deadline = time.monotonic() + DRAIN_MAX
@@ -872,6 +888,8 @@ def scenario_cookie_kill(suite: Suite, system: S.System, run: int) -> None:
         "p50_back_ms": storm["p50_ms"], "p99_back_ms": storm["p99_ms"],
         "connects_per_s": storm["connects_per_s"],
         "anonymous_connects_per_s": anonymous["connects_per_s"],
+        "server_cpu_ms_per_connect": storm["server_cpu_ms_per_connect"],
+        "anonymous_server_cpu_ms_per_connect": anonymous["server_cpu_ms_per_connect"],
         "vs_anonymous_connects": rate_ratio, "limit": storm["limit"],
         "pass": bool(ok and sql is not None and sql <= 0.01 * n and half
                      and within >= 0.99 * half and rate_ratio is not None
