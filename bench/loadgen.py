@@ -764,11 +764,15 @@ class Generator:
         """Connect ``clients`` (each ``{"url", "headers"}``), ``concurrency`` handshakes
         in flight, a refused one (503) tried again after its ``Retry-After`` as ws4tx.js
         does; with ``session`` wait for each client's ``ws4tx.session`` event and give its
-        resume token. Connect time: from a client's first attempt to its 101."""
+        resume token. Connect time: from a client's first attempt to its 101, or from
+        ``since_ns`` (wall clock) when given (a node's kill: the time to be back); ``within``
+        counts the clients whose connect time is at most ``within_ms``."""
         entries: list[dict] = c["clients"]
         timeout = float(c.get("timeout", 30.0))
         deadline = float(c.get("deadline", 120.0))
         want_session = bool(c.get("session"))
+        since_ns = int(c.get("since_ns", 0))
+        within_ms = float(c.get("within_ms", 0))
         protocols = tuple(c.get("protocols") or ())
         sem = asyncio.Semaphore(int(c.get("concurrency", 200)))
         errors: collections.Counter = collections.Counter()
@@ -810,7 +814,7 @@ class Generator:
                     except Exception as e:  # noqa: BLE001
                         errors["no session event: " + type(e).__name__] += 1
                         return
-                times_ms.append((opened - first) / 1e6)
+                times_ms.append((opened - (since_ns or first)) / 1e6)
                 done_ns.append(opened)
                 return
             errors["deadline"] += 1
@@ -827,6 +831,7 @@ class Generator:
                 "connects_per_s": round(n / seconds, 1) if seconds > 0 else None,
                 "refused_503": refused[0], "p50_ms": q(0.5), "p99_ms": q(0.99),
                 "max_ms": round(times_ms[-1], 2) if n else None,
+                "within": sum(1 for t in times_ms if t <= within_ms) if within_ms else None,
                 "errors": dict(errors.most_common(5)),
                 "tokens": tokens if want_session else None}
 
@@ -860,6 +865,7 @@ class Generator:
             return round(lat[min(n - 1, int(f * n))] / 1000.0, 3) if n else None
 
         firsts = [k.first_ns for k in group if k.first_ns]
+        by_ns = int(c.get("recovered_by_ns", 0))
         expected_total = expected * clients
         lost_open = sum(max(0, expected - k.n) for k in group if k.is_open)
         lost_closed = sum(max(0, expected - k.n) for k in group if not k.is_open)
@@ -890,6 +896,9 @@ class Generator:
             # ws4tx.recovered: clients told, told true, and when the last was told.
             "recovered_told": sum(1 for k in group if k.recovered_ns),
             "recovered_true": sum(1 for k in group if k.recovered_ok),
+            # told true by a time (wall clock, ns) given as recovered_by_ns
+            "recovered_true_by": sum(1 for k in group if k.recovered_ok
+                                     and k.recovered_ns <= by_ns) if by_ns else None,
             "recovered_after_connect_start_s": round(
                 (max(k.recovered_ns for k in group) - self.connect_start_ns) / 1e9, 4)
             if any(k.recovered_ns for k in group) else None,

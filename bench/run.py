@@ -33,7 +33,7 @@ from benchlib.procs import REGISTRY, BenchError, raise_nofile  # noqa: E402
 from benchlib.suite import SCENARIOS, Suite, run_scenario  # noqa: E402
 
 FULL_SCENARIOS = ["fanout", "maxrate", "idle", "channels", "replay", "history", "recovery",
-                  "cookies", "shards", "sse", "profile"]
+                  "cookies", "cookie-kill", "shards", "sse", "profile"]
 SMOKE_SCENARIOS = ["fanout", "maxrate", "idle", "channels", "replay"]
 
 
@@ -86,6 +86,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--storm-clients", type=int, default=None,
                    help="logged-in clients of the cookie storm, each with a session of its "
                         "own [default: 1000]")
+    p.add_argument("--kill-rate", type=float, default=None,
+                   help="cookie-kill: messages per second published on the clients' broadcast "
+                        "channel from node A's kill [default: 2]")
+    p.add_argument("--kill-publish", type=float, default=None,
+                   help="cookie-kill: for this many seconds [default: 5]")
     p.add_argument("--sse-clients", type=int, default=None,
                    help="idle clients of each transport whose memory the sse scenario "
                         "compares [default: 1000]")
@@ -145,6 +150,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "recovery_clients": 50 if smoke else 1000,
         "recovery_missed": 10 if smoke else 100,
         "storm_clients": 50 if smoke else 1000,
+        "kill_rate": 5.0 if smoke else 2.0,
+        "kill_publish": 1.0 if smoke else 5.0,
         "sse_clients": 50 if smoke else 1000,
         "sse_rates": [20] if smoke else [50, 100, 150, 200, 250, 300, 350, 400, 450, 500, 550,
                                          600, 700, 850, 1000],

@@ -375,8 +375,8 @@ def recovery_table(records: list[dict]) -> list[str]:
     return lines
 
 
-def cookies_table(records: list[dict]) -> list[str]:
-    rs = [r for r in records if r["scenario"] == "cookies-phase" and r["metrics"]]
+def cookies_table(records: list[dict], phase: str = "cookies-phase") -> list[str]:
+    rs = [r for r in records if r["scenario"] == phase and r["metrics"]]
     if not rs:
         return []
     lines = ["| run | phase | clients | connected | connects/s | p50 ms | p99 ms | 503s "
@@ -405,6 +405,23 @@ def cookies_table(records: list[dict]) -> list[str]:
                       f"{_fmt(m.get('resume_vs_anonymous_connects'), 2)}×; SQL statements "
                       f"during the resume storm: {m.get('db_queries', {}).get('resume')} "
                       f"(target 0). Both targets: {'pass' if m.get('pass') else 'FAIL'}."]
+    for r in records:
+        if r["scenario"] != "cookie-kill" or not r["metrics"]:
+            continue
+        m = r["metrics"]
+        lines += ["", f"Run {r['run'] + 1}, node A killed: {_fmt(m.get('reconnecting'))} "
+                      f"clients back on B, {_pct(m.get('back_and_recovered_share'), 1)} back and "
+                      f"told recovered within {m.get('target_s')} s of the kill (p50 "
+                      f"{_fmt(m.get('p50_back_ms'))} ms, p99 {_fmt(m.get('p99_back_ms'))} ms to "
+                      f"the 101); {_fmt(m.get('complete_clients'))}/{_fmt(m.get('clients'))} "
+                      f"clients got every message of the storm ({_fmt(m.get('duplicates'))} "
+                      f"twice); SQL statements on B: {_fmt(m.get('db_queries'))} "
+                      f"({_pct(m.get('db_queries_share'), 2)} of the clients); connects/s "
+                      f"{_fmt(m.get('vs_anonymous_connects'), 2)}× the anonymous storm's "
+                      f"(limit: {m.get('limit')}); B's CPU per connect "
+                      f"{_fmt(m.get('server_cpu_ms_per_connect'), 2)} ms against "
+                      f"{_fmt(m.get('anonymous_server_cpu_ms_per_connect'), 2)} ms anonymous. Targets (≤ 1 % SQL, 99 % within 5 s, "
+                      f"≥ 0.8×): {'pass' if m.get('pass') else 'FAIL'}."]
     return lines
 
 
@@ -646,6 +663,13 @@ def render(records: list[dict], header: list[str]) -> str:
          "get a resume token), then with their resume tokens. Connect time: from a "
          "client's first attempt to its 101. SQL statements and database connections are "
          "counted in the server process (servers/cookie_site.py)."),
+        ("Cookie storm on two nodes, one SIGKILLed (ws4tx)",
+         cookies_table(records, "cookie-kill-phase"),
+         "N logged-in event clients on two ws4tx nodes (one Redis, one Django site): "
+         "anonymous: N/2 anonymous clients to B first (the baseline); login: all N with their "
+         "session cookies, half on each node (SQL: B's); kill: node A SIGKILLed, its clients "
+         "back on B at once with cookie, resume token and recover=, times from the kill, "
+         "while messages are published on their channel (figures of B)."),
         ("One Redis against three shards and a cluster (ws4tx, many channels)",
          shards_table(records),
          "The many-channels workload (each client on its own user channel) on one ws4tx "

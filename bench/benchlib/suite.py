@@ -7,8 +7,10 @@ import datetime
 import json
 import os
 import random
+import signal
 import string
 import subprocess
+import threading
 import time
 import traceback
 from typing import Any, Callable, Optional
@@ -45,6 +47,9 @@ RECOVERY_TARGET_S = 1.5
 #: share of the anonymous one.
 COOKIE_TARGET = 0.8
 COOKIE_SITE = "cookie_site"
+#: The two-node cookie storm's target (issue 24): 99 % of the killed node's clients back
+#: and recovered within this time of the kill.
+KILL_TARGET_S = 5.0
 
 #: The history scenario's target: max rate with history at least this share of without.
 HISTORY_TARGET = 0.8
@@ -143,7 +148,7 @@ class Suite:
                      f"{m.get('seconds_to_all_recovered')} s; "
                      f"{m.get('redis_commands_sent_per_client')} Redis commands sent per "
                      f"client")
-        elif scenario == "cookies-phase" and m:
+        elif scenario in ("cookies-phase", "cookie-kill-phase") and m:
             short = (f"{m.get('connected')}/{m.get('clients')} at {m.get('connects_per_s')}/s, "
                      f"p99 {m.get('p99_ms')} ms, {m.get('refused_503')} 503s, "
                      f"{m.get('db_queries')} SQL, server CPU {m.get('server_cpu')} "
@@ -152,6 +157,13 @@ class Suite:
             short = (f"resume/cookies connects ×{m.get('resume_vs_cookies_connects')} p99 "
                      f"×{m.get('resume_vs_cookies_p99')}; cookies/anonymous "
                      f"×{m.get('cookies_vs_anonymous_connects')}; SQL {m.get('db_queries')}")
+        elif scenario == "cookie-kill" and m:
+            short = (f"{m.get('back_and_recovered_share')} of A's clients back and recovered "
+                     f"within {m.get('target_s')} s (p50 {m.get('p50_back_ms')}, p99 "
+                     f"{m.get('p99_back_ms')} ms); {m.get('complete_clients')}/"
+                     f"{m.get('clients')} got every message; {m.get('db_queries')} SQL on B; "
+                     f"×{m.get('vs_anonymous_connects')} the anonymous connect rate "
+                     f"(limit: {m.get('limit')})")
         elif status == "ok" and scenario.startswith("profile"):
             short = f"{m.get('samples')} samples"
         self.log(f"  [{system} run {run + 1}] {scenario} {params} {status} {reason} {short}".rstrip())
@@ -225,16 +237,10 @@ class Session:
         redis_url = self.redis_url = " ".join(urls)
         self.port, aux = free_port(), free_port()
         venv = suite.venvs[system.venv]
-        argv, env, cwd = system.server_argv(venv, self.port, redis_url, self.users, aux)
-        env = {**system.env, **env, **self.server_env}
-        argv += list(self.server_extra)
-        if self.history:
-            argv += ["--history", HISTORY_OPTION]
+        argv, env, cwd = self._server_argv(self.port, aux)
         self.rport = rport if system.needs_redis else 0
         self.server_command = system.describe_command(argv)
-        self.server = Proc(system.name, argv, cpu=system.server_cpus, pin=suite.pin,
-                           log_path=suite.log_path(system.name + "-server"), env=env, cwd=cwd)
-        self.procs.append(self.server)
+        self.server = self._start_server(argv, env, cwd)
         system.ready(self.server, self.port)
         if not system.needs_redis:
             wait_port(aux, self.server)
@@ -257,6 +263,30 @@ class Session:
                        log_path=suite.log_path(system.name + "-loadgen"), json_io=True)
         self.procs.append(self.lg)
         suite.generator = self.lg.request({"cmd": "hello"}, 60)["client"]
+
+    def _start_server(self, argv: list[str], env: dict[str, str], cwd: Optional[str]) -> Proc:
+        system = self.system
+        proc = Proc(system.name, argv, cpu=system.server_cpus, pin=self.suite.pin,
+                    log_path=self.suite.log_path(system.name + "-server"), env=env, cwd=cwd)
+        self.procs.append(proc)
+        return proc
+
+    def _server_argv(self, port: int, aux: int) -> tuple[list[str], dict[str, str], Optional[str]]:
+        system = self.system
+        argv, env, cwd = system.server_argv(self.suite.venvs[system.venv], port,
+                                            self.redis_url, self.users, aux)
+        argv += list(self.server_extra)
+        if self.history:
+            argv += ["--history", HISTORY_OPTION]
+        return argv, {**system.env, **env, **self.server_env}, cwd
+
+    def add_server(self) -> tuple[Proc, int]:
+        """One more server of the system (ws4tx: a second node) on the session's Redis,
+        with the same options and environment: its process and port."""
+        port = free_port()
+        proc = self._start_server(*self._server_argv(port, free_port()))
+        self.system.ready(proc, port)
+        return proc, port
 
     def stop(self) -> None:
         if self.lg is not None and self.lg.alive() and self.clients:
@@ -626,19 +656,10 @@ def scenario_recovery(suite: Suite, system: S.System, run: int) -> None:
                                           f"{n - stats['recovered_true']} not told true")
 
 
-def scenario_cookies(suite: Suite, system: S.System, run: int) -> None:
-    """A reconnect storm of logged-in users: ``--storm-clients`` event clients connect at
-    once (``--concurrency`` handshakes in flight, a 503 tried again after its Retry-After)
-    three times on one server with a Django site of its own (``servers/cookie_site.py``:
-    sessions and users in SQLite): anonymous, then each with its session cookie (which asks
-    for a resume token), then each with its resume token. Per phase: connects/s, p50/p99
-    connect time, 503s, the SQL statements and database connections the server ran, its
-    CPU and the load generator's, and which was the limit; then the ratios."""
-    a = suite.args
-    n = a.storm_clients
-    if system.name != "ws4tx":
-        suite.record(run, system.name, "cookies", {}, "skipped", reason="ws4tx only")
-        return
+def _cookie_site(suite: Suite, n: int, run: int) -> tuple[list[str], dict[str, str],
+                                                           tuple[str, ...]]:
+    """A fresh database of ``servers/cookie_site.py`` with ``n`` logged-in users: their
+    session keys, and the server environment and options that serve that site."""
     db = os.path.join(suite.logdir, f"cookie-site-{run}.sqlite3")
     env = {"PYTHONPATH": S.SERVERS, "BENCH_COOKIE_DB": db,
            "DJANGO_SETTINGS_MODULE": COOKIE_SITE}
@@ -649,10 +670,74 @@ def scenario_cookies(suite: Suite, system: S.System, run: int) -> None:
                               stderr=log, timeout=600, check=False)
     if done.returncode:
         raise BenchError(f"{COOKIE_SITE}.py prepare failed; see {log.name}")
-    keys: list[str] = json.loads(done.stdout)
+    return (json.loads(done.stdout), env,
+            ("--django-settings", COOKIE_SITE, "--wsgi", COOKIE_SITE + ".app"))
+
+
+def _storm(s: Session, clients: list[dict[str, Any]], session: bool,
+           start: Optional[Callable[[], dict[str, Any]]] = None,
+           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The load generator's ``storm`` of ``clients`` on the session's server (``s.server``,
+    ``s.port``), right after ``start`` (which gives more of the command's options): its
+    answer, and the phase's figures: connects/s, connect times, 503s, the SQL statements
+    and database connections that server ran (its ``/count``), its CPU and the
+    generator's, and the limit."""
+    a = s.suite.args
+    n = len(clients)
+    q0, s0 = http_json(s.port, "/count", timeout=10.0), s.snapshot()
+    extra = start() if start is not None else {}
+    got = s.lg.request({"cmd": "storm", "clients": clients, "session": session,
+                        "protocols": EVENTS, "concurrency": a.concurrency,
+                        "timeout": 30, "deadline": 60 + n / 20, **extra}, 120 + n / 10)
+    q1, s1 = http_json(s.port, "/count", timeout=10.0), s.snapshot()
+    dt = max(s1["t"] - s0["t"], 1e-6)
+    server_cpu = (s1["server"] - s0["server"]) / dt
+    gen_cpu = (s1["loadgen"] - s0["loadgen"]) / dt
+    load_core = (s1["loadgen"] + s1["redis"] + s1["publisher"] - s0["loadgen"]
+                 - s0["redis"] - s0["publisher"]) / dt
+    queries = (q1["queries"] - q0["queries"]) if q0 and q1 else None
+    m = {k: got[k] for k in ("connected", "failed", "seconds", "connects_per_s",
+                             "refused_503", "p50_ms", "p99_ms", "max_ms", "errors")}
+    m.update({
+        "clients": n, "db_queries": queries,
+        "db_queries_per_client": round(queries / n, 2) if queries is not None else None,
+        "db_connections": (q1["connections"] - q0["connections"]) if q0 and q1 else None,
+        "server_cpu": round(server_cpu, 3), "generator_cpu": round(gen_cpu, 3),
+        "load_core_cpu": round(load_core, 3),
+        # what a connect cost the server, whatever else the machine ran
+        "server_cpu_ms_per_connect": round((s1["server"] - s0["server"]) * 1000 / n, 3)
+        if n else None,
+        "server_cpu_wait": round((s1["server_wait"] - s0["server_wait"]) / dt, 3),
+        "generator_cpu_wait": round((s1["loadgen_wait"] - s0["loadgen_wait"]) / dt, 3),
+        "concurrency": a.concurrency})
+    m["limit"] = limit_of(server_cpu, gen_cpu, load_core, server_wait=m["server_cpu_wait"],
+                          generator_wait=m["generator_cpu_wait"])
+    return got, m
+
+
+def _record_phase(suite: Suite, system: S.System, run: int, name: str,
+                  m: dict[str, Any], scenario: str = "cookies-phase") -> None:
+    n, ok = m["clients"], m["connected"] == m["clients"]
+    suite.record(run, system.name, scenario, {"phase": name, "clients": n},
+                 "ok" if ok else "error", m,
+                 reason="" if ok else f"{n - m['connected']} clients failed: {m['errors']}")
+
+
+def scenario_cookies(suite: Suite, system: S.System, run: int) -> None:
+    """A reconnect storm of logged-in users: ``--storm-clients`` event clients connect at
+    once (``--concurrency`` handshakes in flight, a 503 tried again after its Retry-After)
+    three times on one server with a Django site of its own (``servers/cookie_site.py``:
+    sessions and users in SQLite): anonymous, then each with its session cookie (which asks
+    for a resume token), then each with its resume token. Per phase: connects/s, p50/p99
+    connect time, 503s, the SQL statements and database connections the server ran, its
+    CPU and the load generator's, and which was the limit; then the ratios."""
+    n = suite.args.storm_clients
+    if system.name != "ws4tx":
+        suite.record(run, system.name, "cookies", {}, "skipped", reason="ws4tx only")
+        return
+    keys, env, extra = _cookie_site(suite, n, run)
     with Session(suite, system, protocols=tuple(EVENTS), server_env=env,
-                 server_extra=("--django-settings", COOKIE_SITE,
-                               "--wsgi", COOKIE_SITE + ".app")) as s:
+                 server_extra=extra) as s:
         url = (f"ws://127.0.0.1:{s.port}/ws/{s.facility}?subscribe-broadcast"
                "&subscribe-user&subscribe-group&resume=")
         cookie = "sessionid="
@@ -661,37 +746,9 @@ def scenario_cookies(suite: Suite, system: S.System, run: int) -> None:
         phases: dict[str, dict[str, Any]] = {}
 
         def storm(name: str, clients: list[dict[str, Any]], session: bool) -> dict[str, Any]:
-            q0, s0 = http_json(s.port, "/count", timeout=10.0), s.snapshot()
-            got = s.lg.request({"cmd": "storm", "clients": clients, "session": session,
-                                "protocols": EVENTS, "concurrency": a.concurrency,
-                                "timeout": 30, "deadline": 60 + n / 20}, 120 + n / 10)
-            q1, s1 = http_json(s.port, "/count", timeout=10.0), s.snapshot()
+            got, phases[name] = _storm(s, clients, session)
             s.lg.request({"cmd": "close", "timeout": 10}, 60)
-            dt = max(s1["t"] - s0["t"], 1e-6)
-            server_cpu = (s1["server"] - s0["server"]) / dt
-            gen_cpu = (s1["loadgen"] - s0["loadgen"]) / dt
-            load_core = (s1["loadgen"] + s1["redis"] + s1["publisher"] - s0["loadgen"]
-                         - s0["redis"] - s0["publisher"]) / dt
-            queries = (q1["queries"] - q0["queries"]) if q0 and q1 else None
-            m = {k: got[k] for k in ("connected", "failed", "seconds", "connects_per_s",
-                                     "refused_503", "p50_ms", "p99_ms", "max_ms", "errors")}
-            m.update({
-                "clients": n, "db_queries": queries,
-                "db_queries_per_client": round(queries / n, 2) if queries is not None else None,
-                "db_connections": (q1["connections"] - q0["connections"]) if q0 and q1 else None,
-                "server_cpu": round(server_cpu, 3), "generator_cpu": round(gen_cpu, 3),
-                "load_core_cpu": round(load_core, 3),
-                "limit": limit_of(server_cpu, gen_cpu, load_core,
-                                  server_wait=(s1["server_wait"] - s0["server_wait"]) / dt,
-                                  generator_wait=(s1["loadgen_wait"]
-                                                  - s0["loadgen_wait"]) / dt),
-                "concurrency": a.concurrency})
-            ok = got["connected"] == n
-            suite.record(run, system.name, "cookies-phase", {"phase": name, "clients": n},
-                         "ok" if ok else "error", m,
-                         reason="" if ok else f"{n - got['connected']} clients failed: "
-                                              f"{got['errors']}")
-            phases[name] = m
+            _record_phase(suite, system, run, name, phases[name])
             return got
 
         storm("anonymous", anonymous, False)
@@ -720,6 +777,125 @@ def scenario_cookies(suite: Suite, system: S.System, run: int) -> None:
         "pass": bool(rate_ratio is not None and rate_ratio >= COOKIE_TARGET
                      and phases["resume"]["db_queries"] == 0),
     })
+
+
+def scenario_cookie_kill(suite: Suite, system: S.System, run: int) -> None:
+    """Issue 24's storm: ``--storm-clients`` users log in with their session cookies on two
+    ws4tx nodes (A and B: one Redis, the Django site of ``servers/cookie_site.py``, one
+    SECRET_KEY), half on each, each asking for a resume token; node A is SIGKILLed and
+    its clients come back at once to B with their cookie, resume token and the position
+    of the broadcast channel (a facility with history) they had (``recover=``), as ws4tx.js
+    would, while the publisher publishes ``--kill-rate`` messages per second on that
+    channel for ``--kill-publish`` seconds from the kill. Measured on B: its SQL
+    statements during the storm, the share back (101) and told recovered within
+    ``KILL_TARGET_S`` of the kill, whether every client of either node got every message
+    of the storm once and in order, p50/p99 time from the kill to back, connects/s, the
+    limit; and, before the logins, an anonymous storm of as many clients to B (the
+    same URL and ``recover=``, no cookie), whose connect rate the reconnect's is a ratio
+    of (target ≥ 0.8)."""
+    a = suite.args
+    n = a.storm_clients
+    if system.name != "ws4tx":
+        suite.record(run, system.name, "cookie-kill", {}, "skipped", reason="ws4tx only")
+        return
+    keys, env, extra = _cookie_site(suite, n, run)
+    with Session(suite, system, history=True, protocols=tuple(EVENTS), server_env=env,
+                 server_extra=extra) as s:
+        node_a, port_a = s.add_server()  # s.server, s.port: node B, the one that lives
+        query = "?subscribe-broadcast&subscribe-user&subscribe-group&resume="
+        path = f"/ws/{s.facility}{query}"
+        url_a, url_b = f"ws://127.0.0.1:{port_a}{path}", f"ws://127.0.0.1:{s.port}{path}"
+        cookie = "sessionid="
+        targets = s.broadcast_targets()
+        channel = f"ws4tx:broadcast:{s.facility}"
+
+        def recover() -> str:
+            p = s.pub.request({"cmd": "position"}, 60)
+            return "&recover=" + quote(f"{channel}:{p['epoch']}:{p['offset']}", safe="")
+
+        half = n // 2  # A's clients: the first half
+        s.pub.request({"cmd": "once", "tag": new_tag(), "seq": 0, "targets": targets}, 60)
+        _, anonymous = _storm(s, [{"url": url_b + recover()}] * half, False)
+        s.lg.request({"cmd": "close", "timeout": 10}, 60)
+        _record_phase(suite, system, run, "anonymous", anonymous, "cookie-kill-phase")
+        logins = [{"url": url_a if i < half else url_b, "headers": {"Cookie": cookie + k}}
+                  for i, k in enumerate(keys)]
+        got, login = _storm(s, logins, True)
+        # B's figures: its SQL and CPU are for its half of the logins
+        login.update({"b_clients": n - half, "db_queries_per_client": round(
+            login["db_queries"] / (n - half), 2) if login["db_queries"] is not None else None,
+                      "server_cpu_ms_per_connect": round(
+                          login["server_cpu_ms_per_connect"] * n / (n - half), 3)})
+        _record_phase(suite, system, run, "login", login, "cookie-kill-phase")
+        tokens = got["tokens"] or []
+        if sum(1 for t in tokens if t) < n:
+            raise BenchError(f"only {sum(1 for t in tokens if t)}/{n} clients logged in "
+                             f"with a resume token: {got['errors']}")
+        warm = s.warm(targets, timeout=30)
+        position = recover()  # where every client stands: nothing is published until A dies
+        back = [{"url": url_b + quote(t, safe="") + position, "headers": {"Cookie": cookie + k}}
+                for t, k in zip(tokens[:half], keys[:half], strict=True)]
+        tag = new_tag()
+        s.lg.request({"cmd": "phase", "tag": tag}, 30)
+        published: dict[str, Any] = {}
+
+        def publish() -> None:
+            published.update(s.pub.request({"cmd": "run", "tag": tag, "rate": a.kill_rate,
+                                            "duration": a.kill_publish, "targets": targets},
+                                           a.kill_publish * 3 + 60))
+
+        publisher = threading.Thread(target=publish, daemon=True)
+        killed_ns = 0
+
+        def kill() -> dict[str, Any]:
+            nonlocal killed_ns
+            killed_ns = time.time_ns()
+            os.kill(node_a.pid, signal.SIGKILL)  # the node this scenario started
+            publisher.start()
+            return {"since_ns": killed_ns, "within_ms": KILL_TARGET_S * 1000}
+
+        got, storm = _storm(s, back, False, kill)
+        publisher.join(a.kill_publish * 3 + 70)
+        rounds = published.get("rounds", 0)
+        deadline = time.monotonic() + DRAIN_MAX
+        while time.monotonic() < deadline:  # every client of B has every message, or 15 s
+            if s.lg.request({"cmd": "progress"}, 30)["received"] >= rounds * n:
+                break
+            time.sleep(0.1)
+        stats = s.lg.request({"cmd": "stats", "expected": rounds, "recount": True,
+                              "recovered_by_ns": killed_ns + int(KILL_TARGET_S * 1e9)}, 120)
+    storm.update({
+        "back_within_target": got["within"],
+        "recovered_within_target": stats["recovered_true_by"],
+        "recovered_true": stats["recovered_true"],
+        # every client of either node, with every message of the storm, none twice
+        "complete_clients": stats["complete_clients"], "of_clients": n,
+        "duplicates": stats["duplicates"], "out_of_order": stats["out_of_order"],
+        "messages": rounds, "publish_rate": published.get("rate"), **warm})
+    _record_phase(suite, system, run, "kill", storm, "cookie-kill-phase")
+    within = min(got["within"] or 0, stats["recovered_true_by"] or 0)
+    rate_ratio = (round(storm["connects_per_s"] / anonymous["connects_per_s"], 3)
+                  if storm["connects_per_s"] and anonymous["connects_per_s"] else None)
+    sql = storm["db_queries"]
+    ok = (stats["complete_clients"] == n and not stats["duplicates"]
+          and not stats["out_of_order"])
+    suite.record(run, system.name, "cookie-kill", {"clients": n}, "ok" if ok else "error", {
+        "clients": n, "reconnecting": half, "db_queries": sql,
+        "db_queries_share": round(sql / n, 4) if sql is not None else None,
+        "back_and_recovered_share": round(within / half, 4) if half else None,
+        "target_s": KILL_TARGET_S, "complete_clients": stats["complete_clients"],
+        "duplicates": stats["duplicates"], "out_of_order": stats["out_of_order"],
+        "p50_back_ms": storm["p50_ms"], "p99_back_ms": storm["p99_ms"],
+        "connects_per_s": storm["connects_per_s"],
+        "anonymous_connects_per_s": anonymous["connects_per_s"],
+        "server_cpu_ms_per_connect": storm["server_cpu_ms_per_connect"],
+        "anonymous_server_cpu_ms_per_connect": anonymous["server_cpu_ms_per_connect"],
+        "vs_anonymous_connects": rate_ratio, "limit": storm["limit"],
+        "pass": bool(ok and sql is not None and sql <= 0.01 * n and half
+                     and within >= 0.99 * half and rate_ratio is not None
+                     and rate_ratio >= COOKIE_TARGET),
+    }, reason="" if ok else f"{n - stats['complete_clients']} clients incomplete, "
+                            f"{stats['duplicates']} duplicates")
 
 
 def _settled_rss_kb(s: Session, settle: float) -> int:
@@ -1086,6 +1262,7 @@ SCENARIOS: dict[str, Callable[[Suite, S.System, int], None]] = {
     "history": scenario_history,
     "recovery": scenario_recovery,
     "cookies": scenario_cookies,
+    "cookie-kill": scenario_cookie_kill,
     "shards": scenario_shards,
     "sse": scenario_sse,
 }
