@@ -132,9 +132,8 @@ def _forget_upgraded(request: Request) -> None:
     """Once the WebSocket took the connection over (the HTTP channel has no transport
     left), the channel lets go of the handshake's request: the two held each other, so
     the connection left its handshake (about 33 objects: the request, its headers, the
-    channel) for the garbage collector, whose pass over a burst of connections then
-    stalled the reactor (30 to 45 ms after 200 connections, while it answered
-    subscribes). Let go, they are freed at once."""
+    channel) for the garbage collector to find and free. Let go, they are freed at
+    once."""
     channel: Any = request.channel
     if channel.transport is None and request in channel.requests:
         channel.requests.remove(request)
