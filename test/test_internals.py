@@ -103,6 +103,43 @@ class AutobahnTests(SynchronousTestCase):
         _internals.forget_inflater(proto)
         self.assertIsNotNone(pmce._decompressor)
 
+    def test_messageEnd(self):
+        """Autobahn's ``onMessageEnd`` is what end_message does: join ``message_data``
+        unless ``failedByMe``, ``_onMessage``, then fire ``message`` (which end_message
+        leaves out when nothing observes it; an observer still hears it)."""
+        self.assertEqual(
+            [line.strip() for line in inspect.getsource(WebSocketProtocol.onMessageEnd)
+             .splitlines() if line.strip() and not line.strip().startswith(("#", '"""'))
+             and "Implements" not in line],
+            ["def onMessageEnd(self) -> None:", "if not self.failedByMe:",
+             'payload = b"".join(self.message_data)', "if self.trackedTimings:",
+             'self.trackedTimings.track("onMessage")',
+             "self._onMessage(payload, self.message_is_binary)",
+             'f = self.fire("message", payload, is_binary=self.message_is_binary)',
+             "def error(f):", "self.log.error(", '"Firing signal \'message\' failed: {fail}",',
+             "fail=f,", ")", "txaio.add_callbacks(f, None, error)",
+             "self.message_data = None"])
+        received, observed = [], []
+
+        class Proto(WebSocketProtocol):
+            def _onMessage(self, payload, isBinary):
+                received.append((payload, isBinary))
+
+        proto = Proto()
+        proto.set_valid_events(["message"])
+        proto.failedByMe, proto.trackedTimings = False, None
+        proto.message_data, proto.message_is_binary = [b"a", b"b"], False
+        _internals.end_message(proto)
+        self.assertEqual((received, proto.message_data), ([(b"ab", False)], None))
+        proto.on("message", lambda payload, is_binary: observed.append(payload))
+        proto.message_data = [b"c"]
+        _internals.end_message(proto)
+        self.assertEqual((received[-1], observed, proto.message_data),
+                         ((b"c", False), [b"c"], None))
+        proto.failedByMe, proto.message_data = True, [b"d"]
+        _internals.end_message(proto)
+        self.assertEqual((len(received), proto.message_data), (2, None))
+
     def test_failConnection(self):
         """``_fail_connection(code, reason)`` exists and takes a code and a reason."""
         parameters = list(inspect.signature(WebSocketProtocol._fail_connection).parameters)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 
@@ -10,6 +11,7 @@ from twisted.internet import defer, reactor, threads
 
 from ws4tx import closecodes, envelope
 from ws4tx.naming import ANONYMOUS
+from ws4tx.server import web
 from ws4tx.server.auth import HandshakeDenied
 
 from test._server import ServerTestCase, identity_header, non_probe
@@ -288,6 +290,22 @@ class HandshakeTests(ServerTestCase):
 
     async def _status(self, request: bytes):
         return status_of(await raw_request(self.port, request))
+
+    async def test_upgradeLeavesNoGarbageCycle(self):
+        """The handshake's HTTP request and channel are freed once the WebSocket takes
+        the connection over, not left in a cycle for the garbage collector (whose pass
+        over a burst of connections stalls every client's answers)."""
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        await self.client("/ws/foobar?subscribe-broadcast")
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        self.addCleanup(gc.set_debug, 0)
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage
+                if isinstance(o, (web._CappedRequest, web._DeadlineChannel))]
+        del gc.garbage[:]
+        self.assertEqual(left, [])
 
     async def test_plainGetAnswers400SayingUpgrade(self):
         """A plain GET on the WebSocket URL answers 400 saying to upgrade."""

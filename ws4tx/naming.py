@@ -146,10 +146,16 @@ def channels_for(
     """The channels (and keys) of an audience of ``facility`` given by its names: the
     broadcast channel if ``broadcast``, then one per user, group and session named, in that
     order, each channel once. The one place where an audience becomes a list of names."""
-    found = [broadcast_channel(prefix, facility)] if broadcast else []
+    # channel()'s names, built inline: this runs twice per subscribe frame, and its
+    # generators and calls per name cost more than the names.
+    head = _head(prefix)
+    found = [f"{head}{BROADCAST}:{facility}"] if broadcast else []
     for audience, names in ((USER, users), (GROUP, groups), (SESSION, sessions)):
-        found.extend(channel(prefix, audience, facility, name) for name in names)
-    return list(dict.fromkeys(found))
+        for name in names:
+            if not name:
+                raise ValueError(f"the {audience} audience needs a name")
+            found.append(f"{head}{audience}:{name}:{facility}")
+    return found if len(found) < 2 else list(dict.fromkeys(found))
 
 
 def facility_of(channel: str) -> str:

@@ -535,7 +535,7 @@ class PushProtocol(DeliveryEvents, WebSocketServerProtocol, Sender):  # type: ig
                 f"a message may arrive in at most {self.factory.config.max_fragments} frames")
 
     def onMessageEnd(self) -> None:
-        super().onMessageEnd()
+        _internals.end_message(self)
         # A compressing client's next message gets a new inflater: keep none meanwhile.
         _internals.forget_inflater(self)
 

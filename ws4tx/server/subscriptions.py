@@ -216,7 +216,8 @@ class Subscriptions:
                 self._join(frame, request.facility, granted_channels(
                     connection.factory.authenticator, frame.grant,
                     connection.factory.reactor.seconds(), config.prefix,
-                    connection.identity, request.facility, audiences, chosen), recover)
+                    connection.identity, request.facility, audiences, chosen), recover,
+                    checked=wanted)
                 connection.node.stats["subscribes_granted"] += 1
                 return
             answer = defer.maybeDeferred(admission.authenticate,
@@ -297,11 +298,15 @@ class Subscriptions:
                                   "connection")
 
     def _join(self, frame: envelope.Subscribe, facility: str, channels: tuple[str, ...],
-              recover: dict[str, Position]) -> None:
+              recover: dict[str, Position], checked: tuple[str, ...] = ()) -> None:
+        """Join ``channels`` once they pass :meth:`_check`, unless they are ``checked``:
+        the channels checked in this turn, before anything could change (a grant's,
+        when it gives what the frame was counted for)."""
         connection = self._connection
         if not connection.isOpen():
             return
-        self._check(channels)
+        if channels != checked:
+            self._check(channels)
         subscription = Subscription(connection, facility, channels)
         self._add(subscription)
 

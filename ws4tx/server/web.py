@@ -72,7 +72,9 @@ class WebSocketEndpoint(resource.Resource):
         upgrading = getattr(request.channel, "upgrading", None)
         if upgrading is not None:
             upgrading()  # the WebSocket counts itself, under its client's address
-        return self._ws.render(request)
+        rendered = self._ws.render(request)
+        _forget_upgraded(request)
+        return rendered
 
 
     def _preflight(self, request: Request) -> bytes:
@@ -124,6 +126,17 @@ class WebSocketEndpoint(resource.Resource):
 
         judged.addCallback(answer).addErrback(failed)
         return NOT_DONE_YET
+
+
+def _forget_upgraded(request: Request) -> None:
+    """Once the WebSocket took the connection over (the HTTP channel has no transport
+    left), the channel lets go of the handshake's request: the two held each other, so
+    the connection left its handshake (about 33 objects: the request, its headers, the
+    channel) for the garbage collector to find and free. Let go, they are freed at
+    once."""
+    channel: Any = request.channel
+    if channel.transport is None and request in channel.requests:
+        channel.requests.remove(request)
 
 
 def _has_body(request: Request) -> bool:
