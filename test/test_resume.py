@@ -108,6 +108,22 @@ class SignatureTests(unittest.SynchronousTestCase):
         with self.assertRaises(_resume.InvalidResume):
             _resume.verify(token)
 
+    def test_aRotatedSecretIsSeen(self):
+        """The signer is kept between tokens, yet a change of SECRET_KEY and
+        SECRET_KEY_FALLBACKS is seen at once: after a rotation a token of the old key is
+        still accepted (it is a fallback), one of the new key too."""
+        from django.conf import settings
+
+        old_key = settings.SECRET_KEY
+        old, _ = _resume.sign(CLAIM)
+        with override_settings(SECRET_KEY="the rotated secret of the site" * 2,
+                               SECRET_KEY_FALLBACKS=[old_key]):
+            self.assertEqual(_unstamped(_resume.verify(old)), CLAIM)
+            new, _ = _resume.sign(CLAIM)
+            self.assertEqual(_unstamped(_resume.verify(new)), CLAIM)
+        with self.assertRaises(_resume.InvalidResume):
+            _resume.verify(new)
+
 
 class _Counters:
     """A broker's ``fetch`` over a dict (the revocation counters)."""

@@ -23,6 +23,7 @@ user's own WebSocket connection and the URL of its reconnection.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -82,19 +83,74 @@ def sign(claim: Claim, now: Optional[float] = None) -> tuple[str, float]:
         payload["c"] = identity.session
     if claim.credential_expires is not None:
         payload["x"] = claim.credential_expires
-    from ws4tx import _django_settings
-
     signed_at = time.time() if now is None else now
     authenticated = signed_at if claim.authenticated is None else claim.authenticated
     payload["a"] = int(authenticated)
-    ttl = _django_settings.resume_ttl()
-    token = _signer().sign_object(payload, compress=True, timestamp=int(signed_at))
+    signer, ttl = _current()
+    token = signer.sign_object(payload, compress=True, timestamp=int(signed_at))
     return token, min(int(signed_at) + ttl, int(authenticated) + CHAIN * ttl)
 
 
-def _signer() -> Any:
-    """Django's TimestampSigner with ws4tx's salt, signing at a given time (Django is
-    imported here: the Twisted side imports :class:`Claim` without it)."""
+def ttl() -> float:
+    """``RESUME_TTL`` (0: resuming is off), as :func:`sign` and :func:`verify` use it."""
+    return _current()[1]
+
+
+#: The settings resume tokens depend on: a change (``override_settings``) makes the next
+#: :func:`_current` read them anew.
+WATCHED_SETTINGS = frozenset({"SECRET_KEY", "SECRET_KEY_FALLBACKS", "WS4TX_RESUME_TTL",
+                              "WS4REDIS_RESUME_TTL"})
+
+#: Bumped by a change of a watched setting; each thread keeps its signer and
+#: ``RESUME_TTL`` with the generation they were read in.
+_generation = 0
+_local = threading.local()
+_watching = False
+
+
+def _current() -> tuple[Any, float]:
+    """This thread's signer and ``RESUME_TTL``, read once per settings generation: a
+    storm of resumed reconnections costs neither a settings read, nor the signer's
+    construction (its keys read from the settings) per token (Django is imported here:
+    the Twisted side imports :class:`Claim` without it)."""
+    cached = getattr(_local, "cached", None)
+    if cached is not None and cached[0] == _generation:
+        return cached[1], cached[2]
+    from ws4tx import _django_settings
+
+    _watch_settings()
+    generation = _generation
+    resume_ttl = _django_settings.resume_ttl()
+    signer = _signer_class()()
+    _local.cached = (generation, signer, resume_ttl)
+    return signer, resume_ttl
+
+
+def _watch_settings() -> None:
+    global _watching
+    if _watching:
+        return
+    from django.core.signals import setting_changed
+
+    setting_changed.connect(_setting_changed, weak=False, dispatch_uid="ws4tx._resume")
+    _watching = True
+
+
+def _setting_changed(setting: str = "", **kwargs: Any) -> None:
+    global _generation
+    if setting in WATCHED_SETTINGS:
+        _generation += 1
+
+
+_SIGNER_CLASS: Any = None
+
+
+def _signer_class() -> Any:
+    """Django's TimestampSigner with ws4tx's salt, signing at a given time (one instance
+    per thread: :meth:`sign_object` keeps that time on it)."""
+    global _SIGNER_CLASS
+    if _SIGNER_CLASS is not None:
+        return _SIGNER_CLASS
     from django.core import signing
 
     class Signer(signing.TimestampSigner):
@@ -111,7 +167,8 @@ def _signer() -> Any:
         def timestamp(self) -> str:
             return signing.b62_encode(self.at)
 
-    return Signer()
+    _SIGNER_CLASS = Signer
+    return Signer
 
 
 def verify(token: str) -> Claim:
@@ -119,14 +176,11 @@ def verify(token: str) -> Claim:
     Redis: the caller compares the counter). Raises :class:`InvalidResume`."""
     from django.core import signing
 
-    from ws4tx import _django_settings
-
-    ttl = _django_settings.resume_ttl()
+    signer, ttl = _current()
     if not isinstance(token, str) or not token or len(token) > MAX_LENGTH:
         raise InvalidResume("malformed")
     try:
-        payload = signing.TimestampSigner(salt=SALT).unsign_object(
-            token, max_age=timedelta(seconds=ttl))
+        payload = signer.unsign_object(token, max_age=timedelta(seconds=ttl))
     except signing.SignatureExpired:
         raise InvalidResume(f"expired (resume tokens are valid for {ttl} s)",
                             expired=True) from None

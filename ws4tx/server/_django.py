@@ -338,17 +338,17 @@ class SessionAuthenticator:
 
     def issueResume(self, claim: Any) -> Optional[tuple[str, float]]:
         """A resume token of ``claim`` (None when ``RESUME_TTL`` is 0)."""
-        from ws4tx import _django_settings, _resume
+        from ws4tx import _resume
 
-        if not _django_settings.resume_ttl():
+        if not _resume.ttl():
             return None
         return _resume.sign(claim)
 
     def readResume(self, token: str) -> Any:
         """The claim of a resume token (ValueError when it is not valid)."""
-        from ws4tx import _django_settings, _resume
+        from ws4tx import _resume
 
-        if not _django_settings.resume_ttl():
+        if not _resume.ttl():
             raise _resume.InvalidResume("resumable sessions are off (RESUME_TTL = 0)")
         return _resume.verify(token)
 
