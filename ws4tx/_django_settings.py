@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from types import SimpleNamespace
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -165,3 +165,23 @@ def websocket_url() -> str:
     default ``/ws/``."""
     result: str = _value("websocket_url")
     return result
+
+
+#: The ``dispatch_uid`` of every :func:`on_change` watch already connected.
+_watching: set[str] = set()
+
+
+def on_change(names: frozenset[str], callback: Callable[[], None], uid: str) -> None:
+    """Call ``callback`` whenever one of the settings ``names`` changes (Django's
+    ``setting_changed``, which ``override_settings`` sends), for whoever keeps what it read
+    of them; a second call with the same ``uid`` is a no-op."""
+    if uid in _watching:
+        return
+    from django.core.signals import setting_changed
+
+    def changed(setting: str = "", **kwargs: Any) -> None:
+        if setting in names:
+            callback()
+
+    setting_changed.connect(changed, weak=False, dispatch_uid=uid)
+    _watching.add(uid)

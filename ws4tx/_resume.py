@@ -105,7 +105,6 @@ WATCHED_SETTINGS = frozenset({"SECRET_KEY", "SECRET_KEY_FALLBACKS", "WS4TX_RESUM
 #: ``RESUME_TTL`` with the generation they were read in.
 _generation = 0
 _local = threading.local()
-_watching = False
 
 
 def _current() -> tuple[Any, float]:
@@ -118,7 +117,7 @@ def _current() -> tuple[Any, float]:
         return cached[1], cached[2]
     from ws4tx import _django_settings
 
-    _watch_settings()
+    _django_settings.on_change(WATCHED_SETTINGS, _setting_changed, "ws4tx._resume")
     generation = _generation
     resume_ttl = _django_settings.resume_ttl()
     signer = _signer_class()()
@@ -126,20 +125,9 @@ def _current() -> tuple[Any, float]:
     return signer, resume_ttl
 
 
-def _watch_settings() -> None:
-    global _watching
-    if _watching:
-        return
-    from django.core.signals import setting_changed
-
-    setting_changed.connect(_setting_changed, weak=False, dispatch_uid="ws4tx._resume")
-    _watching = True
-
-
-def _setting_changed(setting: str = "", **kwargs: Any) -> None:
+def _setting_changed() -> None:
     global _generation
-    if setting in WATCHED_SETTINGS:
-        _generation += 1
+    _generation += 1
 
 
 _SIGNER_CLASS: Any = None

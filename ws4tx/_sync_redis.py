@@ -51,7 +51,6 @@ _lock = threading.Lock()
 _clients: Optional[tuple[redis.Redis, ...]] = None
 _addresses: Optional[tuple[RedisAddress, ...]] = None
 _forced_url: Optional[str] = None
-_watching = False
 #: How many times the clients were dropped (the async clients follow it).
 _generation = 0
 
@@ -217,16 +216,9 @@ def _drop() -> None:
 
 def _watch_settings() -> None:
     """Rebuild the client when a test changes a setting it depends on."""
-    global _watching
-    if _watching:
-        return
-    from django.core.signals import setting_changed
-
-    setting_changed.connect(_setting_changed, weak=False, dispatch_uid="ws4tx._sync_redis")
-    _watching = True
+    _django_settings.on_change(WATCHED_SETTINGS, _dropLocked, "ws4tx._sync_redis")
 
 
-def _setting_changed(setting: str = "", **kwargs: Any) -> None:
-    if setting in WATCHED_SETTINGS:
-        with _lock:
-            _drop()
+def _dropLocked() -> None:
+    with _lock:
+        _drop()
